@@ -1,1 +1,8 @@
-//! Workflow engine.
+//! Workflow engine: Fission Workflows' YAML format, validation, a pure run state
+//! machine, durable runs in sled, the tokio driver and the HTTP API.
+
+pub mod dag;
+pub mod retry;
+pub mod spec;
+
+pub use spec::workflow_json_schema;
