@@ -2,6 +2,7 @@
 //! machine, durable runs in sled, the tokio driver and the HTTP API.
 
 pub mod dag;
+pub mod expr;
 pub mod retry;
 pub mod spec;
 

@@ -1,0 +1,481 @@
+//! Expressions: a string that is wholly `{ ... }` is JavaScript, evaluated in QuickJS
+//! with `$` (the run's scope), `taskId` and Fission Workflows' helpers (`param`,
+//! `input`, `output`, `outputHeaders`, `task`, `uid`). Each evaluation is bounded in
+//! time (interrupt handler) and memory. One runtime and context per thread is reused:
+//! creating one costs far more than an evaluation. Evaluations run synchronously on
+//! the calling thread and never across an `.await`.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rquickjs::{Context, Ctx, Runtime};
+use serde_json::Value;
+
+use crate::spec::{is_task_spec, is_workflow_spec};
+
+/// Time limit of one evaluation.
+pub const TIME_LIMIT: Duration = Duration::from_millis(100);
+/// Memory limit of a thread's JavaScript runtime.
+pub const MEMORY_LIMIT: usize = 32 * 1024 * 1024;
+
+/// An expression that could not be evaluated: which one, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("expression {expr:?} failed: {message}")]
+pub struct ExprError {
+    pub expr: String,
+    pub message: String,
+}
+
+/// The JavaScript source of a string that is an expression (the text inside the
+/// outer braces), or None for a literal string.
+pub fn expression_source(s: &str) -> Option<&str> {
+    let t = s.trim();
+    if t.len() >= 2 && t.starts_with('{') && t.ends_with('}') {
+        Some(&t[1..t.len() - 1])
+    } else {
+        None
+    }
+}
+
+const PRELUDE: &str = r#"
+(function (g) {
+  function def(name, fn) {
+    Object.defineProperty(g, name, { value: fn, writable: false, configurable: false, enumerable: false });
+  }
+  def('task', function (id) {
+    var t = $.Tasks || {};
+    return t[id === undefined ? taskId : id];
+  });
+  def('param', function (key) {
+    var inv = $.Invocation || {};
+    var ins = inv.Inputs || {};
+    return ins[key === undefined ? 'default' : key];
+  });
+  def('input', function (id, key) {
+    var t = task(id);
+    if (!t || !t.Inputs) return undefined;
+    return t.Inputs[key === undefined ? 'default' : key];
+  });
+  def('output', function (id) {
+    var t = task(id);
+    return t ? t.Output : undefined;
+  });
+  def('outputHeaders', function (id, key) {
+    var t = task(id);
+    if (!t || !t.OutputHeaders) return undefined;
+    return key === undefined ? t.OutputHeaders : t.OutputHeaders[key];
+  });
+  def('uid', function () {
+    var s = '';
+    for (var i = 0; i < 32; i++) {
+      s += Math.floor(Math.random() * 16).toString(16);
+      if (i === 7 || i === 11 || i === 15 || i === 19) s += '-';
+    }
+    return s;
+  });
+  def('__compile', function (src) {
+    try {
+      new Function('return (' + src + '\n);');
+    } catch (e) {
+      if (!(e instanceof SyntaxError)) throw e;
+      new Function(src);
+    }
+    return true;
+  });
+  def('__run', function (src) {
+    var f = null;
+    try {
+      f = new Function('return (' + src + '\n);');
+    } catch (e) {
+      if (!(e instanceof SyntaxError)) throw e;
+    }
+    var v = f ? f() : (0, eval)(src);
+    if (v === undefined || typeof v === 'function') return null;
+    var out = JSON.stringify(v);
+    return out === undefined ? null : out;
+  });
+})(globalThis);
+"#;
+
+struct Js {
+    _runtime: Runtime,
+    context: Context,
+    deadline: Arc<AtomicU64>,
+    base: Instant,
+}
+
+impl Js {
+    fn new() -> Result<Js, String> {
+        let runtime = Runtime::new().map_err(|e| e.to_string())?;
+        runtime.set_memory_limit(MEMORY_LIMIT);
+        runtime.set_max_stack_size(512 * 1024);
+        let deadline = Arc::new(AtomicU64::new(0));
+        let base = Instant::now();
+        let d = deadline.clone();
+        runtime.set_interrupt_handler(Some(Box::new(move || {
+            let at = d.load(Ordering::Relaxed);
+            at != 0 && base.elapsed().as_nanos() as u64 > at
+        })));
+        let context = Context::full(&runtime).map_err(|e| e.to_string())?;
+        context.with(|ctx| {
+            ctx.eval::<(), _>("var $ = {}; var taskId = '';")
+                .and_then(|_| ctx.eval::<(), _>(PRELUDE))
+                .map_err(|e| caught(&ctx, e))
+        })?;
+        Ok(Js {
+            _runtime: runtime,
+            context,
+            deadline,
+            base,
+        })
+    }
+
+    fn arm(&self) {
+        let at = self.base.elapsed() + TIME_LIMIT;
+        self.deadline
+            .store(at.as_nanos().max(1) as u64, Ordering::Relaxed);
+    }
+
+    fn disarm(&self) {
+        self.deadline.store(0, Ordering::Relaxed);
+    }
+
+    fn timed_out(&self) -> bool {
+        let at = self.deadline.load(Ordering::Relaxed);
+        at != 0 && self.base.elapsed().as_nanos() as u64 > at
+    }
+}
+
+thread_local! {
+    static JS: RefCell<Option<Js>> = const { RefCell::new(None) };
+}
+
+fn with_js<R>(f: impl FnOnce(&Js) -> Result<R, String>) -> Result<R, String> {
+    JS.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(Js::new()?);
+        }
+        let js = slot.as_ref().ok_or("no JavaScript runtime")?;
+        let result = f(js);
+        js.disarm();
+        if let Err(msg) = &result {
+            // A runtime that ran out of memory is not trusted again.
+            if msg.contains("out of memory") {
+                *slot = None;
+            }
+        }
+        result
+    })
+}
+
+fn caught(ctx: &Ctx<'_>, err: rquickjs::Error) -> String {
+    if !err.is_exception() {
+        return err.to_string();
+    }
+    let v = ctx.catch();
+    if let Some(exc) = v.as_exception() {
+        let msg = exc.message().unwrap_or_default();
+        let name: Option<String> = exc.get("name").ok();
+        return match name {
+            Some(n) if !n.is_empty() => format!("{n}: {msg}"),
+            _ => msg,
+        };
+    }
+    if let Some(s) = v.as_string().and_then(|s| s.to_string().ok()) {
+        return s;
+    }
+    ctx.json_stringify(v)
+        .ok()
+        .flatten()
+        .and_then(|s| s.to_string().ok())
+        .unwrap_or_else(|| "exception".to_string())
+}
+
+/// Checks that an expression's JavaScript compiles, without running it.
+pub fn check_syntax(source: &str) -> Result<(), String> {
+    with_js(|js| {
+        js.arm();
+        js.context.with(|ctx| {
+            ctx.globals()
+                .set("__src", source)
+                .map_err(|e| e.to_string())?;
+            ctx.eval::<bool, _>("__compile(__src)")
+                .map(|_| ())
+                .map_err(|e| caught(&ctx, e))
+        })
+    })
+}
+
+/// An evaluator with `$` and `taskId` set, for the duration of one closure.
+pub struct Evaluator<'a> {
+    js: &'a Js,
+}
+
+impl Evaluator<'_> {
+    /// Evaluates one expression string (with its braces).
+    pub fn eval(&self, expr: &str) -> Result<Value, ExprError> {
+        let source = expression_source(expr).unwrap_or(expr);
+        let err = |message: String| ExprError {
+            expr: expr.to_string(),
+            message,
+        };
+        self.js.arm();
+        let out = self.js.context.with(|ctx| {
+            ctx.globals()
+                .set("__src", source)
+                .map_err(|e| e.to_string())?;
+            ctx.eval::<Option<String>, _>("__run(__src)")
+                .map_err(|e| caught(&ctx, e))
+        });
+        let timed_out = self.js.timed_out();
+        self.js.disarm();
+        match out {
+            Ok(None) => Ok(Value::Null),
+            Ok(Some(json)) => serde_json::from_str(&json).map_err(|e| err(e.to_string())),
+            Err(_) if timed_out => Err(err(format!(
+                "timed out after {} ms",
+                TIME_LIMIT.as_millis()
+            ))),
+            Err(msg) => Err(err(msg)),
+        }
+    }
+
+    /// Evaluates expressions in a value, recursively through maps and lists but
+    /// not inside embedded task or workflow specs.
+    pub fn resolve(&self, value: &Value) -> Result<Value, ExprError> {
+        match value {
+            Value::String(s) if expression_source(s).is_some() => self.eval(s),
+            Value::Array(items) => items
+                .iter()
+                .map(|v| self.resolve(v))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            Value::Object(_) if is_task_spec(value) || is_workflow_spec(value) => Ok(value.clone()),
+            Value::Object(map) => {
+                let mut out = serde_json::Map::new();
+                for (k, v) in map {
+                    out.insert(k.clone(), self.resolve(v)?);
+                }
+                Ok(Value::Object(out))
+            }
+            other => Ok(other.clone()),
+        }
+    }
+
+    /// Replaces the current task's `Inputs` in `$.Tasks`.
+    pub fn set_task_inputs(&self, inputs: &Value) -> Result<(), ExprError> {
+        let json = inputs.to_string();
+        self.js
+            .context
+            .with(|ctx| {
+                ctx.globals().set("__inputs", json)?;
+                ctx.eval::<(), _>(
+                    "if (!$.Tasks) $.Tasks = {}; if (!$.Tasks[taskId]) $.Tasks[taskId] = {}; \
+                     $.Tasks[taskId].Inputs = JSON.parse(__inputs);",
+                )
+            })
+            .map_err(|e| ExprError {
+                expr: String::new(),
+                message: e.to_string(),
+            })
+    }
+}
+
+/// Runs `f` with `$` set to `scope` and `taskId` to `task_id`.
+pub fn with_scope<R>(
+    scope: &Value,
+    task_id: &str,
+    f: impl FnOnce(&Evaluator<'_>) -> Result<R, ExprError>,
+) -> Result<R, ExprError> {
+    let scope_json = scope.to_string();
+    let mut inner: Option<Result<R, ExprError>> = None;
+    let setup = with_js(|js| {
+        js.context.with(|ctx| {
+            let v = ctx.json_parse(scope_json).map_err(|e| caught(&ctx, e))?;
+            ctx.globals().set("$", v).map_err(|e| e.to_string())?;
+            ctx.globals()
+                .set("taskId", task_id)
+                .map_err(|e| e.to_string())
+        })?;
+        inner = Some(f(&Evaluator { js }));
+        Ok(())
+    });
+    match setup {
+        Err(message) => Err(ExprError {
+            expr: String::new(),
+            message,
+        }),
+        Ok(()) => inner.unwrap_or_else(|| {
+            Err(ExprError {
+                expr: String::new(),
+                message: "evaluation did not run".into(),
+            })
+        }),
+    }
+}
+
+/// Resolves a task's named inputs: inputs whose name starts with `_` (injected by
+/// built-ins: `_item`, `_prev`, ...) first, so the others can read them through
+/// `task().Inputs`.
+pub fn resolve_inputs(
+    scope: &Value,
+    task_id: &str,
+    inputs: &BTreeMap<String, Value>,
+) -> Result<BTreeMap<String, Value>, ExprError> {
+    if !inputs.values().any(contains_expression) {
+        return Ok(inputs.clone());
+    }
+    with_scope(scope, task_id, |ev| {
+        let mut out = BTreeMap::new();
+        for (k, v) in inputs.iter().filter(|(k, _)| k.starts_with('_')) {
+            out.insert(k.clone(), ev.resolve(v)?);
+        }
+        let partial = Value::Object(
+            inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), out.get(k).cloned().unwrap_or_else(|| v.clone())))
+                .collect(),
+        );
+        ev.set_task_inputs(&partial)?;
+        for (k, v) in inputs.iter().filter(|(k, _)| !k.starts_with('_')) {
+            out.insert(k.clone(), ev.resolve(v)?);
+        }
+        Ok(out)
+    })
+}
+
+/// Whether a value holds an expression outside embedded specs.
+pub fn contains_expression(value: &Value) -> bool {
+    match value {
+        Value::String(s) => expression_source(s).is_some(),
+        Value::Array(items) => items.iter().any(contains_expression),
+        Value::Object(_) if is_task_spec(value) || is_workflow_spec(value) => false,
+        Value::Object(m) => m.values().any(contains_expression),
+        _ => false,
+    }
+}
+
+/// Every expression string in a value, embedded specs included (for validation).
+pub fn all_expressions(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) if expression_source(s).is_some() => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| all_expressions(v, out)),
+        Value::Object(m) => m.values().for_each(|v| all_expressions(v, out)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scope() -> Value {
+        json!({
+            "Workflow": {"Name": "wf"},
+            "Invocation": {"Id": "r1", "Inputs": {"default": "hello", "n": 3}},
+            "Tasks": {
+                "A": {"Status": "succeeded", "Output": {"x": 42}, "OutputHeaders": {"Content-Type": "application/json"}, "Inputs": {"default": "in-a"}},
+                "B": {"Status": "running", "Inputs": {"default": 1, "other": "o"}}
+            }
+        })
+    }
+
+    fn eval(expr: &str) -> Result<Value, ExprError> {
+        with_scope(&scope(), "B", |ev| ev.eval(expr))
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(eval("{ param() }").unwrap(), json!("hello"));
+        assert_eq!(eval("{ param('n') + 1 }").unwrap(), json!(4));
+        assert_eq!(eval("{ $.Tasks.A.Output.x }").unwrap(), json!(42));
+        assert_eq!(eval("{ output('A').x }").unwrap(), json!(42));
+        assert_eq!(eval("{ input() }").unwrap(), json!(1));
+        assert_eq!(eval("{ input('B', 'other') }").unwrap(), json!("o"));
+        assert_eq!(eval("{ input('A') }").unwrap(), json!("in-a"));
+        assert_eq!(
+            eval("{ outputHeaders('A', 'Content-Type') }").unwrap(),
+            json!("application/json")
+        );
+        assert_eq!(eval("{ task().Status }").unwrap(), json!("running"));
+        assert_eq!(eval("{ task('A').Status }").unwrap(), json!("succeeded"));
+        assert_eq!(eval("{ taskId }").unwrap(), json!("B"));
+        assert_eq!(eval("{ uid().length }").unwrap(), json!(36));
+        assert_eq!(eval("{ $.Workflow.Name }").unwrap(), json!("wf"));
+        assert_eq!(eval("{ {a: 1} }").unwrap(), json!({"a": 1}));
+        assert_eq!(eval("{ undefined }").unwrap(), Value::Null);
+        assert_eq!(eval("{ var x = 2; x * 3 }").unwrap(), json!(6));
+        assert_eq!(eval("{ let y = 2; y * 4 }").unwrap(), json!(8));
+        assert_eq!(eval("{ let y = 3; y * 4 }").unwrap(), json!(12));
+    }
+
+    #[test]
+    fn throw_is_an_error_naming_the_expression() {
+        let e = eval("{ throw new Error('boom') }").unwrap_err();
+        assert_eq!(e.expr, "{ throw new Error('boom') }");
+        assert!(e.message.contains("boom"), "{}", e.message);
+        let e = eval("{ nosuchthing.x }").unwrap_err();
+        assert!(e.message.contains("nosuchthing"), "{}", e.message);
+    }
+
+    #[test]
+    fn endless_loop_times_out() {
+        let e = eval("{ while(true){} }").unwrap_err();
+        assert!(e.message.contains("timed out"), "{}", e.message);
+        // The runtime is usable afterwards.
+        assert_eq!(eval("{ 1 + 1 }").unwrap(), json!(2));
+    }
+
+    #[test]
+    fn memory_is_limited() {
+        let e =
+            eval("{ var a = []; while(true) { a.push(new Array(100000).fill(1)); } }").unwrap_err();
+        assert!(!e.message.is_empty());
+        assert_eq!(eval("{ 2 + 2 }").unwrap(), json!(4));
+    }
+
+    #[test]
+    fn helpers_cannot_be_replaced() {
+        let _ = eval("{ param = function() { return 'evil' }; 1 }");
+        assert_eq!(eval("{ param() }").unwrap(), json!("hello"));
+    }
+
+    #[test]
+    fn syntax_check() {
+        assert!(check_syntax(" $.Tasks.A.Output ").is_ok());
+        assert!(check_syntax(" var x = 1; x ").is_ok());
+        assert!(check_syntax(" $.Tasks.( ").is_err());
+        // Not run: an endless loop compiles fine and returns at once.
+        assert!(check_syntax(" while(true){} ").is_ok());
+    }
+
+    #[test]
+    fn resolves_recursively_but_not_in_specs() {
+        let v = json!({
+            "a": "{ 1 + 1 }",
+            "list": ["{ param() }", "plain"],
+            "then": {"run": "noop", "inputs": "{ param() }"},
+            "wf": {"tasks": {"x": {"run": "noop", "inputs": "{ 2 }"}}, "output": "x"}
+        });
+        let out = with_scope(&scope(), "B", |ev| ev.resolve(&v)).unwrap();
+        assert_eq!(out["a"], json!(2));
+        assert_eq!(out["list"], json!(["hello", "plain"]));
+        assert_eq!(out["then"]["inputs"], json!("{ param() }"));
+        assert_eq!(out["wf"]["tasks"]["x"]["inputs"], json!("{ 2 }"));
+    }
+
+    #[test]
+    fn underscore_inputs_first() {
+        let inputs = BTreeMap::from([
+            ("_item".to_string(), json!("{ 5 }")),
+            ("default".to_string(), json!("{ task().Inputs._item * 2 }")),
+        ]);
+        let out = resolve_inputs(&scope(), "C", &inputs).unwrap();
+        assert_eq!(out["default"], json!(10));
+    }
+}
