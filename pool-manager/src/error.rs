@@ -1,0 +1,84 @@
+//! The pool manager's error type. Every variant a user can cause maps to an HTTP
+//! status and a stable `code`, rendered as `{"error": {"code", "message"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Upstream(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable code users and scripts can match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound { .. } => "not_found",
+            Error::AlreadyExists { .. } => "already_exists",
+            Error::Conflict(_) => "conflict",
+            Error::Invalid(_) => "invalid",
+            Error::TooLarge(_) => "payload_too_large",
+            Error::Overloaded(_) => "too_many_requests",
+            Error::Timeout(_) => "function_timeout",
+            Error::Upstream(_) => "instance_failed",
+            Error::Unavailable(_) => "unavailable",
+            Error::Storage(_) => "storage",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::AlreadyExists { .. } | Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}
+
+/// Renders any error as the JSON error body every Fusion endpoint uses.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        error_response(self.status(), self.code(), &self.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

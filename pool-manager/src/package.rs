@@ -1,0 +1,320 @@
+//! Function code, stored content-addressed (sha256) under the data directory.
+//! A package is a directory `packages/<sha256>/` holding either the single file
+//! under its own name, or the unpacked zip archive. Unpacking refuses path escapes,
+//! links and archives past the size limits.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::resources::{PackageKind, PackageRef};
+
+/// Limits on what a package may be.
+#[derive(Debug, Clone, Copy)]
+pub struct PackageLimits {
+    pub max_upload: u64,
+    pub max_unpacked: u64,
+    pub max_entries: usize,
+}
+
+impl Default for PackageLimits {
+    fn default() -> Self {
+        PackageLimits {
+            max_upload: 64 << 20,
+            max_unpacked: 256 << 20,
+            max_entries: 10_000,
+        }
+    }
+}
+
+pub struct PackageStore {
+    root: PathBuf,
+    limits: PackageLimits,
+}
+
+pub fn validate_filename(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\\')
+        && !name.contains('\0');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "package file name {name:?} must be a plain file name"
+        )))
+    }
+}
+
+fn is_zip(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06")
+}
+
+impl PackageStore {
+    pub fn open(root: PathBuf, limits: PackageLimits) -> Result<PackageStore> {
+        std::fs::create_dir_all(&root).map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(PackageStore { root, limits })
+    }
+
+    pub fn limits(&self) -> PackageLimits {
+        self.limits
+    }
+
+    /// Stores code. A zip archive (by its magic bytes) is unpacked; anything else is
+    /// kept as the single file `filename`.
+    pub fn put(&self, filename: &str, bytes: &[u8]) -> Result<PackageRef> {
+        if bytes.len() as u64 > self.limits.max_upload {
+            return Err(Error::TooLarge(format!(
+                "package of {} bytes is larger than the limit of {} bytes",
+                bytes.len(),
+                self.limits.max_upload
+            )));
+        }
+        if bytes.is_empty() {
+            return Err(Error::Invalid("package is empty".into()));
+        }
+        let sha = hex(&Sha256::digest(bytes));
+        let dir = self.root.join(&sha);
+        let archive = is_zip(bytes);
+        let reference = PackageRef {
+            sha256: sha.clone(),
+            kind: if archive {
+                PackageKind::Archive
+            } else {
+                PackageKind::File
+            },
+            filename: if archive {
+                None
+            } else {
+                validate_filename(filename)?;
+                Some(filename.to_string())
+            },
+        };
+        if archive && dir.join(".complete").exists() {
+            return Ok(reference);
+        }
+        // Unpack into a temporary sibling and rename, so a crash never leaves a
+        // half-written package under its final name.
+        let tmp = self.root.join(format!(".tmp-{sha}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io)?;
+        let result = if archive {
+            unpack_zip(bytes, &tmp, self.limits)
+        } else {
+            write_file(&tmp.join(filename), bytes)
+        };
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if archive {
+            std::fs::write(tmp.join(".complete"), b"").map_err(io)?;
+            if dir.exists() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            std::fs::rename(&tmp, &dir).map_err(io)?;
+        } else {
+            // Several names may share one content: file packages keep each name.
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            std::fs::rename(tmp.join(filename), dir.join(filename)).map_err(io)?;
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Ok(reference)
+    }
+
+    /// The path a runtime loads: the file of a file package, the directory of an archive.
+    pub fn path(&self, package: &PackageRef) -> Result<PathBuf> {
+        let dir = self.root.join(&package.sha256);
+        let path = match (&package.kind, &package.filename) {
+            (PackageKind::File, Some(f)) => dir.join(f),
+            _ => dir,
+        };
+        if path.exists() {
+            Ok(path)
+        } else {
+            Err(Error::NotFound {
+                kind: "package",
+                name: package.sha256.clone(),
+            })
+        }
+    }
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::Storage(e.to_string())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(io)?;
+    set_executable(path)
+}
+
+fn set_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(io)
+}
+
+/// A path inside the archive as a relative path with only normal components, or
+/// an error naming the entry that tries to escape.
+fn safe_relative(name: &str) -> Result<PathBuf> {
+    let path = Path::new(name);
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "archive entry {name:?} points outside the archive"
+                )))
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(Error::Invalid(format!(
+            "archive entry {name:?} has no name"
+        )));
+    }
+    Ok(out)
+}
+
+pub fn unpack_zip(bytes: &[u8], dest: &Path, limits: PackageLimits) -> Result<()> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| Error::Invalid(format!("the code is not a valid zip archive: {e}")))?;
+    if archive.len() > limits.max_entries {
+        return Err(Error::TooLarge(format!(
+            "archive has {} entries, more than the limit of {}",
+            archive.len(),
+            limits.max_entries
+        )));
+    }
+    let mut total: u64 = 0;
+    for i in 0..archive.len() {
+        let mut entry = archive
+            .by_index(i)
+            .map_err(|e| Error::Invalid(format!("archive entry {i} is unreadable: {e}")))?;
+        let name = entry.name().to_string();
+        let rel = safe_relative(&name)?;
+        if entry.is_symlink() {
+            return Err(Error::Invalid(format!(
+                "archive entry {name:?} is a symbolic link; links are not allowed"
+            )));
+        }
+        let target = dest.join(&rel);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&target).map_err(io)?;
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        // Count real bytes, not the declared size: a zip bomb lies about it.
+        let budget = limits.max_unpacked.saturating_sub(total);
+        let mut data = Vec::new();
+        (&mut entry)
+            .take(budget + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| Error::Invalid(format!("archive entry {name:?} is corrupt: {e}")))?;
+        total += data.len() as u64;
+        if total > limits.max_unpacked {
+            return Err(Error::TooLarge(format!(
+                "archive unpacks to more than the limit of {} bytes",
+                limits.max_unpacked
+            )));
+        }
+        std::fs::write(&target, &data).map_err(io)?;
+        if entry.unix_mode().is_some_and(|m| m & 0o111 != 0) {
+            set_executable(&target)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Write;
+
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        {
+            let mut w = zip::ZipWriter::new(&mut buf);
+            for (name, data) in entries {
+                w.start_file(*name, zip::write::SimpleFileOptions::default())
+                    .unwrap();
+                w.write_all(data).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        buf.into_inner()
+    }
+
+    #[test]
+    fn file_and_archive_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackageStore::open(dir.path().to_path_buf(), PackageLimits::default()).unwrap();
+        let f = store.put("hello.py", b"def main(): return 'hi'").unwrap();
+        assert_eq!(f.kind, PackageKind::File);
+        assert_eq!(
+            std::fs::read(store.path(&f).unwrap()).unwrap(),
+            b"def main(): return 'hi'"
+        );
+        let z = store
+            .put("code.zip", &zip_of(&[("pkg/a.py", b"A"), ("b.py", b"B")]))
+            .unwrap();
+        assert_eq!(z.kind, PackageKind::Archive);
+        let root = store.path(&z).unwrap();
+        assert_eq!(std::fs::read(root.join("pkg/a.py")).unwrap(), b"A");
+        assert_eq!(std::fs::read(root.join("b.py")).unwrap(), b"B");
+    }
+
+    #[test]
+    fn escapes_and_bombs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = PackageLimits {
+            max_upload: 1 << 20,
+            max_unpacked: 1000,
+            max_entries: 10,
+        };
+        let store = PackageStore::open(dir.path().join("p"), limits).unwrap();
+        for bad in ["../evil.py", "/etc/evil", "a/../../evil"] {
+            let err = store.put("x.zip", &zip_of(&[(bad, b"x")])).unwrap_err();
+            assert!(matches!(err, Error::Invalid(_)), "{bad}: {err}");
+        }
+        assert!(!dir.path().join("evil.py").exists());
+        let big = vec![0u8; 5000];
+        let err = store.put("x.zip", &zip_of(&[("big", &big)])).unwrap_err();
+        assert!(matches!(err, Error::TooLarge(_)), "{err}");
+        let err = store.put("x.zip", b"PK\x03\x04garbage").unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        assert!(store.put("../x", b"code").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn unpacked_paths_stay_inside(names in proptest::collection::btree_set("[a-z./]{1,12}", 1..5)) {
+            let dir = tempfile::tempdir().unwrap();
+            let dest = dir.path().join("out");
+            std::fs::create_dir_all(&dest).unwrap();
+            let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+            let _ = unpack_zip(&zip_of(&entries), &dest, PackageLimits::default());
+            // Nothing may appear beside `out`.
+            let siblings: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            prop_assert_eq!(siblings.len(), 1);
+        }
+    }
+}

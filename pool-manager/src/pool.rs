@@ -1,0 +1,901 @@
+//! The pool manager: resources (environments, functions, routes), the warm pool of
+//! generic instances per environment, specialization on demand, leases under each
+//! function's budget (`concurrency` instances x `requests_per_instance`), idle
+//! reaping, and the retirement of instances whose function changed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use axum::body::Body;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Notify;
+
+use crate::error::{Error, Result};
+use crate::instance::{self, lock, Instance, LaunchConfig, Owner};
+use crate::logs::Logs;
+use crate::package::{PackageLimits, PackageStore};
+use crate::resources::{Environment, Function, PackageRef, Route};
+use crate::routes::RouteTable;
+use crate::store::{Kind, ResourceStore};
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub data_dir: PathBuf,
+    pub launch: LaunchConfig,
+    /// How long a request waits for capacity before it gets 429.
+    pub lease_wait: Duration,
+    /// Largest request body the router passes on (413 past it).
+    pub body_limit: u64,
+    pub packages: PackageLimits,
+    /// How often idle instances are looked for.
+    pub reap_interval: Duration,
+}
+
+pub(crate) type HttpClient = Client<HttpConnector, Body>;
+
+/// Cheap to clone; all clones share one manager.
+#[derive(Clone)]
+pub struct PoolManager {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: PoolConfig,
+    pub(crate) store: ResourceStore,
+    pub(crate) packages: PackageStore,
+    pub(crate) logs: Arc<Logs>,
+    pub(crate) client: HttpClient,
+    state: Mutex<State>,
+    routes: RwLock<Arc<RouteTable>>,
+    next_id: AtomicU64,
+    closing: AtomicBool,
+    /// Signalled whenever an instance exits (shutdown waits on it).
+    exits: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    envs: HashMap<String, EnvPool>,
+    fns: HashMap<String, FnPool>,
+    all: HashMap<u64, Arc<Instance>>,
+}
+
+struct EnvPool {
+    env: Environment,
+    generic: Vec<Arc<Instance>>,
+    starting: usize,
+    refilling: bool,
+}
+
+struct FnPool {
+    function: Function,
+    instances: Vec<Arc<Instance>>,
+    /// Instances being specialized for this function right now.
+    pending: usize,
+    /// Woken when capacity may have freed up.
+    changed: Arc<Notify>,
+}
+
+/// The right to send requests to one specialized instance. Released on drop, on
+/// every path: success, error, timeout, or a client that went away.
+pub struct Lease {
+    pub instance: Arc<Instance>,
+    pub function: Function,
+    manager: Weak<Inner>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.instance.active.fetch_sub(1, Ordering::SeqCst);
+        self.instance.touch();
+        if let Some(inner) = self.manager.upgrade() {
+            inner.released(&self.instance, &self.function.name);
+        }
+    }
+}
+
+/// A snapshot of one instance, for the API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceInfo {
+    pub id: u64,
+    pub pid: u32,
+    pub address: String,
+    pub environment: String,
+    pub function: Option<String>,
+    pub state: &'static str,
+    pub active_requests: usize,
+}
+
+impl PoolManager {
+    /// Opens the resource store, loads every resource, and fills the pools.
+    pub async fn start(db: &sled::Db, cfg: PoolConfig) -> Result<PoolManager> {
+        let store = ResourceStore::open(db)?;
+        let packages = PackageStore::open(cfg.data_dir.join("packages"), cfg.packages)?;
+        let logs = Arc::new(
+            Logs::new(cfg.data_dir.join("logs")).map_err(|e| Error::Storage(e.to_string()))?,
+        );
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let mut state = State::default();
+        for env in store.environments()? {
+            state.envs.insert(
+                env.name.clone(),
+                EnvPool {
+                    env,
+                    generic: Vec::new(),
+                    starting: 0,
+                    refilling: false,
+                },
+            );
+        }
+        for function in store.functions()? {
+            state
+                .fns
+                .insert(function.name.clone(), FnPool::new(function));
+        }
+        let routes = RouteTable::new(store.routes()?);
+        let reap_interval = cfg.reap_interval;
+        let inner = Arc::new(Inner {
+            cfg,
+            store,
+            packages,
+            logs,
+            client,
+            state: Mutex::new(state),
+            routes: RwLock::new(Arc::new(routes)),
+            next_id: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
+            exits: Notify::new(),
+        });
+        let envs: Vec<String> = lock(&inner.state).envs.keys().cloned().collect();
+        for env in envs {
+            inner.refill(&env);
+        }
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(reap_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(inner) if !inner.closing.load(Ordering::SeqCst) => inner.reap_idle(),
+                    _ => break,
+                }
+            }
+        });
+        Ok(PoolManager { inner })
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.cfg
+    }
+
+    pub fn logs(&self) -> &Arc<Logs> {
+        &self.inner.logs
+    }
+
+    pub fn route_table(&self) -> Arc<RouteTable> {
+        self.inner
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    // ---- packages ----
+
+    pub fn put_package(&self, filename: &str, bytes: &[u8]) -> Result<PackageRef> {
+        self.inner.packages.put(filename, bytes)
+    }
+
+    // ---- environments ----
+
+    pub fn environment(&self, name: &str) -> Result<Environment> {
+        self.inner
+            .store
+            .get(Kind::Environment, name)?
+            .ok_or_else(|| not_found(Kind::Environment, name))
+    }
+    pub fn environments(&self) -> Result<Vec<Environment>> {
+        self.inner.store.environments()
+    }
+
+    pub async fn create_environment(&self, env: Environment) -> Result<Environment> {
+        env.validate()?;
+        if self
+            .inner
+            .store
+            .get::<Environment>(Kind::Environment, &env.name)?
+            .is_some()
+        {
+            return Err(already_exists(Kind::Environment, &env.name));
+        }
+        self.inner
+            .store
+            .put(Kind::Environment, &env.name, &env)
+            .await?;
+        self.inner.install_environment(env.clone());
+        Ok(env)
+    }
+
+    pub async fn update_environment(&self, env: Environment) -> Result<Environment> {
+        env.validate()?;
+        self.environment(&env.name)?;
+        self.inner
+            .store
+            .put(Kind::Environment, &env.name, &env)
+            .await?;
+        self.inner.install_environment(env.clone());
+        Ok(env)
+    }
+
+    pub async fn delete_environment(&self, name: &str) -> Result<()> {
+        self.environment(name)?;
+        let users: Vec<String> = self
+            .inner
+            .store
+            .functions()?
+            .into_iter()
+            .filter(|f| f.env == name)
+            .map(|f| f.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "environment {name:?} is used by functions {}; delete or move them first",
+                users.join(", ")
+            )));
+        }
+        self.inner.store.delete(Kind::Environment, name).await?;
+        let generic = {
+            let mut st = lock(&self.inner.state);
+            st.envs.remove(name).map(|p| p.generic).unwrap_or_default()
+        };
+        for i in generic {
+            i.stop();
+        }
+        Ok(())
+    }
+
+    // ---- functions ----
+
+    pub fn function(&self, name: &str) -> Result<Function> {
+        self.inner
+            .store
+            .get(Kind::Function, name)?
+            .ok_or_else(|| not_found(Kind::Function, name))
+    }
+    pub fn functions(&self) -> Result<Vec<Function>> {
+        self.inner.store.functions()
+    }
+    pub fn function_exists(&self, name: &str) -> bool {
+        lock(&self.inner.state).fns.contains_key(name)
+    }
+
+    fn check_function_refs(&self, f: &Function) -> Result<()> {
+        f.validate()?;
+        if self
+            .inner
+            .store
+            .get::<Environment>(Kind::Environment, &f.env)?
+            .is_none()
+        {
+            return Err(Error::Conflict(format!(
+                "function {:?}: environment {:?} does not exist; create it first",
+                f.name, f.env
+            )));
+        }
+        self.inner.packages.path(&f.package).map_err(|_| {
+            Error::Conflict(format!(
+                "function {:?}: package {} does not exist; upload the code first",
+                f.name, f.package.sha256
+            ))
+        })?;
+        Ok(())
+    }
+
+    pub async fn create_function(&self, mut f: Function) -> Result<Function> {
+        self.check_function_refs(&f)?;
+        if self
+            .inner
+            .store
+            .get::<Function>(Kind::Function, &f.name)?
+            .is_some()
+        {
+            return Err(already_exists(Kind::Function, &f.name));
+        }
+        f.generation = 1;
+        self.inner.store.put(Kind::Function, &f.name, &f).await?;
+        lock(&self.inner.state)
+            .fns
+            .insert(f.name.clone(), FnPool::new(f.clone()));
+        Ok(f)
+    }
+
+    /// Replaces a function. New requests go to instances of the new generation;
+    /// in-flight ones finish on the old instances, which are then retired.
+    pub async fn update_function(&self, mut f: Function) -> Result<Function> {
+        self.check_function_refs(&f)?;
+        let old = self.function(&f.name)?;
+        f.generation = old.generation + 1;
+        self.inner.store.put(Kind::Function, &f.name, &f).await?;
+        let mut st = lock(&self.inner.state);
+        let pool = st
+            .fns
+            .entry(f.name.clone())
+            .or_insert_with(|| FnPool::new(f.clone()));
+        pool.function = f.clone();
+        for i in &pool.instances {
+            i.retiring.store(true, Ordering::SeqCst);
+            if i.active() == 0 {
+                i.stop();
+            }
+        }
+        pool.changed.notify_waiters();
+        Ok(f)
+    }
+
+    pub async fn delete_function(&self, name: &str) -> Result<()> {
+        self.function(name)?;
+        let users: Vec<String> = self
+            .inner
+            .store
+            .routes()?
+            .into_iter()
+            .filter(|r| r.function.as_deref() == Some(name))
+            .map(|r| r.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "function {name:?} is the target of routes {}; delete them first",
+                users.join(", ")
+            )));
+        }
+        self.inner.store.delete(Kind::Function, name).await?;
+        if let Some(pool) = lock(&self.inner.state).fns.remove(name) {
+            for i in pool.instances {
+                i.retiring.store(true, Ordering::SeqCst);
+                if i.active() == 0 {
+                    i.stop();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn instances(&self, function: Option<&str>) -> Vec<InstanceInfo> {
+        let st = lock(&self.inner.state);
+        let mut out: Vec<InstanceInfo> = st
+            .all
+            .values()
+            .filter(|i| !i.is_exited())
+            .filter(|i| match function {
+                Some(f) => i.owner().is_some_and(|o| o.function == f),
+                None => true,
+            })
+            .map(|i| InstanceInfo {
+                id: i.id,
+                pid: i.pid,
+                address: i.addr.to_string(),
+                environment: i.env.clone(),
+                function: i.owner().map(|o| o.function),
+                state: if i.retiring.load(Ordering::SeqCst) {
+                    "draining"
+                } else if i.owner().is_some() {
+                    "specialized"
+                } else {
+                    "generic"
+                },
+                active_requests: i.active(),
+            })
+            .collect();
+        out.sort_by_key(|i| i.id);
+        out
+    }
+
+    // ---- routes ----
+
+    pub fn route(&self, name: &str) -> Result<Route> {
+        self.inner
+            .store
+            .get(Kind::Route, name)?
+            .ok_or_else(|| not_found(Kind::Route, name))
+    }
+    pub fn routes(&self) -> Result<Vec<Route>> {
+        self.inner.store.routes()
+    }
+
+    /// `workflow_exists` answers for routes that target a workflow.
+    pub async fn create_route(
+        &self,
+        route: Route,
+        workflow_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<Route> {
+        self.check_route(&route, workflow_exists)?;
+        if self
+            .inner
+            .store
+            .get::<Route>(Kind::Route, &route.name)?
+            .is_some()
+        {
+            return Err(already_exists(Kind::Route, &route.name));
+        }
+        self.inner
+            .store
+            .put(Kind::Route, &route.name, &route)
+            .await?;
+        self.reload_routes()?;
+        Ok(route)
+    }
+
+    pub async fn update_route(
+        &self,
+        route: Route,
+        workflow_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<Route> {
+        self.check_route(&route, workflow_exists)?;
+        self.route(&route.name)?;
+        self.inner
+            .store
+            .put(Kind::Route, &route.name, &route)
+            .await?;
+        self.reload_routes()?;
+        Ok(route)
+    }
+
+    pub async fn delete_route(&self, name: &str) -> Result<()> {
+        if !self.inner.store.delete(Kind::Route, name).await? {
+            return Err(not_found(Kind::Route, name));
+        }
+        self.reload_routes()
+    }
+
+    fn check_route(&self, route: &Route, workflow_exists: &dyn Fn(&str) -> bool) -> Result<()> {
+        route.validate()?;
+        if let Some(f) = &route.function {
+            if self
+                .inner
+                .store
+                .get::<Function>(Kind::Function, f)?
+                .is_none()
+            {
+                return Err(Error::Conflict(format!(
+                    "route {:?}: function {f:?} does not exist",
+                    route.name
+                )));
+            }
+        }
+        if let Some(w) = &route.workflow {
+            if !workflow_exists(w) {
+                return Err(Error::Conflict(format!(
+                    "route {:?}: workflow {w:?} does not exist",
+                    route.name
+                )));
+            }
+        }
+        let clash = self.inner.store.routes()?.into_iter().find(|r| {
+            r.name != route.name
+                && r.url == route.url
+                && r.prefix == route.prefix
+                && r.host == route.host
+                && (r.methods.is_empty()
+                    || route.methods.is_empty()
+                    || r.methods.iter().any(|m| route.methods.contains(m)))
+        });
+        if let Some(other) = clash {
+            return Err(Error::Conflict(format!(
+                "route {:?} would answer the same requests as route {:?}",
+                route.name, other.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn reload_routes(&self) -> Result<()> {
+        let table = Arc::new(RouteTable::new(self.inner.store.routes()?));
+        *self.inner.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
+        Ok(())
+    }
+
+    // ---- leases ----
+
+    /// A lease on a specialized instance of `name`: reuse one with spare capacity,
+    /// else specialize a generic one from the pool, else spawn one; past the
+    /// function's concurrency, wait up to `lease_wait`, then fail with 429.
+    pub async fn lease(&self, name: &str) -> Result<Lease> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.cfg.lease_wait;
+        loop {
+            if inner.closing.load(Ordering::SeqCst) {
+                return Err(Error::Unavailable("the server is shutting down".into()));
+            }
+            let (function, generic, changed) = {
+                let mut st = lock(&inner.state);
+                let State { fns, envs, .. } = &mut *st;
+                let pool = fns
+                    .get_mut(name)
+                    .ok_or_else(|| not_found(Kind::Function, name))?;
+                let f = &pool.function;
+                if let Some(i) = pool.instances.iter().find(|i| {
+                    !i.retiring.load(Ordering::SeqCst) && i.active() < f.requests_per_instance
+                }) {
+                    i.active.fetch_add(1, Ordering::SeqCst);
+                    return Ok(Lease {
+                        instance: i.clone(),
+                        function: f.clone(),
+                        manager: Arc::downgrade(inner),
+                    });
+                }
+                let live = pool
+                    .instances
+                    .iter()
+                    .filter(|i| !i.retiring.load(Ordering::SeqCst))
+                    .count()
+                    + pool.pending;
+                if live < f.concurrency {
+                    pool.pending += 1;
+                    let generic = envs.get_mut(&f.env).and_then(|p| p.generic.pop());
+                    (Some(f.clone()), generic, pool.changed.clone())
+                } else {
+                    (None, None, pool.changed.clone())
+                }
+            };
+            let Some(function) = function else {
+                let notified = changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                // Capacity may have been freed between the check and enable().
+                if self.has_capacity(name) {
+                    continue;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return Err(Error::Overloaded(format!(
+                        "function {name:?} is at its concurrency limit and no instance freed up within {:?}",
+                        inner.cfg.lease_wait
+                    )));
+                }
+                continue;
+            };
+            inner.refill(&function.env);
+            let result = inner.specialize(&function, generic).await;
+            let mut st = lock(&inner.state);
+            let pool = st.fns.get_mut(name);
+            return match (result, pool) {
+                (Ok(instance), Some(pool)) => {
+                    pool.pending -= 1;
+                    instance.active.fetch_add(1, Ordering::SeqCst);
+                    let stale = pool.function.generation != function.generation;
+                    pool.instances.push(instance.clone());
+                    if stale {
+                        instance.retiring.store(true, Ordering::SeqCst);
+                    }
+                    Ok(Lease {
+                        instance,
+                        function,
+                        manager: Arc::downgrade(inner),
+                    })
+                }
+                (Ok(instance), None) => {
+                    instance.stop();
+                    Err(not_found(Kind::Function, name))
+                }
+                (Err(e), pool) => {
+                    if let Some(pool) = pool {
+                        pool.pending -= 1;
+                        pool.changed.notify_waiters();
+                    }
+                    Err(e)
+                }
+            };
+        }
+    }
+
+    fn has_capacity(&self, name: &str) -> bool {
+        let st = lock(&self.inner.state);
+        st.fns.get(name).is_none_or(|p| {
+            let f = &p.function;
+            let live: Vec<_> = p
+                .instances
+                .iter()
+                .filter(|i| !i.retiring.load(Ordering::SeqCst))
+                .collect();
+            live.iter().any(|i| i.active() < f.requests_per_instance)
+                || live.len() + p.pending < f.concurrency
+        })
+    }
+
+    /// Stops every instance and waits (bounded) until they have exited.
+    pub async fn shutdown(&self, limit: Duration) {
+        let inner = &self.inner;
+        inner.closing.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = inner.exits.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let live: Vec<Arc<Instance>> = lock(&inner.state)
+                .all
+                .values()
+                .filter(|i| !i.is_exited())
+                .cloned()
+                .collect();
+            if live.is_empty() {
+                return;
+            }
+            for i in &live {
+                i.stop();
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(left = live.len(), "instances did not exit in time");
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn http(&self) -> &HttpClient {
+        &self.inner.client
+    }
+}
+
+impl FnPool {
+    fn new(function: Function) -> FnPool {
+        FnPool {
+            function,
+            instances: Vec::new(),
+            pending: 0,
+            changed: Arc::new(Notify::new()),
+        }
+    }
+}
+
+impl Inner {
+    fn install_environment(self: &Arc<Self>, env: Environment) {
+        let old = {
+            let mut st = lock(&self.state);
+            match st.envs.get_mut(&env.name) {
+                Some(pool) => {
+                    pool.env = env.clone();
+                    std::mem::take(&mut pool.generic)
+                }
+                None => {
+                    st.envs.insert(
+                        env.name.clone(),
+                        EnvPool {
+                            env: env.clone(),
+                            generic: Vec::new(),
+                            starting: 0,
+                            refilling: false,
+                        },
+                    );
+                    Vec::new()
+                }
+            }
+        };
+        for i in old {
+            i.stop();
+        }
+        self.refill(&env.name);
+    }
+
+    /// Tops the environment's pool up to its pool size, one instance at a time, in
+    /// the background. At most one refiller runs per environment.
+    fn refill(self: &Arc<Self>, env_name: &str) {
+        {
+            let mut st = lock(&self.state);
+            let Some(pool) = st.envs.get_mut(env_name) else {
+                return;
+            };
+            if pool.refilling || pool.generic.len() + pool.starting >= pool.env.poolsize {
+                return;
+            }
+            pool.refilling = true;
+        }
+        let inner = self.clone();
+        let env_name = env_name.to_string();
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                let env = {
+                    let mut st = lock(&inner.state);
+                    let Some(pool) = st.envs.get_mut(&env_name) else {
+                        return;
+                    };
+                    if inner.closing.load(Ordering::SeqCst)
+                        || pool.generic.len() + pool.starting >= pool.env.poolsize
+                    {
+                        pool.refilling = false;
+                        return;
+                    }
+                    pool.starting += 1;
+                    pool.env.clone()
+                };
+                let result = inner.spawn_instance(&env).await;
+                let mut st = lock(&inner.state);
+                let pool = st.envs.get_mut(&env_name);
+                match (result, pool) {
+                    (Ok(i), Some(pool)) if pool.env == env => {
+                        pool.starting -= 1;
+                        pool.generic.push(i);
+                        failures = 0;
+                    }
+                    (Ok(i), pool) => {
+                        if let Some(pool) = pool {
+                            pool.starting -= 1;
+                        }
+                        i.stop();
+                    }
+                    (Err(e), pool) => {
+                        if let Some(pool) = pool {
+                            pool.starting -= 1;
+                        }
+                        failures += 1;
+                        tracing::warn!(env = %env_name, error = %e, "cannot refill pool");
+                        if failures >= 3 {
+                            if let Some(pool) = st.envs.get_mut(&env_name) {
+                                pool.refilling = false;
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    async fn spawn_instance(self: &Arc<Self>, env: &Environment) -> Result<Arc<Instance>> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let weak = Arc::downgrade(self);
+        let instance = instance::spawn(id, env, &self.cfg.launch, self.logs.clone(), move |i| {
+            if let Some(inner) = weak.upgrade() {
+                inner.exited(&i);
+            }
+        })
+        .await?;
+        let mut st = lock(&self.state);
+        if !instance.is_exited() {
+            st.all.insert(id, instance.clone());
+        }
+        Ok(instance)
+    }
+
+    /// Loads `function` into `generic` (or a newly spawned instance).
+    async fn specialize(
+        self: &Arc<Self>,
+        function: &Function,
+        generic: Option<Arc<Instance>>,
+    ) -> Result<Arc<Instance>> {
+        let instance = match generic {
+            Some(i) if !i.is_exited() => i,
+            _ => {
+                let env = lock(&self.state)
+                    .envs
+                    .get(&function.env)
+                    .map(|p| p.env.clone())
+                    .ok_or_else(|| not_found(Kind::Environment, &function.env))?;
+                self.spawn_instance(&env).await?
+            }
+        };
+        *lock(&instance.owner) = Some(Owner {
+            function: function.name.clone(),
+            generation: function.generation,
+        });
+        let path = self.packages.path(&function.package)?;
+        let body = serde_json::json!({
+            "filepath": path,
+            "functionName": function.entrypoint.clone().unwrap_or_default(),
+            "url": "",
+            "FunctionMetadata": {"name": function.name, "generation": function.generation},
+            "envVersion": 2,
+        });
+        let req = http::Request::post(format!("http://{}/v2/specialize", instance.addr))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let outcome = tokio::time::timeout(self.cfg.launch.start_timeout, async {
+            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, String>((status, body))
+        })
+        .await;
+        let failure = match outcome {
+            Ok(Ok((status, _))) if status.is_success() => {
+                instance.touch();
+                return Ok(instance);
+            }
+            Ok(Ok((status, body))) => format!(
+                "the runtime refused the code ({status}): {}",
+                String::from_utf8_lossy(&body).trim()
+            ),
+            Ok(Err(e)) => format!("the runtime failed while loading the code: {e}"),
+            Err(_) => format!(
+                "the runtime did not load the code within {:?}",
+                self.cfg.launch.start_timeout
+            ),
+        };
+        instance.stop();
+        self.logs
+            .append(&function.name, instance.id, "fusion", &failure);
+        Err(Error::Upstream(format!(
+            "function {:?} cannot be loaded: {failure}",
+            function.name
+        )))
+    }
+
+    fn released(&self, instance: &Arc<Instance>, function: &str) {
+        let st = lock(&self.state);
+        let pool = st.fns.get(function);
+        let current = pool.is_some_and(|p| {
+            instance
+                .owner()
+                .is_some_and(|o| o.generation == p.function.generation)
+        });
+        if (!current || instance.retiring.load(Ordering::SeqCst)) && instance.active() == 0 {
+            instance.stop();
+        }
+        if let Some(pool) = pool {
+            pool.changed.notify_waiters();
+        }
+    }
+
+    fn exited(self: &Arc<Self>, instance: &Arc<Instance>) {
+        let env = {
+            let mut st = lock(&self.state);
+            st.all.remove(&instance.id);
+            if let Some(pool) = st.envs.get_mut(&instance.env) {
+                pool.generic.retain(|i| i.id != instance.id);
+            }
+            if let Some(owner) = instance.owner() {
+                if let Some(pool) = st.fns.get_mut(&owner.function) {
+                    pool.instances.retain(|i| i.id != instance.id);
+                    pool.changed.notify_waiters();
+                }
+            }
+            instance.env.clone()
+        };
+        self.exits.notify_waiters();
+        if !self.closing.load(Ordering::SeqCst) {
+            self.refill(&env);
+        }
+    }
+
+    fn reap_idle(&self) {
+        let st = lock(&self.state);
+        for pool in st.fns.values() {
+            let idle = Duration::from_secs(pool.function.idle_timeout_secs);
+            for i in &pool.instances {
+                if i.active() == 0 && (i.retiring.load(Ordering::SeqCst) || i.idle_for() >= idle) {
+                    tracing::debug!(instance = i.id, function = %pool.function.name, "stopping idle instance");
+                    i.stop();
+                }
+            }
+        }
+    }
+}
+
+fn not_found(kind: Kind, name: &str) -> Error {
+    Error::NotFound {
+        kind: kind.noun(),
+        name: name.to_string(),
+    }
+}
+
+fn already_exists(kind: Kind, name: &str) -> Error {
+    Error::AlreadyExists {
+        kind: kind.noun(),
+        name: name.to_string(),
+    }
+}

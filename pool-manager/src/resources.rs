@@ -1,0 +1,309 @@
+//! The resources users declare: environments, functions and routes (HTTP
+//! triggers), with their defaults and validation. Pure data; no I/O.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A bundled language runtime; an environment may instead name its own command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Python,
+    Nodejs,
+    Binary,
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "python" | "python3" => Ok(Runtime::Python),
+            "nodejs" | "node" => Ok(Runtime::Nodejs),
+            "binary" => Ok(Runtime::Binary),
+            other => Err(Error::Invalid(format!(
+                "unknown runtime {other:?}: expected python, nodejs or binary (or give a command)"
+            ))),
+        }
+    }
+}
+
+fn default_poolsize() -> usize {
+    3
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    pub name: String,
+    /// A bundled runtime. Exactly one of `runtime` and `command` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+    /// Any command that speaks the runtime protocol on `$RUNTIME_PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default = "default_poolsize")]
+    pub poolsize: usize,
+    /// Address-space limit of each instance, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// CPU limit in millicores; enforced by the Kubernetes backend only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+}
+
+impl Environment {
+    pub fn validate(&self) -> Result<()> {
+        validate_name("environment", &self.name)?;
+        match (&self.runtime, &self.command) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Invalid(
+                    "environment: give either a runtime or a command, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(Error::Invalid(
+                    "environment: a runtime (python, nodejs, binary) or a command is required"
+                        .into(),
+                ))
+            }
+            (None, Some(cmd)) if cmd.is_empty() || cmd[0].trim().is_empty() => {
+                return Err(Error::Invalid(
+                    "environment: command must not be empty".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.poolsize > 64 {
+            return Err(Error::Invalid(format!(
+                "environment: poolsize {} is above the limit of 64",
+                self.poolsize
+            )));
+        }
+        if let Some(mb) = self.memory_mb {
+            if mb < 16 {
+                return Err(Error::Invalid(format!(
+                    "environment: memory_mb {mb} is below the minimum of 16"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a function's code lives: a content-addressed package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageRef {
+    pub sha256: String,
+    pub kind: PackageKind,
+    /// The file name of a single-file package (kept so runtimes see `hello.py`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageKind {
+    File,
+    Archive,
+}
+
+fn default_timeout() -> u64 {
+    60
+}
+fn default_idle_timeout() -> u64 {
+    120
+}
+fn default_concurrency() -> usize {
+    10
+}
+fn default_rpp() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Function {
+    pub name: String,
+    pub env: String,
+    pub package: PackageRef,
+    /// Entrypoint inside the code (`main`, `hello.main`, ...); runtime default if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    /// Seconds a request may take before the router answers 504.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Seconds an idle specialized instance is kept.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Most instances the function may have at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Concurrent requests one instance takes.
+    #[serde(default = "default_rpp")]
+    pub requests_per_instance: usize,
+    /// Bumped by every update; instances of older generations are retired.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+impl Function {
+    pub fn validate(&self) -> Result<()> {
+        validate_name("function", &self.name)?;
+        validate_name("environment", &self.env)?;
+        if self.timeout_secs == 0 || self.timeout_secs > 24 * 3600 {
+            return Err(Error::Invalid(format!(
+                "function: timeout {} s must be between 1 and 86400",
+                self.timeout_secs
+            )));
+        }
+        if self.idle_timeout_secs == 0 {
+            return Err(Error::Invalid(
+                "function: idle timeout must be at least 1 s".into(),
+            ));
+        }
+        if self.concurrency == 0 || self.concurrency > 1000 {
+            return Err(Error::Invalid(format!(
+                "function: concurrency {} must be between 1 and 1000",
+                self.concurrency
+            )));
+        }
+        if self.requests_per_instance == 0 || self.requests_per_instance > 10_000 {
+            return Err(Error::Invalid(format!(
+                "function: requests per instance {} must be between 1 and 10000",
+                self.requests_per_instance
+            )));
+        }
+        if self.package.sha256.len() != 64
+            || !self.package.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(Error::Invalid(
+                "function: package must be a sha256 hex digest".into(),
+            ));
+        }
+        if let Some(f) = &self.package.filename {
+            crate::package::validate_filename(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// An HTTP trigger: which requests reach which function or workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    /// Methods it answers; empty means every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// A URL template with `{params}`, matched exactly (`/users/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A path prefix: every path below it matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+}
+
+impl Route {
+    pub fn validate(&self) -> Result<()> {
+        validate_name("route", &self.name)?;
+        match (&self.function, &self.workflow) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Invalid(
+                    "route: target either a function or a workflow, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(Error::Invalid(
+                    "route: a target function (--function) or workflow (--workflow) is required"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        match (&self.url, &self.prefix) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Invalid(
+                    "route: give either url or prefix, not both".into(),
+                ))
+            }
+            (None, None) => return Err(Error::Invalid("route: url or prefix is required".into())),
+            (Some(u), None) | (None, Some(u)) => crate::routes::Template::parse(u)?,
+        };
+        if let Some(p) = &self.prefix {
+            if p.contains('{') {
+                return Err(Error::Invalid(
+                    "route: a prefix cannot hold {params}".into(),
+                ));
+            }
+        }
+        for m in &self.methods {
+            if !matches!(
+                m.as_str(),
+                "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS"
+            ) {
+                return Err(Error::Invalid(format!(
+                    "route: unknown method {m:?}: use GET, POST, PUT, DELETE, PATCH, HEAD or OPTIONS"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Names are DNS-1123 labels: lowercase alphanumerics and '-', at most 63, starting
+/// and ending with an alphanumeric.
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{kind} name {name:?} is not a DNS-1123 label: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("f", "hello-2").is_ok());
+        for bad in ["", "Hello", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(validate_name("f", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn environment_needs_exactly_one_of_runtime_and_command() {
+        let mut e = Environment {
+            name: "py".into(),
+            runtime: Some(Runtime::Python),
+            command: None,
+            poolsize: 3,
+            memory_mb: None,
+            cpu_millis: None,
+        };
+        assert!(e.validate().is_ok());
+        e.command = Some(vec!["x".into()]);
+        assert!(e.validate().is_err());
+        e.runtime = None;
+        assert!(e.validate().is_ok());
+        e.command = None;
+        assert!(e.validate().is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! The router: matches a request to a route (or the built-in
+//! `/fission-function/<name>`), takes a lease on an instance of the target
+//! function and streams the request and response through it. Workflow targets are
+//! handed to a `WorkflowGateway` the server provides.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::error::{error_response, Error};
+use crate::pool::PoolManager;
+use crate::routes::Target;
+
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// Runs workflows for the router; implemented by the server over the engine.
+pub trait WorkflowGateway: Send + Sync + 'static {
+    fn exists(&self, name: &str) -> bool;
+    fn invoke(&self, name: String, request: Request<Body>) -> ResponseFuture;
+}
+
+pub const FUNCTION_PREFIX: &str = "/fission-function/";
+
+/// Headers that belong to one connection and are never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Answers one request on the router listener.
+pub async fn route_request(
+    pm: PoolManager,
+    workflows: Option<Arc<dyn WorkflowGateway>>,
+    req: Request<Body>,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    if let Some(rest) = path.strip_prefix(FUNCTION_PREFIX) {
+        let (name, tail) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if pm.function_exists(name) {
+            let tail = tail.to_string();
+            return forward(&pm, name, req, &tail, &[]).await;
+        }
+        if let Some(gw) = workflows.as_ref().filter(|gw| gw.exists(name)) {
+            return gw.invoke(name.to_string(), req).await;
+        }
+        return Error::NotFound {
+            kind: "function",
+            name: name.to_string(),
+        }
+        .into_response();
+    }
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let table = pm.route_table();
+    match table.find(req.method().as_str(), host.as_deref(), &path) {
+        Some(m) => match m.target {
+            Target::Function(f) => forward(&pm, &f, req, &path, &m.params).await,
+            Target::Workflow(w) => match workflows {
+                Some(gw) => gw.invoke(w, req).await,
+                None => Error::Unavailable("workflows are not enabled".into()).into_response(),
+            },
+        },
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            &format!("no route matches {} {path}", req.method()),
+        ),
+    }
+}
+
+/// Sends `req` to an instance of `function` at `path` (plus the original query),
+/// adding `X-Fission-Params-<name>` for each URL parameter.
+pub async fn forward(
+    pm: &PoolManager,
+    function: &str,
+    req: Request<Body>,
+    path: &str,
+    params: &[(String, String)],
+) -> Response<Body> {
+    match try_forward(pm, function, req, path, params).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn try_forward(
+    pm: &PoolManager,
+    function: &str,
+    req: Request<Body>,
+    path: &str,
+    params: &[(String, String)],
+) -> Result<Response<Body>, Error> {
+    let limit = pm.config().body_limit;
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let lease = pm.lease(function).await?;
+    let timeout = Duration::from_secs(lease.function.timeout_secs);
+    let (parts, body) = req.into_parts();
+    let uri = match parts.uri.query() {
+        Some(q) => format!("http://{}{path}?{q}", lease.instance.addr),
+        None => format!("http://{}{path}", lease.instance.addr),
+    };
+    let mut out = Request::builder().method(parts.method).uri(uri);
+    let headers = out.headers_mut().expect("a fresh builder has headers");
+    for (k, v) in parts.headers.iter() {
+        if !HOP_BY_HOP.contains(&k.as_str()) {
+            headers.append(k, v.clone());
+        }
+    }
+    for (k, v) in params {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(format!("X-Fission-Params-{k}")),
+            HeaderValue::try_from(v.as_str()),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    if let Ok(v) = HeaderValue::try_from(function) {
+        headers.insert("x-fission-function-name", v);
+    }
+    let body = Body::new(Limited::new(body, limit as usize));
+    let out = out.body(body).map_err(|e| Error::Internal(e.to_string()))?;
+
+    let sent = tokio::time::timeout(timeout, pm.http().request(out)).await;
+    let resp = match sent {
+        Err(_) => {
+            return Err(Error::Timeout(format!(
+                "function {function:?} did not answer within its timeout of {} s",
+                timeout.as_secs()
+            )))
+        }
+        Ok(Err(e)) if caused_by_limit(&e) => return Err(too_large(limit)),
+        Ok(Err(e)) => {
+            let reason = match std::error::Error::source(&e) {
+                Some(s) => s.to_string(),
+                None => e.to_string(),
+            };
+            return Err(Error::Upstream(format!(
+                "the instance serving function {function:?} failed while handling the request: {reason}"
+            )));
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    let (mut parts, body) = resp.into_parts();
+    for h in HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    // The lease lives as long as the response body streams.
+    let body = body.map_err(move |e| {
+        let _held = &lease;
+        e
+    });
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+fn too_large(limit: u64) -> Error {
+    Error::TooLarge(format!(
+        "the request body is larger than the limit of {limit} bytes"
+    ))
+}
+
+fn caused_by_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}

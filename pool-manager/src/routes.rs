@@ -1,0 +1,302 @@
+//! Route matching: URL templates with `{params}`, path prefixes, methods and hosts.
+//! Pure; the router keeps a `RouteTable` built from the stored routes.
+
+use crate::error::{Error, Result};
+use crate::resources::Route;
+
+/// A parsed URL template: literal segments and `{name}` parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+impl Template {
+    pub fn parse(url: &str) -> Result<Template> {
+        if !url.starts_with('/') {
+            return Err(Error::Invalid(format!(
+                "route url {url:?} must start with '/'"
+            )));
+        }
+        if url.starts_with("/fission-function/") || url == "/fission-function" {
+            return Err(Error::Invalid(
+                "route url: /fission-function/ is reserved for the built-in function routes".into(),
+            ));
+        }
+        let mut segments = Vec::new();
+        for seg in split(url) {
+            if let Some(inner) = seg.strip_prefix('{') {
+                let name = inner.strip_suffix('}').ok_or_else(|| {
+                    Error::Invalid(format!("route url {url:?}: unclosed parameter {seg:?}"))
+                })?;
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
+                    return Err(Error::Invalid(format!(
+                        "route url {url:?}: parameter name {name:?} must be letters, digits, '_' or '-'"
+                    )));
+                }
+                if segments.contains(&Segment::Param(name.to_string())) {
+                    return Err(Error::Invalid(format!(
+                        "route url {url:?}: parameter {name:?} appears twice"
+                    )));
+                }
+                segments.push(Segment::Param(name.to_string()));
+            } else if seg.contains('{') || seg.contains('}') {
+                return Err(Error::Invalid(format!(
+                    "route url {url:?}: a parameter must be a whole segment, like /users/{{id}}"
+                )));
+            } else {
+                segments.push(Segment::Literal(seg.to_string()));
+            }
+        }
+        Ok(Template { segments })
+    }
+
+    /// Matches a whole path; returns the parameters in template order.
+    pub fn match_exact(&self, path: &str) -> Option<Vec<(String, String)>> {
+        let mut params = Vec::new();
+        let mut parts = split(path);
+        for seg in &self.segments {
+            let part = parts.next()?;
+            match seg {
+                Segment::Literal(l) if l == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(name) => params.push((name.clone(), part.to_string())),
+            }
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(params)
+    }
+
+    /// Matches when the path is the template's path or below it.
+    pub fn match_prefix(&self, path: &str) -> bool {
+        let mut parts = split(path);
+        self.segments.iter().all(|seg| match (seg, parts.next()) {
+            (Segment::Literal(l), Some(p)) => l == p,
+            _ => false,
+        })
+    }
+
+    fn literal_count(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Literal(_)))
+            .count()
+    }
+}
+
+fn split(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|s| !s.is_empty())
+}
+
+/// What a matched request goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Function(String),
+    Workflow(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub route: String,
+    pub target: Target,
+    pub params: Vec<(String, String)>,
+}
+
+struct Entry {
+    route: Route,
+    template: Template,
+    prefix: bool,
+}
+
+/// All routes, ordered so that the most specific one wins: exact templates before
+/// prefixes, more literal segments first, then longer templates, then by name.
+#[derive(Default)]
+pub struct RouteTable {
+    entries: Vec<Entry>,
+}
+
+impl RouteTable {
+    pub fn new(routes: impl IntoIterator<Item = Route>) -> RouteTable {
+        let mut entries: Vec<Entry> = routes
+            .into_iter()
+            .filter_map(|route| {
+                let (raw, prefix) = match (&route.url, &route.prefix) {
+                    (Some(u), _) => (u.clone(), false),
+                    (None, Some(p)) => (p.clone(), true),
+                    (None, None) => return None,
+                };
+                let template = Template::parse(&raw).ok()?;
+                Some(Entry {
+                    route,
+                    template,
+                    prefix,
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then(b.route.host.is_some().cmp(&a.route.host.is_some()))
+                .then(b.template.literal_count().cmp(&a.template.literal_count()))
+                .then(b.template.segments.len().cmp(&a.template.segments.len()))
+                .then(a.route.name.cmp(&b.route.name))
+        });
+        RouteTable { entries }
+    }
+
+    pub fn find(&self, method: &str, host: Option<&str>, path: &str) -> Option<RouteMatch> {
+        let host = host.map(|h| h.split(':').next().unwrap_or(h));
+        self.entries.iter().find_map(|e| {
+            if !e.route.methods.is_empty() && !e.route.methods.iter().any(|m| m == method) {
+                return None;
+            }
+            if let Some(want) = &e.route.host {
+                if host != Some(want.as_str()) {
+                    return None;
+                }
+            }
+            let params = if e.prefix {
+                e.template.match_prefix(path).then(Vec::new)?
+            } else {
+                e.template.match_exact(path)?
+            };
+            let target = match (&e.route.function, &e.route.workflow) {
+                (Some(f), _) => Target::Function(f.clone()),
+                (None, Some(w)) => Target::Workflow(w.clone()),
+                (None, None) => return None,
+            };
+            Some(RouteMatch {
+                route: e.route.name.clone(),
+                target,
+                params,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn route(name: &str, url: Option<&str>, prefix: Option<&str>, methods: &[&str]) -> Route {
+        Route {
+            name: name.into(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            url: url.map(String::from),
+            prefix: prefix.map(String::from),
+            host: None,
+            function: Some(format!("fn-{name}")),
+            workflow: None,
+        }
+    }
+
+    #[test]
+    fn parameters_are_extracted() {
+        let t = Template::parse("/users/{id}/posts/{post}").unwrap();
+        assert_eq!(
+            t.match_exact("/users/42/posts/7"),
+            Some(vec![
+                ("id".into(), "42".into()),
+                ("post".into(), "7".into())
+            ])
+        );
+        assert_eq!(t.match_exact("/users/42/posts"), None);
+        assert_eq!(t.match_exact("/users/42/posts/7/x"), None);
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        for bad in [
+            "users",
+            "/a/{",
+            "/a/{}",
+            "/a/x{id}",
+            "/a/{id}/{id}",
+            "/fission-function/x",
+        ] {
+            assert!(Template::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exact_beats_prefix_and_literals_beat_params() {
+        let table = RouteTable::new(vec![
+            route("pre", None, Some("/api"), &[]),
+            route("param", Some("/api/{x}"), None, &[]),
+            route("lit", Some("/api/special"), None, &[]),
+        ]);
+        assert_eq!(
+            table.find("GET", None, "/api/special").unwrap().route,
+            "lit"
+        );
+        assert_eq!(
+            table.find("GET", None, "/api/other").unwrap().route,
+            "param"
+        );
+        assert_eq!(table.find("GET", None, "/api/a/b").unwrap().route, "pre");
+        assert_eq!(table.find("GET", None, "/api").unwrap().route, "pre");
+        assert!(table.find("GET", None, "/apix").is_none());
+    }
+
+    #[test]
+    fn methods_and_hosts_filter() {
+        let mut r = route("r", Some("/x"), None, &["POST"]);
+        r.host = Some("example.test".into());
+        let table = RouteTable::new(vec![r]);
+        assert!(table.find("GET", Some("example.test"), "/x").is_none());
+        assert!(table.find("POST", Some("other.test"), "/x").is_none());
+        assert!(table
+            .find("POST", Some("example.test:8888"), "/x")
+            .is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn a_template_matches_the_paths_it_generates(
+            segs in proptest::collection::vec(("[a-z]{1,6}", any::<bool>()), 1..6),
+            values in proptest::collection::vec("[a-zA-Z0-9_.~-]{1,8}", 6),
+        ) {
+            let mut tpl = String::new();
+            let mut path = String::new();
+            let mut expected = Vec::new();
+            for (i, (s, is_param)) in segs.iter().enumerate() {
+                if *is_param {
+                    let name = format!("p{i}");
+                    tpl.push_str(&format!("/{{{name}}}"));
+                    path.push('/');
+                    path.push_str(&values[i]);
+                    expected.push((name, values[i].clone()));
+                } else {
+                    tpl.push('/');
+                    tpl.push_str(s);
+                    path.push('/');
+                    path.push_str(s);
+                }
+            }
+            let t = Template::parse(&tpl).unwrap();
+            prop_assert_eq!(t.match_exact(&path), Some(expected));
+            let longer = format!("{path}/extra");
+            prop_assert_eq!(t.match_exact(&longer), None);
+        }
+
+        #[test]
+        fn matching_never_panics(tpl in "(/[a-z{}]{0,5}){0,5}", path in "(/[a-z]{0,5}){0,6}") {
+            if let Ok(t) = Template::parse(&tpl) {
+                let _ = t.match_exact(&path);
+                let _ = t.match_prefix(&path);
+            }
+        }
+    }
+}

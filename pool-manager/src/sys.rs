@@ -1,0 +1,42 @@
+//! The two system calls Fusion needs for its child processes, kept in one place:
+//! a parent-death signal, so that an instance dies with the server even when the
+//! server is killed with SIGKILL, and an address-space limit for environments
+//! that declare one.
+#![allow(unsafe_code)]
+
+/// Arranges for `cmd`'s process to get SIGKILL when the thread that spawned it
+/// (a long-lived runtime worker) exits, and to have at most `memory_mb` MiB of
+/// address space.
+pub fn harden_child(cmd: &mut tokio::process::Command, memory_mb: Option<u64>) {
+    let limit = memory_mb.map(|mb| mb.saturating_mul(1 << 20));
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, setrlimit, getppid), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("parent exited"));
+            }
+            if let Some(bytes) = limit {
+                let rl = libc::rlimit {
+                    rlim_cur: bytes as libc::rlim_t,
+                    rlim_max: bytes as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &rl) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
