@@ -1,9 +1,11 @@
 //! Workflow engine: Fission Workflows' YAML format, validation, a pure run state
 //! machine, durable runs in sled, the tokio driver and the HTTP API.
 
+pub mod builtins;
 pub mod dag;
 pub mod expr;
 pub mod retry;
 pub mod spec;
+pub mod validate;
 
 pub use spec::workflow_json_schema;
