@@ -6,6 +6,7 @@ pub mod dag;
 pub mod expr;
 pub mod retry;
 pub mod spec;
+pub mod state;
 pub mod validate;
 
 pub use spec::workflow_json_schema;

@@ -1,0 +1,1091 @@
+//! The run state machine, pure: `apply` folds a run's events into its state and
+//! `decide` says what should happen next at a given time. No I/O, no clock: the
+//! driver persists events, performs the actions and feeds outcomes back as events.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::retry::{sample_from, RetryPolicy};
+use crate::spec::{parse_duration, TaskSpec, WorkflowSpec};
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+pub type Headers = BTreeMap<String, String>;
+
+/// A task's recorded result, kept by retry-from-failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub output: Value,
+    #[serde(default)]
+    pub headers: Headers,
+    #[serde(default)]
+    pub inputs: Value,
+}
+
+/// One durable fact about a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    RunStarted {
+        run_id: String,
+        workflow: String,
+        version: u32,
+        spec: WorkflowSpec,
+        input: Value,
+        at: Millis,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_of: Option<String>,
+        /// Results of tasks that succeeded in the run this one retries.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        preserved: BTreeMap<String, TaskResult>,
+    },
+    TaskDispatched {
+        task: String,
+        attempt: u32,
+        key: String,
+        inputs: Value,
+        at: Millis,
+        /// For `sleep`: when the timer fires.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wake_at: Option<Millis>,
+    },
+    TaskSucceeded {
+        task: String,
+        attempt: u32,
+        output: Value,
+        #[serde(default)]
+        headers: Headers,
+        at: Millis,
+    },
+    TaskFailed {
+        task: String,
+        attempt: u32,
+        error: String,
+        #[serde(default)]
+        status: Option<u16>,
+        retryable: bool,
+        at: Millis,
+    },
+    RetryScheduled {
+        task: String,
+        attempt: u32,
+        due: Millis,
+        at: Millis,
+    },
+    /// A task's output was a task or workflow spec (or it runs a stored
+    /// workflow): its tasks join the run in the parent's scope.
+    TasksAdded {
+        parent: String,
+        tasks: BTreeMap<String, TaskSpec>,
+        output: String,
+        #[serde(default)]
+        scope_inputs: Option<Value>,
+        at: Millis,
+    },
+    TimerFired {
+        task: String,
+        at: Millis,
+    },
+    RunSucceeded {
+        output: Value,
+        #[serde(default)]
+        headers: Headers,
+        at: Millis,
+    },
+    RunFailed {
+        task: Option<String>,
+        error: String,
+        status: Option<u16>,
+        at: Millis,
+    },
+    RunCancelled {
+        reason: String,
+        at: Millis,
+    },
+}
+
+impl Event {
+    pub fn at(&self) -> Millis {
+        match self {
+            Event::RunStarted { at, .. }
+            | Event::TaskDispatched { at, .. }
+            | Event::TaskSucceeded { at, .. }
+            | Event::TaskFailed { at, .. }
+            | Event::RetryScheduled { at, .. }
+            | Event::TasksAdded { at, .. }
+            | Event::TimerFired { at, .. }
+            | Event::RunSucceeded { at, .. }
+            | Event::RunFailed { at, .. }
+            | Event::RunCancelled { at, .. } => *at,
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Event::RunSucceeded { .. } | Event::RunFailed { .. } | Event::RunCancelled { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    #[default]
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    #[default]
+    Pending,
+    Running,
+    /// Failed, another attempt will follow.
+    Retrying,
+    /// Waiting for the dynamic sub-workflow it produced.
+    Waiting,
+    Succeeded,
+    Failed,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunError {
+    pub task: Option<String>,
+    pub message: String,
+    pub status: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TaskState {
+    pub id: String,
+    /// Id inside its scope (equal to `id` for the workflow's own tasks).
+    pub local: String,
+    /// The task whose dynamic sub-workflow this task belongs to.
+    pub scope: Option<String>,
+    pub spec: TaskSpec,
+    /// Full ids of the dependencies.
+    pub requires: Vec<String>,
+    pub status: TaskStatus,
+    pub attempts: u32,
+    pub key: Option<String>,
+    pub inputs: Option<Value>,
+    pub output: Option<Value>,
+    pub headers: Headers,
+    pub error: Option<String>,
+    pub http_status: Option<u16>,
+    pub started_at: Option<Millis>,
+    pub ended_at: Option<Millis>,
+    pub retry_at: Option<Millis>,
+    pub wake_at: Option<Millis>,
+    /// For a `Waiting` task: the full id of its sub-workflow's output task.
+    pub child_output: Option<String>,
+    /// `$.Invocation.Inputs` for the task's sub-workflow (a workflow run by name).
+    pub scope_inputs: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RunState {
+    pub run_id: String,
+    pub workflow: String,
+    pub version: u32,
+    pub spec: WorkflowSpec,
+    pub input: Value,
+    pub status: RunStatus,
+    pub started_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub deadline: Option<Millis>,
+    pub output: Option<Value>,
+    pub output_headers: Headers,
+    pub error: Option<RunError>,
+    pub tasks: BTreeMap<String, TaskState>,
+    pub retry_of: Option<String>,
+}
+
+/// How a run should end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    Succeeded { output: Value, headers: Headers },
+    Failed(RunError),
+}
+
+/// What should happen next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Run an attempt of a task (its raw inputs are in `spec`).
+    Dispatch {
+        task: String,
+        attempt: u32,
+        key: String,
+        spec: TaskSpec,
+    },
+    /// Record when the next attempt of a failed task is due.
+    ScheduleRetry {
+        task: String,
+        attempt: u32,
+        due: Millis,
+    },
+    /// Wake the run up at this time.
+    StartTimer {
+        at: Millis,
+    },
+    /// A `sleep` task's time has come: record TimerFired.
+    FireTimer {
+        task: String,
+    },
+    Finish(Finish),
+}
+
+pub fn attempt_key(run_id: &str, task: &str, attempt: u32) -> String {
+    format!("{run_id}/{task}/{attempt}")
+}
+
+/// The full id of a task `local` inside the scope of `parent`.
+pub fn child_id(parent: &str, local: &str) -> String {
+    format!("{parent}/{local}")
+}
+
+impl RunState {
+    /// Folds events into a new state.
+    pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> RunState {
+        let mut s = RunState::default();
+        for e in events {
+            apply(&mut s, e);
+        }
+        s
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.status != RunStatus::Running
+    }
+
+    /// Tasks currently dispatched and not finished (to re-dispatch on recovery).
+    pub fn in_flight(&self) -> Vec<&TaskState> {
+        self.tasks
+            .values()
+            .filter(|t| t.status == TaskStatus::Running && t.wake_at.is_none())
+            .collect()
+    }
+
+    /// The expression scope `$` for a task, and the task's id inside its scope.
+    pub fn scope_for(&self, task_id: &str) -> Value {
+        let mut tasks = serde_json::Map::new();
+        let mut scope = self.tasks.get(task_id).and_then(|t| t.scope.clone());
+        let mut inputs: Option<Value> = None;
+        loop {
+            for t in self.tasks.values().filter(|t| t.scope == scope) {
+                if !tasks.contains_key(&t.local) {
+                    tasks.insert(
+                        t.local.clone(),
+                        json!({
+                            "Id": t.id,
+                            "Status": t.status,
+                            "Inputs": t.inputs.clone().unwrap_or(Value::Null),
+                            "Output": t.output.clone().unwrap_or(Value::Null),
+                            "OutputHeaders": t.headers,
+                            "Error": t.error,
+                        }),
+                    );
+                }
+            }
+            match scope {
+                None => break,
+                Some(p) => {
+                    let parent = self.tasks.get(&p);
+                    if inputs.is_none() {
+                        inputs = parent.and_then(|t| t.scope_inputs.clone());
+                    }
+                    scope = parent.and_then(|t| t.scope.clone());
+                }
+            }
+        }
+        json!({
+            "Workflow": {"Id": self.workflow, "Name": self.workflow, "Version": self.version},
+            "Invocation": {"Id": self.run_id, "Inputs": inputs.unwrap_or_else(|| self.input.clone())},
+            "Tasks": tasks,
+        })
+    }
+}
+
+/// Applies one event. The only way a run's state changes.
+pub fn apply(s: &mut RunState, event: &Event) {
+    if s.is_finished() && !matches!(event, Event::RunStarted { .. }) {
+        return;
+    }
+    match event {
+        Event::RunStarted {
+            run_id,
+            workflow,
+            version,
+            spec,
+            input,
+            at,
+            retry_of,
+            preserved,
+        } => {
+            *s = RunState {
+                run_id: run_id.clone(),
+                workflow: workflow.clone(),
+                version: *version,
+                spec: spec.clone(),
+                input: input.clone(),
+                started_at: *at,
+                deadline: spec
+                    .timeout
+                    .as_deref()
+                    .and_then(parse_duration)
+                    .map(|d| at + d.as_millis() as u64),
+                retry_of: retry_of.clone(),
+                ..RunState::default()
+            };
+            for (id, t) in &spec.tasks {
+                let mut ts = TaskState {
+                    id: id.clone(),
+                    local: id.clone(),
+                    spec: t.clone(),
+                    requires: t.requires.clone(),
+                    ..TaskState::default()
+                };
+                if let Some(r) = preserved.get(id) {
+                    ts.status = TaskStatus::Succeeded;
+                    ts.output = Some(r.output.clone());
+                    ts.headers = r.headers.clone();
+                    ts.inputs = Some(r.inputs.clone());
+                }
+                s.tasks.insert(id.clone(), ts);
+            }
+        }
+        Event::TaskDispatched {
+            task,
+            attempt,
+            key,
+            inputs,
+            at,
+            wake_at,
+        } => {
+            if let Some(t) = s.tasks.get_mut(task) {
+                t.status = TaskStatus::Running;
+                t.attempts = *attempt;
+                t.key = Some(key.clone());
+                t.inputs = Some(inputs.clone());
+                t.started_at.get_or_insert(*at);
+                t.retry_at = None;
+                t.wake_at = *wake_at;
+            }
+        }
+        Event::TaskSucceeded {
+            task,
+            attempt,
+            output,
+            headers,
+            at,
+        } => {
+            if let Some(t) = s.tasks.get_mut(task) {
+                if t.status == TaskStatus::Running && t.attempts == *attempt {
+                    t.status = TaskStatus::Succeeded;
+                    t.output = Some(output.clone());
+                    t.headers = headers.clone();
+                    t.error = None;
+                    t.http_status = None;
+                    t.ended_at = Some(*at);
+                    succeed_parents(s, task, *at);
+                }
+            }
+        }
+        Event::TaskFailed {
+            task,
+            attempt,
+            error,
+            status,
+            retryable,
+            at,
+        } => {
+            if let Some(t) = s.tasks.get_mut(task) {
+                if t.status == TaskStatus::Running && t.attempts == *attempt {
+                    t.error = Some(error.clone());
+                    t.http_status = *status;
+                    let max = RetryPolicy::from_spec(t.spec.retry.as_ref())
+                        .map(|p| p.max_attempts)
+                        .unwrap_or(1);
+                    if *retryable && *attempt < max {
+                        t.status = TaskStatus::Retrying;
+                        t.retry_at = None;
+                    } else {
+                        t.status = TaskStatus::Failed;
+                        t.ended_at = Some(*at);
+                        fail_parents(s, task, *at);
+                    }
+                }
+            }
+        }
+        Event::RetryScheduled { task, due, .. } => {
+            if let Some(t) = s.tasks.get_mut(task) {
+                if t.status == TaskStatus::Retrying {
+                    t.retry_at = Some(*due);
+                }
+            }
+        }
+        Event::TasksAdded {
+            parent,
+            tasks,
+            output,
+            scope_inputs,
+            ..
+        } => {
+            let Some(p) = s.tasks.get_mut(parent) else {
+                return;
+            };
+            if p.status != TaskStatus::Running {
+                return;
+            }
+            p.status = TaskStatus::Waiting;
+            p.child_output = Some(child_id(parent, output));
+            p.scope_inputs = scope_inputs.clone();
+            p.wake_at = None;
+            for (local, spec) in tasks {
+                let id = child_id(parent, local);
+                s.tasks.insert(
+                    id.clone(),
+                    TaskState {
+                        id,
+                        local: local.clone(),
+                        scope: Some(parent.clone()),
+                        spec: spec.clone(),
+                        requires: spec.requires.iter().map(|r| child_id(parent, r)).collect(),
+                        ..TaskState::default()
+                    },
+                );
+            }
+        }
+        Event::TimerFired { task, at } => {
+            if let Some(t) = s.tasks.get_mut(task) {
+                if t.status == TaskStatus::Running && t.wake_at.is_some() {
+                    t.status = TaskStatus::Succeeded;
+                    t.output = Some(Value::Null);
+                    t.ended_at = Some(*at);
+                    succeed_parents(s, task, *at);
+                }
+            }
+        }
+        Event::RunSucceeded {
+            output,
+            headers,
+            at,
+        } => {
+            s.status = RunStatus::Succeeded;
+            s.output = Some(output.clone());
+            s.output_headers = headers.clone();
+            s.finished_at = Some(*at);
+        }
+        Event::RunFailed {
+            task,
+            error,
+            status,
+            at,
+        } => {
+            s.status = RunStatus::Failed;
+            s.error = Some(RunError {
+                task: task.clone(),
+                message: error.clone(),
+                status: *status,
+            });
+            s.finished_at = Some(*at);
+        }
+        Event::RunCancelled { reason, at } => {
+            s.status = RunStatus::Cancelled;
+            s.error = Some(RunError {
+                task: None,
+                message: reason.clone(),
+                status: None,
+            });
+            s.finished_at = Some(*at);
+        }
+    }
+}
+
+/// A finished output task of a sub-workflow finishes the task that produced it.
+fn succeed_parents(s: &mut RunState, task: &str, at: Millis) {
+    let mut current = task.to_string();
+    loop {
+        let Some(t) = s.tasks.get(&current) else {
+            return;
+        };
+        let Some(parent) = t.scope.clone() else {
+            return;
+        };
+        let (output, headers) = (t.output.clone(), t.headers.clone());
+        let Some(p) = s.tasks.get_mut(&parent) else {
+            return;
+        };
+        if p.status != TaskStatus::Waiting || p.child_output.as_deref() != Some(current.as_str()) {
+            return;
+        }
+        p.status = TaskStatus::Succeeded;
+        p.output = output;
+        p.headers = headers;
+        p.ended_at = Some(at);
+        current = parent;
+    }
+}
+
+/// A task of a sub-workflow that failed for good fails the task that produced it.
+fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
+    let mut current = task.to_string();
+    loop {
+        let Some(t) = s.tasks.get(&current) else {
+            return;
+        };
+        let Some(parent) = t.scope.clone() else {
+            return;
+        };
+        let error = format!(
+            "task {:?} failed: {}",
+            t.local,
+            t.error.clone().unwrap_or_default()
+        );
+        let status = t.http_status;
+        let Some(p) = s.tasks.get_mut(&parent) else {
+            return;
+        };
+        if p.status != TaskStatus::Waiting {
+            return;
+        }
+        p.status = TaskStatus::Failed;
+        p.error = Some(error);
+        p.http_status = status;
+        p.ended_at = Some(at);
+        current = parent;
+    }
+}
+
+/// What should happen next, at time `now`. Pure.
+pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
+    if s.is_finished() || s.run_id.is_empty() {
+        return Vec::new();
+    }
+    if let Some(d) = s.deadline {
+        if now >= d {
+            return vec![Action::Finish(Finish::Failed(RunError {
+                task: None,
+                message: format!(
+                    "the run timed out after {}",
+                    s.spec.timeout.clone().unwrap_or_default()
+                ),
+                status: None,
+            }))];
+        }
+    }
+    // A workflow task that failed for good fails the run (the earliest one).
+    if let Some(t) = s
+        .tasks
+        .values()
+        .filter(|t| t.scope.is_none() && t.status == TaskStatus::Failed)
+        .min_by_key(|t| (t.ended_at, t.id.clone()))
+    {
+        return vec![Action::Finish(Finish::Failed(RunError {
+            task: Some(t.id.clone()),
+            message: t.error.clone().unwrap_or_default(),
+            status: t.http_status,
+        }))];
+    }
+    if let Some(t) = s.tasks.get(&s.spec.output) {
+        if t.status == TaskStatus::Succeeded {
+            return vec![Action::Finish(Finish::Succeeded {
+                output: t.output.clone().unwrap_or(Value::Null),
+                headers: t.headers.clone(),
+            })];
+        }
+    }
+    let mut actions = Vec::new();
+    let mut busy = false;
+    for t in s.tasks.values() {
+        match t.status {
+            TaskStatus::Pending => {
+                let ready = t.requires.iter().all(|r| {
+                    s.tasks
+                        .get(r)
+                        .is_some_and(|d| d.status == TaskStatus::Succeeded)
+                });
+                if ready {
+                    actions.push(Action::Dispatch {
+                        task: t.id.clone(),
+                        attempt: 1,
+                        key: attempt_key(&s.run_id, &t.id, 1),
+                        spec: t.spec.clone(),
+                    });
+                }
+            }
+            TaskStatus::Retrying => {
+                busy = true;
+                let next = t.attempts + 1;
+                match t.retry_at {
+                    None => {
+                        let policy = RetryPolicy::from_spec(t.spec.retry.as_ref())
+                            .unwrap_or_else(|_| RetryPolicy::none());
+                        let key = attempt_key(&s.run_id, &t.id, t.attempts);
+                        let delay = policy.backoff.delay(t.attempts, sample_from(&key));
+                        actions.push(Action::ScheduleRetry {
+                            task: t.id.clone(),
+                            attempt: next,
+                            due: now + delay.as_millis() as u64,
+                        });
+                    }
+                    Some(due) if due <= now => actions.push(Action::Dispatch {
+                        task: t.id.clone(),
+                        attempt: next,
+                        key: attempt_key(&s.run_id, &t.id, next),
+                        spec: t.spec.clone(),
+                    }),
+                    Some(due) => actions.push(Action::StartTimer { at: due }),
+                }
+            }
+            TaskStatus::Running => {
+                busy = true;
+                match t.wake_at {
+                    Some(w) if w <= now => actions.push(Action::FireTimer { task: t.id.clone() }),
+                    Some(w) => actions.push(Action::StartTimer { at: w }),
+                    None => {}
+                }
+            }
+            TaskStatus::Waiting => busy = true,
+            TaskStatus::Succeeded | TaskStatus::Failed => {}
+        }
+    }
+    if actions.is_empty() && !busy {
+        // Nothing runs and nothing can start: end the run rather than hang.
+        return vec![Action::Finish(Finish::Failed(RunError {
+            task: None,
+            message: format!(
+                "no task can run and the output task {:?} has not succeeded",
+                s.spec.output
+            ),
+            status: None,
+        }))];
+    }
+    if let Some(d) = s.deadline {
+        actions.push(Action::StartTimer { at: d });
+    }
+    actions
+}
+
+/// The event that records a finish.
+pub fn finish_event(f: &Finish, at: Millis) -> Event {
+    match f {
+        Finish::Succeeded { output, headers } => Event::RunSucceeded {
+            output: output.clone(),
+            headers: headers.clone(),
+            at,
+        },
+        Finish::Failed(e) => Event::RunFailed {
+            task: e.task.clone(),
+            error: e.message.clone(),
+            status: e.status,
+            at,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::RetrySpec;
+    use proptest::prelude::*;
+
+    fn workflow(reqs: &[Vec<usize>], output: usize, retries: u32) -> WorkflowSpec {
+        let mut spec = WorkflowSpec {
+            output: format!("t{output}"),
+            ..Default::default()
+        };
+        for (i, r) in reqs.iter().enumerate() {
+            spec.tasks.insert(
+                format!("t{i}"),
+                TaskSpec {
+                    run: "fn".into(),
+                    requires: r.iter().map(|j| format!("t{j}")).collect(),
+                    retry: (retries > 1).then_some(RetrySpec {
+                        max_attempts: retries,
+                        backoff: None,
+                        jitter: None,
+                    }),
+                    ..Default::default()
+                },
+            );
+        }
+        spec
+    }
+
+    fn start(spec: WorkflowSpec) -> Event {
+        Event::RunStarted {
+            run_id: "r".into(),
+            workflow: "w".into(),
+            version: 1,
+            spec,
+            input: Value::Null,
+            at: 0,
+            retry_of: None,
+            preserved: BTreeMap::new(),
+        }
+    }
+
+    /// Drives a run to its end: `choices` pick which in-flight task finishes
+    /// next and how. Returns the events and checks invariants on the way.
+    fn simulate(spec: WorkflowSpec, choices: &[(usize, u8)]) -> (Vec<Event>, RunState) {
+        let mut events = vec![start(spec)];
+        let mut s = RunState::fold(&events);
+        let mut now = 0;
+        let mut i = 0;
+        for _ in 0..10_000 {
+            let actions = decide(&s, now);
+            let mut new = Vec::new();
+            let mut timer = false;
+            for a in actions {
+                match a {
+                    Action::Dispatch {
+                        task, attempt, key, ..
+                    } => {
+                        for r in &s.tasks[&task].requires {
+                            assert_eq!(
+                                s.tasks[r].status,
+                                TaskStatus::Succeeded,
+                                "{task} before {r}"
+                            );
+                        }
+                        new.push(Event::TaskDispatched {
+                            task,
+                            attempt,
+                            key,
+                            inputs: Value::Null,
+                            at: now,
+                            wake_at: None,
+                        });
+                    }
+                    Action::ScheduleRetry { task, attempt, due } => {
+                        assert!(due >= now);
+                        new.push(Event::RetryScheduled {
+                            task,
+                            attempt,
+                            due,
+                            at: now,
+                        });
+                    }
+                    Action::StartTimer { at } => {
+                        timer = true;
+                        now = now.max(at);
+                    }
+                    Action::FireTimer { task } => new.push(Event::TimerFired { task, at: now }),
+                    Action::Finish(f) => new.push(finish_event(&f, now)),
+                }
+            }
+            if new.is_empty() && !timer {
+                let running: Vec<_> = s
+                    .in_flight()
+                    .iter()
+                    .map(|t| (t.id.clone(), t.attempts))
+                    .collect();
+                if running.is_empty() {
+                    break;
+                }
+                let (pick, how) = choices.get(i).copied().unwrap_or((0, 0));
+                i += 1;
+                let (task, attempt) = running[pick % running.len()].clone();
+                new.push(match how % 3 {
+                    0 => Event::TaskSucceeded {
+                        task,
+                        attempt,
+                        output: json!(attempt),
+                        headers: Headers::new(),
+                        at: now,
+                    },
+                    1 => Event::TaskFailed {
+                        task,
+                        attempt,
+                        error: "5xx".into(),
+                        status: Some(503),
+                        retryable: true,
+                        at: now,
+                    },
+                    _ => Event::TaskFailed {
+                        task,
+                        attempt,
+                        error: "4xx".into(),
+                        status: Some(400),
+                        retryable: false,
+                        at: now,
+                    },
+                });
+            }
+            for e in new {
+                apply(&mut s, &e);
+                events.push(e);
+            }
+            if s.is_finished() {
+                break;
+            }
+            now += 1;
+        }
+        (events, s)
+    }
+
+    fn dag() -> impl Strategy<Value = (Vec<Vec<usize>>, usize)> {
+        (1usize..8).prop_flat_map(|n| {
+            let reqs = (0..n)
+                .map(|i| {
+                    proptest::collection::vec(0..i.max(1), 0..3)
+                        .prop_map(move |v| v.into_iter().filter(|&j| j < i).collect::<Vec<_>>())
+                })
+                .collect::<Vec<_>>();
+            (reqs, 0..n)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_outcomes_end_in_one_terminal_state(
+            (reqs, output) in dag(),
+            retries in 1u32..4,
+            choices in proptest::collection::vec((0usize..8, 0u8..3), 0..64),
+        ) {
+            let (events, s) = simulate(workflow(&reqs, output, retries), &choices);
+            prop_assert!(s.is_finished(), "run did not finish: {:?}", s.status);
+            prop_assert_eq!(events.iter().filter(|e| e.is_terminal()).count(), 1);
+            prop_assert!(events.last().unwrap().is_terminal());
+            // Folding the stored events again gives the same state.
+            let json = serde_json::to_string(&events).unwrap();
+            let stored: Vec<Event> = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(RunState::fold(&stored), s.clone());
+            // Nothing happens after the end.
+            prop_assert!(decide(&s, u64::MAX).is_empty());
+        }
+    }
+
+    #[test]
+    fn tasks_start_when_their_own_dependencies_succeed() {
+        // t0 -> t1, and t2 alone: t2 and t0 start together, t1 after t0 only.
+        let spec = workflow(&[vec![], vec![0], vec![]], 1, 1);
+        let mut s = RunState::fold(&[start(spec)]);
+        let ids = |a: &[Action]| {
+            a.iter()
+                .filter_map(|a| match a {
+                    Action::Dispatch { task, .. } => Some(task.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let a = decide(&s, 0);
+        assert_eq!(ids(&a), vec!["t0", "t2"]);
+        for t in ["t0", "t2"] {
+            apply(
+                &mut s,
+                &Event::TaskDispatched {
+                    task: t.into(),
+                    attempt: 1,
+                    key: "k".into(),
+                    inputs: Value::Null,
+                    at: 0,
+                    wake_at: None,
+                },
+            );
+        }
+        apply(
+            &mut s,
+            &Event::TaskSucceeded {
+                task: "t0".into(),
+                attempt: 1,
+                output: json!(1),
+                headers: Headers::new(),
+                at: 1,
+            },
+        );
+        assert_eq!(ids(&decide(&s, 1)), vec!["t1"]);
+    }
+
+    #[test]
+    fn retry_then_fail_for_good() {
+        let spec = workflow(&[vec![]], 0, 2);
+        let mut s = RunState::fold(&[start(spec)]);
+        apply(
+            &mut s,
+            &Event::TaskDispatched {
+                task: "t0".into(),
+                attempt: 1,
+                key: "k".into(),
+                inputs: Value::Null,
+                at: 0,
+                wake_at: None,
+            },
+        );
+        apply(
+            &mut s,
+            &Event::TaskFailed {
+                task: "t0".into(),
+                attempt: 1,
+                error: "boom".into(),
+                status: Some(500),
+                retryable: true,
+                at: 10,
+            },
+        );
+        let a = decide(&s, 10);
+        let Action::ScheduleRetry {
+            attempt: 2, due, ..
+        } = a[0].clone()
+        else {
+            panic!("{a:?}")
+        };
+        assert!((90..=110).contains(&due), "{due}");
+        apply(
+            &mut s,
+            &Event::RetryScheduled {
+                task: "t0".into(),
+                attempt: 2,
+                due,
+                at: 10,
+            },
+        );
+        assert_eq!(decide(&s, 10), vec![Action::StartTimer { at: due }]);
+        assert!(matches!(
+            &decide(&s, due)[0],
+            Action::Dispatch { attempt: 2, .. }
+        ));
+        apply(
+            &mut s,
+            &Event::TaskDispatched {
+                task: "t0".into(),
+                attempt: 2,
+                key: "k".into(),
+                inputs: Value::Null,
+                at: due,
+                wake_at: None,
+            },
+        );
+        apply(
+            &mut s,
+            &Event::TaskFailed {
+                task: "t0".into(),
+                attempt: 2,
+                error: "boom".into(),
+                status: Some(500),
+                retryable: true,
+                at: due,
+            },
+        );
+        match &decide(&s, due)[0] {
+            Action::Finish(Finish::Failed(e)) => {
+                assert_eq!(e.task.as_deref(), Some("t0"));
+                assert_eq!(e.status, Some(500));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dynamic_tasks_finish_their_parent() {
+        let spec = workflow(&[vec![]], 0, 1);
+        let mut s = RunState::fold(&[start(spec)]);
+        apply(
+            &mut s,
+            &Event::TaskDispatched {
+                task: "t0".into(),
+                attempt: 1,
+                key: "k".into(),
+                inputs: Value::Null,
+                at: 0,
+                wake_at: None,
+            },
+        );
+        let tasks = BTreeMap::from([
+            ("a".to_string(), TaskSpec::default()),
+            (
+                "b".to_string(),
+                TaskSpec {
+                    requires: vec!["a".into()],
+                    ..Default::default()
+                },
+            ),
+        ]);
+        apply(
+            &mut s,
+            &Event::TasksAdded {
+                parent: "t0".into(),
+                tasks,
+                output: "b".into(),
+                scope_inputs: None,
+                at: 0,
+            },
+        );
+        assert_eq!(s.tasks["t0"].status, TaskStatus::Waiting);
+        assert_eq!(s.tasks["t0/b"].requires, vec!["t0/a"]);
+        let scope = s.scope_for("t0/b");
+        assert!(scope["Tasks"]["a"].is_object() && scope["Tasks"]["t0"].is_object());
+        for (t, out) in [("t0/a", 1), ("t0/b", 2)] {
+            apply(
+                &mut s,
+                &Event::TaskDispatched {
+                    task: t.into(),
+                    attempt: 1,
+                    key: "k".into(),
+                    inputs: Value::Null,
+                    at: 0,
+                    wake_at: None,
+                },
+            );
+            apply(
+                &mut s,
+                &Event::TaskSucceeded {
+                    task: t.into(),
+                    attempt: 1,
+                    output: json!(out),
+                    headers: Headers::new(),
+                    at: 1,
+                },
+            );
+        }
+        assert_eq!(s.tasks["t0"].status, TaskStatus::Succeeded);
+        assert_eq!(
+            decide(&s, 2),
+            vec![Action::Finish(Finish::Succeeded {
+                output: json!(2),
+                headers: Headers::new()
+            })]
+        );
+    }
+
+    #[test]
+    fn run_timeout() {
+        let mut spec = workflow(&[vec![]], 0, 1);
+        spec.timeout = Some("1s".into());
+        let s = RunState::fold(&[start(spec)]);
+        assert!(decide(&s, 0).contains(&Action::StartTimer { at: 1000 }));
+        assert!(matches!(
+            &decide(&s, 1000)[0],
+            Action::Finish(Finish::Failed(_))
+        ));
+    }
+}
