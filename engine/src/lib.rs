@@ -7,6 +7,7 @@ pub mod expr;
 pub mod retry;
 pub mod spec;
 pub mod state;
+pub mod store;
 pub mod validate;
 
 pub use spec::workflow_json_schema;

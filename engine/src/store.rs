@@ -1,0 +1,657 @@
+//! Durable storage of workflows (versioned) and runs (events, summaries and the
+//! indexes that list runs newest-first by time, workflow and status), in sled.
+//! Appends are made durable by one flusher task that groups concurrent appenders
+//! into a single `flush_async` per batch.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::spec::WorkflowSpec;
+use crate::state::{Event, Millis, RunError, RunStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored data is corrupt: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("flush failed: {0}")]
+    Flush(String),
+    #[error("invalid cursor")]
+    Cursor,
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// One stored version of a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowVersion {
+    pub name: String,
+    pub version: u32,
+    pub source: String,
+    pub spec: WorkflowSpec,
+    pub created_at: Millis,
+}
+
+/// What a listing shows of a run (the detail comes from its events).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub workflow: String,
+    pub version: u32,
+    pub status: RunStatus,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub input: Value,
+    pub output: Option<Value>,
+    pub error: Option<RunError>,
+    #[serde(default)]
+    pub retry_of: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub workflow: Option<String>,
+    pub status: Option<RunStatus>,
+    /// Created at or after (ms).
+    pub since: Option<Millis>,
+    /// Created at or before (ms).
+    pub until: Option<Millis>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunPage {
+    pub runs: Vec<RunSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// Where workflows and runs are kept.
+pub trait RunStore: Send + Sync + 'static {
+    /// `create`: version 1, Conflict if the workflow exists; otherwise the next
+    /// version, NotFound if it does not exist.
+    fn put_workflow(
+        &self,
+        name: &str,
+        source: &str,
+        spec: &WorkflowSpec,
+        create: bool,
+        now: Millis,
+    ) -> Result<WorkflowVersion>;
+    /// The latest version, or the given one.
+    fn workflow(&self, name: &str, version: Option<u32>) -> Result<Option<WorkflowVersion>>;
+    fn workflow_versions(&self, name: &str) -> Result<Vec<WorkflowVersion>>;
+    /// The latest version of every workflow, by name.
+    fn list_workflows(&self) -> Result<Vec<WorkflowVersion>>;
+    fn delete_workflow(&self, name: &str) -> Result<bool>;
+    fn workflow_exists(&self, name: &str) -> bool;
+
+    /// Writes events `first_seq..` of a run (not yet durable: see `flush`), and
+    /// keeps the run's summary and indexes up to date.
+    fn append(&self, run_id: &str, first_seq: u64, events: &[Event]) -> Result<()>;
+    fn events(&self, run_id: &str) -> Result<Vec<Event>>;
+    fn run(&self, run_id: &str) -> Result<Option<RunSummary>>;
+    fn list_runs(&self, filter: &RunFilter) -> Result<RunPage>;
+    fn unfinished_runs(&self) -> Result<Vec<String>>;
+    /// Deletes finished runs created before `cutoff`; returns how many.
+    fn prune(&self, cutoff: Millis) -> Result<usize>;
+    /// Resolves once everything appended before the call is on disk.
+    fn flush(&self) -> BoxFuture<Result<()>>;
+}
+
+type Waiter = oneshot::Sender<std::result::Result<(), String>>;
+
+/// The sled implementation.
+pub struct SledStore {
+    workflows: sled::Tree,
+    wf_versions: sled::Tree,
+    runs: sled::Tree,
+    run_events: sled::Tree,
+    by_time: sled::Tree,
+    by_workflow: sled::Tree,
+    by_status: sled::Tree,
+    flush_tx: mpsc::UnboundedSender<Waiter>,
+    flushes: Arc<AtomicU64>,
+}
+
+fn be(ms: Millis) -> [u8; 8] {
+    ms.to_be_bytes()
+}
+
+fn index_key(prefix: &[u8], ts: Millis, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 8 + id.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&be(ts));
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn scoped(name: &str) -> Vec<u8> {
+    let mut k = name.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn event_key(run_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = scoped(run_id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl SledStore {
+    /// Opens the engine's trees and starts the flusher (needs a tokio runtime).
+    pub fn open(db: &sled::Db) -> Result<Arc<Self>> {
+        let (flush_tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let store = Arc::new(SledStore {
+            workflows: db.open_tree("wf_latest")?,
+            wf_versions: db.open_tree("wf_versions")?,
+            runs: db.open_tree("runs")?,
+            run_events: db.open_tree("run_events")?,
+            by_time: db.open_tree("runs_by_time")?,
+            by_workflow: db.open_tree("runs_by_workflow")?,
+            by_status: db.open_tree("runs_by_status")?,
+            flush_tx,
+            flushes: flushes.clone(),
+        });
+        let db = db.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(w) = rx.try_recv() {
+                    batch.push(w);
+                }
+                let r = db
+                    .flush_async()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                flushes.fetch_add(1, Ordering::Relaxed);
+                for w in batch {
+                    let _ = w.send(r.clone());
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    /// How many flushes ran (to check grouping).
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    fn put_summary(&self, s: &RunSummary) -> Result<()> {
+        self.runs.insert(s.id.as_bytes(), serde_json::to_vec(s)?)?;
+        Ok(())
+    }
+
+    fn index_status(&self, status: RunStatus, ts: Millis, id: &str) -> Vec<u8> {
+        index_key(&scoped(status.as_str()), ts, id)
+    }
+}
+
+fn parse_cursor(c: &str) -> Result<(Millis, String)> {
+    let (ts, id) = c.split_once('-').ok_or(StoreError::Cursor)?;
+    Ok((ts.parse().map_err(|_| StoreError::Cursor)?, id.to_string()))
+}
+
+impl RunStore for SledStore {
+    fn put_workflow(
+        &self,
+        name: &str,
+        source: &str,
+        spec: &WorkflowSpec,
+        create: bool,
+        now: Millis,
+    ) -> Result<WorkflowVersion> {
+        let latest = self
+            .workflows
+            .get(name.as_bytes())?
+            .map(|v| u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4])));
+        let version = match (create, latest) {
+            (true, Some(_)) => return Err(StoreError::Conflict(format!("workflow {name:?}"))),
+            (false, None) => return Err(StoreError::NotFound(format!("workflow {name:?}"))),
+            (_, l) => l.unwrap_or(0) + 1,
+        };
+        let wv = WorkflowVersion {
+            name: name.to_string(),
+            version,
+            source: source.to_string(),
+            spec: spec.clone(),
+            created_at: now,
+        };
+        let mut key = scoped(name);
+        key.extend_from_slice(&version.to_be_bytes());
+        self.wf_versions.insert(key, serde_json::to_vec(&wv)?)?;
+        self.workflows
+            .insert(name.as_bytes(), &version.to_be_bytes())?;
+        Ok(wv)
+    }
+
+    fn workflow(&self, name: &str, version: Option<u32>) -> Result<Option<WorkflowVersion>> {
+        let version = match version {
+            Some(v) => v,
+            None => match self.workflows.get(name.as_bytes())? {
+                Some(v) => u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4])),
+                None => return Ok(None),
+            },
+        };
+        let mut key = scoped(name);
+        key.extend_from_slice(&version.to_be_bytes());
+        match self.wf_versions.get(key)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn workflow_versions(&self, name: &str) -> Result<Vec<WorkflowVersion>> {
+        self.wf_versions
+            .scan_prefix(scoped(name))
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    fn list_workflows(&self) -> Result<Vec<WorkflowVersion>> {
+        let mut out = Vec::new();
+        for kv in self.workflows.iter() {
+            let (k, _) = kv?;
+            let name = String::from_utf8_lossy(&k).to_string();
+            if let Some(w) = self.workflow(&name, None)? {
+                out.push(w);
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_workflow(&self, name: &str) -> Result<bool> {
+        let existed = self.workflows.remove(name.as_bytes())?.is_some();
+        for kv in self.wf_versions.scan_prefix(scoped(name)) {
+            self.wf_versions.remove(kv?.0)?;
+        }
+        Ok(existed)
+    }
+
+    fn workflow_exists(&self, name: &str) -> bool {
+        self.workflows
+            .contains_key(name.as_bytes())
+            .unwrap_or(false)
+    }
+
+    fn append(&self, run_id: &str, first_seq: u64, events: &[Event]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (i, e) in events.iter().enumerate() {
+            batch.insert(
+                event_key(run_id, first_seq + i as u64),
+                serde_json::to_vec(e)?,
+            );
+        }
+        self.run_events.apply_batch(batch)?;
+        for e in events {
+            match e {
+                Event::RunStarted {
+                    run_id,
+                    workflow,
+                    version,
+                    input,
+                    at,
+                    retry_of,
+                    ..
+                } => {
+                    self.put_summary(&RunSummary {
+                        id: run_id.clone(),
+                        workflow: workflow.clone(),
+                        version: *version,
+                        status: RunStatus::Running,
+                        created_at: *at,
+                        finished_at: None,
+                        input: input.clone(),
+                        output: None,
+                        error: None,
+                        retry_of: retry_of.clone(),
+                    })?;
+                    self.by_time.insert(index_key(&[], *at, run_id), &[])?;
+                    self.by_workflow
+                        .insert(index_key(&scoped(workflow), *at, run_id), &[])?;
+                    self.by_status
+                        .insert(self.index_status(RunStatus::Running, *at, run_id), &[])?;
+                }
+                Event::RunSucceeded { .. }
+                | Event::RunFailed { .. }
+                | Event::RunCancelled { .. } => {
+                    let Some(mut s) = self.run(run_id)? else {
+                        continue;
+                    };
+                    self.by_status
+                        .remove(self.index_status(s.status, s.created_at, run_id))?;
+                    match e {
+                        Event::RunSucceeded { output, at, .. } => {
+                            s.status = RunStatus::Succeeded;
+                            s.output = Some(output.clone());
+                            s.finished_at = Some(*at);
+                        }
+                        Event::RunFailed {
+                            task,
+                            error,
+                            status,
+                            at,
+                        } => {
+                            s.status = RunStatus::Failed;
+                            s.error = Some(RunError {
+                                task: task.clone(),
+                                message: error.clone(),
+                                status: *status,
+                            });
+                            s.finished_at = Some(*at);
+                        }
+                        Event::RunCancelled { reason, at } => {
+                            s.status = RunStatus::Cancelled;
+                            s.error = Some(RunError {
+                                task: None,
+                                message: reason.clone(),
+                                status: None,
+                            });
+                            s.finished_at = Some(*at);
+                        }
+                        _ => {}
+                    }
+                    self.by_status
+                        .insert(self.index_status(s.status, s.created_at, run_id), &[])?;
+                    self.put_summary(&s)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn events(&self, run_id: &str) -> Result<Vec<Event>> {
+        self.run_events
+            .scan_prefix(scoped(run_id))
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    fn run(&self, run_id: &str) -> Result<Option<RunSummary>> {
+        match self.runs.get(run_id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list_runs(&self, f: &RunFilter) -> Result<RunPage> {
+        let (tree, prefix) = match (&f.workflow, f.status) {
+            (Some(w), _) => (&self.by_workflow, scoped(w)),
+            (None, Some(s)) => (&self.by_status, scoped(s.as_str())),
+            (None, None) => (&self.by_time, Vec::new()),
+        };
+        let lower = index_key(&prefix, f.since.unwrap_or(0), "");
+        let mut upper = match f.until {
+            Some(u) => index_key(&prefix, u.saturating_add(1), ""),
+            None => {
+                let mut p = prefix.clone();
+                p.extend_from_slice(&[0xff; 9]);
+                p
+            }
+        };
+        if let Some(c) = &f.cursor {
+            let (ts, id) = parse_cursor(c)?;
+            let k = index_key(&prefix, ts, &id);
+            if k < upper {
+                upper = k;
+            }
+        }
+        let limit = f.limit.clamp(1, 1000);
+        let mut runs = Vec::new();
+        let mut next_cursor = None;
+        if lower >= upper {
+            return Ok(RunPage { runs, next_cursor });
+        }
+        for kv in tree.range(lower..upper).rev() {
+            let (k, _) = kv?;
+            let rest = &k[prefix.len()..];
+            if rest.len() < 8 {
+                continue;
+            }
+            let id = String::from_utf8_lossy(&rest[8..]).to_string();
+            let Some(s) = self.run(&id)? else { continue };
+            if f.status.is_some_and(|st| st != s.status) {
+                continue;
+            }
+            if runs.len() == limit {
+                let last: &RunSummary = &runs[limit - 1];
+                next_cursor = Some(format!("{}-{}", last.created_at, last.id));
+                break;
+            }
+            runs.push(s);
+        }
+        Ok(RunPage { runs, next_cursor })
+    }
+
+    fn unfinished_runs(&self) -> Result<Vec<String>> {
+        let prefix = scoped(RunStatus::Running.as_str());
+        self.by_status
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, _) = kv?;
+                Ok(String::from_utf8_lossy(&k[prefix.len() + 8..]).to_string())
+            })
+            .collect()
+    }
+
+    fn prune(&self, cutoff: Millis) -> Result<usize> {
+        let mut n = 0;
+        for kv in self.by_time.range(..index_key(&[], cutoff, "")) {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k[8..]).to_string();
+            let Some(s) = self.run(&id)? else {
+                self.by_time.remove(&k)?;
+                continue;
+            };
+            if s.status == RunStatus::Running {
+                continue;
+            }
+            for e in self.run_events.scan_prefix(scoped(&id)) {
+                self.run_events.remove(e?.0)?;
+            }
+            self.by_workflow
+                .remove(index_key(&scoped(&s.workflow), s.created_at, &id))?;
+            self.by_status
+                .remove(self.index_status(s.status, s.created_at, &id))?;
+            self.runs.remove(id.as_bytes())?;
+            self.by_time.remove(&k)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn flush(&self) -> BoxFuture<Result<()>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.flush_tx.send(tx);
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Flush("flusher stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Flush("flusher stopped".into()))?
+                .map_err(StoreError::Flush)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn started(id: &str, wf: &str, at: Millis) -> Event {
+        Event::RunStarted {
+            run_id: id.into(),
+            workflow: wf.into(),
+            version: 1,
+            spec: WorkflowSpec::default(),
+            input: Value::Null,
+            at,
+            retry_of: None,
+            preserved: BTreeMap::new(),
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Arc<SledStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let s = SledStore::open(&db).unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn workflow_versions() {
+        let (_d, s) = open();
+        let spec = WorkflowSpec::default();
+        assert_eq!(s.put_workflow("a", "x", &spec, true, 1).unwrap().version, 1);
+        assert!(matches!(
+            s.put_workflow("a", "x", &spec, true, 1),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.put_workflow("b", "x", &spec, false, 1),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(
+            s.put_workflow("a", "y", &spec, false, 2).unwrap().version,
+            2
+        );
+        assert_eq!(s.workflow("a", None).unwrap().unwrap().source, "y");
+        assert_eq!(s.workflow("a", Some(1)).unwrap().unwrap().source, "x");
+        assert_eq!(s.workflow_versions("a").unwrap().len(), 2);
+        assert_eq!(s.list_workflows().unwrap().len(), 1);
+        assert!(s.delete_workflow("a").unwrap());
+        assert!(!s.workflow_exists("a"));
+        assert!(s.workflow("a", None).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn list_runs_with_filters_and_cursor() {
+        let (_d, s) = open();
+        for i in 0..10u64 {
+            let id = format!("run{i:02}");
+            let wf = if i % 2 == 0 { "even" } else { "odd" };
+            s.append(&id, 0, &[started(&id, wf, 1000 + i)]).unwrap();
+            if i % 3 == 0 {
+                let end = Event::RunSucceeded {
+                    output: Value::Null,
+                    headers: BTreeMap::new(),
+                    at: 2000,
+                };
+                s.append(&id, 1, &[end]).unwrap();
+            }
+        }
+        s.flush().await.unwrap();
+        let page = s
+            .list_runs(&RunFilter {
+                limit: 4,
+                ..Default::default()
+            })
+            .unwrap();
+        let ids: Vec<_> = page.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, vec!["run09", "run08", "run07", "run06"]);
+        let page2 = s
+            .list_runs(&RunFilter {
+                limit: 4,
+                cursor: page.next_cursor.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+        let ids: Vec<_> = page2.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, vec!["run05", "run04", "run03", "run02"]);
+        let page3 = s
+            .list_runs(&RunFilter {
+                limit: 4,
+                cursor: page2.next_cursor.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(page3.runs.len(), 2);
+        assert!(page3.next_cursor.is_none());
+
+        let even = s
+            .list_runs(&RunFilter {
+                workflow: Some("even".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(even.runs.len(), 5);
+        let done = s
+            .list_runs(&RunFilter {
+                status: Some(RunStatus::Succeeded),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let ids: Vec<_> = done.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, vec!["run09", "run06", "run03", "run00"]);
+        let both = s
+            .list_runs(&RunFilter {
+                workflow: Some("even".into()),
+                status: Some(RunStatus::Running),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let ids: Vec<_> = both.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, vec!["run08", "run04", "run02"]);
+        let window = s
+            .list_runs(&RunFilter {
+                since: Some(1002),
+                until: Some(1004),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(window.runs.len(), 3);
+        assert_eq!(s.unfinished_runs().unwrap().len(), 6);
+        assert_eq!(s.events("run03").unwrap().len(), 2);
+
+        assert_eq!(s.prune(1005).unwrap(), 2); // run00 and run03 finished before 1005
+        assert!(s.run("run00").unwrap().is_none());
+        assert!(s.events("run00").unwrap().is_empty());
+        assert_eq!(
+            s.list_runs(&RunFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .runs
+            .len(),
+            8
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flushes_are_grouped() {
+        let (_d, s) = open();
+        let mut handles = Vec::new();
+        for i in 0..50 {
+            let s = s.clone();
+            handles.push(tokio::spawn(async move {
+                let id = format!("r{i}");
+                s.append(&id, 0, &[started(&id, "w", i)]).unwrap();
+                s.flush().await.unwrap();
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        assert!(s.flush_count() < 50, "{} flushes", s.flush_count());
+    }
+}
