@@ -1,4 +1,15 @@
-//! Fission Workflows' built-in functions, evaluated in-process.
+//! Fission Workflows' built-in functions, evaluated in-process on a task's resolved
+//! inputs. Control flow built-ins (`if`, `switch`, `foreach`, `repeat`, `while`)
+//! answer with a task or workflow spec that the driver runs as a dynamic
+//! sub-workflow; `sleep` and `http` are performed by the driver.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::dag::TaskGraph;
+use crate::spec::{is_task_spec, is_workflow_spec, parse_duration, TaskSpec, WorkflowSpec};
 
 /// Names of the built-ins.
 pub const BUILTINS: &[&str] = &[
@@ -17,4 +28,491 @@ pub const BUILTINS: &[&str] = &[
 
 pub fn is_builtin(name: &str) -> bool {
     BUILTINS.contains(&name)
+}
+
+/// An outgoing request of the `http` built-in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    pub url: String,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Value>,
+}
+
+/// What a built-in asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Its output (a task or workflow spec runs as a dynamic sub-workflow).
+    Output(Value),
+    /// Succeed with no output after this long (durable timer).
+    Sleep(Duration),
+    Http(HttpRequest),
+    /// Fail the task (not retried).
+    Fail(String),
+}
+
+type Inputs = BTreeMap<String, Value>;
+
+fn default_input(inputs: &Inputs) -> Value {
+    inputs.get("default").cloned().unwrap_or(Value::Null)
+}
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !(s.is_empty() || s == "false" || s == "0"),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+fn as_number(v: Option<&Value>) -> Option<f64> {
+    match v? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs a built-in. `raw` holds the task's unevaluated inputs (`while` re-evaluates
+/// its condition on every iteration); `concurrency` is the task's extension field.
+pub fn run(name: &str, inputs: &Inputs, raw: &Inputs, concurrency: Option<u32>) -> Outcome {
+    match name {
+        "noop" => Outcome::Output(default_input(inputs)),
+        "compose" => {
+            if inputs.len() == 1 {
+                Outcome::Output(inputs.values().next().cloned().unwrap_or(Value::Null))
+            } else if let Some(d) = inputs.get("default") {
+                Outcome::Output(d.clone())
+            } else {
+                Outcome::Output(Value::Object(inputs.clone().into_iter().collect()))
+            }
+        }
+        "if" => {
+            let cond = inputs.get("if").map(truthy).unwrap_or(false);
+            let branch = if cond { "then" } else { "else" };
+            Outcome::Output(inputs.get(branch).cloned().unwrap_or(Value::Null))
+        }
+        "switch" => switch(inputs),
+        "foreach" => foreach(inputs, concurrency),
+        "repeat" => repeat(inputs),
+        "while" => while_loop(inputs, raw),
+        "sleep" => {
+            let d = match inputs.get("default").or_else(|| inputs.get("duration")) {
+                None | Some(Value::Null) => Some(Duration::from_secs(1)),
+                Some(Value::Number(n)) => n.as_u64().map(Duration::from_millis),
+                Some(Value::String(s)) => parse_duration(s),
+                _ => None,
+            };
+            match d {
+                Some(d) => Outcome::Sleep(d),
+                None => Outcome::Fail(format!(
+                    "sleep: {} is not a duration (e.g. \"1s\")",
+                    default_input(inputs)
+                )),
+            }
+        }
+        "fail" => {
+            let msg = as_text(&default_input(inputs));
+            Outcome::Fail(if msg.is_empty() {
+                "fail: the workflow failed on purpose".into()
+            } else {
+                msg
+            })
+        }
+        "javascript" => javascript(inputs),
+        "http" => http(inputs),
+        other => Outcome::Fail(format!("{other:?} is not a built-in")),
+    }
+}
+
+fn switch(inputs: &Inputs) -> Outcome {
+    let Some(value) = inputs.get("switch") else {
+        return Outcome::Fail("switch needs the input `switch`".into());
+    };
+    let key = as_text(value);
+    if let Some(cases) = inputs.get("cases") {
+        let Some(cases) = cases.as_array() else {
+            return Outcome::Fail("switch: `cases` must be a list of {case, action}".into());
+        };
+        for c in cases {
+            let Some(m) = c.as_object() else {
+                return Outcome::Fail(
+                    "switch: a case must be a map with `case` and `action`".into(),
+                );
+            };
+            let Some(case) = m.get("case") else {
+                return Outcome::Fail("switch: a case has no `case`".into());
+            };
+            if as_text(case) == key {
+                return Outcome::Output(m.get("action").cloned().unwrap_or(Value::Null));
+            }
+        }
+    }
+    Outcome::Output(inputs.get("default").cloned().unwrap_or(Value::Null))
+}
+
+fn foreach(inputs: &Inputs, concurrency: Option<u32>) -> Outcome {
+    let Some(items) = inputs.get("foreach").and_then(Value::as_array) else {
+        return Outcome::Fail("foreach needs the input `foreach`, a list".into());
+    };
+    let Some(action) = inputs.get("do").filter(|d| is_task_spec(d)) else {
+        return Outcome::Fail("foreach needs the input `do`, a task".into());
+    };
+    let collect = inputs.get("collect").map(truthy).unwrap_or(true);
+    let sequential = inputs.get("sequential").map(truthy).unwrap_or(false);
+    let limit = as_number(inputs.get("concurrency"))
+        .map(|n| n.max(1.0) as usize)
+        .or(concurrency.map(|c| c.max(1) as usize));
+    let mut tasks = serde_json::Map::new();
+    let mut collected = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let mut t = action.clone();
+        inject(&mut t, "_item", item.clone());
+        inject(&mut t, "_index", json!(i));
+        let gap = if sequential { Some(1) } else { limit };
+        if let Some(g) = gap.filter(|g| i >= *g) {
+            require(&mut t, &format!("do_{}", i - g));
+        }
+        tasks.insert(format!("do_{i}"), t);
+        if collect {
+            collected.push(Value::String(format!("{{ output('do_{i}') }}")));
+        }
+    }
+    let requires: Vec<Value> = (0..items.len()).map(|i| json!(format!("do_{i}"))).collect();
+    tasks.insert(
+        "collector".into(),
+        json!({"run": "compose", "inputs": {"default": collected}, "requires": requires}),
+    );
+    Outcome::Output(json!({"output": "collector", "tasks": tasks}))
+}
+
+fn repeat(inputs: &Inputs) -> Outcome {
+    let Some(times) = as_number(inputs.get("times")) else {
+        return Outcome::Fail("repeat needs the input `times`, a number".into());
+    };
+    let Some(action) = inputs.get("do").filter(|d| is_task_spec(d)) else {
+        return Outcome::Fail("repeat needs the input `do`, a task".into());
+    };
+    let times = times.max(0.0) as usize;
+    if times == 0 {
+        return Outcome::Output(Value::Null);
+    }
+    let mut tasks = serde_json::Map::new();
+    for i in 0..times {
+        let mut t = action.clone();
+        if let Some(m) = t.as_object_mut() {
+            m.remove("requires");
+        }
+        if i > 0 {
+            inject(
+                &mut t,
+                "_prev",
+                json!(format!("{{ output('do_{}') }}", i - 1)),
+            );
+            require(&mut t, &format!("do_{}", i - 1));
+        }
+        tasks.insert(format!("do_{i}"), t);
+    }
+    Outcome::Output(json!({"output": format!("do_{}", times - 1), "tasks": tasks}))
+}
+
+fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
+    let Some(cond) = inputs.get("expr") else {
+        return Outcome::Fail("while needs the input `expr`".into());
+    };
+    let Some(limit) = as_number(inputs.get("limit")) else {
+        return Outcome::Fail("while needs the input `limit`, a number".into());
+    };
+    let Some(action) = inputs
+        .get("do")
+        .filter(|d| is_task_spec(d) || is_workflow_spec(d))
+    else {
+        return Outcome::Fail("while needs the input `do`, a task".into());
+    };
+    let count = as_number(inputs.get("_count")).unwrap_or(0.0);
+    if !truthy(cond) {
+        return Outcome::Output(inputs.get("_prev").cloned().unwrap_or(Value::Null));
+    }
+    if count >= limit {
+        return Outcome::Fail(format!("while: limit of {limit} iterations exceeded"));
+    }
+    let delay = inputs
+        .get("delay")
+        .cloned()
+        .unwrap_or_else(|| json!("100ms"));
+    let mut act = action.clone();
+    if is_task_spec(&act) {
+        inject(
+            &mut act,
+            "_prev",
+            inputs.get("_prev").cloned().unwrap_or(Value::Null),
+        );
+        inject(&mut act, "_count", json!(count + 1.0));
+        if let Some(m) = act.as_object_mut() {
+            m.insert("requires".into(), json!(["wait"]));
+        }
+    }
+    let mut cond_inputs = serde_json::Map::new();
+    cond_inputs.insert(
+        "expr".into(),
+        raw.get("expr").cloned().unwrap_or_else(|| cond.clone()),
+    );
+    cond_inputs.insert("limit".into(), json!(limit));
+    cond_inputs.insert("delay".into(), delay.clone());
+    cond_inputs.insert("do".into(), action.clone());
+    cond_inputs.insert("_count".into(), json!(count + 1.0));
+    cond_inputs.insert("_prev".into(), json!("{ output('action') }"));
+    let mut tasks = serde_json::Map::new();
+    tasks.insert("wait".into(), json!({"run": "sleep", "inputs": delay}));
+    if is_task_spec(&act) {
+        tasks.insert("action".into(), act);
+    } else {
+        tasks.insert(
+            "action".into(),
+            json!({"run": "noop", "inputs": act, "requires": ["wait"]}),
+        );
+    }
+    tasks.insert(
+        "condition".into(),
+        json!({"run": "while", "inputs": cond_inputs, "requires": ["action"]}),
+    );
+    Outcome::Output(json!({"output": "condition", "tasks": tasks}))
+}
+
+fn javascript(inputs: &Inputs) -> Outcome {
+    let Some(code) = inputs.get("expr").and_then(Value::as_str) else {
+        return Outcome::Fail("javascript needs the input `expr`, a string".into());
+    };
+    let args = inputs.get("args").cloned().unwrap_or(Value::Null);
+    let scope = json!({"args": args});
+    let src = crate::expr::expression_source(code).unwrap_or(code);
+    let wrapped = format!("{{ var args = $.args; {src} }}");
+    match crate::expr::with_scope(&scope, "", |ev| ev.eval(&wrapped)) {
+        Ok(v) => Outcome::Output(v),
+        Err(e) => Outcome::Fail(format!("javascript: {}", e.message)),
+    }
+}
+
+fn http(inputs: &Inputs) -> Outcome {
+    let url = inputs
+        .get("url")
+        .or_else(|| inputs.get("default"))
+        .map(as_text)
+        .unwrap_or_default();
+    if url.is_empty() {
+        return Outcome::Fail("http needs the input `url`".into());
+    }
+    let headers = inputs
+        .get("headers")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), as_text(v))).collect())
+        .unwrap_or_default();
+    Outcome::Http(HttpRequest {
+        url,
+        method: inputs
+            .get("method")
+            .map(as_text)
+            .unwrap_or_else(|| "GET".into())
+            .to_uppercase(),
+        headers,
+        body: inputs.get("body").cloned(),
+    })
+}
+
+fn inject(task: &mut Value, key: &str, value: Value) {
+    let Some(m) = task.as_object_mut() else {
+        return;
+    };
+    let inputs = match m.remove("inputs") {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(o)) => o,
+        Some(other) => serde_json::Map::from_iter([("default".to_string(), other)]),
+    };
+    let mut inputs = inputs;
+    inputs.insert(key.to_string(), value);
+    m.insert("inputs".into(), Value::Object(inputs));
+}
+
+fn require(task: &mut Value, dep: &str) {
+    if let Some(m) = task.as_object_mut() {
+        let reqs = m.entry("requires").or_insert_with(|| json!([]));
+        if let Some(list) = reqs.as_array_mut() {
+            list.push(json!(dep));
+        }
+    }
+}
+
+/// The tasks of a dynamic sub-workflow and its output task's id.
+pub type DynamicTasks = (BTreeMap<String, TaskSpec>, String);
+
+/// A task's output that is a task or workflow spec, as the tasks of a dynamic
+/// sub-workflow and its output task; an invalid one is an error.
+pub fn dynamic_workflow(
+    value: &Value,
+) -> Option<Result<DynamicTasks, String>> {
+    if is_workflow_spec(value) {
+        let spec: WorkflowSpec = match serde_json::from_value(value.clone()) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(format!("invalid workflow spec: {e}"))),
+        };
+        if !spec.tasks.contains_key(&spec.output) {
+            return Some(Err(format!(
+                "invalid workflow spec: output task {:?} is not one of its tasks",
+                spec.output
+            )));
+        }
+        for (id, t) in &spec.tasks {
+            if let Some(r) = t.requires.iter().find(|r| !spec.tasks.contains_key(*r)) {
+                return Some(Err(format!(
+                    "invalid workflow spec: task {id:?} requires unknown {r:?}"
+                )));
+            }
+        }
+        let graph = TaskGraph::new(
+            spec.tasks
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.requires.as_slice())),
+        );
+        if let Some(c) = graph.cycles().first() {
+            return Some(Err(format!(
+                "invalid workflow spec: cycle {}",
+                c.join(" -> ")
+            )));
+        }
+        return Some(Ok((spec.tasks, spec.output)));
+    }
+    if is_task_spec(value) {
+        let mut spec: TaskSpec = match serde_json::from_value(value.clone()) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(format!("invalid task spec: {e}"))),
+        };
+        spec.requires.clear();
+        return Some(Ok((
+            BTreeMap::from([("task".to_string(), spec)]),
+            "task".into(),
+        )));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ins(v: Value) -> Inputs {
+        v.as_object().unwrap().clone().into_iter().collect()
+    }
+
+    fn out(name: &str, v: Value) -> Value {
+        match run(name, &ins(v.clone()), &ins(v), None) {
+            Outcome::Output(o) => o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn simple_builtins() {
+        assert_eq!(out("noop", json!({"default": 3})), json!(3));
+        assert_eq!(out("noop", json!({})), Value::Null);
+        assert_eq!(out("compose", json!({"default": "x"})), json!("x"));
+        assert_eq!(
+            out("compose", json!({"a": 1, "b": 2})),
+            json!({"a": 1, "b": 2})
+        );
+        assert_eq!(
+            out("if", json!({"if": true, "then": "y", "else": "n"})),
+            json!("y")
+        );
+        assert_eq!(
+            out("if", json!({"if": false, "then": "y", "else": "n"})),
+            json!("n")
+        );
+        assert_eq!(
+            out(
+                "switch",
+                json!({"switch": "b", "cases": [{"case": "a", "action": 1}, {"case": "b", "action": 2}], "default": 0})
+            ),
+            json!(2)
+        );
+        assert_eq!(
+            out("switch", json!({"switch": "z", "cases": [], "default": 0})),
+            json!(0)
+        );
+        assert_eq!(
+            out(
+                "javascript",
+                json!({"expr": "args.a * 2", "args": {"a": 21}})
+            ),
+            json!(42)
+        );
+        assert_eq!(
+            run(
+                "sleep",
+                &ins(json!({"default": "2s"})),
+                &Inputs::new(),
+                None
+            ),
+            Outcome::Sleep(Duration::from_secs(2))
+        );
+        assert_eq!(
+            run(
+                "fail",
+                &ins(json!({"default": "nope"})),
+                &Inputs::new(),
+                None
+            ),
+            Outcome::Fail("nope".into())
+        );
+    }
+
+    #[test]
+    fn foreach_builds_a_workflow() {
+        let wf = out(
+            "foreach",
+            json!({"foreach": [1, 2, 3], "do": {"run": "noop", "inputs": "{ task().Inputs._item }"}, "sequential": true}),
+        );
+        let (tasks, output) = dynamic_workflow(&wf).unwrap().unwrap();
+        assert_eq!(output, "collector");
+        assert_eq!(tasks.len(), 4);
+        assert_eq!(tasks["do_2"].requires, vec!["do_1"]);
+        assert_eq!(tasks["do_1"].named_inputs()["_item"], json!(2));
+        assert_eq!(tasks["collector"].requires.len(), 3);
+    }
+
+    #[test]
+    fn repeat_and_while_build_workflows() {
+        let wf = out("repeat", json!({"times": 3, "do": {"run": "noop"}}));
+        let (tasks, output) = dynamic_workflow(&wf).unwrap().unwrap();
+        assert_eq!(output, "do_2");
+        assert_eq!(tasks["do_2"].requires, vec!["do_1"]);
+        let w = json!({"expr": true, "limit": 5, "do": {"run": "noop"}});
+        let wf = out("while", w);
+        let (tasks, output) = dynamic_workflow(&wf).unwrap().unwrap();
+        assert_eq!(output, "condition");
+        assert_eq!(tasks.len(), 3);
+        assert_eq!(
+            out(
+                "while",
+                json!({"expr": false, "limit": 5, "do": {"run": "noop"}, "_prev": 7})
+            ),
+            json!(7)
+        );
+    }
+
+    #[test]
+    fn invalid_dynamic_workflow() {
+        let bad = json!({"output": "x", "tasks": {"a": {"run": "noop"}}});
+        assert!(dynamic_workflow(&bad).unwrap().is_err());
+        assert!(dynamic_workflow(&json!({"a": 1})).is_none());
+    }
 }
