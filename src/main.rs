@@ -1,1 +1,37 @@
-fn main() {}
+//! `fusion`: the server (`fusion server`, `fusion up`) and its command-line client
+//! (`fusion env|fn|route|spec|wf|run ...`, talking to the API at `FUSION_URL`).
+
+mod api;
+mod cli;
+mod client;
+mod runtime_binary;
+mod server;
+mod spec;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(cli::run(args));
+    // Do not wait for stray blocking work (a log follower, a stdin watcher).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    if let Err(e) = result {
+        let mut msg = e.to_string();
+        for cause in e.chain().skip(1) {
+            msg.push_str(": ");
+            msg.push_str(&cause.to_string());
+        }
+        eprintln!("error: {msg}");
+        std::process::exit(1);
+    }
+}

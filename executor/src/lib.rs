@@ -82,6 +82,126 @@ pub fn status_is_retryable(status: u16) -> bool {
     status >= 500 || status == 429
 }
 
+
+/// Calls functions through the embedded pool manager, the way the router does.
+pub struct PoolInvoker {
+    pool: pool_manager::PoolManager,
+}
+
+impl PoolInvoker {
+    pub fn new(pool: pool_manager::PoolManager) -> PoolInvoker {
+        PoolInvoker { pool }
+    }
+}
+
+impl Invoker for PoolInvoker {
+    fn call(&self, call: FunctionCall) -> CallFuture {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let timeout = call.timeout;
+            let work = invoke_pool(pool, call);
+            match timeout {
+                Some(limit) => tokio::time::timeout(limit, work)
+                    .await
+                    .unwrap_or(Err(CallError::Timeout(limit))),
+                None => work.await,
+            }
+        })
+    }
+
+    fn function_exists(&self, name: &str) -> bool {
+        self.pool.function_exists(name)
+    }
+}
+
+async fn invoke_pool(
+    pool: pool_manager::PoolManager,
+    call: FunctionCall,
+) -> Result<FunctionResponse, CallError> {
+    use http_body_util::BodyExt;
+    use pool_manager::Error;
+
+    let mut path = if call.path.starts_with('/') {
+        call.path.clone()
+    } else {
+        format!("/{}", call.path)
+    };
+    if !call.query.is_empty() {
+        let q: Vec<String> = call
+            .query
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        path = format!("{path}?{}", q.join("&"));
+    }
+    let method = if call.method.is_empty() {
+        "POST"
+    } else {
+        call.method.as_str()
+    };
+    let mut req = http::Request::builder().method(method).uri(&path);
+    for (k, v) in &call.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    if let Some(key) = &call.idempotency_key {
+        req = req.header(IDEMPOTENCY_HEADER, key.as_str());
+    }
+    let req = req
+        .body(axum_body(call.body))
+        .map_err(|e| CallError::Instance(format!("bad request for {}: {e}", call.function)))?;
+    let path_only = call.path.clone();
+    let path_only = if path_only.is_empty() {
+        "/".to_string()
+    } else {
+        path_only
+    };
+    let resp = pool_manager::try_forward(&pool, &call.function, req, &path_only, &[])
+        .await
+        .map_err(|e| match e {
+            Error::NotFound { .. } => CallError::UnknownFunction(call.function.clone()),
+            Error::Timeout(m) => {
+                tracing::debug!(%m, "function timed out");
+                CallError::Timeout(call.timeout.unwrap_or_default())
+            }
+            Error::Overloaded(m) => CallError::Overloaded(m),
+            other => CallError::Instance(other.to_string()),
+        })?;
+    let status = resp.status().as_u16();
+    let mut headers = BTreeMap::new();
+    for (k, v) in resp.headers() {
+        if let Ok(v) = v.to_str() {
+            headers.insert(k.as_str().to_string(), v.to_string());
+        }
+    }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| CallError::Instance(format!("reading the response failed: {e}")))?
+        .to_bytes();
+    Ok(FunctionResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn axum_body(bytes: Bytes) -> pool_manager::router::Body {
+    pool_manager::router::Body::from(bytes)
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

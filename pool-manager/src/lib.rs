@@ -18,4 +18,4 @@ pub use error::{Error, Result};
 pub use instance::LaunchConfig;
 pub use pool::{InstanceInfo, Lease, PoolConfig, PoolManager};
 pub use resources::{Environment, Function, PackageKind, PackageRef, Route, Runtime};
-pub use router::{forward, route_request, WorkflowGateway};
+pub use router::{forward, route_request, try_forward, WorkflowGateway};

@@ -417,7 +417,7 @@ impl PoolManager {
     pub async fn create_route(
         &self,
         route: Route,
-        workflow_exists: &dyn Fn(&str) -> bool,
+        workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
     ) -> Result<Route> {
         self.check_route(&route, workflow_exists)?;
         if self
@@ -439,7 +439,7 @@ impl PoolManager {
     pub async fn update_route(
         &self,
         route: Route,
-        workflow_exists: &dyn Fn(&str) -> bool,
+        workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
     ) -> Result<Route> {
         self.check_route(&route, workflow_exists)?;
         self.route(&route.name)?;
@@ -458,7 +458,11 @@ impl PoolManager {
         self.reload_routes()
     }
 
-    fn check_route(&self, route: &Route, workflow_exists: &dyn Fn(&str) -> bool) -> Result<()> {
+    fn check_route(
+        &self,
+        route: &Route,
+        workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
+    ) -> Result<()> {
         route.validate()?;
         if let Some(f) = &route.function {
             if self

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+pub use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use axum::response::IntoResponse;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -101,7 +101,9 @@ pub async fn forward(
     }
 }
 
-async fn try_forward(
+/// Like `forward`, but returns the router's own failures as errors so callers
+/// (the executor) can tell them from the function's answers.
+pub async fn try_forward(
     pm: &PoolManager,
     function: &str,
     req: Request<Body>,

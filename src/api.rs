@@ -1,0 +1,313 @@
+//! The API listener: `/v1/...` resources (environments, functions, packages,
+//! routes), function logs and instances, health, and the workflow endpoints the
+//! engine contributes. Every error is a status with `{"error": {"code", "message"}}`.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use pool_manager::error::error_response;
+use pool_manager::{Environment, Error, Function, PoolManager, Route, WorkflowGateway};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PoolManager,
+    pub workflows: Option<Arc<dyn WorkflowGateway>>,
+}
+
+impl AppState {
+    fn workflow_exists(&self) -> impl Fn(&str) -> bool + Send + Sync + '_ {
+        move |name| self.workflows.as_ref().is_some_and(|w| w.exists(name))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let package_limit = state.pool.config().packages.max_upload as usize + 1;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/v1/environments", get(list_envs).post(create_env))
+        .route(
+            "/v1/environments/{name}",
+            get(get_env).put(update_env).delete(delete_env),
+        )
+        .route("/v1/functions", get(list_fns).post(create_fn))
+        .route(
+            "/v1/functions/{name}",
+            get(get_fn).put(update_fn).delete(delete_fn),
+        )
+        .route("/v1/functions/{name}/logs", get(fn_logs))
+        .route("/v1/functions/{name}/instances", get(fn_instances))
+        .route("/v1/instances", get(all_instances))
+        .route(
+            "/v1/packages",
+            post(upload_package).layer(DefaultBodyLimit::max(package_limit)),
+        )
+        .route("/v1/routes", get(list_routes).post(create_route))
+        .route(
+            "/v1/routes/{name}",
+            get(get_route).put(update_route).delete(delete_route),
+        )
+        .layer(axum::middleware::from_fn(json_errors))
+        // Added after the layer: a function's own answers pass through untouched.
+        .route("/v1/functions/{name}/invoke", any(invoke_fn))
+        .route("/v1/functions/{name}/invoke/{*rest}", any(invoke_fn))
+        .with_state(state)
+}
+
+/// The JSON 404 for paths no handler serves.
+pub async fn not_found(req: Request) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("no API endpoint {} {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Parses a JSON body into `T`, answering 400 with the line and column on error.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| {
+        Error::Invalid(format!(
+            "invalid JSON at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+type ApiResult<T> = Result<T, Error>;
+
+fn created<T: serde::Serialize>(value: T) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+fn same_name(path: &str, body: &str) -> ApiResult<()> {
+    if path == body {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "the name in the body ({body:?}) differs from the name in the path ({path:?})"
+        )))
+    }
+}
+
+// ---- environments ----
+
+async fn list_envs(State(s): State<AppState>) -> ApiResult<Json<Vec<Environment>>> {
+    Ok(Json(s.pool.environments()?))
+}
+async fn get_env(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Environment>> {
+    Ok(Json(s.pool.environment(&name)?))
+}
+async fn create_env(State(s): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    Ok(created(
+        s.pool.create_environment(parse_json(&body)?).await?,
+    ))
+}
+async fn update_env(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Environment>> {
+    let env: Environment = parse_json(&body)?;
+    same_name(&name, &env.name)?;
+    Ok(Json(s.pool.update_environment(env).await?))
+}
+async fn delete_env(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    s.pool.delete_environment(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- functions ----
+
+async fn list_fns(State(s): State<AppState>) -> ApiResult<Json<Vec<Function>>> {
+    Ok(Json(s.pool.functions()?))
+}
+async fn get_fn(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Function>> {
+    Ok(Json(s.pool.function(&name)?))
+}
+async fn create_fn(State(s): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    let f: Function = parse_json(&body)?;
+    if s.workflows.as_ref().is_some_and(|w| w.exists(&f.name)) {
+        return Err(Error::Conflict(format!(
+            "a workflow named {:?} exists; functions and workflows share /fission-function/ names",
+            f.name
+        )));
+    }
+    Ok(created(s.pool.create_function(f).await?))
+}
+async fn update_fn(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Function>> {
+    let f: Function = parse_json(&body)?;
+    same_name(&name, &f.name)?;
+    Ok(Json(s.pool.update_function(f).await?))
+}
+async fn delete_fn(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    s.pool.delete_function(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn fn_instances(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<pool_manager::InstanceInfo>>> {
+    s.pool.function(&name)?;
+    Ok(Json(s.pool.instances(Some(&name))))
+}
+
+async fn all_instances(State(s): State<AppState>) -> Json<Vec<pool_manager::InstanceInfo>> {
+    Json(s.pool.instances(None))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The function's log; with `follow=true`, the stream stays open and new lines
+/// arrive as instances write them.
+async fn fn_logs(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    s.pool.function(&name)?;
+    let logs = s.pool.logs().clone();
+    let follower = q.follow.then(|| logs.follow(&name));
+    let existing = tokio::fs::read(logs.path(&name)).await.unwrap_or_default();
+    let head =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(existing)) });
+    let body = match follower {
+        None => Body::from_stream(head),
+        Some(rx) => {
+            let tail = tokio_stream::wrappers::BroadcastStream::new(rx)
+                .filter_map(|line| async move { line.ok().map(|l| Ok(Bytes::from(l))) });
+            Body::from_stream(head.chain(tail))
+        }
+    };
+    Ok((
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response())
+}
+
+/// Calls a function through the pool manager, like the router (used by `fn test`).
+async fn invoke_fn(
+    State(s): State<AppState>,
+    Path(params): Path<Vec<(String, String)>>,
+    req: Request,
+) -> Response {
+    let name = params
+        .iter()
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let rest = params
+        .iter()
+        .find(|(k, _)| k == "rest")
+        .map(|(_, v)| format!("/{v}"))
+        .unwrap_or_else(|| "/".into());
+    if !s.pool.function_exists(&name) {
+        if let Some(w) = s.workflows.as_ref().filter(|w| w.exists(&name)) {
+            return w.invoke(name, req).await;
+        }
+    }
+    pool_manager::forward(&s.pool, &name, req, &rest, &[]).await
+}
+
+// ---- packages ----
+
+#[derive(Deserialize)]
+struct PackageQuery {
+    filename: Option<String>,
+}
+
+async fn upload_package(
+    State(s): State<AppState>,
+    Query(q): Query<PackageQuery>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let name = q.filename.unwrap_or_else(|| "user".into());
+    let pool = s.pool.clone();
+    let package = tokio::task::spawn_blocking(move || pool.put_package(&name, &body))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    Ok(created(package))
+}
+
+// ---- routes ----
+
+async fn list_routes(State(s): State<AppState>) -> ApiResult<Json<Vec<Route>>> {
+    Ok(Json(s.pool.routes()?))
+}
+async fn get_route(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Route>> {
+    Ok(Json(s.pool.route(&name)?))
+}
+async fn create_route(State(s): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    let r: Route = parse_json(&body)?;
+    Ok(created(s.pool.create_route(r, &s.workflow_exists()).await?))
+}
+async fn update_route(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Route>> {
+    let r: Route = parse_json(&body)?;
+    same_name(&name, &r.name)?;
+    Ok(Json(s.pool.update_route(r, &s.workflow_exists()).await?))
+}
+async fn delete_route(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.pool.delete_route(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Turns axum's own plain-text rejections (bad path, method not allowed, body too
+/// large) into the JSON error shape.
+pub async fn json_errors(req: Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ if status.is_client_error() => "bad_request",
+        _ => "internal",
+    };
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text.trim().to_string()
+    };
+    error_response(status, code, &message)
+}

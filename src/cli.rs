@@ -1,0 +1,740 @@
+//! The command line, in Fission's shape: `fusion <noun> <verb> [flags]`.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::server::{self, ServerArgs};
+use crate::spec;
+
+#[derive(Parser)]
+#[command(
+    name = "fusion",
+    version,
+    about = "Serverless functions and workflows in one binary"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ClientOpts {
+    /// The Fusion API address.
+    #[arg(
+        long = "server",
+        env = "FUSION_URL",
+        default_value = "http://127.0.0.1:8889",
+        global = true
+    )]
+    api: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server, apply workflow-examples/ and print URLs to try.
+    Up {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The folder of example specs to apply.
+        #[arg(long, default_value = "workflow-examples")]
+        examples: PathBuf,
+    },
+    /// Start the server.
+    Server {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Environments: language runtimes with a pool of instances.
+    #[command(name = "env", alias = "environment")]
+    Env {
+        #[command(subcommand)]
+        verb: EnvVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Functions.
+    #[command(name = "fn", alias = "function")]
+    Fn {
+        #[command(subcommand)]
+        verb: FnVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// HTTP triggers.
+    #[command(alias = "httptrigger", alias = "ht")]
+    Route {
+        #[command(subcommand)]
+        verb: RouteVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Resource specs.
+    Spec {
+        #[command(subcommand)]
+        verb: SpecVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Runtime servers started by Fusion itself.
+    #[command(hide = true)]
+    Runtime {
+        #[command(subcommand)]
+        which: RuntimeKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum RuntimeKind {
+    /// The binary environment's runtime.
+    Binary,
+}
+
+#[derive(Args)]
+struct EnvFields {
+    /// A bundled runtime: python, nodejs or binary.
+    #[arg(long)]
+    runtime: Option<String>,
+    /// Or any command that speaks the runtime protocol (split on spaces).
+    #[arg(long, conflicts_with = "runtime")]
+    command: Option<String>,
+    /// Generic instances kept warm.
+    #[arg(long)]
+    poolsize: Option<usize>,
+    /// Memory limit per instance, in MiB.
+    #[arg(long = "mincpu", hide = true)]
+    _mincpu: Option<u64>,
+    #[arg(long = "maxmemory", alias = "memory")]
+    memory: Option<u64>,
+    /// CPU limit in millicores (Kubernetes backend).
+    #[arg(long = "maxcpu")]
+    cpu: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum EnvVerb {
+    Create {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        fields: EnvFields,
+    },
+    Get {
+        #[arg(long)]
+        name: String,
+    },
+    List,
+    Update {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        fields: EnvFields,
+    },
+    Delete {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct FnFields {
+    /// The environment to run in.
+    #[arg(long)]
+    env: Option<String>,
+    /// The code: one file, or a zip archive.
+    #[arg(long)]
+    code: Option<PathBuf>,
+    /// The entrypoint inside the code.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Seconds before a request gets 504.
+    #[arg(long = "fntimeout", alias = "ft")]
+    timeout: Option<u64>,
+    /// Seconds an idle instance is kept.
+    #[arg(long = "idletimeout")]
+    idle_timeout: Option<u64>,
+    /// Most instances at once.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Concurrent requests per instance.
+    #[arg(long = "rpp")]
+    requests_per_instance: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum FnVerb {
+    Create {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        fields: FnFields,
+    },
+    Get {
+        #[arg(long)]
+        name: String,
+    },
+    List,
+    Update {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        fields: FnFields,
+    },
+    Delete {
+        #[arg(long)]
+        name: String,
+    },
+    /// Call the function and print its answer.
+    Test {
+        #[arg(long)]
+        name: String,
+        #[arg(long, short = 'X', default_value = "GET")]
+        method: String,
+        /// A header, as `Key: Value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The request body.
+        #[arg(short = 'b', long = "body")]
+        body: Option<String>,
+        /// A sub-path below the function.
+        #[arg(long, default_value = "/")]
+        subpath: String,
+    },
+    /// Print the function's logs.
+    Logs {
+        #[arg(long)]
+        name: String,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// List the function's running instances.
+    Instances {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct RouteFields {
+    /// A URL template with {params}, matched exactly.
+    #[arg(long)]
+    url: Option<String>,
+    /// A path prefix.
+    #[arg(long, conflicts_with = "url")]
+    prefix: Option<String>,
+    /// Methods (repeatable); none means all.
+    #[arg(long = "method")]
+    methods: Vec<String>,
+    /// The target function.
+    #[arg(long)]
+    function: Option<String>,
+    /// Or the target workflow.
+    #[arg(long, conflicts_with = "function")]
+    workflow: Option<String>,
+    #[arg(long)]
+    host: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum RouteVerb {
+    Create {
+        /// Generated from the URL when absent.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        fields: RouteFields,
+    },
+    Get {
+        #[arg(long)]
+        name: String,
+    },
+    List,
+    Update {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        fields: RouteFields,
+    },
+    Delete {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpecVerb {
+    /// Create or update every resource in a file or folder.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+    },
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Server { server } => {
+            init_tracing();
+            server::run(server, |r| {
+                // One machine-readable line, so scripts and tests know where to connect.
+                println!(
+                    "fusion listening router=http://{} api=http://{}",
+                    r.router_addr, r.api_addr
+                );
+            })
+            .await
+        }
+        Command::Up { server, examples } => {
+            init_tracing();
+            up(server, examples).await
+        }
+        Command::Runtime {
+            which: RuntimeKind::Binary,
+        } => crate::runtime_binary::serve().await,
+        Command::Env { verb, opts } => env_cmd(verb, &opts).await,
+        Command::Fn { verb, opts } => fn_cmd(verb, &opts).await,
+        Command::Route { verb, opts } => route_cmd(verb, &opts).await,
+        Command::Spec {
+            verb: SpecVerb::Apply { path },
+            opts,
+        } => {
+            let summary = spec::apply(&Client::new(&opts.api), &path).await?;
+            spec::print_summary(&summary);
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FUSION_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let serve = server::run(server, move |r| {
+        let _ = tx.send((r.router_addr, r.api_addr));
+    });
+    tokio::pin!(serve);
+    let addrs = tokio::select! {
+        r = &mut serve => return r,
+        a = rx => a.map_err(|_| anyhow!("the server did not start"))?,
+    };
+    let (router, api) = addrs;
+    let client = Client::new(&format!("http://{api}"));
+    let applied = async {
+        if examples.is_dir() {
+            match spec::apply(&client, &examples).await {
+                Ok(s) => {
+                    spec::print_summary(&s);
+                    println!();
+                }
+                Err(e) => eprintln!("warning: could not apply {}: {e:#}", examples.display()),
+            }
+        } else {
+            eprintln!("note: {} not found; nothing applied", examples.display());
+        }
+        let routes: Vec<Value> = client.get("/v1/routes").await.unwrap_or_default();
+        println!("Fusion is up.");
+        println!("  router: http://{router}");
+        println!("  API:    http://{api}   (export FUSION_URL=http://{api})");
+        if !routes.is_empty() {
+            println!("Try:");
+            for r in routes {
+                let url = r["url"].as_str().or(r["prefix"].as_str()).unwrap_or("/");
+                println!("  curl http://{router}{url}");
+            }
+        }
+        println!("Stop with Ctrl-C.");
+    };
+    tokio::select! {
+        r = &mut serve => return r,
+        _ = applied => {}
+    }
+    serve.await
+}
+
+fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) {
+    if opts.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+        );
+        return;
+    }
+    let rows: Vec<&Value> = match value {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    let cell = |row: &Value, ptr: &str| -> String {
+        match row.pointer(ptr) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            Some(v) => v.to_string(),
+        }
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|(_, p)| cell(r, p)).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| {
+            table
+                .iter()
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+                .max(h.len())
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(columns.iter().map(|(h, _)| h.to_string()).collect());
+    for row in table {
+        line(row);
+    }
+}
+
+const ENV_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "/name"),
+    ("RUNTIME", "/runtime"),
+    ("COMMAND", "/command"),
+    ("POOLSIZE", "/poolsize"),
+    ("MEMORY_MB", "/memory_mb"),
+];
+
+async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
+    let c = Client::new(&opts.api);
+    match verb {
+        EnvVerb::Create { name, fields } => {
+            let mut body = json!({"name": name});
+            merge_env(&mut body, fields);
+            let v: Value = c.post_json("/v1/environments", &body).await?;
+            print(opts, &v, ENV_COLUMNS);
+        }
+        EnvVerb::Get { name } => {
+            let v: Value = c.get(&format!("/v1/environments/{name}")).await?;
+            print(opts, &v, ENV_COLUMNS);
+        }
+        EnvVerb::List => {
+            let v: Value = c.get("/v1/environments").await?;
+            print(opts, &v, ENV_COLUMNS);
+        }
+        EnvVerb::Update { name, fields } => {
+            let path = format!("/v1/environments/{name}");
+            let mut body: Value = c.get(&path).await?;
+            merge_env(&mut body, fields);
+            let v: Value = c.put_json(&path, &body).await?;
+            print(opts, &v, ENV_COLUMNS);
+        }
+        EnvVerb::Delete { name } => {
+            c.delete(&format!("/v1/environments/{name}")).await?;
+            println!("environment {name} deleted");
+        }
+    }
+    Ok(())
+}
+
+fn merge_env(body: &mut Value, f: EnvFields) {
+    if let Some(r) = f.runtime {
+        body["runtime"] = json!(r);
+        body.as_object_mut().map(|o| o.remove("command"));
+    }
+    if let Some(cmd) = f.command {
+        body["command"] = json!(cmd.split_whitespace().collect::<Vec<_>>());
+        body.as_object_mut().map(|o| o.remove("runtime"));
+    }
+    if let Some(p) = f.poolsize {
+        body["poolsize"] = json!(p);
+    }
+    if let Some(m) = f.memory {
+        body["memory_mb"] = json!(m);
+    }
+    if let Some(cpu) = f.cpu {
+        body["cpu_millis"] = json!(cpu);
+    }
+}
+
+const FN_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "/name"),
+    ("ENV", "/env"),
+    ("ENTRYPOINT", "/entrypoint"),
+    ("TIMEOUT", "/timeout_secs"),
+    ("IDLE", "/idle_timeout_secs"),
+    ("CONCURRENCY", "/concurrency"),
+    ("RPP", "/requests_per_instance"),
+    ("GENERATION", "/generation"),
+];
+
+async fn merge_fn(c: &Client, body: &mut Value, f: FnFields) -> Result<()> {
+    if let Some(e) = f.env {
+        body["env"] = json!(e);
+    }
+    if let Some(code) = f.code {
+        body["package"] = c.upload(&code).await?;
+    }
+    if let Some(e) = f.entrypoint {
+        body["entrypoint"] = json!(e);
+    }
+    if let Some(t) = f.timeout {
+        body["timeout_secs"] = json!(t);
+    }
+    if let Some(t) = f.idle_timeout {
+        body["idle_timeout_secs"] = json!(t);
+    }
+    if let Some(n) = f.concurrency {
+        body["concurrency"] = json!(n);
+    }
+    if let Some(n) = f.requests_per_instance {
+        body["requests_per_instance"] = json!(n);
+    }
+    Ok(())
+}
+
+async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
+    let c = Client::new(&opts.api);
+    match verb {
+        FnVerb::Create { name, fields } => {
+            if fields.env.is_none() {
+                bail!("--env is required");
+            }
+            if fields.code.is_none() {
+                bail!("--code is required");
+            }
+            let mut body = json!({"name": name});
+            merge_fn(&c, &mut body, fields).await?;
+            let v: Value = c.post_json("/v1/functions", &body).await?;
+            print(opts, &v, FN_COLUMNS);
+        }
+        FnVerb::Get { name } => {
+            let v: Value = c.get(&format!("/v1/functions/{name}")).await?;
+            print(opts, &v, FN_COLUMNS);
+        }
+        FnVerb::List => {
+            let v: Value = c.get("/v1/functions").await?;
+            print(opts, &v, FN_COLUMNS);
+        }
+        FnVerb::Update { name, fields } => {
+            let path = format!("/v1/functions/{name}");
+            let mut body: Value = c.get(&path).await?;
+            merge_fn(&c, &mut body, fields).await?;
+            let v: Value = c.put_json(&path, &body).await?;
+            print(opts, &v, FN_COLUMNS);
+        }
+        FnVerb::Delete { name } => {
+            c.delete(&format!("/v1/functions/{name}")).await?;
+            println!("function {name} deleted");
+        }
+        FnVerb::Test {
+            name,
+            method,
+            headers,
+            body,
+            subpath,
+        } => {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
+                .map_err(|_| anyhow!("bad method {method:?}"))?;
+            let sub = subpath.trim_start_matches('/');
+            let url = if sub.is_empty() {
+                c.url(&format!("/v1/functions/{name}/invoke"))
+            } else {
+                c.url(&format!("/v1/functions/{name}/invoke/{sub}"))
+            };
+            let mut req = c.raw().request(method, url);
+            for h in headers {
+                let (k, v) = h
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("header {h:?} must be `Key: Value`"))?;
+                req = req.header(k.trim(), v.trim());
+            }
+            if let Some(b) = body {
+                req = req.body(b);
+            }
+            let resp = req
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the Fusion API at {}", opts.api))?;
+            let status = resp.status();
+            let text = resp.text().await?;
+            print!("{text}");
+            if !status.is_success() {
+                bail!("the function answered {status}");
+            }
+        }
+        FnVerb::Logs { name, follow } => {
+            use futures_util::StreamExt;
+            use std::io::Write;
+            let url = c.url(&format!("/v1/functions/{name}/logs"));
+            let resp = c
+                .send(c.raw().get(url).query(&[("follow", follow)]))
+                .await?;
+            let mut stream = resp.bytes_stream();
+            let mut out = std::io::stdout();
+            while let Some(chunk) = stream.next().await {
+                out.write_all(&chunk?)?;
+                out.flush()?;
+            }
+        }
+        FnVerb::Instances { name } => {
+            let v: Value = c.get(&format!("/v1/functions/{name}/instances")).await?;
+            print(
+                opts,
+                &v,
+                &[
+                    ("ID", "/id"),
+                    ("PID", "/pid"),
+                    ("ADDRESS", "/address"),
+                    ("STATE", "/state"),
+                    ("ACTIVE", "/active_requests"),
+                ],
+            );
+        }
+    }
+    Ok(())
+}
+
+const ROUTE_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "/name"),
+    ("METHODS", "/methods"),
+    ("URL", "/url"),
+    ("PREFIX", "/prefix"),
+    ("HOST", "/host"),
+    ("FUNCTION", "/function"),
+    ("WORKFLOW", "/workflow"),
+];
+
+fn merge_route(body: &mut Value, f: RouteFields) {
+    if let Some(u) = f.url {
+        body["url"] = json!(u);
+        body.as_object_mut().map(|o| o.remove("prefix"));
+    }
+    if let Some(p) = f.prefix {
+        body["prefix"] = json!(p);
+        body.as_object_mut().map(|o| o.remove("url"));
+    }
+    if !f.methods.is_empty() {
+        body["methods"] = json!(f
+            .methods
+            .iter()
+            .map(|m| m.to_uppercase())
+            .collect::<Vec<_>>());
+    }
+    if let Some(fun) = f.function {
+        body["function"] = json!(fun);
+        body.as_object_mut().map(|o| o.remove("workflow"));
+    }
+    if let Some(w) = f.workflow {
+        body["workflow"] = json!(w);
+        body.as_object_mut().map(|o| o.remove("function"));
+    }
+    if let Some(h) = f.host {
+        body["host"] = json!(h);
+    }
+}
+
+/// A route name derived from its URL: `/users/{id}` -> `users-id`.
+fn route_name(url: &str) -> String {
+    let mut name: String = url
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while name.contains("--") {
+        name = name.replace("--", "-");
+    }
+    let name = name.trim_matches('-');
+    let name = if name.is_empty() { "root" } else { name };
+    name.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
+}
+
+async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> {
+    let c = Client::new(&opts.api);
+    match verb {
+        RouteVerb::Create { name, fields } => {
+            let url = fields
+                .url
+                .clone()
+                .or(fields.prefix.clone())
+                .ok_or_else(|| anyhow!("--url or --prefix is required"))?;
+            let name = name.unwrap_or_else(|| route_name(&url));
+            let mut body = json!({"name": name});
+            merge_route(&mut body, fields);
+            let v: Value = c.post_json("/v1/routes", &body).await?;
+            print(opts, &v, ROUTE_COLUMNS);
+        }
+        RouteVerb::Get { name } => {
+            let v: Value = c.get(&format!("/v1/routes/{name}")).await?;
+            print(opts, &v, ROUTE_COLUMNS);
+        }
+        RouteVerb::List => {
+            let v: Value = c.get("/v1/routes").await?;
+            print(opts, &v, ROUTE_COLUMNS);
+        }
+        RouteVerb::Update { name, fields } => {
+            let path = format!("/v1/routes/{name}");
+            let mut body: Value = c.get(&path).await?;
+            merge_route(&mut body, fields);
+            let v: Value = c.put_json(&path, &body).await?;
+            print(opts, &v, ROUTE_COLUMNS);
+        }
+        RouteVerb::Delete { name } => {
+            c.delete(&format!("/v1/routes/{name}")).await?;
+            println!("route {name} deleted");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_name;
+
+    #[test]
+    fn route_names_from_urls() {
+        assert_eq!(route_name("/users/{id}"), "users-id");
+        assert_eq!(route_name("/"), "root");
+        assert_eq!(route_name("/Hello_World"), "hello-world");
+    }
+}

@@ -1,0 +1,216 @@
+//! The `binary` environment's runtime, served by the `fusion` executable itself
+//! (`fusion runtime binary`). It speaks the runtime protocol and, once
+//! specialized, runs the function's executable or shell script once per request:
+//! the request body on stdin, the method, path, query and headers in environment
+//! variables, stdout as the response body. Exit 0 answers 200; any other exit
+//! answers 500 with what the program wrote to stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+#[derive(Default)]
+struct Runtime {
+    program: OnceLock<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct Specialize {
+    filepath: String,
+    #[serde(rename = "functionName", default)]
+    function_name: String,
+}
+
+pub async fn serve() -> anyhow::Result<()> {
+    let port: u16 = std::env::var("RUNTIME_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8888);
+    let host = std::env::var("RUNTIME_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
+    // The server holds our stdin: EOF means it is gone, and so must we be.
+    if std::env::var("FUSION_NO_STDIN_WATCH").as_deref() != Ok("1") {
+        tokio::spawn(async {
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await;
+            std::process::exit(0);
+        });
+    }
+    let state = Arc::new(Runtime::default());
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v2/specialize", post(specialize_v2))
+        .route("/specialize", post(specialize_v1))
+        .fallback(run)
+        .with_state(state);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+fn refuse(status: StatusCode, msg: String) -> Response {
+    eprintln!("{msg}");
+    (status, msg).into_response()
+}
+
+async fn specialize_v2(State(rt): State<Arc<Runtime>>, body: Bytes) -> Response {
+    let req: Specialize = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("bad specialize request: {e}"),
+            )
+        }
+    };
+    let path = Path::new(&req.filepath);
+    let program = if path.is_dir() {
+        let entry = if req.function_name.is_empty() {
+            "main"
+        } else {
+            req.function_name.as_str()
+        };
+        if entry.contains("..") || entry.starts_with('/') {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("entrypoint {entry:?} must be a path inside the archive"),
+            );
+        }
+        path.join(entry)
+    } else {
+        path.to_path_buf()
+    };
+    install(&rt, program)
+}
+
+async fn specialize_v1(State(rt): State<Arc<Runtime>>) -> Response {
+    let dir = std::env::var("USERFUNC_DIR").unwrap_or_else(|_| "/userfunc".into());
+    install(&rt, Path::new(&dir).join("user"))
+}
+
+fn install(rt: &Runtime, program: PathBuf) -> Response {
+    if !program.is_file() {
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("no executable at {}", program.display()),
+        );
+    }
+    if rt.program.set(program.clone()).is_err() {
+        return refuse(
+            StatusCode::CONFLICT,
+            "this instance is already specialized".into(),
+        );
+    }
+    eprintln!("specialized {}", program.display());
+    "specialized".into_response()
+}
+
+async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
+    let Some(program) = rt.program.get() else {
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "generic instance: not specialized".into(),
+        );
+    };
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read request body: {e}"),
+            )
+        }
+    };
+    let mut cmd = if is_executable(program) {
+        tokio::process::Command::new(program)
+    } else {
+        let mut c = tokio::process::Command::new("/bin/sh");
+        c.arg(program);
+        c
+    };
+    cmd.envs(request_env(&parts.method, &parts.uri, &parts.headers))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(dir) = program.parent() {
+        cmd.current_dir(dir);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot run {}: {e}", program.display()),
+            )
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A program that does not read its input closes the pipe early; that is fine.
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&body).await;
+        });
+    }
+    let out = match child.wait_with_output().await {
+        Ok(o) => o,
+        Err(e) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("function failed: {e}"),
+            )
+        }
+    };
+    if !out.stderr.is_empty() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    if out.status.success() {
+        (StatusCode::OK, out.stdout).into_response()
+    } else {
+        let mut msg = format!("function exited with {}", out.status);
+        if !out.stderr.is_empty() {
+            msg.push_str(": ");
+            msg.push_str(String::from_utf8_lossy(&out.stderr).trim());
+        }
+        (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response()
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let has_shebang = std::fs::read(p)
+        .map(|b| b.starts_with(b"#!") || b.starts_with(b"\x7fELF"))
+        .unwrap_or(false);
+    has_shebang
+        && std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+}
+
+/// CGI-like variables: REQUEST_METHOD, REQUEST_PATH, QUERY_STRING and HTTP_<NAME>
+/// for each header (upper case, '-' as '_').
+fn request_env(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("REQUEST_METHOD".to_string(), method.to_string()),
+        ("REQUEST_PATH".to_string(), uri.path().to_string()),
+        (
+            "QUERY_STRING".to_string(),
+            uri.query().unwrap_or("").to_string(),
+        ),
+    ];
+    for (k, v) in headers {
+        if let Ok(v) = v.to_str() {
+            let name = format!("HTTP_{}", k.as_str().to_ascii_uppercase().replace('-', "_"));
+            env.push((name, v.to_string()));
+        }
+    }
+    env
+}

@@ -1,0 +1,187 @@
+//! Server assembly: opens the store, starts the pool manager (and the workflow
+//! engine), serves the router and API listeners, and shuts down gracefully on
+//! SIGINT/SIGTERM: stop accepting, let in-flight requests finish within a bound,
+//! stop every instance.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::Request;
+use axum::Router;
+use pool_manager::{LaunchConfig, PoolConfig, PoolManager, WorkflowGateway};
+
+use crate::api::{self, AppState};
+
+/// The bundled runtimes, written under the data directory at start so that the
+/// binary is all a user needs.
+const RUNTIME_FILES: [(&str, &str); 3] = [
+    (
+        "python/server.py",
+        include_str!("../environments/python/server.py"),
+    ),
+    (
+        "python/flask.py",
+        include_str!("../environments/python/flask.py"),
+    ),
+    (
+        "nodejs/server.js",
+        include_str!("../environments/nodejs/server.js"),
+    ),
+];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Where Fusion keeps its database, packages and logs.
+    #[arg(long, env = "FUSION_DATA_DIR", default_value = ".fusion")]
+    pub data_dir: PathBuf,
+    /// The public listener for routes and /fission-function/<name>.
+    #[arg(long, env = "FUSION_ROUTER_LISTEN", default_value = "127.0.0.1:8888")]
+    pub router_listen: SocketAddr,
+    /// The admin listener for /v1/... and health.
+    #[arg(long, env = "FUSION_API_LISTEN", default_value = "127.0.0.1:8889")]
+    pub api_listen: SocketAddr,
+    /// Largest request body the router passes to a function, in bytes.
+    #[arg(long, env = "FUSION_BODY_LIMIT", default_value_t = 16 << 20)]
+    pub body_limit: u64,
+    /// How long a request waits for a function's capacity before 429, in ms.
+    #[arg(long, env = "FUSION_LEASE_WAIT_MS", default_value_t = 5000)]
+    pub lease_wait_ms: u64,
+    /// How long in-flight requests may take to finish at shutdown, in ms.
+    #[arg(long, env = "FUSION_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+    /// The python interpreter for the python runtime.
+    #[arg(long, env = "FUSION_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// The node executable for the nodejs runtime.
+    #[arg(long, env = "FUSION_NODE", default_value = "node")]
+    pub node: String,
+}
+
+pub struct Running {
+    pub router_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+}
+
+pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let runtimes_dir = data_dir.join("runtimes");
+    for (path, text) in RUNTIME_FILES {
+        let target = runtimes_dir.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&target, text)?;
+    }
+    let db = sled::Config::new()
+        .path(data_dir.join("db"))
+        .flush_every_ms(None)
+        .open()
+        .with_context(|| {
+            format!(
+                "cannot open the database in {} (is another fusion server using it?)",
+                data_dir.display()
+            )
+        })?;
+
+    let router_listener = tokio::net::TcpListener::bind(args.router_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (router)", args.router_listen))?;
+    let api_listener = tokio::net::TcpListener::bind(args.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (API)", args.api_listen))?;
+
+    let pool = PoolManager::start(
+        &db,
+        PoolConfig {
+            data_dir: data_dir.clone(),
+            launch: LaunchConfig {
+                runtimes_dir,
+                fusion_exe: std::env::current_exe()?,
+                python: args.python.clone(),
+                node: args.node.clone(),
+                start_timeout: Duration::from_secs(30),
+            },
+            lease_wait: Duration::from_millis(args.lease_wait_ms),
+            body_limit: args.body_limit,
+            packages: Default::default(),
+            reap_interval: Duration::from_millis(250),
+        },
+    )
+    .await?;
+
+    let workflows: Option<Arc<dyn WorkflowGateway>> = None;
+    let state = AppState {
+        pool: pool.clone(),
+        workflows: workflows.clone(),
+    };
+
+    let router_app = {
+        let pool = pool.clone();
+        let workflows = workflows.clone();
+        Router::new().fallback(move |req: Request| {
+            pool_manager::route_request(pool.clone(), workflows.clone(), req)
+        })
+    };
+    let api_app = api::router(state).fallback(api::not_found);
+
+    let running = Running {
+        router_addr: router_listener.local_addr()?,
+        api_addr: api_listener.local_addr()?,
+    };
+    tracing::info!(router = %running.router_addr, api = %running.api_addr, "fusion is listening");
+    on_ready(&running);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let router_server = tokio::spawn(
+        axum::serve(router_listener, router_app)
+            .with_graceful_shutdown(wait_stop(stop_rx.clone()))
+            .into_future(),
+    );
+    let api_server = tokio::spawn(
+        axum::serve(api_listener, api_app)
+            .with_graceful_shutdown(wait_stop(stop_rx.clone()))
+            .into_future(),
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_millis(args.shutdown_grace_ms);
+    let drained = tokio::time::timeout(grace, async {
+        let _ = router_server.await;
+        let _ = api_server.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
+    }
+    pool.shutdown(Duration::from_secs(5)).await;
+    db.flush_async().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+use std::future::IntoFuture;

@@ -1,0 +1,275 @@
+//! Test harness: starts the real `fusion server` on free loopback ports in a
+//! temporary data directory, and stops it (and so every instance it started)
+//! when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fusion");
+
+pub struct Server {
+    pub child: Option<Child>,
+    pub router: String,
+    pub api: String,
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    extra: Vec<(String, String)>,
+    pub http: reqwest::blocking::Client,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// `env` adds FUSION_* settings (e.g. FUSION_LEASE_WAIT_MS).
+    pub fn start_with(env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data = tmp.path().join("data");
+        let extra = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut s = Server {
+            child: None,
+            router: String::new(),
+            api: String::new(),
+            data,
+            _tmp: Some(tmp),
+            extra,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        };
+        s.launch();
+        s
+    }
+
+    /// Starts (again) on the same data directory.
+    pub fn launch(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["server", "--data-dir"])
+            .arg(&self.data)
+            .args([
+                "--router-listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ])
+            .env("FUSION_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start fusion server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("the server printed its listening line");
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                .to_string()
+        };
+        self.router = field("router=");
+        self.api = field("api=");
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not stop within 20 s of SIGTERM");
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+    pub fn router_url(&self, path: &str) -> String {
+        format!("{}{path}", self.router)
+    }
+
+    /// A JSON API call; returns the status and the parsed body (Null when empty).
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(m, self.api_url(path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().expect("API reachable");
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, v)
+    }
+
+    pub fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    /// Uploads code and returns its package reference.
+    pub fn upload(&self, filename: &str, bytes: &[u8]) -> Value {
+        let resp = self
+            .http
+            .post(self.api_url("/v1/packages"))
+            .query(&[("filename", filename)])
+            .body(bytes.to_vec())
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
+        resp.json().unwrap()
+    }
+
+    pub fn env(&self, name: &str, runtime: &str, poolsize: usize) {
+        self.ok(
+            "POST",
+            "/v1/environments",
+            Some(serde_json::json!({"name": name, "runtime": runtime, "poolsize": poolsize})),
+        );
+    }
+
+    /// Creates a function from code; `extra` fields are merged into the request.
+    pub fn function(&self, name: &str, env: &str, filename: &str, code: &str, extra: Value) {
+        let package = self.upload(filename, code.as_bytes());
+        let mut body = serde_json::json!({"name": name, "env": env, "package": package});
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        self.ok("POST", "/v1/functions", Some(body));
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        self.http
+            .get(self.router_url(path))
+            .send()
+            .expect("router reachable")
+    }
+
+    /// Runs the CLI against this server; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("FUSION_URL", &self.api)
+            .output()
+            .expect("run fusion CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn instances(&self, function: &str) -> Vec<Value> {
+        match self.ok("GET", &format!("/v1/functions/{function}/instances"), None) {
+            Value::Array(a) => a,
+            other => panic!("instances: {other}"),
+        }
+    }
+
+    /// Every instance process the server runs (generic and specialized).
+    pub fn instance_pids(&self) -> Vec<u32> {
+        match self.ok("GET", "/v1/instances", None) {
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|i| i["pid"].as_u64())
+                .map(|p| p as u32)
+                .collect(),
+            other => panic!("instances: {other}"),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+/// Polls `cond` until it holds or `limit` passes; for states that have no event to
+/// wait on (a process gone, an instance reaped).
+pub fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("timed out after {limit:?} waiting for: {what}");
+}

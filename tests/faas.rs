@@ -1,0 +1,518 @@
+//! The FaaS half, seen from outside: the real `fusion server`, driven over HTTP
+//! and through the CLI.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{alive, eventually, Server};
+use serde_json::{json, Value};
+
+const PY_HELLO: &str = "def main():\n    return 'hello from python\\n'\n";
+const NODE_HELLO: &str =
+    "module.exports = async (context) => ({ status: 200, body: 'hello from node ' + context.request.method + '\\n' });\n";
+const SH_ECHO: &str = "#!/bin/sh\nprintf 'method=%s body=' \"$REQUEST_METHOD\"\ncat\n";
+
+#[test]
+fn each_runtime_answers_through_the_router() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.env("nodejs", "nodejs", 1);
+    s.env("binary", "binary", 1);
+    s.function("hello-py", "python", "hello.py", PY_HELLO, json!({}));
+    s.function("hello-js", "nodejs", "hello.js", NODE_HELLO, json!({}));
+    s.function("echo-sh", "binary", "echo.sh", SH_ECHO, json!({}));
+
+    assert_eq!(
+        s.get("/fission-function/hello-py").text().unwrap(),
+        "hello from python\n"
+    );
+    assert_eq!(
+        s.get("/fission-function/hello-js").text().unwrap(),
+        "hello from node GET\n"
+    );
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/echo-sh"))
+        .body("payload")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "method=POST body=payload");
+}
+
+#[test]
+fn python_functions_written_for_fission_read_the_request_through_flask() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    let code = r#"
+from flask import request
+
+def main():
+    data = request.get_json()
+    return {
+        "name": data["name"],
+        "q": request.args.get("q"),
+        "id": request.headers.get("X-Fission-Params-id"),
+        "method": request.method,
+    }, 201, {"X-Custom": "yes"}
+"#;
+    s.function("greet", "python", "greet.py", code, json!({}));
+    s.ok(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "greet", "url": "/greet/{id}", "methods": ["POST"], "function": "greet"})),
+    );
+    let r = s
+        .http
+        .post(s.router_url("/greet/42?q=search"))
+        .json(&json!({"name": "ada"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-custom"], "yes");
+    let body: Value = r.json().unwrap();
+    assert_eq!(
+        body,
+        json!({"name": "ada", "q": "search", "id": "42", "method": "POST"})
+    );
+
+    // The route answers only POST; other methods and paths get a JSON 404.
+    let r = s.get("/greet/42");
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "route_not_found");
+    assert_eq!(s.get("/nothing/here").status(), 404);
+    assert_eq!(s.get("/fission-function/missing").status(), 404);
+}
+
+#[test]
+fn prefix_routes_and_zip_archives_with_an_entrypoint() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default();
+    zip.start_file("app/handler.py", opts).unwrap();
+    zip.write_all(b"from app.util import word\ndef main():\n    return word()\n")
+        .unwrap();
+    zip.start_file("app/__init__.py", opts).unwrap();
+    zip.start_file("app/util.py", opts).unwrap();
+    zip.write_all(b"def word():\n    return 'from the archive'\n")
+        .unwrap();
+    let bytes = zip.finish().unwrap().into_inner();
+    let package = s.upload("code.zip", &bytes);
+    assert_eq!(package["kind"], "archive");
+    s.ok(
+        "POST",
+        "/v1/functions",
+        Some(json!({"name": "zipped", "env": "python", "package": package, "entrypoint": "app.handler.main"})),
+    );
+    s.ok(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "api", "prefix": "/api", "function": "zipped"})),
+    );
+    assert_eq!(
+        s.get("/api/anything/below").text().unwrap(),
+        "from the archive"
+    );
+}
+
+#[test]
+fn past_concurrency_a_request_waits_then_gets_429() {
+    let s = Server::start_with(&[("FUSION_LEASE_WAIT_MS", "300")]);
+    s.env("binary", "binary", 1);
+    // The function holds its instance until the test lets it go.
+    let gate = s.data_dir().parent().unwrap().join("gate");
+    let code = format!(
+        "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.05; done\necho done\n",
+        gate.display()
+    );
+    s.function(
+        "slow",
+        "binary",
+        "slow.sh",
+        &code,
+        json!({"concurrency": 1}),
+    );
+    let url = s.router_url("/fission-function/slow");
+    let first = std::thread::spawn({
+        let http = s.http.clone();
+        let url = url.clone();
+        move || http.get(url).send().unwrap().status().as_u16()
+    });
+    eventually(
+        Duration::from_secs(20),
+        "the first request holds the instance",
+        || {
+            s.instances("slow")
+                .iter()
+                .any(|i| i["active_requests"] == 1)
+        },
+    );
+    let r = s.get("/fission-function/slow");
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "too_many_requests");
+    std::fs::write(&gate, b"").unwrap();
+    assert_eq!(first.join().unwrap(), 200);
+    // Capacity is back once the first request is done.
+    assert_eq!(s.get("/fission-function/slow").status(), 200);
+}
+
+#[test]
+fn a_request_past_the_function_timeout_gets_504() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    s.function(
+        "sleepy",
+        "binary",
+        "sleepy.sh",
+        "#!/bin/sh\nsleep 30\n",
+        json!({"timeout_secs": 1}),
+    );
+    let r = s.get("/fission-function/sleepy");
+    assert_eq!(r.status(), 504);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "function_timeout");
+}
+
+#[test]
+fn a_killed_instance_fails_its_request_with_502_and_is_replaced() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    let code = "import time\nfrom flask import request\ndef main():\n    if request.args.get('wait'):\n        time.sleep(30)\n    return 'alive'\n";
+    s.function("fragile", "python", "fragile.py", code, json!({}));
+    assert_eq!(s.get("/fission-function/fragile").text().unwrap(), "alive");
+    let pid = s.instances("fragile")[0]["pid"].as_u64().unwrap() as u32;
+
+    let pending = std::thread::spawn({
+        let http = s.http.clone();
+        let url = s.router_url("/fission-function/fragile?wait=1");
+        move || {
+            let r = http.get(url).send().unwrap();
+            (r.status().as_u16(), r.json::<Value>().unwrap())
+        }
+    });
+    eventually(
+        Duration::from_secs(20),
+        "the slow request is in flight",
+        || {
+            s.instances("fragile")
+                .iter()
+                .any(|i| i["active_requests"] == 1)
+        },
+    );
+    common::signal(pid, libc::SIGKILL);
+    let (status, body) = pending.join().unwrap();
+    assert_eq!(status, 502);
+    assert_eq!(body["error"]["code"], "instance_failed");
+    eventually(
+        Duration::from_secs(20),
+        "the dead instance is removed",
+        || s.instances("fragile").iter().all(|i| i["pid"] != pid),
+    );
+    assert_eq!(s.get("/fission-function/fragile").text().unwrap(), "alive");
+}
+
+#[test]
+fn idle_instances_are_stopped_after_the_idle_timeout() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    s.function(
+        "brief",
+        "python",
+        "brief.py",
+        PY_HELLO,
+        json!({"idle_timeout_secs": 1}),
+    );
+    assert_eq!(s.get("/fission-function/brief").status(), 200);
+    let pid = s.instances("brief")[0]["pid"].as_u64().unwrap() as u32;
+    eventually(
+        Duration::from_secs(20),
+        "the idle instance is reaped",
+        || s.instances("brief").is_empty() && !alive(pid),
+    );
+    // The next request specializes a new instance.
+    assert_eq!(
+        s.get("/fission-function/brief").text().unwrap(),
+        "hello from python\n"
+    );
+}
+
+#[test]
+fn a_code_update_changes_the_answer_and_retires_old_instances() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "greeter",
+        "python",
+        "g.py",
+        "def main():\n    return 'v1'\n",
+        json!({}),
+    );
+    assert_eq!(s.get("/fission-function/greeter").text().unwrap(), "v1");
+    let old_pid = s.instances("greeter")[0]["pid"].as_u64().unwrap() as u32;
+    let (code, out, err) = {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("g.py");
+        std::fs::write(&file, "def main():\n    return 'v2'\n").unwrap();
+        s.cli(&[
+            "fn",
+            "update",
+            "--name",
+            "greeter",
+            "--code",
+            file.to_str().unwrap(),
+        ])
+    };
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(s.get("/fission-function/greeter").text().unwrap(), "v2");
+    eventually(
+        Duration::from_secs(20),
+        "the old instance is retired",
+        || !alive(old_pid),
+    );
+}
+
+#[test]
+fn resources_survive_a_restart() {
+    let mut s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "keeper",
+        "python",
+        "k.py",
+        PY_HELLO,
+        json!({"concurrency": 3}),
+    );
+    s.ok(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "keep", "url": "/keep", "function": "keeper"})),
+    );
+    eventually(Duration::from_secs(20), "the pool is full", || {
+        !s.instance_pids().is_empty()
+    });
+    let pids = s.instance_pids();
+    s.stop();
+    for pid in &pids {
+        assert!(!alive(*pid), "instance {pid} outlived the server");
+    }
+    s.launch();
+    let f = s.ok("GET", "/v1/functions/keeper", None);
+    assert_eq!(f["concurrency"], 3);
+    assert_eq!(s.ok("GET", "/v1/routes", None).as_array().unwrap().len(), 1);
+    assert_eq!(s.get("/keep").text().unwrap(), "hello from python\n");
+}
+
+#[test]
+fn instances_die_with_a_killed_server() {
+    let mut s = Server::start();
+    s.env("python", "python", 2);
+    s.env("nodejs", "nodejs", 1);
+    s.function("hello-py", "python", "hello.py", PY_HELLO, json!({}));
+    assert_eq!(s.get("/fission-function/hello-py").status(), 200);
+    eventually(Duration::from_secs(20), "the pools are full", || {
+        s.instance_pids().len() >= 4
+    });
+    let pids = s.instance_pids();
+    s.kill();
+    eventually(
+        Duration::from_secs(10),
+        "every instance exits with the server",
+        || pids.iter().all(|p| !alive(*p)),
+    );
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let s = Server::start_with(&[("FUSION_BODY_LIMIT", "1000")]);
+    let err = |status: u16, v: &Value, code: &str| {
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+        status
+    };
+    let (st, v) = s.call(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": "Bad_Name", "runtime": "python"})),
+    );
+    assert_eq!(err(st, &v, "invalid"), 400);
+    let (st, v) = s.call(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": "x", "runtime": "cobol"})),
+    );
+    assert_eq!(st, 400, "{v}");
+    s.env("python", "python", 0);
+    let (st, v) = s.call(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": "python", "runtime": "python"})),
+    );
+    assert_eq!(err(st, &v, "already_exists"), 409);
+
+    let package = s.upload("a.py", PY_HELLO.as_bytes());
+    let (st, v) = s.call(
+        "POST",
+        "/v1/functions",
+        Some(json!({"name": "f", "env": "nope", "package": package})),
+    );
+    assert_eq!(err(st, &v, "conflict"), 409);
+    assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
+
+    let r = s
+        .http
+        .post(s.api_url("/v1/packages?filename=x.zip"))
+        .body(b"PK\x03\x04not a zip".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("zip"),
+        "{v}"
+    );
+
+    let r = s
+        .http
+        .post(s.api_url("/v1/environments"))
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("line 1"),
+        "{v}"
+    );
+
+    s.function("f", "python", "f.py", PY_HELLO, json!({}));
+    let (st, v) = s.call("DELETE", "/v1/environments/python", None);
+    assert_eq!(err(st, &v, "conflict"), 409);
+    let (st, v) = s.call(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "r", "url": "no-slash", "function": "f"})),
+    );
+    assert_eq!(err(st, &v, "invalid"), 400);
+    let (st, v) = s.call(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "r", "url": "/r", "function": "ghost"})),
+    );
+    assert_eq!(err(st, &v, "conflict"), 409);
+    let (st, v) = s.call("GET", "/v1/functions/ghost", None);
+    assert_eq!(err(st, &v, "not_found"), 404);
+
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/f"))
+        .body(vec![b'x'; 5000])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "payload_too_large");
+
+    // The CLI says what is wrong in one line and exits non-zero.
+    let (code, _, stderr) = s.cli(&["fn", "get", "--name", "ghost"]);
+    assert_ne!(code, 0);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("ghost"), "{stderr}");
+}
+
+#[test]
+fn the_cli_manages_resources_and_tests_functions() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hello.py");
+    std::fs::write(&file, PY_HELLO).unwrap();
+    let run = |args: &[&str]| {
+        let (code, out, err) = s.cli(args);
+        assert_eq!(code, 0, "fusion {args:?}: {err}");
+        out
+    };
+    run(&[
+        "env",
+        "create",
+        "--name",
+        "python",
+        "--runtime",
+        "python",
+        "--poolsize",
+        "1",
+    ]);
+    run(&[
+        "fn",
+        "create",
+        "--name",
+        "hello",
+        "--env",
+        "python",
+        "--code",
+        file.to_str().unwrap(),
+        "--fntimeout",
+        "30",
+    ]);
+    run(&[
+        "route",
+        "create",
+        "--url",
+        "/hello",
+        "--method",
+        "GET",
+        "--function",
+        "hello",
+    ]);
+    let list = run(&["fn", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("hello") && l.contains("python")),
+        "{list}"
+    );
+    let json: Value =
+        serde_json::from_str(&run(&["fn", "get", "--name", "hello", "-o", "json"])).unwrap();
+    assert_eq!(json["timeout_secs"], 30);
+    assert_eq!(
+        run(&["fn", "test", "--name", "hello"]),
+        "hello from python\n"
+    );
+    assert_eq!(s.get("/hello").text().unwrap(), "hello from python\n");
+    let logs = run(&["fn", "logs", "--name", "hello"]);
+    assert!(logs.contains("specialized"), "{logs}");
+    run(&["route", "delete", "--name", "hello"]);
+    assert_eq!(s.get("/hello").status(), 404);
+}
+
+#[test]
+fn spec_apply_is_idempotent() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.py"), PY_HELLO).unwrap();
+    std::fs::write(
+        dir.path().join("spec.yaml"),
+        "kind: Environment\nname: python\nruntime: python\npoolsize: 1\n---\nkind: Function\nname: hello\nenv: python\ncode: hello.py\n---\nkind: Route\nname: hello\nurl: /hello\nfunction: hello\n",
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap();
+    let (code, out, err) = s.cli(&["spec", "apply", "-f", path]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("created").count(), 3, "{out}");
+    let (code, out, err) = s.cli(&["spec", "apply", "-f", path]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("unchanged").count(), 3, "{out}");
+    assert_eq!(s.get("/hello").text().unwrap(), "hello from python\n");
+    // A document with a syntax error names its line and column.
+    std::fs::write(dir.path().join("broken.yaml"), "kind: Route\nname: [oops\n").unwrap();
+    let (code, _, err) = s.cli(&["spec", "apply", "-f", path]);
+    assert_ne!(code, 0);
+    assert!(err.contains("broken.yaml:"), "{err}");
+}
