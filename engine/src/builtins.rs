@@ -357,9 +357,7 @@ pub type DynamicTasks = (BTreeMap<String, TaskSpec>, String);
 
 /// A task's output that is a task or workflow spec, as the tasks of a dynamic
 /// sub-workflow and its output task; an invalid one is an error.
-pub fn dynamic_workflow(
-    value: &Value,
-) -> Option<Result<DynamicTasks, String>> {
+pub fn dynamic_workflow(value: &Value) -> Option<Result<DynamicTasks, String>> {
     if is_workflow_spec(value) {
         let spec: WorkflowSpec = match serde_json::from_value(value.clone()) {
             Ok(s) => s,

@@ -3,6 +3,7 @@
 
 pub mod builtins;
 pub mod dag;
+pub mod driver;
 pub mod expr;
 pub mod retry;
 pub mod spec;
@@ -10,4 +11,8 @@ pub mod state;
 pub mod store;
 pub mod validate;
 
+pub use driver::{Engine, EngineConfig, EngineError, StartedRun};
 pub use spec::workflow_json_schema;
+
+#[cfg(test)]
+mod driver_tests;

@@ -163,6 +163,10 @@ impl TaskSpec {
     pub fn named_inputs(&self) -> BTreeMap<String, Value> {
         match &self.inputs {
             None | Some(Value::Null) => BTreeMap::new(),
+            // A whole task or workflow spec is one value: the default input.
+            Some(v) if is_task_spec(v) || is_workflow_spec(v) => {
+                BTreeMap::from([("default".to_string(), v.clone())])
+            }
             Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             Some(other) => BTreeMap::from([("default".to_string(), other.clone())]),
         }

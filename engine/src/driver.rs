@@ -1,0 +1,944 @@
+//! The run driver (tokio) and the `Engine`: each run in flight has one actor task
+//! that appends events (durable before acting), applies them, asks `decide` what
+//! to do, performs it (function calls through the executor, built-ins in-process,
+//! timers through the clock) and turns outcomes into events. Recovery is the same
+//! loop started from the stored events.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use executor::{CallError, FunctionCall, FunctionResponse, SharedInvoker};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use crate::builtins::{self, dynamic_workflow, HttpRequest, Outcome};
+use crate::expr::{contains_expression, resolve_inputs};
+use crate::spec::{parse_duration, TaskSpec, WorkflowSpec};
+use crate::state::{
+    apply, decide, finish_event, Action, Event, Headers, Millis, RunState, RunStatus, TaskResult,
+    TaskStatus,
+};
+use crate::store::{
+    BoxFuture, RunFilter, RunPage, RunStore, RunSummary, SledStore, StoreError, WorkflowVersion,
+};
+use crate::validate::{parse_and_validate, ValidationError};
+
+/// Time for the engine. The default follows tokio's clock (so tests can pause
+/// time) from the wall-clock time at start.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> Millis;
+    fn sleep_until(&self, at: Millis) -> BoxFuture<()>;
+}
+
+pub struct TokioClock {
+    wall: Millis,
+    base: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn new() -> Self {
+        TokioClock {
+            wall: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            base: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> Millis {
+        self.wall + self.base.elapsed().as_millis() as u64
+    }
+
+    fn sleep_until(&self, at: Millis) -> BoxFuture<()> {
+        let when = self.base + Duration::from_millis(at.saturating_sub(self.wall));
+        Box::pin(tokio::time::sleep_until(when))
+    }
+}
+
+/// Sends the requests of the `http` built-in (provided by the server).
+pub trait HttpTransport: Send + Sync + 'static {
+    fn send(&self, request: HttpRequest) -> BoxFuture<Result<FunctionResponse, String>>;
+}
+
+#[derive(Clone, Default)]
+pub struct EngineConfig {
+    /// Finished runs older than this are pruned (checked hourly).
+    pub retention: Option<Duration>,
+    pub http: Option<Arc<dyn HttpTransport>>,
+    /// Replaces the default clock (tests).
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("invalid workflow: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<ValidationError>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+impl EngineError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::NotFound(_) => "not_found",
+            EngineError::Conflict(_) => "conflict",
+            EngineError::Invalid(e) => e.first().map(|e| e.code).unwrap_or("invalid_workflow"),
+            EngineError::BadRequest(_) => "bad_request",
+            EngineError::Store(StoreError::Cursor) => "invalid_cursor",
+            EngineError::Store(_) => "storage_error",
+            EngineError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+enum Msg {
+    Events(String, Vec<Event>),
+    Wake,
+    Cancel(String),
+    Shutdown,
+}
+
+struct RunHandle {
+    tx: mpsc::UnboundedSender<Msg>,
+    done: watch::Receiver<Option<RunSummary>>,
+}
+
+/// The workflow engine: stored workflows, runs in flight, run history.
+pub struct Engine {
+    store: Arc<SledStore>,
+    invoker: SharedInvoker,
+    config: EngineConfig,
+    clock: Arc<dyn Clock>,
+    runs: Mutex<HashMap<String, RunHandle>>,
+    stopping: AtomicBool,
+}
+
+/// A run just started: its id and a receiver that gets its summary at the end.
+pub struct StartedRun {
+    pub id: String,
+    pub done: watch::Receiver<Option<RunSummary>>,
+}
+
+fn canonical_header(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut c = part.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + &c.as_str().to_ascii_lowercase(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Header names in canonical form (`Content-Type`).
+pub fn canonical_headers<'a>(h: impl IntoIterator<Item = (&'a String, &'a String)>) -> Headers {
+    h.into_iter()
+        .map(|(k, v)| (canonical_header(k), v.clone()))
+        .collect()
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// A response body as a task output: JSON when the content type says so.
+pub fn response_output(resp: &FunctionResponse) -> Value {
+    if resp.body.is_empty() {
+        return Value::Null;
+    }
+    let json = resp
+        .headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.contains("json"));
+    if json {
+        if let Ok(v) = serde_json::from_slice(&resp.body) {
+            return v;
+        }
+    }
+    Value::String(String::from_utf8_lossy(&resp.body).to_string())
+}
+
+/// The body of a call: text for a string, JSON for anything else.
+fn body_of(v: Option<&Value>, headers: &mut Vec<(String, String)>) -> Bytes {
+    match v {
+        None | Some(Value::Null) => Bytes::new(),
+        Some(Value::String(s)) => Bytes::from(s.clone()),
+        Some(other) => {
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            {
+                headers.push(("Content-Type".into(), "application/json".into()));
+            }
+            Bytes::from(other.to_string())
+        }
+    }
+}
+
+fn function_call(
+    function: &str,
+    inputs: &Value,
+    key: &str,
+    timeout: Option<Duration>,
+) -> FunctionCall {
+    let get = |k: &str| inputs.get(k).filter(|v| !v.is_null());
+    let mut headers: Vec<(String, String)> = get("headers")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+        .unwrap_or_default();
+    let body = body_of(get("body").or_else(|| get("default")), &mut headers);
+    FunctionCall {
+        function: function.to_string(),
+        method: get("method")
+            .map(text)
+            .unwrap_or_else(|| "POST".into())
+            .to_uppercase(),
+        path: "/".into(),
+        query: get("query")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+            .unwrap_or_default(),
+        headers,
+        body,
+        idempotency_key: Some(key.to_string()),
+        timeout,
+    }
+}
+
+fn outcome_events(
+    task: &str,
+    attempt: u32,
+    result: Result<FunctionResponse, CallError>,
+    at: Millis,
+) -> Vec<Event> {
+    match result {
+        Ok(resp) if (200..300).contains(&resp.status) => vec![Event::TaskSucceeded {
+            task: task.into(),
+            attempt,
+            output: response_output(&resp),
+            headers: canonical_headers(resp.headers.iter()),
+            at,
+        }],
+        Ok(resp) => {
+            let body = String::from_utf8_lossy(&resp.body);
+            let body: String = body.chars().take(1000).collect();
+            vec![Event::TaskFailed {
+                task: task.into(),
+                attempt,
+                error: if body.trim().is_empty() {
+                    format!("the function answered {}", resp.status)
+                } else {
+                    format!("the function answered {}: {}", resp.status, body.trim())
+                },
+                status: Some(resp.status),
+                retryable: executor::status_is_retryable(resp.status),
+                at,
+            }]
+        }
+        Err(e) => vec![Event::TaskFailed {
+            task: task.into(),
+            attempt,
+            error: e.to_string(),
+            status: None,
+            retryable: e.is_retryable(),
+            at,
+        }],
+    }
+}
+
+/// Work the actor starts after the events that allow it are durable.
+enum External {
+    Call {
+        task: String,
+        attempt: u32,
+        call: FunctionCall,
+    },
+    Http {
+        task: String,
+        attempt: u32,
+        request: HttpRequest,
+    },
+    Timer(Millis),
+}
+
+impl Engine {
+    /// Opens the engine on a sled database: starts the flusher, continues every
+    /// unfinished run, and prunes old runs when `retention` is set.
+    pub async fn open(
+        db: sled::Db,
+        invoker: SharedInvoker,
+        config: EngineConfig,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let store = SledStore::open(&db)?;
+        let clock = config
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(TokioClock::new()));
+        let engine = Arc::new(Engine {
+            store,
+            invoker,
+            config,
+            clock,
+            runs: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        });
+        for id in engine.store.unfinished_runs()? {
+            let events = engine.store.events(&id)?;
+            let state = RunState::fold(&events);
+            if state.run_id.is_empty() || state.is_finished() {
+                continue;
+            }
+            tracing::info!(run = %id, "continuing run after restart");
+            engine.spawn_run(state, events.len() as u64, Vec::new(), true);
+        }
+        if let Some(keep) = engine.config.retention {
+            let weak = Arc::downgrade(&engine);
+            tokio::spawn(async move {
+                loop {
+                    let Some(e) = weak.upgrade() else { return };
+                    let cutoff = e.clock.now_ms().saturating_sub(keep.as_millis() as u64);
+                    if let Err(err) = e.store.prune(cutoff) {
+                        tracing::warn!(%err, "pruning old runs failed");
+                    }
+                    drop(e);
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+            });
+        }
+        Ok(engine)
+    }
+
+    pub fn store(&self) -> &Arc<SledStore> {
+        &self.store
+    }
+
+    fn name_exists(&self, name: &str) -> bool {
+        self.invoker.function_exists(name) || self.store.workflow_exists(name)
+    }
+
+    /// Validates and stores a new workflow (version 1).
+    pub fn create_workflow(
+        &self,
+        name: &str,
+        source: &str,
+    ) -> Result<WorkflowVersion, EngineError> {
+        self.put_workflow(name, source, true)
+    }
+
+    /// Validates and stores the next version of a workflow.
+    pub fn update_workflow(
+        &self,
+        name: &str,
+        source: &str,
+    ) -> Result<WorkflowVersion, EngineError> {
+        self.put_workflow(name, source, false)
+    }
+
+    fn put_workflow(
+        &self,
+        name: &str,
+        source: &str,
+        create: bool,
+    ) -> Result<WorkflowVersion, EngineError> {
+        if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
+            return Err(EngineError::BadRequest(format!(
+                "invalid workflow name {name:?}"
+            )));
+        }
+        let spec = parse_and_validate(source, &|n| n == name || self.name_exists(n))
+            .map_err(EngineError::Invalid)?;
+        self.store
+            .put_workflow(name, source, &spec, create, self.clock.now_ms())
+            .map_err(|e| match e {
+                StoreError::Conflict(m) => EngineError::Conflict(m),
+                StoreError::NotFound(m) => EngineError::NotFound(m),
+                other => EngineError::Store(other),
+            })
+    }
+
+    pub fn workflow(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<WorkflowVersion, EngineError> {
+        self.store
+            .workflow(name, version)?
+            .ok_or_else(|| EngineError::NotFound(format!("workflow {name:?}")))
+    }
+
+    pub fn workflow_exists(&self, name: &str) -> bool {
+        self.store.workflow_exists(name)
+    }
+
+    pub fn list_workflows(&self) -> Result<Vec<WorkflowVersion>, EngineError> {
+        Ok(self.store.list_workflows()?)
+    }
+
+    pub fn workflow_versions(&self, name: &str) -> Result<Vec<WorkflowVersion>, EngineError> {
+        let v = self.store.workflow_versions(name)?;
+        if v.is_empty() {
+            return Err(EngineError::NotFound(format!("workflow {name:?}")));
+        }
+        Ok(v)
+    }
+
+    pub fn delete_workflow(&self, name: &str) -> Result<(), EngineError> {
+        if self.store.delete_workflow(name)? {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound(format!("workflow {name:?}")))
+        }
+    }
+
+    /// Starts a run of the latest version of a workflow.
+    pub async fn start_run(
+        self: &Arc<Self>,
+        name: &str,
+        input: Value,
+    ) -> Result<StartedRun, EngineError> {
+        let wf = self.workflow(name, None)?;
+        self.start(wf.name, wf.version, wf.spec, input, None, BTreeMap::new())
+            .await
+    }
+
+    async fn start(
+        self: &Arc<Self>,
+        workflow: String,
+        version: u32,
+        spec: WorkflowSpec,
+        input: Value,
+        retry_of: Option<String>,
+        preserved: BTreeMap<String, TaskResult>,
+    ) -> Result<StartedRun, EngineError> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let started = Event::RunStarted {
+            run_id: id.clone(),
+            workflow,
+            version,
+            spec,
+            input,
+            at: self.clock.now_ms(),
+            retry_of,
+            preserved,
+        };
+        let state = RunState::fold([&started]);
+        self.store.append(&id, 0, std::slice::from_ref(&started))?;
+        self.store.flush().await?;
+        let done = self.spawn_run(state, 1, Vec::new(), false);
+        Ok(StartedRun { id, done })
+    }
+
+    /// Waits for a run's end and returns its summary.
+    pub async fn wait(&self, id: &str) -> Result<RunSummary, EngineError> {
+        let rx = self
+            .runs
+            .lock()
+            .ok()
+            .and_then(|r| r.get(id).map(|h| h.done.clone()));
+        if let Some(mut rx) = rx {
+            if let Ok(s) = rx.wait_for(Option::is_some).await {
+                if let Some(s) = s.clone() {
+                    return Ok(s);
+                }
+            }
+        }
+        self.store
+            .run(id)?
+            .ok_or_else(|| EngineError::NotFound(format!("run {id:?}")))
+    }
+
+    /// A run's full state (status, tasks, timings), folded from its events.
+    pub fn run_state(&self, id: &str) -> Result<RunState, EngineError> {
+        let events = self.store.events(id)?;
+        if events.is_empty() {
+            return Err(EngineError::NotFound(format!("run {id:?}")));
+        }
+        Ok(RunState::fold(&events))
+    }
+
+    pub fn run_events(&self, id: &str) -> Result<Vec<Event>, EngineError> {
+        let events = self.store.events(id)?;
+        if events.is_empty() {
+            return Err(EngineError::NotFound(format!("run {id:?}")));
+        }
+        Ok(events)
+    }
+
+    pub fn run_summary(&self, id: &str) -> Result<RunSummary, EngineError> {
+        self.store
+            .run(id)?
+            .ok_or_else(|| EngineError::NotFound(format!("run {id:?}")))
+    }
+
+    pub fn list_runs(&self, filter: &RunFilter) -> Result<RunPage, EngineError> {
+        Ok(self.store.list_runs(filter)?)
+    }
+
+    /// Cancels a run in flight: no more dispatches, in-flight calls aborted.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<RunSummary, EngineError> {
+        let tx = self
+            .runs
+            .lock()
+            .ok()
+            .and_then(|r| r.get(id).map(|h| h.tx.clone()));
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(Msg::Cancel(reason.to_string()));
+                self.wait(id).await
+            }
+            None => {
+                let s = self.run_summary(id)?;
+                Err(EngineError::Conflict(format!(
+                    "run {id:?} is already {}",
+                    s.status.as_str()
+                )))
+            }
+        }
+    }
+
+    /// Runs a failed or cancelled run again as a new run: tasks that succeeded
+    /// keep their outputs, the others run again.
+    pub async fn retry(self: &Arc<Self>, id: &str) -> Result<StartedRun, EngineError> {
+        let state = self.run_state(id)?;
+        if !matches!(state.status, RunStatus::Failed | RunStatus::Cancelled) {
+            return Err(EngineError::Conflict(format!(
+                "run {id:?} is {}; only failed or cancelled runs can be retried",
+                state.status.as_str()
+            )));
+        }
+        let preserved = state
+            .tasks
+            .values()
+            .filter(|t| t.scope.is_none() && t.status == TaskStatus::Succeeded)
+            .map(|t| {
+                (
+                    t.id.clone(),
+                    TaskResult {
+                        output: t.output.clone().unwrap_or(Value::Null),
+                        headers: t.headers.clone(),
+                        inputs: t.inputs.clone().unwrap_or(Value::Null),
+                    },
+                )
+            })
+            .collect();
+        self.start(
+            state.workflow,
+            state.version,
+            state.spec,
+            state.input,
+            Some(id.to_string()),
+            preserved,
+        )
+        .await
+    }
+
+    /// Stops every run actor (their state is durable; `open` continues them).
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let handles: Vec<_> = self
+            .runs
+            .lock()
+            .map(|mut r| r.drain().map(|(_, h)| h.tx).collect())
+            .unwrap_or_default();
+        for tx in handles {
+            let _ = tx.send(Msg::Shutdown);
+        }
+        let _ = self.store.flush().await;
+    }
+
+    fn spawn_run(
+        self: &Arc<Self>,
+        state: RunState,
+        seq: u64,
+        pending: Vec<Event>,
+        recovering: bool,
+    ) -> watch::Receiver<Option<RunSummary>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = watch::channel(None);
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.insert(
+                state.run_id.clone(),
+                RunHandle {
+                    tx: tx.clone(),
+                    done: done_rx.clone(),
+                },
+            );
+        }
+        let actor = Actor {
+            engine: self.clone(),
+            state,
+            seq,
+            pending,
+            tx,
+            inflight: HashMap::new(),
+            armed: BTreeSet::new(),
+        };
+        tokio::spawn(actor.run(rx, done_tx, recovering));
+        done_rx
+    }
+}
+
+struct Actor {
+    engine: Arc<Engine>,
+    state: RunState,
+    seq: u64,
+    pending: Vec<Event>,
+    tx: mpsc::UnboundedSender<Msg>,
+    inflight: HashMap<String, AbortHandle>,
+    armed: BTreeSet<Millis>,
+}
+
+impl Actor {
+    fn record(&mut self, e: Event) {
+        apply(&mut self.state, &e);
+        self.pending.push(e);
+    }
+
+    async fn persist(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut self.pending);
+        self.engine
+            .store
+            .append(&self.state.run_id, self.seq, &events)?;
+        self.seq += events.len() as u64;
+        self.engine.store.flush().await
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        done: watch::Sender<Option<RunSummary>>,
+        recovering: bool,
+    ) {
+        let id = self.state.run_id.clone();
+        if recovering {
+            // Dispatched but not recorded as finished: dispatch again, same key.
+            let again: Vec<External> = self
+                .state
+                .in_flight()
+                .iter()
+                .filter_map(|t| {
+                    let inputs = t.inputs.clone().unwrap_or(Value::Null);
+                    let key = t.key.clone()?;
+                    let timeout = t.spec.timeout.as_deref().and_then(parse_duration);
+                    if t.spec.run == "http" {
+                        let named = inputs.as_object()?.clone().into_iter().collect();
+                        if let Outcome::Http(request) = builtins::run("http", &named, &named, None)
+                        {
+                            return Some(External::Http {
+                                task: t.id.clone(),
+                                attempt: t.attempts,
+                                request,
+                            });
+                        }
+                        return None;
+                    }
+                    Some(External::Call {
+                        task: t.id.clone(),
+                        attempt: t.attempts,
+                        call: function_call(&t.spec.run, &inputs, &key, timeout),
+                    })
+                })
+                .collect();
+            for ext in again {
+                self.perform(ext);
+            }
+        }
+        loop {
+            let mut external = Vec::new();
+            let mut finished = false;
+            for _ in 0..100_000 {
+                let now = self.engine.clock.now_ms();
+                let mut progressed = false;
+                for action in decide(&self.state, now) {
+                    match action {
+                        Action::Dispatch {
+                            task,
+                            attempt,
+                            key,
+                            spec,
+                        } => {
+                            progressed = true;
+                            if let Some(ext) = self.dispatch(&task, attempt, &key, &spec, now) {
+                                external.push(ext);
+                            }
+                        }
+                        Action::ScheduleRetry { task, attempt, due } => {
+                            progressed = true;
+                            self.record(Event::RetryScheduled {
+                                task,
+                                attempt,
+                                due,
+                                at: now,
+                            });
+                        }
+                        Action::StartTimer { at } => {
+                            if self.armed.insert(at) {
+                                external.push(External::Timer(at));
+                            }
+                        }
+                        Action::FireTimer { task } => {
+                            progressed = true;
+                            self.record(Event::TimerFired { task, at: now });
+                        }
+                        Action::Finish(f) => {
+                            progressed = true;
+                            finished = true;
+                            self.record(finish_event(&f, now));
+                        }
+                    }
+                }
+                if !progressed || finished || self.state.is_finished() {
+                    break;
+                }
+            }
+            if let Err(err) = self.persist().await {
+                tracing::error!(run = %id, %err, "cannot persist run events; stopping the run actor");
+                self.stop(&done);
+                return;
+            }
+            if finished || self.state.is_finished() {
+                self.stop(&done);
+                return;
+            }
+            for ext in external {
+                self.perform(ext);
+            }
+            let Some(msg) = rx.recv().await else { return };
+            let mut msgs = vec![msg];
+            while let Ok(m) = rx.try_recv() {
+                msgs.push(m);
+            }
+            for msg in msgs {
+                match msg {
+                    Msg::Events(task, events) => {
+                        self.inflight.remove(&task);
+                        for e in events {
+                            self.record(e);
+                        }
+                    }
+                    Msg::Wake => {}
+                    Msg::Cancel(reason) => {
+                        let at = self.engine.clock.now_ms();
+                        self.record(Event::RunCancelled { reason, at });
+                    }
+                    Msg::Shutdown => {
+                        for (_, h) in self.inflight.drain() {
+                            h.abort();
+                        }
+                        let _ = self.persist().await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self, done: &watch::Sender<Option<RunSummary>>) {
+        for (_, h) in self.inflight.drain() {
+            h.abort();
+        }
+        if let Ok(mut runs) = self.engine.runs.lock() {
+            runs.remove(&self.state.run_id);
+        }
+        let summary = self.engine.store.run(&self.state.run_id).ok().flatten();
+        let _ = done.send(summary);
+    }
+
+    /// Records the dispatch of a task attempt; built-ins are evaluated here.
+    fn dispatch(
+        &mut self,
+        task: &str,
+        attempt: u32,
+        key: &str,
+        spec: &TaskSpec,
+        now: Millis,
+    ) -> Option<External> {
+        let raw = spec.named_inputs();
+        let local = self
+            .state
+            .tasks
+            .get(task)
+            .map(|t| t.local.clone())
+            .unwrap_or_default();
+        let resolved = if raw.values().any(contains_expression) {
+            resolve_inputs(&self.state.scope_for(task), &local, &raw)
+        } else {
+            Ok(raw.clone())
+        };
+        let dispatched = |inputs: Value, wake_at: Option<Millis>| Event::TaskDispatched {
+            task: task.into(),
+            attempt,
+            key: key.into(),
+            inputs,
+            at: now,
+            wake_at,
+        };
+        let fail = |error: String| Event::TaskFailed {
+            task: task.into(),
+            attempt,
+            error,
+            status: None,
+            retryable: false,
+            at: now,
+        };
+        let inputs = match resolved {
+            Ok(i) => i,
+            Err(e) => {
+                self.record(dispatched(Value::Object(raw.into_iter().collect()), None));
+                self.record(fail(e.to_string()));
+                return None;
+            }
+        };
+        let inputs_value = Value::Object(inputs.clone().into_iter().collect());
+        let timeout = spec.timeout.as_deref().and_then(parse_duration);
+        if builtins::is_builtin(&spec.run) {
+            match builtins::run(&spec.run, &inputs, &raw, spec.concurrency) {
+                Outcome::Output(v) => {
+                    self.record(dispatched(inputs_value, None));
+                    match dynamic_workflow(&v) {
+                        Some(Ok((tasks, output))) => self.record(Event::TasksAdded {
+                            parent: task.into(),
+                            tasks,
+                            output,
+                            scope_inputs: None,
+                            at: now,
+                        }),
+                        Some(Err(e)) => self.record(fail(e)),
+                        None => self.record(Event::TaskSucceeded {
+                            task: task.into(),
+                            attempt,
+                            output: v,
+                            headers: Headers::new(),
+                            at: now,
+                        }),
+                    }
+                    None
+                }
+                Outcome::Fail(msg) => {
+                    self.record(dispatched(inputs_value, None));
+                    self.record(fail(msg));
+                    None
+                }
+                Outcome::Sleep(d) => {
+                    self.record(dispatched(inputs_value, Some(now + d.as_millis() as u64)));
+                    None
+                }
+                Outcome::Http(request) => {
+                    self.record(dispatched(inputs_value, None));
+                    Some(External::Http {
+                        task: task.into(),
+                        attempt,
+                        request,
+                    })
+                }
+            }
+        } else if !self.engine.invoker.function_exists(&spec.run)
+            && self.engine.store.workflow_exists(&spec.run)
+        {
+            self.record(dispatched(inputs_value.clone(), None));
+            match self.engine.store.workflow(&spec.run, None) {
+                Ok(Some(wf)) => self.record(Event::TasksAdded {
+                    parent: task.into(),
+                    tasks: wf.spec.tasks,
+                    output: wf.spec.output,
+                    scope_inputs: Some(inputs_value),
+                    at: now,
+                }),
+                _ => self.record(fail(format!("workflow {:?} could not be loaded", spec.run))),
+            }
+            None
+        } else {
+            self.record(dispatched(inputs_value.clone(), None));
+            Some(External::Call {
+                task: task.into(),
+                attempt,
+                call: function_call(&spec.run, &inputs_value, key, timeout),
+            })
+        }
+    }
+
+    fn perform(&mut self, ext: External) {
+        let tx = self.tx.clone();
+        let engine = self.engine.clone();
+        match ext {
+            External::Timer(at) => {
+                tokio::spawn(async move {
+                    engine.clock.sleep_until(at).await;
+                    let _ = tx.send(Msg::Wake);
+                });
+            }
+            External::Call {
+                task,
+                attempt,
+                call,
+            } => {
+                let t = task.clone();
+                let handle = tokio::spawn(async move {
+                    let timeout = call.timeout;
+                    let fut = engine.invoker.call(call);
+                    let result = match timeout {
+                        Some(d) => match tokio::time::timeout(d, fut).await {
+                            Ok(r) => r,
+                            Err(_) => Err(CallError::Timeout(d)),
+                        },
+                        None => fut.await,
+                    };
+                    let events = outcome_events(&t, attempt, result, engine.clock.now_ms());
+                    let _ = tx.send(Msg::Events(t, events));
+                });
+                self.inflight.insert(task, handle.abort_handle());
+            }
+            External::Http {
+                task,
+                attempt,
+                request,
+            } => {
+                let t = task.clone();
+                let handle = tokio::spawn(async move {
+                    let result = match &engine.config.http {
+                        Some(http) => http.send(request).await.map_err(CallError::Instance),
+                        None => Err(CallError::UnknownFunction(
+                            "http (no HTTP transport configured)".into(),
+                        )),
+                    };
+                    let events = outcome_events(&t, attempt, result, engine.clock.now_ms());
+                    let _ = tx.send(Msg::Events(t, events));
+                });
+                self.inflight.insert(task, handle.abort_handle());
+            }
+        }
+    }
+}

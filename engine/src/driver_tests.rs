@@ -1,0 +1,334 @@
+//! Driver tests with a fake invoker and paused tokio time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use executor::{CallError, CallFuture, FunctionCall, FunctionResponse, Invoker};
+use serde_json::{json, Value};
+
+use crate::state::{Event, RunStatus};
+use crate::{Engine, EngineConfig};
+
+type Behavior =
+    Arc<dyn Fn(&FunctionCall, usize) -> Result<FunctionResponse, CallError> + Send + Sync>;
+
+#[derive(Default)]
+pub struct FakeInvoker {
+    functions: Mutex<HashMap<String, (Behavior, Option<Duration>)>>,
+    pub calls: Mutex<Vec<FunctionCall>>,
+}
+
+impl FakeInvoker {
+    pub fn add(
+        &self,
+        name: &str,
+        delay: Option<Duration>,
+        f: impl Fn(&FunctionCall, usize) -> Result<FunctionResponse, CallError> + Send + Sync + 'static,
+    ) {
+        self.functions
+            .lock()
+            .unwrap()
+            .insert(name.into(), (Arc::new(f), delay));
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.function == name)
+            .count()
+    }
+
+    pub fn keys(&self, name: &str) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.function == name)
+            .filter_map(|c| c.idempotency_key.clone())
+            .collect()
+    }
+}
+
+pub fn text(status: u16, body: &str) -> Result<FunctionResponse, CallError> {
+    Ok(FunctionResponse {
+        status,
+        headers: [("content-type".to_string(), "text/plain".to_string())].into(),
+        body: Bytes::from(body.to_string()),
+    })
+}
+
+pub fn json_resp(v: Value) -> Result<FunctionResponse, CallError> {
+    Ok(FunctionResponse {
+        status: 200,
+        headers: [("content-type".to_string(), "application/json".to_string())].into(),
+        body: Bytes::from(v.to_string()),
+    })
+}
+
+pub struct Shared(pub Arc<FakeInvoker>);
+
+impl Invoker for Shared {
+    fn call(&self, call: FunctionCall) -> CallFuture {
+        let n = {
+            let mut calls = self.0.calls.lock().unwrap();
+            calls.push(call.clone());
+            calls.iter().filter(|c| c.function == call.function).count()
+        };
+        let f = self
+            .0
+            .functions
+            .lock()
+            .unwrap()
+            .get(&call.function)
+            .cloned();
+        Box::pin(async move {
+            let Some((f, delay)) = f else {
+                return Err(CallError::UnknownFunction(call.function));
+            };
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            f(&call, n)
+        })
+    }
+
+    fn function_exists(&self, name: &str) -> bool {
+        self.0.functions.lock().unwrap().contains_key(name)
+    }
+}
+
+async fn engine_with(fake: &Arc<FakeInvoker>, db: &sled::Db) -> Arc<Engine> {
+    Engine::open(
+        db.clone(),
+        Arc::new(Shared(fake.clone())),
+        EngineConfig::default(),
+    )
+    .await
+    .unwrap()
+}
+
+fn setup() -> (tempfile::TempDir, sled::Db, Arc<FakeInvoker>) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let fake = Arc::new(FakeInvoker::default());
+    fake.add("echo", None, |c, _| {
+        text(200, &String::from_utf8_lossy(&c.body))
+    });
+    fake.add("double", None, |c, _| {
+        let n: f64 = serde_json::from_slice(&c.body).unwrap_or(0.0);
+        json_resp(json!(n * 2.0))
+    });
+    (dir, db, fake)
+}
+
+async fn run(
+    engine: &Arc<Engine>,
+    name: &str,
+    yaml: &str,
+    input: Value,
+) -> crate::store::RunSummary {
+    engine.create_workflow(name, yaml).unwrap();
+    let started = engine.start_run(name, input).await.unwrap();
+    engine.wait(&started.id).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn function_chain_with_expressions() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: B\ntasks:\n  A:\n    run: echo\n    inputs: \"{ param() }\"\n  B:\n    run: echo\n    inputs: \"{ output('A') + '!' }\"\n    requires: [A]\n";
+    let s = run(&e, "w", yaml, json!({"default": "hi"})).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("hi!")));
+    assert_eq!(fake.count("echo"), 2);
+    let keys = fake.keys("echo");
+    assert!(keys[0].ends_with("/A/1"), "{keys:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn builtins_end_to_end() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let cases: &[(&str, &str, Value)] = &[
+        ("compose", "output: C\ntasks:\n  C:\n    run: compose\n    inputs:\n      a: 1\n      b: \"{ param() }\"\n", json!({"a": 1, "b": "x"})),
+        ("if", "output: I\ntasks:\n  I:\n    run: if\n    inputs:\n      if: \"{ param() == 'x' }\"\n      then:\n        run: echo\n        inputs: yes\n      else: no\n", json!("yes")),
+        ("switch", "output: S\ntasks:\n  S:\n    run: switch\n    inputs:\n      switch: \"{ param() }\"\n      cases:\n      - case: x\n        action: ex\n      default: other\n", json!("ex")),
+        ("foreach", "output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: [1, 2, 3]\n      do:\n        run: double\n        inputs: \"{ task().Inputs._item }\"\n", json!([2, 4, 6])),
+        ("repeat", "output: R\ntasks:\n  R:\n    run: repeat\n    inputs:\n      times: 5\n      do:\n        run: javascript\n        inputs:\n          expr: \"(args || 0) + 1\"\n          args: \"{ task().Inputs._prev }\"\n", json!(5)),
+        ("while", "output: W\ntasks:\n  W:\n    run: while\n    inputs:\n      expr: \"{ (task().Inputs._prev || 0) < 5 }\"\n      limit: 10\n      delay: 10ms\n      do:\n        run: javascript\n        inputs:\n          expr: \"(args || 0) + 1\"\n          args: \"{ task().Inputs._prev }\"\n", json!(5)),
+        ("sleep", "output: Z\ntasks:\n  S:\n    run: sleep\n    inputs: 5s\n  Z:\n    run: noop\n    inputs: done\n    requires: [S]\n", json!("done")),
+        ("inline", "output: N\ntasks:\n  N:\n    run: noop\n    inputs:\n      output: b\n      tasks:\n        a:\n          run: echo\n          inputs: \"{ param() }\"\n        b:\n          run: echo\n          inputs: \"{ output('a') + '2' }\"\n          requires: [a]\n", json!("x2")),
+    ];
+    for (name, yaml, want) in cases {
+        let s = run(&e, name, yaml, json!({"default": "x"})).await;
+        assert_eq!(s.status, RunStatus::Succeeded, "{name}: {s:?}");
+        assert_eq!(s.output.as_ref(), Some(want), "{name}");
+    }
+    let s = run(
+        &e,
+        "fails",
+        "output: F\ntasks:\n  F:\n    run: fail\n    inputs: broken\n",
+        json!(null),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert_eq!(s.error.unwrap().message, "broken");
+}
+
+#[tokio::test(start_paused = true)]
+async fn nested_workflow_by_name() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "inner",
+        "output: T\ntasks:\n  T:\n    run: echo\n    inputs: \"{ param() + '-inner' }\"\n",
+    )
+    .unwrap();
+    let s = run(
+        &e,
+        "outer",
+        "output: O\ntasks:\n  O:\n    run: inner\n    inputs: \"{ param() }\"\n",
+        json!({"default": "x"}),
+    )
+    .await;
+    assert_eq!(s.output, Some(json!("x-inner")), "{s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_with_backoff_then_succeeds() {
+    let (_d, db, fake) = setup();
+    fake.add("flaky", None, |_, n| {
+        if n < 3 {
+            text(503, "busy")
+        } else {
+            text(200, "ok")
+        }
+    });
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: F\ntasks:\n  F:\n    run: flaky\n    retry:\n      maxAttempts: 3\n      backoff: {initial: 1s, max: 5s}\n";
+    let s = run(&e, "w", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(fake.count("flaky"), 3);
+    assert_eq!(fake.keys("flaky").last().unwrap(), &format!("{}/F/3", s.id));
+    // 4xx is never retried.
+    fake.add("bad", None, |_, _| text(404, "no such thing"));
+    let yaml = "output: F\ntasks:\n  F:\n    run: bad\n    retry: {maxAttempts: 5}\n";
+    let s = run(&e, "w2", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert_eq!(s.error.as_ref().unwrap().status, Some(404));
+    assert_eq!(s.error.as_ref().unwrap().task.as_deref(), Some("F"));
+    assert_eq!(fake.count("bad"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn task_and_run_timeouts() {
+    let (_d, db, fake) = setup();
+    fake.add("slow", Some(Duration::from_secs(60)), |_, _| {
+        text(200, "late")
+    });
+    let e = engine_with(&fake, &db).await;
+    let s = run(
+        &e,
+        "t1",
+        "output: S\ntasks:\n  S:\n    run: slow\n    timeout: 1s\n",
+        json!(null),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert!(s.error.unwrap().message.contains("timed out"));
+    let s = run(
+        &e,
+        "t2",
+        "output: S\ntimeout: 2s\ntasks:\n  S:\n    run: slow\n",
+        json!(null),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert!(s.error.unwrap().message.contains("run timed out"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_and_retry_from_failure() {
+    let (_d, db, fake) = setup();
+    fake.add("slow", Some(Duration::from_secs(60)), |_, _| {
+        text(200, "late")
+    });
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow("c", "output: S\ntasks:\n  S:\n    run: slow\n")
+        .unwrap();
+    let started = e.start_run("c", json!(null)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let s = e.cancel(&started.id, "by test").await.unwrap();
+    assert_eq!(s.status, RunStatus::Cancelled);
+
+    let fail_first = Arc::new(Mutex::new(true));
+    let ff = fail_first.clone();
+    fake.add("sometimes", None, move |_, _| {
+        if *ff.lock().unwrap() {
+            text(500, "down")
+        } else {
+            text(200, "up")
+        }
+    });
+    let yaml = "output: B\ntasks:\n  A:\n    run: echo\n    inputs: a\n  B:\n    run: sometimes\n    requires: [A]\n";
+    let s = run(&e, "r", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Failed);
+    *fail_first.lock().unwrap() = false;
+    let again = e.retry(&s.id).await.unwrap();
+    let s2 = e.wait(&again.id).await.unwrap();
+    assert_eq!(s2.status, RunStatus::Succeeded);
+    assert_eq!(s2.retry_of.as_deref(), Some(s.id.as_str()));
+    assert_eq!(fake.count("echo"), 1, "A kept its output");
+    assert_eq!(fake.count("sometimes"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovery_redispatches_in_flight_with_same_key() {
+    let (_d, db, fake) = setup();
+    fake.add("slow", Some(Duration::from_secs(10)), |_, _| {
+        text(200, "slow-done")
+    });
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: B\ntasks:\n  A:\n    run: echo\n    inputs: a\n  B:\n    run: slow\n    requires: [A]\n";
+    e.create_workflow("rec", yaml).unwrap();
+    let started = e.start_run("rec", json!(null)).await.unwrap();
+    // Flushes are real I/O while tokio's time is paused: poll in small steps.
+    for _ in 0..5000 {
+        if fake.count("slow") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(fake.count("slow"), 1);
+    e.shutdown().await;
+    drop(e);
+    let e2 = engine_with(&fake, &db).await;
+    let s = e2.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("slow-done")));
+    assert_eq!(fake.count("echo"), 1, "finished task not run again");
+    let keys = fake.keys("slow");
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1], "same idempotency key");
+    let events = e2.run_events(&started.id).unwrap();
+    assert_eq!(events.iter().filter(|e| e.is_terminal()).count(), 1);
+    assert!(matches!(events.last(), Some(Event::RunSucceeded { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn expression_error_fails_the_task() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let s = run(&e, "x", "output: A\ntasks:\n  A:\n    run: noop\n    inputs: \"{ (function(){ throw new Error('nope') })() }\"\n", json!(null)).await;
+    assert_eq!(s.status, RunStatus::Failed);
+    let err = s.error.unwrap();
+    assert!(
+        err.message.contains("nope") && err.message.contains("throw"),
+        "{}",
+        err.message
+    );
+}
