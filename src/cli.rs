@@ -358,7 +358,7 @@ async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
             println!("Try:");
             for r in routes {
                 let url = r["url"].as_str().or(r["prefix"].as_str()).unwrap_or("/");
-                println!("  curl http://{router}{url}");
+                println!("  curl http://{router}{}", example_path(url));
             }
         }
         println!("Stop with Ctrl-C.");
@@ -665,6 +665,15 @@ fn merge_route(body: &mut Value, f: RouteFields) {
     }
 }
 
+/// A URL template with each `{param}` filled in, for the quickstart's hints.
+fn example_path(template: &str) -> String {
+    template
+        .split('/')
+        .map(|seg| if seg.starts_with('{') { "world" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// A route name derived from its URL: `/users/{id}` -> `users-id`.
 fn route_name(url: &str) -> String {
     let mut name: String = url
@@ -736,5 +745,6 @@ mod tests {
         assert_eq!(route_name("/users/{id}"), "users-id");
         assert_eq!(route_name("/"), "root");
         assert_eq!(route_name("/Hello_World"), "hello-world");
+        assert_eq!(super::example_path("/hello/{name}/x"), "/hello/world/x");
     }
 }

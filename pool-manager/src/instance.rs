@@ -198,8 +198,12 @@ pub async fn spawn(
 
     if let Err(e) = wait_listening(&instance, cfg.start_timeout).await {
         instance.stop();
-        logs.append(&instance.log_key(), id, "fusion", &e.to_string());
-        return Err(e);
+        let key = instance.log_key();
+        logs.append(&key, id, "fusion", &e.to_string());
+        return Err(Error::Unavailable(format!(
+            "{e} (its output is in {})",
+            logs.path(&key).display()
+        )));
     }
     Ok(instance)
 }
@@ -218,7 +222,7 @@ async fn wait_listening(instance: &Instance, limit: Duration) -> Result<()> {
     loop {
         if instance.is_exited() {
             return Err(Error::Unavailable(format!(
-                "environment {}: the runtime exited while starting (see its log)",
+                "environment {}: the runtime exited while starting",
                 instance.env
             )));
         }
