@@ -332,3 +332,144 @@ async fn expression_error_fails_the_task() {
         err.message
     );
 }
+
+mod api {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    async fn call(
+        app: &axum::Router,
+        req: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).to_string()));
+        (status, headers, v)
+    }
+
+    fn req(method: &str, uri: &str, body: &str) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn workflow_and_run_endpoints() {
+        let (_d, db, fake) = setup();
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        let yaml = "output: A\ntasks:\n  A:\n    run: echo\n    inputs: \"{ param() }\"\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=hello", yaml)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert_eq!(v["version"], 1);
+        let (s, _, _) = call(&app, req("POST", "/v1/workflows?name=hello", yaml)).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let (s, _, v) = call(
+            &app,
+            req(
+                "POST",
+                "/v1/workflows",
+                "name: byfield\noutput: A\ntasks:\n  A:\n    run: nosuch\n",
+            ),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"]["code"], "unknown_function");
+        assert_eq!(v["error"]["details"][0]["line"], 5);
+        let (s, _, v) = call(&app, req("PUT", "/v1/workflows/hello", yaml)).await;
+        assert_eq!((s, v["version"].clone()), (StatusCode::OK, json!(2)));
+        let (_, _, v) = call(&app, req("GET", "/v1/workflows/hello/versions", "")).await;
+        assert_eq!(v["versions"].as_array().unwrap().len(), 2);
+        let (s, _, v) = call(&app, req("GET", "/v1/workflows/hello?version=1", "")).await;
+        assert_eq!((s, v["version"].clone()), (StatusCode::OK, json!(1)));
+        let (_, _, v) = call(&app, req("GET", "/v1/workflows", "")).await;
+        assert_eq!(v["workflows"].as_array().unwrap().len(), 1);
+
+        // Synchronous invoke: text body in, text out.
+        let (s, h, v) = call(&app, req("POST", "/v1/workflows/hello/invoke", "ping")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v, json!("ping"));
+        let run_id = h["x-fusion-run-id"].to_str().unwrap().to_string();
+        // Asynchronous invoke.
+        let r = Request::builder()
+            .method("POST")
+            .uri("/v1/workflows/hello/invoke")
+            .header("X-Async", "true")
+            .body(Body::from("x"))
+            .unwrap();
+        let (s, h, v) = call(&app, r).await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+        assert_eq!(
+            h["location"].to_str().unwrap(),
+            format!("/v1/runs/{}", v["id"].as_str().unwrap())
+        );
+        e.wait(v["id"].as_str().unwrap()).await.unwrap();
+
+        let (s, _, v) = call(&app, req("GET", &format!("/v1/runs/{run_id}"), "")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["status"], "succeeded");
+        assert_eq!(v["tasks"][0]["attempts"], 1);
+        let (_, _, v) = call(&app, req("GET", &format!("/v1/runs/{run_id}/events"), "")).await;
+        assert_eq!(v["events"][0]["type"], "RunStarted");
+        let (_, _, v) = call(&app, req("GET", "/v1/runs?workflow=hello&limit=1", "")).await;
+        assert_eq!(v["runs"].as_array().unwrap().len(), 1);
+        assert!(v["next_cursor"].is_string());
+        let (s, _, _) = call(&app, req("GET", "/v1/runs?status=bogus", "")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, _, _) = call(&app, req("GET", "/v1/runs/nope", "")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _, _) = call(&app, req("POST", &format!("/v1/runs/{run_id}/cancel"), "")).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let (s, _, _) = call(&app, req("DELETE", "/v1/workflows/hello", "")).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows/hello/invoke", "")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_run_passes_4xx_and_json_output() {
+        let (_d, db, fake) = setup();
+        fake.add("notfound", None, |_, _| text(404, "missing"));
+        let e = engine_with(&fake, &db).await;
+        e.create_workflow("f", "output: A\ntasks:\n  A:\n    run: notfound\n")
+            .unwrap();
+        let r = Request::builder()
+            .method("POST")
+            .uri("/x")
+            .body(Body::empty())
+            .unwrap();
+        let resp = crate::invoke_http(e.clone(), "f", r).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["task"], "A");
+        assert_eq!(v["error"]["status"], 404);
+
+        e.create_workflow("j", "output: A\ntasks:\n  A:\n    run: compose\n    inputs:\n      got: \"{ param().n }\"\n      q: \"{ $.Invocation.Inputs.query.k }\"\n      h: \"{ $.Invocation.Inputs.headers['X-Thing'] }\"\n").unwrap();
+        let r = Request::builder()
+            .method("POST")
+            .uri("/x?k=v")
+            .header("content-type", "application/json")
+            .header("x-thing", "t")
+            .body(Body::from("{\"n\": 5}"))
+            .unwrap();
+        let resp = crate::invoke_http(e.clone(), "j", r).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v, json!({"got": 5, "q": "v", "h": "t"}));
+    }
+}

@@ -1,6 +1,7 @@
 //! Workflow engine: Fission Workflows' YAML format, validation, a pure run state
 //! machine, durable runs in sled, the tokio driver and the HTTP API.
 
+pub mod api;
 pub mod builtins;
 pub mod dag;
 pub mod driver;
@@ -11,6 +12,7 @@ pub mod state;
 pub mod store;
 pub mod validate;
 
+pub use api::{invoke_http, router};
 pub use driver::{Engine, EngineConfig, EngineError, StartedRun};
 pub use spec::workflow_json_schema;
 

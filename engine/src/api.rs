@@ -1,0 +1,539 @@
+//! The engine's HTTP API: workflows (create, update, get, list, versions, delete,
+//! invoke) and runs (list, detail, events, cancel, retry), plus `invoke_http`, the
+//! invocation of a workflow by URL that the router uses. Every error is a status
+//! and `{"error": {"code", "message"}}`.
+//!
+//! `POST /v1/workflows` takes the YAML as the body and the name from `?name=`, or
+//! else from a top-level `name:` field of the document.
+//! Run listing: `since`/`until` are milliseconds since the Unix epoch, `limit`
+//! defaults to 50 (at most 1000), `cursor` is the `next_cursor` of the last page.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::driver::{canonical_headers, Engine, EngineError};
+use crate::state::{RunState, RunStatus};
+use crate::store::{RunFilter, RunSummary, WorkflowVersion};
+use crate::validate::ValidationError;
+
+/// Largest request body read for an invocation or a workflow document.
+const BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// Inputs and outputs longer than this (as JSON) are cut in listings.
+const LISTING_VALUE_LIMIT: usize = 1024;
+
+/// An API error: status, stable code, message, and validation details.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    pub details: Vec<ValidationError>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let status = match &e {
+            EngineError::NotFound(_) => StatusCode::NOT_FOUND,
+            EngineError::Conflict(_) => StatusCode::CONFLICT,
+            EngineError::Invalid(_) | EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EngineError::Store(crate::store::StoreError::Cursor) => StatusCode::BAD_REQUEST,
+            EngineError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let details = match &e {
+            EngineError::Invalid(list) => list.clone(),
+            _ => Vec::new(),
+        };
+        ApiError {
+            status,
+            code: e.code().to_string(),
+            message: e.to_string(),
+            details,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut err = json!({"code": self.code, "message": self.message});
+        if !self.details.is_empty() {
+            err["details"] = json!(self.details);
+        }
+        (self.status, Json(json!({ "error": err }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The API routes (mount under the API listener).
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/v1/workflows", post(create_workflow).get(list_workflows))
+        .route(
+            "/v1/workflows/{name}",
+            get(get_workflow)
+                .put(update_workflow)
+                .delete(delete_workflow),
+        )
+        .route("/v1/workflows/{name}/versions", get(workflow_versions))
+        .route("/v1/workflows/{name}/invoke", post(invoke))
+        .route("/v1/runs", get(list_runs))
+        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}/events", get(run_events))
+        .route("/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/v1/runs/{id}/retry", post(retry_run))
+        .with_state(engine)
+}
+
+fn workflow_json(w: &WorkflowVersion, full: bool) -> Value {
+    let mut v = json!({
+        "name": w.name,
+        "version": w.version,
+        "created_at": w.created_at,
+        "description": w.spec.description,
+    });
+    if full {
+        v["source"] = json!(w.source);
+        v["spec"] = json!(w.spec);
+    }
+    v
+}
+
+#[derive(Deserialize)]
+struct NameQuery {
+    name: Option<String>,
+}
+
+fn yaml_text(body: &Bytes) -> ApiResult<&str> {
+    std::str::from_utf8(body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the workflow must be UTF-8 YAML",
+        )
+    })
+}
+
+async fn create_workflow(
+    State(engine): State<Arc<Engine>>,
+    Query(q): Query<NameQuery>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let source = yaml_text(&body)?;
+    let name = match q.name.filter(|n| !n.is_empty()) {
+        Some(n) => n,
+        None => serde_yaml::from_str::<serde_yaml::Value>(source)
+            .ok()
+            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "missing_name",
+                    "give the workflow's name as ?name= or a top-level `name:` field",
+                )
+            })?,
+    };
+    let w = engine.create_workflow(&name, source)?;
+    Ok((StatusCode::CREATED, Json(workflow_json(&w, false))).into_response())
+}
+
+async fn update_workflow(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let w = engine.update_workflow(&name, yaml_text(&body)?)?;
+    Ok(Json(workflow_json(&w, false)))
+}
+
+async fn list_workflows(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {
+    let list: Vec<Value> = engine
+        .list_workflows()?
+        .iter()
+        .map(|w| workflow_json(w, false))
+        .collect();
+    Ok(Json(json!({ "workflows": list })))
+}
+
+#[derive(Deserialize)]
+struct VersionQuery {
+    version: Option<u32>,
+}
+
+async fn get_workflow(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(workflow_json(
+        &engine.workflow(&name, q.version)?,
+        true,
+    )))
+}
+
+async fn workflow_versions(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let list: Vec<Value> = engine
+        .workflow_versions(&name)?
+        .iter()
+        .map(|w| json!({"version": w.version, "created_at": w.created_at}))
+        .collect();
+    Ok(Json(json!({ "name": name, "versions": list })))
+}
+
+async fn delete_workflow(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    engine.delete_workflow(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn invoke(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    invoke_http(engine, &name, req).await
+}
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    workflow: Option<String>,
+    status: Option<String>,
+    since: Option<u64>,
+    until: Option<u64>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn truncated(v: &Value) -> Value {
+    let s = v.to_string();
+    if s.len() <= LISTING_VALUE_LIMIT {
+        v.clone()
+    } else {
+        let cut: String = s.chars().take(LISTING_VALUE_LIMIT).collect();
+        json!({"truncated": true, "bytes": s.len(), "preview": cut})
+    }
+}
+
+fn summary_json(s: &RunSummary) -> Value {
+    json!({
+        "id": s.id,
+        "workflow": s.workflow,
+        "version": s.version,
+        "status": s.status,
+        "created_at": s.created_at,
+        "finished_at": s.finished_at,
+        "duration_ms": s.finished_at.map(|f| f.saturating_sub(s.created_at)),
+        "input": truncated(&s.input),
+        "output": s.output.as_ref().map(truncated),
+        "error": s.error,
+        "retry_of": s.retry_of,
+    })
+}
+
+async fn list_runs(
+    State(engine): State<Arc<Engine>>,
+    Query(q): Query<RunsQuery>,
+) -> ApiResult<Json<Value>> {
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_status",
+                format!("unknown status {s:?} (running, succeeded, failed, cancelled)"),
+            )
+        })?),
+    };
+    let page = engine.list_runs(&RunFilter {
+        workflow: q.workflow.filter(|w| !w.is_empty()),
+        status,
+        since: q.since,
+        until: q.until,
+        limit: q.limit.unwrap_or(50),
+        cursor: q.cursor.filter(|c| !c.is_empty()),
+    })?;
+    let runs: Vec<Value> = page.runs.iter().map(summary_json).collect();
+    Ok(Json(json!({"runs": runs, "next_cursor": page.next_cursor})))
+}
+
+/// A run in full: status, input, output, timings and every task.
+pub fn run_json(s: &RunState) -> Value {
+    let tasks: Vec<Value> = s
+        .tasks
+        .values()
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "scope": t.scope,
+                "run": t.spec.run,
+                "status": t.status,
+                "attempts": t.attempts,
+                "started_at": t.started_at,
+                "ended_at": t.ended_at,
+                "inputs": t.inputs,
+                "output": t.output,
+                "output_headers": t.headers,
+                "error": t.error,
+                "http_status": t.http_status,
+            })
+        })
+        .collect();
+    json!({
+        "id": s.run_id,
+        "workflow": s.workflow,
+        "version": s.version,
+        "status": s.status,
+        "input": s.input,
+        "output": s.output,
+        "output_headers": s.output_headers,
+        "error": s.error,
+        "created_at": s.started_at,
+        "finished_at": s.finished_at,
+        "duration_ms": s.finished_at.map(|f| f.saturating_sub(s.started_at)),
+        "retry_of": s.retry_of,
+        "tasks": tasks,
+    })
+}
+
+async fn get_run(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(run_json(&engine.run_state(&id)?)))
+}
+
+async fn run_events(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let events = engine.run_events(&id)?;
+    Ok(Json(json!({ "id": id, "events": events })))
+}
+
+async fn cancel_run(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let s = engine.cancel(&id, "cancelled through the API").await?;
+    Ok(Json(summary_json(&s)))
+}
+
+async fn retry_run(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let started = engine.retry(&id).await?;
+    Ok(accepted(&started.id))
+}
+
+fn accepted(id: &str) -> Response {
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": "running", "location": format!("/v1/runs/{id}")})),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/runs/{id}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn pairs(uri_query: &str) -> Vec<(String, String)> {
+    let uri: Uri = match format!("/?{uri_query}").parse() {
+        Ok(u) => u,
+        Err(_) => return Vec::new(),
+    };
+    Query::<Vec<(String, String)>>::try_from_uri(&uri)
+        .map(|q| q.0)
+        .unwrap_or_default()
+}
+
+fn is_async(h: &HeaderMap) -> bool {
+    let x_async = h
+        .get("x-async")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let prefer = h
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("respond-async"));
+    x_async || prefer
+}
+
+/// The workflow input of an HTTP request: `body` and `default` (JSON to a value,
+/// form data to a map, anything else to a string), `headers` (canonical names),
+/// `query` and `method`.
+pub fn request_input(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let parsed = if body.is_empty() {
+        Value::Null
+    } else if content_type.contains("json") {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the request body is not valid JSON: {e}"),
+            )
+        })?
+    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+        let map: serde_json::Map<String, Value> = pairs(&String::from_utf8_lossy(body))
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        Value::Object(map)
+    } else {
+        Value::String(String::from_utf8_lossy(body).to_string())
+    };
+    let raw: BTreeMap<String, String> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let query: serde_json::Map<String, Value> = pairs(uri.query().unwrap_or(""))
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    Ok(json!({
+        "body": parsed,
+        "default": parsed,
+        "headers": canonical_headers(raw.iter()),
+        "query": query,
+        "method": method.as_str(),
+    }))
+}
+
+/// Invokes a workflow with an HTTP request. Synchronous by default (200 with the
+/// output, 204 when empty); `X-Async: true` or `Prefer: respond-async` answers 202
+/// with the run id and a `Location`. A failed run answers with the failing
+/// function's 4xx status, or 500, and a JSON error naming the task.
+pub async fn invoke_http(engine: Arc<Engine>, name: &str, req: Request<Body>) -> Response {
+    match invoke_inner(engine, name, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn invoke_inner(engine: Arc<Engine>, name: &str, req: Request<Body>) -> ApiResult<Response> {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("cannot read the request body: {e}"),
+        )
+    })?;
+    let input = request_input(&parts.method, &parts.uri, &parts.headers, &body)?;
+    let started = engine.start_run(name, input).await?;
+    if is_async(&parts.headers) {
+        return Ok(accepted(&started.id));
+    }
+    let summary = engine.wait(&started.id).await?;
+    match summary.status {
+        RunStatus::Succeeded => {
+            let headers = engine
+                .run_state(&started.id)
+                .map(|s| s.output_headers)
+                .unwrap_or_default();
+            Ok(output_response(
+                summary.output.unwrap_or(Value::Null),
+                &headers,
+                &started.id,
+            ))
+        }
+        status => {
+            let err = summary.error.unwrap_or(crate::state::RunError {
+                task: None,
+                message: "the run did not succeed".into(),
+                status: None,
+            });
+            let code = match err.status {
+                Some(s) if (400..500).contains(&s) => {
+                    StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                }
+                _ if status == RunStatus::Cancelled => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let message = match &err.task {
+                Some(t) => format!("task {t:?} failed: {}", err.message),
+                None => err.message.clone(),
+            };
+            let body = json!({"error": {
+                "code": if status == RunStatus::Cancelled { "run_cancelled" } else { "run_failed" },
+                "message": message,
+                "task": err.task,
+                "status": err.status,
+                "run_id": started.id,
+            }});
+            let mut resp = (code, Json(body)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&started.id) {
+                resp.headers_mut().insert("x-fusion-run-id", v);
+            }
+            Ok(resp)
+        }
+    }
+}
+
+fn output_response(output: Value, headers: &BTreeMap<String, String>, run_id: &str) -> Response {
+    let mut resp = match &output {
+        Value::Null => StatusCode::NO_CONTENT.into_response(),
+        Value::String(s) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            s.clone(),
+        )
+            .into_response(),
+        other => Json(other.clone()).into_response(),
+    };
+    for (k, v) in headers {
+        let lk = k.to_ascii_lowercase();
+        if matches!(
+            lk.as_str(),
+            "content-length" | "transfer-encoding" | "connection" | "date"
+        ) || (lk == "content-type" && !output.is_string())
+        {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().insert(name, value);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(run_id) {
+        resp.headers_mut().insert("x-fusion-run-id", v);
+    }
+    resp
+}
