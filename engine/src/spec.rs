@@ -225,3 +225,32 @@ tasks:
         assert!(s.contains("tasks") && s.contains("maxAttempts"));
     }
 }
+
+#[cfg(test)]
+mod schema_file {
+    const PATH: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../schemas/workflow.schema.json"
+    );
+
+    fn generated() -> String {
+        serde_json::to_string_pretty(&super::workflow_json_schema()).unwrap_or_default() + "\n"
+    }
+
+    /// `schemas/workflow.schema.json` is generated from the Rust types; run
+    /// `cargo test -p engine regenerate_schema -- --ignored` after changing them.
+    #[test]
+    fn schema_file_is_in_sync() {
+        let on_disk = std::fs::read_to_string(PATH).unwrap_or_default();
+        assert!(
+            on_disk == generated(),
+            "schemas/workflow.schema.json is stale: regenerate it"
+        );
+    }
+
+    #[test]
+    #[ignore]
+    fn regenerate_schema() {
+        std::fs::write(PATH, generated()).unwrap();
+    }
+}
