@@ -1,0 +1,564 @@
+#!/usr/bin/env python3
+"""Fusion python runtime: Fission's environment protocol, standard library only.
+
+    GET  /healthz          200 "ok", always
+    POST /v2/specialize    {"filepath", "functionName", ...}: load the function
+    POST /specialize       v1: load $USERFUNC_DIR/user (default /userfunc/user)
+    anything else          the function, once specialized (500 before)
+
+Cold start is what this file is optimised for, so it deliberately avoids
+http.server (importing it pulls in email, http.client and ssl: about 35 ms)
+and even the `socket` and `threading` wrappers (enum, selectors: about 8 ms).
+It speaks HTTP/1.1 itself on top of `_socket`, one thread per connection, with
+keep-alive, Content-Length and chunked request bodies, and Expect: 100-continue.
+json, importlib and the flask shim (flask.py, next to this file) are imported
+on first use, i.e. at specialization.
+
+Python functions take no arguments and read the request through
+`from flask import request`; see flask.py and ../README.md.
+"""
+
+import os
+import sys
+import time
+import _socket
+import _thread
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# The flask shim must win over any real flask (also over one vendored by the
+# function's package, whose directory is inserted right after this one).
+if not sys.path or sys.path[0] != _HERE:
+    sys.path.insert(0, _HERE)
+
+MAX_HEAD = 64 * 1024  # request line + headers
+RECV = 256 * 1024
+
+_REASONS = {
+    200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+    409: "Conflict", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 505: "HTTP Version Not Supported",
+}
+_NO_BODY = (204, 304)
+
+_shim = None           # the flask shim module, imported at specialization
+_userfunc = None       # the entrypoint, set once by a successful specialization
+_entry = None          # (filepath, name) for messages
+_spec_lock = _thread.allocate_lock()
+_local = _thread._local()  # per-thread asyncio loop for `async def` functions
+_prewarmed = False
+
+
+def _start_prewarm():
+    # After the first /healthz answer, not at startup: the imports would hold
+    # the GIL while the first health check waits.
+    global _prewarmed
+    if not _prewarmed:
+        _prewarmed = True
+        _thread.start_new_thread(_prewarm, ())
+
+
+def log(msg):
+    try:
+        sys.stderr.write("%s\n" % msg)
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def log_exc(prefix):
+    import traceback
+    try:
+        sys.stderr.write("%s\n%s" % (prefix, traceback.format_exc()))
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+class _Close(Exception):
+    """The peer went away, or the request cannot be read: drop the connection."""
+
+
+class _BadRequest(Exception):
+    def __init__(self, status, msg):
+        Exception.__init__(self, msg)
+        self.status = status
+
+
+# ---------------------------------------------------------------------------
+# HTTP/1.1
+# ---------------------------------------------------------------------------
+
+_date_cache = [0, b""]
+
+
+def _date():
+    now = int(time.time())
+    if now != _date_cache[0]:
+        _date_cache[1] = time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT\r\n",
+                                       time.gmtime(now)).encode()
+        _date_cache[0] = now
+    return _date_cache[1]
+
+
+def _clean(s):
+    s = str(s)
+    if "\r" in s or "\n" in s:
+        s = s.replace("\r", " ").replace("\n", " ")
+    return s
+
+
+def _send(sock, status, reason, headers, body, close, head_only=False):
+    """Write one complete response with a single sendall when it is small."""
+    out = ["HTTP/1.1 %d %s\r\n" % (status, _clean(reason))]
+    for k, v in headers:
+        lk = k.lower()
+        if lk in ("content-length", "connection", "transfer-encoding", "date", "keep-alive"):
+            continue
+        out.append("%s: %s\r\n" % (_clean(k), _clean(v)))
+    if status in _NO_BODY or status < 200:
+        body = b""
+    else:
+        out.append("Content-Length: %d\r\n" % len(body))
+    if close:
+        out.append("Connection: close\r\n")
+    out.append("\r\n")
+    s = "".join(out)
+    try:
+        head = s.encode("latin-1")
+    except UnicodeEncodeError:
+        head = s.encode("utf-8")
+    head = head[:-2] + _date() + b"\r\n"
+    if head_only or not body:
+        sock.sendall(head)
+    elif len(body) < 65536:
+        sock.sendall(head + bytes(body))
+    else:
+        sock.sendall(head)
+        sock.sendall(body)
+
+
+def _text(sock, status, text, close, head_only=False):
+    _send(sock, status, _REASONS.get(status, "Unknown"),
+          [("Content-Type", "text/plain; charset=utf-8")],
+          text.encode("utf-8"), close, head_only)
+
+
+class _Reader:
+    __slots__ = ("sock", "buf")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def fill(self):
+        try:
+            c = self.sock.recv(RECV)
+        except OSError:
+            raise _Close()
+        if not c:
+            raise _Close()
+        self.buf += c
+
+    def head(self):
+        """Bytes up to the blank line ending the request head (excluded)."""
+        start = 0
+        while True:
+            buf = self.buf
+            if buf[:1] in (b"\r", b"\n"):  # stray CRLFs between requests (RFC 9112 2.2)
+                buf = self.buf = buf.lstrip(b"\r\n")
+            i = buf.find(b"\r\n\r\n", start)
+            if i >= 0:
+                self.buf = buf[i + 4:]
+                return buf[:i]
+            if len(buf) > MAX_HEAD:
+                raise _BadRequest(431, "request head too large")
+            start = max(0, len(buf) - 3)
+            self.fill()
+
+    def line(self):
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line = self.buf[:i]
+                self.buf = self.buf[i + 2:]
+                return line
+            if len(self.buf) > MAX_HEAD:
+                raise _BadRequest(400, "chunk line too long")
+            self.fill()
+
+    def read(self, n):
+        buf = self.buf
+        if len(buf) >= n:
+            self.buf = buf[n:]
+            return buf[:n]
+        parts = [buf]
+        have = len(buf)
+        self.buf = b""
+        sock = self.sock
+        while have < n:
+            try:
+                c = sock.recv(min(n - have, 1 << 20))
+            except OSError:
+                raise _Close()
+            if not c:
+                raise _Close()
+            parts.append(c)
+            have += len(c)
+        return b"".join(parts)
+
+    def chunked(self):
+        parts = []
+        while True:
+            line = self.line()
+            size = line.split(b";", 1)[0].strip()
+            try:
+                n = int(size, 16)
+            except ValueError:
+                raise _BadRequest(400, "bad chunk size")
+            if n < 0:
+                raise _BadRequest(400, "bad chunk size")
+            if n == 0:
+                while self.line():  # trailers, up to the blank line
+                    pass
+                return b"".join(parts)
+            parts.append(self.read(n))
+            if self.read(2) != b"\r\n":
+                raise _BadRequest(400, "bad chunk terminator")
+
+
+def _serve_conn(fd, addr):
+    try:
+        sock = _socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return
+    try:
+        try:
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        remote = addr[0] if isinstance(addr, tuple) else str(addr)
+        rd = _Reader(sock)
+        while True:
+            try:
+                keep = _one_request(sock, rd, remote)
+            except _BadRequest as e:
+                try:
+                    _text(sock, e.status, "%s\n" % e, True)
+                except OSError:
+                    pass
+                return
+            if not keep:
+                return
+    except (_Close, OSError):
+        pass
+    except BaseException:
+        log_exc("connection handler failed")
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+def _one_request(sock, rd, remote):
+    """Read, dispatch and answer one request. Returns whether to keep the connection."""
+    head = rd.head().decode("latin-1")
+    lines = head.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise _BadRequest(400, "malformed request line")
+    method, target, version = parts
+    if not version.startswith("HTTP/1."):
+        raise _BadRequest(505, "unsupported HTTP version")
+    headers = []
+    hd = {}
+    for ln in lines[1:]:
+        name, sep, value = ln.partition(":")
+        if not sep or not name or name[-1] in " \t":
+            raise _BadRequest(400, "malformed header line")
+        value = value.strip(" \t")
+        headers.append((name, value))
+        lname = name.lower()
+        if lname in hd:
+            hd[lname] = hd[lname] + ("; " if lname == "cookie" else ", ") + value
+        else:
+            hd[lname] = value
+
+    conn = hd.get("connection", "").lower()
+    if version == "HTTP/1.0":
+        keep = "keep-alive" in conn
+    else:
+        keep = "close" not in conn
+
+    # -- body
+    te = hd.get("transfer-encoding")
+    cl = hd.get("content-length")
+    expect = hd.get("expect", "").lower() == "100-continue"
+    if te is not None:
+        if te.lower().replace(" ", "").split(",")[-1] != "chunked":
+            raise _BadRequest(501, "unsupported transfer-encoding")
+        if expect and not rd.buf:
+            sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = rd.chunked()
+    elif cl is not None:
+        if not cl.isdigit():
+            raise _BadRequest(400, "bad content-length")
+        n = int(cl)
+        if expect and n and len(rd.buf) < n:
+            sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = rd.read(n) if n else b""
+    else:
+        body = b""
+
+    # -- dispatch
+    if target.startswith("/"):
+        path = target.split("?", 1)[0]
+    elif "://" in target:  # absolute-form
+        rest = target.split("://", 1)[1]
+        i = rest.find("/")
+        target = rest[i:] if i >= 0 else "/"
+        path = target.split("?", 1)[0]
+    else:
+        path = target
+    head_only = method == "HEAD"
+
+    if path == "/healthz":
+        _send(sock, 200, "OK", [("Content-Type", "text/plain; charset=utf-8")], b"ok",
+              not keep, head_only)
+        if not _prewarmed:
+            _start_prewarm()
+    elif path == "/v2/specialize" or path == "/specialize":
+        if method != "POST":
+            _send(sock, 405, "Method Not Allowed",
+                  [("Allow", "POST"), ("Content-Type", "text/plain; charset=utf-8")],
+                  b"use POST\n", not keep, head_only)
+        else:
+            status, msg = _specialize(path == "/v2/specialize", body)
+            _text(sock, status, msg, not keep)
+    elif _userfunc is None:
+        _text(sock, 500, "not specialized\n", not keep, head_only)
+    else:
+        status, reason, rheaders, rbody = _call(method, target, path, headers, hd, body, remote)
+        _send(sock, status, reason, rheaders, rbody, not keep, head_only)
+    return keep
+
+
+# ---------------------------------------------------------------------------
+# Specialization
+# ---------------------------------------------------------------------------
+
+def _specialize(v2, body):
+    global _shim, _userfunc, _entry
+    if v2:
+        import json
+        try:
+            info = json.loads(body or b"{}")
+        except ValueError as e:
+            return 500, "specialize: request body is not JSON: %s\n" % e
+        if not isinstance(info, dict):
+            return 500, "specialize: request body must be a JSON object\n"
+        filepath = info.get("filepath")
+        name = info.get("functionName") or ""
+        if not isinstance(filepath, str) or not filepath:
+            return 500, "specialize: filepath is required\n"
+        if not isinstance(name, str):
+            return 500, "specialize: functionName must be a string\n"
+    else:
+        filepath = os.path.join(os.environ.get("USERFUNC_DIR") or "/userfunc", "user")
+        name = "main"
+    with _spec_lock:
+        if _userfunc is not None:
+            return 409, ("already specialized with %s entry %s; an instance is specialized "
+                         "only once\n" % _entry)
+        t0 = time.perf_counter()
+        try:
+            if _shim is None:
+                import flask
+                _shim = flask
+            func, shown = _load(filepath, name)
+        except BaseException as e:
+            log_exc("specialize %s entry %r failed:" % (filepath, name))
+            return 500, "specialize %s entry %r failed: %s: %s\n" % (
+                filepath, name, type(e).__name__, e)
+        _entry = (filepath, shown)
+        _userfunc = func
+    log("specialized %s entry %s (%.1f ms)" % (filepath, shown, (time.perf_counter() - t0) * 1e3))
+    return 200, "specialized\n"
+
+
+def _load(filepath, name):
+    """Import the user's code; returns (callable, displayed entry name).
+
+    file:       entry = functionName after its last dot ("main" when empty), so
+                "main", "hello.main" and "" all mean main().
+    directory:  "pkg.mod.func" -> import pkg.mod from the directory, call func;
+                "func" (no dot) -> module "main" (main.py), call func;
+                "" -> main.main.
+    """
+    import importlib
+    import importlib.util
+    import importlib.machinery
+
+    before = set(sys.modules)
+    added_path = False
+    try:
+        if os.path.isdir(filepath):
+            if "." in name:
+                modname, funcname = name.rsplit(".", 1)
+            else:
+                modname, funcname = "main", name or "main"
+            if not modname or not funcname:
+                raise ValueError("bad functionName %r: expected module.function" % name)
+            sys.path.insert(1, filepath)
+            added_path = True
+            importlib.invalidate_caches()
+            mod = importlib.import_module(modname)
+            shown = "%s.%s" % (modname, funcname)
+        elif os.path.isfile(filepath):
+            funcname = name.rsplit(".", 1)[-1] if name else "main"
+            if not funcname:
+                raise ValueError("bad functionName %r" % name)
+            # SourceFileLoader: the file need not end in .py (v1: /userfunc/user)
+            loader = importlib.machinery.SourceFileLoader("user", filepath)
+            spec = importlib.util.spec_from_file_location("user", filepath, loader=loader)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules["user"] = mod
+            loader.exec_module(mod)
+            shown = funcname
+        else:
+            raise FileNotFoundError("no such file or directory: %s" % filepath)
+        func = getattr(mod, funcname, None)
+        if func is None:
+            raise AttributeError("module %r has no attribute %r" % (mod.__name__, funcname))
+        if not callable(func):
+            raise TypeError("entrypoint %r is a %s, not callable" % (funcname, type(func).__name__))
+        return func, shown
+    except BaseException:
+        # Stay generic: forget what the failed attempt imported.
+        for k in set(sys.modules) - before:
+            sys.modules.pop(k, None)
+        if added_path:
+            try:
+                sys.path.remove(filepath)
+            except ValueError:
+                pass
+        raise
+
+
+# ---------------------------------------------------------------------------
+# Invocation
+# ---------------------------------------------------------------------------
+
+def _run_coro(coro):
+    loop = getattr(_local, "loop", None)
+    if loop is None:
+        import asyncio
+        loop = _local.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(coro)
+
+
+def _call(method, target, path, headers, hd, body, remote):
+    shim = _shim
+    req = shim.Request(method, target, path, headers, hd, body, remote)
+    tok = shim._request_var.set(req)
+    try:
+        try:
+            rv = _userfunc()
+            if hasattr(rv, "__await__"):
+                rv = _run_coro(rv)
+            resp = shim._make_response(rv)
+        except shim.HTTPException as e:
+            resp = e.get_response()
+        except BaseException as e:
+            log_exc("function %s raised:" % _entry[1])
+            resp = shim.Response("Internal Server Error: %s: %s\n" % (type(e).__name__, e),
+                                 500, mimetype="text/plain")
+        return resp._wire()
+    except BaseException as e:  # a broken Response object
+        log_exc("could not build the response:")
+        msg = "Internal Server Error: bad response: %s: %s\n" % (type(e).__name__, e)
+        return 500, "Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], \
+            msg.encode("utf-8")
+    finally:
+        shim._request_var.reset(tok)
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------------------------
+# Startup
+# ---------------------------------------------------------------------------
+
+def _watch_stdin():
+    """Exit as soon as the parent's pipe on stdin reaches EOF (parent died)."""
+    try:
+        while os.read(0, 65536):
+            pass
+    except OSError as e:
+        if e.errno == 9:  # EBADF: no stdin at all, nothing to watch
+            return
+    os._exit(0)
+
+
+def _family(host):
+    # getaddrinfo() costs ~10 ms here (NSS); numeric addresses do not need it.
+    for fam in (_socket.AF_INET, _socket.AF_INET6):
+        try:
+            _socket.inet_pton(fam, host)
+            return fam
+        except OSError:
+            pass
+    return _socket.getaddrinfo(host, None, 0, _socket.SOCK_STREAM)[0][0]
+
+
+def _prewarm():
+    """Import what specialization needs (json, importlib, the flask shim: ~15 ms,
+    bytecode is often not cached) while the instance idles in the pool."""
+    global _shim
+    try:
+        import json  # noqa: F401
+        import importlib.util  # noqa: F401
+        import importlib.machinery  # noqa: F401
+        import flask
+        if _shim is None:
+            _shim = flask
+    except BaseException:
+        log_exc("prewarm failed (specialization will retry the imports):")
+
+
+def main():
+    try:  # print() from functions should reach the log promptly
+        sys.stdout.reconfigure(line_buffering=True)
+    except Exception:
+        pass
+    if os.environ.get("FUSION_NO_STDIN_WATCH") != "1":
+        _thread.start_new_thread(_watch_stdin, ())
+    host = os.environ.get("RUNTIME_HOST") or "127.0.0.1"
+    port = int(os.environ.get("RUNTIME_PORT") or "8888")
+    family = _family(host)
+    ls = _socket.socket(family, _socket.SOCK_STREAM)
+    ls.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    ls.bind((host, port))
+    ls.listen(1024)
+    log("listening on %s:%d" % (host, port))
+    while True:
+        try:
+            fd, addr = ls._accept()
+        except OSError as e:
+            if e.errno in (24, 23, 12, 105):  # EMFILE, ENFILE, ENOMEM, ENOBUFS
+                time.sleep(0.05)
+            continue
+        try:
+            _thread.start_new_thread(_serve_conn, (fd, addr))
+        except RuntimeError:
+            os.close(fd)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        os._exit(130)
