@@ -88,6 +88,21 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Workflows: Fission Workflows YAML.
+    #[command(name = "wf", alias = "workflow")]
+    Wf {
+        #[command(subcommand)]
+        verb: WfVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Workflow runs and their history.
+    Run {
+        #[command(subcommand)]
+        verb: RunVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Runtime servers started by Fusion itself.
     #[command(hide = true)]
     Runtime {
@@ -275,6 +290,85 @@ enum RouteVerb {
 }
 
 #[derive(Subcommand)]
+enum WfVerb {
+    /// Store a workflow (version 1).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long = "file", short = 'f')]
+        file: PathBuf,
+    },
+    /// Store a new version of a workflow.
+    Update {
+        #[arg(long)]
+        name: String,
+        #[arg(long = "file", short = 'f')]
+        file: PathBuf,
+    },
+    Get {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    List,
+    Versions {
+        #[arg(long)]
+        name: String,
+    },
+    Delete {
+        #[arg(long)]
+        name: String,
+    },
+    /// Run the workflow and print its output (or, with --async, the run id).
+    Invoke {
+        #[arg(long)]
+        name: String,
+        /// The input body.
+        #[arg(short = 'b', long = "body")]
+        body: Option<String>,
+        /// A header, as `Key: Value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Do not wait for the result.
+        #[arg(long = "async")]
+        asynchronous: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunVerb {
+    List {
+        #[arg(long)]
+        workflow: Option<String>,
+        /// running, succeeded, failed or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    Get {
+        #[arg(long)]
+        id: String,
+    },
+    Events {
+        #[arg(long)]
+        id: String,
+    },
+    Cancel {
+        #[arg(long)]
+        id: String,
+    },
+    /// Run again from the failed tasks, keeping the outputs of those that succeeded.
+    Retry {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum SpecVerb {
     /// Create or update every resource in a file or folder.
     Apply {
@@ -306,6 +400,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Env { verb, opts } => env_cmd(verb, &opts).await,
         Command::Fn { verb, opts } => fn_cmd(verb, &opts).await,
         Command::Route { verb, opts } => route_cmd(verb, &opts).await,
+        Command::Wf { verb, opts } => wf_cmd(verb, &opts).await,
+        Command::Run { verb, opts } => run_cmd(verb, &opts).await,
         Command::Spec {
             verb: SpecVerb::Apply { path },
             opts,
@@ -731,6 +827,181 @@ async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> {
         RouteVerb::Delete { name } => {
             c.delete(&format!("/v1/routes/{name}")).await?;
             println!("route {name} deleted");
+        }
+    }
+    Ok(())
+}
+
+const WF_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "/name"),
+    ("VERSION", "/version"),
+    ("DESCRIPTION", "/description"),
+];
+
+const RUN_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "/id"),
+    ("WORKFLOW", "/workflow"),
+    ("VERSION", "/version"),
+    ("STATUS", "/status"),
+    ("DURATION_MS", "/duration_ms"),
+];
+
+fn read_file(path: &PathBuf) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))
+}
+
+async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
+    let c = Client::new(&opts.api);
+    match verb {
+        WfVerb::Create { name, file } => {
+            let req = c
+                .raw()
+                .post(c.url("/v1/workflows"))
+                .query(&[("name", &name)])
+                .header("content-type", "application/yaml")
+                .body(read_file(&file)?);
+            let v: Value = c.send(req).await?.json().await?;
+            print(opts, &v, WF_COLUMNS);
+        }
+        WfVerb::Update { name, file } => {
+            let req = c
+                .raw()
+                .put(c.url(&format!("/v1/workflows/{name}")))
+                .header("content-type", "application/yaml")
+                .body(read_file(&file)?);
+            let v: Value = c.send(req).await?.json().await?;
+            print(opts, &v, WF_COLUMNS);
+        }
+        WfVerb::Get { name, version } => {
+            let mut path = format!("/v1/workflows/{name}");
+            if let Some(v) = version {
+                path.push_str(&format!("?version={v}"));
+            }
+            let v: Value = c.get(&path).await?;
+            if opts.output == Output::Json {
+                print(opts, &v, WF_COLUMNS);
+            } else {
+                println!("# {name} version {}", v["version"]);
+                print!("{}", v["source"].as_str().unwrap_or_default());
+            }
+        }
+        WfVerb::List => {
+            let v: Value = c.get("/v1/workflows").await?;
+            print(opts, &v, WF_COLUMNS);
+        }
+        WfVerb::Versions { name } => {
+            let v: Value = c.get(&format!("/v1/workflows/{name}/versions")).await?;
+            print(opts, &v, WF_COLUMNS);
+        }
+        WfVerb::Delete { name } => {
+            c.delete(&format!("/v1/workflows/{name}")).await?;
+            println!("workflow {name} deleted");
+        }
+        WfVerb::Invoke {
+            name,
+            body,
+            headers,
+            asynchronous,
+        } => {
+            let mut req = c.raw().post(c.url(&format!("/v1/workflows/{name}/invoke")));
+            for h in headers {
+                let (k, v) = h
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("header {h:?} must be `Key: Value`"))?;
+                req = req.header(k.trim(), v.trim());
+            }
+            if asynchronous {
+                req = req.header("X-Async", "true");
+            }
+            if let Some(b) = body {
+                req = req.body(b);
+            }
+            let resp = c.send(req).await?;
+            let run = resp
+                .headers()
+                .get("x-fusion-run-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let text = resp.text().await?;
+            print!("{text}");
+            if !text.is_empty() && !text.ends_with('\n') {
+                println!();
+            }
+            if let Some(id) = run {
+                eprintln!("run {id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
+    let c = Client::new(&opts.api);
+    match verb {
+        RunVerb::List {
+            workflow,
+            status,
+            limit,
+            cursor,
+        } => {
+            let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            if let Some(w) = workflow {
+                q.push(("workflow", w));
+            }
+            if let Some(s) = status {
+                q.push(("status", s));
+            }
+            if let Some(cur) = cursor {
+                q.push(("cursor", cur));
+            }
+            let req = c.raw().get(c.url("/v1/runs")).query(&q);
+            let v: Value = c.send(req).await?.json().await?;
+            if opts.output == Output::Json {
+                print(opts, &v, RUN_COLUMNS);
+            } else {
+                print(opts, &v["runs"], RUN_COLUMNS);
+                if let Some(next) = v["next_cursor"].as_str() {
+                    println!("more: fusion run list --cursor {next}");
+                }
+            }
+        }
+        RunVerb::Get { id } => {
+            let v: Value = c.get(&format!("/v1/runs/{id}")).await?;
+            if opts.output == Output::Json {
+                print(opts, &v, RUN_COLUMNS);
+            } else {
+                print(opts, &v, RUN_COLUMNS);
+                println!();
+                print(
+                    opts,
+                    &v["tasks"],
+                    &[
+                        ("TASK", "/id"),
+                        ("STATUS", "/status"),
+                        ("ATTEMPTS", "/attempts"),
+                        ("ERROR", "/error/message"),
+                    ],
+                );
+            }
+        }
+        RunVerb::Events { id } => {
+            let v: Value = c.get(&format!("/v1/runs/{id}/events")).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+            );
+        }
+        RunVerb::Cancel { id } => {
+            let v: Value = c
+                .post_json(&format!("/v1/runs/{id}/cancel"), &json!({}))
+                .await?;
+            print(opts, &v, RUN_COLUMNS);
+        }
+        RunVerb::Retry { id } => {
+            let v: Value = c
+                .post_json(&format!("/v1/runs/{id}/retry"), &json!({}))
+                .await?;
+            print(opts, &v, RUN_COLUMNS);
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ mod client;
 mod runtime_binary;
 mod server;
 mod spec;
+mod workflows;
 
 use clap::Parser;
 

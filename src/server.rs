@@ -52,6 +52,9 @@ pub struct ServerArgs {
     /// How long in-flight requests may take to finish at shutdown, in ms.
     #[arg(long, env = "FUSION_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+    /// Finished workflow runs older than this many hours are pruned (kept forever if unset).
+    #[arg(long, env = "FUSION_RUN_RETENTION_HOURS")]
+    pub run_retention_hours: Option<u64>,
     /// The python interpreter for the python runtime.
     #[arg(long, env = "FUSION_PYTHON", default_value = "python3")]
     pub python: String,
@@ -114,7 +117,21 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     )
     .await?;
 
-    let workflows: Option<Arc<dyn WorkflowGateway>> = None;
+    let engine = engine::Engine::open(
+        db.clone(),
+        Arc::new(executor::PoolInvoker::new(pool.clone())),
+        engine::EngineConfig {
+            retention: args
+                .run_retention_hours
+                .map(|h| Duration::from_secs(h * 3600)),
+            http: Some(Arc::new(crate::workflows::ReqwestTransport::new())),
+            clock: None,
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot start the workflow engine: {e}"))?;
+    let workflows: Option<Arc<dyn WorkflowGateway>> =
+        Some(Arc::new(crate::workflows::EngineGateway(engine.clone())));
     let state = AppState {
         pool: pool.clone(),
         workflows: workflows.clone(),
@@ -127,7 +144,9 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             pool_manager::route_request(pool.clone(), workflows.clone(), req)
         })
     };
-    let api_app = api::router(state).fallback(api::not_found);
+    let api_app = api::router(state)
+        .merge(engine::router(engine.clone()))
+        .fallback(api::not_found);
 
     let running = Running {
         router_addr: router_listener.local_addr()?,
@@ -163,6 +182,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     if drained.is_err() {
         tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
     }
+    engine.shutdown().await;
     pool.shutdown(Duration::from_secs(5)).await;
     db.flush_async().await?;
     tracing::info!("stopped");

@@ -172,7 +172,7 @@ async fn list_workflows(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Val
         .iter()
         .map(|w| workflow_json(w, false))
         .collect();
-    Ok(Json(json!({ "workflows": list })))
+    Ok(Json(Value::Array(list)))
 }
 
 #[derive(Deserialize)]
@@ -198,9 +198,9 @@ async fn workflow_versions(
     let list: Vec<Value> = engine
         .workflow_versions(&name)?
         .iter()
-        .map(|w| json!({"version": w.version, "created_at": w.created_at}))
+        .map(|w| workflow_json(w, false))
         .collect();
-    Ok(Json(json!({ "name": name, "versions": list })))
+    Ok(Json(Value::Array(list)))
 }
 
 async fn delete_workflow(

@@ -296,7 +296,8 @@ fn javascript(inputs: &Inputs) -> Outcome {
     let args = inputs.get("args").cloned().unwrap_or(Value::Null);
     let scope = json!({"args": args});
     let src = crate::expr::expression_source(code).unwrap_or(code);
-    let wrapped = format!("{{ var args = $.args; {src} }}");
+    // `args` as documented; `arg` as Fission Workflows spelled it.
+    let wrapped = format!("{{ var args = $.args; var arg = args; {src} }}");
     match crate::expr::with_scope(&scope, "", |ev| ev.eval(&wrapped)) {
         Ok(v) => Outcome::Output(v),
         Err(e) => Outcome::Fail(format!("javascript: {}", e.message)),

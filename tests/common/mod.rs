@@ -273,3 +273,68 @@ pub fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
     panic!("timed out after {limit:?} waiting for: {what}");
 }
+
+impl Server {
+    /// Stores a workflow (YAML) under `name`; panics unless created.
+    pub fn workflow(&self, name: &str, yaml: &str) {
+        let resp = self
+            .http
+            .post(self.api_url("/v1/workflows"))
+            .query(&[("name", name)])
+            .header("content-type", "application/yaml")
+            .body(yaml.to_string())
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert_eq!(
+            status,
+            201,
+            "create workflow {name}: {}",
+            resp.text().unwrap_or_default()
+        );
+    }
+
+    /// Invokes a workflow through the router with a text body; returns status and body.
+    pub fn invoke(&self, name: &str, content_type: &str, body: &str) -> (u16, String) {
+        let r = self
+            .http
+            .post(self.router_url(&format!("/fission-function/{name}")))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    }
+
+    /// Starts a run asynchronously; returns its id.
+    pub fn start_async(&self, name: &str, body: &str) -> String {
+        let r = self
+            .http
+            .post(self.router_url(&format!("/fission-function/{name}")))
+            .header("X-Async", "true")
+            .header("content-type", "text/plain")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        let location = r.headers()["location"].to_str().unwrap().to_string();
+        let v: Value = r.json().unwrap();
+        let id = v["id"].as_str().unwrap().to_string();
+        assert_eq!(location, format!("/v1/runs/{id}"));
+        id
+    }
+
+    pub fn run(&self, id: &str) -> Value {
+        self.ok("GET", &format!("/v1/runs/{id}"), None)
+    }
+
+    /// Waits until the run has ended (its status is no longer `running`).
+    pub fn wait_run(&self, id: &str, limit: Duration) -> Value {
+        let mut last = Value::Null;
+        eventually(limit, &format!("run {id} ends"), || {
+            last = self.run(id);
+            last["status"] != "running"
+        });
+        last
+    }
+}

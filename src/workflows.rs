@@ -1,0 +1,79 @@
+//! Glue between the server and the workflow engine: the router's gateway to
+//! workflows, and the transport of the `http` built-in.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use engine::builtins::HttpRequest;
+use engine::driver::HttpTransport;
+use engine::store::BoxFuture;
+use engine::Engine;
+use executor::FunctionResponse;
+use pool_manager::router::ResponseFuture;
+use pool_manager::WorkflowGateway;
+
+pub struct EngineGateway(pub Arc<Engine>);
+
+impl WorkflowGateway for EngineGateway {
+    fn exists(&self, name: &str) -> bool {
+        self.0.workflow_exists(name)
+    }
+
+    fn invoke(&self, name: String, request: Request<Body>) -> ResponseFuture {
+        let engine = self.0.clone();
+        Box::pin(async move { engine::invoke_http(engine, &name, request).await })
+    }
+}
+
+/// Sends the `http` built-in's requests with reqwest.
+pub struct ReqwestTransport {
+    client: reqwest::Client,
+}
+
+impl ReqwestTransport {
+    pub fn new() -> ReqwestTransport {
+        ReqwestTransport {
+            client: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl HttpTransport for ReqwestTransport {
+    fn send(&self, request: HttpRequest) -> BoxFuture<Result<FunctionResponse, String>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let method = reqwest::Method::from_bytes(request.method.to_uppercase().as_bytes())
+                .map_err(|_| format!("bad HTTP method {:?}", request.method))?;
+            let mut req = client.request(method, &request.url);
+            for (k, v) in &request.headers {
+                req = req.header(k, v);
+            }
+            req = match request.body {
+                None | Some(serde_json::Value::Null) => req,
+                Some(serde_json::Value::String(s)) => req.body(s),
+                Some(other) => req.json(&other),
+            };
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| format!("{}: {e}", request.url))?;
+            let status = resp.status().as_u16();
+            let headers: BTreeMap<String, String> = resp
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                .collect();
+            let body = resp.bytes().await.map_err(|e| e.to_string())?;
+            Ok(FunctionResponse {
+                status,
+                headers,
+                body,
+            })
+        })
+    }
+}

@@ -1,0 +1,520 @@
+//! The workflow engine seen from outside: workflows stored and invoked through
+//! the real server, the run history API, and crash recovery.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{eventually, Server};
+use serde_json::{json, Value};
+
+/// A shell function that records each call (`<tag> <idempotency key>`) in
+/// `log`, then waits for `gate` if one is given, then answers `<tag>`.
+fn recorder(log: &Path, tag: &str, gate: Option<&Path>) -> String {
+    let wait = gate
+        .map(|g| format!("while [ ! -e {} ]; do sleep 0.05; done\n", g.display()))
+        .unwrap_or_default();
+    format!(
+        "#!/bin/sh\necho \"{tag} $HTTP_X_FUSION_IDEMPOTENCY_KEY\" >> {}\n{wait}printf '{tag}'\n",
+        log.display()
+    )
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_example_answers_as_documented() {
+    let s = Server::start();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflow-examples");
+    let (code, out, err) = s.cli(&["spec", "apply", "-f", root.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let (st, whale) = s.invoke("fortunewhale", "text/plain", "");
+    assert_eq!(st, 200, "{whale}");
+    assert!(
+        whale.contains("##        .") && whale.contains('<'),
+        "{whale}"
+    );
+    assert_eq!(
+        s.invoke("echo", "text/plain", "hello there"),
+        (200, "hello there".into())
+    );
+    assert_eq!(
+        s.invoke("ifelse", "text/plain", "short"),
+        (200, "SHORT!".into())
+    );
+    let (st, long) = s.invoke("ifelse", "text/plain", "a much longer input");
+    assert_eq!(st, 200);
+    assert!(long.contains("< a much longer input >"), "{long}");
+    let (st, doubled) = s.invoke("foreach", "application/json", "[1, 2, 3]");
+    assert_eq!(
+        (st, serde_json::from_str::<Value>(&doubled).unwrap()),
+        (200, json!([2, 4, 6]))
+    );
+    assert_eq!(
+        s.invoke("switch", "text/plain", "hello"),
+        (200, "Hello yourself!".into())
+    );
+    assert_eq!(
+        s.invoke("switch", "text/plain", "what"),
+        (200, "I do not understand.".into())
+    );
+    assert_eq!(s.invoke("whilecount", "text/plain", ""), (200, "5".into()));
+    let (st, fib) = s.invoke("fibonacci", "text/plain", "");
+    assert_eq!(
+        (st, serde_json::from_str::<Value>(&fib).unwrap()),
+        (200, json!([0, 1, 1, 2, 3, 5, 8, 13, 21, 34]))
+    );
+    let (st, joined) = s.invoke("fanout", "text/plain", "");
+    assert_eq!(st, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&joined).unwrap(),
+        json!({"a": "done", "b": "done", "c": "done"})
+    );
+    let (st, drawn) = s.invoke("callbyname", "text/plain", "nested call");
+    assert_eq!(st, 200);
+    assert!(drawn.contains("< nested call >"), "{drawn}");
+    assert_eq!(s.invoke("scoped", "text/plain", ""), (200, "SCOPED".into()));
+    let (st, failed) = s.invoke("failing", "text/plain", "");
+    assert_eq!(st, 500);
+    let err: Value = serde_json::from_str(&failed).unwrap();
+    assert_eq!(err["error"]["task"], "Boom");
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("fails on purpose"));
+    // A route can target a workflow too.
+    let r = s.get("/whale");
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn the_fanout_sleeps_run_in_parallel_not_in_waves() {
+    let s = Server::start();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflow-examples/workflows");
+    s.workflow(
+        "fanout",
+        &std::fs::read_to_string(root.join("fanout.wf.yaml")).unwrap(),
+    );
+    let id = s.start_async("fanout", "");
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded");
+    // Each sleep starts before any of them ends.
+    let tasks = run["tasks"].as_array().unwrap();
+    let sleeps: Vec<&Value> = tasks.iter().filter(|t| t["run"] == "sleep").collect();
+    assert_eq!(sleeps.len(), 3);
+    let last_start = sleeps
+        .iter()
+        .map(|t| t["started_at"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let first_end = sleeps
+        .iter()
+        .map(|t| t["ended_at"].as_u64().unwrap())
+        .min()
+        .unwrap();
+    assert!(last_start < first_end, "{run}");
+}
+
+#[test]
+fn a_killed_server_resumes_its_runs_without_repeating_finished_tasks() {
+    let mut s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls.log");
+    let gate = dir.path().join("gate");
+    s.env("binary", "binary", 1);
+    s.function(
+        "step-one",
+        "binary",
+        "one.sh",
+        &recorder(&log, "one", None),
+        json!({}),
+    );
+    s.function(
+        "step-two",
+        "binary",
+        "two.sh",
+        &recorder(&log, "two", Some(&gate)),
+        json!({}),
+    );
+    s.function(
+        "step-three",
+        "binary",
+        "three.sh",
+        &recorder(&log, "three", None),
+        json!({}),
+    );
+    s.workflow(
+        "chain",
+        "apiVersion: 1\noutput: Three\ntasks:\n  One:\n    run: step-one\n  Two:\n    run: step-two\n    requires: [One]\n  Three:\n    run: step-three\n    inputs: \"{ output('One') + output('Two') }\"\n    requires: [Two]\n",
+    );
+    let id = s.start_async("chain", "");
+    eventually(Duration::from_secs(30), "step two is in flight", || {
+        lines(&log).iter().any(|l| l.starts_with("two "))
+    });
+    s.kill();
+    std::fs::write(&gate, b"").unwrap();
+    s.launch();
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], "three");
+
+    let calls = lines(&log);
+    let count = |tag: &str| {
+        calls
+            .iter()
+            .filter(|l| l.starts_with(&format!("{tag} ")))
+            .count()
+    };
+    assert_eq!(count("one"), 1, "{calls:?}");
+    assert_eq!(count("three"), 1, "{calls:?}");
+    // The in-flight task was dispatched again, with the same idempotency key.
+    let keys: Vec<&String> = calls.iter().filter(|l| l.starts_with("two ")).collect();
+    assert_eq!(keys.len(), 2, "{calls:?}");
+    assert_eq!(keys[0], keys[1]);
+    assert!(keys[0].contains(&id), "the key names the run: {keys:?}");
+}
+
+#[test]
+fn run_history_lists_filters_pages_and_details_runs() {
+    let s = Server::start();
+    s.workflow(
+        "ok",
+        "apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: noop\n    inputs: \"{ param() }\"\n",
+    );
+    s.workflow(
+        "bad",
+        "apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: fail\n    inputs: nope\n",
+    );
+    for i in 0..5 {
+        assert_eq!(s.invoke("ok", "text/plain", &format!("n{i}")).0, 200);
+    }
+    assert_eq!(s.invoke("bad", "text/plain", "").0, 500);
+
+    let all = s.ok("GET", "/v1/runs", None);
+    let runs = all["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 6);
+    // Newest first.
+    assert_eq!(runs[0]["workflow"], "bad");
+    assert_eq!(runs[1]["input"]["default"], "n4");
+
+    let failed = s.ok("GET", "/v1/runs?status=failed", None);
+    assert_eq!(failed["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(failed["runs"][0]["workflow"], "bad");
+    let oks = s.ok("GET", "/v1/runs?workflow=ok&status=succeeded", None);
+    assert_eq!(oks["runs"].as_array().unwrap().len(), 5);
+
+    // Pages of two, following the cursor, cover every run once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/runs?limit=2&cursor={c}"),
+            None => "/v1/runs?limit=2".to_string(),
+        };
+        let page = s.ok("GET", &path, None);
+        for r in page["runs"].as_array().unwrap() {
+            seen.push(r["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 6);
+    seen.dedup();
+    assert_eq!(seen.len(), 6);
+
+    let id = runs[1]["id"].as_str().unwrap();
+    let detail = s.run(id);
+    assert_eq!(detail["status"], "succeeded");
+    assert_eq!(detail["output"], "n4");
+    let task = &detail["tasks"][0];
+    assert_eq!(task["id"], "A");
+    assert_eq!(task["status"], "succeeded");
+    assert_eq!(task["attempts"], 1);
+    assert!(task["started_at"].as_u64().is_some() && task["ended_at"].as_u64().is_some());
+    let events = s.ok("GET", &format!("/v1/runs/{id}/events"), None);
+    let text = events.to_string();
+    assert!(
+        text.contains("RunStarted") && text.contains("RunSucceeded"),
+        "{text}"
+    );
+
+    let (st, v) = s.call("GET", "/v1/runs?status=sideways", None);
+    assert_eq!(st, 400, "{v}");
+    let (st, _) = s.call("GET", "/v1/runs/no-such-run", None);
+    assert_eq!(st, 404);
+
+    // The CLI shows the same history.
+    let (code, out, err) = s.cli(&["run", "list", "--workflow", "bad"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("failed"), "{out}");
+}
+
+#[test]
+fn invalid_workflows_are_refused_with_line_and_column() {
+    let s = Server::start();
+    let post = |yaml: &str| {
+        let r = s
+            .http
+            .post(s.api_url("/v1/workflows?name=broken"))
+            .body(yaml.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let (st, v) = post("apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: noop\n    requires: [B]\n  B:\n    run: noop\n    requires: [A]\n");
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["code"], "cycle");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains('A') && msg.contains('B') && msg.contains("line"),
+        "{msg}"
+    );
+
+    let (st, v) = post("apiVersion: 1\noutput: Missing\ntasks:\n  A:\n    run: noop\n");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("unknown_output")),
+        "{v}"
+    );
+    let (st, v) = post("apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: no-such-function\n");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("unknown_function")),
+        "{v}"
+    );
+    let (st, v) =
+        post("apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: noop\n    inputs: \"{ 1 + }\"\n");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("invalid_expression")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("line 6"),
+        "{v}"
+    );
+    let (st, v) = post("apiVersion: 1\noutput: A\ntasks:\n  A: [unclosed\n");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("yaml_syntax")),
+        "{v}"
+    );
+    // Nothing was stored.
+    assert_eq!(s.call("GET", "/v1/workflows/broken", None).0, 404);
+}
+
+#[test]
+fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls.log");
+    let flag = dir.path().join("fixed");
+    s.env("binary", "binary", 1);
+    s.function(
+        "first",
+        "binary",
+        "first.sh",
+        &recorder(&log, "first", None),
+        json!({}),
+    );
+    let flaky = format!(
+        "#!/bin/sh\n[ -e {} ] || {{ echo 'not yet' >&2; exit 3; }}\nprintf fixed\n",
+        flag.display()
+    );
+    s.function("flaky", "binary", "flaky.sh", &flaky, json!({}));
+    s.workflow(
+        "mend",
+        "apiVersion: 1\noutput: B\ntasks:\n  A:\n    run: first\n  B:\n    run: flaky\n    requires: [A]\n",
+    );
+    let (st, body) = s.invoke("mend", "text/plain", "");
+    assert_eq!(st, 500, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["task"], "B");
+    let failed_id = err["error"]["run_id"].as_str().unwrap().to_string();
+
+    std::fs::write(&flag, b"").unwrap();
+    let retried = s.ok(
+        "POST",
+        &format!("/v1/runs/{failed_id}/retry"),
+        Some(json!({})),
+    );
+    let new_id = retried["id"].as_str().unwrap().to_string();
+    let run = s.wait_run(&new_id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], "fixed");
+    assert_eq!(
+        lines(&log).len(),
+        1,
+        "task A kept its output and did not run again"
+    );
+
+    s.workflow(
+        "long",
+        "apiVersion: 1\noutput: Nap\ntasks:\n  Nap:\n    run: sleep\n    inputs: 60s\n",
+    );
+    let id = s.start_async("long", "");
+    let cancelled = s.ok("POST", &format!("/v1/runs/{id}/cancel"), Some(json!({})));
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert_eq!(s.run(&id)["status"], "cancelled");
+}
+
+#[test]
+fn retries_back_off_on_5xx_but_never_retry_4xx() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let count = dir.path().join("count");
+    s.env("binary", "binary", 1);
+    // Fails twice (the runtime answers 500 on a non-zero exit), then succeeds.
+    let code = format!(
+        "#!/bin/sh\necho x >> {c}\n[ $(wc -l < {c}) -ge 3 ] || exit 1\nprintf third-time\n",
+        c = count.display()
+    );
+    s.function("shaky", "binary", "shaky.sh", &code, json!({}));
+    s.workflow(
+        "patient",
+        "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: shaky\n    retry:\n      maxAttempts: 3\n      backoff: {initial: 10ms, max: 50ms, multiplier: 2}\n",
+    );
+    let (st, body) = s.invoke("patient", "text/plain", "");
+    assert_eq!((st, body.as_str()), (200, "third-time"));
+    let runs = s.ok("GET", "/v1/runs?workflow=patient", None);
+    let run = s.run(runs["runs"][0]["id"].as_str().unwrap());
+    assert_eq!(run["tasks"][0]["attempts"], 3, "{run}");
+
+    s.env("python", "python", 1);
+    s.function(
+        "refuse",
+        "python",
+        "refuse.py",
+        "def main():\n    return 'no such thing', 404\n",
+        json!({}),
+    );
+    s.workflow(
+        "strict",
+        "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: refuse\n    retry:\n      maxAttempts: 5\n      backoff: {initial: 10ms, max: 50ms, multiplier: 2}\n",
+    );
+    let (st, body) = s.invoke("strict", "text/plain", "");
+    assert_eq!(
+        st, 404,
+        "a 4xx from the failing function is passed on: {body}"
+    );
+    let runs = s.ok("GET", "/v1/runs?workflow=strict", None);
+    let run = s.run(runs["runs"][0]["id"].as_str().unwrap());
+    assert_eq!(run["tasks"][0]["attempts"], 1, "{run}");
+}
+
+#[test]
+fn a_task_past_its_timeout_fails_the_run() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    s.function(
+        "slowpoke",
+        "binary",
+        "slow.sh",
+        "#!/bin/sh\nsleep 30\n",
+        json!({}),
+    );
+    s.workflow(
+        "impatient",
+        "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: slowpoke\n    timeout: 500ms\n",
+    );
+    let (st, body) = s.invoke("impatient", "text/plain", "");
+    assert_eq!(st, 500, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_new_version_does_not_touch_runs_in_flight() {
+    let s = Server::start();
+    s.workflow(
+        "ver",
+        "apiVersion: 1\noutput: B\ntasks:\n  A:\n    run: sleep\n    inputs: 1s\n  B:\n    run: noop\n    inputs: first\n    requires: [A]\n",
+    );
+    let id = s.start_async("ver", "");
+    let resp = s
+        .http
+        .put(s.api_url("/v1/workflows/ver"))
+        .body("apiVersion: 1\noutput: B\ntasks:\n  B:\n    run: noop\n    inputs: second\n")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap());
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(
+        (run["output"].as_str(), run["version"].as_u64()),
+        (Some("first"), Some(1))
+    );
+    assert_eq!(s.invoke("ver", "text/plain", ""), (200, "second".into()));
+    let versions = s.ok("GET", "/v1/workflows/ver/versions", None);
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn the_cli_creates_invokes_and_routes_workflows() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hi.wf.yaml");
+    std::fs::write(&file, "apiVersion: 1\noutput: Hi\ntasks:\n  Hi:\n    run: javascript\n    inputs:\n      expr: \"'hi ' + args.who\"\n      args:\n        who: \"{ param() }\"\n").unwrap();
+    let run = |args: &[&str]| {
+        let (code, out, err) = s.cli(args);
+        assert_eq!(code, 0, "fusion {args:?}: {err}");
+        out
+    };
+    run(&[
+        "wf",
+        "create",
+        "--name",
+        "hi",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(run(&["wf", "list"]).contains("hi"));
+    assert_eq!(
+        run(&[
+            "wf",
+            "invoke",
+            "--name",
+            "hi",
+            "-H",
+            "Content-Type: text/plain",
+            "-b",
+            "ada"
+        ])
+        .trim(),
+        "hi ada"
+    );
+    run(&["route", "create", "--url", "/hi", "--workflow", "hi"]);
+    let r = s
+        .http
+        .post(s.router_url("/hi"))
+        .header("content-type", "text/plain")
+        .body("bob")
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "hi bob");
+    let (code, _, err) = s.cli(&[
+        "wf",
+        "create",
+        "--name",
+        "hi",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("exists"), "{err}");
+}
