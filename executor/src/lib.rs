@@ -82,7 +82,6 @@ pub fn status_is_retryable(status: u16) -> bool {
     status >= 500 || status == 429
 }
 
-
 /// Calls functions through the embedded pool manager, the way the router does.
 pub struct PoolInvoker {
     pool: pool_manager::PoolManager,
