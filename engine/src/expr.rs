@@ -92,7 +92,9 @@ const PRELUDE: &str = r#"
     } catch (e) {
       if (!(e instanceof SyntaxError)) throw e;
     }
-    var v = f ? f() : (0, eval)(src);
+    // Statements run through a direct eval inside a function, so their `var`s
+    // stay local to this evaluation instead of leaking into the next one.
+    var v = f ? f() : (function () { return eval(src); })();
     if (v === undefined || typeof v === 'function') return null;
     var out = JSON.stringify(v);
     return out === undefined ? null : out;
@@ -412,6 +414,13 @@ mod tests {
         assert_eq!(eval("{ var x = 2; x * 3 }").unwrap(), json!(6));
         assert_eq!(eval("{ let y = 2; y * 4 }").unwrap(), json!(8));
         assert_eq!(eval("{ let y = 3; y * 4 }").unwrap(), json!(12));
+    }
+
+    #[test]
+    fn statements_do_not_leak_variables_into_later_evaluations() {
+        assert_eq!(eval("{ var leaked = 5; leaked }").unwrap(), json!(5));
+        let e = eval("{ leaked }").unwrap_err();
+        assert!(e.message.contains("leaked"), "{}", e.message);
     }
 
     #[test]
