@@ -1,0 +1,157 @@
+//! The `fusion server` under test: started as a child on free loopback ports in a
+//! temporary data directory, and always stopped (SIGTERM, then a bounded wait,
+//! then SIGKILL) and cleaned up when the guard is dropped, also on errors and
+//! panics, so a benchmark run never leaves processes or files behind.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub struct Server {
+    child: Option<Child>,
+    pub router: String,
+    pub api: String,
+    data: PathBuf,
+    // Dropped after the child is stopped (Drop below runs first).
+    _tmp: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts the server and waits for its listening line.
+    pub fn start(fusion: &Path) -> Result<Server> {
+        let tmp = tempfile::Builder::new()
+            .prefix("fusion-bench-")
+            .tempdir()
+            .context("cannot create a temporary data directory")?;
+        let data = tmp.path().join("data");
+        let mut child = Command::new(fusion)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--router-listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ])
+            .env("FUSION_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", fusion.display()))?;
+
+        // Keep draining both pipes for the server's whole life so it never blocks
+        // on a full pipe; the first stdout line (the listening line) is handed over.
+        let (tx, rx) = mpsc::channel::<String>();
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match tx.take() {
+                    Some(t) => {
+                        let _ = t.send(line);
+                    }
+                    None => eprintln!("  [fusion stdout] {line}"),
+                }
+            }
+        });
+        let stderr = child.stderr.take().context("no stderr pipe")?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("  [fusion] {line}");
+            }
+        });
+
+        let mut server = Server {
+            child: Some(child),
+            router: String::new(),
+            api: String::new(),
+            data,
+            _tmp: tmp,
+        };
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let status = server
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                bail!(
+                    "fusion server did not print its listening line within 30 s (exit status: {status:?}; see its output above)"
+                );
+            }
+        };
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_string)
+        };
+        match (field("router="), field("api=")) {
+            (Some(r), Some(a)) => {
+                server.router = r;
+                server.api = a;
+            }
+            _ => bail!("unexpected first line from fusion server: {line:?}"),
+        }
+        Ok(server)
+    }
+
+    /// The server's data directory (the bundled runtimes are under `runtimes/`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.clone()
+    }
+
+    /// Stops the server: SIGTERM (graceful: it stops every instance), then SIGKILL
+    /// if it has not exited within `grace`. Idempotent.
+    pub fn stop(&mut self, grace: Duration) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        // `kill` keeps this crate free of unsafe code (the workspace denies it).
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("fusion server did not stop within {grace:?} of SIGTERM; killed it")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop(Duration::from_secs(15)) {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}
+
+/// Whether a process is still running (a zombie counts as gone).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the parenthesised command name.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}

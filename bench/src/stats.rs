@@ -1,0 +1,82 @@
+//! Latency summaries: nearest-rank percentiles over every sample, in milliseconds.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub n: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The nearest-rank `p`-th percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+impl Summary {
+    pub fn of(samples: &[Duration]) -> Option<Summary> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut s = samples.to_vec();
+        s.sort_unstable();
+        let total: Duration = s.iter().sum();
+        Some(Summary {
+            n: s.len(),
+            p50: ms(percentile(&s, 50.0)),
+            p95: ms(percentile(&s, 95.0)),
+            p99: ms(percentile(&s, 99.0)),
+            mean: ms(total) / s.len() as f64,
+            min: ms(s[0]),
+            max: ms(s[s.len() - 1]),
+        })
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "n": self.n,
+            "p50_ms": round3(self.p50),
+            "p95_ms": round3(self.p95),
+            "p99_ms": round3(self.p99),
+            "mean_ms": round3(self.mean),
+            "min_ms": round3(self.min),
+            "max_ms": round3(self.max),
+        })
+    }
+}
+
+/// Three decimals: microsecond resolution in milliseconds.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let s = Summary::of(&v).unwrap();
+        assert_eq!(s.p50, 50.0);
+        assert_eq!(s.p95, 95.0);
+        assert_eq!(s.p99, 99.0);
+        assert_eq!(s.min, 1.0);
+        assert_eq!(s.max, 100.0);
+        let one = Summary::of(&[Duration::from_millis(7)]).unwrap();
+        assert_eq!((one.p50, one.p99), (7.0, 7.0));
+        assert!(Summary::of(&[]).is_none());
+    }
+}
