@@ -516,3 +516,56 @@ fn spec_apply_is_idempotent() {
     assert_ne!(code, 0);
     assert!(err.contains("broken.yaml:"), "{err}");
 }
+
+#[test]
+fn fn_logs_follow_streams_new_output() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let s = Server::start();
+    s.env("python", "python", 1);
+    let code = "from flask import request\ndef main():\n    print('saw ' + request.args.get('tag', ''))\n    return 'ok'\n";
+    s.function("chatty", "python", "chatty.py", code, json!({}));
+    assert_eq!(
+        s.get("/fission-function/chatty?tag=first").text().unwrap(),
+        "ok"
+    );
+
+    let mut follower = Command::new(common::BIN)
+        .args(["fn", "logs", "--name", "chatty", "-f"])
+        .env("FUSION_URL", &s.api)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read in a thread so that a missing line fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |marker: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(marker) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    // The existing log comes first, then lines written after the follower started.
+    let seen_first = wait_for("saw first");
+    assert_eq!(
+        s.get("/fission-function/chatty?tag=second").text().unwrap(),
+        "ok"
+    );
+    let seen_second = seen_first && wait_for("saw second");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(seen_first && seen_second);
+}
