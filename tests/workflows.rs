@@ -518,3 +518,77 @@ fn the_cli_creates_invokes_and_routes_workflows() {
     assert_ne!(code, 0);
     assert!(err.contains("exists"), "{err}");
 }
+
+#[test]
+fn the_http_builtin_calls_a_url_and_a_run_timeout_ends_a_slow_run() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "shout",
+        "python",
+        "shout.py",
+        "from flask import request\ndef main():\n    return {'got': request.get_data(as_text=True).upper()}\n",
+        json!({}),
+    );
+    // The http task goes out over the network, here to this server's own router.
+    let wf = format!(
+        "apiVersion: 1\noutput: Call\ntasks:\n  Call:\n    run: http\n    inputs:\n      url: {}/fission-function/shout\n      method: POST\n      body: \"{{ param() }}\"\n",
+        s.router
+    );
+    s.workflow("caller", &wf);
+    let (st, body) = s.invoke("caller", "text/plain", "quiet");
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"got": "QUIET"})
+    );
+
+    s.workflow(
+        "bounded",
+        "apiVersion: 1\noutput: Nap\ntimeout: 300ms\ntasks:\n  Nap:\n    run: sleep\n    inputs: 30s\n",
+    );
+    let (st, body) = s.invoke("bounded", "text/plain", "");
+    assert_eq!(st, 500, "{body}");
+    let id = s.ok("GET", "/v1/runs?workflow=bounded", None)["runs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = s.run(&id);
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run.to_string().contains("timed out") || run.to_string().contains("timeout"),
+        "{run}"
+    );
+}
+
+#[test]
+fn run_history_filters_by_time() {
+    let s = Server::start();
+    s.workflow(
+        "tick",
+        "apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: noop\n",
+    );
+    assert_eq!(s.invoke("tick", "text/plain", "").0, 204);
+    let first = s.ok("GET", "/v1/runs", None)["runs"][0].clone();
+    let t0 = first["created_at"].as_u64().unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the clock moves past the first run",
+        || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+                > t0 + 1
+        },
+    );
+    assert_eq!(s.invoke("tick", "text/plain", "").0, 204);
+    let all = s.ok("GET", "/v1/runs?workflow=tick", None);
+    assert_eq!(all["runs"].as_array().unwrap().len(), 2);
+    let since = s.ok("GET", &format!("/v1/runs?since={}", t0 + 1), None);
+    assert_eq!(since["runs"].as_array().unwrap().len(), 1);
+    assert_ne!(since["runs"][0]["id"], first["id"]);
+    let until = s.ok("GET", &format!("/v1/runs?until={t0}"), None);
+    assert_eq!(until["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(until["runs"][0]["id"], first["id"]);
+}
