@@ -20,6 +20,8 @@ use serde::Deserialize;
 pub struct AppState {
     pub pool: PoolManager,
     pub workflows: Option<Arc<dyn WorkflowGateway>>,
+    /// Every metric of the server, rendered at `/metrics`.
+    pub registry: Arc<prometheus_client::registry::Registry>,
 }
 
 impl AppState {
@@ -33,6 +35,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/v1/environments", get(list_envs).post(create_env))
         .route(
             "/v1/environments/{name}",
@@ -96,6 +99,22 @@ fn same_name(path: &str, body: &str) -> ApiResult<()> {
             "the name in the body ({body:?}) differs from the name in the path ({path:?})"
         )))
     }
+}
+
+/// The Prometheus (OpenMetrics text) exposition of every metric.
+async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
+    s.pool.refresh_instance_gauges();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &s.registry)
+        .map_err(|e| Error::Internal(format!("cannot render metrics: {e}")))?;
+    Ok((
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 // ---- environments ----

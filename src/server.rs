@@ -132,9 +132,13 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     .map_err(|e| anyhow::anyhow!("cannot start the workflow engine: {e}"))?;
     let workflows: Option<Arc<dyn WorkflowGateway>> =
         Some(Arc::new(crate::workflows::EngineGateway(engine.clone())));
+    let mut registry = prometheus_client::registry::Registry::default();
+    pool.metrics().register(&mut registry);
+    engine.metrics().register(&mut registry);
     let state = AppState {
         pool: pool.clone(),
         workflows: workflows.clone(),
+        registry: Arc::new(registry),
     };
 
     let router_app = {

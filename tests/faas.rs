@@ -569,3 +569,56 @@ fn fn_logs_follow_streams_new_output() {
     let _ = follower.wait();
     assert!(seen_first && seen_second);
 }
+
+#[test]
+fn metrics_count_requests_cold_starts_instances_and_runs() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function("counted", "python", "c.py", PY_HELLO, json!({}));
+    eventually(
+        Duration::from_secs(20),
+        "the pool holds a generic instance",
+        || !s.instance_pids().is_empty(),
+    );
+    for _ in 0..3 {
+        assert_eq!(s.get("/fission-function/counted").status(), 200);
+    }
+    s.workflow(
+        "noop",
+        "apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: noop\n",
+    );
+    assert_eq!(s.invoke("noop", "text/plain", "").0, 204);
+
+    let text = s
+        .http
+        .get(s.api_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has(r#"fusion_function_requests_total{function="counted",code="200"} 3"#),
+        "{text}"
+    );
+    assert!(
+        has(r#"fusion_cold_starts_total{function="counted",source="pool"} 1"#),
+        "{text}"
+    );
+    assert!(
+        has(r#"fusion_function_request_seconds_count{function="counted"} 3"#),
+        "{text}"
+    );
+    assert!(
+        has(r#"fusion_instances{environment="python",state="specialized"} 1"#),
+        "{text}"
+    );
+    assert!(
+        has(r#"fusion_runs_started_total{workflow="noop"} 1"#),
+        "{text}"
+    );
+    assert!(
+        has(r#"fusion_runs_finished_total{workflow="noop",status="succeeded"} 1"#),
+        "{text}"
+    );
+}

@@ -132,6 +132,7 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     runs: Mutex<HashMap<String, RunHandle>>,
     stopping: AtomicBool,
+    metrics: crate::metrics::EngineMetrics,
 }
 
 /// A run just started: its id and a receiver that gets its summary at the end.
@@ -308,6 +309,7 @@ impl Engine {
             clock,
             runs: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            metrics: Default::default(),
         });
         for id in engine.store.unfinished_runs()? {
             let events = engine.store.events(&id)?;
@@ -333,6 +335,10 @@ impl Engine {
             });
         }
         Ok(engine)
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::EngineMetrics {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Arc<SledStore> {
@@ -441,6 +447,12 @@ impl Engine {
             return Err(EngineError::ShuttingDown);
         }
         let id = uuid::Uuid::now_v7().to_string();
+        self.metrics
+            .runs_started
+            .get_or_create(&crate::metrics::WorkflowLabels {
+                workflow: workflow.clone(),
+            })
+            .inc();
         let started = Event::RunStarted {
             run_id: id.clone(),
             workflow,
@@ -772,6 +784,22 @@ impl Actor {
         }
         if let Ok(mut runs) = self.engine.runs.lock() {
             runs.remove(&self.state.run_id);
+        }
+        if self.state.is_finished() {
+            let m = &self.engine.metrics;
+            let workflow = self.state.workflow.clone();
+            m.runs_finished
+                .get_or_create(&crate::metrics::RunEndLabels {
+                    workflow: workflow.clone(),
+                    status: self.state.status.as_str(),
+                })
+                .inc();
+            if let Some(end) = self.state.finished_at {
+                let secs = end.saturating_sub(self.state.started_at) as f64 / 1000.0;
+                m.run_seconds
+                    .get_or_create(&crate::metrics::WorkflowLabels { workflow })
+                    .observe(secs);
+            }
         }
         let summary = self.engine.store.run(&self.state.run_id).ok().flatten();
         let _ = done.send(summary);

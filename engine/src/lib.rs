@@ -6,6 +6,7 @@ pub mod builtins;
 pub mod dag;
 pub mod driver;
 pub mod expr;
+pub mod metrics;
 pub mod retry;
 pub mod spec;
 pub mod state;

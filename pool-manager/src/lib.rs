@@ -6,6 +6,7 @@
 pub mod error;
 pub mod instance;
 pub mod logs;
+pub mod metrics;
 pub mod package;
 pub mod pool;
 pub mod resources;

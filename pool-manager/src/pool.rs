@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use crate::error::{Error, Result};
 use crate::instance::{self, lock, Instance, LaunchConfig, Owner};
 use crate::logs::Logs;
+use crate::metrics::{ColdStartLabels, FunctionLabels, InstanceLabels, PoolMetrics};
 use crate::package::{PackageLimits, PackageStore};
 use crate::resources::{Environment, Function, PackageRef, Route};
 use crate::routes::RouteTable;
@@ -57,6 +58,7 @@ pub(crate) struct Inner {
     closing: AtomicBool,
     /// Signalled whenever an instance exits (shutdown waits on it).
     exits: Notify,
+    pub(crate) metrics: PoolMetrics,
 }
 
 #[derive(Default)]
@@ -155,6 +157,7 @@ impl PoolManager {
             next_id: AtomicU64::new(1),
             closing: AtomicBool::new(false),
             exits: Notify::new(),
+            metrics: PoolMetrics::default(),
         });
         let envs: Vec<String> = lock(&inner.state).envs.keys().cloned().collect();
         for env in envs {
@@ -569,7 +572,23 @@ impl PoolManager {
                 continue;
             };
             inner.refill(&function.env);
+            let source = if generic.is_some() { "pool" } else { "spawn" };
+            let started = std::time::Instant::now();
             let result = inner.specialize(&function, generic).await;
+            if result.is_ok() {
+                let m = &inner.metrics;
+                m.cold_starts
+                    .get_or_create(&ColdStartLabels {
+                        function: function.name.clone(),
+                        source,
+                    })
+                    .inc();
+                m.cold_start_seconds
+                    .get_or_create(&FunctionLabels {
+                        function: function.name.clone(),
+                    })
+                    .observe(started.elapsed().as_secs_f64());
+            }
             let mut st = lock(&inner.state);
             let pool = st.fns.get_mut(name);
             return match (result, pool) {
@@ -641,6 +660,24 @@ impl PoolManager {
                 tracing::warn!(left = live.len(), "instances did not exit in time");
                 return;
             }
+        }
+    }
+
+    pub fn metrics(&self) -> &PoolMetrics {
+        &self.inner.metrics
+    }
+
+    /// Sets the instance gauges from the current pools (called before a scrape).
+    pub fn refresh_instance_gauges(&self) {
+        let gauges = &self.inner.metrics.instances;
+        gauges.clear();
+        for i in self.instances(None) {
+            gauges
+                .get_or_create(&InstanceLabels {
+                    environment: i.environment,
+                    state: i.state,
+                })
+                .inc();
         }
     }
 

@@ -14,6 +14,7 @@ use axum::response::IntoResponse;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::error::{error_response, Error};
+use crate::metrics::{FunctionLabels, RequestLabels};
 use crate::pool::PoolManager;
 use crate::routes::Target;
 
@@ -104,6 +105,34 @@ pub async fn forward(
 /// Like `forward`, but returns the router's own failures as errors so callers
 /// (the executor) can tell them from the function's answers.
 pub async fn try_forward(
+    pm: &PoolManager,
+    function: &str,
+    req: Request<Body>,
+    path: &str,
+    params: &[(String, String)],
+) -> Result<Response<Body>, Error> {
+    let started = std::time::Instant::now();
+    let result = forward_inner(pm, function, req, path, params).await;
+    let code = match &result {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.status().as_u16(),
+    };
+    let m = pm.metrics();
+    m.requests
+        .get_or_create(&RequestLabels {
+            function: function.to_string(),
+            code,
+        })
+        .inc();
+    m.request_seconds
+        .get_or_create(&FunctionLabels {
+            function: function.to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn forward_inner(
     pm: &PoolManager,
     function: &str,
     req: Request<Body>,

@@ -1,0 +1,89 @@
+//! Prometheus metrics of the router and the pools: requests and their latency
+//! per function and status, cold starts by where the instance came from, and the
+//! instances per environment and state (refreshed when scraped).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub function: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ColdStartLabels {
+    pub function: String,
+    /// `pool` (a warm generic instance) or `spawn` (a new process).
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub environment: String,
+    pub state: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~52 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+pub struct PoolMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    pub cold_starts: Family<ColdStartLabels, Counter>,
+    pub cold_start_seconds: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    pub instances: Family<InstanceLabels, Gauge>,
+}
+
+impl Default for PoolMetrics {
+    fn default() -> Self {
+        PoolMetrics {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            cold_starts: Family::default(),
+            cold_start_seconds: Family::new_with_constructor(latency_histogram),
+            instances: Family::default(),
+        }
+    }
+}
+
+impl PoolMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "fusion_function_requests",
+            "Requests sent to functions, by function and HTTP status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "fusion_function_request_seconds",
+            "Time until a function's response headers, including any cold start",
+            self.request_seconds.clone(),
+        );
+        registry.register(
+            "fusion_cold_starts",
+            "Instances specialized for a function, by source (pool or spawn)",
+            self.cold_starts.clone(),
+        );
+        registry.register(
+            "fusion_cold_start_seconds",
+            "Time to get a specialized instance when none was free",
+            self.cold_start_seconds.clone(),
+        );
+        registry.register(
+            "fusion_instances",
+            "Running instances by environment and state",
+            self.instances.clone(),
+        );
+    }
+}
