@@ -45,16 +45,6 @@ _userfunc = None       # the entrypoint, set once by a successful specialization
 _entry = None          # (filepath, name) for messages
 _spec_lock = _thread.allocate_lock()
 _local = _thread._local()  # per-thread asyncio loop for `async def` functions
-_prewarmed = False
-
-
-def _start_prewarm():
-    # After the first /healthz answer, not at startup: the imports would hold
-    # the GIL while the first health check waits.
-    global _prewarmed
-    if not _prewarmed:
-        _prewarmed = True
-        _thread.start_new_thread(_prewarm, ())
 
 
 def log(msg):
@@ -326,8 +316,6 @@ def _one_request(sock, rd, remote):
     if path == "/healthz":
         _send(sock, 200, "OK", [("Content-Type", "text/plain; charset=utf-8")], b"ok",
               not keep, head_only)
-        if not _prewarmed:
-            _start_prewarm()
     elif path == "/v2/specialize" or path == "/specialize":
         if method != "POST":
             _send(sock, 405, "Method Not Allowed",
@@ -400,6 +388,7 @@ def _load(filepath, name):
     import importlib.util
     import importlib.machinery
 
+    _ensure_site()
     before = set(sys.modules)
     added_path = False
     try:
@@ -492,17 +481,6 @@ def _call(method, target, path, headers, hd, body, remote):
 # Startup
 # ---------------------------------------------------------------------------
 
-def _watch_stdin():
-    """Exit as soon as the parent's pipe on stdin reaches EOF (parent died)."""
-    try:
-        while os.read(0, 65536):
-            pass
-    except OSError as e:
-        if e.errno == 9:  # EBADF: no stdin at all, nothing to watch
-            return
-    os._exit(0)
-
-
 def _family(host):
     # getaddrinfo() costs ~10 ms here (NSS); numeric addresses do not need it.
     for fam in (_socket.AF_INET, _socket.AF_INET6):
@@ -514,11 +492,36 @@ def _family(host):
     return _socket.getaddrinfo(host, None, 0, _socket.SOCK_STREAM)[0][0]
 
 
+_site_lock = _thread.allocate_lock()
+_site_done = False
+
+
+def _ensure_site():
+    """Under `python3 -S` (which saves the site/.pth processing at startup), add
+    site-packages now, before any user code is imported."""
+    global _site_done
+    if _site_done or not sys.flags.no_site:
+        return
+    with _site_lock:
+        if not _site_done:
+            import site
+            site.main()
+            if sys.path[0] != _HERE:  # site.main() may reorder; the shim stays first
+                try:
+                    sys.path.remove(_HERE)
+                except ValueError:
+                    pass
+                sys.path.insert(0, _HERE)
+            _site_done = True
+
+
 def _prewarm():
-    """Import what specialization needs (json, importlib, the flask shim: ~15 ms,
-    bytecode is often not cached) while the instance idles in the pool."""
+    """Import what specialization needs (json, importlib, the flask shim: ~15-20 ms
+    since Fusion runs with PYTHONDONTWRITEBYTECODE=1) while the instance idles in
+    the pool, so that specializing then takes about a millisecond."""
     global _shim
     try:
+        _ensure_site()
         import json  # noqa: F401
         import importlib.util  # noqa: F401
         import importlib.machinery  # noqa: F401
@@ -529,32 +532,89 @@ def _prewarm():
         log_exc("prewarm failed (specialization will retry the imports):")
 
 
+def _stdin_closed():
+    """Called when stdin is readable: True once it reaches EOF (the parent died)."""
+    try:
+        return not os.read(0, 65536)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _tune_stack():
+    """Under an address-space limit (an environment's memory_mb), the default 8 MiB
+    thread stack reservations would allow only a few concurrent connections
+    (32 MiB: one). Shrink them to limit/16, but never below 2 MiB: smaller
+    stacks segfault on deep C-level recursion (pickle, json, __init__ chains)."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft == resource.RLIM_INFINITY or soft <= 0:
+            return
+        _thread.stack_size(min(8 << 20, max(2 << 20, (soft // 16) & ~0xFFFF)))
+    except Exception:
+        pass
+
+
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+         b"Content-Length: 40\r\nConnection: close\r\n\r\n"
+         b"runtime cannot start a thread (memory?)\n")
+
+
 def main():
     try:  # print() from functions should reach the log promptly
         sys.stdout.reconfigure(line_buffering=True)
     except Exception:
         pass
-    if os.environ.get("FUSION_NO_STDIN_WATCH") != "1":
-        _thread.start_new_thread(_watch_stdin, ())
+    _tune_stack()
     host = os.environ.get("RUNTIME_HOST") or "127.0.0.1"
     port = int(os.environ.get("RUNTIME_PORT") or "8888")
-    family = _family(host)
-    ls = _socket.socket(family, _socket.SOCK_STREAM)
+    ls = _socket.socket(_family(host), _socket.SOCK_STREAM)
     ls.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
     ls.bind((host, port))
     ls.listen(1024)
     log("listening on %s:%d" % (host, port))
-    while True:
+    if os.environ.get("FUSION_NO_PREWARM") != "1":
         try:
-            fd, addr = ls._accept()
-        except OSError as e:
-            if e.errno in (24, 23, 12, 105):  # EMFILE, ENFILE, ENOMEM, ENOBUFS
-                time.sleep(0.05)
-            continue
-        try:
-            _thread.start_new_thread(_serve_conn, (fd, addr))
+            _thread.start_new_thread(_prewarm, ())
         except RuntimeError:
-            os.close(fd)
+            pass  # specialization does the imports itself
+
+    # One poll loop accepts connections and watches stdin: the Fusion server
+    # holds the other end of that pipe, so EOF means it died (even by SIGKILL).
+    # No watcher thread: under an address-space limit every thread's stack counts.
+    import select
+    lfd = ls.fileno()
+    poller = select.poll()
+    poller.register(lfd, select.POLLIN)
+    if os.environ.get("FUSION_NO_STDIN_WATCH") != "1":
+        poller.register(0, select.POLLIN)
+    while True:
+        for fd, ev in poller.poll():
+            if fd != lfd:
+                if ev & select.POLLNVAL:  # no stdin at all: nothing to watch
+                    poller.unregister(fd)
+                elif _stdin_closed():
+                    os._exit(0)
+                continue
+            try:
+                cfd, addr = ls._accept()
+            except OSError as e:
+                if e.errno in (24, 23, 12, 105):  # EMFILE, ENFILE, ENOMEM, ENOBUFS
+                    time.sleep(0.05)
+                continue
+            try:
+                _thread.start_new_thread(_serve_conn, (cfd, addr))
+            except RuntimeError:
+                # Out of memory for a thread stack (an address-space limit):
+                # answer 503 rather than leave the client hanging.
+                log("cannot start a thread for a connection (address-space limit?): 503")
+                try:
+                    os.write(cfd, _BUSY)
+                except OSError:
+                    pass
+                os.close(cfd)
 
 
 if __name__ == "__main__":
