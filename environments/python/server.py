@@ -12,7 +12,8 @@ and even the `socket` and `threading` wrappers (enum, selectors: about 8 ms).
 It speaks HTTP/1.1 itself on top of `_socket`, one thread per connection, with
 keep-alive, Content-Length and chunked request bodies, and Expect: 100-continue.
 json, importlib and the flask shim (flask.py, next to this file) are imported
-on first use, i.e. at specialization.
+by a background thread right after listen(), so that a pooled instance
+specializes in about a millisecond.
 
 Python functions take no arguments and read the request through
 `from flask import request`; see flask.py and ../README.md.
@@ -424,9 +425,15 @@ def _load(filepath, name):
             raise TypeError("entrypoint %r is a %s, not callable" % (funcname, type(func).__name__))
         return func, shown
     except BaseException:
-        # Stay generic: forget what the failed attempt imported.
+        # Stay generic: forget the user modules the failed attempt imported (not
+        # the stdlib ones, nor the shim, which a prewarm may import meanwhile).
+        root = os.path.join(os.path.abspath(filepath), "")
         for k in set(sys.modules) - before:
-            sys.modules.pop(k, None)
+            m = sys.modules.get(k)
+            locs = [getattr(m, "__file__", None) or ""] + list(getattr(m, "__path__", None) or ())
+            if k == "user" or any(isinstance(p, str) and (p + os.sep).startswith(root)
+                                  for p in locs):
+                sys.modules.pop(k, None)
         if added_path:
             try:
                 sys.path.remove(filepath)

@@ -1,0 +1,444 @@
+'use strict';
+// Fusion nodejs runtime: Fission's environment protocol, Node built-ins only.
+//
+//   GET  /healthz          200 "ok", always
+//   POST /v2/specialize    {"filepath", "functionName", ...}: load the function
+//   POST /specialize       v1: load $USERFUNC_DIR/user (default /userfunc/user)
+//   anything else          the function, once specialized (500 before)
+//
+// Functions have the shape of Fission's nodejs environment:
+//   module.exports = async function (context) { return { status, body, headers }; };
+//   module.exports = function (context, callback) { callback(status, body, headers); };
+// context.request is the Node request, with express-like additions: body (parsed as
+// Fission's body parsers do), rawBody (Buffer), query, path, params, get(name).
+// See ../README.md for the entrypoint rules.
+
+const http = require('http');
+const fs = require('fs');
+const path = require('path');
+
+const HOST = process.env.RUNTIME_HOST || '127.0.0.1';
+const PORT = parseInt(process.env.RUNTIME_PORT || '8888', 10);
+
+let userFunction = null; // set once by a successful specialization
+let entryShown = null; // [filepath, entry] for messages
+let specQueue = Promise.resolve();
+const EMPTY = Buffer.alloc(0);
+
+function log(msg) {
+  process.stderr.write(msg + '\n');
+}
+
+function errText(e) {
+  if (e instanceof SyntaxError && typeof e.stack === 'string' && !e.stack.startsWith('SyntaxError')) {
+    // require()'s syntax errors carry the location only in the stack's first line
+    return `${e.name}: ${e.message} (${e.stack.split('\n', 1)[0]})`;
+  }
+  if (e instanceof Error) {
+    const msg = e.code === 'MODULE_NOT_FOUND' ? String(e.message).split('\n', 1)[0] : e.message;
+    return `${e.name}: ${msg}`;
+  }
+  try {
+    return typeof e === 'string' ? e : JSON.stringify(e);
+  } catch (_) {
+    return String(e);
+  }
+}
+
+function errStack(e) {
+  return e instanceof Error && e.stack ? e.stack : errText(e);
+}
+
+function shownName() {
+  return entryShown ? entryShown[1] : '-';
+}
+
+function sendText(res, status, text) {
+  const b = Buffer.from(text);
+  res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': b.length });
+  res.end(b);
+}
+
+// ---------------------------------------------------------------------------
+// Specialization
+// ---------------------------------------------------------------------------
+
+function forget(before) {
+  for (const k of Object.keys(require.cache)) if (!before.has(k)) delete require.cache[k];
+}
+
+function isMissing(e, target) {
+  return e && e.code === 'MODULE_NOT_FOUND' && String(e.message).includes(`'${target}'`);
+}
+
+// Loads a module: CommonJS through require(), ES modules through import().
+async function loadModule(target) {
+  const resolved = require.resolve(target);
+  try {
+    return require(resolved);
+  } catch (e) {
+    if (e && e.code === 'ERR_REQUIRE_ESM') {
+      const ns = await import(require('url').pathToFileURL(resolved).href);
+      return ns;
+    }
+    throw e;
+  }
+}
+
+function pick(mod, exportName, where) {
+  let fn;
+  if (exportName) {
+    fn = mod != null ? mod[exportName] : undefined;
+    if (fn === undefined && mod != null && mod.default != null) fn = mod.default[exportName];
+    if (fn === undefined) throw new Error(`${where} has no export '${exportName}'`);
+  } else {
+    fn = mod;
+    if (typeof fn !== 'function' && fn != null && typeof fn.default === 'function') fn = fn.default;
+  }
+  if (typeof fn !== 'function') {
+    throw new TypeError(
+      `${where}${exportName ? ` export '${exportName}'` : ' module.exports'} is ${fn === null ? 'null' : typeof fn}, not a function`
+    );
+  }
+  return fn;
+}
+
+// Entrypoint rules (Fission's, made a little more forgiving):
+//   file:  ""            -> module.exports (or its default export)
+//          "a.b" / "b"   -> export b (after the last dot); if the module has no such
+//                           export but module.exports is itself a function, that function
+//   dir:   ""            -> the directory's main module (package.json "main" or index.js)
+//          "file.fn"     -> export fn of <dir>/file (last dot splits; "lib/x.fn" works)
+//          "file"        -> module.exports of <dir>/file; if there is no such module,
+//                           export "file" of the directory's main module
+async function load(filepath, name) {
+  const st = fs.statSync(filepath); // throws ENOENT with a clear message
+  const before = new Set(Object.keys(require.cache));
+  try {
+    if (!st.isDirectory()) {
+      const mod = await loadModule(filepath);
+      const exportName = name ? name.slice(name.lastIndexOf('.') + 1) : '';
+      if (exportName && typeof mod === 'function' && mod[exportName] === undefined) {
+        return [mod, '(module.exports)'];
+      }
+      return [pick(mod, exportName, filepath), exportName || '(module.exports)'];
+    }
+    if (!name) return [pick(await loadModule(filepath), '', filepath), '(main module)'];
+    const dot = name.lastIndexOf('.');
+    if (dot > 0) {
+      const target = path.join(filepath, name.slice(0, dot));
+      const exportName = name.slice(dot + 1);
+      return [pick(await loadModule(target), exportName, target), name];
+    }
+    const target = path.join(filepath, name);
+    let mod;
+    try {
+      mod = await loadModule(target);
+    } catch (e) {
+      if (!isMissing(e, target)) throw e;
+      let main;
+      try {
+        main = await loadModule(filepath);
+      } catch (e2) {
+        if (!isMissing(e2, filepath)) throw e2;
+        throw new Error(`no module '${name}' in ${filepath}, and no main module (index.js) to take export '${name}' from`);
+      }
+      if (main == null || main[name] === undefined) {
+        throw new Error(`no module '${name}' in ${filepath}, and its main module has no export '${name}'`);
+      }
+      return [pick(main, name, filepath), `(main module).${name}`];
+    }
+    return [pick(mod, '', target), name];
+  } catch (e) {
+    forget(before); // stay generic: a later specialization starts clean
+    throw e;
+  }
+}
+
+async function specialize(v2, body, res) {
+  let filepath;
+  let name;
+  if (v2) {
+    let info;
+    try {
+      info = JSON.parse(body.length ? body.toString('utf8') : '{}');
+    } catch (e) {
+      return sendText(res, 500, `specialize: request body is not JSON: ${e.message}\n`);
+    }
+    if (info === null || typeof info !== 'object' || Array.isArray(info)) {
+      return sendText(res, 500, 'specialize: request body must be a JSON object\n');
+    }
+    filepath = info.filepath;
+    name = info.functionName || '';
+    if (typeof filepath !== 'string' || !filepath) {
+      return sendText(res, 500, 'specialize: filepath is required\n');
+    }
+    if (typeof name !== 'string') return sendText(res, 500, 'specialize: functionName must be a string\n');
+  } else {
+    filepath = path.join(process.env.USERFUNC_DIR || '/userfunc', 'user');
+    name = '';
+  }
+  // One specialization at a time: a concurrent one waits, then gets 409 or its turn.
+  const turn = specQueue.then(() => attempt(filepath, name, res));
+  specQueue = turn.catch(() => {});
+  return turn;
+}
+
+async function attempt(filepath, name, res) {
+  if (userFunction !== null) {
+    const [f, e] = entryShown;
+    return sendText(res, 409, `already specialized with ${f} entry ${e}; an instance is specialized only once\n`);
+  }
+  const t0 = process.hrtime.bigint();
+  try {
+    const [fn, shown] = await load(filepath, name);
+    userFunction = fn;
+    entryShown = [filepath, shown];
+  } catch (e) {
+    log(`specialize ${filepath} entry '${name}' failed: ${errStack(e)}`);
+    return sendText(res, 500, `specialize ${filepath} entry '${name}' failed: ${errText(e)}\n`);
+  }
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  log(`specialized ${filepath} entry ${entryShown[1]} (${ms.toFixed(1)} ms)`);
+  return sendText(res, 200, 'specialized\n');
+}
+
+// ---------------------------------------------------------------------------
+// Invocation
+// ---------------------------------------------------------------------------
+
+let querystring = null;
+function qs() {
+  return querystring || (querystring = require('querystring'));
+}
+
+class BadBody extends Error {}
+
+// As Fission's express body parsers: JSON -> value, text/* -> string,
+// urlencoded -> object; other types -> Buffer; an empty body -> {}.
+function parseBody(ctype, body) {
+  if (body.length === 0) return {};
+  const semi = ctype.indexOf(';');
+  const mime = (semi < 0 ? ctype : ctype.slice(0, semi)).trim().toLowerCase();
+  if (mime === 'application/json' || (mime.startsWith('application/') && mime.endsWith('+json'))) {
+    try {
+      return JSON.parse(body.toString('utf8'));
+    } catch (e) {
+      throw new BadBody(`invalid JSON body: ${e.message}`);
+    }
+  }
+  if (mime === 'application/x-www-form-urlencoded') {
+    return Object.assign({}, qs().parse(body.toString('utf8')));
+  }
+  if (mime.startsWith('text/')) {
+    const m = /charset=["']?([\w-]+)/i.exec(ctype);
+    const cs = m ? m[1].toLowerCase() : 'utf-8';
+    const enc = cs === 'iso-8859-1' || cs === 'latin1' || cs === 'us-ascii' ? 'latin1' : 'utf8';
+    return body.toString(enc);
+  }
+  return body;
+}
+
+function respond(res, status, body, headers) {
+  if (res.writableEnded || res.headersSent) return; // the function answered through context.response
+  try {
+    const code = status === undefined || status === null ? 200 : Number(status);
+    if (!Number.isInteger(code) || code < 100 || code > 999) {
+      throw new TypeError(`invalid status ${typeof status === 'string' ? JSON.stringify(status) : String(status)}`);
+    }
+    status = code;
+    let buf = EMPTY;
+    let ctype = null;
+    if (body === undefined || body === null) {
+      buf = EMPTY;
+    } else if (Buffer.isBuffer(body)) {
+      buf = body;
+      ctype = 'application/octet-stream';
+    } else if (body instanceof Uint8Array || body instanceof ArrayBuffer) {
+      buf = body instanceof ArrayBuffer ? Buffer.from(body) : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+      ctype = 'application/octet-stream';
+    } else if (typeof body === 'string') {
+      buf = Buffer.from(body);
+      ctype = 'text/plain; charset=utf-8';
+    } else if (typeof body === 'object') {
+      buf = Buffer.from(JSON.stringify(body));
+      ctype = 'application/json; charset=utf-8';
+    } else {
+      buf = Buffer.from(String(body));
+      ctype = 'text/plain; charset=utf-8';
+    }
+    if (headers) {
+      for (const k of Object.keys(headers)) {
+        const v = headers[k];
+        if (v === undefined || v === null) continue;
+        const lk = k.toLowerCase();
+        if (lk === 'content-length' || lk === 'transfer-encoding' || lk === 'connection') continue;
+        res.setHeader(k, Array.isArray(v) ? v.map(String) : String(v));
+      }
+    }
+    if (ctype !== null && !res.hasHeader('content-type')) res.setHeader('Content-Type', ctype);
+    res.statusCode = status;
+    if (status === 204 || status === 304 || status < 200) {
+      res.end();
+    } else {
+      res.setHeader('Content-Length', buf.length);
+      res.end(buf);
+    }
+  } catch (e) {
+    log(`function ${shownName()}: bad response: ${errStack(e)}`);
+    if (!res.headersSent) {
+      for (const h of res.getHeaderNames()) res.removeHeader(h);
+      sendText(res, 500, `Internal Server Error: bad response: ${errText(e)}\n`);
+    }
+  }
+}
+
+function fail(res, e) {
+  log(`${entryShown ? `function ${shownName()}` : 'request'} failed: ${errStack(e)}`);
+  if (res.writableEnded) return;
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  for (const h of res.getHeaderNames()) res.removeHeader(h);
+  sendText(res, 500, `Internal Server Error: ${errText(e)}\n`);
+}
+
+function finish(res, result) {
+  if (result === undefined || result === null) return respond(res, 200, undefined, undefined);
+  if (typeof result === 'string' || Buffer.isBuffer(result) || result instanceof Uint8Array) {
+    return respond(res, 200, result, undefined);
+  }
+  if (typeof result === 'object' && !Array.isArray(result) &&
+      ('status' in result || 'body' in result || 'headers' in result)) {
+    return respond(res, result.status, result.body, result.headers);
+  }
+  return respond(res, 200, result, undefined); // plain data: sent as JSON
+}
+
+function invoke(req, res, url, body) {
+  const q = url.indexOf('?');
+  const pathname = q < 0 ? url : url.slice(0, q);
+  req.rawBody = body;
+  req.path = pathname;
+  req.originalUrl = url;
+  req.query = q < 0 ? {} : Object.assign({}, qs().parse(url.slice(q + 1)));
+  req.params = {};
+  req.protocol = 'http';
+  req.ip = req.socket.remoteAddress;
+  req.hostname = (req.headers.host || '').replace(/:\d+$/, '');
+  req.get = req.header = (n) => {
+    const ln = String(n).toLowerCase();
+    return req.headers[ln === 'referrer' ? 'referer' : ln];
+  };
+  try {
+    req.body = parseBody(req.headers['content-type'] || '', body);
+  } catch (e) {
+    if (e instanceof BadBody) return sendText(res, 400, `Bad Request: ${e.message}\n`);
+    throw e;
+  }
+  const context = { request: req, response: res };
+  const fn = userFunction;
+  let answered = false;
+  try {
+    if (fn.length >= 2) {
+      const callback = (status, rbody, headers) => {
+        if (answered) return;
+        answered = true;
+        respond(res, status, rbody, headers);
+      };
+      const r = fn(context, callback);
+      if (r && typeof r.then === 'function') {
+        r.then(undefined, (e) => {
+          if (!answered) {
+            answered = true;
+            fail(res, e);
+          }
+        });
+      }
+      return;
+    }
+    const r = fn(context);
+    if (r && typeof r.then === 'function') {
+      r.then((v) => finish(res, v), (e) => fail(res, e));
+    } else {
+      finish(res, r);
+    }
+  } catch (e) {
+    if (!answered) {
+      answered = true;
+      fail(res, e);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------
+
+function handle(req, res) {
+  const url = req.url;
+  const q = url.indexOf('?');
+  const p = q < 0 ? url : url.slice(0, q);
+  if (p === '/healthz') {
+    req.resume();
+    return sendText(res, 200, 'ok');
+  }
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('error', () => res.destroy());
+  req.on('end', () => {
+    const body = chunks.length === 0 ? EMPTY : chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+    try {
+      if (p === '/v2/specialize' || p === '/specialize') {
+        if (req.method !== 'POST') {
+          res.setHeader('Allow', 'POST');
+          return sendText(res, 405, 'use POST\n');
+        }
+        specialize(p === '/v2/specialize', body, res).catch((e) => fail(res, e));
+      } else if (userFunction === null) {
+        sendText(res, 500, 'not specialized\n');
+      } else {
+        invoke(req, res, url, body);
+      }
+    } catch (e) {
+      fail(res, e);
+    }
+  });
+}
+
+// A function's stray exception or unobserved rejection is logged, not fatal.
+process.on('uncaughtException', (e) => log(`uncaught exception: ${errStack(e)}`));
+process.on('unhandledRejection', (e) => log(`unhandled rejection: ${errStack(e)}`));
+
+function watchStdin() {
+  // The server holds the other end of our stdin pipe: EOF means it is gone
+  // (even if it was SIGKILLed). Set up after listen(): process.stdin costs ~8 ms.
+  const bye = () => process.exit(0);
+  const stdin = process.stdin;
+  stdin.on('end', bye);
+  stdin.on('close', bye);
+  stdin.on('error', () => {});
+  stdin.on('data', () => {});
+  stdin.resume();
+}
+
+const server = http.createServer({ noDelay: true, maxHeaderSize: 65536 }, handle);
+server.keepAliveTimeout = 600000; // idle keep-alive kept 10 min: the router pools connections
+server.headersTimeout = 605000;
+server.requestTimeout = 0; // no cap on receiving a (large) request body
+server.on('clientError', (err, socket) => {
+  if (socket.writable && !socket.writableEnded) {
+    socket.end('HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+  } else {
+    socket.destroy();
+  }
+});
+server.on('error', (e) => {
+  log(`listen ${HOST}:${PORT} failed: ${errText(e)}`);
+  process.exit(1);
+});
+server.listen(PORT, HOST, () => {
+  log(`listening on ${HOST}:${PORT}`);
+  if (process.env.FUSION_NO_STDIN_WATCH !== '1') watchStdin();
+});
