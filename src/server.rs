@@ -105,7 +105,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             launch: LaunchConfig {
                 runtimes_dir,
                 fusion_exe: std::env::current_exe()?,
-                python: args.python.clone(),
+                python: resolve_python(&args.python).await,
                 node: args.node.clone(),
                 start_timeout: Duration::from_secs(30),
             },
@@ -191,6 +191,27 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     db.flush_async().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The interpreter's real path: version-manager shims (pyenv, asdf) on PATH add
+/// 100 ms or more to every instance start. Falls back to the name as given.
+async fn resolve_python(name: &str) -> String {
+    let probe = tokio::process::Command::new(name)
+        .args(["-S", "-c", "import sys; print(sys.executable)"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    match tokio::time::timeout(Duration::from_secs(10), probe).await {
+        Ok(Ok(out)) if out.status.success() => {
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if path.is_empty() {
+                name.to_string()
+            } else {
+                path
+            }
+        }
+        _ => name.to_string(),
+    }
 }
 
 async fn shutdown_signal() {

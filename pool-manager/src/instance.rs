@@ -88,9 +88,11 @@ pub struct LaunchConfig {
 fn command_for(env: &Environment, cfg: &LaunchConfig) -> Result<(String, Vec<String>)> {
     let path = |p: PathBuf| p.to_string_lossy().into_owned();
     Ok(match (&env.runtime, &env.command) {
+        // -S skips site's .pth hooks (tens of ms at every start); the runtime adds
+        // site-packages itself before it imports the function's code.
         (Some(Runtime::Python), _) => (
             cfg.python.clone(),
-            vec![path(cfg.runtimes_dir.join("python/server.py"))],
+            vec!["-S".into(), path(cfg.runtimes_dir.join("python/server.py"))],
         ),
         (Some(Runtime::Nodejs), _) => (
             cfg.node.clone(),
