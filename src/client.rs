@@ -5,6 +5,11 @@ use anyhow::{anyhow, bail, Result};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+/// The API answered 404; its message says what was not found.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} (404)")]
+pub struct NotFound(String);
+
 #[derive(Clone)]
 pub struct Client {
     base: String,
@@ -51,6 +56,9 @@ impl Client {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| text.trim().to_string());
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(anyhow::Error::new(NotFound(message)));
+        }
         bail!("{message} ({})", status.as_u16())
     }
 
@@ -62,18 +70,13 @@ impl Client {
             .await?)
     }
 
+    /// Like `get`, but a 404 is `None` rather than an error.
     pub async fn get_opt<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the Fusion API at {}: {e}", self.base))?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
+        match self.send(self.http.get(self.url(path))).await {
+            Ok(resp) => Ok(Some(resp.json().await?)),
+            Err(e) if e.downcast_ref::<NotFound>().is_some() => Ok(None),
+            Err(e) => Err(e),
         }
-        let resp = self.send(self.http.get(self.url(path))).await?;
-        Ok(Some(resp.json().await?))
     }
 
     pub async fn post_json<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
