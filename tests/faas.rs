@@ -622,3 +622,26 @@ fn metrics_count_requests_cold_starts_instances_and_runs() {
         "{text}"
     );
 }
+
+#[test]
+fn an_environment_memory_limit_bounds_each_instance() {
+    let s = Server::start();
+    s.ok(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": "small", "runtime": "python", "poolsize": 0, "memory_mb": 96})),
+    );
+    let code = "from flask import request\ndef main():\n    n = int(request.args.get('mb', '1'))\n    try:\n        block = bytearray(n * 1024 * 1024)\n    except MemoryError:\n        return 'refused', 507\n    return 'got %d' % len(block)\n";
+    s.function("greedy", "small", "greedy.py", code, json!({}));
+    assert_eq!(
+        s.get("/fission-function/greedy?mb=8").text().unwrap(),
+        "got 8388608"
+    );
+    let r = s.get("/fission-function/greedy?mb=512");
+    assert_eq!(r.status(), 507, "{:?}", r.text());
+    // The instance survives its failed allocation.
+    assert_eq!(
+        s.get("/fission-function/greedy?mb=1").text().unwrap(),
+        "got 1048576"
+    );
+}
