@@ -81,9 +81,14 @@ impl Environment {
             )));
         }
         if let Some(mb) = self.memory_mb {
-            if mb < 16 {
+            // The limit is on address space: V8 reserves far more than it uses.
+            let minimum = match self.runtime {
+                Some(Runtime::Nodejs) => 768,
+                _ => 32,
+            };
+            if mb < minimum {
                 return Err(Error::Invalid(format!(
-                    "environment: memory_mb {mb} is below the minimum of 16"
+                    "environment: memory_mb {mb} is below the minimum of {minimum} for this runtime"
                 )));
             }
         }
@@ -304,6 +309,26 @@ mod tests {
         e.runtime = None;
         assert!(e.validate().is_ok());
         e.command = None;
+        assert!(e.validate().is_err());
+    }
+
+    #[test]
+    fn memory_limits_fit_the_runtime() {
+        let mut e = Environment {
+            name: "js".into(),
+            runtime: Some(Runtime::Nodejs),
+            command: None,
+            poolsize: 1,
+            memory_mb: Some(256),
+            cpu_millis: None,
+        };
+        assert!(e.validate().is_err());
+        e.memory_mb = Some(1024);
+        assert!(e.validate().is_ok());
+        e.runtime = Some(Runtime::Python);
+        e.memory_mb = Some(64);
+        assert!(e.validate().is_ok());
+        e.memory_mb = Some(8);
         assert!(e.validate().is_err());
     }
 }
