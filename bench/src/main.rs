@@ -84,6 +84,8 @@ pub struct Lang {
     interpreter: (&'static str, &'static str),
     /// The runtime script under `<data dir>/runtimes/`.
     script: &'static str,
+    /// Interpreter flags before the script, as the local backend passes them.
+    launch_args: &'static [&'static str],
     /// Arguments that make the interpreter print its own executable's path.
     exec_path_args: &'static [&'static str],
 }
@@ -96,6 +98,7 @@ const LANGS: [Lang; 2] = [
         code: "def main():\n    return \"hello\\n\"\n",
         interpreter: ("FUSION_PYTHON", "python3"),
         script: "python/server.py",
+        launch_args: &["-S"],
         exec_path_args: &["-c", "import sys; print(sys.executable)"],
     },
     Lang {
@@ -105,6 +108,7 @@ const LANGS: [Lang; 2] = [
         code: "module.exports = async () => ({ status: 200, body: \"hello\\n\" });\n",
         interpreter: ("FUSION_NODE", "node"),
         script: "nodejs/server.js",
+        launch_args: &[],
         exec_path_args: &["-p", "process.execPath"],
     },
 ];
@@ -112,8 +116,18 @@ const LANGS: [Lang; 2] = [
 /// Generic instances each measured environment keeps warm.
 const POOLSIZE: usize = 3;
 
+/// CPU microseconds per request, by process, over all batches of one path.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuPerRequest {
+    pub client: f64,
+    pub server: f64,
+    pub instance: f64,
+}
+
 pub struct WarmLevel {
     pub clients: usize,
+    pub routed_cpu: CpuPerRequest,
+    pub direct_cpu: CpuPerRequest,
     pub routed: Summary,
     pub direct: Summary,
     pub routed_rps: f64,
@@ -139,7 +153,7 @@ pub struct LangResult {
     pub warm: Option<Warm>,
     pub cold_pool: Option<Cold>,
     pub cold_empty: Option<Cold>,
-    /// The runtime started by hand with the interpreter as the server starts it.
+    /// The runtime started by hand, the interpreter named as configured (PATH lookup).
     pub start_floor: Option<Floor>,
     /// The same with the interpreter's real executable (past any wrapper script,
     /// e.g. a pyenv shim, that the PATH lookup finds first).
@@ -147,6 +161,7 @@ pub struct LangResult {
 }
 
 pub struct Floor {
+    /// The command line, the script abbreviated to its runtime-relative path.
     pub command: String,
     /// What the command is on PATH.
     pub path: Option<String>,
@@ -159,6 +174,8 @@ struct Ctx {
     router: String,
     data_dir: PathBuf,
     args: Args,
+    server_pid: u32,
+    ticks_per_second: f64,
     /// Every instance pid seen, to check none outlives the server.
     pids: BTreeSet<u32>,
 }
@@ -246,6 +263,8 @@ async fn run(args: Args) -> Result<bool> {
         router: server.router.clone(),
         data_dir: server.data_dir(),
         args: args.clone(),
+        server_pid: server.pid().context("the server is not running")?,
+        ticks_per_second: server::ticks_per_second(),
         pids: BTreeSet::new(),
     };
     wait_ready(&ctx).await?;
@@ -583,6 +602,13 @@ async fn warm(ctx: &mut Ctx, lang: &Lang, package: &Value) -> Result<Warm> {
         );
     }
     let direct: Uri = format!("http://{address}/").parse()?;
+    let instance_pid = specialized
+        .first()
+        .and_then(|i| i["pid"].as_u64())
+        .map(|p| p as u32)
+        .context("no pid for the instance")?;
+    let pids = [std::process::id(), ctx.server_pid, instance_pid];
+    let ticks = || pids.map(|p| server::cpu_ticks(p).unwrap_or(0));
 
     // Warm up both paths, also the concurrent connections.
     let c = ctx.args.clients;
@@ -601,13 +627,20 @@ async fn warm(ctx: &mut Ctx, lang: &Lang, package: &Value) -> Result<Warm> {
         let per_batch = (total / batches).max(clients);
         let (mut r, mut d) = (Vec::new(), Vec::new());
         let (mut rt, mut dt) = (Duration::ZERO, Duration::ZERO);
+        let (mut rcpu, mut dcpu) = ([0u64; 3], [0u64; 3]);
         for b in 0..batches {
             // ABBA: drift over the run hits both paths alike.
             let routed_first = b % 2 == 0;
             for step in 0..2 {
                 let is_routed = (step == 0) == routed_first;
                 let uri = if is_routed { &routed } else { &direct };
+                let before = ticks();
                 let (s, t) = run_batch(&ctx.http, uri, clients, per_batch).await?;
+                let after = ticks();
+                let cpu = if is_routed { &mut rcpu } else { &mut dcpu };
+                for k in 0..3 {
+                    cpu[k] += after[k].saturating_sub(before[k]);
+                }
                 if is_routed {
                     r.extend(s);
                     rt += t;
@@ -617,8 +650,18 @@ async fn warm(ctx: &mut Ctx, lang: &Lang, package: &Value) -> Result<Warm> {
                 }
             }
         }
+        let per_request = |cpu: [u64; 3], n: usize| {
+            let us = |t: u64| t as f64 / ctx.ticks_per_second * 1e6 / n.max(1) as f64;
+            CpuPerRequest {
+                client: us(cpu[0]),
+                server: us(cpu[1]),
+                instance: us(cpu[2]),
+            }
+        };
         let level = WarmLevel {
             clients,
+            routed_cpu: per_request(rcpu, r.len()),
+            direct_cpu: per_request(dcpu, d.len()),
             routed_rps: r.len() as f64 / rt.as_secs_f64(),
             direct_rps: d.len() as f64 / dt.as_secs_f64(),
             routed: Summary::of(&r).context("no samples")?,
@@ -738,6 +781,7 @@ fn start_floor(ctx: &Ctx, lang: &Lang, program: &str, n: usize) -> Result<Floor>
             .port();
         let start = Instant::now();
         let mut child = Command::new(program)
+            .args(lang.launch_args)
             .arg(&script)
             .env("RUNTIME_PORT", port.to_string())
             .env("RUNTIME_HOST", "127.0.0.1")
@@ -766,8 +810,11 @@ fn start_floor(ctx: &Ctx, lang: &Lang, program: &str, n: usize) -> Result<Floor>
         out.push(result?);
         std::thread::sleep(Duration::from_millis(ctx.args.settle_ms));
     }
+    let mut command = vec![program];
+    command.extend(lang.launch_args);
+    command.push(lang.script);
     Ok(Floor {
-        command: program.to_string(),
+        command: command.join(" "),
         path: which(program),
         summary: Summary::of(&out).context("no samples")?,
     })

@@ -180,6 +180,14 @@ pub fn document(results: &[LangResult], args: &Args, run: Value, errors: &[Strin
                     routed["rps"] = json!(l.routed_rps.round());
                     let mut direct = l.direct.json();
                     direct["rps"] = json!(l.direct_rps.round());
+                    let cpu = |c: &crate::CpuPerRequest| json!({
+                        "client": round3(c.client),
+                        "server": round3(c.server),
+                        "instance": round3(c.instance),
+                        "total": round3(c.client + c.server + c.instance),
+                    });
+                    routed["cpu_us_per_request"] = cpu(&l.routed_cpu);
+                    direct["cpu_us_per_request"] = cpu(&l.direct_cpu);
                     json!({
                         "clients": l.clients,
                         "routed": routed,
@@ -297,11 +305,19 @@ pub fn table(results: &[LangResult], doc: &Value) -> String {
                 l.routed.mean - l.direct.mean,
                 100.0 * l.routed_rps / l.direct_rps
             );
+            let (rc, dc) = (&l.routed_cpu, &l.direct_cpu);
+            let _ = writeln!(
+                out,
+                "  {:<28} CPU us/request routed: client {:.0} + server {:.0} + instance {:.0} = {:.0}; direct: {:.0} + {:.0} + {:.0} = {:.0}",
+                "",
+                rc.client, rc.server, rc.instance, rc.client + rc.server + rc.instance,
+                dc.client, dc.server, dc.instance, dc.client + dc.server + dc.instance,
+            );
         }
     }
     let _ = writeln!(
         out,
-        "\nCold starts (ms)                   p50      p95      p99     mean   runtime load p50"
+        "\nCold starts, runtime start floor (ms)\n                                   p50      p95      p99     mean   runtime load p50"
     );
     for r in results {
         for (what, c) in [
@@ -327,8 +343,8 @@ pub fn table(results: &[LangResult], doc: &Value) -> String {
             }
         }
         for (what, f) in [
-            ("start floor", &r.start_floor),
-            ("start floor, real exe", &r.start_floor_resolved),
+            ("floor, PATH name", &r.start_floor),
+            ("floor, real exe", &r.start_floor_resolved),
         ] {
             if let Some(f) = f {
                 row(&mut out, &format!("{} {what}", r.lang), &f.summary, None);
@@ -340,9 +356,10 @@ pub fn table(results: &[LangResult], doc: &Value) -> String {
             .into_iter()
             .flatten()
         {
+            let program = f.command.split(' ').next().unwrap_or("");
             let _ = writeln!(
                 out,
-                "  ({} start floor: {} = {})",
+                "  ({} floor: `{}`, {program} is {})",
                 r.lang,
                 f.command,
                 f.path.as_deref().unwrap_or("?")
