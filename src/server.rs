@@ -78,7 +78,10 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&target, text)?;
+        // Rewrite only on change, so the byte code compiled below stays valid.
+        if std::fs::read(&target).ok().as_deref() != Some(text.as_bytes()) {
+            std::fs::write(&target, text)?;
+        }
     }
     let db = sled::Config::new()
         .path(data_dir.join("db"))
@@ -98,14 +101,16 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         .await
         .with_context(|| format!("cannot listen on {} (API)", args.api_listen))?;
 
+    let python = resolve_python(&args.python).await;
+    precompile_python(&python, &runtimes_dir.join("python")).await;
     let pool = PoolManager::start(
         &db,
         PoolConfig {
             data_dir: data_dir.clone(),
             launch: LaunchConfig {
-                runtimes_dir,
+                runtimes_dir: runtimes_dir.clone(),
                 fusion_exe: std::env::current_exe()?,
-                python: resolve_python(&args.python).await,
+                python: python.clone(),
                 node: args.node.clone(),
                 start_timeout: Duration::from_secs(30),
             },
@@ -211,6 +216,25 @@ async fn resolve_python(name: &str) -> String {
             }
         }
         _ => name.to_string(),
+    }
+}
+
+/// Byte-compiles the python runtime once, so no instance compiles it at start
+/// (instances run with PYTHONDONTWRITEBYTECODE and would redo it every time).
+async fn precompile_python(python: &str, dir: &std::path::Path) {
+    let run = tokio::process::Command::new(python)
+        .args(["-S", "-m", "compileall", "-q"])
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    match tokio::time::timeout(Duration::from_secs(30), run).await {
+        Ok(Ok(status)) if status.success() => {}
+        other => tracing::warn!(
+            ?other,
+            "could not byte-compile the python runtime; instances will start slower"
+        ),
     }
 }
 

@@ -28,6 +28,8 @@ pub struct Instance {
     pub id: u64,
     pub env: String,
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, built once for every request's URI.
+    pub authority: http::uri::Authority,
     pub pid: u32,
     pub(crate) active: AtomicUsize,
     pub(crate) last_used: Mutex<Instant>,
@@ -155,6 +157,8 @@ pub async fn spawn(
         id,
         env: env.name.clone(),
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        authority: http::uri::Authority::try_from(format!("127.0.0.1:{port}"))
+            .map_err(|e| Error::Internal(e.to_string()))?,
         pid,
         active: AtomicUsize::new(0),
         last_used: Mutex::new(Instant::now()),
@@ -240,7 +244,7 @@ async fn wait_listening(instance: &Instance, limit: Duration) -> Result<()> {
         let mut exited = instance.exited.clone();
         // Poll the port with a short, growing delay, but wake at once on exit.
         let _ = tokio::time::timeout(delay, exited.wait_for(|e| *e)).await;
-        delay = (delay * 2).min(Duration::from_millis(20));
+        delay = (delay * 2).min(Duration::from_millis(4));
     }
 }
 

@@ -76,7 +76,7 @@ struct EnvPool {
 }
 
 struct FnPool {
-    function: Function,
+    function: Arc<Function>,
     instances: Vec<Arc<Instance>>,
     /// Instances being specialized for this function right now.
     pending: usize,
@@ -88,7 +88,7 @@ struct FnPool {
 /// every path: success, error, timeout, or a client that went away.
 pub struct Lease {
     pub instance: Arc<Instance>,
-    pub function: Function,
+    pub function: Arc<Function>,
     manager: Weak<Inner>,
 }
 
@@ -335,7 +335,7 @@ impl PoolManager {
             .fns
             .entry(f.name.clone())
             .or_insert_with(|| FnPool::new(f.clone()));
-        pool.function = f.clone();
+        pool.function = Arc::new(f.clone());
         for i in &pool.instances {
             i.retiring.store(true, Ordering::SeqCst);
             if i.active() == 0 {
@@ -571,10 +571,12 @@ impl PoolManager {
                 }
                 continue;
             };
-            inner.refill(&function.env);
             let source = if generic.is_some() { "pool" } else { "spawn" };
             let started = std::time::Instant::now();
             let result = inner.specialize(&function, generic).await;
+            // Refill after, not before: on a small machine a starting runtime
+            // would compete with the specialization the request waits for.
+            inner.refill(&function.env);
             if result.is_ok() {
                 let m = &inner.metrics;
                 m.cold_starts
@@ -689,7 +691,7 @@ impl PoolManager {
 impl FnPool {
     fn new(function: Function) -> FnPool {
         FnPool {
-            function,
+            function: Arc::new(function),
             instances: Vec::new(),
             pending: 0,
             changed: Arc::new(Notify::new()),

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use axum::body::Body;
-use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use axum::http::uri::{PathAndQuery, Scheme};
+use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -150,18 +151,25 @@ async fn forward_inner(
     }
     let lease = pm.lease(function).await?;
     let timeout = Duration::from_secs(lease.function.timeout_secs);
-    let (parts, body) = req.into_parts();
-    let uri = match parts.uri.query() {
-        Some(q) => format!("http://{}{path}?{q}", lease.instance.addr),
-        None => format!("http://{}{path}", lease.instance.addr),
-    };
-    let mut out = Request::builder().method(parts.method).uri(uri);
-    let headers = out.headers_mut().expect("a fresh builder has headers");
-    for (k, v) in parts.headers.iter() {
-        if !HOP_BY_HOP.contains(&k.as_str()) {
-            headers.append(k, v.clone());
-        }
+    // Forward the request's own parts: no copy of its headers on the hot path.
+    let (mut parts, body) = req.into_parts();
+    for h in HOP_BY_HOP {
+        parts.headers.remove(h);
     }
+    let path_and_query = match (parts.uri.path_and_query(), parts.uri.query()) {
+        (Some(pq), _) if pq.path() == path => pq.clone(),
+        (_, Some(q)) => PathAndQuery::try_from(format!("{path}?{q}"))
+            .map_err(|e| Error::Invalid(format!("bad request path: {e}")))?,
+        (_, None) => PathAndQuery::try_from(path)
+            .map_err(|e| Error::Invalid(format!("bad request path: {e}")))?,
+    };
+    parts.uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(lease.instance.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let headers = &mut parts.headers;
     for (k, v) in params {
         if let (Ok(name), Ok(value)) = (
             HeaderName::try_from(format!("X-Fission-Params-{k}")),
@@ -174,7 +182,7 @@ async fn forward_inner(
         headers.insert("x-fission-function-name", v);
     }
     let body = Body::new(Limited::new(body, limit as usize));
-    let out = out.body(body).map_err(|e| Error::Internal(e.to_string()))?;
+    let out = Request::from_parts(parts, body);
 
     let sent = tokio::time::timeout(timeout, pm.http().request(out)).await;
     let resp = match sent {
