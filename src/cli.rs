@@ -524,6 +524,64 @@ fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) {
     }
 }
 
+/// One kind of resource on the API, as the CLI lists and changes it.
+struct Collection {
+    path: &'static str,
+    noun: &'static str,
+    columns: &'static [(&'static str, &'static str)],
+}
+
+impl Collection {
+    fn item(&self, name: &str) -> String {
+        format!("{}/{name}", self.path)
+    }
+    async fn create(&self, c: &Client, opts: &ClientOpts, body: &Value) -> Result<()> {
+        let v: Value = c.post_json(self.path, body).await?;
+        print(opts, &v, self.columns);
+        Ok(())
+    }
+    async fn show(&self, c: &Client, opts: &ClientOpts, name: &str) -> Result<()> {
+        let v: Value = c.get(&self.item(name)).await?;
+        print(opts, &v, self.columns);
+        Ok(())
+    }
+    async fn list(&self, c: &Client, opts: &ClientOpts) -> Result<()> {
+        let v: Value = c.get(self.path).await?;
+        print(opts, &v, self.columns);
+        Ok(())
+    }
+    /// The stored resource, to change and `replace`.
+    async fn current(&self, c: &Client, name: &str) -> Result<Value> {
+        c.get(&self.item(name)).await
+    }
+    async fn replace(&self, c: &Client, opts: &ClientOpts, name: &str, body: &Value) -> Result<()> {
+        let v: Value = c.put_json(&self.item(name), body).await?;
+        print(opts, &v, self.columns);
+        Ok(())
+    }
+    async fn delete(&self, c: &Client, name: &str) -> Result<()> {
+        c.delete(&self.item(name)).await?;
+        println!("{} {name} deleted", self.noun);
+        Ok(())
+    }
+}
+
+const ENVIRONMENTS: Collection = Collection {
+    path: "/v1/environments",
+    noun: "environment",
+    columns: ENV_COLUMNS,
+};
+const FUNCTIONS: Collection = Collection {
+    path: "/v1/functions",
+    noun: "function",
+    columns: FN_COLUMNS,
+};
+const ROUTES: Collection = Collection {
+    path: "/v1/routes",
+    noun: "route",
+    columns: ROUTE_COLUMNS,
+};
+
 const ENV_COLUMNS: &[(&str, &str)] = &[
     ("NAME", "/name"),
     ("RUNTIME", "/runtime"),
@@ -534,34 +592,22 @@ const ENV_COLUMNS: &[(&str, &str)] = &[
 
 async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
     let c = Client::new(&opts.api);
+    let envs = &ENVIRONMENTS;
     match verb {
         EnvVerb::Create { name, fields } => {
             let mut body = json!({"name": name});
             merge_env(&mut body, fields);
-            let v: Value = c.post_json("/v1/environments", &body).await?;
-            print(opts, &v, ENV_COLUMNS);
+            envs.create(&c, opts, &body).await
         }
-        EnvVerb::Get { name } => {
-            let v: Value = c.get(&format!("/v1/environments/{name}")).await?;
-            print(opts, &v, ENV_COLUMNS);
-        }
-        EnvVerb::List => {
-            let v: Value = c.get("/v1/environments").await?;
-            print(opts, &v, ENV_COLUMNS);
-        }
+        EnvVerb::Get { name } => envs.show(&c, opts, &name).await,
+        EnvVerb::List => envs.list(&c, opts).await,
         EnvVerb::Update { name, fields } => {
-            let path = format!("/v1/environments/{name}");
-            let mut body: Value = c.get(&path).await?;
+            let mut body = envs.current(&c, &name).await?;
             merge_env(&mut body, fields);
-            let v: Value = c.put_json(&path, &body).await?;
-            print(opts, &v, ENV_COLUMNS);
+            envs.replace(&c, opts, &name, &body).await
         }
-        EnvVerb::Delete { name } => {
-            c.delete(&format!("/v1/environments/{name}")).await?;
-            println!("environment {name} deleted");
-        }
+        EnvVerb::Delete { name } => envs.delete(&c, &name).await,
     }
-    Ok(())
 }
 
 fn merge_env(body: &mut Value, f: EnvFields) {
@@ -632,28 +678,16 @@ async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             }
             let mut body = json!({"name": name});
             merge_fn(&c, &mut body, fields).await?;
-            let v: Value = c.post_json("/v1/functions", &body).await?;
-            print(opts, &v, FN_COLUMNS);
+            FUNCTIONS.create(&c, opts, &body).await?;
         }
-        FnVerb::Get { name } => {
-            let v: Value = c.get(&format!("/v1/functions/{name}")).await?;
-            print(opts, &v, FN_COLUMNS);
-        }
-        FnVerb::List => {
-            let v: Value = c.get("/v1/functions").await?;
-            print(opts, &v, FN_COLUMNS);
-        }
+        FnVerb::Get { name } => FUNCTIONS.show(&c, opts, &name).await?,
+        FnVerb::List => FUNCTIONS.list(&c, opts).await?,
         FnVerb::Update { name, fields } => {
-            let path = format!("/v1/functions/{name}");
-            let mut body: Value = c.get(&path).await?;
+            let mut body = FUNCTIONS.current(&c, &name).await?;
             merge_fn(&c, &mut body, fields).await?;
-            let v: Value = c.put_json(&path, &body).await?;
-            print(opts, &v, FN_COLUMNS);
+            FUNCTIONS.replace(&c, opts, &name, &body).await?;
         }
-        FnVerb::Delete { name } => {
-            c.delete(&format!("/v1/functions/{name}")).await?;
-            println!("function {name} deleted");
-        }
+        FnVerb::Delete { name } => FUNCTIONS.delete(&c, &name).await?,
         FnVerb::Test {
             name,
             method,
@@ -806,30 +840,17 @@ async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> {
             let name = name.unwrap_or_else(|| route_name(&url));
             let mut body = json!({"name": name});
             merge_route(&mut body, fields);
-            let v: Value = c.post_json("/v1/routes", &body).await?;
-            print(opts, &v, ROUTE_COLUMNS);
+            ROUTES.create(&c, opts, &body).await
         }
-        RouteVerb::Get { name } => {
-            let v: Value = c.get(&format!("/v1/routes/{name}")).await?;
-            print(opts, &v, ROUTE_COLUMNS);
-        }
-        RouteVerb::List => {
-            let v: Value = c.get("/v1/routes").await?;
-            print(opts, &v, ROUTE_COLUMNS);
-        }
+        RouteVerb::Get { name } => ROUTES.show(&c, opts, &name).await,
+        RouteVerb::List => ROUTES.list(&c, opts).await,
         RouteVerb::Update { name, fields } => {
-            let path = format!("/v1/routes/{name}");
-            let mut body: Value = c.get(&path).await?;
+            let mut body = ROUTES.current(&c, &name).await?;
             merge_route(&mut body, fields);
-            let v: Value = c.put_json(&path, &body).await?;
-            print(opts, &v, ROUTE_COLUMNS);
+            ROUTES.replace(&c, opts, &name, &body).await
         }
-        RouteVerb::Delete { name } => {
-            c.delete(&format!("/v1/routes/{name}")).await?;
-            println!("route {name} deleted");
-        }
+        RouteVerb::Delete { name } => ROUTES.delete(&c, &name).await,
     }
-    Ok(())
 }
 
 const WF_COLUMNS: &[(&str, &str)] = &[

@@ -214,17 +214,9 @@ impl PoolManager {
 
     pub async fn create_environment(&self, env: Environment) -> Result<Environment> {
         env.validate()?;
-        if self
-            .inner
-            .store
-            .get::<Environment>(Kind::Environment, &env.name)?
-            .is_some()
-        {
-            return Err(already_exists(Kind::Environment, &env.name));
-        }
         self.inner
             .store
-            .put(Kind::Environment, &env.name, &env)
+            .create(Kind::Environment, &env.name, &env)
             .await?;
         self.inner.install_environment(env.clone());
         Ok(env)
@@ -307,16 +299,8 @@ impl PoolManager {
 
     pub async fn create_function(&self, mut f: Function) -> Result<Function> {
         self.check_function_refs(&f)?;
-        if self
-            .inner
-            .store
-            .get::<Function>(Kind::Function, &f.name)?
-            .is_some()
-        {
-            return Err(already_exists(Kind::Function, &f.name));
-        }
         f.generation = 1;
-        self.inner.store.put(Kind::Function, &f.name, &f).await?;
+        self.inner.store.create(Kind::Function, &f.name, &f).await?;
         lock(&self.inner.state)
             .fns
             .insert(f.name.clone(), FnPool::new(f.clone()));
@@ -423,17 +407,9 @@ impl PoolManager {
         workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
     ) -> Result<Route> {
         self.check_route(&route, workflow_exists)?;
-        if self
-            .inner
-            .store
-            .get::<Route>(Kind::Route, &route.name)?
-            .is_some()
-        {
-            return Err(already_exists(Kind::Route, &route.name));
-        }
         self.inner
             .store
-            .put(Kind::Route, &route.name, &route)
+            .create(Kind::Route, &route.name, &route)
             .await?;
         self.reload_routes()?;
         Ok(route)
@@ -931,13 +907,6 @@ impl Inner {
 
 fn not_found(kind: Kind, name: &str) -> Error {
     Error::NotFound {
-        kind: kind.noun(),
-        name: name.to_string(),
-    }
-}
-
-fn already_exists(kind: Kind, name: &str) -> Error {
-    Error::AlreadyExists {
         kind: kind.noun(),
         name: name.to_string(),
     }

@@ -55,6 +55,22 @@ impl ResourceStore {
         Ok(())
     }
 
+    /// Stores a new resource; refuses (atomically) when the name is taken.
+    pub async fn create<T: Serialize>(&self, kind: Kind, name: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))?;
+        let swapped = self
+            .tree(kind)
+            .compare_and_swap(name, None as Option<&[u8]>, Some(bytes))?;
+        if swapped.is_err() {
+            return Err(Error::AlreadyExists {
+                kind: kind.noun(),
+                name: name.to_string(),
+            });
+        }
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<bool> {
         let existed = self.tree(kind).remove(name)?.is_some();
         self.db.flush_async().await?;

@@ -91,19 +91,28 @@ impl Server {
 
     /// SIGTERM and wait for a graceful exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            self.terminate(Duration::from_secs(20)),
+            "the server did not stop within 20 s of SIGTERM"
+        );
+    }
+
+    /// SIGTERM, wait up to `limit`, then SIGKILL; whether it exited by itself.
+    fn terminate(&mut self, limit: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
             }
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server did not stop within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 
     /// SIGKILL, as a crash would.
@@ -232,18 +241,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.terminate(Duration::from_secs(15));
     }
 }
 
