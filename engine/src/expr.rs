@@ -5,7 +5,7 @@
 //! creating one costs far more than an evaluation. Evaluations run synchronously on
 //! the calling thread and never across an `.await`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -99,6 +99,43 @@ const PRELUDE: &str = r#"
     var out = JSON.stringify(v);
     return out === undefined ? null : out;
   });
+  // Nothing an evaluation does may reach the next one (another task, another
+  // run): the built-ins and their prototypes are frozen and made read-only
+  // globals, and `__reset` removes whatever globals an evaluation added.
+  var writable = { $: true, taskId: true, __src: true, __inputs: true };
+  var seen = new Set([g]);
+  function freeze(o) {
+    if (o === null || (typeof o !== 'object' && typeof o !== 'function') || seen.has(o)) return;
+    seen.add(o);
+    Object.freeze(o);
+    Reflect.ownKeys(o).forEach(function (k) {
+      var d = Object.getOwnPropertyDescriptor(o, k);
+      if (d && 'value' in d) freeze(d.value);
+      if (d && d.get) freeze(d.get);
+      if (d && d.set) freeze(d.set);
+    });
+    freeze(Object.getPrototypeOf(o));
+  }
+  var keep = new Set(Reflect.ownKeys(g));
+  var proto = Object.getPrototypeOf(g);
+  Reflect.ownKeys(g).forEach(function (k) {
+    if (writable[k]) return;
+    var d = Object.getOwnPropertyDescriptor(g, k);
+    if ('value' in d) freeze(d.value);
+    if (d.configurable) Object.defineProperty(g, k, { writable: false, configurable: false });
+  });
+  freeze(proto);
+  Object.defineProperty(g, '__reset', {
+    value: function () {
+      var clean = true;
+      Reflect.ownKeys(g).forEach(function (k) {
+        if (!keep.has(k) && !delete g[k]) clean = false;
+      });
+      if (Object.getPrototypeOf(g) !== proto && !Reflect.setPrototypeOf(g, proto)) clean = false;
+      return clean;
+    },
+    writable: false, configurable: false, enumerable: false
+  });
 })(globalThis);
 "#;
 
@@ -107,6 +144,9 @@ struct Js {
     context: Context,
     deadline: Arc<AtomicU64>,
     base: Instant,
+    /// Set when an evaluation left state behind that could not be removed: the
+    /// runtime is dropped and a fresh one made for the next evaluation.
+    tainted: Cell<bool>,
 }
 
 impl Js {
@@ -123,7 +163,7 @@ impl Js {
         })));
         let context = Context::full(&runtime).map_err(|e| e.to_string())?;
         context.with(|ctx| {
-            ctx.eval::<(), _>("var $ = {}; var taskId = '';")
+            ctx.eval::<(), _>("var $ = {}; var taskId = ''; var __src = ''; var __inputs = '';")
                 .and_then(|_| ctx.eval::<(), _>(PRELUDE))
                 .map_err(|e| caught(&ctx, e))
         })?;
@@ -132,6 +172,7 @@ impl Js {
             context,
             deadline,
             base,
+            tainted: Cell::new(false),
         })
     }
 
@@ -164,11 +205,11 @@ fn with_js<R>(f: impl FnOnce(&Js) -> Result<R, String>) -> Result<R, String> {
         let js = slot.as_ref().ok_or("no JavaScript runtime")?;
         let result = f(js);
         js.disarm();
-        if let Err(msg) = &result {
-            // A runtime that ran out of memory is not trusted again.
-            if msg.contains("out of memory") {
-                *slot = None;
-            }
+        let oom = matches!(&result, Err(msg) if msg.contains("out of memory"));
+        // A runtime that ran out of memory, or that an evaluation left changed,
+        // is not trusted again.
+        if oom || js.tainted.get() {
+            *slot = None;
         }
         result
     })
@@ -235,6 +276,13 @@ impl Evaluator<'_> {
         });
         let timed_out = self.js.timed_out();
         self.js.disarm();
+        let clean = self
+            .js
+            .context
+            .with(|ctx| ctx.eval::<bool, _>("__reset()").unwrap_or(false));
+        if !clean {
+            self.js.tainted.set(true);
+        }
         match out {
             Ok(None) => Ok(Value::Null),
             Ok(Some(json)) => serde_json::from_str(&json).map_err(|e| err(e.to_string())),
@@ -421,6 +469,32 @@ mod tests {
         assert_eq!(eval("{ var leaked = 5; leaked }").unwrap(), json!(5));
         let e = eval("{ leaked }").unwrap_err();
         assert!(e.message.contains("leaked"), "{}", e.message);
+    }
+
+    #[test]
+    fn evaluations_cannot_change_what_later_ones_see() {
+        // An assignment without `var` in an expression (sloppy mode) makes a global.
+        assert_eq!(eval("{ (sneaky = 5) + sneaky }").unwrap(), json!(10));
+        assert_eq!(eval("{ typeof sneaky }").unwrap(), json!("undefined"));
+        assert_eq!(eval("{ globalThis.g2 = 1; 1 }").unwrap(), json!(1));
+        assert_eq!(eval("{ typeof g2 }").unwrap(), json!("undefined"));
+        // Built-ins and their prototypes stay as they were.
+        let _ = eval("{ Array.prototype.extra = 7; Math.max = function () { return -1 }; 1 }");
+        assert_eq!(eval("{ [].extra }").unwrap(), Value::Null);
+        assert_eq!(eval("{ Math.max(1, 2) }").unwrap(), json!(2));
+        let _ = eval("{ Object.defineProperty(globalThis, 'stuck', {value: 1}); 1 }");
+        assert_eq!(eval("{ typeof stuck }").unwrap(), json!("undefined"));
+        // A replaced JSON.parse would run, without a time limit, when the next
+        // task's inputs are set.
+        let _ = eval("{ JSON = {parse: function () { while (true) {} }}; 1 }");
+        let inputs = BTreeMap::from([
+            ("_item".to_string(), json!("{ 5 }")),
+            ("default".to_string(), json!("{ task().Inputs._item * 2 }")),
+        ]);
+        assert_eq!(
+            resolve_inputs(&scope(), "C", &inputs).unwrap()["default"],
+            json!(10)
+        );
     }
 
     #[test]
