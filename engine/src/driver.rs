@@ -314,7 +314,14 @@ impl Engine {
         for id in engine.store.unfinished_runs()? {
             let events = engine.store.events(&id)?;
             let state = RunState::fold(&events);
-            if state.run_id.is_empty() || state.is_finished() {
+            if state.is_finished() {
+                // It ended, but its summary was not updated before a crash.
+                if let Some(end) = events.iter().rev().find(|e| e.is_terminal()) {
+                    engine.store.repair_finished(&id, end)?;
+                }
+                continue;
+            }
+            if state.run_id.is_empty() {
                 continue;
             }
             tracing::info!(run = %id, "continuing run after restart");

@@ -473,3 +473,55 @@ mod api {
         assert_eq!(v, json!({"got": 5, "q": "v", "h": "t"}));
     }
 }
+
+/// A crash after a run's terminal event reached disk but before its summary and
+/// status index were updated must not leave the run listed as running forever.
+#[tokio::test(start_paused = true)]
+async fn recovery_repairs_the_summary_of_a_run_that_ended_before_the_crash() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let s = run(
+        &e,
+        "w",
+        "output: A\ntasks:\n  A:\n    run: noop\n    inputs: x\n",
+        json!(null),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Succeeded);
+    e.shutdown().await;
+    drop(e);
+    // Put the summary and index back as they were before the terminal event.
+    let runs = db.open_tree("runs").unwrap();
+    let mut stale = s.clone();
+    stale.status = RunStatus::Running;
+    stale.output = None;
+    stale.finished_at = None;
+    runs.insert(s.id.as_bytes(), serde_json::to_vec(&stale).unwrap())
+        .unwrap();
+    let by_status = db.open_tree("runs_by_status").unwrap();
+    let key = |st: &str| {
+        let mut k = st.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(&s.created_at.to_be_bytes());
+        k.extend_from_slice(s.id.as_bytes());
+        k
+    };
+    by_status.remove(key("succeeded")).unwrap();
+    by_status.insert(key("running"), &[]).unwrap();
+
+    let e2 = engine_with(&fake, &db).await;
+    let now = e2.run_summary(&s.id).unwrap();
+    assert_eq!(now.status, RunStatus::Succeeded, "{now:?}");
+    assert_eq!(now.output, Some(json!("x")));
+    assert!(crate::store::RunStore::unfinished_runs(e2.store().as_ref())
+        .unwrap()
+        .is_empty());
+    let page = e2
+        .list_runs(&crate::store::RunFilter {
+            status: Some(RunStatus::Succeeded),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.runs.len(), 1);
+}

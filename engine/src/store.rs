@@ -192,14 +192,135 @@ impl SledStore {
         self.flushes.load(Ordering::Relaxed)
     }
 
-    fn put_summary(&self, s: &RunSummary) -> Result<()> {
-        self.runs.insert(s.id.as_bytes(), serde_json::to_vec(s)?)?;
-        Ok(())
-    }
-
     fn index_status(&self, status: RunStatus, ts: Millis, id: &str) -> Vec<u8> {
         index_key(&scoped(status.as_str()), ts, id)
     }
+
+    /// Writes a run's encoded events and brings its summary and indexes up to
+    /// date in one sled transaction: a crash never leaves events on disk whose
+    /// summary or status index says otherwise, and a reader never sees a run
+    /// between two status index entries.
+    fn transaction(
+        &self,
+        run_id: &str,
+        encoded: &[(Vec<u8>, Vec<u8>)],
+        events: &[Event],
+    ) -> Result<()> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        let trees = (
+            &self.run_events,
+            &self.runs,
+            &self.by_time,
+            &self.by_workflow,
+            &self.by_status,
+        );
+        let r = trees.transaction(|(run_events, runs, by_time, by_workflow, by_status)| {
+            let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
+            for (k, v) in encoded {
+                run_events.insert(k.as_slice(), v.as_slice())?;
+            }
+            for e in events {
+                let mut summary = match e {
+                    Event::RunStarted {
+                        run_id,
+                        workflow,
+                        version,
+                        input,
+                        at,
+                        retry_of,
+                        ..
+                    } => {
+                        by_time.insert(index_key(&[], *at, run_id), &[])?;
+                        by_workflow.insert(index_key(&scoped(workflow), *at, run_id), &[])?;
+                        RunSummary {
+                            id: run_id.clone(),
+                            workflow: workflow.clone(),
+                            version: *version,
+                            status: RunStatus::Running,
+                            created_at: *at,
+                            finished_at: None,
+                            input: input.clone(),
+                            output: None,
+                            error: None,
+                            retry_of: retry_of.clone(),
+                        }
+                    }
+                    Event::RunSucceeded { .. }
+                    | Event::RunFailed { .. }
+                    | Event::RunCancelled { .. } => {
+                        let Some(old) = runs.get(run_id)? else {
+                            continue;
+                        };
+                        let s: RunSummary =
+                            serde_json::from_slice(&old).map_err(|e| abort(StoreError::Json(e)))?;
+                        by_status.remove(self.index_status(s.status, s.created_at, run_id))?;
+                        finished_summary(s, e)
+                    }
+                    _ => continue,
+                };
+                summary.id = run_id.to_string();
+                by_status.insert(
+                    self.index_status(summary.status, summary.created_at, run_id),
+                    &[],
+                )?;
+                let bytes = serde_json::to_vec(&summary).map_err(|e| abort(StoreError::Json(e)))?;
+                runs.insert(run_id.as_bytes(), bytes)?;
+            }
+            Ok(())
+        });
+        r.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
+    }
+
+    /// Brings a run's summary and status index in line with the terminal event
+    /// already among its stored events (used on start, after a crash).
+    pub fn repair_finished(&self, run_id: &str, terminal: &Event) -> Result<()> {
+        match self.run(run_id)? {
+            Some(s) if s.status == RunStatus::Running => {
+                self.transaction(run_id, &[], std::slice::from_ref(terminal))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A run's summary after its terminal event.
+fn finished_summary(mut s: RunSummary, e: &Event) -> RunSummary {
+    match e {
+        Event::RunSucceeded { output, at, .. } => {
+            s.status = RunStatus::Succeeded;
+            s.output = Some(output.clone());
+            s.finished_at = Some(*at);
+        }
+        Event::RunFailed {
+            task,
+            error,
+            status,
+            at,
+        } => {
+            s.status = RunStatus::Failed;
+            s.error = Some(RunError {
+                task: task.clone(),
+                message: error.clone(),
+                status: *status,
+            });
+            s.finished_at = Some(*at);
+        }
+        Event::RunCancelled { reason, at } => {
+            s.status = RunStatus::Cancelled;
+            s.error = Some(RunError {
+                task: None,
+                message: reason.clone(),
+                status: None,
+            });
+            s.finished_at = Some(*at);
+        }
+        _ => {}
+    }
+    s
 }
 
 fn parse_cursor(c: &str) -> Result<(Millis, String)> {
@@ -290,90 +411,17 @@ impl RunStore for SledStore {
     }
 
     fn append(&self, run_id: &str, first_seq: u64, events: &[Event]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for (i, e) in events.iter().enumerate() {
-            batch.insert(
-                event_key(run_id, first_seq + i as u64),
-                serde_json::to_vec(e)?,
-            );
-        }
-        self.run_events.apply_batch(batch)?;
-        for e in events {
-            match e {
-                Event::RunStarted {
-                    run_id,
-                    workflow,
-                    version,
-                    input,
-                    at,
-                    retry_of,
-                    ..
-                } => {
-                    self.put_summary(&RunSummary {
-                        id: run_id.clone(),
-                        workflow: workflow.clone(),
-                        version: *version,
-                        status: RunStatus::Running,
-                        created_at: *at,
-                        finished_at: None,
-                        input: input.clone(),
-                        output: None,
-                        error: None,
-                        retry_of: retry_of.clone(),
-                    })?;
-                    self.by_time.insert(index_key(&[], *at, run_id), &[])?;
-                    self.by_workflow
-                        .insert(index_key(&scoped(workflow), *at, run_id), &[])?;
-                    self.by_status
-                        .insert(self.index_status(RunStatus::Running, *at, run_id), &[])?;
-                }
-                Event::RunSucceeded { .. }
-                | Event::RunFailed { .. }
-                | Event::RunCancelled { .. } => {
-                    let Some(mut s) = self.run(run_id)? else {
-                        continue;
-                    };
-                    self.by_status
-                        .remove(self.index_status(s.status, s.created_at, run_id))?;
-                    match e {
-                        Event::RunSucceeded { output, at, .. } => {
-                            s.status = RunStatus::Succeeded;
-                            s.output = Some(output.clone());
-                            s.finished_at = Some(*at);
-                        }
-                        Event::RunFailed {
-                            task,
-                            error,
-                            status,
-                            at,
-                        } => {
-                            s.status = RunStatus::Failed;
-                            s.error = Some(RunError {
-                                task: task.clone(),
-                                message: error.clone(),
-                                status: *status,
-                            });
-                            s.finished_at = Some(*at);
-                        }
-                        Event::RunCancelled { reason, at } => {
-                            s.status = RunStatus::Cancelled;
-                            s.error = Some(RunError {
-                                task: None,
-                                message: reason.clone(),
-                                status: None,
-                            });
-                            s.finished_at = Some(*at);
-                        }
-                        _ => {}
-                    }
-                    self.by_status
-                        .insert(self.index_status(s.status, s.created_at, run_id), &[])?;
-                    self.put_summary(&s)?;
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        let encoded = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                Ok((
+                    event_key(run_id, first_seq + i as u64),
+                    serde_json::to_vec(e)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.transaction(run_id, &encoded, events)
     }
 
     fn events(&self, run_id: &str) -> Result<Vec<Event>> {
