@@ -63,8 +63,14 @@ impl Clock for TokioClock {
     }
 
     fn sleep_until(&self, at: Millis) -> BoxFuture<()> {
-        let when = self.base + Duration::from_millis(at.saturating_sub(self.wall));
-        Box::pin(tokio::time::sleep_until(when))
+        match self
+            .base
+            .checked_add(Duration::from_millis(at.saturating_sub(self.wall)))
+        {
+            Some(when) => Box::pin(tokio::time::sleep_until(when)),
+            // Beyond what an Instant can hold: never.
+            None => Box::pin(std::future::pending()),
+        }
     }
 }
 
@@ -888,7 +894,10 @@ impl Actor {
                     None
                 }
                 Outcome::Sleep(d) => {
-                    self.record(dispatched(inputs_value, Some(now + d.as_millis() as u64)));
+                    // Saturating: a sleep longer than the clock can count never wakes, but
+                    // it must not overflow (a panic would kill the run's actor).
+                    let wake = now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    self.record(dispatched(inputs_value, Some(wake)));
                     None
                 }
                 Outcome::Http(request) => {

@@ -525,3 +525,20 @@ async fn recovery_repairs_the_summary_of_a_run_that_ended_before_the_crash() {
         .unwrap();
     assert_eq!(page.runs.len(), 1);
 }
+
+/// A sleep far beyond any clock (a user's typo) must not kill the run's actor:
+/// the run still answers a cancel.
+#[tokio::test(start_paused = true)]
+async fn huge_sleep_does_not_break_the_run() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "zz",
+        "output: S\ntasks:\n  S:\n    run: sleep\n    inputs: 18446744073709551615\n",
+    )
+    .unwrap();
+    let started = e.start_run("zz", json!(null)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let s = e.cancel(&started.id, "test").await.unwrap();
+    assert_eq!(s.status, RunStatus::Cancelled);
+}

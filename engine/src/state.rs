@@ -350,21 +350,20 @@ pub fn apply(s: &mut RunState, event: &Event) {
             retry_of,
             preserved,
         } => {
-            *s = RunState {
-                run_id: run_id.clone(),
-                workflow: workflow.clone(),
-                version: *version,
-                spec: spec.clone(),
-                input: input.clone(),
-                started_at: *at,
-                deadline: spec
-                    .timeout
-                    .as_deref()
-                    .and_then(parse_duration)
-                    .map(|d| at + d.as_millis() as u64),
-                retry_of: retry_of.clone(),
-                ..RunState::default()
-            };
+            *s =
+                RunState {
+                    run_id: run_id.clone(),
+                    workflow: workflow.clone(),
+                    version: *version,
+                    spec: spec.clone(),
+                    input: input.clone(),
+                    started_at: *at,
+                    deadline: spec.timeout.as_deref().and_then(parse_duration).map(|d| {
+                        at.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    }),
+                    retry_of: retry_of.clone(),
+                    ..RunState::default()
+                };
             for (id, t) in &spec.tasks {
                 let mut ts = TaskState {
                     id: id.clone(),
@@ -654,7 +653,9 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                         actions.push(Action::ScheduleRetry {
                             task: t.id.clone(),
                             attempt: next,
-                            due: now + delay.as_millis() as u64,
+                            due: now.saturating_add(
+                                u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                            ),
                         });
                     }
                     Some(due) if due <= now => actions.push(Action::Dispatch {
