@@ -53,6 +53,10 @@ pub enum Outcome {
 
 type Inputs = BTreeMap<String, Value>;
 
+/// Most iterations of `repeat`: its tasks are all created at once, so a larger
+/// (or mistyped) count would exhaust memory instead of failing the task.
+pub const MAX_REPEAT: usize = 10_000;
+
 fn default_input(inputs: &Inputs) -> Value {
     inputs.get("default").cloned().unwrap_or(Value::Null)
 }
@@ -203,6 +207,11 @@ fn repeat(inputs: &Inputs) -> Outcome {
     let Some(action) = inputs.get("do").filter(|d| is_task_spec(d)) else {
         return Outcome::Fail("repeat needs the input `do`, a task".into());
     };
+    if times.is_nan() || times > MAX_REPEAT as f64 {
+        return Outcome::Fail(format!(
+            "repeat: times is {times}; a run can repeat a task at most {MAX_REPEAT} times"
+        ));
+    }
     let times = times.max(0.0) as usize;
     if times == 0 {
         return Outcome::Output(Value::Null);
@@ -506,6 +515,20 @@ mod tests {
             ),
             json!(7)
         );
+    }
+
+    #[test]
+    fn repeat_refuses_more_iterations_than_a_run_can_hold() {
+        let big = json!({"times": 1e12, "do": {"run": "noop"}});
+        match run("repeat", &ins(big.clone()), &ins(big), None) {
+            Outcome::Fail(msg) => assert!(msg.contains("at most"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        let inf = json!({"times": "inf", "do": {"run": "noop"}});
+        assert!(matches!(
+            run("repeat", &ins(inf.clone()), &ins(inf), None),
+            Outcome::Fail(_)
+        ));
     }
 
     #[test]
