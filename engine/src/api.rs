@@ -85,6 +85,69 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// `Query`, with a malformed query string answered as a JSON error (axum's own
+/// rejection is a plain-text body).
+struct ApiQuery<T>(T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+    }
+}
+
+/// `Path`, with a path that does not decode (e.g. bad UTF-8) as a JSON error.
+struct ApiPath<T>(T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))
+    }
+}
+
+/// A request body of at most `BODY_LIMIT` bytes; a larger one is a JSON error
+/// (axum's `Bytes` stops at 2 MB with a plain-text body).
+struct LimitedBody(Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for LimitedBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request<Body>, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::body::to_bytes(req.into_body(), BODY_LIMIT)
+            .await
+            .map(LimitedBody)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("cannot read the request body (at most {BODY_LIMIT} bytes): {e}"),
+                )
+            })
+    }
+}
+
 /// The API routes (mount under the API listener).
 pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
@@ -136,8 +199,8 @@ fn yaml_text(body: &Bytes) -> ApiResult<&str> {
 
 async fn create_workflow(
     State(engine): State<Arc<Engine>>,
-    Query(q): Query<NameQuery>,
-    body: Bytes,
+    ApiQuery(q): ApiQuery<NameQuery>,
+    LimitedBody(body): LimitedBody,
 ) -> ApiResult<Response> {
     let source = yaml_text(&body)?;
     let name = match q.name.filter(|n| !n.is_empty()) {
@@ -159,8 +222,8 @@ async fn create_workflow(
 
 async fn update_workflow(
     State(engine): State<Arc<Engine>>,
-    Path(name): Path<String>,
-    body: Bytes,
+    ApiPath(name): ApiPath<String>,
+    LimitedBody(body): LimitedBody,
 ) -> ApiResult<Json<Value>> {
     let w = engine.update_workflow(&name, yaml_text(&body)?)?;
     Ok(Json(workflow_json(&w, false)))
@@ -182,8 +245,8 @@ struct VersionQuery {
 
 async fn get_workflow(
     State(engine): State<Arc<Engine>>,
-    Path(name): Path<String>,
-    Query(q): Query<VersionQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<VersionQuery>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(workflow_json(
         &engine.workflow(&name, q.version)?,
@@ -193,7 +256,7 @@ async fn get_workflow(
 
 async fn workflow_versions(
     State(engine): State<Arc<Engine>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let list: Vec<Value> = engine
         .workflow_versions(&name)?
@@ -205,7 +268,7 @@ async fn workflow_versions(
 
 async fn delete_workflow(
     State(engine): State<Arc<Engine>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     engine.delete_workflow(&name)?;
     Ok(StatusCode::NO_CONTENT)
@@ -213,7 +276,7 @@ async fn delete_workflow(
 
 async fn invoke(
     State(engine): State<Arc<Engine>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     req: Request<Body>,
 ) -> Response {
     invoke_http(engine, &name, req).await
@@ -257,7 +320,7 @@ fn summary_json(s: &RunSummary) -> Value {
 
 async fn list_runs(
     State(engine): State<Arc<Engine>>,
-    Query(q): Query<RunsQuery>,
+    ApiQuery(q): ApiQuery<RunsQuery>,
 ) -> ApiResult<Json<Value>> {
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
@@ -322,14 +385,14 @@ pub fn run_json(s: &RunState) -> Value {
 
 async fn get_run(
     State(engine): State<Arc<Engine>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(run_json(&engine.run_state(&id)?)))
 }
 
 async fn run_events(
     State(engine): State<Arc<Engine>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let events = engine.run_events(&id)?;
     Ok(Json(json!({ "id": id, "events": events })))
@@ -337,7 +400,7 @@ async fn run_events(
 
 async fn cancel_run(
     State(engine): State<Arc<Engine>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let s = engine.cancel(&id, "cancelled through the API").await?;
     Ok(Json(summary_json(&s)))
@@ -345,7 +408,7 @@ async fn cancel_run(
 
 async fn retry_run(
     State(engine): State<Arc<Engine>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let started = engine.retry(&id).await?;
     Ok(accepted(&started.id))

@@ -436,6 +436,32 @@ mod api {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn malformed_query_parameters_are_json_errors() {
+        let (_d, db, fake) = setup();
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        for uri in [
+            "/v1/runs?since=yesterday",
+            "/v1/runs?limit=-1",
+            "/v1/runs?until=1.5",
+            "/v1/workflows/x?version=latest",
+        ] {
+            let (s, _, v) = call(&app, req("GET", uri, "")).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {v}");
+            assert_eq!(v["error"]["code"], "invalid_query", "{uri}: {v}");
+            assert!(v["error"]["message"].is_string(), "{uri}: {v}");
+        }
+        let (s, _, v) = call(&app, req("GET", "/v1/runs/%FF", "")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"]["code"], "invalid_path", "{v}");
+        // A workflow document over the body limit: 413 with a JSON error.
+        let big = format!("output: A\ntasks:\n  A: {{}}\n#{}\n", "x".repeat(17 << 20));
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=big", &big)).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+        assert_eq!(v["error"]["code"], "body_too_large", "{v}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn failed_run_passes_4xx_and_json_output() {
         let (_d, db, fake) = setup();
         fake.add("notfound", None, |_, _| text(404, "missing"));
