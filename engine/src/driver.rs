@@ -627,6 +627,7 @@ impl Engine {
             tx,
             inflight: HashMap::new(),
             armed: BTreeSet::new(),
+            timers: Vec::new(),
         };
         tokio::spawn(actor.run(rx, done_tx, recovering));
         done_rx
@@ -641,6 +642,9 @@ struct Actor {
     tx: mpsc::UnboundedSender<Msg>,
     inflight: HashMap<String, AbortHandle>,
     armed: BTreeSet<Millis>,
+    /// The armed timers' tasks: aborted when the actor stops, so a finished run
+    /// does not leave (say) its one-hour timeout timer holding the engine.
+    timers: Vec<AbortHandle>,
 }
 
 impl Actor {
@@ -783,6 +787,9 @@ impl Actor {
                         for (_, h) in self.inflight.drain() {
                             h.abort();
                         }
+                        for h in self.timers.drain(..) {
+                            h.abort();
+                        }
                         let _ = self.persist().await;
                         return;
                     }
@@ -793,6 +800,9 @@ impl Actor {
 
     fn stop(&mut self, done: &watch::Sender<Option<RunSummary>>) {
         for (_, h) in self.inflight.drain() {
+            h.abort();
+        }
+        for h in self.timers.drain(..) {
             h.abort();
         }
         if let Ok(mut runs) = self.engine.runs.lock() {
@@ -939,10 +949,12 @@ impl Actor {
         let engine = self.engine.clone();
         match ext {
             External::Timer(at) => {
-                tokio::spawn(async move {
+                let handle = tokio::spawn(async move {
                     engine.clock.sleep_until(at).await;
                     let _ = tx.send(Msg::Wake);
                 });
+                self.timers.retain(|h| !h.is_finished());
+                self.timers.push(handle.abort_handle());
             }
             External::Call {
                 task,

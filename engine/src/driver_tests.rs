@@ -568,3 +568,31 @@ async fn huge_sleep_does_not_break_the_run() {
     let s = e.cancel(&started.id, "test").await.unwrap();
     assert_eq!(s.status, RunStatus::Cancelled);
 }
+
+/// A finished run leaves no timer behind: with a one-hour run timeout, the
+/// timer task (holding the engine) must not outlive the run by an hour.
+/// (Real time: paused time would jump to the timers while flushes run.)
+#[tokio::test]
+async fn finished_runs_leave_no_timers_behind() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let before = Arc::strong_count(&e);
+    for i in 0..3 {
+        let s = run(
+            &e,
+            &format!("t{i}"),
+            "output: A\ntimeout: 1h\ntasks:\n  A:\n    run: echo\n    inputs: x\n",
+            json!(null),
+        )
+        .await;
+        assert_eq!(s.status, RunStatus::Succeeded);
+    }
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        Arc::strong_count(&e),
+        before,
+        "timer tasks still hold the engine"
+    );
+}
