@@ -307,7 +307,7 @@ fn javascript(inputs: &Inputs) -> Outcome {
     let src = crate::expr::expression_source(code).unwrap_or(code);
     // `args` as documented; `arg` as Fission Workflows spelled it.
     let wrapped = format!("{{ var args = $.args; var arg = args; {src} }}");
-    match crate::expr::with_scope(&scope, "", |ev| ev.eval(&wrapped)) {
+    match crate::expr::eval_isolated(scope, wrapped) {
         Ok(v) => Outcome::Output(v),
         Err(e) => Outcome::Fail(format!("javascript: {}", e.message)),
     }

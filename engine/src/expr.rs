@@ -7,8 +7,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rquickjs::{Context, Ctx, Runtime};
@@ -368,9 +368,106 @@ pub fn with_scope<R>(
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Evaluator threads waiting for work.
+static IDLE: Mutex<Vec<mpsc::Sender<Job>>> = Mutex::new(Vec::new());
+/// Evaluator threads given up on (still running an evaluation the interrupt
+/// handler cannot stop).
+static RUNAWAY: AtomicUsize = AtomicUsize::new(0);
+/// Beyond this many runaway evaluations, new ones are refused rather than
+/// starting more threads that burn CPU.
+const MAX_RUNAWAY: usize = 8;
+
+fn evaluator_thread() -> Result<mpsc::Sender<Job>, String> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("fusion-expr".into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job();
+            }
+        })
+        .map_err(|e| format!("cannot start an evaluator thread: {e}"))?;
+    Ok(tx)
+}
+
+/// Runs `job` (JavaScript evaluations) on an evaluator thread and waits at most
+/// `limit`. QuickJS's interrupt handler stops runaway JavaScript, but not native
+/// work such as a backtracking regular expression (`/(a+)+$/`), which would
+/// otherwise hold the calling thread (a tokio worker, and the run) for hours.
+/// Such a thread is given up on: it ends when its evaluation does.
+fn isolated<R: Send + 'static>(
+    limit: Duration,
+    job: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, String> {
+    if RUNAWAY.load(Ordering::Relaxed) >= MAX_RUNAWAY {
+        return Err("too many runaway expressions are still running; try again later".into());
+    }
+    let worker = IDLE.lock().ok().and_then(|mut idle| idle.pop());
+    let worker = match worker {
+        Some(w) => w,
+        None => evaluator_thread()?,
+    };
+    let (tx, rx) = mpsc::sync_channel(1);
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let flag = abandoned.clone();
+    let job: Job = Box::new(move || {
+        let r = job();
+        if flag.load(Ordering::SeqCst) {
+            RUNAWAY.fetch_sub(1, Ordering::SeqCst);
+        }
+        let _ = tx.send(r);
+    });
+    let worker = match worker.send(job) {
+        Ok(()) => worker,
+        Err(mpsc::SendError(job)) => {
+            // That thread is gone (a panic): use a new one.
+            let w = evaluator_thread()?;
+            w.send(job)
+                .map_err(|_| "the evaluator thread stopped".to_string())?;
+            w
+        }
+    };
+    match rx.recv_timeout(limit) {
+        Ok(r) => {
+            if let Ok(mut idle) = IDLE.lock() {
+                idle.push(worker);
+            }
+            Ok(r)
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            RUNAWAY.fetch_add(1, Ordering::SeqCst);
+            abandoned.store(true, Ordering::SeqCst);
+            // The job may have ended between the timeout and the flag.
+            if let Ok(r) = rx.try_recv() {
+                return Ok(r);
+            }
+            Err(format!("timed out after {} ms", TIME_LIMIT.as_millis()))
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err("the evaluation failed".into()),
+    }
+}
+
+/// How long a job of `n` evaluations may take on its evaluator thread: each has
+/// its own time limit, and the setup of `$` is not free.
+fn job_limit(n: usize) -> Duration {
+    TIME_LIMIT * (n as u32).max(1) + Duration::from_millis(500)
+}
+
+/// Runs one expression (the `javascript` built-in) on an evaluator thread with
+/// `$` set to `scope`.
+pub fn eval_isolated(scope: Value, expr: String) -> Result<Value, ExprError> {
+    let e = expr.clone();
+    isolated(job_limit(1), move || {
+        with_scope(&scope, "", |ev| ev.eval(&e))
+    })
+    .unwrap_or_else(|message| Err(ExprError { expr, message }))
+}
+
 /// Resolves a task's named inputs: inputs whose name starts with `_` (injected by
 /// built-ins: `_item`, `_prev`, ...) first, so the others can read them through
-/// `task().Inputs`.
+/// `task().Inputs`. Runs on an evaluator thread (see `isolated`).
 pub fn resolve_inputs(
     scope: &Value,
     task_id: &str,
@@ -379,6 +476,28 @@ pub fn resolve_inputs(
     if !inputs.values().any(contains_expression) {
         return Ok(inputs.clone());
     }
+    let mut exprs = Vec::new();
+    for v in inputs.values() {
+        all_expressions(v, &mut exprs);
+    }
+    let first = exprs.first().cloned().unwrap_or_default();
+    let (scope, task_id, inputs) = (scope.clone(), task_id.to_string(), inputs.clone());
+    isolated(job_limit(exprs.len()), move || {
+        resolve_inputs_here(&scope, &task_id, &inputs)
+    })
+    .unwrap_or_else(|message| {
+        Err(ExprError {
+            expr: first,
+            message,
+        })
+    })
+}
+
+fn resolve_inputs_here(
+    scope: &Value,
+    task_id: &str,
+    inputs: &BTreeMap<String, Value>,
+) -> Result<BTreeMap<String, Value>, ExprError> {
     with_scope(scope, task_id, |ev| {
         let mut out = BTreeMap::new();
         for (k, v) in inputs.iter().filter(|(k, _)| k.starts_with('_')) {
@@ -512,6 +631,26 @@ mod tests {
         assert!(e.message.contains("timed out"), "{}", e.message);
         // The runtime is usable afterwards.
         assert_eq!(eval("{ 1 + 1 }").unwrap(), json!(2));
+    }
+
+    #[test]
+    fn runaway_regex_is_stopped() {
+        // QuickJS does not poll the interrupt handler inside the regex engine:
+        // this backtracks 2^40 times unless something else stops it.
+        let inputs = BTreeMap::from([(
+            "default".to_string(),
+            json!("{ /(a+)+$/.test('a'.repeat(40) + 'b') }"),
+        )]);
+        let t = Instant::now();
+        let e = resolve_inputs(&scope(), "B", &inputs).unwrap_err();
+        assert!(e.message.contains("timed out"), "{}", e.message);
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        // Later evaluations still work.
+        let ok = BTreeMap::from([("default".to_string(), json!("{ 1 + 2 }"))]);
+        assert_eq!(
+            resolve_inputs(&scope(), "B", &ok).unwrap()["default"],
+            json!(3)
+        );
     }
 
     #[test]
