@@ -457,6 +457,19 @@ async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
                 println!("  curl http://{router}{}", example_path(url));
             }
         }
+        let workflows: Vec<Value> = client.get("/v1/workflows").await.unwrap_or_default();
+        if !workflows.is_empty() {
+            let names: Vec<&str> = workflows
+                .iter()
+                .filter_map(|w| w["name"].as_str())
+                .collect();
+            println!("Workflows, invoked like functions: {}", names.join(", "));
+            println!(
+                "  curl -H 'Content-Type: text/plain' -d 'hello' http://{router}/fission-function/{}",
+                names[0]
+            );
+            println!("  fusion run list        # what ran, with every task");
+        }
         println!("Stop with Ctrl-C.");
     };
     tokio::select! {

@@ -35,13 +35,18 @@ fn up_applies_the_examples_and_prints_urls_that_answer() {
     let mut lines = BufReader::new(stdout).lines();
     let mut router = None;
     let mut tries = Vec::new();
+    let mut workflow_hint = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(url) = line.trim().strip_prefix("router: ") {
             router = Some(url.to_string());
         }
-        if let Some(cmd) = line.trim().strip_prefix("curl ") {
-            tries.push(cmd.to_string());
+        // Plain `curl URL` lines are the routes to try.
+        if let Some(url) = line.trim().strip_prefix("curl http") {
+            tries.push(format!("http{url}"));
+        }
+        if line.contains("/fission-function/") {
+            workflow_hint = Some(line.clone());
         }
         if line.starts_with("Stop with") {
             break;
