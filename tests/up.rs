@@ -64,6 +64,16 @@ fn up_applies_the_examples_and_prints_urls_that_answer() {
         let r = http.get(url).send().unwrap();
         assert_eq!(r.status(), 200, "{url}: {:?}", r.text());
     }
+    // The workflow hint works as printed.
+    let hint = workflow_hint.expect("up shows how to invoke a workflow");
+    let url = hint.split_whitespace().last().unwrap();
+    let r = http
+        .post(url)
+        .header("Content-Type", "text/plain")
+        .body("hello")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{hint}");
     let hello = http
         .get(format!("{router}/hello/world"))
         .send()
