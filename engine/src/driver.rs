@@ -291,8 +291,32 @@ enum External {
         task: String,
         attempt: u32,
         request: HttpRequest,
+        timeout: Option<Duration>,
     },
     Timer(Millis),
+}
+
+/// Runs one side effect under its timeout. A panic in it becomes a failed
+/// attempt: otherwise no outcome would ever come back and the run would wait forever.
+async fn bounded(
+    timeout: Option<Duration>,
+    work: impl std::future::Future<Output = Result<FunctionResponse, CallError>>,
+) -> Result<FunctionResponse, CallError> {
+    use futures_util::FutureExt;
+    let guarded = std::panic::AssertUnwindSafe(work).catch_unwind();
+    let outcome = match timeout {
+        Some(d) => match tokio::time::timeout(d, guarded).await {
+            Ok(r) => r,
+            Err(_) => return Err(CallError::Timeout(d)),
+        },
+        None => guarded.await,
+    };
+    outcome.unwrap_or_else(|_| {
+        tracing::error!("a task's call panicked; failing the attempt");
+        Err(CallError::Instance(
+            "the call failed inside Fusion (see the server log)".into(),
+        ))
+    })
 }
 
 impl Engine {
@@ -690,6 +714,7 @@ impl Actor {
                                 task: t.id.clone(),
                                 attempt: t.attempts,
                                 request,
+                                timeout,
                             });
                         }
                         return None;
@@ -916,6 +941,7 @@ impl Actor {
                         task: task.into(),
                         attempt,
                         request,
+                        timeout: spec.timeout.as_deref().and_then(parse_duration),
                     })
                 }
             }
@@ -964,14 +990,7 @@ impl Actor {
                 let t = task.clone();
                 let handle = tokio::spawn(async move {
                     let timeout = call.timeout;
-                    let fut = engine.invoker.call(call);
-                    let result = match timeout {
-                        Some(d) => match tokio::time::timeout(d, fut).await {
-                            Ok(r) => r,
-                            Err(_) => Err(CallError::Timeout(d)),
-                        },
-                        None => fut.await,
-                    };
+                    let result = bounded(timeout, async { engine.invoker.call(call).await }).await;
                     let events = outcome_events(&t, attempt, result, engine.clock.now_ms());
                     let _ = tx.send(Msg::Events(t, events));
                 });
@@ -981,15 +1000,19 @@ impl Actor {
                 task,
                 attempt,
                 request,
+                timeout,
             } => {
                 let t = task.clone();
                 let handle = tokio::spawn(async move {
-                    let result = match &engine.config.http {
-                        Some(http) => http.send(request).await.map_err(CallError::Instance),
-                        None => Err(CallError::UnknownFunction(
-                            "http (no HTTP transport configured)".into(),
-                        )),
-                    };
+                    let result = bounded(timeout, async {
+                        match &engine.config.http {
+                            Some(http) => http.send(request).await.map_err(CallError::Instance),
+                            None => Err(CallError::UnknownFunction(
+                                "http (no HTTP transport configured)".into(),
+                            )),
+                        }
+                    })
+                    .await;
                     let events = outcome_events(&t, attempt, result, engine.clock.now_ms());
                     let _ = tx.send(Msg::Events(t, events));
                 });

@@ -596,3 +596,56 @@ async fn finished_runs_leave_no_timers_behind() {
         "timer tasks still hold the engine"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_call_fails_its_task_instead_of_stalling_the_run() {
+    let (_dir, db, fake) = setup();
+    fake.add("explodes", None, |_, _| panic!("a bug in an invoker"));
+    let engine = engine_with(&fake, &db).await;
+    let summary = run(
+        &engine,
+        "boom",
+        "apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: explodes\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(summary.status, RunStatus::Failed);
+    let error = summary.error.expect("the run names its error");
+    assert!(error.message.contains("inside Fusion"), "{error:?}");
+}
+
+struct NeverAnswers;
+
+impl crate::driver::HttpTransport for NeverAnswers {
+    fn send(
+        &self,
+        _request: crate::builtins::HttpRequest,
+    ) -> crate::store::BoxFuture<Result<FunctionResponse, String>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_task_timeout_bounds_the_http_builtin() {
+    let (_dir, db, fake) = setup();
+    let engine = Engine::open(
+        db.clone(),
+        Arc::new(Shared(fake.clone())),
+        EngineConfig {
+            http: Some(Arc::new(NeverAnswers)),
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let summary = run(
+        &engine,
+        "slowhttp",
+        "apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: http\n    timeout: 2s\n    inputs:\n      url: http://127.0.0.1:9/never\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(summary.status, RunStatus::Failed);
+    let error = summary.error.expect("the run names its error");
+    assert!(error.message.contains("timed out"), "{error:?}");
+}
