@@ -337,28 +337,42 @@ impl RunStore for SledStore {
         create: bool,
         now: Millis,
     ) -> Result<WorkflowVersion> {
-        let latest = self
-            .workflows
-            .get(name.as_bytes())?
-            .map(|v| u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4])));
-        let version = match (create, latest) {
-            (true, Some(_)) => return Err(StoreError::Conflict(format!("workflow {name:?}"))),
-            (false, None) => return Err(StoreError::NotFound(format!("workflow {name:?}"))),
-            (_, l) => l.unwrap_or(0) + 1,
-        };
-        let wv = WorkflowVersion {
-            name: name.to_string(),
-            version,
-            source: source.to_string(),
-            spec: spec.clone(),
-            created_at: now,
-        };
-        let mut key = scoped(name);
-        key.extend_from_slice(&version.to_be_bytes());
-        self.wf_versions.insert(key, serde_json::to_vec(&wv)?)?;
-        self.workflows
-            .insert(name.as_bytes(), &version.to_be_bytes())?;
-        Ok(wv)
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        // One transaction: two writers of the same workflow never both take
+        // the same version number, and a create never overwrites another's.
+        let r = (&self.workflows, &self.wf_versions).transaction(|(workflows, versions)| {
+            let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
+            let latest = workflows
+                .get(name.as_bytes())?
+                .map(|v| u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4])));
+            let version = match (create, latest) {
+                (true, Some(_)) => {
+                    return Err(abort(StoreError::Conflict(format!("workflow {name:?}"))))
+                }
+                (false, None) => {
+                    return Err(abort(StoreError::NotFound(format!("workflow {name:?}"))))
+                }
+                (_, l) => l.unwrap_or(0) + 1,
+            };
+            let wv = WorkflowVersion {
+                name: name.to_string(),
+                version,
+                source: source.to_string(),
+                spec: spec.clone(),
+                created_at: now,
+            };
+            let mut key = scoped(name);
+            key.extend_from_slice(&version.to_be_bytes());
+            let bytes = serde_json::to_vec(&wv).map_err(|e| abort(StoreError::Json(e)))?;
+            versions.insert(key, bytes)?;
+            workflows.insert(name.as_bytes(), &version.to_be_bytes())?;
+            Ok(wv)
+        });
+        r.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
     }
 
     fn workflow(&self, name: &str, version: Option<u32>) -> Result<Option<WorkflowVersion>> {
@@ -559,6 +573,28 @@ mod tests {
         let db = sled::open(dir.path()).unwrap();
         let s = SledStore::open(&db).unwrap();
         (dir, s)
+    }
+
+    #[tokio::test]
+    async fn concurrent_updates_each_get_their_own_version() {
+        let (_d, s) = open();
+        let spec = WorkflowSpec::default();
+        s.put_workflow("w", "v1", &spec, true, 1).unwrap();
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                let spec = spec.clone();
+                std::thread::spawn(move || {
+                    s.put_workflow("w", &format!("by {i}"), &spec, false, 2)
+                        .unwrap()
+                        .version
+                })
+            })
+            .collect();
+        let mut versions: Vec<u32> = writers.into_iter().map(|t| t.join().unwrap()).collect();
+        versions.sort();
+        assert_eq!(versions, (2..=9).collect::<Vec<u32>>());
+        assert_eq!(s.workflow_versions("w").unwrap().len(), 9);
     }
 
     #[tokio::test]
