@@ -296,6 +296,11 @@ enum External {
     Timer(Millis),
 }
 
+/// Most tasks one run may hold, dynamic ones included: bounds a runaway loop.
+pub const MAX_TASKS_PER_RUN: usize = 100_000;
+/// Deepest nesting of workflows run by name: bounds a workflow that calls itself.
+pub const MAX_WORKFLOW_DEPTH: usize = 32;
+
 /// Runs one side effect under its timeout. A panic in it becomes a failed
 /// attempt: otherwise no outcome would ever come back and the run would wait forever.
 async fn bounded(
@@ -905,13 +910,16 @@ impl Actor {
                 Outcome::Output(v) => {
                     self.record(dispatched(inputs_value, None));
                     match dynamic_workflow(&v) {
-                        Some(Ok((tasks, output))) => self.record(Event::TasksAdded {
-                            parent: task.into(),
-                            tasks,
-                            output,
-                            scope_inputs: None,
-                            at: now,
-                        }),
+                        Some(Ok((tasks, output))) => match self.too_big(tasks.len()) {
+                            Some(why) => self.record(fail(why)),
+                            None => self.record(Event::TasksAdded {
+                                parent: task.into(),
+                                tasks,
+                                output,
+                                scope_inputs: None,
+                                at: now,
+                            }),
+                        },
                         Some(Err(e)) => self.record(fail(e)),
                         None => self.record(Event::TaskSucceeded {
                             task: task.into(),
@@ -949,14 +957,22 @@ impl Actor {
             && self.engine.store.workflow_exists(&spec.run)
         {
             self.record(dispatched(inputs_value.clone(), None));
+            let depth = task.matches('/').count() + 1;
             match self.engine.store.workflow(&spec.run, None) {
-                Ok(Some(wf)) => self.record(Event::TasksAdded {
-                    parent: task.into(),
-                    tasks: wf.spec.tasks,
-                    output: wf.spec.output,
-                    scope_inputs: Some(inputs_value),
-                    at: now,
-                }),
+                Ok(Some(_)) if depth > MAX_WORKFLOW_DEPTH => self.record(fail(format!(
+                    "workflow {:?} would run nested {depth} levels deep, past the limit of {MAX_WORKFLOW_DEPTH} (does a workflow call itself?)",
+                    spec.run
+                ))),
+                Ok(Some(wf)) => match self.too_big(wf.spec.tasks.len()) {
+                    Some(why) => self.record(fail(why)),
+                    None => self.record(Event::TasksAdded {
+                        parent: task.into(),
+                        tasks: wf.spec.tasks,
+                        output: wf.spec.output,
+                        scope_inputs: Some(inputs_value),
+                        at: now,
+                    }),
+                },
                 _ => self.record(fail(format!("workflow {:?} could not be loaded", spec.run))),
             }
             None
@@ -968,6 +984,14 @@ impl Actor {
                 call: function_call(&spec.run, &inputs_value, key, timeout),
             })
         }
+    }
+
+    /// Why adding `more` tasks would make the run too big, if it would.
+    fn too_big(&self, more: usize) -> Option<String> {
+        let total = self.state.tasks.len() + more;
+        (total > MAX_TASKS_PER_RUN).then(|| {
+            format!("the run would grow to {total} tasks, past the limit of {MAX_TASKS_PER_RUN}")
+        })
     }
 
     fn perform(&mut self, ext: External) {

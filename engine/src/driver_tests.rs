@@ -649,3 +649,19 @@ async fn the_task_timeout_bounds_the_http_builtin() {
     let error = summary.error.expect("the run names its error");
     assert!(error.message.contains("timed out"), "{error:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_workflow_that_calls_itself_fails_at_the_depth_limit() {
+    let (_dir, db, fake) = setup();
+    let engine = engine_with(&fake, &db).await;
+    let summary = run(
+        &engine,
+        "forever",
+        "apiVersion: 1\noutput: Again\ntasks:\n  Again:\n    run: forever\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(summary.status, RunStatus::Failed);
+    let error = summary.error.expect("the run names its error");
+    assert!(error.message.contains("call itself"), "{error:?}");
+}
