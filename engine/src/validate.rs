@@ -149,7 +149,13 @@ fn check_task(
     exists: &dyn Fn(&str) -> bool,
     err: &mut impl FnMut(&'static str, String, (usize, usize)),
 ) {
-    if expression_source(&task.run).is_none() && !is_builtin(&task.run) && !exists(&task.run) {
+    if expression_source(&task.run).is_some() {
+        err(
+            "invalid_run",
+            format!("task {id:?}: `run` must name a built-in, a function or a workflow, not an expression; choose between tasks with `if` or `switch`"),
+            pos.value(&["tasks", id, "run"]),
+        );
+    } else if !is_builtin(&task.run) && !exists(&task.run) {
         err(
             "unknown_function",
             format!(
@@ -199,7 +205,13 @@ fn check_task(
         let mut nested = Vec::new();
         embedded_runs(inputs, &mut nested);
         for run in nested {
-            if expression_source(&run).is_none() && !is_builtin(&run) && !exists(&run) {
+            if expression_source(&run).is_some() {
+                err(
+                    "invalid_run",
+                    format!("task {id:?}: an embedded task's `run` must name a built-in, a function or a workflow, not an expression"),
+                    pos.text_after(&["tasks", id, "inputs"], &run),
+                );
+            } else if !is_builtin(&run) && !exists(&run) {
                 err(
                     "unknown_function",
                     format!("task {id:?}: an embedded task runs {run:?}, which is neither a built-in, a function nor a workflow"),
@@ -406,6 +418,14 @@ mod tests {
         assert_eq!(e[0].code, "cycle");
         assert!(e[0].message.contains("A -> B -> C"), "{}", e[0].message);
         assert_eq!((e[0].line, e[0].column), (3, 3));
+    }
+
+    #[test]
+    fn run_must_be_a_name_not_an_expression() {
+        let e = check("output: A\ntasks:\n  A:\n    run: \"{ 'noop' }\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].code, "invalid_run");
+        assert_eq!((e[0].line, e[0].column), (4, 10));
     }
 
     #[test]
