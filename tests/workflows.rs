@@ -592,3 +592,39 @@ fn run_history_filters_by_time() {
     assert_eq!(until["runs"].as_array().unwrap().len(), 1);
     assert_eq!(until["runs"][0]["id"], first["id"]);
 }
+
+#[test]
+fn the_output_tasks_headers_come_back_in_canonical_form() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "tagged",
+        "python",
+        "tagged.py",
+        "def main():\n    return 'tagged', 200, {'x-custom-tag': 'yes'}\n",
+        json!({}),
+    );
+    s.workflow(
+        "tagging",
+        "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: tagged\n",
+    );
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/tagging"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-custom-tag"], "yes");
+    let id = r.headers()["x-fusion-run-id"].to_str().unwrap().to_string();
+    assert_eq!(r.text().unwrap(), "tagged");
+    let run = s.run(&id);
+    let headers = &run["tasks"][0]["output_headers"];
+    assert_eq!(headers["X-Custom-Tag"], "yes", "{run}");
+    assert!(
+        headers["Content-Type"]
+            .as_str()
+            .unwrap()
+            .starts_with("text/plain"),
+        "{run}"
+    );
+}

@@ -525,17 +525,11 @@ async fn invoke_inner(engine: Arc<Engine>, name: &str, req: Request<Body>) -> Ap
     }
     let summary = engine.wait(&started.id).await?;
     match summary.status {
-        RunStatus::Succeeded => {
-            let headers = engine
-                .run_state(&started.id)
-                .map(|s| s.output_headers)
-                .unwrap_or_default();
-            Ok(output_response(
-                summary.output.unwrap_or(Value::Null),
-                &headers,
-                &started.id,
-            ))
-        }
+        RunStatus::Succeeded => Ok(output_response(
+            summary.output.unwrap_or(Value::Null),
+            &summary.output_headers,
+            &started.id,
+        )),
         status => {
             let err = summary.error.unwrap_or(crate::state::RunError {
                 task: None,

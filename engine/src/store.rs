@@ -3,6 +3,7 @@
 //! Appends are made durable by one flusher task that groups concurrent appenders
 //! into a single `flush_async` per batch.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +56,9 @@ pub struct RunSummary {
     pub finished_at: Option<Millis>,
     pub input: Value,
     pub output: Option<Value>,
+    /// The output task's response headers (what a synchronous caller gets).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub output_headers: BTreeMap<String, String>,
     pub error: Option<RunError>,
     #[serde(default)]
     pub retry_of: Option<String>,
@@ -242,6 +246,7 @@ impl SledStore {
                             finished_at: None,
                             input: input.clone(),
                             output: None,
+                            output_headers: BTreeMap::new(),
                             error: None,
                             retry_of: retry_of.clone(),
                         }
@@ -290,9 +295,14 @@ impl SledStore {
 /// A run's summary after its terminal event.
 fn finished_summary(mut s: RunSummary, e: &Event) -> RunSummary {
     match e {
-        Event::RunSucceeded { output, at, .. } => {
+        Event::RunSucceeded {
+            output,
+            headers,
+            at,
+        } => {
             s.status = RunStatus::Succeeded;
             s.output = Some(output.clone());
+            s.output_headers = headers.clone();
             s.finished_at = Some(*at);
         }
         Event::RunFailed {
