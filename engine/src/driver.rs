@@ -368,8 +368,12 @@ impl Engine {
                 loop {
                     let Some(e) = weak.upgrade() else { return };
                     let cutoff = e.clock.now_ms().saturating_sub(keep.as_millis() as u64);
-                    if let Err(err) = e.store.prune(cutoff) {
-                        tracing::warn!(%err, "pruning old runs failed");
+                    // Pruning walks many runs: keep it off the async workers.
+                    let store = e.store.clone();
+                    match tokio::task::spawn_blocking(move || store.prune(cutoff)).await {
+                        Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, "pruned old runs"),
+                        Ok(Err(err)) => tracing::warn!(%err, "pruning old runs failed"),
+                        _ => {}
                     }
                     drop(e);
                     tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -568,7 +572,15 @@ impl Engine {
         match tx {
             Some(tx) => {
                 let _ = tx.send(Msg::Cancel(reason.to_string()));
-                self.wait(id).await
+                let summary = self.wait(id).await?;
+                if summary.status != RunStatus::Cancelled {
+                    // It finished on its own before the cancel was taken.
+                    return Err(EngineError::Conflict(format!(
+                        "run {id:?} is already {}",
+                        summary.status.as_str()
+                    )));
+                }
+                Ok(summary)
             }
             None => {
                 let s = self.run_summary(id)?;
