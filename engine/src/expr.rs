@@ -140,7 +140,7 @@ const PRELUDE: &str = r#"
 "#;
 
 struct Js {
-    _runtime: Runtime,
+    runtime: Runtime,
     context: Context,
     deadline: Arc<AtomicU64>,
     base: Instant,
@@ -168,7 +168,7 @@ impl Js {
                 .map_err(|e| caught(&ctx, e))
         })?;
         Ok(Js {
-            _runtime: runtime,
+            runtime,
             context,
             deadline,
             base,
@@ -274,6 +274,18 @@ impl Evaluator<'_> {
             ctx.eval::<Option<String>, _>("__run(__src)")
                 .map_err(|e| caught(&ctx, e))
         });
+        // Promise jobs an expression queued run now, under the same deadline,
+        // so none outlive the evaluation or pile up on the runtime.
+        let mut jobs = 0;
+        while self.js.runtime.is_job_pending() && jobs < 10_000 && !self.js.timed_out() {
+            if self.js.runtime.execute_pending_job().is_err() {
+                break;
+            }
+            jobs += 1;
+        }
+        if self.js.runtime.is_job_pending() {
+            self.js.tainted.set(true);
+        }
         let timed_out = self.js.timed_out();
         self.js.disarm();
         let clean = self
@@ -581,6 +593,18 @@ mod tests {
         assert_eq!(eval("{ var x = 2; x * 3 }").unwrap(), json!(6));
         assert_eq!(eval("{ let y = 2; y * 4 }").unwrap(), json!(8));
         assert_eq!(eval("{ let y = 3; y * 4 }").unwrap(), json!(12));
+    }
+
+    #[test]
+    fn queued_promise_jobs_do_not_outlive_their_evaluation() {
+        assert_eq!(
+            eval("{ Promise.resolve(1).then(function () { globalThis.late = 1; }); 2 }").unwrap(),
+            json!(2)
+        );
+        let pending = with_js(|js| Ok(js.runtime.is_job_pending())).unwrap();
+        assert!(!pending, "a queued job outlived its evaluation");
+        let e = eval("{ late }").unwrap_err();
+        assert!(e.message.contains("late"), "{}", e.message);
     }
 
     #[test]
