@@ -102,7 +102,24 @@ impl Http {
     /// One measured hello request: the time from sending until the whole body is
     /// in. Anything but `200 hello\n` is an error.
     pub async fn timed_hello(&self, uri: &Uri) -> Result<Duration> {
-        let req = Request::get(uri.clone()).body(Full::new(Bytes::new()))?;
+        self.timed(&Probe::hello(uri.clone())).await
+    }
+
+    /// One measured request: the time from sending until the whole body is in.
+    /// An answer the probe does not expect is an error.
+    pub async fn timed(&self, probe: &Probe) -> Result<Duration> {
+        Ok(self.timed_body(probe).await?.0)
+    }
+
+    /// As `timed`, also answering the body.
+    pub async fn timed_body(&self, probe: &Probe) -> Result<(Duration, Bytes)> {
+        let mut req = Request::builder()
+            .method(probe.method.clone())
+            .uri(probe.uri.clone());
+        for (k, v) in &probe.headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(probe.body.clone()))?;
         let start = Instant::now();
         let fut = async {
             let resp = self.client.request(req).await?;
@@ -110,18 +127,94 @@ impl Http {
             let body = resp.into_body().collect().await?.to_bytes();
             Ok::<_, anyhow::Error>((status, body))
         };
+        let (method, uri) = (&probe.method, &probe.uri);
         let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, fut)
             .await
-            .map_err(|_| anyhow!("GET {uri}: no answer within {REQUEST_TIMEOUT:?}"))?
-            .with_context(|| format!("GET {uri}"))?;
+            .map_err(|_| anyhow!("{method} {uri}: no answer within {REQUEST_TIMEOUT:?}"))?
+            .with_context(|| format!("{method} {uri}"))?;
         let elapsed = start.elapsed();
-        if status != StatusCode::OK || body != HELLO {
+        let body_ok = probe.expect_body.as_ref().is_none_or(|b| *b == body);
+        if status != probe.expect_status || !body_ok {
+            let want = probe
+                .expect_body
+                .as_ref()
+                .map_or("any body".to_string(), |b| {
+                    format!("{:?}", String::from_utf8_lossy(&b[..b.len().min(100)]))
+                });
             bail!(
-                "GET {uri}: expected 200 {:?}, got {status} {:?}",
-                String::from_utf8_lossy(HELLO),
+                "{method} {uri}: expected {} {want}, got {status} {:?}",
+                probe.expect_status,
                 String::from_utf8_lossy(&body[..body.len().min(300)])
             );
         }
-        Ok(elapsed)
+        Ok((elapsed, body))
     }
+}
+
+/// A measured request, prepared once and sent many times, with the answer it
+/// must get.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub method: Method,
+    pub uri: Uri,
+    pub body: Bytes,
+    pub headers: Vec<(&'static str, &'static str)>,
+    pub expect_status: StatusCode,
+    /// The exact body expected, when it is checked.
+    pub expect_body: Option<Bytes>,
+}
+
+impl Probe {
+    /// `GET uri` answering `200 hello\n`.
+    pub fn hello(uri: Uri) -> Probe {
+        Probe {
+            method: Method::GET,
+            uri,
+            body: Bytes::new(),
+            headers: Vec::new(),
+            expect_status: StatusCode::OK,
+            expect_body: Some(Bytes::from_static(HELLO)),
+        }
+    }
+
+    /// `POST uri` with `body` of `content_type`, answering `status`.
+    pub fn post(uri: Uri, content_type: &'static str, body: Bytes, status: StatusCode) -> Probe {
+        Probe {
+            method: Method::POST,
+            uri,
+            body,
+            headers: vec![("content-type", content_type)],
+            expect_status: status,
+            expect_body: None,
+        }
+    }
+}
+
+/// `total` requests spread over `clients` concurrent clients, each sending its
+/// share one after another; answers every latency and the wall time.
+pub async fn run_batch(
+    http: &Http,
+    probe: &Probe,
+    clients: usize,
+    total: usize,
+) -> Result<(Vec<Duration>, Duration)> {
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let n = total / clients + usize::from(c < total % clients);
+        let http = http.clone();
+        let probe = probe.clone();
+        set.spawn(async move {
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push(http.timed(&probe).await?);
+            }
+            Ok::<_, anyhow::Error>(v)
+        });
+    }
+    let mut all = Vec::with_capacity(total);
+    while let Some(r) = set.join_next().await {
+        all.extend(r??);
+    }
+    Ok((all, start.elapsed()))
 }

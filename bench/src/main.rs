@@ -1,58 +1,68 @@
-//! `fusion-bench`: the benchmark harness for Fusion's FaaS half.
+//! `fusion-bench`: the benchmark harness for Fusion.
 //!
 //! Starts the real `fusion server` (a release build given with `--fusion`) on free
-//! loopback ports in a temporary data directory and measures, for python and
-//! nodejs hello functions:
+//! loopback ports in a temporary data directory and measures
 //!
-//! - warm latency and throughput through the router vs direct to the same
-//!   specialized instance, interleaved batch by batch, at 1 and N clients;
-//! - cold start from the warm pool (a new function's first request specializes a
-//!   generic instance) and from an empty pool (it spawns a process first);
-//! - the floor under an empty-pool cold start: the runtime process alone, started
-//!   by the harness, from spawn until it accepts connections.
+//! - the FaaS half (`faas`), for python and nodejs hello functions: warm latency
+//!   and throughput through the router vs direct to the same specialized
+//!   instance, cold starts from the warm pool and from an empty pool, and the
+//!   runtime's own start-up floor;
+//! - the workflow engine (`workflows`): per-task overhead of a chain of `noop`
+//!   tasks, a 1,000-item `foreach`, concurrent one-task runs next to a plain
+//!   function call, and the run history's first page with 100,000 runs stored.
 //!
-//! Prints a table and writes `<out>/<UTC timestamp>.json` and `<out>/latest.json`.
-//! The targets from the issue are reported as pass/fail, never asserted.
-//! See bench/README.md.
+//! Each part runs on a server of its own. Prints a table and writes
+//! `<out>/<UTC timestamp>.json` and `<out>/latest.json`. The targets from the
+//! issues are reported as pass/fail, never asserted. See bench/README.md.
 
 mod client;
+mod ctx;
+mod faas;
 mod report;
 mod server;
 mod stats;
+mod workflows;
 
-use std::collections::BTreeSet;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use hyper::{Method, Uri};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::client::Http;
-use crate::server::Server;
-use crate::stats::Summary;
+use crate::ctx::Ctx;
+use crate::faas::{Lang, LangResult, LANGS, POOLSIZE};
+use crate::workflows::EngineResults;
+
+/// The parts `--only` selects from; `engine` is chain, foreach and concurrent.
+const PARTS: [&str; 5] = ["faas", "chain", "foreach", "concurrent", "runs"];
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Benchmark Fusion's router, warm throughput and cold starts")]
+#[command(
+    about = "Benchmark Fusion: router overhead, warm throughput, cold starts, workflow engine"
+)]
 pub struct Args {
     /// The fusion binary to benchmark. Build it first:
     /// `cargo build --release --bin fusion`. Default:
     /// `$CARGO_TARGET_DIR/release/fusion`, else `target/release/fusion` in the workspace.
     #[arg(long)]
     fusion: Option<PathBuf>,
+    /// Parts to run: faas, chain, foreach, concurrent, runs; `engine` is chain,
+    /// foreach and concurrent [default: all].
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Measured requests per path (routed, direct) at 1 client.
     #[arg(long, default_value_t = 2000)]
     requests: usize,
     /// Measured requests per path at the concurrent level [default: 10 x --requests].
     #[arg(long)]
     requests_concurrent: Option<usize>,
-    /// Concurrent clients of the concurrent level.
+    /// Concurrent clients of the concurrent levels (FaaS and workflow runs) and of
+    /// seeding.
     #[arg(long, default_value_t = 32)]
     clients: usize,
-    /// Batches per level; routed and direct alternate batch by batch (ABBA order).
+    /// Batches per level; the paths compared alternate batch by batch.
     #[arg(long, default_value_t = 10)]
     batches: usize,
     /// Cold starts measured per language and kind (warm pool, empty pool).
@@ -64,120 +74,39 @@ pub struct Args {
     /// Languages to measure.
     #[arg(long, value_delimiter = ',', default_values_t = ["python".to_string(), "nodejs".to_string()])]
     languages: Vec<String>,
+    /// Tasks in the noop chain.
+    #[arg(long, default_value_t = 100)]
+    chain_length: usize,
+    /// Measured runs of the chain (and of the one-task baseline), after warm-up.
+    #[arg(long, default_value_t = 50)]
+    chain_runs: usize,
+    /// Measured runs of the chain whose tasks have expression inputs (0: skip).
+    #[arg(long, default_value_t = 10)]
+    chain_expr_runs: usize,
+    /// Items of the foreach.
+    #[arg(long, default_value_t = 1000)]
+    foreach_items: usize,
+    /// Measured runs of the foreach.
+    #[arg(long, default_value_t = 5)]
+    foreach_runs: usize,
+    /// Measured requests per path of the concurrent workflow runs.
+    #[arg(long, default_value_t = 5000)]
+    wf_requests: usize,
+    /// Runs stored before the run history is measured (0: skip that part).
+    #[arg(long, default_value_t = 100_000)]
+    runs_seed: usize,
+    /// Measured requests per run-history query.
+    #[arg(long, default_value_t = 200)]
+    runs_requests: usize,
+    /// Seed the run history afresh and keep no copy in bench/results/.cache.
+    #[arg(long)]
+    no_cache: bool,
     /// Where the JSON results go [default: bench/results of the workspace].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print the figures but write no files.
     #[arg(long)]
     no_write: bool,
-}
-
-/// A language measured: its environment, its hello function and how to start its
-/// runtime by hand (for the start-up floor).
-#[derive(Debug, Clone, Copy)]
-pub struct Lang {
-    pub name: &'static str,
-    short: &'static str,
-    filename: &'static str,
-    code: &'static str,
-    /// Variable the server reads for the interpreter, and its default.
-    interpreter: (&'static str, &'static str),
-    /// The runtime script under `<data dir>/runtimes/`.
-    script: &'static str,
-    /// Interpreter flags before the script, as the local backend passes them.
-    launch_args: &'static [&'static str],
-    /// Arguments that make the interpreter print its own executable's path.
-    exec_path_args: &'static [&'static str],
-}
-
-const LANGS: [Lang; 2] = [
-    Lang {
-        name: "python",
-        short: "py",
-        filename: "hello.py",
-        code: "def main():\n    return \"hello\\n\"\n",
-        interpreter: ("FUSION_PYTHON", "python3"),
-        script: "python/server.py",
-        launch_args: &["-S"],
-        exec_path_args: &["-c", "import sys; print(sys.executable)"],
-    },
-    Lang {
-        name: "nodejs",
-        short: "node",
-        filename: "hello.js",
-        code: "module.exports = async () => ({ status: 200, body: \"hello\\n\" });\n",
-        interpreter: ("FUSION_NODE", "node"),
-        script: "nodejs/server.js",
-        launch_args: &[],
-        exec_path_args: &["-p", "process.execPath"],
-    },
-];
-
-/// Generic instances each measured environment keeps warm.
-const POOLSIZE: usize = 3;
-
-/// CPU microseconds per request, by process, over all batches of one path.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CpuPerRequest {
-    pub client: f64,
-    pub server: f64,
-    pub instance: f64,
-}
-
-pub struct WarmLevel {
-    pub clients: usize,
-    pub routed_cpu: CpuPerRequest,
-    pub direct_cpu: CpuPerRequest,
-    pub routed: Summary,
-    pub direct: Summary,
-    pub routed_rps: f64,
-    pub direct_rps: f64,
-}
-
-pub struct Warm {
-    pub instance: String,
-    pub instances_after: usize,
-    pub levels: Vec<WarmLevel>,
-}
-
-pub struct Cold {
-    pub total: Summary,
-    /// What the runtime itself reports for loading the code, when it does.
-    pub runtime_load: Option<Summary>,
-    pub samples_ms: Vec<f64>,
-}
-
-#[derive(Default)]
-pub struct LangResult {
-    pub lang: &'static str,
-    pub warm: Option<Warm>,
-    pub cold_pool: Option<Cold>,
-    pub cold_empty: Option<Cold>,
-    /// The runtime started by hand, the interpreter named as configured (PATH lookup).
-    pub start_floor: Option<Floor>,
-    /// The same with the interpreter's real executable (past any wrapper script,
-    /// e.g. a pyenv shim, that the PATH lookup finds first).
-    pub start_floor_resolved: Option<Floor>,
-}
-
-pub struct Floor {
-    /// The command line, the script abbreviated to its runtime-relative path.
-    pub command: String,
-    /// What the command is on PATH.
-    pub path: Option<String>,
-    pub summary: Summary,
-}
-
-struct Ctx {
-    http: Http,
-    api: String,
-    router: String,
-    data_dir: PathBuf,
-    args: Args,
-    server_pid: u32,
-    ticks_per_second: f64,
-    /// Every instance pid seen, to check none outlives the server.
-    pids: BTreeSet<u32>,
 }
 
 fn main() -> ExitCode {
@@ -213,7 +142,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -227,7 +156,28 @@ fn default_fusion() -> PathBuf {
     }
 }
 
-/// Runs every phase; answers whether all of them succeeded.
+pub fn requests_concurrent(args: &Args) -> usize {
+    args.requests_concurrent.unwrap_or(args.requests * 10)
+}
+
+/// The parts selected by `--only`.
+fn parts(args: &Args) -> Result<Vec<&'static str>> {
+    if args.only.is_empty() {
+        return Ok(PARTS.to_vec());
+    }
+    let mut out = Vec::new();
+    for p in &args.only {
+        match p.as_str() {
+            "engine" => out.extend(["chain", "foreach", "concurrent"]),
+            p => out.push(*PARTS.iter().find(|x| **x == p).ok_or_else(|| {
+                anyhow!("unknown part {p:?}: use {} or engine", PARTS.join(", "))
+            })?),
+        }
+    }
+    Ok(out)
+}
+
+/// Runs every selected part; answers whether all of them succeeded.
 async fn run(args: Args) -> Result<bool> {
     let fusion = args.fusion.clone().unwrap_or_else(default_fusion);
     if !fusion.is_file() {
@@ -237,6 +187,7 @@ async fn run(args: Args) -> Result<bool> {
             fusion.display()
         );
     }
+    let parts = parts(&args)?;
     let langs: Vec<Lang> = args
         .languages
         .iter()
@@ -256,120 +207,49 @@ async fn run(args: Args) -> Result<bool> {
     let fusion_abs = fusion.canonicalize().unwrap_or(fusion.clone());
     eprintln!("fusion-bench: starting {}", fusion_abs.display());
 
-    let mut server = Server::start(&fusion)?;
-    let mut ctx = Ctx {
-        http: Http::new(),
-        api: server.api.clone(),
-        router: server.router.clone(),
-        data_dir: server.data_dir(),
-        args: args.clone(),
-        server_pid: server.pid().context("the server is not running")?,
-        ticks_per_second: server::ticks_per_second(),
-        pids: BTreeSet::new(),
-    };
-    wait_ready(&ctx).await?;
-
-    let mut results: Vec<LangResult> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
-    let mut packages = Vec::new();
-    for lang in &langs {
-        let pkg = ctx.http.upload(&ctx.api, lang.filename, lang.code).await?;
-        create_env(&ctx, lang.name, lang.name, POOLSIZE).await?;
-        packages.push(pkg);
-        results.push(LangResult {
-            lang: lang.name,
-            ..Default::default()
-        });
-    }
-    // A language whose pool never fills (its runtime does not start) is not
-    // measured further; its start-up floor below still shows why.
-    let mut usable = Vec::new();
-    for lang in &langs {
-        let r = wait_pool(&mut ctx, lang.name, POOLSIZE).await;
-        if let Err(e) = &r {
-            errors.push(format!(
-                "{}: the pool never filled, so nothing else is measured for it: {e:#}",
-                lang.name
-            ));
-        }
-        usable.push(r.is_ok());
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut orphans: Vec<u32> = Vec::new();
+    let mut instances_seen = 0;
+    let mut results: Vec<LangResult> = Vec::new();
+    let mut engine = EngineResults::default();
+    let phase_started = Instant::now();
+    let mut phase_secs = serde_json::Map::new();
 
-    for (i, lang) in langs.iter().enumerate() {
-        if !usable[i] {
-            continue;
-        }
-        eprintln!("fusion-bench: {}: warm requests", lang.name);
-        match warm(&mut ctx, lang, &packages[i]).await {
-            Ok(w) => results[i].warm = Some(w),
-            Err(e) => errors.push(format!("{}: warm: {e:#}", lang.name)),
-        }
+    if parts.contains(&"faas") {
+        let t = Instant::now();
+        let (mut server, mut ctx) = Ctx::start(&fusion, &args, |_| Ok(())).await?;
+        let r = faas::run(&mut ctx, &langs, &mut errors).await;
+        instances_seen += ctx.pids.len();
+        orphans.extend(ctx.finish(&mut server).await?);
+        results = r?;
+        phase_secs.insert("faas".into(), json!(t.elapsed().as_secs()));
     }
-    for (i, lang) in langs.iter().enumerate() {
-        if !usable[i] {
-            continue;
-        }
-        eprintln!(
-            "fusion-bench: {}: cold starts from the warm pool",
-            lang.name
-        );
-        match cold(&mut ctx, lang, &packages[i], lang.name, "cold").await {
-            Ok(c) => results[i].cold_pool = Some(c),
-            Err(e) => errors.push(format!("{}: cold from pool: {e:#}", lang.name)),
-        }
-    }
-    for (i, lang) in langs.iter().enumerate() {
-        if !usable[i] {
-            continue;
-        }
-        eprintln!(
-            "fusion-bench: {}: cold starts from an empty pool",
-            lang.name
-        );
-        let env = format!("{}-empty", lang.name);
-        let r = async {
-            create_env(&ctx, &env, lang.name, 0).await?;
-            cold(&mut ctx, lang, &packages[i], &env, "empty").await
-        }
-        .await;
-        match r {
-            Ok(c) => results[i].cold_empty = Some(c),
-            Err(e) => errors.push(format!("{}: cold from empty pool: {e:#}", lang.name)),
-        }
-    }
-    let floor_runs = ctx.args.cold.clamp(1, 20);
-    for (i, lang) in langs.iter().enumerate() {
-        eprintln!("fusion-bench: {}: runtime start-up floor", lang.name);
-        let command =
-            std::env::var(lang.interpreter.0).unwrap_or_else(|_| lang.interpreter.1.into());
-        match start_floor(&ctx, lang, &command, floor_runs) {
-            Ok(f) => results[i].start_floor = Some(f),
-            Err(e) => errors.push(format!("{}: start-up floor: {e:#}", lang.name)),
-        }
-        if let Some(exe) = real_executable(&command, lang.exec_path_args) {
-            match start_floor(&ctx, lang, &exe, floor_runs) {
-                Ok(f) => results[i].start_floor_resolved = Some(f),
-                Err(e) => errors.push(format!("{}: start-up floor ({exe}): {e:#}", lang.name)),
-            }
-        }
-    }
-
-    // Stop the server (it stops every instance) and check that none outlived it.
-    let _ = instances(&mut ctx).await;
-    drop(ctx.http);
-    server.stop(Duration::from_secs(15))?;
-    drop(server);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut orphans: Vec<u32> = ctx
-        .pids
+    let engine_parts: Vec<&str> = parts
         .iter()
         .copied()
-        .filter(|p| server::alive(*p))
+        .filter(|p| ["chain", "foreach", "concurrent"].contains(p))
         .collect();
-    while !orphans.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        orphans.retain(|p| server::alive(*p));
+    if !engine_parts.is_empty() {
+        let t = Instant::now();
+        let (mut server, mut ctx) = Ctx::start(&fusion, &args, |_| Ok(())).await?;
+        let r = workflows::run(&mut ctx, &engine_parts, &mut engine, &mut errors).await;
+        instances_seen += ctx.pids.len();
+        orphans.extend(ctx.finish(&mut server).await?);
+        if let Err(e) = r {
+            errors.push(format!("engine: {e:#}"));
+        }
+        phase_secs.insert("engine".into(), json!(t.elapsed().as_secs()));
+    }
+    if parts.contains(&"runs") && args.runs_seed > 0 {
+        let t = Instant::now();
+        match workflows::listing(&fusion, &args).await {
+            Ok((l, o)) => {
+                engine.listing = Some(l);
+                orphans.extend(o);
+            }
+            Err(e) => errors.push(format!("runs listing: {e:#}")),
+        }
+        phase_secs.insert("runs".into(), json!(t.elapsed().as_secs()));
     }
     if !orphans.is_empty() {
         errors.push(format!(
@@ -383,10 +263,13 @@ async fn run(args: Args) -> Result<bool> {
     let run_info = json!({
         "started_utc": started.0,
         "finished_utc": report::utc_now().0,
+        "seconds": phase_started.elapsed().as_secs(),
+        "seconds_by_part": phase_secs,
+        "parts": parts,
         "loadavg_before": load_before,
         "loadavg_after": report::loadavg(),
         "fusion_binary": fusion_abs.display().to_string(),
-        "instances_seen": ctx.pids.len(),
+        "instances_seen": instances_seen,
         "orphans": orphans,
         "config": {
             "requests_1_client": args.requests,
@@ -397,11 +280,19 @@ async fn run(args: Args) -> Result<bool> {
             "settle_ms": args.settle_ms,
             "poolsize": POOLSIZE,
             "function": {"concurrency": 64, "requests_per_instance": 64},
+            "chain_length": args.chain_length,
+            "chain_runs": args.chain_runs,
+            "chain_expr_runs": args.chain_expr_runs,
+            "foreach_items": args.foreach_items,
+            "foreach_runs": args.foreach_runs,
+            "wf_requests": args.wf_requests,
+            "runs_seed": args.runs_seed,
+            "runs_requests": args.runs_requests,
             "client": "hyper-util legacy client, HTTP/1.1 keep-alive, TCP_NODELAY, one current-thread tokio runtime",
         },
     });
-    let doc = report::document(&results, &args, run_info, &errors);
-    println!("{}", report::table(&results, &doc));
+    let doc = report::document(&results, &engine, &args, run_info, &errors);
+    println!("{}", report::table(&results, &engine, &doc));
     if !args.no_write {
         let out = args
             .out
@@ -417,430 +308,4 @@ async fn run(args: Args) -> Result<bool> {
         eprintln!("fusion-bench: wrote {} and latest.json", dated.display());
     }
     Ok(errors.is_empty())
-}
-
-fn requests_concurrent(args: &Args) -> usize {
-    args.requests_concurrent.unwrap_or(args.requests * 10)
-}
-
-async fn wait_ready(ctx: &Ctx) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let url = format!("{}/readyz", ctx.api);
-        match ctx
-            .http
-            .send(Method::GET, &url, Default::default(), None)
-            .await
-        {
-            Ok((s, _)) if s.is_success() => return Ok(()),
-            _ if Instant::now() > deadline => bail!("the server is not ready after 30 s"),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
-async fn create_env(ctx: &Ctx, name: &str, runtime: &str, poolsize: usize) -> Result<()> {
-    let body = json!({"name": name, "runtime": runtime, "poolsize": poolsize});
-    ctx.http
-        .api(
-            Method::POST,
-            &format!("{}/v1/environments", ctx.api),
-            Some(&body),
-        )
-        .await?;
-    Ok(())
-}
-
-async fn create_fn(
-    ctx: &Ctx,
-    name: &str,
-    env: &str,
-    package: &Value,
-    concurrency: usize,
-    rpp: usize,
-) -> Result<()> {
-    let body = json!({
-        "name": name,
-        "env": env,
-        "package": package,
-        "concurrency": concurrency,
-        "requests_per_instance": rpp,
-        "idle_timeout_secs": 600,
-    });
-    ctx.http
-        .api(
-            Method::POST,
-            &format!("{}/v1/functions", ctx.api),
-            Some(&body),
-        )
-        .await?;
-    Ok(())
-}
-
-async fn delete_fn(ctx: &Ctx, name: &str) -> Result<()> {
-    ctx.http
-        .api(
-            Method::DELETE,
-            &format!("{}/v1/functions/{name}", ctx.api),
-            None,
-        )
-        .await?;
-    Ok(())
-}
-
-/// Every running instance (and remember their pids).
-async fn instances(ctx: &mut Ctx) -> Result<Vec<Value>> {
-    let v = ctx
-        .http
-        .api(Method::GET, &format!("{}/v1/instances", ctx.api), None)
-        .await?;
-    let list = v.as_array().cloned().unwrap_or_default();
-    for i in &list {
-        if let Some(pid) = i["pid"].as_u64() {
-            ctx.pids.insert(pid as u32);
-        }
-    }
-    Ok(list)
-}
-
-/// Waits (bounded) until `env` has at least `n` generic instances.
-async fn wait_pool(ctx: &mut Ctx, env: &str, n: usize) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let list = instances(ctx).await?;
-        let generic = list
-            .iter()
-            .filter(|i| i["environment"] == env && i["state"] == "generic")
-            .count();
-        if generic >= n {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("environment {env}: {generic} of {n} generic instances after 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits (bounded) until `env` has no instance at all (the last one has exited).
-async fn wait_env_idle(ctx: &mut Ctx, env: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = instances(ctx).await?;
-        let n = list.iter().filter(|i| i["environment"] == env).count();
-        if n == 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("environment {env}: {n} instances still running after 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// `total` requests spread over `clients` concurrent clients, each sending its
-/// share one after another; answers every latency and the wall time.
-async fn run_batch(
-    http: &Http,
-    uri: &Uri,
-    clients: usize,
-    total: usize,
-) -> Result<(Vec<Duration>, Duration)> {
-    let start = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for c in 0..clients {
-        let n = total / clients + usize::from(c < total % clients);
-        let http = http.clone();
-        let uri = uri.clone();
-        set.spawn(async move {
-            let mut v = Vec::with_capacity(n);
-            for _ in 0..n {
-                v.push(http.timed_hello(&uri).await?);
-            }
-            Ok::<_, anyhow::Error>(v)
-        });
-    }
-    let mut all = Vec::with_capacity(total);
-    while let Some(r) = set.join_next().await {
-        all.extend(r??);
-    }
-    Ok((all, start.elapsed()))
-}
-
-/// Warm latency and throughput: routed vs direct to the same instance.
-async fn warm(ctx: &mut Ctx, lang: &Lang, package: &Value) -> Result<Warm> {
-    let name = format!("warm-{}", lang.short);
-    create_fn(ctx, &name, lang.name, package, 64, 64).await?;
-    let routed: Uri = format!("{}/fission-function/{name}", ctx.router).parse()?;
-    ctx.http
-        .timed_hello(&routed)
-        .await
-        .context("first (specializing) request")?;
-    wait_pool(ctx, lang.name, POOLSIZE).await?;
-
-    let list = ctx
-        .http
-        .api(
-            Method::GET,
-            &format!("{}/v1/functions/{name}/instances", ctx.api),
-            None,
-        )
-        .await?;
-    let specialized: Vec<&Value> = list
-        .as_array()
-        .map(|a| a.iter().filter(|i| i["state"] == "specialized").collect())
-        .unwrap_or_default();
-    let address = specialized
-        .first()
-        .and_then(|i| i["address"].as_str())
-        .ok_or_else(|| anyhow!("function {name} has no specialized instance: {list}"))?
-        .to_string();
-    if specialized.len() != 1 {
-        eprintln!(
-            "warning: {name} has {} specialized instances; direct requests go to {address}",
-            specialized.len()
-        );
-    }
-    let direct: Uri = format!("http://{address}/").parse()?;
-    let instance_pid = specialized
-        .first()
-        .and_then(|i| i["pid"].as_u64())
-        .map(|p| p as u32)
-        .context("no pid for the instance")?;
-    let pids = [std::process::id(), ctx.server_pid, instance_pid];
-    let ticks = || pids.map(|p| server::cpu_ticks(p).unwrap_or(0));
-
-    // Warm up both paths, also the concurrent connections.
-    let c = ctx.args.clients;
-    for uri in [&routed, &direct] {
-        run_batch(&ctx.http, uri, 1, 300).await?;
-        run_batch(&ctx.http, uri, c, c * 30).await?;
-    }
-
-    let mut levels = Vec::new();
-    let mut plan = vec![(1, ctx.args.requests)];
-    if c > 1 {
-        plan.push((c, requests_concurrent(&ctx.args)));
-    }
-    for (clients, total) in plan {
-        let batches = ctx.args.batches;
-        let per_batch = (total / batches).max(clients);
-        let (mut r, mut d) = (Vec::new(), Vec::new());
-        let (mut rt, mut dt) = (Duration::ZERO, Duration::ZERO);
-        let (mut rcpu, mut dcpu) = ([0u64; 3], [0u64; 3]);
-        for b in 0..batches {
-            // ABBA: drift over the run hits both paths alike.
-            let routed_first = b % 2 == 0;
-            for step in 0..2 {
-                let is_routed = (step == 0) == routed_first;
-                let uri = if is_routed { &routed } else { &direct };
-                let before = ticks();
-                let (s, t) = run_batch(&ctx.http, uri, clients, per_batch).await?;
-                let after = ticks();
-                let cpu = if is_routed { &mut rcpu } else { &mut dcpu };
-                for k in 0..3 {
-                    cpu[k] += after[k].saturating_sub(before[k]);
-                }
-                if is_routed {
-                    r.extend(s);
-                    rt += t;
-                } else {
-                    d.extend(s);
-                    dt += t;
-                }
-            }
-        }
-        let per_request = |cpu: [u64; 3], n: usize| {
-            let us = |t: u64| t as f64 / ctx.ticks_per_second * 1e6 / n.max(1) as f64;
-            CpuPerRequest {
-                client: us(cpu[0]),
-                server: us(cpu[1]),
-                instance: us(cpu[2]),
-            }
-        };
-        let level = WarmLevel {
-            clients,
-            routed_cpu: per_request(rcpu, r.len()),
-            direct_cpu: per_request(dcpu, d.len()),
-            routed_rps: r.len() as f64 / rt.as_secs_f64(),
-            direct_rps: d.len() as f64 / dt.as_secs_f64(),
-            routed: Summary::of(&r).context("no samples")?,
-            direct: Summary::of(&d).context("no samples")?,
-        };
-        eprintln!(
-            "  {clients:>2} clients: routed p50 {:.3} ms {:.0} req/s, direct p50 {:.3} ms {:.0} req/s",
-            level.routed.p50, level.routed_rps, level.direct.p50, level.direct_rps
-        );
-        levels.push(level);
-    }
-
-    let after = ctx
-        .http
-        .api(
-            Method::GET,
-            &format!("{}/v1/functions/{name}/instances", ctx.api),
-            None,
-        )
-        .await?;
-    let instances_after = after.as_array().map_or(0, Vec::len);
-    let _ = instances(ctx).await;
-    delete_fn(ctx, &name).await?;
-    Ok(Warm {
-        instance: address,
-        instances_after,
-        levels,
-    })
-}
-
-/// Cold starts: a new function each time, its first request through the router
-/// timed. With `env` a pooled environment this specializes a generic instance;
-/// with a pool size of 0 it spawns one first.
-async fn cold(ctx: &mut Ctx, lang: &Lang, package: &Value, env: &str, kind: &str) -> Result<Cold> {
-    let pooled = env == lang.name;
-    let mut totals = Vec::new();
-    let mut loads = Vec::new();
-    for i in 0..ctx.args.cold {
-        let name = format!("{kind}-{}-{i}", lang.short);
-        create_fn(ctx, &name, env, package, 10, 1).await?;
-        if pooled {
-            wait_pool(ctx, env, POOLSIZE).await?;
-        } else {
-            wait_env_idle(ctx, env).await?;
-        }
-        tokio::time::sleep(Duration::from_millis(ctx.args.settle_ms)).await;
-        let uri: Uri = format!("{}/fission-function/{name}", ctx.router).parse()?;
-        let t = ctx
-            .http
-            .timed_hello(&uri)
-            .await
-            .with_context(|| format!("first request to {name}"))?;
-        totals.push(t);
-        if let Some(ms) = runtime_load_ms(ctx, &name).await {
-            loads.push(Duration::from_secs_f64(ms / 1e3));
-        }
-        let _ = instances(ctx).await;
-        delete_fn(ctx, &name).await?;
-    }
-    let total = Summary::of(&totals).context("no cold starts measured")?;
-    eprintln!("  p50 {:.1} ms, p95 {:.1} ms", total.p50, total.p95);
-    Ok(Cold {
-        total,
-        runtime_load: Summary::of(&loads),
-        samples_ms: totals
-            .iter()
-            .map(|d| stats::round3(d.as_secs_f64() * 1e3))
-            .collect(),
-    })
-}
-
-/// The runtime's own report of loading the code, from the function's log (the
-/// python runtime writes `specialized <file> entry <name> (<x> ms)`).
-async fn runtime_load_ms(ctx: &Ctx, function: &str) -> Option<f64> {
-    let url = format!("{}/v1/functions/{function}/logs", ctx.api);
-    for _ in 0..10 {
-        if let Ok((s, body)) = ctx
-            .http
-            .send(Method::GET, &url, Default::default(), None)
-            .await
-        {
-            if s.is_success() {
-                let text = String::from_utf8_lossy(&body);
-                let found = text
-                    .lines()
-                    .filter(|l| l.contains("specialized"))
-                    .find_map(|l| {
-                        let (_, tail) = l.rsplit_once('(')?;
-                        tail.trim_end()
-                            .strip_suffix("ms)")?
-                            .trim()
-                            .parse::<f64>()
-                            .ok()
-                    });
-                if found.is_some() {
-                    return found;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    None
-}
-
-/// The floor under an empty-pool cold start: the runtime started by hand, as the
-/// local backend starts it, from spawn until its port accepts a connection
-/// (polled every 0.2 ms).
-fn start_floor(ctx: &Ctx, lang: &Lang, program: &str, n: usize) -> Result<Floor> {
-    let script = ctx.data_dir.join("runtimes").join(lang.script);
-    if !script.is_file() {
-        bail!("no runtime script at {}", script.display());
-    }
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let start = Instant::now();
-        let mut child = Command::new(program)
-            .args(lang.launch_args)
-            .arg(&script)
-            .env("RUNTIME_PORT", port.to_string())
-            .env("RUNTIME_HOST", "127.0.0.1")
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            // A pipe, not null: the runtimes exit when stdin reaches EOF.
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {program}"))?;
-        let result = loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break Ok(start.elapsed());
-            }
-            if let Some(status) = child.try_wait()? {
-                break Err(anyhow!("{program} {} exited: {status}", script.display()));
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                break Err(anyhow!("{program} did not listen within 10 s"));
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        };
-        let _ = child.kill();
-        let _ = child.wait();
-        out.push(result?);
-        std::thread::sleep(Duration::from_millis(ctx.args.settle_ms));
-    }
-    let mut command = vec![program];
-    command.extend(lang.launch_args);
-    command.push(lang.script);
-    Ok(Floor {
-        command: command.join(" "),
-        path: which(program),
-        summary: Summary::of(&out).context("no samples")?,
-    })
-}
-
-/// The first file named `program` on PATH (or `program` itself when it is a path).
-fn which(program: &str) -> Option<String> {
-    if program.contains('/') {
-        return Some(program.to_string());
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .map(|p| p.display().to_string())
-}
-
-/// The interpreter's own executable, as it reports it.
-fn real_executable(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())?;
-    let exe = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!exe.is_empty()).then_some(exe)
 }

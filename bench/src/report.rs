@@ -7,8 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use crate::faas::{Cold, CpuPerRequest, Floor, LangResult};
 use crate::stats::{round3, Summary};
-use crate::{Args, Cold, Floor, LangResult};
+use crate::workflows::EngineResults;
+use crate::Args;
 
 /// The targets on the 2-core machine (goals reported, never asserted).
 pub const MAX_ROUTER_OVERHEAD_P50_MS: f64 = 0.3;
@@ -124,6 +126,8 @@ fn git() -> Value {
         "--",
         "src",
         "pool-manager",
+        "engine",
+        "executor",
         "environments",
         "Cargo.toml",
     ])
@@ -155,7 +159,7 @@ fn floor_json(f: &Option<Floor>) -> Value {
     })
 }
 
-fn target(name: &str, lang: &str, limit: f64, value: Option<f64>, at_most: bool) -> Value {
+pub fn target(name: &str, lang: &str, limit: f64, value: Option<f64>, at_most: bool) -> Value {
     let pass = value.map(|v| if at_most { v <= limit } else { v >= limit });
     json!({
         "target": name,
@@ -167,7 +171,13 @@ fn target(name: &str, lang: &str, limit: f64, value: Option<f64>, at_most: bool)
     })
 }
 
-pub fn document(results: &[LangResult], args: &Args, run: Value, errors: &[String]) -> Value {
+pub fn document(
+    results: &[LangResult],
+    engine: &EngineResults,
+    args: &Args,
+    run: Value,
+    errors: &[String],
+) -> Value {
     let mut langs = serde_json::Map::new();
     let mut targets = Vec::new();
     for r in results {
@@ -180,7 +190,7 @@ pub fn document(results: &[LangResult], args: &Args, run: Value, errors: &[Strin
                     routed["rps"] = json!(l.routed_rps.round());
                     let mut direct = l.direct.json();
                     direct["rps"] = json!(l.direct_rps.round());
-                    let cpu = |c: &crate::CpuPerRequest| json!({
+                    let cpu = |c: &CpuPerRequest| json!({
                         "client": round3(c.client),
                         "server": round3(c.server),
                         "instance": round3(c.instance),
@@ -243,12 +253,14 @@ pub fn document(results: &[LangResult], args: &Args, run: Value, errors: &[Strin
             true,
         ));
     }
+    targets.extend(engine.targets());
     json!({
         "schema": 1,
         "run": run,
         "machine": machine(),
         "git": git(),
         "languages": langs,
+        "workflows": if engine.is_empty() { Value::Null } else { engine.json() },
         "targets": targets,
         "errors": errors,
     })
@@ -263,7 +275,7 @@ fn row(out: &mut String, label: &str, s: &Summary, rps: Option<f64>) {
     );
 }
 
-pub fn table(results: &[LangResult], doc: &Value) -> String {
+pub fn table(results: &[LangResult], engine: &EngineResults, doc: &Value) -> String {
     let mut out = String::new();
     let m = &doc["machine"];
     let _ = writeln!(
@@ -274,6 +286,33 @@ pub fn table(results: &[LangResult], doc: &Value) -> String {
         m["kernel"].as_str().unwrap_or("?"),
         doc["git"]["commit"].as_str().unwrap_or("?"),
     );
+    if !results.is_empty() {
+        faas_table(&mut out, results);
+    }
+    engine.table(&mut out);
+    let _ = writeln!(out, "\nTargets");
+    for t in doc["targets"].as_array().into_iter().flatten() {
+        let verdict = match t["pass"].as_bool() {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "n/a ",
+        };
+        let value = t["value"]
+            .as_f64()
+            .map_or("not measured".to_string(), |v| format!("{v:.3}"));
+        let _ = writeln!(
+            out,
+            "  {verdict} {:<7} {:<40} {value:>12} ({} {})",
+            t["language"].as_str().unwrap_or(""),
+            t["target"].as_str().unwrap_or(""),
+            t["comparison"].as_str().unwrap_or(""),
+            t["limit"],
+        );
+    }
+    out
+}
+
+fn faas_table(out: &mut String, results: &[LangResult]) {
     let _ = writeln!(
         out,
         "\nWarm requests (ms)                 p50      p95      p99     mean     req/s"
@@ -286,13 +325,13 @@ pub fn table(results: &[LangResult], doc: &Value) -> String {
         for l in &w.levels {
             let c = if l.clients == 1 { "client" } else { "clients" };
             row(
-                &mut out,
+                out,
                 &format!("{} {} {c} routed", r.lang, l.clients),
                 &l.routed,
                 Some(l.routed_rps),
             );
             row(
-                &mut out,
+                out,
                 &format!("{} {} {c} direct", r.lang, l.clients),
                 &l.direct,
                 Some(l.direct_rps),
@@ -347,7 +386,7 @@ pub fn table(results: &[LangResult], doc: &Value) -> String {
             ("floor, real exe", &r.start_floor_resolved),
         ] {
             if let Some(f) = f {
-                row(&mut out, &format!("{} {what}", r.lang), &f.summary, None);
+                row(out, &format!("{} {what}", r.lang), &f.summary, None);
             }
         }
     }
@@ -366,26 +405,6 @@ pub fn table(results: &[LangResult], doc: &Value) -> String {
             );
         }
     }
-    let _ = writeln!(out, "\nTargets");
-    for t in doc["targets"].as_array().into_iter().flatten() {
-        let verdict = match t["pass"].as_bool() {
-            Some(true) => "PASS",
-            Some(false) => "MISS",
-            None => "n/a ",
-        };
-        let value = t["value"]
-            .as_f64()
-            .map_or("not measured".to_string(), |v| format!("{v:.3}"));
-        let _ = writeln!(
-            out,
-            "  {verdict} {:<7} {:<40} {value:>12} ({} {})",
-            t["language"].as_str().unwrap_or(""),
-            t["target"].as_str().unwrap_or(""),
-            t["comparison"].as_str().unwrap_or(""),
-            t["limit"],
-        );
-    }
-    out
 }
 
 #[cfg(test)]

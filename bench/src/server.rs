@@ -21,13 +21,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server and waits for its listening line.
-    pub fn start(fusion: &Path) -> Result<Server> {
+    /// Starts the server and waits for its listening line, after `prepare` has had
+    /// the chance to fill its (not yet existing) data directory, e.g. with a copy
+    /// of a seeded store.
+    pub fn start_with(fusion: &Path, prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Server> {
         let tmp = tempfile::Builder::new()
             .prefix("fusion-bench-")
             .tempdir()
             .context("cannot create a temporary data directory")?;
         let data = tmp.path().join("data");
+        prepare(&data)?;
         let mut child = Command::new(fusion)
             .arg("server")
             .arg("--data-dir")
