@@ -887,7 +887,19 @@ impl Actor {
             .map(|t| t.local.clone())
             .unwrap_or_default();
         let resolved = if raw.values().any(contains_expression) {
-            resolve_inputs(&self.state.scope_for(task), &local, &raw)
+            let mut sources = Vec::new();
+            for v in raw.values() {
+                crate::expr::all_expressions(v, &mut sources);
+            }
+            // Only the tasks the expressions can name go into their scope.
+            let scope = if crate::expr::names_tasks_literally(&sources) {
+                self.state.scope_with(task, &|id| {
+                    id == local || sources.iter().any(|s| s.contains(id))
+                })
+            } else {
+                self.state.scope_for(task)
+            };
+            resolve_inputs(&scope, &local, &raw)
         } else {
             Ok(raw.clone())
         };

@@ -129,13 +129,22 @@ const PRELUDE: &str = r#"
     value: function () {
       var clean = true;
       Reflect.ownKeys(g).forEach(function (k) {
-        if (!keep.has(k) && !delete g[k]) clean = false;
+        // `$`, `taskId` and the like are set anew before every evaluation.
+        if (keep.has(k) || writable[k]) return;
+        try {
+          if (!delete g[k]) clean = false;
+        } catch (e) {
+          clean = false;
+        }
       });
       if (Object.getPrototypeOf(g) !== proto && !Reflect.setPrototypeOf(g, proto)) clean = false;
       return clean;
     },
     writable: false, configurable: false, enumerable: false
   });
+  // Defined after `keep` was taken: without this, every reset failed on it and
+  // the runtime was rebuilt after every evaluation.
+  keep.add('__reset');
 })(globalThis);
 "#;
 
@@ -194,6 +203,8 @@ impl Js {
 
 thread_local! {
     static JS: RefCell<Option<Js>> = const { RefCell::new(None) };
+    /// Runtimes created on this thread (tests check that they are reused).
+    static CREATED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 fn with_js<R>(f: impl FnOnce(&Js) -> Result<R, String>) -> Result<R, String> {
@@ -201,6 +212,7 @@ fn with_js<R>(f: impl FnOnce(&Js) -> Result<R, String>) -> Result<R, String> {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(Js::new()?);
+            CREATED.with(|c| c.set(c.get() + 1));
         }
         let js = slot.as_ref().ok_or("no JavaScript runtime")?;
         let result = f(js);
@@ -541,6 +553,27 @@ pub fn contains_expression(value: &Value) -> bool {
 }
 
 /// Every expression string in a value, embedded specs included (for validation).
+/// Whether these expressions reach tasks only by literal name (`$.Tasks.X`,
+/// `output('X')`, `task()`, ...), so that a scope holding just the tasks whose
+/// names appear in them (and the current task) gives the same results. A
+/// computed reference (`$.Tasks[k]`, `output(name)`, `Object.keys($.Tasks)`)
+/// needs every task.
+pub fn names_tasks_literally(sources: &[String]) -> bool {
+    const HELPERS: [&str; 4] = ["task(", "input(", "output(", "outputHeaders("];
+    sources.iter().all(|src| {
+        let tasks_by_dot = src
+            .match_indices("Tasks")
+            .all(|(i, _)| src[i + "Tasks".len()..].starts_with('.'));
+        let helpers_by_literal = HELPERS.iter().all(|h| {
+            src.match_indices(h).all(|(i, _)| {
+                let arg = src[i + h.len()..].trim_start();
+                arg.starts_with(['\'', '"', '`', ')'])
+            })
+        });
+        tasks_by_dot && helpers_by_literal
+    })
+}
+
 pub fn all_expressions(value: &Value, out: &mut Vec<String>) {
     match value {
         Value::String(s) if expression_source(s).is_some() => out.push(s.clone()),
@@ -593,6 +626,32 @@ mod tests {
         assert_eq!(eval("{ var x = 2; x * 3 }").unwrap(), json!(6));
         assert_eq!(eval("{ let y = 2; y * 4 }").unwrap(), json!(8));
         assert_eq!(eval("{ let y = 3; y * 4 }").unwrap(), json!(12));
+    }
+
+    #[test]
+    fn literal_task_references_are_told_from_computed_ones() {
+        let lit = |s: &str| names_tasks_literally(&[s.to_string()]);
+        assert!(lit(
+            "{ $.Tasks.A.Output + output('B') + task().Inputs._item }"
+        ));
+        assert!(lit(
+            "{ input(\"C\", 'x') + outputHeaders( 'D') + param() + taskId }"
+        ));
+        assert!(!lit("{ $.Tasks[name].Output }"));
+        assert!(!lit("{ Object.keys($.Tasks).length }"));
+        assert!(!lit("{ output(prev) }"));
+        assert!(!lit("{ task(ids[0]).Status }"));
+    }
+
+    #[test]
+    fn clean_evaluations_reuse_the_runtime() {
+        // Creating a runtime costs milliseconds; an evaluation, microseconds.
+        eval("{ 1 }").unwrap();
+        let before = CREATED.with(|c| c.get());
+        for _ in 0..5 {
+            eval("{ task().Inputs.default + param() }").unwrap();
+        }
+        assert_eq!(CREATED.with(|c| c.get()), before, "the runtime was rebuilt");
     }
 
     #[test]

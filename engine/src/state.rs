@@ -296,12 +296,19 @@ impl RunState {
 
     /// The expression scope `$` for a task, and the task's id inside its scope.
     pub fn scope_for(&self, task_id: &str) -> Value {
+        self.scope_with(task_id, &|_| true)
+    }
+
+    /// Like `scope_for`, with only the tasks (by local id) that `include` wants
+    /// in `$.Tasks`: building every task into every scope made a run's cost grow
+    /// with the square of its tasks.
+    pub fn scope_with(&self, task_id: &str, include: &dyn Fn(&str) -> bool) -> Value {
         let mut tasks = serde_json::Map::new();
         let mut scope = self.tasks.get(task_id).and_then(|t| t.scope.clone());
         let mut inputs: Option<Value> = None;
         loop {
             for t in self.tasks.values().filter(|t| t.scope == scope) {
-                if !tasks.contains_key(&t.local) {
+                if !tasks.contains_key(&t.local) && include(&t.local) {
                     tasks.insert(
                         t.local.clone(),
                         json!({
