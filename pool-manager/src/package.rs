@@ -100,7 +100,12 @@ impl PackageStore {
         }
         // Unpack into a temporary sibling and rename, so a crash never leaves a
         // half-written package under its final name.
-        let tmp = self.root.join(format!(".tmp-{sha}-{}", std::process::id()));
+        static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Unique per upload: two uploads of the same code may run at once.
+        let tmp = self
+            .root
+            .join(format!(".tmp-{sha}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(io)?;
         let result = if archive {
@@ -114,10 +119,16 @@ impl PackageStore {
         }
         if archive {
             std::fs::write(tmp.join(".complete"), b"").map_err(io)?;
-            if dir.exists() {
-                let _ = std::fs::remove_dir_all(&dir);
+            if std::fs::rename(&tmp, &dir).is_err() {
+                if dir.join(".complete").exists() {
+                    // Another upload of the same code finished first: same content.
+                    let _ = std::fs::remove_dir_all(&tmp);
+                } else {
+                    // A half-written leftover of a crash: replace it.
+                    let _ = std::fs::remove_dir_all(&dir);
+                    std::fs::rename(&tmp, &dir).map_err(io)?;
+                }
             }
-            std::fs::rename(&tmp, &dir).map_err(io)?;
         } else {
             // Several names may share one content: file packages keep each name.
             std::fs::create_dir_all(&dir).map_err(io)?;
@@ -280,6 +291,34 @@ mod tests {
         let root = store.path(&z).unwrap();
         assert_eq!(std::fs::read(root.join("pkg/a.py")).unwrap(), b"A");
         assert_eq!(std::fs::read(root.join("b.py")).unwrap(), b"B");
+    }
+
+    #[test]
+    fn concurrent_uploads_of_the_same_archive_both_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            PackageStore::open(dir.path().to_path_buf(), PackageLimits::default()).unwrap(),
+        );
+        let files: Vec<(String, Vec<u8>)> = (0..50)
+            .map(|i| (format!("f{i}.py"), vec![b'x'; 2000]))
+            .collect();
+        let entries: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
+        let bytes = zip_of(&entries);
+        let uploads: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                let bytes = bytes.clone();
+                std::thread::spawn(move || store.put("code.zip", &bytes))
+            })
+            .collect();
+        for u in uploads {
+            let package = u.join().unwrap().unwrap();
+            let root = store.path(&package).unwrap();
+            assert_eq!(std::fs::read_dir(&root).unwrap().count(), 51); // + .complete
+        }
     }
 
     #[test]
