@@ -1,7 +1,7 @@
 //! Durable storage of workflows (versioned) and runs (events, summaries and the
 //! indexes that list runs newest-first by time, workflow and status), in sled.
-//! Appends are made durable by one flusher task that groups concurrent appenders
-//! into a single `flush_async` per batch.
+//! Appends are made durable by one flusher thread that groups concurrent appenders
+//! into a single flush per batch.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -155,7 +155,7 @@ fn event_key(run_id: &str, seq: u64) -> Vec<u8> {
 }
 
 impl SledStore {
-    /// Opens the engine's trees and starts the flusher (needs a tokio runtime).
+    /// Opens the engine's trees and starts the flusher thread.
     pub fn open(db: &sled::Db) -> Result<Arc<Self>> {
         let (flush_tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
         let flushes = Arc::new(AtomicU64::new(0));
@@ -171,23 +171,24 @@ impl SledStore {
             flushes: flushes.clone(),
         });
         let db = db.clone();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while let Ok(w) = rx.try_recv() {
-                    batch.push(w);
+        // One long-lived thread does every flush, a batch at a time: sled's
+        // flush_async hands each flush to a pool that starts and ends threads.
+        std::thread::Builder::new()
+            .name("fusion-flusher".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut batch = vec![first];
+                    while let Ok(w) = rx.try_recv() {
+                        batch.push(w);
+                    }
+                    let r = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    flushes.fetch_add(1, Ordering::Relaxed);
+                    for w in batch {
+                        let _ = w.send(r.clone());
+                    }
                 }
-                let r = db
-                    .flush_async()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
-                flushes.fetch_add(1, Ordering::Relaxed);
-                for w in batch {
-                    let _ = w.send(r.clone());
-                }
-            }
-        });
+            })
+            .map_err(|e| StoreError::Flush(format!("cannot start the flusher: {e}")))?;
         Ok(store)
     }
 
