@@ -893,9 +893,14 @@ impl Actor {
             }
             // Only the tasks the expressions can name go into their scope.
             let scope = if crate::expr::names_tasks_literally(&sources) {
-                self.state.scope_with(task, &|id| {
-                    id == local || sources.iter().any(|s| s.contains(id))
-                })
+                let invocation = sources
+                    .iter()
+                    .any(|s| s.contains("Invocation") || s.contains("param("));
+                self.state.scope_with(
+                    task,
+                    &|id| id == local || sources.iter().any(|s| s.contains(id)),
+                    invocation,
+                )
             } else {
                 self.state.scope_for(task)
             };

@@ -665,3 +665,18 @@ async fn a_workflow_that_calls_itself_fails_at_the_depth_limit() {
     let error = summary.error.expect("the run names its error");
     assert!(error.message.contains("call itself"), "{error:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn computed_references_still_see_every_task() {
+    let (_dir, db, fake) = setup();
+    let engine = engine_with(&fake, &db).await;
+    let summary = run(
+        &engine,
+        "reflect",
+        "apiVersion: 1\noutput: C\ntasks:\n  A:\n    run: noop\n    inputs: a\n  B:\n    run: noop\n    inputs: b\n  C:\n    run: noop\n    inputs: \"{ Object.keys($.Tasks).sort().join(',') + ' ' + output('A') + param() }\"\n    requires: [A, B]\n",
+        json!({"default": "!"}),
+    )
+    .await;
+    assert_eq!(summary.status, RunStatus::Succeeded, "{summary:?}");
+    assert_eq!(summary.output, Some(json!("A,B,C a!")));
+}

@@ -570,7 +570,11 @@ pub fn names_tasks_literally(sources: &[String]) -> bool {
                 arg.starts_with(['\'', '"', '`', ')'])
             })
         });
-        tasks_by_dot && helpers_by_literal
+        // `$` itself only through a named member (`$.Tasks.`, `$.Invocation`, ...).
+        let scope_by_member = src
+            .match_indices('$')
+            .all(|(i, _)| src[i + 1..].starts_with('.'));
+        tasks_by_dot && helpers_by_literal && scope_by_member
     })
 }
 
@@ -641,6 +645,8 @@ mod tests {
         assert!(!lit("{ Object.keys($.Tasks).length }"));
         assert!(!lit("{ output(prev) }"));
         assert!(!lit("{ task(ids[0]).Status }"));
+        assert!(!lit("{ JSON.stringify($) }"));
+        assert!(!lit("{ $['Tasks'] }"));
     }
 
     #[test]

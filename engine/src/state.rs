@@ -296,13 +296,20 @@ impl RunState {
 
     /// The expression scope `$` for a task, and the task's id inside its scope.
     pub fn scope_for(&self, task_id: &str) -> Value {
-        self.scope_with(task_id, &|_| true)
+        self.scope_with(task_id, &|_| true, true)
     }
 
     /// Like `scope_for`, with only the tasks (by local id) that `include` wants
     /// in `$.Tasks`: building every task into every scope made a run's cost grow
     /// with the square of its tasks.
-    pub fn scope_with(&self, task_id: &str, include: &dyn Fn(&str) -> bool) -> Value {
+    /// `invocation` says whether `$.Invocation.Inputs` is needed at all (a large
+    /// request body is otherwise copied into every evaluation).
+    pub fn scope_with(
+        &self,
+        task_id: &str,
+        include: &dyn Fn(&str) -> bool,
+        invocation: bool,
+    ) -> Value {
         let mut tasks = serde_json::Map::new();
         let mut scope = self.tasks.get(task_id).and_then(|t| t.scope.clone());
         let mut inputs: Option<Value> = None;
@@ -335,7 +342,14 @@ impl RunState {
         }
         json!({
             "Workflow": {"Id": self.workflow, "Name": self.workflow, "Version": self.version},
-            "Invocation": {"Id": self.run_id, "Inputs": inputs.unwrap_or_else(|| self.input.clone())},
+            "Invocation": {
+                "Id": self.run_id,
+                "Inputs": if invocation {
+                    inputs.unwrap_or_else(|| self.input.clone())
+                } else {
+                    Value::Null
+                },
+            },
             "Tasks": tasks,
         })
     }
