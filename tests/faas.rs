@@ -629,7 +629,7 @@ fn an_environment_memory_limit_bounds_each_instance() {
     s.ok(
         "POST",
         "/v1/environments",
-        Some(json!({"name": "small", "runtime": "python", "poolsize": 0, "memory_mb": 96})),
+        Some(json!({"name": "small", "runtime": "python", "poolsize": 0, "memory_mb": 256})),
     );
     let code = "from flask import request\ndef main():\n    n = int(request.args.get('mb', '1'))\n    try:\n        block = bytearray(n * 1024 * 1024)\n    except MemoryError:\n        return 'refused', 507\n    return 'got %d' % len(block)\n";
     s.function("greedy", "small", "greedy.py", code, json!({}));
@@ -637,7 +637,7 @@ fn an_environment_memory_limit_bounds_each_instance() {
         s.get("/fission-function/greedy?mb=8").text().unwrap(),
         "got 8388608"
     );
-    let r = s.get("/fission-function/greedy?mb=512");
+    let r = s.get("/fission-function/greedy?mb=1024");
     assert_eq!(r.status(), 507, "{:?}", r.text());
     // The instance survives its failed allocation.
     assert_eq!(
