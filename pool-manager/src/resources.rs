@@ -84,6 +84,8 @@ impl Environment {
             // The limit is on address space: V8 reserves far more than it uses.
             let minimum = match self.runtime {
                 Some(Runtime::Nodejs) => 768,
+                // Below this, the runtime's threads may fail to start under load.
+                Some(Runtime::Python) => 128,
                 _ => 32,
             };
             if mb < minimum {
@@ -326,9 +328,9 @@ mod tests {
         e.memory_mb = Some(1024);
         assert!(e.validate().is_ok());
         e.runtime = Some(Runtime::Python);
-        e.memory_mb = Some(64);
+        e.memory_mb = Some(128);
         assert!(e.validate().is_ok());
-        e.memory_mb = Some(8);
+        e.memory_mb = Some(64);
         assert!(e.validate().is_err());
     }
 }
