@@ -355,6 +355,79 @@ impl RunState {
     }
 }
 
+/// What a terminal event says about a run's end (the state and the stored
+/// summary both take it from here).
+pub struct RunEnd {
+    pub status: RunStatus,
+    pub at: Millis,
+    /// The output and its headers, when the run succeeded.
+    pub output: Option<(Value, Headers)>,
+    pub error: Option<RunError>,
+}
+
+impl RunEnd {
+    pub fn of(event: &Event) -> Option<RunEnd> {
+        Some(match event {
+            Event::RunSucceeded {
+                output,
+                headers,
+                at,
+            } => RunEnd {
+                status: RunStatus::Succeeded,
+                at: *at,
+                output: Some((output.clone(), headers.clone())),
+                error: None,
+            },
+            Event::RunFailed {
+                task,
+                error,
+                status,
+                at,
+            } => RunEnd {
+                status: RunStatus::Failed,
+                at: *at,
+                output: None,
+                error: Some(RunError {
+                    task: task.clone(),
+                    message: error.clone(),
+                    status: *status,
+                }),
+            },
+            Event::RunCancelled { reason, at } => RunEnd {
+                status: RunStatus::Cancelled,
+                at: *at,
+                output: None,
+                error: Some(RunError {
+                    task: None,
+                    message: reason.clone(),
+                    status: None,
+                }),
+            },
+            _ => return None,
+        })
+    }
+
+    /// Records the end into a run's fields (of its state, or of its summary).
+    pub fn write(
+        self,
+        status: &mut RunStatus,
+        finished_at: &mut Option<Millis>,
+        output: &mut Option<Value>,
+        output_headers: &mut Headers,
+        error: &mut Option<RunError>,
+    ) {
+        *status = self.status;
+        *finished_at = Some(self.at);
+        if let Some((o, h)) = self.output {
+            *output = Some(o);
+            *output_headers = h;
+        }
+        if self.error.is_some() {
+            *error = self.error;
+        }
+    }
+}
+
 /// Applies one event. The only way a run's state changes.
 pub fn apply(s: &mut RunState, event: &Event) {
     if s.is_finished() && !matches!(event, Event::RunStarted { .. }) {
@@ -514,38 +587,16 @@ pub fn apply(s: &mut RunState, event: &Event) {
                 }
             }
         }
-        Event::RunSucceeded {
-            output,
-            headers,
-            at,
-        } => {
-            s.status = RunStatus::Succeeded;
-            s.output = Some(output.clone());
-            s.output_headers = headers.clone();
-            s.finished_at = Some(*at);
-        }
-        Event::RunFailed {
-            task,
-            error,
-            status,
-            at,
-        } => {
-            s.status = RunStatus::Failed;
-            s.error = Some(RunError {
-                task: task.clone(),
-                message: error.clone(),
-                status: *status,
-            });
-            s.finished_at = Some(*at);
-        }
-        Event::RunCancelled { reason, at } => {
-            s.status = RunStatus::Cancelled;
-            s.error = Some(RunError {
-                task: None,
-                message: reason.clone(),
-                status: None,
-            });
-            s.finished_at = Some(*at);
+        Event::RunSucceeded { .. } | Event::RunFailed { .. } | Event::RunCancelled { .. } => {
+            if let Some(end) = RunEnd::of(event) {
+                end.write(
+                    &mut s.status,
+                    &mut s.finished_at,
+                    &mut s.output,
+                    &mut s.output_headers,
+                    &mut s.error,
+                );
+            }
         }
     }
 }

@@ -295,41 +295,14 @@ impl SledStore {
 
 /// A run's summary after its terminal event.
 fn finished_summary(mut s: RunSummary, e: &Event) -> RunSummary {
-    match e {
-        Event::RunSucceeded {
-            output,
-            headers,
-            at,
-        } => {
-            s.status = RunStatus::Succeeded;
-            s.output = Some(output.clone());
-            s.output_headers = headers.clone();
-            s.finished_at = Some(*at);
-        }
-        Event::RunFailed {
-            task,
-            error,
-            status,
-            at,
-        } => {
-            s.status = RunStatus::Failed;
-            s.error = Some(RunError {
-                task: task.clone(),
-                message: error.clone(),
-                status: *status,
-            });
-            s.finished_at = Some(*at);
-        }
-        Event::RunCancelled { reason, at } => {
-            s.status = RunStatus::Cancelled;
-            s.error = Some(RunError {
-                task: None,
-                message: reason.clone(),
-                status: None,
-            });
-            s.finished_at = Some(*at);
-        }
-        _ => {}
+    if let Some(end) = crate::state::RunEnd::of(e) {
+        end.write(
+            &mut s.status,
+            &mut s.finished_at,
+            &mut s.output,
+            &mut s.output_headers,
+            &mut s.error,
+        );
     }
     s
 }
