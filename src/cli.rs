@@ -717,12 +717,7 @@ async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 c.url(&format!("/v1/functions/{name}/invoke/{sub}"))
             };
             let mut req = c.raw().request(method, url);
-            for h in headers {
-                let (k, v) = h
-                    .split_once(':')
-                    .ok_or_else(|| anyhow!("header {h:?} must be `Key: Value`"))?;
-                req = req.header(k.trim(), v.trim());
-            }
+            req = with_headers(req, &headers)?;
             if let Some(b) = body {
                 req = req.body(b);
             }
@@ -806,6 +801,20 @@ fn merge_route(body: &mut Value, f: RouteFields) {
     if let Some(h) = f.host {
         body["host"] = json!(h);
     }
+}
+
+/// Adds `-H 'Key: Value'` headers to a request.
+fn with_headers(
+    mut req: reqwest::RequestBuilder,
+    headers: &[String],
+) -> Result<reqwest::RequestBuilder> {
+    for h in headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("header {h:?} must be `Key: Value`"))?;
+        req = req.header(k.trim(), v.trim());
+    }
+    Ok(req)
 }
 
 /// A URL template with each `{param}` filled in, for the quickstart's hints.
@@ -938,12 +947,7 @@ async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             asynchronous,
         } => {
             let mut req = c.raw().post(c.url(&format!("/v1/workflows/{name}/invoke")));
-            for h in headers {
-                let (k, v) = h
-                    .split_once(':')
-                    .ok_or_else(|| anyhow!("header {h:?} must be `Key: Value`"))?;
-                req = req.header(k.trim(), v.trim());
-            }
+            req = with_headers(req, &headers)?;
             if asynchronous {
                 req = req.header("X-Async", "true");
             }
