@@ -229,8 +229,11 @@ enum FnVerb {
     },
     /// Print the function's logs.
     Logs {
-        #[arg(long)]
-        name: String,
+        /// The function (also as `fusion fn logs NAME`).
+        #[arg(long = "name", required_unless_present = "function")]
+        name: Option<String>,
+        #[arg(conflicts_with = "name", hide = true)]
+        function: Option<String>,
         /// Keep printing new lines.
         #[arg(short = 'f', long)]
         follow: bool,
@@ -732,7 +735,12 @@ async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 bail!("the function answered {status}");
             }
         }
-        FnVerb::Logs { name, follow } => {
+        FnVerb::Logs {
+            name,
+            function,
+            follow,
+        } => {
+            let name = name.or(function).unwrap_or_default();
             use futures_util::StreamExt;
             use std::io::Write;
             let url = c.url(&format!("/v1/functions/{name}/logs"));

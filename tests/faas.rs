@@ -532,7 +532,7 @@ fn fn_logs_follow_streams_new_output() {
     );
 
     let mut follower = Command::new(common::BIN)
-        .args(["fn", "logs", "--name", "chatty", "-f"])
+        .args(["fn", "logs", "chatty", "-f"])
         .env("FUSION_URL", &s.api)
         .stdout(Stdio::piped())
         .spawn()
