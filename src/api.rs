@@ -36,6 +36,15 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    include_str!("../schemas/openapi.json"),
+                )
+            }),
+        )
         .route("/v1/environments", get(list_envs).post(create_env))
         .route(
             "/v1/environments/{name}",

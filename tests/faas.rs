@@ -645,3 +645,40 @@ fn an_environment_memory_limit_bounds_each_instance() {
         "got 1048576"
     );
 }
+
+#[test]
+fn every_path_in_the_openapi_document_is_served() {
+    let s = Server::start();
+    let doc: Value = s
+        .http
+        .get(s.api_url("/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() > 20);
+    for (path, item) in paths {
+        for method in ["get", "post", "put", "delete"] {
+            if item.get(method).is_none() || path.ends_with("/invoke") {
+                continue;
+            }
+            let concrete = path.replace("{name}", "absent").replace("{id}", "absent");
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = s
+                .http
+                .request(m, s.api_url(&concrete))
+                .body("{}")
+                .send()
+                .unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().unwrap_or_default();
+            // The endpoint exists: whatever it answers, it is not the API's "no such endpoint".
+            assert!(
+                status != 405 && !text.contains("no API endpoint"),
+                "{method} {path}: {status} {text}"
+            );
+        }
+    }
+}
