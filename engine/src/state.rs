@@ -791,6 +791,29 @@ mod tests {
     use crate::spec::RetrySpec;
     use proptest::prelude::*;
 
+    /// Attempt `attempt` of `task` dispatched at `at` (key "k", no inputs).
+    fn dispatched(task: &str, attempt: u32, at: Millis) -> Event {
+        Event::TaskDispatched {
+            task: task.into(),
+            attempt,
+            key: "k".into(),
+            inputs: Value::Null,
+            at,
+            wake_at: None,
+        }
+    }
+
+    /// The first attempt of `task` succeeded with `output` at `at`.
+    fn succeeded(task: &str, output: Value, at: Millis) -> Event {
+        Event::TaskSucceeded {
+            task: task.into(),
+            attempt: 1,
+            output,
+            headers: Headers::new(),
+            at,
+        }
+    }
+
     fn workflow(reqs: &[Vec<usize>], output: usize, retries: u32) -> WorkflowSpec {
         let mut spec = WorkflowSpec {
             output: format!("t{output}"),
@@ -974,28 +997,9 @@ mod tests {
         let a = decide(&s, 0);
         assert_eq!(ids(&a), vec!["t0", "t2"]);
         for t in ["t0", "t2"] {
-            apply(
-                &mut s,
-                &Event::TaskDispatched {
-                    task: t.into(),
-                    attempt: 1,
-                    key: "k".into(),
-                    inputs: Value::Null,
-                    at: 0,
-                    wake_at: None,
-                },
-            );
+            apply(&mut s, &dispatched(t, 1, 0));
         }
-        apply(
-            &mut s,
-            &Event::TaskSucceeded {
-                task: "t0".into(),
-                attempt: 1,
-                output: json!(1),
-                headers: Headers::new(),
-                at: 1,
-            },
-        );
+        apply(&mut s, &succeeded("t0", json!(1), 1));
         assert_eq!(ids(&decide(&s, 1)), vec!["t1"]);
     }
 
@@ -1003,17 +1007,7 @@ mod tests {
     fn retry_then_fail_for_good() {
         let spec = workflow(&[vec![]], 0, 2);
         let mut s = RunState::fold(&[start(spec)]);
-        apply(
-            &mut s,
-            &Event::TaskDispatched {
-                task: "t0".into(),
-                attempt: 1,
-                key: "k".into(),
-                inputs: Value::Null,
-                at: 0,
-                wake_at: None,
-            },
-        );
+        apply(&mut s, &dispatched("t0", 1, 0));
         apply(
             &mut s,
             &Event::TaskFailed {
@@ -1047,17 +1041,7 @@ mod tests {
             &decide(&s, due)[0],
             Action::Dispatch { attempt: 2, .. }
         ));
-        apply(
-            &mut s,
-            &Event::TaskDispatched {
-                task: "t0".into(),
-                attempt: 2,
-                key: "k".into(),
-                inputs: Value::Null,
-                at: due,
-                wake_at: None,
-            },
-        );
+        apply(&mut s, &dispatched("t0", 2, due));
         apply(
             &mut s,
             &Event::TaskFailed {
@@ -1082,17 +1066,7 @@ mod tests {
     fn dynamic_tasks_finish_their_parent() {
         let spec = workflow(&[vec![]], 0, 1);
         let mut s = RunState::fold(&[start(spec)]);
-        apply(
-            &mut s,
-            &Event::TaskDispatched {
-                task: "t0".into(),
-                attempt: 1,
-                key: "k".into(),
-                inputs: Value::Null,
-                at: 0,
-                wake_at: None,
-            },
-        );
+        apply(&mut s, &dispatched("t0", 1, 0));
         let tasks = BTreeMap::from([
             ("a".to_string(), TaskSpec::default()),
             (
@@ -1118,27 +1092,8 @@ mod tests {
         let scope = s.scope_for("t0/b");
         assert!(scope["Tasks"]["a"].is_object() && scope["Tasks"]["t0"].is_object());
         for (t, out) in [("t0/a", 1), ("t0/b", 2)] {
-            apply(
-                &mut s,
-                &Event::TaskDispatched {
-                    task: t.into(),
-                    attempt: 1,
-                    key: "k".into(),
-                    inputs: Value::Null,
-                    at: 0,
-                    wake_at: None,
-                },
-            );
-            apply(
-                &mut s,
-                &Event::TaskSucceeded {
-                    task: t.into(),
-                    attempt: 1,
-                    output: json!(out),
-                    headers: Headers::new(),
-                    at: 1,
-                },
-            );
+            apply(&mut s, &dispatched(t, 1, 0));
+            apply(&mut s, &succeeded(t, json!(out), 1));
         }
         assert_eq!(s.tasks["t0"].status, TaskStatus::Succeeded);
         assert_eq!(
