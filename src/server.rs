@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::extract::Request;
 use axum::Router;
+use pool_manager::backend::process::ProcessBackend;
 use pool_manager::{LaunchConfig, PoolConfig, PoolManager, WorkflowGateway};
 
 use crate::api::{self, AppState};
@@ -107,13 +108,14 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         &db,
         PoolConfig {
             data_dir: data_dir.clone(),
-            launch: LaunchConfig {
+            backend: Arc::new(ProcessBackend::new(LaunchConfig {
                 runtimes_dir: runtimes_dir.clone(),
                 fusion_exe: std::env::current_exe()?,
                 python: python.clone(),
                 node: args.node.clone(),
                 start_timeout: Duration::from_secs(30),
-            },
+            })),
+            specialize_timeout: Duration::from_secs(30),
             lease_wait: Duration::from_millis(args.lease_wait_ms),
             body_limit: args.body_limit,
             packages: Default::default(),

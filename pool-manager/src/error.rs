@@ -23,6 +23,8 @@ pub enum Error {
     #[error("{0}")]
     Upstream(String),
     #[error("{0}")]
+    OutOfMemory(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("storage: {0}")]
     Storage(String),
@@ -42,6 +44,7 @@ impl Error {
             Error::Overloaded(_) => "too_many_requests",
             Error::Timeout(_) => "function_timeout",
             Error::Upstream(_) => "instance_failed",
+            Error::OutOfMemory(_) => "out_of_memory",
             Error::Unavailable(_) => "unavailable",
             Error::Storage(_) => "storage",
             Error::Internal(_) => "internal",
@@ -56,7 +59,7 @@ impl Error {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Error::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Error::Upstream(_) | Error::OutOfMemory(_) => StatusCode::BAD_GATEWAY,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -1,8 +1,9 @@
 //! The pool manager: environments, functions, packages and routes; the warm pools
 //! of generic runtime instances and their specialization; the router that sends
-//! requests to specialized instances. The local backend runs instances as child
-//! processes of the server.
+//! requests to specialized instances. Instances run on a `backend` (containers,
+//! or plain processes where containers cannot run).
 
+pub mod backend;
 pub mod error;
 pub mod instance;
 pub mod logs;
@@ -15,8 +16,8 @@ pub mod routes;
 pub mod store;
 mod sys;
 
+pub use backend::{Backend, Isolation, LaunchConfig};
 pub use error::{Error, Result};
-pub use instance::LaunchConfig;
 pub use pool::{InstanceInfo, Lease, PoolConfig, PoolManager};
 pub use resources::{Environment, Function, PackageKind, PackageRef, Route, Runtime};
 pub use router::{forward, route_request, try_forward, WorkflowGateway};

@@ -11,13 +11,11 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::Notify;
 
+use crate::backend::{Backend, Isolation, StartRequest, Usage};
 use crate::error::{Error, Result};
-use crate::instance::{self, lock, Instance, LaunchConfig, Owner};
+use crate::instance::{lock, Instance, Owner};
 use crate::logs::Logs;
 use crate::metrics::{ColdStartLabels, FunctionLabels, InstanceLabels, PoolMetrics};
 use crate::package::{PackageLimits, PackageStore};
@@ -25,10 +23,13 @@ use crate::resources::{Environment, Function, PackageRef, Route};
 use crate::routes::RouteTable;
 use crate::store::{Kind, ResourceStore};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolConfig {
     pub data_dir: PathBuf,
-    pub launch: LaunchConfig,
+    /// What runs instances.
+    pub backend: Arc<dyn Backend>,
+    /// How long a runtime may take to load a function's code.
+    pub specialize_timeout: Duration,
     /// How long a request waits for capacity before it gets 429.
     pub lease_wait: Duration,
     /// Largest request body the router passes on (413 past it).
@@ -37,8 +38,6 @@ pub struct PoolConfig {
     /// How often idle instances are looked for.
     pub reap_interval: Duration,
 }
-
-pub(crate) type HttpClient = Client<HttpConnector, Body>;
 
 /// Cheap to clone; all clones share one manager.
 #[derive(Clone)]
@@ -51,7 +50,6 @@ pub(crate) struct Inner {
     pub(crate) store: ResourceStore,
     pub(crate) packages: PackageStore,
     pub(crate) logs: Arc<Logs>,
-    pub(crate) client: HttpClient,
     state: Mutex<State>,
     routes: RwLock<Arc<RouteTable>>,
     next_id: AtomicU64,
@@ -106,12 +104,18 @@ impl Drop for Lease {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct InstanceInfo {
     pub id: u64,
-    pub pid: u32,
+    /// `container` or `process`.
+    pub backend: &'static str,
+    /// The host process id of the runtime, where the backend has one (diagnosis only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     pub address: String,
     pub environment: String,
     pub function: Option<String>,
     pub state: &'static str,
     pub active_requests: usize,
+    #[serde(flatten)]
+    pub usage: Usage,
 }
 
 impl PoolManager {
@@ -122,11 +126,7 @@ impl PoolManager {
         let logs = Arc::new(
             Logs::new(cfg.data_dir.join("logs")).map_err(|e| Error::Storage(e.to_string()))?,
         );
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        cfg.backend.cleanup_stale().await;
         let mut state = State::default();
         for env in store.environments()? {
             state.envs.insert(
@@ -151,7 +151,6 @@ impl PoolManager {
             store,
             packages,
             logs,
-            client,
             state: Mutex::new(state),
             routes: RwLock::new(Arc::new(routes)),
             next_id: AtomicU64::new(1),
@@ -180,6 +179,11 @@ impl PoolManager {
 
     pub fn config(&self) -> &PoolConfig {
         &self.inner.cfg
+    }
+
+    /// What the backend in use enforces (part of every environment's status).
+    pub fn isolation(&self) -> Isolation {
+        self.inner.cfg.backend.isolation()
     }
 
     pub fn logs(&self) -> &Arc<Logs> {
@@ -359,6 +363,7 @@ impl PoolManager {
     }
 
     pub fn instances(&self, function: Option<&str>) -> Vec<InstanceInfo> {
+        let backend = self.isolation();
         let st = lock(&self.inner.state);
         let mut out: Vec<InstanceInfo> = st
             .all
@@ -370,8 +375,9 @@ impl PoolManager {
             })
             .map(|i| InstanceInfo {
                 id: i.id,
-                pid: i.pid,
-                address: i.addr.to_string(),
+                backend: backend.backend,
+                pid: i.handle.pid(),
+                address: i.handle.address().to_string(),
                 environment: i.env.clone(),
                 function: i.owner().map(|o| o.function),
                 state: if i.retiring.load(Ordering::SeqCst) {
@@ -382,6 +388,7 @@ impl PoolManager {
                     "generic"
                 },
                 active_requests: i.active(),
+                usage: i.handle.usage(),
             })
             .collect();
         out.sort_by_key(|i| i.id);
@@ -658,10 +665,6 @@ impl PoolManager {
                 .inc();
         }
     }
-
-    pub(crate) fn http(&self) -> &HttpClient {
-        &self.inner.client
-    }
 }
 
 impl FnPool {
@@ -771,17 +774,53 @@ impl Inner {
 
     async fn spawn_instance(self: &Arc<Self>, env: &Environment) -> Result<Arc<Instance>> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let weak = Arc::downgrade(self);
-        let instance = instance::spawn(id, env, &self.cfg.launch, self.logs.clone(), move |i| {
-            if let Some(inner) = weak.upgrade() {
-                inner.exited(&i);
+        let owner: Arc<Mutex<Option<Owner>>> = Arc::default();
+        let log_key = {
+            let owner = owner.clone();
+            let env = env.name.clone();
+            move || match &*lock(&owner) {
+                Some(o) => o.function.clone(),
+                None => format!("env-{env}"),
             }
-        })
-        .await?;
-        let mut st = lock(&self.state);
-        if !instance.is_exited() {
-            st.all.insert(id, instance.clone());
-        }
+        };
+        let sink = {
+            let logs = self.logs.clone();
+            let log_key = log_key.clone();
+            Arc::new(move |stream: &'static str, line: &str| {
+                logs.append(&log_key(), id, stream, line)
+            })
+        };
+        let started = self
+            .cfg
+            .backend
+            .start(StartRequest {
+                id,
+                env: env.clone(),
+                logs: sink,
+            })
+            .await;
+        let handle = match started {
+            Ok(h) => h,
+            Err(e) => {
+                let key = log_key();
+                self.logs.append(&key, id, "fusion", &e.to_string());
+                return Err(Error::Unavailable(format!(
+                    "{e} (its output is in {})",
+                    self.logs.path(&key).display()
+                )));
+            }
+        };
+        let instance = Arc::new(Instance::new(id, env.name.clone(), handle, owner));
+        lock(&self.state).all.insert(id, instance.clone());
+        let weak = Arc::downgrade(self);
+        let watched = instance.clone();
+        tokio::spawn(async move {
+            let exit = watched.wait_exited().await;
+            tracing::debug!(instance = watched.id, %exit, "instance ended");
+            if let Some(inner) = weak.upgrade() {
+                inner.exited(&watched);
+            }
+        });
         Ok(instance)
     }
 
@@ -807,6 +846,13 @@ impl Inner {
             generation: function.generation,
         });
         let path = self.packages.path(&function.package)?;
+        let path = match instance.handle.stage_code(&path) {
+            Ok(p) => p,
+            Err(e) => {
+                instance.stop();
+                return Err(e);
+            }
+        };
         let body = serde_json::json!({
             "filepath": path,
             "functionName": function.entrypoint.clone().unwrap_or_default(),
@@ -814,12 +860,16 @@ impl Inner {
             "FunctionMetadata": {"name": function.name, "generation": function.generation},
             "envVersion": 2,
         });
-        let req = http::Request::post(format!("http://{}/v2/specialize", instance.addr))
+        let req = http::Request::post("http://instance/v2/specialize")
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Body::from(body.to_string()))
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let outcome = tokio::time::timeout(self.cfg.launch.start_timeout, async {
-            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let outcome = tokio::time::timeout(self.cfg.specialize_timeout, async {
+            let resp = instance
+                .client
+                .request(req)
+                .await
+                .map_err(|e| e.to_string())?;
             let status = resp.status();
             let body = resp
                 .into_body()
@@ -842,7 +892,7 @@ impl Inner {
             Ok(Err(e)) => format!("the runtime failed while loading the code: {e}"),
             Err(_) => format!(
                 "the runtime did not load the code within {:?}",
-                self.cfg.launch.start_timeout
+                self.cfg.specialize_timeout
             ),
         };
         instance.stop();

@@ -14,9 +14,10 @@ use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use crate::backend::Exit;
 use crate::error::{error_response, Error};
 use crate::metrics::{FunctionLabels, RequestLabels};
-use crate::pool::PoolManager;
+use crate::pool::{Lease, PoolManager};
 use crate::routes::Target;
 
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
@@ -165,7 +166,8 @@ async fn forward_inner(
     };
     parts.uri = Uri::builder()
         .scheme(Scheme::HTTP)
-        .authority(lease.instance.authority.clone())
+        // Any authority: the instance's client dials only its instance.
+        .authority("instance")
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
@@ -184,24 +186,19 @@ async fn forward_inner(
     let body = Body::new(Limited::new(body, limit as usize));
     let out = Request::from_parts(parts, body);
 
-    let sent = tokio::time::timeout(timeout, pm.http().request(out)).await;
+    let sent = tokio::time::timeout(timeout, lease.instance.client.request(out)).await;
     let resp = match sent {
         Err(_) => {
+            // The instance may still be busy with the request: stop it, with every
+            // process in it, rather than let the work run on unseen.
+            lease.instance.stop();
             return Err(Error::Timeout(format!(
                 "function {function:?} did not answer within its timeout of {} s",
                 timeout.as_secs()
-            )))
-        }
-        Ok(Err(e)) if caused_by_limit(&e) => return Err(too_large(limit)),
-        Ok(Err(e)) => {
-            let reason = match std::error::Error::source(&e) {
-                Some(s) => s.to_string(),
-                None => e.to_string(),
-            };
-            return Err(Error::Upstream(format!(
-                "the instance serving function {function:?} failed while handling the request: {reason}"
             )));
         }
+        Ok(Err(e)) if caused_by_limit(&e) => return Err(too_large(limit)),
+        Ok(Err(e)) => return Err(instance_failed(&lease, &e).await),
         Ok(Ok(resp)) => resp,
     };
     let (mut parts, body) = resp.into_parts();
@@ -214,6 +211,31 @@ async fn forward_inner(
         e
     });
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// How long a failed request waits for its instance's exit to be reported, to
+/// tell an out-of-memory kill from other failures.
+const EXIT_REPORT_WAIT: Duration = Duration::from_millis(500);
+
+/// The error for a request its instance failed: `out_of_memory` when the instance
+/// was killed for its memory use, else the transport failure.
+async fn instance_failed(lease: &Lease, e: &hyper_util::client::legacy::Error) -> Error {
+    let function = &lease.function.name;
+    let exit = tokio::time::timeout(EXIT_REPORT_WAIT, lease.instance.wait_exited())
+        .await
+        .ok();
+    if exit == Some(Exit::OutOfMemory) {
+        return Error::OutOfMemory(format!(
+            "the instance serving function {function:?} was killed for using more memory than its environment allows"
+        ));
+    }
+    let reason = match std::error::Error::source(e) {
+        Some(s) => s.to_string(),
+        None => e.to_string(),
+    };
+    Error::Upstream(format!(
+        "the instance serving function {function:?} failed while handling the request: {reason}"
+    ))
 }
 
 fn too_large(limit: u64) -> Error {

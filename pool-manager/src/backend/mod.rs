@@ -1,0 +1,221 @@
+//! The seam between the pool manager and whatever runs instances. The pool, the
+//! leases and the router speak only to `Backend` and `Handle`: start a generic
+//! instance for an environment, reach it at an address, give it code, stop it,
+//! learn when and why it ended, read its resource use. Nothing above this module
+//! sees a process id or a container; a pod backend fits the same shape (starting
+//! is asynchronous and may fail late, an address is not a pid, an instance may
+//! vanish at any time).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::resources::{Environment, Runtime};
+
+pub mod connect;
+pub mod process;
+
+/// Where the router reaches an instance's runtime server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Tcp(SocketAddr),
+    /// A Unix socket only this instance's runtime listens on.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(a) => write!(f, "{a}"),
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Why an instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped because Fusion asked (idle, retired, deleted, timed out, shutdown).
+    Stopped,
+    /// Killed because it used more memory than its environment allows.
+    OutOfMemory,
+    /// The runtime exited by itself, with this status code, or by this signal.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// The instance disappeared without an exit status (its pod or container was
+    /// removed behind Fusion's back, or its backend lost track of it).
+    Vanished(String),
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Stopped => f.write_str("stopped"),
+            Exit::OutOfMemory => f.write_str("killed for using more memory than its limit"),
+            Exit::Exited {
+                code: Some(c),
+                signal: _,
+            } => write!(f, "exited with status {c}"),
+            Exit::Exited {
+                code: None,
+                signal: Some(s),
+            } => write!(f, "killed by signal {s}"),
+            Exit::Exited { .. } => f.write_str("exited"),
+            Exit::Vanished(why) => write!(f, "vanished: {why}"),
+        }
+    }
+}
+
+/// What an instance has used so far; `None` where the backend cannot tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Usage {
+    /// Memory in use now (all processes of the instance where the backend can tell).
+    pub memory_bytes: Option<u64>,
+    /// CPU time used since the instance started.
+    pub cpu_seconds: Option<f64>,
+}
+
+/// The isolation a backend gives its instances, as the environment's status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Isolation {
+    /// `container` or `process`.
+    pub backend: &'static str,
+    /// One line on what is and is not enforced.
+    pub summary: String,
+}
+
+/// Receives each line an instance writes: (`stdout` | `stderr` | `fusion`, line).
+pub type LogSink = Arc<dyn Fn(&'static str, &str) + Send + Sync>;
+
+/// Everything a backend needs to start one generic instance.
+pub struct StartRequest {
+    /// Unique among the server's instances, for names and logs.
+    pub id: u64,
+    pub env: Environment,
+    pub logs: LogSink,
+}
+
+/// Runs instances. One per server; chosen at start.
+pub trait Backend: Send + Sync + 'static {
+    /// What this backend enforces, for the environment's status.
+    fn isolation(&self) -> Isolation;
+    /// Starts a generic instance for `req.env` and resolves once its runtime
+    /// answers at its address, or fails with the reason (its output goes to the
+    /// log sink). After that, the instance may still end at any time: its
+    /// `Handle::exit` reports when and why.
+    fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Handle>>>;
+    /// Removes what an earlier server left behind (containers of a server that was
+    /// killed). Called once before the first start.
+    fn cleanup_stale(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// One started instance, as its backend sees it.
+pub trait Handle: Send + Sync + 'static {
+    fn address(&self) -> &Address;
+    /// Makes the package at `package` (a file or an unpacked directory on this
+    /// machine) readable by the instance and answers the path the runtime loads
+    /// it from (the `filepath` of `/v2/specialize`).
+    fn stage_code(&self, package: &Path) -> Result<String>;
+    /// Asks for the instance and every process in it to stop; returns at once.
+    /// `exit` reports when it has.
+    fn stop(&self);
+    /// `None` while it runs; why it ended once it has.
+    fn exit(&self) -> watch::Receiver<Option<Exit>>;
+    fn usage(&self) -> Usage;
+    /// The host process id of the instance's runtime, where there is one (shown in
+    /// the API for diagnosis; the pool never uses it).
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// How the bundled runtimes are started, for any backend that runs them on this
+/// machine.
+#[derive(Debug, Clone)]
+pub struct LaunchConfig {
+    /// Directory holding `python/server.py` and `nodejs/server.js`.
+    pub runtimes_dir: PathBuf,
+    /// The `fusion` executable, which serves the binary runtime.
+    pub fusion_exe: PathBuf,
+    pub python: String,
+    pub node: String,
+    /// How long a new instance may take to answer, and to load code.
+    pub start_timeout: Duration,
+}
+
+impl LaunchConfig {
+    /// The program and arguments that start `env`'s runtime.
+    pub fn command_for(&self, env: &Environment) -> Result<(String, Vec<String>)> {
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        Ok(match (&env.runtime, &env.command) {
+            // -S skips site's .pth hooks (tens of ms at every start); the runtime
+            // adds site-packages itself before it imports the function's code.
+            (Some(Runtime::Python), _) => (
+                self.python.clone(),
+                vec![
+                    "-S".into(),
+                    path(self.runtimes_dir.join("python/server.py")),
+                ],
+            ),
+            (Some(Runtime::Nodejs), _) => (
+                self.node.clone(),
+                vec![path(self.runtimes_dir.join("nodejs/server.js"))],
+            ),
+            (Some(Runtime::Binary), _) => (
+                path(self.fusion_exe.clone()),
+                vec!["runtime".into(), "binary".into()],
+            ),
+            (None, Some(cmd)) if !cmd.is_empty() => (cmd[0].clone(), cmd[1..].to_vec()),
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "environment {} has no runtime",
+                    env.name
+                )))
+            }
+        })
+    }
+}
+
+/// Waits until `ready` answers true, polling with a short growing delay, failing
+/// at once if `exit` reports the instance ended, or after `limit`.
+pub(crate) async fn wait_ready<F, Fut>(
+    env: &str,
+    mut exit: watch::Receiver<Option<Exit>>,
+    limit: Duration,
+    mut ready: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut delay = Duration::from_micros(500);
+    loop {
+        if let Some(exit) = exit.borrow().clone() {
+            return Err(Error::Unavailable(format!(
+                "environment {env}: the runtime {exit} while starting"
+            )));
+        }
+        if ready().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Unavailable(format!(
+                "environment {env}: the runtime did not listen within {limit:?}"
+            )));
+        }
+        // Wake at once on exit.
+        let _ = tokio::time::timeout(delay, exit.wait_for(Option::is_some)).await;
+        delay = (delay * 2).min(Duration::from_millis(4));
+    }
+}

@@ -1,0 +1,215 @@
+//! The `process` backend: each instance is a child process of the server on a
+//! free loopback port. It is the fallback where no OCI runtime or namespaces are
+//! available, and it isolates nothing: the runtime runs as the server's user with
+//! the server's filesystem and network. What it does enforce: a parent-death
+//! signal and a stdin pipe so instances die with the server, and an
+//! address-space limit per process from the environment's `memory_mb`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{watch, Notify};
+
+use super::connect::InstanceConnector;
+use super::{Address, Backend, Exit, Handle, Isolation, LaunchConfig, StartRequest, Usage};
+use crate::error::{Error, Result};
+
+pub struct ProcessBackend {
+    launch: LaunchConfig,
+}
+
+impl ProcessBackend {
+    pub fn new(launch: LaunchConfig) -> ProcessBackend {
+        ProcessBackend { launch }
+    }
+}
+
+struct ProcessHandle {
+    address: Address,
+    pid: Option<u32>,
+    stop_requested: AtomicBool,
+    kill: Notify,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+impl Backend for ProcessBackend {
+    fn isolation(&self) -> Isolation {
+        Isolation {
+            backend: "process",
+            summary: "none: instances run as child processes with the server's user, files and network; only an address-space limit per process".into(),
+        }
+    }
+
+    fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Handle>>> {
+        Box::pin(async move {
+            let handle = spawn(&self.launch, &req)?;
+            let exit = handle.exit.clone();
+            let address = handle.address.clone();
+            let handle: Arc<dyn Handle> = handle;
+            let ready = super::wait_ready(&req.env.name, exit, self.launch.start_timeout, || {
+                let address = address.clone();
+                async move { InstanceConnector::dial(&address).await.is_ok() }
+            })
+            .await;
+            if let Err(e) = ready {
+                handle.stop();
+                return Err(e);
+            }
+            Ok(handle)
+        })
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::Internal(format!("no free port: {e}")))?;
+    Ok(l.local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .port())
+}
+
+fn spawn(launch: &LaunchConfig, req: &StartRequest) -> Result<Arc<ProcessHandle>> {
+    let env = &req.env;
+    let (program, args) = launch.command_for(env)?;
+    let port = free_port()?;
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&args)
+        .env("RUNTIME_PORT", port.to_string())
+        .env("RUNTIME_HOST", "127.0.0.1")
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("FUSION_INSTANCE_ID", req.id.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    crate::sys::harden_child(&mut cmd, env.memory_mb);
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::Unavailable(format!(
+            "environment {}: cannot start {program:?}: {e}",
+            env.name
+        ))
+    })?;
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let handle = Arc::new(ProcessHandle {
+        address: Address::Tcp(SocketAddr::from(([127, 0, 0, 1], port))),
+        pid: child.id(),
+        stop_requested: AtomicBool::new(false),
+        kill: Notify::new(),
+        exit: exit_rx,
+    });
+    forward_output(child.stdout.take(), "stdout", &req.logs);
+    forward_output(child.stderr.take(), "stderr", &req.logs);
+
+    // The monitor owns the child and its stdin: the runtime watches stdin for EOF,
+    // so if the server dies the pipe closes and the runtime exits by itself.
+    let stdin = child.stdin.take();
+    let monitor = handle.clone();
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            s = child.wait() => s,
+            _ = monitor.kill.notified() => {
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        };
+        drop(stdin);
+        let exit = if monitor.stop_requested.load(Ordering::SeqCst) {
+            Exit::Stopped
+        } else {
+            match status {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    Exit::Exited {
+                        code: s.code(),
+                        signal: s.signal(),
+                    }
+                }
+                Err(e) => Exit::Vanished(e.to_string()),
+            }
+        };
+        let _ = exit_tx.send(Some(exit));
+    });
+    Ok(handle)
+}
+
+/// Sends each line of a child's output stream to the log sink.
+pub(crate) fn forward_output<R>(stream: Option<R>, name: &'static str, logs: &super::LogSink)
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+{
+    let Some(stream) = stream else { return };
+    let logs = logs.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            logs(name, &line);
+        }
+    });
+}
+
+impl Handle for ProcessHandle {
+    fn address(&self) -> &Address {
+        &self.address
+    }
+
+    fn stage_code(&self, package: &Path) -> Result<String> {
+        // The runtime shares the server's filesystem: it reads the package in place.
+        Ok(package.to_string_lossy().into_owned())
+    }
+
+    fn stop(&self) {
+        self.stop_requested.store(true, Ordering::SeqCst);
+        self.kill.notify_one();
+    }
+
+    fn exit(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit.clone()
+    }
+
+    fn usage(&self) -> Usage {
+        match self.pid {
+            Some(pid) if self.exit.borrow().is_none() => proc_usage(pid),
+            _ => Usage::default(),
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+}
+
+/// Resident memory and CPU time of one process, from /proc.
+fn proc_usage(pid: u32) -> Usage {
+    let memory_bytes = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024);
+    let cpu_seconds = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) as f64 / USER_HZ)
+        });
+    Usage {
+        memory_bytes,
+        cpu_seconds,
+    }
+}
+
+/// Clock ticks per second in /proc's CPU times: 100 on every Linux architecture
+/// Fusion runs on.
+const USER_HZ: f64 = 100.0;
