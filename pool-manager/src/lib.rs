@@ -4,6 +4,7 @@
 //! or plain processes where containers cannot run).
 
 pub mod backend;
+mod catalog;
 pub mod error;
 pub mod instance;
 pub mod logs;

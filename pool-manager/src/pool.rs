@@ -1,7 +1,8 @@
-//! The pool manager: resources (environments, functions, routes), the warm pool of
-//! generic instances per environment, specialization on demand, leases under each
-//! function's budget (`concurrency` instances x `requests_per_instance`), idle
-//! reaping, and the retirement of instances whose function changed.
+//! The pool manager's instances: the warm pool of generic instances per
+//! environment, specialization on demand, leases under each function's budget
+//! (`concurrency` instances x `requests_per_instance`), idle reaping, and the
+//! retirement of instances whose function changed. The stored resources
+//! themselves are `catalog.rs`'s.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,12 +15,13 @@ use http_body_util::BodyExt;
 use tokio::sync::Notify;
 
 use crate::backend::{Backend, Isolation, StartRequest, Usage};
+use crate::catalog::not_found;
 use crate::error::{Error, Result};
 use crate::instance::{lock, Instance, Owner};
 use crate::logs::Logs;
 use crate::metrics::{ColdStartLabels, FunctionLabels, InstanceLabels, PoolMetrics};
 use crate::package::{PackageLimits, PackageStore};
-use crate::resources::{Environment, Function, PackageRef, Route};
+use crate::resources::{Environment, Function};
 use crate::routes::RouteTable;
 use crate::store::{Kind, ResourceStore};
 
@@ -198,170 +200,6 @@ impl PoolManager {
             .clone()
     }
 
-    // ---- packages ----
-
-    pub fn put_package(&self, filename: &str, bytes: &[u8]) -> Result<PackageRef> {
-        self.inner.packages.put(filename, bytes)
-    }
-
-    // ---- environments ----
-
-    pub fn environment(&self, name: &str) -> Result<Environment> {
-        self.inner
-            .store
-            .get(Kind::Environment, name)?
-            .ok_or_else(|| not_found(Kind::Environment, name))
-    }
-    pub fn environments(&self) -> Result<Vec<Environment>> {
-        self.inner.store.environments()
-    }
-
-    pub async fn create_environment(&self, env: Environment) -> Result<Environment> {
-        env.validate()?;
-        self.inner
-            .store
-            .create(Kind::Environment, &env.name, &env)
-            .await?;
-        self.inner.install_environment(env.clone());
-        Ok(env)
-    }
-
-    pub async fn update_environment(&self, env: Environment) -> Result<Environment> {
-        env.validate()?;
-        self.environment(&env.name)?;
-        self.inner
-            .store
-            .put(Kind::Environment, &env.name, &env)
-            .await?;
-        self.inner.install_environment(env.clone());
-        Ok(env)
-    }
-
-    pub async fn delete_environment(&self, name: &str) -> Result<()> {
-        self.environment(name)?;
-        let users: Vec<String> = self
-            .inner
-            .store
-            .functions()?
-            .into_iter()
-            .filter(|f| f.env == name)
-            .map(|f| f.name)
-            .collect();
-        if !users.is_empty() {
-            return Err(Error::Conflict(format!(
-                "environment {name:?} is used by functions {}; delete or move them first",
-                users.join(", ")
-            )));
-        }
-        self.inner.store.delete(Kind::Environment, name).await?;
-        let generic = {
-            let mut st = lock(&self.inner.state);
-            st.envs.remove(name).map(|p| p.generic).unwrap_or_default()
-        };
-        for i in generic {
-            i.stop();
-        }
-        Ok(())
-    }
-
-    // ---- functions ----
-
-    pub fn function(&self, name: &str) -> Result<Function> {
-        self.inner
-            .store
-            .get(Kind::Function, name)?
-            .ok_or_else(|| not_found(Kind::Function, name))
-    }
-    pub fn functions(&self) -> Result<Vec<Function>> {
-        self.inner.store.functions()
-    }
-    pub fn function_exists(&self, name: &str) -> bool {
-        lock(&self.inner.state).fns.contains_key(name)
-    }
-
-    fn check_function_refs(&self, f: &Function) -> Result<()> {
-        f.validate()?;
-        if self
-            .inner
-            .store
-            .get::<Environment>(Kind::Environment, &f.env)?
-            .is_none()
-        {
-            return Err(Error::Conflict(format!(
-                "function {:?}: environment {:?} does not exist; create it first",
-                f.name, f.env
-            )));
-        }
-        self.inner.packages.path(&f.package).map_err(|_| {
-            Error::Conflict(format!(
-                "function {:?}: package {} does not exist; upload the code first",
-                f.name, f.package.sha256
-            ))
-        })?;
-        Ok(())
-    }
-
-    pub async fn create_function(&self, mut f: Function) -> Result<Function> {
-        self.check_function_refs(&f)?;
-        f.generation = 1;
-        self.inner.store.create(Kind::Function, &f.name, &f).await?;
-        lock(&self.inner.state)
-            .fns
-            .insert(f.name.clone(), FnPool::new(f.clone()));
-        Ok(f)
-    }
-
-    /// Replaces a function. New requests go to instances of the new generation;
-    /// in-flight ones finish on the old instances, which are then retired.
-    pub async fn update_function(&self, mut f: Function) -> Result<Function> {
-        self.check_function_refs(&f)?;
-        let old = self.function(&f.name)?;
-        f.generation = old.generation + 1;
-        self.inner.store.put(Kind::Function, &f.name, &f).await?;
-        let mut st = lock(&self.inner.state);
-        let pool = st
-            .fns
-            .entry(f.name.clone())
-            .or_insert_with(|| FnPool::new(f.clone()));
-        pool.function = Arc::new(f.clone());
-        for i in &pool.instances {
-            i.retiring.store(true, Ordering::SeqCst);
-            if i.active() == 0 {
-                i.stop();
-            }
-        }
-        pool.changed.notify_waiters();
-        Ok(f)
-    }
-
-    pub async fn delete_function(&self, name: &str) -> Result<()> {
-        self.function(name)?;
-        let users: Vec<String> = self
-            .inner
-            .store
-            .routes()?
-            .into_iter()
-            .filter(|r| r.function.as_deref() == Some(name))
-            .map(|r| r.name)
-            .collect();
-        if !users.is_empty() {
-            return Err(Error::Conflict(format!(
-                "function {name:?} is the target of routes {}; delete them first",
-                users.join(", ")
-            )));
-        }
-        self.inner.store.delete(Kind::Function, name).await?;
-        if let Some(pool) = lock(&self.inner.state).fns.remove(name) {
-            for i in pool.instances {
-                i.retiring.store(true, Ordering::SeqCst);
-                if i.active() == 0 {
-                    i.stop();
-                }
-            }
-        }
-        Ok(())
-    }
-
     pub fn instances(&self, function: Option<&str>) -> Vec<InstanceInfo> {
         let backend = self.isolation();
         let st = lock(&self.inner.state);
@@ -395,107 +233,11 @@ impl PoolManager {
         out
     }
 
-    // ---- routes ----
-
-    pub fn route(&self, name: &str) -> Result<Route> {
-        self.inner
-            .store
-            .get(Kind::Route, name)?
-            .ok_or_else(|| not_found(Kind::Route, name))
-    }
-    pub fn routes(&self) -> Result<Vec<Route>> {
-        self.inner.store.routes()
-    }
-
-    /// `workflow_exists` answers for routes that target a workflow.
-    pub async fn create_route(
-        &self,
-        route: Route,
-        workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
-    ) -> Result<Route> {
-        self.check_route(&route, workflow_exists)?;
-        self.inner
-            .store
-            .create(Kind::Route, &route.name, &route)
-            .await?;
-        self.reload_routes()?;
-        Ok(route)
-    }
-
-    pub async fn update_route(
-        &self,
-        route: Route,
-        workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
-    ) -> Result<Route> {
-        self.check_route(&route, workflow_exists)?;
-        self.route(&route.name)?;
-        self.inner
-            .store
-            .put(Kind::Route, &route.name, &route)
-            .await?;
-        self.reload_routes()?;
-        Ok(route)
-    }
-
-    pub async fn delete_route(&self, name: &str) -> Result<()> {
-        if !self.inner.store.delete(Kind::Route, name).await? {
-            return Err(not_found(Kind::Route, name));
-        }
-        self.reload_routes()
-    }
-
-    fn check_route(
-        &self,
-        route: &Route,
-        workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
-    ) -> Result<()> {
-        route.validate()?;
-        if let Some(f) = &route.function {
-            if self
-                .inner
-                .store
-                .get::<Function>(Kind::Function, f)?
-                .is_none()
-            {
-                return Err(Error::Conflict(format!(
-                    "route {:?}: function {f:?} does not exist",
-                    route.name
-                )));
-            }
-        }
-        if let Some(w) = &route.workflow {
-            if !workflow_exists(w) {
-                return Err(Error::Conflict(format!(
-                    "route {:?}: workflow {w:?} does not exist",
-                    route.name
-                )));
-            }
-        }
-        let clash = self.inner.store.routes()?.into_iter().find(|r| {
-            r.name != route.name
-                && r.url == route.url
-                && r.prefix == route.prefix
-                && r.host == route.host
-                && (r.methods.is_empty()
-                    || route.methods.is_empty()
-                    || r.methods.iter().any(|m| route.methods.contains(m)))
-        });
-        if let Some(other) = clash {
-            return Err(Error::Conflict(format!(
-                "route {:?} would answer the same requests as route {:?}",
-                route.name, other.name
-            )));
-        }
-        Ok(())
-    }
-
-    fn reload_routes(&self) -> Result<()> {
-        let table = Arc::new(RouteTable::new(self.inner.store.routes()?));
-        *self.inner.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
-        Ok(())
-    }
-
     // ---- leases ----
+
+    pub fn function_exists(&self, name: &str) -> bool {
+        lock(&self.inner.state).fns.contains_key(name)
+    }
 
     /// A lease on a specialized instance of `name`: reuse one with spare capacity,
     /// else specialize a generic one from the pool, else spawn one; past the
@@ -667,6 +409,17 @@ impl PoolManager {
     }
 }
 
+/// No new leases for these instances; the idle ones stop now, the others when
+/// their last lease is released.
+fn retire(instances: &[Arc<Instance>]) {
+    for i in instances {
+        i.retiring.store(true, Ordering::SeqCst);
+        if i.active() == 0 {
+            i.stop();
+        }
+    }
+}
+
 impl FnPool {
     fn new(function: Function) -> FnPool {
         FnPool {
@@ -679,7 +432,42 @@ impl FnPool {
 }
 
 impl Inner {
-    fn install_environment(self: &Arc<Self>, env: Environment) {
+    pub(crate) fn set_routes(&self, table: Arc<RouteTable>) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
+    }
+
+    /// Stops the environment's generic instances and forgets its pool.
+    pub(crate) fn remove_environment(&self, name: &str) {
+        let generic = {
+            let mut st = lock(&self.state);
+            st.envs.remove(name).map(|p| p.generic).unwrap_or_default()
+        };
+        for i in generic {
+            i.stop();
+        }
+    }
+
+    /// Makes `f` the function's current generation: new requests go to instances
+    /// of it; instances of an older one finish their requests and are retired.
+    pub(crate) fn install_function(&self, f: Function) {
+        let mut st = lock(&self.state);
+        let pool = st
+            .fns
+            .entry(f.name.clone())
+            .or_insert_with(|| FnPool::new(f.clone()));
+        pool.function = Arc::new(f);
+        retire(&pool.instances);
+        pool.changed.notify_waiters();
+    }
+
+    /// Forgets a deleted function; its instances finish their requests and stop.
+    pub(crate) fn remove_function(&self, name: &str) {
+        if let Some(pool) = lock(&self.state).fns.remove(name) {
+            retire(&pool.instances);
+        }
+    }
+
+    pub(crate) fn install_environment(self: &Arc<Self>, env: Environment) {
         let old = {
             let mut st = lock(&self.state);
             match st.envs.get_mut(&env.name) {
@@ -952,12 +740,5 @@ impl Inner {
                 }
             }
         }
-    }
-}
-
-fn not_found(kind: Kind, name: &str) -> Error {
-    Error::NotFound {
-        kind: kind.noun(),
-        name: name.to_string(),
     }
 }

@@ -1,0 +1,255 @@
+//! Resource bookkeeping: environments, functions, routes and packages as stored
+//! resources, with their validation and the references between them. What a
+//! change means for running instances is the pool's business (`pool.rs`); this
+//! file only tells it.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::pool::PoolManager;
+use crate::resources::{Environment, Function, PackageRef, Route};
+use crate::routes::RouteTable;
+use crate::store::Kind;
+
+impl PoolManager {
+    // ---- packages ----
+
+    pub fn put_package(&self, filename: &str, bytes: &[u8]) -> Result<PackageRef> {
+        self.inner.packages.put(filename, bytes)
+    }
+
+    // ---- environments ----
+
+    pub fn environment(&self, name: &str) -> Result<Environment> {
+        self.inner
+            .store
+            .get(Kind::Environment, name)?
+            .ok_or_else(|| not_found(Kind::Environment, name))
+    }
+    pub fn environments(&self) -> Result<Vec<Environment>> {
+        self.inner.store.environments()
+    }
+
+    pub async fn create_environment(&self, env: Environment) -> Result<Environment> {
+        env.validate()?;
+        self.inner
+            .store
+            .create(Kind::Environment, &env.name, &env)
+            .await?;
+        self.inner.install_environment(env.clone());
+        Ok(env)
+    }
+
+    pub async fn update_environment(&self, env: Environment) -> Result<Environment> {
+        env.validate()?;
+        self.environment(&env.name)?;
+        self.inner
+            .store
+            .put(Kind::Environment, &env.name, &env)
+            .await?;
+        self.inner.install_environment(env.clone());
+        Ok(env)
+    }
+
+    pub async fn delete_environment(&self, name: &str) -> Result<()> {
+        self.environment(name)?;
+        let users: Vec<String> = self
+            .inner
+            .store
+            .functions()?
+            .into_iter()
+            .filter(|f| f.env == name)
+            .map(|f| f.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "environment {name:?} is used by functions {}; delete or move them first",
+                users.join(", ")
+            )));
+        }
+        self.inner.store.delete(Kind::Environment, name).await?;
+        self.inner.remove_environment(name);
+        Ok(())
+    }
+
+    // ---- functions ----
+
+    pub fn function(&self, name: &str) -> Result<Function> {
+        self.inner
+            .store
+            .get(Kind::Function, name)?
+            .ok_or_else(|| not_found(Kind::Function, name))
+    }
+    pub fn functions(&self) -> Result<Vec<Function>> {
+        self.inner.store.functions()
+    }
+
+    fn check_function_refs(&self, f: &Function) -> Result<()> {
+        f.validate()?;
+        if self
+            .inner
+            .store
+            .get::<Environment>(Kind::Environment, &f.env)?
+            .is_none()
+        {
+            return Err(Error::Conflict(format!(
+                "function {:?}: environment {:?} does not exist; create it first",
+                f.name, f.env
+            )));
+        }
+        self.inner.packages.path(&f.package).map_err(|_| {
+            Error::Conflict(format!(
+                "function {:?}: package {} does not exist; upload the code first",
+                f.name, f.package.sha256
+            ))
+        })?;
+        Ok(())
+    }
+
+    pub async fn create_function(&self, mut f: Function) -> Result<Function> {
+        self.check_function_refs(&f)?;
+        f.generation = 1;
+        self.inner.store.create(Kind::Function, &f.name, &f).await?;
+        self.inner.install_function(f.clone());
+        Ok(f)
+    }
+
+    /// Replaces a function. New requests go to instances of the new generation;
+    /// in-flight ones finish on the old instances, which are then retired.
+    pub async fn update_function(&self, mut f: Function) -> Result<Function> {
+        self.check_function_refs(&f)?;
+        let old = self.function(&f.name)?;
+        f.generation = old.generation + 1;
+        self.inner.store.put(Kind::Function, &f.name, &f).await?;
+        self.inner.install_function(f.clone());
+        Ok(f)
+    }
+
+    pub async fn delete_function(&self, name: &str) -> Result<()> {
+        self.function(name)?;
+        let users: Vec<String> = self
+            .inner
+            .store
+            .routes()?
+            .into_iter()
+            .filter(|r| r.function.as_deref() == Some(name))
+            .map(|r| r.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "function {name:?} is the target of routes {}; delete them first",
+                users.join(", ")
+            )));
+        }
+        self.inner.store.delete(Kind::Function, name).await?;
+        self.inner.remove_function(name);
+        Ok(())
+    }
+
+    // ---- routes ----
+
+    pub fn route(&self, name: &str) -> Result<Route> {
+        self.inner
+            .store
+            .get(Kind::Route, name)?
+            .ok_or_else(|| not_found(Kind::Route, name))
+    }
+    pub fn routes(&self) -> Result<Vec<Route>> {
+        self.inner.store.routes()
+    }
+
+    /// `workflow_exists` answers for routes that target a workflow.
+    pub async fn create_route(
+        &self,
+        route: Route,
+        workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
+    ) -> Result<Route> {
+        self.check_route(&route, workflow_exists)?;
+        self.inner
+            .store
+            .create(Kind::Route, &route.name, &route)
+            .await?;
+        self.reload_routes()?;
+        Ok(route)
+    }
+
+    pub async fn update_route(
+        &self,
+        route: Route,
+        workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
+    ) -> Result<Route> {
+        self.check_route(&route, workflow_exists)?;
+        self.route(&route.name)?;
+        self.inner
+            .store
+            .put(Kind::Route, &route.name, &route)
+            .await?;
+        self.reload_routes()?;
+        Ok(route)
+    }
+
+    pub async fn delete_route(&self, name: &str) -> Result<()> {
+        if !self.inner.store.delete(Kind::Route, name).await? {
+            return Err(not_found(Kind::Route, name));
+        }
+        self.reload_routes()
+    }
+
+    fn check_route(
+        &self,
+        route: &Route,
+        workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
+    ) -> Result<()> {
+        route.validate()?;
+        if let Some(f) = &route.function {
+            if self
+                .inner
+                .store
+                .get::<Function>(Kind::Function, f)?
+                .is_none()
+            {
+                return Err(Error::Conflict(format!(
+                    "route {:?}: function {f:?} does not exist",
+                    route.name
+                )));
+            }
+        }
+        if let Some(w) = &route.workflow {
+            if !workflow_exists(w) {
+                return Err(Error::Conflict(format!(
+                    "route {:?}: workflow {w:?} does not exist",
+                    route.name
+                )));
+            }
+        }
+        let clash = self.inner.store.routes()?.into_iter().find(|r| {
+            r.name != route.name
+                && r.url == route.url
+                && r.prefix == route.prefix
+                && r.host == route.host
+                && (r.methods.is_empty()
+                    || route.methods.is_empty()
+                    || r.methods.iter().any(|m| route.methods.contains(m)))
+        });
+        if let Some(other) = clash {
+            return Err(Error::Conflict(format!(
+                "route {:?} would answer the same requests as route {:?}",
+                route.name, other.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn reload_routes(&self) -> Result<()> {
+        let table = Arc::new(RouteTable::new(self.inner.store.routes()?));
+        self.inner.set_routes(table);
+        Ok(())
+    }
+}
+
+pub(crate) fn not_found(kind: Kind, name: &str) -> Error {
+    Error::NotFound {
+        kind: kind.noun(),
+        name: name.to_string(),
+    }
+}
