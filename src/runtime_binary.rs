@@ -31,12 +31,6 @@ struct Specialize {
 }
 
 pub async fn serve() -> anyhow::Result<()> {
-    let port: u16 = std::env::var("RUNTIME_PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(8888);
-    let host = std::env::var("RUNTIME_HOST").unwrap_or_else(|_| "127.0.0.1".into());
-    let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
     // The server holds our stdin: EOF means it is gone, and so must we be.
     if std::env::var("FUSION_NO_STDIN_WATCH").as_deref() != Ok("1") {
         tokio::spawn(async {
@@ -52,7 +46,19 @@ pub async fn serve() -> anyhow::Result<()> {
         .route("/specialize", post(specialize_v1))
         .fallback(run)
         .with_state(state);
-    axum::serve(listener, app).await?;
+    // A Unix socket only this instance owns (the container backend), else TCP.
+    if let Ok(path) = std::env::var("RUNTIME_SOCKET") {
+        let _ = std::fs::remove_file(&path);
+        axum::serve(tokio::net::UnixListener::bind(&path)?, app).await?;
+    } else {
+        let port: u16 = std::env::var("RUNTIME_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(8888);
+        let host = std::env::var("RUNTIME_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+        let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
+        axum::serve(listener, app).await?;
+    }
     Ok(())
 }
 

@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::extract::Request;
 use axum::Router;
+use pool_manager::backend::container::{self, ContainerBackend, ContainerConfig};
 use pool_manager::backend::process::ProcessBackend;
+use pool_manager::Backend;
 use pool_manager::{LaunchConfig, PoolConfig, PoolManager, WorkflowGateway};
 
 use crate::api::{self, AppState};
@@ -62,6 +64,20 @@ pub struct ServerArgs {
     /// The node executable for the nodejs runtime.
     #[arg(long, env = "FUSION_NODE", default_value = "node")]
     pub node: String,
+    /// What runs instances: `container` (an OCI runtime), `process` (plain child
+    /// processes, no isolation), or `auto` (containers where they can run).
+    #[arg(long, env = "FUSION_BACKEND", default_value = "auto")]
+    pub backend: BackendChoice,
+    /// The OCI runtime for the container backend (default: runc or crun on PATH).
+    #[arg(long, env = "FUSION_OCI_RUNTIME")]
+    pub oci_runtime: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    Auto,
+    Container,
+    Process,
 }
 
 pub struct Running {
@@ -104,17 +120,19 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
 
     let python = resolve_python(&args.python).await;
     precompile_python(&python, &runtimes_dir.join("python")).await;
+    let launch = LaunchConfig {
+        runtimes_dir: runtimes_dir.clone(),
+        fusion_exe: std::env::current_exe()?,
+        python: python.clone(),
+        node: resolve_on_path(&args.node),
+        start_timeout: Duration::from_secs(30),
+    };
+    let backend = choose_backend(&args, &data_dir, launch).await?;
     let pool = PoolManager::start(
         &db,
         PoolConfig {
             data_dir: data_dir.clone(),
-            backend: Arc::new(ProcessBackend::new(LaunchConfig {
-                runtimes_dir: runtimes_dir.clone(),
-                fusion_exe: std::env::current_exe()?,
-                python: python.clone(),
-                node: args.node.clone(),
-                start_timeout: Duration::from_secs(30),
-            })),
+            backend,
             specialize_timeout: Duration::from_secs(30),
             lease_wait: Duration::from_millis(args.lease_wait_ms),
             body_limit: args.body_limit,
@@ -198,6 +216,68 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     db.flush_async().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The container backend where it can run (or where it is asked for), else the
+/// process backend, said loudly: instances then run unisolated.
+async fn choose_backend(
+    args: &ServerArgs,
+    data_dir: &std::path::Path,
+    launch: LaunchConfig,
+) -> anyhow::Result<Arc<dyn Backend>> {
+    if args.backend == BackendChoice::Process {
+        tracing::warn!("the process backend is in use (--backend process): function code runs unisolated, as the server's user");
+        return Ok(Arc::new(ProcessBackend::new(launch)));
+    }
+    let runtime = args.oci_runtime.clone().or_else(|| {
+        ["runc", "crun"]
+            .into_iter()
+            .map(resolve_on_path)
+            .find(|p| p.starts_with('/'))
+            .map(PathBuf::from)
+    });
+    let probed = match runtime {
+        None => Err("no OCI runtime (runc or crun) on PATH".to_string()),
+        Some(runtime) => {
+            ContainerBackend::probe(ContainerConfig {
+                runtime,
+                dir: data_dir.join("containers"),
+                prefix: container::prefix_for(data_dir),
+                launch: launch.clone(),
+            })
+            .await
+        }
+    };
+    match probed {
+        Ok(backend) => {
+            tracing::info!("{}", backend.isolation().summary);
+            Ok(Arc::new(backend))
+        }
+        Err(why) if args.backend == BackendChoice::Container => {
+            anyhow::bail!("the container backend cannot run here: {why}")
+        }
+        Err(why) => {
+            tracing::warn!(
+                "CONTAINERS UNAVAILABLE ({why}): falling back to the process backend; function code runs unisolated, as the server's user"
+            );
+            Ok(Arc::new(ProcessBackend::new(launch)))
+        }
+    }
+}
+
+/// The absolute path of `name` on PATH (as given when it has a slash or is not found).
+fn resolve_on_path(name: &str) -> String {
+    if name.contains('/') {
+        return name.to_string();
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| name.to_string())
 }
 
 /// The interpreter's real path: version-manager shims (pyenv, asdf) on PATH add

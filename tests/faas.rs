@@ -6,6 +6,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
+use common::probe::Probe;
 use common::{alive, eventually, Server};
 use serde_json::{json, Value};
 
@@ -124,11 +125,8 @@ fn past_concurrency_a_request_waits_then_gets_429() {
     let s = Server::start_with(&[("FUSION_LEASE_WAIT_MS", "300")]);
     s.env("binary", "binary", 1);
     // The function holds its instance until the test lets it go.
-    let gate = s.data_dir().parent().unwrap().join("gate");
-    let code = format!(
-        "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.05; done\necho done\n",
-        gate.display()
-    );
+    let probe = Probe::start();
+    let code = format!("#!/bin/sh\n{}\necho done\n", probe.curl("/gate/go"));
     s.function(
         "slow",
         "binary",
@@ -155,7 +153,7 @@ fn past_concurrency_a_request_waits_then_gets_429() {
     assert_eq!(r.status(), 429);
     let body: Value = r.json().unwrap();
     assert_eq!(body["error"]["code"], "too_many_requests");
-    std::fs::write(&gate, b"").unwrap();
+    probe.open("go");
     assert_eq!(first.join().unwrap(), 200);
     // Capacity is back once the first request is done.
     assert_eq!(s.get("/fission-function/slow").status(), 200);
@@ -623,9 +621,65 @@ fn metrics_count_requests_cold_starts_instances_and_runs() {
     );
 }
 
+/// A python function that starts `kids` processes holding `mb` MiB each at the
+/// same time, and answers their exit codes (-9: killed).
+const FAMILY: &str = r#"import subprocess, sys
+from flask import request
+HOLD = "b = bytearray(%d << 20); print('ok', flush=True); sys.stdin.read()"
+def main():
+    mb, kids = int(request.args['mb']), int(request.args['kids'])
+    procs = [subprocess.Popen([sys.executable, '-S', '-c', 'import sys; ' + HOLD % mb],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(kids)]
+    for p in procs:
+        p.stdout.readline()  # allocated, or killed
+    for p in procs:
+        p.stdin.close()
+    return ' '.join(str(p.wait()) for p in procs)
+"#;
+
 #[test]
-fn an_environment_memory_limit_bounds_each_instance() {
-    let s = Server::start();
+fn a_container_killed_for_memory_answers_out_of_memory_and_is_replaced() {
+    let s = Server::start_with(&[("FUSION_BACKEND", "container")]);
+    s.ok(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": "small", "runtime": "python", "poolsize": 0, "memory_mb": 128})),
+    );
+    let code = "from flask import request\ndef main():\n    block = bytearray(int(request.args['mb']) << 20)\n    return 'got %d' % len(block)\n";
+    s.function("greedy", "small", "greedy.py", code, json!({}));
+    assert_eq!(
+        s.get("/fission-function/greedy?mb=8").text().unwrap(),
+        "got 8388608"
+    );
+    let r = s.get("/fission-function/greedy?mb=512");
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "out_of_memory", "{body}");
+    // A new instance takes the next request.
+    assert_eq!(
+        s.get("/fission-function/greedy?mb=1").text().unwrap(),
+        "got 1048576"
+    );
+
+    // The limit holds for all the instance's processes together: six children of
+    // 40 MiB do not fit in 128 MiB, whichever of them the kernel kills.
+    s.function("family", "small", "family.py", FAMILY, json!({}));
+    let r = s.get("/fission-function/family?mb=40&kids=6");
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    match status {
+        200 => assert!(
+            text.split(' ').any(|c| c == "-9"),
+            "no child was killed: {text}"
+        ),
+        502 => assert!(text.contains("out_of_memory"), "{text}"),
+        other => panic!("{other}: {text}"),
+    }
+}
+
+#[test]
+fn a_process_memory_limit_bounds_each_process() {
+    let s = Server::start_with(&[("FUSION_BACKEND", "process")]);
     s.ok(
         "POST",
         "/v1/environments",

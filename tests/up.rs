@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::probe::Probe;
 use common::{alive, eventually, signal, Server, BIN};
 use serde_json::json;
 
@@ -98,12 +99,9 @@ impl Drop for KillOnDrop {
 #[test]
 fn sigterm_lets_in_flight_requests_finish_then_stops_every_instance() {
     let mut s = Server::start();
-    let gate = s.data_dir().parent().unwrap().join("gate");
+    let probe = Probe::start();
     s.env("binary", "binary", 1);
-    let code = format!(
-        "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.05; done\nprintf finished\n",
-        gate.display()
-    );
+    let code = format!("#!/bin/sh\n{}\nprintf finished\n", probe.curl("/gate/go"));
     s.function("slow", "binary", "slow.sh", &code, json!({}));
     let pending = std::thread::spawn({
         let http = s.http.clone();
@@ -125,7 +123,7 @@ fn sigterm_lets_in_flight_requests_finish_then_stops_every_instance() {
     eventually(Duration::from_secs(10), "the listener closes", || {
         std::net::TcpStream::connect(s.router.trim_start_matches("http://")).is_err()
     });
-    std::fs::write(&gate, b"").unwrap();
+    probe.open("go");
     assert_eq!(pending.join().unwrap(), (200, "finished".to_string()));
     let mut server = server;
     let status = server.wait().unwrap();

@@ -6,27 +6,23 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::probe::Probe;
 use common::{eventually, Server};
 use serde_json::{json, Value};
 
-/// A shell function that records each call (`<tag> <idempotency key>`) in
-/// `log`, then waits for `gate` if one is given, then answers `<tag>`.
-fn recorder(log: &Path, tag: &str, gate: Option<&Path>) -> String {
-    let wait = gate
-        .map(|g| format!("while [ ! -e {} ]; do sleep 0.05; done\n", g.display()))
-        .unwrap_or_default();
+/// A shell function that records each call (`<tag> <idempotency key>`) in the
+/// probe's `calls` log, then waits for the probe's gate `<tag>` if `gated`, then
+/// answers `<tag>`.
+fn recorder(probe: &Probe, tag: &str, gated: bool) -> String {
+    let wait = if gated {
+        format!("{}\n", probe.curl(&format!("/gate/{tag}")))
+    } else {
+        String::new()
+    };
     format!(
-        "#!/bin/sh\necho \"{tag} $HTTP_X_FUSION_IDEMPOTENCY_KEY\" >> {}\n{wait}printf '{tag}'\n",
-        log.display()
+        "#!/bin/sh\n{}\n{wait}printf '{tag}'\n",
+        probe.curl(&format!("/log/calls?{tag}+$HTTP_X_FUSION_IDEMPOTENCY_KEY"))
     )
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]
@@ -126,29 +122,27 @@ fn the_fanout_sleeps_run_in_parallel_not_in_waves() {
 #[test]
 fn a_killed_server_resumes_its_runs_without_repeating_finished_tasks() {
     let mut s = Server::start();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("calls.log");
-    let gate = dir.path().join("gate");
+    let probe = Probe::start();
     s.env("binary", "binary", 1);
     s.function(
         "step-one",
         "binary",
         "one.sh",
-        &recorder(&log, "one", None),
+        &recorder(&probe, "one", false),
         json!({}),
     );
     s.function(
         "step-two",
         "binary",
         "two.sh",
-        &recorder(&log, "two", Some(&gate)),
+        &recorder(&probe, "two", true),
         json!({}),
     );
     s.function(
         "step-three",
         "binary",
         "three.sh",
-        &recorder(&log, "three", None),
+        &recorder(&probe, "three", false),
         json!({}),
     );
     s.workflow(
@@ -157,16 +151,16 @@ fn a_killed_server_resumes_its_runs_without_repeating_finished_tasks() {
     );
     let id = s.start_async("chain", "");
     eventually(Duration::from_secs(30), "step two is in flight", || {
-        lines(&log).iter().any(|l| l.starts_with("two "))
+        probe.lines("calls").iter().any(|l| l.starts_with("two "))
     });
     s.kill();
-    std::fs::write(&gate, b"").unwrap();
+    probe.open("two");
     s.launch();
     let run = s.wait_run(&id, Duration::from_secs(60));
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output"], "three");
 
-    let calls = lines(&log);
+    let calls = probe.lines("calls");
     let count = |tag: &str| {
         calls
             .iter()
@@ -316,20 +310,18 @@ fn invalid_workflows_are_refused_with_line_and_column() {
 #[test]
 fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
     let s = Server::start();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("calls.log");
-    let flag = dir.path().join("fixed");
+    let probe = Probe::start();
     s.env("binary", "binary", 1);
     s.function(
         "first",
         "binary",
         "first.sh",
-        &recorder(&log, "first", None),
+        &recorder(&probe, "first", false),
         json!({}),
     );
     let flaky = format!(
-        "#!/bin/sh\n[ -e {} ] || {{ echo 'not yet' >&2; exit 3; }}\nprintf fixed\n",
-        flag.display()
+        "#!/bin/sh\n{} || {{ echo 'not yet' >&2; exit 3; }}\nprintf fixed\n",
+        probe.curl("/flag/fixed")
     );
     s.function("flaky", "binary", "flaky.sh", &flaky, json!({}));
     s.workflow(
@@ -342,7 +334,7 @@ fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
     assert_eq!(err["error"]["task"], "B");
     let failed_id = err["error"]["run_id"].as_str().unwrap().to_string();
 
-    std::fs::write(&flag, b"").unwrap();
+    probe.set("fixed");
     let retried = s.ok(
         "POST",
         &format!("/v1/runs/{failed_id}/retry"),
@@ -353,7 +345,7 @@ fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output"], "fixed");
     assert_eq!(
-        lines(&log).len(),
+        probe.lines("calls").len(),
         1,
         "task A kept its output and did not run again"
     );
@@ -371,13 +363,12 @@ fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
 #[test]
 fn retries_back_off_on_5xx_but_never_retry_4xx() {
     let s = Server::start();
-    let dir = tempfile::tempdir().unwrap();
-    let count = dir.path().join("count");
+    let probe = Probe::start();
     s.env("binary", "binary", 1);
     // Fails twice (the runtime answers 500 on a non-zero exit), then succeeds.
     let code = format!(
-        "#!/bin/sh\necho x >> {c}\n[ $(wc -l < {c}) -ge 3 ] || exit 1\nprintf third-time\n",
-        c = count.display()
+        "#!/bin/sh\n[ $({}) -ge 3 ] || exit 1\nprintf third-time\n",
+        probe.curl("/count/shaky")
     );
     s.function("shaky", "binary", "shaky.sh", &code, json!({}));
     s.workflow(

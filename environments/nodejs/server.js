@@ -434,11 +434,20 @@ server.on('clientError', (err, socket) => {
     socket.destroy();
   }
 });
+// A Unix socket only this instance owns (the container backend), else TCP.
+const SOCKET = process.env.RUNTIME_SOCKET || '';
+const WHERE = SOCKET || `${HOST}:${PORT}`;
 server.on('error', (e) => {
-  log(`listen ${HOST}:${PORT} failed: ${errText(e)}`);
+  log(`listen ${WHERE} failed: ${errText(e)}`);
   process.exit(1);
 });
-server.listen(PORT, HOST, () => {
-  log(`listening on ${HOST}:${PORT}`);
+const listening = () => {
+  log(`listening on ${WHERE}`);
   if (process.env.FUSION_NO_STDIN_WATCH !== '1') watchStdin();
-});
+};
+if (SOCKET) {
+  try { require('fs').unlinkSync(SOCKET); } catch (_) { /* not there */ }
+  server.listen(SOCKET, listening);
+} else {
+  server.listen(PORT, HOST, listening);
+}

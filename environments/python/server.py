@@ -575,13 +575,24 @@ def main():
     except Exception:
         pass
     _tune_stack()
-    host = os.environ.get("RUNTIME_HOST") or "127.0.0.1"
-    port = int(os.environ.get("RUNTIME_PORT") or "8888")
-    ls = _socket.socket(_family(host), _socket.SOCK_STREAM)
-    ls.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-    ls.bind((host, port))
+    path = os.environ.get("RUNTIME_SOCKET")
+    if path:  # a Unix socket only this instance owns (the container backend)
+        ls = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        ls.bind(path)
+        where = path
+    else:
+        host = os.environ.get("RUNTIME_HOST") or "127.0.0.1"
+        port = int(os.environ.get("RUNTIME_PORT") or "8888")
+        ls = _socket.socket(_family(host), _socket.SOCK_STREAM)
+        ls.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        ls.bind((host, port))
+        where = "%s:%d" % (host, port)
     ls.listen(1024)
-    log("listening on %s:%d" % (host, port))
+    log("listening on " + where)
     if os.environ.get("FUSION_NO_PREWARM") != "1":
         try:
             _thread.start_new_thread(_prewarm, ())

@@ -47,9 +47,42 @@ pub struct Environment {
     /// Address-space limit of each instance, in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,
-    /// CPU limit in millicores; enforced by the Kubernetes backend only.
+    /// CPU limit in millicores (a cgroup quota on the container backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_millis: Option<u64>,
+    /// The network instances see (container backend): the host's, or none at all.
+    #[serde(default, skip_serializing_if = "Network::is_host")]
+    pub network: Network,
+}
+
+/// The network an environment's instances get.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's network: functions can call out (and reach the host's loopback).
+    #[default]
+    Host,
+    /// A network namespace of its own with only loopback: no calls out.
+    None,
+}
+
+impl Network {
+    fn is_host(&self) -> bool {
+        *self == Network::Host
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "host" => Ok(Network::Host),
+            "none" => Ok(Network::None),
+            other => Err(Error::Invalid(format!(
+                "unknown network {other:?}: expected host or none"
+            ))),
+        }
+    }
 }
 
 impl Environment {
@@ -304,6 +337,7 @@ mod tests {
             poolsize: 3,
             memory_mb: None,
             cpu_millis: None,
+            network: Network::Host,
         };
         assert!(e.validate().is_ok());
         e.command = Some(vec!["x".into()]);
@@ -323,6 +357,7 @@ mod tests {
             poolsize: 1,
             memory_mb: Some(256),
             cpu_millis: None,
+            network: Network::Host,
         };
         assert!(e.validate().is_err());
         e.memory_mb = Some(1024);

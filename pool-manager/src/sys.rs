@@ -40,3 +40,9 @@ pub fn harden_child(cmd: &mut tokio::process::Command, memory_mb: Option<u64>) {
         });
     }
 }
+
+/// Whether the server runs as root (the container backend needs it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -3,6 +3,8 @@
 //! when dropped.
 #![allow(dead_code)]
 
+pub mod probe;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -242,6 +244,43 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.terminate(Duration::from_secs(15));
+        remove_containers_of(&self.data);
+    }
+}
+
+/// Deletes the containers of the server on `data`, as its next start would (a
+/// server killed with SIGKILL leaves stopped and half-created containers).
+/// Their names start with `fusion-` and 8 hex digits of the data dir's sha256.
+pub fn remove_containers_of(data: &Path) {
+    use sha2::Digest;
+    let Ok(data) = data.canonicalize() else {
+        return;
+    };
+    let digest = sha2::Sha256::digest(data.as_os_str().as_encoded_bytes());
+    let prefix: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let prefix = format!("fusion-{prefix}-");
+    let listed = Command::new("runc")
+        .args(["list", "-q"])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut ids: Vec<String> = listed.lines().map(str::to_string).collect();
+    if let Ok(dir) = std::fs::read_dir("/run/runc") {
+        ids.extend(
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
+    }
+    for id in ids.iter().filter(|id| id.starts_with(&prefix)) {
+        let _ = Command::new("runc")
+            .args(["delete", "-f", id])
+            .stderr(Stdio::null())
+            .status();
+        let state = Path::new("/run/runc").join(id);
+        if !state.join("state.json").exists() {
+            let _ = std::fs::remove_dir_all(state);
+        }
     }
 }
 

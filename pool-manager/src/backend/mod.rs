@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::resources::{Environment, Runtime};
 
 pub mod connect;
+pub mod container;
 pub mod process;
 
 /// Where the router reaches an instance's runtime server.

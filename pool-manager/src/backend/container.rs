@@ -1,0 +1,849 @@
+//! The `container` backend: each instance is an OCI container run by an OCI
+//! runtime (`runc` or `crun`) in the foreground, one `runtime run --keep` child per
+//! instance. The container has its own mount, pid, ipc and uts namespaces (and
+//! network, for `network: none`), a read-only root made of the host's `/usr`
+//! bound read-only plus a generated minimal `/etc`, the function's code
+//! read-only at `/userfunc`, a private size-limited `/tmp`, and runs as an
+//! unprivileged user with no capabilities. cgroups bound memory (all processes
+//! together), CPU and pids. The runtime listens on a Unix socket in the
+//! instance's bundle, which no other instance can see.
+//!
+//! Lifecycle: the runtime watches its stdin (a pipe from the server through the
+//! OCI runtime), so when the server dies, even by SIGKILL, the runtime exits and
+//! the pid namespace takes every process of the container with it. Stopping is
+//! `kill KILL`; after the exit the cgroup is read for an out-of-memory kill, then
+//! the container is deleted. The next server start deletes containers a killed
+//! server left behind (`cleanup_stale`).
+
+use std::collections::HashSet;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use oci_spec::runtime::{
+    get_default_maskedpaths, get_default_readonly_paths, LinuxBuilder, LinuxCapabilitiesBuilder,
+    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+use tokio::sync::{watch, Notify};
+
+use super::connect::InstanceConnector;
+use super::{Address, Backend, Exit, Handle, Isolation, LaunchConfig, StartRequest, Usage};
+use crate::error::{Error, Result};
+use crate::resources::{Environment, Network};
+
+/// The unprivileged user and group instances run as (`nobody`).
+const NOBODY: u32 = 65534;
+/// Processes one instance may have at once: a fork bomb stops here.
+pub const DEFAULT_PIDS_LIMIT: i64 = 256;
+/// Size of an instance's private `/tmp`, in MiB (it counts towards its memory).
+pub const TMP_SIZE_MB: u64 = 64;
+/// Where the runtime listens, inside the container and in the bundle.
+const SOCKET_DIR: &str = "/run/fusion";
+const SOCKET_NAME: &str = "runtime.sock";
+/// Where runc keeps its containers' state (its default `--root` for root).
+const RUNC_ROOT: &str = "/run/runc";
+
+/// The name prefix of this server's containers: `fusion-` and a hash of its data
+/// directory, so servers with different data directories leave each other alone.
+pub fn prefix_for(data_dir: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("fusion-{hex}-")
+}
+
+/// How the container backend is set up; `probe` checks it can run.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// The OCI runtime executable (`runc`, `crun`, or a path).
+    pub runtime: PathBuf,
+    /// Under the data directory: the shared root, `/etc` and the bundles.
+    pub dir: PathBuf,
+    /// The runtimes as the host sees them (`python`, `node`, the `fusion` binary).
+    pub launch: LaunchConfig,
+    /// Distinguishes this server's containers from other servers' on the machine.
+    pub prefix: String,
+}
+
+pub struct ContainerBackend {
+    cfg: ContainerConfig,
+    /// The runtimes as the container sees them.
+    inside: LaunchConfig,
+    /// Host directories bound read-only at the same path (interpreter prefixes).
+    extra_binds: Vec<PathBuf>,
+    cgroups: Cgroups,
+}
+
+/// Which cgroup hierarchy the OCI runtime uses, for usage and OOM reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cgroups {
+    V1,
+    V2,
+}
+
+impl Cgroups {
+    fn detect() -> Cgroups {
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            Cgroups::V2
+        } else {
+            Cgroups::V1
+        }
+    }
+    fn file(self, controller: &str, id: &str, name: &str) -> PathBuf {
+        match self {
+            Cgroups::V1 => Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join("fusion")
+                .join(id)
+                .join(name),
+            Cgroups::V2 => Path::new("/sys/fs/cgroup/fusion").join(id).join(name),
+        }
+    }
+    /// How many times the kernel killed a process of the container for memory.
+    fn oom_kills(self, id: &str) -> u64 {
+        let (file, key) = match self {
+            Cgroups::V1 => (self.file("memory", id, "memory.oom_control"), "oom_kill"),
+            Cgroups::V2 => (self.file("memory", id, "memory.events"), "oom_kill"),
+        };
+        read_keyed(&file, key).unwrap_or(0)
+    }
+    fn usage(self, id: &str) -> Usage {
+        match self {
+            Cgroups::V1 => Usage {
+                memory_bytes: read_u64(&self.file("memory", id, "memory.usage_in_bytes")),
+                cpu_seconds: read_u64(&self.file("cpuacct", id, "cpuacct.usage"))
+                    .map(|ns| ns as f64 / 1e9),
+            },
+            Cgroups::V2 => Usage {
+                memory_bytes: read_u64(&self.file("memory", id, "memory.current")),
+                cpu_seconds: read_keyed(&self.file("cpu", id, "cpu.stat"), "usage_usec")
+                    .map(|us| us as f64 / 1e6),
+            },
+        }
+    }
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value of `key N` in a cgroup file of such lines.
+fn read_keyed(path: &Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+impl ContainerBackend {
+    /// Prepares the shared root and `/etc`, removes this server's leftover
+    /// containers, and runs one probe container; fails with the reason when
+    /// containers cannot run here.
+    pub async fn probe(cfg: ContainerConfig) -> std::result::Result<ContainerBackend, String> {
+        if !crate::sys::is_root() {
+            return Err(
+                "the container backend needs root (rootless OCI runtimes are not supported yet)"
+                    .into(),
+            );
+        }
+        if !Path::new("/proc/self/ns/pid").exists() {
+            return Err("this kernel has no pid namespaces".into());
+        }
+        let version = tokio::process::Command::new(&cfg.runtime)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run the OCI runtime {:?}: {e}", cfg.runtime))?;
+        if !version.status.success() {
+            return Err(format!(
+                "the OCI runtime {:?} does not run: {}",
+                cfg.runtime,
+                String::from_utf8_lossy(&version.stderr).trim()
+            ));
+        }
+        let mut extra_binds = Vec::new();
+        let inside = LaunchConfig {
+            runtimes_dir: PathBuf::from("/fusion/runtimes"),
+            fusion_exe: PathBuf::from("/fusion/bin/fusion"),
+            python: inside_path(&cfg.launch.python, &mut extra_binds),
+            node: inside_path(&cfg.launch.node, &mut extra_binds),
+            start_timeout: cfg.launch.start_timeout,
+        };
+        let backend = ContainerBackend {
+            cgroups: Cgroups::detect(),
+            cfg,
+            inside,
+            extra_binds,
+        };
+        backend
+            .prepare_dirs()
+            .map_err(|e| format!("cannot prepare the container root: {e}"))?;
+        backend.cleanup().await;
+        backend.run_probe().await?;
+        Ok(backend)
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.cfg.dir.join("rootfs")
+    }
+    fn etc(&self) -> PathBuf {
+        self.cfg.dir.join("etc")
+    }
+    fn bundles(&self) -> PathBuf {
+        self.cfg.dir.join("bundles")
+    }
+    fn fusion_bin_dir(&self) -> PathBuf {
+        self.cfg.dir.join("bin")
+    }
+
+    /// The shared read-only root: empty mount points, the host's `/bin`-style
+    /// links into `/usr`; and a minimal `/etc` with no secrets in it.
+    fn prepare_dirs(&self) -> std::io::Result<()> {
+        let root = self.rootfs();
+        if root.exists() {
+            std::fs::remove_dir_all(&root)?;
+        }
+        for dir in [
+            "usr",
+            "etc",
+            "proc",
+            "dev",
+            "tmp",
+            "userfunc",
+            "fusion/runtimes",
+            "fusion/bin",
+            "run/fusion",
+        ] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        // A tmpfs takes the mode of the directory it is mounted on.
+        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
+        for dir in &self.extra_binds {
+            std::fs::create_dir_all(root.join(dir.strip_prefix("/").unwrap_or(dir)))?;
+        }
+        for link in ["bin", "lib", "lib64", "sbin", "lib32", "libx32"] {
+            let host = Path::new("/").join(link);
+            match std::fs::read_link(&host) {
+                Ok(target) => symlink(target, root.join(link))?,
+                Err(_) if host.is_dir() => std::fs::create_dir_all(root.join(link))?,
+                Err(_) => {}
+            }
+        }
+        // Every directory on the way to a bind must be traversable by nobody.
+        walk_dirs(&root, &mut |d| {
+            if d != root.join("tmp") {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+            }
+            Ok(())
+        })?;
+
+        let etc = self.etc();
+        if etc.exists() {
+            std::fs::remove_dir_all(&etc)?;
+        }
+        std::fs::create_dir_all(etc.join("ssl/certs"))?;
+        std::fs::write(
+            etc.join("passwd"),
+            "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/tmp:/usr/sbin/nologin\n",
+        )?;
+        std::fs::write(etc.join("group"), "root:x:0:\nnogroup:x:65534:\n")?;
+        std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
+        std::fs::write(
+            etc.join("nsswitch.conf"),
+            "passwd: files\ngroup: files\nhosts: files dns\n",
+        )?;
+        for file in [
+            "resolv.conf",
+            "ld.so.cache",
+            "localtime",
+            "ssl/openssl.cnf",
+            "ssl/certs/ca-certificates.crt",
+        ] {
+            // Copies, not links: the files may not exist, and must not change under a container.
+            let _ = std::fs::copy(Path::new("/etc").join(file), etc.join(file));
+        }
+
+        // The binary runtime is the fusion executable: a copy instances can read.
+        let bin = self.fusion_bin_dir();
+        std::fs::create_dir_all(&bin)?;
+        let exe = bin.join("fusion");
+        let _ = std::fs::remove_file(&exe);
+        if std::fs::hard_link(&self.cfg.launch.fusion_exe, &exe).is_err() {
+            std::fs::copy(&self.cfg.launch.fusion_exe, &exe)?;
+        }
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::create_dir_all(self.bundles())?;
+        Ok(())
+    }
+
+    /// Runs the fusion binary once in a container with this backend's setup.
+    async fn run_probe(&self) -> std::result::Result<(), String> {
+        let id = format!("{}probe", self.cfg.prefix);
+        let bundle = self.bundles().join(&id);
+        let _ = std::fs::remove_dir_all(&bundle);
+        let probe_env = Environment {
+            name: "probe".into(),
+            runtime: Some(crate::resources::Runtime::Binary),
+            command: None,
+            poolsize: 0,
+            memory_mb: Some(64),
+            cpu_millis: None,
+            network: Network::None,
+        };
+        let spec = self
+            .spec(
+                &probe_env,
+                &bundle,
+                vec!["/fusion/bin/fusion".into(), "--version".into()],
+            )
+            .map_err(|e| e.to_string())?;
+        prepare_bundle(&bundle, &spec)
+            .map_err(|e| format!("cannot write the probe bundle: {e}"))?;
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::process::Command::new(&self.cfg.runtime)
+                .args(["run", "--bundle"])
+                .arg(&bundle)
+                .arg(&id)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&bundle);
+        match out {
+            Ok(Ok(o)) if o.status.success() => Ok(()),
+            Ok(Ok(o)) => {
+                self.delete(&id).await;
+                Err(format!(
+                    "a probe container failed ({}): {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ))
+            }
+            Ok(Err(e)) => Err(format!("cannot run the OCI runtime: {e}")),
+            Err(_) => {
+                self.delete(&id).await;
+                Err("a probe container did not finish within 20 s".into())
+            }
+        }
+    }
+
+    /// Deletes every container of this server's (a killed server leaves stopped
+    /// ones, and half-created ones that `list` does not show).
+    async fn cleanup(&self) {
+        let list = tokio::process::Command::new(&self.cfg.runtime)
+            .args(["list", "-q"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .await;
+        let mut ids: Vec<String> = list
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Ok(entries) = std::fs::read_dir(RUNC_ROOT) {
+            ids.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+        ids.sort();
+        ids.dedup();
+        for id in ids.iter().filter(|id| id.starts_with(&self.cfg.prefix)) {
+            self.delete(id).await;
+        }
+        if let Ok(entries) = std::fs::read_dir(self.bundles()) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    async fn delete(&self, id: &str) {
+        delete_container(&self.cfg.runtime, id).await;
+    }
+
+    /// The container's configuration, generated with `oci-spec`.
+    fn spec(&self, env: &Environment, bundle: &Path, args: Vec<String>) -> Result<Spec> {
+        let oci = |e: oci_spec::OciSpecError| Error::Internal(format!("container spec: {e}"));
+        let bind = |src: &Path, dst: &str, rw: bool| -> Result<Mount> {
+            MountBuilder::default()
+                .destination(dst)
+                .typ("bind")
+                .source(src)
+                .options(vec![
+                    "rbind".into(),
+                    if rw { "rw" } else { "ro" }.into(),
+                    "nosuid".into(),
+                    "nodev".into(),
+                ])
+                .build()
+                .map_err(oci)
+        };
+        let fs = |dst: &str, typ: &str, opts: &[&str]| -> Result<Mount> {
+            MountBuilder::default()
+                .destination(dst)
+                .typ(typ)
+                .source(typ)
+                .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .build()
+                .map_err(oci)
+        };
+        let tmp_size = format!("size={TMP_SIZE_MB}m");
+        let mut mounts = vec![
+            fs("/proc", "proc", &["nosuid", "noexec", "nodev"])?,
+            fs(
+                "/dev",
+                "tmpfs",
+                &["nosuid", "strictatime", "mode=755", "size=64k"],
+            )?,
+            fs(
+                "/dev/pts",
+                "devpts",
+                &[
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620",
+                ],
+            )?,
+            fs(
+                "/dev/shm",
+                "tmpfs",
+                &["nosuid", "noexec", "nodev", "mode=1777", "size=16m"],
+            )?,
+            fs(
+                "/tmp",
+                "tmpfs",
+                &["nosuid", "nodev", "mode=1777", &tmp_size],
+            )?,
+            bind(Path::new("/usr"), "/usr", false)?,
+            bind(&self.etc(), "/etc", false)?,
+            bind(&self.cfg.launch.runtimes_dir, "/fusion/runtimes", false)?,
+            bind(&self.fusion_bin_dir(), "/fusion/bin", false)?,
+            bind(&bundle.join("code"), "/userfunc", false)?,
+            bind(&bundle.join("sock"), SOCKET_DIR, true)?,
+        ];
+        for link in ["bin", "lib", "lib64", "sbin", "lib32", "libx32"] {
+            let host = Path::new("/").join(link);
+            if host.is_dir() && std::fs::read_link(&host).is_err() {
+                mounts.push(bind(&host, &format!("/{link}"), false)?);
+            }
+        }
+        for dir in &self.extra_binds {
+            mounts.push(bind(dir, &dir.to_string_lossy(), false)?);
+        }
+
+        let mut namespaces = vec![
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Mount,
+        ];
+        if env.network == Network::None {
+            namespaces.push(LinuxNamespaceType::Network);
+        }
+        let namespaces = namespaces
+            .into_iter()
+            .map(|t| LinuxNamespaceBuilder::default().typ(t).build().map_err(oci))
+            .collect::<Result<Vec<_>>>()?;
+
+        let mut resources = LinuxResourcesBuilder::default()
+            .devices(vec![LinuxDeviceCgroupBuilder::default()
+                .allow(false)
+                .access("rwm")
+                .build()
+                .map_err(oci)?])
+            .pids(
+                LinuxPidsBuilder::default()
+                    .limit(DEFAULT_PIDS_LIMIT)
+                    .build()
+                    .map_err(oci)?,
+            );
+        if let Some(mb) = env.memory_mb {
+            let bytes = (mb as i64).saturating_mul(1 << 20);
+            resources = resources.memory(
+                LinuxMemoryBuilder::default()
+                    .limit(bytes)
+                    .swap(bytes)
+                    .build()
+                    .map_err(oci)?,
+            );
+        }
+        if let Some(millis) = env.cpu_millis {
+            resources = resources.cpu(
+                LinuxCpuBuilder::default()
+                    .quota((millis as i64).saturating_mul(100).max(1000))
+                    .period(100_000u64)
+                    .build()
+                    .map_err(oci)?,
+            );
+        }
+
+        let no_caps = LinuxCapabilitiesBuilder::default()
+            .bounding(HashSet::new())
+            .effective(HashSet::new())
+            .permitted(HashSet::new())
+            .inheritable(HashSet::new())
+            .ambient(HashSet::new())
+            .build()
+            .map_err(oci)?;
+        let process = ProcessBuilder::default()
+            .terminal(false)
+            .user(
+                UserBuilder::default()
+                    .uid(NOBODY)
+                    .gid(NOBODY)
+                    .build()
+                    .map_err(oci)?,
+            )
+            .args(args)
+            .env(vec![
+                "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
+                "HOME=/tmp".into(),
+                "LANG=C.UTF-8".into(),
+                format!("RUNTIME_SOCKET={SOCKET_DIR}/{SOCKET_NAME}"),
+                "PYTHONUNBUFFERED=1".into(),
+                "PYTHONDONTWRITEBYTECODE=1".into(),
+            ])
+            .cwd("/tmp")
+            .capabilities(no_caps)
+            .rlimits(vec![PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(4096u64)
+                .soft(4096u64)
+                .build()
+                .map_err(oci)?])
+            .no_new_privileges(true)
+            .build()
+            .map_err(oci)?;
+        let id = bundle
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let linux = LinuxBuilder::default()
+            .cgroups_path(PathBuf::from(format!("/fusion/{id}")))
+            .resources(resources.build().map_err(oci)?)
+            .namespaces(namespaces)
+            .masked_paths(get_default_maskedpaths())
+            .readonly_paths(get_default_readonly_paths())
+            .build()
+            .map_err(oci)?;
+        SpecBuilder::default()
+            .version("1.0.2")
+            .root(
+                RootBuilder::default()
+                    .path(self.rootfs())
+                    .readonly(true)
+                    .build()
+                    .map_err(oci)?,
+            )
+            .hostname("instance")
+            .mounts(mounts)
+            .process(process)
+            .linux(linux)
+            .build()
+            .map_err(oci)
+    }
+}
+
+/// Where a host executable is inside the container: under `/usr` as it is;
+/// elsewhere (a pyenv interpreter, say) its prefix is bound at the same path.
+fn inside_path(exe: &str, binds: &mut Vec<PathBuf>) -> String {
+    let path = Path::new(exe);
+    if !path.is_absolute() || path.starts_with("/usr") {
+        return exe.to_string();
+    }
+    let prefix = match path.parent().and_then(Path::parent) {
+        Some(p) if p != Path::new("/") => p.to_path_buf(),
+        _ => return exe.to_string(),
+    };
+    if !binds.contains(&prefix) {
+        binds.push(prefix);
+    }
+    exe.to_string()
+}
+
+fn walk_dirs(dir: &Path, f: &mut dyn FnMut(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
+    f(dir)?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            walk_dirs(&e.path(), f)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `config.json` and the instance's own directories: `code` (bound
+/// read-only at `/userfunc`) and `sock` (the runtime's, bound at `/run/fusion`).
+fn prepare_bundle(bundle: &Path, spec: &Spec) -> std::io::Result<()> {
+    std::fs::create_dir_all(bundle.join("code"))?;
+    std::fs::set_permissions(bundle.join("code"), std::fs::Permissions::from_mode(0o755))?;
+    let sock = bundle.join("sock");
+    std::fs::create_dir_all(&sock)?;
+    std::os::unix::fs::chown(&sock, Some(NOBODY), Some(NOBODY))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o700))?;
+    spec.save(bundle.join("config.json"))
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Deletes a container and whatever a half-finished create left of it.
+async fn delete_container(runtime: &Path, id: &str) {
+    let _ = tokio::process::Command::new(runtime)
+        .args(["delete", "-f", id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    // runc killed while creating a container leaves a state directory without
+    // state.json, which `runc delete` cannot load, and empty cgroups.
+    if runtime.file_name().is_some_and(|n| n == "runc") {
+        let state = Path::new(RUNC_ROOT).join(id);
+        if state.is_dir() && !state.join("state.json").exists() {
+            let _ = std::fs::remove_dir_all(&state);
+        }
+    }
+    if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+        for c in controllers.flatten() {
+            let _ = std::fs::remove_dir(c.path().join("fusion").join(id));
+        }
+    }
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup/fusion").join(id));
+}
+
+struct ContainerHandle {
+    id: String,
+    address: Address,
+    /// The bundle's `code` directory, bound at `/userfunc`.
+    code: PathBuf,
+    pid: std::sync::OnceLock<u32>,
+    cgroups: Cgroups,
+    stop_requested: AtomicBool,
+    kill: Notify,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+impl Backend for ContainerBackend {
+    fn isolation(&self) -> Isolation {
+        Isolation {
+            backend: "container",
+            summary: format!(
+                "OCI containers ({}): own mount, pid, ipc and uts namespaces, read-only root, code read-only at /userfunc, private {TMP_SIZE_MB} MiB /tmp, user nobody without capabilities; memory, cpu and {DEFAULT_PIDS_LIMIT} pids per instance; reached only through its own Unix socket",
+                self.cfg.runtime.display()
+            ),
+        }
+    }
+
+    fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Handle>>> {
+        Box::pin(async move {
+            let id = format!("{}{}", self.cfg.prefix, req.id);
+            let bundle = self.bundles().join(&id);
+            let (program, args) = self.inside.command_for(&req.env)?;
+            let spec = self.spec(
+                &req.env,
+                &bundle,
+                std::iter::once(program).chain(args).collect(),
+            )?;
+            prepare_bundle(&bundle, &spec).map_err(|e| {
+                Error::Unavailable(format!("cannot write the container bundle: {e}"))
+            })?;
+            let mut cmd = tokio::process::Command::new(&self.cfg.runtime);
+            cmd.args(["run", "--keep", "--bundle"])
+                .arg(&bundle)
+                .arg(&id)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            // The OCI runtime dies with the server; the container follows when
+            // its stdin closes.
+            crate::sys::harden_child(&mut cmd, None);
+            let mut child = cmd.spawn().map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot start the OCI runtime {:?}: {e}",
+                    self.cfg.runtime
+                ))
+            })?;
+            super::process::forward_output(child.stdout.take(), "stdout", &req.logs);
+            super::process::forward_output(child.stderr.take(), "stderr", &req.logs);
+            let (exit_tx, exit_rx) = watch::channel(None);
+            let socket = bundle.join("sock").join(SOCKET_NAME);
+            let handle = Arc::new(ContainerHandle {
+                id: id.clone(),
+                address: Address::Unix(socket.clone()),
+                code: bundle.join("code"),
+                pid: std::sync::OnceLock::new(),
+                cgroups: self.cgroups,
+                stop_requested: AtomicBool::new(false),
+                kill: Notify::new(),
+                exit: exit_rx.clone(),
+            });
+
+            // The monitor owns the OCI runtime's child process and the stdin pipe.
+            let monitor = handle.clone();
+            let runtime = self.cfg.runtime.clone();
+            let stdin = child.stdin.take();
+            tokio::spawn(async move {
+                let status = tokio::select! {
+                    s = child.wait() => s,
+                    _ = monitor.kill.notified() => {
+                        let killed = tokio::process::Command::new(&runtime)
+                            .args(["kill", &monitor.id, "KILL"])
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .await;
+                        if !killed.is_ok_and(|s| s.success()) {
+                            // Not created yet, or already gone: stop the OCI runtime itself.
+                            let _ = child.start_kill();
+                        }
+                        child.wait().await
+                    }
+                };
+                drop(stdin);
+                // Read before the delete, which removes the cgroup.
+                let oom = monitor.cgroups.oom_kills(&monitor.id) > 0;
+                delete_container(&runtime, &monitor.id).await;
+                let _ = std::fs::remove_dir_all(&bundle);
+                let exit = if monitor.stop_requested.load(Ordering::SeqCst) {
+                    Exit::Stopped
+                } else if oom {
+                    Exit::OutOfMemory
+                } else {
+                    match status {
+                        Ok(s) => {
+                            use std::os::unix::process::ExitStatusExt;
+                            Exit::Exited {
+                                code: s.code(),
+                                signal: s.signal(),
+                            }
+                        }
+                        Err(e) => Exit::Vanished(e.to_string()),
+                    }
+                };
+                let _ = exit_tx.send(Some(exit));
+            });
+
+            let ready = super::wait_ready(
+                &req.env.name,
+                exit_rx,
+                self.cfg.launch.start_timeout,
+                || {
+                    let address = handle.address.clone();
+                    async move { InstanceConnector::dial(&address).await.is_ok() }
+                },
+            )
+            .await;
+            if let Err(e) = ready {
+                handle.stop();
+                return Err(e);
+            }
+            if let Some(pid) = init_pid(&self.cfg.runtime, &id) {
+                let _ = handle.pid.set(pid);
+            }
+            Ok(handle as Arc<dyn Handle>)
+        })
+    }
+
+    fn cleanup_stale(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.cleanup())
+    }
+}
+
+/// The host pid of the container's first process, from runc's state file
+/// (diagnosis only; other OCI runtimes keep theirs elsewhere).
+fn init_pid(runtime: &Path, id: &str) -> Option<u32> {
+    let name = runtime.file_name()?.to_string_lossy();
+    if name != "runc" {
+        return None;
+    }
+    let state = std::fs::read(Path::new(RUNC_ROOT).join(id).join("state.json")).ok()?;
+    let state: serde_json::Value = serde_json::from_slice(&state).ok()?;
+    state.get("init_process_pid")?.as_u64().map(|p| p as u32)
+}
+
+impl Handle for ContainerHandle {
+    fn address(&self) -> &Address {
+        &self.address
+    }
+
+    fn stage_code(&self, package: &Path) -> Result<String> {
+        // The bundle's code directory is bound at /userfunc: files added to it are
+        // seen inside at once (a directory put in its place would not be).
+        let code = &self.code;
+        let staged = if package.is_dir() {
+            link_tree(package, code).map(|_| "/userfunc".to_string())
+        } else {
+            let name = package
+                .file_name()
+                .ok_or_else(|| Error::Internal(format!("package path {package:?} has no name")))?;
+            link_or_copy(package, &code.join(name))
+                .map(|_| format!("/userfunc/{}", name.to_string_lossy()))
+        };
+        staged.map_err(|e| Error::Storage(format!("cannot give the code to the instance: {e}")))
+    }
+
+    fn stop(&self) {
+        self.stop_requested.store(true, Ordering::SeqCst);
+        self.kill.notify_one();
+    }
+
+    fn exit(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit.clone()
+    }
+
+    fn usage(&self) -> Usage {
+        if self.exit.borrow().is_some() {
+            return Usage::default();
+        }
+        self.cgroups.usage(&self.id)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.pid.get().copied()
+    }
+}
+
+/// Hard-links (or copies, across file systems) one file.
+fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to)?;
+    }
+    Ok(())
+}
+
+/// Recreates the directory tree `from` inside `to` with hard links.
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        let kind = e.file_type()?;
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
+            link_tree(&e.path(), &target)?;
+        } else if kind.is_file() {
+            link_or_copy(&e.path(), &target)?;
+        }
+    }
+    Ok(())
+}
