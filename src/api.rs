@@ -128,28 +128,63 @@ async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
 
 // ---- environments ----
 
-async fn list_envs(State(s): State<AppState>) -> ApiResult<Json<Vec<Environment>>> {
-    Ok(Json(s.pool.environments()?))
+/// An environment as the API shows it: what was declared, and its status (the
+/// isolation its instances get from the backend in use).
+#[derive(serde::Serialize)]
+struct EnvironmentView {
+    #[serde(flatten)]
+    env: Environment,
+    status: EnvironmentStatus,
+}
+
+#[derive(serde::Serialize)]
+struct EnvironmentStatus {
+    isolation: pool_manager::Isolation,
+}
+
+impl AppState {
+    fn env_view(&self, env: Environment) -> EnvironmentView {
+        EnvironmentView {
+            env,
+            status: EnvironmentStatus {
+                isolation: self.pool.isolation(),
+            },
+        }
+    }
+}
+
+/// An environment from a request body; a `status` (read-only, as `GET` shows
+/// it) is ignored, so what a user got can be sent back edited.
+fn parse_env(body: &[u8]) -> Result<Environment, Error> {
+    let mut value: serde_json::Value = parse_json(body)?;
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("status");
+    }
+    serde_json::from_value(value).map_err(|e| Error::Invalid(format!("invalid environment: {e}")))
+}
+
+async fn list_envs(State(s): State<AppState>) -> ApiResult<Json<Vec<EnvironmentView>>> {
+    let envs = s.pool.environments()?;
+    Ok(Json(envs.into_iter().map(|e| s.env_view(e)).collect()))
 }
 async fn get_env(
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Environment>> {
-    Ok(Json(s.pool.environment(&name)?))
+) -> ApiResult<Json<EnvironmentView>> {
+    Ok(Json(s.env_view(s.pool.environment(&name)?)))
 }
 async fn create_env(State(s): State<AppState>, body: Bytes) -> ApiResult<Response> {
-    Ok(created(
-        s.pool.create_environment(parse_json(&body)?).await?,
-    ))
+    let env = s.pool.create_environment(parse_env(&body)?).await?;
+    Ok(created(s.env_view(env)))
 }
 async fn update_env(
     State(s): State<AppState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> ApiResult<Json<Environment>> {
-    let env: Environment = parse_json(&body)?;
+) -> ApiResult<Json<EnvironmentView>> {
+    let env = parse_env(&body)?;
     same_name(&name, &env.name)?;
-    Ok(Json(s.pool.update_environment(env).await?))
+    Ok(Json(s.env_view(s.pool.update_environment(env).await?)))
 }
 async fn delete_env(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     s.pool.delete_environment(&name).await?;

@@ -128,14 +128,17 @@ struct EnvFields {
     /// Generic instances kept warm.
     #[arg(long)]
     poolsize: Option<usize>,
-    /// Memory limit per instance, in MiB.
     #[arg(long = "mincpu", hide = true)]
     _mincpu: Option<u64>,
+    /// Memory limit per instance (all its processes), in MiB.
     #[arg(long = "maxmemory", alias = "memory")]
     memory: Option<u64>,
-    /// CPU limit in millicores (Kubernetes backend).
+    /// CPU limit per instance in millicores.
     #[arg(long = "maxcpu")]
     cpu: Option<u64>,
+    /// The network instances get on the container backend: host (default) or none.
+    #[arg(long, value_parser = ["host", "none"])]
+    network: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -428,14 +431,14 @@ fn init_tracing() {
 async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let serve = server::run(server, move |r| {
-        let _ = tx.send((r.router_addr, r.api_addr));
+        let _ = tx.send((r.router_addr, r.api_addr, r.isolation.clone()));
     });
     tokio::pin!(serve);
     let addrs = tokio::select! {
         r = &mut serve => return r,
         a = rx => a.map_err(|_| anyhow!("the server did not start"))?,
     };
-    let (router, api) = addrs;
+    let (router, api, isolation) = addrs;
     let client = Client::new(&format!("http://{api}"));
     let applied = async {
         if examples.is_dir() {
@@ -453,6 +456,10 @@ async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
         println!("Fusion is up.");
         println!("  router: http://{router}");
         println!("  API:    http://{api}   (export FUSION_URL=http://{api})");
+        match isolation.backend {
+            "process" => println!("  WARNING: no isolation: {}", isolation.summary),
+            _ => println!("  instances: {}", isolation.summary),
+        }
         if !routes.is_empty() {
             println!("Try:");
             for r in routes {
@@ -604,6 +611,8 @@ const ENV_COLUMNS: &[(&str, &str)] = &[
     ("COMMAND", "/command"),
     ("POOLSIZE", "/poolsize"),
     ("MEMORY_MB", "/memory_mb"),
+    ("NETWORK", "/network"),
+    ("ISOLATION", "/status/isolation/backend"),
 ];
 
 async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
@@ -643,6 +652,9 @@ fn merge_env(body: &mut Value, f: EnvFields) {
     }
     if let Some(cpu) = f.cpu {
         body["cpu_millis"] = json!(cpu);
+    }
+    if let Some(network) = f.network {
+        body["network"] = json!(network);
     }
 }
 

@@ -83,6 +83,8 @@ pub enum BackendChoice {
 pub struct Running {
     pub router_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// What the backend in use enforces on function code.
+    pub isolation: pool_manager::Isolation,
 }
 
 pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::Result<()> {
@@ -180,6 +182,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     let running = Running {
         router_addr: router_listener.local_addr()?,
         api_addr: api_listener.local_addr()?,
+        isolation: pool.isolation(),
     };
     tracing::info!(router = %running.router_addr, api = %running.api_addr, "fusion is listening");
     on_ready(&running);
