@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use crate::driver::{canonical_headers, Engine, EngineError};
 use crate::state::{RunState, RunStatus};
 use crate::store::{RunFilter, RunSummary, WorkflowVersion};
-use crate::validate::ValidationError;
+use crate::validate::{precheck, ValidationError};
 
 /// Largest request body read for an invocation or a workflow document.
 const BODY_LIMIT: usize = 16 * 1024 * 1024;
@@ -205,16 +205,20 @@ async fn create_workflow(
     let source = yaml_text(&body)?;
     let name = match q.name.filter(|n| !n.is_empty()) {
         Some(n) => n,
-        None => serde_yaml::from_str::<serde_yaml::Value>(source)
-            .ok()
-            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "missing_name",
-                    "give the workflow's name as ?name= or a top-level `name:` field",
-                )
-            })?,
+        None => {
+            // Looking for `name:` parses the document: bound its cost first.
+            precheck(source).map_err(|e| EngineError::Invalid(vec![e]))?;
+            serde_yaml::from_str::<serde_yaml::Value>(source)
+                .ok()
+                .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "missing_name",
+                        "give the workflow's name as ?name= or a top-level `name:` field",
+                    )
+                })?
+        }
     };
     let w = engine.create_workflow(&name, source)?;
     Ok((StatusCode::CREATED, Json(workflow_json(&w, false))).into_response())
@@ -465,6 +469,13 @@ pub fn request_input(
     let parsed = if body.is_empty() {
         Value::Null
     } else if content_type.contains("json") {
+        crate::document::check_json(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                e.code(),
+                format!("the request body: {e}"),
+            )
+        })?;
         serde_json::from_slice(body).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
