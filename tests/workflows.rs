@@ -731,3 +731,54 @@ fn nested_or_oversized_documents_are_refused_and_the_server_keeps_answering() {
     assert_ne!(code, 0);
     assert!(err.contains("deeper than"), "{err}");
 }
+
+#[test]
+fn runs_keep_credential_header_names_but_never_their_values() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    let echo = "#!/bin/sh\nprintf 'auth=%s cookie=%s proxy=%s other=%s' \"$HTTP_AUTHORIZATION\" \"$HTTP_COOKIE\" \"$HTTP_PROXY_AUTHORIZATION\" \"$HTTP_X_OTHER\"\n";
+    s.function("echo-headers", "binary", "echo.sh", echo, json!({}));
+    s.workflow(
+        "forward",
+        "output: E\ntasks:\n  E:\n    run: echo-headers\n    inputs:\n      headers: \"{ $.Invocation.Inputs.headers }\"\n",
+    );
+    let secrets = [
+        ("Authorization", "Bearer s3cret-token"),
+        ("Cookie", "sid=s3cret-cookie"),
+        ("Proxy-Authorization", "Basic s3cret-proxy"),
+        ("X-Other", "visible"),
+    ];
+    let send = |path: &str| {
+        let mut req = s.http.post(s.router_url(path));
+        for (k, v) in secrets {
+            req = req.header(k, v);
+        }
+        req.send().unwrap()
+    };
+    // Routed straight to the function, the request is untouched (but for
+    // Proxy-Authorization, which the router consumes as a hop-by-hop header).
+    let direct = send("/fission-function/echo-headers").text().unwrap();
+    assert_eq!(
+        direct,
+        "auth=Bearer s3cret-token cookie=sid=s3cret-cookie proxy= other=visible"
+    );
+    // Through a workflow, what the run recorded is what the task could forward.
+    let r = send("/fission-function/forward");
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-fusion-run-id"].to_str().unwrap().to_string();
+    assert_eq!(
+        r.text().unwrap(),
+        "auth=[redacted] cookie=[redacted] proxy= other=visible"
+    );
+    let run = s.run(&id);
+    let headers = &run["input"]["headers"];
+    for name in ["Authorization", "Cookie", "Proxy-Authorization"] {
+        assert_eq!(headers[name], "[redacted]", "{run}");
+    }
+    assert_eq!(headers["X-Other"], "visible", "{run}");
+    let events = s.ok("GET", &format!("/v1/runs/{id}/events"), None);
+    let listing = s.ok("GET", "/v1/runs?workflow=forward", None);
+    for record in [run.to_string(), events.to_string(), listing.to_string()] {
+        assert!(!record.contains("s3cret"), "{record}");
+    }
+}

@@ -452,9 +452,15 @@ fn is_async(h: &HeaderMap) -> bool {
     x_async || prefer
 }
 
+/// Request headers whose values never reach a run's record (lower case).
+pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+/// What a run records, and its tasks see, in place of a credential header's value.
+pub const REDACTED: &str = "[redacted]";
+
 /// The workflow input of an HTTP request: `body` and `default` (JSON to a value,
-/// form data to a map, anything else to a string), `headers` (canonical names),
-/// `query` and `method`.
+/// form data to a map, anything else to a string), `headers` (canonical names;
+/// [`CREDENTIAL_HEADERS`] keep their name with the value [`REDACTED`]: the input
+/// is stored durably in RunStarted, so it cannot hold a secret), `query` and `method`.
 pub fn request_input(
     method: &Method,
     uri: &Uri,
@@ -494,7 +500,14 @@ pub fn request_input(
     };
     let raw: BTreeMap<String, String> = headers
         .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .filter_map(|(k, v)| {
+            let value = if CREDENTIAL_HEADERS.contains(&k.as_str()) {
+                REDACTED.to_string()
+            } else {
+                v.to_str().ok()?.to_string()
+            };
+            Some((k.as_str().to_string(), value))
+        })
         .collect();
     let query: serde_json::Map<String, Value> = pairs(uri.query().unwrap_or(""))
         .into_iter()
