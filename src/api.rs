@@ -83,8 +83,10 @@ pub async fn not_found(req: Request) -> Response {
     )
 }
 
-/// Parses a JSON body into `T`, answering 400 with the line and column on error.
+/// Parses a JSON body into `T`, answering 400 with the line and column on error;
+/// a body nested past `engine::document::MAX_DOCUMENT_DEPTH` is refused unparsed.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    engine::document::check_json(body).map_err(|e| Error::TooDeep(e.to_string()))?;
     serde_json::from_slice(body).map_err(|e| {
         Error::Invalid(format!(
             "invalid JSON at line {} column {}: {e}",

@@ -127,6 +127,8 @@ async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
         );
     };
     let (parts, body) = req.into_parts();
+    // The script runs only on a whole body: hyper ends a body that stops short of
+    // its Content-Length or last chunk with an error, and that is a 400 here.
     let body = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(b) => b,
         Err(e) => {

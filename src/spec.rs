@@ -61,6 +61,10 @@ fn load_docs(files: &[PathBuf]) -> Result<Vec<Doc>> {
     for file in files {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
+        engine::document::check_yaml(&text).map_err(|e| {
+            let (line, column) = e.position();
+            anyhow!("{}:{line}:{column}: {e}", file.display())
+        })?;
         for de in serde_yaml::Deserializer::from_str(&text) {
             let value = serde_yaml::Value::deserialize(de).map_err(|e| {
                 let loc = e

@@ -736,3 +736,63 @@ fn every_path_in_the_openapi_document_is_served() {
         }
     }
 }
+
+/// Sends `head` and the first part of a body on a raw connection, then ends the
+/// request early (`shut`: half-close and read the answer; else drop the socket).
+fn truncated_request(addr: &str, head: &str, part: &[u8], shut: bool) -> String {
+    use std::io::Read;
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(part).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut answer = String::new();
+    if shut {
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        let _ = conn.read_to_string(&mut answer);
+    }
+    answer
+}
+
+#[test]
+fn the_binary_runtime_never_runs_a_script_on_a_body_that_did_not_arrive_whole() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let script = format!(
+        "#!/bin/sh\nbody=$(cat)\necho \"$body\" >> {}\nprintf done\n",
+        marker.display()
+    );
+    s.env("binary", "binary", 1);
+    s.function("record", "binary", "record.sh", &script, json!({}));
+    // Whole requests run the script.
+    let resp = s.get("/fission-function/record");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "\n");
+    std::fs::remove_file(&marker).unwrap();
+
+    let router = s.router_url("").trim_start_matches("http://").to_string();
+    let path = "/fission-function/record";
+    let length = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n");
+    let chunked = format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for shut in [true, false] {
+        let answer = truncated_request(&router, &length, b"0123456789", shut);
+        assert!(!shut || !answer.starts_with("HTTP/1.1 2"), "{answer}");
+        truncated_request(&router, &chunked, b"5\r\nhello\r\n3\r\nab", shut);
+    }
+    // And straight to the instance, past the router.
+    let instance = s.instances("record")[0].clone();
+    let addr = instance["address"]
+        .as_str()
+        .map(|a| a.trim_start_matches("http://").to_string())
+        .filter(|a| a.parse::<std::net::SocketAddr>().is_ok());
+    if let Some(addr) = addr {
+        let answer = truncated_request(&addr, &length.replace(path, "/"), b"0123", true);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!marker.exists(), "the script ran on a partial body");
+    // The function still answers whole requests.
+    assert_eq!(s.get("/fission-function/record").status().as_u16(), 200);
+}

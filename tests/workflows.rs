@@ -619,3 +619,157 @@ fn the_output_tasks_headers_come_back_in_canonical_form() {
         "{run}"
     );
 }
+
+#[test]
+fn nested_or_oversized_documents_are_refused_and_the_server_keeps_answering() {
+    let s = Server::start();
+    let send = |method: &str, path: &str, content_type: &str, body: String| {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = s
+            .http
+            .request(m, s.api_url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let refused = |(st, v): (u16, Value), code: &str| {
+        assert_eq!((st, v["error"]["code"].as_str()), (400, Some(code)), "{v}");
+        v["error"]["message"].as_str().unwrap_or("").to_string()
+    };
+    // 200 KB of flow nesting, in the shapes that cost libyaml seconds to minutes.
+    let maps = format!("{}1{}", "{a: ".repeat(50_000), "}".repeat(50_000));
+    let lines = format!("{}1{}", "{a:\n".repeat(40_000), "}\n".repeat(40_000));
+    let one = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    let siblings: String = (0..1000).map(|i| format!("k{i}: {one}\n")).collect();
+    for doc in [&maps, &lines, &siblings] {
+        let msg = refused(
+            send(
+                "POST",
+                "/v1/workflows?name=deep",
+                "application/yaml",
+                doc.clone(),
+            ),
+            "document_too_deep",
+        );
+        assert!(msg.contains("line") && msg.contains("column"), "{msg}");
+    }
+    // Without ?name= the document is read for `name:`: the same refusal.
+    refused(
+        send("POST", "/v1/workflows", "application/yaml", maps.clone()),
+        "document_too_deep",
+    );
+    s.workflow("shallow", "output: A\ntasks:\n  A:\n    run: noop\n");
+    refused(
+        send("PUT", "/v1/workflows/shallow", "application/yaml", lines),
+        "document_too_deep",
+    );
+    // Tasks per workflow: 1,000 are accepted, 1,001 refused.
+    let tasks = |n: usize| -> String {
+        let body: String = (0..n).map(|i| format!("  t{i}: {{}}\n")).collect();
+        format!("output: t0\ntasks:\n{body}")
+    };
+    s.workflow("thousand", &tasks(1000));
+    let msg = refused(
+        send(
+            "POST",
+            "/v1/workflows?name=toomany",
+            "application/yaml",
+            tasks(1001),
+        ),
+        "too_many_tasks",
+    );
+    assert!(msg.contains("1000") || msg.contains("1,000"), "{msg}");
+    // Past 1 MiB a workflow is refused whatever it holds.
+    let big = format!("output: A\ntasks:\n  A: {{}}\n#{}\n", "x".repeat(1 << 20));
+    refused(
+        send("POST", "/v1/workflows?name=big", "application/yaml", big),
+        "document_too_large",
+    );
+    // JSON: a resource body and a workflow's invocation body.
+    let deep_json = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    refused(
+        send(
+            "POST",
+            "/v1/environments",
+            "application/json",
+            deep_json.clone(),
+        ),
+        "document_too_deep",
+    );
+    refused(
+        send(
+            "POST",
+            "/v1/workflows/shallow/invoke",
+            "application/json",
+            deep_json,
+        ),
+        "document_too_deep",
+    );
+    for name in ["deep", "toomany", "big"] {
+        assert_eq!(s.call("GET", &format!("/v1/workflows/{name}"), None).0, 404);
+    }
+    // The server still answers, and a spec file is checked by the CLI too.
+    assert_eq!(s.invoke("shallow", "text/plain", "hi").0, 204);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("deep.yaml");
+    std::fs::write(&spec, format!("kind: Route\nname: r\nurl: {maps}\n")).unwrap();
+    let (code, _, err) = s.cli(&["spec", "apply", "-f", spec.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("deeper than"), "{err}");
+}
+
+#[test]
+fn runs_keep_credential_header_names_but_never_their_values() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    let echo = "#!/bin/sh\nprintf 'auth=%s cookie=%s proxy=%s other=%s' \"$HTTP_AUTHORIZATION\" \"$HTTP_COOKIE\" \"$HTTP_PROXY_AUTHORIZATION\" \"$HTTP_X_OTHER\"\n";
+    s.function("echo-headers", "binary", "echo.sh", echo, json!({}));
+    s.workflow(
+        "forward",
+        "output: E\ntasks:\n  E:\n    run: echo-headers\n    inputs:\n      headers: \"{ $.Invocation.Inputs.headers }\"\n",
+    );
+    let secrets = [
+        ("Authorization", "Bearer s3cret-token"),
+        ("Cookie", "sid=s3cret-cookie"),
+        ("Proxy-Authorization", "Basic s3cret-proxy"),
+        ("X-Other", "visible"),
+    ];
+    let send = |path: &str| {
+        let mut req = s.http.post(s.router_url(path));
+        for (k, v) in secrets {
+            req = req.header(k, v);
+        }
+        req.send().unwrap()
+    };
+    // Routed straight to the function, the request is untouched (but for
+    // Proxy-Authorization, which the router consumes as a hop-by-hop header).
+    let direct = send("/fission-function/echo-headers").text().unwrap();
+    assert_eq!(
+        direct,
+        "auth=Bearer s3cret-token cookie=sid=s3cret-cookie proxy= other=visible"
+    );
+    // Through a workflow, what the run recorded is what the task could forward.
+    let r = send("/fission-function/forward");
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-fusion-run-id"].to_str().unwrap().to_string();
+    assert_eq!(
+        r.text().unwrap(),
+        "auth=[redacted] cookie=[redacted] proxy= other=visible"
+    );
+    let run = s.run(&id);
+    let headers = &run["input"]["headers"];
+    for name in ["Authorization", "Cookie", "Proxy-Authorization"] {
+        assert_eq!(headers[name], "[redacted]", "{run}");
+    }
+    assert_eq!(headers["X-Other"], "visible", "{run}");
+    let events = s.ok("GET", &format!("/v1/runs/{id}/events"), None);
+    let listing = s.ok("GET", "/v1/runs?workflow=forward", None);
+    for record in [run.to_string(), events.to_string(), listing.to_string()] {
+        assert!(!record.contains("s3cret"), "{record}");
+    }
+}

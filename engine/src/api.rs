@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use crate::driver::{canonical_headers, Engine, EngineError};
 use crate::state::{RunState, RunStatus};
 use crate::store::{RunFilter, RunSummary, WorkflowVersion};
-use crate::validate::ValidationError;
+use crate::validate::{precheck, ValidationError};
 
 /// Largest request body read for an invocation or a workflow document.
 const BODY_LIMIT: usize = 16 * 1024 * 1024;
@@ -205,16 +205,20 @@ async fn create_workflow(
     let source = yaml_text(&body)?;
     let name = match q.name.filter(|n| !n.is_empty()) {
         Some(n) => n,
-        None => serde_yaml::from_str::<serde_yaml::Value>(source)
-            .ok()
-            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "missing_name",
-                    "give the workflow's name as ?name= or a top-level `name:` field",
-                )
-            })?,
+        None => {
+            // Looking for `name:` parses the document: bound its cost first.
+            precheck(source).map_err(|e| EngineError::Invalid(vec![e]))?;
+            serde_yaml::from_str::<serde_yaml::Value>(source)
+                .ok()
+                .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "missing_name",
+                        "give the workflow's name as ?name= or a top-level `name:` field",
+                    )
+                })?
+        }
     };
     let w = engine.create_workflow(&name, source)?;
     Ok((StatusCode::CREATED, Json(workflow_json(&w, false))).into_response())
@@ -448,9 +452,15 @@ fn is_async(h: &HeaderMap) -> bool {
     x_async || prefer
 }
 
+/// Request headers whose values never reach a run's record (lower case).
+pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+/// What a run records, and its tasks see, in place of a credential header's value.
+pub const REDACTED: &str = "[redacted]";
+
 /// The workflow input of an HTTP request: `body` and `default` (JSON to a value,
-/// form data to a map, anything else to a string), `headers` (canonical names),
-/// `query` and `method`.
+/// form data to a map, anything else to a string), `headers` (canonical names;
+/// [`CREDENTIAL_HEADERS`] keep their name with the value [`REDACTED`]: the input
+/// is stored durably in RunStarted, so it cannot hold a secret), `query` and `method`.
 pub fn request_input(
     method: &Method,
     uri: &Uri,
@@ -465,6 +475,13 @@ pub fn request_input(
     let parsed = if body.is_empty() {
         Value::Null
     } else if content_type.contains("json") {
+        crate::document::check_json(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                e.code(),
+                format!("the request body: {e}"),
+            )
+        })?;
         serde_json::from_slice(body).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -483,7 +500,14 @@ pub fn request_input(
     };
     let raw: BTreeMap<String, String> = headers
         .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .filter_map(|(k, v)| {
+            let value = if CREDENTIAL_HEADERS.contains(&k.as_str()) {
+                REDACTED.to_string()
+            } else {
+                v.to_str().ok()?.to_string()
+            };
+            Some((k.as_str().to_string(), value))
+        })
         .collect();
     let query: serde_json::Map<String, Value> = pairs(uri.query().unwrap_or(""))
         .into_iter()

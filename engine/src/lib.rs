@@ -4,6 +4,7 @@
 pub mod api;
 pub mod builtins;
 pub mod dag;
+pub mod document;
 pub mod driver;
 pub mod expr;
 pub mod metrics;

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::builtins::is_builtin;
 use crate::dag::TaskGraph;
+use crate::document::check_yaml;
 use crate::expr::{all_expressions, check_syntax, expression_source};
 use crate::retry::RetryPolicy;
 use crate::spec::{is_task_spec, parse_duration, TaskSpec, WorkflowSpec};
@@ -29,12 +30,44 @@ impl std::fmt::Display for ValidationError {
     }
 }
 
+/// Most tasks a workflow document may declare (dynamic tasks a run adds later
+/// are bounded by `driver::MAX_TASKS_PER_RUN`).
+pub const MAX_TASKS_PER_WORKFLOW: usize = 1_000;
+
+/// Largest workflow document, in bytes.
+pub const MAX_WORKFLOW_BYTES: usize = 1024 * 1024;
+
+/// The error for a document refused before it is parsed (too large or too deep).
+pub fn precheck(source: &str) -> Result<(), ValidationError> {
+    if source.len() > MAX_WORKFLOW_BYTES {
+        return Err(ValidationError {
+            code: "document_too_large",
+            message: format!(
+                "the workflow is {} bytes, more than the limit of {MAX_WORKFLOW_BYTES}",
+                source.len()
+            ),
+            line: 1,
+            column: 1,
+        });
+    }
+    check_yaml(source).map_err(|e| {
+        let (line, column) = e.position();
+        ValidationError {
+            code: e.code(),
+            message: e.to_string(),
+            line,
+            column,
+        }
+    })
+}
+
 /// Parses and validates a workflow. `exists` says whether a function or stored
 /// workflow of that name exists (built-ins are known here).
 pub fn parse_and_validate(
     source: &str,
     exists: &dyn Fn(&str) -> bool,
 ) -> Result<WorkflowSpec, Vec<ValidationError>> {
+    precheck(source).map_err(|e| vec![e])?;
     let spec: WorkflowSpec = match serde_yaml::from_str(source) {
         Ok(s) => s,
         Err(e) => {
@@ -58,6 +91,17 @@ pub fn parse_and_validate(
             }]);
         }
     };
+    if spec.tasks.len() > MAX_TASKS_PER_WORKFLOW {
+        return Err(vec![ValidationError {
+            code: "too_many_tasks",
+            message: format!(
+                "the workflow has {} tasks, more than the limit of {MAX_TASKS_PER_WORKFLOW}",
+                spec.tasks.len()
+            ),
+            line: Positions::new(source).key(&["tasks"]).0,
+            column: Positions::new(source).key(&["tasks"]).1,
+        }]);
+    }
     let errors = validate(&spec, source, exists);
     if errors.is_empty() {
         Ok(spec)

@@ -16,6 +16,9 @@ pub enum Error {
     Invalid(String),
     #[error("{0}")]
     TooLarge(String),
+    /// A JSON or YAML document nested past the limit, refused before parsing.
+    #[error("{0}")]
+    TooDeep(String),
     #[error("{0}")]
     Overloaded(String),
     #[error("{0}")]
@@ -41,6 +44,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Invalid(_) => "invalid",
             Error::TooLarge(_) => "payload_too_large",
+            Error::TooDeep(_) => "document_too_deep",
             Error::Overloaded(_) => "too_many_requests",
             Error::Timeout(_) => "function_timeout",
             Error::Upstream(_) => "instance_failed",
@@ -55,7 +59,7 @@ impl Error {
         match self {
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::AlreadyExists { .. } | Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::Invalid(_) | Error::TooDeep(_) => StatusCode::BAD_REQUEST,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,

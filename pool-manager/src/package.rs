@@ -194,6 +194,58 @@ fn safe_relative(name: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// An archive whose entries need one path to be both a file and a directory
+/// (`a` and `a/b`) is invalid: refuse it before the file system does.
+fn refuse_clash(dest: &Path, rel: &Path, name: &str, is_dir: bool) -> Result<()> {
+    let clash = || {
+        Error::Invalid(format!(
+            "archive entry {name:?} clashes with another entry: one path cannot be both a file and a directory"
+        ))
+    };
+    let mut at = dest.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        let last = i + 1 == parts.len();
+        match std::fs::symlink_metadata(&at) {
+            Err(_) => return Ok(()),
+            Ok(m) if !last && !m.is_dir() => return Err(clash()),
+            Ok(m) if last && m.is_dir() != is_dir => return Err(clash()),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Why a bounded copy stopped.
+enum Copy {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+/// Copies at most `budget + 1` bytes from `from` to `to` through one fixed
+/// buffer and answers how many were copied (more than `budget` means too many).
+fn copy_bounded(
+    from: &mut impl Read,
+    to: &mut impl std::io::Write,
+    budget: u64,
+) -> std::result::Result<u64, Copy> {
+    let mut buf = [0u8; 64 * 1024];
+    let mut copied = 0u64;
+    while copied <= budget {
+        let want = buf.len().min((budget + 1 - copied) as usize);
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Copy::Read(e)),
+        };
+        to.write_all(&buf[..n]).map_err(Copy::Write)?;
+        copied += n as u64;
+    }
+    Ok(copied)
+}
+
 pub fn unpack_zip(bytes: &[u8], dest: &Path, limits: PackageLimits) -> Result<()> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| Error::Invalid(format!("the code is not a valid zip archive: {e}")))?;
@@ -217,6 +269,7 @@ pub fn unpack_zip(bytes: &[u8], dest: &Path, limits: PackageLimits) -> Result<()
             )));
         }
         let target = dest.join(&rel);
+        refuse_clash(dest, &rel, &name, entry.is_dir())?;
         if entry.is_dir() {
             std::fs::create_dir_all(&target).map_err(io)?;
             continue;
@@ -224,21 +277,21 @@ pub fn unpack_zip(bytes: &[u8], dest: &Path, limits: PackageLimits) -> Result<()
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        // Count real bytes, not the declared size: a zip bomb lies about it.
+        // Stream the entry to its file, counting real bytes rather than trusting the
+        // declared size (a zip bomb lies about it); memory stays one buffer.
         let budget = limits.max_unpacked.saturating_sub(total);
-        let mut data = Vec::new();
-        (&mut entry)
-            .take(budget + 1)
-            .read_to_end(&mut data)
-            .map_err(|e| Error::Invalid(format!("archive entry {name:?} is corrupt: {e}")))?;
-        total += data.len() as u64;
+        let mut file = std::fs::File::create(&target).map_err(io)?;
+        let written = copy_bounded(&mut entry, &mut file, budget).map_err(|e| match e {
+            Copy::Read(e) => Error::Invalid(format!("archive entry {name:?} is corrupt: {e}")),
+            Copy::Write(e) => io(e),
+        })?;
+        total += written;
         if total > limits.max_unpacked {
             return Err(Error::TooLarge(format!(
                 "archive unpacks to more than the limit of {} bytes",
                 limits.max_unpacked
             )));
         }
-        std::fs::write(&target, &data).map_err(io)?;
         if entry.unix_mode().is_some_and(|m| m & 0o111 != 0) {
             set_executable(&target)?;
         }
@@ -341,6 +394,82 @@ mod tests {
         let err = store.put("x.zip", b"PK\x03\x04garbage").unwrap_err();
         assert!(matches!(err, Error::Invalid(_)), "{err}");
         assert!(store.put("../x", b"code").is_err());
+    }
+
+    #[test]
+    fn a_file_and_a_directory_at_one_path_are_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackageStore::open(dir.path().join("p"), PackageLimits::default()).unwrap();
+        for entries in [
+            &[("a", &b"file"[..]), ("a/b", &b"inner"[..])][..],
+            &[("a/b", &b"inner"[..]), ("a", &b"file"[..])][..],
+            &[("a/b/c", &b"inner"[..]), ("a/b", &b"file"[..])][..],
+        ] {
+            let err = store.put("x.zip", &zip_of(entries)).unwrap_err();
+            assert!(matches!(err, Error::Invalid(_)), "{entries:?}: {err}");
+            assert!(
+                err.to_string().contains("both a file and a directory"),
+                "{err}"
+            );
+        }
+        // Nothing half-unpacked is left behind.
+        assert_eq!(std::fs::read_dir(dir.path().join("p")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_zip_bomb_is_refused_by_the_bytes_it_really_unpacks_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = PackageLimits {
+            max_upload: 1 << 20,
+            max_unpacked: 1 << 20,
+            max_entries: 10,
+        };
+        let store = PackageStore::open(dir.path().join("p"), limits).unwrap();
+        let zeros = vec![0u8; 16 << 20];
+        let bomb = zip_of(&[("small.txt", b"ok"), ("bomb", &zeros)]);
+        assert!(bomb.len() < 64 << 10, "deflate made {} bytes", bomb.len());
+        drop(zeros);
+        let err = store.put("bomb.zip", &bomb).unwrap_err();
+        assert!(matches!(err, Error::TooLarge(_)), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path().join("p")).unwrap().count(), 0);
+    }
+
+    /// What bounds an unpack's memory: entries go to disk through one fixed
+    /// buffer, however much an entry inflates to.
+    #[test]
+    fn copying_an_entry_holds_one_buffer_and_stops_past_the_budget() {
+        struct Chunks {
+            largest: usize,
+            total: u64,
+        }
+        impl std::io::Write for Chunks {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.largest = self.largest.max(b.len());
+                self.total += b.len() as u64;
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut gib = std::io::repeat(7).take(1 << 30);
+        let mut out = Chunks {
+            largest: 0,
+            total: 0,
+        };
+        let budget = 8 << 20;
+        let copied = copy_bounded(&mut gib, &mut out, budget).ok().unwrap();
+        assert_eq!((copied, out.total), (budget + 1, budget + 1));
+        assert!(out.largest <= 64 << 10, "{}", out.largest);
+        // A short entry is copied whole.
+        let mut out = Chunks {
+            largest: 0,
+            total: 0,
+        };
+        let copied = copy_bounded(&mut &b"hello"[..], &mut out, budget)
+            .ok()
+            .unwrap();
+        assert_eq!(copied, 5);
     }
 
     proptest! {
