@@ -737,19 +737,25 @@ fn every_path_in_the_openapi_document_is_served() {
     }
 }
 
-/// Sends `head` and the first part of a body on a raw connection, then ends the
-/// request early (`shut`: half-close and read the answer; else drop the socket).
-fn truncated_request(addr: &str, head: &str, part: &[u8], shut: bool) -> String {
-    use std::io::Read;
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+/// Sends `head` and the first part of a body on `conn`, waits until `arrived`
+/// says the request got that far, then ends the request early (`shut`:
+/// half-close and read the answer; else drop the connection).
+fn truncated_request<C: std::io::Read + std::io::Write>(
+    mut conn: C,
+    head: &str,
+    part: &[u8],
+    shut: impl FnOnce(&mut C) -> bool,
+    arrived: impl Fn() -> bool,
+) -> String {
     conn.write_all(head.as_bytes()).unwrap();
     conn.write_all(part).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    eventually(
+        Duration::from_secs(20),
+        "the partial request arrived",
+        arrived,
+    );
     let mut answer = String::new();
-    if shut {
-        conn.shutdown(std::net::Shutdown::Write).unwrap();
+    if shut(&mut conn) {
         let _ = conn.read_to_string(&mut answer);
     }
     answer
@@ -758,41 +764,64 @@ fn truncated_request(addr: &str, head: &str, part: &[u8], shut: bool) -> String 
 #[test]
 fn the_binary_runtime_never_runs_a_script_on_a_body_that_did_not_arrive_whole() {
     let s = Server::start();
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("ran");
+    let probe = Probe::start();
     let script = format!(
-        "#!/bin/sh\nbody=$(cat)\necho \"$body\" >> {}\nprintf done\n",
-        marker.display()
+        "#!/bin/sh\nbody=$(cat)\n{}\nprintf done\n",
+        probe.curl("/log/ran?$body")
     );
     s.env("binary", "binary", 1);
     s.function("record", "binary", "record.sh", &script, json!({}));
     // Whole requests run the script.
     let resp = s.get("/fission-function/record");
     assert_eq!(resp.status().as_u16(), 200);
-    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "\n");
-    std::fs::remove_file(&marker).unwrap();
+    assert_eq!(probe.lines("ran"), vec![String::new()]);
 
     let router = s.router_url("").trim_start_matches("http://").to_string();
     let path = "/fission-function/record";
     let length = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n");
     let chunked = format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let busy = || {
+        s.instances("record")
+            .iter()
+            .any(|i| i["active_requests"] == 1)
+    };
+    let idle = || {
+        s.instances("record")
+            .iter()
+            .all(|i| i["active_requests"] == 0)
+    };
     for shut in [true, false] {
-        let answer = truncated_request(&router, &length, b"0123456789", shut);
+        let half_close =
+            |c: &mut std::net::TcpStream| shut && c.shutdown(std::net::Shutdown::Write).is_ok();
+        let tcp = || std::net::TcpStream::connect(&router).unwrap();
+        let answer = truncated_request(tcp(), &length, b"0123456789", half_close, busy);
         assert!(!shut || !answer.starts_with("HTTP/1.1 2"), "{answer}");
-        truncated_request(&router, &chunked, b"5\r\nhello\r\n3\r\nab", shut);
+        eventually(Duration::from_secs(20), "the request ended", idle);
+        truncated_request(tcp(), &chunked, b"5\r\nhello\r\n3\r\nab", half_close, busy);
+        eventually(Duration::from_secs(20), "the request ended", idle);
     }
-    // And straight to the instance, past the router.
+    // And straight to the instance, past the router: it answers 400 at the end
+    // of the connection.
     let instance = s.instances("record")[0].clone();
-    let addr = instance["address"]
-        .as_str()
-        .map(|a| a.trim_start_matches("http://").to_string())
-        .filter(|a| a.parse::<std::net::SocketAddr>().is_ok());
-    if let Some(addr) = addr {
-        let answer = truncated_request(&addr, &length.replace(path, "/"), b"0123", true);
-        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(!marker.exists(), "the script ran on a partial body");
-    // The function still answers whole requests.
+    let direct = length.replace(path, "/");
+    let answer = match instance["address"].as_str().unwrap() {
+        a if a.starts_with("unix:") => truncated_request(
+            std::os::unix::net::UnixStream::connect(&a[5..]).unwrap(),
+            &direct,
+            b"0123",
+            |c| c.shutdown(std::net::Shutdown::Write).is_ok(),
+            || true,
+        ),
+        a => truncated_request(
+            std::net::TcpStream::connect(a).unwrap(),
+            &direct,
+            b"0123",
+            |c| c.shutdown(std::net::Shutdown::Write).is_ok(),
+            || true,
+        ),
+    };
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // The function still answers whole requests, and only they ran the script.
     assert_eq!(s.get("/fission-function/record").status().as_u16(), 200);
+    assert_eq!(probe.lines("ran"), vec![String::new(), String::new()]);
 }
