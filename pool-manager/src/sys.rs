@@ -1,7 +1,7 @@
-//! The two system calls Fusion needs for its child processes, kept in one place:
-//! a parent-death signal, so that an instance dies with the server even when the
-//! server is killed with SIGKILL, and an address-space limit for environments
-//! that declare one.
+//! The system calls Fusion makes itself, kept in one place: a parent-death
+//! signal, so that an instance dies with the server even when the server is
+//! killed with SIGKILL; an address-space limit for environments that declare one;
+//! killing a process group; and asking whether the server runs as root.
 #![allow(unsafe_code)]
 
 /// Arranges for `cmd`'s process to get SIGKILL when the thread that spawned it
@@ -38,6 +38,15 @@ pub fn harden_child(cmd: &mut tokio::process::Command, memory_mb: Option<u64>) {
             }
             Ok(())
         });
+    }
+}
+
+/// Sends SIGKILL to every process of the process group `pgid` (an instance of
+/// the process backend and the children it did not move elsewhere).
+pub fn kill_group(pgid: u32) {
+    // SAFETY: kill has no memory-safety preconditions; a negative pid names a group.
+    unsafe {
+        libc::kill(-(pgid as libc::pid_t), libc::SIGKILL);
     }
 }
 

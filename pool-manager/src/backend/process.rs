@@ -2,8 +2,9 @@
 //! free loopback port. It is the fallback where no OCI runtime or namespaces are
 //! available, and it isolates nothing: the runtime runs as the server's user with
 //! the server's filesystem and network. What it does enforce: a parent-death
-//! signal and a stdin pipe so instances die with the server, and an
-//! address-space limit per process from the environment's `memory_mb`.
+//! signal and a stdin pipe so instances die with the server, a process group so
+//! that stopping an instance stops its children (not those that start a session
+//! of their own), and an address-space limit per process from `memory_mb`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -78,8 +79,14 @@ fn spawn(launch: &LaunchConfig, req: &StartRequest) -> Result<Arc<ProcessHandle>
     let (program, args) = launch.command_for(env)?;
     let port = free_port()?;
     let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(&args)
-        .env("RUNTIME_PORT", port.to_string())
+    // None of the server's environment (its settings, its credentials) is passed on.
+    cmd.args(&args).env_clear();
+    for keep in ["PATH", "HOME", "LANG", "TZ"] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    cmd.env("RUNTIME_PORT", port.to_string())
         .env("RUNTIME_HOST", "127.0.0.1")
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -89,6 +96,8 @@ fn spawn(launch: &LaunchConfig, req: &StartRequest) -> Result<Arc<ProcessHandle>
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     crate::sys::harden_child(&mut cmd, env.memory_mb);
+    // Its own process group, so that stopping it stops its children too.
+    cmd.process_group(0);
     let mut child = cmd.spawn().map_err(|e| {
         Error::Unavailable(format!(
             "environment {}: cannot start {program:?}: {e}",
@@ -118,6 +127,11 @@ fn spawn(launch: &LaunchConfig, req: &StartRequest) -> Result<Arc<ProcessHandle>
                 child.wait().await
             }
         };
+        // Whatever the runtime started and left in its group goes with it
+        // (a process that made itself a session of its own escapes this).
+        if let Some(pid) = monitor.pid {
+            crate::sys::kill_group(pid);
+        }
         drop(stdin);
         let exit = if monitor.stop_requested.load(Ordering::SeqCst) {
             Exit::Stopped

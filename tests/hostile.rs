@@ -1,0 +1,307 @@
+//! Hostile functions: each test runs an attack from inside an ordinary function
+//! and asserts what the user sees. On the container backend every attack is
+//! denied; on the process backend (the fallback where containers cannot run) the
+//! tests at the end document what it cannot stop.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Server};
+use serde_json::{json, Value};
+
+/// A marker in the server's environment that no function may see.
+const SECRET: (&str, &str) = ("FUSION_TEST_SECRET", "do-not-leak");
+
+fn container_server() -> Server {
+    Server::start_with(&[("FUSION_BACKEND", "container"), SECRET])
+}
+
+fn process_server() -> Server {
+    Server::start_with(&[("FUSION_BACKEND", "process"), SECRET])
+}
+
+/// What a python function can see and touch of the machine it runs on. The
+/// query names the server's data directory and another function's code file.
+const SNOOP: &str = r#"import json, os
+from flask import request
+def readable(p):
+    try:
+        with open(p, 'rb') as f:
+            f.read(1)
+        return True
+    except OSError:
+        return False
+def writable(p):
+    try:
+        with open(p, 'w') as f:
+            f.write('pwned')
+        return True
+    except OSError:
+        return False
+def main():
+    # Writes only where they cannot harm the host running the tests.
+    write = writable if request.args.get('write') == '1' else (lambda p: None)
+    return json.dumps({
+        "uid": os.getuid(),
+        "shadow": readable('/etc/shadow'),
+        "data_dir": os.path.exists(request.args['data']),
+        "victim_code": readable(request.args['victim']),
+        "overwrote_victim": write(request.args['victim']),
+        "userfunc": sorted(os.listdir('/userfunc')) if os.path.isdir('/userfunc') else None,
+        "write_userfunc": write('/userfunc/snoop.py'),
+        "write_root": write('/pwned'),
+        "write_tmp": write('/tmp/scratch'),
+        "secret_env": [k for k in os.environ if k == 'FUSION_TEST_SECRET'],
+    })
+"#;
+
+/// Runs `SNOOP` next to a victim function and answers its report; it tries to
+/// write only when `write`.
+fn snoop(s: &Server, write: bool) -> Value {
+    s.env("python", "python", 1);
+    s.function(
+        "victim",
+        "python",
+        "victim.py",
+        "def main():\n    return 'victim'\n",
+        json!({}),
+    );
+    s.function("snoop", "python", "snoop.py", SNOOP, json!({}));
+    let package = &s.ok("GET", "/v1/functions/victim", None)["package"];
+    let victim = s
+        .data_dir()
+        .join("packages")
+        .join(package["sha256"].as_str().unwrap())
+        .join("victim.py");
+    let url = format!(
+        "/fission-function/snoop?data={}&victim={}&write={}",
+        s.data_dir().display(),
+        victim.display(),
+        u8::from(write)
+    );
+    let r = s.get(&url);
+    assert_eq!(r.status(), 200);
+    r.json().unwrap()
+}
+
+/// Host processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(marker)
+                })
+                .unwrap_or(false)
+        })
+        .filter(|pid| common::alive(*pid))
+        .collect()
+}
+
+#[test]
+fn a_container_sees_only_its_own_code_and_none_of_the_hosts_secrets() {
+    let s = container_server();
+    let seen = snoop(&s, true);
+    assert_eq!(seen["uid"], 65534, "runs as nobody: {seen}");
+    assert_eq!(seen["shadow"], false, "{seen}");
+    assert_eq!(seen["data_dir"], false, "{seen}");
+    assert_eq!(seen["victim_code"], false, "{seen}");
+    assert_eq!(seen["overwrote_victim"], false, "{seen}");
+    assert_eq!(seen["userfunc"], json!(["snoop.py"]), "{seen}");
+    assert_eq!(seen["write_userfunc"], false, "{seen}");
+    assert_eq!(seen["write_root"], false, "{seen}");
+    assert_eq!(seen["write_tmp"], true, "a private /tmp: {seen}");
+    assert_eq!(seen["secret_env"], json!([]), "{seen}");
+    assert_eq!(s.get("/fission-function/victim").text().unwrap(), "victim");
+}
+
+#[test]
+fn a_container_cannot_reach_other_instances_or_take_over_a_generic_one() {
+    let s = container_server();
+    s.env("python", "python", 2);
+    let code = r#"import json, socket
+from flask import request
+def main():
+    reached = []
+    for address in json.loads(request.get_data()):
+        try:
+            if address.startswith('unix:'):
+                c = socket.socket(socket.AF_UNIX)
+                c.settimeout(2)
+                c.connect(address[5:])
+            else:
+                host, port = address.rsplit(':', 1)
+                c = socket.create_connection((host, int(port)), timeout=2)
+            c.sendall(b'POST /v2/specialize HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}')
+            reached.append(address)
+        except OSError:
+            pass
+    return json.dumps(reached)
+"#;
+    s.function("probe", "python", "probe.py", code, json!({}));
+    // Warm one instance for it, then aim at every instance of the server.
+    assert_eq!(
+        s.http
+            .post(s.router_url("/fission-function/probe"))
+            .body("[]")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+        "[]"
+    );
+    eventually(Duration::from_secs(20), "the pool refills", || {
+        s.ok("GET", "/v1/instances", None)
+            .as_array()
+            .is_some_and(|a| a.len() >= 3)
+    });
+    let addresses: Vec<String> = s
+        .ok("GET", "/v1/instances", None)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["address"].as_str().unwrap().to_string())
+        .collect();
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/probe"))
+        .body(serde_json::to_string(&addresses).unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "[]", "reached other instances");
+    let generic = s
+        .ok("GET", "/v1/instances", None)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["state"] == "generic")
+        .count();
+    assert!(generic >= 1, "the generic instances stay generic");
+}
+
+#[test]
+fn detached_processes_die_with_their_container() {
+    let s = container_server();
+    s.env("binary", "binary", 1);
+    let code = "#!/bin/sh\nsetsid nohup sleep 987001 >/dev/null 2>&1 &\nprintf started\n";
+    s.function("escape", "binary", "escape.sh", code, json!({}));
+    assert_eq!(s.get("/fission-function/escape").text().unwrap(), "started");
+    eventually(Duration::from_secs(10), "the detached process runs", || {
+        !processes_with("sleep 987001").is_empty()
+    });
+    s.ok("DELETE", "/v1/functions/escape", None);
+    eventually(
+        Duration::from_secs(20),
+        "the detached process is gone",
+        || processes_with("sleep 987001").is_empty(),
+    );
+}
+
+#[test]
+fn a_request_past_its_timeout_stops_every_process_of_its_container() {
+    let s = container_server();
+    s.env("binary", "binary", 1);
+    let code = "#!/bin/sh\nsh -c 'while :; do :; done' spin-987002 &\nwait\n";
+    s.function(
+        "spin",
+        "binary",
+        "spin.sh",
+        code,
+        json!({"timeout_secs": 1}),
+    );
+    let r = s.get("/fission-function/spin");
+    assert_eq!(r.status(), 504);
+    eventually(Duration::from_secs(20), "the busy loop is gone", || {
+        processes_with("spin-987002").is_empty()
+    });
+}
+
+#[test]
+fn a_fork_bomb_stays_inside_its_pids_limit_and_other_functions_keep_answering() {
+    let s = container_server();
+    s.env("python", "python", 1);
+    s.env("binary", "binary", 1);
+    let bomb = "import os\ndef main():\n    n = 0\n    try:\n        while n < 5000:\n            if os.fork() == 0:\n                os.execv('/bin/sleep', ['sleep', '987003'])\n            n += 1\n    except OSError:\n        pass\n    return str(n)\n";
+    s.function("bomb", "python", "bomb.py", bomb, json!({}));
+    s.function(
+        "bystander",
+        "binary",
+        "ok.sh",
+        "#!/bin/sh\nprintf fine\n",
+        json!({}),
+    );
+    let forked: usize = s
+        .get("/fission-function/bomb")
+        .text()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(forked > 0 && forked < 256, "forked {forked}");
+    assert!(processes_with("sleep 987003").len() < 256);
+    assert_eq!(s.get("/fission-function/bystander").text().unwrap(), "fine");
+    s.ok("DELETE", "/v1/functions/bomb", None);
+    eventually(
+        Duration::from_secs(20),
+        "the bomb's processes are gone",
+        || processes_with("sleep 987003").is_empty(),
+    );
+}
+
+// ---- the process backend: what it cannot stop ----
+
+#[test]
+fn the_process_backend_says_it_isolates_nothing_and_cannot_hide_the_host() {
+    let s = process_server();
+    let seen = snoop(&s, false);
+    let env = s.ok("GET", "/v1/environments/python", None);
+    assert_eq!(env["status"]["isolation"]["backend"], "process", "{env}");
+    // The function runs as the server's user and sees what the server sees.
+    assert_eq!(seen["data_dir"], true, "{seen}");
+    assert_eq!(seen["victim_code"], true, "{seen}");
+    assert_eq!(
+        seen["secret_env"],
+        json!([]),
+        "the environment is not passed on: {seen}"
+    );
+}
+
+#[test]
+fn the_process_backend_stops_an_instances_children_but_not_a_new_session() {
+    let s = process_server();
+    s.env("binary", "binary", 1);
+    let code = "#!/bin/sh\nsh -c 'while :; do :; done' spin-987004 &\nwait\n";
+    s.function(
+        "spin",
+        "binary",
+        "spin.sh",
+        code,
+        json!({"timeout_secs": 1}),
+    );
+    assert_eq!(s.get("/fission-function/spin").status(), 504);
+    eventually(Duration::from_secs(20), "the busy loop is gone", || {
+        processes_with("spin-987004").is_empty()
+    });
+
+    let code = "#!/bin/sh\nsetsid nohup sleep 987005 >/dev/null 2>&1 &\nprintf started\n";
+    s.function("escape", "binary", "escape.sh", code, json!({}));
+    assert_eq!(s.get("/fission-function/escape").text().unwrap(), "started");
+    s.ok("DELETE", "/v1/functions/escape", None);
+    eventually(Duration::from_secs(10), "the instance is gone", || {
+        let all = s.ok("GET", "/v1/instances", None);
+        all.as_array()
+            .is_some_and(|a| a.iter().all(|i| i["function"] != "escape"))
+    });
+    // What the process backend cannot stop: a process in a session of its own.
+    let escaped = processes_with("sleep 987005");
+    assert!(!escaped.is_empty());
+    for pid in escaped {
+        common::signal(pid, libc::SIGKILL);
+    }
+}
