@@ -54,7 +54,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let status = match &e {
             EngineError::NotFound(_) => StatusCode::NOT_FOUND,
-            EngineError::Conflict(_) => StatusCode::CONFLICT,
+            EngineError::Conflict(_) | EngineError::NameTaken(_) => StatusCode::CONFLICT,
             EngineError::Invalid(_) | EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
             EngineError::Store(crate::store::StoreError::Cursor) => StatusCode::BAD_REQUEST,
             EngineError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

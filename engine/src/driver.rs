@@ -94,6 +94,9 @@ pub enum EngineError {
     NotFound(String),
     #[error("{0} already exists")]
     Conflict(String),
+    /// A function already has the name (functions and workflows share names).
+    #[error("{0}")]
+    NameTaken(String),
     #[error("invalid workflow: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<ValidationError>),
     #[error("{0}")]
@@ -108,7 +111,7 @@ impl EngineError {
     pub fn code(&self) -> &'static str {
         match self {
             EngineError::NotFound(_) => "not_found",
-            EngineError::Conflict(_) => "conflict",
+            EngineError::Conflict(_) | EngineError::NameTaken(_) => "conflict",
             EngineError::Invalid(e) => e.first().map(|e| e.code).unwrap_or("invalid_workflow"),
             EngineError::BadRequest(_) => "bad_request",
             EngineError::Store(StoreError::Cursor) => "invalid_cursor",
@@ -419,9 +422,13 @@ impl Engine {
         source: &str,
         create: bool,
     ) -> Result<WorkflowVersion, EngineError> {
-        if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
-            return Err(EngineError::BadRequest(format!(
-                "invalid workflow name {name:?}"
+        // Workflows are named like functions, and share their name space: both
+        // answer at /fission-function/<name>.
+        pool_manager::resources::validate_name("workflow", name)
+            .map_err(|e| EngineError::BadRequest(e.to_string()))?;
+        if create && self.invoker.function_exists(name) {
+            return Err(EngineError::NameTaken(format!(
+                "a function named {name:?} exists; functions and workflows share /fission-function/ names"
             )));
         }
         let spec = parse_and_validate(source, &|n| n == name || self.name_exists(n))
