@@ -264,8 +264,8 @@ fn invalid_workflows_are_refused_with_line_and_column() {
     let s = Server::start();
     let post = |yaml: &str| {
         let r = s
-            .http
-            .post(s.api_url("/v1/workflows?name=broken"))
+            .api("POST", "/v1/workflows?name=broken")
+            .header("content-type", "application/yaml")
             .body(yaml.to_string())
             .send()
             .unwrap();
@@ -448,8 +448,8 @@ fn a_new_version_does_not_touch_runs_in_flight() {
     );
     let id = s.start_async("ver", "");
     let resp = s
-        .http
-        .put(s.api_url("/v1/workflows/ver"))
+        .api("PUT", "/v1/workflows/ver")
+        .header("content-type", "application/yaml")
         .body("apiVersion: 1\noutput: B\ntasks:\n  B:\n    run: noop\n    inputs: second\n")
         .send()
         .unwrap();
