@@ -34,6 +34,9 @@ const HYPER_MAX_BUF: usize = 256 * 1024;
 /// `Limits::max_headers`).
 const HYPER_MAX_HEADERS: usize = 512;
 
+/// Repeated warnings about one listener are logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// What one listener allows.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -99,6 +102,7 @@ pub async fn serve(
         .max_buf_size(HYPER_MAX_BUF)
         .max_headers(HYPER_MAX_HEADERS);
     let mut refused = Refusals::default();
+    let mut last_accept_error = None;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -109,7 +113,10 @@ pub async fn serve(
             Err(e) => {
                 // Out of descriptors (EMFILE, ENFILE) or memory: back off a little
                 // rather than spin; the other listener has its own loop.
-                tracing::warn!(listener = name, "cannot accept a connection: {e}");
+                if last_accept_error.is_none_or(|t: Instant| t.elapsed() >= LOG_EVERY) {
+                    tracing::warn!(listener = name, "cannot accept a connection: {e}");
+                    last_accept_error = Some(Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -228,7 +235,7 @@ fn log_connection_end(name: &str, peer: SocketAddr, result: hyper::Result<()>) {
     }
 }
 
-/// Connections closed at the cap, logged at most every ten seconds.
+/// Connections closed at the cap, logged at most every `LOG_EVERY`.
 #[derive(Default)]
 struct Refusals {
     count: u64,
@@ -238,10 +245,7 @@ struct Refusals {
 impl Refusals {
     fn note(&mut self, listener: &str, cap: usize) {
         self.count += 1;
-        if self
-            .last_log
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
+        if self.last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
             tracing::warn!(
                 listener,
                 refused = self.count,
