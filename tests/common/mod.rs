@@ -21,6 +21,8 @@ pub struct Server {
     pub token: String,
     _tmp: Option<tempfile::TempDir>,
     extra: Vec<(String, String)>,
+    /// The open-file limit to start the server with (through `sh -c ulimit`).
+    nofile: Option<u64>,
     pub http: reqwest::blocking::Client,
 }
 
@@ -31,6 +33,11 @@ impl Server {
 
     /// `env` adds FUSION_* settings (e.g. FUSION_LEASE_WAIT_MS).
     pub fn start_with(env: &[(&str, &str)]) -> Server {
+        Server::start_limited(None, env)
+    }
+
+    /// As `start_with`, under an open-file limit of `nofile` when given.
+    pub fn start_limited(nofile: Option<u64>, env: &[(&str, &str)]) -> Server {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data = tmp.path().join("data");
         let extra = env
@@ -45,6 +52,7 @@ impl Server {
             token: String::new(),
             _tmp: Some(tmp),
             extra,
+            nofile,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
@@ -56,7 +64,16 @@ impl Server {
 
     /// Starts (again) on the same data directory.
     pub fn launch(&mut self) {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.nofile {
+            None => Command::new(BIN),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", "ulimit -n \"$0\" && exec \"$@\""])
+                    .arg(n.to_string())
+                    .arg(BIN);
+                sh
+            }
+        };
         cmd.args(["server", "--data-dir"])
             .arg(&self.data)
             .args([
