@@ -654,12 +654,30 @@ fn every_path_in_the_openapi_document_is_served() {
     assert_eq!(doc["openapi"], "3.0.3");
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() > 20);
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
     for (path, item) in paths {
         for method in ["get", "post", "put", "delete"] {
-            if item.get(method).is_none() || path.ends_with("/invoke") {
+            let Some(op) = item.get(method) else {
+                continue;
+            };
+            let concrete = path.replace("{name}", "absent").replace("{id}", "absent");
+            // What the document says about the token is what the server does.
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let anonymous = s.http.request(m, s.api_url(&concrete)).send().unwrap();
+            let open = op["security"] == json!([]);
+            assert_eq!(
+                anonymous.status() == 401,
+                !open,
+                "{method} {path} without a token: {}",
+                anonymous.status()
+            );
+            if path.ends_with("/invoke") {
                 continue;
             }
-            let concrete = path.replace("{name}", "absent").replace("{id}", "absent");
             let r = s
                 .api(&method.to_uppercase(), &concrete)
                 .header("content-type", "application/json")
