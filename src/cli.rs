@@ -486,6 +486,13 @@ async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
             "  export FUSION_TOKEN=$(cat {})",
             shell_quote(&token_file.display().to_string())
         );
+        if let Some(cert) = &ca_cert {
+            // So that the CLI trusts a self-signed certificate too.
+            println!(
+                "  export FUSION_CA_CERT={}",
+                shell_quote(&cert.display().to_string())
+            );
+        }
         println!("  curl{cacert} -H \"Authorization: Bearer $FUSION_TOKEN\" {api}/v1/functions");
         if !routes.is_empty() {
             println!("Try:");

@@ -58,9 +58,16 @@ impl Client {
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| {
+            // The innermost causes say what went wrong (refused, a certificate).
+            let mut cause = String::new();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                cause = s.to_string();
+                source = s.source();
+            }
             if e.is_connect() {
                 anyhow!(
-                    "cannot reach the Fusion API at {} (is `fusion server` running? set FUSION_URL)",
+                    "cannot reach the Fusion API at {} (is `fusion server` running? set FUSION_URL): {cause}",
                     self.base
                 )
             } else {

@@ -77,7 +77,8 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Serve plain HTTP on a non-loopback address (refused without this flag).
-    #[arg(long, env = "FUSION_ALLOW_INSECURE")]
+    #[arg(long, env = "FUSION_ALLOW_INSECURE",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_insecure: bool,
     /// How long a client may take to send a request's headers, and how long an
     /// idle keep-alive connection is kept, in ms.
