@@ -134,7 +134,12 @@ pub async fn serve(
                 let app = app.clone();
                 let limits = limits.clone();
                 async move {
-                    if let Some(refusal) = check_head(&req, &limits) {
+                    if let Some(mut refusal) = check_head(&req, &limits) {
+                        // Such a client gets no second request on this connection.
+                        refusal.headers_mut().insert(
+                            axum::http::header::CONNECTION,
+                            axum::http::HeaderValue::from_static("close"),
+                        );
                         return Ok::<_, std::convert::Infallible>(refusal);
                     }
                     app.oneshot(req.map(Body::new)).await
