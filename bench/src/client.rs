@@ -37,7 +37,9 @@ impl Http {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Below the server's idle keep-alive bound (FUSION_HEADER_TIMEOUT_MS,
+            // 15 s), so the client never reuses a connection the server is closing.
+            .pool_idle_timeout(Duration::from_secs(10))
             .build(connector);
         let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
             .context("the API token is not a valid header value")?;
