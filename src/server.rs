@@ -86,7 +86,7 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_ms: u64,
     /// Open connections per listener at most; past it new ones are closed at
-    /// once. Default: from the open-file limit (a quarter of it less 256).
+    /// once. Default: (open-file limit - 256) / 4, so 192 at 1024.
     #[arg(long, env = "FUSION_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
