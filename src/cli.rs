@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::client::Client;
@@ -31,9 +32,20 @@ struct ClientOpts {
         global = true
     )]
     api: String,
+    /// A PEM certificate (or bundle) to trust for an https API, beside the system's.
+    #[arg(long = "cacert", env = "FUSION_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
+}
+
+impl ClientOpts {
+    /// The API client: the token from `FUSION_TOKEN` or the data dir, and the
+    /// CA certificate to trust, if given.
+    fn client(&self) -> Result<Client> {
+        Client::new(&self.api, crate::token::for_cli(), self.ca_cert.as_deref())
+    }
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -390,8 +402,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             server::run(server, |r| {
                 // One machine-readable line, so scripts and tests know where to connect.
                 println!(
-                    "fusion listening router=http://{} api=http://{}",
-                    r.router_addr, r.api_addr
+                    "fusion listening router={s}://{} api={s}://{}",
+                    r.router_addr,
+                    r.api_addr,
+                    s = r.scheme
                 );
             })
             .await
@@ -412,7 +426,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             verb: SpecVerb::Apply { path },
             opts,
         } => {
-            let summary = spec::apply(&Client::new(&opts.api), &path).await?;
+            let summary = spec::apply(&opts.client()?, &path).await?;
             spec::print_summary(&summary);
             Ok(())
         }
@@ -430,16 +444,31 @@ fn init_tracing() {
 
 async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let ca_cert = server.tls_cert.clone();
     let serve = server::run(server, move |r| {
-        let _ = tx.send((r.router_addr, r.api_addr, r.isolation.clone()));
+        let _ = tx.send((
+            r.router_addr,
+            r.api_addr,
+            r.scheme,
+            r.token.clone(),
+            r.token_file.clone(),
+            r.isolation.clone(),
+        ));
     });
     tokio::pin!(serve);
-    let addrs = tokio::select! {
+    let ready = tokio::select! {
         r = &mut serve => return r,
         a = rx => a.map_err(|_| anyhow!("the server did not start"))?,
     };
-    let (router, api, isolation) = addrs;
-    let client = Client::new(&format!("http://{api}"));
+    let (router, api, scheme, token, token_file, isolation) = ready;
+    let router = format!("{scheme}://{router}");
+    let api = format!("{scheme}://{api}");
+    let client = Client::new(&api, Some(token.as_str().to_string()), ca_cert.as_deref())?;
+    // What curl needs to trust a self-signed certificate.
+    let cacert = ca_cert
+        .as_deref()
+        .map(|p| format!(" --cacert {}", shell_quote(&p.display().to_string())))
+        .unwrap_or_default();
     let applied = async {
         if examples.is_dir() {
             match spec::apply(&client, &examples).await {
@@ -454,17 +483,30 @@ async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
         }
         let routes: Vec<Value> = client.get("/v1/routes").await.unwrap_or_default();
         println!("Fusion is up.");
-        println!("  router: http://{router}");
-        println!("  API:    http://{api}   (export FUSION_URL=http://{api})");
+        println!("  router: {router}");
+        println!("  API:    {api}   (export FUSION_URL={api})");
         match isolation.backend {
             "process" => println!("  WARNING: no isolation: {}", isolation.summary),
             _ => println!("  instances: {}", isolation.summary),
         }
+        println!("The API needs its token (the CLI reads it from FUSION_TOKEN, or from the data dir when run here):");
+        println!(
+            "  export FUSION_TOKEN=$(cat {})",
+            shell_quote(&token_file.display().to_string())
+        );
+        if let Some(cert) = &ca_cert {
+            // So that the CLI trusts a self-signed certificate too.
+            println!(
+                "  export FUSION_CA_CERT={}",
+                shell_quote(&cert.display().to_string())
+            );
+        }
+        println!("  curl{cacert} -H \"Authorization: Bearer $FUSION_TOKEN\" {api}/v1/functions");
         if !routes.is_empty() {
             println!("Try:");
             for r in routes {
                 let url = r["url"].as_str().or(r["prefix"].as_str()).unwrap_or("/");
-                println!("  curl http://{router}{}", example_path(url));
+                println!("  curl{cacert} {router}{}", example_path(url));
             }
         }
         let workflows: Vec<Value> = client.get("/v1/workflows").await.unwrap_or_default();
@@ -475,7 +517,7 @@ async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
                 .collect();
             println!("Workflows, invoked like functions: {}", names.join(", "));
             println!(
-                "  curl -H 'Content-Type: text/plain' -d 'hello' http://{router}/fission-function/{}",
+                "  curl{cacert} -H 'Content-Type: text/plain' -d 'hello' {router}/fission-function/{}",
                 names[0]
             );
             println!("  fusion run list        # what ran, with every task");
@@ -616,7 +658,7 @@ const ENV_COLUMNS: &[(&str, &str)] = &[
 ];
 
 async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
-    let c = Client::new(&opts.api);
+    let c = opts.client()?;
     let envs = &ENVIRONMENTS;
     match verb {
         EnvVerb::Create { name, fields } => {
@@ -695,7 +737,7 @@ async fn merge_fn(c: &Client, body: &mut Value, f: FnFields) -> Result<()> {
 }
 
 async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
-    let c = Client::new(&opts.api);
+    let c = opts.client()?;
     match verb {
         FnVerb::Create { name, fields } => {
             if fields.env.is_none() {
@@ -726,12 +768,12 @@ async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
                 .map_err(|_| anyhow!("bad method {method:?}"))?;
             let sub = subpath.trim_start_matches('/');
-            let url = if sub.is_empty() {
-                c.url(&format!("/v1/functions/{name}/invoke"))
+            let path = if sub.is_empty() {
+                format!("/v1/functions/{name}/invoke")
             } else {
-                c.url(&format!("/v1/functions/{name}/invoke/{sub}"))
+                format!("/v1/functions/{name}/invoke/{sub}")
             };
-            let mut req = c.raw().request(method, url);
+            let mut req = c.request(method, &path);
             req = with_headers(req, &headers)?;
             if let Some(b) = body {
                 req = req.body(b);
@@ -755,9 +797,9 @@ async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             let name = name.or(function).unwrap_or_default();
             use futures_util::StreamExt;
             use std::io::Write;
-            let url = c.url(&format!("/v1/functions/{name}/logs"));
+            let path = format!("/v1/functions/{name}/logs");
             let resp = c
-                .send(c.raw().get(url).query(&[("follow", follow)]))
+                .send(c.request(Method::GET, &path).query(&[("follow", follow)]))
                 .await?;
             let mut stream = resp.bytes_stream();
             let mut out = std::io::stdout();
@@ -837,6 +879,17 @@ fn with_headers(
     Ok(req)
 }
 
+/// `text` as one shell word: as it is when it has only safe characters, else in
+/// single quotes.
+fn shell_quote(text: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c);
+    if !text.is_empty() && text.chars().all(safe) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
 /// A URL template with each `{param}` filled in, for the quickstart's hints.
 fn example_path(template: &str) -> String {
     template
@@ -871,7 +924,7 @@ fn route_name(url: &str) -> String {
 }
 
 async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> {
-    let c = Client::new(&opts.api);
+    let c = opts.client()?;
     match verb {
         RouteVerb::Create { name, fields } => {
             let url = fields
@@ -914,12 +967,11 @@ fn read_file(path: &PathBuf) -> Result<String> {
 }
 
 async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
-    let c = Client::new(&opts.api);
+    let c = opts.client()?;
     match verb {
         WfVerb::Create { name, file } => {
             let req = c
-                .raw()
-                .post(c.url("/v1/workflows"))
+                .request(Method::POST, "/v1/workflows")
                 .query(&[("name", &name)])
                 .header("content-type", "application/yaml")
                 .body(read_file(&file)?);
@@ -928,8 +980,7 @@ async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
         }
         WfVerb::Update { name, file } => {
             let req = c
-                .raw()
-                .put(c.url(&format!("/v1/workflows/{name}")))
+                .request(Method::PUT, &format!("/v1/workflows/{name}"))
                 .header("content-type", "application/yaml")
                 .body(read_file(&file)?);
             let v: Value = c.send(req).await?.json().await?;
@@ -966,7 +1017,7 @@ async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             headers,
             asynchronous,
         } => {
-            let mut req = c.raw().post(c.url(&format!("/v1/workflows/{name}/invoke")));
+            let mut req = c.request(Method::POST, &format!("/v1/workflows/{name}/invoke"));
             req = with_headers(req, &headers)?;
             if asynchronous {
                 req = req.header("X-Async", "true");
@@ -994,7 +1045,7 @@ async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
 }
 
 async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
-    let c = Client::new(&opts.api);
+    let c = opts.client()?;
     match verb {
         RunVerb::List {
             workflow,
@@ -1012,7 +1063,7 @@ async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             if let Some(cur) = cursor {
                 q.push(("cursor", cur));
             }
-            let req = c.raw().get(c.url("/v1/runs")).query(&q);
+            let req = c.request(Method::GET, "/v1/runs").query(&q);
             let v: Value = c.send(req).await?.json().await?;
             if opts.output == Output::Json {
                 print(opts, &v, RUN_COLUMNS);
@@ -1075,5 +1126,7 @@ mod tests {
         assert_eq!(route_name("/"), "root");
         assert_eq!(route_name("/Hello_World"), "hello-world");
         assert_eq!(super::example_path("/hello/{name}/x"), "/hello/world/x");
+        assert_eq!(super::shell_quote(".fusion/token"), ".fusion/token");
+        assert_eq!(super::shell_quote("/a b/it's"), "'/a b/it'\\''s'");
     }
 }

@@ -1,5 +1,8 @@
-//! The CLI's HTTP client for the API listener: JSON in and out, and the API's
-//! `{"error": {"code", "message"}}` turned into one clear line.
+//! The CLI's HTTP client for the API listener: the bearer token on every call,
+//! JSON in and out, and the API's `{"error": {"code", "message"}}` (or a 401)
+//! turned into one clear line.
+
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 use serde::de::DeserializeOwned;
@@ -14,29 +17,57 @@ pub struct NotFound(String);
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Client {
-    pub fn new(base: &str) -> Client {
-        Client {
-            base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+    /// A client of the API at `base`, sending `token` as the bearer token and
+    /// trusting, beside the system's roots, the PEM certificates in `ca_cert`.
+    pub fn new(base: &str, token: Option<String>, ca_cert: Option<&Path>) -> Result<Client> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow!("cannot read the CA certificate {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| anyhow!("cannot read the CA certificate {}: {e}", path.display()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            http: builder
+                .build()
+                .map_err(|e| anyhow!("cannot set up the HTTP client: {e}"))?,
+            token,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    pub fn raw(&self) -> &reqwest::Client {
-        &self.http
+    /// A request to `path` on the API, carrying the token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| {
+            // The innermost causes say what went wrong (refused, a certificate).
+            let mut cause = String::new();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                cause = s.to_string();
+                source = s.source();
+            }
             if e.is_connect() {
                 anyhow!(
-                    "cannot reach the Fusion API at {} (is `fusion server` running? set FUSION_URL)",
+                    "cannot reach the Fusion API at {} (is `fusion server` running? set FUSION_URL): {cause}",
                     self.base
                 )
             } else {
@@ -47,6 +78,17 @@ impl Client {
             return Ok(resp);
         }
         let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            let what = if self.token.is_some() {
+                "refused the token"
+            } else {
+                "needs a token"
+            };
+            bail!(
+                "the Fusion API at {} {what} (401): set FUSION_TOKEN or run in the directory of the server's data dir",
+                self.base
+            );
+        }
         let text = resp.text().await.unwrap_or_default();
         let message = serde_json::from_str::<Value>(&text)
             .ok()
@@ -64,7 +106,7 @@ impl Client {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         Ok(self
-            .send(self.http.get(self.url(path)))
+            .send(self.request(reqwest::Method::GET, path))
             .await?
             .json()
             .await?)
@@ -72,7 +114,7 @@ impl Client {
 
     /// Like `get`, but a 404 is `None` rather than an error.
     pub async fn get_opt<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
-        match self.send(self.http.get(self.url(path))).await {
+        match self.send(self.request(reqwest::Method::GET, path)).await {
             Ok(resp) => Ok(Some(resp.json().await?)),
             Err(e) if e.downcast_ref::<NotFound>().is_some() => Ok(None),
             Err(e) => Err(e),
@@ -81,7 +123,7 @@ impl Client {
 
     pub async fn post_json<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
         Ok(self
-            .send(self.http.post(self.url(path)).json(body))
+            .send(self.request(reqwest::Method::POST, path).json(body))
             .await?
             .json()
             .await?)
@@ -89,14 +131,15 @@ impl Client {
 
     pub async fn put_json<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
         Ok(self
-            .send(self.http.put(self.url(path)).json(body))
+            .send(self.request(reqwest::Method::PUT, path).json(body))
             .await?
             .json()
             .await?)
     }
 
     pub async fn delete(&self, path: &str) -> Result<()> {
-        self.send(self.http.delete(self.url(path))).await?;
+        self.send(self.request(reqwest::Method::DELETE, path))
+            .await?;
         Ok(())
     }
 
@@ -109,11 +152,10 @@ impl Client {
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| anyhow!("code path {} has no file name", path.display()))?;
-        let url = self.url("/v1/packages");
         let req = self
-            .http
-            .post(url)
+            .request(reqwest::Method::POST, "/v1/packages")
             .query(&[("filename", filename)])
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(bytes);
         Ok(self.send(req).await?.json().await?)
     }

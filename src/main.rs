@@ -4,9 +4,13 @@
 mod api;
 mod cli;
 mod client;
+mod guard;
+mod listen;
 mod runtime_binary;
 mod server;
 mod spec;
+mod tls;
+mod token;
 mod workflows;
 
 use clap::Parser;

@@ -1,7 +1,9 @@
-//! Server assembly: opens the store, starts the pool manager (and the workflow
-//! engine), serves the router and API listeners, and shuts down gracefully on
-//! SIGINT/SIGTERM: stop accepting, let in-flight requests finish within a bound,
-//! stop every instance.
+//! Server assembly: refuses plain HTTP off loopback unless allowed, loads (or
+//! generates) the API token, opens the store, starts the pool manager (and the
+//! workflow engine), serves the router and API listeners (the API behind the
+//! token and content-type guard), and shuts down gracefully on SIGINT/SIGTERM:
+//! stop accepting, let in-flight requests finish within a bound, stop every
+//! instance.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +19,9 @@ use pool_manager::Backend;
 use pool_manager::{LaunchConfig, PoolConfig, PoolManager, WorkflowGateway};
 
 use crate::api::{self, AppState};
+use crate::guard;
+use crate::listen::{self, Limits};
+use crate::token::Token;
 
 /// The bundled runtimes, written under the data directory at start so that the
 /// binary is all a user needs.
@@ -71,6 +76,30 @@ pub struct ServerArgs {
     /// The OCI runtime for the container backend (default: runc or crun on PATH).
     #[arg(long, env = "FUSION_OCI_RUNTIME")]
     pub oci_runtime: Option<PathBuf>,
+    /// The API's bearer token file; generated (mode 0600) at first start when
+    /// absent. Default: `token` in the data directory.
+    #[arg(long, env = "FUSION_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// TLS for both listeners: the certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "FUSION_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS for both listeners: the private key (PEM); needs --tls-cert.
+    #[arg(long, env = "FUSION_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (refused without this flag).
+    #[arg(long, env = "FUSION_ALLOW_INSECURE",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_insecure: bool,
+    /// How long a client may take to send a request's headers, and how long an
+    /// idle keep-alive connection is kept, in ms.
+    #[arg(long, env = "FUSION_HEADER_TIMEOUT_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+    /// Open connections per listener at most; past it new ones are closed at
+    /// once. Default: (open-file limit - 256) / 4, so 192 at 1024.
+    #[arg(long, env = "FUSION_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -85,11 +114,53 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// What the backend in use enforces on function code.
     pub isolation: pool_manager::Isolation,
+    /// `https` when the listeners serve TLS, else `http`.
+    pub scheme: &'static str,
+    /// The API token and the file it is in.
+    pub token: Token,
+    pub token_file: PathBuf,
+}
+
+/// Why the server refuses to start with these settings.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "refusing to serve plain HTTP on {addr} ({which}), which is not a loopback address: \
+         give --tls-cert and --tls-key, or --allow-insecure (FUSION_ALLOW_INSECURE=true) \
+         when something in front terminates TLS"
+    )]
+    InsecureListen {
+        addr: SocketAddr,
+        which: &'static str,
+    },
+}
+
+/// Plain HTTP only on loopback addresses, unless allowed.
+fn check_insecure(args: &ServerArgs) -> Result<(), StartError> {
+    if args.tls_cert.is_some() || args.allow_insecure {
+        return Ok(());
+    }
+    for (addr, which) in [(args.router_listen, "router"), (args.api_listen, "API")] {
+        if !addr.ip().to_canonical().is_loopback() {
+            return Err(StartError::InsecureListen { addr, which });
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::Result<()> {
+    check_insecure(&args)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    let token_file = args
+        .token_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("token"));
+    let token = Token::load_or_create(&token_file)?;
     let data_dir = args.data_dir.canonicalize()?;
     let runtimes_dir = data_dir.join("runtimes");
     for (path, text) in RUNTIME_FILES {
@@ -177,30 +248,51 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     };
     let api_app = api::router(state)
         .merge(engine::router(engine.clone()))
-        .fallback(api::not_found);
+        .route_layer(axum::middleware::from_fn(guard::require_content_type))
+        .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            token.clone(),
+            guard::require_token,
+        ));
 
     let running = Running {
         router_addr: router_listener.local_addr()?,
         api_addr: api_listener.local_addr()?,
         isolation: pool.isolation(),
+        scheme: if tls.is_some() { "https" } else { "http" },
+        token,
+        token_file,
     };
     tracing::info!(router = %running.router_addr, api = %running.api_addr, "fusion is listening");
     on_ready(&running);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let router_server = tokio::spawn(
-        axum::serve(router_listener, router_app)
-            .with_graceful_shutdown(wait_stop(stop_rx.clone()))
-            .into_future(),
+    let limits = Limits::new(
+        Duration::from_millis(args.header_timeout_ms),
+        args.max_connections
+            .map_or_else(listen::default_max_connections, |n| n as usize),
     );
-    let api_server = tokio::spawn(
-        axum::serve(api_listener, api_app)
-            .with_graceful_shutdown(wait_stop(stop_rx.clone()))
-            .into_future(),
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_timeout_ms = args.header_timeout_ms,
+        "connection limits per listener"
     );
+    let router_server = tokio::spawn(listen::serve(
+        "router",
+        router_listener,
+        router_app,
+        tls.clone(),
+        limits.clone(),
+        stop_rx.clone(),
+    ));
+    let api_server = tokio::spawn(listen::serve(
+        "api",
+        api_listener,
+        api_app,
+        tls,
+        limits,
+        stop_rx.clone(),
+    ));
 
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
@@ -337,5 +429,3 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
-
-use std::future::IntoFuture;

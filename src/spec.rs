@@ -204,8 +204,7 @@ async fn apply_workflow(
     match existing {
         None => {
             let req = client
-                .raw()
-                .post(client.url("/v1/workflows"))
+                .request(reqwest::Method::POST, "/v1/workflows")
                 .query(&[("name", name)])
                 .header("content-type", "application/yaml")
                 .body(yaml);
@@ -217,8 +216,7 @@ async fn apply_workflow(
                 return Ok(Outcome::Unchanged);
             }
             let req = client
-                .raw()
-                .put(client.url(&format!("/v1/workflows/{name}")))
+                .request(reqwest::Method::PUT, &format!("/v1/workflows/{name}"))
                 .header("content-type", "application/yaml")
                 .body(yaml);
             client.send(req).await?;

@@ -367,8 +367,8 @@ fn bad_requests_get_clear_errors() {
     assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
 
     let r = s
-        .http
-        .post(s.api_url("/v1/packages?filename=x.zip"))
+        .api("POST", "/v1/packages?filename=x.zip")
+        .header("content-type", "application/zip")
         .body(b"PK\x03\x04not a zip".to_vec())
         .send()
         .unwrap();
@@ -380,8 +380,8 @@ fn bad_requests_get_clear_errors() {
     );
 
     let r = s
-        .http
-        .post(s.api_url("/v1/environments"))
+        .api("POST", "/v1/environments")
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .unwrap();
@@ -532,6 +532,7 @@ fn fn_logs_follow_streams_new_output() {
     let mut follower = Command::new(common::BIN)
         .args(["fn", "logs", "chatty", "-f"])
         .env("FUSION_URL", &s.api)
+        .env("FUSION_TOKEN", &s.token)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -587,13 +588,7 @@ fn metrics_count_requests_cold_starts_instances_and_runs() {
     );
     assert_eq!(s.invoke("noop", "text/plain", "").0, 204);
 
-    let text = s
-        .http
-        .get(s.api_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = s.api("GET", "/metrics").send().unwrap().text().unwrap();
     let has = |line: &str| text.lines().any(|l| l == line);
     assert!(
         has(r#"fusion_function_requests_total{function="counted",code="200"} 3"#),
@@ -713,16 +708,33 @@ fn every_path_in_the_openapi_document_is_served() {
     assert_eq!(doc["openapi"], "3.0.3");
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() > 20);
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
     for (path, item) in paths {
         for method in ["get", "post", "put", "delete"] {
-            if item.get(method).is_none() || path.ends_with("/invoke") {
+            let Some(op) = item.get(method) else {
+                continue;
+            };
+            let concrete = path.replace("{name}", "absent").replace("{id}", "absent");
+            // What the document says about the token is what the server does.
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let anonymous = s.http.request(m, s.api_url(&concrete)).send().unwrap();
+            let open = op["security"] == json!([]);
+            assert_eq!(
+                anonymous.status() == 401,
+                !open,
+                "{method} {path} without a token: {}",
+                anonymous.status()
+            );
+            if path.ends_with("/invoke") {
                 continue;
             }
-            let concrete = path.replace("{name}", "absent").replace("{id}", "absent");
-            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r = s
-                .http
-                .request(m, s.api_url(&concrete))
+                .api(&method.to_uppercase(), &concrete)
+                .header("content-type", "application/json")
                 .body("{}")
                 .send()
                 .unwrap();

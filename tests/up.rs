@@ -37,8 +37,27 @@ fn up_applies_the_examples_and_prints_urls_that_answer() {
     let mut router = None;
     let mut tries = Vec::new();
     let mut workflow_hint = None;
+    let mut url_export = None;
+    let mut token_export = None;
+    let mut api_curl = None;
+    let mut cli_hint = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
+        if let Some((_, rest)) = line.split_once("(export FUSION_URL=") {
+            url_export = Some(format!("export FUSION_URL={}", rest.trim_end_matches(')')));
+        }
+        if line.trim().starts_with("export FUSION_TOKEN=") {
+            token_export = Some(line.trim().to_string());
+        }
+        if line
+            .trim()
+            .starts_with("curl -H \"Authorization: Bearer $FUSION_TOKEN\"")
+        {
+            api_curl = Some(line.trim().to_string());
+        }
+        if line.trim().starts_with("fusion run list") {
+            cli_hint = Some(line.trim().to_string());
+        }
         if let Some(url) = line.trim().strip_prefix("router: ") {
             router = Some(url.to_string());
         }
@@ -82,6 +101,40 @@ fn up_applies_the_examples_and_prints_urls_that_answer() {
         .text()
         .unwrap();
     assert_eq!(hello, "Hello, world, from python!\n");
+    // The token lines, run as a user pastes them into a shell: the API call
+    // with curl, and the CLI.
+    let token_export = token_export.expect("up shows how to export the token");
+    let api_curl = api_curl.expect("up shows a curl call of the API with the token");
+    let out = Command::new("sh")
+        .args(["-c", &format!("{token_export}\n{api_curl}")])
+        .env_remove("FUSION_TOKEN")
+        .output()
+        .unwrap();
+    let functions: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{api_curl}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    // The examples' functions, as the API lists them.
+    let names: Vec<&str> = functions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(!names.is_empty(), "{functions}");
+    let bin_dir = std::path::Path::new(BIN).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let url_export = url_export.expect("up shows how to export FUSION_URL");
+    let cli_hint = cli_hint.expect("up shows a CLI command");
+    let out = Command::new("sh")
+        .args(["-c", &format!("{url_export}\n{token_export}\n{cli_hint}")])
+        .env("PATH", path)
+        .env_remove("FUSION_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("STATUS"),
+        "{cli_hint}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     signal(child.0.id(), libc::SIGTERM);
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}");

@@ -258,8 +258,8 @@ fn invalid_workflows_are_refused_with_line_and_column() {
     let s = Server::start();
     let post = |yaml: &str| {
         let r = s
-            .http
-            .post(s.api_url("/v1/workflows?name=broken"))
+            .api("POST", "/v1/workflows?name=broken")
+            .header("content-type", "application/yaml")
             .body(yaml.to_string())
             .send()
             .unwrap();
@@ -439,8 +439,8 @@ fn a_new_version_does_not_touch_runs_in_flight() {
     );
     let id = s.start_async("ver", "");
     let resp = s
-        .http
-        .put(s.api_url("/v1/workflows/ver"))
+        .api("PUT", "/v1/workflows/ver")
+        .header("content-type", "application/yaml")
         .body("apiVersion: 1\noutput: B\ntasks:\n  B:\n    run: noop\n    inputs: second\n")
         .send()
         .unwrap();
@@ -624,10 +624,8 @@ fn the_output_tasks_headers_come_back_in_canonical_form() {
 fn nested_or_oversized_documents_are_refused_and_the_server_keeps_answering() {
     let s = Server::start();
     let send = |method: &str, path: &str, content_type: &str, body: String| {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let r = s
-            .http
-            .request(m, s.api_url(path))
+            .api(method, path)
             .header("content-type", content_type)
             .body(body)
             .send()

@@ -1,12 +1,14 @@
 //! One HTTP/1.1 keep-alive client (hyper-util's legacy client, TCP_NODELAY) for
-//! everything: the API calls that set up the benchmark and the measured requests,
-//! routed and direct alike, so both paths pay the same client costs.
+//! everything: the API calls that set up the benchmark (with the server's bearer
+//! token) and the measured requests, routed and direct alike, so both paths pay
+//! the same client costs.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -22,16 +24,35 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Http {
     client: Client<HttpConnector, Full<Bytes>>,
+    /// The API listener's base URL (with its final `/`, so that another port
+    /// with the same first digits does not match) and the `Bearer` value every
+    /// request to it carries; requests elsewhere (router, instances) carry none.
+    api: String,
+    bearer: HeaderValue,
 }
 
 impl Http {
-    pub fn new() -> Http {
+    /// A client that sends `token` with every request to the API at `api`.
+    pub fn new(api: &str, token: &str) -> Result<Http> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Below the server's idle keep-alive bound (FUSION_HEADER_TIMEOUT_MS,
+            // 15 s), so the client never reuses a connection the server is closing.
+            .pool_idle_timeout(Duration::from_secs(10))
             .build(connector);
-        Http { client }
+        let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the API token is not a valid header value")?;
+        Ok(Http {
+            client,
+            api: format!("{}/", api.trim_end_matches('/')),
+            bearer,
+        })
+    }
+
+    /// The authorization header for a request to `url`, when it is the API's.
+    fn auth_for(&self, url: &str) -> Option<&HeaderValue> {
+        url.starts_with(&self.api).then_some(&self.bearer)
     }
 
     /// One request; answers the status and the whole body.
@@ -43,6 +64,9 @@ impl Http {
         content_type: Option<&str>,
     ) -> Result<(StatusCode, Bytes)> {
         let mut req = Request::builder().method(method.clone()).uri(url);
+        if let Some(auth) = self.auth_for(url) {
+            req = req.header(hyper::header::AUTHORIZATION, auth);
+        }
         if let Some(ct) = content_type {
             req = req.header(hyper::header::CONTENT_TYPE, ct);
         }
@@ -118,6 +142,9 @@ impl Http {
             .uri(probe.uri.clone());
         for (k, v) in &probe.headers {
             req = req.header(*k, *v);
+        }
+        if let Some(auth) = self.auth_for(&probe.uri.to_string()) {
+            req = req.header(hyper::header::AUTHORIZATION, auth);
         }
         let req = req.body(Full::new(probe.body.clone()))?;
         let start = Instant::now();

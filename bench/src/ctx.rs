@@ -35,7 +35,7 @@ impl Ctx {
     ) -> Result<(Server, Ctx)> {
         let server = Server::start_with(fusion, prepare)?;
         let ctx = Ctx {
-            http: Http::new(),
+            http: Http::new(&server.api, &server.token)?,
             api: server.api.clone(),
             router: server.router.clone(),
             data_dir: server.data_dir(),

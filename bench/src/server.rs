@@ -15,6 +15,8 @@ pub struct Server {
     child: Option<Child>,
     pub router: String,
     pub api: String,
+    /// The API token, read from the data directory once the server listens.
+    pub token: String,
     data: PathBuf,
     // Dropped after the child is stopped (Drop below runs first).
     _tmp: tempfile::TempDir,
@@ -74,6 +76,7 @@ impl Server {
             child: Some(child),
             router: String::new(),
             api: String::new(),
+            token: String::new(),
             data,
             _tmp: tmp,
         };
@@ -101,6 +104,11 @@ impl Server {
             }
             _ => bail!("unexpected first line from fusion server: {line:?}"),
         }
+        let token_file = server.data.join("token");
+        server.token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("cannot read the API token {}", token_file.display()))?
+            .trim()
+            .to_string();
         Ok(server)
     }
 

@@ -1,7 +1,8 @@
 //! The system calls Fusion makes itself, kept in one place: a parent-death
 //! signal, so that an instance dies with the server even when the server is
 //! killed with SIGKILL; an address-space limit for environments that declare one;
-//! killing a process group; and asking whether the server runs as root.
+//! killing a process group; reading the open-file limit; and asking whether the
+//! server runs as root.
 #![allow(unsafe_code)]
 
 /// Arranges for `cmd`'s process to get SIGKILL when the thread that spawned it
@@ -48,6 +49,19 @@ pub fn kill_group(pgid: u32) {
     unsafe {
         libc::kill(-(pgid as libc::pid_t), libc::SIGKILL);
     }
+}
+
+/// The hard limit on open files of this process (an instance may not get more).
+pub fn open_files_hard_limit() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only to the rlimit it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return 1024;
+    }
+    rl.rlim_max
 }
 
 /// Whether the server runs as root (the container backend needs it).

@@ -19,8 +19,12 @@ pub struct Server {
     pub router: String,
     pub api: String,
     pub data: PathBuf,
+    /// The API token, read from the data directory once the server listens.
+    pub token: String,
     _tmp: Option<tempfile::TempDir>,
     extra: Vec<(String, String)>,
+    /// The open-file limit to start the server with (through `sh -c ulimit`).
+    nofile: Option<u64>,
     pub http: reqwest::blocking::Client,
 }
 
@@ -31,6 +35,11 @@ impl Server {
 
     /// `env` adds FUSION_* settings (e.g. FUSION_LEASE_WAIT_MS).
     pub fn start_with(env: &[(&str, &str)]) -> Server {
+        Server::start_limited(None, env)
+    }
+
+    /// As `start_with`, under an open-file limit of `nofile` when given.
+    pub fn start_limited(nofile: Option<u64>, env: &[(&str, &str)]) -> Server {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data = tmp.path().join("data");
         let extra = env
@@ -42,8 +51,10 @@ impl Server {
             router: String::new(),
             api: String::new(),
             data,
+            token: String::new(),
             _tmp: Some(tmp),
             extra,
+            nofile,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
@@ -55,7 +66,16 @@ impl Server {
 
     /// Starts (again) on the same data directory.
     pub fn launch(&mut self) {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.nofile {
+            None => Command::new(BIN),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", "ulimit -n \"$0\" && exec \"$@\""])
+                    .arg(n.to_string())
+                    .arg(BIN);
+                sh
+            }
+        };
         cmd.args(["server", "--data-dir"])
             .arg(&self.data)
             .args([
@@ -86,6 +106,10 @@ impl Server {
         };
         self.router = field("router=");
         self.api = field("api=");
+        self.token = std::fs::read_to_string(self.data.join("token"))
+            .expect("the server wrote its token before listening")
+            .trim()
+            .to_string();
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         self.child = Some(child);
@@ -136,10 +160,17 @@ impl Server {
         format!("{}{path}", self.router)
     }
 
+    /// A request to the API listener carrying the token.
+    pub fn api(&self, method: &str, path: &str) -> reqwest::blocking::RequestBuilder {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        self.http
+            .request(m, self.api_url(path))
+            .bearer_auth(&self.token)
+    }
+
     /// A JSON API call; returns the status and the parsed body (Null when empty).
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(m, self.api_url(path));
+        let mut req = self.api(method, path);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -166,9 +197,9 @@ impl Server {
     /// Uploads code and returns its package reference.
     pub fn upload(&self, filename: &str, bytes: &[u8]) -> Value {
         let resp = self
-            .http
-            .post(self.api_url("/v1/packages"))
+            .api("POST", "/v1/packages")
             .query(&[("filename", filename)])
+            .header("content-type", "application/octet-stream")
             .body(bytes.to_vec())
             .send()
             .unwrap();
@@ -203,11 +234,13 @@ impl Server {
             .expect("router reachable")
     }
 
-    /// Runs the CLI against this server; returns (exit code, stdout, stderr).
+    /// Runs the CLI against this server, with its token in FUSION_TOKEN; returns
+    /// (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(BIN)
             .args(args)
             .env("FUSION_URL", &self.api)
+            .env("FUSION_TOKEN", &self.token)
             .output()
             .expect("run fusion CLI");
         (
@@ -315,8 +348,7 @@ impl Server {
     /// Stores a workflow (YAML) under `name`; panics unless created.
     pub fn workflow(&self, name: &str, yaml: &str) {
         let resp = self
-            .http
-            .post(self.api_url("/v1/workflows"))
+            .api("POST", "/v1/workflows")
             .query(&[("name", name)])
             .header("content-type", "application/yaml")
             .body(yaml.to_string())

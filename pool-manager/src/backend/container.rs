@@ -42,6 +42,8 @@ use crate::resources::{Environment, Network};
 const NOBODY: u32 = 65534;
 /// Processes one instance may have at once: a fork bomb stops here.
 pub const DEFAULT_PIDS_LIMIT: i64 = 256;
+/// Open files one instance's processes may each have.
+const OPEN_FILES: u64 = 4096;
 /// Size of an instance's private `/tmp`, in MiB (it counts towards its memory).
 pub const TMP_SIZE_MB: u64 = 64;
 /// Where the runtime listens, inside the container and in the bundle.
@@ -504,6 +506,8 @@ impl ContainerBackend {
             .ambient(HashSet::new())
             .build()
             .map_err(oci)?;
+        // Raising a hard limit past the server's own may be refused.
+        let open_files = OPEN_FILES.min(crate::sys::open_files_hard_limit());
         let process = ProcessBuilder::default()
             .terminal(false)
             .user(
@@ -526,8 +530,8 @@ impl ContainerBackend {
             .capabilities(no_caps)
             .rlimits(vec![PosixRlimitBuilder::default()
                 .typ(PosixRlimitType::RlimitNofile)
-                .hard(4096u64)
-                .soft(4096u64)
+                .hard(open_files)
+                .soft(open_files)
                 .build()
                 .map_err(oci)?])
             .no_new_privileges(true)

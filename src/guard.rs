@@ -1,0 +1,177 @@
+//! What the API listener checks before a handler runs: the bearer token, on every
+//! path but health and the OpenAPI document (so `/metrics` too), and, for a request
+//! with a body, a content type the endpoint reads. A form or `text/plain` post, the
+//! kind a web page can send cross-site without asking, is refused with 415 before
+//! it has any effect; the token already stops such calls, this is a second wall.
+//! The API sends no CORS headers, so browsers keep other sites from reading it.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use pool_manager::error::error_response;
+
+use crate::token::Token;
+
+/// The paths anyone who reaches the API listener may call.
+pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
+
+/// Answers 401 unless the request carries `Authorization: Bearer <token>`. The
+/// header that carried the token is removed, so that an invocation through the
+/// API (`fusion fn test`, `wf invoke`) never hands the token to a function; any
+/// other `Authorization` header is passed on.
+pub async fn require_token(State(token): State<Token>, mut req: Request, next: Next) -> Response {
+    if OPEN_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let values: Vec<HeaderValue> = req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .cloned()
+        .collect();
+    let carries_token = |v: &HeaderValue| bearer(v).is_some_and(|t| token.matches(t));
+    let Some(at) = values.iter().position(carries_token) else {
+        let message = if values.iter().any(|v| bearer(v).is_some()) {
+            "the bearer token is not this server's (it is the file `token` in the server's data dir)"
+        } else {
+            "this API needs `Authorization: Bearer <token>` (the token is the file `token` in the server's data dir)"
+        };
+        return unauthorized(message);
+    };
+    req.headers_mut().remove(header::AUTHORIZATION);
+    for (i, v) in values.into_iter().enumerate() {
+        if i != at {
+            req.headers_mut().append(header::AUTHORIZATION, v);
+        }
+    }
+    next.run(req).await
+}
+
+/// The credentials of a `Bearer` authorization (the scheme in any case).
+fn bearer(value: &HeaderValue) -> Option<&[u8]> {
+    let bytes = value.as_bytes();
+    let space = bytes.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = bytes.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let start = rest.iter().position(|b| *b != b' ')?;
+    let end = rest.iter().rposition(|b| *b != b' ')? + 1;
+    Some(&rest[start..end])
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut resp = error_response(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"fusion\""),
+    );
+    resp
+}
+
+const JSON: &[&str] = &["application/json"];
+const YAML: &[&str] = &[
+    "application/yaml",
+    "application/x-yaml",
+    "text/yaml",
+    "text/x-yaml",
+    "application/json",
+];
+const CODE: &[&str] = &["application/octet-stream", "application/zip"];
+
+/// The content types an endpoint reads from a body, by its route; `None` for the
+/// invocations, whose body is the function's or workflow's own input.
+fn accepted(route: &str) -> Option<&'static [&'static str]> {
+    match route {
+        "/v1/packages" => Some(CODE),
+        "/v1/workflows" | "/v1/workflows/{name}" => Some(YAML),
+        r if r.ends_with("/invoke") || r.contains("/invoke/") => None,
+        _ => Some(JSON),
+    }
+}
+
+/// Answers 415 when a POST, PUT, PATCH or DELETE with a body has a content type
+/// (or none) that its endpoint does not read. A route layer: it sees the route.
+pub async fn require_content_type(req: Request, next: Next) -> Response {
+    let writes = matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if !writes || !has_body(req.headers()) {
+        return next.run(req).await;
+    }
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let Some(types) = accepted(&route) else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if given.as_deref().is_some_and(|g| types.contains(&g)) {
+        return next.run(req).await;
+    }
+    let what = match &given {
+        Some(g) => format!("content type {g:?}"),
+        None => "no content type".to_string(),
+    };
+    error_response(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        &format!(
+            "{} {} reads {}; this request's body has {what}",
+            req.method(),
+            req.uri().path(),
+            types.join(", ")
+        ),
+    )
+}
+
+/// Whether the request declares a body (a non-zero length, or chunks).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_credentials_are_read_in_any_case() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(bearer(&v("Bearer abc")), Some(&b"abc"[..]));
+        assert_eq!(bearer(&v("bearer  abc ")), Some(&b"abc"[..]));
+        assert_eq!(bearer(&v("Basic abc")), None);
+        assert_eq!(bearer(&v("Bearer")), None);
+        assert_eq!(bearer(&v("Bearer ")), None);
+    }
+
+    #[test]
+    fn every_endpoint_but_invocations_names_its_types() {
+        assert_eq!(accepted("/v1/environments"), Some(JSON));
+        assert_eq!(accepted("/v1/runs/{id}/cancel"), Some(JSON));
+        assert_eq!(accepted("/v1/packages"), Some(CODE));
+        assert_eq!(accepted("/v1/workflows/{name}"), Some(YAML));
+        assert_eq!(accepted("/v1/functions/{name}/invoke"), None);
+        assert_eq!(accepted("/v1/functions/{name}/invoke/{*rest}"), None);
+        assert_eq!(accepted("/v1/workflows/{name}/invoke"), None);
+        assert_eq!(accepted(""), Some(JSON));
+    }
+}

@@ -1,0 +1,263 @@
+//! The accept loop of each listener (router and API): plain TCP or TLS, hyper's
+//! HTTP/1 with a header-read timeout (which also closes idle keep-alive
+//! connections), a cap on open connections per listener, limits on the request
+//! head answered with the JSON error, and graceful shutdown.
+//!
+//! hyper answers a request it cannot parse by itself, with an empty body: 400 for
+//! bad syntax, 431 past its buffer or header count, 414 past 65,534 bytes of URI.
+//! It has no hook for those answers, so its limits are set above this module's,
+//! and a head past this module's limits gets the JSON 431 or 414 from here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use pool_manager::error::error_response;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+/// hyper's own read buffer, past which it answers an empty 431 (must stay above
+/// `Limits::max_head_bytes`).
+const HYPER_MAX_BUF: usize = 256 * 1024;
+/// hyper's own header count, past which it answers an empty 431 (must stay above
+/// `Limits::max_headers`).
+const HYPER_MAX_HEADERS: usize = 512;
+
+/// Repeated warnings about one listener are logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What one listener allows.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// How long a client may take to send a request's head; also how long an
+    /// idle keep-alive connection is kept (and the bound on a TLS handshake).
+    pub header_timeout: Duration,
+    /// Open connections at most; past it a new connection is closed at once.
+    pub max_connections: usize,
+    /// Request line and headers, in bytes, at most (431 past it).
+    pub max_head_bytes: usize,
+    /// URI length at most (414 past it).
+    pub max_uri_bytes: usize,
+    /// Header fields at most (431 past it).
+    pub max_headers: usize,
+}
+
+impl Limits {
+    pub fn new(header_timeout: Duration, max_connections: usize) -> Limits {
+        Limits {
+            header_timeout,
+            max_connections,
+            max_head_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// The default connection cap per listener, from the process's open-file limit:
+/// a quarter of what is left after 256 descriptors for the store, instances and
+/// logs, so that both listeners full, and the router's connections to instances,
+/// still leave room. Between 32 and 16,384.
+pub fn default_max_connections() -> usize {
+    let nofile = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|soft| soft.parse::<usize>().ok())
+        })
+        .unwrap_or(1024);
+    (nofile.saturating_sub(256) / 4).clamp(32, 16_384)
+}
+
+/// Serves `app` on `listener` until `stop` turns true; then stops accepting
+/// (closing the listening socket), lets every open connection finish its
+/// request, and returns once all have closed.
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limits = Arc::new(limits);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(HYPER_MAX_BUF)
+        .max_headers(HYPER_MAX_HEADERS);
+    let mut refused = Refusals::default();
+    let mut last_accept_error = None;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors (EMFILE, ENFILE) or memory: back off a little
+                // rather than spin; the other listener has its own loop.
+                if last_accept_error.is_none_or(|t: Instant| t.elapsed() >= LOG_EVERY) {
+                    tracing::warn!(listener = name, "cannot accept a connection: {e}");
+                    last_accept_error = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            refused.note(name, limits.max_connections);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = {
+            let app = app.clone();
+            let limits = limits.clone();
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let app = app.clone();
+                let limits = limits.clone();
+                async move {
+                    if let Some(mut refusal) = check_head(&req, &limits) {
+                        // Such a client gets no second request on this connection.
+                        refusal.headers_mut().insert(
+                            axum::http::header::CONNECTION,
+                            axum::http::HeaderValue::from_static("close"),
+                        );
+                        return Ok::<_, std::convert::Infallible>(refusal);
+                    }
+                    app.oneshot(req.map(Body::new)).await
+                }
+            })
+        };
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_limit = limits.header_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = match tls {
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                Some(tls) => {
+                    let stream =
+                        match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+            };
+            log_connection_end(name, peer, result);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// The JSON refusal of a request head past the limits, if it is.
+fn check_head(req: &Request<Incoming>, limits: &Limits) -> Option<Response> {
+    let u = req.uri();
+    let uri = u.path_and_query().map_or(0, |p| p.as_str().len())
+        + u.authority().map_or(0, |a| a.as_str().len() + 3)
+        + u.scheme_str().map_or(0, str::len);
+    if uri > limits.max_uri_bytes {
+        return Some(error_response(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            &format!(
+                "the request URI has {uri} bytes; at most {} are read",
+                limits.max_uri_bytes
+            ),
+        ));
+    }
+    let headers = req.headers();
+    if headers.len() > limits.max_headers {
+        return Some(error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            &format!(
+                "the request has {} header fields; at most {} are read",
+                headers.len(),
+                limits.max_headers
+            ),
+        ));
+    }
+    // As sent: "METHOD URI HTTP/1.1\r\n", then "name: value\r\n" per field.
+    let head = req.method().as_str().len()
+        + uri
+        + 12
+        + headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head > limits.max_head_bytes {
+        return Some(error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            &format!(
+                "the request head has {head} bytes; at most {} are read",
+                limits.max_head_bytes
+            ),
+        ));
+    }
+    None
+}
+
+fn log_connection_end(name: &str, peer: SocketAddr, result: hyper::Result<()>) {
+    if let Err(e) = result {
+        if e.is_timeout() {
+            tracing::debug!(listener = name, %peer, "closed a connection that sent no request in time");
+        } else {
+            tracing::debug!(listener = name, %peer, "connection ended: {e}");
+        }
+    }
+}
+
+/// Connections closed at the cap, logged at most every `LOG_EVERY`.
+#[derive(Default)]
+struct Refusals {
+    count: u64,
+    last_log: Option<Instant>,
+}
+
+impl Refusals {
+    fn note(&mut self, listener: &str, cap: usize) {
+        self.count += 1;
+        if self.last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            tracing::warn!(
+                listener,
+                refused = self.count,
+                "{cap} connections open (the cap); closing new ones until some end"
+            );
+            self.count = 0;
+            self.last_log = Some(Instant::now());
+        }
+    }
+}

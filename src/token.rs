@@ -1,0 +1,160 @@
+//! The API's bearer token: generated at the server's first start into a file only
+//! its owner can read (`<data-dir>/token`, mode 0600 from the moment it exists),
+//! reused on later starts, compared in constant time; and where the CLI looks for
+//! it (`FUSION_TOKEN`, else `<FUSION_DATA_DIR or .fusion>/token`).
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+
+/// Shortest token accepted from a file a user wrote.
+const MIN_LEN: usize = 32;
+
+/// Why the server cannot use its token file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read the API token file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the API token file {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot generate a random API token: {0}")]
+    Random(getrandom::Error),
+    #[error(
+        "the API token file {0} must hold one token of at least {MIN_LEN} visible ASCII characters"
+    )]
+    Invalid(PathBuf),
+}
+
+/// The server's API token. `Debug` does not show it.
+#[derive(Clone)]
+pub struct Token(Arc<str>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl Token {
+    /// Reads the token at `path`, or, when there is no file, generates one (32
+    /// random bytes, hex) and writes it there, created with mode 0600.
+    pub fn load_or_create(path: &Path) -> Result<Token, TokenError> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(TokenError::Random)?;
+        let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        match created {
+            Ok(mut file) => {
+                file.write_all(fresh.as_bytes())
+                    .and_then(|()| file.write_all(b"\n"))
+                    .and_then(|()| file.sync_all())
+                    .map_err(|source| TokenError::Create {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                tracing::info!(path = %path.display(), "generated the API token");
+                Ok(Token(fresh.into()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Token::load(path),
+            Err(source) => Err(TokenError::Create {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Reads an existing token file; warns when others may read it.
+    fn load(path: &Path) -> Result<Token, TokenError> {
+        let read_err = |source| TokenError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let mode = std::fs::metadata(path)
+            .map_err(read_err)?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "the API token file is readable by other users; chmod 600 it"
+            );
+        }
+        let token = text.trim();
+        if token.len() < MIN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(TokenError::Invalid(path.to_path_buf()));
+        }
+        Ok(Token(token.into()))
+    }
+
+    /// Whether `candidate` is this token, in time that does not depend on where
+    /// they differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        self.0.as_bytes().ct_eq(candidate).into()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where the CLI finds the token: `FUSION_TOKEN`, else the file `token` in
+/// `FUSION_DATA_DIR` (default `.fusion`, as the server's). None when neither has one.
+pub fn for_cli() -> Option<String> {
+    if let Ok(t) = std::env::var("FUSION_TOKEN") {
+        let t = t.trim();
+        if !t.is_empty() {
+            return Some(t.to_string());
+        }
+    }
+    let dir = std::env::var_os("FUSION_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".fusion"));
+    let text = std::fs::read_to_string(dir.join("token")).ok()?;
+    let t = text.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_token_is_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let first = Token::load_or_create(&path).unwrap();
+        assert_eq!(first.as_str().len(), 64);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = Token::load_or_create(&path).unwrap();
+        assert_eq!(first.as_str(), again.as_str());
+        assert!(first.matches(again.as_str().as_bytes()));
+        assert!(!first.matches(b"wrong"));
+        assert!(!first.matches(&again.as_str().as_bytes()[1..]));
+    }
+
+    #[test]
+    fn a_short_token_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "short\n").unwrap();
+        assert!(matches!(
+            Token::load_or_create(&path),
+            Err(TokenError::Invalid(_))
+        ));
+    }
+}
