@@ -771,3 +771,58 @@ fn runs_keep_credential_header_names_but_never_their_values() {
         assert!(!record.contains("s3cret"), "{record}");
     }
 }
+
+#[test]
+fn functions_and_workflows_share_one_name_space_of_dns_labels() {
+    let s = Server::start();
+    let noop = "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: noop\n";
+    let create = |name: &str| {
+        let r = s
+            .api("POST", "/v1/workflows")
+            .query(&[("name", name)])
+            .header("content-type", "application/yaml")
+            .body(noop)
+            .send()
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    for bad in ["..", "a\0b", "Upper", &"x".repeat(1000)] {
+        let (status, body) = create(bad);
+        assert_eq!(status, 400, "{}: {body}", bad.len());
+        assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    }
+    assert_eq!(s.ok("GET", "/v1/workflows", None), json!([]));
+
+    s.env("binary", "binary", 0);
+    s.function(
+        "taken",
+        "binary",
+        "t.sh",
+        "#!/bin/sh\nprintf fn\n",
+        json!({}),
+    );
+    let (status, body) = create("taken");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("conflict")),
+        "{body}"
+    );
+    // The function still answers at its name.
+    assert_eq!(s.get("/fission-function/taken").text().unwrap(), "fn");
+
+    s.workflow("flow", noop);
+    let package = s.upload("f.sh", b"#!/bin/sh\nprintf fn\n");
+    let (status, body) = s.call(
+        "POST",
+        "/v1/functions",
+        Some(json!({"name": "flow", "env": "binary", "package": package})),
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("conflict")),
+        "{body}"
+    );
+}
