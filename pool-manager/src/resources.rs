@@ -1,5 +1,6 @@
 //! The resources users declare: environments, functions and routes (HTTP
-//! triggers), with their defaults and validation. Pure data; no I/O.
+//! triggers), with their defaults and validation. Pure data; the one I/O is
+//! the check that an environment's image exists and reads as an OCI image.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,12 +37,16 @@ fn default_poolsize() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct Environment {
     pub name: String,
-    /// A bundled runtime. Exactly one of `runtime` and `command` is set.
+    /// A bundled runtime. Exactly one of `runtime`, `command` and `image` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<Runtime>,
     /// Any command that speaks the runtime protocol on `$RUNTIME_PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// An OCI image on the server's disk (a layout directory or an oci-archive
+    /// tar) whose runtime speaks the protocol on port 8888; container backend only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     #[serde(default = "default_poolsize")]
     pub poolsize: usize,
     /// Address-space limit of each instance, in MiB.
@@ -88,24 +93,35 @@ impl std::str::FromStr for Network {
 impl Environment {
     pub fn validate(&self) -> Result<()> {
         validate_name("environment", &self.name)?;
-        match (&self.runtime, &self.command) {
-            (Some(_), Some(_)) => {
+        let given = [
+            self.runtime.is_some(),
+            self.command.is_some(),
+            self.image.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            0 => {
                 return Err(Error::Invalid(
-                    "environment: give either a runtime or a command, not both".into(),
-                ))
-            }
-            (None, None) => {
-                return Err(Error::Invalid(
-                    "environment: a runtime (python, nodejs, binary) or a command is required"
+                    "environment: a runtime (python, nodejs, binary), a command or an image is required"
                         .into(),
                 ))
             }
-            (None, Some(cmd)) if cmd.is_empty() || cmd[0].trim().is_empty() => {
+            1 => {}
+            _ => {
                 return Err(Error::Invalid(
-                    "environment: command must not be empty".into(),
+                    "environment: give one of a runtime, a command or an image, not more".into(),
                 ))
             }
-            _ => {}
+        }
+        if let Some(cmd) = &self.command {
+            if cmd.is_empty() || cmd[0].trim().is_empty() {
+                return Err(Error::Invalid(
+                    "environment: command must not be empty".into(),
+                ));
+            }
+        }
+        if let Some(image) = &self.image {
+            crate::backend::image::check(image)
+                .map_err(|e| Error::Invalid(format!("environment: {e}")))?;
         }
         if self.poolsize > 64 {
             return Err(Error::Invalid(format!(
@@ -329,11 +345,12 @@ mod tests {
     }
 
     #[test]
-    fn environment_needs_exactly_one_of_runtime_and_command() {
+    fn environment_needs_exactly_one_of_runtime_command_and_image() {
         let mut e = Environment {
             name: "py".into(),
             runtime: Some(Runtime::Python),
             command: None,
+            image: None,
             poolsize: 3,
             memory_mb: None,
             cpu_millis: None,
@@ -346,6 +363,11 @@ mod tests {
         assert!(e.validate().is_ok());
         e.command = None;
         assert!(e.validate().is_err());
+        e.image = Some("fission/python-env".into());
+        let err = e.validate().unwrap_err().to_string();
+        assert!(err.contains("registry pulls are not supported"), "{err}");
+        e.command = Some(vec!["x".into()]);
+        assert!(e.validate().unwrap_err().to_string().contains("not more"));
     }
 
     #[test]
@@ -354,6 +376,7 @@ mod tests {
             name: "js".into(),
             runtime: Some(Runtime::Nodejs),
             command: None,
+            image: None,
             poolsize: 1,
             memory_mb: Some(256),
             cpu_millis: None,

@@ -69,3 +69,34 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Connects to `addr` from inside the network namespace `ns` (an open
+/// `/proc/<pid>/ns/net`), on the calling thread, which must be one that may
+/// block. The thread enters the namespace only for the `connect` and is put back
+/// in its own before returning: a socket keeps the namespace it was made in, and
+/// pooled threads must never run other work in an instance's namespace.
+pub fn connect_in_netns(
+    ns: &std::fs::File,
+    addr: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::AsRawFd;
+    let own = std::fs::File::open("/proc/thread-self/ns/net")?;
+    // SAFETY: setns takes two plain integers and changes only this thread's
+    // network namespace; both descriptors stay open for the call.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let stream = std::net::TcpStream::connect_timeout(&addr, timeout);
+    // SAFETY: as above, with the thread's own namespace, opened before leaving it.
+    if unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        // Going on would run unrelated work (DNS, other connections) in a
+        // function's namespace; this cannot happen short of a kernel fault.
+        eprintln!(
+            "fatal: cannot return a thread to the server's network namespace: {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::abort();
+    }
+    stream
+}

@@ -1,9 +1,11 @@
 //! Connections to one instance's runtime, whatever its address: each instance gets
-//! its own HTTP client whose connector always dials that instance (TCP or a Unix
-//! socket), so requests carry no per-request address lookup.
+//! its own HTTP client whose connector always dials that instance (TCP, a Unix
+//! socket, or a port inside the instance's own network namespace), so requests
+//! carry no per-request address lookup.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,6 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::Address;
+
+/// How long a connect inside a namespace may hold its blocking thread (a
+/// loopback connect answers at once unless the listener's queue is full).
+const NETNS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HTTP client the router and the pool use to talk to one instance.
 pub type InstanceClient = Client<InstanceConnector, Body>;
@@ -44,6 +50,24 @@ impl InstanceConnector {
                 Ok(InstanceStream::Tcp(s))
             }
             Address::Unix(p) => Ok(InstanceStream::Unix(UnixStream::connect(p).await?)),
+            Address::NetNs { ns, port } => {
+                // Entering a namespace is per thread: do it on a blocking one.
+                let ns = ns.clone();
+                let port = *port;
+                let std = tokio::task::spawn_blocking(move || {
+                    crate::sys::connect_in_netns(
+                        ns.file(),
+                        SocketAddr::from(([127, 0, 0, 1], port)),
+                        NETNS_CONNECT_TIMEOUT,
+                    )
+                })
+                .await
+                .map_err(io::Error::other)??;
+                std.set_nonblocking(true)?;
+                let s = TcpStream::from_std(std)?;
+                s.set_nodelay(true)?;
+                Ok(InstanceStream::Tcp(s))
+            }
         }
     }
 }

@@ -8,6 +8,12 @@
 //! together), CPU and pids. The runtime listens on a Unix socket in the
 //! instance's bundle, which no other instance can see.
 //!
+//! An environment may instead name an OCI image (see `image`): its unpacked root
+//! is the container's read-only root, it runs the image's entrypoint with the
+//! image's environment, and since Fission's images listen on TCP port 8888, each
+//! such instance always has a network namespace of its own (only loopback) that
+//! the router dials into: no instance can reach another's port.
+//!
 //! Lifecycle: the runtime watches its stdin (a pipe from the server through the
 //! OCI runtime), so when the server dies, even by SIGKILL, the runtime exits and
 //! the pid namespace takes every process of the container with it. Stopping is
@@ -34,7 +40,8 @@ use oci_spec::runtime::{
 use tokio::sync::{watch, Notify};
 
 use super::connect::InstanceConnector;
-use super::{Address, Backend, Exit, Handle, Isolation, LaunchConfig, StartRequest, Usage};
+use super::image::{Image, ImageStore, RUNTIME_PORT};
+use super::{Address, Backend, Exit, Handle, Isolation, LaunchConfig, NetNs, StartRequest, Usage};
 use crate::error::{Error, Result};
 use crate::resources::{Environment, Network};
 
@@ -81,6 +88,8 @@ pub struct ContainerBackend {
     /// Host directories bound read-only at the same path (interpreter prefixes).
     extra_binds: Vec<PathBuf>,
     cgroups: Cgroups,
+    /// Unpacked OCI images, under the data directory's `images`.
+    images: ImageStore,
 }
 
 /// Which cgroup hierarchy the OCI runtime uses, for usage and OOM reporting.
@@ -180,8 +189,11 @@ impl ContainerBackend {
             node: inside_path(&cfg.launch.node, &mut extra_binds),
             start_timeout: cfg.launch.start_timeout,
         };
+        // `dir` is `<data>/containers`; images live beside it in `<data>/images`.
+        let images = ImageStore::new(cfg.dir.parent().unwrap_or(&cfg.dir).join("images"));
         let backend = ContainerBackend {
             cgroups: Cgroups::detect(),
+            images,
             cfg,
             inside,
             extra_binds,
@@ -296,6 +308,7 @@ impl ContainerBackend {
             name: "probe".into(),
             runtime: Some(crate::resources::Runtime::Binary),
             command: None,
+            image: None,
             poolsize: 0,
             memory_mb: Some(64),
             cpu_millis: None,
@@ -306,6 +319,7 @@ impl ContainerBackend {
                 &probe_env,
                 &bundle,
                 vec!["/fusion/bin/fusion".into(), "--version".into()],
+                None,
             )
             .map_err(|e| e.to_string())?;
         prepare_bundle(&bundle, &spec)
@@ -380,8 +394,15 @@ impl ContainerBackend {
         delete_container(&self.cfg.runtime, id).await;
     }
 
-    /// The container's configuration, generated with `oci-spec`.
-    fn spec(&self, env: &Environment, bundle: &Path, args: Vec<String>) -> Result<Spec> {
+    /// The container's configuration, generated with `oci-spec`: for a bundled
+    /// runtime or a command, or for `image`.
+    fn spec(
+        &self,
+        env: &Environment,
+        bundle: &Path,
+        args: Vec<String>,
+        image: Option<&Image>,
+    ) -> Result<Spec> {
         let oci = |e: oci_spec::OciSpecError| Error::Internal(format!("container spec: {e}"));
         let bind = |src: &Path, dst: &str, rw: bool| -> Result<Mount> {
             MountBuilder::default()
@@ -435,21 +456,26 @@ impl ContainerBackend {
                 "tmpfs",
                 &["nosuid", "nodev", "mode=1777", &tmp_size],
             )?,
-            bind(Path::new("/usr"), "/usr", false)?,
-            bind(&self.etc(), "/etc", false)?,
-            bind(&self.cfg.launch.runtimes_dir, "/fusion/runtimes", false)?,
-            bind(&self.fusion_bin_dir(), "/fusion/bin", false)?,
             bind(&bundle.join("code"), "/userfunc", false)?,
-            bind(&bundle.join("sock"), SOCKET_DIR, true)?,
         ];
-        for link in ["bin", "lib", "lib64", "sbin", "lib32", "libx32"] {
-            let host = Path::new("/").join(link);
-            if host.is_dir() && std::fs::read_link(&host).is_err() {
-                mounts.push(bind(&host, &format!("/{link}"), false)?);
+        // An image brings its own system; the bundled runtimes use the host's.
+        if image.is_none() {
+            mounts.extend([
+                bind(Path::new("/usr"), "/usr", false)?,
+                bind(&self.etc(), "/etc", false)?,
+                bind(&self.cfg.launch.runtimes_dir, "/fusion/runtimes", false)?,
+                bind(&self.fusion_bin_dir(), "/fusion/bin", false)?,
+                bind(&bundle.join("sock"), SOCKET_DIR, true)?,
+            ]);
+            for link in ["bin", "lib", "lib64", "sbin", "lib32", "libx32"] {
+                let host = Path::new("/").join(link);
+                if host.is_dir() && std::fs::read_link(&host).is_err() {
+                    mounts.push(bind(&host, &format!("/{link}"), false)?);
+                }
             }
-        }
-        for dir in &self.extra_binds {
-            mounts.push(bind(dir, &dir.to_string_lossy(), false)?);
+            for dir in &self.extra_binds {
+                mounts.push(bind(dir, &dir.to_string_lossy(), false)?);
+            }
         }
 
         let mut namespaces = vec![
@@ -458,7 +484,9 @@ impl ContainerBackend {
             LinuxNamespaceType::Uts,
             LinuxNamespaceType::Mount,
         ];
-        if env.network == Network::None {
+        // An image's runtime listens on a fixed TCP port: only a namespace of its
+        // own keeps that port from every other instance.
+        if env.network == Network::None || image.is_some() {
             namespaces.push(LinuxNamespaceType::Network);
         }
         let namespaces = namespaces
@@ -518,15 +546,18 @@ impl ContainerBackend {
                     .map_err(oci)?,
             )
             .args(args)
-            .env(vec![
-                "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
-                "HOME=/tmp".into(),
-                "LANG=C.UTF-8".into(),
-                format!("RUNTIME_SOCKET={SOCKET_DIR}/{SOCKET_NAME}"),
-                "PYTHONUNBUFFERED=1".into(),
-                "PYTHONDONTWRITEBYTECODE=1".into(),
-            ])
-            .cwd("/tmp")
+            .env(match image {
+                Some(image) => image_env(image),
+                None => vec![
+                    "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
+                    "HOME=/tmp".into(),
+                    "LANG=C.UTF-8".into(),
+                    format!("RUNTIME_SOCKET={SOCKET_DIR}/{SOCKET_NAME}"),
+                    "PYTHONUNBUFFERED=1".into(),
+                    "PYTHONDONTWRITEBYTECODE=1".into(),
+                ],
+            })
+            .cwd(image.map_or("/tmp", |i| i.cwd.as_str()))
             .capabilities(no_caps)
             .rlimits(vec![PosixRlimitBuilder::default()
                 .typ(PosixRlimitType::RlimitNofile)
@@ -553,7 +584,7 @@ impl ContainerBackend {
             .version("1.0.2")
             .root(
                 RootBuilder::default()
-                    .path(self.rootfs())
+                    .path(image.map_or_else(|| self.rootfs(), |i| i.rootfs.clone()))
                     .readonly(true)
                     .build()
                     .map_err(oci)?,
@@ -565,6 +596,26 @@ impl ContainerBackend {
             .build()
             .map_err(oci)
     }
+}
+
+/// An image instance's environment: Fusion's defaults, then the image's `Env`
+/// (which wins), then the port the router dials (none of the server's own).
+fn image_env(image: &Image) -> Vec<String> {
+    let mut env: Vec<String> = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "HOME=/tmp".into(),
+    ];
+    let name = |kv: &str| kv.split('=').next().unwrap_or("").to_string();
+    for kv in image
+        .env
+        .iter()
+        .chain(std::iter::once(&format!("RUNTIME_PORT={RUNTIME_PORT}")))
+    {
+        let key = name(kv);
+        env.retain(|e| name(e) != key);
+        env.push(kv.clone());
+    }
+    env
 }
 
 /// Where a host executable is inside the container: under `/usr` as it is;
@@ -633,15 +684,27 @@ async fn delete_container(runtime: &Path, id: &str) {
     let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup/fusion").join(id));
 }
 
-struct ContainerHandle {
+/// What an instance's monitor and its handle share.
+struct Control {
     id: String,
-    address: Address,
-    /// The bundle's `code` directory, bound at `/userfunc`.
-    code: PathBuf,
-    pid: std::sync::OnceLock<u32>,
     cgroups: Cgroups,
     stop_requested: AtomicBool,
     kill: Notify,
+}
+
+impl Control {
+    fn stop(&self) {
+        self.stop_requested.store(true, Ordering::SeqCst);
+        self.kill.notify_one();
+    }
+}
+
+struct ContainerHandle {
+    control: Arc<Control>,
+    address: Address,
+    /// The bundle's `code` directory, bound at `/userfunc`.
+    code: PathBuf,
+    pid: Option<u32>,
     exit: watch::Receiver<Option<Exit>>,
 }
 
@@ -650,7 +713,7 @@ impl Backend for ContainerBackend {
         Isolation {
             backend: "container",
             summary: format!(
-                "OCI containers ({}): own mount, pid, ipc and uts namespaces, read-only root, code read-only at /userfunc, private {TMP_SIZE_MB} MiB /tmp, user nobody without capabilities; memory, cpu and {DEFAULT_PIDS_LIMIT} pids per instance; reached only through its own Unix socket",
+                "OCI containers ({}): own mount, pid, ipc and uts namespaces, read-only root, code read-only at /userfunc, private {TMP_SIZE_MB} MiB /tmp, user nobody without capabilities; memory, cpu and {DEFAULT_PIDS_LIMIT} pids per instance; reached only through its own Unix socket (an image's instance: port {RUNTIME_PORT} in its own network namespace)",
                 self.cfg.runtime.display()
             ),
         }
@@ -660,12 +723,20 @@ impl Backend for ContainerBackend {
         Box::pin(async move {
             let id = format!("{}{}", self.cfg.prefix, req.id);
             let bundle = self.bundles().join(&id);
-            let (program, args) = self.inside.command_for(&req.env)?;
-            let spec = self.spec(
-                &req.env,
-                &bundle,
-                std::iter::once(program).chain(args).collect(),
-            )?;
+            let image = match &req.env.image {
+                Some(path) => Some(self.images.prepare(path).await.map_err(|e| {
+                    Error::Unavailable(format!("environment {}: {e}", req.env.name))
+                })?),
+                None => None,
+            };
+            let args = match &image {
+                Some(image) => image.args.clone(),
+                None => {
+                    let (program, args) = self.inside.command_for(&req.env)?;
+                    std::iter::once(program).chain(args).collect()
+                }
+            };
+            let spec = self.spec(&req.env, &bundle, args, image.as_ref())?;
             prepare_bundle(&bundle, &spec).map_err(|e| {
                 Error::Unavailable(format!("cannot write the container bundle: {e}"))
             })?;
@@ -689,22 +760,18 @@ impl Backend for ContainerBackend {
             super::process::forward_output(child.stdout.take(), "stdout", &req.logs);
             super::process::forward_output(child.stderr.take(), "stderr", &req.logs);
             let (exit_tx, exit_rx) = watch::channel(None);
-            let socket = bundle.join("sock").join(SOCKET_NAME);
-            let handle = Arc::new(ContainerHandle {
+            let control = Arc::new(Control {
                 id: id.clone(),
-                address: Address::Unix(socket.clone()),
-                code: bundle.join("code"),
-                pid: std::sync::OnceLock::new(),
                 cgroups: self.cgroups,
                 stop_requested: AtomicBool::new(false),
                 kill: Notify::new(),
-                exit: exit_rx.clone(),
             });
 
             // The monitor owns the OCI runtime's child process and the stdin pipe.
-            let monitor = handle.clone();
+            let monitor = control.clone();
             let runtime = self.cfg.runtime.clone();
             let stdin = child.stdin.take();
+            let monitor_bundle = bundle.clone();
             tokio::spawn(async move {
                 let status = tokio::select! {
                     s = child.wait() => s,
@@ -727,7 +794,7 @@ impl Backend for ContainerBackend {
                 // Read before the delete, which removes the cgroup.
                 let oom = monitor.cgroups.oom_kills(&monitor.id) > 0;
                 delete_container(&runtime, &monitor.id).await;
-                let _ = std::fs::remove_dir_all(&bundle);
+                let _ = std::fs::remove_dir_all(&monitor_bundle);
                 let exit = if monitor.stop_requested.load(Ordering::SeqCst) {
                     Exit::Stopped
                 } else if oom {
@@ -747,24 +814,62 @@ impl Backend for ContainerBackend {
                 let _ = exit_tx.send(Some(exit));
             });
 
+            // A bundled runtime listens on the bundle's socket; an image's on its
+            // port, reached through the container's network namespace once the
+            // OCI runtime has created it.
+            let socket = Address::Unix(bundle.join("sock").join(SOCKET_NAME));
+            let netns: std::sync::OnceLock<NetNs> = std::sync::OnceLock::new();
+            let is_image = image.is_some();
             let ready = super::wait_ready(
                 &req.env.name,
-                exit_rx,
+                exit_rx.clone(),
                 self.cfg.launch.start_timeout,
                 || {
-                    let address = handle.address.clone();
-                    async move { InstanceConnector::dial(&address).await.is_ok() }
+                    let (socket, netns, id) = (&socket, &netns, &id);
+                    async move {
+                        let address = if is_image {
+                            if netns.get().is_none() {
+                                let found = container_pid(&self.cfg.runtime, id)
+                                    .await
+                                    .and_then(|pid| NetNs::of_pid(pid).ok());
+                                if let Some(ns) = found {
+                                    let _ = netns.set(ns);
+                                }
+                            }
+                            match netns.get() {
+                                Some(ns) => Address::NetNs {
+                                    ns: ns.clone(),
+                                    port: RUNTIME_PORT,
+                                },
+                                None => return false,
+                            }
+                        } else {
+                            socket.clone()
+                        };
+                        InstanceConnector::dial(&address).await.is_ok()
+                    }
                 },
             )
             .await;
             if let Err(e) = ready {
-                handle.stop();
+                control.stop();
                 return Err(e);
             }
-            if let Some(pid) = init_pid(&self.cfg.runtime, &id) {
-                let _ = handle.pid.set(pid);
-            }
-            Ok(handle as Arc<dyn Handle>)
+            let address = match netns.into_inner() {
+                Some(ns) => Address::NetNs {
+                    ns,
+                    port: RUNTIME_PORT,
+                },
+                None => socket,
+            };
+            let handle = ContainerHandle {
+                control,
+                address,
+                code: bundle.join("code"),
+                pid: container_pid(&self.cfg.runtime, &id).await,
+                exit: exit_rx,
+            };
+            Ok(Arc::new(handle) as Arc<dyn Handle>)
         })
     }
 
@@ -773,8 +878,32 @@ impl Backend for ContainerBackend {
     }
 }
 
+/// The host pid of the container's first process: from runc's state file, or
+/// else by asking the OCI runtime (`state`, which every OCI runtime answers).
+async fn container_pid(runtime: &Path, id: &str) -> Option<u32> {
+    if let Some(pid) = init_pid(runtime, id) {
+        return Some(pid);
+    }
+    if runtime.file_name().is_some_and(|n| n == "runc") {
+        return None;
+    }
+    let out = tokio::process::Command::new(runtime)
+        .args(["state", id])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    state
+        .get("pid")?
+        .as_u64()
+        .filter(|p| *p > 0)
+        .map(|p| p as u32)
+}
+
 /// The host pid of the container's first process, from runc's state file
-/// (diagnosis only; other OCI runtimes keep theirs elsewhere).
+/// (other OCI runtimes keep theirs elsewhere).
 fn init_pid(runtime: &Path, id: &str) -> Option<u32> {
     let name = runtime.file_name()?.to_string_lossy();
     if name != "runc" {
@@ -807,8 +936,7 @@ impl Handle for ContainerHandle {
     }
 
     fn stop(&self) {
-        self.stop_requested.store(true, Ordering::SeqCst);
-        self.kill.notify_one();
+        self.control.stop();
     }
 
     fn exit(&self) -> watch::Receiver<Option<Exit>> {
@@ -819,11 +947,11 @@ impl Handle for ContainerHandle {
         if self.exit.borrow().is_some() {
             return Usage::default();
         }
-        self.cgroups.usage(&self.id)
+        self.control.cgroups.usage(&self.control.id)
     }
 
     fn pid(&self) -> Option<u32> {
-        self.pid.get().copied()
+        self.pid
     }
 }
 

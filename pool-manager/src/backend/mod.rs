@@ -20,6 +20,7 @@ use crate::resources::{Environment, Runtime};
 
 pub mod connect;
 pub mod container;
+pub mod image;
 pub mod process;
 
 /// Where the router reaches an instance's runtime server.
@@ -28,13 +29,63 @@ pub enum Address {
     Tcp(SocketAddr),
     /// A Unix socket only this instance's runtime listens on.
     Unix(PathBuf),
+    /// A TCP port on the loopback of a network namespace only this instance has
+    /// (an image's runtime, which listens where Fission's do).
+    NetNs {
+        ns: NetNs,
+        port: u16,
+    },
 }
+
+/// An instance's network namespace, held open: the namespace stays the same
+/// even if the process it was found through exits and its pid is reused.
+#[derive(Debug, Clone)]
+pub struct NetNs {
+    file: Arc<std::fs::File>,
+    /// The process it was found through (for display).
+    pid: u32,
+    /// Identifies the namespace.
+    inode: u64,
+}
+
+impl NetNs {
+    /// The network namespace of process `pid`, if it is not the server's own
+    /// (a router must never dial into its own namespace by mistake).
+    pub fn of_pid(pid: u32) -> std::io::Result<NetNs> {
+        use std::os::unix::fs::MetadataExt;
+        let file = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+        let inode = file.metadata()?.ino();
+        let own = std::fs::metadata("/proc/self/ns/net")?.ino();
+        if inode == own {
+            return Err(std::io::Error::other(format!(
+                "process {pid} is in the server's own network namespace"
+            )));
+        }
+        Ok(NetNs {
+            file: Arc::new(file),
+            pid,
+            inode,
+        })
+    }
+
+    pub(crate) fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+}
+
+impl PartialEq for NetNs {
+    fn eq(&self, other: &NetNs) -> bool {
+        self.inode == other.inode
+    }
+}
+impl Eq for NetNs {}
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Tcp(a) => write!(f, "{a}"),
             Address::Unix(p) => write!(f, "unix:{}", p.display()),
+            Address::NetNs { ns, port } => write!(f, "netns:{}:127.0.0.1:{port}", ns.pid),
         }
     }
 }
@@ -177,6 +228,12 @@ impl LaunchConfig {
                 vec!["runtime".into(), "binary".into()],
             ),
             (None, Some(cmd)) if !cmd.is_empty() => (cmd[0].clone(), cmd[1..].to_vec()),
+            _ if env.image.is_some() => {
+                return Err(Error::Unavailable(format!(
+                    "environment {}: images run only on the container backend",
+                    env.name
+                )))
+            }
             _ => {
                 return Err(Error::Invalid(format!(
                     "environment {} has no runtime",
