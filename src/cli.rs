@@ -137,6 +137,10 @@ struct EnvFields {
     /// Or any command that speaks the runtime protocol (split on spaces).
     #[arg(long, conflicts_with = "runtime")]
     command: Option<String>,
+    /// Or an OCI image on this machine: a layout directory or an oci-archive tar
+    /// (container backend; the runtime listens on port 8888).
+    #[arg(long, conflicts_with_all = ["runtime", "command"])]
+    image: Option<PathBuf>,
     /// Generic instances kept warm.
     #[arg(long)]
     poolsize: Option<usize>,
@@ -651,6 +655,7 @@ const ENV_COLUMNS: &[(&str, &str)] = &[
     ("NAME", "/name"),
     ("RUNTIME", "/runtime"),
     ("COMMAND", "/command"),
+    ("IMAGE", "/image"),
     ("POOLSIZE", "/poolsize"),
     ("MEMORY_MB", "/memory_mb"),
     ("NETWORK", "/network"),
@@ -663,28 +668,45 @@ async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
     match verb {
         EnvVerb::Create { name, fields } => {
             let mut body = json!({"name": name});
-            merge_env(&mut body, fields);
+            merge_env(&mut body, fields)?;
             envs.create(&c, opts, &body).await
         }
         EnvVerb::Get { name } => envs.show(&c, opts, &name).await,
         EnvVerb::List => envs.list(&c, opts).await,
         EnvVerb::Update { name, fields } => {
             let mut body = envs.current(&c, &name).await?;
-            merge_env(&mut body, fields);
+            merge_env(&mut body, fields)?;
             envs.replace(&c, opts, &name, &body).await
         }
         EnvVerb::Delete { name } => envs.delete(&c, &name).await,
     }
 }
 
-fn merge_env(body: &mut Value, f: EnvFields) {
+fn merge_env(body: &mut Value, f: EnvFields) -> Result<()> {
+    // One of runtime, command and image replaces the others.
+    let mut only = |key: &str, value: Value| {
+        if let Some(o) = body.as_object_mut() {
+            for other in ["runtime", "command", "image"] {
+                o.remove(other);
+            }
+            o.insert(key.into(), value);
+        }
+    };
     if let Some(r) = f.runtime {
-        body["runtime"] = json!(r);
-        body.as_object_mut().map(|o| o.remove("command"));
+        only("runtime", json!(r));
     }
     if let Some(cmd) = f.command {
-        body["command"] = json!(cmd.split_whitespace().collect::<Vec<_>>());
-        body.as_object_mut().map(|o| o.remove("runtime"));
+        only("command", json!(cmd.split_whitespace().collect::<Vec<_>>()));
+    }
+    if let Some(image) = f.image {
+        // The server reads the image from its own disk: send an absolute path.
+        let path = image.canonicalize().map_err(|_| {
+            anyhow!(
+                "no image at {}: give an OCI layout directory or oci-archive tar; registry pulls are not supported",
+                image.display()
+            )
+        })?;
+        only("image", json!(path));
     }
     if let Some(p) = f.poolsize {
         body["poolsize"] = json!(p);
@@ -698,6 +720,7 @@ fn merge_env(body: &mut Value, f: EnvFields) {
     if let Some(network) = f.network {
         body["network"] = json!(network);
     }
+    Ok(())
 }
 
 const FN_COLUMNS: &[(&str, &str)] = &[
