@@ -1,0 +1,313 @@
+//! Environments that run an OCI image on the container backend. Each test builds
+//! a small image here, with no registry and no network: one layer holding the
+//! `fusion` executable at `/fusion` (whose binary runtime speaks Fission's
+//! protocol on port 8888 when given no socket), `/bin/sh`, and the libraries
+//! both need; a configuration whose entrypoint starts that runtime.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Server, BIN};
+use serde_json::{json, Value};
+use sha2::Digest;
+
+fn container_server() -> Server {
+    Server::start_with(&[("FUSION_BACKEND", "container")])
+}
+
+/// A function for the binary runtime: it answers only from inside the image.
+const HELLO: &str =
+    "[ -x /fusion ] && [ ! -e /usr/bin/python3 ] && echo \"from the image: $QUERY_STRING\"\n";
+
+/// The architecture name images use for this machine.
+fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("run a tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Copies `from` (following links) to the same absolute path under `root`.
+fn copy_in(root: &Path, from: &Path, to: &str) {
+    let dest = root.join(to.trim_start_matches('/'));
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::copy(from, &dest).unwrap_or_else(|e| panic!("copy {from:?}: {e}"));
+}
+
+/// The shared libraries `ldd` lists for `exe`, the loader included.
+fn libraries(exe: &str) -> Vec<String> {
+    let out = Command::new("ldd").arg(exe).output().expect("ldd");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Writes `bytes` as a blob of the layout; answers its descriptor.
+fn blob(layout: &Path, media_type: &str, bytes: &[u8]) -> Value {
+    let hex = format!("{:x}", sha2::Sha256::digest(bytes));
+    let dir = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&hex), bytes).unwrap();
+    json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+}
+
+/// An image layout built in `dir`: its directory and its layer's blob.
+struct Image {
+    layout: PathBuf,
+    layer: PathBuf,
+    config: PathBuf,
+}
+
+fn build_image(dir: &Path, gzip: bool) -> Image {
+    let staging = dir.join("staging");
+    copy_in(&staging, Path::new(BIN), "/fusion");
+    let sh = std::fs::canonicalize("/bin/sh").unwrap();
+    copy_in(&staging, &sh, "/bin/sh");
+    for lib in libraries(BIN)
+        .into_iter()
+        .chain(libraries(sh.to_str().unwrap()))
+    {
+        copy_in(&staging, Path::new(&lib), &lib);
+    }
+    let tar = dir.join("layer.tar");
+    run(Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&staging)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    let uncompressed = std::fs::read(&tar).unwrap();
+    let diff_id = format!("sha256:{:x}", sha2::Sha256::digest(&uncompressed));
+    let (layer_bytes, layer_type) = if gzip {
+        run(Command::new("gzip").args(["-n", "-1"]).arg(&tar));
+        (
+            std::fs::read(dir.join("layer.tar.gz")).unwrap(),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )
+    } else {
+        (uncompressed, "application/vnd.oci.image.layer.v1.tar")
+    };
+
+    let layout = dir.join("layout");
+    let layer = blob(&layout, layer_type, &layer_bytes);
+    let config = json!({
+        "architecture": arch(),
+        "os": "linux",
+        "config": {
+            "Entrypoint": ["/fusion", "runtime", "binary"],
+            "Env": ["RUNTIME_PORT=8888"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let config = blob(
+        &layout,
+        "application/vnd.oci.image.config.v1+json",
+        config.to_string().as_bytes(),
+    );
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": [layer],
+    });
+    let mut manifest = blob(
+        &layout,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.to_string().as_bytes(),
+    );
+    manifest["platform"] = json!({"architecture": arch(), "os": "linux"});
+    let index = json!({"schemaVersion": 2, "manifests": [manifest]});
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let path = |d: &Value| {
+        let hex = d["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        layout.join("blobs/sha256").join(hex)
+    };
+    Image {
+        layer: path(&layer),
+        config: path(&config),
+        layout,
+    }
+}
+
+/// The unpacked images in the server's data directory (not those being unpacked).
+fn unpacked(s: &Server) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(s.data_dir().join("images")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+fn image_env(s: &Server, name: &str, image: &Path) -> (u16, Value) {
+    s.call(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": name, "image": image, "poolsize": 1})),
+    )
+}
+
+fn error_message(v: &Value) -> String {
+    v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_function_runs_in_an_image_and_two_environments_share_one_unpacked_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = build_image(tmp.path(), false);
+    let s = container_server();
+    for env in ["img-a", "img-b"] {
+        let (status, v) = image_env(&s, env, &image.layout);
+        assert_eq!(status, 201, "{v}");
+        s.function(&format!("hello-{env}"), env, "hello.sh", HELLO, json!({}));
+    }
+    for env in ["img-a", "img-b"] {
+        let r = s.get(&format!("/fission-function/hello-{env}?who={env}"));
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().unwrap(), format!("from the image: who={env}\n"));
+    }
+    assert_eq!(unpacked(&s).len(), 1, "{:?}", unpacked(&s));
+    // The router reaches each instance inside its own network namespace.
+    let instances = s.instances("hello-img-a");
+    assert!(!instances.is_empty());
+    for i in instances {
+        let address = i["address"].as_str().unwrap_or_default();
+        assert!(address.starts_with("netns:"), "{i}");
+    }
+}
+
+#[test]
+fn an_oci_archive_with_a_gzip_layer_runs_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = build_image(tmp.path(), true);
+    let archive = tmp.path().join("image.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&image.layout)
+        .arg("-cf")
+        .arg(&archive)
+        .arg("."));
+    let s = container_server();
+    let (code, out, err) = s.cli(&[
+        "env",
+        "create",
+        "--name",
+        "archived",
+        "--image",
+        archive.to_str().unwrap(),
+        "--poolsize",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    s.function("hello", "archived", "hello.sh", HELLO, json!({}));
+    let r = s.get("/fission-function/hello?from=archive");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "from the image: from=archive\n");
+    assert_eq!(unpacked(&s).len(), 1, "{:?}", unpacked(&s));
+}
+
+#[test]
+fn what_is_not_an_image_is_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = container_server();
+    // A registry name, and a path with nothing there.
+    for name in ["fission/python-env", "/nonexistent/layout"] {
+        let (status, v) = s.call(
+            "POST",
+            "/v1/environments",
+            Some(json!({"name": "named", "image": name})),
+        );
+        assert_eq!(status, 400, "{v}");
+        let message = error_message(&v);
+        assert!(
+            message.contains(&format!("no image at {name}"))
+                && message.contains("registry pulls are not supported"),
+            "{message}"
+        );
+    }
+    let (code, _, err) = s.cli(&[
+        "env",
+        "create",
+        "--name",
+        "named",
+        "--image",
+        "fission/python-env",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no image at fission/python-env"), "{err}");
+    // A directory that is not a layout.
+    let (status, v) = image_env(&s, "empty", tmp.path());
+    assert_eq!(status, 400, "{v}");
+    assert!(error_message(&v).contains("no index.json"), "{v}");
+}
+
+/// Changes one byte of a file, keeping its size.
+fn corrupt(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_blob_that_does_not_match_its_digest_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = build_image(tmp.path(), false);
+    let s = container_server();
+
+    // The configuration is checked when the environment is created.
+    let config = std::fs::read(&image.config).unwrap();
+    corrupt(&image.config);
+    let (status, v) = image_env(&s, "bad-config", &image.layout);
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        error_message(&v).contains("does not match its digest"),
+        "{v}"
+    );
+    std::fs::write(&image.config, config).unwrap();
+
+    // A layer is checked as it is unpacked: the function's call says why it failed.
+    corrupt(&image.layer);
+    let (status, v) = image_env(&s, "bad-layer", &image.layout);
+    assert_eq!(status, 201, "{v}");
+    s.function("hello", "bad-layer", "hello.sh", HELLO, json!({}));
+    let r = s.get("/fission-function/hello");
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().unwrap();
+    let message = error_message(&v);
+    assert!(
+        message.contains("does not match its digest") && message.contains("environment bad-layer"),
+        "{message}"
+    );
+    assert_eq!(
+        unpacked(&s),
+        Vec::<String>::new(),
+        "nothing half-unpacked is kept"
+    );
+}
