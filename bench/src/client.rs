@@ -1,18 +1,23 @@
 //! One HTTP/1.1 keep-alive client (hyper-util's legacy client, TCP_NODELAY) for
 //! everything: the API calls that set up the benchmark (with the server's bearer
 //! token) and the measured requests, routed and direct alike, so both paths pay
-//! the same client costs.
+//! the same client costs. Instances reached over a Unix socket (the container
+//! backend's) get the same HTTP/1.1 connections from a pool of the same shape
+//! (`UnixPool`).
 
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
 /// Expected body of every hello function.
@@ -146,15 +151,21 @@ impl Http {
         if let Some(auth) = self.auth_for(&probe.uri.to_string()) {
             req = req.header(hyper::header::AUTHORIZATION, auth);
         }
+        if probe.unix.is_some() {
+            req = req.header(hyper::header::HOST, "localhost");
+        }
         let req = req.body(Full::new(probe.body.clone()))?;
         let start = Instant::now();
         let fut = async {
+            if let Some(pool) = &probe.unix {
+                return pool.request(req).await;
+            }
             let resp = self.client.request(req).await?;
             let status = resp.status();
             let body = resp.into_body().collect().await?.to_bytes();
             Ok::<_, anyhow::Error>((status, body))
         };
-        let (method, uri) = (&probe.method, &probe.uri);
+        let (method, uri) = (&probe.method, probe.target());
         let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, fut)
             .await
             .map_err(|_| anyhow!("{method} {uri}: no answer within {REQUEST_TIMEOUT:?}"))?
@@ -183,7 +194,10 @@ impl Http {
 #[derive(Clone, Debug)]
 pub struct Probe {
     pub method: Method,
+    /// The URL; for a Unix socket just the path (`/`).
     pub uri: Uri,
+    /// Sent over this Unix socket's connections instead of TCP.
+    pub unix: Option<UnixPool>,
     pub body: Bytes,
     pub headers: Vec<(&'static str, &'static str)>,
     pub expect_status: StatusCode,
@@ -197,6 +211,7 @@ impl Probe {
         Probe {
             method: Method::GET,
             uri,
+            unix: None,
             body: Bytes::new(),
             headers: Vec::new(),
             expect_status: StatusCode::OK,
@@ -209,11 +224,104 @@ impl Probe {
         Probe {
             method: Method::POST,
             uri,
+            unix: None,
             body,
             headers: vec![("content-type", content_type)],
             expect_status: status,
             expect_body: None,
         }
+    }
+}
+
+impl Probe {
+    /// `GET /` over the Unix socket at `socket`, answering `200 hello\n`.
+    pub fn hello_unix(socket: PathBuf) -> Probe {
+        Probe {
+            unix: Some(UnixPool::new(socket)),
+            ..Probe::hello(Uri::from_static("/"))
+        }
+    }
+
+    /// Where the request goes, for messages: the URL, or `unix:<socket><path>`.
+    pub fn target(&self) -> String {
+        match &self.unix {
+            Some(pool) => format!("unix:{}{}", pool.socket.display(), self.uri),
+            None => self.uri.to_string(),
+        }
+    }
+}
+
+/// HTTP/1.1 keep-alive connections to one Unix socket, pooled as the legacy
+/// client pools TCP ones: a request takes an idle open connection or opens a new
+/// one (hyper's `client::conn::http1` over a tokio `UnixStream`, the connection
+/// driven by a spawned task, hyper's default HTTP/1 settings), and gives it back
+/// once the whole body is in. Clones share the pool.
+#[derive(Clone, Debug)]
+pub struct UnixPool {
+    socket: Arc<PathBuf>,
+    idle: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>>,
+}
+
+impl UnixPool {
+    pub fn new(socket: PathBuf) -> UnixPool {
+        UnixPool {
+            socket: Arc::new(socket),
+            idle: Arc::default(),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<Full<Bytes>>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
+        let stream = tokio::net::UnixStream::connect(&*self.socket)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.socket.display()))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// One request on a pooled connection; answers the status and the whole body.
+    /// A request an idle connection could not send (the peer had closed it) is
+    /// sent again on a new connection, as the legacy client retries it.
+    async fn request(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
+        let reused = loop {
+            let Some(sender) = self.idle().pop() else {
+                break None;
+            };
+            if !sender.is_closed() {
+                break Some(sender);
+            }
+        };
+        let (mut sender, resp) = match reused {
+            Some(mut sender) => match sender.try_send_request(req).await {
+                Ok(resp) => (sender, resp),
+                Err(mut e) => match e.take_message() {
+                    Some(req) => {
+                        let mut sender = self.connect().await?;
+                        let resp = sender.send_request(req).await?;
+                        (sender, resp)
+                    }
+                    None => return Err(e.into_error().into()),
+                },
+            },
+            None => {
+                let mut sender = self.connect().await?;
+                let resp = sender.send_request(req).await?;
+                (sender, resp)
+            }
+        };
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        // Ready again once the response is read: back to the pool.
+        if sender.ready().await.is_ok() {
+            self.idle().push(sender);
+        }
+        Ok((status, body))
     }
 }
 

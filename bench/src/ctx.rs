@@ -20,26 +20,47 @@ pub struct Ctx {
     pub router: String,
     pub data_dir: PathBuf,
     pub args: Args,
+    /// The `FUSION_BACKEND` the server was started with (`None`: its default).
+    pub backend: Option<String>,
     pub server_pid: u32,
     pub ticks_per_second: f64,
     /// Every instance pid seen, to check none outlives the server.
     pub pids: BTreeSet<u32>,
 }
 
+/// What outlived a server: instance pids still running, and OCI containers
+/// (`runc list`) whose bundle is under its data directory.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    pub pids: Vec<u32>,
+    pub containers: Vec<String>,
+}
+
+impl Leftovers {
+    pub fn extend(&mut self, other: Leftovers) {
+        self.pids.extend(other.pids);
+        self.containers.extend(other.containers);
+    }
+}
+
 impl Ctx {
-    /// Starts a server (see `Server::start_with`) and waits until it is ready.
+    /// Starts a server (see `Server::start_with`), with `FUSION_BACKEND=<backend>`
+    /// when one is given, and waits until it is ready.
     pub async fn start(
         fusion: &Path,
         args: &Args,
+        backend: Option<&str>,
         prepare: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<(Server, Ctx)> {
-        let server = Server::start_with(fusion, prepare)?;
+        let envs: Vec<(&str, &str)> = backend.map(|b| ("FUSION_BACKEND", b)).into_iter().collect();
+        let server = Server::start_with(fusion, &envs, prepare)?;
         let ctx = Ctx {
             http: Http::new(&server.api, &server.token)?,
             api: server.api.clone(),
             router: server.router.clone(),
             data_dir: server.data_dir(),
             args: args.clone(),
+            backend: backend.map(str::to_string),
             server_pid: server.pid().context("the server is not running")?,
             ticks_per_second: server::ticks_per_second(),
             pids: BTreeSet::new(),
@@ -49,8 +70,10 @@ impl Ctx {
     }
 
     /// Stops the server (it stops every instance; the guard also does on any
-    /// early return; the caller drops it, which removes its data) and answers the instance pids still alive 5 s later.
-    pub async fn finish(mut self, server: &mut Server) -> Result<Vec<u32>> {
+    /// early return; the caller drops it, which removes its data) and answers the
+    /// instance pids still alive 5 s later and the containers `runc list` still
+    /// shows with a bundle in the server's data directory by then.
+    pub async fn finish(mut self, server: &mut Server) -> Result<Leftovers> {
         let _ = instances(&mut self).await;
         drop(self.http);
         server.stop(Duration::from_secs(15))?;
@@ -61,11 +84,16 @@ impl Ctx {
             .copied()
             .filter(|p| server::alive(*p))
             .collect();
-        while !orphans.is_empty() && Instant::now() < deadline {
+        let mut containers = server::runc_leftovers(&self.data_dir)?;
+        while (!orphans.is_empty() || !containers.is_empty()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
             orphans.retain(|p| server::alive(*p));
+            containers = server::runc_leftovers(&self.data_dir)?;
         }
-        Ok(orphans)
+        Ok(Leftovers {
+            pids: orphans,
+            containers,
+        })
     }
 
     /// CPU ticks used so far by each of `pids` (0 for one that is gone).

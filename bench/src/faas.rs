@@ -1,5 +1,6 @@
 //! The FaaS half: warm requests routed vs direct, cold starts from the warm pool
-//! and from an empty pool, and the runtime start-up floor, per language.
+//! and from an empty pool, and the runtime start-up floor, per language, on the
+//! server's backend (`container` or `process`; `main` runs this once for each).
 
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -74,7 +75,13 @@ pub struct WarmLevel {
 }
 
 pub struct Warm {
+    /// The instance's address as the API reports it (`host:port` or `unix:<socket>`).
     pub instance: String,
+    /// The backend the API reports for the instance.
+    pub backend: String,
+    /// Where the instance's CPU time comes from: `/v1/instances` `cpu_seconds`
+    /// (the container's cgroup, or the process's /proc stat), else the pid's ticks.
+    pub instance_cpu_source: &'static str,
     pub instances_after: usize,
     pub levels: Vec<WarmLevel>,
 }
@@ -84,6 +91,13 @@ pub struct Cold {
     /// What the runtime itself reports for loading the code, when it does.
     pub runtime_load: Option<Summary>,
     pub samples_ms: Vec<f64>,
+}
+
+/// The FaaS figures of one backend's server.
+pub struct BackendResult {
+    /// `container` or `process`, as `FUSION_BACKEND` was set.
+    pub backend: String,
+    pub langs: Vec<LangResult>,
 }
 
 #[derive(Default)]
@@ -107,11 +121,13 @@ pub struct Floor {
     pub summary: Summary,
 }
 
-/// Every FaaS phase for `langs`; a phase that fails adds to `errors` and the
-/// others still run.
+/// Every FaaS phase for `langs` (the start-up floor only with `floor`: it does
+/// not depend on the backend); a phase that fails adds to `errors` and the others
+/// still run.
 pub async fn run(
     ctx: &mut Ctx,
     langs: &[Lang],
+    floor: bool,
     errors: &mut Vec<String>,
 ) -> Result<Vec<LangResult>> {
     let mut results: Vec<LangResult> = Vec::new();
@@ -183,7 +199,7 @@ pub async fn run(
         }
     }
     let floor_runs = ctx.args.cold.clamp(1, 20);
-    for (i, lang) in langs.iter().enumerate() {
+    for (i, lang) in langs.iter().enumerate().filter(|_| floor) {
         eprintln!("fusion-bench: {}: runtime start-up floor", lang.name);
         let command =
             std::env::var(lang.interpreter.0).unwrap_or_else(|_| lang.interpreter.1.into());
@@ -236,15 +252,49 @@ async fn warm(ctx: &mut Ctx, lang: &Lang, package: &Value) -> Result<Warm> {
             specialized.len()
         );
     }
-    let direct: Uri = format!("http://{address}/").parse()?;
-    let (routed, direct) = (Probe::hello(routed), Probe::hello(direct));
+    let backend = specialized
+        .first()
+        .and_then(|i| i["backend"].as_str())
+        .unwrap_or("?")
+        .to_string();
+    if let Some(want) = &ctx.backend {
+        if *want != backend {
+            bail!("the server was started with FUSION_BACKEND={want}, but its instance reports backend {backend:?}");
+        }
+    }
+    // Direct: the same request on the same client, over TCP or the Unix socket.
+    let direct = match address.strip_prefix("unix:") {
+        Some(socket) => Probe::hello_unix(socket.into()),
+        None => Probe::hello(format!("http://{address}/").parse()?),
+    };
+    let routed = Probe::hello(routed);
+    let instance_id = specialized
+        .first()
+        .and_then(|i| i["id"].as_u64())
+        .context("no id for the instance")?;
     let instance_pid = specialized
         .first()
         .and_then(|i| i["pid"].as_u64())
-        .map(|p| p as u32)
-        .context("no pid for the instance")?;
-    let pids = [std::process::id(), ctx.server_pid, instance_pid];
-    let ticks = || Ctx::ticks(pids);
+        .map(|p| p as u32);
+    // The instance's CPU: what the API reports (a container's whole cgroup),
+    // else its process's ticks.
+    let api_cpu = instance_cpu_seconds(ctx, &name, instance_id)
+        .await?
+        .is_some();
+    if !api_cpu && instance_pid.is_none() {
+        bail!("neither cpu_seconds nor a pid for instance {instance_id}: cannot account its CPU");
+    }
+    let instance_cpu_source = if api_cpu {
+        "/v1/instances cpu_seconds"
+    } else {
+        "pid ticks"
+    };
+    let meter = CpuMeter {
+        function: name.clone(),
+        instance_id,
+        api: api_cpu,
+        instance_pid,
+    };
 
     // Warm up both paths, also the concurrent connections.
     let c = ctx.args.clients;
@@ -263,19 +313,19 @@ async fn warm(ctx: &mut Ctx, lang: &Lang, package: &Value) -> Result<Warm> {
         let per_batch = (total / batches).max(clients);
         let (mut r, mut d) = (Vec::new(), Vec::new());
         let (mut rt, mut dt) = (Duration::ZERO, Duration::ZERO);
-        let (mut rcpu, mut dcpu) = ([0u64; 3], [0u64; 3]);
+        let (mut rcpu, mut dcpu) = ([0f64; 3], [0f64; 3]);
         for b in 0..batches {
             // ABBA: drift over the run hits both paths alike.
             let routed_first = b % 2 == 0;
             for step in 0..2 {
                 let is_routed = (step == 0) == routed_first;
                 let uri = if is_routed { &routed } else { &direct };
-                let before = ticks();
+                let before = meter.read(ctx, true).await?;
                 let (s, t) = run_batch(&ctx.http, uri, clients, per_batch).await?;
-                let after = ticks();
-                let cpu = if is_routed { &mut rcpu } else { &mut dcpu };
+                let after = meter.read(ctx, false).await?;
+                let sum = if is_routed { &mut rcpu } else { &mut dcpu };
                 for k in 0..3 {
-                    cpu[k] += after[k].saturating_sub(before[k]);
+                    sum[k] += (after[k] - before[k]).max(0.0);
                 }
                 if is_routed {
                     r.extend(s);
@@ -286,8 +336,8 @@ async fn warm(ctx: &mut Ctx, lang: &Lang, package: &Value) -> Result<Warm> {
                 }
             }
         }
-        let per_request = |cpu: [u64; 3], n: usize| {
-            let us = |t: u64| t as f64 / ctx.ticks_per_second * 1e6 / n.max(1) as f64;
+        let per_request = |cpu: [f64; 3], n: usize| {
+            let us = |secs: f64| secs * 1e6 / n.max(1) as f64;
             CpuPerRequest {
                 client: us(cpu[0]),
                 server: us(cpu[1]),
@@ -323,9 +373,66 @@ async fn warm(ctx: &mut Ctx, lang: &Lang, package: &Value) -> Result<Warm> {
     delete_fn(ctx, &name).await?;
     Ok(Warm {
         instance: address,
+        backend,
+        instance_cpu_source,
         instances_after,
         levels,
     })
+}
+
+/// Reads the CPU seconds used so far by the client (this process), the server
+/// and the measured instance.
+struct CpuMeter {
+    function: String,
+    instance_id: u64,
+    /// From `/v1/instances` (`cpu_seconds`), else from `instance_pid`'s ticks.
+    api: bool,
+    instance_pid: Option<u32>,
+}
+
+impl CpuMeter {
+    /// [client, server, instance]. The API is asked outside the window in which
+    /// the client's and the server's CPU are read (first when `before`, last
+    /// otherwise), so that its own cost is not counted to the requests.
+    async fn read(&self, ctx: &Ctx, before: bool) -> Result<[f64; 3]> {
+        let tps = ctx.ticks_per_second;
+        let procs = || Ctx::ticks([std::process::id(), ctx.server_pid]);
+        let instance = || async {
+            match (self.api, self.instance_pid) {
+                (true, _) => instance_cpu_seconds(ctx, &self.function, self.instance_id)
+                    .await?
+                    .context("the instance's cpu_seconds went missing"),
+                (false, Some(pid)) => Ok(Ctx::ticks([pid])[0] as f64 / tps),
+                (false, None) => Ok(0.0),
+            }
+        };
+        let (procs, inst) = if before {
+            let inst = instance().await?;
+            (procs(), inst)
+        } else {
+            let procs = procs();
+            (procs, instance().await?)
+        };
+        Ok([procs[0] as f64 / tps, procs[1] as f64 / tps, inst])
+    }
+}
+
+/// The CPU time instance `id` of `function` has used, as `/v1/instances` reports
+/// it (`None` when the backend cannot tell); an error when the instance is gone.
+async fn instance_cpu_seconds(ctx: &Ctx, function: &str, id: u64) -> Result<Option<f64>> {
+    let list = ctx
+        .http
+        .api(
+            Method::GET,
+            &format!("{}/v1/functions/{function}/instances", ctx.api),
+            None,
+        )
+        .await?;
+    let instance = list
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["id"].as_u64() == Some(id)))
+        .with_context(|| format!("instance {id} of {function} is gone"))?;
+    Ok(instance["cpu_seconds"].as_f64())
 }
 
 /// Cold starts: a new function each time, its first request through the router

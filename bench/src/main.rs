@@ -3,8 +3,9 @@
 //! Starts the real `fusion server` (a release build given with `--fusion`) on free
 //! loopback ports in a temporary data directory and measures
 //!
-//! - the FaaS half (`faas`), for python and nodejs hello functions: warm latency
-//!   and throughput through the router vs direct to the same specialized
+//! - the FaaS half (`faas`), for python and nodejs hello functions, once per
+//!   backend (`--backends`, a fresh server with `FUSION_BACKEND` each): warm
+//!   latency and throughput through the router vs direct to the same specialized
 //!   instance, cold starts from the warm pool and from an empty pool, and the
 //!   runtime's own start-up floor;
 //! - the workflow engine (`workflows`): per-task overhead of a chain of `noop`
@@ -32,11 +33,14 @@ use clap::Parser;
 use serde_json::json;
 
 use crate::ctx::Ctx;
-use crate::faas::{Lang, LangResult, LANGS, POOLSIZE};
+use crate::ctx::Leftovers;
+use crate::faas::{BackendResult, Lang, LANGS, POOLSIZE};
 use crate::workflows::EngineResults;
 
 /// The parts `--only` selects from; `engine` is chain, foreach and concurrent.
 const PARTS: [&str; 5] = ["faas", "chain", "foreach", "concurrent", "runs"];
+/// The values of `FUSION_BACKEND` the FaaS part is run with.
+const BACKENDS: [&str; 2] = ["container", "process"];
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -71,6 +75,10 @@ pub struct Args {
     /// Quiet time before each cold start, once the pool is full, in ms.
     #[arg(long, default_value_t = 100)]
     settle_ms: u64,
+    /// Backends the FaaS part runs on, one after another, each on a fresh server
+    /// started with `FUSION_BACKEND=<backend>`.
+    #[arg(long, value_delimiter = ',', default_values_t = BACKENDS.map(String::from))]
+    backends: Vec<String>,
     /// Languages to measure.
     #[arg(long, value_delimiter = ',', default_values_t = ["python".to_string(), "nodejs".to_string()])]
     languages: Vec<String>,
@@ -199,6 +207,13 @@ async fn run(args: Args) -> Result<bool> {
                 .ok_or_else(|| anyhow!("unknown language {l:?}: use python or nodejs"))
         })
         .collect::<Result<_>>()?;
+    if let Some(b) = args
+        .backends
+        .iter()
+        .find(|b| !BACKENDS.contains(&b.as_str()))
+    {
+        bail!("unknown backend {b:?}: use {}", BACKENDS.join(", "));
+    }
     if args.clients == 0 || args.batches == 0 || args.requests == 0 {
         bail!("--clients, --batches and --requests must be at least 1");
     }
@@ -208,21 +223,40 @@ async fn run(args: Args) -> Result<bool> {
     eprintln!("fusion-bench: starting {}", fusion_abs.display());
 
     let mut errors: Vec<String> = Vec::new();
-    let mut orphans: Vec<u32> = Vec::new();
+    let mut orphans = Leftovers::default();
     let mut instances_seen = 0;
-    let mut results: Vec<LangResult> = Vec::new();
+    let mut faas: Vec<BackendResult> = Vec::new();
     let mut engine = EngineResults::default();
     let phase_started = Instant::now();
     let mut phase_secs = serde_json::Map::new();
 
-    if parts.contains(&"faas") {
+    // The runtime start-up floor does not depend on the backend: measured on the
+    // first server that runs.
+    let mut floor_pending = true;
+    for backend in args.backends.iter().filter(|_| parts.contains(&"faas")) {
         let t = Instant::now();
-        let (mut server, mut ctx) = Ctx::start(&fusion, &args, |_| Ok(())).await?;
-        let r = faas::run(&mut ctx, &langs, &mut errors).await;
-        instances_seen += ctx.pids.len();
-        orphans.extend(ctx.finish(&mut server).await?);
-        results = r?;
-        phase_secs.insert("faas".into(), json!(t.elapsed().as_secs()));
+        eprintln!("fusion-bench: faas on the {backend} backend");
+        match Ctx::start(&fusion, &args, Some(backend), |_| Ok(())).await {
+            Err(e) => errors.push(format!(
+                "faas on {backend}: the server did not start: {e:#}"
+            )),
+            Ok((mut server, mut ctx)) => {
+                let r = faas::run(&mut ctx, &langs, floor_pending, &mut errors).await;
+                instances_seen += ctx.pids.len();
+                orphans.extend(ctx.finish(&mut server).await?);
+                match r {
+                    Ok(langs) => {
+                        floor_pending = false;
+                        faas.push(BackendResult {
+                            backend: backend.clone(),
+                            langs,
+                        });
+                    }
+                    Err(e) => errors.push(format!("faas on {backend}: {e:#}")),
+                }
+            }
+        }
+        phase_secs.insert(format!("faas-{backend}"), json!(t.elapsed().as_secs()));
     }
     let engine_parts: Vec<&str> = parts
         .iter()
@@ -231,7 +265,7 @@ async fn run(args: Args) -> Result<bool> {
         .collect();
     if !engine_parts.is_empty() {
         let t = Instant::now();
-        let (mut server, mut ctx) = Ctx::start(&fusion, &args, |_| Ok(())).await?;
+        let (mut server, mut ctx) = Ctx::start(&fusion, &args, None, |_| Ok(())).await?;
         let r = workflows::run(&mut ctx, &engine_parts, &mut engine, &mut errors).await;
         instances_seen += ctx.pids.len();
         orphans.extend(ctx.finish(&mut server).await?);
@@ -251,9 +285,16 @@ async fn run(args: Args) -> Result<bool> {
         }
         phase_secs.insert("runs".into(), json!(t.elapsed().as_secs()));
     }
-    if !orphans.is_empty() {
+    if !orphans.pids.is_empty() {
         errors.push(format!(
-            "instances still running after the server stopped: pids {orphans:?}"
+            "instances still running after the server stopped: pids {:?}",
+            orphans.pids
+        ));
+    }
+    if !orphans.containers.is_empty() {
+        errors.push(format!(
+            "containers left in `runc list` after the server stopped: {}",
+            orphans.containers.join(", ")
         ));
     }
 
@@ -270,12 +311,14 @@ async fn run(args: Args) -> Result<bool> {
         "loadavg_after": report::loadavg(),
         "fusion_binary": fusion_abs.display().to_string(),
         "instances_seen": instances_seen,
-        "orphans": orphans,
+        "orphans": orphans.pids,
+        "orphan_containers": orphans.containers,
         "config": {
             "requests_1_client": args.requests,
             "clients": args.clients,
             "requests_concurrent": requests_concurrent(&args),
             "batches": args.batches,
+            "backends": args.backends,
             "cold_starts": args.cold,
             "settle_ms": args.settle_ms,
             "poolsize": POOLSIZE,
@@ -288,11 +331,11 @@ async fn run(args: Args) -> Result<bool> {
             "wf_requests": args.wf_requests,
             "runs_seed": args.runs_seed,
             "runs_requests": args.runs_requests,
-            "client": "hyper-util legacy client, HTTP/1.1 keep-alive, TCP_NODELAY, one current-thread tokio runtime",
+            "client": "hyper-util legacy client, HTTP/1.1 keep-alive, TCP_NODELAY, one current-thread tokio runtime; Unix-socket instances: hyper client::conn::http1 connections pooled the same way",
         },
     });
-    let doc = report::document(&results, &engine, &args, run_info, &errors);
-    println!("{}", report::table(&results, &engine, &doc));
+    let doc = report::document(&faas, &engine, &args, run_info, &errors);
+    println!("{}", report::table(&faas, &engine, &doc));
     if !args.no_write {
         let out = args
             .out

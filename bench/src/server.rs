@@ -23,10 +23,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server and waits for its listening line, after `prepare` has had
+    /// Starts the server with `envs` added to its environment (e.g.
+    /// `FUSION_BACKEND`) and waits for its listening line, after `prepare` has had
     /// the chance to fill its (not yet existing) data directory, e.g. with a copy
     /// of a seeded store.
-    pub fn start_with(fusion: &Path, prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Server> {
+    pub fn start_with(
+        fusion: &Path,
+        envs: &[(&str, &str)],
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Server> {
         let tmp = tempfile::Builder::new()
             .prefix("fusion-bench-")
             .tempdir()
@@ -44,6 +49,7 @@ impl Server {
                 "127.0.0.1:0",
             ])
             .env("FUSION_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -198,4 +204,47 @@ pub fn alive(pid: u32) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// The OCI containers `runc list` shows whose bundle lies under `data_dir` (in
+/// any state: a stopped one the server did not delete is left behind too), as
+/// `<id> (<status>)`; empty when runc is not installed. The container backend
+/// keeps every bundle under the server's data directory.
+pub fn runc_leftovers(data_dir: &Path) -> Result<Vec<String>> {
+    let canonical = data_dir.canonicalize().ok();
+    let out = match Command::new("runc")
+        .args(["list", "--format", "json"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).context("cannot run `runc list`"),
+    };
+    if !out.status.success() {
+        bail!(
+            "`runc list` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    // No containers at all prints `null`.
+    let list: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("`runc list` did not answer JSON")?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            c["bundle"].as_str().map(Path::new).is_some_and(|b| {
+                b.starts_with(data_dir) || canonical.as_ref().is_some_and(|c| b.starts_with(c))
+            })
+        })
+        .map(|c| {
+            format!(
+                "{} ({})",
+                c["id"].as_str().unwrap_or("?"),
+                c["status"].as_str().unwrap_or("?")
+            )
+        })
+        .collect())
 }

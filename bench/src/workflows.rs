@@ -17,7 +17,7 @@ use hyper::{Method, StatusCode, Uri};
 use serde_json::{json, Value};
 
 use crate::client::{run_batch, Probe, HELLO};
-use crate::ctx::{create_env, create_fn, instances, wait_pool, Ctx};
+use crate::ctx::{create_env, create_fn, instances, wait_pool, Ctx, Leftovers};
 use crate::report::target;
 use crate::stats::{round3, Summary};
 use crate::Args;
@@ -508,12 +508,12 @@ async fn seed(ctx: &Ctx, n: usize) -> Result<f64> {
 }
 
 /// The run history with `--runs-seed` runs stored, on a server of its own.
-/// Answers the figures and the instance pids seen (none: no function runs).
-pub async fn listing(fusion: &Path, args: &Args) -> Result<(Listing, Vec<u32>)> {
+/// Answers the figures and what outlived the server (nothing: no function runs).
+pub async fn listing(fusion: &Path, args: &Args) -> Result<(Listing, Leftovers)> {
     let n = args.runs_seed;
     let cache = cache_dir(n);
     let cached = !args.no_cache && cache.join("meta.json").is_file();
-    let (mut server, mut ctx) = Ctx::start(fusion, args, |data| {
+    let (mut server, mut ctx) = Ctx::start(fusion, args, None, |data| {
         if cached {
             copy_dir(&cache.join("data"), data)?;
         }
@@ -595,6 +595,7 @@ async fn listing_on(ctx: &mut Ctx, n: usize, cache: Option<&PathBuf>) -> Result<
         Ok(Probe {
             method: Method::GET,
             uri: format!("{}/v1/runs?{q}", ctx.api).parse()?,
+            unix: None,
             body: Bytes::new(),
             headers: Vec::new(),
             expect_status: StatusCode::OK,
