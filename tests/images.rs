@@ -72,7 +72,8 @@ struct Image {
     config: PathBuf,
 }
 
-fn build_image(dir: &Path, gzip: bool) -> Image {
+/// `env` is added to the image's `Env`.
+fn build_image(dir: &Path, gzip: bool, env: &[&str]) -> Image {
     let staging = dir.join("staging");
     copy_in(&staging, Path::new(BIN), "/fusion");
     let sh = std::fs::canonicalize("/bin/sh").unwrap();
@@ -104,12 +105,13 @@ fn build_image(dir: &Path, gzip: bool) -> Image {
 
     let layout = dir.join("layout");
     let layer = blob(&layout, layer_type, &layer_bytes);
+    let env = [&["RUNTIME_PORT=8888"][..], env].concat();
     let config = json!({
         "architecture": arch(),
         "os": "linux",
         "config": {
             "Entrypoint": ["/fusion", "runtime", "binary"],
-            "Env": ["RUNTIME_PORT=8888"],
+            "Env": env,
         },
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
@@ -180,7 +182,7 @@ fn error_message(v: &Value) -> String {
 #[test]
 fn a_function_runs_in_an_image_and_two_environments_share_one_unpacked_copy() {
     let tmp = tempfile::tempdir().unwrap();
-    let image = build_image(tmp.path(), false);
+    let image = build_image(tmp.path(), false, &[]);
     let s = container_server();
     for env in ["img-a", "img-b"] {
         let (status, v) = image_env(&s, env, &image.layout);
@@ -205,7 +207,7 @@ fn a_function_runs_in_an_image_and_two_environments_share_one_unpacked_copy() {
 #[test]
 fn an_oci_archive_with_a_gzip_layer_runs_too() {
     let tmp = tempfile::tempdir().unwrap();
-    let image = build_image(tmp.path(), true);
+    let image = build_image(tmp.path(), true, &[]);
     let archive = tmp.path().join("image.tar");
     run(Command::new("tar")
         .arg("-C")
@@ -278,7 +280,7 @@ fn corrupt(path: &Path) {
 #[test]
 fn a_blob_that_does_not_match_its_digest_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let image = build_image(tmp.path(), false);
+    let image = build_image(tmp.path(), false, &[]);
     let s = container_server();
 
     // The configuration is checked when the environment is created.
@@ -309,5 +311,25 @@ fn a_blob_that_does_not_match_its_digest_is_refused() {
         unpacked(&s),
         Vec::<String>::new(),
         "nothing half-unpacked is kept"
+    );
+}
+
+#[test]
+fn an_image_instance_does_not_outlive_a_killed_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Like Fission's images, this runtime does not exit when its stdin closes.
+    let image = build_image(tmp.path(), false, &["FUSION_NO_STDIN_WATCH=1"]);
+    let mut s = container_server();
+    let (status, v) = image_env(&s, "img", &image.layout);
+    assert_eq!(status, 201, "{v}");
+    s.function("hello", "img", "hello.sh", HELLO, json!({}));
+    assert_eq!(s.get("/fission-function/hello").status(), 200);
+    let pids = s.instance_pids();
+    assert!(!pids.is_empty());
+    s.kill();
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the image's instances end with the server",
+        || pids.iter().all(|p| !common::alive(*p)),
     );
 }

@@ -759,6 +759,12 @@ impl Backend for ContainerBackend {
             })?;
             super::process::forward_output(child.stdout.take(), "stdout", &req.logs);
             super::process::forward_output(child.stderr.take(), "stderr", &req.logs);
+            let watcher = match &image {
+                Some(_) => Some(spawn_watcher(&self.cfg.runtime, &id).map_err(|e| {
+                    Error::Unavailable(format!("cannot start the instance's watcher: {e}"))
+                })?),
+                None => None,
+            };
             let (exit_tx, exit_rx) = watch::channel(None);
             let control = Arc::new(Control {
                 id: id.clone(),
@@ -791,6 +797,7 @@ impl Backend for ContainerBackend {
                     }
                 };
                 drop(stdin);
+                drop(watcher);
                 // Read before the delete, which removes the cgroup.
                 let oom = monitor.cgroups.oom_kills(&monitor.id) > 0;
                 delete_container(&runtime, &monitor.id).await;
@@ -876,6 +883,25 @@ impl Backend for ContainerBackend {
     fn cleanup_stale(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.cleanup())
     }
+}
+
+/// A host process that kills an image's container when the server dies, even by
+/// SIGKILL: the bundled runtimes exit when their stdin closes, but an image's
+/// runtime need not. It waits for EOF on a pipe only the server holds, then asks
+/// the OCI runtime to kill the container (whose pid namespace takes every
+/// process with it). Its own process group keeps a terminal's ^C off it; it is
+/// killed when the instance ends.
+fn spawn_watcher(runtime: &Path, id: &str) -> std::io::Result<tokio::process::Child> {
+    tokio::process::Command::new("/bin/sh")
+        .args(["-c", r#"read -r line; exec "$0" kill "$1" KILL"#])
+        .arg(runtime)
+        .arg(id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
 }
 
 /// The host pid of the container's first process: from runc's state file, or
