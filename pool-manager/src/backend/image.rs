@@ -554,8 +554,7 @@ fn apply_layer(root: &Path, layer: &mut dyn Read, budget: &mut Budget) -> Result
             if hidden == ".wh..opq" {
                 opaque(root, parent, &written).map_err(|e| format!("{shown}: {e}"))?;
             } else if !hidden.starts_with(".wh.") {
-                let target = parent.join(hidden);
-                if let Ok(path) = real_parent(root, &target) {
+                if let Some(path) = existing(root, &parent.join(hidden)) {
                     remove(&path).map_err(|e| format!("{shown}: {e}"))?;
                 }
             }
@@ -650,11 +649,13 @@ fn remove(path: &Path) -> io::Result<()> {
 
 /// Hides everything under `dir` that lower layers put there.
 fn opaque(root: &Path, dir: &Path, written: &HashSet<PathBuf>) -> io::Result<()> {
-    let full = real_parent(root, &dir.join("x"))?;
-    let Some(full) = full.parent() else {
+    let Some(full) = existing(root, dir) else {
         return Ok(());
     };
-    let Ok(entries) = std::fs::read_dir(full) else {
+    if !full.symlink_metadata()?.is_dir() {
+        return Ok(());
+    }
+    let Ok(entries) = std::fs::read_dir(&full) else {
         return Ok(());
     };
     for e in entries.flatten() {
@@ -663,6 +664,25 @@ fn opaque(root: &Path, dir: &Path, written: &HashSet<PathBuf>) -> io::Result<()>
         }
     }
     Ok(())
+}
+
+/// `rel` under `root` if it exists there, reached through real directories only
+/// (a whiteout never removes anything through a link).
+fn existing(root: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut path = root.to_path_buf();
+    if let Some(parent) = rel.parent() {
+        for c in parent.components() {
+            path.push(c);
+            if !path.symlink_metadata().ok()?.is_dir() {
+                return None;
+            }
+        }
+    }
+    let path = match rel.file_name() {
+        Some(name) => path.join(name),
+        None => path,
+    };
+    path.symlink_metadata().ok().map(|_| path)
 }
 
 /// `rel` under `root`, after making every directory above it exist as a real
@@ -812,9 +832,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(std::fs::read(tmp.path().join("victim")).unwrap(), b"safe");
+        // A whiteout through a link removes nothing outside.
+        apply(
+            &root,
+            &tar_of(&[
+                ("out2", Symlink, b"", Some(tmp.path().to_str().unwrap())),
+                ("out2/.wh.victim", Regular, b"", None),
+                ("out2/.wh..wh..opq", Regular, b"", None),
+            ]),
+        )
+        .unwrap();
+        assert!(tmp.path().join("victim").exists());
         // A hard link to a host file.
         let hard = apply(&root, &tar_of(&[("h", Link, b"", Some("../victim"))]));
         assert!(hard.is_err());
+    }
+
+    #[test]
+    fn an_image_larger_than_the_limit_is_refused_before_it_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_path("huge").unwrap();
+        h.set_size(MAX_UNPACKED_BYTES + 1);
+        h.set_cksum();
+        // Only the header: the limit is checked before any content is read.
+        let err = apply(tmp.path(), h.as_bytes()).unwrap_err();
+        assert!(err.contains("more than the limit of 4 GiB"), "{err}");
+        assert!(!tmp.path().join("huge").exists());
     }
 
     #[test]
