@@ -52,6 +52,11 @@ pub struct Args {
     /// `$CARGO_TARGET_DIR/release/fusion`, else `target/release/fusion` in the workspace.
     #[arg(long)]
     fusion: Option<PathBuf>,
+    /// The commit the --fusion binary was built from, when it is not this
+    /// checkout's HEAD with its uncommitted changes (e.g. a build of a clean
+    /// export while others edit the checkout); recorded instead of HEAD.
+    #[arg(long)]
+    fusion_commit: Option<String>,
     /// Parts to run: faas, chain, foreach, concurrent, runs; `engine` is chain,
     /// foreach and concurrent [default: all].
     #[arg(long, value_delimiter = ',')]

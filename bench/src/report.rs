@@ -116,7 +116,7 @@ fn version(program: &str, args: &[&str]) -> Value {
         .map_or(Value::Null, Value::String)
 }
 
-fn git() -> Value {
+fn git(args: &Args) -> Value {
     let root = crate::workspace_root();
     let run = |args: &[&str]| {
         Command::new("git")
@@ -127,6 +127,13 @@ fn git() -> Value {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
+    if let Some(commit) = &args.fusion_commit {
+        return json!({
+            "commit": commit,
+            "given_by": "--fusion-commit",
+            "checkout_head": run(&["rev-parse", "--short", "HEAD"]),
+        });
+    }
     // Uncommitted changes in what the fusion binary is built from.
     let dirty = run(&[
         "status",
@@ -282,7 +289,7 @@ pub fn document(
         "schema": 2,
         "run": run,
         "machine": machine(),
-        "git": git(),
+        "git": git(args),
         "backends": backends,
         "workflows": if engine.is_empty() { Value::Null } else { engine.json() },
         "targets": targets,
