@@ -333,3 +333,32 @@ fn an_image_instance_does_not_outlive_a_killed_server() {
         || pids.iter().all(|p| !common::alive(*p)),
     );
 }
+
+/// A `command` environment runs in a container too: its program must be in what
+/// the container sees (the host's `/usr`, or `/fusion/bin/fusion`), it listens on
+/// `$RUNTIME_PORT` in a network namespace of its own, and sees no host files.
+#[test]
+fn a_command_environment_runs_in_a_container_of_its_own() {
+    let s = container_server();
+    s.ok(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": "own", "command": ["/fusion/bin/fusion", "runtime", "binary"], "poolsize": 1})),
+    );
+    let code = "#!/bin/sh\n[ -e /work ] || [ -e /etc/shadow ] && echo leaked || echo \"contained $(id -u)\"\n";
+    s.function("cmd", "own", "cmd.sh", code, json!({}));
+    let r = s.get("/fission-function/cmd");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "contained 65534\n");
+    let instances = s.instances("cmd");
+    assert!(!instances.is_empty());
+    for i in instances {
+        assert!(
+            i["address"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("netns:"),
+            "{i}"
+        );
+    }
+}

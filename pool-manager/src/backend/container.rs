@@ -484,9 +484,9 @@ impl ContainerBackend {
             LinuxNamespaceType::Uts,
             LinuxNamespaceType::Mount,
         ];
-        // An image's runtime listens on a fixed TCP port: only a namespace of its
-        // own keeps that port from every other instance.
-        if env.network == Network::None || image.is_some() {
+        // An image's or a command's runtime listens on a TCP port: only a
+        // namespace of its own keeps that port from every other instance.
+        if env.network == Network::None || listens_on_port(env) {
             namespaces.push(LinuxNamespaceType::Network);
         }
         let namespaces = namespaces
@@ -548,14 +548,21 @@ impl ContainerBackend {
             .args(args)
             .env(match image {
                 Some(image) => image_env(image),
-                None => vec![
-                    "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
-                    "HOME=/tmp".into(),
-                    "LANG=C.UTF-8".into(),
-                    format!("RUNTIME_SOCKET={SOCKET_DIR}/{SOCKET_NAME}"),
-                    "PYTHONUNBUFFERED=1".into(),
-                    "PYTHONDONTWRITEBYTECODE=1".into(),
-                ],
+                None => {
+                    let listen = if listens_on_port(env) {
+                        format!("RUNTIME_PORT={RUNTIME_PORT}")
+                    } else {
+                        format!("RUNTIME_SOCKET={SOCKET_DIR}/{SOCKET_NAME}")
+                    };
+                    vec![
+                        "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
+                        "HOME=/tmp".into(),
+                        "LANG=C.UTF-8".into(),
+                        listen,
+                        "PYTHONUNBUFFERED=1".into(),
+                        "PYTHONDONTWRITEBYTECODE=1".into(),
+                    ]
+                }
             })
             .cwd(image.map_or("/tmp", |i| i.cwd.as_str()))
             .capabilities(no_caps)
@@ -596,6 +603,13 @@ impl ContainerBackend {
             .build()
             .map_err(oci)
     }
+}
+
+/// Whether the environment's runtime listens on TCP `RUNTIME_PORT` in a network
+/// namespace of its own (an image, or a command, which may know nothing of
+/// `RUNTIME_SOCKET`) rather than on the bundle's Unix socket.
+fn listens_on_port(env: &Environment) -> bool {
+    env.image.is_some() || env.command.is_some()
 }
 
 /// An image instance's environment: Fusion's defaults, then the image's `Env`
@@ -759,11 +773,13 @@ impl Backend for ContainerBackend {
             })?;
             super::process::forward_output(child.stdout.take(), "stdout", &req.logs);
             super::process::forward_output(child.stderr.take(), "stderr", &req.logs);
-            let watcher = match &image {
-                Some(_) => Some(spawn_watcher(&self.cfg.runtime, &id).map_err(|e| {
+            let on_port = listens_on_port(&req.env);
+            // The bundled runtimes exit when their stdin closes; others may not.
+            let watcher = match on_port {
+                true => Some(spawn_watcher(&self.cfg.runtime, &id).map_err(|e| {
                     Error::Unavailable(format!("cannot start the instance's watcher: {e}"))
                 })?),
-                None => None,
+                false => None,
             };
             let (exit_tx, exit_rx) = watch::channel(None);
             let control = Arc::new(Control {
@@ -802,31 +818,19 @@ impl Backend for ContainerBackend {
                 let oom = monitor.cgroups.oom_kills(&monitor.id) > 0;
                 delete_container(&runtime, &monitor.id).await;
                 let _ = std::fs::remove_dir_all(&monitor_bundle);
-                let exit = if monitor.stop_requested.load(Ordering::SeqCst) {
-                    Exit::Stopped
-                } else if oom {
-                    Exit::OutOfMemory
-                } else {
-                    match status {
-                        Ok(s) => {
-                            use std::os::unix::process::ExitStatusExt;
-                            Exit::Exited {
-                                code: s.code(),
-                                signal: s.signal(),
-                            }
-                        }
-                        Err(e) => Exit::Vanished(e.to_string()),
-                    }
+                let stopped = monitor.stop_requested.load(Ordering::SeqCst);
+                let exit = match Exit::of(stopped, status) {
+                    Exit::Exited { .. } | Exit::Vanished(_) if oom => Exit::OutOfMemory,
+                    exit => exit,
                 };
                 let _ = exit_tx.send(Some(exit));
             });
 
-            // A bundled runtime listens on the bundle's socket; an image's on its
-            // port, reached through the container's network namespace once the
-            // OCI runtime has created it.
+            // A bundled runtime listens on the bundle's socket; an image's or a
+            // command's on its port, reached through the container's network
+            // namespace once the OCI runtime has created it.
             let socket = Address::Unix(bundle.join("sock").join(SOCKET_NAME));
             let netns: std::sync::OnceLock<NetNs> = std::sync::OnceLock::new();
-            let is_image = image.is_some();
             let ready = super::wait_ready(
                 &req.env.name,
                 exit_rx.clone(),
@@ -834,7 +838,7 @@ impl Backend for ContainerBackend {
                 || {
                     let (socket, netns, id) = (&socket, &netns, &id);
                     async move {
-                        let address = if is_image {
+                        let address = if on_port {
                             if netns.get().is_none() {
                                 let found = container_pid(&self.cfg.runtime, id)
                                     .await

@@ -126,6 +126,25 @@ impl fmt::Display for Exit {
     }
 }
 
+impl Exit {
+    /// Why an instance whose main process ended with `status` ended: `Stopped`
+    /// when Fusion asked for it, else what the status says.
+    pub(crate) fn of(
+        stop_requested: bool,
+        status: std::io::Result<std::process::ExitStatus>,
+    ) -> Exit {
+        use std::os::unix::process::ExitStatusExt;
+        match status {
+            _ if stop_requested => Exit::Stopped,
+            Ok(s) => Exit::Exited {
+                code: s.code(),
+                signal: s.signal(),
+            },
+            Err(e) => Exit::Vanished(e.to_string()),
+        }
+    }
+}
+
 /// What an instance has used so far; `None` where the backend cannot tell.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Usage {

@@ -133,20 +133,7 @@ fn spawn(launch: &LaunchConfig, req: &StartRequest) -> Result<Arc<ProcessHandle>
             crate::sys::kill_group(pid);
         }
         drop(stdin);
-        let exit = if monitor.stop_requested.load(Ordering::SeqCst) {
-            Exit::Stopped
-        } else {
-            match status {
-                Ok(s) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    Exit::Exited {
-                        code: s.code(),
-                        signal: s.signal(),
-                    }
-                }
-                Err(e) => Exit::Vanished(e.to_string()),
-            }
-        };
+        let exit = Exit::of(monitor.stop_requested.load(Ordering::SeqCst), status);
         let _ = exit_tx.send(Some(exit));
     });
     Ok(handle)
