@@ -92,6 +92,9 @@ pub struct ContainerBackend {
     images: ImageStore,
 }
 
+/// Where the cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// Which cgroup hierarchy the OCI runtime uses, for usage and OOM reporting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cgroups {
@@ -101,40 +104,42 @@ enum Cgroups {
 
 impl Cgroups {
     fn detect() -> Cgroups {
-        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
             Cgroups::V2
         } else {
             Cgroups::V1
         }
     }
-    fn file(self, controller: &str, id: &str, name: &str) -> PathBuf {
+    fn file(self, root: &Path, controller: &str, id: &str, name: &str) -> PathBuf {
         match self {
-            Cgroups::V1 => Path::new("/sys/fs/cgroup")
-                .join(controller)
-                .join("fusion")
-                .join(id)
-                .join(name),
-            Cgroups::V2 => Path::new("/sys/fs/cgroup/fusion").join(id).join(name),
+            Cgroups::V1 => root.join(controller).join("fusion").join(id).join(name),
+            Cgroups::V2 => root.join("fusion").join(id).join(name),
         }
     }
     /// How many times the kernel killed a process of the container for memory.
     fn oom_kills(self, id: &str) -> u64 {
-        let (file, key) = match self {
-            Cgroups::V1 => (self.file("memory", id, "memory.oom_control"), "oom_kill"),
-            Cgroups::V2 => (self.file("memory", id, "memory.events"), "oom_kill"),
+        self.oom_kills_under(Path::new(CGROUP_ROOT), id)
+    }
+    fn oom_kills_under(self, root: &Path, id: &str) -> u64 {
+        let file = match self {
+            Cgroups::V1 => self.file(root, "memory", id, "memory.oom_control"),
+            Cgroups::V2 => self.file(root, "memory", id, "memory.events"),
         };
-        read_keyed(&file, key).unwrap_or(0)
+        read_keyed(&file, "oom_kill").unwrap_or(0)
     }
     fn usage(self, id: &str) -> Usage {
+        self.usage_under(Path::new(CGROUP_ROOT), id)
+    }
+    fn usage_under(self, root: &Path, id: &str) -> Usage {
         match self {
             Cgroups::V1 => Usage {
-                memory_bytes: read_u64(&self.file("memory", id, "memory.usage_in_bytes")),
-                cpu_seconds: read_u64(&self.file("cpuacct", id, "cpuacct.usage"))
+                memory_bytes: read_u64(&self.file(root, "memory", id, "memory.usage_in_bytes")),
+                cpu_seconds: read_u64(&self.file(root, "cpuacct", id, "cpuacct.usage"))
                     .map(|ns| ns as f64 / 1e9),
             },
             Cgroups::V2 => Usage {
-                memory_bytes: read_u64(&self.file("memory", id, "memory.current")),
-                cpu_seconds: read_keyed(&self.file("cpu", id, "cpu.stat"), "usage_usec")
+                memory_bytes: read_u64(&self.file(root, "memory", id, "memory.current")),
+                cpu_seconds: read_keyed(&self.file(root, "cpu", id, "cpu.stat"), "usage_usec")
                     .map(|us| us as f64 / 1e6),
             },
         }
@@ -690,12 +695,12 @@ async fn delete_container(runtime: &Path, id: &str) {
             let _ = std::fs::remove_dir_all(&state);
         }
     }
-    if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+    if let Ok(controllers) = std::fs::read_dir(CGROUP_ROOT) {
         for c in controllers.flatten() {
             let _ = std::fs::remove_dir(c.path().join("fusion").join(id));
         }
     }
-    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup/fusion").join(id));
+    let _ = std::fs::remove_dir(Path::new(CGROUP_ROOT).join("fusion").join(id));
 }
 
 /// What an instance's monitor and its handle share.
@@ -1008,4 +1013,58 @@ fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The files as the kernel writes them, under a cgroup root of either version.
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn oom_kills_and_usage_read_from_cgroup_v1_and_v2_files() {
+        let v1 = tempfile::tempdir().unwrap();
+        write(
+            v1.path(),
+            "memory/fusion/c1/memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        );
+        write(
+            v1.path(),
+            "memory/fusion/c1/memory.usage_in_bytes",
+            "67108864\n",
+        );
+        write(v1.path(), "cpuacct/fusion/c1/cpuacct.usage", "1500000000\n");
+        assert_eq!(Cgroups::V1.oom_kills_under(v1.path(), "c1"), 2);
+        let usage = Cgroups::V1.usage_under(v1.path(), "c1");
+        assert_eq!(usage.memory_bytes, Some(64 << 20));
+        assert_eq!(usage.cpu_seconds, Some(1.5));
+
+        let v2 = tempfile::tempdir().unwrap();
+        // `oom` counts memory.max events, `oom_kill` the kills: only the latter counts.
+        write(
+            v2.path(),
+            "fusion/c1/memory.events",
+            "low 0\nhigh 0\nmax 9\noom 3\noom_kill 1\noom_group_kill 0\n",
+        );
+        write(v2.path(), "fusion/c1/memory.current", "1048576\n");
+        write(
+            v2.path(),
+            "fusion/c1/cpu.stat",
+            "usage_usec 250000\nuser_usec 200000\nsystem_usec 50000\n",
+        );
+        assert_eq!(Cgroups::V2.oom_kills_under(v2.path(), "c1"), 1);
+        let usage = Cgroups::V2.usage_under(v2.path(), "c1");
+        assert_eq!(usage.memory_bytes, Some(1 << 20));
+        assert_eq!(usage.cpu_seconds, Some(0.25));
+
+        // A container whose cgroup is gone has no kills and no usage to report.
+        assert_eq!(Cgroups::V2.oom_kills_under(v2.path(), "gone"), 0);
+        assert_eq!(Cgroups::V1.usage_under(v1.path(), "gone"), Usage::default());
+    }
 }
