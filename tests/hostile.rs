@@ -105,6 +105,32 @@ fn processes_with(marker: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Deletes `function` and waits until no process with `marker` is left.
+fn delete_and_wait_gone(s: &Server, function: &str, marker: &str) {
+    s.ok("DELETE", &format!("/v1/functions/{function}"), None);
+    eventually(Duration::from_secs(20), marker, || {
+        processes_with(marker).is_empty()
+    });
+}
+
+/// A function that starts a busy loop named `marker` and waits for it, called
+/// past its 1 s timeout: 504, and the loop is gone.
+fn spin_past_the_timeout(s: &Server, marker: &str) {
+    s.env("binary", "binary", 1);
+    let code = format!("#!/bin/sh\nsh -c 'while :; do :; done' {marker} &\nwait\n");
+    s.function(
+        "spin",
+        "binary",
+        "spin.sh",
+        &code,
+        json!({"timeout_secs": 1}),
+    );
+    assert_eq!(s.get("/fission-function/spin").status(), 504);
+    eventually(Duration::from_secs(20), "the busy loop is gone", || {
+        processes_with(marker).is_empty()
+    });
+}
+
 #[test]
 fn a_container_sees_only_its_own_code_and_none_of_the_hosts_secrets() {
     let s = container_server();
@@ -196,31 +222,12 @@ fn detached_processes_die_with_their_container() {
     eventually(Duration::from_secs(10), "the detached process runs", || {
         !processes_with("sleep 987001").is_empty()
     });
-    s.ok("DELETE", "/v1/functions/escape", None);
-    eventually(
-        Duration::from_secs(20),
-        "the detached process is gone",
-        || processes_with("sleep 987001").is_empty(),
-    );
+    delete_and_wait_gone(&s, "escape", "sleep 987001");
 }
 
 #[test]
 fn a_request_past_its_timeout_stops_every_process_of_its_container() {
-    let s = container_server();
-    s.env("binary", "binary", 1);
-    let code = "#!/bin/sh\nsh -c 'while :; do :; done' spin-987002 &\nwait\n";
-    s.function(
-        "spin",
-        "binary",
-        "spin.sh",
-        code,
-        json!({"timeout_secs": 1}),
-    );
-    let r = s.get("/fission-function/spin");
-    assert_eq!(r.status(), 504);
-    eventually(Duration::from_secs(20), "the busy loop is gone", || {
-        processes_with("spin-987002").is_empty()
-    });
+    spin_past_the_timeout(&container_server(), "spin-987002");
 }
 
 #[test]
@@ -246,12 +253,7 @@ fn a_fork_bomb_stays_inside_its_pids_limit_and_other_functions_keep_answering() 
     assert!(forked > 0 && forked < 256, "forked {forked}");
     assert!(processes_with("sleep 987003").len() < 256);
     assert_eq!(s.get("/fission-function/bystander").text().unwrap(), "fine");
-    s.ok("DELETE", "/v1/functions/bomb", None);
-    eventually(
-        Duration::from_secs(20),
-        "the bomb's processes are gone",
-        || processes_with("sleep 987003").is_empty(),
-    );
+    delete_and_wait_gone(&s, "bomb", "sleep 987003");
 }
 
 // ---- the process backend: what it cannot stop ----
@@ -275,19 +277,7 @@ fn the_process_backend_says_it_isolates_nothing_and_cannot_hide_the_host() {
 #[test]
 fn the_process_backend_stops_an_instances_children_but_not_a_new_session() {
     let s = process_server();
-    s.env("binary", "binary", 1);
-    let code = "#!/bin/sh\nsh -c 'while :; do :; done' spin-987004 &\nwait\n";
-    s.function(
-        "spin",
-        "binary",
-        "spin.sh",
-        code,
-        json!({"timeout_secs": 1}),
-    );
-    assert_eq!(s.get("/fission-function/spin").status(), 504);
-    eventually(Duration::from_secs(20), "the busy loop is gone", || {
-        processes_with("spin-987004").is_empty()
-    });
+    spin_past_the_timeout(&s, "spin-987004");
 
     let code = "#!/bin/sh\nsetsid nohup sleep 987005 >/dev/null 2>&1 &\nprintf started\n";
     s.function("escape", "binary", "escape.sh", code, json!({}));
