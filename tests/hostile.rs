@@ -295,3 +295,25 @@ fn the_process_backend_stops_an_instances_children_but_not_a_new_session() {
         common::signal(pid, libc::SIGKILL);
     }
 }
+
+#[test]
+fn no_container_outlives_a_server_stopped_while_its_pool_fills() {
+    let mut s = container_server();
+    // A runtime that takes 2 s to listen: its containers are still starting
+    // when the server is told to stop.
+    s.ok(
+        "POST",
+        "/v1/environments",
+        Some(json!({
+            "name": "slow",
+            "command": ["/bin/sh", "-c", "sleep 2; exec /fusion/bin/fusion runtime binary"],
+            "poolsize": 2
+        })),
+    );
+    eventually(Duration::from_secs(20), "containers are starting", || {
+        !common::containers_of(s.data_dir()).is_empty()
+    });
+    s.stop();
+    let left = common::containers_of(s.data_dir());
+    assert!(left.is_empty(), "containers left: {left:?}");
+}

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     routes: RwLock<Arc<RouteTable>>,
     next_id: AtomicU64,
+    /// Instances the backend is starting right now (shutdown waits for them).
+    starting: AtomicUsize,
     closing: AtomicBool,
     /// Signalled whenever an instance exits (shutdown waits on it).
     exits: Notify,
@@ -156,6 +158,7 @@ impl PoolManager {
             state: Mutex::new(state),
             routes: RwLock::new(Arc::new(routes)),
             next_id: AtomicU64::new(1),
+            starting: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             exits: Notify::new(),
             metrics: PoolMetrics::default(),
@@ -377,17 +380,24 @@ impl PoolManager {
                 .filter(|i| !i.is_exited())
                 .cloned()
                 .collect();
-            if live.is_empty() {
-                return;
+            // Instances still starting are stopped as soon as they have started.
+            let starting = inner.starting.load(Ordering::SeqCst);
+            if live.is_empty() && starting == 0 {
+                break;
             }
             for i in &live {
                 i.stop();
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                tracing::warn!(left = live.len(), "instances did not exit in time");
-                return;
+                tracing::warn!(
+                    left = live.len(),
+                    starting,
+                    "instances did not exit in time"
+                );
+                break;
             }
         }
+        inner.cfg.backend.shutdown().await;
     }
 
     pub fn metrics(&self) -> &PoolMetrics {
@@ -578,6 +588,7 @@ impl Inner {
                 logs.append(&log_key(), id, stream, line)
             })
         };
+        self.starting.fetch_add(1, Ordering::SeqCst);
         let started = self
             .cfg
             .backend
@@ -587,8 +598,20 @@ impl Inner {
                 logs: sink,
             })
             .await;
-        let handle = match started {
-            Ok(h) => h,
+        let started = started.map(|handle| {
+            let instance = Arc::new(Instance::new(id, env.name.clone(), handle, owner));
+            lock(&self.state).all.insert(id, instance.clone());
+            instance
+        });
+        self.starting.fetch_sub(1, Ordering::SeqCst);
+        if self.closing.load(Ordering::SeqCst) {
+            if let Ok(instance) = &started {
+                instance.stop();
+            }
+        }
+        self.exits.notify_waiters();
+        let instance = match started {
+            Ok(instance) => instance,
             Err(e) => {
                 let key = log_key();
                 self.logs.append(&key, id, "fusion", &e.to_string());
@@ -598,8 +621,6 @@ impl Inner {
                 )));
             }
         };
-        let instance = Arc::new(Instance::new(id, env.name.clone(), handle, owner));
-        lock(&self.state).all.insert(id, instance.clone());
         let weak = Arc::downgrade(self);
         let watched = instance.clone();
         tokio::spawn(async move {

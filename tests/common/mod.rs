@@ -281,13 +281,13 @@ impl Drop for Server {
     }
 }
 
-/// Deletes the containers of the server on `data`, as its next start would (a
-/// server killed with SIGKILL leaves stopped and half-created containers).
-/// Their names start with `fusion-` and 8 hex digits of the data dir's sha256.
-pub fn remove_containers_of(data: &Path) {
+/// The containers of the server on `data`, as its next start would find them
+/// (running, stopped, or half created): their names start with `fusion-` and 8
+/// hex digits of the data dir's sha256.
+pub fn containers_of(data: &Path) -> Vec<String> {
     use sha2::Digest;
     let Ok(data) = data.canonicalize() else {
-        return;
+        return Vec::new();
     };
     let digest = sha2::Sha256::digest(data.as_os_str().as_encoded_bytes());
     let prefix: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
@@ -305,12 +305,21 @@ pub fn remove_containers_of(data: &Path) {
                 .map(|e| e.file_name().to_string_lossy().into_owned()),
         );
     }
-    for id in ids.iter().filter(|id| id.starts_with(&prefix)) {
+    ids.sort();
+    ids.dedup();
+    ids.retain(|id| id.starts_with(&prefix));
+    ids
+}
+
+/// Deletes the containers of the server on `data`, as its next start would (a
+/// server killed with SIGKILL leaves stopped and half-created containers).
+pub fn remove_containers_of(data: &Path) {
+    for id in containers_of(data) {
         let _ = Command::new("runc")
-            .args(["delete", "-f", id])
+            .args(["delete", "-f", &id])
             .stderr(Stdio::null())
             .status();
-        let state = Path::new("/run/runc").join(id);
+        let state = Path::new("/run/runc").join(&id);
         if !state.join("state.json").exists() {
             let _ = std::fs::remove_dir_all(state);
         }

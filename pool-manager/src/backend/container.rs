@@ -892,6 +892,10 @@ impl Backend for ContainerBackend {
     fn cleanup_stale(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.cleanup())
     }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.cleanup())
+    }
 }
 
 /// A host process that kills an image's container when the server dies, even by

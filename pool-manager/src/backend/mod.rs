@@ -188,6 +188,11 @@ pub trait Backend: Send + Sync + 'static {
     fn cleanup_stale(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+    /// Removes whatever is left once the pool has stopped every instance it
+    /// knows of (an instance still starting when the server stops, say).
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// One started instance, as its backend sees it.
