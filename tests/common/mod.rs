@@ -323,6 +323,15 @@ pub fn remove_containers_of(data: &Path) {
         if !state.join("state.json").exists() {
             let _ = std::fs::remove_dir_all(state);
         }
+        // A half-created container's cgroups are left empty.
+        for controller in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(controller.path().join("fusion").join(&id));
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup/fusion").join(&id));
     }
 }
 
