@@ -362,3 +362,17 @@ fn a_command_environment_runs_in_a_container_of_its_own() {
         );
     }
 }
+
+#[test]
+fn the_process_backend_refuses_an_image_environment_when_it_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = build_image(tmp.path(), false, &[]);
+    let s = Server::start_with(&[("FUSION_BACKEND", "process")]);
+    let (status, v) = image_env(&s, "img", &image.layout);
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        error_message(&v).contains("only on the container backend"),
+        "{v}"
+    );
+    assert_eq!(s.ok("GET", "/v1/environments", None), json!([]));
+}

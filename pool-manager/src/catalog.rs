@@ -32,6 +32,7 @@ impl PoolManager {
 
     pub async fn create_environment(&self, env: Environment) -> Result<Environment> {
         env.validate()?;
+        self.inner.cfg.backend.accepts(&env)?;
         self.inner
             .store
             .create(Kind::Environment, &env.name, &env)
@@ -42,6 +43,7 @@ impl PoolManager {
 
     pub async fn update_environment(&self, env: Environment) -> Result<Environment> {
         env.validate()?;
+        self.inner.cfg.backend.accepts(&env)?;
         self.environment(&env.name)?;
         self.inner
             .store

@@ -178,6 +178,10 @@ pub struct StartRequest {
 pub trait Backend: Send + Sync + 'static {
     /// What this backend enforces, for the environment's status.
     fn isolation(&self) -> Isolation;
+    /// Refuses, when it is created, an environment this backend cannot run.
+    fn accepts(&self, _env: &Environment) -> Result<()> {
+        Ok(())
+    }
     /// Starts a generic instance for `req.env` and resolves once its runtime
     /// answers at its address, or fails with the reason (its output goes to the
     /// log sink). After that, the instance may still end at any time: its

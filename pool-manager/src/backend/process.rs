@@ -19,6 +19,7 @@ use tokio::sync::{watch, Notify};
 use super::connect::InstanceConnector;
 use super::{Address, Backend, Exit, Handle, Isolation, LaunchConfig, StartRequest, Usage};
 use crate::error::{Error, Result};
+use crate::resources::Environment;
 
 pub struct ProcessBackend {
     launch: LaunchConfig,
@@ -43,6 +44,16 @@ impl Backend for ProcessBackend {
         Isolation {
             backend: "process",
             summary: "none: instances run as child processes with the server's user, files and network; only an address-space limit per process".into(),
+        }
+    }
+
+    fn accepts(&self, env: &Environment) -> Result<()> {
+        match env.image {
+            Some(_) => Err(Error::Invalid(format!(
+                "environment {}: images run only on the container backend, and this server runs the process backend (see `fusion env get`: status.isolation)",
+                env.name
+            ))),
+            None => Ok(()),
         }
     }
 
