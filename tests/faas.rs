@@ -837,3 +837,22 @@ fn the_binary_runtime_never_runs_a_script_on_a_body_that_did_not_arrive_whole() 
     assert_eq!(s.get("/fission-function/record").status().as_u16(), 200);
     assert_eq!(probe.lines("ran"), vec![String::new(), String::new()]);
 }
+
+#[test]
+fn a_small_node_memory_limit_works_in_containers_and_is_refused_on_the_process_backend() {
+    let env = json!({"name": "small-js", "runtime": "nodejs", "poolsize": 0, "memory_mb": 256});
+    let s = Server::start_with(&[("FUSION_BACKEND", "container")]);
+    s.ok("POST", "/v1/environments", Some(env.clone()));
+    let code = "module.exports = async () => ({status: 200, body: 'small'});\n";
+    s.function("small", "small-js", "small.js", code, json!({}));
+    assert_eq!(s.get("/fission-function/small").text().unwrap(), "small");
+
+    // An address-space limit of 256 MiB is less than V8 reserves.
+    let p = Server::start_with(&[("FUSION_BACKEND", "process")]);
+    let (status, body) = p.call("POST", "/v1/environments", Some(env));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("768"),
+        "{body}"
+    );
+}

@@ -130,22 +130,29 @@ impl Environment {
             )));
         }
         if let Some(mb) = self.memory_mb {
-            // The limit is on address space: V8 reserves far more than it uses.
-            let minimum = match self.runtime {
-                Some(Runtime::Nodejs) => 768,
-                // Below this, the runtime's threads may fail to start under load.
-                Some(Runtime::Python) => 128,
-                _ => 32,
-            };
-            if mb < minimum {
+            if mb < MIN_MEMORY_MB {
                 return Err(Error::Invalid(format!(
-                    "environment: memory_mb {mb} is below the minimum of {minimum} for this runtime"
+                    "environment: memory_mb {mb} is below the minimum of {MIN_MEMORY_MB}"
                 )));
             }
         }
         Ok(())
     }
+
+    /// The smallest `memory_mb` that works as a limit on each process's address
+    /// space (the process backend's kind of limit): V8 reserves far more than it
+    /// uses, and python's threads need room to start under load.
+    pub fn address_space_floor_mb(&self) -> u64 {
+        match self.runtime {
+            Some(Runtime::Nodejs) => 768,
+            Some(Runtime::Python) => 128,
+            _ => MIN_MEMORY_MB,
+        }
+    }
 }
+
+/// The smallest memory limit an environment may ask for, in MiB.
+pub const MIN_MEMORY_MB: u64 = 32;
 
 /// Where a function's code lives: a content-addressed package.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -382,13 +389,13 @@ mod tests {
             cpu_millis: None,
             network: Network::Host,
         };
-        assert!(e.validate().is_err());
-        e.memory_mb = Some(1024);
+        // A cgroup limit on the whole instance: any size from the minimum up.
         assert!(e.validate().is_ok());
+        e.memory_mb = Some(MIN_MEMORY_MB - 1);
+        assert!(e.validate().is_err());
+        // An address-space limit per process needs room for what runtimes reserve.
+        assert_eq!(e.address_space_floor_mb(), 768);
         e.runtime = Some(Runtime::Python);
-        e.memory_mb = Some(128);
-        assert!(e.validate().is_ok());
-        e.memory_mb = Some(64);
-        assert!(e.validate().is_err());
+        assert_eq!(e.address_space_floor_mb(), 128);
     }
 }

@@ -111,7 +111,7 @@ impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Exit::Stopped => f.write_str("stopped"),
-            Exit::OutOfMemory => f.write_str("killed for using more memory than its limit"),
+            Exit::OutOfMemory => f.write_str("was killed for using more memory than its limit"),
             Exit::Exited {
                 code: Some(c),
                 signal: _,
@@ -119,7 +119,7 @@ impl fmt::Display for Exit {
             Exit::Exited {
                 code: None,
                 signal: Some(s),
-            } => write!(f, "killed by signal {s}"),
+            } => write!(f, "was killed by signal {s}"),
             Exit::Exited { .. } => f.write_str("exited"),
             Exit::Vanished(why) => write!(f, "vanished: {why}"),
         }

@@ -48,12 +48,19 @@ impl Backend for ProcessBackend {
     }
 
     fn accepts(&self, env: &Environment) -> Result<()> {
-        match env.image {
-            Some(_) => Err(Error::Invalid(format!(
+        if env.image.is_some() {
+            return Err(Error::Invalid(format!(
                 "environment {}: images run only on the container backend, and this server runs the process backend (see `fusion env get`: status.isolation)",
                 env.name
+            )));
+        }
+        let floor = env.address_space_floor_mb();
+        match env.memory_mb {
+            Some(mb) if mb < floor => Err(Error::Invalid(format!(
+                "environment {}: memory_mb {mb} is below {floor}, the least this runtime needs on the process backend, where the limit is on each process's address space",
+                env.name
             ))),
-            None => Ok(()),
+            _ => Ok(()),
         }
     }
 
