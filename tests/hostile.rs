@@ -317,3 +317,30 @@ fn no_container_outlives_a_server_stopped_while_its_pool_fills() {
     let left = common::containers_of(s.data_dir());
     assert!(left.is_empty(), "containers left: {left:?}");
 }
+
+#[test]
+fn network_none_keeps_a_function_off_the_hosts_network() {
+    let s = container_server();
+    let code = r#"import socket
+from flask import request
+def main():
+    try:
+        socket.create_connection(('127.0.0.1', int(request.args['port'])), timeout=2).close()
+        return 'reached'
+    except OSError:
+        return 'unreachable'
+"#;
+    // The API listener stands for any service on the host's loopback.
+    let port = s.api.rsplit(':').next().unwrap().to_string();
+    for (network, expected) in [("host", "reached"), ("none", "unreachable")] {
+        let env = format!("net-{network}");
+        s.ok(
+            "POST",
+            "/v1/environments",
+            Some(json!({"name": env, "runtime": "python", "poolsize": 0, "network": network})),
+        );
+        s.function(&format!("dial-{network}"), &env, "dial.py", code, json!({}));
+        let r = s.get(&format!("/fission-function/dial-{network}?port={port}"));
+        assert_eq!(r.text().unwrap(), expected, "network {network}");
+    }
+}
