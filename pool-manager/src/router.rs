@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::backend::connect::ClientError;
 use crate::backend::Exit;
 use crate::error::{error_response, Error};
-use crate::metrics::{FunctionLabels, RequestLabels};
+use crate::metrics::{FunctionLabels, FunctionMetrics, RequestLabels};
 use crate::pool::{Lease, PoolManager};
 use crate::routes::Target;
 
@@ -117,23 +117,31 @@ pub async fn try_forward(
     params: &[(String, String)],
 ) -> Result<Response<Body>, Error> {
     let started = std::time::Instant::now();
-    let result = forward_inner(pm, function, req, path, params).await;
+    let mut series = None;
+    let result = forward_inner(pm, function, req, path, params, &mut series).await;
     let code = match &result {
         Ok(r) => r.status().as_u16(),
         Err(e) => e.status().as_u16(),
     };
+    let seconds = started.elapsed().as_secs_f64();
     let m = pm.metrics();
-    m.requests
-        .get_or_create(&RequestLabels {
-            function: function.to_string(),
-            code,
-        })
-        .inc();
-    m.request_seconds
-        .get_or_create(&FunctionLabels {
-            function: function.to_string(),
-        })
-        .observe(started.elapsed().as_secs_f64());
+    match series {
+        Some(series) => series.record(m, function, code, seconds),
+        // No lease, so no cached series (404, 413, 429 ...).
+        None => {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    function: function.to_string(),
+                    code,
+                })
+                .inc();
+            m.request_seconds
+                .get_or_create(&FunctionLabels {
+                    function: function.to_string(),
+                })
+                .observe(seconds);
+        }
+    }
     result
 }
 
@@ -143,6 +151,7 @@ async fn forward_inner(
     req: Request<Body>,
     path: &str,
     params: &[(String, String)],
+    series: &mut Option<Arc<FunctionMetrics>>,
 ) -> Result<Response<Body>, Error> {
     let limit = pm.config().body_limit;
     let declared = req
@@ -154,6 +163,7 @@ async fn forward_inner(
         return Err(too_large(limit));
     }
     let lease = pm.lease(function).await?;
+    *series = Some(lease.metrics.clone());
     let timeout = Duration::from_secs(lease.function.timeout_secs);
     // Forward the request's own parts: no copy of its headers on the hot path.
     let (mut parts, body) = req.into_parts();
