@@ -8,6 +8,7 @@
 //! It has no hook for those answers, so its limits are set above this module's,
 //! and a head past this module's limits gets the JSON 431 or 414 from here.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Router;
+use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -82,17 +84,37 @@ pub fn default_max_connections() -> usize {
     (nofile.saturating_sub(256) / 4).clamp(32, 16_384)
 }
 
-/// Serves `app` on `listener` until `stop` turns true; then stops accepting
-/// (closing the listening socket), lets every open connection finish its
-/// request, and returns once all have closed.
-pub async fn serve(
+/// An axum app as a handler for `serve`.
+pub fn app_handler(
+    app: Router,
+) -> impl Fn(Request) -> BoxFuture<'static, Response> + Clone + Send + Sync + 'static {
+    move |req| {
+        let app = app.clone();
+        Box::pin(async move {
+            match app.oneshot(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        })
+    }
+}
+
+/// Serves `handler` on `listener` until `stop` turns true; then stops
+/// accepting (closing the listening socket), lets every open connection finish
+/// its request, and returns once all have closed. The handler is called for
+/// each request within the limits; the router listener passes a plain function
+/// here (no axum routing or layers on its hot path), the API its axum app.
+pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
-    app: Router,
+    handler: H,
     tls: Option<TlsAcceptor>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    H: Fn(Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
     let limits = Arc::new(limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -128,21 +150,25 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = {
-            let app = app.clone();
+            let handler = handler.clone();
             let limits = limits.clone();
             hyper::service::service_fn(move |req: Request<Incoming>| {
-                let app = app.clone();
-                let limits = limits.clone();
+                let answer = match check_head(&req, &limits) {
+                    None => Ok(handler(req.map(Body::new))),
+                    Some(refusal) => Err(refusal),
+                };
                 async move {
-                    if let Some(mut refusal) = check_head(&req, &limits) {
-                        // Such a client gets no second request on this connection.
-                        refusal.headers_mut().insert(
-                            axum::http::header::CONNECTION,
-                            axum::http::HeaderValue::from_static("close"),
-                        );
-                        return Ok::<_, std::convert::Infallible>(refusal);
+                    match answer {
+                        Ok(answer) => Ok::<_, std::convert::Infallible>(answer.await),
+                        Err(mut refusal) => {
+                            // Such a client gets no second request on this connection.
+                            refusal.headers_mut().insert(
+                                axum::http::header::CONNECTION,
+                                axum::http::HeaderValue::from_static("close"),
+                            );
+                            Ok(refusal)
+                        }
                     }
-                    app.oneshot(req.map(Body::new)).await
                 }
             })
         };

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::Request;
-use axum::Router;
 use pool_manager::backend::container::{self, ContainerBackend, ContainerConfig};
 use pool_manager::backend::process::ProcessBackend;
 use pool_manager::Backend;
@@ -239,12 +238,12 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         registry: Arc::new(registry),
     };
 
-    let router_app = {
+    // The router listener calls the router directly: no axum routing or
+    // layers in front of every proxied request.
+    let router_handler = {
         let pool = pool.clone();
         let workflows = workflows.clone();
-        Router::new().fallback(move |req: Request| {
-            pool_manager::route_request(pool.clone(), workflows.clone(), req)
-        })
+        move |req: Request| pool_manager::route_request(pool.clone(), workflows.clone(), req)
     };
     let api_app = api::router(state)
         .merge(engine::router(engine.clone()))
@@ -280,7 +279,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     let router_server = tokio::spawn(listen::serve(
         "router",
         router_listener,
-        router_app,
+        router_handler,
         tls.clone(),
         limits.clone(),
         stop_rx.clone(),
@@ -288,7 +287,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     let api_server = tokio::spawn(listen::serve(
         "api",
         api_listener,
-        api_app,
+        listen::app_handler(api_app),
         tls,
         limits,
         stop_rx.clone(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::backend::connect::{self, InstanceClient};
+use crate::backend::connect::InstanceClient;
 use crate::backend::{Exit, Handle};
 
 /// Which function (and which generation of it) a specialized instance serves.
@@ -43,7 +43,7 @@ impl Instance {
         Instance {
             id,
             env,
-            client: connect::client(handle.address().clone()),
+            client: InstanceClient::new(handle.address().clone()),
             exit: handle.exit(),
             handle,
             active: AtomicUsize::new(0),

@@ -2,6 +2,8 @@
 //! per function and status, cold starts by where the instance came from, and the
 //! instances per environment and state (refreshed when scraped).
 
+use std::sync::{OnceLock, RwLock};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -85,5 +87,50 @@ impl PoolMetrics {
             "Running instances by environment and state",
             self.instances.clone(),
         );
+    }
+}
+
+/// One function's request series, taken from the families once and kept with
+/// the function's pool, so that a request neither copies nor hashes its labels.
+#[derive(Debug, Default)]
+pub struct FunctionMetrics {
+    seconds: OnceLock<Histogram>,
+    /// The request counter per status seen so far (a handful).
+    codes: RwLock<Vec<(u16, Counter)>>,
+}
+
+impl FunctionMetrics {
+    /// Counts one request of `function` answered with `code` after `seconds`.
+    pub fn record(&self, m: &PoolMetrics, function: &str, code: u16, seconds: f64) {
+        self.seconds
+            .get_or_init(|| {
+                m.request_seconds
+                    .get_or_create(&FunctionLabels {
+                        function: function.to_string(),
+                    })
+                    .clone()
+            })
+            .observe(seconds);
+        let known = self
+            .codes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, counter)| counter.inc());
+        if known.is_none() {
+            let counter = m
+                .requests
+                .get_or_create(&RequestLabels {
+                    function: function.to_string(),
+                    code,
+                })
+                .clone();
+            counter.inc();
+            let mut codes = self.codes.write().unwrap_or_else(|p| p.into_inner());
+            if !codes.iter().any(|(c, _)| *c == code) {
+                codes.push((code, counter));
+            }
+        }
     }
 }

@@ -19,7 +19,9 @@ use crate::catalog::not_found;
 use crate::error::{Error, Result};
 use crate::instance::{lock, Instance, Owner};
 use crate::logs::Logs;
-use crate::metrics::{ColdStartLabels, FunctionLabels, InstanceLabels, PoolMetrics};
+use crate::metrics::{
+    ColdStartLabels, FunctionLabels, FunctionMetrics, InstanceLabels, PoolMetrics,
+};
 use crate::package::{PackageLimits, PackageStore};
 use crate::resources::{Environment, Function};
 use crate::routes::RouteTable;
@@ -84,6 +86,8 @@ struct FnPool {
     pending: usize,
     /// Woken when capacity may have freed up.
     changed: Arc<Notify>,
+    /// The function's request series (kept across its updates).
+    metrics: Arc<FunctionMetrics>,
 }
 
 /// The right to send requests to one specialized instance. Released on drop, on
@@ -91,6 +95,8 @@ struct FnPool {
 pub struct Lease {
     pub instance: Arc<Instance>,
     pub function: Arc<Function>,
+    /// Where the router counts the request.
+    pub(crate) metrics: Arc<FunctionMetrics>,
     manager: Weak<Inner>,
 }
 
@@ -266,6 +272,7 @@ impl PoolManager {
                     return Ok(Lease {
                         instance: i.clone(),
                         function: f.clone(),
+                        metrics: pool.metrics.clone(),
                         manager: Arc::downgrade(inner),
                     });
                 }
@@ -333,6 +340,7 @@ impl PoolManager {
                     Ok(Lease {
                         instance,
                         function,
+                        metrics: pool.metrics.clone(),
                         manager: Arc::downgrade(inner),
                     })
                 }
@@ -437,6 +445,7 @@ impl FnPool {
             instances: Vec::new(),
             pending: 0,
             changed: Arc::new(Notify::new()),
+            metrics: Arc::default(),
         }
     }
 }
@@ -717,8 +726,8 @@ impl Inner {
         let st = lock(&self.state);
         let pool = st.fns.get(function);
         let current = pool.is_some_and(|p| {
-            instance
-                .owner()
+            lock(&instance.owner)
+                .as_ref()
                 .is_some_and(|o| o.generation == p.function.generation)
         });
         if (!current || instance.retiring.load(Ordering::SeqCst)) && instance.active() == 0 {

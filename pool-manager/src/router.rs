@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use axum::body::Body;
-use axum::http::uri::{PathAndQuery, Scheme};
-use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use axum::http::uri::PathAndQuery;
+use axum::http::{header, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use crate::backend::connect::ClientError;
 use crate::backend::Exit;
 use crate::error::{error_response, Error};
-use crate::metrics::{FunctionLabels, RequestLabels};
+use crate::metrics::{FunctionLabels, FunctionMetrics, RequestLabels};
 use crate::pool::{Lease, PoolManager};
 use crate::routes::Target;
 
@@ -30,16 +31,17 @@ pub trait WorkflowGateway: Send + Sync + 'static {
 
 pub const FUNCTION_PREFIX: &str = "/fission-function/";
 
-/// Headers that belong to one connection and are never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that belong to one connection and are never forwarded (as header
+/// names, so removing them parses nothing).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Answers one request on the router listener.
@@ -48,15 +50,16 @@ pub async fn route_request(
     workflows: Option<Arc<dyn WorkflowGateway>>,
     req: Request<Body>,
 ) -> Response<Body> {
-    let path = req.uri().path().to_string();
+    // A clone of the URI shares its bytes: the path is borrowed from it, not copied.
+    let uri = req.uri().clone();
+    let path = uri.path();
     if let Some(rest) = path.strip_prefix(FUNCTION_PREFIX) {
         let (name, tail) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         if pm.function_exists(name) {
-            let tail = tail.to_string();
-            return forward(&pm, name, req, &tail, &[]).await;
+            return forward(&pm, name, req, tail, &[]).await;
         }
         if let Some(gw) = workflows.as_ref().filter(|gw| gw.exists(name)) {
             return gw.invoke(name.to_string(), req).await;
@@ -73,9 +76,9 @@ pub async fn route_request(
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
     let table = pm.route_table();
-    match table.find(req.method().as_str(), host.as_deref(), &path) {
+    match table.find(req.method().as_str(), host.as_deref(), path) {
         Some(m) => match m.target {
-            Target::Function(f) => forward(&pm, &f, req, &path, &m.params).await,
+            Target::Function(f) => forward(&pm, &f, req, path, &m.params).await,
             Target::Workflow(w) => match workflows {
                 Some(gw) => gw.invoke(w, req).await,
                 None => Error::Unavailable("workflows are not enabled".into()).into_response(),
@@ -114,23 +117,31 @@ pub async fn try_forward(
     params: &[(String, String)],
 ) -> Result<Response<Body>, Error> {
     let started = std::time::Instant::now();
-    let result = forward_inner(pm, function, req, path, params).await;
+    let mut series = None;
+    let result = forward_inner(pm, function, req, path, params, &mut series).await;
     let code = match &result {
         Ok(r) => r.status().as_u16(),
         Err(e) => e.status().as_u16(),
     };
+    let seconds = started.elapsed().as_secs_f64();
     let m = pm.metrics();
-    m.requests
-        .get_or_create(&RequestLabels {
-            function: function.to_string(),
-            code,
-        })
-        .inc();
-    m.request_seconds
-        .get_or_create(&FunctionLabels {
-            function: function.to_string(),
-        })
-        .observe(started.elapsed().as_secs_f64());
+    match series {
+        Some(series) => series.record(m, function, code, seconds),
+        // No lease, so no cached series (404, 413, 429 ...).
+        None => {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    function: function.to_string(),
+                    code,
+                })
+                .inc();
+            m.request_seconds
+                .get_or_create(&FunctionLabels {
+                    function: function.to_string(),
+                })
+                .observe(seconds);
+        }
+    }
     result
 }
 
@@ -140,6 +151,7 @@ async fn forward_inner(
     req: Request<Body>,
     path: &str,
     params: &[(String, String)],
+    series: &mut Option<Arc<FunctionMetrics>>,
 ) -> Result<Response<Body>, Error> {
     let limit = pm.config().body_limit;
     let declared = req
@@ -151,10 +163,11 @@ async fn forward_inner(
         return Err(too_large(limit));
     }
     let lease = pm.lease(function).await?;
+    *series = Some(lease.metrics.clone());
     let timeout = Duration::from_secs(lease.function.timeout_secs);
     // Forward the request's own parts: no copy of its headers on the hot path.
     let (mut parts, body) = req.into_parts();
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         parts.headers.remove(h);
     }
     let path_and_query = match (parts.uri.path_and_query(), parts.uri.query()) {
@@ -164,13 +177,8 @@ async fn forward_inner(
         (_, None) => PathAndQuery::try_from(path)
             .map_err(|e| Error::Invalid(format!("bad request path: {e}")))?,
     };
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        // Any authority: the instance's client dials only its instance.
-        .authority("instance")
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    // Origin form: the instance's client dials only its instance.
+    parts.uri = Uri::from(path_and_query);
     let headers = &mut parts.headers;
     for (k, v) in params {
         if let (Ok(name), Ok(value)) = (
@@ -202,7 +210,7 @@ async fn forward_inner(
         Ok(Ok(resp)) => resp,
     };
     let (mut parts, body) = resp.into_parts();
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         parts.headers.remove(h);
     }
     // The lease lives as long as the response body streams.
@@ -219,7 +227,7 @@ const EXIT_REPORT_WAIT: Duration = Duration::from_millis(500);
 
 /// The error for a request its instance failed: `out_of_memory` when the instance
 /// was killed for its memory use, else the transport failure.
-async fn instance_failed(lease: &Lease, e: &hyper_util::client::legacy::Error) -> Error {
+async fn instance_failed(lease: &Lease, e: &ClientError) -> Error {
     let function = &lease.function.name;
     let exit = tokio::time::timeout(EXIT_REPORT_WAIT, lease.instance.wait_exited())
         .await

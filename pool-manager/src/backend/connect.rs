@@ -1,44 +1,264 @@
 //! Connections to one instance's runtime, whatever its address: each instance gets
-//! its own HTTP client whose connector always dials that instance (TCP, a Unix
+//! its own HTTP client whose connections always dial that instance (TCP, a Unix
 //! socket, or a port inside the instance's own network namespace), so requests
 //! carry no per-request address lookup.
+//!
+//! The client is a pool of HTTP/1.1 keep-alive connections, each driven by the
+//! task that uses it: the request's own task while the head goes out and the
+//! response head comes back, then the response body as it is read. A request
+//! thus costs no hop through a separate connection task, and putting a
+//! connection back is a push onto a list, not a spawned task (hyper-util's
+//! legacy client does both, and on the router's hot path they cost more than
+//! the proxying itself).
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, TrySendError};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::Address;
+use crate::instance::lock;
 
 /// How long a connect inside a namespace may hold its blocking thread (a
 /// loopback connect answers at once unless the listener's queue is full).
 const NETNS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The HTTP client the router and the pool use to talk to one instance.
-pub type InstanceClient = Client<InstanceConnector, Body>;
+/// How long an idle connection is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds the client for the instance at `address`. Request URIs need an
-/// authority (any will do: the connector ignores it).
-pub fn client(address: Address) -> InstanceClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(InstanceConnector { address })
+/// The HTTP client the router and the pool use to talk to one instance.
+pub struct InstanceClient {
+    address: Address,
+    /// Open connections not in use, the most recently used last.
+    idle: Arc<Mutex<Vec<Idle>>>,
+}
+
+/// One open connection: the half that sends requests, and the connection
+/// itself, which does the I/O whenever it is polled (`None` once it has ended).
+struct Conn {
+    sender: http1::SendRequest<Body>,
+    conn: Option<Pin<Box<Connection>>>,
+}
+
+impl Conn {
+    /// Polls the connection, which does its I/O; forgets it once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(c) = self.conn.as_mut() {
+            if c.as_mut().poll(cx).is_ready() {
+                self.conn = None;
+            }
+        }
+    }
+}
+
+type Connection = http1::Connection<TokioIo<InstanceStream>, Body>;
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// Why a request to an instance got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the instance: {0}")]
+    Connect(#[source] io::Error),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl InstanceClient {
+    /// The client of the instance at `address`; it opens nothing until used.
+    pub fn new(address: Address) -> InstanceClient {
+        InstanceClient {
+            address,
+            idle: Arc::default(),
+        }
+    }
+
+    /// Sends `req` and returns the response once its head is in. Only the URI's
+    /// path and query are sent, with `Host: instance` unless the request has a
+    /// `Host`. The response body drives the connection and gives it back for
+    /// reuse once read to its end. A request that a reused connection could
+    /// not send (the instance had closed it) is sent again on another.
+    pub async fn request(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<Response<ResponseBody>, ClientError> {
+        if req.uri().authority().is_some() {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(pq);
+        }
+        req.headers_mut()
+            .entry(http::header::HOST)
+            .or_insert_with(|| HeaderValue::from_static("instance"));
+        loop {
+            let (mut conn, reused) = match self.checkout().await {
+                Some(c) => (c, true),
+                None => (self.connect().await?, false),
+            };
+            let sent = conn.sender.try_send_request(req);
+            match send(&mut conn, sent).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = ResponseBody {
+                        body,
+                        conn: conn.conn.is_some().then_some(conn),
+                        idle: Arc::downgrade(&self.idle),
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) if reused => req = r,
+                    _ => return Err(ClientError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// An idle connection that is still open and ready for a request. One that
+    /// is not ready at once (the instance closed it, or it still sends the body
+    /// of a request the instance answered early) is closed.
+    async fn checkout(&self) -> Option<Conn> {
+        loop {
+            let Idle { mut conn, since } = lock(&self.idle).pop()?;
+            if since.elapsed() >= IDLE_TIMEOUT {
+                // The ones below it have been idle longer still.
+                lock(&self.idle).clear();
+                return None;
+            }
+            let ready = poll_fn(|cx| {
+                // The connection has been polled by no one while idle: let it
+                // see a close, and take up its next request.
+                conn.drive(cx);
+                let ready = conn.conn.is_some()
+                    && matches!(conn.sender.poll_ready(cx), Poll::Ready(Ok(())));
+                Poll::Ready(ready)
+            })
+            .await;
+            if ready {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Opens a new connection.
+    async fn connect(&self) -> Result<Conn, ClientError> {
+        let stream = InstanceConnector::dial(&self.address)
+            .await
+            .map_err(ClientError::Connect)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        Ok(Conn {
+            sender,
+            conn: Some(Box::pin(conn)),
+        })
+    }
+}
+
+/// Waits for the response to a request handed to `conn`, driving the connection.
+async fn send(
+    conn: &mut Conn,
+    sent: impl Future<Output = Result<Response<Incoming>, TrySendError<Request<Body>>>>,
+) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
+    let mut sent = std::pin::pin!(sent);
+    poll_fn(|cx| {
+        // Once the connection has ended (and is dropped), the request has its
+        // answer: the response, or the error.
+        conn.drive(cx);
+        sent.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// A response body from an instance. It drives its connection while it is read,
+/// and puts the connection back into its client's pool once read to its end.
+pub struct ResponseBody {
+    body: Incoming,
+    /// The connection the response came on, until it ends or is given back.
+    conn: Option<Conn>,
+    idle: Weak<Mutex<Vec<Idle>>>,
+}
+
+impl ResponseBody {
+    /// The body has been read to its end: the connection goes back to the
+    /// pool, unless it has ended (the next checkout checks that it is ready).
+    fn release(&mut self) {
+        let Some(conn) = self.conn.take().filter(|c| c.conn.is_some()) else {
+            return;
+        };
+        if let Some(idle) = self.idle.upgrade() {
+            lock(&idle).push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper's server never polls a body that is empty from the start.
+        if http_body::Body::is_end_stream(&self.body) {
+            self.release();
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
+        if polled.is_pending() {
+            if let Some(c) = this.conn.as_mut() {
+                c.drive(cx);
+                polled = Pin::new(&mut this.body).poll_frame(cx);
+            }
+        }
+        if let Poll::Ready(None) = polled {
+            if let Some(c) = this.conn.as_mut() {
+                c.drive(cx);
+            }
+            this.release();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.body)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        http_body::Body::size_hint(&self.body)
+    }
 }
 
 /// Dials one fixed address.
 #[derive(Clone, Debug)]
-pub struct InstanceConnector {
-    address: Address,
-}
+pub struct InstanceConnector;
 
 impl InstanceConnector {
     /// Opens one connection (also used to check that a runtime listens).
@@ -71,32 +291,10 @@ impl InstanceConnector {
         }
     }
 }
-
-impl tower_service::Service<http::Uri> for InstanceConnector {
-    type Response = TokioIo<InstanceStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let address = self.address.clone();
-        Box::pin(async move { InstanceConnector::dial(&address).await.map(TokioIo::new) })
-    }
-}
-
 /// A connection to a runtime over TCP or a Unix socket.
 pub enum InstanceStream {
     Tcp(TcpStream),
     Unix(UnixStream),
-}
-
-impl Connection for InstanceStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
 }
 
 impl AsyncRead for InstanceStream {
