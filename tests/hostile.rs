@@ -39,6 +39,13 @@ def writable(p):
         return True
     except OSError:
         return False
+def swap_socket():
+    try:
+        os.unlink('/run/fusion/runtime.sock')
+        os.symlink('/run/docker.sock', '/run/fusion/runtime.sock')
+        return True
+    except OSError:
+        return False
 def main():
     # Writes only where they cannot harm the host running the tests.
     write = writable if request.args.get('write') == '1' else (lambda p: None)
@@ -52,6 +59,8 @@ def main():
         "write_userfunc": write('/userfunc/snoop.py'),
         "write_root": write('/pwned'),
         "write_tmp": write('/tmp/scratch'),
+        "write_socket_dir": write('/run/fusion/filler'),
+        "swapped_socket": swap_socket() if request.args.get('write') == '1' else None,
         "secret_env": [k for k in os.environ if k == 'FUSION_TEST_SECRET'],
     })
 "#;
@@ -144,6 +153,10 @@ fn a_container_sees_only_its_own_code_and_none_of_the_hosts_secrets() {
     assert_eq!(seen["write_userfunc"], false, "{seen}");
     assert_eq!(seen["write_root"], false, "{seen}");
     assert_eq!(seen["write_tmp"], true, "a private /tmp: {seen}");
+    // The router dials the runtime's socket as root: it cannot be swapped for a
+    // link to another socket of the host, and its directory is no scratch space.
+    assert_eq!(seen["write_socket_dir"], false, "{seen}");
+    assert_eq!(seen["swapped_socket"], false, "{seen}");
     assert_eq!(seen["secret_env"], json!([]), "{seen}");
     assert_eq!(s.get("/fission-function/victim").text().unwrap(), "victim");
 }
@@ -343,4 +356,18 @@ def main():
         let r = s.get(&format!("/fission-function/dial-{network}?port={port}"));
         assert_eq!(r.text().unwrap(), expected, "network {network}");
     }
+}
+
+#[test]
+fn a_container_whose_function_closed_its_stdin_still_dies_with_a_killed_server() {
+    let mut s = container_server();
+    s.env("python", "python", 0);
+    let code = "import os\ndef main():\n    os.close(0)\n    return 'deaf'\n";
+    s.function("deaf", "python", "deaf.py", code, json!({}));
+    assert_eq!(s.get("/fission-function/deaf").text().unwrap(), "deaf");
+    let pid = s.instances("deaf")[0]["pid"].as_u64().unwrap() as u32;
+    s.kill();
+    eventually(Duration::from_secs(20), "the container is gone", || {
+        !common::alive(pid)
+    });
 }

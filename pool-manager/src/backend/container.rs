@@ -759,6 +759,12 @@ impl Backend for ContainerBackend {
             prepare_bundle(&bundle, &spec).map_err(|e| {
                 Error::Unavailable(format!("cannot write the container bundle: {e}"))
             })?;
+            // Started first, so that no container runs without it: whatever the
+            // code in the container does to its stdin (a function can close it),
+            // the watcher, outside, kills the container when the server dies.
+            let watcher = spawn_watcher(&self.cfg.runtime, &id).map_err(|e| {
+                Error::Unavailable(format!("cannot start the instance's watcher: {e}"))
+            })?;
             let mut cmd = tokio::process::Command::new(&self.cfg.runtime);
             cmd.args(["run", "--keep", "--bundle"])
                 .arg(&bundle)
@@ -779,13 +785,6 @@ impl Backend for ContainerBackend {
             super::process::forward_output(child.stdout.take(), "stdout", &req.logs);
             super::process::forward_output(child.stderr.take(), "stderr", &req.logs);
             let on_port = listens_on_port(&req.env);
-            // The bundled runtimes exit when their stdin closes; others may not.
-            let watcher = match on_port {
-                true => Some(spawn_watcher(&self.cfg.runtime, &id).map_err(|e| {
-                    Error::Unavailable(format!("cannot start the instance's watcher: {e}"))
-                })?),
-                false => None,
-            };
             let (exit_tx, exit_rx) = watch::channel(None);
             let control = Arc::new(Control {
                 id: id.clone(),
@@ -819,16 +818,20 @@ impl Backend for ContainerBackend {
                 };
                 drop(stdin);
                 drop(watcher);
-                // Read before the delete, which removes the cgroup.
+                // Read before the delete, which removes the cgroup; reported
+                // before it too, so that a request waiting to learn why its
+                // instance died is not kept waiting by the clean-up.
                 let oom = monitor.cgroups.oom_kills(&monitor.id) > 0;
-                delete_container(&runtime, &monitor.id).await;
-                let _ = std::fs::remove_dir_all(&monitor_bundle);
                 let stopped = monitor.stop_requested.load(Ordering::SeqCst);
                 let exit = match Exit::of(stopped, status) {
                     Exit::Exited { .. } | Exit::Vanished(_) if oom => Exit::OutOfMemory,
                     exit => exit,
                 };
                 let _ = exit_tx.send(Some(exit));
+                delete_container(&runtime, &monitor.id).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&monitor_bundle))
+                        .await;
             });
 
             // A bundled runtime listens on the bundle's socket; an image's or a
@@ -867,7 +870,7 @@ impl Backend for ContainerBackend {
                 },
             )
             .await;
-            if let Err(e) = ready {
+            if let Err(e) = ready.and_then(|()| seal_socket_dir(&bundle, on_port)) {
                 control.stop();
                 return Err(e);
             }
@@ -898,9 +901,33 @@ impl Backend for ContainerBackend {
     }
 }
 
-/// A host process that kills an image's container when the server dies, even by
+/// Takes the bundle's socket directory (`/run/fusion` inside) back from the
+/// instance's user once its runtime listens, before any function code runs: the
+/// router dials the socket as root, so code that could swap it for a link would
+/// reach any socket of the host, and a writable directory there would be disk
+/// space without a limit. A bundled runtime's socket must be a socket.
+fn seal_socket_dir(bundle: &Path, on_port: bool) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = bundle.join("sock");
+    let sealed = std::os::unix::fs::chown(&dir, Some(0), Some(0))
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)));
+    if let Err(e) = sealed {
+        return Err(Error::Unavailable(format!(
+            "cannot seal the instance's socket directory: {e}"
+        )));
+    }
+    let socket = std::fs::symlink_metadata(dir.join(SOCKET_NAME));
+    if !on_port && !socket.is_ok_and(|m| m.file_type().is_socket()) {
+        return Err(Error::Unavailable(
+            "the runtime's socket is not a socket".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A host process that kills a container when the server dies, even by
 /// SIGKILL: the bundled runtimes exit when their stdin closes, but an image's
-/// runtime need not. It waits for EOF on a pipe only the server holds, then asks
+/// runtime need not, and a function can close its runtime's stdin. It waits for EOF on a pipe only the server holds, then asks
 /// the OCI runtime to kill the container (whose pid namespace takes every
 /// process with it). Its own process group keeps a terminal's ^C off it; it is
 /// killed when the instance ends.
