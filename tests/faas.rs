@@ -856,3 +856,29 @@ fn a_small_node_memory_limit_works_in_containers_and_is_refused_on_the_process_b
         "{body}"
     );
 }
+
+#[test]
+fn a_client_that_hangs_up_during_a_cold_start_does_not_use_up_the_functions_capacity() {
+    let s = Server::start_with(&[("FUSION_LEASE_WAIT_MS", "2000")]);
+    s.env("python", "python", 0);
+    s.function(
+        "once",
+        "python",
+        "once.py",
+        "def main():\n    return 'ok'\n",
+        json!({"concurrency": 1}),
+    );
+    // Each client gives up long before an instance can start and specialize.
+    for _ in 0..3 {
+        let quick = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_millis(5))
+            .build()
+            .unwrap();
+        assert!(quick
+            .get(s.router_url("/fission-function/once"))
+            .send()
+            .is_err());
+    }
+    let r = s.get("/fission-function/once");
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+}

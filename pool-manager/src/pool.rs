@@ -211,10 +211,10 @@ impl PoolManager {
 
     pub fn instances(&self, function: Option<&str>) -> Vec<InstanceInfo> {
         let backend = self.isolation();
-        let st = lock(&self.inner.state);
-        let mut out: Vec<InstanceInfo> = st
-            .all
-            .values()
+        // Usage is read from files: not under the lock every lease takes.
+        let all: Vec<Arc<Instance>> = lock(&self.inner.state).all.values().cloned().collect();
+        let mut out: Vec<InstanceInfo> = all
+            .iter()
             .filter(|i| !i.is_exited())
             .filter(|i| match function {
                 Some(f) => i.owner().is_some_and(|o| o.function == f),
@@ -306,56 +306,19 @@ impl PoolManager {
                 }
                 continue;
             };
-            let source = if generic.is_some() { "pool" } else { "spawn" };
-            let started = std::time::Instant::now();
-            let result = inner.specialize(&function, generic).await;
-            // Refill after, not before: on a small machine a starting runtime
-            // would compete with the specialization the request waits for.
-            inner.refill(&function.env);
-            if result.is_ok() {
-                let m = &inner.metrics;
-                m.cold_starts
-                    .get_or_create(&ColdStartLabels {
-                        function: function.name.clone(),
-                        source,
-                    })
-                    .inc();
-                m.cold_start_seconds
-                    .get_or_create(&FunctionLabels {
-                        function: function.name.clone(),
-                    })
-                    .observe(started.elapsed().as_secs_f64());
-            }
-            let mut st = lock(&inner.state);
-            let pool = st.fns.get_mut(name);
-            return match (result, pool) {
-                (Ok(instance), Some(pool)) => {
-                    pool.pending -= 1;
-                    instance.active.fetch_add(1, Ordering::SeqCst);
-                    let stale = pool.function.generation != function.generation;
-                    pool.instances.push(instance.clone());
-                    if stale {
-                        instance.retiring.store(true, Ordering::SeqCst);
-                    }
-                    Ok(Lease {
-                        instance,
-                        function,
-                        metrics: pool.metrics.clone(),
-                        manager: Arc::downgrade(inner),
-                    })
-                }
-                (Ok(instance), None) => {
-                    instance.stop();
-                    Err(not_found(Kind::Function, name))
-                }
-                (Err(e), pool) => {
-                    if let Some(pool) = pool {
-                        pool.pending -= 1;
-                        pool.changed.notify_waiters();
-                    }
-                    Err(e)
-                }
-            };
+            // On a task of its own: a caller that goes away (a client that hangs
+            // up, a workflow task's timeout) must not abandon the instance
+            // half-specialized or leave `pending` counted for ever; the lease it
+            // would have had is released when the task ends.
+            let task = tokio::spawn(Inner::cold_start(
+                inner.clone(),
+                name.to_string(),
+                function,
+                generic,
+            ));
+            return task
+                .await
+                .unwrap_or_else(|e| Err(Error::Internal(format!("cold start failed: {e}"))));
         }
     }
 
@@ -451,6 +414,66 @@ impl FnPool {
 }
 
 impl Inner {
+    /// Specializes `generic` (or a new instance) for `function` and leases it,
+    /// settling the function's `pending` count whatever the outcome.
+    async fn cold_start(
+        inner: Arc<Inner>,
+        name: String,
+        function: Arc<Function>,
+        generic: Option<Arc<Instance>>,
+    ) -> Result<Lease> {
+        let source = if generic.is_some() { "pool" } else { "spawn" };
+        let started = std::time::Instant::now();
+        let result = inner.specialize(&function, generic).await;
+        // Refill after, not before: on a small machine a starting runtime
+        // would compete with the specialization the request waits for.
+        inner.refill(&function.env);
+        if result.is_ok() {
+            let m = &inner.metrics;
+            m.cold_starts
+                .get_or_create(&ColdStartLabels {
+                    function: function.name.clone(),
+                    source,
+                })
+                .inc();
+            m.cold_start_seconds
+                .get_or_create(&FunctionLabels {
+                    function: function.name.clone(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let mut st = lock(&inner.state);
+        let pool = st.fns.get_mut(&name);
+        match (result, pool) {
+            (Ok(instance), Some(pool)) => {
+                pool.pending -= 1;
+                instance.active.fetch_add(1, Ordering::SeqCst);
+                let stale = pool.function.generation != function.generation;
+                pool.instances.push(instance.clone());
+                if stale {
+                    instance.retiring.store(true, Ordering::SeqCst);
+                }
+                Ok(Lease {
+                    instance,
+                    function,
+                    metrics: pool.metrics.clone(),
+                    manager: Arc::downgrade(&inner),
+                })
+            }
+            (Ok(instance), None) => {
+                instance.stop();
+                Err(not_found(Kind::Function, &name))
+            }
+            (Err(e), pool) => {
+                if let Some(pool) = pool {
+                    pool.pending -= 1;
+                    pool.changed.notify_waiters();
+                }
+                Err(e)
+            }
+        }
+    }
+
     pub(crate) fn set_routes(&self, table: Arc<RouteTable>) {
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
@@ -664,7 +687,12 @@ impl Inner {
             generation: function.generation,
         });
         let path = self.packages.path(&function.package)?;
-        let path = match instance.handle.stage_code(&path) {
+        // Staging may link or copy a whole tree: off the async workers.
+        let handle = instance.handle.clone();
+        let staged = tokio::task::spawn_blocking(move || handle.stage_code(&path))
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("staging the code failed: {e}"))));
+        let path = match staged {
             Ok(p) => p,
             Err(e) => {
                 instance.stop();
