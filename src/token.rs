@@ -51,20 +51,28 @@ impl Token {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(TokenError::Random)?;
         let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let created = std::fs::OpenOptions::new()
+        // Written whole to a private temporary file first, then linked into
+        // place (which, like create_new, never replaces a token already there):
+        // a crash cannot leave an empty token file behind.
+        if path.exists() {
+            return Token::load(path);
+        }
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(path);
+            .open(&tmp)
+            .and_then(|mut file| {
+                file.write_all(fresh.as_bytes())?;
+                file.write_all(b"\n")?;
+                file.sync_all()
+            });
+        let created = written.and_then(|()| std::fs::hard_link(&tmp, path));
+        let _ = std::fs::remove_file(&tmp);
         match created {
-            Ok(mut file) => {
-                file.write_all(fresh.as_bytes())
-                    .and_then(|()| file.write_all(b"\n"))
-                    .and_then(|()| file.sync_all())
-                    .map_err(|source| TokenError::Create {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
+            Ok(()) => {
                 tracing::info!(path = %path.display(), "generated the API token");
                 Ok(Token(fresh.into()))
             }
