@@ -882,3 +882,40 @@ fn a_client_that_hangs_up_during_a_cold_start_does_not_use_up_the_functions_capa
     let r = s.get("/fission-function/once");
     assert_eq!(r.status(), 200, "{:?}", r.text());
 }
+
+#[test]
+fn a_client_that_sends_its_body_too_slowly_gets_504_and_the_instance_lives_on() {
+    use std::io::Read;
+    let s = Server::start();
+    s.env("python", "python", 0);
+    let code =
+        "from flask import request\ndef main():\n    return 'got %d' % len(request.get_data())\n";
+    s.function(
+        "upload",
+        "python",
+        "upload.py",
+        code,
+        json!({"timeout_secs": 1}),
+    );
+    assert_eq!(s.get("/fission-function/upload").text().unwrap(), "got 0");
+    let before = s.instances("upload")[0]["id"].clone();
+
+    let router = s.router_url("").trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&router).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    conn.write_all(
+        b"POST /fission-function/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123",
+    )
+    .unwrap();
+    // The rest of the body never comes; the answer does, at the timeout.
+    let mut answer = vec![0u8; 4096];
+    let n = conn.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(answer.contains("did not arrive"), "{answer}");
+    drop(conn);
+    // The instance only waited for the client: it is still the one serving.
+    assert_eq!(s.get("/fission-function/upload").text().unwrap(), "got 0");
+    assert_eq!(s.instances("upload")[0]["id"], before);
+}

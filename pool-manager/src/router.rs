@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ pub use axum::body::Body;
 use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
+use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::backend::connect::ClientError;
@@ -191,11 +193,22 @@ async fn forward_inner(
     if let Ok(v) = HeaderValue::try_from(function) {
         headers.insert("x-fission-function-name", v);
     }
-    let body = Body::new(Limited::new(body, limit as usize));
+    let received = Arc::new(AtomicBool::new(body.is_end_stream()));
+    let body = Body::new(Whole {
+        inner: Limited::new(body, limit as usize),
+        received: received.clone(),
+    });
     let out = Request::from_parts(parts, body);
 
     let sent = tokio::time::timeout(timeout, lease.instance.client.request(out)).await;
     let resp = match sent {
+        Err(_) if !received.load(Ordering::SeqCst) => {
+            // The client was still sending: the instance only waited for it.
+            return Err(Error::Timeout(format!(
+                "the request body did not arrive within function {function:?}'s timeout of {} s",
+                timeout.as_secs()
+            )));
+        }
         Err(_) => {
             // The instance may still be busy with the request: stop it, with every
             // process in it, rather than let the work run on unseen.
@@ -219,6 +232,36 @@ async fn forward_inner(
         e
     });
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// A request body that records when it has been read to its end.
+struct Whole<B> {
+    inner: B,
+    received: Arc<AtomicBool>,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for Whole<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.received.store(true, Ordering::SeqCst);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// How long a failed request waits for its instance's exit to be reported, to
