@@ -533,15 +533,40 @@ pub async fn invoke_http(engine: Arc<Engine>, name: &str, req: Request<Body>) ->
     }
 }
 
+/// How long an invocation's request body may take to arrive.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn invoke_inner(engine: Arc<Engine>, name: &str, req: Request<Body>) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("cannot read the request body: {e}"),
-        )
-    })?;
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT))
+        .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) if pool_manager::router::caused_by_limit(&e) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is larger than the limit of {BODY_LIMIT} bytes"),
+            ))
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("cannot read the request body: {e}"),
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+    };
     let input = request_input(&parts.method, &parts.uri, &parts.headers, &body)?;
     let started = engine.start_run(name, input).await?;
     if is_async(&parts.headers) {

@@ -462,6 +462,31 @@ mod api {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_invocation_whose_body_never_arrives_gets_408() {
+        let (_d, db, fake) = setup();
+        let e = engine_with(&fake, &db).await;
+        e.create_workflow("w", "output: A\ntasks:\n  A:\n    run: noop\n")
+            .unwrap();
+        let app = crate::router(e.clone());
+        // A body that sends a little, then nothing, for ever.
+        let first: Result<Bytes, std::io::Error> = Ok(Bytes::from_static(b"0123"));
+        let stalled = futures_util::StreamExt::chain(
+            futures_util::stream::iter([first]),
+            futures_util::stream::pending(),
+        );
+        let request = Request::builder()
+            .method("POST")
+            .uri("/v1/workflows/w/invoke")
+            .body(Body::from_stream(stalled))
+            .unwrap();
+        let (s, _, v) = call(&app, request).await;
+        assert_eq!(s, StatusCode::REQUEST_TIMEOUT, "{v}");
+        assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+        // No run was started for it.
+        assert!(e.list_runs(&Default::default()).unwrap().runs.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn failed_run_passes_4xx_and_json_output() {
         let (_d, db, fake) = setup();
         fake.add("notfound", None, |_, _| text(404, "missing"));

@@ -295,7 +295,9 @@ fn too_large(limit: u64) -> Error {
     ))
 }
 
-fn caused_by_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether a body error, anywhere in its chain of sources, is a body passing its
+/// size limit.
+pub fn caused_by_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if err.is::<LengthLimitError>() {
