@@ -17,6 +17,9 @@ pub mod routes;
 pub mod store;
 mod sys;
 
+#[cfg(test)]
+mod pool_tests;
+
 pub use backend::{Backend, Isolation, LaunchConfig};
 pub use error::{Error, Result};
 pub use pool::{InstanceInfo, Lease, PoolConfig, PoolManager};

@@ -1,0 +1,277 @@
+//! The pool's leasing, seen through a fake backend: instances are small HTTP
+//! servers on Unix sockets in a temporary directory, so the lease logic
+//! (reuse, the concurrency budget, retirement, failed starts, instances that
+//! vanish, shutdown) is tested without starting runtimes or containers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use crate::backend::{Address, Backend, Exit, Handle, Isolation, StartRequest, Usage};
+use crate::error::{Error, Result};
+use crate::resources::{Environment, Function, Network, Runtime};
+use crate::{PoolConfig, PoolManager};
+
+/// Starts fake instances: each answers `/v2/specialize` with 200 and any other
+/// request with `instance <id>`.
+struct FakeBackend {
+    dir: PathBuf,
+    /// Starts from now on fail, as a runtime that cannot start would.
+    broken: AtomicBool,
+    started: AtomicUsize,
+    handles: Mutex<HashMap<u64, Arc<FakeHandle>>>,
+}
+
+struct FakeHandle {
+    address: Address,
+    exit_tx: watch::Sender<Option<Exit>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeHandle {
+    /// Ends the instance with `exit` (as its backend would report it).
+    fn end(&self, exit: Exit) {
+        self.server.abort();
+        self.exit_tx.send_if_modified(|e| {
+            let first = e.is_none();
+            if first {
+                *e = Some(exit.clone());
+            }
+            first
+        });
+    }
+}
+
+impl Handle for FakeHandle {
+    fn address(&self) -> &Address {
+        &self.address
+    }
+    fn stage_code(&self, package: &Path) -> Result<String> {
+        Ok(package.to_string_lossy().into_owned())
+    }
+    fn stop(&self) {
+        self.end(Exit::Stopped);
+    }
+    fn exit(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit_tx.subscribe()
+    }
+    fn usage(&self) -> Usage {
+        Usage::default()
+    }
+}
+
+impl Backend for FakeBackend {
+    fn isolation(&self) -> Isolation {
+        Isolation {
+            backend: "process",
+            summary: "fake".into(),
+        }
+    }
+
+    fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Handle>>> {
+        Box::pin(async move {
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(Error::Unavailable("the fake runtime does not start".into()));
+            }
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let path = self.dir.join(format!("{}.sock", req.id));
+            let listener = tokio::net::UnixListener::bind(&path)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let id = req.id;
+            let server = tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let service =
+                        service_fn(move |r: hyper::Request<hyper::body::Incoming>| async move {
+                            let body = if r.uri().path() == "/v2/specialize" {
+                                String::new()
+                            } else {
+                                format!("instance {id}")
+                            };
+                            let _ = r.into_body().collect().await;
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(body)),
+                            ))
+                        });
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service),
+                    );
+                }
+            });
+            let handle = Arc::new(FakeHandle {
+                address: Address::Unix(path),
+                exit_tx: watch::channel(None).0,
+                server,
+            });
+            self.handles.lock().unwrap().insert(id, handle.clone());
+            Ok(handle as Arc<dyn Handle>)
+        })
+    }
+}
+
+/// Polls `check` until it answers something, for at most 10 s.
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let polled = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    polled
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+struct Setup {
+    pm: PoolManager,
+    backend: Arc<FakeBackend>,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(poolsize: usize, concurrency: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(FakeBackend {
+        dir: dir.path().to_path_buf(),
+        broken: AtomicBool::new(false),
+        started: AtomicUsize::new(0),
+        handles: Mutex::default(),
+    });
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let pm = PoolManager::start(
+        &db,
+        PoolConfig {
+            data_dir: dir.path().join("data"),
+            backend: backend.clone(),
+            specialize_timeout: Duration::from_secs(5),
+            lease_wait: Duration::from_millis(200),
+            body_limit: 1 << 20,
+            packages: Default::default(),
+            reap_interval: Duration::from_secs(3600),
+        },
+    )
+    .await
+    .unwrap();
+    pm.create_environment(Environment {
+        name: "env".into(),
+        runtime: Some(Runtime::Python),
+        command: None,
+        image: None,
+        poolsize,
+        memory_mb: None,
+        cpu_millis: None,
+        network: Network::Host,
+    })
+    .await
+    .unwrap();
+    let package = pm.put_package("f.py", b"def main(): pass\n").unwrap();
+    pm.create_function(Function {
+        name: "f".into(),
+        env: "env".into(),
+        package,
+        entrypoint: None,
+        timeout_secs: 60,
+        idle_timeout_secs: 60,
+        concurrency,
+        requests_per_instance: 1,
+        generation: 0,
+    })
+    .await
+    .unwrap();
+    Setup {
+        pm,
+        backend,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn a_released_instance_is_leased_again_and_past_the_budget_a_lease_gets_429() {
+    let s = setup(0, 1).await;
+    let first = s.pm.lease("f").await.unwrap();
+    let id = first.instance.id;
+    let busy =
+        s.pm.lease("f")
+            .await
+            .err()
+            .expect("the budget is one instance");
+    assert_eq!(busy.code(), "too_many_requests");
+    drop(first);
+    let again = s.pm.lease("f").await.unwrap();
+    assert_eq!(again.instance.id, id, "the specialized instance is reused");
+    assert_eq!(s.backend.started.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_update_retires_the_old_instance_once_its_lease_is_released() {
+    let s = setup(0, 2).await;
+    let old = s.pm.lease("f").await.unwrap();
+    let old_instance = old.instance.clone();
+    let mut f = s.pm.function("f").unwrap();
+    f.timeout_secs = 30;
+    s.pm.update_function(f).await.unwrap();
+    let new = s.pm.lease("f").await.unwrap();
+    assert_ne!(
+        new.instance.id, old_instance.id,
+        "new requests go to the new generation"
+    );
+    assert!(
+        !old_instance.is_exited(),
+        "the old request finishes on its instance"
+    );
+    drop(old);
+    assert_eq!(old_instance.wait_exited().await, Exit::Stopped);
+}
+
+#[tokio::test]
+async fn a_failed_start_is_an_error_and_leaves_the_budget_whole() {
+    let s = setup(0, 1).await;
+    s.backend.broken.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let e = s.pm.lease("f").await.err().expect("no instance can start");
+        assert_eq!(e.code(), "unavailable", "{e}");
+    }
+    s.backend.broken.store(false, Ordering::SeqCst);
+    s.pm.lease("f")
+        .await
+        .expect("the budget was not used up by the failures");
+}
+
+#[tokio::test]
+async fn an_instance_that_vanishes_is_replaced_in_the_pool() {
+    let s = setup(1, 1).await;
+    let generic = eventually("the pool to fill", || {
+        s.pm.instances(None).first().map(|i| i.id)
+    })
+    .await;
+    let handle = s.backend.handles.lock().unwrap()[&generic].clone();
+    handle.end(Exit::Vanished("its pod was deleted".into()));
+    let replaced = eventually("a replacement", || {
+        let ids: Vec<u64> = s.pm.instances(None).iter().map(|i| i.id).collect();
+        (!ids.is_empty() && !ids.contains(&generic)).then_some(ids)
+    })
+    .await;
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+}
+
+#[tokio::test]
+async fn shutdown_stops_every_instance() {
+    let s = setup(2, 2).await;
+    let lease = s.pm.lease("f").await.unwrap();
+    let instance = lease.instance.clone();
+    drop(lease);
+    s.pm.shutdown(Duration::from_secs(5)).await;
+    assert!(instance.is_exited());
+    assert!(s.pm.instances(None).is_empty());
+    let e = s.pm.lease("f").await.err().expect("closing");
+    assert_eq!(e.code(), "unavailable");
+}
