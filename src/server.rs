@@ -263,6 +263,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         token_file,
     };
     tracing::info!(router = %running.router_addr, api = %running.api_addr, "fusion is listening");
+    let stop_signal = shutdown_signal();
     on_ready(&running);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -293,7 +294,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         stop_rx.clone(),
     ));
 
-    shutdown_signal().await;
+    stop_signal.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
     let grace = Duration::from_millis(args.shutdown_grace_ms);
@@ -414,17 +415,26 @@ async fn precompile_python(python: &str, dir: &std::path::Path) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves at the first SIGINT or SIGTERM. The handlers are installed when this
+/// is called, not when it is first awaited: it is called before the server says
+/// it is ready, so a signal sent right after that is never the default action
+/// (which would kill the server without stopping its instances).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            (Err(_), Err(_)) => std::future::pending().await,
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
