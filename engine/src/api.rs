@@ -221,6 +221,7 @@ async fn create_workflow(
         }
     };
     let w = engine.create_workflow(&name, source)?;
+    engine.flush().await?;
     Ok((StatusCode::CREATED, Json(workflow_json(&w, false))).into_response())
 }
 
@@ -230,6 +231,7 @@ async fn update_workflow(
     LimitedBody(body): LimitedBody,
 ) -> ApiResult<Json<Value>> {
     let w = engine.update_workflow(&name, yaml_text(&body)?)?;
+    engine.flush().await?;
     Ok(Json(workflow_json(&w, false)))
 }
 
@@ -275,6 +277,7 @@ async fn delete_workflow(
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     engine.delete_workflow(&name)?;
+    engine.flush().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

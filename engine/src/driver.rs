@@ -468,6 +468,12 @@ impl Engine {
         Ok(v)
     }
 
+    /// Makes every change stored so far durable (workflow versions are written
+    /// without waiting for the disk; runs flush their own events).
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        Ok(self.store.flush().await?)
+    }
+
     pub fn delete_workflow(&self, name: &str) -> Result<(), EngineError> {
         if self.store.delete_workflow(name)? {
             Ok(())
