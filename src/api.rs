@@ -75,6 +75,49 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The JSON 404 for paths no handler serves.
+/// Functions and workflows share one name space (`/fission-function/<name>`),
+/// kept in two stores: each creation checks the other store, then writes its
+/// own. Creations of either run one at a time, so two of them cannot both pass
+/// the check for the same name. Owned here, above both the pool manager and
+/// the engine.
+pub async fn one_name_at_a_time(
+    axum::extract::State(names): axum::extract::State<Arc<tokio::sync::Mutex<()>>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let creates_a_name = req.method() == axum::http::Method::POST
+        && matches!(req.uri().path(), "/v1/functions" | "/v1/workflows");
+    if !creates_a_name {
+        return next.run(req).await;
+    }
+    // The body is read before the turn is taken: a slow client must not hold
+    // up everyone else's creations. The handlers apply their own, smaller limits.
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, CREATION_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) if pool_manager::router::caused_by_limit(&e) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &format!("the request body is larger than {CREATION_BODY_LIMIT} bytes"),
+            )
+        }
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("cannot read the request body: {e}"),
+            )
+        }
+    };
+    let _one = names.lock().await;
+    next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+/// The most a function or workflow creation's body may be, as read before its
+/// handler (which then applies its own limit).
+const CREATION_BODY_LIMIT: usize = 16 << 20;
+
 pub async fn not_found(req: Request) -> Response {
     error_response(
         StatusCode::NOT_FOUND,

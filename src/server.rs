@@ -248,6 +248,10 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     let api_app = api::router(state)
         .merge(engine::router(engine.clone()))
         .route_layer(axum::middleware::from_fn(guard::require_content_type))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(tokio::sync::Mutex::new(())),
+            api::one_name_at_a_time,
+        ))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             token.clone(),

@@ -826,3 +826,51 @@ fn functions_and_workflows_share_one_name_space_of_dns_labels() {
         "{body}"
     );
 }
+
+#[test]
+fn a_function_and_a_workflow_created_at_once_cannot_both_take_a_name() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    let package = s.upload("f.sh", b"#!/bin/sh\nprintf fn\n");
+    let noop = "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: noop\n";
+    let names: Vec<String> = (0..20).map(|i| format!("both-{i}")).collect();
+    std::thread::scope(|scope| {
+        for name in &names {
+            let (s, package) = (&s, &package);
+            scope.spawn(move || {
+                s.call(
+                    "POST",
+                    "/v1/functions",
+                    Some(json!({"name": name, "env": "binary", "package": package})),
+                )
+            });
+            scope.spawn(move || {
+                s.api("POST", "/v1/workflows")
+                    .query(&[("name", name)])
+                    .header("content-type", "application/yaml")
+                    .body(noop)
+                    .send()
+                    .unwrap()
+            });
+        }
+    });
+    let functions = s.ok("GET", "/v1/functions", None);
+    let workflows = s.ok("GET", "/v1/workflows", None);
+    for name in &names {
+        let is_function = functions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == name.as_str());
+        let is_workflow = workflows
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["name"] == name.as_str());
+        assert!(
+            is_function != is_workflow,
+            "{name}: function {is_function}, workflow {is_workflow}"
+        );
+    }
+}
+
