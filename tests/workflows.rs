@@ -874,3 +874,15 @@ fn a_function_and_a_workflow_created_at_once_cannot_both_take_a_name() {
     }
 }
 
+#[test]
+fn a_stored_workflow_survives_a_killed_server() {
+    let mut s = Server::start();
+    s.workflow(
+        "kept",
+        "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: noop\n",
+    );
+    // Killed right after the 201: what the API acknowledged is on disk.
+    s.kill();
+    s.launch();
+    assert_eq!(s.ok("GET", "/v1/workflows/kept", None)["name"], "kept");
+}
