@@ -1087,3 +1087,29 @@ impl Actor {
         }
     }
 }
+
+#[cfg(test)]
+mod error_code_tests {
+    use super::*;
+
+    /// Every code users can get is explained in docs/error-codes.md.
+    #[test]
+    fn every_engine_code_is_documented() {
+        let doc = include_str!("../../docs/error-codes.md");
+        let s = String::new;
+        let all = [
+            EngineError::NotFound(s()),
+            EngineError::Conflict(s()),
+            EngineError::NameTaken(s()),
+            EngineError::Invalid(Vec::new()),
+            EngineError::BadRequest(s()),
+            EngineError::Store(StoreError::Cursor),
+            EngineError::Store(StoreError::Flush(s())),
+            EngineError::ShuttingDown,
+        ];
+        for e in all {
+            let code = format!("`{}`", e.code());
+            assert!(doc.contains(&code), "{code} is not in docs/error-codes.md");
+        }
+    }
+}

@@ -89,3 +89,39 @@ impl IntoResponse for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code users can get is explained in docs/error-codes.md.
+    #[test]
+    fn every_code_is_documented() {
+        let doc = include_str!("../../docs/error-codes.md");
+        let s = || String::new();
+        let all = [
+            Error::NotFound {
+                kind: "function",
+                name: s(),
+            },
+            Error::AlreadyExists {
+                kind: "function",
+                name: s(),
+            },
+            Error::Conflict(s()),
+            Error::Invalid(s()),
+            Error::TooLarge(s()),
+            Error::Overloaded(s()),
+            Error::Timeout(s()),
+            Error::Upstream(s()),
+            Error::OutOfMemory(s()),
+            Error::Unavailable(s()),
+            Error::Storage(s()),
+            Error::Internal(s()),
+        ];
+        for e in all {
+            let code = format!("`{}`", e.code());
+            assert!(doc.contains(&code), "{code} is not in docs/error-codes.md");
+        }
+    }
+}
