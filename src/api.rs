@@ -185,14 +185,19 @@ struct EnvironmentView {
 #[derive(serde::Serialize)]
 struct EnvironmentStatus {
     isolation: pool_manager::Isolation,
+    /// What the `image` stands for here: the local image, or a bundled runtime.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<pool_manager::ImageUse>,
 }
 
 impl AppState {
     fn env_view(&self, env: Environment) -> EnvironmentView {
+        let image = self.pool.image_use(&env).ok().flatten();
         EnvironmentView {
             env,
             status: EnvironmentStatus {
                 isolation: self.pool.isolation(),
+                image,
             },
         }
     }

@@ -137,10 +137,13 @@ struct EnvFields {
     /// Or any command that speaks the runtime protocol (split on spaces).
     #[arg(long, conflicts_with = "runtime")]
     command: Option<String>,
-    /// Or an OCI image on this machine: a layout directory or an oci-archive tar
-    /// (container backend; the runtime listens on port 8888).
+    /// Or an image: an OCI layout directory or oci-archive tar on this machine
+    /// (container backend; its runtime listens on port 8888), or a reference such
+    /// as `fission/python-env` or `ghcr.io/fission/node-env:1.34`: the image when
+    /// the server has it under `<data>/images/refs/`, else, for Fission's own
+    /// environment images, the bundled runtime of that language.
     #[arg(long, conflicts_with_all = ["runtime", "command"])]
-    image: Option<PathBuf>,
+    image: Option<String>,
     /// Generic instances kept warm.
     #[arg(long)]
     poolsize: Option<usize>,
@@ -392,11 +395,66 @@ enum RunVerb {
 
 #[derive(Subcommand)]
 enum SpecVerb {
-    /// Create or update every resource in a file or folder.
-    Apply {
-        #[arg(short = 'f', long = "file")]
-        path: PathBuf,
+    /// Start a spec folder: a README and the DeploymentConfig with this project's uid.
+    Init {
+        /// The folder to create.
+        #[arg(long, default_value = "specs")]
+        specdir: PathBuf,
+        /// The project's name (default: the current folder's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The project's uid (default: a new random one).
+        #[arg(long = "deployid")]
+        deploy_id: Option<String>,
     },
+    /// Check every document offline: errors and warnings with file, line and column.
+    Validate {
+        #[command(flatten)]
+        from: SpecSource,
+    },
+    /// Create or update every resource the specs declare.
+    Apply {
+        #[command(flatten)]
+        from: SpecSource,
+        /// Also delete what this project applied before and no longer declares.
+        #[arg(long)]
+        delete: bool,
+        /// Take over resources that exist but were applied by another project (or none).
+        #[arg(long = "allowconflicts")]
+        allow_conflicts: bool,
+    },
+    /// Delete everything this project applied.
+    Destroy {
+        #[command(flatten)]
+        from: SpecSource,
+    },
+    /// List what this project applied, and whether each is still there.
+    List {
+        #[command(flatten)]
+        from: SpecSource,
+        /// The project uid to list (default: the one in the specs).
+        #[arg(long = "deployid")]
+        deploy_id: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct SpecSource {
+    /// The spec folder (Fission's `specs/`) or a single spec file.
+    #[arg(short = 'f', long = "file", alias = "specdir", default_value = "specs")]
+    path: PathBuf,
+    /// Namespace of resources whose metadata names none.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+}
+
+impl SpecSource {
+    fn source(self) -> spec::Source {
+        spec::Source {
+            path: self.path,
+            namespace: self.namespace,
+        }
+    }
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -426,14 +484,29 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Route { verb, opts } => route_cmd(verb, &opts).await,
         Command::Wf { verb, opts } => wf_cmd(verb, &opts).await,
         Command::Run { verb, opts } => run_cmd(verb, &opts).await,
-        Command::Spec {
-            verb: SpecVerb::Apply { path },
-            opts,
-        } => {
-            let summary = spec::apply(&opts.client()?, &path).await?;
-            spec::print_summary(&summary);
-            Ok(())
-        }
+        Command::Spec { verb, opts } => match verb {
+            SpecVerb::Init {
+                specdir,
+                name,
+                deploy_id,
+            } => spec::init(&specdir, name, deploy_id),
+            SpecVerb::Validate { from } => spec::validate(&from.source()),
+            SpecVerb::Apply {
+                from,
+                delete,
+                allow_conflicts,
+            } => {
+                let o = spec::ApplyOpts {
+                    delete,
+                    allow_conflicts,
+                };
+                spec::apply(&opts.client()?, &from.source(), o).await
+            }
+            SpecVerb::Destroy { from } => spec::destroy(&opts.client()?, &from.source()).await,
+            SpecVerb::List { from, deploy_id } => {
+                spec::list(&opts.client()?, &from.source(), deploy_id).await
+            }
+        },
     }
 }
 
@@ -475,11 +548,16 @@ async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
         .unwrap_or_default();
     let applied = async {
         if examples.is_dir() {
-            match spec::apply(&client, &examples).await {
-                Ok(s) => {
-                    spec::print_summary(&s);
-                    println!();
-                }
+            let source = spec::Source {
+                path: examples.clone(),
+                namespace: "default".into(),
+            };
+            let opts = spec::ApplyOpts {
+                delete: false,
+                allow_conflicts: false,
+            };
+            match spec::apply(&client, &source, opts).await {
+                Ok(()) => println!(),
                 Err(e) => eprintln!("warning: could not apply {}: {e:#}", examples.display()),
             }
         } else {
@@ -669,17 +747,45 @@ async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
         EnvVerb::Create { name, fields } => {
             let mut body = json!({"name": name});
             merge_env(&mut body, fields)?;
-            envs.create(&c, opts, &body).await
+            envs.create(&c, opts, &body).await?;
+            say_image_use(&c, &name).await
         }
         EnvVerb::Get { name } => envs.show(&c, opts, &name).await,
         EnvVerb::List => envs.list(&c, opts).await,
         EnvVerb::Update { name, fields } => {
             let mut body = envs.current(&c, &name).await?;
             merge_env(&mut body, fields)?;
-            envs.replace(&c, opts, &name, &body).await
+            envs.replace(&c, opts, &name, &body).await?;
+            say_image_use(&c, &name).await
         }
         EnvVerb::Delete { name } => envs.delete(&c, &name).await,
     }
+}
+
+/// Says on stderr what an environment's image stands for, when it has one.
+async fn say_image_use(c: &Client, name: &str) -> Result<()> {
+    let env: Value = c.get(&format!("/v1/environments/{name}")).await?;
+    if let Some(line) = image_use_line(&env) {
+        eprintln!("{line}");
+    }
+    Ok(())
+}
+
+/// `environment py: image fission/python-env runs as ...`, from an environment's status.
+pub fn image_use_line(env: &Value) -> Option<String> {
+    let image = env.get("image")?.as_str()?;
+    let name = env.get("name").and_then(Value::as_str).unwrap_or("?");
+    let used = env.pointer("/status/image")?;
+    Some(match used.get("source").and_then(Value::as_str) {
+        Some("bundled") => format!(
+            "environment {name}: image {image} is not on this machine; the bundled {} runtime runs instead",
+            used.get("runtime").and_then(Value::as_str).unwrap_or("?")
+        ),
+        _ => format!(
+            "environment {name}: image {image} runs from {}",
+            used.get("path").and_then(Value::as_str).unwrap_or("?")
+        ),
+    })
 }
 
 fn merge_env(body: &mut Value, f: EnvFields) -> Result<()> {
@@ -699,14 +805,18 @@ fn merge_env(body: &mut Value, f: EnvFields) -> Result<()> {
         only("command", json!(cmd.split_whitespace().collect::<Vec<_>>()));
     }
     if let Some(image) = f.image {
-        // The server reads the image from its own disk: send an absolute path.
-        let path = image.canonicalize().map_err(|_| {
-            anyhow!(
-                "no image at {}: give an OCI layout directory or oci-archive tar; registry pulls are not supported",
-                image.display()
-            )
-        })?;
-        only("image", json!(path));
+        // A path is read by the server from its own disk: send it absolute. Anything
+        // else is a reference the server resolves.
+        let local = PathBuf::from(&image);
+        let looks_like_path = image.starts_with('.') || image.starts_with('/') || local.exists();
+        if looks_like_path {
+            let path = local
+                .canonicalize()
+                .map_err(|_| anyhow!("no image at {image}: the path does not exist"))?;
+            only("image", json!(path));
+        } else {
+            only("image", json!(image));
+        }
     }
     if let Some(p) = f.poolsize {
         body["poolsize"] = json!(p);

@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod client;
+mod declared;
 mod guard;
 mod listen;
 mod runtime_binary;

@@ -245,8 +245,14 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         let workflows = workflows.clone();
         move |req: Request| pool_manager::route_request(pool.clone(), workflows.clone(), req)
     };
+    let declared = crate::declared::Declared::open(&db)?;
     let api_app = api::router(state)
         .merge(engine::router(engine.clone()))
+        .merge(
+            declared
+                .router()
+                .layer(axum::middleware::from_fn(api::json_errors)),
+        )
         .route_layer(axum::middleware::from_fn(guard::require_content_type))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(tokio::sync::Mutex::new(())),

@@ -238,35 +238,102 @@ fn an_oci_archive_with_a_gzip_layer_runs_too() {
 fn what_is_not_an_image_is_refused_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let s = container_server();
-    // A registry name, and a path with nothing there.
-    for name in ["fission/python-env", "/nonexistent/layout"] {
-        let (status, v) = s.call(
-            "POST",
-            "/v1/environments",
-            Some(json!({"name": "named", "image": name})),
-        );
-        assert_eq!(status, 400, "{v}");
-        let message = error_message(&v);
-        assert!(
-            message.contains(&format!("no image at {name}"))
-                && message.contains("registry pulls are not supported"),
-            "{message}"
-        );
-    }
+    // A path with nothing there.
+    let (status, v) = s.call(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": "named", "image": "/nonexistent/layout"})),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        error_message(&v).contains("no image at /nonexistent/layout"),
+        "{v}"
+    );
+    // A reference this machine does not have, and that is not one of Fission's.
     let (code, _, err) = s.cli(&[
         "env",
         "create",
         "--name",
         "named",
         "--image",
-        "fission/python-env",
+        "acme/runtime",
     ]);
     assert_ne!(code, 0);
-    assert!(err.contains("no image at fission/python-env"), "{err}");
+    assert!(
+        err.contains("image \"acme/runtime\" is not on this machine"),
+        "{err}"
+    );
     // A directory that is not a layout.
     let (status, v) = image_env(&s, "empty", tmp.path());
     assert_eq!(status, 400, "{v}");
     assert!(error_message(&v).contains("no index.json"), "{v}");
+}
+
+#[test]
+fn fission_images_run_locally_when_present_and_as_the_bundled_runtime_when_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = container_server();
+    // Not on this machine: Fission's python image runs as the bundled python runtime,
+    // and the CLI says so.
+    let (code, _, err) = s.cli(&[
+        "env",
+        "create",
+        "--name",
+        "py",
+        "--image",
+        "fission/python-env:1.2",
+        "--poolsize",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("image fission/python-env:1.2 is not on this machine; the bundled python runtime runs instead"),
+        "{err}"
+    );
+    let env = s.ok("GET", "/v1/environments/py", None);
+    assert_eq!(env["image"], "fission/python-env:1.2", "{env}");
+    assert_eq!(
+        env["status"]["image"],
+        json!({"source": "bundled", "runtime": "python"})
+    );
+    s.function(
+        "pyhello",
+        "py",
+        "hello.py",
+        "import sys\ndef main():\n    return 'python %d' % sys.version_info[0]\n",
+        json!({}),
+    );
+    let r = s.get("/fission-function/pyhello");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "python 3");
+
+    // On this machine (in the server's image directory): the image itself runs.
+    let image = build_image(tmp.path(), false, &[]);
+    let refs = s.data_dir().join("images/refs/ghcr.io/fission/binary-env");
+    std::fs::create_dir_all(&refs).unwrap();
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(&image.layout)
+        .arg(refs.join("v9")));
+    let (code, _, err) = s.cli(&[
+        "env",
+        "create",
+        "--name",
+        "bin",
+        "--image",
+        "ghcr.io/fission/binary-env:v9",
+        "--poolsize",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("image ghcr.io/fission/binary-env:v9 runs from"),
+        "{err}"
+    );
+    s.function("binhello", "bin", "hello.sh", HELLO, json!({}));
+    let r = s.get("/fission-function/binhello?from=ref");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "from the image: from=ref\n");
 }
 
 /// Changes one byte of a file, keeping its size.

@@ -30,26 +30,42 @@ impl PoolManager {
         self.inner.store.environments()
     }
 
-    pub async fn create_environment(&self, env: Environment) -> Result<Environment> {
+    /// Where image references are looked up (`<data>/images/refs/...`).
+    pub fn images_dir(&self) -> std::path::PathBuf {
+        self.inner.cfg.data_dir.join("images")
+    }
+
+    /// What `env`'s image stands for here (see [`Environment::image_use`]).
+    pub fn image_use(&self, env: &Environment) -> Result<Option<crate::resources::ImageUse>> {
+        env.image_use(&self.images_dir())
+    }
+
+    /// Checks `env` and what its instances would run; returns the latter.
+    fn admit_environment(&self, env: &Environment) -> Result<Environment> {
         env.validate()?;
-        self.inner.cfg.backend.accepts(&env)?;
+        let effective = env.resolved(&self.images_dir())?;
+        self.inner.cfg.backend.accepts(&effective)?;
+        Ok(effective)
+    }
+
+    pub async fn create_environment(&self, env: Environment) -> Result<Environment> {
+        let effective = self.admit_environment(&env)?;
         self.inner
             .store
             .create(Kind::Environment, &env.name, &env)
             .await?;
-        self.inner.install_environment(env.clone());
+        self.inner.install_environment(effective);
         Ok(env)
     }
 
     pub async fn update_environment(&self, env: Environment) -> Result<Environment> {
-        env.validate()?;
-        self.inner.cfg.backend.accepts(&env)?;
+        let effective = self.admit_environment(&env)?;
         self.environment(&env.name)?;
         self.inner
             .store
             .put(Kind::Environment, &env.name, &env)
             .await?;
-        self.inner.install_environment(env.clone());
+        self.inner.install_environment(effective);
         Ok(env)
     }
 

@@ -138,7 +138,11 @@ impl PoolManager {
         );
         cfg.backend.cleanup_stale().await;
         let mut state = State::default();
+        let images_dir = cfg.data_dir.join("images");
         for env in store.environments()? {
+            // What instances run; an image that went missing since keeps its
+            // reference, and instance starts say what is wrong.
+            let env = env.resolved(&images_dir).unwrap_or(env);
             state.envs.insert(
                 env.name.clone(),
                 EnvPool {

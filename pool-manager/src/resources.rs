@@ -120,8 +120,11 @@ impl Environment {
             }
         }
         if let Some(image) = &self.image {
-            crate::backend::image::check(image)
-                .map_err(|e| Error::Invalid(format!("environment: {e}")))?;
+            if image.trim().is_empty() || image.len() > 1024 || image.contains('\0') {
+                return Err(Error::Invalid(
+                    "environment: image must be a path or an image reference".into(),
+                ));
+            }
         }
         if self.poolsize > 64 {
             return Err(Error::Invalid(format!(
@@ -148,6 +151,95 @@ impl Environment {
             Some(Runtime::Python) => 128,
             _ => MIN_MEMORY_MB,
         }
+    }
+}
+
+/// What an environment's `image` stands for on this server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum ImageUse {
+    /// An OCI image on this machine (a path given, or a reference found in the
+    /// local image directory): the image itself runs.
+    Local { path: String },
+    /// One of Fission's environment images, not on this machine: the bundled
+    /// runtime of the same language runs instead.
+    Bundled { runtime: Runtime },
+}
+
+impl Environment {
+    /// What this environment's instances run: for an `image`, the image when this
+    /// machine has it (an absolute path, or a reference under
+    /// `images_dir/refs/`), else the bundled runtime when the reference is one of
+    /// Fission's environment or builder images; anything else is refused.
+    pub fn image_use(&self, images_dir: &std::path::Path) -> Result<Option<ImageUse>> {
+        let Some(image) = &self.image else {
+            return Ok(None);
+        };
+        let found = if image.starts_with('/') {
+            Some(image.clone())
+        } else {
+            crate::backend::image::local_reference(images_dir, image)
+                .map(|p| p.to_string_lossy().into_owned())
+        };
+        if let Some(path) = found {
+            crate::backend::image::check(&path)
+                .map_err(|e| Error::Invalid(format!("environment: {e}")))?;
+            return Ok(Some(ImageUse::Local { path }));
+        }
+        match fission_runtime(image) {
+            Some(runtime) => Ok(Some(ImageUse::Bundled { runtime })),
+            None => Err(Error::Invalid(format!(
+                "environment: image {image:?} is not on this machine and is not one of Fission's environment images (python-env, node-env, binary-env and their builders); give an OCI layout or oci-archive path, or put the image under {}",
+                images_dir.join("refs").display()
+            ))),
+        }
+    }
+
+    /// The environment as instances get it: an image reference replaced by the
+    /// local image's path or by the bundled runtime it maps to.
+    pub fn resolved(&self, images_dir: &std::path::Path) -> Result<Environment> {
+        let mut env = self.clone();
+        match self.image_use(images_dir)? {
+            None => {}
+            Some(ImageUse::Local { path }) => env.image = Some(path),
+            Some(ImageUse::Bundled { runtime }) => {
+                env.image = None;
+                env.runtime = Some(runtime);
+            }
+        }
+        Ok(env)
+    }
+}
+
+/// The bundled runtime standing in for one of Fission's environment images
+/// (`fission/python-env`, `ghcr.io/fission/node-env:1.32`, the builders, with or
+/// without registry and tag), if the reference names one.
+pub fn fission_runtime(reference: &str) -> Option<Runtime> {
+    let without_digest = reference.split('@').next().unwrap_or(reference);
+    let mut parts: Vec<&str> = without_digest.split('/').collect();
+    let last = parts.pop()?;
+    let repo = last.split(':').next().unwrap_or(last);
+    // The organisation must be Fission's, on any registry.
+    if parts.last() != Some(&"fission") {
+        return None;
+    }
+    if parts.len() > 2 || (parts.len() == 2 && !parts[0].contains('.')) {
+        return None;
+    }
+    let family = |prefix: &str| {
+        repo == prefix
+            || repo
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('-'))
+    };
+    if family("python-env") || family("python-builder") {
+        Some(Runtime::Python)
+    } else if family("node-env") || family("node-builder") {
+        Some(Runtime::Nodejs)
+    } else if family("binary-env") || family("binary-builder") {
+        Some(Runtime::Binary)
+    } else {
+        None
     }
 }
 
@@ -371,10 +463,67 @@ mod tests {
         e.command = None;
         assert!(e.validate().is_err());
         e.image = Some("fission/python-env".into());
-        let err = e.validate().unwrap_err().to_string();
-        assert!(err.contains("registry pulls are not supported"), "{err}");
+        assert!(e.validate().is_ok());
         e.command = Some(vec!["x".into()]);
         assert!(e.validate().unwrap_err().to_string().contains("not more"));
+    }
+
+    #[test]
+    fn fission_images_map_to_bundled_runtimes() {
+        for (image, runtime) in [
+            ("fission/python-env", Some(Runtime::Python)),
+            ("fission/python-env:latest", Some(Runtime::Python)),
+            (
+                "ghcr.io/fission/python-env-3.10:1.34.0",
+                Some(Runtime::Python),
+            ),
+            ("docker.io/fission/python-builder", Some(Runtime::Python)),
+            ("ghcr.io/fission/node-env", Some(Runtime::Nodejs)),
+            ("fission/node-builder-22:v1", Some(Runtime::Nodejs)),
+            ("fission/binary-env@sha256:abcd", Some(Runtime::Binary)),
+            ("fission/go-env", None),
+            ("fission/python-envy", None),
+            ("acme/python-env", None),
+            ("python-env", None),
+            ("evil.example/x/fission/python-env", None),
+        ] {
+            assert_eq!(fission_runtime(image), runtime, "{image}");
+        }
+    }
+
+    #[test]
+    fn an_image_reference_runs_the_local_image_or_the_bundled_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Environment {
+            name: "py".into(),
+            runtime: None,
+            command: None,
+            image: Some("ghcr.io/fission/python-env:1.2".into()),
+            poolsize: 1,
+            memory_mb: None,
+            cpu_millis: None,
+            network: Network::Host,
+        };
+        assert_eq!(
+            e.image_use(dir.path()).unwrap(),
+            Some(ImageUse::Bundled {
+                runtime: Runtime::Python
+            })
+        );
+        let resolved = e.resolved(dir.path()).unwrap();
+        assert_eq!(
+            (resolved.runtime, resolved.image),
+            (Some(Runtime::Python), None)
+        );
+        e.image = Some("acme/thing".into());
+        let err = e.image_use(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not on this machine"), "{err}");
+        // Present locally but not an image: refused, not silently replaced.
+        let refs = dir.path().join("refs/ghcr.io/fission/python-env/1.2");
+        std::fs::create_dir_all(&refs).unwrap();
+        e.image = Some("ghcr.io/fission/python-env:1.2".into());
+        let err = e.image_use(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("index.json"), "{err}");
     }
 
     #[test]

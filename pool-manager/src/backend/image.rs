@@ -56,6 +56,24 @@ pub fn check(path: &str) -> Result<(), String> {
     resolved.layout.present(&resolved.manifest)
 }
 
+/// Where the local image directory keeps the image `reference`
+/// (`registry/org/name[:tag]`, tag `latest` when none): `<dir>/refs/<name>/<tag>`,
+/// an OCI layout directory or an oci-archive tar. None when it is not there or
+/// the reference cannot name a path below the directory.
+pub fn local_reference(dir: &Path, reference: &str) -> Option<PathBuf> {
+    let (name, tag) = match reference.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (reference, "latest"),
+    };
+    let safe =
+        |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains('\0') && !s.contains('@');
+    if !name.split('/').all(safe) || !safe(tag) || tag.contains('/') {
+        return None;
+    }
+    let path = dir.join("refs").join(name).join(tag);
+    path.exists().then_some(path)
+}
+
 /// A layout whose manifest and configuration have been read and verified.
 struct Resolved {
     layout: Layout,

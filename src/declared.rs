@@ -1,0 +1,315 @@
+//! Stored declarations that are not (yet) run by anything, and the records of
+//! what each spec project applied.
+//!
+//! - `/v1/declared/{kind}`: Fission's `TimeTrigger`, `MessageQueueTrigger` and
+//!   RFC-0022 `Workflow` documents from `fusion spec apply`, kept per namespace
+//!   as they were declared, so a project applies whole; what runs them arrives
+//!   with the time-trigger, queue-trigger and state-machine work. Each answers
+//!   with `status.active: false` and says why.
+//! - `/v1/deployments/{uid}`: per DeploymentConfig uid, the resources that
+//!   project applied (what `spec apply --delete`, `spec destroy` and `spec list`
+//!   act on), as Fission marks them with its `fission-uid` annotation.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pool_manager::Error;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::parse_json;
+
+#[derive(Clone)]
+pub struct Declared {
+    db: sled::Db,
+    declared: sled::Tree,
+    deployments: sled::Tree,
+}
+
+const KINDS: &[(&str, &str)] = &[
+    ("timetriggers", "time triggers are not run yet: they are stored until Fusion's timer service runs them"),
+    ("messagequeuetriggers", "message-queue triggers are not run yet: they are stored until Fusion's queue consumers run them"),
+    ("workflows", "Fission (RFC-0022) workflows are stored, not run yet: Fusion's engine runs the Fission Workflows format today"),
+];
+
+fn kind_reason(kind: &str) -> Result<&'static str, Error> {
+    KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, why)| *why)
+        .ok_or_else(|| Error::NotFound {
+            kind: "declaration kind",
+            name: kind.to_string(),
+        })
+}
+
+#[derive(Deserialize)]
+struct Ns {
+    #[serde(default = "default_ns")]
+    namespace: String,
+}
+fn default_ns() -> String {
+    "default".into()
+}
+
+impl Declared {
+    pub fn open(db: &sled::Db) -> Result<Declared, Error> {
+        Ok(Declared {
+            db: db.clone(),
+            declared: db.open_tree("declared")?,
+            deployments: db.open_tree("deployments")?,
+        })
+    }
+
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v1/declared/{kind}", get(list).post(create))
+            .route(
+                "/v1/declared/{kind}/{name}",
+                get(get_one).put(update).delete(delete),
+            )
+            .route("/v1/deployments", get(list_deployments))
+            .route(
+                "/v1/deployments/{uid}",
+                get(get_deployment)
+                    .put(put_deployment)
+                    .delete(delete_deployment),
+            )
+            .with_state(self)
+    }
+
+    async fn flush(&self) -> Result<(), Error> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn key(kind: &str, ns: &str, name: &str) -> String {
+    format!("{kind}/{ns}/{name}")
+}
+
+fn decode(bytes: &[u8]) -> Result<Value, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("corrupt record: {e}")))
+}
+
+fn view(kind: &str, mut v: Value) -> Value {
+    let why = kind_reason(kind).unwrap_or("");
+    v["status"] = json!({"active": false, "reason": why});
+    v
+}
+
+/// A declaration from a request body: `name`, `namespace` and `spec`.
+fn parse_declaration(body: &[u8], ns: &str) -> Result<(String, Value), Error> {
+    let mut v: Value = parse_json(body)?;
+    let Some(obj) = v.as_object_mut() else {
+        return Err(Error::Invalid("a declaration must be a JSON object".into()));
+    };
+    obj.remove("status");
+    let name = obj
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::Invalid("a declaration needs `name`".into()))?
+        .to_string();
+    pool_manager::resources::validate_name("declaration", &name)?;
+    if !obj.get("spec").is_some_and(Value::is_object) {
+        return Err(Error::Invalid("a declaration needs a `spec` object".into()));
+    }
+    obj.insert("namespace".into(), json!(ns));
+    Ok((name, v))
+}
+
+async fn list(
+    State(d): State<Declared>,
+    Path(kind): Path<String>,
+    Query(q): Query<Ns>,
+) -> Result<Json<Vec<Value>>, Error> {
+    kind_reason(&kind)?;
+    let prefix = format!("{kind}/{}/", q.namespace);
+    let mut out = Vec::new();
+    for item in d.declared.scan_prefix(prefix.as_bytes()) {
+        let (_, v) = item?;
+        out.push(view(&kind, decode(&v)?));
+    }
+    Ok(Json(out))
+}
+
+async fn get_one(
+    State(d): State<Declared>,
+    Path((kind, name)): Path<(String, String)>,
+    Query(q): Query<Ns>,
+) -> Result<Json<Value>, Error> {
+    kind_reason(&kind)?;
+    match d.declared.get(key(&kind, &q.namespace, &name))? {
+        Some(v) => Ok(Json(view(&kind, decode(&v)?))),
+        None => Err(Error::NotFound {
+            kind: "declaration",
+            name,
+        }),
+    }
+}
+
+async fn create(
+    State(d): State<Declared>,
+    Path(kind): Path<String>,
+    Query(q): Query<Ns>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    kind_reason(&kind)?;
+    let (name, v) = parse_declaration(&body, &q.namespace)?;
+    let bytes = serde_json::to_vec(&v).map_err(|e| Error::Internal(e.to_string()))?;
+    let swapped = d.declared.compare_and_swap(
+        key(&kind, &q.namespace, &name),
+        None as Option<&[u8]>,
+        Some(bytes),
+    )?;
+    if swapped.is_err() {
+        return Err(Error::AlreadyExists {
+            kind: "declaration",
+            name,
+        });
+    }
+    d.flush().await?;
+    Ok((StatusCode::CREATED, Json(view(&kind, v))).into_response())
+}
+
+async fn update(
+    State(d): State<Declared>,
+    Path((kind, name)): Path<(String, String)>,
+    Query(q): Query<Ns>,
+    body: Bytes,
+) -> Result<Json<Value>, Error> {
+    kind_reason(&kind)?;
+    let (body_name, v) = parse_declaration(&body, &q.namespace)?;
+    if body_name != name {
+        return Err(Error::Invalid(format!(
+            "the name in the body ({body_name:?}) differs from the name in the path ({name:?})"
+        )));
+    }
+    let k = key(&kind, &q.namespace, &name);
+    if d.declared.get(&k)?.is_none() {
+        return Err(Error::NotFound {
+            kind: "declaration",
+            name,
+        });
+    }
+    let bytes = serde_json::to_vec(&v).map_err(|e| Error::Internal(e.to_string()))?;
+    d.declared.insert(k, bytes)?;
+    d.flush().await?;
+    Ok(Json(view(&kind, v)))
+}
+
+async fn delete(
+    State(d): State<Declared>,
+    Path((kind, name)): Path<(String, String)>,
+    Query(q): Query<Ns>,
+) -> Result<StatusCode, Error> {
+    kind_reason(&kind)?;
+    if d.declared
+        .remove(key(&kind, &q.namespace, &name))?
+        .is_none()
+    {
+        return Err(Error::NotFound {
+            kind: "declaration",
+            name,
+        });
+    }
+    d.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- deployments ----
+
+/// What one project applied.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deployment {
+    #[serde(default)]
+    name: String,
+    uid: String,
+    resources: Vec<Applied>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Applied {
+    kind: String,
+    namespace: String,
+    name: String,
+    collection: String,
+}
+
+fn check_uid(uid: &str) -> Result<(), Error> {
+    let ok = !uid.is_empty()
+        && uid.len() <= 128
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "deployment uid {uid:?} must be 1 to 128 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+async fn list_deployments(State(d): State<Declared>) -> Result<Json<Vec<Value>>, Error> {
+    let mut out = Vec::new();
+    for item in d.deployments.iter() {
+        let (_, v) = item?;
+        out.push(decode(&v)?);
+    }
+    Ok(Json(out))
+}
+
+async fn get_deployment(
+    State(d): State<Declared>,
+    Path(uid): Path<String>,
+) -> Result<Json<Value>, Error> {
+    match d.deployments.get(&uid)? {
+        Some(v) => Ok(Json(decode(&v)?)),
+        None => Err(Error::NotFound {
+            kind: "deployment",
+            name: uid,
+        }),
+    }
+}
+
+async fn put_deployment(
+    State(d): State<Declared>,
+    Path(uid): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, Error> {
+    check_uid(&uid)?;
+    let dep: Deployment = parse_json(&body)?;
+    if dep.uid != uid {
+        return Err(Error::Invalid(format!(
+            "the uid in the body ({:?}) differs from the uid in the path ({uid:?})",
+            dep.uid
+        )));
+    }
+    let v = serde_json::to_value(&dep).map_err(|e| Error::Internal(e.to_string()))?;
+    d.deployments.insert(
+        &uid,
+        serde_json::to_vec(&v).map_err(|e| Error::Internal(e.to_string()))?,
+    )?;
+    d.flush().await?;
+    Ok(Json(v))
+}
+
+async fn delete_deployment(
+    State(d): State<Declared>,
+    Path(uid): Path<String>,
+) -> Result<StatusCode, Error> {
+    if d.deployments.remove(&uid)?.is_none() {
+        return Err(Error::NotFound {
+            kind: "deployment",
+            name: uid,
+        });
+    }
+    d.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,278 @@
+//! Reading a specs folder: every YAML document of every `*.yaml`/`*.yml` file,
+//! as JSON values, each with an index from field paths to the line and column
+//! where they are written, so every error and warning can point at its place.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use saphyr_parser::{Event, Parser};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A place in a spec file (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// One YAML document of a spec file.
+pub struct Document {
+    pub value: Value,
+    pub file: PathBuf,
+    /// Where each field is written: `spec.runtime.image` -> its key's position;
+    /// `""` is the document itself.
+    positions: Positions,
+}
+
+impl Document {
+    /// Where `path` (dot-separated, list items by index) is written; the nearest
+    /// enclosing field when it is not written (a missing field, say).
+    pub fn at(&self, path: &str) -> Location {
+        let mut p = path;
+        loop {
+            if let Some(&(line, column)) = self.positions.get(p) {
+                return Location {
+                    file: self.file.clone(),
+                    line,
+                    column,
+                };
+            }
+            match p.rfind('.') {
+                Some(i) => p = &p[..i],
+                None if !p.is_empty() => p = "",
+                None => {
+                    return Location {
+                        file: self.file.clone(),
+                        line: 1,
+                        column: 1,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every spec file under `dir` (recursively, sorted), or `dir` itself when it
+/// is a file. Fusion's workflow files (`*.wf.yaml`) are referenced from specs,
+/// not read as specs.
+pub fn spec_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if dir.is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    if !dir.is_dir() {
+        bail!(
+            "{} does not exist (create it with `fusion spec init`, or give a folder or file with -f)",
+            dir.display()
+        );
+    }
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?
+        {
+            let p = entry?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if is_spec_file(&p) {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn is_spec_file(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    (name.ends_with(".yaml") || name.ends_with(".yml"))
+        && !name.ends_with(".wf.yaml")
+        && !name.ends_with(".wf.yml")
+}
+
+/// The non-empty documents of one file, with their field positions.
+pub fn read_file(file: &Path) -> Result<Vec<Document>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    engine::document::check_yaml(&text).map_err(|e| {
+        let (line, column) = e.position();
+        anyhow!("{}:{line}:{column}: {e}", file.display())
+    })?;
+    let mut positions = positions(&text).map_err(|(line, column, e)| {
+        anyhow!("{}:{line}:{column}: invalid YAML: {e}", file.display())
+    })?;
+    let mut docs = Vec::new();
+    for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let value = serde_yaml::Value::deserialize(de).map_err(|e| {
+            let loc = e
+                .location()
+                .map(|l| format!(":{}:{}", l.line(), l.column()))
+                .unwrap_or_default();
+            anyhow!("{}{loc}: invalid YAML: {e}", file.display())
+        })?;
+        let doc_positions = if i < positions.len() {
+            std::mem::take(&mut positions[i])
+        } else {
+            HashMap::new()
+        };
+        if value.is_null() {
+            continue;
+        }
+        let value: Value = serde_json::to_value(value).map_err(|e| {
+            anyhow!(
+                "{}: a document this program cannot read as JSON: {e}",
+                file.display()
+            )
+        })?;
+        docs.push(Document {
+            value,
+            file: file.to_path_buf(),
+            positions: doc_positions,
+        });
+    }
+    Ok(docs)
+}
+
+/// For each document of `text`, where each field path is written.
+/// Field path -> (line, column).
+type Positions = HashMap<String, (usize, usize)>;
+
+fn positions(text: &str) -> Result<Vec<Positions>, (usize, usize, String)> {
+    enum Frame {
+        /// A mapping; `key` is the key whose value comes next, if any.
+        Map {
+            path: String,
+            key: Option<String>,
+        },
+        Seq {
+            path: String,
+            next: usize,
+        },
+    }
+    fn join(parent: &str, child: &str) -> String {
+        if parent.is_empty() {
+            child.to_string()
+        } else {
+            format!("{parent}.{child}")
+        }
+    }
+    let mut docs = Vec::new();
+    let mut current: Positions = HashMap::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut parser = Parser::new_from_str(text);
+    while let Some(next) = parser.next_event() {
+        let (event, span) = next.map_err(|e| {
+            let m = e.marker();
+            (m.line(), m.col() + 1, e.info().to_string())
+        })?;
+        let at = (span.start.line(), span.start.col() + 1);
+        // The path of the node this event starts (for scalars, collections and
+        // aliases), or None when it is a mapping key.
+        let node_path = |stack: &mut Vec<Frame>| -> Option<String> {
+            match stack.last_mut() {
+                None => Some(String::new()),
+                Some(Frame::Seq { path, next }) => {
+                    let p = join(path, &next.to_string());
+                    *next += 1;
+                    Some(p)
+                }
+                Some(Frame::Map { path, key }) => key.take().map(|k| join(path, &k)),
+            }
+        };
+        match event {
+            Event::DocumentStart(_) => {
+                current = HashMap::new();
+                stack.clear();
+            }
+            Event::DocumentEnd => docs.push(std::mem::take(&mut current)),
+            Event::Scalar(value, ..) => match node_path(&mut stack) {
+                Some(p) => {
+                    current.entry(p).or_insert(at);
+                }
+                None => {
+                    if let Some(Frame::Map { path, key }) = stack.last_mut() {
+                        let p = join(path, &value);
+                        current.insert(p, at);
+                        *key = Some(value.into_owned());
+                    }
+                }
+            },
+            Event::Alias(_) => {
+                if let Some(p) = node_path(&mut stack) {
+                    current.entry(p).or_insert(at);
+                }
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                let is_map = matches!(event, Event::MappingStart(..));
+                let p = match node_path(&mut stack) {
+                    Some(p) => p,
+                    // A collection used as a mapping key: not addressable by path.
+                    None => "\u{0}".to_string(),
+                };
+                current.entry(p.clone()).or_insert(at);
+                stack.push(if is_map {
+                    Frame::Map { path: p, key: None }
+                } else {
+                    Frame::Seq { path: p, next: 0 }
+                });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(docs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_found_where_they_are_written() {
+        let text = "kind: A\nmetadata:\n  name: x\nspec:\n  list:\n  - a: 1\n  - {b: 2}\n---\n\n---\nkind: B\n";
+        let docs = positions(text).unwrap();
+        assert_eq!(docs.len(), 3);
+        let d = &docs[0];
+        assert_eq!(d["kind"], (1, 1));
+        assert_eq!(d["metadata.name"], (3, 3));
+        assert_eq!(d["spec.list"], (5, 3));
+        assert_eq!(d["spec.list.0.a"], (6, 5));
+        assert_eq!(d["spec.list.1.b"], (7, 6));
+        assert_eq!(docs[2]["kind"], (11, 1));
+    }
+
+    #[test]
+    fn a_missing_field_points_at_its_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, "# c\nkind: A\nspec:\n  x: 1\n---\n---\nkind: B\n").unwrap();
+        let docs = read_file(&file).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].at("spec.y.z").line, 3);
+        assert_eq!(docs[0].at("spec.x").line, 4);
+        assert_eq!(docs[1].at("kind").line, 7);
+        assert_eq!(docs[1].at("nothing").line, 7);
+    }
+
+    #[test]
+    fn yaml_errors_say_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.yaml");
+        std::fs::write(&file, "kind: A\nspec: [1, 2\n").unwrap();
+        let err = read_file(&file).err().unwrap().to_string();
+        assert!(err.contains("bad.yaml:"), "{err}");
+        assert!(err.contains("invalid YAML"), "{err}");
+    }
+}

@@ -1,0 +1,1256 @@
+//! What a spec document declares, read offline: Fission's `fission.io/v1` kinds
+//! (field names and meanings as Fission's CRDs have them) and Fusion's own short
+//! forms, each turned into the body Fusion's API takes, with the references it
+//! makes and the place of every error and warning.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use serde_json::{json, Map, Value};
+
+use super::load::{Document, Location};
+
+/// The kinds a spec folder may hold, in the order they are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Environment,
+    Secret,
+    ConfigMap,
+    Package,
+    Function,
+    Workflow,
+    HttpTrigger,
+    TimeTrigger,
+    MessageQueueTrigger,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Environment => "Environment",
+            Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Package => "Package",
+            Kind::Function => "Function",
+            Kind::Workflow => "Workflow",
+            Kind::HttpTrigger => "HTTPTrigger",
+            Kind::TimeTrigger => "TimeTrigger",
+            Kind::MessageQueueTrigger => "MessageQueueTrigger",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "Environment" => Kind::Environment,
+            "Secret" => Kind::Secret,
+            "ConfigMap" => Kind::ConfigMap,
+            "Package" => Kind::Package,
+            "Function" => Kind::Function,
+            "Workflow" => Kind::Workflow,
+            "HTTPTrigger" | "Route" => Kind::HttpTrigger,
+            "TimeTrigger" => Kind::TimeTrigger,
+            "MessageQueueTrigger" => Kind::MessageQueueTrigger,
+            _ => return None,
+        })
+    }
+
+    pub const ALL: [Kind; 9] = [
+        Kind::Environment,
+        Kind::Secret,
+        Kind::ConfigMap,
+        Kind::Package,
+        Kind::Function,
+        Kind::Workflow,
+        Kind::HttpTrigger,
+        Kind::TimeTrigger,
+        Kind::MessageQueueTrigger,
+    ];
+}
+
+/// Where a package's archive comes from, resolved at apply time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArchiveSource {
+    /// `archive://NAME`: an ArchiveUploadSpec of the same folder.
+    Upload(String),
+    /// Inline bytes (Fission's `literal`, base64 in YAML).
+    Literal(Vec<u8>),
+    /// A file next to the spec (Fusion's short form `code:`).
+    File(PathBuf),
+}
+
+/// A resource the folder declares.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    /// The body for Fusion's API, archives still to resolve.
+    pub body: Value,
+    /// Body fields whose value is an archive to upload first (`source`, `deploy`,
+    /// `package`), with where each comes from.
+    pub archives: Vec<(String, ArchiveSource)>,
+    /// A Fusion workflow file (`*.wf.yaml`) to send as the workflow's source.
+    pub workflow_file: Option<PathBuf>,
+    /// Resources this one needs: (kind, namespace, name, field path).
+    pub refs: Vec<(Kind, String, String, String)>,
+    pub at: Location,
+    /// Read from a `fission.io/v1` document (rather than Fusion's short form).
+    pub fission: bool,
+}
+
+impl Resource {
+    pub fn key(&self) -> (Kind, String, String) {
+        (self.kind, self.namespace.clone(), self.name.clone())
+    }
+    pub fn label(&self) -> String {
+        if self.namespace == DEFAULT_NAMESPACE {
+            format!("{} {}", self.kind.name(), self.name)
+        } else {
+            format!("{} {}/{}", self.kind.name(), self.namespace, self.name)
+        }
+    }
+}
+
+/// Fission's `ArchiveUploadSpec`: files to zip and upload, named for
+/// `archive://NAME` references.
+#[derive(Debug, Clone)]
+pub struct ArchiveSpec {
+    pub name: String,
+    pub rootdir: Option<String>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub at: Location,
+}
+
+/// Fission's `DeploymentConfig`: the project's name and the uid that marks what
+/// it applied.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub name: String,
+    pub uid: String,
+    pub at: Location,
+}
+
+/// Everything a folder declares, with what is wrong with it.
+#[derive(Default)]
+pub struct Specs {
+    pub deployment: Option<Deployment>,
+    pub archives: Vec<ArchiveSpec>,
+    pub resources: Vec<Resource>,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+impl Specs {
+    /// Reads the documents; `namespace` is given to resources that name none.
+    pub fn read(docs: &[Document], namespace: &str) -> Specs {
+        let mut specs = Specs::default();
+        for doc in docs {
+            specs.read_doc(doc, namespace);
+        }
+        specs.check_references();
+        specs
+    }
+
+    fn error(&mut self, at: Location, message: impl std::fmt::Display) {
+        self.errors.push(format!("{at}: {message}"));
+    }
+    fn warn(&mut self, at: Location, message: impl std::fmt::Display) {
+        self.warnings.push(format!("{at}: {message}"));
+    }
+
+    fn read_doc(&mut self, doc: &Document, namespace: &str) {
+        let Some(obj) = doc.value.as_object() else {
+            self.error(doc.at(""), "a spec document must be a mapping");
+            return;
+        };
+        let Some(kind) = obj.get("kind").and_then(Value::as_str) else {
+            self.error(doc.at(""), "a document without `kind`");
+            return;
+        };
+        let fission = obj.contains_key("metadata")
+            || obj.get("apiVersion").and_then(Value::as_str) == Some("fission.io/v1");
+        match kind {
+            "DeploymentConfig" => self.read_deployment(doc),
+            "ArchiveUploadSpec" => self.read_archive(doc),
+            "KubernetesWatchTrigger" | "CanaryConfig" => self.warn(
+                doc.at("kind"),
+                format!("{kind} is not supported by Fusion; the document is skipped"),
+            ),
+            _ => match Kind::parse(kind) {
+                None => self.error(
+                    doc.at("kind"),
+                    format!(
+                        "unknown kind {kind:?}: expected one of DeploymentConfig, ArchiveUploadSpec, {}",
+                        Kind::ALL.map(Kind::name).join(", ")
+                    ),
+                ),
+                Some(k) if fission => self.read_fission(doc, k, namespace),
+                Some(k) => self.read_short(doc, k, namespace),
+            },
+        }
+    }
+
+    fn read_deployment(&mut self, doc: &Document) {
+        check_fields(self, doc, &doc.value, "", DEPLOYMENT_FIELDS);
+        let name = str_at(&doc.value, "name").unwrap_or_default();
+        let uid = str_at(&doc.value, "uid").unwrap_or_default();
+        if uid.is_empty() {
+            self.error(doc.at("uid"), "DeploymentConfig needs a `uid`");
+            return;
+        }
+        if let Some(first) = &self.deployment {
+            let first = first.at.clone();
+            self.error(
+                doc.at(""),
+                format!("a second DeploymentConfig; the first is at {first}"),
+            );
+            return;
+        }
+        self.deployment = Some(Deployment {
+            name: name.to_string(),
+            uid: uid.to_string(),
+            at: doc.at(""),
+        });
+    }
+
+    fn read_archive(&mut self, doc: &Document) {
+        check_fields(self, doc, &doc.value, "", ARCHIVE_FIELDS);
+        let name = str_at(&doc.value, "name").unwrap_or_default().to_string();
+        if name.is_empty() {
+            self.error(doc.at("name"), "ArchiveUploadSpec needs a `name`");
+            return;
+        }
+        if let Some(first) = self.archives.iter().find(|a| a.name == name) {
+            let first = first.at.clone();
+            self.error(
+                doc.at("name"),
+                format!("duplicate ArchiveUploadSpec {name:?}, first defined at {first}"),
+            );
+            return;
+        }
+        let strings = |path: &str| -> Vec<String> {
+            match doc.value.get(path) {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+                Some(Value::String(s)) => vec![s.clone()],
+                _ => Vec::new(),
+            }
+        };
+        let include = strings("include");
+        if include.is_empty() {
+            self.error(
+                doc.at("include"),
+                format!("archive {name:?} includes nothing: give `include` globs"),
+            );
+        }
+        self.archives.push(ArchiveSpec {
+            name,
+            rootdir: str_at(&doc.value, "rootdir").map(str::to_string),
+            include,
+            exclude: strings("exclude"),
+            at: doc.at(""),
+        });
+    }
+
+    /// A `fission.io/v1` document: `metadata` and `spec`.
+    fn read_fission(&mut self, doc: &Document, kind: Kind, namespace: &str) {
+        let v = &doc.value;
+        let shape = match kind {
+            Kind::Environment => ENVIRONMENT_FIELDS,
+            Kind::Package => PACKAGE_FIELDS,
+            Kind::Function => FUNCTION_FIELDS,
+            Kind::HttpTrigger => HTTP_TRIGGER_FIELDS,
+            Kind::TimeTrigger => TIME_TRIGGER_FIELDS,
+            Kind::MessageQueueTrigger => MQ_TRIGGER_FIELDS,
+            Kind::Workflow => WORKFLOW_FIELDS,
+            Kind::Secret | Kind::ConfigMap => KUBE_DATA_FIELDS,
+        };
+        check_fields(self, doc, v, "", shape);
+        let Some(name) = str_at(v, "metadata.name").map(str::to_string) else {
+            self.error(
+                doc.at("metadata"),
+                format!("a {} without `metadata.name`", kind.name()),
+            );
+            return;
+        };
+        let ns = str_at(v, "metadata.namespace")
+            .filter(|s| !s.is_empty())
+            .unwrap_or(namespace)
+            .to_string();
+        for (what, value, path) in [
+            ("name", &name, "metadata.name"),
+            ("namespace", &ns, "metadata.namespace"),
+        ] {
+            if !is_dns_label(value) {
+                self.error(
+                    doc.at(path),
+                    format!("{what} {value:?} is not a DNS-1123 label (at most 63 lowercase letters, digits and '-')"),
+                );
+                return;
+            }
+        }
+        let mut r = Resource {
+            kind,
+            namespace: ns.clone(),
+            name: name.clone(),
+            body: json!({"name": name}),
+            archives: Vec::new(),
+            workflow_file: None,
+            refs: Vec::new(),
+            at: doc.at(""),
+            fission: true,
+        };
+        if ns != DEFAULT_NAMESPACE {
+            r.body["namespace"] = json!(ns);
+        }
+        let spec = v.get("spec").cloned().unwrap_or(Value::Null);
+        let ok = match kind {
+            Kind::Environment => self.fission_environment(doc, &spec, &mut r),
+            Kind::Package => self.fission_package(doc, &spec, &mut r),
+            Kind::Function => self.fission_function(doc, &spec, &mut r),
+            Kind::HttpTrigger => self.fission_http_trigger(doc, &spec, &mut r),
+            Kind::TimeTrigger | Kind::MessageQueueTrigger => {
+                self.fission_stored_trigger(doc, &spec, &mut r)
+            }
+            Kind::Workflow => {
+                if spec.get("startAt").is_none() {
+                    self.error(
+                        doc.at("spec"),
+                        "a fission.io/v1 Workflow needs `spec.startAt` and `spec.states`",
+                    );
+                    false
+                } else {
+                    r.body = json!({"name": r.name, "namespace": ns, "spec": spec});
+                    true
+                }
+            }
+            Kind::Secret | Kind::ConfigMap => self.kube_data(doc, kind, &mut r),
+        };
+        if ok {
+            self.push(r, doc);
+        }
+    }
+
+    fn push(&mut self, r: Resource, doc: &Document) {
+        if let Some(first) = self.resources.iter().find(|o| o.key() == r.key()) {
+            let first = first.at.clone();
+            let label = r.label();
+            self.error(
+                doc.at(""),
+                format!("duplicate {label}, first defined at {first}"),
+            );
+            return;
+        }
+        self.resources.push(r);
+    }
+
+    fn fission_environment(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
+        let Some(image) = str_at(spec, "runtime.image").filter(|s| !s.is_empty()) else {
+            self.error(
+                doc.at("spec.runtime"),
+                "an Environment needs `spec.runtime.image`",
+            );
+            return false;
+        };
+        r.body["image"] = json!(image);
+        let version = spec.get("version").and_then(Value::as_u64).unwrap_or(1);
+        if !(1..=3).contains(&version) {
+            self.error(
+                doc.at("spec.version"),
+                format!("version {version} is not 1, 2 or 3"),
+            );
+            return false;
+        }
+        if let Some(p) = spec.get("poolsize").and_then(Value::as_u64) {
+            if version < 3 && p != 3 {
+                self.warn(
+                    doc.at("spec.poolsize"),
+                    "poolsize is honoured only with version 3 (as in Fission): the pool keeps 3",
+                );
+                r.body["poolsize"] = json!(3);
+            } else {
+                r.body["poolsize"] = json!(p);
+            }
+        }
+        if let Some(builder) = str_at(spec, "builder.image").filter(|s| !s.is_empty()) {
+            r.body["builder"] = json!({"image": builder});
+            if let Some(cmd) = str_at(spec, "builder.command").filter(|s| !s.is_empty()) {
+                r.body["builder"]["command"] = json!(cmd);
+            }
+        }
+        if let Some(limits) = spec.pointer("/resources/limits") {
+            if let Some(m) = limits.get("memory") {
+                match quantity_mib(m) {
+                    Some(mb) => r.body["memory_mb"] = json!(mb),
+                    None => {
+                        self.error(
+                            doc.at("spec.resources.limits.memory"),
+                            format!("cannot read {m} as a memory quantity (e.g. 256Mi, 1Gi)"),
+                        );
+                        return false;
+                    }
+                }
+            }
+            if let Some(c) = limits.get("cpu") {
+                match quantity_millicores(c) {
+                    Some(m) => r.body["cpu_millis"] = json!(m),
+                    None => {
+                        self.error(
+                            doc.at("spec.resources.limits.cpu"),
+                            format!("cannot read {c} as a cpu quantity (e.g. 500m, 1)"),
+                        );
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn fission_package(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
+        let Some(env) = str_at(spec, "environment.name").filter(|s| !s.is_empty()) else {
+            self.error(
+                doc.at("spec.environment"),
+                "a Package needs `spec.environment.name`",
+            );
+            return false;
+        };
+        let env_ns = str_at(spec, "environment.namespace")
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&r.namespace)
+            .to_string();
+        r.body["env"] = json!(env);
+        r.refs.push((
+            Kind::Environment,
+            env_ns,
+            env.to_string(),
+            "spec.environment".into(),
+        ));
+        for (field, body_field) in [("source", "source"), ("deployment", "deploy")] {
+            let Some(archive) = spec.get(field).filter(|a| !is_empty_archive(a)) else {
+                continue;
+            };
+            match self.archive_source(doc, &format!("spec.{field}"), archive) {
+                Some(src) => r.archives.push((body_field.to_string(), src)),
+                None => return false,
+            }
+        }
+        if r.archives.is_empty() {
+            self.error(
+                doc.at("spec"),
+                "a Package needs a `source` or a `deployment` archive",
+            );
+            return false;
+        }
+        if let Some(cmd) = str_at(spec, "buildcmd").filter(|s| !s.is_empty()) {
+            r.body["buildcmd"] = json!(cmd);
+        }
+        true
+    }
+
+    fn archive_source(
+        &mut self,
+        doc: &Document,
+        path: &str,
+        archive: &Value,
+    ) -> Option<ArchiveSource> {
+        let kind = str_at(archive, "type").unwrap_or("");
+        if let Some(url) = str_at(archive, "url").filter(|u| !u.is_empty()) {
+            if let Some(name) = url.strip_prefix("archive://") {
+                return Some(ArchiveSource::Upload(name.to_string()));
+            }
+            self.error(
+                doc.at(&format!("{path}.url")),
+                format!("{url}: Fusion does not fetch packages from URLs; declare an ArchiveUploadSpec and use archive://NAME"),
+            );
+            return None;
+        }
+        if let Some(lit) = str_at(archive, "literal") {
+            use base64::Engine;
+            return match base64::engine::general_purpose::STANDARD.decode(lit.trim()) {
+                Ok(bytes) => Some(ArchiveSource::Literal(bytes)),
+                Err(e) => {
+                    self.error(
+                        doc.at(&format!("{path}.literal")),
+                        format!("literal is not base64: {e}"),
+                    );
+                    None
+                }
+            };
+        }
+        self.error(
+            doc.at(path),
+            format!("archive of type {kind:?} has neither `url` nor `literal`"),
+        );
+        None
+    }
+
+    fn fission_function(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
+        let ns = r.namespace.clone();
+        let Some(env) = str_at(spec, "environment.name").filter(|s| !s.is_empty()) else {
+            self.error(
+                doc.at("spec.environment"),
+                "a Function needs `spec.environment.name`",
+            );
+            return false;
+        };
+        r.body["env"] = json!(env);
+        r.refs.push((
+            Kind::Environment,
+            ns.clone(),
+            env.to_string(),
+            "spec.environment".into(),
+        ));
+        let Some(pkg) = str_at(spec, "package.packageref.name").filter(|s| !s.is_empty()) else {
+            self.error(
+                doc.at("spec.package"),
+                "a Function needs `spec.package.packageref.name`",
+            );
+            return false;
+        };
+        let pkg_ns = str_at(spec, "package.packageref.namespace")
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&ns);
+        if pkg_ns != ns {
+            self.error(
+                doc.at("spec.package.packageref.namespace"),
+                format!(
+                    "function {:?} references a package outside of its namespace ({pkg_ns}/{pkg})",
+                    r.name
+                ),
+            );
+            return false;
+        }
+        r.body["package"] = json!({"name": pkg});
+        r.refs.push((
+            Kind::Package,
+            ns.clone(),
+            pkg.to_string(),
+            "spec.package.packageref".into(),
+        ));
+        if let Some(ep) = str_at(spec, "package.functionName").filter(|s| !s.is_empty()) {
+            r.body["entrypoint"] = json!(ep);
+        }
+        for (field, kind) in [("secrets", Kind::Secret), ("configmaps", Kind::ConfigMap)] {
+            if let Some(Value::Array(items)) = spec.get(field) {
+                let mut refs = Vec::new();
+                for (n, item) in items.iter().enumerate() {
+                    let Some(name) = str_at(item, "name") else {
+                        self.error(
+                            doc.at(&format!("spec.{field}.{n}")),
+                            format!("a {field} entry needs `name`"),
+                        );
+                        return false;
+                    };
+                    let item_ns = str_at(item, "namespace")
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or(&ns);
+                    refs.push(json!({"name": name, "namespace": item_ns}));
+                    r.refs.push((
+                        kind,
+                        item_ns.to_string(),
+                        name.to_string(),
+                        format!("spec.{field}.{n}"),
+                    ));
+                }
+                r.body[field] = Value::Array(refs);
+            }
+        }
+        let int = |path: &str| spec.pointer(path).and_then(Value::as_u64);
+        if let Some(t) = int("/functionTimeout").filter(|t| *t > 0) {
+            r.body["timeout_secs"] = json!(t);
+        }
+        if let Some(t) = int("/idletimeout").filter(|t| *t > 0) {
+            r.body["idle_timeout_secs"] = json!(t);
+        }
+        if let Some(c) = int("/concurrency").filter(|c| *c > 0) {
+            r.body["concurrency"] = json!(c.min(1000));
+        }
+        if let Some(rpp) = int("/requestsPerPod").filter(|c| *c > 0) {
+            r.body["requests_per_instance"] = json!(rpp);
+        }
+        if let Some(strategy) = spec.pointer("/InvokeStrategy/ExecutionStrategy") {
+            let executor = str_at(strategy, "ExecutorType").unwrap_or("poolmgr");
+            match executor {
+                "poolmgr" | "newdeploy" | "" => {}
+                other => {
+                    self.error(
+                        doc.at("spec.InvokeStrategy.ExecutionStrategy.ExecutorType"),
+                        format!("executor type {other:?} is not supported: Fusion runs functions as poolmgr (newdeploy maps onto it)"),
+                    );
+                    return false;
+                }
+            }
+            if !executor.is_empty() {
+                r.body["executortype"] = json!(executor);
+            }
+            let min = strategy
+                .get("MinScale")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let max = strategy
+                .get("MaxScale")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            if max > 0 && min > max {
+                self.error(
+                    doc.at("spec.InvokeStrategy.ExecutionStrategy.MinScale"),
+                    format!("MinScale {min} is above MaxScale {max}"),
+                );
+                return false;
+            }
+            if min > 0 {
+                r.body["min_scale"] = json!(min);
+            }
+            if max > 0 {
+                r.body["max_scale"] = json!(max);
+            }
+        }
+        true
+    }
+
+    fn fission_http_trigger(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
+        let Some(f) = self.function_ref(doc, spec, r) else {
+            return false;
+        };
+        r.body["function"] = json!(f);
+        let prefix = str_at(spec, "prefix").filter(|s| !s.is_empty());
+        let url = str_at(spec, "relativeurl").filter(|s| !s.is_empty());
+        match (prefix, url) {
+            (Some(p), _) => {
+                r.body["prefix"] = json!(p);
+                if spec.get("keepPrefix").and_then(Value::as_bool) == Some(true) {
+                    self.warn(
+                        doc.at("spec.keepPrefix"),
+                        "keepPrefix: Fusion always passes the whole path to the function",
+                    );
+                }
+            }
+            (None, Some(u)) => r.body["url"] = json!(u),
+            (None, None) => {
+                self.error(
+                    doc.at("spec"),
+                    "an HTTPTrigger needs `relativeurl` or `prefix`",
+                );
+                return false;
+            }
+        }
+        let mut methods: Vec<String> = match spec.get("methods") {
+            Some(Value::Array(m)) => m
+                .iter()
+                .filter_map(|m| m.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if let Some(m) = str_at(spec, "method").filter(|s| !s.is_empty()) {
+            self.warn(
+                doc.at("spec.method"),
+                "`method` is deprecated in Fission: use `methods`",
+            );
+            if !methods.iter().any(|x| x == m) {
+                methods.push(m.to_string());
+            }
+        }
+        if methods.is_empty() {
+            // Fission's router answers GET when a trigger names no method.
+            methods.push("GET".into());
+        }
+        r.body["methods"] = json!(methods);
+        if let Some(host) = str_at(spec, "host").filter(|s| !s.is_empty()) {
+            self.warn(doc.at("spec.host"), "`host` is deprecated in Fission");
+            r.body["host"] = json!(host);
+        }
+        true
+    }
+
+    /// TimeTrigger and MessageQueueTrigger: checked, stored, not yet run.
+    fn fission_stored_trigger(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
+        if self.function_ref(doc, spec, r).is_none() {
+            return false;
+        }
+        if r.kind == Kind::TimeTrigger && str_at(spec, "cron").is_none_or(str::is_empty) {
+            self.error(doc.at("spec"), "a TimeTrigger needs `cron`");
+            return false;
+        }
+        if r.kind == Kind::MessageQueueTrigger && str_at(spec, "topic").is_none_or(str::is_empty) {
+            self.error(doc.at("spec"), "a MessageQueueTrigger needs `topic`");
+            return false;
+        }
+        r.body = json!({"name": r.name, "namespace": r.namespace, "spec": spec});
+        true
+    }
+
+    fn function_ref(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> Option<String> {
+        let kind = str_at(spec, "functionref.type").unwrap_or("name");
+        if kind != "name" {
+            self.error(
+                doc.at("spec.functionref.type"),
+                format!("functionref type {kind:?} is not supported (only \"name\"; canary weights are not)"),
+            );
+            return None;
+        }
+        let Some(f) = str_at(spec, "functionref.name").filter(|s| !s.is_empty()) else {
+            self.error(
+                doc.at("spec.functionref"),
+                format!("a {} needs `functionref.name`", r.kind.name()),
+            );
+            return None;
+        };
+        // Triggers reference functions in their own namespace only (as Fission).
+        r.refs.push((
+            Kind::Function,
+            r.namespace.clone(),
+            f.to_string(),
+            "spec.functionref.name".into(),
+        ));
+        Some(f.to_string())
+    }
+
+    /// A Kubernetes-style Secret or ConfigMap (`data` base64, `stringData` plain).
+    fn kube_data(&mut self, doc: &Document, kind: Kind, r: &mut Resource) -> bool {
+        use base64::Engine;
+        let mut data = Map::new();
+        if let Some(Value::Object(d)) = doc.value.get("data") {
+            for (k, v) in d {
+                let text = v.as_str().unwrap_or("");
+                let value = if kind == Kind::Secret {
+                    match base64::engine::general_purpose::STANDARD.decode(text) {
+                        Ok(b) => match String::from_utf8(b) {
+                            Ok(s) => s,
+                            Err(_) => {
+                                self.error(
+                                    doc.at(&format!("data.{k}")),
+                                    "only UTF-8 secret values are supported",
+                                );
+                                return false;
+                            }
+                        },
+                        Err(e) => {
+                            self.error(
+                                doc.at(&format!("data.{k}")),
+                                format!("Secret data must be base64: {e}"),
+                            );
+                            return false;
+                        }
+                    }
+                } else {
+                    text.to_string()
+                };
+                data.insert(k.clone(), json!(value));
+            }
+        }
+        if let Some(Value::Object(d)) = doc.value.get("stringData") {
+            for (k, v) in d {
+                data.insert(k.clone(), json!(v.as_str().unwrap_or("")));
+            }
+        }
+        r.body["data"] = Value::Object(data);
+        true
+    }
+
+    /// Fusion's own short form: `kind` and the API's fields at the top level.
+    fn read_short(&mut self, doc: &Document, kind: Kind, namespace: &str) {
+        let mut body = doc.value.clone();
+        let Some(obj) = body.as_object_mut() else {
+            return;
+        };
+        obj.remove("kind");
+        let Some(name) = obj.get("name").and_then(Value::as_str).map(str::to_string) else {
+            self.error(
+                doc.at(""),
+                format!(
+                    "a {} without `name` (or use Fission's `metadata.name`)",
+                    kind.name()
+                ),
+            );
+            return;
+        };
+        let ns = obj
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(namespace)
+            .to_string();
+        if ns != DEFAULT_NAMESPACE {
+            obj.insert("namespace".into(), json!(ns));
+        }
+        let base = doc.file.parent().map(PathBuf::from).unwrap_or_default();
+        let mut r = Resource {
+            kind,
+            namespace: ns.clone(),
+            name: name.clone(),
+            body: Value::Null,
+            archives: Vec::new(),
+            workflow_file: None,
+            refs: Vec::new(),
+            at: doc.at(""),
+            fission: false,
+        };
+        match kind {
+            Kind::Function => {
+                match obj
+                    .remove("code")
+                    .and_then(|v| v.as_str().map(str::to_string))
+                {
+                    Some(code) => r
+                        .archives
+                        .push(("package".into(), ArchiveSource::File(base.join(code)))),
+                    None if obj.contains_key("package") => {}
+                    None => {
+                        self.error(
+                            doc.at(""),
+                            format!("function {name} needs `code` (a file next to the spec)"),
+                        );
+                        return;
+                    }
+                }
+                if let Some(env) = obj.get("env").and_then(Value::as_str) {
+                    r.refs
+                        .push((Kind::Environment, ns.clone(), env.to_string(), "env".into()));
+                }
+            }
+            Kind::Workflow => match obj.get("file").and_then(Value::as_str) {
+                Some(f) => r.workflow_file = Some(base.join(f)),
+                None => {
+                    self.error(
+                        doc.at(""),
+                        format!("workflow {name} needs `file` (a *.wf.yaml next to the spec)"),
+                    );
+                    return;
+                }
+            },
+            Kind::HttpTrigger => {
+                if let Some(f) = obj.get("function").and_then(Value::as_str) {
+                    r.refs
+                        .push((Kind::Function, ns.clone(), f.to_string(), "function".into()));
+                }
+            }
+            _ => {}
+        }
+        r.body = body;
+        self.push(r, doc);
+    }
+
+    /// References between the folder's resources, as Fission's validation checks
+    /// them: what is missing from the folder is an error when it is a package,
+    /// archive or trigger target, a warning when it may exist on the server.
+    fn check_references(&mut self) {
+        let declared: HashSet<(Kind, String, String)> =
+            self.resources.iter().map(Resource::key).collect();
+        let mut used_archives = HashSet::new();
+        let mut problems = Vec::new();
+        for r in &self.resources {
+            for (_, src) in &r.archives {
+                if let ArchiveSource::Upload(name) = src {
+                    if self.archives.iter().any(|a| &a.name == name) {
+                        used_archives.insert(name.clone());
+                    } else {
+                        problems.push((
+                            true,
+                            r.at.clone(),
+                            format!("{} references unknown archive archive://{name}", r.label()),
+                        ));
+                    }
+                }
+            }
+            for (kind, ns, name, _) in &r.refs {
+                if declared.contains(&(*kind, ns.clone(), name.clone())) {
+                    continue;
+                }
+                // As Fission: a package, or a trigger's function, must be in the
+                // folder; an environment, secret or configmap may be on the server.
+                let must = *kind == Kind::Package || (*kind == Kind::Function && r.fission);
+                let message = format!(
+                    "{} references {} {ns}/{name}, which is not in the specs{}",
+                    r.label(),
+                    kind.name(),
+                    if must {
+                        ""
+                    } else {
+                        " (it must exist on the server)"
+                    }
+                );
+                problems.push((must, r.at.clone(), message));
+            }
+        }
+        for a in &self.archives {
+            if !used_archives.contains(&a.name) {
+                problems.push((
+                    false,
+                    a.at.clone(),
+                    format!("archive {:?} is not used by any package", a.name),
+                ));
+            }
+        }
+        for (error, at, message) in problems {
+            if error {
+                self.error(at, message);
+            } else {
+                self.warn(at, message);
+            }
+        }
+    }
+}
+
+fn is_empty_archive(a: &Value) -> bool {
+    str_at(a, "url").is_none_or(str::is_empty) && str_at(a, "literal").is_none_or(str::is_empty)
+}
+
+/// The string at a dot-separated path.
+pub fn str_at<'a>(v: &'a Value, path: &str) -> Option<&'a str> {
+    let mut cur = v;
+    for seg in path.split('.') {
+        cur = cur.get(seg)?;
+    }
+    cur.as_str()
+}
+
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A Kubernetes memory quantity in MiB (`256Mi`, `1Gi`, `500M`, bytes).
+pub fn quantity_mib(v: &Value) -> Option<u64> {
+    let s = match v {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let bytes = n * match unit {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "k" | "K" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        _ => return None,
+    };
+    (bytes.is_finite() && bytes > 0.0).then(|| (bytes / (1024.0 * 1024.0)).ceil() as u64)
+}
+
+/// A Kubernetes cpu quantity in millicores (`500m`, `1`, `0.5`).
+pub fn quantity_millicores(v: &Value) -> Option<u64> {
+    let s = match v {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let m = match s.strip_suffix('m') {
+        Some(m) => m.parse::<f64>().ok()?,
+        None => s.parse::<f64>().ok()? * 1000.0,
+    };
+    (m.is_finite() && m > 0.0).then(|| m.ceil() as u64)
+}
+
+// ---- the fields each kind may have ----
+
+/// What a field holds, for the unknown-field check.
+pub enum Shape {
+    /// Anything; not looked into.
+    Any,
+    /// A Kubernetes-only field Fusion reads but cannot honour: a warning.
+    KubeOnly,
+    /// A mapping with these fields.
+    Fields(&'static [(&'static str, Shape)]),
+    /// A list of these.
+    List(&'static Shape),
+}
+
+use Shape::{Any, Fields, KubeOnly, List};
+
+const METADATA: Shape = Fields(&[
+    ("name", Any),
+    ("namespace", Any),
+    ("labels", Any),
+    ("annotations", Any),
+    ("creationTimestamp", Any),
+    ("resourceVersion", Any),
+    ("uid", Any),
+    ("generation", Any),
+]);
+const REF: Shape = Fields(&[
+    ("name", Any),
+    ("namespace", Any),
+    ("resourceversion", Any),
+    ("mountPath", Any),
+]);
+const CHECKSUM: Shape = Fields(&[("type", Any), ("sum", Any)]);
+const ARCHIVE: Shape = Fields(&[
+    ("type", Any),
+    ("literal", Any),
+    ("url", Any),
+    ("checksum", CHECKSUM),
+    ("oci", KubeOnly),
+    ("secretref", KubeOnly),
+]);
+const FUNCTION_REF: Shape = Fields(&[
+    ("type", Any),
+    ("name", Any),
+    ("functionweights", Any),
+    ("alias", Any),
+    ("version", Any),
+]);
+
+const DEPLOYMENT_FIELDS: &Shape = &Fields(&[
+    ("apiVersion", Any),
+    ("kind", Any),
+    ("name", Any),
+    ("uid", Any),
+]);
+const ARCHIVE_FIELDS: &Shape = &Fields(&[
+    ("apiVersion", Any),
+    ("kind", Any),
+    ("name", Any),
+    ("rootdir", Any),
+    ("include", Any),
+    ("exclude", Any),
+]);
+const ENVIRONMENT_FIELDS: &Shape = &Fields(&[
+    ("apiVersion", Any),
+    ("kind", Any),
+    ("metadata", METADATA),
+    ("status", Any),
+    (
+        "spec",
+        Fields(&[
+            ("version", Any),
+            (
+                "runtime",
+                Fields(&[
+                    ("image", Any),
+                    ("container", KubeOnly),
+                    ("podspec", KubeOnly),
+                ]),
+            ),
+            (
+                "builder",
+                Fields(&[
+                    ("image", Any),
+                    ("command", Any),
+                    ("container", KubeOnly),
+                    ("podspec", KubeOnly),
+                ]),
+            ),
+            ("poolsize", Any),
+            (
+                "resources",
+                Fields(&[
+                    ("requests", Any),
+                    ("limits", Fields(&[("cpu", Any), ("memory", Any)])),
+                ]),
+            ),
+            ("keeparchive", Any),
+            ("allowedFunctionsPerContainer", Any),
+            ("allowAccessToExternalNetwork", Any),
+            ("terminationGracePeriod", Any),
+            ("imagepullsecret", KubeOnly),
+        ]),
+    ),
+]);
+const PACKAGE_FIELDS: &Shape = &Fields(&[
+    ("apiVersion", Any),
+    ("kind", Any),
+    ("metadata", METADATA),
+    ("status", Any),
+    (
+        "spec",
+        Fields(&[
+            ("environment", REF),
+            ("source", ARCHIVE),
+            ("deployment", ARCHIVE),
+            ("buildcmd", Any),
+        ]),
+    ),
+]);
+const FUNCTION_FIELDS: &Shape = &Fields(&[
+    ("apiVersion", Any),
+    ("kind", Any),
+    ("metadata", METADATA),
+    ("status", Any),
+    (
+        "spec",
+        Fields(&[
+            ("environment", REF),
+            (
+                "package",
+                Fields(&[("packageref", REF), ("functionName", Any)]),
+            ),
+            ("secrets", List(&REF)),
+            ("configmaps", List(&REF)),
+            ("resources", KubeOnly),
+            (
+                "InvokeStrategy",
+                Fields(&[
+                    ("StrategyType", Any),
+                    (
+                        "ExecutionStrategy",
+                        Fields(&[
+                            ("ExecutorType", Any),
+                            ("MinScale", Any),
+                            ("MaxScale", Any),
+                            ("TargetCPUPercent", KubeOnly),
+                            ("SpecializationTimeout", Any),
+                            ("hpaMetrics", KubeOnly),
+                            ("hpaBehavior", KubeOnly),
+                        ]),
+                    ),
+                ]),
+            ),
+            ("functionTimeout", Any),
+            ("idletimeout", Any),
+            ("concurrency", Any),
+            ("requestsPerPod", Any),
+            ("onceOnly", Any),
+            ("retainPods", Any),
+            ("podspec", KubeOnly),
+        ]),
+    ),
+]);
+const HTTP_TRIGGER_FIELDS: &Shape = &Fields(&[
+    ("apiVersion", Any),
+    ("kind", Any),
+    ("metadata", METADATA),
+    ("status", Any),
+    (
+        "spec",
+        Fields(&[
+            ("host", Any),
+            ("relativeurl", Any),
+            ("prefix", Any),
+            ("keepPrefix", Any),
+            ("method", Any),
+            ("methods", Any),
+            ("functionref", FUNCTION_REF),
+            ("createingress", KubeOnly),
+            ("ingressconfig", KubeOnly),
+        ]),
+    ),
+]);
+const TIME_TRIGGER_FIELDS: &Shape = &Fields(&[
+    ("apiVersion", Any),
+    ("kind", Any),
+    ("metadata", METADATA),
+    ("status", Any),
+    (
+        "spec",
+        Fields(&[
+            ("cron", Any),
+            ("functionref", FUNCTION_REF),
+            ("method", Any),
+            ("subpath", Any),
+        ]),
+    ),
+]);
+const MQ_TRIGGER_FIELDS: &Shape = &Fields(&[
+    ("apiVersion", Any),
+    ("kind", Any),
+    ("metadata", METADATA),
+    ("status", Any),
+    (
+        "spec",
+        Fields(&[
+            ("functionref", FUNCTION_REF),
+            ("messageQueueType", Any),
+            ("topic", Any),
+            ("respTopic", Any),
+            ("errorTopic", Any),
+            ("maxRetries", Any),
+            ("contentType", Any),
+            ("pollingInterval", Any),
+            ("cooldownPeriod", Any),
+            ("minReplicaCount", Any),
+            ("maxReplicaCount", Any),
+            ("metadata", Any),
+            ("secret", Any),
+            ("mqtkind", Any),
+            ("podspec", KubeOnly),
+        ]),
+    ),
+]);
+const WORKFLOW_FIELDS: &Shape = &Fields(&[
+    ("apiVersion", Any),
+    ("kind", Any),
+    ("metadata", METADATA),
+    ("status", Any),
+    ("spec", Any),
+]);
+const KUBE_DATA_FIELDS: &Shape = &Fields(&[
+    ("apiVersion", Any),
+    ("kind", Any),
+    ("metadata", METADATA),
+    ("type", Any),
+    ("data", Any),
+    ("stringData", Any),
+    ("immutable", Any),
+]);
+
+/// Warns, with its place, about every field `shape` does not know, and every
+/// Kubernetes-only field that has no effect here.
+fn check_fields(specs: &mut Specs, doc: &Document, value: &Value, path: &str, shape: &Shape) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match (shape, value) {
+        (Fields(fields), Value::Object(obj)) => {
+            let mut unknown = BTreeMap::new();
+            for (k, v) in obj {
+                match fields.iter().find(|(name, _)| name == k) {
+                    Some((_, KubeOnly)) if !v.is_null() => specs.warn(
+                        doc.at(&join(k)),
+                        format!(
+                            "`{}` is Kubernetes-only and has no effect in Fusion",
+                            join(k)
+                        ),
+                    ),
+                    Some((_, inner)) => check_fields(specs, doc, v, &join(k), inner),
+                    None => {
+                        unknown.insert(join(k), ());
+                    }
+                }
+            }
+            for k in unknown.into_keys() {
+                specs.warn(doc.at(&k), format!("unknown field `{k}` (ignored)"));
+            }
+        }
+        (List(inner), Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                check_fields(specs, doc, item, &join(&i.to_string()), inner);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity_mib(&json!("256Mi")), Some(256));
+        assert_eq!(quantity_mib(&json!("1Gi")), Some(1024));
+        assert_eq!(quantity_mib(&json!("500M")), Some(477));
+        assert_eq!(quantity_mib(&json!("lots")), None);
+        assert_eq!(quantity_millicores(&json!("500m")), Some(500));
+        assert_eq!(quantity_millicores(&json!(2)), Some(2000));
+        assert_eq!(quantity_millicores(&json!("0.25")), Some(250));
+        assert_eq!(quantity_millicores(&json!("-1")), None);
+    }
+}
