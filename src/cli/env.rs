@@ -1,0 +1,176 @@
+//! `fusion env`: environments, the language runtimes with a pool of instances.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::output::Collection;
+use super::ClientOpts;
+
+#[derive(Args)]
+pub(super) struct EnvFields {
+    /// A bundled runtime: python, nodejs or binary.
+    #[arg(long)]
+    runtime: Option<String>,
+    /// Or any command that speaks the runtime protocol (split on spaces).
+    #[arg(long, conflicts_with = "runtime")]
+    command: Option<String>,
+    /// Or an image: an OCI layout directory or oci-archive tar on this machine
+    /// (container backend; its runtime listens on port 8888), or a reference such
+    /// as `fission/python-env` or `ghcr.io/fission/node-env:1.34`: the image when
+    /// the server has it under `<data>/images/refs/`, else, for Fission's own
+    /// environment images, the bundled runtime of that language.
+    #[arg(long, conflicts_with_all = ["runtime", "command"])]
+    image: Option<String>,
+    /// Generic instances kept warm.
+    #[arg(long)]
+    poolsize: Option<usize>,
+    #[arg(long = "mincpu", hide = true)]
+    _mincpu: Option<u64>,
+    /// Memory limit per instance (all its processes), in MiB.
+    #[arg(long = "maxmemory", alias = "memory")]
+    memory: Option<u64>,
+    /// CPU limit per instance in millicores.
+    #[arg(long = "maxcpu")]
+    cpu: Option<u64>,
+    /// The network instances get on the container backend: host (default) or none.
+    #[arg(long, value_parser = ["host", "none"])]
+    network: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(super) enum EnvVerb {
+    Create {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        fields: EnvFields,
+    },
+    Get {
+        #[arg(long)]
+        name: String,
+    },
+    List,
+    Update {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        fields: EnvFields,
+    },
+    Delete {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+pub(super) const ENVIRONMENTS: Collection = Collection {
+    path: "/v1/environments",
+    noun: "environment",
+    columns: ENV_COLUMNS,
+};
+
+pub(super) const ENV_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "/name"),
+    ("RUNTIME", "/runtime"),
+    ("COMMAND", "/command"),
+    ("IMAGE", "/image"),
+    ("POOLSIZE", "/poolsize"),
+    ("MEMORY_MB", "/memory_mb"),
+    ("NETWORK", "/network"),
+    ("ISOLATION", "/status/isolation/backend"),
+];
+
+pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
+    let c = opts.client()?;
+    let envs = &ENVIRONMENTS;
+    match verb {
+        EnvVerb::Create { name, fields } => {
+            let mut body = json!({"name": name});
+            merge_env(&mut body, fields)?;
+            envs.create(&c, opts, &body).await?;
+            say_image_use(&c, &name).await
+        }
+        EnvVerb::Get { name } => envs.show(&c, opts, &name).await,
+        EnvVerb::List => envs.list(&c, opts).await,
+        EnvVerb::Update { name, fields } => {
+            let mut body = envs.current(&c, &name).await?;
+            merge_env(&mut body, fields)?;
+            envs.replace(&c, opts, &name, &body).await?;
+            say_image_use(&c, &name).await
+        }
+        EnvVerb::Delete { name } => envs.delete(&c, &name).await,
+    }
+}
+
+/// Says on stderr what an environment's image stands for, when it has one.
+async fn say_image_use(c: &crate::client::Client, name: &str) -> Result<()> {
+    let env: Value = c.get(&format!("/v1/environments/{name}")).await?;
+    if let Some(line) = image_use_line(&env) {
+        eprintln!("{line}");
+    }
+    Ok(())
+}
+
+/// `environment py: image fission/python-env ...`, from an environment's status.
+fn image_use_line(env: &Value) -> Option<String> {
+    let image = env.get("image")?.as_str()?;
+    let name = env.get("name").and_then(Value::as_str).unwrap_or("?");
+    let used = env.pointer("/status/image")?;
+    Some(match used.get("source").and_then(Value::as_str) {
+        Some("bundled") => format!(
+            "environment {name}: image {image} is not on this machine; the bundled {} runtime runs instead",
+            used.get("runtime").and_then(Value::as_str).unwrap_or("?")
+        ),
+        _ => format!(
+            "environment {name}: image {image} runs from {}",
+            used.get("path").and_then(Value::as_str).unwrap_or("?")
+        ),
+    })
+}
+
+pub(super) fn merge_env(body: &mut Value, f: EnvFields) -> Result<()> {
+    // One of runtime, command and image replaces the others.
+    let mut only = |key: &str, value: Value| {
+        if let Some(o) = body.as_object_mut() {
+            for other in ["runtime", "command", "image"] {
+                o.remove(other);
+            }
+            o.insert(key.into(), value);
+        }
+    };
+    if let Some(r) = f.runtime {
+        only("runtime", json!(r));
+    }
+    if let Some(cmd) = f.command {
+        only("command", json!(cmd.split_whitespace().collect::<Vec<_>>()));
+    }
+    if let Some(image) = f.image {
+        // A path is read by the server from its own disk: send it absolute. Anything
+        // else is a reference the server resolves.
+        let local = PathBuf::from(&image);
+        let looks_like_path = image.starts_with('.') || image.starts_with('/') || local.exists();
+        if looks_like_path {
+            let path = local
+                .canonicalize()
+                .map_err(|_| anyhow!("no image at {image}: the path does not exist"))?;
+            only("image", json!(path));
+        } else {
+            only("image", json!(image));
+        }
+    }
+    if let Some(p) = f.poolsize {
+        body["poolsize"] = json!(p);
+    }
+    if let Some(m) = f.memory {
+        body["memory_mb"] = json!(m);
+    }
+    if let Some(cpu) = f.cpu {
+        body["cpu_millis"] = json!(cpu);
+    }
+    if let Some(network) = f.network {
+        body["network"] = json!(network);
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! How the CLI prints answers (a table or JSON), and the generic create/get/list/
+//! update/delete of one kind of resource on the API.
+
+use anyhow::Result;
+use serde_json::Value;
+
+use super::{ClientOpts, Output};
+use crate::client::Client;
+
+pub(super) fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) {
+    if opts.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+        );
+        return;
+    }
+    let rows: Vec<&Value> = match value {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    let cell = |row: &Value, ptr: &str| -> String {
+        match row.pointer(ptr) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            Some(v) => v.to_string(),
+        }
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|(_, p)| cell(r, p)).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| {
+            table
+                .iter()
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+                .max(h.len())
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(columns.iter().map(|(h, _)| h.to_string()).collect());
+    for row in table {
+        line(row);
+    }
+}
+
+/// One kind of resource on the API, as the CLI lists and changes it.
+pub(super) struct Collection {
+    pub(super) path: &'static str,
+    pub(super) noun: &'static str,
+    pub(super) columns: &'static [(&'static str, &'static str)],
+}
+
+impl Collection {
+    pub(super) fn item(&self, name: &str) -> String {
+        format!("{}/{name}", self.path)
+    }
+    pub(super) async fn create(&self, c: &Client, opts: &ClientOpts, body: &Value) -> Result<()> {
+        let v: Value = c.post_json(self.path, body).await?;
+        print(opts, &v, self.columns);
+        Ok(())
+    }
+    pub(super) async fn show(&self, c: &Client, opts: &ClientOpts, name: &str) -> Result<()> {
+        let v: Value = c.get(&self.item(name)).await?;
+        print(opts, &v, self.columns);
+        Ok(())
+    }
+    pub(super) async fn list(&self, c: &Client, opts: &ClientOpts) -> Result<()> {
+        let v: Value = c.get(self.path).await?;
+        print(opts, &v, self.columns);
+        Ok(())
+    }
+    /// The stored resource, to change and `replace`.
+    pub(super) async fn current(&self, c: &Client, name: &str) -> Result<Value> {
+        c.get(&self.item(name)).await
+    }
+    pub(super) async fn replace(
+        &self,
+        c: &Client,
+        opts: &ClientOpts,
+        name: &str,
+        body: &Value,
+    ) -> Result<()> {
+        let v: Value = c.put_json(&self.item(name), body).await?;
+        print(opts, &v, self.columns);
+        Ok(())
+    }
+    pub(super) async fn delete(&self, c: &Client, name: &str) -> Result<()> {
+        c.delete(&self.item(name)).await?;
+        println!("{} {name} deleted", self.noun);
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! `fusion up`: start the server, apply the example specs and print URLs to try.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::server::{self, ServerArgs};
+use crate::spec;
+
+pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let ca_cert = server.tls_cert.clone();
+    let serve = server::run(server, move |r| {
+        let _ = tx.send((
+            r.router_addr,
+            r.api_addr,
+            r.scheme,
+            r.token.clone(),
+            r.token_file.clone(),
+            r.isolation.clone(),
+        ));
+    });
+    tokio::pin!(serve);
+    let ready = tokio::select! {
+        r = &mut serve => return r,
+        a = rx => a.map_err(|_| anyhow!("the server did not start"))?,
+    };
+    let (router, api, scheme, token, token_file, isolation) = ready;
+    let router = format!("{scheme}://{router}");
+    let api = format!("{scheme}://{api}");
+    let client = Client::new(&api, Some(token.as_str().to_string()), ca_cert.as_deref())?;
+    // What curl needs to trust a self-signed certificate.
+    let cacert = ca_cert
+        .as_deref()
+        .map(|p| format!(" --cacert {}", shell_quote(&p.display().to_string())))
+        .unwrap_or_default();
+    let applied = async {
+        if examples.is_dir() {
+            let source = spec::Source {
+                path: examples.clone(),
+                namespace: "default".into(),
+            };
+            let opts = spec::ApplyOpts {
+                delete: false,
+                allow_conflicts: false,
+            };
+            match spec::apply(&client, &source, opts).await {
+                Ok(()) => println!(),
+                Err(e) => eprintln!("warning: could not apply {}: {e:#}", examples.display()),
+            }
+        } else {
+            eprintln!("note: {} not found; nothing applied", examples.display());
+        }
+        let routes: Vec<Value> = client.get("/v1/routes").await.unwrap_or_default();
+        println!("Fusion is up.");
+        println!("  router: {router}");
+        println!("  API:    {api}   (export FUSION_URL={api})");
+        match isolation.backend {
+            "process" => println!("  WARNING: no isolation: {}", isolation.summary),
+            _ => println!("  instances: {}", isolation.summary),
+        }
+        println!("The API needs its token (the CLI reads it from FUSION_TOKEN, or from the data dir when run here):");
+        println!(
+            "  export FUSION_TOKEN=$(cat {})",
+            shell_quote(&token_file.display().to_string())
+        );
+        if let Some(cert) = &ca_cert {
+            // So that the CLI trusts a self-signed certificate too.
+            println!(
+                "  export FUSION_CA_CERT={}",
+                shell_quote(&cert.display().to_string())
+            );
+        }
+        println!("  curl{cacert} -H \"Authorization: Bearer $FUSION_TOKEN\" {api}/v1/functions");
+        if !routes.is_empty() {
+            println!("Try:");
+            for r in routes {
+                let url = r["url"].as_str().or(r["prefix"].as_str()).unwrap_or("/");
+                println!("  curl{cacert} {router}{}", example_path(url));
+            }
+        }
+        let workflows: Vec<Value> = client.get("/v1/workflows").await.unwrap_or_default();
+        if !workflows.is_empty() {
+            let names: Vec<&str> = workflows
+                .iter()
+                .filter_map(|w| w["name"].as_str())
+                .collect();
+            println!("Workflows, invoked like functions: {}", names.join(", "));
+            println!(
+                "  curl{cacert} -H 'Content-Type: text/plain' -d 'hello' {router}/fission-function/{}",
+                names[0]
+            );
+            println!("  fusion run list        # what ran, with every task");
+        }
+        println!("Stop with Ctrl-C.");
+    };
+    tokio::select! {
+        r = &mut serve => return r,
+        _ = applied => {}
+    }
+    serve.await
+}
+
+/// `text` as one shell word: as it is when it has only safe characters, else in
+/// single quotes.
+pub(super) fn shell_quote(text: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c);
+    if !text.is_empty() && text.chars().all(safe) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+/// A URL template with each `{param}` filled in, for the quickstart's hints.
+pub(super) fn example_path(template: &str) -> String {
+    template
+        .split('/')
+        .map(|seg| if seg.starts_with('{') { "world" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn example_paths_and_shell_words() {
+        assert_eq!(super::example_path("/hello/{name}/x"), "/hello/world/x");
+        assert_eq!(super::shell_quote(".fusion/token"), ".fusion/token");
+        assert_eq!(super::shell_quote("/a b/it's"), "'/a b/it'\\''s'");
+    }
+}
