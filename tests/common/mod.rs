@@ -250,6 +250,22 @@ impl Server {
         )
     }
 
+    /// Runs the CLI as `cli` does, in `dir` (for commands that read `specs/`).
+    pub fn cli_in(&self, dir: &Path, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .env("FUSION_URL", &self.api)
+            .env("FUSION_TOKEN", &self.token)
+            .output()
+            .expect("run fusion CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn instances(&self, function: &str) -> Vec<Value> {
         match self.ok("GET", &format!("/v1/functions/{function}/instances"), None) {
             Value::Array(a) => a,

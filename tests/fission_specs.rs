@@ -1,0 +1,249 @@
+//! `fusion spec` with Fission's own documents: Fission's spec test data applied
+//! unchanged, a project's lifecycle (init, validate, apply, apply again, --delete,
+//! list, destroy), and every mistake reported with its file, line and column.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::Server;
+use serde_json::Value;
+
+/// A copy of a fixture project under `tests/fixtures/fission/`.
+fn project(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fission")
+        .join(name);
+    let to = tmp.path().join(name);
+    copy_dir(&from, &to);
+    (tmp, to)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let p = entry.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+fn names(s: &Server, path: &str) -> Vec<String> {
+    match s.ok("GET", path, None) {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i["name"].as_str().unwrap_or("").to_string())
+            .collect(),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn fissions_spec_merge_data_applies_unchanged_and_a_second_apply_changes_nothing() {
+    let s = Server::start();
+    let (_tmp, dir) = project("spec_merge");
+
+    // Offline: valid, with the Kubernetes-only fields named where they are.
+    let (code, out, err) = s.cli_in(&dir, &["spec", "validate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 Environment"), "{out}");
+    assert!(
+        err.contains("env-nodend.yaml:21:5: `spec.runtime.podspec` is Kubernetes-only"),
+        "{err}"
+    );
+
+    let (code, out, err) = s.cli_in(&dir, &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("created   Environment nodend"), "{out}");
+    assert!(out.contains("created   Environment nodep"), "{out}");
+    let env = s.ok("GET", "/v1/environments/nodep", None);
+    assert_eq!(env["image"], "ghcr.io/fission/node-env", "{env}");
+    assert_eq!(env["status"]["image"]["source"], "bundled", "{env}");
+    assert_eq!(env["status"]["image"]["runtime"], "nodejs", "{env}");
+    // nodend is version 3 with poolsize 0; nodep is version 1, where Fission keeps 3.
+    assert_eq!(s.ok("GET", "/v1/environments/nodend", None)["poolsize"], 0);
+    assert_eq!(env["poolsize"], 3);
+
+    let (code, out, err) = s.cli_in(&dir, &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("everything up to date"), "{out}");
+    assert!(
+        !out.contains("created") && !out.contains("updated"),
+        "{out}"
+    );
+
+    let (code, out, err) = s.cli_in(&dir, &["spec", "list"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("spec-merge"), "{out}");
+    assert_eq!(out.matches("present").count(), 2, "{out}");
+
+    let (code, out, err) = s.cli_in(&dir, &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("deleted   Environment nodend"), "{out}");
+    assert!(names(&s, "/v1/environments").is_empty());
+    let (status, _) = s.call(
+        "GET",
+        "/v1/deployments/b1573a35-f3a2-45a8-a430-1f1a08d71177",
+        None,
+    );
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn every_mistake_is_reported_with_its_place_and_nothing_is_applied() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(
+        specs.join("a.yaml"),
+        "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: py\nspec:\n  runtime:\n    image: fission/python-env\n  poolsize: 1\n  version: 3\n  colour: blue\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: hello\nspec:\n  environment:\n    name: py\n  package:\n    packageref:\n      name: missing\n",
+    )
+    .unwrap();
+    std::fs::write(
+        specs.join("b.yaml"),
+        "apiVersion: fission.io/v1\nkind: Gadget\nmetadata:\n  name: g\n---\napiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: Bad_Name\nspec: {}\n",
+    )
+    .unwrap();
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("a.yaml:10:3: unknown field `spec.colour` (ignored)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("a.yaml:12:1: Function hello references Package default/missing"),
+        "{err}"
+    );
+    assert!(err.contains("b.yaml:2:1: unknown kind \"Gadget\""), "{err}");
+    assert!(
+        err.contains("b.yaml:9:3: name \"Bad_Name\" is not a DNS-1123 label"),
+        "{err}"
+    );
+    assert!(err.contains("3 errors in specs"), "{err}");
+
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(names(&s, "/v1/environments").is_empty());
+
+    // A document that is not YAML at all: the place of the fault.
+    std::fs::write(specs.join("b.yaml"), "kind: [Environment\n").unwrap();
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("b.yaml:2:1: invalid YAML"), "{err}");
+}
+
+fn env_doc(name: &str) -> String {
+    format!(
+        "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: {name}\nspec:\n  runtime:\n    image: fission/python-env\n  poolsize: 0\n  version: 3\n"
+    )
+}
+
+#[test]
+fn a_project_deletes_only_what_it_applied_and_never_takes_over_another_projects() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let one = tmp.path().join("one");
+    std::fs::create_dir_all(&one).unwrap();
+    let (code, out, err) = s.cli_in(&one, &["spec", "init"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("project one"), "{out}");
+    let (code, _, err) = s.cli_in(&one, &["spec", "init"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already"), "{err}");
+
+    std::fs::write(
+        one.join("specs/envs.yaml"),
+        format!("{}---\n{}", env_doc("first"), env_doc("second")),
+    )
+    .unwrap();
+    std::fs::write(
+        one.join("specs/timer.yaml"),
+        "apiVersion: fission.io/v1\nkind: TimeTrigger\nmetadata:\n  name: nightly\nspec:\n  cron: \"0 3 * * *\"\n  functionref:\n    type: name\n    name: job\n",
+    )
+    .unwrap();
+    // The timer names a function that is not in the specs: as in Fission, an error.
+    let (code, _, err) = s.cli_in(&one, &["spec", "apply"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("TimeTrigger nightly references Function default/job"),
+        "{err}"
+    );
+    std::fs::remove_file(one.join("specs/timer.yaml")).unwrap();
+
+    // An environment created by hand is not taken over.
+    s.env("second", "python", 0);
+    let (code, _, err) = s.cli_in(&one, &["spec", "apply"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Environment second already exists and was not applied by this project; use --allowconflicts"),
+        "{err}"
+    );
+    let (code, out, err) = s.cli_in(&one, &["spec", "apply", "--allowconflicts"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("updated   Environment second"), "{out}");
+
+    // Another project may not take what this one applied.
+    let two = tmp.path().join("two");
+    std::fs::create_dir_all(&two).unwrap();
+    assert_eq!(s.cli_in(&two, &["spec", "init"]).0, 0);
+    std::fs::write(two.join("specs/envs.yaml"), env_doc("first")).unwrap();
+    let (code, _, err) = s.cli_in(&two, &["spec", "apply"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("was applied by another project"), "{err}");
+
+    // Without `second` in the specs, --delete removes it; a plain apply does not.
+    std::fs::write(one.join("specs/envs.yaml"), env_doc("first")).unwrap();
+    let (code, out, err) = s.cli_in(&one, &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(names(&s, "/v1/environments").contains(&"second".to_string()));
+    let (code, out, err) = s.cli_in(&one, &["spec", "apply", "--delete"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("deleted   Environment second"), "{out}");
+    assert_eq!(names(&s, "/v1/environments"), vec!["first".to_string()]);
+
+    let (code, out, err) = s.cli_in(&one, &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(names(&s, "/v1/environments").is_empty());
+}
+
+#[test]
+fn triggers_and_state_machine_workflows_are_stored_until_they_can_run() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(
+        specs.join("all.yaml"),
+        "apiVersion: fission.io/v1\nkind: MessageQueueTrigger\nmetadata:\n  name: orders\n  namespace: shop\nspec:\n  functionref:\n    type: name\n    name: handle\n  messageQueueType: nats-jetstream\n  topic: orders\n---\napiVersion: fission.io/v1\nkind: Workflow\nmetadata:\n  name: order\nspec:\n  startAt: validate\n  states:\n    validate: {type: Succeed}\n",
+    )
+    .unwrap();
+    // `handle` is not in the specs: the trigger cannot be applied alone.
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            "all.yaml:1:1: MessageQueueTrigger shop/orders references Function shop/handle"
+        ),
+        "{err}"
+    );
+    std::fs::write(
+        specs.join("all.yaml"),
+        "apiVersion: fission.io/v1\nkind: Workflow\nmetadata:\n  name: order\nspec:\n  startAt: validate\n  states:\n    validate: {type: Succeed}\n",
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("created   Workflow order"), "{out}");
+    let wf = s.ok("GET", "/v1/declared/workflows/order", None);
+    assert_eq!(wf["spec"]["startAt"], "validate", "{wf}");
+    assert_eq!(wf["status"]["active"], false, "{wf}");
+    let (code, out, _) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("everything up to date"), "{out}");
+}
