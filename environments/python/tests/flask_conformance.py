@@ -185,7 +185,7 @@ class UnixConnection(http.client.HTTPConnection):
 class Runtime:
     """server.py specialized on `package`, listening on a Unix socket."""
 
-    def __init__(self, package, workdir, name):
+    def __init__(self, package, workdir, name, first=None):
         self.sock = os.path.join(workdir, name + ".sock")
         self.log = open(os.path.join(workdir, name + ".log"), "w+")
         env = dict(os.environ, RUNTIME_SOCKET=self.sock, FUSION_NO_STDIN_WATCH="1",
@@ -204,10 +204,17 @@ class Runtime:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the runtime did not listen: %s" % self.logs())
                 time.sleep(0.02)
-        status, _, body = self.request("POST", "/v2/specialize", JSON, json.dumps(
-            {"filepath": package, "functionName": "main.main"}).encode())
+        if first is not None:  # a package that fails to load: the instance stays generic
+            status, _, body = self.specialize(first)
+            if status != 500:
+                raise RuntimeError("specialize %s: %s %s, expected a 500" % (first, status, body))
+        status, _, body = self.specialize(package)
         if status != 200:
             raise RuntimeError("specialize failed: %s %s" % (status, body))
+
+    def specialize(self, package):
+        return self.request("POST", "/v2/specialize", JSON, json.dumps(
+            {"filepath": package, "functionName": "main.main"}).encode())
 
     def request(self, method, path, headers=None, body=None, chunked=False):
         conn = UnixConnection(self.sock)
@@ -252,9 +259,13 @@ def compared(status, headers, body):
     return out
 
 
-def make_package(root, with_flask):
+def make_package(root, with_flask, broken=False):
     os.makedirs(root)
-    shutil.copy(FUNCTIONS, os.path.join(root, "main.py"))
+    if broken:
+        with open(os.path.join(root, "main.py"), "w") as f:
+            f.write("import flask\nraise RuntimeError('broken at import')\n")
+    else:
+        shutil.copy(FUNCTIONS, os.path.join(root, "main.py"))
     if with_flask:
         for name in VENDORED:
             spec = importlib.util.find_spec(name)
@@ -280,7 +291,10 @@ def main():
     runtimes = []
     failures = []
     try:
-        shim = Runtime(make_package(os.path.join(work, "shim"), False), work, "shim")
+        # The shim side first fails to load a package that brings Flask: the
+        # shim must be back for the next specialization.
+        shim = Runtime(make_package(os.path.join(work, "shim"), False), work, "shim",
+                       first=make_package(os.path.join(work, "broken"), True, broken=True))
         runtimes.append(shim)
         real = Runtime(make_package(os.path.join(work, "flask"), True), work, "flask")
         runtimes.append(real)
@@ -288,7 +302,11 @@ def main():
             flask_version, sys.executable, len(CASES)))
         for rt, want in ((shim, os.path.dirname(os.path.abspath(SERVER))),
                          (real, os.path.join(work, "flask"))):
-            got = json.loads(rt.request("GET", "/flask_origin")[2])["file"]
+            status, _, body = rt.request("GET", "/flask_origin")
+            try:
+                got = json.loads(body)["file"]
+            except ValueError:
+                got = "nothing: %s %r" % (status, body[:200])
             if os.path.dirname(os.path.dirname(os.path.abspath(got))) != want and \
                     os.path.dirname(os.path.abspath(got)) != want:
                 print("  the runtime gave the function %s, not the flask under %s" % (got, want))
