@@ -446,7 +446,7 @@ def _load(filepath, name):
             raise AttributeError("module %r has no attribute %r" % (mod.__name__, funcname))
         if not callable(func):
             raise TypeError("entrypoint %r is a %s, not callable" % (funcname, type(func).__name__))
-        return func, shown, _flask_app(func, filepath) if real_flask else None
+        return func, shown, _flask_app(func, os.path.abspath(filepath)) if real_flask else None
     except BaseException:
         # Stay generic: forget the user modules the failed attempt imported (not
         # the stdlib ones, nor the shim, which a prewarm may import meanwhile).
