@@ -693,7 +693,7 @@ class Request:
 
     @property
     def full_path(self):
-        return "%s?%s" % (self._raw_path, self.query_string.decode("latin-1"))
+        return "%s?%s" % (self.path, self.query_string.decode("latin-1"))
 
     @property
     def host(self):
@@ -772,7 +772,6 @@ class Request:
         md = MultiDict()
         raw = self._hd.get("cookie")
         if raw:
-            from urllib.parse import unquote
             for item in raw.split(";"):
                 k, sep, v = item.partition("=")
                 k = k.strip()
@@ -781,7 +780,7 @@ class Request:
                 v = v.strip()
                 if len(v) >= 2 and v[0] == v[-1] == '"':
                     v = v[1:-1]
-                md.add(k, unquote(v) if "%" in v else v)
+                md.add(k, v)
         return md
 
     # -- body
@@ -1106,13 +1105,16 @@ class Response:
         parts = ["%s=%s" % (key, quote(str(value), safe="!#$&'()*+/:<=>?@[]^`{|}~"))]
         if domain:
             parts.append("Domain=%s" % domain)
+        if hasattr(max_age, "total_seconds"):
+            max_age = int(max_age.total_seconds())
+        if expires is None and max_age is not None:  # as werkzeug: both, for old clients
+            import time
+            expires = time.time() + int(max_age)
         if expires is not None:
             if not isinstance(expires, str):
                 expires = _http_date(expires)
             parts.append("Expires=%s" % expires)
         if max_age is not None:
-            if hasattr(max_age, "total_seconds"):
-                max_age = int(max_age.total_seconds())
             parts.append("Max-Age=%d" % int(max_age))
         if secure:
             parts.append("Secure")
@@ -1189,8 +1191,8 @@ def jsonify(*args, **kwargs):
 def _make_response(rv):
     """A function's return value -> Response.
 
-    str -> text/plain; bytes -> application/octet-stream; dict/list -> JSON;
-    None -> empty 200; a Response as is; (body, status), (body, headers) or
+    str, bytes, a generator -> text/html (as Flask); dict/list -> JSON;
+    None -> empty 200 (Flask: 500); a Response as is; (body, status), (body, headers) or
     (body, status, headers) where body is any of these.
     """
     status = headers = None
@@ -1224,14 +1226,12 @@ def _make_response(rv):
         return resp
     if rv is None:
         body, mimetype = b"", None
-    elif isinstance(rv, str):
-        body, mimetype = rv, "text/plain; charset=utf-8"
-    elif isinstance(rv, (bytes, bytearray, memoryview)):
-        body, mimetype = rv, "application/octet-stream"
+    elif isinstance(rv, (str, bytes, bytearray, memoryview)):
+        body, mimetype = rv, "text/html; charset=utf-8"
     elif isinstance(rv, (dict, list)):
         body, mimetype = _dumps(rv), "application/json"
     elif hasattr(rv, "__iter__") or hasattr(rv, "__next__"):  # a generator of chunks
-        body, mimetype = rv, "text/plain; charset=utf-8"
+        body, mimetype = rv, "text/html; charset=utf-8"
     else:
         raise TypeError("the function returned %s; expected str, bytes, dict, list, tuple or"
                         " Response" % type(rv).__name__)

@@ -16,7 +16,10 @@ by a background thread right after listen(), so that a pooled instance
 specializes in about a millisecond.
 
 Python functions take no arguments and read the request through
-`from flask import request`; see flask.py and ../README.md.
+`from flask import request`; see flask.py and ../README.md. When the package
+directory brings a real Flask (vendored, or installed there by a build), that
+Flask is used instead of the shim: the function is served through a Flask app
+called over WSGI by this same server (see _flask_app).
 """
 
 import os
@@ -26,8 +29,8 @@ import _socket
 import _thread
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# The flask shim must win over any real flask (also over one vendored by the
-# function's package, whose directory is inserted right after this one).
+# The flask shim must win over any real flask on the interpreter's path; a
+# package that brings its own Flask takes this directory off the path (_load).
 if not sys.path or sys.path[0] != _HERE:
     sys.path.insert(0, _HERE)
 
@@ -43,6 +46,7 @@ _NO_BODY = (204, 304)
 
 _shim = None           # the flask shim module, imported at specialization
 _userfunc = None       # the entrypoint, set once by a successful specialization
+_wsgi = None           # the Flask app serving it when the package brings real Flask
 _entry = None          # (filepath, name) for messages
 _spec_lock = _thread.allocate_lock()
 _local = _thread._local()  # per-thread asyncio loop for `async def` functions
@@ -109,7 +113,11 @@ def _send(sock, status, reason, headers, body, close, head_only=False):
     if status in _NO_BODY or status < 200:
         body = b""
     else:
-        out.append("Content-Length: %d\r\n" % len(body))
+        n = len(body)
+        if head_only and not n:  # a WSGI app answers HEAD with no body, and its length
+            n = next((int(v) for k, v in headers
+                      if k.lower() == "content-length" and str(v).isdigit()), 0)
+        out.append("Content-Length: %d\r\n" % n)
     if close:
         out.append("Connection: close\r\n")
     out.append("\r\n")
@@ -328,7 +336,12 @@ def _one_request(sock, rd, remote):
     elif _userfunc is None:
         _text(sock, 500, "not specialized\n", not keep, head_only)
     else:
-        status, reason, rheaders, rbody = _call(method, target, path, headers, hd, body, remote)
+        if _wsgi is not None:
+            status, reason, rheaders, rbody = _call_wsgi(method, target, path, version, hd,
+                                                         body, remote)
+        else:
+            status, reason, rheaders, rbody = _call(method, target, path, headers, hd, body,
+                                                    remote)
         _send(sock, status, reason, rheaders, rbody, not keep, head_only)
     return keep
 
@@ -338,7 +351,7 @@ def _one_request(sock, rd, remote):
 # ---------------------------------------------------------------------------
 
 def _specialize(v2, body):
-    global _shim, _userfunc, _entry
+    global _shim, _userfunc, _entry, _wsgi
     if v2:
         import json
         try:
@@ -365,19 +378,25 @@ def _specialize(v2, body):
             if _shim is None:
                 import flask
                 _shim = flask
-            func, shown = _load(filepath, name)
+            func, shown, app = _load(filepath, name)
         except BaseException as e:
             log_exc("specialize %s entry %r failed:" % (filepath, name))
             return 500, "specialize %s entry %r failed: %s: %s\n" % (
                 filepath, name, type(e).__name__, e)
         _entry = (filepath, shown)
+        _wsgi = app
         _userfunc = func
-    log("specialized %s entry %s (%.1f ms)" % (filepath, shown, (time.perf_counter() - t0) * 1e3))
+    log("specialized %s entry %s%s (%.1f ms)" % (
+        filepath, shown, " with the package's Flask (%s)" % _flask_dir() if app else "",
+        (time.perf_counter() - t0) * 1e3))
     return 200, "specialized\n"
 
 
 def _load(filepath, name):
-    """Import the user's code; returns (callable, displayed entry name).
+    """Import the user's code; returns (callable, displayed entry name, WSGI app or
+    None). The app is there when the directory brings its own Flask (a
+    `flask` package at its top, vendored or installed there by a build): the
+    shim then steps aside, so that the user's `import flask` is that Flask.
 
     file:       entry = functionName after its last dot ("main" when empty), so
                 "main", "hello.main" and "" all mean main().
@@ -392,6 +411,7 @@ def _load(filepath, name):
     _ensure_site()
     before = set(sys.modules)
     added_path = False
+    real_flask = False
     try:
         if os.path.isdir(filepath):
             if "." in name:
@@ -402,6 +422,9 @@ def _load(filepath, name):
                 raise ValueError("bad functionName %r: expected module.function" % name)
             sys.path.insert(1, filepath)
             added_path = True
+            if os.path.isfile(os.path.join(filepath, "flask", "__init__.py")):
+                real_flask = True
+                _shim_steps_aside()
             importlib.invalidate_caches()
             mod = importlib.import_module(modname)
             shown = "%s.%s" % (modname, funcname)
@@ -423,7 +446,7 @@ def _load(filepath, name):
             raise AttributeError("module %r has no attribute %r" % (mod.__name__, funcname))
         if not callable(func):
             raise TypeError("entrypoint %r is a %s, not callable" % (funcname, type(func).__name__))
-        return func, shown
+        return func, shown, _flask_app(func, os.path.abspath(filepath)) if real_flask else None
     except BaseException:
         # Stay generic: forget the user modules the failed attempt imported (not
         # the stdlib ones, nor the shim, which a prewarm may import meanwhile).
@@ -439,7 +462,51 @@ def _load(filepath, name):
                 sys.path.remove(filepath)
             except ValueError:
                 pass
+        if real_flask:  # the shim comes back for the next attempt
+            if _HERE not in sys.path:
+                sys.path.insert(0, _HERE)
+            if _shim is not None:
+                sys.modules["flask"] = _shim
         raise
+
+
+def _shim_steps_aside():
+    """Takes the shim off the import path and out of sys.modules (the prewarm
+    imported it as `flask`), so that `import flask` finds the package's own."""
+    while _HERE in sys.path:
+        sys.path.remove(_HERE)
+    m = sys.modules.get("flask")
+    if m is not None and m is _shim:
+        del sys.modules["flask"]
+
+
+def _flask_app(func, root):
+    """The WSGI app that serves `func` through the package's Flask.
+
+    An entrypoint that is itself a Flask app is served as it is (its routes,
+    blueprints and error handlers). A function gets an app that hands every
+    method and path to it, as Fission's python environment does (a catch-all
+    route there; here no routing at all, so no 405 and no slash redirects), and
+    Flask makes the response from what it returns. The package directory is
+    the app's root, so render_template finds its templates/.
+    """
+    import flask
+    if isinstance(func, flask.Flask):
+        return func
+
+    class FunctionApp(flask.Flask):
+        def dispatch_request(self, *args, **kwargs):
+            rv = func()
+            if hasattr(rv, "__await__"):
+                rv = _run_coro(rv)
+            return rv
+
+    return FunctionApp("fusion", root_path=root, static_folder=None)
+
+
+def _flask_dir():
+    m = sys.modules.get("flask")
+    return os.path.dirname(getattr(m, "__file__", None) or "?")
 
 
 # ---------------------------------------------------------------------------
@@ -478,6 +545,80 @@ def _call(method, target, path, headers, hd, body, remote):
             msg.encode("utf-8")
     finally:
         shim._request_var.reset(tok)
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+
+
+def _environ(method, target, path, version, hd, body, remote):
+    """The WSGI environ of a request this server has read whole."""
+    import io
+    from urllib.parse import unquote_to_bytes
+    i = target.find("?")
+    host = hd.get("host") or "localhost"
+    name, sep, port = host.rpartition(":")
+    if not sep or not port.isdigit():
+        name, port = host, "80"
+    env = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+        "QUERY_STRING": target[i + 1:] if i >= 0 else "",
+        "SERVER_NAME": name,
+        "SERVER_PORT": port,
+        "SERVER_PROTOCOL": version,
+        "REMOTE_ADDR": remote,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+    }
+    for k, v in hd.items():
+        if k == "content-type":
+            env["CONTENT_TYPE"] = v
+        elif k in ("content-length", "transfer-encoding"):
+            env["CONTENT_LENGTH"] = str(len(body))  # read whole, de-chunked
+        else:
+            env["HTTP_" + k.upper().replace("-", "_")] = v
+    return env
+
+
+def _call_wsgi(method, target, path, version, hd, body, remote):
+    """Calls the package's Flask app; Flask handles the function's errors itself
+    (and logs them to wsgi.errors, our stderr)."""
+    chunks = []
+    started = []
+
+    def start_response(status, headers, exc_info=None):
+        if exc_info and started:
+            raise exc_info[1].with_traceback(exc_info[2])
+        started[:] = [status, headers]
+        return chunks.append
+
+    try:
+        it = _wsgi(_environ(method, target, path, version, hd, body, remote), start_response)
+        try:
+            for c in it:
+                if c:
+                    chunks.append(c)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        status, headers = started
+        code, _, reason = status.partition(" ")
+        return int(code), reason, headers, b"".join(chunks)
+    except BaseException as e:
+        log_exc("the Flask app of %s failed:" % _entry[1])
+        msg = "Internal Server Error: %s: %s\n" % (type(e).__name__, e)
+        return 500, "Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], \
+            msg.encode("utf-8")
+    finally:
         try:
             sys.stdout.flush()
         except Exception:
