@@ -14,6 +14,7 @@ pub mod pool;
 pub mod resources;
 pub mod router;
 pub mod routes;
+pub mod secrets;
 pub mod store;
 mod sys;
 
@@ -23,5 +24,8 @@ mod pool_tests;
 pub use backend::{Backend, Isolation, LaunchConfig};
 pub use error::{Error, Result};
 pub use pool::{InstanceInfo, Lease, PoolConfig, PoolManager};
-pub use resources::{Environment, Function, Network, PackageKind, PackageRef, Route, Runtime};
+pub use resources::{
+    Environment, Function, Network, ObjectRef, PackageKind, PackageRef, Route, Runtime,
+};
+pub use secrets::{DataKind, DataSpec, DataView};
 pub use router::{forward, route_request, try_forward, WorkflowGateway};
