@@ -11,6 +11,8 @@ use crate::client::Client;
 use crate::server::{self, ServerArgs};
 use crate::spec;
 
+mod secret;
+
 #[derive(Parser)]
 #[command(
     name = "fusion",
@@ -90,6 +92,22 @@ enum Command {
     Route {
         #[command(subcommand)]
         verb: RouteVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Secrets: files a function reads at /secrets/<namespace>/<name>/<key>
+    /// (values are never shown back).
+    Secret {
+        #[command(subcommand)]
+        verb: secret::DataVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// ConfigMaps: files a function reads at /configs/<namespace>/<name>/<key>.
+    #[command(name = "configmap", alias = "cm")]
+    Configmap {
+        #[command(subcommand)]
+        verb: secret::DataVerb,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -205,6 +223,18 @@ struct FnFields {
     /// Concurrent requests per instance.
     #[arg(long = "rpp")]
     requests_per_instance: Option<usize>,
+    /// A secret the function reads at /secrets/<namespace>/<name>/<key>, as NAME
+    /// or NAMESPACE/NAME (repeatable; replaces the list; container backend).
+    #[arg(long = "secret", value_name = "[NAMESPACE/]NAME")]
+    secrets: Vec<String>,
+    /// A configmap the function reads at /configs/<namespace>/<name>/<key>, as
+    /// NAME or NAMESPACE/NAME (repeatable; replaces the list; container backend).
+    #[arg(long = "configmap", value_name = "[NAMESPACE/]NAME")]
+    configmaps: Vec<String>,
+    /// An environment variable set before the code loads, as KEY=VALUE
+    /// (repeatable; sets or replaces KEY; bundled runtimes only).
+    #[arg(long = "env-var", value_name = "KEY=VALUE")]
+    env_vars: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -424,6 +454,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Env { verb, opts } => env_cmd(verb, &opts).await,
         Command::Fn { verb, opts } => fn_cmd(verb, &opts).await,
         Command::Route { verb, opts } => route_cmd(verb, &opts).await,
+        Command::Secret { verb, opts } => secret::data_cmd(secret::SECRETS, verb, &opts).await,
+        Command::Configmap { verb, opts } => {
+            secret::data_cmd(secret::CONFIGMAPS, verb, &opts).await
+        }
         Command::Wf { verb, opts } => wf_cmd(verb, &opts).await,
         Command::Run { verb, opts } => run_cmd(verb, &opts).await,
         Command::Spec {
@@ -755,6 +789,25 @@ async fn merge_fn(c: &Client, body: &mut Value, f: FnFields) -> Result<()> {
     }
     if let Some(n) = f.requests_per_instance {
         body["requests_per_instance"] = json!(n);
+    }
+    for (flag, field, given) in [
+        ("--secret", "secrets", &f.secrets),
+        ("--configmap", "configmaps", &f.configmaps),
+    ] {
+        if !given.is_empty() {
+            let refs = given
+                .iter()
+                .map(|t| secret::object_ref(flag, t))
+                .collect::<Result<Vec<_>>>()?;
+            body[field] = json!(refs);
+        }
+    }
+    for text in &f.env_vars {
+        let (k, v) = secret::env_var(text)?;
+        if !body["env_vars"].is_object() {
+            body["env_vars"] = json!({});
+        }
+        body["env_vars"][k] = json!(v);
     }
     Ok(())
 }

@@ -27,5 +27,5 @@ pub use pool::{InstanceInfo, Lease, PoolConfig, PoolManager};
 pub use resources::{
     Environment, Function, Network, ObjectRef, PackageKind, PackageRef, Route, Runtime,
 };
-pub use secrets::{DataKind, DataSpec, DataView};
 pub use router::{forward, route_request, try_forward, WorkflowGateway};
+pub use secrets::{DataKind, DataSpec, DataView};

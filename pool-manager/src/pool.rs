@@ -691,7 +691,9 @@ impl Inner {
             generation: function.generation,
         });
         let path = self.packages.path(&function.package)?;
-        let manager = PoolManager { inner: self.clone() };
+        let manager = PoolManager {
+            inner: self.clone(),
+        };
         let files = match manager.files_for(function) {
             Ok(files) => files,
             Err(e) => {

@@ -343,8 +343,8 @@ impl DataStore {
         match kind {
             DataKind::ConfigMap => record.data = Some(spec.data.clone()),
             DataKind::Secret => {
-                let plain = serde_json::to_vec(&spec.data)
-                    .map_err(|e| Error::Internal(e.to_string()))?;
+                let plain =
+                    serde_json::to_vec(&spec.data).map_err(|e| Error::Internal(e.to_string()))?;
                 let sealed = self
                     .sealer
                     .seal(aad(kind, &spec.namespace, &spec.name).as_bytes(), &plain)
@@ -761,7 +761,17 @@ mod tests {
             assert!(validate_key(DataKind::Secret, good).is_ok(), "{good}");
         }
         let long = "k".repeat(MAX_KEY_LEN + 1);
-        for bad in ["", ".", "..", "a/b", "../x", "a b", "é", "a\0", long.as_str()] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "a b",
+            "é",
+            "a\0",
+            long.as_str(),
+        ] {
             assert!(validate_key(DataKind::Secret, bad).is_err(), "{bad:?}");
         }
     }
@@ -792,6 +802,9 @@ mod tests {
         ));
         // Debug never shows a value.
         let shown = format!("{:?}", spec(None));
-        assert!(shown.contains("\"k\"") && !shown.contains("\"v\""), "{shown}");
+        assert!(
+            shown.contains("\"k\"") && !shown.contains("\"v\""),
+            "{shown}"
+        );
     }
 }

@@ -18,7 +18,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/secrets",
-            get(|s, q| list(DataKind::Secret, s, q)).post(|s, q, b| create(DataKind::Secret, s, q, b)),
+            get(|s, q| list(DataKind::Secret, s, q))
+                .post(|s, q, b| create(DataKind::Secret, s, q, b)),
         )
         .route(
             "/v1/secrets/{name}",

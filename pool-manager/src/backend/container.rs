@@ -473,9 +473,8 @@ impl ContainerBackend {
         ];
         // Filled at specialization through the instance's root (`stage_files`):
         // root's directories, readable by the instance's group only.
-        let files_opts = format!(
-            "mode=0550,uid=0,gid={NOBODY},size={FILES_SIZE_MB}m,nr_inodes=4096"
-        );
+        let files_opts =
+            format!("mode=0550,uid=0,gid={NOBODY},size={FILES_SIZE_MB}m,nr_inodes=4096");
         for dir in ["/secrets", "/configs"] {
             mounts.push(fs(
                 dir,
