@@ -236,6 +236,14 @@ fn bad_secrets_and_configmaps_are_refused_with_400() {
             Some(json!({"name": "x", "data": {"k": "x".repeat(1 << 20)}})),
         );
         assert_eq!(status, 413, "{body}");
+        let many: serde_json::Map<String, Value> =
+            (0..257).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let (status, body) = s.call(
+            "POST",
+            &format!("/v1/{kind}"),
+            Some(json!({"name": "x", "data": many})),
+        );
+        assert_eq!(status, 400, "{body}");
         // Names are unique per namespace: the same name in another is another.
         s.ok("POST", &format!("/v1/{kind}"), Some(json!({"name": "x"})));
         s.ok(

@@ -32,6 +32,11 @@ use crate::store::Kind;
 pub const MAX_DATA_BYTES: usize = 1 << 20;
 /// The longest key (a file name).
 pub const MAX_KEY_LEN: usize = 253;
+/// The most keys one secret or configmap may have.
+pub const MAX_KEYS: usize = 256;
+/// The most secrets, and the most configmaps, one function may list (so an
+/// instance's `/secrets` and `/configs` have a size that always fits).
+pub const MAX_REFS: usize = 16;
 /// The namespace of a resource that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -435,6 +440,14 @@ fn check(kind: DataKind, spec: DataSpec, query: Option<&str>) -> Result<Checked>
     };
     validate_name(kind.noun(), &spec.name)?;
     validate_name("namespace", &namespace)?;
+    if spec.data.len() > MAX_KEYS {
+        return Err(Error::Invalid(format!(
+            "{} {:?}: {} keys, above the limit of {MAX_KEYS}",
+            kind.noun(),
+            spec.name,
+            spec.data.len()
+        )));
+    }
     let mut total = 0usize;
     for (k, v) in &spec.data {
         validate_key(kind, k)?;
@@ -459,6 +472,13 @@ fn check(kind: DataKind, spec: DataSpec, query: Option<&str>) -> Result<Checked>
 pub fn validate_function_fields(f: &Function) -> Result<()> {
     for kind in [DataKind::Secret, DataKind::ConfigMap] {
         let refs = kind.refs(f);
+        if refs.len() > MAX_REFS {
+            return Err(Error::Invalid(format!(
+                "function: {} {}s listed, above the limit of {MAX_REFS}",
+                refs.len(),
+                kind.noun()
+            )));
+        }
         for (i, r) in refs.iter().enumerate() {
             validate_name(kind.noun(), &r.name)?;
             validate_name("namespace", &r.namespace)?;

@@ -57,8 +57,12 @@ pub const DEFAULT_PIDS_LIMIT: i64 = 256;
 const OPEN_FILES: u64 = 4096;
 /// Size of an instance's private `/tmp`, in MiB (it counts towards its memory).
 pub const TMP_SIZE_MB: u64 = 64;
-/// Size of each of an instance's `/secrets` and `/configs`, in MiB.
-pub const FILES_SIZE_MB: u64 = 4;
+/// Size of each of an instance's `/secrets` and `/configs`, in MiB: room for the
+/// most a function may list (16 of 1 MiB, each file taking at least a page).
+/// Memory is used only as files are written.
+pub const FILES_SIZE_MB: u64 = 40;
+/// Files and directories each may hold (16 x 256 keys, and their directories).
+const FILES_INODES: usize = 8192;
 /// Where the runtime listens, inside the container and in the bundle.
 const SOCKET_DIR: &str = "/run/fusion";
 const SOCKET_NAME: &str = "runtime.sock";
@@ -474,7 +478,7 @@ impl ContainerBackend {
         // Filled at specialization through the instance's root (`stage_files`):
         // root's directories, readable by the instance's group only.
         let files_opts =
-            format!("mode=0550,uid=0,gid={NOBODY},size={FILES_SIZE_MB}m,nr_inodes=4096");
+            format!("mode=0550,uid=0,gid={NOBODY},size={FILES_SIZE_MB}m,nr_inodes={FILES_INODES}");
         for dir in ["/secrets", "/configs"] {
             mounts.push(fs(
                 dir,
