@@ -1,5 +1,5 @@
 //! The API listener: `/v1/...` resources (environments, functions, packages,
-//! routes), function logs and instances, health, and the workflow endpoints the
+//! routes; secrets and configmaps in `api/secrets.rs`), function logs and instances, health, and the workflow endpoints the
 //! engine contributes. Every error is a status with `{"error": {"code", "message"}}`.
 
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use pool_manager::error::error_response;
 use pool_manager::{Environment, Error, Function, PoolManager, Route, WorkflowGateway};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+
+mod secrets;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -67,6 +69,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/routes/{name}",
             get(get_route).put(update_route).delete(delete_route),
         )
+        .merge(secrets::routes())
         .layer(axum::middleware::from_fn(json_errors))
         // Added after the layer: a function's own answers pass through untouched.
         .route("/v1/functions/{name}/invoke", any(invoke_fn))

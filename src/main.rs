@@ -1,5 +1,5 @@
 //! `fusion`: the server (`fusion server`, `fusion up`) and its command-line client
-//! (`fusion env|fn|route|spec|wf|run ...`, talking to the API at `FUSION_URL`).
+//! (`fusion env|fn|route|secret|configmap|spec|wf|run ...`, talking to the API at `FUSION_URL`).
 
 mod api;
 mod cli;

@@ -3,8 +3,11 @@
 //! specialized, runs the function's executable or shell script once per request:
 //! the request body on stdin, the method, path, query and headers in environment
 //! variables, stdout as the response body. Exit 0 answers 200; any other exit
-//! answers 500 with what the program wrote to stderr.
+//! answers 500 with what the program wrote to stderr. The function's own
+//! environment variables (Fusion's `fusionEnvVars` in the specialize request)
+//! are set for every run.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
@@ -20,7 +23,13 @@ use tokio::io::AsyncWriteExt;
 
 #[derive(Default)]
 struct Runtime {
-    program: OnceLock<PathBuf>,
+    program: OnceLock<Loaded>,
+}
+
+/// What a specialization gave: the program and the function's environment variables.
+struct Loaded {
+    program: PathBuf,
+    env_vars: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -28,6 +37,8 @@ struct Specialize {
     filepath: String,
     #[serde(rename = "functionName", default)]
     function_name: String,
+    #[serde(rename = "fusionEnvVars", default)]
+    env_vars: BTreeMap<String, String>,
 }
 
 pub async fn serve() -> anyhow::Result<()> {
@@ -94,22 +105,26 @@ async fn specialize_v2(State(rt): State<Arc<Runtime>>, body: Bytes) -> Response 
     } else {
         path.to_path_buf()
     };
-    install(&rt, program)
+    install(&rt, program, req.env_vars)
 }
 
 async fn specialize_v1(State(rt): State<Arc<Runtime>>) -> Response {
     let dir = std::env::var("USERFUNC_DIR").unwrap_or_else(|_| "/userfunc".into());
-    install(&rt, Path::new(&dir).join("user"))
+    install(&rt, Path::new(&dir).join("user"), BTreeMap::new())
 }
 
-fn install(rt: &Runtime, program: PathBuf) -> Response {
+fn install(rt: &Runtime, program: PathBuf, env_vars: BTreeMap<String, String>) -> Response {
     if !program.is_file() {
         return refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("no executable at {}", program.display()),
         );
     }
-    if rt.program.set(program.clone()).is_err() {
+    let loaded = Loaded {
+        program: program.clone(),
+        env_vars,
+    };
+    if rt.program.set(loaded).is_err() {
         return refuse(
             StatusCode::CONFLICT,
             "this instance is already specialized".into(),
@@ -120,7 +135,7 @@ fn install(rt: &Runtime, program: PathBuf) -> Response {
 }
 
 async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
-    let Some(program) = rt.program.get() else {
+    let Some(Loaded { program, env_vars }) = rt.program.get() else {
         return refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
             "generic instance: not specialized".into(),
@@ -145,7 +160,8 @@ async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
         c.arg(program);
         c
     };
-    cmd.envs(request_env(&parts.method, &parts.uri, &parts.headers))
+    cmd.envs(env_vars)
+        .envs(request_env(&parts.method, &parts.uri, &parts.headers))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -3,6 +3,7 @@
 //
 //   GET  /healthz          200 "ok", always
 //   POST /v2/specialize    {"filepath", "functionName", ...}: load the function
+//                          (Fusion's "fusionEnvVars": {name: value} set first)
 //   POST /specialize       v1: load $USERFUNC_DIR/user (default /userfunc/user)
 //   anything else          the function, once specialized (500 before)
 //
@@ -158,6 +159,7 @@ async function load(filepath, name) {
 async function specialize(v2, body, res) {
   let filepath;
   let name;
+  let envVars = {};
   if (v2) {
     let info;
     try {
@@ -174,22 +176,29 @@ async function specialize(v2, body, res) {
       return sendText(res, 500, 'specialize: filepath is required\n');
     }
     if (typeof name !== 'string') return sendText(res, 500, 'specialize: functionName must be a string\n');
+    // Fusion's extension: the function's environment variables.
+    envVars = info.fusionEnvVars || {};
+    if (typeof envVars !== 'object' || Array.isArray(envVars)
+        || !Object.values(envVars).every((v) => typeof v === 'string')) {
+      return sendText(res, 500, 'specialize: fusionEnvVars must map names to strings\n');
+    }
   } else {
     filepath = path.join(process.env.USERFUNC_DIR || '/userfunc', 'user');
     name = '';
   }
   // One specialization at a time: a concurrent one waits, then gets 409 or its turn.
-  const turn = specQueue.then(() => attempt(filepath, name, res));
+  const turn = specQueue.then(() => attempt(filepath, name, envVars, res));
   specQueue = turn.catch(() => {});
   return turn;
 }
 
-async function attempt(filepath, name, res) {
+async function attempt(filepath, name, envVars, res) {
   if (userFunction !== null) {
     const [f, e] = entryShown;
     return sendText(res, 409, `already specialized with ${f} entry ${e}; an instance is specialized only once\n`);
   }
   const t0 = process.hrtime.bigint();
+  Object.assign(process.env, envVars);
   try {
     const [fn, shown] = await load(filepath, name);
     userFunction = fn;

@@ -3,6 +3,7 @@
 
     GET  /healthz          200 "ok", always
     POST /v2/specialize    {"filepath", "functionName", ...}: load the function
+                           (Fusion's "fusionEnvVars": {name: value} set first)
     POST /specialize       v1: load $USERFUNC_DIR/user (default /userfunc/user)
     anything else          the function, once specialized (500 before)
 
@@ -366,9 +367,15 @@ def _specialize(v2, body):
             return 500, "specialize: filepath is required\n"
         if not isinstance(name, str):
             return 500, "specialize: functionName must be a string\n"
+        # Fusion's extension: the function's environment variables.
+        env_vars = info.get("fusionEnvVars") or {}
+        if not isinstance(env_vars, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+            return 500, "specialize: fusionEnvVars must map names to strings\n"
     else:
         filepath = os.path.join(os.environ.get("USERFUNC_DIR") or "/userfunc", "user")
         name = "main"
+        env_vars = {}
     with _spec_lock:
         if _userfunc is not None:
             return 409, ("already specialized with %s entry %s; an instance is specialized "
@@ -378,6 +385,7 @@ def _specialize(v2, body):
             if _shim is None:
                 import flask
                 _shim = flask
+            os.environ.update(env_vars)
             func, shown, app = _load(filepath, name)
         except BaseException as e:
             log_exc("specialize %s entry %r failed:" % (filepath, name))

@@ -121,10 +121,11 @@ impl PoolManager {
                 f.name, f.package.sha256
             ))
         })?;
-        Ok(())
+        self.check_data_refs(f)
     }
 
     pub async fn create_function(&self, mut f: Function) -> Result<Function> {
+        let _refs = self.inner.data.refs.lock().await;
         self.check_function_refs(&f)?;
         f.generation = 1;
         self.inner.store.create(Kind::Function, &f.name, &f).await?;
@@ -135,6 +136,7 @@ impl PoolManager {
     /// Replaces a function. New requests go to instances of the new generation;
     /// in-flight ones finish on the old instances, which are then retired.
     pub async fn update_function(&self, mut f: Function) -> Result<Function> {
+        let _refs = self.inner.data.refs.lock().await;
         self.check_function_refs(&f)?;
         let old = self.function(&f.name)?;
         f.generation = old.generation + 1;
@@ -269,5 +271,13 @@ pub(crate) fn not_found(kind: Kind, name: &str) -> Error {
     Error::NotFound {
         kind: kind.noun(),
         name: name.to_string(),
+    }
+}
+
+/// Not found, for a resource that lives in a namespace.
+pub(crate) fn not_found_in(kind: &'static str, namespace: &str, name: &str) -> Error {
+    Error::NotFound {
+        kind,
+        name: format!("{namespace}/{name}"),
     }
 }

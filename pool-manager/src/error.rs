@@ -14,6 +14,9 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// Valid, but not something the backend in use can do.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     TooLarge(String),
     /// A JSON or YAML document nested past the limit, refused before parsing.
@@ -43,6 +46,7 @@ impl Error {
             Error::AlreadyExists { .. } => "already_exists",
             Error::Conflict(_) => "conflict",
             Error::Invalid(_) => "invalid",
+            Error::Unsupported(_) => "unsupported_by_backend",
             Error::TooLarge(_) => "payload_too_large",
             Error::TooDeep(_) => "document_too_deep",
             Error::Overloaded(_) => "too_many_requests",
@@ -59,7 +63,9 @@ impl Error {
         match self {
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::AlreadyExists { .. } | Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Invalid(_) | Error::TooDeep(_) => StatusCode::BAD_REQUEST,
+            Error::Invalid(_) | Error::TooDeep(_) | Error::Unsupported(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -110,6 +116,7 @@ mod tests {
             },
             Error::Conflict(s()),
             Error::Invalid(s()),
+            Error::Unsupported(s()),
             Error::TooLarge(s()),
             Error::Overloaded(s()),
             Error::Timeout(s()),

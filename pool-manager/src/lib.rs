@@ -14,6 +14,7 @@ pub mod pool;
 pub mod resources;
 pub mod router;
 pub mod routes;
+pub mod secrets;
 pub mod store;
 mod sys;
 
@@ -24,6 +25,7 @@ pub use backend::{Backend, Isolation, LaunchConfig};
 pub use error::{Error, Result};
 pub use pool::{InstanceInfo, Lease, PoolConfig, PoolManager};
 pub use resources::{
-    Environment, Function, ImageUse, Network, PackageKind, PackageRef, Route, Runtime,
+    Environment, Function, ImageUse, Network, ObjectRef, PackageKind, PackageRef, Route, Runtime,
 };
 pub use router::{forward, route_request, try_forward, WorkflowGateway};
+pub use secrets::{DataKind, DataSpec, DataView};

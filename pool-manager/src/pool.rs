@@ -53,6 +53,8 @@ pub(crate) struct Inner {
     pub(crate) cfg: PoolConfig,
     pub(crate) store: ResourceStore,
     pub(crate) packages: PackageStore,
+    /// Secrets and configmaps (`secrets.rs`).
+    pub(crate) data: crate::secrets::DataStore,
     pub(crate) logs: Arc<Logs>,
     state: Mutex<State>,
     routes: RwLock<Arc<RouteTable>>,
@@ -133,6 +135,7 @@ impl PoolManager {
     pub async fn start(db: &sled::Db, cfg: PoolConfig) -> Result<PoolManager> {
         let store = ResourceStore::open(db)?;
         let packages = PackageStore::open(cfg.data_dir.join("packages"), cfg.packages)?;
+        let data = crate::secrets::DataStore::open(db, &cfg.data_dir)?;
         let logs = Arc::new(
             Logs::new(cfg.data_dir.join("logs")).map_err(|e| Error::Storage(e.to_string()))?,
         );
@@ -164,6 +167,7 @@ impl PoolManager {
             cfg,
             store,
             packages,
+            data,
             logs,
             state: Mutex::new(state),
             routes: RwLock::new(Arc::new(routes)),
@@ -691,11 +695,25 @@ impl Inner {
             generation: function.generation,
         });
         let path = self.packages.path(&function.package)?;
+        let manager = PoolManager {
+            inner: self.clone(),
+        };
+        let files = match manager.files_for(function) {
+            Ok(files) => files,
+            Err(e) => {
+                instance.stop();
+                return Err(e);
+            }
+        };
         // Staging may link or copy a whole tree: off the async workers.
         let handle = instance.handle.clone();
-        let staged = tokio::task::spawn_blocking(move || handle.stage_code(&path))
-            .await
-            .unwrap_or_else(|e| Err(Error::Internal(format!("staging the code failed: {e}"))));
+        let staged = tokio::task::spawn_blocking(move || {
+            let path = handle.stage_code(&path)?;
+            handle.stage_files(&files)?;
+            Ok(path)
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::Internal(format!("staging the code failed: {e}"))));
         let path = match staged {
             Ok(p) => p,
             Err(e) => {
@@ -703,13 +721,18 @@ impl Inner {
                 return Err(e);
             }
         };
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "filepath": path,
             "functionName": function.entrypoint.clone().unwrap_or_default(),
             "url": "",
             "FunctionMetadata": {"name": function.name, "generation": function.generation},
             "envVersion": 2,
         });
+        // Fusion's extension: the bundled runtimes set these before loading the
+        // code; Fission's own images do not read it.
+        if !function.env_vars.is_empty() {
+            body["fusionEnvVars"] = serde_json::json!(function.env_vars);
+        }
         let req = http::Request::post("http://instance/v2/specialize")
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Body::from(body.to_string()))

@@ -183,6 +183,9 @@ async fn setup(poolsize: usize, concurrency: usize) -> Setup {
         idle_timeout_secs: 60,
         concurrency,
         requests_per_instance: 1,
+        secrets: Vec::new(),
+        configmaps: Vec::new(),
+        env_vars: Default::default(),
         generation: 0,
     })
     .await

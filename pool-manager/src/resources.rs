@@ -1,6 +1,9 @@
 //! The resources users declare: environments, functions and routes (HTTP
-//! triggers), with their defaults and validation. Pure data; the one I/O is
+//! triggers), with their defaults and validation (secrets and configmaps are
+//! `secrets.rs`'s). Pure data; the one I/O is
 //! the check that an environment's image exists and reads as an OCI image.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -297,9 +300,33 @@ pub struct Function {
     /// Concurrent requests one instance takes.
     #[serde(default = "default_rpp")]
     pub requests_per_instance: usize,
-    /// Bumped by every update; instances of older generations are retired.
+    /// Secrets the function reads at `/secrets/<namespace>/<name>/<key>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<ObjectRef>,
+    /// ConfigMaps the function reads at `/configs/<namespace>/<name>/<key>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configmaps: Vec<ObjectRef>,
+    /// Environment variables set in the runtime before the code loads (the
+    /// bundled runtimes; `env` is the environment's name).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_vars: BTreeMap<String, String>,
+    /// Bumped by every update (and by a change of a secret or configmap it
+    /// lists); instances of older generations are retired.
     #[serde(default)]
     pub generation: u64,
+}
+
+fn default_namespace() -> String {
+    crate::secrets::DEFAULT_NAMESPACE.to_string()
+}
+
+/// A function's reference to a secret or configmap, as Fission writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
 }
 
 impl Function {
@@ -339,7 +366,7 @@ impl Function {
         if let Some(f) = &self.package.filename {
             crate::package::validate_filename(f)?;
         }
-        Ok(())
+        crate::secrets::validate_function_fields(self)
     }
 }
 

@@ -34,6 +34,18 @@ pub(super) struct FnFields {
     /// Concurrent requests per instance.
     #[arg(long = "rpp")]
     requests_per_instance: Option<usize>,
+    /// A secret the function reads at /secrets/<namespace>/<name>/<key>, as NAME
+    /// or NAMESPACE/NAME (repeatable; replaces the list; container backend).
+    #[arg(long = "secret", value_name = "[NAMESPACE/]NAME")]
+    secrets: Vec<String>,
+    /// A configmap the function reads at /configs/<namespace>/<name>/<key>, as
+    /// NAME or NAMESPACE/NAME (repeatable; replaces the list; container backend).
+    #[arg(long = "configmap", value_name = "[NAMESPACE/]NAME")]
+    configmaps: Vec<String>,
+    /// An environment variable set before the code loads, as KEY=VALUE
+    /// (repeatable; sets or replaces KEY; bundled runtimes only).
+    #[arg(long = "env-var", value_name = "KEY=VALUE")]
+    env_vars: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +143,25 @@ pub(super) async fn merge_fn(c: &Client, body: &mut Value, f: FnFields) -> Resul
     }
     if let Some(n) = f.requests_per_instance {
         body["requests_per_instance"] = json!(n);
+    }
+    for (flag, field, given) in [
+        ("--secret", "secrets", &f.secrets),
+        ("--configmap", "configmaps", &f.configmaps),
+    ] {
+        if !given.is_empty() {
+            let refs = given
+                .iter()
+                .map(|t| super::secret::object_ref(flag, t))
+                .collect::<Result<Vec<_>>>()?;
+            body[field] = json!(refs);
+        }
+    }
+    for text in &f.env_vars {
+        let (k, v) = super::secret::env_var(text)?;
+        if !body["env_vars"].is_object() {
+            body["env_vars"] = json!({});
+        }
+        body["env_vars"][k] = json!(v);
     }
     Ok(())
 }

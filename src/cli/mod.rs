@@ -6,6 +6,7 @@ mod function;
 mod output;
 mod route;
 mod run;
+mod secret;
 mod spec;
 mod up;
 mod workflow;
@@ -107,6 +108,22 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Secrets: files a function reads at /secrets/<namespace>/<name>/<key>
+    /// (values are never shown back).
+    Secret {
+        #[command(subcommand)]
+        verb: secret::DataVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// ConfigMaps: files a function reads at /configs/<namespace>/<name>/<key>.
+    #[command(name = "configmap", alias = "cm")]
+    Configmap {
+        #[command(subcommand)]
+        verb: secret::DataVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Resource specs.
     Spec {
         #[command(subcommand)]
@@ -168,6 +185,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Env { verb, opts } => env::env_cmd(verb, &opts).await,
         Command::Fn { verb, opts } => function::fn_cmd(verb, &opts).await,
         Command::Route { verb, opts } => route::route_cmd(verb, &opts).await,
+        Command::Secret { verb, opts } => secret::data_cmd(secret::SECRETS, verb, &opts).await,
+        Command::Configmap { verb, opts } => {
+            secret::data_cmd(secret::CONFIGMAPS, verb, &opts).await
+        }
         Command::Wf { verb, opts } => workflow::wf_cmd(verb, &opts).await,
         Command::Run { verb, opts } => run::run_cmd(verb, &opts).await,
         Command::Spec { verb, opts } => spec::spec_cmd(verb, &opts).await,

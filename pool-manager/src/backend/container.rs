@@ -3,8 +3,10 @@
 //! instance. The container has its own mount, pid, ipc and uts namespaces (and
 //! network, for `network: none`), a read-only root made of the host's `/usr`
 //! bound read-only plus a generated minimal `/etc`, the function's code
-//! read-only at `/userfunc`, a private size-limited `/tmp`, and runs as an
-//! unprivileged user with no capabilities. cgroups bound memory (all processes
+//! read-only at `/userfunc`, a private size-limited `/tmp`, its secrets and
+//! configmaps at `/secrets` and `/configs` (each a small tmpfs of its own, so
+//! their values never touch the disk and no other instance sees them), and runs
+//! as an unprivileged user with no capabilities. cgroups bound memory (all processes
 //! together), CPU and pids. The runtime listens on a Unix socket in the
 //! instance's bundle, which no other instance can see.
 //!
@@ -41,7 +43,9 @@ use tokio::sync::{watch, Notify};
 
 use super::connect::InstanceConnector;
 use super::image::{Image, ImageStore, RUNTIME_PORT};
-use super::{Address, Backend, Exit, Handle, Isolation, LaunchConfig, NetNs, StartRequest, Usage};
+use super::{
+    Address, Backend, Exit, Handle, Isolation, LaunchConfig, NetNs, StagedFile, StartRequest, Usage,
+};
 use crate::error::{Error, Result};
 use crate::resources::{Environment, Network};
 
@@ -53,6 +57,12 @@ pub const DEFAULT_PIDS_LIMIT: i64 = 256;
 const OPEN_FILES: u64 = 4096;
 /// Size of an instance's private `/tmp`, in MiB (it counts towards its memory).
 pub const TMP_SIZE_MB: u64 = 64;
+/// Size of each of an instance's `/secrets` and `/configs`, in MiB: room for the
+/// most a function may list (16 of 1 MiB, each file taking at least a page).
+/// Memory is used only as files are written.
+pub const FILES_SIZE_MB: u64 = 40;
+/// Files and directories each may hold (16 x 256 keys, and their directories).
+const FILES_INODES: usize = 8192;
 /// Where the runtime listens, inside the container and in the bundle.
 const SOCKET_DIR: &str = "/run/fusion";
 const SOCKET_NAME: &str = "runtime.sock";
@@ -238,6 +248,8 @@ impl ContainerBackend {
             "dev",
             "tmp",
             "userfunc",
+            "secrets",
+            "configs",
             "fusion/runtimes",
             "fusion/bin",
             "run/fusion",
@@ -463,6 +475,17 @@ impl ContainerBackend {
             )?,
             bind(&bundle.join("code"), "/userfunc", false)?,
         ];
+        // Filled at specialization through the instance's root (`stage_files`):
+        // root's directories, readable by the instance's group only.
+        let files_opts =
+            format!("mode=0550,uid=0,gid={NOBODY},size={FILES_SIZE_MB}m,nr_inodes={FILES_INODES}");
+        for dir in ["/secrets", "/configs"] {
+            mounts.push(fs(
+                dir,
+                "tmpfs",
+                &["nosuid", "nodev", "noexec", &files_opts],
+            )?);
+        }
         // An image brings its own system; the bundled runtimes use the host's.
         if image.is_none() {
             mounts.extend([
@@ -728,6 +751,10 @@ struct ContainerHandle {
 }
 
 impl Backend for ContainerBackend {
+    fn delivers_files(&self) -> bool {
+        true
+    }
+
     fn isolation(&self) -> Isolation {
         Isolation {
             backend: "container",
@@ -1001,6 +1028,25 @@ impl Handle for ContainerHandle {
         staged.map_err(|e| Error::Storage(format!("cannot give the code to the instance: {e}")))
     }
 
+    fn stage_files(&self, files: &[StagedFile]) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        // The tmpfs at /secrets and /configs lives in the container's mount
+        // namespace: reached through its first process's root. No code of the
+        // function has run yet (it loads after this), so nothing in there was
+        // written by anyone but root.
+        let pid = self.pid.ok_or_else(|| {
+            Error::Unavailable("cannot find the instance's process to give it its secrets".into())
+        })?;
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        stage_files_under(&root, files).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot give the secrets and configmaps to the instance: {e}"
+            ))
+        })
+    }
+
     fn stop(&self) {
         self.control.stop();
     }
@@ -1019,6 +1065,65 @@ impl Handle for ContainerHandle {
     fn pid(&self) -> Option<u32> {
         self.pid
     }
+}
+
+/// Writes each file at its path under `root` (`secrets/<ns>/<name>/<key>`):
+/// directories root's, group `nobody`, 0550; files 0440 likewise: readable by
+/// the instance's user, writable by none of its processes. Never follows a link,
+/// never replaces a file.
+fn stage_files_under(root: &Path, files: &[StagedFile]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    for file in files {
+        let mut parts = file.path.components();
+        let top = match parts.next() {
+            Some(std::path::Component::Normal(top)) if top == "secrets" || top == "configs" => top,
+            _ => {
+                return Err(std::io::Error::other(format!(
+                    "{} is not under secrets/ or configs/",
+                    file.path.display()
+                )))
+            }
+        };
+        let mut dir = root.join(top);
+        let rest: Vec<_> = parts.collect();
+        let Some((name, dirs)) = rest.split_last() else {
+            return Err(std::io::Error::other("a staged file needs a name"));
+        };
+        for part in dirs.iter().chain(std::iter::once(name)) {
+            if !matches!(part, std::path::Component::Normal(_)) {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a plain relative path",
+                    file.path.display()
+                )));
+            }
+        }
+        for part in dirs {
+            dir.push(part);
+            match std::fs::DirBuilder::new().mode(0o550).create(&dir) {
+                Ok(()) => std::os::unix::fs::chown(&dir, Some(0), Some(NOBODY))?,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if !std::fs::symlink_metadata(&dir)?.is_dir() {
+                        return Err(std::io::Error::other(format!(
+                            "{} is not a directory",
+                            dir.display()
+                        )));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let path = dir.join(name);
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o440)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?;
+        std::os::unix::fs::fchown(&out, Some(0), Some(NOBODY))?;
+        out.write_all(&file.contents)?;
+    }
+    Ok(())
 }
 
 /// Hard-links (or copies, across file systems) one file.

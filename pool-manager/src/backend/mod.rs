@@ -174,10 +174,32 @@ pub struct StartRequest {
     pub logs: LogSink,
 }
 
+/// A file a function's instance gets beside its code: one key of a secret or
+/// configmap, at a path relative to the instance's root (`secrets/<ns>/<name>/<key>`).
+/// `Debug` does not show the contents.
+pub struct StagedFile {
+    pub path: PathBuf,
+    pub contents: Vec<u8>,
+}
+
+impl fmt::Debug for StagedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StagedFile")
+            .field("path", &self.path)
+            .field("bytes", &self.contents.len())
+            .finish()
+    }
+}
+
 /// Runs instances. One per server; chosen at start.
 pub trait Backend: Send + Sync + 'static {
     /// What this backend enforces, for the environment's status.
     fn isolation(&self) -> Isolation;
+    /// Whether instances can get secrets and configmaps as files at Fission's
+    /// paths (`Handle::stage_files`); functions that list any are refused otherwise.
+    fn delivers_files(&self) -> bool {
+        false
+    }
     /// Refuses, when it is created, an environment this backend cannot run.
     fn accepts(&self, _env: &Environment) -> Result<()> {
         Ok(())
@@ -206,6 +228,16 @@ pub trait Handle: Send + Sync + 'static {
     /// machine) readable by the instance and answers the path the runtime loads
     /// it from (the `filepath` of `/v2/specialize`).
     fn stage_code(&self, package: &Path) -> Result<String>;
+    /// Puts `files` read-only at their paths under the instance's root (`/secrets`,
+    /// `/configs`), readable by the instance's user and no other instance.
+    fn stage_files(&self, files: &[StagedFile]) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Unsupported(
+            "this backend cannot give secrets and configmaps to an instance; use the container backend".into(),
+        ))
+    }
     /// Asks for the instance and every process in it to stop; returns at once.
     /// `exit` reports when it has.
     fn stop(&self);

@@ -1,0 +1,116 @@
+//! The API of secrets and configmaps: `/v1/secrets[/{name}]` and
+//! `/v1/configmaps[/{name}]`, each taking `?namespace=` (default `default`).
+//! A secret's values go in and never come out: reads show its keys and sizes.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use pool_manager::secrets::DEFAULT_NAMESPACE;
+use pool_manager::{DataKind, DataSpec, DataView};
+use serde::Deserialize;
+
+use super::{created, parse_json, ApiResult, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/secrets",
+            get(|s, q| list(DataKind::Secret, s, q))
+                .post(|s, q, b| create(DataKind::Secret, s, q, b)),
+        )
+        .route(
+            "/v1/secrets/{name}",
+            get(|s, p, q| show(DataKind::Secret, s, p, q))
+                .put(|s, p, q, b| update(DataKind::Secret, s, p, q, b))
+                .delete(|s, p, q| delete(DataKind::Secret, s, p, q)),
+        )
+        .route(
+            "/v1/configmaps",
+            get(|s, q| list(DataKind::ConfigMap, s, q))
+                .post(|s, q, b| create(DataKind::ConfigMap, s, q, b)),
+        )
+        .route(
+            "/v1/configmaps/{name}",
+            get(|s, p, q| show(DataKind::ConfigMap, s, p, q))
+                .put(|s, p, q, b| update(DataKind::ConfigMap, s, p, q, b))
+                .delete(|s, p, q| delete(DataKind::ConfigMap, s, p, q)),
+        )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+impl NamespaceQuery {
+    fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+}
+
+/// A body as a secret or configmap, answering 400 with what is wrong.
+fn parse(kind: DataKind, body: &[u8]) -> ApiResult<DataSpec> {
+    let value: serde_json::Value = parse_json(body)?;
+    serde_json::from_value(value)
+        .map_err(|e| pool_manager::Error::Invalid(format!("invalid {}: {e}", kind.noun())))
+}
+
+async fn list(
+    kind: DataKind,
+    State(s): State<AppState>,
+    Query(q): Query<NamespaceQuery>,
+) -> ApiResult<Json<Vec<DataView>>> {
+    Ok(Json(s.pool.data_items(kind, q.namespace())?))
+}
+
+async fn show(
+    kind: DataKind,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<NamespaceQuery>,
+) -> ApiResult<Json<DataView>> {
+    Ok(Json(s.pool.data_item(kind, q.namespace(), &name)?))
+}
+
+async fn create(
+    kind: DataKind,
+    State(s): State<AppState>,
+    Query(q): Query<NamespaceQuery>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let spec = parse(kind, &body)?;
+    Ok(created(
+        s.pool
+            .create_data(kind, spec, q.namespace.as_deref())
+            .await?,
+    ))
+}
+
+async fn update(
+    kind: DataKind,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<NamespaceQuery>,
+    body: Bytes,
+) -> ApiResult<Json<DataView>> {
+    let spec = parse(kind, &body)?;
+    Ok(Json(
+        s.pool
+            .update_data(kind, &name, spec, q.namespace.as_deref())
+            .await?,
+    ))
+}
+
+async fn delete(
+    kind: DataKind,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<NamespaceQuery>,
+) -> ApiResult<StatusCode> {
+    s.pool.delete_data(kind, q.namespace(), &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
