@@ -108,6 +108,10 @@ pub struct DataView {
     pub sizes: BTreeMap<String, usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<BTreeMap<String, String>>,
+    /// An update that changed nothing says so (and retired no instance): how
+    /// `spec apply` knows a secret, whose values are never shown, is up to date.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
 }
 
 /// One stored secret or configmap.
@@ -135,6 +139,7 @@ impl Record {
                 DataKind::Secret => None,
                 DataKind::ConfigMap => self.data.clone(),
             },
+            unchanged: false,
         }
     }
 }
@@ -590,8 +595,13 @@ impl PoolManager {
         }
         let store = self.data_store();
         let _refs = store.refs.lock().await;
-        if store.record(kind, &spec.namespace, name)?.is_none() {
+        let Some(current) = store.record(kind, &spec.namespace, name)? else {
             return Err(not_found_in(kind.noun(), &spec.namespace, name));
+        };
+        if store.values(kind, &current)? == spec.data {
+            let mut view = current.view(kind);
+            view.unchanged = true;
+            return Ok(view);
         }
         let bytes = store.encode(kind, &spec)?;
         store

@@ -462,6 +462,12 @@ async fn upsert(
                     r.label()
                 );
             }
+            if r.kind == Kind::Secret {
+                // Values are never shown: the server says whether they changed.
+                let answer: Value = client.put_json(&path, &body).await?;
+                let same = answer.get("unchanged").and_then(Value::as_bool) == Some(true);
+                return Ok(if same { "unchanged" } else { "updated" });
+            }
             let differs = body.as_object().is_some_and(|o| {
                 o.iter()
                     .any(|(k, v)| k != "generation" && existing.get(k) != Some(v))
