@@ -300,7 +300,7 @@ fn resources_survive_a_restart() {
     }
     s.launch();
     let f = s.ok("GET", "/v1/functions/keeper", None);
-    assert_eq!(f["concurrency"], 3);
+    assert_eq!(f["max_scale"], 3, "concurrency is read as max_scale");
     assert_eq!(s.ok("GET", "/v1/routes", None).as_array().unwrap().len(), 1);
     assert_eq!(s.get("/keep").text().unwrap(), "hello from python\n");
 }

@@ -23,5 +23,7 @@ mod pool_tests;
 pub use backend::{Backend, Isolation, LaunchConfig};
 pub use error::{Error, Result};
 pub use pool::{InstanceInfo, Lease, PoolConfig, PoolManager};
-pub use resources::{Environment, Function, Network, PackageKind, PackageRef, Route, Runtime};
+pub use resources::{
+    Environment, ExecutorType, Function, Network, PackageKind, PackageRef, Route, Runtime,
+};
 pub use router::{forward, route_request, try_forward, WorkflowGateway};
