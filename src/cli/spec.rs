@@ -11,6 +11,7 @@ use super::ClientOpts;
 pub(super) enum SpecVerb {
     /// Create or update every resource in a file or folder.
     Apply {
+        /// A spec file (YAML documents separated by `---`) or a folder of them.
         #[arg(short = 'f', long = "file")]
         path: PathBuf,
     },
