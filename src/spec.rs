@@ -133,6 +133,10 @@ pub async fn apply(client: &Client, path: &Path) -> Result<Summary> {
                     })?;
                 let package = client.upload(&base.join(code)).await?;
                 obj.insert("package".into(), package);
+                // `concurrency` is max scale's older name: compared under the new one.
+                if let Some(n) = obj.remove("concurrency") {
+                    obj.entry("max_scale").or_insert(n);
+                }
                 upsert(client, "/v1/functions", &name, value, &["generation"]).await
             }
             "Route" => upsert(client, "/v1/routes", &name, value, &[]).await,

@@ -497,7 +497,7 @@ fn spec_apply_is_idempotent() {
     std::fs::write(dir.path().join("hello.py"), PY_HELLO).unwrap();
     std::fs::write(
         dir.path().join("spec.yaml"),
-        "kind: Environment\nname: python\nruntime: python\npoolsize: 1\n---\nkind: Function\nname: hello\nenv: python\ncode: hello.py\n---\nkind: Route\nname: hello\nurl: /hello\nfunction: hello\n",
+        "kind: Environment\nname: python\nruntime: python\npoolsize: 1\n---\nkind: Function\nname: hello\nenv: python\ncode: hello.py\nconcurrency: 2\n---\nkind: Route\nname: hello\nurl: /hello\nfunction: hello\n",
     )
     .unwrap();
     let path = dir.path().to_str().unwrap();
