@@ -137,6 +137,18 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 req = req.header("X-Async", "true");
             }
             if let Some(b) = body {
+                let typed = headers
+                    .iter()
+                    .any(|h| h.to_ascii_lowercase().starts_with("content-type:"));
+                if !typed {
+                    let json = serde_json::from_str::<Value>(&b).is_ok();
+                    let content_type = if json {
+                        "application/json"
+                    } else {
+                        "text/plain"
+                    };
+                    req = req.header("content-type", content_type);
+                }
                 req = req.body(b);
             }
             let resp = c.send(req).await?;
@@ -146,6 +158,16 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             let text = resp.text().await?;
+            if asynchronous && opts.output == Output::Table {
+                // Just the id, for `ID=$(fusion wf invoke NAME --async)`.
+                let id = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+                    .or(run)
+                    .ok_or_else(|| anyhow!("the API did not answer with a run id: {text}"))?;
+                println!("{id}");
+                return Ok(());
+            }
             print!("{text}");
             if !text.is_empty() && !text.ends_with('\n') {
                 println!();
