@@ -233,6 +233,37 @@ pub(super) fn with_headers(
     Ok(req)
 }
 
+/// A command-line mistake as one line: clap's message, then what it adds (the
+/// argument missing, a tip, the usage) in parentheses, without the blank lines
+/// and the "For more information" footer.
+pub fn usage_error(rendered: &str) -> String {
+    let mut lines = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"));
+    let mut first = lines
+        .next()
+        .unwrap_or("error: bad command line")
+        .to_string();
+    let mut extra: Vec<String> = Vec::new();
+    for line in lines {
+        if let Some(usage) = line.strip_prefix("Usage: ") {
+            extra.push(format!("usage: {usage}"));
+        } else if first.ends_with(':') {
+            // "the following required arguments were not provided:" + the list.
+            first.push(' ');
+            first.push_str(line);
+        } else {
+            extra.push(line.to_string());
+        }
+    }
+    if extra.is_empty() {
+        first
+    } else {
+        format!("{first} ({})", extra.join("; "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -260,6 +291,31 @@ mod tests {
         let mut missing = Vec::new();
         walk(&super::Cli::command(), "", &mut missing);
         assert!(missing.is_empty(), "no help for: {missing:#?}");
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        use clap::Parser;
+        let one_line = |args: &[&str]| {
+            let e = super::Cli::try_parse_from(args)
+                .err()
+                .expect("a usage error");
+            super::usage_error(&e.render().to_string())
+        };
+        assert_eq!(
+            one_line(&["fusion", "fn", "get"]),
+            "error: the following required arguments were not provided: <NAME> (usage: fusion fn get <NAME>)"
+        );
+        assert_eq!(
+            one_line(&["fusion", "env", "create", "py", "--poolsize", "x"]),
+            "error: invalid value 'x' for '--poolsize <INSTANCES>': invalid digit found in string"
+        );
+        let e = one_line(&["fusion", "fn", "create", "a", "--executortype", "container"]);
+        assert!(
+            e.starts_with("error: invalid value 'container' for '--executortype <TYPE>' ([possible values: poolmgr, newdeploy]"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
     }
 
     #[test]
