@@ -64,7 +64,7 @@ fn fn_create_with_minscale_has_that_many_specialized_instances_before_any_call()
 fn errors_name_the_mistake() {
     let s = Server::start();
     s.env("python", "python", 0);
-    let (_dir, code) = hello_file();
+    let (dir, code) = hello_file();
     let one_line_error = |args: &[&str], wanted: &str| {
         let (rc, out, err) = s.cli(args);
         assert_ne!(rc, 0, "{args:?}: {out}");
@@ -100,6 +100,23 @@ fn errors_name_the_mistake() {
             "3",
         ],
         "min scale 4 is above max scale 3",
+    );
+    // A function whose code does not load: Fusion's message, not its JSON body.
+    let bad = dir.path().join("bad.py");
+    std::fs::write(&bad, "def main(:\n").unwrap();
+    let (rc, _, err) = s.cli(&[
+        "fn",
+        "create",
+        "bad",
+        "--env",
+        "python",
+        "--code",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    one_line_error(
+        &["fn", "test", "bad"],
+        r#"error: function "bad" cannot be loaded: the runtime refused the code"#,
     );
     // The API says the same, with the field at fault.
     let (status, v) = s.call(

@@ -242,10 +242,21 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 .with_context(|| format!("cannot reach the Fusion API at {}", opts.api))?;
             let status = resp.status();
             let text = resp.text().await?;
-            print!("{text}");
             if !status.is_success() {
+                // Fusion's own answer (cannot load the code, a timeout, a failed
+                // run): its message, as one line.
+                let fusion_error = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+                    let message = v.pointer("/error/message")?.as_str()?.to_string();
+                    v.pointer("/error/code")?.as_str()?;
+                    Some(message)
+                });
+                if let Some(message) = fusion_error {
+                    bail!("{message} ({})", status.as_u16());
+                }
+                print!("{text}");
                 bail!("the function answered {status}");
             }
+            print!("{text}");
         }
         FnVerb::Logs { name, follow } => {
             let name = name.get();
