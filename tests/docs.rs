@@ -2,7 +2,8 @@
 //! workflow-examples/ applied: every `$ curl` example of
 //! workflow-examples/README.md must answer what is written under it, and the
 //! README's walk-through (its `sh` blocks, as one script) must run through, each
-//! curl line answering what its `# -> ` comment says. So the docs cannot drift.
+//! curl line answering what its `# -> ` comment says, as must the README's other
+//! curl lines. So the docs cannot drift.
 
 mod common;
 
@@ -309,6 +310,30 @@ fn every_documented_curl_answers_as_documented() {
         assert!(
             answers(expected, &actual),
             "{cmd}\n--- documented:\n{expected}\n--- answered:\n{actual}"
+        );
+    }
+
+    // The README's other curl lines, each on its own with the token exported as
+    // the README says just before.
+    let walk = walk_through(&readme);
+    let others: Vec<&str> = readme
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("curl ") && !walk.contains(*l))
+        .collect();
+    assert!(!others.is_empty());
+    for line in others {
+        let (cmd, expected) = line
+            .split_once(" # -> ")
+            .unwrap_or_else(|| panic!("a README curl line without its `# -> ` answer: {line}"));
+        let script = format!(
+            "export FUSION_TOKEN=$(cat .fusion/token)\n{}",
+            up.localize(cmd)
+        );
+        let (ok, out, err) = run_script(up.dir.path(), &script, &[]);
+        assert!(
+            ok && answers(expected, &out),
+            "{line}\n--- answered:\n{out}\n{err}"
         );
     }
 }
