@@ -131,14 +131,51 @@ pub async fn not_found(req: Request) -> Response {
 
 /// Parses a JSON body into `T`, answering 400 with the line and column on error;
 /// a body nested past `engine::document::MAX_DOCUMENT_DEPTH` is refused unparsed.
+/// A field with a wrong value is named (`field "poolsize": invalid type ...`).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     engine::document::check_json(body).map_err(|e| Error::TooDeep(e.to_string()))?;
-    serde_json::from_slice(body).map_err(|e| {
-        Error::Invalid(format!(
-            "invalid JSON at line {} column {}: {e}",
-            e.line(),
-            e.column()
-        ))
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| json_error(e.path().to_string(), e.into_inner()))?;
+    de.end().map_err(|e| json_error(".".into(), e))?;
+    Ok(value)
+}
+
+/// A JSON error as one line: where it is, and which field when the JSON is
+/// well-formed but a value is wrong.
+fn json_error(path: String, inner: serde_json::Error) -> Error {
+    let (line, column) = (inner.line(), inner.column());
+    // serde_json ends its message with the position; it is said once, below.
+    let text = inner.to_string();
+    let text = text
+        .strip_suffix(&format!(" at line {line} column {column}"))
+        .unwrap_or(&text);
+    match inner.classify() {
+        serde_json::error::Category::Data if path != "." => Error::Invalid(format!(
+            "field {path:?}: {text} (line {line} column {column})"
+        )),
+        _ => Error::Invalid(format!(
+            "invalid JSON at line {line} column {column}: {text}"
+        )),
+    }
+}
+
+/// A resource from a JSON body: first the JSON (with line and column on a syntax
+/// error), then the resource, naming the field at fault.
+fn parse_resource<T: DeserializeOwned>(kind: &str, body: &[u8]) -> Result<T, Error> {
+    from_value(kind, parse_json(body)?)
+}
+
+/// A resource from a JSON value (already parsed), naming the field at fault.
+fn from_value<T: DeserializeOwned>(kind: &str, value: serde_json::Value) -> Result<T, Error> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            Error::Invalid(format!("invalid {kind}: {inner}"))
+        } else {
+            Error::Invalid(format!("invalid {kind}: field {path:?}: {inner}"))
+        }
     })
 }
 
@@ -213,7 +250,7 @@ fn parse_env(body: &[u8]) -> Result<Environment, Error> {
     if let Some(fields) = value.as_object_mut() {
         fields.remove("status");
     }
-    serde_json::from_value(value).map_err(|e| Error::Invalid(format!("invalid environment: {e}")))
+    from_value("environment", value)
 }
 
 async fn list_envs(State(s): State<AppState>) -> ApiResult<Json<Vec<EnvironmentView>>> {
@@ -253,7 +290,7 @@ async fn get_fn(State(s): State<AppState>, Path(name): Path<String>) -> ApiResul
     Ok(Json(s.pool.function(&name)?))
 }
 async fn create_fn(State(s): State<AppState>, body: Bytes) -> ApiResult<Response> {
-    let f: Function = parse_json(&body)?;
+    let f: Function = parse_resource("function", &body)?;
     if s.workflows.as_ref().is_some_and(|w| w.exists(&f.name)) {
         return Err(Error::Conflict(format!(
             "a workflow named {:?} exists; functions and workflows share /fission-function/ names",
@@ -267,7 +304,7 @@ async fn update_fn(
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Function>> {
-    let f: Function = parse_json(&body)?;
+    let f: Function = parse_resource("function", &body)?;
     same_name(&name, &f.name)?;
     Ok(Json(s.pool.update_function(f).await?))
 }
@@ -375,7 +412,7 @@ async fn get_route(State(s): State<AppState>, Path(name): Path<String>) -> ApiRe
     Ok(Json(s.pool.route(&name)?))
 }
 async fn create_route(State(s): State<AppState>, body: Bytes) -> ApiResult<Response> {
-    let r: Route = parse_json(&body)?;
+    let r: Route = parse_resource("route", &body)?;
     Ok(created(s.pool.create_route(r, &s.workflow_exists()).await?))
 }
 async fn update_route(
@@ -383,7 +420,7 @@ async fn update_route(
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Route>> {
-    let r: Route = parse_json(&body)?;
+    let r: Route = parse_resource("route", &body)?;
     same_name(&name, &r.name)?;
     Ok(Json(s.pool.update_route(r, &s.workflow_exists()).await?))
 }
@@ -426,4 +463,56 @@ pub async fn json_errors(req: Request, next: axum::middleware::Next) -> Response
         text.trim().to_string()
     };
     error_response(status, code, &message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(e: Error) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn a_wrong_value_names_its_field_and_a_misspelt_runtime_names_the_runtime() {
+        let e = message(parse_env(br#"{"name": "x", "runtime": "pyton"}"#).unwrap_err());
+        assert_eq!(
+            e,
+            r#"invalid environment: field "runtime": unknown runtime "pyton": expected python, nodejs or binary (or give a command)"#
+        );
+        let e = message(
+            parse_env(br#"{"name": "x", "runtime": "python", "poolsize": "3"}"#).unwrap_err(),
+        );
+        assert!(
+            e.starts_with(r#"invalid environment: field "poolsize": invalid type: string "3""#),
+            "{e}"
+        );
+        let e = message(
+            parse_resource::<Function>("function", br#"{"name": "f", "executor_type": "x"}"#)
+                .unwrap_err(),
+        );
+        assert!(
+            e.starts_with(r#"invalid function: field "executor_type": unknown executor type "x""#),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn broken_json_is_placed_by_line_and_column() {
+        let e = message(parse_json::<serde_json::Value>(b"{\n  \"a\": }").unwrap_err());
+        assert!(
+            e.starts_with("invalid JSON at line 2 column 8: expected value"),
+            "{e}"
+        );
+        let e = message(parse_json::<serde_json::Value>(b"{} x").unwrap_err());
+        assert!(
+            e.starts_with("invalid JSON at line 1 column 4: trailing characters"),
+            "{e}"
+        );
+        let e = message(parse_json::<Route>(br#"{"name": 3}"#).unwrap_err());
+        assert!(
+            e.starts_with(r#"field "name": invalid type: integer `3`"#),
+            "{e}"
+        );
+    }
 }

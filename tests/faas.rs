@@ -300,7 +300,7 @@ fn resources_survive_a_restart() {
     }
     s.launch();
     let f = s.ok("GET", "/v1/functions/keeper", None);
-    assert_eq!(f["concurrency"], 3);
+    assert_eq!(f["max_scale"], 3, "concurrency is read as max_scale");
     assert_eq!(s.ok("GET", "/v1/routes", None).as_array().unwrap().len(), 1);
     assert_eq!(s.get("/keep").text().unwrap(), "hello from python\n");
 }
@@ -497,7 +497,7 @@ fn spec_apply_is_idempotent() {
     std::fs::write(dir.path().join("hello.py"), PY_HELLO).unwrap();
     std::fs::write(
         dir.path().join("spec.yaml"),
-        "kind: Environment\nname: python\nruntime: python\npoolsize: 1\n---\nkind: Function\nname: hello\nenv: python\ncode: hello.py\n---\nkind: Route\nname: hello\nurl: /hello\nfunction: hello\n",
+        "kind: Environment\nname: python\nruntime: python\npoolsize: 1\n---\nkind: Function\nname: hello\nenv: python\ncode: hello.py\nconcurrency: 2\n---\nkind: Route\nname: hello\nurl: /hello\nfunction: hello\n",
     )
     .unwrap();
     let path = dir.path().to_str().unwrap();

@@ -415,7 +415,7 @@ fn the_cli_creates_lists_and_deletes_secrets_and_configmaps() {
     assert!(err.contains("not a valid file name"), "{err}");
     let (code, _, err) = s.cli(&["configmap", "get", "--name", "c"]);
     assert_ne!(code, 0);
-    assert!(err.contains("not found"), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
 
     // fn create takes them; this backend refuses secrets, and says why.
     let code_file = dir.path().join("g.py");

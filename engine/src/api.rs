@@ -433,14 +433,45 @@ fn accepted(id: &str) -> Response {
     resp
 }
 
-fn pairs(uri_query: &str) -> Vec<(String, String)> {
-    let uri: Uri = match format!("/?{uri_query}").parse() {
-        Ok(u) => u,
-        Err(_) => return Vec::new(),
-    };
-    Query::<Vec<(String, String)>>::try_from_uri(&uri)
-        .map(|q| q.0)
-        .unwrap_or_default()
+/// The `key=value` pairs of a query string or form body, percent-decoded.
+fn pairs(encoded: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(encoded).into_owned().collect()
+}
+
+/// The input a form-encoded body (what `curl -d` sends) stands for:
+/// - a body that is a JSON document is that JSON, since `curl -d '{"x": 1}'`
+///   means JSON whatever content type curl puts on it;
+/// - a body with `key=value` fields is an object of them, each value a string
+///   (a key given more than once: an array of its values, in order);
+/// - any other body (`curl -d hello`) is the text as sent.
+///
+/// Never an empty object for a body that has something in it.
+fn form_input(body: &[u8]) -> Result<Value, ApiError> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        crate::document::check_json(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                e.code(),
+                format!("the request body: {e}"),
+            )
+        })?;
+        return Ok(v);
+    }
+    let text = String::from_utf8_lossy(body);
+    if !text.contains('=') {
+        return Ok(Value::String(text.into_owned()));
+    }
+    let mut fields = serde_json::Map::new();
+    for (k, v) in pairs(body) {
+        match fields.get_mut(&k) {
+            None => {
+                fields.insert(k, Value::String(v));
+            }
+            Some(Value::Array(values)) => values.push(Value::String(v)),
+            Some(first) => *first = Value::Array(vec![first.take(), Value::String(v)]),
+        }
+    }
+    Ok(Value::Object(fields))
 }
 
 fn is_async(h: &HeaderMap) -> bool {
@@ -461,7 +492,7 @@ pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-aut
 pub const REDACTED: &str = "[redacted]";
 
 /// The workflow input of an HTTP request: `body` and `default` (JSON to a value,
-/// form data to a map, anything else to a string), `headers` (canonical names;
+/// a form body as [`form_input`] says, anything else to a string), `headers` (canonical names;
 /// [`CREDENTIAL_HEADERS`] keep their name with the value [`REDACTED`]: the input
 /// is stored durably in RunStarted, so it cannot hold a secret), `query` and `method`.
 pub fn request_input(
@@ -493,11 +524,7 @@ pub fn request_input(
             )
         })?
     } else if content_type.starts_with("application/x-www-form-urlencoded") {
-        let map: serde_json::Map<String, Value> = pairs(&String::from_utf8_lossy(body))
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect();
-        Value::Object(map)
+        form_input(body)?
     } else {
         Value::String(String::from_utf8_lossy(body).to_string())
     };
@@ -512,7 +539,7 @@ pub fn request_input(
             Some((k.as_str().to_string(), value))
         })
         .collect();
-    let query: serde_json::Map<String, Value> = pairs(uri.query().unwrap_or(""))
+    let query: serde_json::Map<String, Value> = pairs(uri.query().unwrap_or("").as_bytes())
         .into_iter()
         .map(|(k, v)| (k, Value::String(v)))
         .collect();
@@ -645,4 +672,80 @@ fn output_response(output: Value, headers: &BTreeMap<String, String>, run_id: &s
         resp.headers_mut().insert("x-fusion-run-id", v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `body` input of a POST with `content_type` and `body`.
+    fn body_input(content_type: &str, body: &str) -> Value {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        let uri: Uri = "/fission-function/w".parse().unwrap();
+        let input = request_input(&Method::POST, &uri, &headers, body.as_bytes()).unwrap();
+        assert_eq!(input["default"], input["body"]);
+        input["body"].clone()
+    }
+
+    const FORM: &str = "application/x-www-form-urlencoded";
+
+    #[test]
+    fn a_form_body_that_is_json_is_that_json() {
+        // What `curl -d '{"x":1}'` sends.
+        assert_eq!(body_input(FORM, r#"{"x":1}"#), json!({"x": 1}));
+        assert_eq!(body_input(FORM, r#"["a", 2]"#), json!(["a", 2]));
+        assert_eq!(body_input(FORM, "42"), json!(42));
+    }
+
+    #[test]
+    fn form_fields_are_an_object_of_strings() {
+        assert_eq!(
+            body_input(FORM, "name=Ada+Lovelace&year=1815&x=%7B%7D"),
+            json!({"name": "Ada Lovelace", "year": "1815", "x": "{}"})
+        );
+        assert_eq!(
+            body_input(FORM, "tag=a&tag=b&tag=c&one=1"),
+            json!({"tag": ["a", "b", "c"], "one": "1"})
+        );
+        assert_eq!(body_input(FORM, "flag=&b"), json!({"flag": "", "b": ""}));
+    }
+
+    #[test]
+    fn a_form_body_without_fields_is_its_text_never_an_empty_object() {
+        assert_eq!(body_input(FORM, "hello"), json!("hello"));
+        assert_eq!(body_input(FORM, "{not json"), json!("{not json"));
+        assert_eq!(
+            body_input(
+                "application/x-www-form-urlencoded; charset=utf-8",
+                "hello world"
+            ),
+            json!("hello world")
+        );
+    }
+
+    #[test]
+    fn other_bodies_keep_their_meaning() {
+        assert_eq!(
+            body_input("application/json", r#"{"x":1}"#),
+            json!({"x": 1})
+        );
+        assert_eq!(body_input("text/plain", "a=b"), json!("a=b"));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        let uri: Uri = "/w".parse().unwrap();
+        let e = request_input(&Method::POST, &uri, &headers, b"{nope").unwrap_err();
+        assert_eq!(e.into_response().status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let uri: Uri = "/w?name=Ada%20L&empty=&plus=a+b".parse().unwrap();
+        let input = request_input(&Method::GET, &uri, &HeaderMap::new(), b"").unwrap();
+        assert_eq!(
+            input["query"],
+            json!({"name": "Ada L", "empty": "", "plus": "a b"})
+        );
+        assert_eq!(input["body"], Value::Null);
+    }
 }

@@ -90,7 +90,7 @@ pub struct EngineConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("{0} not found")]
+    #[error("{0} does not exist")]
     NotFound(String),
     #[error("{0} already exists")]
     Conflict(String),

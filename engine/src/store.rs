@@ -24,7 +24,7 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("{0} already exists")]
     Conflict(String),
-    #[error("{0} not found")]
+    #[error("{0} does not exist")]
     NotFound(String),
     #[error("flush failed: {0}")]
     Flush(String),

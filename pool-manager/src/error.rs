@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{kind} {name:?} not found")]
+    #[error("{kind} {name:?} does not exist")]
     NotFound { kind: &'static str, name: String },
     #[error("{kind} {name:?} already exists")]
     AlreadyExists { kind: &'static str, name: String },

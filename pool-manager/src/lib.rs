@@ -25,7 +25,8 @@ pub use backend::{Backend, Isolation, LaunchConfig};
 pub use error::{Error, Result};
 pub use pool::{InstanceInfo, Lease, PoolConfig, PoolManager};
 pub use resources::{
-    Environment, Function, ImageUse, Network, ObjectRef, PackageKind, PackageRef, Route, Runtime,
+    Environment, ExecutorType, Function, ImageUse, Network, ObjectRef, PackageKind, PackageRef,
+    Route, Runtime,
 };
 pub use router::{forward, route_request, try_forward, WorkflowGateway};
 pub use secrets::{DataKind, DataSpec, DataView};

@@ -1,7 +1,8 @@
 //! The pool manager's instances: the warm pool of generic instances per
 //! environment, specialization on demand, leases under each function's budget
-//! (`concurrency` instances x `requests_per_instance`), idle reaping, and the
-//! retirement of instances whose function changed. The stored resources
+//! (max scale, `concurrency`, instances x `requests_per_instance`), the
+//! function's min scale of specialized instances kept warm, idle reaping, and
+//! the retirement of instances whose function changed. The stored resources
 //! themselves are `catalog.rs`'s.
 
 use std::collections::HashMap;
@@ -86,6 +87,8 @@ struct FnPool {
     instances: Vec<Arc<Instance>>,
     /// Instances being specialized for this function right now.
     pending: usize,
+    /// A task is specializing instances up to the function's min scale.
+    warming: bool,
     /// Woken when capacity may have freed up.
     changed: Arc<Notify>,
     /// The function's request series (kept across its updates).
@@ -177,9 +180,18 @@ impl PoolManager {
             exits: Notify::new(),
             metrics: PoolMetrics::default(),
         });
-        let envs: Vec<String> = lock(&inner.state).envs.keys().cloned().collect();
+        let (envs, fns): (Vec<String>, Vec<String>) = {
+            let st = lock(&inner.state);
+            (
+                st.envs.keys().cloned().collect(),
+                st.fns.keys().cloned().collect(),
+            )
+        };
         for env in envs {
             inner.refill(&env);
+        }
+        for function in fns {
+            inner.keep_warm(&function);
         }
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -188,7 +200,14 @@ impl PoolManager {
             loop {
                 tick.tick().await;
                 match weak.upgrade() {
-                    Some(inner) if !inner.closing.load(Ordering::SeqCst) => inner.reap_idle(),
+                    Some(inner) if !inner.closing.load(Ordering::SeqCst) => {
+                        inner.reap_idle();
+                        // Also retries warming that gave up after failures.
+                        let fns: Vec<String> = lock(&inner.state).fns.keys().cloned().collect();
+                        for function in fns {
+                            inner.keep_warm(&function);
+                        }
+                    }
                     _ => break,
                 }
             }
@@ -409,12 +428,34 @@ fn retire(instances: &[Arc<Instance>]) {
     }
 }
 
+#[cfg(test)]
+impl Inner {
+    /// Every instance the pool knows, for tests.
+    pub(crate) fn all_instances(&self) -> Vec<Arc<Instance>> {
+        lock(&self.state).all.values().cloned().collect()
+    }
+}
+
 impl FnPool {
+    /// Instances that take new leases (or will, once specialized).
+    fn live(&self) -> usize {
+        self.instances
+            .iter()
+            .filter(|i| !i.retiring.load(Ordering::SeqCst) && !i.is_exited())
+            .count()
+    }
+
+    /// Whether the function has fewer live instances than its min scale.
+    fn below_min_scale(&self) -> bool {
+        self.live() + self.pending < self.function.min_scale
+    }
+
     fn new(function: Function) -> FnPool {
         FnPool {
             function: Arc::new(function),
             instances: Vec::new(),
             pending: 0,
+            warming: false,
             changed: Arc::new(Notify::new()),
             metrics: Arc::default(),
         }
@@ -499,15 +540,88 @@ impl Inner {
 
     /// Makes `f` the function's current generation: new requests go to instances
     /// of it; instances of an older one finish their requests and are retired.
-    pub(crate) fn install_function(&self, f: Function) {
-        let mut st = lock(&self.state);
-        let pool = st
-            .fns
-            .entry(f.name.clone())
-            .or_insert_with(|| FnPool::new(f.clone()));
-        pool.function = Arc::new(f);
-        retire(&pool.instances);
-        pool.changed.notify_waiters();
+    /// Its min scale of instances of the new generation is warmed up.
+    pub(crate) fn install_function(self: &Arc<Self>, f: Function) {
+        let name = f.name.clone();
+        {
+            let mut st = lock(&self.state);
+            let pool = st
+                .fns
+                .entry(f.name.clone())
+                .or_insert_with(|| FnPool::new(f.clone()));
+            pool.function = Arc::new(f);
+            retire(&pool.instances);
+            pool.changed.notify_waiters();
+        }
+        self.keep_warm(&name);
+    }
+
+    /// Specializes instances of the function, one at a time in the background,
+    /// until it has its min scale of live ones. At most one such task runs per
+    /// function; it gives up after three failures in a row (the reaper's tick,
+    /// an update or an instance's exit starts it again).
+    fn keep_warm(self: &Arc<Self>, name: &str) {
+        {
+            let mut st = lock(&self.state);
+            let Some(pool) = st.fns.get_mut(name) else {
+                return;
+            };
+            if pool.warming || !pool.below_min_scale() || self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            pool.warming = true;
+        }
+        let inner = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                let (function, generic) = {
+                    let mut st = lock(&inner.state);
+                    let State { fns, envs, .. } = &mut *st;
+                    let Some(pool) = fns.get_mut(&name) else {
+                        return;
+                    };
+                    if inner.closing.load(Ordering::SeqCst)
+                        || !pool.below_min_scale()
+                        || failures >= 3
+                    {
+                        pool.warming = false;
+                        return;
+                    }
+                    pool.pending += 1;
+                    let f = pool.function.clone();
+                    let generic = envs.get_mut(&f.env).and_then(|p| p.generic.pop());
+                    (f, generic)
+                };
+                let result = inner.specialize(&function, generic).await;
+                inner.refill(&function.env);
+                let mut st = lock(&inner.state);
+                match (result, st.fns.get_mut(&name)) {
+                    (Ok(instance), Some(pool)) => {
+                        pool.pending -= 1;
+                        pool.instances.push(instance.clone());
+                        if pool.function.generation != function.generation {
+                            retire(&[instance]);
+                        }
+                        pool.changed.notify_waiters();
+                        failures = 0;
+                    }
+                    (Ok(instance), None) => {
+                        instance.stop();
+                        return;
+                    }
+                    (Err(e), pool) => {
+                        if let Some(pool) = pool {
+                            pool.pending -= 1;
+                            pool.changed.notify_waiters();
+                        }
+                        failures += 1;
+                        tracing::warn!(function = %name, error = %e, "cannot keep the min scale warm");
+                    }
+                }
+            }
+        });
     }
 
     /// Forgets a deleted function; its instances finish their requests and stop.
@@ -794,6 +908,7 @@ impl Inner {
     }
 
     fn exited(self: &Arc<Self>, instance: &Arc<Instance>) {
+        let owner = instance.owner();
         let env = {
             let mut st = lock(&self.state);
             st.all.remove(&instance.id);
@@ -811,18 +926,39 @@ impl Inner {
         self.exits.notify_waiters();
         if !self.closing.load(Ordering::SeqCst) {
             self.refill(&env);
+            if let Some(owner) = owner {
+                self.keep_warm(&owner.function);
+            }
         }
     }
 
-    fn reap_idle(&self) {
+    /// Stops retired instances without leases, and instances idle past their
+    /// function's idle timeout, longest idle first, as long as the function keeps
+    /// its min scale of live instances.
+    pub(crate) fn reap_idle(&self) {
         let st = lock(&self.state);
         for pool in st.fns.values() {
             let idle = Duration::from_secs(pool.function.idle_timeout_secs);
+            let mut live = pool.live();
+            let mut candidates: Vec<&Arc<Instance>> = Vec::new();
             for i in &pool.instances {
-                if i.active() == 0 && (i.retiring.load(Ordering::SeqCst) || i.idle_for() >= idle) {
-                    tracing::debug!(instance = i.id, function = %pool.function.name, "stopping idle instance");
-                    i.stop();
+                if i.active() != 0 {
+                    continue;
                 }
+                if i.retiring.load(Ordering::SeqCst) {
+                    i.stop();
+                } else if i.idle_for() >= idle {
+                    candidates.push(i);
+                }
+            }
+            candidates.sort_by_key(|i| std::cmp::Reverse(i.idle_for()));
+            for i in candidates {
+                if live <= pool.function.min_scale {
+                    break;
+                }
+                tracing::debug!(instance = i.id, function = %pool.function.name, "stopping idle instance");
+                i.stop();
+                live -= 1;
             }
         }
     }

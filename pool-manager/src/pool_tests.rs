@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::backend::{Address, Backend, Exit, Handle, Isolation, StartRequest, Usage};
 use crate::error::{Error, Result};
 use crate::resources::{Environment, Function, Network, Runtime};
+use crate::InstanceInfo;
 use crate::{PoolConfig, PoolManager};
 
 /// Starts fake instances: each answers `/v2/specialize` with 200 and any other
@@ -139,6 +140,11 @@ struct Setup {
 }
 
 async fn setup(poolsize: usize, concurrency: usize) -> Setup {
+    setup_scaled(poolsize, 0, concurrency).await
+}
+
+/// As `setup`, with the function's min scale.
+async fn setup_scaled(poolsize: usize, min_scale: usize, concurrency: usize) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let backend = Arc::new(FakeBackend {
         dir: dir.path().to_path_buf(),
@@ -181,6 +187,8 @@ async fn setup(poolsize: usize, concurrency: usize) -> Setup {
         entrypoint: None,
         timeout_secs: 60,
         idle_timeout_secs: 60,
+        executor_type: Default::default(),
+        min_scale,
         concurrency,
         requests_per_instance: 1,
         secrets: Vec::new(),
@@ -277,4 +285,103 @@ async fn shutdown_stops_every_instance() {
     assert!(s.pm.instances(None).is_empty());
     let e = s.pm.lease("f").await.err().expect("closing");
     assert_eq!(e.code(), "unavailable");
+}
+
+/// The function's specialized instances that take leases, by id.
+fn warm(pm: &PoolManager) -> Vec<u64> {
+    pm.instances(Some("f"))
+        .iter()
+        .filter(|i: &&InstanceInfo| i.state == "specialized")
+        .map(|i| i.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn min_scale_instances_are_specialized_before_any_request_and_replaced_when_they_die() {
+    let s = setup_scaled(1, 2, 5).await;
+    let ids = eventually("two warm instances", || {
+        let ids = warm(&s.pm);
+        (ids.len() == 2).then_some(ids)
+    })
+    .await;
+    // One of them dies: another is specialized in its place.
+    let handle = s.backend.handles.lock().unwrap()[&ids[0]].clone();
+    handle.end(Exit::Vanished("its pod was deleted".into()));
+    let now = eventually("a replacement", || {
+        let now = warm(&s.pm);
+        (now.len() == 2 && !now.contains(&ids[0])).then_some(now)
+    })
+    .await;
+    assert!(now.contains(&ids[1]), "{now:?}");
+    // A request takes a warm instance: no instance is started for it.
+    let started = s.backend.started.load(Ordering::SeqCst);
+    let lease = s.pm.lease("f").await.unwrap();
+    assert!(now.contains(&lease.instance.id));
+    assert_eq!(s.backend.started.load(Ordering::SeqCst), started);
+}
+
+#[tokio::test]
+async fn an_update_warms_its_min_scale_of_the_new_generation() {
+    let s = setup_scaled(0, 1, 5).await;
+    let old = eventually("one warm instance", || warm(&s.pm).first().copied()).await;
+    let mut f = s.pm.function("f").unwrap();
+    f.min_scale = 3;
+    s.pm.update_function(f).await.unwrap();
+    let new = eventually("three warm instances of the new generation", || {
+        let ids = warm(&s.pm);
+        (ids.len() == 3).then_some(ids)
+    })
+    .await;
+    assert!(!new.contains(&old), "the old generation is retired");
+}
+
+/// Makes every instance of the function look idle for two minutes.
+fn age(s: &Setup) {
+    for i in s.pm.inner.all_instances() {
+        let mut last_used = crate::instance::lock(&i.last_used);
+        if let Some(earlier) = last_used.checked_sub(Duration::from_secs(120)) {
+            *last_used = earlier;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_idle_reaper_never_goes_below_min_scale() {
+    let s = setup_scaled(0, 1, 3).await;
+    eventually("one warm instance", || {
+        (warm(&s.pm).len() == 1).then_some(())
+    })
+    .await;
+    // Three requests at once: three instances.
+    let leases = vec![
+        s.pm.lease("f").await.unwrap(),
+        s.pm.lease("f").await.unwrap(),
+        s.pm.lease("f").await.unwrap(),
+    ];
+    drop(leases);
+    assert_eq!(warm(&s.pm).len(), 3);
+    age(&s);
+    s.pm.inner.reap_idle();
+    let left = eventually("the idle instances above the min scale to stop", || {
+        let ids = warm(&s.pm);
+        (ids.len() == 1).then_some(ids)
+    })
+    .await;
+    // And no more: the reaper leaves the min scale alone.
+    age(&s);
+    s.pm.inner.reap_idle();
+    assert_eq!(warm(&s.pm), left);
+}
+
+#[tokio::test]
+async fn without_min_scale_the_idle_reaper_stops_every_idle_instance() {
+    let s = setup_scaled(0, 0, 3).await;
+    drop(s.pm.lease("f").await.unwrap());
+    assert_eq!(warm(&s.pm).len(), 1);
+    age(&s);
+    s.pm.inner.reap_idle();
+    eventually("the idle instance to stop", || {
+        warm(&s.pm).is_empty().then_some(())
+    })
+    .await;
 }

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// A bundled language runtime; an environment may instead name its own command.
+/// Read through `FromStr`, so a misspelt runtime is named in the error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Runtime {
     Python,
     Nodejs,
@@ -29,6 +30,13 @@ impl std::str::FromStr for Runtime {
                 "unknown runtime {other:?}: expected python, nodejs or binary (or give a command)"
             ))),
         }
+    }
+}
+
+impl TryFrom<String> for Runtime {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
     }
 }
 
@@ -65,7 +73,7 @@ pub struct Environment {
 
 /// The network an environment's instances get.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Network {
     /// The host's network: functions can call out (and reach the host's loopback).
     #[default]
@@ -77,6 +85,13 @@ pub enum Network {
 impl Network {
     fn is_host(&self) -> bool {
         *self == Network::Host
+    }
+}
+
+impl TryFrom<String> for Network {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
     }
 }
 
@@ -279,6 +294,42 @@ fn default_rpp() -> usize {
     1
 }
 
+/// How Fission runs a function's instances. Fusion has one executor, the pool
+/// of generic instances specialized on demand (Fission's `poolmgr`); a
+/// `newdeploy` function is accepted and runs on the pool too, with its min
+/// scale kept warm and its max scale as the cap, which is what newdeploy's
+/// deployment and autoscaler give in Fission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum ExecutorType {
+    #[default]
+    Poolmgr,
+    Newdeploy,
+}
+
+impl std::str::FromStr for ExecutorType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "poolmgr" => Ok(ExecutorType::Poolmgr),
+            "newdeploy" => Ok(ExecutorType::Newdeploy),
+            "container" => Err(Error::Invalid(
+                "executor type \"container\" is not supported: use poolmgr (or newdeploy) with an environment that runs the image".into(),
+            )),
+            other => Err(Error::Invalid(format!(
+                "unknown executor type {other:?}: expected poolmgr or newdeploy"
+            ))),
+        }
+    }
+}
+
+impl TryFrom<String> for ExecutorType {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Function {
@@ -294,8 +345,20 @@ pub struct Function {
     /// Seconds an idle specialized instance is kept.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
-    /// Most instances the function may have at once.
-    #[serde(default = "default_concurrency")]
+    /// Fission's executor type; both run on the pool (see `ExecutorType`).
+    #[serde(default)]
+    pub executor_type: ExecutorType,
+    /// Specialized instances kept warm: started when the function is created or
+    /// updated, never reaped below this by the idle reaper, replaced when they die.
+    #[serde(default)]
+    pub min_scale: usize,
+    /// The max scale: most instances the function may have at once. Written
+    /// `max_scale`; `concurrency`, its older name, is read as the same field.
+    #[serde(
+        rename = "max_scale",
+        alias = "concurrency",
+        default = "default_concurrency"
+    )]
     pub concurrency: usize,
     /// Concurrent requests one instance takes.
     #[serde(default = "default_rpp")]
@@ -346,8 +409,14 @@ impl Function {
         }
         if self.concurrency == 0 || self.concurrency > 1000 {
             return Err(Error::Invalid(format!(
-                "function: concurrency {} must be between 1 and 1000",
+                "function: max scale (concurrency) {} must be between 1 and 1000",
                 self.concurrency
+            )));
+        }
+        if self.min_scale > self.concurrency {
+            return Err(Error::Invalid(format!(
+                "function: min scale {} is above max scale {}: the function may not have that many instances",
+                self.min_scale, self.concurrency
             )));
         }
         if self.requests_per_instance == 0 || self.requests_per_instance > 10_000 {
@@ -573,5 +642,58 @@ mod tests {
         assert_eq!(e.address_space_floor_mb(), 768);
         e.runtime = Some(Runtime::Python);
         assert_eq!(e.address_space_floor_mb(), 128);
+    }
+
+    #[test]
+    fn a_misspelt_runtime_network_or_executor_type_is_named_in_the_error() {
+        let e = serde_json::from_str::<Environment>(r#"{"name": "x", "runtime": "pyton"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(r#"unknown runtime "pyton": expected python"#),
+            "{e}"
+        );
+        let e = serde_json::from_str::<Environment>(
+            r#"{"name": "x", "runtime": "python", "network": "nil"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with(r#"unknown network "nil""#), "{e}");
+        let e = "newdepoly".parse::<ExecutorType>().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            r#"unknown executor type "newdepoly": expected poolmgr or newdeploy"#
+        );
+    }
+
+    fn function(extra: serde_json::Value) -> Result<Function> {
+        let mut f = serde_json::json!({
+            "name": "f", "env": "py",
+            "package": {"sha256": "a".repeat(64), "kind": "file"},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            f[k] = v.clone();
+        }
+        let f: Function = serde_json::from_value(f).map_err(|e| Error::Invalid(e.to_string()))?;
+        f.validate()?;
+        Ok(f)
+    }
+
+    #[test]
+    fn max_scale_is_concurrency_by_its_new_name_and_min_scale_stays_below_it() {
+        let f = function(serde_json::json!({"concurrency": 4})).unwrap();
+        assert_eq!(f.concurrency, 4);
+        let f = function(serde_json::json!({"max_scale": 5, "min_scale": 2})).unwrap();
+        assert_eq!((f.min_scale, f.concurrency), (2, 5));
+        let shown = serde_json::to_value(&f).unwrap();
+        assert_eq!(shown["max_scale"], 5);
+        assert_eq!(shown["min_scale"], 2);
+        assert_eq!(shown["executor_type"], "poolmgr");
+        let e = function(serde_json::json!({"max_scale": 2, "min_scale": 3}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("min scale 3 is above max scale 2"), "{e}");
+        let f = function(serde_json::json!({"executor_type": "newdeploy"})).unwrap();
+        assert_eq!(f.executor_type, ExecutorType::Newdeploy);
     }
 }

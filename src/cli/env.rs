@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::output::Collection;
-use super::ClientOpts;
+use super::{ClientOpts, Name};
 
 #[derive(Args)]
 pub(super) struct EnvFields {
@@ -24,16 +24,22 @@ pub(super) struct EnvFields {
     /// environment images, the bundled runtime of that language.
     #[arg(long, conflicts_with_all = ["runtime", "command"])]
     image: Option<String>,
-    /// Generic instances kept warm.
-    #[arg(long)]
+    /// Generic instances kept warm, ready to be specialized (default 3, at most 64).
+    #[arg(long, value_name = "INSTANCES")]
     poolsize: Option<usize>,
-    #[arg(long = "mincpu", hide = true)]
+    /// Fission's CPU request, in millicores: accepted and ignored (Fusion sets
+    /// only a limit, --maxcpu).
+    #[arg(long = "mincpu", value_name = "MILLICORES")]
     _mincpu: Option<u64>,
-    /// Memory limit per instance (all its processes), in MiB.
-    #[arg(long = "maxmemory", alias = "memory")]
+    /// Fission's memory request, in MiB: accepted and ignored (Fusion sets only
+    /// a limit, --maxmemory).
+    #[arg(long = "minmemory", value_name = "MIB")]
+    _minmemory: Option<u64>,
+    /// Memory limit per instance (all its processes), in MiB (at least 32).
+    #[arg(long = "maxmemory", alias = "memory", value_name = "MIB")]
     memory: Option<u64>,
-    /// CPU limit per instance in millicores.
-    #[arg(long = "maxcpu")]
+    /// CPU limit per instance, in millicores (1000 = one core).
+    #[arg(long = "maxcpu", value_name = "MILLICORES")]
     cpu: Option<u64>,
     /// The network instances get on the container backend: host (default) or none.
     #[arg(long, value_parser = ["host", "none"])]
@@ -42,26 +48,31 @@ pub(super) struct EnvFields {
 
 #[derive(Subcommand)]
 pub(super) enum EnvVerb {
+    /// Create an environment: a runtime, a command or an image, with its pool.
     Create {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
         #[command(flatten)]
         fields: EnvFields,
     },
+    /// Show an environment and the isolation its instances get.
     Get {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
     },
+    /// List the environments.
     List,
+    /// Change an environment; the flags given replace those fields only.
     Update {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
         #[command(flatten)]
         fields: EnvFields,
     },
+    /// Delete an environment (refused while functions use it).
     Delete {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
     },
 }
 
@@ -87,20 +98,22 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
     let envs = &ENVIRONMENTS;
     match verb {
         EnvVerb::Create { name, fields } => {
+            let name = name.get();
             let mut body = json!({"name": name});
             merge_env(&mut body, fields)?;
             envs.create(&c, opts, &body).await?;
             say_image_use(&c, &name).await
         }
-        EnvVerb::Get { name } => envs.show(&c, opts, &name).await,
+        EnvVerb::Get { name } => envs.show(&c, opts, &name.get()).await,
         EnvVerb::List => envs.list(&c, opts).await,
         EnvVerb::Update { name, fields } => {
+            let name = name.get();
             let mut body = envs.current(&c, &name).await?;
             merge_env(&mut body, fields)?;
             envs.replace(&c, opts, &name, &body).await?;
             say_image_use(&c, &name).await
         }
-        EnvVerb::Delete { name } => envs.delete(&c, &name).await,
+        EnvVerb::Delete { name } => envs.delete(&c, &name.get()).await,
     }
 }
 
@@ -141,6 +154,8 @@ pub(super) fn merge_env(body: &mut Value, f: EnvFields) -> Result<()> {
         }
     };
     if let Some(r) = f.runtime {
+        // Checked here too, so a typo is one clear line before any request.
+        r.parse::<pool_manager::Runtime>()?;
         only("runtime", json!(r));
     }
     if let Some(cmd) = f.command {

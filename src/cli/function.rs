@@ -8,31 +8,50 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::output::{print, Collection};
-use super::{with_headers, ClientOpts};
+use super::{with_headers, ClientOpts, Name};
 use crate::client::Client;
 
 #[derive(Args)]
 pub(super) struct FnFields {
     /// The environment to run in.
-    #[arg(long)]
+    #[arg(long, value_name = "ENV")]
     env: Option<String>,
     /// The code: one file, or a zip archive.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     code: Option<PathBuf>,
-    /// The entrypoint inside the code.
-    #[arg(long)]
+    /// The entrypoint inside the code (`main`, `hello.main`, ...; the runtime's
+    /// default when absent).
+    #[arg(long, visible_alias = "ep")]
     entrypoint: Option<String>,
-    /// Seconds before a request gets 504.
-    #[arg(long = "fntimeout", alias = "ft")]
+    /// Seconds a request may take before it gets 504 (default 60).
+    #[arg(long = "fntimeout", visible_alias = "ft", value_name = "SECONDS")]
     timeout: Option<u64>,
-    /// Seconds an idle instance is kept.
-    #[arg(long = "idletimeout")]
+    /// Seconds an idle specialized instance is kept before it is stopped
+    /// (default 120; instances up to --minscale are kept anyway).
+    #[arg(long = "idletimeout", value_name = "SECONDS")]
     idle_timeout: Option<u64>,
-    /// Most instances at once.
-    #[arg(long)]
-    concurrency: Option<usize>,
-    /// Concurrent requests per instance.
-    #[arg(long = "rpp")]
+    /// Fission's executor type: poolmgr (the default) or newdeploy. Both run on
+    /// the environment's pool; newdeploy keeps --minscale instances warm and
+    /// caps them at --maxscale, as its deployment would in Fission.
+    #[arg(long = "executortype", value_name = "TYPE", value_parser = ["poolmgr", "newdeploy"])]
+    executor_type: Option<String>,
+    /// Specialized instances kept warm, started when the function is created or
+    /// updated and never reaped below this (default 0).
+    #[arg(long = "minscale", value_name = "INSTANCES")]
+    min_scale: Option<usize>,
+    /// Most instances at once (default 10); past it requests wait, then get 429.
+    #[arg(
+        long = "maxscale",
+        visible_alias = "concurrency",
+        value_name = "INSTANCES"
+    )]
+    max_scale: Option<usize>,
+    /// Concurrent requests one instance takes (default 1).
+    #[arg(
+        long = "rpp",
+        visible_alias = "requestsperpod",
+        value_name = "REQUESTS"
+    )]
     requests_per_instance: Option<usize>,
     /// A secret the function reads at /secrets/<namespace>/<name>/<key>, as NAME
     /// or NAMESPACE/NAME (repeatable; replaces the list; container backend).
@@ -50,58 +69,65 @@ pub(super) struct FnFields {
 
 #[derive(Subcommand)]
 pub(super) enum FnVerb {
+    /// Create a function from code in an environment.
     Create {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
         #[command(flatten)]
         fields: FnFields,
     },
+    /// Show a function.
     Get {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
     },
+    /// List the functions.
     List,
+    /// Change a function; new requests go to the new version, requests in
+    /// flight finish on the old one.
     Update {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
         #[command(flatten)]
         fields: FnFields,
     },
+    /// Delete a function (refused while routes target it).
     Delete {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
     },
     /// Call the function and print its answer.
     Test {
-        #[arg(long)]
-        name: String,
-        #[arg(long, short = 'X', default_value = "GET")]
+        #[command(flatten)]
+        name: Name,
+        /// The HTTP method.
+        #[arg(long, short = 'X', short_alias = 'm', default_value = "GET")]
         method: String,
         /// A header, as `Key: Value` (repeatable).
-        #[arg(short = 'H', long = "header")]
+        #[arg(short = 'H', long = "header", value_name = "KEY: VALUE")]
         headers: Vec<String>,
+        /// A query parameter, as `key=value` (repeatable).
+        #[arg(short = 'q', long = "query", value_name = "KEY=VALUE")]
+        query: Vec<String>,
         /// The request body.
         #[arg(short = 'b', long = "body")]
         body: Option<String>,
-        /// A sub-path below the function.
+        /// A sub-path below the function, e.g. `/users/7`.
         #[arg(long, default_value = "/")]
         subpath: String,
     },
-    /// Print the function's logs.
+    /// Print the function's logs (the output of its instances).
     Logs {
-        /// The function (also as `fusion fn logs NAME`).
-        #[arg(long = "name", required_unless_present = "function")]
-        name: Option<String>,
-        #[arg(conflicts_with = "name", hide = true)]
-        function: Option<String>,
-        /// Keep printing new lines.
+        #[command(flatten)]
+        name: Name,
+        /// Keep printing new lines as they come.
         #[arg(short = 'f', long)]
         follow: bool,
     },
     /// List the function's running instances.
     Instances {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
     },
 }
 
@@ -117,7 +143,9 @@ pub(super) const FN_COLUMNS: &[(&str, &str)] = &[
     ("ENTRYPOINT", "/entrypoint"),
     ("TIMEOUT", "/timeout_secs"),
     ("IDLE", "/idle_timeout_secs"),
-    ("CONCURRENCY", "/concurrency"),
+    ("EXECUTOR", "/executor_type"),
+    ("MINSCALE", "/min_scale"),
+    ("MAXSCALE", "/max_scale"),
     ("RPP", "/requests_per_instance"),
     ("GENERATION", "/generation"),
 ];
@@ -138,8 +166,18 @@ pub(super) async fn merge_fn(c: &Client, body: &mut Value, f: FnFields) -> Resul
     if let Some(t) = f.idle_timeout {
         body["idle_timeout_secs"] = json!(t);
     }
-    if let Some(n) = f.concurrency {
-        body["concurrency"] = json!(n);
+    if let Some(t) = f.executor_type {
+        body["executor_type"] = json!(t);
+    }
+    if let Some(n) = f.min_scale {
+        body["min_scale"] = json!(n);
+    }
+    if let Some(n) = f.max_scale {
+        // One field under its current name, whichever name the stored one has.
+        if let Some(o) = body.as_object_mut() {
+            o.remove("concurrency");
+        }
+        body["max_scale"] = json!(n);
     }
     if let Some(n) = f.requests_per_instance {
         body["requests_per_instance"] = json!(n);
@@ -171,30 +209,45 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
     match verb {
         FnVerb::Create { name, fields } => {
             if fields.env.is_none() {
-                bail!("--env is required");
+                bail!("--env ENV is required: the environment to run in (see fusion env list)");
             }
             if fields.code.is_none() {
-                bail!("--code is required");
+                bail!("--code FILE is required: a source file or a zip archive");
             }
-            let mut body = json!({"name": name});
+            let mut body = json!({"name": name.get()});
             merge_fn(&c, &mut body, fields).await?;
             FUNCTIONS.create(&c, opts, &body).await?;
         }
-        FnVerb::Get { name } => FUNCTIONS.show(&c, opts, &name).await?,
+        FnVerb::Get { name } => FUNCTIONS.show(&c, opts, &name.get()).await?,
         FnVerb::List => FUNCTIONS.list(&c, opts).await?,
         FnVerb::Update { name, fields } => {
+            let name = name.get();
             let mut body = FUNCTIONS.current(&c, &name).await?;
             merge_fn(&c, &mut body, fields).await?;
             FUNCTIONS.replace(&c, opts, &name, &body).await?;
         }
-        FnVerb::Delete { name } => FUNCTIONS.delete(&c, &name).await?,
+        FnVerb::Delete { name } => FUNCTIONS.delete(&c, &name.get()).await?,
         FnVerb::Test {
             name,
             method,
             headers,
+            query,
             body,
             subpath,
         } => {
+            let name = name.get();
+            // The invoke endpoint passes the function's own 404s through: ask first,
+            // so a misspelt name is said as such. (Workflows are invoked there too.)
+            let known = c
+                .get_opt::<Value>(&format!("/v1/functions/{name}"))
+                .await?
+                .is_some()
+                || c.get_opt::<Value>(&format!("/v1/workflows/{name}"))
+                    .await?
+                    .is_some();
+            if !known {
+                bail!("function {name:?} does not exist (fusion fn list shows the functions)");
+            }
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
                 .map_err(|_| anyhow!("bad method {method:?}"))?;
             let sub = subpath.trim_start_matches('/');
@@ -205,6 +258,12 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             };
             let mut req = c.request(method, &path);
             req = with_headers(req, &headers)?;
+            for q in &query {
+                let (k, v) = q
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("query {q:?} must be `key=value`"))?;
+                req = req.query(&[(k, v)]);
+            }
             if let Some(b) = body {
                 req = req.body(b);
             }
@@ -214,17 +273,24 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 .with_context(|| format!("cannot reach the Fusion API at {}", opts.api))?;
             let status = resp.status();
             let text = resp.text().await?;
-            print!("{text}");
             if !status.is_success() {
+                // Fusion's own answer (cannot load the code, a timeout, a failed
+                // run): its message, as one line.
+                let fusion_error = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+                    let message = v.pointer("/error/message")?.as_str()?.to_string();
+                    v.pointer("/error/code")?.as_str()?;
+                    Some(message)
+                });
+                if let Some(message) = fusion_error {
+                    bail!("{message} ({})", status.as_u16());
+                }
+                print!("{text}");
                 bail!("the function answered {status}");
             }
+            print!("{text}");
         }
-        FnVerb::Logs {
-            name,
-            function,
-            follow,
-        } => {
-            let name = name.or(function).unwrap_or_default();
+        FnVerb::Logs { name, follow } => {
+            let name = name.get();
             use futures_util::StreamExt;
             use std::io::Write;
             let path = format!("/v1/functions/{name}/logs");
@@ -239,6 +305,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             }
         }
         FnVerb::Instances { name } => {
+            let name = name.get();
             let v: Value = c.get(&format!("/v1/functions/{name}/instances")).await?;
             print(
                 opts,

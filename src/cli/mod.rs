@@ -63,6 +63,41 @@ impl ClientOpts {
     }
 }
 
+/// A resource's name, as Fission users type it: `fusion fn get hello`, or
+/// `fusion fn get --name hello`.
+#[derive(Args, Clone)]
+pub(super) struct Name {
+    /// The name (or give it as --name NAME).
+    #[arg(value_name = "NAME", required_unless_present = "name")]
+    positional: Option<String>,
+    /// The name (as the positional NAME).
+    #[arg(long = "name", value_name = "NAME", conflicts_with = "positional")]
+    name: Option<String>,
+}
+
+impl Name {
+    pub(super) fn get(self) -> String {
+        self.positional.or(self.name).unwrap_or_default()
+    }
+}
+
+/// A run's id: `fusion run get ID`, or `fusion run get --id ID`.
+#[derive(Args, Clone)]
+pub(super) struct RunId {
+    /// The run's id (or give it as --id ID).
+    #[arg(value_name = "ID", required_unless_present = "id")]
+    positional: Option<String>,
+    /// The run's id (as the positional ID).
+    #[arg(long = "id", value_name = "ID", conflicts_with = "positional")]
+    id: Option<String>,
+}
+
+impl RunId {
+    pub(super) fn get(self) -> String {
+        self.positional.or(self.id).unwrap_or_default()
+    }
+}
+
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 pub(super) enum Output {
     Table,
@@ -92,7 +127,8 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Functions.
+    /// Functions: code in an environment, called through routes or
+    /// /fission-function/NAME.
     #[command(name = "fn", alias = "function")]
     Fn {
         #[command(subcommand)]
@@ -100,7 +136,7 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// HTTP triggers.
+    /// Routes (Fission's HTTP triggers): URLs to functions and workflows.
     #[command(alias = "httptrigger", alias = "ht")]
     Route {
         #[command(subcommand)]
@@ -124,7 +160,8 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Resource specs.
+    /// Resource specs: a project's folder (Fission's specs/) initialised, validated,
+    /// applied, listed and destroyed.
     Spec {
         #[command(subcommand)]
         verb: SpecVerb,
@@ -216,4 +253,121 @@ pub(super) fn with_headers(
         req = req.header(k.trim(), v.trim());
     }
     Ok(req)
+}
+
+/// A command-line mistake as one line: clap's message, then what it adds (the
+/// argument missing, a tip, the usage) in parentheses, without the blank lines
+/// and the "For more information" footer.
+pub fn usage_error(rendered: &str) -> String {
+    let mut lines = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"));
+    let mut first = lines
+        .next()
+        .unwrap_or("error: bad command line")
+        .to_string();
+    let mut extra: Vec<String> = Vec::new();
+    for line in lines {
+        if let Some(usage) = line.strip_prefix("Usage: ") {
+            extra.push(format!("usage: {usage}"));
+        } else if first.ends_with(':') {
+            // "the following required arguments were not provided:" + the list.
+            first.push(' ');
+            first.push_str(line);
+        } else {
+            extra.push(line.to_string());
+        }
+    }
+    if extra.is_empty() {
+        first
+    } else {
+        format!("{first} ({})", extra.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and every flag a user can see says what it is for.
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && path != " fusion" {
+                missing.push(path.clone());
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !arg.is_hide_set() && !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" && !sub.is_hide_set() {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no help for: {missing:#?}");
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        use clap::Parser;
+        let one_line = |args: &[&str]| {
+            let e = super::Cli::try_parse_from(args)
+                .err()
+                .expect("a usage error");
+            super::usage_error(&e.render().to_string())
+        };
+        assert_eq!(
+            one_line(&["fusion", "fn", "get"]),
+            "error: the following required arguments were not provided: <NAME> (usage: fusion fn get <NAME>)"
+        );
+        assert_eq!(
+            one_line(&["fusion", "env", "create", "py", "--poolsize", "x"]),
+            "error: invalid value 'x' for '--poolsize <INSTANCES>': invalid digit found in string"
+        );
+        let e = one_line(&["fusion", "fn", "create", "a", "--executortype", "container"]);
+        assert!(
+            e.starts_with("error: invalid value 'container' for '--executortype <TYPE>' ([possible values: poolmgr, newdeploy]"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn names_and_run_ids_are_positional_or_flags() {
+        use clap::Parser;
+        for args in [
+            ["fusion", "fn", "test", "hello"].as_slice(),
+            &["fusion", "fn", "test", "--name", "hello"],
+            &["fusion", "env", "get", "py"],
+            &["fusion", "wf", "get", "w"],
+            &["fusion", "run", "get", "ID"],
+            &["fusion", "run", "get", "--id", "ID"],
+            &[
+                "fusion",
+                "route",
+                "create",
+                "--url",
+                "/x",
+                "--function",
+                "f",
+            ],
+        ] {
+            super::Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        for args in [
+            ["fusion", "fn", "test"].as_slice(),
+            &["fusion", "fn", "get", "a", "--name", "b"],
+            &["fusion", "run", "get"],
+        ] {
+            assert!(super::Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
 }

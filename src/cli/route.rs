@@ -5,52 +5,71 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::output::Collection;
-use super::ClientOpts;
+use super::{ClientOpts, Name};
 
 #[derive(Args)]
 pub(super) struct RouteFields {
-    /// A URL template with {params}, matched exactly.
-    #[arg(long)]
+    /// A URL template with {params}, matched exactly: `/users/{id}`. The
+    /// function gets each parameter as the header X-Fission-Params-<name>.
+    #[arg(long, value_name = "TEMPLATE")]
     url: Option<String>,
-    /// A path prefix.
-    #[arg(long, conflicts_with = "url")]
+    /// Or a path prefix: every path below it matches (`/api`).
+    #[arg(long, conflicts_with = "url", value_name = "PATH")]
     prefix: Option<String>,
-    /// Methods (repeatable); none means all.
-    #[arg(long = "method")]
+    /// An HTTP method it answers (repeatable); none means every method.
+    #[arg(long = "method", value_name = "METHOD")]
     methods: Vec<String>,
     /// The target function.
-    #[arg(long)]
+    #[arg(long, value_name = "FUNCTION")]
     function: Option<String>,
     /// Or the target workflow.
-    #[arg(long, conflicts_with = "function")]
+    #[arg(long, conflicts_with = "function", value_name = "WORKFLOW")]
     workflow: Option<String>,
-    #[arg(long)]
+    /// Only requests for this Host header match (any host when absent).
+    #[arg(long, value_name = "HOST")]
     host: Option<String>,
+}
+
+/// A route's name for `create`, where it may be left out.
+#[derive(Args)]
+pub(super) struct OptionalName {
+    /// The route's name; made from the URL when absent (`/users/{id}` ->
+    /// `users-id`).
+    #[arg(value_name = "NAME")]
+    positional: Option<String>,
+    /// The route's name (as the positional NAME).
+    #[arg(long = "name", value_name = "NAME", conflicts_with = "positional")]
+    name: Option<String>,
 }
 
 #[derive(Subcommand)]
 pub(super) enum RouteVerb {
+    /// Create a route: requests to a URL (or below a prefix) go to a function
+    /// or a workflow.
     Create {
-        /// Generated from the URL when absent.
-        #[arg(long)]
-        name: Option<String>,
+        #[command(flatten)]
+        name: OptionalName,
         #[command(flatten)]
         fields: RouteFields,
     },
+    /// Show a route.
     Get {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
     },
+    /// List the routes.
     List,
+    /// Change a route; the flags given replace those fields only.
     Update {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
         #[command(flatten)]
         fields: RouteFields,
     },
+    /// Delete a route.
     Delete {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
     },
 }
 
@@ -131,20 +150,24 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
                 .url
                 .clone()
                 .or(fields.prefix.clone())
-                .ok_or_else(|| anyhow!("--url or --prefix is required"))?;
-            let name = name.unwrap_or_else(|| route_name(&url));
+                .ok_or_else(|| anyhow!("--url TEMPLATE or --prefix PATH is required"))?;
+            let name = name
+                .positional
+                .or(name.name)
+                .unwrap_or_else(|| route_name(&url));
             let mut body = json!({"name": name});
             merge_route(&mut body, fields);
             ROUTES.create(&c, opts, &body).await
         }
-        RouteVerb::Get { name } => ROUTES.show(&c, opts, &name).await,
+        RouteVerb::Get { name } => ROUTES.show(&c, opts, &name.get()).await,
         RouteVerb::List => ROUTES.list(&c, opts).await,
         RouteVerb::Update { name, fields } => {
+            let name = name.get();
             let mut body = ROUTES.current(&c, &name).await?;
             merge_route(&mut body, fields);
             ROUTES.replace(&c, opts, &name, &body).await
         }
-        RouteVerb::Delete { name } => ROUTES.delete(&c, &name).await,
+        RouteVerb::Delete { name } => ROUTES.delete(&c, &name.get()).await,
     }
 }
 

@@ -6,37 +6,44 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::output::print;
-use super::{ClientOpts, Output};
+use super::{ClientOpts, Output, RunId};
 
 #[derive(Subcommand)]
 pub(super) enum RunVerb {
+    /// List runs, newest first.
     List {
-        #[arg(long)]
+        /// Only runs of this workflow.
+        #[arg(long, value_name = "WORKFLOW")]
         workflow: Option<String>,
-        /// running, succeeded, failed or cancelled.
-        #[arg(long)]
+        /// Only runs in this status: running, succeeded, failed or cancelled.
+        #[arg(long, value_name = "STATUS")]
         status: Option<String>,
-        #[arg(long, default_value_t = 20)]
+        /// Most runs to print.
+        #[arg(long, default_value_t = 20, value_name = "RUNS")]
         limit: usize,
-        #[arg(long)]
+        /// Where to go on from: the cursor the previous page printed.
+        #[arg(long, value_name = "CURSOR")]
         cursor: Option<String>,
     },
+    /// Show a run: its status, input, output, and every task with its attempts.
     Get {
-        #[arg(long)]
-        id: String,
+        #[command(flatten)]
+        id: RunId,
     },
+    /// Print the durable events the run's state is folded from (JSON).
     Events {
-        #[arg(long)]
-        id: String,
+        #[command(flatten)]
+        id: RunId,
     },
+    /// Cancel a running run; tasks in flight are abandoned.
     Cancel {
-        #[arg(long)]
-        id: String,
+        #[command(flatten)]
+        id: RunId,
     },
     /// Run again from the failed tasks, keeping the outputs of those that succeeded.
     Retry {
-        #[arg(long)]
-        id: String,
+        #[command(flatten)]
+        id: RunId,
     },
 }
 
@@ -79,6 +86,7 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             }
         }
         RunVerb::Get { id } => {
+            let id = id.get();
             let v: Value = c.get(&format!("/v1/runs/{id}")).await?;
             if opts.output == Output::Json {
                 print(opts, &v, RUN_COLUMNS);
@@ -98,6 +106,7 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             }
         }
         RunVerb::Events { id } => {
+            let id = id.get();
             let v: Value = c.get(&format!("/v1/runs/{id}/events")).await?;
             println!(
                 "{}",
@@ -105,12 +114,14 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             );
         }
         RunVerb::Cancel { id } => {
+            let id = id.get();
             let v: Value = c
                 .post_json(&format!("/v1/runs/{id}/cancel"), &json!({}))
                 .await?;
             print(opts, &v, RUN_COLUMNS);
         }
         RunVerb::Retry { id } => {
+            let id = id.get();
             let v: Value = c
                 .post_json(&format!("/v1/runs/{id}/retry"), &json!({}))
                 .await?;

@@ -48,12 +48,24 @@ pub(super) enum DataVerb {
 
 #[derive(Args)]
 pub(super) struct DataId {
-    /// Its name (a DNS-1123 label).
-    #[arg(long)]
-    name: String,
+    /// Its name, a DNS-1123 label (or give it as --name NAME).
+    #[arg(value_name = "NAME", required_unless_present = "name")]
+    positional: Option<String>,
+    /// Its name (as the positional NAME).
+    #[arg(long = "name", value_name = "NAME", conflicts_with = "positional")]
+    name: Option<String>,
     /// Its namespace.
     #[arg(long, default_value = "default")]
     namespace: String,
+}
+
+impl DataId {
+    fn name(&self) -> String {
+        self.positional
+            .clone()
+            .or_else(|| self.name.clone())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Args)]
@@ -137,7 +149,7 @@ fn item(kind: Kind, id: &DataId) -> String {
     format!(
         "{}/{}?namespace={}",
         kind.path,
-        urlencode(&id.name),
+        urlencode(&id.name()),
         urlencode(&id.namespace)
     )
 }
@@ -195,7 +207,8 @@ pub(super) async fn data_cmd(kind: Kind, verb: DataVerb, opts: &ClientOpts) -> R
     let c = opts.client()?;
     match verb {
         DataVerb::Create { id, sources } => {
-            let body = json!({"name": id.name, "namespace": id.namespace, "data": sources.data()?});
+            let body =
+                json!({"name": id.name(), "namespace": id.namespace, "data": sources.data()?});
             let v: Value = c.post_json(kind.path, &body).await?;
             show(kind, opts, &v);
         }
@@ -214,13 +227,14 @@ pub(super) async fn data_cmd(kind: Kind, verb: DataVerb, opts: &ClientOpts) -> R
             show(kind, opts, &v);
         }
         DataVerb::Update { id, sources } => {
-            let body = json!({"name": id.name, "namespace": id.namespace, "data": sources.data()?});
+            let body =
+                json!({"name": id.name(), "namespace": id.namespace, "data": sources.data()?});
             let v: Value = c.put_json(&item(kind, &id), &body).await?;
             show(kind, opts, &v);
         }
         DataVerb::Delete { id } => {
             c.delete(&item(kind, &id)).await?;
-            println!("{} {}/{} deleted", kind.noun, id.namespace, id.name);
+            println!("{} {}/{} deleted", kind.noun, id.namespace, id.name());
         }
     }
     Ok(())

@@ -88,10 +88,10 @@ pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
                 .filter_map(|w| w["name"].as_str())
                 .collect();
             println!("Workflows, invoked like functions: {}", names.join(", "));
-            println!(
-                "  curl{cacert} -H 'Content-Type: text/plain' -d 'hello' {router}/fission-function/{}",
-                names[0]
-            );
+            // `echo` shows the input coming back; `curl -d` data is read as text.
+            let example = names.iter().find(|n| **n == "echo").unwrap_or(&names[0]);
+            println!("  curl{cacert} -d 'hello' {router}/fission-function/{example}");
+            println!("  (every example with its answer: workflow-examples/README.md)");
             println!("  fusion run list        # what ran, with every task");
         }
         println!("Stop with Ctrl-C.");

@@ -8,50 +8,57 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::output::print;
-use super::{with_headers, ClientOpts, Output};
+use super::{with_headers, ClientOpts, Name, Output};
 
 #[derive(Subcommand)]
 pub(super) enum WfVerb {
-    /// Store a workflow (version 1).
+    /// Store a workflow (version 1) from a Fission Workflows YAML file.
     Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long = "file", short = 'f')]
+        #[command(flatten)]
+        name: Name,
+        /// The workflow's YAML file.
+        #[arg(long = "file", short = 'f', value_name = "FILE")]
         file: PathBuf,
     },
-    /// Store a new version of a workflow.
+    /// Store a new version of a workflow; runs in flight keep theirs.
     Update {
-        #[arg(long)]
-        name: String,
-        #[arg(long = "file", short = 'f')]
+        #[command(flatten)]
+        name: Name,
+        /// The workflow's YAML file.
+        #[arg(long = "file", short = 'f', value_name = "FILE")]
         file: PathBuf,
     },
+    /// Print a workflow's YAML (the latest version, or --version N).
     Get {
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
+        #[command(flatten)]
+        name: Name,
+        /// The version to print (1, 2, ...); the latest when absent.
+        #[arg(long, value_name = "N")]
         version: Option<u32>,
     },
+    /// List the workflows.
     List,
+    /// List every stored version of a workflow.
     Versions {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
     },
+    /// Delete a workflow and its versions (its runs stay in the history).
     Delete {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: Name,
     },
     /// Run the workflow and print its output (or, with --async, the run id).
     Invoke {
-        #[arg(long)]
-        name: String,
-        /// The input body.
+        #[command(flatten)]
+        name: Name,
+        /// The input body: JSON is the input as JSON, anything else a string.
         #[arg(short = 'b', long = "body")]
         body: Option<String>,
         /// A header, as `Key: Value` (repeatable).
-        #[arg(short = 'H', long = "header")]
+        #[arg(short = 'H', long = "header", value_name = "KEY: VALUE")]
         headers: Vec<String>,
-        /// Do not wait for the result.
+        /// Do not wait for the result: print the run id (see fusion run get ID).
         #[arg(long = "async")]
         asynchronous: bool,
     },
@@ -71,6 +78,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
         WfVerb::Create { name, file } => {
+            let name = name.get();
             let req = c
                 .request(Method::POST, "/v1/workflows")
                 .query(&[("name", &name)])
@@ -80,6 +88,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             print(opts, &v, WF_COLUMNS);
         }
         WfVerb::Update { name, file } => {
+            let name = name.get();
             let req = c
                 .request(Method::PUT, &format!("/v1/workflows/{name}"))
                 .header("content-type", "application/yaml")
@@ -88,6 +97,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             print(opts, &v, WF_COLUMNS);
         }
         WfVerb::Get { name, version } => {
+            let name = name.get();
             let mut path = format!("/v1/workflows/{name}");
             if let Some(v) = version {
                 path.push_str(&format!("?version={v}"));
@@ -105,10 +115,12 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             print(opts, &v, WF_COLUMNS);
         }
         WfVerb::Versions { name } => {
+            let name = name.get();
             let v: Value = c.get(&format!("/v1/workflows/{name}/versions")).await?;
             print(opts, &v, WF_COLUMNS);
         }
         WfVerb::Delete { name } => {
+            let name = name.get();
             c.delete(&format!("/v1/workflows/{name}")).await?;
             println!("workflow {name} deleted");
         }
@@ -118,12 +130,25 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             headers,
             asynchronous,
         } => {
+            let name = name.get();
             let mut req = c.request(Method::POST, &format!("/v1/workflows/{name}/invoke"));
             req = with_headers(req, &headers)?;
             if asynchronous {
                 req = req.header("X-Async", "true");
             }
             if let Some(b) = body {
+                let typed = headers
+                    .iter()
+                    .any(|h| h.to_ascii_lowercase().starts_with("content-type:"));
+                if !typed {
+                    let json = serde_json::from_str::<Value>(&b).is_ok();
+                    let content_type = if json {
+                        "application/json"
+                    } else {
+                        "text/plain"
+                    };
+                    req = req.header("content-type", content_type);
+                }
                 req = req.body(b);
             }
             let resp = c.send(req).await?;
@@ -133,6 +158,16 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             let text = resp.text().await?;
+            if asynchronous && opts.output == Output::Table {
+                // Just the id, for `ID=$(fusion wf invoke NAME --async)`.
+                let id = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+                    .or(run)
+                    .ok_or_else(|| anyhow!("the API did not answer with a run id: {text}"))?;
+                println!("{id}");
+                return Ok(());
+            }
             print!("{text}");
             if !text.is_empty() && !text.ends_with('\n') {
                 println!();

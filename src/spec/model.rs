@@ -568,8 +568,9 @@ impl Specs {
         if let Some(t) = int("/idletimeout").filter(|t| *t > 0) {
             r.body["idle_timeout_secs"] = json!(t);
         }
+        // Fission's `concurrency` (most pods of a poolmgr function) is Fusion's max scale.
         if let Some(c) = int("/concurrency").filter(|c| *c > 0) {
-            r.body["concurrency"] = json!(c.min(1000));
+            r.body["max_scale"] = json!(c.min(1000));
         }
         if let Some(rpp) = int("/requestsPerPod").filter(|c| *c > 0) {
             r.body["requests_per_instance"] = json!(rpp);
@@ -587,7 +588,7 @@ impl Specs {
                 }
             }
             if !executor.is_empty() {
-                r.body["executortype"] = json!(executor);
+                r.body["executor_type"] = json!(executor);
             }
             let min = strategy
                 .get("MinScale")
@@ -807,6 +808,10 @@ impl Specs {
                         );
                         return;
                     }
+                }
+                // `concurrency` is max scale's older name: compared under the new one.
+                if let Some(n) = obj.remove("concurrency") {
+                    obj.entry("max_scale").or_insert(n);
                 }
                 if let Some(env) = obj.get("env").and_then(Value::as_str) {
                     r.refs

@@ -1,0 +1,150 @@
+//! The CLI as a Fission user types it, against the real server: positional
+//! names, `--minscale`/`--maxscale`, and errors that name the mistake.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Server};
+use serde_json::{json, Value};
+
+const PY_HELLO: &str = "def main():\n    return \"hello\\n\"\n";
+
+/// Writes `hello.py` into a temporary directory; returns the directory and path.
+fn hello_file() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hello.py");
+    std::fs::write(&path, PY_HELLO).unwrap();
+    let path = path.to_string_lossy().into_owned();
+    (dir, path)
+}
+
+#[test]
+fn fn_create_with_minscale_has_that_many_specialized_instances_before_any_call() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    let (_dir, code) = hello_file();
+    let (rc, out, err) = s.cli(&[
+        "fn",
+        "create",
+        "hello",
+        "--env",
+        "python",
+        "--code",
+        &code,
+        "--executortype",
+        "poolmgr",
+        "--minscale",
+        "2",
+        "--maxscale",
+        "3",
+    ]);
+    assert_eq!(rc, 0, "{out}{err}");
+    let specialized = || {
+        s.instances("hello")
+            .iter()
+            .filter(|i| i["state"] == "specialized")
+            .count()
+    };
+    eventually(Duration::from_secs(60), "two specialized instances", || {
+        specialized() == 2
+    });
+    let f = s.ok("GET", "/v1/functions/hello", None);
+    assert_eq!(
+        (&f["min_scale"], &f["max_scale"], &f["executor_type"]),
+        (&json!(2), &json!(3), &json!("poolmgr"))
+    );
+    // Called by its positional name; a warm instance answers.
+    let (rc, out, err) = s.cli(&["fn", "test", "hello"]);
+    assert_eq!((rc, out.as_str()), (0, "hello\n"), "{err}");
+    assert_eq!(specialized(), 2, "no instance was added for the call");
+}
+
+#[test]
+fn errors_name_the_mistake() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    let (dir, code) = hello_file();
+    let one_line_error = |args: &[&str], wanted: &str| {
+        let (rc, out, err) = s.cli(args);
+        assert_ne!(rc, 0, "{args:?}: {out}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(wanted), "{args:?}: {err}");
+    };
+    one_line_error(
+        &["env", "create", "x", "--runtime", "pyton"],
+        r#"error: unknown runtime "pyton": expected python, nodejs or binary"#,
+    );
+    one_line_error(
+        &["fn", "test", "nope"],
+        r#"error: function "nope" does not exist"#,
+    );
+    one_line_error(
+        &["fn", "test", "--name", "nope"],
+        r#"error: function "nope" does not exist"#,
+    );
+    one_line_error(&["fn", "get", "nope"], r#"function "nope" does not exist"#);
+    one_line_error(&["run", "get", "nope"], r#"run "nope" does not exist"#);
+    one_line_error(
+        &[
+            "fn",
+            "create",
+            "hello",
+            "--env",
+            "python",
+            "--code",
+            &code,
+            "--minscale",
+            "4",
+            "--maxscale",
+            "3",
+        ],
+        "min scale 4 is above max scale 3",
+    );
+    // A function whose code does not load: Fusion's message, not its JSON body.
+    let bad = dir.path().join("bad.py");
+    std::fs::write(&bad, "def main(:\n").unwrap();
+    let (rc, _, err) = s.cli(&[
+        "fn",
+        "create",
+        "bad",
+        "--env",
+        "python",
+        "--code",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    one_line_error(
+        &["fn", "test", "bad"],
+        r#"error: function "bad" cannot be loaded: the runtime refused the code"#,
+    );
+    // The API says the same, with the field at fault.
+    let (status, v) = s.call(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": "x", "runtime": "pyton"})),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(
+        v["error"]["message"],
+        Value::from(
+            r#"invalid environment: field "runtime": unknown runtime "pyton": expected python, nodejs or binary (or give a command)"#
+        )
+    );
+    let package = s.upload("hello.py", PY_HELLO.as_bytes());
+    let (status, v) = s.call(
+        "POST",
+        "/v1/functions",
+        Some(
+            json!({"name": "f", "env": "python", "package": package, "executor_type": "newdepoly"}),
+        ),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"field "executor_type": unknown executor type "newdepoly""#),
+        "{v}"
+    );
+}
