@@ -23,7 +23,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Clone)]
-struct ClientOpts {
+pub(crate) struct ClientOpts {
     /// The Fusion API address.
     #[arg(
         long = "server",
@@ -43,8 +43,13 @@ struct ClientOpts {
 impl ClientOpts {
     /// The API client: the token from `FUSION_TOKEN` or the data dir, and the
     /// CA certificate to trust, if given.
-    fn client(&self) -> Result<Client> {
+    pub(crate) fn client(&self) -> Result<Client> {
         Client::new(&self.api, crate::token::for_cli(), self.ca_cert.as_deref())
+    }
+
+    /// Whether the output is JSON (`-o json`).
+    pub(crate) fn json(&self) -> bool {
+        self.output == Output::Json
     }
 }
 
@@ -82,6 +87,14 @@ enum Command {
     Fn {
         #[command(subcommand)]
         verb: FnVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Packages: code with an optional build step (source built into a deployment).
+    #[command(name = "pkg", alias = "package")]
+    Pkg {
+        #[command(subcommand)]
+        verb: crate::cli_pkg::PkgVerb,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -190,6 +203,10 @@ struct FnFields {
     /// The code: one file, or a zip archive.
     #[arg(long)]
     code: Option<PathBuf>,
+    /// Or a named package (see `fusion pkg create`), in the namespace `default`;
+    /// a package with a source runs its build.
+    #[arg(long = "pkg", conflicts_with = "code")]
+    pkg: Option<String>,
     /// The entrypoint inside the code.
     #[arg(long)]
     entrypoint: Option<String>,
@@ -423,6 +440,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => crate::runtime_binary::serve().await,
         Command::Env { verb, opts } => env_cmd(verb, &opts).await,
         Command::Fn { verb, opts } => fn_cmd(verb, &opts).await,
+        Command::Pkg { verb, opts } => crate::cli_pkg::pkg_cmd(verb, &opts).await,
         Command::Route { verb, opts } => route_cmd(verb, &opts).await,
         Command::Wf { verb, opts } => wf_cmd(verb, &opts).await,
         Command::Run { verb, opts } => run_cmd(verb, &opts).await,
@@ -535,7 +553,7 @@ async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
     serve.await
 }
 
-fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) {
+pub(crate) fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) {
     if opts.output == Output::Json {
         println!(
             "{}",
@@ -741,6 +759,9 @@ async fn merge_fn(c: &Client, body: &mut Value, f: FnFields) -> Result<()> {
     if let Some(code) = f.code {
         body["package"] = c.upload(&code).await?;
     }
+    if let Some(pkg) = f.pkg {
+        body["package"] = json!({"packageref": {"name": pkg, "namespace": "default"}});
+    }
     if let Some(e) = f.entrypoint {
         body["entrypoint"] = json!(e);
     }
@@ -766,8 +787,8 @@ async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             if fields.env.is_none() {
                 bail!("--env is required");
             }
-            if fields.code.is_none() {
-                bail!("--code is required");
+            if fields.code.is_none() && fields.pkg.is_none() {
+                bail!("--code (a file or zip archive) or --pkg (a named package) is required");
             }
             let mut body = json!({"name": name});
             merge_fn(&c, &mut body, fields).await?;

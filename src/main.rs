@@ -2,7 +2,9 @@
 //! (`fusion env|fn|route|spec|wf|run ...`, talking to the API at `FUSION_URL`).
 
 mod api;
+mod api_pkg;
 mod cli;
+mod cli_pkg;
 mod client;
 mod guard;
 mod listen;

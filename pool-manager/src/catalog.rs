@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::pool::PoolManager;
-use crate::resources::{Environment, Function, PackageRef, Route};
+use crate::resources::{Environment, Function, FunctionPackage, PackageRef, Route};
 use crate::routes::RouteTable;
 use crate::store::Kind;
 
@@ -99,12 +99,19 @@ impl PoolManager {
                 f.name, f.env
             )));
         }
-        self.inner.packages.path(&f.package).map_err(|_| {
-            Error::Conflict(format!(
-                "function {:?}: package {} does not exist; upload the code first",
-                f.name, f.package.sha256
-            ))
-        })?;
+        match &f.package {
+            FunctionPackage::Stored(package) => {
+                self.inner.packages.path(package).map_err(|_| {
+                    Error::Conflict(format!(
+                        "function {:?}: package {} does not exist; upload the code first",
+                        f.name, package.sha256
+                    ))
+                })?;
+            }
+            FunctionPackage::Named { packageref } => {
+                self.inner.check_named_package(f, packageref)?;
+            }
+        }
         Ok(())
     }
 

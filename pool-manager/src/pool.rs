@@ -41,6 +41,8 @@ pub struct PoolConfig {
     pub packages: PackageLimits,
     /// How often idle instances are looked for.
     pub reap_interval: Duration,
+    /// How long one package build may take before it is stopped.
+    pub build_timeout: Duration,
 }
 
 /// Cheap to clone; all clones share one manager.
@@ -54,6 +56,8 @@ pub(crate) struct Inner {
     pub(crate) store: ResourceStore,
     pub(crate) packages: PackageStore,
     pub(crate) logs: Arc<Logs>,
+    /// Named packages and their builds.
+    pub(crate) builds: crate::build::Builds,
     state: Mutex<State>,
     routes: RwLock<Arc<RouteTable>>,
     next_id: AtomicU64,
@@ -161,6 +165,7 @@ impl PoolManager {
             store,
             packages,
             logs,
+            builds: crate::build::Builds::open(db)?,
             state: Mutex::new(state),
             routes: RwLock::new(Arc::new(routes)),
             next_id: AtomicU64::new(1),
@@ -173,6 +178,7 @@ impl PoolManager {
         for env in envs {
             inner.refill(&env);
         }
+        inner.recover_builds().await?;
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(reap_interval);
@@ -253,6 +259,16 @@ impl PoolManager {
     /// function's concurrency, wait up to `lease_wait`, then fail with 429.
     pub async fn lease(&self, name: &str) -> Result<Lease> {
         let inner = &self.inner;
+        // A named package still building is waited for (within the function's
+        // timeout) before any capacity is taken; a failed build fails the call.
+        let named = lock(&inner.state).fns.get(name).and_then(|p| {
+            let f = &p.function;
+            let limit = Duration::from_secs(f.timeout_secs);
+            f.package.named().map(|r| (r.clone(), limit))
+        });
+        if let Some((package, limit)) = named {
+            inner.wait_for_package(name, &package, limit).await?;
+        }
         let deadline = tokio::time::Instant::now() + inner.cfg.lease_wait;
         loop {
             if inner.closing.load(Ordering::SeqCst) {
@@ -686,7 +702,15 @@ impl Inner {
             function: function.name.clone(),
             generation: function.generation,
         });
-        let path = self.packages.path(&function.package)?;
+        let code = match self.code_of(function) {
+            Ok(code) => code,
+            Err(e) => {
+                // The instance is still generic: back to the pool's business.
+                instance.stop();
+                return Err(e);
+            }
+        };
+        let path = self.packages.path(&code)?;
         // Staging may link or copy a whole tree: off the async workers.
         let handle = instance.handle.clone();
         let staged = tokio::task::spawn_blocking(move || handle.stage_code(&path))

@@ -157,6 +157,7 @@ async fn setup(poolsize: usize, concurrency: usize) -> Setup {
             body_limit: 1 << 20,
             packages: Default::default(),
             reap_interval: Duration::from_secs(3600),
+            build_timeout: Duration::from_secs(60),
         },
     )
     .await
@@ -177,7 +178,7 @@ async fn setup(poolsize: usize, concurrency: usize) -> Setup {
     pm.create_function(Function {
         name: "f".into(),
         env: "env".into(),
-        package,
+        package: package.into(),
         entrypoint: None,
         timeout_secs: 60,
         idle_timeout_secs: 60,

@@ -164,6 +164,40 @@ pub struct PackageRef {
     pub filename: Option<String>,
 }
 
+/// A function's code: stored content-addressed, or a named package (Fission's
+/// `package.packageref`), whose built deployment runs when it has a source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FunctionPackage {
+    Stored(PackageRef),
+    Named { packageref: NamedPackageRef },
+}
+
+/// A named package, by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPackageRef {
+    pub name: String,
+    #[serde(default = "crate::build::default_namespace")]
+    pub namespace: String,
+}
+
+impl FunctionPackage {
+    /// The named package, for a function that uses one.
+    pub fn named(&self) -> Option<&NamedPackageRef> {
+        match self {
+            FunctionPackage::Named { packageref } => Some(packageref),
+            FunctionPackage::Stored(_) => None,
+        }
+    }
+}
+
+impl From<PackageRef> for FunctionPackage {
+    fn from(p: PackageRef) -> Self {
+        FunctionPackage::Stored(p)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PackageKind {
@@ -189,7 +223,9 @@ fn default_rpp() -> usize {
 pub struct Function {
     pub name: String,
     pub env: String,
-    pub package: PackageRef,
+    /// `{"sha256", "kind", "filename"}` as `/v1/archives` answers, or
+    /// `{"packageref": {"name", "namespace"}}` for a named package.
+    pub package: FunctionPackage,
     /// Entrypoint inside the code (`main`, `hello.main`, ...); runtime default if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<String>,
@@ -237,15 +273,23 @@ impl Function {
                 self.requests_per_instance
             )));
         }
-        if self.package.sha256.len() != 64
-            || !self.package.sha256.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            return Err(Error::Invalid(
-                "function: package must be a sha256 hex digest".into(),
-            ));
-        }
-        if let Some(f) = &self.package.filename {
-            crate::package::validate_filename(f)?;
+        match &self.package {
+            FunctionPackage::Stored(package) => {
+                if package.sha256.len() != 64
+                    || !package.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(Error::Invalid(
+                        "function: package must be a sha256 hex digest".into(),
+                    ));
+                }
+                if let Some(f) = &package.filename {
+                    crate::package::validate_filename(f)?;
+                }
+            }
+            FunctionPackage::Named { packageref } => {
+                validate_name("package", &packageref.name)?;
+                validate_name("namespace", &packageref.namespace)?;
+            }
         }
         Ok(())
     }

@@ -39,11 +39,14 @@ use oci_spec::runtime::{
 };
 use tokio::sync::{watch, Notify};
 
+use super::build::{BuildOutput, BuildRequest};
 use super::connect::InstanceConnector;
 use super::image::{Image, ImageStore, RUNTIME_PORT};
 use super::{Address, Backend, Exit, Handle, Isolation, LaunchConfig, NetNs, StartRequest, Usage};
 use crate::error::{Error, Result};
 use crate::resources::{Environment, Network};
+
+mod build;
 
 /// The unprivileged user and group instances run as (`nobody`).
 const NOBODY: u32 = 65534;
@@ -241,7 +244,10 @@ impl ContainerBackend {
             "fusion/runtimes",
             "fusion/bin",
             "run/fusion",
-        ] {
+        ]
+        .into_iter()
+        .chain(build::MOUNT_POINTS)
+        {
             std::fs::create_dir_all(root.join(dir))?;
         }
         // A tmpfs takes the mode of the directory it is mounted on.
@@ -890,6 +896,10 @@ impl Backend for ContainerBackend {
             };
             Ok(Arc::new(handle) as Arc<dyn Handle>)
         })
+    }
+
+    fn build(&self, req: BuildRequest) -> BoxFuture<'_, Result<BuildOutput>> {
+        Box::pin(self.run_build(req))
     }
 
     fn cleanup_stale(&self) -> BoxFuture<'_, ()> {
