@@ -70,7 +70,11 @@ fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/json"))
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
 }
 
 /// A package from a request body, in the namespace of the query (when given);
@@ -85,11 +89,9 @@ fn parse_package(q: &PackageQuery, body: &[u8]) -> ApiResult<Package> {
     fields.remove("generation");
     if let Some(ns) = &q.namespace {
         match fields.get("namespace").and_then(|v| v.as_str()) {
-            Some(given) if given != ns => {
-                return Err(Error::Invalid(format!(
-                    "the namespace in the body ({given:?}) differs from the one in the query ({ns:?})"
-                )))
-            }
+            Some(given) if given != ns => return Err(Error::Invalid(format!(
+                "the namespace in the body ({given:?}) differs from the one in the query ({ns:?})"
+            ))),
             _ => {
                 fields.insert("namespace".into(), ns.clone().into());
             }

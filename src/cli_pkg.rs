@@ -223,14 +223,13 @@ fn path(name: &str, rest: &str) -> String {
 }
 
 async fn get(c: &Client, id: &PkgId) -> Result<Value> {
-    Ok(c
-        .send(
-            c.request(Method::GET, &path(&id.name, ""))
-                .query(&[("namespace", &id.namespace)]),
-        )
-        .await?
-        .json()
-        .await?)
+    Ok(c.send(
+        c.request(Method::GET, &path(&id.name, ""))
+            .query(&[("namespace", &id.namespace)]),
+    )
+    .await?
+    .json()
+    .await?)
 }
 
 async fn merge(c: &Client, body: &mut Value, f: PkgFields) -> Result<()> {
@@ -256,10 +255,11 @@ async fn merge(c: &Client, body: &mut Value, f: PkgFields) -> Result<()> {
 /// its contents, a file by its name).
 pub fn archive_of(paths: &[PathBuf]) -> Result<(Vec<u8>, String)> {
     if let [one] = paths {
-        let meta = std::fs::metadata(one)
-            .with_context(|| format!("cannot read {}", one.display()))?;
+        let meta =
+            std::fs::metadata(one).with_context(|| format!("cannot read {}", one.display()))?;
         if meta.is_file() {
-            let bytes = std::fs::read(one).with_context(|| format!("cannot read {}", one.display()))?;
+            let bytes =
+                std::fs::read(one).with_context(|| format!("cannot read {}", one.display()))?;
             let name = one
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -288,7 +288,11 @@ pub fn archive_of(paths: &[PathBuf]) -> Result<(Vec<u8>, String)> {
     Ok((buf.into_inner(), "archive.zip".into()))
 }
 
-fn add_dir(zip: &mut zip::ZipWriter<&mut std::io::Cursor<Vec<u8>>>, dir: &Path, rel: &Path) -> Result<()> {
+fn add_dir(
+    zip: &mut zip::ZipWriter<&mut std::io::Cursor<Vec<u8>>>,
+    dir: &Path,
+    rel: &Path,
+) -> Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir.join(rel))
         .with_context(|| format!("cannot read {}", dir.join(rel).display()))?
         .collect::<std::io::Result<_>>()?;
@@ -310,7 +314,11 @@ fn add_dir(zip: &mut zip::ZipWriter<&mut std::io::Cursor<Vec<u8>>>, dir: &Path, 
     Ok(())
 }
 
-fn add_file(zip: &mut zip::ZipWriter<&mut std::io::Cursor<Vec<u8>>>, path: &Path, name: &str) -> Result<()> {
+fn add_file(
+    zip: &mut zip::ZipWriter<&mut std::io::Cursor<Vec<u8>>>,
+    path: &Path,
+    name: &str,
+) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)?.permissions().mode();
     let options = zip::write::SimpleFileOptions::default()
@@ -336,8 +344,11 @@ mod tests {
         let extra = dir.path().join("build.sh");
         std::fs::write(&extra, "echo").unwrap();
         // One file goes as it is.
-        let (bytes, name) = archive_of(&[extra.clone()]).unwrap();
-        assert_eq!((bytes.as_slice(), name.as_str()), (&b"echo"[..], "build.sh"));
+        let (bytes, name) = archive_of(std::slice::from_ref(&extra)).unwrap();
+        assert_eq!(
+            (bytes.as_slice(), name.as_str()),
+            (&b"echo"[..], "build.sh")
+        );
         let (bytes, name) = archive_of(&[src.clone(), extra]).unwrap();
         assert_eq!(name, "archive.zip");
         let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();

@@ -48,7 +48,10 @@ fn write_wheel(dir: &Path) {
     for (name, text) in files
         .iter()
         .map(|(n, t)| (*n, t.as_str()))
-        .chain(std::iter::once(("hellodep-1.0.dist-info/RECORD", record.as_str())))
+        .chain(std::iter::once((
+            "hellodep-1.0.dist-info/RECORD",
+            record.as_str(),
+        )))
     {
         zip.start_file(name, options).unwrap();
         zip.write_all(text.as_bytes()).unwrap();
@@ -68,7 +71,9 @@ fn python_source(dir: &Path, prefix: &str, requirement: &str) {
     .unwrap();
     std::fs::write(
         dir.join("main.py"),
-        format!("import hellodep\n\ndef main():\n    return {prefix:?} + hellodep.GREETING + '\\n'\n"),
+        format!(
+            "import hellodep\n\ndef main():\n    return {prefix:?} + hellodep.GREETING + '\\n'\n"
+        ),
     )
     .unwrap();
 }
@@ -86,13 +91,17 @@ fn package(s: &Server, name: &str) -> Value {
 /// Waits until the package's build has ended; answers the package.
 fn built(s: &Server, name: &str) -> Value {
     let mut last = Value::Null;
-    eventually(Duration::from_secs(300), &format!("package {name} built"), || {
-        last = package(s, name);
-        !matches!(
-            last["status"]["buildstatus"].as_str(),
-            Some("pending" | "running")
-        )
-    });
+    eventually(
+        Duration::from_secs(300),
+        &format!("package {name} built"),
+        || {
+            last = package(s, name);
+            !matches!(
+                last["status"]["buildstatus"].as_str(),
+                Some("pending" | "running")
+            )
+        },
+    );
     last
 }
 
@@ -110,7 +119,12 @@ fn a_python_source_installs_its_vendored_wheel_once_and_runs_the_build() {
     python_source(&src, "", "hellodep==1.0");
     let src_arg = src.to_str().unwrap();
 
-    let out = cli_ok(&s, &["pkg", "create", "--name", "pydemo", "--env", "python", "--src", src_arg]);
+    let out = cli_ok(
+        &s,
+        &[
+            "pkg", "create", "--name", "pydemo", "--env", "python", "--src", src_arg,
+        ],
+    );
     assert!(out.contains("pydemo"), "{out}");
     let p = built(&s, "pydemo");
     assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
@@ -120,18 +134,37 @@ fn a_python_source_installs_its_vendored_wheel_once_and_runs_the_build() {
 
     cli_ok(
         &s,
-        &["fn", "create", "--name", "pyfn", "--env", "python", "--pkg", "pydemo", "--entrypoint", "main.main"],
+        &[
+            "fn",
+            "create",
+            "--name",
+            "pyfn",
+            "--env",
+            "python",
+            "--pkg",
+            "pydemo",
+            "--entrypoint",
+            "main.main",
+        ],
     );
     assert_eq!(call(&s, "pyfn"), (200, format!("{GREETING}\n")));
 
     // The same source again: not built a second time.
-    cli_ok(&s, &["pkg", "create", "--name", "pycopy", "--env", "python", "--src", src_arg]);
+    cli_ok(
+        &s,
+        &[
+            "pkg", "create", "--name", "pycopy", "--env", "python", "--src", src_arg,
+        ],
+    );
     let copy = built(&s, "pycopy");
     assert_eq!(copy["status"]["buildstatus"], "succeeded", "{copy}");
     assert_eq!(copy["status"]["cached"], true, "{copy}");
     assert_eq!(copy["status"]["built"], p["status"]["built"]);
     let logs = cli_ok(&s, &["pkg", "logs", "--name", "pycopy"]);
-    assert!(logs.starts_with("cached: reused the earlier build"), "{logs}");
+    assert!(
+        logs.starts_with("cached: reused the earlier build"),
+        "{logs}"
+    );
     assert!(!logs.contains("pip"), "{logs}");
     // A rebuild does build again.
     let out = cli_ok(&s, &["pkg", "rebuild", "--name", "pycopy"]);
@@ -140,7 +173,10 @@ fn a_python_source_installs_its_vendored_wheel_once_and_runs_the_build() {
     assert_eq!(rebuilt["status"]["buildstatus"], "succeeded", "{rebuilt}");
     assert!(rebuilt["status"].get("cached").is_none(), "{rebuilt}");
     assert!(
-        rebuilt["status"]["buildlog"].as_str().unwrap().contains("Successfully installed"),
+        rebuilt["status"]["buildlog"]
+            .as_str()
+            .unwrap()
+            .contains("Successfully installed"),
         "{rebuilt}"
     );
 
@@ -155,10 +191,16 @@ fn a_python_source_installs_its_vendored_wheel_once_and_runs_the_build() {
     assert_ne!(code, 0);
     assert!(err.contains("used by functions pyfn"), "{err}");
     let (status, body) = s.call("DELETE", "/v1/packages/pydemo", None);
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
     cli_ok(&s, &["pkg", "delete", "--name", "pycopy"]);
     let list = cli_ok(&s, &["pkg", "list"]);
-    assert!(list.contains("pydemo") && !list.contains("pycopy"), "{list}");
+    assert!(
+        list.contains("pydemo") && !list.contains("pycopy"),
+        "{list}"
+    );
 }
 
 #[test]
@@ -169,10 +211,26 @@ fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
     let src = tmp.path().join("src");
     python_source(&src, "fixed: ", "nosuchdep==9.9");
     let src_arg = src.to_str().unwrap();
-    cli_ok(&s, &["pkg", "create", "--name", "broken", "--env", "python", "--src", src_arg]);
     cli_ok(
         &s,
-        &["fn", "create", "--name", "brokenfn", "--env", "python", "--pkg", "broken", "--entrypoint", "main.main"],
+        &[
+            "pkg", "create", "--name", "broken", "--env", "python", "--src", src_arg,
+        ],
+    );
+    cli_ok(
+        &s,
+        &[
+            "fn",
+            "create",
+            "--name",
+            "brokenfn",
+            "--env",
+            "python",
+            "--pkg",
+            "broken",
+            "--entrypoint",
+            "main.main",
+        ],
     );
     // The call waits for the build, then says what failed.
     let (status, body) = call(&s, "brokenfn");
@@ -181,10 +239,16 @@ fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
     assert_eq!(body["error"]["code"], "package_build_failed", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("\"broken\""), "{message}");
-    assert!(message.contains("fusion pkg logs --name broken"), "{message}");
+    assert!(
+        message.contains("fusion pkg logs --name broken"),
+        "{message}"
+    );
 
     let logs = cli_ok(&s, &["pkg", "logs", "--name", "broken"]);
-    assert!(logs.contains("No matching distribution found for nosuchdep==9.9"), "{logs}");
+    assert!(
+        logs.contains("No matching distribution found for nosuchdep==9.9"),
+        "{logs}"
+    );
     let info = cli_ok(&s, &["pkg", "info", "--name", "broken"]);
     assert!(info.contains("failed"), "{info}");
     assert!(info.contains("nosuchdep"), "{info}");
@@ -238,13 +302,32 @@ fn a_nodejs_source_installs_its_vendored_tarball_and_a_call_waits_for_the_build(
 
     let out = cli_ok(
         &s,
-        &["pkg", "create", "--name", "nodedemo", "--env", "nodejs", "--src", src.to_str().unwrap(), "-o", "json"],
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "nodedemo",
+            "--env",
+            "nodejs",
+            "--src",
+            src.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
     );
     let created: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(created["status"]["buildstatus"], "pending", "{created}");
-    cli_ok(&s, &["fn", "create", "--name", "nodefn", "--env", "nodejs", "--pkg", "nodedemo"]);
+    cli_ok(
+        &s,
+        &[
+            "fn", "create", "--name", "nodefn", "--env", "nodejs", "--pkg", "nodedemo",
+        ],
+    );
     // Called at once: the call waits for the build.
-    assert_eq!(call(&s, "nodefn"), (200, "hello from a vendored tarball\n".into()));
+    assert_eq!(
+        call(&s, "nodefn"),
+        (200, "hello from a vendored tarball\n".into())
+    );
     let p = package(&s, "nodedemo");
     assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
     let log = p["status"]["buildlog"].as_str().unwrap();
@@ -255,7 +338,11 @@ fn a_nodejs_source_installs_its_vendored_tarball_and_a_call_waits_for_the_build(
 fn process_running(needle: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
         std::fs::read(e.path().join("cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
             .unwrap_or(false)
     })
 }
@@ -280,7 +367,18 @@ fn a_build_command_runs_isolated_and_is_stopped_at_the_time_limit() {
     let src_arg = src.to_str().unwrap();
     cli_ok(
         &s,
-        &["pkg", "create", "--name", "probe", "--env", "binary", "--src", src_arg, "--buildcmd", &probe],
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "probe",
+            "--env",
+            "binary",
+            "--src",
+            src_arg,
+            "--buildcmd",
+            &probe,
+        ],
     );
     let p = built(&s, "probe");
     assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
@@ -293,7 +391,18 @@ fn a_build_command_runs_isolated_and_is_stopped_at_the_time_limit() {
     }
     cli_ok(
         &s,
-        &["fn", "create", "--name", "probefn", "--env", "binary", "--pkg", "probe", "--entrypoint", "hello.sh"],
+        &[
+            "fn",
+            "create",
+            "--name",
+            "probefn",
+            "--env",
+            "binary",
+            "--pkg",
+            "probe",
+            "--entrypoint",
+            "hello.sh",
+        ],
     );
     assert_eq!(call(&s, "probefn"), (200, "built\n".into()));
 
@@ -302,15 +411,25 @@ fn a_build_command_runs_isolated_and_is_stopped_at_the_time_limit() {
     cli_ok(
         &s,
         &[
-            "pkg", "create", "--name", "slow", "--env", "binary", "--src", src_arg,
-            "--buildcmd", &format!("{sleeper} & {sleeper}"),
+            "pkg",
+            "create",
+            "--name",
+            "slow",
+            "--env",
+            "binary",
+            "--src",
+            src_arg,
+            "--buildcmd",
+            &format!("{sleeper} & {sleeper}"),
         ],
     );
     let p = built(&s, "slow");
     assert_eq!(p["status"]["buildstatus"], "failed", "{p}");
     let log = p["status"]["buildlog"].as_str().unwrap();
     assert!(log.contains("did not finish within 3s"), "{log}");
-    eventually(Duration::from_secs(10), "the build's processes are gone", || {
-        !process_running(sleeper)
-    });
+    eventually(
+        Duration::from_secs(10),
+        "the build's processes are gone",
+        || !process_running(sleeper),
+    );
 }

@@ -22,9 +22,9 @@ mod sys;
 mod pool_tests;
 
 pub use backend::{Backend, Isolation, LaunchConfig};
+pub use build::{BuildStatus, Package, PackageStatus};
 pub use error::{Error, Result};
 pub use pool::{InstanceInfo, Lease, PoolConfig, PoolManager};
-pub use build::{BuildStatus, Package, PackageStatus};
 pub use resources::{
     Environment, Function, FunctionPackage, NamedPackageRef, Network, PackageKind, PackageRef,
     Route, Runtime,

@@ -177,7 +177,11 @@ impl PackageStore {
                 )));
             }
             use std::os::unix::fs::PermissionsExt;
-            h.update(if meta.permissions().mode() & 0o111 != 0 { b"x" } else { b"f" });
+            h.update(if meta.permissions().mode() & 0o111 != 0 {
+                b"x"
+            } else {
+                b"f"
+            });
             let mut file = std::fs::File::open(&path).map_err(io)?;
             let mut content = Sha256::new();
             std::io::copy(&mut file, &mut content).map_err(io)?;
@@ -198,8 +202,16 @@ impl PackageStore {
         drop_links(dir)?;
         own_by_server(dir);
         std::fs::write(dir.join(".complete"), b"").map_err(io)?;
-        let _ = std::fs::remove_dir_all(&target);
-        std::fs::rename(dir, &target).map_err(io)?;
+        if std::fs::rename(dir, &target).is_err() {
+            if target.join(".complete").exists() {
+                // Another build of the same output finished first: same content.
+                let _ = std::fs::remove_dir_all(dir);
+            } else {
+                // A half-written leftover of a crash: replace it.
+                let _ = std::fs::remove_dir_all(&target);
+                std::fs::rename(dir, &target).map_err(io)?;
+            }
+        }
         Ok((reference, links))
     }
 
@@ -512,9 +524,15 @@ mod tests {
         assert_eq!(links, 1);
         assert_eq!(a.kind, PackageKind::Archive);
         let root = store.path(&a).unwrap();
-        assert_eq!(std::fs::read(root.join("lib/dep/__init__.py")).unwrap(), b"X = 1");
+        assert_eq!(
+            std::fs::read(root.join("lib/dep/__init__.py")).unwrap(),
+            b"X = 1"
+        );
         assert!(std::fs::symlink_metadata(root.join("lib/leak")).is_err());
-        assert!(!dir.path().join("a").exists(), "the output moved into the store");
+        assert!(
+            !dir.path().join("a").exists(),
+            "the output moved into the store"
+        );
         // The same output is the same package; another is another.
         let (b, _) = store.put_dir(&make("b")).unwrap();
         assert_eq!(a, b);

@@ -261,7 +261,14 @@ impl PoolManager {
         let inner = &self.inner;
         // A named package still building is waited for (within the function's
         // timeout) before any capacity is taken; a failed build fails the call.
+        // Instances of the current generation already run the built code.
         let named = lock(&inner.state).fns.get(name).and_then(|p| {
+            if p.instances
+                .iter()
+                .any(|i| !i.retiring.load(Ordering::SeqCst))
+            {
+                return None;
+            }
             let f = &p.function;
             let limit = Duration::from_secs(f.timeout_secs);
             f.package.named().map(|r| (r.clone(), limit))

@@ -166,11 +166,40 @@ pub struct PackageRef {
 
 /// A function's code: stored content-addressed, or a named package (Fission's
 /// `package.packageref`), whose built deployment runs when it has a source.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum FunctionPackage {
     Stored(PackageRef),
     Named { packageref: NamedPackageRef },
+}
+
+/// Read by its shape, so that a mistake is reported against the shape meant
+/// (an untagged enum would only say that no variant matched).
+impl<'de> Deserialize<'de> for FunctionPackage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Named {
+            packageref: NamedPackageRef,
+        }
+        let value = serde_json::Value::deserialize(d)?;
+        if value.get("packageref").is_some() {
+            serde_json::from_value::<Named>(value)
+                .map(|n| FunctionPackage::Named {
+                    packageref: n.packageref,
+                })
+                .map_err(|e| D::Error::custom(format!("package.packageref: {e}")))
+        } else {
+            serde_json::from_value::<PackageRef>(value)
+                .map(FunctionPackage::Stored)
+                .map_err(|e| {
+                    D::Error::custom(format!(
+                        "package: {e} (give an uploaded archive's {{sha256, kind, filename}}, or {{packageref: {{name}}}})"
+                    ))
+                })
+        }
+    }
 }
 
 /// A named package, by namespace and name.
@@ -386,6 +415,37 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_function_package_is_an_archive_or_a_named_package() {
+        let stored: FunctionPackage = serde_json::from_str(&format!(
+            r#"{{"sha256": "{}", "kind": "archive"}}"#,
+            "a".repeat(64)
+        ))
+        .unwrap();
+        assert!(stored.named().is_none());
+        let named: FunctionPackage =
+            serde_json::from_str(r#"{"packageref": {"name": "deps"}}"#).unwrap();
+        let r = named.named().unwrap();
+        assert_eq!((r.name.as_str(), r.namespace.as_str()), ("deps", "default"));
+        // Each shape round-trips as itself.
+        for p in [stored, named] {
+            let back: FunctionPackage =
+                serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
+            assert_eq!(back, p);
+        }
+        let err = serde_json::from_str::<FunctionPackage>(r#"{"packageref": {"nam": "x"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("package.packageref") && err.contains("nam"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<FunctionPackage>(r#"{"sha": "x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("packageref"), "{err}");
+    }
 
     #[test]
     fn names() {

@@ -190,8 +190,14 @@ async fn run_build(launch: &LaunchConfig, req: BuildRequest) -> Result<BuildOutp
         .spawn()
         .map_err(|e| Error::Unavailable(format!("cannot start a build: {e}")))?;
     let pid = child.id();
-    let out = tokio::spawn(read_tail(child.stdout.take(), super::build::BUILD_LOG_LIMIT));
-    let err = tokio::spawn(read_tail(child.stderr.take(), super::build::BUILD_LOG_LIMIT));
+    let out = tokio::spawn(read_tail(
+        child.stdout.take(),
+        super::build::BUILD_LOG_LIMIT,
+    ));
+    let err = tokio::spawn(read_tail(
+        child.stderr.take(),
+        super::build::BUILD_LOG_LIMIT,
+    ));
     let status = tokio::time::timeout(req.timeout, child.wait()).await;
     // Whatever the build started goes with it, on every outcome.
     if let Some(pid) = pid {

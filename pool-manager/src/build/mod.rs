@@ -4,7 +4,7 @@
 //! instances, one build at a time per package and at most `BUILD_SLOTS` at
 //! once, each bounded by the server's build timeout. Builds are cached by the
 //! hash of their inputs (tree `package_builds`): the same source is not built
-//! twice. A successful build gives the functions of the package new instances;
+//! twice. A finished build gives the functions of the package new instances;
 //! a call to a function whose package is still building waits for it (bounded
 //! by the function's timeout), and one whose package failed to build answers
 //! `package_build_failed`.
@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 
-pub use model::{cache_key, default_namespace, key, BuildEvent, BuildStatus, Package, PackageStatus};
+pub use model::{
+    cache_key, default_namespace, key, BuildEvent, BuildStatus, Package, PackageStatus,
+};
 
 use crate::backend::build::{BuildExit, BuildRequest};
 use crate::error::{Error, Result};
@@ -54,7 +56,8 @@ struct Slot {
 }
 
 fn decode(bytes: &[u8]) -> Result<Package> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("corrupt package record: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Storage(format!("corrupt package record: {e}")))
 }
 
 fn now() -> String {
@@ -153,7 +156,8 @@ impl PoolManager {
             });
         }
         p.generation = 1;
-        p.status = PackageStatus::default().apply(p.source.is_some(), BuildEvent::Requested, now())?;
+        p.status =
+            PackageStatus::default().apply(p.source.is_some(), BuildEvent::Requested, now())?;
         builds.put(&p).await?;
         if p.source.is_some() {
             self.inner.request_build(p.key(), false);
@@ -168,12 +172,10 @@ impl PoolManager {
         self.check_package_refs(&p)?;
         let builds = &self.inner.builds;
         let one = builds.writes.lock().await;
-        let old = builds
-            .get(&p.key())?
-            .ok_or_else(|| Error::NotFound {
-                kind: "package",
-                name: p.name.clone(),
-            })?;
+        let old = builds.get(&p.key())?.ok_or_else(|| Error::NotFound {
+            kind: "package",
+            name: p.name.clone(),
+        })?;
         let same_build = old.source == p.source
             && old.buildcmd == p.buildcmd
             && old.environment == p.environment;
@@ -182,7 +184,9 @@ impl PoolManager {
             p.status = old.status.clone();
         } else {
             p.generation = old.generation + 1;
-            p.status = old.status.apply(p.source.is_some(), BuildEvent::Requested, now())?;
+            p.status = old
+                .status
+                .apply(p.source.is_some(), BuildEvent::Requested, now())?;
         }
         builds.put(&p).await?;
         drop(one);
@@ -249,6 +253,8 @@ fn uses(f: &Function, namespace: &str, name: &str) -> bool {
 impl Inner {
     /// Builds packages a stopped server left pending or running.
     pub(crate) async fn recover_builds(self: &Arc<Self>) -> Result<()> {
+        // The work directories of builds a killed server left.
+        let _ = std::fs::remove_dir_all(self.cfg.data_dir.join("builds"));
         for mut p in self.builds.list()? {
             match p.status.buildstatus {
                 BuildStatus::Running => {
@@ -344,7 +350,8 @@ impl Inner {
                 "environment {:?} does not exist: create it, then `fusion pkg rebuild --name {}`\n",
                 p.environment, p.name
             );
-            self.record(key, generation, BuildEvent::Failed { log }).await?;
+            self.record(key, generation, BuildEvent::Failed { log })
+                .await?;
             return Ok(());
         };
         let cache = cache_key(&source, &env, p.buildcmd.as_deref());
@@ -355,7 +362,10 @@ impl Inner {
                         "cached: reused the earlier build of the same source, runtime and build command (cache key {cache}); `fusion pkg rebuild --name {}` builds it again\n",
                         p.name
                     );
-                    if self.record(key, generation, BuildEvent::Cached { built, log }).await? {
+                    if self
+                        .record(key, generation, BuildEvent::Cached { built, log })
+                        .await?
+                    {
                         self.refresh_functions(&p.namespace, &p.name).await?;
                     }
                     return Ok(());
@@ -374,14 +384,16 @@ impl Inner {
         }
         let event = match self.run_build(&p, &env, &source).await {
             Ok((built, log)) => {
-                let bytes = serde_json::to_vec(&built).map_err(|e| Error::Internal(e.to_string()))?;
+                let bytes =
+                    serde_json::to_vec(&built).map_err(|e| Error::Internal(e.to_string()))?;
                 self.builds.cache.insert(cache.as_bytes(), bytes)?;
                 BuildEvent::Succeeded { built, log }
             }
             Err(log) => BuildEvent::Failed { log },
         };
-        let succeeded = matches!(event, BuildEvent::Succeeded { .. });
-        if self.record(key, generation, event).await? && succeeded {
+        // Either way the functions of the package change: new code, or none
+        // (their calls answer the failure, warm instances too).
+        if self.record(key, generation, event).await? {
             self.refresh_functions(&p.namespace, &p.name).await?;
         }
         Ok(())
@@ -484,7 +496,10 @@ impl Inner {
                         "left out {links} symbolic links: a package holds files and directories\n"
                     ));
                 }
-                log.push_str(&format!("the build succeeded: deployment {}\n", built.sha256));
+                log.push_str(&format!(
+                    "the build succeeded: deployment {}\n",
+                    built.sha256
+                ));
                 Ok((built, log))
             }
             Err(e) => {
@@ -526,7 +541,10 @@ impl Inner {
             if p.status.buildstatus == BuildStatus::Failed {
                 return Err(build_failed(function, &p));
             }
-            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
                 return Err(Error::Timeout(format!(
                     "function {function:?}: its package {:?} is still building ({}) after {limit:?}; see `fusion pkg info --name {}`",
                     p.name, p.status.buildstatus, p.name

@@ -163,10 +163,18 @@ pub enum BuildEvent {
     /// A builder took the pending build.
     Started,
     /// The build finished and made this deployment.
-    Succeeded { built: PackageRef, log: String },
+    Succeeded {
+        built: PackageRef,
+        log: String,
+    },
     /// The same inputs were built before: their deployment is reused.
-    Cached { built: PackageRef, log: String },
-    Failed { log: String },
+    Cached {
+        built: PackageRef,
+        log: String,
+    },
+    Failed {
+        log: String,
+    },
 }
 
 impl PackageStatus {
@@ -306,7 +314,10 @@ mod tests {
             "pool settings do not change what a build makes"
         );
         assert_ne!(base, cache_key(&reference('b'), &py, None));
-        assert_ne!(base, cache_key(&reference('a'), &env(Runtime::Nodejs), None));
+        assert_ne!(
+            base,
+            cache_key(&reference('a'), &env(Runtime::Nodejs), None)
+        );
         assert_ne!(base, cache_key(&reference('a'), &py, Some("make")));
         assert_ne!(
             cache_key(&reference('a'), &py, Some("")),
@@ -326,21 +337,43 @@ mod tests {
         assert_eq!(s.buildstatus, BuildStatus::Pending);
         // Finishing a build that never started is refused.
         assert!(s
-            .apply(true, BuildEvent::Succeeded { built: reference('a'), log: String::new() }, now())
+            .apply(
+                true,
+                BuildEvent::Succeeded {
+                    built: reference('a'),
+                    log: String::new()
+                },
+                now()
+            )
             .is_err());
         let s = s.apply(true, BuildEvent::Started, now()).unwrap();
         assert_eq!(s.buildstatus, BuildStatus::Running);
         assert!(s.apply(true, BuildEvent::Started, now()).is_err());
         let ok = s
-            .apply(true, BuildEvent::Succeeded { built: reference('a'), log: "pip said".into() }, now())
+            .apply(
+                true,
+                BuildEvent::Succeeded {
+                    built: reference('a'),
+                    log: "pip said".into(),
+                },
+                now(),
+            )
             .unwrap();
         assert_eq!(ok.buildstatus, BuildStatus::Succeeded);
         assert_eq!(ok.built, Some(reference('a')));
         assert!(!ok.cached);
         // Done is done: only a new request starts over.
-        assert!(ok.apply(true, BuildEvent::Failed { log: "x".into() }, now()).is_err());
+        assert!(ok
+            .apply(true, BuildEvent::Failed { log: "x".into() }, now())
+            .is_err());
         let failed = s
-            .apply(true, BuildEvent::Failed { log: "no such requirement".into() }, now())
+            .apply(
+                true,
+                BuildEvent::Failed {
+                    log: "no such requirement".into(),
+                },
+                now(),
+            )
             .unwrap();
         assert_eq!(failed.buildstatus, BuildStatus::Failed);
         assert_eq!(failed.built, None);
@@ -355,7 +388,14 @@ mod tests {
             .apply(true, BuildEvent::Requested, "t".into())
             .unwrap();
         let s = s
-            .apply(true, BuildEvent::Cached { built: reference('c'), log: "reused".into() }, "t2".into())
+            .apply(
+                true,
+                BuildEvent::Cached {
+                    built: reference('c'),
+                    log: "reused".into(),
+                },
+                "t2".into(),
+            )
             .unwrap();
         assert_eq!(s.buildstatus, BuildStatus::Succeeded);
         assert!(s.cached);
@@ -396,6 +436,10 @@ mod tests {
         assert!(p.validate().is_err());
         p.deployment = Some(reference('d'));
         p.buildcmd = Some("make".into());
-        assert!(p.validate().unwrap_err().to_string().contains("needs a source"));
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("needs a source"));
     }
 }

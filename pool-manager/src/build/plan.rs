@@ -56,9 +56,7 @@ pub fn plan(env: &Environment, buildcmd: Option<&str>, has: impl Fn(&str) -> boo
     if has("build.sh") {
         return Plan {
             summary: "the source's ./build.sh".into(),
-            script: script(
-                "if [ -x ./build.sh ]; then ./build.sh; else sh ./build.sh; fi".into(),
-            ),
+            script: script("if [ -x ./build.sh ]; then ./build.sh; else sh ./build.sh; fi".into()),
         };
     }
     Plan {
@@ -91,9 +89,17 @@ mod tests {
 
     #[test]
     fn each_environment_has_its_builder() {
-        let py = plan(&env(Runtime::Python), None, files(&["requirements.txt", "build.sh"]));
+        let py = plan(
+            &env(Runtime::Python),
+            None,
+            files(&["requirements.txt", "build.sh"]),
+        );
         assert!(py.script.contains("-m pip install"), "{}", py.script);
-        assert!(py.script.contains("--target \"$DEPLOY_PKG\""), "{}", py.script);
+        assert!(
+            py.script.contains("--target \"$DEPLOY_PKG\""),
+            "{}",
+            py.script
+        );
         let js = plan(&env(Runtime::Nodejs), None, files(&["package.json"]));
         assert!(js.script.contains("npm install"), "{}", js.script);
         let js = plan(
@@ -103,7 +109,11 @@ mod tests {
         );
         assert!(js.script.contains("npm ci"), "{}", js.script);
         // Another environment's manifest means nothing to this one's builder.
-        let sh = plan(&env(Runtime::Nodejs), None, files(&["requirements.txt", "build.sh"]));
+        let sh = plan(
+            &env(Runtime::Nodejs),
+            None,
+            files(&["requirements.txt", "build.sh"]),
+        );
         assert!(sh.script.contains("./build.sh"), "{}", sh.script);
         let copy = plan(&env(Runtime::Binary), None, files(&["main.sh"]));
         assert!(copy.summary.starts_with("nothing to build"));
@@ -111,7 +121,11 @@ mod tests {
 
     #[test]
     fn a_build_command_comes_first() {
-        let p = plan(&env(Runtime::Python), Some("make deploy"), files(&["requirements.txt"]));
+        let p = plan(
+            &env(Runtime::Python),
+            Some("make deploy"),
+            files(&["requirements.txt"]),
+        );
         assert!(p.script.ends_with("make deploy\n"), "{}", p.script);
         assert!(!p.script.contains("pip"));
         assert!(p.script.starts_with("exec 2>&1\nset -eux\n"));

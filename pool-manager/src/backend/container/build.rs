@@ -91,10 +91,16 @@ impl ContainerBackend {
                 &self.inside.python,
                 &self.inside.node,
             );
-            process.set_env(Some(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()));
+            process.set_env(Some(
+                env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            ));
             process.set_cwd(SRC.into());
         }
-        if let Some(resources) = spec.linux_mut().as_mut().and_then(|l| l.resources_mut().as_mut()) {
+        if let Some(resources) = spec
+            .linux_mut()
+            .as_mut()
+            .and_then(|l| l.resources_mut().as_mut())
+        {
             resources.set_pids(Some(
                 LinuxPidsBuilder::default()
                     .limit(BUILD_PIDS_LIMIT)
@@ -103,7 +109,9 @@ impl ContainerBackend {
             ));
         }
         let written = std::fs::create_dir_all(&bundle)
-            .and_then(|()| std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o700)))
+            .and_then(|()| {
+                std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o700))
+            })
             .map_err(|e| unavailable("bundle", &e))
             .and_then(|()| {
                 spec.save(bundle.join("config.json"))
@@ -115,8 +123,8 @@ impl ContainerBackend {
         }
 
         // Killed with the server, even by SIGKILL.
-        let watcher = spawn_watcher(&self.cfg.runtime, &id)
-            .map_err(|e| unavailable("watcher", &e))?;
+        let watcher =
+            spawn_watcher(&self.cfg.runtime, &id).map_err(|e| unavailable("watcher", &e))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.runtime);
         cmd.args(["run", "--bundle"])
             .arg(&bundle)
