@@ -89,9 +89,11 @@ fn parse_package(q: &PackageQuery, body: &[u8]) -> ApiResult<Package> {
     fields.remove("generation");
     if let Some(ns) = &q.namespace {
         match fields.get("namespace").and_then(|v| v.as_str()) {
-            Some(given) if given != ns => return Err(Error::Invalid(format!(
+            Some(given) if given != ns => {
+                return Err(Error::Invalid(format!(
                 "the namespace in the body ({given:?}) differs from the one in the query ({ns:?})"
-            ))),
+            )))
+            }
             _ => {
                 fields.insert("namespace".into(), ns.clone().into());
             }

@@ -44,15 +44,69 @@ pub(crate) struct Builds {
     /// Bumped at every status change; calls waiting for a build watch it.
     changed: watch::Sender<u64>,
     /// The packages being built, and whether another build was asked for meanwhile.
-    running: Mutex<HashMap<String, Slot>>,
+    running: Mutex<BuildQueue>,
     slots: Arc<Semaphore>,
     next_id: AtomicU64,
+}
+
+/// Which packages have a builder at work, and what each was asked meanwhile:
+/// one builder per package; requests during a build make one more build after it.
+#[derive(Default)]
+struct BuildQueue {
+    slots: HashMap<String, Slot>,
 }
 
 #[derive(Default)]
 struct Slot {
     again: bool,
     force: bool,
+}
+
+impl BuildQueue {
+    /// Records a request; answers whether a builder must be started for it
+    /// (none is at work on the package).
+    fn request(&mut self, key: &str, force: bool) -> bool {
+        match self.slots.get_mut(key) {
+            Some(slot) => {
+                slot.again = true;
+                slot.force |= force;
+                false
+            }
+            None => {
+                self.slots.insert(
+                    key.to_string(),
+                    Slot {
+                        again: false,
+                        force,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// The builder of `key` takes the next build: whether it skips the cache.
+    fn take_force(&mut self, key: &str) -> bool {
+        self.slots
+            .get_mut(key)
+            .map(|s| std::mem::take(&mut s.force))
+            .unwrap_or(false)
+    }
+
+    /// The builder of `key` finished a build: whether it builds again (else it
+    /// is gone, and the next request starts a new one).
+    fn finished(&mut self, key: &str) -> bool {
+        match self.slots.get_mut(key) {
+            Some(slot) if slot.again => {
+                slot.again = false;
+                true
+            }
+            _ => {
+                self.slots.remove(key);
+                false
+            }
+        }
+    }
 }
 
 fn decode(bytes: &[u8]) -> Result<Package> {
@@ -273,39 +327,19 @@ impl Inner {
     /// Starts building the package at `key`, or, if it is being built, builds
     /// it again once that build ends (never two builds of one package at once).
     pub(crate) fn request_build(self: &Arc<Self>, key: String, force: bool) {
-        let mut running = lock(&self.builds.running);
-        if let Some(slot) = running.get_mut(&key) {
-            slot.again = true;
-            slot.force |= force;
-            return;
+        if lock(&self.builds.running).request(&key, force) {
+            tokio::spawn(self.clone().build_loop(key));
         }
-        running.insert(
-            key.clone(),
-            Slot {
-                again: false,
-                force,
-            },
-        );
-        drop(running);
-        tokio::spawn(self.clone().build_loop(key));
     }
 
     async fn build_loop(self: Arc<Self>, key: String) {
         loop {
-            let force = lock(&self.builds.running)
-                .get_mut(&key)
-                .map(|s| std::mem::take(&mut s.force))
-                .unwrap_or(false);
+            let force = lock(&self.builds.running).take_force(&key);
             if let Err(e) = self.build_once(&key, force).await {
                 tracing::warn!(package = %key, error = %e, "package build");
             }
-            let mut running = lock(&self.builds.running);
-            match running.get_mut(&key) {
-                Some(slot) if slot.again => slot.again = false,
-                _ => {
-                    running.remove(&key);
-                    return;
-                }
+            if !lock(&self.builds.running).finished(&key) {
+                return;
             }
         }
     }
@@ -617,4 +651,36 @@ fn build_failed(function: &str, p: &Package) -> Error {
         "function {function:?} cannot run: the build of its package {:?} failed{last}; see `fusion pkg logs --name {}`",
         p.name, p.name
     ))
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod queue_tests {
+    use super::BuildQueue;
+
+    #[test]
+    fn one_builder_per_package_and_requests_meanwhile_make_one_more_build() {
+        let mut q = BuildQueue::default();
+        assert!(
+            q.request("ns/a", false),
+            "the first request starts a builder"
+        );
+        assert!(
+            !q.request("ns/a", false),
+            "not a second one for the same package"
+        );
+        assert!(q.request("ns/b", false), "another package has its own");
+        assert!(!q.request("ns/a", true));
+        assert!(!q.take_force("ns/b"));
+        // a's builder finishes its build: the requests meanwhile are one more, forced.
+        assert!(q.finished("ns/a"));
+        assert!(q.take_force("ns/a"));
+        assert!(
+            !q.finished("ns/a"),
+            "nothing was asked during the second build"
+        );
+        assert!(q.request("ns/a", false), "a builder is started again");
+    }
 }
