@@ -78,6 +78,18 @@ fn python_source(dir: &Path, prefix: &str, requirement: &str) {
     .unwrap();
 }
 
+/// An environment whose instances and builds have no network but loopback:
+/// nothing can be downloaded.
+fn offline_env(s: &Server, name: &str, runtime: &str) {
+    s.ok(
+        "POST",
+        "/v1/environments",
+        Some(
+            serde_json::json!({"name": name, "runtime": runtime, "poolsize": 1, "network": "none"}),
+        ),
+    );
+}
+
 fn cli_ok(s: &Server, args: &[&str]) -> String {
     let (code, out, err) = s.cli(args);
     assert_eq!(code, 0, "fusion {}: {out}{err}", args.join(" "));
@@ -113,7 +125,7 @@ fn call(s: &Server, function: &str) -> (u16, String) {
 #[test]
 fn a_python_source_installs_its_vendored_wheel_once_and_runs_the_build() {
     let s = Server::start();
-    s.env("python", "python", 1);
+    offline_env(&s, "python", "python");
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     python_source(&src, "", "hellodep==1.0");
@@ -263,7 +275,7 @@ fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
 #[test]
 fn a_nodejs_source_installs_its_vendored_tarball_and_a_call_waits_for_the_build() {
     let s = Server::start();
-    s.env("nodejs", "nodejs", 1);
+    offline_env(&s, "nodejs", "nodejs");
     let tmp = tempfile::tempdir().unwrap();
     // The dependency, packed as npm packs: a gzipped tar with `package/` at its root.
     let dep = tmp.path().join("dep/package");
@@ -332,6 +344,45 @@ fn a_nodejs_source_installs_its_vendored_tarball_and_a_call_waits_for_the_build(
     assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
     let log = p["status"]["buildlog"].as_str().unwrap();
     assert!(log.contains("npm install"), "{log}");
+
+    // With a lock file (written as npm writes it), `npm ci` installs exactly it.
+    let tgz = std::fs::read(src.join("vendor/dep-1.0.0.tgz")).unwrap();
+    let integrity = format!(
+        "sha512-{}",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(&tgz))
+    );
+    let lock = serde_json::json!({
+        "name": "nodedemo", "version": "1.0.0", "lockfileVersion": 3, "requires": true,
+        "packages": {
+            "": {"name": "nodedemo", "version": "1.0.0", "dependencies": {"dep": "file:vendor/dep-1.0.0.tgz"}},
+            "node_modules/dep": {"version": "1.0.0", "resolved": "file:vendor/dep-1.0.0.tgz", "integrity": integrity},
+        },
+    });
+    std::fs::write(src.join("package-lock.json"), lock.to_string()).unwrap();
+    std::fs::write(
+        src.join("index.js"),
+        "const dep = require('dep');\nmodule.exports = async () => ({ status: 200, body: 'v2: ' + dep.greet() + '\\n' });\n",
+    )
+    .unwrap();
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "update",
+            "--name",
+            "nodedemo",
+            "--src",
+            src.to_str().unwrap(),
+        ],
+    );
+    let p = built(&s, "nodedemo");
+    assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
+    let log = p["status"]["buildlog"].as_str().unwrap();
+    assert!(log.contains("npm ci"), "{log}");
+    assert_eq!(
+        call(&s, "nodefn"),
+        (200, "v2: hello from a vendored tarball\n".into())
+    );
 }
 
 /// Whether some process on the machine has `needle` in its command line.

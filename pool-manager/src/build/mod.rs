@@ -346,6 +346,10 @@ impl Inner {
 
     /// Records `event` for the package at `key` if it is still at generation
     /// `generation` (else a newer request owns its status); answers whether it did.
+    /// A build's end gives the package's functions new instances (new code, or
+    /// none: their calls answer the failure, warm instances' too). That happens
+    /// before the status is stored, so that whoever sees the status calls the
+    /// new instances: until then calls wait for the build.
     async fn record(&self, key: &str, generation: u64, event: BuildEvent) -> Result<bool> {
         let _one = self.builds.writes.lock().await;
         let Some(mut p) = self.builds.get(key)? else {
@@ -354,12 +358,16 @@ impl Inner {
         if p.generation != generation {
             return Ok(false);
         }
+        let ends = !matches!(event, BuildEvent::Started | BuildEvent::Requested);
         match p.status.apply(p.source.is_some(), event, now()) {
             Ok(status) => p.status = status,
             Err(e) => {
                 tracing::debug!(package = %key, error = %e, "build event not applied");
                 return Ok(false);
             }
+        }
+        if ends {
+            self.refresh_functions(&p.namespace, &p.name).await?;
         }
         self.builds.put(&p).await?;
         Ok(true)
@@ -396,12 +404,8 @@ impl Inner {
                         "cached: reused the earlier build of the same source, runtime and build command (cache key {cache}); `fusion pkg rebuild --name {}` builds it again\n",
                         p.name
                     );
-                    if self
-                        .record(key, generation, BuildEvent::Cached { built, log })
-                        .await?
-                    {
-                        self.refresh_functions(&p.namespace, &p.name).await?;
-                    }
+                    self.record(key, generation, BuildEvent::Cached { built, log })
+                        .await?;
                     return Ok(());
                 }
             }
@@ -425,11 +429,7 @@ impl Inner {
             }
             Err(log) => BuildEvent::Failed { log },
         };
-        // Either way the functions of the package change: new code, or none
-        // (their calls answer the failure, warm instances too).
-        if self.record(key, generation, event).await? {
-            self.refresh_functions(&p.namespace, &p.name).await?;
-        }
+        self.record(key, generation, event).await?;
         Ok(())
     }
 
