@@ -256,6 +256,19 @@ fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
         "{message}"
     );
 
+    // A workflow's task gets the same answer, and does not retry it: the
+    // build must be fixed first.
+    s.workflow(
+        "usesbroken",
+        "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: brokenfn\n    retry:\n      maxAttempts: 4\n      backoff: {initial: 10ms, max: 50ms, multiplier: 2}\n",
+    );
+    let (status, body) = s.invoke("usesbroken", "text/plain", "");
+    assert_eq!(status, 424, "{body}");
+    assert!(body.contains("package_build_failed"), "{body}");
+    let runs = s.ok("GET", "/v1/runs?workflow=usesbroken", None);
+    let run = s.run(runs["runs"][0]["id"].as_str().unwrap());
+    assert_eq!(run["tasks"][0]["attempts"], 1, "{run}");
+
     let logs = cli_ok(&s, &["pkg", "logs", "--name", "broken"]);
     assert!(
         logs.contains("No matching distribution found for nosuchdep==9.9"),
