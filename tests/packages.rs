@@ -497,3 +497,111 @@ fn a_build_command_runs_isolated_and_is_stopped_at_the_time_limit() {
         || !process_running(sleeper),
     );
 }
+
+#[test]
+fn bad_package_requests_get_a_status_and_a_clear_message() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    let code = s.upload("main.py", b"def main():\n    return 'deployed\\n'\n");
+    let err = |method: &str, path: &str, body: Value| {
+        let (status, v) = s.call(method, path, Some(body));
+        (
+            status,
+            v["error"]["code"].as_str().unwrap_or_default().to_string(),
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    let (st, c, m) = err(
+        "POST",
+        "/v1/packages",
+        serde_json::json!({"name": "p", "environment": "nope", "deployment": code}),
+    );
+    assert_eq!((st, c.as_str()), (409, "conflict"), "{m}");
+    assert!(m.contains("environment \"nope\" does not exist"), "{m}");
+    let (st, c, m) = err(
+        "POST",
+        "/v1/packages",
+        serde_json::json!({"name": "p", "environment": "python"}),
+    );
+    assert_eq!((st, c.as_str()), (400, "invalid"), "{m}");
+    assert!(m.contains("--src") && m.contains("--deploy"), "{m}");
+    let (st, c, _) = err(
+        "POST",
+        "/v1/packages",
+        serde_json::json!({"name": "Bad_Name", "environment": "python", "deployment": code}),
+    );
+    assert_eq!((st, c.as_str()), (400, "invalid"));
+    let (st, c, m) = err(
+        "POST",
+        "/v1/packages",
+        serde_json::json!({"name": "p", "environment": "python", "deployment": code, "colour": 1}),
+    );
+    assert_eq!((st, c.as_str()), (400, "invalid"), "{m}");
+    assert!(m.contains("colour"), "{m}");
+    let missing = serde_json::json!({"sha256": "0".repeat(64), "kind": "archive"});
+    let (st, c, m) = err(
+        "POST",
+        "/v1/packages",
+        serde_json::json!({"name": "p", "environment": "python", "source": missing}),
+    );
+    assert_eq!((st, c.as_str()), (409, "conflict"), "{m}");
+    assert!(m.contains("upload it first"), "{m}");
+
+    // A package with only a deployment runs it as it is: nothing to build.
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("plain.py");
+    std::fs::write(&plain, "def main():\n    return 'deployed\\n'\n").unwrap();
+    let out = cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "plain",
+            "--env",
+            "python",
+            "--deploy",
+            plain.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("none"), "{out}");
+    let (st, c, m) = err("POST", "/v1/packages/plain/rebuild", Value::Null);
+    assert_eq!((st, c.as_str()), (400, "invalid"), "{m}");
+    assert!(m.contains("no source to build"), "{m}");
+    cli_ok(
+        &s,
+        &[
+            "fn",
+            "create",
+            "--name",
+            "plainfn",
+            "--env",
+            "python",
+            "--pkg",
+            "plain",
+            "--entrypoint",
+            "plain.main",
+        ],
+    );
+    assert_eq!(call(&s, "plainfn"), (200, "deployed\n".into()));
+
+    // The CLI says what is wrong in one line.
+    let (code, _, stderr) = s.cli(&["pkg", "info", "--name", "nope"]);
+    assert_ne!(code, 0);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("package \"nope\" not found"), "{stderr}");
+    let (code, _, stderr) = s.cli(&[
+        "fn", "create", "--name", "f", "--env", "python", "--pkg", "nope",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("package \"nope\" (namespace default) does not exist"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = s.cli(&["pkg", "create", "--name", "x", "--env", "python"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--src"), "{stderr}");
+}
