@@ -69,6 +69,18 @@ impl PoolManager {
                 users.join(", ")
             )));
         }
+        let packages: Vec<String> = self
+            .packages(None)?
+            .into_iter()
+            .filter(|p| p.environment == name)
+            .map(|p| p.key())
+            .collect();
+        if !packages.is_empty() {
+            return Err(Error::Conflict(format!(
+                "environment {name:?} builds packages {}; delete or move them first",
+                packages.join(", ")
+            )));
+        }
         self.inner.store.delete(Kind::Environment, name).await?;
         self.inner.remove_environment(name);
         Ok(())

@@ -230,6 +230,24 @@ impl PoolManager {
             kind: "package",
             name: p.name.clone(),
         })?;
+        if old.environment != p.environment {
+            let elsewhere: Vec<String> = self
+                .inner
+                .store
+                .functions()?
+                .into_iter()
+                .filter(|f| uses(f, &p.namespace, &p.name) && f.env != p.environment)
+                .map(|f| f.name)
+                .collect();
+            if !elsewhere.is_empty() {
+                return Err(Error::Conflict(format!(
+                    "package {:?}: functions {} use it in environment {:?}; move them first",
+                    p.name,
+                    elsewhere.join(", "),
+                    old.environment
+                )));
+            }
+        }
         let same_build = old.source == p.source
             && old.buildcmd == p.buildcmd
             && old.environment == p.environment;

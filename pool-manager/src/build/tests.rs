@@ -287,11 +287,38 @@ async fn references_between_functions_and_packages_are_checked() {
     s.pm.create_function(function("f", "deps", 5))
         .await
         .unwrap();
+    // Its functions keep the package in their environment.
+    let mut moved = s.pm.package("default", "deps").unwrap();
+    moved.environment = "nodejs".into();
+    s.pm.create_environment(Environment {
+        name: "nodejs".into(),
+        runtime: Some(Runtime::Nodejs),
+        command: None,
+        image: None,
+        poolsize: 0,
+        memory_mb: None,
+        cpu_millis: None,
+        network: Network::Host,
+    })
+    .await
+    .unwrap();
+    let err = s.pm.update_package(moved).await.unwrap_err();
+    assert_eq!(err.code(), "conflict");
+    assert!(err.to_string().contains("functions f use it"), "{err}");
     let err = s.pm.delete_package("default", "deps").await.unwrap_err();
     assert_eq!(err.code(), "conflict");
     assert!(err.to_string().contains("used by functions f"), "{err}");
+    let err = s.pm.delete_environment("python").await.unwrap_err();
+    assert!(err.to_string().contains("functions f"), "{err}");
     s.pm.delete_function("f").await.unwrap();
+    let err = s.pm.delete_environment("python").await.unwrap_err();
+    assert_eq!(err.code(), "conflict");
+    assert!(
+        err.to_string().contains("builds packages default/deps"),
+        "{err}"
+    );
     s.pm.delete_package("default", "deps").await.unwrap();
+    s.pm.delete_environment("python").await.unwrap();
     assert_eq!(
         s.pm.package("default", "deps").unwrap_err().code(),
         "not_found"
