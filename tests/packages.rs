@@ -605,3 +605,41 @@ fn bad_package_requests_get_a_status_and_a_clear_message() {
     assert_ne!(code, 0);
     assert!(stderr.contains("--src"), "{stderr}");
 }
+
+#[test]
+fn a_build_stopped_by_a_shutdown_is_built_again_at_the_next_start() {
+    let mut s = Server::start();
+    s.env("binary", "binary", 0);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("hello.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    let sleeper = "sleep 4343.5";
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "long",
+            "--env",
+            "binary",
+            "--src",
+            tmp.path().join("hello.sh").to_str().unwrap(),
+            "--buildcmd",
+            sleeper,
+        ],
+    );
+    eventually(Duration::from_secs(30), "the build runs", || {
+        package(&s, "long")["status"]["buildstatus"] == "running" && process_running(sleeper)
+    });
+    s.stop();
+    eventually(Duration::from_secs(10), "the build ends with the server", || {
+        !process_running(sleeper)
+    });
+    s.launch();
+    let p = package(&s, "long");
+    let status = p["status"]["buildstatus"].as_str().unwrap();
+    assert!(matches!(status, "pending" | "running"), "{p}");
+    eventually(Duration::from_secs(30), "the build runs again", || {
+        process_running(sleeper)
+    });
+}

@@ -63,7 +63,7 @@ pub(crate) struct Inner {
     next_id: AtomicU64,
     /// Instances the backend is starting right now (shutdown waits for them).
     starting: AtomicUsize,
-    closing: AtomicBool,
+    pub(crate) closing: AtomicBool,
     /// Signalled whenever an instance exits (shutdown waits on it).
     exits: Notify,
     pub(crate) metrics: PoolMetrics,

@@ -21,7 +21,7 @@ pub struct BuildRequest {
     pub src: PathBuf,
     /// Where the build puts the deployment (`DEPLOY_PKG`), empty at the start.
     pub deploy: PathBuf,
-    /// `HOME` for the tools' caches.
+    /// `HOME` for the tools' caches, with `tmp` in it for `TMPDIR`.
     pub home: PathBuf,
     pub script: String,
     /// Past this the build and every process it started are killed.
@@ -69,6 +69,8 @@ pub fn build_env(
     vec![
         v("PATH", path),
         v("HOME", home),
+        // On disk: a container's /tmp is a small tmpfs that counts as memory.
+        v("TMPDIR", &format!("{home}/tmp")),
         v("LANG", "C.UTF-8"),
         v("SRC_PKG", src),
         v("DEPLOY_PKG", deploy),

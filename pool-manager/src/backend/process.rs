@@ -189,7 +189,9 @@ async fn run_build(launch: &LaunchConfig, req: BuildRequest) -> Result<BuildOutp
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::Unavailable(format!("cannot start a build: {e}")))?;
-    let pid = child.id();
+    // Whatever the build started goes with it, on every outcome, also when the
+    // build is dropped unfinished (the server stops).
+    let group = KillGroupOnDrop(child.id());
     let out = tokio::spawn(read_tail(
         child.stdout.take(),
         super::build::BUILD_LOG_LIMIT,
@@ -199,10 +201,7 @@ async fn run_build(launch: &LaunchConfig, req: BuildRequest) -> Result<BuildOutp
         super::build::BUILD_LOG_LIMIT,
     ));
     let status = tokio::time::timeout(req.timeout, child.wait()).await;
-    // Whatever the build started goes with it, on every outcome.
-    if let Some(pid) = pid {
-        crate::sys::kill_group(pid);
-    }
+    drop(group);
     let exit = match status {
         Err(_) => {
             let _ = child.start_kill();
@@ -219,6 +218,17 @@ async fn run_build(launch: &LaunchConfig, req: BuildRequest) -> Result<BuildOutp
         exit,
         log: join_log(out, err),
     })
+}
+
+/// Kills the process group of this leader when dropped.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            crate::sys::kill_group(pid);
+        }
+    }
 }
 
 /// Sends each line of a child's output stream to the log sink.

@@ -438,7 +438,13 @@ impl Inner {
         if !self.record(key, generation, BuildEvent::Started).await? {
             return Ok(());
         }
-        let event = match self.run_build(&p, &env, &source).await {
+        let outcome = self.run_build(&p, &env, &source).await;
+        if self.closing.load(Ordering::SeqCst) {
+            // Stopped by the shutdown, not failed: left `running`, the next
+            // start builds it again.
+            return Ok(());
+        }
+        let event = match outcome {
             Ok((built, log)) => {
                 let bytes =
                     serde_json::to_vec(&built).map_err(|e| Error::Internal(e.to_string()))?;
@@ -486,7 +492,7 @@ impl Inner {
         {
             let (src, deploy, home) = (src.clone(), deploy.clone(), home.clone());
             tokio::task::spawn_blocking(move || -> Result<()> {
-                for d in [&src, &deploy, &home] {
+                for d in [&src, &deploy, &home, &home.join("tmp")] {
                     std::fs::create_dir_all(d).map_err(|e| Error::Storage(e.to_string()))?;
                 }
                 crate::package::copy_tree(&from, &src)
