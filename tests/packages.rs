@@ -632,9 +632,11 @@ fn a_build_stopped_by_a_shutdown_is_built_again_at_the_next_start() {
         package(&s, "long")["status"]["buildstatus"] == "running" && process_running(sleeper)
     });
     s.stop();
-    eventually(Duration::from_secs(10), "the build ends with the server", || {
-        !process_running(sleeper)
-    });
+    eventually(
+        Duration::from_secs(10),
+        "the build ends with the server",
+        || !process_running(sleeper),
+    );
     s.launch();
     let p = package(&s, "long");
     let status = p["status"]["buildstatus"].as_str().unwrap();
