@@ -1,14 +1,14 @@
-//! The API listener: `/v1/...` resources (environments, functions, packages,
-//! routes; secrets and configmaps in `api/secrets.rs`), function logs and instances, health, and the workflow endpoints the
+//! The API listener: `/v1/...` resources (environments, functions, packages
+//! (`api_pkg.rs`), routes; secrets and configmaps in `api/secrets.rs`), function logs and instances, health, and the workflow endpoints the
 //! engine contributes. Every error is a status with `{"error": {"code", "message"}}`.
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use pool_manager::error::error_response;
@@ -60,10 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/functions/{name}/logs", get(fn_logs))
         .route("/v1/functions/{name}/instances", get(fn_instances))
         .route("/v1/instances", get(all_instances))
-        .route(
-            "/v1/packages",
-            post(upload_package).layer(DefaultBodyLimit::max(package_limit)),
-        )
+        .merge(crate::api_pkg::routes(package_limit))
         .route("/v1/routes", get(list_routes).post(create_route))
         .route(
             "/v1/routes/{name}",
@@ -383,25 +380,7 @@ async fn invoke_fn(
     pool_manager::forward(&s.pool, &name, req, &rest, &[]).await
 }
 
-// ---- packages ----
-
-#[derive(Deserialize)]
-struct PackageQuery {
-    filename: Option<String>,
-}
-
-async fn upload_package(
-    State(s): State<AppState>,
-    Query(q): Query<PackageQuery>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let name = q.filename.unwrap_or_else(|| "user".into());
-    let pool = s.pool.clone();
-    let package = tokio::task::spawn_blocking(move || pool.put_package(&name, &body))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-    Ok(created(package))
-}
+// ---- packages: see api_pkg.rs ----
 
 // ---- routes ----
 

@@ -152,8 +152,14 @@ impl Client {
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| anyhow!("code path {} has no file name", path.display()))?;
+        self.upload_bytes(filename, bytes).await
+    }
+
+    /// Uploads code (a zip archive, or one file called `filename`) and returns
+    /// its content-addressed reference.
+    pub async fn upload_bytes(&self, filename: &str, bytes: Vec<u8>) -> Result<Value> {
         let req = self
-            .request(reqwest::Method::POST, "/v1/packages")
+            .request(reqwest::Method::POST, "/v1/archives")
             .query(&[("filename", filename)])
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(bytes);

@@ -79,12 +79,19 @@ const YAML: &[&str] = &[
     "application/json",
 ];
 const CODE: &[&str] = &["application/octet-stream", "application/zip"];
+/// `POST /v1/packages`: a named package (JSON), or code as `/v1/archives` takes it.
+const PACKAGES: &[&str] = &[
+    "application/json",
+    "application/octet-stream",
+    "application/zip",
+];
 
 /// The content types an endpoint reads from a body, by its route; `None` for the
 /// invocations, whose body is the function's or workflow's own input.
 fn accepted(route: &str) -> Option<&'static [&'static str]> {
     match route {
-        "/v1/packages" => Some(CODE),
+        "/v1/archives" => Some(CODE),
+        "/v1/packages" => Some(PACKAGES),
         "/v1/workflows" | "/v1/workflows/{name}" => Some(YAML),
         r if r.ends_with("/invoke") || r.contains("/invoke/") => None,
         _ => Some(JSON),
@@ -167,7 +174,9 @@ mod tests {
     fn every_endpoint_but_invocations_names_its_types() {
         assert_eq!(accepted("/v1/environments"), Some(JSON));
         assert_eq!(accepted("/v1/runs/{id}/cancel"), Some(JSON));
-        assert_eq!(accepted("/v1/packages"), Some(CODE));
+        assert_eq!(accepted("/v1/archives"), Some(CODE));
+        assert_eq!(accepted("/v1/packages"), Some(PACKAGES));
+        assert_eq!(accepted("/v1/packages/{name}"), Some(JSON));
         assert_eq!(accepted("/v1/workflows/{name}"), Some(YAML));
         assert_eq!(accepted("/v1/functions/{name}/invoke"), None);
         assert_eq!(accepted("/v1/functions/{name}/invoke/{*rest}"), None);

@@ -2,6 +2,7 @@
 //! (`fusion env|fn|route|secret|configmap|spec|wf|run ...`, talking to the API at `FUSION_URL`).
 
 mod api;
+mod api_pkg;
 mod cli;
 mod client;
 mod declared;

@@ -62,6 +62,11 @@ pub struct ServerArgs {
     /// Finished workflow runs older than this many hours are pruned (kept forever if unset).
     #[arg(long, env = "FUSION_RUN_RETENTION_HOURS")]
     pub run_retention_hours: Option<u64>,
+    /// How long one package build may take before it is stopped with every
+    /// process it started, in seconds.
+    #[arg(long, env = "FUSION_BUILD_TIMEOUT_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub build_timeout_secs: u64,
     /// The python interpreter for the python runtime.
     #[arg(long, env = "FUSION_PYTHON", default_value = "python3")]
     pub python: String,
@@ -210,6 +215,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             body_limit: args.body_limit,
             packages: Default::default(),
             reap_interval: Duration::from_millis(250),
+            build_timeout: Duration::from_secs(args.build_timeout_secs),
         },
     )
     .await?;

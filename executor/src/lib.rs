@@ -154,17 +154,25 @@ async fn invoke_pool(
     } else {
         path_only
     };
-    let resp = pool_manager::try_forward(&pool, &call.function, req, &path_only, &[])
-        .await
-        .map_err(|e| match e {
-            Error::NotFound { .. } => CallError::UnknownFunction(call.function.clone()),
-            Error::Timeout(m) => {
-                tracing::debug!(%m, "function timed out");
-                CallError::Timeout(call.timeout.unwrap_or_default())
-            }
-            Error::Overloaded(m) => CallError::Overloaded(m),
-            other => CallError::Instance(other.to_string()),
-        })?;
+    let resp = match pool_manager::try_forward(&pool, &call.function, req, &path_only, &[]).await {
+        Ok(resp) => resp,
+        // A failed package build is answered as the router answers it (424): a
+        // permanent failure until the package is fixed, not an instance's.
+        Err(e @ Error::BuildFailed(_)) => {
+            pool_manager::error::error_response(e.status(), e.code(), &e.to_string())
+        }
+        Err(e) => {
+            return Err(match e {
+                Error::NotFound { .. } => CallError::UnknownFunction(call.function.clone()),
+                Error::Timeout(m) => {
+                    tracing::debug!(%m, "function timed out");
+                    CallError::Timeout(call.timeout.unwrap_or_default())
+                }
+                Error::Overloaded(m) => CallError::Overloaded(m),
+                other => CallError::Instance(other.to_string()),
+            })
+        }
+    };
     let status = resp.status().as_u16();
     let mut headers = BTreeMap::new();
     for (k, v) in resp.headers() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::pool::PoolManager;
-use crate::resources::{Environment, Function, PackageRef, Route};
+use crate::resources::{Environment, Function, FunctionPackage, PackageRef, Route};
 use crate::routes::RouteTable;
 use crate::store::Kind;
 
@@ -85,6 +85,18 @@ impl PoolManager {
                 users.join(", ")
             )));
         }
+        let packages: Vec<String> = self
+            .packages(None)?
+            .into_iter()
+            .filter(|p| p.environment == name)
+            .map(|p| p.key())
+            .collect();
+        if !packages.is_empty() {
+            return Err(Error::Conflict(format!(
+                "environment {name:?} builds packages {}; delete or move them first",
+                packages.join(", ")
+            )));
+        }
         self.inner.store.delete(Kind::Environment, name).await?;
         self.inner.remove_environment(name);
         Ok(())
@@ -115,12 +127,19 @@ impl PoolManager {
                 f.name, f.env
             )));
         }
-        self.inner.packages.path(&f.package).map_err(|_| {
-            Error::Conflict(format!(
-                "function {:?}: package {} does not exist; upload the code first",
-                f.name, f.package.sha256
-            ))
-        })?;
+        match &f.package {
+            FunctionPackage::Stored(package) => {
+                self.inner.packages.path(package).map_err(|_| {
+                    Error::Conflict(format!(
+                        "function {:?}: package {} does not exist; upload the code first",
+                        f.name, package.sha256
+                    ))
+                })?;
+            }
+            FunctionPackage::Named { packageref } => {
+                self.inner.check_named_package(f, packageref)?;
+            }
+        }
         self.check_data_refs(f)
     }
 

@@ -32,6 +32,9 @@ pub enum Error {
     OutOfMemory(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A function's package failed to build: calls fail until it is rebuilt.
+    #[error("{0}")]
+    BuildFailed(String),
     #[error("storage: {0}")]
     Storage(String),
     #[error("internal: {0}")]
@@ -54,6 +57,7 @@ impl Error {
             Error::Upstream(_) => "instance_failed",
             Error::OutOfMemory(_) => "out_of_memory",
             Error::Unavailable(_) => "unavailable",
+            Error::BuildFailed(_) => "package_build_failed",
             Error::Storage(_) => "storage",
             Error::Internal(_) => "internal",
         }
@@ -71,6 +75,8 @@ impl Error {
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Upstream(_) | Error::OutOfMemory(_) => StatusCode::BAD_GATEWAY,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // The call depends on a build that failed; retrying does not help.
+            Error::BuildFailed(_) => StatusCode::FAILED_DEPENDENCY,
             Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,6 +129,7 @@ mod tests {
             Error::Upstream(s()),
             Error::OutOfMemory(s()),
             Error::Unavailable(s()),
+            Error::BuildFailed(s()),
             Error::Storage(s()),
             Error::Internal(s()),
         ];

@@ -1,9 +1,10 @@
-//! The pool manager: environments, functions, packages and routes; the warm pools
+//! The pool manager: environments, functions, packages (and their builds) and routes; the warm pools
 //! of generic runtime instances and their specialization; the router that sends
 //! requests to specialized instances. Instances run on a `backend` (containers,
 //! or plain processes where containers cannot run).
 
 pub mod backend;
+pub mod build;
 mod catalog;
 pub mod error;
 pub mod instance;
@@ -22,11 +23,12 @@ mod sys;
 mod pool_tests;
 
 pub use backend::{Backend, Isolation, LaunchConfig};
+pub use build::{BuildStatus, Package, PackageStatus};
 pub use error::{Error, Result};
 pub use pool::{InstanceInfo, Lease, PoolConfig, PoolManager};
 pub use resources::{
-    Environment, ExecutorType, Function, ImageUse, Network, ObjectRef, PackageKind, PackageRef,
-    Route, Runtime,
+    Environment, ExecutorType, Function, FunctionPackage, ImageUse, NamedPackageRef, Network,
+    ObjectRef, PackageKind, PackageRef, Route, Runtime,
 };
 pub use router::{forward, route_request, try_forward, WorkflowGateway};
 pub use secrets::{DataKind, DataSpec, DataView};

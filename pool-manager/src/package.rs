@@ -1,7 +1,8 @@
 //! Function code, stored content-addressed (sha256) under the data directory.
 //! A package is a directory `packages/<sha256>/` holding either the single file
 //! under its own name, or the unpacked zip archive. Unpacking refuses path escapes,
-//! links and archives past the size limits.
+//! links and archives past the size limits. A build's output directory is
+//! stored the same way (`put_dir`), under the same limits.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -29,6 +30,7 @@ impl Default for PackageLimits {
     }
 }
 
+#[derive(Clone)]
 pub struct PackageStore {
     root: PathBuf,
     limits: PackageLimits,
@@ -138,6 +140,81 @@ impl PackageStore {
         Ok(reference)
     }
 
+    /// Stores the directory `dir` (a build's output) as an archive package and
+    /// removes it: its sha256 is over its paths, executable bits and contents,
+    /// so the same output is one package. Held to the limits of an unpacked
+    /// upload; symbolic links are left out (a package holds files), and how many
+    /// were is answered beside the reference.
+    pub fn put_dir(&self, dir: &Path) -> Result<(PackageRef, usize)> {
+        let mut files = Vec::new();
+        let mut links = 0usize;
+        collect_tree(dir, Path::new(""), &mut files, &mut links)?;
+        if files.len() > self.limits.max_entries {
+            return Err(Error::TooLarge(format!(
+                "the build made {} files and directories, more than the limit of {}",
+                files.len(),
+                self.limits.max_entries
+            )));
+        }
+        files.sort();
+        let mut total = 0u64;
+        let mut h = Sha256::new();
+        for (rel, is_dir) in &files {
+            let path = dir.join(rel);
+            let name = rel.to_string_lossy();
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            if *is_dir {
+                h.update(b"d");
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).map_err(io)?;
+            total += meta.len();
+            if total > self.limits.max_unpacked {
+                return Err(Error::TooLarge(format!(
+                    "the build's output is larger than the limit of {} bytes",
+                    self.limits.max_unpacked
+                )));
+            }
+            use std::os::unix::fs::PermissionsExt;
+            h.update(if meta.permissions().mode() & 0o111 != 0 {
+                b"x"
+            } else {
+                b"f"
+            });
+            let mut file = std::fs::File::open(&path).map_err(io)?;
+            let mut content = Sha256::new();
+            std::io::copy(&mut file, &mut content).map_err(io)?;
+            h.update(content.finalize());
+        }
+        let sha = hex(&h.finalize());
+        let reference = PackageRef {
+            sha256: sha.clone(),
+            kind: PackageKind::Archive,
+            filename: None,
+        };
+        let target = self.root.join(&sha);
+        if target.join(".complete").exists() {
+            let _ = std::fs::remove_dir_all(dir);
+            return Ok((reference, links));
+        }
+        // What is not part of the package goes before it is one.
+        drop_links(dir)?;
+        own_by_server(dir);
+        std::fs::write(dir.join(".complete"), b"").map_err(io)?;
+        if std::fs::rename(dir, &target).is_err() {
+            if target.join(".complete").exists() {
+                // Another build of the same output finished first: same content.
+                let _ = std::fs::remove_dir_all(dir);
+            } else {
+                // A half-written leftover of a crash: replace it.
+                let _ = std::fs::remove_dir_all(&target);
+                std::fs::rename(dir, &target).map_err(io)?;
+            }
+        }
+        Ok((reference, links))
+    }
+
     /// The path a runtime loads: the file of a file package, the directory of an archive.
     pub fn path(&self, package: &PackageRef) -> Result<PathBuf> {
         let dir = self.root.join(&package.sha256);
@@ -154,6 +231,91 @@ impl PackageStore {
             })
         }
     }
+}
+
+/// Every file and directory under `dir` as (relative path, is a directory);
+/// links are counted, not followed.
+fn collect_tree(
+    dir: &Path,
+    rel: &Path,
+    out: &mut Vec<(PathBuf, bool)>,
+    links: &mut usize,
+) -> Result<()> {
+    for e in std::fs::read_dir(dir.join(rel)).map_err(io)? {
+        let e = e.map_err(io)?;
+        let kind = e.file_type().map_err(io)?;
+        let path = rel.join(e.file_name());
+        if kind.is_dir() {
+            out.push((path.clone(), true));
+            collect_tree(dir, &path, out, links)?;
+        } else if kind.is_file() {
+            out.push((path, false));
+        } else {
+            *links += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything under `dir` that is neither a file nor a directory.
+fn drop_links(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).map_err(io)? {
+        let e = e.map_err(io)?;
+        let kind = e.file_type().map_err(io)?;
+        if kind.is_dir() {
+            drop_links(&e.path())?;
+        } else if !kind.is_file() {
+            std::fs::remove_file(e.path()).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives a stored tree to the server's user (a build ran as someone else, who
+/// must not keep write access to code instances load), where it can.
+fn own_by_server(dir: &Path) {
+    if !crate::sys::is_root() {
+        return;
+    }
+    let _ = std::os::unix::fs::lchown(dir, Some(0), Some(0));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|k| k.is_dir()) {
+                own_by_server(&e.path());
+            } else {
+                let _ = std::os::unix::fs::lchown(e.path(), Some(0), Some(0));
+            }
+        }
+    }
+}
+
+/// Copies the tree (or the single file) at `from` into the directory `to`:
+/// files and directories only, executable bits kept.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let meta = std::fs::metadata(from).map_err(io)?;
+    if meta.is_file() {
+        let name = from
+            .file_name()
+            .ok_or_else(|| Error::Internal(format!("{from:?} has no name")))?;
+        std::fs::copy(from, to.join(name)).map_err(io)?;
+        return Ok(());
+    }
+    for e in std::fs::read_dir(from).map_err(io)? {
+        let e = e.map_err(io)?;
+        let kind = e.file_type().map_err(io)?;
+        let name = e.file_name();
+        if name == ".complete" {
+            continue;
+        }
+        let target = to.join(&name);
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target).map_err(io)?;
+            copy_tree(&e.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(e.path(), &target).map_err(io)?;
+        }
+    }
+    Ok(())
 }
 
 fn io(e: std::io::Error) -> Error {
@@ -344,6 +506,51 @@ mod tests {
         let root = store.path(&z).unwrap();
         assert_eq!(std::fs::read(root.join("pkg/a.py")).unwrap(), b"A");
         assert_eq!(std::fs::read(root.join("b.py")).unwrap(), b"B");
+    }
+
+    #[test]
+    fn a_build_output_is_stored_by_its_content_without_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackageStore::open(dir.path().join("p"), PackageLimits::default()).unwrap();
+        let make = |name: &str| {
+            let out = dir.path().join(name);
+            std::fs::create_dir_all(out.join("lib/dep")).unwrap();
+            std::fs::write(out.join("main.py"), b"import dep").unwrap();
+            std::fs::write(out.join("lib/dep/__init__.py"), b"X = 1").unwrap();
+            std::os::unix::fs::symlink("/etc/passwd", out.join("lib/leak")).unwrap();
+            out
+        };
+        let (a, links) = store.put_dir(&make("a")).unwrap();
+        assert_eq!(links, 1);
+        assert_eq!(a.kind, PackageKind::Archive);
+        let root = store.path(&a).unwrap();
+        assert_eq!(
+            std::fs::read(root.join("lib/dep/__init__.py")).unwrap(),
+            b"X = 1"
+        );
+        assert!(std::fs::symlink_metadata(root.join("lib/leak")).is_err());
+        assert!(
+            !dir.path().join("a").exists(),
+            "the output moved into the store"
+        );
+        // The same output is the same package; another is another.
+        let (b, _) = store.put_dir(&make("b")).unwrap();
+        assert_eq!(a, b);
+        let c = make("c");
+        std::fs::write(c.join("main.py"), b"import other").unwrap();
+        assert_ne!(store.put_dir(&c).unwrap().0, a);
+        // Held to the limits of an upload.
+        let small = PackageStore::open(
+            dir.path().join("q"),
+            PackageLimits {
+                max_upload: 1 << 20,
+                max_unpacked: 4,
+                max_entries: 100,
+            },
+        )
+        .unwrap();
+        let err = small.put_dir(&make("d")).unwrap_err();
+        assert!(matches!(err, Error::TooLarge(_)), "{err}");
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct PoolConfig {
     pub packages: PackageLimits,
     /// How often idle instances are looked for.
     pub reap_interval: Duration,
+    /// How long one package build may take before it is stopped.
+    pub build_timeout: Duration,
 }
 
 /// Cheap to clone; all clones share one manager.
@@ -57,12 +59,14 @@ pub(crate) struct Inner {
     /// Secrets and configmaps (`secrets.rs`).
     pub(crate) data: crate::secrets::DataStore,
     pub(crate) logs: Arc<Logs>,
+    /// Named packages and their builds.
+    pub(crate) builds: crate::build::Builds,
     state: Mutex<State>,
     routes: RwLock<Arc<RouteTable>>,
     next_id: AtomicU64,
     /// Instances the backend is starting right now (shutdown waits for them).
     starting: AtomicUsize,
-    closing: AtomicBool,
+    pub(crate) closing: AtomicBool,
     /// Signalled whenever an instance exits (shutdown waits on it).
     exits: Notify,
     pub(crate) metrics: PoolMetrics,
@@ -172,6 +176,7 @@ impl PoolManager {
             packages,
             data,
             logs,
+            builds: crate::build::Builds::open(db)?,
             state: Mutex::new(state),
             routes: RwLock::new(Arc::new(routes)),
             next_id: AtomicU64::new(1),
@@ -190,6 +195,7 @@ impl PoolManager {
         for env in envs {
             inner.refill(&env);
         }
+        inner.recover_builds().await?;
         for function in fns {
             inner.keep_warm(&function);
         }
@@ -280,6 +286,23 @@ impl PoolManager {
     /// function's concurrency, wait up to `lease_wait`, then fail with 429.
     pub async fn lease(&self, name: &str) -> Result<Lease> {
         let inner = &self.inner;
+        // A named package still building is waited for (within the function's
+        // timeout) before any capacity is taken; a failed build fails the call.
+        // Instances of the current generation already run the built code.
+        let named = lock(&inner.state).fns.get(name).and_then(|p| {
+            if p.instances
+                .iter()
+                .any(|i| !i.retiring.load(Ordering::SeqCst))
+            {
+                return None;
+            }
+            let f = &p.function;
+            let limit = Duration::from_secs(f.timeout_secs);
+            f.package.named().map(|r| (r.clone(), limit))
+        });
+        if let Some((package, limit)) = named {
+            inner.wait_for_package(name, &package, limit).await?;
+        }
         let deadline = tokio::time::Instant::now() + inner.cfg.lease_wait;
         loop {
             if inner.closing.load(Ordering::SeqCst) {
@@ -808,7 +831,15 @@ impl Inner {
             function: function.name.clone(),
             generation: function.generation,
         });
-        let path = self.packages.path(&function.package)?;
+        let code = match self.code_of(function) {
+            Ok(code) => code,
+            Err(e) => {
+                // The instance is still generic: back to the pool's business.
+                instance.stop();
+                return Err(e);
+            }
+        };
+        let path = self.packages.path(&code)?;
         let manager = PoolManager {
             inner: self.clone(),
         };

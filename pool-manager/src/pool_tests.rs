@@ -163,6 +163,7 @@ async fn setup_scaled(poolsize: usize, min_scale: usize, concurrency: usize) -> 
             body_limit: 1 << 20,
             packages: Default::default(),
             reap_interval: Duration::from_secs(3600),
+            build_timeout: Duration::from_secs(60),
         },
     )
     .await
@@ -183,7 +184,7 @@ async fn setup_scaled(poolsize: usize, min_scale: usize, concurrency: usize) -> 
     pm.create_function(Function {
         name: "f".into(),
         env: "env".into(),
-        package,
+        package: package.into(),
         entrypoint: None,
         timeout_secs: 60,
         idle_timeout_secs: 60,

@@ -274,6 +274,69 @@ pub struct PackageRef {
     pub filename: Option<String>,
 }
 
+/// A function's code: stored content-addressed, or a named package (Fission's
+/// `package.packageref`), whose built deployment runs when it has a source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum FunctionPackage {
+    Stored(PackageRef),
+    Named { packageref: NamedPackageRef },
+}
+
+/// Read by its shape, so that a mistake is reported against the shape meant
+/// (an untagged enum would only say that no variant matched).
+impl<'de> Deserialize<'de> for FunctionPackage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Named {
+            packageref: NamedPackageRef,
+        }
+        let value = serde_json::Value::deserialize(d)?;
+        if value.get("packageref").is_some() {
+            serde_json::from_value::<Named>(value)
+                .map(|n| FunctionPackage::Named {
+                    packageref: n.packageref,
+                })
+                .map_err(|e| D::Error::custom(format!("package.packageref: {e}")))
+        } else {
+            serde_json::from_value::<PackageRef>(value)
+                .map(FunctionPackage::Stored)
+                .map_err(|e| {
+                    D::Error::custom(format!(
+                        "package: {e} (give an uploaded archive's {{sha256, kind, filename}}, or {{packageref: {{name}}}})"
+                    ))
+                })
+        }
+    }
+}
+
+/// A named package, by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPackageRef {
+    pub name: String,
+    #[serde(default = "crate::build::default_namespace")]
+    pub namespace: String,
+}
+
+impl FunctionPackage {
+    /// The named package, for a function that uses one.
+    pub fn named(&self) -> Option<&NamedPackageRef> {
+        match self {
+            FunctionPackage::Named { packageref } => Some(packageref),
+            FunctionPackage::Stored(_) => None,
+        }
+    }
+}
+
+impl From<PackageRef> for FunctionPackage {
+    fn from(p: PackageRef) -> Self {
+        FunctionPackage::Stored(p)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PackageKind {
@@ -335,7 +398,9 @@ impl TryFrom<String> for ExecutorType {
 pub struct Function {
     pub name: String,
     pub env: String,
-    pub package: PackageRef,
+    /// `{"sha256", "kind", "filename"}` as `/v1/archives` answers, or
+    /// `{"packageref": {"name", "namespace"}}` for a named package.
+    pub package: FunctionPackage,
     /// Entrypoint inside the code (`main`, `hello.main`, ...); runtime default if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<String>,
@@ -425,15 +490,23 @@ impl Function {
                 self.requests_per_instance
             )));
         }
-        if self.package.sha256.len() != 64
-            || !self.package.sha256.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            return Err(Error::Invalid(
-                "function: package must be a sha256 hex digest".into(),
-            ));
-        }
-        if let Some(f) = &self.package.filename {
-            crate::package::validate_filename(f)?;
+        match &self.package {
+            FunctionPackage::Stored(package) => {
+                if package.sha256.len() != 64
+                    || !package.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(Error::Invalid(
+                        "function: package must be a sha256 hex digest".into(),
+                    ));
+                }
+                if let Some(f) = &package.filename {
+                    crate::package::validate_filename(f)?;
+                }
+            }
+            FunctionPackage::Named { packageref } => {
+                validate_name("package", &packageref.name)?;
+                validate_name("namespace", &packageref.namespace)?;
+            }
         }
         crate::secrets::validate_function_fields(self)
     }
@@ -530,6 +603,37 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_function_package_is_an_archive_or_a_named_package() {
+        let stored: FunctionPackage = serde_json::from_str(&format!(
+            r#"{{"sha256": "{}", "kind": "archive"}}"#,
+            "a".repeat(64)
+        ))
+        .unwrap();
+        assert!(stored.named().is_none());
+        let named: FunctionPackage =
+            serde_json::from_str(r#"{"packageref": {"name": "deps"}}"#).unwrap();
+        let r = named.named().unwrap();
+        assert_eq!((r.name.as_str(), r.namespace.as_str()), ("deps", "default"));
+        // Each shape round-trips as itself.
+        for p in [stored, named] {
+            let back: FunctionPackage =
+                serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
+            assert_eq!(back, p);
+        }
+        let err = serde_json::from_str::<FunctionPackage>(r#"{"packageref": {"nam": "x"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("package.packageref") && err.contains("nam"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<FunctionPackage>(r#"{"sha": "x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("packageref"), "{err}");
+    }
 
     #[test]
     fn names() {

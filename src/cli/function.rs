@@ -19,6 +19,10 @@ pub(super) struct FnFields {
     /// The code: one file, or a zip archive.
     #[arg(long, value_name = "FILE")]
     code: Option<PathBuf>,
+    /// Or a named package (see `fusion pkg create`) in the function's namespace;
+    /// a package with a source runs its build.
+    #[arg(long = "pkg", value_name = "PACKAGE", conflicts_with = "code")]
+    pkg: Option<String>,
     /// The entrypoint inside the code (`main`, `hello.main`, ...; the runtime's
     /// default when absent).
     #[arg(long, visible_alias = "ep")]
@@ -157,6 +161,9 @@ pub(super) async fn merge_fn(c: &Client, body: &mut Value, f: FnFields) -> Resul
     if let Some(code) = f.code {
         body["package"] = c.upload(&code).await?;
     }
+    if let Some(pkg) = f.pkg {
+        body["package"] = json!({"packageref": {"name": pkg, "namespace": "default"}});
+    }
     if let Some(e) = f.entrypoint {
         body["entrypoint"] = json!(e);
     }
@@ -211,8 +218,8 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             if fields.env.is_none() {
                 bail!("--env ENV is required: the environment to run in (see fusion env list)");
             }
-            if fields.code.is_none() {
-                bail!("--code FILE is required: a source file or a zip archive");
+            if fields.code.is_none() && fields.pkg.is_none() {
+                bail!("--code FILE (a source file or a zip archive) or --pkg PACKAGE (a named package) is required");
             }
             let mut body = json!({"name": name.get()});
             merge_fn(&c, &mut body, fields).await?;

@@ -4,6 +4,7 @@
 mod env;
 mod function;
 mod output;
+mod pkg;
 mod route;
 mod run;
 mod secret;
@@ -58,6 +59,11 @@ pub(super) struct ClientOpts {
 impl ClientOpts {
     /// The API client: the token from `FUSION_TOKEN` or the data dir, and the
     /// CA certificate to trust, if given.
+    /// Whether the output is JSON (`-o json`).
+    pub(super) fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+
     pub(super) fn client(&self) -> Result<Client> {
         Client::new(&self.api, crate::token::for_cli(), self.ca_cert.as_deref())
     }
@@ -133,6 +139,14 @@ enum Command {
     Fn {
         #[command(subcommand)]
         verb: FnVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Packages: code with an optional build step (a source built into a deployment).
+    #[command(name = "pkg", alias = "package")]
+    Pkg {
+        #[command(subcommand)]
+        verb: pkg::PkgVerb,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -221,6 +235,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => crate::runtime_binary::serve().await,
         Command::Env { verb, opts } => env::env_cmd(verb, &opts).await,
         Command::Fn { verb, opts } => function::fn_cmd(verb, &opts).await,
+        Command::Pkg { verb, opts } => pkg::pkg_cmd(verb, &opts).await,
         Command::Route { verb, opts } => route::route_cmd(verb, &opts).await,
         Command::Secret { verb, opts } => secret::data_cmd(secret::SECRETS, verb, &opts).await,
         Command::Configmap { verb, opts } => {

@@ -41,6 +41,7 @@ use oci_spec::runtime::{
 };
 use tokio::sync::{watch, Notify};
 
+use super::build::{BuildOutput, BuildRequest};
 use super::connect::InstanceConnector;
 use super::image::{Image, ImageStore, RUNTIME_PORT};
 use super::{
@@ -48,6 +49,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::resources::{Environment, Network};
+
+mod build;
 
 /// The unprivileged user and group instances run as (`nobody`).
 const NOBODY: u32 = 65534;
@@ -253,7 +256,10 @@ impl ContainerBackend {
             "fusion/runtimes",
             "fusion/bin",
             "run/fusion",
-        ] {
+        ]
+        .into_iter()
+        .chain(build::MOUNT_POINTS)
+        {
             std::fs::create_dir_all(root.join(dir))?;
         }
         // A tmpfs takes the mode of the directory it is mounted on.
@@ -917,6 +923,10 @@ impl Backend for ContainerBackend {
             };
             Ok(Arc::new(handle) as Arc<dyn Handle>)
         })
+    }
+
+    fn build(&self, req: BuildRequest) -> BoxFuture<'_, Result<BuildOutput>> {
+        Box::pin(self.run_build(req))
     }
 
     fn cleanup_stale(&self) -> BoxFuture<'_, ()> {

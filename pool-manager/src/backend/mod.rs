@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::resources::{Environment, Runtime};
 
+pub mod build;
 pub mod connect;
 pub mod container;
 pub mod image;
@@ -209,6 +210,15 @@ pub trait Backend: Send + Sync + 'static {
     /// log sink). After that, the instance may still end at any time: its
     /// `Handle::exit` reports when and why.
     fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Handle>>>;
+    /// Runs one build of a package (see `build::BuildRequest`) in the same
+    /// isolation instances get, and answers how it ended and its output.
+    fn build(&self, _req: build::BuildRequest) -> BoxFuture<'_, Result<build::BuildOutput>> {
+        Box::pin(async {
+            Err(Error::Unavailable(
+                "this server's backend cannot run package builds".into(),
+            ))
+        })
+    }
     /// Removes what an earlier server left behind (containers of a server that was
     /// killed). Called once before the first start.
     fn cleanup_stale(&self) -> BoxFuture<'_, ()> {

@@ -16,6 +16,7 @@ use futures_util::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{watch, Notify};
 
+use super::build::{build_env, join_log, read_tail, BuildExit, BuildOutput, BuildRequest};
 use super::connect::InstanceConnector;
 use super::{Address, Backend, Exit, Handle, Isolation, LaunchConfig, StartRequest, Usage};
 use crate::error::{Error, Result};
@@ -62,6 +63,10 @@ impl Backend for ProcessBackend {
             ))),
             _ => Ok(()),
         }
+    }
+
+    fn build(&self, req: BuildRequest) -> BoxFuture<'_, Result<BuildOutput>> {
+        Box::pin(run_build(&self.launch, req))
     }
 
     fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Handle>>> {
@@ -155,6 +160,75 @@ fn spawn(launch: &LaunchConfig, req: &StartRequest) -> Result<Arc<ProcessHandle>
         let _ = exit_tx.send(Some(exit));
     });
     Ok(handle)
+}
+
+/// A build as a child process in its own process group, with the same scrubbed
+/// environment as instances; on timeout the whole group is killed.
+async fn run_build(launch: &LaunchConfig, req: BuildRequest) -> Result<BuildOutput> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&req.script)
+        .env_clear()
+        .envs(build_env(
+            &path(&req.src),
+            &path(&req.deploy),
+            &path(&req.home),
+            &host_path,
+            &launch.python,
+            &launch.node,
+        ))
+        .current_dir(&req.src)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    crate::sys::harden_child(&mut cmd, None);
+    cmd.process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::Unavailable(format!("cannot start a build: {e}")))?;
+    // Whatever the build started goes with it, on every outcome, also when the
+    // build is dropped unfinished (the server stops).
+    let group = KillGroupOnDrop(child.id());
+    let out = tokio::spawn(read_tail(
+        child.stdout.take(),
+        super::build::BUILD_LOG_LIMIT,
+    ));
+    let err = tokio::spawn(read_tail(
+        child.stderr.take(),
+        super::build::BUILD_LOG_LIMIT,
+    ));
+    let status = tokio::time::timeout(req.timeout, child.wait()).await;
+    drop(group);
+    let exit = match status {
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            BuildExit::TimedOut(req.timeout)
+        }
+        Ok(Ok(s)) if s.success() => BuildExit::Succeeded,
+        Ok(Ok(s)) => BuildExit::Failed(super::Exit::of(false, Ok(s)).to_string()),
+        Ok(Err(e)) => BuildExit::Failed(e.to_string()),
+    };
+    let out = out.await.unwrap_or_default();
+    let err = err.await.unwrap_or_default();
+    Ok(BuildOutput {
+        exit,
+        log: join_log(out, err),
+    })
+}
+
+/// Kills the process group of this leader when dropped.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            crate::sys::kill_group(pid);
+        }
+    }
 }
 
 /// Sends each line of a child's output stream to the log sink.

@@ -1,0 +1,181 @@
+//! The API of packages: content-addressed archives (`POST /v1/archives`) and
+//! named packages with their builds (`/v1/packages`: list, create, get,
+//! update, delete, `POST .../rebuild`, `GET .../logs`), each taking
+//! `?namespace=NS` (default `default`). `POST /v1/packages` with a body that
+//! is not JSON is still the raw upload it used to be (as `/v1/archives`), so
+//! older clients keep working.
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pool_manager::{Error, Package};
+use serde::Deserialize;
+
+use crate::api::{parse_json, AppState};
+
+pub fn routes(upload_limit: usize) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/archives",
+            post(upload_archive).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(
+            "/v1/packages",
+            get(list)
+                .post(create_or_upload)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(
+            "/v1/packages/{name}",
+            get(get_one).put(update).delete(delete),
+        )
+        .route("/v1/packages/{name}/rebuild", post(rebuild))
+        .route("/v1/packages/{name}/logs", get(logs))
+}
+
+type ApiResult<T> = Result<T, Error>;
+
+#[derive(Deserialize)]
+struct PackageQuery {
+    /// The file name of an uploaded single file.
+    filename: Option<String>,
+    namespace: Option<String>,
+}
+
+impl PackageQuery {
+    fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// Stores code content-addressed: a zip archive is unpacked, anything else is
+/// one file named `filename`.
+async fn upload_archive(
+    State(s): State<AppState>,
+    Query(q): Query<PackageQuery>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let name = q.filename.unwrap_or_else(|| "user".into());
+    let pool = s.pool.clone();
+    let package = tokio::task::spawn_blocking(move || pool.put_package(&name, &body))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    Ok((StatusCode::CREATED, Json(package)).into_response())
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+}
+
+/// A package from a request body, in the namespace of the query (when given);
+/// its `status` and `generation`, which the server keeps, are ignored, so what
+/// `GET` answered can be sent back edited.
+fn parse_package(q: &PackageQuery, body: &[u8]) -> ApiResult<Package> {
+    let mut value: serde_json::Value = parse_json(body)?;
+    let fields = value
+        .as_object_mut()
+        .ok_or_else(|| Error::Invalid("a package is a JSON object".into()))?;
+    fields.remove("status");
+    fields.remove("generation");
+    if let Some(ns) = &q.namespace {
+        match fields.get("namespace").and_then(|v| v.as_str()) {
+            Some(given) if given != ns => {
+                return Err(Error::Invalid(format!(
+                "the namespace in the body ({given:?}) differs from the one in the query ({ns:?})"
+            )))
+            }
+            _ => {
+                fields.insert("namespace".into(), ns.clone().into());
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(|e| Error::Invalid(format!("invalid package: {e}")))
+}
+
+async fn create_or_upload(
+    State(s): State<AppState>,
+    Query(q): Query<PackageQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    if !is_json(&headers) {
+        return upload_archive(State(s), Query(q), body).await;
+    }
+    let p = s.pool.create_package(parse_package(&q, &body)?).await?;
+    Ok((StatusCode::CREATED, Json(p)).into_response())
+}
+
+async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<PackageQuery>,
+) -> ApiResult<Json<Vec<Package>>> {
+    Ok(Json(s.pool.packages(Some(q.namespace()))?))
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<PackageQuery>,
+) -> ApiResult<Json<Package>> {
+    Ok(Json(s.pool.package(q.namespace(), &name)?))
+}
+
+async fn update(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<PackageQuery>,
+    body: Bytes,
+) -> ApiResult<Json<Package>> {
+    let p = parse_package(&q, &body)?;
+    if p.name != name {
+        return Err(Error::Invalid(format!(
+            "the name in the body ({:?}) differs from the name in the path ({name:?})",
+            p.name
+        )));
+    }
+    Ok(Json(s.pool.update_package(p).await?))
+}
+
+async fn delete(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<PackageQuery>,
+) -> ApiResult<StatusCode> {
+    s.pool.delete_package(q.namespace(), &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Builds the package's source again (bypassing the build cache); answers 202
+/// with the package, its build pending.
+async fn rebuild(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<PackageQuery>,
+) -> ApiResult<Response> {
+    let p = s.pool.rebuild_package(q.namespace(), &name).await?;
+    Ok((StatusCode::ACCEPTED, Json(p)).into_response())
+}
+
+/// The log of the package's last build, as text.
+async fn logs(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<PackageQuery>,
+) -> ApiResult<Response> {
+    let p = s.pool.package(q.namespace(), &name)?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        p.status.buildlog,
+    )
+        .into_response())
+}

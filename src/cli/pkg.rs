@@ -1,0 +1,364 @@
+//! `fusion pkg ...`: named packages in Fission's shape. `--src` and `--deploy`
+//! take a directory, a zip archive or a file; several of them (or a directory)
+//! are zipped together before the upload, as `fission pkg create` does.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::output::print;
+use super::ClientOpts;
+use crate::client::Client;
+
+#[derive(Args)]
+pub struct PkgId {
+    /// The package's name.
+    #[arg(long)]
+    name: String,
+    /// The package's namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+}
+
+#[derive(Args)]
+pub struct PkgFields {
+    /// The environment whose builder builds the source and whose runtime runs it.
+    #[arg(long)]
+    env: Option<String>,
+    /// Source code to build: a directory, a zip archive or a file (repeatable;
+    /// several are zipped together). Python: a requirements.txt is installed
+    /// with pip; nodejs: package.json with npm; else ./build.sh runs.
+    #[arg(long = "src", alias = "sourcearchive")]
+    src: Vec<PathBuf>,
+    /// Code ready to run, used as it is: a directory, a zip archive or a file
+    /// (repeatable; several are zipped together).
+    #[arg(long = "deploy", alias = "deployarchive")]
+    deploy: Vec<PathBuf>,
+    /// The build command, run by `sh` in the source directory with SRC_PKG
+    /// (the source) and DEPLOY_PKG (where the deployment goes) set.
+    #[arg(long)]
+    buildcmd: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum PkgVerb {
+    /// Create a package; one with a source is built in the background.
+    Create {
+        #[command(flatten)]
+        id: PkgId,
+        #[command(flatten)]
+        fields: PkgFields,
+    },
+    /// Change a package's environment, archives or build command (builds again
+    /// when what is built changes).
+    Update {
+        #[command(flatten)]
+        id: PkgId,
+        #[command(flatten)]
+        fields: PkgFields,
+    },
+    /// Show a package: its build status and the end of its build log.
+    Info {
+        #[command(flatten)]
+        id: PkgId,
+    },
+    /// List the packages of a namespace.
+    List {
+        /// The namespace to list.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+    /// Delete a package no function uses.
+    Delete {
+        #[command(flatten)]
+        id: PkgId,
+    },
+    /// Build the package's source again, without the build cache.
+    Rebuild {
+        #[command(flatten)]
+        id: PkgId,
+    },
+    /// Print the package's whole build log.
+    Logs {
+        #[command(flatten)]
+        id: PkgId,
+    },
+}
+
+const PKG_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "/name"),
+    ("NAMESPACE", "/namespace"),
+    ("ENV", "/environment"),
+    ("BUILDSTATUS", "/status/buildstatus"),
+    ("LASTUPDATE", "/status/lastUpdateTimestamp"),
+];
+
+/// How many lines of the build log `pkg info` shows.
+const INFO_LOG_LINES: usize = 20;
+
+pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
+    let c = opts.client()?;
+    match verb {
+        PkgVerb::Create { id, fields } => {
+            if fields.env.is_none() {
+                bail!("--env is required");
+            }
+            if fields.src.is_empty() && fields.deploy.is_empty() {
+                bail!("give the code: --src (to build) or --deploy (to run as it is), or both");
+            }
+            let mut body = json!({"name": id.name, "namespace": id.namespace});
+            merge(&c, &mut body, fields).await?;
+            let v: Value = c
+                .send(
+                    c.request(Method::POST, "/v1/packages")
+                        .query(&[("namespace", &id.namespace)])
+                        .json(&body),
+                )
+                .await?
+                .json()
+                .await?;
+            print(opts, &v, PKG_COLUMNS);
+        }
+        PkgVerb::Update { id, fields } => {
+            let mut body = get(&c, &id).await?;
+            merge(&c, &mut body, fields).await?;
+            let v: Value = c
+                .send(
+                    c.request(Method::PUT, &path(&id.name, ""))
+                        .query(&[("namespace", &id.namespace)])
+                        .json(&body),
+                )
+                .await?
+                .json()
+                .await?;
+            print(opts, &v, PKG_COLUMNS);
+        }
+        PkgVerb::Info { id } => {
+            let v = get(&c, &id).await?;
+            if opts.json() {
+                print(opts, &v, PKG_COLUMNS);
+                return Ok(());
+            }
+            print(opts, &v, PKG_COLUMNS);
+            let log = v
+                .pointer("/status/buildlog")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if !log.is_empty() {
+                let lines: Vec<&str> = log.lines().collect();
+                let from = lines.len().saturating_sub(INFO_LOG_LINES);
+                if from > 0 {
+                    println!("\nbuild log (last {INFO_LOG_LINES} lines; `fusion pkg logs --name {}` has it all):", id.name);
+                } else {
+                    println!("\nbuild log:");
+                }
+                for l in &lines[from..] {
+                    println!("  {l}");
+                }
+            }
+        }
+        PkgVerb::List { namespace } => {
+            let v: Value = c
+                .send(
+                    c.request(Method::GET, "/v1/packages")
+                        .query(&[("namespace", &namespace)]),
+                )
+                .await?
+                .json()
+                .await?;
+            print(opts, &v, PKG_COLUMNS);
+        }
+        PkgVerb::Delete { id } => {
+            c.send(
+                c.request(Method::DELETE, &path(&id.name, ""))
+                    .query(&[("namespace", &id.namespace)]),
+            )
+            .await?;
+            println!("package {} deleted", id.name);
+        }
+        PkgVerb::Rebuild { id } => {
+            let v: Value = c
+                .send(
+                    c.request(Method::POST, &path(&id.name, "/rebuild"))
+                        .query(&[("namespace", &id.namespace)]),
+                )
+                .await?
+                .json()
+                .await?;
+            if opts.json() {
+                print(opts, &v, PKG_COLUMNS);
+            } else {
+                println!(
+                    "package {}: build {} (see `fusion pkg info --name {}`)",
+                    id.name,
+                    v.pointer("/status/buildstatus")
+                        .and_then(Value::as_str)
+                        .unwrap_or("pending"),
+                    id.name
+                );
+            }
+        }
+        PkgVerb::Logs { id } => {
+            let text = c
+                .send(
+                    c.request(Method::GET, &path(&id.name, "/logs"))
+                        .query(&[("namespace", &id.namespace)]),
+                )
+                .await?
+                .text()
+                .await?;
+            let mut out = std::io::stdout();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn path(name: &str, rest: &str) -> String {
+    format!("/v1/packages/{name}{rest}")
+}
+
+async fn get(c: &Client, id: &PkgId) -> Result<Value> {
+    Ok(c.send(
+        c.request(Method::GET, &path(&id.name, ""))
+            .query(&[("namespace", &id.namespace)]),
+    )
+    .await?
+    .json()
+    .await?)
+}
+
+async fn merge(c: &Client, body: &mut Value, f: PkgFields) -> Result<()> {
+    if let Some(e) = f.env {
+        body["environment"] = json!(e);
+    }
+    if !f.src.is_empty() {
+        let (bytes, name) = archive_of(&f.src)?;
+        body["source"] = c.upload_bytes(&name, bytes).await?;
+    }
+    if !f.deploy.is_empty() {
+        let (bytes, name) = archive_of(&f.deploy)?;
+        body["deployment"] = c.upload_bytes(&name, bytes).await?;
+    }
+    if let Some(cmd) = f.buildcmd {
+        body["buildcmd"] = json!(cmd);
+    }
+    Ok(())
+}
+
+/// What to upload for `paths`, and its file name: one zip archive or one file
+/// as it is; a directory, or several paths, zipped together (a directory by
+/// its contents, a file by its name).
+pub fn archive_of(paths: &[PathBuf]) -> Result<(Vec<u8>, String)> {
+    if let [one] = paths {
+        let meta =
+            std::fs::metadata(one).with_context(|| format!("cannot read {}", one.display()))?;
+        if meta.is_file() {
+            let bytes =
+                std::fs::read(one).with_context(|| format!("cannot read {}", one.display()))?;
+            let name = one
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| anyhow!("{} has no file name", one.display()))?;
+            return Ok((bytes, name.to_string()));
+        }
+    }
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buf);
+        for p in paths {
+            let meta =
+                std::fs::metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
+            if meta.is_dir() {
+                add_dir(&mut zip, p, Path::new(""))?;
+            } else {
+                let name = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| anyhow!("{} has no file name", p.display()))?;
+                add_file(&mut zip, p, name)?;
+            }
+        }
+        zip.finish().context("cannot write the archive")?;
+    }
+    Ok((buf.into_inner(), "archive.zip".into()))
+}
+
+fn add_dir(
+    zip: &mut zip::ZipWriter<&mut std::io::Cursor<Vec<u8>>>,
+    dir: &Path,
+    rel: &Path,
+) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir.join(rel))
+        .with_context(|| format!("cannot read {}", dir.join(rel).display()))?
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = rel.join(e.file_name());
+        let name = path
+            .to_str()
+            .ok_or_else(|| anyhow!("{} is not UTF-8", path.display()))?
+            .to_string();
+        let meta = std::fs::metadata(e.path())?;
+        if meta.is_dir() {
+            zip.add_directory(format!("{name}/"), zip::write::SimpleFileOptions::default())?;
+            add_dir(zip, dir, &path)?;
+        } else if meta.is_file() {
+            add_file(zip, &e.path(), &name)?;
+        }
+    }
+    Ok(())
+}
+
+fn add_file(
+    zip: &mut zip::ZipWriter<&mut std::io::Cursor<Vec<u8>>>,
+    path: &Path,
+    name: &str,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(mode & 0o777);
+    zip.start_file(name, options)?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    zip.write_all(&bytes)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_and_several_paths_are_zipped_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("lib")).unwrap();
+        std::fs::write(src.join("main.py"), "x").unwrap();
+        std::fs::write(src.join("lib/a.py"), "a").unwrap();
+        let extra = dir.path().join("build.sh");
+        std::fs::write(&extra, "echo").unwrap();
+        // One file goes as it is.
+        let (bytes, name) = archive_of(std::slice::from_ref(&extra)).unwrap();
+        assert_eq!(
+            (bytes.as_slice(), name.as_str()),
+            (&b"echo"[..], "build.sh")
+        );
+        let (bytes, name) = archive_of(&[src.clone(), extra]).unwrap();
+        assert_eq!(name, "archive.zip");
+        let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        let mut names: Vec<String> = z.file_names().map(str::to_string).collect();
+        names.sort();
+        assert_eq!(names, ["build.sh", "lib/", "lib/a.py", "main.py"]);
+        let mut a = String::new();
+        std::io::Read::read_to_string(&mut z.by_name("lib/a.py").unwrap(), &mut a).unwrap();
+        assert_eq!(a, "a");
+        assert!(archive_of(&[dir.path().join("nope")]).is_err());
+    }
+}

@@ -1,0 +1,647 @@
+//! Named packages with a build step, seen from outside: the real server on the
+//! container backend builds a python source whose requirements.txt installs a
+//! wheel vendored in the source, and a nodejs source whose package.json needs
+//! a tarball vendored in it (no network: pip `--no-index --find-links`, npm
+//! `file:`); functions run what was built; a failed build answers
+//! `package_build_failed` and `fusion pkg logs` shows pip's message; the same
+//! source is not built twice.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use common::{eventually, Server};
+use serde_json::Value;
+use sha2::Digest;
+
+const GREETING: &str = "hello from a vendored wheel";
+
+/// A wheel of the package `hellodep` 1.0, made by hand: a zip with the module
+/// and its dist-info (METADATA, WHEEL, RECORD with each file's hash).
+fn write_wheel(dir: &Path) {
+    let files: Vec<(&str, String)> = vec![
+        ("hellodep/__init__.py", format!("GREETING = {GREETING:?}\n")),
+        (
+            "hellodep-1.0.dist-info/METADATA",
+            "Metadata-Version: 2.1\nName: hellodep\nVersion: 1.0\n".into(),
+        ),
+        (
+            "hellodep-1.0.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: fusion-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+                .into(),
+        ),
+    ];
+    let mut record = String::new();
+    for (name, text) in &files {
+        let hash = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(text.as_bytes()));
+        record.push_str(&format!("{name},sha256={hash},{}\n", text.len()));
+    }
+    record.push_str("hellodep-1.0.dist-info/RECORD,,\n");
+    std::fs::create_dir_all(dir.join("wheels")).unwrap();
+    let file = std::fs::File::create(dir.join("wheels/hellodep-1.0-py3-none-any.whl")).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let options = zip::write::SimpleFileOptions::default();
+    for (name, text) in files
+        .iter()
+        .map(|(n, t)| (*n, t.as_str()))
+        .chain(std::iter::once((
+            "hellodep-1.0.dist-info/RECORD",
+            record.as_str(),
+        )))
+    {
+        zip.start_file(name, options).unwrap();
+        zip.write_all(text.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// A python source: main.py answering `prefix + GREETING`, the vendored wheel,
+/// and a requirements.txt asking for `requirement` from it.
+fn python_source(dir: &Path, prefix: &str, requirement: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    write_wheel(dir);
+    std::fs::write(
+        dir.join("requirements.txt"),
+        format!("--no-index\n--find-links ./wheels\n{requirement}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("main.py"),
+        format!(
+            "import hellodep\n\ndef main():\n    return {prefix:?} + hellodep.GREETING + '\\n'\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// An environment whose instances and builds have no network but loopback:
+/// nothing can be downloaded.
+fn offline_env(s: &Server, name: &str, runtime: &str) {
+    s.ok(
+        "POST",
+        "/v1/environments",
+        Some(
+            serde_json::json!({"name": name, "runtime": runtime, "poolsize": 1, "network": "none"}),
+        ),
+    );
+}
+
+fn cli_ok(s: &Server, args: &[&str]) -> String {
+    let (code, out, err) = s.cli(args);
+    assert_eq!(code, 0, "fusion {}: {out}{err}", args.join(" "));
+    out
+}
+
+fn package(s: &Server, name: &str) -> Value {
+    s.ok("GET", &format!("/v1/packages/{name}"), None)
+}
+
+/// Waits until the package's build has ended; answers the package.
+fn built(s: &Server, name: &str) -> Value {
+    let mut last = Value::Null;
+    eventually(
+        Duration::from_secs(300),
+        &format!("package {name} built"),
+        || {
+            last = package(s, name);
+            !matches!(
+                last["status"]["buildstatus"].as_str(),
+                Some("pending" | "running")
+            )
+        },
+    );
+    last
+}
+
+fn call(s: &Server, function: &str) -> (u16, String) {
+    let r = s.get(&format!("/fission-function/{function}"));
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn a_python_source_installs_its_vendored_wheel_once_and_runs_the_build() {
+    let s = Server::start();
+    offline_env(&s, "python", "python");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    python_source(&src, "", "hellodep==1.0");
+    let src_arg = src.to_str().unwrap();
+
+    let out = cli_ok(
+        &s,
+        &[
+            "pkg", "create", "--name", "pydemo", "--env", "python", "--src", src_arg,
+        ],
+    );
+    assert!(out.contains("pydemo"), "{out}");
+    let p = built(&s, "pydemo");
+    assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
+    let log = p["status"]["buildlog"].as_str().unwrap();
+    assert!(log.contains("Successfully installed hellodep-1.0"), "{log}");
+    assert!(p["status"].get("cached").is_none(), "{p}");
+
+    cli_ok(
+        &s,
+        &[
+            "fn",
+            "create",
+            "--name",
+            "pyfn",
+            "--env",
+            "python",
+            "--pkg",
+            "pydemo",
+            "--entrypoint",
+            "main.main",
+        ],
+    );
+    assert_eq!(call(&s, "pyfn"), (200, format!("{GREETING}\n")));
+
+    // The same source again: not built a second time.
+    cli_ok(
+        &s,
+        &[
+            "pkg", "create", "--name", "pycopy", "--env", "python", "--src", src_arg,
+        ],
+    );
+    let copy = built(&s, "pycopy");
+    assert_eq!(copy["status"]["buildstatus"], "succeeded", "{copy}");
+    assert_eq!(copy["status"]["cached"], true, "{copy}");
+    assert_eq!(copy["status"]["built"], p["status"]["built"]);
+    let logs = cli_ok(&s, &["pkg", "logs", "--name", "pycopy"]);
+    assert!(
+        logs.starts_with("cached: reused the earlier build"),
+        "{logs}"
+    );
+    assert!(!logs.contains("pip"), "{logs}");
+    // A rebuild does build again.
+    let out = cli_ok(&s, &["pkg", "rebuild", "--name", "pycopy"]);
+    assert!(out.contains("pending"), "{out}");
+    let rebuilt = built(&s, "pycopy");
+    assert_eq!(rebuilt["status"]["buildstatus"], "succeeded", "{rebuilt}");
+    assert!(rebuilt["status"].get("cached").is_none(), "{rebuilt}");
+    assert!(
+        rebuilt["status"]["buildlog"]
+            .as_str()
+            .unwrap()
+            .contains("Successfully installed"),
+        "{rebuilt}"
+    );
+
+    // Changed code reaches the function: its instances are replaced.
+    python_source(&src, "v2: ", "hellodep==1.0");
+    cli_ok(&s, &["pkg", "update", "--name", "pydemo", "--src", src_arg]);
+    assert_eq!(built(&s, "pydemo")["status"]["buildstatus"], "succeeded");
+    assert_eq!(call(&s, "pyfn"), (200, format!("v2: {GREETING}\n")));
+
+    // A package in use cannot be deleted; an unused one can.
+    let (code, _, err) = s.cli(&["pkg", "delete", "--name", "pydemo"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("used by functions pyfn"), "{err}");
+    let (status, body) = s.call("DELETE", "/v1/packages/pydemo", None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+    cli_ok(&s, &["pkg", "delete", "--name", "pycopy"]);
+    let list = cli_ok(&s, &["pkg", "list"]);
+    assert!(
+        list.contains("pydemo") && !list.contains("pycopy"),
+        "{list}"
+    );
+}
+
+#[test]
+fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    python_source(&src, "fixed: ", "nosuchdep==9.9");
+    let src_arg = src.to_str().unwrap();
+    cli_ok(
+        &s,
+        &[
+            "pkg", "create", "--name", "broken", "--env", "python", "--src", src_arg,
+        ],
+    );
+    cli_ok(
+        &s,
+        &[
+            "fn",
+            "create",
+            "--name",
+            "brokenfn",
+            "--env",
+            "python",
+            "--pkg",
+            "broken",
+            "--entrypoint",
+            "main.main",
+        ],
+    );
+    // The call waits for the build, then says what failed.
+    let (status, body) = call(&s, "brokenfn");
+    assert_eq!(status, 424, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "package_build_failed", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"broken\""), "{message}");
+    assert!(
+        message.contains("fusion pkg logs --name broken"),
+        "{message}"
+    );
+
+    // A workflow's task gets the same answer, and does not retry it: the
+    // build must be fixed first.
+    s.workflow(
+        "usesbroken",
+        "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: brokenfn\n    retry:\n      maxAttempts: 4\n      backoff: {initial: 10ms, max: 50ms, multiplier: 2}\n",
+    );
+    let (status, body) = s.invoke("usesbroken", "text/plain", "");
+    assert_eq!(status, 424, "{body}");
+    assert!(body.contains("package_build_failed"), "{body}");
+    let runs = s.ok("GET", "/v1/runs?workflow=usesbroken", None);
+    let run = s.run(runs["runs"][0]["id"].as_str().unwrap());
+    assert_eq!(run["tasks"][0]["attempts"], 1, "{run}");
+
+    let logs = cli_ok(&s, &["pkg", "logs", "--name", "broken"]);
+    assert!(
+        logs.contains("No matching distribution found for nosuchdep==9.9"),
+        "{logs}"
+    );
+    let info = cli_ok(&s, &["pkg", "info", "--name", "broken"]);
+    assert!(info.contains("failed"), "{info}");
+    assert!(info.contains("nosuchdep"), "{info}");
+
+    python_source(&src, "fixed: ", "hellodep==1.0");
+    cli_ok(&s, &["pkg", "update", "--name", "broken", "--src", src_arg]);
+    let p = built(&s, "broken");
+    assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
+    assert_eq!(call(&s, "brokenfn"), (200, format!("fixed: {GREETING}\n")));
+}
+
+#[test]
+fn a_nodejs_source_installs_its_vendored_tarball_and_a_call_waits_for_the_build() {
+    let s = Server::start();
+    offline_env(&s, "nodejs", "nodejs");
+    let tmp = tempfile::tempdir().unwrap();
+    // The dependency, packed as npm packs: a gzipped tar with `package/` at its root.
+    let dep = tmp.path().join("dep/package");
+    std::fs::create_dir_all(&dep).unwrap();
+    std::fs::write(
+        dep.join("package.json"),
+        r#"{"name": "dep", "version": "1.0.0", "main": "index.js"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dep.join("index.js"),
+        "module.exports = { greet: () => 'hello from a vendored tarball' };\n",
+    )
+    .unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("vendor")).unwrap();
+    let tar = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(src.join("vendor/dep-1.0.0.tgz"))
+        .arg("-C")
+        .arg(tmp.path().join("dep"))
+        .arg("package")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    std::fs::write(
+        src.join("package.json"),
+        r#"{"name": "nodedemo", "version": "1.0.0", "dependencies": {"dep": "file:vendor/dep-1.0.0.tgz"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("index.js"),
+        "const dep = require('dep');\nmodule.exports = async () => ({ status: 200, body: dep.greet() + '\\n' });\n",
+    )
+    .unwrap();
+
+    let out = cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "nodedemo",
+            "--env",
+            "nodejs",
+            "--src",
+            src.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    );
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["status"]["buildstatus"], "pending", "{created}");
+    cli_ok(
+        &s,
+        &[
+            "fn", "create", "--name", "nodefn", "--env", "nodejs", "--pkg", "nodedemo",
+        ],
+    );
+    // Called at once: the call waits for the build.
+    assert_eq!(
+        call(&s, "nodefn"),
+        (200, "hello from a vendored tarball\n".into())
+    );
+    let p = package(&s, "nodedemo");
+    assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
+    let log = p["status"]["buildlog"].as_str().unwrap();
+    assert!(log.contains("npm install"), "{log}");
+
+    // With a lock file (written as npm writes it), `npm ci` installs exactly it.
+    let tgz = std::fs::read(src.join("vendor/dep-1.0.0.tgz")).unwrap();
+    let integrity = format!(
+        "sha512-{}",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(&tgz))
+    );
+    let lock = serde_json::json!({
+        "name": "nodedemo", "version": "1.0.0", "lockfileVersion": 3, "requires": true,
+        "packages": {
+            "": {"name": "nodedemo", "version": "1.0.0", "dependencies": {"dep": "file:vendor/dep-1.0.0.tgz"}},
+            "node_modules/dep": {"version": "1.0.0", "resolved": "file:vendor/dep-1.0.0.tgz", "integrity": integrity},
+        },
+    });
+    std::fs::write(src.join("package-lock.json"), lock.to_string()).unwrap();
+    std::fs::write(
+        src.join("index.js"),
+        "const dep = require('dep');\nmodule.exports = async () => ({ status: 200, body: 'v2: ' + dep.greet() + '\\n' });\n",
+    )
+    .unwrap();
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "update",
+            "--name",
+            "nodedemo",
+            "--src",
+            src.to_str().unwrap(),
+        ],
+    );
+    let p = built(&s, "nodedemo");
+    assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
+    let log = p["status"]["buildlog"].as_str().unwrap();
+    assert!(log.contains("npm ci"), "{log}");
+    assert_eq!(
+        call(&s, "nodefn"),
+        (200, "v2: hello from a vendored tarball\n".into())
+    );
+}
+
+/// Whether some process on the machine has `needle` in its command line.
+fn process_running(needle: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn a_build_command_runs_isolated_and_is_stopped_at_the_time_limit() {
+    let s = Server::start_with(&[("FUSION_BUILD_TIMEOUT_SECS", "3")]);
+    s.env("binary", "binary", 0);
+    let env = s.ok("GET", "/v1/environments/binary", None);
+    let container = env["status"]["isolation"]["backend"] == "container";
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("hello.sh"), "#!/bin/sh\necho built\n").unwrap();
+    let data = s.data_dir().to_str().unwrap().to_string();
+    // Fission's convention: SRC_PKG and DEPLOY_PKG; what the build sees is in its log.
+    let probe = format!(
+        "echo uid=$(id -u); if touch /usr/fusion-probe 2>/dev/null; then echo usr=writable; else echo usr=read-only; fi; \
+         if [ -e {data}/token ]; then echo data=visible; else echo data=hidden; fi; \
+         cp \"$SRC_PKG\"/hello.sh \"$DEPLOY_PKG\"/"
+    );
+    let src_arg = src.to_str().unwrap();
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "probe",
+            "--env",
+            "binary",
+            "--src",
+            src_arg,
+            "--buildcmd",
+            &probe,
+        ],
+    );
+    let p = built(&s, "probe");
+    assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
+    let log = p["status"]["buildlog"].as_str().unwrap();
+    assert!(log.contains("the package's build command"), "{log}");
+    if container {
+        assert!(log.contains("uid=65534"), "{log}");
+        assert!(log.contains("usr=read-only"), "{log}");
+        assert!(log.contains("data=hidden"), "{log}");
+    }
+    cli_ok(
+        &s,
+        &[
+            "fn",
+            "create",
+            "--name",
+            "probefn",
+            "--env",
+            "binary",
+            "--pkg",
+            "probe",
+            "--entrypoint",
+            "hello.sh",
+        ],
+    );
+    assert_eq!(call(&s, "probefn"), (200, "built\n".into()));
+
+    // Past the time limit the build and everything it started are killed.
+    let sleeper = "sleep 4242.5";
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "slow",
+            "--env",
+            "binary",
+            "--src",
+            src_arg,
+            "--buildcmd",
+            &format!("{sleeper} & {sleeper}"),
+        ],
+    );
+    let p = built(&s, "slow");
+    assert_eq!(p["status"]["buildstatus"], "failed", "{p}");
+    let log = p["status"]["buildlog"].as_str().unwrap();
+    assert!(log.contains("did not finish within 3s"), "{log}");
+    eventually(
+        Duration::from_secs(10),
+        "the build's processes are gone",
+        || !process_running(sleeper),
+    );
+}
+
+#[test]
+fn bad_package_requests_get_a_status_and_a_clear_message() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    let code = s.upload("main.py", b"def main():\n    return 'deployed\\n'\n");
+    let err = |method: &str, path: &str, body: Value| {
+        let (status, v) = s.call(method, path, Some(body));
+        (
+            status,
+            v["error"]["code"].as_str().unwrap_or_default().to_string(),
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    let (st, c, m) = err(
+        "POST",
+        "/v1/packages",
+        serde_json::json!({"name": "p", "environment": "nope", "deployment": code}),
+    );
+    assert_eq!((st, c.as_str()), (409, "conflict"), "{m}");
+    assert!(m.contains("environment \"nope\" does not exist"), "{m}");
+    let (st, c, m) = err(
+        "POST",
+        "/v1/packages",
+        serde_json::json!({"name": "p", "environment": "python"}),
+    );
+    assert_eq!((st, c.as_str()), (400, "invalid"), "{m}");
+    assert!(m.contains("--src") && m.contains("--deploy"), "{m}");
+    let (st, c, _) = err(
+        "POST",
+        "/v1/packages",
+        serde_json::json!({"name": "Bad_Name", "environment": "python", "deployment": code}),
+    );
+    assert_eq!((st, c.as_str()), (400, "invalid"));
+    let (st, c, m) = err(
+        "POST",
+        "/v1/packages",
+        serde_json::json!({"name": "p", "environment": "python", "deployment": code, "colour": 1}),
+    );
+    assert_eq!((st, c.as_str()), (400, "invalid"), "{m}");
+    assert!(m.contains("colour"), "{m}");
+    let missing = serde_json::json!({"sha256": "0".repeat(64), "kind": "archive"});
+    let (st, c, m) = err(
+        "POST",
+        "/v1/packages",
+        serde_json::json!({"name": "p", "environment": "python", "source": missing}),
+    );
+    assert_eq!((st, c.as_str()), (409, "conflict"), "{m}");
+    assert!(m.contains("upload it first"), "{m}");
+
+    // A package with only a deployment runs it as it is: nothing to build.
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("plain.py");
+    std::fs::write(&plain, "def main():\n    return 'deployed\\n'\n").unwrap();
+    let out = cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "plain",
+            "--env",
+            "python",
+            "--deploy",
+            plain.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("none"), "{out}");
+    let (st, c, m) = err("POST", "/v1/packages/plain/rebuild", Value::Null);
+    assert_eq!((st, c.as_str()), (400, "invalid"), "{m}");
+    assert!(m.contains("no source to build"), "{m}");
+    cli_ok(
+        &s,
+        &[
+            "fn",
+            "create",
+            "--name",
+            "plainfn",
+            "--env",
+            "python",
+            "--pkg",
+            "plain",
+            "--entrypoint",
+            "plain.main",
+        ],
+    );
+    assert_eq!(call(&s, "plainfn"), (200, "deployed\n".into()));
+
+    // The CLI says what is wrong in one line.
+    let (code, _, stderr) = s.cli(&["pkg", "info", "--name", "nope"]);
+    assert_ne!(code, 0);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("package \"nope\" does not exist"), "{stderr}");
+    let (code, _, stderr) = s.cli(&[
+        "fn", "create", "--name", "f", "--env", "python", "--pkg", "nope",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("package \"nope\" (namespace default) does not exist"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = s.cli(&["pkg", "create", "--name", "x", "--env", "python"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--src"), "{stderr}");
+}
+
+#[test]
+fn a_build_stopped_by_a_shutdown_is_built_again_at_the_next_start() {
+    let mut s = Server::start();
+    s.env("binary", "binary", 0);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("hello.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    let sleeper = "sleep 4343.5";
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "long",
+            "--env",
+            "binary",
+            "--src",
+            tmp.path().join("hello.sh").to_str().unwrap(),
+            "--buildcmd",
+            sleeper,
+        ],
+    );
+    eventually(Duration::from_secs(30), "the build runs", || {
+        package(&s, "long")["status"]["buildstatus"] == "running" && process_running(sleeper)
+    });
+    s.stop();
+    eventually(
+        Duration::from_secs(10),
+        "the build ends with the server",
+        || !process_running(sleeper),
+    );
+    s.launch();
+    let p = package(&s, "long");
+    let status = p["status"]["buildstatus"].as_str().unwrap();
+    assert!(matches!(status, "pending" | "running"), "{p}");
+    eventually(Duration::from_secs(30), "the build runs again", || {
+        process_running(sleeper)
+    });
+}
