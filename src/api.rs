@@ -157,12 +157,6 @@ fn json_error(path: String, inner: serde_json::Error) -> Error {
     }
 }
 
-/// A resource from a JSON body: first the JSON (with line and column on a syntax
-/// error), then the resource, naming the field at fault.
-fn parse_resource<T: DeserializeOwned>(kind: &str, body: &[u8]) -> Result<T, Error> {
-    from_value(kind, parse_json(body)?)
-}
-
 /// A resource from a JSON value (already parsed), naming the field at fault.
 fn from_value<T: DeserializeOwned>(kind: &str, value: serde_json::Value) -> Result<T, Error> {
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -177,6 +171,52 @@ fn from_value<T: DeserializeOwned>(kind: &str, value: serde_json::Value) -> Resu
 }
 
 type ApiResult<T> = Result<T, Error>;
+
+/// `?namespace=NS` on environment, function and route endpoints (default `default`).
+#[derive(Deserialize, Default)]
+pub(crate) struct Ns {
+    namespace: Option<String>,
+}
+
+impl Ns {
+    fn name(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// The store key of `name` in this namespace.
+    fn key(&self, name: &str) -> ApiResult<String> {
+        pool_manager::resources::validate_name("namespace", self.name())?;
+        Ok(pool_manager::resources::qualified(self.name(), name))
+    }
+
+    /// A resource from a body, in this namespace: a body that names none gets
+    /// it; one that names another is refused.
+    fn parse<T: DeserializeOwned>(&self, kind: &str, body: &[u8]) -> ApiResult<T> {
+        let mut value: serde_json::Value = parse_json(body)?;
+        if let Some(fields) = value.as_object_mut() {
+            fields.remove("status");
+            match fields.get("namespace").and_then(serde_json::Value::as_str) {
+                None => {
+                    fields.insert("namespace".into(), self.name().into());
+                }
+                Some(given) if self.namespace.is_some() && given != self.name() => {
+                    return Err(Error::Invalid(format!(
+                        "the namespace in the body ({given:?}) differs from ?namespace= ({:?})",
+                        self.name()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        from_value(kind, value)
+    }
+}
+
+/// `?namespace=` on a list: that namespace's resources (default `default`).
+fn in_namespace<T>(items: Vec<T>, ns: &Ns, of: impl Fn(&T) -> &str) -> ApiResult<Vec<T>> {
+    pool_manager::resources::validate_name("namespace", ns.name())?;
+    Ok(items.into_iter().filter(|i| of(i) == ns.name()).collect())
+}
 
 fn created<T: serde::Serialize>(value: T) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
@@ -240,55 +280,75 @@ impl AppState {
     }
 }
 
-/// An environment from a request body; a `status` (read-only, as `GET` shows
-/// it) is ignored, so what a user got can be sent back edited.
-fn parse_env(body: &[u8]) -> Result<Environment, Error> {
-    let mut value: serde_json::Value = parse_json(body)?;
-    if let Some(fields) = value.as_object_mut() {
-        fields.remove("status");
-    }
-    from_value("environment", value)
-}
-
-async fn list_envs(State(s): State<AppState>) -> ApiResult<Json<Vec<EnvironmentView>>> {
-    let envs = s.pool.environments()?;
+async fn list_envs(
+    State(s): State<AppState>,
+    Query(ns): Query<Ns>,
+) -> ApiResult<Json<Vec<EnvironmentView>>> {
+    let envs = in_namespace(s.pool.environments()?, &ns, |e| &e.namespace)?;
     Ok(Json(envs.into_iter().map(|e| s.env_view(e)).collect()))
 }
 async fn get_env(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    Query(ns): Query<Ns>,
 ) -> ApiResult<Json<EnvironmentView>> {
-    Ok(Json(s.env_view(s.pool.environment(&name)?)))
+    Ok(Json(s.env_view(s.pool.environment(&ns.key(&name)?)?)))
 }
-async fn create_env(State(s): State<AppState>, body: Bytes) -> ApiResult<Response> {
-    let env = s.pool.create_environment(parse_env(&body)?).await?;
+async fn create_env(
+    State(s): State<AppState>,
+    Query(ns): Query<Ns>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let env = s
+        .pool
+        .create_environment(ns.parse("environment", &body)?)
+        .await?;
     Ok(created(s.env_view(env)))
 }
 async fn update_env(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    Query(ns): Query<Ns>,
     body: Bytes,
 ) -> ApiResult<Json<EnvironmentView>> {
-    let env = parse_env(&body)?;
+    let env: Environment = ns.parse("environment", &body)?;
     same_name(&name, &env.name)?;
     Ok(Json(s.env_view(s.pool.update_environment(env).await?)))
 }
-async fn delete_env(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    s.pool.delete_environment(&name).await?;
+async fn delete_env(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(ns): Query<Ns>,
+) -> ApiResult<StatusCode> {
+    s.pool.delete_environment(&ns.key(&name)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- functions ----
 
-async fn list_fns(State(s): State<AppState>) -> ApiResult<Json<Vec<Function>>> {
-    Ok(Json(s.pool.functions()?))
+async fn list_fns(
+    State(s): State<AppState>,
+    Query(ns): Query<Ns>,
+) -> ApiResult<Json<Vec<Function>>> {
+    Ok(Json(in_namespace(s.pool.functions()?, &ns, |f| {
+        &f.namespace
+    })?))
 }
-async fn get_fn(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Function>> {
-    Ok(Json(s.pool.function(&name)?))
+async fn get_fn(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(ns): Query<Ns>,
+) -> ApiResult<Json<Function>> {
+    Ok(Json(s.pool.function(&ns.key(&name)?)?))
 }
-async fn create_fn(State(s): State<AppState>, body: Bytes) -> ApiResult<Response> {
-    let f: Function = parse_resource("function", &body)?;
-    if s.workflows.as_ref().is_some_and(|w| w.exists(&f.name)) {
+async fn create_fn(
+    State(s): State<AppState>,
+    Query(ns): Query<Ns>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let f: Function = ns.parse("function", &body)?;
+    // Functions of `default` share /fission-function/<name> with workflows.
+    if f.namespace == "default" && s.workflows.as_ref().is_some_and(|w| w.exists(&f.name)) {
         return Err(Error::Conflict(format!(
             "a workflow named {:?} exists; functions and workflows share /fission-function/ names",
             f.name
@@ -299,21 +359,28 @@ async fn create_fn(State(s): State<AppState>, body: Bytes) -> ApiResult<Response
 async fn update_fn(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    Query(ns): Query<Ns>,
     body: Bytes,
 ) -> ApiResult<Json<Function>> {
-    let f: Function = parse_resource("function", &body)?;
+    let f: Function = ns.parse("function", &body)?;
     same_name(&name, &f.name)?;
     Ok(Json(s.pool.update_function(f).await?))
 }
-async fn delete_fn(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    s.pool.delete_function(&name).await?;
+async fn delete_fn(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(ns): Query<Ns>,
+) -> ApiResult<StatusCode> {
+    s.pool.delete_function(&ns.key(&name)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn fn_instances(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    Query(ns): Query<Ns>,
 ) -> ApiResult<Json<Vec<pool_manager::InstanceInfo>>> {
+    let name = ns.key(&name)?;
     s.pool.function(&name)?;
     Ok(Json(s.pool.instances(Some(&name))))
 }
@@ -326,6 +393,7 @@ async fn all_instances(State(s): State<AppState>) -> Json<Vec<pool_manager::Inst
 struct LogQuery {
     #[serde(default)]
     follow: bool,
+    namespace: Option<String>,
 }
 
 /// The function's log; with `follow=true`, the stream stays open and new lines
@@ -335,6 +403,10 @@ async fn fn_logs(
     Path(name): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Response> {
+    let name = Ns {
+        namespace: q.namespace.clone(),
+    }
+    .key(&name)?;
     s.pool.function(&name)?;
     let logs = s.pool.logs().clone();
     let follower = q.follow.then(|| logs.follow(&name));
@@ -372,6 +444,13 @@ async fn invoke_fn(
         .find(|(k, _)| k == "rest")
         .map(|(_, v)| format!("/{v}"))
         .unwrap_or_else(|| "/".into());
+    // `fusion-namespace=NS` in the query (from `fusion fn test --namespace`)
+    // picks the function's namespace; the function does not see it.
+    let (req, namespace) = take_namespace(req);
+    let name = match namespace {
+        Some(ns) => pool_manager::resources::qualified(&ns, &name),
+        None => name,
+    };
     if !s.pool.function_exists(&name) {
         if let Some(w) = s.workflows.as_ref().filter(|w| w.exists(&name)) {
             return w.invoke(name, req).await;
@@ -380,34 +459,82 @@ async fn invoke_fn(
     pool_manager::forward(&s.pool, &name, req, &rest, &[]).await
 }
 
+/// Takes `fusion-namespace=NS` out of a request's query.
+fn take_namespace(mut req: Request) -> (Request, Option<String>) {
+    let Some(query) = req.uri().query() else {
+        return (req, None);
+    };
+    let mut namespace = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix("fusion-namespace=") {
+            Some(ns) => {
+                namespace = Some(ns.to_string());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if namespace.is_none() {
+        return (req, None);
+    }
+    let path = req.uri().path();
+    let rebuilt = if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    if let Ok(pq) = rebuilt.parse::<http::uri::PathAndQuery>() {
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    (req, namespace)
+}
+
 // ---- packages: see api_pkg.rs ----
 
 // ---- routes ----
 
-async fn list_routes(State(s): State<AppState>) -> ApiResult<Json<Vec<Route>>> {
-    Ok(Json(s.pool.routes()?))
+async fn list_routes(
+    State(s): State<AppState>,
+    Query(ns): Query<Ns>,
+) -> ApiResult<Json<Vec<Route>>> {
+    Ok(Json(in_namespace(s.pool.routes()?, &ns, |r| &r.namespace)?))
 }
-async fn get_route(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Route>> {
-    Ok(Json(s.pool.route(&name)?))
+async fn get_route(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(ns): Query<Ns>,
+) -> ApiResult<Json<Route>> {
+    Ok(Json(s.pool.route(&ns.key(&name)?)?))
 }
-async fn create_route(State(s): State<AppState>, body: Bytes) -> ApiResult<Response> {
-    let r: Route = parse_resource("route", &body)?;
+async fn create_route(
+    State(s): State<AppState>,
+    Query(ns): Query<Ns>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let r: Route = ns.parse("route", &body)?;
     Ok(created(s.pool.create_route(r, &s.workflow_exists()).await?))
 }
 async fn update_route(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    Query(ns): Query<Ns>,
     body: Bytes,
 ) -> ApiResult<Json<Route>> {
-    let r: Route = parse_resource("route", &body)?;
+    let r: Route = ns.parse("route", &body)?;
     same_name(&name, &r.name)?;
     Ok(Json(s.pool.update_route(r, &s.workflow_exists()).await?))
 }
 async fn delete_route(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    Query(ns): Query<Ns>,
 ) -> ApiResult<StatusCode> {
-    s.pool.delete_route(&name).await?;
+    s.pool.delete_route(&ns.key(&name)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -453,7 +580,37 @@ mod tests {
     }
 
     #[test]
+    fn a_body_takes_the_namespace_of_the_query_and_may_not_contradict_it() {
+        let ns = Ns {
+            namespace: Some("shop".into()),
+        };
+        let f: Function = ns
+            .parse(
+                "function",
+                br#"{"name": "f", "env": "py", "package": {"packageref": {"name": "p"}}}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            (f.namespace.as_str(), f.key()),
+            ("shop", "shop/f".to_string())
+        );
+        let e = message(
+            ns.parse::<Function>("function", br#"{"name": "f", "namespace": "other"}"#)
+                .unwrap_err(),
+        );
+        assert!(e.contains("differs from ?namespace="), "{e}");
+        assert_eq!(Ns::default().key("f").unwrap(), "f");
+        assert!(Ns {
+            namespace: Some("Bad".into())
+        }
+        .key("f")
+        .is_err());
+    }
+
+    #[test]
     fn a_wrong_value_names_its_field_and_a_misspelt_runtime_names_the_runtime() {
+        let ns = Ns::default();
+        let parse_env = |body: &[u8]| ns.parse::<Environment>("environment", body);
         let e = message(parse_env(br#"{"name": "x", "runtime": "pyton"}"#).unwrap_err());
         assert_eq!(
             e,
@@ -467,7 +624,7 @@ mod tests {
             "{e}"
         );
         let e = message(
-            parse_resource::<Function>("function", br#"{"name": "f", "executor_type": "x"}"#)
+            ns.parse::<Function>("function", br#"{"name": "f", "executor_type": "x"}"#)
                 .unwrap_err(),
         );
         assert!(

@@ -592,7 +592,10 @@ fn bad_package_requests_get_a_status_and_a_clear_message() {
     let (code, _, stderr) = s.cli(&["pkg", "info", "--name", "nope"]);
     assert_ne!(code, 0);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("package \"nope\" does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("package \"nope\" does not exist"),
+        "{stderr}"
+    );
     let (code, _, stderr) = s.cli(&[
         "fn", "create", "--name", "f", "--env", "python", "--pkg", "nope",
     ]);

@@ -52,7 +52,7 @@ impl PoolManager {
         let effective = self.admit_environment(&env)?;
         self.inner
             .store
-            .create(Kind::Environment, &env.name, &env)
+            .create(Kind::Environment, &env.key(), &env)
             .await?;
         self.inner.install_environment(effective);
         Ok(env)
@@ -60,10 +60,10 @@ impl PoolManager {
 
     pub async fn update_environment(&self, env: Environment) -> Result<Environment> {
         let effective = self.admit_environment(&env)?;
-        self.environment(&env.name)?;
+        self.environment(&env.key())?;
         self.inner
             .store
-            .put(Kind::Environment, &env.name, &env)
+            .put(Kind::Environment, &env.key(), &env)
             .await?;
         self.inner.install_environment(effective);
         Ok(env)
@@ -76,8 +76,8 @@ impl PoolManager {
             .store
             .functions()?
             .into_iter()
-            .filter(|f| f.env == name)
-            .map(|f| f.name)
+            .filter(|f| f.env_key() == name)
+            .map(|f| f.key())
             .collect();
         if !users.is_empty() {
             return Err(Error::Conflict(format!(
@@ -88,7 +88,7 @@ impl PoolManager {
         let packages: Vec<String> = self
             .packages(None)?
             .into_iter()
-            .filter(|p| p.environment == name)
+            .filter(|p| crate::resources::qualified(&p.namespace, &p.environment) == name)
             .map(|p| p.key())
             .collect();
         if !packages.is_empty() {
@@ -119,7 +119,7 @@ impl PoolManager {
         if self
             .inner
             .store
-            .get::<Environment>(Kind::Environment, &f.env)?
+            .get::<Environment>(Kind::Environment, &f.env_key())?
             .is_none()
         {
             return Err(Error::Conflict(format!(
@@ -147,7 +147,10 @@ impl PoolManager {
         let _refs = self.inner.data.refs.lock().await;
         self.check_function_refs(&f)?;
         f.generation = 1;
-        self.inner.store.create(Kind::Function, &f.name, &f).await?;
+        self.inner
+            .store
+            .create(Kind::Function, &f.key(), &f)
+            .await?;
         self.inner.install_function(f.clone());
         Ok(f)
     }
@@ -157,9 +160,9 @@ impl PoolManager {
     pub async fn update_function(&self, mut f: Function) -> Result<Function> {
         let _refs = self.inner.data.refs.lock().await;
         self.check_function_refs(&f)?;
-        let old = self.function(&f.name)?;
+        let old = self.function(&f.key())?;
         f.generation = old.generation + 1;
-        self.inner.store.put(Kind::Function, &f.name, &f).await?;
+        self.inner.store.put(Kind::Function, &f.key(), &f).await?;
         self.inner.install_function(f.clone());
         Ok(f)
     }
@@ -171,8 +174,8 @@ impl PoolManager {
             .store
             .routes()?
             .into_iter()
-            .filter(|r| r.function.as_deref() == Some(name))
-            .map(|r| r.name)
+            .filter(|r| r.function_key().as_deref() == Some(name))
+            .map(|r| r.key())
             .collect();
         if !users.is_empty() {
             return Err(Error::Conflict(format!(
@@ -206,7 +209,7 @@ impl PoolManager {
         self.check_route(&route, workflow_exists)?;
         self.inner
             .store
-            .create(Kind::Route, &route.name, &route)
+            .create(Kind::Route, &route.key(), &route)
             .await?;
         self.reload_routes()?;
         Ok(route)
@@ -218,10 +221,10 @@ impl PoolManager {
         workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
     ) -> Result<Route> {
         self.check_route(&route, workflow_exists)?;
-        self.route(&route.name)?;
+        self.route(&route.key())?;
         self.inner
             .store
-            .put(Kind::Route, &route.name, &route)
+            .put(Kind::Route, &route.key(), &route)
             .await?;
         self.reload_routes()?;
         Ok(route)
@@ -240,7 +243,7 @@ impl PoolManager {
         workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
     ) -> Result<()> {
         route.validate()?;
-        if let Some(f) = &route.function {
+        if let Some(f) = &route.function_key() {
             if self
                 .inner
                 .store
@@ -262,7 +265,7 @@ impl PoolManager {
             }
         }
         let clash = self.inner.store.routes()?.into_iter().find(|r| {
-            r.name != route.name
+            r.key() != route.key()
                 && r.url == route.url
                 && r.prefix == route.prefix
                 && r.host == route.host

@@ -25,7 +25,9 @@ impl Logs {
     }
 
     pub fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{key}.log"))
+        // A function of another namespace has the key `namespace/name`: one file
+        // per key, named without the slash (names hold no `@`).
+        self.dir.join(format!("{}.log", key.replace('/', "@")))
     }
 
     pub fn append(&self, key: &str, instance: u64, stream: &str, line: &str) {

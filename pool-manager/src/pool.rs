@@ -114,7 +114,7 @@ impl Drop for Lease {
         self.instance.active.fetch_sub(1, Ordering::SeqCst);
         self.instance.touch();
         if let Some(inner) = self.manager.upgrade() {
-            inner.released(&self.instance, &self.function.name);
+            inner.released(&self.instance, &self.function.key());
         }
     }
 }
@@ -154,7 +154,7 @@ impl PoolManager {
             // reference, and instance starts say what is wrong.
             let env = env.resolved(&images_dir).unwrap_or(env);
             state.envs.insert(
-                env.name.clone(),
+                env.key(),
                 EnvPool {
                     env,
                     generic: Vec::new(),
@@ -164,9 +164,7 @@ impl PoolManager {
             );
         }
         for function in store.functions()? {
-            state
-                .fns
-                .insert(function.name.clone(), FnPool::new(function));
+            state.fns.insert(function.key(), FnPool::new(function));
         }
         let routes = RouteTable::new(store.routes()?);
         let reap_interval = cfg.reap_interval;
@@ -334,7 +332,7 @@ impl PoolManager {
                     + pool.pending;
                 if live < f.concurrency {
                     pool.pending += 1;
-                    let generic = envs.get_mut(&f.env).and_then(|p| p.generic.pop());
+                    let generic = envs.get_mut(&f.env_key()).and_then(|p| p.generic.pop());
                     (Some(f.clone()), generic, pool.changed.clone())
                 } else {
                     (None, None, pool.changed.clone())
@@ -499,18 +497,18 @@ impl Inner {
         let result = inner.specialize(&function, generic).await;
         // Refill after, not before: on a small machine a starting runtime
         // would compete with the specialization the request waits for.
-        inner.refill(&function.env);
+        inner.refill(&function.env_key());
         if result.is_ok() {
             let m = &inner.metrics;
             m.cold_starts
                 .get_or_create(&ColdStartLabels {
-                    function: function.name.clone(),
+                    function: function.key(),
                     source,
                 })
                 .inc();
             m.cold_start_seconds
                 .get_or_create(&FunctionLabels {
-                    function: function.name.clone(),
+                    function: function.key(),
                 })
                 .observe(started.elapsed().as_secs_f64());
         }
@@ -565,12 +563,12 @@ impl Inner {
     /// of it; instances of an older one finish their requests and are retired.
     /// Its min scale of instances of the new generation is warmed up.
     pub(crate) fn install_function(self: &Arc<Self>, f: Function) {
-        let name = f.name.clone();
+        let name = f.key();
         {
             let mut st = lock(&self.state);
             let pool = st
                 .fns
-                .entry(f.name.clone())
+                .entry(f.key())
                 .or_insert_with(|| FnPool::new(f.clone()));
             pool.function = Arc::new(f);
             retire(&pool.instances);
@@ -614,11 +612,11 @@ impl Inner {
                     }
                     pool.pending += 1;
                     let f = pool.function.clone();
-                    let generic = envs.get_mut(&f.env).and_then(|p| p.generic.pop());
+                    let generic = envs.get_mut(&f.env_key()).and_then(|p| p.generic.pop());
                     (f, generic)
                 };
                 let result = inner.specialize(&function, generic).await;
-                inner.refill(&function.env);
+                inner.refill(&function.env_key());
                 let mut st = lock(&inner.state);
                 match (result, st.fns.get_mut(&name)) {
                     (Ok(instance), Some(pool)) => {
@@ -657,14 +655,14 @@ impl Inner {
     pub(crate) fn install_environment(self: &Arc<Self>, env: Environment) {
         let old = {
             let mut st = lock(&self.state);
-            match st.envs.get_mut(&env.name) {
+            match st.envs.get_mut(&env.key()) {
                 Some(pool) => {
                     pool.env = env.clone();
                     std::mem::take(&mut pool.generic)
                 }
                 None => {
                     st.envs.insert(
-                        env.name.clone(),
+                        env.key(),
                         EnvPool {
                             env: env.clone(),
                             generic: Vec::new(),
@@ -679,7 +677,7 @@ impl Inner {
         for i in old {
             i.stop();
         }
-        self.refill(&env.name);
+        self.refill(&env.key());
     }
 
     /// Tops the environment's pool up to its pool size, one instance at a time, in
@@ -752,7 +750,7 @@ impl Inner {
         let owner: Arc<Mutex<Option<Owner>>> = Arc::default();
         let log_key = {
             let owner = owner.clone();
-            let env = env.name.clone();
+            let env = env.key();
             move || match &*lock(&owner) {
                 Some(o) => o.function.clone(),
                 None => format!("env-{env}"),
@@ -776,7 +774,7 @@ impl Inner {
             })
             .await;
         let started = started.map(|handle| {
-            let instance = Arc::new(Instance::new(id, env.name.clone(), handle, owner));
+            let instance = Arc::new(Instance::new(id, env.key(), handle, owner));
             lock(&self.state).all.insert(id, instance.clone());
             instance
         });
@@ -821,14 +819,14 @@ impl Inner {
             _ => {
                 let env = lock(&self.state)
                     .envs
-                    .get(&function.env)
+                    .get(&function.env_key())
                     .map(|p| p.env.clone())
-                    .ok_or_else(|| not_found(Kind::Environment, &function.env))?;
+                    .ok_or_else(|| not_found(Kind::Environment, &function.env_key()))?;
                 self.spawn_instance(&env).await?
             }
         };
         *lock(&instance.owner) = Some(Owner {
-            function: function.name.clone(),
+            function: function.key(),
             generation: function.generation,
         });
         let code = match self.code_of(function) {
@@ -870,7 +868,7 @@ impl Inner {
             "filepath": path,
             "functionName": function.entrypoint.clone().unwrap_or_default(),
             "url": "",
-            "FunctionMetadata": {"name": function.name, "generation": function.generation},
+            "FunctionMetadata": {"name": function.name, "namespace": function.namespace, "generation": function.generation},
             "envVersion": 2,
         });
         // Fusion's extension: the bundled runtimes set these before loading the
@@ -915,10 +913,10 @@ impl Inner {
         };
         instance.stop();
         self.logs
-            .append(&function.name, instance.id, "fusion", &failure);
+            .append(&function.key(), instance.id, "fusion", &failure);
         Err(Error::Upstream(format!(
             "function {:?} cannot be loaded: {failure}",
-            function.name
+            function.key()
         )))
     }
 
@@ -987,7 +985,7 @@ impl Inner {
                 if live <= pool.function.min_scale {
                     break;
                 }
-                tracing::debug!(instance = i.id, function = %pool.function.name, "stopping idle instance");
+                tracing::debug!(instance = i.id, function = %pool.function.key(), "stopping idle instance");
                 i.stop();
                 live -= 1;
             }

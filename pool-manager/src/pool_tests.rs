@@ -170,6 +170,7 @@ async fn setup_scaled(poolsize: usize, min_scale: usize, concurrency: usize) -> 
     .unwrap();
     pm.create_environment(Environment {
         name: "env".into(),
+        namespace: "default".into(),
         runtime: Some(Runtime::Python),
         command: None,
         image: None,
@@ -183,6 +184,7 @@ async fn setup_scaled(poolsize: usize, min_scale: usize, concurrency: usize) -> 
     let package = pm.put_package("f.py", b"def main(): pass\n").unwrap();
     pm.create_function(Function {
         name: "f".into(),
+        namespace: "default".into(),
         env: "env".into(),
         package: package.into(),
         entrypoint: None,

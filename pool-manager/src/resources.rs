@@ -48,6 +48,9 @@ fn default_poolsize() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct Environment {
     pub name: String,
+    /// Names are unique per namespace (`default` unless given).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
     /// A bundled runtime. Exactly one of `runtime`, `command` and `image` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<Runtime>,
@@ -109,8 +112,14 @@ impl std::str::FromStr for Network {
 }
 
 impl Environment {
+    /// Its key in the store and the pool (see [`qualified`]).
+    pub fn key(&self) -> String {
+        qualified(&self.namespace, &self.name)
+    }
+
     pub fn validate(&self) -> Result<()> {
         validate_name("environment", &self.name)?;
+        validate_name("namespace", &self.namespace)?;
         let given = [
             self.runtime.is_some(),
             self.command.is_some(),
@@ -397,6 +406,10 @@ impl TryFrom<String> for ExecutorType {
 #[serde(deny_unknown_fields)]
 pub struct Function {
     pub name: String,
+    /// Names are unique per namespace (`default` unless given); the environment,
+    /// a named package and the routes to it are in the same namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
     pub env: String,
     /// `{"sha256", "kind", "filename"}` as `/v1/archives` answers, or
     /// `{"packageref": {"name", "namespace"}}` for a named package.
@@ -458,8 +471,20 @@ pub struct ObjectRef {
 }
 
 impl Function {
+    /// Its key in the store and the pool, and its `/fission-function/` path
+    /// (see [`qualified`]).
+    pub fn key(&self) -> String {
+        qualified(&self.namespace, &self.name)
+    }
+
+    /// The key of its environment, which is in the same namespace.
+    pub fn env_key(&self) -> String {
+        qualified(&self.namespace, &self.env)
+    }
+
     pub fn validate(&self) -> Result<()> {
         validate_name("function", &self.name)?;
+        validate_name("namespace", &self.namespace)?;
         validate_name("environment", &self.env)?;
         if self.timeout_secs == 0 || self.timeout_secs > 24 * 3600 {
             return Err(Error::Invalid(format!(
@@ -517,6 +542,10 @@ impl Function {
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub name: String,
+    /// Names are unique per namespace (`default` unless given); the target
+    /// function is in the same namespace (a workflow is in `default`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
     /// Methods it answers; empty means every method.
     #[serde(default)]
     pub methods: Vec<String>,
@@ -535,8 +564,20 @@ pub struct Route {
 }
 
 impl Route {
+    pub fn key(&self) -> String {
+        qualified(&self.namespace, &self.name)
+    }
+
+    /// The key of the function it targets, in the route's namespace.
+    pub fn function_key(&self) -> Option<String> {
+        self.function
+            .as_deref()
+            .map(|f| qualified(&self.namespace, f))
+    }
+
     pub fn validate(&self) -> Result<()> {
         validate_name("route", &self.name)?;
+        validate_name("namespace", &self.namespace)?;
         match (&self.function, &self.workflow) {
             (Some(_), Some(_)) => {
                 return Err(Error::Invalid(
@@ -578,6 +619,17 @@ impl Route {
             }
         }
         Ok(())
+    }
+}
+
+/// The key of a namespaced resource: its name in the `default` namespace,
+/// `namespace/name` in any other (names hold no `/`, so keys never collide). A
+/// function's key is also its path under `/fission-function/`, as in Fission.
+pub fn qualified(namespace: &str, name: &str) -> String {
+    if namespace == crate::secrets::DEFAULT_NAMESPACE {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
     }
 }
 
@@ -647,6 +699,7 @@ mod tests {
     fn environment_needs_exactly_one_of_runtime_command_and_image() {
         let mut e = Environment {
             name: "py".into(),
+            namespace: "default".into(),
             runtime: Some(Runtime::Python),
             command: None,
             image: None,
@@ -696,6 +749,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut e = Environment {
             name: "py".into(),
+            namespace: "default".into(),
             runtime: None,
             command: None,
             image: Some("ghcr.io/fission/python-env:1.2".into()),
@@ -730,6 +784,7 @@ mod tests {
     fn memory_limits_fit_the_runtime() {
         let mut e = Environment {
             name: "js".into(),
+            namespace: "default".into(),
             runtime: Some(Runtime::Nodejs),
             command: None,
             image: None,

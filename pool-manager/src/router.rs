@@ -60,6 +60,18 @@ pub async fn route_request(
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
+        // `/fission-function/<namespace>/<name>` for a function of another
+        // namespace than `default`, as in Fission.
+        if let Some(rest) = tail.strip_prefix('/') {
+            let (second, tail2) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            let key = format!("{name}/{second}");
+            if !second.is_empty() && pm.function_exists(&key) {
+                return forward(&pm, &key, req, tail2, &[]).await;
+            }
+        }
         if pm.function_exists(name) {
             return forward(&pm, name, req, tail, &[]).await;
         }
@@ -271,7 +283,7 @@ const EXIT_REPORT_WAIT: Duration = Duration::from_millis(500);
 /// The error for a request its instance failed: `out_of_memory` when the instance
 /// was killed for its memory use, else the transport failure.
 async fn instance_failed(lease: &Lease, e: &ClientError) -> Error {
-    let function = &lease.function.name;
+    let function = &lease.function.key();
     let exit = tokio::time::timeout(EXIT_REPORT_WAIT, lease.instance.wait_exited())
         .await
         .ok();

@@ -172,7 +172,7 @@ impl RouteTable {
                 e.template.match_exact(path)?
             };
             let target = match (&e.route.function, &e.route.workflow) {
-                (Some(f), _) => Target::Function(f.clone()),
+                (Some(_), _) => Target::Function(e.route.function_key().unwrap_or_default()),
                 (None, Some(w)) => Target::Workflow(w.clone()),
                 (None, None) => return None,
             };
@@ -193,6 +193,7 @@ mod tests {
     fn route(name: &str, url: Option<&str>, prefix: Option<&str>, methods: &[&str]) -> Route {
         Route {
             name: name.into(),
+            namespace: "default".into(),
             methods: methods.iter().map(|m| m.to_string()).collect(),
             url: url.map(String::from),
             prefix: prefix.map(String::from),

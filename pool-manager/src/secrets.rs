@@ -615,7 +615,7 @@ impl PoolManager {
         for mut f in self.inner.store.functions()? {
             if kind.refs(&f).contains(&wanted) {
                 f.generation += 1;
-                self.inner.store.put(Kind::Function, &f.name, &f).await?;
+                self.inner.store.put(Kind::Function, &f.key(), &f).await?;
                 self.inner.install_function(f);
             }
         }

@@ -102,24 +102,24 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
             let mut body = json!({"name": name});
             merge_env(&mut body, fields)?;
             envs.create(&c, opts, &body).await?;
-            say_image_use(&c, &name).await
+            say_image_use(&c, opts, &name).await
         }
         EnvVerb::Get { name } => envs.show(&c, opts, &name.get()).await,
         EnvVerb::List => envs.list(&c, opts).await,
         EnvVerb::Update { name, fields } => {
             let name = name.get();
-            let mut body = envs.current(&c, &name).await?;
+            let mut body = envs.current(&c, opts, &name).await?;
             merge_env(&mut body, fields)?;
             envs.replace(&c, opts, &name, &body).await?;
-            say_image_use(&c, &name).await
+            say_image_use(&c, opts, &name).await
         }
-        EnvVerb::Delete { name } => envs.delete(&c, &name.get()).await,
+        EnvVerb::Delete { name } => envs.delete(&c, opts, &name.get()).await,
     }
 }
 
 /// Says on stderr what an environment's image stands for, when it has one.
-async fn say_image_use(c: &crate::client::Client, name: &str) -> Result<()> {
-    let env: Value = c.get(&format!("/v1/environments/{name}")).await?;
+async fn say_image_use(c: &crate::client::Client, opts: &ClientOpts, name: &str) -> Result<()> {
+    let env: Value = c.get(&ENVIRONMENTS.item(opts, name)).await?;
     if let Some(line) = image_use_line(&env) {
         eprintln!("{line}");
     }

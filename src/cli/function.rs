@@ -154,7 +154,13 @@ pub(super) const FN_COLUMNS: &[(&str, &str)] = &[
     ("GENERATION", "/generation"),
 ];
 
-pub(super) async fn merge_fn(c: &Client, body: &mut Value, f: FnFields) -> Result<()> {
+pub(super) async fn merge_fn(
+    c: &Client,
+    opts: &ClientOpts,
+    body: &mut Value,
+    f: FnFields,
+) -> Result<()> {
+    let namespace = opts.namespace.clone().unwrap_or_else(|| "default".into());
     if let Some(e) = f.env {
         body["env"] = json!(e);
     }
@@ -162,7 +168,7 @@ pub(super) async fn merge_fn(c: &Client, body: &mut Value, f: FnFields) -> Resul
         body["package"] = c.upload(&code).await?;
     }
     if let Some(pkg) = f.pkg {
-        body["package"] = json!({"packageref": {"name": pkg, "namespace": "default"}});
+        body["package"] = json!({"packageref": {"name": pkg, "namespace": namespace}});
     }
     if let Some(e) = f.entrypoint {
         body["entrypoint"] = json!(e);
@@ -196,7 +202,7 @@ pub(super) async fn merge_fn(c: &Client, body: &mut Value, f: FnFields) -> Resul
         if !given.is_empty() {
             let refs = given
                 .iter()
-                .map(|t| super::secret::object_ref(flag, t))
+                .map(|t| super::secret::object_ref(flag, t, &namespace))
                 .collect::<Result<Vec<_>>>()?;
             body[field] = json!(refs);
         }
@@ -222,18 +228,18 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 bail!("--code FILE (a source file or a zip archive) or --pkg PACKAGE (a named package) is required");
             }
             let mut body = json!({"name": name.get()});
-            merge_fn(&c, &mut body, fields).await?;
+            merge_fn(&c, opts, &mut body, fields).await?;
             FUNCTIONS.create(&c, opts, &body).await?;
         }
         FnVerb::Get { name } => FUNCTIONS.show(&c, opts, &name.get()).await?,
         FnVerb::List => FUNCTIONS.list(&c, opts).await?,
         FnVerb::Update { name, fields } => {
             let name = name.get();
-            let mut body = FUNCTIONS.current(&c, &name).await?;
-            merge_fn(&c, &mut body, fields).await?;
+            let mut body = FUNCTIONS.current(&c, opts, &name).await?;
+            merge_fn(&c, opts, &mut body, fields).await?;
             FUNCTIONS.replace(&c, opts, &name, &body).await?;
         }
-        FnVerb::Delete { name } => FUNCTIONS.delete(&c, &name.get()).await?,
+        FnVerb::Delete { name } => FUNCTIONS.delete(&c, opts, &name.get()).await?,
         FnVerb::Test {
             name,
             method,
@@ -246,7 +252,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             // The invoke endpoint passes the function's own 404s through: ask first,
             // so a misspelt name is said as such. (Workflows are invoked there too.)
             let known = c
-                .get_opt::<Value>(&format!("/v1/functions/{name}"))
+                .get_opt::<Value>(&format!("/v1/functions/{name}{}", opts.ns_query()))
                 .await?
                 .is_some()
                 || c.get_opt::<Value>(&format!("/v1/workflows/{name}"))
@@ -264,6 +270,10 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 format!("/v1/functions/{name}/invoke/{sub}")
             };
             let mut req = c.request(method, &path);
+            if let Some(ns) = opts.namespace.as_deref().filter(|ns| *ns != "default") {
+                // Taken off by the API before the function sees the query.
+                req = req.query(&[("fusion-namespace", ns)]);
+            }
             req = with_headers(req, &headers)?;
             for q in &query {
                 let (k, v) = q
@@ -300,7 +310,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             let name = name.get();
             use futures_util::StreamExt;
             use std::io::Write;
-            let path = format!("/v1/functions/{name}/logs");
+            let path = format!("/v1/functions/{name}/logs{}", opts.ns_query());
             let resp = c
                 .send(c.request(Method::GET, &path).query(&[("follow", follow)]))
                 .await?;
@@ -313,7 +323,12 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
         }
         FnVerb::Instances { name } => {
             let name = name.get();
-            let v: Value = c.get(&format!("/v1/functions/{name}/instances")).await?;
+            let v: Value = c
+                .get(&format!(
+                    "/v1/functions/{name}/instances{}",
+                    opts.ns_query()
+                ))
+                .await?;
             print(
                 opts,
                 &v,

@@ -54,16 +54,46 @@ pub(super) struct ClientOpts {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, global = true)]
     pub(super) output: Output,
+    /// The namespace environments, functions and routes are in (from `NsOpt`).
+    #[arg(skip)]
+    pub(super) namespace: Option<String>,
+}
+
+/// `--namespace` of the env, fn and route commands.
+#[derive(Args, Clone)]
+pub(super) struct NsOpt {
+    /// The namespace (names are unique per namespace).
+    #[arg(
+        long,
+        env = "FUSION_NAMESPACE",
+        default_value = "default",
+        global = true
+    )]
+    namespace: String,
 }
 
 impl ClientOpts {
-    /// The API client: the token from `FUSION_TOKEN` or the data dir, and the
-    /// CA certificate to trust, if given.
     /// Whether the output is JSON (`-o json`).
     pub(super) fn json(&self) -> bool {
         self.output == Output::Json
     }
 
+    /// These options in the namespace `ns` gives.
+    fn in_namespace(mut self, ns: NsOpt) -> ClientOpts {
+        self.namespace = Some(ns.namespace);
+        self
+    }
+
+    /// `?namespace=NS` for a path, unless the namespace is `default`.
+    pub(super) fn ns_query(&self) -> String {
+        match self.namespace.as_deref() {
+            None | Some("default") => String::new(),
+            Some(ns) => format!("?namespace={ns}"),
+        }
+    }
+
+    /// The API client: the token from `FUSION_TOKEN` or the data dir, and the
+    /// CA certificate to trust, if given.
     pub(super) fn client(&self) -> Result<Client> {
         Client::new(&self.api, crate::token::for_cli(), self.ca_cert.as_deref())
     }
@@ -132,6 +162,8 @@ enum Command {
         verb: EnvVerb,
         #[command(flatten)]
         opts: ClientOpts,
+        #[command(flatten)]
+        ns: NsOpt,
     },
     /// Functions: code in an environment, called through routes or
     /// /fission-function/NAME.
@@ -141,6 +173,8 @@ enum Command {
         verb: FnVerb,
         #[command(flatten)]
         opts: ClientOpts,
+        #[command(flatten)]
+        ns: NsOpt,
     },
     /// Packages: code with an optional build step (a source built into a deployment).
     #[command(name = "pkg", alias = "package")]
@@ -157,6 +191,8 @@ enum Command {
         verb: RouteVerb,
         #[command(flatten)]
         opts: ClientOpts,
+        #[command(flatten)]
+        ns: NsOpt,
     },
     /// Secrets: files a function reads at /secrets/<namespace>/<name>/<key>
     /// (values are never shown back).
@@ -233,10 +269,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Runtime {
             which: RuntimeKind::Binary,
         } => crate::runtime_binary::serve().await,
-        Command::Env { verb, opts } => env::env_cmd(verb, &opts).await,
-        Command::Fn { verb, opts } => function::fn_cmd(verb, &opts).await,
+        Command::Env { verb, opts, ns } => env::env_cmd(verb, &opts.in_namespace(ns)).await,
+        Command::Fn { verb, opts, ns } => function::fn_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Pkg { verb, opts } => pkg::pkg_cmd(verb, &opts).await,
-        Command::Route { verb, opts } => route::route_cmd(verb, &opts).await,
+        Command::Route { verb, opts, ns } => route::route_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Secret { verb, opts } => secret::data_cmd(secret::SECRETS, verb, &opts).await,
         Command::Configmap { verb, opts } => {
             secret::data_cmd(secret::CONFIGMAPS, verb, &opts).await

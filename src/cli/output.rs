@@ -73,27 +73,30 @@ pub(super) struct Collection {
 }
 
 impl Collection {
-    pub(super) fn item(&self, name: &str) -> String {
-        format!("{}/{name}", self.path)
+    pub(super) fn item(&self, opts: &ClientOpts, name: &str) -> String {
+        format!("{}/{name}{}", self.path, opts.ns_query())
+    }
+    fn all(&self, opts: &ClientOpts) -> String {
+        format!("{}{}", self.path, opts.ns_query())
     }
     pub(super) async fn create(&self, c: &Client, opts: &ClientOpts, body: &Value) -> Result<()> {
-        let v: Value = c.post_json(self.path, body).await?;
+        let v: Value = c.post_json(&self.all(opts), body).await?;
         print(opts, &v, self.columns);
         Ok(())
     }
     pub(super) async fn show(&self, c: &Client, opts: &ClientOpts, name: &str) -> Result<()> {
-        let v: Value = c.get(&self.item(name)).await?;
+        let v: Value = c.get(&self.item(opts, name)).await?;
         print(opts, &v, self.columns);
         Ok(())
     }
     pub(super) async fn list(&self, c: &Client, opts: &ClientOpts) -> Result<()> {
-        let v: Value = c.get(self.path).await?;
+        let v: Value = c.get(&self.all(opts)).await?;
         print(opts, &v, self.columns);
         Ok(())
     }
     /// The stored resource, to change and `replace`.
-    pub(super) async fn current(&self, c: &Client, name: &str) -> Result<Value> {
-        c.get(&self.item(name)).await
+    pub(super) async fn current(&self, c: &Client, opts: &ClientOpts, name: &str) -> Result<Value> {
+        c.get(&self.item(opts, name)).await
     }
     pub(super) async fn replace(
         &self,
@@ -102,12 +105,12 @@ impl Collection {
         name: &str,
         body: &Value,
     ) -> Result<()> {
-        let v: Value = c.put_json(&self.item(name), body).await?;
+        let v: Value = c.put_json(&self.item(opts, name), body).await?;
         print(opts, &v, self.columns);
         Ok(())
     }
-    pub(super) async fn delete(&self, c: &Client, name: &str) -> Result<()> {
-        c.delete(&self.item(name)).await?;
+    pub(super) async fn delete(&self, c: &Client, opts: &ClientOpts, name: &str) -> Result<()> {
+        c.delete(&self.item(opts, name)).await?;
         println!("{} {name} deleted", self.noun);
         Ok(())
     }

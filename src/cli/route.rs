@@ -163,11 +163,11 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
         RouteVerb::List => ROUTES.list(&c, opts).await,
         RouteVerb::Update { name, fields } => {
             let name = name.get();
-            let mut body = ROUTES.current(&c, &name).await?;
+            let mut body = ROUTES.current(&c, opts, &name).await?;
             merge_route(&mut body, fields);
             ROUTES.replace(&c, opts, &name, &body).await
         }
-        RouteVerb::Delete { name } => ROUTES.delete(&c, &name.get()).await,
+        RouteVerb::Delete { name } => ROUTES.delete(&c, opts, &name.get()).await,
     }
 }
 

@@ -241,10 +241,11 @@ pub(super) async fn data_cmd(kind: Kind, verb: DataVerb, opts: &ClientOpts) -> R
 }
 
 /// `NAME` or `NAMESPACE/NAME`, as a function's reference.
-pub(super) fn object_ref(flag: &str, text: &str) -> Result<Value> {
+/// `NAME` (in `default_ns`, the function's) or `NAMESPACE/NAME` of `--secret`/`--configmap`.
+pub(super) fn object_ref(flag: &str, text: &str, default_ns: &str) -> Result<Value> {
     let (namespace, name) = match text.split_once('/') {
         Some((ns, name)) => (ns, name),
-        None => ("default", text),
+        None => (default_ns, text),
     };
     if name.is_empty() || namespace.is_empty() {
         bail!("{flag} {text:?}: expected NAME or NAMESPACE/NAME");

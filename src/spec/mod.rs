@@ -180,7 +180,7 @@ fn collection(r: &Resource) -> &'static str {
         (Kind::Environment, _) => "/v1/environments",
         (Kind::Secret, _) => "/v1/secrets",
         (Kind::ConfigMap, _) => "/v1/configmaps",
-        (Kind::Package, _) => "/v1/pkgs",
+        (Kind::Package, _) => "/v1/packages",
         (Kind::Function, _) => "/v1/functions",
         (Kind::Workflow, true) => "/v1/declared/workflows",
         (Kind::Workflow, false) => "/v1/workflows",
@@ -428,7 +428,7 @@ async fn upload(
         return Ok(v.clone());
     }
     let req = client
-        .request(reqwest::Method::POST, "/v1/packages")
+        .request(reqwest::Method::POST, "/v1/archives")
         .query(&[("filename", filename.as_str())])
         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
         .body(bytes);

@@ -424,14 +424,14 @@ impl Specs {
             .filter(|s| !s.is_empty())
             .unwrap_or(&r.namespace)
             .to_string();
-        r.body["env"] = json!(env);
+        r.body["environment"] = json!(env);
         r.refs.push((
             Kind::Environment,
             env_ns,
             env.to_string(),
             "spec.environment".into(),
         ));
-        for (field, body_field) in [("source", "source"), ("deployment", "deploy")] {
+        for (field, body_field) in [("source", "source"), ("deployment", "deployment")] {
             let Some(archive) = spec.get(field).filter(|a| !is_empty_archive(a)) else {
                 continue;
             };
@@ -526,7 +526,7 @@ impl Specs {
             );
             return false;
         }
-        r.body["package"] = json!({"name": pkg});
+        r.body["package"] = json!({"packageref": {"name": pkg, "namespace": ns}});
         r.refs.push((
             Kind::Package,
             ns.clone(),

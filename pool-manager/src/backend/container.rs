@@ -329,6 +329,7 @@ impl ContainerBackend {
         let _ = std::fs::remove_dir_all(&bundle);
         let probe_env = Environment {
             name: "probe".into(),
+            namespace: "default".into(),
             runtime: Some(crate::resources::Runtime::Binary),
             command: None,
             image: None,

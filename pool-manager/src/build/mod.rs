@@ -582,7 +582,7 @@ impl Inner {
         for mut f in self.store.functions()? {
             if uses(&f, namespace, name) {
                 f.generation += 1;
-                self.store.put(Kind::Function, &f.name, &f).await?;
+                self.store.put(Kind::Function, &f.key(), &f).await?;
                 self.install_function(f);
             }
         }

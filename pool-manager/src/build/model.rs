@@ -290,6 +290,7 @@ mod tests {
     fn env(runtime: Runtime) -> Environment {
         Environment {
             name: "py".into(),
+            namespace: "default".into(),
             runtime: Some(runtime),
             command: None,
             image: None,

@@ -73,6 +73,7 @@ mod tests {
     fn env(runtime: Runtime) -> Environment {
         Environment {
             name: "e".into(),
+            namespace: "default".into(),
             runtime: Some(runtime),
             command: None,
             image: None,

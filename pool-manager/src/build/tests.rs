@@ -110,6 +110,7 @@ async fn setup() -> Setup {
     let pm = start(db.clone(), data.clone(), backend.clone()).await;
     pm.create_environment(Environment {
         name: "python".into(),
+        namespace: "default".into(),
         runtime: Some(Runtime::Python),
         command: None,
         image: None,
@@ -146,6 +147,7 @@ fn source_package(s: &Setup, name: &str, code: &str) -> Package {
 fn function(name: &str, package: &str, timeout_secs: u64) -> Function {
     Function {
         name: name.into(),
+        namespace: "default".into(),
         env: "python".into(),
         package: FunctionPackage::Named {
             packageref: NamedPackageRef {
@@ -297,6 +299,7 @@ async fn references_between_functions_and_packages_are_checked() {
     moved.environment = "nodejs".into();
     s.pm.create_environment(Environment {
         name: "nodejs".into(),
+        namespace: "default".into(),
         runtime: Some(Runtime::Nodejs),
         command: None,
         image: None,
