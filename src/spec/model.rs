@@ -377,10 +377,27 @@ impl Specs {
                 r.body["poolsize"] = json!(p);
             }
         }
+        // Builds use the bundled builder of the environment's language, which does
+        // what Fission's builder images do (pip, npm, build.sh); another builder
+        // image is not run, and says so.
         if let Some(builder) = str_at(spec, "builder.image").filter(|s| !s.is_empty()) {
-            r.body["builder"] = json!({"image": builder});
-            if let Some(cmd) = str_at(spec, "builder.command").filter(|s| !s.is_empty()) {
-                r.body["builder"]["command"] = json!(cmd);
+            let own = pool_manager::resources::fission_runtime(builder);
+            let runtime = pool_manager::resources::fission_runtime(image);
+            if own.is_none() || own != runtime {
+                self.warn(
+                    doc.at("spec.builder.image"),
+                    format!("builder image {builder} is not run: packages are built by the bundled builder of the environment's language"),
+                );
+            }
+            if let Some(cmd) =
+                str_at(spec, "builder.command").filter(|c| !c.is_empty() && *c != "build")
+            {
+                self.warn(
+                    doc.at("spec.builder.command"),
+                    format!(
+                        "builder command {cmd:?} is not run: give a package its `buildcmd` instead"
+                    ),
+                );
             }
         }
         if let Some(limits) = spec.pointer("/resources/limits") {
@@ -901,6 +918,18 @@ impl Specs {
     }
 }
 
+/// A value that sets nothing: null, `{}`, `[]`, `0`, `false` or `""`.
+fn is_blank(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
 fn is_empty_archive(a: &Value) -> bool {
     str_at(a, "url").is_none_or(str::is_empty) && str_at(a, "literal").is_none_or(str::is_empty)
 }
@@ -1217,7 +1246,7 @@ fn check_fields(specs: &mut Specs, doc: &Document, value: &Value, path: &str, sh
             let mut unknown = BTreeMap::new();
             for (k, v) in obj {
                 match fields.iter().find(|(name, _)| name == k) {
-                    Some((_, KubeOnly)) if !v.is_null() => specs.warn(
+                    Some((_, KubeOnly)) if !is_blank(v) => specs.warn(
                         doc.at(&join(k)),
                         format!(
                             "`{}` is Kubernetes-only and has no effect in Fusion",

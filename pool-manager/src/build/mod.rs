@@ -179,7 +179,10 @@ impl PoolManager {
         if self
             .inner
             .store
-            .get::<Environment>(Kind::Environment, &p.environment)?
+            .get::<Environment>(
+                Kind::Environment,
+                &crate::resources::qualified(&p.namespace, &p.environment),
+            )?
             .is_none()
         {
             return Err(Error::Conflict(format!(
@@ -407,10 +410,8 @@ impl Inner {
             return Ok(());
         }
         let generation = p.generation;
-        let Some(env) = self
-            .store
-            .get::<Environment>(Kind::Environment, &p.environment)?
-        else {
+        let env_key = crate::resources::qualified(&p.namespace, &p.environment);
+        let Some(env) = self.store.get::<Environment>(Kind::Environment, &env_key)? else {
             let log = format!(
                 "environment {:?} does not exist: create it, then `fusion pkg rebuild --name {}`\n",
                 p.environment, p.name
@@ -419,6 +420,11 @@ impl Inner {
                 .await?;
             return Ok(());
         };
+        // What the environment runs: an image reference may stand for a bundled
+        // runtime, whose builder then builds.
+        let env = env
+            .resolved(&self.cfg.data_dir.join("images"))
+            .unwrap_or(env);
         let cache = cache_key(&source, &env, p.buildcmd.as_deref());
         if !force {
             if let Some(built) = self.builds.cached(&cache)? {
