@@ -247,3 +247,39 @@ fn triggers_and_state_machine_workflows_are_stored_until_they_can_run() {
     assert_eq!(code, 0);
     assert!(out.contains("everything up to date"), "{out}");
 }
+
+#[test]
+fn namespaces_in_metadata_are_kept_and_names_are_unique_per_namespace() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    assert_eq!(s.cli_in(tmp.path(), &["spec", "init"]).0, 0);
+    let shop = env_doc("py").replace("  name: py\n", "  name: py\n  namespace: shop\n");
+    std::fs::write(
+        tmp.path().join("specs/envs.yaml"),
+        format!("{}---\n{shop}", env_doc("py")),
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("created   Environment py"), "{out}");
+    assert!(out.contains("created   Environment shop/py"), "{out}");
+    assert_eq!(names(&s, "/v1/environments"), vec!["py".to_string()]);
+    assert_eq!(
+        names(&s, "/v1/environments?namespace=shop"),
+        vec!["py".to_string()]
+    );
+    let (code, out, _) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("everything up to date"), "{out}");
+    // --namespace gives a namespace to documents that name none.
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "validate", "--namespace", "Bad"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("namespace \"Bad\" is not a DNS-1123 label"),
+        "{err}"
+    );
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(names(&s, "/v1/environments?namespace=shop").is_empty());
+    assert!(names(&s, "/v1/environments").is_empty());
+}
