@@ -9,79 +9,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine;
 use common::{eventually, Server};
 use serde_json::Value;
-use sha2::Digest;
 
 fn container_server() -> Server {
     Server::start_with(&[("FUSION_BACKEND", "container")])
-}
-
-/// A wheel of `shopdep` 1.0, made by hand: the module and its dist-info.
-fn write_wheel(dir: &Path) {
-    let files: Vec<(&str, String)> = vec![
-        ("shopdep/__init__.py", "WORD = 'wheel'\n".into()),
-        (
-            "shopdep-1.0.dist-info/METADATA",
-            "Metadata-Version: 2.1\nName: shopdep\nVersion: 1.0\n".into(),
-        ),
-        (
-            "shopdep-1.0.dist-info/WHEEL",
-            "Wheel-Version: 1.0\nGenerator: fusion-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-                .into(),
-        ),
-    ];
-    let mut record = String::new();
-    for (name, text) in &files {
-        let hash = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(sha2::Sha256::digest(text.as_bytes()));
-        record.push_str(&format!("{name},sha256={hash},{}\n", text.len()));
-    }
-    record.push_str("shopdep-1.0.dist-info/RECORD,,\n");
-    std::fs::create_dir_all(dir).unwrap();
-    let file = std::fs::File::create(dir.join("shopdep-1.0-py3-none-any.whl")).unwrap();
-    let mut zip = zip::ZipWriter::new(file);
-    let options = zip::write::SimpleFileOptions::default();
-    for (name, text) in files
-        .iter()
-        .map(|(n, t)| (*n, t.clone()))
-        .chain(std::iter::once((
-            "shopdep-1.0.dist-info/RECORD",
-            record.clone(),
-        )))
-    {
-        zip.start_file(name, options).unwrap();
-        zip.write_all(text.as_bytes()).unwrap();
-    }
-    zip.finish().unwrap();
-}
-
-/// The nodejs dependency `leftword`, packed as npm packs it.
-fn write_tarball(tmp: &Path, into: &Path) {
-    let pkg = tmp.join("leftword/package");
-    std::fs::create_dir_all(&pkg).unwrap();
-    std::fs::write(
-        pkg.join("package.json"),
-        r#"{"name": "leftword", "version": "1.0.0", "main": "index.js"}"#,
-    )
-    .unwrap();
-    std::fs::write(pkg.join("index.js"), "module.exports = () => 'tarball';\n").unwrap();
-    std::fs::create_dir_all(into).unwrap();
-    let ok = std::process::Command::new("tar")
-        .arg("czf")
-        .arg(into.join("leftword-1.0.0.tgz"))
-        .arg("-C")
-        .arg(tmp.join("leftword"))
-        .arg("package")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
 }
 
 fn python_main(greeting: &str) -> String {
@@ -273,7 +208,7 @@ fn a_fission_project_applies_runs_changes_and_is_destroyed_with_one_command_each
     std::fs::write(project.join("specs/shop.yaml"), SPECS).unwrap();
     // The python source: a requirement from a wheel vendored in it.
     let py = project.join("py");
-    write_wheel(&py.join("wheels"));
+    common::vendored::wheel(&py.join("wheels"), "shopdep", "WORD = 'wheel'\n");
     std::fs::write(
         py.join("requirements.txt"),
         "--no-index\n--find-links ./wheels\nshopdep==1.0\n",
@@ -282,7 +217,12 @@ fn a_fission_project_applies_runs_changes_and_is_destroyed_with_one_command_each
     std::fs::write(py.join("main.py"), python_main("hi")).unwrap();
     // The nodejs source: a dependency from a tarball vendored in it.
     let js = project.join("js");
-    write_tarball(tmp.path(), &js.join("vendor"));
+    common::vendored::tarball(
+        tmp.path(),
+        &js.join("vendor"),
+        "leftword",
+        "module.exports = () => 'tarball';\n",
+    );
     std::fs::write(
         js.join("package.json"),
         r#"{"name": "jsshop", "version": "1.0.0", "dependencies": {"leftword": "file:vendor/leftword-1.0.0.tgz"}}"#,

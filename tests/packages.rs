@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,51 +18,15 @@ use sha2::Digest;
 
 const GREETING: &str = "hello from a vendored wheel";
 
-/// A wheel of the package `hellodep` 1.0, made by hand: a zip with the module
-/// and its dist-info (METADATA, WHEEL, RECORD with each file's hash).
-fn write_wheel(dir: &Path) {
-    let files: Vec<(&str, String)> = vec![
-        ("hellodep/__init__.py", format!("GREETING = {GREETING:?}\n")),
-        (
-            "hellodep-1.0.dist-info/METADATA",
-            "Metadata-Version: 2.1\nName: hellodep\nVersion: 1.0\n".into(),
-        ),
-        (
-            "hellodep-1.0.dist-info/WHEEL",
-            "Wheel-Version: 1.0\nGenerator: fusion-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-                .into(),
-        ),
-    ];
-    let mut record = String::new();
-    for (name, text) in &files {
-        let hash = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(sha2::Sha256::digest(text.as_bytes()));
-        record.push_str(&format!("{name},sha256={hash},{}\n", text.len()));
-    }
-    record.push_str("hellodep-1.0.dist-info/RECORD,,\n");
-    std::fs::create_dir_all(dir.join("wheels")).unwrap();
-    let file = std::fs::File::create(dir.join("wheels/hellodep-1.0-py3-none-any.whl")).unwrap();
-    let mut zip = zip::ZipWriter::new(file);
-    let options = zip::write::SimpleFileOptions::default();
-    for (name, text) in files
-        .iter()
-        .map(|(n, t)| (*n, t.as_str()))
-        .chain(std::iter::once((
-            "hellodep-1.0.dist-info/RECORD",
-            record.as_str(),
-        )))
-    {
-        zip.start_file(name, options).unwrap();
-        zip.write_all(text.as_bytes()).unwrap();
-    }
-    zip.finish().unwrap();
-}
-
 /// A python source: main.py answering `prefix + GREETING`, the vendored wheel,
 /// and a requirements.txt asking for `requirement` from it.
 fn python_source(dir: &Path, prefix: &str, requirement: &str) {
     std::fs::create_dir_all(dir).unwrap();
-    write_wheel(dir);
+    common::vendored::wheel(
+        &dir.join("wheels"),
+        "hellodep",
+        &format!("GREETING = {GREETING:?}\n"),
+    );
     std::fs::write(
         dir.join("requirements.txt"),
         format!("--no-index\n--find-links ./wheels\n{requirement}\n"),
@@ -291,29 +254,13 @@ fn a_nodejs_source_installs_its_vendored_tarball_and_a_call_waits_for_the_build(
     offline_env(&s, "nodejs", "nodejs");
     let tmp = tempfile::tempdir().unwrap();
     // The dependency, packed as npm packs: a gzipped tar with `package/` at its root.
-    let dep = tmp.path().join("dep/package");
-    std::fs::create_dir_all(&dep).unwrap();
-    std::fs::write(
-        dep.join("package.json"),
-        r#"{"name": "dep", "version": "1.0.0", "main": "index.js"}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dep.join("index.js"),
-        "module.exports = { greet: () => 'hello from a vendored tarball' };\n",
-    )
-    .unwrap();
     let src = tmp.path().join("src");
-    std::fs::create_dir_all(src.join("vendor")).unwrap();
-    let tar = std::process::Command::new("tar")
-        .arg("czf")
-        .arg(src.join("vendor/dep-1.0.0.tgz"))
-        .arg("-C")
-        .arg(tmp.path().join("dep"))
-        .arg("package")
-        .status()
-        .unwrap();
-    assert!(tar.success());
+    common::vendored::tarball(
+        tmp.path(),
+        &src.join("vendor"),
+        "dep",
+        "module.exports = { greet: () => 'hello from a vendored tarball' };\n",
+    );
     std::fs::write(
         src.join("package.json"),
         r#"{"name": "nodedemo", "version": "1.0.0", "dependencies": {"dep": "file:vendor/dep-1.0.0.tgz"}}"#,

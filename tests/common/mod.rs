@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod probe;
+pub mod vendored;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
