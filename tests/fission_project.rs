@@ -247,7 +247,12 @@ fn a_fission_project_applies_runs_changes_and_is_destroyed_with_one_command_each
     ] {
         assert!(out.contains(made), "{made}: {out}");
     }
-    // Fission's images are not on this machine: the bundled runtimes run.
+    // Fission's images are not on this machine: the bundled runtimes run, and
+    // apply says so.
+    assert!(
+        out.contains("environment python: image fission/python-env is not on this machine; the bundled python runtime runs instead"),
+        "{out}"
+    );
     let env = s.ok("GET", "/v1/environments/python", None);
     assert_eq!(env["status"]["image"]["runtime"], "python", "{env}");
 

@@ -127,7 +127,7 @@ async fn say_image_use(c: &crate::client::Client, opts: &ClientOpts, name: &str)
 }
 
 /// `environment py: image fission/python-env ...`, from an environment's status.
-fn image_use_line(env: &Value) -> Option<String> {
+pub(crate) fn image_use_line(env: &Value) -> Option<String> {
     let image = env.get("image")?.as_str()?;
     let name = env.get("name").and_then(Value::as_str).unwrap_or("?");
     let used = env.pointer("/status/image")?;

@@ -2,6 +2,8 @@
 //! This module parses the command and dispatches it; each noun lives in its own module.
 
 mod env;
+
+pub(crate) use env::image_use_line;
 mod function;
 mod output;
 mod pkg;

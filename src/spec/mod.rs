@@ -263,11 +263,15 @@ pub struct ApplyOpts {
 #[derive(Default)]
 struct Summary {
     lines: Vec<(String, String)>,
+    notes: Vec<String>,
 }
 
 impl Summary {
     fn add(&mut self, verb: &str, what: String) {
         self.lines.push((verb.to_string(), what));
+    }
+    fn note(&mut self, line: String) {
+        self.notes.push(line);
     }
     fn print(&self) {
         if self.lines.iter().all(|(v, _)| v == "unchanged") {
@@ -275,6 +279,9 @@ impl Summary {
         }
         for (verb, what) in &self.lines {
             println!("{verb:9} {what}");
+        }
+        for note in &self.notes {
+            println!("{note}");
         }
     }
 }
@@ -389,6 +396,18 @@ async fn apply_all(
             .with_context(|| format!("{}: {}", r.at, r.label()))?;
             applied.insert(a);
             summary.add(outcome, r.label());
+            // What a Fission image stands for here: said, not left to guess.
+            if r.kind == Kind::Environment && r.body.get("image").is_some() {
+                let path = with_namespace(&format!("{}/{}", collection(r), r.name), &r.namespace);
+                if let Some(line) = client
+                    .get_opt::<Value>(&path)
+                    .await?
+                    .as_ref()
+                    .and_then(crate::cli::image_use_line)
+                {
+                    summary.note(line);
+                }
+            }
         }
     }
     Ok(())
