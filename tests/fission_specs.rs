@@ -207,9 +207,11 @@ fn a_project_deletes_only_what_it_applied_and_never_takes_over_another_projects(
     assert!(out.contains("deleted   Environment second"), "{out}");
     assert_eq!(names(&s, "/v1/environments"), vec!["first".to_string()]);
 
+    // Destroy removes what the project applied, and nothing else.
+    s.env("mine", "python", 0);
     let (code, out, err) = s.cli_in(&one, &["spec", "destroy"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(names(&s, "/v1/environments").is_empty());
+    assert_eq!(names(&s, "/v1/environments"), vec!["mine".to_string()]);
 }
 
 #[test]

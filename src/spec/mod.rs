@@ -557,25 +557,15 @@ fn deployment_uid(source: &Source) -> Result<(String, Specs)> {
     Ok((uid, specs))
 }
 
-/// Deletes everything this project applied (triggers first, environments last).
+/// Deletes everything this project applied (triggers first, environments last):
+/// what its record holds, and nothing it did not apply.
 pub async fn destroy(client: &Client, source: &Source) -> Result<()> {
-    let (uid, specs) = deployment_uid(source)?;
-    let mut all: BTreeSet<Applied> = record(client, &uid)
-        .await?
-        .map(|r| r.resources)
-        .unwrap_or_default();
-    // What the files declare too (as Fission's destroy), when nobody else owns it.
-    let others: Vec<Record> = client.get("/v1/deployments").await?;
-    for r in &specs.resources {
-        let a = Applied::of(r);
-        if !others
-            .iter()
-            .any(|o| o.uid != uid && o.resources.contains(&a))
-        {
-            all.insert(a);
-        }
-    }
-    let mut order: Vec<&Applied> = all.iter().collect();
+    let (uid, _) = deployment_uid(source)?;
+    let Some(rec) = record(client, &uid).await? else {
+        println!("nothing applied under uid {uid}");
+        return Ok(());
+    };
+    let mut order: Vec<&Applied> = rec.resources.iter().collect();
     order.sort_by_key(|a| a.delete_rank());
     for a in order {
         let exists = client.get_opt::<Value>(&a.path()).await?.is_some();
