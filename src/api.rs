@@ -186,6 +186,7 @@ impl Ns {
     /// The store key of `name` in this namespace.
     fn key(&self, name: &str) -> ApiResult<String> {
         pool_manager::resources::validate_name("namespace", self.name())?;
+        pool_manager::resources::validate_name("name", name)?;
         Ok(pool_manager::resources::qualified(self.name(), name))
     }
 
@@ -207,8 +208,39 @@ impl Ns {
                 }
                 Some(_) => {}
             }
+            if kind == "function" {
+                refs_in_namespace(fields);
+            }
         }
         from_value(kind, value)
+    }
+}
+
+/// A function's package, secret and configmap references name no namespace:
+/// they are in the function's, as in Fission.
+fn refs_in_namespace(fields: &mut serde_json::Map<String, serde_json::Value>) {
+    let Some(ns) = fields.get("namespace").cloned() else {
+        return;
+    };
+    if let Some(r) = fields
+        .get_mut("package")
+        .and_then(|p| p.get_mut("packageref"))
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        r.entry("namespace").or_insert(ns.clone());
+    }
+    for list in ["secrets", "configmaps"] {
+        if let Some(items) = fields
+            .get_mut(list)
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for item in items
+                .iter_mut()
+                .filter_map(serde_json::Value::as_object_mut)
+            {
+                item.entry("namespace").or_insert(ns.clone());
+            }
+        }
     }
 }
 
@@ -594,6 +626,13 @@ mod tests {
             (f.namespace.as_str(), f.key()),
             ("shop", "shop/f".to_string())
         );
+        // Its references that name no namespace are in the function's.
+        match &f.package {
+            pool_manager::FunctionPackage::Named { packageref } => {
+                assert_eq!(packageref.namespace, "shop")
+            }
+            other => panic!("{other:?}"),
+        }
         let e = message(
             ns.parse::<Function>("function", br#"{"name": "f", "namespace": "other"}"#)
                 .unwrap_err(),

@@ -35,6 +35,14 @@ const KINDS: &[(&str, &str)] = &[
     ("workflows", "Fission (RFC-0022) workflows are stored, not run yet: Fusion's engine runs the Fission Workflows format today"),
 ];
 
+impl Ns {
+    /// The namespace, checked: a DNS-1123 label.
+    fn checked(&self) -> Result<&str, Error> {
+        pool_manager::resources::validate_name("namespace", &self.namespace)?;
+        Ok(&self.namespace)
+    }
+}
+
 fn kind_reason(kind: &str) -> Result<&'static str, Error> {
     KINDS
         .iter()
@@ -127,7 +135,7 @@ async fn list(
     Query(q): Query<Ns>,
 ) -> Result<Json<Vec<Value>>, Error> {
     kind_reason(&kind)?;
-    let prefix = format!("{kind}/{}/", q.namespace);
+    let prefix = format!("{kind}/{}/", q.checked()?);
     let mut out = Vec::new();
     for item in d.declared.scan_prefix(prefix.as_bytes()) {
         let (_, v) = item?;
@@ -142,7 +150,8 @@ async fn get_one(
     Query(q): Query<Ns>,
 ) -> Result<Json<Value>, Error> {
     kind_reason(&kind)?;
-    match d.declared.get(key(&kind, &q.namespace, &name))? {
+    pool_manager::resources::validate_name("declaration", &name)?;
+    match d.declared.get(key(&kind, q.checked()?, &name))? {
         Some(v) => Ok(Json(view(&kind, decode(&v)?))),
         None => Err(Error::NotFound {
             kind: "declaration",
@@ -158,7 +167,7 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, Error> {
     kind_reason(&kind)?;
-    let (name, v) = parse_declaration(&body, &q.namespace)?;
+    let (name, v) = parse_declaration(&body, q.checked()?)?;
     let bytes = serde_json::to_vec(&v).map_err(|e| Error::Internal(e.to_string()))?;
     let swapped = d.declared.compare_and_swap(
         key(&kind, &q.namespace, &name),
@@ -182,7 +191,7 @@ async fn update(
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
     kind_reason(&kind)?;
-    let (body_name, v) = parse_declaration(&body, &q.namespace)?;
+    let (body_name, v) = parse_declaration(&body, q.checked()?)?;
     if body_name != name {
         return Err(Error::Invalid(format!(
             "the name in the body ({body_name:?}) differs from the name in the path ({name:?})"
@@ -241,8 +250,10 @@ struct Applied {
     collection: String,
 }
 
-fn check_uid(uid: &str) -> Result<(), Error> {
+pub(crate) fn check_uid(uid: &str) -> Result<(), Error> {
     let ok = !uid.is_empty()
+        && uid != "."
+        && uid != ".."
         && uid.len() <= 128
         && uid
             .bytes()
@@ -269,6 +280,7 @@ async fn get_deployment(
     State(d): State<Declared>,
     Path(uid): Path<String>,
 ) -> Result<Json<Value>, Error> {
+    check_uid(&uid)?;
     match d.deployments.get(&uid)? {
         Some(v) => Ok(Json(decode(&v)?)),
         None => Err(Error::NotFound {
@@ -304,6 +316,7 @@ async fn delete_deployment(
     State(d): State<Declared>,
     Path(uid): Path<String>,
 ) -> Result<StatusCode, Error> {
+    check_uid(&uid)?;
     if d.deployments.remove(&uid)?.is_none() {
         return Err(Error::NotFound {
             kind: "deployment",

@@ -285,3 +285,75 @@ fn namespaces_in_metadata_are_kept_and_names_are_unique_per_namespace() {
     assert!(names(&s, "/v1/environments?namespace=shop").is_empty());
     assert!(names(&s, "/v1/environments").is_empty());
 }
+
+#[test]
+fn a_field_taken_out_of_the_specs_goes_back_to_its_default_and_equal_spellings_change_nothing() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    let limited = env_doc("py").replace(
+        "  version: 3\n",
+        "  version: 3\n  resources:\n    limits:\n      memory: 256Mi\n",
+    );
+    // Fusion's short form too, with another spelling of the runtime's name.
+    let short = "kind: Environment\nname: short\nruntime: python3\npoolsize: 0\n";
+    std::fs::write(specs.join("a.yaml"), format!("{limited}---\n{short}")).unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(s.ok("GET", "/v1/environments/py", None)["memory_mb"], 256);
+    let (code, out, _) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("everything up to date"), "{out}");
+
+    std::fs::write(
+        specs.join("a.yaml"),
+        format!("{}---\n{short}", env_doc("py")),
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("updated   Environment py"), "{out}");
+    assert!(out.contains("unchanged Environment short"), "{out}");
+    let env = s.ok("GET", "/v1/environments/py", None);
+    assert!(env.get("memory_mb").is_none(), "{env}");
+}
+
+#[test]
+fn archives_stay_below_the_project_root_and_a_uid_is_checked_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    let pkg = "---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: p\nspec:\n  environment:\n    name: py\n  deployment:\n    type: url\n    url: archive://code\n";
+    for glob in ["/etc/*", "../*"] {
+        std::fs::write(
+            specs.join("a.yaml"),
+            format!("kind: ArchiveUploadSpec\nname: code\ninclude:\n  - \"{glob}\"\n{pkg}"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(common::BIN)
+            .args(["spec", "validate"])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("must stay below the project root"),
+            "{glob}: {err}"
+        );
+    }
+    std::fs::write(
+        specs.join("a.yaml"),
+        "apiVersion: fission.io/v1\nkind: DeploymentConfig\nname: x\nuid: \"a?b\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["spec", "validate"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("a.yaml:4:1: deployment uid \"a?b\""), "{err}");
+}

@@ -58,9 +58,13 @@ impl PoolManager {
         Ok(env)
     }
 
+    /// Replaces an environment; the same environment again changes nothing (its
+    /// pool is not refilled).
     pub async fn update_environment(&self, env: Environment) -> Result<Environment> {
         let effective = self.admit_environment(&env)?;
-        self.environment(&env.key())?;
+        if self.environment(&env.key())? == env {
+            return Ok(env);
+        }
         self.inner
             .store
             .put(Kind::Environment, &env.key(), &env)
@@ -161,6 +165,12 @@ impl PoolManager {
         let _refs = self.inner.data.refs.lock().await;
         self.check_function_refs(&f)?;
         let old = self.function(&f.key())?;
+        // The same function again changes nothing: no new generation, no
+        // instance retired (what `spec apply` sends when nothing changed).
+        f.generation = old.generation;
+        if f == old {
+            return Ok(old);
+        }
         f.generation = old.generation + 1;
         self.inner.store.put(Kind::Function, &f.key(), &f).await?;
         self.inner.install_function(f.clone());
@@ -221,7 +231,9 @@ impl PoolManager {
         workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
     ) -> Result<Route> {
         self.check_route(&route, workflow_exists)?;
-        self.route(&route.key())?;
+        if self.route(&route.key())? == route {
+            return Ok(route);
+        }
         self.inner
             .store
             .put(Kind::Route, &route.key(), &route)

@@ -250,7 +250,9 @@ pub fn fission_runtime(reference: &str) -> Option<Runtime> {
     if parts.last() != Some(&"fission") {
         return None;
     }
-    if parts.len() > 2 || (parts.len() == 2 && !parts[0].contains('.')) {
+    // A registry is a first component with a dot or a port, or `localhost`.
+    let registry = |c: &str| c.contains('.') || c.contains(':') || c == "localhost";
+    if parts.len() > 2 || (parts.len() == 2 && !registry(parts[0])) {
         return None;
     }
     let family = |prefix: &str| {
@@ -531,6 +533,12 @@ impl Function {
             FunctionPackage::Named { packageref } => {
                 validate_name("package", &packageref.name)?;
                 validate_name("namespace", &packageref.namespace)?;
+                if packageref.namespace != self.namespace {
+                    return Err(Error::Invalid(format!(
+                        "function {:?}: package {}/{} is outside the function's namespace {:?}",
+                        self.name, packageref.namespace, packageref.name, self.namespace
+                    )));
+                }
             }
         }
         crate::secrets::validate_function_fields(self)
@@ -734,6 +742,8 @@ mod tests {
             ("ghcr.io/fission/node-env", Some(Runtime::Nodejs)),
             ("fission/node-builder-22:v1", Some(Runtime::Nodejs)),
             ("fission/binary-env@sha256:abcd", Some(Runtime::Binary)),
+            ("localhost:5000/fission/python-env", Some(Runtime::Python)),
+            ("localhost/fission/node-env:1", Some(Runtime::Nodejs)),
             ("fission/go-env", None),
             ("fission/python-envy", None),
             ("acme/python-env", None),

@@ -67,7 +67,8 @@ pub async fn route_request(
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, "/"),
             };
-            let key = format!("{name}/{second}");
+            // `default/<name>` is `<name>`.
+            let key = pool_manager_key(name, second);
             if !second.is_empty() && pm.function_exists(&key) {
                 return forward(&pm, &key, req, tail2, &[]).await;
             }
@@ -104,6 +105,11 @@ pub async fn route_request(
             &format!("no route matches {} {path}", req.method()),
         ),
     }
+}
+
+/// The key of function `name` of `namespace`.
+fn pool_manager_key(namespace: &str, name: &str) -> String {
+    crate::resources::qualified(namespace, name)
 }
 
 /// Sends `req` to an instance of `function` at `path` (plus the original query),

@@ -90,7 +90,18 @@ impl ClientOpts {
     pub(super) fn ns_query(&self) -> String {
         match self.namespace.as_deref() {
             None | Some("default") => String::new(),
-            Some(ns) => format!("?namespace={ns}"),
+            // Percent-encoded: a wrong namespace reaches the server whole, and
+            // is refused there with its name.
+            Some(ns) => format!(
+                "?namespace={}",
+                ns.bytes()
+                    .map(|b| if b.is_ascii_alphanumeric() || b == b'-' {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    })
+                    .collect::<String>()
+            ),
         }
     }
 

@@ -27,6 +27,19 @@ pub fn matches(spec: &ArchiveSpec, root: &Path) -> Result<Vec<PathBuf>> {
         Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| PathBuf::from(dir)),
         None => root.to_path_buf(),
     };
+    // Globs stay below the root: a project cannot pack files from elsewhere on
+    // the machine that applies it.
+    for pattern in spec.include.iter().chain(&spec.exclude) {
+        let p = Path::new(pattern);
+        if p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+            bail!(
+                "{}: archive {:?}: glob {pattern:?} must stay below the project root (no absolute paths, no `..`)",
+                spec.at,
+                spec.name
+            );
+        }
+    }
+    let canonical_root = root.canonicalize().unwrap_or_else(|_| root.clone());
     let mut excluded = Vec::new();
     for pattern in &spec.exclude {
         let full = root.join(pattern);
@@ -41,12 +54,36 @@ pub fn matches(spec: &ArchiveSpec, root: &Path) -> Result<Vec<PathBuf>> {
             .map_err(|e| anyhow!("{}: include glob {pattern:?}: {e}", spec.at))?;
         for p in found {
             let p = p.map_err(|e| anyhow!("{}: {e}", spec.at))?;
+            let real = p.canonicalize().unwrap_or_else(|_| p.clone());
+            if !real.starts_with(&canonical_root) {
+                bail!(
+                    "{}: archive {:?}: {} is a link out of the project root",
+                    spec.at,
+                    spec.name,
+                    p.display()
+                );
+            }
             if !excluded.contains(&p) && !paths.contains(&p) {
                 paths.push(p);
             }
         }
     }
     paths.sort();
+    // Each match goes in at the top of the archive under its own name: two of
+    // the same name would collide.
+    let mut seen = std::collections::HashSet::new();
+    for p in &paths {
+        if let Some(name) = p.file_name() {
+            if !seen.insert(name.to_os_string()) {
+                bail!(
+                    "{}: archive {:?}: two matches are named {:?} (each goes in at the archive's top level)",
+                    spec.at,
+                    spec.name,
+                    name
+                );
+            }
+        }
+    }
     if paths.is_empty() {
         bail!(
             "{}: archive {:?} is empty: nothing under {} matches {:?}",

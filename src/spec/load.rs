@@ -81,10 +81,13 @@ pub fn spec_files(dir: &Path) -> Result<Vec<PathBuf>> {
         for entry in
             std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?
         {
-            let p = entry?.path();
-            if p.is_dir() {
+            let entry = entry?;
+            let p = entry.path();
+            // Links are not followed: a spec folder is what is in it.
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
                 stack.push(p);
-            } else if is_spec_file(&p) {
+            } else if kind.is_file() && is_spec_file(&p) {
                 files.push(p);
             }
         }

@@ -109,6 +109,10 @@ pub fn init(specdir: &Path, name: Option<String>, uid: Option<String>) -> Result
         }
     };
     let uid = uid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    crate::declared::check_uid(&uid).map_err(|e| anyhow!("--deployid: {e}"))?;
+    if !model::is_dns_label(&name) {
+        bail!("--name {name:?} is not a DNS-1123 label (at most 63 lowercase letters, digits and '-')");
+    }
     std::fs::create_dir_all(specdir)
         .with_context(|| format!("cannot create {}", specdir.display()))?;
     std::fs::write(specdir.join("README"), README)?;
@@ -288,6 +292,11 @@ impl Summary {
 
 pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<()> {
     let specs = read(source)?;
+    if opts.delete && specs.deployment.is_none() {
+        bail!(
+            "--delete needs a DeploymentConfig in the specs (create one with `fusion spec init`)"
+        );
+    }
     let root = project_root(&source.path);
     let mut summary = Summary::default();
     let previous = match &specs.deployment {
@@ -309,7 +318,7 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
         None => HashMap::new(),
     };
     let mut applied: BTreeSet<Applied> = BTreeSet::new();
-    let result = apply_all(
+    let mut result = apply_all(
         client,
         &specs,
         &root,
@@ -320,13 +329,30 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
         &mut summary,
     )
     .await;
-    if let Some(d) = &specs.deployment {
-        // Recorded even when applying stopped half-way, so `destroy` and
-        // `--delete` still find what was created.
-        let mut resources = applied.clone();
-        if result.is_err() || !opts.delete {
-            resources.extend(previous.resources.iter().cloned());
+    // What this project applied before and no longer declares: deleted with
+    // --delete (triggers first), else kept in the record.
+    let mut kept: Vec<Applied> = previous.resources.difference(&applied).cloned().collect();
+    if opts.delete && result.is_ok() {
+        kept.sort_by_key(|a| a.delete_rank());
+        let mut still = Vec::new();
+        for a in kept {
+            match delete_if_present(client, &a).await {
+                Ok(()) => summary.add("deleted", a.label()),
+                Err(e) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                    still.push(a);
+                }
+            }
         }
+        kept = still;
+    }
+    if let Some(d) = &specs.deployment {
+        // Recorded even when applying or deleting stopped half-way, so that
+        // `destroy` and `--delete` still find everything that exists.
+        let mut resources = applied;
+        resources.extend(kept);
         let rec = Record {
             name: d.name.clone(),
             uid: d.uid.clone(),
@@ -341,17 +367,6 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
             .context("cannot record what this project applied")?;
     }
     result?;
-    if opts.delete {
-        let Some(_) = &specs.deployment else {
-            bail!("--delete needs a DeploymentConfig in the specs (create one with `fusion spec init`)");
-        };
-        let mut gone: Vec<&Applied> = previous.resources.difference(&applied).collect();
-        gone.sort_by_key(|a| a.delete_rank());
-        for a in gone {
-            delete_if_present(client, a).await?;
-            summary.add("deleted", a.label());
-        }
-    }
     summary.print();
     Ok(())
 }
@@ -389,7 +404,7 @@ async fn apply_all(
             }
             let owned = previous.resources.contains(&a) || specs.deployment.is_none();
             let outcome = if let Some(file) = &r.workflow_file {
-                apply_workflow(client, &r.name, file).await
+                apply_workflow(client, r, file, owned || opts.allow_conflicts).await
             } else {
                 upsert(client, r, body, owned || opts.allow_conflicts).await
             }
@@ -487,22 +502,42 @@ async fn upsert(
                 let same = answer.get("unchanged").and_then(Value::as_bool) == Some(true);
                 return Ok(if same { "unchanged" } else { "updated" });
             }
-            let differs = body.as_object().is_some_and(|o| {
-                o.iter()
-                    .any(|(k, v)| k != "generation" && existing.get(k) != Some(v))
-            });
-            if differs {
-                client.put_json::<Value>(&path, &body).await?;
-                Ok("updated")
+            // The whole resource is sent (so a field taken out of the spec goes
+            // back to its default); the server changes nothing when it is the
+            // same, and what it answers says which.
+            let answer: Value = client.put_json(&path, &body).await?;
+            Ok(if same_resource(&existing, &answer) {
+                "unchanged"
             } else {
-                Ok("unchanged")
-            }
+                "updated"
+            })
         }
     }
 }
 
+/// Whether two answers of the server are the same resource, its bookkeeping
+/// (generation, status) aside.
+fn same_resource(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("generation");
+            o.remove("status");
+            o.remove("unchanged");
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
 /// A Fusion workflow (`file:` a `*.wf.yaml`), sent as its YAML source.
-async fn apply_workflow(client: &Client, name: &str, file: &Path) -> Result<&'static str> {
+async fn apply_workflow(
+    client: &Client,
+    r: &Resource,
+    file: &Path,
+    take_over: bool,
+) -> Result<&'static str> {
+    let name = r.name.as_str();
     let yaml = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read workflow file {}", file.display()))?;
     match client
@@ -518,6 +553,10 @@ async fn apply_workflow(client: &Client, name: &str, file: &Path) -> Result<&'st
             client.send(req).await?;
             Ok("created")
         }
+        Some(_) if !take_over => bail!(
+            "{} already exists and was not applied by this project; use --allowconflicts to take it over",
+            r.label()
+        ),
         Some(current) if current.get("source").and_then(Value::as_str) == Some(yaml.as_str()) => {
             Ok("unchanged")
         }
@@ -542,25 +581,33 @@ async fn delete_if_present(client: &Client, a: &Applied) -> Result<()> {
 
 // ---- destroy and list ----
 
-fn deployment_uid(source: &Source) -> Result<(String, Specs)> {
-    let specs = read(source)?;
-    let uid = specs
-        .deployment
-        .as_ref()
-        .map(|d| d.uid.clone())
-        .ok_or_else(|| {
-            anyhow!(
-                "no DeploymentConfig in {}: nothing records what this project applied",
-                source.path.display()
-            )
-        })?;
-    Ok((uid, specs))
+/// The project's uid, from its DeploymentConfig only: a project whose other
+/// files no longer read (sources removed, say) can still be listed and destroyed.
+fn deployment_uid(source: &Source) -> Result<String> {
+    for file in load::spec_files(&source.path)? {
+        let Ok(docs) = load::read_file(&file) else {
+            continue;
+        };
+        for doc in docs {
+            if model::str_at(&doc.value, "kind") == Some("DeploymentConfig") {
+                if let Some(uid) = model::str_at(&doc.value, "uid") {
+                    crate::declared::check_uid(uid)
+                        .map_err(|e| anyhow!("{}: {e}", doc.at("uid")))?;
+                    return Ok(uid.to_string());
+                }
+            }
+        }
+    }
+    bail!(
+        "no DeploymentConfig in {}: nothing records what this project applied",
+        source.path.display()
+    )
 }
 
 /// Deletes everything this project applied (triggers first, environments last):
 /// what its record holds, and nothing it did not apply.
 pub async fn destroy(client: &Client, source: &Source) -> Result<()> {
-    let (uid, _) = deployment_uid(source)?;
+    let uid = deployment_uid(source)?;
     let Some(rec) = record(client, &uid).await? else {
         println!("nothing applied under uid {uid}");
         return Ok(());
@@ -584,8 +631,11 @@ pub async fn destroy(client: &Client, source: &Source) -> Result<()> {
 /// What a project applied, and whether each is still there.
 pub async fn list(client: &Client, source: &Source, uid: Option<String>) -> Result<()> {
     let uid = match uid {
-        Some(u) => u,
-        None => deployment_uid(source)?.0,
+        Some(u) => {
+            crate::declared::check_uid(&u).map_err(|e| anyhow!("--deployid: {e}"))?;
+            u
+        }
+        None => deployment_uid(source)?,
     };
     let Some(rec) = record(client, &uid).await? else {
         println!("nothing applied under uid {uid}");

@@ -201,6 +201,10 @@ impl Specs {
             self.error(doc.at("uid"), "DeploymentConfig needs a `uid`");
             return;
         }
+        if let Err(e) = crate::declared::check_uid(uid) {
+            self.error(doc.at("uid"), e);
+            return;
+        }
         if let Some(first) = &self.deployment {
             let first = first.at.clone();
             self.error(
@@ -441,6 +445,16 @@ impl Specs {
             .filter(|s| !s.is_empty())
             .unwrap_or(&r.namespace)
             .to_string();
+        if env_ns != r.namespace {
+            self.error(
+                doc.at("spec.environment.namespace"),
+                format!(
+                    "package {:?} names an environment outside its namespace ({env_ns}/{env})",
+                    r.name
+                ),
+            );
+            return false;
+        }
         r.body["environment"] = json!(env);
         r.refs.push((
             Kind::Environment,
@@ -516,6 +530,18 @@ impl Specs {
             );
             return false;
         };
+        if let Some(env_ns) =
+            str_at(spec, "environment.namespace").filter(|n| !n.is_empty() && *n != ns)
+        {
+            self.error(
+                doc.at("spec.environment.namespace"),
+                format!(
+                    "function {:?} names an environment outside its namespace ({env_ns}/{env})",
+                    r.name
+                ),
+            );
+            return false;
+        }
         r.body["env"] = json!(env);
         r.refs.push((
             Kind::Environment,
@@ -587,6 +613,12 @@ impl Specs {
         }
         // Fission's `concurrency` (most pods of a poolmgr function) is Fusion's max scale.
         if let Some(c) = int("/concurrency").filter(|c| *c > 0) {
+            if c > 1000 {
+                self.warn(
+                    doc.at("spec.concurrency"),
+                    format!("concurrency {c} is above Fusion's most, 1000: 1000 it is"),
+                );
+            }
             r.body["max_scale"] = json!(c.min(1000));
         }
         if let Some(rpp) = int("/requestsPerPod").filter(|c| *c > 0) {
@@ -735,7 +767,13 @@ impl Specs {
         let mut data = Map::new();
         if let Some(Value::Object(d)) = doc.value.get("data") {
             for (k, v) in d {
-                let text = v.as_str().unwrap_or("");
+                let Some(text) = v.as_str() else {
+                    self.error(
+                        doc.at(&format!("data.{k}")),
+                        "a value must be a string (quote it)",
+                    );
+                    return false;
+                };
                 let value = if kind == Kind::Secret {
                     match base64::engine::general_purpose::STANDARD.decode(text) {
                         Ok(b) => match String::from_utf8(b) {
@@ -764,7 +802,14 @@ impl Specs {
         }
         if let Some(Value::Object(d)) = doc.value.get("stringData") {
             for (k, v) in d {
-                data.insert(k.clone(), json!(v.as_str().unwrap_or("")));
+                let Some(text) = v.as_str() else {
+                    self.error(
+                        doc.at(&format!("stringData.{k}")),
+                        "a value must be a string (quote it)",
+                    );
+                    return false;
+                };
+                data.insert(k.clone(), json!(text));
             }
         }
         r.body["data"] = Value::Object(data);
@@ -793,6 +838,22 @@ impl Specs {
             .and_then(Value::as_str)
             .unwrap_or(namespace)
             .to_string();
+        for (what, value, path) in [("name", &name, "name"), ("namespace", &ns, "namespace")] {
+            if !is_dns_label(value) {
+                self.error(
+                    doc.at(path),
+                    format!("{what} {value:?} is not a DNS-1123 label (at most 63 lowercase letters, digits and '-')"),
+                );
+                return;
+            }
+        }
+        if kind == Kind::Workflow && ns != DEFAULT_NAMESPACE {
+            self.error(
+                doc.at("namespace"),
+                "workflows live in the default namespace",
+            );
+            return;
+        }
         if ns != DEFAULT_NAMESPACE {
             obj.insert("namespace".into(), json!(ns));
         }
@@ -814,6 +875,13 @@ impl Specs {
                     .remove("code")
                     .and_then(|v| v.as_str().map(str::to_string))
                 {
+                    Some(code) if !base.join(&code).is_file() => {
+                        self.error(
+                            doc.at("code"),
+                            format!("function {name}: no code file {code} next to the spec"),
+                        );
+                        return;
+                    }
                     Some(code) => r
                         .archives
                         .push(("package".into(), ArchiveSource::File(base.join(code)))),
@@ -836,7 +904,33 @@ impl Specs {
                 }
             }
             Kind::Workflow => match obj.get("file").and_then(Value::as_str) {
-                Some(f) => r.workflow_file = Some(base.join(f)),
+                Some(f) => {
+                    let file = base.join(f);
+                    let source = match std::fs::read_to_string(&file) {
+                        Ok(text) => text,
+                        Err(e) => {
+                            self.error(
+                                doc.at("file"),
+                                format!("workflow {name}: cannot read {f}: {e}"),
+                            );
+                            return;
+                        }
+                    };
+                    // Checked offline as the server will (the functions it calls
+                    // may be on the server only).
+                    if let Err(errors) = engine::validate::parse_and_validate(&source, &|_| true) {
+                        for e in errors {
+                            let at = Location {
+                                file: file.clone(),
+                                line: e.line,
+                                column: e.column,
+                            };
+                            self.error(at, format!("workflow {name}: {}", e.message));
+                        }
+                        return;
+                    }
+                    r.workflow_file = Some(file);
+                }
                 None => {
                     self.error(
                         doc.at(""),
