@@ -35,15 +35,20 @@ impl PoolManager {
         self.inner.cfg.data_dir.join("images")
     }
 
+    /// Whether this server's backend runs OCI images (the process backend does not).
+    pub(crate) fn runs_images(&self) -> bool {
+        self.isolation().backend != "process"
+    }
+
     /// What `env`'s image stands for here (see [`Environment::image_use`]).
     pub fn image_use(&self, env: &Environment) -> Result<Option<crate::resources::ImageUse>> {
-        env.image_use(&self.images_dir())
+        env.image_use_on(&self.images_dir(), self.runs_images())
     }
 
     /// Checks `env` and what its instances would run; returns the latter.
     fn admit_environment(&self, env: &Environment) -> Result<Environment> {
         env.validate()?;
-        let effective = env.resolved(&self.images_dir())?;
+        let effective = env.resolved_on(&self.images_dir(), self.runs_images())?;
         self.inner.cfg.backend.accepts(&effective)?;
         Ok(effective)
     }

@@ -152,7 +152,8 @@ impl PoolManager {
         for env in store.environments()? {
             // What instances run; an image that went missing since keeps its
             // reference, and instance starts say what is wrong.
-            let env = env.resolved(&images_dir).unwrap_or(env);
+            let runs_images = cfg.backend.isolation().backend != "process";
+            let env = env.resolved_on(&images_dir, runs_images).unwrap_or(env);
             state.envs.insert(
                 env.key(),
                 EnvPool {

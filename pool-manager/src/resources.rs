@@ -199,9 +199,25 @@ impl Environment {
     /// `images_dir/refs/`), else the bundled runtime when the reference is one of
     /// Fission's environment or builder images; anything else is refused.
     pub fn image_use(&self, images_dir: &std::path::Path) -> Result<Option<ImageUse>> {
+        self.image_use_on(images_dir, true)
+    }
+
+    /// As [`Environment::image_use`], on a backend that can run images or not:
+    /// where it cannot, one of Fission's images runs as the bundled runtime even
+    /// when it is on this machine.
+    pub fn image_use_on(
+        &self,
+        images_dir: &std::path::Path,
+        runs_images: bool,
+    ) -> Result<Option<ImageUse>> {
         let Some(image) = &self.image else {
             return Ok(None);
         };
+        if !runs_images && !image.starts_with('/') {
+            if let Some(runtime) = fission_runtime(image) {
+                return Ok(Some(ImageUse::Bundled { runtime }));
+            }
+        }
         let found = if image.starts_with('/') {
             Some(image.clone())
         } else {
@@ -225,8 +241,17 @@ impl Environment {
     /// The environment as instances get it: an image reference replaced by the
     /// local image's path or by the bundled runtime it maps to.
     pub fn resolved(&self, images_dir: &std::path::Path) -> Result<Environment> {
+        self.resolved_on(images_dir, true)
+    }
+
+    /// As [`Environment::resolved`], on a backend that can run images or not.
+    pub fn resolved_on(
+        &self,
+        images_dir: &std::path::Path,
+        runs_images: bool,
+    ) -> Result<Environment> {
         let mut env = self.clone();
-        match self.image_use(images_dir)? {
+        match self.image_use_on(images_dir, runs_images)? {
             None => {}
             Some(ImageUse::Local { path }) => env.image = Some(path),
             Some(ImageUse::Bundled { runtime }) => {
@@ -788,6 +813,14 @@ mod tests {
         e.image = Some("ghcr.io/fission/python-env:1.2".into());
         let err = e.image_use(dir.path()).unwrap_err().to_string();
         assert!(err.contains("index.json"), "{err}");
+        // A backend that runs no images (process) runs Fission's image as the
+        // bundled runtime, whatever this machine holds.
+        assert_eq!(
+            e.image_use_on(dir.path(), false).unwrap(),
+            Some(ImageUse::Bundled {
+                runtime: Runtime::Python
+            })
+        );
     }
 
     #[test]

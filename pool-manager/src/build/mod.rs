@@ -422,8 +422,9 @@ impl Inner {
         };
         // What the environment runs: an image reference may stand for a bundled
         // runtime, whose builder then builds.
+        let runs_images = self.cfg.backend.isolation().backend != "process";
         let env = env
-            .resolved(&self.cfg.data_dir.join("images"))
+            .resolved_on(&self.cfg.data_dir.join("images"), runs_images)
             .unwrap_or(env);
         let cache = cache_key(&source, &env, p.buildcmd.as_deref());
         if !force {
