@@ -433,35 +433,48 @@ impl Specs {
         true
     }
 
-    fn fission_package(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
+    /// The environment a Package or Function names (`spec.environment`), in its
+    /// own namespace; recorded as a reference.
+    fn environment_ref(
+        &mut self,
+        doc: &Document,
+        spec: &Value,
+        r: &mut Resource,
+    ) -> Option<String> {
         let Some(env) = str_at(spec, "environment.name").filter(|s| !s.is_empty()) else {
             self.error(
                 doc.at("spec.environment"),
-                "a Package needs `spec.environment.name`",
+                format!("a {} needs `spec.environment.name`", r.kind.name()),
             );
-            return false;
+            return None;
         };
-        let env_ns = str_at(spec, "environment.namespace")
-            .filter(|s| !s.is_empty())
-            .unwrap_or(&r.namespace)
-            .to_string();
-        if env_ns != r.namespace {
+        if let Some(env_ns) =
+            str_at(spec, "environment.namespace").filter(|n| !n.is_empty() && *n != r.namespace)
+        {
             self.error(
                 doc.at("spec.environment.namespace"),
                 format!(
-                    "package {:?} names an environment outside its namespace ({env_ns}/{env})",
+                    "{} {:?} names an environment outside its namespace ({env_ns}/{env})",
+                    r.kind.name(),
                     r.name
                 ),
             );
-            return false;
+            return None;
         }
-        r.body["environment"] = json!(env);
         r.refs.push((
             Kind::Environment,
-            env_ns,
+            r.namespace.clone(),
             env.to_string(),
             "spec.environment".into(),
         ));
+        Some(env.to_string())
+    }
+
+    fn fission_package(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
+        let Some(env) = self.environment_ref(doc, spec, r) else {
+            return false;
+        };
+        r.body["environment"] = json!(env);
         for (field, body_field) in [("source", "source"), ("deployment", "deployment")] {
             let Some(archive) = spec.get(field).filter(|a| !is_empty_archive(a)) else {
                 continue;
@@ -523,32 +536,10 @@ impl Specs {
 
     fn fission_function(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
         let ns = r.namespace.clone();
-        let Some(env) = str_at(spec, "environment.name").filter(|s| !s.is_empty()) else {
-            self.error(
-                doc.at("spec.environment"),
-                "a Function needs `spec.environment.name`",
-            );
+        let Some(env) = self.environment_ref(doc, spec, r) else {
             return false;
         };
-        if let Some(env_ns) =
-            str_at(spec, "environment.namespace").filter(|n| !n.is_empty() && *n != ns)
-        {
-            self.error(
-                doc.at("spec.environment.namespace"),
-                format!(
-                    "function {:?} names an environment outside its namespace ({env_ns}/{env})",
-                    r.name
-                ),
-            );
-            return false;
-        }
         r.body["env"] = json!(env);
-        r.refs.push((
-            Kind::Environment,
-            ns.clone(),
-            env.to_string(),
-            "spec.environment".into(),
-        ));
         let Some(pkg) = str_at(spec, "package.packageref.name").filter(|s| !s.is_empty()) else {
             self.error(
                 doc.at("spec.package"),
