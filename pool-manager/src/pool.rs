@@ -114,7 +114,7 @@ impl Drop for Lease {
         self.instance.active.fetch_sub(1, Ordering::SeqCst);
         self.instance.touch();
         if let Some(inner) = self.manager.upgrade() {
-            inner.released(&self.instance, &self.function.key());
+            inner.released(&self.instance, &self.function.key_ref());
         }
     }
 }

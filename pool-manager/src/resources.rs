@@ -504,6 +504,16 @@ impl Function {
         qualified(&self.namespace, &self.name)
     }
 
+    /// Its key, borrowed when it is in `default` (its name): for the request
+    /// path, which should not allocate.
+    pub fn key_ref(&self) -> std::borrow::Cow<'_, str> {
+        if self.namespace == crate::secrets::DEFAULT_NAMESPACE {
+            std::borrow::Cow::Borrowed(&self.name)
+        } else {
+            std::borrow::Cow::Owned(self.key())
+        }
+    }
+
     /// The key of its environment, which is in the same namespace.
     pub fn env_key(&self) -> String {
         qualified(&self.namespace, &self.env)
