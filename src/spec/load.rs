@@ -116,25 +116,29 @@ pub fn read_file(file: &Path) -> Result<Vec<Document>> {
     })?;
     let mut docs = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = serde_yaml::Value::deserialize(de).map_err(|e| {
-            let loc = e
-                .location()
-                .map(|l| format!(":{}:{}", l.line(), l.column()))
-                .unwrap_or_default();
-            anyhow!("{}{loc}: invalid YAML: {e}", file.display())
-        })?;
         let doc_positions = if i < positions.len() {
             std::mem::take(&mut positions[i])
         } else {
             HashMap::new()
         };
+        // Where the document starts, for errors that carry no place of their own.
+        let start = doc_positions.get("").copied().unwrap_or((1, 1));
+        let value = serde_yaml::Value::deserialize(de).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or(start);
+            anyhow!("{}:{line}:{column}: invalid YAML: {e}", file.display())
+        })?;
         if value.is_null() {
             continue;
         }
         let value: Value = serde_json::to_value(value).map_err(|e| {
             anyhow!(
-                "{}: a document this program cannot read as JSON: {e}",
-                file.display()
+                "{}:{}:{}: a document this program cannot read as JSON (a non-string mapping key?): {e}",
+                file.display(),
+                start.0,
+                start.1
             )
         })?;
         docs.push(Document {
@@ -267,6 +271,15 @@ mod tests {
         assert_eq!(docs[0].at("spec.x").line, 4);
         assert_eq!(docs[1].at("kind").line, 7);
         assert_eq!(docs[1].at("nothing").line, 7);
+    }
+
+    #[test]
+    fn a_document_json_cannot_hold_says_where_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.yaml");
+        std::fs::write(&file, "kind: A\n---\n\n? [a, b]\n: 1\n").unwrap();
+        let err = read_file(&file).err().unwrap().to_string();
+        assert!(err.contains("keys.yaml:4:1: a document"), "{err}");
     }
 
     #[test]
