@@ -14,9 +14,13 @@ use serde_json::Value;
 use super::paths::parse_path;
 use super::spec::{ChoiceCondition, ChoiceRule, WorkflowState};
 
+/// The step error of a Choice state whose rules all fail and that has no
+/// `default`.
+pub const NO_CHOICE_MATCHED: &str = "Fission.NoChoiceMatched";
+
 /// The state a Choice state moves to for `input`: the first matching rule's
 /// `next`, else `default`; None when neither (the engine fails the step with
-/// `Fission.NoChoiceMatched`).
+/// [`NO_CHOICE_MATCHED`]).
 pub fn eval_choice<'a>(state: &'a WorkflowState, input: &Value) -> Option<&'a str> {
     state
         .choices

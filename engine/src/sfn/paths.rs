@@ -315,6 +315,23 @@ mod tests {
     }
 
     #[test]
+    fn the_dialect_is_rfc_9535_with_its_functions() {
+        let doc = json!({"items": [
+            {"id": "a1", "tags": ["x"]},
+            {"id": "b2", "tags": ["x", "y"]}
+        ]});
+        let read = |p: &str| apply_input_path(Some(p), &doc).unwrap();
+        assert_eq!(read("$.items[?length(@.tags) > 1].id"), json!("b2"));
+        assert_eq!(read("$.items[?match(@.id, 'b[0-9]')].id"), json!("b2"));
+        assert_eq!(read("$.items[-1].tags[0]"), json!("x"));
+        assert_eq!(read("$['items'][0]['id']"), json!("a1"));
+        // Not RFC 9535: relative paths, and JavaScript-style filters.
+        assert!(apply_input_path(Some("@.items"), &doc).is_err());
+        assert!(apply_input_path(Some("$.items[?(@.id == 'a1')]"), &doc).is_ok());
+        assert!(apply_input_path(Some("$.items[(@.length-1)]"), &doc).is_err());
+    }
+
+    #[test]
     fn output_path_selects_and_no_match_is_null() {
         let doc = json!({"a": {"b": true}});
         assert_eq!(apply_output_path(Some("$.a.b"), &doc).unwrap(), json!(true));

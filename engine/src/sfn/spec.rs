@@ -541,7 +541,7 @@ fn from_yaml_error(code: &'static str, e: &serde_yaml::Error) -> ValidationError
 /// (anything with `apiVersion`, `kind` or `spec` at the top), or just its
 /// `spec`. Syntax errors are `yaml_syntax`, wrong types and unknown fields
 /// `invalid_spec`, each with its line and column; this does not validate the
-/// state machine (see [`super::validate`]).
+/// state machine (see [`super::validate()`]).
 pub fn parse_workflow(text: &str) -> Result<ParsedWorkflow, ValidationError> {
     if text.len() > MAX_DOCUMENT_BYTES {
         return Err(error(

@@ -1209,6 +1209,35 @@ states:
         }
     }
 
+    proptest::proptest! {
+        /// Validation answers every text with a workflow or errors, never a panic;
+        /// every error has a position inside the text.
+        #[test]
+        fn validation_never_panics(
+            lines in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "startAt: a", "states:", "  a:", "  b:", "    type: Task", "    type: Map",
+                    "    type: Choice", "    type: Parallel", "    next: b", "    end: true",
+                    "    function: { name: f }", "    resultPath: $.x[*]", "    inputPath: $[",
+                    "    branches:", "      - startAt: a", "        states:", "          a: { type: Map }",
+                    "    choices:", "      - { variable: $.x, isNull: true, next: a }",
+                    "      - { and: [], next: zz }", "    retry: { maxAttempts: 99 }", "spec:",
+                    "kind: Workflow", "  - [", "{", "\"x\": 1}", "    duration: 1s",
+                ]),
+                0..24,
+            )
+        ) {
+            let text = lines.join("\n");
+            if let Err(errors) = parse_and_validate(&text) {
+                let line_count = text.lines().count().max(1) + 1;
+                for e in errors {
+                    proptest::prop_assert!(e.line >= 1 && e.line <= line_count, "{:?}", e);
+                    proptest::prop_assert!(e.column >= 1, "{:?}", e);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_spec_round_trips_through_json() {
         let parsed = parse_workflow(ORDER_PIPELINE).unwrap();
