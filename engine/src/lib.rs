@@ -9,6 +9,7 @@ pub mod driver;
 pub mod expr;
 pub mod metrics;
 pub mod retry;
+pub mod sfn;
 pub mod spec;
 pub mod state;
 pub mod store;
