@@ -110,6 +110,28 @@ fn view(kind: &str, mut v: Value) -> Value {
 }
 
 /// A declaration from a request body: `name`, `namespace` and `spec`.
+/// A declaration of `kind` from a request body; an RFC-0022 workflow's spec is
+/// validated as the engine will run it (errors name their place in the spec,
+/// written as indented JSON).
+fn parse_declaration_of(kind: &str, body: &[u8], ns: &str) -> Result<(String, Value), Error> {
+    let (name, v) = parse_declaration(body, ns)?;
+    if kind == "workflows" {
+        let text =
+            serde_json::to_string_pretty(&v["spec"]).map_err(|e| Error::Internal(e.to_string()))?;
+        if let Err(errors) = engine::sfn::parse_and_validate(&text) {
+            let all: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{} ({})", e.message, e.code))
+                .collect();
+            return Err(Error::Invalid(format!(
+                "workflow {name:?} is not a valid RFC-0022 workflow: {}",
+                all.join("; ")
+            )));
+        }
+    }
+    Ok((name, v))
+}
+
 fn parse_declaration(body: &[u8], ns: &str) -> Result<(String, Value), Error> {
     let mut v: Value = parse_json(body)?;
     let Some(obj) = v.as_object_mut() else {
@@ -167,7 +189,7 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, Error> {
     kind_reason(&kind)?;
-    let (name, v) = parse_declaration(&body, q.checked()?)?;
+    let (name, v) = parse_declaration_of(&kind, &body, q.checked()?)?;
     let bytes = serde_json::to_vec(&v).map_err(|e| Error::Internal(e.to_string()))?;
     let swapped = d.declared.compare_and_swap(
         key(&kind, &q.namespace, &name),
@@ -191,7 +213,7 @@ async fn update(
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
     kind_reason(&kind)?;
-    let (body_name, v) = parse_declaration(&body, q.checked()?)?;
+    let (body_name, v) = parse_declaration_of(&kind, &body, q.checked()?)?;
     if body_name != name {
         return Err(Error::Invalid(format!(
             "the name in the body ({body_name:?}) differs from the name in the path ({name:?})"

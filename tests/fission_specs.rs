@@ -242,6 +242,17 @@ fn triggers_and_state_machine_workflows_are_stored_until_they_can_run() {
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("created   Workflow order"), "{out}");
+    // The API checks an RFC-0022 workflow as the engine will run it.
+    let (status, v) = s.call(
+        "POST",
+        "/v1/declared/workflows",
+        Some(serde_json::json!({"name": "bad", "spec": {"startAt": "a", "states": {"a": {"type": "Succeed", "next": "b"}}}})),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v.to_string().contains("not a valid RFC-0022 workflow"),
+        "{v}"
+    );
     let wf = s.ok("GET", "/v1/declared/workflows/order", None);
     assert_eq!(wf["spec"]["startAt"], "validate", "{wf}");
     assert_eq!(wf["status"]["active"], false, "{wf}");
@@ -356,4 +367,44 @@ fn archives_stay_below_the_project_root_and_a_uid_is_checked_offline() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("a.yaml:4:1: deployment uid \"a?b\""), "{err}");
+}
+
+#[test]
+fn an_rfc_0022_workflow_is_validated_offline_with_its_place_in_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    // A first document, so the workflow's lines are offset within the file.
+    std::fs::write(
+        specs.join("wf.yaml"),
+        format!(
+            "{}---\napiVersion: fission.io/v1\nkind: Workflow\nmetadata:\n  name: order\nspec:\n  startAt: validate\n  states:\n    validate:\n      type: Task\n      function:\n        name: check\n      next: nowhere\n",
+            env_doc("py")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["spec", "validate"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    // `next: nowhere` is line 22 of the file.
+    assert!(err.contains("wf.yaml:22:"), "{err}");
+    assert!(err.contains("nowhere"), "{err}");
+    // Fixed, it is valid; its function, not in the folder, is a warning.
+    std::fs::write(
+        specs.join("wf.yaml"),
+        "apiVersion: fission.io/v1\nkind: Workflow\nmetadata:\n  name: order\nspec:\n  startAt: validate\n  states:\n    validate:\n      type: Task\n      function:\n        name: check\n      end: true\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["spec", "validate"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("references Function default/check"), "{err}");
 }

@@ -29,6 +29,10 @@ impl fmt::Display for Location {
 pub struct Document {
     pub value: Value,
     pub file: PathBuf,
+    /// The document's own text, and the line of the file it starts on, for
+    /// checkers that read the text themselves (their lines are offset by it).
+    pub source: String,
+    pub first_line: usize,
     /// Where each field is written: `spec.runtime.image` -> its key's position;
     /// `""` is the document itself.
     positions: Positions,
@@ -116,11 +120,14 @@ pub fn read_file(file: &Path) -> Result<Vec<Document>> {
     })?;
     let mut docs = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let doc_positions = if i < positions.len() {
+        let (doc_positions, first_line, past) = if i < positions.len() {
             std::mem::take(&mut positions[i])
         } else {
-            HashMap::new()
+            (HashMap::new(), 1, None)
         };
+        let lines: Vec<&str> = text.lines().collect();
+        let end = past.map_or(lines.len(), |p| (p - 1).min(lines.len()));
+        let source = lines[(first_line - 1).min(end)..end].join("\n");
         // Where the document starts, for errors that carry no place of their own.
         let start = doc_positions.get("").copied().unwrap_or((1, 1));
         let value = serde_yaml::Value::deserialize(de).map_err(|e| {
@@ -144,6 +151,8 @@ pub fn read_file(file: &Path) -> Result<Vec<Document>> {
         docs.push(Document {
             value,
             file: file.to_path_buf(),
+            source,
+            first_line,
             positions: doc_positions,
         });
     }
@@ -154,7 +163,11 @@ pub fn read_file(file: &Path) -> Result<Vec<Document>> {
 /// Field path -> (line, column).
 type Positions = HashMap<String, (usize, usize)>;
 
-fn positions(text: &str) -> Result<Vec<Positions>, (usize, usize, String)> {
+/// Each document's positions, and the lines it spans (first, and the first
+/// line past it, or None at the end of the text).
+type DocSpan = (Positions, usize, Option<usize>);
+
+fn positions(text: &str) -> Result<Vec<DocSpan>, (usize, usize, String)> {
     enum Frame {
         /// A mapping; `key` is the key whose value comes next, if any.
         Map {
@@ -175,6 +188,7 @@ fn positions(text: &str) -> Result<Vec<Positions>, (usize, usize, String)> {
     }
     let mut docs = Vec::new();
     let mut current: Positions = HashMap::new();
+    let mut start_line = 1;
     let mut stack: Vec<Frame> = Vec::new();
     let mut parser = Parser::new_from_str(text);
     while let Some(next) = parser.next_event() {
@@ -200,8 +214,15 @@ fn positions(text: &str) -> Result<Vec<Positions>, (usize, usize, String)> {
             Event::DocumentStart(_) => {
                 current = HashMap::new();
                 stack.clear();
+                start_line = span.start.line();
             }
-            Event::DocumentEnd => docs.push(std::mem::take(&mut current)),
+            Event::DocumentEnd => {
+                // An explicit `...` ends on its own line; an implicit end is
+                // where the next document (or the text) starts.
+                let end = span.start.line();
+                let past = if end <= start_line { None } else { Some(end) };
+                docs.push((std::mem::take(&mut current), start_line, past));
+            }
             Event::Scalar(value, ..) => match node_path(&mut stack) {
                 Some(p) => {
                     current.entry(p).or_insert(at);
@@ -249,7 +270,7 @@ mod tests {
     #[test]
     fn fields_are_found_where_they_are_written() {
         let text = "kind: A\nmetadata:\n  name: x\nspec:\n  list:\n  - a: 1\n  - {b: 2}\n---\n\n---\nkind: B\n";
-        let docs = positions(text).unwrap();
+        let docs: Vec<Positions> = positions(text).unwrap().into_iter().map(|d| d.0).collect();
         assert_eq!(docs.len(), 3);
         let d = &docs[0];
         assert_eq!(d["kind"], (1, 1));

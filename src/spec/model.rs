@@ -322,7 +322,9 @@ impl Specs {
                 self.fission_stored_trigger(doc, &spec, &mut r)
             }
             Kind::Workflow => {
-                if spec.get("startAt").is_none() {
+                if !self.state_machine(doc, &mut r) {
+                    false
+                } else if spec.get("startAt").is_none() {
                     self.error(
                         doc.at("spec"),
                         "a fission.io/v1 Workflow needs `spec.startAt` and `spec.states`",
@@ -338,6 +340,54 @@ impl Specs {
         if ok {
             self.push(r, doc);
         }
+    }
+
+    /// An RFC-0022 Workflow, checked by the engine's own validation (each error
+    /// with its place in the file); the functions it calls are references.
+    fn state_machine(&mut self, doc: &Document, r: &mut Resource) -> bool {
+        let parsed = match engine::sfn::parse_and_validate(&doc.source) {
+            Ok(p) => p,
+            Err(errors) => {
+                for e in errors {
+                    let at = Location {
+                        file: doc.file.clone(),
+                        line: doc.first_line + e.line.saturating_sub(1),
+                        column: e.column,
+                    };
+                    self.error(
+                        at,
+                        format!("workflow {:?}: {} ({})", r.name, e.message, e.code),
+                    );
+                }
+                return false;
+            }
+        };
+        fn calls(
+            states: &std::collections::BTreeMap<String, engine::sfn::WorkflowState>,
+            out: &mut Vec<String>,
+        ) {
+            for st in states.values() {
+                if let Some(f) = &st.function {
+                    out.push(f.name.clone());
+                }
+                for b in &st.branches {
+                    calls(&b.states, out);
+                }
+            }
+        }
+        let mut names = Vec::new();
+        calls(&parsed.spec().states, &mut names);
+        names.sort();
+        names.dedup();
+        for name in names {
+            r.refs.push((
+                Kind::Function,
+                r.namespace.clone(),
+                name,
+                "spec.states".into(),
+            ));
+        }
+        true
     }
 
     fn push(&mut self, r: Resource, doc: &Document) {
@@ -970,7 +1020,9 @@ impl Specs {
                 }
                 // As Fission: a package, or a trigger's function, must be in the
                 // folder; an environment, secret or configmap may be on the server.
-                let must = *kind == Kind::Package || (*kind == Kind::Function && r.fission);
+                // (A workflow's function may be on the server: a warning, as in Fission.)
+                let must = *kind == Kind::Package
+                    || (*kind == Kind::Function && r.fission && r.kind != Kind::Workflow);
                 let message = format!(
                     "{} references {} {ns}/{name}, which is not in the specs{}",
                     r.label(),
