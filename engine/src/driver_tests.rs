@@ -179,6 +179,43 @@ async fn builtins_end_to_end() {
     assert_eq!(s.error.unwrap().message, "broken");
 }
 
+/// Fission Workflows' own `fibonacci` example (examples/misc/fibonacci.wf.yaml):
+/// the `javascript` task names its `args` keys as variables.
+#[tokio::test(start_paused = true)]
+async fn fission_workflows_fibonacci_example() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = r#"
+output: ExtractResult
+tasks:
+  Fib:
+    run: repeat
+    inputs:
+      times: "{ param() || 0 }"
+      do:
+        run: javascript
+        inputs:
+          _prev:
+            fn1: 0
+            fn2: 1
+          args:
+            fn1: "{ task().Inputs._prev.fn1 }"
+            fn2: "{ task().Inputs._prev.fn2 }"
+          expr: "({
+            'fn1': fn2,
+            'fn2': (fn1 + fn2)
+          })"
+  ExtractResult:
+    run: compose
+    inputs: "{ (output('Fib') || {}).fn2 || 0 }"
+    requires:
+    - Fib
+"#;
+    let s = run(&e, "fibonacci", yaml, json!({"default": 10})).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!(89)));
+}
+
 #[tokio::test(start_paused = true)]
 async fn nested_workflow_by_name() {
     let (_d, db, fake) = setup();
