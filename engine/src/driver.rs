@@ -195,6 +195,20 @@ pub fn response_output(resp: &FunctionResponse) -> Value {
     Value::String(String::from_utf8_lossy(&resp.body).to_string())
 }
 
+/// The inputs a workflow invoked by name from a task sees: those of the task, with
+/// a `body` also as `default` (`param()`), as Fission Workflows' invocation API
+/// and Fusion's HTTP invocation give it.
+fn invocation_inputs(mut inputs: Value) -> Value {
+    if let Some(m) = inputs.as_object_mut() {
+        if !m.contains_key("default") {
+            if let Some(body) = m.get("body").cloned() {
+                m.insert("default".into(), body);
+            }
+        }
+    }
+    inputs
+}
+
 /// The body of a call: text for a string, JSON for anything else.
 fn body_of(v: Option<&Value>, headers: &mut Vec<(String, String)>) -> Bytes {
     match v {
@@ -1011,7 +1025,7 @@ impl Actor {
                         parent: task.into(),
                         tasks: wf.spec.tasks,
                         output: wf.spec.output,
-                        scope_inputs: Some(inputs_value),
+                        scope_inputs: Some(invocation_inputs(inputs_value)),
                         at: now,
                     }),
                 },

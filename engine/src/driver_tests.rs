@@ -235,6 +235,28 @@ async fn nested_workflow_by_name() {
     assert_eq!(s.output, Some(json!("x-inner")), "{s:?}");
 }
 
+/// A workflow invoked by name with a `body` input sees it as `default` too, as
+/// when it is invoked over HTTP.
+#[tokio::test(start_paused = true)]
+async fn nested_workflow_sees_its_body_as_default() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "inner",
+        "output: T\ntasks:\n  T:\n    run: compose\n    inputs:\n      p: \"{ param() }\"\n      b: \"{ param('body') }\"\n",
+    )
+    .unwrap();
+    let s = run(
+        &e,
+        "outer",
+        "output: O\ntasks:\n  O:\n    run: inner\n    inputs:\n      body: \"{ param() }\"\n",
+        json!({"default": "x"}),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!({"p": "x", "b": "x"})), "{s:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn retries_with_backoff_then_succeeds() {
     let (_d, db, fake) = setup();
