@@ -750,7 +750,8 @@ impl Actor {
                     let inputs = t.inputs.clone().unwrap_or(Value::Null);
                     let key = t.key.clone()?;
                     let timeout = t.spec.timeout.as_deref().and_then(parse_duration);
-                    if t.spec.run == "http" {
+                    let target = t.spec.target();
+                    if target == "http" {
                         let named = inputs.as_object()?.clone().into_iter().collect();
                         if let Outcome::Http(request) = builtins::run("http", &named, &named, None)
                         {
@@ -766,7 +767,7 @@ impl Actor {
                     Some(External::Call {
                         task: t.id.clone(),
                         attempt: t.attempts,
-                        call: function_call(&t.spec.run, &inputs, &key, timeout),
+                        call: function_call(&target, &inputs, &key, timeout),
                     })
                 })
                 .collect();
@@ -961,8 +962,9 @@ impl Actor {
         };
         let inputs_value = Value::Object(inputs.clone().into_iter().collect());
         let timeout = spec.timeout.as_deref().and_then(parse_duration);
-        if builtins::is_builtin(&spec.run) {
-            match builtins::run(&spec.run, &inputs, &raw, spec.concurrency) {
+        let target = spec.target().into_owned();
+        if builtins::is_builtin(&target) {
+            match builtins::run(&target, &inputs, &raw, spec.concurrency) {
                 Outcome::Output(v) => {
                     self.record(dispatched(inputs_value, None));
                     match dynamic_workflow(&v) {
@@ -1009,12 +1011,12 @@ impl Actor {
                     })
                 }
             }
-        } else if !self.engine.invoker.function_exists(&spec.run)
-            && self.engine.store.workflow_exists(&spec.run)
+        } else if !self.engine.invoker.function_exists(&target)
+            && self.engine.store.workflow_exists(&target)
         {
             self.record(dispatched(inputs_value.clone(), None));
             let depth = task.matches('/').count() + 1;
-            match self.engine.store.workflow(&spec.run, None) {
+            match self.engine.store.workflow(&target, None) {
                 Ok(Some(_)) if depth > MAX_WORKFLOW_DEPTH => self.record(fail(format!(
                     "workflow {:?} would run nested {depth} levels deep, past the limit of {MAX_WORKFLOW_DEPTH} (does a workflow call itself?)",
                     spec.run
@@ -1037,7 +1039,7 @@ impl Actor {
             Some(External::Call {
                 task: task.into(),
                 attempt,
-                call: function_call(&spec.run, &inputs_value, key, timeout),
+                call: function_call(&target, &inputs_value, key, timeout),
             })
         }
     }

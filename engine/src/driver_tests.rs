@@ -235,6 +235,22 @@ async fn nested_workflow_by_name() {
     assert_eq!(s.output, Some(json!("x-inner")), "{s:?}");
 }
 
+/// `fission://<namespace>/<fn>` names a function by its key, here and when stored.
+#[tokio::test(start_paused = true)]
+async fn fission_function_references_run_the_function() {
+    let (_d, db, fake) = setup();
+    fake.add("team-a/shout", None, |c, _| {
+        text(200, &String::from_utf8_lossy(&c.body).to_uppercase())
+    });
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: B\ntasks:\n  A:\n    run: fission://default/echo\n    inputs: \"{ param() }\"\n  B:\n    run: fission://team-a/shout\n    inputs: \"{ output('A') }\"\n    requires: [A]\n";
+    let s = run(&e, "refs", yaml, json!({"default": "hi"})).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("HI")));
+    assert_eq!(fake.count("echo"), 1);
+    assert_eq!(fake.count("team-a/shout"), 1);
+}
+
 /// A workflow invoked by name with a `body` input sees it as `default` too, as
 /// when it is invoked over HTTP.
 #[tokio::test(start_paused = true)]

@@ -199,7 +199,7 @@ fn check_task(
             format!("task {id:?}: `run` must name a built-in, a function or a workflow, not an expression; choose between tasks with `if` or `switch`"),
             pos.value(&["tasks", id, "run"]),
         );
-    } else if !is_builtin(&task.run) && !exists(&task.run) {
+    } else if !is_builtin(&task.target()) && !exists(&task.target()) {
         err(
             "unknown_function",
             format!(
