@@ -361,6 +361,38 @@ async fn cancel_and_retry_from_failure() {
     assert_eq!(fake.count("sometimes"), 2);
 }
 
+/// Cancelling a run ends its running and pending tasks as cancelled; those that
+/// finished keep their status, and a later retry runs the cancelled ones.
+#[tokio::test(start_paused = true)]
+async fn cancel_ends_running_and_pending_tasks_as_cancelled() {
+    use crate::state::TaskStatus;
+    let (_d, db, fake) = setup();
+    fake.add("slow", Some(Duration::from_secs(60)), |_, _| {
+        text(200, "late")
+    });
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: C\ntasks:\n  A:\n    run: echo\n    inputs: a\n  B:\n    run: slow\n    requires: [A]\n  C:\n    run: echo\n    requires: [B]\n";
+    e.create_workflow("c", yaml).unwrap();
+    let started = e.start_run("c", json!(null)).await.unwrap();
+    for _ in 0..1000 {
+        if fake.count("slow") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(fake.count("slow"), 1, "B was dispatched");
+    e.cancel(&started.id, "by test").await.unwrap();
+    let state = e.run_state(&started.id).unwrap();
+    let status = |t: &str| state.tasks[t].status;
+    assert_eq!(status("A"), TaskStatus::Succeeded);
+    assert_eq!(status("B"), TaskStatus::Cancelled);
+    assert_eq!(status("C"), TaskStatus::Cancelled);
+    assert!(state.tasks["B"].ended_at.is_some());
+    let again = e.retry(&started.id).await.unwrap();
+    let s = e.wait(&again.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn recovery_redispatches_in_flight_with_same_key() {
     let (_d, db, fake) = setup();

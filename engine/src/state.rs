@@ -173,6 +173,8 @@ pub enum TaskStatus {
     Waiting,
     Succeeded,
     Failed,
+    /// Its run was cancelled before it finished (it was pending, running or waiting).
+    Cancelled,
 }
 
 /// Why a run failed.
@@ -588,6 +590,17 @@ pub fn apply(s: &mut RunState, event: &Event) {
             }
         }
         Event::RunSucceeded { .. } | Event::RunFailed { .. } | Event::RunCancelled { .. } => {
+            if let Event::RunCancelled { at, .. } = event {
+                for t in s.tasks.values_mut() {
+                    if !matches!(
+                        t.status,
+                        TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
+                    ) {
+                        t.status = TaskStatus::Cancelled;
+                        t.ended_at = Some(*at);
+                    }
+                }
+            }
             if let Some(end) = RunEnd::of(event) {
                 end.write(
                     &mut s.status,
@@ -748,7 +761,7 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                 }
             }
             TaskStatus::Waiting => busy = true,
-            TaskStatus::Succeeded | TaskStatus::Failed => {}
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => {}
         }
     }
     if actions.is_empty() && !busy {
