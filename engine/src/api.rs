@@ -418,16 +418,20 @@ async fn retry_run(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let started = engine.retry(&id).await?;
-    Ok(accepted(&started.id))
+    Ok(accepted(&started.id, ""))
 }
 
-fn accepted(id: &str) -> Response {
+/// 202 for a run started in the background; its `Location` is the run on the API
+/// listener: `{api_base}/v1/runs/{id}` (`api_base` is empty on the API listener
+/// itself, the absolute URL of the API listener on the router's).
+fn accepted(id: &str, api_base: &str) -> Response {
+    let location = format!("{api_base}/v1/runs/{id}");
     let mut resp = (
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "running", "location": format!("/v1/runs/{id}")})),
+        Json(json!({"id": id, "status": "running", "location": location})),
     )
         .into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/runs/{id}")) {
+    if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
@@ -557,7 +561,19 @@ pub fn request_input(
 /// with the run id and a `Location`. A failed run answers with the failing
 /// function's 4xx status, or 500, and a JSON error naming the task.
 pub async fn invoke_http(engine: Arc<Engine>, name: &str, req: Request<Body>) -> Response {
-    match invoke_inner(engine, name, req).await {
+    invoke_http_at(engine, name, req, "").await
+}
+
+/// `invoke_http` for a listener other than the API's: the 202's `Location` is
+/// `{api_base}/v1/runs/{id}`, with `api_base` the API listener's absolute URL
+/// (`http://host:port`).
+pub async fn invoke_http_at(
+    engine: Arc<Engine>,
+    name: &str,
+    req: Request<Body>,
+    api_base: &str,
+) -> Response {
+    match invoke_inner(engine, name, req, api_base).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -566,7 +582,12 @@ pub async fn invoke_http(engine: Arc<Engine>, name: &str, req: Request<Body>) ->
 /// How long an invocation's request body may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-async fn invoke_inner(engine: Arc<Engine>, name: &str, req: Request<Body>) -> ApiResult<Response> {
+async fn invoke_inner(
+    engine: Arc<Engine>,
+    name: &str,
+    req: Request<Body>,
+    api_base: &str,
+) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
     let body = match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT))
         .await
@@ -600,7 +621,7 @@ async fn invoke_inner(engine: Arc<Engine>, name: &str, req: Request<Body>) -> Ap
     let input = request_input(&parts.method, &parts.uri, &parts.headers, &body)?;
     let started = engine.start_run(name, input).await?;
     if is_async(&parts.headers) {
-        return Ok(accepted(&started.id));
+        return Ok(accepted(&started.id, api_base));
     }
     let summary = engine.wait(&started.id).await?;
     match summary.status {
