@@ -418,19 +418,32 @@ async fn retry_run(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let started = engine.retry(&id).await?;
-    Ok(accepted(&started.id, ""))
+    // Say which workflow and version the new run runs (a retry keeps the version
+    // of the run it retries).
+    let s = engine.run_summary(&started.id)?;
+    Ok(accepted_with(
+        &started.id,
+        "",
+        json!({"workflow": s.workflow, "version": s.version, "retry_of": id}),
+    ))
 }
 
 /// 202 for a run started in the background; its `Location` is the run on the API
 /// listener: `{api_base}/v1/runs/{id}` (`api_base` is empty on the API listener
 /// itself, the absolute URL of the API listener on the router's).
 fn accepted(id: &str, api_base: &str) -> Response {
+    accepted_with(id, api_base, json!({}))
+}
+
+/// `accepted`, with more fields in the body.
+fn accepted_with(id: &str, api_base: &str, mut fields: Value) -> Response {
     let location = format!("{api_base}/v1/runs/{id}");
-    let mut resp = (
-        StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "running", "location": location})),
-    )
-        .into_response();
+    if let Some(m) = fields.as_object_mut() {
+        m.insert("id".into(), json!(id));
+        m.insert("status".into(), json!("running"));
+        m.insert("location".into(), json!(location));
+    }
+    let mut resp = (StatusCode::ACCEPTED, Json(fields)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -647,13 +660,19 @@ async fn invoke_inner(
                 Some(t) => format!("task {t:?} failed: {}", err.message),
                 None => err.message.clone(),
             };
-            let body = json!({"error": {
+            let mut error = json!({
                 "code": if status == RunStatus::Cancelled { "run_cancelled" } else { "run_failed" },
                 "message": message,
-                "task": err.task,
-                "status": err.status,
                 "run_id": started.id,
-            }});
+            });
+            // Only what is known: no `"task": null` or `"status": null`.
+            if let Some(task) = &err.task {
+                error["task"] = json!(task);
+            }
+            if let Some(s) = err.status {
+                error["status"] = json!(s);
+            }
+            let body = json!({ "error": error });
             let mut resp = (code, Json(body)).into_response();
             if let Ok(v) = HeaderValue::from_str(&started.id) {
                 resp.headers_mut().insert("x-fusion-run-id", v);

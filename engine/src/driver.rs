@@ -92,7 +92,8 @@ pub struct EngineConfig {
 pub enum EngineError {
     #[error("{0} does not exist")]
     NotFound(String),
-    #[error("{0} already exists")]
+    /// The resource is in a state the request does not fit (the message says which).
+    #[error("{0}")]
     Conflict(String),
     /// A function already has the name (functions and workflows share names).
     #[error("{0}")]
@@ -207,6 +208,18 @@ fn invocation_inputs(mut inputs: Value) -> Value {
         }
     }
     inputs
+}
+
+/// The status of a task (and a run) that failed because an expression over the
+/// invocation's input failed: 422 Unprocessable Content, the caller's mistake.
+pub const INPUT_MISFIT_STATUS: u16 = 422;
+
+/// Why a run that has ended cannot be cancelled, in plain words.
+fn already_finished(id: &str, status: RunStatus) -> EngineError {
+    EngineError::Conflict(format!(
+        "run {id} is already {}: there is nothing left to cancel",
+        status.as_str()
+    ))
 }
 
 /// The body of a call: text for a string, JSON for anything else.
@@ -602,20 +615,11 @@ impl Engine {
                 let summary = self.wait(id).await?;
                 if summary.status != RunStatus::Cancelled {
                     // It finished on its own before the cancel was taken.
-                    return Err(EngineError::Conflict(format!(
-                        "run {id:?} is already {}",
-                        summary.status.as_str()
-                    )));
+                    return Err(already_finished(id, summary.status));
                 }
                 Ok(summary)
             }
-            None => {
-                let s = self.run_summary(id)?;
-                Err(EngineError::Conflict(format!(
-                    "run {id:?} is already {}",
-                    s.status.as_str()
-                )))
-            }
+            None => Err(already_finished(id, self.run_summary(id)?.status)),
         }
     }
 
@@ -956,7 +960,19 @@ impl Actor {
             Ok(i) => i,
             Err(e) => {
                 self.record(dispatched(Value::Object(raw.into_iter().collect()), None));
-                self.record(fail(e.to_string()));
+                if e.reads_invocation() {
+                    // The caller's input does not fit: the run answers 422.
+                    self.record(Event::TaskFailed {
+                        task: task.into(),
+                        attempt,
+                        error: format!("the input does not fit the workflow: {e}"),
+                        status: Some(INPUT_MISFIT_STATUS),
+                        retryable: false,
+                        at: now,
+                    });
+                } else {
+                    self.record(fail(e.to_string()));
+                }
                 return None;
             }
         };

@@ -393,6 +393,25 @@ async fn cancel_ends_running_and_pending_tasks_as_cancelled() {
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
 }
 
+/// An input the workflow's expressions cannot read fails the run with 422 (the
+/// caller's mistake); an expression over a task's output fails it without one.
+#[tokio::test(start_paused = true)]
+async fn an_input_that_does_not_fit_fails_with_422() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml =
+        "output: A\ntasks:\n  A:\n    run: echo\n    inputs: \"{ param().name.toUpperCase() }\"\n";
+    let s = run(&e, "fit", yaml, json!({"default": {}})).await;
+    assert_eq!(s.status, RunStatus::Failed);
+    let err = s.error.unwrap();
+    assert_eq!(err.status, Some(422), "{err:?}");
+    assert!(err.message.contains("the input does not fit"), "{err:?}");
+    let yaml = "output: B\ntasks:\n  A:\n    run: echo\n  B:\n    run: echo\n    inputs: \"{ output('A').x.y }\"\n    requires: [A]\n";
+    let s = run(&e, "bug", yaml, json!({"default": {}})).await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert_eq!(s.error.unwrap().status, None);
+}
+
 #[tokio::test(start_paused = true)]
 async fn recovery_redispatches_in_flight_with_same_key() {
     let (_d, db, fake) = setup();

@@ -180,8 +180,11 @@ pub enum TaskStatus {
 /// Why a run failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunError {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
     pub message: String,
+    /// The failing function's status, when it answered one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
 }
 
