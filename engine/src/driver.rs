@@ -463,7 +463,7 @@ impl Engine {
         self.store
             .put_workflow(name, source, &spec, create, self.clock.now_ms())
             .map_err(|e| match e {
-                StoreError::Conflict(m) => EngineError::Conflict(m),
+                StoreError::Conflict(m) => EngineError::Conflict(format!("{m} already exists")),
                 StoreError::NotFound(m) => EngineError::NotFound(m),
                 other => EngineError::Store(other),
             })
