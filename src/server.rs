@@ -234,7 +234,13 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     .await
     .map_err(|e| anyhow::anyhow!("cannot start the workflow engine: {e}"))?;
     let workflows: Option<Arc<dyn WorkflowGateway>> =
-        Some(Arc::new(crate::workflows::EngineGateway(engine.clone())));
+        Some(Arc::new(crate::workflows::EngineGateway {
+            engine: engine.clone(),
+            api: crate::workflows::ApiListener {
+                scheme: if tls.is_some() { "https" } else { "http" },
+                addr: api_listener.local_addr()?,
+            },
+        }));
     let mut registry = prometheus_client::registry::Registry::default();
     pool.metrics().register(&mut registry);
     engine.metrics().register(&mut registry);

@@ -260,7 +260,7 @@ fn every_documented_curl_answers_as_documented() {
     for (cmd, expected) in &examples {
         assert!(cmd.starts_with("curl "), "{cmd}");
         let (ok, out, err) = run_script(up.dir.path(), &up.localize(cmd), &[]);
-        if !ok || !answers(expected, &out) {
+        if !ok || !answers(&up.localize(expected), &out) {
             wrong.push(format!(
                 "$ {cmd}\n--- documented:\n{expected}--- answered:\n{out}\n{err}"
             ));
@@ -308,7 +308,7 @@ fn every_documented_curl_answers_as_documented() {
     for (i, (cmd, expected)) in documented.iter().enumerate() {
         let actual = std::fs::read_to_string(out_dir.join(i.to_string())).unwrap();
         assert!(
-            answers(expected, &actual),
+            answers(&up.localize(expected), &actual),
             "{cmd}\n--- documented:\n{expected}\n--- answered:\n{actual}"
         );
     }
@@ -332,7 +332,7 @@ fn every_documented_curl_answers_as_documented() {
         );
         let (ok, out, err) = run_script(up.dir.path(), &script, &[]);
         assert!(
-            ok && answers(expected, &out),
+            ok && answers(&up.localize(expected), &out),
             "{line}\n--- answered:\n{out}\n{err}"
         );
     }

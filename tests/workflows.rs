@@ -297,6 +297,35 @@ fn invalid_workflows_are_refused_with_line_and_column() {
         v["error"]["message"].as_str().unwrap().contains("line 6"),
         "{v}"
     );
+    // A misspelt key, and a task that says nothing of what it runs.
+    let (st, v) = post("apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: noop\n  B:\n    run: noop\n    requirez: [A]\n");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("unknown_key")),
+        "{v}"
+    );
+    assert_eq!(
+        (
+            &v["error"]["details"][0]["line"],
+            &v["error"]["details"][0]["column"]
+        ),
+        (&json!(8), &json!(5)),
+        "{v}"
+    );
+    let (st, v) =
+        post("apiVersion: 1\noutput: A\ntasks:\n  A:\n    requires: [B]\n  B:\n    run: noop\n");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("missing_run")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 4, column 3"),
+        "{v}"
+    );
     let (st, v) = post("apiVersion: 1\noutput: A\ntasks:\n  A: [unclosed\n");
     assert_eq!(
         (st, v["error"]["code"].as_str()),
@@ -886,4 +915,112 @@ fn a_stored_workflow_survives_a_killed_server() {
     s.kill();
     s.launch();
     assert_eq!(s.ok("GET", "/v1/workflows/kept", None)["name"], "kept");
+}
+
+#[test]
+fn the_run_commands_say_what_a_user_needs() {
+    let s = Server::start();
+    s.workflow(
+        "boom",
+        "apiVersion: 1\noutput: B\ntasks:\n  B:\n    run: fail\n    inputs: \"{ 'boom: ' + param() }\"\n",
+    );
+    // A failed run's error says what is known, and no `"status": null`.
+    let (st, body) = s.invoke("boom", "text/plain", "x");
+    assert_eq!(st, 500, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["task"], "B", "{body}");
+    assert!(err["error"].get("status").is_none(), "{body}");
+    let id = err["error"]["run_id"].as_str().unwrap().to_string();
+
+    // `run get`: the run's input, output and error, and the failed task's error.
+    let (rc, out, e) = s.cli(&["run", "get", &id]);
+    assert_eq!(rc, 0, "{e}");
+    let lines: Vec<&str> = out.lines().collect();
+    for column in ["INPUT", "OUTPUT", "ERROR"] {
+        assert!(lines[0].contains(column), "{out}");
+    }
+    assert!(
+        lines[1].contains(" x ") && lines[1].contains("boom: x"),
+        "{out}"
+    );
+    let task = lines
+        .iter()
+        .find(|l| l.starts_with("B "))
+        .expect("task row");
+    assert!(task.contains("failed") && task.contains("boom: x"), "{out}");
+
+    // `run retry`: the new run's workflow and version.
+    let (rc, out, e) = s.cli(&["run", "retry", &id]);
+    assert_eq!(rc, 0, "{e}");
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[1..3], ["boom", "1"], "{out}");
+    s.wait_run(row[0], Duration::from_secs(30));
+
+    // `run list`: the hint to the next page keeps the filters.
+    let (rc, out, e) = s.cli(&[
+        "run",
+        "list",
+        "--workflow",
+        "boom",
+        "--status",
+        "failed",
+        "--limit",
+        "1",
+    ]);
+    assert_eq!(rc, 0, "{e}");
+    assert!(
+        out.contains("more: fusion run list --workflow boom --status failed --limit 1 --cursor "),
+        "{out}"
+    );
+
+    // `run events`: a table, one event a line.
+    let (rc, out, e) = s.cli(&["run", "events", &id]);
+    assert_eq!(rc, 0, "{e}");
+    assert!(
+        out.starts_with("AT") && out.lines().next().unwrap().contains("EVENT"),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l.contains("RunFailed")), "{out}");
+
+    // A second cancel: 409, in plain words.
+    s.workflow(
+        "nap",
+        "apiVersion: 1\noutput: Nap\ntasks:\n  Nap:\n    run: sleep\n    inputs: 60s\n",
+    );
+    let nap = s.start_async("nap", "");
+    s.ok("POST", &format!("/v1/runs/{nap}/cancel"), Some(json!({})));
+    let (st, again) = s.call("POST", &format!("/v1/runs/{nap}/cancel"), Some(json!({})));
+    assert_eq!(st, 409, "{again}");
+    assert_eq!(
+        again["error"]["message"],
+        format!("run {nap} is already cancelled: there is nothing left to cancel")
+    );
+    let (rc, _, e) = s.cli(&["run", "cancel", &nap]);
+    assert_ne!(rc, 0);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("already cancelled"), "{e}");
+
+    // An input the workflow cannot read is the caller's mistake: 422.
+    s.workflow(
+        "greet",
+        "apiVersion: 1\noutput: G\ntasks:\n  G:\n    run: noop\n    inputs: \"{ 'hi ' + param().name.toUpperCase() }\"\n",
+    );
+    let (st, body) = s.invoke("greet", "application/json", r#"{"name": "ada"}"#);
+    assert_eq!((st, body.as_str()), (200, "hi ADA"));
+    let (st, body) = s.invoke("greet", "application/json", "{}");
+    assert_eq!(st, 422, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["code"], "run_failed", "{body}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the input does not fit the workflow"),
+        "{body}"
+    );
 }

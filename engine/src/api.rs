@@ -418,16 +418,33 @@ async fn retry_run(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let started = engine.retry(&id).await?;
-    Ok(accepted(&started.id))
+    // Say which workflow and version the new run runs (a retry keeps the version
+    // of the run it retries).
+    let s = engine.run_summary(&started.id)?;
+    Ok(accepted_with(
+        &started.id,
+        "",
+        json!({"workflow": s.workflow, "version": s.version, "retry_of": id}),
+    ))
 }
 
-fn accepted(id: &str) -> Response {
-    let mut resp = (
-        StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "running", "location": format!("/v1/runs/{id}")})),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/runs/{id}")) {
+/// 202 for a run started in the background; its `Location` is the run on the API
+/// listener: `{api_base}/v1/runs/{id}` (`api_base` is empty on the API listener
+/// itself, the absolute URL of the API listener on the router's).
+fn accepted(id: &str, api_base: &str) -> Response {
+    accepted_with(id, api_base, json!({}))
+}
+
+/// `accepted`, with more fields in the body.
+fn accepted_with(id: &str, api_base: &str, mut fields: Value) -> Response {
+    let location = format!("{api_base}/v1/runs/{id}");
+    if let Some(m) = fields.as_object_mut() {
+        m.insert("id".into(), json!(id));
+        m.insert("status".into(), json!("running"));
+        m.insert("location".into(), json!(location));
+    }
+    let mut resp = (StatusCode::ACCEPTED, Json(fields)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
@@ -557,7 +574,19 @@ pub fn request_input(
 /// with the run id and a `Location`. A failed run answers with the failing
 /// function's 4xx status, or 500, and a JSON error naming the task.
 pub async fn invoke_http(engine: Arc<Engine>, name: &str, req: Request<Body>) -> Response {
-    match invoke_inner(engine, name, req).await {
+    invoke_http_at(engine, name, req, "").await
+}
+
+/// `invoke_http` for a listener other than the API's: the 202's `Location` is
+/// `{api_base}/v1/runs/{id}`, with `api_base` the API listener's absolute URL
+/// (`http://host:port`).
+pub async fn invoke_http_at(
+    engine: Arc<Engine>,
+    name: &str,
+    req: Request<Body>,
+    api_base: &str,
+) -> Response {
+    match invoke_inner(engine, name, req, api_base).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -566,7 +595,12 @@ pub async fn invoke_http(engine: Arc<Engine>, name: &str, req: Request<Body>) ->
 /// How long an invocation's request body may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-async fn invoke_inner(engine: Arc<Engine>, name: &str, req: Request<Body>) -> ApiResult<Response> {
+async fn invoke_inner(
+    engine: Arc<Engine>,
+    name: &str,
+    req: Request<Body>,
+    api_base: &str,
+) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
     let body = match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT))
         .await
@@ -600,7 +634,7 @@ async fn invoke_inner(engine: Arc<Engine>, name: &str, req: Request<Body>) -> Ap
     let input = request_input(&parts.method, &parts.uri, &parts.headers, &body)?;
     let started = engine.start_run(name, input).await?;
     if is_async(&parts.headers) {
-        return Ok(accepted(&started.id));
+        return Ok(accepted(&started.id, api_base));
     }
     let summary = engine.wait(&started.id).await?;
     match summary.status {
@@ -626,13 +660,19 @@ async fn invoke_inner(engine: Arc<Engine>, name: &str, req: Request<Body>) -> Ap
                 Some(t) => format!("task {t:?} failed: {}", err.message),
                 None => err.message.clone(),
             };
-            let body = json!({"error": {
+            let mut error = json!({
                 "code": if status == RunStatus::Cancelled { "run_cancelled" } else { "run_failed" },
                 "message": message,
-                "task": err.task,
-                "status": err.status,
                 "run_id": started.id,
-            }});
+            });
+            // Only what is known: no `"task": null` or `"status": null`.
+            if let Some(task) = &err.task {
+                error["task"] = json!(task);
+            }
+            if let Some(s) = err.status {
+                error["status"] = json!(s);
+            }
+            let body = json!({ "error": error });
             let mut resp = (code, Json(body)).into_response();
             if let Ok(v) = HeaderValue::from_str(&started.id) {
                 resp.headers_mut().insert("x-fusion-run-id", v);

@@ -305,12 +305,102 @@ fn javascript(inputs: &Inputs) -> Outcome {
     let args = inputs.get("args").cloned().unwrap_or(Value::Null);
     let scope = json!({"args": args});
     let src = crate::expr::expression_source(code).unwrap_or(code);
-    // `args` as documented; `arg` as Fission Workflows spelled it.
-    let wrapped = format!("{{ var args = $.args; var arg = args; {src} }}");
+    // `args` as documented, `arg` as Fission Workflows spelled it, and, as Fission
+    // Workflows does, each key of a map `args` as a variable of its own.
+    let mut wrapped = String::from("{ var args = $.args; var arg = args; ");
+    if let Some(map) = args.as_object() {
+        for key in map.keys().filter(|k| binds_as_variable(k)) {
+            let quoted = Value::String(key.clone());
+            wrapped.push_str(&format!("var {key} = args[{quoted}]; "));
+        }
+    }
+    wrapped.push_str(src);
+    wrapped.push_str(" }");
     match crate::expr::eval_isolated(scope, wrapped) {
         Ok(v) => Outcome::Output(v),
         Err(e) => Outcome::Fail(format!("javascript: {}", e.message)),
     }
+}
+
+/// JavaScript's reserved words: an `args` key spelled like one stays reachable as
+/// `args["key"]` only.
+const RESERVED: &[&str] = &[
+    "await",
+    "break",
+    "case",
+    "catch",
+    "class",
+    "const",
+    "continue",
+    "debugger",
+    "default",
+    "delete",
+    "do",
+    "else",
+    "enum",
+    "export",
+    "extends",
+    "false",
+    "finally",
+    "for",
+    "function",
+    "if",
+    "implements",
+    "import",
+    "in",
+    "instanceof",
+    "interface",
+    "let",
+    "new",
+    "null",
+    "package",
+    "private",
+    "protected",
+    "public",
+    "return",
+    "static",
+    "super",
+    "switch",
+    "this",
+    "throw",
+    "true",
+    "try",
+    "typeof",
+    "var",
+    "void",
+    "while",
+    "with",
+    "yield",
+    "eval",
+    "arguments",
+    "undefined",
+    "NaN",
+    "Infinity",
+];
+
+/// Whether a key of a map `args` becomes a variable of the `javascript` built-in:
+/// an identifier that is not reserved, not `args` (the whole map) and not one of
+/// the expression helpers (`$`, `param`, `task`, ...), which it would hide.
+fn binds_as_variable(key: &str) -> bool {
+    let mut chars = key.chars();
+    let starts = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$');
+    starts
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        && !key.starts_with("__")
+        && !RESERVED.contains(&key)
+        && !matches!(
+            key,
+            "$" | "args"
+                | "taskId"
+                | "task"
+                | "param"
+                | "input"
+                | "output"
+                | "outputHeaders"
+                | "uid"
+        )
 }
 
 fn http(inputs: &Inputs) -> Outcome {
@@ -462,6 +552,26 @@ mod tests {
                 json!({"expr": "args.a * 2", "args": {"a": 21}})
             ),
             json!(42)
+        );
+        // Fission Workflows binds each key of a map `args` as a variable, and a
+        // non-map `args` as `arg`; `args` (and `arg`) still hold the whole value.
+        assert_eq!(
+            out(
+                "javascript",
+                json!({"expr": "({ 'fn1': fn2, 'fn2': fn1 + fn2, 'n': args.fn1 })", "args": {"fn1": 3, "fn2": 5}})
+            ),
+            json!({"fn1": 5, "fn2": 8, "n": 3})
+        );
+        assert_eq!(
+            out("javascript", json!({"expr": "arg * 2", "args": 4})),
+            json!(8)
+        );
+        assert_eq!(
+            out(
+                "javascript",
+                json!({"expr": "[arg.a, args['for'], args['x-y']]", "args": {"a": 1, "for": 2, "x-y": 3}})
+            ),
+            json!([1, 2, 3])
         );
         assert_eq!(
             run(

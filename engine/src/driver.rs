@@ -92,7 +92,8 @@ pub struct EngineConfig {
 pub enum EngineError {
     #[error("{0} does not exist")]
     NotFound(String),
-    #[error("{0} already exists")]
+    /// The resource is in a state the request does not fit (the message says which).
+    #[error("{0}")]
     Conflict(String),
     /// A function already has the name (functions and workflows share names).
     #[error("{0}")]
@@ -193,6 +194,32 @@ pub fn response_output(resp: &FunctionResponse) -> Value {
         }
     }
     Value::String(String::from_utf8_lossy(&resp.body).to_string())
+}
+
+/// The inputs a workflow invoked by name from a task sees: those of the task, with
+/// a `body` also as `default` (`param()`), as Fission Workflows' invocation API
+/// and Fusion's HTTP invocation give it.
+fn invocation_inputs(mut inputs: Value) -> Value {
+    if let Some(m) = inputs.as_object_mut() {
+        if !m.contains_key("default") {
+            if let Some(body) = m.get("body").cloned() {
+                m.insert("default".into(), body);
+            }
+        }
+    }
+    inputs
+}
+
+/// The status of a task (and a run) that failed because an expression over the
+/// invocation's input failed: 422 Unprocessable Content, the caller's mistake.
+pub const INPUT_MISFIT_STATUS: u16 = 422;
+
+/// Why a run that has ended cannot be cancelled, in plain words.
+fn already_finished(id: &str, status: RunStatus) -> EngineError {
+    EngineError::Conflict(format!(
+        "run {id} is already {}: there is nothing left to cancel",
+        status.as_str()
+    ))
 }
 
 /// The body of a call: text for a string, JSON for anything else.
@@ -436,7 +463,7 @@ impl Engine {
         self.store
             .put_workflow(name, source, &spec, create, self.clock.now_ms())
             .map_err(|e| match e {
-                StoreError::Conflict(m) => EngineError::Conflict(m),
+                StoreError::Conflict(m) => EngineError::Conflict(format!("{m} already exists")),
                 StoreError::NotFound(m) => EngineError::NotFound(m),
                 other => EngineError::Store(other),
             })
@@ -588,20 +615,11 @@ impl Engine {
                 let summary = self.wait(id).await?;
                 if summary.status != RunStatus::Cancelled {
                     // It finished on its own before the cancel was taken.
-                    return Err(EngineError::Conflict(format!(
-                        "run {id:?} is already {}",
-                        summary.status.as_str()
-                    )));
+                    return Err(already_finished(id, summary.status));
                 }
                 Ok(summary)
             }
-            None => {
-                let s = self.run_summary(id)?;
-                Err(EngineError::Conflict(format!(
-                    "run {id:?} is already {}",
-                    s.status.as_str()
-                )))
-            }
+            None => Err(already_finished(id, self.run_summary(id)?.status)),
         }
     }
 
@@ -736,7 +754,8 @@ impl Actor {
                     let inputs = t.inputs.clone().unwrap_or(Value::Null);
                     let key = t.key.clone()?;
                     let timeout = t.spec.timeout.as_deref().and_then(parse_duration);
-                    if t.spec.run == "http" {
+                    let target = t.spec.target();
+                    if target == "http" {
                         let named = inputs.as_object()?.clone().into_iter().collect();
                         if let Outcome::Http(request) = builtins::run("http", &named, &named, None)
                         {
@@ -752,7 +771,7 @@ impl Actor {
                     Some(External::Call {
                         task: t.id.clone(),
                         attempt: t.attempts,
-                        call: function_call(&t.spec.run, &inputs, &key, timeout),
+                        call: function_call(&target, &inputs, &key, timeout),
                     })
                 })
                 .collect();
@@ -941,14 +960,27 @@ impl Actor {
             Ok(i) => i,
             Err(e) => {
                 self.record(dispatched(Value::Object(raw.into_iter().collect()), None));
-                self.record(fail(e.to_string()));
+                if e.reads_invocation() {
+                    // The caller's input does not fit: the run answers 422.
+                    self.record(Event::TaskFailed {
+                        task: task.into(),
+                        attempt,
+                        error: format!("the input does not fit the workflow: {e}"),
+                        status: Some(INPUT_MISFIT_STATUS),
+                        retryable: false,
+                        at: now,
+                    });
+                } else {
+                    self.record(fail(e.to_string()));
+                }
                 return None;
             }
         };
         let inputs_value = Value::Object(inputs.clone().into_iter().collect());
         let timeout = spec.timeout.as_deref().and_then(parse_duration);
-        if builtins::is_builtin(&spec.run) {
-            match builtins::run(&spec.run, &inputs, &raw, spec.concurrency) {
+        let target = spec.target().into_owned();
+        if builtins::is_builtin(&target) {
+            match builtins::run(&target, &inputs, &raw, spec.concurrency) {
                 Outcome::Output(v) => {
                     self.record(dispatched(inputs_value, None));
                     match dynamic_workflow(&v) {
@@ -995,12 +1027,12 @@ impl Actor {
                     })
                 }
             }
-        } else if !self.engine.invoker.function_exists(&spec.run)
-            && self.engine.store.workflow_exists(&spec.run)
+        } else if !self.engine.invoker.function_exists(&target)
+            && self.engine.store.workflow_exists(&target)
         {
             self.record(dispatched(inputs_value.clone(), None));
             let depth = task.matches('/').count() + 1;
-            match self.engine.store.workflow(&spec.run, None) {
+            match self.engine.store.workflow(&target, None) {
                 Ok(Some(_)) if depth > MAX_WORKFLOW_DEPTH => self.record(fail(format!(
                     "workflow {:?} would run nested {depth} levels deep, past the limit of {MAX_WORKFLOW_DEPTH} (does a workflow call itself?)",
                     spec.run
@@ -1011,7 +1043,7 @@ impl Actor {
                         parent: task.into(),
                         tasks: wf.spec.tasks,
                         output: wf.spec.output,
-                        scope_inputs: Some(inputs_value),
+                        scope_inputs: Some(invocation_inputs(inputs_value)),
                         at: now,
                     }),
                 },
@@ -1023,7 +1055,7 @@ impl Actor {
             Some(External::Call {
                 task: task.into(),
                 attempt,
-                call: function_call(&spec.run, &inputs_value, key, timeout),
+                call: function_call(&target, &inputs_value, key, timeout),
             })
         }
     }

@@ -179,6 +179,43 @@ async fn builtins_end_to_end() {
     assert_eq!(s.error.unwrap().message, "broken");
 }
 
+/// Fission Workflows' own `fibonacci` example (examples/misc/fibonacci.wf.yaml):
+/// the `javascript` task names its `args` keys as variables.
+#[tokio::test(start_paused = true)]
+async fn fission_workflows_fibonacci_example() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = r#"
+output: ExtractResult
+tasks:
+  Fib:
+    run: repeat
+    inputs:
+      times: "{ param() || 0 }"
+      do:
+        run: javascript
+        inputs:
+          _prev:
+            fn1: 0
+            fn2: 1
+          args:
+            fn1: "{ task().Inputs._prev.fn1 }"
+            fn2: "{ task().Inputs._prev.fn2 }"
+          expr: "({
+            'fn1': fn2,
+            'fn2': (fn1 + fn2)
+          })"
+  ExtractResult:
+    run: compose
+    inputs: "{ (output('Fib') || {}).fn2 || 0 }"
+    requires:
+    - Fib
+"#;
+    let s = run(&e, "fibonacci", yaml, json!({"default": 10})).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!(89)));
+}
+
 #[tokio::test(start_paused = true)]
 async fn nested_workflow_by_name() {
     let (_d, db, fake) = setup();
@@ -196,6 +233,44 @@ async fn nested_workflow_by_name() {
     )
     .await;
     assert_eq!(s.output, Some(json!("x-inner")), "{s:?}");
+}
+
+/// `fission://<namespace>/<fn>` names a function by its key, here and when stored.
+#[tokio::test(start_paused = true)]
+async fn fission_function_references_run_the_function() {
+    let (_d, db, fake) = setup();
+    fake.add("team-a/shout", None, |c, _| {
+        text(200, &String::from_utf8_lossy(&c.body).to_uppercase())
+    });
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: B\ntasks:\n  A:\n    run: fission://default/echo\n    inputs: \"{ param() }\"\n  B:\n    run: fission://team-a/shout\n    inputs: \"{ output('A') }\"\n    requires: [A]\n";
+    let s = run(&e, "refs", yaml, json!({"default": "hi"})).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("HI")));
+    assert_eq!(fake.count("echo"), 1);
+    assert_eq!(fake.count("team-a/shout"), 1);
+}
+
+/// A workflow invoked by name with a `body` input sees it as `default` too, as
+/// when it is invoked over HTTP.
+#[tokio::test(start_paused = true)]
+async fn nested_workflow_sees_its_body_as_default() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "inner",
+        "output: T\ntasks:\n  T:\n    run: compose\n    inputs:\n      p: \"{ param() }\"\n      b: \"{ param('body') }\"\n",
+    )
+    .unwrap();
+    let s = run(
+        &e,
+        "outer",
+        "output: O\ntasks:\n  O:\n    run: inner\n    inputs:\n      body: \"{ param() }\"\n",
+        json!({"default": "x"}),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!({"p": "x", "b": "x"})), "{s:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -284,6 +359,57 @@ async fn cancel_and_retry_from_failure() {
     assert_eq!(s2.retry_of.as_deref(), Some(s.id.as_str()));
     assert_eq!(fake.count("echo"), 1, "A kept its output");
     assert_eq!(fake.count("sometimes"), 2);
+}
+
+/// Cancelling a run ends its running and pending tasks as cancelled; those that
+/// finished keep their status, and a later retry runs the cancelled ones.
+#[tokio::test(start_paused = true)]
+async fn cancel_ends_running_and_pending_tasks_as_cancelled() {
+    use crate::state::TaskStatus;
+    let (_d, db, fake) = setup();
+    fake.add("slow", Some(Duration::from_secs(60)), |_, _| {
+        text(200, "late")
+    });
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: C\ntasks:\n  A:\n    run: echo\n    inputs: a\n  B:\n    run: slow\n    requires: [A]\n  C:\n    run: echo\n    requires: [B]\n";
+    e.create_workflow("c", yaml).unwrap();
+    let started = e.start_run("c", json!(null)).await.unwrap();
+    for _ in 0..1000 {
+        if fake.count("slow") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(fake.count("slow"), 1, "B was dispatched");
+    e.cancel(&started.id, "by test").await.unwrap();
+    let state = e.run_state(&started.id).unwrap();
+    let status = |t: &str| state.tasks[t].status;
+    assert_eq!(status("A"), TaskStatus::Succeeded);
+    assert_eq!(status("B"), TaskStatus::Cancelled);
+    assert_eq!(status("C"), TaskStatus::Cancelled);
+    assert!(state.tasks["B"].ended_at.is_some());
+    let again = e.retry(&started.id).await.unwrap();
+    let s = e.wait(&again.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+}
+
+/// An input the workflow's expressions cannot read fails the run with 422 (the
+/// caller's mistake); an expression over a task's output fails it without one.
+#[tokio::test(start_paused = true)]
+async fn an_input_that_does_not_fit_fails_with_422() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml =
+        "output: A\ntasks:\n  A:\n    run: echo\n    inputs: \"{ param().name.toUpperCase() }\"\n";
+    let s = run(&e, "fit", yaml, json!({"default": {}})).await;
+    assert_eq!(s.status, RunStatus::Failed);
+    let err = s.error.unwrap();
+    assert_eq!(err.status, Some(422), "{err:?}");
+    assert!(err.message.contains("the input does not fit"), "{err:?}");
+    let yaml = "output: B\ntasks:\n  A:\n    run: echo\n  B:\n    run: echo\n    inputs: \"{ output('A').x.y }\"\n    requires: [A]\n";
+    let s = run(&e, "bug", yaml, json!({"default": {}})).await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert_eq!(s.error.unwrap().status, None);
 }
 
 #[tokio::test(start_paused = true)]

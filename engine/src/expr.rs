@@ -29,6 +29,15 @@ pub struct ExprError {
     pub message: String,
 }
 
+impl ExprError {
+    /// Whether the failed expression reads the invocation's input (`param()`,
+    /// `$.Invocation`): then the input most likely does not fit the workflow,
+    /// and a synchronous caller is told so with a 4xx.
+    pub fn reads_invocation(&self) -> bool {
+        self.expr.contains("param(") || self.expr.contains("Invocation")
+    }
+}
+
 /// The JavaScript source of a string that is an expression (the text inside the
 /// outer braces), or None for a literal string.
 pub fn expression_source(s: &str) -> Option<&str> {

@@ -15,7 +15,7 @@ pub mod state;
 pub mod store;
 pub mod validate;
 
-pub use api::{invoke_http, router};
+pub use api::{invoke_http, invoke_http_at, router};
 pub use driver::{Engine, EngineConfig, EngineError, StartedRun};
 pub use spec::workflow_json_schema;
 

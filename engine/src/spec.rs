@@ -1,6 +1,7 @@
 //! The workflow document: Fission Workflows' YAML format (unchanged) plus Fusion's
 //! optional extensions (retry, timeouts, concurrency). Pure data, no I/O.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -66,6 +67,33 @@ impl Default for TaskSpec {
         }
     }
 }
+
+impl TaskSpec {
+    /// What `run` names, as the key of a function, built-in or workflow: a Fission
+    /// Workflows reference `fission://<namespace>/<fn>` is the function's key
+    /// (`fn` in `default`, `namespace/fn` elsewhere), `fission://<fn>` is `fn`;
+    /// anything else is itself.
+    pub fn target(&self) -> Cow<'_, str> {
+        run_target(&self.run)
+    }
+}
+
+/// See [`TaskSpec::target`].
+pub fn run_target(run: &str) -> Cow<'_, str> {
+    let Some(rest) = run.strip_prefix(FISSION_SCHEME) else {
+        return Cow::Borrowed(run);
+    };
+    match rest.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+            Cow::Owned(pool_manager::resources::qualified(namespace, name))
+        }
+        Some(_) => Cow::Borrowed(run),
+        None => Cow::Borrowed(rest),
+    }
+}
+
+/// The scheme of Fission Workflows' function references.
+pub const FISSION_SCHEME: &str = "fission://";
 
 fn default_run() -> String {
     "noop".to_string()
@@ -182,6 +210,15 @@ impl TaskSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fission_function_references_are_function_keys() {
+        assert_eq!(run_target("fission://default/hello"), "hello");
+        assert_eq!(run_target("fission://team-a/hello"), "team-a/hello");
+        assert_eq!(run_target("fission://hello"), "hello");
+        assert_eq!(run_target("hello"), "hello");
+        assert_eq!(run_target("fission:///hello"), "fission:///hello");
+    }
 
     #[test]
     fn parses_fission_yaml() {

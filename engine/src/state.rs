@@ -173,13 +173,18 @@ pub enum TaskStatus {
     Waiting,
     Succeeded,
     Failed,
+    /// Its run was cancelled before it finished (it was pending, running or waiting).
+    Cancelled,
 }
 
 /// Why a run failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunError {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
     pub message: String,
+    /// The failing function's status, when it answered one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
 }
 
@@ -588,6 +593,17 @@ pub fn apply(s: &mut RunState, event: &Event) {
             }
         }
         Event::RunSucceeded { .. } | Event::RunFailed { .. } | Event::RunCancelled { .. } => {
+            if let Event::RunCancelled { at, .. } = event {
+                for t in s.tasks.values_mut() {
+                    if !matches!(
+                        t.status,
+                        TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
+                    ) {
+                        t.status = TaskStatus::Cancelled;
+                        t.ended_at = Some(*at);
+                    }
+                }
+            }
             if let Some(end) = RunEnd::of(event) {
                 end.write(
                     &mut s.status,
@@ -748,7 +764,7 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                 }
             }
             TaskStatus::Waiting => busy = true,
-            TaskStatus::Succeeded | TaskStatus::Failed => {}
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => {}
         }
     }
     if actions.is_empty() && !busy {

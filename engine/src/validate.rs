@@ -9,7 +9,7 @@ use crate::dag::TaskGraph;
 use crate::document::check_yaml;
 use crate::expr::{all_expressions, check_syntax, expression_source};
 use crate::retry::RetryPolicy;
-use crate::spec::{is_task_spec, parse_duration, TaskSpec, WorkflowSpec};
+use crate::spec::{is_task_spec, parse_duration, run_target, TaskSpec, WorkflowSpec};
 
 /// One problem in a workflow document.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -102,7 +102,11 @@ pub fn parse_and_validate(
             column: Positions::new(source).key(&["tasks"]).1,
         }]);
     }
-    let errors = validate(&spec, source, exists);
+    let mut errors = validate(&spec, source, exists);
+    if let Ok(doc) = serde_yaml::from_str::<Value>(source) {
+        errors.extend(check_keys(&doc, &Positions::new(source)));
+        errors.sort_by_key(|e| (e.line, e.column));
+    }
     if errors.is_empty() {
         Ok(spec)
     } else {
@@ -199,7 +203,7 @@ fn check_task(
             format!("task {id:?}: `run` must name a built-in, a function or a workflow, not an expression; choose between tasks with `if` or `switch`"),
             pos.value(&["tasks", id, "run"]),
         );
-    } else if !is_builtin(&task.run) && !exists(&task.run) {
+    } else if !is_builtin(&task.target()) && !exists(&task.target()) {
         err(
             "unknown_function",
             format!(
@@ -255,7 +259,7 @@ fn check_task(
                     format!("task {id:?}: an embedded task's `run` must name a built-in, a function or a workflow, not an expression"),
                     pos.text_after(&["tasks", id, "inputs"], &run),
                 );
-            } else if !is_builtin(&run) && !exists(&run) {
+            } else if !is_builtin(&run_target(&run)) && !exists(&run_target(&run)) {
                 err(
                     "unknown_function",
                     format!("task {id:?}: an embedded task runs {run:?}, which is neither a built-in, a function nor a workflow"),
@@ -264,6 +268,128 @@ fn check_task(
             }
         }
     }
+}
+
+/// Keys Fusion reads besides those of the format's schema: `apiversion` (an
+/// alias of `apiVersion`) and a task's `id`, which Fission Workflows accepts and
+/// ignores.
+const EXTRA_WORKFLOW_KEYS: &[&str] = &["apiversion"];
+const EXTRA_TASK_KEYS: &[&str] = &["id"];
+
+/// The property names of `definition` in the workflow format's JSON Schema
+/// (`None`: the workflow itself), so that the keys allowed here are the ones
+/// the spec's types read.
+fn schema_keys(definition: Option<&str>) -> Vec<String> {
+    static SCHEMA: std::sync::LazyLock<Value> =
+        std::sync::LazyLock::new(crate::spec::workflow_json_schema);
+    let node = match definition {
+        None => &*SCHEMA,
+        Some(d) => &SCHEMA["$defs"][d],
+    };
+    node["properties"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Refuses keys the format does not have (a typo such as `requirez:` would
+/// otherwise be ignored) in the workflow, its tasks and their `retry`, and a
+/// task without `run:` unless it is meant as a noop. A task without `run:` runs
+/// `noop` as in Fission Workflows, which is meant when the task is empty (`{}`)
+/// or has `inputs:` (it passes them on); one with `requires`, `retry`, `timeout`
+/// or `concurrency` but neither `run:` nor `inputs:` configures something to
+/// run, so its `run:` is most likely missing (`run: noop` says a noop is meant).
+fn check_keys(doc: &Value, pos: &Positions) -> Vec<ValidationError> {
+    let mut errors = Vec::new();
+    let mut unknown = |map: &serde_json::Map<String, Value>,
+                       allowed: &[String],
+                       extra: &[&str],
+                       path: &[&str],
+                       what: &str| {
+        for key in map.keys() {
+            if allowed.contains(key) || extra.contains(&key.as_str()) {
+                continue;
+            }
+            let mut at = path.to_vec();
+            at.push(key);
+            let (line, column) = pos.key(&at);
+            let mut known: Vec<&str> = allowed.iter().map(String::as_str).collect();
+            known.extend(extra);
+            known.sort_unstable();
+            errors.push(ValidationError {
+                code: "unknown_key",
+                message: format!(
+                    "{what} has no key {key:?} (known keys: {})",
+                    known.join(", ")
+                ),
+                line,
+                column,
+            });
+        }
+    };
+    let Some(top) = doc.as_object() else {
+        return Vec::new();
+    };
+    unknown(
+        top,
+        &schema_keys(None),
+        EXTRA_WORKFLOW_KEYS,
+        &[],
+        "a workflow",
+    );
+    let task_keys = schema_keys(Some("TaskSpec"));
+    let retry_keys = schema_keys(Some("RetrySpec"));
+    let backoff_keys = schema_keys(Some("BackoffSpec"));
+    let mut missing_run = Vec::new();
+    for (id, task) in top
+        .get("tasks")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let Some(t) = task.as_object() else { continue };
+        unknown(
+            t,
+            &task_keys,
+            EXTRA_TASK_KEYS,
+            &["tasks", id],
+            &format!("task {id:?}"),
+        );
+        if let Some(retry) = t.get("retry").and_then(Value::as_object) {
+            unknown(
+                retry,
+                &retry_keys,
+                &[],
+                &["tasks", id, "retry"],
+                &format!("task {id:?}: retry"),
+            );
+            if let Some(b) = retry.get("backoff").and_then(Value::as_object) {
+                let at = ["tasks", id.as_str(), "retry", "backoff"];
+                unknown(
+                    b,
+                    &backoff_keys,
+                    &[],
+                    &at,
+                    &format!("task {id:?}: retry.backoff"),
+                );
+            }
+        }
+        if !t.is_empty() && !t.contains_key("run") && t.get("inputs").is_none_or(Value::is_null) {
+            missing_run.push(id.clone());
+        }
+    }
+    for id in missing_run {
+        let (line, column) = pos.key(&["tasks", &id]);
+        errors.push(ValidationError {
+            code: "missing_run",
+            message: format!(
+                "task {id:?} has no `run:`: say what it runs (`run: noop` for a task that does nothing)"
+            ),
+            line,
+            column,
+        });
+    }
+    errors
 }
 
 fn embedded_runs(v: &Value, out: &mut Vec<String>) {
@@ -419,6 +545,43 @@ mod tests {
     }
 
     #[test]
+    fn unknown_keys_are_refused_where_they_are() {
+        let e = check("output: A\ntasks:\n  A:\n    run: fortune\n    requirez: [B]\n  B:\n    run: fortune\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].code, e[0].line, e[0].column), ("unknown_key", 5, 5));
+        assert!(e[0].message.contains("\"requirez\""), "{}", e[0].message);
+        assert!(e[0].message.contains("requires"), "{}", e[0].message);
+        let e = check("output: A\ntimout: 5s\ntasks:\n  A:\n    run: fortune\n    retry:\n      maxAttempts: 2\n      backof: {initial: 1s}\n");
+        let at: Vec<_> = e.iter().map(|e| (e.code, e.line, e.column)).collect();
+        assert_eq!(at, [("unknown_key", 2, 1), ("unknown_key", 8, 7)], "{e:?}");
+        // What Fission Workflows writes is still accepted.
+        assert!(check("apiversion: 1\ndescription: d\noutput: A\ntasks:\n  A:\n    id: A\n    run: fortune\n    retry:\n      maxAttempts: 2\n      backoff: {initial: 1s, max: 2s, multiplier: 2}\n      jitter: 0.1\n").is_empty());
+    }
+
+    #[test]
+    fn the_key_codes_are_documented() {
+        let doc = include_str!("../../docs/error-codes.md");
+        for code in ["`unknown_key`", "`missing_run`"] {
+            assert!(doc.contains(code), "{code} is not in docs/error-codes.md");
+        }
+    }
+
+    #[test]
+    fn a_task_without_run_is_a_noop_only_when_meant() {
+        let e = check("output: A\ntasks:\n  A:\n    requires: [B]\n  B:\n    run: fortune\n    timeout: 1s\n  C:\n    timeout: 1s\n");
+        let at: Vec<_> = e.iter().map(|e| (e.code, e.line, e.column)).collect();
+        assert_eq!(at, [("missing_run", 3, 3), ("missing_run", 8, 3)], "{e:?}");
+        assert!(e[0].message.contains("run: noop"), "{}", e[0].message);
+        // Meant as a noop: with inputs (passed on), empty, or said.
+        assert!(check("output: A\ntasks:\n  A:\n    inputs: \"{ param() }\"\n").is_empty());
+        assert!(check("output: A\ntasks:\n  A: {}\n").is_empty());
+        assert!(
+            check("output: A\ntasks:\n  A:\n    run: noop\n    requires: [B]\n  B: {}\n")
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn valid_workflow_passes() {
         let yaml = "apiVersion: 1\noutput: B\ntasks:\n  A:\n    run: fortune\n  B:\n    run: whalesay\n    inputs: \"{ output('A') }\"\n    requires: [A]\n";
         assert!(check(yaml).is_empty());
@@ -456,7 +619,7 @@ mod tests {
 
     #[test]
     fn cycle_names_tasks() {
-        let yaml = "output: A\ntasks:\n  A:\n    requires: [C]\n  B:\n    requires: [A]\n  C:\n    requires: [B]\n";
+        let yaml = "output: A\ntasks:\n  A:\n    run: noop\n    requires: [C]\n  B:\n    run: noop\n    requires: [A]\n  C:\n    run: noop\n    requires: [B]\n";
         let e = check(yaml);
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].code, "cycle");
@@ -488,7 +651,7 @@ mod tests {
 
     #[test]
     fn bad_extensions() {
-        let yaml = "output: A\ntimeout: soon\ntasks:\n  A:\n    run: noop\n    timeout: 5x\n    concurrency: 0\n    retry:\n      maxAttempts: 0\n  B:\n    retry:\n      maxAttempts: 3\n      backoff: {initial: 5s, max: 1s}\n  C:\n    retry:\n      maxAttempts: 3\n      backoff: {multiplier: 0.5}\n  D:\n    retry: {maxAttempts: 2, backoff: {initial: often}}\n";
+        let yaml = "output: A\ntimeout: soon\ntasks:\n  A:\n    run: noop\n    timeout: 5x\n    concurrency: 0\n    retry:\n      maxAttempts: 0\n  B:\n    retry:\n      maxAttempts: 3\n      backoff: {initial: 5s, max: 1s}\n    inputs: 1\n  C:\n    retry:\n      maxAttempts: 3\n      backoff: {multiplier: 0.5}\n    inputs: 1\n  D:\n    retry: {maxAttempts: 2, backoff: {initial: often}}\n    inputs: 1\n";
         let e = check(yaml);
         let codes: Vec<_> = e.iter().map(|e| (e.code, e.line)).collect();
         assert_eq!(
@@ -499,8 +662,8 @@ mod tests {
                 ("invalid_concurrency", 7),
                 ("invalid_retry", 8),
                 ("invalid_retry", 11),
-                ("invalid_retry", 15),
-                ("invalid_retry", 19),
+                ("invalid_retry", 16),
+                ("invalid_retry", 21),
             ]
         );
     }

@@ -19,7 +19,7 @@ pub(super) enum RunVerb {
         #[arg(long, value_name = "STATUS")]
         status: Option<String>,
         /// Most runs to print.
-        #[arg(long, default_value_t = 20, value_name = "RUNS")]
+        #[arg(long, default_value_t = DEFAULT_LIMIT, value_name = "RUNS")]
         limit: usize,
         /// Where to go on from: the cursor the previous page printed.
         #[arg(long, value_name = "CURSOR")]
@@ -30,7 +30,8 @@ pub(super) enum RunVerb {
         #[command(flatten)]
         id: RunId,
     },
-    /// Print the durable events the run's state is folded from (JSON).
+    /// Print the durable events the run's state is folded from (a table; JSON with
+    /// `-o json`).
     Events {
         #[command(flatten)]
         id: RunId,
@@ -46,6 +47,9 @@ pub(super) enum RunVerb {
         id: RunId,
     },
 }
+
+/// Runs `run list` prints unless told otherwise.
+const DEFAULT_LIMIT: usize = 20;
 
 pub(super) const RUN_COLUMNS: &[(&str, &str)] = &[
     ("ID", "/id"),
@@ -65,11 +69,11 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             cursor,
         } => {
             let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
-            if let Some(w) = workflow {
-                q.push(("workflow", w));
+            if let Some(w) = &workflow {
+                q.push(("workflow", w.clone()));
             }
-            if let Some(s) = status {
-                q.push(("status", s));
+            if let Some(s) = &status {
+                q.push(("status", s.clone()));
             }
             if let Some(cur) = cursor {
                 q.push(("cursor", cur));
@@ -81,7 +85,10 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             } else {
                 print(opts, &v["runs"], RUN_COLUMNS);
                 if let Some(next) = v["next_cursor"].as_str() {
-                    println!("more: fusion run list --cursor {next}");
+                    println!(
+                        "more: {}",
+                        next_page(workflow.as_deref(), status.as_deref(), limit, next)
+                    );
                 }
             }
         }
@@ -91,27 +98,19 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             if opts.output == Output::Json {
                 print(opts, &v, RUN_COLUMNS);
             } else {
-                print(opts, &v, RUN_COLUMNS);
+                print(opts, &run_row(&v), RUN_DETAIL_COLUMNS);
                 println!();
-                print(
-                    opts,
-                    &v["tasks"],
-                    &[
-                        ("TASK", "/id"),
-                        ("STATUS", "/status"),
-                        ("ATTEMPTS", "/attempts"),
-                        ("ERROR", "/error/message"),
-                    ],
-                );
+                print(opts, &task_rows(&v["tasks"]), TASK_COLUMNS);
             }
         }
         RunVerb::Events { id } => {
             let id = id.get();
             let v: Value = c.get(&format!("/v1/runs/{id}/events")).await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
-            );
+            if opts.output == Output::Json {
+                print(opts, &v, EVENT_COLUMNS);
+            } else {
+                print(opts, &event_rows(&v["events"]), EVENT_COLUMNS);
+            }
         }
         RunVerb::Cancel { id } => {
             let id = id.get();
@@ -125,8 +124,170 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             let v: Value = c
                 .post_json(&format!("/v1/runs/{id}/retry"), &json!({}))
                 .await?;
-            print(opts, &v, RUN_COLUMNS);
+            print(
+                opts,
+                &v,
+                &[
+                    ("ID", "/id"),
+                    ("WORKFLOW", "/workflow"),
+                    ("VERSION", "/version"),
+                    ("STATUS", "/status"),
+                    ("RETRY_OF", "/retry_of"),
+                ],
+            );
         }
     }
     Ok(())
+}
+
+const RUN_DETAIL_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "/id"),
+    ("WORKFLOW", "/workflow"),
+    ("VERSION", "/version"),
+    ("STATUS", "/status"),
+    ("DURATION_MS", "/duration_ms"),
+    ("INPUT", "/input"),
+    ("OUTPUT", "/output"),
+    ("ERROR", "/error"),
+];
+
+const TASK_COLUMNS: &[(&str, &str)] = &[
+    ("TASK", "/id"),
+    ("RUN", "/run"),
+    ("STATUS", "/status"),
+    ("ATTEMPTS", "/attempts"),
+    ("OUTPUT", "/output"),
+    ("ERROR", "/error"),
+];
+
+const EVENT_COLUMNS: &[(&str, &str)] = &[
+    ("AT", "/at"),
+    ("EVENT", "/type"),
+    ("TASK", "/task"),
+    ("ATTEMPT", "/attempt"),
+    ("DETAIL", "/detail"),
+];
+
+/// How wide a value may be in a table cell; `-o json` shows it whole.
+const CELL_WIDTH: usize = 60;
+
+/// A value as one table cell: a string as itself, anything else as compact JSON,
+/// cut at `CELL_WIDTH` characters.
+fn cell(v: &Value) -> Value {
+    let text = match v {
+        Value::Null => return Value::Null,
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let text = text.replace('\n', " ");
+    if text.chars().count() > CELL_WIDTH {
+        let cut: String = text.chars().take(CELL_WIDTH - 3).collect();
+        Value::String(format!("{cut}..."))
+    } else {
+        Value::String(text)
+    }
+}
+
+/// The run's row of `run get`: its input is the body it was invoked with (the
+/// headers and query are in `-o json`), its error the message and the task.
+fn run_row(v: &Value) -> Value {
+    let mut row = v.clone();
+    let input = match v.pointer("/input/body") {
+        Some(body) if v["input"].get("headers").is_some() => body,
+        _ => &v["input"],
+    };
+    row["input"] = cell(input);
+    row["output"] = cell(&v["output"]);
+    row["error"] = match (v.pointer("/error/task"), v.pointer("/error/message")) {
+        (Some(Value::String(t)), Some(m)) => cell(&json!(format!(
+            "task {t:?}: {}",
+            m.as_str().unwrap_or_default()
+        ))),
+        (_, Some(m)) => cell(m),
+        _ => Value::Null,
+    };
+    row
+}
+
+fn task_rows(tasks: &Value) -> Value {
+    let rows: Vec<Value> = tasks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let mut row = t.clone();
+            row["output"] = cell(&t["output"]);
+            row["error"] = cell(&t["error"]);
+            row
+        })
+        .collect();
+    Value::Array(rows)
+}
+
+/// One row per event: its time, type, task and attempt, and what else it says.
+fn event_rows(events: &Value) -> Value {
+    const SHOWN: &[&str] = &["at", "type", "task", "attempt", "run_id"];
+    let rows: Vec<Value> = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let detail: serde_json::Map<String, Value> = e
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| !SHOWN.contains(&k.as_str()) && !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut row = e.clone();
+            row["detail"] = if detail.is_empty() {
+                Value::Null
+            } else {
+                cell(&Value::Object(detail))
+            };
+            row
+        })
+        .collect();
+    Value::Array(rows)
+}
+
+/// The command that prints the next page, with the filters of this one.
+fn next_page(workflow: Option<&str>, status: Option<&str>, limit: usize, cursor: &str) -> String {
+    let mut cmd = String::from("fusion run list");
+    if let Some(w) = workflow {
+        cmd.push_str(&format!(" --workflow {w}"));
+    }
+    if let Some(s) = status {
+        cmd.push_str(&format!(" --status {s}"));
+    }
+    if limit != DEFAULT_LIMIT {
+        cmd.push_str(&format!(" --limit {limit}"));
+    }
+    cmd.push_str(&format!(" --cursor {cursor}"));
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_page_keeps_the_filters() {
+        assert_eq!(
+            next_page(Some("w"), Some("failed"), 5, "c1"),
+            "fusion run list --workflow w --status failed --limit 5 --cursor c1"
+        );
+        assert_eq!(
+            next_page(None, None, DEFAULT_LIMIT, "c"),
+            "fusion run list --cursor c"
+        );
+    }
+
+    #[test]
+    fn long_cells_are_cut() {
+        assert_eq!(cell(&json!({"a": 1})), json!("{\"a\":1}"));
+        let long = cell(&json!("x".repeat(100)));
+        assert_eq!(long.as_str().unwrap().chars().count(), CELL_WIDTH);
+        assert_eq!(cell(&Value::Null), Value::Null);
+    }
 }

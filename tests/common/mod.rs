@@ -424,7 +424,16 @@ impl Server {
         let location = r.headers()["location"].to_str().unwrap().to_string();
         let v: Value = r.json().unwrap();
         let id = v["id"].as_str().unwrap().to_string();
-        assert_eq!(location, format!("/v1/runs/{id}"));
+        // The run is followed on the API listener, by its absolute URL.
+        assert_eq!(location, self.api_url(&format!("/v1/runs/{id}")));
+        assert_eq!(v["location"], location.as_str());
+        let run = self
+            .http
+            .get(&location)
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap();
+        assert_eq!(run.status().as_u16(), 200, "GET {location}");
         id
     }
 
