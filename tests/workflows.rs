@@ -1024,3 +1024,49 @@ fn the_run_commands_say_what_a_user_needs() {
         "{body}"
     );
 }
+
+#[test]
+fn fissions_workflow_run_and_runs_commands_start_and_inspect_runs() {
+    let s = Server::start();
+    s.workflow(
+        "greet",
+        "apiVersion: 1\noutput: Hello\ntasks:\n  Hello:\n    run: javascript\n    inputs:\n      expr: \"'hello ' + args.who\"\n      args:\n        who: \"{ param().who }\"\n",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input.json");
+    std::fs::write(&input, r#"{"who": "file"}"#).unwrap();
+    let mut ids = Vec::new();
+    for given in [
+        r#"{"who": "inline"}"#.to_string(),
+        format!("@{}", input.display()),
+    ] {
+        let (code, out, err) = s.cli(&["wf", "run", "greet", "--input", &given]);
+        assert_eq!(code, 0, "{out}{err}");
+        let id = out
+            .strip_prefix("workflow run ")
+            .and_then(|rest| rest.strip_suffix(" started\n"))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_string();
+        ids.push(id);
+    }
+    for (id, who) in ids.iter().zip(["inline", "file"]) {
+        let run = s.wait_run(id, Duration::from_secs(30));
+        assert_eq!(run["output"], json!(format!("hello {who}")), "{run}");
+        let (code, out, err) = s.cli(&["wf", "runs", "describe", id]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("succeeded"), "{out}");
+        let (code, out, err) = s.cli(&["wf", "runs", "history", id]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("RunStarted") && out.contains("RunSucceeded"),
+            "{out}"
+        );
+    }
+    let (code, out, err) = s.cli(&["wf", "runs", "list", "--workflow", "greet"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(ids.iter().all(|id| out.contains(id.as_str())), "{out}");
+    // Input that is not JSON is refused before anything starts.
+    let (code, _, err) = s.cli(&["wf", "run", "greet", "--input", "{who"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--input must be JSON"), "{err}");
+}

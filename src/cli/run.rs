@@ -49,7 +49,7 @@ pub(super) enum RunVerb {
 }
 
 /// Runs `run list` prints unless told otherwise.
-const DEFAULT_LIMIT: usize = 20;
+pub(super) const DEFAULT_LIMIT: usize = 20;
 
 pub(super) const RUN_COLUMNS: &[(&str, &str)] = &[
     ("ID", "/id"),

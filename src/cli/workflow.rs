@@ -8,7 +8,8 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::output::print;
-use super::{with_headers, ClientOpts, Name, Output};
+use super::run::{run_cmd, RunVerb, DEFAULT_LIMIT};
+use super::{with_headers, ClientOpts, Name, Output, RunId};
 
 #[derive(Subcommand)]
 pub(super) enum WfVerb {
@@ -62,6 +63,65 @@ pub(super) enum WfVerb {
         #[arg(long = "async")]
         asynchronous: bool,
     },
+    /// Start one run of the workflow and print its id, as Fission's `workflow run`
+    /// (the run goes on in the background: see `fusion wf runs describe ID`).
+    Run {
+        #[command(flatten)]
+        name: Name,
+        /// The run's input: JSON, or @FILE holding JSON.
+        #[arg(long, value_name = "JSON|@FILE")]
+        input: Option<String>,
+    },
+    /// Runs, as Fission's `workflow runs` (the same as `fusion run ...`).
+    Runs {
+        #[command(subcommand)]
+        verb: RunsVerb,
+    },
+}
+
+/// Fission's `workflow runs` verbs, on Fusion's run history.
+#[derive(Subcommand)]
+pub(super) enum RunsVerb {
+    /// List runs, newest first.
+    List {
+        /// Only runs of this workflow.
+        #[arg(long, value_name = "WORKFLOW")]
+        workflow: Option<String>,
+        /// Only runs in this status: running, succeeded, failed or cancelled.
+        #[arg(long, value_name = "STATUS")]
+        status: Option<String>,
+    },
+    /// Where a run is or stopped: its status, input, output, and every task.
+    Describe {
+        #[command(flatten)]
+        id: RunId,
+    },
+    /// A run's step-level history: the durable events it is folded from.
+    History {
+        #[command(flatten)]
+        id: RunId,
+    },
+    /// Cancel a running run.
+    Cancel {
+        #[command(flatten)]
+        id: RunId,
+    },
+}
+
+/// A run's input from `--input`: JSON, or `@FILE` holding JSON.
+fn run_input(text: &str) -> Result<Value> {
+    let data = match text.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow!("--input: cannot read {path}: {e}"))?,
+        None => text.to_string(),
+    };
+    serde_json::from_str(&data).map_err(|e| {
+        anyhow!(
+            "--input must be JSON (or @FILE holding JSON): line {} column {}: {e}",
+            e.line(),
+            e.column()
+        )
+    })
 }
 
 pub(super) const WF_COLUMNS: &[(&str, &str)] = &[
@@ -175,6 +235,40 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             if let Some(id) = run {
                 eprintln!("run {id}");
             }
+        }
+        WfVerb::Run { name, input } => {
+            let name = name.get();
+            let input = match input {
+                Some(text) => run_input(&text)?,
+                None => Value::Null,
+            };
+            let req = c
+                .request(Method::POST, &format!("/v1/workflows/{name}/invoke"))
+                .header("X-Async", "true")
+                .json(&input);
+            let answer: Value = c.send(req).await?.json().await?;
+            let id = answer["id"]
+                .as_str()
+                .ok_or_else(|| anyhow!("the API did not answer with a run id: {answer}"))?;
+            if opts.output == Output::Json {
+                println!("{answer}");
+            } else {
+                println!("workflow run {id} started");
+            }
+        }
+        WfVerb::Runs { verb } => {
+            let verb = match verb {
+                RunsVerb::List { workflow, status } => RunVerb::List {
+                    workflow,
+                    status,
+                    limit: DEFAULT_LIMIT,
+                    cursor: None,
+                },
+                RunsVerb::Describe { id } => RunVerb::Get { id },
+                RunsVerb::History { id } => RunVerb::Events { id },
+                RunsVerb::Cancel { id } => RunVerb::Cancel { id },
+            };
+            return run_cmd(verb, opts).await;
         }
     }
     Ok(())
