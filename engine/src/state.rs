@@ -483,6 +483,11 @@ pub fn apply(s: &mut RunState, event: &Event) {
             at,
             wake_at,
         } => {
+            if !s.tasks.contains_key(task) {
+                if let Some(step) = crate::sfn::run::new_step(s, task) {
+                    s.tasks.insert(task.clone(), step);
+                }
+            }
             if let Some(t) = s.tasks.get_mut(task) {
                 t.status = TaskStatus::Running;
                 t.attempts = *attempt;
@@ -660,6 +665,9 @@ fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
 pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
     if s.is_finished() || s.run_id.is_empty() {
         return Vec::new();
+    }
+    if let Some(machine) = s.spec.state_machine.as_deref() {
+        return crate::sfn::run::decide(s, machine, now);
     }
     if let Some(d) = s.deadline {
         if now >= d {

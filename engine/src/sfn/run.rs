@@ -1,0 +1,656 @@
+//! Runs RFC-0022 state machines on the durable engine: how a stored document
+//! becomes the spec a run embeds, and the `decide` step over a run's state.
+//!
+//! A state machine run uses the engine's own events. Each state entered that
+//! does work (Task, Wait) is one task of the run, with the id
+//! `NNNNNN-<state>` (a step number, so the last key is the current step); its
+//! recorded inputs hold the document it was entered with (`document`), the
+//! request body (`body`, the document after `inputPath`) and the headers.
+//! Choice, Succeed and Fail do no work: `decide` evaluates them on the way.
+//! Pure: no I/O, no clock.
+
+use serde_json::{json, Value};
+
+use super::choice::{eval_choice, NO_CHOICE_MATCHED};
+use super::paths::{apply_input_path, apply_output_path, apply_result_path, shape_output};
+use super::spec::{parse_go_duration, ParsedWorkflow, StateType, WorkflowSpec as Machine};
+use crate::spec::{TaskSpec, WorkflowSpec};
+use crate::state::{attempt_key, Action, Finish, RunError, RunState, TaskState, TaskStatus};
+use crate::validate::ValidationError;
+
+/// A 4xx answer: never retried.
+pub const PERMANENT_ERROR: &str = "Fission.PermanentError";
+/// A 5xx answer or a transport error.
+pub const FUNCTION_ERROR: &str = "Fission.FunctionError";
+/// The step's time ran out.
+pub const TIMEOUT: &str = "Fission.Timeout";
+/// A catch route's `errorType` that matches every error.
+pub const ALL: &str = "Fission.All";
+/// The state machine reached a `Fail` state.
+pub const STATES_FAIL: &str = "Fission.Failed";
+
+/// Error code of a state type Fusion does not run yet.
+pub const UNSUPPORTED_STATE: &str = "unsupported_state";
+/// Error code of a document that is both formats at once.
+pub const INVALID_WORKFLOW: &str = "invalid_workflow";
+
+/// Whether `source` is an RFC-0022 `Workflow` (a whole `fission.io/v1`
+/// document or its spec) rather than a Fission Workflows document.
+pub fn is_state_machine(source: &str) -> bool {
+    let Ok(v) = serde_yaml::from_str::<serde_yaml::Value>(source) else {
+        return false;
+    };
+    v.get("startAt").is_some()
+        || v.get("spec").and_then(|s| s.get("startAt")).is_some()
+        || v.get("kind").and_then(|k| k.as_str()) == Some(super::spec::KIND)
+}
+
+/// `metadata.name` of a whole document.
+pub fn document_name(source: &str) -> Option<String> {
+    let v = serde_yaml::from_str::<serde_yaml::Value>(source).ok()?;
+    let name = v.get("metadata")?.get("name")?.as_str()?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// Validates an RFC-0022 document and turns it into the spec a run embeds.
+/// Parallel and Map are refused for now (the engine cannot run them yet).
+pub fn engine_spec(source: &str) -> Result<WorkflowSpec, Vec<ValidationError>> {
+    let parsed = super::validate::parse_and_validate(source)?;
+    let name = match &parsed {
+        ParsedWorkflow::Document(w) if !w.metadata.name.is_empty() => Some(w.metadata.name.clone()),
+        _ => None,
+    };
+    let machine = parsed.into_spec();
+    let unsupported: Vec<ValidationError> = machine
+        .states
+        .iter()
+        .filter(|(_, s)| matches!(s.state_type, StateType::Parallel | StateType::Map))
+        .map(|(n, s)| {
+            let (line, column) = position_of(source, n);
+            ValidationError {
+                code: UNSUPPORTED_STATE,
+                message: format!(
+                    "state {n:?}: Fusion does not run {} states yet",
+                    s.state_type.as_str()
+                ),
+                line,
+                column,
+            }
+        })
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(unsupported);
+    }
+    Ok(WorkflowSpec {
+        name,
+        state_machine: Some(Box::new(machine)),
+        ..WorkflowSpec::default()
+    })
+}
+
+/// A Fission Workflows document may not carry a state machine of its own
+/// (only [`engine_spec`] sets one, after validating it).
+pub fn refuse_embedded_machine(spec: WorkflowSpec) -> Result<WorkflowSpec, Vec<ValidationError>> {
+    if spec.state_machine.is_some() {
+        return Err(vec![ValidationError {
+            code: INVALID_WORKFLOW,
+            message: "unknown field `stateMachine`".into(),
+            line: 1,
+            column: 1,
+        }]);
+    }
+    Ok(spec)
+}
+
+/// Where `name:` first appears as a key in `source` (1-based), or 1:1.
+fn position_of(source: &str, name: &str) -> (usize, usize) {
+    for (i, line) in source.lines().enumerate() {
+        let trimmed = line.trim_start();
+        for key in [format!("{name}:"), format!("\"{name}\":")] {
+            if trimmed.starts_with(&key) {
+                return (i + 1, line.len() - trimmed.len() + 1);
+            }
+        }
+    }
+    (1, 1)
+}
+
+/// The id of step number `seq` entering `state`.
+pub fn step_id(seq: usize, state: &str) -> String {
+    format!("{seq:06}-{state}")
+}
+
+/// The state a step id entered.
+pub fn state_of(id: &str) -> &str {
+    id.split_once('-').map(|(_, s)| s).unwrap_or(id)
+}
+
+/// The task a step of `machine` runs (without its inputs): what recovery
+/// needs to dispatch an attempt again.
+fn task_spec(machine: &Machine, id: &str) -> TaskSpec {
+    let state = machine.states.get(state_of(id));
+    match state {
+        Some(s) if s.state_type == StateType::Wait => TaskSpec {
+            run: "sleep".into(),
+            ..TaskSpec::default()
+        },
+        Some(s) => TaskSpec {
+            run: s
+                .function
+                .as_ref()
+                .map(|f| f.name.clone())
+                .unwrap_or_default(),
+            timeout: s
+                .timeout
+                .as_deref()
+                .and_then(parse_go_duration)
+                .map(|d| format!("{}ms", d.as_millis())),
+            ..TaskSpec::default()
+        },
+        None => TaskSpec::default(),
+    }
+}
+
+/// A new step of a state machine run, when `id` names one (`apply` adds it
+/// when the step is dispatched).
+pub fn new_step(s: &RunState, id: &str) -> Option<TaskState> {
+    let machine = s.spec.state_machine.as_deref()?;
+    machine.states.get(state_of(id))?;
+    Some(TaskState {
+        id: id.to_string(),
+        local: id.to_string(),
+        spec: task_spec(machine, id),
+        ..TaskState::default()
+    })
+}
+
+/// An error as RFC-0022 types it: `errorType` and `cause`.
+fn step_error(t: &TaskState) -> (String, String) {
+    let message = t.error.clone().unwrap_or_default();
+    match t.http_status {
+        Some(status) => {
+            let prefix = format!("the function answered {status}: ");
+            let body = message.strip_prefix(&prefix).unwrap_or("");
+            if let Ok(v) = serde_json::from_str::<Value>(body) {
+                if let Some(kind) = v.get("errorType").and_then(Value::as_str) {
+                    let cause = match v.get("cause") {
+                        Some(Value::String(c)) => c.clone(),
+                        Some(other) => other.to_string(),
+                        None => String::new(),
+                    };
+                    return (kind.to_string(), cause);
+                }
+            }
+            let kind = if (400..500).contains(&status) {
+                PERMANENT_ERROR
+            } else {
+                FUNCTION_ERROR
+            };
+            (kind.to_string(), message)
+        }
+        None if message.contains("timed out") => (TIMEOUT.to_string(), message),
+        None => (FUNCTION_ERROR.to_string(), message),
+    }
+}
+
+fn failed(task: Option<String>, error_type: &str, cause: &str, status: Option<u16>) -> Vec<Action> {
+    vec![Action::Finish(Finish::Failed(RunError {
+        task,
+        message: if cause.is_empty() {
+            error_type.to_string()
+        } else {
+            format!("{error_type}: {cause}")
+        },
+        status,
+    }))]
+}
+
+/// What should happen next in a state machine run, at time `now`. Pure.
+pub fn decide(s: &RunState, machine: &Machine, now: u64) -> Vec<Action> {
+    if s.is_finished() || s.run_id.is_empty() {
+        return Vec::new();
+    }
+    let seq = s.tasks.len() + 1;
+    let Some(last) = s.tasks.values().next_back() else {
+        return enter(s, machine, &machine.start_at, s.input.clone(), seq);
+    };
+    let name = state_of(&last.id);
+    let Some(state) = machine.states.get(name) else {
+        return failed(Some(last.id.clone()), FUNCTION_ERROR, "unknown state", None);
+    };
+    let document = last
+        .inputs
+        .as_ref()
+        .and_then(|i| i.get("document"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    match last.status {
+        TaskStatus::Running => match last.wake_at {
+            Some(w) if w <= now => vec![Action::FireTimer {
+                task: last.id.clone(),
+            }],
+            Some(w) => vec![Action::StartTimer { at: w }],
+            None => Vec::new(),
+        },
+        TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Waiting => Vec::new(),
+        TaskStatus::Succeeded => {
+            let shaped = if state.state_type == StateType::Wait {
+                apply_input_path(state.input_path.as_deref(), &document)
+                    .and_then(|d| apply_output_path(state.output_path.as_deref(), &d))
+            } else {
+                shape_output(state, &document, last.output.clone().unwrap_or(Value::Null))
+            };
+            match shaped {
+                Ok(doc) => after(s, machine, state.next.as_deref(), doc, seq),
+                Err(e) => failed(Some(last.id.clone()), e.error_type(), &e.to_string(), None),
+            }
+        }
+        TaskStatus::Failed => {
+            let (error_type, cause) = step_error(last);
+            let route = state
+                .catch
+                .iter()
+                .find(|r| r.error_type == error_type || r.error_type == ALL);
+            let Some(route) = route else {
+                return failed(Some(last.id.clone()), &error_type, &cause, last.http_status);
+            };
+            let error = json!({"errorType": error_type, "cause": cause});
+            let doc = match route.result_path.as_deref() {
+                None => Ok(error),
+                Some(p) => apply_result_path(
+                    &super::spec::ResultPath::At(p.to_string()),
+                    &document,
+                    error,
+                )
+                .map_err(|e| e.to_string()),
+            };
+            match doc {
+                Ok(doc) => enter(s, machine, &route.next, doc, seq),
+                Err(e) => failed(Some(last.id.clone()), super::paths::INVALID_PATH, &e, None),
+            }
+        }
+    }
+}
+
+/// Where a state that finished with `doc` leads: its `next`, or the run's end.
+fn after(
+    s: &RunState,
+    machine: &Machine,
+    next: Option<&str>,
+    doc: Value,
+    seq: usize,
+) -> Vec<Action> {
+    match next {
+        Some(next) => enter(s, machine, next, doc, seq),
+        None => vec![Action::Finish(Finish::Succeeded {
+            output: doc,
+            headers: Default::default(),
+        })],
+    }
+}
+
+/// Enters state `name` with `doc`: evaluates Choice, Succeed and Fail on the
+/// way, and dispatches the first state that does work.
+fn enter(s: &RunState, machine: &Machine, name: &str, mut doc: Value, seq: usize) -> Vec<Action> {
+    let mut name = name.to_string();
+    // Choices only move between states: more hops than states is a loop.
+    for _ in 0..=machine.states.len() {
+        let Some(state) = machine.states.get(&name) else {
+            return failed(None, FUNCTION_ERROR, &format!("no state {name:?}"), None);
+        };
+        match state.state_type {
+            StateType::Task | StateType::Wait => {
+                let id = step_id(seq, &name);
+                let body = match apply_input_path(state.input_path.as_deref(), &doc) {
+                    Ok(b) => b,
+                    Err(e) => return failed(Some(id), e.error_type(), &e.to_string(), None),
+                };
+                let mut spec = task_spec(machine, &id);
+                let inputs = if state.state_type == StateType::Wait {
+                    json!({"duration": state.duration.as_deref().and_then(parse_go_duration)
+                        .map(|d| format!("{}ms", d.as_millis())), "document": doc})
+                } else {
+                    json!({
+                        "body": body,
+                        "headers": {
+                            "X-Fission-Workflow-Run": s.run_id,
+                            "X-Fission-Workflow-Attempt": "1",
+                        },
+                        "document": doc,
+                    })
+                };
+                spec.inputs = Some(inputs);
+                return vec![Action::Dispatch {
+                    key: attempt_key(&s.run_id, &id, 1),
+                    task: id,
+                    attempt: 1,
+                    spec,
+                }];
+            }
+            StateType::Choice => {
+                let input = match apply_input_path(state.input_path.as_deref(), &doc) {
+                    Ok(i) => i,
+                    Err(e) => return failed(None, e.error_type(), &e.to_string(), None),
+                };
+                let Some(next) = eval_choice(state, &input) else {
+                    return failed(
+                        None,
+                        NO_CHOICE_MATCHED,
+                        &format!("no rule of Choice state {name:?} matched"),
+                        None,
+                    );
+                };
+                doc = match apply_output_path(state.output_path.as_deref(), &input) {
+                    Ok(d) => d,
+                    Err(e) => return failed(None, e.error_type(), &e.to_string(), None),
+                };
+                name = next.to_string();
+            }
+            StateType::Succeed => {
+                let out = apply_input_path(state.input_path.as_deref(), &doc)
+                    .and_then(|d| apply_output_path(state.output_path.as_deref(), &d));
+                return match out {
+                    Ok(output) => vec![Action::Finish(Finish::Succeeded {
+                        output,
+                        headers: Default::default(),
+                    })],
+                    Err(e) => failed(None, e.error_type(), &e.to_string(), None),
+                };
+            }
+            StateType::Fail => {
+                return failed(
+                    None,
+                    STATES_FAIL,
+                    &format!("the workflow reached Fail state {name:?}"),
+                    None,
+                );
+            }
+            StateType::Parallel | StateType::Map => {
+                return failed(
+                    None,
+                    FUNCTION_ERROR,
+                    &format!(
+                        "Fusion does not run {} states yet",
+                        state.state_type.as_str()
+                    ),
+                    None,
+                );
+            }
+        }
+    }
+    failed(
+        None,
+        FUNCTION_ERROR,
+        "Choice states loop without doing any work",
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{apply, Event};
+    use std::collections::BTreeMap;
+
+    const ORDER: &str = "apiVersion: fission.io/v1
+kind: Workflow
+metadata: {name: order}
+spec:
+  startAt: validate
+  states:
+    validate:
+      type: Task
+      function: {name: validate-order}
+      inputPath: $.order
+      resultPath: $.valid
+      next: route
+      catch: [{errorType: Fission.PermanentError, next: reject, resultPath: $.error}]
+    route:
+      type: Choice
+      choices:
+        - {variable: $.valid.ok, booleanEquals: true, next: charge}
+      default: reject
+    charge: {type: Task, function: {name: charge-card}, resultPath: $.charge, outputPath: $.charge, end: true}
+    reject: {type: Fail}
+";
+
+    fn started(source: &str, input: Value) -> RunState {
+        let spec = engine_spec(source).unwrap();
+        RunState::fold([&Event::RunStarted {
+            run_id: "r1".into(),
+            workflow: "order".into(),
+            version: 1,
+            spec,
+            input,
+            at: 0,
+            retry_of: None,
+            preserved: BTreeMap::new(),
+        }])
+    }
+
+    /// Records the dispatch `decide` asks for; returns the step id and its inputs.
+    fn dispatch(s: &mut RunState) -> (String, Value) {
+        let actions = decide(s, s.spec.state_machine.as_deref().unwrap(), 1);
+        let [Action::Dispatch {
+            task,
+            attempt,
+            key,
+            spec,
+        }] = actions.as_slice()
+        else {
+            panic!("expected one dispatch, got {actions:?}");
+        };
+        let inputs = spec.inputs.clone().unwrap();
+        apply(
+            s,
+            &Event::TaskDispatched {
+                task: task.clone(),
+                attempt: *attempt,
+                key: key.clone(),
+                inputs: inputs.clone(),
+                at: 1,
+                wake_at: None,
+            },
+        );
+        (task.clone(), inputs)
+    }
+
+    fn succeed(s: &mut RunState, task: &str, output: Value) {
+        apply(
+            s,
+            &Event::TaskSucceeded {
+                task: task.into(),
+                attempt: 1,
+                output,
+                headers: Default::default(),
+                at: 2,
+            },
+        );
+    }
+
+    fn failure(actions: Vec<Action>) -> RunError {
+        match actions.as_slice() {
+            [Action::Finish(Finish::Failed(e))] => e.clone(),
+            other => panic!("expected the run to fail, got {other:?}"),
+        }
+    }
+
+    fn success(actions: Vec<Action>) -> Value {
+        match actions.as_slice() {
+            [Action::Finish(Finish::Succeeded { output, .. })] => output.clone(),
+            other => panic!("expected the run to succeed, got {other:?}"),
+        }
+    }
+
+    fn next(s: &RunState) -> Vec<Action> {
+        decide(s, s.spec.state_machine.as_deref().unwrap(), 3)
+    }
+
+    #[test]
+    fn a_task_gets_its_input_path_and_the_result_lands_at_result_path() {
+        let mut s = started(ORDER, json!({"order": {"id": 7}}));
+        let (id, inputs) = dispatch(&mut s);
+        assert_eq!(id, "000001-validate");
+        assert_eq!(inputs["body"], json!({"id": 7}));
+        assert_eq!(inputs["headers"]["X-Fission-Workflow-Run"], "r1");
+        assert_eq!(inputs["headers"]["X-Fission-Workflow-Attempt"], "1");
+        assert_eq!(s.tasks[&id].spec.run, "validate-order");
+        succeed(&mut s, &id, json!({"ok": true}));
+        // Choice routes to charge with the merged document.
+        let (id, inputs) = dispatch(&mut s);
+        assert_eq!(id, "000002-charge");
+        assert_eq!(
+            inputs["body"],
+            json!({"order": {"id": 7}, "valid": {"ok": true}})
+        );
+        succeed(&mut s, &id, json!("charged"));
+        assert_eq!(
+            next(&s),
+            vec![Action::Finish(Finish::Succeeded {
+                output: json!("charged"),
+                headers: Default::default()
+            })]
+        );
+    }
+
+    #[test]
+    fn choice_default_leads_to_fail() {
+        let mut s = started(ORDER, json!({"order": {}}));
+        let (id, _) = dispatch(&mut s);
+        succeed(&mut s, &id, json!({"ok": false}));
+        let e = failure(next(&s));
+        assert!(e.message.starts_with("Fission.Failed"), "{}", e.message);
+    }
+
+    fn fail(s: &mut RunState, task: &str, status: Option<u16>, error: &str) {
+        apply(
+            s,
+            &Event::TaskFailed {
+                task: task.into(),
+                attempt: 1,
+                error: error.into(),
+                status,
+                retryable: false,
+                at: 2,
+            },
+        );
+    }
+
+    #[test]
+    fn a_4xx_is_a_permanent_error_caught_with_the_error_merged() {
+        let mut s = started(ORDER, json!({"order": {"id": 1}}));
+        let (id, _) = dispatch(&mut s);
+        fail(
+            &mut s,
+            &id,
+            Some(422),
+            "the function answered 422: bad order",
+        );
+        // Caught: reject is a Fail state, so the run fails there, not at validate.
+        let e = failure(next(&s));
+        assert!(e.message.starts_with("Fission.Failed"), "{}", e.message);
+    }
+
+    #[test]
+    fn uncaught_errors_are_typed_by_status_timeout_and_body() {
+        for (status, error, want) in [
+            (Some(503), "the function answered 503", FUNCTION_ERROR),
+            (None, "function call timed out after 1s", TIMEOUT),
+            (None, "the function's instance failed: gone", FUNCTION_ERROR),
+            (
+                Some(500),
+                r#"the function answered 500: {"errorType": "Card.Declined", "cause": "no funds"}"#,
+                "Card.Declined: no funds",
+            ),
+        ] {
+            let mut s = started(ORDER, json!({"order": {}}));
+            let (id, _) = dispatch(&mut s);
+            fail(&mut s, &id, status, error);
+            let e = failure(next(&s));
+            assert!(e.message.starts_with(want), "{error}: {}", e.message);
+            assert_eq!(e.task.as_deref(), Some("000001-validate"));
+        }
+    }
+
+    #[test]
+    fn catch_all_merges_the_error_at_its_result_path() {
+        let src = "startAt: a
+states:
+  a:
+    type: Task
+    function: {name: f}
+    catch: [{errorType: Fission.All, next: done, resultPath: $.err}]
+    end: true
+  done: {type: Succeed}
+";
+        let mut s = started(src, json!({"x": 1}));
+        let (id, _) = dispatch(&mut s);
+        fail(&mut s, &id, Some(500), "the function answered 500: boom");
+        let output = success(next(&s));
+        assert_eq!(output["x"], 1);
+        assert_eq!(output["err"]["errorType"], FUNCTION_ERROR);
+    }
+
+    #[test]
+    fn wait_is_a_durable_timer_that_passes_the_document_on() {
+        let src = "startAt: w
+states:
+  w: {type: Wait, duration: 2s, next: done}
+  done: {type: Succeed}
+";
+        let mut s = started(src, json!({"x": 1}));
+        let actions = next(&s);
+        let [Action::Dispatch { task, spec, .. }] = actions.as_slice() else {
+            panic!("{actions:?}");
+        };
+        assert_eq!(spec.run, "sleep");
+        assert_eq!(spec.inputs.as_ref().unwrap()["duration"], "2000ms");
+        apply(
+            &mut s,
+            &Event::TaskDispatched {
+                task: task.clone(),
+                attempt: 1,
+                key: "k".into(),
+                inputs: spec.inputs.clone().unwrap(),
+                at: 0,
+                wake_at: Some(2000),
+            },
+        );
+        let m = s.spec.state_machine.clone().unwrap();
+        assert_eq!(decide(&s, &m, 10), vec![Action::StartTimer { at: 2000 }]);
+        assert_eq!(
+            decide(&s, &m, 2000),
+            vec![Action::FireTimer { task: task.clone() }]
+        );
+        apply(
+            &mut s,
+            &Event::TimerFired {
+                task: task.clone(),
+                at: 2000,
+            },
+        );
+        let output = success(next(&s));
+        assert_eq!(output, json!({"x": 1}));
+    }
+
+    #[test]
+    fn documents_are_recognised_and_parallel_is_refused_at_its_line() {
+        assert!(is_state_machine(ORDER));
+        assert!(is_state_machine("{\"startAt\": \"a\", \"states\": {}}"));
+        assert!(!is_state_machine("output: a\ntasks: {a: {run: noop}}\n"));
+        assert_eq!(document_name(ORDER).as_deref(), Some("order"));
+        let src = "startAt: p
+states:
+  p:
+    type: Parallel
+    branches:
+      - startAt: a
+        states:
+          a: {type: Succeed}
+    end: true
+";
+        let errors = engine_spec(src).unwrap_err();
+        assert_eq!(errors[0].code, UNSUPPORTED_STATE);
+        assert_eq!((errors[0].line, errors[0].column), (3, 3));
+    }
+}
