@@ -205,6 +205,17 @@ fn failed(task: Option<String>, error_type: &str, cause: &str, status: Option<u1
     }))]
 }
 
+/// The document a run starts with: the request body of an invocation (the
+/// engine's input also holds its headers, query and method), else the input.
+pub fn start_document(input: &Value) -> Value {
+    match input {
+        Value::Object(m) if m.contains_key("body") && m.contains_key("headers") => {
+            m.get("body").cloned().unwrap_or(Value::Null)
+        }
+        other => other.clone(),
+    }
+}
+
 /// What should happen next in a state machine run, at time `now`. Pure.
 pub fn decide(s: &RunState, machine: &Machine, now: u64) -> Vec<Action> {
     if s.is_finished() || s.run_id.is_empty() {
@@ -212,7 +223,7 @@ pub fn decide(s: &RunState, machine: &Machine, now: u64) -> Vec<Action> {
     }
     let seq = s.tasks.len() + 1;
     let Some(last) = s.tasks.values().next_back() else {
-        return enter(s, machine, &machine.start_at, s.input.clone(), seq);
+        return enter(s, machine, &machine.start_at, start_document(&s.input), seq);
     };
     let name = state_of(&last.id);
     let Some(state) = machine.states.get(name) else {

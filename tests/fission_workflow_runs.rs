@@ -1,0 +1,239 @@
+//! Fission's RFC-0022 `Workflow` format run end to end on the real server:
+//! stored through the API (validated, with line and column), invoked like any
+//! workflow, run durably with the engine's events and run history.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use serde_json::{json, Value};
+
+/// Answers whether the order is small enough, and what the engine told it.
+const VALIDATE: &str = r#"
+from flask import request
+
+def main():
+    order = request.get_json()
+    if "amount" not in order:
+        return {"errorType": "Order.Invalid", "cause": "no amount"}, 400
+    return {
+        "ok": order["amount"] < 100,
+        "run": request.headers.get("X-Fission-Workflow-Run"),
+        "attempt": request.headers.get("X-Fission-Workflow-Attempt"),
+    }
+"#;
+
+/// Charges the card: declines (a typed error) over 50, fails with a 503 at 42.
+const CHARGE: &str = r#"
+from flask import request
+
+def main():
+    amount = request.get_json()["order"]["amount"]
+    if amount == 42:
+        return "down for maintenance", 503
+    if amount > 50:
+        return {"errorType": "Card.Declined", "cause": "no funds"}, 402
+    return {"charged": amount}
+"#;
+
+const ORDER: &str = "apiVersion: fission.io/v1
+kind: Workflow
+metadata:
+  name: order
+spec:
+  startAt: validate
+  states:
+    validate:
+      type: Task
+      function: {name: validate-order}
+      inputPath: $.order
+      resultPath: $.valid
+      next: route
+    route:
+      type: Choice
+      choices:
+        - variable: $.valid.ok
+          booleanEquals: true
+          next: charge
+      default: reject
+    charge:
+      type: Task
+      function: {name: charge-card}
+      resultPath: $.charge
+      next: done
+      catch:
+        - errorType: Card.Declined
+          resultPath: $.declined
+          next: done
+    done:
+      type: Succeed
+    reject:
+      type: Fail
+";
+
+fn setup() -> Server {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function("validate-order", "python", "v.py", VALIDATE, json!({}));
+    s.function("charge-card", "python", "c.py", CHARGE, json!({}));
+    s
+}
+
+fn store(s: &Server, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let r = s
+        .api(method, path)
+        .header("content-type", "application/yaml")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+fn invoke(s: &Server, name: &str, body: Value) -> (u16, Value) {
+    let (status, text) = s.invoke(name, "application/json", &body.to_string());
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[test]
+fn rfc0022_workflows_are_stored_validated_and_run_task_choice_catch_succeed_and_fail() {
+    let s = setup();
+    // The whole document, named by its metadata.
+    let (status, body) = store(&s, "POST", "/v1/workflows", ORDER);
+    assert_eq!(status, 201, "{body}");
+
+    // A small order: validated, charged, the results merged at their paths.
+    let (status, out) = invoke(&s, "order", json!({"order": {"amount": 5}}));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["order"], json!({"amount": 5}));
+    assert_eq!(out["valid"]["ok"], true);
+    assert_eq!(out["valid"]["attempt"], "1");
+    assert_eq!(out["charge"], json!({"charged": 5}));
+    // The function saw the run's id; the run is in the history with its steps.
+    let run_id = out["valid"]["run"].as_str().unwrap().to_string();
+    let run = s.run(&run_id);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["workflow"], "order");
+    let events = s.ok("GET", &format!("/v1/runs/{run_id}/events"), None);
+    let text = events.to_string();
+    for step in ["000001-validate", "000002-charge"] {
+        assert!(text.contains(step), "{step} missing from {text}");
+    }
+
+    // A typed error caught at its resultPath.
+    let (status, out) = invoke(&s, "order", json!({"order": {"amount": 70}}));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        out["declined"],
+        json!({"errorType": "Card.Declined", "cause": "no funds"})
+    );
+    assert!(out.get("charge").is_none(), "{out}");
+
+    // Choice default to a Fail state.
+    let (status, out) = invoke(&s, "order", json!({"order": {"amount": 500}}));
+    assert_eq!(status, 500, "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Fission.Failed"),
+        "{out}"
+    );
+
+    // A 5xx not caught fails the run as Fission.FunctionError, at its step.
+    let (status, out) = invoke(&s, "order", json!({"order": {"amount": 42}}));
+    assert_eq!(status, 500, "{out}");
+    assert_eq!(out["error"]["task"], "000002-charge", "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Fission.FunctionError"),
+        "{out}"
+    );
+
+    // A 4xx with a typed body, not caught: the run answers the function's 4xx.
+    let (status, out) = invoke(&s, "order", json!({"order": {}}));
+    assert_eq!(status, 400, "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Order.Invalid: no amount"),
+        "{out}"
+    );
+}
+
+#[test]
+fn rfc0022_workflows_are_refused_with_line_and_column_and_updated_by_put() {
+    let s = setup();
+    let broken = ORDER.replace("next: route", "next: nowhere");
+    let (status, body) = store(&s, "POST", "/v1/workflows", &broken);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("nowhere"), "{body}");
+    let line = ORDER
+        .lines()
+        .position(|l| l.contains("next: route"))
+        .unwrap()
+        + 1;
+    assert!(
+        body.to_string().contains(&format!("\"line\":{line}")),
+        "want line {line}: {body}"
+    );
+    // Not stored.
+    let (status, _) = s.call("GET", "/v1/workflows/order", None);
+    assert_eq!(status, 404);
+
+    // A bare spec in JSON, named by ?name=; then replaced by PUT.
+    let spec = |path: &str| {
+        json!({"startAt": "a", "states": {"a": {
+            "type": "Task", "function": {"name": "validate-order"},
+            "inputPath": path, "outputPath": "$.ok", "end": true,
+        }}})
+        .to_string()
+    };
+    let input = json!({"a": {"amount": 1}, "b": {"amount": 500}});
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=pick", &spec("$.a"));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(invoke(&s, "pick", input.clone()), (200, json!(true)));
+    let (status, body) = store(&s, "PUT", "/v1/workflows/pick", &spec("$.b"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(invoke(&s, "pick", input), (200, json!(false)));
+
+    // Parallel is refused until the engine runs it, at the state's line.
+    let parallel = "startAt: p\nstates:\n  p:\n    type: Parallel\n    branches:\n      - startAt: a\n        states:\n          a: {type: Succeed}\n    end: true\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=par", parallel);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("unsupported_state"), "{body}");
+}
+
+#[test]
+fn rfc0022_runs_start_async_and_wait_durably() {
+    let s = setup();
+    let doc = "startAt: nap\nstates:\n  nap: {type: Wait, duration: 1s, next: check}\n  check: {type: Task, function: {name: validate-order}, end: true}\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=nap", doc);
+    assert_eq!(status, 201, "{body}");
+    let r = s
+        .api("POST", "/v1/workflows/nap/invoke")
+        .header("X-Async", "true")
+        .json(&json!({"amount": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let events = s.ok("GET", &format!("/v1/runs/{id}/events"), None);
+    let text = events.to_string();
+    assert!(text.contains("TimerFired"), "{text}");
+    assert!(text.contains("000002-check"), "{text}");
+    let run = s.run(&id);
+    assert_eq!(run["output"]["ok"], true, "{run}");
+    assert_eq!(run["output"]["run"], id.as_str(), "{run}");
+}
