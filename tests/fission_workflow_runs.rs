@@ -72,6 +72,19 @@ spec:
       type: Fail
 ";
 
+/// Fails its first call with a 503, then answers the attempt it was told.
+const FLAKY: &str = r#"
+from flask import request
+
+calls = []
+
+def main():
+    calls.append(1)
+    if len(calls) == 1:
+        return "try again", 503
+    return {"attempt": request.headers.get("X-Fission-Workflow-Attempt"), "calls": len(calls)}
+"#;
+
 fn setup() -> Server {
     let s = Server::start();
     s.env("python", "python", 1);
@@ -236,4 +249,16 @@ fn rfc0022_runs_start_async_and_wait_durably() {
     let run = s.run(&id);
     assert_eq!(run["output"]["ok"], true, "{run}");
     assert_eq!(run["output"]["run"], id.as_str(), "{run}");
+}
+
+#[test]
+fn rfc0022_retries_a_5xx_with_the_attempt_in_its_headers() {
+    let s = setup();
+    s.function("flaky", "python", "f.py", FLAKY, json!({}));
+    let doc = "startAt: a\nstates:\n  a:\n    type: Task\n    function: {name: flaky}\n    retry: {maxAttempts: 3, backoffBase: 10ms, backoffCap: 10ms}\n    end: true\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=flaky-wf", doc);
+    assert_eq!(status, 201, "{body}");
+    let (status, out) = invoke(&s, "flaky-wf", json!({}));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out, json!({"attempt": "2", "calls": 2}));
 }

@@ -525,6 +525,8 @@ pub fn apply(s: &mut RunState, event: &Event) {
             retryable,
             at,
         } => {
+            let retryable =
+                crate::sfn::run::may_retry(s.spec.state_machine.is_some(), *retryable, *status);
             if let Some(t) = s.tasks.get_mut(task) {
                 if t.status == TaskStatus::Running && t.attempts == *attempt {
                     t.error = Some(error.clone());
@@ -532,7 +534,7 @@ pub fn apply(s: &mut RunState, event: &Event) {
                     let max = RetryPolicy::from_spec(t.spec.retry.as_ref())
                         .map(|p| p.max_attempts)
                         .unwrap_or(1);
-                    if *retryable && *attempt < max {
+                    if retryable && *attempt < max {
                         t.status = TaskStatus::Retrying;
                         t.retry_at = None;
                     } else {

@@ -13,8 +13,11 @@ use serde_json::{json, Value};
 
 use super::choice::{eval_choice, NO_CHOICE_MATCHED};
 use super::paths::{apply_input_path, apply_output_path, apply_result_path, shape_output};
-use super::spec::{parse_go_duration, ParsedWorkflow, StateType, WorkflowSpec as Machine};
-use crate::spec::{TaskSpec, WorkflowSpec};
+use super::spec::{
+    parse_go_duration, ParsedWorkflow, RetryPolicy, StateType, WorkflowSpec as Machine,
+};
+use crate::retry::sample_from;
+use crate::spec::{BackoffSpec, RetrySpec, TaskSpec, WorkflowSpec};
 use crate::state::{attempt_key, Action, Finish, RunError, RunState, TaskState, TaskStatus};
 use crate::validate::ValidationError;
 
@@ -28,6 +31,9 @@ pub const TIMEOUT: &str = "Fission.Timeout";
 pub const ALL: &str = "Fission.All";
 /// The state machine reached a `Fail` state.
 pub const STATES_FAIL: &str = "Fission.Failed";
+
+/// How long a run may take when the workflow does not say (RFC-0022's default).
+pub const DEFAULT_RUN_TIMEOUT: &str = "24h";
 
 /// Error code of a state type Fusion does not run yet.
 pub const UNSUPPORTED_STATE: &str = "unsupported_state";
@@ -81,8 +87,10 @@ pub fn engine_spec(source: &str) -> Result<WorkflowSpec, Vec<ValidationError>> {
     if !unsupported.is_empty() {
         return Err(unsupported);
     }
+    let timeout = machine.timeout.as_deref().unwrap_or(DEFAULT_RUN_TIMEOUT);
     Ok(WorkflowSpec {
         name,
+        timeout: parse_go_duration(timeout).map(|d| format!("{}ms", d.as_millis())),
         state_machine: Some(Box::new(machine)),
         ..WorkflowSpec::default()
     })
@@ -145,10 +153,44 @@ fn task_spec(machine: &Machine, id: &str) -> TaskSpec {
                 .as_deref()
                 .and_then(parse_go_duration)
                 .map(|d| format!("{}ms", d.as_millis())),
+            retry: s
+                .retry
+                .as_ref()
+                .or(machine.default_retry.as_ref())
+                .map(retry_spec),
             ..TaskSpec::default()
         },
         None => TaskSpec::default(),
     }
+}
+
+/// RFC-0022's retry policy as the engine's: exponential backoff (factor 2)
+/// from `backoffBase` up to `backoffCap`, jitter unless turned off.
+fn retry_spec(r: &RetryPolicy) -> RetrySpec {
+    let ms = |d: &Option<String>| {
+        d.as_deref()
+            .and_then(parse_go_duration)
+            .map(|d| format!("{}ms", d.as_millis()))
+    };
+    RetrySpec {
+        max_attempts: r
+            .max_attempts
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(1)
+            .max(1),
+        backoff: Some(BackoffSpec {
+            initial: ms(&r.backoff_base),
+            max: ms(&r.backoff_cap),
+            multiplier: Some(2.0),
+        }),
+        jitter: Some(if r.jitter == Some(false) { 0.0 } else { 0.2 }),
+    }
+}
+
+/// Whether a failed attempt of a state machine step may be retried: never a
+/// 4xx (`Fission.PermanentError`), whatever the executor thinks of it.
+pub fn may_retry(state_machine: bool, retryable: bool, status: Option<u16>) -> bool {
+    retryable && !(state_machine && status.is_some_and(|c| (400..500).contains(&c)))
 }
 
 /// A new step of a state machine run, when `id` names one (`apply` adds it
@@ -221,6 +263,26 @@ pub fn decide(s: &RunState, machine: &Machine, now: u64) -> Vec<Action> {
     if s.is_finished() || s.run_id.is_empty() {
         return Vec::new();
     }
+    let mut actions = step(s, machine, now);
+    if let Some(d) = s.deadline {
+        if now >= d {
+            let limit = machine.timeout.as_deref().unwrap_or(DEFAULT_RUN_TIMEOUT);
+            return failed(
+                None,
+                TIMEOUT,
+                &format!("the run timed out after {limit}"),
+                None,
+            );
+        }
+        if !actions.iter().any(|a| matches!(a, Action::Finish(_))) {
+            actions.push(Action::StartTimer { at: d });
+        }
+    }
+    actions
+}
+
+/// What the current step calls for.
+fn step(s: &RunState, machine: &Machine, now: u64) -> Vec<Action> {
     let seq = s.tasks.len() + 1;
     let Some(last) = s.tasks.values().next_back() else {
         return enter(s, machine, &machine.start_at, start_document(&s.input), seq);
@@ -243,7 +305,8 @@ pub fn decide(s: &RunState, machine: &Machine, now: u64) -> Vec<Action> {
             Some(w) => vec![Action::StartTimer { at: w }],
             None => Vec::new(),
         },
-        TaskStatus::Pending | TaskStatus::Retrying | TaskStatus::Waiting => Vec::new(),
+        TaskStatus::Retrying => retry(s, last, now),
+        TaskStatus::Pending | TaskStatus::Waiting => Vec::new(),
         TaskStatus::Succeeded => {
             let shaped = if state.state_type == StateType::Wait {
                 apply_input_path(state.input_path.as_deref(), &document)
@@ -280,6 +343,40 @@ pub fn decide(s: &RunState, machine: &Machine, now: u64) -> Vec<Action> {
                 Err(e) => failed(Some(last.id.clone()), super::paths::INVALID_PATH, &e, None),
             }
         }
+    }
+}
+
+/// The next attempt of a step that failed and may be retried: its time, then
+/// its dispatch with the same document and the attempt in its headers.
+fn retry(s: &RunState, t: &TaskState, now: u64) -> Vec<Action> {
+    let next = t.attempts + 1;
+    match t.retry_at {
+        None => {
+            let policy = crate::retry::RetryPolicy::from_spec(t.spec.retry.as_ref())
+                .unwrap_or_else(|_| crate::retry::RetryPolicy::none());
+            let delay = policy.backoff.delay(
+                t.attempts,
+                sample_from(&attempt_key(&s.run_id, &t.id, t.attempts)),
+            );
+            vec![Action::ScheduleRetry {
+                task: t.id.clone(),
+                attempt: next,
+                due: now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+            }]
+        }
+        Some(due) if due <= now => {
+            let mut inputs = t.inputs.clone().unwrap_or_else(|| json!({}));
+            inputs["headers"]["X-Fission-Workflow-Attempt"] = json!(next.to_string());
+            let mut spec = t.spec.clone();
+            spec.inputs = Some(inputs);
+            vec![Action::Dispatch {
+                task: t.id.clone(),
+                attempt: next,
+                key: attempt_key(&s.run_id, &t.id, next),
+                spec,
+            }]
+        }
+        Some(due) => vec![Action::StartTimer { at: due }],
     }
 }
 
@@ -439,9 +536,17 @@ spec:
         }])
     }
 
+    /// What `decide` asks for at `now`, less the run's own timeout timer.
+    fn work(s: &RunState, now: u64) -> Vec<Action> {
+        decide(s, s.spec.state_machine.as_deref().unwrap(), now)
+            .into_iter()
+            .filter(|a| !matches!(a, Action::StartTimer { at } if Some(*at) == s.deadline))
+            .collect()
+    }
+
     /// Records the dispatch `decide` asks for; returns the step id and its inputs.
     fn dispatch(s: &mut RunState) -> (String, Value) {
-        let actions = decide(s, s.spec.state_machine.as_deref().unwrap(), 1);
+        let actions = work(s, 1);
         let [Action::Dispatch {
             task,
             attempt,
@@ -494,7 +599,7 @@ spec:
     }
 
     fn next(s: &RunState) -> Vec<Action> {
-        decide(s, s.spec.state_machine.as_deref().unwrap(), 3)
+        work(s, 3)
     }
 
     #[test]
@@ -541,7 +646,8 @@ spec:
                 attempt: 1,
                 error: error.into(),
                 status,
-                retryable: false,
+                // As the executor says.
+                retryable: status.is_none_or(|c| c >= 500 || c == 429),
                 at: 2,
             },
         );
@@ -627,10 +733,9 @@ states:
                 wake_at: Some(2000),
             },
         );
-        let m = s.spec.state_machine.clone().unwrap();
-        assert_eq!(decide(&s, &m, 10), vec![Action::StartTimer { at: 2000 }]);
+        assert_eq!(work(&s, 10), vec![Action::StartTimer { at: 2000 }]);
         assert_eq!(
-            decide(&s, &m, 2000),
+            work(&s, 2000),
             vec![Action::FireTimer { task: task.clone() }]
         );
         apply(
@@ -663,5 +768,97 @@ states:
         let errors = engine_spec(src).unwrap_err();
         assert_eq!(errors[0].code, UNSUPPORTED_STATE);
         assert_eq!((errors[0].line, errors[0].column), (3, 3));
+    }
+
+    const RETRIED: &str = "startAt: a
+timeout: 5s
+defaultRetry: {maxAttempts: 3, backoffBase: 1s, backoffCap: 4s, jitter: false}
+states:
+  a: {type: Task, function: {name: f}, end: true}
+";
+
+    #[test]
+    fn a_5xx_is_retried_after_its_backoff_with_the_attempt_in_the_headers_but_a_4xx_is_not() {
+        let mut s = started(RETRIED, json!({"x": 1}));
+        let (id, first) = dispatch(&mut s);
+        fail(&mut s, &id, Some(503), "the function answered 503");
+        let m = s.spec.state_machine.clone().unwrap();
+        let actions = decide(&s, &m, 3);
+        assert_eq!(
+            actions,
+            vec![
+                Action::ScheduleRetry {
+                    task: id.clone(),
+                    attempt: 2,
+                    due: 1003
+                },
+                Action::StartTimer { at: 5000 }
+            ]
+        );
+        apply(
+            &mut s,
+            &Event::RetryScheduled {
+                task: id.clone(),
+                attempt: 2,
+                due: 1003,
+                at: 3,
+            },
+        );
+        assert_eq!(
+            decide(&s, &m, 500),
+            vec![
+                Action::StartTimer { at: 1003 },
+                Action::StartTimer { at: 5000 }
+            ]
+        );
+        let actions = decide(&s, &m, 1003);
+        let Action::Dispatch {
+            attempt, spec, key, ..
+        } = &actions[0]
+        else {
+            panic!("{actions:?}");
+        };
+        assert_eq!((*attempt, key.as_str()), (2, "r1/000001-a/2"));
+        let inputs = spec.inputs.clone().unwrap();
+        assert_eq!(inputs["body"], first["body"]);
+        assert_eq!(inputs["headers"]["X-Fission-Workflow-Attempt"], "2");
+        apply(
+            &mut s,
+            &Event::TaskDispatched {
+                task: id.clone(),
+                attempt: 2,
+                key: key.clone(),
+                inputs,
+                at: 1003,
+                wake_at: None,
+            },
+        );
+        // A 4xx is permanent, even when the executor would retry it (429).
+        apply(
+            &mut s,
+            &Event::TaskFailed {
+                task: id.clone(),
+                attempt: 2,
+                error: "the function answered 429".into(),
+                status: Some(429),
+                retryable: true,
+                at: 1004,
+            },
+        );
+        let e = failure(decide(&s, &m, 1004));
+        assert!(e.message.starts_with(PERMANENT_ERROR), "{}", e.message);
+    }
+
+    #[test]
+    fn a_run_past_its_timeout_fails_with_fission_timeout() {
+        let mut s = started(RETRIED, json!({}));
+        let _ = dispatch(&mut s);
+        let m = s.spec.state_machine.clone().unwrap();
+        assert_eq!(decide(&s, &m, 10), vec![Action::StartTimer { at: 5000 }]);
+        let e = failure(decide(&s, &m, 5000));
+        assert!(e.message.starts_with(TIMEOUT), "{}", e.message);
+        // Without a timeout of its own, a run has RFC-0022's 24 hours.
+        let s = started("startAt: a\nstates:\n  a: {type: Succeed}\n", json!({}));
+        assert_eq!(s.deadline, Some(24 * 3600 * 1000));
     }
 }
