@@ -42,7 +42,12 @@ pub const INVALID_WORKFLOW: &str = "invalid_workflow";
 
 /// Whether `source` is an RFC-0022 `Workflow` (a whole `fission.io/v1`
 /// document or its spec) rather than a Fission Workflows document.
+/// A document the parser should not be given (too deep, too big) is not:
+/// the Fission Workflows path refuses it with its reason.
 pub fn is_state_machine(source: &str) -> bool {
+    if crate::validate::precheck(source).is_err() {
+        return false;
+    }
     let Ok(v) = serde_yaml::from_str::<serde_yaml::Value>(source) else {
         return false;
     };
