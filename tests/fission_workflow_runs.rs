@@ -249,6 +249,22 @@ fn rfc0022_runs_start_async_and_wait_durably() {
     let run = s.run(&id);
     assert_eq!(run["output"]["ok"], true, "{run}");
     assert_eq!(run["output"]["run"], id.as_str(), "{run}");
+
+    // The CLI stores and invokes one as the README says.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("order.yaml");
+    std::fs::write(&file, ORDER).unwrap();
+    let (code, out, err) = s.cli(&["wf", "create", "order", "--file", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = s.cli(&[
+        "wf",
+        "invoke",
+        "order",
+        "--body",
+        r#"{"order": {"amount": 5}}"#,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(r#""charged""#), "{out}");
 }
 
 #[test]

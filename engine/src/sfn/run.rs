@@ -866,4 +866,22 @@ states:
         let s = started("startAt: a\nstates:\n  a: {type: Succeed}\n", json!({}));
         assert_eq!(s.deadline, Some(24 * 3600 * 1000));
     }
+
+    #[test]
+    fn every_code_and_error_type_is_documented() {
+        let doc = include_str!("../../../docs/error-codes.md");
+        for code in [UNSUPPORTED_STATE, INVALID_WORKFLOW] {
+            assert!(doc.contains(&format!("`{code}`")), "{code}");
+        }
+        for t in [
+            PERMANENT_ERROR,
+            FUNCTION_ERROR,
+            TIMEOUT,
+            STATES_FAIL,
+            NO_CHOICE_MATCHED,
+            super::super::paths::INVALID_PATH,
+        ] {
+            assert!(doc.contains(&format!("`{t}`")), "{t}");
+        }
+    }
 }
