@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::Server;
+use common::probe::Probe;
+use common::{eventually, Server};
 use serde_json::{json, Value};
 
 /// Answers whether the order is small enough, and what the engine told it.
@@ -277,4 +278,77 @@ fn rfc0022_retries_a_5xx_with_the_attempt_in_its_headers() {
     let (status, out) = invoke(&s, "flaky-wf", json!({}));
     assert_eq!(status, 200, "{out}");
     assert_eq!(out, json!({"attempt": "2", "calls": 2}));
+}
+
+/// A shell function that logs `<tag> <idempotency key>` to the probe's `calls`,
+/// waits for the probe's gate `<tag>` if `gated`, then answers `<tag>`.
+fn recorder(probe: &Probe, tag: &str, gated: bool) -> String {
+    let wait = if gated {
+        format!("{}\n", probe.curl(&format!("/gate/{tag}")))
+    } else {
+        String::new()
+    };
+    format!(
+        "#!/bin/sh\n{}\n{wait}printf '{tag}'\n",
+        probe.curl(&format!("/log/calls?{tag}+$HTTP_X_FUSION_IDEMPOTENCY_KEY"))
+    )
+}
+
+#[test]
+fn rfc0022_runs_resume_after_a_killed_server_without_repeating_finished_steps() {
+    let mut s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    for (name, tag, gated) in [
+        ("one", "one", false),
+        ("two", "two", true),
+        ("three", "three", false),
+    ] {
+        s.function(
+            name,
+            "binary",
+            &format!("{tag}.sh"),
+            &recorder(&probe, tag, gated),
+            json!({}),
+        );
+    }
+    let doc = "startAt: one\nstates:\n  one: {type: Task, function: {name: one}, resultPath: $.one, next: two}\n  two: {type: Task, function: {name: two}, resultPath: $.two, next: three}\n  three: {type: Task, function: {name: three}, resultPath: $.three, end: true}\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=chain", doc);
+    assert_eq!(status, 201, "{body}");
+    let r = s
+        .api("POST", "/v1/workflows/chain/invoke")
+        .header("X-Async", "true")
+        .json(&json!({"x": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(Duration::from_secs(30), "step two is in flight", || {
+        probe.lines("calls").iter().any(|l| l.starts_with("two "))
+    });
+    s.kill();
+    probe.open("two");
+    s.launch();
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["output"],
+        json!({"x": 1, "one": "one", "two": "two", "three": "three"})
+    );
+    let calls = probe.lines("calls");
+    let count = |tag: &str| {
+        calls
+            .iter()
+            .filter(|l| l.starts_with(&format!("{tag} ")))
+            .count()
+    };
+    assert_eq!((count("one"), count("three")), (1, 1), "{calls:?}");
+    // The step in flight was called again, with the same idempotency key.
+    let keys: Vec<&String> = calls.iter().filter(|l| l.starts_with("two ")).collect();
+    assert_eq!(keys.len(), 2, "{calls:?}");
+    assert_eq!(keys[0], keys[1]);
+    assert!(keys[0].contains(&format!("{id}/000002-two/1")), "{keys:?}");
 }
