@@ -216,12 +216,6 @@ fn rfc0022_workflows_are_refused_with_line_and_column_and_updated_by_put() {
     let (status, body) = store(&s, "PUT", "/v1/workflows/pick", &spec("$.b"));
     assert_eq!(status, 200, "{body}");
     assert_eq!(invoke(&s, "pick", input), (200, json!(false)));
-
-    // Parallel is refused until the engine runs it, at the state's line.
-    let parallel = "startAt: p\nstates:\n  p:\n    type: Parallel\n    branches:\n      - startAt: a\n        states:\n          a: {type: Succeed}\n    end: true\n";
-    let (status, body) = store(&s, "POST", "/v1/workflows?name=par", parallel);
-    assert_eq!(status, 400, "{body}");
-    assert!(body.to_string().contains("unsupported_state"), "{body}");
 }
 
 #[test]
@@ -351,4 +345,75 @@ fn rfc0022_runs_resume_after_a_killed_server_without_repeating_finished_steps() 
     assert_eq!(keys.len(), 2, "{calls:?}");
     assert_eq!(keys[0], keys[1]);
     assert!(keys[0].contains(&format!("{id}/000002-two/1")), "{keys:?}");
+}
+
+#[test]
+fn rfc0022_parallel_and_map_join_their_branches_in_order() {
+    let s = setup();
+    let doc = "startAt: fan
+states:
+  fan:
+    type: Parallel
+    resultPath: $.checks
+    next: each
+    branches:
+      - startAt: v
+        states:
+          v: {type: Task, function: {name: validate-order}, inputPath: $.order, end: true}
+      - startAt: w
+        states:
+          w: {type: Wait, duration: 10ms, end: true}
+  each:
+    type: Map
+    itemsPath: $.orders
+    maxConcurrency: 2
+    resultPath: $.charged
+    outputPath: $.charged
+    end: true
+    branches:
+      - startAt: c
+        states:
+          c: {type: Task, function: {name: charge-card}, end: true}
+";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=fan", doc);
+    assert_eq!(status, 201, "{body}");
+    let orders = |amounts: &[u32]| -> Value {
+        amounts
+            .iter()
+            .map(|a| json!({"order": {"amount": a}}))
+            .collect()
+    };
+    let (status, out) = invoke(
+        &s,
+        "fan",
+        json!({"order": {"amount": 5}, "orders": orders(&[1, 2, 3])}),
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out, json!([{"charged": 1}, {"charged": 2}, {"charged": 3}]));
+    let runs = s.ok("GET", "/v1/runs?workflow=fan", None);
+    let id = runs["runs"][0]["id"].as_str().unwrap().to_string();
+    let events = s
+        .ok("GET", &format!("/v1/runs/{id}/events"), None)
+        .to_string();
+    for step in [
+        "000001-fan/0000/000001-v",
+        "000001-fan/0001/000001-w",
+        "000002-each/0002/000001-c",
+    ] {
+        assert!(events.contains(step), "{step} missing: {events}");
+    }
+
+    // An item that fails fails the Map, naming the item.
+    let (status, out) = invoke(
+        &s,
+        "fan",
+        json!({"order": {"amount": 5}, "orders": orders(&[1, 42, 3])}),
+    );
+    assert_eq!(status, 500, "{out}");
+    let message = out["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Fission.BranchFailed: branch 1: Fission.FunctionError"),
+        "{out}"
+    );
+    assert_eq!(out["error"]["task"], "000002-each/0001/000001-c", "{out}");
 }

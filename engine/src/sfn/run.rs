@@ -11,10 +11,16 @@
 
 use serde_json::{json, Value};
 
+use std::collections::BTreeMap;
+
 use super::choice::{eval_choice, NO_CHOICE_MATCHED};
-use super::paths::{apply_input_path, apply_output_path, apply_result_path, shape_output};
+use super::paths::{
+    apply_input_path, apply_output_path, apply_result_path, parse_path, select, shape_output,
+    INVALID_PATH,
+};
 use super::spec::{
-    parse_go_duration, ParsedWorkflow, RetryPolicy, StateType, WorkflowSpec as Machine,
+    parse_go_duration, ParsedWorkflow, ResultPath, RetryPolicy, StateType, WorkflowBranch,
+    WorkflowSpec as Machine, WorkflowState,
 };
 use crate::retry::sample_from;
 use crate::spec::{BackoffSpec, RetrySpec, TaskSpec, WorkflowSpec};
@@ -29,14 +35,14 @@ pub const FUNCTION_ERROR: &str = "Fission.FunctionError";
 pub const TIMEOUT: &str = "Fission.Timeout";
 /// A catch route's `errorType` that matches every error.
 pub const ALL: &str = "Fission.All";
+/// A branch of a Parallel or Map failed (fail-fast).
+pub const BRANCH_FAILED: &str = "Fission.BranchFailed";
 /// The state machine reached a `Fail` state.
 pub const STATES_FAIL: &str = "Fission.Failed";
 
 /// How long a run may take when the workflow does not say (RFC-0022's default).
 pub const DEFAULT_RUN_TIMEOUT: &str = "24h";
 
-/// Error code of a state type Fusion does not run yet.
-pub const UNSUPPORTED_STATE: &str = "unsupported_state";
 /// Error code of a document that is both formats at once.
 pub const INVALID_WORKFLOW: &str = "invalid_workflow";
 
@@ -64,7 +70,6 @@ pub fn document_name(source: &str) -> Option<String> {
 }
 
 /// Validates an RFC-0022 document and turns it into the spec a run embeds.
-/// Parallel and Map are refused for now (the engine cannot run them yet).
 pub fn engine_spec(source: &str) -> Result<WorkflowSpec, Vec<ValidationError>> {
     let parsed = super::validate::parse_and_validate(source)?;
     let name = match &parsed {
@@ -72,26 +77,6 @@ pub fn engine_spec(source: &str) -> Result<WorkflowSpec, Vec<ValidationError>> {
         _ => None,
     };
     let machine = parsed.into_spec();
-    let unsupported: Vec<ValidationError> = machine
-        .states
-        .iter()
-        .filter(|(_, s)| matches!(s.state_type, StateType::Parallel | StateType::Map))
-        .map(|(n, s)| {
-            let (line, column) = position_of(source, n);
-            ValidationError {
-                code: UNSUPPORTED_STATE,
-                message: format!(
-                    "state {n:?}: Fusion does not run {} states yet",
-                    s.state_type.as_str()
-                ),
-                line,
-                column,
-            }
-        })
-        .collect();
-    if !unsupported.is_empty() {
-        return Err(unsupported);
-    }
     let timeout = machine.timeout.as_deref().unwrap_or(DEFAULT_RUN_TIMEOUT);
     Ok(WorkflowSpec {
         name,
@@ -115,19 +100,6 @@ pub fn refuse_embedded_machine(spec: WorkflowSpec) -> Result<WorkflowSpec, Vec<V
     Ok(spec)
 }
 
-/// Where `name:` first appears as a key in `source` (1-based), or 1:1.
-fn position_of(source: &str, name: &str) -> (usize, usize) {
-    for (i, line) in source.lines().enumerate() {
-        let trimmed = line.trim_start();
-        for key in [format!("{name}:"), format!("\"{name}\":")] {
-            if trimmed.starts_with(&key) {
-                return (i + 1, line.len() - trimmed.len() + 1);
-            }
-        }
-    }
-    (1, 1)
-}
-
 /// The id of step number `seq` entering `state`.
 pub fn step_id(seq: usize, state: &str) -> String {
     format!("{seq:06}-{state}")
@@ -138,12 +110,31 @@ pub fn state_of(id: &str) -> &str {
     id.split_once('-').map(|(_, s)| s).unwrap_or(id)
 }
 
+/// The state a step id (`NNNNNN-state`, or inside a branch
+/// `NNNNNN-par/BBBB/NNNNNN-state`) entered.
+fn resolve<'a>(machine: &'a Machine, id: &str) -> Option<&'a WorkflowState> {
+    let mut states = &machine.states;
+    let mut parts = id.split('/');
+    loop {
+        let state = states.get(state_of(parts.next()?))?;
+        let Some(branch) = parts.next() else {
+            return Some(state);
+        };
+        let i: usize = branch.parse().ok()?;
+        let b = if state.state_type == StateType::Map {
+            state.branches.first()?
+        } else {
+            state.branches.get(i)?
+        };
+        states = &b.states;
+    }
+}
+
 /// The task a step of `machine` runs (without its inputs): what recovery
-/// needs to dispatch an attempt again.
+/// needs to dispatch an attempt again. Wait, Parallel and Map are timers.
 fn task_spec(machine: &Machine, id: &str) -> TaskSpec {
-    let state = machine.states.get(state_of(id));
-    match state {
-        Some(s) if s.state_type == StateType::Wait => TaskSpec {
+    match resolve(machine, id) {
+        Some(s) if s.state_type != StateType::Task => TaskSpec {
             run: "sleep".into(),
             ..TaskSpec::default()
         },
@@ -202,7 +193,7 @@ pub fn may_retry(state_machine: bool, retryable: bool, status: Option<u16>) -> b
 /// when the step is dispatched).
 pub fn new_step(s: &RunState, id: &str) -> Option<TaskState> {
     let machine = s.spec.state_machine.as_deref()?;
-    machine.states.get(state_of(id))?;
+    resolve(machine, id)?;
     Some(TaskState {
         id: id.to_string(),
         local: id.to_string(),
@@ -240,16 +231,51 @@ fn step_error(t: &TaskState) -> (String, String) {
     }
 }
 
-fn failed(task: Option<String>, error_type: &str, cause: &str, status: Option<u16>) -> Vec<Action> {
-    vec![Action::Finish(Finish::Failed(RunError {
-        task,
-        message: if cause.is_empty() {
-            error_type.to_string()
+/// How a scope (the run, or one branch) failed.
+#[derive(Debug, Clone, PartialEq)]
+struct Failure {
+    task: Option<String>,
+    error_type: String,
+    cause: String,
+    status: Option<u16>,
+}
+
+impl Failure {
+    fn new(task: Option<String>, error_type: &str, cause: &str, status: Option<u16>) -> Failure {
+        Failure {
+            task,
+            error_type: error_type.to_string(),
+            cause: cause.to_string(),
+            status,
+        }
+    }
+
+    fn message(&self) -> String {
+        if self.cause.is_empty() {
+            self.error_type.clone()
         } else {
-            format!("{error_type}: {cause}")
-        },
-        status,
-    }))]
+            format!("{}: {}", self.error_type, self.cause)
+        }
+    }
+}
+
+/// What a scope calls for: actions while it runs, its output or error at the end.
+enum Outcome {
+    Pending(Vec<Action>),
+    Done(Result<Value, Failure>),
+}
+
+fn failed(task: Option<String>, error_type: &str, cause: &str, status: Option<u16>) -> Outcome {
+    Outcome::Done(Err(Failure::new(task, error_type, cause, status)))
+}
+
+/// The run, or one branch of a Parallel or Map: its steps are the tasks whose
+/// ids start with `prefix`.
+struct Scope<'a> {
+    prefix: String,
+    start_at: &'a str,
+    states: &'a BTreeMap<String, WorkflowState>,
+    input: Value,
 }
 
 /// The document a run starts with: the request body of an invocation (the
@@ -268,33 +294,71 @@ pub fn decide(s: &RunState, machine: &Machine, now: u64) -> Vec<Action> {
     if s.is_finished() || s.run_id.is_empty() {
         return Vec::new();
     }
-    let mut actions = step(s, machine, now);
     if let Some(d) = s.deadline {
         if now >= d {
             let limit = machine.timeout.as_deref().unwrap_or(DEFAULT_RUN_TIMEOUT);
-            return failed(
+            let f = Failure::new(
                 None,
                 TIMEOUT,
                 &format!("the run timed out after {limit}"),
                 None,
             );
-        }
-        if !actions.iter().any(|a| matches!(a, Action::Finish(_))) {
-            actions.push(Action::StartTimer { at: d });
+            return vec![finish_failed(f)];
         }
     }
-    actions
+    let top = Scope {
+        prefix: String::new(),
+        start_at: &machine.start_at,
+        states: &machine.states,
+        input: start_document(&s.input),
+    };
+    match run_scope(s, machine, &top, now) {
+        Outcome::Done(Ok(output)) => vec![Action::Finish(Finish::Succeeded {
+            output,
+            headers: Default::default(),
+        })],
+        Outcome::Done(Err(f)) => vec![finish_failed(f)],
+        Outcome::Pending(mut actions) => {
+            if let Some(d) = s.deadline {
+                actions.push(Action::StartTimer { at: d });
+            }
+            actions
+        }
+    }
 }
 
-/// What the current step calls for.
-fn step(s: &RunState, machine: &Machine, now: u64) -> Vec<Action> {
-    let seq = s.tasks.len() + 1;
-    let Some(last) = s.tasks.values().next_back() else {
-        return enter(s, machine, &machine.start_at, start_document(&s.input), seq);
+fn finish_failed(f: Failure) -> Action {
+    Action::Finish(Finish::Failed(RunError {
+        message: f.message(),
+        task: f.task,
+        status: f.status,
+    }))
+}
+
+/// What the current step of `scope` calls for.
+fn run_scope(s: &RunState, m: &Machine, scope: &Scope, now: u64) -> Outcome {
+    let mut last: Option<&str> = None;
+    let mut count = 0;
+    for id in s
+        .tasks
+        .range(scope.prefix.clone()..)
+        .map(|(k, _)| k)
+        .take_while(|k| k.starts_with(&scope.prefix))
+    {
+        let rest = &id[scope.prefix.len()..];
+        let seg = rest.split('/').next().unwrap_or(rest);
+        if last != Some(seg) {
+            count += 1;
+            last = Some(seg);
+        }
+    }
+    let seq = count + 1;
+    let Some(seg) = last else {
+        return enter(s, m, scope, scope.start_at, scope.input.clone(), seq);
     };
-    let name = state_of(&last.id);
-    let Some(state) = machine.states.get(name) else {
-        return failed(Some(last.id.clone()), FUNCTION_ERROR, "unknown state", None);
+    let id = format!("{}{seg}", scope.prefix);
+    let (Some(last), Some(state)) = (s.tasks.get(&id), scope.states.get(state_of(seg))) else {
+        return failed(Some(id), FUNCTION_ERROR, "a step of an unknown state", None);
     };
     let document = last
         .inputs
@@ -303,51 +367,165 @@ fn step(s: &RunState, machine: &Machine, now: u64) -> Vec<Action> {
         .cloned()
         .unwrap_or(Value::Null);
     match last.status {
-        TaskStatus::Running => match last.wake_at {
+        TaskStatus::Running => Outcome::Pending(match last.wake_at {
             Some(w) if w <= now => vec![Action::FireTimer {
                 task: last.id.clone(),
             }],
             Some(w) => vec![Action::StartTimer { at: w }],
             None => Vec::new(),
-        },
-        TaskStatus::Retrying => retry(s, last, now),
-        TaskStatus::Pending | TaskStatus::Waiting => Vec::new(),
+        }),
+        TaskStatus::Retrying => Outcome::Pending(retry(s, last, now)),
+        TaskStatus::Pending | TaskStatus::Waiting => Outcome::Pending(Vec::new()),
         TaskStatus::Succeeded => {
-            let shaped = if state.state_type == StateType::Wait {
-                apply_input_path(state.input_path.as_deref(), &document)
-                    .and_then(|d| apply_output_path(state.output_path.as_deref(), &d))
-            } else {
-                shape_output(state, &document, last.output.clone().unwrap_or(Value::Null))
+            let shaped = match state.state_type {
+                StateType::Wait => apply_input_path(state.input_path.as_deref(), &document)
+                    .and_then(|d| apply_output_path(state.output_path.as_deref(), &d)),
+                StateType::Parallel | StateType::Map => {
+                    match fan_in(s, m, &id, state, &document, now) {
+                        Outcome::Pending(a) => return Outcome::Pending(a),
+                        Outcome::Done(Err(f)) => {
+                            return caught(s, m, scope, state, f, &document, seq)
+                        }
+                        Outcome::Done(Ok(results)) => shape_output(state, &document, results),
+                    }
+                }
+                _ => shape_output(state, &document, last.output.clone().unwrap_or(Value::Null)),
             };
             match shaped {
-                Ok(doc) => after(s, machine, state.next.as_deref(), doc, seq),
-                Err(e) => failed(Some(last.id.clone()), e.error_type(), &e.to_string(), None),
+                Ok(doc) => match state.next.as_deref() {
+                    Some(next) => enter(s, m, scope, next, doc, seq),
+                    None => Outcome::Done(Ok(doc)),
+                },
+                Err(e) => {
+                    let f = Failure::new(Some(id), e.error_type(), &e.to_string(), None);
+                    caught(s, m, scope, state, f, &document, seq)
+                }
             }
         }
         TaskStatus::Failed => {
             let (error_type, cause) = step_error(last);
-            let route = state
-                .catch
-                .iter()
-                .find(|r| r.error_type == error_type || r.error_type == ALL);
-            let Some(route) = route else {
-                return failed(Some(last.id.clone()), &error_type, &cause, last.http_status);
-            };
-            let error = json!({"errorType": error_type, "cause": cause});
-            let doc = match route.result_path.as_deref() {
-                None => Ok(error),
-                Some(p) => apply_result_path(
-                    &super::spec::ResultPath::At(p.to_string()),
-                    &document,
-                    error,
+            let f = Failure::new(Some(id), &error_type, &cause, last.http_status);
+            caught(s, m, scope, state, f, &document, seq)
+        }
+    }
+}
+
+/// A failed state: its catch route for the error, else the scope fails.
+fn caught(
+    s: &RunState,
+    m: &Machine,
+    scope: &Scope,
+    state: &WorkflowState,
+    f: Failure,
+    document: &Value,
+    seq: usize,
+) -> Outcome {
+    let route = state
+        .catch
+        .iter()
+        .find(|r| r.error_type == f.error_type || r.error_type == ALL);
+    let Some(route) = route else {
+        return Outcome::Done(Err(f));
+    };
+    let error = json!({"errorType": f.error_type, "cause": f.cause});
+    let doc = match route.result_path.as_deref() {
+        None => Ok(error),
+        Some(p) => apply_result_path(&ResultPath::At(p.to_string()), document, error),
+    };
+    match doc {
+        Ok(doc) => enter(s, m, scope, &route.next, doc, seq),
+        Err(e) => failed(f.task, e.error_type(), &e.to_string(), None),
+    }
+}
+
+/// The branches of the Parallel or Map step `id`: started in order (a Map at
+/// most `maxConcurrency` at once), joined as the ordered array of their
+/// outputs; the first that fails fails the step with `Fission.BranchFailed`.
+fn fan_in(
+    s: &RunState,
+    m: &Machine,
+    id: &str,
+    state: &WorkflowState,
+    document: &Value,
+    now: u64,
+) -> Outcome {
+    let input = match apply_input_path(state.input_path.as_deref(), document) {
+        Ok(i) => i,
+        Err(e) => return failed(Some(id.into()), e.error_type(), &e.to_string(), None),
+    };
+    let runs: Vec<(&WorkflowBranch, Value)> = if state.state_type == StateType::Map {
+        let Some(branch) = state.branches.first() else {
+            return failed(
+                Some(id.into()),
+                FUNCTION_ERROR,
+                "a Map without its iterator",
+                None,
+            );
+        };
+        let path = state.items_path.as_deref().unwrap_or("$");
+        let items = match parse_path(path) {
+            Ok(p) => select(&p, &input),
+            Err(e) => return failed(Some(id.into()), INVALID_PATH, &e, None),
+        };
+        let Value::Array(items) = items else {
+            return failed(
+                Some(id.into()),
+                INVALID_PATH,
+                &format!("itemsPath {path:?} does not select an array"),
+                None,
+            );
+        };
+        items.into_iter().map(|v| (branch, v)).collect()
+    } else {
+        state.branches.iter().map(|b| (b, input.clone())).collect()
+    };
+    let limit = if state.state_type == StateType::Map {
+        state.effective_max_concurrency()
+    } else {
+        usize::MAX
+    };
+    let mut results = Vec::with_capacity(runs.len());
+    let mut actions = Vec::new();
+    let mut running = 0;
+    let mut done = true;
+    for (i, (branch, input)) in runs.into_iter().enumerate() {
+        let prefix = format!("{id}/{i:04}/");
+        let started = s
+            .tasks
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&prefix));
+        if !started && running >= limit {
+            done = false;
+            continue;
+        }
+        let sub = Scope {
+            prefix,
+            start_at: &branch.start_at,
+            states: &branch.states,
+            input,
+        };
+        match run_scope(s, m, &sub, now) {
+            Outcome::Done(Ok(v)) => results.push(v),
+            Outcome::Done(Err(f)) => {
+                return failed(
+                    f.task.clone(),
+                    BRANCH_FAILED,
+                    &format!("branch {i}: {}", f.message()),
+                    f.status,
                 )
-                .map_err(|e| e.to_string()),
-            };
-            match doc {
-                Ok(doc) => enter(s, machine, &route.next, doc, seq),
-                Err(e) => failed(Some(last.id.clone()), super::paths::INVALID_PATH, &e, None),
+            }
+            Outcome::Pending(a) => {
+                done = false;
+                running += 1;
+                actions.extend(a);
             }
         }
+    }
+    if done {
+        Outcome::Done(Ok(Value::Array(results)))
+    } else {
+        Outcome::Pending(actions)
     }
 }
 
@@ -385,60 +563,60 @@ fn retry(s: &RunState, t: &TaskState, now: u64) -> Vec<Action> {
     }
 }
 
-/// Where a state that finished with `doc` leads: its `next`, or the run's end.
-fn after(
+/// Enters state `name` of `scope` with `doc`: evaluates Choice, Succeed and
+/// Fail on the way, and dispatches the first state that does work (a Parallel
+/// or Map first records its input document in a zero-length timer step).
+fn enter(
     s: &RunState,
-    machine: &Machine,
-    next: Option<&str>,
-    doc: Value,
+    m: &Machine,
+    scope: &Scope,
+    name: &str,
+    mut doc: Value,
     seq: usize,
-) -> Vec<Action> {
-    match next {
-        Some(next) => enter(s, machine, next, doc, seq),
-        None => vec![Action::Finish(Finish::Succeeded {
-            output: doc,
-            headers: Default::default(),
-        })],
-    }
-}
-
-/// Enters state `name` with `doc`: evaluates Choice, Succeed and Fail on the
-/// way, and dispatches the first state that does work.
-fn enter(s: &RunState, machine: &Machine, name: &str, mut doc: Value, seq: usize) -> Vec<Action> {
+) -> Outcome {
     let mut name = name.to_string();
     // Choices only move between states: more hops than states is a loop.
-    for _ in 0..=machine.states.len() {
-        let Some(state) = machine.states.get(&name) else {
+    for _ in 0..=scope.states.len() {
+        let Some(state) = scope.states.get(&name) else {
             return failed(None, FUNCTION_ERROR, &format!("no state {name:?}"), None);
         };
+        let id = format!("{}{}", scope.prefix, step_id(seq, &name));
         match state.state_type {
-            StateType::Task | StateType::Wait => {
-                let id = step_id(seq, &name);
-                let body = match apply_input_path(state.input_path.as_deref(), &doc) {
-                    Ok(b) => b,
-                    Err(e) => return failed(Some(id), e.error_type(), &e.to_string(), None),
-                };
-                let mut spec = task_spec(machine, &id);
-                let inputs = if state.state_type == StateType::Wait {
-                    json!({"duration": state.duration.as_deref().and_then(parse_go_duration)
-                        .map(|d| format!("{}ms", d.as_millis())), "document": doc})
-                } else {
-                    json!({
-                        "body": body,
-                        "headers": {
-                            "X-Fission-Workflow-Run": s.run_id,
-                            "X-Fission-Workflow-Attempt": "1",
-                        },
+            StateType::Task | StateType::Wait | StateType::Parallel | StateType::Map => {
+                let inputs = match state.state_type {
+                    StateType::Wait => json!({
+                        "duration": state.duration.as_deref().and_then(parse_go_duration)
+                            .map(|d| format!("{}ms", d.as_millis())),
                         "document": doc,
-                    })
+                    }),
+                    StateType::Task => {
+                        let body = match apply_input_path(state.input_path.as_deref(), &doc) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                let f =
+                                    Failure::new(Some(id), e.error_type(), &e.to_string(), None);
+                                return caught(s, m, scope, state, f, &doc, seq);
+                            }
+                        };
+                        json!({
+                            "body": body,
+                            "headers": {
+                                "X-Fission-Workflow-Run": s.run_id,
+                                "X-Fission-Workflow-Attempt": "1",
+                            },
+                            "document": doc,
+                        })
+                    }
+                    _ => json!({"duration": 0, "document": doc}),
                 };
+                let mut spec = task_spec(m, &id);
                 spec.inputs = Some(inputs);
-                return vec![Action::Dispatch {
+                return Outcome::Pending(vec![Action::Dispatch {
                     key: attempt_key(&s.run_id, &id, 1),
                     task: id,
                     attempt: 1,
                     spec,
-                }];
+                }]);
             }
             StateType::Choice => {
                 let input = match apply_input_path(state.input_path.as_deref(), &doc) {
@@ -460,13 +638,10 @@ fn enter(s: &RunState, machine: &Machine, name: &str, mut doc: Value, seq: usize
                 name = next.to_string();
             }
             StateType::Succeed => {
-                let out = apply_input_path(state.input_path.as_deref(), &doc)
-                    .and_then(|d| apply_output_path(state.output_path.as_deref(), &d));
-                return match out {
-                    Ok(output) => vec![Action::Finish(Finish::Succeeded {
-                        output,
-                        headers: Default::default(),
-                    })],
+                return match apply_input_path(state.input_path.as_deref(), &doc)
+                    .and_then(|d| apply_output_path(state.output_path.as_deref(), &d))
+                {
+                    Ok(output) => Outcome::Done(Ok(output)),
                     Err(e) => failed(None, e.error_type(), &e.to_string(), None),
                 };
             }
@@ -475,17 +650,6 @@ fn enter(s: &RunState, machine: &Machine, name: &str, mut doc: Value, seq: usize
                     None,
                     STATES_FAIL,
                     &format!("the workflow reached Fail state {name:?}"),
-                    None,
-                );
-            }
-            StateType::Parallel | StateType::Map => {
-                return failed(
-                    None,
-                    FUNCTION_ERROR,
-                    &format!(
-                        "Fusion does not run {} states yet",
-                        state.state_type.as_str()
-                    ),
                     None,
                 );
             }
@@ -755,24 +919,11 @@ states:
     }
 
     #[test]
-    fn documents_are_recognised_and_parallel_is_refused_at_its_line() {
+    fn documents_are_recognised_and_named() {
         assert!(is_state_machine(ORDER));
         assert!(is_state_machine("{\"startAt\": \"a\", \"states\": {}}"));
         assert!(!is_state_machine("output: a\ntasks: {a: {run: noop}}\n"));
         assert_eq!(document_name(ORDER).as_deref(), Some("order"));
-        let src = "startAt: p
-states:
-  p:
-    type: Parallel
-    branches:
-      - startAt: a
-        states:
-          a: {type: Succeed}
-    end: true
-";
-        let errors = engine_spec(src).unwrap_err();
-        assert_eq!(errors[0].code, UNSUPPORTED_STATE);
-        assert_eq!((errors[0].line, errors[0].column), (3, 3));
     }
 
     const RETRIED: &str = "startAt: a
@@ -870,7 +1021,7 @@ states:
     #[test]
     fn every_code_and_error_type_is_documented() {
         let doc = include_str!("../../../docs/error-codes.md");
-        for code in [UNSUPPORTED_STATE, INVALID_WORKFLOW] {
+        for code in [INVALID_WORKFLOW] {
             assert!(doc.contains(&format!("`{code}`")), "{code}");
         }
         for t in [
@@ -878,10 +1029,170 @@ states:
             FUNCTION_ERROR,
             TIMEOUT,
             STATES_FAIL,
+            BRANCH_FAILED,
             NO_CHOICE_MATCHED,
             super::super::paths::INVALID_PATH,
         ] {
             assert!(doc.contains(&format!("`{t}`")), "{t}");
         }
+    }
+
+    /// Performs what `decide` asks until only function calls are left: records
+    /// their dispatch, fires zero-length timers; returns the calls (id, body).
+    fn settle(s: &mut RunState) -> Vec<(String, Value)> {
+        let mut calls = Vec::new();
+        loop {
+            let mut progressed = false;
+            for a in work(s, 5) {
+                match a {
+                    Action::Dispatch {
+                        task,
+                        attempt,
+                        key,
+                        spec,
+                        ..
+                    } => {
+                        progressed = true;
+                        let inputs = spec.inputs.clone().unwrap();
+                        let timer = spec.run == "sleep";
+                        apply(
+                            s,
+                            &Event::TaskDispatched {
+                                task: task.clone(),
+                                attempt,
+                                key,
+                                inputs: inputs.clone(),
+                                at: 5,
+                                wake_at: timer.then_some(5),
+                            },
+                        );
+                        if !timer {
+                            calls.push((task, inputs["body"].clone()));
+                        }
+                    }
+                    Action::FireTimer { task } => {
+                        progressed = true;
+                        apply(s, &Event::TimerFired { task, at: 5 });
+                    }
+                    _ => {}
+                }
+            }
+            if !progressed {
+                return calls;
+            }
+        }
+    }
+
+    const PARALLEL: &str = "startAt: p
+states:
+  p:
+    type: Parallel
+    resultPath: $.both
+    next: done
+    branches:
+      - startAt: a
+        states:
+          a: {type: Task, function: {name: fa}, end: true}
+      - startAt: b
+        states:
+          b: {type: Task, function: {name: fb}, next: c}
+          c: {type: Succeed}
+  done: {type: Succeed}
+";
+
+    #[test]
+    fn parallel_branches_run_at_once_and_join_in_order() {
+        let mut s = started(PARALLEL, json!({"x": 1}));
+        let calls = settle(&mut s);
+        assert_eq!(
+            calls,
+            vec![
+                ("000001-p/0000/000001-a".to_string(), json!({"x": 1})),
+                ("000001-p/0001/000001-b".to_string(), json!({"x": 1})),
+            ]
+        );
+        assert_eq!(s.tasks["000001-p/0001/000001-b"].spec.run, "fb");
+        // The second finishes first; the join keeps the branches' order.
+        succeed(&mut s, "000001-p/0001/000001-b", json!("B"));
+        assert!(settle(&mut s).is_empty());
+        assert!(next(&s).is_empty(), "{:?}", next(&s));
+        succeed(&mut s, "000001-p/0000/000001-a", json!("A"));
+        assert_eq!(success(next(&s)), json!({"x": 1, "both": ["A", "B"]}));
+    }
+
+    #[test]
+    fn a_failed_branch_fails_the_parallel_with_branch_failed() {
+        let mut s = started(PARALLEL, json!({}));
+        settle(&mut s);
+        fail(
+            &mut s,
+            "000001-p/0001/000001-b",
+            Some(500),
+            "the function answered 500",
+        );
+        let e = failure(next(&s));
+        assert!(e.message.starts_with(BRANCH_FAILED), "{}", e.message);
+        assert!(e.message.contains("branch 1"), "{}", e.message);
+        assert_eq!(e.task.as_deref(), Some("000001-p/0001/000001-b"));
+    }
+
+    #[test]
+    fn map_runs_each_item_at_most_max_concurrency_at_once_and_joins_in_order() {
+        let src = "startAt: m
+states:
+  m:
+    type: Map
+    itemsPath: $.items
+    maxConcurrency: 2
+    end: true
+    branches:
+      - startAt: double
+        states:
+          double: {type: Task, function: {name: double}, end: true}
+";
+        let mut s = started(src, json!({"items": [1, 2, 3]}));
+        let calls = settle(&mut s);
+        assert_eq!(
+            calls,
+            vec![
+                ("000001-m/0000/000001-double".to_string(), json!(1)),
+                ("000001-m/0001/000001-double".to_string(), json!(2)),
+            ]
+        );
+        succeed(&mut s, "000001-m/0001/000001-double", json!(4));
+        assert_eq!(
+            settle(&mut s),
+            vec![("000001-m/0002/000001-double".to_string(), json!(3))]
+        );
+        succeed(&mut s, "000001-m/0002/000001-double", json!(6));
+        succeed(&mut s, "000001-m/0000/000001-double", json!(2));
+        assert_eq!(success(next(&s)), json!([2, 4, 6]));
+
+        // No items: an empty array at once; no array: Fission.InvalidPath.
+        let s = started(src, json!({"items": []}));
+        let mut s2 = s.clone();
+        assert!(settle(&mut s2).is_empty());
+        assert_eq!(success(next(&s2)), json!([]));
+        let mut s = started(src, json!({"items": 7}));
+        settle(&mut s);
+        let e = failure(next(&s));
+        assert!(e.message.starts_with(INVALID_PATH), "{}", e.message);
+    }
+
+    #[test]
+    fn map_runs_ten_at_once_by_default() {
+        let src = "startAt: m
+states:
+  m:
+    type: Map
+    itemsPath: $
+    end: true
+    branches:
+      - startAt: f
+        states:
+          f: {type: Task, function: {name: f}, end: true}
+";
+        let mut s = started(src, json!((0..25).collect::<Vec<_>>()));
+        assert_eq!(settle(&mut s).len(), 10);
     }
 }
