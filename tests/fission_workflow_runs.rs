@@ -417,3 +417,60 @@ states:
     );
     assert_eq!(out["error"]["task"], "000002-each/0001/000001-c", "{out}");
 }
+
+#[test]
+fn rfc0022_a_parallel_resumes_after_a_killed_server_without_rerunning_a_finished_branch() {
+    let mut s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    for (tag, gated) in [("one", false), ("two", true)] {
+        s.function(
+            tag,
+            "binary",
+            &format!("{tag}.sh"),
+            &recorder(&probe, tag, gated),
+            json!({}),
+        );
+    }
+    let doc = "startAt: p\nstates:\n  p:\n    type: Parallel\n    end: true\n    branches:\n      - startAt: a\n        states:\n          a: {type: Task, function: {name: one}, end: true}\n      - startAt: b\n        states:\n          b: {type: Task, function: {name: two}, end: true}\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=par", doc);
+    assert_eq!(status, 201, "{body}");
+    let r = s
+        .api("POST", "/v1/workflows/par/invoke")
+        .header("X-Async", "true")
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(
+        Duration::from_secs(30),
+        "branch 0 done, branch 1 in flight",
+        || {
+            let events = s
+                .ok("GET", &format!("/v1/runs/{id}/events"), None)
+                .to_string();
+            let done =
+                events.contains("TaskSucceeded") && events.contains("000001-p/0000/000001-a");
+            done && probe.lines("calls").iter().any(|l| l.starts_with("two "))
+        },
+    );
+    s.kill();
+    probe.open("two");
+    s.launch();
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], json!(["one", "two"]));
+    let calls = probe.lines("calls");
+    let count = |tag: &str| {
+        calls
+            .iter()
+            .filter(|l| l.starts_with(&format!("{tag} ")))
+            .count()
+    };
+    assert_eq!(count("one"), 1, "{calls:?}");
+    assert_eq!(count("two"), 2, "{calls:?}");
+}
