@@ -1,11 +1,11 @@
 //! Stored declarations that are not (yet) run by anything, and the records of
 //! what each spec project applied.
 //!
-//! - `/v1/declared/{kind}`: Fission's `TimeTrigger`, `MessageQueueTrigger` and
-//!   RFC-0022 `Workflow` documents from `fusion spec apply`, kept per namespace
-//!   as they were declared, so a project applies whole; what runs them arrives
-//!   with the time-trigger, queue-trigger and state-machine work. Each answers
-//!   with `status.active: false` and says why.
+//! - `/v1/declared/{kind}`: Fission's `TimeTrigger` and `MessageQueueTrigger`
+//!   documents from `fusion spec apply`, kept per namespace as they were
+//!   declared, so a project applies whole; what runs them arrives with the
+//!   time-trigger and queue-trigger work. Each answers with `status.active:
+//!   false` and says why. (RFC-0022 `Workflow`s go to the engine, `/v1/workflows`.)
 //! - `/v1/deployments/{uid}`: per DeploymentConfig uid, the resources that
 //!   project applied (what `spec apply --delete`, `spec destroy` and `spec list`
 //!   act on), as Fission marks them with its `fission-uid` annotation.
@@ -32,7 +32,6 @@ pub struct Declared {
 const KINDS: &[(&str, &str)] = &[
     ("timetriggers", "time triggers are not run yet: they are stored until Fusion's timer service runs them"),
     ("messagequeuetriggers", "message-queue triggers are not run yet: they are stored until Fusion's queue consumers run them"),
-    ("workflows", "Fission (RFC-0022) workflows are stored, not run yet: Fusion's engine runs the Fission Workflows format today"),
 ];
 
 impl Ns {
@@ -110,28 +109,6 @@ fn view(kind: &str, mut v: Value) -> Value {
 }
 
 /// A declaration from a request body: `name`, `namespace` and `spec`.
-/// A declaration of `kind` from a request body; an RFC-0022 workflow's spec is
-/// validated as the engine will run it (errors name their place in the spec,
-/// written as indented JSON).
-fn parse_declaration_of(kind: &str, body: &[u8], ns: &str) -> Result<(String, Value), Error> {
-    let (name, v) = parse_declaration(body, ns)?;
-    if kind == "workflows" {
-        let text =
-            serde_json::to_string_pretty(&v["spec"]).map_err(|e| Error::Internal(e.to_string()))?;
-        if let Err(errors) = engine::sfn::parse_and_validate(&text) {
-            let all: Vec<String> = errors
-                .iter()
-                .map(|e| format!("{} ({})", e.message, e.code))
-                .collect();
-            return Err(Error::Invalid(format!(
-                "workflow {name:?} is not a valid RFC-0022 workflow: {}",
-                all.join("; ")
-            )));
-        }
-    }
-    Ok((name, v))
-}
-
 fn parse_declaration(body: &[u8], ns: &str) -> Result<(String, Value), Error> {
     let mut v: Value = parse_json(body)?;
     let Some(obj) = v.as_object_mut() else {
@@ -189,7 +166,7 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, Error> {
     kind_reason(&kind)?;
-    let (name, v) = parse_declaration_of(&kind, &body, q.checked()?)?;
+    let (name, v) = parse_declaration(&body, q.checked()?)?;
     let bytes = serde_json::to_vec(&v).map_err(|e| Error::Internal(e.to_string()))?;
     let swapped = d.declared.compare_and_swap(
         key(&kind, &q.namespace, &name),
@@ -213,7 +190,7 @@ async fn update(
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
     kind_reason(&kind)?;
-    let (body_name, v) = parse_declaration_of(&kind, &body, q.checked()?)?;
+    let (body_name, v) = parse_declaration(&body, q.checked()?)?;
     if body_name != name {
         return Err(Error::Invalid(format!(
             "the name in the body ({body_name:?}) differs from the name in the path ({name:?})"

@@ -722,7 +722,7 @@ fn every_path_in_the_openapi_document_is_served() {
                 .replace("{name}", "absent")
                 .replace("{id}", "absent")
                 .replace("{uid}", "absent")
-                .replace("{kind}", "workflows");
+                .replace("{kind}", "timetriggers");
             // What the document says about the token is what the server does.
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let anonymous = s.http.request(m, s.api_url(&concrete)).send().unwrap();

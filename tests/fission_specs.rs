@@ -215,7 +215,7 @@ fn a_project_deletes_only_what_it_applied_and_never_takes_over_another_projects(
 }
 
 #[test]
-fn triggers_and_state_machine_workflows_are_stored_until_they_can_run() {
+fn triggers_are_stored_and_state_machine_workflows_applied_to_the_engine() {
     let s = Server::start();
     let tmp = tempfile::tempdir().unwrap();
     let specs = tmp.path().join("specs");
@@ -242,20 +242,16 @@ fn triggers_and_state_machine_workflows_are_stored_until_they_can_run() {
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("created   Workflow order"), "{out}");
-    // The API checks an RFC-0022 workflow as the engine will run it.
-    let (status, v) = s.call(
-        "POST",
-        "/v1/declared/workflows",
-        Some(serde_json::json!({"name": "bad", "spec": {"startAt": "a", "states": {"a": {"type": "Succeed", "next": "b"}}}})),
-    );
-    assert_eq!(status, 400, "{v}");
+    // The workflow went to the engine, and runs.
+    let wf = s.ok("GET", "/v1/workflows/order", None);
     assert!(
-        v.to_string().contains("not a valid RFC-0022 workflow"),
-        "{v}"
+        wf["source"].as_str().unwrap().contains("startAt: validate"),
+        "{wf}"
     );
-    let wf = s.ok("GET", "/v1/declared/workflows/order", None);
-    assert_eq!(wf["spec"]["startAt"], "validate", "{wf}");
-    assert_eq!(wf["status"]["active"], false, "{wf}");
+    let (status, out) = s.invoke("order", "application/json", r#"{"id": 7}"#);
+    assert_eq!((status, out.as_str()), (200, r#"{"id":7}"#));
+    let (status, _) = s.call("GET", "/v1/declared/workflows/order", None);
+    assert_eq!(status, 404);
     let (code, out, _) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0);
     assert!(out.contains("everything up to date"), "{out}");

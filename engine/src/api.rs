@@ -211,6 +211,7 @@ async fn create_workflow(
             serde_yaml::from_str::<serde_yaml::Value>(source)
                 .ok()
                 .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
+                .or_else(|| crate::sfn::run::document_name(source))
                 .ok_or_else(|| {
                     ApiError::new(
                         StatusCode::BAD_REQUEST,

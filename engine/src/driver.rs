@@ -458,8 +458,13 @@ impl Engine {
                 "a function named {name:?} exists; functions and workflows share /fission-function/ names"
             )));
         }
-        let spec = parse_and_validate(source, &|n| n == name || self.name_exists(n))
-            .map_err(EngineError::Invalid)?;
+        let spec = if crate::sfn::run::is_state_machine(source) {
+            crate::sfn::run::engine_spec(source)
+        } else {
+            parse_and_validate(source, &|n| n == name || self.name_exists(n))
+                .and_then(crate::sfn::run::refuse_embedded_machine)
+        }
+        .map_err(EngineError::Invalid)?;
         self.store
             .put_workflow(name, source, &spec, create, self.clock.now_ms())
             .map_err(|e| match e {
@@ -918,28 +923,30 @@ impl Actor {
             .get(task)
             .map(|t| t.local.clone())
             .unwrap_or_default();
-        let resolved = if raw.values().any(contains_expression) {
-            let mut sources = Vec::new();
-            for v in raw.values() {
-                crate::expr::all_expressions(v, &mut sources);
-            }
-            // Only the tasks the expressions can name go into their scope.
-            let scope = if crate::expr::names_tasks_literally(&sources) {
-                let invocation = sources
-                    .iter()
-                    .any(|s| s.contains("Invocation") || s.contains("param("));
-                self.state.scope_with(
-                    task,
-                    &|id| id == local || sources.iter().any(|s| s.contains(id)),
-                    invocation,
-                )
+        // A state machine's document is data, never expressions.
+        let resolved =
+            if self.state.spec.state_machine.is_none() && raw.values().any(contains_expression) {
+                let mut sources = Vec::new();
+                for v in raw.values() {
+                    crate::expr::all_expressions(v, &mut sources);
+                }
+                // Only the tasks the expressions can name go into their scope.
+                let scope = if crate::expr::names_tasks_literally(&sources) {
+                    let invocation = sources
+                        .iter()
+                        .any(|s| s.contains("Invocation") || s.contains("param("));
+                    self.state.scope_with(
+                        task,
+                        &|id| id == local || sources.iter().any(|s| s.contains(id)),
+                        invocation,
+                    )
+                } else {
+                    self.state.scope_for(task)
+                };
+                resolve_inputs(&scope, &local, &raw)
             } else {
-                self.state.scope_for(task)
+                Ok(raw.clone())
             };
-            resolve_inputs(&scope, &local, &raw)
-        } else {
-            Ok(raw.clone())
-        };
         let dispatched = |inputs: Value, wake_at: Option<Millis>| Event::TaskDispatched {
             task: task.into(),
             attempt,

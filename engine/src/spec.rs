@@ -29,6 +29,12 @@ pub struct WorkflowSpec {
     /// Time limit of a whole run, e.g. "30s".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Set for Fission's RFC-0022 format: the state machine this workflow runs
+    /// (then `output` and `tasks` are empty). Filled by the engine, never read
+    /// from a Fission Workflows document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub state_machine: Option<Box<crate::sfn::WorkflowSpec>>,
 }
 
 /// One task: what it runs, its inputs, what it waits for.

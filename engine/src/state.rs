@@ -488,6 +488,11 @@ pub fn apply(s: &mut RunState, event: &Event) {
             at,
             wake_at,
         } => {
+            if !s.tasks.contains_key(task) {
+                if let Some(step) = crate::sfn::run::new_step(s, task) {
+                    s.tasks.insert(task.clone(), step);
+                }
+            }
             if let Some(t) = s.tasks.get_mut(task) {
                 t.status = TaskStatus::Running;
                 t.attempts = *attempt;
@@ -525,6 +530,8 @@ pub fn apply(s: &mut RunState, event: &Event) {
             retryable,
             at,
         } => {
+            let retryable =
+                crate::sfn::run::may_retry(s.spec.state_machine.is_some(), *retryable, *status);
             if let Some(t) = s.tasks.get_mut(task) {
                 if t.status == TaskStatus::Running && t.attempts == *attempt {
                     t.error = Some(error.clone());
@@ -532,7 +539,7 @@ pub fn apply(s: &mut RunState, event: &Event) {
                     let max = RetryPolicy::from_spec(t.spec.retry.as_ref())
                         .map(|p| p.max_attempts)
                         .unwrap_or(1);
-                    if *retryable && *attempt < max {
+                    if retryable && *attempt < max {
                         t.status = TaskStatus::Retrying;
                         t.retry_at = None;
                     } else {
@@ -676,6 +683,9 @@ fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
 pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
     if s.is_finished() || s.run_id.is_empty() {
         return Vec::new();
+    }
+    if let Some(machine) = s.spec.state_machine.as_deref() {
+        return crate::sfn::run::decide(s, machine, now);
     }
     if let Some(d) = s.deadline {
         if now >= d {

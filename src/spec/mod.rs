@@ -186,8 +186,7 @@ fn collection(r: &Resource) -> &'static str {
         (Kind::ConfigMap, _) => "/v1/configmaps",
         (Kind::Package, _) => "/v1/packages",
         (Kind::Function, _) => "/v1/functions",
-        (Kind::Workflow, true) => "/v1/declared/workflows",
-        (Kind::Workflow, false) => "/v1/workflows",
+        (Kind::Workflow, _) => "/v1/workflows",
         (Kind::HttpTrigger, _) => "/v1/routes",
         (Kind::TimeTrigger, _) => "/v1/declared/timetriggers",
         (Kind::MessageQueueTrigger, _) => "/v1/declared/messagequeuetriggers",
@@ -404,7 +403,16 @@ async fn apply_all(
             }
             let owned = previous.resources.contains(&a) || specs.deployment.is_none();
             let outcome = if let Some(file) = &r.workflow_file {
-                apply_workflow(client, r, file, owned || opts.allow_conflicts).await
+                match std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read workflow file {}", file.display()))
+                {
+                    Ok(yaml) => {
+                        apply_workflow(client, r, yaml, owned || opts.allow_conflicts).await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else if let Some(source) = &r.workflow_source {
+                apply_workflow(client, r, source.clone(), owned || opts.allow_conflicts).await
             } else {
                 upsert(client, r, body, owned || opts.allow_conflicts).await
             }
@@ -530,16 +538,15 @@ fn same_resource(a: &Value, b: &Value) -> bool {
     strip(a) == strip(b)
 }
 
-/// A Fusion workflow (`file:` a `*.wf.yaml`), sent as its YAML source.
+/// A workflow sent as its source: a Fusion workflow (`file:` a `*.wf.yaml`) or
+/// an RFC-0022 `Workflow` document.
 async fn apply_workflow(
     client: &Client,
     r: &Resource,
-    file: &Path,
+    yaml: String,
     take_over: bool,
 ) -> Result<&'static str> {
     let name = r.name.as_str();
-    let yaml = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read workflow file {}", file.display()))?;
     match client
         .get_opt::<Value>(&format!("/v1/workflows/{name}"))
         .await?

@@ -91,6 +91,8 @@ pub struct Resource {
     pub archives: Vec<(String, ArchiveSource)>,
     /// A Fusion workflow file (`*.wf.yaml`) to send as the workflow's source.
     pub workflow_file: Option<PathBuf>,
+    /// An RFC-0022 `Workflow` document's own text, sent as the workflow's source.
+    pub workflow_source: Option<String>,
     /// Resources this one needs: (kind, namespace, name, field path).
     pub refs: Vec<(Kind, String, String, String)>,
     pub at: Location,
@@ -305,6 +307,7 @@ impl Specs {
             body: json!({"name": name}),
             archives: Vec::new(),
             workflow_file: None,
+            workflow_source: None,
             refs: Vec::new(),
             at: doc.at(""),
             fission: true,
@@ -322,7 +325,13 @@ impl Specs {
                 self.fission_stored_trigger(doc, &spec, &mut r)
             }
             Kind::Workflow => {
-                if !self.state_machine(doc, &mut r) {
+                if ns != DEFAULT_NAMESPACE {
+                    self.error(
+                        doc.at("metadata.namespace"),
+                        "workflows live in the default namespace",
+                    );
+                    false
+                } else if !self.state_machine(doc, &mut r) {
                     false
                 } else if spec.get("startAt").is_none() {
                     self.error(
@@ -332,6 +341,7 @@ impl Specs {
                     false
                 } else {
                     r.body = json!({"name": r.name, "namespace": ns, "spec": spec});
+                    r.workflow_source = Some(doc.source.clone());
                     true
                 }
             }
@@ -906,6 +916,7 @@ impl Specs {
             body: Value::Null,
             archives: Vec::new(),
             workflow_file: None,
+            workflow_source: None,
             refs: Vec::new(),
             at: doc.at(""),
             fission: false,

@@ -12,6 +12,7 @@
 pub mod choice;
 pub mod paths;
 mod positions;
+pub mod run;
 pub mod spec;
 pub mod validate;
 

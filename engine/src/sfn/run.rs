@@ -1,0 +1,1202 @@
+//! Runs RFC-0022 state machines on the durable engine: how a stored document
+//! becomes the spec a run embeds, and the `decide` step over a run's state.
+//!
+//! A state machine run uses the engine's own events. Each state entered that
+//! does work (Task, Wait) is one task of the run, with the id
+//! `NNNNNN-<state>` (a step number, so the last key is the current step); its
+//! recorded inputs hold the document it was entered with (`document`), the
+//! request body (`body`, the document after `inputPath`) and the headers.
+//! Choice, Succeed and Fail do no work: `decide` evaluates them on the way.
+//! Pure: no I/O, no clock.
+
+use serde_json::{json, Value};
+
+use std::collections::BTreeMap;
+
+use super::choice::{eval_choice, NO_CHOICE_MATCHED};
+use super::paths::{
+    apply_input_path, apply_output_path, apply_result_path, parse_path, select, shape_output,
+    INVALID_PATH,
+};
+use super::spec::{
+    parse_go_duration, ParsedWorkflow, ResultPath, RetryPolicy, StateType, WorkflowBranch,
+    WorkflowSpec as Machine, WorkflowState,
+};
+use crate::retry::sample_from;
+use crate::spec::{BackoffSpec, RetrySpec, TaskSpec, WorkflowSpec};
+use crate::state::{attempt_key, Action, Finish, RunError, RunState, TaskState, TaskStatus};
+use crate::validate::ValidationError;
+
+/// A 4xx answer: never retried.
+pub const PERMANENT_ERROR: &str = "Fission.PermanentError";
+/// A 5xx answer or a transport error.
+pub const FUNCTION_ERROR: &str = "Fission.FunctionError";
+/// The step's time ran out.
+pub const TIMEOUT: &str = "Fission.Timeout";
+/// A catch route's `errorType` that matches every error.
+pub const ALL: &str = "Fission.All";
+/// A branch of a Parallel or Map failed (fail-fast).
+pub const BRANCH_FAILED: &str = "Fission.BranchFailed";
+/// The state machine reached a `Fail` state.
+pub const STATES_FAIL: &str = "Fission.Failed";
+
+/// How long a run may take when the workflow does not say (RFC-0022's default).
+pub const DEFAULT_RUN_TIMEOUT: &str = "24h";
+
+/// Error code of a document that is both formats at once.
+pub const INVALID_WORKFLOW: &str = "invalid_workflow";
+
+/// Whether `source` is an RFC-0022 `Workflow` (a whole `fission.io/v1`
+/// document or its spec) rather than a Fission Workflows document.
+/// A document the parser should not be given (too deep, too big) is not:
+/// the Fission Workflows path refuses it with its reason.
+pub fn is_state_machine(source: &str) -> bool {
+    if crate::validate::precheck(source).is_err() {
+        return false;
+    }
+    let Ok(v) = serde_yaml::from_str::<serde_yaml::Value>(source) else {
+        return false;
+    };
+    v.get("startAt").is_some()
+        || v.get("spec").and_then(|s| s.get("startAt")).is_some()
+        || v.get("kind").and_then(|k| k.as_str()) == Some(super::spec::KIND)
+}
+
+/// `metadata.name` of a whole document.
+pub fn document_name(source: &str) -> Option<String> {
+    let v = serde_yaml::from_str::<serde_yaml::Value>(source).ok()?;
+    let name = v.get("metadata")?.get("name")?.as_str()?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// Validates an RFC-0022 document and turns it into the spec a run embeds.
+pub fn engine_spec(source: &str) -> Result<WorkflowSpec, Vec<ValidationError>> {
+    let parsed = super::validate::parse_and_validate(source)?;
+    let name = match &parsed {
+        ParsedWorkflow::Document(w) if !w.metadata.name.is_empty() => Some(w.metadata.name.clone()),
+        _ => None,
+    };
+    let machine = parsed.into_spec();
+    let timeout = machine.timeout.as_deref().unwrap_or(DEFAULT_RUN_TIMEOUT);
+    Ok(WorkflowSpec {
+        name,
+        timeout: parse_go_duration(timeout).map(|d| format!("{}ms", d.as_millis())),
+        state_machine: Some(Box::new(machine)),
+        ..WorkflowSpec::default()
+    })
+}
+
+/// A Fission Workflows document may not carry a state machine of its own
+/// (only [`engine_spec`] sets one, after validating it).
+pub fn refuse_embedded_machine(spec: WorkflowSpec) -> Result<WorkflowSpec, Vec<ValidationError>> {
+    if spec.state_machine.is_some() {
+        return Err(vec![ValidationError {
+            code: INVALID_WORKFLOW,
+            message: "unknown field `stateMachine`".into(),
+            line: 1,
+            column: 1,
+        }]);
+    }
+    Ok(spec)
+}
+
+/// The id of step number `seq` entering `state`.
+pub fn step_id(seq: usize, state: &str) -> String {
+    format!("{seq:06}-{state}")
+}
+
+/// The state a step id entered.
+pub fn state_of(id: &str) -> &str {
+    id.split_once('-').map(|(_, s)| s).unwrap_or(id)
+}
+
+/// The state a step id (`NNNNNN-state`, or inside a branch
+/// `NNNNNN-par/BBBB/NNNNNN-state`) entered.
+fn resolve<'a>(machine: &'a Machine, id: &str) -> Option<&'a WorkflowState> {
+    let mut states = &machine.states;
+    let mut parts = id.split('/');
+    loop {
+        let state = states.get(state_of(parts.next()?))?;
+        let Some(branch) = parts.next() else {
+            return Some(state);
+        };
+        let i: usize = branch.parse().ok()?;
+        let b = if state.state_type == StateType::Map {
+            state.branches.first()?
+        } else {
+            state.branches.get(i)?
+        };
+        states = &b.states;
+    }
+}
+
+/// The task a step of `machine` runs (without its inputs): what recovery
+/// needs to dispatch an attempt again. Wait, Parallel and Map are timers.
+fn task_spec(machine: &Machine, id: &str) -> TaskSpec {
+    match resolve(machine, id) {
+        Some(s) if s.state_type != StateType::Task => TaskSpec {
+            run: "sleep".into(),
+            ..TaskSpec::default()
+        },
+        Some(s) => TaskSpec {
+            run: s
+                .function
+                .as_ref()
+                .map(|f| f.name.clone())
+                .unwrap_or_default(),
+            timeout: s
+                .timeout
+                .as_deref()
+                .and_then(parse_go_duration)
+                .map(|d| format!("{}ms", d.as_millis())),
+            retry: s
+                .retry
+                .as_ref()
+                .or(machine.default_retry.as_ref())
+                .map(retry_spec),
+            ..TaskSpec::default()
+        },
+        None => TaskSpec::default(),
+    }
+}
+
+/// RFC-0022's retry policy as the engine's: exponential backoff (factor 2)
+/// from `backoffBase` up to `backoffCap`, jitter unless turned off.
+fn retry_spec(r: &RetryPolicy) -> RetrySpec {
+    let ms = |d: &Option<String>| {
+        d.as_deref()
+            .and_then(parse_go_duration)
+            .map(|d| format!("{}ms", d.as_millis()))
+    };
+    RetrySpec {
+        max_attempts: r
+            .max_attempts
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(1)
+            .max(1),
+        backoff: Some(BackoffSpec {
+            initial: ms(&r.backoff_base),
+            max: ms(&r.backoff_cap),
+            multiplier: Some(2.0),
+        }),
+        jitter: Some(if r.jitter == Some(false) { 0.0 } else { 0.2 }),
+    }
+}
+
+/// Whether a failed attempt of a state machine step may be retried: never a
+/// 4xx (`Fission.PermanentError`), whatever the executor thinks of it.
+pub fn may_retry(state_machine: bool, retryable: bool, status: Option<u16>) -> bool {
+    retryable && !(state_machine && status.is_some_and(|c| (400..500).contains(&c)))
+}
+
+/// A new step of a state machine run, when `id` names one (`apply` adds it
+/// when the step is dispatched).
+pub fn new_step(s: &RunState, id: &str) -> Option<TaskState> {
+    let machine = s.spec.state_machine.as_deref()?;
+    resolve(machine, id)?;
+    Some(TaskState {
+        id: id.to_string(),
+        local: id.to_string(),
+        spec: task_spec(machine, id),
+        ..TaskState::default()
+    })
+}
+
+/// An error as RFC-0022 types it: `errorType` and `cause`.
+fn step_error(t: &TaskState) -> (String, String) {
+    let message = t.error.clone().unwrap_or_default();
+    match t.http_status {
+        Some(status) => {
+            let prefix = format!("the function answered {status}: ");
+            let body = message.strip_prefix(&prefix).unwrap_or("");
+            if let Ok(v) = serde_json::from_str::<Value>(body) {
+                if let Some(kind) = v.get("errorType").and_then(Value::as_str) {
+                    let cause = match v.get("cause") {
+                        Some(Value::String(c)) => c.clone(),
+                        Some(other) => other.to_string(),
+                        None => String::new(),
+                    };
+                    return (kind.to_string(), cause);
+                }
+            }
+            let kind = if (400..500).contains(&status) {
+                PERMANENT_ERROR
+            } else {
+                FUNCTION_ERROR
+            };
+            (kind.to_string(), message)
+        }
+        None if message.contains("timed out") => (TIMEOUT.to_string(), message),
+        None => (FUNCTION_ERROR.to_string(), message),
+    }
+}
+
+/// How a scope (the run, or one branch) failed.
+#[derive(Debug, Clone, PartialEq)]
+struct Failure {
+    task: Option<String>,
+    error_type: String,
+    cause: String,
+    status: Option<u16>,
+}
+
+impl Failure {
+    fn new(task: Option<String>, error_type: &str, cause: &str, status: Option<u16>) -> Failure {
+        Failure {
+            task,
+            error_type: error_type.to_string(),
+            cause: cause.to_string(),
+            status,
+        }
+    }
+
+    fn message(&self) -> String {
+        if self.cause.is_empty() {
+            self.error_type.clone()
+        } else {
+            format!("{}: {}", self.error_type, self.cause)
+        }
+    }
+}
+
+/// What a scope calls for: actions while it runs, its output or error at the end.
+enum Outcome {
+    Pending(Vec<Action>),
+    Done(Result<Value, Failure>),
+}
+
+fn failed(task: Option<String>, error_type: &str, cause: &str, status: Option<u16>) -> Outcome {
+    Outcome::Done(Err(Failure::new(task, error_type, cause, status)))
+}
+
+/// The run, or one branch of a Parallel or Map: its steps are the tasks whose
+/// ids start with `prefix`.
+struct Scope<'a> {
+    prefix: String,
+    start_at: &'a str,
+    states: &'a BTreeMap<String, WorkflowState>,
+    input: Value,
+}
+
+/// The document a run starts with: the request body of an invocation (the
+/// engine's input also holds its headers, query and method), else the input.
+pub fn start_document(input: &Value) -> Value {
+    match input {
+        Value::Object(m) if m.contains_key("body") && m.contains_key("headers") => {
+            m.get("body").cloned().unwrap_or(Value::Null)
+        }
+        other => other.clone(),
+    }
+}
+
+/// What should happen next in a state machine run, at time `now`. Pure.
+pub fn decide(s: &RunState, machine: &Machine, now: u64) -> Vec<Action> {
+    if s.is_finished() || s.run_id.is_empty() {
+        return Vec::new();
+    }
+    if let Some(d) = s.deadline {
+        if now >= d {
+            let limit = machine.timeout.as_deref().unwrap_or(DEFAULT_RUN_TIMEOUT);
+            let f = Failure::new(
+                None,
+                TIMEOUT,
+                &format!("the run timed out after {limit}"),
+                None,
+            );
+            return vec![finish_failed(f)];
+        }
+    }
+    let top = Scope {
+        prefix: String::new(),
+        start_at: &machine.start_at,
+        states: &machine.states,
+        input: start_document(&s.input),
+    };
+    match run_scope(s, machine, &top, now) {
+        Outcome::Done(Ok(output)) => vec![Action::Finish(Finish::Succeeded {
+            output,
+            headers: Default::default(),
+        })],
+        Outcome::Done(Err(f)) => vec![finish_failed(f)],
+        Outcome::Pending(mut actions) => {
+            if let Some(d) = s.deadline {
+                actions.push(Action::StartTimer { at: d });
+            }
+            actions
+        }
+    }
+}
+
+fn finish_failed(f: Failure) -> Action {
+    Action::Finish(Finish::Failed(RunError {
+        message: f.message(),
+        task: f.task,
+        status: f.status,
+    }))
+}
+
+/// What the current step of `scope` calls for.
+fn run_scope(s: &RunState, m: &Machine, scope: &Scope, now: u64) -> Outcome {
+    let mut last: Option<&str> = None;
+    let mut count = 0;
+    for id in s
+        .tasks
+        .range(scope.prefix.clone()..)
+        .map(|(k, _)| k)
+        .take_while(|k| k.starts_with(&scope.prefix))
+    {
+        let rest = &id[scope.prefix.len()..];
+        let seg = rest.split('/').next().unwrap_or(rest);
+        if last != Some(seg) {
+            count += 1;
+            last = Some(seg);
+        }
+    }
+    let seq = count + 1;
+    let Some(seg) = last else {
+        return enter(s, m, scope, scope.start_at, scope.input.clone(), seq);
+    };
+    let id = format!("{}{seg}", scope.prefix);
+    let (Some(last), Some(state)) = (s.tasks.get(&id), scope.states.get(state_of(seg))) else {
+        return failed(Some(id), FUNCTION_ERROR, "a step of an unknown state", None);
+    };
+    let document = last
+        .inputs
+        .as_ref()
+        .and_then(|i| i.get("document"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    match last.status {
+        TaskStatus::Running => Outcome::Pending(match last.wake_at {
+            Some(w) if w <= now => vec![Action::FireTimer {
+                task: last.id.clone(),
+            }],
+            Some(w) => vec![Action::StartTimer { at: w }],
+            None => Vec::new(),
+        }),
+        TaskStatus::Retrying => Outcome::Pending(retry(s, last, now)),
+        // A cancelled step belongs to a cancelled run: nothing more happens
+        // (a retry makes it pending again).
+        TaskStatus::Pending | TaskStatus::Waiting | TaskStatus::Cancelled => {
+            Outcome::Pending(Vec::new())
+        }
+        TaskStatus::Succeeded => {
+            let shaped = match state.state_type {
+                StateType::Wait => apply_input_path(state.input_path.as_deref(), &document)
+                    .and_then(|d| apply_output_path(state.output_path.as_deref(), &d)),
+                StateType::Parallel | StateType::Map => {
+                    match fan_in(s, m, &id, state, &document, now) {
+                        Outcome::Pending(a) => return Outcome::Pending(a),
+                        Outcome::Done(Err(f)) => {
+                            return caught(s, m, scope, state, f, &document, seq)
+                        }
+                        Outcome::Done(Ok(results)) => shape_output(state, &document, results),
+                    }
+                }
+                _ => shape_output(state, &document, last.output.clone().unwrap_or(Value::Null)),
+            };
+            match shaped {
+                Ok(doc) => match state.next.as_deref() {
+                    Some(next) => enter(s, m, scope, next, doc, seq),
+                    None => Outcome::Done(Ok(doc)),
+                },
+                Err(e) => {
+                    let f = Failure::new(Some(id), e.error_type(), &e.to_string(), None);
+                    caught(s, m, scope, state, f, &document, seq)
+                }
+            }
+        }
+        TaskStatus::Failed => {
+            let (error_type, cause) = step_error(last);
+            let f = Failure::new(Some(id), &error_type, &cause, last.http_status);
+            caught(s, m, scope, state, f, &document, seq)
+        }
+    }
+}
+
+/// A failed state: its catch route for the error, else the scope fails.
+fn caught(
+    s: &RunState,
+    m: &Machine,
+    scope: &Scope,
+    state: &WorkflowState,
+    f: Failure,
+    document: &Value,
+    seq: usize,
+) -> Outcome {
+    let route = state
+        .catch
+        .iter()
+        .find(|r| r.error_type == f.error_type || r.error_type == ALL);
+    let Some(route) = route else {
+        return Outcome::Done(Err(f));
+    };
+    let error = json!({"errorType": f.error_type, "cause": f.cause});
+    let doc = match route.result_path.as_deref() {
+        None => Ok(error),
+        Some(p) => apply_result_path(&ResultPath::At(p.to_string()), document, error),
+    };
+    match doc {
+        Ok(doc) => enter(s, m, scope, &route.next, doc, seq),
+        Err(e) => failed(f.task, e.error_type(), &e.to_string(), None),
+    }
+}
+
+/// The branches of the Parallel or Map step `id`: started in order (a Map at
+/// most `maxConcurrency` at once), joined as the ordered array of their
+/// outputs; the first that fails fails the step with `Fission.BranchFailed`.
+fn fan_in(
+    s: &RunState,
+    m: &Machine,
+    id: &str,
+    state: &WorkflowState,
+    document: &Value,
+    now: u64,
+) -> Outcome {
+    let input = match apply_input_path(state.input_path.as_deref(), document) {
+        Ok(i) => i,
+        Err(e) => return failed(Some(id.into()), e.error_type(), &e.to_string(), None),
+    };
+    let runs: Vec<(&WorkflowBranch, Value)> = if state.state_type == StateType::Map {
+        let Some(branch) = state.branches.first() else {
+            return failed(
+                Some(id.into()),
+                FUNCTION_ERROR,
+                "a Map without its iterator",
+                None,
+            );
+        };
+        let path = state.items_path.as_deref().unwrap_or("$");
+        let items = match parse_path(path) {
+            Ok(p) => select(&p, &input),
+            Err(e) => return failed(Some(id.into()), INVALID_PATH, &e, None),
+        };
+        let Value::Array(items) = items else {
+            return failed(
+                Some(id.into()),
+                INVALID_PATH,
+                &format!("itemsPath {path:?} does not select an array"),
+                None,
+            );
+        };
+        items.into_iter().map(|v| (branch, v)).collect()
+    } else {
+        state.branches.iter().map(|b| (b, input.clone())).collect()
+    };
+    let limit = if state.state_type == StateType::Map {
+        state.effective_max_concurrency()
+    } else {
+        usize::MAX
+    };
+    let mut results = Vec::with_capacity(runs.len());
+    let mut actions = Vec::new();
+    let mut running = 0;
+    let mut done = true;
+    for (i, (branch, input)) in runs.into_iter().enumerate() {
+        let prefix = format!("{id}/{i:04}/");
+        let started = s
+            .tasks
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&prefix));
+        if !started && running >= limit {
+            done = false;
+            continue;
+        }
+        let sub = Scope {
+            prefix,
+            start_at: &branch.start_at,
+            states: &branch.states,
+            input,
+        };
+        match run_scope(s, m, &sub, now) {
+            Outcome::Done(Ok(v)) => results.push(v),
+            Outcome::Done(Err(f)) => {
+                return failed(
+                    f.task.clone(),
+                    BRANCH_FAILED,
+                    &format!("branch {i}: {}", f.message()),
+                    f.status,
+                )
+            }
+            Outcome::Pending(a) => {
+                done = false;
+                running += 1;
+                actions.extend(a);
+            }
+        }
+    }
+    if done {
+        Outcome::Done(Ok(Value::Array(results)))
+    } else {
+        Outcome::Pending(actions)
+    }
+}
+
+/// The next attempt of a step that failed and may be retried: its time, then
+/// its dispatch with the same document and the attempt in its headers.
+fn retry(s: &RunState, t: &TaskState, now: u64) -> Vec<Action> {
+    let next = t.attempts + 1;
+    match t.retry_at {
+        None => {
+            let policy = crate::retry::RetryPolicy::from_spec(t.spec.retry.as_ref())
+                .unwrap_or_else(|_| crate::retry::RetryPolicy::none());
+            let delay = policy.backoff.delay(
+                t.attempts,
+                sample_from(&attempt_key(&s.run_id, &t.id, t.attempts)),
+            );
+            vec![Action::ScheduleRetry {
+                task: t.id.clone(),
+                attempt: next,
+                due: now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+            }]
+        }
+        Some(due) if due <= now => {
+            let mut inputs = t.inputs.clone().unwrap_or_else(|| json!({}));
+            inputs["headers"]["X-Fission-Workflow-Attempt"] = json!(next.to_string());
+            let mut spec = t.spec.clone();
+            spec.inputs = Some(inputs);
+            vec![Action::Dispatch {
+                task: t.id.clone(),
+                attempt: next,
+                key: attempt_key(&s.run_id, &t.id, next),
+                spec,
+            }]
+        }
+        Some(due) => vec![Action::StartTimer { at: due }],
+    }
+}
+
+/// Enters state `name` of `scope` with `doc`: evaluates Choice, Succeed and
+/// Fail on the way, and dispatches the first state that does work (a Parallel
+/// or Map first records its input document in a zero-length timer step).
+fn enter(
+    s: &RunState,
+    m: &Machine,
+    scope: &Scope,
+    name: &str,
+    mut doc: Value,
+    seq: usize,
+) -> Outcome {
+    let mut name = name.to_string();
+    // Choices only move between states: more hops than states is a loop.
+    for _ in 0..=scope.states.len() {
+        let Some(state) = scope.states.get(&name) else {
+            return failed(None, FUNCTION_ERROR, &format!("no state {name:?}"), None);
+        };
+        let id = format!("{}{}", scope.prefix, step_id(seq, &name));
+        match state.state_type {
+            StateType::Task | StateType::Wait | StateType::Parallel | StateType::Map => {
+                let inputs = match state.state_type {
+                    StateType::Wait => json!({
+                        "duration": state.duration.as_deref().and_then(parse_go_duration)
+                            .map(|d| format!("{}ms", d.as_millis())),
+                        "document": doc,
+                    }),
+                    StateType::Task => {
+                        let body = match apply_input_path(state.input_path.as_deref(), &doc) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                let f =
+                                    Failure::new(Some(id), e.error_type(), &e.to_string(), None);
+                                return caught(s, m, scope, state, f, &doc, seq);
+                            }
+                        };
+                        json!({
+                            "body": body,
+                            "headers": {
+                                "X-Fission-Workflow-Run": s.run_id,
+                                "X-Fission-Workflow-Attempt": "1",
+                            },
+                            "document": doc,
+                        })
+                    }
+                    _ => json!({"duration": 0, "document": doc}),
+                };
+                let mut spec = task_spec(m, &id);
+                spec.inputs = Some(inputs);
+                return Outcome::Pending(vec![Action::Dispatch {
+                    key: attempt_key(&s.run_id, &id, 1),
+                    task: id,
+                    attempt: 1,
+                    spec,
+                }]);
+            }
+            StateType::Choice => {
+                let input = match apply_input_path(state.input_path.as_deref(), &doc) {
+                    Ok(i) => i,
+                    Err(e) => return failed(None, e.error_type(), &e.to_string(), None),
+                };
+                let Some(next) = eval_choice(state, &input) else {
+                    return failed(
+                        None,
+                        NO_CHOICE_MATCHED,
+                        &format!("no rule of Choice state {name:?} matched"),
+                        None,
+                    );
+                };
+                doc = match apply_output_path(state.output_path.as_deref(), &input) {
+                    Ok(d) => d,
+                    Err(e) => return failed(None, e.error_type(), &e.to_string(), None),
+                };
+                name = next.to_string();
+            }
+            StateType::Succeed => {
+                return match apply_input_path(state.input_path.as_deref(), &doc)
+                    .and_then(|d| apply_output_path(state.output_path.as_deref(), &d))
+                {
+                    Ok(output) => Outcome::Done(Ok(output)),
+                    Err(e) => failed(None, e.error_type(), &e.to_string(), None),
+                };
+            }
+            StateType::Fail => {
+                return failed(
+                    None,
+                    STATES_FAIL,
+                    &format!("the workflow reached Fail state {name:?}"),
+                    None,
+                );
+            }
+        }
+    }
+    failed(
+        None,
+        FUNCTION_ERROR,
+        "Choice states loop without doing any work",
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{apply, Event};
+    use std::collections::BTreeMap;
+
+    const ORDER: &str = "apiVersion: fission.io/v1
+kind: Workflow
+metadata: {name: order}
+spec:
+  startAt: validate
+  states:
+    validate:
+      type: Task
+      function: {name: validate-order}
+      inputPath: $.order
+      resultPath: $.valid
+      next: route
+      catch: [{errorType: Fission.PermanentError, next: reject, resultPath: $.error}]
+    route:
+      type: Choice
+      choices:
+        - {variable: $.valid.ok, booleanEquals: true, next: charge}
+      default: reject
+    charge: {type: Task, function: {name: charge-card}, resultPath: $.charge, outputPath: $.charge, end: true}
+    reject: {type: Fail}
+";
+
+    fn started(source: &str, input: Value) -> RunState {
+        let spec = engine_spec(source).unwrap();
+        RunState::fold([&Event::RunStarted {
+            run_id: "r1".into(),
+            workflow: "order".into(),
+            version: 1,
+            spec,
+            input,
+            at: 0,
+            retry_of: None,
+            preserved: BTreeMap::new(),
+        }])
+    }
+
+    /// What `decide` asks for at `now`, less the run's own timeout timer.
+    fn work(s: &RunState, now: u64) -> Vec<Action> {
+        decide(s, s.spec.state_machine.as_deref().unwrap(), now)
+            .into_iter()
+            .filter(|a| !matches!(a, Action::StartTimer { at } if Some(*at) == s.deadline))
+            .collect()
+    }
+
+    /// Records the dispatch `decide` asks for; returns the step id and its inputs.
+    fn dispatch(s: &mut RunState) -> (String, Value) {
+        let actions = work(s, 1);
+        let [Action::Dispatch {
+            task,
+            attempt,
+            key,
+            spec,
+        }] = actions.as_slice()
+        else {
+            panic!("expected one dispatch, got {actions:?}");
+        };
+        let inputs = spec.inputs.clone().unwrap();
+        apply(
+            s,
+            &Event::TaskDispatched {
+                task: task.clone(),
+                attempt: *attempt,
+                key: key.clone(),
+                inputs: inputs.clone(),
+                at: 1,
+                wake_at: None,
+            },
+        );
+        (task.clone(), inputs)
+    }
+
+    fn succeed(s: &mut RunState, task: &str, output: Value) {
+        apply(
+            s,
+            &Event::TaskSucceeded {
+                task: task.into(),
+                attempt: 1,
+                output,
+                headers: Default::default(),
+                at: 2,
+            },
+        );
+    }
+
+    fn failure(actions: Vec<Action>) -> RunError {
+        match actions.as_slice() {
+            [Action::Finish(Finish::Failed(e))] => e.clone(),
+            other => panic!("expected the run to fail, got {other:?}"),
+        }
+    }
+
+    fn success(actions: Vec<Action>) -> Value {
+        match actions.as_slice() {
+            [Action::Finish(Finish::Succeeded { output, .. })] => output.clone(),
+            other => panic!("expected the run to succeed, got {other:?}"),
+        }
+    }
+
+    fn next(s: &RunState) -> Vec<Action> {
+        work(s, 3)
+    }
+
+    #[test]
+    fn a_task_gets_its_input_path_and_the_result_lands_at_result_path() {
+        let mut s = started(ORDER, json!({"order": {"id": 7}}));
+        let (id, inputs) = dispatch(&mut s);
+        assert_eq!(id, "000001-validate");
+        assert_eq!(inputs["body"], json!({"id": 7}));
+        assert_eq!(inputs["headers"]["X-Fission-Workflow-Run"], "r1");
+        assert_eq!(inputs["headers"]["X-Fission-Workflow-Attempt"], "1");
+        assert_eq!(s.tasks[&id].spec.run, "validate-order");
+        succeed(&mut s, &id, json!({"ok": true}));
+        // Choice routes to charge with the merged document.
+        let (id, inputs) = dispatch(&mut s);
+        assert_eq!(id, "000002-charge");
+        assert_eq!(
+            inputs["body"],
+            json!({"order": {"id": 7}, "valid": {"ok": true}})
+        );
+        succeed(&mut s, &id, json!("charged"));
+        assert_eq!(
+            next(&s),
+            vec![Action::Finish(Finish::Succeeded {
+                output: json!("charged"),
+                headers: Default::default()
+            })]
+        );
+    }
+
+    #[test]
+    fn choice_default_leads_to_fail() {
+        let mut s = started(ORDER, json!({"order": {}}));
+        let (id, _) = dispatch(&mut s);
+        succeed(&mut s, &id, json!({"ok": false}));
+        let e = failure(next(&s));
+        assert!(e.message.starts_with("Fission.Failed"), "{}", e.message);
+    }
+
+    fn fail(s: &mut RunState, task: &str, status: Option<u16>, error: &str) {
+        apply(
+            s,
+            &Event::TaskFailed {
+                task: task.into(),
+                attempt: 1,
+                error: error.into(),
+                status,
+                // As the executor says.
+                retryable: status.is_none_or(|c| c >= 500 || c == 429),
+                at: 2,
+            },
+        );
+    }
+
+    #[test]
+    fn a_4xx_is_a_permanent_error_caught_with_the_error_merged() {
+        let mut s = started(ORDER, json!({"order": {"id": 1}}));
+        let (id, _) = dispatch(&mut s);
+        fail(
+            &mut s,
+            &id,
+            Some(422),
+            "the function answered 422: bad order",
+        );
+        // Caught: reject is a Fail state, so the run fails there, not at validate.
+        let e = failure(next(&s));
+        assert!(e.message.starts_with("Fission.Failed"), "{}", e.message);
+    }
+
+    #[test]
+    fn uncaught_errors_are_typed_by_status_timeout_and_body() {
+        for (status, error, want) in [
+            (Some(503), "the function answered 503", FUNCTION_ERROR),
+            (None, "function call timed out after 1s", TIMEOUT),
+            (None, "the function's instance failed: gone", FUNCTION_ERROR),
+            (
+                Some(500),
+                r#"the function answered 500: {"errorType": "Card.Declined", "cause": "no funds"}"#,
+                "Card.Declined: no funds",
+            ),
+        ] {
+            let mut s = started(ORDER, json!({"order": {}}));
+            let (id, _) = dispatch(&mut s);
+            fail(&mut s, &id, status, error);
+            let e = failure(next(&s));
+            assert!(e.message.starts_with(want), "{error}: {}", e.message);
+            assert_eq!(e.task.as_deref(), Some("000001-validate"));
+        }
+    }
+
+    #[test]
+    fn catch_all_merges_the_error_at_its_result_path() {
+        let src = "startAt: a
+states:
+  a:
+    type: Task
+    function: {name: f}
+    catch: [{errorType: Fission.All, next: done, resultPath: $.err}]
+    end: true
+  done: {type: Succeed}
+";
+        let mut s = started(src, json!({"x": 1}));
+        let (id, _) = dispatch(&mut s);
+        fail(&mut s, &id, Some(500), "the function answered 500: boom");
+        let output = success(next(&s));
+        assert_eq!(output["x"], 1);
+        assert_eq!(output["err"]["errorType"], FUNCTION_ERROR);
+    }
+
+    #[test]
+    fn wait_is_a_durable_timer_that_passes_the_document_on() {
+        let src = "startAt: w
+states:
+  w: {type: Wait, duration: 2s, next: done}
+  done: {type: Succeed}
+";
+        let mut s = started(src, json!({"x": 1}));
+        let actions = next(&s);
+        let [Action::Dispatch { task, spec, .. }] = actions.as_slice() else {
+            panic!("{actions:?}");
+        };
+        assert_eq!(spec.run, "sleep");
+        assert_eq!(spec.inputs.as_ref().unwrap()["duration"], "2000ms");
+        apply(
+            &mut s,
+            &Event::TaskDispatched {
+                task: task.clone(),
+                attempt: 1,
+                key: "k".into(),
+                inputs: spec.inputs.clone().unwrap(),
+                at: 0,
+                wake_at: Some(2000),
+            },
+        );
+        assert_eq!(work(&s, 10), vec![Action::StartTimer { at: 2000 }]);
+        assert_eq!(
+            work(&s, 2000),
+            vec![Action::FireTimer { task: task.clone() }]
+        );
+        apply(
+            &mut s,
+            &Event::TimerFired {
+                task: task.clone(),
+                at: 2000,
+            },
+        );
+        let output = success(next(&s));
+        assert_eq!(output, json!({"x": 1}));
+    }
+
+    #[test]
+    fn documents_are_recognised_and_named() {
+        assert!(is_state_machine(ORDER));
+        assert!(is_state_machine("{\"startAt\": \"a\", \"states\": {}}"));
+        assert!(!is_state_machine("output: a\ntasks: {a: {run: noop}}\n"));
+        assert_eq!(document_name(ORDER).as_deref(), Some("order"));
+    }
+
+    const RETRIED: &str = "startAt: a
+timeout: 5s
+defaultRetry: {maxAttempts: 3, backoffBase: 1s, backoffCap: 4s, jitter: false}
+states:
+  a: {type: Task, function: {name: f}, end: true}
+";
+
+    #[test]
+    fn a_5xx_is_retried_after_its_backoff_with_the_attempt_in_the_headers_but_a_4xx_is_not() {
+        let mut s = started(RETRIED, json!({"x": 1}));
+        let (id, first) = dispatch(&mut s);
+        fail(&mut s, &id, Some(503), "the function answered 503");
+        let m = s.spec.state_machine.clone().unwrap();
+        let actions = decide(&s, &m, 3);
+        assert_eq!(
+            actions,
+            vec![
+                Action::ScheduleRetry {
+                    task: id.clone(),
+                    attempt: 2,
+                    due: 1003
+                },
+                Action::StartTimer { at: 5000 }
+            ]
+        );
+        apply(
+            &mut s,
+            &Event::RetryScheduled {
+                task: id.clone(),
+                attempt: 2,
+                due: 1003,
+                at: 3,
+            },
+        );
+        assert_eq!(
+            decide(&s, &m, 500),
+            vec![
+                Action::StartTimer { at: 1003 },
+                Action::StartTimer { at: 5000 }
+            ]
+        );
+        let actions = decide(&s, &m, 1003);
+        let Action::Dispatch {
+            attempt, spec, key, ..
+        } = &actions[0]
+        else {
+            panic!("{actions:?}");
+        };
+        assert_eq!((*attempt, key.as_str()), (2, "r1/000001-a/2"));
+        let inputs = spec.inputs.clone().unwrap();
+        assert_eq!(inputs["body"], first["body"]);
+        assert_eq!(inputs["headers"]["X-Fission-Workflow-Attempt"], "2");
+        apply(
+            &mut s,
+            &Event::TaskDispatched {
+                task: id.clone(),
+                attempt: 2,
+                key: key.clone(),
+                inputs,
+                at: 1003,
+                wake_at: None,
+            },
+        );
+        // A 4xx is permanent, even when the executor would retry it (429).
+        apply(
+            &mut s,
+            &Event::TaskFailed {
+                task: id.clone(),
+                attempt: 2,
+                error: "the function answered 429".into(),
+                status: Some(429),
+                retryable: true,
+                at: 1004,
+            },
+        );
+        let e = failure(decide(&s, &m, 1004));
+        assert!(e.message.starts_with(PERMANENT_ERROR), "{}", e.message);
+    }
+
+    #[test]
+    fn a_run_past_its_timeout_fails_with_fission_timeout() {
+        let mut s = started(RETRIED, json!({}));
+        let _ = dispatch(&mut s);
+        let m = s.spec.state_machine.clone().unwrap();
+        assert_eq!(decide(&s, &m, 10), vec![Action::StartTimer { at: 5000 }]);
+        let e = failure(decide(&s, &m, 5000));
+        assert!(e.message.starts_with(TIMEOUT), "{}", e.message);
+        // Without a timeout of its own, a run has RFC-0022's 24 hours.
+        let s = started("startAt: a\nstates:\n  a: {type: Succeed}\n", json!({}));
+        assert_eq!(s.deadline, Some(24 * 3600 * 1000));
+    }
+
+    #[test]
+    fn every_code_and_error_type_is_documented() {
+        let doc = include_str!("../../../docs/error-codes.md");
+        for code in [INVALID_WORKFLOW] {
+            assert!(doc.contains(&format!("`{code}`")), "{code}");
+        }
+        for t in [
+            PERMANENT_ERROR,
+            FUNCTION_ERROR,
+            TIMEOUT,
+            STATES_FAIL,
+            BRANCH_FAILED,
+            NO_CHOICE_MATCHED,
+            super::super::paths::INVALID_PATH,
+        ] {
+            assert!(doc.contains(&format!("`{t}`")), "{t}");
+        }
+    }
+
+    /// Performs what `decide` asks until only function calls are left: records
+    /// their dispatch, fires zero-length timers; returns the calls (id, body).
+    fn settle(s: &mut RunState) -> Vec<(String, Value)> {
+        let mut calls = Vec::new();
+        loop {
+            let mut progressed = false;
+            for a in work(s, 5) {
+                match a {
+                    Action::Dispatch {
+                        task,
+                        attempt,
+                        key,
+                        spec,
+                        ..
+                    } => {
+                        progressed = true;
+                        let inputs = spec.inputs.clone().unwrap();
+                        let timer = spec.run == "sleep";
+                        apply(
+                            s,
+                            &Event::TaskDispatched {
+                                task: task.clone(),
+                                attempt,
+                                key,
+                                inputs: inputs.clone(),
+                                at: 5,
+                                wake_at: timer.then_some(5),
+                            },
+                        );
+                        if !timer {
+                            calls.push((task, inputs["body"].clone()));
+                        }
+                    }
+                    Action::FireTimer { task } => {
+                        progressed = true;
+                        apply(s, &Event::TimerFired { task, at: 5 });
+                    }
+                    _ => {}
+                }
+            }
+            if !progressed {
+                return calls;
+            }
+        }
+    }
+
+    const PARALLEL: &str = "startAt: p
+states:
+  p:
+    type: Parallel
+    resultPath: $.both
+    next: done
+    branches:
+      - startAt: a
+        states:
+          a: {type: Task, function: {name: fa}, end: true}
+      - startAt: b
+        states:
+          b: {type: Task, function: {name: fb}, next: c}
+          c: {type: Succeed}
+  done: {type: Succeed}
+";
+
+    #[test]
+    fn parallel_branches_run_at_once_and_join_in_order() {
+        let mut s = started(PARALLEL, json!({"x": 1}));
+        let calls = settle(&mut s);
+        assert_eq!(
+            calls,
+            vec![
+                ("000001-p/0000/000001-a".to_string(), json!({"x": 1})),
+                ("000001-p/0001/000001-b".to_string(), json!({"x": 1})),
+            ]
+        );
+        assert_eq!(s.tasks["000001-p/0001/000001-b"].spec.run, "fb");
+        // The second finishes first; the join keeps the branches' order.
+        succeed(&mut s, "000001-p/0001/000001-b", json!("B"));
+        assert!(settle(&mut s).is_empty());
+        assert!(next(&s).is_empty(), "{:?}", next(&s));
+        succeed(&mut s, "000001-p/0000/000001-a", json!("A"));
+        assert_eq!(success(next(&s)), json!({"x": 1, "both": ["A", "B"]}));
+    }
+
+    #[test]
+    fn a_failed_branch_fails_the_parallel_with_branch_failed() {
+        let mut s = started(PARALLEL, json!({}));
+        settle(&mut s);
+        fail(
+            &mut s,
+            "000001-p/0001/000001-b",
+            Some(500),
+            "the function answered 500",
+        );
+        let e = failure(next(&s));
+        assert!(e.message.starts_with(BRANCH_FAILED), "{}", e.message);
+        assert!(e.message.contains("branch 1"), "{}", e.message);
+        assert_eq!(e.task.as_deref(), Some("000001-p/0001/000001-b"));
+    }
+
+    #[test]
+    fn map_runs_each_item_at_most_max_concurrency_at_once_and_joins_in_order() {
+        let src = "startAt: m
+states:
+  m:
+    type: Map
+    itemsPath: $.items
+    maxConcurrency: 2
+    end: true
+    branches:
+      - startAt: double
+        states:
+          double: {type: Task, function: {name: double}, end: true}
+";
+        let mut s = started(src, json!({"items": [1, 2, 3]}));
+        let calls = settle(&mut s);
+        assert_eq!(
+            calls,
+            vec![
+                ("000001-m/0000/000001-double".to_string(), json!(1)),
+                ("000001-m/0001/000001-double".to_string(), json!(2)),
+            ]
+        );
+        succeed(&mut s, "000001-m/0001/000001-double", json!(4));
+        assert_eq!(
+            settle(&mut s),
+            vec![("000001-m/0002/000001-double".to_string(), json!(3))]
+        );
+        succeed(&mut s, "000001-m/0002/000001-double", json!(6));
+        succeed(&mut s, "000001-m/0000/000001-double", json!(2));
+        assert_eq!(success(next(&s)), json!([2, 4, 6]));
+
+        // No items: an empty array at once; no array: Fission.InvalidPath.
+        let s = started(src, json!({"items": []}));
+        let mut s2 = s.clone();
+        assert!(settle(&mut s2).is_empty());
+        assert_eq!(success(next(&s2)), json!([]));
+        let mut s = started(src, json!({"items": 7}));
+        settle(&mut s);
+        let e = failure(next(&s));
+        assert!(e.message.starts_with(INVALID_PATH), "{}", e.message);
+    }
+
+    #[test]
+    fn map_runs_ten_at_once_by_default() {
+        let src = "startAt: m
+states:
+  m:
+    type: Map
+    itemsPath: $
+    end: true
+    branches:
+      - startAt: f
+        states:
+          f: {type: Task, function: {name: f}, end: true}
+";
+        let mut s = started(src, json!((0..25).collect::<Vec<_>>()));
+        assert_eq!(settle(&mut s).len(), 10);
+    }
+}

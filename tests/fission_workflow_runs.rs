@@ -1,0 +1,476 @@
+//! Fission's RFC-0022 `Workflow` format run end to end on the real server:
+//! stored through the API (validated, with line and column), invoked like any
+//! workflow, run durably with the engine's events and run history.
+
+mod common;
+
+use std::time::Duration;
+
+use common::probe::Probe;
+use common::{eventually, Server};
+use serde_json::{json, Value};
+
+/// Answers whether the order is small enough, and what the engine told it.
+const VALIDATE: &str = r#"
+from flask import request
+
+def main():
+    order = request.get_json()
+    if "amount" not in order:
+        return {"errorType": "Order.Invalid", "cause": "no amount"}, 400
+    return {
+        "ok": order["amount"] < 100,
+        "run": request.headers.get("X-Fission-Workflow-Run"),
+        "attempt": request.headers.get("X-Fission-Workflow-Attempt"),
+    }
+"#;
+
+/// Charges the card: declines (a typed error) over 50, fails with a 503 at 42.
+const CHARGE: &str = r#"
+from flask import request
+
+def main():
+    amount = request.get_json()["order"]["amount"]
+    if amount == 42:
+        return "down for maintenance", 503
+    if amount > 50:
+        return {"errorType": "Card.Declined", "cause": "no funds"}, 402
+    return {"charged": amount}
+"#;
+
+const ORDER: &str = "apiVersion: fission.io/v1
+kind: Workflow
+metadata:
+  name: order
+spec:
+  startAt: validate
+  states:
+    validate:
+      type: Task
+      function: {name: validate-order}
+      inputPath: $.order
+      resultPath: $.valid
+      next: route
+    route:
+      type: Choice
+      choices:
+        - variable: $.valid.ok
+          booleanEquals: true
+          next: charge
+      default: reject
+    charge:
+      type: Task
+      function: {name: charge-card}
+      resultPath: $.charge
+      next: done
+      catch:
+        - errorType: Card.Declined
+          resultPath: $.declined
+          next: done
+    done:
+      type: Succeed
+    reject:
+      type: Fail
+";
+
+/// Fails its first call with a 503, then answers the attempt it was told.
+const FLAKY: &str = r#"
+from flask import request
+
+calls = []
+
+def main():
+    calls.append(1)
+    if len(calls) == 1:
+        return "try again", 503
+    return {"attempt": request.headers.get("X-Fission-Workflow-Attempt"), "calls": len(calls)}
+"#;
+
+fn setup() -> Server {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function("validate-order", "python", "v.py", VALIDATE, json!({}));
+    s.function("charge-card", "python", "c.py", CHARGE, json!({}));
+    s
+}
+
+fn store(s: &Server, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let r = s
+        .api(method, path)
+        .header("content-type", "application/yaml")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+fn invoke(s: &Server, name: &str, body: Value) -> (u16, Value) {
+    let (status, text) = s.invoke(name, "application/json", &body.to_string());
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[test]
+fn rfc0022_workflows_are_stored_validated_and_run_task_choice_catch_succeed_and_fail() {
+    let s = setup();
+    // The whole document, named by its metadata.
+    let (status, body) = store(&s, "POST", "/v1/workflows", ORDER);
+    assert_eq!(status, 201, "{body}");
+
+    // A small order: validated, charged, the results merged at their paths.
+    let (status, out) = invoke(&s, "order", json!({"order": {"amount": 5}}));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["order"], json!({"amount": 5}));
+    assert_eq!(out["valid"]["ok"], true);
+    assert_eq!(out["valid"]["attempt"], "1");
+    assert_eq!(out["charge"], json!({"charged": 5}));
+    // The function saw the run's id; the run is in the history with its steps.
+    let run_id = out["valid"]["run"].as_str().unwrap().to_string();
+    let run = s.run(&run_id);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["workflow"], "order");
+    let events = s.ok("GET", &format!("/v1/runs/{run_id}/events"), None);
+    let text = events.to_string();
+    for step in ["000001-validate", "000002-charge"] {
+        assert!(text.contains(step), "{step} missing from {text}");
+    }
+
+    // A typed error caught at its resultPath.
+    let (status, out) = invoke(&s, "order", json!({"order": {"amount": 70}}));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        out["declined"],
+        json!({"errorType": "Card.Declined", "cause": "no funds"})
+    );
+    assert!(out.get("charge").is_none(), "{out}");
+
+    // Choice default to a Fail state.
+    let (status, out) = invoke(&s, "order", json!({"order": {"amount": 500}}));
+    assert_eq!(status, 500, "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Fission.Failed"),
+        "{out}"
+    );
+
+    // A 5xx not caught fails the run as Fission.FunctionError, at its step.
+    let (status, out) = invoke(&s, "order", json!({"order": {"amount": 42}}));
+    assert_eq!(status, 500, "{out}");
+    assert_eq!(out["error"]["task"], "000002-charge", "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Fission.FunctionError"),
+        "{out}"
+    );
+
+    // A 4xx with a typed body, not caught: the run answers the function's 4xx.
+    let (status, out) = invoke(&s, "order", json!({"order": {}}));
+    assert_eq!(status, 400, "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Order.Invalid: no amount"),
+        "{out}"
+    );
+}
+
+#[test]
+fn rfc0022_workflows_are_refused_with_line_and_column_and_updated_by_put() {
+    let s = setup();
+    let broken = ORDER.replace("next: route", "next: nowhere");
+    let (status, body) = store(&s, "POST", "/v1/workflows", &broken);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("nowhere"), "{body}");
+    let line = ORDER
+        .lines()
+        .position(|l| l.contains("next: route"))
+        .unwrap()
+        + 1;
+    assert!(
+        body.to_string().contains(&format!("\"line\":{line}")),
+        "want line {line}: {body}"
+    );
+    // Not stored.
+    let (status, _) = s.call("GET", "/v1/workflows/order", None);
+    assert_eq!(status, 404);
+
+    // A bare spec in JSON, named by ?name=; then replaced by PUT.
+    let spec = |path: &str| {
+        json!({"startAt": "a", "states": {"a": {
+            "type": "Task", "function": {"name": "validate-order"},
+            "inputPath": path, "outputPath": "$.ok", "end": true,
+        }}})
+        .to_string()
+    };
+    let input = json!({"a": {"amount": 1}, "b": {"amount": 500}});
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=pick", &spec("$.a"));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(invoke(&s, "pick", input.clone()), (200, json!(true)));
+    let (status, body) = store(&s, "PUT", "/v1/workflows/pick", &spec("$.b"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(invoke(&s, "pick", input), (200, json!(false)));
+}
+
+#[test]
+fn rfc0022_runs_start_async_and_wait_durably() {
+    let s = setup();
+    let doc = "startAt: nap\nstates:\n  nap: {type: Wait, duration: 1s, next: check}\n  check: {type: Task, function: {name: validate-order}, end: true}\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=nap", doc);
+    assert_eq!(status, 201, "{body}");
+    let r = s
+        .api("POST", "/v1/workflows/nap/invoke")
+        .header("X-Async", "true")
+        .json(&json!({"amount": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let events = s.ok("GET", &format!("/v1/runs/{id}/events"), None);
+    let text = events.to_string();
+    assert!(text.contains("TimerFired"), "{text}");
+    assert!(text.contains("000002-check"), "{text}");
+    let run = s.run(&id);
+    assert_eq!(run["output"]["ok"], true, "{run}");
+    assert_eq!(run["output"]["run"], id.as_str(), "{run}");
+
+    // The CLI stores and invokes one as the README says.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("order.yaml");
+    std::fs::write(&file, ORDER).unwrap();
+    let (code, out, err) = s.cli(&["wf", "create", "order", "--file", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = s.cli(&[
+        "wf",
+        "invoke",
+        "order",
+        "--body",
+        r#"{"order": {"amount": 5}}"#,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(r#""charged""#), "{out}");
+}
+
+#[test]
+fn rfc0022_retries_a_5xx_with_the_attempt_in_its_headers() {
+    let s = setup();
+    s.function("flaky", "python", "f.py", FLAKY, json!({}));
+    let doc = "startAt: a\nstates:\n  a:\n    type: Task\n    function: {name: flaky}\n    retry: {maxAttempts: 3, backoffBase: 10ms, backoffCap: 10ms}\n    end: true\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=flaky-wf", doc);
+    assert_eq!(status, 201, "{body}");
+    let (status, out) = invoke(&s, "flaky-wf", json!({}));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out, json!({"attempt": "2", "calls": 2}));
+}
+
+/// A shell function that logs `<tag> <idempotency key>` to the probe's `calls`,
+/// waits for the probe's gate `<tag>` if `gated`, then answers `<tag>`.
+fn recorder(probe: &Probe, tag: &str, gated: bool) -> String {
+    let wait = if gated {
+        format!("{}\n", probe.curl(&format!("/gate/{tag}")))
+    } else {
+        String::new()
+    };
+    format!(
+        "#!/bin/sh\n{}\n{wait}printf '{tag}'\n",
+        probe.curl(&format!("/log/calls?{tag}+$HTTP_X_FUSION_IDEMPOTENCY_KEY"))
+    )
+}
+
+#[test]
+fn rfc0022_runs_resume_after_a_killed_server_without_repeating_finished_steps() {
+    let mut s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    for (name, tag, gated) in [
+        ("one", "one", false),
+        ("two", "two", true),
+        ("three", "three", false),
+    ] {
+        s.function(
+            name,
+            "binary",
+            &format!("{tag}.sh"),
+            &recorder(&probe, tag, gated),
+            json!({}),
+        );
+    }
+    let doc = "startAt: one\nstates:\n  one: {type: Task, function: {name: one}, resultPath: $.one, next: two}\n  two: {type: Task, function: {name: two}, resultPath: $.two, next: three}\n  three: {type: Task, function: {name: three}, resultPath: $.three, end: true}\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=chain", doc);
+    assert_eq!(status, 201, "{body}");
+    let r = s
+        .api("POST", "/v1/workflows/chain/invoke")
+        .header("X-Async", "true")
+        .json(&json!({"x": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(Duration::from_secs(30), "step two is in flight", || {
+        probe.lines("calls").iter().any(|l| l.starts_with("two "))
+    });
+    s.kill();
+    probe.open("two");
+    s.launch();
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["output"],
+        json!({"x": 1, "one": "one", "two": "two", "three": "three"})
+    );
+    let calls = probe.lines("calls");
+    let count = |tag: &str| {
+        calls
+            .iter()
+            .filter(|l| l.starts_with(&format!("{tag} ")))
+            .count()
+    };
+    assert_eq!((count("one"), count("three")), (1, 1), "{calls:?}");
+    // The step in flight was called again, with the same idempotency key.
+    let keys: Vec<&String> = calls.iter().filter(|l| l.starts_with("two ")).collect();
+    assert_eq!(keys.len(), 2, "{calls:?}");
+    assert_eq!(keys[0], keys[1]);
+    assert!(keys[0].contains(&format!("{id}/000002-two/1")), "{keys:?}");
+}
+
+#[test]
+fn rfc0022_parallel_and_map_join_their_branches_in_order() {
+    let s = setup();
+    let doc = "startAt: fan
+states:
+  fan:
+    type: Parallel
+    resultPath: $.checks
+    next: each
+    branches:
+      - startAt: v
+        states:
+          v: {type: Task, function: {name: validate-order}, inputPath: $.order, end: true}
+      - startAt: w
+        states:
+          w: {type: Wait, duration: 10ms, end: true}
+  each:
+    type: Map
+    itemsPath: $.orders
+    maxConcurrency: 2
+    resultPath: $.charged
+    outputPath: $.charged
+    end: true
+    branches:
+      - startAt: c
+        states:
+          c: {type: Task, function: {name: charge-card}, end: true}
+";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=fan", doc);
+    assert_eq!(status, 201, "{body}");
+    let orders = |amounts: &[u32]| -> Value {
+        amounts
+            .iter()
+            .map(|a| json!({"order": {"amount": a}}))
+            .collect()
+    };
+    let (status, out) = invoke(
+        &s,
+        "fan",
+        json!({"order": {"amount": 5}, "orders": orders(&[1, 2, 3])}),
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out, json!([{"charged": 1}, {"charged": 2}, {"charged": 3}]));
+    let runs = s.ok("GET", "/v1/runs?workflow=fan", None);
+    let id = runs["runs"][0]["id"].as_str().unwrap().to_string();
+    let events = s
+        .ok("GET", &format!("/v1/runs/{id}/events"), None)
+        .to_string();
+    for step in [
+        "000001-fan/0000/000001-v",
+        "000001-fan/0001/000001-w",
+        "000002-each/0002/000001-c",
+    ] {
+        assert!(events.contains(step), "{step} missing: {events}");
+    }
+
+    // An item that fails fails the Map, naming the item.
+    let (status, out) = invoke(
+        &s,
+        "fan",
+        json!({"order": {"amount": 5}, "orders": orders(&[1, 42, 3])}),
+    );
+    assert_eq!(status, 500, "{out}");
+    let message = out["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Fission.BranchFailed: branch 1: Fission.FunctionError"),
+        "{out}"
+    );
+    assert_eq!(out["error"]["task"], "000002-each/0001/000001-c", "{out}");
+}
+
+#[test]
+fn rfc0022_a_parallel_resumes_after_a_killed_server_without_rerunning_a_finished_branch() {
+    let mut s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    for (tag, gated) in [("one", false), ("two", true)] {
+        s.function(
+            tag,
+            "binary",
+            &format!("{tag}.sh"),
+            &recorder(&probe, tag, gated),
+            json!({}),
+        );
+    }
+    let doc = "startAt: p\nstates:\n  p:\n    type: Parallel\n    end: true\n    branches:\n      - startAt: a\n        states:\n          a: {type: Task, function: {name: one}, end: true}\n      - startAt: b\n        states:\n          b: {type: Task, function: {name: two}, end: true}\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=par", doc);
+    assert_eq!(status, 201, "{body}");
+    let r = s
+        .api("POST", "/v1/workflows/par/invoke")
+        .header("X-Async", "true")
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(
+        Duration::from_secs(30),
+        "branch 0 done, branch 1 in flight",
+        || {
+            let events = s
+                .ok("GET", &format!("/v1/runs/{id}/events"), None)
+                .to_string();
+            let done =
+                events.contains("TaskSucceeded") && events.contains("000001-p/0000/000001-a");
+            done && probe.lines("calls").iter().any(|l| l.starts_with("two "))
+        },
+    );
+    s.kill();
+    probe.open("two");
+    s.launch();
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], json!(["one", "two"]));
+    let calls = probe.lines("calls");
+    let count = |tag: &str| {
+        calls
+            .iter()
+            .filter(|l| l.starts_with(&format!("{tag} ")))
+            .count()
+    };
+    assert_eq!(count("one"), 1, "{calls:?}");
+    assert_eq!(count("two"), 2, "{calls:?}");
+}
