@@ -1061,6 +1061,12 @@ fn fissions_workflow_run_and_runs_commands_start_and_inspect_runs() {
             out.contains("RunStarted") && out.contains("RunSucceeded"),
             "{out}"
         );
+        // Fission's names, where Fusion's events mean the same thing.
+        assert!(
+            out.contains("StepScheduled") && out.contains("StepSucceeded"),
+            "{out}"
+        );
+        assert!(!out.contains("TaskDispatched"), "{out}");
     }
     let (code, out, err) = s.cli(&["wf", "runs", "list", "--workflow", "greet"]);
     assert_eq!(code, 0, "{err}");

@@ -160,7 +160,7 @@ const TASK_COLUMNS: &[(&str, &str)] = &[
     ("ERROR", "/error"),
 ];
 
-const EVENT_COLUMNS: &[(&str, &str)] = &[
+pub(super) const EVENT_COLUMNS: &[(&str, &str)] = &[
     ("AT", "/at"),
     ("EVENT", "/type"),
     ("TASK", "/task"),
@@ -225,7 +225,7 @@ fn task_rows(tasks: &Value) -> Value {
 }
 
 /// One row per event: its time, type, task and attempt, and what else it says.
-fn event_rows(events: &Value) -> Value {
+pub(super) fn event_rows(events: &Value) -> Value {
     const SHOWN: &[&str] = &["at", "type", "task", "attempt", "run_id"];
     let rows: Vec<Value> = events
         .as_array()

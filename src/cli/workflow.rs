@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::output::print;
-use super::run::{run_cmd, RunVerb, DEFAULT_LIMIT};
+use super::run::{event_rows, run_cmd, RunVerb, DEFAULT_LIMIT, EVENT_COLUMNS};
 use super::{with_headers, ClientOpts, Name, Output, RunId};
 
 #[derive(Subcommand)]
@@ -106,6 +106,36 @@ pub(super) enum RunsVerb {
         #[command(flatten)]
         id: RunId,
     },
+}
+
+/// The name Fission gives an event that means the same as Fusion's: a task
+/// is Fission's step.
+fn fission_event_name(fusion: &str) -> &str {
+    match fusion {
+        "TaskDispatched" => "StepScheduled",
+        "TaskSucceeded" => "StepSucceeded",
+        "TaskFailed" => "StepFailed",
+        other => other,
+    }
+}
+
+/// `workflow runs history`: the run's events under Fission's names.
+async fn history(c: &crate::client::Client, opts: &ClientOpts, id: &str) -> Result<()> {
+    let mut v: Value = c.get(&format!("/v1/runs/{id}/events")).await?;
+    if let Some(events) = v["events"].as_array_mut() {
+        for e in events {
+            if let Some(t) = e["type"].as_str() {
+                let named = fission_event_name(t).to_string();
+                e["type"] = Value::String(named);
+            }
+        }
+    }
+    if opts.output == Output::Json {
+        print(opts, &v, EVENT_COLUMNS);
+    } else {
+        print(opts, &event_rows(&v["events"]), EVENT_COLUMNS);
+    }
+    Ok(())
 }
 
 /// A run's input from `--input`: JSON, or `@FILE` holding JSON.
@@ -265,7 +295,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                     cursor: None,
                 },
                 RunsVerb::Describe { id } => RunVerb::Get { id },
-                RunsVerb::History { id } => RunVerb::Events { id },
+                RunsVerb::History { id } => return history(&c, opts, &id.get()).await,
                 RunsVerb::Cancel { id } => RunVerb::Cancel { id },
             };
             return run_cmd(verb, opts).await;
