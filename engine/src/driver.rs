@@ -986,7 +986,10 @@ impl Actor {
         let inputs_value = Value::Object(inputs.clone().into_iter().collect());
         let timeout = spec.timeout.as_deref().and_then(parse_duration);
         let target = spec.target().into_owned();
-        if builtins::is_builtin(&target) {
+        // `fission://...` names a function, never a built-in or a workflow of
+        // the same name (RFC-0022 Task states are dispatched this way too).
+        let a_function = spec.run.starts_with(crate::spec::FISSION_SCHEME);
+        if !a_function && builtins::is_builtin(&target) {
             match builtins::run(&target, &inputs, &raw, spec.concurrency) {
                 Outcome::Output(v) => {
                     self.record(dispatched(inputs_value, None));
@@ -1034,7 +1037,8 @@ impl Actor {
                     })
                 }
             }
-        } else if !self.engine.invoker.function_exists(&target)
+        } else if !a_function
+            && !self.engine.invoker.function_exists(&target)
             && self.engine.store.workflow_exists(&target)
         {
             self.record(dispatched(inputs_value.clone(), None));

@@ -251,6 +251,19 @@ async fn fission_function_references_run_the_function() {
     assert_eq!(fake.count("team-a/shout"), 1);
 }
 
+/// A `fission://` reference is a function even when a built-in has its name.
+#[tokio::test(start_paused = true)]
+async fn a_fission_reference_is_the_function_not_a_builtin_of_its_name() {
+    let (_d, db, fake) = setup();
+    fake.add("sleep", None, |_, _| text(200, "the function"));
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: A\ntasks:\n  A:\n    run: fission://default/sleep\n    inputs: 1s\n";
+    let s = run(&e, "shadow", yaml, json!({})).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("the function")));
+    assert_eq!(fake.count("sleep"), 1);
+}
+
 /// A workflow invoked by name with a `body` input sees it as `default` too, as
 /// when it is invoked over HTTP.
 #[tokio::test(start_paused = true)]

@@ -139,10 +139,11 @@ fn task_spec(machine: &Machine, id: &str) -> TaskSpec {
             ..TaskSpec::default()
         },
         Some(s) => TaskSpec {
+            // Always the function, even one named like a built-in or a workflow.
             run: s
                 .function
                 .as_ref()
-                .map(|f| f.name.clone())
+                .map(|f| format!("{}default/{}", crate::spec::FISSION_SCHEME, f.name))
                 .unwrap_or_default(),
             timeout: s
                 .timeout
@@ -783,7 +784,7 @@ spec:
         assert_eq!(inputs["body"], json!({"id": 7}));
         assert_eq!(inputs["headers"]["X-Fission-Workflow-Run"], "r1");
         assert_eq!(inputs["headers"]["X-Fission-Workflow-Attempt"], "1");
-        assert_eq!(s.tasks[&id].spec.run, "validate-order");
+        assert_eq!(s.tasks[&id].spec.run, "fission://default/validate-order");
         succeed(&mut s, &id, json!({"ok": true}));
         // Choice routes to charge with the merged document.
         let (id, inputs) = dispatch(&mut s);
@@ -1115,7 +1116,10 @@ states:
                 ("000001-p/0001/000001-b".to_string(), json!({"x": 1})),
             ]
         );
-        assert_eq!(s.tasks["000001-p/0001/000001-b"].spec.run, "fb");
+        assert_eq!(
+            s.tasks["000001-p/0001/000001-b"].spec.run,
+            "fission://default/fb"
+        );
         // The second finishes first; the join keeps the branches' order.
         succeed(&mut s, "000001-p/0001/000001-b", json!("B"));
         assert!(settle(&mut s).is_empty());
