@@ -10,7 +10,9 @@
 //!   runtime's own start-up floor;
 //! - the workflow engine (`workflows`): per-task overhead of a chain of `noop`
 //!   tasks, a 1,000-item `foreach`, concurrent one-task runs next to a plain
-//!   function call, and the run history's first page with 100,000 runs stored.
+//!   function call, and the run history's first page with 100,000 runs stored;
+//! - RFC-0022 workflows (`sfn`): per-step overhead of a 100-state Task chain and a
+//!   1,000-item Map calling an echo function, against as many direct calls.
 //!
 //! Each part runs on a server of its own. Prints a table and writes
 //! `<out>/<UTC timestamp>.json` and `<out>/latest.json`. The targets from the
@@ -21,6 +23,7 @@ mod ctx;
 mod faas;
 mod report;
 mod server;
+mod sfn;
 mod stats;
 mod workflows;
 
@@ -37,8 +40,9 @@ use crate::ctx::Leftovers;
 use crate::faas::{BackendResult, Lang, LANGS, POOLSIZE};
 use crate::workflows::EngineResults;
 
-/// The parts `--only` selects from; `engine` is chain, foreach and concurrent.
-const PARTS: [&str; 5] = ["faas", "chain", "foreach", "concurrent", "runs"];
+/// The parts `--only` selects from; `engine` is chain, foreach and concurrent
+/// (`sfn`, RFC-0022 per-step overhead, runs on the same server).
+const PARTS: [&str; 6] = ["faas", "chain", "foreach", "sfn", "concurrent", "runs"];
 /// The values of `FUSION_BACKEND` the FaaS part is run with.
 const BACKENDS: [&str; 2] = ["container", "process"];
 
@@ -57,7 +61,7 @@ pub struct Args {
     /// export while others edit the checkout); recorded instead of HEAD.
     #[arg(long)]
     fusion_commit: Option<String>,
-    /// Parts to run: faas, chain, foreach, concurrent, runs; `engine` is chain,
+    /// Parts to run: faas, chain, foreach, sfn, concurrent, runs; `engine` is chain,
     /// foreach and concurrent [default: all].
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -102,6 +106,23 @@ pub struct Args {
     /// Measured runs of the foreach.
     #[arg(long, default_value_t = 5)]
     foreach_runs: usize,
+    /// States of the RFC-0022 Task chain (`sfn`; at most 100, RFC-0022's limit).
+    #[arg(long, default_value_t = 100)]
+    sfn_chain_length: usize,
+    /// Measured runs of the RFC-0022 Task chain, each paired with as many
+    /// direct calls (0: skip).
+    #[arg(long, default_value_t = 40)]
+    sfn_chain_runs: usize,
+    /// Items of the RFC-0022 Map.
+    #[arg(long, default_value_t = 1000)]
+    sfn_map_items: usize,
+    /// maxConcurrency of the RFC-0022 Map (and clients of its direct calls).
+    #[arg(long, default_value_t = 10)]
+    sfn_map_concurrency: usize,
+    /// Measured runs of the RFC-0022 Map, each paired with as many direct calls
+    /// (0: skip).
+    #[arg(long, default_value_t = 10)]
+    sfn_map_runs: usize,
     /// Measured requests per path of the concurrent workflow runs.
     #[arg(long, default_value_t = 5000)]
     wf_requests: usize,
@@ -266,7 +287,7 @@ async fn run(args: Args) -> Result<bool> {
     let engine_parts: Vec<&str> = parts
         .iter()
         .copied()
-        .filter(|p| ["chain", "foreach", "concurrent"].contains(p))
+        .filter(|p| ["chain", "foreach", "sfn", "concurrent"].contains(p))
         .collect();
     if !engine_parts.is_empty() {
         let t = Instant::now();
@@ -334,6 +355,11 @@ async fn run(args: Args) -> Result<bool> {
             "foreach_items": args.foreach_items,
             "foreach_runs": args.foreach_runs,
             "wf_requests": args.wf_requests,
+            "sfn_chain_length": args.sfn_chain_length,
+            "sfn_chain_runs": args.sfn_chain_runs,
+            "sfn_map_items": args.sfn_map_items,
+            "sfn_map_concurrency": args.sfn_map_concurrency,
+            "sfn_map_runs": args.sfn_map_runs,
             "runs_seed": args.runs_seed,
             "runs_requests": args.runs_requests,
             "client": "hyper-util legacy client, HTTP/1.1 keep-alive, TCP_NODELAY, one current-thread tokio runtime; Unix-socket instances: hyper client::conn::http1 connections pooled the same way",

@@ -44,6 +44,29 @@ impl Summary {
         })
     }
 
+    /// The same over figures already in milliseconds (which may be negative,
+    /// e.g. a difference of two latencies).
+    pub fn of_ms(samples: &[f64]) -> Option<Summary> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut s = samples.to_vec();
+        s.sort_unstable_by(f64::total_cmp);
+        let at = |p: f64| {
+            let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+            s[rank.clamp(1, s.len()) - 1]
+        };
+        Some(Summary {
+            n: s.len(),
+            p50: at(50.0),
+            p95: at(95.0),
+            p99: at(99.0),
+            mean: s.iter().sum::<f64>() / s.len() as f64,
+            min: s[0],
+            max: s[s.len() - 1],
+        })
+    }
+
     pub fn json(&self) -> Value {
         json!({
             "n": self.n,
@@ -78,5 +101,9 @@ mod tests {
         let one = Summary::of(&[Duration::from_millis(7)]).unwrap();
         assert_eq!((one.p50, one.p99), (7.0, 7.0));
         assert!(Summary::of(&[]).is_none());
+        let f: Vec<f64> = (1..=100).map(|i| f64::from(i) - 10.0).collect();
+        let s = Summary::of_ms(&f).unwrap();
+        assert_eq!((s.p50, s.p95, s.p99, s.min), (40.0, 85.0, 89.0, -9.0));
+        assert!(Summary::of_ms(&[]).is_none());
     }
 }

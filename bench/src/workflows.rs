@@ -35,6 +35,8 @@ pub struct EngineResults {
     pub foreach: Option<Foreach>,
     pub concurrent: Option<Concurrent>,
     pub listing: Option<Listing>,
+    /// RFC-0022 per-step overhead (bench/src/sfn.rs).
+    pub sfn: Option<crate::sfn::Sfn>,
 }
 
 pub struct Chain {
@@ -196,6 +198,12 @@ pub async fn run(
         match foreach(ctx).await {
             Ok(f) => results.foreach = Some(f),
             Err(e) => errors.push(format!("engine foreach: {e:#}")),
+        }
+    }
+    if parts.contains(&"sfn") {
+        match crate::sfn::run(ctx, errors).await {
+            Ok(s) => results.sfn = Some(s),
+            Err(e) => errors.push(format!("engine sfn: {e:#}")),
         }
     }
     if parts.contains(&"concurrent") {
@@ -655,6 +663,7 @@ impl EngineResults {
             && self.foreach.is_none()
             && self.concurrent.is_none()
             && self.listing.is_none()
+            && self.sfn.as_ref().is_none_or(crate::sfn::Sfn::is_empty)
     }
 
     pub fn json(&self) -> Value {
@@ -728,7 +737,8 @@ impl EngineResults {
                 },
             })
         });
-        json!({"chain": chain, "foreach": foreach, "concurrent": concurrent, "runs_listing": listing})
+        let sfn = self.sfn.as_ref().map(crate::sfn::Sfn::json);
+        json!({"chain": chain, "foreach": foreach, "concurrent": concurrent, "runs_listing": listing, "rfc0022": sfn})
     }
 
     pub fn targets(&self) -> Vec<Value> {
@@ -741,6 +751,9 @@ impl EngineResults {
                 Some(c.chain.p50 / c.length as f64),
                 true,
             ));
+        }
+        if let Some(s) = &self.sfn {
+            s.targets(&mut t);
         }
         if let Some(l) = &self.listing {
             t.push(target(
@@ -755,7 +768,14 @@ impl EngineResults {
     }
 
     pub fn table(&self, out: &mut String) {
-        if self.is_empty() {
+        if let Some(s) = &self.sfn {
+            s.table(out);
+        }
+        if self.chain.is_none()
+            && self.foreach.is_none()
+            && self.concurrent.is_none()
+            && self.listing.is_none()
+        {
             return;
         }
         let row = |out: &mut String, label: &str, s: &Summary, extra: String| {
