@@ -12,14 +12,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use executor::{CallError, FunctionCall, FunctionResponse, SharedInvoker};
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::builtins::{self, dynamic_workflow, HttpRequest, Outcome};
 use crate::expr::{contains_expression, resolve_inputs};
 use crate::spec::{parse_duration, TaskSpec, WorkflowSpec};
 use crate::state::{
-    apply, decide, finish_event, Action, Event, Headers, Millis, RunState, RunStatus, TaskResult,
+    apply, decide, finish_event, Action, Event, Headers, Millis, RunState, RunStatus, TaskResult, TaskState,
     TaskStatus,
 };
 use crate::store::{
@@ -124,6 +124,13 @@ impl EngineError {
 
 enum Msg {
     Events(String, Vec<Event>),
+    /// An outside completion of a callback token; answered once it is durable.
+    Complete {
+        token: String,
+        output: Value,
+        error: Option<String>,
+        reply: oneshot::Sender<Result<String, EngineError>>,
+    },
     Wake,
     Cancel(String),
     Shutdown,
@@ -215,6 +222,29 @@ fn invocation_inputs(mut inputs: Value) -> Value {
 pub const INPUT_MISFIT_STATUS: u16 = 422;
 
 /// Why a run that has ended cannot be cancelled, in plain words.
+/// The task whose current attempt waits on (or waited on) `token`.
+fn callback_task<'a>(s: &'a RunState, token: &str) -> Option<&'a TaskState> {
+    s.tasks
+        .values()
+        .find(|t| t.callback.as_deref().is_some_and(|c| secret_eq(c, token)))
+}
+
+/// Compares tokens in time independent of where they differ.
+fn secret_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn callback_used(task: &str) -> EngineError {
+    EngineError::Conflict(format!(
+        "the callback of task {task:?} has already been completed"
+    ))
+}
+
+/// A one-time callback token: the run's id (to find it) and 128 random bits.
+fn callback_token(run_id: &str) -> String {
+    format!("{run_id}.{:032x}", rand::random::<u128>())
+}
+
 fn already_finished(id: &str, status: RunStatus) -> EngineError {
     EngineError::Conflict(format!(
         "run {id} is already {}: there is nothing left to cancel",
@@ -628,6 +658,51 @@ impl Engine {
         }
     }
 
+    /// Completes the `callback` task waiting on `token` with `output`, or fails
+    /// it with `error`; answers the task's id once the completion is durable.
+    /// An unknown, expired or superseded token is `NotFound`; a token already
+    /// completed is a `Conflict`.
+    pub async fn complete_callback(
+        &self,
+        token: &str,
+        output: Value,
+        error: Option<String>,
+    ) -> Result<String, EngineError> {
+        let unknown = || EngineError::NotFound("callback (unknown or expired token)".into());
+        let Some((run_id, _)) = token.rsplit_once('.') else {
+            return Err(unknown());
+        };
+        let tx = self
+            .runs
+            .lock()
+            .ok()
+            .and_then(|r| r.get(run_id).map(|h| h.tx.clone()));
+        if let Some(tx) = tx {
+            let (reply, answer) = oneshot::channel();
+            let msg = Msg::Complete {
+                token: token.to_string(),
+                output,
+                error,
+                reply,
+            };
+            if tx.send(msg).is_ok() {
+                if let Ok(result) = answer.await {
+                    return result;
+                }
+            }
+        }
+        // No actor (the run has ended) or it stopped meanwhile: judge by the history.
+        let state = match self.run_state(run_id) {
+            Ok(s) => s,
+            Err(EngineError::NotFound(_)) => return Err(unknown()),
+            Err(e) => return Err(e),
+        };
+        match callback_task(&state, token) {
+            Some(t) if t.callback_completed => Err(callback_used(&t.id)),
+            _ => Err(unknown()),
+        }
+    }
+
     /// Runs a failed or cancelled run again as a new run: tasks that succeeded
     /// keep their outputs, the others run again.
     pub async fn retry(self: &Arc<Self>, id: &str) -> Result<StartedRun, EngineError> {
@@ -705,6 +780,7 @@ impl Engine {
             inflight: HashMap::new(),
             armed: BTreeSet::new(),
             timers: Vec::new(),
+            replies: Vec::new(),
         };
         tokio::spawn(actor.run(rx, done_tx, recovering));
         done_rx
@@ -722,9 +798,18 @@ struct Actor {
     /// The armed timers' tasks: aborted when the actor stops, so a finished run
     /// does not leave (say) its one-hour timeout timer holding the engine.
     timers: Vec<AbortHandle>,
+    /// Answers to callback completions, sent once their events are durable.
+    replies: Vec<(oneshot::Sender<Result<String, EngineError>>, String)>,
 }
 
 impl Actor {
+    /// Answers the callback completions whose events are now durable.
+    fn answer_completions(&mut self) {
+        for (reply, task) in self.replies.drain(..) {
+            let _ = reply.send(Ok(task));
+        }
+    }
+
     fn record(&mut self, e: Event) {
         apply(&mut self.state, &e);
         self.pending.push(e);
@@ -821,6 +906,25 @@ impl Actor {
                             progressed = true;
                             self.record(Event::TimerFired { task, at: now });
                         }
+                        Action::ExpireCallback { task, attempt } => {
+                            progressed = true;
+                            let timeout = self
+                                .state
+                                .tasks
+                                .get(&task)
+                                .and_then(|t| t.spec.timeout.clone())
+                                .unwrap_or_default();
+                            self.record(Event::TaskFailed {
+                                task,
+                                attempt,
+                                error: format!(
+                                    "no one completed the callback within its timeout of {timeout}"
+                                ),
+                                status: None,
+                                retryable: true,
+                                at: now,
+                            });
+                        }
                         Action::Finish(f) => {
                             progressed = true;
                             finished = true;
@@ -837,6 +941,7 @@ impl Actor {
                 self.stop(&done);
                 return;
             }
+            self.answer_completions();
             if finished || self.state.is_finished() {
                 self.stop(&done);
                 return;
@@ -857,6 +962,36 @@ impl Actor {
                             self.record(e);
                         }
                     }
+                    Msg::Complete {
+                        token,
+                        output,
+                        error,
+                        reply,
+                    } => {
+                        let found = callback_task(&self.state, &token)
+                            .map(|t| (t.id.clone(), t.attempts, t.status, t.callback_completed));
+                        match found {
+                            Some((task, attempt, TaskStatus::Running, false)) => {
+                                let at = self.engine.clock.now_ms();
+                                self.record(Event::CallbackCompleted {
+                                    task: task.clone(),
+                                    attempt,
+                                    output,
+                                    error,
+                                    at,
+                                });
+                                self.replies.push((reply, task));
+                            }
+                            Some((task, _, _, true)) => {
+                                let _ = reply.send(Err(callback_used(&task)));
+                            }
+                            _ => {
+                                let _ = reply.send(Err(EngineError::NotFound(
+                                    "callback (unknown or expired token)".into(),
+                                )));
+                            }
+                        }
+                    }
                     Msg::Wake => {}
                     Msg::Cancel(reason) => {
                         let at = self.engine.clock.now_ms();
@@ -869,7 +1004,9 @@ impl Actor {
                         for h in self.timers.drain(..) {
                             h.abort();
                         }
-                        let _ = self.persist().await;
+                        if self.persist().await.is_ok() {
+                            self.answer_completions();
+                        }
                         return;
                     }
                 }
@@ -1022,6 +1159,20 @@ impl Actor {
                     // it must not overflow (a panic would kill the run's actor).
                     let wake = now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                     self.record(dispatched(inputs_value, Some(wake)));
+                    None
+                }
+                Outcome::Callback => {
+                    self.record(dispatched(inputs_value, None));
+                    let deadline = timeout.map(|d| {
+                        now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    });
+                    self.record(Event::CallbackIssued {
+                        task: task.into(),
+                        attempt,
+                        token: callback_token(&self.state.run_id),
+                        deadline,
+                        at: now,
+                    });
                     None
                 }
                 Outcome::Http(request) => {

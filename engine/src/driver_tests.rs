@@ -831,3 +831,73 @@ async fn computed_references_still_see_every_task() {
     assert_eq!(summary.status, RunStatus::Succeeded, "{summary:?}");
     assert_eq!(summary.output, Some(json!("A,B,C a!")));
 }
+
+/// The token of the `callback` task `task` of run `id`, once it waits.
+async fn callback_token_of(e: &Arc<Engine>, id: &str, task: &str) -> String {
+    for _ in 0..1000 {
+        if let Some(token) = e
+            .run_state(id)
+            .ok()
+            .and_then(|s| s.tasks.get(task).and_then(|t| t.callback.clone()))
+        {
+            return token;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("task {task} of run {id} never waited on a callback");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callback_task_completes_once_from_outside() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: B\ntasks:\n  A:\n    run: callback\n  B:\n    run: echo\n    inputs: \"{ output('A').approved + '!' }\"\n    requires: [A]\n";
+    e.create_workflow("approve", yaml).unwrap();
+    let started = e.start_run("approve", json!(null)).await.unwrap();
+    let token = callback_token_of(&e, &started.id, "A").await;
+    assert!(matches!(
+        e.complete_callback(&format!("{}.0", started.id), json!(1), None)
+            .await,
+        Err(crate::EngineError::NotFound(_))
+    ));
+    let task = e
+        .complete_callback(&token, json!({"approved": "yes"}), None)
+        .await
+        .unwrap();
+    assert_eq!(task, "A");
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("yes!")));
+    let again = e.complete_callback(&token, json!({"approved": "no"}), None).await;
+    assert!(matches!(again, Err(crate::EngineError::Conflict(_))), "{again:?}");
+    assert!(matches!(
+        e.complete_callback("nonsense", json!(1), None).await,
+        Err(crate::EngineError::NotFound(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callback_error_fails_the_run_and_an_unanswered_one_times_out() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow("wait", "output: A\ntasks:\n  A:\n    run: callback\n    timeout: 1h\n")
+        .unwrap();
+    let started = e.start_run("wait", json!(null)).await.unwrap();
+    let token = callback_token_of(&e, &started.id, "A").await;
+    e.complete_callback(&token, Value::Null, Some("rejected".into()))
+        .await
+        .unwrap();
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Failed);
+    assert_eq!(s.error.unwrap().message, "rejected");
+
+    let started = e.start_run("wait", json!(null)).await.unwrap();
+    let token = callback_token_of(&e, &started.id, "A").await;
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Failed);
+    assert!(s.error.unwrap().message.contains("within its timeout of 1h"));
+    assert!(matches!(
+        e.complete_callback(&token, json!(1), None).await,
+        Err(crate::EngineError::NotFound(_))
+    ));
+}
