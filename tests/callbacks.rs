@@ -1,0 +1,104 @@
+//! Callback tasks seen from outside: a run waits on a `callback` task until
+//! someone POSTs to its one-time URL (with no admin token), also across a
+//! SIGKILL of the server; a second completion is refused.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Server};
+use serde_json::{json, Value};
+
+const WAITING: &str = "apiVersion: 1\noutput: Done\ntasks:\n  Approve:\n    run: callback\n    timeout: 10m\n  Done:\n    run: noop\n    inputs: \"{ output('Approve').by + ' approved' }\"\n    requires: [Approve]\n";
+
+/// The callback path of the run's task `Approve`, once it waits.
+fn callback_path(s: &Server, id: &str) -> String {
+    let mut path = String::new();
+    eventually(Duration::from_secs(30), "the task waits on a callback", || {
+        let run = s.run(id);
+        let task = run["tasks"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["id"] == "Approve"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        match task["callback"]["path"].as_str() {
+            Some(p) => {
+                path = p.to_string();
+                true
+            }
+            None => false,
+        }
+    });
+    path
+}
+
+/// A POST to a callback URL from outside: no bearer token.
+fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let resp = reqwest::blocking::Client::new()
+        .post(s.api_url(path))
+        .json(body)
+        .send()
+        .expect("API reachable");
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn an_outside_post_completes_a_waiting_run_once() {
+    let s = Server::start();
+    s.workflow("approval", WAITING);
+    let id = s.start_async("approval", "");
+    let path = callback_path(&s, &id);
+    assert!(path.starts_with("/v1/callbacks/"), "{path}");
+    assert_eq!(s.run(&id)["status"], "running");
+
+    let (status, body) = post(&s, "/v1/callbacks/not-a-token", &json!({"by": "eve"}));
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+
+    let (status, body) = post(&s, &path, &json!({"by": "ann"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["task"], "Approve");
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], "ann approved");
+
+    let (status, body) = post(&s, &path, &json!({"by": "bob"}));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    assert_eq!(s.run(&id)["output"], "ann approved");
+}
+
+#[test]
+fn a_posted_error_fails_the_run() {
+    let s = Server::start();
+    s.workflow("approval", WAITING);
+    let id = s.start_async("approval", "");
+    let path = callback_path(&s, &id);
+    let (status, body) = post(&s, &path, &json!({"error": "rejected by ann"}));
+    assert_eq!(status, 200, "{body}");
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["message"], "rejected by ann", "{run}");
+}
+
+#[test]
+fn a_callback_survives_a_killed_server() {
+    let mut s = Server::start();
+    s.workflow("approval", WAITING);
+    let id = s.start_async("approval", "");
+    let path = callback_path(&s, &id);
+    s.kill();
+    s.launch();
+    let (status, body) = post(&s, &path, &json!({"by": "ann"}));
+    assert_eq!(status, 200, "{body}");
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], "ann approved");
+    // The completion was durable before it was answered: a second kill keeps it.
+    s.kill();
+    s.launch();
+    let (status, body) = post(&s, &path, &json!({"by": "bob"}));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(s.run(&id)["output"], "ann approved");
+}
