@@ -14,21 +14,25 @@ const WAITING: &str = "apiVersion: 1\noutput: Done\ntasks:\n  Approve:\n    run:
 /// The callback path of the run's task `Approve`, once it waits.
 fn callback_path(s: &Server, id: &str) -> String {
     let mut path = String::new();
-    eventually(Duration::from_secs(30), "the task waits on a callback", || {
-        let run = s.run(id);
-        let task = run["tasks"]
-            .as_array()
-            .and_then(|ts| ts.iter().find(|t| t["id"] == "Approve"))
-            .cloned()
-            .unwrap_or(Value::Null);
-        match task["callback"]["path"].as_str() {
-            Some(p) => {
-                path = p.to_string();
-                true
+    eventually(
+        Duration::from_secs(30),
+        "the task waits on a callback",
+        || {
+            let run = s.run(id);
+            let task = run["tasks"]
+                .as_array()
+                .and_then(|ts| ts.iter().find(|t| t["id"] == "Approve"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            match task["callback"]["path"].as_str() {
+                Some(p) => {
+                    path = p.to_string();
+                    true
+                }
+                None => false,
             }
-            None => false,
-        }
-    });
+        },
+    );
     path
 }
 

@@ -19,8 +19,8 @@ use crate::builtins::{self, dynamic_workflow, HttpRequest, Outcome};
 use crate::expr::{contains_expression, resolve_inputs};
 use crate::spec::{parse_duration, TaskSpec, WorkflowSpec};
 use crate::state::{
-    apply, decide, finish_event, Action, Event, Headers, Millis, RunState, RunStatus, TaskResult, TaskState,
-    TaskStatus,
+    apply, decide, finish_event, Action, Event, Headers, Millis, RunState, RunStatus, TaskResult,
+    TaskState, TaskStatus,
 };
 use crate::store::{
     BoxFuture, RunFilter, RunPage, RunStore, RunSummary, SledStore, StoreError, WorkflowVersion,
@@ -231,7 +231,11 @@ fn callback_task<'a>(s: &'a RunState, token: &str) -> Option<&'a TaskState> {
 
 /// Compares tokens in time independent of where they differ.
 fn secret_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 fn callback_used(task: &str) -> EngineError {

@@ -868,8 +868,13 @@ async fn a_callback_task_completes_once_from_outside() {
     let s = e.wait(&started.id).await.unwrap();
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
     assert_eq!(s.output, Some(json!("yes!")));
-    let again = e.complete_callback(&token, json!({"approved": "no"}), None).await;
-    assert!(matches!(again, Err(crate::EngineError::Conflict(_))), "{again:?}");
+    let again = e
+        .complete_callback(&token, json!({"approved": "no"}), None)
+        .await;
+    assert!(
+        matches!(again, Err(crate::EngineError::Conflict(_))),
+        "{again:?}"
+    );
     assert!(matches!(
         e.complete_callback("nonsense", json!(1), None).await,
         Err(crate::EngineError::NotFound(_))
@@ -880,8 +885,11 @@ async fn a_callback_task_completes_once_from_outside() {
 async fn a_callback_error_fails_the_run_and_an_unanswered_one_times_out() {
     let (_d, db, fake) = setup();
     let e = engine_with(&fake, &db).await;
-    e.create_workflow("wait", "output: A\ntasks:\n  A:\n    run: callback\n    timeout: 1h\n")
-        .unwrap();
+    e.create_workflow(
+        "wait",
+        "output: A\ntasks:\n  A:\n    run: callback\n    timeout: 1h\n",
+    )
+    .unwrap();
     let started = e.start_run("wait", json!(null)).await.unwrap();
     let token = callback_token_of(&e, &started.id, "A").await;
     e.complete_callback(&token, Value::Null, Some("rejected".into()))
@@ -895,7 +903,11 @@ async fn a_callback_error_fails_the_run_and_an_unanswered_one_times_out() {
     let token = callback_token_of(&e, &started.id, "A").await;
     let s = e.wait(&started.id).await.unwrap();
     assert_eq!(s.status, RunStatus::Failed);
-    assert!(s.error.unwrap().message.contains("within its timeout of 1h"));
+    assert!(s
+        .error
+        .unwrap()
+        .message
+        .contains("within its timeout of 1h"));
     assert!(matches!(
         e.complete_callback(&token, json!(1), None).await,
         Err(crate::EngineError::NotFound(_))

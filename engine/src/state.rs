@@ -1269,7 +1269,10 @@ mod tests {
     fn a_callback_task_waits_until_completed_then_succeeds_with_the_posted_output() {
         let mut s = waiting_callback(None, 1);
         assert_eq!(decide(&s, 1_000_000), vec![], "it waits, with no timer");
-        assert!(s.in_flight().is_empty(), "recovery must not dispatch it again");
+        assert!(
+            s.in_flight().is_empty(),
+            "recovery must not dispatch it again"
+        );
         apply(&mut s, &completed(1, json!({"ok": 1}), None, 10));
         assert!(s.tasks["t0"].callback_completed);
         assert_eq!(
@@ -1284,7 +1287,10 @@ mod tests {
     #[test]
     fn a_callback_completed_with_an_error_fails_the_run_without_retrying() {
         let mut s = waiting_callback(None, 3);
-        apply(&mut s, &completed(1, Value::Null, Some("card declined"), 10));
+        apply(
+            &mut s,
+            &completed(1, Value::Null, Some("card declined"), 10),
+        );
         assert_eq!(s.tasks["t0"].status, TaskStatus::Failed);
         assert_eq!(
             decide(&s, 10),
@@ -1322,7 +1328,10 @@ mod tests {
         apply(&mut s, &completed(1, json!("late"), None, 600));
         assert_eq!(s.tasks["t0"].status, TaskStatus::Failed);
         assert!(!s.tasks["t0"].callback_completed);
-        assert!(matches!(&decide(&s, 600)[..], [Action::Finish(Finish::Failed(_))]));
+        assert!(matches!(
+            &decide(&s, 600)[..],
+            [Action::Finish(Finish::Failed(_))]
+        ));
     }
 
     #[test]
