@@ -1,11 +1,13 @@
 //! Callback tasks seen from outside: a run waits on a `callback` task until
 //! someone POSTs to its one-time URL (with no admin token), also across a
-//! SIGKILL of the server; a second completion is refused.
+//! SIGKILL of the server; a second completion is refused; a `notify` function
+//! is handed the URL.
 
 mod common;
 
 use std::time::Duration;
 
+use common::probe::Probe;
 use common::{eventually, Server};
 use serde_json::{json, Value};
 
@@ -105,4 +107,57 @@ fn a_callback_survives_a_killed_server() {
     let (status, body) = post(&s, &path, &json!({"by": "bob"}));
     assert_eq!(status, 409, "{body}");
     assert_eq!(s.run(&id)["output"], "ann approved");
+}
+
+#[test]
+fn the_notify_function_gets_a_callback_url_that_completes_the_run() {
+    let s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    // Hands the URL and the body it was given to the "outside world" (the probe).
+    s.function(
+        "ask-approval",
+        "binary",
+        "ask.sh",
+        &format!(
+            "#!/bin/sh\n{}\n{}\nprintf asked\n",
+            probe.curl("/log/urls?$HTTP_X_FUSION_CALLBACK_URL"),
+            probe.curl("/log/bodies?$(cat)"),
+        ),
+        json!({}),
+    );
+    s.workflow(
+        "approval",
+        "apiVersion: 1\noutput: Approve\ntasks:\n  Approve:\n    run: callback\n    inputs:\n      notify: ask-approval\n      body: \"{ param() }\"\n",
+    );
+    let id = s.start_async("approval", "order-7");
+    let mut url = String::new();
+    eventually(
+        Duration::from_secs(60),
+        "the URL is handed out",
+        || match probe.lines("urls").first() {
+            Some(u) => {
+                url = u.clone();
+                true
+            }
+            None => false,
+        },
+    );
+    assert_eq!(probe.lines("bodies"), ["order-7"]);
+    let path = callback_path(&s, &id);
+    assert_eq!(url, s.api_url(&path));
+    assert_eq!(
+        s.run(&id)["status"],
+        "running",
+        "the function's answer is not the output"
+    );
+    let resp = reqwest::blocking::Client::new()
+        .post(&url)
+        .json(&json!({"approved": true}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], json!({"approved": true}));
 }

@@ -51,8 +51,11 @@ pub enum Outcome {
     Http(HttpRequest),
     /// Fail the task (not retried).
     Fail(String),
-    /// Wait for an outside completion of a one-time callback token.
-    Callback,
+    /// Wait for an outside completion of a one-time callback token, first
+    /// handing its URL to the function `notify` (if given).
+    Callback {
+        notify: Option<String>,
+    },
 }
 
 type Inputs = BTreeMap<String, Value>;
@@ -114,7 +117,15 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs, concurrency: Option<u32>) 
         "foreach" => foreach(inputs, concurrency),
         "repeat" => repeat(inputs),
         "while" => while_loop(inputs, raw),
-        "callback" => Outcome::Callback,
+        "callback" => match inputs.get("notify") {
+            None | Some(Value::Null) => Outcome::Callback { notify: None },
+            Some(Value::String(f)) if !f.is_empty() => Outcome::Callback {
+                notify: Some(f.clone()),
+            },
+            Some(other) => Outcome::Fail(format!(
+                "callback: notify must be a function name, not {other}"
+            )),
+        },
         "sleep" => {
             let d = match inputs.get("default").or_else(|| inputs.get("duration")) {
                 None | Some(Value::Null) => Some(Duration::from_secs(1)),

@@ -86,6 +86,9 @@ pub struct EngineConfig {
     pub http: Option<Arc<dyn HttpTransport>>,
     /// Replaces the default clock (tests).
     pub clock: Option<Arc<dyn Clock>>,
+    /// `scheme://host:port` of the API listener, where callback URLs point
+    /// (without it a `notify` function gets the path alone).
+    pub callback_base: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +247,28 @@ fn callback_used(task: &str) -> EngineError {
     ))
 }
 
+/// The call handing a callback's URL to its `notify` function: the task's
+/// `body` (or `default`) input as body, the URL and token as headers.
+fn notify_call(
+    base: Option<&str>,
+    notify: &str,
+    inputs: &Value,
+    token: &str,
+    key: &str,
+    timeout: Option<Duration>,
+) -> FunctionCall {
+    let mut call = function_call(notify, inputs, key, timeout);
+    let url = format!(
+        "{}{}{token}",
+        base.unwrap_or_default(),
+        crate::api::CALLBACKS_PATH
+    );
+    call.headers.push(("X-Fusion-Callback-Url".into(), url));
+    call.headers
+        .push(("X-Fusion-Callback-Token".into(), token.to_string()));
+    call
+}
+
 /// A one-time callback token: the run's id (to find it) and 128 random bits.
 fn callback_token(run_id: &str) -> String {
     format!("{run_id}.{:032x}", rand::random::<u128>())
@@ -356,6 +381,13 @@ enum External {
         attempt: u32,
         request: HttpRequest,
         timeout: Option<Duration>,
+    },
+    /// Hand a callback's URL to its `notify` function; its answer is not the
+    /// task's output (the completion is), only a failure counts.
+    Notify {
+        task: String,
+        attempt: u32,
+        call: FunctionCall,
     },
     Timer(Millis),
 }
@@ -869,6 +901,28 @@ impl Actor {
                     })
                 })
                 .collect();
+            // Waiting callbacks whose URL was not handed out yet: again, same key.
+            let base = self.engine.config.callback_base.clone();
+            let again = again.into_iter().chain(
+                self.state
+                    .unnotified_callbacks()
+                    .into_iter()
+                    .filter_map(|(t, notify, token)| {
+                        Some(External::Notify {
+                            task: t.id.clone(),
+                            attempt: t.attempts,
+                            call: notify_call(
+                                base.as_deref(),
+                                notify,
+                                t.inputs.as_ref()?,
+                                token,
+                                t.key.as_deref()?,
+                                t.spec.timeout.as_deref().and_then(parse_duration),
+                            ),
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            );
             for ext in again {
                 self.perform(ext);
             }
@@ -1165,19 +1219,32 @@ impl Actor {
                     self.record(dispatched(inputs_value, Some(wake)));
                     None
                 }
-                Outcome::Callback => {
-                    self.record(dispatched(inputs_value, None));
+                Outcome::Callback { notify } => {
+                    self.record(dispatched(inputs_value.clone(), None));
                     let deadline = timeout.map(|d| {
                         now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                     });
+                    let token = callback_token(&self.state.run_id);
                     self.record(Event::CallbackIssued {
                         task: task.into(),
                         attempt,
-                        token: callback_token(&self.state.run_id),
+                        token: token.clone(),
                         deadline,
                         at: now,
                     });
-                    None
+                    // The token is durable before anyone hears of it.
+                    notify.map(|f| External::Notify {
+                        task: task.into(),
+                        attempt,
+                        call: notify_call(
+                            self.engine.config.callback_base.as_deref(),
+                            &f,
+                            &inputs_value,
+                            &token,
+                            key,
+                            timeout,
+                        ),
+                    })
                 }
                 Outcome::Http(request) => {
                     self.record(dispatched(inputs_value, None));
@@ -1252,6 +1319,28 @@ impl Actor {
                     let timeout = call.timeout;
                     let result = bounded(timeout, async { engine.invoker.call(call).await }).await;
                     let events = outcome_events(&t, attempt, result, engine.clock.now_ms());
+                    let _ = tx.send(Msg::Events(t, events));
+                });
+                self.inflight.insert(task, handle.abort_handle());
+            }
+            External::Notify {
+                task,
+                attempt,
+                call,
+            } => {
+                let t = task.clone();
+                let handle = tokio::spawn(async move {
+                    let timeout = call.timeout;
+                    let result = bounded(timeout, async { engine.invoker.call(call).await }).await;
+                    let at = engine.clock.now_ms();
+                    let events = match outcome_events(&t, attempt, result, at).as_slice() {
+                        [Event::TaskSucceeded { .. }] => vec![Event::CallbackNotified {
+                            task: t.clone(),
+                            attempt,
+                            at,
+                        }],
+                        failed => failed.to_vec(),
+                    };
                     let _ = tx.send(Msg::Events(t, events));
                 });
                 self.inflight.insert(task, handle.abort_handle());

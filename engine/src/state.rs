@@ -98,6 +98,12 @@ pub enum Event {
         deadline: Option<Millis>,
         at: Millis,
     },
+    /// The `notify` function of a `callback` task took its URL (2xx).
+    CallbackNotified {
+        task: String,
+        attempt: u32,
+        at: Millis,
+    },
     /// The outside completed a waiting `callback` task: with its output, or
     /// with an error (then the task fails, not retried).
     CallbackCompleted {
@@ -138,6 +144,7 @@ impl Event {
             | Event::TasksAdded { at, .. }
             | Event::TimerFired { at, .. }
             | Event::CallbackIssued { at, .. }
+            | Event::CallbackNotified { at, .. }
             | Event::CallbackCompleted { at, .. }
             | Event::RunSucceeded { at, .. }
             | Event::RunFailed { at, .. }
@@ -246,6 +253,9 @@ pub struct TaskState {
     /// The outside completed the current callback token (a second POST is refused).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub callback_completed: bool,
+    /// The `notify` function took the current callback URL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub callback_notified: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -326,6 +336,20 @@ impl RunState {
 
     pub fn is_finished(&self) -> bool {
         self.status != RunStatus::Running
+    }
+
+    /// Waiting `callback` tasks whose `notify` function has not taken their URL
+    /// yet (to notify again on recovery): (task, attempt, notify, token).
+    pub fn unnotified_callbacks(&self) -> Vec<(&TaskState, &str, &str)> {
+        self.tasks
+            .values()
+            .filter(|t| t.status == TaskStatus::Running && !t.callback_notified)
+            .filter_map(|t| {
+                let token = t.callback.as_deref()?;
+                let notify = t.inputs.as_ref()?.get("notify")?.as_str()?;
+                Some((t, notify, token))
+            })
+            .collect()
     }
 
     /// Tasks currently dispatched and not finished (to re-dispatch on recovery).
@@ -543,6 +567,7 @@ pub fn apply(s: &mut RunState, event: &Event) {
                 t.callback = None;
                 t.callback_deadline = None;
                 t.callback_completed = false;
+                t.callback_notified = false;
             }
         }
         Event::TaskSucceeded {
@@ -652,6 +677,13 @@ pub fn apply(s: &mut RunState, event: &Event) {
                 if t.status == TaskStatus::Running && t.attempts == *attempt {
                     t.callback = Some(token.clone());
                     t.callback_deadline = *deadline;
+                }
+            }
+        }
+        Event::CallbackNotified { task, attempt, .. } => {
+            if let Some(t) = s.tasks.get_mut(task) {
+                if t.attempts == *attempt && t.callback.is_some() {
+                    t.callback_notified = true;
                 }
             }
         }
