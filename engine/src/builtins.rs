@@ -599,6 +599,25 @@ mod tests {
             Outcome::Sleep(Duration::from_secs(2))
         );
         assert_eq!(
+            run("callback", &Inputs::new(), &Inputs::new(), None),
+            Outcome::Callback { notify: None }
+        );
+        assert_eq!(
+            run(
+                "callback",
+                &ins(json!({"notify": "tell"})),
+                &Inputs::new(),
+                None
+            ),
+            Outcome::Callback {
+                notify: Some("tell".into())
+            }
+        );
+        assert!(matches!(
+            run("callback", &ins(json!({"notify": 3})), &Inputs::new(), None),
+            Outcome::Fail(m) if m.contains("notify must be a function name")
+        ));
+        assert_eq!(
             run(
                 "fail",
                 &ins(json!({"default": "nope"})),
