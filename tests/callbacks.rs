@@ -161,3 +161,93 @@ fn the_notify_function_gets_a_callback_url_that_completes_the_run() {
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output"], json!({"approved": true}));
 }
+
+/// An RFC-0022 Task with Fusion's `waitForCallback`: the function is handed the
+/// URL, the state's result is the POSTed body; a POSTed typed error is caught.
+#[test]
+fn rfc0022_a_task_waits_for_its_callback() {
+    let mut s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    s.function(
+        "ask",
+        "binary",
+        "ask.sh",
+        &format!(
+            "#!/bin/sh\n{}\nprintf asked\n",
+            probe.curl("/log/urls?$HTTP_X_FUSION_CALLBACK_URL")
+        ),
+        json!({}),
+    );
+    let doc = "startAt: approve\nstates:\n  approve:\n    type: Task\n    function: {name: ask}\n    waitForCallback: true\n    timeout: 10m\n    resultPath: $.approval\n    catch: [{errorType: Rejected, next: rejected, resultPath: $.why}]\n    end: true\n  rejected: {type: Succeed}\n";
+    let r = s
+        .api("POST", "/v1/workflows?name=approval")
+        .header("content-type", "application/yaml")
+        .body(doc)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().unwrap_or_default());
+    let start = |s: &Server, order: u32| {
+        let r = s
+            .api("POST", "/v1/workflows/approval/invoke")
+            .header("X-Async", "true")
+            .json(&json!({"order": order}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        r.json::<Value>().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let url_number = |n: usize| {
+        let mut url = String::new();
+        eventually(
+            Duration::from_secs(60),
+            "the URL is handed out",
+            || match probe.lines("urls").get(n) {
+                Some(u) => {
+                    url = u.clone();
+                    true
+                }
+                None => false,
+            },
+        );
+        url
+    };
+    let post = |url: &str, body: Value| {
+        reqwest::blocking::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+
+    let id = start(&s, 7);
+    let url = url_number(0);
+    // The wait survives a SIGKILL; the token keeps working (the relaunched test
+    // server listens on another port, so the URL's path is reused).
+    s.kill();
+    s.launch();
+    let path = &url[url.find("/v1/callbacks/").expect("a callback URL")..];
+    let url = s.api_url(path);
+    assert_eq!(post(&url, json!({"by": "ann"})), 200);
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["output"],
+        json!({"order": 7, "approval": {"by": "ann"}})
+    );
+    assert_eq!(post(&url, json!({"by": "bob"})), 409);
+
+    let id = start(&s, 8);
+    let url = url_number(1);
+    let rejected = json!({"error": {"errorType": "Rejected", "cause": "too big"}});
+    assert_eq!(post(&url, rejected), 200);
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"]["why"]["errorType"], "Rejected", "{run}");
+    assert_eq!(run["output"]["why"]["cause"], "too big", "{run}");
+}

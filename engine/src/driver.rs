@@ -976,7 +976,7 @@ impl Actor {
                                 task,
                                 attempt,
                                 error: format!(
-                                    "no one completed the callback within its timeout of {timeout}"
+                                    "the callback timed out: no one completed it within its timeout of {timeout}"
                                 ),
                                 status: None,
                                 retryable: true,
