@@ -1,5 +1,7 @@
 //! What the API listener checks before a handler runs: the bearer token, on every
-//! path but health and the OpenAPI document (so `/metrics` too), and, for a request
+//! path but health, the OpenAPI document and a workflow's callback URLs (so
+//! `/metrics` too; a callback URL's one-time token is its own credential, so that
+//! whoever completes a waiting task needs no admin token), and, for a request
 //! with a body, a content type the endpoint reads. A form or `text/plain` post, the
 //! kind a web page can send cross-site without asking, is refused with 415 before
 //! it has any effect; the token already stops such calls, this is a second wall.
@@ -21,7 +23,8 @@ pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
 /// API (`fusion fn test`, `wf invoke`) never hands the token to a function; any
 /// other `Authorization` header is passed on.
 pub async fn require_token(State(token): State<Token>, mut req: Request, next: Next) -> Response {
-    if OPEN_PATHS.contains(&req.uri().path()) {
+    let path = req.uri().path();
+    if OPEN_PATHS.contains(&path) || path.starts_with(engine::api::CALLBACKS_PATH) {
         return next.run(req).await;
     }
     let values: Vec<HeaderValue> = req

@@ -229,6 +229,11 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
                 .map(|h| Duration::from_secs(h * 3600)),
             http: Some(Arc::new(crate::workflows::ReqwestTransport::new())),
             clock: None,
+            callback_base: Some(format!(
+                "{}://{}",
+                if tls.is_some() { "https" } else { "http" },
+                api_listener.local_addr()?
+            )),
         },
     )
     .await

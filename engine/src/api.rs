@@ -165,6 +165,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/runs/{id}/events", get(run_events))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/runs/{id}/retry", post(retry_run))
+        .route("/v1/callbacks/{token}", post(complete_callback))
         .with_state(engine)
 }
 
@@ -371,6 +372,12 @@ pub fn run_json(s: &RunState) -> Value {
                 "output_headers": t.headers,
                 "error": t.error,
                 "http_status": t.http_status,
+                "callback": t.callback.as_ref().map(|token| json!({
+                    "token": token,
+                    "path": format!("{CALLBACKS_PATH}{token}"),
+                    "deadline": t.callback_deadline,
+                    "completed": t.callback_completed,
+                })),
             })
         })
         .collect();
@@ -404,6 +411,46 @@ async fn run_events(
 ) -> ApiResult<Json<Value>> {
     let events = engine.run_events(&id)?;
     Ok(Json(json!({ "id": id, "events": events })))
+}
+
+/// Where a `callback` task's token is completed. A capability URL: the token is
+/// the credential, the admin token is not asked for (see `fusion::guard`).
+pub const CALLBACKS_PATH: &str = "/v1/callbacks/";
+
+/// Completes a waiting `callback` task: a JSON body is its output, except an
+/// object with the single key `error`, which fails the task with that error.
+async fn complete_callback(
+    State(engine): State<Arc<Engine>>,
+    ApiPath(token): ApiPath<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the callback body is not JSON: {e}"),
+            )
+        })?
+    };
+    let (output, error) = match value {
+        Value::Object(m) if m.len() == 1 && m.contains_key("error") => {
+            let e = match &m["error"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (Value::Null, Some(e))
+        }
+        v => (v, None),
+    };
+    let failed = error.is_some();
+    let task = engine.complete_callback(&token, output, error).await?;
+    Ok(Json(json!({
+        "task": task,
+        "completed": if failed { "failed" } else { "succeeded" },
+    })))
 }
 
 async fn cancel_run(

@@ -1,7 +1,8 @@
 //! Fission Workflows' built-in functions, evaluated in-process on a task's resolved
 //! inputs. Control flow built-ins (`if`, `switch`, `foreach`, `repeat`, `while`)
 //! answer with a task or workflow spec that the driver runs as a dynamic
-//! sub-workflow; `sleep` and `http` are performed by the driver.
+//! sub-workflow; `sleep`, `http` and `callback` (wait for an outside POST to a
+//! one-time URL) are performed by the driver.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub const BUILTINS: &[&str] = &[
     "fail",
     "javascript",
     "http",
+    "callback",
 ];
 
 pub fn is_builtin(name: &str) -> bool {
@@ -49,6 +51,11 @@ pub enum Outcome {
     Http(HttpRequest),
     /// Fail the task (not retried).
     Fail(String),
+    /// Wait for an outside completion of a one-time callback token, first
+    /// handing its URL to the function `notify` (if given).
+    Callback {
+        notify: Option<String>,
+    },
 }
 
 type Inputs = BTreeMap<String, Value>;
@@ -110,6 +117,15 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs, concurrency: Option<u32>) 
         "foreach" => foreach(inputs, concurrency),
         "repeat" => repeat(inputs),
         "while" => while_loop(inputs, raw),
+        "callback" => match inputs.get("notify") {
+            None | Some(Value::Null) => Outcome::Callback { notify: None },
+            Some(Value::String(f)) if !f.is_empty() => Outcome::Callback {
+                notify: Some(f.clone()),
+            },
+            Some(other) => Outcome::Fail(format!(
+                "callback: notify must be a function name, not {other}"
+            )),
+        },
         "sleep" => {
             let d = match inputs.get("default").or_else(|| inputs.get("duration")) {
                 None | Some(Value::Null) => Some(Duration::from_secs(1)),
@@ -582,6 +598,25 @@ mod tests {
             ),
             Outcome::Sleep(Duration::from_secs(2))
         );
+        assert_eq!(
+            run("callback", &Inputs::new(), &Inputs::new(), None),
+            Outcome::Callback { notify: None }
+        );
+        assert_eq!(
+            run(
+                "callback",
+                &ins(json!({"notify": "tell"})),
+                &Inputs::new(),
+                None
+            ),
+            Outcome::Callback {
+                notify: Some("tell".into())
+            }
+        );
+        assert!(matches!(
+            run("callback", &ins(json!({"notify": 3})), &Inputs::new(), None),
+            Outcome::Fail(m) if m.contains("notify must be a function name")
+        ));
         assert_eq!(
             run(
                 "fail",

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use executor::{CallError, FunctionCall, FunctionResponse, SharedInvoker};
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::builtins::{self, dynamic_workflow, HttpRequest, Outcome};
@@ -20,7 +20,7 @@ use crate::expr::{contains_expression, resolve_inputs};
 use crate::spec::{parse_duration, TaskSpec, WorkflowSpec};
 use crate::state::{
     apply, decide, finish_event, Action, Event, Headers, Millis, RunState, RunStatus, TaskResult,
-    TaskStatus,
+    TaskState, TaskStatus,
 };
 use crate::store::{
     BoxFuture, RunFilter, RunPage, RunStore, RunSummary, SledStore, StoreError, WorkflowVersion,
@@ -86,6 +86,9 @@ pub struct EngineConfig {
     pub http: Option<Arc<dyn HttpTransport>>,
     /// Replaces the default clock (tests).
     pub clock: Option<Arc<dyn Clock>>,
+    /// `scheme://host:port` of the API listener, where callback URLs point
+    /// (without it a `notify` function gets the path alone).
+    pub callback_base: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +127,13 @@ impl EngineError {
 
 enum Msg {
     Events(String, Vec<Event>),
+    /// An outside completion of a callback token; answered once it is durable.
+    Complete {
+        token: String,
+        output: Value,
+        error: Option<String>,
+        reply: oneshot::Sender<Result<String, EngineError>>,
+    },
     Wake,
     Cancel(String),
     Shutdown,
@@ -215,6 +225,55 @@ fn invocation_inputs(mut inputs: Value) -> Value {
 pub const INPUT_MISFIT_STATUS: u16 = 422;
 
 /// Why a run that has ended cannot be cancelled, in plain words.
+/// The task whose current attempt waits on (or waited on) `token`.
+fn callback_task<'a>(s: &'a RunState, token: &str) -> Option<&'a TaskState> {
+    s.tasks
+        .values()
+        .find(|t| t.callback.as_deref().is_some_and(|c| secret_eq(c, token)))
+}
+
+/// Compares tokens in time independent of where they differ.
+fn secret_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn callback_used(task: &str) -> EngineError {
+    EngineError::Conflict(format!(
+        "the callback of task {task:?} has already been completed"
+    ))
+}
+
+/// The call handing a callback's URL to its `notify` function: the task's
+/// `body` (or `default`) input as body, the URL and token as headers.
+fn notify_call(
+    base: Option<&str>,
+    notify: &str,
+    inputs: &Value,
+    token: &str,
+    key: &str,
+    timeout: Option<Duration>,
+) -> FunctionCall {
+    let mut call = function_call(notify, inputs, key, timeout);
+    let url = format!(
+        "{}{}{token}",
+        base.unwrap_or_default(),
+        crate::api::CALLBACKS_PATH
+    );
+    call.headers.push(("X-Fusion-Callback-Url".into(), url));
+    call.headers
+        .push(("X-Fusion-Callback-Token".into(), token.to_string()));
+    call
+}
+
+/// A one-time callback token: the run's id (to find it) and 128 random bits.
+fn callback_token(run_id: &str) -> String {
+    format!("{run_id}.{:032x}", rand::random::<u128>())
+}
+
 fn already_finished(id: &str, status: RunStatus) -> EngineError {
     EngineError::Conflict(format!(
         "run {id} is already {}: there is nothing left to cancel",
@@ -322,6 +381,13 @@ enum External {
         attempt: u32,
         request: HttpRequest,
         timeout: Option<Duration>,
+    },
+    /// Hand a callback's URL to its `notify` function; its answer is not the
+    /// task's output (the completion is), only a failure counts.
+    Notify {
+        task: String,
+        attempt: u32,
+        call: FunctionCall,
     },
     Timer(Millis),
 }
@@ -628,6 +694,51 @@ impl Engine {
         }
     }
 
+    /// Completes the `callback` task waiting on `token` with `output`, or fails
+    /// it with `error`; answers the task's id once the completion is durable.
+    /// An unknown, expired or superseded token is `NotFound`; a token already
+    /// completed is a `Conflict`.
+    pub async fn complete_callback(
+        &self,
+        token: &str,
+        output: Value,
+        error: Option<String>,
+    ) -> Result<String, EngineError> {
+        let unknown = || EngineError::NotFound("callback (unknown or expired token)".into());
+        let Some((run_id, _)) = token.rsplit_once('.') else {
+            return Err(unknown());
+        };
+        let tx = self
+            .runs
+            .lock()
+            .ok()
+            .and_then(|r| r.get(run_id).map(|h| h.tx.clone()));
+        if let Some(tx) = tx {
+            let (reply, answer) = oneshot::channel();
+            let msg = Msg::Complete {
+                token: token.to_string(),
+                output,
+                error,
+                reply,
+            };
+            if tx.send(msg).is_ok() {
+                if let Ok(result) = answer.await {
+                    return result;
+                }
+            }
+        }
+        // No actor (the run has ended) or it stopped meanwhile: judge by the history.
+        let state = match self.run_state(run_id) {
+            Ok(s) => s,
+            Err(EngineError::NotFound(_)) => return Err(unknown()),
+            Err(e) => return Err(e),
+        };
+        match callback_task(&state, token) {
+            Some(t) if t.callback_completed => Err(callback_used(&t.id)),
+            _ => Err(unknown()),
+        }
+    }
+
     /// Runs a failed or cancelled run again as a new run: tasks that succeeded
     /// keep their outputs, the others run again.
     pub async fn retry(self: &Arc<Self>, id: &str) -> Result<StartedRun, EngineError> {
@@ -705,6 +816,7 @@ impl Engine {
             inflight: HashMap::new(),
             armed: BTreeSet::new(),
             timers: Vec::new(),
+            replies: Vec::new(),
         };
         tokio::spawn(actor.run(rx, done_tx, recovering));
         done_rx
@@ -722,9 +834,18 @@ struct Actor {
     /// The armed timers' tasks: aborted when the actor stops, so a finished run
     /// does not leave (say) its one-hour timeout timer holding the engine.
     timers: Vec<AbortHandle>,
+    /// Answers to callback completions, sent once their events are durable.
+    replies: Vec<(oneshot::Sender<Result<String, EngineError>>, String)>,
 }
 
 impl Actor {
+    /// Answers the callback completions whose events are now durable.
+    fn answer_completions(&mut self) {
+        for (reply, task) in self.replies.drain(..) {
+            let _ = reply.send(Ok(task));
+        }
+    }
+
     fn record(&mut self, e: Event) {
         apply(&mut self.state, &e);
         self.pending.push(e);
@@ -780,6 +901,28 @@ impl Actor {
                     })
                 })
                 .collect();
+            // Waiting callbacks whose URL was not handed out yet: again, same key.
+            let base = self.engine.config.callback_base.clone();
+            let again = again.into_iter().chain(
+                self.state
+                    .unnotified_callbacks()
+                    .into_iter()
+                    .filter_map(|(t, notify, token)| {
+                        Some(External::Notify {
+                            task: t.id.clone(),
+                            attempt: t.attempts,
+                            call: notify_call(
+                                base.as_deref(),
+                                notify,
+                                t.inputs.as_ref()?,
+                                token,
+                                t.key.as_deref()?,
+                                t.spec.timeout.as_deref().and_then(parse_duration),
+                            ),
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            );
             for ext in again {
                 self.perform(ext);
             }
@@ -821,6 +964,25 @@ impl Actor {
                             progressed = true;
                             self.record(Event::TimerFired { task, at: now });
                         }
+                        Action::ExpireCallback { task, attempt } => {
+                            progressed = true;
+                            let timeout = self
+                                .state
+                                .tasks
+                                .get(&task)
+                                .and_then(|t| t.spec.timeout.clone())
+                                .unwrap_or_default();
+                            self.record(Event::TaskFailed {
+                                task,
+                                attempt,
+                                error: format!(
+                                    "the callback timed out: no one completed it within its timeout of {timeout}"
+                                ),
+                                status: None,
+                                retryable: true,
+                                at: now,
+                            });
+                        }
                         Action::Finish(f) => {
                             progressed = true;
                             finished = true;
@@ -837,6 +999,7 @@ impl Actor {
                 self.stop(&done);
                 return;
             }
+            self.answer_completions();
             if finished || self.state.is_finished() {
                 self.stop(&done);
                 return;
@@ -857,6 +1020,36 @@ impl Actor {
                             self.record(e);
                         }
                     }
+                    Msg::Complete {
+                        token,
+                        output,
+                        error,
+                        reply,
+                    } => {
+                        let found = callback_task(&self.state, &token)
+                            .map(|t| (t.id.clone(), t.attempts, t.status, t.callback_completed));
+                        match found {
+                            Some((task, attempt, TaskStatus::Running, false)) => {
+                                let at = self.engine.clock.now_ms();
+                                self.record(Event::CallbackCompleted {
+                                    task: task.clone(),
+                                    attempt,
+                                    output,
+                                    error,
+                                    at,
+                                });
+                                self.replies.push((reply, task));
+                            }
+                            Some((task, _, _, true)) => {
+                                let _ = reply.send(Err(callback_used(&task)));
+                            }
+                            _ => {
+                                let _ = reply.send(Err(EngineError::NotFound(
+                                    "callback (unknown or expired token)".into(),
+                                )));
+                            }
+                        }
+                    }
                     Msg::Wake => {}
                     Msg::Cancel(reason) => {
                         let at = self.engine.clock.now_ms();
@@ -869,7 +1062,9 @@ impl Actor {
                         for h in self.timers.drain(..) {
                             h.abort();
                         }
-                        let _ = self.persist().await;
+                        if self.persist().await.is_ok() {
+                            self.answer_completions();
+                        }
                         return;
                     }
                 }
@@ -1027,6 +1222,33 @@ impl Actor {
                     self.record(dispatched(inputs_value, Some(wake)));
                     None
                 }
+                Outcome::Callback { notify } => {
+                    self.record(dispatched(inputs_value.clone(), None));
+                    let deadline = timeout.map(|d| {
+                        now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    });
+                    let token = callback_token(&self.state.run_id);
+                    self.record(Event::CallbackIssued {
+                        task: task.into(),
+                        attempt,
+                        token: token.clone(),
+                        deadline,
+                        at: now,
+                    });
+                    // The token is durable before anyone hears of it.
+                    notify.map(|f| External::Notify {
+                        task: task.into(),
+                        attempt,
+                        call: notify_call(
+                            self.engine.config.callback_base.as_deref(),
+                            &f,
+                            &inputs_value,
+                            &token,
+                            key,
+                            timeout,
+                        ),
+                    })
+                }
                 Outcome::Http(request) => {
                     self.record(dispatched(inputs_value, None));
                     Some(External::Http {
@@ -1101,6 +1323,28 @@ impl Actor {
                     let timeout = call.timeout;
                     let result = bounded(timeout, async { engine.invoker.call(call).await }).await;
                     let events = outcome_events(&t, attempt, result, engine.clock.now_ms());
+                    let _ = tx.send(Msg::Events(t, events));
+                });
+                self.inflight.insert(task, handle.abort_handle());
+            }
+            External::Notify {
+                task,
+                attempt,
+                call,
+            } => {
+                let t = task.clone();
+                let handle = tokio::spawn(async move {
+                    let timeout = call.timeout;
+                    let result = bounded(timeout, async { engine.invoker.call(call).await }).await;
+                    let at = engine.clock.now_ms();
+                    let events = match outcome_events(&t, attempt, result, at).as_slice() {
+                        [Event::TaskSucceeded { .. }] => vec![Event::CallbackNotified {
+                            task: t.clone(),
+                            attempt,
+                            at,
+                        }],
+                        failed => failed.to_vec(),
+                    };
                     let _ = tx.send(Msg::Events(t, events));
                 });
                 self.inflight.insert(task, handle.abort_handle());

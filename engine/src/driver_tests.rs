@@ -844,3 +844,206 @@ async fn computed_references_still_see_every_task() {
     assert_eq!(summary.status, RunStatus::Succeeded, "{summary:?}");
     assert_eq!(summary.output, Some(json!("A,B,C a!")));
 }
+
+/// The token of the `callback` task `task` of run `id`, once it waits.
+async fn callback_token_of(e: &Arc<Engine>, id: &str, task: &str) -> String {
+    for _ in 0..1000 {
+        if let Some(token) = e
+            .run_state(id)
+            .ok()
+            .and_then(|s| s.tasks.get(task).and_then(|t| t.callback.clone()))
+        {
+            return token;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("task {task} of run {id} never waited on a callback");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callback_task_completes_once_from_outside() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: B\ntasks:\n  A:\n    run: callback\n  B:\n    run: echo\n    inputs: \"{ output('A').approved + '!' }\"\n    requires: [A]\n";
+    e.create_workflow("approve", yaml).unwrap();
+    let started = e.start_run("approve", json!(null)).await.unwrap();
+    let token = callback_token_of(&e, &started.id, "A").await;
+    assert!(matches!(
+        e.complete_callback(&format!("{}.0", started.id), json!(1), None)
+            .await,
+        Err(crate::EngineError::NotFound(_))
+    ));
+    let task = e
+        .complete_callback(&token, json!({"approved": "yes"}), None)
+        .await
+        .unwrap();
+    assert_eq!(task, "A");
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("yes!")));
+    let again = e
+        .complete_callback(&token, json!({"approved": "no"}), None)
+        .await;
+    assert!(
+        matches!(again, Err(crate::EngineError::Conflict(_))),
+        "{again:?}"
+    );
+    assert!(matches!(
+        e.complete_callback("nonsense", json!(1), None).await,
+        Err(crate::EngineError::NotFound(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callback_error_fails_the_run_and_an_unanswered_one_times_out() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "wait",
+        "output: A\ntasks:\n  A:\n    run: callback\n    timeout: 1h\n",
+    )
+    .unwrap();
+    let started = e.start_run("wait", json!(null)).await.unwrap();
+    let token = callback_token_of(&e, &started.id, "A").await;
+    e.complete_callback(&token, Value::Null, Some("rejected".into()))
+        .await
+        .unwrap();
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Failed);
+    assert_eq!(s.error.unwrap().message, "rejected");
+
+    let started = e.start_run("wait", json!(null)).await.unwrap();
+    let token = callback_token_of(&e, &started.id, "A").await;
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Failed);
+    assert!(s
+        .error
+        .unwrap()
+        .message
+        .contains("within its timeout of 1h"));
+    assert!(matches!(
+        e.complete_callback(&token, json!(1), None).await,
+        Err(crate::EngineError::NotFound(_))
+    ));
+}
+
+/// The value of header `name` in the `n`th call of `function`.
+fn header_of(fake: &FakeInvoker, function: &str, n: usize, name: &str) -> String {
+    let calls = fake.calls.lock().unwrap();
+    let call = calls
+        .iter()
+        .filter(|c| c.function == function)
+        .nth(n)
+        .expect("called");
+    call.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// Polls (tokio time is paused, flushes are real I/O) until `function` has had `n` calls.
+async fn until_called(fake: &FakeInvoker, function: &str, n: usize) {
+    for _ in 0..5000 {
+        if fake.count(function) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("{function} was not called {n} times");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callback_hands_its_url_to_the_notify_function() {
+    let (_d, db, fake) = setup();
+    fake.add("tell", None, |_, _| text(202, "noted"));
+    let e = Engine::open(
+        db.clone(),
+        Arc::new(Shared(fake.clone())),
+        EngineConfig {
+            callback_base: Some("http://api.test:1".into()),
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let yaml = "output: A\ntasks:\n  A:\n    run: callback\n    inputs:\n      notify: tell\n      body: \"{ param() }\"\n";
+    e.create_workflow("told", yaml).unwrap();
+    let started = e
+        .start_run("told", json!({"default": "order-7"}))
+        .await
+        .unwrap();
+    until_called(&fake, "tell", 1).await;
+    let token = header_of(&fake, "tell", 0, "x-fusion-callback-token");
+    assert_eq!(
+        header_of(&fake, "tell", 0, "x-fusion-callback-url"),
+        format!("http://api.test:1/v1/callbacks/{token}")
+    );
+    assert_eq!(fake.calls.lock().unwrap()[0].body, "order-7");
+    // The notify function's answer is not the task's output: it still waits.
+    assert_eq!(
+        e.run_summary(&started.id).unwrap().status,
+        RunStatus::Running
+    );
+    e.complete_callback(&token, json!("shipped"), None)
+        .await
+        .unwrap();
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("shipped")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_notify_function_fails_the_callback_task() {
+    let (_d, db, fake) = setup();
+    fake.add("tell", None, |_, _| text(400, "no such order"));
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: A\ntasks:\n  A:\n    run: callback\n    inputs:\n      notify: tell\n";
+    let s = run(&e, "told", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Failed, "{s:?}");
+    assert!(s.error.unwrap().message.contains("no such order"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovery_notifies_again_only_when_the_url_was_not_taken() {
+    let (_d, db, fake) = setup();
+    // `slowtell` never answers before the crash: its URL was not taken.
+    fake.add("slowtell", Some(Duration::from_secs(3600)), |_, _| {
+        text(200, "")
+    });
+    fake.add("tell", None, |_, _| text(200, ""));
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: B\ntasks:\n  A:\n    run: callback\n    inputs:\n      notify: tell\n  B:\n    run: callback\n    inputs:\n      notify: slowtell\n";
+    e.create_workflow("told", yaml).unwrap();
+    let started = e.start_run("told", json!(null)).await.unwrap();
+    until_called(&fake, "slowtell", 1).await;
+    until_called(&fake, "tell", 1).await;
+    let token_a = callback_token_of(&e, &started.id, "A").await;
+    for _ in 0..5000 {
+        if e.run_state(&started.id).unwrap().tasks["A"].callback_notified {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    e.shutdown().await;
+    drop(e);
+    let e2 = engine_with(&fake, &db).await;
+    until_called(&fake, "slowtell", 2).await;
+    assert_eq!(fake.count("tell"), 1, "a taken URL is not handed out again");
+    let keys = fake.keys("slowtell");
+    assert_eq!(keys[0], keys[1], "same idempotency key");
+    let token_b = header_of(&fake, "slowtell", 1, "x-fusion-callback-token");
+    assert_eq!(
+        token_b,
+        header_of(&fake, "slowtell", 0, "x-fusion-callback-token")
+    );
+    e2.complete_callback(&token_a, json!("a"), None)
+        .await
+        .unwrap();
+    e2.complete_callback(&token_b, json!("b"), None)
+        .await
+        .unwrap();
+    let s = e2.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("b")));
+}

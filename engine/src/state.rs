@@ -88,6 +88,33 @@ pub enum Event {
         task: String,
         at: Millis,
     },
+    /// A `callback` task's attempt waits for an outside POST to its one-time
+    /// token (recorded with its dispatch), until `deadline` if it has a timeout.
+    CallbackIssued {
+        task: String,
+        attempt: u32,
+        token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline: Option<Millis>,
+        at: Millis,
+    },
+    /// The `notify` function of a `callback` task took its URL (2xx).
+    CallbackNotified {
+        task: String,
+        attempt: u32,
+        at: Millis,
+    },
+    /// The outside completed a waiting `callback` task: with its output, or
+    /// with an error (then the task fails, not retried).
+    CallbackCompleted {
+        task: String,
+        attempt: u32,
+        #[serde(default)]
+        output: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        at: Millis,
+    },
     RunSucceeded {
         output: Value,
         #[serde(default)]
@@ -116,6 +143,9 @@ impl Event {
             | Event::RetryScheduled { at, .. }
             | Event::TasksAdded { at, .. }
             | Event::TimerFired { at, .. }
+            | Event::CallbackIssued { at, .. }
+            | Event::CallbackNotified { at, .. }
+            | Event::CallbackCompleted { at, .. }
             | Event::RunSucceeded { at, .. }
             | Event::RunFailed { at, .. }
             | Event::RunCancelled { at, .. } => *at,
@@ -214,6 +244,18 @@ pub struct TaskState {
     pub child_output: Option<String>,
     /// `$.Invocation.Inputs` for the task's sub-workflow (a workflow run by name).
     pub scope_inputs: Option<Value>,
+    /// For a `callback` task: its current attempt's one-time token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<String>,
+    /// When a waiting `callback` attempt fails for want of a completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_deadline: Option<Millis>,
+    /// The outside completed the current callback token (a second POST is refused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub callback_completed: bool,
+    /// The `notify` function took the current callback URL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub callback_notified: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -265,6 +307,11 @@ pub enum Action {
     FireTimer {
         task: String,
     },
+    /// A `callback` attempt's timeout passed without a completion: fail it.
+    ExpireCallback {
+        task: String,
+        attempt: u32,
+    },
     Finish(Finish),
 }
 
@@ -291,11 +338,27 @@ impl RunState {
         self.status != RunStatus::Running
     }
 
+    /// Waiting `callback` tasks whose `notify` function has not taken their URL
+    /// yet (to notify again on recovery): (task, attempt, notify, token).
+    pub fn unnotified_callbacks(&self) -> Vec<(&TaskState, &str, &str)> {
+        self.tasks
+            .values()
+            .filter(|t| t.status == TaskStatus::Running && !t.callback_notified)
+            .filter_map(|t| {
+                let token = t.callback.as_deref()?;
+                let notify = t.inputs.as_ref()?.get("notify")?.as_str()?;
+                Some((t, notify, token))
+            })
+            .collect()
+    }
+
     /// Tasks currently dispatched and not finished (to re-dispatch on recovery).
     pub fn in_flight(&self) -> Vec<&TaskState> {
         self.tasks
             .values()
-            .filter(|t| t.status == TaskStatus::Running && t.wake_at.is_none())
+            .filter(|t| {
+                t.status == TaskStatus::Running && t.wake_at.is_none() && t.callback.is_none()
+            })
             .collect()
     }
 
@@ -501,6 +564,10 @@ pub fn apply(s: &mut RunState, event: &Event) {
                 t.started_at.get_or_insert(*at);
                 t.retry_at = None;
                 t.wake_at = *wake_at;
+                t.callback = None;
+                t.callback_deadline = None;
+                t.callback_completed = false;
+                t.callback_notified = false;
             }
         }
         Event::TaskSucceeded {
@@ -596,6 +663,56 @@ pub fn apply(s: &mut RunState, event: &Event) {
                     t.output = Some(Value::Null);
                     t.ended_at = Some(*at);
                     succeed_parents(s, task, *at);
+                }
+            }
+        }
+        Event::CallbackIssued {
+            task,
+            attempt,
+            token,
+            deadline,
+            ..
+        } => {
+            if let Some(t) = s.tasks.get_mut(task) {
+                if t.status == TaskStatus::Running && t.attempts == *attempt {
+                    t.callback = Some(token.clone());
+                    t.callback_deadline = *deadline;
+                }
+            }
+        }
+        Event::CallbackNotified { task, attempt, .. } => {
+            if let Some(t) = s.tasks.get_mut(task) {
+                if t.attempts == *attempt && t.callback.is_some() {
+                    t.callback_notified = true;
+                }
+            }
+        }
+        Event::CallbackCompleted {
+            task,
+            attempt,
+            output,
+            error,
+            at,
+        } => {
+            let Some(t) = s.tasks.get_mut(task) else {
+                return;
+            };
+            if t.status != TaskStatus::Running || t.attempts != *attempt || t.callback.is_none() {
+                return;
+            }
+            t.callback_completed = true;
+            t.ended_at = Some(*at);
+            match error {
+                None => {
+                    t.status = TaskStatus::Succeeded;
+                    t.output = Some(output.clone());
+                    t.error = None;
+                    succeed_parents(s, task, *at);
+                }
+                Some(e) => {
+                    t.status = TaskStatus::Failed;
+                    t.error = Some(e.clone());
+                    fail_parents(s, task, *at);
                 }
             }
         }
@@ -767,10 +884,17 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
             }
             TaskStatus::Running => {
                 busy = true;
-                match t.wake_at {
-                    Some(w) if w <= now => actions.push(Action::FireTimer { task: t.id.clone() }),
-                    Some(w) => actions.push(Action::StartTimer { at: w }),
-                    None => {}
+                match (t.wake_at, t.callback.as_ref().and(t.callback_deadline)) {
+                    (Some(w), _) if w <= now => {
+                        actions.push(Action::FireTimer { task: t.id.clone() })
+                    }
+                    (Some(w), _) => actions.push(Action::StartTimer { at: w }),
+                    (None, Some(d)) if d <= now => actions.push(Action::ExpireCallback {
+                        task: t.id.clone(),
+                        attempt: t.attempts,
+                    }),
+                    (None, Some(d)) => actions.push(Action::StartTimer { at: d }),
+                    (None, None) => {}
                 }
             }
             TaskStatus::Waiting => busy = true,
@@ -922,6 +1046,7 @@ mod tests {
                         now = now.max(at);
                     }
                     Action::FireTimer { task } => new.push(Event::TimerFired { task, at: now }),
+                    Action::ExpireCallback { .. } => unreachable!("no callback tasks here"),
                     Action::Finish(f) => new.push(finish_event(&f, now)),
                 }
             }
@@ -1141,5 +1266,135 @@ mod tests {
             &decide(&s, 1000)[0],
             Action::Finish(Finish::Failed(_))
         ));
+    }
+
+    /// A one-task workflow whose task `c` waits on a callback issued at 0.
+    fn waiting_callback(deadline: Option<Millis>, retries: u32) -> RunState {
+        let spec = workflow(&[vec![]], 0, retries);
+        let mut s = RunState::fold(&[start(spec)]);
+        for e in [
+            dispatched("t0", 1, 0),
+            Event::CallbackIssued {
+                task: "t0".into(),
+                attempt: 1,
+                token: "r.secret".into(),
+                deadline,
+                at: 0,
+            },
+        ] {
+            apply(&mut s, &e);
+        }
+        s
+    }
+
+    fn completed(attempt: u32, output: Value, error: Option<&str>, at: Millis) -> Event {
+        Event::CallbackCompleted {
+            task: "t0".into(),
+            attempt,
+            output,
+            error: error.map(String::from),
+            at,
+        }
+    }
+
+    #[test]
+    fn a_callback_task_waits_until_completed_then_succeeds_with_the_posted_output() {
+        let mut s = waiting_callback(None, 1);
+        assert_eq!(decide(&s, 1_000_000), vec![], "it waits, with no timer");
+        assert!(
+            s.in_flight().is_empty(),
+            "recovery must not dispatch it again"
+        );
+        apply(&mut s, &completed(1, json!({"ok": 1}), None, 10));
+        assert!(s.tasks["t0"].callback_completed);
+        assert_eq!(
+            decide(&s, 10),
+            vec![Action::Finish(Finish::Succeeded {
+                output: json!({"ok": 1}),
+                headers: Headers::new(),
+            })]
+        );
+    }
+
+    #[test]
+    fn a_callback_completed_with_an_error_fails_the_run_without_retrying() {
+        let mut s = waiting_callback(None, 3);
+        apply(
+            &mut s,
+            &completed(1, Value::Null, Some("card declined"), 10),
+        );
+        assert_eq!(s.tasks["t0"].status, TaskStatus::Failed);
+        assert_eq!(
+            decide(&s, 10),
+            vec![Action::Finish(Finish::Failed(RunError {
+                task: Some("t0".into()),
+                message: "card declined".into(),
+                status: None,
+            }))]
+        );
+    }
+
+    #[test]
+    fn a_callback_not_completed_by_its_deadline_expires() {
+        let mut s = waiting_callback(Some(500), 1);
+        assert_eq!(decide(&s, 100), vec![Action::StartTimer { at: 500 }]);
+        assert_eq!(
+            decide(&s, 500),
+            vec![Action::ExpireCallback {
+                task: "t0".into(),
+                attempt: 1
+            }]
+        );
+        // The driver records the expiry as a failed attempt; a late completion is ignored.
+        apply(
+            &mut s,
+            &Event::TaskFailed {
+                task: "t0".into(),
+                attempt: 1,
+                error: "timeout".into(),
+                status: None,
+                retryable: true,
+                at: 500,
+            },
+        );
+        apply(&mut s, &completed(1, json!("late"), None, 600));
+        assert_eq!(s.tasks["t0"].status, TaskStatus::Failed);
+        assert!(!s.tasks["t0"].callback_completed);
+        assert!(matches!(
+            &decide(&s, 600)[..],
+            [Action::Finish(Finish::Failed(_))]
+        ));
+    }
+
+    #[test]
+    fn a_second_callback_completion_changes_nothing() {
+        let mut s = waiting_callback(None, 1);
+        apply(&mut s, &completed(1, json!("first"), None, 10));
+        let after_first = s.clone();
+        apply(&mut s, &completed(1, json!("second"), None, 20));
+        apply(&mut s, &completed(1, Value::Null, Some("no"), 30));
+        assert_eq!(s, after_first);
+        assert_eq!(s.tasks["t0"].output, Some(json!("first")));
+    }
+
+    #[test]
+    fn a_retried_callback_gets_a_new_token_and_ignores_the_old_attempt() {
+        let mut s = waiting_callback(Some(500), 2);
+        apply(
+            &mut s,
+            &Event::TaskFailed {
+                task: "t0".into(),
+                attempt: 1,
+                error: "timeout".into(),
+                status: None,
+                retryable: true,
+                at: 500,
+            },
+        );
+        assert_eq!(s.tasks["t0"].status, TaskStatus::Retrying);
+        apply(&mut s, &dispatched("t0", 2, 600));
+        assert_eq!(s.tasks["t0"].callback, None, "the old token is gone");
+        apply(&mut s, &completed(1, json!("old"), None, 700));
+        assert_eq!(s.tasks["t0"].status, TaskStatus::Running);
     }
 }

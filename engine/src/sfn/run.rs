@@ -139,12 +139,18 @@ fn task_spec(machine: &Machine, id: &str) -> TaskSpec {
             ..TaskSpec::default()
         },
         Some(s) => TaskSpec {
-            // Always the function, even one named like a built-in or a workflow.
-            run: s
-                .function
-                .as_ref()
-                .map(|f| format!("{}default/{}", crate::spec::FISSION_SCHEME, f.name))
-                .unwrap_or_default(),
+            // A Task that waits for a callback runs the `callback` built-in,
+            // which hands the URL to the function (its `notify` input); any other
+            // Task is always the function, even one named like a built-in or a
+            // workflow.
+            run: if s.wait_for_callback {
+                "callback".into()
+            } else {
+                s.function
+                    .as_ref()
+                    .map(|f| format!("{}default/{}", crate::spec::FISSION_SCHEME, f.name))
+                    .unwrap_or_default()
+            },
             timeout: s
                 .timeout
                 .as_deref()
@@ -228,6 +234,19 @@ fn step_error(t: &TaskState) -> (String, String) {
             (kind.to_string(), message)
         }
         None if message.contains("timed out") => (TIMEOUT.to_string(), message),
+        // A callback completed with `{"error": {"errorType": ..., "cause": ...}}`.
+        None if message.starts_with('{') => match serde_json::from_str::<Value>(&message) {
+            Ok(v) if v.get("errorType").is_some_and(Value::is_string) => {
+                let kind = v["errorType"].as_str().unwrap_or_default().to_string();
+                let cause = match v.get("cause") {
+                    Some(Value::String(c)) => c.clone(),
+                    Some(other) => other.to_string(),
+                    None => String::new(),
+                };
+                (kind, cause)
+            }
+            _ => (FUNCTION_ERROR.to_string(), message),
+        },
         None => (FUNCTION_ERROR.to_string(), message),
     }
 }
@@ -368,13 +387,23 @@ fn run_scope(s: &RunState, m: &Machine, scope: &Scope, now: u64) -> Outcome {
         .cloned()
         .unwrap_or(Value::Null);
     match last.status {
-        TaskStatus::Running => Outcome::Pending(match last.wake_at {
-            Some(w) if w <= now => vec![Action::FireTimer {
-                task: last.id.clone(),
-            }],
-            Some(w) => vec![Action::StartTimer { at: w }],
-            None => Vec::new(),
-        }),
+        TaskStatus::Running => Outcome::Pending(
+            match (
+                last.wake_at,
+                last.callback.as_ref().and(last.callback_deadline),
+            ) {
+                (Some(w), _) if w <= now => vec![Action::FireTimer {
+                    task: last.id.clone(),
+                }],
+                (Some(w), _) => vec![Action::StartTimer { at: w }],
+                (None, Some(d)) if d <= now => vec![Action::ExpireCallback {
+                    task: last.id.clone(),
+                    attempt: last.attempts,
+                }],
+                (None, Some(d)) => vec![Action::StartTimer { at: d }],
+                (None, None) => Vec::new(),
+            },
+        ),
         TaskStatus::Retrying => Outcome::Pending(retry(s, last, now)),
         // A cancelled step belongs to a cancelled run: nothing more happens
         // (a retry makes it pending again).
@@ -603,14 +632,18 @@ fn enter(
                                 return caught(s, m, scope, state, f, &doc, seq);
                             }
                         };
-                        json!({
+                        let mut inputs = json!({
                             "body": body,
                             "headers": {
                                 "X-Fission-Workflow-Run": s.run_id,
                                 "X-Fission-Workflow-Attempt": "1",
                             },
                             "document": doc,
-                        })
+                        });
+                        if state.wait_for_callback {
+                            inputs["notify"] = json!(state.function.as_ref().map(|f| &f.name));
+                        }
+                        inputs
                     }
                     _ => json!({"duration": 0, "document": doc}),
                 };

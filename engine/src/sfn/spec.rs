@@ -127,6 +127,12 @@ pub struct WorkflowState {
     pub retry: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub catch: Vec<CatchRoute>,
+    /// Fusion's extension (not in Fission's CRD, whose fields it does not
+    /// clash with): the Task's function is handed a one-time callback URL
+    /// (`X-Fusion-Callback-Url`), its answer only says it took it, and the
+    /// state's result is what is POSTed to the URL (`timeout` bounds the wait).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait_for_callback: bool,
     // Choice
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<ChoiceRule>,

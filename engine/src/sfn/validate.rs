@@ -228,7 +228,7 @@ struct Validator {
 fn allowed_on(field: &str, t: StateType) -> bool {
     use StateType::*;
     match field {
-        "function" | "timeout" | "retry" => t == Task,
+        "function" | "timeout" | "retry" | "waitForCallback" => t == Task,
         "catch" | "inputPath" | "resultPath" | "outputPath" => matches!(t, Task | Parallel | Map),
         "choices" | "default" => t == Choice,
         "branches" | "maxConcurrency" => matches!(t, Parallel | Map),
@@ -250,6 +250,7 @@ fn fields_set(st: &WorkflowState) -> Vec<&'static str> {
     add(st.function.is_some(), "function");
     add(st.timeout.is_some(), "timeout");
     add(st.retry.is_some(), "retry");
+    add(st.wait_for_callback, "waitForCallback");
     add(!st.catch.is_empty(), "catch");
     add(!st.choices.is_empty(), "choices");
     add(st.default.is_some(), "default");
@@ -986,6 +987,14 @@ states:
                 ("invalid_jsonpath", 10, 56),
             ]
         );
+    }
+
+    #[test]
+    fn wait_for_callback_belongs_to_tasks() {
+        let yaml = "startAt: a\nstates:\n  a: { type: Task, function: { name: f }, waitForCallback: true, end: true }\n";
+        assert!(parse_and_validate(yaml).unwrap().spec().states["a"].wait_for_callback);
+        let yaml = "startAt: a\nstates:\n  a: { type: Wait, duration: 1s, waitForCallback: true, end: true }\n";
+        assert_eq!(check(yaml), vec![("field_not_allowed", 3, 34)]);
     }
 
     #[test]

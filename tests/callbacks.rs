@@ -1,0 +1,253 @@
+//! Callback tasks seen from outside: a run waits on a `callback` task until
+//! someone POSTs to its one-time URL (with no admin token), also across a
+//! SIGKILL of the server; a second completion is refused; a `notify` function
+//! is handed the URL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::probe::Probe;
+use common::{eventually, Server};
+use serde_json::{json, Value};
+
+const WAITING: &str = "apiVersion: 1\noutput: Done\ntasks:\n  Approve:\n    run: callback\n    timeout: 10m\n  Done:\n    run: noop\n    inputs: \"{ output('Approve').by + ' approved' }\"\n    requires: [Approve]\n";
+
+/// The callback path of the run's task `Approve`, once it waits.
+fn callback_path(s: &Server, id: &str) -> String {
+    let mut path = String::new();
+    eventually(
+        Duration::from_secs(30),
+        "the task waits on a callback",
+        || {
+            let run = s.run(id);
+            let task = run["tasks"]
+                .as_array()
+                .and_then(|ts| ts.iter().find(|t| t["id"] == "Approve"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            match task["callback"]["path"].as_str() {
+                Some(p) => {
+                    path = p.to_string();
+                    true
+                }
+                None => false,
+            }
+        },
+    );
+    path
+}
+
+/// A POST to a callback URL from outside: no bearer token.
+fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let resp = reqwest::blocking::Client::new()
+        .post(s.api_url(path))
+        .json(body)
+        .send()
+        .expect("API reachable");
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn an_outside_post_completes_a_waiting_run_once() {
+    let s = Server::start();
+    s.workflow("approval", WAITING);
+    let id = s.start_async("approval", "");
+    let path = callback_path(&s, &id);
+    assert!(path.starts_with("/v1/callbacks/"), "{path}");
+    assert_eq!(s.run(&id)["status"], "running");
+
+    let (status, body) = post(&s, "/v1/callbacks/not-a-token", &json!({"by": "eve"}));
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+
+    let (status, body) = post(&s, &path, &json!({"by": "ann"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["task"], "Approve");
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], "ann approved");
+
+    let (status, body) = post(&s, &path, &json!({"by": "bob"}));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    assert_eq!(s.run(&id)["output"], "ann approved");
+}
+
+#[test]
+fn a_posted_error_fails_the_run() {
+    let s = Server::start();
+    s.workflow("approval", WAITING);
+    let id = s.start_async("approval", "");
+    let path = callback_path(&s, &id);
+    let (status, body) = post(&s, &path, &json!({"error": "rejected by ann"}));
+    assert_eq!(status, 200, "{body}");
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["message"], "rejected by ann", "{run}");
+}
+
+#[test]
+fn a_callback_survives_a_killed_server() {
+    let mut s = Server::start();
+    s.workflow("approval", WAITING);
+    let id = s.start_async("approval", "");
+    let path = callback_path(&s, &id);
+    s.kill();
+    s.launch();
+    let (status, body) = post(&s, &path, &json!({"by": "ann"}));
+    assert_eq!(status, 200, "{body}");
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], "ann approved");
+    // The completion was durable before it was answered: a second kill keeps it.
+    s.kill();
+    s.launch();
+    let (status, body) = post(&s, &path, &json!({"by": "bob"}));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(s.run(&id)["output"], "ann approved");
+}
+
+#[test]
+fn the_notify_function_gets_a_callback_url_that_completes_the_run() {
+    let s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    // Hands the URL and the body it was given to the "outside world" (the probe).
+    s.function(
+        "ask-approval",
+        "binary",
+        "ask.sh",
+        &format!(
+            "#!/bin/sh\n{}\n{}\nprintf asked\n",
+            probe.curl("/log/urls?$HTTP_X_FUSION_CALLBACK_URL"),
+            probe.curl("/log/bodies?$(cat)"),
+        ),
+        json!({}),
+    );
+    s.workflow(
+        "approval",
+        "apiVersion: 1\noutput: Approve\ntasks:\n  Approve:\n    run: callback\n    inputs:\n      notify: ask-approval\n      body: \"{ param() }\"\n",
+    );
+    let id = s.start_async("approval", "order-7");
+    let mut url = String::new();
+    eventually(
+        Duration::from_secs(60),
+        "the URL is handed out",
+        || match probe.lines("urls").first() {
+            Some(u) => {
+                url = u.clone();
+                true
+            }
+            None => false,
+        },
+    );
+    assert_eq!(probe.lines("bodies"), ["order-7"]);
+    let path = callback_path(&s, &id);
+    assert_eq!(url, s.api_url(&path));
+    assert_eq!(
+        s.run(&id)["status"],
+        "running",
+        "the function's answer is not the output"
+    );
+    let resp = reqwest::blocking::Client::new()
+        .post(&url)
+        .json(&json!({"approved": true}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], json!({"approved": true}));
+}
+
+/// An RFC-0022 Task with Fusion's `waitForCallback`: the function is handed the
+/// URL, the state's result is the POSTed body; a POSTed typed error is caught.
+#[test]
+fn rfc0022_a_task_waits_for_its_callback() {
+    let mut s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    s.function(
+        "ask",
+        "binary",
+        "ask.sh",
+        &format!(
+            "#!/bin/sh\n{}\nprintf asked\n",
+            probe.curl("/log/urls?$HTTP_X_FUSION_CALLBACK_URL")
+        ),
+        json!({}),
+    );
+    let doc = "startAt: approve\nstates:\n  approve:\n    type: Task\n    function: {name: ask}\n    waitForCallback: true\n    timeout: 10m\n    resultPath: $.approval\n    catch: [{errorType: Rejected, next: rejected, resultPath: $.why}]\n    end: true\n  rejected: {type: Succeed}\n";
+    let r = s
+        .api("POST", "/v1/workflows?name=approval")
+        .header("content-type", "application/yaml")
+        .body(doc)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().unwrap_or_default());
+    let start = |s: &Server, order: u32| {
+        let r = s
+            .api("POST", "/v1/workflows/approval/invoke")
+            .header("X-Async", "true")
+            .json(&json!({"order": order}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        r.json::<Value>().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let url_number = |n: usize| {
+        let mut url = String::new();
+        eventually(
+            Duration::from_secs(60),
+            "the URL is handed out",
+            || match probe.lines("urls").get(n) {
+                Some(u) => {
+                    url = u.clone();
+                    true
+                }
+                None => false,
+            },
+        );
+        url
+    };
+    let post = |url: &str, body: Value| {
+        reqwest::blocking::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+
+    let id = start(&s, 7);
+    let url = url_number(0);
+    // The wait survives a SIGKILL; the token keeps working (the relaunched test
+    // server listens on another port, so the URL's path is reused).
+    s.kill();
+    s.launch();
+    let path = &url[url.find("/v1/callbacks/").expect("a callback URL")..];
+    let url = s.api_url(path);
+    assert_eq!(post(&url, json!({"by": "ann"})), 200);
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["output"],
+        json!({"order": 7, "approval": {"by": "ann"}})
+    );
+    assert_eq!(post(&url, json!({"by": "bob"})), 409);
+
+    let id = start(&s, 8);
+    let url = url_number(1);
+    let rejected = json!({"error": {"errorType": "Rejected", "cause": "too big"}});
+    assert_eq!(post(&url, rejected), 200);
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"]["why"]["errorType"], "Rejected", "{run}");
+    assert_eq!(run["output"]["why"]["cause"], "too big", "{run}");
+}
