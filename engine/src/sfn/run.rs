@@ -1059,9 +1059,10 @@ states:
     #[test]
     fn every_code_and_error_type_is_documented() {
         let doc = include_str!("../../../docs/error-codes.md");
-        for code in [INVALID_WORKFLOW] {
-            assert!(doc.contains(&format!("`{code}`")), "{code}");
-        }
+        assert!(
+            doc.contains(&format!("`{INVALID_WORKFLOW}`")),
+            "{INVALID_WORKFLOW}"
+        );
         for t in [
             PERMANENT_ERROR,
             FUNCTION_ERROR,
