@@ -132,15 +132,16 @@ fn the_notify_function_gets_a_callback_url_that_completes_the_run() {
     );
     let id = s.start_async("approval", "order-7");
     let mut url = String::new();
+    // The function logs the URL, then the body, with two calls: wait for both.
     eventually(
         Duration::from_secs(60),
-        "the URL is handed out",
+        "the URL and the body are handed out",
         || match probe.lines("urls").first() {
-            Some(u) => {
+            Some(u) if !probe.lines("bodies").is_empty() => {
                 url = u.clone();
                 true
             }
-            None => false,
+            _ => false,
         },
     );
     assert_eq!(probe.lines("bodies"), ["order-7"]);
