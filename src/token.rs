@@ -3,8 +3,7 @@
 //! reused on later starts, compared in constant time; and where the CLI looks for
 //! it (`FUSION_TOKEN`, else `<FUSION_DATA_DIR or .fusion>/token`).
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -57,21 +56,7 @@ impl Token {
         if path.exists() {
             return Token::load(path);
         }
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut file| {
-                file.write_all(fresh.as_bytes())?;
-                file.write_all(b"\n")?;
-                file.sync_all()
-            });
-        let created = written.and_then(|()| std::fs::hard_link(&tmp, path));
-        let _ = std::fs::remove_file(&tmp);
-        match created {
+        match pool_manager::private_file::create_new(path, &fresh) {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "generated the API token");
                 Ok(Token(fresh.into()))

@@ -12,6 +12,7 @@ pub mod logs;
 pub mod metrics;
 pub mod package;
 pub mod pool;
+pub mod private_file;
 pub mod resources;
 pub mod router;
 pub mod routes;

@@ -11,8 +11,7 @@
 //! the next call sees the new values.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -208,21 +207,7 @@ impl Sealer {
         let mut key = [0u8; 32];
         rng.fill(&mut key).map_err(|_| KeyError::Random)?;
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut file| {
-                file.write_all(hex.as_bytes())?;
-                file.write_all(b"\n")?;
-                file.sync_all()
-            });
-        let created = written.and_then(|()| std::fs::hard_link(&tmp, path));
-        let _ = std::fs::remove_file(&tmp);
-        match created {
+        match crate::private_file::create_new(path, &hex) {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "generated the secrets key");
                 Ok(Sealer::from_key(&key))
