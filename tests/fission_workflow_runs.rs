@@ -274,20 +274,6 @@ fn rfc0022_retries_a_5xx_with_the_attempt_in_its_headers() {
     assert_eq!(out, json!({"attempt": "2", "calls": 2}));
 }
 
-/// A shell function that logs `<tag> <idempotency key>` to the probe's `calls`,
-/// waits for the probe's gate `<tag>` if `gated`, then answers `<tag>`.
-fn recorder(probe: &Probe, tag: &str, gated: bool) -> String {
-    let wait = if gated {
-        format!("{}\n", probe.curl(&format!("/gate/{tag}")))
-    } else {
-        String::new()
-    };
-    format!(
-        "#!/bin/sh\n{}\n{wait}printf '{tag}'\n",
-        probe.curl(&format!("/log/calls?{tag}+$HTTP_X_FUSION_IDEMPOTENCY_KEY"))
-    )
-}
-
 #[test]
 fn rfc0022_runs_resume_after_a_killed_server_without_repeating_finished_steps() {
     let mut s = Server::start();
@@ -302,7 +288,7 @@ fn rfc0022_runs_resume_after_a_killed_server_without_repeating_finished_steps() 
             name,
             "binary",
             &format!("{tag}.sh"),
-            &recorder(&probe, tag, gated),
+            &probe.recorder(tag, gated),
             json!({}),
         );
     }
@@ -428,7 +414,7 @@ fn rfc0022_a_parallel_resumes_after_a_killed_server_without_rerunning_a_finished
             tag,
             "binary",
             &format!("{tag}.sh"),
-            &recorder(&probe, tag, gated),
+            &probe.recorder(tag, gated),
             json!({}),
         );
     }

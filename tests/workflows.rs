@@ -10,21 +10,6 @@ use common::probe::Probe;
 use common::{eventually, Server};
 use serde_json::{json, Value};
 
-/// A shell function that records each call (`<tag> <idempotency key>`) in the
-/// probe's `calls` log, then waits for the probe's gate `<tag>` if `gated`, then
-/// answers `<tag>`.
-fn recorder(probe: &Probe, tag: &str, gated: bool) -> String {
-    let wait = if gated {
-        format!("{}\n", probe.curl(&format!("/gate/{tag}")))
-    } else {
-        String::new()
-    };
-    format!(
-        "#!/bin/sh\n{}\n{wait}printf '{tag}'\n",
-        probe.curl(&format!("/log/calls?{tag}+$HTTP_X_FUSION_IDEMPOTENCY_KEY"))
-    )
-}
-
 #[test]
 fn every_example_answers_as_documented() {
     let s = Server::start();
@@ -128,21 +113,21 @@ fn a_killed_server_resumes_its_runs_without_repeating_finished_tasks() {
         "step-one",
         "binary",
         "one.sh",
-        &recorder(&probe, "one", false),
+        &probe.recorder("one", false),
         json!({}),
     );
     s.function(
         "step-two",
         "binary",
         "two.sh",
-        &recorder(&probe, "two", true),
+        &probe.recorder("two", true),
         json!({}),
     );
     s.function(
         "step-three",
         "binary",
         "three.sh",
-        &recorder(&probe, "three", false),
+        &probe.recorder("three", false),
         json!({}),
     );
     s.workflow(
@@ -345,7 +330,7 @@ fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
         "first",
         "binary",
         "first.sh",
-        &recorder(&probe, "first", false),
+        &probe.recorder("first", false),
         json!({}),
     );
     let flaky = format!(

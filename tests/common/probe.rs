@@ -42,6 +42,20 @@ impl Probe {
         probe
     }
 
+    /// A shell function that logs `<tag> <idempotency key>` to this probe's
+    /// `calls`, waits for the probe's gate `<tag>` if `gated`, then answers `<tag>`.
+    pub fn recorder(&self, tag: &str, gated: bool) -> String {
+        let wait = if gated {
+            format!("{}\n", self.curl(&format!("/gate/{tag}")))
+        } else {
+            String::new()
+        };
+        format!(
+            "#!/bin/sh\n{}\n{wait}printf '{tag}'\n",
+            self.curl(&format!("/log/calls?{tag}+$HTTP_X_FUSION_IDEMPOTENCY_KEY"))
+        )
+    }
+
     /// The shell command that calls `path` on the probe (quiet; fails on 4xx/5xx).
     /// In double quotes: the shell expands variables in `path`.
     pub fn curl(&self, path: &str) -> String {
