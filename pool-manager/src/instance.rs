@@ -65,6 +65,12 @@ impl Instance {
     pub fn is_exited(&self) -> bool {
         self.exit.borrow().is_some()
     }
+    /// Whether the instance may take new leases: not retiring and not ended. Its
+    /// exit is read from the backend's report itself, not from the pool's lists,
+    /// which learn of it a moment later.
+    pub fn usable(&self) -> bool {
+        !self.retiring.load(Ordering::SeqCst) && !self.is_exited()
+    }
     pub fn idle_for(&self) -> Duration {
         lock(&self.last_used).elapsed()
     }

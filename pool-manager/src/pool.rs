@@ -289,10 +289,7 @@ impl PoolManager {
         // timeout) before any capacity is taken; a failed build fails the call.
         // Instances of the current generation already run the built code.
         let named = lock(&inner.state).fns.get(name).and_then(|p| {
-            if p.instances
-                .iter()
-                .any(|i| !i.retiring.load(Ordering::SeqCst))
-            {
+            if p.instances.iter().any(|i| i.usable()) {
                 return None;
             }
             let f = &p.function;
@@ -314,9 +311,11 @@ impl PoolManager {
                     .get_mut(name)
                     .ok_or_else(|| not_found(Kind::Function, name))?;
                 let f = &pool.function;
-                if let Some(i) = pool.instances.iter().find(|i| {
-                    !i.retiring.load(Ordering::SeqCst) && i.active() < f.requests_per_instance
-                }) {
+                if let Some(i) = pool
+                    .instances
+                    .iter()
+                    .find(|i| i.usable() && i.active() < f.requests_per_instance)
+                {
                     i.active.fetch_add(1, Ordering::SeqCst);
                     return Ok(Lease {
                         instance: i.clone(),
@@ -325,12 +324,7 @@ impl PoolManager {
                         manager: Arc::downgrade(inner),
                     });
                 }
-                let live = pool
-                    .instances
-                    .iter()
-                    .filter(|i| !i.retiring.load(Ordering::SeqCst))
-                    .count()
-                    + pool.pending;
+                let live = pool.instances.iter().filter(|i| i.usable()).count() + pool.pending;
                 if live < f.concurrency {
                     pool.pending += 1;
                     let generic = envs.get_mut(&f.env_key()).and_then(|p| p.generic.pop());
@@ -375,11 +369,7 @@ impl PoolManager {
         let st = lock(&self.inner.state);
         st.fns.get(name).is_none_or(|p| {
             let f = &p.function;
-            let live: Vec<_> = p
-                .instances
-                .iter()
-                .filter(|i| !i.retiring.load(Ordering::SeqCst))
-                .collect();
+            let live: Vec<_> = p.instances.iter().filter(|i| i.usable()).collect();
             live.iter().any(|i| i.active() < f.requests_per_instance)
                 || live.len() + p.pending < f.concurrency
         })
@@ -461,10 +451,7 @@ impl Inner {
 impl FnPool {
     /// Instances that take new leases (or will, once specialized).
     fn live(&self) -> usize {
-        self.instances
-            .iter()
-            .filter(|i| !i.retiring.load(Ordering::SeqCst) && !i.is_exited())
-            .count()
+        self.instances.iter().filter(|i| i.usable()).count()
     }
 
     /// Whether the function has fewer live instances than its min scale.

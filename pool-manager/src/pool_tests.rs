@@ -278,6 +278,20 @@ async fn an_instance_that_vanishes_is_replaced_in_the_pool() {
 }
 
 #[tokio::test]
+async fn an_instance_that_has_ended_takes_no_lease_before_the_pool_has_tidied_it_away() {
+    let s = setup(0, 2).await;
+    let first = s.pm.lease("f").await.unwrap();
+    let ended = first.instance.clone();
+    drop(first);
+    // Killed (for its memory, say) while idle. On this single-threaded runtime
+    // the pool's own exit watcher has not run yet when the next lease is taken.
+    s.backend.handles.lock().unwrap()[&ended.id].end(Exit::OutOfMemory);
+    let next = s.pm.lease("f").await.unwrap();
+    assert_ne!(next.instance.id, ended.id, "a dead instance was leased");
+    assert!(!next.instance.is_exited());
+}
+
+#[tokio::test]
 async fn shutdown_stops_every_instance() {
     let s = setup(2, 2).await;
     let lease = s.pm.lease("f").await.unwrap();
