@@ -104,6 +104,31 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
+    /// The API's URL as its clients and functions reach it (behind a proxy, or
+    /// from inside a function's network), e.g. `https://fusion.example.com`:
+    /// the base of callback URLs and of the `Location` of runs started through
+    /// the router. Default: the API listener's own address.
+    #[arg(long, env = "FUSION_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
+}
+
+/// A public URL: absolute `http` or `https`, with no query or fragment; kept
+/// without a trailing slash so paths append to it.
+fn parse_public_url(s: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "the scheme must be http or https, not {:?}",
+            url.scheme()
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("a public URL has no query or fragment".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("a public URL names a host".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -229,11 +254,14 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
                 .map(|h| Duration::from_secs(h * 3600)),
             http: Some(Arc::new(crate::workflows::ReqwestTransport::new())),
             clock: None,
-            callback_base: Some(format!(
-                "{}://{}",
-                if tls.is_some() { "https" } else { "http" },
-                api_listener.local_addr()?
-            )),
+            callback_base: Some(match &args.public_url {
+                Some(url) => url.clone(),
+                None => format!(
+                    "{}://{}",
+                    if tls.is_some() { "https" } else { "http" },
+                    api_listener.local_addr()?
+                ),
+            }),
         },
     )
     .await
@@ -244,6 +272,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             api: crate::workflows::ApiListener {
                 scheme: if tls.is_some() { "https" } else { "http" },
                 addr: api_listener.local_addr()?,
+                public: args.public_url.clone(),
             },
         }));
     let mut registry = prometheus_client::registry::Registry::default();
@@ -462,6 +491,31 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
                 one.recv().await;
             }
             (Err(_), Err(_)) => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_public_url;
+
+    #[test]
+    fn a_public_url_is_an_absolute_http_url_kept_without_its_trailing_slash() {
+        assert_eq!(
+            parse_public_url("https://fusion.example.com/api/").unwrap(),
+            "https://fusion.example.com/api"
+        );
+        assert_eq!(
+            parse_public_url("http://10.0.0.2:8889").unwrap(),
+            "http://10.0.0.2:8889"
+        );
+        for bad in [
+            "fusion.example.com",
+            "ftp://x.example",
+            "http://x.example/?a=1",
+            "http://x.example/#f",
+        ] {
+            assert!(parse_public_url(bad).is_err(), "{bad} was accepted");
         }
     }
 }

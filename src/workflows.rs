@@ -24,18 +24,24 @@ pub struct EngineGateway {
     pub api: ApiListener,
 }
 
-/// Where the API listener answers: its scheme and bound address.
-#[derive(Debug, Clone, Copy)]
+/// Where the API listener answers: its scheme and bound address, and the URL
+/// it is reached at from outside when one is configured (`--public-url`).
+#[derive(Debug, Clone)]
 pub struct ApiListener {
     pub scheme: &'static str,
     pub addr: SocketAddr,
+    pub public: Option<String>,
 }
 
 impl ApiListener {
-    /// The API listener's URL for the client of `request`: its own address, or,
-    /// when it listens on every interface, the host the client reached the router
-    /// by (the request's authority or `Host`), with the API's port.
+    /// The API's URL for the client of `request`: the public URL when one is
+    /// set; else the listener's own address, or, when it listens on every
+    /// interface, the host the client reached the router by (the request's
+    /// authority or `Host`), with the API's port.
     pub fn base_for(&self, request: &Request<Body>) -> String {
+        if let Some(url) = &self.public {
+            return url.clone();
+        }
         let port = self.addr.port();
         let host = if self.addr.ip().is_unspecified() {
             request
@@ -142,6 +148,7 @@ mod tests {
         let on = |addr: &str| ApiListener {
             scheme: "http",
             addr: addr.parse().unwrap(),
+            public: None,
         };
         let r = request("/fission-function/w", Some("fusion.example:8888"));
         assert_eq!(on("127.0.0.1:8889").base_for(&r), "http://127.0.0.1:8889");
@@ -162,7 +169,14 @@ mod tests {
         let tls = ApiListener {
             scheme: "https",
             addr: "127.0.0.1:1".parse().unwrap(),
+            public: None,
         };
         assert_eq!(tls.base_for(&r), "https://127.0.0.1:1");
+        // Behind a proxy: the configured public URL, whatever the request.
+        let proxied = ApiListener {
+            public: Some("https://fusion.example.com/api".into()),
+            ..on("0.0.0.0:8889")
+        };
+        assert_eq!(proxied.base_for(&r), "https://fusion.example.com/api");
     }
 }

@@ -252,3 +252,117 @@ fn rfc0022_a_task_waits_for_its_callback() {
     assert_eq!(run["output"]["why"]["errorType"], "Rejected", "{run}");
     assert_eq!(run["output"]["why"]["cause"], "too big", "{run}");
 }
+
+/// Once the run has ended without its callback (here: cancelled), a POST says
+/// so in plain words, and changes nothing.
+#[test]
+fn a_callback_of_a_cancelled_run_is_refused_with_the_reason() {
+    let s = Server::start();
+    s.workflow("approval", WAITING);
+    let id = s.start_async("approval", "");
+    let path = callback_path(&s, &id);
+    let r = s
+        .api("POST", &format!("/v1/runs/{id}/cancel"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (status, body) = post(&s, &path, &json!({"by": "ann"}));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cancelled"), "{message}");
+    let run = s.run(&id);
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(run["output"], Value::Null, "{run}");
+}
+
+/// `fusion run complete` takes the callback as a URL, a path or a token, and
+/// completes the task with --result, or fails it with --error.
+#[test]
+fn the_cli_completes_or_fails_a_waiting_task() {
+    let s = Server::start();
+    s.workflow("approval", WAITING);
+    let id = s.start_async("approval", "");
+    let url = s.api_url(&callback_path(&s, &id));
+    let (code, out, err) = s.cli(&["run", "complete", &url, "--result", r#"{"by": "ann"}"#]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Approve") && out.contains("succeeded"),
+        "{out}"
+    );
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["output"], "ann approved", "{run}");
+    // Completed already: a one-line error and a non-zero exit.
+    let (code, _, err) = s.cli(&["run", "complete", &url, "--result", "{}"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already been completed"), "{err}");
+
+    let id = s.start_async("approval", "");
+    let path = callback_path(&s, &id);
+    let token = path.trim_start_matches("/v1/callbacks/");
+    let (code, out, err) = s.cli(&["run", "complete", token, "--error", "rejected by ann"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["message"], "rejected by ann", "{run}");
+
+    let (code, _, err) = s.cli(&[
+        "run",
+        "complete",
+        "https://x.example/v1/runs",
+        "--result",
+        "1",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a callback"), "{err}");
+}
+
+/// With a public URL (Fusion behind a proxy), the URL handed to the notify
+/// function and the Location of a run started through the router use it.
+#[test]
+fn a_public_url_is_the_base_of_callback_urls_and_run_locations() {
+    let public = "https://fusion.example.com/api";
+    let s = Server::start_with(&[("FUSION_PUBLIC_URL", public)]);
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    s.function(
+        "ask-approval",
+        "binary",
+        "ask.sh",
+        &format!(
+            "#!/bin/sh\n{}\nprintf asked\n",
+            probe.curl("/log/urls?$HTTP_X_FUSION_CALLBACK_URL")
+        ),
+        json!({}),
+    );
+    s.workflow(
+        "approval",
+        "apiVersion: 1\noutput: Approve\ntasks:\n  Approve:\n    run: callback\n    inputs:\n      notify: ask-approval\n",
+    );
+    let r = reqwest::blocking::Client::new()
+        .post(s.router_url("/fission-function/approval"))
+        .header("X-Async", "true")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(location, format!("{public}/v1/runs/{id}"));
+    let mut url = String::new();
+    eventually(
+        Duration::from_secs(60),
+        "the URL is handed out",
+        || match probe.lines("urls").first() {
+            Some(u) => {
+                url = u.clone();
+                true
+            }
+            None => false,
+        },
+    );
+    let path = callback_path(&s, &id);
+    assert_eq!(url, format!("{public}{path}"));
+}

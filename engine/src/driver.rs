@@ -735,6 +735,13 @@ impl Engine {
         };
         match callback_task(&state, token) {
             Some(t) if t.callback_completed => Err(callback_used(&t.id)),
+            // Still the task's token, but its run ended without it (cancelled,
+            // failed elsewhere, timed out): say so rather than "unknown".
+            Some(t) if state.status != RunStatus::Running => Err(EngineError::Conflict(format!(
+                "run {run_id:?} has ended ({}): the callback of task {:?} can no longer complete it",
+                state.status.as_str(),
+                t.id
+            ))),
             _ => Err(unknown()),
         }
     }

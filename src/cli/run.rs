@@ -36,7 +36,7 @@ pub(super) enum RunVerb {
         #[command(flatten)]
         id: RunId,
     },
-    /// Cancel a running run; tasks in flight are abandoned.
+    /// Cancel a running run; its tasks in flight end cancelled.
     Cancel {
         #[command(flatten)]
         id: RunId,
@@ -46,6 +46,54 @@ pub(super) enum RunVerb {
         #[command(flatten)]
         id: RunId,
     },
+    /// Complete a task waiting on a callback: with --result, or fail it with
+    /// --error.
+    Complete {
+        /// The callback: its token, its path (/v1/callbacks/TOKEN) or its URL.
+        #[arg(value_name = "CALLBACK")]
+        callback: String,
+        /// The task's result: JSON, or @FILE holding JSON (default: null).
+        #[arg(long, value_name = "JSON|@FILE", conflicts_with = "error")]
+        result: Option<String>,
+        /// Fail the task with this message (the cause, with --error-type).
+        #[arg(long, value_name = "MESSAGE")]
+        error: Option<String>,
+        /// The error's type, for RFC-0022 `catch` rules (e.g. Approval.Rejected).
+        #[arg(long, value_name = "TYPE", requires = "error")]
+        error_type: Option<String>,
+    },
+}
+
+/// The token of a callback given as a token, a path or a URL.
+fn callback_token(callback: &str) -> Result<&str> {
+    let token = match callback.rsplit_once(CALLBACKS) {
+        Some((_, t)) => t,
+        None => callback,
+    };
+    let token = token.trim_end_matches('/');
+    if token.is_empty() || token.contains(['/', '?', '#']) || token.contains(char::is_whitespace) {
+        anyhow::bail!("{callback:?} is not a callback token, path or URL (…{CALLBACKS}TOKEN)");
+    }
+    Ok(token)
+}
+
+const CALLBACKS: &str = "/v1/callbacks/";
+
+/// What `run complete` POSTs: the output, or `{"error": ...}` (typed when a type
+/// is given, as RFC-0022's errors are).
+fn completion(
+    result: Option<String>,
+    error: Option<String>,
+    error_type: Option<String>,
+) -> Result<Value> {
+    Ok(match (error, error_type) {
+        (Some(cause), Some(t)) => json!({"error": {"errorType": t, "cause": cause}}),
+        (Some(message), None) => json!({"error": message}),
+        (None, _) => match result {
+            Some(text) => super::workflow::json_arg("--result", &text)?,
+            None => Value::Null,
+        },
+    })
 }
 
 /// Runs `run list` prints unless told otherwise.
@@ -118,6 +166,17 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
                 .post_json(&format!("/v1/runs/{id}/cancel"), &json!({}))
                 .await?;
             print(opts, &v, RUN_COLUMNS);
+        }
+        RunVerb::Complete {
+            callback,
+            result,
+            error,
+            error_type,
+        } => {
+            let token = callback_token(&callback)?;
+            let body = completion(result, error, error_type)?;
+            let v: Value = c.post_json(&format!("{CALLBACKS}{token}"), &body).await?;
+            print(opts, &v, &[("TASK", "/task"), ("COMPLETED", "/completed")]);
         }
         RunVerb::Retry { id } => {
             let id = id.get();

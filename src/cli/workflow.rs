@@ -138,16 +138,16 @@ async fn history(c: &crate::client::Client, opts: &ClientOpts, id: &str) -> Resu
     Ok(())
 }
 
-/// A run's input from `--input`: JSON, or `@FILE` holding JSON.
-fn run_input(text: &str) -> Result<Value> {
+/// The JSON an option such as `--input` gives: JSON, or `@FILE` holding JSON.
+pub(super) fn json_arg(option: &str, text: &str) -> Result<Value> {
     let data = match text.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| anyhow!("--input: cannot read {path}: {e}"))?,
+            .map_err(|e| anyhow!("{option}: cannot read {path}: {e}"))?,
         None => text.to_string(),
     };
     serde_json::from_str(&data).map_err(|e| {
         anyhow!(
-            "--input must be JSON (or @FILE holding JSON): line {} column {}: {e}",
+            "{option} must be JSON (or @FILE holding JSON): line {} column {}: {e}",
             e.line(),
             e.column()
         )
@@ -269,7 +269,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
         WfVerb::Run { name, input } => {
             let name = name.get();
             let input = match input {
-                Some(text) => run_input(&text)?,
+                Some(text) => json_arg("--input", &text)?,
                 None => Value::Null,
             };
             let req = c
