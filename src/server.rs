@@ -62,6 +62,11 @@ pub struct ServerArgs {
     /// Finished workflow runs older than this many hours are pruned (kept forever if unset).
     #[arg(long, env = "FUSION_RUN_RETENTION_HOURS")]
     pub run_retention_hours: Option<u64>,
+    /// How often run retention is enforced (this and each workflow's
+    /// `historyRetention`), in seconds.
+    #[arg(long, env = "FUSION_RETENTION_SWEEP_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_sweep_secs: u64,
     /// How long one package build may take before it is stopped with every
     /// process it started, in seconds.
     #[arg(long, env = "FUSION_BUILD_TIMEOUT_SECS", default_value_t = 600,
@@ -252,6 +257,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             retention: args
                 .run_retention_hours
                 .map(|h| Duration::from_secs(h * 3600)),
+            retention_sweep: Some(Duration::from_secs(args.retention_sweep_secs)),
             http: Some(Arc::new(crate::workflows::ReqwestTransport::new())),
             clock: None,
             callback_base: Some(match &args.public_url {

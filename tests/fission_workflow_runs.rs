@@ -262,6 +262,66 @@ fn rfc0022_runs_start_async_and_wait_durably() {
     assert!(out.contains(r#""charged""#), "{out}");
 }
 
+/// `historyRetention`: a workflow keeps its newest `maxCount` finished runs,
+/// and none finished longer ago than `maxAge`; a run still going is kept.
+#[test]
+fn rfc0022_history_retention_deletes_old_finished_runs() {
+    let s = Server::start_with(&[("FUSION_RETENTION_SWEEP_SECS", "1")]);
+    let ids = |s: &Server, wf: &str| -> Vec<String> {
+        s.ok("GET", &format!("/v1/runs?workflow={wf}&limit=100"), None)["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let doc = "startAt: done\nhistoryRetention: {maxCount: 2}\nstates:\n  done: {type: Succeed}\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=counted", doc);
+    assert_eq!(status, 201, "{body}");
+    let mut started = Vec::new();
+    for n in 0..4 {
+        let r = s
+            .api("POST", "/v1/workflows/counted/invoke")
+            .json(&json!({ "n": n }))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        started.push(r.headers()["x-fusion-run-id"].to_str().unwrap().to_string());
+    }
+    eventually(Duration::from_secs(30), "two runs are left", || {
+        ids(&s, "counted").len() == 2
+    });
+    // The newest two (listed newest first).
+    assert_eq!(ids(&s, "counted"), [started[3].clone(), started[2].clone()]);
+
+    let doc = "startAt: branch\nhistoryRetention: {maxAge: 1s}\nstates:\n  branch:\n    type: Choice\n    choices: [{variable: $.wait, booleanEquals: true, next: nap}]\n    default: done\n  nap: {type: Wait, duration: 1h, next: done}\n  done: {type: Succeed}\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=aged", doc);
+    assert_eq!(status, 201, "{body}");
+    let waiting = s
+        .api("POST", "/v1/workflows/aged/invoke")
+        .header("X-Async", "true")
+        .json(&json!({"wait": true}))
+        .send()
+        .unwrap();
+    assert_eq!(waiting.status().as_u16(), 202);
+    let waiting = waiting.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s
+        .api("POST", "/v1/workflows/aged/invoke")
+        .json(&json!({"wait": false}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    eventually(
+        Duration::from_secs(30),
+        "the finished run is deleted",
+        || ids(&s, "aged") == [waiting.clone()],
+    );
+    assert_eq!(s.run(&waiting)["status"], "running");
+}
+
 #[test]
 fn rfc0022_retries_a_5xx_with_the_attempt_in_its_headers() {
     let s = setup();

@@ -81,8 +81,11 @@ pub trait HttpTransport: Send + Sync + 'static {
 
 #[derive(Clone, Default)]
 pub struct EngineConfig {
-    /// Finished runs older than this are pruned (checked hourly).
+    /// Finished runs older than this are deleted (besides each RFC-0022
+    /// workflow's own `historyRetention`).
     pub retention: Option<Duration>,
+    /// How often retention is enforced (default: every minute).
+    pub retention_sweep: Option<Duration>,
     pub http: Option<Arc<dyn HttpTransport>>,
     /// Replaces the default clock (tests).
     pub clock: Option<Arc<dyn Clock>>,
@@ -458,29 +461,24 @@ impl Engine {
             tracing::info!(run = %id, "continuing run after restart");
             engine.spawn_run(state, events.len() as u64, Vec::new(), true);
         }
-        if let Some(keep) = engine.config.retention {
-            let weak = Arc::downgrade(&engine);
-            tokio::spawn(async move {
-                loop {
-                    let Some(e) = weak.upgrade() else { return };
-                    let cutoff = e.clock.now_ms().saturating_sub(keep.as_millis() as u64);
-                    // Pruning walks many runs: keep it off the async workers.
-                    let store = e.store.clone();
-                    match tokio::task::spawn_blocking(move || store.prune(cutoff)).await {
-                        Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, "pruned old runs"),
-                        Ok(Err(err)) => tracing::warn!(%err, "pruning old runs failed"),
-                        _ => {}
-                    }
-                    drop(e);
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                }
-            });
-        }
+        crate::retention::start(
+            &engine,
+            engine
+                .config
+                .retention_sweep
+                .unwrap_or(crate::retention::DEFAULT_SWEEP),
+            engine.config.retention,
+        );
         Ok(engine)
     }
 
     pub fn metrics(&self) -> &crate::metrics::EngineMetrics {
         &self.metrics
+    }
+
+    /// The engine's clock, in ms since the epoch.
+    pub(crate) fn now_ms(&self) -> Millis {
+        self.clock.now_ms()
     }
 
     pub fn store(&self) -> &Arc<SledStore> {

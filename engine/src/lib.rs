@@ -8,6 +8,7 @@ pub mod document;
 pub mod driver;
 pub mod expr;
 pub mod metrics;
+mod retention;
 pub mod retry;
 pub mod sfn;
 pub mod spec;

@@ -111,6 +111,15 @@ pub trait RunStore: Send + Sync + 'static {
     fn unfinished_runs(&self) -> Result<Vec<String>>;
     /// Deletes finished runs created before `cutoff`; returns how many.
     fn prune(&self, cutoff: Millis) -> Result<usize>;
+    /// Deletes the finished runs of `workflow` past its history retention:
+    /// those finished before `finished_before`, and all but the newest
+    /// `keep` (by finish time); returns how many. Running runs are kept.
+    fn prune_workflow(
+        &self,
+        workflow: &str,
+        finished_before: Option<Millis>,
+        keep: Option<usize>,
+    ) -> Result<usize>;
     /// Resolves once everything appended before the call is on disk.
     fn flush(&self) -> BoxFuture<Result<()>>;
 }
@@ -155,6 +164,20 @@ fn event_key(run_id: &str, seq: u64) -> Vec<u8> {
 }
 
 impl SledStore {
+    /// Removes a run: its events, its summary and its index entries.
+    fn delete_run(&self, s: &RunSummary) -> Result<()> {
+        let id = &s.id;
+        for e in self.run_events.scan_prefix(scoped(id)) {
+            self.run_events.remove(e?.0)?;
+        }
+        self.by_workflow
+            .remove(index_key(&scoped(&s.workflow), s.created_at, id))?;
+        self.by_status
+            .remove(self.index_status(s.status, s.created_at, id))?;
+        self.by_time.remove(index_key(&[], s.created_at, id))?;
+        self.runs.remove(id.as_bytes())?;
+        Ok(())
+    }
     /// Opens the engine's trees and starts the flusher thread.
     pub fn open(db: &sled::Db) -> Result<Arc<Self>> {
         let (flush_tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
@@ -508,16 +531,38 @@ impl RunStore for SledStore {
             if s.status == RunStatus::Running {
                 continue;
             }
-            for e in self.run_events.scan_prefix(scoped(&id)) {
-                self.run_events.remove(e?.0)?;
-            }
-            self.by_workflow
-                .remove(index_key(&scoped(&s.workflow), s.created_at, &id))?;
-            self.by_status
-                .remove(self.index_status(s.status, s.created_at, &id))?;
-            self.runs.remove(id.as_bytes())?;
-            self.by_time.remove(&k)?;
+            self.delete_run(&s)?;
             n += 1;
+        }
+        Ok(n)
+    }
+
+    fn prune_workflow(
+        &self,
+        workflow: &str,
+        finished_before: Option<Millis>,
+        keep: Option<usize>,
+    ) -> Result<usize> {
+        let mut finished = Vec::new();
+        for kv in self.by_workflow.scan_prefix(scoped(workflow)) {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k[workflow.len() + 1 + 8..]).to_string();
+            match self.run(&id)? {
+                Some(s) if s.status != RunStatus::Running => finished.push(s),
+                _ => {}
+            }
+        }
+        let ended = |s: &RunSummary| s.finished_at.unwrap_or(s.created_at);
+        // Newest first: retention keeps the head of the list.
+        finished.sort_by_key(|s| std::cmp::Reverse(ended(s)));
+        let mut n = 0;
+        for (i, s) in finished.iter().enumerate() {
+            let expired = finished_before.is_some_and(|t| ended(s) < t);
+            let over = keep.is_some_and(|k| i >= k);
+            if expired || over {
+                self.delete_run(s)?;
+                n += 1;
+            }
         }
         Ok(n)
     }
@@ -703,6 +748,63 @@ mod tests {
             .len(),
             8
         );
+    }
+
+    /// A workflow's history retention: newest first by finish time, the ones
+    /// past `keep` or finished before the cutoff go; running runs and other
+    /// workflows' runs stay.
+    #[tokio::test]
+    async fn a_workflows_retention_keeps_its_newest_finished_runs() {
+        let (_d, s) = open();
+        // Created in order, finished in reverse order: finish time decides.
+        for (i, finished) in [
+            (0u64, Some(5000u64)),
+            (1, Some(4000)),
+            (2, Some(3000)),
+            (3, None),
+        ] {
+            let id = format!("r{i}");
+            s.append(&id, 0, &[started(&id, "kept", 1000 + i)]).unwrap();
+            if let Some(at) = finished {
+                let end = Event::RunSucceeded {
+                    output: Value::Null,
+                    headers: BTreeMap::new(),
+                    at,
+                };
+                s.append(&id, 1, &[end]).unwrap();
+            }
+        }
+        s.append("other", 0, &[started("other", "other", 1)])
+            .unwrap();
+        let end = Event::RunSucceeded {
+            output: Value::Null,
+            headers: BTreeMap::new(),
+            at: 2,
+        };
+        s.append("other", 1, &[end]).unwrap();
+        s.flush().await.unwrap();
+        let left = |s: &SledStore| -> Vec<String> {
+            let mut ids: Vec<String> = s
+                .list_runs(&RunFilter {
+                    limit: 100,
+                    ..Default::default()
+                })
+                .unwrap()
+                .runs
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+
+        assert_eq!(s.prune_workflow("kept", None, Some(2)).unwrap(), 1);
+        assert_eq!(left(&s), ["other", "r0", "r1", "r3"]);
+        assert!(s.events("r2").unwrap().is_empty());
+        assert_eq!(s.prune_workflow("kept", Some(4500), None).unwrap(), 1);
+        assert_eq!(left(&s), ["other", "r0", "r3"]);
+        assert_eq!(s.prune_workflow("kept", None, Some(0)).unwrap(), 1);
+        assert_eq!(left(&s), ["other", "r3"], "a running run is never deleted");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
