@@ -12,24 +12,20 @@ use axum::routing::{any, get};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use pool_manager::error::error_response;
-use pool_manager::{Environment, Error, Function, PoolManager, Route, WorkflowGateway};
+use pool_manager::{Environment, Error, Function, PoolManager};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use triggers::{Route, Target, Triggers};
 
 mod secrets;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PoolManager,
-    pub workflows: Option<Arc<dyn WorkflowGateway>>,
+    /// Routes (and every other trigger), and the invoker they call through.
+    pub triggers: Arc<Triggers>,
     /// Every metric of the server, rendered at `/metrics`.
     pub registry: Arc<prometheus_client::registry::Registry>,
-}
-
-impl AppState {
-    fn workflow_exists(&self) -> impl Fn(&str) -> bool + Send + Sync + '_ {
-        move |name| self.workflows.as_ref().is_some_and(|w| w.exists(name))
-    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -380,7 +376,7 @@ async fn create_fn(
 ) -> ApiResult<Response> {
     let f: Function = ns.parse("function", &body)?;
     // Functions of `default` share /fission-function/<name> with workflows.
-    if f.namespace == "default" && s.workflows.as_ref().is_some_and(|w| w.exists(&f.name)) {
+    if f.namespace == "default" && s.triggers.invoker.workflow_exists(&f.name) {
         return Err(Error::Conflict(format!(
             "a workflow named {:?} exists; functions and workflows share /fission-function/ names",
             f.name
@@ -403,7 +399,9 @@ async fn delete_fn(
     Path(name): Path<String>,
     Query(ns): Query<Ns>,
 ) -> ApiResult<StatusCode> {
-    s.pool.delete_function(&ns.key(&name)?).await?;
+    let key = ns.key(&name)?;
+    s.triggers.check_function_unused(&key)?;
+    s.pool.delete_function(&key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -483,10 +481,9 @@ async fn invoke_fn(
         Some(ns) => pool_manager::resources::qualified(&ns, &name),
         None => name,
     };
-    if !s.pool.function_exists(&name) {
-        if let Some(w) = s.workflows.as_ref().filter(|w| w.exists(&name)) {
-            return w.invoke(name, req).await;
-        }
+    if !s.pool.function_exists(&name) && s.triggers.invoker.workflow_exists(&name) {
+        let target = Target::Workflow(name);
+        return s.triggers.invoker.call(&target, req, &rest, &[]).await;
     }
     pool_manager::forward(&s.pool, &name, req, &rest, &[]).await
 }
@@ -534,14 +531,16 @@ async fn list_routes(
     State(s): State<AppState>,
     Query(ns): Query<Ns>,
 ) -> ApiResult<Json<Vec<Route>>> {
-    Ok(Json(in_namespace(s.pool.routes()?, &ns, |r| &r.namespace)?))
+    Ok(Json(in_namespace(s.triggers.routes.list()?, &ns, |r| {
+        &r.namespace
+    })?))
 }
 async fn get_route(
     State(s): State<AppState>,
     Path(name): Path<String>,
     Query(ns): Query<Ns>,
 ) -> ApiResult<Json<Route>> {
-    Ok(Json(s.pool.route(&ns.key(&name)?)?))
+    Ok(Json(s.triggers.routes.get(&ns.key(&name)?)?))
 }
 async fn create_route(
     State(s): State<AppState>,
@@ -549,7 +548,8 @@ async fn create_route(
     body: Bytes,
 ) -> ApiResult<Response> {
     let r: Route = ns.parse("route", &body)?;
-    Ok(created(s.pool.create_route(r, &s.workflow_exists()).await?))
+    let t = &s.triggers;
+    Ok(created(t.routes.create(r, &t.invoker).await?))
 }
 async fn update_route(
     State(s): State<AppState>,
@@ -559,14 +559,15 @@ async fn update_route(
 ) -> ApiResult<Json<Route>> {
     let r: Route = ns.parse("route", &body)?;
     same_name(&name, &r.name)?;
-    Ok(Json(s.pool.update_route(r, &s.workflow_exists()).await?))
+    let t = &s.triggers;
+    Ok(Json(t.routes.update(r, &t.invoker).await?))
 }
 async fn delete_route(
     State(s): State<AppState>,
     Path(name): Path<String>,
     Query(ns): Query<Ns>,
 ) -> ApiResult<StatusCode> {
-    s.pool.delete_route(&ns.key(&name)?).await?;
+    s.triggers.routes.delete(&ns.key(&name)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

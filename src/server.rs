@@ -15,7 +15,7 @@ use axum::extract::Request;
 use pool_manager::backend::container::{self, ContainerBackend, ContainerConfig};
 use pool_manager::backend::process::ProcessBackend;
 use pool_manager::Backend;
-use pool_manager::{LaunchConfig, PoolConfig, PoolManager, WorkflowGateway};
+use pool_manager::{LaunchConfig, PoolConfig, PoolManager};
 
 use crate::api::{self, AppState};
 use crate::guard;
@@ -272,30 +272,32 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot start the workflow engine: {e}"))?;
-    let workflows: Option<Arc<dyn WorkflowGateway>> =
-        Some(Arc::new(crate::workflows::EngineGateway {
-            engine: engine.clone(),
-            api: crate::workflows::ApiListener {
-                scheme: if tls.is_some() { "https" } else { "http" },
-                addr: api_listener.local_addr()?,
-                public: args.public_url.clone(),
-            },
-        }));
+    let workflows = triggers::Workflows {
+        engine: engine.clone(),
+        api: triggers::ApiListener {
+            scheme: if tls.is_some() { "https" } else { "http" },
+            addr: api_listener.local_addr()?,
+            public: args.public_url.clone(),
+        },
+    };
     let mut registry = prometheus_client::registry::Registry::default();
     pool.metrics().register(&mut registry);
     engine.metrics().register(&mut registry);
+    let triggers = triggers::Triggers::open(&db, pool.clone(), workflows)?;
     let state = AppState {
         pool: pool.clone(),
-        workflows: workflows.clone(),
+        triggers: triggers.clone(),
         registry: Arc::new(registry),
     };
 
     // The router listener calls the router directly: no axum routing or
     // layers in front of every proxied request.
     let router_handler = {
-        let pool = pool.clone();
-        let workflows = workflows.clone();
-        move |req: Request| pool_manager::route_request(pool.clone(), workflows.clone(), req)
+        let triggers = triggers.clone();
+        move |req: Request| {
+            let triggers = triggers.clone();
+            async move { triggers::route_request(&triggers, req).await }
+        }
     };
     let declared = crate::declared::Declared::open(&db)?;
     let api_app = api::router(state)

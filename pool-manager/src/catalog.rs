@@ -1,14 +1,11 @@
-//! Resource bookkeeping: environments, functions, routes and packages as stored
+//! Resource bookkeeping: environments, functions and packages as stored
 //! resources, with their validation and the references between them. What a
 //! change means for running instances is the pool's business (`pool.rs`); this
 //! file only tells it.
 
-use std::sync::Arc;
-
 use crate::error::{Error, Result};
 use crate::pool::PoolManager;
-use crate::resources::{Environment, Function, FunctionPackage, PackageRef, Route};
-use crate::routes::RouteTable;
+use crate::resources::{Environment, Function, FunctionPackage, PackageRef};
 use crate::store::Kind;
 
 impl PoolManager {
@@ -182,126 +179,12 @@ impl PoolManager {
         Ok(f)
     }
 
+    /// Deletes a function. Whoever keeps triggers checks first that none
+    /// still targets it.
     pub async fn delete_function(&self, name: &str) -> Result<()> {
         self.function(name)?;
-        let users: Vec<String> = self
-            .inner
-            .store
-            .routes()?
-            .into_iter()
-            .filter(|r| r.function_key().as_deref() == Some(name))
-            .map(|r| r.key())
-            .collect();
-        if !users.is_empty() {
-            return Err(Error::Conflict(format!(
-                "function {name:?} is the target of routes {}; delete them first",
-                users.join(", ")
-            )));
-        }
         self.inner.store.delete(Kind::Function, name).await?;
         self.inner.remove_function(name);
-        Ok(())
-    }
-
-    // ---- routes ----
-
-    pub fn route(&self, name: &str) -> Result<Route> {
-        self.inner
-            .store
-            .get(Kind::Route, name)?
-            .ok_or_else(|| not_found(Kind::Route, name))
-    }
-    pub fn routes(&self) -> Result<Vec<Route>> {
-        self.inner.store.routes()
-    }
-
-    /// `workflow_exists` answers for routes that target a workflow.
-    pub async fn create_route(
-        &self,
-        route: Route,
-        workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
-    ) -> Result<Route> {
-        self.check_route(&route, workflow_exists)?;
-        self.inner
-            .store
-            .create(Kind::Route, &route.key(), &route)
-            .await?;
-        self.reload_routes()?;
-        Ok(route)
-    }
-
-    pub async fn update_route(
-        &self,
-        route: Route,
-        workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
-    ) -> Result<Route> {
-        self.check_route(&route, workflow_exists)?;
-        if self.route(&route.key())? == route {
-            return Ok(route);
-        }
-        self.inner
-            .store
-            .put(Kind::Route, &route.key(), &route)
-            .await?;
-        self.reload_routes()?;
-        Ok(route)
-    }
-
-    pub async fn delete_route(&self, name: &str) -> Result<()> {
-        if !self.inner.store.delete(Kind::Route, name).await? {
-            return Err(not_found(Kind::Route, name));
-        }
-        self.reload_routes()
-    }
-
-    fn check_route(
-        &self,
-        route: &Route,
-        workflow_exists: &(dyn Fn(&str) -> bool + Send + Sync),
-    ) -> Result<()> {
-        route.validate()?;
-        if let Some(f) = &route.function_key() {
-            if self
-                .inner
-                .store
-                .get::<Function>(Kind::Function, f)?
-                .is_none()
-            {
-                return Err(Error::Conflict(format!(
-                    "route {:?}: function {f:?} does not exist",
-                    route.name
-                )));
-            }
-        }
-        if let Some(w) = &route.workflow {
-            if !workflow_exists(w) {
-                return Err(Error::Conflict(format!(
-                    "route {:?}: workflow {w:?} does not exist",
-                    route.name
-                )));
-            }
-        }
-        let clash = self.inner.store.routes()?.into_iter().find(|r| {
-            r.key() != route.key()
-                && r.url == route.url
-                && r.prefix == route.prefix
-                && r.host == route.host
-                && (r.methods.is_empty()
-                    || route.methods.is_empty()
-                    || r.methods.iter().any(|m| route.methods.contains(m)))
-        });
-        if let Some(other) = clash {
-            return Err(Error::Conflict(format!(
-                "route {:?} would answer the same requests as route {:?}",
-                route.name, other.name
-            )));
-        }
-        Ok(())
-    }
-
-    fn reload_routes(&self) -> Result<()> {
-        let table = Arc::new(RouteTable::new(self.inner.store.routes()?));
-        self.inner.set_routes(table);
         Ok(())
     }
 }

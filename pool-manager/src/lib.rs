@@ -1,4 +1,4 @@
-//! The pool manager: environments, functions, packages (and their builds) and routes; the warm pools
+//! The pool manager: environments, functions, packages (and their builds); the warm pools
 //! of generic runtime instances and their specialization; the router that sends
 //! requests to specialized instances. Instances run on a `backend` (containers,
 //! or plain processes where containers cannot run).
@@ -15,7 +15,6 @@ pub mod pool;
 pub mod private_file;
 pub mod resources;
 pub mod router;
-pub mod routes;
 pub mod secrets;
 pub mod store;
 mod sys;
@@ -29,7 +28,7 @@ pub use error::{Error, Result};
 pub use pool::{InstanceInfo, Lease, PoolConfig, PoolManager};
 pub use resources::{
     Environment, ExecutorType, Function, FunctionPackage, ImageUse, NamedPackageRef, Network,
-    ObjectRef, PackageKind, PackageRef, Route, Runtime,
+    ObjectRef, PackageKind, PackageRef, Runtime,
 };
-pub use router::{forward, route_request, try_forward, WorkflowGateway};
+pub use router::{forward, try_forward};
 pub use secrets::{DataKind, DataSpec, DataView};

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -25,7 +25,6 @@ use crate::metrics::{
 };
 use crate::package::{PackageLimits, PackageStore};
 use crate::resources::{Environment, Function};
-use crate::routes::RouteTable;
 use crate::store::{Kind, ResourceStore};
 
 #[derive(Clone)]
@@ -62,7 +61,6 @@ pub(crate) struct Inner {
     /// Named packages and their builds.
     pub(crate) builds: crate::build::Builds,
     state: Mutex<State>,
-    routes: RwLock<Arc<RouteTable>>,
     next_id: AtomicU64,
     /// Instances the backend is starting right now (shutdown waits for them).
     starting: AtomicUsize,
@@ -167,7 +165,6 @@ impl PoolManager {
         for function in store.functions()? {
             state.fns.insert(function.key(), FnPool::new(function));
         }
-        let routes = RouteTable::new(store.routes()?);
         let reap_interval = cfg.reap_interval;
         let inner = Arc::new(Inner {
             cfg,
@@ -177,7 +174,6 @@ impl PoolManager {
             logs,
             builds: crate::build::Builds::open(db)?,
             state: Mutex::new(state),
-            routes: RwLock::new(Arc::new(routes)),
             next_id: AtomicU64::new(1),
             starting: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
@@ -231,14 +227,6 @@ impl PoolManager {
 
     pub fn logs(&self) -> &Arc<Logs> {
         &self.inner.logs
-    }
-
-    pub fn route_table(&self) -> Arc<RouteTable> {
-        self.inner
-            .routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     pub fn instances(&self, function: Option<&str>) -> Vec<InstanceInfo> {
@@ -530,10 +518,6 @@ impl Inner {
                 Err(e)
             }
         }
-    }
-
-    pub(crate) fn set_routes(&self, table: Arc<RouteTable>) {
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
 
     /// Stops the environment's generic instances and forgets its pool.

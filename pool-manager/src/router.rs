@@ -1,9 +1,7 @@
-//! The router: matches a request to a route (or the built-in
-//! `/fission-function/<name>`), takes a lease on an instance of the target
-//! function and streams the request and response through it. Workflow targets are
-//! handed to a `WorkflowGateway` the server provides.
+//! The function proxy: takes a lease on an instance of a function and streams
+//! the request and response through it. Which requests reach which function is
+//! the trigger layer's business (the `triggers` crate).
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,27 +9,16 @@ use std::time::Duration;
 
 pub use axum::body::Body;
 use axum::http::uri::PathAndQuery;
-use axum::http::{header, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use axum::http::{header, HeaderName, HeaderValue, Request, Response, Uri};
 use axum::response::IntoResponse;
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::backend::connect::ClientError;
 use crate::backend::Exit;
-use crate::error::{error_response, Error};
+use crate::error::Error;
 use crate::metrics::{FunctionLabels, FunctionMetrics, RequestLabels};
 use crate::pool::{Lease, PoolManager};
-use crate::routes::Target;
-
-pub type ResponseFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
-
-/// Runs workflows for the router; implemented by the server over the engine.
-pub trait WorkflowGateway: Send + Sync + 'static {
-    fn exists(&self, name: &str) -> bool;
-    fn invoke(&self, name: String, request: Request<Body>) -> ResponseFuture;
-}
-
-pub const FUNCTION_PREFIX: &str = "/fission-function/";
 
 /// Headers that belong to one connection and are never forwarded (as header
 /// names, so removing them parses nothing).
@@ -45,72 +32,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
-
-/// Answers one request on the router listener.
-pub async fn route_request(
-    pm: PoolManager,
-    workflows: Option<Arc<dyn WorkflowGateway>>,
-    req: Request<Body>,
-) -> Response<Body> {
-    // A clone of the URI shares its bytes: the path is borrowed from it, not copied.
-    let uri = req.uri().clone();
-    let path = uri.path();
-    if let Some(rest) = path.strip_prefix(FUNCTION_PREFIX) {
-        let (name, tail) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        // `/fission-function/<namespace>/<name>` for a function of another
-        // namespace than `default`, as in Fission.
-        if let Some(rest) = tail.strip_prefix('/') {
-            let (second, tail2) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => (rest, "/"),
-            };
-            // `default/<name>` is `<name>`.
-            let key = pool_manager_key(name, second);
-            if !second.is_empty() && pm.function_exists(&key) {
-                return forward(&pm, &key, req, tail2, &[]).await;
-            }
-        }
-        if pm.function_exists(name) {
-            return forward(&pm, name, req, tail, &[]).await;
-        }
-        if let Some(gw) = workflows.as_ref().filter(|gw| gw.exists(name)) {
-            return gw.invoke(name.to_string(), req).await;
-        }
-        return Error::NotFound {
-            kind: "function",
-            name: name.to_string(),
-        }
-        .into_response();
-    }
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string);
-    let table = pm.route_table();
-    match table.find(req.method().as_str(), host.as_deref(), path) {
-        Some(m) => match m.target {
-            Target::Function(f) => forward(&pm, &f, req, path, &m.params).await,
-            Target::Workflow(w) => match workflows {
-                Some(gw) => gw.invoke(w, req).await,
-                None => Error::Unavailable("workflows are not enabled".into()).into_response(),
-            },
-        },
-        None => error_response(
-            StatusCode::NOT_FOUND,
-            "route_not_found",
-            &format!("no route matches {} {path}", req.method()),
-        ),
-    }
-}
-
-/// The key of function `name` of `namespace`.
-fn pool_manager_key(namespace: &str, name: &str) -> String {
-    crate::resources::qualified(namespace, name)
-}
 
 /// Sends `req` to an instance of `function` at `path` (plus the original query),
 /// adding `X-Fission-Params-<name>` for each URL parameter.

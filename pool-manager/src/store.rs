@@ -1,69 +1,60 @@
-//! Persistence of environments, functions and routes in sled, one tree each,
-//! keyed by name with the JSON resource as value.
+//! Persistence of resources in sled, one tree per kind, keyed by name with the
+//! JSON resource as value: environments and functions here, the trigger layer's
+//! resources through the same `Records`.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::resources::{Environment, Function, Route};
+use crate::resources::{Environment, Function};
 
+/// One kind of resource in its own sled tree: keyed by name, the JSON resource
+/// as value; every change flushed before it returns. Also what the trigger
+/// layer keeps its resources in.
 #[derive(Clone)]
-pub struct ResourceStore {
+pub struct Records {
     db: sled::Db,
-    envs: sled::Tree,
-    functions: sled::Tree,
-    routes: sled::Tree,
+    tree: sled::Tree,
+    noun: &'static str,
 }
 
-impl ResourceStore {
-    pub fn open(db: &sled::Db) -> Result<ResourceStore> {
-        Ok(ResourceStore {
+impl Records {
+    /// The records of tree `tree`, named `noun` in errors.
+    pub fn open(db: &sled::Db, tree: &str, noun: &'static str) -> Result<Records> {
+        Ok(Records {
             db: db.clone(),
-            envs: db.open_tree("environments")?,
-            functions: db.open_tree("functions")?,
-            routes: db.open_tree("routes")?,
+            tree: db.open_tree(tree)?,
+            noun,
         })
     }
 
-    pub fn tree(&self, kind: Kind) -> &sled::Tree {
-        match kind {
-            Kind::Environment => &self.envs,
-            Kind::Function => &self.functions,
-            Kind::Route => &self.routes,
-        }
-    }
-
-    pub fn get<T: DeserializeOwned>(&self, kind: Kind, name: &str) -> Result<Option<T>> {
-        match self.tree(kind).get(name)? {
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        match self.tree.get(name)? {
             Some(v) => Ok(Some(decode(&v)?)),
             None => Ok(None),
         }
     }
 
-    pub fn list<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>> {
-        self.tree(kind)
-            .iter()
-            .values()
-            .map(|v| decode(&v?))
-            .collect()
+    pub fn list<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.tree.iter().values().map(|v| decode(&v?)).collect()
     }
 
-    pub async fn put<T: Serialize>(&self, kind: Kind, name: &str, value: &T) -> Result<()> {
+    pub async fn put<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let bytes = serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))?;
-        self.tree(kind).insert(name, bytes)?;
+        self.tree.insert(name, bytes)?;
         self.db.flush_async().await?;
         Ok(())
     }
 
     /// Stores a new resource; refuses (atomically) when the name is taken.
-    pub async fn create<T: Serialize>(&self, kind: Kind, name: &str, value: &T) -> Result<()> {
+    pub async fn create<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let bytes = serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))?;
         let swapped = self
-            .tree(kind)
+            .tree
             .compare_and_swap(name, None as Option<&[u8]>, Some(bytes))?;
         if swapped.is_err() {
             return Err(Error::AlreadyExists {
-                kind: kind.noun(),
+                kind: self.noun,
                 name: name.to_string(),
             });
         }
@@ -71,10 +62,54 @@ impl ResourceStore {
         Ok(())
     }
 
-    pub async fn delete(&self, kind: Kind, name: &str) -> Result<bool> {
-        let existed = self.tree(kind).remove(name)?.is_some();
+    pub async fn delete(&self, name: &str) -> Result<bool> {
+        let existed = self.tree.remove(name)?.is_some();
         self.db.flush_async().await?;
         Ok(existed)
+    }
+}
+
+/// Environments and functions.
+#[derive(Clone)]
+pub struct ResourceStore {
+    envs: Records,
+    functions: Records,
+}
+
+impl ResourceStore {
+    pub fn open(db: &sled::Db) -> Result<ResourceStore> {
+        Ok(ResourceStore {
+            envs: Records::open(db, "environments", Kind::Environment.noun())?,
+            functions: Records::open(db, "functions", Kind::Function.noun())?,
+        })
+    }
+
+    fn records(&self, kind: Kind) -> &Records {
+        match kind {
+            Kind::Environment => &self.envs,
+            Kind::Function => &self.functions,
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, kind: Kind, name: &str) -> Result<Option<T>> {
+        self.records(kind).get(name)
+    }
+
+    pub fn list<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>> {
+        self.records(kind).list()
+    }
+
+    pub async fn put<T: Serialize>(&self, kind: Kind, name: &str, value: &T) -> Result<()> {
+        self.records(kind).put(name, value).await
+    }
+
+    /// Stores a new resource; refuses (atomically) when the name is taken.
+    pub async fn create<T: Serialize>(&self, kind: Kind, name: &str, value: &T) -> Result<()> {
+        self.records(kind).create(name, value).await
+    }
+
+    pub async fn delete(&self, kind: Kind, name: &str) -> Result<bool> {
+        self.records(kind).delete(name).await
     }
 
     pub fn environments(&self) -> Result<Vec<Environment>> {
@@ -83,16 +118,12 @@ impl ResourceStore {
     pub fn functions(&self) -> Result<Vec<Function>> {
         self.list(Kind::Function)
     }
-    pub fn routes(&self) -> Result<Vec<Route>> {
-        self.list(Kind::Route)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Environment,
     Function,
-    Route,
 }
 
 impl Kind {
@@ -100,7 +131,6 @@ impl Kind {
         match self {
             Kind::Environment => "environment",
             Kind::Function => "function",
-            Kind::Route => "route",
         }
     }
 }

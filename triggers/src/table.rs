@@ -1,8 +1,10 @@
 //! Route matching: URL templates with `{params}`, path prefixes, methods and hosts.
 //! Pure; the router keeps a `RouteTable` built from the stored routes.
 
-use crate::error::{Error, Result};
-use crate::resources::Route;
+use pool_manager::{Error, Result};
+
+use crate::invoke::Target;
+use crate::route::Route;
 
 /// A parsed URL template: literal segments and `{name}` parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,13 +99,6 @@ impl Template {
 
 fn split(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|s| !s.is_empty())
-}
-
-/// What a matched request goes to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Function(String),
-    Workflow(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

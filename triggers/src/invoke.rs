@@ -1,0 +1,66 @@
+//! The one interface every trigger calls its target through: a function (by
+//! key, proxied to one of its instances by the pool manager) or a workflow
+//! (run by the engine).
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use pool_manager::PoolManager;
+
+use crate::workflows::Workflows;
+
+/// What a trigger starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A function, by key (`name` in `default`, `namespace/name` elsewhere).
+    Function(String),
+    /// A workflow, by name.
+    Workflow(String),
+}
+
+/// Calls functions and workflows for every kind of trigger.
+#[derive(Clone)]
+pub struct Invoker {
+    pool: PoolManager,
+    workflows: Workflows,
+}
+
+impl Invoker {
+    pub fn new(pool: PoolManager, workflows: Workflows) -> Invoker {
+        Invoker { pool, workflows }
+    }
+
+    pub fn pool(&self) -> &PoolManager {
+        &self.pool
+    }
+
+    pub fn function_exists(&self, key: &str) -> bool {
+        self.pool.function_exists(key)
+    }
+
+    pub fn workflow_exists(&self, name: &str) -> bool {
+        self.workflows.exists(name)
+    }
+
+    pub fn exists(&self, target: &Target) -> bool {
+        match target {
+            Target::Function(f) => self.function_exists(f),
+            Target::Workflow(w) => self.workflow_exists(w),
+        }
+    }
+
+    /// Calls `target` with `req`. A function sees `path` (plus the request's
+    /// query) and gets each of `params` as `X-Fission-Params-<name>`; a workflow
+    /// gets the request as it is.
+    pub async fn call(
+        &self,
+        target: &Target,
+        req: Request<Body>,
+        path: &str,
+        params: &[(String, String)],
+    ) -> Response<Body> {
+        match target {
+            Target::Function(f) => pool_manager::forward(&self.pool, f, req, path, params).await,
+            Target::Workflow(w) => self.workflows.invoke(w, req).await,
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Triggers: what starts functions and workflows. HTTP triggers (routes, and
+//! the built-in `/fission-function/<name>` paths) live here; every kind of
+//! trigger calls its target through one [`Invoker`], so adding a kind touches
+//! this crate and the API that manages it, nothing below.
+
+pub mod invoke;
+pub mod route;
+pub mod router;
+pub mod routes;
+pub mod table;
+pub mod workflows;
+
+use std::sync::Arc;
+
+use pool_manager::{Error, PoolManager, Result};
+
+pub use invoke::{Invoker, Target};
+pub use route::Route;
+pub use router::route_request;
+pub use workflows::{ApiListener, Workflows};
+
+/// Every trigger, and the invoker they call through.
+pub struct Triggers {
+    pub invoker: Invoker,
+    pub routes: routes::Routes,
+}
+
+impl Triggers {
+    pub fn open(db: &sled::Db, pool: PoolManager, workflows: Workflows) -> Result<Arc<Triggers>> {
+        Ok(Arc::new(Triggers {
+            invoker: Invoker::new(pool, workflows),
+            routes: routes::Routes::open(db)?,
+        }))
+    }
+
+    /// Refuses when triggers still target function `key` (before it is deleted).
+    pub fn check_function_unused(&self, key: &str) -> Result<()> {
+        let routes = self.routes.targeting_function(key)?;
+        if routes.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = routes.iter().map(Route::key).collect();
+        Err(Error::Conflict(format!(
+            "function {key:?} is the target of routes {}; delete them first",
+            names.join(", ")
+        )))
+    }
+}

@@ -1,0 +1,96 @@
+//! The HTTP trigger resource (a route): which requests reach which function or
+//! workflow, and its validation.
+
+use serde::{Deserialize, Serialize};
+
+use pool_manager::resources::{qualified, validate_name};
+use pool_manager::{Error, Result};
+
+fn default_namespace() -> String {
+    pool_manager::secrets::DEFAULT_NAMESPACE.to_string()
+}
+
+/// An HTTP trigger: which requests reach which function or workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    /// Names are unique per namespace (`default` unless given); the target
+    /// function is in the same namespace (a workflow is in `default`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Methods it answers; empty means every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// A URL template with `{params}`, matched exactly (`/users/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A path prefix: every path below it matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+}
+
+impl Route {
+    pub fn key(&self) -> String {
+        qualified(&self.namespace, &self.name)
+    }
+
+    /// The key of the function it targets, in the route's namespace.
+    pub fn function_key(&self) -> Option<String> {
+        self.function
+            .as_deref()
+            .map(|f| qualified(&self.namespace, f))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        validate_name("route", &self.name)?;
+        validate_name("namespace", &self.namespace)?;
+        match (&self.function, &self.workflow) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Invalid(
+                    "route: target either a function or a workflow, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(Error::Invalid(
+                    "route: a target function (--function) or workflow (--workflow) is required"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        match (&self.url, &self.prefix) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Invalid(
+                    "route: give either url or prefix, not both".into(),
+                ))
+            }
+            (None, None) => return Err(Error::Invalid("route: url or prefix is required".into())),
+            (Some(u), None) | (None, Some(u)) => crate::table::Template::parse(u)?,
+        };
+        if let Some(p) = &self.prefix {
+            if p.contains('{') {
+                return Err(Error::Invalid(
+                    "route: a prefix cannot hold {params}".into(),
+                ));
+            }
+        }
+        for m in &self.methods {
+            if !matches!(
+                m.as_str(),
+                "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS"
+            ) {
+                return Err(Error::Invalid(format!(
+                    "route: unknown method {m:?}: use GET, POST, PUT, DELETE, PATCH, HEAD or OPTIONS"
+                )));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,68 @@
+//! The router listener's dispatch: the built-in `/fission-function/<name>`
+//! paths (also `/fission-function/<namespace>/<name>`, as in Fission) and the
+//! HTTP triggers (routes), each sent to its function or workflow.
+
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use pool_manager::error::error_response;
+use pool_manager::resources::qualified;
+use pool_manager::Error;
+
+use crate::invoke::Target;
+use crate::Triggers;
+
+pub const FUNCTION_PREFIX: &str = "/fission-function/";
+
+/// Answers one request on the router listener.
+pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<Body> {
+    let invoker = &triggers.invoker;
+    // A clone of the URI shares its bytes: the path is borrowed from it, not copied.
+    let uri = req.uri().clone();
+    let path = uri.path();
+    if let Some(rest) = path.strip_prefix(FUNCTION_PREFIX) {
+        let (name, tail) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        // `/fission-function/<namespace>/<name>` for a function of another
+        // namespace than `default`, as in Fission.
+        if let Some(rest) = tail.strip_prefix('/') {
+            let (second, tail2) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            // `default/<name>` is `<name>`.
+            let key = qualified(name, second);
+            if !second.is_empty() && invoker.function_exists(&key) {
+                return pool_manager::forward(invoker.pool(), &key, req, tail2, &[]).await;
+            }
+        }
+        if invoker.function_exists(name) {
+            return pool_manager::forward(invoker.pool(), name, req, tail, &[]).await;
+        }
+        if invoker.workflow_exists(name) {
+            let target = Target::Workflow(name.to_string());
+            return invoker.call(&target, req, tail, &[]).await;
+        }
+        return Error::NotFound {
+            kind: "function",
+            name: name.to_string(),
+        }
+        .into_response();
+    }
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let table = triggers.routes.table();
+    match table.find(req.method().as_str(), host.as_deref(), path) {
+        Some(m) => invoker.call(&m.target, req, path, &m.params).await,
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            &format!("no route matches {} {path}", req.method()),
+        ),
+    }
+}

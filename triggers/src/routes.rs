@@ -1,0 +1,123 @@
+//! HTTP triggers as stored resources: create, update, delete and list routes
+//! (kept in sled), and the live `RouteTable` the router matches against,
+//! rebuilt on every change.
+
+use std::sync::{Arc, RwLock};
+
+use pool_manager::store::Records;
+use pool_manager::{Error, Result};
+
+use crate::invoke::Invoker;
+use crate::route::Route;
+use crate::table::RouteTable;
+
+pub struct Routes {
+    records: Records,
+    table: RwLock<Arc<RouteTable>>,
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound {
+        kind: "route",
+        name: name.to_string(),
+    }
+}
+
+impl Routes {
+    pub fn open(db: &sled::Db) -> Result<Routes> {
+        let records = Records::open(db, "routes", "route")?;
+        let table = RouteTable::new(records.list::<Route>()?);
+        Ok(Routes {
+            records,
+            table: RwLock::new(Arc::new(table)),
+        })
+    }
+
+    /// The routes as the router matches them now.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn get(&self, key: &str) -> Result<Route> {
+        self.records.get(key)?.ok_or_else(|| not_found(key))
+    }
+
+    pub fn list(&self) -> Result<Vec<Route>> {
+        self.records.list()
+    }
+
+    pub async fn create(&self, route: Route, invoker: &Invoker) -> Result<Route> {
+        self.check(&route, invoker)?;
+        self.records.create(&route.key(), &route).await?;
+        self.reload()?;
+        Ok(route)
+    }
+
+    pub async fn update(&self, route: Route, invoker: &Invoker) -> Result<Route> {
+        self.check(&route, invoker)?;
+        if self.get(&route.key())? == route {
+            return Ok(route);
+        }
+        self.records.put(&route.key(), &route).await?;
+        self.reload()?;
+        Ok(route)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        if !self.records.delete(key).await? {
+            return Err(not_found(key));
+        }
+        self.reload()
+    }
+
+    /// The routes that target function `key`.
+    pub fn targeting_function(&self, key: &str) -> Result<Vec<Route>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|r| r.function_key().as_deref() == Some(key))
+            .collect())
+    }
+
+    fn check(&self, route: &Route, invoker: &Invoker) -> Result<()> {
+        route.validate()?;
+        if let Some(f) = &route.function_key() {
+            if !invoker.function_exists(f) {
+                return Err(Error::Conflict(format!(
+                    "route {:?}: function {f:?} does not exist",
+                    route.name
+                )));
+            }
+        }
+        if let Some(w) = &route.workflow {
+            if !invoker.workflow_exists(w) {
+                return Err(Error::Conflict(format!(
+                    "route {:?}: workflow {w:?} does not exist",
+                    route.name
+                )));
+            }
+        }
+        let clash = self.list()?.into_iter().find(|r| {
+            r.key() != route.key()
+                && r.url == route.url
+                && r.prefix == route.prefix
+                && r.host == route.host
+                && (r.methods.is_empty()
+                    || route.methods.is_empty()
+                    || r.methods.iter().any(|m| route.methods.contains(m)))
+        });
+        if let Some(other) = clash {
+            return Err(Error::Conflict(format!(
+                "route {:?} would answer the same requests as route {:?}",
+                route.name, other.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn reload(&self) -> Result<()> {
+        let table = Arc::new(RouteTable::new(self.list()?));
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+        Ok(())
+    }
+}
