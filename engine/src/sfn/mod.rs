@@ -16,6 +16,9 @@ pub mod run;
 pub mod spec;
 pub mod validate;
 
+#[cfg(test)]
+mod props;
+
 pub use choice::{eval_choice, eval_condition, eval_rule, NO_CHOICE_MATCHED};
 pub use paths::{
     apply_input_path, apply_output_path, apply_result_path, parse_path, select, shape_output,
