@@ -876,7 +876,13 @@ mod tests {
     #[test]
     fn the_key_codes_are_documented() {
         let doc = include_str!("../../docs/error-codes.md");
-        for code in ["`unknown_key`", "`missing_run`"] {
+        for code in [
+            "`unknown_key`",
+            "`missing_run`",
+            "`unknown_on_failure`",
+            "`invalid_on_failure`",
+            "`invalid_concurrency`",
+        ] {
             assert!(doc.contains(code), "{code} is not in docs/error-codes.md");
         }
     }
@@ -962,6 +968,81 @@ mod tests {
         assert_eq!((e[0].line, e[0].column), (4, 10));
         assert_eq!(e[1].line, 6);
         assert_eq!(e[2].line, 8);
+    }
+
+    fn at(e: &[ValidationError]) -> Vec<(&str, usize, usize)> {
+        e.iter().map(|e| (e.code, e.line, e.column)).collect()
+    }
+
+    #[test]
+    fn fallbacks_name_another_task_that_nothing_else_waits_for() {
+        let ok = "output: B\ntasks:\n  A:\n    run: fortune\n    onFailure: F\n  F:\n    run: noop\n    inputs: \"{ task('A').Error }\"\n  B:\n    run: noop\n    requires: [A]\n";
+        assert!(check(ok).is_empty(), "{:?}", check(ok));
+        let e = check("output: A\ntasks:\n  A:\n    run: fortune\n    onFailure: Nope\n  B:\n    run: fortune\n    onFailure: B\n");
+        assert_eq!(
+            at(&e),
+            [("unknown_on_failure", 5, 16), ("invalid_on_failure", 8, 16)],
+            "{e:?}"
+        );
+        // One fallback for two tasks; a task that requires a fallback; a
+        // fallback as the output.
+        let e = check("output: F\ntasks:\n  A:\n    run: fortune\n    onFailure: F\n  B:\n    run: fortune\n    onFailure: F\n  C:\n    run: noop\n    requires: [F]\n  F:\n    run: noop\n");
+        assert_eq!(
+            at(&e),
+            [
+                ("invalid_on_failure", 1, 9),
+                ("invalid_on_failure", 8, 16),
+                ("invalid_on_failure", 11, 16)
+            ],
+            "{e:?}"
+        );
+        assert!(e[0].message.contains("name \"A\" as the output"), "{}", e[0].message);
+        assert!(e[2].message.contains("require \"A\" instead"), "{}", e[2].message);
+        // A fallback that waits for the task it stands for never runs.
+        let e = check("output: A\ntasks:\n  A:\n    run: fortune\n    onFailure: F\n  F:\n    run: noop\n    requires: [A]\n");
+        assert_eq!(at(&e), [("cycle", 3, 3)], "{e:?}");
+        assert!(e[0].message.contains("A -> F"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn concurrency_is_refused_where_nothing_runs_at_once() {
+        let ok = "output: A\nconcurrency: 2\ntasks:\n  A:\n    run: foreach\n    concurrency: 3\n    inputs: {foreach: [1], do: {run: noop}}\n  B:\n    run: if\n    concurrency: 2\n    inputs: {if: true, then: 1}\n";
+        assert!(check(ok).is_empty(), "{:?}", check(ok));
+        let e = check("output: A\nconcurrency: 0\ntasks:\n  A:\n    run: repeat\n    concurrency: 2\n    inputs: {times: 2, do: {run: noop}}\n  B:\n    run: while\n    concurrency: 2\n    inputs: {expr: false, limit: 2, do: {run: noop}}\n  C:\n    run: sleep\n    concurrency: 2\n");
+        assert_eq!(
+            at(&e),
+            [
+                ("invalid_concurrency", 2, 14),
+                ("invalid_concurrency", 6, 18),
+                ("invalid_concurrency", 10, 18),
+                ("invalid_concurrency", 14, 18)
+            ],
+            "{e:?}"
+        );
+        assert!(e[1].message.contains("one after another"), "{}", e[1].message);
+    }
+
+    #[test]
+    fn a_workflow_in_a_foreach_is_checked_like_the_document_with_outer_positions() {
+        let ok = "output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: \"{ param() }\"\n      do:\n        output: B\n        concurrency: 2\n        tasks:\n          A:\n            run: fortune\n            inputs: \"{ param('_item') }\"\n            onFailure: X\n          X:\n            run: noop\n          B:\n            run: whalesay\n            requires: [A]\n";
+        assert!(check(ok).is_empty(), "{:?}", check(ok));
+        let bad = "output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: [1]\n      do:\n        output: Z\n        tasks:\n          A:\n            run: nosuch\n            requirez: [B]\n          B:\n            run: noop\n            requires: [Q]\n            onFailure: B\n            inputs: \"{ ( }\"\n";
+        let e = check(bad);
+        assert_eq!(
+            at(&e),
+            [
+                ("unknown_output", 8, 17),
+                ("unknown_function", 11, 18),
+                ("unknown_key", 12, 13),
+                ("unknown_requires", 15, 24),
+                ("invalid_on_failure", 16, 24),
+                ("invalid_expression", 17, 22),
+            ],
+            "{e:?}"
+        );
+        // No `output`: said where the embedded workflow is.
+        let e = check("output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: [1]\n      do:\n        tasks:\n          A: {run: noop}\n");
+        assert_eq!(at(&e), [("missing_output", 7, 7)], "{e:?}");
     }
 
     #[test]
