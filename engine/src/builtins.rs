@@ -538,7 +538,9 @@ pub fn dynamic_workflow(value: &Value) -> Option<Result<DynamicTasks, String>> {
             tasks: spec.tasks,
             output: spec.output,
             concurrency: spec.concurrency,
-            invocation: spec.invocation,
+            // Set by `foreach` on the workflow an item runs, never by a
+            // document (validation refuses the key there).
+            invocation: value.get("invocation").cloned(),
         }));
     }
     if is_task_spec(value) {
@@ -629,10 +631,7 @@ mod tests {
             json!([1, 2, 3])
         );
         assert_eq!(
-            run(
-                "sleep",
-                &ins(json!({"default": "2s"})),
-                &Inputs::new()),
+            run("sleep", &ins(json!({"default": "2s"})), &Inputs::new()),
             Outcome::Sleep(Duration::from_secs(2))
         );
         assert_eq!(
@@ -640,10 +639,7 @@ mod tests {
             Outcome::Callback { notify: None }
         );
         assert_eq!(
-            run(
-                "callback",
-                &ins(json!({"notify": "tell"})),
-                &Inputs::new()),
+            run("callback", &ins(json!({"notify": "tell"})), &Inputs::new()),
             Outcome::Callback {
                 notify: Some("tell".into())
             }
@@ -653,10 +649,7 @@ mod tests {
             Outcome::Fail(m) if m.contains("notify must be a function name")
         ));
         assert_eq!(
-            run(
-                "fail",
-                &ins(json!({"default": "nope"})),
-                &Inputs::new()),
+            run("fail", &ins(json!({"default": "nope"})), &Inputs::new()),
             Outcome::Fail("nope".into())
         );
     }
@@ -706,7 +699,9 @@ mod tests {
         assert_eq!(run.tasks["a"].inputs, Some(json!("{ param() }")));
         // Neither a task nor a workflow: refused.
         let bad = json!({"foreach": [1], "do": 3});
-        assert!(matches!(run_builtin("foreach", bad), Outcome::Fail(m) if m.contains("a task or a workflow")));
+        assert!(
+            matches!(run_builtin("foreach", bad), Outcome::Fail(m) if m.contains("a task or a workflow"))
+        );
     }
 
     fn run_builtin(name: &str, v: Value) -> Outcome {

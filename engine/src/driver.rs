@@ -883,8 +883,7 @@ impl Actor {
                     let target = t.spec.target();
                     if target == "http" {
                         let named = inputs.as_object()?.clone().into_iter().collect();
-                        if let Outcome::Http(request) = builtins::run("http", &named, &named)
-                        {
+                        if let Outcome::Http(request) = builtins::run("http", &named, &named) {
                             return Some(External::Http {
                                 task: t.id.clone(),
                                 attempt: t.attempts,

@@ -1082,7 +1082,13 @@ async fn a_fallback_runs_after_the_retries_and_stands_for_the_failed_task() {
     assert_eq!(state.tasks["A"].status, crate::state::TaskStatus::Failed);
     assert_eq!(state.tasks["F"].status, crate::state::TaskStatus::Succeeded);
     // Without the fallback, the same failure fails the run.
-    let s = run(&e, "w2", &yaml.replace("    onFailure: F\n", ""), json!(null)).await;
+    let s = run(
+        &e,
+        "w2",
+        &yaml.replace("    onFailure: F\n", ""),
+        json!(null),
+    )
+    .await;
     assert_eq!(s.status, RunStatus::Failed, "{s:?}");
 }
 
@@ -1110,7 +1116,12 @@ async fn foreach_runs_a_workflow_per_item_at_most_concurrency_at_once() {
     let s = run(&e, "w2", yaml, json!(null)).await;
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
     let out = s.output.clone().unwrap();
-    assert!(out.as_str().unwrap_or_default().starts_with("rescued: task \"do_1\" failed"), "{out}");
+    assert!(
+        out.as_str()
+            .unwrap_or_default()
+            .starts_with("rescued: task \"do_1\" failed"),
+        "{out}"
+    );
     assert_eq!(fake.count("picky"), 2, "c and d never ran");
 }
 
@@ -1134,7 +1145,9 @@ async fn a_workflow_and_an_inline_sub_workflow_bound_their_tasks_in_flight() {
     for i in 0..5 {
         yaml.push_str(&format!("          T{i}: {{run: slow2, inputs: {i}}}\n"));
     }
-    yaml.push_str("          J: {run: noop, inputs: \"{ output('T4') }\", requires: [T0, T1, T2, T3, T4]}\n");
+    yaml.push_str(
+        "          J: {run: noop, inputs: \"{ output('T4') }\", requires: [T0, T1, T2, T3, T4]}\n",
+    );
     let s = run(&e, "w2", &yaml, json!(null)).await;
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
     assert_eq!(s.output, Some(json!("<4>")));

@@ -34,11 +34,6 @@ pub struct WorkflowSpec {
     /// sub-workflow counts as one until it ends). Fusion extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
-    /// For a workflow a `foreach` item runs: its `$.Invocation.Inputs` (the
-    /// item). Set by the engine, never read from a document.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(skip)]
-    pub invocation: Option<Value>,
     /// Set for Fission's RFC-0022 format: the state machine this workflow runs
     /// (then `output` and `tasks` are empty). Filled by the engine, never read
     /// from a Fission Workflows document.

@@ -297,6 +297,9 @@ pub enum Finish {
 }
 
 /// What should happen next.
+// Actions live only between `decide` and the driver acting on them: boxing
+// the task spec of a dispatch would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Run an attempt of a task (its raw inputs are in `spec`).
@@ -983,9 +986,8 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                         .get(x)
                         .is_some_and(|x| x.status == TaskStatus::Failed)
                 });
-                let ready = wanted
-                    && t.requires.iter().all(|r| s.resolved(r).is_some())
-                    && s.scope_open(t);
+                let ready =
+                    wanted && t.requires.iter().all(|r| s.resolved(r).is_some()) && s.scope_open(t);
                 if !ready {
                     continue;
                 }
@@ -1719,7 +1721,10 @@ mod tests {
         assert_eq!(s.tasks["f0"].fallback_of.as_deref(), Some("t0"));
         assert_eq!(dispatched_ids(&decide(&s, 0)), ["t0"], "never on its own");
         apply(&mut s, &dispatched("t0", 1, 0));
-        apply(&mut s, &failed("t0", 1, "the function answered 503", Some(503), 1));
+        apply(
+            &mut s,
+            &failed("t0", 1, "the function answered 503", Some(503), 1),
+        );
         let a = decide(&s, 1);
         assert_eq!(dispatched_ids(&a), ["f0"], "the run goes on: {a:?}");
         // With no inputs of its own, the fallback gets the failure.
@@ -1783,7 +1788,11 @@ mod tests {
             apply(&mut s, &dispatched(t, 1, at));
             apply(&mut s, &failed(t, 1, "no", None, at + 1));
         }
-        assert_eq!(dispatched_ids(&decide(&s, 2)), ["g0"], "a chain of fallbacks");
+        assert_eq!(
+            dispatched_ids(&decide(&s, 2)),
+            ["g0"],
+            "a chain of fallbacks"
+        );
         apply(&mut s, &dispatched("g0", 1, 2));
         apply(&mut s, &succeeded("g0", json!("last resort"), 3));
         assert!(matches!(

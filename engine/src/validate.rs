@@ -342,8 +342,9 @@ fn check_workflow(
 
 /// Built-ins that run a task or workflow given in their inputs: a workflow
 /// embedded there is checked like the document's own.
-const RUN_WHAT_THEY_ARE_GIVEN: &[&str] =
-    &["noop", "compose", "if", "switch", "foreach", "repeat", "while"];
+const RUN_WHAT_THEY_ARE_GIVEN: &[&str] = &[
+    "noop", "compose", "if", "switch", "foreach", "repeat", "while",
+];
 
 /// Why `concurrency` would do nothing on a task, if it would.
 fn concurrency_has_no_effect(task: &TaskSpec) -> Option<String> {
@@ -846,7 +847,6 @@ impl<'a> Positions<'a> {
         }
         (l + 1, c + 1)
     }
-
 }
 
 #[cfg(test)]
@@ -996,8 +996,16 @@ mod tests {
             ],
             "{e:?}"
         );
-        assert!(e[0].message.contains("name \"A\" as the output"), "{}", e[0].message);
-        assert!(e[2].message.contains("require \"A\" instead"), "{}", e[2].message);
+        assert!(
+            e[0].message.contains("name \"A\" as the output"),
+            "{}",
+            e[0].message
+        );
+        assert!(
+            e[2].message.contains("require \"A\" instead"),
+            "{}",
+            e[2].message
+        );
         // A fallback that waits for the task it stands for never runs.
         let e = check("output: A\ntasks:\n  A:\n    run: fortune\n    onFailure: F\n  F:\n    run: noop\n    requires: [A]\n");
         assert_eq!(at(&e), [("cycle", 3, 3)], "{e:?}");
@@ -1019,7 +1027,11 @@ mod tests {
             ],
             "{e:?}"
         );
-        assert!(e[1].message.contains("one after another"), "{}", e[1].message);
+        assert!(
+            e[1].message.contains("one after another"),
+            "{}",
+            e[1].message
+        );
     }
 
     #[test]
@@ -1043,6 +1055,9 @@ mod tests {
         // No `output`: said where the embedded workflow is.
         let e = check("output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: [1]\n      do:\n        tasks:\n          A: {run: noop}\n");
         assert_eq!(at(&e), [("missing_output", 7, 7)], "{e:?}");
+        // What the engine sets on an item's workflow is not a document's key.
+        let e = check("output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: [1]\n      do:\n        output: A\n        invocation: {default: 2}\n        tasks:\n          A: {run: noop}\n");
+        assert_eq!(at(&e), [("unknown_key", 9, 9)], "{e:?}");
     }
 
     #[test]
