@@ -1153,3 +1153,66 @@ async fn a_workflow_and_an_inline_sub_workflow_bound_their_tasks_in_flight() {
     assert_eq!(s.output, Some(json!("<4>")));
     assert_eq!(*seen2.lock().unwrap(), (5, 2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_in_flight_at_a_restart_runs_again_with_its_input_and_key() {
+    let (_d, db, fake) = setup();
+    fake.add("down", None, |_, _| text(500, "broken"));
+    fake.add("slow-rescue", Some(Duration::from_secs(10)), |c, _| {
+        text(
+            200,
+            &format!("rescued {}", String::from_utf8_lossy(&c.body)),
+        )
+    });
+    let e = engine_with(&fake, &db).await;
+    let yaml =
+        "output: A\ntasks:\n  A:\n    run: down\n    onFailure: F\n  F:\n    run: slow-rescue\n";
+    e.create_workflow("rec", yaml).unwrap();
+    let started = e.start_run("rec", json!(null)).await.unwrap();
+    // Flushes are real I/O while tokio's time is paused: poll in small steps.
+    for _ in 0..5000 {
+        if fake.count("slow-rescue") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(fake.count("slow-rescue"), 1);
+    e.shutdown().await;
+    drop(e);
+    let e2 = engine_with(&fake, &db).await;
+    let s = e2.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    let failure =
+        json!({"task": "A", "message": "the function answered 500: broken", "status": 500});
+    assert_eq!(s.output, Some(json!(format!("rescued {failure}"))));
+    assert_eq!(fake.count("down"), 1, "the failed task is not run again");
+    let keys = fake.keys("slow-rescue");
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1], "same idempotency key");
+    // The state folded again from the stored events is the one that ran.
+    let state = e2.run_state(&started.id).unwrap();
+    let events = e2.run_events(&started.id).unwrap();
+    assert_eq!(crate::state::RunState::fold(&events), state);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_workflow_run_by_name_keeps_its_own_concurrency() {
+    let (_d, db, fake) = setup();
+    let seen = gauge(&fake, "slow", Duration::from_millis(100));
+    let e = engine_with(&fake, &db).await;
+    let mut inner = String::from("output: J\nconcurrency: 2\ntasks:\n");
+    for i in 0..5 {
+        inner.push_str(&format!("  T{i}:\n    run: slow\n    inputs: {i}\n"));
+    }
+    inner.push_str("  J:\n    run: noop\n    requires: [T0, T1, T2, T3, T4]\n");
+    e.create_workflow("inner", &inner).unwrap();
+    let s = run(
+        &e,
+        "outer",
+        "output: C\ntasks:\n  C:\n    run: inner\n",
+        json!(null),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(*seen.lock().unwrap(), (5, 2));
+}
