@@ -1061,3 +1061,278 @@ fn fissions_workflow_run_and_runs_commands_start_and_inspect_runs() {
     assert_ne!(code, 0);
     assert!(err.contains("--input must be JSON"), "{err}");
 }
+
+/// A shell function that logs `start <key>` to the probe's log `log`, waits
+/// for the probe's gate `gate`, logs `end <key>`, then answers its body in
+/// capitals.
+fn spanning(probe: &Probe, log: &str, gate: &str) -> String {
+    let key = "$HTTP_X_FUSION_IDEMPOTENCY_KEY";
+    format!(
+        "#!/bin/sh\n{}\n{}\n{}\ntr a-z A-Z\n",
+        probe.curl(&format!("/log/{log}?start+{key}")),
+        probe.curl(&format!("/gate/{gate}")),
+        probe.curl(&format!("/log/{log}?end+{key}")),
+    )
+}
+
+/// From a log of `start`/`end` lines: the most calls in flight at once, and
+/// how many calls started. A call logs its end before it answers, and the
+/// engine starts the next task only once an answer came back, so the log
+/// shows at least as much overlap as there was.
+fn most_at_once(lines: &[String]) -> (usize, usize) {
+    let (mut now, mut most, mut started) = (0usize, 0usize, 0usize);
+    for l in lines {
+        if l.starts_with("start ") {
+            now += 1;
+            started += 1;
+            most = most.max(now);
+        } else if l.starts_with("end ") {
+            now = now.saturating_sub(1);
+        }
+    }
+    (most, started)
+}
+
+/// The run's tasks of function `run` that are running now.
+fn running(s: &Server, id: &str, run: &str) -> usize {
+    s.run(id)["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["run"] == run && t["status"] == "running")
+        .count()
+}
+
+/// Stores a workflow that must be refused; returns the error.
+fn refused(s: &Server, yaml: &str) -> Value {
+    let r = s
+        .api("POST", "/v1/workflows?name=refused")
+        .header("content-type", "application/yaml")
+        .body(yaml.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    r.json::<Value>().unwrap()["error"].clone()
+}
+
+#[test]
+fn a_task_that_fails_for_good_runs_its_fallback_and_the_run_goes_on() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    // Fails (the runtime answers 500 on a non-zero exit); the fallback
+    // answers what it was given: the failure.
+    s.function(
+        "down",
+        "binary",
+        "down.sh",
+        "#!/bin/sh\ncat >/dev/null\nexit 1\n",
+        json!({}),
+    );
+    s.function(
+        "refund",
+        "binary",
+        "refund.sh",
+        "#!/bin/sh\nprintf 'refunded after '\ncat\n",
+        json!({}),
+    );
+    let yaml = "apiVersion: 1\noutput: Report\ntasks:\n  Charge:\n    run: down\n    retry: {maxAttempts: 2, backoff: {initial: 10ms}}\n    onFailure: Refund\n  Refund:\n    run: refund\n  Report:\n    run: noop\n    inputs: \"{ output('Charge') + ' | ' + task('Charge').Status }\"\n    requires: [Charge]\n";
+    s.workflow("charge", yaml);
+    let id = s.start_async("charge", "");
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let out = run["output"].as_str().unwrap();
+    assert!(out.starts_with("refunded after {"), "{out}");
+    assert!(out.ends_with("} | failed"), "{out}");
+    let failure: Value =
+        serde_json::from_str(&out["refunded after ".len()..out.len() - " | failed".len()]).unwrap();
+    assert_eq!(failure["task"], "Charge", "{failure}");
+    assert_eq!(failure["status"], 500, "{failure}");
+    assert!(
+        failure["message"].as_str().unwrap().contains("500"),
+        "{failure}"
+    );
+    // The history shows the failed task, with its attempts, and the fallback.
+    let task = |name: &str| {
+        run["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(task("Charge")["status"], "failed", "{run}");
+    assert_eq!(task("Charge")["attempts"], 2, "{run}");
+    assert_eq!(task("Refund")["status"], "succeeded", "{run}");
+
+    // A fallback that fails too fails the run, naming it.
+    s.workflow(
+        "doomed",
+        &yaml.replace("    run: refund\n", "    run: down\n"),
+    );
+    let (st, body) = s.invoke("doomed", "text/plain", "");
+    assert_eq!(st, 500, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["task"], "Refund", "{err}");
+
+    // A fallback nothing can reach is refused, where it is.
+    let e = refused(&s, "apiVersion: 1\noutput: Refund\ntasks:\n  Charge:\n    run: down\n    onFailure: Refund\n  Refund:\n    run: refund\n");
+    assert_eq!(e["code"], "invalid_on_failure", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("line 2"), "{e}");
+    let e = refused(
+        &s,
+        "apiVersion: 1\noutput: Charge\ntasks:\n  Charge:\n    run: down\n    onFailure: Refnud\n",
+    );
+    assert_eq!(e["code"], "unknown_on_failure", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("line 6, column 16"),
+        "{e}"
+    );
+}
+
+#[test]
+fn concurrency_bounds_the_calls_in_flight_of_a_workflow_and_of_an_inline_one() {
+    let s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    // Room for every call at once: only the workflow limits them.
+    let roomy = json!({"max_scale": 8, "requests_per_instance": 16});
+    s.function(
+        "hold",
+        "binary",
+        "hold.sh",
+        &spanning(&probe, "top", "top"),
+        roomy.clone(),
+    );
+    s.function(
+        "hold-inline",
+        "binary",
+        "hold.sh",
+        &spanning(&probe, "inline", "inline"),
+        roomy,
+    );
+
+    let mut yaml = String::from("apiVersion: 1\noutput: Join\nconcurrency: 2\ntasks:\n");
+    for i in 0..5 {
+        yaml.push_str(&format!("  T{i}:\n    run: hold\n    inputs: t{i}\n"));
+    }
+    yaml.push_str("  Join:\n    run: noop\n    inputs: \"{ [output('T0'), output('T1'), output('T2'), output('T3'), output('T4')].join() }\"\n    requires: [T0, T1, T2, T3, T4]\n");
+    s.workflow("bounded", &yaml);
+    let id = s.start_async("bounded", "");
+    eventually(Duration::from_secs(30), "two calls started", || {
+        probe.lines("top").len() >= 2
+    });
+    assert_eq!(running(&s, &id, "hold"), 2, "{}", s.run(&id));
+    probe.open("top");
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], "T0,T1,T2,T3,T4");
+    assert_eq!(
+        most_at_once(&probe.lines("top")),
+        (2, 5),
+        "{:?}",
+        probe.lines("top")
+    );
+
+    // A task whose output is a workflow (here an `if` branch): six parallel
+    // tasks, three at a time.
+    let mut yaml = String::from("apiVersion: 1\noutput: Pick\ntasks:\n  Pick:\n    run: if\n    concurrency: 3\n    inputs:\n      if: true\n      then:\n        output: Last\n        tasks:\n");
+    for i in 0..6 {
+        yaml.push_str(&format!(
+            "          T{i}: {{run: hold-inline, inputs: i{i}}}\n"
+        ));
+    }
+    yaml.push_str("          Last: {run: noop, inputs: \"{ output('T5') }\", requires: [T0, T1, T2, T3, T4, T5]}\n");
+    s.workflow("inline", &yaml);
+    let id = s.start_async("inline", "");
+    eventually(Duration::from_secs(30), "three calls started", || {
+        probe.lines("inline").len() >= 3
+    });
+    assert_eq!(running(&s, &id, "hold-inline"), 3, "{}", s.run(&id));
+    probe.open("inline");
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], "I5");
+    assert_eq!(
+        most_at_once(&probe.lines("inline")),
+        (3, 6),
+        "{:?}",
+        probe.lines("inline")
+    );
+
+    // Where nothing runs at once, `concurrency` is refused, not ignored.
+    let e = refused(&s, "apiVersion: 1\noutput: R\ntasks:\n  R:\n    run: repeat\n    concurrency: 4\n    inputs: {times: 3, do: {run: hold}}\n");
+    assert_eq!(e["code"], "invalid_concurrency", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("one after another"),
+        "{e}"
+    );
+}
+
+#[test]
+fn foreach_runs_a_whole_workflow_per_item_at_most_concurrency_at_once() {
+    let s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    let roomy = json!({"max_scale": 8, "requests_per_instance": 16});
+    s.function(
+        "shout",
+        "binary",
+        "shout.sh",
+        &spanning(&probe, "items", "items"),
+        roomy,
+    );
+    let yaml = "apiVersion: 1\noutput: Each\ntasks:\n  Each:\n    run: foreach\n    concurrency: 2\n    inputs:\n      foreach: \"{ param().split(' ') }\"\n      do:\n        output: Mark\n        tasks:\n          Shout:\n            run: shout\n            inputs: \"{ param() }\"\n          Mark:\n            run: noop\n            inputs: \"{ output('Shout') + param('_index') }\"\n            requires: [Shout]\n";
+    s.workflow("each", yaml);
+    let id = s.start_async("each", "a b c d e");
+    eventually(Duration::from_secs(30), "two items started", || {
+        probe.lines("items").len() >= 2
+    });
+    assert_eq!(running(&s, &id, "shout"), 2, "{}", s.run(&id));
+    probe.open("items");
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], json!(["A0", "B1", "C2", "D3", "E4"]));
+    assert_eq!(
+        most_at_once(&probe.lines("items")),
+        (2, 5),
+        "{:?}",
+        probe.lines("items")
+    );
+
+    // A failing item fails the foreach (and the run); later items never start.
+    s.function(
+        "picky",
+        "binary",
+        "picky.sh",
+        &format!(
+            "#!/bin/sh\nbody=$(cat)\n{}\n[ \"$body\" != bad ] || exit 1\nprintf ok\n",
+            probe.curl("/log/picky?$body")
+        ),
+        json!({}),
+    );
+    s.workflow(
+        "picky-each",
+        "apiVersion: 1\noutput: Each\ntasks:\n  Each:\n    run: foreach\n    inputs:\n      foreach: [fine, bad, never]\n      sequential: true\n      do:\n        output: Check\n        tasks:\n          Check: {run: picky, inputs: \"{ param() }\"}\n",
+    );
+    let (st, body) = s.invoke("picky-each", "text/plain", "");
+    assert_eq!(st, 500, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["task"], "Each", "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("do_1"),
+        "{err}"
+    );
+    assert_eq!(probe.lines("picky"), ["fine", "bad"]);
+
+    // The inner workflow is checked like a document, positions in the outer one.
+    let e = refused(&s, "apiVersion: 1\noutput: Each\ntasks:\n  Each:\n    run: foreach\n    inputs:\n      foreach: [1]\n      do:\n        output: Check\n        tasks:\n          Check:\n            run: nosuch\n");
+    assert_eq!(e["code"], "unknown_function", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 12, column 18"),
+        "{e}"
+    );
+}

@@ -95,8 +95,9 @@ fn as_text(v: &Value) -> String {
 }
 
 /// Runs a built-in. `raw` holds the task's unevaluated inputs (`while` re-evaluates
-/// its condition on every iteration); `concurrency` is the task's extension field.
-pub fn run(name: &str, inputs: &Inputs, raw: &Inputs, concurrency: Option<u32>) -> Outcome {
+/// its condition on every iteration). A task's `concurrency` is not seen here:
+/// the state machine applies it to the sub-workflow the task runs.
+pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
     match name {
         "noop" => Outcome::Output(default_input(inputs)),
         "compose" => {
@@ -114,7 +115,7 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs, concurrency: Option<u32>) 
             Outcome::Output(inputs.get(branch).cloned().unwrap_or(Value::Null))
         }
         "switch" => switch(inputs),
-        "foreach" => foreach(inputs, concurrency),
+        "foreach" => foreach(inputs),
         "repeat" => repeat(inputs),
         "while" => while_loop(inputs, raw),
         "callback" => match inputs.get("notify") {
@@ -181,28 +182,47 @@ fn switch(inputs: &Inputs) -> Outcome {
     Outcome::Output(inputs.get("default").cloned().unwrap_or(Value::Null))
 }
 
-fn foreach(inputs: &Inputs, concurrency: Option<u32>) -> Outcome {
+/// `foreach` runs `do` once per item, as the tasks `do_0`, `do_1`, ... of a
+/// sub-workflow whose `collector` gathers their outputs in order. A task `do`
+/// gets the item as its input `_item` (and `_index`); a workflow `do` runs with
+/// the item as its invocation input (`param()`, `param('_item')`,
+/// `param('_index')`). At most `concurrency` items (1 when `sequential`) run
+/// at once: the sub-workflow's own `concurrency`.
+fn foreach(inputs: &Inputs) -> Outcome {
     let Some(items) = inputs.get("foreach").and_then(Value::as_array) else {
         return Outcome::Fail("foreach needs the input `foreach`, a list".into());
     };
-    let Some(action) = inputs.get("do").filter(|d| is_task_spec(d)) else {
-        return Outcome::Fail("foreach needs the input `do`, a task".into());
+    let Some(action) = inputs
+        .get("do")
+        .filter(|d| is_task_spec(d) || is_workflow_spec(d))
+    else {
+        return Outcome::Fail("foreach needs the input `do`, a task or a workflow".into());
     };
     let collect = inputs.get("collect").map(truthy).unwrap_or(true);
     let sequential = inputs.get("sequential").map(truthy).unwrap_or(false);
-    let limit = as_number(inputs.get("concurrency"))
-        .map(|n| n.max(1.0) as usize)
-        .or(concurrency.map(|c| c.max(1) as usize));
+    let limit = if sequential {
+        Some(1)
+    } else {
+        as_number(inputs.get("concurrency")).map(|n| n.clamp(1.0, u32::MAX as f64) as u32)
+    };
     let mut tasks = serde_json::Map::new();
     let mut collected = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let mut t = action.clone();
-        inject(&mut t, "_item", item.clone());
-        inject(&mut t, "_index", json!(i));
-        let gap = if sequential { Some(1) } else { limit };
-        if let Some(g) = gap.filter(|g| i >= *g) {
-            require(&mut t, &format!("do_{}", i - g));
-        }
+        let t = if is_workflow_spec(action) {
+            let mut workflow = action.clone();
+            if let Some(m) = workflow.as_object_mut() {
+                m.insert(
+                    "invocation".into(),
+                    json!({"default": item, "_item": item, "_index": i}),
+                );
+            }
+            json!({"run": "noop", "inputs": workflow})
+        } else {
+            let mut t = action.clone();
+            inject(&mut t, "_item", item.clone());
+            inject(&mut t, "_index", json!(i));
+            t
+        };
         tasks.insert(format!("do_{i}"), t);
         if collect {
             collected.push(Value::String(format!("{{ output('do_{i}') }}")));
@@ -213,7 +233,11 @@ fn foreach(inputs: &Inputs, concurrency: Option<u32>) -> Outcome {
         "collector".into(),
         json!({"run": "compose", "inputs": {"default": collected}, "requires": requires}),
     );
-    Outcome::Output(json!({"output": "collector", "tasks": tasks}))
+    let mut workflow = json!({"output": "collector", "tasks": tasks});
+    if let (Some(n), Some(m)) = (limit, workflow.as_object_mut()) {
+        m.insert("concurrency".into(), json!(n));
+    }
+    Outcome::Output(workflow)
 }
 
 fn repeat(inputs: &Inputs) -> Outcome {
@@ -468,17 +492,27 @@ fn require(task: &mut Value, dep: &str) {
     }
 }
 
-/// The tasks of a dynamic sub-workflow and its output task's id.
-pub type DynamicTasks = (BTreeMap<String, TaskSpec>, String);
+/// A dynamic sub-workflow: its tasks, its output task's id, its own
+/// `concurrency` and, for a `foreach` item, its invocation input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynamicTasks {
+    pub tasks: BTreeMap<String, TaskSpec>,
+    pub output: String,
+    pub concurrency: Option<u32>,
+    pub invocation: Option<Value>,
+}
 
-/// A task's output that is a task or workflow spec, as the tasks of a dynamic
-/// sub-workflow and its output task; an invalid one is an error.
+/// A task's output that is a task or workflow spec, as a dynamic
+/// sub-workflow; an invalid one is an error.
 pub fn dynamic_workflow(value: &Value) -> Option<Result<DynamicTasks, String>> {
     if is_workflow_spec(value) {
         let spec: WorkflowSpec = match serde_json::from_value(value.clone()) {
             Ok(s) => s,
             Err(e) => return Some(Err(format!("invalid workflow spec: {e}"))),
         };
+        if let Some(p) = crate::validate::fallback_problems(&spec.tasks, &spec.output).first() {
+            return Some(Err(format!("invalid workflow spec: {}", p.message)));
+        }
         if !spec.tasks.contains_key(&spec.output) {
             return Some(Err(format!(
                 "invalid workflow spec: output task {:?} is not one of its tasks",
@@ -492,18 +526,22 @@ pub fn dynamic_workflow(value: &Value) -> Option<Result<DynamicTasks, String>> {
                 )));
             }
         }
-        let graph = TaskGraph::new(
-            spec.tasks
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.requires.as_slice())),
-        );
+        let waits = crate::validate::waits_for(&spec.tasks);
+        let graph = TaskGraph::new(waits.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
         if let Some(c) = graph.cycles().first() {
             return Some(Err(format!(
                 "invalid workflow spec: cycle {}",
                 c.join(" -> ")
             )));
         }
-        return Some(Ok((spec.tasks, spec.output)));
+        return Some(Ok(DynamicTasks {
+            tasks: spec.tasks,
+            output: spec.output,
+            concurrency: spec.concurrency,
+            // Set by `foreach` on the workflow an item runs, never by a
+            // document (validation refuses the key there).
+            invocation: value.get("invocation").cloned(),
+        }));
     }
     if is_task_spec(value) {
         let mut spec: TaskSpec = match serde_json::from_value(value.clone()) {
@@ -511,10 +549,13 @@ pub fn dynamic_workflow(value: &Value) -> Option<Result<DynamicTasks, String>> {
             Err(e) => return Some(Err(format!("invalid task spec: {e}"))),
         };
         spec.requires.clear();
-        return Some(Ok((
-            BTreeMap::from([("task".to_string(), spec)]),
-            "task".into(),
-        )));
+        spec.on_failure = None;
+        return Some(Ok(DynamicTasks {
+            tasks: BTreeMap::from([("task".to_string(), spec)]),
+            output: "task".into(),
+            concurrency: None,
+            invocation: None,
+        }));
     }
     None
 }
@@ -528,7 +569,7 @@ mod tests {
     }
 
     fn out(name: &str, v: Value) -> Value {
-        match run(name, &ins(v.clone()), &ins(v), None) {
+        match run(name, &ins(v.clone()), &ins(v)) {
             Outcome::Output(o) => o,
             other => panic!("{other:?}"),
         }
@@ -590,40 +631,25 @@ mod tests {
             json!([1, 2, 3])
         );
         assert_eq!(
-            run(
-                "sleep",
-                &ins(json!({"default": "2s"})),
-                &Inputs::new(),
-                None
-            ),
+            run("sleep", &ins(json!({"default": "2s"})), &Inputs::new()),
             Outcome::Sleep(Duration::from_secs(2))
         );
         assert_eq!(
-            run("callback", &Inputs::new(), &Inputs::new(), None),
+            run("callback", &Inputs::new(), &Inputs::new()),
             Outcome::Callback { notify: None }
         );
         assert_eq!(
-            run(
-                "callback",
-                &ins(json!({"notify": "tell"})),
-                &Inputs::new(),
-                None
-            ),
+            run("callback", &ins(json!({"notify": "tell"})), &Inputs::new()),
             Outcome::Callback {
                 notify: Some("tell".into())
             }
         );
         assert!(matches!(
-            run("callback", &ins(json!({"notify": 3})), &Inputs::new(), None),
+            run("callback", &ins(json!({"notify": 3})), &Inputs::new()),
             Outcome::Fail(m) if m.contains("notify must be a function name")
         ));
         assert_eq!(
-            run(
-                "fail",
-                &ins(json!({"default": "nope"})),
-                &Inputs::new(),
-                None
-            ),
+            run("fail", &ins(json!({"default": "nope"})), &Inputs::new()),
             Outcome::Fail("nope".into())
         );
     }
@@ -634,23 +660,76 @@ mod tests {
             "foreach",
             json!({"foreach": [1, 2, 3], "do": {"run": "noop", "inputs": "{ task().Inputs._item }"}, "sequential": true}),
         );
-        let (tasks, output) = dynamic_workflow(&wf).unwrap().unwrap();
+        let DynamicTasks {
+            tasks,
+            output,
+            concurrency,
+            ..
+        } = dynamic_workflow(&wf).unwrap().unwrap();
         assert_eq!(output, "collector");
         assert_eq!(tasks.len(), 4);
-        assert_eq!(tasks["do_2"].requires, vec!["do_1"]);
+        assert!(tasks["do_2"].requires.is_empty(), "no chain: a limit");
+        assert_eq!(concurrency, Some(1), "sequential is one item at a time");
         assert_eq!(tasks["do_1"].named_inputs()["_item"], json!(2));
         assert_eq!(tasks["collector"].requires.len(), 3);
+        let wf = out(
+            "foreach",
+            json!({"foreach": [1], "do": {"run": "noop"}, "concurrency": 4}),
+        );
+        assert_eq!(dynamic_workflow(&wf).unwrap().unwrap().concurrency, Some(4));
+    }
+
+    #[test]
+    fn foreach_runs_a_whole_workflow_per_item_with_the_item_as_its_input() {
+        let inner = json!({"output": "b", "tasks": {
+            "a": {"run": "noop", "inputs": "{ param() }"},
+            "b": {"run": "noop", "inputs": "{ output('a') }", "requires": ["a"]},
+        }});
+        let wf = out("foreach", json!({"foreach": ["x", "y"], "do": inner}));
+        let DynamicTasks { tasks, .. } = dynamic_workflow(&wf).unwrap().unwrap();
+        // Each item is a task whose output is the workflow, with the item as
+        // its invocation input; the expressions inside stay unevaluated.
+        let item = tasks["do_1"].named_inputs()["default"].clone();
+        let run = dynamic_workflow(&item).unwrap().unwrap();
+        assert_eq!(run.output, "b");
+        assert_eq!(
+            run.invocation,
+            Some(json!({"default": "y", "_item": "y", "_index": 1}))
+        );
+        assert_eq!(run.tasks["a"].inputs, Some(json!("{ param() }")));
+        // Neither a task nor a workflow: refused.
+        let bad = json!({"foreach": [1], "do": 3});
+        assert!(
+            matches!(run_builtin("foreach", bad), Outcome::Fail(m) if m.contains("a task or a workflow"))
+        );
+    }
+
+    fn run_builtin(name: &str, v: Value) -> Outcome {
+        run(name, &ins(v.clone()), &ins(v))
+    }
+
+    #[test]
+    fn a_dynamic_workflow_with_a_bad_fallback_is_refused() {
+        let wf = json!({"output": "a", "tasks": {"a": {"run": "noop", "onFailure": "nope"}}});
+        let e = dynamic_workflow(&wf).unwrap().unwrap_err();
+        assert!(e.contains("nope"), "{e}");
+        let wf = json!({"output": "a", "tasks": {
+            "a": {"run": "noop", "onFailure": "f"},
+            "f": {"run": "noop", "requires": ["a"]},
+        }});
+        let e = dynamic_workflow(&wf).unwrap().unwrap_err();
+        assert!(e.contains("cycle"), "{e}");
     }
 
     #[test]
     fn repeat_and_while_build_workflows() {
         let wf = out("repeat", json!({"times": 3, "do": {"run": "noop"}}));
-        let (tasks, output) = dynamic_workflow(&wf).unwrap().unwrap();
+        let DynamicTasks { tasks, output, .. } = dynamic_workflow(&wf).unwrap().unwrap();
         assert_eq!(output, "do_2");
         assert_eq!(tasks["do_2"].requires, vec!["do_1"]);
         let w = json!({"expr": true, "limit": 5, "do": {"run": "noop"}});
         let wf = out("while", w);
-        let (tasks, output) = dynamic_workflow(&wf).unwrap().unwrap();
+        let DynamicTasks { tasks, output, .. } = dynamic_workflow(&wf).unwrap().unwrap();
         assert_eq!(output, "condition");
         assert_eq!(tasks.len(), 3);
         assert_eq!(
@@ -665,13 +744,13 @@ mod tests {
     #[test]
     fn repeat_refuses_more_iterations_than_a_run_can_hold() {
         let big = json!({"times": 1e12, "do": {"run": "noop"}});
-        match run("repeat", &ins(big.clone()), &ins(big), None) {
+        match run("repeat", &ins(big.clone()), &ins(big)) {
             Outcome::Fail(msg) => assert!(msg.contains("at most"), "{msg}"),
             other => panic!("{other:?}"),
         }
         let inf = json!({"times": "inf", "do": {"run": "noop"}});
         assert!(matches!(
-            run("repeat", &ins(inf.clone()), &ins(inf), None),
+            run("repeat", &ins(inf.clone()), &ins(inf)),
             Outcome::Fail(_)
         ));
     }

@@ -888,8 +888,7 @@ impl Actor {
                     let target = t.spec.target();
                     if target == "http" {
                         let named = inputs.as_object()?.clone().into_iter().collect();
-                        if let Outcome::Http(request) = builtins::run("http", &named, &named, None)
-                        {
+                        if let Outcome::Http(request) = builtins::run("http", &named, &named) {
                             return Some(External::Http {
                                 task: t.id.clone(),
                                 attempt: t.attempts,
@@ -1190,17 +1189,18 @@ impl Actor {
         // the same name (RFC-0022 Task states are dispatched this way too).
         let a_function = spec.run.starts_with(crate::spec::FISSION_SCHEME);
         if !a_function && builtins::is_builtin(&target) {
-            match builtins::run(&target, &inputs, &raw, spec.concurrency) {
+            match builtins::run(&target, &inputs, &raw) {
                 Outcome::Output(v) => {
                     self.record(dispatched(inputs_value, None));
                     match dynamic_workflow(&v) {
-                        Some(Ok((tasks, output))) => match self.too_big(tasks.len()) {
+                        Some(Ok(sub)) => match self.too_big(sub.tasks.len()) {
                             Some(why) => self.record(fail(why)),
                             None => self.record(Event::TasksAdded {
                                 parent: task.into(),
-                                tasks,
-                                output,
-                                scope_inputs: None,
+                                tasks: sub.tasks,
+                                output: sub.output,
+                                scope_inputs: sub.invocation,
+                                concurrency: sub.concurrency,
                                 at: now,
                             }),
                         },
@@ -1282,6 +1282,7 @@ impl Actor {
                         tasks: wf.spec.tasks,
                         output: wf.spec.output,
                         scope_inputs: Some(invocation_inputs(inputs_value)),
+                        concurrency: wf.spec.concurrency,
                         at: now,
                     }),
                 },

@@ -1047,3 +1047,172 @@ async fn recovery_notifies_again_only_when_the_url_was_not_taken() {
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
     assert_eq!(s.output, Some(json!("b")));
 }
+
+/// A function that takes `delay` and records the most calls of it in flight at once.
+fn gauge(fake: &Arc<FakeInvoker>, name: &str, delay: Duration) -> Arc<Mutex<(usize, usize)>> {
+    let seen = Arc::new(Mutex::new((0usize, 0usize))); // (finished, most in flight)
+    let (f, s, n) = (fake.clone(), seen.clone(), name.to_string());
+    fake.add(name, Some(delay), move |c, _| {
+        let started = f.count(&n);
+        let mut g = s.lock().unwrap();
+        g.1 = g.1.max(started - g.0);
+        g.0 += 1;
+        text(200, &format!("<{}>", String::from_utf8_lossy(&c.body)))
+    });
+    seen
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_runs_after_the_retries_and_stands_for_the_failed_task() {
+    let (_d, db, fake) = setup();
+    fake.add("down", None, |_, _| text(503, "down for maintenance"));
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: B\ntasks:\n  A:\n    run: down\n    retry: {maxAttempts: 2, backoff: {initial: 1s}}\n    onFailure: F\n  F:\n    run: echo\n  B:\n    run: echo\n    inputs: \"{ output('A') + ' / ' + task('A').Error }\"\n    requires: [A]\n";
+    let s = run(&e, "w", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(fake.count("down"), 2, "its retries come first");
+    let failure = json!({"task": "A", "message": "the function answered 503: down for maintenance", "status": 503});
+    assert_eq!(
+        s.output,
+        Some(json!(format!(
+            "{failure} / the function answered 503: down for maintenance"
+        )))
+    );
+    let state = e.run_state(&s.id).unwrap();
+    assert_eq!(state.tasks["A"].status, crate::state::TaskStatus::Failed);
+    assert_eq!(state.tasks["F"].status, crate::state::TaskStatus::Succeeded);
+    // Without the fallback, the same failure fails the run.
+    let s = run(
+        &e,
+        "w2",
+        &yaml.replace("    onFailure: F\n", ""),
+        json!(null),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Failed, "{s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn foreach_runs_a_workflow_per_item_at_most_concurrency_at_once() {
+    let (_d, db, fake) = setup();
+    let seen = gauge(&fake, "slow", Duration::from_millis(100));
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: F\ntasks:\n  F:\n    run: foreach\n    concurrency: 2\n    inputs:\n      foreach: \"{ param() }\"\n      do:\n        output: B\n        tasks:\n          A:\n            run: slow\n            inputs: \"{ param() }\"\n          B:\n            run: echo\n            inputs: \"{ output('A') + param('_index') }\"\n            requires: [A]\n";
+    let items: Vec<String> = (0..7).map(|i| format!("i{i}")).collect();
+    let s = run(&e, "w", yaml, json!({ "default": items })).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    let want: Vec<String> = (0..7).map(|i| format!("<i{i}>{i}")).collect();
+    assert_eq!(s.output, Some(json!(want)));
+    let (finished, most) = *seen.lock().unwrap();
+    assert_eq!((finished, most), (7, 2), "at most two items at once");
+
+    // A failing item fails the foreach, which its fallback stands in for; no
+    // further item starts.
+    fake.add("picky", None, |c, _| match c.body.as_ref() {
+        b"bad" => text(400, "bad item"),
+        _ => text(200, "ok"),
+    });
+    let yaml = "output: F\ntasks:\n  F:\n    run: foreach\n    onFailure: Rescue\n    inputs:\n      foreach: [a, bad, c, d]\n      sequential: true\n      do:\n        output: A\n        tasks:\n          A:\n            run: picky\n            inputs: \"{ param() }\"\n  Rescue:\n    run: noop\n    inputs: \"{ 'rescued: ' + task('F').Error }\"\n";
+    let s = run(&e, "w2", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    let out = s.output.clone().unwrap();
+    assert!(
+        out.as_str()
+            .unwrap_or_default()
+            .starts_with("rescued: task \"do_1\" failed"),
+        "{out}"
+    );
+    assert_eq!(fake.count("picky"), 2, "c and d never ran");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_workflow_and_an_inline_sub_workflow_bound_their_tasks_in_flight() {
+    let (_d, db, fake) = setup();
+    let seen = gauge(&fake, "slow", Duration::from_millis(100));
+    let e = engine_with(&fake, &db).await;
+    let mut yaml = String::from("output: J\nconcurrency: 3\ntasks:\n");
+    for i in 0..8 {
+        yaml.push_str(&format!("  T{i}:\n    run: slow\n    inputs: {i}\n"));
+    }
+    yaml.push_str("  J:\n    run: noop\n    requires: [T0, T1, T2, T3, T4, T5, T6, T7]\n");
+    let s = run(&e, "w", &yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(*seen.lock().unwrap(), (8, 3));
+
+    // An `if` whose branch is a workflow of five parallel tasks, limited to 2.
+    let seen2 = gauge(&fake, "slow2", Duration::from_millis(100));
+    let mut yaml = String::from("output: I\ntasks:\n  I:\n    run: if\n    concurrency: 2\n    inputs:\n      if: true\n      then:\n        output: J\n        tasks:\n");
+    for i in 0..5 {
+        yaml.push_str(&format!("          T{i}: {{run: slow2, inputs: {i}}}\n"));
+    }
+    yaml.push_str(
+        "          J: {run: noop, inputs: \"{ output('T4') }\", requires: [T0, T1, T2, T3, T4]}\n",
+    );
+    let s = run(&e, "w2", &yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("<4>")));
+    assert_eq!(*seen2.lock().unwrap(), (5, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_in_flight_at_a_restart_runs_again_with_its_input_and_key() {
+    let (_d, db, fake) = setup();
+    fake.add("down", None, |_, _| text(500, "broken"));
+    fake.add("slow-rescue", Some(Duration::from_secs(10)), |c, _| {
+        text(
+            200,
+            &format!("rescued {}", String::from_utf8_lossy(&c.body)),
+        )
+    });
+    let e = engine_with(&fake, &db).await;
+    let yaml =
+        "output: A\ntasks:\n  A:\n    run: down\n    onFailure: F\n  F:\n    run: slow-rescue\n";
+    e.create_workflow("rec", yaml).unwrap();
+    let started = e.start_run("rec", json!(null)).await.unwrap();
+    // Flushes are real I/O while tokio's time is paused: poll in small steps.
+    for _ in 0..5000 {
+        if fake.count("slow-rescue") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(fake.count("slow-rescue"), 1);
+    e.shutdown().await;
+    drop(e);
+    let e2 = engine_with(&fake, &db).await;
+    let s = e2.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    let failure =
+        json!({"task": "A", "message": "the function answered 500: broken", "status": 500});
+    assert_eq!(s.output, Some(json!(format!("rescued {failure}"))));
+    assert_eq!(fake.count("down"), 1, "the failed task is not run again");
+    let keys = fake.keys("slow-rescue");
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1], "same idempotency key");
+    // The state folded again from the stored events is the one that ran.
+    let state = e2.run_state(&started.id).unwrap();
+    let events = e2.run_events(&started.id).unwrap();
+    assert_eq!(crate::state::RunState::fold(&events), state);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_workflow_run_by_name_keeps_its_own_concurrency() {
+    let (_d, db, fake) = setup();
+    let seen = gauge(&fake, "slow", Duration::from_millis(100));
+    let e = engine_with(&fake, &db).await;
+    let mut inner = String::from("output: J\nconcurrency: 2\ntasks:\n");
+    for i in 0..5 {
+        inner.push_str(&format!("  T{i}:\n    run: slow\n    inputs: {i}\n"));
+    }
+    inner.push_str("  J:\n    run: noop\n    requires: [T0, T1, T2, T3, T4]\n");
+    e.create_workflow("inner", &inner).unwrap();
+    let s = run(
+        &e,
+        "outer",
+        "output: C\ntasks:\n  C:\n    run: inner\n",
+        json!(null),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(*seen.lock().unwrap(), (5, 2));
+}

@@ -573,10 +573,17 @@ pub fn names_tasks_literally(sources: &[String]) -> bool {
         let tasks_by_dot = src
             .match_indices("Tasks")
             .all(|(i, _)| src[i + "Tasks".len()..].starts_with('.'));
+        // The first argument a whole string literal (`output('T' + i)` is
+        // computed), or none.
         let helpers_by_literal = HELPERS.iter().all(|h| {
             src.match_indices(h).all(|(i, _)| {
                 let arg = src[i + h.len()..].trim_start();
-                arg.starts_with(['\'', '"', '`', ')'])
+                let Some(quote) = arg.chars().next().filter(|c| ['\'', '"'].contains(c)) else {
+                    return arg.starts_with(')');
+                };
+                arg[1..].split_once(quote).is_some_and(|(name, rest)| {
+                    !name.contains('\\') && rest.trim_start().starts_with([')', ','])
+                })
             })
         });
         // `$` itself only through a named member (`$.Tasks.`, `$.Invocation`, ...).
@@ -656,6 +663,8 @@ mod tests {
         assert!(!lit("{ task(ids[0]).Status }"));
         assert!(!lit("{ JSON.stringify($) }"));
         assert!(!lit("{ $['Tasks'] }"));
+        assert!(!lit("{ [0, 1].map(i => output('T' + i)) }"));
+        assert!(!lit("{ output(`T${i}`) }"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The workflow document: Fission Workflows' YAML format (unchanged) plus Fusion's
-//! optional extensions (retry, timeouts, concurrency). Pure data, no I/O.
+//! optional extensions (retry, timeouts, concurrency, a fallback task on
+//! failure). Pure data, no I/O.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -29,6 +30,10 @@ pub struct WorkflowSpec {
     /// Time limit of a whole run, e.g. "30s".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Most of this workflow's own tasks in flight at once (a task that runs a
+    /// sub-workflow counts as one until it ends). Fusion extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
     /// Set for Fission's RFC-0022 format: the state machine this workflow runs
     /// (then `output` and `tasks` are empty). Filled by the engine, never read
     /// from a Fission Workflows document.
@@ -56,9 +61,16 @@ pub struct TaskSpec {
     /// Time limit of one attempt, e.g. "5s".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
-    /// For `foreach`: how many items run at once.
+    /// For a task that runs a sub-workflow (`foreach`, an inline workflow, a
+    /// workflow by name, ...): most of its tasks in flight at once (for
+    /// `foreach`, most items).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// Fusion extension: the id of the task that runs instead when this one
+    /// fails for good (after its retries); its output then stands for this
+    /// task's output. That task never runs otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
 }
 
 impl Default for TaskSpec {
@@ -70,6 +82,7 @@ impl Default for TaskSpec {
             retry: None,
             timeout: None,
             concurrency: None,
+            on_failure: None,
         }
     }
 }

@@ -82,6 +82,9 @@ pub enum Event {
         output: String,
         #[serde(default)]
         scope_inputs: Option<Value>,
+        /// The sub-workflow's own `concurrency` (most of its tasks in flight).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        concurrency: Option<u32>,
         at: Millis,
     },
     TimerFired {
@@ -228,6 +231,16 @@ pub struct TaskState {
     pub spec: TaskSpec,
     /// Full ids of the dependencies.
     pub requires: Vec<String>,
+    /// Full id of the task that runs instead when this one fails for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+    /// For a fallback: full id of the task it runs instead of (it starts only
+    /// when that task failed for good).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_of: Option<String>,
+    /// For a `Waiting` task: its sub-workflow's own `concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_concurrency: Option<u32>,
     pub status: TaskStatus,
     pub attempts: u32,
     pub key: Option<String>,
@@ -284,6 +297,9 @@ pub enum Finish {
 }
 
 /// What should happen next.
+// Actions live only between `decide` and the driver acting on them: boxing
+// the task spec of a dispatch would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Run an attempt of a task (its raw inputs are in `spec`).
@@ -362,6 +378,84 @@ impl RunState {
             .collect()
     }
 
+    /// The task whose result stands for `id`'s: `id` itself once it
+    /// succeeded; once it failed for good, its fallback's (and so on down a
+    /// chain of fallbacks); None while that is not settled.
+    pub fn resolved(&self, id: &str) -> Option<&TaskState> {
+        let mut t = self.tasks.get(id)?;
+        for _ in 0..=self.tasks.len() {
+            match t.status {
+                TaskStatus::Succeeded => return Some(t),
+                TaskStatus::Failed => t = self.tasks.get(t.on_failure.as_deref()?)?,
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// The task that `id` runs instead of: up the chain of fallbacks while
+    /// the task it stands for failed; `id` itself for any other task.
+    pub fn stands_for(&self, id: &str) -> String {
+        let mut current = id;
+        for _ in 0..=self.tasks.len() {
+            match self
+                .tasks
+                .get(current)
+                .and_then(|t| t.fallback_of.as_deref())
+            {
+                Some(x) if self.tasks.get(x).map(|t| t.status) == Some(TaskStatus::Failed) => {
+                    current = x
+                }
+                _ => break,
+            }
+        }
+        current.to_string()
+    }
+
+    /// Whether every task whose sub-workflow holds `t` still waits for it (a
+    /// task whose parent already failed is not started).
+    fn scope_open(&self, t: &TaskState) -> bool {
+        let mut scope = t.scope.as_deref();
+        for _ in 0..=self.tasks.len() {
+            let Some(p) = scope else { return true };
+            match self.tasks.get(p) {
+                Some(parent) if parent.status == TaskStatus::Waiting => {
+                    scope = parent.scope.as_deref()
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Most tasks of a scope (the workflow's own, or the sub-workflow of task
+    /// `scope`) in flight at once, if limited.
+    fn scope_limit(&self, scope: Option<&str>) -> Option<usize> {
+        let limit = match scope {
+            None => self.spec.concurrency,
+            Some(p) => {
+                let t = self.tasks.get(p)?;
+                match (t.spec.concurrency, t.child_concurrency) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+        };
+        limit.map(|n| n.max(1) as usize)
+    }
+
+    /// What a task is dispatched with: a fallback that declares no inputs
+    /// gets the failure it stands in for as its default input.
+    fn dispatch_spec(&self, t: &TaskState) -> TaskSpec {
+        let mut spec = t.spec.clone();
+        if spec.inputs.is_none() {
+            if let Some(failed) = t.fallback_of.as_deref().and_then(|x| self.tasks.get(x)) {
+                spec.inputs = Some(json!({ "default": failure_value(failed) }));
+            }
+        }
+        spec
+    }
+
     /// The expression scope `$` for a task, and the task's id inside its scope.
     pub fn scope_for(&self, task_id: &str) -> Value {
         self.scope_with(task_id, &|_| true, true)
@@ -384,14 +478,20 @@ impl RunState {
         loop {
             for t in self.tasks.values().filter(|t| t.scope == scope) {
                 if !tasks.contains_key(&t.local) && include(&t.local) {
+                    // A task that failed for good shows its fallback's result
+                    // as its own output (its status and error stay its own).
+                    let result = match t.status {
+                        TaskStatus::Failed => self.resolved(&t.id).unwrap_or(t),
+                        _ => t,
+                    };
                     tasks.insert(
                         t.local.clone(),
                         json!({
                             "Id": t.id,
                             "Status": t.status,
                             "Inputs": t.inputs.clone().unwrap_or(Value::Null),
-                            "Output": t.output.clone().unwrap_or(Value::Null),
-                            "OutputHeaders": t.headers,
+                            "Output": result.output.clone().unwrap_or(Value::Null),
+                            "OutputHeaders": result.headers,
                             "Error": t.error,
                         }),
                     );
@@ -496,6 +596,55 @@ impl RunEnd {
     }
 }
 
+/// How a fallback sees the failure it stands in for (its default input):
+/// `{"task", "message", "status"}` as a failed run's `error` reads.
+pub fn failure_value(failed: &TaskState) -> Value {
+    let mut v = json!({
+        "task": failed.local,
+        "message": failed.error.clone().unwrap_or_default(),
+    });
+    if let (Some(status), Some(m)) = (failed.http_status, v.as_object_mut()) {
+        m.insert("status".into(), json!(status));
+    }
+    v
+}
+
+/// Adds the tasks of a workflow (the run's own when `scope` is None, else the
+/// sub-workflow of task `scope`) with their dependencies and fallbacks as full ids.
+fn insert_tasks(s: &mut RunState, scope: Option<&str>, tasks: &BTreeMap<String, TaskSpec>) {
+    let full = |local: &str| match scope {
+        Some(p) => child_id(p, local),
+        None => local.to_string(),
+    };
+    for (local, spec) in tasks {
+        let id = full(local);
+        let on_failure = spec
+            .on_failure
+            .as_deref()
+            .filter(|f| *f != local && tasks.contains_key(*f))
+            .map(full);
+        s.tasks.insert(
+            id.clone(),
+            TaskState {
+                id,
+                local: local.clone(),
+                scope: scope.map(String::from),
+                spec: spec.clone(),
+                requires: spec.requires.iter().map(|r| full(r)).collect(),
+                on_failure,
+                ..TaskState::default()
+            },
+        );
+    }
+    for (local, spec) in tasks {
+        if let Some(f) = spec.on_failure.as_deref().filter(|f| *f != local) {
+            if let Some(t) = s.tasks.get_mut(&full(f)) {
+                t.fallback_of.get_or_insert_with(|| full(local));
+            }
+        }
+    }
+}
+
 /// Applies one event. The only way a run's state changes.
 pub fn apply(s: &mut RunState, event: &Event) {
     if s.is_finished() && !matches!(event, Event::RunStarted { .. }) {
@@ -526,21 +675,14 @@ pub fn apply(s: &mut RunState, event: &Event) {
                     retry_of: retry_of.clone(),
                     ..RunState::default()
                 };
-            for (id, t) in &spec.tasks {
-                let mut ts = TaskState {
-                    id: id.clone(),
-                    local: id.clone(),
-                    spec: t.clone(),
-                    requires: t.requires.clone(),
-                    ..TaskState::default()
-                };
-                if let Some(r) = preserved.get(id) {
+            insert_tasks(s, None, &spec.tasks);
+            for (id, r) in preserved {
+                if let Some(ts) = s.tasks.get_mut(id) {
                     ts.status = TaskStatus::Succeeded;
                     ts.output = Some(r.output.clone());
                     ts.headers = r.headers.clone();
                     ts.inputs = Some(r.inputs.clone());
                 }
-                s.tasks.insert(id.clone(), ts);
             }
         }
         Event::TaskDispatched {
@@ -629,6 +771,7 @@ pub fn apply(s: &mut RunState, event: &Event) {
             tasks,
             output,
             scope_inputs,
+            concurrency,
             ..
         } => {
             let Some(p) = s.tasks.get_mut(parent) else {
@@ -640,21 +783,9 @@ pub fn apply(s: &mut RunState, event: &Event) {
             p.status = TaskStatus::Waiting;
             p.child_output = Some(child_id(parent, output));
             p.scope_inputs = scope_inputs.clone();
+            p.child_concurrency = *concurrency;
             p.wake_at = None;
-            for (local, spec) in tasks {
-                let id = child_id(parent, local);
-                s.tasks.insert(
-                    id.clone(),
-                    TaskState {
-                        id,
-                        local: local.clone(),
-                        scope: Some(parent.clone()),
-                        spec: spec.clone(),
-                        requires: spec.requires.iter().map(|r| child_id(parent, r)).collect(),
-                        ..TaskState::default()
-                    },
-                );
-            }
+            insert_tasks(s, Some(parent), tasks);
         }
         Event::TimerFired { task, at } => {
             if let Some(t) = s.tasks.get_mut(task) {
@@ -741,21 +872,23 @@ pub fn apply(s: &mut RunState, event: &Event) {
     }
 }
 
-/// A finished output task of a sub-workflow finishes the task that produced it.
+/// A finished output task of a sub-workflow (or the fallback standing for
+/// it) finishes the task that produced it.
 fn succeed_parents(s: &mut RunState, task: &str, at: Millis) {
     let mut current = task.to_string();
     loop {
         let Some(t) = s.tasks.get(&current) else {
             return;
         };
-        let Some(parent) = t.scope.clone() else {
+        let (output, headers) = (t.output.clone(), t.headers.clone());
+        let root = s.stands_for(&current);
+        let Some(parent) = s.tasks.get(&root).and_then(|t| t.scope.clone()) else {
             return;
         };
-        let (output, headers) = (t.output.clone(), t.headers.clone());
         let Some(p) = s.tasks.get_mut(&parent) else {
             return;
         };
-        if p.status != TaskStatus::Waiting || p.child_output.as_deref() != Some(current.as_str()) {
+        if p.status != TaskStatus::Waiting || p.child_output.as_deref() != Some(root.as_str()) {
             return;
         }
         p.status = TaskStatus::Succeeded;
@@ -766,13 +899,17 @@ fn succeed_parents(s: &mut RunState, task: &str, at: Millis) {
     }
 }
 
-/// A task of a sub-workflow that failed for good fails the task that produced it.
+/// A task of a sub-workflow that failed for good fails the task that produced
+/// it, unless it has a fallback (which then runs instead).
 fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
     let mut current = task.to_string();
     loop {
         let Some(t) = s.tasks.get(&current) else {
             return;
         };
+        if t.on_failure.is_some() {
+            return;
+        }
         let Some(parent) = t.scope.clone() else {
             return;
         };
@@ -816,11 +953,12 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
             }))];
         }
     }
-    // A workflow task that failed for good fails the run (the earliest one).
+    // A workflow task that failed for good without a fallback fails the run
+    // (the earliest one).
     if let Some(t) = s
         .tasks
         .values()
-        .filter(|t| t.scope.is_none() && t.status == TaskStatus::Failed)
+        .filter(|t| t.scope.is_none() && t.status == TaskStatus::Failed && t.on_failure.is_none())
         .min_by_key(|t| (t.ended_at, t.id.clone()))
     {
         return vec![Action::Finish(Finish::Failed(RunError {
@@ -829,32 +967,45 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
             status: t.http_status,
         }))];
     }
-    if let Some(t) = s.tasks.get(&s.spec.output) {
-        if t.status == TaskStatus::Succeeded {
-            return vec![Action::Finish(Finish::Succeeded {
-                output: t.output.clone().unwrap_or(Value::Null),
-                headers: t.headers.clone(),
-            })];
-        }
+    if let Some(t) = s.resolved(&s.spec.output) {
+        return vec![Action::Finish(Finish::Succeeded {
+            output: t.output.clone().unwrap_or(Value::Null),
+            headers: t.headers.clone(),
+        })];
     }
     let mut actions = Vec::new();
     let mut busy = false;
+    // Ready tasks of scopes with a `concurrency` limit, started after the loop.
+    let mut limited: BTreeMap<Option<&str>, (usize, Vec<&TaskState>)> = BTreeMap::new();
     for t in s.tasks.values() {
         match t.status {
             TaskStatus::Pending => {
-                let ready = t.requires.iter().all(|r| {
+                // A fallback starts only once the task it stands for failed for good.
+                let wanted = t.fallback_of.as_deref().is_none_or(|x| {
                     s.tasks
-                        .get(r)
-                        .is_some_and(|d| d.status == TaskStatus::Succeeded)
+                        .get(x)
+                        .is_some_and(|x| x.status == TaskStatus::Failed)
                 });
-                if ready {
-                    actions.push(Action::Dispatch {
-                        task: t.id.clone(),
-                        attempt: 1,
-                        key: attempt_key(&s.run_id, &t.id, 1),
-                        spec: t.spec.clone(),
-                    });
+                let ready =
+                    wanted && t.requires.iter().all(|r| s.resolved(r).is_some()) && s.scope_open(t);
+                if !ready {
+                    continue;
                 }
+                let scope = t.scope.as_deref();
+                if let Some(limit) = s.scope_limit(scope) {
+                    limited
+                        .entry(scope)
+                        .or_insert_with(|| (limit, Vec::new()))
+                        .1
+                        .push(t);
+                    continue;
+                }
+                actions.push(Action::Dispatch {
+                    task: t.id.clone(),
+                    attempt: 1,
+                    key: attempt_key(&s.run_id, &t.id, 1),
+                    spec: s.dispatch_spec(t),
+                });
             }
             TaskStatus::Retrying => {
                 busy = true;
@@ -877,7 +1028,7 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                         task: t.id.clone(),
                         attempt: next,
                         key: attempt_key(&s.run_id, &t.id, next),
-                        spec: t.spec.clone(),
+                        spec: s.dispatch_spec(t),
                     }),
                     Some(due) => actions.push(Action::StartTimer { at: due }),
                 }
@@ -901,6 +1052,37 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
             TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => {}
         }
     }
+    if !limited.is_empty() {
+        // In flight: running (or sleeping, or waiting for a callback), between
+        // attempts, or waiting for its own sub-workflow.
+        let mut inflight: BTreeMap<Option<&str>, usize> = BTreeMap::new();
+        for t in s.tasks.values() {
+            if matches!(
+                t.status,
+                TaskStatus::Running | TaskStatus::Retrying | TaskStatus::Waiting
+            ) && limited.contains_key(&t.scope.as_deref())
+            {
+                *inflight.entry(t.scope.as_deref()).or_default() += 1;
+            }
+        }
+        for (scope, (limit, mut ready)) in limited {
+            let free = limit.saturating_sub(inflight.get(&scope).copied().unwrap_or(0));
+            if free == 0 {
+                // Busy: something of that scope is in flight and will free a slot.
+                continue;
+            }
+            // In the order of their ids, numbers by value (`do_2` before `do_10`).
+            ready.sort_by(|a, b| natural_cmp(&a.local, &b.local));
+            for t in ready.into_iter().take(free) {
+                actions.push(Action::Dispatch {
+                    task: t.id.clone(),
+                    attempt: 1,
+                    key: attempt_key(&s.run_id, &t.id, 1),
+                    spec: s.dispatch_spec(t),
+                });
+            }
+        }
+    }
     if actions.is_empty() && !busy {
         // Nothing runs and nothing can start: end the run rather than hang.
         return vec![Action::Finish(Finish::Failed(RunError {
@@ -916,6 +1098,36 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
         actions.push(Action::StartTimer { at: d });
     }
     actions
+}
+
+/// Compares ids with runs of digits by their value: `do_2` < `do_10`.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(pb.iter()) {
+        let ord = match (x, y) {
+            ((true, x), (true, y)) => {
+                let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+                x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+            }
+            ((_, x), (_, y)) => x.cmp(y),
+        };
+        if ord != std::cmp::Ordering::Equal {
+            return ord;
+        }
+    }
+    pa.len().cmp(&pb.len()).then_with(|| a.cmp(b))
 }
 
 /// The event that records a finish.
@@ -965,6 +1177,43 @@ mod tests {
     }
 
     fn workflow(reqs: &[Vec<usize>], output: usize, retries: u32) -> WorkflowSpec {
+        workflow_with(reqs, output, retries, &[], None)
+    }
+
+    /// Like `workflow`, where `fallbacks[i]` gives task `t{i}` a fallback
+    /// `f{i}` (1), or one that has a fallback `g{i}` of its own (2), and the
+    /// workflow runs at most `concurrency` of its tasks at once.
+    fn workflow_with(
+        reqs: &[Vec<usize>],
+        output: usize,
+        retries: u32,
+        fallbacks: &[u8],
+        concurrency: Option<u32>,
+    ) -> WorkflowSpec {
+        let mut spec = workflow_plain(reqs, output, retries);
+        spec.concurrency = concurrency;
+        for (i, fb) in fallbacks.iter().enumerate().take(reqs.len()) {
+            if *fb == 0 {
+                continue;
+            }
+            let fallback = |on_failure: Option<String>| TaskSpec {
+                run: "fn".into(),
+                on_failure,
+                ..Default::default()
+            };
+            if let Some(t) = spec.tasks.get_mut(&format!("t{i}")) {
+                t.on_failure = Some(format!("f{i}"));
+            }
+            let second = (*fb >= 2).then(|| format!("g{i}"));
+            if let Some(g) = &second {
+                spec.tasks.insert(g.clone(), fallback(None));
+            }
+            spec.tasks.insert(format!("f{i}"), fallback(second));
+        }
+        spec
+    }
+
+    fn workflow_plain(reqs: &[Vec<usize>], output: usize, retries: u32) -> WorkflowSpec {
         let mut spec = WorkflowSpec {
             output: format!("t{output}"),
             ..Default::default()
@@ -1017,10 +1266,13 @@ mod tests {
                         task, attempt, key, ..
                     } => {
                         for r in &s.tasks[&task].requires {
+                            assert!(s.resolved(r).is_some(), "{task} before {r}");
+                        }
+                        if let Some(x) = &s.tasks[&task].fallback_of {
                             assert_eq!(
-                                s.tasks[r].status,
-                                TaskStatus::Succeeded,
-                                "{task} before {r}"
+                                s.tasks[x].status,
+                                TaskStatus::Failed,
+                                "fallback {task} while {x} did not fail"
                             );
                         }
                         new.push(Event::TaskDispatched {
@@ -1092,6 +1344,19 @@ mod tests {
                 apply(&mut s, &e);
                 events.push(e);
             }
+            if let Some(limit) = s.spec.concurrency {
+                let inflight = s
+                    .tasks
+                    .values()
+                    .filter(|t| {
+                        matches!(
+                            t.status,
+                            TaskStatus::Running | TaskStatus::Retrying | TaskStatus::Waiting
+                        )
+                    })
+                    .count();
+                assert!(inflight <= limit as usize, "{inflight} in flight");
+            }
             if s.is_finished() {
                 break;
             }
@@ -1118,8 +1383,32 @@ mod tests {
             (reqs, output) in dag(),
             retries in 1u32..4,
             choices in proptest::collection::vec((0usize..8, 0u8..3), 0..64),
+            fallbacks in proptest::collection::vec(0u8..3, 0..8),
+            concurrency in proptest::option::of(1u32..4),
         ) {
-            let (events, s) = simulate(workflow(&reqs, output, retries), &choices);
+            let spec = workflow_with(&reqs, output, retries, &fallbacks, concurrency);
+            let (events, s) = simulate(spec, &choices);
+            // A run succeeds with its output task's result, or that of the
+            // fallback standing for it; it fails on a task with no fallback.
+            match s.status {
+                RunStatus::Succeeded => {
+                    let out = s.resolved(&s.spec.output).expect("the output is settled");
+                    prop_assert_eq!(s.output.clone(), out.output.clone());
+                }
+                RunStatus::Failed => {
+                    if let Some(t) = s.error.as_ref().and_then(|e| e.task.as_ref()) {
+                        prop_assert_eq!(s.tasks[t].status, TaskStatus::Failed);
+                        prop_assert!(s.tasks[t].on_failure.is_none());
+                    }
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+            // A fallback ran only for a task that failed for good.
+            for t in s.tasks.values().filter(|t| t.attempts > 0) {
+                if let Some(x) = &t.fallback_of {
+                    prop_assert_eq!(s.tasks[x].status, TaskStatus::Failed);
+                }
+            }
             prop_assert!(s.is_finished(), "run did not finish: {:?}", s.status);
             prop_assert_eq!(events.iter().filter(|e| e.is_terminal()).count(), 1);
             prop_assert!(events.last().unwrap().is_terminal());
@@ -1235,6 +1524,7 @@ mod tests {
                 tasks,
                 output: "b".into(),
                 scope_inputs: None,
+                concurrency: None,
                 at: 0,
             },
         );
@@ -1396,5 +1686,247 @@ mod tests {
         assert_eq!(s.tasks["t0"].callback, None, "the old token is gone");
         apply(&mut s, &completed(1, json!("old"), None, 700));
         assert_eq!(s.tasks["t0"].status, TaskStatus::Running);
+    }
+
+    fn failed(task: &str, attempt: u32, error: &str, status: Option<u16>, at: Millis) -> Event {
+        Event::TaskFailed {
+            task: task.into(),
+            attempt,
+            error: error.into(),
+            status,
+            retryable: false,
+            at,
+        }
+    }
+
+    fn dispatched_ids(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Dispatch { task, .. } => Some(task.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// t0 (fallback f0) -> t1, the output.
+    fn with_fallback() -> RunState {
+        let spec = workflow_with(&[vec![], vec![0]], 1, 1, &[1], None);
+        RunState::fold(&[start(spec)])
+    }
+
+    #[test]
+    fn a_fallback_runs_only_when_its_task_fails_and_its_output_stands_for_it() {
+        let mut s = with_fallback();
+        assert_eq!(s.tasks["f0"].fallback_of.as_deref(), Some("t0"));
+        assert_eq!(dispatched_ids(&decide(&s, 0)), ["t0"], "never on its own");
+        apply(&mut s, &dispatched("t0", 1, 0));
+        apply(
+            &mut s,
+            &failed("t0", 1, "the function answered 503", Some(503), 1),
+        );
+        let a = decide(&s, 1);
+        assert_eq!(dispatched_ids(&a), ["f0"], "the run goes on: {a:?}");
+        // With no inputs of its own, the fallback gets the failure.
+        let Action::Dispatch { spec, .. } = &a[0] else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            spec.named_inputs()["default"],
+            json!({"task": "t0", "message": "the function answered 503", "status": 503})
+        );
+        apply(&mut s, &dispatched("f0", 1, 1));
+        apply(&mut s, &succeeded("f0", json!("plan b"), 2));
+        assert_eq!(dispatched_ids(&decide(&s, 2)), ["t1"]);
+        // t1 sees f0's output as t0's, and t0 still as failed, with its error.
+        let scope = s.scope_for("t1");
+        assert_eq!(scope["Tasks"]["t0"]["Output"], json!("plan b"));
+        assert_eq!(scope["Tasks"]["t0"]["Status"], json!("failed"));
+        assert_eq!(
+            scope["Tasks"]["t0"]["Error"],
+            json!("the function answered 503")
+        );
+        apply(&mut s, &dispatched("t1", 1, 2));
+        apply(&mut s, &succeeded("t1", json!("done"), 3));
+        assert_eq!(
+            decide(&s, 3),
+            vec![Action::Finish(Finish::Succeeded {
+                output: json!("done"),
+                headers: Headers::new()
+            })]
+        );
+    }
+
+    #[test]
+    fn an_unneeded_fallback_stays_pending_and_a_failed_one_fails_the_run() {
+        let mut s = with_fallback();
+        apply(&mut s, &dispatched("t0", 1, 0));
+        apply(&mut s, &succeeded("t0", json!(1), 1));
+        assert_eq!(dispatched_ids(&decide(&s, 1)), ["t1"]);
+        assert_eq!(s.tasks["f0"].status, TaskStatus::Pending);
+
+        let mut s = with_fallback();
+        apply(&mut s, &dispatched("t0", 1, 0));
+        apply(&mut s, &failed("t0", 1, "first", None, 1));
+        apply(&mut s, &dispatched("f0", 1, 1));
+        apply(&mut s, &failed("f0", 1, "second", Some(500), 2));
+        assert_eq!(
+            decide(&s, 2),
+            vec![Action::Finish(Finish::Failed(RunError {
+                task: Some("f0".into()),
+                message: "second".into(),
+                status: Some(500),
+            }))]
+        );
+    }
+
+    #[test]
+    fn the_output_tasks_fallback_gives_the_runs_output() {
+        let spec = workflow_with(&[vec![]], 0, 1, &[2], None);
+        let mut s = RunState::fold(&[start(spec)]);
+        for (t, at) in [("t0", 0), ("f0", 1)] {
+            apply(&mut s, &dispatched(t, 1, at));
+            apply(&mut s, &failed(t, 1, "no", None, at + 1));
+        }
+        assert_eq!(
+            dispatched_ids(&decide(&s, 2)),
+            ["g0"],
+            "a chain of fallbacks"
+        );
+        apply(&mut s, &dispatched("g0", 1, 2));
+        apply(&mut s, &succeeded("g0", json!("last resort"), 3));
+        assert!(matches!(
+            &decide(&s, 3)[..],
+            [Action::Finish(Finish::Succeeded { output, .. })] if *output == json!("last resort")
+        ));
+    }
+
+    /// Task `p` of a one-task workflow runs `tasks` as its sub-workflow.
+    fn waiting_parent(
+        tasks: BTreeMap<String, TaskSpec>,
+        output: &str,
+        concurrency: Option<u32>,
+    ) -> RunState {
+        let mut spec = workflow(&[vec![]], 0, 1);
+        let p = spec.tasks.remove("t0").unwrap();
+        spec.tasks.insert("p".into(), p);
+        spec.output = "p".into();
+        let mut s = RunState::fold(&[start(spec)]);
+        apply(&mut s, &dispatched("p", 1, 0));
+        apply(
+            &mut s,
+            &Event::TasksAdded {
+                parent: "p".into(),
+                tasks,
+                output: output.into(),
+                scope_inputs: None,
+                concurrency,
+                at: 0,
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn a_fallback_in_a_sub_workflow_keeps_its_parent_waiting_then_finishes_it() {
+        let tasks = BTreeMap::from([
+            (
+                "a".to_string(),
+                TaskSpec {
+                    on_failure: Some("b".into()),
+                    ..Default::default()
+                },
+            ),
+            ("b".to_string(), TaskSpec::default()),
+        ]);
+        let mut s = waiting_parent(tasks, "a", None);
+        assert_eq!(s.tasks["p/a"].on_failure.as_deref(), Some("p/b"));
+        apply(&mut s, &dispatched("p/a", 1, 0));
+        apply(&mut s, &failed("p/a", 1, "no", None, 1));
+        assert_eq!(s.tasks["p"].status, TaskStatus::Waiting);
+        assert_eq!(dispatched_ids(&decide(&s, 1)), ["p/b"]);
+        apply(&mut s, &dispatched("p/b", 1, 1));
+        apply(&mut s, &succeeded("p/b", json!("b"), 2));
+        assert_eq!(s.tasks["p"].status, TaskStatus::Succeeded);
+        assert_eq!(s.tasks["p"].output, Some(json!("b")));
+    }
+
+    #[test]
+    fn concurrency_bounds_the_tasks_in_flight_of_each_workflow_in_id_order() {
+        let ten: Vec<Vec<usize>> = vec![vec![]; 11];
+        let spec = workflow_with(&ten, 0, 1, &[], Some(3));
+        let mut s = RunState::fold(&[start(spec)]);
+        assert_eq!(dispatched_ids(&decide(&s, 0)), ["t0", "t1", "t2"]);
+        for t in ["t0", "t1", "t2"] {
+            apply(&mut s, &dispatched(t, 1, 0));
+        }
+        assert_eq!(dispatched_ids(&decide(&s, 0)), Vec::<String>::new());
+        apply(&mut s, &succeeded("t1", json!(1), 1));
+        assert_eq!(dispatched_ids(&decide(&s, 1)), ["t3"], "t3 before t10");
+
+        // A sub-workflow: the smaller of its task's limit and its own.
+        let tasks: BTreeMap<String, TaskSpec> = (0..12)
+            .map(|i| (format!("do_{i}"), TaskSpec::default()))
+            .collect();
+        let mut s = waiting_parent(tasks.clone(), "do_0", Some(4));
+        assert_eq!(
+            dispatched_ids(&decide(&s, 0)),
+            ["p/do_0", "p/do_1", "p/do_2", "p/do_3"]
+        );
+        s.tasks.get_mut("p").unwrap().spec.concurrency = Some(2);
+        assert_eq!(dispatched_ids(&decide(&s, 0)), ["p/do_0", "p/do_1"]);
+        let s = waiting_parent(tasks, "do_0", None);
+        assert_eq!(dispatched_ids(&decide(&s, 0)).len(), 12, "no limit");
+    }
+
+    #[test]
+    fn a_failed_sub_workflow_starts_nothing_more() {
+        let tasks = BTreeMap::from([
+            ("a".to_string(), TaskSpec::default()),
+            (
+                "b".to_string(),
+                TaskSpec {
+                    requires: vec!["c".into()],
+                    ..Default::default()
+                },
+            ),
+            ("c".to_string(), TaskSpec::default()),
+        ]);
+        let mut spec = workflow(&[vec![]], 0, 1);
+        let mut p = spec.tasks.remove("t0").unwrap();
+        p.on_failure = Some("f".into());
+        spec.tasks.insert("p".into(), p);
+        spec.tasks.insert("f".into(), TaskSpec::default());
+        spec.output = "p".into();
+        let mut s = RunState::fold(&[start(spec)]);
+        apply(&mut s, &dispatched("p", 1, 0));
+        apply(
+            &mut s,
+            &Event::TasksAdded {
+                parent: "p".into(),
+                tasks,
+                output: "b".into(),
+                scope_inputs: None,
+                concurrency: None,
+                at: 0,
+            },
+        );
+        apply(&mut s, &dispatched("p/a", 1, 0));
+        apply(&mut s, &dispatched("p/c", 1, 0));
+        apply(&mut s, &failed("p/a", 1, "no", None, 1));
+        assert_eq!(s.tasks["p"].status, TaskStatus::Failed);
+        apply(&mut s, &succeeded("p/c", json!(1), 2));
+        // p's fallback runs; p/b, whose sub-workflow failed, does not.
+        assert_eq!(dispatched_ids(&decide(&s, 2)), ["f"]);
+    }
+
+    #[test]
+    fn ids_compare_with_numbers_by_value() {
+        let mut ids = vec!["do_10", "do_2", "collector", "do_1", "a10b", "a9b", "do_02"];
+        ids.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            ids,
+            ["a9b", "a10b", "collector", "do_1", "do_02", "do_2", "do_10"]
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Validation of a workflow document before it is stored. Every error carries a
 //! stable code and the line and column in the YAML source at fault.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -9,7 +11,9 @@ use crate::dag::TaskGraph;
 use crate::document::check_yaml;
 use crate::expr::{all_expressions, check_syntax, expression_source};
 use crate::retry::RetryPolicy;
-use crate::spec::{is_task_spec, parse_duration, run_target, TaskSpec, WorkflowSpec};
+use crate::spec::{
+    is_task_spec, is_workflow_spec, parse_duration, run_target, TaskSpec, WorkflowSpec,
+};
 
 /// One problem in a workflow document.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -104,7 +108,13 @@ pub fn parse_and_validate(
     }
     let mut errors = validate(&spec, source, exists);
     if let Ok(doc) = serde_yaml::from_str::<Value>(source) {
-        errors.extend(check_keys(&doc, &Positions::new(source)));
+        let pos = Positions::new(source);
+        let at = At {
+            pos: &pos,
+            prefix: Vec::new(),
+            exact: true,
+        };
+        errors.extend(check_keys(&doc, &at));
         errors.sort_by_key(|e| (e.line, e.column));
     }
     if errors.is_empty() {
@@ -121,151 +131,409 @@ pub fn validate(
     exists: &dyn Fn(&str) -> bool,
 ) -> Vec<ValidationError> {
     let pos = Positions::new(source);
-    let mut errors = Vec::new();
-    let mut err = |code: &'static str, message: String, at: (usize, usize)| {
-        errors.push(ValidationError {
-            code,
-            message,
-            line: at.0,
-            column: at.1,
-        })
+    let at = At {
+        pos: &pos,
+        prefix: Vec::new(),
+        exact: true,
     };
+    let mut errors = Vec::new();
+    check_workflow(spec, &at, exists, &mut errors);
+    errors.sort_by_key(|e| (e.line, e.column));
+    errors
+}
 
+fn push(
+    errors: &mut Vec<ValidationError>,
+    code: &'static str,
+    message: String,
+    (line, column): (usize, usize),
+) {
+    errors.push(ValidationError {
+        code,
+        message,
+        line,
+        column,
+    });
+}
+
+/// A problem with the fallbacks (`onFailure`) of a workflow's tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FallbackProblem {
+    pub code: &'static str,
+    pub message: String,
+    pub at: FallbackAt,
+}
+
+/// Where a [`FallbackProblem`] is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FallbackAt {
+    /// The `onFailure` of this task.
+    OnFailure(String),
+    /// This task's `requires` entry naming that fallback.
+    Requires(String, String),
+    /// The workflow's `output`.
+    Output,
+}
+
+/// The rules of `onFailure`: it names another task of the same workflow; a
+/// task is the fallback of one task at most; no task requires a fallback and
+/// the output task is not one (a fallback runs only when its task fails, so
+/// either would wait for nothing when it succeeds: they name the task it
+/// stands for instead, whose result the fallback's becomes). Cycles through
+/// fallbacks are found with [`waits_for`].
+pub fn fallback_problems(tasks: &BTreeMap<String, TaskSpec>, output: &str) -> Vec<FallbackProblem> {
+    let mut problems = Vec::new();
+    let mut stands_for: BTreeMap<&str, &str> = BTreeMap::new();
+    for (id, t) in tasks {
+        let Some(f) = t.on_failure.as_deref() else {
+            continue;
+        };
+        let at = FallbackAt::OnFailure(id.clone());
+        if f == id {
+            problems.push(FallbackProblem {
+                code: "invalid_on_failure",
+                message: format!("task {id:?} cannot be its own fallback (onFailure)"),
+                at,
+            });
+        } else if !tasks.contains_key(f) {
+            problems.push(FallbackProblem {
+                code: "unknown_on_failure",
+                message: format!("task {id:?}: onFailure names {f:?}, which is not a task"),
+                at,
+            });
+        } else if let Some(first) = stands_for.get(f) {
+            problems.push(FallbackProblem {
+                code: "invalid_on_failure",
+                message: format!(
+                    "task {id:?}: {f:?} is already the fallback of {first:?}; a task can be the fallback (onFailure) of one task only"
+                ),
+                at,
+            });
+        } else {
+            stands_for.insert(f, id);
+        }
+    }
+    for (id, t) in tasks {
+        for dep in &t.requires {
+            if let Some(x) = stands_for.get(dep.as_str()) {
+                problems.push(FallbackProblem {
+                    code: "invalid_on_failure",
+                    message: format!(
+                        "task {id:?} requires {dep:?}, the fallback of {x:?}, which runs only when {x:?} fails: require {x:?} instead (its fallback's output stands for its own)"
+                    ),
+                    at: FallbackAt::Requires(id.clone(), dep.clone()),
+                });
+            }
+        }
+    }
+    if let Some(x) = stands_for.get(output) {
+        problems.push(FallbackProblem {
+            code: "invalid_on_failure",
+            message: format!(
+                "the output task {output:?} is the fallback of {x:?}, which runs only when {x:?} fails: name {x:?} as the output (its fallback's output stands for its own)"
+            ),
+            at: FallbackAt::Output,
+        });
+    }
+    problems
+}
+
+/// What each task waits for before its result is known: its `requires`, and
+/// its fallback (whose result may stand for its own). A cycle here never ends.
+pub fn waits_for(tasks: &BTreeMap<String, TaskSpec>) -> Vec<(String, Vec<String>)> {
+    tasks
+        .iter()
+        .map(|(id, t)| {
+            let mut waits = t.requires.clone();
+            if let Some(f) = t.on_failure.as_ref().filter(|f| *f != id) {
+                waits.push(f.clone());
+            }
+            (id.clone(), waits)
+        })
+        .collect()
+}
+
+/// Checks one workflow: the document's own, or one embedded in a task's
+/// inputs (then `at` says where it sits in the document).
+fn check_workflow(
+    spec: &WorkflowSpec,
+    at: &At,
+    exists: &dyn Fn(&str) -> bool,
+    errors: &mut Vec<ValidationError>,
+) {
     if spec.tasks.is_empty() {
-        err(
+        push(
+            errors,
             "no_tasks",
             "the workflow has no tasks".into(),
-            pos.key(&["tasks"]),
+            at.key(&["tasks"]),
         );
     }
     if spec.output.trim().is_empty() {
-        err(
+        push(
+            errors,
             "missing_output",
             "`output` must name the task whose output is the workflow's output".into(),
-            pos.key(&["output"]),
+            at.key(&["output"]),
         );
     } else if !spec.tasks.is_empty() && !spec.tasks.contains_key(&spec.output) {
-        err(
+        push(
+            errors,
             "unknown_output",
             format!("output task {:?} is not one of the tasks", spec.output),
-            pos.value(&["output"]),
+            at.value(&["output"]),
         );
     }
     if let Some(t) = &spec.timeout {
         if parse_duration(t).is_none() {
-            err(
+            push(
+                errors,
                 "invalid_timeout",
                 format!("timeout {t:?} is not a duration (e.g. \"30s\")"),
-                pos.value(&["timeout"]),
+                at.value(&["timeout"]),
             );
         }
+    }
+    if spec.concurrency == Some(0) {
+        push(
+            errors,
+            "invalid_concurrency",
+            "the workflow's concurrency must be at least 1".into(),
+            at.value(&["concurrency"]),
+        );
     }
 
     for (id, task) in &spec.tasks {
         for dep in &task.requires {
             if !spec.tasks.contains_key(dep) {
-                err(
+                push(
+                    errors,
                     "unknown_requires",
                     format!("task {id:?} requires {dep:?}, which is not a task"),
-                    pos.entry(&["tasks", id, "requires"], dep),
+                    at.entry(&["tasks", id, "requires"], dep),
                 );
             }
         }
-        check_task(id, task, &pos, exists, &mut err);
+        check_task(id, task, at, exists, errors);
+    }
+    for p in fallback_problems(&spec.tasks, &spec.output) {
+        let position = match &p.at {
+            FallbackAt::OnFailure(id) => at.value(&["tasks", id, "onFailure"]),
+            FallbackAt::Requires(id, dep) => at.entry(&["tasks", id, "requires"], dep),
+            FallbackAt::Output => at.value(&["output"]),
+        };
+        push(errors, p.code, p.message, position);
     }
 
-    let graph = TaskGraph::new(
-        spec.tasks
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.requires.as_slice())),
-    );
+    let waits = waits_for(&spec.tasks);
+    let graph = TaskGraph::new(waits.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
     for cycle in graph.cycles() {
-        err(
+        push(
+            errors,
             "cycle",
-            format!("tasks form a cycle: {}", cycle.join(" -> ")),
-            pos.key(&["tasks", &cycle[0]]),
+            format!(
+                "tasks form a cycle (through requires and onFailure): {}",
+                cycle.join(" -> ")
+            ),
+            at.key(&["tasks", &cycle[0]]),
         );
     }
-    errors.sort_by_key(|e| (e.line, e.column));
-    errors
+}
+
+/// Built-ins that run a task or workflow given in their inputs: a workflow
+/// embedded there is checked like the document's own.
+const RUN_WHAT_THEY_ARE_GIVEN: &[&str] = &[
+    "noop", "compose", "if", "switch", "foreach", "repeat", "while",
+];
+
+/// Why `concurrency` would do nothing on a task, if it would.
+fn concurrency_has_no_effect(task: &TaskSpec) -> Option<String> {
+    if task.run.starts_with(crate::spec::FISSION_SCHEME) {
+        return Some(format!(
+            "{:?} is a function, which runs no tasks of its own (a function's instances are bounded by its max_scale)",
+            task.run
+        ));
+    }
+    match task.target().as_ref() {
+        r @ ("repeat" | "while") => Some(format!(
+            "`{r}` runs its iterations one after another, never at once (use `foreach` with `concurrency` to run items at once)"
+        )),
+        r @ ("sleep" | "fail" | "callback" | "http") => {
+            Some(format!("`{r}` runs no tasks of its own"))
+        }
+        _ => None,
+    }
 }
 
 fn check_task(
     id: &str,
     task: &TaskSpec,
-    pos: &Positions,
+    at: &At,
     exists: &dyn Fn(&str) -> bool,
-    err: &mut impl FnMut(&'static str, String, (usize, usize)),
+    errors: &mut Vec<ValidationError>,
 ) {
     if expression_source(&task.run).is_some() {
-        err(
+        push(
+            errors,
             "invalid_run",
             format!("task {id:?}: `run` must name a built-in, a function or a workflow, not an expression; choose between tasks with `if` or `switch`"),
-            pos.value(&["tasks", id, "run"]),
+            at.value(&["tasks", id, "run"]),
         );
     } else if !is_builtin(&task.target()) && !exists(&task.target()) {
-        err(
+        push(
+            errors,
             "unknown_function",
             format!(
                 "task {id:?} runs {:?}, which is neither a built-in, a function nor a workflow",
                 task.run
             ),
-            pos.value(&["tasks", id, "run"]),
+            at.value(&["tasks", id, "run"]),
         );
     }
     if let Err(e) = RetryPolicy::from_spec(task.retry.as_ref()) {
-        err(
+        push(
+            errors,
             "invalid_retry",
             format!("task {id:?}: retry: {e}"),
-            pos.key(&["tasks", id, "retry"]),
+            at.key(&["tasks", id, "retry"]),
         );
     }
     if let Some(t) = &task.timeout {
         if parse_duration(t).is_none() {
-            err(
+            push(
+                errors,
                 "invalid_timeout",
                 format!("task {id:?}: timeout {t:?} is not a duration (e.g. \"5s\")"),
-                pos.value(&["tasks", id, "timeout"]),
+                at.value(&["tasks", id, "timeout"]),
             );
         }
     }
     if task.concurrency == Some(0) {
-        err(
+        push(
+            errors,
             "invalid_concurrency",
             format!("task {id:?}: concurrency must be at least 1"),
-            pos.value(&["tasks", id, "concurrency"]),
+            at.value(&["tasks", id, "concurrency"]),
+        );
+    } else if let Some(why) = task
+        .concurrency
+        .and_then(|_| concurrency_has_no_effect(task))
+    {
+        push(
+            errors,
+            "invalid_concurrency",
+            format!("task {id:?}: concurrency would have no effect: {why}"),
+            at.value(&["tasks", id, "concurrency"]),
         );
     }
-    if let Some(inputs) = &task.inputs {
-        let mut exprs = Vec::new();
-        all_expressions(inputs, &mut exprs);
-        for e in exprs {
-            let src = expression_source(&e).unwrap_or_default();
-            if let Err(msg) = check_syntax(src) {
-                err(
-                    "invalid_expression",
-                    format!("task {id:?}: expression {e:?} does not compile: {msg}"),
-                    pos.text_after(&["tasks", id, "inputs"], &e),
-                );
+    let Some(inputs) = &task.inputs else {
+        return;
+    };
+    // Workflows embedded in the inputs of a built-in that runs them are
+    // checked as workflows (and left out of the checks below).
+    let mut inputs = inputs.clone();
+    let is_function = task.run.starts_with(crate::spec::FISSION_SCHEME);
+    if !is_function && RUN_WHAT_THEY_ARE_GIVEN.contains(&task.target().as_ref()) {
+        let mut embedded = Vec::new();
+        take_workflows(&mut inputs, Vec::new(), true, &mut embedded);
+        for (path, exact, doc) in embedded {
+            let mut inner = vec!["tasks".to_string(), id.to_string(), "inputs".to_string()];
+            inner.extend(path);
+            let inner = at.nested(inner, exact);
+            check_embedded_workflow(&doc, &inner, exists, errors);
+        }
+    }
+    let mut exprs = Vec::new();
+    all_expressions(&inputs, &mut exprs);
+    for e in exprs {
+        let src = expression_source(&e).unwrap_or_default();
+        if let Err(msg) = check_syntax(src) {
+            push(
+                errors,
+                "invalid_expression",
+                format!("task {id:?}: expression {e:?} does not compile: {msg}"),
+                at.text_after(&["tasks", id, "inputs"], &e),
+            );
+        }
+    }
+    // Embedded task specs must run something that exists too.
+    let mut nested = Vec::new();
+    embedded_runs(&inputs, &mut nested);
+    for run in nested {
+        if expression_source(&run).is_some() {
+            push(
+                errors,
+                "invalid_run",
+                format!("task {id:?}: an embedded task's `run` must name a built-in, a function or a workflow, not an expression"),
+                at.text_after(&["tasks", id, "inputs"], &run),
+            );
+        } else if !is_builtin(&run_target(&run)) && !exists(&run_target(&run)) {
+            push(
+                errors,
+                "unknown_function",
+                format!("task {id:?}: an embedded task runs {run:?}, which is neither a built-in, a function nor a workflow"),
+                at.text_after(&["tasks", id, "inputs"], &run),
+            );
+        }
+    }
+}
+
+/// Moves the workflows embedded in `value` (maps with a map `tasks`) out into
+/// `out`, each with its key path under `value` and whether that path can be
+/// found in the text (not through a list).
+fn take_workflows(
+    value: &mut Value,
+    path: Vec<String>,
+    exact: bool,
+    out: &mut Vec<(Vec<String>, bool, Value)>,
+) {
+    if is_workflow_spec(value) {
+        out.push((path, exact, value.take()));
+        return;
+    }
+    match value {
+        Value::Object(m) => {
+            for (k, v) in m.iter_mut() {
+                let mut p = path.clone();
+                p.push(k.clone());
+                take_workflows(v, p, exact, out);
             }
         }
-        // Embedded task specs must run something that exists too.
-        let mut nested = Vec::new();
-        embedded_runs(inputs, &mut nested);
-        for run in nested {
-            if expression_source(&run).is_some() {
-                err(
-                    "invalid_run",
-                    format!("task {id:?}: an embedded task's `run` must name a built-in, a function or a workflow, not an expression"),
-                    pos.text_after(&["tasks", id, "inputs"], &run),
-                );
-            } else if !is_builtin(&run_target(&run)) && !exists(&run_target(&run)) {
-                err(
-                    "unknown_function",
-                    format!("task {id:?}: an embedded task runs {run:?}, which is neither a built-in, a function nor a workflow"),
-                    pos.text_after(&["tasks", id, "inputs"], &run),
-                );
+        Value::Array(items) => {
+            for v in items {
+                take_workflows(v, path.clone(), false, out);
             }
+        }
+        _ => {}
+    }
+}
+
+/// Checks a workflow embedded in a task's inputs like a document of its own,
+/// with positions in the outer document.
+fn check_embedded_workflow(
+    doc: &Value,
+    at: &At,
+    exists: &dyn Fn(&str) -> bool,
+    errors: &mut Vec<ValidationError>,
+) {
+    match serde_json::from_value::<WorkflowSpec>(doc.clone()) {
+        Ok(spec) => {
+            check_workflow(&spec, at, exists, errors);
+            errors.extend(check_keys(doc, at));
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let code = if msg.contains("missing field `output`") {
+                "missing_output"
+            } else {
+                "invalid_spec"
+            };
+            push(
+                errors,
+                code,
+                format!("an embedded workflow: {msg}"),
+                at.key(&[]),
+            );
         }
     }
 }
@@ -299,7 +567,7 @@ fn schema_keys(definition: Option<&str>) -> Vec<String> {
 /// or has `inputs:` (it passes them on); one with `requires`, `retry`, `timeout`
 /// or `concurrency` but neither `run:` nor `inputs:` configures something to
 /// run, so its `run:` is most likely missing (`run: noop` says a noop is meant).
-fn check_keys(doc: &Value, pos: &Positions) -> Vec<ValidationError> {
+fn check_keys(doc: &Value, pos: &At) -> Vec<ValidationError> {
     let mut errors = Vec::new();
     let mut unknown = |map: &serde_json::Map<String, Value>,
                        allowed: &[String],
@@ -404,6 +672,57 @@ fn embedded_runs(v: &Value, out: &mut Vec<String>) {
         }
         Value::Array(items) => items.iter().for_each(|x| embedded_runs(x, out)),
         _ => {}
+    }
+}
+
+/// Where a workflow sits in the document: the key path of an embedded one
+/// (empty for the document's own). Not `exact` when the path goes through a
+/// list: then every position is the path's start.
+struct At<'p> {
+    pos: &'p Positions<'p>,
+    prefix: Vec<String>,
+    exact: bool,
+}
+
+impl At<'_> {
+    fn full<'s>(&'s self, path: &[&'s str]) -> Vec<&'s str> {
+        let mut full: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+        if self.exact {
+            full.extend_from_slice(path);
+        }
+        full
+    }
+
+    fn nested(&self, path: Vec<String>, exact: bool) -> At<'_> {
+        let mut prefix = self.prefix.clone();
+        if self.exact {
+            prefix.extend(path);
+        }
+        At {
+            pos: self.pos,
+            prefix,
+            exact: self.exact && exact,
+        }
+    }
+
+    fn key(&self, path: &[&str]) -> (usize, usize) {
+        self.pos.key(&self.full(path))
+    }
+
+    fn value(&self, path: &[&str]) -> (usize, usize) {
+        if self.exact {
+            self.pos.value(&self.full(path))
+        } else {
+            self.key(path)
+        }
+    }
+
+    fn text_after(&self, path: &[&str], needle: &str) -> (usize, usize) {
+        self.pos.text_after(&self.full(path), needle)
+    }
+
+    fn entry(&self, path: &[&str], name: &str) -> (usize, usize) {
+        self.text_after(path, name)
     }
 }
 
@@ -528,10 +847,6 @@ impl<'a> Positions<'a> {
         }
         (l + 1, c + 1)
     }
-
-    fn entry(&self, path: &[&str], name: &str) -> (usize, usize) {
-        self.text_after(path, name)
-    }
 }
 
 #[cfg(test)]
@@ -561,7 +876,13 @@ mod tests {
     #[test]
     fn the_key_codes_are_documented() {
         let doc = include_str!("../../docs/error-codes.md");
-        for code in ["`unknown_key`", "`missing_run`"] {
+        for code in [
+            "`unknown_key`",
+            "`missing_run`",
+            "`unknown_on_failure`",
+            "`invalid_on_failure`",
+            "`invalid_concurrency`",
+        ] {
             assert!(doc.contains(code), "{code} is not in docs/error-codes.md");
         }
     }
@@ -647,6 +968,96 @@ mod tests {
         assert_eq!((e[0].line, e[0].column), (4, 10));
         assert_eq!(e[1].line, 6);
         assert_eq!(e[2].line, 8);
+    }
+
+    fn at(e: &[ValidationError]) -> Vec<(&str, usize, usize)> {
+        e.iter().map(|e| (e.code, e.line, e.column)).collect()
+    }
+
+    #[test]
+    fn fallbacks_name_another_task_that_nothing_else_waits_for() {
+        let ok = "output: B\ntasks:\n  A:\n    run: fortune\n    onFailure: F\n  F:\n    run: noop\n    inputs: \"{ task('A').Error }\"\n  B:\n    run: noop\n    requires: [A]\n";
+        assert!(check(ok).is_empty(), "{:?}", check(ok));
+        let e = check("output: A\ntasks:\n  A:\n    run: fortune\n    onFailure: Nope\n  B:\n    run: fortune\n    onFailure: B\n");
+        assert_eq!(
+            at(&e),
+            [("unknown_on_failure", 5, 16), ("invalid_on_failure", 8, 16)],
+            "{e:?}"
+        );
+        // One fallback for two tasks; a task that requires a fallback; a
+        // fallback as the output.
+        let e = check("output: F\ntasks:\n  A:\n    run: fortune\n    onFailure: F\n  B:\n    run: fortune\n    onFailure: F\n  C:\n    run: noop\n    requires: [F]\n  F:\n    run: noop\n");
+        assert_eq!(
+            at(&e),
+            [
+                ("invalid_on_failure", 1, 9),
+                ("invalid_on_failure", 8, 16),
+                ("invalid_on_failure", 11, 16)
+            ],
+            "{e:?}"
+        );
+        assert!(
+            e[0].message.contains("name \"A\" as the output"),
+            "{}",
+            e[0].message
+        );
+        assert!(
+            e[2].message.contains("require \"A\" instead"),
+            "{}",
+            e[2].message
+        );
+        // A fallback that waits for the task it stands for never runs.
+        let e = check("output: A\ntasks:\n  A:\n    run: fortune\n    onFailure: F\n  F:\n    run: noop\n    requires: [A]\n");
+        assert_eq!(at(&e), [("cycle", 3, 3)], "{e:?}");
+        assert!(e[0].message.contains("A -> F"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn concurrency_is_refused_where_nothing_runs_at_once() {
+        let ok = "output: A\nconcurrency: 2\ntasks:\n  A:\n    run: foreach\n    concurrency: 3\n    inputs: {foreach: [1], do: {run: noop}}\n  B:\n    run: if\n    concurrency: 2\n    inputs: {if: true, then: 1}\n";
+        assert!(check(ok).is_empty(), "{:?}", check(ok));
+        let e = check("output: A\nconcurrency: 0\ntasks:\n  A:\n    run: repeat\n    concurrency: 2\n    inputs: {times: 2, do: {run: noop}}\n  B:\n    run: while\n    concurrency: 2\n    inputs: {expr: false, limit: 2, do: {run: noop}}\n  C:\n    run: sleep\n    concurrency: 2\n");
+        assert_eq!(
+            at(&e),
+            [
+                ("invalid_concurrency", 2, 14),
+                ("invalid_concurrency", 6, 18),
+                ("invalid_concurrency", 10, 18),
+                ("invalid_concurrency", 14, 18)
+            ],
+            "{e:?}"
+        );
+        assert!(
+            e[1].message.contains("one after another"),
+            "{}",
+            e[1].message
+        );
+    }
+
+    #[test]
+    fn a_workflow_in_a_foreach_is_checked_like_the_document_with_outer_positions() {
+        let ok = "output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: \"{ param() }\"\n      do:\n        output: B\n        concurrency: 2\n        tasks:\n          A:\n            run: fortune\n            inputs: \"{ param('_item') }\"\n            onFailure: X\n          X:\n            run: noop\n          B:\n            run: whalesay\n            requires: [A]\n";
+        assert!(check(ok).is_empty(), "{:?}", check(ok));
+        let bad = "output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: [1]\n      do:\n        output: Z\n        tasks:\n          A:\n            run: nosuch\n            requirez: [B]\n          B:\n            run: noop\n            requires: [Q]\n            onFailure: B\n            inputs: \"{ ( }\"\n";
+        let e = check(bad);
+        assert_eq!(
+            at(&e),
+            [
+                ("unknown_output", 8, 17),
+                ("unknown_function", 11, 18),
+                ("unknown_key", 12, 13),
+                ("unknown_requires", 15, 24),
+                ("invalid_on_failure", 16, 24),
+                ("invalid_expression", 17, 22),
+            ],
+            "{e:?}"
+        );
+        // No `output`: said where the embedded workflow is.
+        let e = check("output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: [1]\n      do:\n        tasks:\n          A: {run: noop}\n");
+        assert_eq!(at(&e), [("missing_output", 7, 7)], "{e:?}");
+        // What the engine sets on an item's workflow is not a document's key.
+        let e = check("output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: [1]\n      do:\n        output: A\n        invocation: {default: 2}\n        tasks:\n          A: {run: noop}\n");
+        assert_eq!(at(&e), [("unknown_key", 9, 9)], "{e:?}");
     }
 
     #[test]
