@@ -578,7 +578,7 @@ impl<'w> Sim<'w> {
         if !builtins::is_builtin(&target) {
             return Err(format!("step {task} runs {target:?}"));
         }
-        match builtins::run(&target, &raw, &raw, spec.concurrency) {
+        match builtins::run(&target, &raw, &raw) {
             builtins::Outcome::Sleep(d) => {
                 let wake = self
                     .now
