@@ -464,6 +464,74 @@ states:
     assert_eq!(out["error"]["task"], "000002-each/0001/000001-c", "{out}");
 }
 
+/// A Map killed with two items done and one in flight: after the restart the
+/// finished items are not called again, the one in flight is (same key), and
+/// the outputs join in item order.
+#[test]
+fn rfc0022_a_map_resumes_after_a_killed_server_without_rerunning_a_finished_item() {
+    let mut s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    for (tag, gated) in [("fast", false), ("slow", true)] {
+        s.function(
+            tag,
+            "binary",
+            &format!("{tag}.sh"),
+            &probe.recorder(tag, gated),
+            json!({}),
+        );
+    }
+    let doc = "startAt: m\nstates:\n  m:\n    type: Map\n    itemsPath: $.items\n    maxConcurrency: 3\n    end: true\n    branches:\n      - startAt: pick\n        states:\n          pick:\n            type: Choice\n            choices: [{variable: $.slow, booleanEquals: true, next: slow}]\n            default: fast\n          fast: {type: Task, function: {name: fast}, end: true}\n          slow: {type: Task, function: {name: slow}, end: true}\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=items", doc);
+    assert_eq!(status, 201, "{body}");
+    let input = json!({"items": [{"slow": false}, {"slow": true}, {"slow": false}]});
+    let r = s
+        .api("POST", "/v1/workflows/items/invoke")
+        .header("X-Async", "true")
+        .json(&input)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let succeeded = |s: &Server| {
+        s.ok("GET", &format!("/v1/runs/{id}/events"), None)["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "TaskSucceeded")
+            .count()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "items 0 and 2 done, item 1 in flight",
+        || succeeded(&s) == 2 && probe.lines("calls").iter().any(|l| l.starts_with("slow ")),
+    );
+    s.kill();
+    probe.open("slow");
+    s.launch();
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], json!(["fast", "slow", "fast"]));
+    let calls = probe.lines("calls");
+    let keys = |tag: &str| -> Vec<String> {
+        calls
+            .iter()
+            .filter_map(|l| l.strip_prefix(&format!("{tag} ")).map(str::to_string))
+            .collect()
+    };
+    assert_eq!(keys("fast").len(), 2, "finished items ran once: {calls:?}");
+    let slow = keys("slow");
+    assert_eq!(slow.len(), 2, "{calls:?}");
+    assert!(!slow[0].is_empty(), "{calls:?}");
+    assert_eq!(
+        slow[0], slow[1],
+        "the item in flight is called again with its key"
+    );
+}
+
 #[test]
 fn rfc0022_a_parallel_resumes_after_a_killed_server_without_rerunning_a_finished_branch() {
     let mut s = Server::start();
