@@ -525,6 +525,27 @@ fn take_namespace(mut req: Request) -> (Request, Option<String>) {
 
 // ---- packages: see api_pkg.rs ----
 
+/// In front of the engine's API: a workflow still targeted by triggers is not
+/// deleted (the engine does not know triggers; the trigger layer does).
+pub async fn keep_targeted_workflows(
+    State(triggers): State<Arc<Triggers>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let deleting = req.method() == axum::http::Method::DELETE
+        && req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .is_some_and(|p| p.as_str() == "/v1/workflows/{name}");
+    if deleting {
+        let name = req.uri().path().rsplit('/').next().unwrap_or_default();
+        if let Err(e) = triggers.check_workflow_unused(name) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
 // ---- routes ----
 
 async fn list_routes(

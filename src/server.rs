@@ -301,7 +301,12 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     };
     let declared = crate::declared::Declared::open(&db)?;
     let api_app = api::router(state)
-        .merge(engine::router(engine.clone()))
+        .merge(
+            engine::router(engine.clone()).route_layer(axum::middleware::from_fn_with_state(
+                triggers.clone(),
+                api::keep_targeted_workflows,
+            )),
+        )
         .merge(
             declared
                 .router()

@@ -86,6 +86,19 @@ def main():
     assert_eq!(body["error"]["code"], "route_not_found");
     assert_eq!(s.get("/nothing/here").status(), 404);
     assert_eq!(s.get("/fission-function/missing").status(), 404);
+
+    // A function a route targets is not deleted until the route is.
+    let (st, body) = s.call("DELETE", "/v1/functions/greet", None);
+    assert_eq!(st, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("target of routes greet"),
+        "{body}"
+    );
+    assert_eq!(s.call("DELETE", "/v1/routes/greet", None).0, 204);
+    assert_eq!(s.call("DELETE", "/v1/functions/greet", None).0, 204);
 }
 
 #[test]

@@ -71,9 +71,19 @@ fn every_example_answers_as_documented() {
         .as_str()
         .unwrap()
         .contains("fails on purpose"));
-    // A route can target a workflow too.
+    // A route can target a workflow too; while it does, the workflow stays.
     let r = s.get("/whale");
     assert_eq!(r.status(), 200);
+    let (st, body) = s.call("DELETE", "/v1/workflows/fortunewhale", None);
+    assert_eq!(st, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("target of routes"),
+        "{body}"
+    );
+    assert_eq!(s.get("/whale").status(), 200);
 }
 
 #[test]

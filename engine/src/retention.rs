@@ -14,6 +14,11 @@ use crate::store::{RunStore, SledStore};
 /// How often the sweeper runs unless configured.
 pub const DEFAULT_SWEEP: Duration = Duration::from_secs(60);
 
+/// A run is kept at least this long after it finished, whatever its
+/// workflow's policy (even `maxCount: 0`), so that the caller waiting for it
+/// still reads its outcome.
+const SETTLE: Duration = Duration::from_secs(5);
+
 /// Starts the sweeper; it ends with the engine.
 pub(crate) fn start(engine: &Arc<Engine>, every: Duration, global: Option<Duration>) {
     let weak: Weak<Engine> = Arc::downgrade(engine);
@@ -59,7 +64,8 @@ fn sweep(store: &SledStore, now: u64, global_cutoff: Option<u64>) -> crate::stor
             .map(|age| now.saturating_sub(age.as_millis() as u64));
         let keep = policy.max_count.map(|c| c.max(0) as usize);
         if before.is_some() || keep.is_some() {
-            n += store.prune_workflow(&wf.name, before, keep)?;
+            let settled = now.saturating_sub(SETTLE.as_millis() as u64);
+            n += store.prune_workflow(&wf.name, before, keep, settled)?;
         }
     }
     Ok(n)

@@ -113,12 +113,15 @@ pub trait RunStore: Send + Sync + 'static {
     fn prune(&self, cutoff: Millis) -> Result<usize>;
     /// Deletes the finished runs of `workflow` past its history retention:
     /// those finished before `finished_before`, and all but the newest
-    /// `keep` (by finish time); returns how many. Running runs are kept.
+    /// `keep` (by finish time); returns how many. Running runs are kept, and
+    /// so are runs that finished at or after `settled_before` (their callers
+    /// may still be reading them).
     fn prune_workflow(
         &self,
         workflow: &str,
         finished_before: Option<Millis>,
         keep: Option<usize>,
+        settled_before: Millis,
     ) -> Result<usize>;
     /// Resolves once everything appended before the call is on disk.
     fn flush(&self) -> BoxFuture<Result<()>>;
@@ -164,18 +167,33 @@ fn event_key(run_id: &str, seq: u64) -> Vec<u8> {
 }
 
 impl SledStore {
-    /// Removes a run: its events, its summary and its index entries.
+    /// Removes a run: its summary and its index entries at once (no crash
+    /// leaves a run that lists but cannot be read), then its events.
     fn delete_run(&self, s: &RunSummary) -> Result<()> {
+        use sled::transaction::TransactionError;
+        use sled::Transactional;
         let id = &s.id;
+        let trees = (
+            &self.runs,
+            &self.by_time,
+            &self.by_workflow,
+            &self.by_status,
+        );
+        trees
+            .transaction(|(runs, by_time, by_workflow, by_status)| {
+                by_workflow.remove(index_key(&scoped(&s.workflow), s.created_at, id))?;
+                by_status.remove(self.index_status(s.status, s.created_at, id))?;
+                by_time.remove(index_key(&[], s.created_at, id))?;
+                runs.remove(id.as_bytes())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => StoreError::Sled(e),
+            })?;
         for e in self.run_events.scan_prefix(scoped(id)) {
             self.run_events.remove(e?.0)?;
         }
-        self.by_workflow
-            .remove(index_key(&scoped(&s.workflow), s.created_at, id))?;
-        self.by_status
-            .remove(self.index_status(s.status, s.created_at, id))?;
-        self.by_time.remove(index_key(&[], s.created_at, id))?;
-        self.runs.remove(id.as_bytes())?;
         Ok(())
     }
     /// Opens the engine's trees and starts the flusher thread.
@@ -542,6 +560,7 @@ impl RunStore for SledStore {
         workflow: &str,
         finished_before: Option<Millis>,
         keep: Option<usize>,
+        settled_before: Millis,
     ) -> Result<usize> {
         let mut finished = Vec::new();
         for kv in self.by_workflow.scan_prefix(scoped(workflow)) {
@@ -549,7 +568,11 @@ impl RunStore for SledStore {
             let id = String::from_utf8_lossy(&k[workflow.len() + 1 + 8..]).to_string();
             match self.run(&id)? {
                 Some(s) if s.status != RunStatus::Running => finished.push(s),
-                _ => {}
+                Some(_) => {}
+                // An index entry left without its run: drop it.
+                None => {
+                    self.by_workflow.remove(&k)?;
+                }
             }
         }
         let ended = |s: &RunSummary| s.finished_at.unwrap_or(s.created_at);
@@ -559,7 +582,7 @@ impl RunStore for SledStore {
         for (i, s) in finished.iter().enumerate() {
             let expired = finished_before.is_some_and(|t| ended(s) < t);
             let over = keep.is_some_and(|k| i >= k);
-            if expired || over {
+            if (expired || over) && ended(s) < settled_before {
                 self.delete_run(s)?;
                 n += 1;
             }
@@ -798,12 +821,24 @@ mod tests {
             ids
         };
 
-        assert_eq!(s.prune_workflow("kept", None, Some(2)).unwrap(), 1);
+        // Runs that finished at or after the settle time are kept whatever the policy.
+        assert_eq!(s.prune_workflow("kept", None, Some(0), 3000).unwrap(), 0);
+        assert_eq!(
+            s.prune_workflow("kept", None, Some(2), u64::MAX).unwrap(),
+            1
+        );
         assert_eq!(left(&s), ["other", "r0", "r1", "r3"]);
         assert!(s.events("r2").unwrap().is_empty());
-        assert_eq!(s.prune_workflow("kept", Some(4500), None).unwrap(), 1);
+        assert_eq!(
+            s.prune_workflow("kept", Some(4500), None, u64::MAX)
+                .unwrap(),
+            1
+        );
         assert_eq!(left(&s), ["other", "r0", "r3"]);
-        assert_eq!(s.prune_workflow("kept", None, Some(0)).unwrap(), 1);
+        assert_eq!(
+            s.prune_workflow("kept", None, Some(0), u64::MAX).unwrap(),
+            1
+        );
         assert_eq!(left(&s), ["other", "r3"], "a running run is never deleted");
     }
 

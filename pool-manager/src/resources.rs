@@ -484,7 +484,8 @@ pub struct Function {
     pub generation: u64,
 }
 
-fn default_namespace() -> String {
+/// `default`, for serde's `default` of a resource's `namespace`.
+pub fn default_namespace() -> String {
     crate::secrets::DEFAULT_NAMESPACE.to_string()
 }
 

@@ -90,7 +90,18 @@ fn completion(
         (Some(cause), Some(t)) => json!({"error": {"errorType": t, "cause": cause}}),
         (Some(message), None) => json!({"error": message}),
         (None, _) => match result {
-            Some(text) => super::workflow::json_arg("--result", &text)?,
+            Some(text) => {
+                let v = super::workflow::json_arg("--result", &text)?;
+                // The API reads an object with the single key `error` as a failure.
+                if v.as_object()
+                    .is_some_and(|m| m.len() == 1 && m.contains_key("error"))
+                {
+                    anyhow::bail!(
+                        "--result {{\"error\": ...}} would fail the task: use --error MESSAGE to fail it"
+                    );
+                }
+                v
+            }
             None => Value::Null,
         },
     })

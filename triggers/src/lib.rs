@@ -33,6 +33,24 @@ impl Triggers {
         }))
     }
 
+    /// Refuses when triggers still target workflow `name` (before it is deleted).
+    pub fn check_workflow_unused(&self, name: &str) -> Result<()> {
+        let routes: Vec<String> = self
+            .routes
+            .list()?
+            .iter()
+            .filter(|r| r.workflow.as_deref() == Some(name))
+            .map(Route::key)
+            .collect();
+        if routes.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Conflict(format!(
+            "workflow {name:?} is the target of routes {}; delete them first",
+            routes.join(", ")
+        )))
+    }
+
     /// Refuses when triggers still target function `key` (before it is deleted).
     pub fn check_function_unused(&self, key: &str) -> Result<()> {
         let routes = self.routes.targeting_function(key)?;

@@ -3,12 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use pool_manager::resources::{qualified, validate_name};
+use pool_manager::resources::{default_namespace, qualified, validate_name};
 use pool_manager::{Error, Result};
-
-fn default_namespace() -> String {
-    pool_manager::secrets::DEFAULT_NAMESPACE.to_string()
-}
 
 /// An HTTP trigger: which requests reach which function or workflow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

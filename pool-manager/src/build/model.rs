@@ -7,11 +7,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+pub use crate::resources::default_namespace;
 use crate::resources::{validate_name, Environment, PackageRef};
-
-pub fn default_namespace() -> String {
-    "default".into()
-}
 
 /// Where a package's build stands (Fission's `buildstatus` values).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
