@@ -754,19 +754,23 @@ impl Engine {
                 state.status.as_str()
             )));
         }
+        // A task that succeeded keeps its output; so does one that failed for
+        // good but whose fallback succeeded (the fallback's output stood for
+        // it): running it again would repeat its side effects.
         let preserved = state
             .tasks
             .values()
-            .filter(|t| t.scope.is_none() && t.status == TaskStatus::Succeeded)
-            .map(|t| {
-                (
+            .filter(|t| t.scope.is_none())
+            .filter_map(|t| {
+                let result = state.resolved(&t.id)?;
+                Some((
                     t.id.clone(),
                     TaskResult {
-                        output: t.output.clone().unwrap_or(Value::Null),
-                        headers: t.headers.clone(),
+                        output: result.output.clone().unwrap_or(Value::Null),
+                        headers: result.headers.clone(),
                         inputs: t.inputs.clone().unwrap_or(Value::Null),
                     },
-                )
+                ))
             })
             .collect();
         self.start(

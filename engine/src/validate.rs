@@ -456,6 +456,18 @@ fn check_task(
             );
         }
     }
+    // A fallback names a task of a workflow: a single embedded task has none
+    // to name (as a whole embedded workflow it may).
+    let mut fallbacks = 0;
+    count_embedded_key(&inputs, "onFailure", &mut fallbacks);
+    if fallbacks > 0 {
+        push(
+            errors,
+            "invalid_on_failure",
+            format!("task {id:?}: an embedded task cannot have `onFailure`: make it a workflow (`tasks:` and `output:`) whose task has the fallback"),
+            at.text_after(&["tasks", id, "inputs"], "onFailure"),
+        );
+    }
     // Embedded task specs must run something that exists too.
     let mut nested = Vec::new();
     embedded_runs(&inputs, &mut nested);
@@ -658,6 +670,20 @@ fn check_keys(doc: &Value, pos: &At) -> Vec<ValidationError> {
         });
     }
     errors
+}
+
+/// How many embedded task specs in `v` have `key`.
+fn count_embedded_key(v: &Value, key: &str, n: &mut usize) {
+    match v {
+        Value::Object(m) => {
+            if is_task_spec(v) && m.contains_key(key) {
+                *n += 1;
+            }
+            m.values().for_each(|x| count_embedded_key(x, key, n));
+        }
+        Value::Array(items) => items.iter().for_each(|x| count_embedded_key(x, key, n)),
+        _ => {}
+    }
 }
 
 fn embedded_runs(v: &Value, out: &mut Vec<String>) {
@@ -1010,6 +1036,11 @@ mod tests {
         let e = check("output: A\ntasks:\n  A:\n    run: fortune\n    onFailure: F\n  F:\n    run: noop\n    requires: [A]\n");
         assert_eq!(at(&e), [("cycle", 3, 3)], "{e:?}");
         assert!(e[0].message.contains("A -> F"), "{}", e[0].message);
+        // A single embedded task has no workflow to name a fallback in.
+        let e = check("output: A\ntasks:\n  A:\n    run: foreach\n    inputs:\n      foreach: [1, 2]\n      do: {run: fortune, onFailure: G}\n");
+        assert_eq!(at(&e), [("invalid_on_failure", 7, 26)], "{e:?}");
+        let e = check("output: A\ntasks:\n  A:\n    run: if\n    inputs:\n      if: true\n      then:\n        run: fortune\n        onFailure: G\n");
+        assert_eq!(at(&e), [("invalid_on_failure", 9, 9)], "{e:?}");
     }
 
     #[test]
