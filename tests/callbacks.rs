@@ -201,14 +201,18 @@ fn rfc0022_a_task_waits_for_its_callback() {
             .unwrap()
             .to_string()
     };
-    let url_number = |n: usize| {
+    // The URL handed out for run `id` (its token starts with the run id). A
+    // notify function whose answer a kill cut off is called again after the
+    // restart, so the log may hold a run's URL twice: find it by run.
+    let url_of = |id: &str| {
         let mut url = String::new();
+        let token = format!("/v1/callbacks/{id}.");
         eventually(
             Duration::from_secs(60),
             "the URL is handed out",
-            || match probe.lines("urls").get(n) {
+            || match probe.lines("urls").into_iter().find(|u| u.contains(&token)) {
                 Some(u) => {
-                    url = u.clone();
+                    url = u;
                     true
                 }
                 None => false,
@@ -227,7 +231,7 @@ fn rfc0022_a_task_waits_for_its_callback() {
     };
 
     let id = start(&s, 7);
-    let url = url_number(0);
+    let url = url_of(&id);
     // The wait survives a SIGKILL; the token keeps working (the relaunched test
     // server listens on another port, so the URL's path is reused).
     s.kill();
@@ -244,7 +248,7 @@ fn rfc0022_a_task_waits_for_its_callback() {
     assert_eq!(post(&url, json!({"by": "bob"})), 409);
 
     let id = start(&s, 8);
-    let url = url_number(1);
+    let url = url_of(&id);
     let rejected = json!({"error": {"errorType": "Rejected", "cause": "too big"}});
     assert_eq!(post(&url, rejected), 200);
     let run = s.wait_run(&id, Duration::from_secs(30));
