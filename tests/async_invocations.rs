@@ -111,7 +111,8 @@ fn an_async_call_is_accepted_with_a_location_that_answers() {
     );
     assert_eq!(statuses(&done), [200]);
 
-    // `Prefer: respond-async` on the API's invoke endpoint, and on a route.
+    // `Prefer: respond-async` on the API's invoke endpoint (the API token
+    // does not reach the function), and on a route.
     let r = s
         .api("POST", "/v1/functions/shout/invoke")
         .header("Prefer", "respond-async")
@@ -123,7 +124,7 @@ fn an_async_call_is_accepted_with_a_location_that_answers() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(settled(&s, &id)["response"]["body"], "VIA API [redacted]");
+    assert_eq!(settled(&s, &id)["response"]["body"], "VIA API ");
     s.ok(
         "POST",
         "/v1/routes",
