@@ -89,12 +89,7 @@ fn an_async_call_is_accepted_with_a_location_that_answers() {
         .unwrap()
         .to_string();
     // The Location answers, on the API listener, with the token.
-    let got = s
-        .http
-        .get(&location)
-        .bearer_auth(&s.token)
-        .send()
-        .unwrap();
+    let got = s.http.get(&location).bearer_auth(&s.token).send().unwrap();
     assert_eq!(got.status().as_u16(), 200);
     let done = settled(&s, &id);
     assert_eq!(done["status"], "succeeded", "{done}");
@@ -253,7 +248,10 @@ fn a_dead_letter_is_listed_and_redriven_once_the_function_is_fixed() {
     assert_eq!(listed["invocations"][0]["id"], id.as_str(), "{listed}");
     let (code, out, err) = s.cli(&["fn", "dlq", "list"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&id) && out.contains("retries_exhausted"), "{out}");
+    assert!(
+        out.contains(&id) && out.contains("retries_exhausted"),
+        "{out}"
+    );
     let (code, out, err) = s.cli(&["fn", "invocations", "broken"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&id) && out.contains("dead"), "{out}");
@@ -320,4 +318,64 @@ fn queued_invocations_survive_a_crash() {
     assert_eq!(attempts.last().unwrap()["number"], 1, "{first}");
     let all = s.ok("GET", "/v1/invocations?function=slow", None);
     assert_eq!(all["invocations"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn a_fission_specs_invocation_policy_is_applied_and_a_bad_one_refused() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(
+        tmp.path().join("hello.py"),
+        "def main():\n    return 'hi'\n",
+    )
+    .unwrap();
+    std::fs::write(
+        specs.join("a.yaml"),
+        "kind: ArchiveUploadSpec\nname: code\ninclude:\n  - hello.py\n---\napiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: py\nspec:\n  runtime:\n    image: fission/python-env\n  poolsize: 0\n  version: 3\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: p\nspec:\n  environment:\n    name: py\n  deployment:\n    type: url\n    url: archive://code\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: hello\nspec:\n  environment:\n    name: py\n  package:\n    functionName: main\n    packageref:\n      name: p\n  invocation:\n    retry:\n      maxAttempts: 2\n      backoffBase: 10ms\n    maxAge: 1h0m0s\n    onSuccess:\n      function:\n        name: other\n",
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("invocation.onSuccess is not supported"),
+        "{out}{err}"
+    );
+    let f = s.ok("GET", "/v1/functions/hello", None);
+    assert_eq!(
+        f["invocation"],
+        json!({"retry": {"maxAttempts": 2, "backoffBase": "10ms"}, "maxAge": "1h0m0s"}),
+        "{f}"
+    );
+
+    // The API refuses a policy that does not hold together, naming the field;
+    // so does the CLI, in one line.
+    let mut bad = f.clone();
+    bad["invocation"] = json!({"retry": {"maxAttempts": 0}});
+    let (st, e) = s.call("PUT", "/v1/functions/hello", Some(bad));
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (400, Some("invalid")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maxAttempts 0"),
+        "{e}"
+    );
+    let (code, _, err) = s.cli(&["fn", "update", "hello", "--async-backoff-base", "soon"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("invocation.retry.backoffBase \"soon\""),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = s.cli(&["fn", "update", "hello", "--async-max-age", "2h"]);
+    assert_eq!(code, 0, "{err}");
+    let f = s.ok("GET", "/v1/functions/hello", None);
+    assert_eq!(f["invocation"]["maxAge"], "2h");
+    assert_eq!(f["invocation"]["retry"]["maxAttempts"], 2);
 }

@@ -140,7 +140,15 @@ async fn redrive(opts: &ClientOpts, id: &str) -> Result<()> {
     let v: Value = c
         .post_json(&format!("/v1/invocations/{id}/redrive"), &json!({}))
         .await?;
-    print(opts, &v, &[("ID", "/id"), ("STATUS", "/status"), ("LOCATION", "/location")]);
+    print(
+        opts,
+        &v,
+        &[
+            ("ID", "/id"),
+            ("STATUS", "/status"),
+            ("LOCATION", "/location"),
+        ],
+    );
     Ok(())
 }
 

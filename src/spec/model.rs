@@ -675,6 +675,23 @@ impl Specs {
         if let Some(rpp) = int("/requestsPerPod").filter(|c| *c > 0) {
             r.body["requests_per_instance"] = json!(rpp);
         }
+        // RFC-0024: the retry policy of asynchronous calls. Result destinations
+        // are not run by Fusion: said, and left out.
+        if let Some(Value::Object(inv)) = spec.get("invocation") {
+            let mut kept = serde_json::Map::new();
+            for (k, v) in inv {
+                match k.as_str() {
+                    "retry" | "maxAge" => {
+                        kept.insert(k.clone(), v.clone());
+                    }
+                    other => self.warn(
+                        doc.at(&format!("spec.invocation.{other}")),
+                        format!("invocation.{other} is not supported by Fusion: ignored"),
+                    ),
+                }
+            }
+            r.body["invocation"] = Value::Object(kept);
+        }
         if let Some(strategy) = spec.pointer("/InvokeStrategy/ExecutionStrategy") {
             let executor = str_at(strategy, "ExecutorType").unwrap_or("poolmgr");
             match executor {
@@ -1295,6 +1312,7 @@ const FUNCTION_FIELDS: &Shape = &Fields(&[
             ("idletimeout", Any),
             ("concurrency", Any),
             ("requestsPerPod", Any),
+            ("invocation", Any),
             ("onceOnly", Any),
             ("retainPods", Any),
             ("podspec", KubeOnly),

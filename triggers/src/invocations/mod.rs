@@ -242,13 +242,10 @@ impl Invocations {
     }
 
     pub fn get(&self, id: &str) -> Result<Invocation> {
-        self.inner
-            .store
-            .get(id)?
-            .ok_or_else(|| Error::NotFound {
-                kind: "invocation",
-                name: id.to_string(),
-            })
+        self.inner.store.get(id)?.ok_or_else(|| Error::NotFound {
+            kind: "invocation",
+            name: id.to_string(),
+        })
     }
 
     /// A page of invocations, newest first, and the cursor of the next one.
@@ -386,10 +383,7 @@ impl Inner {
                     inv,
                     Status::Dead,
                     "expired",
-                    format!(
-                        "not delivered within its max age of {:?}",
-                        policy.max_age
-                    ),
+                    format!("not delivered within its max age of {:?}", policy.max_age),
                 )
                 .await;
         }
@@ -491,11 +485,7 @@ impl Inner {
         inv.updated_ms = now;
         self.store.save(&inv).await?;
         if status == Status::Dead {
-            let sinks = self
-                .sinks
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let sinks = self.sinks.read().unwrap_or_else(|p| p.into_inner()).clone();
             for sink in sinks {
                 sink.dead_lettered(&inv).await;
             }

@@ -239,7 +239,12 @@ mod tests {
         h.insert("x-other", "visible".parse().unwrap());
         let uri: Uri = "/fission-function/f/sub?a=1".parse().unwrap();
         let r = StoredRequest::new(&Method::POST, &uri, &h, "/sub", &[], 3);
-        let get = |k: &str| r.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            r.headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("authorization"), Some(REDACTED));
         assert_eq!(get("cookie"), Some(REDACTED));
         assert_eq!(get("x-other"), Some("visible"));

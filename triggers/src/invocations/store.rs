@@ -70,7 +70,12 @@ impl Store {
         let record = encode(inv)?;
         let id = inv.id.as_bytes();
         let index = index_key(&inv.function_key(), &inv.id);
-        (&self.records, &self.bodies, &self.by_function, &self.pending)
+        (
+            &self.records,
+            &self.bodies,
+            &self.by_function,
+            &self.pending,
+        )
             .transaction(|(r, b, f, p)| {
                 r.insert(id, record.as_slice())?;
                 b.insert(id, body)?;
@@ -145,29 +150,30 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<Invocation>, Option<String>)> {
         // The ids to look at, newest first, from the smallest set that holds them.
-        let ids: Box<dyn Iterator<Item = sled::Result<Vec<u8>>>> = match (&filter.function, filter.status) {
-            (Some(f), _) => {
-                let prefix = index_key(f, "");
-                let end = match before {
-                    Some(b) => index_key(f, b),
-                    None => {
-                        let mut e = prefix.clone();
-                        e.push(0xff);
-                        e
-                    }
-                };
-                let skip = prefix.len();
-                Box::new(
-                    self.by_function
-                        .range(prefix..end)
-                        .rev()
-                        .map(move |kv| kv.map(|(k, _)| k[skip..].to_vec())),
-                )
-            }
-            (None, Some(Status::Dead)) => Box::new(Self::newest(&self.dead, before)),
-            (None, Some(s)) if s.is_pending() => Box::new(Self::newest(&self.pending, before)),
-            (None, _) => Box::new(Self::newest(&self.records, before)),
-        };
+        let ids: Box<dyn Iterator<Item = sled::Result<Vec<u8>>>> =
+            match (&filter.function, filter.status) {
+                (Some(f), _) => {
+                    let prefix = index_key(f, "");
+                    let end = match before {
+                        Some(b) => index_key(f, b),
+                        None => {
+                            let mut e = prefix.clone();
+                            e.push(0xff);
+                            e
+                        }
+                    };
+                    let skip = prefix.len();
+                    Box::new(
+                        self.by_function
+                            .range(prefix..end)
+                            .rev()
+                            .map(move |kv| kv.map(|(k, _)| k[skip..].to_vec())),
+                    )
+                }
+                (None, Some(Status::Dead)) => Box::new(Self::newest(&self.dead, before)),
+                (None, Some(s)) if s.is_pending() => Box::new(Self::newest(&self.pending, before)),
+                (None, _) => Box::new(Self::newest(&self.records, before)),
+            };
         let mut out = Vec::new();
         for id in ids {
             let id = id?;
@@ -289,7 +295,10 @@ mod tests {
             ..Filter::default()
         };
         let (page, next) = store.page(&by_a, None, 2).unwrap();
-        assert_eq!((ids(&page), next.as_deref()), (vec!["04", "03"], Some("03")));
+        assert_eq!(
+            (ids(&page), next.as_deref()),
+            (vec!["04", "03"], Some("03"))
+        );
         let (page, next) = store.page(&by_a, Some("03"), 2).unwrap();
         assert_eq!((ids(&page), next), (vec!["01"], None));
 
