@@ -378,6 +378,8 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
 
     stop_signal.await;
     tracing::info!("shutting down: finishing in-flight requests");
+    // Asynchronous calls start no new attempt; pending ones resume at the next start.
+    triggers.invocations.shutdown();
     let _ = stop_tx.send(true);
     let grace = Duration::from_millis(args.shutdown_grace_ms);
     let drained = tokio::time::timeout(grace, async {

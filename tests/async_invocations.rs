@@ -288,8 +288,9 @@ fn queued_invocations_survive_a_crash() {
         "slow",
         "python",
         "slow.py",
-        "import time\nfrom flask import request\ndef main():\n    time.sleep(1)\n    return 'done ' + request.get_data(as_text=True)\n",
-        json!({}),
+        "import time\nfrom flask import request\ndef main():\n    time.sleep(float(request.headers.get('X-Sleep', '1')))\n    return 'done ' + request.get_data(as_text=True)\n",
+        // One attempt only: an attempt a stop cuts short must not count.
+        quick(1),
     );
     let ids: Vec<String> = (0..4)
         .map(|n| {
@@ -318,6 +319,30 @@ fn queued_invocations_survive_a_crash() {
     assert_eq!(attempts.last().unwrap()["number"], 1, "{first}");
     let all = s.ok("GET", "/v1/invocations?function=slow", None);
     assert_eq!(all["invocations"].as_array().unwrap().len(), 4);
+
+    // A graceful stop starts no new attempt, and the one it cuts short is
+    // tried again at the next start.
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/slow"))
+        .header("X-Async", "true")
+        .header("X-Sleep", "30")
+        .body("late")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(Duration::from_secs(60), "the long attempt runs", || {
+        invocation(&s, &id)["status"] == "running"
+    });
+    s.stop();
+    s.launch();
+    let cut = invocation(&s, &id);
+    assert_eq!(cut["attempts"][0]["interrupted"], true, "{cut}");
+    assert_ne!(cut["status"], "dead", "{cut}");
 }
 
 #[test]

@@ -46,20 +46,21 @@ fn bad(code: &str, message: String) -> Response {
 async fn page(s: &AppState, q: ListQuery, status: Option<Status>) -> ApiResult<Response> {
     let namespace = q.namespace.as_deref().unwrap_or("default");
     pool_manager::resources::validate_name("namespace", namespace)?;
-    let status =
-        match (status, q.status.as_deref()) {
-            (Some(s), _) => Some(s),
-            (None, None | Some("")) => None,
-            (None, Some(text)) => match Status::parse(text) {
-                Some(s) => Some(s),
-                None => return Ok(bad(
+    let status = match (status, q.status.as_deref()) {
+        (Some(s), _) => Some(s),
+        (None, None | Some("")) => None,
+        (None, Some(text)) => match Status::parse(text) {
+            Some(s) => Some(s),
+            None => {
+                return Ok(bad(
                     "invalid_status",
                     format!(
                         "unknown status {text:?}: use queued, running, succeeded, failed or dead"
                     ),
-                )),
-            },
-        };
+                ))
+            }
+        },
+    };
     let function = match q.function.as_deref().filter(|f| !f.is_empty()) {
         Some(f) => {
             pool_manager::resources::validate_name("function", f)?;

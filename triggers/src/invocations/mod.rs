@@ -144,6 +144,13 @@ impl Invocations {
         Ok(())
     }
 
+    /// Stops starting attempts (the server is stopping): what is pending stays
+    /// pending, to resume at the next start; an attempt the stop cuts short is
+    /// recorded as interrupted, not counted.
+    pub fn shutdown(&self) {
+        self.inner.global.close();
+    }
+
     /// Where dead letters also go (a NATS subject, ...), beside the list.
     pub fn add_dead_letter_sink(&self, sink: Arc<dyn DeadLetterSink>) {
         self.inner
@@ -392,11 +399,10 @@ impl Inner {
             .acquire_owned()
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let _overall = self
-            .global
-            .acquire()
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let Ok(_overall) = self.global.acquire().await else {
+            // Closed: the server is stopping.
+            return Ok(Next::Done);
+        };
 
         let number = inv.attempts_in_cycle() + 1;
         let started = now_ms();
@@ -439,7 +445,19 @@ impl Inner {
             a.status = Some(answer.status);
             a.error = error.clone();
         }
-        let settle = policy.settle(policy::classify(answer.status), number, rand::random());
+        let outcome = policy::classify(answer.status);
+        if self.global.is_closed() && outcome != policy::Outcome::Success {
+            // The server stopped under it (its instance was stopped): tried
+            // again at the next start, not counted.
+            if let Some(a) = inv.attempts.last_mut() {
+                a.interrupted = true;
+            }
+            inv.status = Status::Queued;
+            inv.response = Some(answer);
+            self.store.save(&inv).await?;
+            return Ok(Next::Done);
+        }
+        let settle = policy.settle(outcome, number, rand::random());
         inv.response = Some(answer);
         inv.updated_ms = finished;
         match settle {
