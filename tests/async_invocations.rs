@@ -358,19 +358,22 @@ fn a_fission_specs_invocation_policy_is_applied_and_a_bad_one_refused() {
     .unwrap();
     std::fs::write(
         specs.join("a.yaml"),
-        "kind: ArchiveUploadSpec\nname: code\ninclude:\n  - hello.py\n---\napiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: py\nspec:\n  runtime:\n    image: fission/python-env\n  poolsize: 0\n  version: 3\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: p\nspec:\n  environment:\n    name: py\n  deployment:\n    type: url\n    url: archive://code\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: hello\nspec:\n  environment:\n    name: py\n  package:\n    functionName: main\n    packageref:\n      name: p\n  invocation:\n    retry:\n      maxAttempts: 2\n      backoffBase: 10ms\n    maxAge: 1h0m0s\n    onSuccess:\n      function:\n        name: other\n",
+        "kind: ArchiveUploadSpec\nname: code\ninclude:\n  - hello.py\n---\napiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: py\nspec:\n  runtime:\n    image: fission/python-env\n  poolsize: 0\n  version: 3\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: p\nspec:\n  environment:\n    name: py\n  deployment:\n    type: url\n    url: archive://code\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: hello\nspec:\n  environment:\n    name: py\n  package:\n    functionName: main\n    packageref:\n      name: p\n  invocation:\n    retry:\n      maxAttempts: 2\n      backoffBase: 10ms\n    maxAge: 1h0m0s\n    onSuccess:\n      function:\n        type: name\n        name: other\n    onFailure:\n      topic:\n        messageQueueType: nats\n        topic: failures\n",
     )
     .unwrap();
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        format!("{out}{err}").contains("invocation.onSuccess is not supported"),
+        format!("{out}{err}").contains(
+            "invocation.onFailure: Fusion does not publish results to message-queue topics yet"
+        ),
         "{out}{err}"
     );
     let f = s.ok("GET", "/v1/functions/hello", None);
     assert_eq!(
         f["invocation"],
-        json!({"retry": {"maxAttempts": 2, "backoffBase": "10ms"}, "maxAge": "1h0m0s"}),
+        json!({"retry": {"maxAttempts": 2, "backoffBase": "10ms"}, "maxAge": "1h0m0s",
+               "onSuccess": {"function": {"type": "name", "name": "other"}}}),
         "{f}"
     );
 
@@ -403,4 +406,86 @@ fn a_fission_specs_invocation_policy_is_applied_and_a_bad_one_refused() {
     let f = s.ok("GET", "/v1/functions/hello", None);
     assert_eq!(f["invocation"]["maxAge"], "2h");
     assert_eq!(f["invocation"]["retry"]["maxAttempts"], 2);
+}
+
+#[test]
+fn results_go_to_the_destinations_with_their_envelope() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    // The destination answers with what it was sent.
+    s.function(
+        "audit",
+        "python",
+        "audit.py",
+        "from flask import request\ndef main():\n    return request.get_data(as_text=True), 200, {'content-type': 'application/json'}\n",
+        json!({}),
+    );
+    let mut ok = json!({"invocation": {"onSuccess": {"function": {"name": "audit"}}}});
+    ok["max_scale"] = json!(2);
+    s.function(
+        "work",
+        "python",
+        "work.py",
+        "from flask import request\ndef main():\n    return {'done': request.get_json()['order']}\n",
+        ok,
+    );
+    let mut failing = quick(2);
+    failing["invocation"]["onFailure"] = json!({"function": {"name": "audit"}});
+    s.function(
+        "fail",
+        "python",
+        "fail.py",
+        "def main():\n    return 'nope', 503\n",
+        failing,
+    );
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/work"))
+        .header("X-Async", "true")
+        .header("content-type", "application/json")
+        .body(r#"{"order": 7}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = settled(&s, &id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let dest = done["destination_invocation"]
+        .as_str()
+        .expect("a destination");
+    let sent = settled(&s, dest);
+    assert_eq!(sent["function"], "audit");
+    let envelope: Value = serde_json::from_str(sent["response"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(envelope["requestContext"]["invocationId"], id.as_str());
+    assert_eq!(envelope["requestContext"]["condition"], "Success");
+    assert_eq!(envelope["requestPayload"], json!({"order": 7}));
+    assert_eq!(envelope["responseContext"]["statusCode"], 200);
+    assert_eq!(envelope["responsePayload"], json!({"done": 7}));
+
+    let id = call_async(&s, "fail", "x")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dead = settled(&s, &id);
+    assert_eq!(dead["status"], "dead", "{dead}");
+    let sent = settled(&s, dead["destination_invocation"].as_str().unwrap());
+    let envelope: Value = serde_json::from_str(sent["response"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(envelope["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(envelope["requestContext"]["attempts"], 2);
+    assert_eq!(envelope["responsePayload"], "nope");
+    // A destination must be a function's: a topic is refused, saying why.
+    let mut f = s.ok("GET", "/v1/functions/fail", None);
+    f["invocation"]["onFailure"] = json!({"topic": {"messageQueueType": "nats", "topic": "t"}});
+    let (st, e) = s.call("PUT", "/v1/functions/fail", Some(f));
+    assert_eq!(st, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("onFailure.topic"),
+        "{e}"
+    );
 }

@@ -500,6 +500,36 @@ pub struct InvocationConfig {
     /// tried; past it, it is dead-lettered (default 6h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<String>,
+    /// Called (asynchronously, with the result envelope) once an invocation succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<InvocationDestination>,
+    /// Called (asynchronously, with the result envelope) once an invocation
+    /// failed for good: a 4xx, its attempts spent, or its max age past.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<InvocationDestination>,
+}
+
+/// Fission's `DestinationRef`: where an asynchronous invocation's result goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvocationDestination {
+    /// A function of the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<DestinationFunction>,
+    /// A message-queue topic (Fission's `TopicRef`): refused until Fusion
+    /// publishes to message queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<serde_json::Value>,
+}
+
+/// Fission's `FunctionReference` as a destination names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationFunction {
+    /// `name` (Fission's only kind of reference here).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
 }
 
 /// Fission's `invocation.retry`: attempts and exponential backoff.

@@ -6,12 +6,15 @@
 //! invocations resume when the server starts again (at least once: every
 //! attempt carries the same `X-Fusion-Idempotency-Key`).
 
+pub mod destination;
 pub mod policy;
 pub mod record;
 pub mod sink;
 pub mod store;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -218,33 +221,15 @@ impl Invocations {
                 ))
             }
         };
-        let now = now_ms();
-        let inv = Invocation {
-            id: uuid::Uuid::now_v7().to_string(),
-            namespace: function.namespace.clone(),
-            function: function.name.clone(),
-            status: Status::Queued,
-            created_ms: now,
-            updated_ms: now,
-            finished_ms: None,
-            next_attempt_ms: None,
-            cycle: 0,
-            cycle_started_ms: now,
-            attempts: Vec::new(),
-            request: StoredRequest::new(
-                &parts.method,
-                &parts.uri,
-                &parts.headers,
-                path,
-                params,
-                body.len(),
-            ),
-            response: None,
-            error: None,
-            reason: None,
-        };
-        inner.store.insert(&inv, &body).await?;
-        tokio::spawn(inner.clone().drive(inv.id.clone()));
+        let request = StoredRequest::new(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            path,
+            params,
+            body.len(),
+        );
+        let inv = inner.enqueue(&function, request, body).await?;
         Ok(accepted(&inv, &base))
     }
 
@@ -294,6 +279,8 @@ impl Invocations {
         inv.next_attempt_ms = None;
         inv.error = None;
         inv.reason = None;
+        inv.destination_invocation = None;
+        inv.destination_error = None;
         inner.store.save(&inv).await?;
         tokio::spawn(inner.clone().drive(inv.id.clone()));
         Ok(accepted(&inv, base))
@@ -321,20 +308,98 @@ enum Next {
 }
 
 impl Inner {
-    /// Tries invocation `id` until it is settled.
-    async fn drive(self: Arc<Self>, id: String) {
-        loop {
-            match self.step(&id).await {
-                Ok(Next::Again) => {}
-                Ok(Next::Done) => return,
-                Err(e) => {
-                    // Storage trouble: the invocation stays pending and resumes at
-                    // the next start; try again a little later meanwhile.
-                    tracing::error!(invocation = %id, "async invocation: {e}");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
+    /// Stores a new invocation of `function` (flushed) and starts trying it.
+    async fn enqueue(
+        self: &Arc<Self>,
+        function: &pool_manager::Function,
+        request: StoredRequest,
+        body: bytes::Bytes,
+    ) -> Result<Invocation> {
+        let now = now_ms();
+        let inv = Invocation {
+            id: uuid::Uuid::now_v7().to_string(),
+            namespace: function.namespace.clone(),
+            function: function.name.clone(),
+            status: Status::Queued,
+            created_ms: now,
+            updated_ms: now,
+            finished_ms: None,
+            next_attempt_ms: None,
+            cycle: 0,
+            cycle_started_ms: now,
+            attempts: Vec::new(),
+            request,
+            response: None,
+            error: None,
+            reason: None,
+            destination_invocation: None,
+            destination_error: None,
+        };
+        self.store.insert(&inv, &body).await?;
+        tokio::spawn(self.clone().drive(inv.id.clone()));
+        Ok(inv)
+    }
+
+    /// Calls the destination `policy` names for how `inv` ended, with the
+    /// result envelope, as an invocation of its own; notes it (or why not) on
+    /// `inv`, which the caller then saves. Done before the invocation is saved
+    /// as settled: a crash between the two calls the destination again (at
+    /// least once), never not at all.
+    async fn call_destination(self: &Arc<Self>, inv: &mut Invocation, policy: &Policy) {
+        let target = match inv.status {
+            Status::Succeeded => &policy.on_success,
+            _ => &policy.on_failure,
+        };
+        let Some(name) = target else { return };
+        let depth = destination::depth(inv);
+        if depth + 1 > destination::MAX_DEPTH {
+            inv.destination_error = Some(format!(
+                "not called: destinations of destinations go {} deep at most",
+                destination::MAX_DEPTH
+            ));
+            return;
+        }
+        let key = pool_manager::resources::qualified(&inv.namespace, name);
+        let called = async {
+            let function = self.invoker.pool().function(&key)?;
+            let envelope = destination::envelope(inv, &self.store.body(&inv.id)?);
+            let body = serde_json::to_vec(&envelope).map_err(|e| Error::Internal(e.to_string()))?;
+            let request = StoredRequest {
+                method: "POST".into(),
+                path: "/".into(),
+                query: None,
+                headers: vec![
+                    ("content-type".into(), "application/json".into()),
+                    (destination::DEPTH_HEADER.into(), (depth + 1).to_string()),
+                ],
+                params: Vec::new(),
+                body_bytes: body.len(),
+            };
+            self.enqueue(&function, request, body.into()).await
+        };
+        match called.await {
+            Ok(d) => inv.destination_invocation = Some(d.id),
+            Err(e) => inv.destination_error = Some(e.to_string()),
+        }
+    }
+
+    /// Tries invocation `id` until it is settled. Boxed, and `Send` by its
+    /// type: a destination's invocation is driven from within another's drive.
+    fn drive(self: Arc<Self>, id: String) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            loop {
+                match self.step(&id).await {
+                    Ok(Next::Again) => {}
+                    Ok(Next::Done) => return,
+                    Err(e) => {
+                        // Storage trouble: the invocation stays pending and resumes
+                        // at the next start; try again a little later meanwhile.
+                        tracing::error!(invocation = %id, "async invocation: {e}");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
                 }
             }
-        }
+        })
     }
 
     fn function_permits(&self, f: &pool_manager::Function) -> Arc<Semaphore> {
@@ -351,7 +416,7 @@ impl Inner {
     }
 
     /// One attempt (after waiting out its backoff), and its settlement.
-    async fn step(&self, id: &str) -> Result<Next> {
+    async fn step(self: &Arc<Self>, id: &str) -> Result<Next> {
         let Some(mut inv) = self.store.get(id)? else {
             return Ok(Next::Done);
         };
@@ -385,13 +450,9 @@ impl Inner {
             .or_else(|_| Policy::of(None))
             .map_err(|e| Error::Internal(e.to_string()))?;
         if now_ms().saturating_sub(inv.cycle_started_ms) > policy.max_age.as_millis() as u64 {
+            let why = format!("not delivered within its max age of {:?}", policy.max_age);
             return self
-                .finish(
-                    inv,
-                    Status::Dead,
-                    "expired",
-                    format!("not delivered within its max age of {:?}", policy.max_age),
-                )
+                .finish(inv, Status::Dead, "expired", why, &policy)
                 .await;
         }
         let permits = self.function_permits(&function);
@@ -464,12 +525,14 @@ impl Inner {
             Settle::Succeeded => {
                 inv.status = Status::Succeeded;
                 inv.finished_ms = Some(finished);
+                self.call_destination(&mut inv, &policy).await;
                 self.store.save(&inv).await?;
                 Ok(Next::Done)
             }
             Settle::Failed => {
                 let e = error.unwrap_or_default();
-                self.finish(inv, Status::Failed, "http_4xx", e).await
+                self.finish(inv, Status::Failed, "http_4xx", e, &policy)
+                    .await
             }
             Settle::Dead => {
                 let e = format!(
@@ -477,7 +540,8 @@ impl Inner {
                     number,
                     error.unwrap_or_default()
                 );
-                self.finish(inv, Status::Dead, "retries_exhausted", e).await
+                self.finish(inv, Status::Dead, "retries_exhausted", e, &policy)
+                    .await
             }
             Settle::RetryAfter(delay) => {
                 inv.status = Status::Queued;
@@ -489,11 +553,12 @@ impl Inner {
     }
 
     async fn finish(
-        &self,
+        self: &Arc<Self>,
         mut inv: Invocation,
         status: Status,
         reason: &str,
         error: String,
+        policy: &Policy,
     ) -> Result<Next> {
         let now = now_ms();
         inv.status = status;
@@ -501,6 +566,7 @@ impl Inner {
         inv.error = Some(error);
         inv.finished_ms = Some(now);
         inv.updated_ms = now;
+        self.call_destination(&mut inv, policy).await;
         self.store.save(&inv).await?;
         if status == Status::Dead {
             let sinks = self.sinks.read().unwrap_or_else(|p| p.into_inner()).clone();

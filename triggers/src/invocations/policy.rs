@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use engine::retry::Backoff;
 use engine::spec::parse_duration;
-use pool_manager::resources::InvocationConfig;
+use pool_manager::resources::{InvocationConfig, InvocationDestination};
 use pool_manager::{Error, Result};
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -23,6 +23,10 @@ pub struct Policy {
     pub max_attempts: u32,
     pub backoff: Backoff,
     pub max_age: Duration,
+    /// The function (same namespace) called with the result of an
+    /// invocation that succeeded, and of one that failed for good.
+    pub on_success: Option<String>,
+    pub on_failure: Option<String>,
 }
 
 /// What one attempt's answer means.
@@ -63,6 +67,29 @@ fn duration(field: &str, text: &Option<String>, default: Duration) -> Result<Dur
                 "function: invocation.{field} {t:?} is not a duration (write e.g. \"100ms\", \"2s\", \"6h\")"
             ))
         }),
+    }
+}
+
+/// The function a destination names; refuses a topic (until Fusion publishes
+/// to message queues) and anything but exactly one target.
+fn destination(field: &str, d: Option<&InvocationDestination>) -> Result<Option<String>> {
+    let Some(d) = d else { return Ok(None) };
+    match (&d.function, &d.topic) {
+        (Some(_), Some(_)) | (None, None) => Err(Error::Invalid(format!(
+            "function: invocation.{field} names exactly one of `function` and `topic`"
+        ))),
+        (None, Some(_)) => Err(Error::Invalid(format!(
+            "function: invocation.{field}.topic: Fusion does not publish results to message-queue topics yet; name a function"
+        ))),
+        (Some(f), None) => {
+            if f.kind.as_deref().is_some_and(|k| k != "name") {
+                return Err(Error::Invalid(format!(
+                    "function: invocation.{field}.function.type must be \"name\""
+                )));
+            }
+            pool_manager::resources::validate_name("function", &f.name)?;
+            Ok(Some(f.name.clone()))
+        }
     }
 }
 
@@ -108,6 +135,8 @@ impl Policy {
             max_attempts,
             backoff,
             max_age,
+            on_success: destination("onSuccess", c.on_success.as_ref())?,
+            on_failure: destination("onFailure", c.on_failure.as_ref())?,
         })
     }
 
@@ -137,7 +166,7 @@ mod tests {
                 backoff_cap: Some(cap.into()),
                 jitter: Some(false),
             },
-            max_age: None,
+            ..InvocationConfig::default()
         }
     }
 
@@ -200,6 +229,13 @@ mod tests {
         let mut c = config(None, "1s", "2s");
         c.max_age = Some("0s".into());
         assert!(Policy::of(Some(&c)).is_err());
+        let mut c = config(None, "1s", "2s");
+        c.on_failure = Some(InvocationDestination {
+            function: None,
+            topic: Some(serde_json::json!({"messageQueueType": "nats", "topic": "t"})),
+        });
+        let e = Policy::of(Some(&c)).unwrap_err().to_string();
+        assert!(e.contains("invocation.onFailure.topic"), "{e}");
     }
 
     proptest! {
@@ -215,7 +251,7 @@ mod tests {
                     backoff_cap: Some(format!("{}ms", base_ms + extra_ms)),
                     jitter: None,
                 },
-                max_age: None,
+                ..InvocationConfig::default()
             };
             let p = Policy::of(Some(&c)).unwrap();
             match p.settle(Outcome::Retryable, attempt, sample) {

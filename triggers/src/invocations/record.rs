@@ -193,6 +193,12 @@ pub struct Invocation {
     /// `http_4xx`, `retries_exhausted` or `expired` (Fission's dead-letter reasons).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The invocation of its `onSuccess` / `onFailure` destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_invocation: Option<String>,
+    /// Why its destination could not be called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_error: Option<String>,
 }
 
 impl Invocation {

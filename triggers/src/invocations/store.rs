@@ -271,6 +271,8 @@ mod tests {
             response: None,
             error: None,
             reason: None,
+            destination_invocation: None,
+            destination_error: None,
         }
     }
 
