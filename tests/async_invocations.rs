@@ -141,6 +141,17 @@ fn an_async_call_is_accepted_with_a_location_that_answers() {
     assert_eq!(done["response"]["body"], "ROUTE ", "{done}");
     assert_eq!(done["request"]["params"], json!([["who", "ada"]]));
 
+    // `fusion fn test --async`, then `fusion fn invocation get`.
+    let (code, out, err) = s.cli(&["fn", "test", "shout", "--async", "-X", "POST", "-b", "cli"]);
+    assert_eq!(code, 0, "{err}");
+    let queued: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(queued["status"], "queued", "{out}");
+    let cli_id = queued["id"].as_str().unwrap();
+    assert_eq!(settled(&s, cli_id)["response"]["body"], "CLI ");
+    let (code, out, err) = s.cli(&["fn", "invocation", "get", cli_id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("succeeded") && out.contains("CLI"), "{out}");
+
     // The function's invocations, newest first; an unknown one is a 404.
     let list = s.ok("GET", "/v1/invocations?function=shout", None);
     let ids: Vec<&str> = list["invocations"]
@@ -149,8 +160,24 @@ fn an_async_call_is_accepted_with_a_location_that_answers() {
         .iter()
         .map(|i| i["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), 3, "{list}");
-    assert_eq!(ids[0], id);
+    assert_eq!(ids.len(), 4, "{list}");
+    assert_eq!(ids[1], id);
+    // Paged: two, then the rest from the cursor.
+    let first = s.ok("GET", "/v1/invocations?function=shout&limit=2", None);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    assert_eq!(first["invocations"][1]["id"], id.as_str());
+    let rest = s.ok(
+        "GET",
+        &format!("/v1/invocations?function=shout&limit=2&cursor={cursor}"),
+        None,
+    );
+    assert_eq!(rest["invocations"].as_array().unwrap().len(), 2, "{rest}");
+    assert_eq!(rest["next_cursor"], Value::Null);
+    let (st, e) = s.call("GET", "/v1/invocations?status=lost", None);
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (400, Some("invalid_status"))
+    );
     let (st, e) = s.call("GET", "/v1/invocations/nope", None);
     assert_eq!((st, e["error"]["code"].as_str()), (404, Some("not_found")));
     // Calling a function that does not exist asynchronously is a 404 at once.
@@ -219,6 +246,26 @@ fn a_client_error_is_not_retried() {
     // Failed is not dead: the dead-letter list does not hold it.
     let dead = s.ok("GET", "/v1/deadletters", None);
     assert_eq!(dead["invocations"], json!([]), "{dead}");
+
+    // Past its max age, an invocation is dead however many attempts are left.
+    s.function(
+        "down",
+        "python",
+        "down.py",
+        "def main():\n    return 'down', 503\n",
+        json!({"invocation": {"retry": {"maxAttempts": 100, "backoffBase": "50ms"}, "maxAge": "300ms"}}),
+    );
+    let id = call_async(&s, "down", "")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let expired = settled(&s, &id);
+    assert_eq!(
+        (expired["status"].as_str(), expired["reason"].as_str()),
+        (Some("dead"), Some("expired")),
+        "{expired}"
+    );
+    assert!(expired["attempts"].as_array().unwrap().len() < 100);
 }
 
 #[test]
