@@ -1,5 +1,6 @@
 //! The API listener: `/v1/...` resources (environments, functions, packages
-//! (`api_pkg.rs`), routes; secrets and configmaps in `api/secrets.rs`), function logs and instances, health, and the workflow endpoints the
+//! (`api_pkg.rs`), routes; secrets and configmaps in `api/secrets.rs`; asynchronous
+//! invocations in `api/invocations.rs`), function logs and instances, health, and the workflow endpoints the
 //! engine contributes. Every error is a status with `{"error": {"code", "message"}}`.
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use triggers::{Route, Target, Triggers};
 
+mod invocations;
 mod secrets;
 
 #[derive(Clone)]
@@ -63,6 +65,7 @@ pub fn router(state: AppState) -> Router {
             get(get_route).put(update_route).delete(delete_route),
         )
         .merge(secrets::routes())
+        .merge(invocations::routes())
         .layer(axum::middleware::from_fn(json_errors))
         // Added after the layer: a function's own answers pass through untouched.
         .route("/v1/functions/{name}/invoke", any(invoke_fn))
@@ -375,6 +378,7 @@ async fn create_fn(
     body: Bytes,
 ) -> ApiResult<Response> {
     let f: Function = ns.parse("function", &body)?;
+    triggers::invocations::policy::Policy::of(f.invocation.as_ref())?;
     // Functions of `default` share /fission-function/<name> with workflows.
     if f.namespace == "default" && s.triggers.invoker.workflow_exists(&f.name) {
         return Err(Error::Conflict(format!(
@@ -392,6 +396,7 @@ async fn update_fn(
 ) -> ApiResult<Json<Function>> {
     let f: Function = ns.parse("function", &body)?;
     same_name(&name, &f.name)?;
+    triggers::invocations::policy::Policy::of(f.invocation.as_ref())?;
     Ok(Json(s.pool.update_function(f).await?))
 }
 async fn delete_fn(
@@ -458,7 +463,8 @@ async fn fn_logs(
         .into_response())
 }
 
-/// Calls a function through the pool manager, like the router (used by `fn test`).
+/// Calls a function through the pool manager, like the router (used by `fn test`);
+/// asynchronously (202, queued) with `X-Async: true` as on the router.
 async fn invoke_fn(
     State(s): State<AppState>,
     Path(params): Path<Vec<(String, String)>>,
@@ -484,6 +490,9 @@ async fn invoke_fn(
     if !s.pool.function_exists(&name) && s.triggers.invoker.workflow_exists(&name) {
         let target = Target::Workflow(name);
         return s.triggers.invoker.call(&target, req, &rest, &[]).await;
+    }
+    if triggers::invocations::is_async(req.headers()) {
+        return s.triggers.invocations.accept(&name, req, &rest, &[]).await;
     }
     pool_manager::forward(&s.pool, &name, req, &rest, &[]).await
 }

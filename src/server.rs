@@ -72,6 +72,16 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_BUILD_TIMEOUT_SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub build_timeout_secs: u64,
+    /// Asynchronous function calls (`X-Async: true`) tried at once in the
+    /// background, over every function (each function also keeps at least
+    /// half of its capacity for synchronous calls).
+    #[arg(long, env = "FUSION_ASYNC_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub async_concurrency: u64,
+    /// Asynchronous invocations that succeeded or failed are pruned this many
+    /// hours after they finished (dead letters stay until redriven); 0 keeps them.
+    #[arg(long, env = "FUSION_INVOCATION_RETENTION_HOURS", default_value_t = 168)]
+    pub invocation_retention_hours: u64,
     /// The python interpreter for the python runtime.
     #[arg(long, env = "FUSION_PYTHON", default_value = "python3")]
     pub python: String,
@@ -284,6 +294,14 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     pool.metrics().register(&mut registry);
     engine.metrics().register(&mut registry);
     let triggers = triggers::Triggers::open(&db, pool.clone(), workflows)?;
+    triggers
+        .invocations
+        .start(triggers::invocations::Settings {
+            concurrency: args.async_concurrency as usize,
+            retention: (args.invocation_retention_hours > 0)
+                .then(|| Duration::from_secs(args.invocation_retention_hours * 3600)),
+            sweep: Duration::from_secs(args.retention_sweep_secs),
+        })?;
     let state = AppState {
         pool: pool.clone(),
         triggers: triggers.clone(),
@@ -365,6 +383,8 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
 
     stop_signal.await;
     tracing::info!("shutting down: finishing in-flight requests");
+    // Asynchronous calls start no new attempt; pending ones resume at the next start.
+    triggers.invocations.shutdown();
     let _ = stop_tx.send(true);
     let grace = Duration::from_millis(args.shutdown_grace_ms);
     let drained = tokio::time::timeout(grace, async {

@@ -539,7 +539,9 @@ fn form_input(body: &[u8]) -> Result<Value, ApiError> {
     Ok(Value::Object(fields))
 }
 
-fn is_async(h: &HeaderMap) -> bool {
+/// Whether a request asks to be answered 202 at once and run in the background
+/// (`X-Async: true` or `Prefer: respond-async`).
+pub fn is_async(h: &HeaderMap) -> bool {
     let x_async = h
         .get("x-async")
         .and_then(|v| v.to_str().ok())

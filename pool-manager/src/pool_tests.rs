@@ -198,6 +198,7 @@ async fn setup_scaled(poolsize: usize, min_scale: usize, concurrency: usize) -> 
         configmaps: Vec::new(),
         env_vars: Default::default(),
         generation: 0,
+        invocation: None,
     })
     .await
     .unwrap();

@@ -482,6 +482,72 @@ pub struct Function {
     /// lists); instances of older generations are retired.
     #[serde(default)]
     pub generation: u64,
+    /// How an asynchronous call of the function (`X-Async: true`) is retried,
+    /// as Fission's `invocation` (RFC-0024); platform defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<InvocationConfig>,
+}
+
+/// Fission's `invocation` of a function (RFC-0024): the retry policy of its
+/// asynchronous calls and how long one may wait to succeed. Durations are Go's
+/// notation (`100ms`, `2s`, `6h`); the trigger layer validates them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InvocationConfig {
+    #[serde(default)]
+    pub retry: InvocationRetry,
+    /// How long after it was accepted (or redriven) an invocation may still be
+    /// tried; past it, it is dead-lettered (default 6h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// Called (asynchronously, with the result envelope) once an invocation succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<InvocationDestination>,
+    /// Called (asynchronously, with the result envelope) once an invocation
+    /// failed for good: a 4xx, its attempts spent, or its max age past.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<InvocationDestination>,
+}
+
+/// Fission's `DestinationRef`: where an asynchronous invocation's result goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvocationDestination {
+    /// A function of the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<DestinationFunction>,
+    /// A message-queue topic (Fission's `TopicRef`): refused until Fusion
+    /// publishes to message queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<serde_json::Value>,
+}
+
+/// Fission's `FunctionReference` as a destination names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationFunction {
+    /// `name` (Fission's only kind of reference here).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+}
+
+/// Fission's `invocation.retry`: attempts and exponential backoff.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InvocationRetry {
+    /// Attempts in all, the first included (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// The delay before the first retry, doubled for each next one (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_base: Option<String>,
+    /// The longest delay between attempts (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_cap: Option<String>,
+    /// `false` turns off the random shortening of each delay (default on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<bool>,
 }
 
 /// `default`, for serde's `default` of a resource's `namespace`.

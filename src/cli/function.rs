@@ -1,4 +1,5 @@
-//! `fusion fn`: functions, and calling them (`fn test`), their logs and instances.
+//! `fusion fn`: functions, and calling them (`fn test`, `--async`), their logs and
+//! instances; their asynchronous invocations and dead letters in `invocation.rs`.
 
 use std::path::PathBuf;
 
@@ -69,6 +70,20 @@ pub(super) struct FnFields {
     /// (repeatable; sets or replaces KEY; bundled runtimes only).
     #[arg(long = "env-var", value_name = "KEY=VALUE")]
     env_vars: Vec<String>,
+    /// Attempts of an asynchronous call (X-Async: true), the first included
+    /// (default 3); then it is dead-lettered.
+    #[arg(long = "async-retry-max-attempts", value_name = "ATTEMPTS")]
+    async_max_attempts: Option<u32>,
+    /// The delay before an asynchronous call's first retry, doubled for each
+    /// next one, e.g. `500ms` (default 1s).
+    #[arg(long = "async-backoff-base", value_name = "DURATION")]
+    async_backoff_base: Option<String>,
+    /// The longest delay between an asynchronous call's attempts (default 5m).
+    #[arg(long = "async-backoff-cap", value_name = "DURATION")]
+    async_backoff_cap: Option<String>,
+    /// How long an asynchronous call may keep being tried, e.g. `1h` (default 6h).
+    #[arg(long = "async-max-age", value_name = "DURATION")]
+    async_max_age: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -119,6 +134,31 @@ pub(super) enum FnVerb {
         /// A sub-path below the function, e.g. `/users/7`.
         #[arg(long, default_value = "/")]
         subpath: String,
+        /// Call it asynchronously: print the invocation's id at once (see
+        /// `fusion fn invocation get ID`).
+        #[arg(long = "async")]
+        asynchronous: bool,
+    },
+    /// List the function's asynchronous invocations, newest first.
+    Invocations {
+        #[command(flatten)]
+        name: Name,
+        /// Only those in this status: queued, running, succeeded, failed or dead.
+        #[arg(long)]
+        status: Option<String>,
+        /// The most to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One asynchronous invocation: show it, or redrive it.
+    Invocation {
+        #[command(subcommand)]
+        verb: super::invocation::InvocationVerb,
+    },
+    /// The dead-letter list: asynchronous invocations whose every attempt failed.
+    Dlq {
+        #[command(subcommand)]
+        verb: super::invocation::DlqVerb,
     },
     /// Print the function's logs (the output of its instances).
     Logs {
@@ -207,6 +247,27 @@ pub(super) async fn merge_fn(
             body[field] = json!(refs);
         }
     }
+    for (field, value) in [
+        ("/retry/maxAttempts", f.async_max_attempts.map(|n| json!(n))),
+        ("/retry/backoffBase", f.async_backoff_base.map(|d| json!(d))),
+        ("/retry/backoffCap", f.async_backoff_cap.map(|d| json!(d))),
+        ("/maxAge", f.async_max_age.map(|d| json!(d))),
+    ] {
+        let Some(value) = value else { continue };
+        if !body["invocation"].is_object() {
+            body["invocation"] = json!({});
+        }
+        let invocation = &mut body["invocation"];
+        match field.strip_prefix("/retry/") {
+            Some(key) => {
+                if !invocation["retry"].is_object() {
+                    invocation["retry"] = json!({});
+                }
+                invocation["retry"][key] = value;
+            }
+            None => invocation["maxAge"] = value,
+        }
+    }
     for text in &f.env_vars {
         let (k, v) = super::secret::env_var(text)?;
         if !body["env_vars"].is_object() {
@@ -247,6 +308,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             query,
             body,
             subpath,
+            asynchronous,
         } => {
             let name = name.get();
             // The invoke endpoint passes the function's own 404s through: ask first,
@@ -275,6 +337,9 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 req = req.query(&[("fusion-namespace", ns)]);
             }
             req = with_headers(req, &headers)?;
+            if asynchronous {
+                req = req.header("X-Async", "true");
+            }
             for q in &query {
                 let (k, v) = q
                     .split_once('=')
@@ -321,6 +386,13 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 out.flush()?;
             }
         }
+        FnVerb::Invocations {
+            name,
+            status,
+            limit,
+        } => super::invocation::list(opts, &name.get(), status, limit).await?,
+        FnVerb::Invocation { verb } => super::invocation::invocation_cmd(verb, opts).await?,
+        FnVerb::Dlq { verb } => super::invocation::dlq_cmd(verb, opts).await?,
         FnVerb::Instances { name } => {
             let name = name.get();
             let v: Value = c

@@ -5,6 +5,7 @@ mod env;
 
 pub(crate) use env::image_use_line;
 mod function;
+mod invocation;
 mod output;
 mod pkg;
 mod route;

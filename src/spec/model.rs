@@ -675,6 +675,25 @@ impl Specs {
         if let Some(rpp) = int("/requestsPerPod").filter(|c| *c > 0) {
             r.body["requests_per_instance"] = json!(rpp);
         }
+        // RFC-0024: the retry policy of asynchronous calls, and where their
+        // results go. A topic destination is not run by Fusion yet: said, and
+        // left out.
+        if let Some(Value::Object(inv)) = spec.get("invocation") {
+            let mut kept = serde_json::Map::new();
+            for (k, v) in inv {
+                let topic = matches!(k.as_str(), "onSuccess" | "onFailure")
+                    && v.get("topic").is_some_and(|t| !t.is_null());
+                if topic {
+                    self.warn(
+                        doc.at(&format!("spec.invocation.{k}.topic")),
+                        format!("invocation.{k}: Fusion does not publish results to message-queue topics yet: ignored"),
+                    );
+                } else {
+                    kept.insert(k.clone(), v.clone());
+                }
+            }
+            r.body["invocation"] = Value::Object(kept);
+        }
         if let Some(strategy) = spec.pointer("/InvokeStrategy/ExecutionStrategy") {
             let executor = str_at(strategy, "ExecutorType").unwrap_or("poolmgr");
             match executor {
@@ -1295,6 +1314,7 @@ const FUNCTION_FIELDS: &Shape = &Fields(&[
             ("idletimeout", Any),
             ("concurrency", Any),
             ("requestsPerPod", Any),
+            ("invocation", Any),
             ("onceOnly", Any),
             ("retainPods", Any),
             ("podspec", KubeOnly),

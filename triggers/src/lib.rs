@@ -3,6 +3,7 @@
 //! trigger calls its target through one [`Invoker`], so adding a kind touches
 //! this crate and the API that manages it, nothing below.
 
+pub mod invocations;
 pub mod invoke;
 pub mod route;
 pub mod router;
@@ -23,12 +24,17 @@ pub use workflows::{ApiListener, Workflows};
 pub struct Triggers {
     pub invoker: Invoker,
     pub routes: routes::Routes,
+    /// Asynchronous calls of functions, their retries and dead letters.
+    pub invocations: invocations::Invocations,
 }
 
 impl Triggers {
     pub fn open(db: &sled::Db, pool: PoolManager, workflows: Workflows) -> Result<Arc<Triggers>> {
+        let api = workflows.api.clone();
+        let invoker = Invoker::new(pool, workflows);
         Ok(Arc::new(Triggers {
-            invoker: Invoker::new(pool, workflows),
+            invocations: invocations::Invocations::open(db, invoker.clone(), api)?,
+            invoker,
             routes: routes::Routes::open(db)?,
         }))
     }

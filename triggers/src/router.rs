@@ -1,6 +1,7 @@
 //! The router listener's dispatch: the built-in `/fission-function/<name>`
 //! paths (also `/fission-function/<namespace>/<name>`, as in Fission) and the
-//! HTTP triggers (routes), each sent to its function or workflow.
+//! HTTP triggers (routes), each sent to its function or workflow; a function
+//! called asynchronously (`X-Async: true`) is queued instead.
 
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
@@ -9,6 +10,7 @@ use pool_manager::error::error_response;
 use pool_manager::resources::qualified;
 use pool_manager::Error;
 
+use crate::invocations::is_async;
 use crate::invoke::Target;
 use crate::Triggers;
 
@@ -35,10 +37,16 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
             // `default/<name>` is `<name>`.
             let key = qualified(name, second);
             if !second.is_empty() && invoker.function_exists(&key) {
+                if is_async(req.headers()) {
+                    return triggers.invocations.accept(&key, req, tail2, &[]).await;
+                }
                 return pool_manager::forward(invoker.pool(), &key, req, tail2, &[]).await;
             }
         }
         if invoker.function_exists(name) {
+            if is_async(req.headers()) {
+                return triggers.invocations.accept(name, req, tail, &[]).await;
+            }
             return pool_manager::forward(invoker.pool(), name, req, tail, &[]).await;
         }
         if invoker.workflow_exists(name) {
@@ -58,7 +66,14 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
         .map(str::to_string);
     let table = triggers.routes.table();
     match table.find(req.method().as_str(), host.as_deref(), path) {
-        Some(m) => invoker.call(&m.target, req, path, &m.params).await,
+        Some(m) => match &m.target {
+            // A function called asynchronously is queued; a workflow runs in
+            // the background by itself.
+            Target::Function(key) if is_async(req.headers()) => {
+                triggers.invocations.accept(key, req, path, &m.params).await
+            }
+            target => invoker.call(target, req, path, &m.params).await,
+        },
         None => error_response(
             StatusCode::NOT_FOUND,
             "route_not_found",

@@ -166,6 +166,7 @@ fn function(name: &str, package: &str, timeout_secs: u64) -> Function {
         configmaps: Vec::new(),
         env_vars: Default::default(),
         generation: 0,
+        invocation: None,
     }
 }
 

@@ -1,0 +1,122 @@
+//! The API of asynchronous invocations: `GET /v1/invocations[/{id}]` (newest
+//! first, paged, by `?function=` in `?namespace=`, by `?status=`),
+//! `GET /v1/deadletters` (the dead ones), and
+//! `POST /v1/invocations/{id}/redrive` (a new cycle of attempts).
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pool_manager::error::error_response;
+use serde::Deserialize;
+use serde_json::json;
+use triggers::invocations::record::{Invocation, Status};
+use triggers::invocations::store::Filter;
+
+use super::{ApiResult, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/invocations", get(list))
+        .route("/v1/invocations/{id}", get(show))
+        .route("/v1/invocations/{id}/redrive", post(redrive))
+        .route("/v1/deadletters", get(deadletters))
+}
+
+/// The most a page holds, and what it holds when `limit` is not given.
+const MOST: usize = 1000;
+const DEFAULT_LIMIT: usize = 50;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    function: Option<String>,
+    namespace: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn bad(code: &str, message: String) -> Response {
+    error_response(StatusCode::BAD_REQUEST, code, &message)
+}
+
+async fn page(s: &AppState, q: ListQuery, status: Option<Status>) -> ApiResult<Response> {
+    let namespace = q.namespace.as_deref().unwrap_or("default");
+    pool_manager::resources::validate_name("namespace", namespace)?;
+    let status = match (status, q.status.as_deref()) {
+        (Some(s), _) => Some(s),
+        (None, None | Some("")) => None,
+        (None, Some(text)) => match Status::parse(text) {
+            Some(s) => Some(s),
+            None => {
+                return Ok(bad(
+                    "invalid_status",
+                    format!(
+                        "unknown status {text:?}: use queued, running, succeeded, failed or dead"
+                    ),
+                ))
+            }
+        },
+    };
+    let function = match q.function.as_deref().filter(|f| !f.is_empty()) {
+        Some(f) => {
+            pool_manager::resources::validate_name("function", f)?;
+            Some(pool_manager::resources::qualified(namespace, f))
+        }
+        None => None,
+    };
+    let limit = match q.limit {
+        None => DEFAULT_LIMIT,
+        Some(n) if (1..=MOST).contains(&n) => n,
+        Some(n) => {
+            return Ok(bad(
+                "invalid_query",
+                format!("limit {n} must be between 1 and {MOST}"),
+            ))
+        }
+    };
+    let cursor = q.cursor.filter(|c| !c.is_empty());
+    if let Some(c) = &cursor {
+        if uuid::Uuid::parse_str(c).is_err() {
+            return Ok(bad(
+                "invalid_cursor",
+                format!("cursor {c:?} is not the next_cursor of a page"),
+            ));
+        }
+    }
+    let filter = Filter {
+        function,
+        namespace: Some(namespace.to_string()),
+        status,
+    };
+    let (items, next) = s
+        .triggers
+        .invocations
+        .list(&filter, cursor.as_deref(), limit)?;
+    let items: Vec<_> = items.iter().map(Invocation::summary).collect();
+    Ok(Json(json!({"invocations": items, "next_cursor": next})).into_response())
+}
+
+async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
+    page(&s, q, None).await
+}
+
+async fn deadletters(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
+    page(&s, q, Some(Status::Dead)).await
+}
+
+async fn show(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Invocation>> {
+    Ok(Json(s.triggers.invocations.get(&id)?))
+}
+
+async fn redrive(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Response<Body>> {
+    let base = s.triggers.invocations.api_base(&req);
+    s.triggers.invocations.redrive(&id, &base).await
+}

@@ -1,0 +1,223 @@
+//! `fusion fn invocations`, `fusion fn invocation get|redrive` and `fusion fn
+//! dlq list|show|redrive`: a function's asynchronous invocations, and the
+//! dead-letter list (Fission's `fission function dlq`).
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::output::print;
+use super::ClientOpts;
+
+/// An invocation's id: positional or `--id`.
+#[derive(Args, Clone)]
+pub(super) struct InvocationId {
+    /// The invocation's id (or give it as --id ID).
+    #[arg(value_name = "ID", required_unless_present = "id")]
+    positional: Option<String>,
+    /// The invocation's id (as the positional ID).
+    #[arg(long = "id", value_name = "ID", conflicts_with = "positional")]
+    id: Option<String>,
+}
+
+impl InvocationId {
+    fn get(self) -> String {
+        self.positional.or(self.id).unwrap_or_default()
+    }
+}
+
+#[derive(Subcommand)]
+pub(super) enum InvocationVerb {
+    /// Show an invocation: its request, every attempt and the last answer.
+    Get {
+        #[command(flatten)]
+        id: InvocationId,
+    },
+    /// Try a dead or failed invocation again (a new cycle of attempts).
+    Redrive {
+        #[command(flatten)]
+        id: InvocationId,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum DlqVerb {
+    /// List the dead letters: invocations whose every attempt failed.
+    List {
+        /// The most to list (newest first).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show a dead letter.
+    Show {
+        #[command(flatten)]
+        id: InvocationId,
+    },
+    /// Try dead letters again: one by id, or --all of them.
+    Redrive {
+        /// The invocation's id.
+        #[arg(value_name = "ID", required_unless_present_any = ["id", "all"])]
+        positional: Option<String>,
+        /// The invocation's id (as the positional ID).
+        #[arg(long = "id", value_name = "ID", conflicts_with = "positional")]
+        id: Option<String>,
+        /// Every dead letter in the namespace.
+        #[arg(long, conflicts_with_all = ["id", "positional"])]
+        all: bool,
+    },
+}
+
+const COLUMNS: &[(&str, &str)] = &[
+    ("ID", "/id"),
+    ("FUNCTION", "/function"),
+    ("STATUS", "/status"),
+    ("ATTEMPTS", "/attempts"),
+    ("HTTP", "/http_status"),
+    ("REASON", "/reason"),
+    ("ERROR", "/error"),
+];
+
+/// `?namespace=NS&...` (or `?...`) for a list.
+fn query(opts: &ClientOpts, pairs: &[(&str, String)]) -> String {
+    let mut q = opts.ns_query();
+    for (k, v) in pairs {
+        q.push(if q.is_empty() { '?' } else { '&' });
+        q.push_str(&format!("{k}={v}"));
+    }
+    q
+}
+
+/// `fusion fn invocations NAME`: the function's invocations, newest first.
+pub(super) async fn list(
+    opts: &ClientOpts,
+    function: &str,
+    status: Option<String>,
+    limit: usize,
+) -> Result<()> {
+    let c = opts.client()?;
+    let mut pairs = vec![
+        ("function", function.to_string()),
+        ("limit", limit.to_string()),
+    ];
+    if let Some(s) = status {
+        pairs.push(("status", s));
+    }
+    let page: Value = c
+        .get(&format!("/v1/invocations{}", query(opts, &pairs)))
+        .await?;
+    print(opts, &page["invocations"], COLUMNS);
+    Ok(())
+}
+
+async fn show(opts: &ClientOpts, id: &str) -> Result<()> {
+    let c = opts.client()?;
+    let v: Value = c.get(&format!("/v1/invocations/{id}")).await?;
+    if opts.json() {
+        print(opts, &v, &[]);
+    } else {
+        print(opts, &v, COLUMNS);
+        println!();
+        print(
+            opts,
+            &v["attempts"],
+            &[
+                ("ATTEMPT", "/number"),
+                ("CYCLE", "/cycle"),
+                ("STARTED_MS", "/started_ms"),
+                ("HTTP", "/status"),
+                ("ERROR", "/error"),
+            ],
+        );
+        if let Some(body) = v.pointer("/response/body").and_then(Value::as_str) {
+            println!("\n{body}");
+        }
+    }
+    Ok(())
+}
+
+async fn redrive(opts: &ClientOpts, id: &str) -> Result<()> {
+    let c = opts.client()?;
+    let v: Value = c
+        .post_json(&format!("/v1/invocations/{id}/redrive"), &json!({}))
+        .await?;
+    print(
+        opts,
+        &v,
+        &[
+            ("ID", "/id"),
+            ("STATUS", "/status"),
+            ("LOCATION", "/location"),
+        ],
+    );
+    Ok(())
+}
+
+pub(super) async fn invocation_cmd(verb: InvocationVerb, opts: &ClientOpts) -> Result<()> {
+    match verb {
+        InvocationVerb::Get { id } => show(opts, &id.get()).await,
+        InvocationVerb::Redrive { id } => redrive(opts, &id.get()).await,
+    }
+}
+
+pub(super) async fn dlq_cmd(verb: DlqVerb, opts: &ClientOpts) -> Result<()> {
+    match verb {
+        DlqVerb::List { limit } => {
+            let c = opts.client()?;
+            let page: Value = c
+                .get(&format!(
+                    "/v1/deadletters{}",
+                    query(opts, &[("limit", limit.to_string())])
+                ))
+                .await?;
+            print(opts, &page["invocations"], COLUMNS);
+            Ok(())
+        }
+        DlqVerb::Show { id } => show(opts, &id.get()).await,
+        DlqVerb::Redrive {
+            positional,
+            id,
+            all,
+        } => {
+            if let Some(id) = positional.or(id) {
+                return redrive(opts, &id).await;
+            }
+            if !all {
+                bail!("give an invocation's ID, or --all");
+            }
+            // Every dead letter as listed now (one that dies again after its
+            // redrive is not taken twice).
+            let c = opts.client()?;
+            let mut ids: Vec<String> = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut pairs = vec![("limit", "1000".to_string())];
+                if let Some(cur) = &cursor {
+                    pairs.push(("cursor", cur.clone()));
+                }
+                let page: Value = c
+                    .get(&format!("/v1/deadletters{}", query(opts, &pairs)))
+                    .await?;
+                if let Some(items) = page["invocations"].as_array() {
+                    ids.extend(
+                        items
+                            .iter()
+                            .filter_map(|i| i["id"].as_str().map(str::to_string)),
+                    );
+                }
+                match page["next_cursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_string()),
+                    None => break,
+                }
+            }
+            let mut count = 0;
+            for id in ids {
+                let _: Value = c
+                    .post_json(&format!("/v1/invocations/{id}/redrive"), &json!({}))
+                    .await?;
+                count += 1;
+            }
+            println!("{count} dead letters redriven");
+            Ok(())
+        }
+    }
+}

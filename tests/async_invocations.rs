@@ -1,0 +1,538 @@
+//! Asynchronous invocation of functions seen from outside: 202 with an id and
+//! a Location that answers, retries with backoff (never of a 4xx), dead
+//! letters listed and redriven, and no accepted invocation lost to a crash.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Server};
+use serde_json::{json, Value};
+
+/// Calls function `name` on the router with `X-Async: true`; returns the 202's
+/// body after checking its Location.
+fn call_async(s: &Server, name: &str, body: &str) -> Value {
+    let r = s
+        .http
+        .post(s.router_url(&format!("/fission-function/{name}")))
+        .header("X-Async", "true")
+        .header("content-type", "text/plain")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let v: Value = r.json().unwrap();
+    let id = v["id"].as_str().unwrap();
+    assert_eq!(location, s.api_url(&format!("/v1/invocations/{id}")));
+    assert_eq!(v["location"], location.as_str());
+    assert_eq!(v["status"], "queued");
+    v
+}
+
+fn invocation(s: &Server, id: &str) -> Value {
+    s.ok("GET", &format!("/v1/invocations/{id}"), None)
+}
+
+/// Waits until the invocation has settled (no longer queued or running).
+fn settled(s: &Server, id: &str) -> Value {
+    let mut last = Value::Null;
+    eventually(
+        Duration::from_secs(90),
+        &format!("invocation {id} settles"),
+        || {
+            last = invocation(s, id);
+            !matches!(last["status"].as_str(), Some("queued" | "running"))
+        },
+    );
+    last
+}
+
+fn statuses(inv: &Value) -> Vec<u64> {
+    inv["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+/// A policy that retries fast.
+fn quick(attempts: u32) -> Value {
+    json!({"invocation": {"retry": {"maxAttempts": attempts, "backoffBase": "10ms", "backoffCap": "50ms"}}})
+}
+
+#[test]
+fn an_async_call_is_accepted_with_a_location_that_answers() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "shout",
+        "python",
+        "shout.py",
+        "from flask import request\ndef main():\n    return request.get_data(as_text=True).upper() + ' ' + request.headers.get('Authorization', '')\n",
+        json!({}),
+    );
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/shout/sub?x=1"))
+        .header("X-Async", "true")
+        .header("Authorization", "Bearer s3cret")
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The Location answers, on the API listener, with the token.
+    let got = s.http.get(&location).bearer_auth(&s.token).send().unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    let done = settled(&s, &id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The function got the request as sent, but the stored credential is
+    // redacted, so the replay carries no secret.
+    assert_eq!(done["response"]["status"], 200);
+    assert_eq!(done["response"]["body"], "HELLO [redacted]", "{done}");
+    assert_eq!(done["request"]["path"], "/sub");
+    assert_eq!(done["request"]["query"], "x=1");
+    let headers = done["request"]["headers"].as_array().unwrap();
+    assert!(
+        headers.contains(&json!(["authorization", "[redacted]"])),
+        "{done}"
+    );
+    assert_eq!(statuses(&done), [200]);
+
+    // `Prefer: respond-async` on the API's invoke endpoint (the API token
+    // does not reach the function), and on a route.
+    let r = s
+        .api("POST", "/v1/functions/shout/invoke")
+        .header("Prefer", "respond-async")
+        .body("via api")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(settled(&s, &id)["response"]["body"], "VIA API ");
+    s.ok(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "yell", "url": "/yell/{who}", "function": "shout"})),
+    );
+    let r = s
+        .http
+        .post(s.router_url("/yell/ada"))
+        .header("X-Async", "true")
+        .body("route")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = settled(&s, &id);
+    assert_eq!(done["response"]["body"], "ROUTE ", "{done}");
+    assert_eq!(done["request"]["params"], json!([["who", "ada"]]));
+
+    // `fusion fn test --async`, then `fusion fn invocation get`.
+    let (code, out, err) = s.cli(&["fn", "test", "shout", "--async", "-X", "POST", "-b", "cli"]);
+    assert_eq!(code, 0, "{err}");
+    let queued: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(queued["status"], "queued", "{out}");
+    let cli_id = queued["id"].as_str().unwrap();
+    assert_eq!(settled(&s, cli_id)["response"]["body"], "CLI ");
+    let (code, out, err) = s.cli(&["fn", "invocation", "get", cli_id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("succeeded") && out.contains("CLI"), "{out}");
+
+    // The function's invocations, newest first; an unknown one is a 404.
+    let list = s.ok("GET", "/v1/invocations?function=shout", None);
+    let ids: Vec<&str> = list["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4, "{list}");
+    assert_eq!(ids[1], id);
+    // Paged: two, then the rest from the cursor.
+    let first = s.ok("GET", "/v1/invocations?function=shout&limit=2", None);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    assert_eq!(first["invocations"][1]["id"], id.as_str());
+    let rest = s.ok(
+        "GET",
+        &format!("/v1/invocations?function=shout&limit=2&cursor={cursor}"),
+        None,
+    );
+    assert_eq!(rest["invocations"].as_array().unwrap().len(), 2, "{rest}");
+    assert_eq!(rest["next_cursor"], Value::Null);
+    let (st, e) = s.call("GET", "/v1/invocations?status=lost", None);
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (400, Some("invalid_status"))
+    );
+    let (st, e) = s.call("GET", "/v1/invocations/nope", None);
+    assert_eq!((st, e["error"]["code"].as_str()), (404, Some("not_found")));
+    // Calling a function that does not exist asynchronously is a 404 at once.
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/absent"))
+        .header("X-Async", "true")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
+
+#[test]
+fn a_flaky_function_succeeds_on_its_third_attempt() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    // Fails twice per invocation (counted by its idempotency key), then answers.
+    s.function(
+        "flaky",
+        "python",
+        "flaky.py",
+        "from flask import request\nseen = {}\ndef main():\n    key = request.headers.get('X-Fusion-Idempotency-Key', '')\n    seen[key] = seen.get(key, 0) + 1\n    if seen[key] < 3:\n        return 'not yet', 503\n    return 'made it on attempt ' + request.headers.get('X-Fusion-Attempt', '?')\n",
+        {
+            let mut extra = quick(3);
+            extra["max_scale"] = json!(1);
+            extra
+        },
+    );
+    let id = call_async(&s, "flaky", "")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = settled(&s, &id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(statuses(&done), [503, 503, 200], "{done}");
+    assert_eq!(done["response"]["body"], "made it on attempt 3");
+    let numbers: Vec<u64> = done["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3]);
+}
+
+#[test]
+fn a_client_error_is_not_retried() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "picky",
+        "python",
+        "picky.py",
+        "def main():\n    return 'bad input', 422\n",
+        quick(5),
+    );
+    let id = call_async(&s, "picky", "x")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = settled(&s, &id);
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["reason"], "http_4xx");
+    assert_eq!(statuses(&done), [422]);
+    assert_eq!(done["response"]["body"], "bad input");
+    // Failed is not dead: the dead-letter list does not hold it.
+    let dead = s.ok("GET", "/v1/deadletters", None);
+    assert_eq!(dead["invocations"], json!([]), "{dead}");
+
+    // Past its max age, an invocation is dead however many attempts are left.
+    s.function(
+        "down",
+        "python",
+        "down.py",
+        "def main():\n    return 'down', 503\n",
+        json!({"invocation": {"retry": {"maxAttempts": 100, "backoffBase": "50ms"}, "maxAge": "300ms"}}),
+    );
+    let id = call_async(&s, "down", "")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let expired = settled(&s, &id);
+    assert_eq!(
+        (expired["status"].as_str(), expired["reason"].as_str()),
+        (Some("dead"), Some("expired")),
+        "{expired}"
+    );
+    assert!(expired["attempts"].as_array().unwrap().len() < 100);
+}
+
+#[test]
+fn a_dead_letter_is_listed_and_redriven_once_the_function_is_fixed() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "broken",
+        "python",
+        "broken.py",
+        "def main():\n    return 'down', 500\n",
+        quick(2),
+    );
+    let id = call_async(&s, "broken", "payload")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dead = settled(&s, &id);
+    assert_eq!(dead["status"], "dead", "{dead}");
+    assert_eq!(dead["reason"], "retries_exhausted");
+    assert_eq!(statuses(&dead), [500, 500]);
+
+    // Listed as a dead letter, by the API and the CLI.
+    let listed = s.ok("GET", "/v1/invocations?status=dead", None);
+    assert_eq!(listed["invocations"][0]["id"], id.as_str(), "{listed}");
+    let listed = s.ok("GET", "/v1/deadletters", None);
+    assert_eq!(listed["invocations"][0]["id"], id.as_str(), "{listed}");
+    let (code, out, err) = s.cli(&["fn", "dlq", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&id) && out.contains("retries_exhausted"),
+        "{out}"
+    );
+    let (code, out, err) = s.cli(&["fn", "invocations", "broken"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id) && out.contains("dead"), "{out}");
+    // Only dead or failed invocations can be redriven.
+    let (code, _, err) = s.cli(&["fn", "dlq", "redrive", "--id", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("does not exist"), "{err}");
+
+    // Fixed, then redriven: a new cycle of attempts, which succeeds.
+    let mut f = s.ok("GET", "/v1/functions/broken", None);
+    f["package"] = s.upload("broken.py", b"from flask import request\ndef main():\n    return 'fixed: ' + request.get_data(as_text=True)\n");
+    s.ok("PUT", "/v1/functions/broken", Some(f));
+    let (code, out, err) = s.cli(&["fn", "dlq", "redrive", "--id", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id), "{out}");
+    let done = settled(&s, &id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["response"]["body"], "fixed: payload");
+    assert_eq!(statuses(&done), [500, 500, 200]);
+    assert_eq!(done["attempts"][2]["cycle"], 1);
+    assert_eq!(done["attempts"][2]["number"], 1);
+    let listed = s.ok("GET", "/v1/deadletters", None);
+    assert_eq!(listed["invocations"], json!([]), "{listed}");
+    // A succeeded invocation is not redriven.
+    let (st, e) = s.call("POST", &format!("/v1/invocations/{id}/redrive"), None);
+    assert_eq!((st, e["error"]["code"].as_str()), (409, Some("conflict")));
+}
+
+#[test]
+fn queued_invocations_survive_a_crash() {
+    let mut s = Server::start_with(&[("FUSION_ASYNC_CONCURRENCY", "1")]);
+    s.env("python", "python", 1);
+    s.function(
+        "slow",
+        "python",
+        "slow.py",
+        "import time\nfrom flask import request\ndef main():\n    time.sleep(float(request.headers.get('X-Sleep', '1')))\n    return 'done ' + request.get_data(as_text=True)\n",
+        // One attempt only: an attempt a stop cuts short must not count.
+        quick(1),
+    );
+    let ids: Vec<String> = (0..4)
+        .map(|n| {
+            call_async(&s, "slow", &n.to_string())["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // One at a time: the first is running, the others wait their turn.
+    eventually(Duration::from_secs(60), "the first attempt runs", || {
+        invocation(&s, &ids[0])["status"] == "running"
+    });
+    assert_eq!(invocation(&s, &ids[3])["status"], "queued");
+    s.kill();
+    s.launch();
+    for (n, id) in ids.iter().enumerate() {
+        let done = settled(&s, id);
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["response"]["body"], format!("done {n}"));
+    }
+    // The attempt the crash cut short is recorded, and not counted.
+    let first = invocation(&s, &ids[0]);
+    let attempts = first["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["interrupted"], true, "{first}");
+    assert_eq!(attempts.last().unwrap()["number"], 1, "{first}");
+    let all = s.ok("GET", "/v1/invocations?function=slow", None);
+    assert_eq!(all["invocations"].as_array().unwrap().len(), 4);
+
+    // A graceful stop starts no new attempt, and the one it cuts short is
+    // tried again at the next start.
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/slow"))
+        .header("X-Async", "true")
+        .header("X-Sleep", "30")
+        .body("late")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(Duration::from_secs(60), "the long attempt runs", || {
+        invocation(&s, &id)["status"] == "running"
+    });
+    s.stop();
+    s.launch();
+    let cut = invocation(&s, &id);
+    assert_eq!(cut["attempts"][0]["interrupted"], true, "{cut}");
+    assert_ne!(cut["status"], "dead", "{cut}");
+}
+
+#[test]
+fn a_fission_specs_invocation_policy_is_applied_and_a_bad_one_refused() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(
+        tmp.path().join("hello.py"),
+        "def main():\n    return 'hi'\n",
+    )
+    .unwrap();
+    std::fs::write(
+        specs.join("a.yaml"),
+        "kind: ArchiveUploadSpec\nname: code\ninclude:\n  - hello.py\n---\napiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: py\nspec:\n  runtime:\n    image: fission/python-env\n  poolsize: 0\n  version: 3\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: p\nspec:\n  environment:\n    name: py\n  deployment:\n    type: url\n    url: archive://code\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: hello\nspec:\n  environment:\n    name: py\n  package:\n    functionName: main\n    packageref:\n      name: p\n  invocation:\n    retry:\n      maxAttempts: 2\n      backoffBase: 10ms\n    maxAge: 1h0m0s\n    onSuccess:\n      function:\n        type: name\n        name: other\n    onFailure:\n      topic:\n        messageQueueType: nats\n        topic: failures\n",
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains(
+            "invocation.onFailure: Fusion does not publish results to message-queue topics yet"
+        ),
+        "{out}{err}"
+    );
+    let f = s.ok("GET", "/v1/functions/hello", None);
+    assert_eq!(
+        f["invocation"],
+        json!({"retry": {"maxAttempts": 2, "backoffBase": "10ms"}, "maxAge": "1h0m0s",
+               "onSuccess": {"function": {"type": "name", "name": "other"}}}),
+        "{f}"
+    );
+
+    // The API refuses a policy that does not hold together, naming the field;
+    // so does the CLI, in one line.
+    let mut bad = f.clone();
+    bad["invocation"] = json!({"retry": {"maxAttempts": 0}});
+    let (st, e) = s.call("PUT", "/v1/functions/hello", Some(bad));
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (400, Some("invalid")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maxAttempts 0"),
+        "{e}"
+    );
+    let (code, _, err) = s.cli(&["fn", "update", "hello", "--async-backoff-base", "soon"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("invocation.retry.backoffBase \"soon\""),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = s.cli(&["fn", "update", "hello", "--async-max-age", "2h"]);
+    assert_eq!(code, 0, "{err}");
+    let f = s.ok("GET", "/v1/functions/hello", None);
+    assert_eq!(f["invocation"]["maxAge"], "2h");
+    assert_eq!(f["invocation"]["retry"]["maxAttempts"], 2);
+}
+
+#[test]
+fn results_go_to_the_destinations_with_their_envelope() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    // The destination answers with what it was sent.
+    s.function(
+        "audit",
+        "python",
+        "audit.py",
+        "from flask import request\ndef main():\n    return request.get_data(as_text=True), 200, {'content-type': 'application/json'}\n",
+        json!({}),
+    );
+    let mut ok = json!({"invocation": {"onSuccess": {"function": {"name": "audit"}}}});
+    ok["max_scale"] = json!(2);
+    s.function(
+        "work",
+        "python",
+        "work.py",
+        "from flask import request\ndef main():\n    return {'done': request.get_json()['order']}\n",
+        ok,
+    );
+    let mut failing = quick(2);
+    failing["invocation"]["onFailure"] = json!({"function": {"name": "audit"}});
+    s.function(
+        "fail",
+        "python",
+        "fail.py",
+        "def main():\n    return 'nope', 503\n",
+        failing,
+    );
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/work"))
+        .header("X-Async", "true")
+        .header("content-type", "application/json")
+        .body(r#"{"order": 7}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = settled(&s, &id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let dest = done["destination_invocation"]
+        .as_str()
+        .expect("a destination");
+    let sent = settled(&s, dest);
+    assert_eq!(sent["function"], "audit");
+    let envelope: Value = serde_json::from_str(sent["response"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(envelope["requestContext"]["invocationId"], id.as_str());
+    assert_eq!(envelope["requestContext"]["condition"], "Success");
+    assert_eq!(envelope["requestPayload"], json!({"order": 7}));
+    assert_eq!(envelope["responseContext"]["statusCode"], 200);
+    assert_eq!(envelope["responsePayload"], json!({"done": 7}));
+
+    let id = call_async(&s, "fail", "x")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dead = settled(&s, &id);
+    assert_eq!(dead["status"], "dead", "{dead}");
+    let sent = settled(&s, dead["destination_invocation"].as_str().unwrap());
+    let envelope: Value = serde_json::from_str(sent["response"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(envelope["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(envelope["requestContext"]["attempts"], 2);
+    assert_eq!(envelope["responsePayload"], "nope");
+    // A destination must be a function's: a topic is refused, saying why.
+    let mut f = s.ok("GET", "/v1/functions/fail", None);
+    f["invocation"]["onFailure"] = json!({"topic": {"messageQueueType": "nats", "topic": "t"}});
+    let (st, e) = s.call("PUT", "/v1/functions/fail", Some(f));
+    assert_eq!(st, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("onFailure.topic"),
+        "{e}"
+    );
+}

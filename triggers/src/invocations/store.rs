@@ -1,0 +1,341 @@
+//! Where asynchronous invocations are kept, in sled: each record by id (ids
+//! are UUIDv7, so key order is the order they were accepted in), its request
+//! body apart, an index by function, the pending set (queued or running,
+//! resumed when the server starts) and the dead-letter list. Changes to the
+//! sets go in one transaction with the record.
+
+use bytes::Bytes;
+use pool_manager::{Error, Result};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Transactional, Tree};
+
+use super::record::{Invocation, Status};
+
+pub struct Store {
+    db: sled::Db,
+    records: Tree,
+    bodies: Tree,
+    by_function: Tree,
+    pending: Tree,
+    dead: Tree,
+}
+
+/// Which invocations a page lists.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// The function's key (`name`, or `namespace/name`).
+    pub function: Option<String>,
+    pub namespace: Option<String>,
+    pub status: Option<Status>,
+}
+
+fn encode(inv: &Invocation) -> Result<Vec<u8>> {
+    serde_json::to_vec(inv).map_err(|e| Error::Internal(e.to_string()))
+}
+
+fn decode(bytes: &[u8]) -> Result<Invocation> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Storage(format!("corrupt invocation record: {e}")))
+}
+
+fn index_key(function: &str, id: &str) -> Vec<u8> {
+    let mut k = function.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn storage(e: TransactionError<()>) -> Error {
+    match e {
+        TransactionError::Storage(e) => Error::from(e),
+        TransactionError::Abort(()) => Error::Storage("transaction aborted".into()),
+    }
+}
+
+impl Store {
+    pub fn open(db: &sled::Db) -> Result<Store> {
+        Ok(Store {
+            db: db.clone(),
+            records: db.open_tree("invocations")?,
+            bodies: db.open_tree("invocation_bodies")?,
+            by_function: db.open_tree("invocations_by_function")?,
+            pending: db.open_tree("invocations_pending")?,
+            dead: db.open_tree("invocations_dead")?,
+        })
+    }
+
+    /// Stores a newly accepted invocation and its body, and flushes: once
+    /// this returns, a crash does not lose it.
+    pub async fn insert(&self, inv: &Invocation, body: &[u8]) -> Result<()> {
+        let record = encode(inv)?;
+        let id = inv.id.as_bytes();
+        let index = index_key(&inv.function_key(), &inv.id);
+        (
+            &self.records,
+            &self.bodies,
+            &self.by_function,
+            &self.pending,
+        )
+            .transaction(|(r, b, f, p)| {
+                r.insert(id, record.as_slice())?;
+                b.insert(id, body)?;
+                f.insert(index.as_slice(), &[][..])?;
+                p.insert(id, &[][..])?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(storage)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Invocation>> {
+        self.records.get(id)?.map(|v| decode(&v)).transpose()
+    }
+
+    pub fn body(&self, id: &str) -> Result<Bytes> {
+        Ok(self
+            .bodies
+            .get(id)?
+            .map(|v| Bytes::copy_from_slice(&v))
+            .unwrap_or_default())
+    }
+
+    /// Writes a record whose status keeps it pending (an attempt starting),
+    /// without waiting for the disk: a crash then resumes it anyway.
+    pub fn put(&self, inv: &Invocation) -> Result<()> {
+        self.records.insert(inv.id.as_bytes(), encode(inv)?)?;
+        Ok(())
+    }
+
+    /// Writes a record with the sets its status puts it in, and flushes.
+    pub async fn save(&self, inv: &Invocation) -> Result<()> {
+        let record = encode(inv)?;
+        let id = inv.id.as_bytes();
+        let status = inv.status;
+        (&self.records, &self.pending, &self.dead)
+            .transaction(|(r, p, d)| {
+                r.insert(id, record.as_slice())?;
+                if status.is_pending() {
+                    p.insert(id, &[][..])?;
+                } else {
+                    p.remove(id)?;
+                }
+                if status == Status::Dead {
+                    d.insert(id, &[][..])?;
+                } else {
+                    d.remove(id)?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(storage)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The ids of the invocations still to be tried, oldest first.
+    pub fn pending(&self) -> Result<Vec<String>> {
+        self.pending
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
+    /// Up to `limit` invocations that pass `filter`, newest first, older than
+    /// the one with id `before` when given; and the cursor of the next page.
+    pub fn page(
+        &self,
+        filter: &Filter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Invocation>, Option<String>)> {
+        // The ids to look at, newest first, from the smallest set that holds them.
+        let ids: Box<dyn Iterator<Item = sled::Result<Vec<u8>>>> =
+            match (&filter.function, filter.status) {
+                (Some(f), _) => {
+                    let prefix = index_key(f, "");
+                    let end = match before {
+                        Some(b) => index_key(f, b),
+                        None => {
+                            let mut e = prefix.clone();
+                            e.push(0xff);
+                            e
+                        }
+                    };
+                    let skip = prefix.len();
+                    Box::new(
+                        self.by_function
+                            .range(prefix..end)
+                            .rev()
+                            .map(move |kv| kv.map(|(k, _)| k[skip..].to_vec())),
+                    )
+                }
+                (None, Some(Status::Dead)) => Box::new(Self::newest(&self.dead, before)),
+                (None, Some(s)) if s.is_pending() => Box::new(Self::newest(&self.pending, before)),
+                (None, _) => Box::new(Self::newest(&self.records, before)),
+            };
+        let mut out = Vec::new();
+        for id in ids {
+            let id = id?;
+            let Some(v) = self.records.get(&id)? else {
+                continue;
+            };
+            let inv = decode(&v)?;
+            if filter.status.is_some_and(|s| s != inv.status)
+                || filter
+                    .namespace
+                    .as_deref()
+                    .is_some_and(|ns| ns != inv.namespace)
+            {
+                continue;
+            }
+            if out.len() == limit {
+                let next = out.last().map(|i: &Invocation| i.id.clone());
+                return Ok((out, next));
+            }
+            out.push(inv);
+        }
+        Ok((out, None))
+    }
+
+    fn newest(
+        tree: &Tree,
+        before: Option<&str>,
+    ) -> impl Iterator<Item = sled::Result<Vec<u8>>> + use<> {
+        let iter = match before {
+            Some(b) => tree.range(..b.as_bytes().to_vec()),
+            None => tree.iter(),
+        };
+        iter.rev().map(|kv| kv.map(|(k, _)| k.to_vec()))
+    }
+
+    /// Removes invocations that succeeded or failed before `cutoff_ms`
+    /// (dead ones stay: they are the dead-letter list); returns how many.
+    pub async fn prune(&self, cutoff_ms: u64) -> Result<usize> {
+        let mut removed = 0;
+        for entry in self.records.iter() {
+            let (id, v) = entry?;
+            let inv = decode(&v)?;
+            // Ids sort by creation: nothing past here finished before the cutoff.
+            if inv.created_ms >= cutoff_ms {
+                break;
+            }
+            let finished = matches!(inv.status, Status::Succeeded | Status::Failed);
+            if !finished || inv.finished_ms.is_none_or(|f| f >= cutoff_ms) {
+                continue;
+            }
+            let index = index_key(&inv.function_key(), &inv.id);
+            (&self.records, &self.bodies, &self.by_function)
+                .transaction(|(r, b, f)| {
+                    r.remove(&id)?;
+                    b.remove(&id)?;
+                    f.remove(index.as_slice())?;
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(storage)?;
+            removed += 1;
+        }
+        if removed > 0 {
+            self.db.flush_async().await?;
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invocations::record::StoredRequest;
+
+    fn invocation(id: &str, function: &str, status: Status, finished: Option<u64>) -> Invocation {
+        Invocation {
+            id: id.into(),
+            namespace: "default".into(),
+            function: function.into(),
+            status,
+            created_ms: id.trim_start_matches('0').parse().unwrap_or(0),
+            updated_ms: 0,
+            finished_ms: finished,
+            next_attempt_ms: None,
+            cycle: 0,
+            cycle_started_ms: 0,
+            attempts: Vec::new(),
+            request: StoredRequest {
+                method: "POST".into(),
+                path: "/".into(),
+                query: None,
+                headers: Vec::new(),
+                params: Vec::new(),
+                body_bytes: 0,
+            },
+            response: None,
+            error: None,
+            reason: None,
+            destination_invocation: None,
+            destination_error: None,
+        }
+    }
+
+    fn ids(page: &[Invocation]) -> Vec<&str> {
+        page.iter().map(|i| i.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn pages_are_newest_first_by_function_and_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = Store::open(&db).unwrap();
+        for (id, f) in [("01", "a"), ("02", "b"), ("03", "a"), ("04", "a")] {
+            store
+                .insert(&invocation(id, f, Status::Queued, None), b"x")
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.pending().unwrap(), ["01", "02", "03", "04"]);
+        let by_a = Filter {
+            function: Some("a".into()),
+            ..Filter::default()
+        };
+        let (page, next) = store.page(&by_a, None, 2).unwrap();
+        assert_eq!(
+            (ids(&page), next.as_deref()),
+            (vec!["04", "03"], Some("03"))
+        );
+        let (page, next) = store.page(&by_a, Some("03"), 2).unwrap();
+        assert_eq!((ids(&page), next), (vec!["01"], None));
+
+        let mut dead = store.get("02").unwrap().unwrap();
+        dead.status = Status::Dead;
+        store.save(&dead).await.unwrap();
+        let deads = Filter {
+            status: Some(Status::Dead),
+            ..Filter::default()
+        };
+        assert_eq!(ids(&store.page(&deads, None, 10).unwrap().0), ["02"]);
+        assert_eq!(store.pending().unwrap(), ["01", "03", "04"]);
+        assert_eq!(&store.body("02").unwrap()[..], b"x");
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_dead_letters_and_recent_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = Store::open(&db).unwrap();
+        store
+            .insert(&invocation("01", "a", Status::Succeeded, Some(5)), b"")
+            .await
+            .unwrap();
+        store
+            .insert(&invocation("02", "a", Status::Dead, Some(5)), b"")
+            .await
+            .unwrap();
+        store
+            .insert(&invocation("03", "a", Status::Failed, Some(50)), b"")
+            .await
+            .unwrap();
+        assert_eq!(store.prune(10).await.unwrap(), 1);
+        assert!(store.get("01").unwrap().is_none());
+        let all = store.page(&Filter::default(), None, 10).unwrap().0;
+        assert_eq!(ids(&all), ["03", "02"]);
+    }
+}
