@@ -115,6 +115,14 @@ pub enum Event {
         error: Option<String>,
         at: Millis,
     },
+    /// A task stopped before it finished because its run no longer needs it
+    /// (a sibling branch of a Parallel or Map failed): its attempt in flight is
+    /// aborted, its timer dropped, and a late result changes nothing.
+    TaskCancelled {
+        task: String,
+        reason: String,
+        at: Millis,
+    },
     RunSucceeded {
         output: Value,
         #[serde(default)]
@@ -146,6 +154,7 @@ impl Event {
             | Event::CallbackIssued { at, .. }
             | Event::CallbackNotified { at, .. }
             | Event::CallbackCompleted { at, .. }
+            | Event::TaskCancelled { at, .. }
             | Event::RunSucceeded { at, .. }
             | Event::RunFailed { at, .. }
             | Event::RunCancelled { at, .. } => *at,
@@ -205,6 +214,16 @@ pub enum TaskStatus {
     Failed,
     /// Its run was cancelled before it finished (it was pending, running or waiting).
     Cancelled,
+}
+
+impl TaskStatus {
+    /// Whether nothing more happens to the task (a retry aside).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
 }
 
 /// Why a run failed.
@@ -311,6 +330,12 @@ pub enum Action {
     ExpireCallback {
         task: String,
         attempt: u32,
+    },
+    /// Stop a task that has not finished: record TaskCancelled, abort its
+    /// attempt in flight.
+    CancelTask {
+        task: String,
+        reason: String,
     },
     Finish(Finish),
 }
@@ -716,13 +741,18 @@ pub fn apply(s: &mut RunState, event: &Event) {
                 }
             }
         }
+        Event::TaskCancelled { task, at, .. } => {
+            if let Some(t) = s.tasks.get_mut(task) {
+                if !t.status.is_final() {
+                    t.status = TaskStatus::Cancelled;
+                    t.ended_at = Some(*at);
+                }
+            }
+        }
         Event::RunSucceeded { .. } | Event::RunFailed { .. } | Event::RunCancelled { .. } => {
             if let Event::RunCancelled { at, .. } = event {
                 for t in s.tasks.values_mut() {
-                    if !matches!(
-                        t.status,
-                        TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
-                    ) {
+                    if !t.status.is_final() {
                         t.status = TaskStatus::Cancelled;
                         t.ended_at = Some(*at);
                     }
@@ -1047,6 +1077,7 @@ mod tests {
                     }
                     Action::FireTimer { task } => new.push(Event::TimerFired { task, at: now }),
                     Action::ExpireCallback { .. } => unreachable!("no callback tasks here"),
+                    Action::CancelTask { .. } => unreachable!("no branches here"),
                     Action::Finish(f) => new.push(finish_event(&f, now)),
                 }
             }
