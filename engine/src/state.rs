@@ -161,6 +161,26 @@ impl Event {
         }
     }
 
+    /// The task the event is about, if it is about one.
+    pub fn task(&self) -> Option<&str> {
+        match self {
+            Event::TaskDispatched { task, .. }
+            | Event::TaskSucceeded { task, .. }
+            | Event::TaskFailed { task, .. }
+            | Event::RetryScheduled { task, .. }
+            | Event::TimerFired { task, .. }
+            | Event::CallbackIssued { task, .. }
+            | Event::CallbackNotified { task, .. }
+            | Event::CallbackCompleted { task, .. }
+            | Event::TaskCancelled { task, .. } => Some(task),
+            Event::TasksAdded { parent, .. } => Some(parent),
+            Event::RunStarted { .. }
+            | Event::RunSucceeded { .. }
+            | Event::RunFailed { .. }
+            | Event::RunCancelled { .. } => None,
+        }
+    }
+
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
@@ -293,6 +313,11 @@ pub struct RunState {
     pub error: Option<RunError>,
     pub tasks: BTreeMap<String, TaskState>,
     pub retry_of: Option<String>,
+    /// A state machine run's Parallel and Map steps: how far their branches
+    /// got. Derived from `tasks` by `apply` (so never stored) to keep each
+    /// event's work in proportion to what it changed.
+    #[serde(skip)]
+    pub fan_outs: BTreeMap<String, crate::sfn::run::FanOut>,
 }
 
 /// How a run should end.
@@ -526,6 +551,15 @@ pub fn apply(s: &mut RunState, event: &Event) {
     if s.is_finished() && !matches!(event, Event::RunStarted { .. }) {
         return;
     }
+    apply_event(s, event);
+    if let Some(task) = event.task() {
+        if s.spec.state_machine.is_some() && !s.is_finished() {
+            crate::sfn::run::note_change(s, task);
+        }
+    }
+}
+
+fn apply_event(s: &mut RunState, event: &Event) {
     match event {
         Event::RunStarted {
             run_id,

@@ -13,17 +13,18 @@
 
 use serde_json::{json, Value};
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use super::choice::{eval_choice, NO_CHOICE_MATCHED};
 use super::paths::{
-    apply_input_path, apply_output_path, apply_result_path, parse_path, select, shape_output,
+    apply_input_path, apply_output_path, apply_result_path, parse_path, shape_output, ShapeError,
     INVALID_PATH,
 };
 use super::spec::{
-    parse_go_duration, ParsedWorkflow, ResultPath, RetryPolicy, StateType, WorkflowBranch,
-    WorkflowSpec as Machine, WorkflowState,
+    parse_go_duration, ParsedWorkflow, ResultPath, RetryPolicy, StateType, WorkflowSpec as Machine,
+    WorkflowState,
 };
 use crate::retry::sample_from;
 use crate::spec::{BackoffSpec, RetrySpec, TaskSpec, WorkflowSpec};
@@ -367,8 +368,34 @@ fn finish_failed(f: Failure) -> Action {
     }))
 }
 
-/// The number of steps `prefix` holds and the id (inside it) of the last.
+/// The number of steps `prefix` holds and the id (inside it) of the last. The
+/// last key under the prefix names the last step, whose number counts the
+/// steps (they are numbered 1, 2, ... as they are entered): no scan.
 fn last_step<'a>(s: &'a RunState, prefix: &str) -> (usize, Option<&'a str>) {
+    let last = match prefix.strip_suffix('/') {
+        // Keys under `x/` sort before `x0` ('/' + 1).
+        Some(stem) => {
+            let upper = format!("{stem}0");
+            s.tasks
+                .range::<str, _>((Bound::Included(prefix), Bound::Excluded(upper.as_str())))
+                .next_back()
+        }
+        None if prefix.is_empty() => s.tasks.iter().next_back(),
+        None => None,
+    };
+    let Some((key, _)) = last else {
+        return (0, None);
+    };
+    let rest = &key[prefix.len()..];
+    let seg = rest.split('/').next().unwrap_or(rest);
+    match seg.split_once('-').and_then(|(n, _)| n.parse().ok()) {
+        Some(n) => (n, Some(seg)),
+        None => count_steps(s, prefix),
+    }
+}
+
+/// [`last_step`] by counting, for ids that are not numbered.
+fn count_steps<'a>(s: &'a RunState, prefix: &str) -> (usize, Option<&'a str>) {
     let mut last: Option<&str> = None;
     let mut count = 0;
     for id in s
@@ -385,6 +412,76 @@ fn last_step<'a>(s: &'a RunState, prefix: &str) -> (usize, Option<&'a str>) {
         }
     }
     (count, last)
+}
+
+/// How far the branches of one Parallel or Map step got, kept by `apply`
+/// (see [`note_change`]) so that `decide` looks only at branches that may
+/// call for something, not at every item of a large Map on every event.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FanOut {
+    /// Branches start in order: the first `started` have a step.
+    pub started: usize,
+    /// The started branches that have not ended with an output.
+    pub open: BTreeSet<usize>,
+}
+
+/// After task `id` changed: for each Parallel or Map step it is inside
+/// (innermost first, as an outer branch's end depends on the inner join),
+/// whether its branch there has ended with an output.
+pub fn note_change(s: &mut RunState, id: &str) {
+    let parts: Vec<&str> = id.split('/').collect();
+    // `F/BBBB/S`, `F/BBBB/G/BBBB/S`, ...: the branch numbers are at odd places.
+    let mut k = parts.len();
+    while k >= 3 {
+        k -= 2;
+        let Ok(i) = parts[k].parse::<usize>() else {
+            return;
+        };
+        let fan = parts[..k].join("/");
+        let prefix = format!("{fan}/{}/", parts[k]);
+        let Some(ended) = branch_ended(s, &fan, i, &prefix) else {
+            return;
+        };
+        let book = s.fan_outs.entry(fan).or_default();
+        book.started = book.started.max(i + 1);
+        if ended {
+            book.open.remove(&i);
+        } else {
+            book.open.insert(i);
+        }
+    }
+}
+
+/// Whether branch `i` (its steps under `prefix`) of the Parallel or Map step
+/// `fan` has ended with an output: what `decide` would find.
+fn branch_ended(s: &RunState, fan: &str, i: usize, prefix: &str) -> Option<bool> {
+    let m = s.spec.state_machine.as_deref()?;
+    let state = resolve(m, fan)?;
+    let branch = if state.state_type == StateType::Map {
+        state.branches.first()?
+    } else {
+        state.branches.get(i)?
+    };
+    let (_, seg) = last_step(s, prefix);
+    let seg = seg?;
+    let last = s.tasks.get(&format!("{prefix}{seg}"))?;
+    let passes = branch.states.get(state_of(seg)).is_some_and(|st| {
+        matches!(
+            st.state_type,
+            StateType::Choice | StateType::Succeed | StateType::Fail
+        )
+    });
+    if !passes && !last.status.is_final() {
+        return Some(false);
+    }
+    let scope = Scope {
+        prefix: prefix.to_string(),
+        start_at: &branch.start_at,
+        states: &branch.states,
+        input: Value::Null,
+    };
+    let outcome = run_scope(s, m, &scope, 0, &mut Vec::new());
+    Some(matches!(outcome, Outcome::Done(Ok(_))))
 }
 
 /// What the current step of `scope` calls for. Cancellations of the branches
@@ -410,12 +507,11 @@ fn run_scope(
         .inputs
         .as_ref()
         .and_then(|i| i.get("document"))
-        .cloned()
-        .unwrap_or(Value::Null);
+        .unwrap_or(&Value::Null);
     if let StateType::Choice | StateType::Succeed | StateType::Fail = state.state_type {
         // The step recorded what was decided; deciding again from the
         // document it recorded gives the same.
-        return match pass(state, name, document) {
+        return match pass(state, name, document.clone()) {
             Ok(Passed::Next(next, doc)) => enter(s, m, scope, &next, doc, seq),
             Ok(Passed::End(output)) => Outcome::Done(Ok(output)),
             Err(f) => Outcome::Done(Err(Failure {
@@ -451,19 +547,19 @@ fn run_scope(
         }
         TaskStatus::Succeeded => {
             let shaped = match state.state_type {
-                StateType::Wait => apply_input_path(state.input_path.as_deref(), &document)
+                StateType::Wait => apply_input_path(state.input_path.as_deref(), document)
                     .and_then(|d| apply_output_path(state.output_path.as_deref(), &d)),
                 StateType::Parallel | StateType::Map => {
-                    match fan_in(s, m, &id, state, &document, now, cancels) {
+                    match fan_in(s, m, &id, state, document, now, cancels) {
                         Outcome::Pending(a) => return Outcome::Pending(a),
                         Outcome::Done(Err(f)) => {
                             cancel_branches(s, &id, &f, cancels);
-                            return caught(s, m, scope, state, f, &document, seq);
+                            return caught(s, m, scope, state, f, document, seq);
                         }
-                        Outcome::Done(Ok(results)) => shape_output(state, &document, results),
+                        Outcome::Done(Ok(results)) => shape_output(state, document, results),
                     }
                 }
-                _ => shape_output(state, &document, last.output.clone().unwrap_or(Value::Null)),
+                _ => shape_output(state, document, last.output.clone().unwrap_or(Value::Null)),
             };
             match shaped {
                 Ok(doc) => match state.next.as_deref() {
@@ -472,14 +568,14 @@ fn run_scope(
                 },
                 Err(e) => {
                     let f = Failure::new(Some(id), e.error_type(), &e.to_string(), None);
-                    caught(s, m, scope, state, f, &document, seq)
+                    caught(s, m, scope, state, f, document, seq)
                 }
             }
         }
         TaskStatus::Failed => {
             let (error_type, cause) = step_error(last);
             let f = Failure::new(Some(id), &error_type, &cause, last.http_status);
-            caught(s, m, scope, state, f, &document, seq)
+            caught(s, m, scope, state, f, document, seq)
         }
     }
 }
@@ -533,10 +629,27 @@ fn caught(
     }
 }
 
+/// `inputPath` applied to `doc`, without copying it.
+fn read_ref<'a>(path: Option<&str>, doc: &'a Value) -> Result<Cow<'a, Value>, ShapeError> {
+    let Some(p) = path else {
+        return Ok(Cow::Borrowed(doc));
+    };
+    let q = parse_path(p).map_err(|reason| ShapeError::Syntax {
+        field: "inputPath",
+        path: p.to_string(),
+        reason,
+    })?;
+    Ok(match q.query(doc).first() {
+        Some(v) => Cow::Borrowed(v),
+        None => Cow::Owned(Value::Null),
+    })
+}
+
 /// The branches of the Parallel or Map step `id`: started in order (a Map at
 /// most `maxConcurrency` at once), joined as the ordered array of their
 /// outputs; the first that fails fails the step with `Fission.BranchFailed`
-/// and no other starts.
+/// and no other starts. Only the branches that have not ended are looked at
+/// (and the next to start), until all have: then they are joined, once.
 fn fan_in(
     s: &RunState,
     m: &Machine,
@@ -546,75 +659,107 @@ fn fan_in(
     now: u64,
     cancels: &mut Vec<Action>,
 ) -> Outcome {
-    let input = match apply_input_path(state.input_path.as_deref(), document) {
+    let input = match read_ref(state.input_path.as_deref(), document) {
         Ok(i) => i,
         Err(e) => return failed(Some(id.into()), e.error_type(), &e.to_string(), None),
     };
-    let runs: Vec<(&WorkflowBranch, Value)> = if state.state_type == StateType::Map {
-        let Some(branch) = state.branches.first() else {
+    let path;
+    let selected;
+    let (n, items): (usize, Option<&[Value]>) = if state.state_type == StateType::Map {
+        if state.branches.is_empty() {
             return failed(
                 Some(id.into()),
                 FUNCTION_ERROR,
                 "a Map without its iterator",
                 None,
             );
-        };
-        let path = state.items_path.as_deref().unwrap_or("$");
-        let items = match parse_path(path) {
-            Ok(p) => select(&p, &input),
+        }
+        let items_path = state.items_path.as_deref().unwrap_or("$");
+        path = match parse_path(items_path) {
+            Ok(p) => p,
             Err(e) => return failed(Some(id.into()), INVALID_PATH, &e, None),
         };
-        let Value::Array(items) = items else {
+        selected = path.query(&input);
+        let Some(Value::Array(items)) = selected.first() else {
             return failed(
                 Some(id.into()),
                 INVALID_PATH,
-                &format!("itemsPath {path:?} does not select an array"),
+                &format!("itemsPath {items_path:?} does not select an array"),
                 None,
             );
         };
-        items.into_iter().map(|v| (branch, v)).collect()
+        (items.len(), Some(items.as_slice()))
     } else {
-        state.branches.iter().map(|b| (b, input.clone())).collect()
+        (state.branches.len(), None)
     };
-    let limit = if state.state_type == StateType::Map {
+    // Branch `i`, with its input when it starts (a started one has its own).
+    let branch = |i: usize, starts: bool| {
+        let b = match items {
+            Some(_) => &state.branches[0],
+            None => &state.branches[i],
+        };
+        let input = match (starts, items) {
+            (false, _) => Value::Null,
+            (true, Some(items)) => items[i].clone(),
+            (true, None) => input.as_ref().clone(),
+        };
+        Scope {
+            prefix: format!("{id}/{i:04}/"),
+            start_at: &b.start_at,
+            states: &b.states,
+            input,
+        }
+    };
+    let branch_failed = |i: usize, f: Failure| {
+        failed(
+            f.task.clone(),
+            BRANCH_FAILED,
+            &format!("branch {i}: {}", f.message()),
+            f.status,
+        )
+    };
+    let limit = if items.is_some() {
         state.effective_max_concurrency()
     } else {
         usize::MAX
     };
-    let mut results = Vec::with_capacity(runs.len());
+    let book = s.fan_outs.get(id);
+    let mut started = book.map_or(0, |b| b.started);
     let mut actions = Vec::new();
     let mut running = 0;
-    let mut done = true;
-    for (i, (branch, input)) in runs.into_iter().enumerate() {
-        let prefix = format!("{id}/{i:04}/");
-        let started = s
-            .tasks
-            .range(prefix.clone()..)
-            .next()
-            .is_some_and(|(k, _)| k.starts_with(&prefix));
-        if !started && running >= limit {
-            done = false;
-            continue;
-        }
-        let sub = Scope {
-            prefix,
-            start_at: &branch.start_at,
-            states: &branch.states,
-            input,
-        };
-        match run_scope(s, m, &sub, now, cancels) {
-            Outcome::Done(Ok(v)) => results.push(v),
-            Outcome::Done(Err(f)) => {
-                return failed(
-                    f.task.clone(),
-                    BRANCH_FAILED,
-                    &format!("branch {i}: {}", f.message()),
-                    f.status,
-                )
+    for &i in book.iter().flat_map(|b| b.open.iter()) {
+        match run_scope(s, m, &branch(i, false), now, cancels) {
+            Outcome::Done(Ok(_)) => {}
+            Outcome::Done(Err(f)) => return branch_failed(i, f),
+            Outcome::Pending(a) => {
+                running += 1;
+                actions.extend(a);
             }
+        }
+    }
+    while started < n && running < limit {
+        match run_scope(s, m, &branch(started, true), now, cancels) {
+            Outcome::Done(Ok(_)) => {}
+            Outcome::Done(Err(f)) => return branch_failed(started, f),
+            Outcome::Pending(a) => {
+                running += 1;
+                actions.extend(a);
+            }
+        }
+        started += 1;
+    }
+    if started < n || running > 0 {
+        return Outcome::Pending(actions);
+    }
+    // Every branch has ended: their outputs, in order.
+    let mut results = Vec::with_capacity(n);
+    let mut done = true;
+    for i in 0..n {
+        match run_scope(s, m, &branch(i, true), now, cancels) {
+            Outcome::Done(Ok(v)) => results.push(v),
+            Outcome::Done(Err(f)) => return branch_failed(i, f),
             Outcome::Pending(a) => {
                 done = false;
-                running += 1;
                 actions.extend(a);
             }
         }
@@ -914,7 +1059,7 @@ spec:
         );
         let (task, attempt) = (task.clone(), *attempt);
         match run {
-            "noop" => apply(
+            "noop" => ap(
                 s,
                 &Event::TaskSucceeded {
                     task,
@@ -924,7 +1069,7 @@ spec:
                     at,
                 },
             ),
-            "fail" => apply(
+            "fail" => ap(
                 s,
                 &Event::TaskFailed {
                     task,
@@ -1286,13 +1431,14 @@ states:
         }
     }
 
-    /// Performs what `decide` asks until only function calls are left: records
-    /// their dispatch, fires zero-length timers; returns the calls (id, body).
+    /// Performs what `decide` asks at 10 until only function calls are left:
+    /// records their dispatch (at 5), fires timers due; returns the calls (id,
+    /// body).
     fn settle(s: &mut RunState) -> Vec<(String, Value)> {
         let mut calls = Vec::new();
         loop {
             let mut progressed = false;
-            for a in work(s, 5) {
+            for a in work(s, 10) {
                 if builtin(s, &a, 5, true) {
                     progressed = true;
                     continue;
@@ -1615,6 +1761,79 @@ states:
         settle(&mut s);
         let e = failure(next(&mut s));
         assert!(e.message.starts_with(INVALID_PATH), "{}", e.message);
+    }
+
+    /// `s.fan_outs` as it would be computed from scratch.
+    fn fan_outs_from_scratch(s: &RunState) -> BTreeMap<String, FanOut> {
+        let mut out: BTreeMap<String, FanOut> = BTreeMap::new();
+        for id in s.tasks.keys() {
+            let parts: Vec<&str> = id.split('/').collect();
+            for k in (1..parts.len()).step_by(2) {
+                let fan = parts[..k].join("/");
+                let i: usize = parts[k].parse().unwrap();
+                let prefix = format!("{fan}/{}/", parts[k]);
+                let ended = branch_ended(s, &fan, i, &prefix).unwrap();
+                let book = out.entry(fan).or_default();
+                book.started = book.started.max(i + 1);
+                if !ended {
+                    book.open.insert(i);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn what_decide_keeps_of_map_items_follows_every_event() {
+        let src = "startAt: m
+states:
+  m:
+    type: Map
+    itemsPath: $.items
+    maxConcurrency: 3
+    resultPath: $.out
+    next: done
+    branches:
+      - startAt: f
+        states:
+          f: {type: Task, function: {name: f}, next: w}
+          w: {type: Wait, duration: 1ms, next: c}
+          c:
+            type: Choice
+            choices: [{variable: $.n, numericGreaterThan: 2, next: g}]
+            default: fine
+          g: {type: Task, function: {name: g}, end: true}
+          fine: {type: Succeed}
+  done: {type: Succeed}
+";
+        let items: Vec<Value> = (0..7).map(|n| json!({ "n": n })).collect();
+        let mut s = started(src, json!({ "items": items }));
+        let mut waiting = settle(&mut s);
+        let mut finished = 0;
+        // Finish the calls in a scrambled order, checking after each event.
+        while !waiting.is_empty() {
+            let (task, body) = waiting.remove((finished * 5) % waiting.len());
+            finished += 1;
+            succeed(&mut s, &task, json!({"from": task, "n": body["n"]}));
+            assert_eq!(s.fan_outs, fan_outs_from_scratch(&s), "after {task}");
+            waiting.extend(settle(&mut s));
+            assert_eq!(s.fan_outs, fan_outs_from_scratch(&s), "after {task}");
+            assert_eq!(refold(), s);
+            let book = &s.fan_outs["000001-m"];
+            assert!(book.open.len() <= 3, "{book:?}");
+        }
+        // 7 items, a call of f each, and of g for items 3 to 6.
+        assert_eq!(finished, 11);
+        assert_eq!(s.fan_outs["000001-m"].started, 7);
+        assert!(s.fan_outs["000001-m"].open.is_empty());
+        let output = success(next(&mut s));
+        let out = output["out"].as_array().unwrap();
+        assert_eq!(out.len(), 7);
+        for (n, item) in out.iter().enumerate() {
+            let (last, step) = if n > 2 { ("g", 4) } else { ("f", 1) };
+            let from = format!("000001-m/{n:04}/{step:06}-{last}");
+            assert_eq!(item, &json!({"from": from, "n": n}), "{output}");
+        }
     }
 
     #[test]
