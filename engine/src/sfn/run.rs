@@ -305,17 +305,18 @@ struct Scope<'a> {
     prefix: String,
     start_at: &'a str,
     states: &'a BTreeMap<String, WorkflowState>,
-    input: Value,
+    /// The document its first state is entered with (copied only then).
+    input: &'a Value,
 }
 
 /// The document a run starts with: the request body of an invocation (the
 /// engine's input also holds its headers, query and method), else the input.
-pub fn start_document(input: &Value) -> Value {
+pub fn start_document(input: &Value) -> &Value {
     match input {
         Value::Object(m) if m.contains_key("body") && m.contains_key("headers") => {
-            m.get("body").cloned().unwrap_or(Value::Null)
+            m.get("body").unwrap_or(&Value::Null)
         }
-        other => other.clone(),
+        other => other,
     }
 }
 
@@ -478,7 +479,7 @@ fn branch_ended(s: &RunState, fan: &str, i: usize, prefix: &str) -> Option<bool>
         prefix: prefix.to_string(),
         start_at: &branch.start_at,
         states: &branch.states,
-        input: Value::Null,
+        input: &Value::Null,
     };
     let outcome = run_scope(s, m, &scope, 0, &mut Vec::new());
     Some(matches!(outcome, Outcome::Done(Ok(_))))
@@ -699,9 +700,9 @@ fn fan_in(
             None => &state.branches[i],
         };
         let input = match (starts, items) {
-            (false, _) => Value::Null,
-            (true, Some(items)) => items[i].clone(),
-            (true, None) => input.as_ref().clone(),
+            (false, _) => &Value::Null,
+            (true, Some(items)) => &items[i],
+            (true, None) => input.as_ref(),
         };
         Scope {
             prefix: format!("{id}/{i:04}/"),
