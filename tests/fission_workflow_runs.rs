@@ -131,9 +131,31 @@ fn rfc0022_workflows_are_stored_validated_and_run_task_choice_catch_succeed_and_
     let run = s.run(&run_id);
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["workflow"], "order");
+    // Every state entered is a step, the Choice with the state it chose.
+    let steps: Vec<(&str, &str)> = run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap(), t["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("000001-validate", "succeeded"),
+            ("000002-route", "succeeded"),
+            ("000003-charge", "succeeded"),
+            ("000004-done", "succeeded"),
+        ]
+    );
+    assert_eq!(run["tasks"][1]["output"], json!({"next": "charge"}));
     let events = s.ok("GET", &format!("/v1/runs/{run_id}/events"), None);
     let text = events.to_string();
-    for step in ["000001-validate", "000002-charge"] {
+    for step in [
+        "000001-validate",
+        "000002-route",
+        "000003-charge",
+        "000004-done",
+    ] {
         assert!(text.contains(step), "{step} missing from {text}");
     }
 
@@ -146,9 +168,10 @@ fn rfc0022_workflows_are_stored_validated_and_run_task_choice_catch_succeed_and_
     );
     assert!(out.get("charge").is_none(), "{out}");
 
-    // Choice default to a Fail state.
+    // Choice default to a Fail state, where the run fails.
     let (status, out) = invoke(&s, "order", json!({"order": {"amount": 500}}));
     assert_eq!(status, 500, "{out}");
+    assert_eq!(out["error"]["task"], "000003-reject", "{out}");
     assert!(
         out["error"]["message"]
             .as_str()
@@ -160,7 +183,7 @@ fn rfc0022_workflows_are_stored_validated_and_run_task_choice_catch_succeed_and_
     // A 5xx not caught fails the run as Fission.FunctionError, at its step.
     let (status, out) = invoke(&s, "order", json!({"order": {"amount": 42}}));
     assert_eq!(status, 500, "{out}");
-    assert_eq!(out["error"]["task"], "000002-charge", "{out}");
+    assert_eq!(out["error"]["task"], "000003-charge", "{out}");
     assert!(
         out["error"]["message"]
             .as_str()
@@ -587,4 +610,124 @@ fn rfc0022_a_parallel_resumes_after_a_killed_server_without_rerunning_a_finished
     };
     assert_eq!(count("one"), 1, "{calls:?}");
     assert_eq!(count("two"), 2, "{calls:?}");
+}
+
+/// A binary function that logs `<tag> called`, waits for the probe's gate
+/// `<tag>`, logs `<tag> finished`, then answers `<tag>`, or fails (exit 1).
+fn gated(probe: &Probe, tag: &str, fails: bool) -> String {
+    format!(
+        "#!/bin/sh\n{}\n{}\n{}\n{}\n",
+        probe.curl(&format!("/log/calls?{tag}+called")),
+        probe.curl(&format!("/gate/{tag}")),
+        probe.curl(&format!("/log/calls?{tag}+finished")),
+        if fails {
+            "exit 1".to_string()
+        } else {
+            format!("printf '{tag}'")
+        },
+    )
+}
+
+#[test]
+fn rfc0022_a_failed_branch_cancels_its_siblings_and_the_catch_leads_on() {
+    let s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 1);
+    for (tag, fails) in [("slow", false), ("bad", true), ("after", false)] {
+        s.function(
+            tag,
+            "binary",
+            &format!("{tag}.sh"),
+            &gated(&probe, tag, fails),
+            json!({}),
+        );
+    }
+    let doc = "startAt: p
+states:
+  p:
+    type: Parallel
+    next: unreachable
+    catch: [{errorType: Fission.BranchFailed, resultPath: $.failed, next: after}]
+    branches:
+      - startAt: slow
+        states:
+          slow: {type: Task, function: {name: slow}, end: true}
+      - startAt: bad
+        states:
+          bad: {type: Task, function: {name: bad}, end: true}
+      - startAt: nap
+        states:
+          nap: {type: Wait, duration: 1h, end: true}
+  after: {type: Task, function: {name: after}, resultPath: $.after, end: true}
+  unreachable: {type: Fail}
+";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=fast", doc);
+    assert_eq!(status, 201, "{body}");
+    let r = s
+        .api("POST", "/v1/workflows/fast/invoke")
+        .header("X-Async", "true")
+        .json(&json!({"x": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let called = |tag: &str| probe.lines("calls").contains(&format!("{tag} called"));
+    eventually(Duration::from_secs(60), "both branches called", || {
+        called("slow") && called("bad")
+    });
+    probe.open("bad");
+    // The run goes on at `after` while the slow branch still waits: its call
+    // and the hour-long Wait are cancelled.
+    eventually(Duration::from_secs(60), "the catch leads on", || {
+        called("after")
+    });
+    let run = s.run(&id);
+    assert_eq!(run["status"], "running", "{run}");
+    let status = |run: &Value, task: &str| {
+        run["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == task)
+            .map(|t| t["status"].clone())
+    };
+    for task in ["000001-p/0000/000001-slow", "000001-p/0002/000001-nap"] {
+        assert_eq!(
+            status(&run, task),
+            Some(json!("cancelled")),
+            "{task}: {run}"
+        );
+    }
+    assert_eq!(
+        status(&run, "000001-p/0001/000001-bad"),
+        Some(json!("failed"))
+    );
+
+    // Whatever the slow function does now changes nothing.
+    probe.open("slow");
+    probe.open("after");
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"]["x"], 1, "{run}");
+    assert_eq!(run["output"]["after"], "after", "{run}");
+    assert_eq!(
+        run["output"]["failed"]["errorType"], "Fission.BranchFailed",
+        "{run}"
+    );
+    assert_eq!(
+        status(&run, "000001-p/0000/000001-slow"),
+        Some(json!("cancelled"))
+    );
+    let events = s.ok("GET", &format!("/v1/runs/{id}/events"), None)["events"].clone();
+    let of_slow: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["task"] == "000001-p/0000/000001-slow")
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(of_slow, ["TaskDispatched", "TaskCancelled"], "{events}");
 }

@@ -393,6 +393,9 @@ enum External {
         call: FunctionCall,
     },
     Timer(Millis),
+    /// Stop the attempt in flight of a task that was cancelled (once the
+    /// cancellation is stored).
+    Abort(String),
 }
 
 /// Most tasks one run may hold, dynamic ones included: bounds a runaway loop.
@@ -991,6 +994,15 @@ impl Actor {
                                 at: now,
                             });
                         }
+                        Action::CancelTask { task, reason } => {
+                            progressed = true;
+                            self.record(Event::TaskCancelled {
+                                task: task.clone(),
+                                reason,
+                                at: now,
+                            });
+                            external.push(External::Abort(task));
+                        }
                         Action::Finish(f) => {
                             progressed = true;
                             finished = true;
@@ -1024,7 +1036,13 @@ impl Actor {
                 match msg {
                     Msg::Events(task, events) => {
                         self.inflight.remove(&task);
-                        for e in events {
+                        // The late outcome of a cancelled task changes nothing.
+                        let cancelled = self
+                            .state
+                            .tasks
+                            .get(&task)
+                            .is_some_and(|t| t.status == TaskStatus::Cancelled);
+                        for e in events.into_iter().filter(|_| !cancelled) {
                             self.record(e);
                         }
                     }
@@ -1315,6 +1333,11 @@ impl Actor {
         let tx = self.tx.clone();
         let engine = self.engine.clone();
         match ext {
+            External::Abort(task) => {
+                if let Some(h) = self.inflight.remove(&task) {
+                    h.abort();
+                }
+            }
             External::Timer(at) => {
                 let handle = tokio::spawn(async move {
                     engine.clock.sleep_until(at).await;

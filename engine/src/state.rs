@@ -118,6 +118,14 @@ pub enum Event {
         error: Option<String>,
         at: Millis,
     },
+    /// A task stopped before it finished because its run no longer needs it
+    /// (a sibling branch of a Parallel or Map failed): its attempt in flight is
+    /// aborted, its timer dropped, and a late result changes nothing.
+    TaskCancelled {
+        task: String,
+        reason: String,
+        at: Millis,
+    },
     RunSucceeded {
         output: Value,
         #[serde(default)]
@@ -149,9 +157,30 @@ impl Event {
             | Event::CallbackIssued { at, .. }
             | Event::CallbackNotified { at, .. }
             | Event::CallbackCompleted { at, .. }
+            | Event::TaskCancelled { at, .. }
             | Event::RunSucceeded { at, .. }
             | Event::RunFailed { at, .. }
             | Event::RunCancelled { at, .. } => *at,
+        }
+    }
+
+    /// The task the event is about, if it is about one.
+    pub fn task(&self) -> Option<&str> {
+        match self {
+            Event::TaskDispatched { task, .. }
+            | Event::TaskSucceeded { task, .. }
+            | Event::TaskFailed { task, .. }
+            | Event::RetryScheduled { task, .. }
+            | Event::TimerFired { task, .. }
+            | Event::CallbackIssued { task, .. }
+            | Event::CallbackNotified { task, .. }
+            | Event::CallbackCompleted { task, .. }
+            | Event::TaskCancelled { task, .. } => Some(task),
+            Event::TasksAdded { parent, .. } => Some(parent),
+            Event::RunStarted { .. }
+            | Event::RunSucceeded { .. }
+            | Event::RunFailed { .. }
+            | Event::RunCancelled { .. } => None,
         }
     }
 
@@ -208,6 +237,16 @@ pub enum TaskStatus {
     Failed,
     /// Its run was cancelled before it finished (it was pending, running or waiting).
     Cancelled,
+}
+
+impl TaskStatus {
+    /// Whether nothing more happens to the task (a retry aside).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
 }
 
 /// Why a run failed.
@@ -287,6 +326,11 @@ pub struct RunState {
     pub error: Option<RunError>,
     pub tasks: BTreeMap<String, TaskState>,
     pub retry_of: Option<String>,
+    /// A state machine run's Parallel and Map steps: how far their branches
+    /// got. Derived from `tasks` by `apply` (so never stored) to keep each
+    /// event's work in proportion to what it changed.
+    #[serde(skip)]
+    pub fan_outs: BTreeMap<String, crate::sfn::run::FanOut>,
 }
 
 /// How a run should end.
@@ -327,6 +371,12 @@ pub enum Action {
     ExpireCallback {
         task: String,
         attempt: u32,
+    },
+    /// Stop a task that has not finished: record TaskCancelled, abort its
+    /// attempt in flight.
+    CancelTask {
+        task: String,
+        reason: String,
     },
     Finish(Finish),
 }
@@ -650,6 +700,15 @@ pub fn apply(s: &mut RunState, event: &Event) {
     if s.is_finished() && !matches!(event, Event::RunStarted { .. }) {
         return;
     }
+    apply_event(s, event);
+    if let Some(task) = event.task() {
+        if s.spec.state_machine.is_some() && !s.is_finished() {
+            crate::sfn::run::note_change(s, task);
+        }
+    }
+}
+
+fn apply_event(s: &mut RunState, event: &Event) {
     match event {
         Event::RunStarted {
             run_id,
@@ -847,13 +906,18 @@ pub fn apply(s: &mut RunState, event: &Event) {
                 }
             }
         }
+        Event::TaskCancelled { task, at, .. } => {
+            if let Some(t) = s.tasks.get_mut(task) {
+                if !t.status.is_final() {
+                    t.status = TaskStatus::Cancelled;
+                    t.ended_at = Some(*at);
+                }
+            }
+        }
         Event::RunSucceeded { .. } | Event::RunFailed { .. } | Event::RunCancelled { .. } => {
             if let Event::RunCancelled { at, .. } = event {
                 for t in s.tasks.values_mut() {
-                    if !matches!(
-                        t.status,
-                        TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
-                    ) {
+                    if !t.status.is_final() {
                         t.status = TaskStatus::Cancelled;
                         t.ended_at = Some(*at);
                     }
@@ -1299,6 +1363,7 @@ mod tests {
                     }
                     Action::FireTimer { task } => new.push(Event::TimerFired { task, at: now }),
                     Action::ExpireCallback { .. } => unreachable!("no callback tasks here"),
+                    Action::CancelTask { .. } => unreachable!("no branches here"),
                     Action::Finish(f) => new.push(finish_event(&f, now)),
                 }
             }

@@ -6,21 +6,25 @@
 //! `NNNNNN-<state>` (a step number, so the last key is the current step); its
 //! recorded inputs hold the document it was entered with (`document`), the
 //! request body (`body`, the document after `inputPath`) and the headers.
-//! Choice, Succeed and Fail do no work: `decide` evaluates them on the way.
+//! Choice, Succeed and Fail do no work: `decide` evaluates them on the way
+//! and records each as a step that ends at once (a built-in `noop`, or `fail`),
+//! so that the run's history shows the path it took.
 //! Pure: no I/O, no clock.
 
 use serde_json::{json, Value};
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use super::choice::{eval_choice, NO_CHOICE_MATCHED};
 use super::paths::{
-    apply_input_path, apply_output_path, apply_result_path, parse_path, select, shape_output,
+    apply_input_path, apply_output_path, apply_result_path, parse_path, shape_output, ShapeError,
     INVALID_PATH,
 };
 use super::spec::{
-    parse_go_duration, ParsedWorkflow, ResultPath, RetryPolicy, StateType, WorkflowBranch,
-    WorkflowSpec as Machine, WorkflowState,
+    parse_go_duration, ParsedWorkflow, ResultPath, RetryPolicy, StateType, WorkflowSpec as Machine,
+    WorkflowState,
 };
 use crate::retry::sample_from;
 use crate::spec::{BackoffSpec, RetrySpec, TaskSpec, WorkflowSpec};
@@ -131,13 +135,19 @@ fn resolve<'a>(machine: &'a Machine, id: &str) -> Option<&'a WorkflowState> {
 }
 
 /// The task a step of `machine` runs (without its inputs): what recovery
-/// needs to dispatch an attempt again. Wait, Parallel and Map are timers.
+/// needs to dispatch an attempt again. Wait, Parallel and Map are timers;
+/// Choice and Succeed a `noop`, Fail a `fail`.
 fn task_spec(machine: &Machine, id: &str) -> TaskSpec {
+    let builtin = |run: &str| TaskSpec {
+        run: run.into(),
+        ..TaskSpec::default()
+    };
     match resolve(machine, id) {
-        Some(s) if s.state_type != StateType::Task => TaskSpec {
-            run: "sleep".into(),
-            ..TaskSpec::default()
-        },
+        Some(s) if matches!(s.state_type, StateType::Choice | StateType::Succeed) => {
+            builtin("noop")
+        }
+        Some(s) if s.state_type == StateType::Fail => builtin("fail"),
+        Some(s) if s.state_type != StateType::Task => builtin("sleep"),
         Some(s) => TaskSpec {
             // A Task that waits for a callback runs the `callback` built-in,
             // which hands the URL to the function (its `notify` input); any other
@@ -295,17 +305,18 @@ struct Scope<'a> {
     prefix: String,
     start_at: &'a str,
     states: &'a BTreeMap<String, WorkflowState>,
-    input: Value,
+    /// The document its first state is entered with (copied only then).
+    input: &'a Value,
 }
 
 /// The document a run starts with: the request body of an invocation (the
 /// engine's input also holds its headers, query and method), else the input.
-pub fn start_document(input: &Value) -> Value {
+pub fn start_document(input: &Value) -> &Value {
     match input {
         Value::Object(m) if m.contains_key("body") && m.contains_key("headers") => {
-            m.get("body").cloned().unwrap_or(Value::Null)
+            m.get("body").unwrap_or(&Value::Null)
         }
-        other => other.clone(),
+        other => other,
     }
 }
 
@@ -332,19 +343,22 @@ pub fn decide(s: &RunState, machine: &Machine, now: u64) -> Vec<Action> {
         states: &machine.states,
         input: start_document(&s.input),
     };
-    match run_scope(s, machine, &top, now) {
-        Outcome::Done(Ok(output)) => vec![Action::Finish(Finish::Succeeded {
+    // Cancellations come first: they are stored before anything follows.
+    let mut actions = Vec::new();
+    match run_scope(s, machine, &top, now, &mut actions) {
+        Outcome::Done(Ok(output)) => actions.push(Action::Finish(Finish::Succeeded {
             output,
             headers: Default::default(),
-        })],
-        Outcome::Done(Err(f)) => vec![finish_failed(f)],
-        Outcome::Pending(mut actions) => {
+        })),
+        Outcome::Done(Err(f)) => actions.push(finish_failed(f)),
+        Outcome::Pending(more) => {
+            actions.extend(more);
             if let Some(d) = s.deadline {
                 actions.push(Action::StartTimer { at: d });
             }
-            actions
         }
     }
+    actions
 }
 
 fn finish_failed(f: Failure) -> Action {
@@ -355,37 +369,158 @@ fn finish_failed(f: Failure) -> Action {
     }))
 }
 
-/// What the current step of `scope` calls for.
-fn run_scope(s: &RunState, m: &Machine, scope: &Scope, now: u64) -> Outcome {
+/// The number of steps `prefix` holds and the id (inside it) of the last. The
+/// last key under the prefix names the last step, whose number counts the
+/// steps (they are numbered 1, 2, ... as they are entered): no scan.
+fn last_step<'a>(s: &'a RunState, prefix: &str) -> (usize, Option<&'a str>) {
+    let last = match prefix.strip_suffix('/') {
+        // Keys under `x/` sort before `x0` ('/' + 1).
+        Some(stem) => {
+            let upper = format!("{stem}0");
+            s.tasks
+                .range::<str, _>((Bound::Included(prefix), Bound::Excluded(upper.as_str())))
+                .next_back()
+        }
+        None if prefix.is_empty() => s.tasks.iter().next_back(),
+        None => None,
+    };
+    let Some((key, _)) = last else {
+        return (0, None);
+    };
+    let rest = &key[prefix.len()..];
+    let seg = rest.split('/').next().unwrap_or(rest);
+    match seg.split_once('-').and_then(|(n, _)| n.parse().ok()) {
+        Some(n) => (n, Some(seg)),
+        None => count_steps(s, prefix),
+    }
+}
+
+/// [`last_step`] by counting, for ids that are not numbered.
+fn count_steps<'a>(s: &'a RunState, prefix: &str) -> (usize, Option<&'a str>) {
     let mut last: Option<&str> = None;
     let mut count = 0;
     for id in s
         .tasks
-        .range(scope.prefix.clone()..)
+        .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
         .map(|(k, _)| k)
-        .take_while(|k| k.starts_with(&scope.prefix))
+        .take_while(|k| k.starts_with(prefix))
     {
-        let rest = &id[scope.prefix.len()..];
+        let rest = &id[prefix.len()..];
         let seg = rest.split('/').next().unwrap_or(rest);
         if last != Some(seg) {
             count += 1;
             last = Some(seg);
         }
     }
+    (count, last)
+}
+
+/// How far the branches of one Parallel or Map step got, kept by `apply`
+/// (see [`note_change`]) so that `decide` looks only at branches that may
+/// call for something, not at every item of a large Map on every event.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FanOut {
+    /// Branches start in order: the first `started` have a step.
+    pub started: usize,
+    /// The started branches that have not ended with an output.
+    pub open: BTreeSet<usize>,
+}
+
+/// After task `id` changed: for each Parallel or Map step it is inside
+/// (innermost first, as an outer branch's end depends on the inner join),
+/// whether its branch there has ended with an output.
+pub fn note_change(s: &mut RunState, id: &str) {
+    let parts: Vec<&str> = id.split('/').collect();
+    // `F/BBBB/S`, `F/BBBB/G/BBBB/S`, ...: the branch numbers are at odd places.
+    let mut k = parts.len();
+    while k >= 3 {
+        k -= 2;
+        let Ok(i) = parts[k].parse::<usize>() else {
+            return;
+        };
+        let fan = parts[..k].join("/");
+        let prefix = format!("{fan}/{}/", parts[k]);
+        let Some(ended) = branch_ended(s, &fan, i, &prefix) else {
+            return;
+        };
+        let book = s.fan_outs.entry(fan).or_default();
+        book.started = book.started.max(i + 1);
+        if ended {
+            book.open.remove(&i);
+        } else {
+            book.open.insert(i);
+        }
+    }
+}
+
+/// Whether branch `i` (its steps under `prefix`) of the Parallel or Map step
+/// `fan` has ended with an output: what `decide` would find.
+fn branch_ended(s: &RunState, fan: &str, i: usize, prefix: &str) -> Option<bool> {
+    let m = s.spec.state_machine.as_deref()?;
+    let state = resolve(m, fan)?;
+    let branch = if state.state_type == StateType::Map {
+        state.branches.first()?
+    } else {
+        state.branches.get(i)?
+    };
+    let (_, seg) = last_step(s, prefix);
+    let seg = seg?;
+    let last = s.tasks.get(&format!("{prefix}{seg}"))?;
+    let passes = branch.states.get(state_of(seg)).is_some_and(|st| {
+        matches!(
+            st.state_type,
+            StateType::Choice | StateType::Succeed | StateType::Fail
+        )
+    });
+    if !passes && !last.status.is_final() {
+        return Some(false);
+    }
+    let scope = Scope {
+        prefix: prefix.to_string(),
+        start_at: &branch.start_at,
+        states: &branch.states,
+        input: &Value::Null,
+    };
+    let outcome = run_scope(s, m, &scope, 0, &mut Vec::new());
+    Some(matches!(outcome, Outcome::Done(Ok(_))))
+}
+
+/// What the current step of `scope` calls for. Cancellations of the branches
+/// of a Parallel or Map that failed go to `cancels`, whatever the outcome.
+fn run_scope(
+    s: &RunState,
+    m: &Machine,
+    scope: &Scope,
+    now: u64,
+    cancels: &mut Vec<Action>,
+) -> Outcome {
+    let (count, last) = last_step(s, &scope.prefix);
     let seq = count + 1;
     let Some(seg) = last else {
         return enter(s, m, scope, scope.start_at, scope.input.clone(), seq);
     };
     let id = format!("{}{seg}", scope.prefix);
-    let (Some(last), Some(state)) = (s.tasks.get(&id), scope.states.get(state_of(seg))) else {
+    let name = state_of(seg);
+    let (Some(last), Some(state)) = (s.tasks.get(&id), scope.states.get(name)) else {
         return failed(Some(id), FUNCTION_ERROR, "a step of an unknown state", None);
     };
     let document = last
         .inputs
         .as_ref()
         .and_then(|i| i.get("document"))
-        .cloned()
-        .unwrap_or(Value::Null);
+        .unwrap_or(&Value::Null);
+    if let StateType::Choice | StateType::Succeed | StateType::Fail = state.state_type {
+        // The step recorded what was decided; deciding again from the
+        // document it recorded gives the same.
+        return match pass(state, name, document.clone()) {
+            Ok(Passed::Next(next, doc)) => enter(s, m, scope, &next, doc, seq),
+            Ok(Passed::End(output)) => Outcome::Done(Ok(output)),
+            Err(f) => Outcome::Done(Err(Failure {
+                task: Some(id),
+                ..f
+            })),
+        };
+    }
     match last.status {
         TaskStatus::Running => Outcome::Pending(
             match (
@@ -405,25 +540,27 @@ fn run_scope(s: &RunState, m: &Machine, scope: &Scope, now: u64) -> Outcome {
             },
         ),
         TaskStatus::Retrying => Outcome::Pending(retry(s, last, now)),
-        // A cancelled step belongs to a cancelled run: nothing more happens
-        // (a retry makes it pending again).
+        // A cancelled step belongs to a cancelled run or to a branch stopped
+        // by a sibling's failure: nothing more happens (a retry makes it
+        // pending again).
         TaskStatus::Pending | TaskStatus::Waiting | TaskStatus::Cancelled => {
             Outcome::Pending(Vec::new())
         }
         TaskStatus::Succeeded => {
             let shaped = match state.state_type {
-                StateType::Wait => apply_input_path(state.input_path.as_deref(), &document)
+                StateType::Wait => apply_input_path(state.input_path.as_deref(), document)
                     .and_then(|d| apply_output_path(state.output_path.as_deref(), &d)),
                 StateType::Parallel | StateType::Map => {
-                    match fan_in(s, m, &id, state, &document, now) {
+                    match fan_in(s, m, &id, state, document, now, cancels) {
                         Outcome::Pending(a) => return Outcome::Pending(a),
                         Outcome::Done(Err(f)) => {
-                            return caught(s, m, scope, state, f, &document, seq)
+                            cancel_branches(s, &id, &f, cancels);
+                            return caught(s, m, scope, state, f, document, seq);
                         }
-                        Outcome::Done(Ok(results)) => shape_output(state, &document, results),
+                        Outcome::Done(Ok(results)) => shape_output(state, document, results),
                     }
                 }
-                _ => shape_output(state, &document, last.output.clone().unwrap_or(Value::Null)),
+                _ => shape_output(state, document, last.output.clone().unwrap_or(Value::Null)),
             };
             match shaped {
                 Ok(doc) => match state.next.as_deref() {
@@ -432,14 +569,35 @@ fn run_scope(s: &RunState, m: &Machine, scope: &Scope, now: u64) -> Outcome {
                 },
                 Err(e) => {
                     let f = Failure::new(Some(id), e.error_type(), &e.to_string(), None);
-                    caught(s, m, scope, state, f, &document, seq)
+                    caught(s, m, scope, state, f, document, seq)
                 }
             }
         }
         TaskStatus::Failed => {
             let (error_type, cause) = step_error(last);
             let f = Failure::new(Some(id), &error_type, &cause, last.http_status);
-            caught(s, m, scope, state, f, &document, seq)
+            caught(s, m, scope, state, f, document, seq)
+        }
+    }
+}
+
+/// Fail-fast: every task of the Parallel or Map step `id` that has not
+/// finished is cancelled (its call aborted, its timer dropped).
+fn cancel_branches(s: &RunState, id: &str, f: &Failure, cancels: &mut Vec<Action>) {
+    let prefix = format!("{id}/");
+    for (task, t) in s
+        .tasks
+        .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(&prefix))
+    {
+        let known = cancels
+            .iter()
+            .any(|a| matches!(a, Action::CancelTask { task: c, .. } if c == task));
+        if !t.status.is_final() && !known {
+            cancels.push(Action::CancelTask {
+                task: task.clone(),
+                reason: format!("{id} stopped: {}", f.message()),
+            });
         }
     }
 }
@@ -472,9 +630,27 @@ fn caught(
     }
 }
 
+/// `inputPath` applied to `doc`, without copying it.
+fn read_ref<'a>(path: Option<&str>, doc: &'a Value) -> Result<Cow<'a, Value>, ShapeError> {
+    let Some(p) = path else {
+        return Ok(Cow::Borrowed(doc));
+    };
+    let q = parse_path(p).map_err(|reason| ShapeError::Syntax {
+        field: "inputPath",
+        path: p.to_string(),
+        reason,
+    })?;
+    Ok(match q.query(doc).first() {
+        Some(v) => Cow::Borrowed(v),
+        None => Cow::Owned(Value::Null),
+    })
+}
+
 /// The branches of the Parallel or Map step `id`: started in order (a Map at
 /// most `maxConcurrency` at once), joined as the ordered array of their
-/// outputs; the first that fails fails the step with `Fission.BranchFailed`.
+/// outputs; the first that fails fails the step with `Fission.BranchFailed`
+/// and no other starts. Only the branches that have not ended are looked at
+/// (and the next to start), until all have: then they are joined, once.
 fn fan_in(
     s: &RunState,
     m: &Machine,
@@ -482,76 +658,109 @@ fn fan_in(
     state: &WorkflowState,
     document: &Value,
     now: u64,
+    cancels: &mut Vec<Action>,
 ) -> Outcome {
-    let input = match apply_input_path(state.input_path.as_deref(), document) {
+    let input = match read_ref(state.input_path.as_deref(), document) {
         Ok(i) => i,
         Err(e) => return failed(Some(id.into()), e.error_type(), &e.to_string(), None),
     };
-    let runs: Vec<(&WorkflowBranch, Value)> = if state.state_type == StateType::Map {
-        let Some(branch) = state.branches.first() else {
+    let path;
+    let selected;
+    let (n, items): (usize, Option<&[Value]>) = if state.state_type == StateType::Map {
+        if state.branches.is_empty() {
             return failed(
                 Some(id.into()),
                 FUNCTION_ERROR,
                 "a Map without its iterator",
                 None,
             );
-        };
-        let path = state.items_path.as_deref().unwrap_or("$");
-        let items = match parse_path(path) {
-            Ok(p) => select(&p, &input),
+        }
+        let items_path = state.items_path.as_deref().unwrap_or("$");
+        path = match parse_path(items_path) {
+            Ok(p) => p,
             Err(e) => return failed(Some(id.into()), INVALID_PATH, &e, None),
         };
-        let Value::Array(items) = items else {
+        selected = path.query(&input);
+        let Some(Value::Array(items)) = selected.first() else {
             return failed(
                 Some(id.into()),
                 INVALID_PATH,
-                &format!("itemsPath {path:?} does not select an array"),
+                &format!("itemsPath {items_path:?} does not select an array"),
                 None,
             );
         };
-        items.into_iter().map(|v| (branch, v)).collect()
+        (items.len(), Some(items.as_slice()))
     } else {
-        state.branches.iter().map(|b| (b, input.clone())).collect()
+        (state.branches.len(), None)
     };
-    let limit = if state.state_type == StateType::Map {
+    // Branch `i`, with its input when it starts (a started one has its own).
+    let branch = |i: usize, starts: bool| {
+        let b = match items {
+            Some(_) => &state.branches[0],
+            None => &state.branches[i],
+        };
+        let input = match (starts, items) {
+            (false, _) => &Value::Null,
+            (true, Some(items)) => &items[i],
+            (true, None) => input.as_ref(),
+        };
+        Scope {
+            prefix: format!("{id}/{i:04}/"),
+            start_at: &b.start_at,
+            states: &b.states,
+            input,
+        }
+    };
+    let branch_failed = |i: usize, f: Failure| {
+        failed(
+            f.task.clone(),
+            BRANCH_FAILED,
+            &format!("branch {i}: {}", f.message()),
+            f.status,
+        )
+    };
+    let limit = if items.is_some() {
         state.effective_max_concurrency()
     } else {
         usize::MAX
     };
-    let mut results = Vec::with_capacity(runs.len());
+    let book = s.fan_outs.get(id);
+    let mut started = book.map_or(0, |b| b.started);
     let mut actions = Vec::new();
     let mut running = 0;
-    let mut done = true;
-    for (i, (branch, input)) in runs.into_iter().enumerate() {
-        let prefix = format!("{id}/{i:04}/");
-        let started = s
-            .tasks
-            .range(prefix.clone()..)
-            .next()
-            .is_some_and(|(k, _)| k.starts_with(&prefix));
-        if !started && running >= limit {
-            done = false;
-            continue;
-        }
-        let sub = Scope {
-            prefix,
-            start_at: &branch.start_at,
-            states: &branch.states,
-            input,
-        };
-        match run_scope(s, m, &sub, now) {
-            Outcome::Done(Ok(v)) => results.push(v),
-            Outcome::Done(Err(f)) => {
-                return failed(
-                    f.task.clone(),
-                    BRANCH_FAILED,
-                    &format!("branch {i}: {}", f.message()),
-                    f.status,
-                )
+    for &i in book.iter().flat_map(|b| b.open.iter()) {
+        match run_scope(s, m, &branch(i, false), now, cancels) {
+            Outcome::Done(Ok(_)) => {}
+            Outcome::Done(Err(f)) => return branch_failed(i, f),
+            Outcome::Pending(a) => {
+                running += 1;
+                actions.extend(a);
             }
+        }
+    }
+    while started < n && running < limit {
+        match run_scope(s, m, &branch(started, true), now, cancels) {
+            Outcome::Done(Ok(_)) => {}
+            Outcome::Done(Err(f)) => return branch_failed(started, f),
+            Outcome::Pending(a) => {
+                running += 1;
+                actions.extend(a);
+            }
+        }
+        started += 1;
+    }
+    if started < n || running > 0 {
+        return Outcome::Pending(actions);
+    }
+    // Every branch has ended: their outputs, in order.
+    let mut results = Vec::with_capacity(n);
+    let mut done = true;
+    for i in 0..n {
+        match run_scope(s, m, &branch(i, true), now, cancels) {
+            Outcome::Done(Ok(v)) => results.push(v),
+            Outcome::Done(Err(f)) => return branch_failed(i, f),
             Outcome::Pending(a) => {
                 done = false;
-                running += 1;
                 actions.extend(a);
             }
         }
@@ -597,101 +806,147 @@ fn retry(s: &RunState, t: &TaskState, now: u64) -> Vec<Action> {
     }
 }
 
-/// Enters state `name` of `scope` with `doc`: evaluates Choice, Succeed and
-/// Fail on the way, and dispatches the first state that does work (a Parallel
-/// or Map first records its input document in a zero-length timer step).
+/// Where a Choice, Succeed or Fail state leads with a document.
+enum Passed {
+    /// A Choice's next state and the document it hands on.
+    Next(String, Value),
+    /// A Succeed state's output: its scope ends.
+    End(Value),
+}
+
+/// Evaluates Choice, Succeed or Fail state `name` (which do no work) on `doc`.
+fn pass(state: &WorkflowState, name: &str, doc: Value) -> Result<Passed, Failure> {
+    let path_error =
+        |e: super::paths::ShapeError| Failure::new(None, e.error_type(), &e.to_string(), None);
+    match state.state_type {
+        StateType::Choice => {
+            let input = apply_input_path(state.input_path.as_deref(), &doc).map_err(path_error)?;
+            let Some(next) = eval_choice(state, &input) else {
+                return Err(Failure::new(
+                    None,
+                    NO_CHOICE_MATCHED,
+                    &format!("no rule of Choice state {name:?} matched"),
+                    None,
+                ));
+            };
+            let next = next.to_string();
+            let doc =
+                apply_output_path(state.output_path.as_deref(), &input).map_err(path_error)?;
+            Ok(Passed::Next(next, doc))
+        }
+        StateType::Succeed => apply_input_path(state.input_path.as_deref(), &doc)
+            .and_then(|d| apply_output_path(state.output_path.as_deref(), &d))
+            .map(Passed::End)
+            .map_err(path_error),
+        _ => Err(Failure::new(
+            None,
+            STATES_FAIL,
+            &format!("the workflow reached Fail state {name:?}"),
+            None,
+        )),
+    }
+}
+
+/// The steps recorded on the way (Choice states passed) come before what
+/// follows them; an end waits until they are recorded (it then follows from
+/// the last of them).
+fn after(mut steps: Vec<Action>, outcome: Outcome) -> Outcome {
+    if steps.is_empty() {
+        return outcome;
+    }
+    if let Outcome::Pending(more) = outcome {
+        steps.extend(more);
+    }
+    Outcome::Pending(steps)
+}
+
+/// Enters state `name` of `scope` with `doc`, as step number `seq`. Every state
+/// entered is a step of the run: one that does work is dispatched; Choice,
+/// Succeed and Fail are evaluated and recorded as steps that end at once (a
+/// Choice's output names the state it chose; Fail, an unmatched Choice or a
+/// bad path records a failed step), so the run's history shows its path. A
+/// Parallel or Map first records its input document in a zero-length timer step.
 fn enter(
     s: &RunState,
     m: &Machine,
     scope: &Scope,
     name: &str,
     mut doc: Value,
-    seq: usize,
+    mut seq: usize,
 ) -> Outcome {
     let mut name = name.to_string();
+    let mut steps = Vec::new();
     // Choices only move between states: more hops than states is a loop.
     for _ in 0..=scope.states.len() {
         let Some(state) = scope.states.get(&name) else {
             return failed(None, FUNCTION_ERROR, &format!("no state {name:?}"), None);
         };
         let id = format!("{}{}", scope.prefix, step_id(seq, &name));
-        match state.state_type {
-            StateType::Task | StateType::Wait | StateType::Parallel | StateType::Map => {
-                let inputs = match state.state_type {
-                    StateType::Wait => json!({
-                        "duration": state.duration.as_deref().and_then(parse_go_duration)
-                            .map(|d| format!("{}ms", d.as_millis())),
-                        "document": doc,
-                    }),
-                    StateType::Task => {
-                        let body = match apply_input_path(state.input_path.as_deref(), &doc) {
-                            Ok(b) => b,
-                            Err(e) => {
-                                let f =
-                                    Failure::new(Some(id), e.error_type(), &e.to_string(), None);
-                                return caught(s, m, scope, state, f, &doc, seq);
-                            }
-                        };
-                        let mut inputs = json!({
-                            "body": body,
-                            "headers": {
-                                "X-Fission-Workflow-Run": s.run_id,
-                                "X-Fission-Workflow-Attempt": "1",
-                            },
-                            "document": doc,
-                        });
-                        if state.wait_for_callback {
-                            inputs["notify"] = json!(state.function.as_ref().map(|f| &f.name));
-                        }
-                        inputs
+        let inputs = match state.state_type {
+            StateType::Wait => json!({
+                "duration": state.duration.as_deref().and_then(parse_go_duration)
+                    .map(|d| format!("{}ms", d.as_millis())),
+                "document": doc,
+            }),
+            StateType::Task => {
+                let body = match apply_input_path(state.input_path.as_deref(), &doc) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let f = Failure::new(Some(id), e.error_type(), &e.to_string(), None);
+                        return after(steps, caught(s, m, scope, state, f, &doc, seq));
                     }
-                    _ => json!({"duration": 0, "document": doc}),
                 };
-                let mut spec = task_spec(m, &id);
-                spec.inputs = Some(inputs);
-                return Outcome::Pending(vec![Action::Dispatch {
+                let mut inputs = json!({
+                    "body": body,
+                    "headers": {
+                        "X-Fission-Workflow-Run": s.run_id,
+                        "X-Fission-Workflow-Attempt": "1",
+                    },
+                    "document": doc,
+                });
+                if state.wait_for_callback {
+                    inputs["notify"] = json!(state.function.as_ref().map(|f| &f.name));
+                }
+                inputs
+            }
+            StateType::Parallel | StateType::Map => json!({"duration": 0, "document": doc}),
+            StateType::Choice | StateType::Succeed | StateType::Fail => {
+                let passed = pass(state, &name, doc.clone());
+                let (run, default) = match &passed {
+                    Ok(Passed::Next(next, _)) => ("noop", json!({ "next": next })),
+                    Ok(Passed::End(_)) => ("noop", Value::Null),
+                    Err(f) => ("fail", json!(f.message())),
+                };
+                steps.push(Action::Dispatch {
                     key: attempt_key(&s.run_id, &id, 1),
                     task: id,
                     attempt: 1,
-                    spec,
-                }]);
+                    spec: TaskSpec {
+                        run: run.into(),
+                        inputs: Some(json!({"default": default, "document": doc})),
+                        ..TaskSpec::default()
+                    },
+                });
+                match passed {
+                    Ok(Passed::Next(next, d)) => {
+                        name = next;
+                        doc = d;
+                        seq += 1;
+                        continue;
+                    }
+                    _ => return Outcome::Pending(steps),
+                }
             }
-            StateType::Choice => {
-                let input = match apply_input_path(state.input_path.as_deref(), &doc) {
-                    Ok(i) => i,
-                    Err(e) => return failed(None, e.error_type(), &e.to_string(), None),
-                };
-                let Some(next) = eval_choice(state, &input) else {
-                    return failed(
-                        None,
-                        NO_CHOICE_MATCHED,
-                        &format!("no rule of Choice state {name:?} matched"),
-                        None,
-                    );
-                };
-                doc = match apply_output_path(state.output_path.as_deref(), &input) {
-                    Ok(d) => d,
-                    Err(e) => return failed(None, e.error_type(), &e.to_string(), None),
-                };
-                name = next.to_string();
-            }
-            StateType::Succeed => {
-                return match apply_input_path(state.input_path.as_deref(), &doc)
-                    .and_then(|d| apply_output_path(state.output_path.as_deref(), &d))
-                {
-                    Ok(output) => Outcome::Done(Ok(output)),
-                    Err(e) => failed(None, e.error_type(), &e.to_string(), None),
-                };
-            }
-            StateType::Fail => {
-                return failed(
-                    None,
-                    STATES_FAIL,
-                    &format!("the workflow reached Fail state {name:?}"),
-                    None,
-                );
-            }
-        }
+        };
+        let mut spec = task_spec(m, &id);
+        spec.inputs = Some(inputs);
+        steps.push(Action::Dispatch {
+            key: attempt_key(&s.run_id, &id, 1),
+            task: id,
+            attempt: 1,
+            spec,
+        });
+        return Outcome::Pending(steps);
     }
     failed(
         None,
@@ -705,6 +960,23 @@ fn enter(
 mod tests {
     use super::*;
     use crate::state::{apply, Event};
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// The events the test recorded, as the store would hold them.
+        static LOG: RefCell<Vec<Event>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Applies an event and logs it.
+    fn ap(s: &mut RunState, e: &Event) {
+        apply(s, e);
+        LOG.with(|l| l.borrow_mut().push(e.clone()));
+    }
+
+    /// The run as a restarted server folds it from its stored events.
+    fn refold() -> RunState {
+        LOG.with(|l| RunState::fold(l.borrow().iter()))
+    }
     use std::collections::BTreeMap;
 
     const ORDER: &str = "apiVersion: fission.io/v1
@@ -731,16 +1003,22 @@ spec:
 
     fn started(source: &str, input: Value) -> RunState {
         let spec = engine_spec(source).unwrap();
-        RunState::fold([&Event::RunStarted {
-            run_id: "r1".into(),
-            workflow: "order".into(),
-            version: 1,
-            spec,
-            input,
-            at: 0,
-            retry_of: None,
-            preserved: BTreeMap::new(),
-        }])
+        LOG.with(|l| l.borrow_mut().clear());
+        let mut s = RunState::default();
+        ap(
+            &mut s,
+            &Event::RunStarted {
+                run_id: "r1".into(),
+                workflow: "order".into(),
+                version: 1,
+                spec,
+                input,
+                at: 0,
+                retry_of: None,
+                preserved: BTreeMap::new(),
+            },
+        );
+        s
     }
 
     /// What `decide` asks for at `now`, less the run's own timeout timer.
@@ -751,9 +1029,78 @@ spec:
             .collect()
     }
 
-    /// Records the dispatch `decide` asks for; returns the step id and its inputs.
+    /// Does what the driver does with a step that is a built-in: `noop` and
+    /// `fail` end at once, `sleep` (with `timers`) starts a timer due at `at`.
+    /// False for anything else.
+    fn builtin(s: &mut RunState, a: &Action, at: u64, timers: bool) -> bool {
+        let Action::Dispatch {
+            task,
+            attempt,
+            key,
+            spec,
+        } = a
+        else {
+            return false;
+        };
+        let run = spec.run.as_str();
+        if !(matches!(run, "noop" | "fail") || timers && run == "sleep") {
+            return false;
+        }
+        let inputs = spec.inputs.clone().unwrap();
+        ap(
+            s,
+            &Event::TaskDispatched {
+                task: task.clone(),
+                attempt: *attempt,
+                key: key.clone(),
+                inputs: inputs.clone(),
+                at,
+                wake_at: (run == "sleep").then(|| at + millis(&inputs["duration"])),
+            },
+        );
+        let (task, attempt) = (task.clone(), *attempt);
+        match run {
+            "noop" => ap(
+                s,
+                &Event::TaskSucceeded {
+                    task,
+                    attempt,
+                    output: inputs["default"].clone(),
+                    headers: Default::default(),
+                    at,
+                },
+            ),
+            "fail" => ap(
+                s,
+                &Event::TaskFailed {
+                    task,
+                    attempt,
+                    error: inputs["default"].as_str().unwrap().into(),
+                    status: None,
+                    retryable: false,
+                    at,
+                },
+            ),
+            _ => {}
+        }
+        true
+    }
+
+    /// A timer step's duration: `"2000ms"` or 0.
+    fn millis(d: &Value) -> u64 {
+        match d {
+            Value::String(d) => d.trim_end_matches("ms").parse().unwrap(),
+            other => other.as_u64().unwrap(),
+        }
+    }
+
+    /// Records the dispatch `decide` asks for (after any Choice steps on the
+    /// way); returns the step id and its inputs.
     fn dispatch(s: &mut RunState) -> (String, Value) {
-        let actions = work(s, 1);
+        let mut actions = work(s, 1);
+        while actions.iter().any(|a| builtin(s, a, 1, false)) {
+            actions = work(s, 1);
+        }
         let [Action::Dispatch {
             task,
             attempt,
@@ -764,7 +1111,7 @@ spec:
             panic!("expected one dispatch, got {actions:?}");
         };
         let inputs = spec.inputs.clone().unwrap();
-        apply(
+        ap(
             s,
             &Event::TaskDispatched {
                 task: task.clone(),
@@ -779,7 +1126,7 @@ spec:
     }
 
     fn succeed(s: &mut RunState, task: &str, output: Value) {
-        apply(
+        ap(
             s,
             &Event::TaskSucceeded {
                 task: task.into(),
@@ -805,8 +1152,13 @@ spec:
         }
     }
 
-    fn next(s: &RunState) -> Vec<Action> {
-        work(s, 3)
+    /// What follows once the steps that end at once are recorded.
+    fn next(s: &mut RunState) -> Vec<Action> {
+        let mut actions = work(s, 3);
+        while actions.iter().any(|a| builtin(s, a, 3, false)) {
+            actions = work(s, 3);
+        }
+        actions
     }
 
     #[test]
@@ -819,16 +1171,20 @@ spec:
         assert_eq!(inputs["headers"]["X-Fission-Workflow-Attempt"], "1");
         assert_eq!(s.tasks[&id].spec.run, "fission://default/validate-order");
         succeed(&mut s, &id, json!({"ok": true}));
-        // Choice routes to charge with the merged document.
+        // Choice routes to charge with the merged document; the Choice is a
+        // step of its own that names the state it chose.
         let (id, inputs) = dispatch(&mut s);
-        assert_eq!(id, "000002-charge");
+        assert_eq!(id, "000003-charge");
+        let route = &s.tasks["000002-route"];
+        assert_eq!(route.status, TaskStatus::Succeeded);
+        assert_eq!(route.output, Some(json!({"next": "charge"})));
         assert_eq!(
             inputs["body"],
             json!({"order": {"id": 7}, "valid": {"ok": true}})
         );
         succeed(&mut s, &id, json!("charged"));
         assert_eq!(
-            next(&s),
+            next(&mut s),
             vec![Action::Finish(Finish::Succeeded {
                 output: json!("charged"),
                 headers: Default::default()
@@ -841,12 +1197,12 @@ spec:
         let mut s = started(ORDER, json!({"order": {}}));
         let (id, _) = dispatch(&mut s);
         succeed(&mut s, &id, json!({"ok": false}));
-        let e = failure(next(&s));
+        let e = failure(next(&mut s));
         assert!(e.message.starts_with("Fission.Failed"), "{}", e.message);
     }
 
     fn fail(s: &mut RunState, task: &str, status: Option<u16>, error: &str) {
-        apply(
+        ap(
             s,
             &Event::TaskFailed {
                 task: task.into(),
@@ -871,7 +1227,7 @@ spec:
             "the function answered 422: bad order",
         );
         // Caught: reject is a Fail state, so the run fails there, not at validate.
-        let e = failure(next(&s));
+        let e = failure(next(&mut s));
         assert!(e.message.starts_with("Fission.Failed"), "{}", e.message);
     }
 
@@ -890,7 +1246,7 @@ spec:
             let mut s = started(ORDER, json!({"order": {}}));
             let (id, _) = dispatch(&mut s);
             fail(&mut s, &id, status, error);
-            let e = failure(next(&s));
+            let e = failure(next(&mut s));
             assert!(e.message.starts_with(want), "{error}: {}", e.message);
             assert_eq!(e.task.as_deref(), Some("000001-validate"));
         }
@@ -910,7 +1266,7 @@ states:
         let mut s = started(src, json!({"x": 1}));
         let (id, _) = dispatch(&mut s);
         fail(&mut s, &id, Some(500), "the function answered 500: boom");
-        let output = success(next(&s));
+        let output = success(next(&mut s));
         assert_eq!(output["x"], 1);
         assert_eq!(output["err"]["errorType"], FUNCTION_ERROR);
     }
@@ -923,13 +1279,13 @@ states:
   done: {type: Succeed}
 ";
         let mut s = started(src, json!({"x": 1}));
-        let actions = next(&s);
+        let actions = next(&mut s);
         let [Action::Dispatch { task, spec, .. }] = actions.as_slice() else {
             panic!("{actions:?}");
         };
         assert_eq!(spec.run, "sleep");
         assert_eq!(spec.inputs.as_ref().unwrap()["duration"], "2000ms");
-        apply(
+        ap(
             &mut s,
             &Event::TaskDispatched {
                 task: task.clone(),
@@ -945,14 +1301,14 @@ states:
             work(&s, 2000),
             vec![Action::FireTimer { task: task.clone() }]
         );
-        apply(
+        ap(
             &mut s,
             &Event::TimerFired {
                 task: task.clone(),
                 at: 2000,
             },
         );
-        let output = success(next(&s));
+        let output = success(next(&mut s));
         assert_eq!(output, json!({"x": 1}));
     }
 
@@ -989,7 +1345,7 @@ states:
                 Action::StartTimer { at: 5000 }
             ]
         );
-        apply(
+        ap(
             &mut s,
             &Event::RetryScheduled {
                 task: id.clone(),
@@ -1016,7 +1372,7 @@ states:
         let inputs = spec.inputs.clone().unwrap();
         assert_eq!(inputs["body"], first["body"]);
         assert_eq!(inputs["headers"]["X-Fission-Workflow-Attempt"], "2");
-        apply(
+        ap(
             &mut s,
             &Event::TaskDispatched {
                 task: id.clone(),
@@ -1028,7 +1384,7 @@ states:
             },
         );
         // A 4xx is permanent, even when the executor would retry it (429).
-        apply(
+        ap(
             &mut s,
             &Event::TaskFailed {
                 task: id.clone(),
@@ -1076,25 +1432,28 @@ states:
         }
     }
 
-    /// Performs what `decide` asks until only function calls are left: records
-    /// their dispatch, fires zero-length timers; returns the calls (id, body).
+    /// Performs what `decide` asks at 10 until only function calls are left:
+    /// records their dispatch (at 5), fires timers due; returns the calls (id,
+    /// body).
     fn settle(s: &mut RunState) -> Vec<(String, Value)> {
         let mut calls = Vec::new();
         loop {
             let mut progressed = false;
-            for a in work(s, 5) {
+            for a in work(s, 10) {
+                if builtin(s, &a, 5, true) {
+                    progressed = true;
+                    continue;
+                }
                 match a {
                     Action::Dispatch {
                         task,
                         attempt,
                         key,
                         spec,
-                        ..
                     } => {
                         progressed = true;
                         let inputs = spec.inputs.clone().unwrap();
-                        let timer = spec.run == "sleep";
-                        apply(
+                        ap(
                             s,
                             &Event::TaskDispatched {
                                 task: task.clone(),
@@ -1102,16 +1461,25 @@ states:
                                 key,
                                 inputs: inputs.clone(),
                                 at: 5,
-                                wake_at: timer.then_some(5),
+                                wake_at: None,
                             },
                         );
-                        if !timer {
-                            calls.push((task, inputs["body"].clone()));
-                        }
+                        calls.push((task, inputs["body"].clone()));
                     }
                     Action::FireTimer { task } => {
                         progressed = true;
-                        apply(s, &Event::TimerFired { task, at: 5 });
+                        ap(s, &Event::TimerFired { task, at: 5 });
+                    }
+                    Action::CancelTask { task, reason } => {
+                        progressed = true;
+                        ap(
+                            s,
+                            &Event::TaskCancelled {
+                                task,
+                                reason,
+                                at: 5,
+                            },
+                        );
                     }
                     _ => {}
                 }
@@ -1157,9 +1525,9 @@ states:
         // The second finishes first; the join keeps the branches' order.
         succeed(&mut s, "000001-p/0001/000001-b", json!("B"));
         assert!(settle(&mut s).is_empty());
-        assert!(next(&s).is_empty(), "{:?}", next(&s));
+        assert!(next(&mut s).is_empty(), "{:?}", next(&mut s));
         succeed(&mut s, "000001-p/0000/000001-a", json!("A"));
-        assert_eq!(success(next(&s)), json!({"x": 1, "both": ["A", "B"]}));
+        assert_eq!(success(next(&mut s)), json!({"x": 1, "both": ["A", "B"]}));
     }
 
     #[test]
@@ -1172,10 +1540,185 @@ states:
             Some(500),
             "the function answered 500",
         );
-        let e = failure(next(&s));
+        let actions = work(&s, 5);
+        let [Action::CancelTask { task, .. }, Action::Finish(Finish::Failed(e))] =
+            actions.as_slice()
+        else {
+            panic!("{actions:?}");
+        };
+        // The other branch's call in flight is stopped.
+        assert_eq!(task, "000001-p/0000/000001-a");
         assert!(e.message.starts_with(BRANCH_FAILED), "{}", e.message);
         assert!(e.message.contains("branch 1"), "{}", e.message);
         assert_eq!(e.task.as_deref(), Some("000001-p/0001/000001-b"));
+    }
+
+    const FAIL_FAST: &str = "startAt: p
+states:
+  p:
+    type: Parallel
+    next: done
+    catch: [{errorType: Fission.BranchFailed, resultPath: $.failed, next: recover}]
+    branches:
+      - startAt: slow
+        states:
+          slow: {type: Task, function: {name: slow}, end: true}
+      - startAt: bad
+        states:
+          bad: {type: Task, function: {name: bad}, end: true}
+      - startAt: nap
+        states:
+          nap: {type: Wait, duration: 60s, next: after}
+          after: {type: Task, function: {name: after}, end: true}
+  recover: {type: Task, function: {name: recover}, end: true}
+  done: {type: Succeed}
+";
+
+    #[test]
+    fn a_failed_branch_stops_its_siblings_and_their_late_results_change_nothing() {
+        let mut s = started(FAIL_FAST, json!({"x": 1}));
+        let calls: Vec<String> = settle(&mut s).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(
+            calls,
+            ["000001-p/0000/000001-slow", "000001-p/0001/000001-bad"]
+        );
+        let nap = "000001-p/0002/000001-nap";
+        assert_eq!(s.tasks[nap].wake_at, Some(60_005));
+
+        fail(
+            &mut s,
+            "000001-p/0001/000001-bad",
+            Some(500),
+            "the function answered 500",
+        );
+        let actions = work(&s, 6);
+        let cancelled: Vec<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::CancelTask { task, .. } => Some(task.as_str()),
+                _ => None,
+            })
+            .collect();
+        // The call in flight and the durable timer, before the catch leads on.
+        assert_eq!(cancelled, ["000001-p/0000/000001-slow", nap]);
+        assert!(
+            matches!(&actions[2], Action::Dispatch { task, .. } if task == "000002-recover"),
+            "{actions:?}"
+        );
+        let calls = settle(&mut s);
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].1["failed"]["errorType"], BRANCH_FAILED);
+        for t in ["000001-p/0000/000001-slow", nap] {
+            assert_eq!(s.tasks[t].status, TaskStatus::Cancelled, "{t}");
+            assert_eq!(s.tasks[t].ended_at, Some(5), "{t}");
+        }
+
+        // The slow branch answers late: nothing changes, no timer fires, the
+        // Wait's next state never starts.
+        let before = s.clone();
+        succeed(&mut s, "000001-p/0000/000001-slow", json!("late"));
+        assert_eq!(s, before);
+        assert!(work(&s, 70_000).is_empty(), "{:?}", work(&s, 70_000));
+
+        // A restarted server folds the same run: it calls nothing again but
+        // the step in flight, and cancels nothing twice.
+        let again = refold();
+        assert_eq!(again, s);
+        let in_flight: Vec<&str> = again.in_flight().iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(in_flight, ["000002-recover"]);
+        assert!(work(&again, 70_000).is_empty());
+
+        succeed(&mut s, "000002-recover", json!("recovered"));
+        assert_eq!(success(next(&mut s)), json!("recovered"));
+    }
+
+    #[test]
+    fn a_failed_map_item_stops_the_items_in_flight_and_starts_no_other() {
+        let src = "startAt: m
+states:
+  m:
+    type: Map
+    itemsPath: $
+    maxConcurrency: 2
+    end: true
+    branches:
+      - startAt: f
+        states:
+          f: {type: Task, function: {name: f}, end: true}
+";
+        let mut s = started(src, json!([1, 2, 3, 4]));
+        assert_eq!(settle(&mut s).len(), 2);
+        fail(&mut s, "000001-m/0001/000001-f", Some(503), "down");
+        let actions = work(&s, 6);
+        assert!(
+            matches!(
+                actions.as_slice(),
+                [Action::CancelTask { task, .. }, Action::Finish(Finish::Failed(_))]
+                    if task == "000001-m/0000/000001-f"
+            ),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn choice_succeed_and_fail_are_steps_of_the_run() {
+        // Choice then Fail: both recorded, the run fails at the Fail step.
+        let mut s = started(ORDER, json!({"order": {}}));
+        let (id, _) = dispatch(&mut s);
+        succeed(&mut s, &id, json!({"ok": false}));
+        let e = failure(next(&mut s));
+        assert_eq!(e.task.as_deref(), Some("000003-reject"));
+        assert_eq!(s.tasks["000002-route"].status, TaskStatus::Succeeded);
+        assert_eq!(
+            s.tasks["000002-route"].output,
+            Some(json!({"next": "reject"}))
+        );
+        assert_eq!(s.tasks["000003-reject"].status, TaskStatus::Failed);
+        assert_eq!(s.tasks["000003-reject"].spec.run, "fail");
+
+        // Choice to Choice to Succeed: each a step; the output is Succeed's.
+        let src = "startAt: first
+states:
+  first:
+    type: Choice
+    choices: [{variable: $.n, numericGreaterThan: 1, next: second}]
+    default: none
+  second:
+    type: Choice
+    choices: [{variable: $.n, numericGreaterThan: 2, next: big}]
+    default: none
+  big: {type: Succeed}
+  none: {type: Fail}
+";
+        let mut s = started(src, json!({"n": 3}));
+        assert_eq!(success(next(&mut s)), json!({"n": 3}));
+        let steps: Vec<(&str, TaskStatus)> = s
+            .tasks
+            .values()
+            .map(|t| (t.id.as_str(), t.status))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("000001-first", TaskStatus::Succeeded),
+                ("000002-second", TaskStatus::Succeeded),
+                ("000003-big", TaskStatus::Succeeded),
+            ]
+        );
+
+        // No rule matched and no default: a failed Choice step.
+        let src = "startAt: c
+states:
+  c:
+    type: Choice
+    choices: [{variable: $.n, numericEquals: 1, next: done}]
+  done: {type: Succeed}
+";
+        let mut s = started(src, json!({"n": 2}));
+        let e = failure(next(&mut s));
+        assert!(e.message.starts_with(NO_CHOICE_MATCHED), "{}", e.message);
+        assert_eq!(e.task.as_deref(), Some("000001-c"));
+        assert_eq!(s.tasks["000001-c"].status, TaskStatus::Failed);
     }
 
     #[test]
@@ -1208,17 +1751,90 @@ states:
         );
         succeed(&mut s, "000001-m/0002/000001-double", json!(6));
         succeed(&mut s, "000001-m/0000/000001-double", json!(2));
-        assert_eq!(success(next(&s)), json!([2, 4, 6]));
+        assert_eq!(success(next(&mut s)), json!([2, 4, 6]));
 
         // No items: an empty array at once; no array: Fission.InvalidPath.
         let s = started(src, json!({"items": []}));
         let mut s2 = s.clone();
         assert!(settle(&mut s2).is_empty());
-        assert_eq!(success(next(&s2)), json!([]));
+        assert_eq!(success(next(&mut s2)), json!([]));
         let mut s = started(src, json!({"items": 7}));
         settle(&mut s);
-        let e = failure(next(&s));
+        let e = failure(next(&mut s));
         assert!(e.message.starts_with(INVALID_PATH), "{}", e.message);
+    }
+
+    /// `s.fan_outs` as it would be computed from scratch.
+    fn fan_outs_from_scratch(s: &RunState) -> BTreeMap<String, FanOut> {
+        let mut out: BTreeMap<String, FanOut> = BTreeMap::new();
+        for id in s.tasks.keys() {
+            let parts: Vec<&str> = id.split('/').collect();
+            for k in (1..parts.len()).step_by(2) {
+                let fan = parts[..k].join("/");
+                let i: usize = parts[k].parse().unwrap();
+                let prefix = format!("{fan}/{}/", parts[k]);
+                let ended = branch_ended(s, &fan, i, &prefix).unwrap();
+                let book = out.entry(fan).or_default();
+                book.started = book.started.max(i + 1);
+                if !ended {
+                    book.open.insert(i);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn what_decide_keeps_of_map_items_follows_every_event() {
+        let src = "startAt: m
+states:
+  m:
+    type: Map
+    itemsPath: $.items
+    maxConcurrency: 3
+    resultPath: $.out
+    next: done
+    branches:
+      - startAt: f
+        states:
+          f: {type: Task, function: {name: f}, next: w}
+          w: {type: Wait, duration: 1ms, next: c}
+          c:
+            type: Choice
+            choices: [{variable: $.n, numericGreaterThan: 2, next: g}]
+            default: fine
+          g: {type: Task, function: {name: g}, end: true}
+          fine: {type: Succeed}
+  done: {type: Succeed}
+";
+        let items: Vec<Value> = (0..7).map(|n| json!({ "n": n })).collect();
+        let mut s = started(src, json!({ "items": items }));
+        let mut waiting = settle(&mut s);
+        let mut finished = 0;
+        // Finish the calls in a scrambled order, checking after each event.
+        while !waiting.is_empty() {
+            let (task, body) = waiting.remove((finished * 5) % waiting.len());
+            finished += 1;
+            succeed(&mut s, &task, json!({"from": task, "n": body["n"]}));
+            assert_eq!(s.fan_outs, fan_outs_from_scratch(&s), "after {task}");
+            waiting.extend(settle(&mut s));
+            assert_eq!(s.fan_outs, fan_outs_from_scratch(&s), "after {task}");
+            assert_eq!(refold(), s);
+            let book = &s.fan_outs["000001-m"];
+            assert!(book.open.len() <= 3, "{book:?}");
+        }
+        // 7 items, a call of f each, and of g for items 3 to 6.
+        assert_eq!(finished, 11);
+        assert_eq!(s.fan_outs["000001-m"].started, 7);
+        assert!(s.fan_outs["000001-m"].open.is_empty());
+        let output = success(next(&mut s));
+        let out = output["out"].as_array().unwrap();
+        assert_eq!(out.len(), 7);
+        for (n, item) in out.iter().enumerate() {
+            let (last, step) = if n > 2 { ("g", 4) } else { ("f", 1) };
+            let from = format!("000001-m/{n:04}/{step:06}-{last}");
+            assert_eq!(item, &json!({"from": from, "n": n}), "{output}");
+        }
     }
 
     #[test]
