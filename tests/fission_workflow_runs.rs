@@ -524,7 +524,10 @@ fn rfc0022_a_map_resumes_after_a_killed_server_without_rerunning_a_finished_item
             .as_array()
             .unwrap()
             .iter()
-            .filter(|e| e["type"] == "TaskSucceeded")
+            .filter(|e| {
+                e["type"] == "TaskSucceeded"
+                    && e["task"].as_str().is_some_and(|t| t.ends_with("-fast"))
+            })
             .count()
     };
     eventually(

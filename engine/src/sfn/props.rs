@@ -585,6 +585,17 @@ impl<'w> Sim<'w> {
                     .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                 self.record(dispatched(inputs, Some(wake), self.now));
             }
+            builtins::Outcome::Output(output) => {
+                // A Choice, Succeed or Fail step: ends where it starts.
+                self.record(dispatched(inputs, None, self.now));
+                self.record(Event::TaskSucceeded {
+                    task: task.into(),
+                    attempt,
+                    output,
+                    headers: Default::default(),
+                    at: self.now,
+                });
+            }
             builtins::Outcome::Fail(error) => {
                 self.record(dispatched(inputs, None, self.now));
                 self.record(Event::TaskFailed {
@@ -639,6 +650,16 @@ impl<'w> Sim<'w> {
                     Action::FireTimer { task } => {
                         progressed = true;
                         self.record(Event::TimerFired { task, at: self.now });
+                    }
+                    Action::CancelTask { task, reason } => {
+                        // As the driver: recorded, and its call (if any) abandoned.
+                        progressed = true;
+                        self.record(Event::TaskCancelled {
+                            task: task.clone(),
+                            reason,
+                            at: self.now,
+                        });
+                        self.calls.retain(|_, c| c.task != task);
                     }
                     Action::ExpireCallback { task, .. } => {
                         return Err(format!(
@@ -754,6 +775,15 @@ fn crash_and_recover(
     // decide never panics, whenever it is asked.
     for t in [0, now, now + 1, before.deadline.unwrap_or(0), u64::MAX] {
         decide(&before, t);
+    }
+    // The driver stores a built-in step's dispatch with its outcome in one
+    // batch (one transaction): no crash falls between them.
+    if before
+        .in_flight()
+        .iter()
+        .any(|t| !t.spec.run.starts_with(FISSION_SCHEME) && t.wake_at.is_none())
+    {
+        return Ok(());
     }
     let (downtime, boundary) = match restart {
         Restart::AtOnce { boundary } => (0, boundary),
