@@ -8,6 +8,7 @@ pub mod route;
 pub mod router;
 pub mod routes;
 pub mod table;
+pub mod timer;
 pub mod workflows;
 
 use std::sync::Arc;
@@ -23,26 +24,41 @@ pub use workflows::{ApiListener, Workflows};
 pub struct Triggers {
     pub invoker: Invoker,
     pub routes: routes::Routes,
+    pub timers: Arc<timer::Timers>,
 }
 
 impl Triggers {
     pub fn open(db: &sled::Db, pool: PoolManager, workflows: Workflows) -> Result<Arc<Triggers>> {
+        let invoker = Invoker::new(pool, workflows);
+        let timers = timer::Timers::open(db, Arc::new(timer::SystemClock))?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            timers.start(Arc::new(timer::InvokerFire(invoker.clone())));
+        }
         Ok(Arc::new(Triggers {
-            invoker: Invoker::new(pool, workflows),
+            invoker,
             routes: routes::Routes::open(db)?,
+            timers,
         }))
     }
 
     /// Refuses when triggers still target function `key` (before it is deleted).
     pub fn check_function_unused(&self, key: &str) -> Result<()> {
         let routes = self.routes.targeting_function(key)?;
-        if routes.is_empty() {
-            return Ok(());
+        if !routes.is_empty() {
+            let names: Vec<String> = routes.iter().map(Route::key).collect();
+            return Err(Error::Conflict(format!(
+                "function {key:?} is the target of routes {}; delete them first",
+                names.join(", ")
+            )));
         }
-        let names: Vec<String> = routes.iter().map(Route::key).collect();
-        Err(Error::Conflict(format!(
-            "function {key:?} is the target of routes {}; delete them first",
-            names.join(", ")
-        )))
+        let timers = self.timers.targeting_function(key)?;
+        if !timers.is_empty() {
+            let names: Vec<String> = timers.iter().map(timer::TimeTrigger::key).collect();
+            return Err(Error::Conflict(format!(
+                "function {key:?} is the target of time triggers {}; delete them first",
+                names.join(", ")
+            )));
+        }
+        Ok(())
     }
 }
