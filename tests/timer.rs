@@ -41,7 +41,9 @@ fn keys(probe: &Probe, tag: &str) -> Vec<String> {
 
 fn tick_ms(firing: &Value) -> i64 {
     let t = firing["tick"].as_str().expect("a tick");
-    t.parse::<jiff::Timestamp>().expect("RFC 3339").as_millisecond()
+    t.parse::<jiff::Timestamp>()
+        .expect("RFC 3339")
+        .as_millisecond()
 }
 
 #[test]
