@@ -47,6 +47,9 @@ pub struct Timers {
     table: RwLock<Arc<HashMap<String, Entry>>>,
     /// Told when triggers change, so the service looks at them again.
     changed: Notify,
+    /// Held by a pass of the service and by each change of a trigger, so that
+    /// a pass never takes a tick for a trigger changed or deleted meanwhile.
+    turn: tokio::sync::Mutex<()>,
     /// The clock time of the service's last completed pass (tests wait on it).
     passes: watch::Sender<Option<Timestamp>>,
 }
@@ -95,6 +98,7 @@ impl Timers {
             clock,
             table: RwLock::new(Arc::default()),
             changed: Notify::new(),
+            turn: tokio::sync::Mutex::new(()),
             passes: watch::Sender::new(None),
         };
         for item in timers.firings.iter() {
@@ -134,6 +138,7 @@ impl Timers {
 
     /// Stores a new, checked trigger.
     async fn store_new(&self, t: TimeTrigger) -> Result<TimeTrigger> {
+        let _turn = self.turn.lock().await;
         let key = t.key();
         // Ticks up to now are not this trigger's: it fires from the next one.
         self.taken
@@ -145,6 +150,12 @@ impl Timers {
 
     pub async fn update(&self, t: TimeTrigger, invoker: &Invoker) -> Result<TimeTrigger> {
         self.check(&t, invoker)?;
+        self.store_update(t).await
+    }
+
+    /// Replaces a trigger with a checked one.
+    async fn store_update(&self, t: TimeTrigger) -> Result<TimeTrigger> {
+        let _turn = self.turn.lock().await;
         let key = t.key();
         let old = self.get(&key)?;
         if old == t {
@@ -161,6 +172,7 @@ impl Timers {
     }
 
     pub async fn delete(&self, key: &str) -> Result<()> {
+        let _turn = self.turn.lock().await;
         if !self.records.delete(key).await? {
             return Err(not_found(key));
         }

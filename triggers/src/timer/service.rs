@@ -55,6 +55,7 @@ impl Timers {
         now: Timestamp,
         fire: &Arc<dyn Fire>,
     ) -> Result<Option<Timestamp>> {
+        let turn = self.turn.lock().await;
         let table = self.table();
         let mut due = Vec::new();
         let mut wake: Option<Timestamp> = None;
@@ -98,6 +99,7 @@ impl Timers {
             self.prune(&key)?;
         }
         self.db.flush_async().await?;
+        drop(turn);
         for (trigger, tick) in due {
             let timers = self.clone();
             let fire = fire.clone();
@@ -428,6 +430,25 @@ mod tests {
             s.calls_by(ts("2026-03-10T10:00:02Z")).await,
             vec![("late".to_string(), ts("2026-03-10T10:00:02Z"))]
         );
+        s.crash().await;
+    }
+
+    #[tokio::test]
+    async fn a_changed_schedule_starts_from_the_change() {
+        let w = World::new("2026-03-10T10:00:00Z");
+        let mut s = w.start();
+        s.timers.store_new(trigger("t", "@hourly")).await.unwrap();
+        // 10:30: a new schedule whose last tick (10:25) is before the change: not fired.
+        w.clock.set(ts("2026-03-10T10:30:00Z"));
+        assert!(s.calls_by(ts("2026-03-10T10:30:00Z")).await.is_empty());
+        s.timers
+            .store_update(trigger("t", "*/5 * * * *"))
+            .await
+            .unwrap();
+        w.clock.set(ts("2026-03-10T10:34:00Z"));
+        assert!(s.calls_by(ts("2026-03-10T10:34:00Z")).await.is_empty());
+        w.clock.set(ts("2026-03-10T10:35:00Z"));
+        assert_eq!(s.calls_by(ts("2026-03-10T10:35:00Z")).await.len(), 1);
         s.crash().await;
     }
 }
