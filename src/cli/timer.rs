@@ -82,6 +82,20 @@ pub(super) enum TimerVerb {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// The next times a cron fires, read here without a server (Fission's
+    /// `showschedule`).
+    #[command(alias = "show")]
+    Showschedule {
+        /// The schedule, as for `create`.
+        #[arg(long, value_name = "CRON")]
+        cron: String,
+        /// The IANA time zone the cron is in; UTC by default.
+        #[arg(long, value_name = "ZONE")]
+        timezone: Option<String>,
+        /// How many times to show.
+        #[arg(long, default_value_t = 1)]
+        round: usize,
+    },
 }
 
 pub(super) const TIMERS: Collection = Collection {
@@ -129,8 +143,29 @@ fn merge(body: &mut Value, f: TimerFields) {
 }
 
 pub(super) async fn timer_cmd(verb: TimerVerb, opts: &ClientOpts) -> Result<()> {
+    if let TimerVerb::Showschedule {
+        cron,
+        timezone,
+        round,
+    } = &verb
+    {
+        let schedule = triggers::timer::Schedule::parse(cron, timezone.as_deref())?;
+        let mut t = jiff::Timestamp::now();
+        println!("Current time: \t{t}");
+        for i in 1..=*round {
+            match schedule.next_after(t) {
+                Some(next) => {
+                    println!("Next {i} invocation: \t{next}");
+                    t = next;
+                }
+                None => break,
+            }
+        }
+        return Ok(());
+    }
     let c = opts.client()?;
     match verb {
+        TimerVerb::Showschedule { .. } => Ok(()),
         TimerVerb::Create { name, fields } => {
             if fields.cron.is_none() {
                 anyhow::bail!(

@@ -81,6 +81,11 @@ impl Schedule {
         if text.starts_with('@') && !is_descriptor(text) {
             return Err(bad("unknown descriptor"));
         }
+        let fields = text.split_whitespace().count();
+        if !text.starts_with('@') && !(5..=6).contains(&fields) {
+            let plural = if fields == 1 { "" } else { "s" };
+            return Err(bad(&format!("it has {fields} field{plural}")));
+        }
         let parsed = CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
@@ -246,7 +251,7 @@ mod tests {
             err("* * *")
         );
         assert!(err("61 * * * *").contains("is not valid"));
-        assert!(err("* * * * * * *").contains("is not valid"));
+        assert!(err("* * * * * * *").contains("it has 7 fields"));
         assert!(err("@every").contains("needs a duration"));
         assert!(err("@every 10x").contains("unknown unit \"x\""));
         assert!(err("@every 100ms").contains("under a second"));
