@@ -140,10 +140,12 @@ impl Timers {
     async fn store_new(&self, t: TimeTrigger) -> Result<TimeTrigger> {
         let _turn = self.turn.lock().await;
         let key = t.key();
+        // Refused before anything changes when the name is taken.
+        self.records.create(&key, &t).await?;
         // Ticks up to now are not this trigger's: it fires from the next one.
         self.taken
             .insert(key.as_bytes(), &encode_tick(self.clock.now()))?;
-        self.records.create(&key, &t).await?;
+        self.db.flush_async().await?;
         self.reload()?;
         Ok(t)
     }

@@ -434,6 +434,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn creating_a_name_that_is_taken_changes_nothing() {
+        let w = World::new("2026-03-10T10:00:00Z");
+        let s = w.start();
+        s.timers.store_new(trigger("t", "@hourly")).await.unwrap();
+        s.crash().await;
+        // While the service is down (the 11:00 tick falls due), a second
+        // creation of the name is refused and leaves the trigger as it was.
+        w.clock.set(ts("2026-03-10T11:30:00Z"));
+        {
+            let db = sled::open(w.dir.path()).unwrap();
+            let timers = Timers::open(&db, w.clock.clone()).unwrap();
+            let err = timers.store_new(trigger("t", "@daily")).await.unwrap_err();
+            assert_eq!(err.code(), "already_exists");
+            assert_eq!(timers.get("t").unwrap().cron, "@hourly");
+        }
+        let mut s = w.start();
+        assert_eq!(
+            s.calls_by(ts("2026-03-10T11:30:00Z")).await,
+            vec![("t".to_string(), ts("2026-03-10T11:00:00Z"))]
+        );
+        s.crash().await;
+    }
+
+    #[tokio::test]
     async fn a_changed_schedule_starts_from_the_change() {
         let w = World::new("2026-03-10T10:00:00Z");
         let mut s = w.start();
