@@ -20,6 +20,7 @@ use triggers::{Route, Target, Triggers};
 
 mod invocations;
 mod secrets;
+mod timers;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -66,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(secrets::routes())
         .merge(invocations::routes())
+        .merge(timers::routes())
         .layer(axum::middleware::from_fn(json_errors))
         // Added after the layer: a function's own answers pass through untouched.
         .route("/v1/functions/{name}/invoke", any(invoke_fn))

@@ -1,11 +1,12 @@
 //! Stored declarations that are not (yet) run by anything, and the records of
 //! what each spec project applied.
 //!
-//! - `/v1/declared/{kind}`: Fission's `TimeTrigger` and `MessageQueueTrigger`
-//!   documents from `fusion spec apply`, kept per namespace as they were
-//!   declared, so a project applies whole; what runs them arrives with the
-//!   time-trigger and queue-trigger work. Each answers with `status.active:
-//!   false` and says why. (RFC-0022 `Workflow`s go to the engine, `/v1/workflows`.)
+//! - `/v1/declared/{kind}`: Fission's `MessageQueueTrigger` documents from
+//!   `fusion spec apply`, kept per namespace as they were declared, so a
+//!   project applies whole; what runs them arrives with the queue-trigger work.
+//!   Each answers with `status.active: false` and says why. (`TimeTrigger`s are
+//!   run, at `/v1/timers`; those an earlier Fusion stored here stay readable and
+//!   deletable. RFC-0022 `Workflow`s go to the engine, `/v1/workflows`.)
 //! - `/v1/deployments/{uid}`: per DeploymentConfig uid, the resources that
 //!   project applied (what `spec apply --delete`, `spec destroy` and `spec list`
 //!   act on), as Fission marks them with its `fission-uid` annotation.
@@ -30,7 +31,7 @@ pub struct Declared {
 }
 
 const KINDS: &[(&str, &str)] = &[
-    ("timetriggers", "time triggers are not run yet: they are stored until Fusion's timer service runs them"),
+    ("timetriggers", "stored by an earlier Fusion, which did not run time triggers: `fusion spec apply` again creates it as a running time trigger (/v1/timers)"),
     ("messagequeuetriggers", "message-queue triggers are not run yet: they are stored until Fusion's queue consumers run them"),
 ];
 

@@ -25,6 +25,7 @@ mod report;
 mod server;
 mod sfn;
 mod stats;
+mod timer;
 mod workflows;
 
 use std::path::{Path, PathBuf};
@@ -41,8 +42,17 @@ use crate::faas::{BackendResult, Lang, LANGS, POOLSIZE};
 use crate::workflows::EngineResults;
 
 /// The parts `--only` selects from; `engine` is chain, foreach and concurrent
-/// (`sfn`, RFC-0022 per-step overhead, runs on the same server).
-const PARTS: [&str; 6] = ["faas", "chain", "foreach", "sfn", "concurrent", "runs"];
+/// (`sfn`, RFC-0022 per-step overhead, runs on the same server); `timer` is
+/// time-trigger firing lateness, on a server of its own.
+const PARTS: [&str; 7] = [
+    "faas",
+    "chain",
+    "foreach",
+    "sfn",
+    "concurrent",
+    "runs",
+    "timer",
+];
 /// The values of `FUSION_BACKEND` the FaaS part is run with.
 const BACKENDS: [&str; 2] = ["container", "process"];
 
@@ -61,8 +71,8 @@ pub struct Args {
     /// export while others edit the checkout); recorded instead of HEAD.
     #[arg(long)]
     fusion_commit: Option<String>,
-    /// Parts to run: faas, chain, foreach, sfn, concurrent, runs; `engine` is chain,
-    /// foreach and concurrent [default: all].
+    /// Parts to run: faas, chain, foreach, sfn, concurrent, runs, timer; `engine` is
+    /// chain, foreach and concurrent [default: all].
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Measured requests per path (routed, direct) at 1 client.
@@ -132,6 +142,12 @@ pub struct Args {
     /// Measured requests per run-history query.
     #[arg(long, default_value_t = 200)]
     runs_requests: usize,
+    /// `@every 1s` time triggers measured at once (`timer`), each calling its own function.
+    #[arg(long, default_value_t = 4)]
+    timer_triggers: usize,
+    /// Seconds the time triggers are measured for (after 3 warm-up ticks).
+    #[arg(long, default_value_t = 60)]
+    timer_secs: u64,
     /// Seed the run history afresh and keep no copy in bench/results/.cache.
     #[arg(long)]
     no_cache: bool,
@@ -311,6 +327,20 @@ async fn run(args: Args) -> Result<bool> {
         }
         phase_secs.insert("runs".into(), json!(t.elapsed().as_secs()));
     }
+    let mut timer_result = None;
+    if parts.contains(&"timer") {
+        let t = Instant::now();
+        eprintln!("fusion-bench: timer lateness");
+        let (mut server, mut ctx) = Ctx::start(&fusion, &args, None, |_| Ok(())).await?;
+        let r = timer::run(&mut ctx, args.timer_triggers, args.timer_secs).await;
+        instances_seen += ctx.pids.len();
+        orphans.extend(ctx.finish(&mut server).await?);
+        match r {
+            Ok(r) => timer_result = Some(r),
+            Err(e) => errors.push(format!("timer: {e:#}")),
+        }
+        phase_secs.insert("timer".into(), json!(t.elapsed().as_secs()));
+    }
     if !orphans.pids.is_empty() {
         errors.push(format!(
             "instances still running after the server stopped: pids {:?}",
@@ -362,10 +392,19 @@ async fn run(args: Args) -> Result<bool> {
             "sfn_map_runs": args.sfn_map_runs,
             "runs_seed": args.runs_seed,
             "runs_requests": args.runs_requests,
+            "timer_triggers": args.timer_triggers,
+            "timer_secs": args.timer_secs,
             "client": "hyper-util legacy client, HTTP/1.1 keep-alive, TCP_NODELAY, one current-thread tokio runtime; Unix-socket instances: hyper client::conn::http1 connections pooled the same way",
         },
     });
-    let doc = report::document(&faas, &engine, &args, run_info, &errors);
+    let mut doc = report::document(&faas, &engine, &args, run_info, &errors);
+    if let Some(t) = &timer_result {
+        doc["timer"] = t.json();
+        if let Some(targets) = doc["targets"].as_array_mut() {
+            targets.push(t.target());
+        }
+        print!("{}", t.table());
+    }
     println!("{}", report::table(&faas, &engine, &doc));
     if !args.no_write {
         let out = args

@@ -12,6 +12,7 @@ mod route;
 mod run;
 mod secret;
 mod spec;
+mod timer;
 mod up;
 mod workflow;
 
@@ -208,6 +209,17 @@ enum Command {
         #[command(flatten)]
         ns: NsOpt,
     },
+    /// Time triggers (Fission's): cron schedules that call a function or start
+    /// a workflow, with each firing's outcome.
+    #[command(alias = "timetrigger", alias = "tt")]
+    Timer {
+        #[command(subcommand)]
+        verb: timer::TimerVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
     /// Secrets: files a function reads at /secrets/<namespace>/<name>/<key>
     /// (values are never shown back).
     Secret {
@@ -287,6 +299,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Fn { verb, opts, ns } => function::fn_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Pkg { verb, opts } => pkg::pkg_cmd(verb, &opts).await,
         Command::Route { verb, opts, ns } => route::route_cmd(verb, &opts.in_namespace(ns)).await,
+        Command::Timer { verb, opts, ns } => timer::timer_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Secret { verb, opts } => secret::data_cmd(secret::SECRETS, verb, &opts).await,
         Command::Configmap { verb, opts } => {
             secret::data_cmd(secret::CONFIGMAPS, verb, &opts).await

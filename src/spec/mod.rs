@@ -188,7 +188,7 @@ fn collection(r: &Resource) -> &'static str {
         (Kind::Function, _) => "/v1/functions",
         (Kind::Workflow, _) => "/v1/workflows",
         (Kind::HttpTrigger, _) => "/v1/routes",
-        (Kind::TimeTrigger, _) => "/v1/declared/timetriggers",
+        (Kind::TimeTrigger, _) => "/v1/timers",
         (Kind::MessageQueueTrigger, _) => "/v1/declared/messagequeuetriggers",
     }
 }

@@ -788,14 +788,36 @@ impl Specs {
         true
     }
 
-    /// TimeTrigger and MessageQueueTrigger: checked, stored, not yet run.
+    /// A TimeTrigger, as Fusion's `/v1/timers` takes it (the cron checked
+    /// offline); a MessageQueueTrigger: checked, stored, not yet run.
     fn fission_stored_trigger(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
-        if self.function_ref(doc, spec, r).is_none() {
+        let Some(function) = self.function_ref(doc, spec, r) else {
             return false;
-        }
-        if r.kind == Kind::TimeTrigger && str_at(spec, "cron").is_none_or(str::is_empty) {
-            self.error(doc.at("spec"), "a TimeTrigger needs `cron`");
-            return false;
+        };
+        if r.kind == Kind::TimeTrigger {
+            let Some(cron) = str_at(spec, "cron").filter(|c| !c.is_empty()) else {
+                self.error(doc.at("spec"), "a TimeTrigger needs `cron`");
+                return false;
+            };
+            if let Err(e) = triggers::timer::Schedule::parse(cron, None) {
+                self.error(doc.at("spec.cron"), e.to_string());
+                return false;
+            }
+            r.body = json!({"name": r.name, "cron": cron, "function": function});
+            if r.namespace != DEFAULT_NAMESPACE {
+                r.body["namespace"] = json!(r.namespace);
+            }
+            // Fission's defaults (POST, `/`) apply when they are absent or empty.
+            for field in ["method", "subpath"] {
+                if let Some(v) = str_at(spec, field).filter(|v| !v.is_empty()) {
+                    r.body[field] = json!(if field == "method" {
+                        v.to_uppercase()
+                    } else {
+                        v.to_string()
+                    });
+                }
+            }
+            return true;
         }
         if r.kind == Kind::MessageQueueTrigger && str_at(spec, "topic").is_none_or(str::is_empty) {
             self.error(doc.at("spec"), "a MessageQueueTrigger needs `topic`");
@@ -1010,10 +1032,18 @@ impl Specs {
                     return;
                 }
             },
-            Kind::HttpTrigger => {
+            Kind::HttpTrigger | Kind::TimeTrigger => {
                 if let Some(f) = obj.get("function").and_then(Value::as_str) {
                     r.refs
                         .push((Kind::Function, ns.clone(), f.to_string(), "function".into()));
+                }
+                if kind == Kind::TimeTrigger {
+                    let cron = obj.get("cron").and_then(Value::as_str).unwrap_or("");
+                    let tz = obj.get("timezone").and_then(Value::as_str);
+                    if let Err(e) = triggers::timer::Schedule::parse(cron, tz) {
+                        self.error(doc.at("cron"), format!("time trigger {name}: {e}"));
+                        return;
+                    }
                 }
             }
             _ => {}

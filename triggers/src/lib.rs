@@ -9,6 +9,7 @@ pub mod route;
 pub mod router;
 pub mod routes;
 pub mod table;
+pub mod timer;
 pub mod workflows;
 
 use std::sync::Arc;
@@ -26,16 +27,22 @@ pub struct Triggers {
     pub routes: routes::Routes,
     /// Asynchronous calls of functions, their retries and dead letters.
     pub invocations: invocations::Invocations,
+    pub timers: Arc<timer::Timers>,
 }
 
 impl Triggers {
     pub fn open(db: &sled::Db, pool: PoolManager, workflows: Workflows) -> Result<Arc<Triggers>> {
         let api = workflows.api.clone();
         let invoker = Invoker::new(pool, workflows);
+        let timers = timer::Timers::open(db, Arc::new(timer::SystemClock))?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            timers.start(Arc::new(timer::InvokerFire(invoker.clone())));
+        }
         Ok(Arc::new(Triggers {
             invocations: invocations::Invocations::open(db, invoker.clone(), api)?,
             invoker,
             routes: routes::Routes::open(db)?,
+            timers,
         }))
     }
 
@@ -48,25 +55,45 @@ impl Triggers {
             .filter(|r| r.workflow.as_deref() == Some(name))
             .map(Route::key)
             .collect();
-        if routes.is_empty() {
-            return Ok(());
+        if !routes.is_empty() {
+            return Err(Error::Conflict(format!(
+                "workflow {name:?} is the target of routes {}; delete them first",
+                routes.join(", ")
+            )));
         }
-        Err(Error::Conflict(format!(
-            "workflow {name:?} is the target of routes {}; delete them first",
-            routes.join(", ")
-        )))
+        let timers: Vec<String> = self
+            .timers
+            .targeting_workflow(name)?
+            .iter()
+            .map(timer::TimeTrigger::key)
+            .collect();
+        if !timers.is_empty() {
+            return Err(Error::Conflict(format!(
+                "workflow {name:?} is the target of time triggers {}; delete them first",
+                timers.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// Refuses when triggers still target function `key` (before it is deleted).
     pub fn check_function_unused(&self, key: &str) -> Result<()> {
         let routes = self.routes.targeting_function(key)?;
-        if routes.is_empty() {
-            return Ok(());
+        if !routes.is_empty() {
+            let names: Vec<String> = routes.iter().map(Route::key).collect();
+            return Err(Error::Conflict(format!(
+                "function {key:?} is the target of routes {}; delete them first",
+                names.join(", ")
+            )));
         }
-        let names: Vec<String> = routes.iter().map(Route::key).collect();
-        Err(Error::Conflict(format!(
-            "function {key:?} is the target of routes {}; delete them first",
-            names.join(", ")
-        )))
+        let timers = self.timers.targeting_function(key)?;
+        if !timers.is_empty() {
+            let names: Vec<String> = timers.iter().map(timer::TimeTrigger::key).collect();
+            return Err(Error::Conflict(format!(
+                "function {key:?} is the target of time triggers {}; delete them first",
+                names.join(", ")
+            )));
+        }
+        Ok(())
     }
 }

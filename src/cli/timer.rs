@@ -1,0 +1,204 @@
+//! `fusion timer` (aliases `timetrigger`, `tt`, as Fission's): time triggers,
+//! cron schedules that call a function or start a workflow, and their history.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::output::{print, Collection};
+use super::{ClientOpts, Name};
+
+#[derive(Args)]
+pub(super) struct TimerFields {
+    /// The schedule: `*/5 * * * *`, with seconds first `*/10 * * * * *`, a
+    /// descriptor (`@hourly`, `@daily`, ...) or `@every 1h30m`.
+    #[arg(long, value_name = "CRON")]
+    cron: Option<String>,
+    /// The target function (in the trigger's namespace).
+    #[arg(long, value_name = "FUNCTION")]
+    function: Option<String>,
+    /// Or the target workflow (started in the background; the run's id is in
+    /// the history).
+    #[arg(long, conflicts_with = "function", value_name = "WORKFLOW")]
+    workflow: Option<String>,
+    /// The IANA time zone the cron is in (`Europe/Paris`); UTC by default.
+    #[arg(long, value_name = "ZONE")]
+    timezone: Option<String>,
+    /// The method of the request the function gets [default: POST].
+    #[arg(long, value_name = "METHOD")]
+    method: Option<String>,
+    /// The path the function sees [default: /].
+    #[arg(long, value_name = "PATH")]
+    subpath: Option<String>,
+}
+
+/// A time trigger's name for `create`, where it may be left out (a random one
+/// is made, as Fission does).
+#[derive(Args)]
+pub(super) struct OptionalName {
+    /// The trigger's name.
+    #[arg(value_name = "NAME")]
+    positional: Option<String>,
+    /// The trigger's name (as the positional NAME).
+    #[arg(long = "name", value_name = "NAME", conflicts_with = "positional")]
+    name: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(super) enum TimerVerb {
+    /// Create a time trigger: a cron schedule that calls a function or starts
+    /// a workflow.
+    Create {
+        #[command(flatten)]
+        name: OptionalName,
+        #[command(flatten)]
+        fields: TimerFields,
+    },
+    /// Show a time trigger, with the next tick it fires for.
+    Get {
+        #[command(flatten)]
+        name: Name,
+    },
+    /// List the time triggers.
+    List,
+    /// Change a time trigger; the flags given replace those fields only.
+    Update {
+        #[command(flatten)]
+        name: Name,
+        #[command(flatten)]
+        fields: TimerFields,
+    },
+    /// Delete a time trigger (and its history).
+    Delete {
+        #[command(flatten)]
+        name: Name,
+    },
+    /// A trigger's last firings, newest first: the tick, the outcome, the
+    /// target's status, the workflow run started, the error.
+    History {
+        #[command(flatten)]
+        name: Name,
+        /// How many firings (100 are kept per trigger).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// The next times a cron fires, read here without a server (Fission's
+    /// `showschedule`).
+    #[command(alias = "show")]
+    Showschedule {
+        /// The schedule, as for `create`.
+        #[arg(long, value_name = "CRON")]
+        cron: String,
+        /// The IANA time zone the cron is in; UTC by default.
+        #[arg(long, value_name = "ZONE")]
+        timezone: Option<String>,
+        /// How many times to show.
+        #[arg(long, default_value_t = 1)]
+        round: usize,
+    },
+}
+
+pub(super) const TIMERS: Collection = Collection {
+    path: "/v1/timers",
+    noun: "time trigger",
+    columns: &[
+        ("NAME", "/name"),
+        ("CRON", "/cron"),
+        ("TIMEZONE", "/timezone"),
+        ("FUNCTION", "/function"),
+        ("WORKFLOW", "/workflow"),
+        ("METHOD", "/method"),
+        ("SUBPATH", "/subpath"),
+        ("NEXT", "/status/next"),
+    ],
+};
+
+const HISTORY_COLUMNS: &[(&str, &str)] = &[
+    ("TICK", "/tick"),
+    ("OUTCOME", "/outcome"),
+    ("STATUS", "/status"),
+    ("MS", "/duration_ms"),
+    ("RUN", "/run_id"),
+    ("ERROR", "/error"),
+];
+
+fn merge(body: &mut Value, f: TimerFields) {
+    let set = |body: &mut Value, field: &str, v: Option<String>| {
+        if let Some(v) = v {
+            body[field] = json!(v);
+        }
+    };
+    set(body, "cron", f.cron);
+    set(body, "timezone", f.timezone);
+    set(body, "method", f.method.map(|m| m.to_uppercase()));
+    set(body, "subpath", f.subpath);
+    if let Some(fun) = f.function {
+        body["function"] = json!(fun);
+        body.as_object_mut().map(|o| o.remove("workflow"));
+    }
+    if let Some(w) = f.workflow {
+        body["workflow"] = json!(w);
+        body.as_object_mut().map(|o| o.remove("function"));
+    }
+}
+
+pub(super) async fn timer_cmd(verb: TimerVerb, opts: &ClientOpts) -> Result<()> {
+    if let TimerVerb::Showschedule {
+        cron,
+        timezone,
+        round,
+    } = &verb
+    {
+        let schedule = triggers::timer::Schedule::parse(cron, timezone.as_deref())?;
+        let mut t = jiff::Timestamp::now();
+        println!("Current time: \t{t}");
+        for i in 1..=*round {
+            match schedule.next_after(t) {
+                Some(next) => {
+                    println!("Next {i} invocation: \t{next}");
+                    t = next;
+                }
+                None => break,
+            }
+        }
+        return Ok(());
+    }
+    let c = opts.client()?;
+    match verb {
+        TimerVerb::Showschedule { .. } => Ok(()),
+        TimerVerb::Create { name, fields } => {
+            if fields.cron.is_none() {
+                anyhow::bail!(
+                    "--cron is required: a schedule like '*/5 * * * *', '0 30 * * * *', '@every 1h30m' or '@hourly'"
+                );
+            }
+            let name = name
+                .positional
+                .or(name.name)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let mut body = json!({"name": name});
+            merge(&mut body, fields);
+            TIMERS.create(&c, opts, &body).await
+        }
+        TimerVerb::Get { name } => TIMERS.show(&c, opts, &name.get()).await,
+        TimerVerb::List => TIMERS.list(&c, opts).await,
+        TimerVerb::Update { name, fields } => {
+            let name = name.get();
+            let mut body = TIMERS.current(&c, opts, &name).await?;
+            body.as_object_mut().map(|o| o.remove("status"));
+            merge(&mut body, fields);
+            TIMERS.replace(&c, opts, &name, &body).await
+        }
+        TimerVerb::Delete { name } => TIMERS.delete(&c, opts, &name.get()).await,
+        TimerVerb::History { name, limit } => {
+            let item = TIMERS.item(opts, &name.get());
+            let (path, query) = item.split_once('?').unwrap_or((&item, ""));
+            let sep = if query.is_empty() { "" } else { "&" };
+            let v: Value = c
+                .get(&format!("{path}/history?{query}{sep}limit={limit}"))
+                .await?;
+            print(opts, &v, HISTORY_COLUMNS);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! A time trigger's schedule: the cron forms Fission's timer accepts (robfig/cron
+//! with optional seconds and descriptors: `*/5 * * * *`, `*/10 * * * * *`,
+//! `@hourly`, `@every 1h30m`, a `CRON_TZ=Europe/Paris` prefix), in a time zone,
+//! and the schedule math: the next tick after an instant, and the latest tick
+//! at or before one. Pure: no clock, no I/O.
+
+use std::str::FromStr;
+
+use croner::parser::{CronParser, Seconds, Year};
+use croner::Cron;
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, Zoned};
+
+/// Why a cron expression or time zone was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("cron {cron:?} is not valid: {why}; use 5 fields (`*/5 * * * *`), 6 with seconds first (`*/10 * * * * *`), a descriptor (`@hourly`, `@daily`, ...) or `@every 1h30m`")]
+    Cron { cron: String, why: String },
+    #[error("timezone {0:?} is not an IANA time zone name (such as `Europe/Paris` or `UTC`)")]
+    TimeZone(String),
+}
+
+/// When a trigger fires.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    kind: Kind,
+    tz: TimeZone,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Cron(Box<Cron>),
+    /// `@every D`: at every multiple of `D` seconds since the Unix epoch, so
+    /// the ticks stay the same across restarts and updates.
+    Every(i64),
+}
+
+impl Schedule {
+    /// Parses `cron` in `timezone` (UTC when absent; a `CRON_TZ=`/`TZ=` prefix
+    /// of the cron gives it too, as robfig/cron reads it).
+    pub fn parse(cron: &str, timezone: Option<&str>) -> Result<Schedule, ScheduleError> {
+        let bad = |why: &str| ScheduleError::Cron {
+            cron: cron.to_string(),
+            why: why.to_string(),
+        };
+        let mut text = cron.trim();
+        let mut zone_name = timezone.map(str::to_string);
+        for prefix in ["CRON_TZ=", "TZ="] {
+            if let Some(rest) = text.strip_prefix(prefix) {
+                let (name, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                if zone_name.as_deref().is_some_and(|z| z != name) {
+                    return Err(bad(&format!(
+                        "its {prefix}{name} differs from the timezone {:?}",
+                        zone_name.unwrap_or_default()
+                    )));
+                }
+                zone_name = Some(name.to_string());
+                text = rest.trim();
+            }
+        }
+        let tz = match &zone_name {
+            None => TimeZone::UTC,
+            Some(name) => TimeZone::get(name).map_err(|_| ScheduleError::TimeZone(name.clone()))?,
+        };
+        if text.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if let Some(rest) = text.strip_prefix("@every") {
+            let secs = every_seconds(rest.trim()).map_err(|why| bad(&why))?;
+            return Ok(Schedule {
+                kind: Kind::Every(secs),
+                tz,
+            });
+        }
+        // robfig's `@midnight` is `@daily`; croner knows the others.
+        let text = if text.eq_ignore_ascii_case("@midnight") {
+            "@daily"
+        } else {
+            text
+        };
+        if text.starts_with('@') && !is_descriptor(text) {
+            return Err(bad("unknown descriptor"));
+        }
+        let fields = text.split_whitespace().count();
+        if !text.starts_with('@') && !(5..=6).contains(&fields) {
+            let plural = if fields == 1 { "" } else { "s" };
+            return Err(bad(&format!("it has {fields} field{plural}")));
+        }
+        let parsed = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .build()
+            .parse(text)
+            .map_err(|e| bad(&e.to_string()))?;
+        let schedule = Schedule {
+            kind: Kind::Cron(Box::new(parsed)),
+            tz,
+        };
+        // A pattern that never matches (`0 0 30 2 *`) is refused now, not at run time.
+        if schedule.next_after(Timestamp::UNIX_EPOCH).is_none() {
+            return Err(bad("it never matches a date"));
+        }
+        Ok(schedule)
+    }
+
+    /// The first tick strictly after `t`.
+    pub fn next_after(&self, t: Timestamp) -> Option<Timestamp> {
+        match &self.kind {
+            Kind::Every(d) => {
+                let s = t.as_second();
+                Timestamp::from_second((s.div_euclid(*d) + 1) * d).ok()
+            }
+            Kind::Cron(c) => {
+                let z = t.to_zoned(self.tz.clone());
+                c.find_next_occurrence(&z, false)
+                    .ok()
+                    .map(|z: Zoned| z.timestamp())
+            }
+        }
+    }
+
+    /// The latest tick at or before `t`.
+    pub fn latest_at_or_before(&self, t: Timestamp) -> Option<Timestamp> {
+        match &self.kind {
+            Kind::Every(d) => Timestamp::from_second(t.as_second().div_euclid(*d) * d).ok(),
+            Kind::Cron(c) => {
+                let z = t.to_zoned(self.tz.clone());
+                c.find_previous_occurrence(&z, true)
+                    .ok()
+                    .map(|z: Zoned| z.timestamp())
+            }
+        }
+    }
+
+    /// The tick to fire when the clock reads `now` and every tick up to
+    /// `taken` has been fired (or was before the trigger existed): the latest
+    /// one due, once however many fell due since (missed ticks are not
+    /// replayed one by one); none when nothing new is due.
+    pub fn due(&self, taken: Timestamp, now: Timestamp) -> Option<Timestamp> {
+        let first = self.next_after(taken)?;
+        if first > now {
+            return None;
+        }
+        // `first` is due, so the latest tick at or before `now` exists and is >= it.
+        self.latest_at_or_before(now).filter(|t| *t > taken)
+    }
+}
+
+fn is_descriptor(text: &str) -> bool {
+    [
+        "@yearly",
+        "@annually",
+        "@monthly",
+        "@weekly",
+        "@daily",
+        "@hourly",
+    ]
+    .iter()
+    .any(|d| d.eq_ignore_ascii_case(text))
+}
+
+/// The whole seconds of a Go duration (`1h30m`, `10s`, `1.5h`, `90s`), as
+/// robfig/cron's `@every` takes it: below a second is not a schedule.
+fn every_seconds(text: &str) -> Result<i64, String> {
+    if text.is_empty() {
+        return Err("`@every` needs a duration, such as `@every 10s` or `@every 1h30m`".into());
+    }
+    let mut nanos: f64 = 0.0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number = &rest[..num_len];
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let value = f64::from_str(number).map_err(|_| {
+            format!("{text:?} is not a duration (a number then a unit: 10s, 1h30m)")
+        })?;
+        let scale = match unit {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => {
+                return Err(format!(
+                    "unknown unit {unit:?} in {text:?}: use h, m, s, ms, us or ns"
+                ))
+            }
+        };
+        nanos += value * scale;
+    }
+    let secs = (nanos / 1e9).floor();
+    if secs < 1.0 {
+        return Err(format!("`@every {text}` is under a second"));
+    }
+    if secs > 100.0 * 365.0 * 86400.0 {
+        return Err(format!("`@every {text}` is over a hundred years"));
+    }
+    Ok(secs as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn next(cron: &str, tz: Option<&str>, after: &str) -> String {
+        Schedule::parse(cron, tz)
+            .unwrap()
+            .next_after(ts(after))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn fissions_forms_parse_and_tick_where_robfig_would() {
+        let at = "2026-03-10T10:07:13Z";
+        assert_eq!(next("*/5 * * * *", None, at), "2026-03-10T10:10:00Z");
+        assert_eq!(next("*/10 * * * * *", None, at), "2026-03-10T10:07:20Z");
+        assert_eq!(next("0 30 * * * *", None, at), "2026-03-10T10:30:00Z");
+        assert_eq!(next("@hourly", None, at), "2026-03-10T11:00:00Z");
+        assert_eq!(next("@daily", None, at), "2026-03-11T00:00:00Z");
+        assert_eq!(next("@midnight", None, at), "2026-03-11T00:00:00Z");
+        assert_eq!(next("@every 10s", None, at), "2026-03-10T10:07:20Z");
+        assert_eq!(next("@every 1h30m", None, at), "2026-03-10T10:30:00Z");
+        assert_eq!(next("@every 1.5h", None, at), "2026-03-10T10:30:00Z");
+        // Under a second is dropped, as robfig truncates to whole seconds.
+        assert_eq!(next("@every 2500ms", None, at), "2026-03-10T10:07:14Z");
+        assert_eq!(
+            next("CRON_TZ=Europe/Paris 0 9 * * *", None, at),
+            "2026-03-11T08:00:00Z"
+        );
+    }
+
+    #[test]
+    fn bad_crons_say_what_is_wrong() {
+        let err = |c: &str| Schedule::parse(c, None).unwrap_err().to_string();
+        assert!(
+            err("* * *").contains("cron \"* * *\" is not valid"),
+            "{}",
+            err("* * *")
+        );
+        assert!(err("61 * * * *").contains("is not valid"));
+        assert!(err("* * * * * * *").contains("it has 7 fields"));
+        assert!(err("@every").contains("needs a duration"));
+        assert!(err("@every 10x").contains("unknown unit \"x\""));
+        assert!(err("@every 100ms").contains("under a second"));
+        assert!(err("@fortnightly").contains("unknown descriptor"));
+        assert!(err("0 0 30 2 *").contains("never matches"));
+        assert!(err("").contains("empty"));
+        assert_eq!(
+            Schedule::parse("@hourly", Some("Mars/Olympus")).unwrap_err(),
+            ScheduleError::TimeZone("Mars/Olympus".into())
+        );
+        assert!(err("CRON_TZ=Nowhere/Town @hourly").contains("Nowhere/Town"));
+        assert!(Schedule::parse("TZ=UTC @hourly", Some("Europe/Paris"))
+            .unwrap_err()
+            .to_string()
+            .contains("differs"));
+    }
+
+    #[test]
+    fn missed_ticks_collapse_into_the_latest_one() {
+        let s = Schedule::parse("*/5 * * * *", None).unwrap();
+        let taken = ts("2026-03-10T10:00:00Z");
+        // Nothing new before the next tick.
+        assert_eq!(s.due(taken, ts("2026-03-10T10:04:59Z")), None);
+        assert_eq!(
+            s.due(taken, ts("2026-03-10T10:05:00Z")),
+            Some(ts("2026-03-10T10:05:00Z"))
+        );
+        // Down for an hour and a half: one firing, for the latest tick.
+        assert_eq!(
+            s.due(taken, ts("2026-03-10T11:33:00Z")),
+            Some(ts("2026-03-10T11:30:00Z"))
+        );
+        // Once taken, the same tick is never due again.
+        assert_eq!(
+            s.due(ts("2026-03-10T11:30:00Z"), ts("2026-03-10T11:34:59Z")),
+            None
+        );
+        let every = Schedule::parse("@every 1s", None).unwrap();
+        let t0 = ts("2026-03-10T10:00:00Z");
+        assert_eq!(every.due(t0, ts("2026-03-10T10:00:00.999Z")), None);
+        assert_eq!(
+            every.due(t0, ts("2026-03-12T10:00:00.5Z")),
+            Some(ts("2026-03-12T10:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_time_zone_keeps_local_hours_across_daylight_saving() {
+        let s = Schedule::parse("0 9 * * *", Some("Europe/Paris")).unwrap();
+        // 09:00 in Paris is 08:00Z in winter and 07:00Z in summer (29 March 2026).
+        let before = ts("2026-03-28T12:00:00Z");
+        let first = s.next_after(before).unwrap();
+        assert_eq!(first, ts("2026-03-29T07:00:00Z"));
+        assert_eq!(
+            s.next_after(ts("2026-03-27T12:00:00Z")).unwrap(),
+            ts("2026-03-28T08:00:00Z")
+        );
+        // 02:30 does not exist on the day clocks go forward: not a missed day,
+        // and the day after fires at 02:30 local again.
+        let gap = Schedule::parse("30 2 * * *", Some("Europe/Paris")).unwrap();
+        let ticks: Vec<Timestamp> =
+            std::iter::successors(gap.next_after(ts("2026-03-27T12:00:00Z")), |t| {
+                gap.next_after(*t)
+            })
+            .take(3)
+            .collect();
+        assert_eq!(ticks[0], ts("2026-03-28T01:30:00Z"));
+        assert!(
+            ticks[1] > ticks[0] && ticks[1] <= ts("2026-03-29T01:30:00Z"),
+            "{ticks:?}"
+        );
+        assert_eq!(ticks[2], ts("2026-03-30T00:30:00Z"));
+        // 02:30 happens twice when clocks go back (25 October 2026): fired once.
+        let overlap: Vec<Timestamp> =
+            std::iter::successors(gap.next_after(ts("2026-10-24T12:00:00Z")), |t| {
+                gap.next_after(*t)
+            })
+            .take(2)
+            .collect();
+        assert_eq!(overlap[0], ts("2026-10-25T00:30:00Z"));
+        assert_eq!(overlap[1], ts("2026-10-26T01:30:00Z"));
+    }
+}
