@@ -154,7 +154,11 @@ fn a_trigger_on_a_workflow_starts_a_run_and_records_its_id() {
     let r = s.wait_run(&run, Duration::from_secs(60));
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(r["output"], "step");
+    // The workflow stays while a trigger starts it.
+    let (st, body) = s.call("DELETE", "/v1/workflows/nightly", None);
+    assert_eq!(st, 409, "{body}");
     s.ok("DELETE", "/v1/timers/wf", None);
+    assert_eq!(s.call("DELETE", "/v1/workflows/nightly", None).0, 204);
 }
 
 #[test]
