@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use triggers::{Route, Target, Triggers};
 
+mod mqt;
 mod secrets;
 
 #[derive(Clone)]
@@ -63,6 +64,7 @@ pub fn router(state: AppState) -> Router {
             get(get_route).put(update_route).delete(delete_route),
         )
         .merge(secrets::routes())
+        .merge(crate::api::mqt::routes())
         .layer(axum::middleware::from_fn(json_errors))
         // Added after the layer: a function's own answers pass through untouched.
         .route("/v1/functions/{name}/invoke", any(invoke_fn))

@@ -1,8 +1,8 @@
 //! Stored declarations that are not (yet) run by anything, and the records of
 //! what each spec project applied.
 //!
-//! - `/v1/declared/{kind}`: Fission's `TimeTrigger` and `MessageQueueTrigger`
-//!   documents from `fusion spec apply`, kept per namespace as they were
+//! - `/v1/declared/{kind}`: Fission's `TimeTrigger` documents from `fusion
+//!   spec apply` (`MessageQueueTrigger`s are real: `/v1/mqtriggers`), kept per namespace as they were
 //!   declared, so a project applies whole; what runs them arrives with the
 //!   time-trigger and queue-trigger work. Each answers with `status.active:
 //!   false` and says why. (RFC-0022 `Workflow`s go to the engine, `/v1/workflows`.)
@@ -29,10 +29,10 @@ pub struct Declared {
     deployments: sled::Tree,
 }
 
-const KINDS: &[(&str, &str)] = &[
-    ("timetriggers", "time triggers are not run yet: they are stored until Fusion's timer service runs them"),
-    ("messagequeuetriggers", "message-queue triggers are not run yet: they are stored until Fusion's queue consumers run them"),
-];
+const KINDS: &[(&str, &str)] = &[(
+    "timetriggers",
+    "time triggers are not run yet: they are stored until Fusion's timer service runs them",
+)];
 
 impl Ns {
     /// The namespace, checked: a DNS-1123 label.

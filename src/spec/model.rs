@@ -321,9 +321,8 @@ impl Specs {
             Kind::Package => self.fission_package(doc, &spec, &mut r),
             Kind::Function => self.fission_function(doc, &spec, &mut r),
             Kind::HttpTrigger => self.fission_http_trigger(doc, &spec, &mut r),
-            Kind::TimeTrigger | Kind::MessageQueueTrigger => {
-                self.fission_stored_trigger(doc, &spec, &mut r)
-            }
+            Kind::TimeTrigger => self.fission_stored_trigger(doc, &spec, &mut r),
+            Kind::MessageQueueTrigger => self.fission_mq_trigger(doc, &spec, &mut r),
             Kind::Workflow => {
                 if ns != DEFAULT_NAMESPACE {
                     self.error(
@@ -769,7 +768,7 @@ impl Specs {
         true
     }
 
-    /// TimeTrigger and MessageQueueTrigger: checked, stored, not yet run.
+    /// TimeTrigger: checked, stored, not yet run.
     fn fission_stored_trigger(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
         if self.function_ref(doc, spec, r).is_none() {
             return false;
@@ -783,6 +782,41 @@ impl Specs {
             return false;
         }
         r.body = json!({"name": r.name, "namespace": r.namespace, "spec": spec});
+        true
+    }
+
+    /// A MessageQueueTrigger: Fusion's `/v1/mqtriggers` takes Fission's spec
+    /// fields as they are, with the function by name.
+    fn fission_mq_trigger(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
+        let Some(f) = self.function_ref(doc, spec, r) else {
+            return false;
+        };
+        if str_at(spec, "topic").is_none_or(str::is_empty) {
+            self.error(doc.at("spec"), "a MessageQueueTrigger needs `topic`");
+            return false;
+        }
+        r.body["function"] = json!(f);
+        for field in [
+            "messageQueueType",
+            "topic",
+            "respTopic",
+            "errorTopic",
+            "maxRetries",
+            "contentType",
+            "metadata",
+            "pollingInterval",
+            "cooldownPeriod",
+            "minReplicaCount",
+            "maxReplicaCount",
+            "secret",
+            "mqtkind",
+        ] {
+            match spec.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s.is_empty() => {}
+                Some(v) => r.body[field] = v.clone(),
+            }
+        }
         true
     }
 
@@ -991,7 +1025,7 @@ impl Specs {
                     return;
                 }
             },
-            Kind::HttpTrigger => {
+            Kind::HttpTrigger | Kind::MessageQueueTrigger => {
                 if let Some(f) = obj.get("function").and_then(Value::as_str) {
                     r.refs
                         .push((Kind::Function, ns.clone(), f.to_string(), "function".into()));

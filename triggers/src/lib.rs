@@ -4,6 +4,7 @@
 //! this crate and the API that manages it, nothing below.
 
 pub mod invoke;
+pub mod mqt;
 pub mod route;
 pub mod router;
 pub mod routes;
@@ -23,12 +24,15 @@ pub use workflows::{ApiListener, Workflows};
 pub struct Triggers {
     pub invoker: Invoker,
     pub routes: routes::Routes,
+    pub mqt: mqt::MessageQueueTriggers,
 }
 
 impl Triggers {
     pub fn open(db: &sled::Db, pool: PoolManager, workflows: Workflows) -> Result<Arc<Triggers>> {
+        let invoker = Invoker::new(pool, workflows);
         Ok(Arc::new(Triggers {
-            invoker: Invoker::new(pool, workflows),
+            mqt: mqt::MessageQueueTriggers::open(db, invoker.clone())?,
+            invoker,
             routes: routes::Routes::open(db)?,
         }))
     }
@@ -36,13 +40,21 @@ impl Triggers {
     /// Refuses when triggers still target function `key` (before it is deleted).
     pub fn check_function_unused(&self, key: &str) -> Result<()> {
         let routes = self.routes.targeting_function(key)?;
-        if routes.is_empty() {
-            return Ok(());
+        if !routes.is_empty() {
+            let names: Vec<String> = routes.iter().map(Route::key).collect();
+            return Err(Error::Conflict(format!(
+                "function {key:?} is the target of routes {}; delete them first",
+                names.join(", ")
+            )));
         }
-        let names: Vec<String> = routes.iter().map(Route::key).collect();
-        Err(Error::Conflict(format!(
-            "function {key:?} is the target of routes {}; delete them first",
-            names.join(", ")
-        )))
+        let mqts = self.mqt.targeting_function(key)?;
+        if !mqts.is_empty() {
+            let names: Vec<String> = mqts.iter().map(|t| t.key()).collect();
+            return Err(Error::Conflict(format!(
+                "function {key:?} is the target of message-queue triggers {}; delete them first",
+                names.join(", ")
+            )));
+        }
+        Ok(())
     }
 }
