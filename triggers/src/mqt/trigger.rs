@@ -172,13 +172,13 @@ impl MessageQueueTrigger {
                 SUPPORTED_TYPES.join(", ")
             ));
         }
-        check_subject("topic", &self.topic, true).or_else(|m| invalid(m))?;
+        check_subject("topic", &self.topic, true).or_else(&invalid)?;
         for (field, subject) in [
             ("respTopic", &self.resp_topic),
             ("errorTopic", &self.error_topic),
         ] {
             let Some(s) = subject else { continue };
-            check_subject(field, s, false).or_else(|m| invalid(m))?;
+            check_subject(field, s, false).or_else(&invalid)?;
             if s == &self.topic {
                 return invalid(format!(
                     "{field} {s:?} is the topic it consumes: its messages would come back to it"
@@ -210,8 +210,8 @@ impl MessageQueueTrigger {
                 ));
             }
             match k.as_str() {
-                "natsUrl" | "natsServer" => check_url(v).or_else(|m| invalid(m))?,
-                "stream" | "consumer" => check_jetstream_name(k, v).or_else(|m| invalid(m))?,
+                "natsUrl" | "natsServer" => check_url(v).or_else(&invalid)?,
+                "stream" | "consumer" => check_jetstream_name(k, v).or_else(&invalid)?,
                 "ackWait" => {
                     let d = parse_duration(v)
                         .map_err(|e| Error::Invalid(format!("mqtrigger {:?}: {e}", self.name)))?;
