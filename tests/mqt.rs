@@ -131,6 +131,23 @@ fn every_message_reaches_the_function_once_and_its_answer_the_response_topic() {
     assert_eq!(st["succeeded"], N as u64, "{st}");
     assert_eq!(st["failed"], 0, "{st}");
 
+    // A new concurrency takes effect on the same durable consumer, which
+    // resumes after what it acked.
+    let (rc, out, err) = s.cli(&["mqt", "update", "orders", "--concurrency", "2"]);
+    assert_eq!(rc, 0, "{out}{err}");
+    assert_eq!(s.ok("GET", "/v1/mqtriggers/orders", None)["concurrency"], 2);
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+    let seq = nats.publish("orders.new", "late", &[("X-Order", "late")]);
+    eventually(
+        Duration::from_secs(30),
+        "the message after the update is answered",
+        || nats.messages("RESULTS", "results.ok").len() > N,
+    );
+    let answers = nats.messages("RESULTS", "results.ok");
+    assert_eq!(answers.len(), N + 1);
+    assert_eq!(answers[N].payload, "late:late");
+    assert_eq!(probe.lines("calls").last(), Some(&format!("ORDERS-{seq}")));
+
     // The function cannot go while the trigger targets it; deleting the
     // trigger removes its durable consumer from NATS.
     let (code, body) = s.call("DELETE", "/v1/functions/hello", None);
