@@ -146,7 +146,7 @@ pub struct Args {
     runs_requests: usize,
     /// Messages per batch of the message-queue trigger part (and HTTP requests
     /// of the batch it is compared with).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 5000)]
     mqt_messages: usize,
     /// Messages in flight of the trigger, and HTTP clients of its comparison.
     #[arg(long, default_value_t = 16)]

@@ -131,9 +131,10 @@ async fn run(
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: settings.ack_wait,
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            // The server hands out no more than are in flight: none waits in
-            // a local buffer while its ack timer runs.
-            max_ack_pending: concurrency as i64,
+            // The server hands out at most twice as many as are in flight: the
+            // next ones wait in a local buffer (briefly: their ack timers run)
+            // so that a freed slot never waits for a pull.
+            max_ack_pending: 2 * concurrency as i64,
             ..Default::default()
         })
         .await
@@ -148,7 +149,7 @@ async fn run(
     };
     let mut messages = match consumer
         .stream()
-        .max_messages_per_batch(concurrency)
+        .max_messages_per_batch(2 * concurrency)
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
         .messages()
@@ -226,8 +227,11 @@ impl Job {
             r = work => r?,
             _ = keepalive => unreachable!("the keepalive never ends"),
         };
+        // A plain ack: were it lost, NATS would redeliver the message, which
+        // is then called again with the same key; nothing is lost either way,
+        // and no round trip holds up the next message.
         message
-            .double_ack()
+            .ack()
             .await
             .map_err(|e| format!("cannot ack message {key}: {e}"))?;
         self.status.count(succeeded, delivered > 1);
