@@ -19,6 +19,7 @@ use serde::Deserialize;
 use triggers::{Route, Target, Triggers};
 
 mod invocations;
+mod mqt;
 mod secrets;
 mod timers;
 
@@ -68,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .merge(secrets::routes())
         .merge(invocations::routes())
         .merge(timers::routes())
+        .merge(crate::api::mqt::routes())
         .layer(axum::middleware::from_fn(json_errors))
         // Added after the layer: a function's own answers pass through untouched.
         .route("/v1/functions/{name}/invoke", any(invoke_fn))

@@ -1,12 +1,11 @@
 //! Stored declarations that are not (yet) run by anything, and the records of
 //! what each spec project applied.
 //!
-//! - `/v1/declared/{kind}`: Fission's `MessageQueueTrigger` documents from
-//!   `fusion spec apply`, kept per namespace as they were declared, so a
-//!   project applies whole; what runs them arrives with the queue-trigger work.
-//!   Each answers with `status.active: false` and says why. (`TimeTrigger`s are
-//!   run, at `/v1/timers`; those an earlier Fusion stored here stay readable and
-//!   deletable. RFC-0022 `Workflow`s go to the engine, `/v1/workflows`.)
+//! - `/v1/declared/{kind}`: Fission's `TimeTrigger` and `MessageQueueTrigger`
+//!   documents that an earlier Fusion stored from `fusion spec apply`, before it
+//!   ran them; they stay readable and deletable, each with `status.active:
+//!   false` and why. Both now run: `/v1/timers` and `/v1/mqtriggers`. (RFC-0022
+//!   `Workflow`s go to the engine, `/v1/workflows`.)
 //! - `/v1/deployments/{uid}`: per DeploymentConfig uid, the resources that
 //!   project applied (what `spec apply --delete`, `spec destroy` and `spec list`
 //!   act on), as Fission marks them with its `fission-uid` annotation.
@@ -32,7 +31,7 @@ pub struct Declared {
 
 const KINDS: &[(&str, &str)] = &[
     ("timetriggers", "stored by an earlier Fusion, which did not run time triggers: `fusion spec apply` again creates it as a running time trigger (/v1/timers)"),
-    ("messagequeuetriggers", "message-queue triggers are not run yet: they are stored until Fusion's queue consumers run them"),
+    ("messagequeuetriggers", "stored by an earlier Fusion, which did not run message-queue triggers: `fusion spec apply` again creates it as a running trigger (/v1/mqtriggers)"),
 ];
 
 impl Ns {

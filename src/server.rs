@@ -125,6 +125,10 @@ pub struct ServerArgs {
     /// the router. Default: the API listener's own address.
     #[arg(long, env = "FUSION_PUBLIC_URL", value_parser = parse_public_url)]
     pub public_url: Option<String>,
+    /// The NATS server message-queue triggers connect to when their metadata
+    /// names none (`natsUrl`). Default: nats://127.0.0.1:4222.
+    #[arg(long, env = "FUSION_NATS_URL")]
+    pub nats_url: Option<String>,
 }
 
 /// A public URL: absolute `http` or `https`, with no query or fragment; kept
@@ -351,6 +355,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     };
     tracing::info!(router = %running.router_addr, api = %running.api_addr, "fusion is listening");
     let stop_signal = shutdown_signal();
+    triggers.mqt.start(args.nats_url.clone())?;
     on_ready(&running);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -395,6 +400,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     if drained.is_err() {
         tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
     }
+    triggers.mqt.stop();
     engine.shutdown().await;
     pool.shutdown(Duration::from_secs(5)).await;
     db.flush_async().await?;

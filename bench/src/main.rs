@@ -12,7 +12,10 @@
 //!   tasks, a 1,000-item `foreach`, concurrent one-task runs next to a plain
 //!   function call, and the run history's first page with 100,000 runs stored;
 //! - RFC-0022 workflows (`sfn`): per-step overhead of a 100-state Task chain and a
-//!   1,000-item Map calling an echo function, against as many direct calls.
+//!   1,000-item Map calling an echo function, against as many direct calls;
+//! - message-queue triggers (`mqt`): messages per second from NATS JetStream
+//!   (a `nats-server` the harness starts) through a hello function, next to the
+//!   same function over HTTP.
 //!
 //! Each part runs on a server of its own. Prints a table and writes
 //! `<out>/<UTC timestamp>.json` and `<out>/latest.json`. The targets from the
@@ -21,6 +24,7 @@
 mod client;
 mod ctx;
 mod faas;
+mod mqt;
 mod report;
 mod server;
 mod sfn;
@@ -43,8 +47,9 @@ use crate::workflows::EngineResults;
 
 /// The parts `--only` selects from; `engine` is chain, foreach and concurrent
 /// (`sfn`, RFC-0022 per-step overhead, runs on the same server); `timer` is
-/// time-trigger firing lateness, on a server of its own.
-const PARTS: [&str; 7] = [
+/// time-trigger firing lateness and `mqt` messages per second from NATS, each
+/// on a server of its own.
+const PARTS: [&str; 8] = [
     "faas",
     "chain",
     "foreach",
@@ -52,6 +57,7 @@ const PARTS: [&str; 7] = [
     "concurrent",
     "runs",
     "timer",
+    "mqt",
 ];
 /// The values of `FUSION_BACKEND` the FaaS part is run with.
 const BACKENDS: [&str; 2] = ["container", "process"];
@@ -71,8 +77,8 @@ pub struct Args {
     /// export while others edit the checkout); recorded instead of HEAD.
     #[arg(long)]
     fusion_commit: Option<String>,
-    /// Parts to run: faas, chain, foreach, sfn, concurrent, runs, timer; `engine` is
-    /// chain, foreach and concurrent [default: all].
+    /// Parts to run: faas, chain, foreach, sfn, concurrent, runs, timer, mqt; `engine`
+    /// is chain, foreach and concurrent [default: all].
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Measured requests per path (routed, direct) at 1 client.
@@ -148,6 +154,16 @@ pub struct Args {
     /// Seconds the time triggers are measured for (after 3 warm-up ticks).
     #[arg(long, default_value_t = 60)]
     timer_secs: u64,
+    /// Messages per batch of the message-queue trigger part (and HTTP requests
+    /// of the batch it is compared with).
+    #[arg(long, default_value_t = 5000)]
+    mqt_messages: usize,
+    /// Messages in flight of the trigger, and HTTP clients of its comparison.
+    #[arg(long, default_value_t = 16)]
+    mqt_concurrency: usize,
+    /// Batches of the message-queue trigger part (NATS and HTTP alternate).
+    #[arg(long, default_value_t = 5)]
+    mqt_batches: usize,
     /// Seed the run history afresh and keep no copy in bench/results/.cache.
     #[arg(long)]
     no_cache: bool,
@@ -341,6 +357,26 @@ async fn run(args: Args) -> Result<bool> {
         }
         phase_secs.insert("timer".into(), json!(t.elapsed().as_secs()));
     }
+    let mut mqt_result = None;
+    if parts.contains(&"mqt") {
+        let t = Instant::now();
+        eprintln!("fusion-bench: message-queue triggers");
+        let (mut server, mut ctx) = Ctx::start(&fusion, &args, None, |_| Ok(())).await?;
+        let r = mqt::run(
+            &mut ctx,
+            args.mqt_messages,
+            args.mqt_concurrency.max(1),
+            args.mqt_batches.max(1),
+        )
+        .await;
+        instances_seen += ctx.pids.len();
+        orphans.extend(ctx.finish(&mut server).await?);
+        match r {
+            Ok(m) => mqt_result = Some(m),
+            Err(e) => errors.push(format!("mqt: {e:#}")),
+        }
+        phase_secs.insert("mqt".into(), json!(t.elapsed().as_secs()));
+    }
     if !orphans.pids.is_empty() {
         errors.push(format!(
             "instances still running after the server stopped: pids {:?}",
@@ -394,6 +430,9 @@ async fn run(args: Args) -> Result<bool> {
             "runs_requests": args.runs_requests,
             "timer_triggers": args.timer_triggers,
             "timer_secs": args.timer_secs,
+            "mqt_messages": args.mqt_messages,
+            "mqt_concurrency": args.mqt_concurrency,
+            "mqt_batches": args.mqt_batches,
             "client": "hyper-util legacy client, HTTP/1.1 keep-alive, TCP_NODELAY, one current-thread tokio runtime; Unix-socket instances: hyper client::conn::http1 connections pooled the same way",
         },
     });
@@ -406,6 +445,10 @@ async fn run(args: Args) -> Result<bool> {
         print!("{}", t.table());
     }
     println!("{}", report::table(&faas, &engine, &doc));
+    if let Some(m) = &mqt_result {
+        doc["mqt"] = m.json();
+        println!("{}", m.table());
+    }
     if !args.no_write {
         let out = args
             .out

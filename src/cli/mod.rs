@@ -6,6 +6,7 @@ mod env;
 pub(crate) use env::image_use_line;
 mod function;
 mod invocation;
+mod mqt;
 mod output;
 mod pkg;
 mod route;
@@ -220,6 +221,17 @@ enum Command {
         #[command(flatten)]
         ns: NsOpt,
     },
+    /// Message-queue triggers (Fission's mqtrigger): NATS JetStream subjects
+    /// to functions and workflows.
+    #[command(alias = "mqtrigger")]
+    Mqt {
+        #[command(subcommand)]
+        verb: mqt::MqtVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
     /// Secrets: files a function reads at /secrets/<namespace>/<name>/<key>
     /// (values are never shown back).
     Secret {
@@ -300,6 +312,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Pkg { verb, opts } => pkg::pkg_cmd(verb, &opts).await,
         Command::Route { verb, opts, ns } => route::route_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Timer { verb, opts, ns } => timer::timer_cmd(verb, &opts.in_namespace(ns)).await,
+        Command::Mqt { verb, opts, ns } => mqt::mqt_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Secret { verb, opts } => secret::data_cmd(secret::SECRETS, verb, &opts).await,
         Command::Configmap { verb, opts } => {
             secret::data_cmd(secret::CONFIGMAPS, verb, &opts).await

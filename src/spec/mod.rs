@@ -189,7 +189,7 @@ fn collection(r: &Resource) -> &'static str {
         (Kind::Workflow, _) => "/v1/workflows",
         (Kind::HttpTrigger, _) => "/v1/routes",
         (Kind::TimeTrigger, _) => "/v1/timers",
-        (Kind::MessageQueueTrigger, _) => "/v1/declared/messagequeuetriggers",
+        (Kind::MessageQueueTrigger, _) => "/v1/mqtriggers",
     }
 }
 

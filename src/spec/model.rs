@@ -321,9 +321,8 @@ impl Specs {
             Kind::Package => self.fission_package(doc, &spec, &mut r),
             Kind::Function => self.fission_function(doc, &spec, &mut r),
             Kind::HttpTrigger => self.fission_http_trigger(doc, &spec, &mut r),
-            Kind::TimeTrigger | Kind::MessageQueueTrigger => {
-                self.fission_stored_trigger(doc, &spec, &mut r)
-            }
+            Kind::TimeTrigger => self.fission_time_trigger(doc, &spec, &mut r),
+            Kind::MessageQueueTrigger => self.fission_mq_trigger(doc, &spec, &mut r),
             Kind::Workflow => {
                 if ns != DEFAULT_NAMESPACE {
                     self.error(
@@ -789,41 +788,68 @@ impl Specs {
     }
 
     /// A TimeTrigger, as Fusion's `/v1/timers` takes it (the cron checked
-    /// offline); a MessageQueueTrigger: checked, stored, not yet run.
-    fn fission_stored_trigger(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
+    /// offline).
+    fn fission_time_trigger(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
         let Some(function) = self.function_ref(doc, spec, r) else {
             return false;
         };
-        if r.kind == Kind::TimeTrigger {
-            let Some(cron) = str_at(spec, "cron").filter(|c| !c.is_empty()) else {
-                self.error(doc.at("spec"), "a TimeTrigger needs `cron`");
-                return false;
-            };
-            if let Err(e) = triggers::timer::Schedule::parse(cron, None) {
-                self.error(doc.at("spec.cron"), e.to_string());
-                return false;
-            }
-            r.body = json!({"name": r.name, "cron": cron, "function": function});
-            if r.namespace != DEFAULT_NAMESPACE {
-                r.body["namespace"] = json!(r.namespace);
-            }
-            // Fission's defaults (POST, `/`) apply when they are absent or empty.
-            for field in ["method", "subpath"] {
-                if let Some(v) = str_at(spec, field).filter(|v| !v.is_empty()) {
-                    r.body[field] = json!(if field == "method" {
-                        v.to_uppercase()
-                    } else {
-                        v.to_string()
-                    });
-                }
-            }
-            return true;
+        let Some(cron) = str_at(spec, "cron").filter(|c| !c.is_empty()) else {
+            self.error(doc.at("spec"), "a TimeTrigger needs `cron`");
+            return false;
+        };
+        if let Err(e) = triggers::timer::Schedule::parse(cron, None) {
+            self.error(doc.at("spec.cron"), e.to_string());
+            return false;
         }
-        if r.kind == Kind::MessageQueueTrigger && str_at(spec, "topic").is_none_or(str::is_empty) {
+        r.body = json!({"name": r.name, "cron": cron, "function": function});
+        if r.namespace != DEFAULT_NAMESPACE {
+            r.body["namespace"] = json!(r.namespace);
+        }
+        // Fission's defaults (POST, `/`) apply when they are absent or empty.
+        for field in ["method", "subpath"] {
+            if let Some(v) = str_at(spec, field).filter(|v| !v.is_empty()) {
+                r.body[field] = json!(if field == "method" {
+                    v.to_uppercase()
+                } else {
+                    v.to_string()
+                });
+            }
+        }
+        true
+    }
+
+    /// A MessageQueueTrigger: Fusion's `/v1/mqtriggers` takes Fission's spec
+    /// fields as they are, with the function by name.
+    fn fission_mq_trigger(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
+        let Some(f) = self.function_ref(doc, spec, r) else {
+            return false;
+        };
+        if str_at(spec, "topic").is_none_or(str::is_empty) {
             self.error(doc.at("spec"), "a MessageQueueTrigger needs `topic`");
             return false;
         }
-        r.body = json!({"name": r.name, "namespace": r.namespace, "spec": spec});
+        r.body["function"] = json!(f);
+        for field in [
+            "messageQueueType",
+            "topic",
+            "respTopic",
+            "errorTopic",
+            "maxRetries",
+            "contentType",
+            "metadata",
+            "pollingInterval",
+            "cooldownPeriod",
+            "minReplicaCount",
+            "maxReplicaCount",
+            "secret",
+            "mqtkind",
+        ] {
+            match spec.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s.is_empty() => {}
+                Some(v) => r.body[field] = v.clone(),
+            }
+        }
         true
     }
 
@@ -1032,7 +1058,7 @@ impl Specs {
                     return;
                 }
             },
-            Kind::HttpTrigger | Kind::TimeTrigger => {
+            Kind::HttpTrigger | Kind::TimeTrigger | Kind::MessageQueueTrigger => {
                 if let Some(f) = obj.get("function").and_then(Value::as_str) {
                     r.refs
                         .push((Kind::Function, ns.clone(), f.to_string(), "function".into()));

@@ -5,6 +5,7 @@
 
 pub mod invocations;
 pub mod invoke;
+pub mod mqt;
 pub mod route;
 pub mod router;
 pub mod routes;
@@ -28,6 +29,7 @@ pub struct Triggers {
     /// Asynchronous calls of functions, their retries and dead letters.
     pub invocations: invocations::Invocations,
     pub timers: Arc<timer::Timers>,
+    pub mqt: mqt::MessageQueueTriggers,
 }
 
 impl Triggers {
@@ -40,6 +42,7 @@ impl Triggers {
         }
         Ok(Arc::new(Triggers {
             invocations: invocations::Invocations::open(db, invoker.clone(), api)?,
+            mqt: mqt::MessageQueueTriggers::open(db, invoker.clone())?,
             invoker,
             routes: routes::Routes::open(db)?,
             timers,
@@ -48,52 +51,73 @@ impl Triggers {
 
     /// Refuses when triggers still target workflow `name` (before it is deleted).
     pub fn check_workflow_unused(&self, name: &str) -> Result<()> {
-        let routes: Vec<String> = self
-            .routes
-            .list()?
+        let routes = self.routes.list()?;
+        let routes = routes
             .iter()
-            .filter(|r| r.workflow.as_deref() == Some(name))
-            .map(Route::key)
-            .collect();
-        if !routes.is_empty() {
-            return Err(Error::Conflict(format!(
-                "workflow {name:?} is the target of routes {}; delete them first",
-                routes.join(", ")
-            )));
-        }
-        let timers: Vec<String> = self
-            .timers
-            .targeting_workflow(name)?
-            .iter()
-            .map(timer::TimeTrigger::key)
-            .collect();
-        if !timers.is_empty() {
-            return Err(Error::Conflict(format!(
-                "workflow {name:?} is the target of time triggers {}; delete them first",
-                timers.join(", ")
-            )));
-        }
-        Ok(())
+            .filter(|r| r.workflow.as_deref() == Some(name));
+        in_use(
+            "workflow",
+            name,
+            [
+                ("routes", routes.map(Route::key).collect()),
+                (
+                    "time triggers",
+                    keys(
+                        self.timers.targeting_workflow(name)?,
+                        timer::TimeTrigger::key,
+                    ),
+                ),
+                (
+                    "message-queue triggers",
+                    keys(
+                        self.mqt.targeting_workflow(name)?,
+                        mqt::MessageQueueTrigger::key,
+                    ),
+                ),
+            ],
+        )
     }
 
     /// Refuses when triggers still target function `key` (before it is deleted).
     pub fn check_function_unused(&self, key: &str) -> Result<()> {
-        let routes = self.routes.targeting_function(key)?;
-        if !routes.is_empty() {
-            let names: Vec<String> = routes.iter().map(Route::key).collect();
-            return Err(Error::Conflict(format!(
-                "function {key:?} is the target of routes {}; delete them first",
-                names.join(", ")
-            )));
-        }
-        let timers = self.timers.targeting_function(key)?;
-        if !timers.is_empty() {
-            let names: Vec<String> = timers.iter().map(timer::TimeTrigger::key).collect();
-            return Err(Error::Conflict(format!(
-                "function {key:?} is the target of time triggers {}; delete them first",
-                names.join(", ")
-            )));
-        }
-        Ok(())
+        in_use(
+            "function",
+            key,
+            [
+                (
+                    "routes",
+                    keys(self.routes.targeting_function(key)?, Route::key),
+                ),
+                (
+                    "time triggers",
+                    keys(
+                        self.timers.targeting_function(key)?,
+                        timer::TimeTrigger::key,
+                    ),
+                ),
+                (
+                    "message-queue triggers",
+                    keys(
+                        self.mqt.targeting_function(key)?,
+                        mqt::MessageQueueTrigger::key,
+                    ),
+                ),
+            ],
+        )
+    }
+}
+
+fn keys<T>(items: Vec<T>, key: fn(&T) -> String) -> Vec<String> {
+    items.iter().map(key).collect()
+}
+
+/// A conflict naming the first kind of trigger that still targets `name`.
+fn in_use<const N: usize>(what: &str, name: &str, users: [(&str, Vec<String>); N]) -> Result<()> {
+    match users.into_iter().find(|(_, keys)| !keys.is_empty()) {
+        Some((kind, keys)) => Err(Error::Conflict(format!(
+            "{what} {name:?} is the target of {kind} {}; delete them first",
+            keys.join(", ")
+        ))),
+        None => Ok(()),
     }
 }

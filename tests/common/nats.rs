@@ -1,0 +1,213 @@
+//! A real `nats-server` with JetStream for the message-queue trigger tests: on
+//! a free loopback port, its store in a temporary directory, killed on drop;
+//! and a small blocking client over async-nats (streams, publish, read back).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+    dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    client: Option<async_nats::Client>,
+}
+
+/// One message read back from a stream.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub subject: String,
+    pub sequence: u64,
+    pub headers: HashMap<String, String>,
+    pub payload: String,
+}
+
+/// A loopback port nothing listens on (now).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        Nats::on_port(free_port(), true)
+    }
+
+    /// A server whose address is known but which is not started yet (`launch`).
+    pub fn stopped() -> Nats {
+        Nats::on_port(free_port(), false)
+    }
+
+    fn on_port(port: u16, launch: bool) -> Nats {
+        let mut n = Nats {
+            child: None,
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            dir: tempfile::tempdir().expect("temp dir"),
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            client: None,
+        };
+        if launch {
+            n.launch();
+        }
+        n
+    }
+
+    /// Starts `nats-server -js` on this port and store, and waits until a
+    /// client connects.
+    pub fn launch(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server (apt-get install nats-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = self.url.clone();
+        loop {
+            let ready = self.rt.block_on(async {
+                let c = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(1))
+                    .connect(url.as_str())
+                    .await
+                    .ok()?;
+                // JetStream is up before the server listens for clients.
+                c.flush().await.ok()?;
+                Some(c)
+            });
+            if let Some(c) = ready {
+                self.client = Some(c);
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on {url}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        self.client = None;
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn js(&self) -> jetstream::Context {
+        let _in_runtime = self.rt.enter();
+        jetstream::new(self.client.clone().expect("nats-server is running"))
+    }
+
+    pub fn create_stream(&self, name: &str, subjects: &[&str]) {
+        let js = self.js();
+        let config = jetstream::stream::Config {
+            name: name.to_string(),
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        self.rt
+            .block_on(js.create_stream(config))
+            .expect("create stream");
+    }
+
+    /// Publishes through JetStream and waits for the stream's ack; the
+    /// message's stream sequence.
+    pub fn publish(&self, subject: &str, payload: &str, headers: &[(&str, &str)]) -> u64 {
+        let js = self.js();
+        let mut h = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, *v);
+        }
+        let (subject, payload) = (subject.to_string(), payload.to_string());
+        self.rt.block_on(async move {
+            js.publish_with_headers(subject, h, payload.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("publish ack")
+                .sequence
+        })
+    }
+
+    /// Every message of `stream` on `subject`, in order.
+    pub fn messages(&self, stream: &str, subject: &str) -> Vec<Stored> {
+        let js = self.js();
+        self.rt.block_on(async move {
+            let mut s = js.get_stream(stream).await.expect("stream");
+            let state = s.info().await.expect("stream info").state.clone();
+            let mut out = Vec::new();
+            if state.messages == 0 {
+                return out;
+            }
+            for seq in state.first_sequence..=state.last_sequence {
+                let Ok(m) = s.get_raw_message(seq).await else {
+                    continue;
+                };
+                if m.subject.as_str() != subject {
+                    continue;
+                }
+                let headers = m
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            v.first()
+                                .map(|v| v.as_str().to_string())
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                out.push(Stored {
+                    subject: m.subject.to_string(),
+                    sequence: m.sequence,
+                    headers,
+                    payload: String::from_utf8_lossy(&m.payload).into_owned(),
+                });
+            }
+            out
+        })
+    }
+
+    /// The names of the consumers of `stream`.
+    pub fn consumers(&self, stream: &str) -> Vec<String> {
+        use futures_util::StreamExt;
+        let js = self.js();
+        self.rt.block_on(async move {
+            let s = js.get_stream(stream).await.expect("stream");
+            let names: Vec<_> = s.consumer_names().collect().await;
+            names.into_iter().filter_map(Result::ok).collect()
+        })
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,512 @@
+//! Message-queue triggers end to end, with a real `nats-server` (JetStream) on
+//! loopback: every message reaches the function once and its answer the
+//! response topic; failures reach the error topic after every attempt; a
+//! server killed mid-stream loses nothing; an unreachable NATS server or a
+//! missing stream is the trigger's status until it is fixed.
+
+mod common;
+#[path = "common/nats.rs"]
+mod nats;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use common::probe::Probe;
+use common::{eventually, Server};
+use nats::Nats;
+use serde_json::{json, Value};
+
+/// A binary function that logs `<key>` to the probe's `calls`, waits for the
+/// probe's gate `go` if `gated`, then answers `<X-Order header>:<body>`.
+fn echo(probe: &Probe, gated: bool) -> String {
+    let wait = if gated {
+        format!("{}\n", probe.curl("/gate/go"))
+    } else {
+        String::new()
+    };
+    format!(
+        "#!/bin/sh\n{}\n{wait}printf '%s:%s' \"$HTTP_X_ORDER\" \"$(cat)\"\n",
+        probe.curl("/log/calls?$HTTP_X_FUSION_IDEMPOTENCY_KEY")
+    )
+}
+
+fn server(nats: &Nats) -> Server {
+    let s = Server::start_with(&[("FUSION_NATS_URL", &nats.url)]);
+    s.env("binary", "binary", 1);
+    s
+}
+
+fn state(s: &Server, name: &str) -> Value {
+    s.ok("GET", &format!("/v1/mqtriggers/{name}"), None)["status"].clone()
+}
+
+fn wait_state(s: &Server, name: &str, want: &str, limit: Duration) -> Value {
+    let mut last = Value::Null;
+    eventually(limit, &format!("trigger {name} is {want}"), || {
+        last = state(s, name);
+        last["state"] == want
+    });
+    last
+}
+
+fn counts(lines: &[String]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for l in lines {
+        *m.entry(l.clone()).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn every_message_reaches_the_function_once_and_its_answer_the_response_topic() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream("RESULTS", &["results.>"]);
+    let s = server(&nats);
+    let probe = Probe::start();
+    s.function(
+        "hello",
+        "binary",
+        "hello.sh",
+        &echo(&probe, false),
+        json!({}),
+    );
+    let (rc, out, err) = s.cli(&[
+        "mqt",
+        "create",
+        "--name",
+        "orders",
+        "--mqtype",
+        "nats-jetstream",
+        "--topic",
+        "orders.new",
+        "--function",
+        "hello",
+        "--resptopic",
+        "results.ok",
+        "--concurrency",
+        "4",
+    ]);
+    assert_eq!(rc, 0, "{out}{err}");
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+
+    const N: usize = 30;
+    let mut seqs = BTreeSet::new();
+    for i in 0..N {
+        let seq = nats.publish(
+            "orders.new",
+            &format!("m{i}"),
+            &[("X-Order", &i.to_string())],
+        );
+        seqs.insert(format!("ORDERS-{seq}"));
+    }
+    eventually(Duration::from_secs(60), "every answer is published", || {
+        nats.messages("RESULTS", "results.ok").len() >= N
+    });
+    // Each message was called once, as the function's own record of
+    // idempotency keys says, and nothing else was.
+    let calls = counts(&probe.lines("calls"));
+    assert_eq!(calls.keys().cloned().collect::<BTreeSet<_>>(), seqs);
+    assert!(calls.values().all(|n| *n == 1), "{calls:?}");
+    // Each answer carries the message's key; the NATS header reached the function.
+    let answers = nats.messages("RESULTS", "results.ok");
+    assert_eq!(answers.len(), N);
+    let got: BTreeSet<String> = answers.iter().map(|m| m.payload.clone()).collect();
+    let want: BTreeSet<String> = (0..N).map(|i| format!("{i}:m{i}")).collect();
+    assert_eq!(got, want);
+    let keys: BTreeSet<String> = answers
+        .iter()
+        .map(|m| m.headers["X-Fusion-Idempotency-Key"].clone())
+        .collect();
+    assert_eq!(keys, seqs);
+
+    // `mqt get` shows it running, with what it settled.
+    let (rc, out, err) = s.cli(&["mqt", "get", "orders"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.contains("running") && out.contains("orders.new"),
+        "{out}"
+    );
+    let st = state(&s, "orders");
+    assert_eq!(st["succeeded"], N as u64, "{st}");
+    assert_eq!(st["failed"], 0, "{st}");
+
+    // A new concurrency takes effect on the same durable consumer, which
+    // resumes after what it acked.
+    let (rc, out, err) = s.cli(&["mqt", "update", "orders", "--concurrency", "2"]);
+    assert_eq!(rc, 0, "{out}{err}");
+    assert_eq!(s.ok("GET", "/v1/mqtriggers/orders", None)["concurrency"], 2);
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+    let seq = nats.publish("orders.new", "late", &[("X-Order", "late")]);
+    eventually(
+        Duration::from_secs(30),
+        "the message after the update is answered",
+        || nats.messages("RESULTS", "results.ok").len() > N,
+    );
+    let answers = nats.messages("RESULTS", "results.ok");
+    assert_eq!(answers.len(), N + 1);
+    assert_eq!(answers[N].payload, "late:late");
+    assert_eq!(probe.lines("calls").last(), Some(&format!("ORDERS-{seq}")));
+
+    // The function cannot go while the trigger targets it; deleting the
+    // trigger removes its durable consumer from NATS.
+    let (code, body) = s.call("DELETE", "/v1/functions/hello", None);
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("orders"),
+        "{body}"
+    );
+    assert_eq!(nats.consumers("ORDERS"), vec!["fusion-mqt-default-orders"]);
+    let (rc, out, err) = s.cli(&["mqt", "delete", "orders"]);
+    assert_eq!(rc, 0, "{out}{err}");
+    eventually(Duration::from_secs(10), "the consumer is deleted", || {
+        nats.consumers("ORDERS").is_empty()
+    });
+    let (code, _) = s.call("DELETE", "/v1/functions/hello", None);
+    assert_eq!(code, 204);
+}
+
+#[test]
+fn a_failing_message_goes_to_the_error_topic_after_every_attempt() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream("ERRORS", &["errors.>"]);
+    let s = server(&nats);
+    let probe = Probe::start();
+    let broken = format!(
+        "#!/bin/sh\n{}\necho 'out of stock' >&2\nexit 1\n",
+        probe.curl("/log/calls?$HTTP_X_FUSION_IDEMPOTENCY_KEY+$HTTP_X_FUSION_ATTEMPT")
+    );
+    s.function("broken", "binary", "broken.sh", &broken, json!({}));
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(json!({
+            "name": "orders", "function": "broken", "topic": "orders.new",
+            "errorTopic": "errors.orders", "maxRetries": 2,
+        })),
+    );
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+    let seq = nats.publish("orders.new", "{\"sku\": 7}", &[]);
+    eventually(Duration::from_secs(30), "the failure is published", || {
+        !nats.messages("ERRORS", "errors.orders").is_empty()
+    });
+    let key = format!("ORDERS-{seq}");
+    // maxRetries 2: three attempts, with the same key.
+    assert_eq!(
+        probe.lines("calls"),
+        vec![format!("{key} 1"), format!("{key} 2"), format!("{key} 3")]
+    );
+    let failures = nats.messages("ERRORS", "errors.orders");
+    assert_eq!(failures.len(), 1);
+    let doc: Value = serde_json::from_str(&failures[0].payload).unwrap();
+    assert_eq!(doc["error"]["status"], 500, "{doc}");
+    assert!(
+        doc["error"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("out of stock"),
+        "{doc}"
+    );
+    assert!(
+        doc["error"]["message"].as_str().unwrap().contains("500"),
+        "{doc}"
+    );
+    assert_eq!(doc["attempts"], 3, "{doc}");
+    assert_eq!(doc["idempotencyKey"], key.as_str(), "{doc}");
+    assert_eq!(doc["payload"], "{\"sku\": 7}", "{doc}");
+    eventually(Duration::from_secs(10), "the failure is counted", || {
+        state(&s, "orders")["failed"] == 1
+    });
+}
+
+#[test]
+fn a_server_killed_mid_stream_loses_no_message() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream("RESULTS", &["results.>"]);
+    let mut s = server(&nats);
+    let probe = Probe::start();
+    s.function("slow", "binary", "slow.sh", &echo(&probe, true), json!({}));
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(json!({
+            "name": "orders", "function": "slow", "topic": "orders.new",
+            "respTopic": "results.ok", "concurrency": 2,
+            "metadata": {"ackWait": "2s"},
+        })),
+    );
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+    const N: usize = 6;
+    let seqs: BTreeSet<String> = (0..N)
+        .map(|i| {
+            format!(
+                "ORDERS-{}",
+                nats.publish("orders.new", &format!("m{i}"), &[])
+            )
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(30),
+        "two messages are in flight",
+        || probe.lines("calls").len() >= 2,
+    );
+    let in_flight = probe.lines("calls");
+    s.kill();
+    probe.open("go");
+    s.launch();
+    eventually(Duration::from_secs(60), "every answer is published", || {
+        nats.messages("RESULTS", "results.ok").len() >= N
+    });
+    let answers = nats.messages("RESULTS", "results.ok");
+    let keys: BTreeSet<String> = answers
+        .iter()
+        .map(|m| m.headers["X-Fusion-Idempotency-Key"].clone())
+        .collect();
+    assert_eq!(keys, seqs, "every message answered once");
+    assert_eq!(answers.len(), N, "no message answered twice");
+    // The messages in flight at the kill were not acked: NATS redelivered them.
+    let calls = counts(&probe.lines("calls"));
+    for key in &in_flight {
+        assert!(calls[key] >= 2, "{key} was not delivered again: {calls:?}");
+    }
+    assert_eq!(calls.keys().cloned().collect::<BTreeSet<_>>(), seqs);
+    assert!(state(&s, "orders")["redelivered"].as_u64().unwrap() >= in_flight.len() as u64);
+}
+
+#[test]
+fn an_unreachable_server_or_a_missing_stream_is_a_status_until_fixed() {
+    let mut nats = Nats::stopped();
+    let s = server(&nats);
+    let probe = Probe::start();
+    s.function(
+        "hello",
+        "binary",
+        "hello.sh",
+        &echo(&probe, false),
+        json!({}),
+    );
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(json!({"name": "orders", "function": "hello", "topic": "orders.new"})),
+    );
+    let st = wait_state(&s, "orders", "error", Duration::from_secs(20));
+    let message = st["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot connect to NATS") && message.contains(&nats.url),
+        "{st}"
+    );
+    assert!(st["since"].as_str().is_some(), "{st}");
+    // The API answers all the while, and `mqt get` says what is wrong.
+    let (rc, out, err) = s.cli(&["mqt", "get", "orders"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.contains("error") && out.contains("cannot connect"),
+        "{out}"
+    );
+
+    // NATS comes up, without a stream for the topic: said so.
+    nats.launch();
+    eventually(
+        Duration::from_secs(30),
+        "the missing stream is the status",
+        || {
+            state(&s, "orders")["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no JetStream stream"))
+        },
+    );
+    // A stream named in the metadata that does not exist: said so.
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(
+            json!({"name": "named", "function": "hello", "topic": "orders.new",
+                    "metadata": {"stream": "NOPE"}}),
+        ),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the named stream is missing",
+        || {
+            let st = state(&s, "named");
+            st["state"] == "error" && st["message"].as_str().is_some_and(|m| m.contains("NOPE"))
+        },
+    );
+    let (code, _) = s.call("DELETE", "/v1/mqtriggers/named", None);
+    assert_eq!(code, 204);
+
+    // The stream appears: the trigger recovers and consumes.
+    nats.create_stream("ORDERS", &["orders.>"]);
+    wait_state(&s, "orders", "running", Duration::from_secs(30));
+    let seq = nats.publish("orders.new", "hi", &[]);
+    eventually(Duration::from_secs(30), "the message is handled", || {
+        probe.lines("calls") == vec![format!("ORDERS-{seq}")]
+    });
+}
+
+#[test]
+fn bad_triggers_are_refused_with_what_to_do() {
+    let nats = Nats::stopped();
+    let s = server(&nats);
+    s.function(
+        "hello",
+        "binary",
+        "hello.sh",
+        "#!/bin/sh\necho hi\n",
+        json!({}),
+    );
+    let create = |body: Value| s.call("POST", "/v1/mqtriggers", Some(body));
+    let (code, body) = create(json!({"name": "k", "function": "hello", "topic": "t",
+                                     "messageQueueType": "kafka"}));
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid");
+    let m = body["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("\"kafka\" is not supported") && m.contains("nats-jetstream"),
+        "{m}"
+    );
+    let (code, body) = create(json!({"name": "k", "function": "nope", "topic": "t"}));
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = create(json!({"name": "k", "function": "hello", "topic": "t",
+                                     "maxRetries": -1}));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maxRetries"),
+        "{body}"
+    );
+    let (code, body) = create(json!({"name": "k", "function": "hello", "topic": "t",
+                                     "respTopic": "t"}));
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = create(json!({"name": "k", "function": "hello", "topic": "t",
+                                     "metadata": {"natsurl": "nats://x:1"}}));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("natsUrl"),
+        "{body}"
+    );
+    let (code, _) = s.call("GET", "/v1/mqtriggers/k", None);
+    assert_eq!(code, 404);
+    // The CLI: one line and a non-zero exit.
+    let (rc, out, err) = s.cli(&[
+        "mqt",
+        "create",
+        "k",
+        "--topic",
+        "t",
+        "--function",
+        "hello",
+        "--mqtype",
+        "kafka",
+    ]);
+    assert_ne!(rc, 0, "{out}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("nats-jetstream"), "{err}");
+    // In a namespace, with `update` changing only the flags given.
+    let (rc, out, err) = s.cli(&[
+        "mqt",
+        "create",
+        "k",
+        "--topic",
+        "t",
+        "--function",
+        "hello",
+        "--metadata",
+        "natsUrl=nats://127.0.0.1:1",
+    ]);
+    assert_eq!(rc, 0, "{out}{err}");
+    let (rc, out, err) = s.cli(&[
+        "mqt",
+        "update",
+        "k",
+        "--maxretries",
+        "3",
+        "--metadata",
+        "stream=S",
+    ]);
+    assert_eq!(rc, 0, "{out}{err}");
+    let t = s.ok("GET", "/v1/mqtriggers/k", None);
+    assert_eq!(t["maxRetries"], 3, "{t}");
+    assert_eq!(t["topic"], "t", "{t}");
+    assert_eq!(
+        t["metadata"],
+        json!({"natsUrl": "nats://127.0.0.1:1", "stream": "S"}),
+        "{t}"
+    );
+    let (rc, out, _) = s.cli(&["mqt", "list", "-o", "json"]);
+    assert_eq!(rc, 0);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+#[test]
+fn a_fission_spec_applies_a_real_trigger() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    let s = server(&nats);
+    let probe = Probe::start();
+    let tmp = tempfile::tempdir().unwrap();
+    assert_eq!(s.cli_in(tmp.path(), &["spec", "init"]).0, 0);
+    let specs = tmp.path().join("specs");
+    std::fs::write(specs.join("hello.sh"), echo(&probe, false)).unwrap();
+    std::fs::write(
+        specs.join("fn.yaml"),
+        "kind: Function\nname: hello\nenv: binary\ncode: hello.sh\n",
+    )
+    .unwrap();
+    let doc = |retries: u32| {
+        format!(
+            "apiVersion: fission.io/v1\nkind: MessageQueueTrigger\nmetadata:\n  name: orders\nspec:\n  functionref:\n    type: name\n    name: hello\n  messageQueueType: nats-jetstream\n  topic: orders.new\n  respTopic: \"\"\n  maxRetries: {retries}\n  mqtkind: keda\n  metadata:\n    stream: ORDERS\n"
+        )
+    };
+    std::fs::write(specs.join("mqt.yaml"), doc(1)).unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("created   MessageQueueTrigger orders"),
+        "{out}"
+    );
+    let t = s.ok("GET", "/v1/mqtriggers/orders", None);
+    assert_eq!(t["function"], "hello", "{t}");
+    assert_eq!(t["maxRetries"], 1, "{t}");
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+    let seq = nats.publish("orders.new", "x", &[]);
+    eventually(
+        Duration::from_secs(30),
+        "the applied trigger consumes",
+        || probe.lines("calls") == vec![format!("ORDERS-{seq}")],
+    );
+    // Applied again unchanged, then changed, then destroyed.
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("everything up to date"), "{out}");
+    std::fs::write(specs.join("mqt.yaml"), doc(4)).unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("updated   MessageQueueTrigger orders"),
+        "{out}"
+    );
+    assert_eq!(s.ok("GET", "/v1/mqtriggers/orders", None)["maxRetries"], 4);
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("deleted   MessageQueueTrigger orders"),
+        "{out}"
+    );
+    let (code, _) = s.call("GET", "/v1/mqtriggers/orders", None);
+    assert_eq!(code, 404);
+    let (code, _) = s.call("GET", "/v1/functions/hello", None);
+    assert_eq!(code, 404);
+}

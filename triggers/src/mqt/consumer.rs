@@ -1,0 +1,461 @@
+//! One message-queue trigger at work: connects to NATS, finds its stream,
+//! creates (or resumes) its durable pull consumer, and handles up to
+//! `concurrency` messages at once. A message is acked only once its outcome is
+//! settled: the answer published to the response topic, or the failure (after
+//! the retries) to the error topic; a crash before that redelivers it. Any
+//! failure to connect or consume is the trigger's status, retried with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::HeaderMap;
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderName, HeaderValue, Request};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use super::status::{State, StatusCell};
+use super::trigger::{MessageQueueTrigger, Settings};
+use crate::invoke::{Invoker, Target};
+
+/// The header a function reads to recognise a redelivered message.
+pub const IDEMPOTENCY_KEY: &str = "X-Fusion-Idempotency-Key";
+
+/// The most of a failed answer's body the error topic gets.
+const ERROR_BODY_LIMIT: usize = 4096;
+/// The most of an answer's body that is read (NATS refuses larger payloads anyway).
+const ANSWER_LIMIT: usize = 8 << 20;
+
+/// Everything one consumer needs, shared by its message tasks.
+struct Job {
+    trigger: MessageQueueTrigger,
+    target: Target,
+    invoker: Invoker,
+    status: Arc<StatusCell>,
+    js: jetstream::Context,
+    ack_wait: Duration,
+}
+
+/// Runs the trigger until its task is aborted: connects, consumes, and after
+/// any failure says why in the status and tries again with backoff.
+pub(super) async fn supervise(
+    trigger: MessageQueueTrigger,
+    settings: Settings,
+    invoker: Invoker,
+    status: Arc<StatusCell>,
+) {
+    let Some(target) = trigger.target() else {
+        status.set(State::Error, "the trigger has no target".into());
+        return;
+    };
+    let mut backoff = Backoff::new();
+    let mut last = String::new();
+    loop {
+        status.set(State::Connecting, format!("connecting to {}", settings.url));
+        let started = tokio::time::Instant::now();
+        let err = run(&trigger, &settings, &target, &invoker, &status).await;
+        // Said once, not at every retry.
+        if err != last {
+            tracing::warn!(trigger = %trigger.key(), "message-queue trigger: {err}");
+            last = err.clone();
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Backoff::new();
+        }
+        let wait = backoff.next();
+        status.set(
+            State::Error,
+            format!("{err} (retrying in {} ms)", wait.as_millis()),
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Exponential backoff between reconnections: 250 ms doubling up to 5 s.
+struct Backoff(Duration);
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(Duration::from_millis(250))
+    }
+    fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        now
+    }
+}
+
+/// One connection's life: returns why it ended.
+async fn run(
+    trigger: &MessageQueueTrigger,
+    settings: &Settings,
+    target: &Target,
+    invoker: &Invoker,
+    status: &Arc<StatusCell>,
+) -> String {
+    let client = match async_nats::ConnectOptions::new()
+        .name(format!("fusion mqtrigger {}", trigger.key()))
+        .connection_timeout(Duration::from_secs(5))
+        .connect(settings.url.as_str())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return format!("cannot connect to NATS at {}: {e}", settings.url),
+    };
+    let js = jetstream::new(client);
+    let stream_name = match &settings.stream {
+        Some(s) => s.clone(),
+        None => match js.stream_by_subject(trigger.topic.as_str()).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound => {
+                return format!(
+                    "no JetStream stream on {} holds subject {:?}: create one, or name it with --metadata stream=NAME",
+                    settings.url, trigger.topic
+                )
+            }
+            Err(e) => return format!("cannot look up the stream of {:?}: {e}", trigger.topic),
+        },
+    };
+    let stream = match js.get_stream(&stream_name).await {
+        Ok(s) => s,
+        Err(e) => return format!("stream {stream_name:?} on {}: {e}", settings.url),
+    };
+    let concurrency = trigger.concurrency as usize;
+    let consumer: jetstream::consumer::PullConsumer = match stream
+        .create_consumer(pull::Config {
+            durable_name: Some(settings.consumer.clone()),
+            description: Some(format!("Fusion message-queue trigger {}", trigger.key())),
+            filter_subject: trigger.topic.clone(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: settings.ack_wait,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            // The server hands out at most twice as many as are in flight: the
+            // next ones wait in a local buffer (briefly: their ack timers run)
+            // so that a freed slot never waits for a pull.
+            max_ack_pending: 2 * concurrency as i64,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return format!(
+                "cannot create consumer {:?} on stream {stream_name:?}: {e}",
+                settings.consumer
+            )
+        }
+    };
+    let mut messages = match consumer
+        .stream()
+        .max_messages_per_batch(2 * concurrency)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => return format!("cannot pull from consumer {:?}: {e}", settings.consumer),
+    };
+    status.set(
+        State::Running,
+        format!(
+            "consuming {:?} from stream {stream_name:?} (consumer {:?})",
+            trigger.topic, settings.consumer
+        ),
+    );
+    let job = Arc::new(Job {
+        trigger: trigger.clone(),
+        target: target.clone(),
+        invoker: invoker.clone(),
+        status: status.clone(),
+        js,
+        ack_wait: settings.ack_wait,
+    });
+    let mut inflight: JoinSet<Result<(), String>> = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = messages.next(), if inflight.len() < concurrency => match next {
+                None => return "the consumer's message stream ended".into(),
+                Some(Err(e)) => return format!("consuming {:?}: {e}", trigger.topic),
+                Some(Ok(message)) => {
+                    let job = job.clone();
+                    inflight.spawn(async move { job.handle(message).await });
+                }
+            },
+            Some(done) = inflight.join_next() => match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return e,
+                Err(e) => return format!("a message task failed: {e}"),
+            },
+        }
+    }
+}
+
+/// A call that did not answer 2xx.
+struct Failure {
+    status: Option<u16>,
+    body: String,
+    message: String,
+}
+
+impl Job {
+    /// Delivers one message, settles its outcome, then acks it. An error means
+    /// the outcome could not be published or the ack not confirmed: the
+    /// message stays unacked and NATS redelivers it.
+    async fn handle(&self, message: jetstream::Message) -> Result<(), String> {
+        let (stream, seq, delivered) = match message.info() {
+            Ok(i) => (i.stream.to_string(), i.stream_sequence, i.delivered),
+            Err(e) => return Err(format!("a message without JetStream metadata: {e}")),
+        };
+        let key = format!("{stream}-{seq}");
+        let work = async {
+            let outcome = self.deliver(&message, &key).await;
+            self.settle(&message, &key, &stream, seq, outcome).await
+        };
+        // While the call runs, NATS is told the message is being worked on, so
+        // it does not redeliver it to anyone else.
+        let keepalive = async {
+            let every = (self.ack_wait / 3).max(Duration::from_millis(300));
+            loop {
+                tokio::time::sleep(every).await;
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        };
+        let succeeded = tokio::select! {
+            r = work => r?,
+            _ = keepalive => unreachable!("the keepalive never ends"),
+        };
+        // A plain ack: were it lost, NATS would redeliver the message, which
+        // is then called again with the same key; nothing is lost either way,
+        // and no round trip holds up the next message.
+        message
+            .ack()
+            .await
+            .map_err(|e| format!("cannot ack message {key}: {e}"))?;
+        self.status.count(succeeded, delivered > 1);
+        Ok(())
+    }
+
+    /// Calls the target up to `maxRetries + 1` times, with backoff between
+    /// attempts; the 2xx answer, or the last failure and the attempts made.
+    async fn deliver(
+        &self,
+        message: &jetstream::Message,
+        key: &str,
+    ) -> Result<(http::HeaderMap, Bytes), (Failure, u32)> {
+        let attempts = self.trigger.max_retries + 1;
+        let mut wait = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            let failure = match self.call(message, key, attempt).await {
+                Ok(answer) => return Ok(answer),
+                Err(f) => f,
+            };
+            if attempt >= attempts {
+                return Err((failure, attempt));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            attempt += 1;
+        }
+    }
+
+    async fn call(
+        &self,
+        message: &jetstream::Message,
+        key: &str,
+        attempt: u32,
+    ) -> Result<(http::HeaderMap, Bytes), Failure> {
+        let mut req = Request::builder()
+            .method(http::Method::POST)
+            .uri("/")
+            .body(Body::from(message.payload.clone()))
+            .map_err(|e| Failure {
+                status: None,
+                body: String::new(),
+                message: format!("cannot build the request: {e}"),
+            })?;
+        let headers = req.headers_mut();
+        if let Some(h) = &message.headers {
+            for (name, values) in h.iter() {
+                let Ok(name) = HeaderName::from_bytes(name.to_string().as_bytes()) else {
+                    continue;
+                };
+                for v in values {
+                    if let Ok(v) = HeaderValue::from_str(v.as_str()) {
+                        headers.append(name.clone(), v);
+                    }
+                }
+            }
+        }
+        if !headers.contains_key(http::header::CONTENT_TYPE) {
+            if let Ok(v) = HeaderValue::from_str(&self.trigger.content_type) {
+                headers.insert(http::header::CONTENT_TYPE, v);
+            }
+        }
+        let mut put = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        };
+        put(IDEMPOTENCY_KEY, key);
+        put("X-Fusion-Topic", message.subject.as_str());
+        put("X-Fusion-Attempt", &attempt.to_string());
+        let resp = self.invoker.call(&self.target, req, "/", &[]).await;
+        let status = resp.status();
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, ANSWER_LIMIT).await;
+        match bytes {
+            Ok(b) if status.is_success() => Ok((parts.headers, b)),
+            Ok(b) => Err(Failure {
+                status: Some(status.as_u16()),
+                body: String::from_utf8_lossy(&b[..b.len().min(ERROR_BODY_LIMIT)]).into_owned(),
+                message: format!("the {} answered {status}", self.target_noun()),
+            }),
+            Err(e) => Err(Failure {
+                status: Some(status.as_u16()),
+                body: String::new(),
+                message: format!("cannot read the answer: {e}"),
+            }),
+        }
+    }
+
+    fn target_noun(&self) -> String {
+        match &self.target {
+            Target::Function(f) => format!("function {f:?}"),
+            Target::Workflow(w) => format!("workflow {w:?}"),
+        }
+    }
+
+    /// Publishes the outcome where the trigger says; whether it succeeded.
+    async fn settle(
+        &self,
+        message: &jetstream::Message,
+        key: &str,
+        stream: &str,
+        seq: u64,
+        outcome: Result<(http::HeaderMap, Bytes), (Failure, u32)>,
+    ) -> Result<bool, String> {
+        match outcome {
+            Ok((answer_headers, body)) => {
+                if let Some(topic) = &self.trigger.resp_topic {
+                    let mut h = HeaderMap::new();
+                    h.insert(IDEMPOTENCY_KEY, key);
+                    if let Some(ct) = answer_headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        h.insert("Content-Type", ct);
+                    }
+                    self.publish(topic, h, body).await?;
+                }
+                Ok(true)
+            }
+            Err((failure, attempts)) => {
+                tracing::info!(
+                    trigger = %self.trigger.key(), key, attempts,
+                    "message failed: {}", failure.message
+                );
+                if let Some(topic) = &self.trigger.error_topic {
+                    let doc = json!({
+                        "error": {
+                            "status": failure.status,
+                            "body": failure.body,
+                            "message": failure.message,
+                        },
+                        "attempts": attempts,
+                        "trigger": self.trigger.name,
+                        "namespace": self.trigger.namespace,
+                        "topic": message.subject.as_str(),
+                        "stream": stream,
+                        "sequence": seq,
+                        "idempotencyKey": key,
+                        "payload": String::from_utf8_lossy(&message.payload),
+                    });
+                    let mut h = HeaderMap::new();
+                    h.insert(IDEMPOTENCY_KEY, key);
+                    h.insert("Content-Type", "application/json");
+                    self.publish(topic, h, Bytes::from(doc.to_string())).await?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Publishes to a subject: through JetStream (waiting for the stream's
+    /// ack) when a stream holds it, else as a plain NATS message, flushed.
+    async fn publish(&self, subject: &str, headers: HeaderMap, body: Bytes) -> Result<(), String> {
+        use async_nats::jetstream::context::PublishErrorKind;
+        let subject = subject.to_string();
+        let sent = self
+            .js
+            .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+            .await;
+        let acked = match sent {
+            Ok(ack) => ack.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                let client = self.js.client();
+                client
+                    .publish_with_headers(subject.clone(), headers, body)
+                    .await
+                    .map_err(|e| format!("cannot publish to {subject:?}: {e}"))?;
+                client
+                    .flush()
+                    .await
+                    .map_err(|e| format!("cannot publish to {subject:?}: {e}"))
+            }
+            Err(e) => Err(format!("cannot publish to {subject:?}: {e}")),
+        }
+    }
+}
+
+/// Deletes the trigger's durable consumer (when the trigger is deleted or
+/// moves to another subject or stream); best effort, bounded in time.
+pub(super) async fn delete_consumer(topic: String, settings: Settings) {
+    let work = async {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(settings.url.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let js = jetstream::new(client);
+        let stream = match &settings.stream {
+            Some(s) => s.clone(),
+            None => js
+                .stream_by_subject(topic.as_str())
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        js.delete_consumer_from_stream(&settings.consumer, &stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), work).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::info!(consumer = %settings.consumer, "consumer not deleted: {e}"),
+        Err(_) => tracing::info!(consumer = %settings.consumer, "consumer not deleted: timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn reconnection_backoff_doubles_up_to_five_seconds() {
+        let mut b = Backoff::new();
+        let waits: Vec<Duration> = (0..7).map(|_| b.next()).collect();
+        assert_eq!(waits[0], Duration::from_millis(250));
+        assert_eq!(waits[1], Duration::from_millis(500));
+        assert_eq!(waits[5], Duration::from_secs(5));
+        assert_eq!(waits[6], Duration::from_secs(5));
+    }
+}
