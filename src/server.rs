@@ -129,6 +129,11 @@ pub struct ServerArgs {
     /// names none (`natsUrl`). Default: nats://127.0.0.1:4222.
     #[arg(long, env = "FUSION_NATS_URL")]
     pub nats_url: Option<String>,
+    /// A NATS subject every dead-lettered asynchronous invocation is also
+    /// published to (its JSON record), on --nats-url; through JetStream when a
+    /// stream holds the subject.
+    #[arg(long, env = "FUSION_DEAD_LETTER_SUBJECT")]
+    pub dead_letter_subject: Option<String>,
 }
 
 /// A public URL: absolute `http` or `https`, with no query or fragment; kept
@@ -298,6 +303,16 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     pool.metrics().register(&mut registry);
     engine.metrics().register(&mut registry);
     let triggers = triggers::Triggers::open(&db, pool.clone(), workflows)?;
+    // Before anything can be dead-lettered.
+    if let Some(subject) = &args.dead_letter_subject {
+        let url = args
+            .nats_url
+            .clone()
+            .unwrap_or_else(|| triggers::mqt::DEFAULT_NATS_URL.to_string());
+        triggers.invocations.add_dead_letter_sink(Arc::new(
+            triggers::mqt::dead_letters::NatsDeadLetters::new(url, subject.clone()),
+        ));
+    }
     triggers
         .invocations
         .start(triggers::invocations::Settings {

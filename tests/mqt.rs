@@ -510,3 +510,60 @@ fn a_fission_spec_applies_a_real_trigger() {
     let (code, _) = s.call("GET", "/v1/functions/hello", None);
     assert_eq!(code, 404);
 }
+
+/// With `--dead-letter-subject`, an asynchronous invocation that ends dead is
+/// also published there (its JSON record, through JetStream since a stream
+/// holds the subject), besides staying in the dead-letter list.
+#[test]
+fn a_dead_letter_is_also_published_to_the_configured_subject() {
+    let nats = Nats::start();
+    nats.create_stream("DEAD", &["fusion.dead"]);
+    let s = Server::start_with(&[
+        ("FUSION_NATS_URL", &nats.url),
+        ("FUSION_DEAD_LETTER_SUBJECT", "fusion.dead"),
+    ]);
+    s.env("binary", "binary", 1);
+    s.function(
+        "broken",
+        "binary",
+        "broken.sh",
+        "#!/bin/sh\necho down >&2\nexit 1\n",
+        json!({"invocation": {"retry": {"maxAttempts": 2, "backoffBase": "10ms", "backoffCap": "50ms"}}}),
+    );
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/broken"))
+        .header("X-Async", "true")
+        .body("payload")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut published = Vec::new();
+    eventually(
+        Duration::from_secs(60),
+        "the dead letter is published",
+        || {
+            published = nats.messages("DEAD", "fusion.dead");
+            !published.is_empty()
+        },
+    );
+    assert_eq!(published.len(), 1, "{published:?}");
+    let letter: Value = serde_json::from_str(&published[0].payload).unwrap();
+    assert_eq!(letter["id"], id.as_str(), "{letter}");
+    assert_eq!(letter["status"], "dead", "{letter}");
+    assert_eq!(
+        letter["attempts"].as_array().map(Vec::len),
+        Some(2),
+        "{letter}"
+    );
+    assert_eq!(
+        published[0].headers.get("X-Fusion-Invocation-Id"),
+        Some(&id)
+    );
+    let listed = s.ok("GET", "/v1/deadletters", None);
+    assert_eq!(listed["invocations"][0]["id"], id.as_str(), "{listed}");
+}

@@ -4,6 +4,7 @@
 //! its live status.
 
 mod consumer;
+pub mod dead_letters;
 pub mod status;
 pub mod trigger;
 
