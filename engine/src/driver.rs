@@ -867,12 +867,21 @@ impl Actor {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.append_pending()?;
+        self.engine.store.flush().await
+    }
+
+    /// Writes the pending events (not yet durable: see `flush`).
+    fn append_pending(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         let events = std::mem::take(&mut self.pending);
         self.engine
             .store
             .append(&self.state.run_id, self.seq, &events)?;
         self.seq += events.len() as u64;
-        self.engine.store.flush().await
+        Ok(())
     }
 
     async fn run(
@@ -1014,13 +1023,42 @@ impl Actor {
                     break;
                 }
             }
-            if let Err(err) = self.persist().await {
+            // The batch's events are written now and flushed below. Function
+            // and http calls need not wait for that flush: their outcome is
+            // only acted on once it is done (messages are read after it), and
+            // if the process dies first, the restart decides the same calls
+            // again, with the same idempotency keys (at least once, as a crash
+            // during a call gives). Everything else waits for it: a run's end,
+            // a callback's URL (its token must survive), an abort (after the
+            // cancellation is stored), a timer.
+            let ending = finished || self.state.is_finished();
+            let overlap = !ending
+                && external
+                    .iter()
+                    .all(|e| matches!(e, External::Call { .. } | External::Http { .. }));
+            let wrote = !self.pending.is_empty();
+            let flushed = match self.append_pending() {
+                Ok(()) => {
+                    if overlap {
+                        for ext in external.drain(..) {
+                            self.perform(ext);
+                        }
+                    }
+                    if wrote {
+                        self.engine.store.flush().await
+                    } else {
+                        Ok(())
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(err) = flushed {
                 tracing::error!(run = %id, %err, "cannot persist run events; stopping the run actor");
                 self.stop(&done);
                 return;
             }
             self.answer_completions();
-            if finished || self.state.is_finished() {
+            if ending {
                 self.stop(&done);
                 return;
             }
