@@ -67,6 +67,11 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_RETENTION_SWEEP_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub retention_sweep_secs: u64,
+    /// The store's page cache, in MiB: what the server keeps of sled's data in
+    /// memory (most of its memory under load). sled's own default is 1024.
+    #[arg(long, env = "FUSION_STORE_CACHE_MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub store_cache_mb: u64,
     /// How long one package build may take before it is stopped with every
     /// process it started, in seconds.
     #[arg(long, env = "FUSION_BUILD_TIMEOUT_SECS", default_value_t = 600,
@@ -228,6 +233,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     }
     let db = sled::Config::new()
         .path(data_dir.join("db"))
+        .cache_capacity(args.store_cache_mb * 1024 * 1024)
         .flush_every_ms(None)
         .open()
         .with_context(|| {
