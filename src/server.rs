@@ -409,6 +409,9 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
 
     stop_signal.await;
     tracing::info!("shutting down: finishing in-flight requests");
+    // No tick is taken from now on (ticks due meanwhile fire at the next
+    // start); firings under way finish within the grace.
+    triggers.timers.stop().await;
     // Asynchronous calls start no new attempt; pending ones resume at the next start.
     triggers.invocations.shutdown();
     let _ = stop_tx.send(true);

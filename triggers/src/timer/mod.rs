@@ -52,6 +52,8 @@ pub struct Timers {
     turn: tokio::sync::Mutex<()>,
     /// The clock time of the service's last completed pass (tests wait on it).
     passes: watch::Sender<Option<Timestamp>>,
+    /// The service's task, while it runs.
+    service: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 fn not_found(name: &str) -> Error {
@@ -100,6 +102,7 @@ impl Timers {
             changed: Notify::new(),
             turn: tokio::sync::Mutex::new(()),
             passes: watch::Sender::new(None),
+            service: std::sync::Mutex::new(None),
         };
         for item in timers.firings.iter() {
             let (k, v) = item?;

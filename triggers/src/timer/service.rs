@@ -18,7 +18,31 @@ impl Timers {
     /// Starts the service on the current tokio runtime.
     pub fn start(self: &Arc<Self>, fire: Arc<dyn Fire>) -> tokio::task::JoinHandle<()> {
         let timers = self.clone();
-        tokio::spawn(async move { timers.run(fire).await })
+        let task = tokio::spawn(async move { timers.run(fire).await });
+        let previous = self
+            .service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task.abort_handle());
+        if let Some(old) = previous {
+            old.abort();
+        }
+        task
+    }
+
+    /// Stops the service (a server that is stopping): after any pass under
+    /// way, so that no tick is taken without its call being made; ticks that
+    /// fall due from now on fire at the next start.
+    pub async fn stop(&self) {
+        let _turn = self.turn.lock().await;
+        if let Some(task) = self
+            .service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
     }
 
     async fn run(self: Arc<Self>, fire: Arc<dyn Fire>) {
@@ -356,6 +380,39 @@ mod tests {
         assert_eq!(
             s.calls_by(ts("2026-03-10T11:35:00Z")).await,
             vec![("five".to_string(), ts("2026-03-10T11:35:00Z"))]
+        );
+        s.crash().await;
+    }
+
+    /// A stopped service (a server shutting down) takes no tick: one that falls
+    /// due while it stops fires at the next start, not never.
+    #[tokio::test]
+    async fn a_tick_due_after_a_stop_fires_at_the_next_start() {
+        let w = World::new("2026-03-10T10:00:30Z");
+        let mut s = w.start();
+        s.timers
+            .store_new(trigger("five", "*/5 * * * *"))
+            .await
+            .unwrap();
+        assert!(s.calls_by(ts("2026-03-10T10:00:30Z")).await.is_empty());
+        s.timers.stop().await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), &mut s.task).await;
+        assert!(
+            ended.is_ok_and(|r| r.is_err_and(|e| e.is_cancelled())),
+            "the service has ended"
+        );
+        w.clock.set(ts("2026-03-10T10:05:00Z"));
+        assert_eq!(s.timers.history("five", 10).unwrap().len(), 0);
+        let Service { timers, calls, .. } = s;
+        drop(calls);
+        while Arc::strong_count(&timers) > 1 {
+            tokio::task::yield_now().await;
+        }
+        drop(timers);
+        let mut s = w.start();
+        assert_eq!(
+            s.calls_by(ts("2026-03-10T10:05:00Z")).await,
+            vec![("five".to_string(), ts("2026-03-10T10:05:00Z"))]
         );
         s.crash().await;
     }
