@@ -403,12 +403,17 @@ mod tests {
         );
         w.clock.set(ts("2026-03-10T10:05:00Z"));
         assert_eq!(s.timers.history("five", 10).unwrap().len(), 0);
-        let Service { timers, calls, .. } = s;
-        drop(calls);
+        let Service {
+            timers,
+            calls,
+            task,
+            _db: db,
+        } = s;
+        drop((calls, task));
         while Arc::strong_count(&timers) > 1 {
             tokio::task::yield_now().await;
         }
-        drop(timers);
+        drop((timers, db));
         let mut s = w.start();
         assert_eq!(
             s.calls_by(ts("2026-03-10T10:05:00Z")).await,
