@@ -536,3 +536,35 @@ fn results_go_to_the_destinations_with_their_envelope() {
         "{e}"
     );
 }
+
+/// The headers Fusion adds to each attempt replace any the caller sent under
+/// the same names: a function deduplicating on the key sees Fusion's.
+#[test]
+fn a_callers_own_idempotency_and_attempt_headers_are_replaced() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    s.function(
+        "heads",
+        "binary",
+        "heads.sh",
+        "#!/bin/sh\nprintf '%s|%s' \"$HTTP_X_FUSION_IDEMPOTENCY_KEY\" \"$HTTP_X_FUSION_ATTEMPT\"\n",
+        json!({}),
+    );
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/heads"))
+        .header("X-Async", "true")
+        .header("X-Fusion-Idempotency-Key", "chosen-by-caller")
+        .header("X-Fusion-Attempt", "99")
+        .body("")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = settled(&s, &id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["response"]["body"], format!("{id}|1"), "{done}");
+}

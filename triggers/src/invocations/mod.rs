@@ -85,6 +85,9 @@ struct Inner {
     /// instance, at least 1), so synchronous calls keep the rest.
     per_function: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     sinks: RwLock<Vec<Arc<dyn DeadLetterSink>>>,
+    /// Held while a redrive checks and requeues an invocation: two at once
+    /// would both pass the check and run it twice.
+    redrives: tokio::sync::Mutex<()>,
 }
 
 fn now_ms() -> u64 {
@@ -104,6 +107,7 @@ impl Invocations {
                 global: Semaphore::new(0),
                 per_function: Mutex::new(HashMap::new()),
                 sinks: RwLock::new(Vec::new()),
+                redrives: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -260,6 +264,7 @@ impl Invocations {
     /// with a `Location` under `base` (see [`Invocations::api_base`]).
     pub async fn redrive(&self, id: &str, base: &str) -> Result<Response<Body>> {
         let inner = &self.inner;
+        let _one_at_a_time = inner.redrives.lock().await;
         let mut inv = self.get(id)?;
         if !matches!(inv.status, Status::Dead | Status::Failed) {
             return Err(Error::Conflict(format!(
@@ -507,9 +512,10 @@ impl Inner {
             a.error = error.clone();
         }
         let outcome = policy::classify(answer.status);
-        if self.global.is_closed() && outcome != policy::Outcome::Success {
+        if self.global.is_closed() && outcome == policy::Outcome::Retryable {
             // The server stopped under it (its instance was stopped): tried
-            // again at the next start, not counted.
+            // again at the next start, not counted. A permanent answer (a
+            // 4xx) stands: trying again would not change it.
             if let Some(a) = inv.attempts.last_mut() {
                 a.interrupted = true;
             }
@@ -569,9 +575,16 @@ impl Inner {
         self.call_destination(&mut inv, policy).await;
         self.store.save(&inv).await?;
         if status == Status::Dead {
+            // Published apart from the attempt: a slow or unreachable sink
+            // must not hold the slots other invocations are waiting for.
             let sinks = self.sinks.read().unwrap_or_else(|p| p.into_inner()).clone();
-            for sink in sinks {
-                sink.dead_lettered(&inv).await;
+            if !sinks.is_empty() {
+                let letter = inv.clone();
+                tokio::spawn(async move {
+                    for sink in sinks {
+                        sink.dead_lettered(&letter).await;
+                    }
+                });
             }
         }
         Ok(Next::Done)
@@ -585,23 +598,33 @@ impl Inner {
             None => r.path.clone(),
         };
         let body = self.store.body(&inv.id)?;
-        let mut builder = Request::builder().method(r.method.as_str()).uri(uri);
+        let length = body.len();
+        let mut req = Request::builder()
+            .method(r.method.as_str())
+            .uri(uri)
+            .body(Body::from(body))
+            .map_err(|e| Error::Internal(format!("cannot rebuild the request: {e}")))?;
+        let headers = req.headers_mut();
         for (k, v) in &r.headers {
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.as_bytes()),
                 HeaderValue::from_str(v),
             ) {
-                builder = builder.header(k, v);
+                headers.append(k, v);
             }
         }
-        builder = builder
-            .header(header::CONTENT_LENGTH, body.len())
-            .header(IDEMPOTENCY_HEADER, inv.id.as_str())
-            .header(INVOCATION_HEADER, inv.id.as_str())
-            .header(ATTEMPT_HEADER, number);
-        builder
-            .body(Body::from(body))
-            .map_err(|e| Error::Internal(format!("cannot rebuild the request: {e}")))
+        // Fusion's own headers replace any the caller sent under those names.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        for (name, value) in [
+            (IDEMPOTENCY_HEADER, inv.id.as_str()),
+            (INVOCATION_HEADER, inv.id.as_str()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        }
+        headers.insert(ATTEMPT_HEADER, HeaderValue::from(number));
+        Ok(req)
     }
 }
 
