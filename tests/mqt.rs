@@ -223,6 +223,54 @@ fn a_failing_message_goes_to_the_error_topic_after_every_attempt() {
     });
 }
 
+/// An answer larger than NATS takes in one message cannot go to the response
+/// topic: it is a failure on the error topic, settled once (not a message
+/// redelivered forever), and the consumer goes on with the next message.
+#[test]
+fn an_answer_too_large_for_nats_is_a_failure_not_a_loop() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream("DONE", &["done.>"]);
+    nats.create_stream("ERRORS", &["errors.>"]);
+    let s = server(&nats);
+    // 2 MiB when asked for "big", else a word (nats-server takes 1 MiB).
+    let answer = "#!/bin/sh
+if [ \"$(cat)\" = big ]; then head -c 2097152 /dev/zero | tr '\\0' x; else printf small; fi\n";
+    s.function("answer", "binary", "answer.sh", answer, json!({}));
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(json!({
+            "name": "sizes", "function": "answer", "topic": "orders.new",
+            "respTopic": "done.orders", "errorTopic": "errors.orders",
+        })),
+    );
+    wait_state(&s, "sizes", "running", Duration::from_secs(20));
+    nats.publish("orders.new", "big", &[]);
+    nats.publish("orders.new", "small", &[]);
+    eventually(Duration::from_secs(30), "both are settled", || {
+        !nats.messages("ERRORS", "errors.orders").is_empty()
+            && !nats.messages("DONE", "done.orders").is_empty()
+    });
+    let failures = nats.messages("ERRORS", "errors.orders");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let doc: Value = serde_json::from_str(&failures[0].payload).unwrap();
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("larger than the NATS server takes"),
+        "{doc}"
+    );
+    let done = nats.messages("DONE", "done.orders");
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].payload, "small");
+    eventually(Duration::from_secs(10), "both are counted", || {
+        let st = state(&s, "sizes");
+        st["failed"] == 1 && st["succeeded"] == 1
+    });
+}
+
 #[test]
 fn a_server_killed_mid_stream_loses_no_message() {
     let nats = Nats::start();
@@ -385,6 +433,12 @@ fn bad_triggers_are_refused_with_what_to_do() {
     );
     let (code, body) = create(json!({"name": "k", "function": "hello", "topic": "t",
                                      "respTopic": "t"}));
+    assert_eq!(code, 400, "{body}");
+    // A response subject the topic's wildcard takes in would loop too.
+    let (code, body) = create(
+        json!({"name": "k", "function": "hello", "topic": "orders.>",
+                                     "respTopic": "orders.done"}),
+    );
     assert_eq!(code, 400, "{body}");
     let (code, body) = create(json!({"name": "k", "function": "hello", "topic": "t",
                                      "metadata": {"natsurl": "nats://x:1"}}));

@@ -186,8 +186,11 @@ async fn run(
             },
             Some(done) = inflight.join_next() => match done {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return e,
-                Err(e) => return format!("a message task failed: {e}"),
+                // One message's trouble (its outcome could not be published,
+                // its ack not sent) is its own: it stays unacked, NATS
+                // redelivers it, and the other messages go on.
+                Ok(Err(e)) => tracing::warn!(trigger = %trigger.key(), "{e}"),
+                Err(e) => tracing::warn!(trigger = %trigger.key(), "a message task failed: {e}"),
             },
         }
     }
@@ -283,6 +286,17 @@ impl Job {
                 let Ok(name) = HeaderName::from_bytes(name.to_string().as_bytes()) else {
                     continue;
                 };
+                // What frames the request is Fusion's to set, not the message's.
+                if [
+                    http::header::CONTENT_LENGTH,
+                    http::header::HOST,
+                    http::header::TRANSFER_ENCODING,
+                    http::header::CONNECTION,
+                ]
+                .contains(&name)
+                {
+                    continue;
+                }
                 for v in values {
                     if let Ok(v) = HeaderValue::from_str(v.as_str()) {
                         headers.append(name.clone(), v);
@@ -341,8 +355,25 @@ impl Job {
         match outcome {
             Ok((answer_headers, body)) => {
                 if let Some(topic) = &self.trigger.resp_topic {
+                    let limit = self.js.client().server_info().max_payload;
+                    if body.len() > limit.saturating_sub(1024) {
+                        // NATS would refuse it every time: a failure, not a
+                        // message redelivered forever.
+                        let failure = Failure {
+                            status: None,
+                            body: String::new(),
+                            message: format!(
+                                "the answer ({} bytes) is larger than the NATS server takes in one message ({limit} bytes)",
+                                body.len()
+                            ),
+                        };
+                        return Box::pin(self.settle(message, key, stream, seq, Err((failure, 1))))
+                            .await;
+                    }
                     let mut h = HeaderMap::new();
                     h.insert(IDEMPOTENCY_KEY, key);
+                    // JetStream drops a second copy (an ack lost, a redelivery).
+                    h.insert("Nats-Msg-Id", format!("{key}-response").as_str());
                     if let Some(ct) = answer_headers
                         .get(http::header::CONTENT_TYPE)
                         .and_then(|v| v.to_str().ok())
@@ -359,6 +390,15 @@ impl Job {
                     "message failed: {}", failure.message
                 );
                 if let Some(topic) = &self.trigger.error_topic {
+                    let limit = self.js.client().server_info().max_payload;
+                    let mut payload = String::from_utf8_lossy(&message.payload).into_owned();
+                    if payload.len() > limit / 2 {
+                        let mut cut = limit / 2;
+                        while !payload.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        payload.truncate(cut);
+                    }
                     let doc = json!({
                         "error": {
                             "status": failure.status,
@@ -372,10 +412,11 @@ impl Job {
                         "stream": stream,
                         "sequence": seq,
                         "idempotencyKey": key,
-                        "payload": String::from_utf8_lossy(&message.payload),
+                        "payload": payload,
                     });
                     let mut h = HeaderMap::new();
                     h.insert(IDEMPOTENCY_KEY, key);
+                    h.insert("Nats-Msg-Id", format!("{key}-error").as_str());
                     h.insert("Content-Type", "application/json");
                     self.publish(topic, h, Bytes::from(doc.to_string())).await?;
                 }

@@ -42,6 +42,10 @@ pub struct MessageQueueTriggers {
     /// The server-wide NATS address (`--nats-url`), once started.
     default_url: Mutex<Option<String>>,
     running: Mutex<HashMap<String, Running>>,
+    /// Held by each create, update and delete, so that two changes of
+    /// triggers never interleave (a delete during an update's consumer
+    /// clean-up would leave a consumer running for a deleted trigger).
+    changes: tokio::sync::Mutex<()>,
 }
 
 fn not_found(name: &str) -> Error {
@@ -58,6 +62,7 @@ impl MessageQueueTriggers {
             invoker,
             default_url: Mutex::new(None),
             running: Mutex::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -139,6 +144,7 @@ impl MessageQueueTriggers {
     }
 
     pub async fn create(&self, t: MessageQueueTrigger) -> Result<TriggerView> {
+        let _change = self.changes.lock().await;
         self.check(&t)?;
         self.records.create(&t.key(), &t).await?;
         self.launch(t.clone());
@@ -146,6 +152,7 @@ impl MessageQueueTriggers {
     }
 
     pub async fn update(&self, t: MessageQueueTrigger) -> Result<TriggerView> {
+        let _change = self.changes.lock().await;
         self.check(&t)?;
         let old = self.stored(&t.key())?;
         if old == t {
@@ -155,8 +162,13 @@ impl MessageQueueTriggers {
         self.halt(&t.key());
         let url = self.default_url();
         let (before, after) = (old.settings(&url), t.settings(&url));
-        if old.topic != t.topic || before != after {
-            // Its position belongs to the old subject: start afresh.
+        let moved = old.topic != t.topic
+            || before.url != after.url
+            || before.stream != after.stream
+            || before.consumer != after.consumer;
+        if moved {
+            // Its position belongs to the old subject or stream: start afresh.
+            // (A new ack wait or concurrency updates the consumer in place.)
             consumer::delete_consumer(old.topic.clone(), before).await;
         }
         self.launch(t.clone());
@@ -164,13 +176,16 @@ impl MessageQueueTriggers {
     }
 
     pub async fn delete(&self, key: &str) -> Result<()> {
+        let _change = self.changes.lock().await;
         let old = self.stored(key)?;
         if !self.records.delete(key).await? {
             return Err(not_found(key));
         }
         self.halt(key);
+        // Awaited (bounded in time), so that a trigger created again under the
+        // name does not have its new consumer deleted behind it.
         let settings = old.settings(&self.default_url());
-        tokio::spawn(consumer::delete_consumer(old.topic, settings));
+        consumer::delete_consumer(old.topic, settings).await;
         Ok(())
     }
 

@@ -179,9 +179,10 @@ impl MessageQueueTrigger {
         ] {
             let Some(s) = subject else { continue };
             check_subject(field, s, false).or_else(&invalid)?;
-            if s == &self.topic {
+            if subject_matches(&self.topic, s) {
                 return invalid(format!(
-                    "{field} {s:?} is the topic it consumes: its messages would come back to it"
+                    "{field} {s:?} is within the topic it consumes ({:?}): its messages would come back to it",
+                    self.topic
                 ));
             }
         }
@@ -305,6 +306,18 @@ fn parse_duration(v: &str) -> std::result::Result<Duration, String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn subjects_match_as_nats_subscriptions_do() {
+        assert!(subject_matches("orders.new", "orders.new"));
+        assert!(subject_matches("orders.*", "orders.new"));
+        assert!(subject_matches("orders.>", "orders.new.eu"));
+        assert!(subject_matches("*.new", "orders.new"));
+        assert!(!subject_matches("orders.*", "orders.new.eu"));
+        assert!(!subject_matches("orders.>", "orders"));
+        assert!(!subject_matches("orders.new", "orders.done"));
+        assert!(!subject_matches("orders", "orders.new"));
+    }
+
     fn trigger() -> MessageQueueTrigger {
         serde_json::from_value(serde_json::json!({
             "name": "orders", "function": "hello", "topic": "orders.new"
@@ -385,5 +398,21 @@ mod tests {
         assert_eq!(t.target(), Some(Target::Workflow("w".into())));
         t.workflow = None;
         assert!(t.validate().is_err());
+    }
+}
+
+/// Whether NATS subject `subject` is one that `pattern` (with `*` for one
+/// token and a final `>` for one or more) subscribes to.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut want = pattern.split('.');
+    let mut got = subject.split('.');
+    loop {
+        match (want.next(), got.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(w), Some(g)) if w == g => {}
+            (None, None) => return true,
+            _ => return false,
+        }
     }
 }
