@@ -302,6 +302,22 @@ fn parse_duration(v: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(v).map_err(|e| format!("metadata ackWait {v:?}: {e}"))
 }
 
+/// Whether NATS subject `subject` is one that `pattern` (with `*` for one
+/// token and a final `>` for one or more) subscribes to.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut want = pattern.split('.');
+    let mut got = subject.split('.');
+    loop {
+        match (want.next(), got.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(w), Some(g)) if w == g => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,21 +414,5 @@ mod tests {
         assert_eq!(t.target(), Some(Target::Workflow("w".into())));
         t.workflow = None;
         assert!(t.validate().is_err());
-    }
-}
-
-/// Whether NATS subject `subject` is one that `pattern` (with `*` for one
-/// token and a final `>` for one or more) subscribes to.
-pub fn subject_matches(pattern: &str, subject: &str) -> bool {
-    let mut want = pattern.split('.');
-    let mut got = subject.split('.');
-    loop {
-        match (want.next(), got.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(_)) => {}
-            (Some(w), Some(g)) if w == g => {}
-            (None, None) => return true,
-            _ => return false,
-        }
     }
 }
