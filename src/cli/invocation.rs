@@ -209,15 +209,26 @@ pub(super) async fn dlq_cmd(verb: DlqVerb, opts: &ClientOpts) -> Result<()> {
                     None => break,
                 }
             }
-            let mut count = 0;
+            // One that someone else redrove meanwhile is skipped, not the end.
+            let (mut count, mut skipped) = (0, Vec::new());
             for id in ids {
-                let _: Value = c
+                let sent: Result<Value> = c
                     .post_json(&format!("/v1/invocations/{id}/redrive"), &json!({}))
-                    .await?;
-                count += 1;
+                    .await;
+                match sent {
+                    Ok(_) => count += 1,
+                    Err(e) => skipped.push(format!("{id}: {e}")),
+                }
             }
             println!("{count} dead letters redriven");
-            Ok(())
+            for s in &skipped {
+                eprintln!("not redriven: {s}");
+            }
+            if skipped.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("{} dead letters not redriven", skipped.len()))
+            }
         }
     }
 }
