@@ -15,17 +15,22 @@
 //!   1,000-item Map calling an echo function, against as many direct calls;
 //! - message-queue triggers (`mqt`): messages per second from NATS JetStream
 //!   (a `nats-server` the harness starts) through a hello function, next to the
-//!   same function over HTTP.
+//!   same function over HTTP;
+//! - Restate side by side (`restate`): W1-W4 on Fusion and on Restate (its npm
+//!   server and a service written with its SDK, bench/restate) in one run.
 //!
 //! Each part runs on a server of its own. Prints a table and writes
 //! `<out>/<UTC timestamp>.json` and `<out>/latest.json`. The targets from the
 //! issues are reported as pass/fail, never asserted. See bench/README.md.
+
+#![recursion_limit = "256"]
 
 mod client;
 mod ctx;
 mod faas;
 mod mqt;
 mod report;
+mod restate;
 mod server;
 mod sfn;
 mod stats;
@@ -47,9 +52,9 @@ use crate::workflows::EngineResults;
 
 /// The parts `--only` selects from; `engine` is chain, foreach and concurrent
 /// (`sfn`, RFC-0022 per-step overhead, runs on the same server); `timer` is
-/// time-trigger firing lateness and `mqt` messages per second from NATS, each
-/// on a server of its own.
-const PARTS: [&str; 8] = [
+/// time-trigger firing lateness, `mqt` messages per second from NATS and
+/// `restate` W1-W4 side by side with Restate, each on a server of its own.
+const PARTS: [&str; 9] = [
     "faas",
     "chain",
     "foreach",
@@ -58,6 +63,7 @@ const PARTS: [&str; 8] = [
     "runs",
     "timer",
     "mqt",
+    "restate",
 ];
 /// The values of `FUSION_BACKEND` the FaaS part is run with.
 const BACKENDS: [&str; 2] = ["container", "process"];
@@ -77,7 +83,7 @@ pub struct Args {
     /// export while others edit the checkout); recorded instead of HEAD.
     #[arg(long)]
     fusion_commit: Option<String>,
-    /// Parts to run: faas, chain, foreach, sfn, concurrent, runs, timer, mqt; `engine`
+    /// Parts to run: faas, chain, foreach, sfn, concurrent, runs, timer, mqt, restate; `engine`
     /// is chain, foreach and concurrent [default: all].
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -164,6 +170,12 @@ pub struct Args {
     /// Batches of the message-queue trigger part (NATS and HTTP alternate).
     #[arg(long, default_value_t = 5)]
     mqt_batches: usize,
+    /// Runs of each of W1, W2, W3 per engine, one after another (`restate`).
+    #[arg(long, default_value_t = 500)]
+    restate_runs: usize,
+    /// Runs of W4 (W1 at --clients clients) per engine (`restate`).
+    #[arg(long, default_value_t = 5000)]
+    restate_w4_requests: usize,
     /// Seed the run history afresh and keep no copy in bench/results/.cache.
     #[arg(long)]
     no_cache: bool,
@@ -377,6 +389,23 @@ async fn run(args: Args) -> Result<bool> {
         }
         phase_secs.insert("mqt".into(), json!(t.elapsed().as_secs()));
     }
+    let mut restate_result = None;
+    if parts.contains(&"restate") {
+        let t = Instant::now();
+        eprintln!("fusion-bench: W1-W4 side by side with Restate");
+        let (mut server, mut ctx) = Ctx::start(&fusion, &args, None, |_| Ok(())).await?;
+        let r = restate::run(&mut ctx).await;
+        instances_seen += ctx.pids.len();
+        orphans.extend(ctx.finish(&mut server).await?);
+        match r {
+            Ok((r, left)) => {
+                restate_result = Some(r);
+                orphans.extend(left);
+            }
+            Err(e) => errors.push(format!("restate: {e:#}")),
+        }
+        phase_secs.insert("restate".into(), json!(t.elapsed().as_secs()));
+    }
     if !orphans.pids.is_empty() {
         errors.push(format!(
             "instances still running after the server stopped: pids {:?}",
@@ -433,6 +462,8 @@ async fn run(args: Args) -> Result<bool> {
             "mqt_messages": args.mqt_messages,
             "mqt_concurrency": args.mqt_concurrency,
             "mqt_batches": args.mqt_batches,
+            "restate_runs": args.restate_runs,
+            "restate_w4_requests": args.restate_w4_requests,
             "client": "hyper-util legacy client, HTTP/1.1 keep-alive, TCP_NODELAY, one current-thread tokio runtime; Unix-socket instances: hyper client::conn::http1 connections pooled the same way",
         },
     });
@@ -443,6 +474,13 @@ async fn run(args: Args) -> Result<bool> {
             targets.push(t.target());
         }
         print!("{}", t.table());
+    }
+    if let Some(r) = &restate_result {
+        doc["restate"] = r.json();
+        if let Some(targets) = doc["targets"].as_array_mut() {
+            targets.extend(r.targets());
+        }
+        print!("{}", r.table());
     }
     println!("{}", report::table(&faas, &engine, &doc));
     if let Some(m) = &mqt_result {
@@ -457,7 +495,9 @@ async fn run(args: Args) -> Result<bool> {
         std::fs::create_dir_all(&out)
             .with_context(|| format!("cannot create {}", out.display()))?;
         let text = serde_json::to_string_pretty(&doc)? + "\n";
-        let dated = out.join(format!("{}.json", started.1));
+        // A run of the Restate part alone is named for it.
+        let suffix = if parts == ["restate"] { "-restate" } else { "" };
+        let dated = out.join(format!("{}{suffix}.json", started.1));
         std::fs::write(&dated, &text)
             .with_context(|| format!("cannot write {}", dated.display()))?;
         std::fs::write(out.join("latest.json"), &text)?;

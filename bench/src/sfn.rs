@@ -25,7 +25,8 @@ use crate::stats::{round3, Summary};
 pub const MAX_STEP_OVERHEAD_P50_MS: f64 = 0.5;
 
 /// Answers its JSON body as it came (flask makes a dict JSON again).
-const ECHO_PY: &str = "from flask import request\n\n\ndef main():\n    return request.get_json()\n";
+pub const ECHO_PY: &str =
+    "from flask import request\n\n\ndef main():\n    return request.get_json()\n";
 const ENV: &str = "sfn-python";
 const ECHO: &str = "sfn-echo";
 
