@@ -563,7 +563,8 @@ pub fn eval_isolated(scope: Value, expr: String) -> Result<Value, ExprError> {
 
 /// Resolves a task's named inputs: inputs whose name starts with `_` (injected by
 /// built-ins: `_item`, `_prev`, ...) first, so the others can read them through
-/// `task().Inputs`. Runs on an evaluator thread (see `isolated`).
+/// `task().Inputs`. The common forms are resolved here, without JavaScript; any
+/// other expression sends them all to an evaluator thread (see `isolated`).
 pub fn resolve_inputs(
     scope: &Value,
     task_id: &str,
