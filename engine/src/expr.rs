@@ -3,7 +3,9 @@
 //! `input`, `output`, `outputHeaders`, `task`, `uid`). Each evaluation is bounded in
 //! time (interrupt handler) and memory. One runtime and context per thread is reused:
 //! creating one costs far more than an evaluation. Evaluations run synchronously on
-//! the calling thread and never across an `.await`.
+//! the calling thread and never across an `.await`. The common forms (`param()`,
+//! `output('X')`, `$.Tasks.X.Output`, `task().Inputs._item`, ...) are resolved
+//! first without JavaScript (fastexpr.rs), with the same results.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use rquickjs::{Context, Ctx, Runtime};
 use serde_json::Value;
 
+use crate::fastexpr;
 use crate::spec::{is_task_spec, is_workflow_spec};
 
 /// Time limit of one evaluation.
@@ -214,6 +217,9 @@ thread_local! {
     static JS: RefCell<Option<Js>> = const { RefCell::new(None) };
     /// Runtimes created on this thread (tests check that they are reused).
     static CREATED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Expressions evaluated in JavaScript on this thread (tests check which
+    /// ones are not).
+    static JS_EVALS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 fn with_js<R>(f: impl FnOnce(&Js) -> Result<R, String>) -> Result<R, String> {
@@ -261,6 +267,9 @@ fn caught(ctx: &Ctx<'_>, err: rquickjs::Error) -> String {
 
 /// Checks that an expression's JavaScript compiles, without running it.
 pub fn check_syntax(source: &str) -> Result<(), String> {
+    if fastexpr::handles(source) {
+        return Ok(());
+    }
     with_js(|js| {
         js.arm();
         js.context.with(|ctx| {
@@ -275,18 +284,66 @@ pub fn check_syntax(source: &str) -> Result<(), String> {
 }
 
 /// An evaluator with `$` and `taskId` set, for the duration of one closure.
+/// `$` is handed to JavaScript only when an expression needs it; until then the
+/// common forms are read from `scope` directly.
 pub struct Evaluator<'a> {
     js: &'a Js,
+    scope: &'a Value,
+    task_id: &'a str,
+    /// The current task's inputs, as `set_task_inputs` last set them.
+    inputs: RefCell<Option<Value>>,
+    /// Whether `$` and `taskId` are set in JavaScript. From then on every
+    /// expression is evaluated there: one may have changed `$`.
+    live: Cell<bool>,
 }
 
 impl Evaluator<'_> {
     /// Evaluates one expression string (with its braces).
     pub fn eval(&self, expr: &str) -> Result<Value, ExprError> {
+        if !self.live.get() {
+            let source = expression_source(expr).unwrap_or(expr);
+            let inputs = self.inputs.borrow();
+            let view = fastexpr::View {
+                scope: self.scope,
+                task_id: self.task_id,
+                inputs: inputs.as_ref(),
+            };
+            if let Some(v) = fastexpr::eval(source, &view) {
+                return Ok(v);
+            }
+        }
+        self.eval_js(expr)
+    }
+
+    /// Sets `$`, `taskId` and the current task's inputs in JavaScript, once.
+    fn go_live(&self) -> Result<(), String> {
+        if self.live.get() {
+            return Ok(());
+        }
+        let scope_json = self.scope.to_string();
+        self.js.context.with(|ctx| {
+            let v = ctx.json_parse(scope_json).map_err(|e| caught(&ctx, e))?;
+            ctx.globals().set("$", v).map_err(|e| e.to_string())?;
+            ctx.globals()
+                .set("taskId", self.task_id)
+                .map_err(|e| e.to_string())
+        })?;
+        self.live.set(true);
+        if let Some(inputs) = self.inputs.borrow().as_ref() {
+            self.set_inputs_js(inputs).map_err(|e| e.message)?;
+        }
+        Ok(())
+    }
+
+    /// Evaluates one expression string in JavaScript.
+    fn eval_js(&self, expr: &str) -> Result<Value, ExprError> {
         let source = expression_source(expr).unwrap_or(expr);
         let err = |message: String| ExprError {
             expr: expr.to_string(),
             message,
         };
+        self.go_live().map_err(err)?;
+        JS_EVALS.with(|c| c.set(c.get() + 1));
         self.js.arm();
         let out = self.js.context.with(|ctx| {
             ctx.globals()
@@ -351,6 +408,14 @@ impl Evaluator<'_> {
 
     /// Replaces the current task's `Inputs` in `$.Tasks`.
     pub fn set_task_inputs(&self, inputs: &Value) -> Result<(), ExprError> {
+        *self.inputs.borrow_mut() = Some(inputs.clone());
+        if self.live.get() {
+            self.set_inputs_js(inputs)?;
+        }
+        Ok(())
+    }
+
+    fn set_inputs_js(&self, inputs: &Value) -> Result<(), ExprError> {
         let json = inputs.to_string();
         self.js
             .context
@@ -374,17 +439,15 @@ pub fn with_scope<R>(
     task_id: &str,
     f: impl FnOnce(&Evaluator<'_>) -> Result<R, ExprError>,
 ) -> Result<R, ExprError> {
-    let scope_json = scope.to_string();
     let mut inner: Option<Result<R, ExprError>> = None;
     let setup = with_js(|js| {
-        js.context.with(|ctx| {
-            let v = ctx.json_parse(scope_json).map_err(|e| caught(&ctx, e))?;
-            ctx.globals().set("$", v).map_err(|e| e.to_string())?;
-            ctx.globals()
-                .set("taskId", task_id)
-                .map_err(|e| e.to_string())
-        })?;
-        inner = Some(f(&Evaluator { js }));
+        inner = Some(f(&Evaluator {
+            js,
+            scope,
+            task_id,
+            inputs: RefCell::new(None),
+            live: Cell::new(false),
+        }));
         Ok(())
     });
     match setup {
@@ -500,7 +563,8 @@ pub fn eval_isolated(scope: Value, expr: String) -> Result<Value, ExprError> {
 
 /// Resolves a task's named inputs: inputs whose name starts with `_` (injected by
 /// built-ins: `_item`, `_prev`, ...) first, so the others can read them through
-/// `task().Inputs`. Runs on an evaluator thread (see `isolated`).
+/// `task().Inputs`. The common forms are resolved here, without JavaScript; any
+/// other expression sends them all to an evaluator thread (see `isolated`).
 pub fn resolve_inputs(
     scope: &Value,
     task_id: &str,
@@ -508,6 +572,10 @@ pub fn resolve_inputs(
 ) -> Result<BTreeMap<String, Value>, ExprError> {
     if !inputs.values().any(contains_expression) {
         return Ok(inputs.clone());
+    }
+    // The common forms need neither JavaScript nor an evaluator thread.
+    if let Some(out) = resolve_inputs_fast(scope, task_id, inputs) {
+        return Ok(out);
     }
     let mut exprs = Vec::new();
     for v in inputs.values() {
@@ -524,6 +592,62 @@ pub fn resolve_inputs(
             message,
         })
     })
+}
+
+/// `resolve_inputs_here` without JavaScript: None as soon as one expression
+/// needs it (nothing was changed by the ones before: they only read).
+fn resolve_inputs_fast(
+    scope: &Value,
+    task_id: &str,
+    inputs: &BTreeMap<String, Value>,
+) -> Option<BTreeMap<String, Value>> {
+    let view = fastexpr::View {
+        scope,
+        task_id,
+        inputs: None,
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in inputs.iter().filter(|(k, _)| k.starts_with('_')) {
+        out.insert(k.clone(), resolve_fast(v, &view)?);
+    }
+    let partial = Value::Object(
+        inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), out.get(k).cloned().unwrap_or_else(|| v.clone())))
+            .collect(),
+    );
+    let view = fastexpr::View {
+        scope,
+        task_id,
+        inputs: Some(&partial),
+    };
+    for (k, v) in inputs.iter().filter(|(k, _)| !k.starts_with('_')) {
+        let r = resolve_fast(v, &view)?;
+        out.insert(k.clone(), r);
+    }
+    Some(out)
+}
+
+/// `Evaluator::resolve` without JavaScript, or None.
+fn resolve_fast(value: &Value, view: &fastexpr::View<'_>) -> Option<Value> {
+    match value {
+        Value::String(s) => match expression_source(s) {
+            Some(src) => fastexpr::eval(src, view),
+            None => Some(value.clone()),
+        },
+        Value::Array(items) => items
+            .iter()
+            .map(|v| resolve_fast(v, view))
+            .collect::<Option<Vec<_>>>()
+            .map(Value::Array),
+        Value::Object(_) if is_task_spec(value) || is_workflow_spec(value) => Some(value.clone()),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| Some((k.clone(), resolve_fast(v, view)?)))
+            .collect::<Option<serde_json::Map<_, _>>>()
+            .map(Value::Object),
+        other => Some(other.clone()),
+    }
 }
 
 fn resolve_inputs_here(
@@ -806,5 +930,254 @@ mod tests {
         ]);
         let out = resolve_inputs(&scope(), "C", &inputs).unwrap();
         assert_eq!(out["default"], json!(10));
+    }
+
+    /// An expression evaluated both ways: the fast path first (as `eval` does)
+    /// and JavaScript only, each in a fresh scope.
+    fn both(
+        scope: &Value,
+        task_id: &str,
+        inputs: Option<&Value>,
+        expr: &str,
+    ) -> [Result<Value, ExprError>; 2] {
+        let run = |js_only: bool| {
+            with_scope(scope, task_id, |ev| {
+                if let Some(i) = inputs {
+                    ev.set_task_inputs(i)?;
+                }
+                if js_only {
+                    ev.eval_js(expr)
+                } else {
+                    ev.eval(expr)
+                }
+            })
+        };
+        [run(false), run(true)]
+    }
+
+    fn js_evals() -> usize {
+        JS_EVALS.with(|c| c.get())
+    }
+
+    #[test]
+    fn common_forms_skip_javascript_with_the_same_results() {
+        let s = scope();
+        let inputs = json!({"_item": {"k": [10, 20]}, "default": "{ task().Inputs._item }"});
+        let cases: [(&str, Option<&Value>, Value); 17] = [
+            ("{ param() }", None, json!("hello")),
+            ("{param('n')}", None, json!(3)),
+            ("{ param('missing') }", None, Value::Null),
+            ("{ output('A') }", None, json!({"x": 42})),
+            ("{ output('A').x }", None, json!(42)),
+            ("{ output('A')['x'] }", None, json!(42)),
+            ("{ output('B') }", None, Value::Null),
+            ("{ output('Nope') }", None, Value::Null),
+            ("{ $.Tasks.A.Output.x }", None, json!(42)),
+            ("{ $.Invocation.Inputs.default }", None, json!("hello")),
+            ("{ $['Workflow'].Name }", None, json!("wf")),
+            ("{ task().Status }", None, json!("running")),
+            ("{ task('A').Inputs.default }", None, json!("in-a")),
+            ("{ task().Inputs._item.k[1] }", Some(&inputs), json!(20)),
+            ("{ task().Inputs._item.k[2] }", Some(&inputs), Value::Null),
+            ("{ $.Tasks.B.Inputs.other }", Some(&inputs), Value::Null),
+            ("{ task().Inputs.other }", None, json!("o")),
+        ];
+        for (expr, inputs, want) in cases {
+            let before = js_evals();
+            let [fast, js] = both(&s, "B", inputs, expr);
+            assert_eq!(js_evals(), before + 1, "{expr} went to JavaScript");
+            assert_eq!(fast, Ok(want), "{expr}");
+            assert_eq!(fast, js, "{expr}");
+        }
+    }
+
+    #[test]
+    fn what_the_fast_path_is_not_sure_of_goes_to_javascript() {
+        let s = json!({
+            "Invocation": {"Inputs": {"default": [1, 2], "f": 1.5, "big": 9007199254740993u64, "s": "abc"}},
+            "Tasks": {"A": {"Output": null}}
+        });
+        for (expr, want) in [
+            // A field of undefined or null: JavaScript's TypeError.
+            ("{ output('A').x }", None),
+            ("{ param('none').x }", None),
+            ("{ $.Nope.x }", None),
+            // Inherited names.
+            ("{ param().length }", Some(json!(2))),
+            ("{ param('s').length }", Some(json!(3))),
+            ("{ param('s')[0] }", Some(json!("a"))),
+            ("{ param('toString').name }", Some(json!("toString"))),
+            ("{ $.Tasks.constructor.name }", Some(json!("Object"))),
+            // Numbers JSON changes on the way.
+            ("{ param('f') }", Some(json!(1.5))),
+            ("{ param('big') }", Some(json!(9007199254740992u64))),
+            // Other syntax.
+            ("{ param()[1] + 1 }", Some(json!(3))),
+            ("{ param(); }", Some(json!([1, 2]))),
+        ] {
+            let before = js_evals();
+            let [fast, js] = both(&s, "T", None, expr);
+            assert_eq!(js_evals(), before + 2, "{expr} did not go to JavaScript");
+            assert_eq!(fast, js, "{expr}");
+            match want {
+                Some(v) => assert_eq!(fast, Ok(v), "{expr}"),
+                None => assert!(fast.is_err(), "{expr}: {fast:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn after_javascript_ran_in_a_scope_it_evaluates_the_rest() {
+        // An expression may change `$`; later ones in the same scope see it.
+        let out = with_scope(&scope(), "B", |ev| {
+            ev.eval("{ $.Tasks.A.Output.x = 7 }")?;
+            ev.eval("{ output('A').x }")
+        });
+        assert_eq!(out, Ok(json!(7)));
+    }
+
+    #[test]
+    fn resolve_inputs_of_common_forms() {
+        let inputs = BTreeMap::from([
+            ("_item".to_string(), json!({"n": "{ param('n') }"})),
+            (
+                "default".to_string(),
+                json!(["{ task().Inputs._item.n }", "{ output('A').x }", "plain"]),
+            ),
+        ]);
+        let out = resolve_inputs(&scope(), "C", &inputs).unwrap();
+        assert_eq!(out["_item"], json!({"n": 3}));
+        assert_eq!(out["default"], json!([3, 42, "plain"]));
+        // One form the fast path does not take: all of them in JavaScript.
+        let mut mixed = inputs.clone();
+        mixed.insert("x".into(), json!("{ task().Inputs._item.n * 2 }"));
+        let out = resolve_inputs(&scope(), "C", &mixed).unwrap();
+        assert_eq!(out["default"], json!([3, 42, "plain"]));
+        assert_eq!(out["x"], json!(6));
+    }
+
+    mod differential {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEYS: [&str; 14] = [
+            "a",
+            "b",
+            "0",
+            "1",
+            "default",
+            "Output",
+            "Inputs",
+            "X",
+            "B",
+            "length",
+            "toString",
+            "__proto__",
+            "constructor",
+            "",
+        ];
+
+        fn key() -> impl Strategy<Value = String> {
+            proptest::sample::select(KEYS.to_vec()).prop_map(String::from)
+        }
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                (-3i64..3).prop_map(|n| json!(n)),
+                Just(json!(1.5)),
+                Just(json!(2.0)),
+                Just(json!(-0.0)),
+                Just(json!(9007199254740993u64)),
+                proptest::sample::select(vec!["", "a", "0"]).prop_map(|s| json!(s)),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::btree_map(key(), inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn task_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                1 => value(),
+                3 => (value(), value()).prop_map(|(o, i)| json!({"Output": o, "Inputs": i, "Status": "succeeded"})),
+            ]
+        }
+
+        fn scope_value() -> impl Strategy<Value = Value> {
+            let tasks = prop_oneof![
+                1 => value(),
+                4 => proptest::collection::btree_map(
+                    proptest::sample::select(vec!["X", "B", "0", "toString"]).prop_map(String::from),
+                    task_value(),
+                    0..4,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ];
+            let invocation = prop_oneof![
+                1 => value(),
+                3 => value().prop_map(|d| json!({"Inputs": {"default": d, "a": 1}})),
+            ];
+            (
+                proptest::option::of(tasks),
+                proptest::option::of(invocation),
+            )
+                .prop_map(|(t, i)| {
+                    let mut m = serde_json::Map::new();
+                    if let Some(t) = t {
+                        m.insert("Tasks".into(), t);
+                    }
+                    if let Some(i) = i {
+                        m.insert("Invocation".into(), i);
+                    }
+                    Value::Object(m)
+                })
+        }
+
+        fn expr() -> impl Strategy<Value = String> {
+            let root = proptest::sample::select(vec![
+                "$",
+                "param()",
+                "param('a')",
+                "param(\"default\")",
+                "output('X')",
+                "output()",
+                "task()",
+                "task('X')",
+                "task('0')",
+                "output('B')",
+                "param('toString')",
+            ]);
+            let access = (0..3u8, key(), 0..3usize).prop_map(|(how, k, i)| match how {
+                0 if !k.is_empty() && !k.starts_with(|c: char| c.is_ascii_digit()) => {
+                    format!(".{k}")
+                }
+                1 => format!("[{i}]"),
+                _ => format!("['{k}']"),
+            });
+            (root, proptest::collection::vec(access, 0..4))
+                .prop_map(|(r, a)| format!("{{ {r}{} }}", a.concat()))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn fast_path_and_javascript_agree(
+                scope in scope_value(),
+                task_id in proptest::sample::select(vec!["X", "B", "0", "", "T"]),
+                inputs in proptest::option::of(value()),
+                expr in expr(),
+            ) {
+                let [fast, js] = both(&scope, task_id, inputs.as_ref(), &expr);
+                prop_assert_eq!(fast, js, "{} on {} (task {:?}, inputs {:?})", expr, scope, task_id, inputs);
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod dag;
 pub mod document;
 pub mod driver;
 pub mod expr;
+mod fastexpr;
 pub mod metrics;
 mod retention;
 pub mod retry;
