@@ -227,7 +227,10 @@ pub(super) async fn dlq_cmd(verb: DlqVerb, opts: &ClientOpts) -> Result<()> {
             if skipped.is_empty() {
                 Ok(())
             } else {
-                Err(anyhow::anyhow!("{} dead letters not redriven", skipped.len()))
+                Err(anyhow::anyhow!(
+                    "{} dead letters not redriven",
+                    skipped.len()
+                ))
             }
         }
     }
