@@ -380,7 +380,7 @@ impl Job {
                     {
                         h.insert("Content-Type", ct);
                     }
-                    self.publish(topic, h, body).await?;
+                    publish(&self.js, topic, h, body).await?;
                 }
                 Ok(true)
             }
@@ -418,41 +418,45 @@ impl Job {
                     h.insert(IDEMPOTENCY_KEY, key);
                     h.insert("Nats-Msg-Id", format!("{key}-error").as_str());
                     h.insert("Content-Type", "application/json");
-                    self.publish(topic, h, Bytes::from(doc.to_string())).await?;
+                    publish(&self.js, topic, h, Bytes::from(doc.to_string())).await?;
                 }
                 Ok(false)
             }
         }
     }
+}
 
-    /// Publishes to a subject: through JetStream (waiting for the stream's
-    /// ack) when a stream holds it, else as a plain NATS message, flushed.
-    async fn publish(&self, subject: &str, headers: HeaderMap, body: Bytes) -> Result<(), String> {
-        use async_nats::jetstream::context::PublishErrorKind;
-        let subject = subject.to_string();
-        let sent = self
-            .js
-            .publish_with_headers(subject.clone(), headers.clone(), body.clone())
-            .await;
-        let acked = match sent {
-            Ok(ack) => ack.await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        match acked {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                let client = self.js.client();
-                client
-                    .publish_with_headers(subject.clone(), headers, body)
-                    .await
-                    .map_err(|e| format!("cannot publish to {subject:?}: {e}"))?;
-                client
-                    .flush()
-                    .await
-                    .map_err(|e| format!("cannot publish to {subject:?}: {e}"))
-            }
-            Err(e) => Err(format!("cannot publish to {subject:?}: {e}")),
+/// Publishes to a subject: through JetStream (waiting for the stream's ack)
+/// when a stream holds it, else as a plain NATS message, flushed.
+pub(super) async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(), String> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    let subject = subject.to_string();
+    let sent = js
+        .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+        .await;
+    let acked = match sent {
+        Ok(ack) => ack.await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match acked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+            let client = js.client();
+            client
+                .publish_with_headers(subject.clone(), headers, body)
+                .await
+                .map_err(|e| format!("cannot publish to {subject:?}: {e}"))?;
+            client
+                .flush()
+                .await
+                .map_err(|e| format!("cannot publish to {subject:?}: {e}"))
         }
+        Err(e) => Err(format!("cannot publish to {subject:?}: {e}")),
     }
 }
 

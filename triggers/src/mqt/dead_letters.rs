@@ -1,8 +1,8 @@
 //! Dead letters on a NATS subject: each asynchronous invocation that is
 //! dead-lettered is also published, as its JSON record, to the subject the
-//! server names (`--dead-letter-subject`), through JetStream when a stream
-//! holds the subject (the publish is then acknowledged, and deduplicated by
-//! `Nats-Msg-Id`), as a plain NATS message otherwise. The dead-letter list
+//! server names (`--dead-letter-subject`), as the triggers publish their
+//! outcomes: through JetStream when a stream holds the subject (acknowledged,
+//! and deduplicated by `Nats-Msg-Id`), as a plain NATS message otherwise. The dead-letter list
 //! (`GET /v1/deadletters`) is kept either way; a publish that fails is logged.
 
 use std::future::Future;
@@ -54,25 +54,12 @@ impl NatsDeadLetters {
         headers.insert("X-Fusion-Invocation-Id", invocation.id.as_str());
         headers.insert("Content-Type", "application/json");
         let js = jetstream::new(c.clone());
-        let durable = js.stream_by_subject(self.subject.as_str()).await.is_ok();
-        let sent = if durable {
-            match js
-                .publish_with_headers(self.subject.clone(), headers, payload.into())
-                .await
-            {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        } else {
-            c.publish_with_headers(self.subject.clone(), headers, payload.into())
-                .await
-                .map_err(|e| e.to_string())
-        };
+        let sent = super::consumer::publish(&js, &self.subject, headers, payload.into()).await;
         if sent.is_err() {
             // Connect afresh next time.
             *client = None;
         }
-        sent.map_err(|e| format!("cannot publish to {:?} on {}: {e}", self.subject, self.url))
+        sent.map_err(|e| format!("{e} (NATS at {})", self.url))
     }
 }
 
