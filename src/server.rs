@@ -139,6 +139,11 @@ pub struct ServerArgs {
     /// stream holds the subject.
     #[arg(long, env = "FUSION_DEAD_LETTER_SUBJECT")]
     pub dead_letter_subject: Option<String>,
+    /// Most asynchronous function calls queued or running at once; past it a
+    /// new one is answered 429.
+    #[arg(long, env = "FUSION_ASYNC_QUEUE_LIMIT", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub async_queue_limit: u64,
 }
 
 /// A public URL: absolute `http` or `https`, with no query or fragment; kept
@@ -309,6 +314,9 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     pool.metrics().register(&mut registry);
     engine.metrics().register(&mut registry);
     let triggers = triggers::Triggers::open(&db, pool.clone(), workflows)?;
+    triggers
+        .invocations
+        .set_queue_limit(usize::try_from(args.async_queue_limit).unwrap_or(usize::MAX));
     // Before anything can be dead-lettered.
     if let Some(subject) = &args.dead_letter_subject {
         let url = args

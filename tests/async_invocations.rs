@@ -568,3 +568,54 @@ fn a_callers_own_idempotency_and_attempt_headers_are_replaced() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["response"]["body"], format!("{id}|1"), "{done}");
 }
+
+/// Past `--async-queue-limit` queued or running calls, a new one is answered
+/// 429 with a clear error (nothing stored); once the queue drains, calls are
+/// accepted again.
+#[test]
+fn a_full_queue_answers_429_until_it_drains() {
+    let s = Server::start_with(&[("FUSION_ASYNC_QUEUE_LIMIT", "1")]);
+    let probe = common::probe::Probe::start();
+    s.env("binary", "binary", 1);
+    s.function(
+        "held",
+        "binary",
+        "held.sh",
+        &probe.recorder("held", true),
+        json!({}),
+    );
+    let first = call_async(&s, "held", "one")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/held"))
+        .header("X-Async", "true")
+        .body("two")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("queue of asynchronous calls is full"),
+        "{body}"
+    );
+    probe.open("held");
+    assert_eq!(settled(&s, &first)["status"], "succeeded");
+    let third = call_async(&s, "held", "three")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(settled(&s, &third)["status"], "succeeded");
+    let listed = s.ok("GET", "/v1/invocations?function=held", None);
+    assert_eq!(
+        listed["invocations"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+}

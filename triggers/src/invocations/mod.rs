@@ -88,7 +88,12 @@ struct Inner {
     /// Held while a redrive checks and requeues an invocation: two at once
     /// would both pass the check and run it twice.
     redrives: tokio::sync::Mutex<()>,
+    /// Most invocations queued or running at once; past it a call gets 429.
+    queue_limit: std::sync::atomic::AtomicUsize,
 }
+
+/// The queue limit unless the server sets one (`--async-queue-limit`).
+pub const DEFAULT_QUEUE_LIMIT: usize = 100_000;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -108,6 +113,7 @@ impl Invocations {
                 per_function: Mutex::new(HashMap::new()),
                 sinks: RwLock::new(Vec::new()),
                 redrives: tokio::sync::Mutex::new(()),
+                queue_limit: std::sync::atomic::AtomicUsize::new(DEFAULT_QUEUE_LIMIT),
             }),
         })
     }
@@ -158,6 +164,13 @@ impl Invocations {
         self.inner.global.close();
     }
 
+    /// Most invocations queued or running at once (past it, 429).
+    pub fn set_queue_limit(&self, limit: usize) {
+        self.inner
+            .queue_limit
+            .store(limit.max(1), std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Where dead letters also go (a NATS subject, ...), beside the list.
     pub fn add_dead_letter_sink(&self, sink: Arc<dyn DeadLetterSink>) {
         self.inner
@@ -192,6 +205,13 @@ impl Invocations {
     ) -> Result<Response<Body>> {
         let inner = &self.inner;
         let function = inner.invoker.pool().function(key)?;
+        let limit = inner.queue_limit.load(std::sync::atomic::Ordering::SeqCst);
+        let queued = inner.store.pending_count();
+        if queued >= limit {
+            return Err(Error::Overloaded(format!(
+                "the queue of asynchronous calls is full ({queued} queued or running, at most {limit}): try again later"
+            )));
+        }
         let base = inner.api.base_for(&req);
         let limit = inner.invoker.pool().config().body_limit;
         let (parts, body) = req.into_parts();

@@ -6,6 +6,8 @@
 
 use bytes::Bytes;
 use pool_manager::{Error, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
@@ -18,6 +20,8 @@ pub struct Store {
     by_function: Tree,
     pending: Tree,
     dead: Tree,
+    /// How many invocations the pending set holds (kept with it).
+    pending_count: AtomicUsize,
 }
 
 /// Which invocations a page lists.
@@ -54,14 +58,34 @@ fn storage(e: TransactionError<()>) -> Error {
 
 impl Store {
     pub fn open(db: &sled::Db) -> Result<Store> {
+        let pending = db.open_tree("invocations_pending")?;
         Ok(Store {
             db: db.clone(),
             records: db.open_tree("invocations")?,
             bodies: db.open_tree("invocation_bodies")?,
             by_function: db.open_tree("invocations_by_function")?,
-            pending: db.open_tree("invocations_pending")?,
+            pending_count: AtomicUsize::new(pending.len()),
+            pending,
             dead: db.open_tree("invocations_dead")?,
         })
+    }
+
+    /// How many invocations are queued or running.
+    pub fn pending_count(&self) -> usize {
+        self.pending_count.load(Ordering::SeqCst)
+    }
+
+    /// Keeps the count in step with a change of one invocation's membership.
+    fn counted(&self, was: bool, is: bool) {
+        match (was, is) {
+            (false, true) => {
+                self.pending_count.fetch_add(1, Ordering::SeqCst);
+            }
+            (true, false) => {
+                self.pending_count.fetch_sub(1, Ordering::SeqCst);
+            }
+            _ => {}
+        }
     }
 
     /// Stores a newly accepted invocation and its body, and flushes: once
@@ -80,9 +104,10 @@ impl Store {
                 r.insert(id, record.as_slice())?;
                 b.insert(id, body)?;
                 f.insert(index.as_slice(), &[][..])?;
-                p.insert(id, &[][..])?;
-                Ok::<(), ConflictableTransactionError<()>>(())
+                let was = p.insert(id, &[][..])?.is_some();
+                Ok::<bool, ConflictableTransactionError<()>>(was)
             })
+            .map(|was| self.counted(was, true))
             .map_err(storage)?;
         self.db.flush_async().await?;
         Ok(())
@@ -115,18 +140,20 @@ impl Store {
         (&self.records, &self.pending, &self.dead)
             .transaction(|(r, p, d)| {
                 r.insert(id, record.as_slice())?;
-                if status.is_pending() {
-                    p.insert(id, &[][..])?;
+                let was = if status.is_pending() {
+                    p.insert(id, &[][..])?
                 } else {
-                    p.remove(id)?;
+                    p.remove(id)?
                 }
+                .is_some();
                 if status == Status::Dead {
                     d.insert(id, &[][..])?;
                 } else {
                     d.remove(id)?;
                 }
-                Ok::<(), ConflictableTransactionError<()>>(())
+                Ok::<bool, ConflictableTransactionError<()>>(was)
             })
+            .map(|was| self.counted(was, status.is_pending()))
             .map_err(storage)?;
         self.db.flush_async().await?;
         Ok(())
