@@ -188,19 +188,7 @@ fn rfc0022_a_task_waits_for_its_callback() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().unwrap_or_default());
-    let start = |s: &Server, order: u32| {
-        let r = s
-            .api("POST", "/v1/workflows/approval/invoke")
-            .header("X-Async", "true")
-            .json(&json!({"order": order}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 202);
-        r.json::<Value>().unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let start = |s: &Server, order: u32| s.invoke_async("approval", &json!({"order": order}));
     // The URL handed out for run `id` (its token starts with the run id). A
     // notify function whose answer a kill cut off is called again after the
     // restart, so the log may hold a run's URL twice: find it by run.

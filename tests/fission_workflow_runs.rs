@@ -112,6 +112,21 @@ fn invoke(s: &Server, name: &str, body: Value) -> (u16, Value) {
     )
 }
 
+/// Binary functions that record their calls on `probe` (see
+/// `Probe::recorder`): `(name, gated)` each, the name also its tag.
+fn recorders(s: &Server, probe: &Probe, functions: &[(&str, bool)]) {
+    s.env("binary", "binary", 1);
+    for (tag, gated) in functions {
+        s.function(
+            tag,
+            "binary",
+            &format!("{tag}.sh"),
+            &probe.recorder(tag, *gated),
+            json!({}),
+        );
+    }
+}
+
 #[test]
 fn rfc0022_workflows_are_stored_validated_and_run_task_choice_catch_succeed_and_fail() {
     let s = setup();
@@ -247,17 +262,7 @@ fn rfc0022_runs_start_async_and_wait_durably() {
     let doc = "startAt: nap\nstates:\n  nap: {type: Wait, duration: 1s, next: check}\n  check: {type: Task, function: {name: validate-order}, end: true}\n";
     let (status, body) = store(&s, "POST", "/v1/workflows?name=nap", doc);
     assert_eq!(status, 201, "{body}");
-    let r = s
-        .api("POST", "/v1/workflows/nap/invoke")
-        .header("X-Async", "true")
-        .json(&json!({"amount": 1}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let id = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = s.invoke_async("nap", &json!({"amount": 1}));
     let run = s.wait_run(&id, Duration::from_secs(60));
     assert_eq!(run["status"], "succeeded", "{run}");
     let events = s.ok("GET", &format!("/v1/runs/{id}/events"), None);
@@ -320,17 +325,7 @@ fn rfc0022_history_retention_deletes_old_finished_runs() {
     let doc = "startAt: branch\nhistoryRetention: {maxAge: 1s}\nstates:\n  branch:\n    type: Choice\n    choices: [{variable: $.wait, booleanEquals: true, next: nap}]\n    default: done\n  nap: {type: Wait, duration: 1h, next: done}\n  done: {type: Succeed}\n";
     let (status, body) = store(&s, "POST", "/v1/workflows?name=aged", doc);
     assert_eq!(status, 201, "{body}");
-    let waiting = s
-        .api("POST", "/v1/workflows/aged/invoke")
-        .header("X-Async", "true")
-        .json(&json!({"wait": true}))
-        .send()
-        .unwrap();
-    assert_eq!(waiting.status().as_u16(), 202);
-    let waiting = waiting.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let waiting = s.invoke_async("aged", &json!({"wait": true}));
     let r = s
         .api("POST", "/v1/workflows/aged/invoke")
         .json(&json!({"wait": false}))
@@ -361,34 +356,15 @@ fn rfc0022_retries_a_5xx_with_the_attempt_in_its_headers() {
 fn rfc0022_runs_resume_after_a_killed_server_without_repeating_finished_steps() {
     let mut s = Server::start();
     let probe = Probe::start();
-    s.env("binary", "binary", 1);
-    for (name, tag, gated) in [
-        ("one", "one", false),
-        ("two", "two", true),
-        ("three", "three", false),
-    ] {
-        s.function(
-            name,
-            "binary",
-            &format!("{tag}.sh"),
-            &probe.recorder(tag, gated),
-            json!({}),
-        );
-    }
+    recorders(
+        &s,
+        &probe,
+        &[("one", false), ("two", true), ("three", false)],
+    );
     let doc = "startAt: one\nstates:\n  one: {type: Task, function: {name: one}, resultPath: $.one, next: two}\n  two: {type: Task, function: {name: two}, resultPath: $.two, next: three}\n  three: {type: Task, function: {name: three}, resultPath: $.three, end: true}\n";
     let (status, body) = store(&s, "POST", "/v1/workflows?name=chain", doc);
     assert_eq!(status, 201, "{body}");
-    let r = s
-        .api("POST", "/v1/workflows/chain/invoke")
-        .header("X-Async", "true")
-        .json(&json!({"x": 1}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let id = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = s.invoke_async("chain", &json!({"x": 1}));
     eventually(Duration::from_secs(30), "step two is in flight", || {
         probe.lines("calls").iter().any(|l| l.starts_with("two "))
     });
@@ -494,31 +470,12 @@ states:
 fn rfc0022_a_map_resumes_after_a_killed_server_without_rerunning_a_finished_item() {
     let mut s = Server::start();
     let probe = Probe::start();
-    s.env("binary", "binary", 1);
-    for (tag, gated) in [("fast", false), ("slow", true)] {
-        s.function(
-            tag,
-            "binary",
-            &format!("{tag}.sh"),
-            &probe.recorder(tag, gated),
-            json!({}),
-        );
-    }
+    recorders(&s, &probe, &[("fast", false), ("slow", true)]);
     let doc = "startAt: m\nstates:\n  m:\n    type: Map\n    itemsPath: $.items\n    maxConcurrency: 3\n    end: true\n    branches:\n      - startAt: pick\n        states:\n          pick:\n            type: Choice\n            choices: [{variable: $.slow, booleanEquals: true, next: slow}]\n            default: fast\n          fast: {type: Task, function: {name: fast}, end: true}\n          slow: {type: Task, function: {name: slow}, end: true}\n";
     let (status, body) = store(&s, "POST", "/v1/workflows?name=items", doc);
     assert_eq!(status, 201, "{body}");
     let input = json!({"items": [{"slow": false}, {"slow": true}, {"slow": false}]});
-    let r = s
-        .api("POST", "/v1/workflows/items/invoke")
-        .header("X-Async", "true")
-        .json(&input)
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let id = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = s.invoke_async("items", &input);
     let succeeded = |s: &Server| {
         s.ok("GET", &format!("/v1/runs/{id}/events"), None)["events"]
             .as_array()
@@ -562,30 +519,11 @@ fn rfc0022_a_map_resumes_after_a_killed_server_without_rerunning_a_finished_item
 fn rfc0022_a_parallel_resumes_after_a_killed_server_without_rerunning_a_finished_branch() {
     let mut s = Server::start();
     let probe = Probe::start();
-    s.env("binary", "binary", 1);
-    for (tag, gated) in [("one", false), ("two", true)] {
-        s.function(
-            tag,
-            "binary",
-            &format!("{tag}.sh"),
-            &probe.recorder(tag, gated),
-            json!({}),
-        );
-    }
+    recorders(&s, &probe, &[("one", false), ("two", true)]);
     let doc = "startAt: p\nstates:\n  p:\n    type: Parallel\n    end: true\n    branches:\n      - startAt: a\n        states:\n          a: {type: Task, function: {name: one}, end: true}\n      - startAt: b\n        states:\n          b: {type: Task, function: {name: two}, end: true}\n";
     let (status, body) = store(&s, "POST", "/v1/workflows?name=par", doc);
     assert_eq!(status, 201, "{body}");
-    let r = s
-        .api("POST", "/v1/workflows/par/invoke")
-        .header("X-Async", "true")
-        .json(&json!({}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let id = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = s.invoke_async("par", &json!({}));
     eventually(
         Duration::from_secs(30),
         "branch 0 done, branch 1 in flight",
@@ -666,17 +604,7 @@ states:
 ";
     let (status, body) = store(&s, "POST", "/v1/workflows?name=fast", doc);
     assert_eq!(status, 201, "{body}");
-    let r = s
-        .api("POST", "/v1/workflows/fast/invoke")
-        .header("X-Async", "true")
-        .json(&json!({"x": 1}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let id = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = s.invoke_async("fast", &json!({"x": 1}));
     let called = |tag: &str| probe.lines("calls").contains(&format!("{tag} called"));
     eventually(Duration::from_secs(60), "both branches called", || {
         called("slow") && called("bad")

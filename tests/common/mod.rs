@@ -411,6 +411,20 @@ impl Server {
     }
 
     /// Starts a run asynchronously; returns its id.
+    /// Starts workflow `name` in the background through the API's invoke
+    /// with a JSON input (`X-Async`); asserts the 202 and answers the run id.
+    pub fn invoke_async(&self, name: &str, input: &Value) -> String {
+        let r = self
+            .api("POST", &format!("/v1/workflows/{name}/invoke"))
+            .header("X-Async", "true")
+            .json(input)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        let v: Value = r.json().unwrap();
+        v["id"].as_str().expect("a run id").to_string()
+    }
+
     pub fn start_async(&self, name: &str, body: &str) -> String {
         let r = self
             .http
