@@ -682,10 +682,11 @@ async fn invoke_inner(
         }
     };
     let input = request_input(&parts.method, &parts.uri, &parts.headers, &body)?;
-    let started = engine.start_run(name, input).await?;
     if is_async(&parts.headers) {
+        let started = engine.start_run(name, input).await?;
         return Ok(accepted(&started.id, api_base));
     }
+    let started = engine.start_run_waited(name, input)?;
     let summary = engine.wait(&started.id).await?;
     match summary.status {
         RunStatus::Succeeded => Ok(output_response(

@@ -24,6 +24,7 @@ use crate::state::{
 };
 use crate::store::{
     BoxFuture, RunFilter, RunPage, RunStore, RunSummary, SledStore, StoreError, WorkflowVersion,
+    LAZY_FLUSH_DELAY,
 };
 use crate::validate::{parse_and_validate, ValidationError};
 
@@ -439,6 +440,10 @@ impl Engine {
             .clock
             .clone()
             .unwrap_or_else(|| Arc::new(TokioClock::new()));
+        let metrics = crate::metrics::EngineMetrics {
+            store_flushes: store.flushes(),
+            ..Default::default()
+        };
         let engine = Arc::new(Engine {
             store,
             invoker,
@@ -446,7 +451,7 @@ impl Engine {
             clock,
             runs: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
-            metrics: Default::default(),
+            metrics,
         });
         for id in engine.store.unfinished_runs()? {
             let events = engine.store.events(&id)?;
@@ -581,7 +586,8 @@ impl Engine {
         }
     }
 
-    /// Starts a run of the latest version of a workflow.
+    /// Starts a run of the latest version of a workflow; the run is durable
+    /// when this returns (it can be acknowledged, e.g. with a 202).
     pub async fn start_run(
         self: &Arc<Self>,
         name: &str,
@@ -590,6 +596,25 @@ impl Engine {
         let wf = self.workflow(name, None)?;
         self.start(wf.name, wf.version, wf.spec, input, None, BTreeMap::new())
             .await
+    }
+
+    /// Starts a run for a caller that waits for its end (a synchronous
+    /// invocation): nothing is flushed before it starts. Its start is written
+    /// with its first steps and is durable with them (see
+    /// `store::LAZY_FLUSH_DELAY`), and at the latest with its end, which is
+    /// durable before the caller gets it. A crash before that loses a run that
+    /// nobody was told about, as a crash before `start_run` returns does.
+    pub fn start_run_waited(
+        self: &Arc<Self>,
+        name: &str,
+        input: Value,
+    ) -> Result<StartedRun, EngineError> {
+        let wf = self.workflow(name, None)?;
+        let (started, state) =
+            self.started(wf.name, wf.version, wf.spec, input, None, BTreeMap::new())?;
+        let id = state.run_id.clone();
+        let done = self.spawn_run(state, 0, vec![started], false);
+        Ok(StartedRun { id, done })
     }
 
     async fn start(
@@ -601,6 +626,24 @@ impl Engine {
         retry_of: Option<String>,
         preserved: BTreeMap<String, TaskResult>,
     ) -> Result<StartedRun, EngineError> {
+        let (started, state) = self.started(workflow, version, spec, input, retry_of, preserved)?;
+        let id = state.run_id.clone();
+        self.store.append(&id, 0, std::slice::from_ref(&started))?;
+        self.store.flush().await?;
+        let done = self.spawn_run(state, 1, Vec::new(), false);
+        Ok(StartedRun { id, done })
+    }
+
+    /// A new run's first event, and its state.
+    fn started(
+        &self,
+        workflow: String,
+        version: u32,
+        spec: WorkflowSpec,
+        input: Value,
+        retry_of: Option<String>,
+        preserved: BTreeMap<String, TaskResult>,
+    ) -> Result<(Event, RunState), EngineError> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(EngineError::ShuttingDown);
         }
@@ -622,10 +665,7 @@ impl Engine {
             preserved,
         };
         let state = RunState::fold([&started]);
-        self.store.append(&id, 0, std::slice::from_ref(&started))?;
-        self.store.flush().await?;
-        let done = self.spawn_run(state, 1, Vec::new(), false);
-        Ok(StartedRun { id, done })
+        Ok((started, state))
     }
 
     /// Waits for a run's end and returns its summary.
@@ -793,10 +833,14 @@ impl Engine {
         let handles: Vec<_> = self
             .runs
             .lock()
-            .map(|mut r| r.drain().map(|(_, h)| h.tx).collect())
+            .map(|mut r| r.drain().map(|(_, h)| (h.tx, h.done)).collect())
             .unwrap_or_default();
-        for tx in handles {
+        for (tx, _) in &handles {
             let _ = tx.send(Msg::Shutdown);
+        }
+        // Each actor writes what it holds, then ends (dropping its sender).
+        for (_, mut done) in handles {
+            while done.changed().await.is_ok() {}
         }
         let _ = self.store.flush().await;
     }
@@ -829,6 +873,7 @@ impl Engine {
             armed: BTreeSet::new(),
             timers: Vec::new(),
             replies: Vec::new(),
+            held_since: None,
         };
         tokio::spawn(actor.run(rx, done_tx, recovering));
         done_rx
@@ -848,6 +893,8 @@ struct Actor {
     timers: Vec<AbortHandle>,
     /// Answers to callback completions, sent once their events are durable.
     replies: Vec<(oneshot::Sender<Result<String, EngineError>>, String)>,
+    /// Since when `pending` holds events that nothing needed written yet.
+    held_since: Option<tokio::time::Instant>,
 }
 
 impl Actor {
@@ -1023,34 +1070,50 @@ impl Actor {
                     break;
                 }
             }
-            // The batch's events are written now and flushed below. Function
-            // and http calls need not wait for that flush: their outcome is
-            // only acted on once it is done (messages are read after it), and
-            // if the process dies first, the restart decides the same calls
-            // again, with the same idempotency keys (at least once, as a crash
-            // during a call gives). Everything else waits for it: a run's end,
-            // a callback's URL (its token must survive), an abort (after the
-            // cancellation is stored), a timer.
+            // Everything seen outside waits for the disk: a run's end, a
+            // callback's URL (its token must survive) and the answer to a
+            // callback completion, an abort (after the cancellation is
+            // stored), a timer. Function and http calls do not: a step's
+            // outcome is written at once and flushed by the next group commit
+            // (`flush_soon`) while the next call already goes out; what only
+            // starts calls (a run's start, dispatches) is held and written with
+            // what comes next, at the latest `LAZY_FLUSH_DELAY` later, so a
+            // short run is written once, with its end. If the process dies
+            // before the flush, the restart decides the same calls again, with
+            // the same idempotency keys (at least once, as a crash during a
+            // call gives); a synchronous caller was told nothing yet.
             let ending = finished || self.state.is_finished();
-            let overlap = !ending
+            let lazy = !ending
+                && self.replies.is_empty()
+                && !self.pending.iter().any(|e| {
+                    matches!(
+                        e,
+                        Event::CallbackIssued { .. } | Event::CallbackNotified { .. }
+                    )
+                })
                 && external
                     .iter()
                     .all(|e| matches!(e, External::Call { .. } | External::Http { .. }));
-            let wrote = !self.pending.is_empty();
-            let flushed = match self.append_pending() {
-                Ok(()) => {
-                    if overlap {
-                        for ext in external.drain(..) {
-                            self.perform(ext);
-                        }
-                    }
-                    if wrote {
-                        self.engine.store.flush().await
-                    } else {
+            let only_starts = self
+                .pending
+                .iter()
+                .all(|e| matches!(e, Event::RunStarted { .. } | Event::TaskDispatched { .. }));
+            let flushed = if lazy && only_starts {
+                if !self.pending.is_empty() && self.held_since.is_none() {
+                    self.held_since = Some(tokio::time::Instant::now());
+                }
+                Ok(())
+            } else {
+                let wrote = !self.pending.is_empty();
+                self.held_since = None;
+                match self.append_pending() {
+                    Ok(()) if wrote && lazy => {
+                        self.engine.store.flush_soon();
                         Ok(())
                     }
+                    Ok(()) if wrote => self.engine.store.flush().await,
+                    r => r,
                 }
-                Err(e) => Err(e),
             };
             if let Err(err) = flushed {
                 tracing::error!(run = %id, %err, "cannot persist run events; stopping the run actor");
@@ -1065,7 +1128,26 @@ impl Actor {
             for ext in external {
                 self.perform(ext);
             }
-            let Some(msg) = rx.recv().await else { return };
+            let msg = match self.held_since {
+                Some(since) => {
+                    let due = since + LAZY_FLUSH_DELAY;
+                    tokio::select! {
+                        m = rx.recv() => m,
+                        _ = tokio::time::sleep_until(due) => {
+                            self.held_since = None;
+                            if let Err(err) = self.append_pending() {
+                                tracing::error!(run = %id, %err, "cannot persist run events; stopping the run actor");
+                                self.stop(&done);
+                                return;
+                            }
+                            self.engine.store.flush_soon();
+                            continue;
+                        }
+                    }
+                }
+                None => rx.recv().await,
+            };
+            let Some(msg) = msg else { return };
             let mut msgs = vec![msg];
             while let Ok(m) = rx.try_recv() {
                 msgs.push(m);

@@ -1233,3 +1233,32 @@ async fn a_workflow_run_by_name_keeps_its_own_concurrency() {
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
     assert_eq!(*seen.lock().unwrap(), (5, 2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_short_synchronous_run_takes_one_flush_and_an_acknowledged_start_one_more() {
+    let (_d, db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "one",
+        "output: A\ntasks:\n  A:\n    run: echo\n    inputs: hi\n",
+    )
+    .unwrap();
+    e.flush().await.unwrap();
+    let flushes = || e.store().flush_count();
+
+    // A caller that waits: start, call and end are written and flushed once.
+    let before = flushes();
+    let started = e.start_run_waited("one", json!(null)).unwrap();
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.output, Some(json!("hi")), "{s:?}");
+    assert_eq!(flushes() - before, 1);
+    assert_eq!(e.run_events(&started.id).unwrap().len(), 4);
+
+    // A start that is acknowledged (202) is durable before the call.
+    let before = flushes();
+    let started = e.start_run("one", json!(null)).await.unwrap();
+    assert_eq!(flushes() - before, 1, "flushed before start_run returns");
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.output, Some(json!("hi")), "{s:?}");
+    assert_eq!(flushes() - before, 2);
+}

@@ -1176,6 +1176,13 @@ mod tests {
                 expr in expr(),
             ) {
                 let [fast, js] = both(&scope, task_id, inputs.as_ref(), &expr);
+                // JavaScript's time limit is wall-clock: a loaded machine can
+                // hit it in a debug build. That case says nothing about the
+                // two paths' results.
+                let timed_out = |r: &Result<Value, ExprError>| {
+                    r.as_ref().is_err_and(|e| e.message.starts_with("timed out after"))
+                };
+                prop_assume!(!timed_out(&js) && !timed_out(&fast));
                 prop_assert_eq!(fast, js, "{} on {} (task {:?}, inputs {:?})", expr, scope, task_id, inputs);
             }
         }

@@ -1,5 +1,5 @@
 //! Prometheus metrics of the engine: runs started and finished per workflow (and
-//! final status), and how long finished runs took.
+//! final status), how long finished runs took, and the store's flushes.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,6 +27,8 @@ pub struct EngineMetrics {
     pub runs_started: Family<WorkflowLabels, Counter>,
     pub runs_finished: Family<RunEndLabels, Counter>,
     pub run_seconds: Family<WorkflowLabels, Histogram, fn() -> Histogram>,
+    /// Flushes of the store to disk (each serves every run waiting then).
+    pub store_flushes: Counter,
 }
 
 impl Default for EngineMetrics {
@@ -35,6 +37,7 @@ impl Default for EngineMetrics {
             runs_started: Family::default(),
             runs_finished: Family::default(),
             run_seconds: Family::new_with_constructor(run_histogram),
+            store_flushes: Counter::default(),
         }
     }
 }
@@ -55,6 +58,11 @@ impl EngineMetrics {
             "fusion_run_seconds",
             "Duration of finished runs, by workflow",
             self.run_seconds.clone(),
+        );
+        registry.register(
+            "fusion_store_flushes",
+            "Flushes of the run store to disk; one serves every run waiting for it",
+            self.store_flushes.clone(),
         );
     }
 }

@@ -1,17 +1,17 @@
 //! Durable storage of workflows (versioned) and runs (events, summaries and the
 //! indexes that list runs newest-first by time, workflow and status), in sled.
-//! Appends are made durable by one flusher thread that groups concurrent appenders
-//! into a single flush per batch.
+//! Appends are made durable by one flusher thread: one flush serves every
+//! appender waiting at the time (group commit).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::spec::WorkflowSpec;
 use crate::state::{Event, Millis, RunError, RunStatus};
@@ -129,6 +129,12 @@ pub trait RunStore: Send + Sync + 'static {
 
 type Waiter = oneshot::Sender<std::result::Result<(), String>>;
 
+/// How long a run may hold events that only start calls (its start, its
+/// dispatches) before writing them: a run that ends sooner is written once,
+/// with its end (see the driver). A crash before they are flushed repeats
+/// those calls, with the same idempotency keys.
+pub const LAZY_FLUSH_DELAY: Duration = Duration::from_millis(20);
+
 /// The sled implementation.
 pub struct SledStore {
     workflows: sled::Tree,
@@ -138,8 +144,8 @@ pub struct SledStore {
     by_time: sled::Tree,
     by_workflow: sled::Tree,
     by_status: sled::Tree,
-    flush_tx: mpsc::UnboundedSender<Waiter>,
-    flushes: Arc<AtomicU64>,
+    flush_tx: std_mpsc::Sender<Waiter>,
+    flushes: prometheus_client::metrics::counter::Counter,
 }
 
 fn be(ms: Millis) -> [u8; 8] {
@@ -198,8 +204,8 @@ impl SledStore {
     }
     /// Opens the engine's trees and starts the flusher thread.
     pub fn open(db: &sled::Db) -> Result<Arc<Self>> {
-        let (flush_tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
-        let flushes = Arc::new(AtomicU64::new(0));
+        let (flush_tx, rx) = std_mpsc::channel::<Waiter>();
+        let flushes = prometheus_client::metrics::counter::Counter::default();
         let store = Arc::new(SledStore {
             workflows: db.open_tree("wf_latest")?,
             wf_versions: db.open_tree("wf_versions")?,
@@ -217,13 +223,13 @@ impl SledStore {
         std::thread::Builder::new()
             .name("fusion-flusher".into())
             .spawn(move || {
-                while let Some(first) = rx.blocking_recv() {
+                while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     while let Ok(w) = rx.try_recv() {
                         batch.push(w);
                     }
                     let r = db.flush().map(|_| ()).map_err(|e| e.to_string());
-                    flushes.fetch_add(1, Ordering::Relaxed);
+                    flushes.inc();
                     for w in batch {
                         let _ = w.send(r.clone());
                     }
@@ -233,9 +239,20 @@ impl SledStore {
         Ok(store)
     }
 
+    /// Asks for a flush now without waiting for it: the next group commit.
+    pub fn flush_soon(&self) {
+        let (tx, _) = oneshot::channel();
+        let _ = self.flush_tx.send(tx);
+    }
+
     /// How many flushes ran (to check grouping).
     pub fn flush_count(&self) -> u64 {
-        self.flushes.load(Ordering::Relaxed)
+        self.flushes.get()
+    }
+
+    /// The flush counter, for the metrics.
+    pub fn flushes(&self) -> prometheus_client::metrics::counter::Counter {
+        self.flushes.clone()
     }
 
     fn index_status(&self, status: RunStatus, ts: Millis, id: &str) -> Vec<u8> {
@@ -245,15 +262,26 @@ impl SledStore {
     /// Writes a run's encoded events and brings its summary and indexes up to
     /// date in one sled transaction: a crash never leaves events on disk whose
     /// summary or status index says otherwise, and a reader never sees a run
-    /// between two status index entries.
+    /// between two status index entries. The summary is folded over the
+    /// batch in memory and written once, so a run written in one batch (start
+    /// to end) costs one write per tree.
     fn transaction(
         &self,
         run_id: &str,
-        encoded: &[(Vec<u8>, Vec<u8>)],
+        encoded: Option<(Vec<u8>, Vec<u8>)>,
         events: &[Event],
     ) -> Result<()> {
         use sled::transaction::{ConflictableTransactionError, TransactionError};
         use sled::Transactional;
+        let changes_summary = events.iter().any(|e| {
+            matches!(
+                e,
+                Event::RunStarted { .. }
+                    | Event::RunSucceeded { .. }
+                    | Event::RunFailed { .. }
+                    | Event::RunCancelled { .. }
+            )
+        });
         let trees = (
             &self.run_events,
             &self.runs,
@@ -263,11 +291,17 @@ impl SledStore {
         );
         let r = trees.transaction(|(run_events, runs, by_time, by_workflow, by_status)| {
             let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
-            for (k, v) in encoded {
+            if let Some((k, v)) = &encoded {
                 run_events.insert(k.as_slice(), v.as_slice())?;
             }
+            if !changes_summary {
+                return Ok(());
+            }
+            // The summary as stored before this batch, if any, and as it is after.
+            let mut stored: Option<RunSummary> = None;
+            let mut summary: Option<RunSummary> = None;
             for e in events {
-                let mut summary = match e {
+                match e {
                     Event::RunStarted {
                         run_id,
                         workflow,
@@ -279,7 +313,7 @@ impl SledStore {
                     } => {
                         by_time.insert(index_key(&[], *at, run_id), &[])?;
                         by_workflow.insert(index_key(&scoped(workflow), *at, run_id), &[])?;
-                        RunSummary {
+                        summary = Some(RunSummary {
                             id: run_id.clone(),
                             workflow: workflow.clone(),
                             version: *version,
@@ -291,29 +325,41 @@ impl SledStore {
                             output_headers: BTreeMap::new(),
                             error: None,
                             retry_of: retry_of.clone(),
-                        }
+                        });
                     }
                     Event::RunSucceeded { .. }
                     | Event::RunFailed { .. }
                     | Event::RunCancelled { .. } => {
-                        let Some(old) = runs.get(run_id)? else {
-                            continue;
+                        let s = match summary.take() {
+                            Some(s) => s,
+                            None => {
+                                let Some(old) = runs.get(run_id)? else {
+                                    continue;
+                                };
+                                let s: RunSummary = serde_json::from_slice(&old)
+                                    .map_err(|e| abort(StoreError::Json(e)))?;
+                                stored = Some(s.clone());
+                                s
+                            }
                         };
-                        let s: RunSummary =
-                            serde_json::from_slice(&old).map_err(|e| abort(StoreError::Json(e)))?;
-                        by_status.remove(self.index_status(s.status, s.created_at, run_id))?;
-                        finished_summary(s, e)
+                        summary = Some(finished_summary(s, e));
                     }
-                    _ => continue,
-                };
-                summary.id = run_id.to_string();
-                by_status.insert(
-                    self.index_status(summary.status, summary.created_at, run_id),
-                    &[],
-                )?;
-                let bytes = serde_json::to_vec(&summary).map_err(|e| abort(StoreError::Json(e)))?;
-                runs.insert(run_id.as_bytes(), bytes)?;
+                    _ => {}
+                }
             }
+            let Some(mut summary) = summary else {
+                return Ok(());
+            };
+            summary.id = run_id.to_string();
+            if let Some(old) = &stored {
+                by_status.remove(self.index_status(old.status, old.created_at, run_id))?;
+            }
+            by_status.insert(
+                self.index_status(summary.status, summary.created_at, run_id),
+                &[],
+            )?;
+            let bytes = serde_json::to_vec(&summary).map_err(|e| abort(StoreError::Json(e)))?;
+            runs.insert(run_id.as_bytes(), bytes)?;
             Ok(())
         });
         r.map_err(|e| match e {
@@ -327,7 +373,7 @@ impl SledStore {
     pub fn repair_finished(&self, run_id: &str, terminal: &Event) -> Result<()> {
         match self.run(run_id)? {
             Some(s) if s.status == RunStatus::Running => {
-                self.transaction(run_id, &[], std::slice::from_ref(terminal))
+                self.transaction(run_id, None, std::slice::from_ref(terminal))
             }
             _ => Ok(()),
         }
@@ -450,24 +496,29 @@ impl RunStore for SledStore {
     }
 
     fn append(&self, run_id: &str, first_seq: u64, events: &[Event]) -> Result<()> {
-        let encoded = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                Ok((
-                    event_key(run_id, first_seq + i as u64),
-                    serde_json::to_vec(e)?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.transaction(run_id, &encoded, events)
+        if events.is_empty() {
+            return Ok(());
+        }
+        // One value per append: one event as an object (as older versions
+        // stored every event), several as an array.
+        let value = match events {
+            [one] => serde_json::to_vec(one)?,
+            many => serde_json::to_vec(many)?,
+        };
+        self.transaction(run_id, Some((event_key(run_id, first_seq), value)), events)
     }
 
     fn events(&self, run_id: &str) -> Result<Vec<Event>> {
-        self.run_events
-            .scan_prefix(scoped(run_id))
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
-            .collect()
+        let mut out = Vec::new();
+        for kv in self.run_events.scan_prefix(scoped(run_id)) {
+            let (_, v) = kv?;
+            if v.first() == Some(&b'[') {
+                out.extend(serde_json::from_slice::<Vec<Event>>(&v)?);
+            } else {
+                out.push(serde_json::from_slice(&v)?);
+            }
+        }
+        Ok(out)
     }
 
     fn run(&self, run_id: &str) -> Result<Option<RunSummary>> {
@@ -605,6 +656,7 @@ impl RunStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::collections::BTreeMap;
 
     fn started(id: &str, wf: &str, at: Millis) -> Event {
@@ -673,6 +725,48 @@ mod tests {
         assert!(s.delete_workflow("a").unwrap());
         assert!(!s.workflow_exists("a"));
         assert!(s.workflow("a", None).unwrap().is_none());
+    }
+
+    fn succeeded(at: Millis) -> Event {
+        Event::RunSucceeded {
+            output: json!("done"),
+            headers: BTreeMap::new(),
+            at,
+        }
+    }
+
+    fn listed(s: &SledStore, status: RunStatus) -> Vec<String> {
+        let page = s
+            .list_runs(&RunFilter {
+                status: Some(status),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        page.runs.into_iter().map(|r| r.id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_run_written_whole_or_event_by_event_reads_back_the_same() {
+        let (_d, s) = open();
+        let events = vec![started("whole", "w", 10), succeeded(20)];
+        // Start to end in one append (a short run).
+        s.append("whole", 0, &events).unwrap();
+        // One event per append, as a long run (and every older version) writes.
+        s.append("parts", 0, &events[..1]).unwrap();
+        assert_eq!(listed(&s, RunStatus::Running), vec!["parts"]);
+        s.append("parts", 1, &events[1..]).unwrap();
+        for id in ["whole", "parts"] {
+            assert_eq!(s.events(id).unwrap(), events, "{id}");
+            let summary = s.run(id).unwrap().unwrap();
+            assert_eq!(summary.status, RunStatus::Succeeded, "{id}");
+            assert_eq!(summary.output, Some(json!("done")), "{id}");
+            assert_eq!(summary.finished_at, Some(20), "{id}");
+        }
+        assert_eq!(listed(&s, RunStatus::Running), Vec::<String>::new());
+        let mut done = listed(&s, RunStatus::Succeeded);
+        done.sort();
+        assert_eq!(done, vec!["parts", "whole"]);
     }
 
     #[tokio::test]
