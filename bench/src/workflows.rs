@@ -437,14 +437,23 @@ fn cache_dir(n: usize) -> PathBuf {
     cache_root().join(format!("runs-{n}-{key}"))
 }
 
+/// Copies a directory tree: symbolic links as links (the container backend's
+/// root filesystem has links that point nowhere outside a container), regular
+/// files as files; sockets and pipes (a stopped server leaves none that
+/// matter) are left out.
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        if entry.file_type()?.is_dir() {
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
             copy_dir(&src, &dst)?;
-        } else {
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&src)?;
+            std::os::unix::fs::symlink(&target, &dst)
+                .with_context(|| format!("cannot link {}", dst.display()))?;
+        } else if kind.is_file() {
             std::fs::copy(&src, &dst).with_context(|| format!("cannot copy {}", src.display()))?;
         }
     }
@@ -932,7 +941,23 @@ impl Concurrent {
 
 #[cfg(test)]
 mod tests {
-    use super::chain_yaml;
+    use super::{chain_yaml, copy_dir};
+
+    #[test]
+    fn copy_dir_keeps_links_even_dangling_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        std::fs::create_dir_all(from.join("db")).unwrap();
+        std::fs::write(from.join("db/conf"), "x").unwrap();
+        std::os::unix::fs::symlink("usr/sbin", from.join("sbin")).unwrap();
+        let to = dir.path().join("to");
+        copy_dir(&from, &to).unwrap();
+        assert_eq!(std::fs::read_to_string(to.join("db/conf")).unwrap(), "x");
+        assert_eq!(
+            std::fs::read_link(to.join("sbin")).unwrap(),
+            std::path::Path::new("usr/sbin")
+        );
+    }
 
     #[test]
     fn chain_links_each_task_to_the_previous_one() {
