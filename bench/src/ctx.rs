@@ -52,8 +52,20 @@ impl Ctx {
         backend: Option<&str>,
         prepare: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<(Server, Ctx)> {
+        Ctx::start_with_args(fusion, args, backend, &[], prepare).await
+    }
+
+    /// The same, with `extra` arguments to `fusion server` (e.g.
+    /// `--store-cache-mb 64`).
+    pub async fn start_with_args(
+        fusion: &Path,
+        args: &Args,
+        backend: Option<&str>,
+        extra: &[String],
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<(Server, Ctx)> {
         let envs: Vec<(&str, &str)> = backend.map(|b| ("FUSION_BACKEND", b)).into_iter().collect();
-        let server = Server::start_with(fusion, &envs, prepare)?;
+        let server = Server::start_with(fusion, &envs, extra, prepare)?;
         let ctx = Ctx {
             http: Http::new(&server.api, &server.token)?,
             api: server.api.clone(),

@@ -17,7 +17,10 @@
 //!   (a `nats-server` the harness starts) through a hello function, next to the
 //!   same function over HTTP;
 //! - Restate side by side (`restate`): W1-W4 on Fusion and on Restate (its npm
-//!   server and a service written with its SDK, bench/restate) in one run.
+//!   server and a service written with its SDK, bench/restate) in one run;
+//! - the server's footprint (`footprint`): RSS and disk over many one-task runs,
+//!   with an explicit `--store-cache-mb`;
+//! - stalls (`stall`): the tail (p99.9, max) of W2 over thousands of runs.
 //!
 //! Each part runs on a server of its own. Prints a table and writes
 //! `<out>/<UTC timestamp>.json` and `<out>/latest.json`. The targets from the
@@ -28,11 +31,13 @@
 mod client;
 mod ctx;
 mod faas;
+mod footprint;
 mod mqt;
 mod report;
 mod restate;
 mod server;
 mod sfn;
+mod stall;
 mod stats;
 mod timer;
 mod workflows;
@@ -52,9 +57,10 @@ use crate::workflows::EngineResults;
 
 /// The parts `--only` selects from; `engine` is chain, foreach and concurrent
 /// (`sfn`, RFC-0022 per-step overhead, runs on the same server); `timer` is
-/// time-trigger firing lateness, `mqt` messages per second from NATS and
-/// `restate` W1-W4 side by side with Restate, each on a server of its own.
-const PARTS: [&str; 9] = [
+/// time-trigger firing lateness, `mqt` messages per second from NATS,
+/// `restate` W1-W4 side by side with Restate, `footprint` RSS and disk over many
+/// runs and `stall` W2's tail, each on a server of its own.
+const PARTS: [&str; 11] = [
     "faas",
     "chain",
     "foreach",
@@ -64,6 +70,8 @@ const PARTS: [&str; 9] = [
     "timer",
     "mqt",
     "restate",
+    "footprint",
+    "stall",
 ];
 /// The values of `FUSION_BACKEND` the FaaS part is run with.
 const BACKENDS: [&str; 2] = ["container", "process"];
@@ -83,7 +91,8 @@ pub struct Args {
     /// export while others edit the checkout); recorded instead of HEAD.
     #[arg(long)]
     fusion_commit: Option<String>,
-    /// Parts to run: faas, chain, foreach, sfn, concurrent, runs, timer, mqt, restate; `engine`
+    /// Parts to run: faas, chain, foreach, sfn, concurrent, runs, timer, mqt, restate,
+    /// footprint, stall; `engine`
     /// is chain, foreach and concurrent [default: all].
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -176,6 +185,23 @@ pub struct Args {
     /// Runs of W4 (W1 at --clients clients) per engine (`restate`).
     #[arg(long, default_value_t = 5000)]
     restate_w4_requests: usize,
+    /// One-task runs of the footprint part (at --clients clients).
+    #[arg(long, default_value_t = 500_000)]
+    footprint_runs: usize,
+    /// Runs between two samples of the footprint part's RSS and disk.
+    #[arg(long, default_value_t = 10_000)]
+    footprint_sample_every: usize,
+    /// Seconds the server's RSS is sampled (every second) after the footprint
+    /// part's load, with nothing running.
+    #[arg(long, default_value_t = 30)]
+    footprint_idle_secs: u64,
+    /// `--store-cache-mb` the footprint part's server is started with (the
+    /// store's page cache, MiB).
+    #[arg(long, default_value_t = 64)]
+    store_cache_mb: u64,
+    /// Runs of W2 (ten HTTP steps in a row), one after another (`stall`).
+    #[arg(long, default_value_t = 5000)]
+    stall_runs: usize,
     /// Seed the run history afresh and keep no copy in bench/results/.cache.
     #[arg(long)]
     no_cache: bool,
@@ -389,6 +415,37 @@ async fn run(args: Args) -> Result<bool> {
         }
         phase_secs.insert("mqt".into(), json!(t.elapsed().as_secs()));
     }
+    let mut footprint_result = None;
+    if parts.contains(&"footprint") {
+        let t = Instant::now();
+        let extra = [
+            "--store-cache-mb".to_string(),
+            args.store_cache_mb.to_string(),
+        ];
+        let (mut server, ctx) =
+            Ctx::start_with_args(&fusion, &args, None, &extra, |_| Ok(())).await?;
+        let r = footprint::run(&ctx, args.store_cache_mb).await;
+        instances_seen += ctx.pids.len();
+        orphans.extend(ctx.finish(&mut server).await?);
+        match r {
+            Ok(f) => footprint_result = Some(f),
+            Err(e) => errors.push(format!("footprint: {e:#}")),
+        }
+        phase_secs.insert("footprint".into(), json!(t.elapsed().as_secs()));
+    }
+    let mut stall_result = None;
+    if parts.contains(&"stall") {
+        let t = Instant::now();
+        let (mut server, mut ctx) = Ctx::start(&fusion, &args, None, |_| Ok(())).await?;
+        let r = stall::run(&mut ctx).await;
+        instances_seen += ctx.pids.len();
+        orphans.extend(ctx.finish(&mut server).await?);
+        match r {
+            Ok(s) => stall_result = Some(s),
+            Err(e) => errors.push(format!("stall: {e:#}")),
+        }
+        phase_secs.insert("stall".into(), json!(t.elapsed().as_secs()));
+    }
     let mut restate_result = None;
     if parts.contains(&"restate") {
         let t = Instant::now();
@@ -464,6 +521,11 @@ async fn run(args: Args) -> Result<bool> {
             "mqt_batches": args.mqt_batches,
             "restate_runs": args.restate_runs,
             "restate_w4_requests": args.restate_w4_requests,
+            "footprint_runs": args.footprint_runs,
+            "footprint_sample_every": args.footprint_sample_every,
+            "footprint_idle_secs": args.footprint_idle_secs,
+            "store_cache_mb_footprint": args.store_cache_mb,
+            "stall_runs": args.stall_runs,
             "client": "hyper-util legacy client, HTTP/1.1 keep-alive, TCP_NODELAY, one current-thread tokio runtime; Unix-socket instances: hyper client::conn::http1 connections pooled the same way",
         },
     });
@@ -482,6 +544,20 @@ async fn run(args: Args) -> Result<bool> {
         }
         print!("{}", r.table());
     }
+    if let Some(f) = &footprint_result {
+        doc["footprint"] = f.json();
+        if let Some(targets) = doc["targets"].as_array_mut() {
+            targets.extend(f.targets());
+        }
+        print!("{}", f.table());
+    }
+    if let Some(s) = &stall_result {
+        doc["stall"] = s.json();
+        if let Some(targets) = doc["targets"].as_array_mut() {
+            targets.push(s.target());
+        }
+        print!("{}", s.table());
+    }
     println!("{}", report::table(&faas, &engine, &doc));
     if let Some(m) = &mqt_result {
         doc["mqt"] = m.json();
@@ -495,8 +571,11 @@ async fn run(args: Args) -> Result<bool> {
         std::fs::create_dir_all(&out)
             .with_context(|| format!("cannot create {}", out.display()))?;
         let text = serde_json::to_string_pretty(&doc)? + "\n";
-        // A run of the Restate part alone is named for it.
-        let suffix = if parts == ["restate"] { "-restate" } else { "" };
+        // A run of one of these parts alone is named for it.
+        let suffix = match parts.as_slice() {
+            [p @ ("restate" | "footprint" | "stall" | "runs")] => format!("-{p}"),
+            _ => String::new(),
+        };
         let dated = out.join(format!("{}{suffix}.json", started.1));
         std::fs::write(&dated, &text)
             .with_context(|| format!("cannot write {}", dated.display()))?;

@@ -31,12 +31,12 @@ use crate::ctx::{create_env, create_fn, wait_pool, Ctx, Leftovers};
 use crate::report::target;
 use crate::stats::{round3, Summary};
 
-const ENV: &str = "restate-python";
-const ECHO: &str = "bench-echo";
+pub const ENV: &str = "restate-python";
+pub const ECHO: &str = "bench-echo";
 /// What every run is invoked with, and what every step sends to the echo function.
-const INPUT: &str = r#"{"i":1}"#;
+pub const INPUT: &str = r#"{"i":1}"#;
 /// Steps of W2 and W3.
-const STEPS: usize = 10;
+pub const STEPS: usize = 10;
 /// Issue 10's targets side by side with Restate (reported, never asserted): the
 /// p50 of W1-W3 at most these (ms), and W4 at least this many times Restate's.
 pub const MAX_P50_MS: [f64; 3] = [1.0, 4.0, 2.5];
@@ -284,7 +284,7 @@ where
     }
 }
 
-fn post(url: String, status: StatusCode) -> Result<Probe> {
+pub fn post(url: String, status: StatusCode) -> Result<Probe> {
     Ok(Probe::post(
         url.parse()?,
         "application/json",

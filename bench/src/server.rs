@@ -24,12 +24,14 @@ pub struct Server {
 
 impl Server {
     /// Starts the server with `envs` added to its environment (e.g.
-    /// `FUSION_BACKEND`) and waits for its listening line, after `prepare` has had
-    /// the chance to fill its (not yet existing) data directory, e.g. with a copy
-    /// of a seeded store.
+    /// `FUSION_BACKEND`) and `extra` added to its arguments (e.g.
+    /// `--store-cache-mb 64`), and waits for its listening line, after `prepare`
+    /// has had the chance to fill its (not yet existing) data directory, e.g.
+    /// with a copy of a seeded store.
     pub fn start_with(
         fusion: &Path,
         envs: &[(&str, &str)],
+        extra: &[String],
         prepare: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Server> {
         let tmp = tempfile::Builder::new()
@@ -48,6 +50,7 @@ impl Server {
                 "--api-listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .env("FUSION_LOG", "warn")
             .envs(envs.iter().copied())
             .stdin(Stdio::null())

@@ -85,6 +85,9 @@ pub struct Listing {
     pub store_bytes: u64,
     pub pages_to_count_secs: f64,
     pub first: Summary,
+    /// `?workflow=seed-b`, `?status=succeeded`, and both.
+    pub by_workflow: Summary,
+    pub by_status: Summary,
     pub filtered: Summary,
     pub deep: Summary,
     pub deep_offset: usize,
@@ -122,7 +125,7 @@ fn foreach_yaml(expr: bool) -> String {
 }
 
 /// Stores a workflow (YAML body).
-async fn create_workflow(ctx: &Ctx, name: &str, yaml: &str) -> Result<()> {
+pub async fn create_workflow(ctx: &Ctx, name: &str, yaml: &str) -> Result<()> {
     let url = format!("{}/v1/workflows?name={name}", ctx.api);
     let (status, body) = ctx
         .http
@@ -142,7 +145,7 @@ async fn create_workflow(ctx: &Ctx, name: &str, yaml: &str) -> Result<()> {
     Ok(())
 }
 
-fn invoke_uri(ctx: &Ctx, name: &str) -> Result<Uri> {
+pub fn invoke_uri(ctx: &Ctx, name: &str) -> Result<Uri> {
     Ok(format!("{}/fission-function/{name}", ctx.router).parse()?)
 }
 
@@ -434,14 +437,23 @@ fn cache_dir(n: usize) -> PathBuf {
     cache_root().join(format!("runs-{n}-{key}"))
 }
 
+/// Copies a directory tree: symbolic links as links (the container backend's
+/// root filesystem has links that point nowhere outside a container), regular
+/// files as files; sockets and pipes (a stopped server leaves none that
+/// matter) are left out.
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        if entry.file_type()?.is_dir() {
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
             copy_dir(&src, &dst)?;
-        } else {
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&src)?;
+            std::os::unix::fs::symlink(&target, &dst)
+                .with_context(|| format!("cannot link {}", dst.display()))?;
+        } else if kind.is_file() {
             std::fs::copy(&src, &dst).with_context(|| format!("cannot copy {}", src.display()))?;
         }
     }
@@ -612,6 +624,8 @@ async fn listing_on(ctx: &mut Ctx, n: usize, cache: Option<&PathBuf>) -> Result<
     };
     let probes = [
         get("limit=50".into())?,
+        get("workflow=seed-b&limit=50".into())?,
+        get("status=succeeded&limit=50".into())?,
         get("workflow=seed-b&status=succeeded&limit=50".into())?,
         get(format!("limit=50&cursor={deep}"))?,
     ];
@@ -625,15 +639,15 @@ async fn listing_on(ctx: &mut Ctx, n: usize, cache: Option<&PathBuf>) -> Result<
         run_batch(&ctx.http, p, 1, 20).await?;
     }
     let per = ctx.args.runs_requests.max(10);
-    let mut samples: [Vec<Duration>; 3] = Default::default();
+    let mut samples: [Vec<Duration>; 5] = Default::default();
     for b in 0..10 {
-        for k in 0..3 {
-            let i = (k + b) % 3;
+        for k in 0..probes.len() {
+            let i = (k + b) % probes.len();
             let (s, _) = run_batch(&ctx.http, &probes[i], 1, per / 10).await?;
             samples[i].extend(s);
         }
     }
-    let [first, filtered, deep_s] = samples.map(|s| Summary::of(&s));
+    let [first, by_workflow, by_status, filtered, deep_s] = samples.map(|s| Summary::of(&s));
     let l = Listing {
         runs: n,
         counted,
@@ -643,13 +657,17 @@ async fn listing_on(ctx: &mut Ctx, n: usize, cache: Option<&PathBuf>) -> Result<
         store_bytes: dir_bytes(&ctx.data_dir.join("db")),
         pages_to_count_secs,
         first: first.context("no samples")?,
+        by_workflow: by_workflow.context("no samples")?,
+        by_status: by_status.context("no samples")?,
         filtered: filtered.context("no samples")?,
         deep: deep_s.context("no samples")?,
         deep_offset,
     };
     eprintln!(
-        "  first page p50 {:.3} ms, filtered {:.3} ms, deep {:.3} ms; store {:.1} MB",
+        "  first page p50 {:.3} ms, ?workflow {:.3} ms, ?status {:.3} ms, both {:.3} ms, deep {:.3} ms; store {:.1} MB",
         l.first.p50,
+        l.by_workflow.p50,
+        l.by_status.p50,
         l.filtered.p50,
         l.deep.p50,
         l.store_bytes as f64 / 1e6
@@ -727,11 +745,15 @@ impl EngineResults {
                 "store_bytes": l.store_bytes,
                 "count_all_pages_secs": round3(l.pages_to_count_secs),
                 "first_page": l.first.json(),
+                "workflow_page": l.by_workflow.json(),
+                "status_page": l.by_status.json(),
                 "filtered_page": l.filtered.json(),
                 "deep_page": l.deep.json(),
                 "deep_page_offset": l.deep_offset,
                 "queries": {
                     "first_page": "GET /v1/runs?limit=50",
+                    "workflow_page": "GET /v1/runs?workflow=seed-b&limit=50",
+                    "status_page": "GET /v1/runs?status=succeeded&limit=50",
                     "filtered_page": "GET /v1/runs?workflow=seed-b&status=succeeded&limit=50 (seed-b: 1 run in 10)",
                     "deep_page": "GET /v1/runs?limit=50&cursor=<the cursor after half the runs>",
                 },
@@ -756,13 +778,19 @@ impl EngineResults {
             s.targets(&mut t);
         }
         if let Some(l) = &self.listing {
-            t.push(target(
-                &format!("GET /v1/runs first page p50 (ms), {} runs", l.runs),
-                "engine",
-                MAX_RUNS_FIRST_PAGE_MS,
-                Some(l.first.p50),
-                true,
-            ));
+            for (what, s) in [
+                ("first page", &l.first),
+                ("?workflow= first page", &l.by_workflow),
+                ("?status= first page", &l.by_status),
+            ] {
+                t.push(target(
+                    &format!("GET /v1/runs {what} p50 (ms), {} runs", l.runs),
+                    "engine",
+                    MAX_RUNS_FIRST_PAGE_MS,
+                    Some(s.p50),
+                    true,
+                ));
+            }
         }
         t
     }
@@ -877,6 +905,8 @@ impl EngineResults {
                 l.store_bytes as f64 / 1e6
             );
             row(out, "GET /v1/runs first page", &l.first, extra);
+            row(out, "  ?workflow=seed-b", &l.by_workflow, String::new());
+            row(out, "  ?status=succeeded", &l.by_status, String::new());
             row(
                 out,
                 "  ?workflow=seed-b&status=succeeded",
@@ -911,7 +941,23 @@ impl Concurrent {
 
 #[cfg(test)]
 mod tests {
-    use super::chain_yaml;
+    use super::{chain_yaml, copy_dir};
+
+    #[test]
+    fn copy_dir_keeps_links_even_dangling_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        std::fs::create_dir_all(from.join("db")).unwrap();
+        std::fs::write(from.join("db/conf"), "x").unwrap();
+        std::os::unix::fs::symlink("usr/sbin", from.join("sbin")).unwrap();
+        let to = dir.path().join("to");
+        copy_dir(&from, &to).unwrap();
+        assert_eq!(std::fs::read_to_string(to.join("db/conf")).unwrap(), "x");
+        assert_eq!(
+            std::fs::read_link(to.join("sbin")).unwrap(),
+            std::path::Path::new("usr/sbin")
+        );
+    }
 
     #[test]
     fn chain_links_each_task_to_the_previous_one() {
