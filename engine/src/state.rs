@@ -551,16 +551,32 @@ impl RunState {
                         TaskStatus::Failed => self.resolved(&t.id).unwrap_or(t),
                         _ => t,
                     };
+                    // Built field by field: `json!` would copy each value
+                    // once more through the serializer.
+                    let text = |s: &str| Value::String(s.to_string());
+                    let entry = [
+                        ("Id", text(&t.id)),
+                        (
+                            "Status",
+                            serde_json::to_value(t.status).unwrap_or(Value::Null),
+                        ),
+                        ("Inputs", t.inputs.clone().unwrap_or(Value::Null)),
+                        ("Output", result.output.clone().unwrap_or(Value::Null)),
+                        (
+                            "OutputHeaders",
+                            Value::Object(
+                                result
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| (k.clone(), text(v)))
+                                    .collect(),
+                            ),
+                        ),
+                        ("Error", t.error.as_deref().map_or(Value::Null, text)),
+                    ];
                     tasks.insert(
                         t.local.clone(),
-                        json!({
-                            "Id": t.id,
-                            "Status": t.status,
-                            "Inputs": t.inputs.clone().unwrap_or(Value::Null),
-                            "Output": result.output.clone().unwrap_or(Value::Null),
-                            "OutputHeaders": result.headers,
-                            "Error": t.error,
-                        }),
+                        Value::Object(entry.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
                     );
                 }
             }
@@ -575,18 +591,19 @@ impl RunState {
                 }
             }
         }
-        json!({
+        let inputs = if invocation {
+            inputs.unwrap_or_else(|| self.input.clone())
+        } else {
+            Value::Null
+        };
+        let mut scope = json!({
             "Workflow": {"Id": self.workflow, "Name": self.workflow, "Version": self.version},
-            "Invocation": {
-                "Id": self.run_id,
-                "Inputs": if invocation {
-                    inputs.unwrap_or_else(|| self.input.clone())
-                } else {
-                    Value::Null
-                },
-            },
-            "Tasks": tasks,
-        })
+            "Invocation": {"Id": self.run_id},
+        });
+        // Moved in, not through `json!`, which would copy them again.
+        scope["Invocation"]["Inputs"] = inputs;
+        scope["Tasks"] = Value::Object(tasks);
+        scope
     }
 
     /// The tasks of `scope` that `sources` can name (see `named_by`) and the
