@@ -513,13 +513,12 @@ impl RunState {
         self.build_scope(task_id, None, true)
     }
 
-    /// Like `scope_for`, with only the tasks in `$.Tasks` whose local ids occur
-    /// in one of `sources` (the task's expressions, when they name tasks only
-    /// literally), and the task itself: building every task into every scope
-    /// made a run's cost grow with the square of its tasks. The tasks are found
-    /// by looking up the sources' substrings, not by scanning the scope, so a
-    /// task's cost does not grow with the tasks around it (a 1,000-item
-    /// `foreach` scanned 1,000 tasks per item).
+    /// Like `scope_for`, with only the tasks in `$.Tasks` that `sources` (the
+    /// task's expressions, when they name tasks only literally) can name, and
+    /// the task itself: building every task into every scope made a run's cost
+    /// grow with the square of its tasks. The names are looked up (`named_in`),
+    /// not the scope scanned, so a task's cost does not grow with the tasks
+    /// around it (a 1,000-item `foreach` scanned 2,000 tasks per item).
     /// `invocation` says whether `$.Invocation.Inputs` is needed at all (a large
     /// request body is otherwise copied into every evaluation).
     pub fn scope_naming(&self, task_id: &str, sources: &[String], invocation: bool) -> Value {
