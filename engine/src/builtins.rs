@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::dag::TaskGraph;
@@ -506,7 +507,8 @@ pub struct DynamicTasks {
 /// sub-workflow; an invalid one is an error.
 pub fn dynamic_workflow(value: &Value) -> Option<Result<DynamicTasks, String>> {
     if is_workflow_spec(value) {
-        let spec: WorkflowSpec = match serde_json::from_value(value.clone()) {
+        // Read from the value in place (`from_value` takes it whole: a copy).
+        let spec = match WorkflowSpec::deserialize(value) {
             Ok(s) => s,
             Err(e) => return Some(Err(format!("invalid workflow spec: {e}"))),
         };
@@ -544,7 +546,7 @@ pub fn dynamic_workflow(value: &Value) -> Option<Result<DynamicTasks, String>> {
         }));
     }
     if is_task_spec(value) {
-        let mut spec: TaskSpec = match serde_json::from_value(value.clone()) {
+        let mut spec = match TaskSpec::deserialize(value) {
             Ok(s) => s,
             Err(e) => return Some(Err(format!("invalid task spec: {e}"))),
         };

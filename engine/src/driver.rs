@@ -1276,11 +1276,7 @@ impl Actor {
                     let invocation = sources
                         .iter()
                         .any(|s| s.contains("Invocation") || s.contains("param("));
-                    self.state.scope_with(
-                        task,
-                        &|id| id == local || sources.iter().any(|s| s.contains(id)),
-                        invocation,
-                    )
+                    self.state.scope_naming(task, &sources, invocation)
                 } else {
                     self.state.scope_for(task)
                 };

@@ -3,6 +3,7 @@
 //! driver persists events, performs the actions and feeds outcomes back as events.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -506,71 +507,190 @@ impl RunState {
         spec
     }
 
-    /// The expression scope `$` for a task, and the task's id inside its scope.
+    /// The expression scope `$` for a task: every task of its scope and of the
+    /// scopes around it.
     pub fn scope_for(&self, task_id: &str) -> Value {
-        self.scope_with(task_id, &|_| true, true)
+        self.build_scope(task_id, None, true)
     }
 
-    /// Like `scope_for`, with only the tasks (by local id) that `include` wants
-    /// in `$.Tasks`: building every task into every scope made a run's cost grow
-    /// with the square of its tasks.
+    /// Like `scope_for`, with only the tasks in `$.Tasks` that `sources` (the
+    /// task's expressions, when they name tasks only literally) can name, and
+    /// the task itself: building every task into every scope made a run's cost
+    /// grow with the square of its tasks. The names are looked up (`named_in`),
+    /// not the scope scanned, so a task's cost does not grow with the tasks
+    /// around it (a 1,000-item `foreach` scanned 2,000 tasks per item).
     /// `invocation` says whether `$.Invocation.Inputs` is needed at all (a large
     /// request body is otherwise copied into every evaluation).
-    pub fn scope_with(
-        &self,
-        task_id: &str,
-        include: &dyn Fn(&str) -> bool,
-        invocation: bool,
-    ) -> Value {
+    pub fn scope_naming(&self, task_id: &str, sources: &[String], invocation: bool) -> Value {
+        self.build_scope(task_id, Some(sources), invocation)
+    }
+
+    /// `$` for a task, with every task of each scope (`sources` None) or those
+    /// `named_in` them.
+    fn build_scope(&self, task_id: &str, sources: Option<&[String]>, invocation: bool) -> Value {
+        let me = self.tasks.get(task_id);
+        let local = me.map_or("", |t| t.local.as_str());
         let mut tasks = serde_json::Map::new();
-        let mut scope = self.tasks.get(task_id).and_then(|t| t.scope.clone());
+        let mut scope = me.and_then(|t| t.scope.as_deref());
         let mut inputs: Option<Value> = None;
         loop {
-            for t in self.tasks.values().filter(|t| t.scope == scope) {
-                if !tasks.contains_key(&t.local) && include(&t.local) {
+            let level: Vec<&TaskState> = match sources {
+                None => self
+                    .tasks
+                    .values()
+                    .filter(|t| t.scope.as_deref() == scope)
+                    .collect(),
+                Some(sources) => self.named_in(scope, local, sources),
+            };
+            for t in level {
+                if !tasks.contains_key(&t.local) {
                     // A task that failed for good shows its fallback's result
                     // as its own output (its status and error stay its own).
                     let result = match t.status {
                         TaskStatus::Failed => self.resolved(&t.id).unwrap_or(t),
                         _ => t,
                     };
+                    // Built field by field: `json!` would copy each value
+                    // once more through the serializer.
+                    let text = |s: &str| Value::String(s.to_string());
+                    let entry = [
+                        ("Id", text(&t.id)),
+                        (
+                            "Status",
+                            serde_json::to_value(t.status).unwrap_or(Value::Null),
+                        ),
+                        ("Inputs", t.inputs.clone().unwrap_or(Value::Null)),
+                        ("Output", result.output.clone().unwrap_or(Value::Null)),
+                        (
+                            "OutputHeaders",
+                            Value::Object(
+                                result
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| (k.clone(), text(v)))
+                                    .collect(),
+                            ),
+                        ),
+                        ("Error", t.error.as_deref().map_or(Value::Null, text)),
+                    ];
                     tasks.insert(
                         t.local.clone(),
-                        json!({
-                            "Id": t.id,
-                            "Status": t.status,
-                            "Inputs": t.inputs.clone().unwrap_or(Value::Null),
-                            "Output": result.output.clone().unwrap_or(Value::Null),
-                            "OutputHeaders": result.headers,
-                            "Error": t.error,
-                        }),
+                        Value::Object(entry.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
                     );
                 }
             }
             match scope {
                 None => break,
                 Some(p) => {
-                    let parent = self.tasks.get(&p);
+                    let parent = self.tasks.get(p);
                     if inputs.is_none() {
                         inputs = parent.and_then(|t| t.scope_inputs.clone());
                     }
-                    scope = parent.and_then(|t| t.scope.clone());
+                    scope = parent.and_then(|t| t.scope.as_deref());
                 }
             }
         }
-        json!({
+        let inputs = if invocation {
+            inputs.unwrap_or_else(|| self.input.clone())
+        } else {
+            Value::Null
+        };
+        let mut scope = json!({
             "Workflow": {"Id": self.workflow, "Name": self.workflow, "Version": self.version},
-            "Invocation": {
-                "Id": self.run_id,
-                "Inputs": if invocation {
-                    inputs.unwrap_or_else(|| self.input.clone())
-                } else {
-                    Value::Null
-                },
-            },
-            "Tasks": tasks,
-        })
+            "Invocation": {"Id": self.run_id},
+        });
+        // Moved in, not through `json!`, which would copy them again.
+        scope["Invocation"]["Inputs"] = inputs;
+        scope["Tasks"] = Value::Object(tasks);
+        scope
     }
+
+    /// The tasks of `scope` that `sources` can name (see `named_by`) and the
+    /// one whose local id is `local`, in id order. A task's id is its local id
+    /// inside its scope (`child_id`), so each name is looked up, never the
+    /// scope scanned: the work follows the sources' length, not the tasks.
+    fn named_in<'a>(
+        &'a self,
+        scope: Option<&str>,
+        local: &str,
+        sources: &[String],
+    ) -> Vec<&'a TaskState> {
+        let base = scope.map_or_else(String::new, |p| child_id(p, ""));
+        let mut found: BTreeMap<&str, &'a TaskState> = BTreeMap::new();
+        let mut consider = |key: &str| {
+            if let Some(t) = self.tasks.get(key) {
+                if t.scope.as_deref() == scope && key.get(base.len()..) == Some(t.local.as_str()) {
+                    found.insert(t.id.as_str(), t);
+                }
+            }
+        };
+        let mut key = format!("{base}{local}");
+        consider(&key);
+        let mut seen = std::collections::HashSet::new();
+        for source in sources.iter().filter(|s| seen.insert(s.as_str())) {
+            match named_by(source) {
+                Some(names) => {
+                    for name in names {
+                        key.truncate(base.len());
+                        key.push_str(name);
+                        consider(&key);
+                    }
+                }
+                // Every substring of the source is a name: each is looked up,
+                // and extended only while some task's id starts with it.
+                None => {
+                    for (start, _) in source.char_indices() {
+                        key.truncate(base.len());
+                        consider(&key);
+                        for c in source[start..].chars() {
+                            key.push(c);
+                            let mut after = self
+                                .tasks
+                                .range::<str, _>((Bound::Included(key.as_str()), Bound::Unbounded));
+                            match after.next() {
+                                Some((id, _)) if id.starts_with(key.as_str()) => consider(&key),
+                                _ => break,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        found.into_values().collect()
+    }
+}
+
+/// The task names an expression that names tasks only literally (see
+/// `expr::names_tasks_literally`) can reach: `$.Tasks.X` reads a JavaScript
+/// identifier, a helper (`output('X')`, ...) a string literal without escapes.
+/// So its words (runs of letters, digits, `_` and `$`) and the text between
+/// any two neighbouring quotes of one kind (a superset of its string literals)
+/// are all it can name, and a task named anything else keeps the expression's
+/// result the same whether it is in `$.Tasks` or not. None for a source with a
+/// backslash (an escape spells a name differently) or a character beyond ASCII
+/// (an identifier may hold more than letters and digits there): then every
+/// substring counts.
+fn named_by(source: &str) -> Option<Vec<&str>> {
+    if !source.is_ascii() || source.contains('\\') {
+        return None;
+    }
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
+    let mut names: Vec<&str> = source
+        .split(|c| !word(c))
+        .filter(|w| !w.is_empty())
+        .collect();
+    for quote in ['\'', '"', '`'] {
+        let mut parts = source.split(quote);
+        parts.next();
+        let mut parts = parts.peekable();
+        // The last part follows the last quote: nothing closes it.
+        while let Some(between) = parts.next() {
+            if parts.peek().is_some() {
+                names.push(between);
+            }
+        }
+    }
+    Some(names)
 }
 
 /// What a terminal event says about a run's end (the state and the stored
@@ -1483,6 +1603,107 @@ mod tests {
             prop_assert_eq!(RunState::fold(&stored), s.clone());
             // Nothing happens after the end.
             prop_assert!(decide(&s, u64::MAX).is_empty());
+        }
+    }
+
+    /// Task names that overlap as substrings, one empty, one of two bytes per
+    /// character, one with the separator of full ids in it.
+    const NAMES: [&str; 8] = ["a", "ab", "b", "do_1", "do_10", "", "é", "x/a"];
+
+    /// A run whose tasks (named from `NAMES`) have sub-workflows, nested.
+    fn nested_run(top: &[&str], children: &[(usize, Vec<&str>)]) -> RunState {
+        let named = |names: &[&str]| -> BTreeMap<String, TaskSpec> {
+            names
+                .iter()
+                .map(|n| (n.to_string(), TaskSpec::default()))
+                .collect()
+        };
+        let spec = WorkflowSpec {
+            output: top[0].to_string(),
+            tasks: named(top),
+            ..Default::default()
+        };
+        let mut s = RunState::fold(&[start(spec)]);
+        for (pick, names) in children {
+            let ids: Vec<String> = s.tasks.keys().cloned().collect();
+            let parent = ids[pick % ids.len()].clone();
+            apply(&mut s, &dispatched(&parent, 1, 0));
+            apply(
+                &mut s,
+                &Event::TasksAdded {
+                    parent,
+                    tasks: named(names),
+                    output: names[0].to_string(),
+                    scope_inputs: None,
+                    concurrency: None,
+                    at: 0,
+                },
+            );
+        }
+        s
+    }
+
+    /// An expression naming task `NAMES[n]` in one of the literal forms.
+    fn naming(form: usize, n: usize) -> String {
+        let name = NAMES[n];
+        // `$.Tasks.X` takes an identifier.
+        let ident = !name.is_empty() && !name.contains('/');
+        match form {
+            0 if ident => format!("$.Tasks.{name}.Output"),
+            1 => format!("task('{name}').Status"),
+            2 => "output()".to_string(),
+            3 => "task().Id".to_string(),
+            _ => format!("output(\"{name}\")"),
+        }
+    }
+
+    proptest! {
+        /// Expressions that name tasks literally give the same results with
+        /// just the tasks they name in `$.Tasks` as with every task.
+        #[test]
+        fn a_scope_naming_tasks_gives_the_results_of_the_full_scope(
+            top in proptest::sample::subsequence(NAMES.to_vec(), 1..NAMES.len()),
+            children in proptest::collection::vec(
+                (0usize..16, proptest::sample::subsequence(NAMES.to_vec(), 1..4)),
+                0..5,
+            ),
+            pick in 0usize..64,
+            exprs in proptest::collection::vec(
+                proptest::collection::vec((0usize..5, 0..NAMES.len()), 1..3),
+                1..3,
+            ),
+        ) {
+            let mut s = nested_run(&top, &children);
+            let pending: Vec<String> = s
+                .tasks
+                .values()
+                .filter(|t| t.status == TaskStatus::Pending)
+                .map(|t| t.id.clone())
+                .collect();
+            for id in pending.iter().skip(1) {
+                apply(&mut s, &dispatched(id, 1, 0));
+                apply(&mut s, &succeeded(id, json!(id), 1));
+            }
+            let ids: Vec<String> = s.tasks.keys().cloned().collect();
+            let id = &ids[pick % ids.len()];
+            // One form alone is resolved without JavaScript, two joined with it.
+            let inputs: BTreeMap<String, Value> = exprs
+                .iter()
+                .enumerate()
+                .map(|(i, parts)| {
+                    let forms: Vec<String> = parts.iter().map(|(f, n)| naming(*f, *n)).collect();
+                    (format!("in{i}"), json!(format!("{{ {} }}", forms.join(" + "))))
+                })
+                .collect();
+            let mut sources = Vec::new();
+            for v in inputs.values() {
+                crate::expr::all_expressions(v, &mut sources);
+            }
+            prop_assert!(crate::expr::names_tasks_literally(&sources));
+            let local = &s.tasks[id].local;
+            let named = crate::expr::resolve_inputs(&s.scope_naming(id, &sources, true), local, &inputs);
+            let full = crate::expr::resolve_inputs(&s.scope_for(id), local, &inputs);
+            prop_assert_eq!(named, full);
         }
     }
 
