@@ -144,6 +144,11 @@ pub struct SledStore {
     by_time: sled::Tree,
     by_workflow: sled::Tree,
     by_status: sled::Tree,
+    /// Workflow specs by content hash: a run's start names its spec instead
+    /// of carrying a copy.
+    specs: sled::Tree,
+    /// Hashes known to be in `specs` (written once per spec).
+    known_specs: std::sync::Mutex<std::collections::HashSet<String>>,
     flush_tx: std_mpsc::Sender<Waiter>,
     flushes: prometheus_client::metrics::counter::Counter,
 }
@@ -214,6 +219,8 @@ impl SledStore {
             by_time: db.open_tree("runs_by_time")?,
             by_workflow: db.open_tree("runs_by_workflow")?,
             by_status: db.open_tree("runs_by_status")?,
+            specs: db.open_tree("run_specs")?,
+            known_specs: Default::default(),
             flush_tx,
             flushes: flushes.clone(),
         });
@@ -336,8 +343,7 @@ impl SledStore {
                                 let Some(old) = runs.get(run_id)? else {
                                     continue;
                                 };
-                                let s: RunSummary = serde_json::from_slice(&old)
-                                    .map_err(|e| abort(StoreError::Json(e)))?;
+                                let s = read_summary(&old).map_err(abort)?;
                                 stored = Some(s.clone());
                                 s
                             }
@@ -358,7 +364,7 @@ impl SledStore {
                 self.index_status(summary.status, summary.created_at, run_id),
                 &[],
             )?;
-            let bytes = serde_json::to_vec(&summary).map_err(|e| abort(StoreError::Json(e)))?;
+            let bytes = write_summary(&summary).map_err(abort)?;
             runs.insert(run_id.as_bytes(), bytes)?;
             Ok(())
         });
@@ -392,6 +398,119 @@ fn finished_summary(mut s: RunSummary, e: &Event) -> RunSummary {
         );
     }
     s
+}
+
+/// What marks a stored run start (the only event that can name its spec).
+const START_TAG: &[u8] = b"\"type\":\"RunStarted\"";
+
+/// An invocation input as stored: an HTTP request's `body` is the same value
+/// as its `default` (both are Fission Workflows' names for it), so it is
+/// stored once and `body_is_default` says so.
+fn lean_input(input: &Value) -> (Value, bool) {
+    if let Value::Object(m) = input {
+        if m.contains_key("method") && m.get("body").is_some() && m.get("body") == m.get("default")
+        {
+            let mut m = m.clone();
+            m.remove("body");
+            return (Value::Object(m), true);
+        }
+    }
+    (input.clone(), false)
+}
+
+fn full_input(input: &mut Value) {
+    if let Value::Object(m) = input {
+        if let Some(d) = m.get("default").cloned() {
+            m.insert("body".into(), d);
+        }
+    }
+}
+
+/// A run summary as stored: its input lean (see `lean_input`).
+#[derive(Serialize, Deserialize)]
+struct StoredSummary {
+    #[serde(flatten)]
+    summary: RunSummary,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    body_is_default: bool,
+}
+
+fn write_summary(s: &RunSummary) -> Result<Vec<u8>> {
+    let (input, body_is_default) = lean_input(&s.input);
+    let stored = StoredSummary {
+        summary: RunSummary { input, ..s.clone() },
+        body_is_default,
+    };
+    Ok(serde_json::to_vec(&stored)?)
+}
+
+fn read_summary(bytes: &[u8]) -> Result<RunSummary> {
+    let mut stored: StoredSummary = serde_json::from_slice(bytes)?;
+    if stored.body_is_default {
+        full_input(&mut stored.summary.input);
+    }
+    Ok(stored.summary)
+}
+
+impl SledStore {
+    /// A run start as stored: its spec by content hash (the spec itself in
+    /// `specs`, written once) and its input lean.
+    fn lean_start(&self, e: &Event) -> Result<Value> {
+        let mut v = serde_json::to_value(e)?;
+        let Value::Object(m) = &mut v else {
+            return Ok(v);
+        };
+        if let Some(spec) = m.remove("spec") {
+            let bytes = serde_json::to_vec(&spec)?;
+            let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+            let hash: String = digest.as_ref()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let known = self
+                .known_specs
+                .lock()
+                .map(|k| k.contains(&hash))
+                .unwrap_or(false);
+            if !known {
+                // Written before the event that names it, so never missing
+                // when the event is there (sled keeps its log's order).
+                self.specs.insert(hash.as_bytes(), bytes)?;
+                if let Ok(mut k) = self.known_specs.lock() {
+                    k.insert(hash.clone());
+                }
+            }
+            m.insert("spec_ref".into(), Value::String(hash));
+        }
+        if let Some(input) = m.get("input") {
+            let (input, body_is_default) = lean_input(input);
+            if body_is_default {
+                m.insert("input".into(), input);
+                m.insert("body_is_default".into(), Value::Bool(true));
+            }
+        }
+        Ok(v)
+    }
+
+    /// A stored event back as it was (see `lean_start`).
+    fn full_start(&self, mut v: Value) -> Result<Value> {
+        let Value::Object(m) = &mut v else {
+            return Ok(v);
+        };
+        if let Some(Value::String(hash)) = m.remove("spec_ref") {
+            let spec = self
+                .specs
+                .get(hash.as_bytes())?
+                .ok_or_else(|| StoreError::NotFound(format!("the spec {hash} of a stored run")))?;
+            m.insert("spec".into(), serde_json::from_slice(&spec)?);
+        }
+        if m.remove("body_is_default") == Some(Value::Bool(true)) {
+            if let Some(input) = m.get_mut("input") {
+                full_input(input);
+            }
+        }
+        Ok(v)
+    }
 }
 
 fn parse_cursor(c: &str) -> Result<(Millis, String)> {
@@ -501,10 +620,24 @@ impl RunStore for SledStore {
         }
         // One value per append: one event as an object (as older versions
         // stored every event), several as an array.
-        let value = match events {
-            [one] => serde_json::to_vec(one)?,
-            many => serde_json::to_vec(many)?,
-        };
+        let mut value = Vec::with_capacity(256 * events.len());
+        if events.len() > 1 {
+            value.push(b'[');
+        }
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                value.push(b',');
+            }
+            match e {
+                Event::RunStarted { .. } => {
+                    serde_json::to_writer(&mut value, &self.lean_start(e)?)?
+                }
+                _ => serde_json::to_writer(&mut value, e)?,
+            }
+        }
+        if events.len() > 1 {
+            value.push(b']');
+        }
         self.transaction(run_id, Some((event_key(run_id, first_seq), value)), events)
     }
 
@@ -512,10 +645,20 @@ impl RunStore for SledStore {
         let mut out = Vec::new();
         for kv in self.run_events.scan_prefix(scoped(run_id)) {
             let (_, v) = kv?;
-            if v.first() == Some(&b'[') {
-                out.extend(serde_json::from_slice::<Vec<Event>>(&v)?);
-            } else {
-                out.push(serde_json::from_slice(&v)?);
+            if !v.windows(START_TAG.len()).any(|w| w == START_TAG) {
+                if v.first() == Some(&b'[') {
+                    out.extend(serde_json::from_slice::<Vec<Event>>(&v)?);
+                } else {
+                    out.push(serde_json::from_slice(&v)?);
+                }
+                continue;
+            }
+            let values = match serde_json::from_slice::<Value>(&v)? {
+                Value::Array(a) => a,
+                one => vec![one],
+            };
+            for value in values {
+                out.push(serde_json::from_value(self.full_start(value)?)?);
             }
         }
         Ok(out)
@@ -523,7 +666,7 @@ impl RunStore for SledStore {
 
     fn run(&self, run_id: &str) -> Result<Option<RunSummary>> {
         match self.runs.get(run_id.as_bytes())? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            Some(v) => Ok(Some(read_summary(&v)?)),
             None => Ok(None),
         }
     }
@@ -767,6 +910,39 @@ mod tests {
         let mut done = listed(&s, RunStatus::Succeeded);
         done.sort();
         assert_eq!(done, vec!["parts", "whole"]);
+    }
+
+    #[tokio::test]
+    async fn a_run_start_names_its_spec_and_stores_a_request_body_once() {
+        let (_d, s) = open();
+        let spec: WorkflowSpec =
+            serde_json::from_value(json!({"output": "A", "tasks": {"A": {"run": "noop"}}}))
+                .unwrap();
+        let input = json!({"body": {"k": "v"}, "default": {"k": "v"}, "headers": {}, "query": {}, "method": "POST"});
+        for id in ["a", "b"] {
+            let start = Event::RunStarted {
+                run_id: id.into(),
+                workflow: "w".into(),
+                version: 1,
+                spec: spec.clone(),
+                input: input.clone(),
+                at: 1,
+                retry_of: None,
+                preserved: BTreeMap::new(),
+            };
+            let events = vec![start, succeeded(2)];
+            s.append(id, 0, &events).unwrap();
+            assert_eq!(s.events(id).unwrap(), events);
+            assert_eq!(s.run(id).unwrap().unwrap().input, input);
+            let raw = s.run_events.get(event_key(id, 0)).unwrap().unwrap();
+            let raw = String::from_utf8_lossy(&raw);
+            assert!(!raw.contains("noop"), "the spec is not copied: {raw}");
+            assert_eq!(raw.matches("\"k\"").count(), 1, "{raw}");
+            let summary = s.runs.get(id).unwrap().unwrap();
+            let summary = String::from_utf8_lossy(&summary);
+            assert_eq!(summary.matches("\"k\"").count(), 1, "{summary}");
+        }
+        assert_eq!(s.specs.len(), 1, "one copy of the spec");
     }
 
     #[tokio::test]
