@@ -467,7 +467,7 @@ impl Engine {
                 continue;
             }
             tracing::info!(run = %id, "continuing run after restart");
-            engine.spawn_run(state, events.len() as u64, Vec::new(), true);
+            engine.spawn_run(state, events.len() as u64, Vec::new(), true)?;
         }
         crate::retention::start(
             &engine,
@@ -613,7 +613,7 @@ impl Engine {
         let (started, state) =
             self.started(wf.name, wf.version, wf.spec, input, None, BTreeMap::new())?;
         let id = state.run_id.clone();
-        let done = self.spawn_run(state, 0, vec![started], false);
+        let done = self.spawn_run(state, 0, vec![started], false)?;
         Ok(StartedRun { id, done })
     }
 
@@ -630,7 +630,7 @@ impl Engine {
         let id = state.run_id.clone();
         self.store.append(&id, 0, std::slice::from_ref(&started))?;
         self.store.flush().await?;
-        let done = self.spawn_run(state, 1, Vec::new(), false);
+        let done = self.spawn_run(state, 1, Vec::new(), false)?;
         Ok(StartedRun { id, done })
     }
 
@@ -829,7 +829,7 @@ impl Engine {
 
     /// Stops every run actor (their state is durable; `open` continues them).
     pub async fn shutdown(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
+        self.stopping.store(true, Ordering::SeqCst);
         let handles: Vec<_> = self
             .runs
             .lock()
@@ -851,10 +851,17 @@ impl Engine {
         seq: u64,
         pending: Vec<Event>,
         recovering: bool,
-    ) -> watch::Receiver<Option<RunSummary>> {
+    ) -> Result<watch::Receiver<Option<RunSummary>>, EngineError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = watch::channel(None);
-        if let Ok(mut runs) = self.runs.lock() {
+        {
+            let mut runs = self.runs.lock().map_err(|_| EngineError::ShuttingDown)?;
+            // Checked under the lock `shutdown` drains the runs with (after
+            // setting `stopping`): a run is either refused here or waited for
+            // there, never left holding unwritten events.
+            if self.stopping.load(Ordering::SeqCst) {
+                return Err(EngineError::ShuttingDown);
+            }
             runs.insert(
                 state.run_id.clone(),
                 RunHandle {
@@ -876,7 +883,7 @@ impl Engine {
             held_since: None,
         };
         tokio::spawn(actor.run(rx, done_tx, recovering));
-        done_rx
+        Ok(done_rx)
     }
 }
 
@@ -1147,7 +1154,15 @@ impl Actor {
                 }
                 None => rx.recv().await,
             };
-            let Some(msg) = msg else { return };
+            let Some(msg) = msg else {
+                // Nobody can send any more (the actor keeps a sender, so this
+                // is defensive): write what is held, then end.
+                if self.persist().await.is_ok() {
+                    self.answer_completions();
+                }
+                self.stop(&done);
+                return;
+            };
             let mut msgs = vec![msg];
             while let Ok(m) = rx.try_recv() {
                 msgs.push(m);

@@ -276,8 +276,10 @@ impl SledStore {
         &self,
         run_id: &str,
         encoded: Option<(Vec<u8>, Vec<u8>)>,
+        new_spec: Option<NewSpec>,
         events: &[Event],
     ) -> Result<()> {
+        use sled::transaction::TransactionalTree as T;
         use sled::transaction::{ConflictableTransactionError, TransactionError};
         use sled::Transactional;
         let changes_summary = events.iter().any(|e| {
@@ -296,7 +298,7 @@ impl SledStore {
             &self.by_workflow,
             &self.by_status,
         );
-        let r = trees.transaction(|(run_events, runs, by_time, by_workflow, by_status)| {
+        let body = |run_events: &T, runs: &T, by_time: &T, by_workflow: &T, by_status: &T| {
             let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
             if let Some((k, v)) = &encoded {
                 run_events.insert(k.as_slice(), v.as_slice())?;
@@ -367,7 +369,23 @@ impl SledStore {
             let bytes = write_summary(&summary).map_err(abort)?;
             runs.insert(run_id.as_bytes(), bytes)?;
             Ok(())
-        });
+        };
+        // A spec not stored yet goes in with the first event that names it.
+        let r = match &new_spec {
+            None => trees.transaction(|(a, b, c, d, e)| body(a, b, c, d, e)),
+            Some((hash, spec)) => {
+                let (a, b, c, d, e) = trees;
+                (a, b, c, d, e, &self.specs).transaction(|(a, b, c, d, e, specs)| {
+                    specs.insert(hash.as_bytes(), spec.as_slice())?;
+                    body(a, b, c, d, e)
+                })
+            }
+        };
+        if r.is_ok() {
+            if let (Some((hash, _)), Ok(mut known)) = (new_spec, self.known_specs.lock()) {
+                known.insert(hash);
+            }
+        }
         r.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Sled(e),
@@ -379,7 +397,7 @@ impl SledStore {
     pub fn repair_finished(&self, run_id: &str, terminal: &Event) -> Result<()> {
         match self.run(run_id)? {
             Some(s) if s.status == RunStatus::Running => {
-                self.transaction(run_id, None, std::slice::from_ref(terminal))
+                self.transaction(run_id, None, None, std::slice::from_ref(terminal))
             }
             _ => Ok(()),
         }
@@ -399,6 +417,9 @@ fn finished_summary(mut s: RunSummary, e: &Event) -> RunSummary {
     }
     s
 }
+
+/// A spec to store with the run start that first names it: hash and JSON.
+type NewSpec = (String, Vec<u8>);
 
 /// What marks a stored run start (the only event that can name its spec).
 const START_TAG: &[u8] = b"\"type\":\"RunStarted\"";
@@ -453,13 +474,15 @@ fn read_summary(bytes: &[u8]) -> Result<RunSummary> {
 }
 
 impl SledStore {
-    /// A run start as stored: its spec by content hash (the spec itself in
-    /// `specs`, written once) and its input lean.
-    fn lean_start(&self, e: &Event) -> Result<Value> {
+    /// A run start as stored: its spec by content hash, and the spec itself
+    /// when `specs` may not hold it yet (written in the same transaction), and
+    /// its input lean.
+    fn lean_start(&self, e: &Event) -> Result<(Value, Option<NewSpec>)> {
         let mut v = serde_json::to_value(e)?;
         let Value::Object(m) = &mut v else {
-            return Ok(v);
+            return Ok((v, None));
         };
+        let mut new_spec = None;
         if let Some(spec) = m.remove("spec") {
             let bytes = serde_json::to_vec(&spec)?;
             let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
@@ -473,12 +496,7 @@ impl SledStore {
                 .map(|k| k.contains(&hash))
                 .unwrap_or(false);
             if !known {
-                // Written before the event that names it, so never missing
-                // when the event is there (sled keeps its log's order).
-                self.specs.insert(hash.as_bytes(), bytes)?;
-                if let Ok(mut k) = self.known_specs.lock() {
-                    k.insert(hash.clone());
-                }
+                new_spec = Some((hash.clone(), bytes));
             }
             m.insert("spec_ref".into(), Value::String(hash));
         }
@@ -489,7 +507,7 @@ impl SledStore {
                 m.insert("body_is_default".into(), Value::Bool(true));
             }
         }
-        Ok(v)
+        Ok((v, new_spec))
     }
 
     /// A stored event back as it was (see `lean_start`).
@@ -621,6 +639,7 @@ impl RunStore for SledStore {
         // One value per append: one event as an object (as older versions
         // stored every event), several as an array.
         let mut value = Vec::with_capacity(256 * events.len());
+        let mut new_spec = None;
         if events.len() > 1 {
             value.push(b'[');
         }
@@ -630,7 +649,9 @@ impl RunStore for SledStore {
             }
             match e {
                 Event::RunStarted { .. } => {
-                    serde_json::to_writer(&mut value, &self.lean_start(e)?)?
+                    let (lean, spec) = self.lean_start(e)?;
+                    serde_json::to_writer(&mut value, &lean)?;
+                    new_spec = new_spec.or(spec);
                 }
                 _ => serde_json::to_writer(&mut value, e)?,
             }
@@ -638,7 +659,8 @@ impl RunStore for SledStore {
         if events.len() > 1 {
             value.push(b']');
         }
-        self.transaction(run_id, Some((event_key(run_id, first_seq), value)), events)
+        let encoded = Some((event_key(run_id, first_seq), value));
+        self.transaction(run_id, encoded, new_spec, events)
     }
 
     fn events(&self, run_id: &str) -> Result<Vec<Event>> {
