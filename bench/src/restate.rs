@@ -313,14 +313,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(RestateResult, Leftovers)> {
         })
         .unwrap_or_default();
 
-    // The echo function both engines call, one specialized instance.
-    let pkg = ctx
-        .http
-        .upload(&ctx.api, "echo.py", crate::sfn::ECHO_PY)
-        .await?;
-    create_env(ctx, ENV, "python", 1).await?;
-    wait_pool(ctx, ENV, 1).await?;
-    create_fn(ctx, ECHO, ENV, &pkg, 64, 64).await?;
+    create_echo(ctx).await?;
     for (name, n, chain) in [
         ("bench-w1", 1, true),
         ("bench-w2", STEPS, true),
@@ -657,6 +650,18 @@ impl RestateResult {
         );
         out
     }
+}
+
+/// The echo function the workloads call (both engines), one specialized instance.
+pub async fn create_echo(ctx: &mut Ctx) -> Result<()> {
+    let pkg = ctx
+        .http
+        .upload(&ctx.api, "echo.py", crate::sfn::ECHO_PY)
+        .await?;
+    create_env(ctx, ENV, "python", 1).await?;
+    wait_pool(ctx, ENV, 1).await?;
+    create_fn(ctx, ECHO, ENV, &pkg, 64, 64).await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use crate::client::run_batch;
-use crate::ctx::{create_env, create_fn, wait_pool, Ctx};
+use crate::ctx::Ctx;
 use crate::report::target;
-use crate::restate::{post, workload_yaml, ECHO, ENV, STEPS};
+use crate::restate::{create_echo, post, workload_yaml, STEPS};
 use crate::stats::{round3, Summary};
 use crate::workflows::create_workflow;
 
@@ -92,13 +92,7 @@ impl Stall {
 
 pub async fn run(ctx: &mut Ctx) -> Result<Stall> {
     let runs = ctx.args.stall_runs.max(1);
-    let pkg = ctx
-        .http
-        .upload(&ctx.api, "echo.py", crate::sfn::ECHO_PY)
-        .await?;
-    create_env(ctx, ENV, "python", 1).await?;
-    wait_pool(ctx, ENV, 1).await?;
-    create_fn(ctx, ECHO, ENV, &pkg, 64, 64).await?;
+    create_echo(ctx).await?;
     create_workflow(ctx, "bench-w2", &workload_yaml(STEPS, true)).await?;
     let probe = post(
         format!("{}/fission-function/bench-w2", ctx.router),
