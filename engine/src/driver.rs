@@ -675,6 +675,7 @@ impl Engine {
             .lock()
             .ok()
             .and_then(|r| r.get(id).map(|h| h.done.clone()));
+        let known = rx.is_some();
         if let Some(mut rx) = rx {
             if let Ok(s) = rx.wait_for(Option::is_some).await {
                 if let Some(s) = s.clone() {
@@ -682,9 +683,15 @@ impl Engine {
                 }
             }
         }
-        self.store
-            .run(id)?
-            .ok_or_else(|| EngineError::NotFound(format!("run {id:?}")))
+        match self.store.run(id)? {
+            Some(s) => Ok(s),
+            // It was running here but its events could not be written (the
+            // server log says why): not the caller's mistake.
+            None if known => Err(EngineError::Store(StoreError::Flush(format!(
+                "run {id:?} ended without being stored (see the server log)"
+            )))),
+            None => Err(EngineError::NotFound(format!("run {id:?}"))),
+        }
     }
 
     /// A run's full state (status, tasks, timings), folded from its events.
