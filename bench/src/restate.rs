@@ -319,7 +319,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(RestateResult, Leftovers)> {
         ("bench-w2", STEPS, true),
         ("bench-w3", STEPS, false),
     ] {
-        create_workflow(ctx, name, &workload_yaml(n, chain)).await?;
+        crate::workflows::create_workflow(ctx, name, &workload_yaml(n, chain)).await?;
     }
     let echo_url = format!("{}/fission-function/{ECHO}", ctx.router);
 
@@ -435,26 +435,6 @@ pub async fn run(ctx: &mut Ctx) -> Result<(RestateResult, Leftovers)> {
         },
         left,
     ))
-}
-
-async fn create_workflow(ctx: &Ctx, name: &str, yaml: &str) -> Result<()> {
-    let url = format!("{}/v1/workflows?name={name}", ctx.api);
-    let (status, body) = ctx
-        .http
-        .send(
-            Method::POST,
-            &url,
-            Bytes::from(yaml.to_string()),
-            Some("application/yaml"),
-        )
-        .await?;
-    if !status.is_success() {
-        bail!(
-            "POST {url}: {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Warm-up, then `--batches` batches; in each, W1, W2, W3 (`--restate-runs` /

@@ -87,26 +87,6 @@ pub fn map_yaml(name: &str, concurrency: usize) -> String {
     )
 }
 
-async fn create_workflow(ctx: &Ctx, name: &str, yaml: &str) -> Result<()> {
-    let url = format!("{}/v1/workflows?name={name}", ctx.api);
-    let (status, body) = ctx
-        .http
-        .send(
-            Method::POST,
-            &url,
-            Bytes::from(yaml.to_string()),
-            Some("application/yaml"),
-        )
-        .await?;
-    if !status.is_success() {
-        bail!(
-            "POST {url}: {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        );
-    }
-    Ok(())
-}
-
 fn json_probe(ctx: &Ctx, name: &str, body: &Value) -> Result<Probe> {
     Ok(Probe::post(
         format!("{}/fission-function/{name}", ctx.router).parse()?,
@@ -156,7 +136,7 @@ pub async fn run(ctx: &mut Ctx, errors: &mut Vec<String>) -> Result<Sfn> {
     if a.sfn_chain_runs > 0 {
         let n = a.sfn_chain_length.clamp(1, 100);
         eprintln!("fusion-bench: sfn: {n}-state Task chain vs {n} direct calls");
-        create_workflow(ctx, "sfn-chain", &chain_yaml("sfn-chain", n)).await?;
+        crate::workflows::create_workflow(ctx, "sfn-chain", &chain_yaml("sfn-chain", n)).await?;
         let doc = json!({"order": {"id": "bench", "amount": 5}});
         let wf = json_probe(ctx, "sfn-chain", &doc)?;
         let direct = json_probe(ctx, ECHO, &doc)?;
@@ -171,7 +151,7 @@ pub async fn run(ctx: &mut Ctx, errors: &mut Vec<String>) -> Result<Sfn> {
     if a.sfn_map_runs > 0 {
         let (n, c) = (a.sfn_map_items.max(1), a.sfn_map_concurrency.max(1));
         eprintln!("fusion-bench: sfn: Map of {n} items (maxConcurrency {c}) vs {n} direct calls at {c} clients");
-        create_workflow(ctx, "sfn-map", &map_yaml("sfn-map", c)).await?;
+        crate::workflows::create_workflow(ctx, "sfn-map", &map_yaml("sfn-map", c)).await?;
         let items: Vec<Value> = (0..n).map(|i| json!({"i": i})).collect();
         let wf = json_probe(ctx, "sfn-map", &json!({ "items": items }))?;
         let direct = json_probe(ctx, ECHO, &json!({"i": 0}))?;
