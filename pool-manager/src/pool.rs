@@ -15,7 +15,7 @@ use axum::body::Body;
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
 
-use crate::backend::{Backend, Isolation, StartRequest, Usage};
+use crate::backend::{Backend, Isolation, Staging, StartRequest, Usage};
 use crate::catalog::not_found;
 use crate::error::{Error, Result};
 use crate::instance::{lock, Instance, Owner};
@@ -820,15 +820,15 @@ impl Inner {
                 return Err(e);
             }
         };
-        // Staging may link or copy a whole tree: off the async workers.
-        let handle = instance.handle.clone();
-        let staged = tokio::task::spawn_blocking(move || {
-            let path = handle.stage_code(&path)?;
-            handle.stage_files(&files)?;
-            Ok(path)
-        })
-        .await
-        .unwrap_or_else(|e| Err(Error::Internal(format!("staging the code failed: {e}"))));
+        let staged = instance
+            .handle
+            .clone()
+            .stage(Staging {
+                package: code.clone(),
+                path,
+                files,
+            })
+            .await;
         let path = match staged {
             Ok(p) => p,
             Err(e) => {

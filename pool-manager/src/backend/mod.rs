@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::resources::{Environment, Runtime};
+use crate::resources::{Environment, PackageRef, Runtime};
 
 pub mod build;
 pub mod connect;
@@ -231,9 +231,35 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// What a function's instance is given at specialization.
+#[derive(Debug)]
+pub struct Staging {
+    /// The package, by digest (what a backend that fetches it elsewhere names).
+    pub package: PackageRef,
+    /// The package on this machine: a file or an unpacked directory.
+    pub path: PathBuf,
+    /// Secrets' and configmaps' keys to give the instance as files.
+    pub files: Vec<StagedFile>,
+}
+
 /// One started instance, as its backend sees it.
 pub trait Handle: Send + Sync + 'static {
     fn address(&self) -> &Address;
+    /// Gives the instance its function's code and files and answers the path the
+    /// runtime loads the code from (the `filepath` of `/v2/specialize`). The
+    /// default stages both on this machine (`stage_code`, `stage_files`), off the
+    /// async workers; a backend whose instances run elsewhere has them fetched.
+    fn stage(self: Arc<Self>, staging: Staging) -> BoxFuture<'static, Result<String>> {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let path = self.stage_code(&staging.path)?;
+                self.stage_files(&staging.files)?;
+                Ok(path)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("staging the code failed: {e}"))))
+        })
+    }
     /// Makes the package at `package` (a file or an unpacked directory on this
     /// machine) readable by the instance and answers the path the runtime loads
     /// it from (the `filepath` of `/v2/specialize`).
