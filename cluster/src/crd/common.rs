@@ -151,6 +151,25 @@ pub struct Condition {
     pub last_transition_time: Time,
 }
 
+impl Condition {
+    /// The `Ready` condition of an object at `generation`, as of now.
+    pub fn ready(
+        status: ConditionStatus,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+        generation: Option<i64>,
+    ) -> Condition {
+        Condition {
+            type_: READY.to_string(),
+            status,
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: generation,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        }
+    }
+}
+
 /// A condition's status.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum ConditionStatus {

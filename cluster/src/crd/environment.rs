@@ -8,7 +8,8 @@ use serde_json::Value;
 
 use super::common::{preserve_object, Resources, Status};
 
-/// `EnvironmentSpec`.
+/// The runtime image functions run in, the builder that builds their
+/// packages, and the pool of generic instances (Fission's `EnvironmentSpec`).
 // kube's attribute repeats `type_ = "string"` per column, which clippy
 // mistakes for a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]

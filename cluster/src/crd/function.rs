@@ -12,7 +12,8 @@ use super::common::{
     FunctionReference, ObjectReference, PackageRef, Resources, RetryPolicy,
 };
 
-/// `FunctionSpec`.
+/// A function: its environment, its package and entry point, the Secrets
+/// and ConfigMaps it reads, and its execution limits (Fission's `FunctionSpec`).
 // kube's attribute repeats `type_ = "string"` per column, which clippy
 // mistakes for a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
@@ -135,7 +136,7 @@ pub struct FunctionPackageRef {
     pub function_name: Option<String>,
 }
 
-/// `InvokeStrategy`.
+/// `InvokeStrategy`: how the function's instances are run.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct InvokeStrategy {
     #[serde(
@@ -198,7 +199,7 @@ pub struct ExecutionStrategy {
     pub hpa_behavior: Option<Value>,
 }
 
-/// `StreamingConfig`.
+/// `StreamingConfig`: the router streams the answer instead of buffering it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamingConfig {
@@ -278,7 +279,7 @@ pub struct DestinationRef {
     pub topic: Option<TopicRef>,
 }
 
-/// `TopicRef`.
+/// `TopicRef`: a message-queue topic that receives a result.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicRef {
@@ -303,7 +304,7 @@ pub struct ProvisionedWindow {
     pub target: i64,
 }
 
-/// `VersioningConfig`.
+/// `VersioningConfig`: immutable snapshots of the function and their retention.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct VersioningConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -312,7 +313,7 @@ pub struct VersioningConfig {
     pub retain: Option<i64>,
 }
 
-/// `AgentConfig`.
+/// `AgentConfig`: session-scoped invocations and their lifecycle.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentConfig {

@@ -10,7 +10,8 @@ use super::common::{
     date_time, preserve_list, preserve_object, Condition, Conditions, EnvironmentReference,
 };
 
-/// `PackageSpec`.
+/// A function's code: a source archive to build in `environment`, or a
+/// deployment archive ready to run (Fission's `PackageSpec`).
 // kube's attribute repeats `type_ = "string"` per column, which clippy
 // mistakes for a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]

@@ -310,6 +310,25 @@ fn the_checks_catch_a_lost_field_and_a_wrong_type() {
     assert_eq!(schema_problems(&doc), ["spec.cron: required and missing"]);
 }
 
+/// A Workflow as the typed resource writes it is what Fusion's engine reads
+/// and validates (its parser refuses unknown fields).
+#[test]
+fn every_workflow_as_written_back_is_valid_for_the_engine() {
+    let mut checked = 0;
+    for (from, doc) in documents() {
+        if doc["kind"] != "Workflow" {
+            continue;
+        }
+        let typed: Workflow = serde_json::from_value(doc).unwrap();
+        let text = serde_yaml::to_string(&typed).unwrap();
+        if let Err(errors) = engine::sfn::parse_and_validate(&text) {
+            panic!("{from}: {errors:?}\n{text}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "{checked}");
+}
+
 /// `resultPath: null` (discard the result) stays null, apart from unset.
 #[test]
 fn a_workflow_state_keeps_result_path_null_apart_from_unset() {
@@ -446,6 +465,10 @@ fn setting_a_condition_keeps_its_transition_time_while_its_status_holds() {
         status.conditions[0].last_transition_time,
         Time("2026-01-01T00:10:00Z".parse().unwrap())
     );
+    // A fresh one keeps the time of the last change too.
+    let again = Condition::ready(ConditionStatus::True, "Applied", "", Some(1));
+    assert_eq!(again.type_, READY);
+    status.set_condition(again);
     let written = serde_json::to_value(&status).unwrap();
     assert_eq!(
         written,

@@ -103,7 +103,7 @@ pub struct RouteConfig {
     pub gateway: Option<GatewayRouteConfig>,
 }
 
-/// `GatewayRouteConfig`.
+/// `GatewayRouteConfig`: the Gateways the HTTPRoute attaches to.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayRouteConfig {
@@ -111,7 +111,7 @@ pub struct GatewayRouteConfig {
     pub parent_refs: Option<Vec<GatewayParentRef>>,
 }
 
-/// `GatewayParentRef`.
+/// `GatewayParentRef`: a Gateway, and optionally one of its listeners.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayParentRef {
@@ -124,7 +124,7 @@ pub struct GatewayParentRef {
     pub port: Option<i32>,
 }
 
-/// `HTTPTriggerCorsConfig`.
+/// `HTTPTriggerCorsConfig`: the CORS headers of the trigger's answers.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CorsConfig {

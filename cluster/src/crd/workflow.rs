@@ -12,7 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::common::{FunctionReference, Quantity, RetryPolicy, Status};
 
-/// `WorkflowSpec`.
+/// The state machine: where it starts, its states by name, the default
+/// retry of its Task states, and bounds on a run (Fission's `WorkflowSpec`).
 // kube's attribute repeats `type_ = "string"` per column, which clippy
 // mistakes for a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
@@ -54,7 +55,8 @@ pub struct WorkflowSpec {
     pub history_retention: Option<RetentionPolicy>,
 }
 
-/// `WorkflowRetentionPolicy`.
+/// `WorkflowRetentionPolicy`: how many finished runs, and how old, keep
+/// their history.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionPolicy {
@@ -84,7 +86,7 @@ pub struct WorkflowState {
     pub max_concurrency: Option<i64>,
 }
 
-/// `WorkflowBranch`.
+/// `WorkflowBranch`: a sub-machine of a Parallel or Map state.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowBranch {
@@ -145,7 +147,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
     Option::<String>::deserialize(d).map(Some)
 }
 
-/// `WorkflowCatchRoute`.
+/// `WorkflowCatchRoute`: where a failed Task goes for an error type.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CatchRoute {
