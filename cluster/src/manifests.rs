@@ -533,6 +533,195 @@ mod tests {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")
     }
 
+    /// The documents of one rendered file.
+    fn objects(file: &str) -> Vec<serde_json::Value> {
+        let (_, text) = render()
+            .unwrap()
+            .into_iter()
+            .find(|(name, _)| *name == file)
+            .unwrap();
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+            .filter(|v: &serde_json::Value| !v.is_null())
+            .collect()
+    }
+
+    fn find<'a>(objects: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    }
+
+    /// Each rule as (namespace, api groups, resources, resource names, verbs).
+    fn grants() -> Vec<(String, String, String, String, String)> {
+        let rbac = objects("rbac.yaml");
+        let join = |v: &serde_json::Value| {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|s| s.as_str().unwrap())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        for role in rbac
+            .iter()
+            .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+        {
+            // Every role is bound to the service account, and only to it.
+            let binding_kind = format!("{}Binding", role["kind"].as_str().unwrap());
+            let binding = find(
+                &rbac,
+                &binding_kind,
+                role["metadata"]["name"].as_str().unwrap(),
+            );
+            assert_eq!(
+                binding["metadata"]["namespace"],
+                role["metadata"]["namespace"]
+            );
+            assert_eq!(
+                binding["subjects"],
+                serde_json::json!([{"kind": "ServiceAccount", "name": "fusion", "namespace": "fusion"}])
+            );
+            let namespace = role["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("*cluster*");
+            for rule in role["rules"].as_array().unwrap() {
+                out.push((
+                    namespace.to_string(),
+                    join(&rule["apiGroups"]),
+                    join(&rule["resources"]),
+                    join(&rule["resourceNames"]),
+                    join(&rule["verbs"]),
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rbac_grants_exactly_what_fusion_needs() {
+        let kinds = "environments,packages,functions,workflows,httptriggers,timetriggers,messagequeuetriggers,kuberneteswatchtriggers";
+        let status = kinds
+            .split(',')
+            .map(|k| format!("{k}/status"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let expected = [
+            (
+                "fusion-functions",
+                "",
+                "pods",
+                "",
+                "create,get,list,watch,delete,patch",
+            ),
+            ("fusion", "", "pods", "fusion-0", "get"),
+            ("*cluster*", "fission.io", kinds, "", "get,list,watch,patch"),
+            ("*cluster*", "fission.io", status.as_str(), "", "patch"),
+            (
+                "*cluster*",
+                "",
+                "pods,services,replicationcontrollers",
+                "",
+                "get,list,watch",
+            ),
+            ("*cluster*", "batch", "jobs", "", "get,list,watch"),
+        ]
+        .map(|(a, b, c, d, e)| {
+            (
+                a.to_string(),
+                b.to_string(),
+                c.to_string(),
+                d.to_string(),
+                e.to_string(),
+            )
+        });
+        assert_eq!(grants(), expected);
+        assert_eq!(
+            find(&objects("rbac.yaml"), "ServiceAccount", "fusion")["metadata"]["namespace"],
+            "fusion"
+        );
+    }
+
+    #[test]
+    fn the_control_plane_runs_one_non_root_replica_with_its_store_on_a_volume() {
+        let objects = objects("fusion.yaml");
+        let sts = find(&objects, "StatefulSet", "fusion");
+        assert_eq!(sts["metadata"]["namespace"], "fusion");
+        assert_eq!(sts["spec"]["replicas"], 1);
+        let pod = &sts["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], "fusion");
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        let c = &pod["containers"][0];
+        assert_eq!(c["image"], FUSION_IMAGE);
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        let env = |name: &str| {
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(
+            env("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        assert_eq!(
+            env("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.namespace"
+        );
+        assert_eq!(env("FUSION_DATA_DIR")["value"], DATA_DIR);
+        // The store is on the claim; the token comes from the Secret.
+        let mounts = c["volumeMounts"].as_array().unwrap();
+        let mount =
+            |name: &str| mounts.iter().find(|m| m["name"] == name).unwrap()["mountPath"].clone();
+        assert_eq!(mount("data"), DATA_DIR);
+        assert_eq!(
+            sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+            "data"
+        );
+        let token = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "token")
+            .unwrap();
+        assert_eq!(token["secret"]["secretName"], TOKEN_SECRET);
+        assert_eq!(
+            env("FUSION_TOKEN_FILE")["value"],
+            format!("{}/token", mount("token").as_str().unwrap())
+        );
+        // The Service exposes the API and the router by the container's port names.
+        let svc = find(&objects, "Service", "fusion");
+        let ports: Vec<(i64, String)> = svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["port"].as_i64().unwrap(),
+                    p["targetPort"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [(8889, "api".to_string()), (8888, "router".to_string())]
+        );
+        assert_eq!(
+            svc["spec"]["selector"],
+            sts["spec"]["selector"]["matchLabels"]
+        );
+    }
+
     /// The files in deploy/kubernetes/ are what the typed objects render;
     /// `UPDATE_MANIFESTS=1` rewrites them.
     #[test]
@@ -548,8 +737,8 @@ mod tests {
             }
             match std::fs::read_to_string(&path) {
                 Ok(on_disk) if on_disk == text => {}
-                Ok(_) => stale.push(format!("{} differs", path.display())),
-                Err(e) => stale.push(format!("{} cannot be read: {e}", path.display())),
+                Ok(_) => stale.push(format!("deploy/kubernetes/{file} differs")),
+                Err(e) => stale.push(format!("deploy/kubernetes/{file} cannot be read: {e}")),
             }
         }
         assert!(
