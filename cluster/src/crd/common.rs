@@ -31,7 +31,7 @@ pub(crate) fn preserve_list(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// Any JSON value (a run's input, a tool's JSON Schema).
+/// Any JSON value (a function tool's JSON Schema).
 pub(crate) fn any_json(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "x-kubernetes-preserve-unknown-fields": true,
