@@ -3,7 +3,7 @@
 //! reused on later starts, compared in constant time; and where the CLI looks for
 //! it (`FUSION_TOKEN`, else `<FUSION_DATA_DIR or .fusion>/token`).
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -76,11 +76,8 @@ impl Token {
             source,
         };
         let text = std::fs::read_to_string(path).map_err(read_err)?;
-        let mode = std::fs::metadata(path)
-            .map_err(read_err)?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        if others_may_read(meta.mode(), meta.gid()) {
             tracing::warn!(
                 path = %path.display(),
                 "the API token file is readable by other users; chmod 600 it"
@@ -121,6 +118,18 @@ pub fn for_cli() -> Option<String> {
     (!t.is_empty()).then(|| t.to_string())
 }
 
+/// Whether a file of `mode` and group `gid` is readable by anyone but the
+/// server: by all, or by a group that is not the server's own (a Kubernetes
+/// secret volume gives its files to the pod's `fsGroup`, the server's group).
+fn others_may_read(mode: u32, gid: u32) -> bool {
+    mode & 0o007 != 0 || (mode & 0o070 != 0 && Some(gid) != own_gid())
+}
+
+/// The server's effective group: that of its own `/proc/self`.
+fn own_gid() -> Option<u32> {
+    std::fs::metadata("/proc/self").ok().map(|m| m.gid())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +158,15 @@ mod tests {
             Token::load_or_create(&path),
             Err(TokenError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_token_readable_by_the_server_s_own_group_is_not_shared() {
+        let own = own_gid().unwrap();
+        assert!(!others_may_read(0o600, own + 1));
+        // A secret volume's file: group-readable by the pod's fsGroup, the server's.
+        assert!(!others_may_read(0o440, own));
+        assert!(others_may_read(0o440, own + 1));
+        assert!(others_may_read(0o604, own));
     }
 }
