@@ -3,7 +3,7 @@
 //! reused on later starts, compared in constant time; and where the CLI looks for
 //! it (`FUSION_TOKEN`, else `<FUSION_DATA_DIR or .fusion>/token`).
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -133,6 +133,7 @@ fn own_gid() -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_generated_token_is_private_and_reused() {
