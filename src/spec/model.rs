@@ -156,6 +156,15 @@ impl Specs {
         specs
     }
 
+    /// One object read from an API (a custom resource): its errors and
+    /// warnings name its fields; the resources it references are not looked
+    /// for among others (they are on the server, or not yet).
+    pub fn read_object(doc: &Document, namespace: &str) -> Specs {
+        let mut specs = Specs::default();
+        specs.read_doc(doc, namespace);
+        specs
+    }
+
     fn error(&mut self, at: Location, message: impl std::fmt::Display) {
         self.errors.push(format!("{at}: {message}"));
     }
@@ -358,10 +367,14 @@ impl Specs {
             Ok(p) => p,
             Err(errors) => {
                 for e in errors {
-                    let at = Location {
-                        file: doc.file.clone(),
-                        line: doc.first_line + e.line.saturating_sub(1),
-                        column: e.column,
+                    let at = if doc.is_object() {
+                        doc.at("spec")
+                    } else {
+                        Location {
+                            file: doc.file.clone(),
+                            line: doc.first_line + e.line.saturating_sub(1),
+                            column: e.column,
+                        }
                     };
                     self.error(
                         at,
