@@ -457,11 +457,17 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
                 Some(running.token.as_str().to_string()),
                 args.tls_cert.as_deref(),
             )?;
+            let router = crate::client::Client::new(
+                &format!("{}://{}", running.scheme, loopback(running.router_addr)),
+                None,
+                args.tls_cert.as_deref(),
+            )?;
             tracing::info!("reconciling fission.io/v1 custom resources into Fusion");
             crate::kube::start(
                 crate::kube::Settings {
                     kube,
                     fusion,
+                    router,
                     resync: Duration::from_secs(args.kube_resync_secs),
                 },
                 kube_health,

@@ -108,7 +108,10 @@ fn fusion_status(s: &Server, path: &str) -> u16 {
 /// The finalizer added with a JSON patch, as kube-rs's finalizer helper does.
 fn assert_adds_finalizer(seen: &Seen) {
     assert_eq!(seen.method, "PATCH", "{seen}");
-    assert!(seen.content_type.starts_with("application/json-patch+json"), "{seen}");
+    assert!(
+        seen.content_type.starts_with("application/json-patch+json"),
+        "{seen}"
+    );
     let ops = seen.body.as_array().expect("a JSON patch");
     assert!(
         ops.iter().any(|op| op["op"] == "add"
@@ -140,12 +143,24 @@ fn custom_resources_become_fusion_objects_and_deleting_them_removes_them() {
     mock.create(
         FISSION,
         "packages",
-        package_cr("hello-pkg", "python", "def main():\n    return 'hi from a custom resource'\n"),
+        package_cr(
+            "hello-pkg",
+            "python",
+            "def main():\n    return 'hi from a custom resource'\n",
+        ),
     );
     wait_ready(&mock, "packages", "hello-pkg");
-    mock.create(FISSION, "functions", function_cr("hello", "python", "hello-pkg"));
+    mock.create(
+        FISSION,
+        "functions",
+        function_cr("hello", "python", "hello-pkg"),
+    );
     wait_ready(&mock, "functions", "hello");
-    mock.create(FISSION, "httptriggers", route_cr("hello", "hello", "/hello"));
+    mock.create(
+        FISSION,
+        "httptriggers",
+        route_cr("hello", "hello", "/hello"),
+    );
     wait_ready(&mock, "httptriggers", "hello");
 
     // Fusion has them, and they work.
@@ -179,15 +194,22 @@ fn custom_resources_become_fusion_objects_and_deleting_them_removes_them() {
     // Deleted: the finalizer deletes the Fusion object, then lets it go.
     mock.delete(FISSION, "httptriggers", "default", "hello");
     eventually(WAIT, "the trigger's custom resource gone", || {
-        mock.get(FISSION, "httptriggers", "default", "hello").is_none()
+        mock.get(FISSION, "httptriggers", "default", "hello")
+            .is_none()
     });
     assert_eq!(fusion_status(&s, "/v1/routes/hello"), 404);
     let w = writes(&mock, "httptriggers", "hello");
     let last = w.last().unwrap();
-    assert!(last.content_type.starts_with("application/json-patch+json"), "{last}");
     assert!(
-        last.body.as_array().unwrap().iter().any(|op| op["op"] == "remove"
-            && op["path"] == "/metadata/finalizers/0"),
+        last.content_type.starts_with("application/json-patch+json"),
+        "{last}"
+    );
+    assert!(
+        last.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0"),
         "{}",
         last.body
     );
@@ -214,31 +236,52 @@ fn an_invalid_custom_resource_names_its_field_and_waits_for_its_next_change() {
     let s = start(&mock, "300");
     let mut bad = env_spec();
     bad["version"] = json!(7);
-    mock.create(FISSION, "environments", with_spec(meta("Environment", "bad"), bad));
+    mock.create(
+        FISSION,
+        "environments",
+        with_spec(meta("Environment", "bad"), bad),
+    );
     eventually(WAIT, "bad says Invalid", || {
         ready(&mock, "environments", "bad")["reason"] == "Invalid"
     });
     let c = ready(&mock, "environments", "bad");
     assert_eq!(c["status"], "False", "{c}");
     assert!(
-        c["message"].as_str().unwrap().starts_with("spec.version: version 7"),
+        c["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.version: version 7"),
         "{c}"
     );
     assert_eq!(fusion_status(&s, "/v1/environments/bad"), 404);
 
     // A function whose package is not there yet waits, and says for what.
-    mock.create(FISSION, "functions", function_cr("early", "python", "late-pkg"));
+    mock.create(
+        FISSION,
+        "functions",
+        function_cr("early", "python", "late-pkg"),
+    );
     eventually(WAIT, "early says Pending", || {
         ready(&mock, "functions", "early")["reason"] == "Pending"
     });
     let c = ready(&mock, "functions", "early");
     assert!(
-        c["message"].as_str().unwrap().contains("Environment default/python")
-            || c["message"].as_str().unwrap().contains("Package default/late-pkg"),
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("Environment default/python")
+            || c["message"]
+                .as_str()
+                .unwrap()
+                .contains("Package default/late-pkg"),
         "{c}"
     );
     mock.create(FISSION, "environments", env_cr("python"));
-    mock.create(FISSION, "packages", package_cr("late-pkg", "python", "def main():\n    return 'late'\n"));
+    mock.create(
+        FISSION,
+        "packages",
+        package_cr("late-pkg", "python", "def main():\n    return 'late'\n"),
+    );
     wait_ready(&mock, "functions", "early");
     assert_eq!(fusion_status(&s, "/v1/functions/early"), 200);
 
@@ -329,7 +372,11 @@ fn an_rbac_refusal_is_said_plainly_and_the_other_kinds_go_on() {
     );
     // The role granted: it goes on by itself.
     mock.clear_faults();
-    mock.create(FISSION, "packages", package_cr("pkg", "python", "def main():\n    return 'x'\n"));
+    mock.create(
+        FISSION,
+        "packages",
+        package_cr("pkg", "python", "def main():\n    return 'x'\n"),
+    );
     mock.create(FISSION, "functions", function_cr("fn", "python", "pkg"));
     wait_ready(&mock, "functions", "fn");
     assert_eq!(fusion_status(&s, "/v1/functions/fn"), 200);
@@ -352,9 +399,14 @@ fn the_custom_resource_wins_over_the_api_and_spec_apply() {
         changed.as_object_mut().unwrap().remove(k);
     }
     s.ok("PUT", "/v1/environments/python", Some(changed));
-    assert_eq!(s.ok("GET", "/v1/environments/python", None)["memory_mb"], 512);
+    assert_eq!(
+        s.ok("GET", "/v1/environments/python", None)["memory_mb"],
+        512
+    );
     eventually(WAIT, "the API's change reverted", || {
-        s.ok("GET", "/v1/environments/python", None).get("memory_mb").is_none()
+        s.ok("GET", "/v1/environments/python", None)
+            .get("memory_mb")
+            .is_none()
     });
 
     // `spec apply` will not take it over, with or without a project.
@@ -384,6 +436,95 @@ fn the_custom_resource_wins_over_the_api_and_spec_apply() {
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply", "--allowconflicts"]);
     assert_eq!(code, 0, "{out}{err}");
     eventually(WAIT, "the forced change reverted", || {
-        s.ok("GET", "/v1/environments/python", None).get("memory_mb").is_none()
+        s.ok("GET", "/v1/environments/python", None)
+            .get("memory_mb")
+            .is_none()
+    });
+}
+
+#[test]
+fn a_watch_trigger_calls_its_function_with_each_event_until_it_goes() {
+    let mock = KubeMock::start();
+    let s = start(&mock, "300");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let code = format!(
+        "import json\nfrom flask import request\n\ndef main():\n    obj = json.loads(request.get_data())\n    with open({log:?}, 'a') as f:\n        f.write(json.dumps([request.headers.get('X-Kubernetes-Event-Type'), request.headers.get('X-Kubernetes-Object-Type'), obj['metadata']['name'], obj['kind']]) + '\\n')\n    return 'ok'\n"
+    );
+    s.env("python", "python", 0);
+    s.function(
+        "recorder",
+        "python",
+        "recorder.py",
+        &code,
+        json!({"entrypoint": "main"}),
+    );
+    let pod = |name: &str, app: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+               "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    };
+    let events = || -> Vec<Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    mock.create("v1", "pods", pod("a", "x"));
+    mock.create("v1", "pods", pod("b", "y"));
+    mock.create(
+        FISSION,
+        "kuberneteswatchtriggers",
+        with_spec(
+            meta("KubernetesWatchTrigger", "pods"),
+            json!({"namespace": "default", "type": "pod", "labelselector": {"app": "x"},
+                   "functionref": {"type": "name", "name": "recorder"}}),
+        ),
+    );
+    wait_ready(&mock, "kuberneteswatchtriggers", "pods");
+    eventually(WAIT, "a ADDED", || events().len() == 1);
+    mock.create("v1", "pods", pod("c", "x"));
+    eventually(WAIT, "c ADDED", || events().len() == 2);
+    mock.set_spec(
+        "v1",
+        "pods",
+        "default",
+        "a",
+        json!({"containers": [{"name": "c", "image": "busybox:2"}]}),
+    );
+    eventually(WAIT, "a MODIFIED", || events().len() == 3);
+    mock.create("v1", "pods", pod("d", "y"));
+    mock.delete("v1", "pods", "default", "c");
+    eventually(WAIT, "c DELETED", || events().len() == 4);
+    assert_eq!(
+        events(),
+        vec![
+            json!(["ADDED", "Pod", "a", "Pod"]),
+            json!(["ADDED", "Pod", "c", "Pod"]),
+            json!(["MODIFIED", "Pod", "a", "Pod"]),
+            json!(["DELETED", "Pod", "c", "Pod"]),
+        ]
+    );
+    // Only what the selector names was asked for.
+    let pods = mock.requests_at("/api/v1/namespaces/default/pods");
+    assert!(!pods.is_empty());
+    for r in &pods {
+        assert_eq!(
+            r.query.get("labelSelector").map(String::as_str),
+            Some("app=x"),
+            "{r}"
+        );
+    }
+
+    // The trigger goes: so does its watch.
+    assert_eq!(mock.open_watches("/api/v1/namespaces/default/pods"), 1);
+    mock.delete(FISSION, "kuberneteswatchtriggers", "default", "pods");
+    eventually(WAIT, "the trigger gone", || {
+        mock.get(FISSION, "kuberneteswatchtriggers", "default", "pods")
+            .is_none()
+    });
+    eventually(WAIT, "its watch closed", || {
+        mock.open_watches("/api/v1/namespaces/default/pods") == 0
     });
 }

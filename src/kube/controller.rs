@@ -31,6 +31,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::status::{self, Ready};
+use super::watch_trigger::{self, Watches};
 use super::{Health, Settings};
 use crate::client::{ApiError, Client};
 use crate::spec::{self, load, model};
@@ -41,8 +42,11 @@ pub const FINALIZER: &str = "fusion.dev/cleanup";
 /// How often a custom resource waiting for another is tried again.
 const PENDING_RETRY: Duration = Duration::from_secs(3);
 
+/// Fission's kind whose objects run watches rather than Fusion objects.
+const WATCH_TRIGGER: &str = "KubernetesWatchTrigger";
+
 /// The kinds reconciled, with their plurals (Fission's CRD names).
-pub const KINDS: [(&str, &str); 7] = [
+pub const KINDS: [(&str, &str); 8] = [
     ("Environment", "environments"),
     ("Package", "packages"),
     ("Function", "functions"),
@@ -50,6 +54,7 @@ pub const KINDS: [(&str, &str); 7] = [
     ("TimeTrigger", "timetriggers"),
     ("MessageQueueTrigger", "messagequeuetriggers"),
     ("Workflow", "workflows"),
+    (WATCH_TRIGGER, "kuberneteswatchtriggers"),
 ];
 
 pub fn api_resource(kind: &str, plural: &str) -> ApiResource {
@@ -65,6 +70,7 @@ struct Ctx {
     fusion: Client,
     resync: Duration,
     health: Health,
+    watches: Arc<Watches>,
     /// Failures in a row per object (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -114,7 +120,9 @@ fn explain(err: &::kube::Error, verb: &str, what: &str, namespace: Option<&str>)
             "cannot {verb} {what} (404 Not Found): is its custom resource definition \
              installed? (deploy/kubernetes/)"
         ),
-        ::kube::Error::Api(s) => format!("cannot {verb} {what} {place}: {} ({})", s.message, s.code),
+        ::kube::Error::Api(s) => {
+            format!("cannot {verb} {what} {place}: {} ({})", s.message, s.code)
+        }
         other => format!("cannot {verb} {what} {place}: {other}"),
     }
 }
@@ -138,6 +146,7 @@ fn explain_watch(err: &watcher::Error, what: &str) -> String {
 
 /// Starts a controller per kind; they run until the tasks are aborted.
 pub fn start(settings: Settings, health: Health) -> Vec<tokio::task::JoinHandle<()>> {
+    let watches = Arc::new(Watches::new(settings.kube.clone(), settings.router.clone()));
     KINDS
         .iter()
         .map(|&(kind, plural)| {
@@ -150,6 +159,7 @@ pub fn start(settings: Settings, health: Health) -> Vec<tokio::task::JoinHandle<
                 fusion: settings.fusion.clone(),
                 resync: settings.resync,
                 health: health.clone(),
+                watches: watches.clone(),
                 failures: Mutex::new(HashMap::new()),
             });
             health.set(kind, None);
@@ -180,11 +190,7 @@ pub fn start(settings: Settings, health: Health) -> Vec<tokio::task::JoinHandle<
 }
 
 fn key_of(obj: &DynamicObject) -> String {
-    format!(
-        "{}/{}",
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    )
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -243,10 +249,18 @@ fn record_uid(obj: &DynamicObject) -> String {
 
 /// Applies the object into Fusion and writes its status.
 async fn apply(api: &Api<DynamicObject>, obj: &DynamicObject, ctx: &Ctx) -> Result<Action, Error> {
-    let outcome = apply_to_fusion(obj, ctx).await;
+    let outcome = if ctx.kind == WATCH_TRIGGER {
+        run_watch_trigger(obj, ctx).await
+    } else {
+        apply_to_fusion(obj, ctx).await
+    };
     let (ready, action, failure) = match outcome {
         Ok(label) => (
-            Ready::applied(format!("applied to Fusion as {label}")),
+            Ready::applied(if ctx.kind == WATCH_TRIGGER {
+                label
+            } else {
+                format!("applied to Fusion as {label}")
+            }),
             Action::requeue(ctx.resync),
             None,
         ),
@@ -259,7 +273,11 @@ async fn apply(api: &Api<DynamicObject>, obj: &DynamicObject, ctx: &Ctx) -> Resu
             Action::requeue(PENDING_RETRY),
             None,
         ),
-        Err(Problem::Failed(m)) => (Ready::not("Failed", m.clone()), Action::await_change(), Some(m)),
+        Err(Problem::Failed(m)) => (
+            Ready::not("Failed", m.clone()),
+            Action::await_change(),
+            Some(m),
+        ),
     };
     let written = write_status(api, obj, &ready, ctx).await;
     if let Some(m) = failure {
@@ -318,7 +336,10 @@ async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Probl
         return Err(Problem::Invalid(specs.errors.join("; ")));
     }
     let Some(r) = specs.resources.into_iter().next() else {
-        return Err(Problem::Invalid(format!("a {} Fusion does not apply", ctx.kind)));
+        return Err(Problem::Invalid(format!(
+            "a {} Fusion does not apply",
+            ctx.kind
+        )));
     };
     // What it references must be in Fusion first.
     for (kind, ref_ns, ref_name, field) in &r.refs {
@@ -398,13 +419,57 @@ async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Probl
     Ok(r.label())
 }
 
+/// A KubernetesWatchTrigger: its watch runs while its function is in Fusion.
+async fn run_watch_trigger(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Problem> {
+    let ns = obj.namespace().unwrap_or_else(|| "default".to_string());
+    let key = key_of(obj);
+    let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
+    let watch = match watch_trigger::parse(&ns, &spec) {
+        Ok(w) => w,
+        Err(m) => {
+            ctx.watches.stop(&key);
+            return Err(Problem::Invalid(m));
+        }
+    };
+    let function = spec::with_namespace(&format!("/v1/functions/{}", watch.function), &ns);
+    let workflow = format!("/v1/workflows/{}", watch.function);
+    let mut found = ctx
+        .fusion
+        .get_opt::<Value>(&function)
+        .await
+        .map_err(fusion_problem)?;
+    if found.is_none() && ns == model::DEFAULT_NAMESPACE {
+        found = ctx
+            .fusion
+            .get_opt::<Value>(&workflow)
+            .await
+            .map_err(fusion_problem)?;
+    }
+    if found.is_none() {
+        ctx.watches.stop(&key);
+        return Err(Problem::Pending(format!(
+            "spec.functionref.name: waiting for function (or workflow) {ns}/{}, which is not in Fusion yet",
+            watch.function
+        )));
+    }
+    let said = watch.describe();
+    ctx.watches.ensure(&key, watch);
+    Ok(said)
+}
+
 /// The custom resource is going: deletes what it applied, and its record.
 async fn cleanup(obj: &DynamicObject, ctx: &Ctx) -> Result<Action, Error> {
+    if ctx.kind == WATCH_TRIGGER {
+        ctx.watches.stop(&key_of(obj));
+        return Ok(Action::await_change());
+    }
     let uid = record_uid(obj);
     let failed = |e: anyhow::Error| Error::Fusion(format!("{e:#}"));
     if let Some(record) = spec::record(&ctx.fusion, &uid).await.map_err(failed)? {
         for a in &record.resources {
-            spec::delete_if_present(&ctx.fusion, a).await.map_err(failed)?;
+            spec::delete_if_present(&ctx.fusion, a)
+                .await
+                .map_err(failed)?;
             tracing::info!(kind = ctx.kind, object = %key_of(obj), "deleted {}", a.label());
         }
         match ctx.fusion.delete(&format!("/v1/deployments/{uid}")).await {

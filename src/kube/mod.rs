@@ -1,11 +1,14 @@
 //! Fusion in a cluster, the control plane's side: the controller that
 //! reconciles Fission's `fission.io/v1` custom resources into Fusion (through
-//! the server's own API, as `fusion spec apply` does), and what it says about
+//! the server's own API, as `fusion spec apply` does), Fission's
+//! KubernetesWatchTriggers (a watch per trigger calling its function), and
+//! what it says about
 //! itself at `GET /v1/kubernetes/controller`. Built only with the `kubernetes`
 //! feature.
 
 mod controller;
 mod status;
+mod watch_trigger;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,8 @@ pub struct Settings {
     pub kube: ::kube::Client,
     /// Fusion's own API on loopback, with the admin token.
     pub fusion: crate::client::Client,
+    /// Fusion's router on loopback, for KubernetesWatchTriggers' calls.
+    pub router: crate::client::Client,
     /// How often each custom resource is applied again, reverting what was
     /// changed in Fusion outside it.
     pub resync: Duration,

@@ -34,7 +34,12 @@ impl Ready {
 /// The `status` to merge into the object, or `None` when it already says
 /// this. `current` is the object's status, `now` the time of a transition
 /// (RFC 3339).
-pub fn next(current: Option<&Value>, generation: Option<i64>, ready: &Ready, now: &str) -> Option<Value> {
+pub fn next(
+    current: Option<&Value>,
+    generation: Option<i64>,
+    ready: &Ready,
+    now: &str,
+) -> Option<Value> {
     let status = if ready.ready { "True" } else { "False" };
     let empty = Vec::new();
     let conditions = current
@@ -89,16 +94,25 @@ mod tests {
         let first = next(None, Some(2), &ready, "2026-01-01T00:00:00Z").unwrap();
         assert_eq!(first["observedGeneration"], 2);
         assert_eq!(first["conditions"][0]["status"], "True");
-        assert_eq!(next(Some(&first), Some(2), &ready, "2026-01-02T00:00:00Z"), None);
+        assert_eq!(
+            next(Some(&first), Some(2), &ready, "2026-01-02T00:00:00Z"),
+            None
+        );
         // A new generation is written, the transition time kept.
         let second = next(Some(&first), Some(3), &ready, "2026-01-02T00:00:00Z").unwrap();
-        assert_eq!(second["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
+        assert_eq!(
+            second["conditions"][0]["lastTransitionTime"],
+            "2026-01-01T00:00:00Z"
+        );
         // A change of status moves it.
         let bad = Ready::not("Invalid", "spec.x: wrong".into());
         let third = next(Some(&second), Some(4), &bad, "2026-01-03T00:00:00Z").unwrap();
         assert_eq!(third["conditions"][0]["status"], "False");
         assert_eq!(third["conditions"][0]["reason"], "Invalid");
-        assert_eq!(third["conditions"][0]["lastTransitionTime"], "2026-01-03T00:00:00Z");
+        assert_eq!(
+            third["conditions"][0]["lastTransitionTime"],
+            "2026-01-03T00:00:00Z"
+        );
     }
 
     #[test]

@@ -186,7 +186,12 @@ impl Specs {
         match kind {
             "DeploymentConfig" => self.read_deployment(doc),
             "ArchiveUploadSpec" => self.read_archive(doc),
-            "KubernetesWatchTrigger" | "CanaryConfig" => self.warn(
+            "KubernetesWatchTrigger" => self.warn(
+                doc.at("kind"),
+                "a KubernetesWatchTrigger runs only as a custom resource in a cluster \
+                 (`fusion server --kube-controller`); the document is skipped",
+            ),
+            "CanaryConfig" => self.warn(
                 doc.at("kind"),
                 format!("{kind} is not supported by Fusion; the document is skipped"),
             ),

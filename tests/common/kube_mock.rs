@@ -33,7 +33,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn is_watch(&self) -> bool {
-        matches!(self.query.get("watch").map(String::as_str), Some("true" | "1"))
+        matches!(
+            self.query.get("watch").map(String::as_str),
+            Some("true" | "1")
+        )
     }
 }
 
@@ -87,6 +90,8 @@ struct State {
     faults: Vec<Fault>,
     seen: Vec<Seen>,
     next_uid: u64,
+    /// Watches open now, by path.
+    open_watches: BTreeMap<String, usize>,
 }
 
 pub struct KubeMock {
@@ -110,6 +115,7 @@ impl KubeMock {
             faults: Vec::new(),
             seen: Vec::new(),
             next_uid: 1,
+            open_watches: BTreeMap::new(),
         }));
         let (events, _) = broadcast::channel(4096);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the mock API");
@@ -267,6 +273,13 @@ impl KubeMock {
             .collect()
     }
 
+    /// How many watches on `path` are open now (a client that goes away
+    /// closes its watch).
+    pub fn open_watches(&self, path: &str) -> usize {
+        let st = self.state.lock().unwrap();
+        st.open_watches.get(path).copied().unwrap_or(0)
+    }
+
     /// The requests whose path is exactly `path`, in order.
     pub fn requests_at(&self, path: &str) -> Vec<Seen> {
         self.requests()
@@ -327,7 +340,10 @@ fn create_in(st: &mut State, gv: &str, plural: &str, mut object: Value) -> Resul
         .as_str()
         .unwrap_or("default")
         .to_string();
-    let name = object["metadata"]["name"].as_str().ok_or(422u16)?.to_string();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .ok_or(422u16)?
+        .to_string();
     let k = key(gv, plural, &ns, &name);
     if st.objects.contains_key(&k) {
         return Err(409);
@@ -462,7 +478,9 @@ fn json_response(status: u16, body: &Value) -> Response {
 fn split_path(path: &str) -> Option<(String, Vec<String>)> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
-        ["api", v, rest @ ..] => Some((v.to_string(), rest.iter().map(|s| s.to_string()).collect())),
+        ["api", v, rest @ ..] => {
+            Some((v.to_string(), rest.iter().map(|s| s.to_string()).collect()))
+        }
         ["apis", g, v, rest @ ..] => Some((
             format!("{g}/{v}"),
             rest.iter().map(|s| s.to_string()).collect(),
@@ -471,14 +489,15 @@ fn split_path(path: &str) -> Option<(String, Vec<String>)> {
     }
 }
 
-async fn handle(state: Arc<Mutex<State>>, events: broadcast::Sender<Msg>, req: Request) -> Response {
+async fn handle(
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<Msg>,
+    req: Request,
+) -> Response {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
-    let query: BTreeMap<String, String> = req
-        .uri()
-        .query()
-        .map(url_decode_pairs)
-        .unwrap_or_default();
+    let query: BTreeMap<String, String> =
+        req.uri().query().map(url_decode_pairs).unwrap_or_default();
     let content_type = req
         .headers()
         .get("content-type")
@@ -552,10 +571,7 @@ async fn handle(state: Arc<Mutex<State>>, events: broadcast::Sender<Msg>, req: R
                 Ok(bytes::Bytes::from(l))
             };
             if from > 0 && from < st.compacted {
-                let _ = tx.try_send(line(
-                    "ERROR",
-                    &status_body(410, "too old resource version"),
-                ));
+                let _ = tx.try_send(line("ERROR", &status_body(410, "too old resource version")));
                 drop(tx);
             } else {
                 let wanted = {
@@ -564,12 +580,18 @@ async fn handle(state: Arc<Mutex<State>>, events: broadcast::Sender<Msg>, req: R
                     let ns = ns.map(str::to_string);
                     move |m: &Msg| -> Option<(&'static str, Value)> {
                         match m {
-                            Msg::Event { gv: g, plural: p, namespace, kind, rv, object }
-                                if *g == gv
-                                    && *p == plural
-                                    && ns.as_ref().is_none_or(|n| n == namespace)
-                                    && *rv > from
-                                    && matches_selector(object, selector.as_ref()) =>
+                            Msg::Event {
+                                gv: g,
+                                plural: p,
+                                namespace,
+                                kind,
+                                rv,
+                                object,
+                            } if *g == gv
+                                && *p == plural
+                                && ns.as_ref().is_none_or(|n| n == namespace)
+                                && *rv > from
+                                && matches_selector(object, selector.as_ref()) =>
                             {
                                 Some((kind, object.clone()))
                             }
@@ -580,30 +602,45 @@ async fn handle(state: Arc<Mutex<State>>, events: broadcast::Sender<Msg>, req: R
                 let past: Vec<(&'static str, Value)> =
                     st.history.iter().filter_map(&wanted).collect();
                 let mut live = events.subscribe();
+                *st.open_watches.entry(path.clone()).or_insert(0) += 1;
+                let state = state.clone();
+                let watch_path = path.clone();
                 tokio::spawn(async move {
-                    for (kind, object) in past {
-                        if tx.send(line(kind, &object)).await.is_err() {
-                            return;
+                    'stream: {
+                        for (kind, object) in past {
+                            if tx.send(line(kind, &object)).await.is_err() {
+                                break 'stream;
+                            }
                         }
-                    }
-                    loop {
-                        match live.recv().await {
-                            Ok(Msg::CloseWatches) | Err(_) => return,
-                            Ok(m) => {
-                                if let Some((kind, object)) = wanted(&m) {
-                                    if tx.send(line(kind, &object)).await.is_err() {
-                                        return;
+                        loop {
+                            let m = tokio::select! {
+                                _ = tx.closed() => break 'stream,
+                                m = live.recv() => m,
+                            };
+                            match m {
+                                Ok(Msg::CloseWatches) | Err(_) => break 'stream,
+                                Ok(m) => {
+                                    if let Some((kind, object)) = wanted(&m) {
+                                        if tx.send(line(kind, &object)).await.is_err() {
+                                            break 'stream;
+                                        }
                                     }
                                 }
                             }
                         }
+                    }
+                    let mut st = state.lock().unwrap();
+                    if let Some(n) = st.open_watches.get_mut(&watch_path) {
+                        *n = n.saturating_sub(1);
                     }
                 });
             }
             Response::builder()
                 .status(200)
                 .header("content-type", "application/json")
-                .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+                .body(Body::from_stream(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                ))
                 .unwrap()
         }
         ("GET", None) => {
@@ -679,7 +716,12 @@ async fn handle(state: Arc<Mutex<State>>, events: broadcast::Sender<Msg>, req: R
                 Err(code) => answer(&mut st, seen, code, status_body(code, "not found")),
             }
         }
-        _ => answer(&mut st, seen, 405, status_body(405, "not supported by the mock")),
+        _ => answer(
+            &mut st,
+            seen,
+            405,
+            status_body(405, "not supported by the mock"),
+        ),
     }
 }
 
