@@ -261,9 +261,15 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         })?;
 
     // The cluster first: with no cluster to talk to, the controller cannot run.
+    // (Merging with the pod backend: also on with `--backend kubernetes`, and
+    // connect with its `--kube-context`.)
     #[cfg(feature = "kubernetes")]
     let kube_client = if args.kube_controller {
-        Some(cluster::connect(None).await?)
+        Some(
+            cluster::connect(None)
+                .await
+                .context("--kube-controller needs a cluster")?,
+        )
     } else {
         None
     };

@@ -528,3 +528,64 @@ fn a_watch_trigger_calls_its_function_with_each_event_until_it_goes() {
         mock.open_watches("/api/v1/namespaces/default/pods") == 0
     });
 }
+
+#[test]
+fn time_and_message_queue_triggers_and_workflows_are_applied_too() {
+    let mock = KubeMock::start();
+    let s = start(&mock, "300");
+    s.env("python", "python", 0);
+    s.function(
+        "hello",
+        "python",
+        "hello.py",
+        "def main():\n    return 'hi'\n",
+        json!({"entrypoint": "main"}),
+    );
+    let by_name = json!({"type": "name", "name": "hello"});
+    mock.create(
+        FISSION,
+        "timetriggers",
+        with_spec(
+            meta("TimeTrigger", "nightly"),
+            json!({"cron": "0 3 * * *", "functionref": by_name}),
+        ),
+    );
+    mock.create(
+        FISSION,
+        "messagequeuetriggers",
+        with_spec(
+            meta("MessageQueueTrigger", "orders"),
+            json!({"functionref": by_name, "messageQueueType": "nats-jetstream", "topic": "orders"}),
+        ),
+    );
+    mock.create(
+        FISSION,
+        "workflows",
+        with_spec(
+            meta("Workflow", "order"),
+            json!({"startAt": "greet", "states": {"greet": {"type": "Task", "function": {"name": "hello"}, "end": true}}}),
+        ),
+    );
+    wait_ready(&mock, "timetriggers", "nightly");
+    wait_ready(&mock, "messagequeuetriggers", "orders");
+    wait_ready(&mock, "workflows", "order");
+    assert_eq!(s.ok("GET", "/v1/timers/nightly", None)["cron"], "0 3 * * *");
+    assert_eq!(
+        s.ok("GET", "/v1/mqtriggers/orders", None)["topic"],
+        "orders"
+    );
+    s.ok("GET", "/v1/workflows/order", None);
+    // A workflow's change is applied as a new version of its source.
+    mock.set_spec(
+        FISSION,
+        "workflows",
+        "default",
+        "order",
+        json!({"startAt": "done", "states": {"done": {"type": "Succeed"}}}),
+    );
+    eventually(WAIT, "the workflow's new source", || {
+        s.ok("GET", "/v1/workflows/order", None)["source"]
+            .as_str()
+            .is_some_and(|src| src.contains("Succeed"))
+    });
+}

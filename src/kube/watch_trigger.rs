@@ -80,9 +80,11 @@ pub fn parse(trigger_namespace: &str, spec: &Value) -> Result<WatchSpec, String>
             .filter(|s| !s.is_empty())
     };
     let namespace = match str_at("/namespace") {
-        Some(ns) if ns != trigger_namespace => return Err(format!(
+        Some(ns) if ns != trigger_namespace => {
+            return Err(format!(
             "spec.namespace: a trigger watches its own namespace ({trigger_namespace}), not {ns}"
-        )),
+        ))
+        }
         _ => trigger_namespace.to_string(),
     };
     let kind = str_at("/type").ok_or("spec.type: a KubernetesWatchTrigger needs `type` (pod, service, replicationcontroller or job)")?;
@@ -346,8 +348,10 @@ mod tests {
 
     #[test]
     fn a_relist_sends_only_what_changed_meanwhile() {
-        let mut seen = Seen::default();
-        seen.relist = Some(HashSet::new());
+        let mut seen = Seen {
+            relist: Some(HashSet::new()),
+            ..Seen::default()
+        };
         assert_eq!(seen.applied(pod("a", "1")).unwrap().0, "ADDED");
         assert_eq!(seen.applied(pod("b", "1")).unwrap().0, "ADDED");
         assert!(seen.relisted().is_empty());
