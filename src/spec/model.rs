@@ -159,6 +159,7 @@ impl Specs {
     /// One object read from an API (a custom resource): its errors and
     /// warnings name its fields; the resources it references are not looked
     /// for among others (they are on the server, or not yet).
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
     pub fn read_object(doc: &Document, namespace: &str) -> Specs {
         let mut specs = Specs::default();
         specs.read_doc(doc, namespace);
@@ -1517,6 +1518,37 @@ fn check_fields(specs: &mut Specs, doc: &Document, value: &Value, path: &str, sh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_objects_mistakes_name_its_fields_and_its_references_are_not_looked_for() {
+        let doc = |spec: Value| {
+            Document::object(json!({"apiVersion": "fission.io/v1", "kind": "Function",
+                "metadata": {"name": "f", "namespace": "team"}, "spec": spec}))
+        };
+        let specs = Specs::read_object(
+            &doc(json!({"environment": {"name": "py"}, "package": {"functionName": "main"}})),
+            "default",
+        );
+        assert_eq!(specs.resources.len(), 0);
+        assert!(
+            specs.errors[0].starts_with("spec.package"),
+            "{:?}",
+            specs.errors
+        );
+        // Its package is not among other documents: not an error here.
+        let specs = Specs::read_object(
+            &doc(json!({"environment": {"name": "py"},
+                        "package": {"packageref": {"name": "p"}, "functionName": "main"}})),
+            "default",
+        );
+        assert!(specs.errors.is_empty(), "{:?}", specs.errors);
+        let r = &specs.resources[0];
+        assert_eq!((r.namespace.as_str(), r.name.as_str()), ("team", "f"));
+        assert!(r
+            .refs
+            .iter()
+            .any(|(k, ns, n, _)| *k == Kind::Package && ns == "team" && n == "p"));
+    }
 
     #[test]
     fn quantities() {
