@@ -290,6 +290,31 @@ fn an_invalid_custom_resource_names_its_field_and_waits_for_its_next_change() {
     assert_eq!(w.len(), 2, "{w:#?}");
     assert_adds_finalizer(&w[0]);
 
+    // Deleted while invalid: nothing to delete in Fusion, the finalizer goes.
+    let mut never = env_spec();
+    never["runtime"] = json!({});
+    mock.create(
+        FISSION,
+        "environments",
+        with_spec(meta("Environment", "never"), never),
+    );
+    eventually(WAIT, "never says Invalid", || {
+        ready(&mock, "environments", "never")["reason"] == "Invalid"
+    });
+    assert!(
+        ready(&mock, "environments", "never")["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.runtime: an Environment needs `spec.runtime.image`"),
+        "{}",
+        ready(&mock, "environments", "never")
+    );
+    mock.delete(FISSION, "environments", "default", "never");
+    eventually(WAIT, "never gone", || {
+        mock.get(FISSION, "environments", "default", "never")
+            .is_none()
+    });
+
     // Its next change is applied.
     mock.set_spec(FISSION, "environments", "default", "bad", env_spec());
     wait_ready(&mock, "environments", "bad");
@@ -573,6 +598,18 @@ fn time_and_message_queue_triggers_and_workflows_are_applied_too() {
     assert_eq!(
         s.ok("GET", "/v1/mqtriggers/orders", None)["topic"],
         "orders"
+    );
+    // A custom resource's namespace is its Fusion object's.
+    let mut team = env_cr("python");
+    team["metadata"]["namespace"] = json!("team");
+    mock.create(FISSION, "environments", team);
+    eventually(WAIT, "team/python Ready", || {
+        mock.get(FISSION, "environments", "team", "python")
+            .is_some_and(|o| o["status"]["conditions"][0]["status"] == "True")
+    });
+    assert_eq!(
+        s.ok("GET", "/v1/environments/python?namespace=team", None)["namespace"],
+        "team"
     );
     s.ok("GET", "/v1/workflows/order", None);
     // A workflow's change is applied as a new version of its source.

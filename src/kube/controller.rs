@@ -171,6 +171,16 @@ pub fn start(settings: Settings, health: Health) -> Vec<tokio::task::JoinHandle<
                     .for_each(|result| {
                         match result {
                             Ok(_) => ctx.health.set(kind, None),
+                            // An expired watch is routine: listed again, not an error.
+                            Err(controller::Error::QueueError(watcher::Error::WatchError(s)))
+                                if s.code == 410 =>
+                            {
+                                tracing::info!(
+                                    kind,
+                                    "{}",
+                                    explain_watch(&watcher::Error::WatchError(s), &what)
+                                );
+                            }
                             Err(controller::Error::QueueError(e)) => {
                                 let message = explain_watch(&e, &what);
                                 tracing::warn!(kind, "{message}");
