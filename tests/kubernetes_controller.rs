@@ -423,11 +423,9 @@ fn the_custom_resource_wins_over_the_api_and_spec_apply() {
     for k in ["generation", "status"] {
         changed.as_object_mut().unwrap().remove(k);
     }
-    s.ok("PUT", "/v1/environments/python", Some(changed));
-    assert_eq!(
-        s.ok("GET", "/v1/environments/python", None)["memory_mb"],
-        512
-    );
+    // (What the API answers: the next resync may come at any time.)
+    let answer = s.ok("PUT", "/v1/environments/python", Some(changed));
+    assert_eq!(answer["memory_mb"], 512, "{answer}");
     eventually(WAIT, "the API's change reverted", || {
         s.ok("GET", "/v1/environments/python", None)
             .get("memory_mb")
@@ -465,6 +463,33 @@ fn the_custom_resource_wins_over_the_api_and_spec_apply() {
             .get("memory_mb")
             .is_none()
     });
+
+    // Nor delete it: not with destroy, not with --delete.
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("kept      Environment python (owned by the custom resource Environment default/python)"),
+        "{out}"
+    );
+    assert_eq!(fusion_status(&s, "/v1/environments/python"), 200);
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply", "--allowconflicts"]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::write(
+        specs.join("env.yaml"),
+        "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: other\nspec:\n  runtime:\n    image: fission/python-env\n  poolsize: 0\n  version: 3\n",
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply", "--delete"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("kept      Environment python (owned by the custom resource Environment default/python)"),
+        "{out}"
+    );
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("deleted   Environment other"), "{out}");
+    assert_eq!(fusion_status(&s, "/v1/environments/other"), 404);
+    assert_eq!(fusion_status(&s, "/v1/environments/python"), 200);
 }
 
 #[test]

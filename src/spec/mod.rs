@@ -284,6 +284,19 @@ impl Owner {
     }
 }
 
+/// What custom resources own, with the owner's name.
+async fn custom_resource_owners(client: &Client) -> Result<HashMap<Applied, String>> {
+    let all: Vec<Record> = client.get("/v1/deployments").await?;
+    Ok(all
+        .into_iter()
+        .filter(is_custom_resource_record)
+        .flat_map(|r| {
+            let name = r.name.clone();
+            r.resources.into_iter().map(move |a| (a, name.clone()))
+        })
+        .collect())
+}
+
 pub(crate) async fn record(client: &Client, uid: &str) -> Result<Option<Record>> {
     client.get_opt(&format!("/v1/deployments/{uid}")).await
 }
@@ -368,6 +381,14 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
         kept.sort_by_key(|a| a.delete_rank());
         let mut still = Vec::new();
         for a in kept {
+            // A custom resource's now: not this project's to delete.
+            if let Some(Owner::CustomResource(cr)) = owners.get(&a) {
+                summary.note(format!(
+                    "kept      {} (owned by the custom resource {cr})",
+                    a.label()
+                ));
+                continue;
+            }
             match delete_if_present(client, &a).await {
                 Ok(()) => summary.add("deleted", a.label()),
                 Err(e) => {
@@ -656,9 +677,17 @@ pub async fn destroy(client: &Client, source: &Source) -> Result<()> {
         println!("nothing applied under uid {uid}");
         return Ok(());
     };
+    let custom_resources = custom_resource_owners(client).await?;
     let mut order: Vec<&Applied> = rec.resources.iter().collect();
     order.sort_by_key(|a| a.delete_rank());
     for a in order {
+        if let Some(cr) = custom_resources.get(a) {
+            println!(
+                "kept      {} (owned by the custom resource {cr})",
+                a.label()
+            );
+            continue;
+        }
         let exists = client.get_opt::<Value>(&a.path()).await?.is_some();
         if exists {
             delete_if_present(client, a).await?;
