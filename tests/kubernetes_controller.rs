@@ -406,6 +406,35 @@ fn an_rbac_refusal_is_said_plainly_and_the_other_kinds_go_on() {
     wait_ready(&mock, "functions", "fn");
     assert_eq!(fusion_status(&s, "/v1/functions/fn"), 200);
     eventually(WAIT, "the error cleared", || said(&s)["error"].is_null());
+
+    // A status it may not write: applied all the same, said, tried again.
+    mock.fail("PATCH", "/environments/second/status", 403, 2);
+    mock.create(FISSION, "environments", env_cr("second"));
+    let env_said = |s: &Server| -> Value {
+        let v = s.ok("GET", "/v1/kubernetes/controller", None);
+        v["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == "Environment")
+            .cloned()
+            .unwrap()
+    };
+    eventually(WAIT, "the status 403 said", || {
+        !env_said(&s)["error"].is_null()
+    });
+    let error = env_said(&s)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("may not update the status of environments.fission.io in namespace default (403 Forbidden)"),
+        "{error}"
+    );
+    assert_eq!(fusion_status(&s, "/v1/environments/second"), 200);
+    wait_ready(&mock, "environments", "second");
+    let w = status_writes(&mock, "environments", "second");
+    assert_eq!(
+        w.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [403, 403, 200]
+    );
 }
 
 #[test]
