@@ -420,10 +420,14 @@ fn an_rbac_refusal_is_said_plainly_and_the_other_kinds_go_on() {
             .cloned()
             .unwrap()
     };
+    let mut error = String::new();
     eventually(WAIT, "the status 403 said", || {
-        !env_said(&s)["error"].is_null()
+        error = env_said(&s)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        !error.is_empty()
     });
-    let error = env_said(&s)["error"].as_str().unwrap().to_string();
     assert!(
         error.contains("may not update the status of environments.fission.io in namespace default (403 Forbidden)"),
         "{error}"
