@@ -13,6 +13,15 @@ use serde_json::Value;
 #[error("{0} (404)")]
 pub struct NotFound(String);
 
+/// The API answered another error status; `status` says whose mistake it was
+/// (4xx the request's, 5xx the server's).
+#[derive(Debug, thiserror::Error)]
+#[error("{message} ({status})")]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
 #[derive(Clone)]
 pub struct Client {
     base: String,
@@ -101,7 +110,10 @@ impl Client {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(anyhow::Error::new(NotFound(message)));
         }
-        bail!("{message} ({})", status.as_u16())
+        Err(anyhow::Error::new(ApiError {
+            status: status.as_u16(),
+            message,
+        }))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

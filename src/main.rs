@@ -7,6 +7,8 @@ mod cli;
 mod client;
 mod declared;
 mod guard;
+#[cfg(feature = "kubernetes")]
+mod kube;
 mod listen;
 mod runtime_binary;
 mod server;

@@ -144,6 +144,18 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_ASYNC_QUEUE_LIMIT", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub async_queue_limit: u64,
+    /// Reconcile Fission's `fission.io/v1` custom resources (Environment,
+    /// Package, Function, HTTPTrigger, TimeTrigger, MessageQueueTrigger,
+    /// Workflow) of the cluster into Fusion: in-cluster, or through the
+    /// kubeconfig. Needs a fusion built with the `kubernetes` feature.
+    #[arg(long, env = "FUSION_KUBE_CONTROLLER",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub kube_controller: bool,
+    /// How often the controller applies every custom resource again, which
+    /// reverts changes made in Fusion to what a custom resource owns, in seconds.
+    #[arg(long, env = "FUSION_KUBE_RESYNC_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub kube_resync_secs: u64,
 }
 
 /// A public URL: absolute `http` or `https`, with no query or fragment; kept
@@ -248,6 +260,26 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             )
         })?;
 
+    // The cluster first: with no cluster to talk to, the controller cannot run.
+    // (Merging with the pod backend: also on with `--backend kubernetes`, and
+    // connect with its `--kube-context`.)
+    #[cfg(feature = "kubernetes")]
+    let kube_client = if args.kube_controller {
+        Some(
+            cluster::connect(None)
+                .await
+                .context("--kube-controller needs a cluster")?,
+        )
+    } else {
+        None
+    };
+    #[cfg(not(feature = "kubernetes"))]
+    if args.kube_controller {
+        anyhow::bail!(
+            "--kube-controller: this fusion is built without Kubernetes support (the `kubernetes` cargo feature)"
+        );
+    }
+
     let router_listener = tokio::net::TcpListener::bind(args.router_listen)
         .await
         .with_context(|| format!("cannot listen on {} (router)", args.router_listen))?;
@@ -351,6 +383,8 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         }
     };
     let declared = crate::declared::Declared::open(&db)?;
+    #[cfg(feature = "kubernetes")]
+    let kube_health = crate::kube::Health::default();
     let api_app = api::router(state)
         .merge(
             engine::router(engine.clone()).route_layer(axum::middleware::from_fn_with_state(
@@ -362,7 +396,10 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             declared
                 .router()
                 .layer(axum::middleware::from_fn(api::json_errors)),
-        )
+        );
+    #[cfg(feature = "kubernetes")]
+    let api_app = api_app.merge(kube_health.clone().router());
+    let api_app = api_app
         .route_layer(axum::middleware::from_fn(guard::require_content_type))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(tokio::sync::Mutex::new(())),
@@ -415,8 +452,42 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         stop_rx.clone(),
     ));
 
+    // The controller applies through the API it serves, on loopback, with
+    // the admin token: exactly what `fusion spec apply` does, through the same
+    // checks and locks, so no second way into the pool manager.
+    #[cfg(feature = "kubernetes")]
+    let controllers = match kube_client {
+        Some(kube) => {
+            let fusion = crate::client::Client::new(
+                &format!("{}://{}", running.scheme, loopback(running.api_addr)),
+                Some(running.token.as_str().to_string()),
+                args.tls_cert.as_deref(),
+            )?;
+            let router = crate::client::Client::new(
+                &format!("{}://{}", running.scheme, loopback(running.router_addr)),
+                None,
+                args.tls_cert.as_deref(),
+            )?;
+            tracing::info!("reconciling fission.io/v1 custom resources into Fusion");
+            crate::kube::start(
+                crate::kube::Settings {
+                    kube,
+                    fusion,
+                    router,
+                    resync: Duration::from_secs(args.kube_resync_secs),
+                },
+                kube_health,
+            )
+        }
+        None => Vec::new(),
+    };
+
     stop_signal.await;
     tracing::info!("shutting down: finishing in-flight requests");
+    #[cfg(feature = "kubernetes")]
+    for c in controllers {
+        c.abort();
+    }
     // No tick is taken from now on (ticks due meanwhile fire at the next
     // start); firings under way finish within the grace.
     triggers.timers.stop().await;
@@ -484,6 +555,21 @@ async fn choose_backend(
             );
             Ok(Arc::new(ProcessBackend::new(launch)))
         }
+    }
+}
+
+/// The address to reach a listener from this machine: loopback for a
+/// listener on every address.
+#[cfg(feature = "kubernetes")]
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
     }
 }
 

@@ -19,8 +19,23 @@ pub struct Location {
     pub column: usize,
 }
 
+impl Location {
+    /// A field of an object that is not read from a file (a custom resource's
+    /// `spec.runtime.image`): said by its path, line 0.
+    pub fn field(path: &str) -> Location {
+        Location {
+            file: PathBuf::from(if path.is_empty() { "metadata" } else { path }),
+            line: 0,
+            column: 0,
+        }
+    }
+}
+
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}", self.file.display());
+        }
         write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
     }
 }
@@ -36,12 +51,38 @@ pub struct Document {
     /// Where each field is written: `spec.runtime.image` -> its key's position;
     /// `""` is the document itself.
     positions: Positions,
+    /// An object read from an API (a custom resource) rather than a file: its
+    /// places are field paths.
+    object: bool,
 }
 
 impl Document {
+    /// An object that is not read from a file (a custom resource): every place
+    /// is its field path; `source` is its YAML text for checkers that read text.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    pub fn object(value: Value) -> Document {
+        let source = serde_yaml::to_string(&value).unwrap_or_default();
+        Document {
+            value,
+            file: PathBuf::new(),
+            source,
+            first_line: 1,
+            positions: HashMap::new(),
+            object: true,
+        }
+    }
+
+    /// Whether this is an object read from an API rather than a file.
+    pub fn is_object(&self) -> bool {
+        self.object
+    }
+
     /// Where `path` (dot-separated, list items by index) is written; the nearest
     /// enclosing field when it is not written (a missing field, say).
     pub fn at(&self, path: &str) -> Location {
+        if self.object {
+            return Location::field(path);
+        }
         let mut p = path;
         loop {
             if let Some(&(line, column)) = self.positions.get(p) {
@@ -154,6 +195,7 @@ pub fn read_file(file: &Path) -> Result<Vec<Document>> {
             source,
             first_line,
             positions: doc_positions,
+            object: false,
         });
     }
     Ok(docs)

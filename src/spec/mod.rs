@@ -6,8 +6,8 @@
 //! under its DeploymentConfig uid, as Fission marks it with `fission-uid`.
 
 mod archive;
-mod load;
-mod model;
+pub(crate) mod load;
+pub(crate) mod model;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -179,17 +179,22 @@ pub fn validate(source: &Source) -> Result<()> {
 // ---- the server side of resources ----
 
 /// Where a kind lives in the API.
-fn collection(r: &Resource) -> &'static str {
-    match (r.kind, r.fission) {
-        (Kind::Environment, _) => "/v1/environments",
-        (Kind::Secret, _) => "/v1/secrets",
-        (Kind::ConfigMap, _) => "/v1/configmaps",
-        (Kind::Package, _) => "/v1/packages",
-        (Kind::Function, _) => "/v1/functions",
-        (Kind::Workflow, _) => "/v1/workflows",
-        (Kind::HttpTrigger, _) => "/v1/routes",
-        (Kind::TimeTrigger, _) => "/v1/timers",
-        (Kind::MessageQueueTrigger, _) => "/v1/mqtriggers",
+pub(crate) fn collection(r: &Resource) -> &'static str {
+    kind_collection(r.kind)
+}
+
+/// Where resources of a kind live in the API.
+pub(crate) fn kind_collection(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Environment => "/v1/environments",
+        Kind::Secret => "/v1/secrets",
+        Kind::ConfigMap => "/v1/configmaps",
+        Kind::Package => "/v1/packages",
+        Kind::Function => "/v1/functions",
+        Kind::Workflow => "/v1/workflows",
+        Kind::HttpTrigger => "/v1/routes",
+        Kind::TimeTrigger => "/v1/timers",
+        Kind::MessageQueueTrigger => "/v1/mqtriggers",
     }
 }
 
@@ -197,16 +202,16 @@ fn collection(r: &Resource) -> &'static str {
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
-struct Applied {
-    kind: String,
-    namespace: String,
-    name: String,
+pub(crate) struct Applied {
+    pub(crate) kind: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
     /// The API collection it lives in.
-    collection: String,
+    pub(crate) collection: String,
 }
 
 impl Applied {
-    fn of(r: &Resource) -> Applied {
+    pub(crate) fn of(r: &Resource) -> Applied {
         Applied {
             kind: r.kind.name().to_string(),
             namespace: r.namespace.clone(),
@@ -214,13 +219,13 @@ impl Applied {
             collection: collection(r).to_string(),
         }
     }
-    fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         with_namespace(
             &format!("{}/{}", self.collection, self.name),
             &self.namespace,
         )
     }
-    fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         if self.namespace == DEFAULT_NAMESPACE {
             format!("{} {}", self.kind, self.name)
         } else {
@@ -236,7 +241,7 @@ impl Applied {
     }
 }
 
-fn with_namespace(path: &str, namespace: &str) -> String {
+pub(crate) fn with_namespace(path: &str, namespace: &str) -> String {
     if namespace == DEFAULT_NAMESPACE {
         path.to_string()
     } else {
@@ -246,13 +251,53 @@ fn with_namespace(path: &str, namespace: &str) -> String {
 
 /// What the server records a project applied.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Record {
-    name: String,
-    uid: String,
-    resources: BTreeSet<Applied>,
+pub(crate) struct Record {
+    pub(crate) name: String,
+    pub(crate) uid: String,
+    pub(crate) resources: BTreeSet<Applied>,
 }
 
-async fn record(client: &Client, uid: &str) -> Result<Option<Record>> {
+/// The deployment records of custom resources (written by the Kubernetes
+/// controller) have uids with this prefix, then the custom resource's own uid.
+pub(crate) const CUSTOM_RESOURCE_UID_PREFIX: &str = "k8s-";
+
+fn is_custom_resource_record(r: &Record) -> bool {
+    r.uid.starts_with(CUSTOM_RESOURCE_UID_PREFIX)
+}
+
+/// Who applied a resource, when not this project.
+#[derive(Debug, Clone)]
+enum Owner {
+    /// Another project, by uid.
+    Project(String),
+    /// A custom resource, by its record's name (`Function default/hello`).
+    CustomResource(String),
+}
+
+impl Owner {
+    fn of(r: &Record) -> Owner {
+        if is_custom_resource_record(r) {
+            Owner::CustomResource(r.name.clone())
+        } else {
+            Owner::Project(r.uid.clone())
+        }
+    }
+}
+
+/// What custom resources own, with the owner's name.
+async fn custom_resource_owners(client: &Client) -> Result<HashMap<Applied, String>> {
+    let all: Vec<Record> = client.get("/v1/deployments").await?;
+    Ok(all
+        .into_iter()
+        .filter(is_custom_resource_record)
+        .flat_map(|r| {
+            let name = r.name.clone();
+            r.resources.into_iter().map(move |a| (a, name.clone()))
+        })
+        .collect())
+}
+
+pub(crate) async fn record(client: &Client, uid: &str) -> Result<Option<Record>> {
     client.get_opt(&format!("/v1/deployments/{uid}")).await
 }
 
@@ -302,19 +347,20 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
         Some(d) => record(client, &d.uid).await?.unwrap_or_default(),
         None => Record::default(),
     };
-    // What other projects applied: never taken over.
-    let owners: HashMap<Applied, String> = match &specs.deployment {
-        Some(d) => {
-            let all: Vec<Record> = client.get("/v1/deployments").await?;
-            all.into_iter()
-                .filter(|r| r.uid != d.uid)
-                .flat_map(|r| {
-                    let uid = r.uid.clone();
-                    r.resources.into_iter().map(move |a| (a, uid.clone()))
-                })
-                .collect()
-        }
-        None => HashMap::new(),
+    // What other projects applied, and what custom resources own (even for
+    // specs without a DeploymentConfig): never taken over without
+    // --allowconflicts.
+    let own_uid = specs.deployment.as_ref().map(|d| d.uid.as_str());
+    let owners: HashMap<Applied, Owner> = {
+        let all: Vec<Record> = client.get("/v1/deployments").await?;
+        all.into_iter()
+            .filter(|r| Some(r.uid.as_str()) != own_uid)
+            .filter(|r| own_uid.is_some() || is_custom_resource_record(r))
+            .flat_map(|r| {
+                let owner = Owner::of(&r);
+                r.resources.into_iter().map(move |a| (a, owner.clone()))
+            })
+            .collect()
     };
     let mut applied: BTreeSet<Applied> = BTreeSet::new();
     let mut result = apply_all(
@@ -335,6 +381,14 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
         kept.sort_by_key(|a| a.delete_rank());
         let mut still = Vec::new();
         for a in kept {
+            // A custom resource's now: not this project's to delete.
+            if let Some(Owner::CustomResource(cr)) = owners.get(&a) {
+                summary.note(format!(
+                    "kept      {} (owned by the custom resource {cr})",
+                    a.label()
+                ));
+                continue;
+            }
             match delete_if_present(client, &a).await {
                 Ok(()) => summary.add("deleted", a.label()),
                 Err(e) => {
@@ -376,7 +430,7 @@ async fn apply_all(
     specs: &Specs,
     root: &Path,
     previous: &Record,
-    owners: &HashMap<Applied, String>,
+    owners: &HashMap<Applied, Owner>,
     opts: &ApplyOpts,
     applied: &mut BTreeSet<Applied>,
     summary: &mut Summary,
@@ -385,14 +439,18 @@ async fn apply_all(
     for kind in Kind::ALL {
         for r in specs.resources.iter().filter(|r| r.kind == kind) {
             let a = Applied::of(r);
-            if let Some(owner) = owners.get(&a) {
-                if !opts.allow_conflicts {
-                    bail!(
-                        "{}: {} was applied by another project (uid {owner}); use --allowconflicts to take it over",
-                        r.at,
-                        r.label()
-                    );
-                }
+            match owners.get(&a) {
+                Some(Owner::CustomResource(cr)) if !opts.allow_conflicts => bail!(
+                    "{}: {} is owned by the custom resource {cr} in the cluster, which wins: change it there (kubectl), or use --allowconflicts to change it here until the next reconcile reverts it",
+                    r.at,
+                    r.label()
+                ),
+                Some(Owner::Project(uid)) if !opts.allow_conflicts => bail!(
+                    "{}: {} was applied by another project (uid {uid}); use --allowconflicts to take it over",
+                    r.at,
+                    r.label()
+                ),
+                _ => {}
             }
             let mut body = r.body.clone();
             for (field, src) in &r.archives {
@@ -482,7 +540,7 @@ async fn upload(
 /// Creates the resource, or updates it when it differs in any field the spec
 /// gives (fields the server fills in aside). A resource that exists but was not
 /// applied by this project is refused unless `take_over`.
-async fn upsert(
+pub(crate) async fn upsert(
     client: &Client,
     r: &Resource,
     body: Value,
@@ -540,7 +598,7 @@ fn same_resource(a: &Value, b: &Value) -> bool {
 
 /// A workflow sent as its source: a Fusion workflow (`file:` a `*.wf.yaml`) or
 /// an RFC-0022 `Workflow` document.
-async fn apply_workflow(
+pub(crate) async fn apply_workflow(
     client: &Client,
     r: &Resource,
     yaml: String,
@@ -578,7 +636,7 @@ async fn apply_workflow(
     }
 }
 
-async fn delete_if_present(client: &Client, a: &Applied) -> Result<()> {
+pub(crate) async fn delete_if_present(client: &Client, a: &Applied) -> Result<()> {
     match client.delete(&a.path()).await {
         Ok(()) => Ok(()),
         Err(e) if e.downcast_ref::<crate::client::NotFound>().is_some() => Ok(()),
@@ -619,9 +677,17 @@ pub async fn destroy(client: &Client, source: &Source) -> Result<()> {
         println!("nothing applied under uid {uid}");
         return Ok(());
     };
+    let custom_resources = custom_resource_owners(client).await?;
     let mut order: Vec<&Applied> = rec.resources.iter().collect();
     order.sort_by_key(|a| a.delete_rank());
     for a in order {
+        if let Some(cr) = custom_resources.get(a) {
+            println!(
+                "kept      {} (owned by the custom resource {cr})",
+                a.label()
+            );
+            continue;
+        }
         let exists = client.get_opt::<Value>(&a.path()).await?.is_some();
         if exists {
             delete_if_present(client, a).await?;

@@ -156,6 +156,16 @@ impl Specs {
         specs
     }
 
+    /// One object read from an API (a custom resource): its errors and
+    /// warnings name its fields; the resources it references are not looked
+    /// for among others (they are on the server, or not yet).
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    pub fn read_object(doc: &Document, namespace: &str) -> Specs {
+        let mut specs = Specs::default();
+        specs.read_doc(doc, namespace);
+        specs
+    }
+
     fn error(&mut self, at: Location, message: impl std::fmt::Display) {
         self.errors.push(format!("{at}: {message}"));
     }
@@ -177,7 +187,12 @@ impl Specs {
         match kind {
             "DeploymentConfig" => self.read_deployment(doc),
             "ArchiveUploadSpec" => self.read_archive(doc),
-            "KubernetesWatchTrigger" | "CanaryConfig" => self.warn(
+            "KubernetesWatchTrigger" => self.warn(
+                doc.at("kind"),
+                "a KubernetesWatchTrigger runs only as a custom resource in a cluster \
+                 (`fusion server --kube-controller`); the document is skipped",
+            ),
+            "CanaryConfig" => self.warn(
                 doc.at("kind"),
                 format!("{kind} is not supported by Fusion; the document is skipped"),
             ),
@@ -358,10 +373,14 @@ impl Specs {
             Ok(p) => p,
             Err(errors) => {
                 for e in errors {
-                    let at = Location {
-                        file: doc.file.clone(),
-                        line: doc.first_line + e.line.saturating_sub(1),
-                        column: e.column,
+                    let at = if doc.is_object() {
+                        doc.at("spec")
+                    } else {
+                        Location {
+                            file: doc.file.clone(),
+                            line: doc.first_line + e.line.saturating_sub(1),
+                            column: e.column,
+                        }
                     };
                     self.error(
                         at,
@@ -1499,6 +1518,37 @@ fn check_fields(specs: &mut Specs, doc: &Document, value: &Value, path: &str, sh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_objects_mistakes_name_its_fields_and_its_references_are_not_looked_for() {
+        let doc = |spec: Value| {
+            Document::object(json!({"apiVersion": "fission.io/v1", "kind": "Function",
+                "metadata": {"name": "f", "namespace": "team"}, "spec": spec}))
+        };
+        let specs = Specs::read_object(
+            &doc(json!({"environment": {"name": "py"}, "package": {"functionName": "main"}})),
+            "default",
+        );
+        assert_eq!(specs.resources.len(), 0);
+        assert!(
+            specs.errors[0].starts_with("spec.package"),
+            "{:?}",
+            specs.errors
+        );
+        // Its package is not among other documents: not an error here.
+        let specs = Specs::read_object(
+            &doc(json!({"environment": {"name": "py"},
+                        "package": {"packageref": {"name": "p"}, "functionName": "main"}})),
+            "default",
+        );
+        assert!(specs.errors.is_empty(), "{:?}", specs.errors);
+        let r = &specs.resources[0];
+        assert_eq!((r.namespace.as_str(), r.name.as_str()), ("team", "f"));
+        assert!(r
+            .refs
+            .iter()
+            .any(|(k, ns, n, _)| *k == Kind::Package && ns == "team" && n == "p"));
+    }
 
     #[test]
     fn quantities() {

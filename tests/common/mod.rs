@@ -3,6 +3,8 @@
 //! when dropped.
 #![allow(dead_code)]
 
+#[cfg(feature = "kubernetes")]
+pub mod kube_mock;
 pub mod probe;
 pub mod vendored;
 

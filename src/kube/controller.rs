@@ -1,0 +1,492 @@
+//! The custom resources' controller: one kube-rs `Controller` per kind
+//! (Environment, Package, Function, HTTPTrigger, TimeTrigger,
+//! MessageQueueTrigger, Workflow of `fission.io/v1`), over `DynamicObject`s.
+//!
+//! Each reconcile reads the object as `fusion spec apply` reads a document
+//! (src/spec/model.rs, its errors naming the field), waits for what it
+//! references, records that this custom resource owns the Fusion object (a
+//! deployment record with uid `k8s-<uid>`, which `spec apply` will not take
+//! over), creates or updates it through Fusion's own API, and says how it went
+//! in the object's `Ready` condition. A finalizer deletes the Fusion object
+//! when the custom resource goes.
+//!
+//! Who wins: the custom resource. Every object is applied again at every
+//! change and every `resync`, so a change made in Fusion (CLI, API) to an
+//! object a custom resource owns is reverted.
+//!
+//! Errors: an invalid spec (or one Fusion's API refuses, 4xx) waits for the
+//! next change of the object; a missing reference is tried again every few
+//! seconds; Fusion or the cluster failing is tried again with a growing delay.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, ResourceExt};
+use ::kube::core::GroupVersionKind;
+use ::kube::runtime::controller::{self, Action, Controller};
+use ::kube::runtime::finalizer::{self, finalizer, Event as Finalize};
+use ::kube::runtime::watcher;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use super::status::{self, Ready};
+use super::watch_trigger::{self, Watches};
+use super::{Health, Settings};
+use crate::client::{ApiError, Client};
+use crate::spec::{self, load, model};
+
+/// The finalizer the controller puts on every custom resource it applies.
+pub const FINALIZER: &str = "fusion.dev/cleanup";
+
+/// How often a custom resource waiting for another is tried again.
+const PENDING_RETRY: Duration = Duration::from_secs(3);
+
+/// Fission's kind whose objects run watches rather than Fusion objects.
+const WATCH_TRIGGER: &str = "KubernetesWatchTrigger";
+
+/// The kinds reconciled, with their plurals (Fission's CRD names).
+pub const KINDS: [(&str, &str); 8] = [
+    ("Environment", "environments"),
+    ("Package", "packages"),
+    ("Function", "functions"),
+    ("HTTPTrigger", "httptriggers"),
+    ("TimeTrigger", "timetriggers"),
+    ("MessageQueueTrigger", "messagequeuetriggers"),
+    ("Workflow", "workflows"),
+    (WATCH_TRIGGER, "kuberneteswatchtriggers"),
+];
+
+pub fn api_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("fission.io", "v1", kind), plural)
+}
+
+/// What one kind's reconciles share.
+struct Ctx {
+    kind: &'static str,
+    plural: &'static str,
+    resource: ApiResource,
+    kube: ::kube::Client,
+    fusion: Client,
+    resync: Duration,
+    health: Health,
+    watches: Arc<Watches>,
+    /// Failures in a row per object (`namespace/name`), for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Why a reconcile failed; all of these are tried again with a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Fusion's API is unreachable or failed (5xx).
+    #[error("Fusion's API failed: {0}")]
+    Fusion(String),
+    /// The cluster refused or failed a request; the message says what to do.
+    #[error("{0}")]
+    Kube(String),
+}
+
+/// Why a custom resource is not applied.
+enum Problem {
+    /// The spec is wrong: waits for the next change.
+    Invalid(String),
+    /// Something it references is not in Fusion yet.
+    Pending(String),
+    /// Fusion failed: tried again.
+    Failed(String),
+}
+
+/// An error of Fusion's API: a 4xx is the spec's fault, the rest Fusion's.
+fn fusion_problem(e: anyhow::Error) -> Problem {
+    let message = format!("{e:#}");
+    match e.downcast_ref::<ApiError>() {
+        Some(api) if (400..500).contains(&api.status) => Problem::Invalid(message),
+        _ => Problem::Failed(message),
+    }
+}
+
+/// What to say of a failed request to the cluster: for RBAC, what to grant.
+fn explain(err: &::kube::Error, verb: &str, what: &str, namespace: Option<&str>) -> String {
+    let place = match namespace {
+        Some(ns) => format!("in namespace {ns}"),
+        None => "in all namespaces".to_string(),
+    };
+    match err {
+        ::kube::Error::Api(s) if s.code == 403 => format!(
+            "Fusion's service account may not {verb} {what} {place} (403 Forbidden): \
+             grant it the ClusterRole in deploy/kubernetes/rbac.yaml"
+        ),
+        ::kube::Error::Api(s) if s.code == 404 && namespace.is_none() => format!(
+            "cannot {verb} {what} (404 Not Found): is its custom resource definition \
+             installed? (deploy/kubernetes/)"
+        ),
+        ::kube::Error::Api(s) => {
+            format!("cannot {verb} {what} {place}: {} ({})", s.message, s.code)
+        }
+        other => format!("cannot {verb} {what} {place}: {other}"),
+    }
+}
+
+fn explain_watch(err: &watcher::Error, what: &str) -> String {
+    match err {
+        watcher::Error::InitialListFailed(e) => explain(e, "list", what, None),
+        watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+            explain(e, "watch", what, None)
+        }
+        watcher::Error::WatchError(s) if s.code == 410 => {
+            format!("the watch of {what} expired (410 Gone): listing again")
+        }
+        watcher::Error::WatchError(s) if s.code == 403 => format!(
+            "Fusion's service account may not watch {what} in all namespaces (403 Forbidden): \
+             grant it the ClusterRole in deploy/kubernetes/rbac.yaml"
+        ),
+        other => format!("watching {what}: {other}"),
+    }
+}
+
+/// Starts a controller per kind; they run until the tasks are aborted.
+pub fn start(settings: Settings, health: Health) -> Vec<tokio::task::JoinHandle<()>> {
+    let watches = Arc::new(Watches::new(settings.kube.clone(), settings.router.clone()));
+    KINDS
+        .iter()
+        .map(|&(kind, plural)| {
+            let resource = api_resource(kind, plural);
+            let ctx = Arc::new(Ctx {
+                kind,
+                plural,
+                resource: resource.clone(),
+                kube: settings.kube.clone(),
+                fusion: settings.fusion.clone(),
+                resync: settings.resync,
+                health: health.clone(),
+                watches: watches.clone(),
+                failures: Mutex::new(HashMap::new()),
+            });
+            health.set(kind, None);
+            let api = Api::<DynamicObject>::all_with(settings.kube.clone(), &resource);
+            tokio::spawn(async move {
+                let what = format!("{plural}.fission.io");
+                Controller::new_with(api, watcher::Config::default(), resource)
+                    .run(reconcile, error_policy, ctx.clone())
+                    .for_each(|result| {
+                        match result {
+                            Ok(_) => ctx.health.set(kind, None),
+                            // An expired watch is routine: listed again, not an error.
+                            Err(controller::Error::QueueError(watcher::Error::WatchError(s)))
+                                if s.code == 410 =>
+                            {
+                                tracing::info!(
+                                    kind,
+                                    "{}",
+                                    explain_watch(&watcher::Error::WatchError(s), &what)
+                                );
+                            }
+                            Err(controller::Error::QueueError(e)) => {
+                                let message = explain_watch(&e, &what);
+                                tracing::warn!(kind, "{message}");
+                                ctx.health.set(kind, Some(message));
+                            }
+                            Err(controller::Error::ReconcilerFailed(e, object)) => {
+                                ctx.health.set(kind, Some(format!("{object}: {e}")));
+                            }
+                            Err(e) => tracing::debug!(kind, "controller: {e}"),
+                        }
+                        std::future::ready(())
+                    })
+                    .await;
+            })
+        })
+        .collect()
+}
+
+fn key_of(obj: &DynamicObject) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = obj.namespace().unwrap_or_else(|| "default".to_string());
+    let key = key_of(&obj);
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.kube.clone(), &ns, &ctx.resource);
+    let what = format!("{}.fission.io", ctx.plural);
+    let action = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalize::Apply(o) => apply(&api, &o, &ctx).await,
+            Finalize::Cleanup(o) => cleanup(&o, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) => {
+            Error::Kube(explain(&e, "add its finalizer to", &what, Some(&ns)))
+        }
+        finalizer::Error::RemoveFinalizer(e) => {
+            Error::Kube(explain(&e, "remove its finalizer from", &what, Some(&ns)))
+        }
+        other => Error::Kube(other.to_string()),
+    })?;
+    if let Ok(mut f) = ctx.failures.lock() {
+        f.remove(&key);
+    }
+    Ok(action)
+}
+
+/// Tried again after 0.5 s, doubling up to 5 minutes.
+fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    let key = key_of(&obj);
+    let n = match ctx.failures.lock() {
+        Ok(mut f) => {
+            let n = f.entry(key.clone()).or_insert(0);
+            *n += 1;
+            *n
+        }
+        Err(_) => 1,
+    };
+    let delay = Duration::from_millis(500)
+        .saturating_mul(1 << (n - 1).min(10))
+        .min(Duration::from_secs(300));
+    tracing::warn!(kind = ctx.kind, object = %key, "{err}; trying again in {delay:?}");
+    Action::requeue(delay)
+}
+
+/// The uid of the deployment record that says what this custom resource owns.
+fn record_uid(obj: &DynamicObject) -> String {
+    let id = obj
+        .uid()
+        .unwrap_or_else(|| format!("{}.{}", obj.namespace().unwrap_or_default(), obj.name_any()));
+    format!("{}{id}", spec::CUSTOM_RESOURCE_UID_PREFIX)
+}
+
+/// Applies the object into Fusion and writes its status.
+async fn apply(api: &Api<DynamicObject>, obj: &DynamicObject, ctx: &Ctx) -> Result<Action, Error> {
+    let outcome = if ctx.kind == WATCH_TRIGGER {
+        run_watch_trigger(obj, ctx).await
+    } else {
+        apply_to_fusion(obj, ctx).await
+    };
+    let (ready, action, failure) = match outcome {
+        Ok(label) => (
+            Ready::applied(if ctx.kind == WATCH_TRIGGER {
+                label
+            } else {
+                format!("applied to Fusion as {label}")
+            }),
+            Action::requeue(ctx.resync),
+            None,
+        ),
+        Err(Problem::Invalid(m)) => {
+            tracing::warn!(kind = ctx.kind, object = %key_of(obj), "invalid: {m}");
+            (Ready::not("Invalid", m), Action::await_change(), None)
+        }
+        Err(Problem::Pending(m)) => (
+            Ready::not("Pending", m),
+            Action::requeue(PENDING_RETRY),
+            None,
+        ),
+        Err(Problem::Failed(m)) => (
+            Ready::not("Failed", m.clone()),
+            Action::await_change(),
+            Some(m),
+        ),
+    };
+    let written = write_status(api, obj, &ready, ctx).await;
+    if let Some(m) = failure {
+        return Err(Error::Fusion(m));
+    }
+    written?;
+    Ok(action)
+}
+
+async fn write_status(
+    api: &Api<DynamicObject>,
+    obj: &DynamicObject,
+    ready: &Ready,
+    ctx: &Ctx,
+) -> Result<(), Error> {
+    let now = jiff::Timestamp::now();
+    let now = jiff::Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string();
+    let Some(status) = status::next(obj.data.get("status"), obj.metadata.generation, ready, &now)
+    else {
+        return Ok(());
+    };
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| {
+        Error::Kube(explain(
+            &e,
+            "update the status of",
+            &format!("{}.fission.io", ctx.plural),
+            obj.namespace().as_deref(),
+        ))
+    })
+}
+
+/// Reads, checks and applies the object; answers the Fusion object's label.
+async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Problem> {
+    let name = obj.name_any();
+    let ns = obj.namespace().unwrap_or_else(|| "default".to_string());
+    let doc = load::Document::object(json!({
+        "apiVersion": "fission.io/v1",
+        "kind": ctx.kind,
+        "metadata": {"name": name, "namespace": ns},
+        "spec": obj.data.get("spec").cloned().unwrap_or(Value::Null),
+    }));
+    let specs = model::Specs::read_object(&doc, &ns);
+    for w in &specs.warnings {
+        tracing::info!(kind = ctx.kind, object = %key_of(obj), "{w}");
+    }
+    if !specs.errors.is_empty() {
+        return Err(Problem::Invalid(specs.errors.join("; ")));
+    }
+    let Some(r) = specs.resources.into_iter().next() else {
+        return Err(Problem::Invalid(format!(
+            "a {} Fusion does not apply",
+            ctx.kind
+        )));
+    };
+    // What it references must be in Fusion first.
+    for (kind, ref_ns, ref_name, field) in &r.refs {
+        let path = spec::with_namespace(
+            &format!("{}/{ref_name}", spec::kind_collection(*kind)),
+            ref_ns,
+        );
+        match ctx.fusion.get_opt::<Value>(&path).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(Problem::Pending(format!(
+                    "{field}: waiting for {} {ref_ns}/{ref_name}, which is not in Fusion yet",
+                    kind.name()
+                )))
+            }
+            Err(e) => return Err(fusion_problem(e)),
+        }
+    }
+    // Code comes with the object (`literal`); nothing is fetched.
+    let mut body = r.body.clone();
+    for (field, src) in &r.archives {
+        match src {
+            model::ArchiveSource::Literal(bytes) => {
+                body[field.as_str()] = ctx
+                    .fusion
+                    .upload_bytes("user", bytes.clone())
+                    .await
+                    .map_err(fusion_problem)?;
+            }
+            model::ArchiveSource::Upload(archive) => {
+                return Err(Problem::Invalid(format!(
+                    "spec.{field}.url: archive://{archive} names an ArchiveUploadSpec of a spec \
+                     folder, which a custom resource has not: give the code as `literal` (base64)"
+                )))
+            }
+            model::ArchiveSource::File(path) => {
+                return Err(Problem::Invalid(format!(
+                    "spec.{field}: a file ({}) cannot come with a custom resource: give the code \
+                     as `literal` (base64)",
+                    path.display()
+                )))
+            }
+        }
+    }
+    // Recorded as this custom resource's before it is applied, so that a
+    // crash in between leaves nothing unowned.
+    let uid = record_uid(obj);
+    let record = spec::Record {
+        name: format!("{} {ns}/{name}", ctx.kind),
+        uid: uid.clone(),
+        resources: BTreeSet::from([spec::Applied::of(&r)]),
+    };
+    let record = serde_json::to_value(&record).map_err(|e| Problem::Failed(e.to_string()))?;
+    ctx.fusion
+        .put_json::<Value>(&format!("/v1/deployments/{uid}"), &record)
+        .await
+        .map_err(fusion_problem)?;
+    let outcome = match &r.workflow_source {
+        Some(source) => spec::apply_workflow(&ctx.fusion, &r, source.clone(), true).await,
+        None => spec::upsert(&ctx.fusion, &r, body, true).await,
+    }
+    .map_err(fusion_problem)?;
+    let observed = obj
+        .data
+        .pointer("/status/observedGeneration")
+        .and_then(Value::as_i64);
+    if outcome == "updated" && observed.is_some() && observed == obj.metadata.generation {
+        tracing::info!(
+            kind = ctx.kind,
+            object = %key_of(obj),
+            "{} was changed in Fusion outside its custom resource: changed back",
+            r.label()
+        );
+    } else if outcome != "unchanged" {
+        tracing::info!(kind = ctx.kind, object = %key_of(obj), "{outcome} {}", r.label());
+    }
+    Ok(r.label())
+}
+
+/// A KubernetesWatchTrigger: its watch runs while its function is in Fusion.
+async fn run_watch_trigger(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Problem> {
+    let ns = obj.namespace().unwrap_or_else(|| "default".to_string());
+    let key = key_of(obj);
+    let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
+    let watch = match watch_trigger::parse(&ns, &spec) {
+        Ok(w) => w,
+        Err(m) => {
+            ctx.watches.stop(&key);
+            return Err(Problem::Invalid(m));
+        }
+    };
+    let function = spec::with_namespace(&format!("/v1/functions/{}", watch.function), &ns);
+    let workflow = format!("/v1/workflows/{}", watch.function);
+    let mut found = ctx
+        .fusion
+        .get_opt::<Value>(&function)
+        .await
+        .map_err(fusion_problem)?;
+    if found.is_none() && ns == model::DEFAULT_NAMESPACE {
+        found = ctx
+            .fusion
+            .get_opt::<Value>(&workflow)
+            .await
+            .map_err(fusion_problem)?;
+    }
+    if found.is_none() {
+        ctx.watches.stop(&key);
+        return Err(Problem::Pending(format!(
+            "spec.functionref.name: waiting for function (or workflow) {ns}/{}, which is not in Fusion yet",
+            watch.function
+        )));
+    }
+    let said = watch.describe();
+    ctx.watches.ensure(&key, watch);
+    Ok(said)
+}
+
+/// The custom resource is going: deletes what it applied, and its record.
+async fn cleanup(obj: &DynamicObject, ctx: &Ctx) -> Result<Action, Error> {
+    if ctx.kind == WATCH_TRIGGER {
+        ctx.watches.stop(&key_of(obj));
+        return Ok(Action::await_change());
+    }
+    let uid = record_uid(obj);
+    let failed = |e: anyhow::Error| Error::Fusion(format!("{e:#}"));
+    if let Some(record) = spec::record(&ctx.fusion, &uid).await.map_err(failed)? {
+        for a in &record.resources {
+            spec::delete_if_present(&ctx.fusion, a)
+                .await
+                .map_err(failed)?;
+            tracing::info!(kind = ctx.kind, object = %key_of(obj), "deleted {}", a.label());
+        }
+        match ctx.fusion.delete(&format!("/v1/deployments/{uid}")).await {
+            Ok(()) => {}
+            Err(e) if e.downcast_ref::<crate::client::NotFound>().is_some() => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Ok(Action::await_change())
+}
