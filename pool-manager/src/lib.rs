@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod build;
+pub mod delivery;
 mod catalog;
 pub mod error;
 pub mod instance;
