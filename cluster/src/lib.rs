@@ -5,6 +5,8 @@
 
 use anyhow::Context;
 
+pub mod pods;
+
 /// A client for the cluster: in-cluster (the pod's service account) when Fusion
 /// runs in a pod, else the kubeconfig (`KUBECONFIG` or `~/.kube/config`), with
 /// `context` chosen when given.

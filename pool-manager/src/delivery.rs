@@ -140,7 +140,9 @@ impl Credentials {
 /// Whether `s` is a package digest (64 lowercase hex digits): the only names
 /// the fetcher writes under and the endpoint answers for.
 pub fn is_digest(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The directory `dir` as a tar stream: its files and directories, with their
@@ -185,7 +187,9 @@ pub fn safe_relative(path: &Path) -> Result<PathBuf> {
         }
     }
     if out.as_os_str().is_empty() {
-        return Err(Error::Invalid(format!("package entry {path:?} has no name")));
+        return Err(Error::Invalid(format!(
+            "package entry {path:?} has no name"
+        )));
     }
     Ok(out)
 }

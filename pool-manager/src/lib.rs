@@ -5,8 +5,8 @@
 
 pub mod backend;
 pub mod build;
-pub mod delivery;
 mod catalog;
+pub mod delivery;
 pub mod error;
 pub mod instance;
 pub mod logs;
