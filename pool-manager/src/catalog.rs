@@ -23,6 +23,11 @@ impl PoolManager {
             .get(Kind::Environment, name)?
             .ok_or_else(|| not_found(Kind::Environment, name))
     }
+    /// Where a stored package is on this machine: its file, or its directory.
+    pub fn package_path(&self, package: &crate::resources::PackageRef) -> Result<std::path::PathBuf> {
+        self.inner.packages.path(package)
+    }
+
     pub fn environments(&self) -> Result<Vec<Environment>> {
         self.inner.store.environments()
     }
