@@ -102,8 +102,11 @@ async fn fetch(State(f): State<Arc<Fetcher>>, body: axum::body::Bytes) -> Respon
 }
 
 async fn fetch_package(f: &Fetcher, body: &[u8]) -> Result<String, Error> {
-    let req: FetchRequest = serde_json::from_slice(body)
-        .map_err(|e| Error::Invalid(format!("a fetch request is {{\"package\", \"kind\", \"filename\"}}: {e}")))?;
+    let req: FetchRequest = serde_json::from_slice(body).map_err(|e| {
+        Error::Invalid(format!(
+            "a fetch request is {{\"package\", \"kind\", \"filename\"}}: {e}"
+        ))
+    })?;
     if !delivery::is_digest(&req.package) {
         return Err(Error::Invalid(format!(
             "package {:?} is not a digest (64 lowercase hex digits)",
@@ -115,7 +118,9 @@ async fn fetch_package(f: &Fetcher, body: &[u8]) -> Result<String, Error> {
             validate_filename(name)?;
             Some(name.clone())
         }
-        (Kind::File, None) => return Err(Error::Invalid("a file package needs its filename".into())),
+        (Kind::File, None) => {
+            return Err(Error::Invalid("a file package needs its filename".into()))
+        }
         (Kind::Archive, _) => None,
     };
     let target = f.dir.join(&req.package);
@@ -178,7 +183,8 @@ fn write_package(
     bytes: &[u8],
     limits: PackageLimits,
 ) -> Result<(), Error> {
-    let io = |e: std::io::Error| Error::Storage(format!("cannot write under {}: {e}", dir.display()));
+    let io =
+        |e: std::io::Error| Error::Storage(format!("cannot write under {}: {e}", dir.display()));
     let partial = dir.join(format!(".{sha}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(io)?;
@@ -213,23 +219,32 @@ mod tests {
 
     /// A loopback stand-in for Fusion's API: answers the package `sha` with
     /// `body` and `media_type` to the credential `pod-credential`, 403 otherwise.
-    async fn api(sha: String, media_type: &'static str, body: Vec<u8>) -> (String, tokio::task::JoinHandle<()>) {
+    async fn api(
+        sha: String,
+        media_type: &'static str,
+        body: Vec<u8>,
+    ) -> (String, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new().route(
             "/v1/pod-packages/{sha}",
-            get(move |axum::extract::Path(asked): axum::extract::Path<String>, headers: axum::http::HeaderMap| {
-                let ok = asked == sha
-                    && headers.get("authorization").is_some_and(|v| v == "Bearer pod-credential");
-                let body = body.clone();
-                async move {
-                    if ok {
-                        ([("content-type", media_type)], body).into_response()
-                    } else {
-                        StatusCode::FORBIDDEN.into_response()
+            get(
+                move |axum::extract::Path(asked): axum::extract::Path<String>,
+                      headers: axum::http::HeaderMap| {
+                    let ok = asked == sha
+                        && headers
+                            .get("authorization")
+                            .is_some_and(|v| v == "Bearer pod-credential");
+                    let body = body.clone();
+                    async move {
+                        if ok {
+                            ([("content-type", media_type)], body).into_response()
+                        } else {
+                            StatusCode::FORBIDDEN.into_response()
+                        }
                     }
-                }
-            }),
+                },
+            ),
         );
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -244,14 +259,21 @@ mod tests {
             .unwrap();
         let resp = app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or_default())
     }
 
     #[tokio::test]
     async fn a_file_package_is_written_under_its_digest() {
         let sha = "a".repeat(64);
-        let (url, server) = api(sha.clone(), "application/octet-stream", b"print('hi')".to_vec()).await;
+        let (url, server) = api(
+            sha.clone(),
+            "application/octet-stream",
+            b"print('hi')".to_vec(),
+        )
+        .await;
         let dir = tempfile::tempdir().unwrap();
         let app = router(&FetcherArgs::for_test(dir.path(), &url)).unwrap();
         let (status, body) = post(
@@ -270,7 +292,10 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-        assert!(body["error"]["message"].as_str().unwrap().contains("403"), "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("403"),
+            "{body}"
+        );
         server.abort();
     }
 
@@ -284,9 +309,13 @@ mod tests {
         let (url, server) = api(sha.clone(), delivery::TAR_MEDIA_TYPE, tar).await;
         let dir = tempfile::tempdir().unwrap();
         let app = router(&FetcherArgs::for_test(dir.path(), &url)).unwrap();
-        let (status, body) = post(&app, serde_json::json!({"package": sha, "kind": "archive"})).await;
+        let (status, body) =
+            post(&app, serde_json::json!({"package": sha, "kind": "archive"})).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body["filepath"], dir.path().join(&sha).to_string_lossy().as_ref());
+        assert_eq!(
+            body["filepath"],
+            dir.path().join(&sha).to_string_lossy().as_ref()
+        );
         assert_eq!(
             std::fs::read_to_string(dir.path().join(&sha).join("pkg/main.py")).unwrap(),
             "x = 1"
@@ -311,7 +340,10 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
             assert_eq!(body["error"]["code"], "invalid", "{bad}");
         }
-        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "something was written");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "something was written"
+        );
     }
 
     #[test]

@@ -103,7 +103,11 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_KUBE_CONTEXT")]
     pub kube_context: Option<String>,
     /// The namespace function pods run in (kubernetes backend).
-    #[arg(long, env = "FUSION_KUBE_NAMESPACE", default_value = "fusion-functions")]
+    #[arg(
+        long,
+        env = "FUSION_KUBE_NAMESPACE",
+        default_value = "fusion-functions"
+    )]
     pub kube_namespace: String,
     /// The image of a bundled runtime on the cluster, as `RUNTIME=IMAGE`
     /// (`python=registry.example/fusion-python:0.1.0`); repeatable. Defaults:
@@ -111,7 +115,11 @@ pub struct ServerArgs {
     #[arg(long = "runtime-image", value_parser = parse_runtime_image)]
     pub runtime_images: Vec<(pool_manager::Runtime, String)>,
     /// The `fusion` image function pods run their fetcher from (kubernetes backend).
-    #[arg(long, env = "FUSION_FETCHER_IMAGE", default_value = "fusion/fusion:0.1.0")]
+    #[arg(
+        long,
+        env = "FUSION_FETCHER_IMAGE",
+        default_value = "fusion/fusion:0.1.0"
+    )]
     pub fetcher_image: String,
     /// Fusion's API as function pods reach it, where their fetchers pull code
     /// (kubernetes backend). Default in the cluster: the `fusion` Service of
@@ -191,7 +199,10 @@ fn parse_runtime_image(s: &str) -> Result<(pool_manager::Runtime, String), Strin
     let (runtime, image) = s
         .split_once('=')
         .ok_or_else(|| format!("expected RUNTIME=IMAGE (python=IMAGE), not {s:?}"))?;
-    let runtime = runtime.trim().parse().map_err(|e: pool_manager::Error| e.to_string())?;
+    let runtime = runtime
+        .trim()
+        .parse()
+        .map_err(|e: pool_manager::Error| e.to_string())?;
     let image = image.trim();
     if image.is_empty() {
         return Err(format!("no image given for {runtime:?}"));

@@ -24,7 +24,10 @@ impl PoolManager {
             .ok_or_else(|| not_found(Kind::Environment, name))
     }
     /// Where a stored package is on this machine: its file, or its directory.
-    pub fn package_path(&self, package: &crate::resources::PackageRef) -> Result<std::path::PathBuf> {
+    pub fn package_path(
+        &self,
+        package: &crate::resources::PackageRef,
+    ) -> Result<std::path::PathBuf> {
         self.inner.packages.path(package)
     }
 

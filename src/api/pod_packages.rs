@@ -56,8 +56,10 @@ async fn fetch(
     headers: HeaderMap,
 ) -> Response {
     if !delivery::is_digest(&sha256) {
-        return Error::Invalid(format!("{sha256:?} is not a package digest (64 hex digits)"))
-            .into_response();
+        return Error::Invalid(format!(
+            "{sha256:?} is not a package digest (64 hex digits)"
+        ))
+        .into_response();
     }
     let package = match s.credentials.check(credential(&headers), &sha256) {
         Ok(p) => p,
@@ -127,15 +129,25 @@ mod tests {
         }
     }
 
-    async fn get(app: &Router, sha: &str, credential: Option<&str>) -> (StatusCode, HeaderMap, Vec<u8>) {
+    async fn get(
+        app: &Router,
+        sha: &str,
+        credential: Option<&str>,
+    ) -> (StatusCode, HeaderMap, Vec<u8>) {
         let mut req = Request::get(format!("/v1/pod-packages/{sha}"));
         if let Some(c) = credential {
             req = req.header("authorization", format!("Bearer {c}"));
         }
-        let resp = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, headers, body.to_vec())
     }
 
@@ -183,9 +195,17 @@ mod tests {
         assert_eq!(headers["content-type"], delivery::TAR_MEDIA_TYPE);
         let out = tempfile::tempdir().unwrap();
         delivery::unpack_tar(&body[..], out.path(), Default::default()).unwrap();
-        assert_eq!(std::fs::read_to_string(out.path().join("main.py")).unwrap(), "x = 1");
-        let (status, _, body) = get(&app, "../../etc", Some(&credential)).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("main.py")).unwrap(),
+            "x = 1"
+        );
+        let (status, _, body) = get(&app, "..%2F..%2Fetc", Some(&credential)).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
     }
 
     #[test]
