@@ -613,3 +613,131 @@ async fn an_environment_with_only_a_command_is_refused() {
             .unwrap();
     backend.accepts(&image).unwrap();
 }
+
+/// A loopback runtime: answers `/v2/specialize` (reporting its body) and
+/// holds every other request open (reporting that it came), as a function
+/// that is still working when its pod goes.
+async fn loopback_runtime() -> (
+    u16,
+    mpsc::UnboundedReceiver<Value>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    let specialized = tx.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v2/specialize",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let _ = specialized.send(json!({"specialize": body}));
+                async { "ok" }
+            }),
+        )
+        .fallback(move || {
+            let _ = tx.send(json!({"request": true}));
+            std::future::pending::<&'static str>()
+        });
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, rx, server)
+}
+
+/// A loopback fetcher that answers where it put the package.
+async fn loopback_fetcher() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/fetch",
+        axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+            let path = format!(
+                "/userfunc/{}/{}",
+                body["package"].as_str().unwrap(),
+                body["filename"].as_str().unwrap()
+            );
+            axum::Json(json!({"filepath": path}))
+        }),
+    );
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, server)
+}
+
+#[tokio::test]
+async fn the_pool_specializes_a_pod_and_a_request_whose_pod_is_deleted_answers_502() {
+    use pool_manager::{PoolConfig, PoolManager};
+    let (runtime_port, mut runtime, runtime_server) = loopback_runtime().await;
+    let (fetcher_port, fetcher_server) = loopback_fetcher().await;
+    let mut cfg = config();
+    cfg.runtime_port = runtime_port;
+    cfg.fetcher_port = fetcher_port;
+    let (backend, mut cluster, _) = setup(cfg);
+    let data = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let pool_cfg = PoolConfig {
+        data_dir: data.path().to_path_buf(),
+        backend,
+        specialize_timeout: Duration::from_secs(10),
+        lease_wait: Duration::from_secs(10),
+        body_limit: 1 << 20,
+        packages: Default::default(),
+        reap_interval: Duration::from_secs(3600),
+        build_timeout: Duration::from_secs(60),
+    };
+    let starting = tokio::spawn(async move { PoolManager::start(&db, pool_cfg).await });
+    // The server's start tidies what an earlier one left: nothing here.
+    cluster
+        .expect("GET", PODS)
+        .await
+        .answer(200, json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}));
+    let pm = starting.await.unwrap().unwrap();
+    let watch = cluster.open_watch(vec![], "1").await;
+    let mut py = env("py");
+    py.poolsize = 0;
+    pm.create_environment(py).await.unwrap();
+    let package = pm
+        .put_package("hello.py", b"def main():\n    return 'hi'\n")
+        .unwrap();
+    let function: pool_manager::Function = serde_json::from_value(json!({
+        "name": "hello", "env": "py", "package": package, "entrypoint": "main",
+    }))
+    .unwrap();
+    pm.create_function(function).await.unwrap();
+
+    let calling = {
+        let pm = pm.clone();
+        tokio::spawn(async move {
+            let req = Request::get("/hello")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            pool_manager::try_forward(&pm, "hello", req, "/", &[]).await
+        })
+    };
+    // A pod for the call, ready, marked specialized, fetched, specialized.
+    let create = cluster.expect("POST", PODS).await;
+    let pod = create.body.clone();
+    create.answer(201, with_status(&pod, json!({"phase": "Pending"}), 2));
+    watch.send("MODIFIED", with_status(&pod, ready("127.0.0.1"), 3));
+    let patch = cluster
+        .expect("PATCH", &format!("{PODS}/{}", name_of(&pod)))
+        .await;
+    patch.answer(200, with_status(&pod, ready("127.0.0.1"), 4));
+    let specialize = runtime.recv().await.unwrap();
+    assert_eq!(
+        specialize["specialize"]["filepath"],
+        format!("/userfunc/{}/hello.py", package.sha256)
+    );
+    assert_eq!(specialize["specialize"]["functionName"], "main");
+    // The request reaches the runtime, which is still working when the pod is deleted.
+    assert_eq!(runtime.recv().await.unwrap(), json!({"request": true}));
+    watch.send("DELETED", with_status(&pod, ready("127.0.0.1"), 5));
+    let e = calling.await.unwrap().err().expect("the request failed");
+    assert_eq!(e.status(), axum::http::StatusCode::BAD_GATEWAY, "{e}");
+    assert!(e.to_string().contains("its pod was deleted"), "{e}");
+    // The pool forgot the instance.
+    assert!(pm.instances(None).is_empty(), "{:?}", pm.instances(None));
+    runtime_server.abort();
+    fetcher_server.abort();
+}
