@@ -733,7 +733,7 @@ async fn the_pool_specializes_a_pod_and_a_request_whose_pod_is_deleted_answers_5
     // The request reaches the runtime, which is still working when the pod is deleted.
     assert_eq!(runtime.recv().await.unwrap(), json!({"request": true}));
     watch.send("DELETED", with_status(&pod, ready("127.0.0.1"), 5));
-    let e = calling.await.unwrap().err().expect("the request failed");
+    let e = calling.await.unwrap().expect_err("the request failed");
     assert_eq!(e.status(), axum::http::StatusCode::BAD_GATEWAY, "{e}");
     assert!(e.to_string().contains("its pod was deleted"), "{e}");
     // The pool forgot the instance.
