@@ -345,10 +345,16 @@ impl Backend for PodBackend {
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            // Pods still starting when the server stopped; parked ones stay.
+            // Pods still starting when the server stopped. Parked ones stay, and
+            // so do generic pods of an earlier server not adopted this time.
+            let adoptable: std::collections::HashSet<String> = lock(&self.shared.adoptable)
+                .values()
+                .flatten()
+                .map(|s| s.name.clone())
+                .collect();
             let left: Vec<Arc<PodState>> = lock(&self.shared.pods)
                 .values()
-                .filter(|s| !s.ended())
+                .filter(|s| !s.ended() && !adoptable.contains(&s.name))
                 .cloned()
                 .collect();
             for state in left {
