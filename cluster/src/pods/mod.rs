@@ -69,8 +69,9 @@ pub struct PodConfig {
     pub start_timeout: Duration,
     /// How long the fetcher may take to fetch a package.
     pub fetch_timeout: Duration,
-    /// How long the watch waits after an error before it lists again.
-    pub watch_retry: Duration,
+    /// Whether the watch backs off after errors (kube-rs's default backoff);
+    /// tests that play a scenario turn it off.
+    pub watch_backoff: bool,
 }
 
 impl PodConfig {
@@ -86,7 +87,7 @@ impl PodConfig {
             owner: None,
             start_timeout: Duration::from_secs(300),
             fetch_timeout: Duration::from_secs(120),
-            watch_retry: Duration::from_secs(1),
+            watch_backoff: true,
         }
     }
 }

@@ -185,7 +185,9 @@ fn setup(cfg: PodConfig) -> (Arc<PodBackend>, Cluster, Arc<Credentials>) {
 
 fn config() -> PodConfig {
     let mut cfg = PodConfig::new(NS, "http://fusion.fusion.svc:8889");
-    cfg.watch_retry = Duration::ZERO;
+    cfg.watch_backoff = false;
+    cfg.start_timeout = PATIENCE;
+    cfg.fetch_timeout = PATIENCE;
     cfg
 }
 
@@ -245,6 +247,23 @@ async fn started_pod(
     );
     let handle = starting.await.unwrap().expect("the pod started");
     (pod, handle)
+}
+
+/// `f`'s output, failing the test past `PATIENCE`.
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, f)
+        .await
+        .expect("the test waited past its deadline")
+}
+
+/// Why the instance ended, waiting for it (failing the test past `PATIENCE`).
+async fn exit_of(handle: &Arc<dyn Handle>) -> Exit {
+    let mut exit = handle.exit();
+    let ended = tokio::time::timeout(PATIENCE, exit.wait_for(Option::is_some))
+        .await
+        .expect("the instance did not end")
+        .expect("the backend dropped the instance");
+    ended.clone().expect("ended")
 }
 
 fn name_of(pod: &Value) -> String {
@@ -412,8 +431,7 @@ async fn a_pod_deleted_or_killed_under_the_pool_reports_why_it_ended() {
     let (pod_b, b) = started_pod(&backend, &mut cluster, &watch, env("py"), 4).await;
     // Someone deletes pod a.
     watch.send("DELETED", with_status(&pod_a, ready("127.0.0.1"), 10));
-    let mut exit_a = a.exit();
-    let ended = exit_a.wait_for(Option::is_some).await.unwrap().clone();
+    let ended = Some(exit_of(&a).await);
     assert_eq!(ended, Some(Exit::Vanished("its pod was deleted".into())));
     // Pod b's runtime is killed for its memory: reported, and the pod goes.
     let mut oom = with_status(&pod_b, ready("127.0.0.1"), 11);
@@ -422,8 +440,7 @@ async fn a_pod_deleted_or_killed_under_the_pool_reports_why_it_ended() {
         "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
     }]);
     watch.send("MODIFIED", oom);
-    let mut exit_b = b.exit();
-    let ended = exit_b.wait_for(Option::is_some).await.unwrap().clone();
+    let ended = Some(exit_of(&b).await);
     assert_eq!(ended, Some(Exit::OutOfMemory));
     let delete = cluster
         .expect("DELETE", &format!("{PODS}/{}", name_of(&pod_b)))
@@ -445,8 +462,7 @@ async fn stopping_an_instance_deletes_its_pod() {
         "stopped before the delete"
     );
     delete.answer(200, with_status(&pod, ready("127.0.0.1"), 3));
-    let mut exit = handle.exit();
-    let ended = exit.wait_for(Option::is_some).await.unwrap().clone();
+    let ended = Some(exit_of(&handle).await);
     assert_eq!(ended, Some(Exit::Stopped));
 }
 
@@ -466,8 +482,7 @@ async fn a_watch_restarted_from_a_stale_version_relists_and_finds_what_went() {
     let _watch = cluster
         .open_watch(vec![with_status(&pod_a, ready("127.0.0.1"), 100)], "101")
         .await;
-    let mut exit_b = b.exit();
-    let ended = exit_b.wait_for(Option::is_some).await.unwrap().clone();
+    let ended = Some(exit_of(&b).await);
     assert_eq!(ended, Some(Exit::Vanished("its pod was deleted".into())));
     assert!(a.exit().borrow().is_none(), "pod a is still there");
 }
@@ -522,7 +537,7 @@ async fn specializing_has_the_fetcher_pull_exactly_the_staged_package() {
     patch.answer(200, with_status(&pod, ready("127.0.0.1"), 3));
     let path = staging.await.unwrap().expect("staged");
     assert_eq!(path, format!("/userfunc/{}/hello.py", "a".repeat(64)));
-    let call = seen.recv().await.unwrap();
+    let call = within(seen.recv()).await.unwrap();
     assert_eq!(
         call["body"],
         json!({"package": "a".repeat(64), "kind": "file", "filename": "hello.py"})
@@ -724,16 +739,22 @@ async fn the_pool_specializes_a_pod_and_a_request_whose_pod_is_deleted_answers_5
         .expect("PATCH", &format!("{PODS}/{}", name_of(&pod)))
         .await;
     patch.answer(200, with_status(&pod, ready("127.0.0.1"), 4));
-    let specialize = runtime.recv().await.unwrap();
+    let specialize = within(runtime.recv()).await.unwrap();
     assert_eq!(
         specialize["specialize"]["filepath"],
         format!("/userfunc/{}/hello.py", package.sha256)
     );
     assert_eq!(specialize["specialize"]["functionName"], "main");
     // The request reaches the runtime, which is still working when the pod is deleted.
-    assert_eq!(runtime.recv().await.unwrap(), json!({"request": true}));
+    assert_eq!(
+        within(runtime.recv()).await.unwrap(),
+        json!({"request": true})
+    );
     watch.send("DELETED", with_status(&pod, ready("127.0.0.1"), 5));
-    let e = calling.await.unwrap().expect_err("the request failed");
+    let e = within(calling)
+        .await
+        .unwrap()
+        .expect_err("the request failed");
     assert_eq!(e.status(), axum::http::StatusCode::BAD_GATEWAY, "{e}");
     assert!(e.to_string().contains("its pod was deleted"), "{e}");
     // The pool forgot the instance.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
 use pool_manager::backend::Exit;
 
 use super::spec::{self, PodView};
@@ -19,11 +20,17 @@ use super::{lock, Shared};
 /// Starts the watch; it ends when the backend is dropped.
 pub(super) fn spawn(shared: &Arc<Shared>) {
     let config = watcher::Config::default().labels(&spec::pool_selector(&shared.cfg.pool));
-    let stream = watcher::watcher(shared.api.clone(), config);
+    let stream = watcher::watcher(shared.api.clone(), config).boxed();
+    // After an error the watch lists again, backing off as kube-rs's
+    // controllers do (800 ms growing to 30 s) so that a lasting error (403)
+    // does not hammer the API server.
+    let mut stream = if shared.cfg.watch_backoff {
+        stream.default_backoff().boxed()
+    } else {
+        stream
+    };
     let weak = Arc::downgrade(shared);
-    let retry = shared.cfg.watch_retry;
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
         // The pods listed since the last `Init`.
         let mut listed: Option<HashSet<String>> = None;
         while let Some(event) = stream.next().await {
@@ -56,10 +63,6 @@ pub(super) fn spawn(shared: &Arc<Shared>) {
                         );
                     } else {
                         tracing::debug!("the pod watch restarts: {e}");
-                    }
-                    drop(shared);
-                    if !retry.is_zero() {
-                        tokio::time::sleep(retry).await;
                     }
                 }
             }
