@@ -17,8 +17,10 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use pool_manager::backend::{Address, Backend, Exit, Handle, Isolation, StartRequest, Usage};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use pool_manager::backend::{
+    Address, Backend, Exit, Handle, Isolation, LogSink, StartRequest, Usage,
+};
 use pool_manager::delivery::Credentials;
 use pool_manager::{Environment, Error, PackageKind, Result};
 use tokio::sync::watch;
@@ -288,15 +290,15 @@ impl Backend for PodBackend {
             let image = spec::image_of(env, &shared.cfg)
                 .ok_or_else(|| Error::Invalid(format!("environment {} has no image", env.name)))?;
             let digest = spec::env_digest(env, &shared.cfg);
-            let state = match shared.adopt(&digest) {
+            let (state, adopted) = match shared.adopt(&digest) {
                 Some(state) => {
                     (req.logs)("fusion", &format!("adopted pod {}", state.name));
-                    state
+                    (state, true)
                 }
                 None => {
                     let state = shared.create(env, &image).await?;
                     (req.logs)("fusion", &format!("created pod {}", state.name));
-                    state
+                    (state, false)
                 }
             };
             let mut ready = state.ready.subscribe();
@@ -326,6 +328,12 @@ impl Backend for PodBackend {
                     )));
                 }
             };
+            follow_logs(
+                shared.clone(),
+                state.name.clone(),
+                req.logs.clone(),
+                adopted,
+            );
             let handle = PodHandle {
                 shared: shared.clone(),
                 state,
@@ -437,6 +445,32 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// Sends what the pod's runtime writes (its container log) to the instance's
+/// log sink, until the pod goes; an adopted pod's from now on, not again.
+fn follow_logs(shared: Arc<Shared>, name: String, sink: LogSink, from_now: bool) {
+    use futures_util::{AsyncBufReadExt, StreamExt};
+    tokio::spawn(async move {
+        let params = LogParams {
+            container: Some("runtime".into()),
+            follow: true,
+            tail_lines: from_now.then_some(0),
+            ..LogParams::default()
+        };
+        let stream = match shared.api.log_stream(&name, &params).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(pod = %name, "cannot follow the pod's log: {e}");
+                return;
+            }
+        };
+        drop(shared);
+        let mut lines = std::pin::pin!(stream.lines());
+        while let Some(Ok(line)) = lines.next().await {
+            sink("stdout", &line);
+        }
+    });
 }
 
 /// Deletes the pod Fusion no longer wants; its instance has then `Stopped`.

@@ -73,10 +73,12 @@ impl Call {
     }
 }
 
-/// The mock API server: its two lanes of requests.
+/// The mock API server: its lanes of requests (pods' logs in a third, which
+/// only the test of logs looks at).
 struct Cluster {
     api: mpsc::UnboundedReceiver<Call>,
     watch: mpsc::UnboundedReceiver<Call>,
+    logs: mpsc::UnboundedReceiver<Call>,
 }
 
 /// How long a test waits for the backend's next request before it fails.
@@ -154,6 +156,7 @@ fn setup(cfg: PodConfig) -> (Arc<PodBackend>, Cluster, Arc<Credentials>) {
         tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
     let (api_tx, api) = mpsc::unbounded_channel();
     let (watch_tx, watch) = mpsc::unbounded_channel();
+    let (logs_tx, logs) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some((req, respond)) = handle.next_request().await {
             let (parts, body) = req.into_parts();
@@ -171,7 +174,13 @@ fn setup(cfg: PodConfig) -> (Arc<PodBackend>, Cluster, Arc<Credentials>) {
             };
             let watching = call.method == "GET"
                 && (call.query.contains("watch=true") || call.query.contains("limit="));
-            let lane = if watching { &watch_tx } else { &api_tx };
+            let lane = if call.path.ends_with("/log") {
+                &logs_tx
+            } else if watching {
+                &watch_tx
+            } else {
+                &api_tx
+            };
             if lane.send(call).is_err() {
                 return;
             }
@@ -180,7 +189,7 @@ fn setup(cfg: PodConfig) -> (Arc<PodBackend>, Cluster, Arc<Credentials>) {
     let client = kube::Client::new(service, "default");
     let credentials = Arc::new(Credentials::default());
     let backend = PodBackend::new(client, cfg, credentials.clone());
-    (Arc::new(backend), Cluster { api, watch }, credentials)
+    (Arc::new(backend), Cluster { api, watch, logs }, credentials)
 }
 
 fn config() -> PodConfig {
@@ -203,16 +212,16 @@ fn start(
     backend: &Arc<PodBackend>,
     env: Environment,
 ) -> tokio::task::JoinHandle<pool_manager::Result<Arc<dyn Handle>>> {
+    start_logging(backend, env, Arc::new(|_, _| {}))
+}
+
+fn start_logging(
+    backend: &Arc<PodBackend>,
+    env: Environment,
+    logs: pool_manager::backend::LogSink,
+) -> tokio::task::JoinHandle<pool_manager::Result<Arc<dyn Handle>>> {
     let backend = backend.clone();
-    tokio::spawn(async move {
-        backend
-            .start(StartRequest {
-                id: 1,
-                env,
-                logs: Arc::new(|_, _| {}),
-            })
-            .await
-    })
+    tokio::spawn(async move { backend.start(StartRequest { id: 1, env, logs }).await })
 }
 
 /// The pod as the API server has it: what was created, with `status`.
@@ -761,4 +770,39 @@ async fn the_pool_specializes_a_pod_and_a_request_whose_pod_is_deleted_answers_5
     assert!(pm.instances(None).is_empty(), "{:?}", pm.instances(None));
     runtime_server.abort();
     fetcher_server.abort();
+}
+
+#[tokio::test]
+async fn what_the_runtime_writes_goes_to_the_instance_log() {
+    let (backend, mut cluster, _) = setup(config());
+    let watch = cluster.open_watch(vec![], "1").await;
+    let (lines_tx, mut lines) = mpsc::unbounded_channel::<(String, String)>();
+    let sink: pool_manager::backend::LogSink = Arc::new(move |stream, line| {
+        let _ = lines_tx.send((stream.to_string(), line.to_string()));
+    });
+    let starting = start_logging(&backend, env("py"), sink);
+    let create = cluster.expect("POST", PODS).await;
+    let pod = create.body.clone();
+    create.answer(201, with_status(&pod, json!({"phase": "Pending"}), 2));
+    watch.send("MODIFIED", with_status(&pod, ready("127.0.0.1"), 3));
+    within(starting).await.unwrap().unwrap();
+    let follow = within(cluster.logs.recv()).await.unwrap();
+    assert_eq!(follow.method, "GET");
+    assert_eq!(follow.path, format!("{PODS}/{}/log", name_of(&pod)));
+    assert!(
+        follow.query.contains("container=runtime") && follow.query.contains("follow=true"),
+        "{}",
+        follow.query
+    );
+    let log = follow.stream();
+    log.send(Bytes::from("listening on 8888\nhello from the function\n"))
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(within(lines.recv()).await.unwrap());
+    }
+    assert_eq!(got[0].0, "fusion");
+    assert!(got[0].1.starts_with("created pod fusion-py-"), "{got:?}");
+    assert_eq!(got[1], ("stdout".into(), "listening on 8888".into()));
+    assert_eq!(got[2], ("stdout".into(), "hello from the function".into()));
 }
