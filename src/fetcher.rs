@@ -29,6 +29,10 @@ pub struct FetcherArgs {
     /// The volume shared with the runtime (`/userfunc`).
     #[arg(long, env = "FUSION_FETCHER_DIR", default_value = "/userfunc")]
     pub dir: PathBuf,
+    /// Where the function's secrets and configmaps go (`<root>/secrets`,
+    /// `<root>/configs`: the volumes shared with the runtime).
+    #[arg(long, env = "FUSION_FETCHER_FILES_ROOT", default_value = "/")]
+    pub files_root: PathBuf,
     /// Fusion's API as this pod reaches it.
     #[arg(long, env = "FUSION_API_URL")]
     pub api_url: String,
@@ -39,6 +43,7 @@ pub struct FetcherArgs {
 
 struct Fetcher {
     dir: PathBuf,
+    files_root: PathBuf,
     api_url: String,
     token: String,
     http: reqwest::Client,
@@ -53,6 +58,9 @@ struct FetchRequest {
     kind: Kind,
     #[serde(default)]
     filename: Option<String>,
+    /// Whether the function has secrets or configmaps to fetch too.
+    #[serde(default)]
+    files: bool,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Eq)]
@@ -80,6 +88,7 @@ fn router(args: &FetcherArgs) -> anyhow::Result<Router> {
     );
     let fetcher = Fetcher {
         dir: args.dir.clone(),
+        files_root: args.files_root.clone(),
         api_url,
         token: args.token.clone(),
         http: reqwest::Client::new(),
@@ -123,6 +132,9 @@ async fn fetch_package(f: &Fetcher, body: &[u8]) -> Result<String, Error> {
         }
         (Kind::Archive, _) => None,
     };
+    if req.files {
+        fetch_files(f, &req.package).await?;
+    }
     let target = f.dir.join(&req.package);
     let answer = |target: &Path| match &filename {
         Some(name) => target.join(name).to_string_lossy().into_owned(),
@@ -138,32 +150,7 @@ async fn fetch_package(f: &Fetcher, body: &[u8]) -> Result<String, Error> {
         delivery::POD_PACKAGES_PATH,
         req.package
     );
-    let resp = f
-        .http
-        .get(&url)
-        .bearer_auth(&f.token)
-        .send()
-        .await
-        .map_err(|e| Error::Upstream(format!("cannot reach Fusion's API at {}: {e}", f.api_url)))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(Error::Upstream(format!(
-            "Fusion's API refused package {} ({status}): {}",
-            req.package,
-            text.trim()
-        )));
-    }
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| Error::Upstream(format!("the package download broke off: {e}")))?;
-    if bytes.len() as u64 > f.limits.max_unpacked {
-        return Err(Error::TooLarge(format!(
-            "package {} is larger than {} bytes",
-            req.package, f.limits.max_unpacked
-        )));
-    }
+    let bytes = pull(f, &url, &format!("package {}", req.package)).await?;
     let dir = f.dir.clone();
     let limits = f.limits;
     let sha = req.package.clone();
@@ -172,6 +159,49 @@ async fn fetch_package(f: &Fetcher, body: &[u8]) -> Result<String, Error> {
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     Ok(answer(&target))
+}
+
+/// GETs `url` with the pod's credential: its body, or why not.
+async fn pull(f: &Fetcher, url: &str, what: &str) -> Result<bytes::Bytes, Error> {
+    let resp = f
+        .http
+        .get(url)
+        .bearer_auth(&f.token)
+        .send()
+        .await
+        .map_err(|e| Error::Upstream(format!("cannot reach Fusion's API at {}: {e}", f.api_url)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(Error::Upstream(format!(
+            "Fusion's API refused {what} ({status}): {}",
+            text.trim()
+        )));
+    }
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::Upstream(format!("the download of {what} broke off: {e}")))?;
+    if bytes.len() as u64 > f.limits.max_unpacked {
+        return Err(Error::TooLarge(format!(
+            "{what} is larger than {} bytes",
+            f.limits.max_unpacked
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The function's secrets and configmaps, under `<files_root>/secrets` and
+/// `<files_root>/configs` and nowhere else.
+async fn fetch_files(f: &Fetcher, sha: &str) -> Result<(), Error> {
+    let url = format!("{}{}{sha}/files", f.api_url, delivery::POD_PACKAGES_PATH);
+    let bytes = pull(f, &url, &format!("the files of package {sha}")).await?;
+    let root = f.files_root.clone();
+    let limits = f.limits;
+    tokio::task::spawn_blocking(move || delivery::unpack_files(&bytes, &root, limits))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    Ok(())
 }
 
 /// Writes the package into `<dir>/.<sha>.partial/`, then renames it to
@@ -205,6 +235,7 @@ impl FetcherArgs {
         FetcherArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
             dir: dir.to_path_buf(),
+            files_root: dir.join("root"),
             api_url: api_url.into(),
             token: "pod-credential".into(),
         }
@@ -344,6 +375,68 @@ mod tests {
             std::fs::read_dir(dir.path()).unwrap().next().is_none(),
             "something was written"
         );
+    }
+
+    #[tokio::test]
+    async fn secrets_and_configmaps_are_written_under_their_roots_only() {
+        let sha = "e".repeat(64);
+        let files = |path: &str| {
+            delivery::tar_files(&[pool_manager::backend::StagedFile {
+                path: path.into(),
+                contents: b"s3cret".to_vec(),
+            }])
+            .unwrap()
+        };
+        let good = files("secrets/default/db/password");
+        let evil = files("userfunc/evil.py");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = Router::new()
+            .route(
+                "/v1/pod-packages/{sha}",
+                get(|| async { ([("content-type", "application/octet-stream")], "x = 1") }),
+            )
+            .route(
+                "/v1/pod-packages/{sha}/files",
+                get(
+                    move |axum::extract::Path(sha): axum::extract::Path<String>| {
+                        let body = if sha.starts_with('e') {
+                            good.clone()
+                        } else {
+                            evil.clone()
+                        };
+                        async move { ([("content-type", delivery::TAR_MEDIA_TYPE)], body) }
+                    },
+                ),
+            );
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let fetcher = router(&FetcherArgs::for_test(dir.path(), &url)).unwrap();
+        let (status, body) = post(
+            &fetcher,
+            serde_json::json!({"package": sha, "kind": "file", "filename": "f.py", "files": true}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let root = dir.path().join("root");
+        assert_eq!(
+            std::fs::read(root.join("secrets/default/db/password")).unwrap(),
+            b"s3cret"
+        );
+        // Files elsewhere than /secrets and /configs are refused, and the code
+        // is not given to the runtime either.
+        let other = "f".repeat(64);
+        let (status, body) = post(
+            &fetcher,
+            serde_json::json!({"package": other, "kind": "file", "filename": "f.py", "files": true}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(!root.join("userfunc").exists());
+        assert!(!dir.path().join(&other).exists());
+        server.abort();
     }
 
     #[test]

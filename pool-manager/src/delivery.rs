@@ -8,10 +8,11 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use crate::backend::StagedFile;
 use crate::error::{Error, Result};
 use crate::package::{hex, PackageLimits};
 use crate::resources::PackageRef;
@@ -33,6 +34,8 @@ pub struct Credentials {
 struct Grant {
     instance: String,
     package: Option<PackageRef>,
+    /// The secrets' and configmaps' files staged with the package.
+    files: Arc<Vec<StagedFile>>,
 }
 
 /// Why a fetch is refused.
@@ -93,14 +96,17 @@ impl Credentials {
             Grant {
                 instance: instance.to_string(),
                 package: None,
+                files: Arc::default(),
             },
         );
     }
 
-    /// Allows the credential to fetch `package` (and no other).
-    pub fn allow(&self, digest: &str, package: &PackageRef) {
+    /// Allows the credential to fetch `package` (and no other), with `files`
+    /// (its function's secrets and configmaps).
+    pub fn allow(&self, digest: &str, package: &PackageRef, files: Vec<StagedFile>) {
         if let Some(g) = lock(&self.grants).get_mut(digest) {
             g.package = Some(package.clone());
+            g.files = Arc::new(files);
         }
     }
 
@@ -108,7 +114,23 @@ impl Credentials {
     pub fn revoke(&self, digest: &str) {
         if let Some(g) = lock(&self.grants).get_mut(digest) {
             g.package = None;
+            g.files = Arc::default();
         }
+    }
+
+    /// The files staged with package `sha256`, if `credential` may fetch it now.
+    pub fn check_files(
+        &self,
+        credential: Option<&str>,
+        sha256: &str,
+    ) -> std::result::Result<Arc<Vec<StagedFile>>, FetchDenied> {
+        self.check(credential, sha256)?;
+        let credential = credential.ok_or(FetchDenied::Missing)?;
+        let grants = lock(&self.grants);
+        let grant = grants
+            .get(&credential_digest(credential))
+            .ok_or(FetchDenied::Unknown)?;
+        Ok(grant.files.clone())
     }
 
     /// Forgets the credential (its instance ended).
@@ -169,6 +191,47 @@ fn append_tree(b: &mut tar::Builder<Vec<u8>>, root: &Path, rel: &Path) -> std::i
         }
     }
     Ok(())
+}
+
+/// Where staged files go (`secrets/<ns>/<name>/<key>`, `configs/...`): the
+/// only first components a files tar may have.
+pub const FILE_ROOTS: [&str; 2] = ["secrets", "configs"];
+
+/// Secrets' and configmaps' files as a tar stream, each read-only.
+pub fn tar_files(files: &[StagedFile]) -> Result<Vec<u8>> {
+    let io = |e: std::io::Error| Error::Internal(format!("cannot pack the files: {e}"));
+    let mut builder = tar::Builder::new(Vec::new());
+    for f in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(f.contents.len() as u64);
+        header.set_mode(0o444);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(&mut header, &f.path, &f.contents[..])
+            .map_err(io)?;
+    }
+    builder.into_inner().map_err(io)
+}
+
+/// Unpacks a files tar (see [`tar_files`]) under `root`: as [`unpack_tar`],
+/// and every entry must lie under one of [`FILE_ROOTS`]; nothing is written
+/// unless all do.
+pub fn unpack_files(bytes: &[u8], root: &Path, limits: PackageLimits) -> Result<usize> {
+    let io = |e: std::io::Error| Error::Invalid(format!("cannot unpack the files: {e}"));
+    let mut archive = tar::Archive::new(bytes);
+    for entry in archive.entries().map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let path = entry.path().map_err(io)?.into_owned();
+        let rel = safe_relative(&path)?;
+        let first = rel.components().next().map(|c| c.as_os_str().to_owned());
+        let under_root = first.is_some_and(|f| FILE_ROOTS.iter().any(|r| f == *r));
+        if !under_root || rel.components().count() < 2 {
+            return Err(Error::Invalid(format!(
+                "file {path:?} is not under /secrets or /configs"
+            )));
+        }
+    }
+    unpack_tar(bytes, root, limits)
 }
 
 /// The fetcher's checks on a path it is asked to write: relative, plain names
@@ -273,7 +336,7 @@ mod tests {
                 package: a.sha256.clone()
             })
         );
-        creds.allow(&digest, &a);
+        creds.allow(&digest, &a, Vec::new());
         assert_eq!(creds.check(Some(&credential), &a.sha256), Ok(a.clone()));
         let other = creds.check(Some(&credential), &b.sha256).unwrap_err();
         assert_eq!(other.status(), http::StatusCode::FORBIDDEN);
@@ -287,12 +350,53 @@ mod tests {
         );
         creds.revoke(&digest);
         assert!(creds.check(Some(&credential), &a.sha256).is_err());
-        creds.allow(&digest, &a);
+        creds.allow(&digest, &a, Vec::new());
         creds.forget(&digest);
         assert_eq!(
             creds.check(Some(&credential), &a.sha256),
             Err(FetchDenied::Unknown)
         );
+    }
+
+    #[test]
+    fn staged_files_go_only_under_secrets_and_configs() {
+        let creds = Credentials::default();
+        let (credential, digest) = mint_credential().unwrap();
+        creds.register(&digest, "pod");
+        let file = |p: &str| StagedFile {
+            path: p.into(),
+            contents: b"s3cret".to_vec(),
+        };
+        creds.allow(
+            &digest,
+            &package('a'),
+            vec![file("secrets/default/db/password")],
+        );
+        let files = creds
+            .check_files(Some(&credential), &"a".repeat(64))
+            .unwrap();
+        assert!(creds
+            .check_files(Some(&credential), &"b".repeat(64))
+            .is_err());
+        let root = tempfile::tempdir().unwrap();
+        unpack_files(
+            &tar_files(&files).unwrap(),
+            root.path(),
+            PackageLimits::default(),
+        )
+        .unwrap();
+        let written = root.path().join("secrets/default/db/password");
+        assert_eq!(std::fs::read(&written).unwrap(), b"s3cret");
+        for bad in ["etc/cron.d/evil", "secrets", "userfunc/x"] {
+            let tar = tar_files(&[file(bad)]).unwrap();
+            let e = unpack_files(&tar, root.path(), PackageLimits::default()).unwrap_err();
+            assert_eq!(e.code(), "invalid", "{bad}");
+        }
+        assert!(!root.path().join("etc").exists());
+        creds.revoke(&digest);
+        assert!(creds
+            .check_files(Some(&credential), &"a".repeat(64))
+            .is_err());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! package being staged on it. Outside the admin token: the only credential
 //! is the pod's own (`Authorization: Bearer <credential>`), allowed exactly the
 //! package the pool is staging on that pod, for as long as it stages it. A file
-//! package is sent as it is, a directory as a tar stream. No or an unknown
+//! package is sent as it is, a directory as a tar stream; `.../files` sends the
+//! function's secrets and configmaps staged with it as a tar. No or an unknown
 //! credential answers 401, another package 403, both as JSON errors.
 
 use axum::body::Body;
@@ -33,6 +34,7 @@ pub struct PodPackages {
 pub fn routes(state: PodPackages) -> Router {
     Router::new()
         .route("/v1/pod-packages/{sha256}", get(fetch))
+        .route("/v1/pod-packages/{sha256}/files", get(fetch_files))
         .with_state(state)
 }
 
@@ -48,6 +50,38 @@ fn credential(headers: &HeaderMap) -> Option<&str> {
 
 fn denied(e: &FetchDenied) -> Response {
     error_response(e.status(), e.code(), &e.to_string())
+}
+
+/// The secrets' and configmaps' files staged with the package, as a tar
+/// stream (`secrets/<ns>/<name>/<key>`, `configs/...`), under the same
+/// credential check.
+async fn fetch_files(
+    State(s): State<PodPackages>,
+    Path(sha256): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !delivery::is_digest(&sha256) {
+        return Error::Invalid(format!(
+            "{sha256:?} is not a package digest (64 hex digits)"
+        ))
+        .into_response();
+    }
+    let files = match s.credentials.check_files(credential(&headers), &sha256) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(package = %sha256, "files fetch refused: {e}");
+            return denied(&e);
+        }
+    };
+    match delivery::tar_files(&files) {
+        Ok(bytes) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, delivery::TAR_MEDIA_TYPE)],
+            Body::from(bytes),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn fetch(
@@ -162,7 +196,7 @@ mod tests {
         let (credential, digest) = delivery::mint_credential().unwrap();
         credentials.register(&digest, "fusion-py-abcde");
         let file = package('a', PackageKind::File);
-        credentials.allow(&digest, &file);
+        credentials.allow(&digest, &file, Vec::new());
         let (status, headers, body) = get(&app, &file.sha256, Some(&credential)).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers["content-type"], "application/octet-stream");
@@ -189,7 +223,14 @@ mod tests {
         let (credential, digest) = delivery::mint_credential().unwrap();
         credentials.register(&digest, "pod");
         let tree = package('c', PackageKind::Archive);
-        credentials.allow(&digest, &tree);
+        credentials.allow(
+            &digest,
+            &tree,
+            vec![pool_manager::backend::StagedFile {
+                path: "configs/default/app/mode".into(),
+                contents: b"debug".to_vec(),
+            }],
+        );
         let (status, headers, body) = get(&app, &tree.sha256, Some(&credential)).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers["content-type"], delivery::TAR_MEDIA_TYPE);
@@ -199,6 +240,24 @@ mod tests {
             std::fs::read_to_string(out.path().join("main.py")).unwrap(),
             "x = 1"
         );
+        // The function's configmap comes with it, under the same credential.
+        let (status, _, body) =
+            get(&app, &format!("{}/files", tree.sha256), Some(&credential)).await;
+        assert_eq!(status, StatusCode::OK);
+        delivery::unpack_files(&body, out.path(), Default::default()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("configs/default/app/mode")).unwrap(),
+            "debug"
+        );
+        let (status, _, _) = get(
+            &app,
+            &format!("{}/files", "b".repeat(64)),
+            Some(&credential),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _, _) = get(&app, &format!("{}/files", tree.sha256), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
         let (status, _, body) = get(&app, "..%2F..%2Fetc", Some(&credential)).await;
         assert_eq!(
             status,

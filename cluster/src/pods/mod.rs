@@ -267,6 +267,11 @@ impl Backend for PodBackend {
         true
     }
 
+    /// The fetcher writes them into the pod's `/secrets` and `/configs`.
+    fn delivers_files(&self) -> bool {
+        true
+    }
+
     fn accepts(&self, env: &Environment) -> Result<()> {
         if spec::image_of(env, &self.shared.cfg).is_none() {
             return Err(Error::Invalid(format!(
@@ -503,9 +508,14 @@ struct PodHandle {
 
 impl PodHandle {
     /// Marks the pod specialized (never adopted by a later server), then has its
-    /// fetcher pull the package with the pod's credential, allowed exactly this
-    /// package for as long as the fetch takes.
-    async fn fetch(&self, package: &pool_manager::PackageRef) -> Result<String> {
+    /// fetcher pull the package (and the function's secrets and configmaps) with
+    /// the pod's credential, allowed exactly this package for as long as the
+    /// fetch takes.
+    async fn fetch(
+        &self,
+        package: &pool_manager::PackageRef,
+        files: Vec<pool_manager::backend::StagedFile>,
+    ) -> Result<String> {
         let shared = &self.shared;
         let cfg = &shared.cfg;
         let patch = serde_json::json!({
@@ -524,9 +534,10 @@ impl PodHandle {
             "package": package.sha256,
             "kind": match package.kind { PackageKind::File => "file", _ => "archive" },
             "filename": package.filename,
+            "files": !files.is_empty(),
         });
         let digest = &self.state.credential_digest;
-        shared.credentials.allow(digest, package);
+        shared.credentials.allow(digest, package, files);
         let outcome =
             tokio::time::timeout(cfg.fetch_timeout, call_fetcher(self.fetcher, body)).await;
         shared.credentials.revoke(digest);
@@ -586,15 +597,7 @@ impl Handle for PodHandle {
         self: Arc<Self>,
         staging: pool_manager::backend::Staging,
     ) -> BoxFuture<'static, Result<String>> {
-        Box::pin(async move {
-            if !staging.files.is_empty() {
-                return Err(Error::Unsupported(
-                    "the kubernetes backend cannot give secrets and configmaps to a function yet"
-                        .into(),
-                ));
-            }
-            self.fetch(&staging.package).await
-        })
+        Box::pin(async move { self.fetch(&staging.package, staging.files).await })
     }
 
     fn stage_code(&self, _package: &Path) -> Result<String> {

@@ -153,7 +153,13 @@ pub fn pod(
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
             "terminationGracePeriodSeconds": 5,
-            "volumes": [{"name": "userfunc", "emptyDir": {}}],
+            // The code, and the function's secrets and configmaps at Fission's
+            // paths: written by the fetcher, read-only to the runtime.
+            "volumes": [
+                {"name": "userfunc", "emptyDir": {}},
+                {"name": "secrets", "emptyDir": {"medium": "Memory"}},
+                {"name": "configs", "emptyDir": {}},
+            ],
             "containers": [
                 {
                     "name": "runtime",
@@ -165,7 +171,11 @@ pub fn pod(
                     ],
                     "readinessProbe": tcp_probe(cfg.runtime_port),
                     "resources": resources,
-                    "volumeMounts": [{"name": "userfunc", "mountPath": USERFUNC}],
+                    "volumeMounts": [
+                        {"name": "userfunc", "mountPath": USERFUNC},
+                        {"name": "secrets", "mountPath": "/secrets", "readOnly": true},
+                        {"name": "configs", "mountPath": "/configs", "readOnly": true},
+                    ],
                     "securityContext": locked_down,
                 },
                 {
@@ -183,7 +193,11 @@ pub fn pod(
                         "requests": {"memory": "16Mi", "cpu": "10m"},
                         "limits": {"memory": "128Mi"},
                     },
-                    "volumeMounts": [{"name": "userfunc", "mountPath": USERFUNC}],
+                    "volumeMounts": [
+                        {"name": "userfunc", "mountPath": USERFUNC},
+                        {"name": "secrets", "mountPath": "/secrets"},
+                        {"name": "configs", "mountPath": "/configs"},
+                    ],
                     "securityContext": locked_down,
                 },
             ],

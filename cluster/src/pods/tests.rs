@@ -348,7 +348,13 @@ async fn a_new_pod_carries_the_labels_images_resources_and_owner() {
     );
     for c in [runtime, fetcher] {
         assert_eq!(c["volumeMounts"][0]["mountPath"], "/userfunc");
+        assert_eq!(c["volumeMounts"][1]["mountPath"], "/secrets");
+        assert_eq!(c["volumeMounts"][2]["mountPath"], "/configs");
     }
+    assert_eq!(
+        runtime["volumeMounts"][1]["readOnly"], true,
+        "the runtime may not write secrets"
+    );
     assert!(pod["spec"]["volumes"][0]["emptyDir"].is_object());
     // Fusion keeps only the credential's digest, on the pod and in memory.
     let credential = env_var(fetcher, "FUSION_FETCH_TOKEN");
@@ -549,7 +555,7 @@ async fn specializing_has_the_fetcher_pull_exactly_the_staged_package() {
     let call = within(seen.recv()).await.unwrap();
     assert_eq!(
         call["body"],
-        json!({"package": "a".repeat(64), "kind": "file", "filename": "hello.py"})
+        json!({"package": "a".repeat(64), "kind": "file", "filename": "hello.py", "files": false})
     );
     assert_eq!(
         call["allowed"], true,
