@@ -114,6 +114,10 @@ pub struct ServerArgs {
     /// fusion/python:0.1.0, fusion/nodejs:0.1.0, fusion/binary:0.1.0.
     #[arg(long = "runtime-image", value_parser = parse_runtime_image)]
     pub runtime_images: Vec<(pool_manager::Runtime, String)>,
+    /// This server's pool of function pods (their `fusion.dev/pool` label): two
+    /// Fusions sharing a namespace need different ones (kubernetes backend).
+    #[arg(long, env = "FUSION_KUBE_POOL", default_value = "fusion")]
+    pub kube_pool: String,
     /// The `fusion` image function pods run their fetcher from (kubernetes backend).
     #[arg(
         long,
@@ -522,6 +526,8 @@ async fn kubernetes_backend(
         *slot = image.clone();
     }
     cfg.fetcher_image = args.fetcher_image.clone();
+    pool_manager::resources::validate_name("--kube-pool", &args.kube_pool)?;
+    cfg.pool = args.kube_pool.clone();
     cfg.owner = cluster::pods::find_owner(&client, &args.kube_namespace).await;
     let backend = PodBackend::new(client, cfg, credentials);
     tracing::info!("{}", backend.isolation().summary);

@@ -207,6 +207,15 @@ pub fn pod(
     serde_json::from_value(value).expect("a function pod is a valid Pod")
 }
 
+/// Waiting reasons of a container that will not start without a change (an
+/// image that cannot be pulled after retrying, or a bad container spec).
+const CANNOT_START: [&str; 4] = [
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
 /// What a pod's status means for its instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodView {
@@ -261,6 +270,22 @@ pub fn view(pod: &Pod) -> PodView {
             code: Some(t.exit_code),
             signal: t.signal,
         });
+    }
+    // A container that cannot start at all: retrying the same pod is no use,
+    // and the reason is what the user needs (a wrong image name, say).
+    let stuck = status.container_statuses.iter().flatten().find_map(|c| {
+        let w = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = w.reason.as_deref()?;
+        CANNOT_START.contains(&reason).then(|| {
+            format!(
+                "container {} cannot start: {reason}: {}",
+                c.name,
+                w.message.as_deref().unwrap_or_default()
+            )
+        })
+    });
+    if let Some(why) = stuck {
+        return PodView::Ended(Exit::Vanished(why.trim_end_matches([' ', ':']).to_string()));
     }
     if matches!(phase, "Failed" | "Succeeded") {
         return PodView::Ended(Exit::Vanished(format!("its pod is {phase}")));
@@ -329,6 +354,30 @@ mod tests {
                 signal: None
             })
         );
+        let pulling = |reason: &str| {
+            pod_with(serde_json::json!({
+                "phase": "Pending",
+                "containerStatuses": [{
+                    "name": "runtime", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": "pull access denied for nope/python"}},
+                }],
+            }))
+        };
+        assert_eq!(
+            view(&pulling("ErrImagePull")),
+            PodView::Pending,
+            "retried by the kubelet"
+        );
+        match view(&pulling("ImagePullBackOff")) {
+            PodView::Ended(Exit::Vanished(why)) => assert!(
+                why.contains(
+                    "container runtime cannot start: ImagePullBackOff: pull access denied"
+                ),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
         let evicted = pod_with(serde_json::json!({
             "phase": "Failed", "reason": "Evicted",
             "message": "The node was low on resource: memory.",
