@@ -279,6 +279,17 @@ impl Backend for PodBackend {
                 env.name
             )));
         }
+        if env
+            .image
+            .as_deref()
+            .is_some_and(|i| i.starts_with('/') || i.starts_with('.'))
+        {
+            return Err(Error::Invalid(format!(
+                "environment {}: image {:?} is a path on this machine; the cluster's nodes pull images from a registry: push it to one and give its reference",
+                env.name,
+                env.image.as_deref().unwrap_or_default()
+            )));
+        }
         if env.network == pool_manager::Network::None {
             return Err(Error::Invalid(format!(
                 "environment {}: network none is not enforced on the kubernetes backend yet (it needs a NetworkPolicy); leave network unset",

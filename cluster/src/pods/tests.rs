@@ -642,6 +642,10 @@ async fn an_environment_with_only_a_command_is_refused() {
         serde_json::from_value(json!({"name": "img", "image": "ghcr.io/fission/python-env"}))
             .unwrap();
     backend.accepts(&image).unwrap();
+    let local: Environment =
+        serde_json::from_value(json!({"name": "img", "image": "/var/lib/images/py.tar"})).unwrap();
+    let err = backend.accepts(&local).unwrap_err();
+    assert!(err.to_string().contains("push it to one"), "{err}");
 }
 
 /// A loopback runtime: answers `/v2/specialize` (reporting its body) and
