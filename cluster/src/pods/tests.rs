@@ -816,3 +816,71 @@ async fn what_the_runtime_writes_goes_to_the_instance_log() {
     assert_eq!(got[1], ("stdout".into(), "listening on 8888".into()));
     assert_eq!(got[2], ("stdout".into(), "hello from the function".into()));
 }
+
+#[tokio::test]
+async fn an_evicted_generic_pod_is_deleted_and_the_pool_gets_a_new_one() {
+    use pool_manager::{PoolConfig, PoolManager};
+    let (backend, mut cluster, _) = setup(config());
+    let data = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let pool_cfg = PoolConfig {
+        data_dir: data.path().to_path_buf(),
+        backend,
+        specialize_timeout: Duration::from_secs(10),
+        lease_wait: Duration::from_secs(10),
+        body_limit: 1 << 20,
+        packages: Default::default(),
+        reap_interval: Duration::from_secs(3600),
+        build_timeout: Duration::from_secs(60),
+    };
+    let starting = tokio::spawn(async move { PoolManager::start(&db, pool_cfg).await });
+    cluster.expect("GET", PODS).await.answer(
+        200,
+        json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}),
+    );
+    let pm = within(starting).await.unwrap().unwrap();
+    let watch = cluster.open_watch(vec![], "1").await;
+    pm.create_environment(env("py")).await.unwrap();
+    // The pool fills itself: one generic pod.
+    let create = cluster.expect("POST", PODS).await;
+    let first = create.body.clone();
+    create.answer(201, with_status(&first, json!({"phase": "Pending"}), 2));
+    watch.send("MODIFIED", with_status(&first, ready("127.0.0.1"), 3));
+    // The node runs short of memory: the pod is evicted.
+    watch.send(
+        "MODIFIED",
+        with_status(
+            &first,
+            json!({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}),
+            4,
+        ),
+    );
+    // Its remains are deleted, and the pool starts another (in either order).
+    let mut calls = vec![
+        within(cluster.api.recv()).await.unwrap(),
+        within(cluster.api.recv()).await.unwrap(),
+    ];
+    calls.sort_by(|a, b| a.method.cmp(&b.method));
+    let [delete, create] = <[Call; 2]>::try_from(calls).ok().unwrap();
+    assert_eq!(delete.method, "DELETE");
+    assert_eq!(delete.path, format!("{PODS}/{}", name_of(&first)));
+    assert_eq!(create.method, "POST");
+    let second = create.body.clone();
+    assert_ne!(name_of(&second), name_of(&first));
+    delete.answer(200, with_status(&first, json!({"phase": "Failed"}), 5));
+    create.answer(201, with_status(&second, json!({"phase": "Pending"}), 6));
+    watch.send("MODIFIED", with_status(&second, ready("127.0.0.1"), 7));
+    let generic = |pm: &PoolManager| {
+        pm.instances(None)
+            .iter()
+            .filter(|i| i.state == "generic")
+            .count()
+    };
+    // The evicted instance is gone from the pool, the new one is in it.
+    within(async {
+        while generic(&pm) != 1 || pm.instances(None).len() != 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
