@@ -20,6 +20,7 @@ use triggers::{Route, Target, Triggers};
 
 mod invocations;
 mod mqt;
+pub mod pod_packages;
 mod secrets;
 mod timers;
 
@@ -30,6 +31,9 @@ pub struct AppState {
     pub triggers: Arc<Triggers>,
     /// Every metric of the server, rendered at `/metrics`.
     pub registry: Arc<prometheus_client::registry::Registry>,
+    /// The credentials of function pods' fetchers (the kubernetes backend's;
+    /// none on the others), checked by `/v1/pod-packages/`.
+    pub pod_credentials: Arc<pool_manager::delivery::Credentials>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -74,7 +78,14 @@ pub fn router(state: AppState) -> Router {
         // Added after the layer: a function's own answers pass through untouched.
         .route("/v1/functions/{name}/invoke", any(invoke_fn))
         .route("/v1/functions/{name}/invoke/{*rest}", any(invoke_fn))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(pod_packages::routes(pod_packages::PodPackages {
+            credentials: state.pod_credentials.clone(),
+            locate: {
+                let pool = state.pool.clone();
+                Arc::new(move |p| pool.package_path(p))
+            },
+        }))
 }
 
 /// The JSON 404 for paths no handler serves.

@@ -1,5 +1,6 @@
 //! What the API listener checks before a handler runs: the bearer token, on every
-//! path but health, the OpenAPI document and a workflow's callback URLs (so
+//! path but health, the OpenAPI document, a function pod's package fetch (its
+//! own credential, checked by `api/pod_packages.rs`) and a workflow's callback URLs (so
 //! `/metrics` too; a callback URL's one-time token is its own credential, so that
 //! whoever completes a waiting task needs no admin token), and, for a request
 //! with a body, a content type the endpoint reads. A form or `text/plain` post, the
@@ -24,7 +25,11 @@ pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
 /// other `Authorization` header is passed on.
 pub async fn require_token(State(token): State<Token>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if OPEN_PATHS.contains(&path) || path.starts_with(engine::api::CALLBACKS_PATH) {
+    // A function pod's fetcher carries its own credential, checked by the endpoint.
+    if OPEN_PATHS.contains(&path)
+        || path.starts_with(engine::api::CALLBACKS_PATH)
+        || path.starts_with(pool_manager::delivery::POD_PACKAGES_PATH)
+    {
         return next.run(req).await;
     }
     let values: Vec<HeaderValue> = req

@@ -6,6 +6,7 @@ mod api_pkg;
 mod cli;
 mod client;
 mod declared;
+mod fetcher;
 mod guard;
 #[cfg(feature = "kubernetes")]
 mod kube;

@@ -94,9 +94,42 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_NODE", default_value = "node")]
     pub node: String,
     /// What runs instances: `container` (an OCI runtime), `process` (plain child
-    /// processes, no isolation), or `auto` (containers where they can run).
+    /// processes, no isolation), `kubernetes` (pods; a build with the
+    /// `kubernetes` feature), or `auto` (containers where they can run).
     #[arg(long, env = "FUSION_BACKEND", default_value = "auto")]
     pub backend: BackendChoice,
+    /// The kubeconfig context to use (kubernetes backend; default: in the
+    /// cluster, the pod's service account, else the kubeconfig's current context).
+    #[arg(long, env = "FUSION_KUBE_CONTEXT")]
+    pub kube_context: Option<String>,
+    /// The namespace function pods run in (kubernetes backend).
+    #[arg(
+        long,
+        env = "FUSION_KUBE_NAMESPACE",
+        default_value = "fusion-functions"
+    )]
+    pub kube_namespace: String,
+    /// The image of a bundled runtime on the cluster, as `RUNTIME=IMAGE`
+    /// (`python=registry.example/fusion-python:0.1.0`); repeatable. Defaults:
+    /// fusion/python:0.1.0, fusion/nodejs:0.1.0, fusion/binary:0.1.0.
+    #[arg(long = "runtime-image", value_parser = parse_runtime_image)]
+    pub runtime_images: Vec<(pool_manager::Runtime, String)>,
+    /// This server's pool of function pods (their `fusion.dev/pool` label): two
+    /// Fusions sharing a namespace need different ones (kubernetes backend).
+    #[arg(long, env = "FUSION_KUBE_POOL", default_value = "fusion")]
+    pub kube_pool: String,
+    /// The `fusion` image function pods run their fetcher from (kubernetes backend).
+    #[arg(
+        long,
+        env = "FUSION_FETCHER_IMAGE",
+        default_value = "fusion/fusion:0.1.0"
+    )]
+    pub fetcher_image: String,
+    /// Fusion's API as function pods reach it, where their fetchers pull code
+    /// (kubernetes backend). Default in the cluster: the `fusion` Service of
+    /// Fusion's namespace on the API port; from outside it must be given.
+    #[arg(long, env = "FUSION_API_URL_FOR_PODS", value_parser = parse_public_url)]
+    pub fusion_api_url: Option<String>,
     /// The OCI runtime for the container backend (default: runc or crun on PATH).
     #[arg(long, env = "FUSION_OCI_RUNTIME")]
     pub oci_runtime: Option<PathBuf>,
@@ -146,8 +179,9 @@ pub struct ServerArgs {
     pub async_queue_limit: u64,
     /// Reconcile Fission's `fission.io/v1` custom resources (Environment,
     /// Package, Function, HTTPTrigger, TimeTrigger, MessageQueueTrigger,
-    /// Workflow) of the cluster into Fusion: in-cluster, or through the
-    /// kubeconfig. Needs a fusion built with the `kubernetes` feature.
+    /// Workflow, KubernetesWatchTrigger) of the cluster into Fusion: in-cluster,
+    /// or through the kubeconfig. Always on with `--backend kubernetes`. Needs a
+    /// fusion built with the `kubernetes` feature.
     #[arg(long, env = "FUSION_KUBE_CONTROLLER",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub kube_controller: bool,
@@ -177,11 +211,28 @@ fn parse_public_url(s: &str) -> Result<String, String> {
     Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
+/// `RUNTIME=IMAGE`, for `--runtime-image`.
+fn parse_runtime_image(s: &str) -> Result<(pool_manager::Runtime, String), String> {
+    let (runtime, image) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected RUNTIME=IMAGE (python=IMAGE), not {s:?}"))?;
+    let runtime = runtime
+        .trim()
+        .parse()
+        .map_err(|e: pool_manager::Error| e.to_string())?;
+    let image = image.trim();
+    if image.is_empty() {
+        return Err(format!("no image given for {runtime:?}"));
+    }
+    Ok((runtime, image.to_string()))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
     Auto,
     Container,
     Process,
+    Kubernetes,
 }
 
 pub struct Running {
@@ -261,14 +312,13 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         })?;
 
     // The cluster first: with no cluster to talk to, the controller cannot run.
-    // (Merging with the pod backend: also on with `--backend kubernetes`, and
-    // connect with its `--kube-context`.)
+    // It runs wherever the pods do (`--backend kubernetes`), or when asked for.
     #[cfg(feature = "kubernetes")]
-    let kube_client = if args.kube_controller {
+    let kube_client = if args.kube_controller || args.backend == BackendChoice::Kubernetes {
         Some(
-            cluster::connect(None)
+            cluster::connect(args.kube_context.clone())
                 .await
-                .context("--kube-controller needs a cluster")?,
+                .context("the custom resources' controller needs a cluster")?,
         )
     } else {
         None
@@ -296,7 +346,12 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         node: resolve_on_path(&args.node),
         start_timeout: Duration::from_secs(30),
     };
-    let backend = choose_backend(&args, &data_dir, launch).await?;
+    let pod_credentials = Arc::new(pool_manager::delivery::Credentials::default());
+    let backend = if args.backend == BackendChoice::Kubernetes {
+        kubernetes_backend(&args, pod_credentials.clone()).await?
+    } else {
+        choose_backend(&args, &data_dir, launch).await?
+    };
     let pool = PoolManager::start(
         &db,
         PoolConfig {
@@ -371,6 +426,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         pool: pool.clone(),
         triggers: triggers.clone(),
         registry: Arc::new(registry),
+        pod_credentials,
     };
 
     // The router listener calls the router directly: no axum routing or
@@ -509,6 +565,54 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     db.flush_async().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The kubernetes backend: pods in `--kube-namespace`, on the cluster of the
+/// pod's service account or the kubeconfig.
+#[cfg(feature = "kubernetes")]
+async fn kubernetes_backend(
+    args: &ServerArgs,
+    credentials: Arc<pool_manager::delivery::Credentials>,
+) -> anyhow::Result<Arc<dyn Backend>> {
+    use cluster::pods::{PodBackend, PodConfig};
+    let api_url = match (&args.fusion_api_url, std::env::var("POD_NAMESPACE")) {
+        (Some(url), _) => url.clone(),
+        (None, Ok(ns)) => format!(
+            "{}://fusion.{ns}.svc:{}",
+            if args.tls_cert.is_some() { "https" } else { "http" },
+            args.api_listen.port()
+        ),
+        (None, Err(_)) => anyhow::bail!(
+            "--backend kubernetes from outside the cluster needs --fusion-api-url: the URL function pods reach this server's API at"
+        ),
+    };
+    let client = cluster::connect(args.kube_context.clone()).await?;
+    let mut cfg = PodConfig::new(args.kube_namespace.clone(), api_url);
+    for (runtime, image) in &args.runtime_images {
+        let slot = match runtime {
+            pool_manager::Runtime::Python => &mut cfg.images.python,
+            pool_manager::Runtime::Nodejs => &mut cfg.images.nodejs,
+            pool_manager::Runtime::Binary => &mut cfg.images.binary,
+        };
+        *slot = image.clone();
+    }
+    cfg.fetcher_image = args.fetcher_image.clone();
+    pool_manager::resources::validate_name("--kube-pool", &args.kube_pool)?;
+    cfg.pool = args.kube_pool.clone();
+    cfg.owner = cluster::pods::find_owner(&client, &args.kube_namespace).await;
+    let backend = PodBackend::new(client, cfg, credentials);
+    tracing::info!("{}", backend.isolation().summary);
+    Ok(Arc::new(backend))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn kubernetes_backend(
+    _args: &ServerArgs,
+    _credentials: Arc<pool_manager::delivery::Credentials>,
+) -> anyhow::Result<Arc<dyn Backend>> {
+    anyhow::bail!(
+        "this fusion was built without Kubernetes support: build it with `cargo build --features kubernetes` to use --backend kubernetes"
+    )
 }
 
 /// The container backend where it can run (or where it is asked for), else the

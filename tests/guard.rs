@@ -560,3 +560,62 @@ fn fn_test_through_the_api_does_not_hand_the_token_to_the_function() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "auth=Basic dXNlcjpwdw==");
 }
+
+/// A function pod's fetcher pulls code with its own credential, not the admin
+/// token: the path is open to it, and the endpoint itself refuses anything but
+/// a pod's credential (this server runs no pods, so every credential is unknown).
+#[test]
+fn a_pod_package_fetch_needs_a_pod_credential_not_the_admin_token() {
+    let s = Server::start();
+    let path = format!("/v1/pod-packages/{}", "a".repeat(64));
+    let plain = reqwest::blocking::Client::new();
+    for (what, req) in [
+        ("no credential", plain.get(s.api_url(&path))),
+        (
+            "the admin token",
+            plain.get(s.api_url(&path)).bearer_auth(&s.token),
+        ),
+        ("a guess", plain.get(s.api_url(&path)).bearer_auth("guess")),
+    ] {
+        let r = req.send().unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["error"]["code"], "unauthorized", "{what}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("credential") && !message.contains("data dir"),
+            "{what}: the admin guard answered, not the endpoint: {message}"
+        );
+    }
+}
+
+/// `--backend kubernetes` on a build without the feature is one clear line,
+/// and with it, from outside a cluster, so is a missing `--fusion-api-url`.
+#[test]
+fn the_kubernetes_backend_says_what_it_needs_in_one_line() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["server", "--backend", "kubernetes", "--data-dir"])
+        .arg(data.path())
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--router-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("POD_NAMESPACE")
+        .env_remove("FUSION_API_URL_FOR_PODS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    let expected = if cfg!(feature = "kubernetes") {
+        "needs --fusion-api-url"
+    } else {
+        "build it with `cargo build --features kubernetes`"
+    };
+    assert!(error[0].contains(expected), "{stderr}");
+}

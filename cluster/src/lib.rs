@@ -7,6 +7,7 @@ use anyhow::Context;
 
 pub mod crd;
 pub mod manifests;
+pub mod pods;
 
 /// A client for the cluster: in-cluster (the pod's service account) when Fusion
 /// runs in a pod, else the kubeconfig (`KUBECONFIG` or `~/.kube/config`), with

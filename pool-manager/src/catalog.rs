@@ -23,6 +23,14 @@ impl PoolManager {
             .get(Kind::Environment, name)?
             .ok_or_else(|| not_found(Kind::Environment, name))
     }
+    /// Where a stored package is on this machine: its file, or its directory.
+    pub fn package_path(
+        &self,
+        package: &crate::resources::PackageRef,
+    ) -> Result<std::path::PathBuf> {
+        self.inner.packages.path(package)
+    }
+
     pub fn environments(&self) -> Result<Vec<Environment>> {
         self.inner.store.environments()
     }
@@ -39,13 +47,21 @@ impl PoolManager {
 
     /// What `env`'s image stands for here (see [`Environment::image_use`]).
     pub fn image_use(&self, env: &Environment) -> Result<Option<crate::resources::ImageUse>> {
+        if self.inner.cfg.backend.pulls_images() {
+            // The cluster's nodes pull the reference as it is.
+            return Ok(None);
+        }
         env.image_use_on(&self.images_dir(), self.runs_images())
     }
 
     /// Checks `env` and what its instances would run; returns the latter.
     fn admit_environment(&self, env: &Environment) -> Result<Environment> {
         env.validate()?;
-        let effective = env.resolved_on(&self.images_dir(), self.runs_images())?;
+        let effective = if self.inner.cfg.backend.pulls_images() {
+            env.clone()
+        } else {
+            env.resolved_on(&self.images_dir(), self.runs_images())?
+        };
         self.inner.cfg.backend.accepts(&effective)?;
         Ok(effective)
     }

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod build;
 mod catalog;
+pub mod delivery;
 pub mod error;
 pub mod instance;
 pub mod logs;

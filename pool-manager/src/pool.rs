@@ -144,14 +144,22 @@ impl PoolManager {
         let logs = Arc::new(
             Logs::new(cfg.data_dir.join("logs")).map_err(|e| Error::Storage(e.to_string()))?,
         );
-        cfg.backend.cleanup_stale().await;
         let mut state = State::default();
         let images_dir = cfg.data_dir.join("images");
+        let mut envs = Vec::new();
         for env in store.environments()? {
             // What instances run; an image that went missing since keeps its
             // reference, and instance starts say what is wrong.
             let runs_images = cfg.backend.isolation().backend != "process";
-            let env = env.resolved_on(&images_dir, runs_images).unwrap_or(env);
+            let env = if cfg.backend.pulls_images() {
+                env
+            } else {
+                env.resolved_on(&images_dir, runs_images).unwrap_or(env)
+            };
+            envs.push(env);
+        }
+        cfg.backend.cleanup_stale(&envs).await;
+        for env in envs {
             state.envs.insert(
                 env.key(),
                 EnvPool {
@@ -384,7 +392,11 @@ impl PoolManager {
                 break;
             }
             for i in &live {
-                i.stop();
+                // A generic instance the backend can leave for the next server
+                // to adopt (a pod) is parked; everything else stops.
+                if i.owner().is_some() || i.retiring.load(Ordering::SeqCst) || !i.handle.park() {
+                    i.stop();
+                }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 tracing::warn!(

@@ -27,6 +27,8 @@ struct FakeBackend {
     dir: PathBuf,
     /// Starts from now on fail, as a runtime that cannot start would.
     broken: AtomicBool,
+    /// Generic instances may be left running at shutdown (as pods are).
+    parks: Arc<AtomicBool>,
     started: AtomicUsize,
     handles: Mutex<HashMap<u64, Arc<FakeHandle>>>,
 }
@@ -35,6 +37,9 @@ struct FakeHandle {
     address: Address,
     exit_tx: watch::Sender<Option<Exit>>,
     server: tokio::task::JoinHandle<()>,
+    parks: Arc<AtomicBool>,
+    /// Left running at shutdown for a next server.
+    parked: AtomicBool,
 }
 
 impl FakeHandle {
@@ -60,6 +65,14 @@ impl Handle for FakeHandle {
     }
     fn stop(&self) {
         self.end(Exit::Stopped);
+    }
+    fn park(&self) -> bool {
+        let parks = self.parks.load(Ordering::SeqCst);
+        if parks {
+            self.parked.store(true, Ordering::SeqCst);
+            self.exit_tx.send_replace(Some(Exit::Stopped));
+        }
+        parks
     }
     fn exit(&self) -> watch::Receiver<Option<Exit>> {
         self.exit_tx.subscribe()
@@ -111,6 +124,8 @@ impl Backend for FakeBackend {
                 address: Address::Unix(path),
                 exit_tx: watch::channel(None).0,
                 server,
+                parks: self.parks.clone(),
+                parked: AtomicBool::new(false),
             });
             self.handles.lock().unwrap().insert(id, handle.clone());
             Ok(handle as Arc<dyn Handle>)
@@ -149,6 +164,7 @@ async fn setup_scaled(poolsize: usize, min_scale: usize, concurrency: usize) -> 
     let backend = Arc::new(FakeBackend {
         dir: dir.path().to_path_buf(),
         broken: AtomicBool::new(false),
+        parks: Arc::default(),
         started: AtomicUsize::new(0),
         handles: Mutex::default(),
     });
@@ -303,6 +319,37 @@ async fn shutdown_stops_every_instance() {
     assert!(s.pm.instances(None).is_empty());
     let e = s.pm.lease("f").await.err().expect("closing");
     assert_eq!(e.code(), "unavailable");
+}
+
+#[tokio::test]
+async fn at_shutdown_generic_instances_a_backend_can_keep_are_parked_and_specialized_ones_stop() {
+    let s = setup(2, 2).await;
+    s.backend.parks.store(true, Ordering::SeqCst);
+    let lease = s.pm.lease("f").await.unwrap();
+    let specialized = lease.instance.id;
+    drop(lease);
+    let generic: Vec<u64> = eventually("a full pool", || {
+        let ids: Vec<u64> =
+            s.pm.instances(None)
+                .iter()
+                .filter(|i| i.state == "generic")
+                .map(|i| i.id)
+                .collect();
+        (ids.len() == 2).then_some(ids)
+    })
+    .await;
+    s.pm.shutdown(Duration::from_secs(5)).await;
+    assert!(s.pm.instances(None).is_empty());
+    let handles = s.backend.handles.lock().unwrap();
+    let parked = |id: u64| handles[&id].parked.load(Ordering::SeqCst);
+    for id in generic {
+        assert!(parked(id), "generic instance {id} was stopped");
+        assert!(
+            !handles[&id].server.is_finished(),
+            "generic instance {id} is down"
+        );
+    }
+    assert!(!parked(specialized), "the specialized instance was parked");
 }
 
 /// The function's specialized instances that take leases, by id.

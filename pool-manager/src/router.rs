@@ -139,7 +139,21 @@ async fn forward_inner(
     });
     let out = Request::from_parts(parts, body);
 
-    let sent = tokio::time::timeout(timeout, lease.instance.client.request(out)).await;
+    // An instance that ends under the request (its pod deleted or evicted, a
+    // node lost) fails it at once, also where no connection breaks to say so.
+    let sent = tokio::time::timeout(timeout, async {
+        tokio::select! {
+            biased;
+            sent = lease.instance.client.request(out) => Ok(sent),
+            exit = lease.instance.wait_exited() => Err(exit),
+        }
+    })
+    .await;
+    let sent = match sent {
+        Ok(Err(exit)) => return Err(instance_ended(&lease, &exit)),
+        Ok(Ok(sent)) => Ok(sent),
+        Err(elapsed) => Err(elapsed),
+    };
     let resp = match sent {
         Err(_) if !received.load(Ordering::SeqCst) => {
             // The client was still sending: the instance only waited for it.
@@ -225,6 +239,19 @@ async fn instance_failed(lease: &Lease, e: &ClientError) -> Error {
     };
     Error::Upstream(format!(
         "the instance serving function {function:?} failed while handling the request: {reason}"
+    ))
+}
+
+/// The error for a request whose instance ended before it answered.
+fn instance_ended(lease: &Lease, exit: &Exit) -> Error {
+    let function = &lease.function.key();
+    if *exit == Exit::OutOfMemory {
+        return Error::OutOfMemory(format!(
+            "the instance serving function {function:?} was killed for using more memory than its environment allows"
+        ));
+    }
+    Error::Upstream(format!(
+        "the instance serving function {function:?} {exit} while handling the request"
     ))
 }
 

@@ -271,6 +271,13 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// The fetcher of a function pod (kubernetes backend): pulls the code the
+    /// pool stages on the pod into its /userfunc volume.
+    #[command(hide = true)]
+    Fetcher {
+        #[command(flatten)]
+        args: crate::fetcher::FetcherArgs,
+    },
     /// Runtime servers started by Fusion itself.
     #[command(hide = true)]
     Runtime {
@@ -307,6 +314,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Runtime {
             which: RuntimeKind::Binary,
         } => crate::runtime_binary::serve().await,
+        Command::Fetcher { args } => {
+            init_tracing();
+            crate::fetcher::serve(args).await
+        }
         Command::Env { verb, opts, ns } => env::env_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Fn { verb, opts, ns } => function::fn_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Pkg { verb, opts } => pkg::pkg_cmd(verb, &opts).await,

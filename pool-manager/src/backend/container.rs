@@ -930,7 +930,7 @@ impl Backend for ContainerBackend {
         Box::pin(self.run_build(req))
     }
 
-    fn cleanup_stale(&self) -> BoxFuture<'_, ()> {
+    fn cleanup_stale<'a>(&'a self, _envs: &'a [Environment]) -> BoxFuture<'a, ()> {
         Box::pin(self.cleanup())
     }
 

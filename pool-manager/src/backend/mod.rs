@@ -219,9 +219,16 @@ pub trait Backend: Send + Sync + 'static {
             ))
         })
     }
+    /// Whether environments' `image`s are references the backend's own nodes pull
+    /// (a cluster): taken as they are, never looked up on this machine.
+    fn pulls_images(&self) -> bool {
+        false
+    }
     /// Removes what an earlier server left behind (containers of a server that was
-    /// killed). Called once before the first start.
-    fn cleanup_stale(&self) -> BoxFuture<'_, ()> {
+    /// killed). Called once before the first start, with the environments the
+    /// pool is about to fill (as instances get them), so a backend whose
+    /// instances can outlive a server (pods) keeps those it can adopt.
+    fn cleanup_stale<'a>(&'a self, _envs: &'a [Environment]) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
     /// Removes whatever is left once the pool has stopped every instance it
@@ -277,6 +284,12 @@ pub trait Handle: Send + Sync + 'static {
     /// Asks for the instance and every process in it to stop; returns at once.
     /// `exit` reports when it has.
     fn stop(&self);
+    /// At shutdown, for a generic instance: leaves it running for the next server
+    /// to adopt, where the backend can (a pod), and answers whether it did; `exit`
+    /// then reports `Stopped` at once. The default keeps nothing.
+    fn park(&self) -> bool {
+        false
+    }
     /// `None` while it runs; why it ended once it has.
     fn exit(&self) -> watch::Receiver<Option<Exit>>;
     fn usage(&self) -> Usage;
