@@ -187,14 +187,17 @@ fn rbac() -> Result<String, serde_yaml::Error> {
     // ready, labels them when it specializes one, and deletes them.
     let pods = "fusion-pods";
     out.push_str(&commented(
-        &format!("Function pods, in {FUNCTIONS_NAMESPACE} only: create generic pods, watch them,\nlabel them when specialized (patch), delete them."),
+        &format!("Function pods, in {FUNCTIONS_NAMESPACE} only: create generic pods, watch them,\nlabel them when specialized (patch), delete them; read their runtime's log\n(`fusion fn logs`)."),
         &Role {
             metadata: meta(pods, Some(FUNCTIONS_NAMESPACE)),
-            rules: Some(vec![rule(
-                &[""],
-                &["pods"],
-                &["create", "get", "list", "watch", "delete", "patch"],
-            )]),
+            rules: Some(vec![
+                rule(
+                    &[""],
+                    &["pods"],
+                    &["create", "get", "list", "watch", "delete", "patch"],
+                ),
+                rule(&[""], &["pods/log"], &["get"]),
+            ]),
         },
     )?);
     out.push_str(&commented(
@@ -618,6 +621,7 @@ mod tests {
                 "",
                 "create,get,list,watch,delete,patch",
             ),
+            ("fusion-functions", "", "pods/log", "", "get"),
             ("fusion", "", "pods", "fusion-0", "get"),
             ("*cluster*", "fission.io", kinds, "", "get,list,watch,patch"),
             ("*cluster*", "fission.io", status.as_str(), "", "patch"),
