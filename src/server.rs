@@ -315,6 +315,10 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     // It runs wherever the pods do (`--backend kubernetes`), or when asked for.
     #[cfg(feature = "kubernetes")]
     let kube_client = if args.kube_controller || args.backend == BackendChoice::Kubernetes {
+        if args.backend == BackendChoice::Kubernetes {
+            // What the flags lack is said before the cluster is asked anything.
+            pods_api_url(&args)?;
+        }
         Some(
             cluster::connect(args.kube_context.clone())
                 .await
@@ -567,15 +571,11 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     Ok(())
 }
 
-/// The kubernetes backend: pods in `--kube-namespace`, on the cluster of the
-/// pod's service account or the kubeconfig.
+/// Fusion's API as function pods reach it: `--fusion-api-url`, else in the
+/// cluster the `fusion` Service of Fusion's namespace.
 #[cfg(feature = "kubernetes")]
-async fn kubernetes_backend(
-    args: &ServerArgs,
-    credentials: Arc<pool_manager::delivery::Credentials>,
-) -> anyhow::Result<Arc<dyn Backend>> {
-    use cluster::pods::{PodBackend, PodConfig};
-    let api_url = match (&args.fusion_api_url, std::env::var("POD_NAMESPACE")) {
+fn pods_api_url(args: &ServerArgs) -> anyhow::Result<String> {
+    Ok(match (&args.fusion_api_url, std::env::var("POD_NAMESPACE")) {
         (Some(url), _) => url.clone(),
         (None, Ok(ns)) => format!(
             "{}://fusion.{ns}.svc:{}",
@@ -585,7 +585,18 @@ async fn kubernetes_backend(
         (None, Err(_)) => anyhow::bail!(
             "--backend kubernetes from outside the cluster needs --fusion-api-url: the URL function pods reach this server's API at"
         ),
-    };
+    })
+}
+
+/// The kubernetes backend: pods in `--kube-namespace`, on the cluster of the
+/// pod's service account or the kubeconfig.
+#[cfg(feature = "kubernetes")]
+async fn kubernetes_backend(
+    args: &ServerArgs,
+    credentials: Arc<pool_manager::delivery::Credentials>,
+) -> anyhow::Result<Arc<dyn Backend>> {
+    use cluster::pods::{PodBackend, PodConfig};
+    let api_url = pods_api_url(args)?;
     let client = cluster::connect(args.kube_context.clone()).await?;
     let mut cfg = PodConfig::new(args.kube_namespace.clone(), api_url);
     for (runtime, image) in &args.runtime_images {
