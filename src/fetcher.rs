@@ -708,6 +708,54 @@ mod tests {
         server.abort();
     }
 
+    /// The fetcher against the real endpoint: a tree of several times what
+    /// either side buffers, streamed, checked and unpacked.
+    #[tokio::test]
+    async fn the_fetcher_and_the_api_endpoint_agree_on_a_large_tree() {
+        use crate::api::pod_packages::{routes, PodPackages};
+        use pool_manager::delivery::Credentials;
+        let store = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(store.path().join("lib")).unwrap();
+        let blob: Vec<u8> = (0..3u32 << 20).map(|i| (i % 241) as u8).collect();
+        std::fs::write(store.path().join("lib/blob"), &blob).unwrap();
+        std::fs::write(store.path().join("main.py"), "x = 1").unwrap();
+        let tree = pool_manager::PackageRef {
+            sha256: "9".repeat(64),
+            kind: pool_manager::PackageKind::Archive,
+            filename: None,
+        };
+        let credentials = Arc::new(Credentials::default());
+        let digest = delivery::credential_digest("pod-credential");
+        credentials.register(&digest, "pod");
+        credentials.allow(&digest, &tree, Vec::new());
+        let root = store.path().to_path_buf();
+        let app = routes(PodPackages {
+            credentials,
+            locate: Arc::new(move |_: &pool_manager::PackageRef| Ok(root.clone())),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let fetcher = router(&FetcherArgs::for_test(dir.path(), &url)).unwrap();
+        let (status, body) = post(
+            &fetcher,
+            serde_json::json!({"package": tree.sha256, "kind": "archive"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let got = dir.path().join(&tree.sha256);
+        assert!(std::fs::read(got.join("lib/blob")).unwrap() == blob);
+        assert_eq!(
+            std::fs::read_to_string(got.join("main.py")).unwrap(),
+            "x = 1"
+        );
+        assert_eq!(only(dir.path(), &[&tree.sha256]), Vec::<String>::new());
+        server.abort();
+    }
+
     #[test]
     fn a_tar_with_an_escaping_entry_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
