@@ -6,7 +6,7 @@
 //! path that would leave it.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -168,16 +168,88 @@ pub fn is_digest(s: &str) -> bool {
 }
 
 /// The directory `dir` as a tar stream: its files and directories, with their
-/// modes; links are left out (stored packages hold none).
+/// modes; links are left out (stored packages hold none). In memory: for
+/// tests and small trees; the endpoint streams with [`write_tar_dir`].
 pub fn tar_dir(dir: &Path) -> Result<Vec<u8>> {
-    let io = |e: std::io::Error| Error::Storage(format!("cannot pack {}: {e}", dir.display()));
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.follow_symlinks(false);
-    append_tree(&mut builder, dir, Path::new("")).map_err(io)?;
-    builder.into_inner().map_err(io)
+    let mut out = Vec::new();
+    write_tar_dir(dir, &mut out)?;
+    Ok(out)
 }
 
-fn append_tree(b: &mut tar::Builder<Vec<u8>>, root: &Path, rel: &Path) -> std::io::Result<()> {
+/// Writes the directory `dir` as a tar stream into `out`, one file at a time
+/// (memory holds the tar crate's copy buffer, not the tree).
+pub fn write_tar_dir(dir: &Path, out: impl Write) -> Result<()> {
+    let io = |e: std::io::Error| Error::Storage(format!("cannot pack {}: {e}", dir.display()));
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    append_tree(&mut builder, dir, Path::new("")).map_err(io)?;
+    builder.into_inner().map_err(io)?.flush().map_err(io)
+}
+
+/// Sent with a directory package: the sha256 (hex) of the exact bytes of the
+/// tar stream. The package's own digest cannot be checked against the tree:
+/// for an uploaded zip it is the zip's sha256, and the zip is not kept (only
+/// its unpacked tree), so the fetcher checks the stream against this header,
+/// which catches a stream cut short or altered on the way; the digest in the
+/// URL is what the pod was allowed (a file package is checked against it).
+pub const CONTENT_SHA256_HEADER: &str = "x-fusion-content-sha256";
+
+/// The sha256 and length of bytes written through it (an `io::Write` sink).
+#[derive(Default)]
+pub struct ContentDigest {
+    sha: Sha256,
+    len: u64,
+}
+
+impl ContentDigest {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.sha.update(bytes);
+        self.len += bytes.len() as u64;
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The sha256 (hex) and the length.
+    pub fn finish(self) -> (String, u64) {
+        (hex(&self.sha.finalize()), self.len)
+    }
+}
+
+impl Write for ContentDigest {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The sha256 (hex) and length of the tar stream of `dir` (a first pass that
+/// keeps nothing, so the header can go before the streamed body).
+pub fn tar_dir_digest(dir: &Path) -> Result<(String, u64)> {
+    let mut digest = ContentDigest::default();
+    write_tar_dir(dir, &mut digest)?;
+    Ok(digest.finish())
+}
+
+/// The most bytes a package may arrive as at the fetcher: a file is at most
+/// `max_unpacked`; a tar adds per entry a header, padding and, for a long
+/// path, a GNU long-name header and block (up to 6 KiB for a 4 KiB path).
+pub fn max_transfer(limits: PackageLimits) -> u64 {
+    limits
+        .max_unpacked
+        .saturating_add((limits.max_entries as u64 + 2).saturating_mul(6 << 10))
+}
+
+fn append_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path, rel: &Path) -> std::io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<std::io::Result<_>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {

@@ -94,25 +94,120 @@ async fn fetch(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let sent = tokio::task::spawn_blocking(move || {
-        if path.is_dir() {
-            delivery::tar_dir(&path).map(|b| (delivery::TAR_MEDIA_TYPE, b))
+    // What goes before the body: its type, length and, for a tree, the digest
+    // of the exact tar bytes (a first pass over the tree that keeps nothing).
+    let dir = path.clone();
+    let head = tokio::task::spawn_blocking(move || {
+        if dir.is_dir() {
+            delivery::tar_dir_digest(&dir)
+                .map(|(sha, len)| (delivery::TAR_MEDIA_TYPE, len, Some(sha)))
         } else {
-            std::fs::read(&path)
-                .map(|b| ("application/octet-stream", b))
-                .map_err(|e| Error::Storage(format!("cannot read {}: {e}", path.display())))
+            std::fs::metadata(&dir)
+                .map(|m| ("application/octet-stream", m.len(), None))
+                .map_err(|e| Error::Storage(format!("cannot read {}: {e}", dir.display())))
         }
     })
     .await
     .unwrap_or_else(|e| Err(Error::Internal(e.to_string())));
-    match sent {
-        Ok((media_type, bytes)) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, media_type)],
-            Body::from(bytes),
-        )
-            .into_response(),
-        Err(e) => e.into_response(),
+    let (media_type, len, digest) = match head {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
+    };
+    let body = stream_body(CHUNK, DEPTH, move |out| {
+        if path.is_dir() {
+            delivery::write_tar_dir(&path, out)
+        } else {
+            let mut file = std::fs::File::open(&path)
+                .map_err(|e| Error::Storage(format!("cannot read {}: {e}", path.display())))?;
+            std::io::copy(&mut file, out)
+                .map(|_| ())
+                .map_err(|e| Error::Storage(format!("cannot send {}: {e}", path.display())))
+        }
+    });
+    let mut resp = (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, media_type.to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response();
+    if let Some(sha) = digest.and_then(|d| header::HeaderValue::from_str(&d).ok()) {
+        resp.headers_mut()
+            .insert(delivery::CONTENT_SHA256_HEADER, sha);
+    }
+    resp
+}
+
+/// The size of the chunks a package is sent in, and how many may wait to be
+/// sent: a package in flight holds at most about `(DEPTH + 2) * CHUNK` bytes
+/// of memory, however large it is and however many pods fetch at once.
+const CHUNK: usize = 64 << 10;
+const DEPTH: usize = 4;
+
+/// A response body written by `produce` on a blocking thread, through a
+/// channel of at most `depth` chunks of `chunk` bytes: the producer waits
+/// while the client is slow, and stops when the client goes away. An error
+/// after the first bytes breaks the body off (the client sees a cut stream).
+fn stream_body<F>(chunk: usize, depth: usize, produce: F) -> Body
+where
+    F: FnOnce(&mut ChannelWriter) -> pool_manager::Result<()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx,
+            buf: bytes::BytesMut::with_capacity(chunk),
+            chunk,
+        };
+        let done = produce(&mut out).and_then(|()| {
+            out.send()
+                .map_err(|e| Error::Storage(format!("cannot send the package: {e}")))
+        });
+        if let Err(e) = done {
+            tracing::warn!("sending a package broke off: {e}");
+            let _ = out
+                .tx
+                .blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The producer's end of [`stream_body`]: buffers one chunk, then waits for
+/// room in the channel.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: bytes::BytesMut,
+    chunk: usize,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = self.buf.split().freeze();
+        self.buf.reserve(self.chunk);
+        self.tx.blocking_send(Ok(full)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the fetcher went away")
+        })
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(self.chunk - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= self.chunk {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -167,7 +262,7 @@ mod tests {
             .unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
             .await
             .unwrap();
         (status, headers, body.to_vec())
@@ -222,6 +317,12 @@ mod tests {
         let (status, headers, body) = get(&app, &tree.sha256, Some(&credential)).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers["content-type"], delivery::TAR_MEDIA_TYPE);
+        assert_eq!(
+            headers[delivery::CONTENT_SHA256_HEADER].to_str().unwrap(),
+            digest_of(&body),
+            "the digest sent is that of the exact bytes"
+        );
+        assert_eq!(headers["content-length"], body.len().to_string().as_str());
         let out = tempfile::tempdir().unwrap();
         delivery::unpack_tar(&body[..], out.path(), Default::default()).unwrap();
         assert_eq!(
@@ -254,6 +355,88 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&body)
         );
+    }
+
+    fn digest_of(bytes: &[u8]) -> String {
+        let mut d = delivery::ContentDigest::default();
+        d.update(bytes);
+        d.finish().0
+    }
+
+    #[tokio::test]
+    async fn a_tree_larger_than_the_buffers_streams_through() {
+        let (app, credentials, dir) = setup();
+        // 6 MiB across files: many times what the stream holds at once.
+        for i in 0..3u32 {
+            let data: Vec<u8> = (0..2u32 << 20).map(|j| ((i + j) % 253) as u8).collect();
+            std::fs::write(dir.path().join(format!("tree/blob{i}")), data).unwrap();
+        }
+        let (credential, digest) = delivery::mint_credential().unwrap();
+        credentials.register(&digest, "pod");
+        let tree = package('c', PackageKind::Archive);
+        credentials.allow(&digest, &tree, Vec::new());
+        let (status, headers, body) = get(&app, &tree.sha256, Some(&credential)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.len() > 6 << 20);
+        assert_eq!(
+            headers[delivery::CONTENT_SHA256_HEADER].to_str().unwrap(),
+            digest_of(&body)
+        );
+        let out = tempfile::tempdir().unwrap();
+        delivery::unpack_tar(&body[..], out.path(), Default::default()).unwrap();
+        assert_eq!(
+            std::fs::read(out.path().join("blob2")).unwrap(),
+            std::fs::read(dir.path().join("tree/blob2")).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_producer_waits_for_the_client_memory_stays_bounded() {
+        use http_body_util::BodyExt;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let produced = Arc::new(AtomicU64::new(0));
+        let counter = produced.clone();
+        let (chunk, depth) = (1024usize, 2usize);
+        let total = 1u64 << 20;
+        let mut body = stream_body(chunk, depth, move |out| {
+            use std::io::Write;
+            let block = [7u8; 100];
+            let mut sent = 0u64;
+            while sent < total {
+                let n = (total - sent).min(block.len() as u64) as usize;
+                out.write_all(&block[..n])
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+                sent += n as u64;
+                counter.store(sent, Ordering::SeqCst);
+            }
+            Ok(())
+        });
+        // The first chunk is there before the whole body was made, and the
+        // producer is at most the channel, the chunk taken and the one it
+        // fills ahead of the client.
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), chunk);
+        let ahead = produced.load(Ordering::SeqCst);
+        assert!(
+            ahead <= ((depth + 2) * chunk) as u64,
+            "{ahead} bytes made before the client read more than one chunk"
+        );
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(first.len() as u64 + rest.len() as u64, total);
+        assert_eq!(produced.load(Ordering::SeqCst), total);
+    }
+
+    #[tokio::test]
+    async fn a_producer_that_fails_breaks_the_body_off() {
+        use http_body_util::BodyExt;
+        let body = stream_body(16, 1, |out| {
+            use std::io::Write;
+            out.write_all(&[1u8; 100])
+                .map_err(|e| Error::Storage(e.to_string()))?;
+            Err(Error::Storage("the disk went away".into()))
+        });
+        let e = body.collect().await.unwrap_err();
+        assert!(e.to_string().contains("the disk went away"), "{e}");
     }
 
     #[test]

@@ -243,11 +243,22 @@ pub fn view(pod: &Pod) -> PodView {
             Some((c.name.clone(), t))
         })
         .collect::<Vec<_>>();
-    if terminated
-        .iter()
-        .any(|(_, t)| t.reason.as_deref() == Some("OOMKilled"))
-    {
+    // Only the runtime's memory is the function's. The fetcher killed for its
+    // own is not the function needing more memory: the instance is gone for a
+    // reason of Fusion's, said as such.
+    let oom_killed = |name: Option<&str>| {
+        terminated.iter().find(|(n, t)| {
+            name.is_none_or(|want| n == want) && t.reason.as_deref() == Some("OOMKilled")
+        })
+    };
+    if oom_killed(Some("runtime")).is_some() {
         return PodView::Ended(Exit::OutOfMemory);
+    }
+    if let Some((name, _)) = oom_killed(None) {
+        return PodView::Ended(Exit::Vanished(format!(
+            "the {name} container ran out of memory (its own limit in the pod spec, \
+             not the function's memory)"
+        )));
     }
     let phase = status.phase.as_deref().unwrap_or("Pending");
     if phase == "Failed" && status.reason.is_some() {
@@ -386,6 +397,36 @@ mod tests {
             PodView::Ended(Exit::Vanished(why)) => assert!(why.contains("Evicted"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_the_runtime_running_out_of_memory_is_the_functions() {
+        let oom = |names: &[&str]| {
+            let statuses: Vec<_> = names
+                .iter()
+                .map(|name| {
+                    serde_json::json!({
+                        "name": name, "image": "i", "imageID": "", "ready": false,
+                        "restartCount": 0,
+                        "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                    })
+                })
+                .collect();
+            view(&pod_with(serde_json::json!({
+                "phase": "Failed", "containerStatuses": statuses,
+            })))
+        };
+        match oom(&["fetcher"]) {
+            PodView::Ended(Exit::Vanished(why)) => {
+                assert!(why.contains("fetcher container ran out of memory"), "{why}")
+            }
+            other => panic!("the fetcher's kill is blamed on the function: {other:?}"),
+        }
+        assert_eq!(oom(&["runtime"]), PodView::Ended(Exit::OutOfMemory));
+        assert_eq!(
+            oom(&["fetcher", "runtime"]),
+            PodView::Ended(Exit::OutOfMemory)
+        );
     }
 
     #[test]
