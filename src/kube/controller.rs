@@ -11,16 +11,21 @@
 //! when the custom resource goes.
 //!
 //! Who wins: the custom resource. Every object is applied again at every
-//! change and every `resync`, so a change made in Fusion (CLI, API) to an
+//! change (of its generation), at the controller's start and every `resync`, so a change made in Fusion (CLI, API) to an
 //! object a custom resource owns is reverted.
 //!
-//! Errors: an invalid spec (or one Fusion's API refuses, 4xx) waits for the
-//! next change of the object; a missing reference is tried again every few
-//! seconds; Fusion or the cluster failing is tried again with a growing delay.
+//! Once applied, an object is not applied again until its generation changes
+//! or its resync is due: the event of its own status write (or of any other
+//! metadata change) sends nothing to Fusion.
+//!
+//! Errors: an invalid spec (or one Fusion's API refuses as such, 400 or 422)
+//! waits for the next change of the object; a missing reference is tried again
+//! every few seconds; Fusion or the cluster failing (5xx, 408, 409, 429, a
+//! refused token) is tried again with a growing delay.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, ResourceExt};
 use ::kube::core::GroupVersionKind;
@@ -73,6 +78,92 @@ struct Ctx {
     watches: Arc<Watches>,
     /// Failures in a row per object (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// What the last reconcile that reached Fusion made of each object
+    /// (`namespace/name`): at which generation, the reason it wrote, and when
+    /// it is due again (`None`: at its next change). A reconcile of the same
+    /// generation before then (the event of its own status write, a metadata
+    /// change) sends nothing to Fusion.
+    done: Mutex<HashMap<String, Done>>,
+    /// The namespace of Fusion's function pods (`--kube-namespace`), where
+    /// no KubernetesWatchTrigger may watch.
+    functions_namespace: String,
+}
+
+/// See `Ctx::done`.
+struct Done {
+    generation: Option<i64>,
+    reason: &'static str,
+    due: Option<Instant>,
+}
+
+impl Ctx {
+    /// When the object's status already says what its last reconcile made of
+    /// this generation and it is not due again (a resync, a retry): how long
+    /// until it is.
+    fn fresh(&self, obj: &DynamicObject) -> Option<Action> {
+        let status = obj.data.get("status")?;
+        let observed = status.get("observedGeneration").and_then(Value::as_i64);
+        if observed.is_none() || observed != obj.metadata.generation {
+            return None;
+        }
+        let said = status
+            .get("conditions")
+            .and_then(Value::as_array)?
+            .iter()
+            .find(|c| c["type"] == "Ready")?
+            .get("reason")
+            .and_then(Value::as_str)?
+            .to_string();
+        let done = self.done.lock().ok()?;
+        let d = done.get(&key_of(obj))?;
+        if d.generation != obj.metadata.generation || d.reason != said {
+            return None;
+        }
+        match d.due {
+            None => Some(Action::await_change()),
+            Some(due) => {
+                // A timer that fires a hair early counts as due.
+                let left = due.checked_duration_since(Instant::now())?;
+                (left > Duration::from_millis(20)).then(|| Action::requeue(left))
+            }
+        }
+    }
+
+    fn set_done(&self, obj: &DynamicObject, done: Option<(&'static str, Option<Duration>)>) {
+        if let Ok(mut m) = self.done.lock() {
+            match done {
+                Some((reason, after)) => {
+                    m.insert(
+                        key_of(obj),
+                        Done {
+                            generation: obj.metadata.generation,
+                            reason,
+                            due: after.map(|d| Instant::now() + d),
+                        },
+                    );
+                }
+                None => {
+                    m.remove(&key_of(obj));
+                }
+            }
+        }
+    }
+
+    /// The delay before the next try of an object that failed `n` times in
+    /// a row: 0.5 s, doubling up to 5 minutes.
+    fn backoff(n: u32) -> Duration {
+        Duration::from_millis(500)
+            .saturating_mul(1 << n.saturating_sub(1).min(10))
+            .min(Duration::from_secs(300))
+    }
+
+    fn failures(&self, obj: &DynamicObject) -> u32 {
+        self.failures
+            .lock()
+            .ok()
+            .and_then(|f| f.get(&key_of(obj)).copied())
+            .unwrap_or(0)
+    }
 }
 
 /// Why a reconcile failed; all of these are tried again with a backoff.
@@ -96,11 +187,19 @@ enum Problem {
     Failed(String),
 }
 
-/// An error of Fusion's API: a 4xx is the spec's fault, the rest Fusion's.
+/// An error of Fusion's API: a 400 or 422 is the spec's fault (waits for its
+/// next change); anything else, a 409 of a concurrent apply, a 408 or 429 as
+/// much as a 5xx, is tried again with a backoff. A 401 or 403 says that the
+/// controller's admin token was refused.
 fn fusion_problem(e: anyhow::Error) -> Problem {
     let message = format!("{e:#}");
-    match e.downcast_ref::<ApiError>() {
-        Some(api) if (400..500).contains(&api.status) => Problem::Invalid(message),
+    match e.downcast_ref::<ApiError>().map(|api| api.status) {
+        Some(400 | 422) => Problem::Invalid(message),
+        Some(status @ (401 | 403)) => Problem::Failed(format!(
+            "Fusion's API refused the controller's admin token ({status}): was the token \
+             file (--token-file) replaced while the server ran? Restart the server to read \
+             it again ({message})"
+        )),
         _ => Problem::Failed(message),
     }
 }
@@ -161,6 +260,8 @@ pub fn start(settings: Settings, health: Health) -> Vec<tokio::task::JoinHandle<
                 health: health.clone(),
                 watches: watches.clone(),
                 failures: Mutex::new(HashMap::new()),
+                done: Mutex::new(HashMap::new()),
+                functions_namespace: settings.functions_namespace.clone(),
             });
             health.set(kind, None);
             let api = Api::<DynamicObject>::all_with(settings.kube.clone(), &resource);
@@ -208,6 +309,15 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Err
     let key = key_of(&obj);
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.kube.clone(), &ns, &ctx.resource);
     let what = format!("{}.fission.io", ctx.plural);
+    // Already done at this generation and not due again: nothing to send to
+    // Fusion (nor a failure count to reset). The finalizer's own steps
+    // (adding it, a deletion) always go on.
+    let ours = obj.finalizers().iter().any(|f| f == FINALIZER);
+    if ours && obj.metadata.deletion_timestamp.is_none() {
+        if let Some(action) = ctx.fresh(&obj) {
+            return Ok(action);
+        }
+    }
     let action = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Finalize::Apply(o) => apply(&api, &o, &ctx).await,
@@ -242,9 +352,7 @@ fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> Action {
         }
         Err(_) => 1,
     };
-    let delay = Duration::from_millis(500)
-        .saturating_mul(1 << (n - 1).min(10))
-        .min(Duration::from_secs(300));
+    let delay = Ctx::backoff(n);
     tracing::warn!(kind = ctx.kind, object = %key, "{err}; trying again in {delay:?}");
     Action::requeue(delay)
 }
@@ -264,6 +372,15 @@ async fn apply(api: &Api<DynamicObject>, obj: &DynamicObject, ctx: &Ctx) -> Resu
     } else {
         apply_to_fusion(obj, ctx).await
     };
+    ctx.set_done(
+        obj,
+        Some(match &outcome {
+            Ok(_) => ("Applied", Some(ctx.resync)),
+            Err(Problem::Invalid(_)) => ("Invalid", None),
+            Err(Problem::Pending(_)) => ("Pending", Some(PENDING_RETRY)),
+            Err(Problem::Failed(_)) => ("Failed", Some(Ctx::backoff(ctx.failures(obj) + 1))),
+        }),
+    );
     let (ready, action, failure) = match outcome {
         Ok(label) => (
             Ready::applied(if ctx.kind == WATCH_TRIGGER {
@@ -434,6 +551,14 @@ async fn run_watch_trigger(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Pro
     let ns = obj.namespace().unwrap_or_else(|| "default".to_string());
     let key = key_of(obj);
     let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
+    if ns == ctx.functions_namespace {
+        ctx.watches.stop(&key);
+        return Err(Problem::Invalid(format!(
+            "metadata.namespace: {ns} is where Fusion runs its function pods (--kube-namespace): \
+             a watch there would send Fusion's own pods to user code; put the trigger in the \
+             namespace of the objects it watches"
+        )));
+    }
     let watch = match watch_trigger::parse(&ns, &spec) {
         Ok(w) => w,
         Err(m) => {
@@ -469,6 +594,7 @@ async fn run_watch_trigger(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Pro
 
 /// The custom resource is going: deletes what it applied, and its record.
 async fn cleanup(obj: &DynamicObject, ctx: &Ctx) -> Result<Action, Error> {
+    ctx.set_done(obj, None);
     if ctx.kind == WATCH_TRIGGER {
         ctx.watches.stop(&key_of(obj));
         return Ok(Action::await_change());
