@@ -616,3 +616,54 @@ async fn cleanup(obj: &DynamicObject, ctx: &Ctx) -> Result<Action, Error> {
     }
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_status(status: u16) -> Problem {
+        fusion_problem(anyhow::Error::new(ApiError {
+            status,
+            message: "refused".into(),
+        }))
+    }
+
+    #[test]
+    fn only_400_and_422_from_fusion_are_invalid_the_rest_is_tried_again() {
+        for status in [400, 422] {
+            assert!(
+                matches!(from_status(status), Problem::Invalid(_)),
+                "{status}"
+            );
+        }
+        for status in [404, 408, 409, 429, 500, 502, 503] {
+            assert!(
+                matches!(from_status(status), Problem::Failed(_)),
+                "{status}"
+            );
+        }
+        for status in [401, 403] {
+            match from_status(status) {
+                Problem::Failed(m) => assert!(
+                    m.starts_with(&format!(
+                        "Fusion's API refused the controller's admin token ({status})"
+                    )),
+                    "{m}"
+                ),
+                _ => panic!("{status} is not Failed"),
+            }
+        }
+        // Unreachable: not an answer at all.
+        assert!(matches!(
+            fusion_problem(anyhow::anyhow!("connection refused")),
+            Problem::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_five_minutes() {
+        let ms: Vec<u128> = (1..=4).map(|n| Ctx::backoff(n).as_millis()).collect();
+        assert_eq!(ms, [500, 1000, 2000, 4000]);
+        assert_eq!(Ctx::backoff(30), Duration::from_secs(300));
+    }
+}
