@@ -30,10 +30,14 @@ fn start(mock: &KubeMock, resync_secs: &str) -> Server {
 /// As `start`, with the controller applying through `proxy` (which records
 /// every request it sends to Fusion's API, and answers scripted faults).
 fn start_behind(mock: &KubeMock, proxy: &RecordingProxy) -> Server {
+    start_behind_resync(mock, proxy, "300")
+}
+
+fn start_behind_resync(mock: &KubeMock, proxy: &RecordingProxy, resync_secs: &str) -> Server {
     let (k, v) = mock.kubeconfig_env();
     let s = Server::start_with(&[
         ("FUSION_KUBE_CONTROLLER", "true"),
-        ("FUSION_KUBE_RESYNC_SECS", "300"),
+        ("FUSION_KUBE_RESYNC_SECS", resync_secs),
         ("FUSION_KUBE_CONTROLLER_API_URL", &proxy.url),
         ("FUSION_BACKEND", "process"),
         (k, &v),
@@ -946,4 +950,43 @@ fn a_watch_trigger_in_the_function_pods_namespace_is_refused() {
             .is_empty(),
         "no pod of Fusion's is watched"
     );
+}
+
+#[test]
+fn a_resync_applies_again_without_uploading_the_same_code_again() {
+    let mock = KubeMock::start();
+    let proxy = RecordingProxy::start();
+    let s = start_behind_resync(&mock, &proxy, "1");
+    s.env("python", "python", 0);
+    mock.create(
+        FISSION,
+        "packages",
+        package_cr("p", "python", "def main():\n    return 'p'\n"),
+    );
+    wait_ready(&mock, "packages", "p");
+    let count = |method: &str, prefix: &str| {
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == method && r.path.starts_with(prefix))
+            .count()
+    };
+    // Applied again at each resync (its record and package sent again)...
+    eventually(WAIT, "two resyncs", || count("PUT", "/v1/packages/p") >= 2);
+    // ...with the code uploaded once.
+    assert_eq!(count("POST", "/v1/archives"), 1, "{:#?}", proxy.lines());
+    // New code is uploaded.
+    let code = base64::engine::general_purpose::STANDARD.encode("def main():\n    return 'p2'\n");
+    mock.set_spec(
+        FISSION,
+        "packages",
+        "default",
+        "p",
+        json!({"environment": {"name": "python", "namespace": "default"},
+               "deployment": {"type": "literal", "literal": code}}),
+    );
+    eventually(WAIT, "p applied at generation 2", || {
+        ready(&mock, "packages", "p")["observedGeneration"] == 2
+    });
+    assert_eq!(count("POST", "/v1/archives"), 2, "{:#?}", proxy.lines());
 }

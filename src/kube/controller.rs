@@ -16,7 +16,8 @@
 //!
 //! Once applied, an object is not applied again until its generation changes
 //! or its resync is due: the event of its own status write (or of any other
-//! metadata change) sends nothing to Fusion.
+//! metadata change) sends nothing to Fusion. A `literal` package's code is
+//! uploaded when new or changed, not at each resync.
 //!
 //! Errors: an invalid spec (or one Fusion's API refuses as such, 400 or 422)
 //! waits for the next change of the object; a missing reference is tried again
@@ -34,6 +35,7 @@ use ::kube::runtime::finalizer::{self, finalizer, Event as Finalize};
 use ::kube::runtime::watcher;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use super::status::{self, Ready};
 use super::watch_trigger::{self, Watches};
@@ -84,6 +86,10 @@ struct Ctx {
     /// generation before then (the event of its own status write, a metadata
     /// change) sends nothing to Fusion.
     done: Mutex<HashMap<String, Done>>,
+    /// What Fusion answered to the upload of each object's `literal` code
+    /// (`namespace/name field`), with the code's sha256: the same code is not
+    /// uploaded again at a resync.
+    uploads: Mutex<HashMap<String, (String, Value)>>,
     /// The namespace of Fusion's function pods (`--kube-namespace`), where
     /// no KubernetesWatchTrigger may watch.
     functions_namespace: String,
@@ -261,6 +267,7 @@ pub fn start(settings: Settings, health: Health) -> Vec<tokio::task::JoinHandle<
                 watches: watches.clone(),
                 failures: Mutex::new(HashMap::new()),
                 done: Mutex::new(HashMap::new()),
+                uploads: Mutex::new(HashMap::new()),
                 functions_namespace: settings.functions_namespace.clone(),
             });
             health.set(kind, None);
@@ -485,16 +492,37 @@ async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Probl
             Err(e) => return Err(fusion_problem(e)),
         }
     }
-    // Code comes with the object (`literal`); nothing is fetched.
+    // Code comes with the object (`literal`); nothing is fetched. Code
+    // uploaded before is not sent again.
     let mut body = r.body.clone();
+    let mut reused = false;
     for (field, src) in &r.archives {
         match src {
             model::ArchiveSource::Literal(bytes) => {
-                body[field.as_str()] = ctx
-                    .fusion
-                    .upload_bytes("user", bytes.clone())
-                    .await
-                    .map_err(fusion_problem)?;
+                let slot = format!("{} {field}", key_of(obj));
+                let digest = format!("{:x}", Sha256::digest(bytes));
+                let held = ctx.uploads.lock().ok().and_then(|m| {
+                    m.get(&slot)
+                        .filter(|(d, _)| *d == digest)
+                        .map(|(_, v)| v.clone())
+                });
+                body[field.as_str()] = match held {
+                    Some(answer) => {
+                        reused = true;
+                        answer
+                    }
+                    None => {
+                        let answer = ctx
+                            .fusion
+                            .upload_bytes("user", bytes.clone())
+                            .await
+                            .map_err(fusion_problem)?;
+                        if let Ok(mut m) = ctx.uploads.lock() {
+                            m.insert(slot, (digest, answer.clone()));
+                        }
+                        answer
+                    }
+                };
             }
             model::ArchiveSource::Upload(archive) => {
                 return Err(Problem::Invalid(format!(
@@ -511,13 +539,42 @@ async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Probl
             }
         }
     }
+    let outcome = record_and_apply(obj, ctx, &r, body).await;
+    if reused && outcome.is_err() {
+        // Perhaps what was uploaded before is gone: uploaded again next time,
+        // and only then can the answer say the spec is wrong.
+        forget_uploads(ctx, obj);
+        if let Err(Problem::Invalid(m)) = outcome {
+            return Err(Problem::Failed(m));
+        }
+    }
+    outcome
+}
+
+fn forget_uploads(ctx: &Ctx, obj: &DynamicObject) {
+    let prefix = format!("{} ", key_of(obj));
+    if let Ok(mut m) = ctx.uploads.lock() {
+        m.retain(|k, _| !k.starts_with(&prefix));
+    }
+}
+
+/// Records the Fusion object as this custom resource's, then creates or
+/// updates it; answers its label.
+async fn record_and_apply(
+    obj: &DynamicObject,
+    ctx: &Ctx,
+    r: &model::Resource,
+    body: Value,
+) -> Result<String, Problem> {
+    let name = obj.name_any();
+    let ns = obj.namespace().unwrap_or_else(|| "default".to_string());
     // Recorded as this custom resource's before it is applied, so that a
     // crash in between leaves nothing unowned.
     let uid = record_uid(obj);
     let record = spec::Record {
         name: format!("{} {ns}/{name}", ctx.kind),
         uid: uid.clone(),
-        resources: BTreeSet::from([spec::Applied::of(&r)]),
+        resources: BTreeSet::from([spec::Applied::of(r)]),
     };
     let record = serde_json::to_value(&record).map_err(|e| Problem::Failed(e.to_string()))?;
     ctx.fusion
@@ -525,8 +582,8 @@ async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Probl
         .await
         .map_err(fusion_problem)?;
     let outcome = match &r.workflow_source {
-        Some(source) => spec::apply_workflow(&ctx.fusion, &r, source.clone(), true).await,
-        None => spec::upsert(&ctx.fusion, &r, body, true).await,
+        Some(source) => spec::apply_workflow(&ctx.fusion, r, source.clone(), true).await,
+        None => spec::upsert(&ctx.fusion, r, body, true).await,
     }
     .map_err(fusion_problem)?;
     let observed = obj
@@ -595,6 +652,7 @@ async fn run_watch_trigger(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Pro
 /// The custom resource is going: deletes what it applied, and its record.
 async fn cleanup(obj: &DynamicObject, ctx: &Ctx) -> Result<Action, Error> {
     ctx.set_done(obj, None);
+    forget_uploads(ctx, obj);
     if ctx.kind == WATCH_TRIGGER {
         ctx.watches.stop(&key_of(obj));
         return Ok(Action::await_change());
