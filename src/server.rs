@@ -190,6 +190,11 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_KUBE_RESYNC_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub kube_resync_secs: u64,
+    /// The Fusion API the controller applies through, with the admin token
+    /// (default: this server's own, on loopback). For tests, which put a
+    /// recording proxy in between.
+    #[arg(long, env = "FUSION_KUBE_CONTROLLER_API_URL", hide = true, value_parser = parse_public_url)]
+    pub kube_controller_api_url: Option<String>,
 }
 
 /// A public URL: absolute `http` or `https`, with no query or fragment; kept
@@ -518,8 +523,9 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     #[cfg(feature = "kubernetes")]
     let controllers = match kube_client {
         Some(kube) => {
+            let own = format!("{}://{}", running.scheme, loopback(running.api_addr));
             let fusion = crate::client::Client::new(
-                &format!("{}://{}", running.scheme, loopback(running.api_addr)),
+                args.kube_controller_api_url.as_deref().unwrap_or(&own),
                 Some(running.token.as_str().to_string()),
                 args.tls_cert.as_deref(),
             )?;
@@ -535,6 +541,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
                     fusion,
                     router,
                     resync: Duration::from_secs(args.kube_resync_secs),
+                    functions_namespace: args.kube_namespace.clone(),
                 },
                 kube_health,
             )

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine;
-use common::kube_mock::{KubeMock, Seen};
+use common::kube_mock::{KubeMock, RecordingProxy, Seen};
 use common::{eventually, Server};
 use serde_json::{json, Value};
 
@@ -25,6 +25,32 @@ fn start(mock: &KubeMock, resync_secs: &str) -> Server {
         ("FUSION_BACKEND", "process"),
         (k, &v),
     ])
+}
+
+/// As `start`, with the controller applying through `proxy` (which records
+/// every request it sends to Fusion's API, and answers scripted faults).
+fn start_behind(mock: &KubeMock, proxy: &RecordingProxy) -> Server {
+    start_behind_resync(mock, proxy, "300")
+}
+
+fn start_behind_resync(mock: &KubeMock, proxy: &RecordingProxy, resync_secs: &str) -> Server {
+    let (k, v) = mock.kubeconfig_env();
+    let s = Server::start_with(&[
+        ("FUSION_KUBE_CONTROLLER", "true"),
+        ("FUSION_KUBE_RESYNC_SECS", resync_secs),
+        ("FUSION_KUBE_CONTROLLER_API_URL", &proxy.url),
+        ("FUSION_BACKEND", "process"),
+        (k, &v),
+    ]);
+    proxy.set_upstream(&s.api);
+    s
+}
+
+/// `METHOD /path` of each request.
+fn lines(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect()
 }
 
 fn meta(kind: &str, name: &str) -> Value {
@@ -683,4 +709,284 @@ fn time_and_message_queue_triggers_and_workflows_are_applied_too() {
             .as_str()
             .is_some_and(|src| src.contains("Succeed"))
     });
+}
+
+#[test]
+fn one_change_is_applied_once_and_its_own_status_event_sends_nothing() {
+    let mock = KubeMock::start();
+    let proxy = RecordingProxy::start();
+    let s = start_behind(&mock, &proxy);
+    // Its environment straight through the API, not the controller.
+    s.env("python", "python", 0);
+    mock.create(
+        FISSION,
+        "packages",
+        package_cr("p", "python", "def main():\n    return 'p'\n"),
+    );
+    wait_ready(&mock, "packages", "p");
+    // Another one after it: by the time it is Ready, the controller has had
+    // p's own status write back from the same watch, before q's creation.
+    mock.create(
+        FISSION,
+        "packages",
+        package_cr("q", "python", "def main():\n    return 'q'\n"),
+    );
+    wait_ready(&mock, "packages", "q");
+    let uid = |name: &str| {
+        mock.get(FISSION, "packages", "default", name).unwrap()["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let fusion_side = |name: &str| {
+        vec![
+            "GET /v1/environments/python".to_string(),
+            "POST /v1/archives".to_string(),
+            format!("PUT /v1/deployments/k8s-{}", uid(name)),
+            format!("GET /v1/packages/{name}"),
+            "POST /v1/packages".to_string(),
+        ]
+    };
+    // Fusion's side: each package applied once, its code uploaded once.
+    let mut want = fusion_side("p");
+    want.extend(fusion_side("q"));
+    let seen = proxy.requests();
+    assert_eq!(lines(&seen), want, "{seen:#?}");
+    let statuses: Vec<u16> = seen.iter().map(|r| r.status).collect();
+    assert!(
+        statuses
+            .iter()
+            .enumerate()
+            .all(|(i, st)| if i % 5 == 3 { *st == 404 } else { *st < 300 }),
+        "{statuses:?}"
+    );
+    // The cluster's side, everything about packages, in order: the list,
+    // the watch from its version, the finalizer, one status; nothing for p
+    // after its status came back; then q's finalizer and status.
+    let kube_side: Vec<Seen> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/packages"))
+        .collect();
+    let p = object_path("packages", "p");
+    let q = object_path("packages", "q");
+    assert_eq!(
+        lines(&kube_side),
+        [
+            "GET /apis/fission.io/v1/packages".to_string(),
+            "GET /apis/fission.io/v1/packages".to_string(),
+            format!("PATCH {p}"),
+            format!("PATCH {p}/status"),
+            format!("PATCH {q}"),
+            format!("PATCH {q}/status"),
+        ],
+        "{kube_side:#?}"
+    );
+    assert!(!kube_side[0].is_watch() && kube_side[0].status == 200);
+    assert!(kube_side[1].is_watch(), "{}", kube_side[1]);
+    assert!(
+        kube_side[1].query.contains_key("resourceVersion"),
+        "{}",
+        kube_side[1]
+    );
+    assert_adds_finalizer(&kube_side[2]);
+    assert_ready_patch(&kube_side[3], 1);
+    assert_adds_finalizer(&kube_side[4]);
+    assert_ready_patch(&kube_side[5], 1);
+    assert!(kube_side.iter().all(|r| r.status == 200), "{kube_side:#?}");
+
+    // Its next change is applied once more: the package updated, its new
+    // code uploaded.
+    let code = base64::engine::general_purpose::STANDARD.encode("def main():\n    return 'p2'\n");
+    mock.set_spec(
+        FISSION,
+        "packages",
+        "default",
+        "p",
+        json!({"environment": {"name": "python", "namespace": "default"},
+               "deployment": {"type": "literal", "literal": code}}),
+    );
+    eventually(WAIT, "p applied at generation 2", || {
+        ready(&mock, "packages", "p")["observedGeneration"] == 2
+    });
+    // A barrier as above: q changed after p's second status.
+    mock.set_spec(
+        FISSION,
+        "packages",
+        "default",
+        "q",
+        package_cr("q", "python", "def main():\n    return 'q2'\n")["spec"].clone(),
+    );
+    eventually(WAIT, "q applied at generation 2", || {
+        ready(&mock, "packages", "q")["observedGeneration"] == 2
+    });
+    let after: Vec<String> = lines(&proxy.requests())[10..].to_vec();
+    let again = |name: &str| {
+        vec![
+            "GET /v1/environments/python".to_string(),
+            "POST /v1/archives".to_string(),
+            format!("PUT /v1/deployments/k8s-{}", uid(name)),
+            format!("GET /v1/packages/{name}"),
+            format!("PUT /v1/packages/{name}"),
+        ]
+    };
+    let mut want = again("p");
+    want.extend(again("q"));
+    assert_eq!(after, want);
+}
+
+#[test]
+fn a_failing_fusion_api_says_failed_and_is_tried_again_until_it_succeeds() {
+    let mock = KubeMock::start();
+    let proxy = RecordingProxy::start();
+    let s = start_behind(&mock, &proxy);
+    // A 5xx: Failed, then tried again.
+    proxy.fail("POST", "/v1/environments", 500, 1);
+    mock.create(FISSION, "environments", env_cr("a"));
+    wait_ready(&mock, "environments", "a");
+    let w = status_writes(&mock, "environments", "a");
+    assert_eq!(w.len(), 2, "{w:#?}");
+    let c = &w[0].body["status"]["conditions"][0];
+    assert_eq!(c["status"], "False", "{c}");
+    assert_eq!(c["reason"], "Failed", "{c}");
+    assert!(c["message"].as_str().unwrap().contains("500"), "{c}");
+    assert_ready_patch(&w[1], 1);
+    assert_eq!(fusion_status(&s, "/v1/environments/a"), 200);
+
+    // A 409 (a concurrent apply holding the name) is as transient: not
+    // parked as Invalid.
+    proxy.fail("POST", "/v1/environments", 409, 2);
+    mock.create(FISSION, "environments", env_cr("b"));
+    wait_ready(&mock, "environments", "b");
+    let w = status_writes(&mock, "environments", "b");
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert_eq!(w[0].body["status"]["conditions"][0]["reason"], "Failed");
+    assert_ready_patch(&w[1], 1);
+    let posts: Vec<u16> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/environments")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(posts, [500, 201, 409, 409, 201]);
+}
+
+#[test]
+fn deleting_while_fusions_api_fails_keeps_the_finalizer_until_it_succeeds() {
+    let mock = KubeMock::start();
+    let proxy = RecordingProxy::start();
+    let s = start_behind(&mock, &proxy);
+    mock.create(FISSION, "environments", env_cr("gone"));
+    wait_ready(&mock, "environments", "gone");
+    proxy.fail("DELETE", "/v1/environments/gone", 503, usize::MAX);
+    mock.delete(FISSION, "environments", "default", "gone");
+    let failed_deletes = || {
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == "DELETE" && r.path == "/v1/environments/gone")
+            .count()
+    };
+    eventually(WAIT, "two failed deletes", || failed_deletes() >= 2);
+    // Still there, marked for deletion, with its finalizer; and in Fusion.
+    let o = mock
+        .get(FISSION, "environments", "default", "gone")
+        .expect("kept while Fusion fails");
+    assert_eq!(
+        o["metadata"]["finalizers"],
+        json!(["fusion.dev/cleanup"]),
+        "{o}"
+    );
+    assert!(o["metadata"]["deletionTimestamp"].is_string(), "{o}");
+    assert_eq!(fusion_status(&s, "/v1/environments/gone"), 200);
+    // Fusion back: deleted there, then the finalizer goes.
+    proxy.clear_faults();
+    eventually(WAIT, "the custom resource gone", || {
+        mock.get(FISSION, "environments", "default", "gone")
+            .is_none()
+    });
+    assert_eq!(fusion_status(&s, "/v1/environments/gone"), 404);
+}
+
+#[test]
+fn a_watch_trigger_in_the_function_pods_namespace_is_refused() {
+    let mock = KubeMock::start();
+    let s = start(&mock, "300");
+    s.env("python", "python", 0);
+    s.function(
+        "recorder",
+        "python",
+        "recorder.py",
+        "def main():\n    return 'ok'\n",
+        json!({"entrypoint": "main"}),
+    );
+    let ns = "fusion-functions";
+    let mut trigger = with_spec(
+        meta("KubernetesWatchTrigger", "pods"),
+        json!({"namespace": ns, "type": "pod",
+               "functionref": {"type": "name", "name": "recorder"}}),
+    );
+    trigger["metadata"]["namespace"] = json!(ns);
+    mock.create(FISSION, "kuberneteswatchtriggers", trigger);
+    let condition = || {
+        mock.get(FISSION, "kuberneteswatchtriggers", ns, "pods")
+            .map(|o| o["status"]["conditions"][0].clone())
+            .unwrap_or(Value::Null)
+    };
+    eventually(WAIT, "the trigger refused", || {
+        condition()["reason"] == "Invalid"
+    });
+    let c = condition();
+    assert_eq!(c["status"], "False", "{c}");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("fusion-functions is where Fusion runs its function pods (--kube-namespace)"),
+        "{c}"
+    );
+    assert!(
+        mock.requests_to(&format!("/api/v1/namespaces/{ns}/pods"))
+            .is_empty(),
+        "no pod of Fusion's is watched"
+    );
+}
+
+#[test]
+fn a_resync_applies_again_without_uploading_the_same_code_again() {
+    let mock = KubeMock::start();
+    let proxy = RecordingProxy::start();
+    let s = start_behind_resync(&mock, &proxy, "1");
+    s.env("python", "python", 0);
+    mock.create(
+        FISSION,
+        "packages",
+        package_cr("p", "python", "def main():\n    return 'p'\n"),
+    );
+    wait_ready(&mock, "packages", "p");
+    let count = |method: &str, prefix: &str| {
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == method && r.path.starts_with(prefix))
+            .count()
+    };
+    // Applied again at each resync (its record and package sent again)...
+    eventually(WAIT, "two resyncs", || count("PUT", "/v1/packages/p") >= 2);
+    // ...with the code uploaded once.
+    assert_eq!(count("POST", "/v1/archives"), 1, "{:#?}", proxy.lines());
+    // New code is uploaded.
+    let code = base64::engine::general_purpose::STANDARD.encode("def main():\n    return 'p2'\n");
+    mock.set_spec(
+        FISSION,
+        "packages",
+        "default",
+        "p",
+        json!({"environment": {"name": "python", "namespace": "default"},
+               "deployment": {"type": "literal", "literal": code}}),
+    );
+    eventually(WAIT, "p applied at generation 2", || {
+        ready(&mock, "packages", "p")["observedGeneration"] == 2
+    });
+    assert_eq!(count("POST", "/v1/archives"), 2, "{:#?}", proxy.lines());
 }

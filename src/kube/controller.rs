@@ -11,16 +11,22 @@
 //! when the custom resource goes.
 //!
 //! Who wins: the custom resource. Every object is applied again at every
-//! change and every `resync`, so a change made in Fusion (CLI, API) to an
+//! change (of its generation), at the controller's start and every `resync`, so a change made in Fusion (CLI, API) to an
 //! object a custom resource owns is reverted.
 //!
-//! Errors: an invalid spec (or one Fusion's API refuses, 4xx) waits for the
-//! next change of the object; a missing reference is tried again every few
-//! seconds; Fusion or the cluster failing is tried again with a growing delay.
+//! Once applied, an object is not applied again until its generation changes
+//! or its resync is due: the event of its own status write (or of any other
+//! metadata change) sends nothing to Fusion. A `literal` package's code is
+//! uploaded when new or changed, not at each resync.
+//!
+//! Errors: an invalid spec (or one Fusion's API refuses as such, 400 or 422)
+//! waits for the next change of the object; a missing reference is tried again
+//! every few seconds; Fusion or the cluster failing (5xx, 408, 409, 429, a
+//! refused token) is tried again with a growing delay.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, ResourceExt};
 use ::kube::core::GroupVersionKind;
@@ -29,6 +35,7 @@ use ::kube::runtime::finalizer::{self, finalizer, Event as Finalize};
 use ::kube::runtime::watcher;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use super::status::{self, Ready};
 use super::watch_trigger::{self, Watches};
@@ -73,6 +80,96 @@ struct Ctx {
     watches: Arc<Watches>,
     /// Failures in a row per object (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// What the last reconcile that reached Fusion made of each object
+    /// (`namespace/name`): at which generation, the reason it wrote, and when
+    /// it is due again (`None`: at its next change). A reconcile of the same
+    /// generation before then (the event of its own status write, a metadata
+    /// change) sends nothing to Fusion.
+    done: Mutex<HashMap<String, Done>>,
+    /// What Fusion answered to the upload of each object's `literal` code
+    /// (`namespace/name field`), with the code's sha256: the same code is not
+    /// uploaded again at a resync.
+    uploads: Mutex<HashMap<String, (String, Value)>>,
+    /// The namespace of Fusion's function pods (`--kube-namespace`), where
+    /// no KubernetesWatchTrigger may watch.
+    functions_namespace: String,
+}
+
+/// See `Ctx::done`.
+struct Done {
+    generation: Option<i64>,
+    reason: &'static str,
+    due: Option<Instant>,
+}
+
+impl Ctx {
+    /// When the object's status already says what its last reconcile made of
+    /// this generation and it is not due again (a resync, a retry): how long
+    /// until it is.
+    fn fresh(&self, obj: &DynamicObject) -> Option<Action> {
+        let status = obj.data.get("status")?;
+        let observed = status.get("observedGeneration").and_then(Value::as_i64);
+        if observed.is_none() || observed != obj.metadata.generation {
+            return None;
+        }
+        let said = status
+            .get("conditions")
+            .and_then(Value::as_array)?
+            .iter()
+            .find(|c| c["type"] == "Ready")?
+            .get("reason")
+            .and_then(Value::as_str)?
+            .to_string();
+        let done = self.done.lock().ok()?;
+        let d = done.get(&key_of(obj))?;
+        if d.generation != obj.metadata.generation || d.reason != said {
+            return None;
+        }
+        match d.due {
+            None => Some(Action::await_change()),
+            Some(due) => {
+                // A timer that fires a hair early counts as due.
+                let left = due.checked_duration_since(Instant::now())?;
+                (left > Duration::from_millis(20)).then(|| Action::requeue(left))
+            }
+        }
+    }
+
+    fn set_done(&self, obj: &DynamicObject, done: Option<(&'static str, Option<Duration>)>) {
+        if let Ok(mut m) = self.done.lock() {
+            match done {
+                Some((reason, after)) => {
+                    m.insert(
+                        key_of(obj),
+                        Done {
+                            generation: obj.metadata.generation,
+                            reason,
+                            due: after.map(|d| Instant::now() + d),
+                        },
+                    );
+                }
+                None => {
+                    m.remove(&key_of(obj));
+                }
+            }
+        }
+    }
+
+    /// The delay before the next try of an object that failed `n` times in
+    /// a row: 0.5 s, doubling up to 5 minutes.
+    fn backoff(n: u32) -> Duration {
+        Duration::from_millis(500)
+            .saturating_mul(1 << n.saturating_sub(1).min(10))
+            .min(Duration::from_secs(300))
+    }
+
+    fn failures(&self, obj: &DynamicObject) -> u32 {
+        self.failures
+            .lock()
+            .ok()
+            .and_then(|f| f.get(&key_of(obj)).copied())
+            .unwrap_or(0)
+    }
 }
 
 /// Why a reconcile failed; all of these are tried again with a backoff.
@@ -96,11 +193,19 @@ enum Problem {
     Failed(String),
 }
 
-/// An error of Fusion's API: a 4xx is the spec's fault, the rest Fusion's.
+/// An error of Fusion's API: a 400 or 422 is the spec's fault (waits for its
+/// next change); anything else, a 409 of a concurrent apply, a 408 or 429 as
+/// much as a 5xx, is tried again with a backoff. A 401 or 403 says that the
+/// controller's admin token was refused.
 fn fusion_problem(e: anyhow::Error) -> Problem {
     let message = format!("{e:#}");
-    match e.downcast_ref::<ApiError>() {
-        Some(api) if (400..500).contains(&api.status) => Problem::Invalid(message),
+    match e.downcast_ref::<ApiError>().map(|api| api.status) {
+        Some(400 | 422) => Problem::Invalid(message),
+        Some(status @ (401 | 403)) => Problem::Failed(format!(
+            "Fusion's API refused the controller's admin token ({status}): was the token \
+             file (--token-file) replaced while the server ran? Restart the server to read \
+             it again ({message})"
+        )),
         _ => Problem::Failed(message),
     }
 }
@@ -161,6 +266,9 @@ pub fn start(settings: Settings, health: Health) -> Vec<tokio::task::JoinHandle<
                 health: health.clone(),
                 watches: watches.clone(),
                 failures: Mutex::new(HashMap::new()),
+                done: Mutex::new(HashMap::new()),
+                uploads: Mutex::new(HashMap::new()),
+                functions_namespace: settings.functions_namespace.clone(),
             });
             health.set(kind, None);
             let api = Api::<DynamicObject>::all_with(settings.kube.clone(), &resource);
@@ -208,6 +316,15 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Err
     let key = key_of(&obj);
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.kube.clone(), &ns, &ctx.resource);
     let what = format!("{}.fission.io", ctx.plural);
+    // Already done at this generation and not due again: nothing to send to
+    // Fusion (nor a failure count to reset). The finalizer's own steps
+    // (adding it, a deletion) always go on.
+    let ours = obj.finalizers().iter().any(|f| f == FINALIZER);
+    if ours && obj.metadata.deletion_timestamp.is_none() {
+        if let Some(action) = ctx.fresh(&obj) {
+            return Ok(action);
+        }
+    }
     let action = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Finalize::Apply(o) => apply(&api, &o, &ctx).await,
@@ -242,9 +359,7 @@ fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> Action {
         }
         Err(_) => 1,
     };
-    let delay = Duration::from_millis(500)
-        .saturating_mul(1 << (n - 1).min(10))
-        .min(Duration::from_secs(300));
+    let delay = Ctx::backoff(n);
     tracing::warn!(kind = ctx.kind, object = %key, "{err}; trying again in {delay:?}");
     Action::requeue(delay)
 }
@@ -264,6 +379,15 @@ async fn apply(api: &Api<DynamicObject>, obj: &DynamicObject, ctx: &Ctx) -> Resu
     } else {
         apply_to_fusion(obj, ctx).await
     };
+    ctx.set_done(
+        obj,
+        Some(match &outcome {
+            Ok(_) => ("Applied", Some(ctx.resync)),
+            Err(Problem::Invalid(_)) => ("Invalid", None),
+            Err(Problem::Pending(_)) => ("Pending", Some(PENDING_RETRY)),
+            Err(Problem::Failed(_)) => ("Failed", Some(Ctx::backoff(ctx.failures(obj) + 1))),
+        }),
+    );
     let (ready, action, failure) = match outcome {
         Ok(label) => (
             Ready::applied(if ctx.kind == WATCH_TRIGGER {
@@ -368,16 +492,37 @@ async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Probl
             Err(e) => return Err(fusion_problem(e)),
         }
     }
-    // Code comes with the object (`literal`); nothing is fetched.
+    // Code comes with the object (`literal`); nothing is fetched. Code
+    // uploaded before is not sent again.
     let mut body = r.body.clone();
+    let mut reused = false;
     for (field, src) in &r.archives {
         match src {
             model::ArchiveSource::Literal(bytes) => {
-                body[field.as_str()] = ctx
-                    .fusion
-                    .upload_bytes("user", bytes.clone())
-                    .await
-                    .map_err(fusion_problem)?;
+                let slot = format!("{} {field}", key_of(obj));
+                let digest = format!("{:x}", Sha256::digest(bytes));
+                let held = ctx.uploads.lock().ok().and_then(|m| {
+                    m.get(&slot)
+                        .filter(|(d, _)| *d == digest)
+                        .map(|(_, v)| v.clone())
+                });
+                body[field.as_str()] = match held {
+                    Some(answer) => {
+                        reused = true;
+                        answer
+                    }
+                    None => {
+                        let answer = ctx
+                            .fusion
+                            .upload_bytes("user", bytes.clone())
+                            .await
+                            .map_err(fusion_problem)?;
+                        if let Ok(mut m) = ctx.uploads.lock() {
+                            m.insert(slot, (digest, answer.clone()));
+                        }
+                        answer
+                    }
+                };
             }
             model::ArchiveSource::Upload(archive) => {
                 return Err(Problem::Invalid(format!(
@@ -394,13 +539,42 @@ async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Probl
             }
         }
     }
+    let outcome = record_and_apply(obj, ctx, &r, body).await;
+    if reused && outcome.is_err() {
+        // Perhaps what was uploaded before is gone: uploaded again next time,
+        // and only then can the answer say the spec is wrong.
+        forget_uploads(ctx, obj);
+        if let Err(Problem::Invalid(m)) = outcome {
+            return Err(Problem::Failed(m));
+        }
+    }
+    outcome
+}
+
+fn forget_uploads(ctx: &Ctx, obj: &DynamicObject) {
+    let prefix = format!("{} ", key_of(obj));
+    if let Ok(mut m) = ctx.uploads.lock() {
+        m.retain(|k, _| !k.starts_with(&prefix));
+    }
+}
+
+/// Records the Fusion object as this custom resource's, then creates or
+/// updates it; answers its label.
+async fn record_and_apply(
+    obj: &DynamicObject,
+    ctx: &Ctx,
+    r: &model::Resource,
+    body: Value,
+) -> Result<String, Problem> {
+    let name = obj.name_any();
+    let ns = obj.namespace().unwrap_or_else(|| "default".to_string());
     // Recorded as this custom resource's before it is applied, so that a
     // crash in between leaves nothing unowned.
     let uid = record_uid(obj);
     let record = spec::Record {
         name: format!("{} {ns}/{name}", ctx.kind),
         uid: uid.clone(),
-        resources: BTreeSet::from([spec::Applied::of(&r)]),
+        resources: BTreeSet::from([spec::Applied::of(r)]),
     };
     let record = serde_json::to_value(&record).map_err(|e| Problem::Failed(e.to_string()))?;
     ctx.fusion
@@ -408,8 +582,8 @@ async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Probl
         .await
         .map_err(fusion_problem)?;
     let outcome = match &r.workflow_source {
-        Some(source) => spec::apply_workflow(&ctx.fusion, &r, source.clone(), true).await,
-        None => spec::upsert(&ctx.fusion, &r, body, true).await,
+        Some(source) => spec::apply_workflow(&ctx.fusion, r, source.clone(), true).await,
+        None => spec::upsert(&ctx.fusion, r, body, true).await,
     }
     .map_err(fusion_problem)?;
     let observed = obj
@@ -434,6 +608,14 @@ async fn run_watch_trigger(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Pro
     let ns = obj.namespace().unwrap_or_else(|| "default".to_string());
     let key = key_of(obj);
     let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
+    if ns == ctx.functions_namespace {
+        ctx.watches.stop(&key);
+        return Err(Problem::Invalid(format!(
+            "metadata.namespace: {ns} is where Fusion runs its function pods (--kube-namespace): \
+             a watch there would send Fusion's own pods to user code; put the trigger in the \
+             namespace of the objects it watches"
+        )));
+    }
     let watch = match watch_trigger::parse(&ns, &spec) {
         Ok(w) => w,
         Err(m) => {
@@ -469,6 +651,8 @@ async fn run_watch_trigger(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Pro
 
 /// The custom resource is going: deletes what it applied, and its record.
 async fn cleanup(obj: &DynamicObject, ctx: &Ctx) -> Result<Action, Error> {
+    ctx.set_done(obj, None);
+    forget_uploads(ctx, obj);
     if ctx.kind == WATCH_TRIGGER {
         ctx.watches.stop(&key_of(obj));
         return Ok(Action::await_change());
@@ -489,4 +673,55 @@ async fn cleanup(obj: &DynamicObject, ctx: &Ctx) -> Result<Action, Error> {
         }
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_status(status: u16) -> Problem {
+        fusion_problem(anyhow::Error::new(ApiError {
+            status,
+            message: "refused".into(),
+        }))
+    }
+
+    #[test]
+    fn only_400_and_422_from_fusion_are_invalid_the_rest_is_tried_again() {
+        for status in [400, 422] {
+            assert!(
+                matches!(from_status(status), Problem::Invalid(_)),
+                "{status}"
+            );
+        }
+        for status in [404, 408, 409, 429, 500, 502, 503] {
+            assert!(
+                matches!(from_status(status), Problem::Failed(_)),
+                "{status}"
+            );
+        }
+        for status in [401, 403] {
+            match from_status(status) {
+                Problem::Failed(m) => assert!(
+                    m.starts_with(&format!(
+                        "Fusion's API refused the controller's admin token ({status})"
+                    )),
+                    "{m}"
+                ),
+                _ => panic!("{status} is not Failed"),
+            }
+        }
+        // Unreachable: not an answer at all.
+        assert!(matches!(
+            fusion_problem(anyhow::anyhow!("connection refused")),
+            Problem::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_five_minutes() {
+        let ms: Vec<u128> = (1..=4).map(|n| Ctx::backoff(n).as_millis()).collect();
+        assert_eq!(ms, [500, 1000, 2000, 4000]);
+        assert_eq!(Ctx::backoff(30), Duration::from_secs(300));
+    }
 }

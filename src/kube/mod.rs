@@ -32,6 +32,9 @@ pub struct Settings {
     /// How often each custom resource is applied again, reverting what was
     /// changed in Fusion outside it.
     pub resync: Duration,
+    /// Where Fusion's function pods run (`--kube-namespace`): a
+    /// KubernetesWatchTrigger there is refused.
+    pub functions_namespace: String,
 }
 
 /// The last trouble of each kind's watch, for `GET /v1/kubernetes/controller`.

@@ -759,3 +759,190 @@ fn decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A recording proxy on loopback in front of an HTTP API (for the controller
+/// under test: Fusion's own API), so that a test sees every request the
+/// controller sends there, in order, and can have some answered with a
+/// scripted error instead of being forwarded. The upstream is set once the
+/// server behind it listens; until then every request is answered 502.
+pub struct RecordingProxy {
+    state: Arc<Mutex<ProxyState>>,
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    upstream: Option<String>,
+    faults: Vec<Fault>,
+    seen: Vec<Seen>,
+}
+
+impl RecordingProxy {
+    pub fn start() -> RecordingProxy {
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let app_state = state.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let http = reqwest::Client::new();
+                let app = axum::Router::new().fallback(move |req: Request| {
+                    let state = app_state.clone();
+                    let http = http.clone();
+                    async move { forward(state, http, req).await }
+                });
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+            });
+            rt.shutdown_timeout(Duration::from_millis(100));
+        });
+        RecordingProxy {
+            state,
+            url: format!("http://{addr}"),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Where requests go from now on (e.g. `http://127.0.0.1:PORT`).
+    pub fn set_upstream(&self, url: &str) {
+        self.state.lock().unwrap().upstream = Some(url.trim_end_matches('/').to_string());
+    }
+
+    /// The next `times` requests with `method` whose path ends with
+    /// `path_suffix` are answered `status` with a JSON error, not forwarded.
+    pub fn fail(&self, method: &str, path_suffix: &str, status: u16, times: usize) {
+        self.state.lock().unwrap().faults.push(Fault {
+            method: method.to_string(),
+            path_suffix: path_suffix.to_string(),
+            query: None,
+            status,
+            times,
+        });
+    }
+
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults.clear();
+    }
+
+    /// Every request so far, in order, with the status it was answered.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    /// Every request so far as `METHOD /path -> status`, in order.
+    pub fn lines(&self) -> Vec<String> {
+        self.requests().iter().map(|s| s.to_string()).collect()
+    }
+}
+
+impl Drop for RecordingProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn forward(state: Arc<Mutex<ProxyState>>, http: reqwest::Client, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let raw_query = req.uri().query().map(str::to_string);
+    let query: BTreeMap<String, String> = raw_query
+        .as_deref()
+        .map(url_decode_pairs)
+        .unwrap_or_default();
+    let headers = req.headers().clone();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes = axum::body::to_bytes(req.into_body(), 64 << 20)
+        .await
+        .unwrap_or_default();
+    let mut seen = Seen {
+        method: method.to_string(),
+        path: path.clone(),
+        query,
+        content_type,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        status: 0,
+    };
+    let upstream = {
+        let mut st = state.lock().unwrap();
+        let fault = st
+            .faults
+            .iter_mut()
+            .find(|f| f.times > 0 && f.method == method.as_str() && path.ends_with(&f.path_suffix));
+        if let Some(f) = fault {
+            f.times -= 1;
+            let status = f.status;
+            seen.status = status;
+            st.seen.push(seen);
+            return json_response(
+                status,
+                &json!({"error": {"code": "injected", "message": format!("a fault the test injected ({status})")}}),
+            );
+        }
+        st.upstream.clone()
+    };
+    let Some(upstream) = upstream else {
+        seen.status = 502;
+        state.lock().unwrap().seen.push(seen);
+        return json_response(
+            502,
+            &json!({"error": {"code": "no_upstream", "message": "no upstream yet"}}),
+        );
+    };
+    let mut url = format!("{upstream}{path}");
+    if let Some(q) = raw_query {
+        url = format!("{url}?{q}");
+    }
+    let mut out = http.request(method, url).body(bytes);
+    for (k, v) in &headers {
+        if k != "host" && k != "content-length" {
+            out = out.header(k, v);
+        }
+    }
+    let (status, ctype, body) = match out.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let ctype = r
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json")
+                .to_string();
+            (status, ctype, r.bytes().await.unwrap_or_default())
+        }
+        Err(e) => (
+            502,
+            "text/plain".to_string(),
+            e.to_string().into_bytes().into(),
+        ),
+    };
+    seen.status = status;
+    state.lock().unwrap().seen.push(seen);
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Body::from(body))
+        .unwrap()
+}
