@@ -36,9 +36,17 @@ pub struct FetcherArgs {
     /// Fusion's API as this pod reaches it.
     #[arg(long, env = "FUSION_API_URL")]
     pub api_url: String,
-    /// This pod's credential (given in the pod spec).
-    #[arg(long, env = "FUSION_FETCH_TOKEN", hide_env_values = true)]
+    /// This pod's credential, or (as in a pod) the file holding it, the
+    /// pod's Secret mounted in this container only.
+    #[arg(
+        long,
+        env = "FUSION_FETCH_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub token: String,
+    #[arg(long, env = "FUSION_FETCH_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 struct Fetcher {
@@ -80,6 +88,22 @@ pub async fn serve(args: FetcherArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The credential: the file's (trimmed) when one is given, else the value.
+fn token(args: &FetcherArgs) -> anyhow::Result<String> {
+    match &args.token_file {
+        Some(path) => Ok(std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the credential file {}", path.display()))?
+            .trim()
+            .to_string()),
+        None if args.token.is_empty() => {
+            anyhow::bail!(
+                "the fetcher needs its credential: FUSION_FETCH_TOKEN_FILE or FUSION_FETCH_TOKEN"
+            )
+        }
+        None => Ok(args.token.clone()),
+    }
+}
+
 fn router(args: &FetcherArgs) -> anyhow::Result<Router> {
     let api_url = args.api_url.trim_end_matches('/').to_string();
     anyhow::ensure!(
@@ -90,7 +114,7 @@ fn router(args: &FetcherArgs) -> anyhow::Result<Router> {
         dir: args.dir.clone(),
         files_root: args.files_root.clone(),
         api_url,
-        token: args.token.clone(),
+        token: token(args)?,
         http: reqwest::Client::new(),
         limits: PackageLimits::default(),
     };
@@ -238,6 +262,7 @@ impl FetcherArgs {
             files_root: dir.join("root"),
             api_url: api_url.into(),
             token: "pod-credential".into(),
+            token_file: None,
         }
     }
 }
