@@ -1,8 +1,9 @@
 //! `fusion fetcher`: the sidecar of every function pod (the kubernetes backend).
 //! It listens for `POST /fetch {"package", "kind", "filename"}` from the pool,
 //! pulls that package from Fusion's API (`FUSION_API_URL`) with the pod's own
-//! credential (`FUSION_FETCH_TOKEN`), writes it under `<dir>/<sha256>/` (a file
-//! as `<dir>/<sha256>/<filename>`, an archive unpacked there) and answers the
+//! credential (in the file `FUSION_FETCH_TOKEN_FILE` names, the pod's Secret;
+//! or `FUSION_FETCH_TOKEN`), writes it under `<dir>/<sha256>/` (a file as
+//! `<dir>/<sha256>/<filename>`, an archive unpacked there) and answers the
 //! `filepath` the runtime loads. Nothing it is sent can make it write outside
 //! that directory or fetch from anywhere else.
 
@@ -272,6 +273,20 @@ mod tests {
     use super::*;
     use axum::http::StatusCode;
     use tower::ServiceExt;
+
+    #[test]
+    fn the_credential_is_read_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-the-secret\n").unwrap();
+        let mut args = FetcherArgs::for_test(dir.path(), "http://127.0.0.1:1");
+        args.token = String::new();
+        args.token_file = Some(file);
+        assert_eq!(token(&args).unwrap(), "from-the-secret");
+        args.token_file = None;
+        let e = token(&args).unwrap_err().to_string();
+        assert!(e.contains("FUSION_FETCH_TOKEN_FILE"), "{e}");
+    }
 
     /// A loopback stand-in for Fusion's API: answers the package `sha` with
     /// `body` and `media_type` to the credential `pod-credential`, 403 otherwise.

@@ -5,7 +5,11 @@
 //! pool's pods (kube-rs's `watcher`) tells when a pod is ready and when and why
 //! it ended; nothing polls. Pods carry labels that find them again: after a
 //! restart, generic pods of an unchanged environment are adopted and every
-//! other pod of the pool is deleted, so none leaks.
+//! other pod of the pool is deleted, so none leaks; while it runs, the watch
+//! deletes pool pods the server does not know (a create whose answer was lost,
+//! a delete that kept failing). One server per pool: it holds the pool's Lease
+//! (`lease.rs`). Each pod's credential is in a Secret the pod owns, mounted in
+//! its fetcher only.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -299,10 +303,15 @@ impl Shared {
             lock(&self.sweeping).remove(&name);
             return;
         }
-        if !self.cleaned.load(Ordering::SeqCst) || self.closing.load(Ordering::SeqCst) {
+        if !self.cleaned.load(Ordering::SeqCst) {
             return;
         }
-        if !lock(&self.sweeping).insert(name.clone()) {
+        self.sweep_later(name);
+    }
+
+    /// Deletes pod `name` after `sweep_grace` unless it is known or gone by then.
+    fn sweep_later(self: &Arc<Self>, name: String) {
+        if self.closing.load(Ordering::SeqCst) || !lock(&self.sweeping).insert(name.clone()) {
             return;
         }
         let shared = self.clone();
@@ -314,7 +323,8 @@ impl Shared {
             if still {
                 tracing::info!(pod = %name, "deleting a pod of the pool this server does not know");
                 if let Err(e) = shared.delete_retrying(&name).await {
-                    tracing::warn!(pod = %name, "cannot delete pod: {e}");
+                    tracing::warn!(pod = %name, "cannot delete pod, trying again later: {e}");
+                    shared.sweep_later(name);
                 }
             }
         });
@@ -649,8 +659,12 @@ fn stop_pod(shared: Arc<Shared>, state: Arc<PodState>) {
             // the pod, now unknown, is left to the watch's sweep.
             tracing::warn!(
                 pod = %state.name,
-                "cannot delete pod ({DELETE_ATTEMPTS} tries); the watch deletes it later: {e}"
+                "cannot delete pod ({DELETE_ATTEMPTS} tries); it is tried again later: {e}"
             );
+            state.end(Exit::Stopped);
+            shared.forget(&state);
+            shared.sweep_later(state.name.clone());
+            return;
         }
         state.end(Exit::Stopped);
         shared.forget(&state);

@@ -1355,3 +1355,52 @@ async fn at_shutdown_specialized_and_starting_pods_go_and_the_next_server_adopts
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn a_pod_whose_credential_secret_cannot_be_created_is_deleted() {
+    let (backend, mut cluster, _) = setup(config());
+    let _watch = cluster.open_watch(vec![], "1").await;
+    let starting = start(&backend, env("py"));
+    let create = cluster.expect("POST", PODS).await;
+    let pod = create.body.clone();
+    create.answer(201, with_status(&pod, json!({"phase": "Pending"}), 2));
+    cluster.expect("POST", SECRETS).await.fail(
+        403,
+        "Forbidden",
+        "secrets is forbidden: User \"system:serviceaccount:fusion:fusion\" cannot create resource \"secrets\"",
+    );
+    let e = within(starting).await.unwrap().err().expect("refused");
+    assert!(
+        e.to_string()
+            .contains("may not create secrets in namespace fusion-functions (403 Forbidden)"),
+        "{e}"
+    );
+    cluster
+        .expect("DELETE", &format!("{PODS}/{}", name_of(&pod)))
+        .await
+        .answer(200, with_status(&pod, json!({"phase": "Pending"}), 3));
+}
+
+#[tokio::test]
+async fn a_pod_whose_delete_kept_failing_is_deleted_later() {
+    let mut cfg = config();
+    cfg.sweep_grace = Duration::ZERO;
+    let (backend, mut cluster, _) = setup(cfg);
+    let watch = cluster.open_watch(vec![], "1").await;
+    let (pod, handle) = started_pod(&backend, &mut cluster, &watch, env("py"), 2).await;
+    let path = format!("{PODS}/{}", name_of(&pod));
+    handle.stop();
+    for _ in 0..super::DELETE_ATTEMPTS {
+        cluster.expect("DELETE", &path).await.fail(
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        );
+    }
+    assert_eq!(exit_of(&handle).await, Exit::Stopped);
+    // Even without a watch event about it, the pod is tried again.
+    cluster
+        .expect("DELETE", &path)
+        .await
+        .answer(200, with_status(&pod, ready("127.0.0.1"), 3));
+}
