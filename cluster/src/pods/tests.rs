@@ -1404,3 +1404,22 @@ async fn a_pod_whose_delete_kept_failing_is_deleted_later() {
         .await
         .answer(200, with_status(&pod, ready("127.0.0.1"), 3));
 }
+
+#[tokio::test]
+async fn a_backend_whose_pool_lease_is_held_elsewhere_does_not_start_and_touches_no_pod() {
+    let (client, mut api) = lease_mock();
+    let mut cfg = config();
+    cfg.identity = "laptop/7".into();
+    let connecting = tokio::spawn(async move {
+        PodBackend::connect(client, cfg, Arc::new(Credentials::default()))
+            .await
+            .map(|_| ())
+    });
+    expect_on(&mut api, "GET", &format!("{LEASES}/fusion"))
+        .await
+        .answer(200, lease_of("fusion-0", 1));
+    let e = within(connecting).await.unwrap().expect_err("refused");
+    assert!(e.to_string().contains("(fusion-0)"), "{e}");
+    // No watch, no list, no delete: nothing of the other server's pool is touched.
+    assert!(api.try_recv().is_err(), "a request was sent");
+}
