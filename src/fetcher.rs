@@ -1,8 +1,9 @@
 //! `fusion fetcher`: the sidecar of every function pod (the kubernetes backend).
 //! It listens for `POST /fetch {"package", "kind", "filename"}` from the pool,
 //! pulls that package from Fusion's API (`FUSION_API_URL`) with the pod's own
-//! credential (`FUSION_FETCH_TOKEN`), writes it under `<dir>/<sha256>/` (a file
-//! as `<dir>/<sha256>/<filename>`, an archive unpacked there) and answers the
+//! credential (in the file `FUSION_FETCH_TOKEN_FILE` names, the pod's Secret;
+//! or `FUSION_FETCH_TOKEN`), writes it under `<dir>/<sha256>/` (a file as
+//! `<dir>/<sha256>/<filename>`, an archive unpacked there) and answers the
 //! `filepath` the runtime loads. The body is streamed to a file beside the
 //! package (one chunk in memory at a time, refused past a size limit), checked
 //! (a file's sha256 must be the package's digest, a tree's tar stream the
@@ -40,9 +41,17 @@ pub struct FetcherArgs {
     /// Fusion's API as this pod reaches it.
     #[arg(long, env = "FUSION_API_URL")]
     pub api_url: String,
-    /// This pod's credential (given in the pod spec).
-    #[arg(long, env = "FUSION_FETCH_TOKEN", hide_env_values = true)]
+    /// This pod's credential, or (as in a pod) the file holding it, the
+    /// pod's Secret mounted in this container only.
+    #[arg(
+        long,
+        env = "FUSION_FETCH_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub token: String,
+    #[arg(long, env = "FUSION_FETCH_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 struct Fetcher {
@@ -86,6 +95,22 @@ pub async fn serve(args: FetcherArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The credential: the file's (trimmed) when one is given, else the value.
+fn token(args: &FetcherArgs) -> anyhow::Result<String> {
+    match &args.token_file {
+        Some(path) => Ok(std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the credential file {}", path.display()))?
+            .trim()
+            .to_string()),
+        None if args.token.is_empty() => {
+            anyhow::bail!(
+                "the fetcher needs its credential: FUSION_FETCH_TOKEN_FILE or FUSION_FETCH_TOKEN"
+            )
+        }
+        None => Ok(args.token.clone()),
+    }
+}
+
 fn router(args: &FetcherArgs) -> anyhow::Result<Router> {
     let limits = PackageLimits::default();
     router_with(args, limits, delivery::max_transfer(limits))
@@ -105,7 +130,7 @@ fn router_with(
         dir: args.dir.clone(),
         files_root: args.files_root.clone(),
         api_url,
-        token: args.token.clone(),
+        token: token(args)?,
         http: reqwest::Client::new(),
         limits,
         max_transfer,
@@ -352,6 +377,7 @@ impl FetcherArgs {
             files_root: dir.join("root"),
             api_url: api_url.into(),
             token: "pod-credential".into(),
+            token_file: None,
         }
     }
 }
@@ -361,6 +387,20 @@ mod tests {
     use super::*;
     use axum::http::StatusCode;
     use tower::ServiceExt;
+
+    #[test]
+    fn the_credential_is_read_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-the-secret\n").unwrap();
+        let mut args = FetcherArgs::for_test(dir.path(), "http://127.0.0.1:1");
+        args.token = String::new();
+        args.token_file = Some(file);
+        assert_eq!(token(&args).unwrap(), "from-the-secret");
+        args.token_file = None;
+        let e = token(&args).unwrap_err().to_string();
+        assert!(e.contains("FUSION_FETCH_TOKEN_FILE"), "{e}");
+    }
 
     /// A loopback stand-in for Fusion's API: answers the package `sha` with
     /// `body` and `media_type` to the credential `pod-credential`, 403 otherwise.

@@ -618,7 +618,7 @@ async fn kubernetes_backend(
     pool_manager::resources::validate_name("--kube-pool", &args.kube_pool)?;
     cfg.pool = args.kube_pool.clone();
     cfg.owner = cluster::pods::find_owner(&client, &args.kube_namespace).await;
-    let backend = PodBackend::new(client, cfg, credentials);
+    let backend = PodBackend::connect(client, cfg, credentials).await?;
     tracing::info!("{}", backend.isolation().summary);
     Ok(Arc::new(backend))
 }

@@ -13,6 +13,10 @@ use k8s_openapi::api::core::v1::{
     SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
@@ -59,6 +63,7 @@ pub fn render() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
         ),
         ("rbac.yaml", rbac()?),
         ("fusion.yaml", control_plane()?),
+        ("network-policy.yaml", network_policy()?),
     ])
 }
 
@@ -187,7 +192,7 @@ fn rbac() -> Result<String, serde_yaml::Error> {
     // ready, labels them when it specializes one, and deletes them.
     let pods = "fusion-pods";
     out.push_str(&commented(
-        &format!("Function pods, in {FUNCTIONS_NAMESPACE} only: create generic pods, watch them,\nlabel them when specialized (patch), delete them; read their runtime's log\n(`fusion fn logs`)."),
+        &format!("Function pods, in {FUNCTIONS_NAMESPACE} only: create generic pods, watch them,\nlabel them when specialized (patch), delete them; read their runtime's log\n(`fusion fn logs`); create each pod's credential Secret (owned by the pod, so\nit goes with it); hold the pool's Lease (one server per --kube-pool)."),
         &Role {
             metadata: meta(pods, Some(FUNCTIONS_NAMESPACE)),
             rules: Some(vec![
@@ -197,6 +202,12 @@ fn rbac() -> Result<String, serde_yaml::Error> {
                     &["create", "get", "list", "watch", "delete", "patch"],
                 ),
                 rule(&[""], &["pods/log"], &["get"]),
+                rule(&[""], &["secrets"], &["create"]),
+                rule(
+                    &["coordination.k8s.io"],
+                    &["leases"],
+                    &["get", "create", "update"],
+                ),
             ]),
         },
     )?);
@@ -338,6 +349,59 @@ fn quantities(items: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
         .iter()
         .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
         .collect()
+}
+
+/// Function pods' ports (the fetcher's 8000, the runtime's 8888) reachable
+/// from Fusion's own pod only: not from other pods, nor from one another.
+fn network_policy() -> Result<String, serde_yaml::Error> {
+    let port = |p: i32| NetworkPolicyPort {
+        protocol: Some("TCP".into()),
+        port: Some(IntOrString::Int(p)),
+        ..Default::default()
+    };
+    let policy = NetworkPolicy {
+        metadata: meta("fusion-function-pods", Some(FUNCTIONS_NAMESPACE)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(
+                    [
+                        ("app.kubernetes.io/managed-by", "fusion"),
+                        ("app.kubernetes.io/component", "function"),
+                    ]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .into(),
+                ),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(
+                            [(
+                                "kubernetes.io/metadata.name".to_string(),
+                                NAMESPACE.to_string(),
+                            )]
+                            .into(),
+                        ),
+                        ..Default::default()
+                    }),
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(selector()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ports: Some(vec![port(8000), port(ROUTER_PORT)]),
+            }]),
+            ..Default::default()
+        }),
+    };
+    commented(
+        &format!("Function pods in {FUNCTIONS_NAMESPACE}: their fetcher (8000) and runtime (8888)\nanswer Fusion's pod (namespace {NAMESPACE}) only. Needs a CNI that enforces\nNetworkPolicy (Calico, Cilium, ...); others ignore it silently."),
+        &policy,
+    )
+    .map(|doc| format!("{HEADER}{doc}"))
 }
 
 fn control_plane() -> Result<String, serde_yaml::Error> {
@@ -622,6 +686,14 @@ mod tests {
                 "create,get,list,watch,delete,patch",
             ),
             ("fusion-functions", "", "pods/log", "", "get"),
+            ("fusion-functions", "", "secrets", "", "create"),
+            (
+                "fusion-functions",
+                "coordination.k8s.io",
+                "leases",
+                "",
+                "get,create,update",
+            ),
             ("fusion", "", "pods", "fusion-0", "get"),
             ("*cluster*", "fission.io", kinds, "", "get,list,watch,patch"),
             ("*cluster*", "fission.io", status.as_str(), "", "patch"),
@@ -724,6 +796,51 @@ mod tests {
             svc["spec"]["selector"],
             sts["spec"]["selector"]["matchLabels"]
         );
+    }
+
+    #[test]
+    fn function_pods_answer_fusions_pod_only() {
+        let objects = objects("network-policy.yaml");
+        let policy = find(&objects, "NetworkPolicy", "fusion-function-pods");
+        assert_eq!(policy["metadata"]["namespace"], "fusion-functions");
+        // The labels every function pod carries (cluster/src/pods/spec.rs).
+        assert_eq!(
+            policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            "function"
+        );
+        assert_eq!(
+            policy["spec"]["policyTypes"],
+            serde_json::json!(["Ingress"])
+        );
+        let rules = policy["spec"]["ingress"].as_array().unwrap();
+        assert_eq!(rules.len(), 1);
+        let from = &rules[0]["from"];
+        assert_eq!(
+            from.as_array().unwrap().len(),
+            1,
+            "one peer: namespace AND pod"
+        );
+        assert_eq!(
+            from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "fusion"
+        );
+        // The control plane's pod, by the StatefulSet's own selector.
+        let statefulset = find(&objects_of_fusion(), "StatefulSet", "fusion").clone();
+        assert_eq!(
+            from[0]["podSelector"]["matchLabels"],
+            statefulset["spec"]["selector"]["matchLabels"]
+        );
+        let ports: Vec<i64> = rules[0]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ports, vec![8000, 8888]);
+    }
+
+    fn objects_of_fusion() -> Vec<serde_json::Value> {
+        objects("fusion.yaml")
     }
 
     /// The files in deploy/kubernetes/ are what the typed objects render;

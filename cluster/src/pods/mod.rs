@@ -5,9 +5,13 @@
 //! pool's pods (kube-rs's `watcher`) tells when a pod is ready and when and why
 //! it ended; nothing polls. Pods carry labels that find them again: after a
 //! restart, generic pods of an unchanged environment are adopted and every
-//! other pod of the pool is deleted, so none leaks.
+//! other pod of the pool is deleted, so none leaks; while it runs, the watch
+//! deletes pool pods the server does not know (a create whose answer was lost,
+//! a delete that kept failing). One server per pool: it holds the pool's Lease
+//! (`lease.rs`). Each pod's credential is in a Secret the pod owns, mounted in
+//! its fetcher only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use pool_manager::backend::{
@@ -25,6 +29,7 @@ use pool_manager::delivery::Credentials;
 use pool_manager::{Environment, Error, PackageKind, Result};
 use tokio::sync::watch;
 
+pub mod lease;
 pub mod spec;
 mod watch_pods;
 
@@ -74,7 +79,19 @@ pub struct PodConfig {
     /// Whether the watch backs off after errors (kube-rs's default backoff);
     /// tests that play a scenario turn it off.
     pub watch_backoff: bool,
+    /// The first wait before a failed pod delete is tried again (doubling, up
+    /// to `DELETE_ATTEMPTS` tries in all).
+    pub delete_backoff: Duration,
+    /// How long a pod of the pool that this server does not know may live
+    /// before the watch deletes it (room for a create in flight).
+    pub sweep_grace: Duration,
+    /// This server as the holder of the pool's lease.
+    pub identity: String,
 }
+
+/// How many times a pod delete is tried before its instance ends anyway (the
+/// pod is then left to the watch's sweep of pods it does not know).
+pub const DELETE_ATTEMPTS: u32 = 5;
 
 impl PodConfig {
     pub fn new(namespace: impl Into<String>, api_url: impl Into<String>) -> PodConfig {
@@ -90,6 +107,9 @@ impl PodConfig {
             start_timeout: Duration::from_secs(300),
             fetch_timeout: Duration::from_secs(120),
             watch_backoff: true,
+            delete_backoff: Duration::from_millis(250),
+            sweep_grace: Duration::from_secs(30),
+            identity: lease::identity(),
         }
     }
 }
@@ -101,6 +121,8 @@ pub struct PodBackend {
 
 struct Shared {
     api: Api<Pod>,
+    /// The pods' credentials, one Secret per pod (same name, owned by it).
+    secrets: Api<Secret>,
     cfg: PodConfig,
     credentials: Arc<Credentials>,
     /// Pods of this server, by name: starting, running, or adoptable.
@@ -108,6 +130,15 @@ struct Shared {
     /// Generic ready pods an earlier server left, by environment digest, for
     /// `start` to adopt.
     adoptable: Mutex<HashMap<String, Vec<Arc<PodState>>>>,
+    /// Set once cleanup has sorted what an earlier server left: from then on
+    /// the watch deletes pool pods this server does not know.
+    cleaned: AtomicBool,
+    /// Set at shutdown: parked pods stay for the next server, nothing is swept.
+    closing: AtomicBool,
+    /// Unknown pods waiting out `sweep_grace` before the watch deletes them.
+    sweeping: Mutex<HashSet<String>>,
+    /// The pool's lease while this server holds it, and what stops renewing it.
+    lease: Mutex<Option<(Arc<lease::PoolLease>, watch::Sender<bool>)>>,
 }
 
 /// One pod as the backend tracks it; the watch updates it.
@@ -178,14 +209,43 @@ impl PodBackend {
     /// checks. Starts the watch on the pool's pods (call within a runtime).
     pub fn new(client: kube::Client, cfg: PodConfig, credentials: Arc<Credentials>) -> PodBackend {
         let shared = Arc::new(Shared {
+            secrets: Api::namespaced(client.clone(), &cfg.namespace),
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
             credentials,
             pods: Mutex::default(),
             adoptable: Mutex::default(),
+            cleaned: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            sweeping: Mutex::default(),
+            lease: Mutex::default(),
         });
         watch_pods::spawn(&shared);
         PodBackend { shared }
+    }
+}
+
+impl PodBackend {
+    /// Takes the pool's lease (refusing to start while another server holds
+    /// it), then a backend as `new` makes it; the lease is renewed while it
+    /// runs and released at shutdown.
+    pub async fn connect(
+        client: kube::Client,
+        cfg: PodConfig,
+        credentials: Arc<Credentials>,
+    ) -> Result<PodBackend> {
+        let held = Arc::new(lease::PoolLease::new(
+            client.clone(),
+            &cfg.namespace,
+            &cfg.pool,
+            &cfg.identity,
+        ));
+        held.take().await?;
+        let (stop, stopped) = watch::channel(false);
+        held.clone().keep(stopped);
+        let backend = PodBackend::new(client, cfg, credentials);
+        *lock(&backend.shared.lease) = Some((held, stop));
+        Ok(backend)
     }
 }
 
@@ -208,18 +268,93 @@ impl Shared {
         }
     }
 
+    /// Deletes the pod, trying again with a doubling wait after a failure that
+    /// may pass (not a 4xx other than 409 and 429), `DELETE_ATTEMPTS` times.
+    async fn delete_retrying(&self, name: &str) -> std::result::Result<(), kube::Error> {
+        let mut wait = self.cfg.delete_backoff;
+        let mut attempt = 1;
+        loop {
+            match self.delete(name).await {
+                Ok(()) => return Ok(()),
+                Err(kube::Error::Api(s))
+                    if (400..500).contains(&s.code) && s.code != 409 && s.code != 429 =>
+                {
+                    return Err(kube::Error::Api(s));
+                }
+                Err(e) if attempt >= DELETE_ATTEMPTS => return Err(e),
+                Err(e) => {
+                    tracing::debug!(pod = %name, attempt, "cannot delete pod, trying again in {wait:?}: {e}");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// A pod of the pool this server does not know (an earlier create whose
+    /// answer was lost, a pod whose delete failed): once cleanup is done and
+    /// after `sweep_grace`, deleted, unless it became known or went meanwhile.
+    fn sweep(self: &Arc<Self>, pod: &Pod) {
+        let Some(name) = pod.metadata.name.clone() else {
+            return;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            lock(&self.sweeping).remove(&name);
+            return;
+        }
+        if !self.cleaned.load(Ordering::SeqCst) {
+            return;
+        }
+        self.sweep_later(name);
+    }
+
+    /// Deletes pod `name` after `sweep_grace` unless it is known or gone by then.
+    fn sweep_later(self: &Arc<Self>, name: String) {
+        if self.closing.load(Ordering::SeqCst) || !lock(&self.sweeping).insert(name.clone()) {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(shared.cfg.sweep_grace).await;
+            let still = lock(&shared.sweeping).remove(&name)
+                && !lock(&shared.pods).contains_key(&name)
+                && !shared.closing.load(Ordering::SeqCst);
+            if still {
+                tracing::info!(pod = %name, "deleting a pod of the pool this server does not know");
+                if let Err(e) = shared.delete_retrying(&name).await {
+                    tracing::warn!(pod = %name, "cannot delete pod, trying again later: {e}");
+                    shared.sweep_later(name);
+                }
+            }
+        });
+    }
+
+    /// A pod of the pool went: no sweep of it is needed.
+    fn unsweep(&self, name: &str) {
+        lock(&self.sweeping).remove(name);
+    }
+
     /// Creates a pod for `env`, under a new name when the first is taken.
-    async fn create(&self, env: &Environment, image: &str) -> Result<Arc<PodState>> {
+    async fn create(self: &Arc<Self>, env: &Environment, image: &str) -> Result<Arc<PodState>> {
         let cfg = &self.cfg;
         let (credential, digest) = pool_manager::delivery::mint_credential()?;
         for _ in 0..3 {
             let name = spec::pod_name(&cfg.pool, &env.name, &suffix());
-            let pod = spec::pod(&name, env, cfg, image, &credential, &digest);
+            let pod = spec::pod(&name, env, cfg, image, &digest);
             let state = PodState::new(&name, &digest);
             // Known before it exists, so no watch event about it is missed.
             lock(&self.pods).insert(name.clone(), state.clone());
             match self.api.create(&PostParams::default(), &pod).await {
-                Ok(_) => {
+                Ok(created) => {
+                    // Its credential, in a Secret the pod owns: the fetcher
+                    // starts once it exists.
+                    let uid = created.metadata.uid.unwrap_or_default();
+                    let secret = spec::credential_secret(&name, cfg, &uid, &credential);
+                    if let Err(e) = self.secrets.create(&PostParams::default(), &secret).await {
+                        stop_pod(self.clone(), state);
+                        return Err(cluster_error("create secrets", &cfg.namespace, &e));
+                    }
                     self.credentials.register(&digest, &name);
                     return Ok(state);
                 }
@@ -227,8 +362,20 @@ impl Shared {
                     lock(&self.pods).remove(&name);
                     tracing::debug!(pod = %name, "pod name taken; trying another");
                 }
-                Err(e) => {
+                Err(kube::Error::Api(s)) if (400..500).contains(&s.code) => {
+                    // Refused: there is no pod.
                     lock(&self.pods).remove(&name);
+                    return Err(cluster_error(
+                        "create pods",
+                        &cfg.namespace,
+                        &kube::Error::Api(s),
+                    ));
+                }
+                Err(e) => {
+                    // A timeout or a server error: the pod may exist all the
+                    // same, so it is deleted by the name it was given.
+                    tracing::warn!(pod = %name, "creating the pod failed; deleting it in case it was created: {e}");
+                    stop_pod(self.clone(), state);
                     return Err(cluster_error("create pods", &cfg.namespace, &e));
                 }
             }
@@ -365,11 +512,13 @@ impl Backend for PodBackend {
             if let Err(e) = self.shared.cleanup(envs).await {
                 tracing::warn!("cannot tidy the pods an earlier server left: {e}");
             }
+            self.shared.cleaned.store(true, Ordering::SeqCst);
         })
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            self.shared.closing.store(true, Ordering::SeqCst);
             // Pods still starting when the server stopped. Parked ones stay, and
             // so do generic pods of an earlier server not adopted this time.
             let adoptable: std::collections::HashSet<String> = lock(&self.shared.adoptable)
@@ -386,6 +535,11 @@ impl Backend for PodBackend {
                 if let Err(e) = self.shared.delete(&state.name).await {
                     tracing::warn!(pod = %state.name, "cannot delete pod: {e}");
                 }
+            }
+            let held = lock(&self.shared.lease).take();
+            if let Some((held, stop)) = held {
+                stop.send_replace(true);
+                held.release().await;
             }
         })
     }
@@ -453,9 +607,14 @@ impl Shared {
                 }
                 None => {
                     tracing::info!(pod = %name, "deleting a pod an earlier server left");
-                    self.delete(&name)
-                        .await
-                        .map_err(|e| cluster_error("delete pods", &cfg.namespace, &e))?;
+                    // One that cannot be deleted now does not keep the others:
+                    // the watch's sweep tries it again.
+                    if let Err(e) = self.delete(&name).await {
+                        tracing::warn!(
+                            "{}",
+                            cluster_error(&format!("delete pod {name}"), &cfg.namespace, &e)
+                        );
+                    }
                 }
             }
         }
@@ -495,17 +654,20 @@ fn stop_pod(shared: Arc<Shared>, state: Arc<PodState>) {
         return;
     }
     tokio::spawn(async move {
-        match shared.delete(&state.name).await {
-            Ok(()) => {
-                state.end(Exit::Stopped);
-                shared.forget(&state);
-            }
-            Err(e) => {
-                // The watch reports the exit if it goes after all; the next
-                // server's cleanup deletes it otherwise.
-                tracing::warn!(pod = %state.name, "cannot delete pod: {e}");
-            }
+        if let Err(e) = shared.delete_retrying(&state.name).await {
+            // The instance ends all the same (the pool does not keep a zombie);
+            // the pod, now unknown, is left to the watch's sweep.
+            tracing::warn!(
+                pod = %state.name,
+                "cannot delete pod ({DELETE_ATTEMPTS} tries); it is tried again later: {e}"
+            );
+            state.end(Exit::Stopped);
+            shared.forget(&state);
+            shared.sweep_later(state.name.clone());
+            return;
         }
+        state.end(Exit::Stopped);
+        shared.forget(&state);
     });
 }
 
@@ -622,6 +784,7 @@ impl Handle for PodHandle {
     }
 
     fn park(&self) -> bool {
+        self.shared.closing.store(true, Ordering::SeqCst);
         self.state.end(Exit::Stopped);
         lock(&self.shared.pods).remove(&self.state.name);
         true

@@ -32,9 +32,14 @@ pub const SPECIALIZED: &str = "specialized";
 /// server that adopts the pod can check it.
 pub const ANNOTATION_CREDENTIAL: &str = "fusion.dev/fetch-credential-sha256";
 
-/// The fetcher's environment: its credential and where Fusion's API is.
-pub const ENV_FETCH_TOKEN: &str = "FUSION_FETCH_TOKEN";
+/// The fetcher's environment: the file holding its credential and where
+/// Fusion's API is.
+pub const ENV_FETCH_TOKEN_FILE: &str = "FUSION_FETCH_TOKEN_FILE";
 pub const ENV_API_URL: &str = "FUSION_API_URL";
+/// Where the pod's Secret (key `token`: the credential) is mounted, in the
+/// fetcher only.
+pub const CREDENTIAL_DIR: &str = "/var/run/fusion";
+pub const CREDENTIAL_KEY: &str = "token";
 
 /// Where the code volume is mounted in both containers.
 pub const USERFUNC: &str = "/userfunc";
@@ -103,13 +108,45 @@ pub fn labels(env: &Environment, cfg: &PodConfig, digest: &str) -> BTreeMap<Stri
     ])
 }
 
-/// The pod Fusion creates for a generic instance of `env`.
+/// The Secret holding pod `name`'s credential: same name, same namespace,
+/// owned by the pod (uid `pod_uid`) so that it goes when the pod does. Not in
+/// the pod spec: anyone (or any trigger) that may read pods does not see it.
+pub fn credential_secret(
+    name: &str,
+    cfg: &PodConfig,
+    pod_uid: &str,
+    credential: &str,
+) -> k8s_openapi::api::core::v1::Secret {
+    let value = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": cfg.namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": "fusion",
+                "app.kubernetes.io/part-of": "fusion",
+                LABEL_POOL: cfg.pool,
+            },
+            "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Pod", "name": name, "uid": pod_uid,
+                "controller": false, "blockOwnerDeletion": false,
+            }],
+        },
+        "type": "Opaque",
+        "stringData": {CREDENTIAL_KEY: credential},
+    });
+    serde_json::from_value(value).expect("a credential secret is a valid Secret")
+}
+
+/// The pod Fusion creates for a generic instance of `env`. Its fetcher reads
+/// the credential from the pod's Secret (`credential_secret`), mounted as a
+/// file; the kubelet starts the pod once that exists.
 pub fn pod(
     name: &str,
     env: &Environment,
     cfg: &PodConfig,
     image: &str,
-    credential: &str,
     credential_digest: &str,
 ) -> Pod {
     let digest = env_digest(env, cfg);
@@ -159,6 +196,10 @@ pub fn pod(
                 {"name": "userfunc", "emptyDir": {}},
                 {"name": "secrets", "emptyDir": {"medium": "Memory"}},
                 {"name": "configs", "emptyDir": {}},
+                {"name": "credential", "secret": {
+                    "secretName": name,
+                    "items": [{"key": CREDENTIAL_KEY, "path": CREDENTIAL_KEY}],
+                }},
             ],
             "containers": [
                 {
@@ -185,7 +226,7 @@ pub fn pod(
                     "args": ["--listen", format!("0.0.0.0:{}", cfg.fetcher_port), "--dir", USERFUNC],
                     "ports": [{"name": "fetcher", "containerPort": cfg.fetcher_port}],
                     "env": [
-                        {"name": ENV_FETCH_TOKEN, "value": credential},
+                        {"name": ENV_FETCH_TOKEN_FILE, "value": format!("{CREDENTIAL_DIR}/{CREDENTIAL_KEY}")},
                         {"name": ENV_API_URL, "value": cfg.api_url},
                     ],
                     "readinessProbe": tcp_probe(cfg.fetcher_port),
@@ -197,6 +238,7 @@ pub fn pod(
                         {"name": "userfunc", "mountPath": USERFUNC},
                         {"name": "secrets", "mountPath": "/secrets"},
                         {"name": "configs", "mountPath": "/configs"},
+                        {"name": "credential", "mountPath": CREDENTIAL_DIR, "readOnly": true},
                     ],
                     "securityContext": locked_down,
                 },

@@ -197,6 +197,9 @@ fn config() -> PodConfig {
     cfg.watch_backoff = false;
     cfg.start_timeout = PATIENCE;
     cfg.fetch_timeout = PATIENCE;
+    cfg.delete_backoff = Duration::from_millis(1);
+    // No sweep of unknown pods within a test unless it asks for one.
+    cfg.sweep_grace = Duration::from_secs(3600);
     cfg
 }
 
@@ -238,6 +241,30 @@ fn ready(ip: &str) -> Value {
            "conditions": [{"type": "Ready", "status": "True"}]})
 }
 
+const SECRETS: &str = "/api/v1/namespaces/fusion-functions/secrets";
+
+/// The Secret that follows a pod's create (answered): the pod's credential.
+async fn secret_of(cluster: &mut Cluster, pod: &Value) -> String {
+    let create = cluster.expect("POST", SECRETS).await;
+    let secret = create.body.clone();
+    assert_eq!(secret["metadata"]["name"], pod["metadata"]["name"]);
+    let owner = &secret["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (
+            owner["kind"].as_str(),
+            owner["name"].as_str(),
+            owner["uid"].as_str()
+        ),
+        (Some("Pod"), pod["metadata"]["name"].as_str(), Some("uid-1")),
+        "the secret goes with its pod"
+    );
+    create.answer(201, secret.clone());
+    secret["stringData"]["token"]
+        .as_str()
+        .expect("the credential")
+        .to_string()
+}
+
 /// A pod created and made ready: its body as created, and its handle.
 async fn started_pod(
     backend: &Arc<PodBackend>,
@@ -246,16 +273,31 @@ async fn started_pod(
     env: Environment,
     version: u32,
 ) -> (Value, Arc<dyn Handle>) {
+    let (pod, handle, _) = started_pod_credential(backend, cluster, watch, env, version).await;
+    (pod, handle)
+}
+
+/// `started_pod`, and the pod's credential (from its Secret).
+async fn started_pod_credential(
+    backend: &Arc<PodBackend>,
+    cluster: &mut Cluster,
+    watch: &Watch,
+    env: Environment,
+    version: u32,
+) -> (Value, Arc<dyn Handle>, String) {
     let starting = start(backend, env);
     let create = cluster.expect("POST", PODS).await;
     let pod = create.body.clone();
     create.answer(201, with_status(&pod, json!({"phase": "Pending"}), version));
+    let credential = secret_of(cluster, &pod).await;
     watch.send(
         "MODIFIED",
         with_status(&pod, ready("127.0.0.1"), version + 1),
     );
     let handle = starting.await.unwrap().expect("the pod started");
-    (pod, handle)
+    // The credential is the Secret's, never in the pod.
+    assert!(!pod.to_string().contains(&credential), "{pod}");
+    (pod, handle, credential)
 }
 
 /// `f`'s output, failing the test past `PATIENCE`.
@@ -316,7 +358,10 @@ async fn a_new_pod_carries_the_labels_images_resources_and_owner() {
     let _watch = cluster.open_watch(vec![], "1").await;
     let _starting = start(&backend, env("py"));
     let create = cluster.expect("POST", PODS).await;
-    let pod = &create.body;
+    let pod = &create.body.clone();
+    create.answer(201, with_status(pod, json!({"phase": "Pending"}), 2));
+    // The credential: in a Secret created right after the pod and owned by it.
+    let credential = secret_of(&mut cluster, pod).await;
     let labels = &pod["metadata"]["labels"];
     assert_eq!(labels["fusion.dev/pool"], "fusion");
     assert_eq!(labels["fusion.dev/env"], "py");
@@ -356,8 +401,31 @@ async fn a_new_pod_carries_the_labels_images_resources_and_owner() {
         "the runtime may not write secrets"
     );
     assert!(pod["spec"]["volumes"][0]["emptyDir"].is_object());
+    // The Secret is mounted as a file in the fetcher only; the pod spec does
+    // not hold the credential (anyone who may read pods would see it).
+    assert_eq!(
+        pod["spec"]["volumes"][3]["secret"]["secretName"],
+        name_of(pod)
+    );
+    assert_eq!(fetcher["volumeMounts"][3]["name"], "credential");
+    assert_eq!(fetcher["volumeMounts"][3]["readOnly"], true);
+    assert_eq!(
+        env_var(fetcher, "FUSION_FETCH_TOKEN_FILE"),
+        format!(
+            "{}/token",
+            fetcher["volumeMounts"][3]["mountPath"].as_str().unwrap()
+        )
+    );
+    assert!(
+        runtime["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["name"] != "credential"),
+        "the runtime sees the credential"
+    );
+    assert!(!pod.to_string().contains(&credential), "{pod}");
     // Fusion keeps only the credential's digest, on the pod and in memory.
-    let credential = env_var(fetcher, "FUSION_FETCH_TOKEN");
     assert_eq!(
         pod["metadata"]["annotations"]["fusion.dev/fetch-credential-sha256"],
         pool_manager::delivery::credential_digest(&credential)
@@ -371,22 +439,38 @@ async fn a_new_pod_carries_the_labels_images_resources_and_owner() {
 async fn start_resolves_with_the_address_once_the_watch_sees_the_pod_ready() {
     let (backend, mut cluster, _) = setup(config());
     let watch = cluster.open_watch(vec![], "1").await;
-    let mut starting = start(&backend, env("py"));
+    // Another pod, whose end (a DELETE the test sees) marks where the watch is.
+    let (marker_pod, _marker) = started_pod(&backend, &mut cluster, &watch, env("py"), 2).await;
+    let starting = start(&backend, env("py"));
     let create = cluster.expect("POST", PODS).await;
     let pod = create.body.clone();
-    create.answer(201, with_status(&pod, json!({"phase": "Pending"}), 2));
+    create.answer(201, with_status(&pod, json!({"phase": "Pending"}), 4));
+    secret_of(&mut cluster, &pod).await;
     // Scheduled and running, not ready yet: start waits.
     watch.send(
         "MODIFIED",
-        with_status(&pod, json!({"phase": "Running", "podIP": "127.0.0.1"}), 3),
+        with_status(&pod, json!({"phase": "Running", "podIP": "127.0.0.1"}), 5),
     );
+    watch.send(
+        "MODIFIED",
+        with_status(
+            &marker_pod,
+            json!({"phase": "Failed", "reason": "Evicted"}),
+            6,
+        ),
+    );
+    // Its remains are deleted: the watch has handled the event before.
+    cluster
+        .expect("DELETE", &format!("{PODS}/{}", name_of(&marker_pod)))
+        .await
+        .answer(200, with_status(&marker_pod, json!({"phase": "Failed"}), 7));
+    let state = super::lock(&backend.shared.pods)[&name_of(&pod)].clone();
+    assert_eq!(*state.ready.borrow(), None, "ready before the pod was");
     assert!(
-        tokio::time::timeout(Duration::from_millis(50), &mut starting)
-            .await
-            .is_err(),
+        !starting.is_finished(),
         "start resolved before the pod was ready"
     );
-    watch.send("MODIFIED", with_status(&pod, ready("127.0.0.1"), 4));
+    watch.send("MODIFIED", with_status(&pod, ready("127.0.0.1"), 8));
     let handle = starting.await.unwrap().unwrap();
     assert_eq!(
         handle.address(),
@@ -411,6 +495,7 @@ async fn a_name_conflict_on_create_is_retried_under_another_name() {
     let pod = second.body.clone();
     assert_ne!(name_of(&pod), taken);
     second.answer(201, with_status(&pod, json!({"phase": "Pending"}), 2));
+    secret_of(&mut cluster, &pod).await;
     watch.send("MODIFIED", with_status(&pod, ready("127.0.0.1"), 3));
     starting
         .await
@@ -527,8 +612,8 @@ async fn specializing_has_the_fetcher_pull_exactly_the_staged_package() {
     );
     let server = tokio::spawn(async move { axum::serve(listener, fetcher).await });
     let watch = cluster.open_watch(vec![], "1").await;
-    let (pod, handle) = started_pod(&backend, &mut cluster, &watch, env("py"), 2).await;
-    let credential = env_var(container(&pod, "fetcher"), "FUSION_FETCH_TOKEN");
+    let (pod, handle, credential) =
+        started_pod_credential(&backend, &mut cluster, &watch, env("py"), 2).await;
     credential_tx.send_replace(credential.clone());
     let package = PackageRef {
         sha256: "a".repeat(64),
@@ -753,6 +838,7 @@ async fn the_pool_specializes_a_pod_and_a_request_whose_pod_is_deleted_answers_5
     let create = cluster.expect("POST", PODS).await;
     let pod = create.body.clone();
     create.answer(201, with_status(&pod, json!({"phase": "Pending"}), 2));
+    secret_of(&mut cluster, &pod).await;
     watch.send("MODIFIED", with_status(&pod, ready("127.0.0.1"), 3));
     let patch = cluster
         .expect("PATCH", &format!("{PODS}/{}", name_of(&pod)))
@@ -794,6 +880,7 @@ async fn what_the_runtime_writes_goes_to_the_instance_log() {
     let create = cluster.expect("POST", PODS).await;
     let pod = create.body.clone();
     create.answer(201, with_status(&pod, json!({"phase": "Pending"}), 2));
+    secret_of(&mut cluster, &pod).await;
     watch.send("MODIFIED", with_status(&pod, ready("127.0.0.1"), 3));
     within(starting).await.unwrap().unwrap();
     let follow = within(cluster.logs.recv()).await.unwrap();
@@ -845,6 +932,7 @@ async fn an_evicted_generic_pod_is_deleted_and_the_pool_gets_a_new_one() {
     let create = cluster.expect("POST", PODS).await;
     let first = create.body.clone();
     create.answer(201, with_status(&first, json!({"phase": "Pending"}), 2));
+    secret_of(&mut cluster, &first).await;
     watch.send("MODIFIED", with_status(&first, ready("127.0.0.1"), 3));
     // The node runs short of memory: the pod is evicted.
     watch.send(
@@ -869,6 +957,7 @@ async fn an_evicted_generic_pod_is_deleted_and_the_pool_gets_a_new_one() {
     assert_ne!(name_of(&second), name_of(&first));
     delete.answer(200, with_status(&first, json!({"phase": "Failed"}), 5));
     create.answer(201, with_status(&second, json!({"phase": "Pending"}), 6));
+    secret_of(&mut cluster, &second).await;
     watch.send("MODIFIED", with_status(&second, ready("127.0.0.1"), 7));
     let generic = |pm: &PoolManager| {
         pm.instances(None)
@@ -883,4 +972,454 @@ async fn an_evicted_generic_pod_is_deleted_and_the_pool_gets_a_new_one() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_failed_pod_delete_is_tried_again_before_the_instance_ends() {
+    let (backend, mut cluster, _) = setup(config());
+    let watch = cluster.open_watch(vec![], "1").await;
+    let (pod, handle) = started_pod(&backend, &mut cluster, &watch, env("py"), 2).await;
+    let path = format!("{PODS}/{}", name_of(&pod));
+    handle.stop();
+    cluster.expect("DELETE", &path).await.fail(
+        500,
+        "InternalError",
+        "etcdserver: request timed out",
+    );
+    let again = cluster.expect("DELETE", &path).await;
+    assert!(
+        handle.exit().borrow().is_none(),
+        "the instance ended before its pod was deleted"
+    );
+    again.answer(200, with_status(&pod, ready("127.0.0.1"), 3));
+    assert_eq!(exit_of(&handle).await, Exit::Stopped);
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_be_deleted_still_ends_its_instance() {
+    let (backend, mut cluster, _) = setup(config());
+    let watch = cluster.open_watch(vec![], "1").await;
+    let (pod, handle) = started_pod(&backend, &mut cluster, &watch, env("py"), 2).await;
+    let path = format!("{PODS}/{}", name_of(&pod));
+    handle.stop();
+    for _ in 0..super::DELETE_ATTEMPTS {
+        assert!(handle.exit().borrow().is_none());
+        cluster.expect("DELETE", &path).await.fail(
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        );
+    }
+    // Bounded: the instance ends (the pool does not keep a zombie), and no
+    // further delete is sent; the pod is left to the sweep.
+    assert_eq!(exit_of(&handle).await, Exit::Stopped);
+    assert!(cluster.api.try_recv().is_err(), "another request was sent");
+}
+
+#[tokio::test]
+async fn a_create_that_fails_with_a_server_error_deletes_the_pod_it_named() {
+    let (backend, mut cluster, _) = setup(config());
+    let _watch = cluster.open_watch(vec![], "1").await;
+    let starting = start(&backend, env("py"));
+    let create = cluster.expect("POST", PODS).await;
+    let name = name_of(&create.body);
+    // The API server may have created it before it failed to answer.
+    create.fail(
+        504,
+        "Timeout",
+        "the server was unable to return a response in the time allotted",
+    );
+    let e = within(starting).await.unwrap().err().expect("refused");
+    assert_eq!(e.code(), "unavailable");
+    cluster
+        .expect("DELETE", &format!("{PODS}/{name}"))
+        .await
+        .fail(404, "NotFound", &format!("pods \"{name}\" not found"));
+}
+
+#[tokio::test]
+async fn a_refused_create_deletes_nothing() {
+    let (backend, mut cluster, _) = setup(config());
+    let _watch = cluster.open_watch(vec![], "1").await;
+    let starting = start(&backend, env("py"));
+    cluster
+        .expect("POST", PODS)
+        .await
+        .fail(422, "Invalid", "Pod \"x\" is invalid");
+    within(starting).await.unwrap().err().expect("refused");
+    // The next request is the next start's create, not a delete.
+    let _again = start(&backend, env("py"));
+    cluster.expect("POST", PODS).await;
+}
+
+/// A pod of the pool as another server (or a lost create) left it.
+fn stray(name: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": NS, "resourceVersion": "5", "uid": format!("uid-{name}"),
+            "labels": {"fusion.dev/pool": "fusion", "fusion.dev/state": "generic",
+                       "fusion.dev/env-digest": "0000000000000000"}},
+        "spec": {"containers": [{"name": "runtime", "image": "i"}]},
+        "status": {"phase": "Pending"},
+    })
+}
+
+#[tokio::test]
+async fn once_cleanup_is_done_the_watch_deletes_pool_pods_it_does_not_know() {
+    let mut cfg = config();
+    cfg.sweep_grace = Duration::ZERO;
+    let (backend, mut cluster, _) = setup(cfg);
+    let watch = cluster.open_watch(vec![], "1").await;
+    // Before cleanup has sorted the pool, an unknown pod is left alone
+    // (cleanup decides: adopt or delete): the next request is cleanup's list.
+    watch.send("ADDED", stray("early"));
+    let cleanup = {
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.cleanup_stale(&[]).await })
+    };
+    cluster.expect("GET", PODS).await.answer(
+        200,
+        json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "6"}, "items": []}),
+    );
+    within(cleanup).await.unwrap();
+    // A pod being deleted is not deleted again; one nobody knows is.
+    let mut going = stray("going");
+    going["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    watch.send("MODIFIED", going);
+    watch.send("ADDED", stray("orphan"));
+    cluster
+        .expect("DELETE", &format!("{PODS}/orphan"))
+        .await
+        .answer(200, stray("orphan"));
+    // A pod this server knows is not swept.
+    let (_pod, handle) = started_pod(&backend, &mut cluster, &watch, env("py"), 10).await;
+    assert!(handle.exit().borrow().is_none());
+    assert!(cluster.api.try_recv().is_err(), "another request was sent");
+}
+
+#[tokio::test]
+async fn cleanup_carries_on_past_a_pod_it_cannot_delete() {
+    let (backend, mut cluster, _) = setup(config());
+    let cleanup = {
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.cleanup_stale(&[]).await })
+    };
+    cluster.expect("GET", PODS).await.answer(
+        200,
+        json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "6"},
+               "items": [stray("one"), stray("two")]}),
+    );
+    cluster.expect("DELETE", &format!("{PODS}/one")).await.fail(
+        500,
+        "InternalError",
+        "etcdserver: leader changed",
+    );
+    cluster
+        .expect("DELETE", &format!("{PODS}/two"))
+        .await
+        .answer(200, stray("two"));
+    within(cleanup).await.unwrap();
+}
+
+/// A mock API server for the lease alone: its one lane of requests.
+fn lease_mock() -> (kube::Client, mpsc::UnboundedReceiver<Call>) {
+    let (service, mut handle) =
+        tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((req, respond)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let call = Call {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                query: parts.uri.query().unwrap_or_default().to_string(),
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                respond,
+            };
+            if tx.send(call).is_err() {
+                return;
+            }
+        }
+    });
+    (kube::Client::new(service, "default"), rx)
+}
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/fusion-functions/leases";
+
+async fn expect_on(lane: &mut mpsc::UnboundedReceiver<Call>, method: &str, path: &str) -> Call {
+    let call = next(lane, path).await;
+    assert_eq!((call.method.as_str(), call.path.as_str()), (method, path));
+    call
+}
+
+/// The pool's lease as another server left it, renewed `ago` seconds ago.
+fn lease_of(holder: &str, ago: i64) -> Value {
+    let renewed =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(ago);
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "fusion", "namespace": NS, "resourceVersion": "7"},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                 "acquireTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(renewed),
+                 "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(renewed),
+                 "leaseTransitions": 2},
+    })
+}
+
+#[tokio::test]
+async fn a_free_pool_lease_is_taken() {
+    let (client, mut api) = lease_mock();
+    let lease = super::lease::PoolLease::new(client, NS, "fusion", "me");
+    let taking = tokio::spawn(async move { lease.take().await });
+    expect_on(&mut api, "GET", &format!("{LEASES}/fusion"))
+        .await
+        .fail(
+            404,
+            "NotFound",
+            "leases.coordination.k8s.io \"fusion\" not found",
+        );
+    let create = expect_on(&mut api, "POST", LEASES).await;
+    assert_eq!(create.body["metadata"]["name"], "fusion");
+    assert_eq!(create.body["spec"]["holderIdentity"], "me");
+    assert_eq!(create.body["spec"]["leaseDurationSeconds"], 15);
+    assert!(create.body["spec"]["renewTime"].is_string());
+    let body = create.body.clone();
+    create.answer(201, body);
+    within(taking).await.unwrap().expect("taken");
+}
+
+#[tokio::test]
+async fn a_pool_lease_another_server_holds_refuses_the_start_naming_it() {
+    let (client, mut api) = lease_mock();
+    let lease = super::lease::PoolLease::new(client, NS, "fusion", "me");
+    let taking = tokio::spawn(async move { lease.take().await });
+    expect_on(&mut api, "GET", &format!("{LEASES}/fusion"))
+        .await
+        .answer(200, lease_of("fusion-0", 2));
+    let e = within(taking).await.unwrap().expect_err("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(
+            "another Fusion server (fusion-0) runs pool fusion in namespace fusion-functions"
+        ) && msg.contains("--kube-pool"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+    assert!(api.try_recv().is_err(), "the lease was written");
+}
+
+#[tokio::test]
+async fn an_expired_pool_lease_is_taken_over() {
+    let (client, mut api) = lease_mock();
+    let lease = super::lease::PoolLease::new(client, NS, "fusion", "me");
+    let taking = tokio::spawn(async move { lease.take().await });
+    expect_on(&mut api, "GET", &format!("{LEASES}/fusion"))
+        .await
+        .answer(200, lease_of("laptop/42", 60));
+    let update = expect_on(&mut api, "PUT", &format!("{LEASES}/fusion")).await;
+    // At the version read, so a server that wrote it meanwhile wins.
+    assert_eq!(update.body["metadata"]["resourceVersion"], "7");
+    assert_eq!(update.body["spec"]["holderIdentity"], "me");
+    assert_eq!(update.body["spec"]["leaseTransitions"], 3);
+    let body = update.body.clone();
+    update.answer(200, body);
+    within(taking).await.unwrap().expect("taken over");
+}
+
+#[tokio::test]
+async fn a_released_pool_lease_has_no_holder() {
+    let (client, mut api) = lease_mock();
+    let lease = super::lease::PoolLease::new(client, NS, "fusion", "me");
+    let releasing = tokio::spawn(async move { lease.release().await });
+    expect_on(&mut api, "GET", &format!("{LEASES}/fusion"))
+        .await
+        .answer(200, lease_of("me", 1));
+    let update = expect_on(&mut api, "PUT", &format!("{LEASES}/fusion")).await;
+    assert!(
+        update.body["spec"].get("holderIdentity").is_none(),
+        "{}",
+        update.body
+    );
+    let body = update.body.clone();
+    update.answer(200, body);
+    within(releasing).await.unwrap();
+}
+
+#[tokio::test]
+async fn at_shutdown_specialized_and_starting_pods_go_and_the_next_server_adopts_and_stages_the_generic_one(
+) {
+    // The fetcher's port is part of what a pod is: both servers share it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = config();
+    cfg.fetcher_port = listener.local_addr().unwrap().port();
+    let (backend, mut cluster, _) = setup(cfg.clone());
+    let watch = cluster.open_watch(vec![], "1").await;
+    let (generic_pod, generic, credential) =
+        started_pod_credential(&backend, &mut cluster, &watch, env("py"), 2).await;
+    let (special_pod, special) = started_pod(&backend, &mut cluster, &watch, env("py"), 4).await;
+    let _starting = start(&backend, env("py"));
+    let create = cluster.expect("POST", PODS).await;
+    let starting_pod = create.body.clone();
+    create.answer(
+        201,
+        with_status(&starting_pod, json!({"phase": "Pending"}), 6),
+    );
+    secret_of(&mut cluster, &starting_pod).await;
+    // Shutdown as the pool does it: the generic instance is parked, the
+    // specialized one stopped, then the backend's shutdown.
+    assert!(generic.park());
+    special.stop();
+    cluster
+        .expect("DELETE", &format!("{PODS}/{}", name_of(&special_pod)))
+        .await
+        .answer(200, with_status(&special_pod, ready("127.0.0.1"), 7));
+    assert_eq!(exit_of(&special).await, Exit::Stopped);
+    let shutting = {
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.shutdown().await })
+    };
+    cluster
+        .expect("DELETE", &format!("{PODS}/{}", name_of(&starting_pod)))
+        .await
+        .answer(
+            200,
+            with_status(&starting_pod, json!({"phase": "Pending"}), 8),
+        );
+    within(shutting).await.unwrap();
+    assert!(
+        cluster.api.try_recv().is_err(),
+        "the generic pod was deleted"
+    );
+    drop(backend);
+
+    // The next server, on the same cluster (the generic pod left running), with
+    // a loopback fetcher standing for that pod's: it fetches with the pod's old
+    // credential, checked by the new server.
+    let (backend, mut cluster, credentials) = setup(cfg);
+    let (seen_tx, mut seen) = mpsc::unbounded_channel::<bool>();
+    let checker = credentials.clone();
+    let old = credential.clone();
+    let fetcher = axum::Router::new().route(
+        "/fetch",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let sha = body["package"].as_str().unwrap_or_default().to_string();
+            let _ = seen_tx.send(checker.check(Some(&old), &sha).is_ok());
+            async move { axum::Json(json!({"filepath": format!("/userfunc/{sha}/hello.py")})) }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, fetcher).await });
+    let left = with_status(&generic_pod, ready("127.0.0.1"), 20);
+    let cleanup = {
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.cleanup_stale(&[env("py")]).await })
+    };
+    cluster.expect("GET", PODS).await.answer(
+        200,
+        json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "21"},
+               "items": [left.clone()]}),
+    );
+    within(cleanup).await.unwrap();
+    let _watch = cluster.open_watch(vec![left], "21").await;
+    let handle = within(start(&backend, env("py")))
+        .await
+        .unwrap()
+        .expect("adopted");
+    let package = PackageRef {
+        sha256: "c".repeat(64),
+        kind: PackageKind::File,
+        filename: Some("hello.py".into()),
+    };
+    let staging = tokio::spawn(handle.clone().stage(Staging {
+        package,
+        path: "/nonexistent".into(),
+        files: vec![],
+    }));
+    // The first request is the label PATCH of the adopted pod: no create.
+    let patch = cluster
+        .expect("PATCH", &format!("{PODS}/{}", name_of(&generic_pod)))
+        .await;
+    assert_eq!(
+        patch.body["metadata"]["labels"]["fusion.dev/state"],
+        "specialized"
+    );
+    patch.answer(200, with_status(&generic_pod, ready("127.0.0.1"), 22));
+    let path = within(staging).await.unwrap().expect("staged");
+    assert_eq!(path, format!("/userfunc/{}/hello.py", "c".repeat(64)));
+    assert!(
+        within(seen.recv()).await.unwrap(),
+        "the new server refused the adopted pod's credential"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_pod_whose_credential_secret_cannot_be_created_is_deleted() {
+    let (backend, mut cluster, _) = setup(config());
+    let _watch = cluster.open_watch(vec![], "1").await;
+    let starting = start(&backend, env("py"));
+    let create = cluster.expect("POST", PODS).await;
+    let pod = create.body.clone();
+    create.answer(201, with_status(&pod, json!({"phase": "Pending"}), 2));
+    cluster.expect("POST", SECRETS).await.fail(
+        403,
+        "Forbidden",
+        "secrets is forbidden: User \"system:serviceaccount:fusion:fusion\" cannot create resource \"secrets\"",
+    );
+    let e = within(starting).await.unwrap().err().expect("refused");
+    assert!(
+        e.to_string()
+            .contains("may not create secrets in namespace fusion-functions (403 Forbidden)"),
+        "{e}"
+    );
+    cluster
+        .expect("DELETE", &format!("{PODS}/{}", name_of(&pod)))
+        .await
+        .answer(200, with_status(&pod, json!({"phase": "Pending"}), 3));
+}
+
+#[tokio::test]
+async fn a_pod_whose_delete_kept_failing_is_deleted_later() {
+    let mut cfg = config();
+    cfg.sweep_grace = Duration::ZERO;
+    let (backend, mut cluster, _) = setup(cfg);
+    let watch = cluster.open_watch(vec![], "1").await;
+    let (pod, handle) = started_pod(&backend, &mut cluster, &watch, env("py"), 2).await;
+    let path = format!("{PODS}/{}", name_of(&pod));
+    handle.stop();
+    for _ in 0..super::DELETE_ATTEMPTS {
+        cluster.expect("DELETE", &path).await.fail(
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        );
+    }
+    assert_eq!(exit_of(&handle).await, Exit::Stopped);
+    // Even without a watch event about it, the pod is tried again.
+    cluster
+        .expect("DELETE", &path)
+        .await
+        .answer(200, with_status(&pod, ready("127.0.0.1"), 3));
+}
+
+#[tokio::test]
+async fn a_backend_whose_pool_lease_is_held_elsewhere_does_not_start_and_touches_no_pod() {
+    let (client, mut api) = lease_mock();
+    let mut cfg = config();
+    cfg.identity = "laptop/7".into();
+    let connecting = tokio::spawn(async move {
+        PodBackend::connect(client, cfg, Arc::new(Credentials::default()))
+            .await
+            .map(|_| ())
+    });
+    expect_on(&mut api, "GET", &format!("{LEASES}/fusion"))
+        .await
+        .answer(200, lease_of("fusion-0", 1));
+    let e = within(connecting).await.unwrap().expect_err("refused");
+    assert!(e.to_string().contains("(fusion-0)"), "{e}");
+    // No watch, no list, no delete: nothing of the other server's pool is touched.
+    assert!(api.try_recv().is_err(), "a request was sent");
 }

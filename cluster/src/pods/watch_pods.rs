@@ -76,6 +76,7 @@ fn observe(shared: &Arc<Shared>, pod: &Pod) {
         return;
     };
     let Some(state) = lock(&shared.pods).get(name).cloned() else {
+        shared.sweep(pod);
         return;
     };
     state.seen.store(true, Ordering::SeqCst);
@@ -107,6 +108,7 @@ fn deleted(shared: &Shared, pod: &Pod) {
     let Some(name) = &pod.metadata.name else {
         return;
     };
+    shared.unsweep(name);
     let Some(state) = lock(&shared.pods).get(name).cloned() else {
         return;
     };
