@@ -41,6 +41,8 @@ pub struct PoolLease {
     namespace: String,
     identity: String,
     duration: Duration,
+    /// Set once another server was found holding the lease while this one ran.
+    lost: std::sync::atomic::AtomicBool,
 }
 
 fn now() -> MicroTime {
@@ -66,7 +68,15 @@ impl PoolLease {
             namespace: namespace.to_string(),
             identity: identity.to_string(),
             duration: LEASE_DURATION,
+            lost: Default::default(),
         }
+    }
+
+    /// Whether another server took the lease while this one ran: this server
+    /// must then leave alone the pool's pods it does not know (they may be the
+    /// other server's).
+    pub fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn spec(&self, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
@@ -174,6 +184,7 @@ impl PoolLease {
                 self.name,
                 spec.holder_identity.unwrap_or_default()
             );
+            self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
             return false;
         }
         spec.renew_time = Some(now());

@@ -311,6 +311,10 @@ impl Shared {
 
     /// Deletes pod `name` after `sweep_grace` unless it is known or gone by then.
     fn sweep_later(self: &Arc<Self>, name: String) {
+        if self.lease_lost() {
+            tracing::warn!(pod = %name, "not deleting a pod of the pool this server does not know: another server holds the pool's lease now");
+            return;
+        }
         if self.closing.load(Ordering::SeqCst) || !lock(&self.sweeping).insert(name.clone()) {
             return;
         }
@@ -319,7 +323,8 @@ impl Shared {
             tokio::time::sleep(shared.cfg.sweep_grace).await;
             let still = lock(&shared.sweeping).remove(&name)
                 && !lock(&shared.pods).contains_key(&name)
-                && !shared.closing.load(Ordering::SeqCst);
+                && !shared.closing.load(Ordering::SeqCst)
+                && !shared.lease_lost();
             if still {
                 tracing::info!(pod = %name, "deleting a pod of the pool this server does not know");
                 if let Err(e) = shared.delete_retrying(&name).await {
@@ -328,6 +333,11 @@ impl Shared {
                 }
             }
         });
+    }
+
+    /// Whether another server took the pool's lease from this one.
+    fn lease_lost(&self) -> bool {
+        lock(&self.lease).as_ref().is_some_and(|(l, _)| l.lost())
     }
 
     /// A pod of the pool went: no sweep of it is needed.

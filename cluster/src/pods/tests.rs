@@ -1231,6 +1231,25 @@ async fn an_expired_pool_lease_is_taken_over() {
 }
 
 #[tokio::test]
+async fn a_pool_lease_taken_by_another_server_while_running_is_said_lost() {
+    let (client, mut api) = lease_mock();
+    let lease = Arc::new(super::lease::PoolLease::new(client, NS, "fusion", "me"));
+    let renewing = tokio::spawn({
+        let lease = lease.clone();
+        async move { lease.renew().await }
+    });
+    expect_on(&mut api, "GET", &format!("{LEASES}/fusion"))
+        .await
+        .answer(200, lease_of("fusion-0", 2));
+    assert!(
+        !within(renewing).await.unwrap(),
+        "renewed a lease held by another"
+    );
+    assert!(lease.lost());
+    assert!(api.try_recv().is_err(), "the lease was written");
+}
+
+#[tokio::test]
 async fn a_released_pool_lease_has_no_holder() {
     let (client, mut api) = lease_mock();
     let lease = super::lease::PoolLease::new(client, NS, "fusion", "me");
