@@ -169,7 +169,15 @@ impl PoolLease {
     pub async fn renew(&self) -> bool {
         let lease = match self.api.get_opt(&self.name).await {
             Ok(Some(lease)) => lease,
-            Ok(None) => return self.take().await.is_ok(),
+            // Deleted under this server: take it again. A failure (another
+            // server created it first, a 5xx) is seen by the next renewal's
+            // read, which says whose it is.
+            Ok(None) => {
+                if let Err(e) = self.take().await {
+                    tracing::warn!("cannot take the pool's lease {} again: {e}", self.name);
+                }
+                return true;
+            }
             Err(e) => {
                 tracing::warn!("cannot renew the pool's lease {}: {e}", self.name);
                 return true;
@@ -177,6 +185,13 @@ impl PoolLease {
         };
         let mut lease = lease;
         let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.is_none() {
+            // Released by hand: no other server holds it; take it again.
+            if let Err(e) = self.take().await {
+                tracing::warn!("cannot take the pool's lease {} again: {e}", self.name);
+            }
+            return true;
+        }
         if spec.holder_identity.as_deref() != Some(&self.identity) {
             tracing::error!(
                 "the pool's lease {}/{} is held by {} now: another Fusion server runs this pool",
@@ -200,7 +215,10 @@ impl PoolLease {
     }
 
     /// Renews the lease every third of its duration until `stop` is set.
-    pub fn keep(self: std::sync::Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
+    pub fn keep(
+        self: std::sync::Arc<Self>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
         let mut stop = stop;
         tokio::spawn(async move {
             loop {
@@ -212,7 +230,7 @@ impl PoolLease {
                     return;
                 }
             }
-        });
+        })
     }
 
     /// Gives the lease up (no holder), if this server still holds it.

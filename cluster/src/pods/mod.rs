@@ -137,8 +137,15 @@ struct Shared {
     closing: AtomicBool,
     /// Unknown pods waiting out `sweep_grace` before the watch deletes them.
     sweeping: Mutex<HashSet<String>>,
-    /// The pool's lease while this server holds it, and what stops renewing it.
-    lease: Mutex<Option<(Arc<lease::PoolLease>, watch::Sender<bool>)>>,
+    /// The pool's lease while this server holds it.
+    lease: Mutex<Option<HeldLease>>,
+}
+
+/// The pool's lease, what stops renewing it, and the renewing task.
+struct HeldLease {
+    lease: Arc<lease::PoolLease>,
+    stop: watch::Sender<bool>,
+    renewing: tokio::task::JoinHandle<()>,
 }
 
 /// One pod as the backend tracks it; the watch updates it.
@@ -242,11 +249,20 @@ impl PodBackend {
         ));
         held.take().await?;
         let (stop, stopped) = watch::channel(false);
-        held.clone().keep(stopped);
+        let renewing = held.clone().keep(stopped);
         let backend = PodBackend::new(client, cfg, credentials);
-        *lock(&backend.shared.lease) = Some((held, stop));
+        *lock(&backend.shared.lease) = Some(HeldLease {
+            lease: held,
+            stop,
+            renewing,
+        });
         Ok(backend)
     }
+}
+
+/// Whether trying again may succeed: not a refusal (a 4xx other than 409 and 429).
+fn may_pass(e: &kube::Error) -> bool {
+    !matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -276,11 +292,7 @@ impl Shared {
         loop {
             match self.delete(name).await {
                 Ok(()) => return Ok(()),
-                Err(kube::Error::Api(s))
-                    if (400..500).contains(&s.code) && s.code != 409 && s.code != 429 =>
-                {
-                    return Err(kube::Error::Api(s));
-                }
+                Err(e) if !may_pass(&e) => return Err(e),
                 Err(e) if attempt >= DELETE_ATTEMPTS => return Err(e),
                 Err(e) => {
                     tracing::debug!(pod = %name, attempt, "cannot delete pod, trying again in {wait:?}: {e}");
@@ -327,9 +339,16 @@ impl Shared {
                 && !shared.lease_lost();
             if still {
                 tracing::info!(pod = %name, "deleting a pod of the pool this server does not know");
-                if let Err(e) = shared.delete_retrying(&name).await {
-                    tracing::warn!(pod = %name, "cannot delete pod, trying again later: {e}");
-                    shared.sweep_later(name);
+                match shared.delete_retrying(&name).await {
+                    Ok(()) => {}
+                    Err(e) if may_pass(&e) => {
+                        tracing::warn!(pod = %name, "cannot delete pod, trying again later: {e}");
+                        shared.sweep_later(name);
+                    }
+                    Err(e) => tracing::warn!(
+                        "{}",
+                        cluster_error(&format!("delete pod {name}"), &shared.cfg.namespace, &e)
+                    ),
                 }
             }
         });
@@ -337,7 +356,7 @@ impl Shared {
 
     /// Whether another server took the pool's lease from this one.
     fn lease_lost(&self) -> bool {
-        lock(&self.lease).as_ref().is_some_and(|(l, _)| l.lost())
+        lock(&self.lease).as_ref().is_some_and(|h| h.lease.lost())
     }
 
     /// A pod of the pool went: no sweep of it is needed.
@@ -459,6 +478,12 @@ impl Backend for PodBackend {
     fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Handle>>> {
         Box::pin(async move {
             let shared = &self.shared;
+            if shared.lease_lost() {
+                return Err(Error::Unavailable(format!(
+                    "another Fusion server holds the lease of pool {} now: this server starts no more pods; restart it with another --kube-pool",
+                    shared.cfg.pool
+                )));
+            }
             let env = &req.env;
             let image = spec::image_of(env, &shared.cfg)
                 .ok_or_else(|| Error::Invalid(format!("environment {} has no image", env.name)))?;
@@ -547,9 +572,11 @@ impl Backend for PodBackend {
                 }
             }
             let held = lock(&self.shared.lease).take();
-            if let Some((held, stop)) = held {
-                stop.send_replace(true);
-                held.release().await;
+            if let Some(held) = held {
+                held.stop.send_replace(true);
+                // A renewal in flight finishes before the release reads the lease.
+                let _ = held.renewing.await;
+                held.lease.release().await;
             }
         })
     }
@@ -558,13 +585,30 @@ impl Backend for PodBackend {
 impl Shared {
     /// Lists the pool's pods: keeps generic ready pods of a current environment
     /// (up to its pool size) for `start` to adopt, deletes all the others.
-    async fn cleanup(&self, envs: &[Environment]) -> Result<()> {
+    async fn cleanup(self: &Arc<Self>, envs: &[Environment]) -> Result<()> {
         let cfg = &self.cfg;
-        let list = self
-            .api
-            .list(&ListParams::default().labels(&spec::pool_selector(&cfg.pool)))
-            .await
-            .map_err(|e| cluster_error("list pods", &cfg.namespace, &e))?;
+        let params = ListParams::default().labels(&spec::pool_selector(&cfg.pool));
+        // The watch's first report comes before cleanup is done and is not
+        // swept: the list must succeed, or an earlier server's pods would stay.
+        let mut wait = cfg.delete_backoff;
+        let mut attempt = 1;
+        let list = loop {
+            match self.api.list(&params).await {
+                Ok(list) => break list,
+                Err(e) if attempt >= DELETE_ATTEMPTS => {
+                    return Err(cluster_error("list pods", &cfg.namespace, &e));
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        attempt,
+                        "cannot list the pool's pods, trying again in {wait:?}: {e}"
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+            }
+        };
         let mut wanted: HashMap<String, usize> = HashMap::new();
         for env in envs {
             *wanted.entry(spec::env_digest(env, cfg)).or_default() += env.poolsize;
@@ -618,12 +662,13 @@ impl Shared {
                 None => {
                     tracing::info!(pod = %name, "deleting a pod an earlier server left");
                     // One that cannot be deleted now does not keep the others:
-                    // the watch's sweep tries it again.
-                    if let Err(e) = self.delete(&name).await {
+                    // the sweep tries it again later.
+                    if let Err(e) = self.delete_retrying(&name).await {
                         tracing::warn!(
                             "{}",
                             cluster_error(&format!("delete pod {name}"), &cfg.namespace, &e)
                         );
+                        self.sweep_later(name);
                     }
                 }
             }

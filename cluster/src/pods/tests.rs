@@ -1108,10 +1108,17 @@ async fn cleanup_carries_on_past_a_pod_it_cannot_delete() {
         json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "6"},
                "items": [stray("one"), stray("two")]}),
     );
+    // A failure that may pass is tried again; a refusal is not, and the
+    // others are still deleted.
     cluster.expect("DELETE", &format!("{PODS}/one")).await.fail(
         500,
         "InternalError",
         "etcdserver: leader changed",
+    );
+    cluster.expect("DELETE", &format!("{PODS}/one")).await.fail(
+        403,
+        "Forbidden",
+        "pods \"one\" is forbidden",
     );
     cluster
         .expect("DELETE", &format!("{PODS}/two"))
