@@ -113,7 +113,7 @@ async fn fetch(
         Ok(h) => h,
         Err(e) => return e.into_response(),
     };
-    let body = stream_body(CHUNK, DEPTH, move |out| {
+    let body = stream_body(CHUNK, DEPTH, IDLE, move |out| {
         if path.is_dir() {
             delivery::write_tar_dir(&path, out)
         } else {
@@ -145,21 +145,28 @@ async fn fetch(
 /// of memory, however large it is and however many pods fetch at once.
 const CHUNK: usize = 64 << 10;
 const DEPTH: usize = 4;
+/// How long the producer waits for a client that takes nothing (a frozen
+/// fetcher whose connection stays open) before it gives up and frees its thread.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A response body written by `produce` on a blocking thread, through a
 /// channel of at most `depth` chunks of `chunk` bytes: the producer waits
 /// while the client is slow, and stops when the client goes away. An error
-/// after the first bytes breaks the body off (the client sees a cut stream).
-fn stream_body<F>(chunk: usize, depth: usize, produce: F) -> Body
+/// after the first bytes breaks the body off (the client sees a cut stream);
+/// a client that takes nothing for `idle` is given up on.
+fn stream_body<F>(chunk: usize, depth: usize, idle: std::time::Duration, produce: F) -> Body
 where
     F: FnOnce(&mut ChannelWriter) -> pool_manager::Result<()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut out = ChannelWriter {
             tx,
             buf: bytes::BytesMut::with_capacity(chunk),
             chunk,
+            runtime,
+            idle,
         };
         let done = produce(&mut out).and_then(|()| {
             out.send()
@@ -181,6 +188,8 @@ struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
     buf: bytes::BytesMut,
     chunk: usize,
+    runtime: tokio::runtime::Handle,
+    idle: std::time::Duration,
 }
 
 impl ChannelWriter {
@@ -190,9 +199,20 @@ impl ChannelWriter {
         }
         let full = self.buf.split().freeze();
         self.buf.reserve(self.chunk);
-        self.tx.blocking_send(Ok(full)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the fetcher went away")
-        })
+        let sent = self
+            .runtime
+            .block_on(tokio::time::timeout(self.idle, self.tx.send(Ok(full))));
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the fetcher went away",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the fetcher took nothing for {:?}", self.idle),
+            )),
+        }
     }
 }
 
@@ -398,7 +418,7 @@ mod tests {
         let counter = produced.clone();
         let (chunk, depth) = (1024usize, 2usize);
         let total = 1u64 << 20;
-        let mut body = stream_body(chunk, depth, move |out| {
+        let mut body = stream_body(chunk, depth, IDLE, move |out| {
             use std::io::Write;
             let block = [7u8; 100];
             let mut sent = 0u64;
@@ -429,7 +449,7 @@ mod tests {
     #[tokio::test]
     async fn a_producer_that_fails_breaks_the_body_off() {
         use http_body_util::BodyExt;
-        let body = stream_body(16, 1, |out| {
+        let body = stream_body(16, 1, IDLE, |out| {
             use std::io::Write;
             out.write_all(&[1u8; 100])
                 .map_err(|e| Error::Storage(e.to_string()))?;
@@ -448,5 +468,23 @@ mod tests {
         assert_eq!(credential(&h), Some("abc"));
         h.insert("authorization", HeaderValue::from_static("Basic abc"));
         assert_eq!(credential(&h), None);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_takes_nothing_is_given_up_on() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let body = stream_body(16, 1, std::time::Duration::from_millis(50), move |out| {
+            use std::io::Write;
+            let written = out.write_all(&[1u8; 1000]);
+            let _ = done_tx.send(written.map_err(|e| e.kind()));
+            Ok(())
+        });
+        // The body is held but never read: the producer gives up on its own.
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), done_rx)
+            .await
+            .expect("the producer gave up")
+            .unwrap();
+        assert_eq!(ended, Err(std::io::ErrorKind::TimedOut));
+        drop(body);
     }
 }
