@@ -150,13 +150,13 @@ impl Watch {
 const NS: &str = "fusion-functions";
 const PODS: &str = "/api/v1/namespaces/fusion-functions/pods";
 
-/// A backend on the mock, and the mock's lanes.
-fn setup(cfg: PodConfig) -> (Arc<PodBackend>, Cluster, Arc<Credentials>) {
+/// A mock API server: a client of it, and a task that reads each request and
+/// hands it, to be answered, to the lane `route` picks (none: the mock stops).
+fn mock_api(
+    route: impl Fn(&Call) -> Option<mpsc::UnboundedSender<Call>> + Send + 'static,
+) -> kube::Client {
     let (service, mut handle) =
         tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
-    let (api_tx, api) = mpsc::unbounded_channel();
-    let (watch_tx, watch) = mpsc::unbounded_channel();
-    let (logs_tx, logs) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some((req, respond)) = handle.next_request().await {
             let (parts, body) = req.into_parts();
@@ -172,21 +172,31 @@ fn setup(cfg: PodConfig) -> (Arc<PodBackend>, Cluster, Arc<Credentials>) {
                 body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
                 respond,
             };
-            let watching = call.method == "GET"
-                && (call.query.contains("watch=true") || call.query.contains("limit="));
-            let lane = if call.path.ends_with("/log") {
-                &logs_tx
-            } else if watching {
-                &watch_tx
-            } else {
-                &api_tx
-            };
+            let Some(lane) = route(&call) else { return };
             if lane.send(call).is_err() {
                 return;
             }
         }
     });
-    let client = kube::Client::new(service, "default");
+    kube::Client::new(service, "default")
+}
+
+/// A backend on the mock, and the mock's lanes.
+fn setup(cfg: PodConfig) -> (Arc<PodBackend>, Cluster, Arc<Credentials>) {
+    let (api_tx, api) = mpsc::unbounded_channel();
+    let (watch_tx, watch) = mpsc::unbounded_channel();
+    let (logs_tx, logs) = mpsc::unbounded_channel();
+    let client = mock_api(move |call| {
+        let watching = call.method == "GET"
+            && (call.query.contains("watch=true") || call.query.contains("limit="));
+        Some(if call.path.ends_with("/log") {
+            logs_tx.clone()
+        } else if watching {
+            watch_tx.clone()
+        } else {
+            api_tx.clone()
+        })
+    });
     let credentials = Arc::new(Credentials::default());
     let backend = PodBackend::new(client, cfg, credentials.clone());
     (Arc::new(backend), Cluster { api, watch, logs }, credentials)
@@ -1129,30 +1139,8 @@ async fn cleanup_carries_on_past_a_pod_it_cannot_delete() {
 
 /// A mock API server for the lease alone: its one lane of requests.
 fn lease_mock() -> (kube::Client, mpsc::UnboundedReceiver<Call>) {
-    let (service, mut handle) =
-        tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some((req, respond)) = handle.next_request().await {
-            let (parts, body) = req.into_parts();
-            let bytes = body
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let call = Call {
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_string(),
-                query: parts.uri.query().unwrap_or_default().to_string(),
-                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                respond,
-            };
-            if tx.send(call).is_err() {
-                return;
-            }
-        }
-    });
-    (kube::Client::new(service, "default"), rx)
+    (mock_api(move |_| Some(tx.clone())), rx)
 }
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/fusion-functions/leases";
