@@ -10,6 +10,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use pool_manager::PoolManager;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -200,6 +202,30 @@ fn setup(cfg: PodConfig) -> (Arc<PodBackend>, Cluster, Arc<Credentials>) {
     let credentials = Arc::new(Credentials::default());
     let backend = PodBackend::new(client, cfg, credentials.clone());
     (Arc::new(backend), Cluster { api, watch, logs }, credentials)
+}
+
+/// A pool manager on `backend`, starting (it lists the pool's pods first, so
+/// the test answers the mock while it starts), and its data directory.
+fn start_pool(
+    backend: Arc<PodBackend>,
+) -> (
+    tokio::task::JoinHandle<pool_manager::Result<PoolManager>>,
+    tempfile::TempDir,
+) {
+    let data = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let pool_cfg = pool_manager::PoolConfig {
+        data_dir: data.path().to_path_buf(),
+        backend,
+        specialize_timeout: Duration::from_secs(10),
+        lease_wait: Duration::from_secs(10),
+        body_limit: 1 << 20,
+        packages: Default::default(),
+        reap_interval: Duration::from_secs(3600),
+        build_timeout: Duration::from_secs(60),
+    };
+    let starting = tokio::spawn(async move { PoolManager::start(&db, pool_cfg).await });
+    (starting, data)
 }
 
 fn config() -> PodConfig {
@@ -796,26 +822,13 @@ async fn loopback_fetcher() -> (u16, tokio::task::JoinHandle<()>) {
 
 #[tokio::test]
 async fn the_pool_specializes_a_pod_and_a_request_whose_pod_is_deleted_answers_502() {
-    use pool_manager::{PoolConfig, PoolManager};
     let (runtime_port, mut runtime, runtime_server) = loopback_runtime().await;
     let (fetcher_port, fetcher_server) = loopback_fetcher().await;
     let mut cfg = config();
     cfg.runtime_port = runtime_port;
     cfg.fetcher_port = fetcher_port;
     let (backend, mut cluster, _) = setup(cfg);
-    let data = tempfile::tempdir().unwrap();
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    let pool_cfg = PoolConfig {
-        data_dir: data.path().to_path_buf(),
-        backend,
-        specialize_timeout: Duration::from_secs(10),
-        lease_wait: Duration::from_secs(10),
-        body_limit: 1 << 20,
-        packages: Default::default(),
-        reap_interval: Duration::from_secs(3600),
-        build_timeout: Duration::from_secs(60),
-    };
-    let starting = tokio::spawn(async move { PoolManager::start(&db, pool_cfg).await });
+    let (starting, _data) = start_pool(backend);
     // The server's start tidies what an earlier one left: nothing here.
     cluster
         .expect("GET", PODS)
@@ -916,21 +929,8 @@ async fn what_the_runtime_writes_goes_to_the_instance_log() {
 
 #[tokio::test]
 async fn an_evicted_generic_pod_is_deleted_and_the_pool_gets_a_new_one() {
-    use pool_manager::{PoolConfig, PoolManager};
     let (backend, mut cluster, _) = setup(config());
-    let data = tempfile::tempdir().unwrap();
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    let pool_cfg = PoolConfig {
-        data_dir: data.path().to_path_buf(),
-        backend,
-        specialize_timeout: Duration::from_secs(10),
-        lease_wait: Duration::from_secs(10),
-        body_limit: 1 << 20,
-        packages: Default::default(),
-        reap_interval: Duration::from_secs(3600),
-        build_timeout: Duration::from_secs(60),
-    };
-    let starting = tokio::spawn(async move { PoolManager::start(&db, pool_cfg).await });
+    let (starting, _data) = start_pool(backend);
     cluster.expect("GET", PODS).await.answer(
         200,
         json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}),
