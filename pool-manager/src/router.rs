@@ -229,9 +229,7 @@ async fn instance_failed(lease: &Lease, e: &ClientError) -> Error {
         .await
         .ok();
     if exit == Some(Exit::OutOfMemory) {
-        return Error::OutOfMemory(format!(
-            "the instance serving function {function:?} was killed for using more memory than its environment allows"
-        ));
+        return out_of_memory(function);
     }
     let reason = match std::error::Error::source(e) {
         Some(s) => s.to_string(),
@@ -246,12 +244,17 @@ async fn instance_failed(lease: &Lease, e: &ClientError) -> Error {
 fn instance_ended(lease: &Lease, exit: &Exit) -> Error {
     let function = &lease.function.key();
     if *exit == Exit::OutOfMemory {
-        return Error::OutOfMemory(format!(
-            "the instance serving function {function:?} was killed for using more memory than its environment allows"
-        ));
+        return out_of_memory(function);
     }
     Error::Upstream(format!(
         "the instance serving function {function:?} {exit} while handling the request"
+    ))
+}
+
+/// The error for a request whose instance was killed for its memory.
+fn out_of_memory(function: &str) -> Error {
+    Error::OutOfMemory(format!(
+        "the instance serving function {function:?} was killed for using more memory than its environment allows"
     ))
 }
 
