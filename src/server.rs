@@ -378,6 +378,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
 
     let engine = engine::Engine::open(
         db.clone(),
+        &data_dir.join("journal"),
         Arc::new(executor::PoolInvoker::new(pool.clone())),
         engine::EngineConfig {
             retention: args

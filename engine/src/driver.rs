@@ -428,14 +428,16 @@ async fn bounded(
 }
 
 impl Engine {
-    /// Opens the engine on a sled database: starts the flusher, continues every
+    /// Opens the engine on a sled database and the store's journal in
+    /// `journal_dir` (see `store`): starts the flusher, continues every
     /// unfinished run, and prunes old runs when `retention` is set.
     pub async fn open(
         db: sled::Db,
+        journal_dir: &std::path::Path,
         invoker: SharedInvoker,
         config: EngineConfig,
     ) -> Result<Arc<Engine>, EngineError> {
-        let store = SledStore::open(&db)?;
+        let store = SledStore::open(&db, journal_dir)?;
         let clock = config
             .clock
             .clone()
@@ -849,7 +851,9 @@ impl Engine {
         for (_, mut done) in handles {
             while done.changed().await.is_ok() {}
         }
-        let _ = self.store.flush().await;
+        if let Err(e) = self.store.close().await {
+            tracing::error!(error = %e, "closing the store at shutdown failed");
+        }
     }
 
     fn spawn_run(

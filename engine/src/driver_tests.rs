@@ -101,9 +101,16 @@ impl Invoker for Shared {
     }
 }
 
-async fn engine_with(fake: &Arc<FakeInvoker>, db: &sled::Db) -> Arc<Engine> {
+/// The engine's storage in a test: sled and the store's journal.
+struct Storage {
+    db: sled::Db,
+    journal: std::path::PathBuf,
+}
+
+async fn engine_with(fake: &Arc<FakeInvoker>, db: &Storage) -> Arc<Engine> {
     Engine::open(
-        db.clone(),
+        db.db.clone(),
+        &db.journal,
         Arc::new(Shared(fake.clone())),
         EngineConfig::default(),
     )
@@ -111,9 +118,15 @@ async fn engine_with(fake: &Arc<FakeInvoker>, db: &sled::Db) -> Arc<Engine> {
     .unwrap()
 }
 
-fn setup() -> (tempfile::TempDir, sled::Db, Arc<FakeInvoker>) {
+fn setup() -> (tempfile::TempDir, Storage, Arc<FakeInvoker>) {
     let dir = tempfile::tempdir().unwrap();
-    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let db = Storage {
+        db: sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap(),
+        journal: dir.path().join("journal"),
+    };
     let fake = Arc::new(FakeInvoker::default());
     fake.add("echo", None, |c, _| {
         text(200, &String::from_utf8_lossy(&c.body))
@@ -670,14 +683,14 @@ async fn recovery_repairs_the_summary_of_a_run_that_ended_before_the_crash() {
     e.shutdown().await;
     drop(e);
     // Put the summary and index back as they were before the terminal event.
-    let runs = db.open_tree("runs").unwrap();
+    let runs = db.db.open_tree("runs").unwrap();
     let mut stale = s.clone();
     stale.status = RunStatus::Running;
     stale.output = None;
     stale.finished_at = None;
     runs.insert(s.id.as_bytes(), serde_json::to_vec(&stale).unwrap())
         .unwrap();
-    let by_status = db.open_tree("runs_by_status").unwrap();
+    let by_status = db.db.open_tree("runs_by_status").unwrap();
     let key = |st: &str| {
         let mut k = st.as_bytes().to_vec();
         k.push(0);
@@ -782,7 +795,8 @@ impl crate::driver::HttpTransport for NeverAnswers {
 async fn the_task_timeout_bounds_the_http_builtin() {
     let (_dir, db, fake) = setup();
     let engine = Engine::open(
-        db.clone(),
+        db.db.clone(),
+        &db.journal,
         Arc::new(Shared(fake.clone())),
         EngineConfig {
             http: Some(Arc::new(NeverAnswers)),
@@ -961,7 +975,8 @@ async fn a_callback_hands_its_url_to_the_notify_function() {
     let (_d, db, fake) = setup();
     fake.add("tell", None, |_, _| text(202, "noted"));
     let e = Engine::open(
-        db.clone(),
+        db.db.clone(),
+        &db.journal,
         Arc::new(Shared(fake.clone())),
         EngineConfig {
             callback_base: Some("http://api.test:1".into()),

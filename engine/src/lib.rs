@@ -8,6 +8,7 @@ pub mod document;
 pub mod driver;
 pub mod expr;
 mod fastexpr;
+mod journal;
 pub mod metrics;
 mod retention;
 pub mod retry;

@@ -1,10 +1,13 @@
 //! Durable storage of workflows (versioned) and runs (events, summaries and the
 //! indexes that list runs newest-first by time, workflow and status), in sled.
-//! Appends are made durable by one flusher thread: one flush serves every
-//! appender waiting at the time (group commit).
+//! Writes are made durable by the store's journal (see `journal`), synced by
+//! one flusher thread: one sync serves every writer waiting at the time
+//! (group commit).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Duration;
@@ -13,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::journal::{Ask, Change, Changes, Journal};
 use crate::spec::WorkflowSpec;
 use crate::state::{Event, Millis, RunError, RunStatus};
 
@@ -28,6 +32,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("flush failed: {0}")]
     Flush(String),
+    #[error("the store's journal: {0}")]
+    Journal(#[from] std::io::Error),
     #[error("invalid cursor")]
     Cursor,
 }
@@ -127,13 +133,83 @@ pub trait RunStore: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<Result<()>>;
 }
 
-type Waiter = oneshot::Sender<std::result::Result<(), String>>;
-
 /// How long a run may hold events that only start calls (its start, its
 /// dispatches) before writing them: a run that ends sooner is written once,
 /// with its end (see the driver). A crash before they are flushed repeats
 /// those calls, with the same idempotency keys.
 pub const LAZY_FLUSH_DELAY: Duration = Duration::from_millis(20);
+
+/// The store's trees, numbered as its journal names them.
+#[derive(Clone, Copy)]
+enum T {
+    Workflows,
+    WfVersions,
+    Runs,
+    RunEvents,
+    ByTime,
+    ByWorkflow,
+    ByStatus,
+    Specs,
+}
+
+/// sled's names for the trees, in `T`'s order.
+const TREE_NAMES: [&str; 8] = [
+    "wf_latest",
+    "wf_versions",
+    "runs",
+    "run_events",
+    "runs_by_time",
+    "runs_by_workflow",
+    "runs_by_status",
+    "run_specs",
+];
+
+/// A tree inside a sled transaction whose changes are also recorded for the
+/// journal.
+struct Recorded<'a> {
+    tree: &'a sled::transaction::TransactionalTree,
+    id: T,
+    changes: &'a RefCell<Changes>,
+}
+
+type TxResult<R> =
+    std::result::Result<R, sled::transaction::ConflictableTransactionError<StoreError>>;
+
+impl Recorded<'_> {
+    fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> TxResult<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.changes.borrow_mut().insert(self.id as u8, key, value);
+        self.tree.insert(key, value)?;
+        Ok(())
+    }
+
+    fn remove(&self, key: impl AsRef<[u8]>) -> TxResult<()> {
+        self.changes
+            .borrow_mut()
+            .remove(self.id as u8, key.as_ref());
+        self.tree.remove(key.as_ref())?;
+        Ok(())
+    }
+
+    fn get(&self, key: impl AsRef<[u8]>) -> TxResult<Option<sled::IVec>> {
+        Ok(self.tree.get(key.as_ref())?)
+    }
+}
+
+fn rec<'a>(
+    tree: &'a sled::transaction::TransactionalTree,
+    id: T,
+    changes: &'a RefCell<Changes>,
+) -> Recorded<'a> {
+    Recorded { tree, id, changes }
+}
+
+fn from_tx(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
 
 /// The sled implementation.
 pub struct SledStore {
@@ -149,7 +225,11 @@ pub struct SledStore {
     specs: sled::Tree,
     /// Hashes known to be in `specs` (written once per spec).
     known_specs: std::sync::Mutex<std::collections::HashSet<String>>,
-    flush_tx: std_mpsc::Sender<Waiter>,
+    journal: Arc<Journal>,
+    flush_tx: std_mpsc::Sender<Ask>,
+    /// The flusher thread, joined when the store is dropped (after its last
+    /// checkpoint, so the next open of the same directory finds it done).
+    flusher: Option<std::thread::JoinHandle<()>>,
     flushes: prometheus_client::metrics::counter::Counter,
 }
 
@@ -181,7 +261,6 @@ impl SledStore {
     /// Removes a run: its summary and its index entries at once (no crash
     /// leaves a run that lists but cannot be read), then its events.
     fn delete_run(&self, s: &RunSummary) -> Result<()> {
-        use sled::transaction::TransactionError;
         use sled::Transactional;
         let id = &s.id;
         let trees = (
@@ -190,66 +269,133 @@ impl SledStore {
             &self.by_workflow,
             &self.by_status,
         );
+        let mut held = self.journal.hold();
+        let changes = RefCell::new(Changes::default());
         trees
             .transaction(|(runs, by_time, by_workflow, by_status)| {
-                by_workflow.remove(index_key(&scoped(&s.workflow), s.created_at, id))?;
-                by_status.remove(self.index_status(s.status, s.created_at, id))?;
-                by_time.remove(index_key(&[], s.created_at, id))?;
-                runs.remove(id.as_bytes())?;
-                Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+                changes.borrow_mut().clear();
+                let c = &changes;
+                rec(by_workflow, T::ByWorkflow, c).remove(index_key(
+                    &scoped(&s.workflow),
+                    s.created_at,
+                    id,
+                ))?;
+                rec(by_status, T::ByStatus, c).remove(self.index_status(
+                    s.status,
+                    s.created_at,
+                    id,
+                ))?;
+                rec(by_time, T::ByTime, c).remove(index_key(&[], s.created_at, id))?;
+                rec(runs, T::Runs, c).remove(id.as_bytes())?;
+                Ok(())
             })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => StoreError::Sled(e),
-            })?;
-        for e in self.run_events.scan_prefix(scoped(id)) {
-            self.run_events.remove(e?.0)?;
-        }
-        Ok(())
+            .map_err(from_tx)?;
+        held.record(&changes.into_inner());
+        drop(held);
+        let keys: Vec<sled::IVec> = self
+            .run_events
+            .scan_prefix(scoped(id))
+            .keys()
+            .collect::<sled::Result<_>>()?;
+        self.write(|c| {
+            for k in keys {
+                self.run_events.remove(&k)?;
+                c.remove(T::RunEvents as u8, &k);
+            }
+            Ok(())
+        })
     }
-    /// Opens the engine's trees and starts the flusher thread.
-    pub fn open(db: &sled::Db) -> Result<Arc<Self>> {
-        let (flush_tx, rx) = std_mpsc::channel::<Waiter>();
+
+    /// Makes plain (not transactional) writes to sled, which `f` records in
+    /// the journal as it makes them, in their order among all the store's
+    /// writes.
+    fn write<R>(&self, f: impl FnOnce(&mut Changes) -> Result<R>) -> Result<R> {
+        let mut held = self.journal.hold();
+        let mut changes = Changes::default();
+        let r = f(&mut changes);
+        held.record(&changes);
+        r
+    }
+
+    /// Opens the engine's trees, replays what the journal in `journal_dir`
+    /// holds from before a crash, and starts the flusher thread.
+    pub fn open(db: &sled::Db, journal_dir: &Path) -> Result<Arc<Self>> {
+        Self::open_with(db, journal_dir, crate::journal::CHECKPOINT_EVERY)
+    }
+
+    /// `open`, checkpointing every `checkpoint_every` while writes come in.
+    fn open_with(
+        db: &sled::Db,
+        journal_dir: &Path,
+        checkpoint_every: Duration,
+    ) -> Result<Arc<Self>> {
+        let trees = TREE_NAMES
+            .iter()
+            .map(|name| db.open_tree(name))
+            .collect::<sled::Result<Vec<_>>>()?;
+        let journal = Journal::open(journal_dir, db, |change| {
+            let tree = |id: u8| {
+                trees.get(id as usize).ok_or_else(|| {
+                    sled::Error::Unsupported(format!("the journal names an unknown tree {id}"))
+                })
+            };
+            match change {
+                Change::Insert(id, key, value) => tree(*id)?.insert(*key, *value).map(|_| ()),
+                Change::Remove(id, key) => tree(*id)?.remove(*key).map(|_| ()),
+            }
+        })?;
+        let journal = Arc::new(journal);
+        let t = |id: T| trees[id as usize].clone();
+        let (flush_tx, rx) = std_mpsc::channel::<Ask>();
         let flushes = prometheus_client::metrics::counter::Counter::default();
-        let store = Arc::new(SledStore {
-            workflows: db.open_tree("wf_latest")?,
-            wf_versions: db.open_tree("wf_versions")?,
-            runs: db.open_tree("runs")?,
-            run_events: db.open_tree("run_events")?,
-            by_time: db.open_tree("runs_by_time")?,
-            by_workflow: db.open_tree("runs_by_workflow")?,
-            by_status: db.open_tree("runs_by_status")?,
-            specs: db.open_tree("run_specs")?,
+        let flusher = {
+            let (journal, db, flushes) = (journal.clone(), db.clone(), flushes.clone());
+            std::thread::Builder::new()
+                .name("fusion-flusher".into())
+                .spawn(move || {
+                    crate::journal::run_flusher(journal, db, rx, flushes, checkpoint_every)
+                })
+                .map_err(|e| StoreError::Flush(format!("cannot start the flusher: {e}")))?
+        };
+        Ok(Arc::new(SledStore {
+            workflows: t(T::Workflows),
+            wf_versions: t(T::WfVersions),
+            runs: t(T::Runs),
+            run_events: t(T::RunEvents),
+            by_time: t(T::ByTime),
+            by_workflow: t(T::ByWorkflow),
+            by_status: t(T::ByStatus),
+            specs: t(T::Specs),
             known_specs: Default::default(),
+            journal,
             flush_tx,
-            flushes: flushes.clone(),
-        });
-        let db = db.clone();
-        // One long-lived thread does every flush, a batch at a time: sled's
-        // flush_async hands each flush to a pool that starts and ends threads.
-        std::thread::Builder::new()
-            .name("fusion-flusher".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while let Ok(w) = rx.try_recv() {
-                        batch.push(w);
-                    }
-                    let r = db.flush().map(|_| ()).map_err(|e| e.to_string());
-                    flushes.inc();
-                    for w in batch {
-                        let _ = w.send(r.clone());
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Flush(format!("cannot start the flusher: {e}")))?;
-        Ok(store)
+            flusher: Some(flusher),
+            flushes,
+        }))
     }
 
     /// Asks for a flush now without waiting for it: the next group commit.
     pub fn flush_soon(&self) {
         let (tx, _) = oneshot::channel();
-        let _ = self.flush_tx.send(tx);
+        let _ = self.flush_tx.send(Ask::Sync(tx));
+    }
+
+    /// Makes everything written so far durable in sled, empties the journal
+    /// and stops the flusher: later flushes fail, and the journal's directory
+    /// is left to the next store opened on it.
+    pub fn close(&self) -> BoxFuture<Result<()>> {
+        self.ask(Ask::Close)
+    }
+
+    fn ask(&self, ask: fn(crate::journal::Waiter) -> Ask) -> BoxFuture<Result<()>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.flush_tx.send(ask(tx));
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Flush("flusher stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Flush("flusher stopped".into()))?
+                .map_err(StoreError::Flush)
+        })
     }
 
     /// How many flushes ran (to check grouping).
@@ -267,21 +413,28 @@ impl SledStore {
     }
 
     /// Writes a run's encoded events and brings its summary and indexes up to
-    /// date in one sled transaction: a crash never leaves events on disk whose
-    /// summary or status index says otherwise, and a reader never sees a run
-    /// between two status index entries. The summary is folded over the
-    /// batch in memory and written once, so a run written in one batch (start
-    /// to end) costs one write per tree.
-    fn transaction(
+    /// date. Plain writes, not a sled transaction: sled 0.34 seals its write
+    /// buffer at every transaction and hands it to its I/O threads, which cost
+    /// more CPU than the rest of a run. What a transaction gave is kept
+    /// otherwise:
+    /// - after a crash, the journal replays the whole write or none of it (one
+    ///   record); what sled alone may hold of a write the journal lacks was
+    ///   never acknowledged, and the order below leaves the engine's recovery
+    ///   a state it repairs (events before the summary; a summary that says
+    ///   finished with a status index that says running is repaired at start);
+    /// - a reader meets a run's summary before its index entries, and
+    ///   listings by status check the summary, so a run never lists under a
+    ///   status it does not have.
+    ///
+    /// The summary is folded over the batch in memory and written once, so a
+    /// run written in one batch (start to end) costs one write per tree.
+    fn write_run(
         &self,
         run_id: &str,
         encoded: Option<(Vec<u8>, Vec<u8>)>,
         new_spec: Option<NewSpec>,
         events: &[Event],
     ) -> Result<()> {
-        use sled::transaction::TransactionalTree as T;
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        use sled::Transactional;
         let changes_summary = events.iter().any(|e| {
             matches!(
                 e,
@@ -291,17 +444,17 @@ impl SledStore {
                     | Event::RunCancelled { .. }
             )
         });
-        let trees = (
-            &self.run_events,
-            &self.runs,
-            &self.by_time,
-            &self.by_workflow,
-            &self.by_status,
-        );
-        let body = |run_events: &T, runs: &T, by_time: &T, by_workflow: &T, by_status: &T| {
-            let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
+        let put = |c: &mut Changes, t: T, tree: &sled::Tree, k: &[u8], v: &[u8]| {
+            c.insert(t as u8, k, v);
+            tree.insert(k, v).map(|_| ())
+        };
+        self.write(|c| {
+            // A spec not stored yet goes in before the first event that names it.
+            if let Some((hash, spec)) = &new_spec {
+                put(c, T::Specs, &self.specs, hash.as_bytes(), spec)?;
+            }
             if let Some((k, v)) = &encoded {
-                run_events.insert(k.as_slice(), v.as_slice())?;
+                put(c, T::RunEvents, &self.run_events, k, v)?;
             }
             if !changes_summary {
                 return Ok(());
@@ -309,6 +462,7 @@ impl SledStore {
             // The summary as stored before this batch, if any, and as it is after.
             let mut stored: Option<RunSummary> = None;
             let mut summary: Option<RunSummary> = None;
+            let mut indexes = Vec::new();
             for e in events {
                 match e {
                     Event::RunStarted {
@@ -320,8 +474,8 @@ impl SledStore {
                         retry_of,
                         ..
                     } => {
-                        by_time.insert(index_key(&[], *at, run_id), &[])?;
-                        by_workflow.insert(index_key(&scoped(workflow), *at, run_id), &[])?;
+                        indexes.push((T::ByTime, index_key(&[], *at, run_id)));
+                        indexes.push((T::ByWorkflow, index_key(&scoped(workflow), *at, run_id)));
                         summary = Some(RunSummary {
                             id: run_id.clone(),
                             workflow: workflow.clone(),
@@ -342,10 +496,10 @@ impl SledStore {
                         let s = match summary.take() {
                             Some(s) => s,
                             None => {
-                                let Some(old) = runs.get(run_id)? else {
+                                let Some(old) = self.runs.get(run_id)? else {
                                     continue;
                                 };
-                                let s = read_summary(&old).map_err(abort)?;
+                                let s = read_summary(&old)?;
                                 stored = Some(s.clone());
                                 s
                             }
@@ -359,37 +513,31 @@ impl SledStore {
                 return Ok(());
             };
             summary.id = run_id.to_string();
+            let bytes = write_summary(&summary)?;
+            put(c, T::Runs, &self.runs, run_id.as_bytes(), &bytes)?;
+            let status = self.index_status(summary.status, summary.created_at, run_id);
+            indexes.push((T::ByStatus, status.clone()));
+            for (t, key) in &indexes {
+                let tree = match t {
+                    T::ByTime => &self.by_time,
+                    T::ByWorkflow => &self.by_workflow,
+                    _ => &self.by_status,
+                };
+                put(c, *t, tree, key, &[])?;
+            }
             if let Some(old) = &stored {
-                by_status.remove(self.index_status(old.status, old.created_at, run_id))?;
+                let old = self.index_status(old.status, old.created_at, run_id);
+                if old != status {
+                    self.by_status.remove(&old)?;
+                    c.remove(T::ByStatus as u8, &old);
+                }
             }
-            by_status.insert(
-                self.index_status(summary.status, summary.created_at, run_id),
-                &[],
-            )?;
-            let bytes = write_summary(&summary).map_err(abort)?;
-            runs.insert(run_id.as_bytes(), bytes)?;
             Ok(())
-        };
-        // A spec not stored yet goes in with the first event that names it.
-        let r = match &new_spec {
-            None => trees.transaction(|(a, b, c, d, e)| body(a, b, c, d, e)),
-            Some((hash, spec)) => {
-                let (a, b, c, d, e) = trees;
-                (a, b, c, d, e, &self.specs).transaction(|(a, b, c, d, e, specs)| {
-                    specs.insert(hash.as_bytes(), spec.as_slice())?;
-                    body(a, b, c, d, e)
-                })
-            }
-        };
-        if r.is_ok() {
-            if let (Some((hash, _)), Ok(mut known)) = (new_spec, self.known_specs.lock()) {
-                known.insert(hash);
-            }
+        })?;
+        if let (Some((hash, _)), Ok(mut known)) = (new_spec, self.known_specs.lock()) {
+            known.insert(hash);
         }
-        r.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        })
+        Ok(())
     }
 
     /// Brings a run's summary and status index in line with the terminal event
@@ -397,9 +545,19 @@ impl SledStore {
     pub fn repair_finished(&self, run_id: &str, terminal: &Event) -> Result<()> {
         match self.run(run_id)? {
             Some(s) if s.status == RunStatus::Running => {
-                self.transaction(run_id, None, None, std::slice::from_ref(terminal))
+                self.write_run(run_id, None, None, std::slice::from_ref(terminal))
             }
             _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Ends the flusher, after a last checkpoint (unless `close` did).
+        let _ = self.flush_tx.send(Ask::Close(oneshot::channel().0));
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
         }
     }
 }
@@ -545,11 +703,16 @@ impl RunStore for SledStore {
         create: bool,
         now: Millis,
     ) -> Result<WorkflowVersion> {
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::transaction::ConflictableTransactionError;
         use sled::Transactional;
         // One transaction: two writers of the same workflow never both take
         // the same version number, and a create never overwrites another's.
+        let mut held = self.journal.hold();
+        let changes = RefCell::new(Changes::default());
         let r = (&self.workflows, &self.wf_versions).transaction(|(workflows, versions)| {
+            changes.borrow_mut().clear();
+            let workflows = rec(workflows, T::Workflows, &changes);
+            let versions = rec(versions, T::WfVersions, &changes);
             let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
             let latest = workflows
                 .get(name.as_bytes())?
@@ -574,13 +737,13 @@ impl RunStore for SledStore {
             key.extend_from_slice(&version.to_be_bytes());
             let bytes = serde_json::to_vec(&wv).map_err(|e| abort(StoreError::Json(e)))?;
             versions.insert(key, bytes)?;
-            workflows.insert(name.as_bytes(), &version.to_be_bytes())?;
+            workflows.insert(name.as_bytes(), version.to_be_bytes())?;
             Ok(wv)
         });
-        r.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        })
+        if r.is_ok() {
+            held.record(&changes.into_inner());
+        }
+        r.map_err(from_tx)
     }
 
     fn workflow(&self, name: &str, version: Option<u32>) -> Result<Option<WorkflowVersion>> {
@@ -619,11 +782,16 @@ impl RunStore for SledStore {
     }
 
     fn delete_workflow(&self, name: &str) -> Result<bool> {
-        let existed = self.workflows.remove(name.as_bytes())?.is_some();
-        for kv in self.wf_versions.scan_prefix(scoped(name)) {
-            self.wf_versions.remove(kv?.0)?;
-        }
-        Ok(existed)
+        self.write(|c| {
+            let existed = self.workflows.remove(name.as_bytes())?.is_some();
+            c.remove(T::Workflows as u8, name.as_bytes());
+            for kv in self.wf_versions.scan_prefix(scoped(name)) {
+                let k = kv?.0;
+                self.wf_versions.remove(&k)?;
+                c.remove(T::WfVersions as u8, &k);
+            }
+            Ok(existed)
+        })
     }
 
     fn workflow_exists(&self, name: &str) -> bool {
@@ -660,7 +828,7 @@ impl RunStore for SledStore {
             value.push(b']');
         }
         let encoded = Some((event_key(run_id, first_seq), value));
-        self.transaction(run_id, encoded, new_spec, events)
+        self.write_run(run_id, encoded, new_spec, events)
     }
 
     fn events(&self, run_id: &str) -> Result<Vec<Event>> {
@@ -759,7 +927,11 @@ impl RunStore for SledStore {
             let (k, _) = kv?;
             let id = String::from_utf8_lossy(&k[8..]).to_string();
             let Some(s) = self.run(&id)? else {
-                self.by_time.remove(&k)?;
+                self.write(|c| {
+                    self.by_time.remove(&k)?;
+                    c.remove(T::ByTime as u8, &k);
+                    Ok(())
+                })?;
                 continue;
             };
             if s.status == RunStatus::Running {
@@ -786,9 +958,11 @@ impl RunStore for SledStore {
                 Some(s) if s.status != RunStatus::Running => finished.push(s),
                 Some(_) => {}
                 // An index entry left without its run: drop it.
-                None => {
+                None => self.write(|c| {
                     self.by_workflow.remove(&k)?;
-                }
+                    c.remove(T::ByWorkflow as u8, &k);
+                    Ok(())
+                })?,
             }
         }
         let ended = |s: &RunSummary| s.finished_at.unwrap_or(s.created_at);
@@ -807,14 +981,7 @@ impl RunStore for SledStore {
     }
 
     fn flush(&self) -> BoxFuture<Result<()>> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.flush_tx.send(tx);
-        Box::pin(async move {
-            sent.map_err(|_| StoreError::Flush("flusher stopped".into()))?;
-            rx.await
-                .map_err(|_| StoreError::Flush("flusher stopped".into()))?
-                .map_err(StoreError::Flush)
-        })
+        self.ask(Ask::Sync)
     }
 }
 
@@ -823,6 +990,7 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::collections::BTreeMap;
+    use std::io::Write;
 
     fn started(id: &str, wf: &str, at: Millis) -> Event {
         Event::RunStarted {
@@ -839,8 +1007,8 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Arc<SledStore>) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let s = SledStore::open(&db).unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let s = SledStore::open(&db, &dir.path().join("journal")).unwrap();
         (dir, s)
     }
 
@@ -965,6 +1133,127 @@ mod tests {
             assert_eq!(summary.matches("\"k\"").count(), 1, "{summary}");
         }
         assert_eq!(s.specs.len(), 1, "one copy of the spec");
+    }
+
+    /// What a reader sees of the store: workflows, runs with their events,
+    /// and the listings by status.
+    fn view(s: &SledStore) -> Value {
+        let runs = s
+            .list_runs(&RunFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let events: Vec<_> = runs
+            .runs
+            .iter()
+            .map(|r| serde_json::to_value(s.events(&r.id).unwrap()).unwrap())
+            .collect();
+        json!({
+            "workflows": serde_json::to_value(s.list_workflows().unwrap()).unwrap(),
+            "runs": serde_json::to_value(&runs).unwrap(),
+            "events": events,
+            "running": listed(s, RunStatus::Running),
+            "succeeded": listed(s, RunStatus::Succeeded),
+        })
+    }
+
+    /// Writes a workflow, a finished run, a running one and a deleted
+    /// workflow, and waits for the group commit.
+    async fn write_some(s: &SledStore) {
+        let spec = WorkflowSpec::default();
+        s.put_workflow("w", "src", &spec, true, 1).unwrap();
+        s.put_workflow("w", "src2", &spec, false, 2).unwrap();
+        s.put_workflow("gone", "src", &spec, true, 3).unwrap();
+        assert!(s.delete_workflow("gone").unwrap());
+        s.append("done", 0, &[started("done", "w", 10)]).unwrap();
+        s.append("done", 1, &[succeeded(11)]).unwrap();
+        s.append("open", 0, &[started("open", "w", 12)]).unwrap();
+        s.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn what_a_flush_acknowledged_survives_a_crash_before_sled_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, copy) = (dir.path().join("journal"), dir.path().join("copy"));
+        // sled in memory, never flushed before the "crash": only the journal
+        // holds the writes (no checkpoint in this test's time).
+        let lost = sled::Config::new().temporary(true).open().unwrap();
+        let s = SledStore::open_with(&lost, &journal, Duration::from_secs(3600)).unwrap();
+        write_some(&s).await;
+        let before = view(&s);
+        assert_eq!(before["succeeded"], json!(["done"]), "{before}");
+        // The crash: what is on disk now is all that is left.
+        std::fs::create_dir(&copy).unwrap();
+        for entry in std::fs::read_dir(&journal).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        }
+        // A write cut short by the crash, never acknowledged.
+        let mut segments: Vec<_> = std::fs::read_dir(&copy)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        segments.sort();
+        let last = segments.last().unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(last).unwrap();
+        f.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
+        drop(f);
+
+        let fresh = sled::Config::new().temporary(true).open().unwrap();
+        let restored = SledStore::open(&fresh, &copy).unwrap();
+        assert_eq!(view(&restored), before);
+        assert_eq!(
+            restored.run("open").unwrap().unwrap().status,
+            RunStatus::Running
+        );
+        assert_eq!(
+            restored.unfinished_runs().unwrap(),
+            vec!["open".to_string()]
+        );
+        // Replayed and flushed into sled: the journal starts empty again.
+        let left: Vec<_> = std::fs::read_dir(&copy).unwrap().collect();
+        assert_eq!(left.len(), 1, "one new, empty segment");
+        assert_eq!(left[0].as_ref().unwrap().metadata().unwrap().len(), 0);
+
+        // Replaying over a sled that already holds the writes changes nothing.
+        drop(restored);
+        for entry in std::fs::read_dir(&journal).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        }
+        let again = SledStore::open(&fresh, &copy).unwrap();
+        assert_eq!(view(&again), before);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_leaves_the_writes_in_sled_and_the_journal_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let journal = dir.path().join("journal");
+        let s = SledStore::open_with(&db, &journal, Duration::from_secs(3600)).unwrap();
+        write_some(&s).await;
+        let before = view(&s);
+        s.journal.checkpoint(&db).unwrap();
+        let segments: Vec<_> = std::fs::read_dir(&journal)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        assert_eq!(segments.len(), 1);
+        assert_eq!(segments[0].metadata().unwrap().len(), 0);
+        // Writes after the checkpoint go to the new segment and reopen the same.
+        s.append("open", 1, &[succeeded(20)]).unwrap();
+        s.flush().await.unwrap();
+        assert!(segments[0].metadata().unwrap().len() > 0);
+        let after = view(&s);
+        assert_ne!(after, before);
+        drop(s);
+        let reopened = SledStore::open(&db, &journal).unwrap();
+        assert_eq!(view(&reopened), after);
+        assert_eq!(
+            reopened.run("open").unwrap().unwrap().status,
+            RunStatus::Succeeded
+        );
     }
 
     #[tokio::test]
