@@ -1,6 +1,12 @@
 //! `fusion`: the server (`fusion server`, `fusion up`) and its command-line client
 //! (`fusion env|fn|route|secret|configmap|spec|wf|run ...`, talking to the API at `FUSION_URL`).
 
+/// mimalloc rather than glibc's malloc: under load a quarter of the engine's
+/// CPU went to glibc's allocator (sled clones and frees whole tree nodes as it
+/// updates them); see the README's "The durable hot path".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod api;
 mod api_pkg;
 mod cli;
