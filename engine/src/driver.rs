@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use executor::{CallError, FunctionCall, FunctionResponse, SharedInvoker};
+use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
@@ -887,6 +888,7 @@ impl Engine {
             seq,
             pending,
             tx,
+            calls: Default::default(),
             inflight: HashMap::new(),
             armed: BTreeSet::new(),
             timers: Vec::new(),
@@ -898,13 +900,27 @@ impl Engine {
     }
 }
 
+/// A call in flight: its task and outcome, or `None` once aborted.
+type CallFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<(String, Vec<Event>)>> + Send>>;
+
+/// What the actor woke up for.
+enum Woke {
+    Msg(Option<Msg>),
+    Call(Option<(String, Vec<Event>)>),
+    Held,
+}
+
 struct Actor {
     engine: Arc<Engine>,
     state: RunState,
     seq: u64,
     pending: Vec<Event>,
     tx: mpsc::UnboundedSender<Msg>,
-    inflight: HashMap<String, AbortHandle>,
+    /// The calls in flight, polled by the actor itself (no task of their
+    /// own: a call's outcome reaches the run without crossing tasks).
+    calls: futures_util::stream::FuturesUnordered<CallFuture>,
+    inflight: HashMap<String, futures_util::future::AbortHandle>,
     armed: BTreeSet<Millis>,
     /// The armed timers' tasks: aborted when the actor stops, so a finished run
     /// does not leave (say) its one-hour timeout timer holding the engine.
@@ -1146,37 +1162,54 @@ impl Actor {
             for ext in external {
                 self.perform(ext);
             }
-            let msg = match self.held_since {
-                Some(since) => {
-                    let due = since + LAZY_FLUSH_DELAY;
-                    tokio::select! {
-                        m = rx.recv() => m,
-                        _ = tokio::time::sleep_until(due) => {
-                            self.held_since = None;
-                            if let Err(err) = self.append_pending() {
-                                tracing::error!(run = %id, %err, "cannot persist run events; stopping the run actor");
-                                self.stop(&done);
-                                return;
-                            }
-                            self.engine.store.flush_soon();
-                            continue;
-                        }
+            let woke = {
+                let due = self.held_since.map(|since| since + LAZY_FLUSH_DELAY);
+                let held = async move {
+                    match due {
+                        Some(due) => tokio::time::sleep_until(due).await,
+                        None => std::future::pending().await,
                     }
+                };
+                let calling = !self.calls.is_empty();
+                tokio::select! {
+                    m = rx.recv() => Woke::Msg(m),
+                    Some(c) = self.calls.next(), if calling => Woke::Call(c),
+                    _ = held => Woke::Held,
                 }
-                None => rx.recv().await,
             };
-            let Some(msg) = msg else {
-                // Nobody can send any more (the actor keeps a sender, so this
-                // is defensive): write what is held, then end.
-                if self.persist().await.is_ok() {
-                    self.answer_completions();
+            let msg = match woke {
+                Woke::Held => {
+                    self.held_since = None;
+                    if let Err(err) = self.append_pending() {
+                        tracing::error!(run = %id, %err, "cannot persist run events; stopping the run actor");
+                        self.stop(&done);
+                        return;
+                    }
+                    self.engine.store.flush_soon();
+                    continue;
                 }
-                self.stop(&done);
-                return;
+                Woke::Msg(None) => {
+                    // Nobody can send any more (the actor keeps a sender, so
+                    // this is defensive): write what is held, then end.
+                    if self.persist().await.is_ok() {
+                        self.answer_completions();
+                    }
+                    self.stop(&done);
+                    return;
+                }
+                Woke::Msg(Some(m)) => m,
+                Woke::Call(Some((task, events))) => Msg::Events(task, events),
+                // An aborted call: nothing to record.
+                Woke::Call(None) => Msg::Wake,
             };
             let mut msgs = vec![msg];
             while let Ok(m) = rx.try_recv() {
                 msgs.push(m);
+            }
+            while let Some(Some(c)) = self.calls.next().now_or_never() {
+                if let Some((task, events)) = c {
+                    msgs.push(Msg::Events(task, events));
+                }
             }
             for msg in msgs {
                 match msg {
@@ -1494,13 +1527,12 @@ impl Actor {
                 call,
             } => {
                 let t = task.clone();
-                let handle = tokio::spawn(async move {
+                self.call(task, async move {
                     let timeout = call.timeout;
                     let result = bounded(timeout, async { engine.invoker.call(call).await }).await;
                     let events = outcome_events(&t, attempt, result, engine.clock.now_ms());
-                    let _ = tx.send(Msg::Events(t, events));
+                    (t, events)
                 });
-                self.inflight.insert(task, handle.abort_handle());
             }
             External::Notify {
                 task,
@@ -1508,7 +1540,7 @@ impl Actor {
                 call,
             } => {
                 let t = task.clone();
-                let handle = tokio::spawn(async move {
+                self.call(task, async move {
                     let timeout = call.timeout;
                     let result = bounded(timeout, async { engine.invoker.call(call).await }).await;
                     let at = engine.clock.now_ms();
@@ -1520,9 +1552,8 @@ impl Actor {
                         }],
                         failed => failed.to_vec(),
                     };
-                    let _ = tx.send(Msg::Events(t, events));
+                    (t, events)
                 });
-                self.inflight.insert(task, handle.abort_handle());
             }
             External::Http {
                 task,
@@ -1531,7 +1562,7 @@ impl Actor {
                 timeout,
             } => {
                 let t = task.clone();
-                let handle = tokio::spawn(async move {
+                self.call(task, async move {
                     let result = bounded(timeout, async {
                         match &engine.config.http {
                             Some(http) => http.send(request).await.map_err(CallError::Instance),
@@ -1542,11 +1573,21 @@ impl Actor {
                     })
                     .await;
                     let events = outcome_events(&t, attempt, result, engine.clock.now_ms());
-                    let _ = tx.send(Msg::Events(t, events));
+                    (t, events)
                 });
-                self.inflight.insert(task, handle.abort_handle());
             }
         }
+    }
+
+    /// Puts a call in flight, abortable by its task's name.
+    fn call(
+        &mut self,
+        task: String,
+        call: impl std::future::Future<Output = (String, Vec<Event>)> + Send + 'static,
+    ) {
+        let (call, handle) = futures_util::future::abortable(call);
+        self.calls.push(Box::pin(call.map(Result::ok)));
+        self.inflight.insert(task, handle);
     }
 }
 
