@@ -234,8 +234,12 @@ impl Journal {
     }
 
     /// Writes the records so far to the segment and syncs it: everything
-    /// recorded before the call is durable when it returns `Ok`.
-    pub fn sync(&self) -> std::io::Result<bool> {
+    /// recorded before the call is durable when it returns `Ok`. A failed
+    /// write or sync may leave a record cut short in the middle of the
+    /// segment (a replay stops there) or pages the kernel dropped, so it
+    /// breaks the journal: no sync succeeds until a checkpoint has flushed
+    /// sled and started a new segment.
+    pub fn sync(&self) -> std::io::Result<()> {
         let (bytes, file) = {
             let mut p = self.hold().0;
             if let Some(why) = &p.broken {
@@ -244,11 +248,13 @@ impl Journal {
             (std::mem::take(&mut p.buf), p.file.clone())
         };
         if bytes.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
-        (&*file).write_all(&bytes)?;
-        file.sync_data()?;
-        Ok(true)
+        let r = (&*file).write_all(&bytes).and_then(|_| file.sync_data());
+        if let Err(e) = &r {
+            self.hold().0.broken = Some(format!("writing the journal failed: {e}"));
+        }
+        r
     }
 
     /// Starts a new segment, makes sled durable up to here and deletes the
@@ -361,7 +367,7 @@ pub fn run_flusher(
             take(ask);
         }
         if !batch.is_empty() {
-            let r = journal.sync().map(|_| ()).map_err(|e| e.to_string());
+            let r = journal.sync().map_err(|e| e.to_string());
             flushes.inc();
             for w in batch {
                 let _ = w.send(r.clone());
