@@ -894,6 +894,7 @@ impl Engine {
             timers: Vec::new(),
             replies: Vec::new(),
             held_since: None,
+            summary: None,
         };
         tokio::spawn(actor.run(rx, done_tx, recovering));
         Ok(done_rx)
@@ -929,6 +930,8 @@ struct Actor {
     replies: Vec<(oneshot::Sender<Result<String, EngineError>>, String)>,
     /// Since when `pending` holds events that nothing needed written yet.
     held_since: Option<tokio::time::Instant>,
+    /// The run's summary as its last write that changed it left it.
+    summary: Option<RunSummary>,
 }
 
 impl Actor {
@@ -958,10 +961,12 @@ impl Actor {
             return Ok(());
         }
         let events = std::mem::take(&mut self.pending);
-        self.engine
+        let summary = self
+            .engine
             .store
             .append(&self.state.run_id, self.seq, &events)?;
         self.seq += events.len() as u64;
+        self.summary = summary.or(self.summary.take());
         Ok(())
     }
 
@@ -1303,7 +1308,12 @@ impl Actor {
                     .observe(secs);
             }
         }
-        let summary = self.engine.store.run(&self.state.run_id).ok().flatten();
+        // The summary the run's last write left, as the store would read it
+        // back; from the store when the run did not end here.
+        let summary = match self.summary.take() {
+            Some(s) if s.status != RunStatus::Running => Some(s),
+            _ => self.engine.store.run(&self.state.run_id).ok().flatten(),
+        };
         let _ = done.send(summary);
     }
 

@@ -109,8 +109,9 @@ pub trait RunStore: Send + Sync + 'static {
     fn workflow_exists(&self, name: &str) -> bool;
 
     /// Writes events `first_seq..` of a run (not yet durable: see `flush`), and
-    /// keeps the run's summary and indexes up to date.
-    fn append(&self, run_id: &str, first_seq: u64, events: &[Event]) -> Result<()>;
+    /// keeps the run's summary and indexes up to date; returns the summary as
+    /// the write left it, when the write changed it (as `run` would read it).
+    fn append(&self, run_id: &str, first_seq: u64, events: &[Event]) -> Result<Option<RunSummary>>;
     fn events(&self, run_id: &str) -> Result<Vec<Event>>;
     fn run(&self, run_id: &str) -> Result<Option<RunSummary>>;
     fn list_runs(&self, filter: &RunFilter) -> Result<RunPage>;
@@ -434,7 +435,7 @@ impl SledStore {
         encoded: Option<(Vec<u8>, Vec<u8>)>,
         new_spec: Option<NewSpec>,
         events: &[Event],
-    ) -> Result<()> {
+    ) -> Result<Option<RunSummary>> {
         let changes_summary = events.iter().any(|e| {
             matches!(
                 e,
@@ -448,7 +449,7 @@ impl SledStore {
             c.insert(t as u8, k, v);
             tree.insert(k, v).map(|_| ())
         };
-        self.write(|c| {
+        let written = self.write(|c| {
             // A spec not stored yet goes in before the first event that names it.
             if let Some((hash, spec)) = &new_spec {
                 put(c, T::Specs, &self.specs, hash.as_bytes(), spec)?;
@@ -457,7 +458,7 @@ impl SledStore {
                 put(c, T::RunEvents, &self.run_events, k, v)?;
             }
             if !changes_summary {
-                return Ok(());
+                return Ok(None);
             }
             // The summary as stored before this batch, if any, and as it is after.
             let mut stored: Option<RunSummary> = None;
@@ -510,10 +511,10 @@ impl SledStore {
                 }
             }
             let Some(mut summary) = summary else {
-                return Ok(());
+                return Ok(None);
             };
             summary.id = run_id.to_string();
-            let bytes = write_summary(&summary)?;
+            let bytes = write_summary(&mut summary)?;
             put(c, T::Runs, &self.runs, run_id.as_bytes(), &bytes)?;
             let status = self.index_status(summary.status, summary.created_at, run_id);
             indexes.push((T::ByStatus, status.clone()));
@@ -532,21 +533,21 @@ impl SledStore {
                     c.remove(T::ByStatus as u8, &old);
                 }
             }
-            Ok(())
+            Ok(Some(summary))
         })?;
         if let (Some((hash, _)), Ok(mut known)) = (new_spec, self.known_specs.lock()) {
             known.insert(hash);
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Brings a run's summary and status index in line with the terminal event
     /// already among its stored events (used on start, after a crash).
     pub fn repair_finished(&self, run_id: &str, terminal: &Event) -> Result<()> {
         match self.run(run_id)? {
-            Some(s) if s.status == RunStatus::Running => {
-                self.write_run(run_id, None, None, std::slice::from_ref(terminal))
-            }
+            Some(s) if s.status == RunStatus::Running => self
+                .write_run(run_id, None, None, std::slice::from_ref(terminal))
+                .map(|_| ()),
             _ => Ok(()),
         }
     }
@@ -614,13 +615,23 @@ struct StoredSummary {
     body_is_default: bool,
 }
 
-fn write_summary(s: &RunSummary) -> Result<Vec<u8>> {
+/// A summary as stored (its input lean while it is written, then as it was).
+fn write_summary(s: &mut RunSummary) -> Result<Vec<u8>> {
+    #[derive(Serialize)]
+    struct Stored<'a> {
+        #[serde(flatten)]
+        summary: &'a RunSummary,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        body_is_default: bool,
+    }
     let (input, body_is_default) = lean_input(&s.input);
-    let stored = StoredSummary {
-        summary: RunSummary { input, ..s.clone() },
+    let full = std::mem::replace(&mut s.input, input);
+    let bytes = serde_json::to_vec(&Stored {
+        summary: s,
         body_is_default,
-    };
-    Ok(serde_json::to_vec(&stored)?)
+    });
+    s.input = full;
+    Ok(bytes?)
 }
 
 fn read_summary(bytes: &[u8]) -> Result<RunSummary> {
@@ -800,9 +811,9 @@ impl RunStore for SledStore {
             .unwrap_or(false)
     }
 
-    fn append(&self, run_id: &str, first_seq: u64, events: &[Event]) -> Result<()> {
+    fn append(&self, run_id: &str, first_seq: u64, events: &[Event]) -> Result<Option<RunSummary>> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         // One value per append: one event as an object (as older versions
         // stored every event), several as an array.
@@ -1084,14 +1095,20 @@ mod tests {
         let (_d, s) = open();
         let events = vec![started("whole", "w", 10), succeeded(20)];
         // Start to end in one append (a short run).
-        s.append("whole", 0, &events).unwrap();
+        let whole = s.append("whole", 0, &events).unwrap();
         // One event per append, as a long run (and every older version) writes.
-        s.append("parts", 0, &events[..1]).unwrap();
+        let started = s.append("parts", 0, &events[..1]).unwrap();
+        assert_eq!(started.unwrap().status, RunStatus::Running);
         assert_eq!(listed(&s, RunStatus::Running), vec!["parts"]);
-        s.append("parts", 1, &events[1..]).unwrap();
-        for id in ["whole", "parts"] {
+        let parts = s.append("parts", 1, &events[1..]).unwrap();
+        for (id, written) in [("whole", whole), ("parts", parts)] {
             assert_eq!(s.events(id).unwrap(), events, "{id}");
             let summary = s.run(id).unwrap().unwrap();
+            assert_eq!(
+                written,
+                Some(summary.clone()),
+                "the summary append returns is the one read back"
+            );
             assert_eq!(summary.status, RunStatus::Succeeded, "{id}");
             assert_eq!(summary.output, Some(json!("done")), "{id}");
             assert_eq!(summary.finished_at, Some(20), "{id}");
