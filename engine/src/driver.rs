@@ -919,7 +919,10 @@ struct Actor {
     pending: Vec<Event>,
     tx: mpsc::UnboundedSender<Msg>,
     /// The calls in flight, polled by the actor itself (no task of their
-    /// own: a call's outcome reaches the run without crossing tasks).
+    /// own: a call's outcome reaches the run without crossing tasks). They
+    /// are polled while the actor waits for what comes next; while it waits
+    /// for a flush (one group commit) their connections go on, and only the
+    /// outcomes wait.
     calls: futures_util::stream::FuturesUnordered<CallFuture>,
     inflight: HashMap<String, futures_util::future::AbortHandle>,
     armed: BTreeSet<Millis>,

@@ -419,10 +419,14 @@ impl SledStore {
     /// more CPU than the rest of a run. What a transaction gave is kept
     /// otherwise:
     /// - after a crash, the journal replays the whole write or none of it (one
-    ///   record); what sled alone may hold of a write the journal lacks was
-    ///   never acknowledged, and the order below leaves the engine's recovery
-    ///   a state it repairs (events before the summary; a summary that says
-    ///   finished with a status index that says running is repaired at start);
+    ///   record). What sled alone may hold of a write the journal lacks (sled
+    ///   writes out a full buffer when it fills) was never acknowledged, and
+    ///   the order below leaves the engine's recovery what it repairs: events
+    ///   first, so a run's end is never lost from a run that lists as running,
+    ///   and `repair_finished` mends its summary and status index. Of a start
+    ///   written in part (a run no caller was told of) what is left is events
+    ///   or a summary that no index names, or a run continued at restart that
+    ///   the unfiltered or per-workflow listing leaves out;
     /// - a reader meets a run's summary before its index entries, and
     ///   listings by status check the summary, so a run never lists under a
     ///   status it does not have.
@@ -516,8 +520,10 @@ impl SledStore {
             summary.id = run_id.to_string();
             let bytes = write_summary(&mut summary)?;
             put(c, T::Runs, &self.runs, run_id.as_bytes(), &bytes)?;
+            // The status index first: what lists a run as running is what
+            // recovery continues it from.
             let status = self.index_status(summary.status, summary.created_at, run_id);
-            indexes.push((T::ByStatus, status.clone()));
+            indexes.insert(0, (T::ByStatus, status.clone()));
             for (t, key) in &indexes {
                 let tree = match t {
                     T::ByTime => &self.by_time,
@@ -542,13 +548,24 @@ impl SledStore {
     }
 
     /// Brings a run's summary and status index in line with the terminal event
-    /// already among its stored events (used on start, after a crash).
+    /// already among its stored events (used on start, after a crash that
+    /// interrupted the write of a run's end: see `write_run`).
     pub fn repair_finished(&self, run_id: &str, terminal: &Event) -> Result<()> {
         match self.run(run_id)? {
             Some(s) if s.status == RunStatus::Running => self
                 .write_run(run_id, None, None, std::slice::from_ref(terminal))
                 .map(|_| ()),
-            _ => Ok(()),
+            // The summary was written, its status index entries not (both).
+            Some(s) => self.write(|c| {
+                let now = self.index_status(s.status, s.created_at, run_id);
+                let was = self.index_status(RunStatus::Running, s.created_at, run_id);
+                self.by_status.insert(&now, &[])?;
+                c.insert(T::ByStatus as u8, &now, &[]);
+                self.by_status.remove(&was)?;
+                c.remove(T::ByStatus as u8, &was);
+                Ok(())
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -1271,6 +1288,23 @@ mod tests {
             reopened.run("open").unwrap().unwrap().status,
             RunStatus::Succeeded
         );
+    }
+
+    #[tokio::test]
+    async fn an_end_written_in_part_is_repaired_at_start() {
+        let (_d, s) = open();
+        let events = vec![started("r", "w", 10), succeeded(20)];
+        s.append("r", 0, &events).unwrap();
+        // A crash left the end's summary, but the status index as it was.
+        let key = |st: RunStatus| s.index_status(st, 10, "r");
+        s.by_status.remove(key(RunStatus::Succeeded)).unwrap();
+        s.by_status.insert(key(RunStatus::Running), &[]).unwrap();
+        assert_eq!(s.unfinished_runs().unwrap(), vec!["r".to_string()]);
+        assert_eq!(listed(&s, RunStatus::Succeeded), Vec::<String>::new());
+        s.repair_finished("r", &events[1]).unwrap();
+        assert!(s.unfinished_runs().unwrap().is_empty());
+        assert_eq!(listed(&s, RunStatus::Succeeded), vec!["r"]);
+        assert_eq!(s.run("r").unwrap().unwrap().status, RunStatus::Succeeded);
     }
 
     #[tokio::test]
