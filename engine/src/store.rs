@@ -623,28 +623,22 @@ fn full_input(input: &mut Value) {
     }
 }
 
-/// A run summary as stored: its input lean (see `lean_input`).
+/// A run summary as stored: its input lean (see `lean_input`); `S` is
+/// `RunSummary` to read, a reference to one to write.
 #[derive(Serialize, Deserialize)]
-struct StoredSummary {
+struct StoredSummary<S> {
     #[serde(flatten)]
-    summary: RunSummary,
+    summary: S,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     body_is_default: bool,
 }
 
 /// A summary as stored (its input lean while it is written, then as it was).
 fn write_summary(s: &mut RunSummary) -> Result<Vec<u8>> {
-    #[derive(Serialize)]
-    struct Stored<'a> {
-        #[serde(flatten)]
-        summary: &'a RunSummary,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        body_is_default: bool,
-    }
     let (input, body_is_default) = lean_input(&s.input);
     let full = std::mem::replace(&mut s.input, input);
-    let bytes = serde_json::to_vec(&Stored {
-        summary: s,
+    let bytes = serde_json::to_vec(&StoredSummary {
+        summary: &*s,
         body_is_default,
     });
     s.input = full;
@@ -652,7 +646,7 @@ fn write_summary(s: &mut RunSummary) -> Result<Vec<u8>> {
 }
 
 fn read_summary(bytes: &[u8]) -> Result<RunSummary> {
-    let mut stored: StoredSummary = serde_json::from_slice(bytes)?;
+    let mut stored: StoredSummary<RunSummary> = serde_json::from_slice(bytes)?;
     if stored.body_is_default {
         full_input(&mut stored.summary.input);
     }
