@@ -426,8 +426,6 @@ mod tests {
         body: Vec<u8>,
         header_digest: Option<String>,
     ) -> (String, tokio::task::JoinHandle<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let app = Router::new().route(
             "/v1/pod-packages/{sha}",
             get(
@@ -464,10 +462,17 @@ mod tests {
                 },
             ),
         );
+        serve(app).await
+    }
+
+    /// Serves `app` on a free loopback port: its URL, and the server's task.
+    async fn serve(app: Router) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        (format!("http://{addr}"), server)
+        (url, server)
     }
 
     async fn post(app: &Router, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
@@ -576,8 +581,6 @@ mod tests {
         };
         let good = files("secrets/default/db/password");
         let evil = files("userfunc/evil.py");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let good_sha = sha.clone();
         let app = Router::new()
             .route(
@@ -597,9 +600,7 @@ mod tests {
                     },
                 ),
             );
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (url, server) = serve(app).await;
         let dir = tempfile::tempdir().unwrap();
         let fetcher = router(&FetcherArgs::for_test(dir.path(), &url)).unwrap();
         let (status, body) = post(
@@ -773,11 +774,7 @@ mod tests {
             credentials,
             locate: Arc::new(move |_: &pool_manager::PackageRef| Ok(root.clone())),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (url, server) = serve(app).await;
         let dir = tempfile::tempdir().unwrap();
         let fetcher = router(&FetcherArgs::for_test(dir.path(), &url)).unwrap();
         let (status, body) = post(

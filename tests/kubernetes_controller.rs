@@ -105,6 +105,16 @@ fn ready(mock: &KubeMock, plural: &str, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Creates a fission.io object and waits until the controller calls it Ready.
+fn create_ready(mock: &KubeMock, plural: &str, object: Value) {
+    let created = mock.create(FISSION, plural, object);
+    let name = created["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_string();
+    wait_ready(mock, plural, &name);
+}
+
 fn wait_ready(mock: &KubeMock, plural: &str, name: &str) {
     eventually(WAIT, &format!("{plural}/{name} Ready"), || {
         ready(mock, plural, name)["status"] == "True"
@@ -164,10 +174,9 @@ fn custom_resources_become_fusion_objects_and_deleting_them_removes_them() {
     let mock = KubeMock::start();
     let s = start(&mock, "300");
     // One after the other, so each one's requests are exactly these.
-    mock.create(FISSION, "environments", env_cr("python"));
-    wait_ready(&mock, "environments", "python");
-    mock.create(
-        FISSION,
+    create_ready(&mock, "environments", env_cr("python"));
+    create_ready(
+        &mock,
         "packages",
         package_cr(
             "hello-pkg",
@@ -175,19 +184,12 @@ fn custom_resources_become_fusion_objects_and_deleting_them_removes_them() {
             "def main():\n    return 'hi from a custom resource'\n",
         ),
     );
-    wait_ready(&mock, "packages", "hello-pkg");
-    mock.create(
-        FISSION,
+    create_ready(
+        &mock,
         "functions",
         function_cr("hello", "python", "hello-pkg"),
     );
-    wait_ready(&mock, "functions", "hello");
-    mock.create(
-        FISSION,
-        "httptriggers",
-        route_cr("hello", "hello", "/hello"),
-    );
-    wait_ready(&mock, "httptriggers", "hello");
+    create_ready(&mock, "httptriggers", route_cr("hello", "hello", "/hello"));
 
     // Fusion has them, and they work.
     let f = s.ok("GET", "/v1/functions/hello", None);
@@ -388,8 +390,7 @@ fn a_conflicting_status_update_is_tried_again() {
     let mock = KubeMock::start();
     mock.fail("PATCH", "/environments/python/status", 409, 1);
     let _s = start(&mock, "300");
-    mock.create(FISSION, "environments", env_cr("python"));
-    wait_ready(&mock, "environments", "python");
+    create_ready(&mock, "environments", env_cr("python"));
     let w = status_writes(&mock, "environments", "python");
     assert_eq!(w.len(), 2, "{w:#?}");
     assert_eq!(w[0].status, 409);
@@ -402,8 +403,7 @@ fn an_rbac_refusal_is_said_plainly_and_the_other_kinds_go_on() {
     let mock = KubeMock::start();
     mock.fail("GET", "/apis/fission.io/v1/functions", 403, usize::MAX);
     let s = start(&mock, "300");
-    mock.create(FISSION, "environments", env_cr("python"));
-    wait_ready(&mock, "environments", "python");
+    create_ready(&mock, "environments", env_cr("python"));
     let said = |s: &Server| -> Value {
         let v = s.ok("GET", "/v1/kubernetes/controller", None);
         v["kinds"]
@@ -428,8 +428,7 @@ fn an_rbac_refusal_is_said_plainly_and_the_other_kinds_go_on() {
         "packages",
         package_cr("pkg", "python", "def main():\n    return 'x'\n"),
     );
-    mock.create(FISSION, "functions", function_cr("fn", "python", "pkg"));
-    wait_ready(&mock, "functions", "fn");
+    create_ready(&mock, "functions", function_cr("fn", "python", "pkg"));
     assert_eq!(fusion_status(&s, "/v1/functions/fn"), 200);
     eventually(WAIT, "the error cleared", || said(&s)["error"].is_null());
 
@@ -471,8 +470,7 @@ fn an_rbac_refusal_is_said_plainly_and_the_other_kinds_go_on() {
 fn the_custom_resource_wins_over_the_api_and_spec_apply() {
     let mock = KubeMock::start();
     let s = start(&mock, "1");
-    mock.create(FISSION, "environments", env_cr("python"));
-    wait_ready(&mock, "environments", "python");
+    create_ready(&mock, "environments", env_cr("python"));
     let declared = s.ok("GET", "/v1/environments/python", None);
     assert!(declared.get("memory_mb").is_none(), "{declared}");
 
@@ -718,20 +716,18 @@ fn one_change_is_applied_once_and_its_own_status_event_sends_nothing() {
     let s = start_behind(&mock, &proxy);
     // Its environment straight through the API, not the controller.
     s.env("python", "python", 0);
-    mock.create(
-        FISSION,
+    create_ready(
+        &mock,
         "packages",
         package_cr("p", "python", "def main():\n    return 'p'\n"),
     );
-    wait_ready(&mock, "packages", "p");
     // Another one after it: by the time it is Ready, the controller has had
     // p's own status write back from the same watch, before q's creation.
-    mock.create(
-        FISSION,
+    create_ready(
+        &mock,
         "packages",
         package_cr("q", "python", "def main():\n    return 'q'\n"),
     );
-    wait_ready(&mock, "packages", "q");
     let uid = |name: &str| {
         mock.get(FISSION, "packages", "default", name).unwrap()["metadata"]["uid"]
             .as_str()
@@ -843,8 +839,7 @@ fn a_failing_fusion_api_says_failed_and_is_tried_again_until_it_succeeds() {
     let s = start_behind(&mock, &proxy);
     // A 5xx: Failed, then tried again.
     proxy.fail("POST", "/v1/environments", 500, 1);
-    mock.create(FISSION, "environments", env_cr("a"));
-    wait_ready(&mock, "environments", "a");
+    create_ready(&mock, "environments", env_cr("a"));
     let w = status_writes(&mock, "environments", "a");
     assert_eq!(w.len(), 2, "{w:#?}");
     let c = &w[0].body["status"]["conditions"][0];
@@ -857,8 +852,7 @@ fn a_failing_fusion_api_says_failed_and_is_tried_again_until_it_succeeds() {
     // A 409 (a concurrent apply holding the name) is as transient: not
     // parked as Invalid.
     proxy.fail("POST", "/v1/environments", 409, 2);
-    mock.create(FISSION, "environments", env_cr("b"));
-    wait_ready(&mock, "environments", "b");
+    create_ready(&mock, "environments", env_cr("b"));
     let w = status_writes(&mock, "environments", "b");
     assert_eq!(w.len(), 2, "{w:#?}");
     assert_eq!(w[0].body["status"]["conditions"][0]["reason"], "Failed");
@@ -877,8 +871,7 @@ fn deleting_while_fusions_api_fails_keeps_the_finalizer_until_it_succeeds() {
     let mock = KubeMock::start();
     let proxy = RecordingProxy::start();
     let s = start_behind(&mock, &proxy);
-    mock.create(FISSION, "environments", env_cr("gone"));
-    wait_ready(&mock, "environments", "gone");
+    create_ready(&mock, "environments", env_cr("gone"));
     proxy.fail("DELETE", "/v1/environments/gone", 503, usize::MAX);
     mock.delete(FISSION, "environments", "default", "gone");
     let failed_deletes = || {
@@ -959,12 +952,11 @@ fn a_resync_applies_again_without_uploading_the_same_code_again() {
     let proxy = RecordingProxy::start();
     let s = start_behind_resync(&mock, &proxy, "1");
     s.env("python", "python", 0);
-    mock.create(
-        FISSION,
+    create_ready(
+        &mock,
         "packages",
         package_cr("p", "python", "def main():\n    return 'p'\n"),
     );
-    wait_ready(&mock, "packages", "p");
     let count = |method: &str, prefix: &str| {
         proxy
             .requests()
