@@ -1,5 +1,5 @@
 //! Durable storage of workflows (versioned) and runs (events, summaries and the
-//! indexes that list runs newest-first by time, workflow and status), in sled.
+//! indexes that list runs newest-first by status and by workflow), in sled.
 //! Writes are made durable by the store's journal (see `journal`), synced by
 //! one flusher thread: one sync serves every writer waiting at the time
 //! (group commit).
@@ -147,6 +147,8 @@ enum T {
     WfVersions,
     Runs,
     RunEvents,
+    /// The time index of versions before 2026-12: dropped at open, named so
+    /// that a journal they left still replays.
     ByTime,
     ByWorkflow,
     ByStatus,
@@ -218,7 +220,6 @@ pub struct SledStore {
     wf_versions: sled::Tree,
     runs: sled::Tree,
     run_events: sled::Tree,
-    by_time: sled::Tree,
     by_workflow: sled::Tree,
     by_status: sled::Tree,
     /// Workflow specs by content hash: a run's start names its spec instead
@@ -264,16 +265,11 @@ impl SledStore {
     fn delete_run(&self, s: &RunSummary) -> Result<()> {
         use sled::Transactional;
         let id = &s.id;
-        let trees = (
-            &self.runs,
-            &self.by_time,
-            &self.by_workflow,
-            &self.by_status,
-        );
+        let trees = (&self.runs, &self.by_workflow, &self.by_status);
         let mut held = self.journal.hold();
         let changes = RefCell::new(Changes::default());
         trees
-            .transaction(|(runs, by_time, by_workflow, by_status)| {
+            .transaction(|(runs, by_workflow, by_status)| {
                 changes.borrow_mut().clear();
                 let c = &changes;
                 rec(by_workflow, T::ByWorkflow, c).remove(index_key(
@@ -286,7 +282,6 @@ impl SledStore {
                     s.created_at,
                     id,
                 ))?;
-                rec(by_time, T::ByTime, c).remove(index_key(&[], s.created_at, id))?;
                 rec(runs, T::Runs, c).remove(id.as_bytes())?;
                 Ok(())
             })
@@ -346,6 +341,9 @@ impl SledStore {
             }
         })?;
         let journal = Arc::new(journal);
+        // Unfiltered listings merge the status index now: the time index of
+        // older versions goes (after the journal's replay, which may name it).
+        db.drop_tree(TREE_NAMES[T::ByTime as usize])?;
         let t = |id: T| trees[id as usize].clone();
         let (flush_tx, rx) = std_mpsc::channel::<Ask>();
         let flushes = prometheus_client::metrics::counter::Counter::default();
@@ -363,7 +361,6 @@ impl SledStore {
             wf_versions: t(T::WfVersions),
             runs: t(T::Runs),
             run_events: t(T::RunEvents),
-            by_time: t(T::ByTime),
             by_workflow: t(T::ByWorkflow),
             by_status: t(T::ByStatus),
             specs: t(T::Specs),
@@ -426,10 +423,11 @@ impl SledStore {
     ///   and `repair_finished` mends its summary and status index. Of a start
     ///   written in part (a run no caller was told of) what is left is events
     ///   or a summary that no index names, or a run continued at restart that
-    ///   the unfiltered or per-workflow listing leaves out;
-    /// - a reader meets a run's summary before its index entries, and
-    ///   listings by status check the summary, so a run never lists under a
-    ///   status it does not have.
+    ///   the per-workflow listing leaves out;
+    /// - a reader meets a new run's summary before its index entries, and
+    ///   listings through the status index take an entry only when its
+    ///   status is the summary's, so a run lists once, never under a status
+    ///   it does not have.
     ///
     /// The summary is folded over the batch in memory and written once, so a
     /// run written in one batch (start to end) costs one write per tree.
@@ -467,7 +465,7 @@ impl SledStore {
             // The summary as stored before this batch, if any, and as it is after.
             let mut stored: Option<RunSummary> = None;
             let mut summary: Option<RunSummary> = None;
-            let mut indexes = Vec::new();
+            let mut by_workflow = None;
             for e in events {
                 match e {
                     Event::RunStarted {
@@ -479,8 +477,7 @@ impl SledStore {
                         retry_of,
                         ..
                     } => {
-                        indexes.push((T::ByTime, index_key(&[], *at, run_id)));
-                        indexes.push((T::ByWorkflow, index_key(&scoped(workflow), *at, run_id)));
+                        by_workflow = Some(index_key(&scoped(workflow), *at, run_id));
                         summary = Some(RunSummary {
                             id: run_id.clone(),
                             workflow: workflow.clone(),
@@ -519,25 +516,29 @@ impl SledStore {
             };
             summary.id = run_id.to_string();
             let bytes = write_summary(&mut summary)?;
-            put(c, T::Runs, &self.runs, run_id.as_bytes(), &bytes)?;
-            // The status index first: what lists a run as running is what
-            // recovery continues it from.
             let status = self.index_status(summary.status, summary.created_at, run_id);
-            indexes.insert(0, (T::ByStatus, status.clone()));
-            for (t, key) in &indexes {
-                let tree = match t {
-                    T::ByTime => &self.by_time,
-                    T::ByWorkflow => &self.by_workflow,
-                    _ => &self.by_status,
-                };
-                put(c, *t, tree, key, &[])?;
-            }
-            if let Some(old) = &stored {
-                let old = self.index_status(old.status, old.created_at, run_id);
-                if old != status {
-                    self.by_status.remove(&old)?;
-                    c.remove(T::ByStatus as u8, &old);
+            match &stored {
+                // A new run: its summary, then the status index (what lists a
+                // run as running is what recovery continues it from).
+                None => {
+                    put(c, T::Runs, &self.runs, run_id.as_bytes(), &bytes)?;
+                    put(c, T::ByStatus, &self.by_status, &status, &[])?;
                 }
+                // A run's end: its new status entry, the summary, then the old
+                // entry's removal. A listing takes an entry whose status is the
+                // summary's, so the run lists once all the while.
+                Some(old) => {
+                    let old = self.index_status(old.status, old.created_at, run_id);
+                    put(c, T::ByStatus, &self.by_status, &status, &[])?;
+                    put(c, T::Runs, &self.runs, run_id.as_bytes(), &bytes)?;
+                    if old != status {
+                        self.by_status.remove(&old)?;
+                        c.remove(T::ByStatus as u8, &old);
+                    }
+                }
+            }
+            if let Some(key) = &by_workflow {
+                put(c, T::ByWorkflow, &self.by_workflow, key, &[])?;
             }
             Ok(Some(summary))
         })?;
@@ -708,6 +709,26 @@ impl SledStore {
             }
         }
         Ok(v)
+    }
+}
+
+/// One prefix of an index read newest first; `head` is its next key.
+struct IndexScan {
+    /// The prefix's length (what precedes time and id in a key).
+    skip: usize,
+    /// The status a run must have to list from this scan, if any.
+    status: Option<RunStatus>,
+    iter: std::iter::Rev<sled::Iter>,
+    head: Option<sled::IVec>,
+}
+
+impl IndexScan {
+    /// The head's time and id (empty once the scan is done).
+    fn rest(&self) -> &[u8] {
+        self.head
+            .as_ref()
+            .and_then(|k| k.get(self.skip..))
+            .unwrap_or_default()
     }
 }
 
@@ -884,42 +905,67 @@ impl RunStore for SledStore {
     }
 
     fn list_runs(&self, f: &RunFilter) -> Result<RunPage> {
-        let (tree, prefix) = match (&f.workflow, f.status) {
-            (Some(w), _) => (&self.by_workflow, scoped(w)),
-            (None, Some(s)) => (&self.by_status, scoped(s.as_str())),
-            (None, None) => (&self.by_time, Vec::new()),
+        // The index read, and under which prefixes (each with the status its
+        // entries must have): a workflow's, one status's, or every status's
+        // merged newest first (the unfiltered listing).
+        let (tree, prefixes) = match (&f.workflow, f.status) {
+            (Some(w), status) => (&self.by_workflow, vec![(scoped(w), status)]),
+            (None, Some(s)) => (&self.by_status, vec![(scoped(s.as_str()), Some(s))]),
+            (None, None) => (
+                &self.by_status,
+                RunStatus::ALL
+                    .iter()
+                    .map(|s| (scoped(s.as_str()), Some(*s)))
+                    .collect(),
+            ),
         };
-        let lower = index_key(&prefix, f.since.unwrap_or(0), "");
-        let mut upper = match f.until {
-            Some(u) => index_key(&prefix, u.saturating_add(1), ""),
-            None => {
-                let mut p = prefix.clone();
-                p.extend_from_slice(&[0xff; 9]);
-                p
+        let cursor = f.cursor.as_deref().map(parse_cursor).transpose()?;
+        let mut scans = Vec::with_capacity(prefixes.len());
+        for (prefix, status) in prefixes {
+            let lower = index_key(&prefix, f.since.unwrap_or(0), "");
+            let mut upper = match f.until {
+                Some(u) => index_key(&prefix, u.saturating_add(1), ""),
+                None => {
+                    let mut p = prefix.clone();
+                    p.extend_from_slice(&[0xff; 9]);
+                    p
+                }
+            };
+            if let Some((ts, id)) = &cursor {
+                let k = index_key(&prefix, *ts, id);
+                if k < upper {
+                    upper = k;
+                }
             }
-        };
-        if let Some(c) = &f.cursor {
-            let (ts, id) = parse_cursor(c)?;
-            let k = index_key(&prefix, ts, &id);
-            if k < upper {
-                upper = k;
+            if lower < upper {
+                let mut iter = tree.range(lower..upper).rev();
+                let head = iter.next().transpose()?.map(|(k, _)| k);
+                scans.push(IndexScan {
+                    skip: prefix.len(),
+                    status,
+                    iter,
+                    head,
+                });
             }
         }
         let limit = f.limit.clamp(1, 1000);
         let mut runs = Vec::new();
         let mut next_cursor = None;
-        if lower >= upper {
-            return Ok(RunPage { runs, next_cursor });
-        }
-        for kv in tree.range(lower..upper).rev() {
-            let (k, _) = kv?;
-            let rest = &k[prefix.len()..];
+        // The newest of the scans' next entries (by time, then id).
+        while let Some(scan) = scans
+            .iter_mut()
+            .filter(|s| s.head.is_some())
+            .max_by(|a, b| a.rest().cmp(b.rest()))
+        {
+            let rest = scan.rest().to_vec();
+            let status = scan.status;
+            scan.head = scan.iter.next().transpose()?.map(|(k, _)| k);
             if rest.len() < 8 {
                 continue;
             }
             let id = String::from_utf8_lossy(&rest[8..]).to_string();
             let Some(s) = self.run(&id)? else { continue };
-            if f.status.is_some_and(|st| st != s.status) {
+            if status.is_some_and(|st| st != s.status) {
                 continue;
             }
             if runs.len() == limit {
@@ -945,22 +991,33 @@ impl RunStore for SledStore {
 
     fn prune(&self, cutoff: Millis) -> Result<usize> {
         let mut n = 0;
-        for kv in self.by_time.range(..index_key(&[], cutoff, "")) {
-            let (k, _) = kv?;
-            let id = String::from_utf8_lossy(&k[8..]).to_string();
-            let Some(s) = self.run(&id)? else {
-                self.write(|c| {
-                    self.by_time.remove(&k)?;
-                    c.remove(T::ByTime as u8, &k);
-                    Ok(())
-                })?;
-                continue;
-            };
-            if s.status == RunStatus::Running {
+        for status in RunStatus::ALL {
+            if status == RunStatus::Running {
                 continue;
             }
-            self.delete_run(&s)?;
-            n += 1;
+            let prefix = scoped(status.as_str());
+            let upper = index_key(&prefix, cutoff, "");
+            for kv in self.by_status.range(prefix.clone()..upper) {
+                let (k, _) = kv?;
+                let Some(id) = k.get(prefix.len() + 8..) else {
+                    continue;
+                };
+                let id = String::from_utf8_lossy(id).to_string();
+                match self.run(&id)? {
+                    Some(s) if s.status == status => {
+                        self.delete_run(&s)?;
+                        n += 1;
+                    }
+                    // A run between two statuses: pruned under its new one.
+                    Some(_) => {}
+                    // An index entry left without its run: dropped.
+                    None => self.write(|c| {
+                        self.by_status.remove(&k)?;
+                        c.remove(T::ByStatus as u8, &k);
+                        Ok(())
+                    })?,
+                }
+            }
         }
         Ok(n)
     }
@@ -1318,6 +1375,10 @@ mod tests {
             }
         }
         s.flush().await.unwrap();
+        // An entry left under a status the run no longer has (as between two
+        // writes of its end) lists nothing.
+        let stale = s.index_status(RunStatus::Running, 1009, "run09");
+        s.by_status.insert(&stale, &[]).unwrap();
         let page = s
             .list_runs(&RunFilter {
                 limit: 4,
@@ -1344,6 +1405,7 @@ mod tests {
             .unwrap();
         assert_eq!(page3.runs.len(), 2);
         assert!(page3.next_cursor.is_none());
+        s.by_status.remove(&stale).unwrap();
 
         let even = s
             .list_runs(&RunFilter {
