@@ -434,7 +434,7 @@ impl SledStore {
     fn write_run(
         &self,
         run_id: &str,
-        encoded: Option<(Vec<u8>, Vec<u8>)>,
+        encoded: Encoded,
         new_spec: Option<NewSpec>,
         events: &[Event],
     ) -> Result<Option<RunSummary>> {
@@ -456,14 +456,14 @@ impl SledStore {
             if let Some((hash, spec)) = &new_spec {
                 put(c, T::Specs, &self.specs, hash.as_bytes(), spec)?;
             }
-            if let Some((k, v)) = &encoded {
+            if let Encoded::Apart(k, v) = &encoded {
                 put(c, T::RunEvents, &self.run_events, k, v)?;
             }
             if !changes_summary {
                 return Ok(None);
             }
             // The summary as stored before this batch, if any, and as it is after.
-            let mut stored: Option<RunSummary> = None;
+            let mut stored: Option<(RunSummary, sled::IVec)> = None;
             let mut summary: Option<RunSummary> = None;
             let mut by_workflow = None;
             for e in events {
@@ -502,7 +502,7 @@ impl SledStore {
                                     continue;
                                 };
                                 let s = read_summary(&old)?;
-                                stored = Some(s.clone());
+                                stored = Some((s.clone(), old));
                                 s
                             }
                         };
@@ -515,7 +515,13 @@ impl SledStore {
                 return Ok(None);
             };
             summary.id = run_id.to_string();
-            let bytes = write_summary(&mut summary)?;
+            let with = match (&encoded, &stored) {
+                (Encoded::InSummary(events), _) => Some(events.clone()),
+                // A summary rewritten keeps the events it held.
+                (_, Some((_, old))) => events_held(old)?,
+                _ => None,
+            };
+            let bytes = write_summary(&mut summary, with.as_deref())?;
             let status = self.index_status(summary.status, summary.created_at, run_id);
             match &stored {
                 // A new run: its summary, then the status index (what lists a
@@ -527,7 +533,7 @@ impl SledStore {
                 // A run's end: its new status entry, the summary, then the old
                 // entry's removal. A listing takes an entry whose status is the
                 // summary's, so the run lists once all the while.
-                Some(old) => {
+                Some((old, _)) => {
                     let old = self.index_status(old.status, old.created_at, run_id);
                     put(c, T::ByStatus, &self.by_status, &status, &[])?;
                     put(c, T::Runs, &self.runs, run_id.as_bytes(), &bytes)?;
@@ -554,7 +560,7 @@ impl SledStore {
     pub fn repair_finished(&self, run_id: &str, terminal: &Event) -> Result<()> {
         match self.run(run_id)? {
             Some(s) if s.status == RunStatus::Running => self
-                .write_run(run_id, None, None, std::slice::from_ref(terminal))
+                .write_run(run_id, Encoded::No, None, std::slice::from_ref(terminal))
                 .map(|_| ()),
             // The summary was written, its status index entries not (both).
             Some(s) => self.write(|c| {
@@ -632,18 +638,68 @@ struct StoredSummary<S> {
     summary: S,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     body_is_default: bool,
+    /// The events of a run written whole (see `write_summary`), skipped here
+    /// (read as a field, not buffered by `flatten`).
+    #[serde(default, skip_serializing, rename = "events")]
+    _events: Option<serde::de::IgnoredAny>,
 }
 
-/// A summary as stored (its input lean while it is written, then as it was).
-fn write_summary(s: &mut RunSummary) -> Result<Vec<u8>> {
+/// A summary as stored (its input lean while it is written, then as it
+/// was), with the events of a run written whole (a JSON array) if any.
+fn write_summary(s: &mut RunSummary, events: Option<&[u8]>) -> Result<Vec<u8>> {
     let (input, body_is_default) = lean_input(&s.input);
     let full = std::mem::replace(&mut s.input, input);
     let bytes = serde_json::to_vec(&StoredSummary {
         summary: &*s,
         body_is_default,
+        _events: None,
     });
     s.input = full;
-    Ok(bytes?)
+    let mut bytes = bytes?;
+    if let Some(events) = events {
+        // In place of the object's closing brace.
+        bytes.pop();
+        bytes.extend_from_slice(b",\"events\":");
+        bytes.extend_from_slice(events);
+        bytes.push(b'}');
+    }
+    Ok(bytes)
+}
+
+/// The events a stored summary holds, as written (a JSON array).
+fn events_held(record: &[u8]) -> Result<Option<Vec<u8>>> {
+    let held: HeldEvents = serde_json::from_slice(record)?;
+    held.events
+        .map(|e| serde_json::to_vec(&e))
+        .transpose()
+        .map_err(Into::into)
+}
+
+/// The events field of a stored summary.
+#[derive(Deserialize)]
+struct HeldEvents {
+    #[serde(default)]
+    events: Option<Vec<Value>>,
+}
+
+/// A run's end as its summary holds it when the run was written whole: all
+/// of it is the summary's (output, headers, time).
+const SUCCEEDED_IN_SUMMARY: &[u8] = b"{\"type\":\"RunSucceeded\"}";
+
+fn is_end(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::RunSucceeded { .. } | Event::RunFailed { .. } | Event::RunCancelled { .. }
+    )
+}
+
+/// How a batch of events is stored: apart (its key and value in
+/// `run_events`), inside the run's summary (a run written whole), or not at
+/// all (a repair of what is stored).
+enum Encoded {
+    No,
+    Apart(Vec<u8>, Vec<u8>),
+    InSummary(Vec<u8>),
 }
 
 fn read_summary(bytes: &[u8]) -> Result<RunSummary> {
@@ -665,20 +721,8 @@ impl SledStore {
         };
         let mut new_spec = None;
         if let Some(spec) = m.remove("spec") {
-            let bytes = serde_json::to_vec(&spec)?;
-            let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-            let hash: String = digest.as_ref()[..16]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            let known = self
-                .known_specs
-                .lock()
-                .map(|k| k.contains(&hash))
-                .unwrap_or(false);
-            if !known {
-                new_spec = Some((hash.clone(), bytes));
-            }
+            let (hash, spec) = self.spec_ref(&spec)?;
+            new_spec = spec;
             m.insert("spec_ref".into(), Value::String(hash));
         }
         if let Some(input) = m.get("input") {
@@ -689,6 +733,65 @@ impl SledStore {
             }
         }
         Ok((v, new_spec))
+    }
+
+    /// A spec's content hash, and the spec to store with it when `specs` may
+    /// not hold it yet.
+    fn spec_ref(&self, spec: &impl Serialize) -> Result<(String, Option<NewSpec>)> {
+        let bytes = serde_json::to_vec(spec)?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let hash: String = digest.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let known = self
+            .known_specs
+            .lock()
+            .map(|k| k.contains(&hash))
+            .unwrap_or(false);
+        let new_spec = (!known).then(|| (hash.clone(), bytes));
+        Ok((hash, new_spec))
+    }
+
+    /// The events a run written whole keeps in its summary's record, as they
+    /// were: what the summary already says is filled back in (see `append`).
+    fn events_in_summary(&self, run_id: &str) -> Result<Vec<Event>> {
+        let Some(record) = self.runs.get(run_id.as_bytes())? else {
+            return Ok(Vec::new());
+        };
+        let Some(held) = serde_json::from_slice::<HeldEvents>(&record)?.events else {
+            return Ok(Vec::new());
+        };
+        let s = read_summary(&record)?;
+        let mut out = Vec::with_capacity(held.len());
+        for mut v in held {
+            if let Value::Object(m) = &mut v {
+                let kind = m.get("type").and_then(Value::as_str).map(str::to_owned);
+                let mut fill = |k: &str, v: Value| {
+                    m.entry(k).or_insert(v);
+                };
+                match kind.as_deref() {
+                    Some("RunStarted") => {
+                        fill("run_id", s.id.clone().into());
+                        fill("workflow", s.workflow.clone().into());
+                        fill("version", s.version.into());
+                        fill("input", s.input.clone());
+                        fill("at", s.created_at.into());
+                        if let Some(r) = &s.retry_of {
+                            fill("retry_of", r.clone().into());
+                        }
+                    }
+                    Some("RunSucceeded") => {
+                        fill("output", s.output.clone().unwrap_or_default());
+                        fill("headers", serde_json::to_value(&s.output_headers)?);
+                        fill("at", s.finished_at.unwrap_or(s.created_at).into());
+                    }
+                    _ => {}
+                }
+            }
+            out.push(serde_json::from_value(self.full_start(v)?)?);
+        }
+        Ok(out)
     }
 
     /// A stored event back as it was (see `lean_start`).
@@ -847,11 +950,17 @@ impl RunStore for SledStore {
         if events.is_empty() {
             return Ok(None);
         }
-        // One value per append: one event as an object (as older versions
-        // stored every event), several as an array.
+        // A run written whole (start to end in one batch) keeps its events in
+        // its summary's record; other batches are one value each: one event as
+        // an object (as older versions stored every event), several as an
+        // array.
+        let whole = first_seq == 0
+            && matches!(events.first(), Some(Event::RunStarted { .. }))
+            && events.iter().filter(|e| is_end(e)).count() == 1
+            && events.last().is_some_and(is_end);
         let mut value = Vec::with_capacity(256 * events.len());
         let mut new_spec = None;
-        if events.len() > 1 {
+        if events.len() > 1 || whole {
             value.push(b'[');
         }
         for (i, e) in events.iter().enumerate() {
@@ -859,6 +968,22 @@ impl RunStore for SledStore {
                 value.push(b',');
             }
             match e {
+                Event::RunStarted {
+                    spec, preserved, ..
+                } if whole => {
+                    let (spec_ref, spec) = self.spec_ref(spec)?;
+                    new_spec = spec;
+                    let mut m = serde_json::Map::new();
+                    m.insert("type".into(), "RunStarted".into());
+                    m.insert("spec_ref".into(), spec_ref.into());
+                    if !preserved.is_empty() {
+                        m.insert("preserved".into(), serde_json::to_value(preserved)?);
+                    }
+                    serde_json::to_writer(&mut value, &m)?;
+                }
+                Event::RunSucceeded { .. } if whole => {
+                    value.extend_from_slice(SUCCEEDED_IN_SUMMARY)
+                }
                 Event::RunStarted { .. } => {
                     let (lean, spec) = self.lean_start(e)?;
                     serde_json::to_writer(&mut value, &lean)?;
@@ -867,15 +992,19 @@ impl RunStore for SledStore {
                 _ => serde_json::to_writer(&mut value, e)?,
             }
         }
-        if events.len() > 1 {
+        if events.len() > 1 || whole {
             value.push(b']');
         }
-        let encoded = Some((event_key(run_id, first_seq), value));
+        let encoded = if whole {
+            Encoded::InSummary(value)
+        } else {
+            Encoded::Apart(event_key(run_id, first_seq), value)
+        };
         self.write_run(run_id, encoded, new_spec, events)
     }
 
     fn events(&self, run_id: &str) -> Result<Vec<Event>> {
-        let mut out = Vec::new();
+        let mut out = self.events_in_summary(run_id)?;
         for kv in self.run_events.scan_prefix(scoped(run_id)) {
             let (_, v) = kv?;
             if !v.windows(START_TAG.len()).any(|w| w == START_TAG) {
@@ -1194,7 +1323,8 @@ mod tests {
             serde_json::from_value(json!({"output": "A", "tasks": {"A": {"run": "noop"}}}))
                 .unwrap();
         let input = json!({"body": {"k": "v"}, "default": {"k": "v"}, "headers": {}, "query": {}, "method": "POST"});
-        for id in ["a", "b"] {
+        // "a" is written whole (one append, start to end), "b" in two.
+        for (id, whole) in [("a", true), ("b", false)] {
             let start = Event::RunStarted {
                 run_id: id.into(),
                 workflow: "w".into(),
@@ -1206,16 +1336,37 @@ mod tests {
                 preserved: BTreeMap::new(),
             };
             let events = vec![start, succeeded(2)];
-            s.append(id, 0, &events).unwrap();
+            if whole {
+                s.append(id, 0, &events).unwrap();
+            } else {
+                s.append(id, 0, &events[..1]).unwrap();
+                s.append(id, 1, &events[1..]).unwrap();
+            }
             assert_eq!(s.events(id).unwrap(), events);
             assert_eq!(s.run(id).unwrap().unwrap().input, input);
-            let raw = s.run_events.get(event_key(id, 0)).unwrap().unwrap();
-            let raw = String::from_utf8_lossy(&raw);
-            assert!(!raw.contains("noop"), "the spec is not copied: {raw}");
-            assert_eq!(raw.matches("\"k\"").count(), 1, "{raw}");
-            let summary = s.runs.get(id).unwrap().unwrap();
-            let summary = String::from_utf8_lossy(&summary);
-            assert_eq!(summary.matches("\"k\"").count(), 1, "{summary}");
+            let records: Vec<String> = s
+                .run_events
+                .scan_prefix(scoped(id))
+                .values()
+                .chain(s.runs.get(id).transpose())
+                .map(|v| String::from_utf8_lossy(&v.unwrap()).into_owned())
+                .collect();
+            let all = records.join("\n");
+            assert!(!all.contains("noop"), "the spec is not copied: {all}");
+            // A run written whole is one record, holding the input and the
+            // output once; in parts, the start and the summary hold each their
+            // copy of the input.
+            assert_eq!(records.len(), if whole { 1 } else { 3 }, "{all}");
+            assert_eq!(
+                all.matches("\"k\"").count(),
+                if whole { 1 } else { 2 },
+                "{all}"
+            );
+            assert_eq!(
+                all.matches("done").count(),
+                if whole { 1 } else { 2 },
+                "{all}"
+            );
         }
         assert_eq!(s.specs.len(), 1, "one copy of the spec");
     }
