@@ -18,7 +18,7 @@ pub mod resources;
 pub mod router;
 pub mod secrets;
 pub mod store;
-mod sys;
+pub mod sys;
 
 #[cfg(test)]
 mod pool_tests;

@@ -1,8 +1,9 @@
 //! The system calls Fusion makes itself, kept in one place: a parent-death
 //! signal, so that an instance dies with the server even when the server is
 //! killed with SIGKILL; an address-space limit for environments that declare one;
-//! killing a process group; reading the open-file limit; and asking whether the
-//! server runs as root.
+//! killing a process group; reading the open-file limit; asking whether the
+//! server runs as root; and allocating a file's blocks ahead (the engine's
+//! journal).
 #![allow(unsafe_code)]
 
 /// Arranges for `cmd`'s process to get SIGKILL when the thread that spawned it
@@ -62,6 +63,20 @@ pub fn open_files_hard_limit() -> u64 {
         return 1024;
     }
     rl.rlim_max
+}
+
+/// Allocates `len` bytes of `file` from its start (reading as zeros) and sets
+/// its size to at least `len`, as `fallocate(2)` with no flags: writes within
+/// them then change neither the file's size nor its allocation.
+pub fn preallocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
+    // SAFETY: fallocate reads only its integer arguments; the descriptor is
+    // open for as long as `file` is borrowed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Whether the server runs as root (the container backend needs it).
