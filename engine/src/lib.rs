@@ -10,6 +10,7 @@ pub mod expr;
 mod fastexpr;
 mod journal;
 pub mod metrics;
+mod record;
 mod retention;
 pub mod retry;
 pub mod sfn;

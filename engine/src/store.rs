@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::journal::{Ask, Change, Changes, Journal};
+use crate::record::{pack, unpack};
 use crate::spec::WorkflowSpec;
 use crate::state::{Event, Millis, RunError, RunStatus};
 
@@ -26,6 +27,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored data is corrupt: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("stored data is corrupt: {0}")]
+    Packed(String),
     #[error("{0} already exists")]
     Conflict(String),
     #[error("{0} does not exist")]
@@ -463,7 +466,7 @@ impl SledStore {
                 return Ok(None);
             }
             // The summary as stored before this batch, if any, and as it is after.
-            let mut stored: Option<(RunSummary, sled::IVec)> = None;
+            let mut stored: Option<(RunSummary, Vec<u8>)> = None;
             let mut summary: Option<RunSummary> = None;
             let mut by_workflow = None;
             for e in events {
@@ -501,6 +504,7 @@ impl SledStore {
                                 let Some(old) = self.runs.get(run_id)? else {
                                     continue;
                                 };
+                                let old = unpacked(&old)?.into_owned();
                                 let s = read_summary(&old)?;
                                 stored = Some((s.clone(), old));
                                 s
@@ -521,7 +525,7 @@ impl SledStore {
                 (_, Some((_, old))) => events_held(old)?,
                 _ => None,
             };
-            let bytes = write_summary(&mut summary, with.as_deref())?;
+            let bytes = pack(write_summary(&mut summary, with.as_deref())?);
             let status = self.index_status(summary.status, summary.created_at, run_id);
             match &stored {
                 // A new run: its summary, then the status index (what lists a
@@ -702,6 +706,11 @@ enum Encoded {
     InSummary(Vec<u8>),
 }
 
+/// A stored run record's JSON (see `record`).
+fn unpacked(stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    unpack(stored).map_err(StoreError::Packed)
+}
+
 fn read_summary(bytes: &[u8]) -> Result<RunSummary> {
     let mut stored: StoredSummary<RunSummary> = serde_json::from_slice(bytes)?;
     if stored.body_is_default {
@@ -759,6 +768,7 @@ impl SledStore {
         let Some(record) = self.runs.get(run_id.as_bytes())? else {
             return Ok(Vec::new());
         };
+        let record = unpacked(&record)?;
         let Some(held) = serde_json::from_slice::<HeldEvents>(&record)?.events else {
             return Ok(Vec::new());
         };
@@ -998,7 +1008,7 @@ impl RunStore for SledStore {
         let encoded = if whole {
             Encoded::InSummary(value)
         } else {
-            Encoded::Apart(event_key(run_id, first_seq), value)
+            Encoded::Apart(event_key(run_id, first_seq), pack(value))
         };
         self.write_run(run_id, encoded, new_spec, events)
     }
@@ -1007,6 +1017,7 @@ impl RunStore for SledStore {
         let mut out = self.events_in_summary(run_id)?;
         for kv in self.run_events.scan_prefix(scoped(run_id)) {
             let (_, v) = kv?;
+            let v = unpacked(&v)?;
             if !v.windows(START_TAG.len()).any(|w| w == START_TAG) {
                 if v.first() == Some(&b'[') {
                     out.extend(serde_json::from_slice::<Vec<Event>>(&v)?);
@@ -1028,7 +1039,7 @@ impl RunStore for SledStore {
 
     fn run(&self, run_id: &str) -> Result<Option<RunSummary>> {
         match self.runs.get(run_id.as_bytes())? {
-            Some(v) => Ok(Some(read_summary(&v)?)),
+            Some(v) => Ok(Some(read_summary(&unpacked(&v)?)?)),
             None => Ok(None),
         }
     }
@@ -1348,7 +1359,7 @@ mod tests {
                 .scan_prefix(scoped(id))
                 .values()
                 .chain(s.runs.get(id).transpose())
-                .map(|v| String::from_utf8_lossy(&v.unwrap()).into_owned())
+                .map(|v| String::from_utf8_lossy(&unpacked(&v.unwrap()).unwrap()).into_owned())
                 .collect();
             let all = records.join("\n");
             assert!(!all.contains("noop"), "the spec is not copied: {all}");
