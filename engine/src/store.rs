@@ -316,6 +316,15 @@ impl SledStore {
         r
     }
 
+    /// Removes one key of `tree` (the store's tree `t`), recorded.
+    fn remove_entry(&self, t: T, tree: &sled::Tree, key: &[u8]) -> Result<()> {
+        self.write(|c| {
+            tree.remove(key)?;
+            c.remove(t as u8, key);
+            Ok(())
+        })
+    }
+
     /// Opens the engine's trees, replays what the journal in `journal_dir`
     /// holds from before a crash, and starts the flusher thread.
     pub fn open(db: &sled::Db, journal_dir: &Path) -> Result<Arc<Self>> {
@@ -1151,11 +1160,7 @@ impl RunStore for SledStore {
                     // A run between two statuses: pruned under its new one.
                     Some(_) => {}
                     // An index entry left without its run: dropped.
-                    None => self.write(|c| {
-                        self.by_status.remove(&k)?;
-                        c.remove(T::ByStatus as u8, &k);
-                        Ok(())
-                    })?,
+                    None => self.remove_entry(T::ByStatus, &self.by_status, &k)?,
                 }
             }
         }
@@ -1177,11 +1182,7 @@ impl RunStore for SledStore {
                 Some(s) if s.status != RunStatus::Running => finished.push(s),
                 Some(_) => {}
                 // An index entry left without its run: drop it.
-                None => self.write(|c| {
-                    self.by_workflow.remove(&k)?;
-                    c.remove(T::ByWorkflow as u8, &k);
-                    Ok(())
-                })?,
+                None => self.remove_entry(T::ByWorkflow, &self.by_workflow, &k)?,
             }
         }
         let ended = |s: &RunSummary| s.finished_at.unwrap_or(s.created_at);
