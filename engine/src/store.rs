@@ -13,6 +13,7 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -475,7 +476,7 @@ impl SledStore {
                 return Ok(None);
             }
             // The summary as stored before this batch, if any, and as it is after.
-            let mut stored: Option<(RunSummary, Vec<u8>)> = None;
+            let mut stored: Option<(RunSummary, Option<Box<RawValue>>)> = None;
             let mut summary: Option<RunSummary> = None;
             let mut by_workflow = None;
             for e in events {
@@ -513,9 +514,8 @@ impl SledStore {
                                 let Some(old) = self.runs.get(run_id)? else {
                                     continue;
                                 };
-                                let old = unpacked(&old)?.into_owned();
-                                let s = read_summary(&old)?;
-                                stored = Some((s.clone(), old));
+                                let (s, held) = read_stored(&unpacked(&old)?)?;
+                                stored = Some((s.clone(), held));
                                 s
                             }
                         };
@@ -529,12 +529,12 @@ impl SledStore {
             };
             summary.id = run_id.to_string();
             let with = match (&encoded, &stored) {
-                (Encoded::InSummary(events), _) => Some(events.clone()),
+                (Encoded::InSummary(events), _) => Some(events.as_slice()),
                 // A summary rewritten keeps the events it held.
-                (_, Some((_, old))) => events_held(old)?,
+                (_, Some((_, Some(held)))) => Some(held.get().as_bytes()),
                 _ => None,
             };
-            let bytes = pack(write_summary(&mut summary, with.as_deref())?);
+            let bytes = pack(write_summary(&mut summary, with)?);
             let status = self.index_status(summary.status, summary.created_at, run_id);
             match &stored {
                 // A new run: its summary, then the status index (what lists a
@@ -651,10 +651,10 @@ struct StoredSummary<S> {
     summary: S,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     body_is_default: bool,
-    /// The events of a run written whole (see `write_summary`), skipped here
+    /// The events of a run written whole (see `write_summary`), as written
     /// (read as a field, not buffered by `flatten`).
-    #[serde(default, skip_serializing, rename = "events")]
-    _events: Option<serde::de::IgnoredAny>,
+    #[serde(default, skip_serializing)]
+    events: Option<Box<RawValue>>,
 }
 
 /// A summary as stored (its input lean while it is written, then as it
@@ -665,7 +665,7 @@ fn write_summary(s: &mut RunSummary, events: Option<&[u8]>) -> Result<Vec<u8>> {
     let bytes = serde_json::to_vec(&StoredSummary {
         summary: &*s,
         body_is_default,
-        _events: None,
+        events: None,
     });
     s.input = full;
     let mut bytes = bytes?;
@@ -677,22 +677,6 @@ fn write_summary(s: &mut RunSummary, events: Option<&[u8]>) -> Result<Vec<u8>> {
         bytes.push(b'}');
     }
     Ok(bytes)
-}
-
-/// The events a stored summary holds, as written (a JSON array).
-fn events_held(record: &[u8]) -> Result<Option<Vec<u8>>> {
-    let held: HeldEvents = serde_json::from_slice(record)?;
-    held.events
-        .map(|e| serde_json::to_vec(&e))
-        .transpose()
-        .map_err(Into::into)
-}
-
-/// The events field of a stored summary.
-#[derive(Deserialize)]
-struct HeldEvents {
-    #[serde(default)]
-    events: Option<Vec<Value>>,
 }
 
 /// A run's end as its summary holds it when the run was written whole: all
@@ -721,11 +705,16 @@ fn unpacked(stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
 }
 
 fn read_summary(bytes: &[u8]) -> Result<RunSummary> {
+    read_stored(bytes).map(|(s, _)| s)
+}
+
+/// A stored summary and the events it holds (a run written whole), as written.
+fn read_stored(bytes: &[u8]) -> Result<(RunSummary, Option<Box<RawValue>>)> {
     let mut stored: StoredSummary<RunSummary> = serde_json::from_slice(bytes)?;
     if stored.body_is_default {
         full_input(&mut stored.summary.input);
     }
-    Ok(stored.summary)
+    Ok((stored.summary, stored.events))
 }
 
 impl SledStore {
@@ -777,11 +766,11 @@ impl SledStore {
         let Some(record) = self.runs.get(run_id.as_bytes())? else {
             return Ok(Vec::new());
         };
-        let record = unpacked(&record)?;
-        let Some(held) = serde_json::from_slice::<HeldEvents>(&record)?.events else {
+        let (s, held) = read_stored(&unpacked(&record)?)?;
+        let Some(held) = held else {
             return Ok(Vec::new());
         };
-        let s = read_summary(&record)?;
+        let held: Vec<Value> = serde_json::from_str(held.get())?;
         let mut out = Vec::with_capacity(held.len());
         for mut v in held {
             if let Value::Object(m) = &mut v {
