@@ -528,10 +528,20 @@ impl SledStore {
                 return Ok(None);
             };
             summary.id = run_id.to_string();
-            let with = match (&encoded, &stored) {
-                (Encoded::InSummary(events), _) => Some(events.as_slice()),
-                // A summary rewritten keeps the events it held.
-                (_, Some((_, Some(held)))) => Some(held.get().as_bytes()),
+            // A summary rewritten moves the events it held (what they leave to
+            // it is about to change) apart, complete, as the run's first.
+            if let Some((old, Some(held))) = &stored {
+                let held = serde_json::to_vec(&held_events(old, held)?)?;
+                put(
+                    c,
+                    T::RunEvents,
+                    &self.run_events,
+                    &event_key(run_id, 0),
+                    &pack(held),
+                )?;
+            }
+            let with = match &encoded {
+                Encoded::InSummary(events) => Some(events.as_slice()),
                 _ => None,
             };
             let bytes = pack(write_summary(&mut summary, with)?);
@@ -699,6 +709,38 @@ enum Encoded {
     InSummary(Vec<u8>),
 }
 
+/// The events a summary holds (a run written whole) with what they left to
+/// the summary filled back in: each as stored apart (a start names its spec).
+fn held_events(s: &RunSummary, held: &RawValue) -> Result<Vec<Value>> {
+    let mut held: Vec<Value> = serde_json::from_str(held.get())?;
+    for v in &mut held {
+        let Value::Object(m) = v else { continue };
+        let kind = m.get("type").and_then(Value::as_str).map(str::to_owned);
+        let mut fill = |k: &str, v: Value| {
+            m.entry(k).or_insert(v);
+        };
+        match kind.as_deref() {
+            Some("RunStarted") => {
+                fill("run_id", s.id.clone().into());
+                fill("workflow", s.workflow.clone().into());
+                fill("version", s.version.into());
+                fill("input", s.input.clone());
+                fill("at", s.created_at.into());
+                if let Some(r) = &s.retry_of {
+                    fill("retry_of", r.clone().into());
+                }
+            }
+            Some("RunSucceeded") => {
+                fill("output", s.output.clone().unwrap_or_default());
+                fill("headers", serde_json::to_value(&s.output_headers)?);
+                fill("at", s.finished_at.unwrap_or(s.created_at).into());
+            }
+            _ => {}
+        }
+    }
+    Ok(held)
+}
+
 /// A stored run record's JSON (see `record`).
 fn unpacked(stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
     unpack(stored).map_err(StoreError::Packed)
@@ -770,36 +812,10 @@ impl SledStore {
         let Some(held) = held else {
             return Ok(Vec::new());
         };
-        let held: Vec<Value> = serde_json::from_str(held.get())?;
-        let mut out = Vec::with_capacity(held.len());
-        for mut v in held {
-            if let Value::Object(m) = &mut v {
-                let kind = m.get("type").and_then(Value::as_str).map(str::to_owned);
-                let mut fill = |k: &str, v: Value| {
-                    m.entry(k).or_insert(v);
-                };
-                match kind.as_deref() {
-                    Some("RunStarted") => {
-                        fill("run_id", s.id.clone().into());
-                        fill("workflow", s.workflow.clone().into());
-                        fill("version", s.version.into());
-                        fill("input", s.input.clone());
-                        fill("at", s.created_at.into());
-                        if let Some(r) = &s.retry_of {
-                            fill("retry_of", r.clone().into());
-                        }
-                    }
-                    Some("RunSucceeded") => {
-                        fill("output", s.output.clone().unwrap_or_default());
-                        fill("headers", serde_json::to_value(&s.output_headers)?);
-                        fill("at", s.finished_at.unwrap_or(s.created_at).into());
-                    }
-                    _ => {}
-                }
-            }
-            out.push(serde_json::from_value(self.full_start(v)?)?);
-        }
-        Ok(out)
+        held_events(&s, &held)?
+            .into_iter()
+            .map(|v| Ok(serde_json::from_value(self.full_start(v)?)?))
+            .collect()
     }
 
     /// A stored event back as it was (see `lean_start`).
@@ -1314,6 +1330,23 @@ mod tests {
         let mut done = listed(&s, RunStatus::Succeeded);
         done.sort();
         assert_eq!(done, vec!["parts", "whole"]);
+
+        // A later end rewrites a whole run's summary: the events it held stay,
+        // before the ones written apart.
+        let cancelled = Event::RunCancelled {
+            reason: "late".into(),
+            at: 30,
+        };
+        s.append("whole", 2, std::slice::from_ref(&cancelled))
+            .unwrap();
+        let mut all = events.clone();
+        all.push(cancelled);
+        assert_eq!(s.events("whole").unwrap(), all);
+        assert_eq!(
+            s.run("whole").unwrap().unwrap().status,
+            RunStatus::Cancelled
+        );
+        assert_eq!(listed(&s, RunStatus::Cancelled), vec!["whole"]);
     }
 
     #[tokio::test]
