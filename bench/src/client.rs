@@ -1,9 +1,9 @@
-//! One HTTP/1.1 keep-alive client (hyper-util's legacy client, TCP_NODELAY) for
-//! everything: the API calls that set up the benchmark (with the server's bearer
-//! token) and the measured requests, routed and direct alike, so both paths pay
-//! the same client costs. Instances reached over a Unix socket (the container
-//! backend's) get the same HTTP/1.1 connections from a pool of the same shape
-//! (`UnixPool`).
+//! The benchmark's HTTP/1.1 client. Set-up calls and single measured requests
+//! (`Http::send`, `Http::timed`) go through hyper-util's pooled keep-alive client
+//! (TCP_NODELAY; the API's requests with the server's bearer token), or for a
+//! Unix socket through hyper connections pooled the same way (`UnixPool`).
+//! Measured loads (`run_batch`, every figure of many requests) use `LoadConn`:
+//! one lean connection per client, the same for routed and direct paths.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -171,21 +171,33 @@ impl Http {
             .map_err(|_| anyhow!("{method} {uri}: no answer within {REQUEST_TIMEOUT:?}"))?
             .with_context(|| format!("{method} {uri}"))?;
         let elapsed = start.elapsed();
-        let body_ok = probe.expect_body.as_ref().is_none_or(|b| *b == body);
-        if status != probe.expect_status || !body_ok {
-            let want = probe
-                .expect_body
-                .as_ref()
-                .map_or("any body".to_string(), |b| {
-                    format!("{:?}", String::from_utf8_lossy(&b[..b.len().min(100)]))
-                });
-            bail!(
-                "{method} {uri}: expected {} {want}, got {status} {:?}",
-                probe.expect_status,
-                String::from_utf8_lossy(&body[..body.len().min(300)])
-            );
-        }
+        probe.check(status, &body)?;
         Ok((elapsed, body))
+    }
+
+    /// The probe's request as written on the wire by a `LoadConn`: what hyper
+    /// sends for it (the request line, `host`, the probe's headers, the API's
+    /// authorization, a length when there is a body), HTTP/1.1 keep-alive.
+    fn request_bytes(&self, probe: &Probe) -> Result<Vec<u8>> {
+        let path = probe.uri.path_and_query().map_or("/", |p| p.as_str());
+        let host = match (&probe.unix, probe.uri.authority()) {
+            (Some(_), _) | (None, None) => "localhost",
+            (None, Some(a)) => a.as_str(),
+        };
+        let mut out = format!("{} {path} HTTP/1.1\r\nhost: {host}\r\n", probe.method);
+        for (k, v) in &probe.headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(auth) = self.auth_for(&probe.uri.to_string()) {
+            out.push_str(&format!("authorization: {}\r\n", auth.to_str()?));
+        }
+        if !probe.body.is_empty() || probe.method == Method::POST || probe.method == Method::PUT {
+            out.push_str(&format!("content-length: {}\r\n", probe.body.len()));
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&probe.body);
+        Ok(bytes)
     }
 }
 
@@ -234,6 +246,27 @@ impl Probe {
 }
 
 impl Probe {
+    /// An error unless the answer is the one the probe expects.
+    fn check(&self, status: StatusCode, body: &[u8]) -> Result<()> {
+        let body_ok = self.expect_body.as_ref().is_none_or(|b| *b == body);
+        if status != self.expect_status || !body_ok {
+            let want = self
+                .expect_body
+                .as_ref()
+                .map_or("any body".to_string(), |b| {
+                    format!("{:?}", String::from_utf8_lossy(&b[..b.len().min(100)]))
+                });
+            bail!(
+                "{} {}: expected {} {want}, got {status} {:?}",
+                self.method,
+                self.target(),
+                self.expect_status,
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            );
+        }
+        Ok(())
+    }
+
     /// `GET /` over the Unix socket at `socket`, answering `200 hello\n`.
     pub fn hello_unix(socket: PathBuf) -> Probe {
         Probe {
@@ -326,23 +359,26 @@ impl UnixPool {
 }
 
 /// `total` requests spread over `clients` concurrent clients, each sending its
-/// share one after another; answers every latency and the wall time.
+/// share one after another on a keep-alive connection of its own (`LoadConn`);
+/// answers every latency and the wall time.
 pub async fn run_batch(
     http: &Http,
     probe: &Probe,
     clients: usize,
     total: usize,
 ) -> Result<(Vec<Duration>, Duration)> {
+    let request = Arc::new(http.request_bytes(probe)?);
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for c in 0..clients {
         let n = total / clients + usize::from(c < total % clients);
-        let http = http.clone();
         let probe = probe.clone();
+        let request = request.clone();
         set.spawn(async move {
             let mut v = Vec::with_capacity(n);
+            let mut conn = LoadConn::new(&probe, request);
             for _ in 0..n {
-                v.push(http.timed(&probe).await?);
+                v.push(conn.timed().await?);
             }
             Ok::<_, anyhow::Error>(v)
         });
@@ -353,3 +389,205 @@ pub async fn run_batch(
     }
     Ok((all, start.elapsed()))
 }
+
+/// The stream of a `LoadConn`: TCP (with TCP_NODELAY) or a Unix socket.
+enum LoadStream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// One client of a measured load: a keep-alive HTTP/1.1 connection that sends
+/// the probe's request, written out once (`Http::request_bytes`), and reads
+/// each answer with `httparse` (a length, chunks, or up to the close). It does
+/// what a load generator such as wrk does and nothing more, because on two
+/// cores the client's CPU is taken from the server and the instance it
+/// measures: in an A/B on this machine (nodejs hello, 32 clients) hyper's
+/// pooled client took 16-26 us of CPU per request, this 10-16. A connection
+/// the server closes is opened again.
+struct LoadConn {
+    probe: Probe,
+    request: Arc<Vec<u8>>,
+    stream: Option<LoadStream>,
+    buf: Vec<u8>,
+}
+
+impl LoadConn {
+    fn new(probe: &Probe, request: Arc<Vec<u8>>) -> LoadConn {
+        LoadConn {
+            probe: probe.clone(),
+            request,
+            stream: None,
+            buf: Vec::with_capacity(8192),
+        }
+    }
+
+    async fn connect(&self) -> Result<LoadStream> {
+        if let Some(pool) = &self.probe.unix {
+            let s = tokio::net::UnixStream::connect(&*pool.socket)
+                .await
+                .with_context(|| format!("cannot connect to {}", pool.socket.display()))?;
+            return Ok(LoadStream::Unix(s));
+        }
+        let uri = &self.probe.uri;
+        let host = uri.host().context("the probe's URL has no host")?;
+        let port = uri.port_u16().unwrap_or(80);
+        let s = tokio::net::TcpStream::connect((host, port))
+            .await
+            .with_context(|| format!("cannot connect to {host}:{port}"))?;
+        s.set_nodelay(true)?;
+        Ok(LoadStream::Tcp(s))
+    }
+
+    /// One measured request: the time from sending until the whole body is in.
+    /// An answer the probe does not expect is an error.
+    async fn timed(&mut self) -> Result<Duration> {
+        let fresh = self.stream.is_none();
+        if fresh {
+            self.stream = Some(self.connect().await?);
+        }
+        let start = Instant::now();
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, self.exchange()).await;
+        let elapsed = start.elapsed();
+        let (method, uri) = (&self.probe.method, self.probe.target());
+        let (status, body, keep) = match answer {
+            Err(_) => bail!("{method} {uri}: no answer within {REQUEST_TIMEOUT:?}"),
+            // A kept connection the server had closed before reading the
+            // request: once more on a new one, as hyper's pool does.
+            Ok(Err(e)) if !fresh && e.downcast_ref::<Closed>().is_some() => {
+                self.stream = None;
+                self.buf.clear();
+                return Box::pin(self.timed()).await;
+            }
+            Ok(r) => r.with_context(|| format!("{method} {uri}"))?,
+        };
+        if !keep {
+            self.stream = None;
+            self.buf.clear();
+        }
+        self.probe.check(status, &body)?;
+        Ok(elapsed)
+    }
+
+    /// Writes the request and reads the answer: status, body, and whether the
+    /// connection stays open.
+    async fn exchange(&mut self) -> Result<(StatusCode, Vec<u8>, bool)> {
+        use tokio::io::AsyncWriteExt;
+        let stream = self.stream.as_mut().expect("connected");
+        match stream {
+            LoadStream::Tcp(s) => s.write_all(&self.request).await?,
+            LoadStream::Unix(s) => s.write_all(&self.request).await?,
+        }
+        // The head.
+        let (status, head_len, framing, keep) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = resp.parse(&self.buf)? {
+                let status = StatusCode::from_u16(resp.code.unwrap_or(0))?;
+                let mut framing = Framing::UntilClose;
+                let mut keep = resp.version == Some(1);
+                for h in resp.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        framing = Framing::Length(std::str::from_utf8(h.value)?.trim().parse()?);
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding")
+                        && h.value.eq_ignore_ascii_case(b"chunked")
+                    {
+                        framing = Framing::Chunked;
+                    } else if h.name.eq_ignore_ascii_case("connection") {
+                        keep = !h.value.eq_ignore_ascii_case(b"close");
+                    }
+                }
+                if matches!(status.as_u16(), 204 | 304) || self.probe.method == Method::HEAD {
+                    framing = Framing::Length(0);
+                }
+                break (status, n, framing, keep);
+            }
+            self.fill(true).await?;
+        };
+        self.buf.drain(..head_len);
+        let body = match framing {
+            Framing::Length(n) => {
+                while self.buf.len() < n {
+                    self.fill(false).await?;
+                }
+                self.buf.drain(..n).collect()
+            }
+            Framing::Chunked => {
+                let mut body = Vec::new();
+                loop {
+                    match httparse::parse_chunk_size(&self.buf)
+                        .map_err(|_| anyhow!("a bad chunk size"))?
+                    {
+                        httparse::Status::Complete((at, 0)) => {
+                            // The last chunk, then (no trailers) an empty line.
+                            while self.buf.len() < at + 2 {
+                                self.fill(false).await?;
+                            }
+                            self.buf.drain(..at + 2);
+                            break body;
+                        }
+                        httparse::Status::Complete((at, size)) => {
+                            let end = at + usize::try_from(size)? + 2;
+                            while self.buf.len() < end {
+                                self.fill(false).await?;
+                            }
+                            body.extend_from_slice(&self.buf[at..end - 2]);
+                            self.buf.drain(..end);
+                        }
+                        httparse::Status::Partial => self.fill(false).await?,
+                    }
+                }
+            }
+            Framing::UntilClose => {
+                while self.fill_or_eof().await? {}
+                std::mem::take(&mut self.buf)
+            }
+        };
+        Ok((
+            status,
+            body,
+            keep && !matches!(framing, Framing::UntilClose),
+        ))
+    }
+
+    /// Reads more into the buffer; the end of the stream is an error
+    /// (`Closed` when nothing of the answer had come yet).
+    async fn fill(&mut self, head: bool) -> Result<()> {
+        if self.fill_or_eof().await? {
+            return Ok(());
+        }
+        if head && self.buf.is_empty() {
+            return Err(Closed.into());
+        }
+        bail!("the connection closed in the middle of an answer")
+    }
+
+    /// Reads more into the buffer; false at the end of the stream.
+    async fn fill_or_eof(&mut self) -> Result<bool> {
+        use tokio::io::AsyncReadExt;
+        self.buf.reserve(4096);
+        let n = match self.stream.as_mut().expect("connected") {
+            LoadStream::Tcp(s) => s.read_buf(&mut self.buf).await?,
+            LoadStream::Unix(s) => s.read_buf(&mut self.buf).await?,
+        };
+        Ok(n > 0)
+    }
+}
+
+/// How an answer's body ends.
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// The server closed a kept connection before any of the answer came.
+#[derive(Debug)]
+struct Closed;
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the connection was closed before an answer")
+    }
+}
+
+impl std::error::Error for Closed {}
