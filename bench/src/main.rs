@@ -526,7 +526,7 @@ async fn run(args: Args) -> Result<bool> {
             "footprint_idle_secs": args.footprint_idle_secs,
             "store_cache_mb_footprint": args.store_cache_mb,
             "stall_runs": args.stall_runs,
-            "client": "hyper-util legacy client, HTTP/1.1 keep-alive, TCP_NODELAY, one current-thread tokio runtime; Unix-socket instances: hyper client::conn::http1 connections pooled the same way",
+            "client": "one keep-alive HTTP/1.1 connection per client (TCP_NODELAY for TCP, or the Unix socket), the request written from bytes prepared once, answers read with httparse; one current-thread tokio runtime",
         },
     });
     let mut doc = report::document(&faas, &engine, &args, run_info, &errors);
