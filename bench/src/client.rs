@@ -451,8 +451,8 @@ impl LoadConn {
         let (method, uri) = (&self.probe.method, self.probe.target());
         let (status, body, keep) = match answer {
             Err(_) => bail!("{method} {uri}: no answer within {REQUEST_TIMEOUT:?}"),
-            // A kept connection the server had closed before reading the
-            // request: once more on a new one, as hyper's pool does.
+            // A kept connection the server had closed (no answer, or a reset):
+            // once more on a new one, as hyper's pool does.
             Ok(Err(e)) if !fresh && e.downcast_ref::<Closed>().is_some() => {
                 self.stream = None;
                 self.buf.clear();
@@ -473,10 +473,11 @@ impl LoadConn {
     async fn exchange(&mut self) -> Result<(StatusCode, Vec<u8>, bool)> {
         use tokio::io::AsyncWriteExt;
         let stream = self.stream.as_mut().expect("connected");
-        match stream {
-            LoadStream::Tcp(s) => s.write_all(&self.request).await?,
-            LoadStream::Unix(s) => s.write_all(&self.request).await?,
-        }
+        let written = match stream {
+            LoadStream::Tcp(s) => s.write_all(&self.request).await,
+            LoadStream::Unix(s) => s.write_all(&self.request).await,
+        };
+        written.map_err(closed_or)?;
         // The head.
         let (status, head_len, framing, keep) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -550,19 +551,20 @@ impl LoadConn {
     }
 
     /// Reads more into the buffer; the end of the stream is an error
-    /// (`Closed` when nothing of the answer had come yet).
+    /// (`Closed` when nothing of the answer had come yet, as is a reset).
     async fn fill(&mut self, head: bool) -> Result<()> {
-        if self.fill_or_eof().await? {
-            return Ok(());
+        let nothing_yet = head && self.buf.is_empty();
+        match self.fill_or_eof().await {
+            Ok(true) => Ok(()),
+            Ok(false) if nothing_yet => Err(Closed.into()),
+            Ok(false) => bail!("the connection closed in the middle of an answer"),
+            Err(e) if nothing_yet => Err(closed_or(e)),
+            Err(e) => Err(e.into()),
         }
-        if head && self.buf.is_empty() {
-            return Err(Closed.into());
-        }
-        bail!("the connection closed in the middle of an answer")
     }
 
     /// Reads more into the buffer; false at the end of the stream.
-    async fn fill_or_eof(&mut self) -> Result<bool> {
+    async fn fill_or_eof(&mut self) -> std::io::Result<bool> {
         use tokio::io::AsyncReadExt;
         self.buf.reserve(4096);
         let n = match self.stream.as_mut().expect("connected") {
@@ -570,6 +572,15 @@ impl LoadConn {
             LoadStream::Unix(s) => s.read_buf(&mut self.buf).await?,
         };
         Ok(n > 0)
+    }
+}
+
+/// `Closed` for a connection the peer reset or shut, else the error itself.
+fn closed_or(e: std::io::Error) -> anyhow::Error {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    match e.kind() {
+        BrokenPipe | ConnectionReset | ConnectionAborted => Closed.into(),
+        _ => e.into(),
     }
 }
 
@@ -591,3 +602,104 @@ impl std::fmt::Display for Closed {
 }
 
 impl std::error::Error for Closed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback server that reads one request head per answer and writes the
+    /// next of `answers`; it closes the connection after each answer when
+    /// `close_after_each` (without saying so), else after the last.
+    async fn serve(
+        answers: Vec<&'static [u8]>,
+        close_after_each: bool,
+    ) -> (Uri, Arc<Mutex<usize>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}/x", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let connections = Arc::new(Mutex::new(0));
+        let seen = connections.clone();
+        tokio::spawn(async move {
+            let mut answers = answers.into_iter();
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                *seen.lock().unwrap() += 1;
+                let mut buf = Vec::new();
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 1024];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        break;
+                    };
+                    buf.drain(..end + 4);
+                    let Some(answer) = answers.next() else { return };
+                    s.write_all(answer).await.unwrap();
+                    if close_after_each {
+                        break;
+                    }
+                }
+            }
+        });
+        (uri, connections)
+    }
+
+    fn probe(uri: Uri, body: &'static [u8]) -> (Probe, Arc<Vec<u8>>) {
+        let mut p = Probe::hello(uri);
+        p.expect_body = Some(Bytes::from_static(body));
+        let http = Http::new("http://127.0.0.1:1", "t").unwrap();
+        let request = Arc::new(http.request_bytes(&p).unwrap());
+        (p, request)
+    }
+
+    #[tokio::test]
+    async fn reads_answers_by_length_and_by_chunks_on_one_connection() {
+        let (uri, connections) = serve(
+            vec![
+                b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello\n",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nhel\r\n3\r\nlo\n\r\n0\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello\n",
+            ],
+            false,
+        )
+        .await;
+        let (p, request) = probe(uri, b"hello\n");
+        let mut conn = LoadConn::new(&p, request);
+        for _ in 0..3 {
+            conn.timed().await.unwrap();
+        }
+        assert_eq!(*connections.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_server_closed_is_opened_again() {
+        let (uri, connections) = serve(
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello\n"; 2],
+            true,
+        )
+        .await;
+        let (p, request) = probe(uri, b"hello\n");
+        let mut conn = LoadConn::new(&p, request);
+        conn.timed().await.unwrap();
+        conn.timed().await.unwrap();
+        assert_eq!(*connections.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unexpected_answer_is_an_error() {
+        let (uri, _) = serve(
+            vec![b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\r\noops"],
+            false,
+        )
+        .await;
+        let (p, request) = probe(uri, b"hello\n");
+        let err = LoadConn::new(&p, request).timed().await.unwrap_err();
+        assert!(err.to_string().contains("got 500"), "{err:#}");
+    }
+}
