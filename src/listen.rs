@@ -5,8 +5,9 @@
 //!
 //! hyper answers a request it cannot parse by itself, with an empty body: 400 for
 //! bad syntax, 431 past its buffer or header count, 414 past 65,534 bytes of URI.
-//! It has no hook for those answers, so its limits are set above this module's,
-//! and a head past this module's limits gets the JSON 431 or 414 from here.
+//! Its limits are set above this module's, so a head past this module's limits
+//! gets the JSON 431 or 414 from here with a message that says which limit, and
+//! [`own_answers`] puts the JSON error into the answers hyper still writes itself.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,10 +30,13 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-/// hyper's own read buffer, past which it answers an empty 431 (must stay above
-/// `Limits::max_head_bytes`).
+mod own_answers;
+use own_answers::{OwnAnswersIo, Turns};
+
+/// hyper's own read buffer, past which it answers 431 itself (must stay above
+/// `Limits::max_head_bytes`, whose refusal says which limit was passed).
 const HYPER_MAX_BUF: usize = 256 * 1024;
-/// hyper's own header count, past which it answers an empty 431 (must stay above
+/// hyper's own header count, past which it answers 431 itself (must stay above
 /// `Limits::max_headers`).
 const HYPER_MAX_HEADERS: usize = 512;
 
@@ -149,24 +153,30 @@ pub async fn serve<H, F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let turns = Turns::new();
         let service = {
             let handler = handler.clone();
             let limits = limits.clone();
+            let turns = turns.clone();
             hyper::service::service_fn(move |req: Request<Incoming>| {
+                turns.request();
+                let turns = turns.clone();
                 let answer = match check_head(&req, &limits) {
                     None => Ok(handler(req.map(Body::new))),
                     Some(refusal) => Err(refusal),
                 };
                 async move {
                     match answer {
-                        Ok(answer) => Ok::<_, std::convert::Infallible>(answer.await),
+                        Ok(answer) => Ok::<_, std::convert::Infallible>(
+                            answer.await.map(|body| turns.track(body)),
+                        ),
                         Err(mut refusal) => {
                             // Such a client gets no second request on this connection.
                             refusal.headers_mut().insert(
                                 axum::http::header::CONNECTION,
                                 axum::http::HeaderValue::from_static("close"),
                             );
-                            Ok(refusal)
+                            Ok(refusal.map(|body| turns.track(body)))
                         }
                     }
                 }
@@ -180,6 +190,7 @@ pub async fn serve<H, F>(
             let _permit = permit;
             let result = match tls {
                 None => {
+                    let stream = OwnAnswersIo::new(stream, turns);
                     let conn = http.serve_connection(TokioIo::new(stream), service);
                     watcher.watch(conn).await
                 }
@@ -196,6 +207,7 @@ pub async fn serve<H, F>(
                                 return;
                             }
                         };
+                    let stream = OwnAnswersIo::new(stream, turns);
                     let conn = http.serve_connection(TokioIo::new(stream), service);
                     watcher.watch(conn).await
                 }

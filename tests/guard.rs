@@ -212,6 +212,44 @@ fn huge_headers_get_a_json_431_and_a_huge_uri_a_json_414_on_both_listeners() {
     }
 }
 
+#[test]
+fn a_request_that_is_not_http_gets_a_json_400_on_both_listeners() {
+    let s = Server::start();
+    for listener in [&s.api, &s.router] {
+        for head in [
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nthis line has no colon\r\n\r\n",
+            "GET /healthz HTTP/7.0\r\nHost: x\r\n\r\n",
+            "G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            let (status, v) = raw_request(addr(listener), head);
+            assert_eq!(status, 400, "{listener} {head:?}: {v}");
+            assert_eq!(v["error"]["code"], "malformed_request", "{head:?}: {v}");
+        }
+        // A bad request after a good one on the same connection: the good one is
+        // answered (200 on the API, the router's 404 without routes), then the
+        // JSON 400.
+        let mut c = TcpStream::connect(addr(listener)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nbroken\r\n\r\n",
+        )
+        .unwrap();
+        let mut text = String::new();
+        let _ = c.read_to_string(&mut text);
+        let first = if listener == &s.api { "200" } else { "404" };
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {first} ")),
+            "{listener}: {text}"
+        );
+        let (_, second) = text
+            .split_once("HTTP/1.1 400 ")
+            .unwrap_or_else(|| panic!("{listener}: no 400 in {text}"));
+        let body = second.split_once("\r\n\r\n").unwrap().1;
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "malformed_request", "{v}");
+    }
+}
+
 /// Reads until the server closes the connection; how long that took.
 fn wait_closed(c: &mut TcpStream, limit: Duration) -> Duration {
     let start = Instant::now();
