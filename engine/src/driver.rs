@@ -1115,15 +1115,18 @@ impl Actor {
             // Everything seen outside waits for the disk: a run's end, a
             // callback's URL (its token must survive) and the answer to a
             // callback completion, an abort (after the cancellation is
-            // stored), a timer. Function and http calls do not: a step's
-            // outcome is written at once and flushed by the next group commit
-            // (`flush_soon`) while the next call already goes out; what only
-            // starts calls (a run's start, dispatches) is held and written with
-            // what comes next, at the latest `LAZY_FLUSH_DELAY` later, so a
+            // stored), a timer. Function and http calls do not: the outcomes
+            // before a call are written before it goes out and flushed by the
+            // next group commit (`flush_soon`) while it already runs. What
+            // nothing outside follows yet is held and written with what comes
+            // next, at the latest `LAZY_FLUSH_DELAY` later: what only starts
+            // calls (a run's start, dispatches), and outcomes while no call
+            // goes out (a parallel step's, while its siblings still run), so a
             // short run is written once, with its end. If the process dies
             // before the flush, the restart decides the same calls again, with
             // the same idempotency keys (at least once, as a crash during a
-            // call gives); a synchronous caller was told nothing yet.
+            // call gives); a synchronous caller was told nothing yet, and the
+            // run's history never showed what is lost.
             let ending = finished || self.state.is_finished();
             let lazy = !ending
                 && self.replies.is_empty()
@@ -1140,7 +1143,7 @@ impl Actor {
                 .pending
                 .iter()
                 .all(|e| matches!(e, Event::RunStarted { .. } | Event::TaskDispatched { .. }));
-            let flushed = if lazy && only_starts {
+            let flushed = if lazy && (only_starts || external.is_empty()) {
                 if !self.pending.is_empty() && self.held_since.is_none() {
                     self.held_since = Some(tokio::time::Instant::now());
                 }

@@ -1277,3 +1277,35 @@ async fn a_short_synchronous_run_takes_one_flush_and_an_acknowledged_start_one_m
     assert_eq!(s.output, Some(json!("hi")), "{s:?}");
     assert_eq!(flushes() - before, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_short_run_whose_parallel_steps_end_apart_takes_one_flush() {
+    let (_d, db, fake) = setup();
+    for (name, ms) in [("d1", 1), ("d2", 2), ("d3", 3)] {
+        fake.add(name, Some(Duration::from_millis(ms)), move |_, _| {
+            text(200, name)
+        });
+    }
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "fan",
+        "output: J\ntasks:\n  A:\n    run: d1\n  B:\n    run: d2\n  C:\n    run: d3\n  J:\n    run: noop\n    inputs: \"{ [output('A'), output('B'), output('C')] }\"\n    requires: [A, B, C]\n",
+    )
+    .unwrap();
+    e.flush().await.unwrap();
+    let flushes = || e.store().flush_count();
+
+    // The three outcomes come back one by one while no call follows them:
+    // they are held and written with the run's end, in one flush.
+    let before = flushes();
+    let started = e.start_run_waited("fan", json!(null)).unwrap();
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.output, Some(json!(["d1", "d2", "d3"])), "{s:?}");
+    assert_eq!(flushes() - before, 1);
+    let events = e.run_events(&started.id).unwrap();
+    let succeeded = events
+        .iter()
+        .filter(|e| matches!(e, Event::TaskSucceeded { .. }))
+        .count();
+    assert_eq!(succeeded, 4, "{events:?}");
+}
