@@ -173,6 +173,31 @@ fn past_concurrency_a_request_waits_then_gets_429() {
 }
 
 #[test]
+fn a_burst_of_first_requests_starts_one_instance_when_one_takes_them_all() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "hello",
+        "python",
+        "hello.py",
+        "def main():\n    return 'hi'\n",
+        json!({"requests_per_instance": 8, "max_scale": 8}),
+    );
+    let url = s.router_url("/fission-function/hello");
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url) = (s.http.clone(), url.clone());
+            std::thread::spawn(move || http.get(url).send().unwrap().text().unwrap())
+        })
+        .collect();
+    for answer in burst {
+        assert_eq!(answer.join().unwrap(), "hi");
+    }
+    let instances = s.instances("hello");
+    assert_eq!(instances.len(), 1, "{instances:?}");
+}
+
+#[test]
 fn a_request_past_the_function_timeout_gets_504() {
     let s = Server::start();
     s.env("binary", "binary", 1);

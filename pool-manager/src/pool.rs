@@ -89,6 +89,8 @@ struct FnPool {
     instances: Vec<Arc<Instance>>,
     /// Instances being specialized for this function right now.
     pending: usize,
+    /// Requests waiting for one of those to take them (see `lease`).
+    waiting: usize,
     /// A task is specializing instances up to the function's min scale.
     warming: bool,
     /// Woken when capacity may have freed up.
@@ -105,6 +107,31 @@ pub struct Lease {
     /// Where the router counts the request.
     pub(crate) metrics: Arc<FunctionMetrics>,
     manager: Weak<Inner>,
+}
+
+/// What a lease does once it has looked at its function's pool.
+enum Next {
+    /// Specialize an instance: this generic one from the pool, or a new one.
+    Start(Arc<Function>, Option<Arc<Instance>>),
+    /// Wait for a specialization in flight to end (counted in `waiting`).
+    AwaitSpecialization(tokio::sync::futures::OwnedNotified),
+    /// At the function's concurrency: wait for capacity to free up.
+    AwaitCapacity(Arc<Notify>),
+}
+
+/// A request counted in its function's `waiting` until it stops waiting
+/// (woken, or dropped with a caller that went away).
+struct Waiting<'a> {
+    inner: Arc<Inner>,
+    name: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(pool) = lock(&self.inner.state).fns.get_mut(self.name) {
+            pool.waiting = pool.waiting.saturating_sub(1);
+        }
+    }
 }
 
 impl Drop for Lease {
@@ -277,8 +304,15 @@ impl PoolManager {
     }
 
     /// A lease on a specialized instance of `name`: reuse one with spare capacity,
-    /// else specialize a generic one from the pool, else spawn one; past the
-    /// function's concurrency, wait up to `lease_wait`, then fail with 429.
+    /// else wait for one being specialized that will have some, else specialize
+    /// a generic one from the pool, else spawn one; past the function's
+    /// concurrency, wait up to `lease_wait`, then fail with 429.
+    ///
+    /// A burst of first requests to a function whose instances take several
+    /// requests at once (`requests_per_instance`) thus starts one instance per
+    /// that many requests, not one per request: each specialization in flight
+    /// takes its own request and `requests_per_instance - 1` waiting ones. A
+    /// waiting request is woken when the specialization ends, either way.
     pub async fn lease(&self, name: &str) -> Result<Lease> {
         let inner = &self.inner;
         // A named package still building is waited for (within the function's
@@ -300,7 +334,7 @@ impl PoolManager {
             if inner.closing.load(Ordering::SeqCst) {
                 return Err(Error::Unavailable("the server is shutting down".into()));
             }
-            let (function, generic, changed) = {
+            let next = {
                 let mut st = lock(&inner.state);
                 let State { fns, envs, .. } = &mut *st;
                 let pool = fns
@@ -320,30 +354,46 @@ impl PoolManager {
                         manager: Arc::downgrade(inner),
                     });
                 }
+                let room = pool.pending * f.requests_per_instance.saturating_sub(1);
                 let live = pool.instances.iter().filter(|i| i.usable()).count() + pool.pending;
-                if live < f.concurrency {
+                if pool.waiting < room {
+                    pool.waiting += 1;
+                    Next::AwaitSpecialization(pool.changed.clone().notified_owned())
+                } else if live < f.concurrency {
                     pool.pending += 1;
                     let generic = envs.get_mut(&f.env_key()).and_then(|p| p.generic.pop());
-                    (Some(f.clone()), generic, pool.changed.clone())
+                    Next::Start(f.clone(), generic)
                 } else {
-                    (None, None, pool.changed.clone())
+                    Next::AwaitCapacity(pool.changed.clone())
                 }
             };
-            let Some(function) = function else {
-                let notified = changed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                // Capacity may have been freed between the check and enable().
-                if self.has_capacity(name) {
+            let (function, generic) = match next {
+                Next::Start(function, generic) => (function, generic),
+                Next::AwaitSpecialization(specialized) => {
+                    let waiting = Waiting {
+                        inner: inner.clone(),
+                        name,
+                    };
+                    specialized.await;
+                    drop(waiting);
                     continue;
                 }
-                if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                    return Err(Error::Overloaded(format!(
-                        "function {name:?} is at its concurrency limit and no instance freed up within {:?}",
-                        inner.cfg.lease_wait
-                    )));
+                Next::AwaitCapacity(changed) => {
+                    let notified = changed.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    // Capacity may have been freed between the check and enable().
+                    if self.has_capacity(name) {
+                        continue;
+                    }
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(Error::Overloaded(format!(
+                            "function {name:?} is at its concurrency limit and no instance freed up within {:?}",
+                            inner.cfg.lease_wait
+                        )));
+                    }
+                    continue;
                 }
-                continue;
             };
             // On a task of its own: a caller that goes away (a client that hangs
             // up, a workflow task's timeout) must not abandon the instance
@@ -464,6 +514,7 @@ impl FnPool {
             function: Arc::new(function),
             instances: Vec::new(),
             pending: 0,
+            waiting: 0,
             warming: false,
             changed: Arc::new(Notify::new()),
             metrics: Arc::default(),
@@ -511,6 +562,8 @@ impl Inner {
                 if stale {
                     instance.retiring.store(true, Ordering::SeqCst);
                 }
+                // Requests waiting for this specialization take its spare room.
+                pool.changed.notify_waiters();
                 Ok(Lease {
                     instance,
                     function,
@@ -633,6 +686,8 @@ impl Inner {
     pub(crate) fn remove_function(&self, name: &str) {
         if let Some(pool) = lock(&self.state).fns.remove(name) {
             retire(&pool.instances);
+            // Waiting requests find the function gone.
+            pool.changed.notify_waiters();
         }
     }
 

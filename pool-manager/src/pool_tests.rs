@@ -160,6 +160,16 @@ async fn setup(poolsize: usize, concurrency: usize) -> Setup {
 
 /// As `setup`, with the function's min scale.
 async fn setup_scaled(poolsize: usize, min_scale: usize, concurrency: usize) -> Setup {
+    setup_with(poolsize, min_scale, concurrency, 1).await
+}
+
+/// As `setup_scaled`, with the requests an instance takes at once.
+async fn setup_with(
+    poolsize: usize,
+    min_scale: usize,
+    concurrency: usize,
+    requests_per_instance: usize,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let backend = Arc::new(FakeBackend {
         dir: dir.path().to_path_buf(),
@@ -209,7 +219,7 @@ async fn setup_scaled(poolsize: usize, min_scale: usize, concurrency: usize) -> 
         executor_type: Default::default(),
         min_scale,
         concurrency,
-        requests_per_instance: 1,
+        requests_per_instance,
         secrets: Vec::new(),
         configmaps: Vec::new(),
         env_vars: Default::default(),
@@ -449,4 +459,55 @@ async fn without_min_scale_the_idle_reaper_stops_every_idle_instance() {
         warm(&s.pm).is_empty().then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_burst_of_first_requests_shares_one_cold_start_up_to_requests_per_instance() {
+    for poolsize in [0, 1] {
+        let s = setup_with(poolsize, 0, 10, 4).await;
+        let leases = futures_util::future::join_all((0..4).map(|_| s.pm.lease("f"))).await;
+        let ids: Vec<u64> = leases
+            .iter()
+            .map(|l| l.as_ref().unwrap().instance.id)
+            .collect();
+        assert!(
+            ids.iter().all(|id| *id == ids[0]),
+            "pool {poolsize}: {ids:?}"
+        );
+        let specialized =
+            s.pm.instances(None)
+                .into_iter()
+                .filter(|i| i.function.is_some());
+        assert_eq!(specialized.count(), 1, "pool {poolsize}");
+        // A fifth while the four are held needs an instance of its own.
+        let fifth = s.pm.lease("f").await.unwrap();
+        assert_ne!(fifth.instance.id, ids[0]);
+    }
+
+    // One request per instance: a burst starts one instance per request.
+    let s = setup_with(0, 0, 10, 1).await;
+    let leases = futures_util::future::join_all((0..3).map(|_| s.pm.lease("f"))).await;
+    let mut ids: Vec<u64> = leases
+        .iter()
+        .map(|l| l.as_ref().unwrap().instance.id)
+        .collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+}
+
+#[tokio::test]
+async fn requests_waiting_for_a_cold_start_that_fails_get_its_error_not_a_hang() {
+    let s = setup_with(0, 0, 10, 4).await;
+    s.backend.broken.store(true, Ordering::SeqCst);
+    let leases = futures_util::future::join_all((0..3).map(|_| s.pm.lease("f"))).await;
+    for l in &leases {
+        assert_eq!(
+            l.as_ref().err().map(|e| e.code()),
+            Some("unavailable"),
+            "{:?}",
+            l.as_ref().err()
+        );
+    }
+    s.backend.broken.store(false, Ordering::SeqCst);
+    assert!(s.pm.lease("f").await.is_ok(), "the budget is whole again");
 }
