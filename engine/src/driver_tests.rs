@@ -1249,6 +1249,15 @@ async fn a_workflow_run_by_name_keeps_its_own_concurrency() {
     assert_eq!(*seen.lock().unwrap(), (5, 2));
 }
 
+/// A run of `workflow` for a caller that waits for its end: its summary, and
+/// how many flushes it took.
+async fn waited_run(e: &Arc<Engine>, workflow: &str) -> (crate::store::RunSummary, u64) {
+    let before = e.store().flush_count();
+    let started = e.start_run_waited(workflow, json!(null)).unwrap();
+    let s = e.wait(&started.id).await.unwrap();
+    (s, e.store().flush_count() - before)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_short_synchronous_run_takes_one_flush_and_an_acknowledged_start_one_more() {
     let (_d, db, fake) = setup();
@@ -1262,12 +1271,10 @@ async fn a_short_synchronous_run_takes_one_flush_and_an_acknowledged_start_one_m
     let flushes = || e.store().flush_count();
 
     // A caller that waits: start, call and end are written and flushed once.
-    let before = flushes();
-    let started = e.start_run_waited("one", json!(null)).unwrap();
-    let s = e.wait(&started.id).await.unwrap();
+    let (s, took) = waited_run(&e, "one").await;
     assert_eq!(s.output, Some(json!("hi")), "{s:?}");
-    assert_eq!(flushes() - before, 1);
-    assert_eq!(e.run_events(&started.id).unwrap().len(), 4);
+    assert_eq!(took, 1);
+    assert_eq!(e.run_events(&s.id).unwrap().len(), 4);
 
     // A start that is acknowledged (202) is durable before the call.
     let before = flushes();
@@ -1293,16 +1300,13 @@ async fn a_short_run_whose_parallel_steps_end_apart_takes_one_flush() {
     )
     .unwrap();
     e.flush().await.unwrap();
-    let flushes = || e.store().flush_count();
 
     // The three outcomes come back one by one while no call follows them:
     // they are held and written with the run's end, in one flush.
-    let before = flushes();
-    let started = e.start_run_waited("fan", json!(null)).unwrap();
-    let s = e.wait(&started.id).await.unwrap();
+    let (s, took) = waited_run(&e, "fan").await;
     assert_eq!(s.output, Some(json!(["d1", "d2", "d3"])), "{s:?}");
-    assert_eq!(flushes() - before, 1);
-    let events = e.run_events(&started.id).unwrap();
+    assert_eq!(took, 1);
+    let events = e.run_events(&s.id).unwrap();
     let succeeded = events
         .iter()
         .filter(|e| matches!(e, Event::TaskSucceeded { .. }))
