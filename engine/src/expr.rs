@@ -893,6 +893,38 @@ mod tests {
     }
 
     #[test]
+    fn expressions_running_out_of_memory_at_once_fail_without_taking_the_process_down() {
+        // QuickJS-ng 0.8 (rquickjs 0.9) could, for an evaluation running out
+        // of memory, write the backtrace into an exception object it had
+        // already freed: a segfault of the whole server in about one of 2,000
+        // such evaluations on four threads of this 2-core machine.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let _heap: Vec<Vec<u8>> = (0..(i * 7 + t) % 50)
+                            .map(|k| vec![0; 1000 * k + 1])
+                            .collect();
+                        let e = eval(
+                            "{ var a = []; while(true) { a.push(new Array(100000).fill(1)); } }",
+                        )
+                        .unwrap_err();
+                        assert!(
+                            e.message.contains("out of memory") || e.message.contains("timed out"),
+                            "{}",
+                            e.message
+                        );
+                    }
+                    eval("{ param() }").unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), json!("hello"));
+        }
+    }
+
+    #[test]
     fn helpers_cannot_be_replaced() {
         let _ = eval("{ param = function() { return 'evil' }; 1 }");
         assert_eq!(eval("{ param() }").unwrap(), json!("hello"));
