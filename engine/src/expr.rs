@@ -466,8 +466,14 @@ pub fn with_scope<R>(
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// An evaluator thread: where to send it jobs, and its kernel thread id.
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    tid: i32,
+}
+
 /// Evaluator threads waiting for work.
-static IDLE: Mutex<Vec<mpsc::Sender<Job>>> = Mutex::new(Vec::new());
+static IDLE: Mutex<Vec<Worker>> = Mutex::new(Vec::new());
 /// Evaluator threads given up on (still running an evaluation the interrupt
 /// handler cannot stop).
 static RUNAWAY: AtomicUsize = AtomicUsize::new(0);
@@ -475,24 +481,42 @@ static RUNAWAY: AtomicUsize = AtomicUsize::new(0);
 /// starting more threads that burn CPU.
 const MAX_RUNAWAY: usize = 8;
 
-fn evaluator_thread() -> Result<mpsc::Sender<Job>, String> {
-    let (tx, rx) = mpsc::channel::<Job>();
+fn evaluator_thread() -> Result<Worker, String> {
+    let (jobs, rx) = mpsc::channel::<Job>();
+    let (tid_tx, tid_rx) = mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("fusion-expr".into())
         .spawn(move || {
+            let _ = tid_tx.send(pool_manager::sys::thread_id());
             while let Ok(job) = rx.recv() {
                 job();
             }
         })
         .map_err(|e| format!("cannot start an evaluator thread: {e}"))?;
-    Ok(tx)
+    let tid = tid_rx
+        .recv()
+        .map_err(|_| "an evaluator thread stopped at its start".to_string())?;
+    Ok(Worker { jobs, tid })
+}
+
+/// Moves a thread given up on to the idle scheduling class. What it still
+/// computes (native work QuickJS does not interrupt: `Array(1e9).join('x')`
+/// runs 26 s, a sort over a length of 2^32 - 1 more than four minutes) then
+/// takes only CPU time nothing else wants, instead of up to `MAX_RUNAWAY` cores
+/// from the server. The thread ends once its evaluation does.
+fn demote(tid: i32) {
+    // A thread that ended meanwhile fails with ESRCH, which changes nothing.
+    if let Err(e) = pool_manager::sys::make_thread_idle(tid) {
+        tracing::debug!("cannot lower a runaway evaluator thread's priority: {e}");
+    }
 }
 
 /// Runs `job` (JavaScript evaluations) on an evaluator thread and waits at most
 /// `limit`. QuickJS's interrupt handler stops runaway JavaScript, but not native
 /// work such as a backtracking regular expression (`/(a+)+$/`), which would
 /// otherwise hold the calling thread (a tokio worker, and the run) for hours.
-/// Such a thread is given up on: it ends when its evaluation does.
+/// Such a thread is given up on: it ends when its evaluation does, at idle
+/// priority meanwhile (`demote`).
 fn isolated<R: Send + 'static>(
     limit: Duration,
     job: impl FnOnce() -> R + Send + 'static,
@@ -515,12 +539,13 @@ fn isolated<R: Send + 'static>(
         }
         let _ = tx.send(r);
     });
-    let worker = match worker.send(job) {
+    let worker = match worker.jobs.send(job) {
         Ok(()) => worker,
         Err(mpsc::SendError(job)) => {
             // That thread is gone (a panic): use a new one.
             let w = evaluator_thread()?;
-            w.send(job)
+            w.jobs
+                .send(job)
                 .map_err(|_| "the evaluator thread stopped".to_string())?;
             w
         }
@@ -539,6 +564,7 @@ fn isolated<R: Send + 'static>(
             if let Ok(r) = rx.try_recv() {
                 return Ok(r);
             }
+            demote(worker.tid);
             Err(format!("timed out after {} ms", TIME_LIMIT.as_millis()))
         }
         Err(mpsc::RecvTimeoutError::Disconnected) => Err("the evaluation failed".into()),
@@ -864,24 +890,53 @@ mod tests {
         assert_eq!(eval("{ 1 + 1 }").unwrap(), json!(2));
     }
 
-    #[test]
-    fn runaway_regex_is_stopped() {
-        // QuickJS does not poll the interrupt handler inside the regex engine:
-        // this backtracks 2^40 times unless something else stops it.
-        let inputs = BTreeMap::from([(
-            "default".to_string(),
-            json!("{ /(a+)+$/.test('a'.repeat(40) + 'b') }"),
-        )]);
+    /// Resolves an input of `expr`, which runs past its deadline: the task
+    /// fails with `timed out` within seconds, and later evaluations still work.
+    fn times_out_and_leaves_evaluation_working(expr: &str) {
+        let inputs = BTreeMap::from([("default".to_string(), json!(expr))]);
         let t = Instant::now();
         let e = resolve_inputs(&scope(), "B", &inputs).unwrap_err();
         assert!(e.message.contains("timed out"), "{}", e.message);
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
-        // Later evaluations still work.
         let ok = BTreeMap::from([("default".to_string(), json!("{ 1 + 2 }"))]);
         assert_eq!(
             resolve_inputs(&scope(), "B", &ok).unwrap()["default"],
             json!(3)
         );
+    }
+
+    #[test]
+    fn runaway_regex_is_stopped() {
+        // This backtracks 2^40 times unless something stops it (QuickJS-ng
+        // 0.16 polls the interrupt handler inside its regex engine; 0.8 did
+        // not, and only the evaluator thread's deadline did).
+        times_out_and_leaves_evaluation_working("{ /(a+)+$/.test('a'.repeat(40) + 'b') }");
+    }
+
+    #[test]
+    fn native_work_past_its_deadline_is_given_up_and_left_only_idle_cpu() {
+        // QuickJS does not poll the interrupt handler inside `join`: this runs
+        // for 26 s of CPU in a release build before it fails for memory.
+        times_out_and_leaves_evaluation_working("{ Array(1e9).join('x').length }");
+        // The thread still joining runs only when nothing else wants the CPU.
+        assert!(idle_evaluator_threads() >= 1);
+    }
+
+    /// Evaluator threads of this process in the idle scheduling class (the
+    /// `policy` field of /proc's thread stat, SCHED_IDLE = 5).
+    fn idle_evaluator_threads() -> usize {
+        let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            .filter(|stat| {
+                let Some((head, rest)) = stat.rsplit_once(')') else {
+                    return false;
+                };
+                // Fields from the third (state) on: policy is the 41st.
+                head.ends_with("(fusion-expr") && rest.split_whitespace().nth(41 - 3) == Some("5")
+            })
+            .count()
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! signal, so that an instance dies with the server even when the server is
 //! killed with SIGKILL; an address-space limit for environments that declare one;
 //! killing a process group; reading the open-file limit; asking whether the
-//! server runs as root; and allocating a file's blocks ahead (the engine's
-//! journal).
+//! server runs as root; allocating a file's blocks ahead (the engine's
+//! journal); and lowering a thread's scheduling class (the engine's runaway
+//! expression threads).
 #![allow(unsafe_code)]
 
 /// Arranges for `cmd`'s process to get SIGKILL when the thread that spawned it
@@ -74,6 +75,25 @@ pub fn preallocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
     // SAFETY: fallocate reads only its integer arguments; the descriptor is
     // open for as long as `file` is borrowed.
     if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's kernel id.
+pub fn thread_id() -> i32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Moves thread `tid` of this process to the idle scheduling class
+/// (`SCHED_IDLE`): it then runs only when nothing else wants the CPU. No
+/// privilege is needed to lower a thread's class; nothing here raises it back.
+pub fn make_thread_idle(tid: i32) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call; a `tid`
+    // that names no thread makes it fail with ESRCH.
+    if unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
