@@ -512,9 +512,10 @@ fn demote(tid: i32) {
 }
 
 /// Runs `job` (JavaScript evaluations) on an evaluator thread and waits at most
-/// `limit`. QuickJS's interrupt handler stops runaway JavaScript, but not native
-/// work such as a backtracking regular expression (`/(a+)+$/`), which would
-/// otherwise hold the calling thread (a tokio worker, and the run) for hours.
+/// `limit`. QuickJS's interrupt handler stops runaway JavaScript (and, since
+/// QuickJS-ng 0.16, a backtracking regular expression), but not all native
+/// work: `Array(1e9).join('x')` would otherwise hold the calling thread (a
+/// tokio worker, and the run) for 26 s, a sort over a huge length for longer.
 /// Such a thread is given up on: it ends when its evaluation does, at idle
 /// priority meanwhile (`demote`).
 fn isolated<R: Send + 'static>(
