@@ -491,6 +491,7 @@ async fn a_burst_of_first_requests_shares_one_cold_start_up_to_requests_per_inst
         .iter()
         .map(|l| l.as_ref().unwrap().instance.id)
         .collect();
+    ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 3, "{ids:?}");
 }
