@@ -9,6 +9,7 @@ pub mod driver;
 pub mod expr;
 mod fastexpr;
 mod journal;
+mod keys;
 pub mod metrics;
 mod record;
 mod retention;

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::journal::{Ask, Change, Changes, Journal};
+use crate::keys::{self, event_key, from_time, index_key, run_key, status_prefix, workflow_prefix};
 use crate::record::{pack, unpack};
 use crate::spec::WorkflowSpec;
 use crate::state::{Event, Millis, RunError, RunStatus};
@@ -58,6 +59,8 @@ pub struct WorkflowVersion {
 /// What a listing shows of a run (the detail comes from its events).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
+    /// Never empty (stored without it: the run's key holds it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
     pub workflow: String,
     pub version: u32,
@@ -149,18 +152,25 @@ pub const LAZY_FLUSH_DELAY: Duration = Duration::from_millis(20);
 enum T {
     Workflows,
     WfVersions,
+    /// The runs' trees of versions before 2026-12, keyed by strings (see
+    /// `migrate_string_keys`): moved to the trees below at open, named so
+    /// that a journal they left still replays.
+    StrRuns,
+    StrRunEvents,
+    /// The time index of versions before 2026-12: dropped at open.
+    ByTime,
+    StrByWorkflow,
+    StrByStatus,
+    Specs,
+    /// The runs' trees, keyed as `keys` says.
     Runs,
     RunEvents,
-    /// The time index of versions before 2026-12: dropped at open, named so
-    /// that a journal they left still replays.
-    ByTime,
     ByWorkflow,
     ByStatus,
-    Specs,
 }
 
 /// sled's names for the trees, in `T`'s order.
-const TREE_NAMES: [&str; 8] = [
+const TREE_NAMES: [&str; 12] = [
     "wf_latest",
     "wf_versions",
     "runs",
@@ -169,6 +179,10 @@ const TREE_NAMES: [&str; 8] = [
     "runs_by_workflow",
     "runs_by_status",
     "run_specs",
+    "runs.2",
+    "run_events.2",
+    "runs_by_workflow.2",
+    "runs_by_status.2",
 ];
 
 /// A tree inside a sled transaction whose changes are also recorded for the
@@ -239,28 +253,92 @@ pub struct SledStore {
     flushes: prometheus_client::metrics::counter::Counter,
 }
 
-fn be(ms: Millis) -> [u8; 8] {
-    ms.to_be_bytes()
-}
-
-fn index_key(prefix: &[u8], ts: Millis, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + 8 + id.len());
-    k.extend_from_slice(prefix);
-    k.extend_from_slice(&be(ts));
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
 fn scoped(name: &str) -> Vec<u8> {
     let mut k = name.as_bytes().to_vec();
     k.push(0);
     k
 }
 
-fn event_key(run_id: &str, seq: u64) -> Vec<u8> {
-    let mut k = scoped(run_id);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
+/// Moves the runs that versions before 2026-12 stored under string keys
+/// (`name\0` + 8-byte time + id for the indexes, `id\0` + sequence for
+/// events) to the trees keyed as `keys` says, then drops the old trees.
+/// Values move as they are (a summary that holds its id reads the same).
+/// Written straight to sled and flushed before the old trees go: a crash
+/// on the way leaves them, and the next open moves them again.
+fn migrate_string_keys(db: &sled::Db, trees: &[sled::Tree]) -> Result<()> {
+    let t = |id: T| &trees[id as usize];
+    if [
+        T::StrRuns,
+        T::StrRunEvents,
+        T::StrByWorkflow,
+        T::StrByStatus,
+    ]
+    .iter()
+    .all(|id| t(*id).is_empty())
+    {
+        return Ok(());
+    }
+    let runs = t(T::StrRuns).len();
+    tracing::info!(runs, "moving stored runs to compact keys (once)");
+    // What precedes the first NUL, and what follows it.
+    let split = |k: &[u8]| -> Option<(String, Vec<u8>)> {
+        let at = k.iter().position(|b| *b == 0)?;
+        Some((
+            String::from_utf8(k[..at].to_vec()).ok()?,
+            k[at + 1..].to_vec(),
+        ))
+    };
+    // An index entry's time and id (after its prefix).
+    let entry = |rest: &[u8]| -> Option<(Millis, String)> {
+        let (ts, id) = rest.split_first_chunk::<8>()?;
+        Some((
+            Millis::from_be_bytes(*ts),
+            String::from_utf8(id.to_vec()).ok()?,
+        ))
+    };
+    for kv in t(T::StrRuns).iter() {
+        let (k, v) = kv?;
+        if let Ok(id) = std::str::from_utf8(&k) {
+            t(T::Runs).insert(run_key(id), v)?;
+        }
+    }
+    for kv in t(T::StrRunEvents).iter() {
+        let (k, v) = kv?;
+        if let Some((id, seq)) = split(&k) {
+            if let Ok(seq) = <[u8; 8]>::try_from(seq.as_slice()) {
+                t(T::RunEvents).insert(event_key(&id, u64::from_be_bytes(seq)), v)?;
+            }
+        }
+    }
+    for kv in t(T::StrByStatus).iter() {
+        let (k, _) = kv?;
+        let Some((status, rest)) = split(&k) else {
+            continue;
+        };
+        if let (Some(status), Some((ts, id))) = (RunStatus::parse(&status), entry(&rest)) {
+            t(T::ByStatus).insert(index_key(&status_prefix(status), ts, &id), &[])?;
+        }
+    }
+    for kv in t(T::StrByWorkflow).iter() {
+        let (k, _) = kv?;
+        let Some((workflow, rest)) = split(&k) else {
+            continue;
+        };
+        if let Some((ts, id)) = entry(&rest) {
+            t(T::ByWorkflow).insert(index_key(&workflow_prefix(&workflow), ts, &id), &[])?;
+        }
+    }
+    db.flush()?;
+    for id in [
+        T::StrRuns,
+        T::StrRunEvents,
+        T::StrByWorkflow,
+        T::StrByStatus,
+    ] {
+        db.drop_tree(TREE_NAMES[id as usize])?;
+    }
+    db.flush()?;
+    Ok(())
 }
 
 impl SledStore {
@@ -277,7 +355,7 @@ impl SledStore {
                 changes.borrow_mut().clear();
                 let c = &changes;
                 rec(by_workflow, T::ByWorkflow, c).remove(index_key(
-                    &scoped(&s.workflow),
+                    &workflow_prefix(&s.workflow),
                     s.created_at,
                     id,
                 ))?;
@@ -286,7 +364,7 @@ impl SledStore {
                     s.created_at,
                     id,
                 ))?;
-                rec(runs, T::Runs, c).remove(id.as_bytes())?;
+                rec(runs, T::Runs, c).remove(run_key(id))?;
                 Ok(())
             })
             .map_err(from_tx)?;
@@ -294,7 +372,7 @@ impl SledStore {
         drop(held);
         let keys: Vec<sled::IVec> = self
             .run_events
-            .scan_prefix(scoped(id))
+            .scan_prefix(run_key(id))
             .keys()
             .collect::<sled::Result<_>>()?;
         self.write(|c| {
@@ -355,8 +433,10 @@ impl SledStore {
         })?;
         let journal = Arc::new(journal);
         // Unfiltered listings merge the status index now: the time index of
-        // older versions goes (after the journal's replay, which may name it).
+        // older versions goes (after the journal's replay, which may name it),
+        // and the runs they keyed by strings move.
         db.drop_tree(TREE_NAMES[T::ByTime as usize])?;
+        migrate_string_keys(db, &trees)?;
         let t = |id: T| trees[id as usize].clone();
         let (flush_tx, rx) = std_mpsc::channel::<Ask>();
         let flushes = prometheus_client::metrics::counter::Counter::default();
@@ -420,7 +500,7 @@ impl SledStore {
     }
 
     fn index_status(&self, status: RunStatus, ts: Millis, id: &str) -> Vec<u8> {
-        index_key(&scoped(status.as_str()), ts, id)
+        index_key(&status_prefix(status), ts, id)
     }
 
     /// Writes a run's encoded events and brings its summary and indexes up to
@@ -490,7 +570,7 @@ impl SledStore {
                         retry_of,
                         ..
                     } => {
-                        by_workflow = Some(index_key(&scoped(workflow), *at, run_id));
+                        by_workflow = Some(index_key(&workflow_prefix(workflow), *at, run_id));
                         summary = Some(RunSummary {
                             id: run_id.clone(),
                             workflow: workflow.clone(),
@@ -511,10 +591,10 @@ impl SledStore {
                         let s = match summary.take() {
                             Some(s) => s,
                             None => {
-                                let Some(old) = self.runs.get(run_id)? else {
+                                let Some(old) = self.runs.get(run_key(run_id))? else {
                                     continue;
                                 };
-                                let (s, held) = read_stored(&unpacked(&old)?)?;
+                                let (s, held) = read_stored(&unpacked(&old)?, run_id)?;
                                 stored = Some((s.clone(), held));
                                 s
                             }
@@ -550,7 +630,7 @@ impl SledStore {
                 // A new run: its summary, then the status index (what lists a
                 // run as running is what recovery continues it from).
                 None => {
-                    put(c, T::Runs, &self.runs, run_id.as_bytes(), &bytes)?;
+                    put(c, T::Runs, &self.runs, &run_key(run_id), &bytes)?;
                     put(c, T::ByStatus, &self.by_status, &status, &[])?;
                 }
                 // A run's end: its new status entry, the summary, then the old
@@ -559,7 +639,7 @@ impl SledStore {
                 Some((old, _)) => {
                     let old = self.index_status(old.status, old.created_at, run_id);
                     put(c, T::ByStatus, &self.by_status, &status, &[])?;
-                    put(c, T::Runs, &self.runs, run_id.as_bytes(), &bytes)?;
+                    put(c, T::Runs, &self.runs, &run_key(run_id), &bytes)?;
                     if old != status {
                         self.by_status.remove(&old)?;
                         c.remove(T::ByStatus as u8, &old);
@@ -667,17 +747,20 @@ struct StoredSummary<S> {
     events: Option<Box<RawValue>>,
 }
 
-/// A summary as stored (its input lean while it is written, then as it
-/// was), with the events of a run written whole (a JSON array) if any.
+/// A summary as stored (without its id, which its key holds, and its input
+/// lean while it is written, then as it was), with the events of a run
+/// written whole (a JSON array) if any.
 fn write_summary(s: &mut RunSummary, events: Option<&[u8]>) -> Result<Vec<u8>> {
     let (input, body_is_default) = lean_input(&s.input);
     let full = std::mem::replace(&mut s.input, input);
+    let id = std::mem::take(&mut s.id);
     let bytes = serde_json::to_vec(&StoredSummary {
         summary: &*s,
         body_is_default,
         events: None,
     });
     s.input = full;
+    s.id = id;
     let mut bytes = bytes?;
     if let Some(events) = events {
         // In place of the object's closing brace.
@@ -746,15 +829,21 @@ fn unpacked(stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
     unpack(stored).map_err(StoreError::Packed)
 }
 
-fn read_summary(bytes: &[u8]) -> Result<RunSummary> {
-    read_stored(bytes).map(|(s, _)| s)
+/// The stored summary of run `id`.
+fn read_summary(bytes: &[u8], id: &str) -> Result<RunSummary> {
+    read_stored(bytes, id).map(|(s, _)| s)
 }
 
-/// A stored summary and the events it holds (a run written whole), as written.
-fn read_stored(bytes: &[u8]) -> Result<(RunSummary, Option<Box<RawValue>>)> {
+/// The stored summary of run `id` and the events it holds (a run written
+/// whole), as written.
+fn read_stored(bytes: &[u8], id: &str) -> Result<(RunSummary, Option<Box<RawValue>>)> {
     let mut stored: StoredSummary<RunSummary> = serde_json::from_slice(bytes)?;
     if stored.body_is_default {
         full_input(&mut stored.summary.input);
+    }
+    // Versions before 2026-12 stored the id in the summary too.
+    if stored.summary.id.is_empty() {
+        stored.summary.id = id.to_string();
     }
     Ok((stored.summary, stored.events))
 }
@@ -805,10 +894,10 @@ impl SledStore {
     /// The events a run written whole keeps in its summary's record, as they
     /// were: what the summary already says is filled back in (see `append`).
     fn events_in_summary(&self, run_id: &str) -> Result<Vec<Event>> {
-        let Some(record) = self.runs.get(run_id.as_bytes())? else {
+        let Some(record) = self.runs.get(run_key(run_id))? else {
             return Ok(Vec::new());
         };
-        let (s, held) = read_stored(&unpacked(&record)?)?;
+        let (s, held) = read_stored(&unpacked(&record)?, run_id)?;
         let Some(held) = held else {
             return Ok(Vec::new());
         };
@@ -1029,7 +1118,7 @@ impl RunStore for SledStore {
 
     fn events(&self, run_id: &str) -> Result<Vec<Event>> {
         let mut out = self.events_in_summary(run_id)?;
-        for kv in self.run_events.scan_prefix(scoped(run_id)) {
+        for kv in self.run_events.scan_prefix(run_key(run_id)) {
             let (_, v) = kv?;
             let v = unpacked(&v)?;
             if !v.windows(START_TAG.len()).any(|w| w == START_TAG) {
@@ -1052,8 +1141,8 @@ impl RunStore for SledStore {
     }
 
     fn run(&self, run_id: &str) -> Result<Option<RunSummary>> {
-        match self.runs.get(run_id.as_bytes())? {
-            Some(v) => Ok(Some(read_summary(&unpacked(&v)?)?)),
+        match self.runs.get(run_key(run_id))? {
+            Some(v) => Ok(Some(read_summary(&unpacked(&v)?, run_id)?)),
             None => Ok(None),
         }
     }
@@ -1063,27 +1152,27 @@ impl RunStore for SledStore {
         // entries must have): a workflow's, one status's, or every status's
         // merged newest first (the unfiltered listing).
         let (tree, prefixes) = match (&f.workflow, f.status) {
-            (Some(w), status) => (&self.by_workflow, vec![(scoped(w), status)]),
-            (None, Some(s)) => (&self.by_status, vec![(scoped(s.as_str()), Some(s))]),
+            (Some(w), status) => (
+                &self.by_workflow,
+                vec![(workflow_prefix(w).to_vec(), status)],
+            ),
+            (None, Some(s)) => (&self.by_status, vec![(status_prefix(s).to_vec(), Some(s))]),
             (None, None) => (
                 &self.by_status,
                 RunStatus::ALL
                     .iter()
-                    .map(|s| (scoped(s.as_str()), Some(*s)))
+                    .map(|s| (status_prefix(*s).to_vec(), Some(*s)))
                     .collect(),
             ),
         };
         let cursor = f.cursor.as_deref().map(parse_cursor).transpose()?;
         let mut scans = Vec::with_capacity(prefixes.len());
         for (prefix, status) in prefixes {
-            let lower = index_key(&prefix, f.since.unwrap_or(0), "");
+            let lower = from_time(&prefix, f.since.unwrap_or(0));
             let mut upper = match f.until {
-                Some(u) => index_key(&prefix, u.saturating_add(1), ""),
-                None => {
-                    let mut p = prefix.clone();
-                    p.extend_from_slice(&[0xff; 9]);
-                    p
-                }
+                Some(u) => from_time(&prefix, u.saturating_add(1)),
+                // Past every entry's time and id.
+                None => [&prefix[..], &[0xff; 8]].concat(),
             };
             if let Some((ts, id)) = &cursor {
                 let k = index_key(&prefix, *ts, id);
@@ -1111,15 +1200,16 @@ impl RunStore for SledStore {
             .filter(|s| s.head.is_some())
             .max_by(|a, b| a.rest().cmp(b.rest()))
         {
-            let rest = scan.rest().to_vec();
+            let entry = keys::entry(scan.rest());
             let status = scan.status;
             scan.head = scan.iter.next().transpose()?.map(|(k, _)| k);
-            if rest.len() < 8 {
-                continue;
-            }
-            let id = String::from_utf8_lossy(&rest[8..]).to_string();
+            let Some((_, id)) = entry else { continue };
             let Some(s) = self.run(&id)? else { continue };
             if status.is_some_and(|st| st != s.status) {
+                continue;
+            }
+            // A workflow's prefix is a hash that another's may share.
+            if f.workflow.as_ref().is_some_and(|w| *w != s.workflow) {
                 continue;
             }
             if runs.len() == limit {
@@ -1133,14 +1223,15 @@ impl RunStore for SledStore {
     }
 
     fn unfinished_runs(&self) -> Result<Vec<String>> {
-        let prefix = scoped(RunStatus::Running.as_str());
-        self.by_status
-            .scan_prefix(&prefix)
-            .map(|kv| {
-                let (k, _) = kv?;
-                Ok(String::from_utf8_lossy(&k[prefix.len() + 8..]).to_string())
-            })
-            .collect()
+        let prefix = status_prefix(RunStatus::Running);
+        let mut ids = Vec::new();
+        for kv in self.by_status.scan_prefix(prefix) {
+            let (k, _) = kv?;
+            if let Some((_, id)) = keys::entry(&k[prefix.len()..]) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
     fn prune(&self, cutoff: Millis) -> Result<usize> {
@@ -1149,14 +1240,13 @@ impl RunStore for SledStore {
             if status == RunStatus::Running {
                 continue;
             }
-            let prefix = scoped(status.as_str());
-            let upper = index_key(&prefix, cutoff, "");
-            for kv in self.by_status.range(prefix.clone()..upper) {
+            let prefix = status_prefix(status);
+            let upper = from_time(&prefix, cutoff);
+            for kv in self.by_status.range(prefix.to_vec()..upper) {
                 let (k, _) = kv?;
-                let Some(id) = k.get(prefix.len() + 8..) else {
+                let Some((_, id)) = keys::entry(&k[prefix.len()..]) else {
                     continue;
                 };
-                let id = String::from_utf8_lossy(id).to_string();
                 match self.run(&id)? {
                     Some(s) if s.status == status => {
                         self.delete_run(&s)?;
@@ -1180,10 +1270,15 @@ impl RunStore for SledStore {
         settled_before: Millis,
     ) -> Result<usize> {
         let mut finished = Vec::new();
-        for kv in self.by_workflow.scan_prefix(scoped(workflow)) {
+        let prefix = workflow_prefix(workflow);
+        for kv in self.by_workflow.scan_prefix(prefix) {
             let (k, _) = kv?;
-            let id = String::from_utf8_lossy(&k[workflow.len() + 1 + 8..]).to_string();
+            let Some((_, id)) = keys::entry(&k[prefix.len()..]) else {
+                continue;
+            };
             match self.run(&id)? {
+                // A workflow's prefix is a hash that another's may share.
+                Some(s) if s.workflow != workflow => {}
                 Some(s) if s.status != RunStatus::Running => finished.push(s),
                 Some(_) => {}
                 // An index entry left without its run: drop it.
@@ -1379,9 +1474,9 @@ mod tests {
             assert_eq!(s.run(id).unwrap().unwrap().input, input);
             let records: Vec<String> = s
                 .run_events
-                .scan_prefix(scoped(id))
+                .scan_prefix(run_key(id))
                 .values()
-                .chain(s.runs.get(id).transpose())
+                .chain(s.runs.get(run_key(id)).transpose())
                 .map(|v| String::from_utf8_lossy(&unpacked(&v.unwrap()).unwrap()).into_owned())
                 .collect();
             let all = records.join("\n");
@@ -1736,5 +1831,177 @@ mod tests {
             h.await.unwrap();
         }
         assert!(s.flush_count() < 50, "{} flushes", s.flush_count());
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A one-task run as the first packed format stored it (see `record`),
+    /// its id inside its summary, and the spec its start names.
+    const OLD_ID: &str = "01a22f70-465a-7478-b199-76347e7544af";
+    const OLD_AT: Millis = 1796092216922;
+    const OLD_SPEC: &str = "c1604f8c10cd78f28177ca2131b3f66d";
+
+    /// A key as versions before 2026-12 wrote it: `name\0`, time, id.
+    fn string_key(name: &str, ts: Millis, id: &str) -> Vec<u8> {
+        [name.as_bytes(), &[0], &ts.to_be_bytes(), id.as_bytes()].concat()
+    }
+
+    #[tokio::test]
+    async fn runs_stored_under_string_keys_read_back_after_an_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let tree = |t: T| db.open_tree(TREE_NAMES[t as usize]).unwrap();
+        // A finished run written whole, and a running one event by event.
+        let old_summary: &[u8] = include_bytes!("../tests/data/packed-summary-v1.bin");
+        let spec = json!({"output": "t0", "tasks": {"t0": {"run": "noop"}}});
+        tree(T::Specs)
+            .insert(OLD_SPEC, serde_json::to_vec(&spec).unwrap())
+            .unwrap();
+        tree(T::StrRuns).insert(OLD_ID, old_summary).unwrap();
+        tree(T::StrByStatus)
+            .insert(string_key("succeeded", OLD_AT, OLD_ID), &[])
+            .unwrap();
+        tree(T::StrByWorkflow)
+            .insert(string_key("fp", OLD_AT, OLD_ID), &[])
+            .unwrap();
+        let open_id = "01a22f70-4e00-7000-8000-000000000001";
+        let start = Event::RunStarted {
+            run_id: open_id.into(),
+            workflow: "fp".into(),
+            version: 1,
+            spec: serde_json::from_value(spec).unwrap(),
+            input: json!({"n": 1}),
+            at: OLD_AT + 5,
+            retry_of: None,
+            preserved: Default::default(),
+        };
+        let summary = json!({"id": open_id, "workflow": "fp", "version": 1,
+            "status": "running", "created_at": OLD_AT + 5, "finished_at": null,
+            "input": {"n": 1}, "output": null, "error": null, "retry_of": null});
+        tree(T::StrRuns)
+            .insert(open_id, serde_json::to_vec(&summary).unwrap())
+            .unwrap();
+        tree(T::StrRunEvents)
+            .insert(
+                [open_id.as_bytes(), &[0], &0u64.to_be_bytes()].concat(),
+                serde_json::to_vec(&start).unwrap(),
+            )
+            .unwrap();
+        tree(T::StrByStatus)
+            .insert(string_key("running", OLD_AT + 5, open_id), &[])
+            .unwrap();
+        tree(T::StrByWorkflow)
+            .insert(string_key("fp", OLD_AT + 5, open_id), &[])
+            .unwrap();
+
+        let s = SledStore::open(&db, &dir.path().join("journal")).unwrap();
+        let old = s.run(OLD_ID).unwrap().unwrap();
+        assert_eq!(
+            (
+                old.id.as_str(),
+                old.workflow.as_str(),
+                old.status,
+                old.created_at
+            ),
+            (OLD_ID, "fp", RunStatus::Succeeded, OLD_AT)
+        );
+        assert_eq!(old.input["default"], "hello");
+        let kinds: Vec<String> = s
+            .events(OLD_ID)
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap()["type"].to_string())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "\"RunStarted\"",
+                "\"TaskDispatched\"",
+                "\"TaskSucceeded\"",
+                "\"RunSucceeded\""
+            ]
+        );
+        assert_eq!(s.events(open_id).unwrap(), vec![start]);
+        assert_eq!(s.unfinished_runs().unwrap(), vec![open_id.to_string()]);
+        let all = s
+            .list_runs(&RunFilter {
+                workflow: Some("fp".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        let ids: Vec<&str> = all.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, [open_id, OLD_ID]);
+        // The old trees are gone; the running run goes on in the new ones.
+        let names: Vec<sled::IVec> = db.tree_names();
+        assert!(!names.iter().any(|n| n.as_ref() == b"runs"), "{names:?}");
+        let end = Event::RunSucceeded {
+            output: json!(2),
+            headers: Default::default(),
+            at: OLD_AT + 9,
+        };
+        s.append(open_id, 1, &[end]).unwrap();
+        let done = s
+            .list_runs(&RunFilter {
+                status: Some(RunStatus::Succeeded),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        let ids: Vec<&str> = done.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, [open_id, OLD_ID]);
+        assert!(s.unfinished_runs().unwrap().is_empty());
+    }
+
+    /// Two workflows whose names' hashes begin alike share an index prefix:
+    /// listing or pruning one never touches the other's runs.
+    #[tokio::test]
+    async fn a_workflow_lists_and_prunes_only_its_own_runs_under_a_shared_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let s = SledStore::open(&db, &dir.path().join("journal")).unwrap();
+        let run = |id: &str, wf: &str| {
+            let start = Event::RunStarted {
+                run_id: id.into(),
+                workflow: wf.into(),
+                version: 1,
+                spec: WorkflowSpec::default(),
+                input: Value::Null,
+                at: 10,
+                retry_of: None,
+                preserved: Default::default(),
+            };
+            let end = Event::RunSucceeded {
+                output: Value::Null,
+                headers: Default::default(),
+                at: 11,
+            };
+            s.append(id, 0, &[start, end]).unwrap();
+        };
+        run("mine", "a");
+        run("theirs", "b");
+        // As a collision of the hashes would file it.
+        s.by_workflow
+            .insert(index_key(&workflow_prefix("a"), 10, "theirs"), &[])
+            .unwrap();
+        let listed = s
+            .list_runs(&RunFilter {
+                workflow: Some("a".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        let ids: Vec<&str> = listed.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["mine"]);
+        assert_eq!(
+            s.prune_workflow("a", None, Some(0), Millis::MAX).unwrap(),
+            1
+        );
+        assert!(s.run("mine").unwrap().is_none());
+        assert!(s.run("theirs").unwrap().is_some());
     }
 }
