@@ -71,7 +71,12 @@ impl Workflows {
     /// Runs workflow `name` with `request` as its invocation (synchronous, or
     /// 202 in the background when the request asks for it).
     pub async fn invoke(&self, name: &str, request: Request<Body>) -> Response<Body> {
-        let base = self.api.base_for(&request);
+        // Only a 202 names the API's URL: a synchronous call does not build it.
+        let base = if engine::api::is_async(request.headers()) {
+            self.api.base_for(&request)
+        } else {
+            String::new()
+        };
         engine::invoke_http_at(self.engine.clone(), name, request, &base).await
     }
 }
