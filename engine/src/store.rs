@@ -1311,7 +1311,7 @@ mod tests {
     use serde_json::json;
     use std::collections::BTreeMap;
 
-    fn started(id: &str, wf: &str, at: Millis) -> Event {
+    pub(super) fn started(id: &str, wf: &str, at: Millis) -> Event {
         Event::RunStarted {
             run_id: id.into(),
             workflow: wf.into(),
@@ -1379,7 +1379,7 @@ mod tests {
         assert!(s.workflow("a", None).unwrap().is_none());
     }
 
-    fn succeeded(at: Millis) -> Event {
+    pub(super) fn succeeded(at: Millis) -> Event {
         Event::RunSucceeded {
             output: json!("done"),
             headers: BTreeMap::new(),
@@ -1845,6 +1845,17 @@ mod layout_tests {
     const OLD_AT: Millis = 1796092216922;
     const OLD_SPEC: &str = "c1604f8c10cd78f28177ca2131b3f66d";
 
+    /// The ids a listing's first page names.
+    fn listed(s: &SledStore, filter: RunFilter) -> Vec<String> {
+        let page = s
+            .list_runs(&RunFilter {
+                limit: 10,
+                ..filter
+            })
+            .unwrap();
+        page.runs.into_iter().map(|r| r.id).collect()
+    }
+
     /// A key as versions before 2026-12 wrote it: `name\0`, time, id.
     fn string_key(name: &str, ts: Millis, id: &str) -> Vec<u8> {
         [name.as_bytes(), &[0], &ts.to_be_bytes(), id.as_bytes()].concat()
@@ -1927,14 +1938,13 @@ mod layout_tests {
         );
         assert_eq!(s.events(open_id).unwrap(), vec![start]);
         assert_eq!(s.unfinished_runs().unwrap(), vec![open_id.to_string()]);
-        let all = s
-            .list_runs(&RunFilter {
+        let ids = listed(
+            &s,
+            RunFilter {
                 workflow: Some("fp".into()),
-                limit: 10,
                 ..Default::default()
-            })
-            .unwrap();
-        let ids: Vec<&str> = all.runs.iter().map(|r| r.id.as_str()).collect();
+            },
+        );
         assert_eq!(ids, [open_id, OLD_ID]);
         // The old trees are gone; the running run goes on in the new ones.
         let names: Vec<sled::IVec> = db.tree_names();
@@ -1945,14 +1955,13 @@ mod layout_tests {
             at: OLD_AT + 9,
         };
         s.append(open_id, 1, &[end]).unwrap();
-        let done = s
-            .list_runs(&RunFilter {
+        let ids = listed(
+            &s,
+            RunFilter {
                 status: Some(RunStatus::Succeeded),
-                limit: 10,
                 ..Default::default()
-            })
-            .unwrap();
-        let ids: Vec<&str> = done.runs.iter().map(|r| r.id.as_str()).collect();
+            },
+        );
         assert_eq!(ids, [open_id, OLD_ID]);
         assert!(s.unfinished_runs().unwrap().is_empty());
     }
@@ -1965,22 +1974,11 @@ mod layout_tests {
         let db = sled::open(dir.path().join("db")).unwrap();
         let s = SledStore::open(&db, &dir.path().join("journal")).unwrap();
         let run = |id: &str, wf: &str| {
-            let start = Event::RunStarted {
-                run_id: id.into(),
-                workflow: wf.into(),
-                version: 1,
-                spec: WorkflowSpec::default(),
-                input: Value::Null,
-                at: 10,
-                retry_of: None,
-                preserved: Default::default(),
-            };
-            let end = Event::RunSucceeded {
-                output: Value::Null,
-                headers: Default::default(),
-                at: 11,
-            };
-            s.append(id, 0, &[start, end]).unwrap();
+            let events = [
+                super::tests::started(id, wf, 10),
+                super::tests::succeeded(11),
+            ];
+            s.append(id, 0, &events).unwrap();
         };
         run("mine", "a");
         run("theirs", "b");
@@ -1988,14 +1986,13 @@ mod layout_tests {
         s.by_workflow
             .insert(index_key(&workflow_prefix("a"), 10, "theirs"), &[])
             .unwrap();
-        let listed = s
-            .list_runs(&RunFilter {
+        let ids = listed(
+            &s,
+            RunFilter {
                 workflow: Some("a".into()),
-                limit: 10,
                 ..Default::default()
-            })
-            .unwrap();
-        let ids: Vec<&str> = listed.runs.iter().map(|r| r.id.as_str()).collect();
+            },
+        );
         assert_eq!(ids, ["mine"]);
         assert_eq!(
             s.prune_workflow("a", None, Some(0), Millis::MAX).unwrap(),
