@@ -278,8 +278,11 @@ fn migrate_string_keys(db: &sled::Db, trees: &[sled::Tree]) -> Result<()> {
     {
         return Ok(());
     }
-    let runs = t(T::StrRuns).len();
-    tracing::info!(runs, "moving stored runs to compact keys (once)");
+    let started = std::time::Instant::now();
+    tracing::info!(
+        "moving the stored runs to compact keys (once, before the server starts: \
+         about a minute per million runs)"
+    );
     // What precedes the first NUL, and what follows it.
     let split = |k: &[u8]| -> Option<(String, Vec<u8>)> {
         let at = k.iter().position(|b| *b == 0)?;
@@ -296,10 +299,15 @@ fn migrate_string_keys(db: &sled::Db, trees: &[sled::Tree]) -> Result<()> {
             String::from_utf8(id.to_vec()).ok()?,
         ))
     };
+    let mut runs = 0u64;
     for kv in t(T::StrRuns).iter() {
         let (k, v) = kv?;
         if let Ok(id) = std::str::from_utf8(&k) {
             t(T::Runs).insert(run_key(id), v)?;
+            runs += 1;
+            if runs.is_multiple_of(100_000) {
+                tracing::info!(runs, "moving the stored runs to compact keys");
+            }
         }
     }
     for kv in t(T::StrRunEvents).iter() {
@@ -329,6 +337,11 @@ fn migrate_string_keys(db: &sled::Db, trees: &[sled::Tree]) -> Result<()> {
         }
     }
     db.flush()?;
+    tracing::info!(
+        runs,
+        secs = started.elapsed().as_secs(),
+        "moved the stored runs to compact keys"
+    );
     for id in [
         T::StrRuns,
         T::StrRunEvents,
