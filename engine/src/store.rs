@@ -245,12 +245,24 @@ pub struct SledStore {
     specs: sled::Tree,
     /// Hashes known to be in `specs` (written once per spec).
     known_specs: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The latest version of each workflow read since it last changed: every
+    /// run reads its workflow's.
+    latest: std::sync::Mutex<LatestWorkflows>,
     journal: Arc<Journal>,
     flush_tx: std_mpsc::Sender<Ask>,
     /// The flusher thread, joined when the store is dropped (after its last
     /// checkpoint, so the next open of the same directory finds it done).
     flusher: Option<std::thread::JoinHandle<()>>,
     flushes: prometheus_client::metrics::counter::Counter,
+}
+
+/// Parsed latest versions of workflows, and how many times a workflow has
+/// changed: a version read from sled is kept only if no change came between
+/// the read and the keeping (else a reader could keep what a writer replaced).
+#[derive(Default)]
+struct LatestWorkflows {
+    by_name: std::collections::HashMap<String, WorkflowVersion>,
+    changes: u64,
 }
 
 fn scoped(name: &str) -> Vec<u8> {
@@ -471,6 +483,7 @@ impl SledStore {
             by_status: t(T::ByStatus),
             specs: t(T::Specs),
             known_specs: Default::default(),
+            latest: Default::default(),
             journal,
             flush_tx,
             flusher: Some(flusher),
@@ -862,6 +875,32 @@ fn read_stored(bytes: &[u8], id: &str) -> Result<(RunSummary, Option<Box<RawValu
 }
 
 impl SledStore {
+    /// A workflow's latest version, or the given one, as sled holds it.
+    fn read_workflow(&self, name: &str, version: Option<u32>) -> Result<Option<WorkflowVersion>> {
+        let version = match version {
+            Some(v) => v,
+            None => match self.workflows.get(name.as_bytes())? {
+                Some(v) => u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4])),
+                None => return Ok(None),
+            },
+        };
+        let mut key = scoped(name);
+        key.extend_from_slice(&version.to_be_bytes());
+        match self.wf_versions.get(key)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Drops what is kept of workflow `name` (it changed or went): readers
+    /// then read sled, and keep nothing they read before this.
+    fn forget_latest(&self, name: &str) {
+        if let Ok(mut latest) = self.latest.lock() {
+            latest.by_name.remove(name);
+            latest.changes += 1;
+        }
+    }
+
     /// A run start as stored: its spec by content hash, and the spec itself
     /// when `specs` may not hold it yet (written in the same transaction), and
     /// its input lean.
@@ -891,10 +930,10 @@ impl SledStore {
     fn spec_ref(&self, spec: &impl Serialize) -> Result<(String, Option<NewSpec>)> {
         let bytes = serde_json::to_vec(spec)?;
         let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        let hash: String = digest.as_ref()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let mut hash = String::with_capacity(32);
+        for b in &digest.as_ref()[..16] {
+            let _ = std::fmt::Write::write_fmt(&mut hash, format_args!("{b:02x}"));
+        }
         let known = self
             .known_specs
             .lock()
@@ -1014,24 +1053,30 @@ impl RunStore for SledStore {
         });
         if r.is_ok() {
             held.record(&changes.into_inner());
+            self.forget_latest(name);
         }
         r.map_err(from_tx)
     }
 
     fn workflow(&self, name: &str, version: Option<u32>) -> Result<Option<WorkflowVersion>> {
-        let version = match version {
-            Some(v) => v,
-            None => match self.workflows.get(name.as_bytes())? {
-                Some(v) => u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4])),
-                None => return Ok(None),
-            },
-        };
-        let mut key = scoped(name);
-        key.extend_from_slice(&version.to_be_bytes());
-        match self.wf_versions.get(key)? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
-            None => Ok(None),
+        if version.is_some() {
+            return self.read_workflow(name, version);
         }
+        let Ok(latest) = self.latest.lock() else {
+            return self.read_workflow(name, None);
+        };
+        if let Some(w) = latest.by_name.get(name) {
+            return Ok(Some(w.clone()));
+        }
+        let changes = latest.changes;
+        drop(latest);
+        let read = self.read_workflow(name, None)?;
+        if let (Some(w), Ok(mut latest)) = (&read, self.latest.lock()) {
+            if latest.changes == changes {
+                latest.by_name.insert(name.to_string(), w.clone());
+            }
+        }
+        Ok(read)
     }
 
     fn workflow_versions(&self, name: &str) -> Result<Vec<WorkflowVersion>> {
@@ -1054,7 +1099,7 @@ impl RunStore for SledStore {
     }
 
     fn delete_workflow(&self, name: &str) -> Result<bool> {
-        self.write(|c| {
+        let deleted = self.write(|c| {
             let existed = self.workflows.remove(name.as_bytes())?.is_some();
             c.remove(T::Workflows as u8, name.as_bytes());
             for kv in self.wf_versions.scan_prefix(scoped(name)) {
@@ -1063,7 +1108,10 @@ impl RunStore for SledStore {
                 c.remove(T::WfVersions as u8, &k);
             }
             Ok(existed)
-        })
+        });
+        // After the removal, so that no reader keeps what it read before.
+        self.forget_latest(name);
+        deleted
     }
 
     fn workflow_exists(&self, name: &str) -> bool {
@@ -1364,6 +1412,31 @@ mod tests {
         versions.sort();
         assert_eq!(versions, (2..=9).collect::<Vec<u32>>());
         assert_eq!(s.workflow_versions("w").unwrap().len(), 9);
+    }
+
+    /// Each run reads its workflow's latest version (kept in memory between
+    /// changes): a read after an update, a delete or a new create is of
+    /// what was written last.
+    #[tokio::test]
+    async fn the_latest_workflow_read_is_the_last_written() {
+        let (_d, s) = open();
+        let spec = WorkflowSpec::default();
+        let latest = |s: &SledStore| {
+            s.workflow("w", None)
+                .unwrap()
+                .map(|w| (w.version, w.source))
+        };
+        assert_eq!(latest(&s), None);
+        s.put_workflow("w", "one", &spec, true, 1).unwrap();
+        assert_eq!(latest(&s), Some((1, "one".into())));
+        s.put_workflow("w", "two", &spec, false, 2).unwrap();
+        assert_eq!(latest(&s), Some((2, "two".into())));
+        assert!(s.delete_workflow("w").unwrap());
+        assert_eq!(latest(&s), None);
+        assert!(!s.workflow_exists("w"));
+        s.put_workflow("w", "again", &spec, true, 3).unwrap();
+        assert_eq!(latest(&s), Some((1, "again".into())));
+        assert_eq!(s.list_workflows().unwrap()[0].source, "again");
     }
 
     #[tokio::test]
