@@ -1115,6 +1115,14 @@ impl RunStore for SledStore {
     }
 
     fn workflow_exists(&self, name: &str) -> bool {
+        // What is kept exists (a delete drops it once done).
+        if self
+            .latest
+            .lock()
+            .is_ok_and(|l| l.by_name.contains_key(name))
+        {
+            return true;
+        }
         self.workflows
             .contains_key(name.as_bytes())
             .unwrap_or(false)
