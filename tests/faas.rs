@@ -899,6 +899,24 @@ fn a_small_node_memory_limit_works_in_containers_and_is_refused_on_the_process_b
     );
 }
 
+/// A container names the host's time zone as the host does: a link into the
+/// zone files, where node's ICU reads the zone's name (with a copy of the file
+/// it compares every zone file to find it, ~15 ms at a runtime's first log line).
+#[test]
+fn a_container_names_the_hosts_time_zone_by_its_link() {
+    let s = Server::start_with(&[("FUSION_BACKEND", "container")]);
+    s.env("python", "python", 0);
+    let code = "import os\ndef main():\n    p = '/etc/localtime'\n    return os.readlink(p) if os.path.islink(p) else 'not a link'\n";
+    s.function("zone", "python", "zone.py", code, json!({}));
+    let expected = match std::fs::read_link("/etc/localtime") {
+        Ok(zone) if zone.starts_with("/usr/share/zoneinfo/") && zone.is_file() => {
+            zone.display().to_string()
+        }
+        _ => "not a link".to_string(),
+    };
+    assert_eq!(s.get("/fission-function/zone").text().unwrap(), expected);
+}
+
 #[test]
 fn a_client_that_hangs_up_during_a_cold_start_does_not_use_up_the_functions_capacity() {
     let s = Server::start_with(&[("FUSION_LEASE_WAIT_MS", "2000")]);

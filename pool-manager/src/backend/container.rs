@@ -308,6 +308,17 @@ impl ContainerBackend {
             // Copies, not links: the files may not exist, and must not change under a container.
             let _ = std::fs::copy(Path::new("/etc").join(file), etc.join(file));
         }
+        // Except the time zone when the host's is a link into the zone files
+        // (which instances see, under /usr): ICU (node) names the zone from
+        // the link, and with a plain file compares every zone file to find it,
+        // some 1,400 opens at a runtime's first log line.
+        if let Ok(zone) = std::fs::read_link("/etc/localtime") {
+            if zone.starts_with("/usr/share/zoneinfo/") && zone.is_file() {
+                let local = etc.join("localtime");
+                let _ = std::fs::remove_file(&local);
+                std::os::unix::fs::symlink(&zone, &local)?;
+            }
+        }
 
         // The binary runtime is the fusion executable: a copy instances can read.
         let bin = self.fusion_bin_dir();
