@@ -901,7 +901,7 @@ fn a_small_node_memory_limit_works_in_containers_and_is_refused_on_the_process_b
 
 /// A container names the host's time zone as the host does: a link into the
 /// zone files, where node's ICU reads the zone's name (with a copy of the file
-/// it compares every zone file to find it, ~15 ms at a runtime's first log line).
+/// it compares every zone file to find it, ~10 ms at a runtime's first log line).
 #[test]
 fn a_container_names_the_hosts_time_zone_by_its_link() {
     let s = Server::start_with(&[("FUSION_BACKEND", "container")]);
