@@ -312,12 +312,13 @@ impl ContainerBackend {
         // (which instances see, under /usr): ICU (node) names the zone from
         // the link, and with a plain file compares every zone file to find it,
         // some 1,400 opens at a runtime's first log line.
-        if let Ok(zone) = std::fs::read_link("/etc/localtime") {
-            if zone.starts_with("/usr/share/zoneinfo/") && zone.is_file() {
-                let local = etc.join("localtime");
-                let _ = std::fs::remove_file(&local);
-                std::os::unix::fs::symlink(&zone, &local)?;
-            }
+        if let Some(zone) = std::fs::read_link("/etc/localtime")
+            .ok()
+            .and_then(|link| zone_file(&link))
+        {
+            let local = etc.join("localtime");
+            let _ = std::fs::remove_file(&local);
+            std::os::unix::fs::symlink(&zone, &local)?;
         }
 
         // The binary runtime is the fusion executable: a copy instances can read.
@@ -1173,8 +1174,54 @@ fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The zone file `/etc/localtime`'s link `target` names, as an absolute path
+/// under `/usr/share/zoneinfo` (some systems link it relatively, as
+/// `../usr/share/zoneinfo/...`), if it is one and exists.
+fn zone_file(target: &Path) -> Option<PathBuf> {
+    let mut zone = PathBuf::from("/etc");
+    for part in target.components() {
+        match part {
+            std::path::Component::RootDir => zone = PathBuf::from("/"),
+            std::path::Component::ParentDir => {
+                zone.pop();
+            }
+            std::path::Component::Normal(p) => zone.push(p),
+            _ => {}
+        }
+    }
+    (zone.starts_with("/usr/share/zoneinfo") && zone.is_file()).then_some(zone)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_time_zone_link_is_followed_whether_absolute_or_relative() {
+        let utc = Path::new("/usr/share/zoneinfo/Etc/UTC");
+        if !utc.is_file() {
+            return; // no zone files on this machine: nothing to link to
+        }
+        for target in [
+            "/usr/share/zoneinfo/Etc/UTC",
+            "../usr/share/zoneinfo/Etc/UTC",
+            "../usr/share/zoneinfo/./Etc/UTC",
+        ] {
+            assert_eq!(
+                zone_file(Path::new(target)).as_deref(),
+                Some(utc),
+                "{target}"
+            );
+        }
+        for target in [
+            "/etc/hosts",
+            "../etc/passwd",
+            "/usr/share/zoneinfo/No/Such_Zone",
+            "../../usr/share/zoneinfo",
+            "zoneinfo/Etc/UTC",
+        ] {
+            assert_eq!(zone_file(Path::new(target)), None, "{target}");
+        }
+    }
     use super::*;
 
     /// The files as the kernel writes them, under a cgroup root of either version.
