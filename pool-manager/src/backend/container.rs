@@ -1194,34 +1194,6 @@ fn zone_file(target: &Path) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn the_time_zone_link_is_followed_whether_absolute_or_relative() {
-        let utc = Path::new("/usr/share/zoneinfo/Etc/UTC");
-        if !utc.is_file() {
-            return; // no zone files on this machine: nothing to link to
-        }
-        for target in [
-            "/usr/share/zoneinfo/Etc/UTC",
-            "../usr/share/zoneinfo/Etc/UTC",
-            "../usr/share/zoneinfo/./Etc/UTC",
-        ] {
-            assert_eq!(
-                zone_file(Path::new(target)).as_deref(),
-                Some(utc),
-                "{target}"
-            );
-        }
-        for target in [
-            "/etc/hosts",
-            "../etc/passwd",
-            "/usr/share/zoneinfo/No/Such_Zone",
-            "../../usr/share/zoneinfo",
-            "zoneinfo/Etc/UTC",
-        ] {
-            assert_eq!(zone_file(Path::new(target)), None, "{target}");
-        }
-    }
     use super::*;
 
     /// The files as the kernel writes them, under a cgroup root of either version.
@@ -1271,5 +1243,33 @@ mod tests {
         // A container whose cgroup is gone has no kills and no usage to report.
         assert_eq!(Cgroups::V2.oom_kills_under(v2.path(), "gone"), 0);
         assert_eq!(Cgroups::V1.usage_under(v1.path(), "gone"), Usage::default());
+    }
+
+    #[test]
+    fn the_time_zone_link_is_followed_whether_absolute_or_relative() {
+        let utc = Path::new("/usr/share/zoneinfo/Etc/UTC");
+        if !utc.is_file() {
+            return; // no zone files on this machine: nothing to link to
+        }
+        for target in [
+            "/usr/share/zoneinfo/Etc/UTC",
+            "../usr/share/zoneinfo/Etc/UTC",
+            "../usr/share/zoneinfo/./Etc/UTC",
+        ] {
+            assert_eq!(
+                zone_file(Path::new(target)).as_deref(),
+                Some(utc),
+                "{target}"
+            );
+        }
+        for target in [
+            "/etc/hosts",
+            "../etc/passwd",
+            "/usr/share/zoneinfo/No/Such_Zone",
+            "../../usr/share/zoneinfo",
+            "zoneinfo/Etc/UTC",
+        ] {
+            assert_eq!(zone_file(Path::new(target)), None, "{target}");
+        }
     }
 }
