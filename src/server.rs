@@ -643,7 +643,10 @@ async fn choose_backend(
 ) -> anyhow::Result<Arc<dyn Backend>> {
     if args.backend == BackendChoice::Process {
         tracing::warn!("the process backend is in use (--backend process): function code runs unisolated, as the server's user");
-        return Ok(Arc::new(ProcessBackend::new(launch)));
+        return Ok(Arc::new(ProcessBackend::new(
+            launch,
+            data_dir.join("instances"),
+        )));
     }
     let runtime = args.oci_runtime.clone().or_else(|| {
         ["runc", "crun"]
@@ -676,7 +679,10 @@ async fn choose_backend(
             tracing::warn!(
                 "CONTAINERS UNAVAILABLE ({why}): falling back to the process backend; function code runs unisolated, as the server's user"
             );
-            Ok(Arc::new(ProcessBackend::new(launch)))
+            Ok(Arc::new(ProcessBackend::new(
+                launch,
+                data_dir.join("instances"),
+            )))
         }
     }
 }

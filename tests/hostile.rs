@@ -309,6 +309,91 @@ fn the_process_backend_stops_an_instances_children_but_not_a_new_session() {
     }
 }
 
+/// The socket files in the process backend's instance directory.
+fn instance_sockets(s: &Server) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(s.data.join("instances"))
+        .unwrap()
+        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The addresses `/v1/instances` reports.
+fn instance_addresses(s: &Server) -> Vec<String> {
+    let mut all: Vec<String> = s
+        .ok("GET", "/v1/instances", None)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["address"].as_str().unwrap().to_string())
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn the_process_backend_reaches_bundled_runtimes_by_sockets_only_the_servers_user_can_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = process_server();
+    s.env("python", "python", 1);
+    s.function(
+        "hello",
+        "python",
+        "hello.py",
+        "def main():\n    return 'hi'\n",
+        json!({}),
+    );
+    assert_eq!(s.get("/fission-function/hello").text().unwrap(), "hi");
+    let dir = s.data.join("instances");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    eventually(Duration::from_secs(20), "the pool refills", || {
+        instance_addresses(&s).len() == 2
+    });
+    // Every instance (the specialized one and the generic one) listens on a
+    // socket of its own there, and nothing else is there.
+    let sockets: Vec<String> = instance_sockets(&s)
+        .iter()
+        .map(|p| format!("unix:{p}"))
+        .collect();
+    assert_eq!(instance_addresses(&s), sockets);
+
+    // An environment's own command may know nothing of RUNTIME_SOCKET: it gets
+    // a loopback port, as Fission's runtimes expect.
+    s.ok(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": "own", "command": [common::BIN, "runtime", "binary"], "poolsize": 1})),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the command's instance is up",
+        || {
+            instance_addresses(&s)
+                .iter()
+                .any(|a| a.starts_with("127.0.0.1:"))
+        },
+    );
+
+    // Sockets left by a killed server are gone when the next one starts (its
+    // pools: one generic python instance, one of the command's).
+    s.kill();
+    s.launch();
+    eventually(Duration::from_secs(20), "the pools refill", || {
+        instance_addresses(&s).len() == 2
+    });
+    let sockets: Vec<String> = instance_sockets(&s)
+        .iter()
+        .map(|p| format!("unix:{p}"))
+        .collect();
+    let unix: Vec<String> = instance_addresses(&s)
+        .into_iter()
+        .filter(|a| a.starts_with("unix:"))
+        .collect();
+    assert_eq!(unix, sockets);
+}
+
 #[test]
 fn no_container_outlives_a_server_stopped_while_its_pool_fills() {
     let mut s = container_server();
