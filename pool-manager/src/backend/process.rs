@@ -66,7 +66,9 @@ impl ProcessBackend {
 const SOCKET_PATH_MAX: usize = 108;
 
 /// Makes the socket directory, private to the server's user, without the
-/// sockets of instances that a killed server left behind.
+/// sockets of instances that a killed server left behind, and checks that a
+/// socket can be made there (not on every filesystem, nor past the length of a
+/// socket address).
 fn prepare_socket_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
@@ -77,7 +79,9 @@ fn prepare_socket_dir(dir: &Path) -> std::io::Result<()> {
             std::fs::remove_file(&path)?;
         }
     }
-    Ok(())
+    let probe = dir.join("probe.sock");
+    drop(std::os::unix::net::UnixListener::bind(&probe)?);
+    std::fs::remove_file(&probe)
 }
 
 struct ProcessHandle {
@@ -371,3 +375,30 @@ fn proc_usage(pid: u32) -> Usage {
 /// Clock ticks per second in /proc's CPU times: 100 on every Linux architecture
 /// Fusion runs on.
 const USER_HZ: f64 = 100.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_socket_dir_is_private_and_emptied_of_old_sockets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("instances");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let old = dir.join("7.sock");
+        drop(std::os::unix::net::UnixListener::bind(&old).unwrap());
+        prepare_socket_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_dir_too_deep_for_a_socket_address_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d".repeat(120));
+        assert!(prepare_socket_dir(&dir).is_err());
+    }
+}
