@@ -309,9 +309,11 @@ fn the_process_backend_stops_an_instances_children_but_not_a_new_session() {
     }
 }
 
-/// The socket files in the process backend's instance directory.
+/// The socket files in the process backend's instance directory (by the path
+/// the server names it: its data directory made absolute).
 fn instance_sockets(s: &Server) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(s.data.join("instances"))
+    let dir = s.data.canonicalize().unwrap().join("instances");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path().to_string_lossy().into_owned())
         .collect();
@@ -392,6 +394,17 @@ fn the_process_backend_reaches_bundled_runtimes_by_sockets_only_the_servers_user
         .filter(|a| a.starts_with("unix:"))
         .collect();
     assert_eq!(unix, sockets);
+
+    // A directory removed under the server is made again, as private, for the
+    // next instance.
+    std::fs::remove_dir_all(&dir).unwrap();
+    s.env("python-b", "python", 1);
+    eventually(Duration::from_secs(20), "the new pool fills", || {
+        instance_addresses(&s).len() == 3
+    });
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    assert_eq!(instance_sockets(&s).len(), 1);
 }
 
 #[test]

@@ -58,21 +58,41 @@ impl ProcessBackend {
             return None;
         }
         let path = dir.join(format!("{id}.sock"));
-        (path.as_os_str().len() < SOCKET_PATH_MAX).then_some(path)
+        if path.as_os_str().len() >= SOCKET_PATH_MAX {
+            tracing::warn!(
+                "{} is too long for a socket address: the instance listens on a loopback port",
+                path.display()
+            );
+            return None;
+        }
+        // Made again if something removed it since the start.
+        if let Err(e) = private_dir(dir) {
+            tracing::warn!(
+                "cannot make {}: {e}; the instance listens on a loopback port",
+                dir.display()
+            );
+            return None;
+        }
+        Some(path)
     }
 }
 
 /// The longest path a Unix socket address holds (`sun_path`, with its NUL).
 const SOCKET_PATH_MAX: usize = 108;
 
+/// `dir`, made if missing, readable by the server's user alone.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Makes the socket directory, private to the server's user, without the
 /// sockets of instances that a killed server left behind, and checks that a
 /// socket can be made there (not on every filesystem, nor past the length of a
 /// socket address).
 fn prepare_socket_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    private_dir(dir)?;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "sock") {
