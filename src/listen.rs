@@ -4,10 +4,11 @@
 //! head answered with the JSON error, and graceful shutdown.
 //!
 //! hyper answers a request it cannot parse by itself, with an empty body: 400 for
-//! bad syntax, 431 past its buffer or header count, 414 past 65,534 bytes of URI.
-//! Its limits are set above this module's, so a head past this module's limits
-//! gets the JSON 431 or 414 from here with a message that says which limit, and
-//! [`own_answers`] puts the JSON error into the answers hyper still writes itself.
+//! bad syntax, 431 past its buffer or its 100 header fields, 414 past 65,534 bytes
+//! of URI. Its buffer is set above this module's head and URI limits, so a head past
+//! those gets the JSON 431 or 414 from here with a message that says which limit;
+//! the header count is hyper's own, and [`own_answers`] puts the JSON error into
+//! the answers hyper still writes itself.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 
 /// mimalloc rather than glibc's malloc: under load a quarter of the engine's
 /// CPU went to glibc's allocator (sled clones and frees whole tree nodes as it
-/// updates them); see the README's "The durable hot path".
+/// updates them); see docs/benchmarks.md, "The durable hot path".
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

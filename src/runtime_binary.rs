@@ -57,7 +57,7 @@ pub async fn serve() -> anyhow::Result<()> {
         .route("/specialize", post(specialize_v1))
         .fallback(run)
         .with_state(state);
-    // A Unix socket only this instance owns (the container backend), else TCP.
+    // A Unix socket only this instance owns (Fusion sets it on its local backends), else TCP.
     if let Ok(path) = std::env::var("RUNTIME_SOCKET") {
         let _ = std::fs::remove_file(&path);
         axum::serve(tokio::net::UnixListener::bind(&path)?, app).await?;

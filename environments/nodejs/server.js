@@ -443,7 +443,7 @@ server.on('clientError', (err, socket) => {
     socket.destroy();
   }
 });
-// A Unix socket only this instance owns (the container backend), else TCP.
+// A Unix socket only this instance owns (Fusion sets it on its local backends), else TCP.
 const SOCKET = process.env.RUNTIME_SOCKET || '';
 const WHERE = SOCKET || `${HOST}:${PORT}`;
 server.on('error', (e) => {

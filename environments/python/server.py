@@ -725,7 +725,7 @@ def main():
         pass
     _tune_stack()
     path = os.environ.get("RUNTIME_SOCKET")
-    if path:  # a Unix socket only this instance owns (the container backend)
+    if path:  # a Unix socket only this instance owns (Fusion sets it on its local backends)
         ls = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             os.unlink(path)
