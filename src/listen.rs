@@ -156,8 +156,9 @@ pub async fn serve<H, F>(
             let handler = handler.clone();
             let limits = limits.clone();
             let turns = turns.clone();
-            hyper::service::service_fn(move |req: Request<Incoming>| {
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 turns.request();
+                req.extensions_mut().insert(pool_manager::ClientAddr(peer));
                 let turns = turns.clone();
                 let answer = match check_head(&req, &limits) {
                     None => Ok(handler(req.map(Body::new))),

@@ -44,6 +44,25 @@ fn each_runtime_answers_through_the_router() {
 }
 
 #[test]
+fn a_function_sees_its_callers_address_in_x_forwarded_for() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    let code = "from flask import request\ndef main():\n    return request.headers.get('X-Forwarded-For') or 'none'\n";
+    s.function("whom", "python", "whom.py", code, json!({}));
+    // The instance sees only the router's connection; the router says who called.
+    assert_eq!(s.get("/fission-function/whom").text().unwrap(), "127.0.0.1");
+    // After what proxies before it said, in one field.
+    let r = s
+        .http
+        .get(s.router_url("/fission-function/whom"))
+        .header("X-Forwarded-For", "203.0.113.7")
+        .header("X-Forwarded-For", "198.51.100.2")
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "203.0.113.7, 198.51.100.2, 127.0.0.1");
+}
+
+#[test]
 fn python_functions_written_for_fission_read_the_request_through_flask() {
     let s = Server::start();
     s.env("python", "python", 1);

@@ -20,6 +20,14 @@ use crate::error::Error;
 use crate::metrics::{FunctionLabels, FunctionMetrics, RequestLabels};
 use crate::pool::{Lease, PoolManager};
 
+/// The address of the client that sent a request, as its listener accepted
+/// it (a request extension): the router adds it to `X-Forwarded-For`, as
+/// Fission's router does, since an instance sees only the router's connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Headers that belong to one connection and are never forwarded (as header
 /// names, so removing them parses nothing).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -111,6 +119,9 @@ async fn forward_inner(
     for h in &HOP_BY_HOP {
         parts.headers.remove(h);
     }
+    if let Some(ClientAddr(client)) = parts.extensions.get::<ClientAddr>() {
+        forwarded_for(&mut parts.headers, client.ip());
+    }
     let path_and_query = match (parts.uri.path_and_query(), parts.uri.query()) {
         (Some(pq), _) if pq.path() == path => pq.clone(),
         (_, Some(q)) => PathAndQuery::try_from(format!("{path}?{q}"))
@@ -185,6 +196,25 @@ async fn forward_inner(
         e
     });
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Appends `client` to the request's `X-Forwarded-For` (after what earlier
+/// proxies put there, in one field), or starts it.
+fn forwarded_for(headers: &mut http::HeaderMap, client: std::net::IpAddr) {
+    let client = client.to_string();
+    let earlier: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if earlier.is_empty() {
+        client
+    } else {
+        format!("{}, {client}", earlier.join(", "))
+    };
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
 }
 
 /// A request body that records when it has been read to its end.
