@@ -309,16 +309,23 @@ fn the_process_backend_stops_an_instances_children_but_not_a_new_session() {
     }
 }
 
-/// The socket files in the process backend's instance directory (by the path
-/// the server names it: its data directory made absolute).
-fn instance_sockets(s: &Server) -> Vec<String> {
+/// The socket files in the process backend's instance directory, as addresses
+/// (`unix:` and the path the server names them by: its data directory made
+/// absolute).
+fn socket_addresses(s: &Server) -> Vec<String> {
     let dir = s.data.canonicalize().unwrap().join("instances");
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+        .map(|e| format!("unix:{}", e.unwrap().path().display()))
         .collect();
     names.sort();
     names
+}
+
+/// The permission bits of `path`.
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 /// The addresses `/v1/instances` reports.
@@ -336,7 +343,6 @@ fn instance_addresses(s: &Server) -> Vec<String> {
 
 #[test]
 fn the_process_backend_reaches_bundled_runtimes_by_sockets_only_the_servers_user_can_open() {
-    use std::os::unix::fs::PermissionsExt;
     let mut s = process_server();
     s.env("python", "python", 1);
     s.function(
@@ -348,18 +354,13 @@ fn the_process_backend_reaches_bundled_runtimes_by_sockets_only_the_servers_user
     );
     assert_eq!(s.get("/fission-function/hello").text().unwrap(), "hi");
     let dir = s.data.join("instances");
-    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    assert_eq!(mode_of(&dir), 0o700, "{}", dir.display());
     eventually(Duration::from_secs(20), "the pool refills", || {
         instance_addresses(&s).len() == 2
     });
     // Every instance (the specialized one and the generic one) listens on a
     // socket of its own there, and nothing else is there.
-    let sockets: Vec<String> = instance_sockets(&s)
-        .iter()
-        .map(|p| format!("unix:{p}"))
-        .collect();
-    assert_eq!(instance_addresses(&s), sockets);
+    assert_eq!(instance_addresses(&s), socket_addresses(&s));
 
     // An environment's own command may know nothing of RUNTIME_SOCKET: it gets
     // a loopback port, as Fission's runtimes expect.
@@ -385,15 +386,11 @@ fn the_process_backend_reaches_bundled_runtimes_by_sockets_only_the_servers_user
     eventually(Duration::from_secs(20), "the pools refill", || {
         instance_addresses(&s).len() == 2
     });
-    let sockets: Vec<String> = instance_sockets(&s)
-        .iter()
-        .map(|p| format!("unix:{p}"))
-        .collect();
     let unix: Vec<String> = instance_addresses(&s)
         .into_iter()
         .filter(|a| a.starts_with("unix:"))
         .collect();
-    assert_eq!(unix, sockets);
+    assert_eq!(unix, socket_addresses(&s));
 
     // A directory removed under the server is made again, as private, for the
     // next instance.
@@ -402,9 +399,8 @@ fn the_process_backend_reaches_bundled_runtimes_by_sockets_only_the_servers_user
     eventually(Duration::from_secs(20), "the new pool fills", || {
         instance_addresses(&s).len() == 3
     });
-    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
-    assert_eq!(instance_sockets(&s).len(), 1);
+    assert_eq!(mode_of(&dir), 0o700, "{}", dir.display());
+    assert_eq!(socket_addresses(&s).len(), 1);
 }
 
 #[test]
