@@ -201,13 +201,7 @@ def main():
             .as_array()
             .is_some_and(|a| a.len() >= 3)
     });
-    let addresses: Vec<String> = s
-        .ok("GET", "/v1/instances", None)
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["address"].as_str().unwrap().to_string())
-        .collect();
+    let addresses = instance_addresses(&s);
     let r = s
         .http
         .post(s.router_url("/fission-function/probe"))
