@@ -191,6 +191,25 @@ fn an_async_call_is_accepted_with_a_location_that_answers() {
 }
 
 #[test]
+fn an_async_call_carries_its_callers_address_in_x_forwarded_for() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "whom",
+        "python",
+        "whom.py",
+        "from flask import request\ndef main():\n    return request.headers.get('X-Forwarded-For') or 'none'\n",
+        json!({}),
+    );
+    let id = call_async(&s, "whom", "")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = settled(&s, &id);
+    assert_eq!(done["response"]["body"], "127.0.0.1", "{done}");
+}
+
+#[test]
 fn a_flaky_function_succeeds_on_its_third_attempt() {
     let s = Server::start();
     s.env("python", "python", 1);

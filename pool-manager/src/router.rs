@@ -200,7 +200,7 @@ async fn forward_inner(
 
 /// Appends `client` to the request's `X-Forwarded-For` (after what earlier
 /// proxies put there, in one field), or starts it.
-fn forwarded_for(headers: &mut http::HeaderMap, client: std::net::IpAddr) {
+pub fn forwarded_for(headers: &mut http::HeaderMap, client: std::net::IpAddr) {
     let client = client.to_string();
     let earlier: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)

@@ -214,7 +214,12 @@ impl Invocations {
         }
         let base = inner.api.base_for(&req);
         let limit = inner.invoker.pool().config().body_limit;
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // Stored with the call, as the router would have added it: the replay
+        // has no client connection to take it from.
+        if let Some(pool_manager::ClientAddr(client)) = parts.extensions.get().copied() {
+            pool_manager::router::forwarded_for(&mut parts.headers, client.ip());
+        }
         let body = match tokio::time::timeout(
             BODY_READ_TIMEOUT,
             axum::body::to_bytes(body, limit as usize),
