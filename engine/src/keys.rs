@@ -1,7 +1,8 @@
 //! How the run store's keys are laid out. Each byte of a key costs sled
 //! about twenty on disk (a one-task run took 1,585 bytes of disk with the
 //! string keys of versions before 2026-12, up to 60 bytes each, and 909 with
-//! these; see docs/benchmarks.md, "Compact keys"), so keys hold what they order by and nothing twice:
+//! these; see docs/benchmarks.md, "Compact keys"), so keys hold what they
+//! order by and nothing twice:
 //!
 //! - a run is keyed by its id's 16 bytes (a UUID, as the engine makes them);
 //!   another id (tests, hand-made) by [`OTHER_ID`] and its text, NUL-ended;

@@ -1,8 +1,8 @@
 //! The `process` backend: each instance is a child process of the server,
 //! listening on a Unix socket in the server's instance directory (the bundled
 //! runtimes) or on a free loopback port (an environment's own `command`, which
-//! may know nothing of `RUNTIME_SOCKET`). It is the fallback where no OCI runtime or namespaces are
-//! available, and it isolates nothing: the runtime runs as the server's user with
+//! may know nothing of `RUNTIME_SOCKET`). It is the fallback where no OCI
+//! runtime or namespaces are available, and it isolates nothing: the runtime runs as the server's user with
 //! the server's filesystem and network. What it does enforce: a parent-death
 //! signal and a stdin pipe so instances die with the server, a process group so
 //! that stopping an instance stops its children (not those that start a session
