@@ -2,11 +2,12 @@
 //! listening on a Unix socket in the server's instance directory (the bundled
 //! runtimes) or on a free loopback port (an environment's own `command`, which
 //! may know nothing of `RUNTIME_SOCKET`). It is the fallback where no OCI
-//! runtime or namespaces are available, and it isolates nothing: the runtime runs as the server's user with
-//! the server's filesystem and network. What it does enforce: a parent-death
-//! signal and a stdin pipe so instances die with the server, a process group so
-//! that stopping an instance stops its children (not those that start a session
-//! of their own), and an address-space limit per process from `memory_mb`.
+//! runtime or namespaces are available, and it isolates nothing: the runtime
+//! runs as the server's user with the server's filesystem and network. What it
+//! does enforce: a parent-death signal and a stdin pipe so instances die with
+//! the server, a process group so that stopping an instance stops its children
+//! (not those that start a session of their own), and an address-space limit
+//! per process from `memory_mb`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
