@@ -1,7 +1,7 @@
 //! Driver tests with a fake invoker and paused tokio time.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +9,7 @@ use executor::{CallError, CallFuture, FunctionCall, FunctionResponse, Invoker};
 use serde_json::{json, Value};
 
 use crate::state::{Event, RunStatus};
+use crate::store::SledStore;
 use crate::{Engine, EngineConfig};
 
 type Behavior =
@@ -101,24 +102,71 @@ impl Invoker for Shared {
     }
 }
 
-/// The engine's storage in a test: sled and the store's journal.
+/// The engine's storage in a test: sled and the store's journal, in a
+/// directory removed when the test ends, once the stores of the engines
+/// opened on it are closed. A store still open then, held by a task the
+/// runtime drops only after the test's body (a retention sweep on a blocking
+/// thread), would make its last checkpoint into the journal's directory on
+/// that thread while this one removes it, and the removal would give up
+/// (`tempfile` says nothing) and leave the directory behind.
 struct Storage {
     db: sled::Db,
     journal: std::path::PathBuf,
+    opened: Mutex<Vec<Weak<SledStore>>>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Storage {
+    async fn open(&self, invoker: &Arc<FakeInvoker>, config: EngineConfig) -> Arc<Engine> {
+        let e = Engine::open(
+            self.db.clone(),
+            &self.journal,
+            Arc::new(Shared(invoker.clone())),
+            config,
+        )
+        .await
+        .unwrap();
+        self.opened.lock().unwrap().push(Arc::downgrade(e.store()));
+        e
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        let open: Vec<_> = self
+            .opened
+            .get_mut()
+            .map(|o| o.drain(..).filter_map(|s| s.upgrade()).collect())
+            .unwrap_or_default();
+        // Closing waits for the store's flusher thread; the test's runtime
+        // runs on this thread, so the wait happens on another.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("a runtime to close the stores with");
+                for store in &open {
+                    // A store the test shut down already answers an error.
+                    let _ = rt.block_on(store.close());
+                }
+            });
+        });
+        if let Some(dir) = self.dir.take() {
+            let path = dir.path().display().to_string();
+            if let Err(e) = dir.close() {
+                if !std::thread::panicking() {
+                    panic!("the test's directory {path} was not removed: {e}");
+                }
+            }
+        }
+    }
 }
 
 async fn engine_with(fake: &Arc<FakeInvoker>, db: &Storage) -> Arc<Engine> {
-    Engine::open(
-        db.db.clone(),
-        &db.journal,
-        Arc::new(Shared(fake.clone())),
-        EngineConfig::default(),
-    )
-    .await
-    .unwrap()
+    db.open(fake, EngineConfig::default()).await
 }
 
-fn setup() -> (tempfile::TempDir, Storage, Arc<FakeInvoker>) {
+fn setup() -> (Storage, Arc<FakeInvoker>) {
     let dir = tempfile::tempdir().unwrap();
     let db = Storage {
         db: sled::Config::new()
@@ -126,6 +174,8 @@ fn setup() -> (tempfile::TempDir, Storage, Arc<FakeInvoker>) {
             .open()
             .unwrap(),
         journal: dir.path().join("journal"),
+        opened: Mutex::default(),
+        dir: Some(dir),
     };
     let fake = Arc::new(FakeInvoker::default());
     fake.add("echo", None, |c, _| {
@@ -135,7 +185,7 @@ fn setup() -> (tempfile::TempDir, Storage, Arc<FakeInvoker>) {
         let n: f64 = serde_json::from_slice(&c.body).unwrap_or(0.0);
         json_resp(json!(n * 2.0))
     });
-    (dir, db, fake)
+    (db, fake)
 }
 
 async fn run(
@@ -151,7 +201,7 @@ async fn run(
 
 #[tokio::test(start_paused = true)]
 async fn function_chain_with_expressions() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     let yaml = "output: B\ntasks:\n  A:\n    run: echo\n    inputs: \"{ param() }\"\n  B:\n    run: echo\n    inputs: \"{ output('A') + '!' }\"\n    requires: [A]\n";
     let s = run(&e, "w", yaml, json!({"default": "hi"})).await;
@@ -164,7 +214,7 @@ async fn function_chain_with_expressions() {
 
 #[tokio::test(start_paused = true)]
 async fn builtins_end_to_end() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     let cases: &[(&str, &str, Value)] = &[
         ("compose", "output: C\ntasks:\n  C:\n    run: compose\n    inputs:\n      a: 1\n      b: \"{ param() }\"\n", json!({"a": 1, "b": "x"})),
@@ -196,7 +246,7 @@ async fn builtins_end_to_end() {
 /// the `javascript` task names its `args` keys as variables.
 #[tokio::test(start_paused = true)]
 async fn fission_workflows_fibonacci_example() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     let yaml = r#"
 output: ExtractResult
@@ -231,7 +281,7 @@ tasks:
 
 #[tokio::test(start_paused = true)]
 async fn nested_workflow_by_name() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     e.create_workflow(
         "inner",
@@ -251,7 +301,7 @@ async fn nested_workflow_by_name() {
 /// `fission://<namespace>/<fn>` names a function by its key, here and when stored.
 #[tokio::test(start_paused = true)]
 async fn fission_function_references_run_the_function() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("team-a/shout", None, |c, _| {
         text(200, &String::from_utf8_lossy(&c.body).to_uppercase())
     });
@@ -267,7 +317,7 @@ async fn fission_function_references_run_the_function() {
 /// A `fission://` reference is a function even when a built-in has its name.
 #[tokio::test(start_paused = true)]
 async fn a_fission_reference_is_the_function_not_a_builtin_of_its_name() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("sleep", None, |_, _| text(200, "the function"));
     let e = engine_with(&fake, &db).await;
     let yaml = "output: A\ntasks:\n  A:\n    run: fission://default/sleep\n    inputs: 1s\n";
@@ -281,7 +331,7 @@ async fn a_fission_reference_is_the_function_not_a_builtin_of_its_name() {
 /// when it is invoked over HTTP.
 #[tokio::test(start_paused = true)]
 async fn nested_workflow_sees_its_body_as_default() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     e.create_workflow(
         "inner",
@@ -301,7 +351,7 @@ async fn nested_workflow_sees_its_body_as_default() {
 
 #[tokio::test(start_paused = true)]
 async fn retries_with_backoff_then_succeeds() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("flaky", None, |_, n| {
         if n < 3 {
             text(503, "busy")
@@ -327,7 +377,7 @@ async fn retries_with_backoff_then_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn task_and_run_timeouts() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("slow", Some(Duration::from_secs(60)), |_, _| {
         text(200, "late")
     });
@@ -354,7 +404,7 @@ async fn task_and_run_timeouts() {
 
 #[tokio::test(start_paused = true)]
 async fn cancel_and_retry_from_failure() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("slow", Some(Duration::from_secs(60)), |_, _| {
         text(200, "late")
     });
@@ -392,7 +442,7 @@ async fn cancel_and_retry_from_failure() {
 #[tokio::test(start_paused = true)]
 async fn cancel_ends_running_and_pending_tasks_as_cancelled() {
     use crate::state::TaskStatus;
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("slow", Some(Duration::from_secs(60)), |_, _| {
         text(200, "late")
     });
@@ -418,7 +468,7 @@ async fn cancel_ends_running_and_pending_tasks_as_cancelled() {
 /// caller's mistake); an expression over a task's output fails it without one.
 #[tokio::test(start_paused = true)]
 async fn an_input_that_does_not_fit_fails_with_422() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     let yaml =
         "output: A\ntasks:\n  A:\n    run: echo\n    inputs: \"{ param().name.toUpperCase() }\"\n";
@@ -435,7 +485,7 @@ async fn an_input_that_does_not_fit_fails_with_422() {
 
 #[tokio::test(start_paused = true)]
 async fn recovery_redispatches_in_flight_with_same_key() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("slow", Some(Duration::from_secs(10)), |_, _| {
         text(200, "slow-done")
     });
@@ -462,7 +512,7 @@ async fn recovery_redispatches_in_flight_with_same_key() {
 
 #[tokio::test(start_paused = true)]
 async fn expression_error_fails_the_task() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     let s = run(&e, "x", "output: A\ntasks:\n  A:\n    run: noop\n    inputs: \"{ (function(){ throw new Error('nope') })() }\"\n", json!(null)).await;
     assert_eq!(s.status, RunStatus::Failed);
@@ -505,7 +555,7 @@ mod api {
 
     #[tokio::test(start_paused = true)]
     async fn workflow_and_run_endpoints() {
-        let (_d, db, fake) = setup();
+        let (db, fake) = setup();
         let e = engine_with(&fake, &db).await;
         let app = crate::router(e.clone());
         let yaml = "output: A\ntasks:\n  A:\n    run: echo\n    inputs: \"{ param() }\"\n";
@@ -578,7 +628,7 @@ mod api {
 
     #[tokio::test(start_paused = true)]
     async fn malformed_query_parameters_are_json_errors() {
-        let (_d, db, fake) = setup();
+        let (db, fake) = setup();
         let e = engine_with(&fake, &db).await;
         let app = crate::router(e.clone());
         for uri in [
@@ -604,7 +654,7 @@ mod api {
 
     #[tokio::test(start_paused = true)]
     async fn an_invocation_whose_body_never_arrives_gets_408() {
-        let (_d, db, fake) = setup();
+        let (db, fake) = setup();
         let e = engine_with(&fake, &db).await;
         e.create_workflow("w", "output: A\ntasks:\n  A:\n    run: noop\n")
             .unwrap();
@@ -629,7 +679,7 @@ mod api {
 
     #[tokio::test(start_paused = true)]
     async fn failed_run_passes_4xx_and_json_output() {
-        let (_d, db, fake) = setup();
+        let (db, fake) = setup();
         fake.add("notfound", None, |_, _| text(404, "missing"));
         let e = engine_with(&fake, &db).await;
         e.create_workflow("f", "output: A\ntasks:\n  A:\n    run: notfound\n")
@@ -670,7 +720,7 @@ mod api {
 /// status index were updated must not leave the run listed as running forever.
 #[tokio::test(start_paused = true)]
 async fn recovery_repairs_the_summary_of_a_run_that_ended_before_the_crash() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     let s = run(
         &e,
@@ -722,7 +772,7 @@ async fn recovery_repairs_the_summary_of_a_run_that_ended_before_the_crash() {
 /// the run still answers a cancel.
 #[tokio::test(start_paused = true)]
 async fn huge_sleep_does_not_break_the_run() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     e.create_workflow(
         "zz",
@@ -740,7 +790,7 @@ async fn huge_sleep_does_not_break_the_run() {
 /// (Real time: paused time would jump to the timers while flushes run.)
 #[tokio::test]
 async fn finished_runs_leave_no_timers_behind() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     let before = Arc::strong_count(&e);
     for i in 0..3 {
@@ -765,7 +815,7 @@ async fn finished_runs_leave_no_timers_behind() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_call_fails_its_task_instead_of_stalling_the_run() {
-    let (_dir, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("explodes", None, |_, _| panic!("a bug in an invoker"));
     let engine = engine_with(&fake, &db).await;
     let summary = run(
@@ -793,18 +843,16 @@ impl crate::driver::HttpTransport for NeverAnswers {
 
 #[tokio::test(start_paused = true)]
 async fn the_task_timeout_bounds_the_http_builtin() {
-    let (_dir, db, fake) = setup();
-    let engine = Engine::open(
-        db.db.clone(),
-        &db.journal,
-        Arc::new(Shared(fake.clone())),
-        EngineConfig {
-            http: Some(Arc::new(NeverAnswers)),
-            ..EngineConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (db, fake) = setup();
+    let engine = db
+        .open(
+            &fake,
+            EngineConfig {
+                http: Some(Arc::new(NeverAnswers)),
+                ..EngineConfig::default()
+            },
+        )
+        .await;
     let summary = run(
         &engine,
         "slowhttp",
@@ -819,7 +867,7 @@ async fn the_task_timeout_bounds_the_http_builtin() {
 
 #[tokio::test(start_paused = true)]
 async fn a_workflow_that_calls_itself_fails_at_the_depth_limit() {
-    let (_dir, db, fake) = setup();
+    let (db, fake) = setup();
     let engine = engine_with(&fake, &db).await;
     let summary = run(
         &engine,
@@ -835,7 +883,7 @@ async fn a_workflow_that_calls_itself_fails_at_the_depth_limit() {
 
 #[tokio::test(start_paused = true)]
 async fn computed_references_still_see_every_task() {
-    let (_dir, db, fake) = setup();
+    let (db, fake) = setup();
     let engine = engine_with(&fake, &db).await;
     let summary = run(
         &engine,
@@ -865,7 +913,7 @@ async fn callback_token_of(e: &Arc<Engine>, id: &str, task: &str) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn a_callback_task_completes_once_from_outside() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     let yaml = "output: B\ntasks:\n  A:\n    run: callback\n  B:\n    run: echo\n    inputs: \"{ output('A').approved + '!' }\"\n    requires: [A]\n";
     e.create_workflow("approve", yaml).unwrap();
@@ -899,7 +947,7 @@ async fn a_callback_task_completes_once_from_outside() {
 
 #[tokio::test(start_paused = true)]
 async fn a_callback_error_fails_the_run_and_an_unanswered_one_times_out() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     e.create_workflow(
         "wait",
@@ -972,19 +1020,17 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(start_paused = true)]
 async fn a_callback_hands_its_url_to_the_notify_function() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("tell", None, |_, _| text(202, "noted"));
-    let e = Engine::open(
-        db.db.clone(),
-        &db.journal,
-        Arc::new(Shared(fake.clone())),
-        EngineConfig {
-            callback_base: Some("http://api.test:1".into()),
-            ..EngineConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let e = db
+        .open(
+            &fake,
+            EngineConfig {
+                callback_base: Some("http://api.test:1".into()),
+                ..EngineConfig::default()
+            },
+        )
+        .await;
     let yaml = "output: A\ntasks:\n  A:\n    run: callback\n    inputs:\n      notify: tell\n      body: \"{ param() }\"\n";
     e.create_workflow("told", yaml).unwrap();
     let started = e
@@ -1013,7 +1059,7 @@ async fn a_callback_hands_its_url_to_the_notify_function() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_notify_function_fails_the_callback_task() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("tell", None, |_, _| text(400, "no such order"));
     let e = engine_with(&fake, &db).await;
     let yaml = "output: A\ntasks:\n  A:\n    run: callback\n    inputs:\n      notify: tell\n";
@@ -1024,7 +1070,7 @@ async fn a_failing_notify_function_fails_the_callback_task() {
 
 #[tokio::test(start_paused = true)]
 async fn recovery_notifies_again_only_when_the_url_was_not_taken() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     // `slowtell` never answers before the crash: its URL was not taken.
     fake.add("slowtell", Some(Duration::from_secs(3600)), |_, _| {
         text(200, "")
@@ -1080,7 +1126,7 @@ fn gauge(fake: &Arc<FakeInvoker>, name: &str, delay: Duration) -> Arc<Mutex<(usi
 
 #[tokio::test(start_paused = true)]
 async fn a_fallback_runs_after_the_retries_and_stands_for_the_failed_task() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("down", None, |_, _| text(503, "down for maintenance"));
     let e = engine_with(&fake, &db).await;
     let yaml = "output: B\ntasks:\n  A:\n    run: down\n    retry: {maxAttempts: 2, backoff: {initial: 1s}}\n    onFailure: F\n  F:\n    run: echo\n  B:\n    run: echo\n    inputs: \"{ output('A') + ' / ' + task('A').Error }\"\n    requires: [A]\n";
@@ -1113,7 +1159,7 @@ async fn a_fallback_runs_after_the_retries_and_stands_for_the_failed_task() {
 /// fallback's output.
 #[tokio::test(start_paused = true)]
 async fn a_retry_does_not_run_again_a_task_its_fallback_stood_in_for() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("charge", None, |_, _| text(500, "declined"));
     fake.add("later", None, |_, n| {
         if n == 1 {
@@ -1136,7 +1182,7 @@ async fn a_retry_does_not_run_again_a_task_its_fallback_stood_in_for() {
 
 #[tokio::test(start_paused = true)]
 async fn foreach_runs_a_workflow_per_item_at_most_concurrency_at_once() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let seen = gauge(&fake, "slow", Duration::from_millis(100));
     let e = engine_with(&fake, &db).await;
     let yaml = "output: F\ntasks:\n  F:\n    run: foreach\n    concurrency: 2\n    inputs:\n      foreach: \"{ param() }\"\n      do:\n        output: B\n        tasks:\n          A:\n            run: slow\n            inputs: \"{ param() }\"\n          B:\n            run: echo\n            inputs: \"{ output('A') + param('_index') }\"\n            requires: [A]\n";
@@ -1169,7 +1215,7 @@ async fn foreach_runs_a_workflow_per_item_at_most_concurrency_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_workflow_and_an_inline_sub_workflow_bound_their_tasks_in_flight() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let seen = gauge(&fake, "slow", Duration::from_millis(100));
     let e = engine_with(&fake, &db).await;
     let mut yaml = String::from("output: J\nconcurrency: 3\ntasks:\n");
@@ -1198,7 +1244,7 @@ async fn a_workflow_and_an_inline_sub_workflow_bound_their_tasks_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn a_fallback_in_flight_at_a_restart_runs_again_with_its_input_and_key() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     fake.add("down", None, |_, _| text(500, "broken"));
     fake.add("slow-rescue", Some(Duration::from_secs(10)), |c, _| {
         text(
@@ -1229,7 +1275,7 @@ async fn a_fallback_in_flight_at_a_restart_runs_again_with_its_input_and_key() {
 
 #[tokio::test(start_paused = true)]
 async fn a_workflow_run_by_name_keeps_its_own_concurrency() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let seen = gauge(&fake, "slow", Duration::from_millis(100));
     let e = engine_with(&fake, &db).await;
     let mut inner = String::from("output: J\nconcurrency: 2\ntasks:\n");
@@ -1260,7 +1306,7 @@ async fn waited_run(e: &Arc<Engine>, workflow: &str) -> (crate::store::RunSummar
 
 #[tokio::test(start_paused = true)]
 async fn a_short_synchronous_run_takes_one_flush_and_an_acknowledged_start_one_more() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     e.create_workflow(
         "one",
@@ -1287,7 +1333,7 @@ async fn a_short_synchronous_run_takes_one_flush_and_an_acknowledged_start_one_m
 
 #[tokio::test(start_paused = true)]
 async fn a_short_run_whose_parallel_steps_end_apart_takes_one_flush() {
-    let (_d, db, fake) = setup();
+    let (db, fake) = setup();
     for (name, ms) in [("d1", 1), ("d2", 2), ("d3", 3)] {
         fake.add(name, Some(Duration::from_millis(ms)), move |_, _| {
             text(200, name)
