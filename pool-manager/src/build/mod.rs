@@ -46,8 +46,12 @@ pub(crate) struct Builds {
     /// The packages being built, and whether another build was asked for meanwhile.
     running: Mutex<BuildQueue>,
     slots: Arc<Semaphore>,
-    next_id: AtomicU64,
 }
+
+/// Numbers the builds of every pool manager in the process, so that no two
+/// share a work directory (`builds/<pid>-<n>`), even two pool managers on
+/// one data directory (a restart within one process, as tests do).
+static NEXT_BUILD: AtomicU64 = AtomicU64::new(1);
 
 /// Which packages have a builder at work, and what each was asked meanwhile:
 /// one builder per package; requests during a build make one more build after it.
@@ -128,7 +132,6 @@ impl Builds {
             changed: watch::channel(0).0,
             running: Mutex::default(),
             slots: Arc::new(Semaphore::new(BUILD_SLOTS)),
-            next_id: AtomicU64::new(1),
         })
     }
 
@@ -477,7 +480,7 @@ impl Inner {
         env: &Environment,
         source: &PackageRef,
     ) -> std::result::Result<(PackageRef, String), String> {
-        let id = self.builds.next_id.fetch_add(1, Ordering::SeqCst);
+        let id = NEXT_BUILD.fetch_add(1, Ordering::SeqCst);
         let work = self
             .cfg
             .data_dir

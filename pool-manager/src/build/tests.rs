@@ -24,6 +24,8 @@ struct FakeBuilder {
     most_at_once: AtomicUsize,
     /// Each build takes a permit before it ends.
     gate: Semaphore,
+    /// Told when a build reaches the gate.
+    at_gate: tokio::sync::Notify,
     fail: AtomicBool,
 }
 
@@ -34,6 +36,7 @@ impl Default for FakeBuilder {
             running: AtomicUsize::new(0),
             most_at_once: AtomicUsize::new(0),
             gate: Semaphore::new(0),
+            at_gate: tokio::sync::Notify::new(),
             fail: AtomicBool::new(false),
         }
     }
@@ -56,6 +59,7 @@ impl Backend for FakeBuilder {
             self.builds.fetch_add(1, Ordering::SeqCst);
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most_at_once.fetch_max(now, Ordering::SeqCst);
+            self.at_gate.notify_one();
             if let Ok(permit) = self.gate.acquire().await {
                 permit.forget();
             }
@@ -183,6 +187,13 @@ async fn status_of(pm: &PoolManager, name: &str, done: impl Fn(BuildStatus) -> b
     })
     .await
     .unwrap_or_else(|_| panic!("package {name} never reached the status waited for"))
+}
+
+/// Waits until a build of `backend` has reached its gate.
+async fn until_building(backend: &FakeBuilder) {
+    tokio::time::timeout(Duration::from_secs(10), backend.at_gate.notified())
+        .await
+        .expect("the build never reached its builder")
 }
 
 fn finished(s: BuildStatus) -> bool {
@@ -341,6 +352,10 @@ async fn a_build_a_stopped_server_left_running_is_built_at_the_next_start() {
         .await
         .unwrap();
     status_of(&s.pm, "p", |b| b == BuildStatus::Running).await;
+    // Its work directory made (the builder is called after), the first build
+    // waits at the gate until the test ends: nothing writes under the test's
+    // directory while it is removed.
+    until_building(&s.backend).await;
     // A second server on the same store, as after a crash of the first.
     let backend = Arc::new(FakeBuilder::default());
     backend.gate.add_permits(10);
