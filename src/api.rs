@@ -140,6 +140,20 @@ pub async fn not_found(req: Request) -> Response {
     )
 }
 
+/// The JSON 405 for a method an endpoint does not take (axum's own is empty);
+/// the `Allow` header still lists the methods it does take.
+pub async fn method_not_allowed(req: Request) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!(
+            "{} does not take {} (the Allow header lists what it takes)",
+            req.uri().path(),
+            req.method()
+        ),
+    )
+}
+
 /// Parses a JSON body into `T`, answering 400 with the line and column on error;
 /// a body nested past `engine::document::MAX_DOCUMENT_DEPTH` is refused unparsed.
 /// A field with a wrong value is named (`field "poolsize": invalid type ...`).

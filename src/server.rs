@@ -471,6 +471,9 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             Arc::new(tokio::sync::Mutex::new(())),
             api::one_name_at_a_time,
         ))
+        // On every endpoint merged above, the engine's and the declared
+        // resources' included (after them: it is set on those registered).
+        .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             token.clone(),

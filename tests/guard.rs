@@ -213,6 +213,35 @@ fn huge_headers_get_a_json_431_and_a_huge_uri_a_json_414_on_both_listeners() {
 }
 
 #[test]
+fn a_method_an_endpoint_does_not_take_gets_a_json_405_naming_what_it_takes() {
+    let s = Server::start();
+    // The API's own endpoints, the engine's and the health check alike.
+    for (method, path, allowed) in [
+        ("GET", "/v1/runs/x/cancel", "POST"),
+        ("DELETE", "/v1/runs", "GET"),
+        ("PATCH", "/v1/functions", "GET"),
+        ("PUT", "/healthz", "GET"),
+    ] {
+        let r = s
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", s.api))
+            .bearer_auth(&s.token)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 405, "{method} {path}");
+        let allow = r.headers()["allow"].to_str().unwrap().to_string();
+        assert!(allow.contains(allowed), "{method} {path}: allow {allow}");
+        let v: Value = r.json().unwrap();
+        assert_eq!(
+            v["error"]["code"], "method_not_allowed",
+            "{method} {path}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(path), "{message}");
+    }
+}
+
+#[test]
 fn a_request_that_is_not_http_gets_a_json_400_on_both_listeners() {
     let s = Server::start();
     for listener in [&s.api, &s.router] {
