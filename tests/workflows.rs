@@ -445,11 +445,28 @@ fn a_task_past_its_timeout_fails_the_run() {
     let (st, body) = s.invoke("impatient", "text/plain", "");
     assert_eq!(st, 500, "{body}");
     let err: Value = serde_json::from_str(&body).unwrap();
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("timed out after 500ms"), "{err}");
+
+    // A task without a timeout of its own stops at the function's, which the
+    // error names (not a zero).
+    s.function(
+        "slowpoke-capped",
+        "binary",
+        "slow.sh",
+        "#!/bin/sh\nsleep 30\n",
+        json!({"timeout_secs": 1}),
+    );
+    s.workflow(
+        "capped",
+        "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: slowpoke-capped\n",
+    );
+    let (st, body) = s.invoke("capped", "text/plain", "");
+    assert_eq!(st, 500, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    let message = err["error"]["message"].as_str().unwrap();
     assert!(
-        err["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("timed out"),
+        message.contains("timed out") && message.contains("within its timeout of 1 s"),
         "{err}"
     );
 }

@@ -416,7 +416,7 @@ async fn bounded(
     let outcome = match timeout {
         Some(d) => match tokio::time::timeout(d, guarded).await {
             Ok(r) => r,
-            Err(_) => return Err(CallError::Timeout(d)),
+            Err(_) => return Err(CallError::after(d)),
         },
         None => guarded.await,
     };

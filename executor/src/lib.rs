@@ -44,8 +44,10 @@ pub struct FunctionResponse {
 pub enum CallError {
     #[error("function {0:?} does not exist")]
     UnknownFunction(String),
-    #[error("function call timed out after {0:?}")]
-    Timeout(Duration),
+    /// No answer in time; the message says after how long, or whose limit
+    /// passed (a task's, the function's own).
+    #[error("{0}")]
+    Timeout(String),
     #[error("no capacity: {0}")]
     Overloaded(String),
     #[error("the function's instance failed: {0}")]
@@ -55,6 +57,11 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// A call given up after `limit` (a task's timeout).
+    pub fn after(limit: Duration) -> CallError {
+        CallError::Timeout(format!("function call timed out after {limit:?}"))
+    }
+
     /// Whether trying again may succeed: timeouts, overload and instance failures are
     /// transient; an unknown function or a cancellation is not.
     pub fn is_retryable(&self) -> bool {
@@ -102,7 +109,7 @@ impl Invoker for PoolInvoker {
             match timeout {
                 Some(limit) => tokio::time::timeout(limit, work)
                     .await
-                    .unwrap_or(Err(CallError::Timeout(limit))),
+                    .unwrap_or(Err(CallError::after(limit))),
                 None => work.await,
             }
         })
@@ -164,13 +171,11 @@ async fn invoke_pool(
         Err(e) => {
             return Err(match e {
                 Error::NotFound { .. } => CallError::UnknownFunction(call.function.clone()),
-                Error::Timeout(m) => {
-                    tracing::debug!(%m, "function timed out");
-                    CallError::Timeout(call.timeout.unwrap_or_default())
-                }
+                // The function's own timeout: the pool manager's message names it.
+                Error::Timeout(m) => CallError::Timeout(format!("function call timed out: {m}")),
                 Error::Overloaded(m) => CallError::Overloaded(m),
                 other => CallError::Instance(other.to_string()),
-            })
+            });
         }
     };
     let status = resp.status().as_u16();
@@ -220,7 +225,7 @@ mod tests {
         assert!(status_is_retryable(429));
         assert!(!status_is_retryable(404));
         assert!(!status_is_retryable(400));
-        assert!(CallError::Timeout(Duration::from_secs(1)).is_retryable());
+        assert!(CallError::after(Duration::from_secs(1)).is_retryable());
         assert!(!CallError::UnknownFunction("x".into()).is_retryable());
     }
 }

@@ -388,7 +388,7 @@ impl World {
                 executor::status_is_retryable(s),
             ),
             Reply::Timeout => {
-                let e = executor::CallError::Timeout(Duration::from_secs(1));
+                let e = executor::CallError::after(Duration::from_secs(1));
                 failed(e.to_string(), None, e.is_retryable())
             }
             Reply::Typed => failed(
