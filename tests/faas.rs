@@ -191,6 +191,63 @@ fn past_concurrency_a_request_waits_then_gets_429() {
     assert_eq!(s.get("/fission-function/slow").status(), 200);
 }
 
+/// A caller that hangs up does not free the instance while the function is
+/// still at work on its request: past the function's concurrency the next
+/// caller is refused, not run beside it, until the function has answered.
+#[test]
+fn a_caller_that_hangs_up_keeps_its_instance_busy_until_the_function_answers() {
+    let s = Server::start_with(&[("FUSION_LEASE_WAIT_MS", "300")]);
+    s.env("binary", "binary", 1);
+    let probe = Probe::start();
+    let code = format!("#!/bin/sh\n{}\necho done\n", probe.curl("/gate/go"));
+    s.function(
+        "held",
+        "binary",
+        "held.sh",
+        &code,
+        json!({"concurrency": 1}),
+    );
+    let abandoned = || {
+        let text = s.api("GET", "/metrics").send().unwrap().text().unwrap();
+        text.lines()
+            .any(|l| l == "fusion_function_requests_abandoned_total{function=\"held\"} 1")
+    };
+    let router = s.router_url("").trim_start_matches("http://").to_string();
+    let mut caller = std::net::TcpStream::connect(&router).unwrap();
+    caller
+        .write_all(b"GET /fission-function/held HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the function has the request",
+        || {
+            s.instances("held")
+                .iter()
+                .any(|i| i["active_requests"] == 1)
+        },
+    );
+    drop(caller);
+    eventually(
+        Duration::from_secs(20),
+        "the server saw the caller go",
+        abandoned,
+    );
+    // The function still holds its instance: one request at a time.
+    assert_eq!(s.instances("held")[0]["active_requests"], 1);
+    let r = s.get("/fission-function/held");
+    assert_eq!(r.status(), 429, "{:?}", r.text());
+    // Once it answers (to nobody), the instance takes the next request.
+    probe.open("go");
+    eventually(Duration::from_secs(20), "the instance is free", || {
+        s.instances("held")
+            .iter()
+            .all(|i| i["active_requests"] == 0)
+    });
+    let r = s.get("/fission-function/held");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "done\n");
+}
+
 #[test]
 fn a_burst_of_first_requests_starts_one_instance_when_one_takes_them_all() {
     let s = Server::start();

@@ -46,6 +46,7 @@ pub struct PoolMetrics {
     pub cold_starts: Family<ColdStartLabels, Counter>,
     pub cold_start_seconds: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     pub instances: Family<InstanceLabels, Gauge>,
+    pub abandoned: Family<FunctionLabels, Counter>,
 }
 
 impl Default for PoolMetrics {
@@ -56,6 +57,7 @@ impl Default for PoolMetrics {
             cold_starts: Family::default(),
             cold_start_seconds: Family::new_with_constructor(latency_histogram),
             instances: Family::default(),
+            abandoned: Family::default(),
         }
     }
 }
@@ -86,6 +88,12 @@ impl PoolMetrics {
             "fusion_instances",
             "Running instances by environment and state",
             self.instances.clone(),
+        );
+        registry.register(
+            "fusion_function_requests_abandoned",
+            "Requests whose caller went away before the function answered; each \
+             holds its instance until the function does (or its timeout passes)",
+            self.abandoned.clone(),
         );
     }
 }

@@ -134,6 +134,22 @@ impl Drop for Waiting<'_> {
     }
 }
 
+impl Lease {
+    /// Counts a request of this lease whose caller went away before the
+    /// function answered.
+    pub(crate) fn abandoned(&self) {
+        if let Some(inner) = self.manager.upgrade() {
+            inner
+                .metrics
+                .abandoned
+                .get_or_create(&FunctionLabels {
+                    function: self.function.key(),
+                })
+                .inc();
+        }
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.instance.active.fetch_sub(1, Ordering::SeqCst);

@@ -2,6 +2,7 @@
 //! the request and response through it. Which requests reach which function is
 //! the trigger layer's business (the `triggers` crate).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use axum::response::IntoResponse;
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::backend::connect::ClientError;
+use crate::backend::connect::{ClientError, ResponseBody};
 use crate::backend::Exit;
 use crate::error::Error;
 use crate::metrics::{FunctionLabels, FunctionMetrics, RequestLabels};
@@ -152,14 +153,20 @@ async fn forward_inner(
 
     // An instance that ends under the request (its pod deleted or evicted, a
     // node lost) fails it at once, also where no connection breaks to say so.
-    let sent = tokio::time::timeout(timeout, async {
-        tokio::select! {
-            biased;
-            sent = lease.instance.client.request(out) => Ok(sent),
-            exit = lease.instance.wait_exited() => Err(exit),
-        }
-    })
-    .await;
+    let instance = lease.instance.clone();
+    let mut in_flight = InFlight {
+        exchange: Some(Box::pin(async move {
+            tokio::select! {
+                biased;
+                sent = instance.client.request(out) => Ok(sent),
+                exit = instance.wait_exited() => Err(exit),
+            }
+        })),
+        lease: Some(lease),
+        deadline: tokio::time::Instant::now() + timeout,
+    };
+    let sent = tokio::time::timeout(timeout, &mut in_flight).await;
+    let lease = in_flight.done();
     let sent = match sent {
         Ok(Err(exit)) => return Err(instance_ended(&lease, &exit)),
         Ok(Ok(sent)) => Ok(sent),
@@ -196,6 +203,64 @@ async fn forward_inner(
         e
     });
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+type Sent = Result<Result<Response<ResponseBody>, ClientError>, Exit>;
+
+/// A request sent to an instance, with the lease it holds, until the instance
+/// answers. A caller that goes away before that (a client that hangs up, a
+/// proxy's own timeout) drops it while the function is still at work on the
+/// request: the exchange then goes on in the background, and the lease is
+/// given back only when the instance answers (its answer dropped), ends, or
+/// passes the function's timeout (then it is stopped, as for a caller still
+/// waiting). Otherwise any caller could run more requests at once in an
+/// instance than `requests_per_instance` allows, and more instances than
+/// `max_scale`, by hanging up.
+struct InFlight {
+    exchange: Option<Pin<Box<dyn Future<Output = Sent> + Send>>>,
+    lease: Option<Lease>,
+    deadline: tokio::time::Instant,
+}
+
+impl InFlight {
+    /// The lease back, the exchange over or given up by the caller.
+    fn done(&mut self) -> Lease {
+        self.exchange = None;
+        self.lease
+            .take()
+            .expect("an in-flight request holds its lease")
+    }
+}
+
+impl Future for InFlight {
+    type Output = Sent;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Sent> {
+        match self.exchange.as_mut() {
+            Some(exchange) => exchange.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let (Some(exchange), Some(lease)) = (self.exchange.take(), self.lease.take()) else {
+            return;
+        };
+        // Without a runtime the server is ending, and its instances with it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        lease.abandoned();
+        let deadline = self.deadline;
+        runtime.spawn(async move {
+            if tokio::time::timeout_at(deadline, exchange).await.is_err() {
+                lease.instance.stop();
+            }
+            drop(lease);
+        });
+    }
 }
 
 /// Appends `client` to the request's `X-Forwarded-For` (after what earlier
