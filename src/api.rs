@@ -474,7 +474,7 @@ async fn fn_logs(
     s.pool.function(&name)?;
     let logs = s.pool.logs().clone();
     let follower = q.follow.then(|| logs.follow(&name));
-    let existing = tokio::fs::read(logs.path(&name)).await.unwrap_or_default();
+    let existing = logs.read(&name).await;
     let head =
         futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(existing)) });
     let body = match follower {

@@ -683,6 +683,48 @@ fn fn_logs_follow_streams_new_output() {
     assert!(seen_first && seen_second);
 }
 
+/// A function's output cannot grow the server: a line without end is cut at
+/// 16 KiB (and says so); and a function made again under a deleted one's name
+/// starts with a log of its own.
+#[test]
+fn long_output_lines_are_cut_and_a_deleted_functions_log_goes_with_it() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    let code = "def main():\n    print('z' * 1000000, flush=True)\n    print('after', flush=True)\n    return 'ok'\n";
+    s.function("loud", "python", "loud.py", code, json!({}));
+    assert_eq!(s.get("/fission-function/loud").text().unwrap(), "ok");
+    let log = || {
+        s.api("GET", "/v1/functions/loud/logs")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    eventually(Duration::from_secs(20), "the log has the output", || {
+        log().contains("after")
+    });
+    let text = log();
+    let longest = text.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 17 * 1024, "a line of {longest} bytes");
+    assert!(
+        text.contains("983616 more bytes of this line dropped"),
+        "{}",
+        text.lines().find(|l| l.contains("zzz")).unwrap_or("")
+    );
+
+    let (status, v) = s.call("DELETE", "/v1/functions/loud", None);
+    assert_eq!(status, 204, "{v}");
+    let code = "def main():\n    print('fresh', flush=True)\n    return 'ok'\n";
+    s.function("loud", "python", "loud.py", code, json!({}));
+    assert_eq!(s.get("/fission-function/loud").text().unwrap(), "ok");
+    eventually(
+        Duration::from_secs(20),
+        "the new log has its output",
+        || log().contains("fresh"),
+    );
+    assert!(!log().contains("zzz"), "{}", log());
+}
+
 #[test]
 fn metrics_count_requests_cold_starts_instances_and_runs() {
     let s = Server::start();

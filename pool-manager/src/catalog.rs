@@ -201,6 +201,8 @@ impl PoolManager {
         self.function(name)?;
         self.inner.store.delete(Kind::Function, name).await?;
         self.inner.remove_function(name);
+        // A function made later under the name starts with a log of its own.
+        self.inner.logs.remove(name);
         Ok(())
     }
 }

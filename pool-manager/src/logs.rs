@@ -1,7 +1,9 @@
 //! Instance output kept as the function's logs: each line an instance writes to
 //! stdout or stderr is appended, with a timestamp and the instance id, to
 //! `logs/<function>.log` (or `logs/env-<environment>.log` while it is generic),
-//! and broadcast to anyone following that log.
+//! and broadcast to anyone following that log. A log past `MAX_LOG_BYTES` is
+//! moved to `<function>.log.1` (replacing the one before) and begun anew, so a
+//! function keeps at most twice that; a deleted function's logs go with it.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -10,9 +12,14 @@ use std::sync::Mutex;
 
 use tokio::sync::broadcast;
 
+/// Size past which a log is rotated (see the module's doc).
+pub const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
+
 pub struct Logs {
     dir: PathBuf,
     followers: Mutex<HashMap<String, broadcast::Sender<String>>>,
+    /// Held while a log is rotated, so that two writers do not both move it.
+    rotating: Mutex<()>,
 }
 
 impl Logs {
@@ -21,6 +28,7 @@ impl Logs {
         Ok(Logs {
             dir,
             followers: Mutex::new(HashMap::new()),
+            rotating: Mutex::new(()),
         })
     }
 
@@ -30,19 +38,60 @@ impl Logs {
         self.dir.join(format!("{}.log", key.replace('/', "@")))
     }
 
+    /// Where a log goes when it is rotated.
+    fn rotated(&self, key: &str) -> PathBuf {
+        let mut p = self.path(key).into_os_string();
+        p.push(".1");
+        PathBuf::from(p)
+    }
+
     pub fn append(&self, key: &str, instance: u64, stream: &str, line: &str) {
         let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now());
         let entry = format!("{stamp} [{instance} {stream}] {line}\n");
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(key))
-            .and_then(|mut f| f.write_all(entry.as_bytes()));
-        if let Err(e) = written {
+        if let Err(e) = self.write(key, entry.as_bytes()) {
             tracing::warn!(error = %e, key, "cannot write function log");
         }
         if let Some(tx) = lock(&self.followers).get(key) {
             let _ = tx.send(entry);
+        }
+    }
+
+    fn write(&self, key: &str, entry: &[u8]) -> std::io::Result<()> {
+        let path = self.path(key);
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+        };
+        let mut file = open()?;
+        if file.metadata()?.len() + entry.len() as u64 > MAX_LOG_BYTES {
+            let _one = lock(&self.rotating);
+            // Another writer may have rotated it meanwhile.
+            if std::fs::metadata(&path).map_or(0, |m| m.len()) + entry.len() as u64 > MAX_LOG_BYTES
+            {
+                std::fs::rename(&path, self.rotated(key))?;
+            }
+            file = open()?;
+        }
+        file.write_all(entry)
+    }
+
+    /// What a log holds: its rotated part, then the current one.
+    pub async fn read(&self, key: &str) -> Vec<u8> {
+        let mut all = tokio::fs::read(self.rotated(key)).await.unwrap_or_default();
+        all.extend(tokio::fs::read(self.path(key)).await.unwrap_or_default());
+        all
+    }
+
+    /// Deletes a log (a deleted function's).
+    pub fn remove(&self, key: &str) {
+        for path in [self.path(key), self.rotated(key)] {
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(error = %e, path = %path.display(), "cannot delete a log");
+                }
+            }
         }
     }
 
@@ -59,4 +108,37 @@ impl Logs {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_past_its_size_is_rotated_once_and_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::new(dir.path().to_path_buf()).unwrap();
+        let line = "x".repeat(1000);
+        let per_entry = format!("2026-12-01T00:00:00.000Z [1 stdout] {line}\n").len() as u64;
+        let n = (2 * MAX_LOG_BYTES / per_entry) as usize + 10;
+        for _ in 0..n {
+            logs.append("f", 1, "stdout", &line);
+        }
+        let current = std::fs::metadata(logs.path("f")).unwrap().len();
+        let rotated = std::fs::metadata(logs.rotated("f")).unwrap().len();
+        assert!(current <= MAX_LOG_BYTES && rotated <= MAX_LOG_BYTES);
+        // The oldest lines went with the first rotation; what is kept reads in order.
+        let all = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(logs.read("f"));
+        assert_eq!(all.len() as u64, current + rotated);
+        assert!(all.len() as u64 > MAX_LOG_BYTES);
+        assert!(String::from_utf8(all)
+            .unwrap()
+            .lines()
+            .all(|l| l.ends_with(&line)));
+        logs.remove("f");
+        assert!(!logs.path("f").exists() && !logs.rotated("f").exists());
+    }
 }

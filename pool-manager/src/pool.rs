@@ -845,9 +845,14 @@ impl Inner {
             Err(e) => {
                 let key = log_key();
                 self.logs.append(&key, id, "fusion", &e.to_string());
+                // The file's name within the data directory only: the
+                // answer may go to a caller of the router.
                 return Err(Error::Unavailable(format!(
-                    "{e} (its output is in {})",
-                    self.logs.path(&key).display()
+                    "{e} (its output is in logs/{} in the server's data directory)",
+                    self.logs
+                        .path(&key)
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
                 )));
             }
         };

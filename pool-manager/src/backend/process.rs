@@ -321,7 +321,13 @@ impl Drop for KillGroupOnDrop {
     }
 }
 
-/// Sends each line of a child's output stream to the log sink.
+/// Longest line of an instance's output kept: the rest of a longer line is
+/// dropped, and the line says so. Output without newlines would otherwise
+/// be held whole in the server's memory.
+pub(crate) const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// Sends each line of a child's output stream to the log sink, each at most
+/// `MAX_LOG_LINE` bytes.
 pub(crate) fn forward_output<R>(stream: Option<R>, name: &'static str, logs: &super::LogSink)
 where
     R: tokio::io::AsyncRead + Send + Unpin + 'static,
@@ -329,11 +335,66 @@ where
     let Some(stream) = stream else { return };
     let logs = logs.clone();
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut lines = BoundedLines::new(BufReader::new(stream));
+        while let Some(line) = lines.next().await {
             logs(name, &line);
         }
     });
+}
+
+/// The lines of a stream, each cut at `MAX_LOG_LINE` bytes.
+struct BoundedLines<R> {
+    reader: R,
+    line: Vec<u8>,
+    /// Bytes of the current line dropped past the limit.
+    dropped: usize,
+}
+
+impl<R: tokio::io::AsyncBufRead + Unpin> BoundedLines<R> {
+    fn new(reader: R) -> Self {
+        BoundedLines {
+            reader,
+            line: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// The next line, without its end; `None` at the end of the stream.
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            let buf = self.reader.fill_buf().await.unwrap_or_default();
+            if buf.is_empty() {
+                // The end of the stream: a last line without a newline.
+                return (!self.line.is_empty() || self.dropped > 0).then(|| self.take());
+            }
+            let end = buf.iter().position(|b| *b == b'\n');
+            let part = &buf[..end.unwrap_or(buf.len())];
+            let room = MAX_LOG_LINE.saturating_sub(self.line.len()).min(part.len());
+            self.line.extend_from_slice(&part[..room]);
+            self.dropped += part.len() - room;
+            let used = part.len() + usize::from(end.is_some());
+            self.reader.consume(used);
+            if end.is_some() {
+                return Some(self.take());
+            }
+        }
+    }
+
+    fn take(&mut self) -> String {
+        if self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        let mut text = String::from_utf8_lossy(&self.line).into_owned();
+        if self.dropped > 0 {
+            text.push_str(&format!(
+                " [... {} more bytes of this line dropped: lines are kept up to {MAX_LOG_LINE} bytes]",
+                self.dropped
+            ));
+        }
+        self.line.clear();
+        self.dropped = 0;
+        text
+    }
 }
 
 impl Handle for ProcessHandle {
@@ -401,6 +462,26 @@ const USER_HZ: f64 = 100.0;
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn output_lines_are_cut_at_the_limit_and_say_how_much_went() {
+        let long = "y".repeat(MAX_LOG_LINE + 5000);
+        let input = format!("short\r\n{long}\nnext\nno newline at the end");
+        let mut lines = BoundedLines::new(BufReader::with_capacity(1000, input.as_bytes()));
+        assert_eq!(lines.next().await.as_deref(), Some("short"));
+        let cut = lines.next().await.unwrap();
+        assert!(cut.starts_with(&"y".repeat(MAX_LOG_LINE)), "{}", cut.len());
+        assert!(
+            cut.ends_with(
+                "[... 5000 more bytes of this line dropped: lines are kept up to 16384 bytes]"
+            ),
+            "{}",
+            &cut[MAX_LOG_LINE..]
+        );
+        assert_eq!(lines.next().await.as_deref(), Some("next"));
+        assert_eq!(lines.next().await.as_deref(), Some("no newline at the end"));
+        assert_eq!(lines.next().await, None);
+    }
 
     #[test]
     fn the_socket_dir_is_private_and_emptied_of_old_sockets() {
