@@ -8,7 +8,7 @@ use bytes::Bytes;
 use executor::{CallError, CallFuture, FunctionCall, FunctionResponse, Invoker};
 use serde_json::{json, Value};
 
-use crate::state::{Event, RunStatus};
+use crate::state::{Event, RunStatus, TaskStatus};
 use crate::store::SledStore;
 use crate::{Engine, EngineConfig};
 
@@ -296,6 +296,47 @@ async fn nested_workflow_by_name() {
     )
     .await;
     assert_eq!(s.output, Some(json!("x-inner")), "{s:?}");
+}
+
+/// As in Fission Workflows, a run ends once every task that can run has run:
+/// a task beside the output (a side effect nothing needs) is waited for, not
+/// cut off when the output is ready.
+#[tokio::test(start_paused = true)]
+async fn a_run_waits_for_a_task_beside_its_output() {
+    let (db, fake) = setup();
+    fake.add("side", Some(Duration::from_secs(5)), |_, _| {
+        text(200, "side done")
+    });
+    let e = engine_with(&fake, &db).await;
+    let yaml =
+        "output: Fast\ntasks:\n  Side:\n    run: side\n  Fast:\n    run: noop\n    inputs: fast\n";
+    let s = run(&e, "beside", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("fast")));
+    let state = e.run_state(&s.id).unwrap();
+    assert_eq!(state.tasks["Side"].status, TaskStatus::Succeeded);
+    assert_eq!(fake.count("side"), 1);
+    assert!(s.finished_at.unwrap() >= s.created_at + 5000, "{s:?}");
+}
+
+/// A run that fails leaves no task running or pending in its history: what
+/// was in flight beside the failed task, or waiting for it, is cancelled.
+#[tokio::test(start_paused = true)]
+async fn a_failed_run_cancels_the_tasks_it_leaves_unfinished() {
+    let (db, fake) = setup();
+    fake.add("boom", None, |_, _| text(400, "boom"));
+    fake.add("slow", Some(Duration::from_secs(60)), |_, _| {
+        text(200, "late")
+    });
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: C\ntasks:\n  A:\n    run: boom\n  B:\n    run: slow\n  C:\n    run: noop\n    requires: [A, B]\n";
+    let s = run(&e, "broken", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Failed, "{s:?}");
+    let state = e.run_state(&s.id).unwrap();
+    assert_eq!(state.tasks["A"].status, TaskStatus::Failed);
+    assert_eq!(state.tasks["B"].status, TaskStatus::Cancelled);
+    assert_eq!(state.tasks["C"].status, TaskStatus::Cancelled);
+    assert_eq!(state.tasks["B"].ended_at, s.finished_at);
 }
 
 /// `fission://<namespace>/<fn>` names a function by its key, here and when stored.

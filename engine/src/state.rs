@@ -1041,13 +1041,16 @@ fn apply_event(s: &mut RunState, event: &Event) {
                 }
             }
         }
-        Event::RunSucceeded { .. } | Event::RunFailed { .. } | Event::RunCancelled { .. } => {
-            if let Event::RunCancelled { at, .. } = event {
-                for t in s.tasks.values_mut() {
-                    if !t.status.is_final() {
-                        t.status = TaskStatus::Cancelled;
-                        t.ended_at = Some(*at);
-                    }
+        Event::RunSucceeded { at, .. }
+        | Event::RunFailed { at, .. }
+        | Event::RunCancelled { at, .. } => {
+            // What the run's end left unfinished will never finish: a task
+            // beside the one that failed the run, one cut off by the run's
+            // timeout or its cancellation, one that never became needed.
+            for t in s.tasks.values_mut() {
+                if !t.status.is_final() {
+                    t.status = TaskStatus::Cancelled;
+                    t.ended_at = Some(*at);
                 }
             }
             if let Some(end) = RunEnd::of(event) {
@@ -1157,12 +1160,6 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
             message: t.error.clone().unwrap_or_default(),
             status: t.http_status,
         }))];
-    }
-    if let Some(t) = s.resolved(&s.spec.output) {
-        return vec![Action::Finish(Finish::Succeeded {
-            output: t.output.clone().unwrap_or(Value::Null),
-            headers: t.headers.clone(),
-        })];
     }
     let mut actions = Vec::new();
     let mut busy = false;
@@ -1275,7 +1272,17 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
         }
     }
     if actions.is_empty() && !busy {
-        // Nothing runs and nothing can start: end the run rather than hang.
+        // Nothing runs and nothing can start. As in Fission Workflows, a run
+        // succeeds only then, once every task that can run has run, not as
+        // soon as its output task has: a task beside it (a side effect no
+        // other task needs) is not cut off.
+        if let Some(t) = s.resolved(&s.spec.output) {
+            return vec![Action::Finish(Finish::Succeeded {
+                output: t.output.clone().unwrap_or(Value::Null),
+                headers: t.headers.clone(),
+            })];
+        }
+        // Otherwise end the run rather than hang.
         return vec![Action::Finish(Finish::Failed(RunError {
             task: None,
             message: format!(
