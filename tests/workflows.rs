@@ -471,6 +471,30 @@ fn a_task_past_its_timeout_fails_the_run() {
     );
 }
 
+/// A workflow behind a route with URL parameters gets them as a function
+/// does, as `X-Fission-Params-<name>` headers of its input, decoded.
+#[test]
+fn a_routes_url_parameters_reach_its_workflow() {
+    let s = Server::start();
+    s.workflow(
+        "params",
+        "apiVersion: 1\noutput: X\ntasks:\n  X:\n    run: noop\n    inputs: \"{ $.Invocation.Inputs.headers }\"\n",
+    );
+    s.ok(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "params", "url": "/orders/{customer}/{id}", "methods": ["GET"], "workflow": "params"})),
+    );
+    let r = s.get("/orders/alice%20smith/42");
+    assert_eq!(r.status(), 200);
+    let headers: Value = r.json().unwrap();
+    assert_eq!(
+        headers["X-Fission-Params-Customer"], "alice smith",
+        "{headers}"
+    );
+    assert_eq!(headers["X-Fission-Params-Id"], "42", "{headers}");
+}
+
 #[test]
 fn a_new_version_does_not_touch_runs_in_flight() {
     let s = Server::start();

@@ -133,14 +133,7 @@ async fn forward_inner(
     // Origin form: the instance's client dials only its instance.
     parts.uri = Uri::from(path_and_query);
     let headers = &mut parts.headers;
-    for (k, v) in params {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(format!("X-Fission-Params-{k}")),
-            HeaderValue::try_from(v.as_str()),
-        ) {
-            headers.insert(name, value);
-        }
-    }
+    url_params(headers, params);
     if let Ok(v) = HeaderValue::try_from(function) {
         headers.insert("x-fission-function-name", v);
     }
@@ -260,6 +253,19 @@ impl Drop for InFlight {
             }
             drop(lease);
         });
+    }
+}
+
+/// Gives each of a route's URL parameters as `X-Fission-Params-<name>`, as
+/// Fission's router does (a value no header can hold is left out).
+pub fn url_params(headers: &mut http::HeaderMap, params: &[(String, String)]) {
+    for (k, v) in params {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(format!("X-Fission-Params-{k}")),
+            HeaderValue::try_from(v.as_str()),
+        ) {
+            headers.insert(name, value);
+        }
     }
 }
 

@@ -48,19 +48,22 @@ impl Invoker {
         }
     }
 
-    /// Calls `target` with `req`. A function sees `path` (plus the request's
-    /// query) and gets each of `params` as `X-Fission-Params-<name>`; a workflow
-    /// gets the request as it is.
+    /// Calls `target` with `req`. Both get each of `params` as
+    /// `X-Fission-Params-<name>` (a workflow in its input's `headers`); a
+    /// function sees `path` (plus the request's query).
     pub async fn call(
         &self,
         target: &Target,
-        req: Request<Body>,
+        mut req: Request<Body>,
         path: &str,
         params: &[(String, String)],
     ) -> Response<Body> {
         match target {
             Target::Function(f) => pool_manager::forward(&self.pool, f, req, path, params).await,
-            Target::Workflow(w) => self.workflows.invoke(w, req).await,
+            Target::Workflow(w) => {
+                pool_manager::router::url_params(req.headers_mut(), params);
+                self.workflows.invoke(w, req).await
+            }
         }
     }
 }

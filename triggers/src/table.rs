@@ -30,6 +30,11 @@ impl Template {
                 "route url: /fission-function/ is reserved for the built-in function routes".into(),
             ));
         }
+        if url.contains(['?', '#']) {
+            return Err(Error::Invalid(format!(
+                "route url {url:?}: a route matches a path only, without a query or fragment"
+            )));
+        }
         let mut segments = Vec::new();
         for seg in split(url) {
             if let Some(inner) = seg.strip_prefix('{') {
@@ -56,7 +61,7 @@ impl Template {
                     "route url {url:?}: a parameter must be a whole segment, like /users/{{id}}"
                 )));
             } else {
-                segments.push(Segment::Literal(seg.to_string()));
+                segments.push(Segment::Literal(decoded(seg).into_owned()));
             }
         }
         Ok(Template { segments })
@@ -68,10 +73,11 @@ impl Template {
         let mut parts = split(path);
         for seg in &self.segments {
             let part = parts.next()?;
+            let part = decoded(part);
             match seg {
-                Segment::Literal(l) if l == part => {}
+                Segment::Literal(l) if *l == part => {}
                 Segment::Literal(_) => return None,
-                Segment::Param(name) => params.push((name.clone(), part.to_string())),
+                Segment::Param(name) => params.push((name.clone(), part.into_owned())),
             }
         }
         if parts.next().is_some() {
@@ -84,7 +90,7 @@ impl Template {
     pub fn match_prefix(&self, path: &str) -> bool {
         let mut parts = split(path);
         self.segments.iter().all(|seg| match (seg, parts.next()) {
-            (Segment::Literal(l), Some(p)) => l == p,
+            (Segment::Literal(l), Some(p)) => *l == decoded(p),
             _ => false,
         })
     }
@@ -95,6 +101,13 @@ impl Template {
             .filter(|s| matches!(s, Segment::Literal(_)))
             .count()
     }
+}
+
+/// A path segment as its URL means it (`%20` a space, `%2F` a slash within
+/// the segment): what templates are matched against and parameters carry,
+/// as Fission's router gives them.
+fn decoded(segment: &str) -> std::borrow::Cow<'_, str> {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
 }
 
 fn split(path: &str) -> impl Iterator<Item = &str> {
@@ -156,8 +169,9 @@ impl RouteTable {
             if !e.route.methods.is_empty() && !e.route.methods.iter().any(|m| m == method) {
                 return None;
             }
+            // Host names compare without case.
             if let Some(want) = &e.route.host {
-                if host != Some(want.as_str()) {
+                if !host.is_some_and(|h| h.eq_ignore_ascii_case(want)) {
                     return None;
                 }
             }
@@ -213,6 +227,32 @@ mod tests {
     }
 
     #[test]
+    fn segments_match_and_parameters_arrive_as_the_url_means_them() {
+        let t = Template::parse("/ünï/a b/{id}").unwrap();
+        assert_eq!(
+            t.match_exact("/%C3%BCn%C3%AF/a%20b/x%2Fy%20z"),
+            Some(vec![("id".into(), "x/y z".into())])
+        );
+        assert_eq!(
+            Template::parse("/a%20b/{id}")
+                .unwrap()
+                .match_exact("/a%20b/1"),
+            Some(vec![("id".into(), "1".into())])
+        );
+        assert!(Template::parse("/a b").unwrap().match_prefix("/a%20b/c"));
+    }
+
+    #[test]
+    fn hosts_match_without_case() {
+        let mut r = route("h", Some("/x"), None, &[]);
+        r.host = Some("Example.COM".into());
+        let table = RouteTable::new(vec![r]);
+        assert!(table.find("GET", Some("example.com:8888"), "/x").is_some());
+        assert!(table.find("GET", Some("other.com"), "/x").is_none());
+        assert!(table.find("GET", None, "/x").is_none());
+    }
+
+    #[test]
     fn bad_templates_are_refused() {
         for bad in [
             "users",
@@ -220,6 +260,8 @@ mod tests {
             "/a/{}",
             "/a/x{id}",
             "/a/{id}/{id}",
+            "/r?x=1",
+            "/r#top",
             "/fission-function/x",
         ] {
             assert!(Template::parse(bad).is_err(), "{bad}");
