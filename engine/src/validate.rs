@@ -72,6 +72,20 @@ pub fn parse_and_validate(
     exists: &dyn Fn(&str) -> bool,
 ) -> Result<WorkflowSpec, Vec<ValidationError>> {
     precheck(source).map_err(|e| vec![e])?;
+    // A key twice in one mapping (two tasks `A`): the typed parse below keeps
+    // the last and says nothing, the generic one refuses it.
+    if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(source) {
+        let message = e.to_string();
+        if message.contains("duplicate entry") {
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            return Err(vec![ValidationError {
+                code: "duplicate_key",
+                message,
+                line,
+                column,
+            }]);
+        }
+    }
     let spec: WorkflowSpec = match serde_yaml::from_str(source) {
         Ok(s) => s,
         Err(e) => {
@@ -932,6 +946,30 @@ mod tests {
     fn valid_workflow_passes() {
         let yaml = "apiVersion: 1\noutput: B\ntasks:\n  A:\n    run: fortune\n  B:\n    run: whalesay\n    inputs: \"{ output('A') }\"\n    requires: [A]\n";
         assert!(check(yaml).is_empty());
+    }
+
+    #[test]
+    fn a_key_twice_in_a_mapping_is_refused_naming_it() {
+        for (source, key) in [
+            (
+                "apiVersion: 1\noutput: A\ntasks:\n  A: {run: noop}\n  A: {run: fail}\n",
+                "\"A\"",
+            ),
+            ("output: A\noutput: B\ntasks:\n  A: {run: noop}\n", "output"),
+            (
+                r#"{"output": "A", "tasks": {"A": {"run": "noop"}, "A": {"run": "fail"}}}"#,
+                "\"A\"",
+            ),
+            (
+                "output: A\ntasks:\n  A:\n    run: noop\n    inputs: {x: 1, x: 2}\n",
+                "x",
+            ),
+        ] {
+            let e = parse_and_validate(source, &|_| true).unwrap_err();
+            assert_eq!(e[0].code, "duplicate_key", "{source}: {e:?}");
+            assert!(e[0].message.contains(key), "{}", e[0].message);
+            assert!(e[0].line >= 1, "{e:?}");
+        }
     }
 
     #[test]
