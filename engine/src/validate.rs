@@ -299,13 +299,20 @@ fn check_workflow(
         );
     }
     if let Some(t) = &spec.timeout {
-        if parse_duration(t).is_none() {
-            push(
+        match parse_duration(t) {
+            None => push(
                 errors,
                 "invalid_timeout",
                 format!("timeout {t:?} is not a duration (e.g. \"30s\")"),
                 at.value(&["timeout"]),
-            );
+            ),
+            Some(d) if d.is_zero() => push(
+                errors,
+                "invalid_timeout",
+                format!("timeout {t:?} would fail every run at once: give more than 0"),
+                at.value(&["timeout"]),
+            ),
+            Some(_) => {}
         }
     }
     if spec.concurrency == Some(0) {
@@ -351,6 +358,115 @@ fn check_workflow(
             ),
             at.key(&["tasks", &cycle[0]]),
         );
+    }
+}
+
+/// What a built-in cannot run without, checked where its inputs are written
+/// out (an expression's value is known only when the task runs): a missing
+/// input, or a literal no run could accept. Otherwise every run of the
+/// workflow would fail at that task.
+fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<ValidationError>) {
+    let builtin = task.target();
+    let needs: &[&str] = match builtin.as_ref() {
+        "foreach" => &["foreach", "do"],
+        "repeat" => &["times", "do"],
+        "while" => &["expr", "limit", "do"],
+        "javascript" => &["expr"],
+        "switch" => &["switch"],
+        "sleep" => &[],
+        _ => return,
+    };
+    let inputs = match &task.inputs {
+        // The whole input is an expression: nothing is known before it runs.
+        Some(Value::String(s)) if expression_source(s).is_some() => return,
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => [("default".to_string(), other.clone())]
+            .into_iter()
+            .collect(),
+        None => serde_json::Map::new(),
+    };
+    let mut fault = |key: &str, message: String| {
+        let (line, column) = match inputs.contains_key(key) {
+            true => at.value(&["tasks", id, "inputs", key]),
+            false => at.key(&["tasks", id, "run"]),
+        };
+        errors.push(ValidationError {
+            code: "invalid_inputs",
+            message: format!("task {id:?}: {message}"),
+            line,
+            column,
+        });
+    };
+    for key in needs {
+        if !inputs.contains_key(*key) {
+            fault(key, format!("`{builtin}` needs the input `{key}`"));
+        }
+    }
+    // Literal values (an expression is checked when it runs).
+    let literal = |key: &str| {
+        inputs
+            .get(key)
+            .filter(|v| v.as_str().is_none_or(|s| expression_source(s).is_none()))
+    };
+    match builtin.as_ref() {
+        "repeat" => {
+            if let Some(v) = literal("times") {
+                let max = crate::builtins::MAX_REPEAT as u64;
+                if v.as_u64().is_none_or(|n| n > max) {
+                    fault(
+                        "times",
+                        format!("`repeat` needs `times`, a whole number from 0 to {max}, not {v}"),
+                    );
+                }
+            }
+        }
+        "while" => {
+            if let Some(v) = literal("limit") {
+                if v.as_u64().is_none() {
+                    fault(
+                        "limit",
+                        format!("`while` needs `limit`, a whole number of iterations, not {v}"),
+                    );
+                }
+            }
+        }
+        "foreach" => {
+            if let Some(v) = literal("foreach").filter(|v| !v.is_array()) {
+                fault(
+                    "foreach",
+                    format!("`foreach` needs `foreach`, a list (or an expression), not {v}"),
+                );
+            }
+        }
+        "javascript" => {
+            if let Some(v) = literal("expr").filter(|v| !v.is_string()) {
+                fault(
+                    "expr",
+                    format!("`javascript` needs `expr`, a string, not {v}"),
+                );
+            }
+        }
+        "sleep" => {
+            let key = if inputs.contains_key("default") {
+                "default"
+            } else {
+                "duration"
+            };
+            let fine = match literal(key) {
+                None | Some(Value::Null) => true,
+                Some(Value::Number(n)) => n.as_u64().is_some(),
+                Some(Value::String(s)) => parse_duration(s).is_some(),
+                Some(_) => false,
+            };
+            if !fine {
+                let v = &inputs[key];
+                fault(
+                    key,
+                    format!("`sleep` needs a duration (e.g. \"1s\") or milliseconds, not {v}"),
+                );
+            }
+        }
+        _ => {}
     }
 }
 
@@ -413,14 +529,26 @@ fn check_task(
         );
     }
     if let Some(t) = &task.timeout {
-        if parse_duration(t).is_none() {
-            push(
+        match parse_duration(t) {
+            None => push(
                 errors,
                 "invalid_timeout",
                 format!("task {id:?}: timeout {t:?} is not a duration (e.g. \"5s\")"),
                 at.value(&["tasks", id, "timeout"]),
-            );
+            ),
+            Some(d) if d.is_zero() => push(
+                errors,
+                "invalid_timeout",
+                format!(
+                    "task {id:?}: timeout {t:?} would fail every attempt at once: give more than 0"
+                ),
+                at.value(&["tasks", id, "timeout"]),
+            ),
+            Some(_) => {}
         }
+    }
+    if !task.run.starts_with(crate::spec::FISSION_SCHEME) {
+        check_builtin_inputs(id, task, at, errors);
     }
     if task.concurrency == Some(0) {
         push(
@@ -946,6 +1074,49 @@ mod tests {
     fn valid_workflow_passes() {
         let yaml = "apiVersion: 1\noutput: B\ntasks:\n  A:\n    run: fortune\n  B:\n    run: whalesay\n    inputs: \"{ output('A') }\"\n    requires: [A]\n";
         assert!(check(yaml).is_empty());
+    }
+
+    #[test]
+    fn a_built_in_without_what_it_needs_is_refused_where_it_is_written() {
+        let task = |body: &str| format!("output: T\ntasks:\n  T:\n{body}");
+        for (body, needle, line) in [
+            ("    run: while\n    inputs:\n      expr: true\n      do: {run: noop}\n", "needs the input `limit`", 4),
+            ("    run: foreach\n    inputs:\n      foreach: [1, 2]\n", "needs the input `do`", 4),
+            ("    run: javascript\n    inputs: {args: 1}\n", "needs the input `expr`", 4),
+            ("    run: switch\n", "needs the input `switch`", 4),
+            ("    run: repeat\n    inputs:\n      times: 1000000000\n      do: {run: noop}\n", "from 0 to 10000", 6),
+            ("    run: repeat\n    inputs:\n      times: -3\n      do: {run: noop}\n", "from 0 to 10000", 6),
+            ("    run: while\n    inputs:\n      expr: true\n      limit: lots\n      do: {run: noop}\n", "a whole number of iterations", 7),
+            ("    run: foreach\n    inputs:\n      foreach: 3\n      do: {run: noop}\n", "a list", 6),
+            ("    run: sleep\n    inputs: banana\n", "needs a duration", 5),
+            ("    run: sleep\n    inputs:\n      duration: banana\n", "needs a duration", 6),
+        ] {
+            let e = check(&task(body));
+            assert_eq!(e.len(), 1, "{body}: {e:?}");
+            assert_eq!(e[0].code, "invalid_inputs", "{body}: {e:?}");
+            assert!(e[0].message.contains(needle), "{body}: {}", e[0].message);
+            assert_eq!(e[0].line, line, "{body}: {e:?}");
+        }
+        // What is known only when the task runs is left to then.
+        for body in [
+            "    run: sleep\n    inputs: \"{ param() }\"\n",
+            "    run: repeat\n    inputs:\n      times: \"{ param() }\"\n      do: {run: noop}\n",
+            "    run: foreach\n    inputs:\n      foreach: \"{ param() }\"\n      do: {run: noop}\n",
+            "    run: sleep\n    inputs: 5s\n",
+            "    run: sleep\n",
+            "    run: repeat\n    inputs:\n      times: 0\n      do: {run: noop}\n",
+        ] {
+            assert!(check(&task(body)).is_empty(), "{body}: {:?}", check(&task(body)));
+        }
+    }
+
+    #[test]
+    fn a_zero_timeout_is_refused() {
+        let e = check("output: T\ntimeout: 0s\ntasks:\n  T:\n    run: noop\n    timeout: 0ms\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e
+            .iter()
+            .all(|e| e.code == "invalid_timeout" && e.message.contains("more than 0")));
     }
 
     #[test]
