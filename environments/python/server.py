@@ -43,6 +43,10 @@ _REASONS = {
     409: "Conflict", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 505: "HTTP Version Not Supported",
 }
+
+# The body of a 500 for an exception in the function (the traceback goes to the
+# function's log, on stderr).
+INTERNAL_ERROR = "500 Internal Server Error: the function raised an exception (see its log)\n"
 _NO_BODY = (204, 304)
 
 _shim = None           # the flask shim module, imported at specialization
@@ -543,14 +547,14 @@ def _call(method, target, path, headers, hd, body, remote):
             resp = e.get_response()
         except BaseException as e:
             log_exc("function %s raised:" % _entry[1])
-            resp = shim.Response("Internal Server Error: %s: %s\n" % (type(e).__name__, e),
-                                 500, mimetype="text/plain")
+            # As Flask outside debug mode: the caller learns nothing of the
+            # exception (its message may hold a secret); the log has it all.
+            resp = shim.Response(INTERNAL_ERROR, 500, mimetype="text/plain")
         return resp._wire()
     except BaseException as e:  # a broken Response object
         log_exc("could not build the response:")
-        msg = "Internal Server Error: bad response: %s: %s\n" % (type(e).__name__, e)
         return 500, "Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], \
-            msg.encode("utf-8")
+            INTERNAL_ERROR.encode("utf-8")
     finally:
         shim._request_var.reset(tok)
         try:
@@ -623,9 +627,8 @@ def _call_wsgi(method, target, path, version, hd, body, remote):
         return int(code), reason, headers, b"".join(chunks)
     except BaseException as e:
         log_exc("the Flask app of %s failed:" % _entry[1])
-        msg = "Internal Server Error: %s: %s\n" % (type(e).__name__, e)
         return 500, "Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], \
-            msg.encode("utf-8")
+            INTERNAL_ERROR.encode("utf-8")
     finally:
         try:
             sys.stdout.flush()

@@ -118,8 +118,8 @@ CASES = [
         "body": "as abort_404", "content-type": "as body", "content-length": "as body"}),
     ("abort_with_response", req("/abort_with_response"), {}),
     ("raise_error", req("/raise_error"), {
-        "body": "the shim names the exception ('Internal Server Error: ValueError: boom'); "
-                "Flask's page does not",
+        "body": "the shim's is plain text pointing at the log, Flask's an HTML page; "
+                "neither names the exception",
         "content-type": "as body",
         "content-length": "as body",
     }),
