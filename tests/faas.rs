@@ -98,12 +98,17 @@ def main():
         json!({"name": "ada", "q": "search", "id": "42", "method": "POST"})
     );
 
-    // The route answers only POST; other methods and paths get a JSON 404.
+    // The route answers only POST: another method gets a JSON 405 naming
+    // it, as Fission's router answers; a path no route takes a JSON 404.
     let r = s.get("/greet/42");
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    let r = s.get("/nothing/here");
     assert_eq!(r.status(), 404);
     let body: Value = r.json().unwrap();
     assert_eq!(body["error"]["code"], "route_not_found");
-    assert_eq!(s.get("/nothing/here").status(), 404);
     assert_eq!(s.get("/fission-function/missing").status(), 404);
 
     // A function a route targets is not deleted until the route is.

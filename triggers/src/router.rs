@@ -74,10 +74,28 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
             }
             target => invoker.call(target, req, path, &m.params).await,
         },
-        None => error_response(
-            StatusCode::NOT_FOUND,
-            "route_not_found",
-            &format!("no route matches {} {path}", req.method()),
-        ),
+        None => match table.allowed(host.as_deref(), path) {
+            allowed if allowed.is_empty() => error_response(
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                &format!("no route matches {} {path}", req.method()),
+            ),
+            // The path has routes, for other methods (as Fission's router answers).
+            allowed => {
+                let mut resp = error_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    &format!(
+                        "the routes of {path} take {}, not {}",
+                        allowed.join(", "),
+                        req.method()
+                    ),
+                );
+                if let Ok(v) = http::HeaderValue::try_from(allowed.join(", ")) {
+                    resp.headers_mut().insert(http::header::ALLOW, v);
+                }
+                resp
+            }
+        },
     }
 }

@@ -127,6 +127,24 @@ struct Entry {
     prefix: bool,
 }
 
+impl Entry {
+    /// The URL parameters when the route takes `path` at `host`, whatever the
+    /// method. Host names compare without case, and without a port.
+    fn matches(&self, host: Option<&str>, path: &str) -> Option<Vec<(String, String)>> {
+        if let Some(want) = &self.route.host {
+            let host = host.map(|h| h.split(':').next().unwrap_or(h));
+            if !host.is_some_and(|h| h.eq_ignore_ascii_case(want)) {
+                return None;
+            }
+        }
+        if self.prefix {
+            self.template.match_prefix(path).then(Vec::new)
+        } else {
+            self.template.match_exact(path)
+        }
+    }
+}
+
 /// All routes, ordered so that the most specific one wins: exact templates before
 /// prefixes, more literal segments first, then longer templates, then by name.
 #[derive(Default)]
@@ -163,23 +181,26 @@ impl RouteTable {
         RouteTable { entries }
     }
 
+    /// The methods the routes of `path` (at `host`) take, when `find` found
+    /// none for the request's: a 405 names them (empty: no route, a 404).
+    pub fn allowed(&self, host: Option<&str>, path: &str) -> Vec<String> {
+        let mut methods: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|e| e.matches(host, path).is_some())
+            .flat_map(|e| e.route.methods.iter().cloned())
+            .collect();
+        methods.sort();
+        methods.dedup();
+        methods
+    }
+
     pub fn find(&self, method: &str, host: Option<&str>, path: &str) -> Option<RouteMatch> {
-        let host = host.map(|h| h.split(':').next().unwrap_or(h));
         self.entries.iter().find_map(|e| {
             if !e.route.methods.is_empty() && !e.route.methods.iter().any(|m| m == method) {
                 return None;
             }
-            // Host names compare without case.
-            if let Some(want) = &e.route.host {
-                if !host.is_some_and(|h| h.eq_ignore_ascii_case(want)) {
-                    return None;
-                }
-            }
-            let params = if e.prefix {
-                e.template.match_prefix(path).then(Vec::new)?
-            } else {
-                e.template.match_exact(path)?
-            };
+            let params = e.matches(host, path)?;
             let target = match (&e.route.function, &e.route.workflow) {
                 (Some(_), _) => Target::Function(e.route.function_key().unwrap_or_default()),
                 (None, Some(w)) => Target::Workflow(w.clone()),
@@ -240,6 +261,18 @@ mod tests {
             Some(vec![("id".into(), "1".into())])
         );
         assert!(Template::parse("/a b").unwrap().match_prefix("/a%20b/c"));
+    }
+
+    #[test]
+    fn a_path_routed_for_other_methods_names_them() {
+        let table = RouteTable::new(vec![
+            route("get", Some("/x/{id}"), None, &["GET"]),
+            route("post", Some("/x/{id}"), None, &["POST", "PUT"]),
+            route("other", Some("/y"), None, &["GET"]),
+        ]);
+        assert!(table.find("DELETE", None, "/x/1").is_none());
+        assert_eq!(table.allowed(None, "/x/1"), ["GET", "POST", "PUT"]);
+        assert!(table.allowed(None, "/z").is_empty());
     }
 
     #[test]
