@@ -756,6 +756,39 @@ fn a_python_exception_stays_in_the_log_and_out_of_the_answer() {
     });
 }
 
+/// A function's log says when its instance ends and why: exited with a
+/// status, or stopped by Fusion when a request passed the function's timeout.
+#[test]
+fn a_functions_log_says_how_its_instances_ended() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    let code = "import os, time\nfrom flask import request\ndef main():\n    if request.args.get('exit'):\n        os._exit(3)\n    time.sleep(30)\n    return 'late'\n";
+    s.function(
+        "ends",
+        "python",
+        "ends.py",
+        code,
+        json!({"timeout_secs": 1}),
+    );
+    let log = || {
+        s.api("GET", "/v1/functions/ends/logs")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    assert_eq!(s.get("/fission-function/ends?exit=1").status(), 502);
+    eventually(Duration::from_secs(20), "the exit is logged", || {
+        log().contains("exited with status 3")
+    });
+    assert_eq!(s.get("/fission-function/ends").status(), 504);
+    eventually(Duration::from_secs(20), "the stop is logged", || {
+        let log = log();
+        log.contains("passed the function's timeout of 1 s: stopping instance")
+            && log.matches("fusion] instance").count() >= 2
+    });
+}
+
 #[test]
 fn metrics_count_requests_cold_starts_instances_and_runs() {
     let s = Server::start();

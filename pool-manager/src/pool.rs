@@ -862,6 +862,14 @@ impl Inner {
             let exit = watched.wait_exited().await;
             tracing::debug!(instance = watched.id, %exit, "instance ended");
             if let Some(inner) = weak.upgrade() {
+                // A function's log says when one of its instances ends, and how
+                // (a crash, a signal, its memory limit, or Fusion stopping it).
+                if let Some(owner) = watched.owner() {
+                    let line = format!("instance {} {exit}", watched.id);
+                    inner
+                        .logs
+                        .append(&owner.function, watched.id, "fusion", &line);
+                }
                 inner.exited(&watched);
             }
         });

@@ -176,6 +176,12 @@ async fn forward_inner(
         Err(_) => {
             // The instance may still be busy with the request: stop it, with every
             // process in it, rather than let the work run on unseen.
+            let id = lease.instance.id;
+            let why = format!(
+                "a request passed the function's timeout of {} s: stopping instance {id}",
+                timeout.as_secs()
+            );
+            pm.logs().append(&lease.function.key(), id, "fusion", &why);
             lease.instance.stop();
             return Err(Error::Timeout(format!(
                 "function {function:?} did not answer within its timeout of {} s",
