@@ -253,7 +253,30 @@ fn rfc0022_workflows_are_refused_with_line_and_column_and_updated_by_put() {
     assert_eq!(invoke(&s, "pick", input.clone()), (200, json!(true)));
     let (status, body) = store(&s, "PUT", "/v1/workflows/pick", &spec("$.b"));
     assert_eq!(status, 200, "{body}");
+    assert!(body.get("warnings").is_none(), "{body}");
     assert_eq!(invoke(&s, "pick", input), (200, json!(false)));
+
+    // A Task whose function does not exist (yet) is stored, with a warning
+    // at the function's name; the CLI prints it and succeeds.
+    let doc = "apiVersion: fission.io/v1\nkind: Workflow\nmetadata: {name: early}\nspec:\n  startAt: a\n  states:\n    a:\n      type: Task\n      function: {name: nosuchfn}\n      end: true\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows", doc);
+    assert_eq!(status, 201, "{body}");
+    let w = &body["warnings"][0];
+    assert_eq!(w["code"], "unknown_function", "{body}");
+    assert_eq!(
+        (w["line"].as_u64(), w["column"].as_u64()),
+        (Some(9), Some(24)),
+        "{body}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("later.yaml");
+    std::fs::write(&file, doc.replace("name: early", "name: later")).unwrap();
+    let (code, _, err) = s.cli(&["wf", "create", "later", "--file", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("later.yaml:9:24: warning: function \"nosuchfn\" does not exist (yet) (unknown_function)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -224,7 +224,18 @@ async fn create_workflow(
     };
     let w = engine.create_workflow(&name, source)?;
     engine.flush().await?;
-    Ok((StatusCode::CREATED, Json(workflow_json(&w, false))).into_response())
+    let body = with_warnings(workflow_json(&w, false), &engine, source);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// A stored workflow's JSON with what is worth telling about it, if anything:
+/// `warnings`, each `{code, message, line, column}`.
+fn with_warnings(mut v: Value, engine: &Engine, source: &str) -> Value {
+    let warnings = engine.warnings(source);
+    if !warnings.is_empty() {
+        v["warnings"] = json!(warnings);
+    }
+    v
 }
 
 async fn update_workflow(
@@ -232,9 +243,14 @@ async fn update_workflow(
     ApiPath(name): ApiPath<String>,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult<Json<Value>> {
-    let w = engine.update_workflow(&name, yaml_text(&body)?)?;
+    let source = yaml_text(&body)?;
+    let w = engine.update_workflow(&name, source)?;
     engine.flush().await?;
-    Ok(Json(workflow_json(&w, false)))
+    Ok(Json(with_warnings(
+        workflow_json(&w, false),
+        &engine,
+        source,
+    )))
 }
 
 async fn list_workflows(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {

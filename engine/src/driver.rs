@@ -509,6 +509,21 @@ impl Engine {
         self.put_workflow(name, source, true)
     }
 
+    /// What is worth telling about a workflow that was stored all the same: in
+    /// a Fission `Workflow`, a Task whose function does not exist (yet), which
+    /// fails its runs until it does (`unknown_function`, with its position).
+    pub fn warnings(&self, source: &str) -> Vec<ValidationError> {
+        if !crate::sfn::run::is_state_machine(source) {
+            return Vec::new();
+        }
+        match crate::sfn::spec::parse_workflow(source) {
+            Ok(parsed) => {
+                crate::sfn::missing_functions(&parsed, source, |f| self.invoker.function_exists(f))
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Validates and stores the next version of a workflow.
     pub fn update_workflow(
         &self,

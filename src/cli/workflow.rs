@@ -160,6 +160,21 @@ pub(super) const WF_COLUMNS: &[(&str, &str)] = &[
     ("DESCRIPTION", "/description"),
 ];
 
+/// The server's warnings about a stored workflow, on stderr as
+/// `file:line:column: warning: message (code)`.
+fn warn(file: &std::path::Path, stored: &Value) {
+    for w in stored["warnings"].as_array().into_iter().flatten() {
+        eprintln!(
+            "{}:{}:{}: warning: {} ({})",
+            file.display(),
+            w["line"],
+            w["column"],
+            w["message"].as_str().unwrap_or_default(),
+            w["code"].as_str().unwrap_or_default()
+        );
+    }
+}
+
 pub(super) fn read_file(path: &PathBuf) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))
 }
@@ -175,6 +190,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 .header("content-type", "application/yaml")
                 .body(read_file(&file)?);
             let v: Value = c.send(req).await?.json().await?;
+            warn(&file, &v);
             print(opts, &v, WF_COLUMNS);
         }
         WfVerb::Update { name, file } => {
@@ -184,6 +200,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 .header("content-type", "application/yaml")
                 .body(read_file(&file)?);
             let v: Value = c.send(req).await?.json().await?;
+            warn(&file, &v);
             print(opts, &v, WF_COLUMNS);
         }
         WfVerb::Get { name, version } => {
