@@ -325,17 +325,41 @@ struct EnvironmentStatus {
     /// What the `image` stands for here: the local image, or a bundled runtime.
     #[serde(skip_serializing_if = "Option::is_none")]
     image: Option<pool_manager::ImageUse>,
+    /// Settings of the environment its backend cannot enforce.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_enforced: Vec<String>,
+}
+
+/// What the process backend (the fallback without containers) cannot
+/// enforce of an environment's settings: each as the setting and why.
+fn not_enforced(env: &Environment, isolation: &pool_manager::Isolation) -> Vec<String> {
+    if isolation.backend != "process" {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if env.network == pool_manager::resources::Network::None {
+        out.push("network: none (processes share the host's network)".to_string());
+    }
+    if env.cpu_millis.is_some() {
+        out.push("cpu_millis (no cgroup bounds a process's CPU)".to_string());
+    }
+    if env.memory_mb.is_some() {
+        out.push("memory_mb for the instance as a whole (it bounds each process)".to_string());
+    }
+    out
 }
 
 impl AppState {
     fn env_view(&self, env: Environment) -> EnvironmentView {
         let image = self.pool.image_use(&env).ok().flatten();
+        let isolation = self.pool.isolation();
         EnvironmentView {
-            env,
             status: EnvironmentStatus {
-                isolation: self.pool.isolation(),
+                not_enforced: not_enforced(&env, &isolation),
+                isolation,
                 image,
             },
+            env,
         }
     }
 }

@@ -1081,6 +1081,57 @@ fn a_small_node_memory_limit_works_in_containers_and_is_refused_on_the_process_b
     );
 }
 
+/// Settings the process backend cannot enforce are named in the environment's
+/// status and by the CLI, not silently taken; containers enforce them all.
+#[test]
+fn settings_the_process_backend_cannot_enforce_are_named() {
+    let p = Server::start_with(&[("FUSION_BACKEND", "process")]);
+    let (code, _, err) = p.cli(&[
+        "env",
+        "create",
+        "--name",
+        "fenced",
+        "--runtime",
+        "python",
+        "--network",
+        "none",
+        "--maxcpu",
+        "100",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "warning: environment fenced: the process backend does not enforce network: none"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("does not enforce cpu_millis"), "{err}");
+    let env = p.ok("GET", "/v1/environments/fenced", None);
+    assert_eq!(
+        env["status"]["not_enforced"].as_array().unwrap().len(),
+        2,
+        "{env}"
+    );
+
+    let c = Server::start_with(&[("FUSION_BACKEND", "container")]);
+    let (code, _, err) = c.cli(&[
+        "env",
+        "create",
+        "--name",
+        "fenced",
+        "--runtime",
+        "python",
+        "--network",
+        "none",
+        "--maxcpu",
+        "100",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("does not enforce"), "{err}");
+    let env = c.ok("GET", "/v1/environments/fenced", None);
+    assert!(env["status"].get("not_enforced").is_none(), "{env}");
+}
+
 /// A container names the host's time zone as the host does: a link into the
 /// zone files, where node's ICU reads the zone's name (with a copy of the file
 /// it compares every zone file to find it, ~10 ms at a runtime's first log line).

@@ -117,11 +117,25 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
     }
 }
 
-/// Says on stderr what an environment's image stands for, when it has one.
+/// Says on stderr what an environment's image stands for, when it has one,
+/// and which of its settings the backend cannot enforce.
 async fn say_image_use(c: &crate::client::Client, opts: &ClientOpts, name: &str) -> Result<()> {
     let env: Value = c.get(&ENVIRONMENTS.item(opts, name)).await?;
     if let Some(line) = image_use_line(&env) {
         eprintln!("{line}");
+    }
+    let backend = env
+        .pointer("/status/isolation/backend")
+        .and_then(Value::as_str)
+        .unwrap_or("this");
+    for what in env
+        .pointer("/status/not_enforced")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        eprintln!("warning: environment {name}: the {backend} backend does not enforce {what}");
     }
     Ok(())
 }
