@@ -21,6 +21,19 @@ pub fn project_root(specdir: &Path) -> PathBuf {
     abs.parent().map(Path::to_path_buf).unwrap_or(abs)
 }
 
+/// A glob as Fission reads it: with Go's `filepath.Glob`, where a `*` never
+/// crosses a `/` and `**` is just `*` (one level), so `src/**` is what is
+/// directly in `src`, each going in at the archive's top.
+fn as_fission_reads_it(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        if !(c == '*' && out.ends_with('*')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The paths `spec` includes (sorted, without those `exclude` matches).
 pub fn matches(spec: &ArchiveSpec, root: &Path) -> Result<Vec<PathBuf>> {
     let root = match &spec.rootdir {
@@ -42,14 +55,14 @@ pub fn matches(spec: &ArchiveSpec, root: &Path) -> Result<Vec<PathBuf>> {
     let canonical_root = root.canonicalize().unwrap_or_else(|_| root.clone());
     let mut excluded = Vec::new();
     for pattern in &spec.exclude {
-        let full = root.join(pattern);
+        let full = root.join(as_fission_reads_it(pattern));
         let found = glob::glob(&full.to_string_lossy())
             .map_err(|e| anyhow!("{}: exclude glob {pattern:?}: {e}", spec.at))?;
         excluded.extend(found.filter_map(|p| p.ok()));
     }
     let mut paths = Vec::new();
     for pattern in &spec.include {
-        let full = root.join(pattern);
+        let full = root.join(as_fission_reads_it(pattern));
         let found = glob::glob(&full.to_string_lossy())
             .map_err(|e| anyhow!("{}: include glob {pattern:?}: {e}", spec.at))?;
         for p in found {
@@ -162,4 +175,40 @@ fn add(
     }
     // Links and special files are left out: a package holds files only.
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(include: &[&str]) -> ArchiveSpec {
+        ArchiveSpec {
+            name: "src".into(),
+            rootdir: None,
+            include: include.iter().map(|s| s.to_string()).collect(),
+            exclude: Vec::new(),
+            at: crate::spec::load::Location::field("archive"),
+        }
+    }
+
+    #[test]
+    fn a_double_star_is_one_level_as_in_fission() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("app");
+        std::fs::create_dir_all(app.join("lib")).unwrap();
+        for f in ["index.js", "build.sh", "lib/util.js"] {
+            std::fs::write(app.join(f), f).unwrap();
+        }
+        let names = |include: &[&str]| -> Vec<String> {
+            matches(&spec(include), dir.path())
+                .unwrap()
+                .iter()
+                .map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string())
+                .collect()
+        };
+        let want = ["app/build.sh", "app/index.js", "app/lib"];
+        assert_eq!(names(&["app/**"]), want);
+        assert_eq!(names(&["app/*"]), want);
+        assert_eq!(names(&["app/**/*.js"]), ["app/lib/util.js"]);
+    }
 }
