@@ -1243,9 +1243,13 @@ pub enum Shape {
     Fields(&'static [(&'static str, Shape)]),
     /// A list of these.
     List(&'static Shape),
+    /// A whole number, 0 or more (Fission's CRD has an integer there).
+    Count,
+    /// A string.
+    Text,
 }
 
-use Shape::{Any, Fields, KubeOnly, List};
+use Shape::{Any, Count, Fields, KubeOnly, List, Text};
 
 const METADATA: Shape = Fields(&[
     ("name", Any),
@@ -1302,7 +1306,7 @@ const ENVIRONMENT_FIELDS: &Shape = &Fields(&[
     (
         "spec",
         Fields(&[
-            ("version", Any),
+            ("version", Count),
             (
                 "runtime",
                 Fields(&[
@@ -1320,7 +1324,7 @@ const ENVIRONMENT_FIELDS: &Shape = &Fields(&[
                     ("podspec", KubeOnly),
                 ]),
             ),
-            ("poolsize", Any),
+            ("poolsize", Count),
             (
                 "resources",
                 Fields(&[
@@ -1385,10 +1389,10 @@ const FUNCTION_FIELDS: &Shape = &Fields(&[
                     ),
                 ]),
             ),
-            ("functionTimeout", Any),
-            ("idletimeout", Any),
-            ("concurrency", Any),
-            ("requestsPerPod", Any),
+            ("functionTimeout", Count),
+            ("idletimeout", Count),
+            ("concurrency", Count),
+            ("requestsPerPod", Count),
             ("invocation", Any),
             ("onceOnly", Any),
             ("retainPods", Any),
@@ -1404,11 +1408,11 @@ const HTTP_TRIGGER_FIELDS: &Shape = &Fields(&[
     (
         "spec",
         Fields(&[
-            ("host", Any),
-            ("relativeurl", Any),
-            ("prefix", Any),
+            ("host", Text),
+            ("relativeurl", Text),
+            ("prefix", Text),
             ("keepPrefix", Any),
-            ("method", Any),
+            ("method", Text),
             ("methods", Any),
             ("functionref", FUNCTION_REF),
             ("createingress", KubeOnly),
@@ -1511,6 +1515,15 @@ fn check_fields(specs: &mut Specs, doc: &Document, value: &Value, path: &str, sh
                 check_fields(specs, doc, item, &join(&i.to_string()), inner);
             }
         }
+        // A value of the wrong type would be dropped for the default without a
+        // word: refused where it is written.
+        (Count, v) if v.as_u64().is_none() && !v.is_null() => specs.error(
+            doc.at(path),
+            format!("`{path}` must be a whole number, 0 or more, not {v}"),
+        ),
+        (Text, v) if !v.is_string() && !v.is_null() => {
+            specs.error(doc.at(path), format!("`{path}` must be a string, not {v}"))
+        }
         _ => {}
     }
 }
@@ -1548,6 +1561,58 @@ mod tests {
             .refs
             .iter()
             .any(|(k, ns, n, _)| *k == Kind::Package && ns == "team" && n == "p"));
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_refused_where_it_is_written() {
+        let function = |spec: Value| {
+            Document::object(json!({"apiVersion": "fission.io/v1", "kind": "Function",
+                "metadata": {"name": "f"}, "spec": spec}))
+        };
+        let base = json!({"environment": {"name": "py"},
+            "package": {"packageref": {"name": "p"}, "functionName": "main"}});
+        for (field, value) in [
+            ("functionTimeout", json!("sixty")),
+            ("requestsPerPod", json!(-3)),
+            ("idletimeout", json!(-5)),
+            ("concurrency", json!(1.5)),
+        ] {
+            let mut spec = base.clone();
+            spec[field] = value;
+            let specs = Specs::read_object(&function(spec), "default");
+            assert!(
+                specs
+                    .errors
+                    .iter()
+                    .any(|e| e.contains(&format!("spec.{field}` must be a whole number"))),
+                "{field}: {:?}",
+                specs.errors
+            );
+        }
+        let env = Document::object(json!({"apiVersion": "fission.io/v1", "kind": "Environment",
+            "metadata": {"name": "py"}, "spec": {"runtime": {"image": "fission/python-env"},
+            "version": 3, "poolsize": "three"}}));
+        let specs = Specs::read_object(&env, "default");
+        assert!(
+            specs
+                .errors
+                .iter()
+                .any(|e| e.contains("spec.poolsize` must be a whole number")),
+            "{:?}",
+            specs.errors
+        );
+        let trigger =
+            Document::object(json!({"apiVersion": "fission.io/v1", "kind": "HTTPTrigger",
+            "metadata": {"name": "t"}, "spec": {"relativeurl": 42, "functionref": {"name": "f"}}}));
+        let specs = Specs::read_object(&trigger, "default");
+        assert!(
+            specs
+                .errors
+                .iter()
+                .any(|e| e.contains("spec.relativeurl` must be a string")),
+            "{:?}",
+            specs.errors
+        );
     }
 
     #[test]
