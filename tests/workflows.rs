@@ -281,6 +281,26 @@ fn invalid_workflows_are_refused_with_line_and_column() {
         (400, Some("unknown_function")),
         "{v}"
     );
+    // Where, at the top as docs/error-codes.md says, and each problem in details.
+    assert_eq!(
+        (v["error"]["line"].as_u64(), v["error"]["column"].as_u64()),
+        (Some(5), Some(10)),
+        "{v}"
+    );
+    assert_eq!(v["error"]["details"][0]["code"], "unknown_function", "{v}");
+    // A position is said once.
+    let deep = format!(
+        "output: A\ntasks:\n  A:\n    inputs: {}1{}\n",
+        "[".repeat(70),
+        "]".repeat(70)
+    );
+    let (st, v) = post(&deep);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(msg.matches("line 4").count(), 1, "{msg}");
+    let (_, v) = post("output: A\ntasks:\n  A: {run: noop}\n  A: {run: fail}\n");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert_eq!(msg.matches("line").count(), 1, "{msg}");
     let (st, v) =
         post("apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: noop\n    inputs: \"{ 1 + }\"\n");
     assert_eq!(

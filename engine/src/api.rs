@@ -76,7 +76,10 @@ impl From<EngineError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut err = json!({"code": self.code, "message": self.message});
-        if !self.details.is_empty() {
+        if let Some(first) = self.details.first() {
+            // Where the first problem is, as the code is the first's.
+            err["line"] = json!(first.line);
+            err["column"] = json!(first.column);
             err["details"] = json!(self.details);
         }
         (self.status, Json(json!({ "error": err }))).into_response()

@@ -36,6 +36,15 @@ impl DocumentError {
         }
     }
 
+    /// What is wrong, without where (carried apart by a validation error).
+    pub fn reason(&self) -> String {
+        match self {
+            DocumentError::TooDeep { .. } => {
+                format!("the document nests deeper than {MAX_DOCUMENT_DEPTH} levels")
+            }
+        }
+    }
+
     /// 1-based line and column of the fault.
     pub fn position(&self) -> (usize, usize) {
         match self {

@@ -58,7 +58,7 @@ pub fn precheck(source: &str) -> Result<(), ValidationError> {
         let (line, column) = e.position();
         ValidationError {
             code: e.code(),
-            message: e.to_string(),
+            message: e.reason(),
             line,
             column,
         }
@@ -75,7 +75,7 @@ pub fn parse_and_validate(
     // A key twice in one mapping (two tasks `A`): the typed parse below keeps
     // the last and says nothing, the generic one refuses it.
     if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(source) {
-        let message = e.to_string();
+        let message = crate::sfn::spec::yaml_message(&e);
         if message.contains("duplicate entry") {
             let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
             return Err(vec![ValidationError {
@@ -93,7 +93,7 @@ pub fn parse_and_validate(
                 .location()
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((1, 1));
-            let msg = e.to_string();
+            let msg = crate::sfn::spec::yaml_message(&e);
             let code = if serde_yaml::from_str::<serde_yaml::Value>(source).is_err() {
                 "yaml_syntax"
             } else if msg.contains("missing field `output`") {

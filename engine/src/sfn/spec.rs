@@ -533,14 +533,17 @@ fn from_yaml_error(code: &'static str, e: &serde_yaml::Error) -> ValidationError
         .location()
         .map(|l| (l.line(), l.column()))
         .unwrap_or((1, 1));
-    // serde_yaml's message ends with " at line L column C"; the position is
-    // carried apart.
+    error(code, yaml_message(e), line, column)
+}
+
+/// serde_yaml's message without the " at line L column C" it ends with: the
+/// position is carried apart.
+pub(crate) fn yaml_message(e: &serde_yaml::Error) -> String {
     let text = e.to_string();
-    let message = match text.rfind(" at line ") {
+    match text.rfind(" at line ") {
         Some(i) => text[..i].to_string(),
         None => text,
-    };
-    error(code, message, line, column)
+    }
 }
 
 /// Reads a `Workflow` from YAML or JSON: a whole `fission.io/v1` document
@@ -559,7 +562,7 @@ pub fn parse_workflow(text: &str) -> Result<ParsedWorkflow, ValidationError> {
     }
     crate::document::check_yaml(text).map_err(|e| {
         let (line, column) = e.position();
-        error(e.code(), e.to_string(), line, column)
+        error(e.code(), e.reason(), line, column)
     })?;
     let value: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| from_yaml_error("yaml_syntax", &e))?;
