@@ -109,6 +109,20 @@ def main():
     assert_eq!(r.status(), 404);
     let body: Value = r.json().unwrap();
     assert_eq!(body["error"]["code"], "route_not_found");
+    // A route that differs only in its parameter's name would never be reached.
+    let (st, body) = s.call(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "greet2", "url": "/greet/{name}", "methods": ["POST"], "function": "greet"})),
+    );
+    assert_eq!(st, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"greet\""),
+        "{body}"
+    );
     assert_eq!(s.get("/fission-function/missing").status(), 404);
 
     // A function a route targets is not deleted until the route is.

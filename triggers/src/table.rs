@@ -67,6 +67,22 @@ impl Template {
         Ok(Template { segments })
     }
 
+    /// Whether the two templates take the same paths: the same literals in
+    /// the same places, and parameters (whatever their names) in the same
+    /// places.
+    pub fn same_paths(&self, other: &Template) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|pair| match pair {
+                    (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                    (Segment::Param(_), Segment::Param(_)) => true,
+                    _ => false,
+                })
+    }
+
     /// Matches a whole path; returns the parameters in template order.
     pub fn match_exact(&self, path: &str) -> Option<Vec<(String, String)>> {
         let mut params = Vec::new();
@@ -273,6 +289,15 @@ mod tests {
         assert!(table.find("DELETE", None, "/x/1").is_none());
         assert_eq!(table.allowed(None, "/x/1"), ["GET", "POST", "PUT"]);
         assert!(table.allowed(None, "/z").is_empty());
+    }
+
+    #[test]
+    fn templates_that_differ_only_in_parameter_names_take_the_same_paths() {
+        let t = |u: &str| Template::parse(u).unwrap();
+        assert!(t("/p/{id}").same_paths(&t("/p/{name}")));
+        assert!(t("/a b/{x}").same_paths(&t("/a%20b/{y}")));
+        assert!(!t("/p/{id}").same_paths(&t("/p/id")));
+        assert!(!t("/p/{id}").same_paths(&t("/p/{id}/x")));
     }
 
     #[test]
