@@ -214,7 +214,7 @@ impl Ns {
     /// The store key of `name` in this namespace.
     fn key(&self, name: &str) -> ApiResult<String> {
         pool_manager::resources::validate_name("namespace", self.name())?;
-        pool_manager::resources::validate_name("name", name)?;
+        pool_manager::resources::validate_name("the", name)?;
         Ok(pool_manager::resources::qualified(self.name(), name))
     }
 

@@ -33,6 +33,12 @@ impl Client {
     /// A client of the API at `base`, sending `token` as the bearer token and
     /// trusting, beside the system's roots, the PEM certificates in `ca_cert`.
     pub fn new(base: &str, token: Option<String>, ca_cert: Option<&Path>) -> Result<Client> {
+        match reqwest::Url::parse(base) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+            _ => bail!(
+                "the API address {base:?} (--server or FUSION_URL) is not an http:// or https:// URL, such as http://127.0.0.1:8889"
+            ),
+        }
         let mut builder = reqwest::Client::builder();
         if let Some(path) = ca_cert {
             let pem = std::fs::read(path)

@@ -84,6 +84,10 @@ fn errors_name_the_mistake() {
         r#"error: function "nope" does not exist"#,
     );
     one_line_error(&["fn", "get", "nope"], r#"function "nope" does not exist"#);
+    one_line_error(
+        &["fn", "get", "--server", "garbage", "nope"],
+        r#"the API address "garbage" (--server or FUSION_URL) is not an http:// or https:// URL"#,
+    );
     one_line_error(&["run", "get", "nope"], r#"run "nope" does not exist"#);
     one_line_error(
         &[
