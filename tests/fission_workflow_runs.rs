@@ -271,8 +271,16 @@ fn rfc0022_workflows_are_refused_with_line_and_column_and_updated_by_put() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("later.yaml");
     std::fs::write(&file, doc.replace("name: early", "name: later")).unwrap();
-    let (code, _, err) = s.cli(&["wf", "create", "later", "--file", file.to_str().unwrap()]);
+    // Named by its metadata.name, which a name given beside it must not contradict.
+    let (code, _, err) = s.cli(&["wf", "create", "other", "--file", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("\"other\" and its document \"later\""),
+        "{err}"
+    );
+    let (code, _, err) = s.cli(&["wf", "create", "--file", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
+    assert_eq!(s.call("GET", "/v1/workflows/later", None).0, 200);
     assert!(
         err.contains("later.yaml:9:24: warning: function \"nosuchfn\" does not exist (yet) (unknown_function)"),
         "{err}"

@@ -207,22 +207,29 @@ async fn create_workflow(
     LimitedBody(body): LimitedBody,
 ) -> ApiResult<Response> {
     let source = yaml_text(&body)?;
-    let name = match q.name.filter(|n| !n.is_empty()) {
-        Some(n) => n,
-        None => {
-            // Looking for `name:` parses the document: bound its cost first.
-            precheck(source).map_err(|e| EngineError::Invalid(vec![e]))?;
-            serde_yaml::from_str::<serde_yaml::Value>(source)
-                .ok()
-                .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
-                .or_else(|| crate::sfn::run::document_name(source))
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "missing_name",
-                        "give the workflow's name as ?name= or a top-level `name:` field",
-                    )
-                })?
+    // Looking for the document's own name parses it: bound its cost first.
+    precheck(source).map_err(|e| EngineError::Invalid(vec![e]))?;
+    let named = serde_yaml::from_str::<serde_yaml::Value>(source)
+        .ok()
+        .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
+        .or_else(|| crate::sfn::run::document_name(source));
+    let name = match (q.name.filter(|n| !n.is_empty()), named) {
+        (Some(asked), Some(named)) if asked != named => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "name_mismatch",
+                format!(
+                    "the request names the workflow {asked:?} and its document {named:?}: give one name"
+                ),
+            ))
+        }
+        (Some(n), _) | (None, Some(n)) => n,
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_name",
+                "give the workflow's name as ?name=, a top-level `name:` (Fission Workflows) or `metadata.name` (a Fission `Workflow`)",
+            ))
         }
     };
     let w = engine.create_workflow(&name, source)?;

@@ -13,10 +13,16 @@ use super::{with_headers, ClientOpts, Name, Output, RunId};
 
 #[derive(Subcommand)]
 pub(super) enum WfVerb {
-    /// Store a workflow (version 1) from a Fission Workflows YAML file.
+    /// Store a workflow (version 1) from a Fission Workflows YAML file or a
+    /// Fission `Workflow` document.
     Create {
-        #[command(flatten)]
-        name: Name,
+        /// The name (or give it as --name NAME); without one, the document's
+        /// own (`name:`, or `metadata.name` of a Fission `Workflow`).
+        #[arg(value_name = "NAME", conflicts_with = "name")]
+        positional: Option<String>,
+        /// The name (as the positional NAME).
+        #[arg(long = "name", value_name = "NAME")]
+        name: Option<String>,
         /// The workflow's YAML file.
         #[arg(long = "file", short = 'f', value_name = "FILE")]
         file: PathBuf,
@@ -182,11 +188,16 @@ pub(super) fn read_file(path: &PathBuf) -> Result<String> {
 pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
-        WfVerb::Create { name, file } => {
-            let name = name.get();
-            let req = c
-                .request(Method::POST, "/v1/workflows")
-                .query(&[("name", &name)])
+        WfVerb::Create {
+            positional,
+            name,
+            file,
+        } => {
+            let mut req = c.request(Method::POST, "/v1/workflows");
+            if let Some(name) = positional.or(name) {
+                req = req.query(&[("name", &name)]);
+            }
+            let req = req
                 .header("content-type", "application/yaml")
                 .body(read_file(&file)?);
             let v: Value = c.send(req).await?.json().await?;
