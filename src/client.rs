@@ -161,18 +161,6 @@ impl Client {
         Ok(())
     }
 
-    /// Uploads a code file (or zip archive) and returns its package reference.
-    pub async fn upload(&self, path: &std::path::Path) -> Result<Value> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|e| anyhow!("cannot read code file {}: {e}", path.display()))?;
-        let filename = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| anyhow!("code path {} has no file name", path.display()))?;
-        self.upload_bytes(filename, bytes).await
-    }
-
     /// Uploads code (a zip archive, or one file called `filename`) and returns
     /// its content-addressed reference.
     pub async fn upload_bytes(&self, filename: &str, bytes: Vec<u8>) -> Result<Value> {

@@ -60,6 +60,35 @@ fn fn_create_with_minscale_has_that_many_specialized_instances_before_any_call()
     assert_eq!(specialized(), 2, "no instance was added for the call");
 }
 
+/// `--code` takes a directory as it takes a file: zipped, modules and all.
+#[test]
+fn fn_create_takes_a_directory_of_code() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("app.py"),
+        "from greeting import word\ndef main():\n    return word + '\\n'\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("greeting.py"), "word = 'from a folder'\n").unwrap();
+    let (rc, out, err) = s.cli(&[
+        "fn",
+        "create",
+        "folder",
+        "--env",
+        "python",
+        "--code",
+        dir.path().to_str().unwrap(),
+        "--entrypoint",
+        "app.main",
+    ]);
+    assert_eq!(rc, 0, "{out}{err}");
+    let (rc, out, err) = s.cli(&["fn", "test", "folder"]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(out, "from a folder\n");
+}
+
 #[test]
 fn errors_name_the_mistake() {
     let s = Server::start();

@@ -17,8 +17,8 @@ pub(super) struct FnFields {
     /// The environment to run in.
     #[arg(long, value_name = "ENV")]
     env: Option<String>,
-    /// The code: one file, or a zip archive.
-    #[arg(long, value_name = "FILE")]
+    /// The code: one file, a zip archive, or a directory (zipped).
+    #[arg(long, value_name = "FILE|DIR")]
     code: Option<PathBuf>,
     /// Or a named package (see `fusion pkg create`) in the function's namespace;
     /// a package with a source runs its build.
@@ -205,7 +205,9 @@ pub(super) async fn merge_fn(
         body["env"] = json!(e);
     }
     if let Some(code) = f.code {
-        body["package"] = c.upload(&code).await?;
+        // A directory goes as a zip of what it holds.
+        let (bytes, name) = super::pkg::archive_of(&[code])?;
+        body["package"] = c.upload_bytes(&name, bytes).await?;
     }
     if let Some(pkg) = f.pkg {
         body["package"] = json!({"packageref": {"name": pkg, "namespace": namespace}});
@@ -286,7 +288,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 bail!("--env ENV is required: the environment to run in (see fusion env list)");
             }
             if fields.code.is_none() && fields.pkg.is_none() {
-                bail!("--code FILE (a source file or a zip archive) or --pkg PACKAGE (a named package) is required");
+                bail!("--code FILE|DIR (a source file, a zip archive or a directory) or --pkg PACKAGE (a named package) is required");
             }
             let mut body = json!({"name": name.get()});
             merge_fn(&c, opts, &mut body, fields).await?;
