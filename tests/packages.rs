@@ -240,6 +240,8 @@ fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
     let info = cli_ok(&s, &["pkg", "info", "--name", "broken"]);
     assert!(info.contains("failed"), "{info}");
     assert!(info.contains("nosuchdep"), "{info}");
+    // The name may come first, as for functions and environments.
+    assert_eq!(cli_ok(&s, &["pkg", "info", "broken"]), info);
 
     python_source(&src, "fixed: ", "hellodep==1.0");
     cli_ok(&s, &["pkg", "update", "--name", "broken", "--src", src_arg]);

@@ -392,6 +392,14 @@ pub fn usage_error(rendered: &str) -> String {
 mod tests {
     use clap::CommandFactory;
 
+    /// clap's own checks of every command (an argument that names another
+    /// that does not exist, two flags of one name, ...), which otherwise fail
+    /// only when a user runs that command.
+    #[test]
+    fn every_command_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+
     /// Every command and every flag a user can see says what it is for.
     #[test]
     fn every_command_and_flag_has_help() {

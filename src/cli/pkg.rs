@@ -16,12 +16,24 @@ use crate::client::Client;
 
 #[derive(Args)]
 pub struct PkgId {
-    /// The package's name.
-    #[arg(long)]
-    name: String,
+    /// The package's name (or give it as --name NAME).
+    #[arg(value_name = "NAME", required_unless_present = "flag")]
+    positional: Option<String>,
+    /// The package's name (as the positional NAME).
+    #[arg(long = "name", value_name = "NAME", conflicts_with = "positional")]
+    flag: Option<String>,
     /// The package's namespace.
-    #[arg(long, default_value = "default")]
+    #[arg(long, env = "FUSION_NAMESPACE", default_value = "default")]
     namespace: String,
+}
+
+impl PkgId {
+    fn name(&self) -> &str {
+        self.positional
+            .as_deref()
+            .or(self.flag.as_deref())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Args)]
@@ -69,7 +81,7 @@ pub enum PkgVerb {
     /// List the packages of a namespace.
     List {
         /// The namespace to list.
-        #[arg(long, default_value = "default")]
+        #[arg(long, env = "FUSION_NAMESPACE", default_value = "default")]
         namespace: String,
     },
     /// Delete a package no function uses.
@@ -110,7 +122,7 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
             if fields.src.is_empty() && fields.deploy.is_empty() {
                 bail!("give the code: --src (to build) or --deploy (to run as it is), or both");
             }
-            let mut body = json!({"name": id.name, "namespace": id.namespace});
+            let mut body = json!({"name": id.name(), "namespace": id.namespace});
             merge(&c, &mut body, fields).await?;
             let v: Value = c
                 .send(
@@ -128,7 +140,7 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
             merge(&c, &mut body, fields).await?;
             let v: Value = c
                 .send(
-                    c.request(Method::PUT, &path(&id.name, ""))
+                    c.request(Method::PUT, &path(id.name(), ""))
                         .query(&[("namespace", &id.namespace)])
                         .json(&body),
                 )
@@ -152,7 +164,7 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                 let lines: Vec<&str> = log.lines().collect();
                 let from = lines.len().saturating_sub(INFO_LOG_LINES);
                 if from > 0 {
-                    println!("\nbuild log (last {INFO_LOG_LINES} lines; `fusion pkg logs --name {}` has it all):", id.name);
+                    println!("\nbuild log (last {INFO_LOG_LINES} lines; `fusion pkg logs --name {}` has it all):", id.name());
                 } else {
                     println!("\nbuild log:");
                 }
@@ -174,16 +186,16 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
         }
         PkgVerb::Delete { id } => {
             c.send(
-                c.request(Method::DELETE, &path(&id.name, ""))
+                c.request(Method::DELETE, &path(id.name(), ""))
                     .query(&[("namespace", &id.namespace)]),
             )
             .await?;
-            println!("package {} deleted", id.name);
+            println!("package {} deleted", id.name());
         }
         PkgVerb::Rebuild { id } => {
             let v: Value = c
                 .send(
-                    c.request(Method::POST, &path(&id.name, "/rebuild"))
+                    c.request(Method::POST, &path(id.name(), "/rebuild"))
                         .query(&[("namespace", &id.namespace)]),
                 )
                 .await?
@@ -194,18 +206,18 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
             } else {
                 println!(
                     "package {}: build {} (see `fusion pkg info --name {}`)",
-                    id.name,
+                    id.name(),
                     v.pointer("/status/buildstatus")
                         .and_then(Value::as_str)
                         .unwrap_or("pending"),
-                    id.name
+                    id.name()
                 );
             }
         }
         PkgVerb::Logs { id } => {
             let text = c
                 .send(
-                    c.request(Method::GET, &path(&id.name, "/logs"))
+                    c.request(Method::GET, &path(id.name(), "/logs"))
                         .query(&[("namespace", &id.namespace)]),
                 )
                 .await?
@@ -225,7 +237,7 @@ fn path(name: &str, rest: &str) -> String {
 
 async fn get(c: &Client, id: &PkgId) -> Result<Value> {
     Ok(c.send(
-        c.request(Method::GET, &path(&id.name, ""))
+        c.request(Method::GET, &path(id.name(), ""))
             .query(&[("namespace", &id.namespace)]),
     )
     .await?
