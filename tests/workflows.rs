@@ -242,10 +242,20 @@ fn run_history_lists_filters_pages_and_details_runs() {
     let (st, _) = s.call("GET", "/v1/runs/no-such-run", None);
     assert_eq!(st, 404);
 
-    // The CLI shows the same history.
+    // The CLI shows the same history, with when each run started, and takes
+    // times as a user writes them.
     let (code, out, err) = s.cli(&["run", "list", "--workflow", "bad"]);
     assert_eq!(code, 0, "{err}");
+    assert!(out.contains("failed") && out.contains("STARTED"), "{out}");
+    let (code, out, err) = s.cli(&["run", "list", "--workflow", "bad", "--since", "1h"]);
+    assert_eq!(code, 0, "{err}");
     assert!(out.contains("failed"), "{out}");
+    let (code, out, err) = s.cli(&["run", "list", "--workflow", "bad", "--until", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("failed"), "{out}");
+    let (code, _, err) = s.cli(&["run", "list", "--since", "yesterday"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not a time"), "{err}");
 }
 
 #[test]

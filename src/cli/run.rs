@@ -18,6 +18,14 @@ pub(super) enum RunVerb {
         /// Only runs in this status: running, succeeded, failed or cancelled.
         #[arg(long, value_name = "STATUS")]
         status: Option<String>,
+        /// Only runs created at or after this time: RFC 3339
+        /// (2026-12-01T10:00:00Z), milliseconds since the epoch, or a time back
+        /// from now (90s, 30m, 2h, 1d).
+        #[arg(long, value_name = "TIME", value_parser = time_arg)]
+        since: Option<u64>,
+        /// Only runs created at or before this time (as --since).
+        #[arg(long, value_name = "TIME", value_parser = time_arg)]
+        until: Option<u64>,
         /// Most runs to print.
         #[arg(long, default_value_t = DEFAULT_LIMIT, value_name = "RUNS")]
         limit: usize,
@@ -112,6 +120,7 @@ pub(super) const DEFAULT_LIMIT: usize = 20;
 
 pub(super) const RUN_COLUMNS: &[(&str, &str)] = &[
     ("ID", "/id"),
+    ("STARTED", "/started"),
     ("WORKFLOW", "/workflow"),
     ("VERSION", "/version"),
     ("STATUS", "/status"),
@@ -124,6 +133,8 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
         RunVerb::List {
             workflow,
             status,
+            since,
+            until,
             limit,
             cursor,
         } => {
@@ -134,20 +145,32 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             if let Some(s) = &status {
                 q.push(("status", s.clone()));
             }
+            if let Some(t) = since {
+                q.push(("since", t.to_string()));
+            }
+            if let Some(t) = until {
+                q.push(("until", t.to_string()));
+            }
             if let Some(cur) = cursor {
                 q.push(("cursor", cur));
             }
             let req = c.request(Method::GET, "/v1/runs").query(&q);
-            let v: Value = c.send(req).await?.json().await?;
+            let mut v: Value = c.send(req).await?.json().await?;
             if opts.output == Output::Json {
                 print(opts, &v, RUN_COLUMNS);
             } else {
+                for run in v["runs"].as_array_mut().into_iter().flatten() {
+                    run["started"] = json!(run["created_at"].as_u64().map(clock));
+                }
                 print(opts, &v["runs"], RUN_COLUMNS);
                 if let Some(next) = v["next_cursor"].as_str() {
-                    println!(
-                        "more: {}",
-                        next_page(workflow.as_deref(), status.as_deref(), limit, next)
-                    );
+                    let filters = Filters {
+                        workflow: workflow.as_deref(),
+                        status: status.as_deref(),
+                        since,
+                        until,
+                    };
+                    println!("more: {}", next_page(&filters, limit, next));
                 }
             }
         }
@@ -322,13 +345,69 @@ pub(super) fn event_rows(events: &Value) -> Value {
 }
 
 /// The command that prints the next page, with the filters of this one.
-fn next_page(workflow: Option<&str>, status: Option<&str>, limit: usize, cursor: &str) -> String {
+/// A listing's filters, kept by the command for its next page.
+struct Filters<'a> {
+    workflow: Option<&'a str>,
+    status: Option<&'a str>,
+    since: Option<u64>,
+    until: Option<u64>,
+}
+
+/// A time in milliseconds as a table shows it: UTC, to the second.
+fn clock(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or_else(
+            || ms.to_string(),
+            |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
+}
+
+/// `--since`/`--until`: an RFC 3339 time, milliseconds since the epoch, or a
+/// time back from now (`90s`, `30m`, `2h`, `1d`); answers milliseconds.
+fn time_arg(text: &str) -> std::result::Result<u64, String> {
+    let now = jiff::Timestamp::now().as_millisecond();
+    time_at(text, now)
+}
+
+fn time_at(text: &str, now_ms: i64) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    if let Ok(ms) = t.parse::<u64>() {
+        return Ok(ms);
+    }
+    if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+        return u64::try_from(ts.as_millisecond()).map_err(|_| format!("{t:?} is before 1970"));
+    }
+    let unit = t.chars().last().unwrap_or(' ');
+    let per = match unit {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        _ => 0,
+    };
+    match t[..t.len() - unit.len_utf8().min(t.len())].parse::<i64>() {
+        Ok(n) if per > 0 && n >= 0 => Ok(u64::try_from(now_ms.saturating_sub(n.saturating_mul(per))).unwrap_or(0)),
+        _ => Err(format!(
+            "{t:?} is not a time: give RFC 3339 (2026-12-01T10:00:00Z), milliseconds since the epoch, or a time back from now (90s, 30m, 2h, 1d)"
+        )),
+    }
+}
+
+fn next_page(f: &Filters, limit: usize, cursor: &str) -> String {
     let mut cmd = String::from("fusion run list");
-    if let Some(w) = workflow {
+    if let Some(w) = f.workflow {
         cmd.push_str(&format!(" --workflow {w}"));
     }
-    if let Some(s) = status {
+    if let Some(s) = f.status {
         cmd.push_str(&format!(" --status {s}"));
+    }
+    if let Some(t) = f.since {
+        cmd.push_str(&format!(" --since {t}"));
+    }
+    if let Some(t) = f.until {
+        cmd.push_str(&format!(" --until {t}"));
     }
     if limit != DEFAULT_LIMIT {
         cmd.push_str(&format!(" --limit {limit}"));
@@ -343,14 +422,41 @@ mod tests {
 
     #[test]
     fn the_next_page_keeps_the_filters() {
+        let f = Filters {
+            workflow: Some("w"),
+            status: Some("failed"),
+            since: Some(7),
+            until: None,
+        };
         assert_eq!(
-            next_page(Some("w"), Some("failed"), 5, "c1"),
-            "fusion run list --workflow w --status failed --limit 5 --cursor c1"
+            next_page(&f, 5, "c1"),
+            "fusion run list --workflow w --status failed --since 7 --limit 5 --cursor c1"
         );
+        let none = Filters {
+            workflow: None,
+            status: None,
+            since: None,
+            until: None,
+        };
         assert_eq!(
-            next_page(None, None, DEFAULT_LIMIT, "c"),
+            next_page(&none, DEFAULT_LIMIT, "c"),
             "fusion run list --cursor c"
         );
+    }
+
+    #[test]
+    fn times_are_read_as_a_user_writes_them() {
+        let now = 1_796_083_200_000; // 2026-12-01T00:00:00Z
+        assert_eq!(time_at("1796083200000", now), Ok(now as u64));
+        assert_eq!(time_at("2026-12-01T00:00:00Z", now), Ok(now as u64));
+        assert_eq!(time_at("90s", now), Ok(now as u64 - 90_000));
+        assert_eq!(time_at("2h", now), Ok(now as u64 - 7_200_000));
+        assert_eq!(time_at("1d", now), Ok(now as u64 - 86_400_000));
+        assert!(time_at("yesterday", now)
+            .unwrap_err()
+            .contains("not a time"));
+        assert!(time_at("", now).is_err());
+        assert_eq!(clock(now as u64), "2026-12-01T00:00:00Z");
     }
 
     #[test]

@@ -319,6 +319,8 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 RunsVerb::List { workflow, status } => RunVerb::List {
                     workflow,
                     status,
+                    since: None,
+                    until: None,
                     limit: DEFAULT_LIMIT,
                     cursor: None,
                 },
