@@ -744,30 +744,46 @@ fn long_output_lines_are_cut_and_a_deleted_functions_log_goes_with_it() {
     assert!(!log().contains("zzz"), "{}", log());
 }
 
-/// An exception in a python function answers 500 without a word of it to
-/// the caller (its message may hold a secret); the function's log has it.
+/// An exception in a function answers 500 without a word of it to the caller
+/// (its message may hold a secret); the function's log has it.
 #[test]
-fn a_python_exception_stays_in_the_log_and_out_of_the_answer() {
+fn an_exception_stays_in_the_log_and_out_of_the_answer() {
     let s = Server::start();
     s.env("python", "python", 1);
-    let code = "def main():\n    raise ValueError('password=hunter2')\n";
-    s.function("leaky", "python", "leaky.py", code, json!({}));
-    let r = s.get("/fission-function/leaky");
-    assert_eq!(r.status(), 500);
-    let body = r.text().unwrap();
-    assert!(
-        !body.contains("hunter2") && !body.contains("ValueError"),
-        "{body}"
-    );
-    eventually(Duration::from_secs(20), "the log has the exception", || {
-        let log = s
-            .api("GET", "/v1/functions/leaky/logs")
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        log.contains("ValueError: password=hunter2")
-    });
+    s.env("nodejs", "nodejs", 1);
+    for (name, env, file, code, logged) in [
+        (
+            "leaky-py",
+            "python",
+            "leaky.py",
+            "def main():\n    raise ValueError('password=hunter2')\n",
+            "ValueError: password=hunter2",
+        ),
+        (
+            "leaky-js",
+            "nodejs",
+            "leaky.js",
+            "module.exports = async () => { throw new Error('password=hunter2'); };\n",
+            "Error: password=hunter2",
+        ),
+    ] {
+        s.function(name, env, file, code, json!({}));
+        let r = s.get(&format!("/fission-function/{name}"));
+        assert_eq!(r.status(), 500, "{name}");
+        let body = r.text().unwrap();
+        assert!(
+            !body.contains("hunter2") && !body.contains(logged),
+            "{name}: {body}"
+        );
+        eventually(Duration::from_secs(20), "the log has the exception", || {
+            s.api("GET", &format!("/v1/functions/{name}/logs"))
+                .send()
+                .unwrap()
+                .text()
+                .unwrap()
+                .contains(logged)
+        });
+    }
 }
 
 /// A function's log says when its instance ends and why: exited with a

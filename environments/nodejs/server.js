@@ -297,10 +297,15 @@ function respond(res, status, body, headers) {
     log(`function ${shownName()}: bad response: ${errStack(e)}`);
     if (!res.headersSent) {
       for (const h of res.getHeaderNames()) res.removeHeader(h);
-      sendText(res, 500, `Internal Server Error: bad response: ${errText(e)}\n`);
+      sendText(res, 500, INTERNAL_ERROR);
     }
   }
 }
+
+// The body of a 500 for an error in the function: nothing of the error itself
+// (its message may hold a secret, and the caller may be anyone); the stack is
+// in the function's log.
+const INTERNAL_ERROR = '500 Internal Server Error: the function failed (see its log)\n';
 
 function fail(res, e) {
   log(`${entryShown ? `function ${shownName()}` : 'request'} failed: ${errStack(e)}`);
@@ -310,7 +315,7 @@ function fail(res, e) {
     return;
   }
   for (const h of res.getHeaderNames()) res.removeHeader(h);
-  sendText(res, 500, `Internal Server Error: ${errText(e)}\n`);
+  sendText(res, 500, INTERNAL_ERROR);
 }
 
 function finish(res, result) {
