@@ -144,7 +144,12 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
             }
         }
         "fail" => {
-            let msg = as_text(&default_input(inputs));
+            // Its input (`inputs: "why"`), or a `message` given by name.
+            let why = match inputs.get("default") {
+                Some(v) if !v.is_null() => v.clone(),
+                _ => inputs.get("message").cloned().unwrap_or(Value::Null),
+            };
+            let msg = as_text(&why);
             Outcome::Fail(if msg.is_empty() {
                 "fail: the workflow failed on purpose".into()
             } else {
@@ -653,6 +658,18 @@ mod tests {
         assert_eq!(
             run("fail", &ins(json!({"default": "nope"})), &Inputs::new()),
             Outcome::Fail("nope".into())
+        );
+        assert_eq!(
+            run(
+                "fail",
+                &ins(json!({"message": "out of stock"})),
+                &Inputs::new()
+            ),
+            Outcome::Fail("out of stock".into())
+        );
+        assert_eq!(
+            run("fail", &Inputs::new(), &Inputs::new()),
+            Outcome::Fail("fail: the workflow failed on purpose".into())
         );
     }
 
