@@ -261,6 +261,7 @@ fn rfc0022_workflows_are_refused_with_line_and_column_and_updated_by_put() {
     let doc = "apiVersion: fission.io/v1\nkind: Workflow\nmetadata: {name: early}\nspec:\n  startAt: a\n  states:\n    a:\n      type: Task\n      function: {name: nosuchfn}\n      end: true\n";
     let (status, body) = store(&s, "POST", "/v1/workflows", doc);
     assert_eq!(status, 201, "{body}");
+    assert_eq!(body["warnings"].as_array().map(Vec::len), Some(1), "{body}");
     let w = &body["warnings"][0];
     assert_eq!(w["code"], "unknown_function", "{body}");
     assert_eq!(
@@ -281,6 +282,17 @@ fn rfc0022_workflows_are_refused_with_line_and_column_and_updated_by_put() {
     let (code, _, err) = s.cli(&["wf", "create", "--file", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(s.call("GET", "/v1/workflows/later", None).0, 200);
+
+    // Another namespace is not kept, and says so where it is written.
+    let elsewhere = doc
+        .replace("name: early", "name: elsewhere, namespace: team-a")
+        .replace("nosuchfn", "validate-order");
+    let (status, body) = store(&s, "POST", "/v1/workflows", &elsewhere);
+    assert_eq!(status, 201, "{body}");
+    let w = &body["warnings"][0];
+    assert_eq!(w["code"], "namespace_ignored", "{body}");
+    assert_eq!(w["line"], 3, "{body}");
+    assert_eq!(body["name"], "elsewhere", "{body}");
     assert!(
         err.contains("later.yaml:9:24: warning: function \"nosuchfn\" does not exist (yet) (unknown_function)"),
         "{err}"

@@ -510,16 +510,20 @@ impl Engine {
     }
 
     /// What is worth telling about a workflow that was stored all the same: in
-    /// a Fission `Workflow`, a Task whose function does not exist (yet), which
-    /// fails its runs until it does (`unknown_function`, with its position).
+    /// a Fission `Workflow`, a namespace not kept (`namespace_ignored`), and a
+    /// Task whose function does not exist (yet), which fails its runs until it
+    /// does (`unknown_function`), each with its position.
     pub fn warnings(&self, source: &str) -> Vec<ValidationError> {
         if !crate::sfn::run::is_state_machine(source) {
             return Vec::new();
         }
         match crate::sfn::spec::parse_workflow(source) {
-            Ok(parsed) => {
-                crate::sfn::missing_functions(&parsed, source, |f| self.invoker.function_exists(f))
-            }
+            Ok(parsed) => crate::sfn::ignored_namespace(&parsed, source)
+                .into_iter()
+                .chain(crate::sfn::missing_functions(&parsed, source, |f| {
+                    self.invoker.function_exists(f)
+                }))
+                .collect(),
             Err(_) => Vec::new(),
         }
     }

@@ -29,4 +29,6 @@ pub use spec::{
     Quantity, ResultPath, RetentionPolicy, RetryPolicy, StateType, Workflow, WorkflowBranch,
     WorkflowMetadata, WorkflowSpec, WorkflowState,
 };
-pub use validate::{missing_functions, parse_and_validate, validate, ERROR_CODES};
+pub use validate::{
+    ignored_namespace, missing_functions, parse_and_validate, validate, ERROR_CODES,
+};

@@ -149,6 +149,30 @@ pub fn validate(parsed: &ParsedWorkflow, text: &str) -> Vec<ValidationError> {
     v.errors
 }
 
+/// A document in another namespace than `default`: a warning (code
+/// `namespace_ignored`), since the engine keeps workflows in one name space
+/// and stores it under its name alone.
+pub fn ignored_namespace(parsed: &ParsedWorkflow, text: &str) -> Option<ValidationError> {
+    let ParsedWorkflow::Document(w) = parsed else {
+        return None;
+    };
+    let ns = &w.metadata.namespace;
+    if ns == "default" {
+        return None;
+    }
+    let (line, column) =
+        Positions::new(text).value(&[Step::from("metadata"), Step::from("namespace")]);
+    Some(ValidationError {
+        code: "namespace_ignored",
+        message: format!(
+            "workflows share one name space here: namespace {ns:?} is not kept, the workflow is stored as {:?}",
+            w.metadata.name
+        ),
+        line,
+        column,
+    })
+}
+
 /// Tasks whose function `exists` says is missing: warnings (code
 /// `unknown_function`), not errors, so that a workflow may be stored before
 /// its functions (GitOps ordering).
@@ -1210,7 +1234,10 @@ states:
     #[test]
     fn every_code_is_documented() {
         let doc = include_str!("../../../docs/error-codes.md");
-        for code in ERROR_CODES.iter().chain(&["unknown_function"]) {
+        for code in ERROR_CODES
+            .iter()
+            .chain(&["unknown_function", "namespace_ignored"])
+        {
             assert!(
                 doc.contains(&format!("`{code}`")),
                 "{code} is not in docs/error-codes.md"
