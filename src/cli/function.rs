@@ -371,7 +371,17 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 print!("{text}");
                 bail!("the function answered {status}");
             }
-            print!("{text}");
+            // Asynchronously: the invocation's id, as the help says (the whole
+            // answer with -o json).
+            let id = asynchronous
+                .then(|| serde_json::from_str::<Value>(&text).ok())
+                .flatten()
+                .and_then(|v| v["id"].as_str().map(str::to_string))
+                .filter(|_| !opts.json());
+            match id {
+                Some(id) => println!("{id}"),
+                None => print!("{text}"),
+            }
         }
         FnVerb::Logs { name, follow } => {
             let name = name.get();
