@@ -523,6 +523,24 @@ fn a_routes_url_parameters_reach_its_workflow() {
         "{headers}"
     );
     assert_eq!(headers["X-Fission-Params-Id"], "42", "{headers}");
+
+    // An OPTIONS request (a browser's preflight) says what the URL takes and
+    // starts no run: the route takes GET only, the workflow's own URL any.
+    let options = |url: &str| {
+        let r = s
+            .http
+            .request(reqwest::Method::OPTIONS, s.router_url(url))
+            .send()
+            .unwrap();
+        let allow = r.headers()["allow"].to_str().unwrap().to_string();
+        (r.status().as_u16(), allow)
+    };
+    assert_eq!(options("/orders/x/1"), (405, "GET".to_string()));
+    let (status, allow) = options("/fission-function/params");
+    assert_eq!(status, 204);
+    assert!(allow.contains("POST"), "{allow}");
+    let runs = s.ok("GET", "/v1/runs?workflow=params", None);
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
 }
 
 #[test]

@@ -60,6 +60,17 @@ impl Invoker {
     ) -> Response<Body> {
         match target {
             Target::Function(f) => pool_manager::forward(&self.pool, f, req, path, params).await,
+            // An OPTIONS request (a browser's CORS preflight, a probe) asks what
+            // the URL takes; it starts no run.
+            Target::Workflow(_) if req.method() == http::Method::OPTIONS => {
+                let mut resp = Response::new(Body::empty());
+                *resp.status_mut() = http::StatusCode::NO_CONTENT;
+                resp.headers_mut().insert(
+                    http::header::ALLOW,
+                    http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE"),
+                );
+                resp
+            }
             Target::Workflow(w) => {
                 pool_manager::router::url_params(req.headers_mut(), params);
                 self.workflows.invoke(w, req).await
