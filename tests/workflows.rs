@@ -239,6 +239,14 @@ fn run_history_lists_filters_pages_and_details_runs() {
 
     let (st, v) = s.call("GET", "/v1/runs?status=sideways", None);
     assert_eq!(st, 400, "{v}");
+    for limit in [0, 1001] {
+        let (st, v) = s.call("GET", &format!("/v1/runs?limit={limit}"), None);
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (400, Some("invalid_limit")),
+            "{v}"
+        );
+    }
     let (st, _) = s.call("GET", "/v1/runs/no-such-run", None);
     assert_eq!(st, 404);
 

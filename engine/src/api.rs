@@ -6,7 +6,7 @@
 //! `POST /v1/workflows` takes the YAML as the body and the name from `?name=`, or
 //! else from a top-level `name:` field of the document.
 //! Run listing: `since`/`until` are milliseconds since the Unix epoch, `limit`
-//! defaults to 50 (at most 1000), `cursor` is the `next_cursor` of the last page.
+//! defaults to 50 (1 to 1000, else 400), `cursor` is the `next_cursor` of the last page.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -367,12 +367,20 @@ async fn list_runs(
             )
         })?),
     };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            format!("limit {limit} is not from 1 to 1000"),
+        ));
+    }
     let page = engine.list_runs(&RunFilter {
         workflow: q.workflow.filter(|w| !w.is_empty()),
         status,
         since: q.since,
         until: q.until,
-        limit: q.limit.unwrap_or(50),
+        limit,
         cursor: q.cursor.filter(|c| !c.is_empty()),
     })?;
     let runs: Vec<Value> = page.runs.iter().map(summary_json).collect();
