@@ -165,8 +165,7 @@ pub fn ignored_namespace(parsed: &ParsedWorkflow, text: &str) -> Option<Validati
     Some(ValidationError {
         code: "namespace_ignored",
         message: format!(
-            "workflows share one name space here: namespace {ns:?} is not kept, the workflow is stored as {:?}",
-            w.metadata.name
+            "namespace {ns:?} is not kept: workflows share one name space here, stored by their name alone"
         ),
         line,
         column,
