@@ -297,6 +297,8 @@ async fn references_between_functions_and_packages_are_checked() {
     s.pm.create_package(source_package(&s, "deps", "x"))
         .await
         .unwrap();
+    // Its build done, nothing writes under the test's directory when it goes.
+    status_of(&s.pm, "deps", finished).await;
     let mut other_env = function("g", "deps", 5);
     other_env.env = "nodejs".into();
     assert_eq!(
