@@ -91,7 +91,7 @@ impl Schedule {
             .year(Year::Disallowed)
             .build()
             .parse(text)
-            .map_err(|e| bad(&e.to_string()))?;
+            .map_err(|e| bad(&out_of_range(text).unwrap_or_else(|| e.to_string())))?;
         let schedule = Schedule {
             kind: Kind::Cron(Box::new(parsed)),
             tz,
@@ -206,6 +206,39 @@ fn every_seconds(text: &str) -> Result<i64, String> {
     Ok(secs as i64)
 }
 
+/// Which field of a cron holds a number outside its range, said as a user
+/// reads the cron (croner's own error names no field).
+fn out_of_range(text: &str) -> Option<String> {
+    const FIELDS: [(&str, u32, u32); 6] = [
+        ("second", 0, 59),
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of the month", 1, 31),
+        ("month", 1, 12),
+        ("day of the week", 0, 7),
+    ];
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let fields = match parts.len() {
+        6 => &FIELDS[..],
+        5 => &FIELDS[1..],
+        _ => return None,
+    };
+    for (part, (name, low, high)) in parts.iter().zip(fields) {
+        for item in part.split(',') {
+            // A step (`*/5`) and an nth weekday (`5#3`) are not positions.
+            let positions = item.split(['/', '#']).next().unwrap_or_default();
+            for number in positions.split('-') {
+                if let Ok(n) = number.parse::<u32>() {
+                    if n < *low || n > *high {
+                        return Some(format!("{name} {n} is not from {low} to {high}"));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +273,24 @@ mod tests {
             next("CRON_TZ=Europe/Paris 0 9 * * *", None, at),
             "2026-03-11T08:00:00Z"
         );
+    }
+
+    #[test]
+    fn a_number_out_of_its_fields_range_is_named() {
+        let err = |c: &str| Schedule::parse(c, None).unwrap_err().to_string();
+        assert!(
+            err("61 * * * *").contains("minute 61 is not from 0 to 59"),
+            "{}",
+            err("61 * * * *")
+        );
+        assert!(err("0 24 * * *").contains("hour 24 is not from 0 to 23"));
+        assert!(err("0 0 0 * *").contains("day of the month 0 is not from 1 to 31"));
+        assert!(err("0 0 * 1-13 *").contains("month 13 is not from 1 to 12"));
+        assert!(err("0 0 * * 8").contains("day of the week 8 is not from 0 to 7"));
+        assert!(err("70 0 0 * * *").contains("second 70 is not from 0 to 59"));
+        // Steps and nth weekdays are not positions.
+        assert_eq!(out_of_range("*/90 * * * *"), None);
+        assert_eq!(out_of_range("0 0 * * 5#3"), None);
     }
 
     #[test]
