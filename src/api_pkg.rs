@@ -17,16 +17,41 @@ use serde::Deserialize;
 use crate::api::{parse_json, AppState};
 
 pub fn routes(upload_limit: usize) -> Router<AppState> {
+    // axum's 413 for a body past the limit names no limit: this one does.
+    let name_the_limit = axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            let resp = next.run(req).await;
+            let json = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            if resp.status() != StatusCode::PAYLOAD_TOO_LARGE || json {
+                return resp;
+            }
+            let most = upload_limit.saturating_sub(1);
+            pool_manager::error::error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &format!(
+                    "the upload is larger than the limit of {most} bytes ({} MiB)",
+                    most >> 20
+                ),
+            )
+        },
+    );
     Router::new()
         .route(
             "/v1/archives",
-            post(upload_archive).layer(DefaultBodyLimit::max(upload_limit)),
+            post(upload_archive)
+                .layer(DefaultBodyLimit::max(upload_limit))
+                .layer(name_the_limit.clone()),
         )
         .route(
             "/v1/packages",
             get(list)
                 .post(create_or_upload)
-                .layer(DefaultBodyLimit::max(upload_limit)),
+                .layer(DefaultBodyLimit::max(upload_limit))
+                .layer(name_the_limit),
         )
         .route(
             "/v1/packages/{name}",

@@ -552,6 +552,20 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(r.status(), 413);
     let v: Value = r.json().unwrap();
     assert_eq!(v["error"]["code"], "payload_too_large");
+    // An upload past its limit says the limit.
+    let r = s
+        .api("POST", "/v1/archives?filename=big.bin")
+        .header("content-type", "application/octet-stream")
+        .body(vec![b'x'; 65 << 20])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("(64 MiB)"),
+        "{v}"
+    );
 
     // The CLI says what is wrong in one line and exits non-zero.
     let (code, _, stderr) = s.cli(&["fn", "get", "--name", "ghost"]);
