@@ -276,8 +276,9 @@ mod tests {
     }
 
     #[test]
-    fn a_number_out_of_its_fields_range_is_named() {
+    fn bad_crons_say_what_is_wrong() {
         let err = |c: &str| Schedule::parse(c, None).unwrap_err().to_string();
+        // A number out of its field's range names the field.
         assert!(
             err("61 * * * *").contains("minute 61 is not from 0 to 59"),
             "{}",
@@ -291,11 +292,7 @@ mod tests {
         // Steps and nth weekdays are not positions.
         assert_eq!(out_of_range("*/90 * * * *"), None);
         assert_eq!(out_of_range("0 0 * * 5#3"), None);
-    }
-
-    #[test]
-    fn bad_crons_say_what_is_wrong() {
-        let err = |c: &str| Schedule::parse(c, None).unwrap_err().to_string();
+        // Other mistakes.
         assert!(
             err("* * *").contains("cron \"* * *\" is not valid"),
             "{}",
