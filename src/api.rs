@@ -535,6 +535,9 @@ async fn invoke_fn(
         .unwrap_or_else(|| "/".into());
     // `fusion-namespace=NS` in the query (from `fusion fn test --namespace`)
     // picks the function's namespace; the function does not see it.
+    if let Err(m) = engine::api::async_header(req.headers()) {
+        return error_response(StatusCode::BAD_REQUEST, "invalid_header", &m);
+    }
     let (req, namespace) = take_namespace(req);
     let name = match namespace {
         Some(ns) => pool_manager::resources::qualified(&ns, &name),

@@ -547,6 +547,25 @@ fn a_routes_url_parameters_reach_its_workflow() {
     let (status, allow) = options("/fission-function/params");
     assert_eq!(status, 204);
     assert!(allow.contains("POST"), "{allow}");
+    // Nor does a HEAD request (a link checker's), or a call whose X-Async is
+    // a typo: neither may guess.
+    let head = s
+        .http
+        .head(s.router_url("/fission-function/params"))
+        .send()
+        .unwrap();
+    assert_eq!(head.status(), 405);
+    let allow = head.headers()["allow"].to_str().unwrap();
+    assert!(allow.contains("POST") && !allow.contains("HEAD"), "{allow}");
+    let typo = s
+        .http
+        .post(s.router_url("/fission-function/params"))
+        .header("X-Async", "ture")
+        .send()
+        .unwrap();
+    assert_eq!(typo.status(), 400);
+    let body: Value = typo.json().unwrap();
+    assert_eq!(body["error"]["code"], "invalid_header", "{body}");
     let runs = s.ok("GET", "/v1/runs?workflow=params", None);
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
 }

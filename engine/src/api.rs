@@ -576,15 +576,38 @@ fn form_input(body: &[u8]) -> Result<Value, ApiError> {
 /// Whether a request asks to be answered 202 at once and run in the background
 /// (`X-Async: true` or `Prefer: respond-async`).
 pub fn is_async(h: &HeaderMap) -> bool {
-    let x_async = h
-        .get("x-async")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let x_async = matches!(async_header(h), Ok(Some(true)));
     let prefer = h
         .get("prefer")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().contains("respond-async"));
     x_async || prefer
+}
+
+/// What a request's `X-Async` says: `true`, `1` or `yes` (any case) ask for a
+/// 202, `false`, `0` or `no` for the answer; anything else is refused (a typo
+/// must not quietly make a caller wait, or not).
+pub fn async_header(h: &HeaderMap) -> Result<Option<bool>, String> {
+    let Some(v) = h.get("x-async") else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or("").trim();
+    if ["true", "1", "yes"]
+        .iter()
+        .any(|t| text.eq_ignore_ascii_case(t))
+    {
+        Ok(Some(true))
+    } else if ["false", "0", "no"]
+        .iter()
+        .any(|t| text.eq_ignore_ascii_case(t))
+    {
+        Ok(Some(false))
+    } else {
+        Err(format!(
+            "X-Async must be true or false, not {:?}",
+            String::from_utf8_lossy(v.as_bytes())
+        ))
+    }
 }
 
 /// Request headers whose values never reach a run's record (lower case).
@@ -686,6 +709,8 @@ async fn invoke_inner(
     api_base: &str,
 ) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
+    async_header(&parts.headers)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_header", m))?;
     let body = match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT))
         .await
     {
@@ -802,6 +827,25 @@ fn output_response(output: Value, headers: &BTreeMap<String, String>, run_id: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn x_async_is_true_false_or_refused() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-async", v.parse().unwrap());
+            (async_header(&h), is_async(&h))
+        };
+        for v in ["true", "TRUE", "1", "yes", " Yes "] {
+            assert_eq!(with(v), (Ok(Some(true)), true), "{v}");
+        }
+        for v in ["false", "0", "no"] {
+            assert_eq!(with(v), (Ok(Some(false)), false), "{v}");
+        }
+        let (refused, asynchronous) = with("ture");
+        assert!(refused.unwrap_err().contains("\"ture\""));
+        assert!(!asynchronous);
+        assert_eq!(async_header(&HeaderMap::new()), Ok(None));
+    }
 
     /// The `body` input of a POST with `content_type` and `body`.
     fn body_input(content_type: &str, body: &str) -> Value {

@@ -52,6 +52,10 @@ pub enum Outcome {
     Http(HttpRequest),
     /// Fail the task (not retried).
     Fail(String),
+    /// Fail the task (not retried): its inputs are not what it takes (a `sleep`
+    /// that is not a duration, a `foreach` that is not a list). When those came
+    /// from the caller's input, the caller is told so (422).
+    Invalid(String),
     /// Wait for an outside completion of a one-time callback token, first
     /// handing its URL to the function `notify` (if given).
     Callback {
@@ -124,7 +128,7 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
             Some(Value::String(f)) if !f.is_empty() => Outcome::Callback {
                 notify: Some(f.clone()),
             },
-            Some(other) => Outcome::Fail(format!(
+            Some(other) => Outcome::Invalid(format!(
                 "callback: notify must be a function name, not {other}"
             )),
         },
@@ -137,7 +141,7 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
             };
             match d {
                 Some(d) => Outcome::Sleep(d),
-                None => Outcome::Fail(format!(
+                None => Outcome::Invalid(format!(
                     "sleep: {} is not a duration (e.g. \"1s\")",
                     default_input(inputs)
                 )),
@@ -164,21 +168,21 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
 
 fn switch(inputs: &Inputs) -> Outcome {
     let Some(value) = inputs.get("switch") else {
-        return Outcome::Fail("switch needs the input `switch`".into());
+        return Outcome::Invalid("switch needs the input `switch`".into());
     };
     let key = as_text(value);
     if let Some(cases) = inputs.get("cases") {
         let Some(cases) = cases.as_array() else {
-            return Outcome::Fail("switch: `cases` must be a list of {case, action}".into());
+            return Outcome::Invalid("switch: `cases` must be a list of {case, action}".into());
         };
         for c in cases {
             let Some(m) = c.as_object() else {
-                return Outcome::Fail(
+                return Outcome::Invalid(
                     "switch: a case must be a map with `case` and `action`".into(),
                 );
             };
             let Some(case) = m.get("case") else {
-                return Outcome::Fail("switch: a case has no `case`".into());
+                return Outcome::Invalid("switch: a case has no `case`".into());
             };
             if as_text(case) == key {
                 return Outcome::Output(m.get("action").cloned().unwrap_or(Value::Null));
@@ -196,13 +200,13 @@ fn switch(inputs: &Inputs) -> Outcome {
 /// at once: the sub-workflow's own `concurrency`.
 fn foreach(inputs: &Inputs) -> Outcome {
     let Some(items) = inputs.get("foreach").and_then(Value::as_array) else {
-        return Outcome::Fail("foreach needs the input `foreach`, a list".into());
+        return Outcome::Invalid("foreach needs the input `foreach`, a list".into());
     };
     let Some(action) = inputs
         .get("do")
         .filter(|d| is_task_spec(d) || is_workflow_spec(d))
     else {
-        return Outcome::Fail("foreach needs the input `do`, a task or a workflow".into());
+        return Outcome::Invalid("foreach needs the input `do`, a task or a workflow".into());
     };
     let collect = inputs.get("collect").map(truthy).unwrap_or(true);
     let sequential = inputs.get("sequential").map(truthy).unwrap_or(false);
@@ -248,13 +252,13 @@ fn foreach(inputs: &Inputs) -> Outcome {
 
 fn repeat(inputs: &Inputs) -> Outcome {
     let Some(times) = as_number(inputs.get("times")) else {
-        return Outcome::Fail("repeat needs the input `times`, a number".into());
+        return Outcome::Invalid("repeat needs the input `times`, a number".into());
     };
     let Some(action) = inputs.get("do").filter(|d| is_task_spec(d)) else {
-        return Outcome::Fail("repeat needs the input `do`, a task".into());
+        return Outcome::Invalid("repeat needs the input `do`, a task".into());
     };
     if times.is_nan() || times > MAX_REPEAT as f64 {
-        return Outcome::Fail(format!(
+        return Outcome::Invalid(format!(
             "repeat: times is {times}; a run can repeat a task at most {MAX_REPEAT} times"
         ));
     }
@@ -283,16 +287,16 @@ fn repeat(inputs: &Inputs) -> Outcome {
 
 fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
     let Some(cond) = inputs.get("expr") else {
-        return Outcome::Fail("while needs the input `expr`".into());
+        return Outcome::Invalid("while needs the input `expr`".into());
     };
     let Some(limit) = as_number(inputs.get("limit")) else {
-        return Outcome::Fail("while needs the input `limit`, a number".into());
+        return Outcome::Invalid("while needs the input `limit`, a number".into());
     };
     let Some(action) = inputs
         .get("do")
         .filter(|d| is_task_spec(d) || is_workflow_spec(d))
     else {
-        return Outcome::Fail("while needs the input `do`, a task".into());
+        return Outcome::Invalid("while needs the input `do`, a task".into());
     };
     let count = as_number(inputs.get("_count")).unwrap_or(0.0);
     if !truthy(cond) {
@@ -346,7 +350,7 @@ fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
 
 fn javascript(inputs: &Inputs) -> Outcome {
     let Some(code) = inputs.get("expr").and_then(Value::as_str) else {
-        return Outcome::Fail("javascript needs the input `expr`, a string".into());
+        return Outcome::Invalid("javascript needs the input `expr`, a string".into());
     };
     let args = inputs.get("args").cloned().unwrap_or(Value::Null);
     let scope = json!({"args": args});
@@ -456,7 +460,7 @@ fn http(inputs: &Inputs) -> Outcome {
         .map(as_text)
         .unwrap_or_default();
     if url.is_empty() {
-        return Outcome::Fail("http needs the input `url`".into());
+        return Outcome::Invalid("http needs the input `url`".into());
     }
     let headers = inputs
         .get("headers")
@@ -653,7 +657,7 @@ mod tests {
         );
         assert!(matches!(
             run("callback", &ins(json!({"notify": 3})), &Inputs::new()),
-            Outcome::Fail(m) if m.contains("notify must be a function name")
+            Outcome::Invalid(m) if m.contains("notify must be a function name")
         ));
         assert_eq!(
             run("fail", &ins(json!({"default": "nope"})), &Inputs::new()),
@@ -719,7 +723,7 @@ mod tests {
         // Neither a task nor a workflow: refused.
         let bad = json!({"foreach": [1], "do": 3});
         assert!(
-            matches!(run_builtin("foreach", bad), Outcome::Fail(m) if m.contains("a task or a workflow"))
+            matches!(run_builtin("foreach", bad), Outcome::Invalid(m) if m.contains("a task or a workflow"))
         );
     }
 
@@ -764,13 +768,13 @@ mod tests {
     fn repeat_refuses_more_iterations_than_a_run_can_hold() {
         let big = json!({"times": 1e12, "do": {"run": "noop"}});
         match run("repeat", &ins(big.clone()), &ins(big)) {
-            Outcome::Fail(msg) => assert!(msg.contains("at most"), "{msg}"),
+            Outcome::Invalid(msg) => assert!(msg.contains("at most"), "{msg}"),
             other => panic!("{other:?}"),
         }
         let inf = json!({"times": "inf", "do": {"run": "noop"}});
         assert!(matches!(
             run("repeat", &ins(inf.clone()), &ins(inf)),
-            Outcome::Fail(_)
+            Outcome::Invalid(_)
         ));
     }
 

@@ -1368,9 +1368,7 @@ impl Actor {
                 }
                 // Only the tasks the expressions can name go into their scope.
                 let scope = if crate::expr::names_tasks_literally(&sources) {
-                    let invocation = sources
-                        .iter()
-                        .any(|s| s.contains("Invocation") || s.contains("param("));
+                    let invocation = sources.iter().any(|s| crate::expr::reads_invocation(s));
                     self.state.scope_naming(task, &sources, invocation)
                 } else {
                     self.state.scope_for(task)
@@ -1451,6 +1449,28 @@ impl Actor {
                 Outcome::Fail(msg) => {
                     self.record(dispatched(inputs_value, None));
                     self.record(fail(msg));
+                    None
+                }
+                Outcome::Invalid(msg) => {
+                    self.record(dispatched(inputs_value, None));
+                    // What the caller sent is not what the built-in takes: the
+                    // caller's mistake, 422, as for an expression it breaks.
+                    let mut sources = Vec::new();
+                    for v in raw.values() {
+                        crate::expr::all_expressions(v, &mut sources);
+                    }
+                    if sources.iter().any(|s| crate::expr::reads_invocation(s)) {
+                        self.record(Event::TaskFailed {
+                            task: task.into(),
+                            attempt,
+                            error: format!("the input does not fit the workflow: {msg}"),
+                            status: Some(INPUT_MISFIT_STATUS),
+                            retryable: false,
+                            at: now,
+                        });
+                    } else {
+                        self.record(fail(msg));
+                    }
                     None
                 }
                 Outcome::Sleep(d) => {

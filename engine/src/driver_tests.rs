@@ -522,6 +522,25 @@ async fn an_input_that_does_not_fit_fails_with_422() {
     let s = run(&e, "bug", yaml, json!({"default": {}})).await;
     assert_eq!(s.status, RunStatus::Failed);
     assert_eq!(s.error.unwrap().status, None);
+    // A built-in that cannot take what the caller sent: the caller's mistake
+    // too; the same built-in given a bad literal is the workflow's.
+    let yaml = "output: A\ntasks:\n  A:\n    run: sleep\n    inputs: \"{ param() }\"\n";
+    let s = run(&e, "nap", yaml, json!({"default": "banana"})).await;
+    let err = s.error.unwrap();
+    assert_eq!(err.status, Some(422), "{err:?}");
+    assert!(err.message.contains("not a duration"), "{err:?}");
+    let yaml = "output: A\ntasks:\n  A:\n    run: foreach\n    inputs:\n      foreach: \"{ param().items }\"\n      do: {run: noop}\n";
+    let s = run(&e, "each", yaml, json!({"default": {"items": 3}})).await;
+    assert_eq!(s.error.unwrap().status, Some(422));
+    let again = e
+        .start_run("each", json!({"default": {"items": [1, 2]}}))
+        .await;
+    let s = e.wait(&again.unwrap().id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    let yaml = "output: A\ntasks:\n  A:\n    run: fail\n    inputs: \"{ param() }\"\n";
+    let s = run(&e, "no", yaml, json!({"default": "out of stock"})).await;
+    let err = s.error.unwrap();
+    assert_eq!((err.status, err.message.as_str()), (None, "out of stock"));
 }
 
 #[tokio::test(start_paused = true)]

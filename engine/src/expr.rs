@@ -37,8 +37,13 @@ impl ExprError {
     /// `$.Invocation`): then the input most likely does not fit the workflow,
     /// and a synchronous caller is told so with a 4xx.
     pub fn reads_invocation(&self) -> bool {
-        self.expr.contains("param(") || self.expr.contains("Invocation")
+        reads_invocation(&self.expr)
     }
+}
+
+/// Whether an expression's text can read the run's invocation (the caller's input).
+pub fn reads_invocation(expr: &str) -> bool {
+    expr.contains("param(") || expr.contains("Invocation")
 }
 
 /// The JavaScript source of a string that is an expression (the text inside the

@@ -8,6 +8,9 @@ use pool_manager::PoolManager;
 
 use crate::workflows::Workflows;
 
+/// The methods a workflow's URL runs it on (HEAD and OPTIONS start no run).
+const WORKFLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE";
+
 /// What a trigger starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -67,7 +70,21 @@ impl Invoker {
                 *resp.status_mut() = http::StatusCode::NO_CONTENT;
                 resp.headers_mut().insert(
                     http::header::ALLOW,
-                    http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE"),
+                    http::HeaderValue::from_static(WORKFLOW_METHODS),
+                );
+                resp
+            }
+            // A HEAD request (a link checker, a monitor) must not have a run's
+            // side effects, and a run's headers cannot be known without one.
+            Target::Workflow(w) if req.method() == http::Method::HEAD => {
+                let mut resp = pool_manager::error::error_response(
+                    http::StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    &format!("workflow {w:?} runs on {WORKFLOW_METHODS}, never on HEAD"),
+                );
+                resp.headers_mut().insert(
+                    http::header::ALLOW,
+                    http::HeaderValue::from_static(WORKFLOW_METHODS),
                 );
                 resp
             }

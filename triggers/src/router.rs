@@ -19,6 +19,9 @@ pub const FUNCTION_PREFIX: &str = "/fission-function/";
 /// Answers one request on the router listener.
 pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<Body> {
     let invoker = &triggers.invoker;
+    if let Err(m) = engine::api::async_header(req.headers()) {
+        return error_response(StatusCode::BAD_REQUEST, "invalid_header", &m);
+    }
     // A clone of the URI shares its bytes: the path is borrowed from it, not copied.
     let uri = req.uri().clone();
     let path = uri.path();

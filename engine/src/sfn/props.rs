@@ -596,7 +596,7 @@ impl<'w> Sim<'w> {
                     at: self.now,
                 });
             }
-            builtins::Outcome::Fail(error) => {
+            builtins::Outcome::Fail(error) | builtins::Outcome::Invalid(error) => {
                 self.record(dispatched(inputs, None, self.now));
                 self.record(Event::TaskFailed {
                     task: task.into(),
