@@ -217,6 +217,15 @@ impl Recorded<'_> {
     }
 }
 
+/// Where `workflows` keeps a deleted workflow's last version number ('\0'
+/// starts no name): one made again under the name goes on from it.
+fn retired_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 1);
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
 fn rec<'a>(
     tree: &'a sled::transaction::TransactionalTree,
     id: T,
@@ -1035,7 +1044,18 @@ impl RunStore for SledStore {
                 (false, None) => {
                     return Err(abort(StoreError::NotFound(format!("workflow {name:?}"))))
                 }
-                (_, l) => l.unwrap_or(0) + 1,
+                (_, Some(l)) => l + 1,
+                // Made again after a delete: its numbers go on from the deleted
+                // one's, so that the old runs' versions name no new source.
+                (true, None) => {
+                    let retired = workflows.get(retired_key(name))?;
+                    if retired.is_some() {
+                        workflows.remove(retired_key(name))?;
+                    }
+                    retired.map_or(0, |v| {
+                        u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]))
+                    }) + 1
+                }
             };
             let wv = WorkflowVersion {
                 name: name.to_string(),
@@ -1090,6 +1110,9 @@ impl RunStore for SledStore {
         let mut out = Vec::new();
         for kv in self.workflows.iter() {
             let (k, _) = kv?;
+            if k.starts_with(&[0]) {
+                continue; // a deleted workflow's last version number
+            }
             let name = String::from_utf8_lossy(&k).to_string();
             if let Some(w) = self.workflow(&name, None)? {
                 out.push(w);
@@ -1100,14 +1123,19 @@ impl RunStore for SledStore {
 
     fn delete_workflow(&self, name: &str) -> Result<bool> {
         let deleted = self.write(|c| {
-            let existed = self.workflows.remove(name.as_bytes())?.is_some();
+            let existed = self.workflows.remove(name.as_bytes())?;
             c.remove(T::Workflows as u8, name.as_bytes());
+            if let Some(last) = &existed {
+                let key = retired_key(name);
+                self.workflows.insert(&key, last)?;
+                c.insert(T::Workflows as u8, &key, last);
+            }
             for kv in self.wf_versions.scan_prefix(scoped(name)) {
                 let k = kv?.0;
                 self.wf_versions.remove(&k)?;
                 c.remove(T::WfVersions as u8, &k);
             }
-            Ok(existed)
+            Ok(existed.is_some())
         });
         // After the removal, so that no reader keeps what it read before.
         self.forget_latest(name);
@@ -1471,6 +1499,18 @@ mod tests {
         assert!(s.delete_workflow("a").unwrap());
         assert!(!s.workflow_exists("a"));
         assert!(s.workflow("a", None).unwrap().is_none());
+        assert!(s.list_workflows().unwrap().is_empty());
+        // Made again, it goes on from the deleted one's versions (its old runs
+        // name 1 and 2), and is listed once.
+        let again = s.put_workflow("a", "z", &spec, true, 3).unwrap();
+        assert_eq!(again.version, 3);
+        assert_eq!(s.workflow_versions("a").unwrap().len(), 1);
+        assert_eq!(s.list_workflows().unwrap().len(), 1);
+        assert!(s.workflow("a", Some(1)).unwrap().is_none());
+        assert_eq!(
+            s.put_workflow("a", "w", &spec, false, 4).unwrap().version,
+            4
+        );
     }
 
     pub(super) fn succeeded(at: Millis) -> Event {
