@@ -404,3 +404,35 @@ fn an_rfc_0022_workflow_is_validated_offline_with_its_place_in_the_file() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("references Function default/check"), "{err}");
 }
+
+/// A project whose workflow runs another of its workflows is destroyed whole:
+/// the one run by the other is deleted after it (the server refuses it before).
+#[test]
+fn destroy_deletes_a_workflow_after_the_workflow_that_runs_it() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("inner.wf.yaml"),
+        "output: A\ntasks:\n  A:\n    run: noop\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("outer.wf.yaml"),
+        "output: B\ntasks:\n  B:\n    run: inner\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("fusion.yaml"),
+        "kind: DeploymentConfig\nname: chain\nuid: 6c0e3d5e-2b1f-4f4e-9a51-0d1f5e2c7a90\n---\nkind: Workflow\nname: inner\nfile: inner.wf.yaml\n---\nkind: Workflow\nname: outer\nfile: outer.wf.yaml\n",
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(dir, &["spec", "apply", "-f", "."]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (st, _) = s.call("DELETE", "/v1/workflows/inner", None);
+    assert_eq!(st, 409);
+    let (code, out, err) = s.cli_in(dir, &["spec", "destroy", "-f", "."]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("deleted   Workflow inner"), "{out}");
+    assert!(names(&s, "/v1/workflows").is_empty());
+}

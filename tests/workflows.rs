@@ -1462,3 +1462,41 @@ fn foreach_runs_a_whole_workflow_per_item_at_most_concurrency_at_once() {
         "{e}"
     );
 }
+
+/// A function or a workflow that stored workflows run is not deleted from under
+/// them (their runs would all fail): 409 naming them, until they are changed or
+/// deleted. A Fission `Workflow`'s Task functions count too.
+#[test]
+fn what_stored_workflows_run_is_not_deleted_from_under_them() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    s.function("echo", "binary", "echo.sh", "#!/bin/sh\ncat\n", json!({}));
+    s.workflow(
+        "inner",
+        "output: A\ntasks:\n  A:\n    run: echo\n    inputs: \"{ param() }\"\n",
+    );
+    s.workflow(
+        "outer",
+        "output: B\ntasks:\n  B:\n    run: foreach\n    inputs:\n      foreach: [1]\n      do: {run: inner}\n",
+    );
+    let machine = "apiVersion: fission.io/v1\nkind: Workflow\nmetadata:\n  name: machine\nspec:\n  startAt: Call\n  states:\n    Call:\n      type: Task\n      function: {name: echo}\n      end: true\n";
+    s.workflow("machine", machine);
+    let refused = |path: &str, users: &[&str]| {
+        let (st, body) = s.call("DELETE", path, None);
+        assert_eq!(st, 409, "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("run by workflows"), "{body}");
+        for u in users {
+            assert!(message.contains(u), "{u}: {body}");
+        }
+    };
+    refused("/v1/functions/echo", &["inner", "machine"]);
+    refused("/v1/workflows/inner", &["outer"]);
+    assert_eq!(s.invoke("outer", "text/plain", "hi").0, 200);
+    // Once nothing runs them, they go.
+    assert_eq!(s.call("DELETE", "/v1/workflows/outer", None).0, 204);
+    assert_eq!(s.call("DELETE", "/v1/workflows/inner", None).0, 204);
+    refused("/v1/functions/echo", &["machine"]);
+    assert_eq!(s.call("DELETE", "/v1/workflows/machine", None).0, 204);
+    assert_eq!(s.call("DELETE", "/v1/functions/echo", None).0, 204);
+}

@@ -178,10 +178,16 @@ fn workflow_json(w: &WorkflowVersion, full: bool) -> Value {
         "version": w.version,
         "created_at": w.created_at,
         "description": w.spec.description,
+        "format": if w.spec.state_machine.is_some() { "rfc-0022" } else { "fission-workflows" },
     });
     if full {
         v["source"] = json!(w.source);
-        v["spec"] = json!(w.spec);
+        // A Fission `Workflow`'s spec is its state machine, as its document's
+        // `spec` holds it (not the engine's empty task graph around it).
+        v["spec"] = match &w.spec.state_machine {
+            Some(machine) => json!(machine),
+            None => json!(w.spec),
+        };
     }
     v
 }

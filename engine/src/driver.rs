@@ -600,6 +600,18 @@ impl Engine {
         Ok(self.store.flush().await?)
     }
 
+    /// The stored workflows (their latest versions) that run `name`, a
+    /// function's key or a workflow's name, by name; a workflow running
+    /// itself is left out.
+    pub fn workflows_running(&self, name: &str) -> Result<Vec<String>, EngineError> {
+        Ok(self
+            .list_workflows()?
+            .into_iter()
+            .filter(|w| w.name != name && crate::validate::names_run_by(&w.spec).contains(name))
+            .map(|w| w.name)
+            .collect())
+    }
+
     pub fn delete_workflow(&self, name: &str) -> Result<(), EngineError> {
         if self.store.delete_workflow(name)? {
             Ok(())

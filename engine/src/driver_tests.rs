@@ -644,6 +644,23 @@ mod api {
         assert_eq!((s, v["version"].clone()), (StatusCode::OK, json!(1)));
         let (_, _, v) = call(&app, req("GET", "/v1/workflows", "")).await;
         assert_eq!(v.as_array().unwrap().len(), 1);
+        assert_eq!(v[0]["format"], "fission-workflows");
+        // A Fission `Workflow` reads back as its own spec, not the engine's
+        // task graph around it.
+        let machine = "apiVersion: fission.io/v1\nkind: Workflow\nmetadata:\n  name: machine\nspec:\n  startAt: Call\n  states:\n    Call:\n      type: Task\n      function: {name: echo}\n      end: true\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows", machine)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (_, _, v) = call(&app, req("GET", "/v1/workflows/machine", "")).await;
+        assert_eq!(v["format"], "rfc-0022", "{v}");
+        assert_eq!(v["spec"]["startAt"], "Call", "{v}");
+        assert_eq!(
+            v["spec"]["states"]["Call"]["function"]["name"], "echo",
+            "{v}"
+        );
+        assert!(v["spec"].get("tasks").is_none(), "{v}");
+        assert!(v["spec"].get("state_machine").is_none(), "{v}");
+        let (s, _, _) = call(&app, req("DELETE", "/v1/workflows/machine", "")).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
 
         // Synchronous invoke: text body in, text out.
         let (s, h, v) = call(&app, req("POST", "/v1/workflows/hello/invoke", "ping")).await;

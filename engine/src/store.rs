@@ -1471,7 +1471,7 @@ mod tests {
         assert_eq!(latest(&s), None);
         assert!(!s.workflow_exists("w"));
         s.put_workflow("w", "again", &spec, true, 3).unwrap();
-        assert_eq!(latest(&s), Some((1, "again".into())));
+        assert_eq!(latest(&s), Some((3, "again".into())));
         assert_eq!(s.list_workflows().unwrap()[0].source, "again");
     }
 

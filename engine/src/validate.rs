@@ -1,7 +1,7 @@
 //! Validation of a workflow document before it is stored. Every error carries a
 //! stable code and the line and column in the YAML source at fault.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -826,6 +826,40 @@ fn count_embedded_key(v: &Value, key: &str, n: &mut usize) {
         Value::Array(items) => items.iter().for_each(|x| count_embedded_key(x, key, n)),
         _ => {}
     }
+}
+
+/// The functions and workflows a stored workflow runs by name: its tasks',
+/// those of the tasks and workflows embedded in built-ins' inputs, and a
+/// Fission `Workflow`'s Task functions. (What an expression or a built-in's
+/// output picks while a run goes is not known before.)
+pub fn names_run_by(spec: &WorkflowSpec) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut add = |run: &str| {
+        let target = run_target(run);
+        if run.starts_with(crate::spec::FISSION_SCHEME) || !is_builtin(&target) {
+            out.insert(target.into_owned());
+        }
+    };
+    for task in spec.tasks.values() {
+        add(&task.run);
+        let mut nested = Vec::new();
+        if let Some(inputs) = &task.inputs {
+            embedded_runs(inputs, &mut nested);
+        }
+        nested.iter().for_each(|r| add(r));
+    }
+    if let Some(machine) = &spec.state_machine {
+        let states = machine.states.values();
+        let in_branches = states
+            .clone()
+            .flat_map(|st| st.branches.iter().flat_map(|b| b.states.values()));
+        for st in states.chain(in_branches) {
+            if let Some(f) = &st.function {
+                out.insert(f.name.clone());
+            }
+        }
+    }
+    out
 }
 
 fn embedded_runs(v: &Value, out: &mut Vec<String>) {

@@ -380,6 +380,7 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
     if opts.delete && result.is_ok() {
         kept.sort_by_key(|a| a.delete_rank());
         let mut still = Vec::new();
+        let mut gone = Vec::new();
         for a in kept {
             // A custom resource's now: not this project's to delete.
             if let Some(Owner::CustomResource(cr)) = owners.get(&a) {
@@ -389,7 +390,10 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
                 ));
                 continue;
             }
-            match delete_if_present(client, &a).await {
+            gone.push(a);
+        }
+        for (a, r) in delete_all(client, gone).await {
+            match r {
                 Ok(()) => summary.add("deleted", a.label()),
                 Err(e) => {
                     if result.is_ok() {
@@ -636,6 +640,38 @@ pub(crate) async fn apply_workflow(
     }
 }
 
+/// Deletes `items`, triggers first and environments last. One that another of
+/// them still uses (a 409: a workflow that another workflow runs, a function
+/// such a workflow runs) is tried again after the rest, until a round deletes
+/// nothing more. Each item's result, in the order they ended.
+async fn delete_all(client: &Client, mut items: Vec<Applied>) -> Vec<(Applied, Result<()>)> {
+    items.sort_by_key(|a| a.delete_rank());
+    let mut done = Vec::new();
+    loop {
+        let mut progress = false;
+        let mut in_use = Vec::new();
+        for a in items {
+            match delete_if_present(client, &a).await {
+                Err(e)
+                    if e.downcast_ref::<crate::client::ApiError>()
+                        .is_some_and(|api| api.status == 409) =>
+                {
+                    in_use.push((a, e))
+                }
+                r => {
+                    progress |= r.is_ok();
+                    done.push((a, r));
+                }
+            }
+        }
+        if in_use.is_empty() || !progress {
+            done.extend(in_use.into_iter().map(|(a, e)| (a, Err(e))));
+            return done;
+        }
+        items = in_use.into_iter().map(|(a, _)| a).collect();
+    }
+}
+
 pub(crate) async fn delete_if_present(client: &Client, a: &Applied) -> Result<()> {
     match client.delete(&a.path()).await {
         Ok(()) => Ok(()),
@@ -680,6 +716,7 @@ pub async fn destroy(client: &Client, source: &Source) -> Result<()> {
     let custom_resources = custom_resource_owners(client).await?;
     let mut order: Vec<&Applied> = rec.resources.iter().collect();
     order.sort_by_key(|a| a.delete_rank());
+    let mut present = Vec::new();
     for a in order {
         if let Some(cr) = custom_resources.get(a) {
             println!(
@@ -688,11 +725,21 @@ pub async fn destroy(client: &Client, source: &Source) -> Result<()> {
             );
             continue;
         }
-        let exists = client.get_opt::<Value>(&a.path()).await?.is_some();
-        if exists {
-            delete_if_present(client, a).await?;
-            println!("deleted   {}", a.label());
+        if client.get_opt::<Value>(&a.path()).await?.is_some() {
+            present.push(a.clone());
         }
+    }
+    let mut failed = None;
+    for (a, r) in delete_all(client, present).await {
+        match r {
+            Ok(()) => println!("deleted   {}", a.label()),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     match client.delete(&format!("/v1/deployments/{uid}")).await {
         Ok(()) => Ok(()),

@@ -44,6 +44,15 @@ impl Invoker {
         self.workflows.exists(name)
     }
 
+    /// The stored workflows that run `name` (a function's key or a workflow's
+    /// name), by name.
+    pub fn workflows_running(&self, name: &str) -> pool_manager::error::Result<Vec<String>> {
+        self.workflows
+            .engine
+            .workflows_running(name)
+            .map_err(|e| pool_manager::Error::Storage(e.to_string()))
+    }
+
     pub fn exists(&self, target: &Target) -> bool {
         match target {
             Target::Function(f) => self.function_exists(f),

@@ -49,7 +49,8 @@ impl Triggers {
         }))
     }
 
-    /// Refuses when triggers still target workflow `name` (before it is deleted).
+    /// Refuses when other workflows run workflow `name`, or triggers target
+    /// it (before it is deleted).
     pub fn check_workflow_unused(&self, name: &str) -> Result<()> {
         let routes = self.routes.list()?;
         let routes = routes
@@ -59,6 +60,7 @@ impl Triggers {
             "workflow",
             name,
             [
+                ("workflows", self.invoker.workflows_running(name)?),
                 ("routes", routes.map(Route::key).collect()),
                 (
                     "time triggers",
@@ -78,12 +80,14 @@ impl Triggers {
         )
     }
 
-    /// Refuses when triggers still target function `key` (before it is deleted).
+    /// Refuses when workflows run function `key`, or triggers target it
+    /// (before it is deleted).
     pub fn check_function_unused(&self, key: &str) -> Result<()> {
         in_use(
             "function",
             key,
             [
+                ("workflows", self.invoker.workflows_running(key)?),
                 (
                     "routes",
                     keys(self.routes.targeting_function(key)?, Route::key),
@@ -111,11 +115,17 @@ fn keys<T>(items: Vec<T>, key: fn(&T) -> String) -> Vec<String> {
     items.iter().map(key).collect()
 }
 
-/// A conflict naming the first kind of trigger that still targets `name`.
+/// A conflict naming the first kind of user (workflows, then triggers) that
+/// still runs or targets `name`.
 fn in_use<const N: usize>(what: &str, name: &str, users: [(&str, Vec<String>); N]) -> Result<()> {
     match users.into_iter().find(|(_, keys)| !keys.is_empty()) {
         Some((kind, keys)) => Err(Error::Conflict(format!(
-            "{what} {name:?} is the target of {kind} {}; delete them first",
+            "{what} {name:?} is {} {kind} {}; delete or change them first",
+            if kind == "workflows" {
+                "run by"
+            } else {
+                "the target of"
+            },
             keys.join(", ")
         ))),
         None => Ok(()),
