@@ -328,6 +328,10 @@ struct EnvironmentStatus {
     /// Settings of the environment its backend cannot enforce.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     not_enforced: Vec<String>,
+    /// Its pool of generic instances: how many are ready, how many starting,
+    /// and why the last one failed to start, if none has since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<pool_manager::PoolHealth>,
 }
 
 /// What the process backend (the fallback without containers) cannot
@@ -355,6 +359,7 @@ impl AppState {
         let isolation = self.pool.isolation();
         EnvironmentView {
             status: EnvironmentStatus {
+                pool: self.pool.pool_health(&env.key()),
                 not_enforced: not_enforced(&env, &isolation),
                 isolation,
                 image,

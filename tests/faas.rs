@@ -1249,3 +1249,71 @@ fn a_client_that_sends_its_body_too_slowly_gets_504_and_the_instance_lives_on() 
     assert_eq!(s.get("/fission-function/upload").text().unwrap(), "got 0");
     assert_eq!(s.instances("upload")[0]["id"], before);
 }
+
+/// An environment says how its pool stands: instances ready, and why the last
+/// one failed to start (an environment whose command cannot start would
+/// otherwise only show in the server's log); the CLI warns of the failure.
+#[test]
+fn an_environment_shows_its_pool_and_why_an_instance_failed_to_start() {
+    let s = Server::start();
+    s.env("ok", "binary", 1);
+    // The CLI splits a command as a shell would, and shows it so.
+    let command = "/bin/sh -c 'echo no runtime here; exit 3'";
+    let (code, _, err) = s.cli(&[
+        "env",
+        "create",
+        "--name",
+        "broken",
+        "--command",
+        command,
+        "--poolsize",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let env = s.ok("GET", "/v1/environments/broken", None);
+    assert_eq!(
+        env["command"],
+        json!(["/bin/sh", "-c", "echo no runtime here; exit 3"])
+    );
+    let (_, out, _) = s.cli(&["env", "list"]);
+    assert!(out.contains(command), "{out}");
+    let (code, _, err) = s.cli(&[
+        "env",
+        "create",
+        "--name",
+        "unclosed",
+        "--command",
+        "sh -c 'exit",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unclosed quote"), "{err}");
+    eventually(Duration::from_secs(30), "a ready instance of ok", || {
+        s.ok("GET", "/v1/environments/ok", None)["status"]["pool"]["ready"] == 1
+    });
+    let ok = s.ok("GET", "/v1/environments/ok", None);
+    assert!(
+        ok["status"]["pool"].get("last_start_failure").is_none(),
+        "{ok}"
+    );
+    eventually(Duration::from_secs(30), "broken's start failure", || {
+        s.ok("GET", "/v1/environments/broken", None)["status"]["pool"]
+            .get("last_start_failure")
+            .is_some()
+    });
+    let env = s.ok("GET", "/v1/environments/broken", None);
+    assert_eq!(env["status"]["pool"]["ready"], 0, "{env}");
+    let failure = &env["status"]["pool"]["last_start_failure"];
+    assert!(
+        failure["at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{env}"
+    );
+    let (code, out, err) = s.cli(&["env", "get", "broken"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("READY"), "{out}");
+    assert!(
+        err.contains("warning: environment broken: an instance failed to start at"),
+        "{err}"
+    );
+    let (_, _, err) = s.cli(&["env", "get", "ok"]);
+    assert!(!err.contains("warning"), "{err}");
+}

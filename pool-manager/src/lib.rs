@@ -26,7 +26,7 @@ mod pool_tests;
 pub use backend::{Backend, Isolation, LaunchConfig};
 pub use build::{BuildStatus, Package, PackageStatus};
 pub use error::{Error, Result};
-pub use pool::{InstanceInfo, Lease, PoolConfig, PoolManager};
+pub use pool::{InstanceInfo, Lease, PoolConfig, PoolHealth, PoolManager, StartFailure};
 pub use resources::{
     Environment, ExecutorType, Function, FunctionPackage, ImageUse, NamedPackageRef, Network,
     ObjectRef, PackageKind, PackageRef, Runtime,

@@ -82,6 +82,27 @@ struct EnvPool {
     generic: Vec<Arc<Instance>>,
     starting: usize,
     refilling: bool,
+    /// Why its last instance failed to start, until one starts.
+    start_failure: Option<StartFailure>,
+}
+
+/// How an environment's pool stands: what `fusion env get` shows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PoolHealth {
+    /// Generic instances ready to be specialized.
+    pub ready: usize,
+    /// Instances being started for the pool.
+    pub starting: usize,
+    /// Why the last instance failed to start, if none has started since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_start_failure: Option<StartFailure>,
+}
+
+/// An instance that failed to start: when (RFC 3339) and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StartFailure {
+    pub at: String,
+    pub message: String,
 }
 
 struct FnPool {
@@ -210,6 +231,7 @@ impl PoolManager {
                     generic: Vec::new(),
                     starting: 0,
                     refilling: false,
+                    start_failure: None,
                 },
             );
         }
@@ -278,6 +300,16 @@ impl PoolManager {
 
     pub fn logs(&self) -> &Arc<Logs> {
         &self.inner.logs
+    }
+
+    /// How environment `key`'s pool stands, or None for no such environment.
+    pub fn pool_health(&self, key: &str) -> Option<PoolHealth> {
+        let st = lock(&self.inner.state);
+        st.envs.get(key).map(|p| PoolHealth {
+            ready: p.generic.len(),
+            starting: p.starting,
+            last_start_failure: p.start_failure.clone(),
+        })
     }
 
     pub fn instances(&self, function: Option<&str>) -> Vec<InstanceInfo> {
@@ -723,6 +755,7 @@ impl Inner {
                             generic: Vec::new(),
                             starting: 0,
                             refilling: false,
+                            start_failure: None,
                         },
                     );
                     Vec::new()
@@ -830,9 +863,21 @@ impl Inner {
             .await;
         let started = started.map(|handle| {
             let instance = Arc::new(Instance::new(id, env.key(), handle, owner));
-            lock(&self.state).all.insert(id, instance.clone());
+            let mut st = lock(&self.state);
+            st.all.insert(id, instance.clone());
+            if let Some(pool) = st.envs.get_mut(&env.key()) {
+                pool.start_failure = None;
+            }
             instance
         });
+        if let Err(e) = &started {
+            if let Some(pool) = lock(&self.state).envs.get_mut(&env.key()) {
+                pool.start_failure = Some(StartFailure {
+                    at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                    message: e.to_string(),
+                });
+            }
+        }
         self.starting.fetch_sub(1, Ordering::SeqCst);
         if self.closing.load(Ordering::SeqCst) {
             if let Ok(instance) = &started {

@@ -14,7 +14,8 @@ pub(super) struct EnvFields {
     /// A bundled runtime: python, nodejs or binary.
     #[arg(long)]
     runtime: Option<String>,
-    /// Or any command that speaks the runtime protocol (split on spaces).
+    /// Or any command that speaks the runtime protocol (split as a shell would:
+    /// `--command "sh -c 'exec my-runtime'"`).
     #[arg(long, conflicts_with = "runtime")]
     command: Option<String>,
     /// Or an image: an OCI layout directory or oci-archive tar on this machine
@@ -55,7 +56,8 @@ pub(super) enum EnvVerb {
         #[command(flatten)]
         fields: EnvFields,
     },
-    /// Show an environment and the isolation its instances get.
+    /// Show an environment, the isolation its instances get and how its pool
+    /// stands (a warning says why an instance last failed to start).
     Get {
         #[command(flatten)]
         name: Name,
@@ -88,6 +90,7 @@ pub(super) const ENV_COLUMNS: &[(&str, &str)] = &[
     ("COMMAND", "/command"),
     ("IMAGE", "/image"),
     ("POOLSIZE", "/poolsize"),
+    ("READY", "/status/pool/ready"),
     ("MEMORY_MB", "/memory_mb"),
     ("NETWORK", "/network"),
     ("ISOLATION", "/status/isolation/backend"),
@@ -104,7 +107,20 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
             envs.create(&c, opts, &body).await?;
             say_image_use(&c, opts, &name).await
         }
-        EnvVerb::Get { name } => envs.show(&c, opts, &name.get()).await,
+        EnvVerb::Get { name } => {
+            let name = name.get();
+            let env: Value = c.get(&envs.item(opts, &name)).await?;
+            super::output::print(opts, &env, envs.columns);
+            // Why its pool may be short, where it cannot be missed.
+            if let Some(failure) = env.pointer("/status/pool/last_start_failure") {
+                eprintln!(
+                    "warning: environment {name}: an instance failed to start at {}: {}",
+                    failure["at"].as_str().unwrap_or("?"),
+                    failure["message"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
         EnvVerb::List => envs.list(&c, opts).await,
         EnvVerb::Update { name, fields } => {
             let name = name.get();
@@ -173,7 +189,10 @@ pub(super) fn merge_env(body: &mut Value, f: EnvFields) -> Result<()> {
         only("runtime", json!(r));
     }
     if let Some(cmd) = f.command {
-        only("command", json!(cmd.split_whitespace().collect::<Vec<_>>()));
+        let words = shlex::split(&cmd)
+            .filter(|w| !w.is_empty())
+            .ok_or_else(|| anyhow!("--command {cmd:?} is not a command (an unclosed quote?)"))?;
+        only("command", json!(words));
     }
     if let Some(image) = f.image {
         // A path is read by the server from its own disk: send it absolute. Anything

@@ -23,6 +23,11 @@ pub(super) fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) 
         match row.pointer(ptr) {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => s.clone(),
+            // A command reads as it would be typed (and is given to --command).
+            Some(Value::Array(a)) if ptr == "/command" => {
+                let words: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+                shlex::try_join(words).unwrap_or_default()
+            }
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|v| {
