@@ -169,6 +169,16 @@ fn a_killed_server_resumes_its_runs_without_repeating_finished_tasks() {
     assert_eq!(keys.len(), 2, "{calls:?}");
     assert_eq!(keys[0], keys[1]);
     assert!(keys[0].contains(&id), "the key names the run: {keys:?}");
+    // And its history says so: taken up again, with task Two's call repeated.
+    let events = s.ok("GET", &format!("/v1/runs/{id}/events"), None);
+    let resumed: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "RunResumed")
+        .collect();
+    assert_eq!(resumed.len(), 1, "{events}");
+    assert_eq!(resumed[0]["repeated"], json!(["Two"]), "{events}");
 }
 
 #[test]

@@ -1064,6 +1064,22 @@ impl Actor {
                     })
                     .collect::<Vec<_>>(),
             );
+            let again: Vec<External> = again.collect();
+            // The run's history says that it was taken up again, and which
+            // calls were made a second time (their functions may see both).
+            let repeated = again
+                .iter()
+                .filter_map(|e| match e {
+                    External::Call { task, .. }
+                    | External::Http { task, .. }
+                    | External::Notify { task, .. } => Some(task.clone()),
+                    External::Timer(_) | External::Abort(_) => None,
+                })
+                .collect();
+            self.record(Event::RunResumed {
+                repeated,
+                at: self.engine.clock.now_ms(),
+            });
             for ext in again {
                 self.perform(ext);
             }

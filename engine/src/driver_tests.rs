@@ -568,6 +568,15 @@ async fn recovery_redispatches_in_flight_with_same_key() {
     let events = e2.run_events(&started.id).unwrap();
     assert_eq!(events.iter().filter(|e| e.is_terminal()).count(), 1);
     assert!(matches!(events.last(), Some(Event::RunSucceeded { .. })));
+    // Its history says it was taken up again, and which call was repeated.
+    let resumed: Vec<&Vec<String>> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunResumed { repeated, .. } => Some(repeated),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resumed, vec![&vec!["B".to_string()]]);
 }
 
 #[tokio::test(start_paused = true)]

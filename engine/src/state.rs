@@ -127,6 +127,15 @@ pub enum Event {
         reason: String,
         at: Millis,
     },
+    /// The server started again while the run was unfinished (after a crash
+    /// or a stop) and took it up: the calls of the `repeated` tasks, in flight
+    /// then, were made again with the same idempotency keys (and callback URLs
+    /// not yet handed out, handed out again).
+    RunResumed {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        repeated: Vec<String>,
+        at: Millis,
+    },
     RunSucceeded {
         output: Value,
         #[serde(default)]
@@ -159,6 +168,7 @@ impl Event {
             | Event::CallbackNotified { at, .. }
             | Event::CallbackCompleted { at, .. }
             | Event::TaskCancelled { at, .. }
+            | Event::RunResumed { at, .. }
             | Event::RunSucceeded { at, .. }
             | Event::RunFailed { at, .. }
             | Event::RunCancelled { at, .. } => *at,
@@ -179,6 +189,7 @@ impl Event {
             | Event::TaskCancelled { task, .. } => Some(task),
             Event::TasksAdded { parent, .. } => Some(parent),
             Event::RunStarted { .. }
+            | Event::RunResumed { .. }
             | Event::RunSucceeded { .. }
             | Event::RunFailed { .. }
             | Event::RunCancelled { .. } => None,
@@ -1041,6 +1052,8 @@ fn apply_event(s: &mut RunState, event: &Event) {
                 }
             }
         }
+        // A fact for its history: the state it resumed is the one it had.
+        Event::RunResumed { .. } => {}
         Event::RunSucceeded { at, .. }
         | Event::RunFailed { at, .. }
         | Event::RunCancelled { at, .. } => {
