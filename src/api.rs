@@ -486,11 +486,30 @@ async fn all_instances(State(s): State<AppState>) -> Json<Vec<pool_manager::Inst
 struct LogQuery {
     #[serde(default)]
     follow: bool,
+    /// Only the last this many lines of what is there (then, with `follow`,
+    /// what comes).
+    tail: Option<usize>,
     namespace: Option<String>,
 }
 
-/// The function's log; with `follow=true`, the stream stays open and new lines
-/// arrive as instances write them.
+/// The last `n` lines of `text`.
+fn last_lines(text: Vec<u8>, n: usize) -> Vec<u8> {
+    let body = text.strip_suffix(b"\n").unwrap_or(&text);
+    let start = body
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(n.saturating_sub(1))
+        .map_or(0, |(i, _)| i + 1);
+    if n == 0 {
+        return Vec::new();
+    }
+    text[start..].to_vec()
+}
+
+/// The function's log (its last `tail` lines); with `follow=true`, the stream
+/// stays open and new lines arrive as instances write them.
 async fn fn_logs(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -503,7 +522,10 @@ async fn fn_logs(
     s.pool.function(&name)?;
     let logs = s.pool.logs().clone();
     let follower = q.follow.then(|| logs.follow(&name));
-    let existing = logs.read(&name).await;
+    let mut existing = logs.read(&name).await;
+    if let Some(n) = q.tail {
+        existing = last_lines(existing, n);
+    }
     let head =
         futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(existing)) });
     let body = match follower {
@@ -701,6 +723,18 @@ mod tests {
 
     fn message(e: Error) -> String {
         e.to_string()
+    }
+
+    #[test]
+    fn a_logs_tail_is_its_last_lines() {
+        let tail = |text: &str, n| String::from_utf8(last_lines(text.into(), n)).unwrap();
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail("a\nb\nc\n", 3), "a\nb\nc\n");
+        assert_eq!(tail("a\nb\nc\n", 10), "a\nb\nc\n");
+        assert_eq!(tail("a\nb\nc\n", 1), "c\n");
+        assert_eq!(tail("a\nb\nc\n", 0), "");
+        assert_eq!(tail("a\nb", 1), "b");
+        assert_eq!(tail("", 5), "");
     }
 
     #[test]

@@ -633,6 +633,29 @@ fn the_cli_manages_resources_and_tests_functions() {
     assert_eq!(s.get("/hello").text().unwrap(), "hello from python\n");
     let logs = run(&["fn", "logs", "--name", "hello"]);
     assert!(logs.contains("specialized"), "{logs}");
+    // The last line only; as JSON, one object per line with its parts.
+    let last = run(&["fn", "logs", "--name", "hello", "--tail", "1"]);
+    assert_eq!(last.lines().count(), 1, "{last}");
+    assert_eq!(
+        Some(last.as_str()),
+        logs.lines().last().map(|l| format!("{l}\n")).as_deref()
+    );
+    let json = run(&["fn", "logs", "--name", "hello", "-o", "json"]);
+    let entries: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), logs.lines().count(), "{json}");
+    let specialized = entries
+        .iter()
+        .find(|e| e["message"].as_str().unwrap_or("").contains("specialized"))
+        .unwrap_or_else(|| panic!("{json}"));
+    assert!(specialized["instance"].is_u64(), "{specialized}");
+    assert_eq!(specialized["stream"], "stderr", "{specialized}");
+    assert!(
+        specialized["at"].as_str().unwrap().ends_with('Z'),
+        "{specialized}"
+    );
     run(&["route", "delete", "--name", "hello"]);
     assert_eq!(s.get("/hello").status(), 404);
 }

@@ -167,6 +167,9 @@ pub(super) enum FnVerb {
         /// Keep printing new lines as they come.
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Only the last N lines (then, with --follow, what comes).
+        #[arg(long, value_name = "N", alias = "recordcount")]
+        tail: Option<usize>,
     },
     /// List the function's running instances.
     Instances {
@@ -383,19 +386,36 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 None => print!("{text}"),
             }
         }
-        FnVerb::Logs { name, follow } => {
+        FnVerb::Logs { name, follow, tail } => {
             let name = name.get();
             use futures_util::StreamExt;
             use std::io::Write;
             let path = format!("/v1/functions/{name}/logs{}", opts.ns_query());
-            let resp = c
-                .send(c.request(Method::GET, &path).query(&[("follow", follow)]))
-                .await?;
-            let mut stream = resp.bytes_stream();
+            let mut req = c.request(Method::GET, &path).query(&[("follow", follow)]);
+            if let Some(n) = tail {
+                req = req.query(&[("tail", n)]);
+            }
+            let mut stream = c.send(req).await?.bytes_stream();
             let mut out = std::io::stdout();
+            // `-o json`: one JSON object per line, cut on whole lines.
+            let mut partial: Vec<u8> = Vec::new();
             while let Some(chunk) = stream.next().await {
-                out.write_all(&chunk?)?;
+                let chunk = chunk?;
+                if !opts.json() {
+                    out.write_all(&chunk)?;
+                    out.flush()?;
+                    continue;
+                }
+                partial.extend_from_slice(&chunk);
+                while let Some(i) = partial.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=i).collect();
+                    let line = String::from_utf8_lossy(&line[..i]);
+                    writeln!(out, "{}", log_line_json(&line))?;
+                }
                 out.flush()?;
+            }
+            if opts.json() && !partial.is_empty() {
+                writeln!(out, "{}", log_line_json(&String::from_utf8_lossy(&partial)))?;
             }
         }
         FnVerb::Invocations {
@@ -427,4 +447,21 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A function's log line (`<time> [<instance> <stream>] <text>`) as JSON:
+/// `{"at", "instance", "stream", "message"}`; a line of another shape is all
+/// message.
+fn log_line_json(line: &str) -> Value {
+    let parsed = line.split_once(" [").and_then(|(at, rest)| {
+        let (tag, message) = rest.split_once("] ")?;
+        let (instance, stream) = tag.split_once(' ')?;
+        Some(json!({
+            "at": at,
+            "instance": instance.parse::<u64>().ok()?,
+            "stream": stream,
+            "message": message,
+        }))
+    });
+    parsed.unwrap_or_else(|| json!({ "message": line }))
 }
