@@ -515,7 +515,10 @@ impl Engine {
     /// does (`unknown_function`), each with its position.
     pub fn warnings(&self, source: &str) -> Vec<ValidationError> {
         if !crate::sfn::run::is_state_machine(source) {
-            return Vec::new();
+            let Ok(spec) = serde_yaml::from_str::<WorkflowSpec>(source) else {
+                return Vec::new();
+            };
+            return crate::validate::shadow_warnings(&spec, source, &|name| self.name_exists(name));
         }
         match crate::sfn::spec::parse_workflow(source) {
             Ok(parsed) => crate::sfn::ignored_namespace(&parsed, source)

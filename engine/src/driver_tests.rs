@@ -622,6 +622,34 @@ mod api {
             .unwrap()
     }
 
+    /// A task that runs a built-in also named by a function is stored with a
+    /// warning: the built-in runs (as in Fission Workflows), not the function.
+    #[tokio::test(start_paused = true)]
+    async fn a_builtin_shadowing_a_function_is_a_warning() {
+        let (db, fake) = setup();
+        fake.add("sleep", None, |_, _| text(200, "the function"));
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        let yaml = "output: A\ntasks:\n  A:\n    run: sleep\n    inputs: 1ms\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=nap", yaml)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let w = &v["warnings"][0];
+        assert_eq!(w["code"], "shadowed_by_builtin", "{v}");
+        assert_eq!(
+            (w["line"].clone(), w["column"].clone()),
+            (json!(4), json!(10)),
+            "{v}"
+        );
+        assert!(
+            w["message"].as_str().unwrap().contains("fission://sleep"),
+            "{v}"
+        );
+        let explicit = "output: A\ntasks:\n  A:\n    run: fission://sleep\n";
+        let (s, _, v) = call(&app, req("PUT", "/v1/workflows/nap", explicit)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert!(v.get("warnings").is_none(), "{v}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn workflow_and_run_endpoints() {
         let (db, fake) = setup();

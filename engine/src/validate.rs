@@ -138,6 +138,39 @@ pub fn parse_and_validate(
     }
 }
 
+/// What is worth telling about a stored Fission Workflows document: a task
+/// whose `run` names a built-in that a function or workflow is also named
+/// (`shadowed_by_builtin`): the built-in runs, as in Fission Workflows, and
+/// `fission://<name>` names the function.
+pub fn shadow_warnings(
+    spec: &WorkflowSpec,
+    source: &str,
+    exists: &dyn Fn(&str) -> bool,
+) -> Vec<ValidationError> {
+    let pos = Positions::new(source);
+    let at = At {
+        pos: &pos,
+        prefix: Vec::new(),
+        exact: true,
+    };
+    let mut out = Vec::new();
+    for (id, task) in &spec.tasks {
+        if is_builtin(&task.run) && exists(&task.run) {
+            let (line, column) = at.value(&["tasks", id, "run"]);
+            out.push(ValidationError {
+                code: "shadowed_by_builtin",
+                message: format!(
+                    "task {id:?} runs the built-in {0:?}, not the function or workflow named {0:?}; `run: fission://{0}` calls the function",
+                    task.run
+                ),
+                line,
+                column,
+            });
+        }
+    }
+    out
+}
+
 /// Semantic checks of a parsed workflow; positions are looked up in `source`.
 pub fn validate(
     spec: &WorkflowSpec,
