@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
                 )
             }),
         )
+        .route("/v1/version", get(version))
         .route("/v1/environments", get(list_envs).post(create_env))
         .route(
             "/v1/environments/{name}",
@@ -306,6 +307,14 @@ async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
         text,
     )
         .into_response())
+}
+
+/// The server's version and the backend its instances run on.
+async fn version(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "backend": s.pool.isolation().backend,
+    }))
 }
 
 // ---- environments ----

@@ -181,3 +181,27 @@ fn errors_name_the_mistake() {
         "{v}"
     );
 }
+
+/// `fusion version` says the client's version and the server's, with the
+/// backend the server runs; a server it cannot reach is an error after the
+/// client's line.
+#[test]
+fn version_names_the_client_and_the_server() {
+    let s = Server::start_with(&[("FUSION_BACKEND", "process")]);
+    let (rc, out, err) = s.cli(&["version"]);
+    assert_eq!(rc, 0, "{err}");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        out,
+        format!("client: fusion {version}\nserver: fusion {version} (process backend)\n")
+    );
+    let (rc, out, err) = s.cli(&["version", "-o", "json"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["server"]["backend"], "process", "{v}");
+    assert_eq!(v["client"]["version"], version, "{v}");
+    let (rc, out, err) = s.cli(&["version", "--server", "http://127.0.0.1:9"]);
+    assert_ne!(rc, 0);
+    assert_eq!(out, format!("client: fusion {version}\n"));
+    assert!(err.contains("cannot reach the Fusion API"), "{err}");
+}

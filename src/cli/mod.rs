@@ -271,6 +271,11 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// This client's version and the server's (and the backend it runs).
+    Version {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// The fetcher of a function pod (kubernetes backend): pulls the code the
     /// pool stages on the pod into its /userfunc volume.
     #[command(hide = true)]
@@ -284,6 +289,26 @@ enum Command {
         #[command(subcommand)]
         which: RuntimeKind,
     },
+}
+
+/// `fusion version`: the client's, then the server's (a server that cannot be
+/// reached is an error after the client's line, so scripts see both).
+async fn version(opts: &ClientOpts) -> Result<()> {
+    let client = env!("CARGO_PKG_VERSION");
+    if opts.json() {
+        let server: serde_json::Value = opts.client()?.get("/v1/version").await?;
+        let both = serde_json::json!({"client": {"version": client}, "server": server});
+        println!("{}", serde_json::to_string_pretty(&both)?);
+        return Ok(());
+    }
+    println!("client: fusion {client}");
+    let server: serde_json::Value = opts.client()?.get("/v1/version").await?;
+    println!(
+        "server: fusion {} ({} backend)",
+        server["version"].as_str().unwrap_or("?"),
+        server["backend"].as_str().unwrap_or("?")
+    );
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -321,6 +346,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Env { verb, opts, ns } => env::env_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Fn { verb, opts, ns } => function::fn_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Pkg { verb, opts } => pkg::pkg_cmd(verb, &opts).await,
+        Command::Version { opts } => version(&opts).await,
         Command::Route { verb, opts, ns } => route::route_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Timer { verb, opts, ns } => timer::timer_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Mqt { verb, opts, ns } => mqt::mqt_cmd(verb, &opts.in_namespace(ns)).await,
