@@ -26,7 +26,31 @@ mod workflows;
 
 use clap::Parser;
 
+/// The exit status of a process killed by SIGPIPE (128 + 13), as a shell
+/// reports `fusion run list | head -1`.
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Whether printing failed because the reader went away (`| head`).
+fn is_broken_pipe(message: &str) -> bool {
+    message.contains("Broken pipe") || message.contains("os error 32")
+}
+
 fn main() {
+    // A reader that stops early (`fusion run list | head -3`) ends the CLI
+    // quietly, as other command-line tools end, not with println!'s panic.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && is_broken_pipe(message) {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        default_hook(info);
+    }));
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
         Err(e) => {
@@ -58,6 +82,13 @@ fn main() {
     // Do not wait for stray blocking work (a log follower, a stdin watcher).
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     if let Err(e) = result {
+        let broken_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
         let mut msg = e.to_string();
         for cause in e.chain().skip(1) {
             msg.push_str(": ");

@@ -205,3 +205,26 @@ fn version_names_the_client_and_the_server() {
     assert_eq!(out, format!("client: fusion {version}\n"));
     assert!(err.contains("cannot reach the Fusion API"), "{err}");
 }
+
+/// A reader that goes away before the output (`fusion run list | head -1`)
+/// ends the CLI quietly with SIGPIPE's status, not with a panic.
+#[test]
+fn a_closed_output_pipe_ends_the_cli_quietly() {
+    let s = Server::start();
+    s.workflow("w", "output: A\ntasks:\n  A:\n    run: noop\n");
+    assert_eq!(s.invoke("w", "text/plain", "x").0, 204);
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["run", "list"])
+        .env("FUSION_URL", &s.api)
+        .env("FUSION_TOKEN", &s.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the CLI has its answer to print (a round trip away).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
