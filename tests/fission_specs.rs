@@ -436,3 +436,65 @@ fn destroy_deletes_a_workflow_after_the_workflow_that_runs_it() {
     assert!(out.contains("deleted   Workflow inner"), "{out}");
     assert!(names(&s, "/v1/workflows").is_empty());
 }
+
+/// What the server would refuse of a route or a document's apiVersion is
+/// refused offline, before anything is applied; an apply the server stops
+/// half-way says what it changed before its error; a resource no longer
+/// declared is named as kept.
+#[test]
+fn spec_checks_routes_offline_and_apply_says_what_it_did() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(specs.join("hello.py"), "def main():\n    return 'hi'\n").unwrap();
+    let base = "kind: DeploymentConfig\nname: checks\nuid: 3f0c7c9e-5d1a-4f5b-9d8e-2a6b7c8d9e0f\n---\nkind: Environment\nname: py\nruntime: python\npoolsize: 0\n---\nkind: Function\nname: hello\nenv: py\ncode: hello.py\n";
+    let trigger = |name: &str, spec: &str| {
+        format!("---\napiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: {name}\nspec:\n  functionref: {{type: name, name: hello}}\n{spec}")
+    };
+    let bad = [
+        trigger("noslash", "  relativeurl: noslash\n"),
+        trigger("typo", "  relativeurl: /typo\n  methods: [GETT]\n"),
+        trigger("scalar", "  relativeurl: /scalar\n  methods: GET\n"),
+        "---\napiVersion: fission.io/v2\nkind: Environment\nmetadata:\n  name: later\nspec:\n  runtime:\n    image: fission/python-env\n".to_string(),
+    ]
+    .concat();
+    std::fs::write(specs.join("all.yaml"), format!("{base}{bad}")).unwrap();
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_ne!(code, 0);
+    for wanted in [
+        "HTTPTrigger noslash: route url \"noslash\" must start with '/'",
+        "HTTPTrigger typo: route: unknown method \"GETT\"",
+        "`methods` must be a list",
+        "apiVersion \"fission.io/v2\": kind Environment is `apiVersion: fission.io/v1`",
+    ] {
+        assert!(err.contains(wanted), "{wanted}: {err}");
+    }
+    let (code, _, _) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_ne!(code, 0);
+    assert!(names(&s, "/v1/environments").is_empty());
+
+    // The server refuses the function (a workflow has its name) after the
+    // environment is made: apply says so before its error.
+    s.workflow("hello", "output: A\ntasks:\n  A:\n    run: noop\n");
+    std::fs::write(specs.join("all.yaml"), base).unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("created   Environment py"), "{out}");
+    assert!(err.contains("hello"), "{err}");
+    assert_eq!(s.call("DELETE", "/v1/workflows/hello", None).0, 204);
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Without the function's document, a plain apply keeps it and says so.
+    let env_only = base.split("---\nkind: Function").next().unwrap();
+    std::fs::write(specs.join("all.yaml"), env_only).unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "kept      Function hello (no longer declared; `spec apply --delete` deletes it)"
+        ),
+        "{out}"
+    );
+}

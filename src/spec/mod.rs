@@ -321,8 +321,10 @@ impl Summary {
     fn note(&mut self, line: String) {
         self.notes.push(line);
     }
-    fn print(&self) {
-        if self.lines.iter().all(|(v, _)| v == "unchanged") {
+    /// Prints what was done; `complete` is false when applying stopped at an
+    /// error (then only what changed is worth saying, before the error).
+    fn print(&self, complete: bool) {
+        if complete && self.lines.iter().all(|(v, _)| v == "unchanged") {
             println!("everything up to date ({} resources)", self.lines.len());
         }
         for (verb, what) in &self.lines {
@@ -405,6 +407,14 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
         }
         kept = still;
     }
+    if !opts.delete {
+        for a in &kept {
+            summary.note(format!(
+                "kept      {} (no longer declared; `spec apply --delete` deletes it)",
+                a.label()
+            ));
+        }
+    }
     if let Some(d) = &specs.deployment {
         // Recorded even when applying or deleting stopped half-way, so that
         // `destroy` and `--delete` still find everything that exists.
@@ -423,9 +433,9 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
             .await
             .context("cannot record what this project applied")?;
     }
-    result?;
-    summary.print();
-    Ok(())
+    // What was changed before an error is said before it.
+    summary.print(result.is_ok());
+    result
 }
 
 #[allow(clippy::too_many_arguments)]

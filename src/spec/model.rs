@@ -281,6 +281,24 @@ impl Specs {
     /// A `fission.io/v1` document: `metadata` and `spec`.
     fn read_fission(&mut self, doc: &Document, kind: Kind, namespace: &str) {
         let v = &doc.value;
+        let expected = match kind {
+            Kind::Secret | Kind::ConfigMap => "v1",
+            _ => "fission.io/v1",
+        };
+        match v.get("apiVersion") {
+            Some(Value::String(a)) if a == expected => {}
+            Some(other) => self.error(
+                doc.at("apiVersion"),
+                format!(
+                    "apiVersion {other}: kind {} is `apiVersion: {expected}`",
+                    kind.name()
+                ),
+            ),
+            None => self.error(
+                doc.at(""),
+                format!("kind {} needs `apiVersion: {expected}`", kind.name()),
+            ),
+        }
         let shape = match kind {
             Kind::Environment => ENVIRONMENT_FIELDS,
             Kind::Package => PACKAGE_FIELDS,
@@ -419,6 +437,23 @@ impl Specs {
     }
 
     fn push(&mut self, r: Resource, doc: &Document) {
+        // A route is checked offline as the server will check it (its URL,
+        // its methods), so that `validate` catches what `apply` would refuse
+        // half-way.
+        if r.kind == Kind::HttpTrigger {
+            let checked = serde_json::from_value::<triggers::Route>(r.body.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|route| route.validate().map_err(|e| e.to_string()));
+            if let Err(e) = checked {
+                let at = if r.fission {
+                    doc.at("spec")
+                } else {
+                    doc.at("")
+                };
+                self.error(at, format!("{} {}: {e}", r.kind.name(), r.name));
+                return;
+            }
+        }
         if let Some(first) = self.resources.iter().find(|o| o.key() == r.key()) {
             let first = first.at.clone();
             let label = r.label();
@@ -783,7 +818,14 @@ impl Specs {
                 .iter()
                 .filter_map(|m| m.as_str().map(str::to_string))
                 .collect(),
-            _ => Vec::new(),
+            None | Some(Value::Null) => Vec::new(),
+            Some(other) => {
+                self.error(
+                    doc.at("spec.methods"),
+                    format!("`methods` must be a list (`[GET, POST]`), not {other}"),
+                );
+                return false;
+            }
         };
         if let Some(m) = str_at(spec, "method").filter(|s| !s.is_empty()) {
             self.warn(
