@@ -105,14 +105,23 @@ impl Client {
             );
         }
         let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
+        let body = serde_json::from_str::<Value>(&text).ok();
+        let mut message = body
+            .as_ref()
             .and_then(|v| {
                 v.pointer("/error/message")
                     .and_then(Value::as_str)
                     .map(str::to_string)
             })
             .unwrap_or_else(|| text.trim().to_string());
+        // A workflow run that failed: where to look at it.
+        if let Some(id) = body
+            .as_ref()
+            .and_then(|v| v.pointer("/error/run_id"))
+            .and_then(Value::as_str)
+        {
+            message.push_str(&format!(" (run {id}: `fusion run get {id}`)"));
+        }
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(anyhow::Error::new(NotFound(message)));
         }

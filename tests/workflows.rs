@@ -639,6 +639,23 @@ fn the_cli_creates_invokes_and_routes_workflows() {
         .trim(),
         "hi ada"
     );
+    // A failed run's error names the run, to look at.
+    s.workflow(
+        "broken",
+        "output: A\ntasks:\n  A:\n    run: fail\n    inputs: out of stock\n",
+    );
+    let (code, _, err) = s.cli(&["wf", "invoke", "broken"]);
+    assert_ne!(code, 0);
+    let id = err
+        .split("`fusion run get ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(err.contains("out of stock"), "{err}");
+    assert_eq!(
+        s.ok("GET", &format!("/v1/runs/{id}"), None)["status"],
+        "failed"
+    );
     run(&["route", "create", "--url", "/hi", "--workflow", "hi"]);
     let r = s
         .http
@@ -1107,6 +1124,16 @@ fn the_run_commands_say_what_a_user_needs() {
         "{out}"
     );
     assert!(out.lines().any(|l| l.contains("RunFailed")), "{out}");
+    // Times as `run list` shows them (to the millisecond), not epoch numbers.
+    let first = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.starts_with("20") && first.split_whitespace().next().unwrap().ends_with('Z'),
+        "{out}"
+    );
+    // A range that cannot hold a run is a mistake, not an empty page.
+    let (rc, _, e) = s.cli(&["run", "list", "--since", "5m", "--until", "10m"]);
+    assert_ne!(rc, 0);
+    assert!(e.contains("is after until"), "{e}");
 
     // A second cancel: 409, in plain words.
     s.workflow(
@@ -1114,7 +1141,24 @@ fn the_run_commands_say_what_a_user_needs() {
         "apiVersion: 1\noutput: Nap\ntasks:\n  Nap:\n    run: sleep\n    inputs: 60s\n",
     );
     let nap = s.start_async("nap", "");
-    s.ok("POST", &format!("/v1/runs/{nap}/cancel"), Some(json!({})));
+    let (st, again) = s.call("POST", &format!("/v1/runs/{nap}/retry"), Some(json!({})));
+    assert_eq!(st, 409, "{again}");
+    assert_eq!(
+        again["error"]["message"],
+        format!("run {nap:?} is still running; only failed or cancelled runs can be retried")
+    );
+    let (rc, out, e) = s.cli(&["run", "cancel", &nap]);
+    assert_eq!(rc, 0, "{e}");
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert!(
+        row.len() > 1 && row[1].ends_with('Z'),
+        "the STARTED column: {out}"
+    );
     let (st, again) = s.call("POST", &format!("/v1/runs/{nap}/cancel"), Some(json!({})));
     assert_eq!(st, 409, "{again}");
     assert_eq!(

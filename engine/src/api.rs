@@ -381,6 +381,15 @@ async fn list_runs(
             format!("limit {limit} is not from 1 to 1000"),
         ));
     }
+    if let (Some(since), Some(until)) = (q.since, q.until) {
+        if since > until {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("since ({since}) is after until ({until}): no run can match"),
+            ));
+        }
+    }
     let page = engine.list_runs(&RunFilter {
         workflow: q.workflow.filter(|w| !w.is_empty()),
         status,

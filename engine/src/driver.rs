@@ -837,9 +837,12 @@ impl Engine {
     pub async fn retry(self: &Arc<Self>, id: &str) -> Result<StartedRun, EngineError> {
         let state = self.run_state(id)?;
         if !matches!(state.status, RunStatus::Failed | RunStatus::Cancelled) {
+            let now = match state.status {
+                RunStatus::Running => "is still running",
+                _ => "succeeded",
+            };
             return Err(EngineError::Conflict(format!(
-                "run {id:?} is {}; only failed or cancelled runs can be retried",
-                state.status.as_str()
+                "run {id:?} {now}; only failed or cancelled runs can be retried"
             )));
         }
         // A task that succeeded keeps its output; so does one that failed for

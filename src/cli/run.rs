@@ -196,9 +196,12 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
         }
         RunVerb::Cancel { id } => {
             let id = id.get();
-            let v: Value = c
+            let mut v: Value = c
                 .post_json(&format!("/v1/runs/{id}/cancel"), &json!({}))
                 .await?;
+            if opts.output != Output::Json {
+                v["started"] = json!(v["created_at"].as_u64().map(clock));
+            }
             print(opts, &v, RUN_COLUMNS);
         }
         RunVerb::Complete {
@@ -333,6 +336,9 @@ pub(super) fn event_rows(events: &Value) -> Value {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             let mut row = e.clone();
+            if let Some(at) = e["at"].as_u64() {
+                row["at"] = json!(clock_ms(at));
+            }
             row["detail"] = if detail.is_empty() {
                 Value::Null
             } else {
@@ -361,6 +367,17 @@ fn clock(ms: u64) -> String {
         .map_or_else(
             || ms.to_string(),
             |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
+}
+
+/// A time in milliseconds to the millisecond (events follow each other closely).
+fn clock_ms(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or_else(
+            || ms.to_string(),
+            |t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
         )
 }
 
