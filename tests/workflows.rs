@@ -639,6 +639,22 @@ fn the_cli_creates_invokes_and_routes_workflows() {
         .trim(),
         "hi ada"
     );
+    // Started in the background through the API, its Location is absolute,
+    // as the router's and a function's are.
+    let accepted = s
+        .api("POST", "/v1/workflows/hi/invoke")
+        .header("X-Async", "true")
+        .body("zoe")
+        .send()
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let location = accepted.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with(&format!("{}/v1/runs/", s.api)),
+        "{location}"
+    );
+    let body: Value = accepted.json().unwrap();
+    assert_eq!(body["location"], location);
     // A failed run's error names the run, to look at.
     s.workflow(
         "broken",

@@ -320,7 +320,23 @@ async fn invoke(
     ApiPath(name): ApiPath<String>,
     req: Request<Body>,
 ) -> Response {
-    invoke_http(engine, &name, req).await
+    let base = api_base(&engine, req.headers());
+    invoke_http_at(engine, &name, req, &base).await
+}
+
+/// The API's absolute URL for a 202's `Location`, as the client reached it:
+/// the server's public URL, or its listener's address; the client's `Host`
+/// when the listener is on every interface (0.0.0.0 is no address to call).
+fn api_base(engine: &Engine, headers: &HeaderMap) -> String {
+    let Some(base) = engine.config.callback_base.as_deref() else {
+        return String::new();
+    };
+    let (scheme, authority) = base.split_once("://").unwrap_or(("http", base));
+    let unspecified = authority.starts_with("0.0.0.0") || authority.starts_with("[::]");
+    match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) if unspecified && !host.is_empty() => format!("{scheme}://{host}"),
+        _ => base.to_string(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -591,12 +607,17 @@ fn form_input(body: &[u8]) -> Result<Value, ApiError> {
 /// Whether a request asks to be answered 202 at once and run in the background
 /// (`X-Async: true` or `Prefer: respond-async`).
 pub fn is_async(h: &HeaderMap) -> bool {
-    let x_async = matches!(async_header(h), Ok(Some(true)));
-    let prefer = h
-        .get("prefer")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("respond-async"));
-    x_async || prefer
+    let prefer = || {
+        h.get("prefer")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("respond-async"))
+    };
+    // An explicit X-Async wins over a Prefer (which a proxy may have added).
+    match async_header(h) {
+        Ok(Some(explicit)) => explicit,
+        Ok(None) => prefer(),
+        Err(_) => false,
+    }
 }
 
 /// What a request's `X-Async` says: `true`, `1` or `yes` (any case) ask for a
@@ -860,6 +881,12 @@ mod tests {
         assert!(refused.unwrap_err().contains("\"ture\""));
         assert!(!asynchronous);
         assert_eq!(async_header(&HeaderMap::new()), Ok(None));
+        // Prefer asks unless X-Async says otherwise.
+        let mut h = HeaderMap::new();
+        h.insert("prefer", "respond-async".parse().unwrap());
+        assert!(is_async(&h));
+        h.insert("x-async", "false".parse().unwrap());
+        assert!(!is_async(&h));
     }
 
     /// The `body` input of a POST with `content_type` and `body`.

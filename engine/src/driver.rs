@@ -153,7 +153,7 @@ struct RunHandle {
 pub struct Engine {
     store: Arc<SledStore>,
     invoker: SharedInvoker,
-    config: EngineConfig,
+    pub(crate) config: EngineConfig,
     clock: Arc<dyn Clock>,
     runs: Mutex<HashMap<String, RunHandle>>,
     stopping: AtomicBool,
