@@ -271,6 +271,188 @@ if [ \"$(cat)\" = big ]; then head -c 2097152 /dev/zero | tr '\\0' x; else print
     });
 }
 
+/// A function that logs `<key> <attempt>` to the probe's `calls`, then fails.
+fn failing(probe: &Probe) -> String {
+    format!(
+        "#!/bin/sh\ncat >/dev/null\n{}\necho 'out of stock' >&2\nexit 1\n",
+        probe.curl("/log/calls?$HTTP_X_FUSION_IDEMPOTENCY_KEY+$HTTP_X_FUSION_ATTEMPT")
+    )
+}
+
+/// Every message the trigger's consumer was given is acked or terminated,
+/// as NATS says: none waits to be redelivered.
+fn wait_settled(nats: &Nats, stream: &str, trigger: &str, messages: u64) {
+    let consumer = format!("fusion-mqt-default-{trigger}");
+    let mut last = None;
+    eventually(
+        Duration::from_secs(60),
+        &format!("NATS has every message of {trigger} settled"),
+        || {
+            let st = nats.consumer_state(stream, &consumer);
+            let done = st.delivered >= messages && st.ack_pending == 0 && st.pending == 0;
+            last = Some(st);
+            done
+        },
+    );
+    let st = last.unwrap();
+    assert_eq!(st.redelivered, 0, "{st:?}");
+}
+
+/// The review's case: 600,000 `"` take twice as much once escaped in the
+/// error report, more than NATS takes (1 MiB). The report is cut to fit and
+/// says so; the message is settled once (the function called `maxRetries + 1`
+/// times, never again at each ack wait); the same for an answer too large for
+/// the response topic whose report would be too large as well; and the
+/// status counts what happened.
+#[test]
+fn a_report_larger_than_nats_takes_is_cut_and_the_message_settled_once() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream("RESULTS", &["results.>"]);
+    nats.create_stream("ERRS", &["errs.>"]);
+    let s = server(&nats);
+    let probe = Probe::start();
+    s.function("fail", "binary", "fail.sh", &failing(&probe), json!({}));
+    // Its body twice: 1.2 MB for 600 KB.
+    let double = "#!/bin/sh\nb=$(cat)\nprintf '%s%s' \"$b\" \"$b\"\n";
+    s.function("double", "binary", "double.sh", double, json!({}));
+    // A short ack wait: a message left unsettled would come back in a second.
+    for (name, function, topic) in [("ferr", "fail", "fail"), ("fbig", "double", "big")] {
+        s.ok(
+            "POST",
+            "/v1/mqtriggers",
+            Some(json!({
+                "name": name, "function": function, "topic": format!("orders.{topic}"),
+                "respTopic": format!("results.{topic}"), "errorTopic": format!("errs.{topic}"),
+                "maxRetries": 2, "metadata": {"ackWait": "1s"},
+            })),
+        );
+        wait_state(&s, name, "running", Duration::from_secs(20));
+    }
+    let quotes = "\"".repeat(600_000);
+    let seq = nats.publish("orders.fail", &quotes, &[]);
+    nats.publish("orders.big", &quotes, &[]);
+    wait_settled(&nats, "ORDERS", "ferr", 1);
+    wait_settled(&nats, "ORDERS", "fbig", 1);
+
+    let key = format!("ORDERS-{seq}");
+    assert_eq!(
+        probe.lines("calls"),
+        vec![format!("{key} 1"), format!("{key} 2"), format!("{key} 3")]
+    );
+    for (topic, said) in [
+        ("fail", "answered 500"),
+        ("big", "larger than the NATS server takes"),
+    ] {
+        let reports = nats.messages("ERRS", &format!("errs.{topic}"));
+        assert_eq!(reports.len(), 1, "errs.{topic}: {} reports", reports.len());
+        assert!(reports[0].payload.len() <= 1 << 20);
+        let doc: Value = serde_json::from_str(&reports[0].payload).unwrap();
+        let message = doc["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(said), "errs.{topic}: {message}");
+        assert_eq!(doc["payloadTruncated"], true, "errs.{topic}");
+        assert_eq!(doc["payloadSize"], 600_000, "errs.{topic}");
+        let kept = doc["payload"].as_str().unwrap();
+        assert!(
+            kept.len() > 400_000 && quotes.starts_with(kept),
+            "errs.{topic}: {} bytes of payload",
+            kept.len()
+        );
+        assert!(nats
+            .messages("RESULTS", &format!("results.{topic}"))
+            .is_empty());
+    }
+    for name in ["ferr", "fbig"] {
+        let st = state(&s, name);
+        assert_eq!(
+            (
+                &st["succeeded"],
+                &st["failed"],
+                &st["redelivered"],
+                &st["unpublished"]
+            ),
+            (&json!(0), &json!(1), &json!(0), &json!(0)),
+            "{name}: {st}"
+        );
+    }
+}
+
+/// An error topic that refuses the report (here a stream that takes no
+/// message over 64 bytes) cannot keep a message coming back: it is
+/// terminated after its last attempt, and the status says its outcome was
+/// not published. An answer the response topic refuses is reported on the
+/// error topic.
+#[test]
+fn a_report_the_error_topic_refuses_is_logged_and_the_message_terminated() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream_limited("ERRS", &["errs.>"], 64);
+    nats.create_stream_limited("RESULTS", &["results.>"], 64);
+    nats.create_stream("REPORTS", &["reports.>"]);
+    let s = server(&nats);
+    let probe = Probe::start();
+    s.function("fail", "binary", "fail.sh", &failing(&probe), json!({}));
+    let long = "#!/bin/sh\ncat >/dev/null\nhead -c 100 /dev/zero | tr '\\0' x\n";
+    s.function("long", "binary", "long.sh", long, json!({}));
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(json!({
+            "name": "fresp", "function": "long", "topic": "orders.long",
+            "respTopic": "results.long", "errorTopic": "reports.long",
+            "metadata": {"ackWait": "1s"},
+        })),
+    );
+    wait_state(&s, "fresp", "running", Duration::from_secs(20));
+    nats.publish("orders.long", "y", &[]);
+    wait_settled(&nats, "ORDERS", "fresp", 1);
+    let reports = nats.messages("REPORTS", "reports.long");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let doc: Value = serde_json::from_str(&reports[0].payload).unwrap();
+    let message = doc["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("answer could not be published") && message.contains("results.long"),
+        "{doc}"
+    );
+    assert_eq!(doc["payload"], "y", "{doc}");
+    assert!(nats.messages("RESULTS", "results.long").is_empty());
+    let st = state(&s, "fresp");
+    assert_eq!(
+        (&st["failed"], &st["unpublished"]),
+        (&json!(1), &json!(0)),
+        "{st}"
+    );
+
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(json!({
+            "name": "ferr", "function": "fail", "topic": "orders.fail",
+            "errorTopic": "errs.fail", "maxRetries": 1, "metadata": {"ackWait": "1s"},
+        })),
+    );
+    wait_state(&s, "ferr", "running", Duration::from_secs(20));
+    let seq = nats.publish("orders.fail", "x", &[]);
+    wait_settled(&nats, "ORDERS", "ferr", 1);
+    let key = format!("ORDERS-{seq}");
+    assert_eq!(
+        probe.lines("calls"),
+        vec![format!("{key} 1"), format!("{key} 2")]
+    );
+    assert!(nats.messages("ERRS", "errs.fail").is_empty());
+    let st = state(&s, "ferr");
+    assert_eq!(
+        (
+            &st["succeeded"],
+            &st["failed"],
+            &st["redelivered"],
+            &st["unpublished"]
+        ),
+        (&json!(0), &json!(1), &json!(0), &json!(1)),
+        "{st}"
+    );
+}
+
 #[test]
 fn a_server_killed_mid_stream_loses_no_message() {
     let nats = Nats::start();

@@ -206,6 +206,64 @@ impl Nats {
     }
 }
 
+/// Where a durable consumer stands, as NATS sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerState {
+    /// Messages delivered (the consumer's sequence).
+    pub delivered: u64,
+    /// Delivered and neither acked nor terminated yet.
+    pub ack_pending: usize,
+    /// Messages delivered more than once.
+    pub redelivered: usize,
+    /// Messages not delivered yet.
+    pub pending: u64,
+}
+
+impl Nats {
+    /// As `create_stream`, taking no message larger than `max_message_size`.
+    pub fn create_stream_limited(&self, name: &str, subjects: &[&str], max_message_size: i32) {
+        let js = self.js();
+        let config = jetstream::stream::Config {
+            name: name.to_string(),
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            max_message_size,
+            ..Default::default()
+        };
+        self.rt
+            .block_on(js.create_stream(config))
+            .expect("create stream");
+    }
+
+    /// As `publish`, with any bytes.
+    pub fn publish_bytes(&self, subject: &str, payload: &[u8]) -> u64 {
+        let js = self.js();
+        let (subject, payload) = (subject.to_string(), payload.to_vec());
+        self.rt.block_on(async move {
+            js.publish(subject, payload.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("publish ack")
+                .sequence
+        })
+    }
+
+    /// What NATS says of consumer `consumer` of `stream`.
+    pub fn consumer_state(&self, stream: &str, consumer: &str) -> ConsumerState {
+        let js = self.js();
+        self.rt.block_on(async move {
+            let s = js.get_stream(stream).await.expect("stream");
+            let i = s.consumer_info(consumer).await.expect("consumer info");
+            ConsumerState {
+                delivered: i.delivered.consumer_sequence,
+                ack_pending: i.num_ack_pending,
+                redelivered: i.num_redelivered,
+                pending: i.num_pending,
+            }
+        })
+    }
+}
+
 impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();

@@ -2,8 +2,10 @@
 //! creates (or resumes) its durable pull consumer, and handles up to
 //! `concurrency` messages at once. A message is acked only once its outcome is
 //! settled: the answer published to the response topic, or the failure (after
-//! the retries) to the error topic; a crash before that redelivers it. Any
-//! failure to connect or consume is the trigger's status, retried with backoff.
+//! the retries) to the error topic; a crash before that redelivers it. An
+//! outcome that cannot be published is logged and the message terminated, so
+//! that one message never calls its target again and again. Any failure to
+//! connect or consume is the trigger's status, retried with backoff.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +16,10 @@ use axum::body::Body;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue, Request};
-use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::status::{State, StatusCell};
+use super::report;
+use super::status::{Settled, State, StatusCell};
 use super::trigger::{MessageQueueTrigger, Settings};
 use crate::invoke::{Invoker, Target};
 
@@ -186,9 +188,9 @@ async fn run(
             },
             Some(done) = inflight.join_next() => match done {
                 Ok(Ok(())) => {}
-                // One message's trouble (its outcome could not be published,
-                // its ack not sent) is its own: it stays unacked, NATS
-                // redelivers it, and the other messages go on.
+                // One message's trouble (its ack not sent) is its own: it
+                // stays unacked, NATS redelivers it, and the other messages
+                // go on.
                 Ok(Err(e)) => tracing::warn!(trigger = %trigger.key(), "{e}"),
                 Err(e) => tracing::warn!(trigger = %trigger.key(), "a message task failed: {e}"),
             },
@@ -204,14 +206,19 @@ struct Failure {
 }
 
 impl Job {
-    /// Delivers one message, settles its outcome, then acks it. An error means
-    /// the outcome could not be published or the ack not confirmed: the
-    /// message stays unacked and NATS redelivers it.
+    /// Delivers one message, settles its outcome, then acks it; or, when the
+    /// outcome could not be published, terminates it (logged): a message is
+    /// never redelivered for want of a place to put its outcome, which would
+    /// call the target again at every ack wait. An error means the ack was
+    /// not sent: NATS redelivers the message.
     async fn handle(&self, message: jetstream::Message) -> Result<(), String> {
         let (stream, seq, delivered) = match message.info() {
             Ok(i) => (i.stream.to_string(), i.stream_sequence, i.delivered),
             Err(e) => return Err(format!("a message without JetStream metadata: {e}")),
         };
+        if delivered > 1 {
+            self.status.redelivered();
+        }
         let key = format!("{stream}-{seq}");
         let work = async {
             let outcome = self.deliver(&message, &key).await;
@@ -226,19 +233,23 @@ impl Job {
                 let _ = message.ack_with(AckKind::Progress).await;
             }
         };
-        let succeeded = tokio::select! {
-            r = work => r?,
+        let settled = tokio::select! {
+            s = work => s,
             _ = keepalive => unreachable!("the keepalive never ends"),
         };
-        // A plain ack: were it lost, NATS would redeliver the message, which
-        // is then called again with the same key; nothing is lost either way,
-        // and no round trip holds up the next message.
+        self.status.settled(settled);
+        // A plain ack (or term): were it lost, NATS would redeliver the
+        // message, which is then called again with the same key; nothing is
+        // lost either way, and no round trip holds up the next message.
+        let kind = if settled.published {
+            AckKind::Ack
+        } else {
+            AckKind::Term
+        };
         message
-            .ack()
+            .ack_with(kind)
             .await
-            .map_err(|e| format!("cannot ack message {key}: {e}"))?;
-        self.status.count(succeeded, delivered > 1);
-        Ok(())
+            .map_err(|e| format!("cannot ack message {key}: {e}"))
     }
 
     /// Calls the target up to `maxRetries + 1` times, with backoff between
@@ -343,7 +354,9 @@ impl Job {
         }
     }
 
-    /// Publishes the outcome where the trigger says; whether it succeeded.
+    /// Publishes the outcome where the trigger says. An answer the response
+    /// topic does not take (larger than NATS takes, or refused) is a failure,
+    /// reported on the error topic.
     async fn settle(
         &self,
         message: &jetstream::Message,
@@ -351,78 +364,108 @@ impl Job {
         stream: &str,
         seq: u64,
         outcome: Result<(http::HeaderMap, Bytes), (Failure, u32)>,
-    ) -> Result<bool, String> {
-        match outcome {
-            Ok((answer_headers, body)) => {
-                if let Some(topic) = &self.trigger.resp_topic {
-                    let limit = self.js.client().server_info().max_payload;
-                    if body.len() > limit.saturating_sub(1024) {
-                        // NATS would refuse it every time: a failure, not a
-                        // message redelivered forever.
-                        let failure = Failure {
-                            status: None,
-                            body: String::new(),
-                            message: format!(
-                                "the answer ({} bytes) is larger than the NATS server takes in one message ({limit} bytes)",
-                                body.len()
-                            ),
-                        };
-                        return Box::pin(self.settle(message, key, stream, seq, Err((failure, 1))))
-                            .await;
-                    }
-                    let mut h = HeaderMap::new();
-                    h.insert(IDEMPOTENCY_KEY, key);
-                    // JetStream drops a second copy (an ack lost, a redelivery).
-                    h.insert("Nats-Msg-Id", format!("{key}-response").as_str());
-                    if let Some(ct) = answer_headers
-                        .get(http::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                    {
-                        h.insert("Content-Type", ct);
-                    }
-                    publish(&self.js, topic, h, body).await?;
-                }
-                Ok(true)
-            }
+    ) -> Settled {
+        let (answer_headers, body) = match outcome {
+            Ok(answer) => answer,
             Err((failure, attempts)) => {
-                tracing::info!(
-                    trigger = %self.trigger.key(), key, attempts,
-                    "message failed: {}", failure.message
-                );
-                if let Some(topic) = &self.trigger.error_topic {
-                    let limit = self.js.client().server_info().max_payload;
-                    let mut payload = String::from_utf8_lossy(&message.payload).into_owned();
-                    if payload.len() > limit / 2 {
-                        let mut cut = limit / 2;
-                        while !payload.is_char_boundary(cut) {
-                            cut -= 1;
-                        }
-                        payload.truncate(cut);
-                    }
-                    let doc = json!({
-                        "error": {
-                            "status": failure.status,
-                            "body": failure.body,
-                            "message": failure.message,
-                        },
-                        "attempts": attempts,
-                        "trigger": self.trigger.name,
-                        "namespace": self.trigger.namespace,
-                        "topic": message.subject.as_str(),
-                        "stream": stream,
-                        "sequence": seq,
-                        "idempotencyKey": key,
-                        "payload": payload,
-                    });
-                    let mut h = HeaderMap::new();
-                    h.insert(IDEMPOTENCY_KEY, key);
-                    h.insert("Nats-Msg-Id", format!("{key}-error").as_str());
-                    h.insert("Content-Type", "application/json");
-                    publish(&self.js, topic, h, Bytes::from(doc.to_string())).await?;
-                }
-                Ok(false)
+                return self
+                    .report(message, key, stream, seq, failure, attempts)
+                    .await
             }
+        };
+        let Some(topic) = &self.trigger.resp_topic else {
+            return Settled {
+                succeeded: true,
+                published: true,
+            };
+        };
+        let limit = self.js.client().server_info().max_payload;
+        let refused = if body.len() > limit.saturating_sub(report::HEADERS_ROOM) {
+            // NATS would refuse it every time.
+            format!(
+                "the answer ({} bytes) is larger than the NATS server takes in one message ({limit} bytes)",
+                body.len()
+            )
+        } else {
+            let mut h = HeaderMap::new();
+            h.insert(IDEMPOTENCY_KEY, key);
+            // JetStream drops a second copy (an ack lost, a redelivery).
+            h.insert("Nats-Msg-Id", format!("{key}-response").as_str());
+            if let Some(ct) = answer_headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+            {
+                h.insert("Content-Type", ct);
+            }
+            match publish(&self.js, topic, h, body).await {
+                Ok(()) => {
+                    return Settled {
+                        succeeded: true,
+                        published: true,
+                    }
+                }
+                Err(e) => format!("the answer could not be published: {e}"),
+            }
+        };
+        let failure = Failure {
+            status: None,
+            body: String::new(),
+            message: refused,
+        };
+        self.report(message, key, stream, seq, failure, 1).await
+    }
+
+    /// Logs a failed message and publishes its report to the error topic, if
+    /// the trigger names one.
+    async fn report(
+        &self,
+        message: &jetstream::Message,
+        key: &str,
+        stream: &str,
+        seq: u64,
+        failure: Failure,
+        attempts: u32,
+    ) -> Settled {
+        tracing::info!(
+            trigger = %self.trigger.key(), key, attempts,
+            "message failed: {}", failure.message
+        );
+        let mut settled = Settled {
+            succeeded: false,
+            published: true,
+        };
+        let Some(topic) = &self.trigger.error_topic else {
+            return settled;
+        };
+        let limit = self.js.client().server_info().max_payload;
+        let doc = report::render(
+            &report::Failed {
+                status: failure.status,
+                body: &failure.body,
+                message: &failure.message,
+                attempts,
+                trigger: &self.trigger.name,
+                namespace: &self.trigger.namespace,
+                topic: message.subject.as_str(),
+                stream,
+                sequence: seq,
+                key,
+            },
+            &message.payload,
+            limit.saturating_sub(report::HEADERS_ROOM),
+        );
+        let mut h = HeaderMap::new();
+        h.insert(IDEMPOTENCY_KEY, key);
+        h.insert("Nats-Msg-Id", format!("{key}-error").as_str());
+        h.insert("Content-Type", "application/json");
+        if let Err(e) = publish(&self.js, topic, h, Bytes::from(doc)).await {
+            tracing::warn!(
+                trigger = %self.trigger.key(), key,
+                "the failure of message {key} is not reported ({e}): the message is terminated, not redelivered"
+            );
+            settled.published = false;
         }
+        settled
     }
 }
 

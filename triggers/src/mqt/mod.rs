@@ -5,6 +5,7 @@
 
 mod consumer;
 pub mod dead_letters;
+mod report;
 pub mod status;
 pub mod trigger;
 

@@ -1,6 +1,7 @@
 //! What a message-queue trigger is doing now, as `fusion mqt get` shows it:
 //! its state (connecting, running, error) with the reason and since when, and
-//! counts of the messages it settled since the server started.
+//! counts of the messages it settled and of the redeliveries since the server
+//! started.
 
 use std::sync::Mutex;
 
@@ -20,13 +21,28 @@ pub struct Status {
     pub message: String,
     /// When it entered this state (RFC 3339).
     pub since: String,
-    /// Messages acked after a 2xx answer (since the server started).
+    /// Messages settled after a 2xx answer (published to the response topic
+    /// when there is one), since the server started.
     pub succeeded: u64,
-    /// Messages acked after the last attempt failed.
+    /// Messages settled after the last attempt failed, or whose answer the
+    /// response topic would not take.
     pub failed: u64,
-    /// Of those, messages NATS had delivered before (after a crash or an ack
-    /// timeout).
+    /// Deliveries of a message NATS had delivered before (after a crash, an
+    /// ack timeout or a lost ack), counted as they arrive.
     pub redelivered: u64,
+    /// Of the settled messages, those whose outcome (answer or failure report)
+    /// could not be published: each is logged, and terminated on NATS rather
+    /// than redelivered.
+    pub unpublished: u64,
+}
+
+/// What became of one message, as the status counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub succeeded: bool,
+    /// Its answer or failure report went where the trigger says (or the
+    /// trigger names no topic for it).
+    pub published: bool,
 }
 
 pub struct StatusCell(Mutex<Status>);
@@ -40,6 +56,7 @@ impl StatusCell {
             succeeded: 0,
             failed: 0,
             redelivered: 0,
+            unpublished: 0,
         }))
     }
 
@@ -61,16 +78,20 @@ impl StatusCell {
         s.message = message;
     }
 
-    pub fn count(&self, succeeded: bool, redelivered: bool) {
+    pub fn settled(&self, outcome: Settled) {
         let mut s = self.lock();
-        if succeeded {
+        if outcome.succeeded {
             s.succeeded += 1;
         } else {
             s.failed += 1;
         }
-        if redelivered {
-            s.redelivered += 1;
+        if !outcome.published {
+            s.unpublished += 1;
         }
+    }
+
+    pub fn redelivered(&self) {
+        self.lock().redelivered += 1;
     }
 }
 
