@@ -248,6 +248,16 @@ fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
     let p = built(&s, "broken");
     assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
     assert_eq!(call(&s, "brokenfn"), (200, format!("fixed: {GREETING}\n")));
+
+    // A rebuild that fails takes nothing down: the function keeps running the
+    // last good build, and `pkg info` says so.
+    python_source(&src, "broken again: ", "nosuchdep==9.9");
+    cli_ok(&s, &["pkg", "update", "--name", "broken", "--src", src_arg]);
+    let p = built(&s, "broken");
+    assert_eq!(p["status"]["buildstatus"], "failed", "{p}");
+    assert_eq!(call(&s, "brokenfn"), (200, format!("fixed: {GREETING}\n")));
+    let info = cli_ok(&s, &["pkg", "info", "--name", "broken"]);
+    assert!(info.contains("keep running the last good build"), "{info}");
 }
 
 #[test]

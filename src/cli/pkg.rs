@@ -172,6 +172,12 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                     println!("  {l}");
                 }
             }
+            let failed = v.pointer("/status/buildstatus").and_then(Value::as_str) == Some("failed");
+            if failed && v.pointer("/status/built").is_some_and(|b| !b.is_null()) {
+                println!(
+                    "\nthe last build failed: its functions keep running the last good build until one succeeds"
+                );
+            }
         }
         PkgVerb::List { namespace } => {
             let v: Value = c

@@ -7,7 +7,8 @@
 //! twice. A finished build gives the functions of the package new instances;
 //! a call to a function whose package is still building waits for it (bounded
 //! by the function's timeout), and one whose package failed to build answers
-//! `package_build_failed`.
+//! `package_build_failed`, unless an earlier build succeeded: a failed rebuild
+//! leaves the functions running that last good build.
 
 mod model;
 mod plan;
@@ -388,6 +389,7 @@ impl Inner {
             return Ok(false);
         }
         let ends = !matches!(event, BuildEvent::Started | BuildEvent::Requested);
+        let ran = p.runnable().cloned();
         match p.status.apply(p.source.is_some(), event, now()) {
             Ok(status) => p.status = status,
             Err(e) => {
@@ -395,7 +397,9 @@ impl Inner {
                 return Ok(false);
             }
         }
-        if ends {
+        // Functions get new instances when their code changed (not when a
+        // failed rebuild left them the last good build they run).
+        if ends && (p.runnable() != ran.as_ref() || p.runnable().is_none()) {
             self.refresh_functions(&p.namespace, &p.name).await?;
         }
         self.builds.put(&p).await?;

@@ -135,11 +135,12 @@ impl Package {
     }
 
     /// The code functions of this package run now, if there is any: the built
-    /// deployment of a source package, else the deployment archive.
+    /// deployment of a source package (after a failed rebuild, the last one
+    /// that built), else the deployment archive.
     pub fn runnable(&self) -> Option<&PackageRef> {
         if self.source.is_some() {
             match self.status.buildstatus {
-                BuildStatus::Succeeded => self.status.built.as_ref(),
+                BuildStatus::Succeeded | BuildStatus::Failed => self.status.built.as_ref(),
                 _ => None,
             }
         } else {
@@ -230,9 +231,10 @@ impl PackageStatus {
                 if !matches!(self.buildstatus, Pending | Running) {
                     return refuse("fail");
                 }
+                // The last good deployment stays: its functions keep running
+                // it rather than stop (a rebuild that fails takes nothing down).
                 next.buildstatus = Failed;
                 next.buildlog = log;
-                next.built = Option::None;
                 next.cached = false;
             }
         }
@@ -374,8 +376,16 @@ mod tests {
             )
             .unwrap();
         assert_eq!(failed.buildstatus, BuildStatus::Failed);
-        assert_eq!(failed.built, None);
+        assert_eq!(failed.built, None, "nothing ever built");
         assert_eq!(failed.buildlog, "no such requirement");
+        // A rebuild that fails keeps the last good deployment.
+        let rebuilt = ok
+            .apply(true, BuildEvent::Requested, now())
+            .and_then(|s| s.apply(true, BuildEvent::Started, now()))
+            .and_then(|s| s.apply(true, BuildEvent::Failed { log: "x".into() }, now()))
+            .unwrap();
+        assert_eq!(rebuilt.buildstatus, BuildStatus::Failed);
+        assert_eq!(rebuilt.built, Some(reference('a')));
         let again = failed.apply(true, BuildEvent::Requested, now()).unwrap();
         assert_eq!(again.buildstatus, BuildStatus::Pending);
     }
