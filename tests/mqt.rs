@@ -11,6 +11,7 @@ mod nats;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use base64::Engine;
 use common::probe::Probe;
 use common::{eventually, Server};
 use nats::Nats;
@@ -218,9 +219,27 @@ fn a_failing_message_goes_to_the_error_topic_after_every_attempt() {
     assert_eq!(doc["attempts"], 3, "{doc}");
     assert_eq!(doc["idempotencyKey"], key.as_str(), "{doc}");
     assert_eq!(doc["payload"], "{\"sku\": 7}", "{doc}");
+    assert!(doc.get("payloadBase64").is_none(), "{doc}");
     eventually(Duration::from_secs(10), "the failure is counted", || {
         state(&s, "orders")["failed"] == 1
     });
+
+    // A payload that is not UTF-8 is reported in base64, byte for byte, so
+    // that it can be replayed.
+    let binary = b"\xff\xfe\x00binary";
+    nats.publish_bytes("orders.new", binary);
+    eventually(
+        Duration::from_secs(30),
+        "the second failure is published",
+        || nats.messages("ERRORS", "errors.orders").len() == 2,
+    );
+    let doc: Value =
+        serde_json::from_str(&nats.messages("ERRORS", "errors.orders")[1].payload).unwrap();
+    assert!(doc.get("payload").is_none(), "{doc}");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(doc["payloadBase64"].as_str().unwrap_or_default())
+        .unwrap();
+    assert_eq!(decoded, binary, "{doc}");
 }
 
 /// An answer larger than NATS takes in one message cannot go to the response
