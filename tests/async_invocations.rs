@@ -639,3 +639,48 @@ fn a_full_queue_answers_429_until_it_drains() {
         "{listed}"
     );
 }
+
+/// A function deleted while calls to it wait in the queue: they become dead
+/// letters that say why (and can be redriven once it is back), not 4xx
+/// failures it never answered.
+#[test]
+fn calls_queued_for_a_deleted_function_become_dead_letters() {
+    let s = Server::start();
+    let probe = common::probe::Probe::start();
+    s.env("binary", "binary", 1);
+    s.function(
+        "held",
+        "binary",
+        "held.sh",
+        &probe.recorder("held", true),
+        json!({"max_scale": 1, "requests_per_instance": 1}),
+    );
+    let first = call_async(&s, "held", "one")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(
+        Duration::from_secs(30),
+        "the first call is in flight",
+        || probe.lines("calls").iter().any(|l| l.starts_with("held ")),
+    );
+    let waiting = call_async(&s, "held", "two")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(s.call("DELETE", "/v1/functions/held", None).0, 204);
+    probe.open("held");
+    let dead = settled(&s, &waiting);
+    assert_eq!(dead["status"], "dead", "{dead}");
+    assert_eq!(dead["reason"], "function_deleted", "{dead}");
+    assert!(
+        dead["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("was deleted"),
+        "{dead}"
+    );
+    let letters = s.ok("GET", "/v1/deadletters", None);
+    assert!(letters.to_string().contains(&waiting), "{letters}");
+    settled(&s, &first);
+}

@@ -464,14 +464,15 @@ impl Inner {
         let function = match self.invoker.pool().function(&key) {
             Ok(f) => f,
             Err(Error::NotFound { .. }) => {
-                let now = now_ms();
-                inv.status = Status::Failed;
-                inv.error = Some(format!("function {key:?} does not exist"));
-                inv.reason = Some("http_4xx".into());
-                inv.finished_ms = Some(now);
-                inv.updated_ms = now;
-                self.store.save(&inv).await?;
-                return Ok(Next::Done);
+                // Deleted after the call was accepted: a dead letter, to redrive
+                // once the function is there again, not a 4xx it never answered.
+                let why = format!(
+                    "function {key:?} was deleted before this invocation was delivered; create it again and redrive"
+                );
+                let policy = Policy::of(None).map_err(|e| Error::Internal(e.to_string()))?;
+                return self
+                    .finish(inv, Status::Dead, "function_deleted", why, &policy)
+                    .await;
             }
             Err(e) => return Err(e),
         };
@@ -494,6 +495,10 @@ impl Inner {
             // Closed: the server is stopping.
             return Ok(Next::Done);
         };
+        if !self.invoker.function_exists(&key) {
+            // Deleted while this one waited for its turn.
+            return Ok(Next::Again);
+        }
 
         let number = inv.attempts_in_cycle() + 1;
         let started = now_ms();

@@ -190,7 +190,8 @@ pub struct Invocation {
     /// Why it failed or is dead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// `http_4xx`, `retries_exhausted` or `expired` (Fission's dead-letter reasons).
+    /// `http_4xx`, `retries_exhausted` or `expired` (Fission's dead-letter
+    /// reasons), or `function_deleted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The invocation of its `onSuccess` / `onFailure` destination.
