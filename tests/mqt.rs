@@ -472,6 +472,73 @@ fn a_report_the_error_topic_refuses_is_logged_and_the_message_terminated() {
     );
 }
 
+/// `deliverPolicy: new` starts a trigger after the stream's history; the
+/// default (`all`) replays it, and a changed policy starts the consumer
+/// afresh (NATS changes no consumer's policy in place). A value NATS does not
+/// know is refused, naming those it does.
+#[test]
+fn a_new_trigger_on_an_old_stream_starts_where_its_deliver_policy_says() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    let s = server(&nats);
+    let probe = Probe::start();
+    s.function(
+        "hello",
+        "binary",
+        "hello.sh",
+        &echo(&probe, false),
+        json!({}),
+    );
+    let key = |seq: u64| format!("ORDERS-{seq}");
+    let old: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|m| key(nats.publish("orders.new", m, &[])))
+        .collect();
+
+    let (code, body) = s.call(
+        "POST",
+        "/v1/mqtriggers",
+        Some(
+            json!({"name": "late", "function": "hello", "topic": "orders.new",
+                    "metadata": {"deliverPolicy": "latest"}}),
+        ),
+    );
+    assert_eq!(code, 400, "{body}");
+    let m = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("deliverPolicy \"latest\"") && m.contains("all, new, last"),
+        "{m}"
+    );
+
+    let (rc, out, err) = s.cli(&[
+        "mqt",
+        "create",
+        "late",
+        "--topic",
+        "orders.new",
+        "--function",
+        "hello",
+        "--metadata",
+        "deliverPolicy=new",
+    ]);
+    assert_eq!(rc, 0, "{out}{err}");
+    wait_state(&s, "late", "running", Duration::from_secs(20));
+    let fresh = key(nats.publish("orders.new", "c", &[]));
+    wait_settled(&nats, "ORDERS", "late", 1);
+    // In stream order: had the history been delivered, it would have come first.
+    assert_eq!(probe.lines("calls"), vec![fresh.clone()]);
+    assert_eq!(state(&s, "late")["succeeded"], 1);
+
+    let (rc, out, err) = s.cli(&["mqt", "update", "late", "--metadata", "deliverPolicy=all"]);
+    assert_eq!(rc, 0, "{out}{err}");
+    wait_state(&s, "late", "running", Duration::from_secs(20));
+    wait_settled(&nats, "ORDERS", "late", 3);
+    let mut want = vec![fresh.clone()];
+    want.extend(old);
+    want.push(fresh);
+    assert_eq!(probe.lines("calls"), want);
+}
+
 #[test]
 fn a_server_killed_mid_stream_loses_no_message() {
     let nats = Nats::start();

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::report;
 use super::status::{Settled, State, StatusCell};
-use super::trigger::{MessageQueueTrigger, Settings};
+use super::trigger::{DeliverPolicy, MessageQueueTrigger, Settings};
 use crate::invoke::{Invoker, Target};
 
 /// The header a function reads to recognise a redelivered message.
@@ -132,7 +132,12 @@ async fn run(
             filter_subject: trigger.topic.clone(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: settings.ack_wait,
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            deliver_policy: match settings.deliver_policy {
+                DeliverPolicy::All => jetstream::consumer::DeliverPolicy::All,
+                DeliverPolicy::New => jetstream::consumer::DeliverPolicy::New,
+                DeliverPolicy::Last => jetstream::consumer::DeliverPolicy::Last,
+                DeliverPolicy::LastPerSubject => jetstream::consumer::DeliverPolicy::LastPerSubject,
+            },
             // The server hands out at most twice as many as are in flight: the
             // next ones wait in a local buffer (briefly: their ack timers run)
             // so that a freed slot never waits for a pull.

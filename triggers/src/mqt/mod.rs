@@ -166,10 +166,12 @@ impl MessageQueueTriggers {
         let moved = old.topic != t.topic
             || before.url != after.url
             || before.stream != after.stream
-            || before.consumer != after.consumer;
+            || before.consumer != after.consumer
+            || before.deliver_policy != after.deliver_policy;
         if moved {
-            // Its position belongs to the old subject or stream: start afresh.
-            // (A new ack wait or concurrency updates the consumer in place.)
+            // Its position belongs to the old subject or stream, and NATS
+            // changes no consumer's deliver policy: start afresh. (A new ack
+            // wait or concurrency updates the consumer in place.)
             consumer::delete_consumer(old.topic.clone(), before).await;
         }
         self.launch(t.clone());

@@ -22,7 +22,14 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// The metadata keys a `nats-jetstream` trigger reads, and those of Fission's
 /// KEDA connector that Fusion accepts and does not need.
-const METADATA_KEYS: &[&str] = &["natsUrl", "natsServer", "stream", "consumer", "ackWait"];
+const METADATA_KEYS: &[&str] = &[
+    "natsUrl",
+    "natsServer",
+    "stream",
+    "consumer",
+    "ackWait",
+    "deliverPolicy",
+];
 const KEDA_KEYS: &[&str] = &[
     "natsServerMonitoringEndpoint",
     "account",
@@ -113,6 +120,47 @@ pub struct Settings {
     /// How long NATS waits for an ack before it redelivers (extended while a
     /// message is being handled).
     pub ack_wait: Duration,
+    /// Where a new consumer starts in the stream.
+    pub deliver_policy: DeliverPolicy,
+}
+
+/// Where a trigger's durable consumer starts in its stream when it is
+/// created (metadata `deliverPolicy`, with NATS's names); afterwards it goes
+/// on from what it acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliverPolicy {
+    /// Every message the stream holds (the default).
+    #[default]
+    All,
+    /// Only messages published after the consumer is created.
+    New,
+    /// The last message the stream holds on the topic, then new ones.
+    Last,
+    /// The last message of each subject the topic matches, then new ones.
+    LastPerSubject,
+}
+
+impl DeliverPolicy {
+    const NAMES: &'static [(&'static str, DeliverPolicy)] = &[
+        ("all", DeliverPolicy::All),
+        ("new", DeliverPolicy::New),
+        ("last", DeliverPolicy::Last),
+        ("last_per_subject", DeliverPolicy::LastPerSubject),
+    ];
+
+    fn parse(v: &str) -> std::result::Result<DeliverPolicy, String> {
+        DeliverPolicy::NAMES
+            .iter()
+            .find(|(name, _)| *name == v)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| {
+                let names: Vec<&str> = DeliverPolicy::NAMES.iter().map(|(n, _)| *n).collect();
+                format!(
+                    "metadata deliverPolicy {v:?} is not one of {}",
+                    names.join(", ")
+                )
+            })
+    }
 }
 
 impl MessageQueueTrigger {
@@ -147,6 +195,9 @@ impl MessageQueueTrigger {
             ack_wait: meta("ackWait")
                 .and_then(|v| parse_duration(&v).ok())
                 .unwrap_or(Duration::from_secs(30)),
+            deliver_policy: meta("deliverPolicy")
+                .and_then(|v| DeliverPolicy::parse(&v).ok())
+                .unwrap_or_default(),
         }
     }
 
@@ -213,6 +264,11 @@ impl MessageQueueTrigger {
             match k.as_str() {
                 "natsUrl" | "natsServer" => check_url(v).or_else(&invalid)?,
                 "stream" | "consumer" => check_jetstream_name(k, v).or_else(&invalid)?,
+                "deliverPolicy" => {
+                    if let Err(e) = DeliverPolicy::parse(v) {
+                        return invalid(e);
+                    }
+                }
                 "ackWait" => {
                     let d = parse_duration(v)
                         .map_err(|e| Error::Invalid(format!("mqtrigger {:?}: {e}", self.name)))?;
@@ -402,6 +458,31 @@ mod tests {
         t.metadata.remove("natsurl");
         t.metadata.insert("stream".into(), "a.b".into());
         assert!(t.validate().is_err());
+    }
+
+    #[test]
+    fn the_deliver_policy_is_all_unless_the_metadata_says() {
+        let mut t = trigger();
+        assert_eq!(
+            t.settings(DEFAULT_NATS_URL).deliver_policy,
+            DeliverPolicy::All
+        );
+        for (v, want) in [
+            ("all", DeliverPolicy::All),
+            ("new", DeliverPolicy::New),
+            ("last", DeliverPolicy::Last),
+            ("last_per_subject", DeliverPolicy::LastPerSubject),
+        ] {
+            t.metadata.insert("deliverPolicy".into(), v.into());
+            t.validate().unwrap();
+            assert_eq!(t.settings(DEFAULT_NATS_URL).deliver_policy, want);
+        }
+        t.metadata.insert("deliverPolicy".into(), "latest".into());
+        let e = t.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("deliverPolicy \"latest\" is not one of all, new, last, last_per_subject"),
+            "{e}"
+        );
     }
 
     #[test]
