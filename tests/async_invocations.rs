@@ -99,6 +99,9 @@ fn an_async_call_is_accepted_with_a_location_that_answers() {
     assert_eq!(done["response"]["body"], "HELLO [redacted]", "{done}");
     assert_eq!(done["request"]["path"], "/sub");
     assert_eq!(done["request"]["query"], "x=1");
+    // What was sent can be read back (to triage a dead letter).
+    assert_eq!(done["request"]["body"], "hello", "{done}");
+    assert!(done["request"].get("body_truncated").is_none(), "{done}");
     let headers = done["request"]["headers"].as_array().unwrap();
     assert!(
         headers.contains(&json!(["authorization", "[redacted]"])),
@@ -152,6 +155,9 @@ fn an_async_call_is_accepted_with_a_location_that_answers() {
     let (code, out, err) = s.cli(&["fn", "invocation", "get", cli_id]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("succeeded") && out.contains("CLI"), "{out}");
+    // Its row: one attempt, the answer's status (not the attempts' JSON).
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[2..5], ["succeeded", "1", "200"], "{out}");
 
     // The function's invocations, newest first; an unknown one is a 404.
     let list = s.ok("GET", "/v1/invocations?function=shout", None);
@@ -616,6 +622,7 @@ fn a_full_queue_answers_429_until_it_drains() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
     let body: Value = r.json().unwrap();
     assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
     assert!(

@@ -96,7 +96,15 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        error_response(self.status(), self.code(), &self.to_string())
+        let mut resp = error_response(self.status(), self.code(), &self.to_string());
+        if matches!(self, Error::Overloaded(_)) {
+            // A client's backoff reads it (the load is short-lived: a second).
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
     }
 }
 

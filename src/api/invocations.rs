@@ -108,8 +108,37 @@ async fn deadletters(State(s): State<AppState>, Query(q): Query<ListQuery>) -> A
     page(&s, q, Some(Status::Dead)).await
 }
 
-async fn show(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Invocation>> {
-    Ok(Json(s.triggers.invocations.get(&id)?))
+/// The most of a request's body an invocation's detail shows.
+const SHOWN_BODY: usize = 64 * 1024;
+
+/// An invocation in full, with what its request sent: the body's first 64 KiB
+/// (`body`, or `body_base64` when it is not UTF-8; `body_truncated` past that).
+async fn show(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let inv: Invocation = s.triggers.invocations.get(&id)?;
+    let body = s.triggers.invocations.request_body(&id)?;
+    let mut v =
+        serde_json::to_value(&inv).map_err(|e| pool_manager::Error::Internal(e.to_string()))?;
+    let shown = &body[..body.len().min(SHOWN_BODY)];
+    // A cut may fall inside a character: it is then base64 like any binary.
+    let (text, b64) = triggers::invocations::record::text_or_base64(shown);
+    if let Some(request) = v
+        .get_mut("request")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        if let Some(t) = text {
+            request.insert("body".into(), t.into());
+        }
+        if let Some(b) = b64 {
+            request.insert("body_base64".into(), b.into());
+        }
+        if body.len() > SHOWN_BODY {
+            request.insert("body_truncated".into(), true.into());
+        }
+    }
+    Ok(Json(v))
 }
 
 async fn redrive(

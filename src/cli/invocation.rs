@@ -115,15 +115,34 @@ async fn show(opts: &ClientOpts, id: &str) -> Result<()> {
     if opts.json() {
         print(opts, &v, &[]);
     } else {
-        print(opts, &v, COLUMNS);
+        // The row as the list shows it: a count of attempts, the last status.
+        let attempts: Vec<Value> = v["attempts"].as_array().cloned().unwrap_or_default();
+        let mut row = v.clone();
+        row["attempts"] = json!(attempts.len());
+        row["http_status"] = v
+            .pointer("/response/status")
+            .cloned()
+            .unwrap_or(Value::Null);
+        print(opts, &row, COLUMNS);
         println!();
+        let rows: Vec<Value> = attempts
+            .iter()
+            .map(|a| {
+                let mut r = a.clone();
+                r["started"] = json!(a["started_ms"].as_u64().map(super::run::clock));
+                if a["interrupted"].as_bool() == Some(true) {
+                    r["error"] = json!("interrupted: the server stopped during it (not counted)");
+                }
+                r
+            })
+            .collect();
         print(
             opts,
-            &v["attempts"],
+            &Value::Array(rows),
             &[
                 ("ATTEMPT", "/number"),
                 ("CYCLE", "/cycle"),
-                ("STARTED_MS", "/started_ms"),
+                ("STARTED", "/started"),
                 ("HTTP", "/status"),
                 ("ERROR", "/error"),
             ],

@@ -360,7 +360,7 @@ struct Filters<'a> {
 }
 
 /// A time in milliseconds as a table shows it: UTC, to the second.
-fn clock(ms: u64) -> String {
+pub(super) fn clock(ms: u64) -> String {
     i64::try_from(ms)
         .ok()
         .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())

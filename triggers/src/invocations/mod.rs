@@ -262,6 +262,11 @@ impl Invocations {
         Ok(accepted(&inv, &base))
     }
 
+    /// The request body an invocation replays.
+    pub fn request_body(&self, id: &str) -> Result<bytes::Bytes> {
+        self.inner.store.body(id)
+    }
+
     pub fn get(&self, id: &str) -> Result<Invocation> {
         self.inner.store.get(id)?.ok_or_else(|| Error::NotFound {
             kind: "invocation",

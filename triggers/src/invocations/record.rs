@@ -128,6 +128,17 @@ pub struct StoredResponse {
     pub truncated: bool,
 }
 
+/// A body as JSON carries it: its text when it is UTF-8, else its base64.
+pub fn text_or_base64(body: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(body) {
+        Ok(t) => (Some(t.to_string()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(body)),
+        ),
+    }
+}
+
 impl StoredResponse {
     pub fn new(status: u16, headers: &HeaderMap, body: &[u8], truncated: bool) -> StoredResponse {
         let headers = headers
@@ -139,13 +150,7 @@ impl StoredResponse {
                 )
             })
             .collect();
-        let (text, b64) = match std::str::from_utf8(body) {
-            Ok(t) => (Some(t.to_string()), None),
-            Err(_) => (
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(body)),
-            ),
-        };
+        let (text, b64) = text_or_base64(body);
         StoredResponse {
             status,
             headers,
