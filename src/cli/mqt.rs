@@ -38,7 +38,8 @@ pub(super) struct MqtFields {
     #[arg(long, value_name = "C")]
     concurrency: Option<u32>,
     /// Connection details, repeatable: natsUrl=nats://HOST:PORT, stream=NAME,
-    /// consumer=NAME, ackWait=30s. `KEY=` removes one (update).
+    /// consumer=NAME, ackWait=30s, deliverPolicy=all|new|last|last_per_subject.
+    /// `KEY=` removes one (update).
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     metadata: Vec<String>,
     /// Fission's KEDA fields, kept with the trigger (Fusion consumes in the server).
