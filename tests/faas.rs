@@ -734,9 +734,30 @@ fn fn_logs_follow_streams_new_output() {
         "ok"
     );
     let seen_second = seen_first && wait_for("saw second");
-    let _ = follower.kill();
-    let _ = follower.wait();
-    assert!(seen_first && seen_second);
+    // Deleting the function ends the follow, with a line that says why.
+    let deleted = seen_second && {
+        assert_eq!(s.call("DELETE", "/v1/functions/chatty", None).0, 204);
+        wait_for("the function was deleted")
+    };
+    // The CLI then ends by itself: its output closes (bounded: a hang fails
+    // the test), and it exits 0.
+    let closed = deleted && {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(_) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break true,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break false,
+            }
+        }
+    };
+    if !closed {
+        let _ = follower.kill();
+    }
+    let status = follower.wait().unwrap();
+    assert!(seen_first && seen_second && deleted && closed);
+    assert!(status.success(), "{status:?}");
 }
 
 /// A function's output cannot grow the server: a line without end is cut at

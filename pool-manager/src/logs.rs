@@ -84,8 +84,13 @@ impl Logs {
         all
     }
 
-    /// Deletes a log (a deleted function's).
+    /// Deletes a log (a deleted function's); its followers get a last line
+    /// that says so, and their streams end.
     pub fn remove(&self, key: &str) {
+        if let Some(tx) = lock(&self.followers).remove(key) {
+            let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+            let _ = tx.send(format!("{stamp} [0 fusion] the function was deleted\n"));
+        }
         for path in [self.path(key), self.rotated(key)] {
             if let Err(e) = std::fs::remove_file(&path) {
                 if e.kind() != std::io::ErrorKind::NotFound {

@@ -400,7 +400,9 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             // `-o json`: one JSON object per line, cut on whole lines.
             let mut partial: Vec<u8> = Vec::new();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk?;
+                let chunk = chunk.map_err(|e| {
+                    anyhow::anyhow!("the log stream broke off (did the server stop?): {e}")
+                })?;
                 if !opts.json() {
                     out.write_all(&chunk)?;
                     out.flush()?;
