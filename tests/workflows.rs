@@ -1086,6 +1086,28 @@ fn the_run_commands_say_what_a_user_needs() {
     assert!(err["error"].get("status").is_none(), "{body}");
     let id = err["error"]["run_id"].as_str().unwrap().to_string();
 
+    // `run get` lists tasks in the order they ran, not by name, with times.
+    s.workflow(
+        "order",
+        "apiVersion: 1\noutput: Abe\ntasks:\n  Zed:\n    run: sleep\n    inputs: 20ms\n  Abe:\n    run: noop\n    requires: [Zed]\n",
+    );
+    let (st, _) = s.invoke("order", "text/plain", "");
+    assert_eq!(st, 204);
+    let ordered = s.ok("GET", "/v1/runs?workflow=order", None);
+    let order_id = ordered["runs"][0]["id"].as_str().unwrap().to_string();
+    let (rc, out, e) = s.cli(&["run", "get", &order_id]);
+    assert_eq!(rc, 0, "{e}");
+    let at = |task: &str| {
+        out.lines()
+            .position(|l| l.starts_with(task))
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    assert!(at("Zed") < at("Abe"), "{out}");
+    assert!(
+        out.contains("STARTED") && out.contains("DURATION_MS"),
+        "{out}"
+    );
+
     // `run get`: the run's input, output and error, and the failed task's error.
     let (rc, out, e) = s.cli(&["run", "get", &id]);
     assert_eq!(rc, 0, "{e}");

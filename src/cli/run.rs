@@ -241,6 +241,7 @@ const RUN_DETAIL_COLUMNS: &[(&str, &str)] = &[
     ("WORKFLOW", "/workflow"),
     ("VERSION", "/version"),
     ("STATUS", "/status"),
+    ("STARTED", "/started"),
     ("DURATION_MS", "/duration_ms"),
     ("INPUT", "/input"),
     ("OUTPUT", "/output"),
@@ -251,6 +252,8 @@ const TASK_COLUMNS: &[(&str, &str)] = &[
     ("TASK", "/id"),
     ("RUN", "/run"),
     ("STATUS", "/status"),
+    ("STARTED", "/started"),
+    ("DURATION_MS", "/duration_ms"),
     ("ATTEMPTS", "/attempts"),
     ("OUTPUT", "/output"),
     ("ERROR", "/error"),
@@ -288,6 +291,7 @@ fn cell(v: &Value) -> Value {
 /// headers and query are in `-o json`), its error the message and the task.
 fn run_row(v: &Value) -> Value {
     let mut row = v.clone();
+    row["started"] = json!(v["created_at"].as_u64().map(clock));
     let input = match v.pointer("/input/body") {
         Some(body) if v["input"].get("headers").is_some() => body,
         _ => &v["input"],
@@ -305,15 +309,33 @@ fn run_row(v: &Value) -> Value {
     row
 }
 
+/// The tasks in the order they started (those that never did last), each with
+/// its start time and duration; a callback still waiting shows where to
+/// complete it.
 fn task_rows(tasks: &Value) -> Value {
+    let mut tasks: Vec<&Value> = tasks.as_array().into_iter().flatten().collect();
+    tasks.sort_by_key(|t| {
+        (
+            t["started_at"].as_u64().unwrap_or(u64::MAX),
+            t["id"].to_string(),
+        )
+    });
     let rows: Vec<Value> = tasks
-        .as_array()
         .into_iter()
-        .flatten()
         .map(|t| {
             let mut row = t.clone();
             row["output"] = cell(&t["output"]);
+            if let Some(path) = t.pointer("/callback/path").and_then(Value::as_str) {
+                if t["status"] == "running" {
+                    row["output"] = json!(format!("waiting: POST {path}"));
+                }
+            }
             row["error"] = cell(&t["error"]);
+            row["started"] = json!(t["started_at"].as_u64().map(clock_ms));
+            row["duration_ms"] = match (t["started_at"].as_u64(), t["ended_at"].as_u64()) {
+                (Some(a), Some(b)) => json!(b.saturating_sub(a)),
+                _ => Value::Null,
+            };
             row
         })
         .collect();
