@@ -272,6 +272,14 @@ fn bad_input_is_refused_with_the_field_named() {
     let (code, out, err) = s.cli(&["timer", "update", "t", "--cron", "@every 1h30m"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(s.ok("GET", "/v1/timers/t", None)["cron"], "@every 1h30m");
+    // An empty zone takes the zone away.
+    assert_eq!(
+        s.ok("GET", "/v1/timers/t", None)["timezone"],
+        "Europe/Paris"
+    );
+    let (code, out, err) = s.cli(&["timer", "update", "t", "--timezone", ""]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(s.ok("GET", "/v1/timers/t", None).get("timezone").is_none());
 }
 
 #[test]

@@ -21,7 +21,8 @@ pub(super) struct TimerFields {
     /// the history).
     #[arg(long, conflicts_with = "function", value_name = "WORKFLOW")]
     workflow: Option<String>,
-    /// The IANA time zone the cron is in (`Europe/Paris`); UTC by default.
+    /// The IANA time zone the cron is in (`Europe/Paris`); UTC by default
+    /// (`--timezone ""` on update takes it away).
     #[arg(long, value_name = "ZONE")]
     timezone: Option<String>,
     /// The method of the request the function gets [default: POST].
@@ -129,7 +130,13 @@ fn merge(body: &mut Value, f: TimerFields) {
         }
     };
     set(body, "cron", f.cron);
-    set(body, "timezone", f.timezone);
+    // `--timezone ""` takes the zone away (back to UTC, or the cron's prefix).
+    match f.timezone {
+        Some(tz) if tz.is_empty() => {
+            body.as_object_mut().map(|o| o.remove("timezone"));
+        }
+        tz => set(body, "timezone", tz),
+    }
     set(body, "method", f.method.map(|m| m.to_uppercase()));
     set(body, "subpath", f.subpath);
     if let Some(fun) = f.function {
