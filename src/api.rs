@@ -31,6 +31,8 @@ pub struct AppState {
     pub triggers: Arc<Triggers>,
     /// Every metric of the server, rendered at `/metrics`.
     pub registry: Arc<prometheus_client::registry::Registry>,
+    /// Asynchronous invocations by state (`pending`, `dead`), set when scraped.
+    pub invocation_gauges: InvocationGauges,
     /// The credentials of function pods' fetchers (the kubernetes backend's;
     /// none on the others), checked by `/v1/pod-packages/`.
     pub pod_credentials: Arc<pool_manager::delivery::Credentials>,
@@ -294,8 +296,31 @@ fn same_name(path: &str, body: &str) -> ApiResult<()> {
 }
 
 /// The Prometheus (OpenMetrics text) exposition of every metric.
+/// The gauges of asynchronous invocations, by state.
+pub type InvocationGauges = prometheus_client::metrics::family::Family<
+    Vec<(&'static str, &'static str)>,
+    prometheus_client::metrics::gauge::Gauge,
+>;
+
+/// Registers the invocation gauges in `registry`.
+pub fn invocation_gauges(registry: &mut prometheus_client::registry::Registry) -> InvocationGauges {
+    let gauges = InvocationGauges::default();
+    registry.register(
+        "fusion_async_invocations",
+        "Asynchronous invocations by state: pending (queued or running) and dead (dead letters)",
+        gauges.clone(),
+    );
+    gauges
+}
+
 async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
     s.pool.refresh_instance_gauges();
+    let (pending, dead) = s.triggers.invocations.counts();
+    for (state, n) in [("pending", pending), ("dead", dead)] {
+        s.invocation_gauges
+            .get_or_create(&vec![("state", state)])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &s.registry)
         .map_err(|e| Error::Internal(format!("cannot render metrics: {e}")))?;

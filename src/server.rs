@@ -410,6 +410,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     let mut registry = prometheus_client::registry::Registry::default();
     pool.metrics().register(&mut registry);
     engine.metrics().register(&mut registry);
+    let invocation_gauges = crate::api::invocation_gauges(&mut registry);
     let triggers = triggers::Triggers::open(&db, pool.clone(), workflows)?;
     triggers
         .invocations
@@ -436,6 +437,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         pool: pool.clone(),
         triggers: triggers.clone(),
         registry: Arc::new(registry),
+        invocation_gauges,
         pod_credentials,
     };
 

@@ -922,6 +922,30 @@ fn metrics_count_requests_cold_starts_instances_and_runs() {
         has(r#"fusion_runs_finished_total{workflow="noop",status="succeeded"} 1"#),
         "{text}"
     );
+    assert!(
+        has(r#"fusion_async_invocations{state="pending"} 0"#),
+        "{text}"
+    );
+    assert!(has(r#"fusion_async_invocations{state="dead"} 0"#), "{text}");
+
+    // Instances that end, and that cannot start, are counted by why.
+    let broken = json!({"name": "broken", "command": ["/bin/sh", "-c", "exit 3"], "poolsize": 1});
+    s.ok("POST", "/v1/environments", Some(broken));
+    assert_eq!(s.call("DELETE", "/v1/functions/counted", None).0, 204);
+    let metrics = || s.api("GET", "/metrics").send().unwrap().text().unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the exit and the failure are counted",
+        || {
+            let text = metrics();
+            let counted = |prefix: &str| {
+                text.lines()
+                    .any(|l| l.starts_with(prefix) && !l.ends_with(" 0"))
+            };
+            counted(r#"fusion_instance_exits_total{environment="python",reason="stopped"}"#)
+                && counted(r#"fusion_instance_start_failures_total{environment="broken"}"#)
+        },
+    );
 }
 
 /// A python function that starts `kids` processes holding `mb` MiB each at the

@@ -258,6 +258,18 @@ fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
     assert_eq!(call(&s, "brokenfn"), (200, format!("fixed: {GREETING}\n")));
     let info = cli_ok(&s, &["pkg", "info", "--name", "broken"]);
     assert!(info.contains("keep running the last good build"), "{info}");
+    // Builds are counted by outcome: two failed, one succeeded.
+    let text = s.api("GET", "/metrics").send().unwrap().text().unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == r#"fusion_package_builds_total{outcome="failed"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == r#"fusion_package_builds_total{outcome="succeeded"} 1"#),
+        "{text}"
+    );
 }
 
 #[test]

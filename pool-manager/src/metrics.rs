@@ -35,6 +35,25 @@ pub struct InstanceLabels {
     pub state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExitLabels {
+    pub environment: String,
+    /// `stopped` (by Fusion), `out_of_memory`, `exited` (by itself: a crash,
+    /// a signal) or `vanished`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EnvironmentLabels {
+    pub environment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// `succeeded`, `cached` or `failed`.
+    pub outcome: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~52 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
@@ -47,6 +66,9 @@ pub struct PoolMetrics {
     pub cold_start_seconds: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     pub instances: Family<InstanceLabels, Gauge>,
     pub abandoned: Family<FunctionLabels, Counter>,
+    pub instance_exits: Family<ExitLabels, Counter>,
+    pub start_failures: Family<EnvironmentLabels, Counter>,
+    pub builds: Family<BuildLabels, Counter>,
 }
 
 impl Default for PoolMetrics {
@@ -58,6 +80,9 @@ impl Default for PoolMetrics {
             cold_start_seconds: Family::new_with_constructor(latency_histogram),
             instances: Family::default(),
             abandoned: Family::default(),
+            instance_exits: Family::default(),
+            start_failures: Family::default(),
+            builds: Family::default(),
         }
     }
 }
@@ -94,6 +119,22 @@ impl PoolMetrics {
             "Requests whose caller went away before the function answered; each \
              holds its instance until the function does (or its timeout passes)",
             self.abandoned.clone(),
+        );
+        registry.register(
+            "fusion_instance_exits",
+            "Instances that ended, by environment and reason: stopped (by Fusion), \
+             out_of_memory, exited (by themselves: a crash or a signal) or vanished",
+            self.instance_exits.clone(),
+        );
+        registry.register(
+            "fusion_instance_start_failures",
+            "Instances that failed to start, by environment",
+            self.start_failures.clone(),
+        );
+        registry.register(
+            "fusion_package_builds",
+            "Package builds that ended, by outcome (succeeded, cached, failed)",
+            self.builds.clone(),
         );
     }
 }

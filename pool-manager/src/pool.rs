@@ -871,6 +871,12 @@ impl Inner {
             instance
         });
         if let Err(e) = &started {
+            self.metrics
+                .start_failures
+                .get_or_create(&crate::metrics::EnvironmentLabels {
+                    environment: env.key(),
+                })
+                .inc();
             if let Some(pool) = lock(&self.state).envs.get_mut(&env.key()) {
                 pool.start_failure = Some(StartFailure {
                     at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -907,6 +913,14 @@ impl Inner {
             let exit = watched.wait_exited().await;
             tracing::debug!(instance = watched.id, %exit, "instance ended");
             if let Some(inner) = weak.upgrade() {
+                inner
+                    .metrics
+                    .instance_exits
+                    .get_or_create(&crate::metrics::ExitLabels {
+                        environment: watched.env.clone(),
+                        reason: exit.reason(),
+                    })
+                    .inc();
                 // A function's log says when one of its instances ends, and how
                 // (a crash, a signal, its memory limit, or Fusion stopping it).
                 if let Some(owner) = watched.owner() {

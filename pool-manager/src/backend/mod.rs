@@ -128,6 +128,16 @@ impl fmt::Display for Exit {
 }
 
 impl Exit {
+    /// The reason a metric counts this exit under.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Exit::Stopped => "stopped",
+            Exit::OutOfMemory => "out_of_memory",
+            Exit::Exited { .. } => "exited",
+            Exit::Vanished(_) => "vanished",
+        }
+    }
+
     /// Why an instance whose main process ended with `status` ended: `Stopped`
     /// when Fusion asked for it, else what the status says.
     pub(crate) fn of(

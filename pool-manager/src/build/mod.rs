@@ -389,6 +389,12 @@ impl Inner {
             return Ok(false);
         }
         let ends = !matches!(event, BuildEvent::Started | BuildEvent::Requested);
+        let outcome = match &event {
+            BuildEvent::Succeeded { .. } => Some("succeeded"),
+            BuildEvent::Cached { .. } => Some("cached"),
+            BuildEvent::Failed { .. } => Some("failed"),
+            BuildEvent::Requested | BuildEvent::Started => None,
+        };
         let ran = p.runnable().cloned();
         match p.status.apply(p.source.is_some(), event, now()) {
             Ok(status) => p.status = status,
@@ -396,6 +402,12 @@ impl Inner {
                 tracing::debug!(package = %key, error = %e, "build event not applied");
                 return Ok(false);
             }
+        }
+        if let Some(outcome) = outcome {
+            self.metrics
+                .builds
+                .get_or_create(&crate::metrics::BuildLabels { outcome })
+                .inc();
         }
         // Functions get new instances when their code changed (not when a
         // failed rebuild left them the last good build they run).

@@ -262,6 +262,15 @@ impl Invocations {
         Ok(accepted(&inv, &base))
     }
 
+    /// How many invocations are queued or running, and how many are dead
+    /// letters.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.inner.store.pending_count(),
+            self.inner.store.dead_count(),
+        )
+    }
+
     /// The request body an invocation replays.
     pub fn request_body(&self, id: &str) -> Result<bytes::Bytes> {
         self.inner.store.body(id)

@@ -70,6 +70,11 @@ impl Store {
         })
     }
 
+    /// How many invocations are dead letters.
+    pub fn dead_count(&self) -> usize {
+        self.dead.len()
+    }
+
     /// How many invocations are queued or running.
     pub fn pending_count(&self) -> usize {
         self.pending_count.load(Ordering::SeqCst)
