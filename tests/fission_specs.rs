@@ -498,3 +498,37 @@ fn spec_checks_routes_offline_and_apply_says_what_it_did() {
         "{out}"
     );
 }
+
+/// A destroy that something outside the project stops half-way leaves a
+/// record of what is still there: `spec list` shows no deleted resource as
+/// missing, and a later destroy finishes the job.
+#[test]
+fn a_destroy_stopped_half_way_records_what_is_left() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(specs.join("hello.py"), "def main():\n    return 'hi'\n").unwrap();
+    std::fs::write(
+        specs.join("all.yaml"),
+        "kind: DeploymentConfig\nname: half\nuid: 7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n---\nkind: Environment\nname: py\nruntime: python\npoolsize: 0\n---\nkind: Function\nname: hello\nenv: py\ncode: hello.py\n---\nkind: Route\nname: hello\nurl: /hello\nfunction: hello\n",
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // A workflow of someone else's runs the function: it cannot go.
+    s.workflow("user", "output: A\ntasks:\n  A:\n    run: hello\n");
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("deleted   HTTPTrigger hello"), "{out}");
+    assert!(err.contains("run by workflows user"), "{err}");
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("missing"), "{out}");
+    assert!(!out.contains("HTTPTrigger"), "{out}");
+    assert_eq!(out.matches("present").count(), 2, "{out}");
+    assert_eq!(s.call("DELETE", "/v1/workflows/user", None).0, 204);
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(names(&s, "/v1/environments").is_empty());
+}

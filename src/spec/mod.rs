@@ -727,6 +727,7 @@ pub async fn destroy(client: &Client, source: &Source) -> Result<()> {
     let mut order: Vec<&Applied> = rec.resources.iter().collect();
     order.sort_by_key(|a| a.delete_rank());
     let mut present = Vec::new();
+    let mut remaining = rec.resources.clone();
     for a in order {
         if let Some(cr) = custom_resources.get(a) {
             println!(
@@ -737,18 +738,35 @@ pub async fn destroy(client: &Client, source: &Source) -> Result<()> {
         }
         if client.get_opt::<Value>(&a.path()).await?.is_some() {
             present.push(a.clone());
+        } else {
+            remaining.remove(a);
         }
     }
     let mut failed = None;
     for (a, r) in delete_all(client, present).await {
         match r {
-            Ok(()) => println!("deleted   {}", a.label()),
+            Ok(()) => {
+                println!("deleted   {}", a.label());
+                remaining.remove(&a);
+            }
             Err(e) => {
                 failed.get_or_insert(e);
             }
         }
     }
     if let Some(e) = failed {
+        // The record keeps what is still there, not what is gone.
+        let rec = Record {
+            resources: remaining,
+            ..rec
+        };
+        client
+            .put_json::<Value>(
+                &format!("/v1/deployments/{uid}"),
+                &serde_json::to_value(&rec)?,
+            )
+            .await
+            .context("cannot record what this project still has")?;
         return Err(e);
     }
     match client.delete(&format!("/v1/deployments/{uid}")).await {
