@@ -154,6 +154,11 @@ fn a_trigger_on_a_workflow_starts_a_run_and_records_its_id() {
     let r = s.wait_run(&run, Duration::from_secs(60));
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(r["output"], "step");
+    // The CLI says a firing started a run, not how the run went.
+    let (code, out, err) = s.cli(&["timer", "history", "wf"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("run started") && out.contains(&run), "{out}");
+    assert!(out.contains("`fusion run get RUN`"), "{out}");
     // The workflow stays while a trigger starts it.
     let (st, body) = s.call("DELETE", "/v1/workflows/nightly", None);
     assert_eq!(st, 409, "{body}");

@@ -204,7 +204,25 @@ pub(super) async fn timer_cmd(verb: TimerVerb, opts: &ClientOpts) -> Result<()> 
             let v: Value = c
                 .get(&format!("{path}/history?{query}{sep}limit={limit}"))
                 .await?;
-            print(opts, &v, HISTORY_COLUMNS);
+            if opts.json() {
+                print(opts, &v, HISTORY_COLUMNS);
+                return Ok(());
+            }
+            // A workflow's firing succeeded in starting its run, whatever the
+            // run then did: say so, and where to look.
+            let mut rows = v;
+            for row in rows.as_array_mut().into_iter().flatten() {
+                if row["run_id"].is_string() && row["outcome"] == "succeeded" {
+                    row["outcome"] = json!("run started");
+                }
+            }
+            print(opts, &rows, HISTORY_COLUMNS);
+            if rows
+                .as_array()
+                .is_some_and(|r| r.iter().any(|row| row["run_id"].is_string()))
+            {
+                println!("(a run's own outcome: `fusion run get RUN`)");
+            }
             Ok(())
         }
     }

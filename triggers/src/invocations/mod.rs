@@ -586,8 +586,8 @@ impl Inner {
             }
             Settle::Dead => {
                 let e = format!(
-                    "{} attempts failed; the last: {}",
-                    number,
+                    "{number} {} failed; the last: {}",
+                    if number == 1 { "attempt" } else { "attempts" },
                     error.unwrap_or_default()
                 );
                 self.finish(inv, Status::Dead, "retries_exhausted", e, &policy)
