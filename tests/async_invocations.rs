@@ -325,6 +325,13 @@ fn a_dead_letter_is_listed_and_redriven_once_the_function_is_fixed() {
         out.contains(&id) && out.contains("retries_exhausted"),
         "{out}"
     );
+    // By function.
+    let (code, out, err) = s.cli(&["fn", "dlq", "list", "--function", "broken"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id), "{out}");
+    let (code, out, err) = s.cli(&["fn", "dlq", "list", "--function", "other"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(&id), "{out}");
     let (code, out, err) = s.cli(&["fn", "invocations", "broken"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&id) && out.contains("dead"), "{out}");

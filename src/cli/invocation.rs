@@ -47,6 +47,9 @@ pub(super) enum DlqVerb {
         /// The most to list (newest first).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only the dead letters of this function.
+        #[arg(long, value_name = "NAME")]
+        function: Option<String>,
     },
     /// Show a dead letter.
     Show {
@@ -64,6 +67,9 @@ pub(super) enum DlqVerb {
         /// Every dead letter in the namespace.
         #[arg(long, conflicts_with_all = ["id", "positional"])]
         all: bool,
+        /// With --all: only the dead letters of this function.
+        #[arg(long, value_name = "NAME", requires = "all")]
+        function: Option<String>,
     },
 }
 
@@ -180,13 +186,14 @@ pub(super) async fn invocation_cmd(verb: InvocationVerb, opts: &ClientOpts) -> R
 
 pub(super) async fn dlq_cmd(verb: DlqVerb, opts: &ClientOpts) -> Result<()> {
     match verb {
-        DlqVerb::List { limit } => {
+        DlqVerb::List { limit, function } => {
             let c = opts.client()?;
+            let mut pairs = vec![("limit", limit.to_string())];
+            if let Some(f) = function {
+                pairs.push(("function", f));
+            }
             let page: Value = c
-                .get(&format!(
-                    "/v1/deadletters{}",
-                    query(opts, &[("limit", limit.to_string())])
-                ))
+                .get(&format!("/v1/deadletters{}", query(opts, &pairs)))
                 .await?;
             print(opts, &page["invocations"], COLUMNS);
             Ok(())
@@ -196,6 +203,7 @@ pub(super) async fn dlq_cmd(verb: DlqVerb, opts: &ClientOpts) -> Result<()> {
             positional,
             id,
             all,
+            function,
         } => {
             if let Some(id) = positional.or(id) {
                 return redrive(opts, &id).await;
@@ -210,6 +218,9 @@ pub(super) async fn dlq_cmd(verb: DlqVerb, opts: &ClientOpts) -> Result<()> {
             let mut cursor: Option<String> = None;
             loop {
                 let mut pairs = vec![("limit", "1000".to_string())];
+                if let Some(f) = &function {
+                    pairs.push(("function", f.clone()));
+                }
                 if let Some(cur) = &cursor {
                     pairs.push(("cursor", cur.clone()));
                 }
