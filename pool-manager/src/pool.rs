@@ -61,7 +61,7 @@ pub(crate) struct Inner {
     /// Named packages and their builds.
     pub(crate) builds: crate::build::Builds,
     state: Mutex<State>,
-    next_id: AtomicU64,
+    next_id: InstanceIds,
     /// Instances the backend is starting right now (shutdown waits for them).
     starting: AtomicUsize,
     pub(crate) closing: AtomicBool,
@@ -75,6 +75,66 @@ struct State {
     envs: HashMap<String, EnvPool>,
     fns: HashMap<String, FnPool>,
     all: HashMap<u64, Arc<Instance>>,
+}
+
+/// Instance numbers that go on across restarts, so that a function's log
+/// never names two instances by one number: the numbers are reserved in
+/// blocks, each block's end durable before a number of it is used.
+struct InstanceIds {
+    next: AtomicU64,
+    /// The first number past the reserved block.
+    reserved: Mutex<u64>,
+    /// Held by whoever reserves the next block.
+    reserving: Mutex<()>,
+    db: sled::Db,
+}
+
+/// How many instance numbers one durable write reserves.
+const ID_BLOCK: u64 = 1000;
+const ID_KEY: &[u8] = b"pool/next_instance_id";
+
+impl InstanceIds {
+    fn open(db: &sled::Db) -> Result<InstanceIds> {
+        let stored = db
+            .get(ID_KEY)
+            .map_err(|e| Error::Storage(e.to_string()))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(1, u64::from_be_bytes);
+        let ids = InstanceIds {
+            next: AtomicU64::new(stored),
+            reserved: Mutex::new(stored),
+            reserving: Mutex::new(()),
+            db: db.clone(),
+        };
+        ids.reserve(stored)?;
+        Ok(ids)
+    }
+
+    /// Makes `from..from + ID_BLOCK` durable as taken (the next start begins
+    /// past it).
+    fn reserve(&self, from: u64) -> Result<()> {
+        let end = from + ID_BLOCK;
+        self.db
+            .insert(ID_KEY, &end.to_be_bytes())
+            .and_then(|_| self.db.flush())
+            .map_err(|e| Error::Storage(format!("cannot reserve instance numbers: {e}")))?;
+        *lock(&self.reserved) = end;
+        Ok(())
+    }
+
+    fn next(&self) -> Result<u64> {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        // Held while a block is reserved: no number is used before its block
+        // is durable.
+        let reserved = *lock(&self.reserved);
+        if id >= reserved {
+            let _one = lock(&self.reserving);
+            if id >= *lock(&self.reserved) {
+                self.reserve(id)?;
+            }
+        }
+        Ok(id)
+    }
 }
 
 struct EnvPool {
@@ -247,7 +307,7 @@ impl PoolManager {
             logs,
             builds: crate::build::Builds::open(db)?,
             state: Mutex::new(state),
-            next_id: AtomicU64::new(1),
+            next_id: InstanceIds::open(db)?,
             starting: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             exits: Notify::new(),
@@ -834,7 +894,7 @@ impl Inner {
     }
 
     async fn spawn_instance(self: &Arc<Self>, env: &Environment) -> Result<Arc<Instance>> {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let id = self.next_id.next()?;
         let owner: Arc<Mutex<Option<Owner>>> = Arc::default();
         let log_key = {
             let owner = owner.clone();
@@ -1117,5 +1177,37 @@ impl Inner {
                 live -= 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod instance_id_tests {
+    use super::*;
+
+    #[test]
+    fn instance_numbers_go_on_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let first: Vec<u64> = {
+            let db = sled::open(dir.path()).unwrap();
+            let ids = InstanceIds::open(&db).unwrap();
+            (0..3).map(|_| ids.next().unwrap()).collect()
+        };
+        assert_eq!(first, [1, 2, 3]);
+        // A restart (even after a crash: the block was durable before use)
+        // starts past every number the last run could have used.
+        let db = sled::open(dir.path()).unwrap();
+        let ids = InstanceIds::open(&db).unwrap();
+        let again = ids.next().unwrap();
+        assert_eq!(again, 1 + ID_BLOCK);
+        // Past a block, the next block is reserved.
+        let last = (0..ID_BLOCK).map(|_| ids.next().unwrap()).last().unwrap();
+        assert_eq!(last, 1 + 2 * ID_BLOCK);
+        drop(ids);
+        drop(db);
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(
+            InstanceIds::open(&db).unwrap().next().unwrap(),
+            1 + 3 * ID_BLOCK
+        );
     }
 }
