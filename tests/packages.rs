@@ -393,11 +393,13 @@ fn a_build_command_runs_isolated_and_is_stopped_at_the_time_limit() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("hello.sh"), "#!/bin/sh\necho built\n").unwrap();
     let data = s.data_dir().to_str().unwrap().to_string();
-    // Fission's convention: SRC_PKG and DEPLOY_PKG; what the build sees is in its log.
+    // Fission's convention: SRC_PKG and DEPLOY_PKG, which the build makes as
+    // Fission's build scripts do (`cp -r ${SRC_PKG} ${DEPLOY_PKG}`); what the
+    // build sees is in its log.
     let probe = format!(
         "echo uid=$(id -u); if touch /usr/fusion-probe 2>/dev/null; then echo usr=writable; else echo usr=read-only; fi; \
          if [ -e {data}/token ]; then echo data=visible; else echo data=hidden; fi; \
-         cp \"$SRC_PKG\"/hello.sh \"$DEPLOY_PKG\"/"
+         cp -r ${{SRC_PKG}} ${{DEPLOY_PKG}}"
     );
     let src_arg = src.to_str().unwrap();
     cli_ok(
@@ -440,6 +442,31 @@ fn a_build_command_runs_isolated_and_is_stopped_at_the_time_limit() {
         ],
     );
     assert_eq!(call(&s, "probefn"), (200, "built\n".into()));
+    // A build that makes no deployment has failed, whatever its exit status.
+    let src_arg = src.to_str().unwrap();
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "empty",
+            "--env",
+            "binary",
+            "--src",
+            src_arg,
+            "--buildcmd",
+            "true",
+        ],
+    );
+    let p = built(&s, "empty");
+    assert_eq!(p["status"]["buildstatus"], "failed", "{p}");
+    assert!(
+        p["status"]["buildlog"]
+            .as_str()
+            .unwrap()
+            .contains("the build made no deployment"),
+        "{p}"
+    );
 
     // Past the time limit the build and everything it started are killed.
     let sleeper = "sleep 4242.5";

@@ -19,7 +19,9 @@ pub struct BuildRequest {
     pub env: Environment,
     /// The source, a copy the build may change (`SRC_PKG`).
     pub src: PathBuf,
-    /// Where the build puts the deployment (`DEPLOY_PKG`), empty at the start.
+    /// The directory the deployment goes in: the build makes `DEPLOY_PKG`,
+    /// its `DEPLOY_PKG_DIR` (not there at the start, as in Fission, whose
+    /// build scripts end with `cp -r $SRC_PKG $DEPLOY_PKG`).
     pub deploy: PathBuf,
     /// `HOME` for the tools' caches, with `tmp` in it for `TMPDIR`.
     pub home: PathBuf,
@@ -45,6 +47,10 @@ pub struct BuildOutput {
     /// What the build wrote (stdout and stderr), its tail when long.
     pub log: String,
 }
+
+/// `DEPLOY_PKG` within a build's deploy directory: a path that does not exist
+/// yet, for the build to make.
+pub const DEPLOY_PKG_DIR: &str = "pkg";
 
 /// The most output of one build that is kept (the end, where errors are).
 pub const BUILD_LOG_LIMIT: usize = 64 * 1024;
@@ -73,7 +79,7 @@ pub fn build_env(
         v("TMPDIR", &format!("{home}/tmp")),
         v("LANG", "C.UTF-8"),
         v("SRC_PKG", src),
-        v("DEPLOY_PKG", deploy),
+        v("DEPLOY_PKG", &format!("{deploy}/{DEPLOY_PKG_DIR}")),
         v("PYTHON", python),
         v("NODE", node),
         v("PIP_DISABLE_PIP_VERSION_CHECK", "1"),

@@ -574,8 +574,16 @@ impl Inner {
                 return Err(log);
             }
         }
+        let made = deploy.join(crate::backend::build::DEPLOY_PKG_DIR);
+        if !made.is_dir() {
+            log.push_str(
+                "the build made no deployment: nothing at $DEPLOY_PKG (a build script makes it, \
+                 as Fission's do with `cp -r $SRC_PKG $DEPLOY_PKG`)\n",
+            );
+            return Err(log);
+        }
         let packages = self.packages.clone();
-        let stored = tokio::task::spawn_blocking(move || packages.put_dir(&deploy))
+        let stored = tokio::task::spawn_blocking(move || packages.put_dir(&made))
             .await
             .map_err(|e| e.to_string())?;
         match stored {

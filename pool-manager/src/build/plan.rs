@@ -15,8 +15,9 @@ pub struct Plan {
     pub script: String,
 }
 
-/// Copies the source into the deployment (the builders install beside it).
-const COPY_SOURCE: &str = r#"cp -R "$SRC_PKG"/. "$DEPLOY_PKG"/"#;
+/// Copies the source into the deployment (the builders install beside it);
+/// `DEPLOY_PKG` is not there before the build, as in Fission.
+const COPY_SOURCE: &str = r#"mkdir -p "$DEPLOY_PKG" && cp -R "$SRC_PKG"/. "$DEPLOY_PKG"/"#;
 
 /// The plan for a source whose top-level files `has` tells, built by `env`'s
 /// builder, or by `buildcmd` when given.

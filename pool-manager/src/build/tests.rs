@@ -71,7 +71,9 @@ impl Backend for FakeBuilder {
                 });
             }
             // The deployment is the source, as a builder with nothing to do makes it.
-            crate::package::copy_tree(&req.src, &req.deploy)?;
+            let made = req.deploy.join(crate::backend::build::DEPLOY_PKG_DIR);
+            std::fs::create_dir_all(&made).map_err(|e| crate::Error::Internal(e.to_string()))?;
+            crate::package::copy_tree(&req.src, &made)?;
             Ok(BuildOutput {
                 exit: BuildExit::Succeeded,
                 log: "built\n".into(),
