@@ -16,6 +16,8 @@ use crate::spec::{is_task_spec, is_workflow_spec, parse_duration, TaskSpec, Work
 /// Names of the built-ins.
 pub const BUILTINS: &[&str] = &[
     "noop",
+    // Fission Workflows' alias of noop.
+    "nop",
     "compose",
     "if",
     "switch",
@@ -104,21 +106,25 @@ fn as_text(v: &Value) -> String {
 /// the state machine applies it to the sub-workflow the task runs.
 pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
     match name {
-        "noop" => Outcome::Output(default_input(inputs)),
-        "compose" => {
-            if inputs.len() == 1 {
-                Outcome::Output(inputs.values().next().cloned().unwrap_or(Value::Null))
-            } else if let Some(d) = inputs.get("default") {
-                Outcome::Output(d.clone())
-            } else {
-                Outcome::Output(Value::Object(inputs.clone().into_iter().collect()))
+        "noop" | "nop" => Outcome::Output(default_input(inputs)),
+        // As Fission Workflows' compose: nothing, the one input, or every
+        // input merged into one map (`default` among them).
+        "compose" => match inputs.len() {
+            0 => Outcome::Output(Value::Null),
+            1 => Outcome::Output(inputs.values().next().cloned().unwrap_or(Value::Null)),
+            _ => Outcome::Output(Value::Object(inputs.clone().into_iter().collect())),
+        },
+        // As Fission Workflows' if: the condition is required, and a boolean.
+        "if" => match inputs.get("if") {
+            None => Outcome::Invalid("if needs the input `if`, the condition".into()),
+            Some(Value::Bool(cond)) => {
+                let branch = if *cond { "then" } else { "else" };
+                Outcome::Output(inputs.get(branch).cloned().unwrap_or(Value::Null))
             }
-        }
-        "if" => {
-            let cond = inputs.get("if").map(truthy).unwrap_or(false);
-            let branch = if cond { "then" } else { "else" };
-            Outcome::Output(inputs.get(branch).cloned().unwrap_or(Value::Null))
-        }
+            Some(other) => Outcome::Invalid(format!(
+                "if: the condition must be true or false, not {other}"
+            )),
+        },
         "switch" => switch(inputs),
         "foreach" => foreach(inputs),
         "repeat" => repeat(inputs),
@@ -462,11 +468,29 @@ fn http(inputs: &Inputs) -> Outcome {
     if url.is_empty() {
         return Outcome::Invalid("http needs the input `url`".into());
     }
-    let headers = inputs
+    // As Fission Workflows: a URL without a scheme is http.
+    let url = if url.contains("://") {
+        url
+    } else {
+        format!("http://{url}")
+    };
+    let mut headers: Vec<(String, String)> = inputs
         .get("headers")
         .and_then(Value::as_object)
         .map(|m| m.iter().map(|(k, v)| (k.clone(), as_text(v))).collect())
         .unwrap_or_default();
+    // `content-type` forces the request's type; a text body is text/plain
+    // unless the headers say otherwise (a JSON body is application/json).
+    let typed = |h: &[(String, String)]| {
+        h.iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    };
+    if let Some(ct) = inputs.get("content-type").map(as_text) {
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
+        headers.push(("Content-Type".into(), ct));
+    } else if !typed(&headers) && inputs.get("body").is_some_and(Value::is_string) {
+        headers.push(("Content-Type".into(), "text/plain; charset=utf-8".into()));
+    }
     Outcome::Http(HttpRequest {
         url,
         method: inputs
@@ -602,6 +626,49 @@ mod tests {
         assert_eq!(
             out("if", json!({"if": false, "then": "y", "else": "n"})),
             json!("n")
+        );
+        // As Fission Workflows: `nop` is `noop`; compose merges every input
+        // when there are several (`default` among them), and gives nothing for
+        // none; `if` needs a boolean condition.
+        assert_eq!(out("nop", json!({"default": 4})), json!(4));
+        assert_eq!(
+            out("compose", json!({"default": "a", "other": "b"})),
+            json!({"default": "a", "other": "b"})
+        );
+        assert_eq!(out("compose", json!({})), Value::Null);
+        assert!(matches!(
+            run("if", &ins(json!({"then": 1})), &Inputs::new()),
+            Outcome::Invalid(m) if m.contains("needs the input `if`")
+        ));
+        assert!(matches!(
+            run("if", &ins(json!({"if": "yes", "then": 1})), &Inputs::new()),
+            Outcome::Invalid(m) if m.contains("true or false")
+        ));
+        // http: a URL without a scheme is http; `content-type` sets the type,
+        // and a text body is text/plain.
+        let req = |inputs: Value| match run("http", &ins(inputs), &Inputs::new()) {
+            Outcome::Http(r) => r,
+            other => panic!("{other:?}"),
+        };
+        let r = req(json!({"url": "127.0.0.1:9/x", "body": "plain", "method": "post"}));
+        assert_eq!(r.url, "http://127.0.0.1:9/x");
+        assert_eq!(
+            r.headers,
+            [(
+                "Content-Type".to_string(),
+                "text/plain; charset=utf-8".to_string()
+            )]
+        );
+        let r = req(
+            json!({"url": "https://h/x", "content-type": "application/x-custom", "headers": {"content-type": "a/b"}}),
+        );
+        assert_eq!(r.url, "https://h/x");
+        assert_eq!(
+            r.headers,
+            [(
+                "Content-Type".to_string(),
+                "application/x-custom".to_string()
+            )]
         );
         assert_eq!(
             out(

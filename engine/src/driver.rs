@@ -287,20 +287,21 @@ fn already_finished(id: &str, status: RunStatus) -> EngineError {
 }
 
 /// The body of a call: text for a string, JSON for anything else.
+/// A task's body as sent, and its type unless the headers give one: text for
+/// a string, JSON for anything else (as Fission Workflows sends them).
 fn body_of(v: Option<&Value>, headers: &mut Vec<(String, String)>) -> Bytes {
-    match v {
-        None | Some(Value::Null) => Bytes::new(),
-        Some(Value::String(s)) => Bytes::from(s.clone()),
-        Some(other) => {
-            if !headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-            {
-                headers.push(("Content-Type".into(), "application/json".into()));
-            }
-            Bytes::from(other.to_string())
-        }
+    let typed = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    let (body, content_type) = match v {
+        None | Some(Value::Null) => return Bytes::new(),
+        Some(Value::String(s)) => (Bytes::from(s.clone()), "text/plain; charset=utf-8"),
+        Some(other) => (Bytes::from(other.to_string()), "application/json"),
+    };
+    if !typed {
+        headers.push(("Content-Type".into(), content_type.into()));
     }
+    body
 }
 
 fn function_call(
@@ -314,6 +315,11 @@ fn function_call(
         .and_then(Value::as_object)
         .map(|m| m.iter().map(|(k, v)| (k.clone(), text(v))).collect())
         .unwrap_or_default();
+    // `content-type` forces the request's type (Fission Workflows' input).
+    if let Some(ct) = get("content-type") {
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
+        headers.push(("Content-Type".into(), text(ct)));
+    }
     let body = body_of(get("body").or_else(|| get("default")), &mut headers);
     FunctionCall {
         function: function.to_string(),
@@ -1655,7 +1661,7 @@ impl Actor {
                 self.call(task, async move {
                     let result = bounded(timeout, async {
                         match &engine.config.http {
-                            Some(http) => http.send(request).await.map_err(CallError::Instance),
+                            Some(http) => http.send(request).await.map_err(CallError::Http),
                             None => Err(CallError::UnknownFunction(
                                 "http (no HTTP transport configured)".into(),
                             )),

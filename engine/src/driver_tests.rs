@@ -1473,3 +1473,50 @@ async fn a_short_run_whose_parallel_steps_end_apart_takes_one_flush() {
         .count();
     assert_eq!(succeeded, 4, "{events:?}");
 }
+
+/// A function task's body goes with its type as Fission Workflows sends it:
+/// text for a string, JSON otherwise, or the `content-type` input's.
+#[tokio::test(start_paused = true)]
+async fn a_task_body_carries_its_content_type() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: C\ntasks:\n  A:\n    run: echo\n    inputs: plain\n  B:\n    run: echo\n    inputs: {body: {x: 1}}\n  C:\n    run: echo\n    inputs: {body: plain, content-type: application/x-custom, headers: {Content-Type: a/b}}\n    requires: [A, B]\n";
+    let s = run(&e, "typed", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    let calls = fake.calls.lock().unwrap().clone();
+    let content_type = |body: &str| {
+        let call = calls
+            .iter()
+            .find(|c| c.body == body.as_bytes())
+            .unwrap_or_else(|| panic!("no call with {body}"));
+        let types: Vec<&str> = call
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        types.join(",")
+    };
+    assert_eq!(content_type("{\"x\":1}"), "application/json");
+    let plain: Vec<String> = calls
+        .iter()
+        .filter(|c| c.body == "plain".as_bytes())
+        .map(|c| {
+            c.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    assert_eq!(plain.len(), 2, "{plain:?}");
+    assert!(
+        plain.contains(&"text/plain; charset=utf-8".to_string()),
+        "{plain:?}"
+    );
+    assert!(
+        plain.contains(&"application/x-custom".to_string()),
+        "{plain:?}"
+    );
+}

@@ -406,6 +406,7 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
         "while" => &["expr", "limit", "do"],
         "javascript" => &["expr"],
         "switch" => &["switch"],
+        "if" => &["if"],
         "sleep" => &[],
         _ => return,
     };
@@ -442,6 +443,14 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
             .filter(|v| v.as_str().is_none_or(|s| expression_source(s).is_none()))
     };
     match builtin.as_ref() {
+        "if" => {
+            if let Some(v) = literal("if").filter(|v| !v.is_boolean()) {
+                fault(
+                    "if",
+                    format!("`if` needs its condition true or false, not {v}"),
+                );
+            }
+        }
         "repeat" => {
             if let Some(v) = literal("times") {
                 let max = crate::builtins::MAX_REPEAT as u64;

@@ -52,6 +52,9 @@ pub enum CallError {
     Overloaded(String),
     #[error("the function's instance failed: {0}")]
     Instance(String),
+    /// An `http` task's request could not be made or got no answer.
+    #[error("the request failed: {0}")]
+    Http(String),
     #[error("call cancelled")]
     Cancelled,
 }
@@ -67,7 +70,10 @@ impl CallError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            CallError::Timeout(_) | CallError::Overloaded(_) | CallError::Instance(_)
+            CallError::Timeout(_)
+                | CallError::Overloaded(_)
+                | CallError::Instance(_)
+                | CallError::Http(_)
         )
     }
 }
