@@ -936,8 +936,12 @@ fn apply_event(s: &mut RunState, event: &Event) {
             retryable,
             at,
         } => {
-            let retryable =
-                crate::sfn::run::may_retry(s.spec.state_machine.is_some(), *retryable, *status);
+            let retryable = crate::sfn::run::may_retry(
+                s.spec.state_machine.is_some(),
+                *retryable,
+                *status,
+                error,
+            );
             if let Some(t) = s.tasks.get_mut(task) {
                 if t.status == TaskStatus::Running && t.attempts == *attempt {
                     t.error = Some(error.clone());

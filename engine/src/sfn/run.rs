@@ -200,10 +200,35 @@ fn retry_spec(r: &RetryPolicy) -> RetrySpec {
     }
 }
 
-/// Whether a failed attempt of a state machine step may be retried: never a
-/// 4xx (`Fission.PermanentError`), whatever the executor thinks of it.
-pub fn may_retry(state_machine: bool, retryable: bool, status: Option<u16>) -> bool {
-    retryable && !(state_machine && status.is_some_and(|c| (400..500).contains(&c)))
+/// Whether a failed attempt of a state machine step may be retried: as in
+/// Fission's engine, only `Fission.FunctionError` and `Fission.Timeout`; never a
+/// 4xx (`Fission.PermanentError`), nor an error the function typed itself
+/// (`{"errorType": ...}`, the author's own vocabulary, goes straight to
+/// `catch`), whatever the executor thinks of it.
+pub fn may_retry(state_machine: bool, retryable: bool, status: Option<u16>, error: &str) -> bool {
+    if !state_machine {
+        return retryable;
+    }
+    retryable && !status.is_some_and(|c| (400..500).contains(&c)) && !own_error_type(status, error)
+}
+
+/// Whether an answer's error is typed by the function (`{"errorType": ...}`)
+/// with a type of its own (not `Fission.FunctionError` or `Fission.Timeout`).
+fn own_error_type(status: Option<u16>, error: &str) -> bool {
+    let Some(status) = status else {
+        return false;
+    };
+    let Some(body) = error.strip_prefix(&format!("the function answered {status}: ")) else {
+        return false;
+    };
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("errorType")?
+                .as_str()
+                .map(|k| k != FUNCTION_ERROR && k != TIMEOUT)
+        })
+        .unwrap_or(false)
 }
 
 /// A new step of a state machine run, when `id` names one (`apply` adds it
@@ -1250,6 +1275,47 @@ spec:
             assert!(e.message.starts_with(want), "{error}: {}", e.message);
             assert_eq!(e.task.as_deref(), Some("000001-validate"));
         }
+    }
+
+    #[test]
+    fn only_function_errors_and_timeouts_are_retried() {
+        // As Fission's engine: a type of the function's own goes to `catch`
+        // at once, even on a 5xx and with retries left.
+        let src = "startAt: a
+states:
+  a:
+    type: Task
+    function: {name: f}
+    retry: {maxAttempts: 3}
+    catch: [{errorType: Inventory.Unavailable, next: done, resultPath: $.err}]
+    end: true
+  done: {type: Succeed}
+";
+        let mut s = started(src, json!({}));
+        let (id, _) = dispatch(&mut s);
+        fail(
+            &mut s,
+            &id,
+            Some(503),
+            r#"the function answered 503: {"errorType": "Inventory.Unavailable", "cause": "later"}"#,
+        );
+        let output = success(next(&mut s));
+        assert_eq!(output["err"]["errorType"], "Inventory.Unavailable");
+        assert_eq!(s.tasks[&id].attempts, 1);
+        for (status, error) in [
+            (Some(503), "the function answered 503"),
+            (
+                Some(500),
+                r#"the function answered 500: {"errorType": "Fission.FunctionError"}"#,
+            ),
+            (None, "function call timed out after 1s"),
+        ] {
+            assert!(may_retry(true, true, status, error), "{error}");
+        }
+        let typed = r#"the function answered 503: {"errorType": "Inventory.Unavailable"}"#;
+        assert!(!may_retry(true, true, Some(503), typed));
+        // Fission Workflows' YAML knows no types: a 5xx is retried.
+        assert!(may_retry(false, true, Some(503), typed));
     }
 
     #[test]
