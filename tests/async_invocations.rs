@@ -541,9 +541,18 @@ fn results_go_to_the_destinations_with_their_envelope() {
     let envelope: Value = serde_json::from_str(sent["response"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(envelope["requestContext"]["invocationId"], id.as_str());
     assert_eq!(envelope["requestContext"]["condition"], "Success");
-    assert_eq!(envelope["requestPayload"], json!({"order": 7}));
+    // Payloads ride in base64, as Fission's destinations decode them.
+    let decoded = |v: &Value| {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or_default())
+            .unwrap();
+        String::from_utf8(bytes).unwrap()
+    };
+    let payload = |v: &Value| serde_json::from_str::<Value>(&decoded(v)).unwrap();
+    assert_eq!(payload(&envelope["requestPayload"]), json!({"order": 7}));
     assert_eq!(envelope["responseContext"]["statusCode"], 200);
-    assert_eq!(envelope["responsePayload"], json!({"done": 7}));
+    assert_eq!(payload(&envelope["responsePayload"]), json!({"done": 7}));
 
     let id = call_async(&s, "fail", "x")["id"]
         .as_str()
@@ -555,7 +564,7 @@ fn results_go_to_the_destinations_with_their_envelope() {
     let envelope: Value = serde_json::from_str(sent["response"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(envelope["requestContext"]["condition"], "RetriesExhausted");
     assert_eq!(envelope["requestContext"]["attempts"], 2);
-    assert_eq!(envelope["responsePayload"], "nope");
+    assert_eq!(decoded(&envelope["responsePayload"]), "nope");
     // A destination must be a function's: a topic is refused, saying why.
     let mut f = s.ok("GET", "/v1/functions/fail", None);
     f["invocation"]["onFailure"] = json!({"topic": {"messageQueueType": "nats", "topic": "t"}});

@@ -34,15 +34,16 @@ pub fn depth(inv: &Invocation) -> u32 {
         .unwrap_or(0)
 }
 
-/// A body as JSON when it is, else as text; left out past the limit.
+/// A body as Fission's envelope carries it: base64 (any bytes survive); left
+/// out past the limit.
 fn payload(bytes: &[u8]) -> Option<Value> {
+    use base64::Engine as _;
     if bytes.len() > PAYLOAD_LIMIT {
         return None;
     }
-    Some(
-        serde_json::from_slice(bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())),
-    )
+    Some(Value::String(
+        base64::engine::general_purpose::STANDARD.encode(bytes),
+    ))
 }
 
 /// The envelope for `inv`, whose request body was `request_body`.
@@ -65,6 +66,9 @@ pub fn envelope(inv: &Invocation, request_body: &[u8]) -> Value {
             if let Some(p) = payload(body.as_bytes()) {
                 e["responsePayload"] = p;
             }
+        } else if let Some(b64) = &r.body_base64 {
+            // Kept in base64 already (not UTF-8).
+            e["responsePayload"] = Value::String(b64.clone());
         }
     }
     e
@@ -107,9 +111,10 @@ mod tests {
         let e = envelope(&inv, br#"{"order": 7}"#);
         assert_eq!(e["requestContext"]["functionRef"], "shop/f");
         assert_eq!(e["requestContext"]["condition"], "RetriesExhausted");
-        assert_eq!(e["requestPayload"], json!({"order": 7}));
+        // Payloads in base64, as Fission's destinations decode them.
+        assert_eq!(e["requestPayload"], "eyJvcmRlciI6IDd9");
         assert_eq!(e["responseContext"]["statusCode"], 500);
-        assert_eq!(e["responsePayload"], "down");
+        assert_eq!(e["responsePayload"], "ZG93bg==");
         assert_eq!(depth(&inv), 2);
         inv.reason = Some("expired".into());
         assert_eq!(condition(&inv), "EventAgeExceeded");
