@@ -707,3 +707,102 @@ fn calls_queued_for_a_deleted_function_become_dead_letters() {
     assert!(letters.to_string().contains(&waiting), "{letters}");
     settled(&s, &first);
 }
+
+/// Fission's ways to ask for an asynchronous call work unchanged: its
+/// `X-Fission-Invoke-Mode: async` header, and a trigger in async mode for
+/// callers that cannot set a header (`--invocation-mode async`); the 202 names
+/// the invocation in `X-Fission-Invocation-Id`. Destinations are set from the
+/// CLI as Fission's are.
+#[test]
+fn fissions_async_header_and_async_triggers_queue_the_call() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "book",
+        "python",
+        "book.py",
+        "from flask import request\ndef main():\n    return 'booked ' + request.get_data(as_text=True)\n",
+        json!({}),
+    );
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/book"))
+        .header("X-Fission-Invoke-Mode", "async")
+        .body("one")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.headers()["x-fission-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(settled(&s, &id)["response"]["body"], "booked one");
+
+    let (code, _, err) = s.cli(&[
+        "route",
+        "create",
+        "--name",
+        "webhook",
+        "--url",
+        "/webhook",
+        "--method",
+        "POST",
+        "--function",
+        "book",
+        "--invocation-mode",
+        "async",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        s.ok("GET", "/v1/routes/webhook", None)["invocation_mode"],
+        "async"
+    );
+    // A sender that sets nothing (and even one that asks to wait) is answered at once.
+    let r = s
+        .http
+        .post(s.router_url("/webhook"))
+        .header("X-Async", "false")
+        .body("two")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.headers()["x-fission-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(settled(&s, &id)["response"]["body"], "booked two");
+    let (st, body) = s.call(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "bad", "url": "/bad", "function": "book", "invocation_mode": "later"})),
+    );
+    assert_eq!(st, 400, "{body}");
+
+    // Destinations from the CLI, as Fission's flags.
+    s.function(
+        "audit",
+        "python",
+        "audit.py",
+        "def main():\n    return 'ok'\n",
+        json!({}),
+    );
+    let (code, _, err) = s.cli(&[
+        "fn",
+        "update",
+        "book",
+        "--async-on-success",
+        "audit",
+        "--async-on-failure",
+        "audit",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let f = s.ok("GET", "/v1/functions/book", None);
+    assert_eq!(
+        f["invocation"]["onSuccess"]["function"]["name"], "audit",
+        "{f}"
+    );
+    assert_eq!(
+        f["invocation"]["onFailure"]["function"]["name"], "audit",
+        "{f}"
+    );
+}

@@ -532,3 +532,22 @@ fn a_destroy_stopped_half_way_records_what_is_left() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(names(&s, "/v1/environments").is_empty());
 }
+
+/// A Fission HTTPTrigger's `invocationMode: async` is kept, not warned away.
+#[test]
+fn an_http_triggers_invocation_mode_is_kept() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(specs.join("hello.py"), "def main():\n    return 'hi'\n").unwrap();
+    std::fs::write(
+        specs.join("all.yaml"),
+        "kind: Environment\nname: py\nruntime: python\npoolsize: 0\n---\nkind: Function\nname: hello\nenv: py\ncode: hello.py\n---\napiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: webhook\nspec:\n  relativeurl: /webhook\n  methods: [POST]\n  functionref: {type: name, name: hello}\n  invocationMode: async\n",
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("invocationMode"), "{err}");
+    assert_eq!(s.ok("GET", "/v1/routes/webhook", None)["invocation_mode"], "async");
+}

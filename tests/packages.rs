@@ -433,8 +433,7 @@ fn a_build_command_runs_isolated_and_is_stopped_at_the_time_limit() {
             "create",
             "--name",
             "probefn",
-            "--env",
-            "binary",
+            // No --env: as in Fission, the package's.
             "--pkg",
             "probe",
             "--entrypoint",

@@ -622,10 +622,28 @@ pub fn is_async(h: &HeaderMap) -> bool {
 
 /// What a request's `X-Async` says: `true`, `1` or `yes` (any case) ask for a
 /// 202, `false`, `0` or `no` for the answer; anything else is refused (a typo
-/// must not quietly make a caller wait, or not).
+/// must not quietly make a caller wait, or not). Without it, Fission's
+/// `X-Fission-Invoke-Mode` (`async` or `sync`) is read the same way.
 pub fn async_header(h: &HeaderMap) -> Result<Option<bool>, String> {
     let Some(v) = h.get("x-async") else {
-        return Ok(None);
+        // Fission's own header: `X-Fission-Invoke-Mode: async` (or `sync`).
+        return match h.get("x-fission-invoke-mode") {
+            None => Ok(None),
+            Some(v) => match v
+                .to_str()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "async" => Ok(Some(true)),
+                "sync" => Ok(Some(false)),
+                _ => Err(format!(
+                    "X-Fission-Invoke-Mode must be async or sync, not {:?}",
+                    String::from_utf8_lossy(v.as_bytes())
+                )),
+            },
+        };
     };
     let text = v.to_str().unwrap_or("").trim();
     if ["true", "1", "yes"]
@@ -881,6 +899,14 @@ mod tests {
         assert!(refused.unwrap_err().contains("\"ture\""));
         assert!(!asynchronous);
         assert_eq!(async_header(&HeaderMap::new()), Ok(None));
+        // Fission's header means the same.
+        let mut h = HeaderMap::new();
+        h.insert("x-fission-invoke-mode", "async".parse().unwrap());
+        assert!(is_async(&h));
+        h.insert("x-fission-invoke-mode", "sync".parse().unwrap());
+        assert_eq!(async_header(&h), Ok(Some(false)));
+        h.insert("x-fission-invoke-mode", "later".parse().unwrap());
+        assert!(async_header(&h).is_err());
         // Prefer asks unless X-Async says otherwise.
         let mut h = HeaderMap::new();
         h.insert("prefer", "respond-async".parse().unwrap());

@@ -84,6 +84,14 @@ pub(super) struct FnFields {
     /// How long an asynchronous call may keep being tried, e.g. `1h` (default 6h).
     #[arg(long = "async-max-age", value_name = "DURATION")]
     async_max_age: Option<String>,
+    /// A function of the namespace called with the result envelope once an
+    /// asynchronous call succeeded (Fission's destination).
+    #[arg(long = "async-on-success", value_name = "FUNCTION")]
+    async_on_success: Option<String>,
+    /// A function of the namespace called with the result envelope once an
+    /// asynchronous call failed for good.
+    #[arg(long = "async-on-failure", value_name = "FUNCTION")]
+    async_on_failure: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +169,7 @@ pub(super) enum FnVerb {
         verb: super::invocation::DlqVerb,
     },
     /// Print the function's logs (the output of its instances).
+    #[command(alias = "log")]
     Logs {
         #[command(flatten)]
         name: Name,
@@ -273,6 +282,16 @@ pub(super) async fn merge_fn(
             None => invocation["maxAge"] = value,
         }
     }
+    for (key, target) in [
+        ("onSuccess", f.async_on_success),
+        ("onFailure", f.async_on_failure),
+    ] {
+        let Some(target) = target else { continue };
+        if !body["invocation"].is_object() {
+            body["invocation"] = json!({});
+        }
+        body["invocation"][key] = json!({"function": {"type": "name", "name": target}});
+    }
     for text in &f.env_vars {
         let (k, v) = super::secret::env_var(text)?;
         if !body["env_vars"].is_object() {
@@ -286,7 +305,15 @@ pub(super) async fn merge_fn(
 pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
-        FnVerb::Create { name, fields } => {
+        FnVerb::Create { name, mut fields } => {
+            // As Fission: a function of a package runs in the package's environment.
+            if let (None, Some(pkg)) = (&fields.env, &fields.pkg) {
+                let namespace = opts.namespace.clone().unwrap_or_else(|| "default".into());
+                let p: Value = c
+                    .get(&format!("/v1/packages/{pkg}?namespace={namespace}"))
+                    .await?;
+                fields.env = p["environment"].as_str().map(str::to_string);
+            }
             if fields.env.is_none() {
                 bail!("--env ENV is required: the environment to run in (see fusion env list)");
             }

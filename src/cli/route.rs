@@ -28,6 +28,11 @@ pub(super) struct RouteFields {
     /// Only requests for this Host header match (any host when absent).
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
+    /// `async`: every request through the route is an asynchronous call (202
+    /// at once), for callers that cannot set X-Async; `sync` (the default)
+    /// leaves it to the request.
+    #[arg(long, value_name = "MODE", value_parser = ["sync", "async"])]
+    invocation_mode: Option<String>,
 }
 
 /// A route's name for `create`, where it may be left out.
@@ -115,6 +120,9 @@ pub(super) fn merge_route(body: &mut Value, f: RouteFields) {
     }
     if let Some(h) = f.host {
         body["host"] = json!(h);
+    }
+    if let Some(mode) = f.invocation_mode {
+        body["invocation_mode"] = json!(mode);
     }
 }
 

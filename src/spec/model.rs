@@ -845,6 +845,9 @@ impl Specs {
             self.warn(doc.at("spec.host"), "`host` is deprecated in Fission");
             r.body["host"] = json!(host);
         }
+        if let Some(mode) = str_at(spec, "invocationMode").filter(|s| !s.is_empty()) {
+            r.body["invocation_mode"] = json!(mode);
+        }
         true
     }
 
@@ -1457,6 +1460,7 @@ const HTTP_TRIGGER_FIELDS: &Shape = &Fields(&[
             ("method", Text),
             ("methods", Any),
             ("functionref", FUNCTION_REF),
+            ("invocationMode", Text),
             ("createingress", KubeOnly),
             ("ingressconfig", KubeOnly),
         ]),

@@ -30,9 +30,20 @@ pub struct Route {
     pub function: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
+    /// `async`: every request through the route is an asynchronous call (a
+    /// 202 at once), as Fission's `invocationMode`, for callers that cannot
+    /// set a header (a third party's webhook); `sync` (the default) leaves it
+    /// to the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation_mode: Option<String>,
 }
 
 impl Route {
+    /// Whether every request through the route is an asynchronous call.
+    pub fn is_async(&self) -> bool {
+        self.invocation_mode.as_deref() == Some("async")
+    }
+
     pub fn key(&self) -> String {
         qualified(&self.namespace, &self.name)
     }
@@ -75,6 +86,13 @@ impl Route {
                 return Err(Error::Invalid(
                     "route: a prefix cannot hold {params}".into(),
                 ));
+            }
+        }
+        if let Some(mode) = &self.invocation_mode {
+            if !matches!(mode.as_str(), "sync" | "async") {
+                return Err(Error::Invalid(format!(
+                    "route: invocation_mode {mode:?}: use sync or async"
+                )));
             }
         }
         for m in &self.methods {

@@ -69,6 +69,19 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
         .map(str::to_string);
     let table = triggers.routes.table();
     match table.find(req.method().as_str(), host.as_deref(), path) {
+        // A route in async mode makes the call asynchronous, whatever the
+        // request says (its caller may be unable to set a header).
+        Some(m) if m.asynchronous => {
+            let mut req = req;
+            req.headers_mut()
+                .insert("x-async", http::HeaderValue::from_static("true"));
+            match &m.target {
+                Target::Function(key) => {
+                    triggers.invocations.accept(key, req, path, &m.params).await
+                }
+                target => invoker.call(target, req, path, &m.params).await,
+            }
+        }
         Some(m) => match &m.target {
             // A function called asynchronously is queued; a workflow runs in
             // the background by itself.

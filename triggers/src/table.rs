@@ -135,6 +135,8 @@ pub struct RouteMatch {
     pub route: String,
     pub target: Target,
     pub params: Vec<(String, String)>,
+    /// The route makes every request an asynchronous call.
+    pub asynchronous: bool,
 }
 
 struct Entry {
@@ -226,6 +228,7 @@ impl RouteTable {
                 route: e.route.name.clone(),
                 target,
                 params,
+                asynchronous: e.route.is_async(),
             })
         })
     }
@@ -246,6 +249,7 @@ mod tests {
             host: None,
             function: Some(format!("fn-{name}")),
             workflow: None,
+            invocation_mode: None,
         }
     }
 

@@ -343,6 +343,10 @@ fn accepted(inv: &Invocation, base: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
+    // Fission's header for the id of an asynchronous invocation.
+    if let Ok(v) = HeaderValue::from_str(&inv.id) {
+        resp.headers_mut().insert("x-fission-invocation-id", v);
+    }
     resp
 }
 
