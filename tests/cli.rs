@@ -228,3 +228,56 @@ fn a_closed_output_pipe_ends_the_cli_quietly() {
     assert_eq!(out.status.code(), Some(141), "{err}");
     assert!(err.is_empty(), "{err}");
 }
+
+/// Fission's `environment create` flags are taken: `--builder` (the bundled
+/// builder builds; another language's is said not to run) and `--version`
+/// (1 and 2 keep a pool of 3, as in Fission).
+#[test]
+fn env_create_takes_fissions_builder_and_version() {
+    let s = Server::start();
+    let (code, _, err) = s.cli(&[
+        "environment",
+        "create",
+        "--name",
+        "python",
+        "--image",
+        "fission/python-env",
+        "--builder",
+        "fission/python-builder:latest",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("builder image"), "{err}");
+    let (code, _, err) = s.cli(&[
+        "env",
+        "create",
+        "--name",
+        "pyv2",
+        "--image",
+        "ghcr.io/fission/python-env:0.4.0rc",
+        "--version",
+        "2",
+        "--poolsize",
+        "1",
+        "--builder",
+        "fission/node-builder",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("honoured only with --version 3"), "{err}");
+    assert!(
+        err.contains("builder image fission/node-builder is not run"),
+        "{err}"
+    );
+    assert_eq!(s.ok("GET", "/v1/environments/pyv2", None)["poolsize"], 3);
+    let (code, _, err) = s.cli(&[
+        "env",
+        "create",
+        "--name",
+        "v9",
+        "--runtime",
+        "python",
+        "--version",
+        "9",
+    ]);
+    assert_ne!(code, 0);
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

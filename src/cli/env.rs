@@ -45,6 +45,15 @@ pub(super) struct EnvFields {
     /// The network instances get on the container backend: host (default) or none.
     #[arg(long, value_parser = ["host", "none"])]
     network: Option<String>,
+    /// Fission's builder image: packages are built by the bundled builder of
+    /// the environment's language (pip, npm, build.sh), which does what
+    /// Fission's builders do; another builder is not run (said on stderr).
+    #[arg(long, value_name = "IMAGE")]
+    builder: Option<String>,
+    /// Fission's environment version (1, 2 or 3); as in Fission, --poolsize
+    /// is honoured with version 3 only (1 and 2 keep 3).
+    #[arg(long = "version", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=3))]
+    env_version: Option<u8>,
 }
 
 #[derive(Subcommand)]
@@ -210,6 +219,22 @@ pub(super) fn merge_env(body: &mut Value, f: EnvFields) -> Result<()> {
     }
     if let Some(p) = f.poolsize {
         body["poolsize"] = json!(p);
+    }
+    if f.env_version.is_some_and(|v| v < 3) && body["poolsize"].as_u64() != Some(3) {
+        if f.poolsize.is_some() {
+            eprintln!("warning: --poolsize is honoured only with --version 3 (as in Fission): the pool keeps 3");
+        }
+        body["poolsize"] = json!(3);
+    }
+    if let Some(builder) = f.builder {
+        let own = pool_manager::resources::fission_runtime(&builder);
+        let runs = body["image"]
+            .as_str()
+            .and_then(pool_manager::resources::fission_runtime)
+            .or_else(|| body["runtime"].as_str().and_then(|r| r.parse().ok()));
+        if own.is_none() || own != runs {
+            eprintln!("warning: builder image {builder} is not run: packages are built by the bundled builder of the environment's language");
+        }
     }
     if let Some(m) = f.memory {
         body["memory_mb"] = json!(m);
