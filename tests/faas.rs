@@ -656,6 +656,30 @@ fn the_cli_manages_resources_and_tests_functions() {
         specialized["at"].as_str().unwrap().ends_with('Z'),
         "{specialized}"
     );
+    // Without --method a route takes GET only, as Fission's CLI makes it;
+    // `--method ANY` takes every method.
+    run(&["route", "create", "--url", "/plain", "--function", "hello"]);
+    run(&[
+        "route",
+        "create",
+        "--url",
+        "/any",
+        "--function",
+        "hello",
+        "--method",
+        "ANY",
+    ]);
+    assert_eq!(s.get("/plain").status(), 200);
+    let post = |path: &str| {
+        s.http
+            .post(s.router_url(path))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post("/plain"), 405);
+    assert_eq!(post("/any"), 200);
     run(&["route", "delete", "--name", "hello"]);
     assert_eq!(s.get("/hello").status(), 404);
 }

@@ -672,7 +672,16 @@ fn the_cli_creates_invokes_and_routes_workflows() {
         s.ok("GET", &format!("/v1/runs/{id}"), None)["status"],
         "failed"
     );
-    run(&["route", "create", "--url", "/hi", "--workflow", "hi"]);
+    run(&[
+        "route",
+        "create",
+        "--url",
+        "/hi",
+        "--workflow",
+        "hi",
+        "--method",
+        "POST",
+    ]);
     let r = s
         .http
         .post(s.router_url("/hi"))

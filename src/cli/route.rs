@@ -16,7 +16,8 @@ pub(super) struct RouteFields {
     /// Or a path prefix: every path below it matches (`/api`).
     #[arg(long, conflicts_with = "url", value_name = "PATH")]
     prefix: Option<String>,
-    /// An HTTP method it answers (repeatable); none means every method.
+    /// An HTTP method it answers (repeatable); GET when a route is created
+    /// without one, as Fission's CLI (`--method ANY`: every method).
     #[arg(long = "method", value_name = "METHOD")]
     methods: Vec<String>,
     /// The target function.
@@ -103,7 +104,9 @@ pub(super) fn merge_route(body: &mut Value, f: RouteFields) {
         body["prefix"] = json!(p);
         body.as_object_mut().map(|o| o.remove("url"));
     }
-    if !f.methods.is_empty() {
+    if f.methods.iter().any(|m| m.eq_ignore_ascii_case("any")) {
+        body["methods"] = json!([]);
+    } else if !f.methods.is_empty() {
         body["methods"] = json!(f
             .methods
             .iter()
@@ -163,7 +166,8 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
                 .positional
                 .or(name.name)
                 .unwrap_or_else(|| route_name(&url));
-            let mut body = json!({"name": name});
+            // GET unless told (Fission's CLI default).
+            let mut body = json!({"name": name, "methods": ["GET"]});
             merge_route(&mut body, fields);
             ROUTES.create(&c, opts, &body).await
         }
