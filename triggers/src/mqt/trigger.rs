@@ -32,6 +32,10 @@ const METADATA_KEYS: &[&str] = &[
 ];
 const KEDA_KEYS: &[&str] = &[
     "natsServerMonitoringEndpoint",
+    // Fission's jetstream connector's: the streams are found by subject here.
+    "fissionConsumer",
+    "errorStream",
+    "responseStream",
     "account",
     "lagThreshold",
     "activationLagThreshold",
@@ -444,6 +448,10 @@ mod tests {
         t.metadata.insert("stream".into(), "ORDERS".into());
         t.metadata.insert("ackWait".into(), "5s".into());
         t.metadata.insert("account".into(), "$G".into());
+        // Fission's jetstream example's keys are taken (and not needed).
+        for key in ["fissionConsumer", "errorStream", "responseStream"] {
+            t.metadata.insert(key.into(), "x".into());
+        }
         t.validate().unwrap();
         let s = t.settings(DEFAULT_NATS_URL);
         assert_eq!(s.url, "nats://10.0.0.1:4222");
