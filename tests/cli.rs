@@ -281,3 +281,34 @@ fn env_create_takes_fissions_builder_and_version() {
     assert_ne!(code, 0);
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// `pkg create` without a name makes one from the code's, as Fission's CLI,
+/// and says it.
+#[test]
+fn pkg_create_without_a_name_makes_one() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hello.sh");
+    std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
+    let (code, _, err) = s.cli(&[
+        "pkg",
+        "create",
+        "--env",
+        "binary",
+        "--deploy",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let name = err
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("{err}"))
+        .to_string();
+    assert!(
+        name.starts_with("hello-sh-") && name.len() == "hello-sh-".len() + 4,
+        "{err}"
+    );
+    let p = s.ok("GET", &format!("/v1/packages/{name}"), None);
+    assert_eq!(p["environment"], "binary", "{p}");
+}

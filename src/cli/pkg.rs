@@ -36,6 +36,40 @@ impl PkgId {
     }
 }
 
+/// A new package's name: given, or made as Fission's CLI makes one.
+#[derive(Args)]
+pub struct NewPkgId {
+    /// The package's name; made from the code's file name when absent
+    /// (`hello.js` -> `hello-js-1a2b`), as Fission's CLI does.
+    #[arg(value_name = "NAME")]
+    positional: Option<String>,
+    /// The package's name (as the positional NAME).
+    #[arg(long = "name", value_name = "NAME", conflicts_with = "positional")]
+    flag: Option<String>,
+    /// The package's namespace.
+    #[arg(long, env = "FUSION_NAMESPACE", default_value = "default")]
+    namespace: String,
+}
+
+/// A package name from `code`'s file name and a random suffix.
+fn generated_name(code: &std::path::Path) -> String {
+    let stem: String = code
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let stem: String = stem.trim_matches('-').chars().take(50).collect();
+    let stem = if stem.is_empty() {
+        "pkg".to_string()
+    } else {
+        stem
+    };
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..4];
+    format!("{}-{suffix}", stem.trim_end_matches('-'))
+}
+
 #[derive(Args)]
 pub struct PkgFields {
     /// The environment whose builder builds the source and whose runtime runs it.
@@ -61,7 +95,7 @@ pub enum PkgVerb {
     /// Create a package; one with a source is built in the background.
     Create {
         #[command(flatten)]
-        id: PkgId,
+        id: NewPkgId,
         #[command(flatten)]
         fields: PkgFields,
     },
@@ -122,7 +156,16 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
             if fields.src.is_empty() && fields.deploy.is_empty() {
                 bail!("give the code: --src (to build) or --deploy (to run as it is), or both");
             }
-            let mut body = json!({"name": id.name(), "namespace": id.namespace});
+            let name = match id.positional.or(id.flag) {
+                Some(name) => name,
+                None => {
+                    let code = fields.src.first().or(fields.deploy.first());
+                    let name = generated_name(code.map_or(std::path::Path::new("pkg"), |p| p));
+                    eprintln!("package {name} (a name made from the code's; --name to choose one)");
+                    name
+                }
+            };
+            let mut body = json!({"name": name, "namespace": id.namespace});
             merge(&c, &mut body, fields).await?;
             let v: Value = c
                 .send(
