@@ -1601,3 +1601,35 @@ fn what_stored_workflows_run_is_not_deleted_from_under_them() {
     assert_eq!(s.call("DELETE", "/v1/workflows/machine", None).0, 204);
     assert_eq!(s.call("DELETE", "/v1/functions/echo", None).0, 204);
 }
+
+/// Fission Workflows' http function reference: a task whose `run` is a URL
+/// calls it as it would a function, with the task's inputs.
+#[test]
+fn a_task_may_run_a_url_as_a_function() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    s.function(
+        "upper",
+        "binary",
+        "upper.sh",
+        "#!/bin/sh\ntr a-z A-Z\n",
+        json!({}),
+    );
+    let url = s.router_url("/fission-function/upper");
+    s.workflow(
+        "remote",
+        &format!("output: A\ntasks:\n  A:\n    run: \"{url}\"\n    inputs: \"{{ param() }}\"\n"),
+    );
+    assert_eq!(
+        s.invoke("remote", "text/plain", "hi there"),
+        (200, "HI THERE".to_string())
+    );
+    // Nothing there: the task fails with the URL's answer.
+    let missing = s.router_url("/fission-function/nothing-here");
+    s.workflow(
+        "gone",
+        &format!("output: A\ntasks:\n  A:\n    run: \"{missing}\"\n"),
+    );
+    let (st, body) = s.invoke("gone", "text/plain", "");
+    assert_eq!(st, 404, "{body}");
+}

@@ -304,6 +304,35 @@ fn body_of(v: Option<&Value>, headers: &mut Vec<(String, String)>) -> Bytes {
     body
 }
 
+/// Whether a task's `run` is an http(s) URL: Fission Workflows' http function
+/// reference.
+pub fn is_url(run: &str) -> bool {
+    run.starts_with("http://") || run.starts_with("https://")
+}
+
+/// The request a URL function reference makes: as a function call's (method,
+/// body, headers, query from the inputs), to the URL.
+fn url_request(url: &str, inputs: &Value, key: &str) -> crate::builtins::HttpRequest {
+    let call = function_call(url, inputs, key, None);
+    let mut url = url.to_string();
+    if !call.query.is_empty() {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(call.query.iter())
+            .finish();
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&query);
+    }
+    let mut headers = call.headers;
+    headers.push(("X-Fusion-Idempotency-Key".into(), key.to_string()));
+    crate::builtins::HttpRequest {
+        url,
+        method: call.method,
+        headers,
+        body: (!call.body.is_empty())
+            .then(|| Value::String(String::from_utf8_lossy(&call.body).into_owned())),
+    }
+}
+
 fn function_call(
     function: &str,
     inputs: &Value,
@@ -1035,6 +1064,14 @@ impl Actor {
                     let key = t.key.clone()?;
                     let timeout = t.spec.timeout.as_deref().and_then(parse_duration);
                     let target = t.spec.target();
+                    if is_url(&target) {
+                        return Some(External::Http {
+                            task: t.id.clone(),
+                            attempt: t.attempts,
+                            request: url_request(&target, &inputs, &key),
+                            timeout,
+                        });
+                    }
                     if target == "http" {
                         let named = inputs.as_object()?.clone().into_iter().collect();
                         if let Outcome::Http(request) = builtins::run("http", &named, &named) {
@@ -1582,6 +1619,16 @@ impl Actor {
                 _ => self.record(fail(format!("workflow {:?} could not be loaded", spec.run))),
             }
             None
+        } else if is_url(&target) {
+            // Fission Workflows' http function reference: the URL is called
+            // as a function would be, with the task's inputs.
+            self.record(dispatched(inputs_value.clone(), None));
+            Some(External::Http {
+                task: task.into(),
+                attempt,
+                request: url_request(&target, &inputs_value, key),
+                timeout,
+            })
         } else {
             self.record(dispatched(inputs_value.clone(), None));
             Some(External::Call {

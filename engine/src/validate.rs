@@ -551,7 +551,10 @@ fn check_task(
             format!("task {id:?}: `run` must name a built-in, a function or a workflow, not an expression; choose between tasks with `if` or `switch`"),
             at.value(&["tasks", id, "run"]),
         );
-    } else if !is_builtin(&task.target()) && !exists(&task.target()) {
+    } else if !is_builtin(&task.target())
+        && !exists(&task.target())
+        && !crate::driver::is_url(&task.run)
+    {
         push(
             errors,
             "unknown_function",
@@ -663,7 +666,10 @@ fn check_task(
                 format!("task {id:?}: an embedded task's `run` must name a built-in, a function or a workflow, not an expression"),
                 at.text_after(&["tasks", id, "inputs"], &run),
             );
-        } else if !is_builtin(&run_target(&run)) && !exists(&run_target(&run)) {
+        } else if !is_builtin(&run_target(&run))
+            && !exists(&run_target(&run))
+            && !crate::driver::is_url(&run)
+        {
             push(
                 errors,
                 "unknown_function",
@@ -878,6 +884,9 @@ pub fn names_run_by(spec: &WorkflowSpec) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut add = |run: &str| {
         let target = run_target(run);
+        if crate::driver::is_url(run) {
+            return;
+        }
         if run.starts_with(crate::spec::FISSION_SCHEME) || !is_builtin(&target) {
             out.insert(target.into_owned());
         }
