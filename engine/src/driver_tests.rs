@@ -625,7 +625,7 @@ mod api {
     /// A task that runs a built-in also named by a function is stored with a
     /// warning: the built-in runs (as in Fission Workflows), not the function.
     #[tokio::test(start_paused = true)]
-    async fn a_builtin_shadowing_a_function_is_a_warning() {
+    async fn a_shadowing_builtin_and_a_bare_expression_are_warnings() {
         let (db, fake) = setup();
         fake.add("sleep", None, |_, _| text(200, "the function"));
         let e = engine_with(&fake, &db).await;
@@ -642,6 +642,20 @@ mod api {
         );
         assert!(
             w["message"].as_str().unwrap().contains("fission://sleep"),
+            "{v}"
+        );
+        // An expression without its braces (as old Fission Workflows examples
+        // wrote them) is text, and said so.
+        let bare = "output: B\ntasks:\n  A:\n    run: noop\n  B:\n    run: noop\n    inputs: $.Tasks.A.Output\n    requires: [A]\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=bare", bare)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert_eq!(v["warnings"][0]["code"], "bare_expression", "{v}");
+        assert_eq!(v["warnings"][0]["line"], 7, "{v}");
+        assert!(
+            v["warnings"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("{ $.Tasks.A.Output }"),
             "{v}"
         );
         let explicit = "output: A\ntasks:\n  A:\n    run: fission://sleep\n";

@@ -141,8 +141,10 @@ pub fn parse_and_validate(
 /// What is worth telling about a stored Fission Workflows document: a task
 /// whose `run` names a built-in that a function or workflow is also named
 /// (`shadowed_by_builtin`): the built-in runs, as in Fission Workflows, and
-/// `fission://<name>` names the function.
-pub fn shadow_warnings(
+/// `fission://<name>` names the function; and an input that reads as an
+/// expression without its braces (`$.Tasks.A.Output`, `bare_expression`):
+/// older Fission Workflows examples wrote them so, and they are text.
+pub fn format_warnings(
     spec: &WorkflowSpec,
     source: &str,
     exists: &dyn Fn(&str) -> bool,
@@ -167,8 +169,33 @@ pub fn shadow_warnings(
                 column,
             });
         }
+        let mut texts = Vec::new();
+        if let Some(inputs) = &task.inputs {
+            bare_expressions(inputs, &mut texts);
+        }
+        for text in texts {
+            let (line, column) = at.text_after(&["tasks", id, "inputs"], &text);
+            out.push(ValidationError {
+                code: "bare_expression",
+                message: format!(
+                    "task {id:?}: {text:?} is text, not an expression: write \"{{ {text} }}\" to read it"
+                ),
+                line,
+                column,
+            });
+        }
     }
     out
+}
+
+/// The string values of `v` that read as expressions without their braces.
+fn bare_expressions(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) if s.trim_start().starts_with("$.") => out.push(s.trim().to_string()),
+        Value::Array(items) => items.iter().for_each(|x| bare_expressions(x, out)),
+        Value::Object(m) => m.values().for_each(|x| bare_expressions(x, out)),
+        _ => {}
+    }
 }
 
 /// Semantic checks of a parsed workflow; positions are looked up in `source`.
