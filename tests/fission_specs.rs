@@ -549,5 +549,8 @@ fn an_http_triggers_invocation_mode_is_kept() {
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(!err.contains("invocationMode"), "{err}");
-    assert_eq!(s.ok("GET", "/v1/routes/webhook", None)["invocation_mode"], "async");
+    assert_eq!(
+        s.ok("GET", "/v1/routes/webhook", None)["invocation_mode"],
+        "async"
+    );
 }

@@ -1534,3 +1534,19 @@ async fn a_task_body_carries_its_content_type() {
         "{plain:?}"
     );
 }
+
+/// A `while` past its limit says so once, not once per nested iteration.
+#[tokio::test(start_paused = true)]
+async fn a_loop_past_its_limit_names_its_failure_once() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: W\ntasks:\n  W:\n    run: while\n    inputs:\n      expr: true\n      limit: 3\n      do: {run: noop}\n";
+    let s = run(&e, "spin", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Failed);
+    let message = s.error.unwrap().message;
+    assert!(
+        message.contains("limit of 3 iterations exceeded"),
+        "{message}"
+    );
+    assert!(message.matches("failed: task").count() <= 1, "{message}");
+}

@@ -1124,11 +1124,14 @@ fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
         let Some(parent) = t.scope.clone() else {
             return;
         };
-        let error = format!(
-            "task {:?} failed: {}",
-            t.local,
-            t.error.clone().unwrap_or_default()
-        );
+        // A loop's iterations nest tasks of one name: said once, not once a level.
+        let prefix = format!("task {:?} failed: ", t.local);
+        let cause = t.error.clone().unwrap_or_default();
+        let error = if cause.starts_with(&prefix) {
+            cause
+        } else {
+            prefix + &cause
+        };
         let status = t.http_status;
         let Some(p) = s.tasks.get_mut(&parent) else {
             return;

@@ -413,8 +413,8 @@ fn check_workflow(
             errors,
             "cycle",
             format!(
-                "tasks form a cycle (through requires and onFailure): {}",
-                cycle.join(" -> ")
+                "tasks {} form a cycle (each waits, through requires or onFailure, for one of the others)",
+                cycle.join(", ")
             ),
             at.key(&["tasks", &cycle[0]]),
         );
@@ -1291,7 +1291,11 @@ mod tests {
         let e = check(yaml);
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].code, "cycle");
-        assert!(e[0].message.contains("A -> B -> C"), "{}", e[0].message);
+        assert!(
+            e[0].message.contains("tasks A, B, C form a cycle"),
+            "{}",
+            e[0].message
+        );
         assert_eq!((e[0].line, e[0].column), (3, 3));
     }
 
