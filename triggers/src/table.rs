@@ -15,8 +15,24 @@ pub struct Template {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
-    Param(String),
+    /// A parameter, and the pattern its segment must match whole, if any.
+    Param(String, Option<Pattern>),
 }
+
+/// A parameter's pattern (`{id:[0-9]+}`, as gorilla/mux in Fission's router).
+#[derive(Debug, Clone)]
+struct Pattern {
+    source: String,
+    re: regex::Regex,
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Pattern {}
 
 impl Template {
     pub fn parse(url: &str) -> Result<Template> {
@@ -38,9 +54,26 @@ impl Template {
         let mut segments = Vec::new();
         for seg in split(url) {
             if let Some(inner) = seg.strip_prefix('{') {
-                let name = inner.strip_suffix('}').ok_or_else(|| {
+                let inner = inner.strip_suffix('}').ok_or_else(|| {
                     Error::Invalid(format!("route url {url:?}: unclosed parameter {seg:?}"))
                 })?;
+                let (name, pattern) = match inner.split_once(':') {
+                    Some((name, source)) => {
+                        let re = regex::Regex::new(&format!("^(?:{source})$")).map_err(|e| {
+                            Error::Invalid(format!(
+                                "route url {url:?}: parameter {name:?}: the pattern {source:?} is not a regular expression: {e}"
+                            ))
+                        })?;
+                        (
+                            name,
+                            Some(Pattern {
+                                source: source.to_string(),
+                                re,
+                            }),
+                        )
+                    }
+                    None => (inner, None),
+                };
                 if name.is_empty()
                     || !name
                         .bytes()
@@ -50,12 +83,15 @@ impl Template {
                         "route url {url:?}: parameter name {name:?} must be letters, digits, '_' or '-'"
                     )));
                 }
-                if segments.contains(&Segment::Param(name.to_string())) {
+                if segments
+                    .iter()
+                    .any(|s| matches!(s, Segment::Param(n, _) if n == name))
+                {
                     return Err(Error::Invalid(format!(
                         "route url {url:?}: parameter {name:?} appears twice"
                     )));
                 }
-                segments.push(Segment::Param(name.to_string()));
+                segments.push(Segment::Param(name.to_string(), pattern));
             } else if seg.contains('{') || seg.contains('}') {
                 return Err(Error::Invalid(format!(
                     "route url {url:?}: a parameter must be a whole segment, like /users/{{id}}"
@@ -78,7 +114,7 @@ impl Template {
                 .zip(&other.segments)
                 .all(|pair| match pair {
                     (Segment::Literal(a), Segment::Literal(b)) => a == b,
-                    (Segment::Param(_), Segment::Param(_)) => true,
+                    (Segment::Param(_, a), Segment::Param(_, b)) => a == b,
                     _ => false,
                 })
     }
@@ -93,7 +129,8 @@ impl Template {
             match seg {
                 Segment::Literal(l) if *l == part => {}
                 Segment::Literal(_) => return None,
-                Segment::Param(name) => params.push((name.clone(), part.into_owned())),
+                Segment::Param(_, Some(p)) if !p.re.is_match(&part) => return None,
+                Segment::Param(name, _) => params.push((name.clone(), part.into_owned())),
             }
         }
         if parts.next().is_some() {
@@ -109,6 +146,14 @@ impl Template {
             (Segment::Literal(l), Some(p)) => *l == decoded(p),
             _ => false,
         })
+    }
+
+    /// Parameters with a pattern: more specific than those without.
+    fn pattern_count(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Param(_, Some(_))))
+            .count()
     }
 
     fn literal_count(&self) -> usize {
@@ -194,6 +239,7 @@ impl RouteTable {
                 .then(b.route.host.is_some().cmp(&a.route.host.is_some()))
                 .then(b.template.literal_count().cmp(&a.template.literal_count()))
                 .then(b.template.segments.len().cmp(&a.template.segments.len()))
+                .then(b.template.pattern_count().cmp(&a.template.pattern_count()))
                 .then(a.route.name.cmp(&b.route.name))
         });
         RouteTable { entries }
@@ -251,6 +297,29 @@ mod tests {
             workflow: None,
             invocation_mode: None,
         }
+    }
+
+    #[test]
+    fn a_parameter_may_carry_a_pattern() {
+        let t = Template::parse("/num/{id:[0-9]+}").unwrap();
+        assert_eq!(
+            t.match_exact("/num/42"),
+            Some(vec![("id".into(), "42".into())])
+        );
+        assert_eq!(t.match_exact("/num/4x2"), None);
+        // A pattern with braces of its own, matched against the decoded segment.
+        let t = Template::parse("/code/{c:[a-z]{2}-[0-9]{2}}").unwrap();
+        assert!(t.match_exact("/code/ab-12").is_some());
+        assert!(t.match_exact("/code/abc-12").is_none());
+        let e = Template::parse("/bad/{id:[0-9}").unwrap_err().to_string();
+        assert!(e.contains("not a regular expression"), "{e}");
+        // The patterned route is tried before the plain one at the same place.
+        let table = RouteTable::new([
+            route("plain", Some("/n/{name}"), None, &[]),
+            route("digits", Some("/n/{id:[0-9]+}"), None, &[]),
+        ]);
+        assert_eq!(table.find("GET", None, "/n/7").unwrap().route, "digits");
+        assert_eq!(table.find("GET", None, "/n/x").unwrap().route, "plain");
     }
 
     #[test]
