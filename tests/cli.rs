@@ -58,6 +58,20 @@ fn fn_create_with_minscale_has_that_many_specialized_instances_before_any_call()
     let (rc, out, err) = s.cli(&["fn", "test", "hello"]);
     assert_eq!((rc, out.as_str()), (0, "hello\n"), "{err}");
     assert_eq!(specialized(), 2, "no instance was added for the call");
+    // The instances with what they use, as a person reads it.
+    let (rc, out, err) = s.cli(&["fn", "instances", "hello"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|h| h.contains("MEMORY_MIB") && h.contains("CPU_S")),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.contains("specialized")).count(),
+        2,
+        "{out}"
+    );
 }
 
 /// `--code` takes a directory as it takes a file: zipped, modules and all.

@@ -456,12 +456,21 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
         FnVerb::Dlq { verb } => super::invocation::dlq_cmd(verb, opts).await?,
         FnVerb::Instances { name } => {
             let name = name.get();
-            let v: Value = c
+            let mut v: Value = c
                 .get(&format!(
                     "/v1/functions/{name}/instances{}",
                     opts.ns_query()
                 ))
                 .await?;
+            if !opts.json() {
+                // Usage as a person reads it: MiB and CPU seconds.
+                for i in v.as_array_mut().into_iter().flatten() {
+                    i["memory_mib"] = json!(i["memory_bytes"]
+                        .as_u64()
+                        .map(|b| format!("{:.1}", b as f64 / (1 << 20) as f64)));
+                    i["cpu_s"] = json!(i["cpu_seconds"].as_f64().map(|c| format!("{c:.2}")));
+                }
+            }
             print(
                 opts,
                 &v,
@@ -471,6 +480,8 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                     ("ADDRESS", "/address"),
                     ("STATE", "/state"),
                     ("ACTIVE", "/active_requests"),
+                    ("MEMORY_MIB", "/memory_mib"),
+                    ("CPU_S", "/cpu_s"),
                 ],
             );
         }
