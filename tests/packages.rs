@@ -645,3 +645,38 @@ fn a_build_stopped_by_a_shutdown_is_built_again_at_the_next_start() {
         process_running(sleeper)
     });
 }
+
+/// `fn create --src` (Fission's spelling) makes a package for the function,
+/// builds it, and the function runs what the build made.
+#[test]
+fn fn_create_with_a_source_makes_and_builds_its_package() {
+    let s = Server::start();
+    offline_env(&s, "python", "python");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    python_source(&src, "from source: ", "hellodep==1.0");
+    let (code, _, err) = s.cli(&[
+        "fn",
+        "create",
+        "srcfn",
+        "--env",
+        "python",
+        "--src",
+        src.to_str().unwrap(),
+        "--entrypoint",
+        "main.main",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("made for function srcfn"), "{err}");
+    let f = s.ok("GET", "/v1/functions/srcfn", None);
+    let pkg = f["package"]["packageref"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(pkg.starts_with("srcfn-"), "{f}");
+    assert_eq!(built(&s, &pkg)["status"]["buildstatus"], "succeeded");
+    assert_eq!(
+        call(&s, "srcfn"),
+        (200, format!("from source: {GREETING}\n"))
+    );
+}

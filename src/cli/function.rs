@@ -24,6 +24,17 @@ pub(super) struct FnFields {
     /// a package with a source runs its build.
     #[arg(long = "pkg", value_name = "PACKAGE", conflicts_with = "code")]
     pkg: Option<String>,
+    /// Or source code to build into a package made for the function (as
+    /// Fission's CLI): a directory, a zip archive or a file (repeatable).
+    #[arg(long = "src", alias = "sourcearchive", conflicts_with_all = ["code", "pkg"])]
+    src: Vec<PathBuf>,
+    /// Or code to run as it is, in a package made for the function
+    /// (repeatable; with --src, the package has both).
+    #[arg(long = "deploy", alias = "deployarchive", conflicts_with_all = ["code", "pkg"])]
+    deploy: Vec<PathBuf>,
+    /// The build command of that package (with --src).
+    #[arg(long, requires = "src")]
+    buildcmd: Option<String>,
     /// The entrypoint inside the code (`main`, `hello.main`, ...; the runtime's
     /// default when absent).
     #[arg(long, visible_alias = "ep")]
@@ -306,6 +317,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
         FnVerb::Create { name, mut fields } => {
+            let name = name.get();
             // As Fission: a function of a package runs in the package's environment.
             if let (None, Some(pkg)) = (&fields.env, &fields.pkg) {
                 let namespace = opts.namespace.clone().unwrap_or_else(|| "default".into());
@@ -314,13 +326,27 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                     .await?;
                 fields.env = p["environment"].as_str().map(str::to_string);
             }
-            if fields.env.is_none() {
+            let Some(env) = fields.env.clone() else {
                 bail!("--env ENV is required: the environment to run in (see fusion env list)");
+            };
+            if !fields.src.is_empty() || !fields.deploy.is_empty() {
+                let namespace = opts.namespace.clone().unwrap_or_else(|| "default".into());
+                let pkg = super::pkg::create_for_function(
+                    &c,
+                    &namespace,
+                    &name,
+                    &env,
+                    std::mem::take(&mut fields.src),
+                    std::mem::take(&mut fields.deploy),
+                    fields.buildcmd.take(),
+                )
+                .await?;
+                fields.pkg = Some(pkg);
             }
             if fields.code.is_none() && fields.pkg.is_none() {
-                bail!("--code FILE|DIR (a source file, a zip archive or a directory) or --pkg PACKAGE (a named package) is required");
+                bail!("--code FILE|DIR (a source file, a zip archive or a directory), --pkg PACKAGE (a named package), or --src/--deploy (a package made for it) is required");
             }
-            let mut body = json!({"name": name.get()});
+            let mut body = json!({"name": name});
             merge_fn(&c, opts, &mut body, fields).await?;
             FUNCTIONS.create(&c, opts, &body).await?;
         }

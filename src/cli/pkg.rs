@@ -312,6 +312,37 @@ async fn merge(c: &Client, body: &mut Value, f: PkgFields) -> Result<()> {
     Ok(())
 }
 
+/// Makes a package for function `function` from `src` (to build) and
+/// `deploy` (to run as it is), as Fission's `fn create --src/--deploy` does;
+/// answers its name (the function's, with a short random suffix).
+pub(super) async fn create_for_function(
+    c: &Client,
+    namespace: &str,
+    function: &str,
+    env: &str,
+    src: Vec<PathBuf>,
+    deploy: Vec<PathBuf>,
+    buildcmd: Option<String>,
+) -> Result<String> {
+    let name = generated_name(std::path::Path::new(function));
+    let mut body = json!({"name": name, "namespace": namespace});
+    let fields = PkgFields {
+        env: Some(env.to_string()),
+        src,
+        deploy,
+        buildcmd,
+    };
+    merge(c, &mut body, fields).await?;
+    c.send(
+        c.request(Method::POST, "/v1/packages")
+            .query(&[("namespace", namespace)])
+            .json(&body),
+    )
+    .await?;
+    eprintln!("package {name} made for function {function}");
+    Ok(name)
+}
+
 /// What to upload for `paths`, and its file name: one zip archive or one file
 /// as it is; a directory, or several paths, zipped together (a directory by
 /// its contents, a file by its name).
