@@ -706,6 +706,23 @@ fn calls_queued_for_a_deleted_function_become_dead_letters() {
     let letters = s.ok("GET", "/v1/deadletters", None);
     assert!(letters.to_string().contains(&waiting), "{letters}");
     settled(&s, &first);
+    // Fission's `dlq purge` discards them.
+    let (code, out, err) = s.cli(&["fn", "dlq", "purge", "--function", "other"]);
+    assert_eq!((code, out.trim()), (0, "purged 0 dead letter(s)"), "{err}");
+    let (code, out, err) = s.cli(&["fn", "dlq", "purge"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("purged ") && !out.starts_with("purged 0"),
+        "{out}"
+    );
+    let letters = s.ok("GET", "/v1/deadletters", None);
+    assert_eq!(
+        letters["invocations"].as_array().map(Vec::len),
+        Some(0),
+        "{letters}"
+    );
+    let (st, _) = s.call("GET", &format!("/v1/invocations/{waiting}"), None);
+    assert_eq!(st, 404);
 }
 
 /// Fission's ways to ask for an asynchronous call work unchanged: its

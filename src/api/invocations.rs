@@ -22,7 +22,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/invocations", get(list))
         .route("/v1/invocations/{id}", get(show))
         .route("/v1/invocations/{id}/redrive", post(redrive))
-        .route("/v1/deadletters", get(deadletters))
+        .route("/v1/deadletters", get(deadletters).delete(purge))
 }
 
 /// The most a page holds, and what it holds when `limit` is not given.
@@ -106,6 +106,31 @@ async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResul
 
 async fn deadletters(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
     page(&s, q, Some(Status::Dead)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeQuery {
+    function: Option<String>,
+    namespace: Option<String>,
+}
+
+/// Discards the dead letters (of one function with `?function=`), as
+/// Fission's `dlq purge`; answers how many.
+async fn purge(
+    State(s): State<AppState>,
+    Query(q): Query<PurgeQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let function = q.function.map(|f| match q.namespace.as_deref() {
+        Some(ns) => pool_manager::resources::qualified(ns, &f),
+        None => f,
+    });
+    let purged = s
+        .triggers
+        .invocations
+        .purge_dead(function.as_deref())
+        .await?;
+    Ok(Json(json!({ "purged": purged })))
 }
 
 /// The most of a request's body an invocation's detail shows.

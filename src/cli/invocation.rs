@@ -56,6 +56,13 @@ pub(super) enum DlqVerb {
         #[command(flatten)]
         id: InvocationId,
     },
+    /// Discard the dead letters (of one function with --function), as
+    /// Fission's `dlq purge`.
+    Purge {
+        /// Only the dead letters of this function.
+        #[arg(long, value_name = "NAME")]
+        function: Option<String>,
+    },
     /// Try dead letters again: one by id, or --all of them.
     Redrive {
         /// The invocation's id.
@@ -199,6 +206,26 @@ pub(super) async fn dlq_cmd(verb: DlqVerb, opts: &ClientOpts) -> Result<()> {
             Ok(())
         }
         DlqVerb::Show { id } => show(opts, &id.get()).await,
+        DlqVerb::Purge { function } => {
+            let c = opts.client()?;
+            let mut pairs = Vec::new();
+            if let Some(f) = function {
+                pairs.push(("function", f));
+            }
+            let v: Value = c
+                .send(c.request(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/deadletters{}", query(opts, &pairs)),
+                ))
+                .await?
+                .json()
+                .await?;
+            println!(
+                "purged {} dead letter(s)",
+                v["purged"].as_u64().unwrap_or(0)
+            );
+            Ok(())
+        }
         DlqVerb::Redrive {
             positional,
             id,

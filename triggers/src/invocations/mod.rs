@@ -271,6 +271,12 @@ impl Invocations {
         )
     }
 
+    /// Deletes the dead letters (of function `function`, a key, when given);
+    /// returns how many.
+    pub async fn purge_dead(&self, function: Option<&str>) -> Result<usize> {
+        self.inner.store.purge_dead(function).await
+    }
+
     /// The request body an invocation replays.
     pub fn request_body(&self, id: &str) -> Result<bytes::Bytes> {
         self.inner.store.body(id)

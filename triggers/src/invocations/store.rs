@@ -241,6 +241,38 @@ impl Store {
         iter.rev().map(|kv| kv.map(|(k, _)| k.to_vec()))
     }
 
+    /// Deletes the dead letters (of function `function`, a key, when given);
+    /// returns how many.
+    pub async fn purge_dead(&self, function: Option<&str>) -> Result<usize> {
+        let mut removed = 0;
+        for entry in self.dead.iter() {
+            let (id, _) = entry?;
+            let Some(v) = self.records.get(&id)? else {
+                self.dead.remove(&id)?;
+                continue;
+            };
+            let inv = decode(&v)?;
+            if function.is_some_and(|f| f != inv.function_key()) || inv.status != Status::Dead {
+                continue;
+            }
+            let index = index_key(&inv.function_key(), &inv.id);
+            (&self.records, &self.bodies, &self.by_function, &self.dead)
+                .transaction(|(r, b, f, d)| {
+                    r.remove(&id)?;
+                    b.remove(&id)?;
+                    f.remove(index.as_slice())?;
+                    d.remove(&id)?;
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(storage)?;
+            removed += 1;
+        }
+        if removed > 0 {
+            self.db.flush_async().await?;
+        }
+        Ok(removed)
+    }
+
     /// Removes invocations that succeeded or failed before `cutoff_ms`
     /// (dead ones stay: they are the dead-letter list); returns how many.
     pub async fn prune(&self, cutoff_ms: u64) -> Result<usize> {
