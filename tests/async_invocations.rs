@@ -265,13 +265,13 @@ fn a_client_error_is_not_retried() {
         .unwrap()
         .to_string();
     let done = settled(&s, &id);
-    assert_eq!(done["status"], "failed", "{done}");
+    // As in Fission: dead-lettered at once, with reason http_4xx.
+    assert_eq!(done["status"], "dead", "{done}");
     assert_eq!(done["reason"], "http_4xx");
     assert_eq!(statuses(&done), [422]);
     assert_eq!(done["response"]["body"], "bad input");
-    // Failed is not dead: the dead-letter list does not hold it.
     let dead = s.ok("GET", "/v1/deadletters", None);
-    assert_eq!(dead["invocations"], json!([]), "{dead}");
+    assert_eq!(dead["invocations"][0]["id"], id.as_str(), "{dead}");
 
     // Past its max age, an invocation is dead however many attempts are left.
     s.function(

@@ -589,10 +589,11 @@ impl Inner {
                 self.store.save(&inv).await?;
                 Ok(Next::Done)
             }
+            // As Fission: a 4xx is not retried, and dead-lettered at once (a
+            // retry cannot fix it; a redrive after a fix can).
             Settle::Failed => {
                 let e = error.unwrap_or_default();
-                self.finish(inv, Status::Failed, "http_4xx", e, &policy)
-                    .await
+                self.finish(inv, Status::Dead, "http_4xx", e, &policy).await
             }
             Settle::Dead => {
                 let e = format!(
