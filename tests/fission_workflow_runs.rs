@@ -315,6 +315,14 @@ fn rfc0022_runs_start_async_and_wait_durably() {
     let run = s.run(&id);
     assert_eq!(run["output"]["ok"], true, "{run}");
     assert_eq!(run["output"]["run"], id.as_str(), "{run}");
+    // Its history shows each step as the state it is: a Wait, then the Task's function.
+    let runs: Vec<&str> = run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["run"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(runs, ["Wait", "fission://default/validate-order"], "{run}");
 
     // The CLI stores and invokes one as the README says.
     let dir = tempfile::tempdir().unwrap();

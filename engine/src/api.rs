@@ -424,10 +424,15 @@ pub fn run_json(s: &RunState) -> Value {
         .tasks
         .values()
         .map(|t| {
+            let shown = s
+                .spec
+                .state_machine
+                .as_deref()
+                .and_then(|m| crate::sfn::run::step_shown(m, &t.id));
             json!({
                 "id": t.id,
                 "scope": t.scope,
-                "run": t.spec.run,
+                "run": shown.unwrap_or_else(|| t.spec.run.clone()),
                 "status": t.status,
                 "attempts": t.attempts,
                 "started_at": t.started_at,

@@ -116,6 +116,17 @@ pub fn state_of(id: &str) -> &str {
 
 /// The state a step id (`NNNNNN-state`, or inside a branch
 /// `NNNNNN-par/BBBB/NNNNNN-state`) entered.
+/// What a state machine step runs, as its history shows it: a Task's
+/// function reference, else the state's type (`Parallel`, `Wait`, ...), not
+/// the built-in the engine runs for it.
+pub fn step_shown(machine: &Machine, id: &str) -> Option<String> {
+    let state = resolve(machine, id)?;
+    match state.state_type {
+        StateType::Task => None,
+        other => Some(other.as_str().to_string()),
+    }
+}
+
 fn resolve<'a>(machine: &'a Machine, id: &str) -> Option<&'a WorkflowState> {
     let mut states = &machine.states;
     let mut parts = id.split('/');
