@@ -1360,7 +1360,11 @@ mod tests {
         // A fallback that waits for the task it stands for never runs.
         let e = check("output: A\ntasks:\n  A:\n    run: fortune\n    onFailure: F\n  F:\n    run: noop\n    requires: [A]\n");
         assert_eq!(at(&e), [("cycle", 3, 3)], "{e:?}");
-        assert!(e[0].message.contains("tasks A, F form a cycle"), "{}", e[0].message);
+        assert!(
+            e[0].message.contains("tasks A, F form a cycle"),
+            "{}",
+            e[0].message
+        );
         // A single embedded task has no workflow to name a fallback in.
         let e = check("output: A\ntasks:\n  A:\n    run: foreach\n    inputs:\n      foreach: [1, 2]\n      do: {run: fortune, onFailure: G}\n");
         assert_eq!(at(&e), [("invalid_on_failure", 7, 26)], "{e:?}");
