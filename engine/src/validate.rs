@@ -123,11 +123,7 @@ pub fn parse_and_validate(
     let mut errors = validate(&spec, source, exists);
     if let Ok(doc) = serde_yaml::from_str::<Value>(source) {
         let pos = Positions::new(source);
-        let at = At {
-            pos: &pos,
-            prefix: Vec::new(),
-            exact: true,
-        };
+        let at = At::top(&pos);
         errors.extend(check_keys(&doc, &at));
         errors.sort_by_key(|e| (e.line, e.column));
     }
@@ -150,11 +146,7 @@ pub fn format_warnings(
     exists: &dyn Fn(&str) -> bool,
 ) -> Vec<ValidationError> {
     let pos = Positions::new(source);
-    let at = At {
-        pos: &pos,
-        prefix: Vec::new(),
-        exact: true,
-    };
+    let at = At::top(&pos);
     let mut out = Vec::new();
     for (id, task) in &spec.tasks {
         if is_builtin(&task.run) && exists(&task.run) {
@@ -205,11 +197,7 @@ pub fn validate(
     exists: &dyn Fn(&str) -> bool,
 ) -> Vec<ValidationError> {
     let pos = Positions::new(source);
-    let at = At {
-        pos: &pos,
-        prefix: Vec::new(),
-        exact: true,
-    };
+    let at = At::top(&pos);
     let mut errors = Vec::new();
     check_workflow(spec, &at, exists, &mut errors);
     errors.sort_by_key(|e| (e.line, e.column));
@@ -964,7 +952,16 @@ struct At<'p> {
     exact: bool,
 }
 
-impl At<'_> {
+impl<'p> At<'p> {
+    /// The document's own workflow, at the top of its text.
+    fn top(pos: &'p Positions<'p>) -> At<'p> {
+        At {
+            pos,
+            prefix: Vec::new(),
+            exact: true,
+        }
+    }
+
     fn full<'s>(&'s self, path: &[&'s str]) -> Vec<&'s str> {
         let mut full: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
         if self.exact {

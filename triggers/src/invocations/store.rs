@@ -241,6 +241,22 @@ impl Store {
         iter.rev().map(|kv| kv.map(|(k, _)| k.to_vec()))
     }
 
+    /// Deletes a finished invocation: its record, body and indexes.
+    fn remove(&self, inv: &Invocation) -> Result<()> {
+        let id = inv.id.as_bytes();
+        let index = index_key(&inv.function_key(), &inv.id);
+        (&self.records, &self.bodies, &self.by_function, &self.dead)
+            .transaction(|(r, b, f, d)| {
+                r.remove(id)?;
+                b.remove(id)?;
+                f.remove(index.as_slice())?;
+                d.remove(id)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(storage)?;
+        Ok(())
+    }
+
     /// Deletes the dead letters (of function `function`, a key, when given);
     /// returns how many.
     pub async fn purge_dead(&self, function: Option<&str>) -> Result<usize> {
@@ -255,16 +271,7 @@ impl Store {
             if function.is_some_and(|f| f != inv.function_key()) || inv.status != Status::Dead {
                 continue;
             }
-            let index = index_key(&inv.function_key(), &inv.id);
-            (&self.records, &self.bodies, &self.by_function, &self.dead)
-                .transaction(|(r, b, f, d)| {
-                    r.remove(&id)?;
-                    b.remove(&id)?;
-                    f.remove(index.as_slice())?;
-                    d.remove(&id)?;
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                })
-                .map_err(storage)?;
+            self.remove(&inv)?;
             removed += 1;
         }
         if removed > 0 {
@@ -278,7 +285,7 @@ impl Store {
     pub async fn prune(&self, cutoff_ms: u64) -> Result<usize> {
         let mut removed = 0;
         for entry in self.records.iter() {
-            let (id, v) = entry?;
+            let (_, v) = entry?;
             let inv = decode(&v)?;
             // Ids sort by creation: nothing past here finished before the cutoff.
             if inv.created_ms >= cutoff_ms {
@@ -288,15 +295,7 @@ impl Store {
             if !finished || inv.finished_ms.is_none_or(|f| f >= cutoff_ms) {
                 continue;
             }
-            let index = index_key(&inv.function_key(), &inv.id);
-            (&self.records, &self.bodies, &self.by_function)
-                .transaction(|(r, b, f)| {
-                    r.remove(&id)?;
-                    b.remove(&id)?;
-                    f.remove(index.as_slice())?;
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                })
-                .map_err(storage)?;
+            self.remove(&inv)?;
             removed += 1;
         }
         if removed > 0 {
