@@ -512,6 +512,36 @@ states:
         "{out}"
     );
     assert_eq!(out["error"]["task"], "000002-each/0001/000001-c", "{out}");
+    // Its history shows the Map failed (the Parallel before it succeeded).
+    let id = out["error"]["run_id"].as_str().unwrap();
+    let run = s.run(id);
+    let step = |id: &str| {
+        run["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .unwrap_or_else(|| panic!("no step {id}: {run}"))
+            .clone()
+    };
+    let each = step("000002-each");
+    assert_eq!(each["run"], "Map", "{each}");
+    assert_eq!(each["status"], "failed", "{each}");
+    assert!(
+        each["error"].as_str().unwrap().contains("branch 1"),
+        "{each}"
+    );
+    let fan = step("000001-fan");
+    assert_eq!(fan["status"], "succeeded", "{fan}");
+    assert_eq!(fan["output"][0]["ok"], true, "the joined outputs: {fan}");
+
+    // Items the caller did not send as an array: the caller's mistake.
+    let (status, out) = invoke(&s, "fan", json!({"order": {"amount": 5}, "orders": 3}));
+    assert_eq!(status, 422, "{out}");
+    assert!(out["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Fission.InvalidPath"));
 }
 
 /// A Map killed with two items done and one in flight: after the restart the

@@ -424,23 +424,25 @@ pub fn run_json(s: &RunState) -> Value {
         .tasks
         .values()
         .map(|t| {
-            let shown = s
-                .spec
-                .state_machine
-                .as_deref()
-                .and_then(|m| crate::sfn::run::step_shown(m, &t.id));
+            let machine = s.spec.state_machine.as_deref();
+            let shown = machine.and_then(|m| crate::sfn::run::step_shown(m, &t.id));
+            let fan_out = machine.and_then(|m| crate::sfn::run::fan_out_shown(s, m, t));
+            let (status, ended_at, output, error) = match fan_out {
+                Some(f) => (f.status, f.ended_at, f.output, f.error),
+                None => (t.status, t.ended_at, t.output.clone(), t.error.clone()),
+            };
             json!({
                 "id": t.id,
                 "scope": t.scope,
                 "run": shown.unwrap_or_else(|| t.spec.run.clone()),
-                "status": t.status,
+                "status": status,
                 "attempts": t.attempts,
                 "started_at": t.started_at,
-                "ended_at": t.ended_at,
+                "ended_at": ended_at,
                 "inputs": t.inputs,
-                "output": t.output,
+                "output": output,
                 "output_headers": t.headers,
-                "error": t.error,
+                "error": error,
                 "http_status": t.http_status,
                 "callback": t.callback.as_ref().map(|token| json!({
                     "token": token,

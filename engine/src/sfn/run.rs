@@ -28,7 +28,9 @@ use super::spec::{
 };
 use crate::retry::sample_from;
 use crate::spec::{BackoffSpec, RetrySpec, TaskSpec, WorkflowSpec};
-use crate::state::{attempt_key, Action, Finish, RunError, RunState, TaskState, TaskStatus};
+use crate::state::{
+    attempt_key, Action, Finish, RunError, RunState, RunStatus, TaskState, TaskStatus,
+};
 use crate::validate::ValidationError;
 
 /// A 4xx answer: never retried.
@@ -114,8 +116,6 @@ pub fn state_of(id: &str) -> &str {
     id.split_once('-').map(|(_, s)| s).unwrap_or(id)
 }
 
-/// The state a step id (`NNNNNN-state`, or inside a branch
-/// `NNNNNN-par/BBBB/NNNNNN-state`) entered.
 /// What a state machine step runs, as its history shows it: a Task's
 /// function reference, else the state's type (`Parallel`, `Wait`, ...), not
 /// the built-in the engine runs for it.
@@ -127,6 +127,72 @@ pub fn step_shown(machine: &Machine, id: &str) -> Option<String> {
     }
 }
 
+/// How a Parallel or Map step stands in its run's history. The step's own
+/// record ends when it starts its branches; the step itself has ended only
+/// when they all have (succeeded, with their joined outputs) or one has
+/// failed (failed, with that branch's error). A step whose branches were left
+/// running by the end of its run was cancelled. `None` for any other step,
+/// and for one whose branches have not started.
+pub fn fan_out_shown(s: &RunState, machine: &Machine, t: &TaskState) -> Option<FanOutShown> {
+    let state = resolve(machine, &t.id)?;
+    if !matches!(state.state_type, StateType::Parallel | StateType::Map)
+        || t.status != TaskStatus::Succeeded
+    {
+        return None;
+    }
+    let document = t
+        .inputs
+        .as_ref()
+        .and_then(|i| i.get("document"))
+        .unwrap_or(&Value::Null);
+    let prefix = format!("{}/", t.id);
+    let last_end = s
+        .tasks
+        .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .filter_map(|(_, b)| b.ended_at)
+        .max()
+        .or(t.ended_at);
+    let shown = match fan_in(s, machine, &t.id, state, document, 0, &mut Vec::new()) {
+        Outcome::Done(Ok(joined)) => FanOutShown {
+            status: TaskStatus::Succeeded,
+            ended_at: last_end,
+            output: Some(joined),
+            error: None,
+        },
+        Outcome::Done(Err(f)) => FanOutShown {
+            status: TaskStatus::Failed,
+            ended_at: last_end,
+            output: None,
+            error: Some(f.message()),
+        },
+        Outcome::Pending(_) if s.status != RunStatus::Running => FanOutShown {
+            status: TaskStatus::Cancelled,
+            ended_at: s.finished_at,
+            output: None,
+            error: None,
+        },
+        Outcome::Pending(_) => FanOutShown {
+            status: TaskStatus::Running,
+            ended_at: None,
+            output: None,
+            error: None,
+        },
+    };
+    Some(shown)
+}
+
+/// A Parallel or Map step as its history shows it (see [`fan_out_shown`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FanOutShown {
+    pub status: TaskStatus,
+    pub ended_at: Option<u64>,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// The state a step id (`NNNNNN-state`, or inside a branch
+/// `NNNNNN-par/BBBB/NNNNNN-state`) entered.
 fn resolve<'a>(machine: &'a Machine, id: &str) -> Option<&'a WorkflowState> {
     let mut states = &machine.states;
     let mut parts = id.split('/');
@@ -354,6 +420,14 @@ pub fn start_document(input: &Value) -> &Value {
         }
         other => other,
     }
+}
+
+/// The status of a step whose `resultPath` cannot write into `doc`: when
+/// `doc` is still what the caller sent, the caller's mistake (422, as an
+/// input that an expression of a workflow cannot read); else the workflow's
+/// (none).
+fn misfit(s: &RunState, doc: &Value) -> Option<u16> {
+    (doc == start_document(&s.input)).then_some(crate::driver::INPUT_MISFIT_STATUS)
 }
 
 /// What should happen next in a state machine run, at time `now`. Pure.
@@ -604,7 +678,8 @@ fn run_scope(
                     None => Outcome::Done(Ok(doc)),
                 },
                 Err(e) => {
-                    let f = Failure::new(Some(id), e.error_type(), &e.to_string(), None);
+                    let status = misfit(s, document);
+                    let f = Failure::new(Some(id), e.error_type(), &e.to_string(), status);
                     caught(s, m, scope, state, f, document, seq)
                 }
             }
@@ -718,11 +793,15 @@ fn fan_in(
         };
         selected = path.query(&input);
         let Some(Value::Array(items)) = selected.first() else {
+            // The caller's mistake when the caller's input holds the same
+            // there: the items were the caller's, not a step's output.
+            let theirs = read_ref(state.input_path.as_deref(), start_document(&s.input))
+                .is_ok_and(|i| path.query(&i).first() == selected.first());
             return failed(
                 Some(id.into()),
                 INVALID_PATH,
                 &format!("itemsPath {items_path:?} does not select an array"),
-                None,
+                theirs.then_some(crate::driver::INPUT_MISFIT_STATUS),
             );
         };
         (items.len(), Some(items.as_slice()))
@@ -1267,6 +1346,79 @@ spec:
         assert!(e.message.starts_with("Fission.Failed"), "{}", e.message);
     }
 
+    /// A path that cannot shape what the caller sent fails the run with 422
+    /// (the caller's mistake); one that cannot shape a function's output is
+    /// the workflow's failure, with no status.
+    #[test]
+    fn a_path_that_cannot_shape_the_callers_input_is_a_422() {
+        const MERGE: &str = "startAt: a
+states:
+  a: {type: Task, function: {name: fa}, resultPath: $.a, next: b}
+  b: {type: Task, function: {name: fb}, resultPath: $.b, end: true}
+";
+        let mut s = started(MERGE, json!("not an object"));
+        let (id, _) = dispatch(&mut s);
+        succeed(&mut s, &id, json!(1));
+        let e = failure(next(&mut s));
+        assert!(e.message.starts_with(INVALID_PATH), "{}", e.message);
+        assert_eq!(e.status, Some(422), "{e:?}");
+
+        const REPLACE: &str = "startAt: a
+states:
+  a: {type: Task, function: {name: fa}, next: b}
+  b: {type: Task, function: {name: fb}, resultPath: $.b, end: true}
+";
+        let mut s = started(REPLACE, json!({"x": 1}));
+        let (id, _) = dispatch(&mut s);
+        succeed(&mut s, &id, json!("a string"));
+        let (id, _) = dispatch(&mut s);
+        succeed(&mut s, &id, json!(2));
+        let e = failure(next(&mut s));
+        assert!(e.message.starts_with(INVALID_PATH), "{}", e.message);
+        assert_eq!(
+            e.status, None,
+            "the function's output, not the caller's input"
+        );
+
+        const MAP: &str = "startAt: m
+states:
+  m:
+    type: Map
+    itemsPath: $.items
+    end: true
+    branches:
+      - startAt: x
+        states:
+          x: {type: Task, function: {name: fx}, end: true}
+";
+        let mut s = started(MAP, json!({"items": 3}));
+        assert!(settle(&mut s).is_empty(), "no item starts");
+        let e = failure(work(&s, 6));
+        assert!(
+            e.message.contains("does not select an array"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.status, Some(422), "{e:?}");
+        // The items a step wrote are not the caller's.
+        let made = MAP.replacen("startAt: m", "startAt: a", 1).replacen(
+            "states:\n",
+            "states:\n  a: {type: Task, function: {name: fa}, resultPath: $.items, next: m}\n",
+            1,
+        );
+        let mut s = started(&made, json!({"items": [1]}));
+        let (id, _) = dispatch(&mut s);
+        succeed(&mut s, &id, json!(3));
+        assert!(settle(&mut s).is_empty(), "no item starts");
+        let e = failure(work(&s, 6));
+        assert!(
+            e.message.contains("does not select an array"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.status, None, "{e:?}");
+    }
+
     #[test]
     fn uncaught_errors_are_typed_by_status_timeout_and_body() {
         for (status, error, want) in [
@@ -1603,8 +1755,28 @@ states:
         succeed(&mut s, "000001-p/0001/000001-b", json!("B"));
         assert!(settle(&mut s).is_empty());
         assert!(next(&mut s).is_empty(), "{:?}", next(&mut s));
-        succeed(&mut s, "000001-p/0000/000001-a", json!("A"));
+        assert_eq!(shown(&s, "000001-p").status, TaskStatus::Running);
+        ap(
+            &mut s,
+            &Event::TaskSucceeded {
+                task: "000001-p/0000/000001-a".into(),
+                attempt: 1,
+                output: json!("A"),
+                headers: Default::default(),
+                at: 42,
+            },
+        );
         assert_eq!(success(next(&mut s)), json!({"x": 1, "both": ["A", "B"]}));
+        let p = shown(&s, "000001-p");
+        assert_eq!(p.status, TaskStatus::Succeeded);
+        assert_eq!(p.output, Some(json!(["A", "B"])));
+        assert_eq!(p.ended_at, Some(42), "when its last branch ended");
+    }
+
+    /// How the history shows the Parallel or Map step `id`.
+    fn shown(s: &RunState, id: &str) -> FanOutShown {
+        let m = s.spec.state_machine.as_deref().unwrap();
+        fan_out_shown(s, m, &s.tasks[id]).expect("a Parallel or Map step")
     }
 
     #[test]
@@ -1628,6 +1800,17 @@ states:
         assert!(e.message.starts_with(BRANCH_FAILED), "{}", e.message);
         assert!(e.message.contains("branch 1"), "{}", e.message);
         assert_eq!(e.task.as_deref(), Some("000001-p/0001/000001-b"));
+        // The history shows the Parallel step failed, not its record's start.
+        let p = shown(&s, "000001-p");
+        assert_eq!(p.status, TaskStatus::Failed);
+        assert!(p.error.unwrap().contains("branch 1"));
+        let m = s.spec.state_machine.as_deref().unwrap();
+        let branch_task = &s.tasks["000001-p/0001/000001-b"];
+        assert_eq!(
+            fan_out_shown(&s, m, branch_task),
+            None,
+            "a Task shows itself"
+        );
     }
 
     const FAIL_FAST: &str = "startAt: p
