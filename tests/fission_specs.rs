@@ -554,3 +554,193 @@ fn an_http_triggers_invocation_mode_is_kept() {
         "async"
     );
 }
+
+/// `--spec` on the create commands, as in Fission's CLI: nothing is created,
+/// the documents go into `specs/` (Fission's when they say all the flags said,
+/// else Fusion's short form), and `spec apply` then creates what the commands
+/// would have.
+#[test]
+fn create_commands_with_spec_write_documents_that_apply_creates() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("hello.py"),
+        "def main():\n    return 'hello from a spec'\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("app")).unwrap();
+    std::fs::write(dir.join("app/user.py"), "def main():\n    return 'app'\n").unwrap();
+
+    // A folder that `spec init` did not make is refused.
+    let (code, _, err) = s.cli_in(
+        dir,
+        &["env", "create", "py", "--runtime", "python", "--spec"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("run `fusion spec init` first"), "{err}");
+    let (code, out, err) = s.cli_in(dir, &["spec", "init", "--name", "made"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    for args in [
+        &[
+            "env",
+            "create",
+            "py",
+            "--runtime",
+            "python",
+            "--poolsize",
+            "1",
+            "--spec",
+        ][..],
+        &[
+            "env",
+            "create",
+            "fpy",
+            "--image",
+            "fission/python-env",
+            "--maxmemory",
+            "128",
+            "--spec",
+        ],
+        &[
+            "fn", "create", "hello", "--env", "py", "--code", "hello.py", "--spec",
+        ],
+        &[
+            "pkg", "create", "app", "--env", "fpy", "--deploy", "app", "--spec",
+        ],
+        &[
+            "fn",
+            "create",
+            "user",
+            "--pkg",
+            "app",
+            "--entrypoint",
+            "user.main",
+            "--spec",
+        ],
+        &[
+            "route",
+            "create",
+            "--url",
+            "/hi",
+            "--function",
+            "hello",
+            "--spec",
+        ],
+        &[
+            "route",
+            "create",
+            "all",
+            "--url",
+            "/all",
+            "--method",
+            "ANY",
+            "--function",
+            "user",
+            "--spec",
+        ],
+        &[
+            "timer",
+            "create",
+            "nightly",
+            "--cron",
+            "@daily",
+            "--function",
+            "hello",
+            "--spec",
+        ],
+    ] {
+        let (code, out, err) = s.cli_in(dir, args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        assert!(out.contains("Saving "), "{args:?}: {out}");
+    }
+    assert_eq!(
+        s.call("GET", "/v1/functions/hello", None).0,
+        404,
+        "nothing is created"
+    );
+
+    let read = |f: &str| std::fs::read_to_string(dir.join("specs").join(f)).unwrap();
+    // Fission's documents where Fission has the fields...
+    let function = read("function-hello.yaml");
+    for part in [
+        "kind: ArchiveUploadSpec",
+        "- hello.py",
+        "kind: Package",
+        "url: archive://hello-py-",
+        "apiVersion: fission.io/v1\nkind: Function",
+    ] {
+        assert!(function.contains(part), "{part} missing:\n{function}");
+    }
+    assert!(read("env-fpy.yaml").contains("memory: 128Mi"));
+    assert!(read("route-hi.yaml").contains("relativeurl: /hi"));
+    assert!(read("package-app.yaml").contains("- app/*"));
+    // ...Fusion's short form where it has not (a bundled runtime; every method).
+    assert!(
+        read("env-py.yaml").starts_with("kind: Environment\nname: py\n"),
+        "{}",
+        read("env-py.yaml")
+    );
+    assert!(
+        read("route-all.yaml").contains("methods: []"),
+        "{}",
+        read("route-all.yaml")
+    );
+
+    // Declared twice: refused, naming where, and the file is unchanged.
+    let (code, _, err) = s.cli_in(
+        dir,
+        &[
+            "fn", "create", "hello", "--env", "py", "--code", "hello.py", "--spec",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Function hello is declared already, at specs/function-hello.yaml:"),
+        "{err}"
+    );
+    assert_eq!(read("function-hello.yaml"), function);
+    // --dry prints and writes nothing.
+    let (code, out, err) = s.cli_in(
+        dir,
+        &[
+            "route",
+            "create",
+            "--url",
+            "/dry",
+            "--function",
+            "hello",
+            "--dry",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("kind: HTTPTrigger") && out.contains("relativeurl: /dry"),
+        "{out}"
+    );
+    assert!(!dir.join("specs/route-dry.yaml").exists());
+
+    let (code, out, err) = s.cli_in(dir, &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let answer = |path: &str, method: &str| {
+        let r = reqwest::blocking::Client::new()
+            .request(method.parse().unwrap(), s.router_url(path))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(answer("/hi", "GET"), (200, "hello from a spec".to_string()));
+    assert_eq!(answer("/all", "DELETE"), (200, "app".to_string()));
+    let env = s.ok("GET", "/v1/environments/py", None);
+    assert_eq!(
+        (env["runtime"].as_str(), env["poolsize"].as_u64()),
+        (Some("python"), Some(1))
+    );
+    assert_eq!(s.ok("GET", "/v1/environments/fpy", None)["memory_mb"], 128);
+    assert_eq!(s.ok("GET", "/v1/timers/nightly", None)["cron"], "@daily");
+    // Applied again: nothing changes.
+    let (code, out, err) = s.cli_in(dir, &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("everything up to date"), "{out}");
+}

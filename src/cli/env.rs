@@ -7,7 +7,8 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::output::Collection;
-use super::{ClientOpts, Name};
+use super::{ClientOpts, Name, SpecOpt};
+use crate::spec::{model::Kind, save};
 
 #[derive(Args)]
 pub(super) struct EnvFields {
@@ -64,6 +65,8 @@ pub(super) enum EnvVerb {
         name: Name,
         #[command(flatten)]
         fields: EnvFields,
+        #[command(flatten)]
+        spec: SpecOpt,
     },
     /// Show an environment, the isolation its instances get and how its pool
     /// stands (a warning says why an instance last failed to start).
@@ -109,10 +112,14 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     let envs = &ENVIRONMENTS;
     match verb {
-        EnvVerb::Create { name, fields } => {
+        EnvVerb::Create { name, fields, spec } => {
             let name = name.get();
             let mut body = json!({"name": name});
             merge_env(&mut body, fields)?;
+            if let Some(target) = spec.target() {
+                let doc = save::resource(Kind::Environment, opts.ns(), &body)?;
+                return save::save(&target, &format!("env-{name}.yaml"), &[doc]);
+            }
             envs.create(&c, opts, &body).await?;
             say_image_use(&c, opts, &name).await
         }

@@ -9,8 +9,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::output::{print, Collection};
-use super::{with_headers, ClientOpts, Name};
+use super::{with_headers, ClientOpts, Name, SpecOpt};
 use crate::client::Client;
+use crate::spec::{model::Kind, save};
 
 #[derive(Args)]
 pub(super) struct FnFields {
@@ -113,6 +114,8 @@ pub(super) enum FnVerb {
         name: Name,
         #[command(flatten)]
         fields: FnFields,
+        #[command(flatten)]
+        spec: SpecOpt,
     },
     /// Show a function.
     Get {
@@ -313,11 +316,68 @@ pub(super) async fn merge_fn(
     Ok(())
 }
 
+/// `fn create --spec`: the function's documents, with an ArchiveUploadSpec
+/// and a Package made for its code (as Fission's CLI writes them), into
+/// `function-<name>.yaml`.
+async fn save_fn(
+    c: &Client,
+    opts: &ClientOpts,
+    target: &save::Target,
+    name: &str,
+    mut fields: FnFields,
+) -> Result<()> {
+    let ns = opts.ns().to_string();
+    if let (None, Some(pkg)) = (&fields.env, &fields.pkg) {
+        let declared = save::declared(&target.dir, Kind::Package, &ns, pkg);
+        fields.env = declared.and_then(|p| p["environment"].as_str().map(str::to_string));
+    }
+    let Some(env) = fields.env.clone() else {
+        bail!("--env ENV is required (with --spec, a --pkg's environment is looked up in the spec folder only)");
+    };
+    let mut docs = Vec::new();
+    let code: Vec<PathBuf> = fields.code.take().into_iter().collect();
+    let (src, deploy) = if code.is_empty() {
+        (
+            std::mem::take(&mut fields.src),
+            std::mem::take(&mut fields.deploy),
+        )
+    } else {
+        (Vec::new(), code)
+    };
+    if !src.is_empty() || !deploy.is_empty() {
+        let pkg = super::pkg::generated_name(std::path::Path::new(name));
+        docs.extend(super::pkg::package_docs(
+            target,
+            &ns,
+            &pkg,
+            &env,
+            &src,
+            &deploy,
+            fields.buildcmd.take().as_deref(),
+        )?);
+        fields.pkg = Some(pkg);
+    }
+    if fields.pkg.is_none() {
+        bail!("--code FILE|DIR, --pkg PACKAGE or --src/--deploy is required");
+    }
+    let mut body = json!({"name": name});
+    merge_fn(c, opts, &mut body, fields).await?;
+    docs.push(save::resource(Kind::Function, &ns, &body)?);
+    save::save(target, &format!("function-{name}.yaml"), &docs)
+}
+
 pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
-        FnVerb::Create { name, mut fields } => {
+        FnVerb::Create {
+            name,
+            mut fields,
+            spec,
+        } => {
             let name = name.get();
+            if let Some(target) = spec.target() {
+                return save_fn(&c, opts, &target, &name, fields).await;
+            }
             // As Fission: a function of a package runs in the package's environment.
             if let (None, Some(pkg)) = (&fields.env, &fields.pkg) {
                 let namespace = opts.namespace.clone().unwrap_or_else(|| "default".into());

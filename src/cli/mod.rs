@@ -64,6 +64,13 @@ pub(super) struct ClientOpts {
     pub(super) namespace: Option<String>,
 }
 
+impl ClientOpts {
+    /// The namespace commands act in (`default` unless given).
+    pub(super) fn ns(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
 /// `--namespace` of the env, fn and route commands.
 #[derive(Args, Clone)]
 pub(super) struct NsOpt {
@@ -130,6 +137,31 @@ pub(super) struct Name {
 impl Name {
     pub(super) fn get(self) -> String {
         self.positional.or(self.name).unwrap_or_default()
+    }
+}
+
+/// `--spec` and `--dry` of the create commands, as Fission's CLI has them.
+#[derive(Args)]
+pub(super) struct SpecOpt {
+    /// Write what would be created into the spec folder (`fusion spec init`
+    /// makes one) instead of creating it; `fusion spec apply` creates it.
+    #[arg(long)]
+    spec: bool,
+    /// Print the spec documents instead of creating anything.
+    #[arg(long, conflicts_with = "spec")]
+    dry: bool,
+    /// The spec folder --spec writes into.
+    #[arg(long, default_value = "specs", value_name = "DIR")]
+    specdir: PathBuf,
+}
+
+impl SpecOpt {
+    /// Where the documents go, when they are to be written rather than sent.
+    pub(super) fn target(self) -> Option<crate::spec::save::Target> {
+        (self.spec || self.dry).then_some(crate::spec::save::Target {
+            dir: self.specdir,
+            dry: self.dry,
+        })
     }
 }
 

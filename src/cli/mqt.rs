@@ -6,7 +6,8 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::output::Collection;
-use super::{ClientOpts, Name};
+use super::{ClientOpts, Name, SpecOpt};
+use crate::spec::{model::Kind, save};
 
 #[derive(Args)]
 pub(super) struct MqtFields {
@@ -78,6 +79,8 @@ pub(super) enum MqtVerb {
         name: OptionalName,
         #[command(flatten)]
         fields: MqtFields,
+        #[command(flatten)]
+        spec: SpecOpt,
     },
     /// Show a trigger and its status (running, or the error that stops it).
     Get {
@@ -168,7 +171,7 @@ fn merge(body: &mut Value, f: MqtFields) -> Result<()> {
 pub(super) async fn mqt_cmd(verb: MqtVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
-        MqtVerb::Create { name, fields } => {
+        MqtVerb::Create { name, fields, spec } => {
             let topic = fields
                 .topic
                 .clone()
@@ -182,6 +185,10 @@ pub(super) async fn mqt_cmd(verb: MqtVerb, opts: &ClientOpts) -> Result<()> {
                 .unwrap_or_else(|| super::route::route_name(&topic));
             let mut body = json!({"name": name});
             merge(&mut body, fields)?;
+            if let Some(target) = spec.target() {
+                let doc = save::resource(Kind::MessageQueueTrigger, opts.ns(), &body)?;
+                return save::save(&target, &format!("mqtrigger-{name}.yaml"), &[doc]);
+            }
             MQTRIGGERS.create(&c, opts, &body).await
         }
         MqtVerb::Get { name } => MQTRIGGERS.show(&c, opts, &name.get()).await,

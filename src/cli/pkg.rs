@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::output::print;
 use super::ClientOpts;
 use crate::client::Client;
+use crate::spec::save;
 
 #[derive(Args)]
 pub struct PkgId {
@@ -52,7 +53,7 @@ pub struct NewPkgId {
 }
 
 /// A package name from `code`'s file name and a random suffix.
-fn generated_name(code: &std::path::Path) -> String {
+pub(super) fn generated_name(code: &std::path::Path) -> String {
     let stem: String = code
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
@@ -98,6 +99,8 @@ pub enum PkgVerb {
         id: NewPkgId,
         #[command(flatten)]
         fields: PkgFields,
+        #[command(flatten)]
+        spec: super::SpecOpt,
     },
     /// Change a package's environment, archives or build command (builds again
     /// when what is built changes).
@@ -149,7 +152,7 @@ const INFO_LOG_LINES: usize = 20;
 pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
-        PkgVerb::Create { id, fields } => {
+        PkgVerb::Create { id, fields, spec } => {
             if fields.env.is_none() {
                 bail!("--env is required");
             }
@@ -165,6 +168,18 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                     name
                 }
             };
+            if let Some(target) = spec.target() {
+                let docs = package_docs(
+                    &target,
+                    &id.namespace,
+                    &name,
+                    fields.env.as_deref().unwrap_or_default(),
+                    &fields.src,
+                    &fields.deploy,
+                    fields.buildcmd.as_deref(),
+                )?;
+                return save::save(&target, &format!("package-{name}.yaml"), &docs);
+            }
             let mut body = json!({"name": name, "namespace": id.namespace});
             merge(&c, &mut body, fields).await?;
             let v: Value = c
@@ -310,6 +325,39 @@ async fn merge(c: &Client, body: &mut Value, f: PkgFields) -> Result<()> {
         body["buildcmd"] = json!(cmd);
     }
     Ok(())
+}
+
+/// The spec documents of package `name` of `src` (to build) and `deploy` (to
+/// run as it is): an ArchiveUploadSpec for each given, then the Package.
+pub(super) fn package_docs(
+    target: &save::Target,
+    namespace: &str,
+    name: &str,
+    env: &str,
+    src: &[PathBuf],
+    deploy: &[PathBuf],
+    buildcmd: Option<&str>,
+) -> Result<Vec<save::Doc>> {
+    let mut docs = Vec::new();
+    let mut archives = [None, None];
+    for (i, paths) in [src, deploy].into_iter().enumerate() {
+        let Some(first) = paths.first() else {
+            continue;
+        };
+        let archive = generated_name(first);
+        docs.push(save::archive(target, &archive, paths)?);
+        archives[i] = Some(archive);
+    }
+    let [source, deployment] = archives;
+    docs.push(save::package(
+        namespace,
+        name,
+        env,
+        source.as_deref(),
+        deployment.as_deref(),
+        buildcmd,
+    )?);
+    Ok(docs)
 }
 
 /// Makes a package for function `function` from `src` (to build) and

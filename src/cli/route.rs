@@ -5,7 +5,8 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::output::Collection;
-use super::{ClientOpts, Name};
+use super::{ClientOpts, Name, SpecOpt};
+use crate::spec::{model::Kind, save};
 
 #[derive(Args)]
 pub(super) struct RouteFields {
@@ -57,6 +58,8 @@ pub(super) enum RouteVerb {
         name: OptionalName,
         #[command(flatten)]
         fields: RouteFields,
+        #[command(flatten)]
+        spec: SpecOpt,
     },
     /// Show a route.
     Get {
@@ -156,7 +159,7 @@ pub(super) fn route_name(url: &str) -> String {
 pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
-        RouteVerb::Create { name, fields } => {
+        RouteVerb::Create { name, fields, spec } => {
             let url = fields
                 .url
                 .clone()
@@ -169,6 +172,10 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
             // GET unless told (Fission's CLI default).
             let mut body = json!({"name": name, "methods": ["GET"]});
             merge_route(&mut body, fields);
+            if let Some(target) = spec.target() {
+                let doc = save::resource(Kind::HttpTrigger, opts.ns(), &body)?;
+                return save::save(&target, &format!("route-{name}.yaml"), &[doc]);
+            }
             ROUTES.create(&c, opts, &body).await
         }
         RouteVerb::Get { name } => ROUTES.show(&c, opts, &name.get()).await,

@@ -6,7 +6,8 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::output::{print, Collection};
-use super::{ClientOpts, Name};
+use super::{ClientOpts, Name, SpecOpt};
+use crate::spec::{model::Kind, save};
 
 #[derive(Args)]
 pub(super) struct TimerFields {
@@ -54,6 +55,8 @@ pub(super) enum TimerVerb {
         name: OptionalName,
         #[command(flatten)]
         fields: TimerFields,
+        #[command(flatten)]
+        spec: SpecOpt,
     },
     /// Show a time trigger, with the next tick it fires for.
     Get {
@@ -173,11 +176,14 @@ pub(super) async fn timer_cmd(verb: TimerVerb, opts: &ClientOpts) -> Result<()> 
     let c = opts.client()?;
     match verb {
         TimerVerb::Showschedule { .. } => Ok(()),
-        TimerVerb::Create { name, fields } => {
+        TimerVerb::Create { name, fields, spec } => {
             if fields.cron.is_none() {
                 anyhow::bail!(
                     "--cron is required: a schedule like '*/5 * * * *', '0 30 * * * *', '@every 1h30m' or '@hourly'"
                 );
+            }
+            if fields.function.is_none() && fields.workflow.is_none() {
+                anyhow::bail!("--function FUNCTION or --workflow WORKFLOW is required");
             }
             let name = name
                 .positional
@@ -185,6 +191,10 @@ pub(super) async fn timer_cmd(verb: TimerVerb, opts: &ClientOpts) -> Result<()> 
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             let mut body = json!({"name": name});
             merge(&mut body, fields);
+            if let Some(target) = spec.target() {
+                let doc = save::resource(Kind::TimeTrigger, opts.ns(), &body)?;
+                return save::save(&target, &format!("timetrigger-{name}.yaml"), &[doc]);
+            }
             TIMERS.create(&c, opts, &body).await
         }
         TimerVerb::Get { name } => TIMERS.show(&c, opts, &name.get()).await,

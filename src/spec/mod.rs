@@ -8,6 +8,7 @@
 mod archive;
 pub(crate) mod load;
 pub(crate) mod model;
+pub(crate) mod save;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
