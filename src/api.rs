@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/functions/{name}/logs", get(fn_logs))
         .route("/v1/functions/{name}/instances", get(fn_instances))
+        .route("/v1/functions/{name}/code", get(fn_code))
         .route("/v1/instances", get(all_instances))
         .merge(crate::api_pkg::routes(package_limit))
         .route("/v1/routes", get(list_routes).post(create_route))
@@ -510,6 +511,17 @@ async fn fn_instances(
     let name = ns.key(&name)?;
     s.pool.function(&name)?;
     Ok(Json(s.pool.instances(Some(&name))))
+}
+
+/// The code the function runs now (Fission's `fn get`): a file as it was
+/// uploaded, a directory (an archive, or a build) as a tar stream.
+async fn fn_code(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(ns): Query<Ns>,
+) -> ApiResult<Response> {
+    let path = s.pool.function_code(&ns.key(&name)?)?;
+    Ok(pod_packages::package_response(path).await)
 }
 
 async fn all_instances(State(s): State<AppState>) -> Json<Vec<pool_manager::InstanceInfo>> {

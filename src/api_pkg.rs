@@ -59,6 +59,43 @@ pub fn routes(upload_limit: usize) -> Router<AppState> {
         )
         .route("/v1/packages/{name}/rebuild", post(rebuild))
         .route("/v1/packages/{name}/logs", get(logs))
+        .route("/v1/packages/{name}/source", get(source))
+        .route("/v1/packages/{name}/deployment", get(deployment))
+}
+
+/// A package's source as stored (Fission's `pkg getsrc`): a file as it was
+/// uploaded, a directory as a tar stream.
+async fn source(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<PackageQuery>,
+) -> ApiResult<Response> {
+    let p = s.pool.package(q.namespace(), &name)?;
+    let Some(code) = &p.source else {
+        return Err(Error::Conflict(format!(
+            "package {name:?} has no source: it holds a deployment only (GET .../deployment)"
+        )));
+    };
+    let path = s.pool.package_path(code)?;
+    Ok(crate::api::pod_packages::package_response(path).await)
+}
+
+/// The code a package's functions run (Fission's `pkg getdeploy`): its
+/// build, or the deployment it was given; as `source` sends it.
+async fn deployment(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<PackageQuery>,
+) -> ApiResult<Response> {
+    let p = s.pool.package(q.namespace(), &name)?;
+    let Some(code) = p.runnable() else {
+        return Err(Error::Conflict(format!(
+            "package {name:?} has no deployment yet: its build is {} (fusion pkg info {name})",
+            p.status.buildstatus
+        )));
+    };
+    let path = s.pool.package_path(code)?;
+    Ok(crate::api::pod_packages::package_response(path).await)
 }
 
 type ApiResult<T> = Result<T, Error>;

@@ -679,4 +679,92 @@ fn fn_create_with_a_source_makes_and_builds_its_package() {
         call(&s, "srcfn"),
         (200, format!("from source: {GREETING}\n"))
     );
+
+    // What it was made from and what it runs, as Fission's getsrc, getdeploy
+    // and `fn get` give them: directories as tar archives.
+    let entries = |file: &Path| -> Vec<String> {
+        let mut names: Vec<String> = tar::Archive::new(std::fs::File::open(file).unwrap())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let out = |name: &str| tmp.path().join(name);
+    let file = |p: &Path| p.to_str().unwrap().to_string();
+    cli_ok(
+        &s,
+        &["pkg", "getsrc", &pkg, "--dest", &file(&out("src.tar"))],
+    );
+    let source = entries(&out("src.tar"));
+    assert!(source.iter().any(|n| n == "requirements.txt"), "{source:?}");
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "getdeploy",
+            &pkg,
+            "--dest",
+            &file(&out("deploy.tar")),
+        ],
+    );
+    let deployed = entries(&out("deploy.tar"));
+    assert!(deployed.iter().any(|n| n == "main.py"), "{deployed:?}");
+    assert!(
+        deployed.iter().any(|n| n.contains("hellodep")),
+        "the build's output: {deployed:?}"
+    );
+    cli_ok(
+        &s,
+        &[
+            "fn",
+            "get",
+            "srcfn",
+            "--code",
+            "--dest",
+            &file(&out("fn.tar")),
+        ],
+    );
+    assert_eq!(entries(&out("fn.tar")), deployed);
+
+    // A file is itself; a package without a source says so.
+    let code = "def main():\n    return 'plain'\n";
+    std::fs::write(out("plain.py"), code).unwrap();
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "plain",
+            "--env",
+            "python",
+            "--deploy",
+            &file(&out("plain.py")),
+        ],
+    );
+    assert_eq!(cli_ok(&s, &["pkg", "getdeploy", "plain"]), code);
+    let (status, body) = s.call("GET", "/v1/packages/plain/source", None);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has no source"),
+        "{body}"
+    );
+    cli_ok(
+        &s,
+        &[
+            "fn",
+            "create",
+            "plain",
+            "--env",
+            "python",
+            "--code",
+            &file(&out("plain.py")),
+        ],
+    );
+    assert_eq!(cli_ok(&s, &["fn", "get", "plain", "--code"]), code);
+    assert_eq!(s.call("GET", "/v1/functions/nosuch/code", None).0, 404);
 }

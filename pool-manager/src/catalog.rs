@@ -132,6 +132,14 @@ impl PoolManager {
             .get(Kind::Function, name)?
             .ok_or_else(|| not_found(Kind::Function, name))
     }
+    /// Where the code function `name` runs now is: its own, or its package's
+    /// build (or deployment).
+    pub fn function_code(&self, name: &str) -> Result<std::path::PathBuf> {
+        let f = self.function(name)?;
+        let code = self.inner.code_of(&f)?;
+        self.inner.packages.path(&code)
+    }
+
     pub fn functions(&self) -> Result<Vec<Function>> {
         self.inner.store.functions()
     }

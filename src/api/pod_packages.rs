@@ -90,10 +90,15 @@ async fn fetch(
             return denied(&e);
         }
     };
-    let path = match (s.locate)(&package) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+    match (s.locate)(&package) {
+        Ok(path) => package_response(path).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A stored package as a response: a file as it is, a directory as a tar
+/// stream (with the digest of its exact bytes), sent with bounded memory.
+pub async fn package_response(path: PathBuf) -> Response {
     // What goes before the body: its type, length and, for a tree, the digest
     // of the exact tar bytes (a first pass over the tree that keeps nothing).
     let dir = path.clone();

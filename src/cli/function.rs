@@ -118,9 +118,17 @@ pub(super) enum FnVerb {
         spec: SpecOpt,
     },
     /// Show a function.
+    #[command(alias = "getmeta")]
     Get {
         #[command(flatten)]
         name: Name,
+        /// Print the code it runs instead (as Fission's `fn get`): a file as it
+        /// is; a directory as a tar archive (with --dest, or piped).
+        #[arg(long)]
+        code: bool,
+        /// With --code: write it to this file.
+        #[arg(long, requires = "code", value_name = "FILE")]
+        dest: Option<PathBuf>,
     },
     /// List the functions.
     List,
@@ -410,7 +418,15 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             merge_fn(&c, opts, &mut body, fields).await?;
             FUNCTIONS.create(&c, opts, &body).await?;
         }
-        FnVerb::Get { name } => FUNCTIONS.show(&c, opts, &name.get()).await?,
+        FnVerb::Get {
+            name,
+            code: true,
+            dest,
+        } => {
+            let path = format!("/v1/functions/{}/code{}", name.get(), opts.ns_query());
+            super::pkg::download(&c, &path, dest.as_deref()).await?
+        }
+        FnVerb::Get { name, .. } => FUNCTIONS.show(&c, opts, &name.get()).await?,
         FnVerb::List => FUNCTIONS.list(&c, opts).await?,
         FnVerb::Update { name, fields } => {
             let name = name.get();

@@ -136,6 +136,24 @@ pub enum PkgVerb {
         #[command(flatten)]
         id: PkgId,
     },
+    /// Print the package's source: a file as it is; a directory as a tar
+    /// archive (with --dest, or piped).
+    Getsrc {
+        #[command(flatten)]
+        id: PkgId,
+        /// Write it to this file (Fission's --output; `-o` is the output format here).
+        #[arg(long, value_name = "FILE")]
+        dest: Option<PathBuf>,
+    },
+    /// Print the code the package's functions run (its build, or its
+    /// deployment), as getsrc does.
+    Getdeploy {
+        #[command(flatten)]
+        id: PkgId,
+        /// Write it to this file (Fission's --output; `-o` is the output format here).
+        #[arg(long, value_name = "FILE")]
+        dest: Option<PathBuf>,
+    },
 }
 
 const PKG_COLUMNS: &[(&str, &str)] = &[
@@ -278,6 +296,18 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                 );
             }
         }
+        PkgVerb::Getsrc { id, dest } => {
+            let path = format!("{}?namespace={}", path(id.name(), "/source"), id.namespace);
+            download(&c, &path, dest.as_deref()).await?;
+        }
+        PkgVerb::Getdeploy { id, dest } => {
+            let path = format!(
+                "{}?namespace={}",
+                path(id.name(), "/deployment"),
+                id.namespace
+            );
+            download(&c, &path, dest.as_deref()).await?;
+        }
         PkgVerb::Logs { id } => {
             let text = c
                 .send(
@@ -291,6 +321,38 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
             out.write_all(text.as_bytes())?;
             out.flush()?;
         }
+    }
+    Ok(())
+}
+
+/// Code from the API (`path`) to `output`, or to standard output: a file as
+/// it is, a directory as a tar archive (not to a terminal).
+pub(super) async fn download(c: &Client, path: &str, output: Option<&Path>) -> Result<()> {
+    use std::io::IsTerminal;
+    let mut resp = c.send(c.request(Method::GET, path)).await?;
+    let tar = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/x-tar"));
+    let mut out: Box<dyn Write> = match output {
+        Some(file) => Box::new(
+            std::fs::File::create(file)
+                .with_context(|| format!("cannot write {}", file.display()))?,
+        ),
+        None if tar && std::io::stdout().is_terminal() => {
+            bail!("the code is a directory: give --dest FILE (a tar archive) or pipe it (| tar -x)")
+        }
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut written = 0;
+    while let Some(chunk) = resp.chunk().await? {
+        out.write_all(&chunk)?;
+        written += chunk.len();
+    }
+    out.flush()?;
+    if let Some(file) = output {
+        let what = if tar { "a tar archive" } else { "a file" };
+        eprintln!("{} written: {what} of {written} bytes", file.display());
     }
     Ok(())
 }
