@@ -486,6 +486,20 @@ fn spec_checks_routes_offline_and_apply_says_what_it_did() {
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");
 
+    // Stopped part-way: what is still declared is not "no longer declared",
+    // and what was not reached is said.
+    let broken = format!(
+        "{}{}",
+        base.replace("env: py\n", "env: nosuch\n"),
+        trigger("after", "  relativeurl: /after\n")
+    );
+    std::fs::write(specs.join("all.yaml"), broken).unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("nosuch"), "{err}");
+    assert!(!out.contains("no longer declared"), "{out}");
+    assert!(out.contains("not applied HTTPTrigger after"), "{out}");
+
     // Without the function's document, a plain apply keeps it and says so.
     let env_only = base.split("---\nkind: Function").next().unwrap();
     std::fs::write(specs.join("all.yaml"), env_only).unwrap();
@@ -607,7 +621,7 @@ fn create_commands_with_spec_write_documents_that_apply_creates() {
             "fn", "create", "hello", "--env", "py", "--code", "hello.py", "--spec",
         ],
         &[
-            "pkg", "create", "app", "--env", "fpy", "--deploy", "app", "--spec",
+            "pkg", "create", "app", "--env", "fpy", "--deploy", "app/*", "--spec",
         ],
         &[
             "fn",
@@ -675,7 +689,14 @@ fn create_commands_with_spec_write_documents_that_apply_creates() {
     }
     assert!(read("env-fpy.yaml").contains("memory: 128Mi"));
     assert!(read("route-hi.yaml").contains("relativeurl: /hi"));
-    assert!(read("package-app.yaml").contains("- app/*"));
+    assert!(
+        read("package-app.yaml").contains("- app/*"),
+        "the glob as given"
+    );
+    assert!(
+        !function.contains("namespace:"),
+        "applies in any namespace:\n{function}"
+    );
     // ...Fusion's short form where it has not (a bundled runtime; every method).
     assert!(
         read("env-py.yaml").starts_with("kind: Environment\nname: py\n"),
@@ -701,25 +722,47 @@ fn create_commands_with_spec_write_documents_that_apply_creates() {
         "{err}"
     );
     assert_eq!(read("function-hello.yaml"), function);
-    // --dry prints and writes nothing.
-    let (code, out, err) = s.cli_in(
+    // A package must be declared before a function uses it, as in Fission.
+    let (code, _, err) = s.cli_in(dir, &["fn", "create", "u2", "--pkg", "nosuch", "--spec"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("package \"nosuch\" is not declared in specs"),
+        "{err}"
+    );
+    // What the server would refuse is refused before it is written.
+    let (code, _, err) = s.cli_in(
         dir,
         &[
-            "route",
+            "fn",
             "create",
-            "--url",
-            "/dry",
-            "--function",
-            "hello",
-            "--dry",
+            "z",
+            "--env",
+            "py",
+            "--code",
+            "hello.py",
+            "--fntimeout",
+            "0",
+            "--spec",
         ],
     );
-    assert_eq!(code, 0, "{err}");
+    assert_ne!(code, 0);
     assert!(
-        out.contains("kind: HTTPTrigger") && out.contains("relativeurl: /dry"),
-        "{out}"
+        err.contains("timeout 0 s must be between 1 and 86400"),
+        "{err}"
     );
-    assert!(!dir.join("specs/route-dry.yaml").exists());
+    assert!(!dir.join("specs/function-z.yaml").exists());
+    // --dry prints and writes nothing, with --spec too (as Fission's CLI).
+    for extra in [&["--dry"][..], &["--dry", "--spec"]] {
+        let mut args = vec!["route", "create", "--url", "/dry", "--function", "hello"];
+        args.extend(extra);
+        let (code, out, err) = s.cli_in(dir, &args);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("kind: HTTPTrigger") && out.contains("relativeurl: /dry"),
+            "{out}"
+        );
+        assert!(!dir.join("specs/route-dry.yaml").exists());
+    }
 
     let (code, out, err) = s.cli_in(dir, &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -739,6 +782,26 @@ fn create_commands_with_spec_write_documents_that_apply_creates() {
     );
     assert_eq!(s.ok("GET", "/v1/environments/fpy", None)["memory_mb"], 128);
     assert_eq!(s.ok("GET", "/v1/timers/nightly", None)["cron"], "@daily");
+    // A glob packs what it matches without --spec too.
+    let (code, out, err) = s.cli_in(
+        dir,
+        &[
+            "fn",
+            "create",
+            "globbed",
+            "--env",
+            "py",
+            "--deploy",
+            "app/*",
+            "--entrypoint",
+            "user.main",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        answer("/fission-function/globbed", "GET"),
+        (200, "app".to_string())
+    );
     // Applied again: nothing changes.
     let (code, out, err) = s.cli_in(dir, &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");

@@ -115,9 +115,18 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
         EnvVerb::Create { name, fields, spec } => {
             let name = name.get();
             let mut body = json!({"name": name});
+            let builder = fields.builder.clone();
             merge_env(&mut body, fields)?;
             if let Some(target) = spec.target() {
-                let doc = save::resource(Kind::Environment, opts.ns(), &body)?;
+                let mut doc = save::resource(Kind::Environment, opts.ns(), &body)?;
+                // Kept for Fission, which runs it (Fusion builds with the
+                // bundled builder of the language); version 2 has builds.
+                if let (Some(builder), Some(spec)) = (builder, doc.value.get_mut("spec")) {
+                    spec["builder"] = json!({ "image": builder });
+                    if spec["version"] == 1 {
+                        spec["version"] = json!(2);
+                    }
+                }
                 return save::save(&target, &format!("env-{name}.yaml"), &[doc]);
             }
             envs.create(&c, opts, &body).await?;

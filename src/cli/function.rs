@@ -324,6 +324,9 @@ pub(super) async fn merge_fn(
     Ok(())
 }
 
+/// A function's timeout when it names none, here as in Fission.
+const DEFAULT_TIMEOUT_SECS: u64 = 60;
+
 /// `fn create --spec`: the function's documents, with an ArchiveUploadSpec
 /// and a Package made for its code (as Fission's CLI writes them), into
 /// `function-<name>.yaml`.
@@ -335,12 +338,25 @@ async fn save_fn(
     mut fields: FnFields,
 ) -> Result<()> {
     let ns = opts.ns().to_string();
-    if let (None, Some(pkg)) = (&fields.env, &fields.pkg) {
-        let declared = save::declared(&target.dir, Kind::Package, &ns, pkg);
-        fields.env = declared.and_then(|p| p["environment"].as_str().map(str::to_string));
+    if let Some(pkg) = &fields.pkg {
+        // As Fission's CLI: the package must be declared first, and the
+        // function runs in its environment.
+        let Some(declared) = save::declared(&target.dir, Kind::Package, &ns, pkg) else {
+            bail!(
+                "package {pkg:?} is not declared in {}: write its spec first (fusion pkg create {pkg} --spec ...)",
+                target.dir.display()
+            );
+        };
+        let built_for = declared["environment"].as_str().unwrap_or_default();
+        match &fields.env {
+            Some(env) if env != built_for => bail!(
+                "function {name:?} runs in environment {env:?}, but package {pkg:?} is built for environment {built_for:?}"
+            ),
+            _ => fields.env = Some(built_for.to_string()),
+        }
     }
     let Some(env) = fields.env.clone() else {
-        bail!("--env ENV is required (with --spec, a --pkg's environment is looked up in the spec folder only)");
+        bail!("--env ENV is required: the environment to run in");
     };
     let mut docs = Vec::new();
     let code: Vec<PathBuf> = fields.code.take().into_iter().collect();
@@ -370,6 +386,10 @@ async fn save_fn(
     }
     let mut body = json!({"name": name});
     merge_fn(c, opts, &mut body, fields).await?;
+    // Written out, as Fission's CLI writes it (the server's default too).
+    if body.get("timeout_secs").is_none() {
+        body["timeout_secs"] = json!(DEFAULT_TIMEOUT_SECS);
+    }
     docs.push(save::resource(Kind::Function, &ns, &body)?);
     save::save(target, &format!("function-{name}.yaml"), &docs)
 }

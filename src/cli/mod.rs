@@ -147,8 +147,9 @@ pub(super) struct SpecOpt {
     /// makes one) instead of creating it; `fusion spec apply` creates it.
     #[arg(long)]
     spec: bool,
-    /// Print the spec documents instead of creating anything.
-    #[arg(long, conflicts_with = "spec")]
+    /// Print the spec documents instead of creating anything (with --spec
+    /// too: printed, not saved, as in Fission).
+    #[arg(long)]
     dry: bool,
     /// The spec folder --spec writes into.
     #[arg(long, default_value = "specs", value_name = "DIR")]

@@ -52,8 +52,14 @@ pub struct NewPkgId {
     namespace: String,
 }
 
-/// A package name from `code`'s file name and a random suffix.
+/// A package name from `code`'s file name and a random suffix (a glob's
+/// from the folder it is in: `src/*` -> `src-1a2b`).
 pub(super) fn generated_name(code: &std::path::Path) -> String {
+    let code = code
+        .ancestors()
+        .find(|a| !crate::spec::archive::is_glob(a))
+        .filter(|a| !a.as_os_str().is_empty())
+        .unwrap_or(code);
     let stem: String = code
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
@@ -455,12 +461,26 @@ pub(super) async fn create_for_function(
 
 /// What to upload for `paths`, and its file name: one zip archive or one file
 /// as it is; a directory, or several paths, zipped together (a directory by
-/// its contents, a file by its name).
+/// its contents, a file by its name). A glob (`src/*`) stands for what it
+/// matches, each under its own name, as Fission's CLI packs it.
 pub fn archive_of(paths: &[PathBuf]) -> Result<(Vec<u8>, String)> {
-    if let [one] = paths {
-        let meta =
-            std::fs::metadata(one).with_context(|| format!("cannot read {}", one.display()))?;
-        if meta.is_file() {
+    use crate::spec::archive::{glob_matches, is_glob};
+    let mut items = Vec::new();
+    for p in paths {
+        if is_glob(p) {
+            items.extend(glob_matches(p)?.into_iter().map(|m| (m, true)));
+        } else {
+            items.push((p.clone(), false));
+        }
+    }
+    zip_of(&items)
+}
+
+/// One file as it is, else a zip of `items`: a file by its name, a directory
+/// by its contents, or (marked) under its own name.
+fn zip_of(items: &[(PathBuf, bool)]) -> Result<(Vec<u8>, String)> {
+    if let [(one, _)] = items {
+        if one.is_file() {
             let bytes =
                 std::fs::read(one).with_context(|| format!("cannot read {}", one.display()))?;
             let name = one
@@ -473,10 +493,21 @@ pub fn archive_of(paths: &[PathBuf]) -> Result<(Vec<u8>, String)> {
     let mut buf = std::io::Cursor::new(Vec::new());
     {
         let mut zip = zip::ZipWriter::new(&mut buf);
-        for p in paths {
+        for (p, own_name) in items {
             let meta =
                 std::fs::metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
-            if meta.is_dir() {
+            if meta.is_dir() && *own_name {
+                let name = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| anyhow!("{} has no file name", p.display()))?;
+                zip.add_directory(format!("{name}/"), zip::write::SimpleFileOptions::default())?;
+                add_dir(
+                    &mut zip,
+                    p.parent().unwrap_or(Path::new(".")),
+                    Path::new(name),
+                )?;
+            } else if meta.is_dir() {
                 add_dir(&mut zip, p, Path::new(""))?;
             } else {
                 let name = p

@@ -15,6 +15,28 @@ pub struct Built {
     pub bytes: Vec<u8>,
 }
 
+/// Whether a code path given on the command line is a glob (`src/*.py`), as
+/// Fission's CLI takes them: it names no file itself and has a glob's signs.
+pub(crate) fn is_glob(path: &Path) -> bool {
+    let text = path.to_string_lossy();
+    !path.exists() && text.contains(['*', '?', '['])
+}
+
+/// What glob `path` matches (sorted), read as Fission reads it; an error when
+/// nothing does.
+pub(crate) fn glob_matches(path: &Path) -> Result<Vec<PathBuf>> {
+    let pattern = as_fission_reads_it(&path.to_string_lossy());
+    let mut found = glob::glob(&pattern)
+        .map_err(|e| anyhow!("{}: not a glob: {e}", path.display()))?
+        .filter_map(|p| p.ok())
+        .collect::<Vec<_>>();
+    if found.is_empty() {
+        bail!("nothing matches {}", path.display());
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// The project root of a specs folder: its parent.
 pub fn project_root(specdir: &Path) -> PathBuf {
     let abs = std::path::absolute(specdir).unwrap_or_else(|_| specdir.to_path_buf());
@@ -24,7 +46,7 @@ pub fn project_root(specdir: &Path) -> PathBuf {
 /// A glob as Fission reads it: with Go's `filepath.Glob`, where a `*` never
 /// crosses a `/` and `**` is just `*` (one level), so `src/**` is what is
 /// directly in `src`, each going in at the archive's top.
-fn as_fission_reads_it(pattern: &str) -> String {
+pub(crate) fn as_fission_reads_it(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len());
     for c in pattern.chars() {
         if !(c == '*' && out.ends_with('*')) {

@@ -5,7 +5,7 @@
 //! applied, `list` shows it. What a project applied is recorded on the server
 //! under its DeploymentConfig uid, as Fission marks it with `fission-uid`.
 
-mod archive;
+pub(crate) mod archive;
 pub(crate) mod load;
 pub(crate) mod model;
 pub(crate) mod save;
@@ -408,8 +408,18 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
         }
         kept = still;
     }
+    // What is still declared but was not reached is not "no longer declared".
+    let declared: BTreeSet<Applied> = specs.resources.iter().map(Applied::of).collect();
+    if result.is_err() {
+        for a in declared.difference(&applied) {
+            summary.note(format!(
+                "not applied {} (applying stopped at the error)",
+                a.label()
+            ));
+        }
+    }
     if !opts.delete {
-        for a in &kept {
+        for a in kept.iter().filter(|a| !declared.contains(a)) {
             summary.note(format!(
                 "kept      {} (no longer declared; `spec apply --delete` deletes it)",
                 a.label()

@@ -182,8 +182,11 @@ impl Specs {
             self.error(doc.at(""), "a document without `kind`");
             return;
         };
-        let fission = obj.contains_key("metadata")
-            || obj.get("apiVersion").and_then(Value::as_str) == Some("fission.io/v1");
+        // Fission's form has `apiVersion` and `metadata.name`; the short form
+        // a top-level `name` (and may have a `metadata` of its own, as a
+        // message-queue trigger's connection settings).
+        let fission = obj.contains_key("apiVersion")
+            || (obj.contains_key("metadata") && !obj.contains_key("name"));
         match kind {
             "DeploymentConfig" => self.read_deployment(doc),
             "ArchiveUploadSpec" => self.read_archive(doc),
@@ -437,22 +440,17 @@ impl Specs {
     }
 
     fn push(&mut self, r: Resource, doc: &Document) {
-        // A route is checked offline as the server will check it (its URL,
-        // its methods), so that `validate` catches what `apply` would refuse
-        // half-way.
-        if r.kind == Kind::HttpTrigger {
-            let checked = serde_json::from_value::<triggers::Route>(r.body.clone())
-                .map_err(|e| e.to_string())
-                .and_then(|route| route.validate().map_err(|e| e.to_string()));
-            if let Err(e) = checked {
-                let at = if r.fission {
-                    doc.at("spec")
-                } else {
-                    doc.at("")
-                };
-                self.error(at, format!("{} {}: {e}", r.kind.name(), r.name));
-                return;
-            }
+        // Checked offline as the server will check it (a route's URL and
+        // methods, a function's timeout and scales, ...), so that `validate`
+        // catches what `apply` would refuse half-way.
+        if let Err(e) = check_offline(&r) {
+            let at = if r.fission {
+                doc.at("spec")
+            } else {
+                doc.at("")
+            };
+            self.error(at, format!("{} {}: {e}", r.kind.name(), r.name));
+            return;
         }
         if let Some(first) = self.resources.iter().find(|o| o.key() == r.key()) {
             let first = first.at.clone();
@@ -1186,6 +1184,21 @@ impl Specs {
                 problems.push((must, r.at.clone(), message));
             }
         }
+        // As Fission: a package no function of the folder runs is a warning.
+        for p in self.resources.iter().filter(|r| r.kind == Kind::Package) {
+            let used = self.resources.iter().any(|f| {
+                f.refs.iter().any(|(k, ns, name, _)| {
+                    (*k, ns, name) == (Kind::Package, &p.namespace, &p.name)
+                })
+            });
+            if !used {
+                problems.push((
+                    false,
+                    p.at.clone(),
+                    format!("{} is not used by any function", p.label()),
+                ));
+            }
+        }
         for a in &self.archives {
             if !used_archives.contains(&a.name) {
                 problems.push((
@@ -1202,6 +1215,45 @@ impl Specs {
                 self.warn(at, message);
             }
         }
+    }
+}
+
+/// What the server checks of an environment, function or trigger when it is
+/// created (a route's URL and methods too), checked offline (a function's code, uploaded by apply, stands in
+/// as a package of its own name).
+fn check_offline(r: &Resource) -> Result<(), String> {
+    fn parsed<T: serde::de::DeserializeOwned>(body: &Value) -> Result<T, String> {
+        serde_json::from_value(body.clone()).map_err(|e| e.to_string())
+    }
+    if r.kind == Kind::HttpTrigger {
+        return parsed::<triggers::Route>(&r.body)?
+            .validate()
+            .map_err(|e| e.to_string());
+    }
+    let mut body = r.body.clone();
+    if body.get("namespace").is_none() {
+        body["namespace"] = json!(r.namespace);
+    }
+    match r.kind {
+        Kind::Environment => parsed::<pool_manager::Environment>(&body)?
+            .validate()
+            .map_err(|e| e.to_string()),
+        Kind::Function => {
+            if body.get("package").is_none() {
+                body["package"] = json!({"packageref": {"name": r.name, "namespace": r.namespace}});
+            }
+            parsed::<pool_manager::Function>(&body)?
+                .validate()
+                .map_err(|e| e.to_string())
+        }
+        Kind::TimeTrigger => parsed::<triggers::timer::TimeTrigger>(&body)?
+            .validate()
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Kind::MessageQueueTrigger => parsed::<triggers::mqt::MessageQueueTrigger>(&body)?
+            .validate()
+            .map_err(|e| e.to_string()),
+        _ => Ok(()),
     }
 }
 
@@ -1577,6 +1629,48 @@ fn check_fields(specs: &mut Specs, doc: &Document, value: &Value, path: &str, sh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_form_with_a_metadata_field_of_its_own_is_the_short_form() {
+        let specs = Specs::read_object(
+            &Document::object(
+                json!({"kind": "MessageQueueTrigger", "name": "q", "function": "f",
+                "topic": "t", "messageQueueType": "nats-jetstream",
+                "metadata": {"natsUrl": "nats://127.0.0.1:4222"}}),
+            ),
+            "default",
+        );
+        assert!(specs.errors.is_empty(), "{:?}", specs.errors);
+        assert_eq!(
+            specs.resources[0].body["metadata"]["natsUrl"],
+            "nats://127.0.0.1:4222"
+        );
+    }
+
+    #[test]
+    fn what_the_server_refuses_at_creation_is_refused_offline() {
+        let read = |doc: Value| Specs::read_object(&Document::object(doc), "default").errors;
+        let errors = read(json!({"kind": "Function", "name": "f", "env": "py",
+            "package": {"packageref": {"name": "p"}}, "timeout_secs": 0}));
+        assert!(
+            errors[0].contains("timeout 0 s must be between"),
+            "{errors:?}"
+        );
+        let errors = read(
+            json!({"apiVersion": "fission.io/v1", "kind": "MessageQueueTrigger",
+            "metadata": {"name": "q"}, "spec": {"functionref": {"type": "name", "name": "f"},
+            "topic": "t", "messageQueueType": "kafka"}}),
+        );
+        assert!(
+            errors[0].contains("Fusion consumes nats-jetstream"),
+            "{errors:?}"
+        );
+        let errors = read(
+            json!({"kind": "Environment", "name": "e", "runtime": "python",
+            "poolsize": 65}),
+        );
+        assert!(errors[0].contains("above the limit of 64"), "{errors:?}");
+    }
 
     #[test]
     fn an_objects_mistakes_name_its_fields_and_its_references_are_not_looked_for() {

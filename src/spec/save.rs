@@ -42,6 +42,10 @@ pub fn resource(kind: Kind, namespace: &str, body: &Value) -> Result<Doc> {
     if namespace != DEFAULT_NAMESPACE {
         wanted["namespace"] = json!(namespace);
     }
+    // Written out as Fission's CLI writes it (the server's default too).
+    if kind == Kind::Environment && wanted.get("poolsize").is_none() {
+        wanted["poolsize"] = json!(DEFAULT_POOLSIZE);
+    }
     let label = label(kind, namespace, &name);
     // When neither form reads back, the Fission document's errors are the
     // ones to show: they name Fission's fields.
@@ -60,6 +64,20 @@ pub fn resource(kind: Kind, namespace: &str, body: &Value) -> Result<Doc> {
     Ok(Doc { label, value: doc })
 }
 
+/// An environment's pool when it names none, here as in Fission.
+const DEFAULT_POOLSIZE: u64 = 3;
+
+/// A reference to `name` in `namespace`, as Fission's CLI writes one: the
+/// namespace only when it is not the default, so the document applies in
+/// whichever namespace `spec apply --namespace` gives it.
+fn reference(namespace: &str, name: &Value) -> Value {
+    if namespace == DEFAULT_NAMESPACE {
+        json!({ "name": name })
+    } else {
+        json!({ "name": name, "namespace": namespace })
+    }
+}
+
 fn label(kind: Kind, namespace: &str, name: &str) -> String {
     format!("{} '{namespace}/{name}'", kind.name())
 }
@@ -73,7 +91,7 @@ pub fn package(
     deployment: Option<&str>,
     buildcmd: Option<&str>,
 ) -> Result<Doc> {
-    let mut spec = json!({"environment": {"name": env, "namespace": namespace}});
+    let mut spec = json!({ "environment": reference(namespace, &json!(env)) });
     for (field, archive) in [("source", source), ("deployment", deployment)] {
         if let Some(a) = archive {
             spec[field] = json!({"type": "url", "url": format!("archive://{a}")});
@@ -98,6 +116,10 @@ pub fn archive(target: &Target, name: &str, paths: &[PathBuf]) -> Result<Doc> {
     let canonical_root = root.canonicalize().unwrap_or_else(|_| root.clone());
     let mut include = Vec::new();
     for p in paths {
+        if super::archive::is_glob(p) {
+            include.push(glob_below(p, &root, &canonical_root, target)?);
+            continue;
+        }
         let real = p
             .canonicalize()
             .with_context(|| format!("cannot read {}", p.display()))?;
@@ -128,12 +150,46 @@ pub fn archive(target: &Target, name: &str, paths: &[PathBuf]) -> Result<Doc> {
     })
 }
 
+/// Glob `p` (relative to the current folder, or absolute) as a glob relative
+/// to the project root; refused when it matches nothing or anything outside.
+fn glob_below(p: &Path, root: &Path, canonical_root: &Path, target: &Target) -> Result<String> {
+    let cwd = std::env::current_dir()?;
+    let cwd = cwd.canonicalize().unwrap_or(cwd);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    };
+    let outside = || {
+        anyhow!(
+            "{} reaches outside the project root {} (the folder above {}): a spec's archives hold files from below it",
+            p.display(),
+            root.display(),
+            target.dir.display()
+        )
+    };
+    let rel = abs.strip_prefix(canonical_root).map_err(|_| outside())?;
+    if rel
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(outside());
+    }
+    for m in super::archive::glob_matches(&abs)? {
+        let real = m.canonicalize().unwrap_or(m);
+        if !real.starts_with(canonical_root) {
+            return Err(outside());
+        }
+    }
+    Ok(rel.to_string_lossy().replace('\\', "/"))
+}
+
 /// A `fission.io/v1` object.
 fn object(kind: &str, namespace: &str, name: &str, spec: Value) -> Value {
     json!({
         "apiVersion": "fission.io/v1",
         "kind": kind,
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": reference(namespace, &json!(name)),
         "spec": spec,
     })
 }
@@ -146,10 +202,13 @@ fn fission(kind: Kind, namespace: &str, name: &str, body: &Value) -> Option<Valu
     match kind {
         Kind::Environment => {
             spec["runtime"] = json!({"image": field("image")?});
-            spec["version"] = json!(3);
-            if let Some(p) = field("poolsize") {
-                spec["poolsize"] = p.clone();
-            }
+            // Fission honours a pool size with version 3 only; its CLI
+            // writes version 1 otherwise.
+            let poolsize = field("poolsize")
+                .and_then(Value::as_u64)
+                .unwrap_or(DEFAULT_POOLSIZE);
+            spec["version"] = json!(if poolsize == DEFAULT_POOLSIZE { 1 } else { 3 });
+            spec["poolsize"] = json!(poolsize);
             if let Some(m) = field("memory_mb").and_then(Value::as_u64) {
                 spec["resources"]["limits"]["memory"] = json!(format!("{m}Mi"));
             }
@@ -158,8 +217,9 @@ fn fission(kind: Kind, namespace: &str, name: &str, body: &Value) -> Option<Valu
             }
         }
         Kind::Function => {
-            spec["environment"] = json!({"name": field("env")?, "namespace": namespace});
-            spec["package"] = json!({"packageref": field("package")?.get("packageref")?});
+            spec["environment"] = reference(namespace, field("env")?);
+            let package = field("package")?.get("packageref")?;
+            spec["package"] = json!({ "packageref": reference(namespace, package.get("name")?) });
             if let Some(ep) = field("entrypoint") {
                 spec["package"]["functionName"] = ep.clone();
             }
@@ -313,6 +373,15 @@ pub fn save(target: &Target, file: &str, docs: &[Doc]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     for d in docs {
         println!("Saving {} to '{}'", d.label, path.display());
+    }
+    // What `spec validate` will say of them (a reference to what is not in
+    // the folder yet, as Fission's CLI warns of it), said now.
+    let here = format!("{}:", path.display());
+    let specs = folder(&target.dir)?;
+    for w in specs.warnings.iter().chain(&specs.errors) {
+        if w.starts_with(&here) {
+            eprintln!("warning: {w}");
+        }
     }
     Ok(())
 }
