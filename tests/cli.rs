@@ -72,6 +72,17 @@ fn fn_create_with_minscale_has_that_many_specialized_instances_before_any_call()
         2,
         "{out}"
     );
+    // The environment's instances (Fission's `env pods`): those two, and the
+    // generic ones of its pool.
+    let (rc, out, err) = s.cli(&["env", "pods", "python", "-o", "json"]);
+    assert_eq!(rc, 0, "{err}");
+    let all: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let of = |state: &str| all.iter().filter(|i| i["state"] == state).count();
+    assert_eq!(of("specialized"), 2, "{out}");
+    assert!(all.iter().all(|i| i["environment"] == "python"), "{out}");
+    let (rc, _, err) = s.cli(&["env", "pods", "nosuch"]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("nosuch"), "{err}");
 }
 
 /// `--code` takes a directory as it takes a file: zipped, modules and all.

@@ -88,6 +88,13 @@ pub(super) enum EnvVerb {
         #[command(flatten)]
         name: Name,
     },
+    /// List the environment's instances, generic and specialized (Fission's
+    /// `env pods`).
+    #[command(alias = "pods")]
+    Instances {
+        #[command(flatten)]
+        name: Name,
+    },
 }
 
 pub(super) const ENVIRONMENTS: Collection = Collection {
@@ -155,6 +162,22 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
             say_image_use(&c, opts, &name).await
         }
         EnvVerb::Delete { name } => envs.delete(&c, opts, &name.get()).await,
+        EnvVerb::Instances { name } => {
+            let name = name.get();
+            // Known, or said so (an empty list would hide a typo).
+            let _: Value = c.get(&envs.item(opts, &name)).await?;
+            let key = match opts.ns() {
+                "default" => name,
+                ns => format!("{ns}/{name}"),
+            };
+            let all: Vec<Value> = c.get("/v1/instances").await?;
+            let mine = all
+                .into_iter()
+                .filter(|i| i["environment"].as_str() == Some(key.as_str()))
+                .collect();
+            super::function::print_instances(opts, Value::Array(mine));
+            Ok(())
+        }
     }
 }
 

@@ -202,7 +202,8 @@ pub(super) enum FnVerb {
         #[arg(long, value_name = "N", alias = "recordcount")]
         tail: Option<usize>,
     },
-    /// List the function's running instances.
+    /// List the function's running instances (Fission's `fn pods`).
+    #[command(alias = "pods")]
     Instances {
         #[command(flatten)]
         name: Name,
@@ -578,37 +579,43 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
         FnVerb::Dlq { verb } => super::invocation::dlq_cmd(verb, opts).await?,
         FnVerb::Instances { name } => {
             let name = name.get();
-            let mut v: Value = c
+            let v: Value = c
                 .get(&format!(
                     "/v1/functions/{name}/instances{}",
                     opts.ns_query()
                 ))
                 .await?;
-            if !opts.json() {
-                // Usage as a person reads it: MiB and CPU seconds.
-                for i in v.as_array_mut().into_iter().flatten() {
-                    i["memory_mib"] = json!(i["memory_bytes"]
-                        .as_u64()
-                        .map(|b| format!("{:.1}", b as f64 / (1 << 20) as f64)));
-                    i["cpu_s"] = json!(i["cpu_seconds"].as_f64().map(|c| format!("{c:.2}")));
-                }
-            }
-            print(
-                opts,
-                &v,
-                &[
-                    ("ID", "/id"),
-                    ("PID", "/pid"),
-                    ("ADDRESS", "/address"),
-                    ("STATE", "/state"),
-                    ("ACTIVE", "/active_requests"),
-                    ("MEMORY_MIB", "/memory_mib"),
-                    ("CPU_S", "/cpu_s"),
-                ],
-            );
+            print_instances(opts, v);
         }
     }
     Ok(())
+}
+
+/// Instances as a table (usage as a person reads it: MiB and CPU seconds),
+/// or as the API gives them with `-o json`.
+pub(super) fn print_instances(opts: &ClientOpts, mut v: Value) {
+    if !opts.json() {
+        for i in v.as_array_mut().into_iter().flatten() {
+            i["memory_mib"] = json!(i["memory_bytes"]
+                .as_u64()
+                .map(|b| format!("{:.1}", b as f64 / (1 << 20) as f64)));
+            i["cpu_s"] = json!(i["cpu_seconds"].as_f64().map(|c| format!("{c:.2}")));
+        }
+    }
+    print(
+        opts,
+        &v,
+        &[
+            ("ID", "/id"),
+            ("PID", "/pid"),
+            ("ADDRESS", "/address"),
+            ("FUNCTION", "/function"),
+            ("STATE", "/state"),
+            ("ACTIVE", "/active_requests"),
+            ("MEMORY_MIB", "/memory_mib"),
+            ("CPU_S", "/cpu_s"),
+        ],
+    );
 }
 
 /// A function's log line (`<time> [<instance> <stream>] <text>`) as JSON:
