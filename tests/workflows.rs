@@ -1254,12 +1254,11 @@ fn fissions_workflow_run_and_runs_commands_start_and_inspect_runs() {
     ] {
         let (code, out, err) = s.cli(&["wf", "run", "greet", "--input", &given]);
         assert_eq!(code, 0, "{out}{err}");
-        let id = out
-            .strip_prefix("workflow run ")
-            .and_then(|rest| rest.strip_suffix(" started\n"))
-            .unwrap_or_else(|| panic!("{out}"))
-            .to_string();
-        ids.push(id);
+        // The bare id, for `ID=$(fusion wf run greet)`.
+        let id = out.strip_suffix('\n').unwrap_or_else(|| panic!("{out}"));
+        assert!(!id.contains(' '), "{out}");
+        assert!(err.contains("run started"), "{err}");
+        ids.push(id.to_string());
     }
     for (id, who) in ids.iter().zip(["inline", "file"]) {
         let run = s.wait_run(id, Duration::from_secs(30));

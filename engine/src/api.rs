@@ -379,16 +379,24 @@ async fn list_runs(
     State(engine): State<Arc<Engine>>,
     ApiQuery(q): ApiQuery<RunsQuery>,
 ) -> ApiResult<Json<Value>> {
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_status",
-                format!("unknown status {s:?} (running, succeeded, failed, cancelled)"),
-            )
-        })?),
-    };
+    // One status, or several separated by commas (`failed,cancelled`).
+    let statuses = q
+        .status
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            RunStatus::parse(s).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_status",
+                    format!("unknown status {s:?} (running, succeeded, failed, cancelled)"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::new(
@@ -408,7 +416,7 @@ async fn list_runs(
     }
     let page = engine.list_runs(&RunFilter {
         workflow: q.workflow.filter(|w| !w.is_empty()),
-        status,
+        statuses,
         since: q.since,
         until: q.until,
         limit,

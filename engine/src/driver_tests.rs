@@ -888,7 +888,7 @@ async fn recovery_repairs_the_summary_of_a_run_that_ended_before_the_crash() {
         .is_empty());
     let page = e2
         .list_runs(&crate::store::RunFilter {
-            status: Some(RunStatus::Succeeded),
+            statuses: vec![RunStatus::Succeeded],
             limit: 10,
             ..Default::default()
         })

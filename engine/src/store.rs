@@ -80,7 +80,8 @@ pub struct RunSummary {
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
     pub workflow: Option<String>,
-    pub status: Option<RunStatus>,
+    /// Runs in any of these statuses (every status when empty).
+    pub statuses: Vec<RunStatus>,
     /// Created at or after (ms).
     pub since: Option<Millis>,
     /// Created at or before (ms).
@@ -1248,16 +1249,14 @@ impl RunStore for SledStore {
         // The index read, and under which prefixes (each with the status its
         // entries must have): a workflow's, one status's, or every status's
         // merged newest first (the unfiltered listing).
-        let (tree, prefixes) = match (&f.workflow, f.status) {
-            (Some(w), status) => (
-                &self.by_workflow,
-                vec![(workflow_prefix(w).to_vec(), status)],
-            ),
-            (None, Some(s)) => (&self.by_status, vec![(status_prefix(s).to_vec(), Some(s))]),
-            (None, None) => (
+        let wanted = |s: RunStatus| f.statuses.is_empty() || f.statuses.contains(&s);
+        let (tree, prefixes) = match &f.workflow {
+            Some(w) => (&self.by_workflow, vec![(workflow_prefix(w).to_vec(), None)]),
+            None => (
                 &self.by_status,
                 RunStatus::ALL
                     .iter()
+                    .filter(|s| wanted(**s))
                     .map(|s| (status_prefix(*s).to_vec(), Some(*s)))
                     .collect(),
             ),
@@ -1302,7 +1301,7 @@ impl RunStore for SledStore {
             scan.head = scan.iter.next().transpose()?.map(|(k, _)| k);
             let Some((_, id)) = entry else { continue };
             let Some(s) = self.run(&id)? else { continue };
-            if status.is_some_and(|st| st != s.status) {
+            if status.is_some_and(|st| st != s.status) || !wanted(s.status) {
                 continue;
             }
             // A workflow's prefix is a hash that another's may share.
@@ -1524,7 +1523,7 @@ mod tests {
     fn listed(s: &SledStore, status: RunStatus) -> Vec<String> {
         let page = s
             .list_runs(&RunFilter {
-                status: Some(status),
+                statuses: vec![status],
                 limit: 10,
                 ..Default::default()
             })
@@ -1791,6 +1790,12 @@ mod tests {
                     at: 2000,
                 };
                 s.append(&id, 1, &[end]).unwrap();
+            } else if i == 7 {
+                let end = Event::RunCancelled {
+                    reason: "stopped".into(),
+                    at: 2000,
+                };
+                s.append(&id, 1, &[end]).unwrap();
             }
         }
         s.flush().await.unwrap();
@@ -1836,7 +1841,7 @@ mod tests {
         assert_eq!(even.runs.len(), 5);
         let done = s
             .list_runs(&RunFilter {
-                status: Some(RunStatus::Succeeded),
+                statuses: vec![RunStatus::Succeeded],
                 limit: 100,
                 ..Default::default()
             })
@@ -1846,13 +1851,27 @@ mod tests {
         let both = s
             .list_runs(&RunFilter {
                 workflow: Some("even".into()),
-                status: Some(RunStatus::Running),
+                statuses: vec![RunStatus::Running],
                 limit: 100,
                 ..Default::default()
             })
             .unwrap();
         let ids: Vec<_> = both.runs.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, vec!["run08", "run04", "run02"]);
+        // Several statuses, merged newest first; with a workflow too.
+        let ended = |workflow: Option<&str>| {
+            let page = s
+                .list_runs(&RunFilter {
+                    workflow: workflow.map(str::to_string),
+                    statuses: vec![RunStatus::Succeeded, RunStatus::Cancelled],
+                    limit: 100,
+                    ..Default::default()
+                })
+                .unwrap();
+            page.runs.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        };
+        assert_eq!(ended(None), ["run09", "run07", "run06", "run03", "run00"]);
+        assert_eq!(ended(Some("odd")), ["run09", "run07", "run03"]);
         let window = s
             .list_runs(&RunFilter {
                 since: Some(1002),
@@ -1862,7 +1881,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(window.runs.len(), 3);
-        assert_eq!(s.unfinished_runs().unwrap().len(), 6);
+        assert_eq!(s.unfinished_runs().unwrap().len(), 5);
         assert_eq!(s.events("run03").unwrap().len(), 2);
 
         assert_eq!(s.prune(1005).unwrap(), 2); // run00 and run03 finished before 1005
@@ -2097,7 +2116,7 @@ mod layout_tests {
         let ids = listed(
             &s,
             RunFilter {
-                status: Some(RunStatus::Succeeded),
+                statuses: vec![RunStatus::Succeeded],
                 ..Default::default()
             },
         );

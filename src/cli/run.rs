@@ -15,7 +15,8 @@ pub(super) enum RunVerb {
         /// Only runs of this workflow.
         #[arg(long, value_name = "WORKFLOW")]
         workflow: Option<String>,
-        /// Only runs in this status: running, succeeded, failed or cancelled.
+        /// Only runs in this status: running, succeeded, failed or cancelled
+        /// (several separated by commas: `failed,cancelled`).
         #[arg(long, value_name = "STATUS")]
         status: Option<String>,
         /// Only runs created at or after this time: RFC 3339

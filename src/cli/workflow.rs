@@ -311,7 +311,9 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             if opts.output == Output::Json {
                 println!("{answer}");
             } else {
-                println!("workflow run {id} started");
+                // Just the id, for `ID=$(fusion wf run NAME)`; the rest said aside.
+                println!("{id}");
+                eprintln!("workflow {name}: run started (fusion run get {id})");
             }
         }
         WfVerb::Runs { verb } => {
