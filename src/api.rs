@@ -760,6 +760,15 @@ pub async fn json_errors(req: Request, next: axum::middleware::Next) -> Response
     } else {
         text.trim().to_string()
     };
+    // axum's rejection of a query string that does not parse: said as a
+    // malformed query parameter, in plain words.
+    if let Some(what) = message.strip_prefix("Failed to deserialize query string: ") {
+        return error_response(
+            status,
+            "invalid_query",
+            &format!("a query parameter is malformed: {what}"),
+        );
+    }
     error_response(status, code, &message)
 }
 

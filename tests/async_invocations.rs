@@ -185,6 +185,29 @@ fn an_async_call_is_accepted_with_a_location_that_answers() {
         (st, e["error"]["code"].as_str()),
         (400, Some("invalid_status"))
     );
+    // A malformed or out-of-range query parameter says which, in one code each.
+    for (query, code) in [
+        ("limit=abc", "invalid_query"),
+        ("limit=0", "invalid_limit"),
+        ("limit=5000", "invalid_limit"),
+    ] {
+        for list in ["/v1/invocations", "/v1/deadletters"] {
+            let (st, e) = s.call("GET", &format!("{list}?{query}"), None);
+            assert_eq!(
+                (st, e["error"]["code"].as_str()),
+                (400, Some(code)),
+                "{list}?{query}: {e}"
+            );
+        }
+    }
+    let (st, e) = s.call("GET", "/v1/invocations?limit=abc", None);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("a query parameter is malformed: limit"),
+        "{st} {e}"
+    );
     let (st, e) = s.call("GET", "/v1/invocations/nope", None);
     assert_eq!((st, e["error"]["code"].as_str()), (404, Some("not_found")));
     // Calling a function that does not exist asynchronously is a 404 at once.

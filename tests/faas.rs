@@ -951,6 +951,15 @@ fn metrics_count_requests_cold_starts_instances_and_runs() {
         "{text}"
     );
     assert!(has(r#"fusion_async_invocations{state="dead"} 0"#), "{text}");
+    // Counters of what has not happened yet are there at 0, to alert on.
+    assert!(
+        has(r#"fusion_function_requests_abandoned_total{function="counted"} 0"#),
+        "{text}"
+    );
+    assert!(
+        has(r#"fusion_instance_start_failures_total{environment="python"} 0"#),
+        "{text}"
+    );
 
     // Instances that end, and that cannot start, are counted by why.
     let broken = json!({"name": "broken", "command": ["/bin/sh", "-c", "exit 3"], "poolsize": 1});

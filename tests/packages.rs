@@ -699,6 +699,10 @@ fn fn_create_with_a_source_makes_and_builds_its_package() {
     );
     let source = entries(&out("src.tar"));
     assert!(source.iter().any(|n| n == "requirements.txt"), "{source:?}");
+    assert!(
+        !source.iter().any(|n| n.contains(".complete")),
+        "the store's marker: {source:?}"
+    );
     cli_ok(
         &s,
         &[

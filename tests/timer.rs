@@ -107,6 +107,12 @@ fn an_every_second_trigger_calls_its_function_once_per_tick_and_keeps_each_outco
     let (code, out, _) = s.cli(&["timer", "list"]);
     assert_eq!(code, 0);
     assert!(out.contains("NEXT") && out.contains("rec"), "{out}");
+    let (status, body) = s.call("GET", "/v1/timers/tick/history?limit=0", None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_limit")),
+        "{body}"
+    );
 
     // A function a trigger still calls cannot be deleted.
     let (status, body) = s.call("DELETE", "/v1/functions/rec", None);

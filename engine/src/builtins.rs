@@ -109,9 +109,11 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
         "noop" | "nop" => Outcome::Output(default_input(inputs)),
         // As Fission Workflows' compose: nothing, the one input, or every
         // input merged into one map (`default` among them).
-        "compose" => match inputs.len() {
-            0 => Outcome::Output(Value::Null),
-            1 => Outcome::Output(inputs.values().next().cloned().unwrap_or(Value::Null)),
+        // As Fission Workflows' compose: a lone `default` input is the
+        // output; any other inputs are merged into one map (`default` too).
+        "compose" => match (inputs.len(), inputs.get("default")) {
+            (0, _) => Outcome::Output(Value::Null),
+            (1, Some(only)) => Outcome::Output(only.clone()),
             _ => Outcome::Output(Value::Object(inputs.clone().into_iter().collect())),
         },
         // As Fission Workflows' if: the condition is required, and a boolean.
@@ -636,6 +638,8 @@ mod tests {
             json!({"default": "a", "other": "b"})
         );
         assert_eq!(out("compose", json!({})), Value::Null);
+        // One input of another name is still a map (Fission's compose.go).
+        assert_eq!(out("compose", json!({"a": 1})), json!({"a": 1}));
         assert!(matches!(
             run("if", &ins(json!({"then": 1})), &Inputs::new()),
             Outcome::Invalid(m) if m.contains("needs the input `if`")

@@ -253,6 +253,9 @@ fn append_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path, rel: &Path) -> st
     let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<std::io::Result<_>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
+        if rel.as_os_str().is_empty() && e.file_name() == crate::package::COMPLETE {
+            continue;
+        }
         let kind = e.file_type()?;
         let path = rel.join(e.file_name());
         if kind.is_dir() {

@@ -153,11 +153,12 @@ impl FunctionMetrics {
     pub fn record(&self, m: &PoolMetrics, function: &str, code: u16, seconds: f64) {
         self.seconds
             .get_or_init(|| {
-                m.request_seconds
-                    .get_or_create(&FunctionLabels {
-                        function: function.to_string(),
-                    })
-                    .clone()
+                let labels = FunctionLabels {
+                    function: function.to_string(),
+                };
+                // Its abandoned-requests series, at 0 from the first request.
+                drop(m.abandoned.get_or_create(&labels));
+                m.request_seconds.get_or_create(&labels).clone()
             })
             .observe(seconds);
         let known = self

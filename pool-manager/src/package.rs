@@ -36,6 +36,11 @@ pub struct PackageStore {
     limits: PackageLimits,
 }
 
+/// The file that marks a stored archive's tree as whole (written last, so a
+/// tree without it is a crash's leftover). Not part of the code: never copied
+/// or sent with it.
+pub const COMPLETE: &str = ".complete";
+
 pub fn validate_filename(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 255
@@ -97,7 +102,7 @@ impl PackageStore {
                 Some(filename.to_string())
             },
         };
-        if archive && dir.join(".complete").exists() {
+        if archive && dir.join(COMPLETE).exists() {
             return Ok(reference);
         }
         // Unpack into a temporary sibling and rename, so a crash never leaves a
@@ -120,9 +125,9 @@ impl PackageStore {
             return Err(e);
         }
         if archive {
-            std::fs::write(tmp.join(".complete"), b"").map_err(io)?;
+            std::fs::write(tmp.join(COMPLETE), b"").map_err(io)?;
             if std::fs::rename(&tmp, &dir).is_err() {
-                if dir.join(".complete").exists() {
+                if dir.join(COMPLETE).exists() {
                     // Another upload of the same code finished first: same content.
                     let _ = std::fs::remove_dir_all(&tmp);
                 } else {
@@ -194,16 +199,16 @@ impl PackageStore {
             filename: None,
         };
         let target = self.root.join(&sha);
-        if target.join(".complete").exists() {
+        if target.join(COMPLETE).exists() {
             let _ = std::fs::remove_dir_all(dir);
             return Ok((reference, links));
         }
         // What is not part of the package goes before it is one.
         drop_links(dir)?;
         own_by_server(dir);
-        std::fs::write(dir.join(".complete"), b"").map_err(io)?;
+        std::fs::write(dir.join(COMPLETE), b"").map_err(io)?;
         if std::fs::rename(dir, &target).is_err() {
-            if target.join(".complete").exists() {
+            if target.join(COMPLETE).exists() {
                 // Another build of the same output finished first: same content.
                 let _ = std::fs::remove_dir_all(dir);
             } else {
@@ -304,7 +309,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         let e = e.map_err(io)?;
         let kind = e.file_type().map_err(io)?;
         let name = e.file_name();
-        if name == ".complete" {
+        if name == COMPLETE {
             continue;
         }
         let target = to.join(&name);

@@ -496,7 +496,7 @@ impl PoolManager {
                     }
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         return Err(Error::Overloaded(format!(
-                            "function {name:?} is at its concurrency limit and no instance freed up within {:?}",
+                            "function {name:?} is at its max scale (--maxscale) and no instance freed up within {:?}",
                             inner.cfg.lease_wait
                         )));
                     }
@@ -930,13 +930,17 @@ impl Inner {
             }
             instance
         });
+        // The environment's series exists from its first start, at 0, so an
+        // alert on its increase sees the first failure.
+        let failures = self
+            .metrics
+            .start_failures
+            .get_or_create(&crate::metrics::EnvironmentLabels {
+                environment: env.key(),
+            })
+            .clone();
         if let Err(e) = &started {
-            self.metrics
-                .start_failures
-                .get_or_create(&crate::metrics::EnvironmentLabels {
-                    environment: env.key(),
-                })
-                .inc();
+            failures.inc();
             if let Some(pool) = lock(&self.state).envs.get_mut(&env.key()) {
                 pool.start_failure = Some(StartFailure {
                     at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),

@@ -73,7 +73,7 @@ async fn page(s: &AppState, q: ListQuery, status: Option<Status>) -> ApiResult<R
         Some(n) if (1..=MOST).contains(&n) => n,
         Some(n) => {
             return Ok(bad(
-                "invalid_query",
+                "invalid_limit",
                 format!("limit {n} must be between 1 and {MOST}"),
             ))
         }

@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use triggers::timer::{Firing, TimeTrigger, HISTORY_PER_TRIGGER};
+use triggers::timer::{TimeTrigger, HISTORY_PER_TRIGGER};
 
 use super::{created, in_namespace, same_name, ApiResult, AppState, Ns};
 
@@ -103,14 +103,22 @@ async fn history(
     State(s): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<HistoryQuery>,
-) -> ApiResult<Json<Vec<Firing>>> {
+) -> ApiResult<Response> {
+    use axum::response::IntoResponse;
     let key = Ns {
         namespace: q.namespace,
     }
     .key(&name)?;
+    if q.limit == Some(0) {
+        return Ok(pool_manager::error::error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            &format!("limit 0 must be between 1 and {HISTORY_PER_TRIGGER}"),
+        ));
+    }
     let limit = q
         .limit
         .unwrap_or(HISTORY_PER_TRIGGER)
         .min(HISTORY_PER_TRIGGER);
-    Ok(Json(s.triggers.timers.history(&key, limit)?))
+    Ok(Json(s.triggers.timers.history(&key, limit)?).into_response())
 }

@@ -93,6 +93,10 @@ pub(super) struct FnFields {
     /// The longest delay between an asynchronous call's attempts (default 5m).
     #[arg(long = "async-backoff-cap", value_name = "DURATION")]
     async_backoff_cap: Option<String>,
+    /// Whether the delays between an asynchronous call's attempts are
+    /// jittered (default true).
+    #[arg(long = "async-backoff-jitter", value_name = "BOOL")]
+    async_backoff_jitter: Option<bool>,
     /// How long an asynchronous call may keep being tried, e.g. `1h` (default 6h).
     #[arg(long = "async-max-age", value_name = "DURATION")]
     async_max_age: Option<String>,
@@ -288,6 +292,7 @@ pub(super) async fn merge_fn(
         ("/retry/maxAttempts", f.async_max_attempts.map(|n| json!(n))),
         ("/retry/backoffBase", f.async_backoff_base.map(|d| json!(d))),
         ("/retry/backoffCap", f.async_backoff_cap.map(|d| json!(d))),
+        ("/retry/jitter", f.async_backoff_jitter.map(|j| json!(j))),
         ("/maxAge", f.async_max_age.map(|d| json!(d))),
     ] {
         let Some(value) = value else { continue };

@@ -96,6 +96,7 @@ pub(super) const ROUTE_COLUMNS: &[(&str, &str)] = &[
     ("HOST", "/host"),
     ("FUNCTION", "/function"),
     ("WORKFLOW", "/workflow"),
+    ("MODE", "/invocation_mode"),
 ];
 
 pub(super) fn merge_route(body: &mut Value, f: RouteFields) {

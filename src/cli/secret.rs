@@ -182,7 +182,10 @@ fn show(kind: Kind, opts: &ClientOpts, value: &Value) {
             .filter_map(Value::as_str)
             .map(|k| match v["data"].get(k).and_then(Value::as_str) {
                 Some(val) if !kind.secret => format!("{k}={val}"),
-                _ => format!("{k} ({} bytes)", v["sizes"][k]),
+                _ => match v["sizes"][k].as_u64() {
+                    Some(1) => format!("{k} (1 byte)"),
+                    _ => format!("{k} ({} bytes)", v["sizes"][k]),
+                },
             })
             .collect();
         json!({"name": v["name"], "namespace": v["namespace"], "keys": shown.join(", ")})
