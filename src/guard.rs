@@ -95,9 +95,12 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// The content types an endpoint reads from a body, by its route; `None` for the
-/// invocations, whose body is the function's or workflow's own input.
+/// invocations, whose body is the function's or workflow's own input, and for a
+/// callback URL: its token is its credential (a page that does not know it
+/// cannot complete anything), and webhook senders often label JSON wrongly.
 fn accepted(route: &str) -> Option<&'static [&'static str]> {
     match route {
+        r if r.starts_with(engine::api::CALLBACKS_PATH) => None,
         "/v1/archives" => Some(CODE),
         "/v1/packages" => Some(PACKAGES),
         "/v1/workflows" | "/v1/workflows/{name}" => Some(YAML),

@@ -81,7 +81,16 @@ fn a_posted_error_fails_the_run() {
     s.workflow("approval", WAITING);
     let id = s.start_async("approval", "");
     let path = callback_path(&s, &id);
-    let (status, body) = post(&s, &path, &json!({"error": "rejected by ann"}));
+    // JSON labelled as a form (curl -d does so) is read as JSON: the token in
+    // the URL is the credential, whatever the content type.
+    let resp = reqwest::blocking::Client::new()
+        .post(s.api_url(&path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"error": "rejected by ann"}"#)
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().unwrap_or(Value::Null);
     assert_eq!(status, 200, "{body}");
     let run = s.wait_run(&id, Duration::from_secs(30));
     assert_eq!(run["status"], "failed", "{run}");

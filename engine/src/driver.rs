@@ -553,7 +553,12 @@ impl Engine {
             let Ok(spec) = serde_yaml::from_str::<WorkflowSpec>(source) else {
                 return Vec::new();
             };
-            return crate::validate::format_warnings(&spec, source, &|name| self.name_exists(name));
+            return crate::validate::format_warnings(
+                &spec,
+                source,
+                &|name| self.name_exists(name),
+                &|name| self.store.workflow_exists(name),
+            );
         }
         match crate::sfn::spec::parse_workflow(source) {
             Ok(parsed) => crate::sfn::ignored_namespace(&parsed, source)

@@ -664,6 +664,68 @@ mod api {
         assert!(v.get("warnings").is_none(), "{v}");
     }
 
+    /// What reads as nothing at run time is said when the workflow is stored:
+    /// an input a function is not sent, a task read that does not exist or
+    /// is not waited for.
+    #[tokio::test(start_paused = true)]
+    async fn unsent_inputs_and_tasks_read_unknown_or_unrequired_are_warnings() {
+        let (db, fake) = setup();
+        fake.add("charge", None, |_, _| text(200, "ok"));
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        let yaml = "output: C
+tasks:
+  A:
+    run: charge
+    inputs:
+      default: 1
+      amount: 10
+  B:
+    run: noop
+    inputs: \"{ output('A') }\"
+  C:
+    run: noop
+    inputs: \"{ output('Nope') }\"
+    requires: [B]
+  D:
+    run: noop
+    inputs: \"{ task('A').Output }\"
+    requires: [B]
+  E:
+    run: noop
+    inputs: \"{ $.Tasks.A.Output }\"
+    requires: [A]
+";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=reads", yaml)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let said: Vec<(String, u64, String)> = v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["code"].as_str().unwrap().to_string(),
+                    w["line"].as_u64().unwrap(),
+                    w["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let codes: Vec<(&str, u64)> = said.iter().map(|(c, l, _)| (c.as_str(), *l)).collect();
+        assert_eq!(
+            codes,
+            [
+                ("unsent_input", 7),
+                ("not_required", 10),
+                ("unknown_task", 13),
+                ("not_required", 17)
+            ],
+            "{v}"
+        );
+        assert!(said[0].2.contains("put it under `default`"), "{v}");
+        assert!(said[1].2.contains("add `requires: [A]`"), "{v}");
+        // E waits for A, through requires: nothing to say of it.
+    }
+
     #[tokio::test(start_paused = true)]
     async fn workflow_and_run_endpoints() {
         let (db, fake) = setup();

@@ -144,11 +144,68 @@ pub fn format_warnings(
     spec: &WorkflowSpec,
     source: &str,
     exists: &dyn Fn(&str) -> bool,
+    is_workflow: &dyn Fn(&str) -> bool,
 ) -> Vec<ValidationError> {
     let pos = Positions::new(source);
     let at = At::top(&pos);
     let mut out = Vec::new();
+    // Every task name the document defines, nested workflows' too (an
+    // expression inside one may name its siblings).
+    let mut defined = BTreeSet::new();
+    collect_task_names(
+        &serde_json::to_value(spec).unwrap_or(Value::Null),
+        &mut defined,
+    );
     for (id, task) in &spec.tasks {
+        // A function gets its body, headers, query, method and content type
+        // from these inputs; any other is not sent (as in Fission Workflows).
+        let calls_function = !is_builtin(&task.run) && !is_workflow(&task.run);
+        if let (true, Some(Value::Object(inputs))) = (calls_function, &task.inputs) {
+            for key in inputs
+                .keys()
+                .filter(|k| !FUNCTION_INPUTS.contains(&k.as_str()))
+            {
+                let (line, column) = at.key(&["tasks", id, "inputs", key]);
+                out.push(ValidationError {
+                    code: "unsent_input",
+                    message: format!(
+                        "task {id:?}: input {key:?} is not sent to function {:?}: a function gets `default` (or `body`) as its request body, and `headers`, `query`, `method`, `content-type`; put it under `default`",
+                        task.run
+                    ),
+                    line,
+                    column,
+                });
+            }
+        }
+        // What its expressions read of other tasks: a task that does not
+        // exist, or one it does not wait for, reads as nothing.
+        let mut named = BTreeSet::new();
+        if let Some(inputs) = &task.inputs {
+            tasks_read(inputs, &mut named);
+        }
+        let before = ancestors(&spec.tasks, id);
+        for other in named.iter().filter(|n| *n != id) {
+            let (code, message) = if !defined.contains(other) {
+                (
+                    "unknown_task",
+                    format!("task {id:?} reads task {other:?}, which this workflow does not have: it reads as nothing"),
+                )
+            } else if spec.tasks.contains_key(other) && !before.contains(other) {
+                (
+                    "not_required",
+                    format!("task {id:?} reads task {other:?} without requiring it: it may start before {other:?} has run and read nothing; add `requires: [{other}]`"),
+                )
+            } else {
+                continue;
+            };
+            let (line, column) = at.text_after(&["tasks", id, "inputs"], other);
+            out.push(ValidationError {
+                code,
+                message,
+                line,
+                column,
+            });
+        }
         if is_builtin(&task.run) && exists(&task.run) {
             let (line, column) = at.value(&["tasks", id, "run"]);
             out.push(ValidationError {
@@ -178,6 +235,90 @@ pub fn format_warnings(
         }
     }
     out
+}
+
+/// The inputs a function task sends (see `driver::function_call`).
+pub const FUNCTION_INPUTS: [&str; 6] = [
+    "default",
+    "body",
+    "headers",
+    "query",
+    "method",
+    "content-type",
+];
+
+/// The names of every `tasks:` map in `v`, however deep.
+fn collect_task_names(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if k == "tasks" {
+                    if let Value::Object(tasks) = x {
+                        out.extend(tasks.keys().cloned());
+                    }
+                }
+                collect_task_names(x, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|x| collect_task_names(x, out)),
+        _ => {}
+    }
+}
+
+/// The tasks `v`'s expressions name literally: `output('X')`, `task('X')`
+/// (with either quote) and `$.Tasks.X`.
+fn tasks_read(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::String(s) if s.contains('{') => {
+            for call in ["output(", "task("] {
+                for (i, _) in s.match_indices(call) {
+                    let preceded = s[..i].chars().next_back();
+                    if preceded.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                        continue;
+                    }
+                    let rest = s[i + call.len()..].trim_start();
+                    let Some(q) = rest.chars().next().filter(|c| matches!(c, '\'' | '"')) else {
+                        continue;
+                    };
+                    if let Some(end) = rest[1..].find(q) {
+                        out.insert(rest[1..1 + end].to_string());
+                    }
+                }
+            }
+            for (i, _) in s.match_indices("$.Tasks.") {
+                let name: String = s[i + "$.Tasks.".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                    .collect();
+                if !name.is_empty() {
+                    out.insert(name);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|x| tasks_read(x, out)),
+        Value::Object(m) => m.values().for_each(|x| tasks_read(x, out)),
+        _ => {}
+    }
+}
+
+/// The tasks `id` waits for, directly or through others (a fallback waits
+/// for the task it stands in for).
+fn ancestors(tasks: &BTreeMap<String, TaskSpec>, id: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<&str> = vec![id];
+    while let Some(t) = todo.pop() {
+        let requires = tasks.get(t).map(|t| t.requires.as_slice()).unwrap_or(&[]);
+        let stands_in_for = tasks
+            .iter()
+            .filter(|(_, spec)| spec.on_failure.as_deref() == Some(t))
+            .map(|(k, _)| k);
+        for r in requires.iter().chain(stands_in_for) {
+            if seen.insert(r.clone()) {
+                todo.push(r);
+            }
+        }
+    }
+    seen
 }
 
 /// The string values of `v` that read as expressions without their braces.
