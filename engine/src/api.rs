@@ -828,11 +828,13 @@ async fn invoke_inner(
                 message: "the run did not succeed".into(),
                 status: None,
             });
+            let timed_out = status == RunStatus::Failed && err.is_timeout();
             let code = match err.status {
                 Some(s) if (400..500).contains(&s) => {
                     StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
                 }
                 _ if status == RunStatus::Cancelled => StatusCode::CONFLICT,
+                _ if timed_out => StatusCode::GATEWAY_TIMEOUT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let message = match &err.task {
@@ -840,7 +842,11 @@ async fn invoke_inner(
                 None => err.message.clone(),
             };
             let mut error = json!({
-                "code": if status == RunStatus::Cancelled { "run_cancelled" } else { "run_failed" },
+                "code": match status {
+                    RunStatus::Cancelled => "run_cancelled",
+                    _ if timed_out => "run_timed_out",
+                    _ => "run_failed",
+                },
                 "message": message,
                 "run_id": started.id,
             });

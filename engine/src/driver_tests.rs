@@ -431,7 +431,11 @@ async fn task_and_run_timeouts() {
     )
     .await;
     assert_eq!(s.status, RunStatus::Failed);
-    assert!(s.error.unwrap().message.contains("timed out"));
+    let err = s.error.unwrap();
+    assert!(
+        err.message.contains("timed out") && err.is_timeout(),
+        "{err:?}"
+    );
     let s = run(
         &e,
         "t2",
@@ -440,7 +444,11 @@ async fn task_and_run_timeouts() {
     )
     .await;
     assert_eq!(s.status, RunStatus::Failed);
-    assert!(s.error.unwrap().message.contains("run timed out"));
+    let err = s.error.unwrap();
+    assert!(
+        err.message.contains("run timed out") && err.is_timeout(),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -724,6 +732,56 @@ tasks:
         assert!(said[0].2.contains("put it under `default`"), "{v}");
         assert!(said[1].2.contains("add `requires: [A]`"), "{v}");
         // E waits for A, through requires: nothing to say of it.
+    }
+
+    /// A synchronous invocation whose run failed for taking too long answers
+    /// 504 `run_timed_out`, not a 500 a client cannot tell from a crash.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_that_timed_out_answers_504() {
+        let (db, fake) = setup();
+        fake.add("slow", Some(Duration::from_secs(60)), |_, _| {
+            text(200, "late")
+        });
+        fake.add("bad", None, |_, _| text(500, "boom"));
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        for (name, yaml, status, code) in [
+            (
+                "late",
+                "output: S\ntasks:\n  S:\n    run: slow\n    timeout: 1s\n",
+                504,
+                "run_timed_out",
+            ),
+            (
+                "long",
+                "output: S\ntimeout: 2s\ntasks:\n  S:\n    run: slow\n",
+                504,
+                "run_timed_out",
+            ),
+            (
+                "boom",
+                "output: S\ntasks:\n  S:\n    run: bad\n",
+                500,
+                "run_failed",
+            ),
+        ] {
+            let (s, _, v) = call(
+                &app,
+                req("POST", &format!("/v1/workflows?name={name}"), yaml),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+            let (s, _, v) = call(
+                &app,
+                req("POST", &format!("/v1/workflows/{name}/invoke"), ""),
+            )
+            .await;
+            assert_eq!(
+                (s.as_u16(), v["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{v}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -279,6 +279,19 @@ pub struct RunError {
     pub status: Option<u16>,
 }
 
+impl RunError {
+    /// Whether the run failed because something took too long: a function
+    /// call past its timeout, the run past its own, a callback past its
+    /// deadline (RFC-0022's `Fission.Timeout` among them).
+    pub fn is_timeout(&self) -> bool {
+        let m = self.message.as_str();
+        m.starts_with("function call timed out")
+            || m.starts_with("the run timed out")
+            || m.starts_with("the callback timed out")
+            || m.starts_with("Fission.Timeout")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct TaskState {
     pub id: String,
