@@ -1260,6 +1260,24 @@ fn fissions_workflow_run_and_runs_commands_start_and_inspect_runs() {
         assert!(err.contains("run started"), "{err}");
         ids.push(id.to_string());
     }
+    // `run wait` blocks until the run ends and exits by how it ended.
+    let (code, out, err) = s.cli(&["run", "wait", &ids[0]]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("succeeded"), "{out}");
+    s.workflow(
+        "refuses",
+        "output: A\ntasks:\n  A:\n    run: fail\n    inputs: nope\n",
+    );
+    let refused = s.start_async("refuses", "");
+    let (code, _, err) = s.cli(&["run", "wait", &refused]);
+    assert_ne!(code, 0);
+    assert!(err.contains("failed: nope"), "{err}");
+    let (status, body) = s.call("GET", &format!("/v1/runs/{refused}?wait=301"), None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_query")),
+        "{body}"
+    );
     for (id, who) in ids.iter().zip(["inline", "file"]) {
         let run = s.wait_run(id, Duration::from_secs(30));
         assert_eq!(run["output"], json!(format!("hello {who}")), "{run}");

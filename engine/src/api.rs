@@ -478,10 +478,34 @@ pub fn run_json(s: &RunState) -> Value {
     })
 }
 
+#[derive(Deserialize)]
+struct RunQuery {
+    /// Seconds to wait for the run to end before answering (a long poll).
+    wait: Option<u64>,
+}
+
+/// The most a `GET /v1/runs/{id}?wait=` holds the request.
+const MOST_WAIT_SECS: u64 = 300;
+
+/// A run in full; with `?wait=SECONDS`, once it has ended or that time has
+/// passed (whichever is first: the status says which).
 async fn get_run(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<RunQuery>,
 ) -> ApiResult<Json<Value>> {
+    if let Some(secs) = q.wait {
+        if secs > MOST_WAIT_SECS {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("wait {secs} s is more than the most, {MOST_WAIT_SECS} s"),
+            ));
+        }
+        // Known or 404 first; then the wait (its end, or the time).
+        engine.run_state(&id)?;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(secs), engine.wait(&id)).await;
+    }
     Ok(Json(run_json(&engine.run_state(&id)?)))
 }
 

@@ -207,8 +207,23 @@ fn switch(inputs: &Inputs) -> Outcome {
 /// `param('_index')`). At most `concurrency` items (1 when `sequential`) run
 /// at once: the sub-workflow's own `concurrency`.
 fn foreach(inputs: &Inputs) -> Outcome {
-    let Some(items) = inputs.get("foreach").and_then(Value::as_array) else {
-        return Outcome::Invalid("foreach needs the input `foreach`, a list".into());
+    let items = match inputs.get("foreach") {
+        Some(Value::Array(items)) => items,
+        None => return Outcome::Invalid("foreach needs the input `foreach`, a list".into()),
+        Some(other) => {
+            let mut shown = other.to_string();
+            if shown.len() > 80 {
+                let cut = (0..=80)
+                    .rev()
+                    .find(|i| shown.is_char_boundary(*i))
+                    .unwrap_or(0);
+                shown.truncate(cut);
+                shown.push_str("...");
+            }
+            return Outcome::Invalid(format!(
+                "foreach needs the input `foreach` to be a list, not {shown}"
+            ));
+        }
     };
     let Some(action) = inputs
         .get("do")
@@ -795,6 +810,11 @@ mod tests {
         let bad = json!({"foreach": [1], "do": 3});
         assert!(
             matches!(run_builtin("foreach", bad), Outcome::Invalid(m) if m.contains("a task or a workflow"))
+        );
+        // What it was given instead of a list is said.
+        let bad = json!({"foreach": {"items": [1]}, "do": {"run": "noop"}});
+        assert!(
+            matches!(run_builtin("foreach", bad), Outcome::Invalid(m) if m.ends_with(r#"not {"items":[1]}"#)),
         );
     }
 

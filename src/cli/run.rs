@@ -1,6 +1,6 @@
 //! `fusion run`: workflow runs, their tasks and events; cancel and retry.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -38,6 +38,15 @@ pub(super) enum RunVerb {
     Get {
         #[command(flatten)]
         id: RunId,
+    },
+    /// Wait for a run to end and show it as `get` does; exits non-zero when
+    /// it did not succeed (or is still running at --timeout).
+    Wait {
+        #[command(flatten)]
+        id: RunId,
+        /// Seconds to wait at most.
+        #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+        timeout: u64,
     },
     /// Print the durable events the run's state is folded from (a table; JSON with
     /// `-o json`).
@@ -184,6 +193,37 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
                 print(opts, &run_row(&v), RUN_DETAIL_COLUMNS);
                 println!();
                 print(opts, &task_rows(&v["tasks"]), TASK_COLUMNS);
+            }
+        }
+        RunVerb::Wait { id, timeout } => {
+            let id = id.get();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            // The server holds each request until the run ends, up to its most.
+            let v: Value = loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let wait = left.as_secs().clamp(0, 300);
+                let v: Value = c.get(&format!("/v1/runs/{id}?wait={wait}")).await?;
+                if v["status"] != "running" || wait == 0 {
+                    break v;
+                }
+            };
+            if opts.output == Output::Json {
+                print(opts, &v, RUN_COLUMNS);
+            } else {
+                print(opts, &run_row(&v), RUN_DETAIL_COLUMNS);
+                println!();
+                print(opts, &task_rows(&v["tasks"]), TASK_COLUMNS);
+            }
+            match v["status"].as_str() {
+                Some("succeeded") => {}
+                Some("running") => bail!("run {id} is still running after {timeout} s"),
+                Some(other) => bail!(
+                    "run {id} {other}: {}",
+                    v.pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no error recorded")
+                ),
+                None => bail!("the API answered no status for run {id}: {v}"),
             }
         }
         RunVerb::Events { id } => {
