@@ -346,6 +346,11 @@ fn step_error(t: &TaskState) -> (String, String) {
             (kind.to_string(), message)
         }
         None if message.contains("timed out") => (TIMEOUT.to_string(), message),
+        // A function that does not exist (`CallError::UnknownFunction`):
+        // never retried, as a 4xx is not.
+        None if message.starts_with("function ") && message.ends_with(" does not exist") => {
+            (PERMANENT_ERROR.to_string(), message)
+        }
         // A callback completed with `{"error": {"errorType": ..., "cause": ...}}`.
         None if message.starts_with('{') => match serde_json::from_str::<Value>(&message) {
             Ok(v) if v.get("errorType").is_some_and(Value::is_string) => {
@@ -1417,6 +1422,18 @@ states:
             e.message
         );
         assert_eq!(e.status, None, "{e:?}");
+    }
+
+    /// A function that does not exist is a permanent error (never retried,
+    /// caught as one), not a function error.
+    #[test]
+    fn a_missing_function_is_a_permanent_error() {
+        let doc = "startAt: a\nstates:\n  a: {type: Task, function: {name: validat}, end: true}\n";
+        let mut s = started(doc, json!({}));
+        let (id, _) = dispatch(&mut s);
+        fail(&mut s, &id, None, "function \"validat\" does not exist");
+        let e = failure(next(&mut s));
+        assert!(e.message.starts_with(PERMANENT_ERROR), "{}", e.message);
     }
 
     #[test]
