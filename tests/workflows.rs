@@ -491,8 +491,9 @@ fn a_task_past_its_timeout_fails_the_run() {
         "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: slowpoke\n    timeout: 500ms\n",
     );
     let (st, body) = s.invoke("impatient", "text/plain", "");
-    assert_eq!(st, 500, "{body}");
+    assert_eq!(st, 504, "{body}");
     let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["code"], "run_timed_out", "{err}");
     let message = err["error"]["message"].as_str().unwrap();
     assert!(message.contains("timed out after 500ms"), "{err}");
 
@@ -510,7 +511,7 @@ fn a_task_past_its_timeout_fails_the_run() {
         "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: slowpoke-capped\n",
     );
     let (st, body) = s.invoke("capped", "text/plain", "");
-    assert_eq!(st, 500, "{body}");
+    assert_eq!(st, 504, "{body}");
     let err: Value = serde_json::from_str(&body).unwrap();
     let message = err["error"]["message"].as_str().unwrap();
     assert!(
@@ -731,7 +732,7 @@ fn the_http_builtin_calls_a_url_and_a_run_timeout_ends_a_slow_run() {
         "apiVersion: 1\noutput: Nap\ntimeout: 300ms\ntasks:\n  Nap:\n    run: sleep\n    inputs: 30s\n",
     );
     let (st, body) = s.invoke("bounded", "text/plain", "");
-    assert_eq!(st, 500, "{body}");
+    assert_eq!(st, 504, "{body}");
     let id = s.ok("GET", "/v1/runs?workflow=bounded", None)["runs"][0]["id"]
         .as_str()
         .unwrap()

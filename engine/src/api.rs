@@ -643,6 +643,31 @@ fn form_input(body: &[u8]) -> Result<Value, ApiError> {
     Ok(Value::Object(fields))
 }
 
+/// The longest idempotency key taken.
+const MOST_KEY_LEN: usize = 255;
+
+/// A request's `Idempotency-Key` (1 to 255 visible ASCII characters), if it
+/// has one: the same key starts a workflow's run once.
+fn idempotency_key(h: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(v) = h.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k)
+            if !k.is_empty()
+                && k.len() <= MOST_KEY_LEN
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(k))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            format!("Idempotency-Key must be 1 to {MOST_KEY_LEN} visible ASCII characters"),
+        )),
+    }
+}
+
 /// Whether a request asks to be answered 202 at once and run in the background
 /// (`X-Async: true` or `Prefer: respond-async`).
 pub fn is_async(h: &HeaderMap) -> bool {
@@ -834,17 +859,33 @@ async fn invoke_inner(
         }
     };
     let input = request_input(&parts.method, &parts.uri, &parts.headers, &body)?;
-    if is_async(&parts.headers) {
-        let started = engine.start_run(name, input).await?;
-        return Ok(accepted(&started.id, api_base));
+    let asynchronous = is_async(&parts.headers);
+    // With an idempotency key, a start the caller repeats finds the run the
+    // first made (and answers as for it) instead of starting another.
+    let (id, new) = match idempotency_key(&parts.headers)? {
+        Some(key) => {
+            engine
+                .start_run_keyed(name, input, key, !asynchronous)
+                .await?
+        }
+        None if asynchronous => (engine.start_run(name, input).await?.id, true),
+        None => (engine.start_run_waited(name, input)?.id, true),
+    };
+    if asynchronous {
+        let mut resp = accepted(&id, api_base);
+        if !new {
+            // The run an earlier start with this key made (as Stripe says it).
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        return Ok(resp);
     }
-    let started = engine.start_run_waited(name, input)?;
-    let summary = engine.wait(&started.id).await?;
+    let summary = engine.wait(&id).await?;
     match summary.status {
         RunStatus::Succeeded => Ok(output_response(
             summary.output.unwrap_or(Value::Null),
             &summary.output_headers,
-            &started.id,
+            &id,
         )),
         status => {
             let err = summary.error.unwrap_or(crate::state::RunError {
@@ -872,7 +913,7 @@ async fn invoke_inner(
                     _ => "run_failed",
                 },
                 "message": message,
-                "run_id": started.id,
+                "run_id": id,
             });
             // Only what is known: no `"task": null` or `"status": null`.
             if let Some(task) = &err.task {
@@ -883,7 +924,7 @@ async fn invoke_inner(
             }
             let body = json!({ "error": error });
             let mut resp = (code, Json(body)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&started.id) {
+            if let Ok(v) = HeaderValue::from_str(&id) {
                 resp.headers_mut().insert("x-fusion-run-id", v);
             }
             Ok(resp)

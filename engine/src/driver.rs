@@ -156,8 +156,21 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     clock: Arc<dyn Clock>,
     runs: Mutex<HashMap<String, RunHandle>>,
+    /// Starts under an idempotency key, one at a time (so that two of the
+    /// same key cannot both find no run and both start one).
+    keyed: tokio::sync::Mutex<()>,
     stopping: AtomicBool,
     metrics: crate::metrics::EngineMetrics,
+}
+
+/// Where a new run comes from, besides its workflow and input: the run it
+/// retries (with the outputs kept from it), and the id an idempotency key
+/// gives it.
+#[derive(Default)]
+struct Origin {
+    id: Option<String>,
+    retry_of: Option<String>,
+    preserved: BTreeMap<String, TaskResult>,
 }
 
 /// A run just started: its id and a receiver that gets its summary at the end.
@@ -488,6 +501,7 @@ impl Engine {
             config,
             clock,
             runs: Mutex::new(HashMap::new()),
+            keyed: tokio::sync::Mutex::new(()),
             stopping: AtomicBool::new(false),
             metrics,
         });
@@ -671,7 +685,7 @@ impl Engine {
         input: Value,
     ) -> Result<StartedRun, EngineError> {
         let wf = self.workflow(name, None)?;
-        self.start(wf.name, wf.version, wf.spec, input, None, BTreeMap::new())
+        self.start(wf.name, wf.version, wf.spec, input, Origin::default())
             .await
     }
 
@@ -688,7 +702,7 @@ impl Engine {
     ) -> Result<StartedRun, EngineError> {
         let wf = self.workflow(name, None)?;
         let (started, state) =
-            self.started(wf.name, wf.version, wf.spec, input, None, BTreeMap::new())?;
+            self.started(wf.name, wf.version, wf.spec, input, Origin::default())?;
         let id = state.run_id.clone();
         let done = self.spawn_run(state, 0, vec![started], false)?;
         Ok(StartedRun { id, done })
@@ -700,15 +714,49 @@ impl Engine {
         version: u32,
         spec: WorkflowSpec,
         input: Value,
-        retry_of: Option<String>,
-        preserved: BTreeMap<String, TaskResult>,
+        origin: Origin,
     ) -> Result<StartedRun, EngineError> {
-        let (started, state) = self.started(workflow, version, spec, input, retry_of, preserved)?;
+        let (started, state) = self.started(workflow, version, spec, input, origin)?;
         let id = state.run_id.clone();
         self.store.append(&id, 0, std::slice::from_ref(&started))?;
         self.store.flush().await?;
         let done = self.spawn_run(state, 1, Vec::new(), false)?;
         Ok(StartedRun { id, done })
+    }
+
+    /// Starts a run of `name` under the caller's idempotency key `key`, or
+    /// finds the run an earlier start with that key made (as long as it is
+    /// kept): the same key gives the same run id, so a caller that lost the
+    /// answer can start again safely. Answers the id and whether it is new.
+    /// `waited`: the caller waits for its end (see `start_run_waited`).
+    pub async fn start_run_keyed(
+        self: &Arc<Self>,
+        name: &str,
+        input: Value,
+        key: &str,
+        waited: bool,
+    ) -> Result<(String, bool), EngineError> {
+        let id = keyed_run_id(name, key);
+        let _one = self.keyed.lock().await;
+        let running = self.runs.lock().is_ok_and(|r| r.contains_key(&id));
+        if running || self.store.run(&id)?.is_some() {
+            return Ok((id, false));
+        }
+        let wf = self.workflow(name, None)?;
+        let origin = Origin {
+            id: Some(id),
+            ..Origin::default()
+        };
+        let (started, state) = self.started(wf.name, wf.version, wf.spec, input, origin)?;
+        let id = state.run_id.clone();
+        if waited {
+            self.spawn_run(state, 0, vec![started], false)?;
+        } else {
+            self.store.append(&id, 0, std::slice::from_ref(&started))?;
+            self.store.flush().await?;
+            self.spawn_run(state, 1, Vec::new(), false)?;
+        }
+        Ok((id, true))
     }
 
     /// A new run's first event, and its state.
@@ -718,14 +766,18 @@ impl Engine {
         version: u32,
         spec: WorkflowSpec,
         input: Value,
-        retry_of: Option<String>,
-        preserved: BTreeMap<String, TaskResult>,
+        origin: Origin,
     ) -> Result<(Event, RunState), EngineError> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(EngineError::ShuttingDown);
         }
+        let Origin {
+            id,
+            retry_of,
+            preserved,
+        } = origin;
         let at = self.clock.now_ms();
-        let id = run_id_at(at);
+        let id = id.unwrap_or_else(|| run_id_at(at));
         self.metrics
             .runs_started
             .get_or_create(&crate::metrics::WorkflowLabels {
@@ -909,8 +961,11 @@ impl Engine {
             state.version,
             state.spec,
             state.input,
-            Some(id.to_string()),
-            preserved,
+            Origin {
+                retry_of: Some(id.to_string()),
+                preserved,
+                id: None,
+            },
         )
         .await
     }
@@ -1737,6 +1792,20 @@ impl Actor {
         self.calls.push(Box::pin(call.map(Result::ok)));
         self.inflight.insert(task, handle);
     }
+}
+
+/// The id of the run an idempotency key starts for a workflow: a UUID
+/// (version 8) of a hash of both, the same for the same key.
+pub fn keyed_run_id(workflow: &str, key: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{workflow}\0{key}").as_bytes(),
+    );
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// A new run's id: a version-7 UUID made at the run's creation time `at`,

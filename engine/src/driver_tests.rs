@@ -734,6 +734,62 @@ tasks:
         // E waits for A, through requires: nothing to say of it.
     }
 
+    /// A start repeated with the same `Idempotency-Key` finds the run the
+    /// first made: one run, one call of its function, the same answer.
+    #[tokio::test(start_paused = true)]
+    async fn an_idempotency_key_starts_a_run_once() {
+        let (db, fake) = setup();
+        fake.add("charge", None, |_, n| text(200, &format!("charged {n}")));
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        let yaml = "output: C\ntasks:\n  C:\n    run: charge\n";
+        for name in ["pay", "refund"] {
+            let (s, _, v) = call(
+                &app,
+                req("POST", &format!("/v1/workflows?name={name}"), yaml),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+        }
+        let start = |name: &str, key: &str, asynchronous: bool| {
+            let mut r = Request::builder()
+                .method("POST")
+                .uri(format!("/v1/workflows/{name}/invoke"))
+                .header("idempotency-key", key);
+            if asynchronous {
+                r = r.header("x-async", "true");
+            }
+            r.body(Body::from("order-7")).unwrap()
+        };
+        let (s, h, first) = call(&app, start("pay", "order-7", true)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{first}");
+        assert!(h.get("idempotent-replayed").is_none());
+        let (s, h, again) = call(&app, start("pay", "order-7", true)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{again}");
+        assert_eq!(again["id"], first["id"], "the same run");
+        assert_eq!(h.get("idempotent-replayed").unwrap(), "true");
+        let id = first["id"].as_str().unwrap().to_string();
+        e.wait(&id).await.unwrap();
+        // Waited for, it answers the run's output; the function ran once.
+        let (s, _, v) = call(&app, start("pay", "order-7", false)).await;
+        assert_eq!((s, v), (StatusCode::OK, json!("charged 1")));
+        assert_eq!(fake.count("charge"), 1);
+        // Another key, or another workflow, is another run.
+        let (_, _, other) = call(&app, start("pay", "order-8", true)).await;
+        let (_, _, refund) = call(&app, start("refund", "order-7", true)).await;
+        assert_ne!(other["id"], first["id"]);
+        assert_ne!(refund["id"], first["id"]);
+        let too_long = "k".repeat(256);
+        for bad in ["", too_long.as_str()] {
+            let (s, _, v) = call(&app, start("pay", bad, true)).await;
+            assert_eq!(
+                (s, v["error"]["code"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("invalid_header")),
+                "{v}"
+            );
+        }
+    }
+
     /// A synchronous invocation whose run failed for taking too long answers
     /// 504 `run_timed_out`, not a 500 a client cannot tell from a crash.
     #[tokio::test(start_paused = true)]
