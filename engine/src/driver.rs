@@ -937,6 +937,24 @@ impl Engine {
                 "run {id:?} {now}; only failed or cancelled runs can be retried"
             )));
         }
+        // A run is retried once: its retry's id comes from its own, so a
+        // second retry finds the first (which would repeat what that one did,
+        // a charge that succeeded there made again). Its retry is retried
+        // instead, as a chain. Retries take turns with keyed starts.
+        let retry_id = keyed_run_id("", &format!("retry of {id}"));
+        let _one = self.keyed.lock().await;
+        let running = self.runs.lock().is_ok_and(|r| r.contains_key(&retry_id));
+        let status = match self.store.run(&retry_id)? {
+            Some(s) => Some(s.status),
+            None if running => Some(RunStatus::Running),
+            None => None,
+        };
+        if let Some(status) = status {
+            return Err(EngineError::Conflict(format!(
+                "run {id:?} was retried already, as run {retry_id} ({}): retry that one instead",
+                status.as_str()
+            )));
+        }
         // A task that succeeded keeps its output; so does one that failed for
         // good but whose fallback succeeded (the fallback's output stood for
         // it): running it again would repeat its side effects.
@@ -964,7 +982,7 @@ impl Engine {
             Origin {
                 retry_of: Some(id.to_string()),
                 preserved,
-                id: None,
+                id: Some(retry_id),
             },
         )
         .await

@@ -484,6 +484,26 @@ async fn cancel_and_retry_from_failure() {
     assert_eq!(s2.retry_of.as_deref(), Some(s.id.as_str()));
     assert_eq!(fake.count("echo"), 1, "A kept its output");
     assert_eq!(fake.count("sometimes"), 2);
+    // A run is retried once: a second retry would repeat what the first did.
+    let Err(crate::EngineError::Conflict(m)) = e.retry(&s.id).await else {
+        panic!("a second retry of {} was started", s.id);
+    };
+    assert!(
+        m.contains(&format!("retried already, as run {}", again.id)),
+        "{m}"
+    );
+    assert!(m.contains("(succeeded)"), "{m}");
+    assert_eq!(fake.count("sometimes"), 2, "nothing ran again");
+    // A failed retry is retried in its turn.
+    *fail_first.lock().unwrap() = true;
+    let s3 = e.start_run("r", json!(null)).await.unwrap();
+    let s3 = e.wait(&s3.id).await.unwrap();
+    assert_eq!(s3.status, RunStatus::Failed);
+    let r1 = e.retry(&s3.id).await.unwrap();
+    assert_eq!(e.wait(&r1.id).await.unwrap().status, RunStatus::Failed);
+    *fail_first.lock().unwrap() = false;
+    let r2 = e.retry(&r1.id).await.unwrap();
+    assert_eq!(e.wait(&r2.id).await.unwrap().status, RunStatus::Succeeded);
 }
 
 /// Cancelling a run ends its running and pending tasks as cancelled; those that
