@@ -446,6 +446,24 @@ fn queued_invocations_survive_a_crash() {
     let cut = invocation(&s, &id);
     assert_eq!(cut["attempts"][0]["interrupted"], true, "{cut}");
     assert_ne!(cut["status"], "dead", "{cut}");
+    // The list counts what counts toward the limit: not the interrupted one.
+    let listed = s.ok("GET", "/v1/invocations", None);
+    let summary = listed["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    let (counted, total) = (
+        summary["attempts"].as_u64().unwrap(),
+        summary["attempts_total"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        total - counted,
+        1,
+        "the interrupted one is not counted: {summary}"
+    );
 }
 
 #[test]

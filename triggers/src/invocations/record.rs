@@ -228,7 +228,11 @@ impl Invocation {
             "namespace": self.namespace,
             "function": self.function,
             "status": self.status,
-            "attempts": self.attempts.len(),
+            // What counts toward the policy's limit: this cycle's attempts,
+            // not one the server's stop interrupted; every attempt of every
+            // cycle is `attempts_total` (and the record's list).
+            "attempts": self.attempts_in_cycle(),
+            "attempts_total": self.attempts.len(),
             "http_status": self.response.as_ref().map(|r| r.status),
             "created_ms": self.created_ms,
             "finished_ms": self.finished_ms,
