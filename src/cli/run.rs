@@ -187,13 +187,7 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
         RunVerb::Get { id } => {
             let id = id.get();
             let v: Value = c.get(&format!("/v1/runs/{id}")).await?;
-            if opts.output == Output::Json {
-                print(opts, &v, RUN_COLUMNS);
-            } else {
-                print(opts, &run_row(&v), RUN_DETAIL_COLUMNS);
-                println!();
-                print(opts, &task_rows(&v["tasks"]), TASK_COLUMNS);
-            }
+            print_run(opts, &v);
         }
         RunVerb::Wait { id, timeout } => {
             let id = id.get();
@@ -207,13 +201,7 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
                     break v;
                 }
             };
-            if opts.output == Output::Json {
-                print(opts, &v, RUN_COLUMNS);
-            } else {
-                print(opts, &run_row(&v), RUN_DETAIL_COLUMNS);
-                println!();
-                print(opts, &task_rows(&v["tasks"]), TASK_COLUMNS);
-            }
+            print_run(opts, &v);
             match v["status"].as_str() {
                 Some("succeeded") => {}
                 Some("running") => bail!("run {id} is still running after {timeout} s"),
@@ -325,6 +313,18 @@ fn cell(v: &Value) -> Value {
         Value::String(format!("{cut}..."))
     } else {
         Value::String(text)
+    }
+}
+
+/// A run in full: as the API gives it with `-o json`, else its detail and
+/// a table of its tasks.
+fn print_run(opts: &ClientOpts, v: &Value) {
+    if opts.output == Output::Json {
+        print(opts, v, RUN_COLUMNS);
+    } else {
+        print(opts, &run_row(v), RUN_DETAIL_COLUMNS);
+        println!();
+        print(opts, &task_rows(&v["tasks"]), TASK_COLUMNS);
     }
 }
 
