@@ -580,19 +580,15 @@ async fn retry_run(
     ))
 }
 
-/// 202 for a run started in the background; its `Location` is the run on the API
-/// listener: `{api_base}/v1/runs/{id}` (`api_base` is empty on the API listener
-/// itself, the absolute URL of the API listener on the router's).
-fn accepted(id: &str, api_base: &str) -> Response {
-    accepted_with(id, api_base, json!({}))
-}
-
-/// `accepted`, with more fields in the body.
+/// 202 for a run started in the background, with `fields` in the body (its
+/// `status` "running" unless they say another); its `Location` is the run on
+/// the API listener: `{api_base}/v1/runs/{id}` (`api_base` is empty on the API
+/// listener itself, the absolute URL of the API listener on the router's).
 fn accepted_with(id: &str, api_base: &str, mut fields: Value) -> Response {
     let location = format!("{api_base}/v1/runs/{id}");
     if let Some(m) = fields.as_object_mut() {
         m.insert("id".into(), json!(id));
-        m.insert("status".into(), json!("running"));
+        m.entry("status").or_insert(json!("running"));
         m.insert("location".into(), json!(location));
     }
     let mut resp = (StatusCode::ACCEPTED, Json(fields)).into_response();
@@ -652,6 +648,13 @@ fn idempotency_key(h: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(v) = h.get("idempotency-key") else {
         return Ok(None);
     };
+    if h.get_all("idempotency-key").iter().count() > 1 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            "Idempotency-Key is given more than once: give one".to_string(),
+        ));
+    }
     match v.to_str() {
         Ok(k)
             if !k.is_empty()
@@ -872,7 +875,14 @@ async fn invoke_inner(
         None => (engine.start_run_waited(name, input)?.id, true),
     };
     if asynchronous {
-        let mut resp = accepted(&id, api_base);
+        // A replay says how the run it found stands (it may have ended).
+        let status = match new {
+            true => RunStatus::Running,
+            false => engine
+                .run_summary(&id)
+                .map_or(RunStatus::Running, |s| s.status),
+        };
+        let mut resp = accepted_with(&id, api_base, json!({"status": status.as_str()}));
         if !new {
             // The run an earlier start with this key made (as Stripe says it).
             resp.headers_mut()
@@ -902,9 +912,13 @@ async fn invoke_inner(
                 _ if timed_out => StatusCode::GATEWAY_TIMEOUT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
+            // A workflow run by a task fails with its own task's words
+            // (`task "S" failed: ...`): said once when the names are the same.
             let message = match &err.task {
-                Some(t) => format!("task {t:?} failed: {}", err.message),
-                None => err.message.clone(),
+                Some(t) if !err.message.starts_with(&format!("task {t:?} failed: ")) => {
+                    format!("task {t:?} failed: {}", err.message)
+                }
+                _ => err.message.clone(),
             };
             let mut error = json!({
                 "code": match status {

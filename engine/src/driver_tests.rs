@@ -449,6 +449,61 @@ async fn task_and_run_timeouts() {
         err.message.contains("run timed out") && err.is_timeout(),
         "{err:?}"
     );
+    // Through a workflow a task runs: still a timeout.
+    let s = run(
+        &e,
+        "t3",
+        "output: W\ntasks:\n  W:\n    run: t1\n",
+        json!(null),
+    )
+    .await;
+    let err = s.error.unwrap();
+    assert!(err.is_timeout(), "{err:?}");
+}
+
+/// A retry of a Fission `Workflow` keeps the steps that succeeded (a
+/// Parallel's finished branch among them) and goes on from the failed one.
+#[tokio::test(start_paused = true)]
+async fn a_state_machine_retry_keeps_what_succeeded() {
+    let (db, fake) = setup();
+    let fail_now = Arc::new(Mutex::new(true));
+    let f = fail_now.clone();
+    fake.add("flaky", None, move |_, _| {
+        if *f.lock().unwrap() {
+            text(500, "down")
+        } else {
+            text(200, "up")
+        }
+    });
+    let e = engine_with(&fake, &db).await;
+    let doc = "startAt: first
+states:
+  first: {type: Task, function: {name: echo}, resultPath: $.first, next: fan}
+  fan:
+    type: Parallel
+    next: last
+    branches:
+      - startAt: ok
+        states:
+          ok: {type: Task, function: {name: echo}, end: true}
+      - startAt: bad
+        states:
+          bad: {type: Task, function: {name: flaky}, end: true}
+  last: {type: Task, function: {name: echo}, end: true}
+";
+    let s = run(&e, "sm", doc, json!({"x": 1})).await;
+    assert_eq!(s.status, RunStatus::Failed, "{s:?}");
+    assert_eq!(fake.count("echo"), 2, "first, and the ok branch");
+    *fail_now.lock().unwrap() = false;
+    let again = e.retry(&s.id).await.unwrap();
+    let s2 = e.wait(&again.id).await.unwrap();
+    assert_eq!(s2.status, RunStatus::Succeeded, "{s2:?}");
+    assert_eq!(fake.count("flaky"), 2, "the failed branch ran again");
+    assert_eq!(
+        fake.count("echo"),
+        3,
+        "only `last` is new: first and ok were kept"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -751,7 +806,37 @@ tasks:
         );
         assert!(said[0].2.contains("put it under `default`"), "{v}");
         assert!(said[1].2.contains("add `requires: [A]`"), "{v}");
-        // E waits for A, through requires: nothing to say of it.
+        // E waits for A, through requires: nothing to say of it. Nor of a read
+        // of a required task's fallback, or a nested workflow's own task.
+        let quiet = "output: C
+tasks:
+  T:
+    run: charge
+    onFailure: FB
+  FB:
+    run: noop
+  C:
+    run: noop
+    inputs: \"{ output('FB') }\"
+    requires: [T]
+  A:
+    run: noop
+  F:
+    run: foreach
+    inputs:
+      foreach: [1]
+      do:
+        output: Z
+        tasks:
+          A: {run: noop}
+          Z:
+            run: noop
+            inputs: \"{ output('A') }\"
+            requires: [A]
+";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=quiet", quiet)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert!(v.get("warnings").is_none(), "{v}");
     }
 
     /// A start repeated with the same `Idempotency-Key` finds the run the
@@ -790,6 +875,9 @@ tasks:
         assert_eq!(h.get("idempotent-replayed").unwrap(), "true");
         let id = first["id"].as_str().unwrap().to_string();
         e.wait(&id).await.unwrap();
+        // A replay after its end says so.
+        let (_, _, ended) = call(&app, start("pay", "order-7", true)).await;
+        assert_eq!(ended["status"], "succeeded", "{ended}");
         // Waited for, it answers the run's output; the function ran once.
         let (s, _, v) = call(&app, start("pay", "order-7", false)).await;
         assert_eq!((s, v), (StatusCode::OK, json!("charged 1")));

@@ -284,7 +284,15 @@ impl RunError {
     /// call past its timeout, the run past its own, a callback past its
     /// deadline (RFC-0022's `Fission.Timeout` among them).
     pub fn is_timeout(&self) -> bool {
-        let m = self.message.as_str();
+        // A workflow run by a task fails with the words of the task that
+        // failed in it: `task "S" failed: function call timed out ...`.
+        let mut m = self.message.as_str();
+        while let Some(rest) = m.strip_prefix("task \"") {
+            match rest.split_once("\" failed: ") {
+                Some((_, after)) => m = after,
+                None => break,
+            }
+        }
         m.starts_with("function call timed out")
             || m.starts_with("the run timed out")
             || m.starts_with("the callback timed out")
@@ -886,6 +894,15 @@ fn apply_event(s: &mut RunState, event: &Event) {
                     ..RunState::default()
                 };
             insert_tasks(s, None, &spec.tasks);
+            // A state machine's steps exist once dispatched: those a retry
+            // keeps are made here, so that the run goes on after them.
+            if spec.state_machine.is_some() {
+                for id in preserved.keys() {
+                    if let Some(step) = crate::sfn::run::new_step(s, id) {
+                        s.tasks.insert(id.clone(), step);
+                    }
+                }
+            }
             for (id, r) in preserved {
                 if let Some(ts) = s.tasks.get_mut(id) {
                     ts.status = TaskStatus::Succeeded;

@@ -234,6 +234,7 @@ pub fn format_warnings(
             });
         }
     }
+    out.sort_by_key(|w| (w.line, w.column));
     out
 }
 
@@ -296,6 +297,8 @@ fn tasks_read(v: &Value, out: &mut BTreeSet<String>) {
             }
         }
         Value::Array(items) => items.iter().for_each(|x| tasks_read(x, out)),
+        // A nested workflow (`tasks:` of its own) reads its own tasks.
+        Value::Object(m) if m.contains_key("tasks") => {}
         Value::Object(m) => m.values().for_each(|x| tasks_read(x, out)),
         _ => {}
     }
@@ -312,7 +315,12 @@ fn ancestors(tasks: &BTreeMap<String, TaskSpec>, id: &str) -> BTreeSet<String> {
             .iter()
             .filter(|(_, spec)| spec.on_failure.as_deref() == Some(t))
             .map(|(k, _)| k);
-        for r in requires.iter().chain(stands_in_for) {
+        // A required task's fallback stands for it: reading it is waiting
+        // for it (and requiring it is refused).
+        let fallbacks = requires
+            .iter()
+            .filter_map(|r| tasks.get(r).and_then(|t| t.on_failure.as_ref()));
+        for r in requires.iter().chain(stands_in_for).chain(fallbacks) {
             if seen.insert(r.clone()) {
                 todo.push(r);
             }

@@ -195,7 +195,8 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             // The server holds each request until the run ends, up to its most.
             let v: Value = loop {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let wait = left.as_secs().clamp(0, 300);
+                // Rounded up: the last second is waited for, not skipped.
+                let wait = left.as_millis().div_ceil(1000).min(300) as u64;
                 let v: Value = c.get(&format!("/v1/runs/{id}?wait={wait}")).await?;
                 if v["status"] != "running" || wait == 0 {
                     break v;

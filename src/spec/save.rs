@@ -112,6 +112,7 @@ pub fn package(
 /// folder above the spec folder): a directory goes in by what it holds, a file
 /// by its name, as the CLI packs them for a server.
 pub fn archive(target: &Target, name: &str, paths: &[PathBuf]) -> Result<Doc> {
+    require_folder(target)?;
     let root = super::archive::project_root(&target.dir);
     let canonical_root = root.canonicalize().unwrap_or_else(|_| root.clone());
     let mut include = Vec::new();
@@ -349,13 +350,7 @@ pub fn save(target: &Target, file: &str, docs: &[Doc]) -> Result<()> {
         print!("{text}");
         return Ok(());
     }
-    let config = target.dir.join("fission-deployment-config.yaml");
-    if !config.is_file() {
-        bail!(
-            "{} is not a spec folder (it has no fission-deployment-config.yaml): run `fusion spec init` first",
-            target.dir.display()
-        );
-    }
+    require_folder(target)?;
     refuse_declared(&target.dir, docs)?;
     let path = target.dir.join(file);
     let had = std::fs::read_to_string(&path).unwrap_or_default();
@@ -404,6 +399,19 @@ pub fn declared(dir: &Path, kind: Kind, namespace: &str, name: &str) -> Option<V
     let specs = folder(dir).ok()?;
     let r = specs.resources.into_iter().find(|r| r.key() == key)?;
     Some(r.body)
+}
+
+/// Refuses a target folder that `fusion spec init` did not make (with
+/// `--dry` nothing is written: any folder does).
+fn require_folder(target: &Target) -> Result<()> {
+    let config = target.dir.join("fission-deployment-config.yaml");
+    if !target.dry && !config.is_file() {
+        bail!(
+            "{} is not a spec folder (it has no fission-deployment-config.yaml): run `fusion spec init` first",
+            target.dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Refuses documents the folder declares already (same kind, namespace and
