@@ -413,6 +413,12 @@ fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
         Some(json!({})),
     );
     let new_id = retried["id"].as_str().unwrap().to_string();
+    // Its location is absolute, as an invocation's.
+    assert_eq!(
+        retried["location"],
+        s.api_url(&format!("/v1/runs/{new_id}")).as_str(),
+        "{retried}"
+    );
     let run = s.wait_run(&new_id, Duration::from_secs(30));
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output"], "fixed");

@@ -568,14 +568,15 @@ async fn cancel_run(
 async fn retry_run(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let started = engine.retry(&id).await?;
     // Say which workflow and version the new run runs (a retry keeps the version
-    // of the run it retries).
+    // of the run it retries); its Location absolute, as an invocation's.
     let s = engine.run_summary(&started.id)?;
     Ok(accepted_with(
         &started.id,
-        "",
+        &api_base(&engine, &headers),
         json!({"workflow": s.workflow, "version": s.version, "retry_of": id}),
     ))
 }
