@@ -188,7 +188,10 @@ pub fn format_warnings(
             let (code, message) = if !defined.contains(other) {
                 (
                     "unknown_task",
-                    format!("task {id:?} reads task {other:?}, which this workflow does not have: it reads as nothing"),
+                    format!(
+                        "task {id:?} reads task {other:?}, which this workflow does not have: it reads as nothing{}",
+                        did_you_mean(other, spec.tasks.keys())
+                    ),
                 )
             } else if spec.tasks.contains_key(other) && !before.contains(other) {
                 (
@@ -236,6 +239,24 @@ pub fn format_warnings(
     }
     out.sort_by_key(|w| (w.line, w.column));
     out
+}
+
+/// `(did you mean "X"?)` for a misspelt name, when one of `names` is close
+/// (a letter or two apart, or another case), else nothing.
+fn did_you_mean<'a>(name: &str, names: impl IntoIterator<Item = &'a String>) -> String {
+    let most = (name.chars().count() / 3).max(1);
+    names
+        .into_iter()
+        .map(|n| {
+            (
+                strsim::levenshtein(&n.to_lowercase(), &name.to_lowercase()),
+                n,
+            )
+        })
+        .filter(|(d, _)| *d <= most)
+        .min()
+        .map(|(_, n)| format!(" (did you mean {n:?}?)"))
+        .unwrap_or_default()
 }
 
 /// The inputs a function task sends (see `driver::function_call`).
@@ -491,7 +512,11 @@ fn check_workflow(
         push(
             errors,
             "unknown_output",
-            format!("output task {:?} is not one of the tasks", spec.output),
+            format!(
+                "output task {:?} is not one of the tasks{}",
+                spec.output,
+                did_you_mean(&spec.output, spec.tasks.keys())
+            ),
             at.value(&["output"]),
         );
     }
@@ -527,7 +552,10 @@ fn check_workflow(
                 push(
                     errors,
                     "unknown_requires",
-                    format!("task {id:?} requires {dep:?}, which is not a task"),
+                    format!(
+                        "task {id:?} requires {dep:?}, which is not a task{}",
+                        did_you_mean(dep, spec.tasks.keys())
+                    ),
                     at.entry(&["tasks", id, "requires"], dep),
                 );
             }
@@ -1429,6 +1457,20 @@ mod tests {
         assert_eq!(codes, vec!["unknown_output", "unknown_requires"]);
         assert_eq!((e[0].line, e[0].column), (1, 9));
         assert_eq!((e[1].line, e[1].column), (6, 7));
+        assert!(!e[1].message.contains("did you mean"), "{}", e[1].message);
+        // A name a letter or two off, or in another case, is pointed at.
+        let yaml = "output: charge\ntasks:\n  Charge:\n    run: noop\n  Validate:\n    run: noop\n    requires: [Chrage]\n";
+        let e = check(yaml);
+        assert!(
+            e[0].message.ends_with(r#"(did you mean "Charge"?)"#),
+            "{}",
+            e[0].message
+        );
+        assert!(
+            e[1].message.ends_with(r#"(did you mean "Charge"?)"#),
+            "{}",
+            e[1].message
+        );
     }
 
     #[test]
