@@ -56,6 +56,7 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(_) => StatusCode::NOT_FOUND,
             EngineError::Conflict(_) | EngineError::NameTaken(_) => StatusCode::CONFLICT,
             EngineError::Invalid(_) | EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EngineError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::Store(crate::store::StoreError::Cursor) => StatusCode::BAD_REQUEST,
             EngineError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

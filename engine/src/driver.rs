@@ -110,6 +110,9 @@ pub enum EngineError {
     Invalid(Vec<ValidationError>),
     #[error("{0}")]
     BadRequest(String),
+    /// An idempotency key used again with another request body.
+    #[error("{0}")]
+    KeyReused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the engine is shutting down")]
@@ -123,6 +126,7 @@ impl EngineError {
             EngineError::Conflict(_) | EngineError::NameTaken(_) => "conflict",
             EngineError::Invalid(e) => e.first().map(|e| e.code).unwrap_or("invalid_workflow"),
             EngineError::BadRequest(_) => "bad_request",
+            EngineError::KeyReused(_) => "idempotency_key_reused",
             EngineError::Store(StoreError::Cursor) => "invalid_cursor",
             EngineError::Store(_) => "storage_error",
             EngineError::ShuttingDown => "shutting_down",
@@ -740,6 +744,19 @@ impl Engine {
         let _one = self.keyed.lock().await;
         let running = self.runs.lock().is_ok_and(|r| r.contains_key(&id));
         if running || self.store.run(&id)?.is_some() {
+            // The same key for another request is a mistake, not a repeat
+            // (the body is compared; a run not written yet is taken as is).
+            if let Ok(first) = self.run_state(&id) {
+                let (was, now) = (
+                    crate::sfn::run::start_document(&first.input),
+                    crate::sfn::run::start_document(&input),
+                );
+                if was != now {
+                    return Err(EngineError::KeyReused(format!(
+                        "Idempotency-Key {key:?} started run {id} with another body: a new request needs a new key"
+                    )));
+                }
+            }
             return Ok((id, false));
         }
         let wf = self.workflow(name, None)?;

@@ -882,6 +882,18 @@ tasks:
         let (s, _, v) = call(&app, start("pay", "order-7", false)).await;
         assert_eq!((s, v), (StatusCode::OK, json!("charged 1")));
         assert_eq!(fake.count("charge"), 1);
+        // The same key with another body is a mistake, said as one.
+        let mut other_body = start("pay", "order-7", true);
+        *other_body.body_mut() = Body::from("order-9");
+        let (s, _, v) = call(&app, other_body).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("idempotency_key_reused")
+            ),
+            "{v}"
+        );
         // Another key, or another workflow, is another run.
         let (_, _, other) = call(&app, start("pay", "order-8", true)).await;
         let (_, _, refund) = call(&app, start("refund", "order-7", true)).await;
