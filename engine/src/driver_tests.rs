@@ -837,6 +837,30 @@ tasks:
         let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=quiet", quiet)).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         assert!(v.get("warnings").is_none(), "{v}");
+        // A task nested in a built-in's inputs is looked at too.
+        let nested = "output: I
+tasks:
+  I:
+    run: if
+    inputs:
+      if: true
+      then:
+        run: charge
+        inputs:
+          default: 1
+          extra: 2
+";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=nested", nested)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert_eq!(v["warnings"][0]["code"], "unsent_input", "{v}");
+        assert_eq!(v["warnings"][0]["line"], 11, "{v}");
+        assert!(
+            v["warnings"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("\"extra\""),
+            "{v}"
+        );
     }
 
     /// A start repeated with the same `Idempotency-Key` finds the run the

@@ -177,6 +177,27 @@ pub fn format_warnings(
                 });
             }
         }
+        // The same of the tasks nested in its inputs (a foreach's `do`, an
+        // if's branches, a nested workflow's tasks).
+        let mut nested = Vec::new();
+        if let Some(inputs) = &task.inputs {
+            nested_unsent(
+                inputs,
+                &|run| !is_builtin(run) && !is_workflow(run),
+                &mut nested,
+            );
+        }
+        for (run, key) in nested {
+            let (line, column) = at.text_after(&["tasks", id, "inputs"], &format!("{key}:"));
+            out.push(ValidationError {
+                code: "unsent_input",
+                message: format!(
+                    "task {id:?}: input {key:?} of a task nested in it is not sent to function {run:?}: a function gets `default` (or `body`) as its request body, and `headers`, `query`, `method`, `content-type`; put it under `default`"
+                ),
+                line,
+                column,
+            });
+        }
         // What its expressions read of other tasks: a task that does not
         // exist, or one it does not wait for, reads as nothing.
         let mut named = BTreeSet::new();
@@ -268,6 +289,37 @@ pub const FUNCTION_INPUTS: [&str; 6] = [
     "method",
     "content-type",
 ];
+
+/// The task specs nested in `v` (objects with a `run`) that call a function
+/// (`calls_function`) with inputs it is not sent: (run, input key) each.
+fn nested_unsent(
+    v: &Value,
+    calls_function: &dyn Fn(&str) -> bool,
+    out: &mut Vec<(String, String)>,
+) {
+    match v {
+        Value::Object(m) => {
+            if let (Some(Value::String(run)), Some(Value::Object(inputs))) =
+                (m.get("run"), m.get("inputs"))
+            {
+                if calls_function(run) {
+                    for key in inputs
+                        .keys()
+                        .filter(|k| !FUNCTION_INPUTS.contains(&k.as_str()))
+                    {
+                        out.push((run.clone(), key.clone()));
+                    }
+                }
+            }
+            m.values()
+                .for_each(|x| nested_unsent(x, calls_function, out));
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|x| nested_unsent(x, calls_function, out)),
+        _ => {}
+    }
+}
 
 /// The names of every `tasks:` map in `v`, however deep.
 fn collect_task_names(v: &Value, out: &mut BTreeSet<String>) {
