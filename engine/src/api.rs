@@ -878,11 +878,12 @@ async fn invoke_inner(
     };
     if asynchronous {
         // A replay says how the run it found stands (it may have ended).
-        let status = match new {
-            true => RunStatus::Running,
-            false => engine
+        let status = if new {
+            RunStatus::Running
+        } else {
+            engine
                 .run_summary(&id)
-                .map_or(RunStatus::Running, |s| s.status),
+                .map_or(RunStatus::Running, |s| s.status)
         };
         let mut resp = accepted_with(&id, api_base, json!({"status": status.as_str()}));
         if !new {

@@ -151,6 +151,7 @@ pub fn format_warnings(
     let mut out = Vec::new();
     // Every task name the document defines, nested workflows' too (an
     // expression inside one may name its siblings).
+    let stand_ins = stands_in_for(&spec.tasks);
     let mut defined = BTreeSet::new();
     collect_task_names(
         &serde_json::to_value(spec).unwrap_or(Value::Null),
@@ -204,8 +205,14 @@ pub fn format_warnings(
         if let Some(inputs) = &task.inputs {
             tasks_read(inputs, &mut named);
         }
-        let before = ancestors(&spec.tasks, id);
-        for other in named.iter().filter(|n| *n != id) {
+        named.remove(id);
+        // Who it waits for, looked up only when it reads another task.
+        let before = if named.is_empty() {
+            BTreeSet::new()
+        } else {
+            ancestors(&spec.tasks, &stand_ins, id)
+        };
+        for other in &named {
             let (code, message) = if !defined.contains(other) {
                 (
                     "unknown_task",
@@ -377,17 +384,29 @@ fn tasks_read(v: &Value, out: &mut BTreeSet<String>) {
     }
 }
 
+/// Each fallback's tasks: those whose `onFailure` names it.
+fn stands_in_for(tasks: &BTreeMap<String, TaskSpec>) -> BTreeMap<&str, Vec<&String>> {
+    let mut m: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+    for (id, t) in tasks {
+        if let Some(f) = &t.on_failure {
+            m.entry(f.as_str()).or_default().push(id);
+        }
+    }
+    m
+}
+
 /// The tasks `id` waits for, directly or through others (a fallback waits
-/// for the task it stands in for).
-fn ancestors(tasks: &BTreeMap<String, TaskSpec>, id: &str) -> BTreeSet<String> {
+/// for the task it stands in for); `stand_ins` as `stands_in_for` gives it.
+fn ancestors(
+    tasks: &BTreeMap<String, TaskSpec>,
+    stand_ins: &BTreeMap<&str, Vec<&String>>,
+    id: &str,
+) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     let mut todo: Vec<&str> = vec![id];
     while let Some(t) = todo.pop() {
         let requires = tasks.get(t).map(|t| t.requires.as_slice()).unwrap_or(&[]);
-        let stands_in_for = tasks
-            .iter()
-            .filter(|(_, spec)| spec.on_failure.as_deref() == Some(t))
-            .map(|(k, _)| k);
+        let stands_in_for = stand_ins.get(t).into_iter().flatten().copied();
         // A required task's fallback stands for it: reading it is waiting
         // for it (and requiring it is refused).
         let fallbacks = requires

@@ -113,7 +113,7 @@ async fn history(
         return Ok(pool_manager::error::error_response(
             StatusCode::BAD_REQUEST,
             "invalid_limit",
-            &format!("limit 0 must be between 1 and {HISTORY_PER_TRIGGER}"),
+            &format!("limit 0: give 1 or more (the last {HISTORY_PER_TRIGGER} firings are kept)"),
         ));
     }
     let limit = q

@@ -1219,7 +1219,7 @@ impl Specs {
 }
 
 /// What the server checks of an environment, function or trigger when it is
-/// created (a route's URL and methods too), checked offline (a function's code, uploaded by apply, stands in
+/// created, checked offline (a function's code, uploaded by apply, stands in
 /// as a package of its own name).
 fn check_offline(r: &Resource) -> Result<(), String> {
     fn parsed<T: serde::de::DeserializeOwned>(body: &Value) -> Result<T, String> {
