@@ -427,12 +427,49 @@ pub fn start_document(input: &Value) -> &Value {
     }
 }
 
-/// The status of a step whose `resultPath` cannot write into `doc`: when
-/// `doc` is still what the caller sent, the caller's mistake (422, as an
-/// input that an expression of a workflow cannot read); else the workflow's
-/// (none).
-fn misfit(s: &RunState, doc: &Value) -> Option<u16> {
-    (doc == start_document(&s.input)).then_some(crate::driver::INPUT_MISFIT_STATUS)
+/// The status of step `id` whose `resultPath` cannot write into `doc`: when
+/// `doc` is still what the caller sent (inside a branch, the caller's item or
+/// input that branch was given), the caller's mistake (422, as an input that
+/// an expression of a workflow cannot read); else the workflow's (none).
+fn misfit(s: &RunState, m: &Machine, id: &str, doc: &Value) -> Option<u16> {
+    callers_document(s, m, id)
+        .is_some_and(|theirs| *theirs == *doc)
+        .then_some(crate::driver::INPUT_MISFIT_STATUS)
+}
+
+/// What the caller sent as the scope of step `id` (or the scope's own prefix,
+/// `F/BBBB/`) was given it: the run's
+/// start document, or inside a branch the part of it the branch started
+/// with (a Map's item, a Parallel's input) when the Parallel or Map step was
+/// entered with the caller's document unchanged; none when a step's output
+/// came between (then what follows is the workflow's doing). Read only when
+/// a step has failed.
+fn callers_document<'a>(s: &'a RunState, m: &Machine, id: &str) -> Option<Cow<'a, Value>> {
+    let parts: Vec<&str> = id.split('/').collect();
+    let mut theirs = Cow::Borrowed(start_document(&s.input));
+    // `F/BBBB/S`, `F/BBBB/G/BBBB/S`, ...: a fan step, then its branch number.
+    let mut k = 1;
+    while k + 1 < parts.len() {
+        let fan = parts[..k].join("/");
+        let i: usize = parts[k].parse().ok()?;
+        let doc = s.tasks.get(&fan)?.inputs.as_ref()?.get("document")?;
+        if *doc != *theirs {
+            return None;
+        }
+        let state = resolve(m, &fan)?;
+        let input = read_ref(state.input_path.as_deref(), doc).ok()?;
+        theirs = Cow::Owned(if state.state_type == StateType::Map {
+            let path = parse_path(state.items_path.as_deref().unwrap_or("$")).ok()?;
+            match path.query(&input).first() {
+                Some(Value::Array(items)) => items.get(i)?.clone(),
+                _ => return None,
+            }
+        } else {
+            input.into_owned()
+        });
+        k += 2;
+    }
+    Some(theirs)
 }
 
 /// What should happen next in a state machine run, at time `now`. Pure.
@@ -683,7 +720,7 @@ fn run_scope(
                     None => Outcome::Done(Ok(doc)),
                 },
                 Err(e) => {
-                    let status = misfit(s, document);
+                    let status = misfit(s, m, &id, document);
                     let f = Failure::new(Some(id), e.error_type(), &e.to_string(), status);
                     caught(s, m, scope, state, f, document, seq)
                 }
@@ -742,7 +779,10 @@ fn caught(
     };
     match doc {
         Ok(doc) => enter(s, m, scope, &route.next, doc, seq),
-        Err(e) => failed(f.task, e.error_type(), &e.to_string(), None),
+        Err(e) => {
+            let status = misfit(s, m, &scope.prefix, document);
+            failed(f.task, e.error_type(), &e.to_string(), status)
+        }
     }
 }
 
@@ -798,10 +838,12 @@ fn fan_in(
         };
         selected = path.query(&input);
         let Some(Value::Array(items)) = selected.first() else {
-            // The caller's mistake when the caller's input holds the same
+            // The caller's mistake when what the caller sent holds the same
             // there: the items were the caller's, not a step's output.
-            let theirs = read_ref(state.input_path.as_deref(), start_document(&s.input))
-                .is_ok_and(|i| path.query(&i).first() == selected.first());
+            let theirs = callers_document(s, m, id).is_some_and(|doc| {
+                read_ref(state.input_path.as_deref(), &doc)
+                    .is_ok_and(|i| path.query(&i).first() == selected.first())
+            });
             return failed(
                 Some(id.into()),
                 INVALID_PATH,
@@ -1419,6 +1461,54 @@ states:
         let (id, _) = dispatch(&mut s);
         succeed(&mut s, &id, json!(3));
         assert_eq!(no_array(&mut s), None);
+    }
+
+    /// Inside a Map, an item is the caller's when the Map was entered with
+    /// the caller's document: a path that cannot write into it is a 422 as at
+    /// the top, and the same misfit in items a step made is the workflow's.
+    #[test]
+    fn a_path_that_cannot_shape_a_callers_item_is_a_422() {
+        const MAP: &str = "startAt: m
+states:
+  m:
+    type: Map
+    itemsPath: $.items
+    end: true
+    branches:
+      - startAt: x
+        states:
+          x: {type: Task, function: {name: fx}, resultPath: $.r, end: true}
+";
+        let item_fails = |s: &mut RunState| {
+            let calls = settle(s);
+            assert_eq!(calls.len(), 1, "{calls:?}");
+            succeed(s, &calls[0].0, json!(1));
+            let e = failure(work(s, 6));
+            assert!(e.message.contains(INVALID_PATH), "{}", e.message);
+            e.status
+        };
+        let mut s = started(MAP, json!({"items": ["a string"]}));
+        assert_eq!(item_fails(&mut s), Some(422));
+        // Items a step wrote are the workflow's.
+        let made = MAP.replacen("startAt: m", "startAt: a", 1).replacen(
+            "states:\n",
+            "states:\n  a: {type: Task, function: {name: fa}, resultPath: $.items, next: m}\n",
+            1,
+        );
+        let mut s = started(&made, json!({"items": [{}]}));
+        let (id, _) = dispatch(&mut s);
+        succeed(&mut s, &id, json!(["a string"]));
+        assert_eq!(item_fails(&mut s), None);
+        // A catch's resultPath that cannot write into the caller's item.
+        let caught = MAP.replace(
+            "resultPath: $.r, end: true}",
+            "end: true, catch: [{errorType: Fission.All, resultPath: $.e, next: y}]}\n          y: {type: Succeed}",
+        );
+        let mut s = started(&caught, json!({"items": [7]}));
+        let calls = settle(&mut s);
+        fail(&mut s, &calls[0].0, Some(400), "bad item");
+        let e = failure(work(&s, 6));
+        assert_eq!(e.status, Some(422), "{e:?}");
     }
 
     /// A function that does not exist is a permanent error (never retried,

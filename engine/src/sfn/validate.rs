@@ -510,6 +510,15 @@ impl Validator {
                     "invalid_catch",
                     "errorType must not be empty",
                 );
+            } else if let Some(ours) = step_functions_error(&c.error_type) {
+                self.at_value(
+                    &join(&cp, &[Step::from("errorType")]),
+                    "invalid_catch",
+                    format!(
+                        "{:?} is Step Functions' name, never raised here; Fission's is {ours}",
+                        c.error_type
+                    ),
+                );
             } else if !seen.insert(c.error_type.as_str()) {
                 self.at_value(
                     &join(&cp, &[Step::from("errorType")]),
@@ -723,6 +732,20 @@ impl Validator {
             }
         }
     }
+}
+
+/// Fission's name for the error a Step Functions `States.*` error type
+/// stands for: a catch route for the latter would never match.
+fn step_functions_error(error_type: &str) -> Option<&'static str> {
+    Some(match error_type.strip_prefix("States.")? {
+        "ALL" => "Fission.All",
+        "Timeout" | "HeartbeatTimeout" => "Fission.Timeout",
+        "TaskFailed" => "Fission.FunctionError (5xx, timeouts apart) or Fission.PermanentError (4xx)",
+        "BranchFailed" => "Fission.BranchFailed",
+        "NoChoiceMatched" => "Fission.NoChoiceMatched",
+        "ResultPathMatchFailure" | "ParameterPathFailure" => "Fission.InvalidPath",
+        _ => "one of Fission.All, Fission.Timeout, Fission.FunctionError, Fission.PermanentError, Fission.BranchFailed, Fission.NoChoiceMatched, Fission.InvalidPath, Fission.Failed",
+    })
 }
 
 #[cfg(test)]
@@ -1196,12 +1219,19 @@ states:
       - { errorType: '', next: a }
       - { errorType: X, next: a }
       - { errorType: X, next: a }
+      - { errorType: States.ALL, next: a }
     end: true
 ";
         assert_eq!(
             check(yaml),
-            vec![("invalid_catch", 7, 22), ("invalid_catch", 9, 22)]
+            vec![
+                ("invalid_catch", 7, 22),
+                ("invalid_catch", 9, 22),
+                ("invalid_catch", 10, 22)
+            ]
         );
+        let message = parse_and_validate(yaml).unwrap_err()[2].message.clone();
+        assert!(message.contains("Fission.All"), "{message}");
     }
 
     #[test]
