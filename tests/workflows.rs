@@ -1141,17 +1141,19 @@ fn the_run_commands_say_what_a_user_needs() {
         .expect("task row");
     assert!(task.contains("failed") && task.contains("boom: x"), "{out}");
 
-    // `run retry`: the new run's workflow and version.
+    // `run retry`: the new run's bare id (as `wf run`), its workflow and
+    // version said aside.
     let (rc, out, e) = s.cli(&["run", "retry", &id]);
     assert_eq!(rc, 0, "{e}");
-    let row: Vec<&str> = out
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    assert_eq!(&row[1..3], ["boom", "1"], "{out}");
-    s.wait_run(row[0], Duration::from_secs(30));
+    let retry = out.trim();
+    assert!(
+        e.contains(&format!(
+            "run {id} retried as {retry}: workflow boom version 1"
+        )),
+        "{e}"
+    );
+    let run = s.wait_run(retry, Duration::from_secs(30));
+    assert_eq!(run["retry_of"], id.as_str(), "{run}");
 
     // `run list`: the hint to the next page keeps the filters.
     let (rc, out, e) = s.cli(&[

@@ -1,6 +1,6 @@
 //! `fusion run`: workflow runs, their tasks and events; cancel and retry.
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -250,17 +250,20 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             let v: Value = c
                 .post_json(&format!("/v1/runs/{id}/retry"), &json!({}))
                 .await?;
-            print(
-                opts,
-                &v,
-                &[
-                    ("ID", "/id"),
-                    ("WORKFLOW", "/workflow"),
-                    ("VERSION", "/version"),
-                    ("STATUS", "/status"),
-                    ("RETRY_OF", "/retry_of"),
-                ],
-            );
+            let new = v["id"]
+                .as_str()
+                .ok_or_else(|| anyhow!("the API did not answer with a run id: {v}"))?;
+            if opts.output == Output::Json {
+                println!("{v}");
+            } else {
+                // Just the id, as `wf run` prints it; the rest said aside.
+                println!("{new}");
+                eprintln!(
+                    "run {id} retried as {new}: workflow {} version {} (fusion run get {new})",
+                    v["workflow"].as_str().unwrap_or("?"),
+                    v["version"],
+                );
+            }
         }
     }
     Ok(())
