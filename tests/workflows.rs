@@ -1659,3 +1659,110 @@ fn a_task_may_run_a_url_as_a_function() {
     let (st, body) = s.invoke("gone", "text/plain", "");
     assert_eq!(st, 404, "{body}");
 }
+
+/// `wf validate` checks files offline, as Fission Workflows' `validate`:
+/// every problem with its file, line and column, exit 1 when any file is
+/// invalid. `--dry-run` asks the server, which looks names up and stores
+/// nothing.
+#[test]
+fn workflows_are_checked_without_being_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let good = write(
+        "good.wf.yaml",
+        "output: Greet\ntasks:\n  Greet:\n    run: hello\n    inputs:\n      name: x\n",
+    );
+    let bad = write(
+        "bad.wf.yaml",
+        "output: Ship\ntasks:\n  Charge:\n    run: noop\n  Ship:\n    run: noop\n    requires: [Chrage]\n",
+    );
+    let machine = write(
+        "order.yaml",
+        "apiVersion: fission.io/v1\nkind: Workflow\nmetadata: {name: order}\nspec:\n  startAt: a\n  states:\n    a:\n      type: Task\n      function: {name: f}\n      catch: [{errorType: States.ALL, next: a}]\n      end: true\n",
+    );
+    // No server: nothing is asked of one.
+    let offline = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .env("FUSION_URL", "http://127.0.0.1:9")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = offline(&["wf", "validate", &good]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("{good}: valid"));
+    // A function is not sent an input outside `default`: a warning.
+    assert!(
+        err.contains(&format!(
+            "{good}:6:7: warning: task \"Greet\": input \"name\""
+        )),
+        "{err}"
+    );
+    let (code, out, err) = offline(&["wf", "validate", &good, &bad, &machine]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(out.trim(), format!("{good}: valid"));
+    assert!(
+        err.contains(&format!(
+            "{bad}:7:16: task \"Ship\" requires \"Chrage\", which is not a task (did you mean \"Charge\"?) (unknown_requires)"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{machine}:10:")), "{err}");
+    assert!(err.contains("Fission.All"), "{err}");
+    assert!(
+        err.trim_end()
+            .ends_with("error: 2 of 3 workflow files are invalid"),
+        "{err}"
+    );
+
+    // --dry-run: the server's checks, names looked up, nothing stored.
+    let s = Server::start();
+    let (code, _, err) = s.cli(&["wf", "create", "greet", "-f", &good, "--dry-run"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("runs \"hello\", which is neither a built-in, a function nor a workflow"),
+        "{err}"
+    );
+    s.env("binary", "binary", 1);
+    s.function(
+        "hello",
+        "binary",
+        "hello.sh",
+        "#!/bin/sh\necho hi\n",
+        json!({}),
+    );
+    let (code, out, err) = s.cli(&["wf", "create", "greet", "-f", &good, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "workflow greet: valid; not stored (it would be version 1)"
+    );
+    assert!(err.contains("(unsent_input)"), "{err}");
+    assert_eq!(s.call("GET", "/v1/workflows/greet", None).0, 404);
+    let (code, _, err) = s.cli(&["wf", "create", "charge", "-f", &bad, "--dry-run"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Chrage"), "{err}");
+    // An update's dry run: the next version, the stored one unchanged.
+    s.workflow("greet", "output: A\ntasks:\n  A:\n    run: noop\n");
+    let (code, out, err) = s.cli(&["wf", "update", "greet", "-f", &good, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("it would be version 2"), "{out}");
+    let stored = s.ok("GET", "/v1/workflows/greet", None);
+    assert_eq!(stored["version"], 1, "{stored}");
+    // A dry create of a name taken is the conflict a create would be.
+    let (status, body) = s.call(
+        "POST",
+        "/v1/workflows?name=greet&dry_run=true",
+        Some(json!({"output": "A", "tasks": {"A": {"run": "noop"}}})),
+    );
+    assert_eq!(status, 409, "{body}");
+}

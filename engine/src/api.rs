@@ -196,6 +196,24 @@ fn workflow_json(w: &WorkflowVersion, full: bool) -> Value {
 #[derive(Deserialize)]
 struct NameQuery {
     name: Option<String>,
+    /// Check everything a store would, store nothing (`?dry_run=true`).
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+struct DryRunQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// What a dry run answers: the workflow as it would be stored (the version
+/// it would get), its warnings, and `dry_run: true`.
+fn checked(engine: &Engine, name: &str, source: &str, create: bool) -> ApiResult<Response> {
+    let w = engine.check_workflow(name, source, create)?;
+    let mut body = with_warnings(workflow_json(&w, false), engine, source);
+    body["dry_run"] = json!(true);
+    Ok(Json(body).into_response())
 }
 
 fn yaml_text(body: &Bytes) -> ApiResult<&str> {
@@ -239,6 +257,9 @@ async fn create_workflow(
             ))
         }
     };
+    if q.dry_run {
+        return checked(&engine, &name, source, true);
+    }
     let w = engine.create_workflow(&name, source)?;
     engine.flush().await?;
     let body = with_warnings(workflow_json(&w, false), &engine, source);
@@ -258,16 +279,16 @@ fn with_warnings(mut v: Value, engine: &Engine, source: &str) -> Value {
 async fn update_workflow(
     State(engine): State<Arc<Engine>>,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DryRunQuery>,
     LimitedBody(body): LimitedBody,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let source = yaml_text(&body)?;
+    if q.dry_run {
+        return checked(&engine, &name, source, false);
+    }
     let w = engine.update_workflow(&name, source)?;
     engine.flush().await?;
-    Ok(Json(with_warnings(
-        workflow_json(&w, false),
-        &engine,
-        source,
-    )))
+    Ok(Json(with_warnings(workflow_json(&w, false), &engine, source)).into_response())
 }
 
 async fn list_workflows(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {

@@ -598,12 +598,41 @@ impl Engine {
         self.put_workflow(name, source, false)
     }
 
-    fn put_workflow(
+    /// Checks a workflow as `create_workflow` (`create`) or `update_workflow`
+    /// would store it, without storing anything: the version it would be.
+    pub fn check_workflow(
         &self,
         name: &str,
         source: &str,
         create: bool,
     ) -> Result<WorkflowVersion, EngineError> {
+        let spec = self.checked_spec(name, source, create)?;
+        let latest = self.store.workflow(name, None)?.map(|w| w.version);
+        let version = match (create, latest) {
+            (true, Some(_)) => {
+                return Err(EngineError::Conflict(format!(
+                    "workflow {name:?} already exists"
+                )))
+            }
+            (false, None) => return Err(EngineError::NotFound(format!("workflow {name:?}"))),
+            (_, latest) => latest.unwrap_or(0) + 1,
+        };
+        Ok(WorkflowVersion {
+            name: name.to_string(),
+            version,
+            source: source.to_string(),
+            spec,
+            created_at: self.clock.now_ms(),
+        })
+    }
+
+    /// What `put_workflow` stores of `source`, once it passed every check.
+    fn checked_spec(
+        &self,
+        name: &str,
+        source: &str,
+        create: bool,
+    ) -> Result<WorkflowSpec, EngineError> {
         // Workflows are named like functions, and share their name space: both
         // answer at /fission-function/<name>.
         pool_manager::resources::validate_name("workflow", name)
@@ -613,13 +642,22 @@ impl Engine {
                 "a function named {name:?} exists; functions and workflows share /fission-function/ names"
             )));
         }
-        let spec = if crate::sfn::run::is_state_machine(source) {
+        if crate::sfn::run::is_state_machine(source) {
             crate::sfn::run::engine_spec(source)
         } else {
             parse_and_validate(source, &|n| n == name || self.name_exists(n))
                 .and_then(crate::sfn::run::refuse_embedded_machine)
         }
-        .map_err(EngineError::Invalid)?;
+        .map_err(EngineError::Invalid)
+    }
+
+    fn put_workflow(
+        &self,
+        name: &str,
+        source: &str,
+        create: bool,
+    ) -> Result<WorkflowVersion, EngineError> {
+        let spec = self.checked_spec(name, source, create)?;
         self.store
             .put_workflow(name, source, &spec, create, self.clock.now_ms())
             .map_err(|e| match e {

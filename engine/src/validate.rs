@@ -65,6 +65,22 @@ pub fn precheck(source: &str) -> Result<(), ValidationError> {
     })
 }
 
+/// Checks a workflow of either format without a server: every error the
+/// server would give it, and the warnings that need no lookup. Names are not
+/// looked up: a task that is not a built-in is taken to call a function,
+/// whose existence is not checked.
+pub fn check_offline(source: &str) -> Result<Vec<ValidationError>, Vec<ValidationError>> {
+    if crate::sfn::run::is_state_machine(source) {
+        let parsed = crate::sfn::parse_and_validate(source)?;
+        return Ok(crate::sfn::ignored_namespace(&parsed, source)
+            .into_iter()
+            .collect());
+    }
+    let spec =
+        parse_and_validate(source, &|_| true).and_then(crate::sfn::run::refuse_embedded_machine)?;
+    Ok(format_warnings(&spec, source, &|_| false, &|_| false))
+}
+
 /// Parses and validates a workflow. `exists` says whether a function or stored
 /// workflow of that name exists (built-ins are known here).
 pub fn parse_and_validate(
@@ -218,7 +234,7 @@ pub fn format_warnings(
                     "unknown_task",
                     format!(
                         "task {id:?} reads task {other:?}, which this workflow does not have: it reads as nothing{}",
-                        did_you_mean(other, spec.tasks.keys())
+                        did_you_mean(other, spec.tasks.keys().filter(|t| *t != id))
                     ),
                 )
             } else if spec.tasks.contains_key(other) && !before.contains(other) {
@@ -270,9 +286,14 @@ pub fn format_warnings(
 }
 
 /// `(did you mean "X"?)` for a misspelt name, when one of `names` is close
-/// (a letter or two apart, or another case), else nothing.
+/// (a letter or two apart, or another case), else nothing. A name of one or
+/// two letters is close to another only by case: any two of them are a
+/// letter or two apart.
 fn did_you_mean<'a>(name: &str, names: impl IntoIterator<Item = &'a String>) -> String {
-    let most = (name.chars().count() / 3).max(1);
+    let most = match name.chars().count() {
+        0..=2 => 0,
+        n => (n / 3).max(1),
+    };
     names
         .into_iter()
         .map(|n| {
@@ -625,7 +646,7 @@ fn check_workflow(
                     "unknown_requires",
                     format!(
                         "task {id:?} requires {dep:?}, which is not a task{}",
-                        did_you_mean(dep, spec.tasks.keys())
+                        did_you_mean(dep, spec.tasks.keys().filter(|t| *t != id))
                     ),
                     at.entry(&["tasks", id, "requires"], dep),
                 );
@@ -1542,6 +1563,16 @@ mod tests {
             "{}",
             e[1].message
         );
+        // One-letter names are all a letter apart: only another case is
+        // pointed at, and never the task itself.
+        let yaml = "output: a\ntasks:\n  a:\n    run: noop\n    requires: [b]\n  B:\n    run: noop\n    requires: [c]\n";
+        let e = check(yaml);
+        assert!(
+            e[0].message.ends_with(r#"(did you mean "B"?)"#),
+            "{}",
+            e[0].message
+        );
+        assert!(!e[1].message.contains("did you mean"), "{}", e[1].message);
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub(super) enum WfVerb {
         /// The workflow's YAML file.
         #[arg(long = "file", short = 'f', value_name = "FILE")]
         file: PathBuf,
+        /// Let the server check it as it would store it (names looked up,
+        /// warnings given), without storing it.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Store a new version of a workflow; runs in flight keep theirs.
     Update {
@@ -34,6 +38,18 @@ pub(super) enum WfVerb {
         /// The workflow's YAML file.
         #[arg(long = "file", short = 'f', value_name = "FILE")]
         file: PathBuf,
+        /// Let the server check it as it would store it, without storing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check workflow files offline, as Fission Workflows' `validate`: each
+    /// error and warning with its line and column; exits 1 when any is
+    /// invalid. Function and workflow names are not looked up (`create
+    /// --dry-run` asks the server).
+    Validate {
+        /// The workflows' YAML (or JSON) files.
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
     },
     /// Print a workflow's YAML (the latest version, or --version N).
     Get {
@@ -185,34 +201,95 @@ pub(super) fn read_file(path: &PathBuf) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))
 }
 
+/// `wf validate`: each file checked offline; problems to stderr as
+/// `FILE:LINE:COLUMN: ...`, one line a valid file to stdout.
+fn validate_files(files: &[PathBuf]) -> Result<()> {
+    let mut invalid = 0;
+    for file in files {
+        let source = read_file(file)?;
+        let shown = file.display();
+        match engine::validate::check_offline(&source) {
+            Ok(warnings) => {
+                for w in &warnings {
+                    eprintln!(
+                        "{shown}:{}:{}: warning: {} ({})",
+                        w.line, w.column, w.message, w.code
+                    );
+                }
+                println!("{shown}: valid");
+            }
+            Err(errors) => {
+                invalid += 1;
+                for e in &errors {
+                    eprintln!(
+                        "{shown}:{}:{}: {} ({})",
+                        e.line, e.column, e.message, e.code
+                    );
+                }
+            }
+        }
+    }
+    match invalid {
+        0 => Ok(()),
+        n => Err(anyhow!("{n} of {} workflow files are invalid", files.len())),
+    }
+}
+
+/// What `create` or `update` answered: the stored version's row, or with
+/// --dry-run the version it would have been.
+fn stored(opts: &ClientOpts, v: &Value, dry_run: bool) {
+    if dry_run && opts.output != Output::Json {
+        println!(
+            "workflow {}: valid; not stored (it would be version {})",
+            v["name"].as_str().unwrap_or("?"),
+            v["version"]
+        );
+    } else {
+        print(opts, v, WF_COLUMNS);
+    }
+}
+
 pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
+        // Offline: the server is not asked.
+        WfVerb::Validate { files } => validate_files(&files)?,
         WfVerb::Create {
             positional,
             name,
             file,
+            dry_run,
         } => {
             let mut req = c.request(Method::POST, "/v1/workflows");
             if let Some(name) = positional.or(name) {
                 req = req.query(&[("name", &name)]);
+            }
+            if dry_run {
+                req = req.query(&[("dry_run", "true")]);
             }
             let req = req
                 .header("content-type", "application/yaml")
                 .body(read_file(&file)?);
             let v: Value = c.send(req).await?.json().await?;
             warn(&file, &v);
-            print(opts, &v, WF_COLUMNS);
+            stored(opts, &v, dry_run);
         }
-        WfVerb::Update { name, file } => {
+        WfVerb::Update {
+            name,
+            file,
+            dry_run,
+        } => {
             let name = name.get();
-            let req = c
-                .request(Method::PUT, &format!("/v1/workflows/{name}"))
+            let mut req = c.request(Method::PUT, &format!("/v1/workflows/{name}"));
+            if dry_run {
+                req = req.query(&[("dry_run", "true")]);
+            }
+            let req = req
                 .header("content-type", "application/yaml")
                 .body(read_file(&file)?);
             let v: Value = c.send(req).await?.json().await?;
             warn(&file, &v);
-            print(opts, &v, WF_COLUMNS);
+            stored(opts, &v, dry_run);
         }
         WfVerb::Get { name, version } => {
             let name = name.get();
