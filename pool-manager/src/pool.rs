@@ -802,9 +802,17 @@ impl Inner {
     pub(crate) fn install_environment(self: &Arc<Self>, env: Environment) {
         let old = {
             let mut st = lock(&self.state);
-            match st.envs.get_mut(&env.key()) {
+            let State { fns, envs, .. } = &mut *st;
+            match envs.get_mut(&env.key()) {
                 Some(pool) => {
                     pool.env = env.clone();
+                    // Instances specialized from the environment as it was
+                    // (its limits, image, command) finish their requests and
+                    // are retired: the next call gets one as it is now.
+                    for f in fns.values().filter(|f| f.function.env_key() == env.key()) {
+                        retire(&f.instances);
+                        f.changed.notify_waiters();
+                    }
                     std::mem::take(&mut pool.generic)
                 }
                 None => {

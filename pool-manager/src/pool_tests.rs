@@ -273,6 +273,31 @@ async fn an_update_retires_the_old_instance_once_its_lease_is_released() {
     assert_eq!(old_instance.wait_exited().await, Exit::Stopped);
 }
 
+/// An instance specialized from an environment as it was (its memory limit,
+/// say) is retired by the environment's update: the next call gets one as
+/// the environment is now, the call in flight finishes on the old one.
+#[tokio::test]
+async fn an_environment_update_retires_its_functions_instances() {
+    let s = setup(0, 2).await;
+    let old = s.pm.lease("f").await.unwrap();
+    let old_instance = old.instance.clone();
+    let mut env = s.pm.environment("env").unwrap();
+    env.memory_mb = Some(300);
+    s.pm.update_environment(env).await.unwrap();
+    assert!(!old_instance.is_exited(), "the call in flight finishes");
+    drop(old);
+    let exit = tokio::time::timeout(Duration::from_secs(10), old_instance.wait_exited()).await;
+    assert_eq!(exit, Ok(Exit::Stopped), "retired once its call ended");
+    let new = s.pm.lease("f").await.unwrap();
+    assert_ne!(new.instance.id, old_instance.id);
+    // The same environment again changes nothing.
+    let kept = new.instance.id;
+    drop(new);
+    let env = s.pm.environment("env").unwrap();
+    s.pm.update_environment(env).await.unwrap();
+    assert_eq!(s.pm.lease("f").await.unwrap().instance.id, kept);
+}
+
 #[tokio::test]
 async fn a_failed_start_is_an_error_and_leaves_the_budget_whole() {
     let s = setup(0, 1).await;
