@@ -1418,3 +1418,72 @@ fn an_environment_shows_its_pool_and_why_an_instance_failed_to_start() {
     let (_, _, err) = s.cli(&["env", "get", "ok"]);
     assert!(!err.contains("warning"), "{err}");
 }
+
+/// What a function is sent through a route, as Fission's router sends it: a
+/// url route's function gets `/`, a prefix route's what is below the prefix
+/// (all of it with `keep_prefix`), and every call the URL as it came in
+/// `X-Fission-Full-Url` (replacing a caller's), with the function's name and
+/// namespace apart.
+#[test]
+fn routes_send_the_path_and_headers_fission_sends() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    let code = "#!/bin/sh\nprintf '%s|%s|%s|%s|%s' \"$REQUEST_PATH\" \"$HTTP_X_FISSION_FULL_URL\" \"$HTTP_X_FISSION_FUNCTION_NAME\" \"$HTTP_X_FISSION_FUNCTION_NAMESPACE\" \"$HTTP_X_FISSION_PARAMS_ID\"\n";
+    s.function("where", "binary", "where.sh", code, json!({}));
+    for route in [
+        json!({"name": "user", "url": "/users/{id}", "function": "where"}),
+        json!({"name": "api", "prefix": "/api", "function": "where"}),
+        json!({"name": "kept", "prefix": "/kept", "keep_prefix": true, "function": "where"}),
+    ] {
+        s.ok("POST", "/v1/routes", Some(route));
+    }
+    let sent = |path: &str| {
+        s.http
+            .get(s.router_url(path))
+            .header("X-Fission-Full-Url", "/forged")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    assert_eq!(sent("/users/42?x=1"), "/|/users/42?x=1|where|default|42");
+    assert_eq!(
+        sent("/api/v1/things"),
+        "/v1/things|/api/v1/things|where|default|"
+    );
+    assert_eq!(sent("/kept/a?b=c"), "/kept/a|/kept/a?b=c|where|default|");
+    assert_eq!(
+        sent("/fission-function/where/sub"),
+        "/sub|/fission-function/where/sub|where|default|"
+    );
+    // The CLI's --keepprefix, as Fission's, and its undoing.
+    let (code, _, err) = s.cli(&[
+        "route",
+        "create",
+        "k2",
+        "--prefix",
+        "/k2",
+        "--function",
+        "where",
+        "--keepprefix",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(sent("/k2/a").starts_with("/k2/a|"));
+    let (code, _, err) = s.cli(&["route", "update", "k2", "--keepprefix=false"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(sent("/k2/a").starts_with("/a|"));
+    // keep_prefix means nothing to a url route: refused, not ignored.
+    let (status, body) = s.call(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "odd", "url": "/odd", "keep_prefix": true, "function": "where"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("keep_prefix applies to a prefix route"),
+        "{body}"
+    );
+}

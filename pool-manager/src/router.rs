@@ -134,8 +134,16 @@ async fn forward_inner(
     parts.uri = Uri::from(path_and_query);
     let headers = &mut parts.headers;
     url_params(headers, params);
-    if let Ok(v) = HeaderValue::try_from(function) {
-        headers.insert("x-fission-function-name", v);
+    // As Fission's router: the function's own name and its namespace apart.
+    let (namespace, name) = function
+        .split_once('/')
+        .unwrap_or((crate::secrets::DEFAULT_NAMESPACE, function));
+    if let (Ok(n), Ok(ns)) = (
+        HeaderValue::try_from(name),
+        HeaderValue::try_from(namespace),
+    ) {
+        headers.insert("x-fission-function-name", n);
+        headers.insert("x-fission-function-namespace", ns);
     }
     let received = Arc::new(AtomicBool::new(body.is_end_stream()));
     let body = Body::new(Whole {

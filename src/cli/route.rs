@@ -35,6 +35,16 @@ pub(super) struct RouteFields {
     /// leaves it to the request.
     #[arg(long, value_name = "MODE", value_parser = ["sync", "async"])]
     invocation_mode: Option<String>,
+    /// A prefix route sends its function the whole path, not what is below
+    /// the prefix (Fission's `--keepprefix`; `--keepprefix=false` undoes it).
+    #[arg(
+        long = "keepprefix",
+        alias = "keep-prefix",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    keep_prefix: Option<bool>,
 }
 
 /// A route's name for `create`, where it may be left out.
@@ -102,7 +112,13 @@ pub(super) const ROUTE_COLUMNS: &[(&str, &str)] = &[
 pub(super) fn merge_route(body: &mut Value, f: RouteFields) {
     if let Some(u) = f.url {
         body["url"] = json!(u);
-        body.as_object_mut().map(|o| o.remove("prefix"));
+        body.as_object_mut().map(|o| {
+            o.remove("prefix");
+            o.remove("keep_prefix")
+        });
+    }
+    if let Some(keep) = f.keep_prefix {
+        body["keep_prefix"] = json!(keep);
     }
     if let Some(p) = f.prefix {
         body["prefix"] = json!(p);

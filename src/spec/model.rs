@@ -796,10 +796,7 @@ impl Specs {
             (Some(p), _) => {
                 r.body["prefix"] = json!(p);
                 if spec.get("keepPrefix").and_then(Value::as_bool) == Some(true) {
-                    self.warn(
-                        doc.at("spec.keepPrefix"),
-                        "keepPrefix: Fusion always passes the whole path to the function",
-                    );
+                    r.body["keep_prefix"] = json!(true);
                 }
             }
             (None, Some(u)) => r.body["url"] = json!(u),

@@ -260,6 +260,7 @@ fn fission(kind: Kind, namespace: &str, name: &str, body: &Value) -> Option<Valu
                 ("methods", "methods"),
                 ("host", "host"),
                 ("invocation_mode", "invocationMode"),
+                ("keep_prefix", "keepPrefix"),
             ] {
                 if let Some(v) = field(from) {
                     spec[to] = v.clone();

@@ -36,6 +36,11 @@ pub struct Route {
     /// to the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invocation_mode: Option<String>,
+    /// A prefix route sends its function the whole path; without this, the
+    /// path below the prefix (`/api/v1/x` through `/api` is `/v1/x`), as
+    /// Fission's `keepPrefix`. A `url` route always sends `/`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_prefix: bool,
 }
 
 impl Route {
@@ -87,6 +92,12 @@ impl Route {
                     "route: a prefix cannot hold {params}".into(),
                 ));
             }
+        }
+        if self.keep_prefix && self.prefix.is_none() {
+            return Err(Error::Invalid(
+                "route: keep_prefix applies to a prefix route (a url route's function is sent `/`)"
+                    .into(),
+            ));
         }
         if let Some(mode) = &self.invocation_mode {
             if !matches!(mode.as_str(), "sync" | "async") {

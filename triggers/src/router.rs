@@ -25,6 +25,15 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
     // A clone of the URI shares its bytes: the path is borrowed from it, not copied.
     let uri = req.uri().clone();
     let path = uri.path();
+    let mut req = req;
+    // The URL as it came, whatever path the function is sent (Fission's
+    // header; one a client sent is replaced).
+    if let Some(Ok(full)) = uri
+        .path_and_query()
+        .map(|pq| http::HeaderValue::try_from(pq.as_str()))
+    {
+        req.headers_mut().insert("x-fission-full-url", full);
+    }
     if let Some(rest) = path.strip_prefix(FUNCTION_PREFIX) {
         let (name, tail) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -72,23 +81,28 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
         // A route in async mode makes the call asynchronous, whatever the
         // request says (its caller may be unable to set a header).
         Some(m) if m.asynchronous => {
-            let mut req = req;
             req.headers_mut()
                 .insert("x-async", http::HeaderValue::from_static("true"));
             match &m.target {
                 Target::Function(key) => {
-                    triggers.invocations.accept(key, req, path, &m.params).await
+                    triggers
+                        .invocations
+                        .accept(key, req, &m.path, &m.params)
+                        .await
                 }
-                target => invoker.call(target, req, path, &m.params).await,
+                target => invoker.call(target, req, &m.path, &m.params).await,
             }
         }
         Some(m) => match &m.target {
             // A function called asynchronously is queued; a workflow runs in
             // the background by itself.
             Target::Function(key) if is_async(req.headers()) => {
-                triggers.invocations.accept(key, req, path, &m.params).await
+                triggers
+                    .invocations
+                    .accept(key, req, &m.path, &m.params)
+                    .await
             }
-            target => invoker.call(target, req, path, &m.params).await,
+            target => invoker.call(target, req, &m.path, &m.params).await,
         },
         None => match table.allowed(host.as_deref(), path) {
             allowed if allowed.is_empty() => error_response(

@@ -175,6 +175,21 @@ fn split(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|s| !s.is_empty())
 }
 
+/// What `path` holds after its first `n` segments (as `split` counts them),
+/// from the `/` that follows them; `/` when nothing does.
+fn after_segments(path: &str, n: usize) -> &str {
+    let mut rest = path;
+    for _ in 0..n {
+        rest = rest.trim_start_matches('/');
+        rest = rest.find('/').map_or("", |i| &rest[i..]);
+    }
+    if rest.is_empty() {
+        "/"
+    } else {
+        rest
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMatch {
     pub route: String,
@@ -182,6 +197,10 @@ pub struct RouteMatch {
     pub params: Vec<(String, String)>,
     /// The route makes every request an asynchronous call.
     pub asynchronous: bool,
+    /// The path its function is sent, as Fission's router sends it: `/` for
+    /// a `url` route, what is below the prefix for a prefix route (all of it
+    /// with `keep_prefix`).
+    pub path: String,
 }
 
 struct Entry {
@@ -270,11 +289,17 @@ impl RouteTable {
                 (None, Some(w)) => Target::Workflow(w.clone()),
                 (None, None) => return None,
             };
+            let sent = match (e.prefix, e.route.keep_prefix) {
+                (false, _) => "/",
+                (true, true) => path,
+                (true, false) => after_segments(path, e.template.segments.len()),
+            };
             Some(RouteMatch {
                 route: e.route.name.clone(),
                 target,
                 params,
                 asynchronous: e.route.is_async(),
+                path: sent.to_string(),
             })
         })
     }
@@ -296,6 +321,7 @@ mod tests {
             function: Some(format!("fn-{name}")),
             workflow: None,
             invocation_mode: None,
+            keep_prefix: false,
         }
     }
 
@@ -320,6 +346,28 @@ mod tests {
         ]);
         assert_eq!(table.find("GET", None, "/n/7").unwrap().route, "digits");
         assert_eq!(table.find("GET", None, "/n/x").unwrap().route, "plain");
+    }
+
+    /// As Fission's router: a url route's function is sent `/`, a prefix
+    /// route's what is below the prefix, or all of it with `keep_prefix`.
+    #[test]
+    fn the_path_a_function_is_sent() {
+        let mut kept = route("kept", None, Some("/v2/api"), &[]);
+        kept.keep_prefix = true;
+        let table = RouteTable::new([
+            route("user", Some("/users/{id}"), None, &[]),
+            route("api", None, Some("/api/"), &[]),
+            kept,
+        ]);
+        let sent = |path: &str| table.find("GET", None, path).unwrap().path;
+        assert_eq!(sent("/users/42"), "/");
+        assert_eq!(sent("/api/v1/things"), "/v1/things");
+        assert_eq!(sent("/api"), "/");
+        assert_eq!(sent("/api/"), "/");
+        assert_eq!(sent("//api//x/"), "//x/");
+        // Matched decoded, cut by segment.
+        assert_eq!(sent("/%61pi/x%2Fy"), "/x%2Fy");
+        assert_eq!(sent("/v2/api/x"), "/v2/api/x");
     }
 
     #[test]
