@@ -167,6 +167,89 @@ fn has_body(headers: &HeaderMap) -> bool {
             .is_some_and(|n| n > 0)
 }
 
+/// Gives up a request whose body stops arriving: a client that sends part of
+/// one (a `Content-Length` it never fills) cannot hold a handler and its
+/// connection forever. Each frame must come within `idle` of the last
+/// (`--body-idle-timeout-ms`), so a large upload on a slow link goes on; the
+/// answer is 408 `request_timeout`, whatever the handler made of the failed
+/// read.
+pub async fn body_deadline(
+    State(idle): State<std::time::Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !has_body(req.headers()) {
+        return next.run(req).await;
+    }
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (parts, body) = req.into_parts();
+    let body = axum::body::Body::new(Idle {
+        inner: body,
+        idle,
+        sleep: None,
+        stalled: stalled.clone(),
+    });
+    let resp = next.run(Request::from_parts(parts, body)).await;
+    if stalled.load(std::sync::atomic::Ordering::SeqCst) {
+        return error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            &format!(
+                "the request body stopped arriving: nothing came for {} ms",
+                idle.as_millis()
+            ),
+        );
+    }
+    resp
+}
+
+/// A body that fails once `idle` passes without a frame.
+struct Idle {
+    inner: axum::body::Body,
+    idle: std::time::Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for Idle {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            this.sleep = None;
+            return Poll::Ready(frame);
+        }
+        let idle = this.idle;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        match std::future::Future::poll(sleep.as_mut(), cx) {
+            Poll::Ready(()) => {
+                this.stalled
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                Poll::Ready(Some(Err(axum::Error::new(
+                    "the request body stopped arriving",
+                ))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

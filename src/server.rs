@@ -152,6 +152,11 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_HEADER_TIMEOUT_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_ms: u64,
+    /// How long an API request's body may go without a byte before the request
+    /// is given up with 408, in ms.
+    #[arg(long, env = "FUSION_BODY_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_idle_timeout_ms: u64,
     /// Open connections per listener at most; past it new ones are closed at
     /// once. Default: (open-file limit - 256) / 4, so 192 at 1024.
     #[arg(long, env = "FUSION_MAX_CONNECTIONS",
@@ -477,6 +482,10 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         // resources' included (after them: it is set on those registered).
         .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Duration::from_millis(args.body_idle_timeout_ms),
+            guard::body_deadline,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             token.clone(),
             guard::require_token,

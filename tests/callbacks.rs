@@ -62,6 +62,17 @@ fn an_outside_post_completes_a_waiting_run_once() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "not_found", "{body}");
 
+    // A body nested deeper than any document may be is refused; the task
+    // still waits.
+    let mut deep = json!({"by": "eve"});
+    for _ in 0..64 {
+        deep = json!([deep]);
+    }
+    let (status, body) = post(&s, &path, &deep);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "document_too_deep", "{body}");
+    assert_eq!(s.run(&id)["status"], "running");
+
     let (status, body) = post(&s, &path, &json!({"by": "ann"}));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["task"], "Approve");

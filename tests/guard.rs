@@ -686,3 +686,26 @@ fn the_kubernetes_backend_says_what_it_needs_in_one_line() {
     };
     assert!(error[0].contains(expected), "{stderr}");
 }
+
+/// A body that stops arriving is given up with a JSON 408, with the token
+/// and without (a callback URL needs none), and the server answers others
+/// meanwhile.
+#[test]
+fn a_request_body_that_stops_arriving_gets_a_json_408() {
+    let s = Server::start_with(&[("FUSION_BODY_IDLE_TIMEOUT_MS", "500")]);
+    for (path, auth) in [
+        (
+            "/v1/environments",
+            format!("Authorization: Bearer {}\r\n", s.token),
+        ),
+        ("/v1/callbacks/bogus", String::new()),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"name\":"
+        );
+        let (status, body) = raw_request(addr(&s.api), &head);
+        assert_eq!(status, 408, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "request_timeout", "{path}: {body}");
+    }
+    assert_eq!(s.ok("GET", "/v1/environments", None), json!([]));
+}

@@ -53,8 +53,10 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let status = match &e {
-            EngineError::NotFound(_) => StatusCode::NOT_FOUND,
-            EngineError::Conflict(_) | EngineError::NameTaken(_) => StatusCode::CONFLICT,
+            EngineError::NotFound(_) | EngineError::NoSuchVersion { .. } => StatusCode::NOT_FOUND,
+            EngineError::Conflict(_)
+            | EngineError::NameTaken(_)
+            | EngineError::AlreadyExists(_) => StatusCode::CONFLICT,
             EngineError::Invalid(_) | EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
             EngineError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::Store(crate::store::StoreError::Cursor) => StatusCode::BAD_REQUEST,
@@ -106,8 +108,30 @@ where
     ) -> Result<Self, Self::Rejection> {
         Query::<T>::try_from_uri(&parts.uri)
             .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+            .map_err(|e| query_error(&e.body_text()))
     }
+}
+
+/// A query string that does not parse, in plain words: which parameter, and
+/// what it takes.
+fn query_error(text: &str) -> ApiError {
+    let what = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(text);
+    let takes = match what.split(':').next().unwrap_or_default().trim() {
+        "limit" => " (a whole number from 1 to 1000)",
+        "since" | "until" => {
+            " (a time in epoch milliseconds; `fusion run list` also takes RFC 3339 and `2h`)"
+        }
+        "wait" => " (whole seconds, at most 300)",
+        "version" => " (a version number: 1, 2, ...)",
+        _ => "",
+    };
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        format!("a query parameter is malformed: {what}{takes}"),
+    )
 }
 
 /// `Path`, with a path that does not decode (e.g. bad UTF-8) as a JSON error.
@@ -145,7 +169,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for LimitedBody {
             .map_err(|e| {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
+                    "payload_too_large",
                     format!("cannot read the request body (at most {BODY_LIMIT} bytes): {e}"),
                 )
             })
@@ -232,22 +256,9 @@ async fn create_workflow(
     LimitedBody(body): LimitedBody,
 ) -> ApiResult<Response> {
     let source = yaml_text(&body)?;
-    // Looking for the document's own name parses it: bound its cost first.
-    precheck(source).map_err(|e| EngineError::Invalid(vec![e]))?;
-    let named = serde_yaml::from_str::<serde_yaml::Value>(source)
-        .ok()
-        .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
-        .or_else(|| crate::sfn::run::document_name(source));
+    let named = own_name(source)?;
     let name = match (q.name.filter(|n| !n.is_empty()), named) {
-        (Some(asked), Some(named)) if asked != named => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "name_mismatch",
-                format!(
-                    "the request names the workflow {asked:?} and its document {named:?}: give one name"
-                ),
-            ))
-        }
+        (Some(asked), Some(named)) if asked != named => return Err(mismatch(&asked, &named)),
         (Some(n), _) | (None, Some(n)) => n,
         (None, None) => {
             return Err(ApiError::new(
@@ -276,6 +287,27 @@ fn with_warnings(mut v: Value, engine: &Engine, source: &str) -> Value {
     v
 }
 
+/// The name a workflow's document gives itself (`name:`, or a Fission
+/// `Workflow`'s `metadata.name`), if any.
+fn own_name(source: &str) -> ApiResult<Option<String>> {
+    // Looking for it parses the document: bound its cost first.
+    precheck(source).map_err(|e| EngineError::Invalid(vec![e]))?;
+    Ok(serde_yaml::from_str::<serde_yaml::Value>(source)
+        .ok()
+        .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
+        .or_else(|| crate::sfn::run::document_name(source)))
+}
+
+fn mismatch(asked: &str, named: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "name_mismatch",
+        format!(
+            "the request names the workflow {asked:?} and its document {named:?}: give one name"
+        ),
+    )
+}
+
 async fn update_workflow(
     State(engine): State<Arc<Engine>>,
     ApiPath(name): ApiPath<String>,
@@ -283,6 +315,9 @@ async fn update_workflow(
     LimitedBody(body): LimitedBody,
 ) -> ApiResult<Response> {
     let source = yaml_text(&body)?;
+    if let Some(named) = own_name(source)?.filter(|n| *n != name) {
+        return Err(mismatch(&name, &named));
+    }
     if q.dry_run {
         return checked(&engine, &name, source, false);
     }
@@ -550,6 +585,13 @@ async fn complete_callback(
     ApiPath(token): ApiPath<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
+    crate::document::check_json(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e.code(),
+            format!("the callback body: {e}"),
+        )
+    })?;
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
@@ -862,7 +904,7 @@ async fn invoke_inner(
         Ok(Err(e)) if pool_manager::router::caused_by_limit(&e) => {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
+                "payload_too_large",
                 format!("the request body is larger than the limit of {BODY_LIMIT} bytes"),
             ))
         }

@@ -88,6 +88,22 @@ pub fn check_json(text: &[u8]) -> Result<(), DocumentError> {
     Ok(())
 }
 
+/// Whether a value nests deeper than [`MAX_DOCUMENT_DEPTH`]: what a run may
+/// not store of a task's output or inputs (a document it could not read back).
+/// Stops at the first level past the bound.
+pub fn too_deep(v: &serde_json::Value) -> bool {
+    // Whether `v` nests more than `left` levels (a collection is one level
+    // more than its deepest element).
+    fn deeper(v: &serde_json::Value, left: usize) -> bool {
+        match v {
+            serde_json::Value::Array(a) => left == 0 || a.iter().any(|c| deeper(c, left - 1)),
+            serde_json::Value::Object(m) => left == 0 || m.values().any(|c| deeper(c, left - 1)),
+            _ => false,
+        }
+    }
+    deeper(v, MAX_DOCUMENT_DEPTH)
+}
+
 /// Refuses a YAML document (or stream of documents) nested deeper than
 /// [`MAX_DOCUMENT_DEPTH`]. Linear in the length of `source`.
 pub fn check_yaml(source: &str) -> Result<(), DocumentError> {
@@ -534,6 +550,19 @@ mod tests {
             let e = check_yaml(&doc).unwrap_err();
             assert_eq!(e.code(), "document_too_deep");
         }
+    }
+
+    /// A value is as deep as the JSON text `check_json` counts.
+    #[test]
+    fn a_value_is_too_deep_where_its_text_would_be() {
+        for n in [1, MAX_DOCUMENT_DEPTH, MAX_DOCUMENT_DEPTH + 1, 120] {
+            for (open, close) in [("[", "]"), ("{\"a\": ", "}")] {
+                let text = nested(open, "1", close, n);
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(too_deep(&v), check_json(text.as_bytes()).is_err(), "{n}");
+            }
+        }
+        assert!(!too_deep(&serde_json::json!([[], {}, 1, "x"])));
     }
 
     #[test]

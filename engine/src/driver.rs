@@ -106,6 +106,16 @@ pub enum EngineError {
     /// A function already has the name (functions and workflows share names).
     #[error("{0}")]
     NameTaken(String),
+    /// A version a workflow does not have (it has others, `latest` the last).
+    #[error("workflow {name:?} has no version {version} (its latest is {latest}; `fusion wf versions {name}` lists them)")]
+    NoSuchVersion {
+        name: String,
+        version: u32,
+        latest: u32,
+    },
+    /// A workflow of that name exists (a create, not an update).
+    #[error("{0} already exists")]
+    AlreadyExists(String),
     #[error("invalid workflow: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<ValidationError>),
     #[error("{0}")]
@@ -122,8 +132,9 @@ pub enum EngineError {
 impl EngineError {
     pub fn code(&self) -> &'static str {
         match self {
-            EngineError::NotFound(_) => "not_found",
+            EngineError::NotFound(_) | EngineError::NoSuchVersion { .. } => "not_found",
             EngineError::Conflict(_) | EngineError::NameTaken(_) => "conflict",
+            EngineError::AlreadyExists(_) => "already_exists",
             EngineError::Invalid(e) => e.first().map(|e| e.code).unwrap_or("invalid_workflow"),
             EngineError::BadRequest(_) => "bad_request",
             EngineError::KeyReused(_) => "idempotency_key_reused",
@@ -610,9 +621,7 @@ impl Engine {
         let latest = self.store.workflow(name, None)?.map(|w| w.version);
         let version = match (create, latest) {
             (true, Some(_)) => {
-                return Err(EngineError::Conflict(format!(
-                    "workflow {name:?} already exists"
-                )))
+                return Err(EngineError::AlreadyExists(format!("workflow {name:?}")))
             }
             (false, None) => return Err(EngineError::NotFound(format!("workflow {name:?}"))),
             (_, latest) => latest.unwrap_or(0) + 1,
@@ -661,7 +670,7 @@ impl Engine {
         self.store
             .put_workflow(name, source, &spec, create, self.clock.now_ms())
             .map_err(|e| match e {
-                StoreError::Conflict(m) => EngineError::Conflict(format!("{m} already exists")),
+                StoreError::Conflict(m) => EngineError::AlreadyExists(m),
                 StoreError::NotFound(m) => EngineError::NotFound(m),
                 other => EngineError::Store(other),
             })
@@ -672,9 +681,18 @@ impl Engine {
         name: &str,
         version: Option<u32>,
     ) -> Result<WorkflowVersion, EngineError> {
-        self.store
-            .workflow(name, version)?
-            .ok_or_else(|| EngineError::NotFound(format!("workflow {name:?}")))
+        if let Some(w) = self.store.workflow(name, version)? {
+            return Ok(w);
+        }
+        // A version the workflow does not have: say which it has.
+        match (version, self.store.workflow(name, None)?) {
+            (Some(version), Some(latest)) => Err(EngineError::NoSuchVersion {
+                name: name.to_string(),
+                version,
+                latest: latest.version,
+            }),
+            _ => Err(EngineError::NotFound(format!("workflow {name:?}"))),
+        }
     }
 
     pub fn workflow_exists(&self, name: &str) -> bool {
@@ -1152,6 +1170,7 @@ impl Actor {
     }
 
     fn record(&mut self, e: Event) {
+        let e = within_depth(e);
         apply(&mut self.state, &e);
         self.pending.push(e);
     }
@@ -1604,6 +1623,15 @@ impl Actor {
             at: now,
         };
         let inputs = match resolved {
+            Ok(i) if i.values().any(crate::document::too_deep) => {
+                // Made by its expressions: a run holding them could not be read back.
+                self.record(dispatched(Value::Object(raw.into_iter().collect()), None));
+                self.record(fail(format!(
+                    "its inputs nest deeper than {} levels",
+                    crate::document::MAX_DOCUMENT_DEPTH
+                )));
+                return None;
+            }
             Ok(i) => i,
             Err(e) => {
                 self.record(dispatched(Value::Object(raw.into_iter().collect()), None));
@@ -1892,6 +1920,32 @@ fn run_id_at(at: Millis) -> String {
         let nanos = (at % 1000) as u32 * 1_000_000;
         uuid::Uuid::new_v7(uuid::Timestamp::from_unix(ids, at / 1000, nanos)).to_string()
     })
+}
+
+/// A task's output nested deeper than a document may be fails the task
+/// instead: its run's record could not be read back (a function's JSON, a
+/// callback's body, a JavaScript value are each bounded only by their parser).
+fn within_depth(e: Event) -> Event {
+    match e {
+        Event::TaskSucceeded {
+            task,
+            attempt,
+            output,
+            at,
+            ..
+        } if crate::document::too_deep(&output) => Event::TaskFailed {
+            task,
+            attempt,
+            error: format!(
+                "its output nests deeper than {} levels",
+                crate::document::MAX_DOCUMENT_DEPTH
+            ),
+            status: None,
+            retryable: false,
+            at,
+        },
+        e => e,
+    }
 }
 
 #[cfg(test)]

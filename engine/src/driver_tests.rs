@@ -676,6 +676,74 @@ async fn expression_error_fails_the_task() {
     );
 }
 
+/// An output or inputs nested deeper than a document may be (a function's
+/// JSON, a JavaScript value) fail their task; the run's history stays
+/// readable (such a record could not be read back).
+#[tokio::test(start_paused = true)]
+async fn values_nested_too_deep_fail_their_task_and_the_history_reads() {
+    let (db, fake) = setup();
+    fake.add("deep", None, |_, _| {
+        let mut v = json!(1);
+        for _ in 0..126 {
+            v = json!([v]);
+        }
+        json_resp(v)
+    });
+    let e = engine_with(&fake, &db).await;
+    let s = run(
+        &e,
+        "d",
+        "output: A\ntasks:\n  A:\n    run: deep\n",
+        json!(null),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Failed, "{s:?}");
+    let err = s.error.unwrap();
+    assert!(
+        err.message
+            .contains("its output nests deeper than 64 levels"),
+        "{}",
+        err.message
+    );
+    let made = "output: B\ntasks:\n  B:\n    run: noop\n    inputs: \"{ (function(){ let a = 1; for (let i = 0; i < 100; i++) a = [a]; return a })() }\"\n";
+    let s = run(&e, "m", made, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Failed, "{s:?}");
+    assert!(
+        s.error
+            .unwrap()
+            .message
+            .contains("its inputs nest deeper than 64"),
+        "inputs"
+    );
+    // Every run reads back, listed and whole.
+    let page = e
+        .list_runs(&crate::store::RunFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.runs.len(), 2);
+    for r in &page.runs {
+        e.run_events(&r.id).unwrap();
+    }
+    // As deep as a document may be is kept.
+    fake.add("sixty-four", None, |_, _| {
+        let mut v = json!(1);
+        for _ in 0..64 {
+            v = json!([v]);
+        }
+        json_resp(v)
+    });
+    let s = run(
+        &e,
+        "ok",
+        "output: A\ntasks:\n  A:\n    run: sixty-four\n",
+        json!(null),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+}
+
 mod api {
     use super::*;
     use axum::body::Body;
@@ -703,6 +771,36 @@ mod api {
             .uri(uri)
             .body(Body::from(body.to_string()))
             .unwrap()
+    }
+
+    /// A second create is `already_exists` (as for every resource); an
+    /// update's document may not name another workflow; a version a workflow
+    /// does not have is said as such.
+    #[tokio::test(start_paused = true)]
+    async fn workflow_names_and_versions_are_checked_as_the_user_wrote_them() {
+        let (db, fake) = setup();
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        let yaml = "output: A\ntasks:\n  A:\n    run: noop\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=w1", yaml)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=w1", yaml)).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{v}");
+        assert_eq!(v["error"]["code"], "already_exists", "{v}");
+        let other = format!("name: other\n{yaml}");
+        let (s, _, v) = call(&app, req("PUT", "/v1/workflows/w1", &other)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"]["code"], "name_mismatch", "{v}");
+        let own = format!("name: w1\n{yaml}");
+        let (s, _, v) = call(&app, req("PUT", "/v1/workflows/w1", &own)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, _, v) = call(&app, req("GET", "/v1/workflows/w1?version=99", "")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+        assert_eq!(
+            v["error"]["message"],
+            "workflow \"w1\" has no version 99 (its latest is 2; `fusion wf versions w1` lists them)",
+            "{v}"
+        );
     }
 
     /// A task that runs a built-in also named by a function is stored with a
@@ -1088,7 +1186,10 @@ tasks:
             let (s, _, v) = call(&app, req("GET", uri, "")).await;
             assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {v}");
             assert_eq!(v["error"]["code"], "invalid_query", "{uri}: {v}");
-            assert!(v["error"]["message"].is_string(), "{uri}: {v}");
+            // Which parameter, and what it takes.
+            let m = v["error"]["message"].as_str().unwrap();
+            assert!(m.starts_with("a query parameter is malformed: "), "{m}");
+            assert!(m.ends_with(')'), "{m}");
         }
         let (s, _, v) = call(&app, req("GET", "/v1/runs/%FF", "")).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
@@ -1097,7 +1198,7 @@ tasks:
         let big = format!("output: A\ntasks:\n  A: {{}}\n#{}\n", "x".repeat(17 << 20));
         let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=big", &big)).await;
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
-        assert_eq!(v["error"]["code"], "body_too_large", "{v}");
+        assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
     }
 
     #[tokio::test(start_paused = true)]
