@@ -100,7 +100,7 @@ impl Client {
                 "needs a token"
             };
             bail!(
-                "the Fusion API at {} {what} (401): set FUSION_TOKEN or run in the directory of the server's data dir",
+                "the Fusion API at {} {what} (401): set FUSION_TOKEN, or FUSION_DATA_DIR to the server's data dir (its `token` file; default ./.fusion)",
                 self.base
             );
         }
@@ -121,6 +121,17 @@ impl Client {
             .and_then(Value::as_str)
         {
             message.push_str(&format!(" (run {id}: `fusion run get {id}`)"));
+        }
+        // The router's own 404: the URL names the router, not the API.
+        if body
+            .as_ref()
+            .and_then(|v| v.pointer("/error/code"))
+            .is_some_and(|c| c == "route_not_found")
+        {
+            bail!(
+                "{} is Fusion's router, not its API ({message}): set FUSION_URL to the API listener (`fusion up` prints it; default http://127.0.0.1:8889)",
+                self.base
+            );
         }
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(anyhow::Error::new(NotFound(message)));

@@ -143,6 +143,17 @@ fn errors_name_the_mistake() {
         r#"the API address "garbage" (--server or FUSION_URL) is not an http:// or https:// URL"#,
     );
     one_line_error(&["run", "get", "nope"], r#"run "nope" does not exist"#);
+    // The router's address where the API's belongs.
+    one_line_error(
+        &["fn", "list", "--server", &s.router],
+        "is Fusion's router, not its API",
+    );
+    let unnamed = dir.path().join("unnamed.wf.yaml");
+    std::fs::write(&unnamed, "output: A\ntasks:\n  A:\n    run: noop\n").unwrap();
+    one_line_error(
+        &["wf", "create", "--file", unnamed.to_str().unwrap()],
+        "give the workflow's name: `fusion wf create NAME --file",
+    );
     one_line_error(
         &[
             "fn",
@@ -175,6 +186,11 @@ fn errors_name_the_mistake() {
     one_line_error(
         &["fn", "test", "bad"],
         r#"error: function "bad" cannot be loaded: the runtime refused the code"#,
+    );
+    // A header no request can carry: said, not taken for a failed connection.
+    one_line_error(
+        &["fn", "test", "bad", "--header", "X: a\nb"],
+        "its value holds a character a header cannot",
     );
     // The API says the same, with the field at fault.
     let (status, v) = s.call(

@@ -589,7 +589,7 @@ fn the_cli_finds_the_token_in_the_data_dir_and_says_what_to_do_without_it() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
         err.contains("401")
-            && err.contains("set FUSION_TOKEN or run in the directory of the server's data dir"),
+            && err.contains("set FUSION_TOKEN, or FUSION_DATA_DIR to the server's data dir"),
         "{err}"
     );
     // A wrong one: one clear line too.

@@ -411,7 +411,14 @@ pub(super) fn with_headers(
         let (k, v) = h
             .split_once(':')
             .ok_or_else(|| anyhow!("header {h:?} must be `Key: Value`"))?;
-        req = req.header(k.trim(), v.trim());
+        let (k, v) = (k.trim(), v.trim());
+        // Checked here: reqwest would report it as a failed connection.
+        let name = reqwest::header::HeaderName::try_from(k)
+            .map_err(|_| anyhow!("header {h:?}: {k:?} is not a header name"))?;
+        let value = reqwest::header::HeaderValue::try_from(v).map_err(|_| {
+            anyhow!("header {h:?}: its value holds a character a header cannot (a line break, a control character)")
+        })?;
+        req = req.header(name, value);
     }
     Ok(req)
 }

@@ -537,7 +537,12 @@ fn add_dir(
             .to_str()
             .ok_or_else(|| anyhow!("{} is not UTF-8", path.display()))?
             .to_string();
-        let meta = std::fs::metadata(e.path())?;
+        let meta = std::fs::metadata(e.path()).with_context(|| {
+            format!(
+                "cannot read {} (a link to something missing?)",
+                e.path().display()
+            )
+        })?;
         if meta.is_dir() {
             zip.add_directory(format!("{name}/"), zip::write::SimpleFileOptions::default())?;
             add_dir(zip, dir, &path)?;
@@ -554,7 +559,10 @@ fn add_file(
     name: &str,
 ) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)?.permissions().mode();
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .permissions()
+        .mode();
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated)
         .unix_permissions(mode & 0o777);

@@ -61,7 +61,7 @@ pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
             "process" => println!("  WARNING: no isolation: {}", isolation.summary),
             _ => println!("  instances: {}", isolation.summary),
         }
-        println!("The API needs its token (the CLI reads it from FUSION_TOKEN, or from the data dir when run here):");
+        println!("The API needs its token (the CLI reads FUSION_TOKEN, else the token file of FUSION_DATA_DIR, default ./.fusion):");
         println!(
             "  export FUSION_TOKEN=$(cat {})",
             shell_quote(&token_file.display().to_string())

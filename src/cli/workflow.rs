@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::Value;
@@ -235,6 +235,22 @@ fn validate_files(files: &[PathBuf]) -> Result<()> {
     }
 }
 
+/// Whether a workflow's document names itself (`name:`, or a Fission
+/// `Workflow`'s `metadata.name`); one that does not parse is left to the
+/// server, which says where it is wrong.
+fn names_itself(source: &str) -> bool {
+    if engine::validate::precheck(source).is_err() {
+        return true;
+    }
+    match serde_yaml::from_str::<Value>(source) {
+        Ok(doc) => {
+            doc.get("name").is_some_and(Value::is_string)
+                || engine::sfn::run::document_name(source).is_some()
+        }
+        Err(_) => true,
+    }
+}
+
 /// What `create` or `update` answered: the stored version's row, or with
 /// --dry-run the version it would have been.
 fn stored(opts: &ClientOpts, v: &Value, dry_run: bool) {
@@ -260,16 +276,20 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             file,
             dry_run,
         } => {
+            let source = read_file(&file)?;
             let mut req = c.request(Method::POST, "/v1/workflows");
-            if let Some(name) = positional.or(name) {
-                req = req.query(&[("name", &name)]);
+            match positional.or(name) {
+                Some(name) => req = req.query(&[("name", &name)]),
+                None if !names_itself(&source) => bail!(
+                    "give the workflow's name: `fusion wf create NAME --file {}` (or a top-level `name:` in the file; `metadata.name` in a Fission `Workflow`)",
+                    file.display()
+                ),
+                None => {}
             }
             if dry_run {
                 req = req.query(&[("dry_run", "true")]);
             }
-            let req = req
-                .header("content-type", "application/yaml")
-                .body(read_file(&file)?);
+            let req = req.header("content-type", "application/yaml").body(source);
             let v: Value = c.send(req).await?.json().await?;
             warn(&file, &v);
             stored(opts, &v, dry_run);
