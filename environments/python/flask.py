@@ -649,6 +649,23 @@ class _Globals:
         return "<flask.g of fusion>"
 
 
+class Authorization(dict):
+    """werkzeug's Authorization: `type`, `username`, `password`, `token`."""
+
+    def __init__(self, auth_type, data=None, token=None):
+        dict.__init__(self, data or {})
+        self.type = auth_type
+        self.token = token
+
+    @property
+    def username(self):
+        return self.get("username")
+
+    @property
+    def password(self):
+        return self.get("password")
+
+
 class Request:
     """The current request, as flask.request presents it. Built by the runtime."""
 
@@ -782,6 +799,33 @@ class Request:
                     v = v[1:-1]
                 md.add(k, v)
         return md
+
+    @property
+    def origin(self):
+        return self._hd.get("origin")
+
+    @_cached
+    def authorization(self):
+        """werkzeug's Authorization of a Basic or Bearer header, else None."""
+        raw = self._hd.get("authorization")
+        if not raw:
+            return None
+        scheme, _, rest = raw.strip().partition(" ")
+        scheme = scheme.lower()
+        rest = rest.strip()
+        if scheme == "basic":
+            import base64
+            import binascii
+            try:
+                user, sep, pw = base64.b64decode(rest).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            if not sep:
+                return None
+            return Authorization("basic", {"username": user, "password": pw})
+        if scheme == "bearer" and rest:
+            return Authorization("bearer", token=rest)
+        return None
 
     # -- body
     def get_data(self, cache=True, as_text=False, parse_form_data=False):
@@ -1311,3 +1355,11 @@ class Flask:
 
 
 current_app = Flask("fusion")
+
+
+def __getattr__(name):
+    # flask.json, imported on first use (as the stand-in's other modules).
+    if name == "json":
+        import json
+        return json
+    raise AttributeError("module 'flask' (Fusion's stand-in) has no attribute %r" % name)

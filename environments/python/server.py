@@ -241,7 +241,8 @@ def _serve_conn(fd, addr):
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        remote = addr[0] if isinstance(addr, tuple) else str(addr)
+        # A Unix socket's peer has no address: the router, on this host.
+        remote = addr[0] if isinstance(addr, tuple) else "127.0.0.1"
         rd = _Reader(sock)
         while True:
             try:
@@ -393,9 +394,16 @@ def _specialize(v2, body):
             func, shown, app = _load(filepath, name)
         except BaseException as e:
             log_exc("specialize %s entry %r failed:" % (filepath, name))
-            return 500, "specialize %s entry %r failed: %s: %s\n" % (
-                filepath, name, type(e).__name__, e)
+            hint = ""
+            if isinstance(e, ImportError) and "from 'flask'" in str(e) and _shim is not None \
+                    and getattr(_shim, "__version__", "").endswith("fusion.shim"):
+                hint = (" (Fusion's Flask stand-in has only part of Flask: put Flask in "
+                        "the package, requirements.txt: flask)")
+            return 500, "specialize %s entry %r failed: %s: %s%s\n" % (
+                filepath, name, type(e).__name__, e, hint)
         _entry = (filepath, shown)
+        # A Flask app's root: where render_template finds `templates/`.
+        _shim._root_path = filepath if os.path.isdir(filepath) else os.path.dirname(filepath)
         _wsgi = app
         _userfunc = func
     log("specialized %s entry %s%s (%.1f ms)" % (
@@ -533,6 +541,20 @@ def _run_coro(coro):
     return loop.run_until_complete(coro)
 
 
+def _foreign_http_exception(shim, e):
+    """The answer of a werkzeug HTTPException from an installed werkzeug (not
+    the stand-in's), as Flask gives it: its code and description; else None."""
+    code = getattr(e, "code", None)
+    if not (isinstance(code, int) and 100 <= code <= 599):
+        return None
+    if not any(c.__name__ == "HTTPException" and c.__module__.startswith("werkzeug")
+               for c in type(e).__mro__):
+        return None
+    ours = shim.HTTPException(getattr(e, "description", None))
+    ours.code = code
+    return ours.get_response()
+
+
 def _call(method, target, path, headers, hd, body, remote):
     shim = _shim
     req = shim.Request(method, target, path, headers, hd, body, remote)
@@ -546,10 +568,12 @@ def _call(method, target, path, headers, hd, body, remote):
         except shim.HTTPException as e:
             resp = e.get_response()
         except BaseException as e:
-            log_exc("function %s raised:" % _entry[1])
-            # As Flask outside debug mode: the caller learns nothing of the
-            # exception (its message may hold a secret); the log has it all.
-            resp = shim.Response(INTERNAL_ERROR, 500, mimetype="text/plain")
+            resp = _foreign_http_exception(shim, e)
+            if resp is None:
+                log_exc("function %s raised:" % _entry[1])
+                # As Flask outside debug mode: the caller learns nothing of the
+                # exception (its message may hold a secret); the log has it all.
+                resp = shim.Response(INTERNAL_ERROR, 500, mimetype="text/plain")
         return resp._wire()
     except BaseException as e:  # a broken Response object
         log_exc("could not build the response:")

@@ -264,6 +264,27 @@ def g_and_app():
     return {"g": g.get("seen"), "missing": g.get("nope", 0), "app": current_app.name}
 
 
+def echo_auth():
+    a = request.authorization
+    if a is None:
+        return {"auth": None}
+    return {"auth": {"type": a.type, "username": a.username, "password": a.password}}
+
+
+def echo_origin():
+    return {"origin": request.origin}
+
+
+def werkzeug_not_found():
+    from werkzeug.exceptions import NotFound
+    raise NotFound()
+
+
+def flask_json():
+    from flask import json as fjson
+    return fjson.dumps({"b": [1, 2], "a": fjson.loads('"x"')}, sort_keys=True)
+
+
 def flask_origin():
     """Not a case: the harness asks which flask the runtime gave the function."""
     return {"file": flask.__file__}

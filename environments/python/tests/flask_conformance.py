@@ -167,6 +167,12 @@ CASES = [
     ("full_path", req("/echo_full_path/a%2Fb?k=v%20w"), {}),
     ("remote", req("/echo_remote", headers={"X-Forwarded-For": "10.0.0.1, 10.0.0.2"}), {}),
     ("g_and_app", req("/g_and_app"), {}),
+    ("auth_basic", req("/echo_auth", headers={"Authorization": "Basic YWRhOnMzY3I6ZXQ="}), {}),
+    ("auth_none", req("/echo_auth"), {}),
+    ("origin", req("/echo_origin", headers={"Origin": "https://app.example"}), {}),
+    ("werkzeug_not_found", req("/werkzeug_not_found"), {
+        "body": "as abort_404", "content-type": "as body", "content-length": "as body"}),
+    ("flask_json", req("/flask_json"), {}),
 ]
 
 
