@@ -353,3 +353,32 @@ fn pkg_create_without_a_name_makes_one() {
     let p = s.ok("GET", &format!("/v1/packages/{name}"), None);
     assert_eq!(p["environment"], "binary", "{p}");
 }
+
+/// As Fission's CLI: `fn create --url` also makes a route to the function
+/// (GET unless told), and a URL may leave out its leading `/`.
+#[test]
+fn fn_create_with_a_url_makes_its_route() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    let (_dir, code) = hello_file();
+    let (rc, _, err) = s.cli(&[
+        "fn", "create", "hello", "--env", "python", "--code", &code, "--url", "greet",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let route = s.ok("GET", "/v1/routes/greet", None);
+    assert_eq!(route["url"], "/greet", "{route}");
+    assert_eq!(route["function"], "hello", "{route}");
+    assert_eq!(route["methods"], json!(["GET"]), "{route}");
+    assert_eq!(s.get("/greet").status(), 200);
+    // A route that cannot be made says the function was.
+    let (rc, _, err) = s.cli(&[
+        "fn", "create", "hello2", "--env", "python", "--code", &code, "--url", "/greet",
+        "--method", "POST", "--method", "put",
+    ]);
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("function \"hello2\" was created, its route was not"),
+        "{err}"
+    );
+    s.ok("GET", "/v1/functions/hello2", None);
+}

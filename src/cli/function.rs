@@ -13,6 +13,21 @@ use super::{with_headers, ClientOpts, Name, SpecOpt};
 use crate::client::Client;
 use crate::spec::{model::Kind, save};
 
+/// A route made with the function, as Fission's `fn create --url`.
+#[derive(Args)]
+pub(super) struct FnRoute {
+    /// Also create a route from this URL template to the function (as
+    /// `fusion route create --url`).
+    #[arg(long, value_name = "TEMPLATE", conflicts_with = "prefix")]
+    url: Option<String>,
+    /// Or a route from every path below this prefix.
+    #[arg(long, value_name = "PATH")]
+    prefix: Option<String>,
+    /// The route's HTTP method (repeatable; GET when absent, ANY for every one).
+    #[arg(long = "method", value_name = "METHOD")]
+    methods: Vec<String>,
+}
+
 #[derive(Args)]
 pub(super) struct FnFields {
     /// The environment to run in.
@@ -118,6 +133,8 @@ pub(super) enum FnVerb {
         name: Name,
         #[command(flatten)]
         fields: FnFields,
+        #[command(flatten)]
+        route: FnRoute,
         #[command(flatten)]
         spec: SpecOpt,
     },
@@ -406,10 +423,19 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
         FnVerb::Create {
             name,
             mut fields,
+            route,
             spec,
         } => {
             let name = name.get();
+            let at = route
+                .url
+                .clone()
+                .or(route.prefix.clone())
+                .map(super::route::rooted);
             if let Some(target) = spec.target() {
+                if at.is_some() {
+                    bail!("--url and --prefix make a route: with --spec, write it with `fusion route create --spec`");
+                }
                 return save_fn(&c, opts, &target, &name, fields).await;
             }
             // As Fission: a function of a package runs in the package's environment.
@@ -443,6 +469,33 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             let mut body = json!({"name": name});
             merge_fn(&c, opts, &mut body, fields).await?;
             FUNCTIONS.create(&c, opts, &body).await?;
+            // As Fission's CLI: a route to it in the same command.
+            if let Some(at) = at {
+                let methods: Vec<String> = if route.methods.is_empty() {
+                    vec!["GET".into()]
+                } else if route.methods.iter().any(|m| m.eq_ignore_ascii_case("any")) {
+                    Vec::new()
+                } else {
+                    route.methods.iter().map(|m| m.to_uppercase()).collect()
+                };
+                let mut r = json!({
+                    "name": super::route::route_name(&at),
+                    "function": name,
+                    "methods": methods,
+                });
+                let key = if route.prefix.is_some() {
+                    "prefix"
+                } else {
+                    "url"
+                };
+                r[key] = json!(at);
+                super::route::ROUTES
+                    .create(&c, opts, &r)
+                    .await
+                    .map_err(|e| {
+                        anyhow!("function {name:?} was created, its route was not: {e}")
+                    })?;
+            }
         }
         FnVerb::Get {
             name,

@@ -109,8 +109,17 @@ pub(super) const ROUTE_COLUMNS: &[(&str, &str)] = &[
     ("MODE", "/invocation_mode"),
 ];
 
+/// A URL or prefix as Fission's CLI takes it: the leading `/` may be left out.
+pub(super) fn rooted(path: String) -> String {
+    if path.starts_with('/') {
+        path
+    } else {
+        format!("/{path}")
+    }
+}
+
 pub(super) fn merge_route(body: &mut Value, f: RouteFields) {
-    if let Some(u) = f.url {
+    if let Some(u) = f.url.map(rooted) {
         body["url"] = json!(u);
         body.as_object_mut().map(|o| {
             o.remove("prefix");
@@ -120,7 +129,7 @@ pub(super) fn merge_route(body: &mut Value, f: RouteFields) {
     if let Some(keep) = f.keep_prefix {
         body["keep_prefix"] = json!(keep);
     }
-    if let Some(p) = f.prefix {
+    if let Some(p) = f.prefix.map(rooted) {
         body["prefix"] = json!(p);
         body.as_object_mut().map(|o| o.remove("url"));
     }
