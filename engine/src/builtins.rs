@@ -476,6 +476,22 @@ fn binds_as_variable(key: &str) -> bool {
         )
 }
 
+/// Why `url` (an http built-in's, or a task's `run`) cannot be requested, if
+/// it cannot: it must be an http or https URL with a host.
+pub fn bad_url(url: &str) -> Option<String> {
+    let fine = url.parse::<http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+    });
+    (!fine).then(|| format!("{url:?} is not an http or https URL with a host"))
+}
+
+/// Why `method` cannot be an HTTP request's method, if it cannot.
+pub fn bad_method(method: &str) -> Option<String> {
+    http::Method::from_bytes(method.as_bytes())
+        .is_err()
+        .then(|| format!("{method:?} is not an HTTP method (GET, POST, PUT, ...)"))
+}
+
 fn http(inputs: &Inputs) -> Outcome {
     let url = inputs
         .get("url")
@@ -508,13 +524,17 @@ fn http(inputs: &Inputs) -> Outcome {
     } else if !typed(&headers) && inputs.get("body").is_some_and(Value::is_string) {
         headers.push(("Content-Type".into(), "text/plain; charset=utf-8".into()));
     }
+    let method = inputs
+        .get("method")
+        .map(as_text)
+        .unwrap_or_else(|| "GET".into())
+        .to_uppercase();
+    if let Some(why) = bad_url(&url).or_else(|| bad_method(&method)) {
+        return Outcome::Invalid(format!("http: {why}"));
+    }
     Outcome::Http(HttpRequest {
         url,
-        method: inputs
-            .get("method")
-            .map(as_text)
-            .unwrap_or_else(|| "GET".into())
-            .to_uppercase(),
+        method,
         headers,
         body: inputs.get("body").cloned(),
     })

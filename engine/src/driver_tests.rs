@@ -620,6 +620,12 @@ async fn an_input_that_does_not_fit_fails_with_422() {
         .await;
     let s = e.wait(&again.unwrap().id).await.unwrap();
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    // A URL the caller sent that no request can go to.
+    let yaml = "output: A\ntasks:\n  A:\n    run: http\n    inputs:\n      url: \"{ param() }\"\n";
+    let s = run(&e, "get", yaml, json!({"default": "::::"})).await;
+    let err = s.error.unwrap();
+    assert_eq!(err.status, Some(422), "{err:?}");
+    assert!(err.message.contains("not an http or https URL"), "{err:?}");
     let yaml = "output: A\ntasks:\n  A:\n    run: fail\n    inputs: \"{ param() }\"\n";
     let s = run(&e, "no", yaml, json!({"default": "out of stock"})).await;
     let err = s.error.unwrap();

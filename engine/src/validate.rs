@@ -691,7 +691,7 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
         "javascript" => &["expr"],
         "switch" => &["switch"],
         "if" => &["if"],
-        "sleep" => &[],
+        "sleep" | "http" => &[],
         _ => return,
     };
     let inputs = match &task.inputs {
@@ -772,6 +772,37 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
                 );
             }
         }
+        "http" => {
+            let key = if inputs.contains_key("url") {
+                "url"
+            } else {
+                "default"
+            };
+            match literal(key) {
+                Some(Value::String(u)) => {
+                    // As the built-in: a URL without a scheme is http.
+                    let url = match u.contains("://") {
+                        true => u.clone(),
+                        false => format!("http://{u}"),
+                    };
+                    if let Some(why) = crate::builtins::bad_url(&url) {
+                        fault(key, format!("`http` needs `url`: {why}"));
+                    }
+                }
+                None if !inputs.contains_key(key) => {
+                    fault("url", "`http` needs the input `url`".into())
+                }
+                Some(v) if !v.is_string() => {
+                    fault(key, format!("`http` needs `url`, a string, not {v}"))
+                }
+                _ => {}
+            }
+            if let Some(Value::String(m)) = literal("method") {
+                if let Some(why) = crate::builtins::bad_method(&m.to_uppercase()) {
+                    fault("method", format!("`http`: {why}"));
+                }
+            }
+        }
         "sleep" => {
             let key = if inputs.contains_key("default") {
                 "default"
@@ -833,6 +864,16 @@ fn check_task(
             errors,
             "invalid_run",
             format!("task {id:?}: `run` must name a built-in, a function or a workflow, not an expression; choose between tasks with `if` or `switch`"),
+            at.value(&["tasks", id, "run"]),
+        );
+    } else if let Some(why) = crate::driver::is_url(&task.run)
+        .then(|| crate::builtins::bad_url(&task.run))
+        .flatten()
+    {
+        push(
+            errors,
+            "invalid_run",
+            format!("task {id:?}: {why}"),
             at.value(&["tasks", id, "run"]),
         );
     } else if !is_builtin(&task.target())
@@ -939,7 +980,28 @@ fn check_task(
             at.text_after(&["tasks", id, "inputs"], "onFailure"),
         );
     }
-    // Embedded task specs must run something that exists too.
+    // Embedded task specs have a task's keys (a typo such as `requirez:`
+    // would be ignored), and must run something that exists too.
+    let mut specs = Vec::new();
+    embedded_task_keys(&inputs, &mut specs);
+    if !specs.is_empty() {
+        let known = schema_keys(Some("TaskSpec"));
+        for key in specs {
+            if !known.contains(&key) && !EXTRA_TASK_KEYS.contains(&key.as_str()) {
+                let mut names: Vec<&str> = known.iter().map(String::as_str).collect();
+                names.sort_unstable();
+                push(
+                    errors,
+                    "unknown_key",
+                    format!(
+                        "task {id:?}: an embedded task has no key {key:?} (known keys: {})",
+                        names.join(", ")
+                    ),
+                    at.text_after(&["tasks", id, "inputs"], &key),
+                );
+            }
+        }
+    }
     let mut nested = Vec::new();
     embedded_runs(&inputs, &mut nested);
     for run in nested {
@@ -1195,6 +1257,20 @@ pub fn names_run_by(spec: &WorkflowSpec) -> BTreeSet<String> {
         }
     }
     out
+}
+
+/// The keys of every task spec embedded in `v`.
+fn embedded_task_keys(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if is_task_spec(v) {
+                out.extend(m.keys().cloned());
+            }
+            m.values().for_each(|x| embedded_task_keys(x, out));
+        }
+        Value::Array(items) => items.iter().for_each(|x| embedded_task_keys(x, out)),
+        _ => {}
+    }
 }
 
 fn embedded_runs(v: &Value, out: &mut Vec<String>) {
@@ -1468,6 +1544,10 @@ mod tests {
             ("    run: foreach\n    inputs:\n      foreach: 3\n      do: {run: noop}\n", "a list", 6),
             ("    run: sleep\n    inputs: banana\n", "needs a duration", 5),
             ("    run: sleep\n    inputs:\n      duration: banana\n", "needs a duration", 6),
+            ("    run: http\n    inputs:\n      url: \"::::\"\n", "not an http or https URL", 6),
+            ("    run: http\n    inputs: \"http://[::1\"\n", "not an http or https URL", 5),
+            ("    run: http\n    inputs:\n      url: example.test\n      method: BAD METHOD\n", "not an HTTP method", 7),
+            ("    run: http\n", "needs the input `url`", 4),
         ] {
             let e = check(&task(body));
             assert_eq!(e.len(), 1, "{body}: {e:?}");
@@ -1483,9 +1563,20 @@ mod tests {
             "    run: sleep\n    inputs: 5s\n",
             "    run: sleep\n",
             "    run: repeat\n    inputs:\n      times: 0\n      do: {run: noop}\n",
+            "    run: http\n    inputs:\n      url: example.test/x\n      method: post\n",
+            "    run: http\n    inputs:\n      url: \"{ param() }\"\n",
         ] {
             assert!(check(&task(body)).is_empty(), "{body}: {:?}", check(&task(body)));
         }
+        // A key an embedded task does not have.
+        let e = check(&task("    run: foreach\n    inputs:\n      foreach: [1]\n      do: {run: noop, requirez: 1}\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].code, e[0].line), ("unknown_key", 7), "{e:?}");
+        assert!(e[0].message.contains("\"requirez\""), "{e:?}");
+        // A URL as a task's `run` is one too.
+        let e = check(&task("    run: \"http://[::1\"\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].code, "invalid_run", "{e:?}");
     }
 
     #[test]
