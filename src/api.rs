@@ -162,6 +162,11 @@ pub async fn method_not_allowed(req: Request) -> Response {
 /// a body nested past `engine::document::MAX_DOCUMENT_DEPTH` is refused unparsed.
 /// A field with a wrong value is named (`field "poolsize": invalid type ...`).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::Invalid(
+            "the request body is empty: send the resource as JSON".into(),
+        ));
+    }
     engine::document::check_json(body).map_err(|e| Error::TooDeep(e.to_string()))?;
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de)
@@ -170,12 +175,79 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     Ok(value)
 }
 
+/// What a JSON value is, as its reader says it.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// serde's words for what it expected, in a JSON user's: `struct Function
+/// with 13 elements` is an object, `u32` a whole number, a `sequence` a list.
+fn plain(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("struct ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "struct ".len()..];
+        let name_end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        if name_end == 0 || !after.starts_with(|c: char| c.is_ascii_uppercase()) {
+            out.push_str("struct ");
+            rest = after;
+            continue;
+        }
+        out.push_str("an object");
+        rest = &after[name_end..];
+        // " with 9 elements" / " with 1 element"
+        if let Some(w) = rest.strip_prefix(" with ") {
+            if let Some(end) = w.find(" element") {
+                if w[..end].bytes().all(|b| b.is_ascii_digit()) {
+                    let tail = &w[end + " element".len()..];
+                    rest = tail.strip_prefix('s').unwrap_or(tail);
+                }
+            }
+        }
+    }
+    out.push_str(rest);
+    let mut out = out.replace("invalid type: sequence", "invalid type: a list");
+    out = out.replace("invalid type: map", "invalid type: an object");
+    for (rust, words) in [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number from 0"),
+        ("expected usize", "expected a whole number from 0"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ] {
+        if let Some(at) = out.find(rust) {
+            let end = at + rust.len();
+            // Not a prefix of a longer name (`u32` in `u320`).
+            if !out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                out.replace_range(at..end, words);
+            }
+        }
+    }
+    out
+}
+
 /// A JSON error as one line: where it is, and which field when the JSON is
 /// well-formed but a value is wrong.
 fn json_error(path: String, inner: serde_json::Error) -> Error {
     let (line, column) = (inner.line(), inner.column());
     // serde_json ends its message with the position; it is said once, below.
-    let text = inner.to_string();
+    let text = plain(&inner.to_string());
     let text = text
         .strip_suffix(&format!(" at line {line} column {column}"))
         .unwrap_or(&text);
@@ -193,7 +265,7 @@ fn json_error(path: String, inner: serde_json::Error) -> Error {
 fn from_value<T: DeserializeOwned>(kind: &str, value: serde_json::Value) -> Result<T, Error> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        let inner = plain(&e.into_inner().to_string());
         if path == "." {
             Error::Invalid(format!("invalid {kind}: {inner}"))
         } else {
@@ -226,6 +298,13 @@ impl Ns {
     /// it; one that names another is refused.
     fn parse<T: DeserializeOwned>(&self, kind: &str, body: &[u8]) -> ApiResult<T> {
         let mut value: serde_json::Value = parse_json(body)?;
+        if !value.is_object() {
+            // serde would read a list as the fields in order.
+            return Err(Error::Invalid(format!(
+                "invalid {kind}: send a JSON object ({{\"name\": ...}}), not {}",
+                json_kind(&value)
+            )));
+        }
         if let Some(fields) = value.as_object_mut() {
             fields.remove("status");
             match fields.get("namespace").and_then(serde_json::Value::as_str) {
@@ -778,6 +857,38 @@ mod tests {
 
     fn message(e: Error) -> String {
         e.to_string()
+    }
+
+    /// What a resource's JSON got wrong, in a JSON user's words: no Rust
+    /// type names.
+    #[test]
+    fn json_mistakes_are_said_without_rust_types() {
+        let env = |body: &str| {
+            let e = Ns::default()
+                .parse::<pool_manager::Environment>("environment", body.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("struct") && !e.contains("u32"), "{e}");
+            e
+        };
+        let e = env("[1, 2]");
+        assert!(e.contains("send a JSON object"), "{e}");
+        assert!(e.ends_with("not a list"), "{e}");
+        let e = env(r#"{"name": "x", "runtime": "python", "poolsize": "3"}"#);
+        assert!(e.contains("expected a whole number"), "{e}");
+        assert!(env("").contains("the request body is empty"));
+        assert!(env("  ").contains("the request body is empty"));
+        let e = env(r#"{"name": "x", "runtime": "python", "poolsize": -1}"#);
+        assert!(e.contains("poolsize"), "{e}");
+        assert_eq!(
+            plain("invalid type: map, expected struct ObjectRef with 1 element"),
+            "invalid type: an object, expected an object"
+        );
+        assert_eq!(
+            plain("invalid type: string \"x\", expected u32"),
+            "invalid type: string \"x\", expected a whole number from 0 to 4294967295"
+        );
+        assert_eq!(plain("a struct of ours"), "a struct of ours");
     }
 
     #[test]

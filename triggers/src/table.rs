@@ -60,8 +60,13 @@ impl Template {
                 let (name, pattern) = match inner.split_once(':') {
                     Some((name, source)) => {
                         let re = regex::Regex::new(&format!("^(?:{source})$")).map_err(|e| {
+                            // The regex crate draws the place over lines; its
+                            // last line says what is wrong.
+                            let text = e.to_string();
+                            let why = text.lines().last().unwrap_or_default();
+                            let why = why.strip_prefix("error: ").unwrap_or(why);
                             Error::Invalid(format!(
-                                "route url {url:?}: parameter {name:?}: the pattern {source:?} is not a regular expression: {e}"
+                                "route url {url:?}: parameter {name:?}: the pattern {source:?} is not a regular expression: {why}"
                             ))
                         })?;
                         (
@@ -339,6 +344,8 @@ mod tests {
         assert!(t.match_exact("/code/abc-12").is_none());
         let e = Template::parse("/bad/{id:[0-9}").unwrap_err().to_string();
         assert!(e.contains("not a regular expression"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert!(e.ends_with("unclosed character class"), "{e}");
         // The patterned route is tried before the plain one at the same place.
         let table = RouteTable::new([
             route("plain", Some("/n/{name}"), None, &[]),

@@ -85,9 +85,15 @@ impl TimeTrigger {
                 self.method
             )));
         }
-        if !self.subpath.starts_with('/') || self.subpath.parse::<http::Uri>().is_err() {
+        if !self.subpath.starts_with('/') {
             return Err(Error::Invalid(format!(
                 "time trigger: field \"subpath\": {:?} is not a path starting with '/'",
+                self.subpath
+            )));
+        }
+        if self.subpath.parse::<http::Uri>().is_err() || self.subpath.contains('#') {
+            return Err(Error::Invalid(format!(
+                "time trigger: field \"subpath\": {:?} is not a URL path: percent-encode a space, '#' or other such characters (%20, %23)",
                 self.subpath
             )));
         }
@@ -177,6 +183,10 @@ mod tests {
             serde_json::json!({"name": "t", "cron": "@hourly", "function": "f", "subpath": "x"}),
         );
         assert!(e.contains("field \"subpath\""), "{e}");
+        let e = err(
+            serde_json::json!({"name": "t", "cron": "@hourly", "function": "f", "subpath": "/a b#c"}),
+        );
+        assert!(e.contains("percent-encode"), "{e}");
         let e = err(serde_json::json!({"name": "T", "cron": "@hourly", "function": "f"}));
         assert!(e.contains("DNS-1123"), "{e}");
     }
