@@ -382,3 +382,16 @@ fn fn_create_with_a_url_makes_its_route() {
     );
     s.ok("GET", "/v1/functions/hello2", None);
 }
+
+/// Fission's spellings: `-n` for the namespace, `fn delete --ignorenotfound`.
+#[test]
+fn fissions_short_namespace_and_ignorenotfound() {
+    let s = Server::start();
+    let (rc, _, err) = s.cli(&["env", "create", "py", "--runtime", "python", "-n", "shop"]);
+    assert_eq!(rc, 0, "{err}");
+    s.ok("GET", "/v1/environments/py?namespace=shop", None);
+    let (rc, _, _) = s.cli(&["fn", "delete", "nope"]);
+    assert_ne!(rc, 0);
+    let (rc, out, err) = s.cli(&["fn", "delete", "nope", "--ignorenotfound"]);
+    assert_eq!((rc, out.as_str()), (0, ""), "{err}");
+}

@@ -165,6 +165,9 @@ pub(super) enum FnVerb {
     Delete {
         #[command(flatten)]
         name: Name,
+        /// A function that does not exist is no error (Fission's flag).
+        #[arg(long = "ignorenotfound", alias = "ignore-not-found")]
+        ignore_not_found: bool,
     },
     /// Call the function and print its answer.
     Test {
@@ -513,7 +516,14 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             merge_fn(&c, opts, &mut body, fields).await?;
             FUNCTIONS.replace(&c, opts, &name, &body).await?;
         }
-        FnVerb::Delete { name } => FUNCTIONS.delete(&c, opts, &name.get()).await?,
+        FnVerb::Delete {
+            name,
+            ignore_not_found,
+        } => match FUNCTIONS.delete(&c, opts, &name.get()).await {
+            Err(e) if ignore_not_found && e.downcast_ref::<crate::client::NotFound>().is_some() => {
+            }
+            other => other?,
+        },
         FnVerb::Test {
             name,
             method,

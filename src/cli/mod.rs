@@ -77,6 +77,7 @@ pub(super) struct NsOpt {
     /// The namespace (names are unique per namespace).
     #[arg(
         long,
+        short = 'n',
         env = "FUSION_NAMESPACE",
         default_value = "default",
         global = true
