@@ -180,6 +180,19 @@ fn an_async_call_is_accepted_with_a_location_that_answers() {
     );
     assert_eq!(rest["invocations"].as_array().unwrap().len(), 2, "{rest}");
     assert_eq!(rest["next_cursor"], Value::Null);
+    // Several statuses at once, as the run history takes them.
+    let both = s.ok(
+        "GET",
+        "/v1/invocations?function=shout&status=succeeded,failed,queued,running",
+        None,
+    );
+    assert_eq!(both["invocations"].as_array().unwrap().len(), 4, "{both}");
+    let (st, e) = s.call("DELETE", "/v1/deadletters?function=Bad_Name", None);
+    assert_eq!(st, 400, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("DNS-1123"),
+        "{e}"
+    );
     let (st, e) = s.call("GET", "/v1/invocations?status=lost", None);
     assert_eq!(
         (st, e["error"]["code"].as_str()),

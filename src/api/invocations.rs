@@ -46,21 +46,27 @@ fn bad(code: &str, message: String) -> Response {
 async fn page(s: &AppState, q: ListQuery, status: Option<Status>) -> ApiResult<Response> {
     let namespace = q.namespace.as_deref().unwrap_or("default");
     pool_manager::resources::validate_name("namespace", namespace)?;
-    let status = match (status, q.status.as_deref()) {
-        (Some(s), _) => Some(s),
-        (None, None | Some("")) => None,
-        (None, Some(text)) => match Status::parse(text) {
-            Some(s) => Some(s),
-            None => {
-                return Ok(bad(
-                    "invalid_status",
-                    format!(
-                        "unknown status {text:?}: use queued, running, succeeded, failed or dead"
-                    ),
-                ))
+    // One status or several (`failed,dead`), as the run history takes them.
+    let mut statuses = Vec::new();
+    match (status, q.status.as_deref()) {
+        (Some(s), _) => statuses.push(s),
+        (None, None | Some("")) => {}
+        (None, Some(text)) => {
+            for one in text.split(',').map(str::trim) {
+                match Status::parse(one) {
+                    Some(s) => statuses.push(s),
+                    None => {
+                        return Ok(bad(
+                            "invalid_status",
+                            format!(
+                                "unknown status {one:?}: use queued, running, succeeded, failed or dead (or several: failed,dead)"
+                            ),
+                        ))
+                    }
+                }
             }
-        },
-    };
+        }
+    }
     let function = match q.function.as_deref().filter(|f| !f.is_empty()) {
         Some(f) => {
             pool_manager::resources::validate_name("function", f)?;
@@ -90,7 +96,7 @@ async fn page(s: &AppState, q: ListQuery, status: Option<Status>) -> ApiResult<R
     let filter = Filter {
         function,
         namespace: Some(namespace.to_string()),
-        status,
+        statuses,
     };
     let (items, next) = s
         .triggers
@@ -121,6 +127,14 @@ async fn purge(
     State(s): State<AppState>,
     Query(q): Query<PurgeQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    if let Some(ns) = q.namespace.as_deref() {
+        pool_manager::resources::validate_name("namespace", ns)?;
+    }
+    if let Some(f) = q.function.as_deref() {
+        // As the listing: a name that cannot be a function's is a mistake,
+        // not an empty purge.
+        pool_manager::resources::validate_name("function", f)?;
+    }
     let function = q.function.map(|f| match q.namespace.as_deref() {
         Some(ns) => pool_manager::resources::qualified(ns, &f),
         None => f,

@@ -30,7 +30,8 @@ pub struct Filter {
     /// The function's key (`name`, or `namespace/name`).
     pub function: Option<String>,
     pub namespace: Option<String>,
-    pub status: Option<Status>,
+    /// Invocations in any of these statuses (every status when empty).
+    pub statuses: Vec<Status>,
 }
 
 fn encode(inv: &Invocation) -> Result<Vec<u8>> {
@@ -182,30 +183,32 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<Invocation>, Option<String>)> {
         // The ids to look at, newest first, from the smallest set that holds them.
-        let ids: Box<dyn Iterator<Item = sled::Result<Vec<u8>>>> =
-            match (&filter.function, filter.status) {
-                (Some(f), _) => {
-                    let prefix = index_key(f, "");
-                    let end = match before {
-                        Some(b) => index_key(f, b),
-                        None => {
-                            let mut e = prefix.clone();
-                            e.push(0xff);
-                            e
-                        }
-                    };
-                    let skip = prefix.len();
-                    Box::new(
-                        self.by_function
-                            .range(prefix..end)
-                            .rev()
-                            .map(move |kv| kv.map(|(k, _)| k[skip..].to_vec())),
-                    )
-                }
-                (None, Some(Status::Dead)) => Box::new(Self::newest(&self.dead, before)),
-                (None, Some(s)) if s.is_pending() => Box::new(Self::newest(&self.pending, before)),
-                (None, _) => Box::new(Self::newest(&self.records, before)),
-            };
+        let only = |pick: fn(&Status) -> bool| {
+            !filter.statuses.is_empty() && filter.statuses.iter().all(pick)
+        };
+        let ids: Box<dyn Iterator<Item = sled::Result<Vec<u8>>>> = match &filter.function {
+            Some(f) => {
+                let prefix = index_key(f, "");
+                let end = match before {
+                    Some(b) => index_key(f, b),
+                    None => {
+                        let mut e = prefix.clone();
+                        e.push(0xff);
+                        e
+                    }
+                };
+                let skip = prefix.len();
+                Box::new(
+                    self.by_function
+                        .range(prefix..end)
+                        .rev()
+                        .map(move |kv| kv.map(|(k, _)| k[skip..].to_vec())),
+                )
+            }
+            None if only(|s| *s == Status::Dead) => Box::new(Self::newest(&self.dead, before)),
+            None if only(|s| s.is_pending()) => Box::new(Self::newest(&self.pending, before)),
+            None => Box::new(Self::newest(&self.records, before)),
+        };
         let mut out = Vec::new();
         for id in ids {
             let id = id?;
@@ -213,7 +216,7 @@ impl Store {
                 continue;
             };
             let inv = decode(&v)?;
-            if filter.status.is_some_and(|s| s != inv.status)
+            if !(filter.statuses.is_empty() || filter.statuses.contains(&inv.status))
                 || filter
                     .namespace
                     .as_deref()
@@ -371,10 +374,18 @@ mod tests {
         dead.status = Status::Dead;
         store.save(&dead).await.unwrap();
         let deads = Filter {
-            status: Some(Status::Dead),
+            statuses: vec![Status::Dead],
             ..Filter::default()
         };
         assert_eq!(ids(&store.page(&deads, None, 10).unwrap().0), ["02"]);
+        let either = Filter {
+            statuses: vec![Status::Dead, Status::Queued],
+            ..Filter::default()
+        };
+        assert_eq!(
+            ids(&store.page(&either, None, 10).unwrap().0),
+            ["04", "03", "02", "01"]
+        );
         assert_eq!(store.pending().unwrap(), ["01", "03", "04"]);
         assert_eq!(&store.body("02").unwrap()[..], b"x");
     }
