@@ -231,6 +231,14 @@ fn foreach(inputs: &Inputs) -> Outcome {
     else {
         return Outcome::Invalid("foreach needs the input `do`, a task or a workflow".into());
     };
+    // Said before a task is made: a run holds at most so many.
+    let most = crate::driver::MAX_TASKS_PER_RUN;
+    if items.len() > most {
+        return Outcome::Invalid(format!(
+            "foreach: {} items, more than the {most} tasks a run may hold",
+            items.len()
+        ));
+    }
     let collect = inputs.get("collect").map(truthy).unwrap_or(true);
     let sequential = inputs.get("sequential").map(truthy).unwrap_or(false);
     let limit = if sequential {

@@ -620,6 +620,12 @@ async fn an_input_that_does_not_fit_fails_with_422() {
         .await;
     let s = e.wait(&again.unwrap().id).await.unwrap();
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    // More items than a run may hold, sent by the caller.
+    let many: Vec<u32> = vec![0; crate::driver::MAX_TASKS_PER_RUN + 1];
+    let s = run(&e, "many", "output: A\ntasks:\n  A:\n    run: foreach\n    inputs:\n      foreach: \"{ param() }\"\n      do: {run: noop}\n", json!({"default": many})).await;
+    let err = s.error.unwrap();
+    assert_eq!(err.status, Some(422), "{err:?}");
+    assert!(err.message.contains("100001 items"), "{err:?}");
     // A URL the caller sent that no request can go to.
     let yaml = "output: A\ntasks:\n  A:\n    run: http\n    inputs:\n      url: \"{ param() }\"\n";
     let s = run(&e, "get", yaml, json!({"default": "::::"})).await;
