@@ -577,15 +577,18 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     triggers.invocations.shutdown();
     let _ = stop_tx.send(true);
     let grace = Duration::from_millis(args.shutdown_grace_ms);
-    let drained = tokio::time::timeout(grace, async {
-        let _ = router_server.await;
-        let _ = api_server.await;
-    })
-    .await;
+    // Message-queue triggers take no new message and settle those in flight
+    // within the same grace, beside the listeners' requests.
+    let (drained, ()) = tokio::join!(
+        tokio::time::timeout(grace, async {
+            let _ = router_server.await;
+            let _ = api_server.await;
+        }),
+        triggers.mqt.stop(grace),
+    );
     if drained.is_err() {
         tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
     }
-    triggers.mqt.stop();
     engine.shutdown().await;
     pool.shutdown(Duration::from_secs(5)).await;
     db.flush_async().await?;

@@ -889,3 +889,148 @@ fn a_dead_letter_is_also_published_to_the_configured_subject() {
     let listed = s.ok("GET", "/v1/deadletters", None);
     assert_eq!(listed["invocations"][0]["id"], id.as_str(), "{listed}");
 }
+
+/// An update while a message is in flight settles it (its answer published,
+/// acked) before the new consumer starts, and hands back the messages held
+/// but not started: none runs twice, none waits out its ack wait.
+#[test]
+fn an_update_settles_the_message_in_flight_and_hands_back_the_rest() {
+    let nats = Nats::start();
+    nats.create_stream("FLOW", &["flow.>"]);
+    let s = server(&nats);
+    let probe = Probe::start();
+    s.function("slow", "binary", "slow.sh", &echo(&probe, true), json!({}));
+    let (rc, out, err) = s.cli(&[
+        "mqt",
+        "create",
+        "flow",
+        "--mqtype",
+        "nats-jetstream",
+        "--topic",
+        "flow.in",
+        "--function",
+        "slow",
+        "--resptopic",
+        "flow.out",
+        "--concurrency",
+        "1",
+    ]);
+    assert_eq!(rc, 0, "{out}{err}");
+    wait_state(&s, "flow", "running", Duration::from_secs(20));
+    const N: usize = 5;
+    for i in 0..N {
+        nats.publish("flow.in", &format!("m{i}"), &[("X-Order", &i.to_string())]);
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the first message is in flight",
+        || probe.lines("calls").len() == 1,
+    );
+    std::thread::scope(|scope| {
+        let update = scope.spawn(|| s.cli(&["mqt", "update", "flow", "--maxretries", "3"]));
+        // The old consumer is being stopped (the trigger shows no consumer
+        // of its own meanwhile): let its call finish.
+        eventually(
+            Duration::from_secs(20),
+            "the update stops the consumer",
+            || state(&s, "flow")["message"] == "starting",
+        );
+        probe.open("go");
+        let (rc, out, err) = update.join().unwrap();
+        assert_eq!(rc, 0, "{out}{err}");
+    });
+    eventually(Duration::from_secs(60), "every message is answered", || {
+        nats.messages("FLOW", "flow.out").len() >= N
+    });
+    let calls = counts(&probe.lines("calls"));
+    assert_eq!(calls.len(), N, "{calls:?}");
+    assert!(
+        calls.values().all(|n| *n == 1),
+        "each called once: {calls:?}"
+    );
+    let answers: Vec<String> = nats
+        .messages("FLOW", "flow.out")
+        .iter()
+        .map(|m| m.payload.clone())
+        .collect();
+    let want: Vec<String> = (0..N).map(|i| format!("{i}:m{i}")).collect();
+    assert_eq!(answers, want, "in order");
+    let consumer = nats.consumer_state("FLOW", "fusion-mqt-default-flow");
+    assert_eq!(consumer.ack_pending, 0, "{consumer:?}");
+}
+
+/// A durable consumer is one trigger's: a second trigger naming it is
+/// refused, and a delete leaves a consumer Fusion did not make.
+#[test]
+fn a_consumer_is_one_triggers_and_a_delete_leaves_the_users_own() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    let s = server(&nats);
+    let probe = Probe::start();
+    s.function(
+        "hello",
+        "binary",
+        "hello.sh",
+        &echo(&probe, false),
+        json!({}),
+    );
+    let create = |name: &str, consumer: &str| {
+        s.cli(&[
+            "mqt",
+            "create",
+            name,
+            "--mqtype",
+            "nats-jetstream",
+            "--topic",
+            "orders.new",
+            "--function",
+            "hello",
+            "--metadata",
+            &format!("consumer={consumer}"),
+        ])
+    };
+    let (rc, out, err) = create("first", "shared");
+    assert_eq!(rc, 0, "{out}{err}");
+    // The function gets Fission's header for the topic.
+    let topics = format!(
+        "#!/bin/sh\n{}\n",
+        probe.curl("/log/topics?$HTTP_X_FISSION_MQTRIGGER_TOPIC")
+    );
+    s.function("topics", "binary", "topics.sh", &topics, json!({}));
+    let (rc, out, err) = s.cli(&[
+        "mqt",
+        "create",
+        "headers",
+        "--mqtype",
+        "nats-jetstream",
+        "--topic",
+        "orders.seen",
+        "--function",
+        "topics",
+    ]);
+    assert_eq!(rc, 0, "{out}{err}");
+    wait_state(&s, "headers", "running", Duration::from_secs(20));
+    nats.publish("orders.seen", "x", &[]);
+    eventually(Duration::from_secs(20), "the topic header arrives", || {
+        probe.lines("topics") == ["orders.seen"]
+    });
+    let (rc, _, err) = create("second", "shared");
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("consumer \"shared\" is trigger \"first\"'s"),
+        "{err}"
+    );
+    // A consumer of the user's, named by a trigger that then goes.
+    nats.create_consumer("ORDERS", "theirs");
+    let (rc, out, err) = create("borrowing", "theirs");
+    assert_eq!(rc, 0, "{out}{err}");
+    let (rc, out, err) = s.cli(&["mqt", "delete", "borrowing"]);
+    assert_eq!(rc, 0, "{out}{err}");
+    wait_state(&s, "first", "running", Duration::from_secs(20));
+    let (rc, out, err) = s.cli(&["mqt", "delete", "first"]);
+    assert_eq!(rc, 0, "{out}{err}");
+    // Fusion's own consumer went with its trigger; the user's stayed.
+    let (rc, out, err) = s.cli(&["mqt", "delete", "headers"]);
+    assert_eq!(rc, 0, "{out}{err}");
+    assert_eq!(nats.consumers("ORDERS"), vec!["theirs"]);
+}

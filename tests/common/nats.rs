@@ -135,6 +135,21 @@ impl Nats {
             .expect("create stream");
     }
 
+    /// A durable pull consumer of the user's own, made outside Fusion.
+    pub fn create_consumer(&self, stream: &str, name: &str) {
+        let js = self.js();
+        self.rt.block_on(async move {
+            let s = js.get_stream(stream).await.expect("stream");
+            s.create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(name.to_string()),
+                description: Some("the user's".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("create consumer");
+        });
+    }
+
     /// Publishes through JetStream and waits for the stream's ack; the
     /// message's stream sequence.
     pub fn publish(&self, subject: &str, payload: &str, headers: &[(&str, &str)]) -> u64 {

@@ -48,6 +48,7 @@ pub(super) async fn supervise(
     settings: Settings,
     invoker: Invoker,
     status: Arc<StatusCell>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(target) = trigger.target() else {
         status.set(State::Error, "the trigger has no target".into());
@@ -56,9 +57,24 @@ pub(super) async fn supervise(
     let mut backoff = Backoff::new();
     let mut last = String::new();
     loop {
+        if *stop.borrow() {
+            return;
+        }
         status.set(State::Connecting, format!("connecting to {}", settings.url));
         let started = tokio::time::Instant::now();
-        let err = run(&trigger, &settings, &target, &invoker, &status).await;
+        // Not raced against the stop: `run` settles what it holds first.
+        let err = run(
+            &trigger,
+            &settings,
+            &target,
+            &invoker,
+            &status,
+            stop.clone(),
+        )
+        .await;
+        if *stop.borrow() {
+            return;
+        }
         // Said once, not at every retry.
         if err != last {
             tracing::warn!(trigger = %trigger.key(), "message-queue trigger: {err}");
@@ -72,7 +88,19 @@ pub(super) async fn supervise(
             State::Error,
             format!("{err} (retrying in {} ms)", wait.as_millis()),
         );
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            () = stopped(stop.clone()) => return,
+        }
+    }
+}
+
+/// Resolves once the trigger is asked to stop (or its handle is gone).
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -96,6 +124,7 @@ async fn run(
     target: &Target,
     invoker: &Invoker,
     status: &Arc<StatusCell>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> String {
     let client = match async_nats::ConnectOptions::new()
         .name(format!("fusion mqtrigger {}", trigger.key()))
@@ -125,10 +154,30 @@ async fn run(
         Err(e) => return format!("stream {stream_name:?} on {}: {e}", settings.url),
     };
     let concurrency = trigger.concurrency as usize;
+    // A consumer that was there before, not made by Fusion for this trigger
+    // (a user's own, named with `--metadata consumer=`), is used as it is:
+    // neither changed nor, at the trigger's delete, removed.
+    if let Ok(info) = stream.consumer_info(&settings.consumer).await {
+        if info.config.description.as_deref() != Some(description(&trigger.key()).as_str()) {
+            return match stream
+                .get_consumer::<pull::Config>(&settings.consumer)
+                .await
+            {
+                Ok(consumer) => {
+                    consume(trigger, settings, target, invoker, status, stop, &stream_name, js, consumer)
+                        .await
+                }
+                Err(e) => format!(
+                    "consumer {:?} on stream {stream_name:?} is not Fusion's, and it cannot be used as a pull consumer: {e}",
+                    settings.consumer
+                ),
+            };
+        }
+    }
     let consumer: jetstream::consumer::PullConsumer = match stream
         .create_consumer(pull::Config {
             durable_name: Some(settings.consumer.clone()),
-            description: Some(format!("Fusion message-queue trigger {}", trigger.key())),
+            description: Some(description(&trigger.key())),
             filter_subject: trigger.topic.clone(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: settings.ack_wait,
@@ -154,6 +203,34 @@ async fn run(
             )
         }
     };
+    consume(
+        trigger,
+        settings,
+        target,
+        invoker,
+        status,
+        stop,
+        &stream_name,
+        js,
+        consumer,
+    )
+    .await
+}
+
+/// Consumes from `consumer` until a failure (returned) or the stop.
+#[allow(clippy::too_many_arguments)]
+async fn consume(
+    trigger: &MessageQueueTrigger,
+    settings: &Settings,
+    target: &Target,
+    invoker: &Invoker,
+    status: &Arc<StatusCell>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    stream_name: &str,
+    js: jetstream::Context,
+    consumer: jetstream::consumer::PullConsumer,
+) -> String {
+    let concurrency = trigger.concurrency as usize;
     let mut messages = match consumer
         .stream()
         .max_messages_per_batch(2 * concurrency)
@@ -183,6 +260,23 @@ async fn run(
     let mut inflight: JoinSet<Result<(), String>> = JoinSet::new();
     loop {
         tokio::select! {
+            () = stopped(stop.clone()) => {
+                // Stopping (an update, a delete, the server's shutdown): the
+                // messages held but not started go back at once, so that the
+                // next consumer need not wait out their ack wait; those in
+                // flight are settled and acked, so that none runs twice.
+                while let Ok(Some(Ok(held))) =
+                    tokio::time::timeout(Duration::from_millis(50), messages.next()).await
+                {
+                    let _ = held.ack_with(AckKind::Nak(None)).await;
+                }
+                while let Some(done) = inflight.join_next().await {
+                    if let Ok(Err(e)) = done {
+                        tracing::warn!(trigger = %trigger.key(), "{e}");
+                    }
+                }
+                return "stopped".into();
+            }
             next = messages.next(), if inflight.len() < concurrency => match next {
                 None => return "the consumer's message stream ended".into(),
                 Some(Err(e)) => return format!("consuming {:?}: {e}", trigger.topic),
@@ -333,6 +427,14 @@ impl Job {
         put(IDEMPOTENCY_KEY, key);
         put("X-Fusion-Topic", message.subject.as_str());
         put("X-Fusion-Attempt", &attempt.to_string());
+        // As Fission's message-queue triggers send them.
+        put("X-Fission-MQTrigger-Topic", message.subject.as_str());
+        if let Some(t) = &self.trigger.resp_topic {
+            put("X-Fission-MQTrigger-RespTopic", t);
+        }
+        if let Some(t) = &self.trigger.error_topic {
+            put("X-Fission-MQTrigger-ErrorTopic", t);
+        }
         let resp = self.invoker.call(&self.target, req, "/", &[]).await;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
@@ -510,7 +612,16 @@ pub(super) async fn publish(
 
 /// Deletes the trigger's durable consumer (when the trigger is deleted or
 /// moves to another subject or stream); best effort, bounded in time.
-pub(super) async fn delete_consumer(topic: String, settings: Settings) {
+/// What a consumer Fusion made for trigger `key` says of itself: how a
+/// delete knows the consumer is its own to remove.
+fn description(key: &str) -> String {
+    format!("Fusion message-queue trigger {key}")
+}
+
+/// Deletes trigger `key`'s consumer, if it made it: one that was there
+/// before (a consumer of the user's, named with `--metadata consumer=`) is
+/// left alone.
+pub(super) async fn delete_consumer(topic: String, settings: Settings, key: &str) {
     let work = async {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
@@ -525,7 +636,19 @@ pub(super) async fn delete_consumer(topic: String, settings: Settings) {
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        js.delete_consumer_from_stream(&settings.consumer, &stream)
+        let stream = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+        let info = stream
+            .consumer_info(&settings.consumer)
+            .await
+            .map_err(|e| e.to_string())?;
+        if info.config.description.as_deref() != Some(description(key).as_str()) {
+            return Err(format!(
+                "it is not the one Fusion made for trigger {key} (its description is {:?})",
+                info.config.description.as_deref().unwrap_or_default()
+            ));
+        }
+        stream
+            .delete_consumer(&settings.consumer)
             .await
             .map_err(|e| e.to_string())?;
         Ok::<(), String>(())

@@ -35,6 +35,29 @@ pub struct TriggerView {
 struct Running {
     task: JoinHandle<()>,
     status: Arc<StatusCell>,
+    /// Set to ask the consumer to stop gracefully (see `consumer::run`).
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// How long an update or a delete waits for its old consumer's calls in
+/// flight to finish (then they are cut off, and NATS redelivers them).
+const HALT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Asks the consumers to stop and waits for them, up to `grace`: each takes
+/// no new message, hands back those it holds unstarted (redelivered at once
+/// to the next consumer), and acks those in flight once settled. Those
+/// still running then are cut off (NATS redelivers them after its ack wait).
+async fn stop_all(consumers: Vec<Running>, grace: std::time::Duration) {
+    for r in &consumers {
+        let _ = r.stop.send(true);
+    }
+    let mut tasks: Vec<JoinHandle<()>> = consumers.into_iter().map(|r| r.task).collect();
+    let all = futures_util::future::join_all(tasks.iter_mut());
+    if tokio::time::timeout(grace, all).await.is_err() {
+        for t in &tasks {
+            t.abort();
+        }
+    }
 }
 
 pub struct MessageQueueTriggers {
@@ -89,32 +112,37 @@ impl MessageQueueTriggers {
         Ok(())
     }
 
-    /// Stops every consumer: messages in flight are not acked, so NATS
-    /// redelivers them to the next consumer.
-    pub fn stop(&self) {
-        for (_, r) in self.running().drain() {
-            r.task.abort();
-        }
+    /// Stops every consumer (at server shutdown), waiting up to `grace` for
+    /// the messages in flight to be settled and acked; see [`stop_all`].
+    pub async fn stop(&self, grace: std::time::Duration) {
+        let consumers: Vec<Running> = self.running().drain().map(|(_, r)| r).collect();
+        stop_all(consumers, grace).await;
     }
 
     fn launch(&self, t: MessageQueueTrigger) {
         let status = Arc::new(StatusCell::new());
         let settings = t.settings(&self.default_url());
         let key = t.key();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(consumer::supervise(
             t,
             settings,
             self.invoker.clone(),
             status.clone(),
+            stopped,
         ));
-        if let Some(old) = self.running().insert(key, Running { task, status }) {
+        if let Some(old) = self.running().insert(key, Running { task, status, stop }) {
             old.task.abort();
         }
     }
 
-    fn halt(&self, key: &str) {
-        if let Some(r) = self.running().remove(key) {
-            r.task.abort();
+    /// Stops the trigger's consumer, its calls in flight settled first (so
+    /// that its next consumer neither calls them again nor waits out their
+    /// ack wait).
+    async fn halt(&self, key: &str) {
+        let old = self.running().remove(key);
+        if let Some(r) = old {
+            stop_all(vec![r], HALT_GRACE).await;
         }
     }
 
@@ -160,7 +188,7 @@ impl MessageQueueTriggers {
             return Ok(self.view(t));
         }
         self.records.put(&t.key(), &t).await?;
-        self.halt(&t.key());
+        self.halt(&t.key()).await;
         let url = self.default_url();
         let (before, after) = (old.settings(&url), t.settings(&url));
         let moved = old.topic != t.topic
@@ -172,7 +200,7 @@ impl MessageQueueTriggers {
             // Its position belongs to the old subject or stream, and NATS
             // changes no consumer's deliver policy: start afresh. (A new ack
             // wait or concurrency updates the consumer in place.)
-            consumer::delete_consumer(old.topic.clone(), before).await;
+            consumer::delete_consumer(old.topic.clone(), before, &old.key()).await;
         }
         self.launch(t.clone());
         Ok(self.view(t))
@@ -184,11 +212,11 @@ impl MessageQueueTriggers {
         if !self.records.delete(key).await? {
             return Err(not_found(key));
         }
-        self.halt(key);
+        self.halt(key).await;
         // Awaited (bounded in time), so that a trigger created again under the
         // name does not have its new consumer deleted behind it.
         let settings = old.settings(&self.default_url());
-        consumer::delete_consumer(old.topic, settings).await;
+        consumer::delete_consumer(old.topic.clone(), settings, &old.key()).await;
         Ok(())
     }
 
@@ -214,6 +242,27 @@ impl MessageQueueTriggers {
 
     fn check(&self, t: &MessageQueueTrigger) -> Result<()> {
         t.validate()?;
+        // One durable consumer, one trigger: two would take each other's
+        // messages, and the delete of one would remove the other's consumer.
+        let url = self.default_url();
+        let mine = t.settings(&url);
+        for other in self.records.list::<MessageQueueTrigger>()? {
+            let theirs = other.settings(&url);
+            if other.key() != t.key()
+                && theirs.url == mine.url
+                && theirs.consumer == mine.consumer
+                && (theirs.stream.is_none()
+                    || mine.stream.is_none()
+                    || theirs.stream == mine.stream)
+            {
+                return Err(Error::Conflict(format!(
+                    "mqtrigger {:?}: consumer {:?} is trigger {:?}'s; give this one another (--metadata consumer=NAME)",
+                    t.name,
+                    mine.consumer,
+                    other.key()
+                )));
+            }
+        }
         if let Some(f) = t.function_key() {
             if !self.invoker.function_exists(&f) {
                 return Err(Error::Conflict(format!(
