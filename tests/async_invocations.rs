@@ -876,4 +876,13 @@ fn fissions_async_header_and_async_triggers_queue_the_call() {
         f["invocation"]["onFailure"]["function"]["name"], "audit",
         "{f}"
     );
+    // An empty name removes a destination.
+    let (code, _, err) = s.cli(&["fn", "update", "book", "--async-on-success", ""]);
+    assert_eq!(code, 0, "{err}");
+    let f = s.ok("GET", "/v1/functions/book", None);
+    assert!(f["invocation"].get("onSuccess").is_none(), "{f}");
+    assert_eq!(
+        f["invocation"]["onFailure"]["function"]["name"], "audit",
+        "{f}"
+    );
 }

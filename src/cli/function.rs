@@ -116,11 +116,11 @@ pub(super) struct FnFields {
     #[arg(long = "async-max-age", value_name = "DURATION")]
     async_max_age: Option<String>,
     /// A function of the namespace called with the result envelope once an
-    /// asynchronous call succeeded (Fission's destination).
+    /// asynchronous call succeeded (Fission's destination); "" removes it.
     #[arg(long = "async-on-success", value_name = "FUNCTION")]
     async_on_success: Option<String>,
     /// A function of the namespace called with the result envelope once an
-    /// asynchronous call failed for good.
+    /// asynchronous call failed for good; "" removes it.
     #[arg(long = "async-on-failure", value_name = "FUNCTION")]
     async_on_failure: Option<String>,
 }
@@ -335,6 +335,13 @@ pub(super) async fn merge_fn(
         ("onFailure", f.async_on_failure),
     ] {
         let Some(target) = target else { continue };
+        if target.is_empty() {
+            // `--async-on-success ""`: no destination any more.
+            if let Some(inv) = body["invocation"].as_object_mut() {
+                inv.remove(key);
+            }
+            continue;
+        }
         if !body["invocation"].is_object() {
             body["invocation"] = json!({});
         }
