@@ -262,19 +262,37 @@ async fn consume(
         tokio::select! {
             () = stopped(stop.clone()) => {
                 // Stopping (an update, a delete, the server's shutdown): the
-                // messages held but not started go back at once, so that the
-                // next consumer need not wait out their ack wait; those in
-                // flight are settled and acked, so that none runs twice.
-                while let Ok(Some(Ok(held))) =
-                    tokio::time::timeout(Duration::from_millis(50), messages.next()).await
-                {
-                    let _ = held.ack_with(AckKind::Nak(None)).await;
-                }
-                while let Some(done) = inflight.join_next().await {
-                    if let Ok(Err(e)) = done {
-                        tracing::warn!(trigger = %trigger.key(), "{e}");
+                // calls in flight are settled and acked, so that none runs
+                // twice; the pull stays read until then, and what it brings
+                // (messages held but not started, or freed by an ack) is
+                // handed back at once, never left unread to wait out its ack
+                // wait. One that keeps coming back to this consumer is handed
+                // back with a short delay, for the next consumer.
+                let mut seen: std::collections::HashMap<u64, u32> = Default::default();
+                let mut open = true;
+                loop {
+                    tokio::select! {
+                        next = tokio::time::timeout(Duration::from_millis(50), messages.next()), if open => match next {
+                            Ok(Some(Ok(m))) => {
+                                let seq = m.info().map(|i| i.stream_sequence).unwrap_or_default();
+                                let n = seen.entry(seq).or_default();
+                                *n += 1;
+                                let delay = (*n > 2).then_some(Duration::from_secs(1));
+                                let _ = m.ack_with(AckKind::Nak(delay)).await;
+                            }
+                            Ok(None | Some(Err(_))) => open = false,
+                            Err(_quiet) if inflight.is_empty() => break,
+                            Err(_quiet) => {}
+                        },
+                        Some(done) = inflight.join_next() => {
+                            if let Ok(Err(e)) = done {
+                                tracing::warn!(trigger = %trigger.key(), "{e}");
+                            }
+                        }
+                        else => break,
                     }
                 }
+                let _ = job.js.client().flush().await;
                 return "stopped".into();
             }
             next = messages.next(), if inflight.len() < concurrency => match next {
