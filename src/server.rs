@@ -577,6 +577,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     triggers.invocations.shutdown();
     let _ = stop_tx.send(true);
     let grace = Duration::from_millis(args.shutdown_grace_ms);
+    let stopping = tokio::time::Instant::now();
     // Message-queue triggers take no new message and settle those in flight
     // within the same grace, beside the listeners' requests.
     let (drained, ()) = tokio::join!(
@@ -588,6 +589,14 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     );
     if drained.is_err() {
         tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
+    }
+    // Then the calls no listener sees (workflow steps, asynchronous attempts),
+    // in what is left of the grace.
+    let left = grace.saturating_sub(stopping.elapsed());
+    if !pool.wait_idle(left).await {
+        tracing::warn!(
+            "function calls of workflows or asynchronous invocations were still running at the end of the grace ({grace:?}); they are made again at the next start"
+        );
     }
     engine.shutdown().await;
     pool.shutdown(Duration::from_secs(5)).await;

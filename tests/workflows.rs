@@ -1766,3 +1766,68 @@ fn workflows_are_checked_without_being_stored() {
     );
     assert_eq!(status, 409, "{body}");
 }
+
+/// A graceful stop lets a workflow's call in flight finish within the grace,
+/// so the run does not make it again after the restart; a synchronous caller
+/// whose run outlives the grace is told 503 `shutting_down` with the run's
+/// id, not that the run failed.
+#[test]
+fn a_graceful_stop_finishes_calls_in_flight_and_tells_waiting_callers_the_truth() {
+    let mut s = Server::start_with(&[("FUSION_SHUTDOWN_GRACE_MS", "3000")]);
+    s.env("binary", "binary", 1);
+    let probe = Probe::start();
+    s.function(
+        "gated",
+        "binary",
+        "gated.sh",
+        &probe.recorder("gated", true),
+        json!({}),
+    );
+    s.workflow("slow", "output: A\ntasks:\n  A:\n    run: gated\n");
+    s.workflow(
+        "nap",
+        "output: A\ntasks:\n  A:\n    run: sleep\n    inputs: 60s\n",
+    );
+    let id = s.start_async("slow", "");
+    eventually(Duration::from_secs(20), "the call is in flight", || {
+        probe.lines("calls").len() == 1
+    });
+    common::signal(s.pid(), libc::SIGTERM);
+    // The stop has begun once the router takes no new connection; only then
+    // may the call in flight finish (no request of a listener holds the stop).
+    let router = s.router.trim_start_matches("http://").to_string();
+    eventually(Duration::from_secs(20), "the router closes", || {
+        std::net::TcpStream::connect(&router).is_err()
+    });
+    probe.open("gated");
+    s.stop();
+    s.launch();
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(probe.lines("calls").len(), 1, "the call was not made again");
+
+    // A caller waiting for a run that outlives the grace.
+    let caller = {
+        let http = s.http.clone();
+        let url = s.router_url("/fission-function/nap");
+        std::thread::spawn(move || {
+            let r = http.post(url).send().unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().unwrap_or(Value::Null),
+            )
+        })
+    };
+    eventually(Duration::from_secs(20), "the nap run is running", || {
+        s.ok("GET", "/v1/runs?workflow=nap", None)["runs"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1)
+    });
+    s.stop();
+    let (status, body) = caller.join().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "shutting_down", "{body}");
+    let nap = body["error"]["run_id"].as_str().unwrap().to_string();
+    s.launch();
+    assert_eq!(s.run(&nap)["status"], "running", "the nap goes on");
+}

@@ -957,6 +957,22 @@ async fn invoke_inner(
         return Ok(resp);
     }
     let summary = engine.wait(&id).await?;
+    if summary.status == RunStatus::Running {
+        // The server stops under the run: it has not failed, and it goes on
+        // at the next start. Said as such, so that no caller starts it again.
+        let body = json!({"error": {
+            "code": "shutting_down",
+            "message": format!(
+                "the server is stopping; run {id} has not ended and goes on when it starts again: GET /v1/runs/{id}"
+            ),
+            "run_id": id,
+        }});
+        let mut resp = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            resp.headers_mut().insert("x-fusion-run-id", v);
+        }
+        return Ok(resp);
+    }
     match summary.status {
         RunStatus::Succeeded => Ok(output_response(
             summary.output.unwrap_or(Value::Null),

@@ -529,6 +529,29 @@ impl PoolManager {
         })
     }
 
+    /// Waits until no instance has a request in flight (or `limit` passes):
+    /// at a graceful stop, the calls the listeners do not see (a workflow's
+    /// steps, asynchronous attempts, message-queue deliveries) finish within
+    /// the grace instead of being cut off and made again after the restart.
+    /// Whether it got there.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let busy = || {
+            lock(&self.inner.state)
+                .all
+                .values()
+                .any(|i| i.active() > 0 && !i.is_exited())
+                || self.inner.starting.load(Ordering::SeqCst) > 0
+        };
+        let waited = tokio::time::timeout(limit, async {
+            // Leases end at many places; a short poll sees them all.
+            while busy() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        waited.is_ok()
+    }
+
     /// Stops every instance and waits (bounded) until they have exited.
     pub async fn shutdown(&self, limit: Duration) {
         let inner = &self.inner;
