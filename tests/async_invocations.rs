@@ -759,6 +759,16 @@ fn calls_queued_for_a_deleted_function_become_dead_letters() {
     );
     let letters = s.ok("GET", "/v1/deadletters", None);
     assert!(letters.to_string().contains(&waiting), "{letters}");
+    // A redrive while the function is still gone would die again at once.
+    let (st, e) = s.call("POST", &format!("/v1/invocations/{waiting}/redrive"), None);
+    assert_eq!(st, 409, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("create it again, then redrive"),
+        "{e}"
+    );
     settled(&s, &first);
     // Fission's `dlq purge` discards them.
     let (code, out, err) = s.cli(&["fn", "dlq", "purge", "--function", "other"]);

@@ -320,6 +320,13 @@ impl Invocations {
                     .unwrap_or_default()
             )));
         }
+        // A function that is gone would dead-letter it again at once.
+        let key = inv.function_key();
+        if !inner.invoker.function_exists(&key) {
+            return Err(Error::Conflict(format!(
+                "invocation {id:?}: function {key:?} does not exist; create it again, then redrive"
+            )));
+        }
         let now = now_ms();
         inv.cycle += 1;
         inv.cycle_started_ms = now;
