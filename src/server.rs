@@ -310,17 +310,32 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             std::fs::write(&target, text)?;
         }
     }
-    let db = sled::Config::new()
-        .path(data_dir.join("db"))
-        .cache_capacity(args.store_cache_mb * 1024 * 1024)
-        .flush_every_ms(None)
-        .open()
-        .with_context(|| {
-            format!(
-                "cannot open the database in {} (is another fusion server using it?)",
-                data_dir.display()
-            )
-        })?;
+    let open = || {
+        sled::Config::new()
+            .path(data_dir.join("db"))
+            .cache_capacity(args.store_cache_mb * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()
+    };
+    // A server killed a moment ago may hold the database's lock until it has
+    // fully exited: a restart right after waits a little for it.
+    let started = std::time::Instant::now();
+    let db = loop {
+        match open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("lock") && started.elapsed() < Duration::from_secs(5) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other,
+        }
+    }
+    .with_context(|| {
+        format!(
+            "cannot open the database in {} (is another fusion server using it?)",
+            data_dir.display()
+        )
+    })?;
 
     // The cluster first: with no cluster to talk to, the controller cannot run.
     // It runs wherever the pods do (`--backend kubernetes`), or when asked for.

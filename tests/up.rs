@@ -185,3 +185,28 @@ fn sigterm_lets_in_flight_requests_finish_then_stops_every_instance() {
         assert!(!alive(pid), "instance {pid} outlived the server");
     }
 }
+
+/// A second server on a data directory in use fails at once with the reason
+/// (after waiting a moment, as for a server killed an instant before), and
+/// a server killed outright is started again on its data at once.
+#[test]
+fn a_data_directory_serves_one_server_at_a_time() {
+    let mut s = Server::start();
+    let out = Command::new(BIN)
+        .args(["server", "--data-dir"])
+        .arg(&s.data)
+        .args([
+            "--router-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is another fusion server using it?"), "{err}");
+    s.kill();
+    s.launch();
+    s.ok("GET", "/v1/environments", None);
+}
