@@ -76,9 +76,29 @@ pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
         println!("  curl{cacert} -H \"Authorization: Bearer $FUSION_TOKEN\" {api}/v1/functions");
         if !routes.is_empty() {
             println!("Try:");
-            for r in routes {
+            // A few, each as its route takes it (a POST-only route with -d).
+            const SHOWN: usize = 8;
+            for r in routes.iter().take(SHOWN) {
                 let url = r["url"].as_str().or(r["prefix"].as_str()).unwrap_or("/");
-                println!("  curl{cacert} {router}{}", example_path(url));
+                let methods: Vec<&str> = r["methods"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let how = match methods.as_slice() {
+                    [] => "",
+                    m if m.contains(&"GET") => "",
+                    [m, ..] if *m == "POST" => " -d 'hello'",
+                    [m, ..] => &format!(" -X {m}"),
+                };
+                println!("  curl{cacert}{how} {router}{}", example_path(url));
+            }
+            if routes.len() > SHOWN {
+                println!(
+                    "  ... and {} more routes (fusion route list)",
+                    routes.len() - SHOWN
+                );
             }
         }
         let workflows: Vec<Value> = client.get("/v1/workflows").await.unwrap_or_default();
@@ -91,7 +111,9 @@ pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
             // `echo` shows the input coming back; `curl -d` data is read as text.
             let example = names.iter().find(|n| **n == "echo").unwrap_or(&names[0]);
             println!("  curl{cacert} -d 'hello' {router}/fission-function/{example}");
-            println!("  (every example with its answer: workflow-examples/README.md)");
+            if examples.is_dir() {
+                println!("  (every example with its answer: workflow-examples/README.md)");
+            }
             println!("  fusion run list        # what ran, with every task");
         }
         println!("Stop with Ctrl-C.");
