@@ -181,6 +181,7 @@ impl PoolManager {
             .store
             .create(Kind::Function, &f.key(), &f)
             .await?;
+        self.inner.logs.reopen(&f.key());
         self.inner.install_function(f.clone());
         Ok(f)
     }

@@ -20,6 +20,10 @@ pub struct Logs {
     followers: Mutex<HashMap<String, broadcast::Sender<String>>>,
     /// Held while a log is rotated, so that two writers do not both move it.
     rotating: Mutex<()>,
+    /// Deleted functions' keys: what their last instances still print as they
+    /// stop is not written (it would make the log again, for a function made
+    /// later under the name). A function made again takes its key back.
+    gone: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Logs {
@@ -29,6 +33,7 @@ impl Logs {
             dir,
             followers: Mutex::new(HashMap::new()),
             rotating: Mutex::new(()),
+            gone: Mutex::default(),
         })
     }
 
@@ -46,6 +51,9 @@ impl Logs {
     }
 
     pub fn append(&self, key: &str, instance: u64, stream: &str, line: &str) {
+        if lock(&self.gone).contains(key) {
+            return;
+        }
         let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now());
         let entry = format!("{stamp} [{instance} {stream}] {line}\n");
         if let Err(e) = self.write(key, entry.as_bytes()) {
@@ -84,9 +92,15 @@ impl Logs {
         all
     }
 
+    /// A function (made again) under `key` writes its log.
+    pub fn reopen(&self, key: &str) {
+        lock(&self.gone).remove(key);
+    }
+
     /// Deletes a log (a deleted function's); its followers get a last line
     /// that says so, and their streams end.
     pub fn remove(&self, key: &str) {
+        lock(&self.gone).insert(key.to_string());
         if let Some(tx) = lock(&self.followers).remove(key) {
             let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now());
             let _ = tx.send(format!("{stamp} [0 fusion] the function was deleted\n"));
@@ -145,5 +159,12 @@ mod tests {
             .all(|l| l.ends_with(&line)));
         logs.remove("f");
         assert!(!logs.path("f").exists() && !logs.rotated("f").exists());
+        // A deleted function's last instance does not make its log again; a
+        // function made again under the name does.
+        logs.append("f", 1, "fusion", "instance 1 stopped");
+        assert!(!logs.path("f").exists());
+        logs.reopen("f");
+        logs.append("f", 2, "stdout", "hello");
+        assert!(logs.path("f").exists());
     }
 }
