@@ -13,6 +13,11 @@ use serde_json::Value;
 #[error("{0} (404)")]
 pub struct NotFound(String);
 
+/// No connection to the API could be made (a server down, or restarting).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(String);
+
 /// The API answered another error status; `status` says whose mistake it was
 /// (4xx the request's, 5xx the server's).
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +86,16 @@ impl Client {
                 source = s.source();
             }
             if e.is_connect() {
-                anyhow!(
+                anyhow::Error::new(Unreachable(format!(
                     "cannot reach the Fusion API at {} (is `fusion server` running? set FUSION_URL): {cause}",
                     self.base
-                )
+                )))
+            } else if e.is_request() && !e.is_builder() {
+                // The connection broke under the request (a server stopping).
+                anyhow::Error::new(Unreachable(format!(
+                    "request to {} failed: {e}: {cause}",
+                    self.base
+                )))
             } else {
                 anyhow!("request to {} failed: {e}", self.base)
             }

@@ -1831,3 +1831,43 @@ fn a_graceful_stop_finishes_calls_in_flight_and_tells_waiting_callers_the_truth(
     s.launch();
     assert_eq!(s.run(&nap)["status"], "running", "the nap goes on");
 }
+
+/// `run wait` rides out a restart of the server it was talking to: the run
+/// goes on after it, and so does the wait.
+#[test]
+fn run_wait_rides_out_a_restart() {
+    let mut s = Server::start();
+    s.workflow(
+        "nap",
+        "output: A\ntasks:\n  A:\n    run: sleep\n    inputs: 3s\n",
+    );
+    let id = s.start_async("nap", "");
+    std::thread::scope(|scope| {
+        let (api, token) = (s.api.clone(), s.token.clone());
+        let id = id.clone();
+        let mut child = std::process::Command::new(common::BIN)
+            .args(["run", "wait", &id, "--timeout", "120"])
+            .env("FUSION_URL", &api)
+            .env("FUSION_TOKEN", &token)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It says when it waits: only then is the server stopped under it.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+        assert!(first.contains("is running; waiting"), "{first}");
+        let waiter = scope.spawn(move || {
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+            (child.wait_with_output().unwrap(), rest)
+        });
+        s.kill();
+        s.relaunch_in_place();
+        let (out, err) = waiter.join().unwrap();
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("waiting for it (a restart?)"), "{err}");
+    });
+    assert_eq!(s.run(&id)["status"], "succeeded");
+}

@@ -192,16 +192,38 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
         RunVerb::Wait { id, timeout } => {
             let id = id.get();
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            // Asked at once first: a wrong address or run fails fast, and a
+            // run still going is said to be waited for.
+            let mut v: Value = c.get(&format!("/v1/runs/{id}")).await?;
+            if v["status"] == "running" {
+                eprintln!("run {id} is running; waiting for it to end (at most {timeout} s)");
+            }
             // The server holds each request until the run ends, up to its most.
-            let v: Value = loop {
+            let mut down = false;
+            while v["status"] == "running" {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 // Rounded up: the last second is waited for, not skipped.
                 let wait = left.as_millis().div_ceil(1000).min(300) as u64;
-                let v: Value = c.get(&format!("/v1/runs/{id}?wait={wait}")).await?;
-                if v["status"] != "running" || wait == 0 {
-                    break v;
+                if wait == 0 {
+                    break;
                 }
-            };
+                match c.get(&format!("/v1/runs/{id}?wait={wait}")).await {
+                    Ok(now) => {
+                        v = now;
+                        down = false;
+                    }
+                    // A server that answered, restarting: the run goes on
+                    // after it, and so does the wait, until its time is up.
+                    Err(e) if e.downcast_ref::<crate::client::Unreachable>().is_some() => {
+                        if !down {
+                            eprintln!("{e}; waiting for it (a restart?)");
+                            down = true;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             print_run(opts, &v);
             match v["status"].as_str() {
                 Some("succeeded") => {}

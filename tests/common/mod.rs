@@ -69,6 +69,18 @@ impl Server {
 
     /// Starts (again) on the same data directory.
     pub fn launch(&mut self) {
+        self.launch_on("127.0.0.1:0", "127.0.0.1:0");
+    }
+
+    /// Starts again on the same data directory and the same addresses (what a
+    /// client that knew the server before still reaches).
+    pub fn relaunch_in_place(&mut self) {
+        let router = self.router.trim_start_matches("http://").to_string();
+        let api = self.api.trim_start_matches("http://").to_string();
+        self.launch_on(&router, &api);
+    }
+
+    fn launch_on(&mut self, router: &str, api: &str) {
         let mut cmd = match self.nofile {
             None => Command::new(BIN),
             Some(n) => {
@@ -81,12 +93,7 @@ impl Server {
         };
         cmd.args(["server", "--data-dir"])
             .arg(&self.data)
-            .args([
-                "--router-listen",
-                "127.0.0.1:0",
-                "--api-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["--router-listen", router, "--api-listen", api])
             .env("FUSION_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
