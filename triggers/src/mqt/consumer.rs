@@ -63,14 +63,14 @@ pub(super) async fn supervise(
         status.set(State::Connecting, format!("connecting to {}", settings.url));
         let started = tokio::time::Instant::now();
         // Not raced against the stop: `run` settles what it holds first.
-        let err = run(
-            &trigger,
-            &settings,
-            &target,
-            &invoker,
-            &status,
-            stop.clone(),
-        )
+        let err = run(Conn {
+            trigger: &trigger,
+            settings: &settings,
+            target: &target,
+            invoker: &invoker,
+            status: &status,
+            stop: stop.clone(),
+        })
         .await;
         if *stop.borrow() {
             return;
@@ -117,15 +117,19 @@ impl Backoff {
     }
 }
 
-/// One connection's life: returns why it ended.
-async fn run(
-    trigger: &MessageQueueTrigger,
-    settings: &Settings,
-    target: &Target,
-    invoker: &Invoker,
-    status: &Arc<StatusCell>,
+/// What one connection's life works with.
+struct Conn<'a> {
+    trigger: &'a MessageQueueTrigger,
+    settings: &'a Settings,
+    target: &'a Target,
+    invoker: &'a Invoker,
+    status: &'a Arc<StatusCell>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> String {
+}
+
+/// One connection's life: returns why it ended.
+async fn run(conn: Conn<'_>) -> String {
+    let (trigger, settings) = (conn.trigger, conn.settings);
     let client = match async_nats::ConnectOptions::new()
         .name(format!("fusion mqtrigger {}", trigger.key()))
         .connection_timeout(Duration::from_secs(5))
@@ -164,7 +168,7 @@ async fn run(
                 .await
             {
                 Ok(consumer) => {
-                    consume(trigger, settings, target, invoker, status, stop, &stream_name, js, consumer)
+                    consume(conn, &stream_name, js, consumer)
                         .await
                 }
                 Err(e) => format!(
@@ -203,33 +207,24 @@ async fn run(
             )
         }
     };
-    consume(
+    consume(conn, &stream_name, js, consumer).await
+}
+
+/// Consumes from `consumer` until a failure (returned) or the stop.
+async fn consume(
+    conn: Conn<'_>,
+    stream_name: &str,
+    js: jetstream::Context,
+    consumer: jetstream::consumer::PullConsumer,
+) -> String {
+    let Conn {
         trigger,
         settings,
         target,
         invoker,
         status,
         stop,
-        &stream_name,
-        js,
-        consumer,
-    )
-    .await
-}
-
-/// Consumes from `consumer` until a failure (returned) or the stop.
-#[allow(clippy::too_many_arguments)]
-async fn consume(
-    trigger: &MessageQueueTrigger,
-    settings: &Settings,
-    target: &Target,
-    invoker: &Invoker,
-    status: &Arc<StatusCell>,
-    stop: tokio::sync::watch::Receiver<bool>,
-    stream_name: &str,
-    js: jetstream::Context,
-    consumer: jetstream::consumer::PullConsumer,
-) -> String {
+    } = conn;
     let concurrency = trigger.concurrency as usize;
     let mut messages = match consumer
         .stream()
