@@ -87,10 +87,10 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
                 Target::Function(key) => {
                     triggers
                         .invocations
-                        .accept(key, req, &m.path, &m.params)
+                        .accept(key, req, m.sent(path), &m.params)
                         .await
                 }
-                target => invoker.call(target, req, &m.path, &m.params).await,
+                target => invoker.call(target, req, m.sent(path), &m.params).await,
             }
         }
         Some(m) => match &m.target {
@@ -99,10 +99,10 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
             Target::Function(key) if is_async(req.headers()) => {
                 triggers
                     .invocations
-                    .accept(key, req, &m.path, &m.params)
+                    .accept(key, req, m.sent(path), &m.params)
                     .await
             }
-            target => invoker.call(target, req, &m.path, &m.params).await,
+            target => invoker.call(target, req, m.sent(path), &m.params).await,
         },
         None => match table.allowed(host.as_deref(), path) {
             allowed if allowed.is_empty() => error_response(

@@ -180,19 +180,15 @@ fn split(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|s| !s.is_empty())
 }
 
-/// What `path` holds after its first `n` segments (as `split` counts them),
-/// from the `/` that follows them; `/` when nothing does.
-fn after_segments(path: &str, n: usize) -> &str {
+/// Where what `path` holds after its first `n` segments (as `split` counts
+/// them) starts, at the `/` that follows them; none when nothing does.
+fn after_segments(path: &str, n: usize) -> Option<usize> {
     let mut rest = path;
     for _ in 0..n {
         rest = rest.trim_start_matches('/');
         rest = rest.find('/').map_or("", |i| &rest[i..]);
     }
-    if rest.is_empty() {
-        "/"
-    } else {
-        rest
-    }
+    (!rest.is_empty()).then(|| path.len() - rest.len())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,10 +198,19 @@ pub struct RouteMatch {
     pub params: Vec<(String, String)>,
     /// The route makes every request an asynchronous call.
     pub asynchronous: bool,
-    /// The path its function is sent, as Fission's router sends it: `/` for
-    /// a `url` route, what is below the prefix for a prefix route (all of it
-    /// with `keep_prefix`).
-    pub path: String,
+    /// Where in the request's path the path its function is sent starts, as
+    /// Fission's router sends it: none (`/`) for a `url` route, what is below
+    /// the prefix for a prefix route (all of it with `keep_prefix`). See
+    /// [`RouteMatch::sent`].
+    pub sent_from: Option<usize>,
+}
+
+impl RouteMatch {
+    /// The path the function is sent, of the request's `path` (the one
+    /// matched): a slice of it, or `/`.
+    pub fn sent<'p>(&self, path: &'p str) -> &'p str {
+        self.sent_from.map_or("/", |i| &path[i..])
+    }
 }
 
 struct Entry {
@@ -294,9 +299,9 @@ impl RouteTable {
                 (None, Some(w)) => Target::Workflow(w.clone()),
                 (None, None) => return None,
             };
-            let sent = match (e.prefix, e.route.keep_prefix) {
-                (false, _) => "/",
-                (true, true) => path,
+            let sent_from = match (e.prefix, e.route.keep_prefix) {
+                (false, _) => None,
+                (true, true) => Some(0),
                 (true, false) => after_segments(path, e.template.segments.len()),
             };
             Some(RouteMatch {
@@ -304,7 +309,7 @@ impl RouteTable {
                 target,
                 params,
                 asynchronous: e.route.is_async(),
-                path: sent.to_string(),
+                sent_from,
             })
         })
     }
@@ -366,7 +371,13 @@ mod tests {
             route("api", None, Some("/api/"), &[]),
             kept,
         ]);
-        let sent = |path: &str| table.find("GET", None, path).unwrap().path;
+        let sent = |path: &str| {
+            table
+                .find("GET", None, path)
+                .unwrap()
+                .sent(path)
+                .to_string()
+        };
         assert_eq!(sent("/users/42"), "/");
         assert_eq!(sent("/api/v1/things"), "/v1/things");
         assert_eq!(sent("/api"), "/");
