@@ -1870,4 +1870,17 @@ fn run_wait_rides_out_a_restart() {
         assert!(err.contains("waiting for it (a restart?)"), "{err}");
     });
     assert_eq!(s.run(&id)["status"], "succeeded");
+    // This server counts the run as resumed (the killed one counted its
+    // start), and as finished.
+    let metrics = s.api("GET", "/metrics").send().unwrap().text().unwrap();
+    for line in [
+        r#"fusion_runs_resumed_total{workflow="nap"} 1"#,
+        r#"fusion_runs_finished_total{workflow="nap",status="succeeded"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
+    assert!(
+        !metrics.contains(r#"fusion_runs_started_total{workflow="nap"}"#),
+        "{metrics}"
+    );
 }

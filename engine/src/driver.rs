@@ -534,6 +534,13 @@ impl Engine {
                 continue;
             }
             tracing::info!(run = %id, "continuing run after restart");
+            engine
+                .metrics
+                .runs_resumed
+                .get_or_create(&crate::metrics::WorkflowLabels {
+                    workflow: state.workflow.clone(),
+                })
+                .inc();
             engine.spawn_run(state, events.len() as u64, Vec::new(), true)?;
         }
         crate::retention::start(

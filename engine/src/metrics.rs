@@ -25,6 +25,9 @@ fn run_histogram() -> Histogram {
 
 pub struct EngineMetrics {
     pub runs_started: Family<WorkflowLabels, Counter>,
+    /// Runs a previous server left unfinished, continued by this one (they
+    /// were counted as started by the server that started them).
+    pub runs_resumed: Family<WorkflowLabels, Counter>,
     pub runs_finished: Family<RunEndLabels, Counter>,
     pub run_seconds: Family<WorkflowLabels, Histogram, fn() -> Histogram>,
     /// Flushes of the store to disk (each serves every run waiting then).
@@ -35,6 +38,7 @@ impl Default for EngineMetrics {
     fn default() -> Self {
         EngineMetrics {
             runs_started: Family::default(),
+            runs_resumed: Family::default(),
             runs_finished: Family::default(),
             run_seconds: Family::new_with_constructor(run_histogram),
             store_flushes: Counter::default(),
@@ -48,6 +52,11 @@ impl EngineMetrics {
             "fusion_runs_started",
             "Workflow runs started, by workflow",
             self.runs_started.clone(),
+        );
+        registry.register(
+            "fusion_runs_resumed",
+            "Workflow runs a previous server left unfinished, continued by this one, by workflow",
+            self.runs_resumed.clone(),
         );
         registry.register(
             "fusion_runs_finished",
