@@ -547,6 +547,141 @@ fn a_destroy_stopped_half_way_records_what_is_left() {
     assert!(names(&s, "/v1/environments").is_empty());
 }
 
+/// A proxy in front of the API that answers every request until the first
+/// `POST /v1/environments` has been answered, and none after it: the CLI then
+/// hangs right after making the environment, as a Ctrl-C or a lost connection
+/// could leave it.
+struct HoldAfterEnvironment {
+    url: String,
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HoldAfterEnvironment {
+    fn start(api: String) -> HoldAfterEnvironment {
+        use std::sync::atomic::Ordering;
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let flag = held.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let http = reqwest::Client::new();
+                let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+                    let (flag, http, api) = (flag.clone(), http.clone(), api.clone());
+                    async move {
+                        if flag.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                        let (mut parts, body) = req.into_parts();
+                        // Framing and address are the hop's own.
+                        for h in ["host", "content-length", "transfer-encoding"] {
+                            parts.headers.remove(h);
+                        }
+                        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                        let target = format!("{api}{}", parts.uri);
+                        let answer = http
+                            .request(parts.method.clone(), target)
+                            .headers(parts.headers)
+                            .body(body)
+                            .send()
+                            .await
+                            .unwrap();
+                        let status = answer.status();
+                        let mut headers = answer.headers().clone();
+                        for h in ["content-length", "transfer-encoding"] {
+                            headers.remove(h);
+                        }
+                        let bytes = answer.bytes().await.unwrap();
+                        if parts.method == axum::http::Method::POST
+                            && parts.uri.path() == "/v1/environments"
+                        {
+                            flag.store(true, Ordering::SeqCst);
+                        }
+                        let mut out = axum::response::Response::new(axum::body::Body::from(bytes));
+                        *out.status_mut() = status;
+                        *out.headers_mut() = headers;
+                        out
+                    }
+                });
+                tokio::select! {
+                    _ = axum::serve(listener, app) => {}
+                    _ = stopped => {}
+                }
+            });
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+        });
+        HoldAfterEnvironment {
+            url,
+            held,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HoldAfterEnvironment {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn an_apply_cut_short_after_making_something_leaves_it_the_projects() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(specs.join("hello.py"), "def main():\n    return 'hi'\n").unwrap();
+    std::fs::write(
+        specs.join("all.yaml"),
+        "kind: DeploymentConfig\nname: cut\nuid: 0b6a4c1e-2d3f-4a5b-9c8d-7e6f5a4b3c2d\n---\nkind: Environment\nname: py\nruntime: python\npoolsize: 0\n---\nkind: Function\nname: hello\nenv: py\ncode: hello.py\n",
+    )
+    .unwrap();
+    let proxy = HoldAfterEnvironment::start(s.api_url(""));
+    let mut cli = std::process::Command::new(common::BIN)
+        .args(["spec", "apply"])
+        .current_dir(tmp.path())
+        .env("FUSION_URL", &proxy.url)
+        .env("FUSION_TOKEN", &s.token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    common::eventually(
+        std::time::Duration::from_secs(30),
+        "the environment made through the proxy",
+        || proxy.held.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    assert_eq!(names(&s, "/v1/environments"), ["py"]);
+    assert!(names(&s, "/v1/functions").is_empty());
+    drop(proxy);
+
+    // The next apply finishes the job: the environment is the project's.
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("unchanged Environment py"), "{out}");
+    assert!(out.contains("created   Function hello"), "{out}");
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(names(&s, "/v1/environments").is_empty());
+}
+
 /// A Fission HTTPTrigger's `invocationMode: async` is kept, not warned away.
 #[test]
 fn an_http_triggers_invocation_mode_is_kept() {

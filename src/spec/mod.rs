@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use crate::client::Client;
-use model::{ArchiveSource, Kind, Resource, Specs, DEFAULT_NAMESPACE};
+use model::{ArchiveSource, Deployment, Kind, Resource, Specs, DEFAULT_NAMESPACE};
 
 /// What to read: a folder (Fission's `specs/`) or one file.
 pub struct Source {
@@ -365,6 +365,9 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
             })
             .collect()
     };
+    if let Some(d) = &specs.deployment {
+        claim_new(client, d, &specs, &previous, &owners).await?;
+    }
     let mut applied: BTreeSet<Applied> = BTreeSet::new();
     let mut result = apply_all(
         client,
@@ -431,22 +434,56 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
         // `destroy` and `--delete` still find everything that exists.
         let mut resources = applied;
         resources.extend(kept);
-        let rec = Record {
-            name: d.name.clone(),
-            uid: d.uid.clone(),
-            resources,
-        };
-        client
-            .put_json::<Value>(
-                &format!("/v1/deployments/{}", d.uid),
-                &serde_json::to_value(&rec)?,
-            )
-            .await
-            .context("cannot record what this project applied")?;
+        put_record(client, d, resources).await?;
     }
     // What was changed before an error is said before it.
     summary.print(result.is_ok());
     result
+}
+
+/// Records as this project's, before anything is made, what it declares and
+/// does not exist yet: an apply cut short (Ctrl-C, a killed shell, a lost
+/// connection) between making a resource and recording it would otherwise
+/// leave the resource no project's, and the next apply would refuse it as
+/// someone else's. A claim on something never made costs nothing: the apply's
+/// own record drops it, and deletes skip what is not there.
+async fn claim_new(
+    client: &Client,
+    d: &Deployment,
+    specs: &Specs,
+    previous: &Record,
+    owners: &HashMap<Applied, Owner>,
+) -> Result<()> {
+    let mut claimed = previous.resources.clone();
+    for r in &specs.resources {
+        let a = Applied::of(r);
+        if claimed.contains(&a) || owners.contains_key(&a) {
+            continue;
+        }
+        if client.get_opt::<Value>(&a.path()).await?.is_none() {
+            claimed.insert(a);
+        }
+    }
+    if claimed.len() > previous.resources.len() {
+        put_record(client, d, claimed).await?;
+    }
+    Ok(())
+}
+
+async fn put_record(client: &Client, d: &Deployment, resources: BTreeSet<Applied>) -> Result<()> {
+    let rec = Record {
+        name: d.name.clone(),
+        uid: d.uid.clone(),
+        resources,
+    };
+    client
+        .put_json::<Value>(
+            &format!("/v1/deployments/{}", d.uid),
+            &serde_json::to_value(&rec)?,
+        )
+        .await
+        .context("cannot record what this project applied")?;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
