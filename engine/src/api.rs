@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::driver::{canonical_headers, Engine, EngineError};
+use crate::driver::{canonical_header, Engine, EngineError};
 use crate::state::{RunState, RunStatus};
 use crate::store::{RunFilter, RunSummary, WorkflowVersion};
 use crate::validate::{precheck, ValidationError};
@@ -838,7 +838,8 @@ pub fn request_input(
     } else {
         Value::String(String::from_utf8_lossy(body).to_string())
     };
-    let raw: BTreeMap<String, String> = headers
+    // Canonical names; of a header sent more than once, the last value.
+    let canonical: serde_json::Map<String, Value> = headers
         .iter()
         .filter_map(|(k, v)| {
             let value = if CREDENTIAL_HEADERS.contains(&k.as_str()) {
@@ -846,7 +847,7 @@ pub fn request_input(
             } else {
                 v.to_str().ok()?.to_string()
             };
-            Some((k.as_str().to_string(), value))
+            Some((canonical_header(k.as_str()), Value::String(value)))
         })
         .collect();
     let query: serde_json::Map<String, Value> = pairs(uri.query().unwrap_or("").as_bytes())
@@ -856,7 +857,7 @@ pub fn request_input(
     Ok(json!({
         "body": parsed,
         "default": parsed,
-        "headers": canonical_headers(raw.iter()),
+        "headers": canonical,
         "query": query,
         "method": method.as_str(),
     }))

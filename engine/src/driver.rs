@@ -194,17 +194,21 @@ pub struct StartedRun {
     pub done: watch::Receiver<Option<RunSummary>>,
 }
 
-fn canonical_header(name: &str) -> String {
-    name.split('-')
-        .map(|part| {
-            let mut c = part.chars();
-            match c.next() {
-                Some(f) => f.to_ascii_uppercase().to_string() + &c.as_str().to_ascii_lowercase(),
-                None => String::new(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("-")
+/// A header name in canonical form: each `-`-separated part capitalized
+/// (`content-type` -> `Content-Type`). Every run's input has one per request
+/// header: one allocation each.
+pub fn canonical_header(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut first = true;
+    for c in name.chars() {
+        out.push(if first {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        });
+        first = c == '-';
+    }
+    out
 }
 
 /// Header names in canonical form (`Content-Type`).

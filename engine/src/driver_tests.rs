@@ -1983,3 +1983,16 @@ async fn a_loop_past_its_limit_names_its_failure_once() {
     );
     assert!(message.matches("failed: task").count() <= 1, "{message}");
 }
+
+#[test]
+fn header_names_are_capitalized_part_by_part() {
+    use crate::driver::canonical_header;
+    assert_eq!(canonical_header("content-type"), "Content-Type");
+    assert_eq!(
+        canonical_header("X-FISSION-function-name"),
+        "X-Fission-Function-Name"
+    );
+    assert_eq!(canonical_header("etag"), "Etag");
+    assert_eq!(canonical_header("a--b-"), "A--B-");
+    assert_eq!(canonical_header(""), "");
+}
