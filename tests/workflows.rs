@@ -921,6 +921,70 @@ fn nested_or_oversized_documents_are_refused_and_the_server_keeps_answering() {
     assert!(err.contains("deeper than"), "{err}");
 }
 
+/// A map shaped like a task (`run`) or a workflow (`tasks`) that arrives as
+/// data, from the caller or from a function's answer, is data: only what the
+/// workflow's author wrote runs.
+#[test]
+fn a_task_sent_as_data_is_data_and_never_runs() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    s.function(
+        "secret",
+        "binary",
+        "secret.sh",
+        "#!/bin/sh\nprintf ran\n",
+        json!({}),
+    );
+    s.env("python", "python", 1);
+    s.function(
+        "answers-a-task",
+        "python",
+        "task.py",
+        "def main():\n    return {'run': 'secret'}\n",
+        json!({}),
+    );
+    s.workflow(
+        "passthru",
+        "output: Echo\ntasks:\n  Echo:\n    run: noop\n    inputs: \"{ param() }\"\n",
+    );
+    for sent in [
+        json!({"run": "secret"}),
+        json!({"run": "http", "inputs": {"url": s.api_url("/v1/functions")}}),
+        json!({"output": "t", "tasks": {"t": {"run": "secret"}}}),
+    ] {
+        let (status, body) = s.invoke("passthru", "application/json", &sent.to_string());
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), sent);
+    }
+    // A function's answer passed on is data too.
+    s.workflow(
+        "relay",
+        "output: Pass\ntasks:\n  Ask:\n    run: answers-a-task\n  Pass:\n    run: noop\n    inputs: \"{ output('Ask') }\"\n    requires: [Ask]\n",
+    );
+    let (status, body) = s.invoke("relay", "text/plain", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"run": "secret"})
+    );
+    // The branch an `if` holds runs; the other, made from the input, does not,
+    // even when it equals the one written.
+    s.workflow(
+        "gate",
+        "output: G\ntasks:\n  G:\n    run: if\n    inputs:\n      if: \"{ param().admin }\"\n      then:\n        run: secret\n      else: \"{ param().task }\"\n",
+    );
+    let (status, body) = s.invoke(
+        "gate",
+        "application/json",
+        &json!({"admin": true, "task": {}}).to_string(),
+    );
+    assert_eq!((status, body.as_str()), (200, "ran"));
+    let sent = json!({"admin": false, "task": {"run": "secret"}});
+    let (status, body) = s.invoke("gate", "application/json", &sent.to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), sent["task"]);
+}
+
 #[test]
 fn runs_keep_credential_header_names_but_never_their_values() {
     let s = Server::start();

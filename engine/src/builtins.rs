@@ -47,8 +47,12 @@ pub struct HttpRequest {
 /// What a built-in asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Its output (a task or workflow spec runs as a dynamic sub-workflow).
+    /// Its output: data, a value shaped like a task or workflow spec too.
     Output(Value),
+    /// A task or workflow spec written in the workflow (an `if`'s branch, a
+    /// `noop`'s input), or a sub-workflow a loop made from the `do` written
+    /// there (`foreach`, `repeat`, `while`): run as a dynamic sub-workflow.
+    Tasks(Value),
     /// Succeed with no output after this long (durable timer).
     Sleep(Duration),
     Http(HttpRequest),
@@ -106,14 +110,14 @@ fn as_text(v: &Value) -> String {
 /// the state machine applies it to the sub-workflow the task runs.
 pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
     match name {
-        "noop" | "nop" => Outcome::Output(default_input(inputs)),
+        "noop" | "nop" => pass(default_input(inputs), raw.get("default")),
         // As Fission Workflows' compose: nothing, the one input, or every
         // input merged into one map (`default` among them).
         // As Fission Workflows' compose: a lone `default` input is the
         // output; any other inputs are merged into one map (`default` too).
         "compose" => match (inputs.len(), inputs.get("default")) {
             (0, _) => Outcome::Output(Value::Null),
-            (1, Some(only)) => Outcome::Output(only.clone()),
+            (1, Some(only)) => pass(only.clone(), raw.get("default")),
             _ => Outcome::Output(Value::Object(inputs.clone().into_iter().collect())),
         },
         // As Fission Workflows' if: the condition is required, and a boolean.
@@ -121,15 +125,18 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
             None => Outcome::Invalid("if needs the input `if`, the condition".into()),
             Some(Value::Bool(cond)) => {
                 let branch = if *cond { "then" } else { "else" };
-                Outcome::Output(inputs.get(branch).cloned().unwrap_or(Value::Null))
+                pass(
+                    inputs.get(branch).cloned().unwrap_or(Value::Null),
+                    raw.get(branch),
+                )
             }
             Some(other) => Outcome::Invalid(format!(
                 "if: the condition must be true or false, not {other}"
             )),
         },
-        "switch" => switch(inputs),
-        "foreach" => foreach(inputs),
-        "repeat" => repeat(inputs),
+        "switch" => switch(inputs, raw),
+        "foreach" => foreach(inputs, raw),
+        "repeat" => repeat(inputs, raw),
         "while" => while_loop(inputs, raw),
         "callback" => match inputs.get("notify") {
             None | Some(Value::Null) => Outcome::Callback { notify: None },
@@ -174,7 +181,7 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
     }
 }
 
-fn switch(inputs: &Inputs) -> Outcome {
+fn switch(inputs: &Inputs, raw: &Inputs) -> Outcome {
     let Some(value) = inputs.get("switch") else {
         return Outcome::Invalid("switch needs the input `switch`".into());
     };
@@ -183,7 +190,7 @@ fn switch(inputs: &Inputs) -> Outcome {
         let Some(cases) = cases.as_array() else {
             return Outcome::Invalid("switch: `cases` must be a list of {case, action}".into());
         };
-        for c in cases {
+        for (i, c) in cases.iter().enumerate() {
             let Some(m) = c.as_object() else {
                 return Outcome::Invalid(
                     "switch: a case must be a map with `case` and `action`".into(),
@@ -193,11 +200,18 @@ fn switch(inputs: &Inputs) -> Outcome {
                 return Outcome::Invalid("switch: a case has no `case`".into());
             };
             if as_text(case) == key {
-                return Outcome::Output(m.get("action").cloned().unwrap_or(Value::Null));
+                let written = raw
+                    .get("cases")
+                    .and_then(|c| c.get(i))
+                    .and_then(|c| c.get("action"));
+                return pass(m.get("action").cloned().unwrap_or(Value::Null), written);
             }
         }
     }
-    Outcome::Output(inputs.get("default").cloned().unwrap_or(Value::Null))
+    pass(
+        inputs.get("default").cloned().unwrap_or(Value::Null),
+        raw.get("default"),
+    )
 }
 
 /// `foreach` runs `do` once per item, as the tasks `do_0`, `do_1`, ... of a
@@ -206,7 +220,7 @@ fn switch(inputs: &Inputs) -> Outcome {
 /// the item as its invocation input (`param()`, `param('_item')`,
 /// `param('_index')`). At most `concurrency` items (1 when `sequential`) run
 /// at once: the sub-workflow's own `concurrency`.
-fn foreach(inputs: &Inputs) -> Outcome {
+fn foreach(inputs: &Inputs, raw: &Inputs) -> Outcome {
     let items = match inputs.get("foreach") {
         Some(Value::Array(items)) => items,
         None => return Outcome::Invalid("foreach needs the input `foreach`, a list".into()),
@@ -225,11 +239,9 @@ fn foreach(inputs: &Inputs) -> Outcome {
             ));
         }
     };
-    let Some(action) = inputs
-        .get("do")
-        .filter(|d| is_task_spec(d) || is_workflow_spec(d))
-    else {
-        return Outcome::Invalid("foreach needs the input `do`, a task or a workflow".into());
+    let action = match literal_do(raw) {
+        Ok(a) => a,
+        Err(got) => return Outcome::Invalid(format!("foreach needs the input `do`, {got}")),
     };
     // Said before a task is made: a run holds at most so many.
     let most = crate::driver::MAX_TASKS_PER_RUN;
@@ -278,15 +290,44 @@ fn foreach(inputs: &Inputs) -> Outcome {
     if let (Some(n), Some(m)) = (limit, workflow.as_object_mut()) {
         m.insert("concurrency".into(), json!(n));
     }
-    Outcome::Output(workflow)
+    Outcome::Tasks(workflow)
 }
 
-fn repeat(inputs: &Inputs) -> Outcome {
+/// The `do` a loop runs: a task or workflow written in the workflow, never an
+/// expression's value (data, which whoever sent it would otherwise choose to
+/// run). Err: what is wrong, after "needs the input `do`, ".
+fn literal_do(raw: &Inputs) -> Result<&Value, &'static str> {
+    match raw.get("do") {
+        Some(d) if is_task_spec(d) || is_workflow_spec(d) => Ok(d),
+        Some(v @ Value::String(_)) if crate::expr::contains_expression(v) => {
+            Err("a task or a workflow written in the workflow, not an expression's value")
+        }
+        _ => Err("a task or a workflow"),
+    }
+}
+
+/// `v`, which a built-in passes on from its input `written` (as `written` is
+/// in the task, before evaluation): a task or workflow spec written there in
+/// the workflow runs (`then` of an `if`, a `switch` case's `action`, a
+/// `noop`'s input). Anything else is the output, a spec among it: one that
+/// arrived as data (the caller's input, a function's answer, a loop's `_item`)
+/// would otherwise let whoever sends data choose what runs and where it sends
+/// requests. A spec written in a task is never evaluated, so it is `v` itself.
+fn pass(v: Value, written: Option<&Value>) -> Outcome {
+    match written {
+        Some(w) if (is_task_spec(w) || is_workflow_spec(w)) && *w == v => Outcome::Tasks(v),
+        _ => Outcome::Output(v),
+    }
+}
+
+fn repeat(inputs: &Inputs, raw: &Inputs) -> Outcome {
     let Some(times) = as_number(inputs.get("times")) else {
         return Outcome::Invalid("repeat needs the input `times`, a number".into());
     };
-    let Some(action) = inputs.get("do").filter(|d| is_task_spec(d)) else {
-        return Outcome::Invalid("repeat needs the input `do`, a task".into());
+    let action = match literal_do(raw) {
+        Ok(a) if is_task_spec(a) => a,
+        Ok(_) => return Outcome::Invalid("repeat needs the input `do`, a task".into()),
+        Err(got) => return Outcome::Invalid(format!("repeat needs the input `do`, {got}")),
     };
     if times.is_nan() || times > MAX_REPEAT as f64 {
         return Outcome::Invalid(format!(
@@ -313,7 +354,7 @@ fn repeat(inputs: &Inputs) -> Outcome {
         }
         tasks.insert(format!("do_{i}"), t);
     }
-    Outcome::Output(json!({"output": format!("do_{}", times - 1), "tasks": tasks}))
+    Outcome::Tasks(json!({"output": format!("do_{}", times - 1), "tasks": tasks}))
 }
 
 fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
@@ -323,11 +364,9 @@ fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
     let Some(limit) = as_number(inputs.get("limit")) else {
         return Outcome::Invalid("while needs the input `limit`, a number".into());
     };
-    let Some(action) = inputs
-        .get("do")
-        .filter(|d| is_task_spec(d) || is_workflow_spec(d))
-    else {
-        return Outcome::Invalid("while needs the input `do`, a task".into());
+    let action = match literal_do(raw) {
+        Ok(a) => a,
+        Err(got) => return Outcome::Invalid(format!("while needs the input `do`, {got}")),
     };
     let count = as_number(inputs.get("_count")).unwrap_or(0.0);
     if !truthy(cond) {
@@ -376,7 +415,7 @@ fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
         "condition".into(),
         json!({"run": "while", "inputs": cond_inputs, "requires": ["action"]}),
     );
-    Outcome::Output(json!({"output": "condition", "tasks": tasks}))
+    Outcome::Tasks(json!({"output": "condition", "tasks": tasks}))
 }
 
 fn javascript(inputs: &Inputs) -> Outcome {
@@ -650,7 +689,36 @@ mod tests {
 
     fn out(name: &str, v: Value) -> Value {
         match run(name, &ins(v.clone()), &ins(v)) {
-            Outcome::Output(o) => o,
+            Outcome::Output(o) | Outcome::Tasks(o) => o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_spec_written_in_the_task_runs_one_that_arrived_as_data_is_data() {
+        let task = json!({"run": "dump", "inputs": "injected"});
+        // `inputs: {run: dump, ...}`: written in the workflow.
+        let raw = ins(json!({"default": task}));
+        assert_eq!(run("noop", &raw, &raw), Outcome::Tasks(task.clone()));
+        // `inputs: "{ param() }"` that evaluated to the same map: data.
+        let raw = ins(json!({"default": "{ param() }"}));
+        let evaluated = ins(json!({"default": task}));
+        assert_eq!(run("noop", &evaluated, &raw), Outcome::Output(task.clone()));
+        // An `if` runs the branch it holds, not one an expression made.
+        let raw = ins(json!({"if": "{ true }", "then": task, "else": "{ param() }"}));
+        let evaluated = ins(json!({"if": true, "then": task, "else": task}));
+        assert_eq!(run("if", &evaluated, &raw), Outcome::Tasks(task.clone()));
+        let evaluated = ins(json!({"if": false, "then": task, "else": task}));
+        assert_eq!(run("if", &evaluated, &raw), Outcome::Output(task.clone()));
+        // What a loop put in (`_item`, `_prev`) is data, even held literally.
+        let raw = ins(json!({"default": "{ task().Inputs._item }", "_item": task}));
+        let evaluated = ins(json!({"default": task, "_item": task}));
+        assert_eq!(run("noop", &evaluated, &raw), Outcome::Output(task.clone()));
+        // A loop's `do` must be written in the workflow.
+        let raw = ins(json!({"foreach": [1], "do": "{ param() }"}));
+        let evaluated = ins(json!({"foreach": [1], "do": task}));
+        match run("foreach", &evaluated, &raw) {
+            Outcome::Invalid(m) => assert!(m.contains("not an expression's value"), "{m}"),
             other => panic!("{other:?}"),
         }
     }

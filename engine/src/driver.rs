@@ -1672,6 +1672,17 @@ impl Actor {
             match builtins::run(&target, &inputs, &raw) {
                 Outcome::Output(v) => {
                     self.record(dispatched(inputs_value, None));
+                    self.record(Event::TaskSucceeded {
+                        task: task.into(),
+                        attempt,
+                        output: v,
+                        headers: Headers::new(),
+                        at: now,
+                    });
+                    None
+                }
+                Outcome::Tasks(v) => {
+                    self.record(dispatched(inputs_value, None));
                     match dynamic_workflow(&v) {
                         Some(Ok(sub)) => match self.too_big(sub.tasks.len()) {
                             Some(why) => self.record(fail(why)),
