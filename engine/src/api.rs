@@ -838,22 +838,30 @@ pub fn request_input(
     } else {
         Value::String(String::from_utf8_lossy(body).to_string())
     };
-    // Canonical names; of a header sent more than once, the last value.
-    let canonical: serde_json::Map<String, Value> = headers
-        .iter()
-        .filter_map(|(k, v)| {
-            let value = if CREDENTIAL_HEADERS.contains(&k.as_str()) {
-                REDACTED.to_string()
-            } else {
-                v.to_str().ok()?.to_string()
-            };
-            Some((canonical_header(k.as_str()), Value::String(value)))
-        })
-        .collect();
-    let query: serde_json::Map<String, Value> = pairs(uri.query().unwrap_or("").as_bytes())
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
+    // Canonical names; of a header sent more than once, the first value (as
+    // Fission Workflows). `X-Async` asked how to answer: not the run's input.
+    let mut canonical = serde_json::Map::new();
+    for (k, v) in headers {
+        if k.as_str() == "x-async" {
+            continue;
+        }
+        let value = if CREDENTIAL_HEADERS.contains(&k.as_str()) {
+            REDACTED.to_string()
+        } else {
+            match v.to_str() {
+                Ok(v) => v.to_string(),
+                Err(_) => continue,
+            }
+        };
+        canonical
+            .entry(canonical_header(k.as_str()))
+            .or_insert(Value::String(value));
+    }
+    // Of a parameter given more than once, the first value too.
+    let mut query = serde_json::Map::new();
+    for (k, v) in pairs(uri.query().unwrap_or("").as_bytes()) {
+        query.entry(k).or_insert(Value::String(v));
+    }
     Ok(json!({
         "body": parsed,
         "default": parsed,
@@ -1167,5 +1175,21 @@ mod tests {
             json!({"name": "Ada L", "empty": "", "plus": "a b"})
         );
         assert_eq!(input["body"], Value::Null);
+    }
+
+    #[test]
+    fn of_a_name_given_twice_the_first_value_and_x_async_is_left_out() {
+        let uri: Uri = "/w?q=first&q=second".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.append("x-a", "first".parse().unwrap());
+        headers.append("x-a", "second".parse().unwrap());
+        headers.insert("x-async", "true".parse().unwrap());
+        headers.insert("authorization", "Bearer t".parse().unwrap());
+        let input = request_input(&Method::GET, &uri, &headers, b"").unwrap();
+        assert_eq!(input["query"], json!({"q": "first"}));
+        assert_eq!(
+            input["headers"],
+            json!({"X-A": "first", "Authorization": REDACTED})
+        );
     }
 }

@@ -282,10 +282,13 @@ fn foreach(inputs: &Inputs, raw: &Inputs) -> Outcome {
         }
     }
     let requires: Vec<Value> = (0..items.len()).map(|i| json!(format!("do_{i}"))).collect();
-    tasks.insert(
-        "collector".into(),
-        json!({"run": "compose", "inputs": {"default": collected}, "requires": requires}),
-    );
+    // Without `collect`, nothing: Fission Workflows' collector has no inputs.
+    let collector = if collect {
+        json!({"run": "compose", "inputs": {"default": collected}, "requires": requires})
+    } else {
+        json!({"run": "noop", "requires": requires})
+    };
+    tasks.insert("collector".into(), collector);
     let mut workflow = json!({"output": "collector", "tasks": tasks});
     if let (Some(n), Some(m)) = (limit, workflow.as_object_mut()) {
         m.insert("concurrency".into(), json!(n));
@@ -882,6 +885,15 @@ mod tests {
             json!({"foreach": [1], "do": {"run": "noop"}, "concurrency": 4}),
         );
         assert_eq!(dynamic_workflow(&wf).unwrap().unwrap().concurrency, Some(4));
+        // `collect: false`: the items still run; their outputs are not kept.
+        let wf = out(
+            "foreach",
+            json!({"foreach": [1, 2], "do": {"run": "noop"}, "collect": false}),
+        );
+        let DynamicTasks { tasks, .. } = dynamic_workflow(&wf).unwrap().unwrap();
+        assert_eq!(tasks["collector"].run, "noop");
+        assert_eq!(tasks["collector"].inputs, None);
+        assert_eq!(tasks["collector"].requires.len(), 2);
     }
 
     #[test]
