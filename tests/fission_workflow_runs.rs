@@ -743,3 +743,69 @@ states:
         .collect();
     assert_eq!(of_slow, ["TaskDispatched", "TaskCancelled"], "{events}");
 }
+
+/// Answers the body it got, as text, with its type.
+const RAW_BODY: &str = r#"
+from flask import request
+
+def main():
+    return {"ct": request.headers.get("Content-Type"), "raw": request.get_data(as_text=True)}
+"#;
+
+/// Answers JSON as text, without saying it is JSON (Flask's default type).
+const UNTYPED_JSON: &str = r#"
+def main():
+    return '{"a": 1}'
+"#;
+
+const DOCUMENTS: &str = "apiVersion: fission.io/v1
+kind: Workflow
+metadata:
+  name: documents
+spec:
+  startAt: each
+  states:
+    each:
+      type: Map
+      itemsPath: $.items
+      resultPath: $.seen
+      branches:
+        - startAt: r
+          states:
+            r: {type: Task, function: {name: raw-body}, end: true}
+      next: answer
+    answer:
+      type: Task
+      function: {name: untyped-json}
+      resultPath: $.r
+      end: true
+";
+
+/// As Fission's own engine: a step sends its document as JSON whatever it is
+/// (a string stays a JSON string, null is `null`), and reads an answer that is
+/// JSON as JSON whatever its type says.
+#[test]
+fn rfc0022_steps_send_and_read_json_documents() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function("raw-body", "python", "r.py", RAW_BODY, json!({}));
+    s.function("untyped-json", "python", "u.py", UNTYPED_JSON, json!({}));
+    assert_eq!(store(&s, "POST", "/v1/workflows", DOCUMENTS).0, 201);
+    let (status, out) = invoke(
+        &s,
+        "documents",
+        json!({"items": ["A-1", "{\"x\":1}", "42", null, 7]}),
+    );
+    assert_eq!(status, 200, "{out}");
+    let raw: Vec<&str> = out["seen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|seen| {
+            assert_eq!(seen["ct"], "application/json", "{out}");
+            seen["raw"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(raw, [r#""A-1""#, r#""{\"x\":1}""#, r#""42""#, "null", "7"]);
+    assert_eq!(out["r"], json!({"a": 1}), "{out}");
+}

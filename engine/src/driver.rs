@@ -226,15 +226,18 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// A response body as a task output: JSON when the content type says so.
-pub fn response_output(resp: &FunctionResponse) -> Value {
+/// A response body as a task output: JSON when the content type says so, or,
+/// for a state machine's step (`documents`), whenever it is JSON (as Fission's
+/// own engine reads an answer, whatever its type).
+pub fn response_output(resp: &FunctionResponse, documents: bool) -> Value {
     if resp.body.is_empty() {
         return Value::Null;
     }
-    let json = resp
-        .headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.contains("json"));
+    let json = documents
+        || resp
+            .headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.contains("json"));
     if json {
         if let Ok(v) = serde_json::from_slice(&resp.body) {
             return v;
@@ -294,7 +297,7 @@ fn notify_call(
     key: &str,
     timeout: Option<Duration>,
 ) -> FunctionCall {
-    let mut call = function_call(notify, inputs, key, timeout);
+    let mut call = function_call(notify, inputs, key, timeout, false);
     let url = format!(
         "{}{}{token}",
         base.unwrap_or_default(),
@@ -345,7 +348,7 @@ pub fn is_url(run: &str) -> bool {
 /// The request a URL function reference makes: as a function call's (method,
 /// body, headers, query from the inputs), to the URL.
 fn url_request(url: &str, inputs: &Value, key: &str) -> crate::builtins::HttpRequest {
-    let call = function_call(url, inputs, key, None);
+    let call = function_call(url, inputs, key, None, false);
     let mut url = url.to_string();
     if !call.query.is_empty() {
         let query: String = form_urlencoded::Serializer::new(String::new())
@@ -365,11 +368,15 @@ fn url_request(url: &str, inputs: &Value, key: &str) -> crate::builtins::HttpReq
     }
 }
 
+/// The call a task makes. A state machine's step (`documents`) sends its
+/// document as JSON, whatever it is (a string, a number, null), as Fission's
+/// own engine does; a Fission Workflows task sends a string as text.
 fn function_call(
     function: &str,
     inputs: &Value,
     key: &str,
     timeout: Option<Duration>,
+    documents: bool,
 ) -> FunctionCall {
     let get = |k: &str| inputs.get(k).filter(|v| !v.is_null());
     let mut headers: Vec<(String, String)> = get("headers")
@@ -381,7 +388,14 @@ fn function_call(
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
         headers.push(("Content-Type".into(), text(ct)));
     }
-    let body = body_of(get("body").or_else(|| get("default")), &mut headers);
+    let body = if documents {
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
+        headers.push(("Content-Type".into(), "application/json".into()));
+        let document = inputs.get("body").unwrap_or(&Value::Null);
+        Bytes::from(document.to_string())
+    } else {
+        body_of(get("body").or_else(|| get("default")), &mut headers)
+    };
     FunctionCall {
         function: function.to_string(),
         method: get("method")
@@ -405,12 +419,13 @@ fn outcome_events(
     attempt: u32,
     result: Result<FunctionResponse, CallError>,
     at: Millis,
+    documents: bool,
 ) -> Vec<Event> {
     match result {
         Ok(resp) if (200..300).contains(&resp.status) => vec![Event::TaskSucceeded {
             task: task.into(),
             attempt,
-            output: response_output(&resp),
+            output: response_output(&resp, documents),
             headers: canonical_headers(resp.headers.iter()),
             at,
         }],
@@ -1217,6 +1232,7 @@ impl Actor {
     ) {
         let id = self.state.run_id.clone();
         if recovering {
+            let documents = self.state.spec.state_machine.is_some();
             // Dispatched but not recorded as finished: dispatch again, same key.
             let again: Vec<External> = self
                 .state
@@ -1250,7 +1266,7 @@ impl Actor {
                     Some(External::Call {
                         task: t.id.clone(),
                         attempt: t.attempts,
-                        call: function_call(&target, &inputs, &key, timeout),
+                        call: function_call(&target, &inputs, &key, timeout, documents),
                     })
                 })
                 .collect();
@@ -1817,7 +1833,13 @@ impl Actor {
             Some(External::Call {
                 task: task.into(),
                 attempt,
-                call: function_call(&target, &inputs_value, key, timeout),
+                call: function_call(
+                    &target,
+                    &inputs_value,
+                    key,
+                    timeout,
+                    self.state.spec.state_machine.is_some(),
+                ),
             })
         }
     }
@@ -1833,6 +1855,7 @@ impl Actor {
     fn perform(&mut self, ext: External) {
         let tx = self.tx.clone();
         let engine = self.engine.clone();
+        let documents = self.state.spec.state_machine.is_some();
         match ext {
             External::Abort(task) => {
                 if let Some(h) = self.inflight.remove(&task) {
@@ -1856,7 +1879,8 @@ impl Actor {
                 self.call(task, async move {
                     let timeout = call.timeout;
                     let result = bounded(timeout, async { engine.invoker.call(call).await }).await;
-                    let events = outcome_events(&t, attempt, result, engine.clock.now_ms());
+                    let events =
+                        outcome_events(&t, attempt, result, engine.clock.now_ms(), documents);
                     (t, events)
                 });
             }
@@ -1870,7 +1894,8 @@ impl Actor {
                     let timeout = call.timeout;
                     let result = bounded(timeout, async { engine.invoker.call(call).await }).await;
                     let at = engine.clock.now_ms();
-                    let events = match outcome_events(&t, attempt, result, at).as_slice() {
+                    let events = match outcome_events(&t, attempt, result, at, documents).as_slice()
+                    {
                         [Event::TaskSucceeded { .. }] => vec![Event::CallbackNotified {
                             task: t.clone(),
                             attempt,
@@ -1898,7 +1923,8 @@ impl Actor {
                         }
                     })
                     .await;
-                    let events = outcome_events(&t, attempt, result, engine.clock.now_ms());
+                    let events =
+                        outcome_events(&t, attempt, result, engine.clock.now_ms(), documents);
                     (t, events)
                 });
             }

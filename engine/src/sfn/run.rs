@@ -321,8 +321,9 @@ pub fn new_step(s: &RunState, id: &str) -> Option<TaskState> {
     })
 }
 
-/// An error as RFC-0022 types it: `errorType` and `cause`.
-fn step_error(t: &TaskState) -> (String, String) {
+/// An error as RFC-0022 types it: `errorType` and `cause` (as text, and as
+/// the function gave it when that was not a string: `cause_of`).
+fn step_error(t: &TaskState) -> (String, String, Option<Value>) {
     let message = t.error.clone().unwrap_or_default();
     match t.http_status {
         Some(status) => {
@@ -330,12 +331,8 @@ fn step_error(t: &TaskState) -> (String, String) {
             let body = message.strip_prefix(&prefix).unwrap_or("");
             if let Ok(v) = serde_json::from_str::<Value>(body) {
                 if let Some(kind) = v.get("errorType").and_then(Value::as_str) {
-                    let cause = match v.get("cause") {
-                        Some(Value::String(c)) => c.clone(),
-                        Some(other) => other.to_string(),
-                        None => String::new(),
-                    };
-                    return (kind.to_string(), cause);
+                    let (cause, value) = cause_of(&v);
+                    return (kind.to_string(), cause, value);
                 }
             }
             let kind = if (400..500).contains(&status) {
@@ -343,28 +340,35 @@ fn step_error(t: &TaskState) -> (String, String) {
             } else {
                 FUNCTION_ERROR
             };
-            (kind.to_string(), message)
+            (kind.to_string(), message, None)
         }
-        None if message.contains("timed out") => (TIMEOUT.to_string(), message),
+        None if message.contains("timed out") => (TIMEOUT.to_string(), message, None),
         // A function that does not exist (`CallError::UnknownFunction`):
         // never retried, as a 4xx is not.
         None if message.starts_with("function ") && message.ends_with(" does not exist") => {
-            (PERMANENT_ERROR.to_string(), message)
+            (PERMANENT_ERROR.to_string(), message, None)
         }
         // A callback completed with `{"error": {"errorType": ..., "cause": ...}}`.
         None if message.starts_with('{') => match serde_json::from_str::<Value>(&message) {
             Ok(v) if v.get("errorType").is_some_and(Value::is_string) => {
                 let kind = v["errorType"].as_str().unwrap_or_default().to_string();
-                let cause = match v.get("cause") {
-                    Some(Value::String(c)) => c.clone(),
-                    Some(other) => other.to_string(),
-                    None => String::new(),
-                };
-                (kind, cause)
+                let (cause, value) = cause_of(&v);
+                (kind, cause, value)
             }
-            _ => (FUNCTION_ERROR.to_string(), message),
+            _ => (FUNCTION_ERROR.to_string(), message, None),
         },
-        None => (FUNCTION_ERROR.to_string(), message),
+        None => (FUNCTION_ERROR.to_string(), message, None),
+    }
+}
+
+/// A typed error's `cause`: as text (for the run's error), and as the JSON the
+/// function gave when that is not a string (Fission keeps it raw, so a catch's
+/// `resultPath` gets `{"errorType", "cause": {...}}`, not the object as text).
+fn cause_of(error: &Value) -> (String, Option<Value>) {
+    match error.get("cause") {
+        None | Some(Value::Null) => (String::new(), None),
+        Some(Value::String(c)) => (c.clone(), None),
+        Some(other) => (other.to_string(), Some(other.clone())),
     }
 }
 
@@ -374,6 +378,8 @@ struct Failure {
     task: Option<String>,
     error_type: String,
     cause: String,
+    /// The cause as the function typed it, when it was not a string.
+    cause_value: Option<Value>,
     status: Option<u16>,
 }
 
@@ -383,6 +389,7 @@ impl Failure {
             task,
             error_type: error_type.to_string(),
             cause: cause.to_string(),
+            cause_value: None,
             status,
         }
     }
@@ -727,8 +734,11 @@ fn run_scope(
             }
         }
         TaskStatus::Failed => {
-            let (error_type, cause) = step_error(last);
-            let f = Failure::new(Some(id), &error_type, &cause, last.http_status);
+            let (error_type, cause, cause_value) = step_error(last);
+            let f = Failure {
+                cause_value,
+                ..Failure::new(Some(id), &error_type, &cause, last.http_status)
+            };
             caught(s, m, scope, state, f, document, seq)
         }
     }
@@ -772,7 +782,8 @@ fn caught(
     let Some(route) = route else {
         return Outcome::Done(Err(f));
     };
-    let error = json!({"errorType": f.error_type, "cause": f.cause});
+    let cause = f.cause_value.clone().unwrap_or_else(|| json!(f.cause));
+    let error = json!({"errorType": f.error_type, "cause": cause});
     let doc = match route.result_path.as_deref() {
         None => Ok(error),
         Some(p) => apply_result_path(&ResultPath::At(p.to_string()), document, error),
@@ -1568,7 +1579,19 @@ states:
         );
         let output = success(next(&mut s));
         assert_eq!(output["err"]["errorType"], "Inventory.Unavailable");
+        assert_eq!(output["err"]["cause"], "later");
         assert_eq!(s.tasks[&id].attempts, 1);
+        // A cause that is not a string is kept as the function gave it.
+        let mut s = started(src, json!({}));
+        let (id, _) = dispatch(&mut s);
+        fail(
+            &mut s,
+            &id,
+            Some(500),
+            r#"the function answered 500: {"errorType": "Inventory.Unavailable", "cause": {"code": 7}}"#,
+        );
+        let output = success(next(&mut s));
+        assert_eq!(output["err"]["cause"], json!({"code": 7}));
         for (status, error) in [
             (Some(503), "the function answered 503"),
             (
