@@ -377,6 +377,35 @@ fn invalid_workflows_are_refused_with_line_and_column() {
     );
     // Nothing was stored.
     assert_eq!(s.call("GET", "/v1/workflows/broken", None).0, 404);
+    // Without ?name=, a document that does not parse says where, not that
+    // its name is missing; one that parses without a name says so.
+    let post_unnamed = |doc: &str| {
+        let r = s
+            .api("POST", "/v1/workflows")
+            .header("content-type", "application/json")
+            .body(doc.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let (st, v) = post_unnamed(
+        "{\"apiVersion\": \"fission.io/v1\", \"kind\": \"Workflow\",\n \"metadata\": {\"name\": \"j1\"},\n \"spec\": {\"startAt\": \"a\", \"states\": {\"a\": {\"type\": \"Succeed\"} \"b\": 1}}}\n",
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("yaml_syntax")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("line 3"),
+        "{v}"
+    );
+    let (st, v) = post_unnamed("apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: noop\n");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("missing_name")),
+        "{v}"
+    );
 }
 
 #[test]

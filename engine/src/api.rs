@@ -261,11 +261,16 @@ async fn create_workflow(
         (Some(asked), Some(named)) if asked != named => return Err(mismatch(&asked, &named)),
         (Some(n), _) | (None, Some(n)) => n,
         (None, None) => {
+            // A document that does not parse has no name to find: its own
+            // errors (with line and column) say more than a missing name.
+            if let Err(errors) = crate::validate::check_offline(source) {
+                return Err(EngineError::Invalid(errors).into());
+            }
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "missing_name",
                 "give the workflow's name as ?name=, a top-level `name:` (Fission Workflows) or `metadata.name` (a Fission `Workflow`)",
-            ))
+            ));
         }
     };
     if q.dry_run {

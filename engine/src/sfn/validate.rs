@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use super::paths::{is_singular, parse_path};
 use super::positions::{Positions, Step};
+use super::run::ALL;
 use super::spec::{
     parse_go_duration, parse_workflow, ChoiceCondition, ParsedWorkflow, ResultPath, RetryPolicy,
     StateType, WorkflowState, API_VERSION, KIND, MAX_ATTEMPTS,
@@ -524,6 +525,13 @@ impl Validator {
                     &join(&cp, &[Step::from("errorType")]),
                     "invalid_catch",
                     format!("state {name:?}: a second catch route for {:?} is never used (the first match wins)", c.error_type),
+                );
+            } else if c.error_type == ALL && i + 1 < st.catch.len() {
+                // As Step Functions' States.ALL: the routes after it never match.
+                self.at_value(
+                    &join(&cp, &[Step::from("errorType")]),
+                    "invalid_catch",
+                    format!("state {name:?}: the {ALL} route catches every error, so it must be the last (the first match wins)"),
                 );
             }
             target(
@@ -1232,6 +1240,21 @@ states:
         );
         let message = parse_and_validate(yaml).unwrap_err()[2].message.clone();
         assert!(message.contains("Fission.All"), "{message}");
+        // A catch-all before other routes would take every error from them.
+        let yaml = "\
+startAt: a
+states:
+  a:
+    type: Task
+    function: { name: f }
+    catch:
+      - { errorType: Fission.All, next: a }
+      - { errorType: Card.Declined, next: a }
+    end: true
+";
+        assert_eq!(check(yaml), vec![("invalid_catch", 7, 22)]);
+        let message = parse_and_validate(yaml).unwrap_err()[0].message.clone();
+        assert!(message.contains("must be the last"), "{message}");
     }
 
     #[test]
