@@ -36,7 +36,10 @@ impl HttpTransport for ReqwestTransport {
             req = match request.body {
                 None | Some(serde_json::Value::Null) => req,
                 Some(serde_json::Value::String(s)) => req.body(s),
-                Some(other) => req.json(&other),
+                Some(other) => match engine::binary::of(&other) {
+                    Some(bytes) => req.body(bytes),
+                    None => req.json(&other),
+                },
             };
             let resp = req
                 .send()

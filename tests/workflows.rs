@@ -950,6 +950,59 @@ fn nested_or_oversized_documents_are_refused_and_the_server_keeps_answering() {
     assert!(err.contains("deeper than"), "{err}");
 }
 
+/// Bodies that are not UTF-8 text go through a run as the bytes they are: the
+/// input to a function, a function's answer to the caller.
+#[test]
+fn binary_bodies_go_through_runs_whole() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    s.function(
+        "hexdump",
+        "binary",
+        "hex.sh",
+        "#!/bin/sh\nod -An -tx1 | tr -d ' \\n'\n",
+        json!({}),
+    );
+    s.function(
+        "png",
+        "binary",
+        "png.sh",
+        "#!/bin/sh\nprintf '\\211PNG\\377\\000\\001'\n",
+        json!({}),
+    );
+    s.workflow(
+        "hex",
+        "output: Hex\ntasks:\n  Hex:\n    run: hexdump\n    inputs: \"{ param() }\"\n",
+    );
+    s.workflow(
+        "echo",
+        "output: Echo\ntasks:\n  Echo:\n    run: noop\n    inputs: \"{ param() }\"\n",
+    );
+    s.workflow("image", "output: P\ntasks:\n  P:\n    run: png\n");
+    let sent: &[u8] = &[0xff, 0xfe, 0x00, 0x01, 0x89, b'P'];
+    let post = |name: &str| {
+        s.http
+            .post(s.router_url(&format!("/fission-function/{name}")))
+            .header("content-type", "application/octet-stream")
+            .body(sent.to_vec())
+            .send()
+            .unwrap()
+    };
+    let r = post("hex");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "fffe00018950");
+    let r = post("echo");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert_eq!(r.bytes().unwrap().as_ref(), sent);
+    let r = post("image");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.bytes().unwrap().as_ref(),
+        &[0x89, b'P', b'N', b'G', 0xff, 0x00, 0x01]
+    );
+}
+
 /// A map shaped like a task (`run`) or a workflow (`tasks`) that arrives as
 /// data, from the caller or from a function's answer, is data: only what the
 /// workflow's author wrote runs.

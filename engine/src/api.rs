@@ -841,7 +841,7 @@ pub fn request_input(
     } else if content_type.starts_with("application/x-www-form-urlencoded") {
         form_input(body)?
     } else {
-        Value::String(String::from_utf8_lossy(body).to_string())
+        crate::binary::text_or_bytes(body)
     };
     // Canonical names; of a header sent more than once, the first value (as
     // Fission Workflows). `X-Async` asked how to answer: not the run's input.
@@ -1043,7 +1043,15 @@ async fn invoke_inner(
 }
 
 fn output_response(output: Value, headers: &BTreeMap<String, String>, run_id: &str) -> Response {
+    let bytes = crate::binary::of(&output);
+    // A text or bytes output keeps the type its task's answer gave it.
+    let typed = output.is_string() || bytes.is_some();
     let mut resp = match &output {
+        _ if bytes.is_some() => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            bytes.unwrap_or_default(),
+        )
+            .into_response(),
         Value::Null => StatusCode::NO_CONTENT.into_response(),
         Value::String(s) => (
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -1057,7 +1065,7 @@ fn output_response(output: Value, headers: &BTreeMap<String, String>, run_id: &s
         if matches!(
             lk.as_str(),
             "content-length" | "transfer-encoding" | "connection" | "date"
-        ) || (lk == "content-type" && !output.is_string())
+        ) || (lk == "content-type" && !typed)
         {
             continue;
         }

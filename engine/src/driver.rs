@@ -243,7 +243,7 @@ pub fn response_output(resp: &FunctionResponse, documents: bool) -> Value {
             return v;
         }
     }
-    Value::String(String::from_utf8_lossy(&resp.body).to_string())
+    crate::binary::text_or_bytes(&resp.body)
 }
 
 /// The inputs a workflow invoked by name from a task sees: those of the task, with
@@ -321,14 +321,19 @@ fn already_finished(id: &str, status: RunStatus) -> EngineError {
     ))
 }
 
-/// The body of a call: text for a string, JSON for anything else.
 /// A task's body as sent, and its type unless the headers give one: text for
-/// a string, JSON for anything else (as Fission Workflows sends them).
+/// a string, the bytes of a bytes value (`binary`), JSON for anything else (as
+/// Fission Workflows sends them).
 fn body_of(v: Option<&Value>, headers: &mut Vec<(String, String)>) -> Bytes {
     let typed = headers
         .iter()
         .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    let bytes = v.and_then(crate::binary::of);
     let (body, content_type) = match v {
+        _ if bytes.is_some() => (
+            Bytes::from(bytes.unwrap_or_default()),
+            "application/octet-stream",
+        ),
         None | Some(Value::Null) => return Bytes::new(),
         Some(Value::String(s)) => (Bytes::from(s.clone()), "text/plain; charset=utf-8"),
         Some(other) => (Bytes::from(other.to_string()), "application/json"),
@@ -363,8 +368,7 @@ fn url_request(url: &str, inputs: &Value, key: &str) -> crate::builtins::HttpReq
         url,
         method: call.method,
         headers,
-        body: (!call.body.is_empty())
-            .then(|| Value::String(String::from_utf8_lossy(&call.body).into_owned())),
+        body: (!call.body.is_empty()).then(|| crate::binary::text_or_bytes(&call.body)),
     }
 }
 
