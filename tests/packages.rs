@@ -772,3 +772,82 @@ fn fn_create_with_a_source_makes_and_builds_its_package() {
     assert_eq!(cli_ok(&s, &["fn", "get", "plain", "--code"]), code);
     assert_eq!(s.call("GET", "/v1/functions/nosuch/code", None).0, 404);
 }
+
+/// As Fission's `fn update`: new code goes into the package the function
+/// runs, which other functions running it see too (so that takes --force).
+#[test]
+fn fn_update_with_new_code_updates_the_functions_package() {
+    let s = Server::start();
+    offline_env(&s, "python", "python");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = |name: &str, says: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, format!("def main():\n    return '{says}'\n")).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let v1 = file("v1.py", "v1");
+    cli_ok(
+        &s,
+        &[
+            "pkg", "create", "shared", "--env", "python", "--deploy", &v1,
+        ],
+    );
+    cli_ok(&s, &["fn", "create", "sa", "--pkg", "shared"]);
+    cli_ok(&s, &["fn", "create", "sb", "--pkg", "shared"]);
+    assert_eq!(call(&s, "sb"), (200, "v1".to_string()));
+
+    let v2 = file("v2.py", "v2");
+    let (code, _, err) = s.cli(&["fn", "update", "sa", "--code", &v2]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("also run by sb") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(call(&s, "sa"), (200, "v1".to_string()));
+    cli_ok(&s, &["fn", "update", "sa", "--code", &v2, "--force"]);
+    let sa = s.ok("GET", "/v1/functions/sa", None);
+    assert_eq!(sa["package"]["packageref"]["name"], "shared", "{sa}");
+    for f in ["sa", "sb"] {
+        eventually(Duration::from_secs(30), &format!("{f} runs v2"), || {
+            call(&s, f) == (200, "v2".to_string())
+        });
+    }
+
+    // A function made with --src gets its new source built.
+    let source = |dir: &str, says: &str| {
+        let d = tmp.path().join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("main.py"),
+            format!("def main():\n    return '{says}'\n"),
+        )
+        .unwrap();
+        d.to_str().unwrap().to_string()
+    };
+    let a = source("a", "source a");
+    cli_ok(
+        &s,
+        &[
+            "fn",
+            "create",
+            "solo",
+            "--env",
+            "python",
+            "--src",
+            &a,
+            "--entrypoint",
+            "main.main",
+        ],
+    );
+    let pkg = s.ok("GET", "/v1/functions/solo", None)["package"]["packageref"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(built(&s, &pkg)["status"]["buildstatus"], "succeeded");
+    assert_eq!(call(&s, "solo"), (200, "source a".to_string()));
+    let b = source("b", "source b");
+    cli_ok(&s, &["fn", "update", "solo", "--src", &b]);
+    eventually(Duration::from_secs(60), "solo runs its new source", || {
+        call(&s, "solo") == (200, "source b".to_string())
+    });
+}

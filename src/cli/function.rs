@@ -48,8 +48,9 @@ pub(super) struct FnFields {
     /// (repeatable; with --src, the package has both).
     #[arg(long = "deploy", alias = "deployarchive", conflicts_with_all = ["code", "pkg"])]
     deploy: Vec<PathBuf>,
-    /// The build command of that package (with --src).
-    #[arg(long, requires = "src")]
+    /// The build command of that package (with --src; on update, of the
+    /// function's package).
+    #[arg(long)]
     buildcmd: Option<String>,
     /// The entrypoint inside the code (`main`, `hello.main`, ...; the runtime's
     /// default when absent).
@@ -155,11 +156,16 @@ pub(super) enum FnVerb {
     List,
     /// Change a function; new requests go to the new version, requests in
     /// flight finish on the old one.
+    /// Change a function. New code (--code, --src, --deploy, --buildcmd)
+    /// updates the package it runs, as Fission's CLI does.
     Update {
         #[command(flatten)]
         name: Name,
         #[command(flatten)]
         fields: FnFields,
+        /// Update the function's package even when other functions run it too.
+        #[arg(long)]
+        force: bool,
     },
     /// Delete a function (refused while routes target it).
     Delete {
@@ -357,6 +363,73 @@ pub(super) async fn merge_fn(
     Ok(())
 }
 
+/// `fn update` with new code, as Fission's CLI: the package the function runs
+/// is updated in place (refused without `force` when other functions run it
+/// too); a function whose code was uploaded with it gets the new code
+/// (`--code`, left in `fields`) or a package made for it (`--src`, `--deploy`).
+async fn new_code(
+    c: &Client,
+    opts: &ClientOpts,
+    name: &str,
+    current: &Value,
+    fields: &mut FnFields,
+    force: bool,
+) -> Result<()> {
+    let given = fields.code.is_some()
+        || !fields.src.is_empty()
+        || !fields.deploy.is_empty()
+        || fields.buildcmd.is_some();
+    if !given || fields.pkg.is_some() {
+        return Ok(());
+    }
+    let ns = opts.ns().to_string();
+    let Some(pkg) = current["package"]["packageref"]["name"].as_str() else {
+        if !fields.src.is_empty() || !fields.deploy.is_empty() {
+            let env = match &fields.env {
+                Some(e) => e.clone(),
+                None => current["env"].as_str().unwrap_or_default().to_string(),
+            };
+            let made = super::pkg::create_for_function(
+                c,
+                &ns,
+                name,
+                &env,
+                std::mem::take(&mut fields.src),
+                std::mem::take(&mut fields.deploy),
+                fields.buildcmd.take(),
+            )
+            .await?;
+            fields.pkg = Some(made);
+        } else if fields.buildcmd.is_some() {
+            bail!("--buildcmd: function {name:?} has no package to build (its code was uploaded with it); give its source with --src");
+        }
+        return Ok(());
+    };
+    let all: Vec<Value> = c.get(&format!("/v1/functions{}", opts.ns_query())).await?;
+    let others: Vec<&str> = all
+        .iter()
+        .filter(|f| f["name"] != name && f["package"]["packageref"]["name"] == pkg)
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    if !others.is_empty() && !force {
+        bail!(
+            "package {pkg:?} is also run by {}: --force updates it for all of them (or give {name:?} a package of its own with --pkg)",
+            others.join(", ")
+        );
+    }
+    let mut deploy = std::mem::take(&mut fields.deploy);
+    deploy.extend(fields.code.take());
+    let update = super::pkg::PkgFields {
+        env: None,
+        src: std::mem::take(&mut fields.src),
+        deploy,
+        buildcmd: fields.buildcmd.take(),
+    };
+    super::pkg::update(c, &ns, pkg, update).await?;
+    eprintln!("package {pkg} updated");
+    Ok(())
+}
+
 /// A function's timeout when it names none, here as in Fission.
 const DEFAULT_TIMEOUT_SECS: u64 = 60;
 
@@ -437,6 +510,9 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             spec,
         } => {
             let name = name.get();
+            if fields.buildcmd.is_some() && fields.src.is_empty() {
+                bail!("--buildcmd builds the package's source: give the source with --src");
+            }
             let at = route
                 .url
                 .clone()
@@ -517,9 +593,14 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
         }
         FnVerb::Get { name, .. } => FUNCTIONS.show(&c, opts, &name.get()).await?,
         FnVerb::List => FUNCTIONS.list(&c, opts).await?,
-        FnVerb::Update { name, fields } => {
+        FnVerb::Update {
+            name,
+            mut fields,
+            force,
+        } => {
             let name = name.get();
             let mut body = FUNCTIONS.current(&c, opts, &name).await?;
+            new_code(&c, opts, &name, &body, &mut fields, force).await?;
             merge_fn(&c, opts, &mut body, fields).await?;
             FUNCTIONS.replace(&c, opts, &name, &body).await?;
         }

@@ -81,20 +81,20 @@ pub(super) fn generated_name(code: &std::path::Path) -> String {
 pub struct PkgFields {
     /// The environment whose builder builds the source and whose runtime runs it.
     #[arg(long)]
-    env: Option<String>,
+    pub(super) env: Option<String>,
     /// Source code to build: a directory, a zip archive or a file (repeatable;
     /// several are zipped together). Python: a requirements.txt is installed
     /// with pip; nodejs: package.json with npm; else ./build.sh runs.
     #[arg(long = "src", alias = "sourcearchive")]
-    src: Vec<PathBuf>,
+    pub(super) src: Vec<PathBuf>,
     /// Code ready to run, used as it is: a directory, a zip archive or a file
     /// (repeatable; several are zipped together).
     #[arg(long = "deploy", alias = "deployarchive")]
-    deploy: Vec<PathBuf>,
+    pub(super) deploy: Vec<PathBuf>,
     /// The build command, run by `sh` in the source directory with SRC_PKG
     /// (the source) and DEPLOY_PKG (where the deployment goes) set.
     #[arg(long)]
-    buildcmd: Option<String>,
+    pub(super) buildcmd: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -218,17 +218,7 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
             print(opts, &v, PKG_COLUMNS);
         }
         PkgVerb::Update { id, fields } => {
-            let mut body = get(&c, &id).await?;
-            merge(&c, &mut body, fields).await?;
-            let v: Value = c
-                .send(
-                    c.request(Method::PUT, &path(id.name(), ""))
-                        .query(&[("namespace", &id.namespace)])
-                        .json(&body),
-                )
-                .await?
-                .json()
-                .await?;
+            let v = update(&c, &id.namespace, id.name(), fields).await?;
             print(opts, &v, PKG_COLUMNS);
         }
         PkgVerb::Info { id } => {
@@ -365,6 +355,33 @@ pub(super) async fn download(c: &Client, path: &str, output: Option<&Path>) -> R
 
 fn path(name: &str, rest: &str) -> String {
     format!("/v1/packages/{name}{rest}")
+}
+
+/// Changes package `name` by `fields` (its server builds again when what is
+/// built changed); answers the package as stored.
+pub(super) async fn update(
+    c: &Client,
+    namespace: &str,
+    name: &str,
+    fields: PkgFields,
+) -> Result<Value> {
+    let mut body: Value = c
+        .send(
+            c.request(Method::GET, &path(name, ""))
+                .query(&[("namespace", namespace)]),
+        )
+        .await?
+        .json()
+        .await?;
+    merge(c, &mut body, fields).await?;
+    Ok(c.send(
+        c.request(Method::PUT, &path(name, ""))
+            .query(&[("namespace", namespace)])
+            .json(&body),
+    )
+    .await?
+    .json()
+    .await?)
 }
 
 async fn get(c: &Client, id: &PkgId) -> Result<Value> {
