@@ -192,10 +192,18 @@ fn a_project_deletes_only_what_it_applied_and_never_takes_over_another_projects(
     let two = tmp.path().join("two");
     std::fs::create_dir_all(&two).unwrap();
     assert_eq!(s.cli_in(&two, &["spec", "init"]).0, 0);
-    std::fs::write(two.join("specs/envs.yaml"), env_doc("first")).unwrap();
+    std::fs::write(
+        two.join("specs/envs.yaml"),
+        format!("{}---\n{}", env_doc("third"), env_doc("first")),
+    )
+    .unwrap();
     let (code, _, err) = s.cli_in(&two, &["spec", "apply"]);
     assert_ne!(code, 0);
     assert!(err.contains("was applied by another project"), "{err}");
+    // Refused before anything was made, as Fission checks conflicts first.
+    assert!(err.contains("nothing applied"), "{err}");
+    assert!(!names(&s, "/v1/environments").contains(&"third".to_string()));
+    std::fs::write(two.join("specs/envs.yaml"), env_doc("first")).unwrap();
 
     // Without `second` in the specs, --delete removes it; a plain apply does not.
     std::fs::write(one.join("specs/envs.yaml"), env_doc("first")).unwrap();

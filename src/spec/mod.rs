@@ -365,16 +365,13 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
             })
             .collect()
     };
-    if let Some(d) = &specs.deployment {
-        claim_new(client, d, &specs, &previous, &owners).await?;
-    }
+    preflight(client, &specs, &previous, &owners, &opts).await?;
     let mut applied: BTreeSet<Applied> = BTreeSet::new();
     let mut result = apply_all(
         client,
         &specs,
         &root,
         &previous,
-        &owners,
         &opts,
         &mut applied,
         &mut summary,
@@ -441,31 +438,63 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
     result
 }
 
-/// Records as this project's, before anything is made, what it declares and
-/// does not exist yet: an apply cut short (Ctrl-C, a killed shell, a lost
-/// connection) between making a resource and recording it would otherwise
-/// leave the resource no project's, and the next apply would refuse it as
-/// someone else's. A claim on something never made costs nothing: the apply's
-/// own record drops it, and deletes skip what is not there.
-async fn claim_new(
+/// Before anything is made: refuses, all at once, what this project may not
+/// take without --allowconflicts (another project's, a custom resource's, or,
+/// with a DeploymentConfig, one that exists and it did not apply), as
+/// Fission's apply checks conflicts before applying; then records as this
+/// project's what it declares and does not exist yet. An apply cut short
+/// (Ctrl-C, a killed shell, a lost connection) between making a resource and
+/// recording it would otherwise leave the resource no project's, and the next
+/// apply would refuse it as someone else's. A claim on something never made
+/// costs nothing: the apply's own record drops it, and deletes skip what is
+/// not there.
+async fn preflight(
     client: &Client,
-    d: &Deployment,
     specs: &Specs,
     previous: &Record,
     owners: &HashMap<Applied, Owner>,
+    opts: &ApplyOpts,
 ) -> Result<()> {
+    let mut refused = Vec::new();
     let mut claimed = previous.resources.clone();
     for r in &specs.resources {
         let a = Applied::of(r);
-        if claimed.contains(&a) || owners.contains_key(&a) {
+        match owners.get(&a) {
+            _ if opts.allow_conflicts => {}
+            Some(Owner::CustomResource(cr)) => refused.push(format!(
+                "{}: {} is owned by the custom resource {cr} in the cluster, which wins: change it there (kubectl), or use --allowconflicts to change it here until the next reconcile reverts it",
+                r.at,
+                r.label()
+            )),
+            Some(Owner::Project(uid)) => refused.push(format!(
+                "{}: {} was applied by another project (uid {uid}); use --allowconflicts to take it over",
+                r.at,
+                r.label()
+            )),
+            None => {}
+        }
+        if specs.deployment.is_none() || claimed.contains(&a) || owners.contains_key(&a) {
             continue;
         }
-        if client.get_opt::<Value>(&a.path()).await?.is_none() {
-            claimed.insert(a);
+        match client.get_opt::<Value>(&a.path()).await? {
+            None => {
+                claimed.insert(a);
+            }
+            Some(_) if !opts.allow_conflicts => refused.push(format!(
+                "{}: {} already exists and was not applied by this project; use --allowconflicts to take it over",
+                r.at,
+                r.label()
+            )),
+            Some(_) => {}
         }
     }
-    if claimed.len() > previous.resources.len() {
-        put_record(client, d, claimed).await?;
+    if !refused.is_empty() {
+        bail!("nothing applied:\n{}", refused.join("\n"));
+    }
+    if let Some(d) = &specs.deployment {
+        if claimed.len() > previous.resources.len() {
+            put_record(client, d, claimed).await?;
+        }
     }
     Ok(())
 }
@@ -492,7 +521,6 @@ async fn apply_all(
     specs: &Specs,
     root: &Path,
     previous: &Record,
-    owners: &HashMap<Applied, Owner>,
     opts: &ApplyOpts,
     applied: &mut BTreeSet<Applied>,
     summary: &mut Summary,
@@ -501,19 +529,6 @@ async fn apply_all(
     for kind in Kind::ALL {
         for r in specs.resources.iter().filter(|r| r.kind == kind) {
             let a = Applied::of(r);
-            match owners.get(&a) {
-                Some(Owner::CustomResource(cr)) if !opts.allow_conflicts => bail!(
-                    "{}: {} is owned by the custom resource {cr} in the cluster, which wins: change it there (kubectl), or use --allowconflicts to change it here until the next reconcile reverts it",
-                    r.at,
-                    r.label()
-                ),
-                Some(Owner::Project(uid)) if !opts.allow_conflicts => bail!(
-                    "{}: {} was applied by another project (uid {uid}); use --allowconflicts to take it over",
-                    r.at,
-                    r.label()
-                ),
-                _ => {}
-            }
             let mut body = r.body.clone();
             for (field, src) in &r.archives {
                 let uploaded = upload(client, specs, root, src, &mut uploads)
