@@ -464,6 +464,8 @@ fn spec_checks_routes_offline_and_apply_says_what_it_did() {
         trigger("noslash", "  relativeurl: noslash\n"),
         trigger("typo", "  relativeurl: /typo\n  methods: [GETT]\n"),
         trigger("scalar", "  relativeurl: /scalar\n  methods: GET\n"),
+        trigger("r1", "  relativeurl: /r/{id}\n  methods: [GET]\n"),
+        trigger("r2", "  relativeurl: /r/{name}\n  methods: [GET, POST]\n"),
         "---\napiVersion: fission.io/v2\nkind: Environment\nmetadata:\n  name: later\nspec:\n  runtime:\n    image: fission/python-env\n".to_string(),
     ]
     .concat();
@@ -474,6 +476,7 @@ fn spec_checks_routes_offline_and_apply_says_what_it_did() {
         "HTTPTrigger noslash: route url \"noslash\" must start with '/'",
         "HTTPTrigger typo: route: unknown method \"GETT\"",
         "`methods` must be a list",
+        "HTTPTrigger r2 would answer the same requests as HTTPTrigger r1, defined at",
         "apiVersion \"fission.io/v2\": kind Environment is `apiVersion: fission.io/v1`",
     ] {
         assert!(err.contains(wanted), "{wanted}: {err}");

@@ -1205,6 +1205,28 @@ impl Specs {
                 ));
             }
         }
+        // Two routes of the folder that would answer the same requests: the
+        // server refuses the second, so apply would stop half-way.
+        let routes: Vec<(&Resource, triggers::Route)> = self
+            .resources
+            .iter()
+            .filter(|r| r.kind == Kind::HttpTrigger)
+            .filter_map(|r| Some((r, serde_json::from_value(r.body.clone()).ok()?)))
+            .collect();
+        for (i, (r, route)) in routes.iter().enumerate() {
+            if let Some((first, _)) = routes[..i].iter().find(|(_, o)| o.answers_as(route)) {
+                problems.push((
+                    true,
+                    r.at.clone(),
+                    format!(
+                        "{} would answer the same requests as {}, defined at {}",
+                        r.label(),
+                        first.label(),
+                        first.at
+                    ),
+                ));
+            }
+        }
         for (error, at, message) in problems {
             if error {
                 self.error(at, message);

@@ -53,6 +53,31 @@ impl Route {
         qualified(&self.namespace, &self.name)
     }
 
+    /// Whether the two routes would answer the same requests: the same URL
+    /// template up to its parameters' names (`/p/{id}` and `/p/{name}`), or
+    /// the same prefix, for the same host and a method in common.
+    pub fn answers_as(&self, other: &Route) -> bool {
+        let same_paths = |a: &Option<String>, b: &Option<String>| match (a, b) {
+            (Some(a), Some(b)) => match (
+                crate::table::Template::parse(a),
+                crate::table::Template::parse(b),
+            ) {
+                (Ok(a), Ok(b)) => a.same_paths(&b),
+                _ => a == b,
+            },
+            (a, b) => a == b,
+        };
+        same_paths(&self.url, &other.url)
+            && self.prefix == other.prefix
+            && match (&self.host, &other.host) {
+                (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                (a, b) => a == b,
+            }
+            && (self.methods.is_empty()
+                || other.methods.is_empty()
+                || self.methods.iter().any(|m| other.methods.contains(m)))
+    }
+
     /// The key of the function it targets, in the route's namespace.
     pub fn function_key(&self) -> Option<String> {
         self.function

@@ -9,7 +9,7 @@ use pool_manager::{Error, Result};
 
 use crate::invoke::Invoker;
 use crate::route::Route;
-use crate::table::{RouteTable, Template};
+use crate::table::RouteTable;
 
 pub struct Routes {
     records: Records,
@@ -97,27 +97,10 @@ impl Routes {
                 )));
             }
         }
-        // Same paths: the same URL template up to its parameters' names
-        // (`/p/{id}` and `/p/{name}`), or the same prefix.
-        let same_paths = |a: &Option<String>, b: &Option<String>| match (a, b) {
-            (Some(a), Some(b)) => match (Template::parse(a), Template::parse(b)) {
-                (Ok(a), Ok(b)) => a.same_paths(&b),
-                _ => a == b,
-            },
-            (a, b) => a == b,
-        };
-        let clash = self.list()?.into_iter().find(|r| {
-            r.key() != route.key()
-                && same_paths(&r.url, &route.url)
-                && r.prefix == route.prefix
-                && match (&r.host, &route.host) {
-                    (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-                    (a, b) => a == b,
-                }
-                && (r.methods.is_empty()
-                    || route.methods.is_empty()
-                    || r.methods.iter().any(|m| route.methods.contains(m)))
-        });
+        let clash = self
+            .list()?
+            .into_iter()
+            .find(|r| r.key() != route.key() && r.answers_as(route));
         if let Some(other) = clash {
             return Err(Error::Conflict(format!(
                 "route {:?} would answer the same requests as route {:?}",
