@@ -680,6 +680,21 @@ fn the_cli_manages_resources_and_tests_functions() {
     };
     assert_eq!(post("/plain"), 405);
     assert_eq!(post("/any"), 200);
+    // Fission's Ingress flags: taken, and said to make no Ingress.
+    let (code, _, err) = s.cli(&[
+        "route",
+        "create",
+        "--url",
+        "/ingress",
+        "--function",
+        "hello",
+        "--createingress",
+        "--ingressrule",
+        "example.com=/ingress",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no Ingress is made"), "{err}");
+    assert_eq!(s.get("/ingress").status(), 200);
     run(&["route", "delete", "--name", "hello"]);
     assert_eq!(s.get("/hello").status(), 404);
 }

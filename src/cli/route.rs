@@ -45,6 +45,18 @@ pub(super) struct RouteFields {
         default_missing_value = "true"
     )]
     keep_prefix: Option<bool>,
+    /// Fission's flags for a Kubernetes Ingress to the route: accepted, and
+    /// said to do nothing (the router is the way in; see `fusion up`).
+    #[arg(long = "createingress", hide = true)]
+    create_ingress: bool,
+    #[arg(
+        long = "ingressrule",
+        alias = "ingressannotation",
+        alias = "ingresstls",
+        hide = true,
+        value_name = "VALUE"
+    )]
+    ingress: Vec<String>,
 }
 
 /// A route's name for `create`, where it may be left out.
@@ -186,6 +198,9 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
     let c = opts.client()?;
     match verb {
         RouteVerb::Create { name, fields, spec } => {
+            if fields.create_ingress || !fields.ingress.is_empty() {
+                eprintln!("warning: --createingress and the --ingress* flags are Kubernetes-only: no Ingress is made; requests reach the route through Fusion's router");
+            }
             let url = fields
                 .url
                 .clone()

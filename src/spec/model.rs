@@ -1429,6 +1429,10 @@ const ENVIRONMENT_FIELDS: &Shape = &Fields(&[
                     ("image", Any),
                     ("container", KubeOnly),
                     ("podspec", KubeOnly),
+                    // Older Fission's ports and path of the runtime's container.
+                    ("functionendpointport", KubeOnly),
+                    ("loadendpointport", KubeOnly),
+                    ("loadendpointpath", KubeOnly),
                 ]),
             ),
             (
@@ -1664,6 +1668,22 @@ mod tests {
             specs.resources[0].body["metadata"]["natsUrl"],
             "nats://127.0.0.1:4222"
         );
+    }
+
+    #[test]
+    fn older_fission_runtime_ports_are_known_fields() {
+        let specs = Specs::read_object(
+            &Document::object(json!({"apiVersion": "fission.io/v1", "kind": "Environment",
+                "metadata": {"name": "py"}, "spec": {"version": 2, "runtime": {
+                    "image": "fission/python-env", "functionendpointport": 8888,
+                    "loadendpointport": 8888, "loadendpointpath": "/specialize"}}})),
+            "default",
+        );
+        assert!(specs.errors.is_empty(), "{:?}", specs.errors);
+        assert_eq!(specs.warnings.len(), 3, "{:?}", specs.warnings);
+        for w in &specs.warnings {
+            assert!(w.contains("is Kubernetes-only"), "{w}");
+        }
     }
 
     #[test]
