@@ -950,6 +950,23 @@ fn nested_or_oversized_documents_are_refused_and_the_server_keeps_answering() {
     assert!(err.contains("deeper than"), "{err}");
 }
 
+/// What expressions see of tasks and the run, named as Fission Workflows
+/// names it (`$.Tasks.A.Status == 'SUCCEEDED'`, `task().Requires`, times).
+#[test]
+fn expressions_see_fission_workflows_scope() {
+    let s = Server::start();
+    s.workflow(
+        "scope",
+        "output: B\ntasks:\n  A:\n    run: noop\n    inputs: 1\n  B:\n    run: noop\n    requires: [A]\n    inputs: \"{ [$.Tasks.A.Status, $.Tasks.A.Function, Object.keys(task().Requires).join(), $.Workflow.Status, !isNaN(Date.parse($.Invocation.CreatedAt)), !isNaN(Date.parse($.Tasks.A.UpdatedAt))] }\"\n",
+    );
+    let (status, body) = s.invoke("scope", "text/plain", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!(["SUCCEEDED", "noop", "A", "READY", true, true])
+    );
+}
+
 /// Bodies that are not UTF-8 text go through a run as the bytes they are: the
 /// input to a function, a function's answer to the caller.
 #[test]
@@ -1541,9 +1558,9 @@ fn a_task_that_fails_for_good_runs_its_fallback_and_the_run_goes_on() {
     assert_eq!(run["status"], "succeeded", "{run}");
     let out = run["output"].as_str().unwrap();
     assert!(out.starts_with("refunded after {"), "{out}");
-    assert!(out.ends_with("} | failed"), "{out}");
+    assert!(out.ends_with("} | FAILED"), "{out}");
     let failure: Value =
-        serde_json::from_str(&out["refunded after ".len()..out.len() - " | failed".len()]).unwrap();
+        serde_json::from_str(&out["refunded after ".len()..out.len() - " | FAILED".len()]).unwrap();
     assert_eq!(failure["task"], "Charge", "{failure}");
     assert_eq!(failure["status"], 500, "{failure}");
     assert!(

@@ -245,6 +245,7 @@ impl RunStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
+    /// Not started (its requirements have not all finished).
     #[default]
     Pending,
     Running,
@@ -259,6 +260,18 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// The status as Fission Workflows' expressions see it
+    /// (`$.Tasks.X.Status`): its task invocation's status names.
+    pub fn fission_name(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "UNKNOWN",
+            TaskStatus::Running | TaskStatus::Retrying | TaskStatus::Waiting => "IN_PROGRESS",
+            TaskStatus::Succeeded => "SUCCEEDED",
+            TaskStatus::Failed => "FAILED",
+            TaskStatus::Cancelled => "ABORTED",
+        }
+    }
+
     /// Whether nothing more happens to the task (a retry aside).
     pub fn is_final(self) -> bool {
         matches!(
@@ -298,6 +311,14 @@ impl RunError {
             || m.starts_with("the callback timed out")
             || m.starts_with("Fission.Timeout")
     }
+}
+
+/// A time as expressions see it (`CreatedAt`): RFC 3339, as Fission
+/// Workflows' scope has it; null when there is none.
+fn timestamp(at: Option<Millis>) -> Value {
+    at.and_then(|ms| i64::try_from(ms).ok())
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or(Value::Null, |t| Value::String(t.to_string()))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -594,10 +615,19 @@ impl RunState {
                     let text = |s: &str| Value::String(s.to_string());
                     let entry = [
                         ("Id", text(&t.id)),
+                        ("Status", text(t.status.fission_name())),
+                        ("Function", text(&t.spec.run)),
                         (
-                            "Status",
-                            serde_json::to_value(t.status).unwrap_or(Value::Null),
+                            "Requires",
+                            Value::Object(
+                                t.requires
+                                    .iter()
+                                    .map(|r| (r.clone(), Value::Object(Default::default())))
+                                    .collect(),
+                            ),
                         ),
+                        ("CreatedAt", timestamp(t.started_at)),
+                        ("UpdatedAt", timestamp(t.ended_at.or(t.started_at))),
                         ("Inputs", t.inputs.clone().unwrap_or(Value::Null)),
                         ("Output", result.output.clone().unwrap_or(Value::Null)),
                         (
@@ -635,8 +665,8 @@ impl RunState {
             Value::Null
         };
         let mut scope = json!({
-            "Workflow": {"Id": self.workflow, "Name": self.workflow, "Version": self.version},
-            "Invocation": {"Id": self.run_id},
+            "Workflow": {"Id": self.workflow, "Name": self.workflow, "Version": self.version, "Status": "READY"},
+            "Invocation": {"Id": self.run_id, "CreatedAt": timestamp(Some(self.started_at))},
         });
         // Moved in, not through `json!`, which would copy them again.
         scope["Invocation"]["Inputs"] = inputs;
@@ -2091,7 +2121,8 @@ mod tests {
         // t1 sees f0's output as t0's, and t0 still as failed, with its error.
         let scope = s.scope_for("t1");
         assert_eq!(scope["Tasks"]["t0"]["Output"], json!("plan b"));
-        assert_eq!(scope["Tasks"]["t0"]["Status"], json!("failed"));
+        // Fission Workflows' names: `$.Tasks.X.Status == 'FAILED'`.
+        assert_eq!(scope["Tasks"]["t0"]["Status"], json!("FAILED"));
         assert_eq!(
             scope["Tasks"]["t0"]["Error"],
             json!("the function answered 503")
