@@ -120,6 +120,7 @@ pub fn spec_files(dir: &Path) -> Result<Vec<PathBuf>> {
             dir.display()
         );
     }
+    let ignore = SpecIgnore::read(dir)?;
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -130,6 +131,10 @@ pub fn spec_files(dir: &Path) -> Result<Vec<PathBuf>> {
             let p = entry.path();
             // Links are not followed: a spec folder is what is in it.
             let kind = entry.file_type()?;
+            let rel = p.strip_prefix(dir).unwrap_or(&p);
+            if ignore.ignores(rel, kind.is_dir()) {
+                continue;
+            }
             if kind.is_dir() {
                 stack.push(p);
             } else if kind.is_file() && is_spec_file(&p) {
@@ -139,6 +144,84 @@ pub fn spec_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// The folder's `.specignore`, as Fission reads it: gitignore's patterns, one
+/// a line (`#` a comment, `!` takes a file back, a trailing `/` only folders,
+/// a `/` inside anchors the pattern at the folder, else it matches a name at
+/// any depth); the last pattern that matches decides.
+#[derive(Default)]
+struct SpecIgnore {
+    rules: Vec<IgnoreRule>,
+}
+
+struct IgnoreRule {
+    pattern: glob::Pattern,
+    negated: bool,
+    only_dirs: bool,
+    anchored: bool,
+}
+
+impl SpecIgnore {
+    fn read(dir: &Path) -> Result<SpecIgnore> {
+        let file = dir.join(".specignore");
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SpecIgnore::default()),
+            Err(e) => return Err(anyhow!("cannot read {}: {e}", file.display())),
+        };
+        let mut rules = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (negated, line) = match line.strip_prefix('!') {
+                Some(rest) => (true, rest),
+                None => (false, line),
+            };
+            let (only_dirs, line) = match line.strip_suffix('/') {
+                Some(rest) => (true, rest),
+                None => (false, line),
+            };
+            let anchored = line.contains('/');
+            let line = line.trim_start_matches('/');
+            let pattern = glob::Pattern::new(line).map_err(|e| {
+                anyhow!(
+                    "{}:{}: invalid pattern {line:?}: {e}",
+                    file.display(),
+                    i + 1
+                )
+            })?;
+            rules.push(IgnoreRule {
+                pattern,
+                negated,
+                only_dirs,
+                anchored,
+            });
+        }
+        Ok(SpecIgnore { rules })
+    }
+
+    /// Whether `rel` (a path below the folder) is left out.
+    fn ignores(&self, rel: &Path, is_dir: bool) -> bool {
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..Default::default()
+        };
+        let name = rel.file_name().map(Path::new).unwrap_or(rel);
+        let mut ignored = false;
+        for r in &self.rules {
+            if r.only_dirs && !is_dir {
+                continue;
+            }
+            let subject = if r.anchored { rel } else { name };
+            if r.pattern.matches_path_with(subject, options) {
+                ignored = !r.negated;
+            }
+        }
+        ignored
+    }
 }
 
 fn is_spec_file(p: &Path) -> bool {
@@ -308,6 +391,46 @@ fn positions(text: &str) -> Result<Vec<DocSpan>, (usize, usize, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn specignore_leaves_out_what_it_names_as_fission_does() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for f in [
+            "a.yaml",
+            "ignored.yaml",
+            "sub/b.yaml",
+            "sub/ignored.yaml",
+            "drafts/c.yaml",
+            "x.tmp.yaml",
+            "keep.tmp.yaml",
+            "sub/only/here.yaml",
+            "only/here.yaml",
+        ] {
+            let p = dir.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "kind: Environment\n").unwrap();
+        }
+        std::fs::write(
+            dir.join(".specignore"),
+            "# drafts and scratch files\nignored.yaml\ndrafts/\n*.tmp.yaml\n!keep.tmp.yaml\n/only/here.yaml\n",
+        )
+        .unwrap();
+        let found: Vec<String> = spec_files(dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "a.yaml",
+                "keep.tmp.yaml",
+                "sub/b.yaml",
+                "sub/only/here.yaml"
+            ]
+        );
+    }
 
     #[test]
     fn fields_are_found_where_they_are_written() {
