@@ -236,8 +236,13 @@ fn a_fission_project_applies_runs_changes_and_is_destroyed_with_one_command_each
 
     let out = cli(&["spec", "validate"]);
     assert!(out.contains("the specs are valid"), "{out}");
-    let out = cli(&["spec", "apply"]);
+    // --wait: back once the builds have ended, each said.
+    let out = cli(&["spec", "apply", "--wait"]);
+    let pkg = s.ok("GET", "/v1/packages/pyshop", None);
+    assert_eq!(pkg["status"]["buildstatus"], "succeeded", "{pkg}");
     for made in [
+        "built     Package pyshop (succeeded)",
+        "built     Package jsshop (succeeded)",
         "created   Environment python",
         "created   Package pyshop",
         "created   Secret db",

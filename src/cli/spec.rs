@@ -38,6 +38,10 @@ pub(super) enum SpecVerb {
         /// Take over resources that exist but were applied by another project (or none).
         #[arg(long = "allowconflicts")]
         allow_conflicts: bool,
+        /// Then wait until the packages it applied are built (exits non-zero
+        /// when a build failed), as Fission's --wait.
+        #[arg(long)]
+        wait: bool,
     },
     /// Delete everything this project applied.
     Destroy {
@@ -85,10 +89,12 @@ pub(super) async fn spec_cmd(verb: SpecVerb, opts: &ClientOpts) -> Result<()> {
             from,
             delete,
             allow_conflicts,
+            wait,
         } => {
             let o = spec::ApplyOpts {
                 delete,
                 allow_conflicts,
+                wait,
             };
             spec::apply(&opts.client()?, &from.source(), o).await
         }

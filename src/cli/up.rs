@@ -45,6 +45,7 @@ pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
             let opts = spec::ApplyOpts {
                 delete: false,
                 allow_conflicts: false,
+                wait: false,
             };
             match spec::apply(&client, &source, opts).await {
                 Ok(()) => println!(),

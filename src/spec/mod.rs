@@ -307,6 +307,8 @@ pub(crate) async fn record(client: &Client, uid: &str) -> Result<Option<Record>>
 pub struct ApplyOpts {
     pub delete: bool,
     pub allow_conflicts: bool,
+    /// Wait for the builds of the packages applied.
+    pub wait: bool,
 }
 
 #[derive(Default)]
@@ -435,7 +437,49 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
     }
     // What was changed before an error is said before it.
     summary.print(result.is_ok());
-    result
+    result?;
+    if opts.wait {
+        let packages: Vec<&Resource> = specs
+            .resources
+            .iter()
+            .filter(|r| r.kind == Kind::Package)
+            .collect();
+        wait_for_builds(client, &packages).await?;
+    }
+    Ok(())
+}
+
+/// Waits until each package's build has ended; says how each ended, and fails
+/// when one failed.
+async fn wait_for_builds(client: &Client, packages: &[&Resource]) -> Result<()> {
+    let mut failed = Vec::new();
+    for r in packages {
+        let path = with_namespace(&format!("/v1/packages/{}", r.name), &r.namespace);
+        let status = loop {
+            let p: Value = client.get(&path).await?;
+            let status = p["status"]["buildstatus"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if !matches!(status.as_str(), "pending" | "running") {
+                break status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        };
+        if status != "none" {
+            println!("built     {} ({status})", r.label());
+        }
+        if status == "failed" {
+            failed.push(r.label());
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} failed to build (`fusion pkg info NAME` shows the end of its log)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Before anything is made: refuses, all at once, what this project may not
