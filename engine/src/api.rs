@@ -801,6 +801,18 @@ pub fn async_header(h: &HeaderMap) -> Result<Option<bool>, String> {
     }
 }
 
+/// The request's credential headers, as sent: the run keeps them in memory
+/// only (see `Credentials`).
+fn credentials(headers: &HeaderMap) -> crate::state::Credentials {
+    crate::state::Credentials(
+        headers
+            .iter()
+            .filter(|(k, _)| CREDENTIAL_HEADERS.contains(&k.as_str()))
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+    )
+}
+
 /// Request headers whose values never reach a run's record (lower case).
 pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 /// What a run records, and its tasks see, in place of a credential header's value.
@@ -942,16 +954,17 @@ async fn invoke_inner(
     };
     let input = request_input(&parts.method, &parts.uri, &parts.headers, &body)?;
     let asynchronous = is_async(&parts.headers);
+    let credentials = credentials(&parts.headers);
     // With an idempotency key, a start the caller repeats finds the run the
     // first made (and answers as for it) instead of starting another.
     let (id, new) = match idempotency_key(&parts.headers)? {
         Some(key) => {
             engine
-                .start_run_keyed(name, input, key, !asynchronous)
+                .start_run_keyed(name, input, key, !asynchronous, credentials)
                 .await?
         }
-        None if asynchronous => (engine.start_run(name, input).await?.id, true),
-        None => (engine.start_run_waited(name, input)?.id, true),
+        None if asynchronous => (engine.start_run(name, input, credentials).await?.id, true),
+        None => (engine.start_run_waited(name, input, credentials)?.id, true),
     };
     if asynchronous {
         // A replay says how the run it found stands (it may have ended).

@@ -20,8 +20,8 @@ use crate::builtins::{self, dynamic_workflow, HttpRequest, Outcome};
 use crate::expr::{contains_expression, resolve_inputs};
 use crate::spec::{parse_duration, TaskSpec, WorkflowSpec};
 use crate::state::{
-    apply, decide, finish_event, Action, Event, Headers, Millis, RunState, RunStatus, TaskResult,
-    TaskState, TaskStatus,
+    apply, decide, finish_event, Action, Credentials, Event, Headers, Millis, RunState, RunStatus,
+    TaskResult, TaskState, TaskStatus,
 };
 use crate::store::{
     BoxFuture, RunFilter, RunPage, RunStore, RunSummary, SledStore, StoreError, WorkflowVersion,
@@ -186,6 +186,7 @@ struct Origin {
     id: Option<String>,
     retry_of: Option<String>,
     preserved: BTreeMap<String, TaskResult>,
+    credentials: Credentials,
 }
 
 /// A run just started: its id and a receiver that gets its summary at the end.
@@ -773,9 +774,14 @@ impl Engine {
         self: &Arc<Self>,
         name: &str,
         input: Value,
+        credentials: Credentials,
     ) -> Result<StartedRun, EngineError> {
         let wf = self.workflow(name, None)?;
-        self.start(wf.name, wf.version, wf.spec, input, Origin::default())
+        let origin = Origin {
+            credentials,
+            ..Origin::default()
+        };
+        self.start(wf.name, wf.version, wf.spec, input, origin)
             .await
     }
 
@@ -789,10 +795,14 @@ impl Engine {
         self: &Arc<Self>,
         name: &str,
         input: Value,
+        credentials: Credentials,
     ) -> Result<StartedRun, EngineError> {
         let wf = self.workflow(name, None)?;
-        let (started, state) =
-            self.started(wf.name, wf.version, wf.spec, input, Origin::default())?;
+        let origin = Origin {
+            credentials,
+            ..Origin::default()
+        };
+        let (started, state) = self.started(wf.name, wf.version, wf.spec, input, origin)?;
         let id = state.run_id.clone();
         let done = self.spawn_run(state, 0, vec![started], false)?;
         Ok(StartedRun { id, done })
@@ -825,6 +835,7 @@ impl Engine {
         input: Value,
         key: &str,
         waited: bool,
+        credentials: Credentials,
     ) -> Result<(String, bool), EngineError> {
         let id = keyed_run_id(name, key);
         let _one = self.keyed.lock().await;
@@ -848,6 +859,7 @@ impl Engine {
         let wf = self.workflow(name, None)?;
         let origin = Origin {
             id: Some(id),
+            credentials,
             ..Origin::default()
         };
         let (started, state) = self.started(wf.name, wf.version, wf.spec, input, origin)?;
@@ -878,6 +890,7 @@ impl Engine {
             id,
             retry_of,
             preserved,
+            credentials,
         } = origin;
         let at = self.clock.now_ms();
         let id = id.unwrap_or_else(|| run_id_at(at));
@@ -897,7 +910,8 @@ impl Engine {
             retry_of,
             preserved,
         };
-        let state = RunState::fold([&started]);
+        let mut state = RunState::fold([&started]);
+        state.credentials = credentials;
         Ok((started, state))
     }
 
@@ -1086,6 +1100,9 @@ impl Engine {
                 retry_of: Some(id.to_string()),
                 preserved,
                 id: Some(retry_id),
+                // A retry is asked for later, by someone else: the first
+                // caller's credentials are not its own.
+                credentials: Credentials::default(),
             },
         )
         .await
@@ -1856,7 +1873,25 @@ impl Actor {
         })
     }
 
-    fn perform(&mut self, ext: External) {
+    fn perform(&mut self, mut ext: External) {
+        // A credential header a task forwards from the caller's request goes
+        // as the caller sent it, not as the run's record holds it.
+        if !self.state.credentials.0.is_empty() {
+            let headers = match &mut ext {
+                External::Call { call, .. } | External::Notify { call, .. } => {
+                    Some(&mut call.headers)
+                }
+                External::Http { request, .. } => Some(&mut request.headers),
+                _ => None,
+            };
+            for (k, v) in headers.into_iter().flatten() {
+                if v == crate::api::REDACTED {
+                    if let Some(sent) = self.state.credentials.get(k) {
+                        *v = sent.to_string();
+                    }
+                }
+            }
+        }
         let tx = self.tx.clone();
         let engine = self.engine.clone();
         let documents = self.state.spec.state_machine.is_some();

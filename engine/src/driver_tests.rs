@@ -195,7 +195,10 @@ async fn run(
     input: Value,
 ) -> crate::store::RunSummary {
     engine.create_workflow(name, yaml).unwrap();
-    let started = engine.start_run(name, input).await.unwrap();
+    let started = engine
+        .start_run(name, input, Default::default())
+        .await
+        .unwrap();
     engine.wait(&started.id).await.unwrap()
 }
 
@@ -515,7 +518,10 @@ async fn cancel_and_retry_from_failure() {
     let e = engine_with(&fake, &db).await;
     e.create_workflow("c", "output: S\ntasks:\n  S:\n    run: slow\n")
         .unwrap();
-    let started = e.start_run("c", json!(null)).await.unwrap();
+    let started = e
+        .start_run("c", json!(null), Default::default())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     let s = e.cancel(&started.id, "by test").await.unwrap();
     assert_eq!(s.status, RunStatus::Cancelled);
@@ -551,7 +557,10 @@ async fn cancel_and_retry_from_failure() {
     assert_eq!(fake.count("sometimes"), 2, "nothing ran again");
     // A failed retry is retried in its turn.
     *fail_first.lock().unwrap() = true;
-    let s3 = e.start_run("r", json!(null)).await.unwrap();
+    let s3 = e
+        .start_run("r", json!(null), Default::default())
+        .await
+        .unwrap();
     let s3 = e.wait(&s3.id).await.unwrap();
     assert_eq!(s3.status, RunStatus::Failed);
     let r1 = e.retry(&s3.id).await.unwrap();
@@ -573,7 +582,10 @@ async fn cancel_ends_running_and_pending_tasks_as_cancelled() {
     let e = engine_with(&fake, &db).await;
     let yaml = "output: C\ntasks:\n  A:\n    run: echo\n    inputs: a\n  B:\n    run: slow\n    requires: [A]\n  C:\n    run: echo\n    requires: [B]\n";
     e.create_workflow("c", yaml).unwrap();
-    let started = e.start_run("c", json!(null)).await.unwrap();
+    let started = e
+        .start_run("c", json!(null), Default::default())
+        .await
+        .unwrap();
     until_called(&fake, "slow", 1).await;
     assert_eq!(fake.count("slow"), 1, "B was dispatched");
     e.cancel(&started.id, "by test").await.unwrap();
@@ -616,7 +628,11 @@ async fn an_input_that_does_not_fit_fails_with_422() {
     let s = run(&e, "each", yaml, json!({"default": {"items": 3}})).await;
     assert_eq!(s.error.unwrap().status, Some(422));
     let again = e
-        .start_run("each", json!({"default": {"items": [1, 2]}}))
+        .start_run(
+            "each",
+            json!({"default": {"items": [1, 2]}}),
+            Default::default(),
+        )
         .await;
     let s = e.wait(&again.unwrap().id).await.unwrap();
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
@@ -647,7 +663,10 @@ async fn recovery_redispatches_in_flight_with_same_key() {
     let e = engine_with(&fake, &db).await;
     let yaml = "output: B\ntasks:\n  A:\n    run: echo\n    inputs: a\n  B:\n    run: slow\n    requires: [A]\n";
     e.create_workflow("rec", yaml).unwrap();
-    let started = e.start_run("rec", json!(null)).await.unwrap();
+    let started = e
+        .start_run("rec", json!(null), Default::default())
+        .await
+        .unwrap();
     until_called(&fake, "slow", 1).await;
     assert_eq!(fake.count("slow"), 1);
     e.shutdown().await;
@@ -1340,7 +1359,10 @@ async fn huge_sleep_does_not_break_the_run() {
         "output: S\ntasks:\n  S:\n    run: sleep\n    inputs: 18446744073709551615\n",
     )
     .unwrap();
-    let started = e.start_run("zz", json!(null)).await.unwrap();
+    let started = e
+        .start_run("zz", json!(null), Default::default())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     let s = e.cancel(&started.id, "test").await.unwrap();
     assert_eq!(s.status, RunStatus::Cancelled);
@@ -1478,7 +1500,10 @@ async fn a_callback_task_completes_once_from_outside() {
     let e = engine_with(&fake, &db).await;
     let yaml = "output: B\ntasks:\n  A:\n    run: callback\n  B:\n    run: echo\n    inputs: \"{ output('A').approved + '!' }\"\n    requires: [A]\n";
     e.create_workflow("approve", yaml).unwrap();
-    let started = e.start_run("approve", json!(null)).await.unwrap();
+    let started = e
+        .start_run("approve", json!(null), Default::default())
+        .await
+        .unwrap();
     let token = callback_token_of(&e, &started.id, "A").await;
     assert!(matches!(
         e.complete_callback(&format!("{}.0", started.id), json!(1), None)
@@ -1515,7 +1540,10 @@ async fn a_callback_error_fails_the_run_and_an_unanswered_one_times_out() {
         "output: A\ntasks:\n  A:\n    run: callback\n    timeout: 1h\n",
     )
     .unwrap();
-    let started = e.start_run("wait", json!(null)).await.unwrap();
+    let started = e
+        .start_run("wait", json!(null), Default::default())
+        .await
+        .unwrap();
     let token = callback_token_of(&e, &started.id, "A").await;
     e.complete_callback(&token, Value::Null, Some("rejected".into()))
         .await
@@ -1524,7 +1552,10 @@ async fn a_callback_error_fails_the_run_and_an_unanswered_one_times_out() {
     assert_eq!(s.status, RunStatus::Failed);
     assert_eq!(s.error.unwrap().message, "rejected");
 
-    let started = e.start_run("wait", json!(null)).await.unwrap();
+    let started = e
+        .start_run("wait", json!(null), Default::default())
+        .await
+        .unwrap();
     let token = callback_token_of(&e, &started.id, "A").await;
     let s = e.wait(&started.id).await.unwrap();
     assert_eq!(s.status, RunStatus::Failed);
@@ -1595,7 +1626,7 @@ async fn a_callback_hands_its_url_to_the_notify_function() {
     let yaml = "output: A\ntasks:\n  A:\n    run: callback\n    inputs:\n      notify: tell\n      body: \"{ param() }\"\n";
     e.create_workflow("told", yaml).unwrap();
     let started = e
-        .start_run("told", json!({"default": "order-7"}))
+        .start_run("told", json!({"default": "order-7"}), Default::default())
         .await
         .unwrap();
     until_called(&fake, "tell", 1).await;
@@ -1640,7 +1671,10 @@ async fn recovery_notifies_again_only_when_the_url_was_not_taken() {
     let e = engine_with(&fake, &db).await;
     let yaml = "output: B\ntasks:\n  A:\n    run: callback\n    inputs:\n      notify: tell\n  B:\n    run: callback\n    inputs:\n      notify: slowtell\n";
     e.create_workflow("told", yaml).unwrap();
-    let started = e.start_run("told", json!(null)).await.unwrap();
+    let started = e
+        .start_run("told", json!(null), Default::default())
+        .await
+        .unwrap();
     until_called(&fake, "slowtell", 1).await;
     until_called(&fake, "tell", 1).await;
     let token_a = callback_token_of(&e, &started.id, "A").await;
@@ -1817,7 +1851,10 @@ async fn a_fallback_in_flight_at_a_restart_runs_again_with_its_input_and_key() {
     let yaml =
         "output: A\ntasks:\n  A:\n    run: down\n    onFailure: F\n  F:\n    run: slow-rescue\n";
     e.create_workflow("rec", yaml).unwrap();
-    let started = e.start_run("rec", json!(null)).await.unwrap();
+    let started = e
+        .start_run("rec", json!(null), Default::default())
+        .await
+        .unwrap();
     until_called(&fake, "slow-rescue", 1).await;
     assert_eq!(fake.count("slow-rescue"), 1);
     e.shutdown().await;
@@ -1860,7 +1897,9 @@ async fn a_workflow_run_by_name_keeps_its_own_concurrency() {
 /// how many flushes it took.
 async fn waited_run(e: &Arc<Engine>, workflow: &str) -> (crate::store::RunSummary, u64) {
     let before = e.store().flush_count();
-    let started = e.start_run_waited(workflow, json!(null)).unwrap();
+    let started = e
+        .start_run_waited(workflow, json!(null), Default::default())
+        .unwrap();
     let s = e.wait(&started.id).await.unwrap();
     (s, e.store().flush_count() - before)
 }
@@ -1885,7 +1924,10 @@ async fn a_short_synchronous_run_takes_one_flush_and_an_acknowledged_start_one_m
 
     // A start that is acknowledged (202) is durable before the call.
     let before = flushes();
-    let started = e.start_run("one", json!(null)).await.unwrap();
+    let started = e
+        .start_run("one", json!(null), Default::default())
+        .await
+        .unwrap();
     assert_eq!(flushes() - before, 1, "flushed before start_run returns");
     let s = e.wait(&started.id).await.unwrap();
     assert_eq!(s.output, Some(json!("hi")), "{s:?}");

@@ -371,8 +371,37 @@ pub struct TaskState {
     pub callback_notified: bool,
 }
 
+/// The caller's credential headers (`Authorization`, `Cookie`,
+/// `Proxy-Authorization`, lower-case names), which a run's record holds only
+/// as `[redacted]`: kept in memory while the run runs here, so that a task
+/// forwarding such a header sends it as the caller sent it. Never stored, so
+/// a run continued after a restart forwards `[redacted]`; never shown.
+#[derive(Clone, PartialEq, Default)]
+pub struct Credentials(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// The value the caller sent for credential header `name` (any case).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct RunState {
+    /// Never stored (see `Credentials`).
+    #[serde(skip)]
+    pub credentials: Credentials,
     pub run_id: String,
     pub workflow: String,
     pub version: u32,
