@@ -136,6 +136,19 @@ fn every_mistake_is_reported_with_its_place_and_nothing_is_applied() {
     let (code, _, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
     assert_ne!(code, 0);
     assert!(err.contains("b.yaml:2:1: invalid YAML"), "{err}");
+
+    // A key given twice: where the second is.
+    std::fs::write(
+        specs.join("b.yaml"),
+        "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: e\nspec:\n  version: 3\n  poolsize: 1\n  poolsize: 2\n",
+    )
+    .unwrap();
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("b.yaml:8:3: invalid YAML: `spec.poolsize` is given twice (first at line 7)"),
+        "{err}"
+    );
 }
 
 fn env_doc(name: &str) -> String {

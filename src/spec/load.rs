@@ -298,6 +298,8 @@ fn positions(text: &str) -> Result<Vec<DocSpan>, (usize, usize, String)> {
         Map {
             path: String,
             key: Option<String>,
+            /// Its keys so far: a second one is refused where it is written.
+            seen: std::collections::HashSet<String>,
         },
         Seq {
             path: String,
@@ -332,7 +334,7 @@ fn positions(text: &str) -> Result<Vec<DocSpan>, (usize, usize, String)> {
                     *next += 1;
                     Some(p)
                 }
-                Some(Frame::Map { path, key }) => key.take().map(|k| join(path, &k)),
+                Some(Frame::Map { path, key, .. }) => key.take().map(|k| join(path, &k)),
             }
         };
         match event {
@@ -353,8 +355,16 @@ fn positions(text: &str) -> Result<Vec<DocSpan>, (usize, usize, String)> {
                     current.entry(p).or_insert(at);
                 }
                 None => {
-                    if let Some(Frame::Map { path, key }) = stack.last_mut() {
+                    if let Some(Frame::Map { path, key, seen }) = stack.last_mut() {
                         let p = join(path, &value);
+                        if !seen.insert(value.to_string()) {
+                            let first = current.get(&p).map_or(0, |(line, _)| *line);
+                            return Err((
+                                at.0,
+                                at.1,
+                                format!("`{p}` is given twice (first at line {first})"),
+                            ));
+                        }
                         current.insert(p, at);
                         *key = Some(value.into_owned());
                     }
@@ -374,7 +384,11 @@ fn positions(text: &str) -> Result<Vec<DocSpan>, (usize, usize, String)> {
                 };
                 current.entry(p.clone()).or_insert(at);
                 stack.push(if is_map {
-                    Frame::Map { path: p, key: None }
+                    Frame::Map {
+                        path: p,
+                        key: None,
+                        seen: Default::default(),
+                    }
                 } else {
                     Frame::Seq { path: p, next: 0 }
                 });
