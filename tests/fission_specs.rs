@@ -571,10 +571,11 @@ fn a_destroy_stopped_half_way_records_what_is_left() {
     assert!(names(&s, "/v1/environments").is_empty());
 }
 
-/// A proxy in front of the API that answers every request until the first
-/// `POST /v1/environments` has been answered, and none after it: the CLI then
-/// hangs right after making the environment, as a Ctrl-C or a lost connection
-/// could leave it.
+/// A proxy in front of the API that passes every request on. The first
+/// `POST /v1/environments` is made on the server, and then (`lose_answer`) its
+/// answer is lost (the CLI gets a 502, as through a connection that broke), or
+/// else answered and every request after it held: the CLI hangs right after
+/// making the environment, as a Ctrl-C or a lost connection could leave it.
 struct HoldAfterEnvironment {
     url: String,
     held: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -583,7 +584,7 @@ struct HoldAfterEnvironment {
 }
 
 impl HoldAfterEnvironment {
-    fn start(api: String) -> HoldAfterEnvironment {
+    fn start(api: String, lose_answer: bool) -> HoldAfterEnvironment {
         use std::sync::atomic::Ordering;
         let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -602,7 +603,7 @@ impl HoldAfterEnvironment {
                 let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
                     let (flag, http, api) = (flag.clone(), http.clone(), api.clone());
                     async move {
-                        if flag.load(Ordering::SeqCst) {
+                        if flag.load(Ordering::SeqCst) && !lose_answer {
                             std::future::pending::<()>().await;
                         }
                         let (mut parts, body) = req.into_parts();
@@ -627,8 +628,14 @@ impl HoldAfterEnvironment {
                         let bytes = answer.bytes().await.unwrap();
                         if parts.method == axum::http::Method::POST
                             && parts.uri.path() == "/v1/environments"
+                            && !flag.swap(true, Ordering::SeqCst)
+                            && lose_answer
                         {
-                            flag.store(true, Ordering::SeqCst);
+                            let mut lost = axum::response::Response::new(axum::body::Body::from(
+                                r#"{"error":{"code":"bad_gateway","message":"lost"}}"#,
+                            ));
+                            *lost.status_mut() = axum::http::StatusCode::BAD_GATEWAY;
+                            return lost;
                         }
                         let mut out = axum::response::Response::new(axum::body::Body::from(bytes));
                         *out.status_mut() = status;
@@ -675,7 +682,7 @@ fn an_apply_cut_short_after_making_something_leaves_it_the_projects() {
         "kind: DeploymentConfig\nname: cut\nuid: 0b6a4c1e-2d3f-4a5b-9c8d-7e6f5a4b3c2d\n---\nkind: Environment\nname: py\nruntime: python\npoolsize: 0\n---\nkind: Function\nname: hello\nenv: py\ncode: hello.py\n",
     )
     .unwrap();
-    let proxy = HoldAfterEnvironment::start(s.api_url(""));
+    let proxy = HoldAfterEnvironment::start(s.api_url(""), false);
     let mut cli = std::process::Command::new(common::BIN)
         .args(["spec", "apply"])
         .current_dir(tmp.path())
@@ -704,6 +711,23 @@ fn an_apply_cut_short_after_making_something_leaves_it_the_projects() {
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(names(&s, "/v1/environments").is_empty());
+
+    // Made, but its answer lost: the apply stops at the error, and what it
+    // made stays the project's.
+    let proxy = HoldAfterEnvironment::start(s.api_url(""), true);
+    let out = std::process::Command::new(common::BIN)
+        .args(["spec", "apply"])
+        .current_dir(tmp.path())
+        .env("FUSION_URL", &proxy.url)
+        .env("FUSION_TOKEN", &s.token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(names(&s, "/v1/environments"), ["py"]);
+    drop(proxy);
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("unchanged Environment py"), "{out}");
 }
 
 /// A Fission HTTPTrigger's `invocationMode: async` is kept, not warned away.

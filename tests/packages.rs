@@ -850,4 +850,21 @@ fn fn_update_with_new_code_updates_the_functions_package() {
     eventually(Duration::from_secs(60), "solo runs its new source", || {
         call(&s, "solo") == (200, "source b".to_string())
     });
+    // Code given alone is what runs from then on, not the source's build.
+    let c = source("c", "deployed c");
+    cli_ok(&s, &["fn", "update", "solo", "--code", &c]);
+    eventually(Duration::from_secs(60), "solo runs the code given", || {
+        call(&s, "solo") == (200, "deployed c".to_string())
+    });
+    let (code, _, err) = s.cli(&[
+        "fn",
+        "update",
+        "solo",
+        "--pkg",
+        "shared",
+        "--buildcmd",
+        "make",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("pkg update --buildcmd"), "{err}");
 }

@@ -1008,6 +1008,15 @@ fn binary_bodies_go_through_runs_whole() {
     let r = post("hex");
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().unwrap(), "fffe00018950");
+    // What `curl --data-binary @file` sends: a form by its type only.
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/hex"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(vec![0xff, b'=', 0x01])
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "ff3d01");
     let r = post("echo");
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/octet-stream");

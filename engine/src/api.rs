@@ -692,9 +692,12 @@ fn form_input(body: &[u8]) -> Result<Value, ApiError> {
         })?;
         return Ok(v);
     }
-    let text = String::from_utf8_lossy(body);
+    // What `curl --data-binary @image.png` sends is a form by its type only.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Ok(crate::binary::value(body));
+    };
     if !text.contains('=') {
-        return Ok(Value::String(text.into_owned()));
+        return Ok(Value::String(text.to_owned()));
     }
     let mut fields = serde_json::Map::new();
     for (k, v) in pairs(body) {
@@ -804,13 +807,23 @@ pub fn async_header(h: &HeaderMap) -> Result<Option<bool>, String> {
 /// The request's credential headers, as sent: the run keeps them in memory
 /// only (see `Credentials`).
 fn credentials(headers: &HeaderMap) -> crate::state::Credentials {
-    crate::state::Credentials(
-        headers
+    let mut sent = Vec::new();
+    for name in CREDENTIAL_HEADERS {
+        let values: Vec<&str> = headers
+            .get_all(name)
             .iter()
-            .filter(|(k, _)| CREDENTIAL_HEADERS.contains(&k.as_str()))
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect(),
-    )
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        // Cookies sent as several headers go on as one (RFC 6265's `; `).
+        let value = match name {
+            "cookie" => values.join("; "),
+            _ => values.first().map(|v| v.to_string()).unwrap_or_default(),
+        };
+        if !values.is_empty() {
+            sent.push((name.to_string(), value));
+        }
+    }
+    crate::state::Credentials(sent)
 }
 
 /// Request headers whose values never reach a run's record (lower case).
@@ -856,10 +869,11 @@ pub fn request_input(
         crate::binary::text_or_bytes(body)
     };
     // Canonical names; of a header sent more than once, the first value (as
-    // Fission Workflows). `X-Async` asked how to answer: not the run's input.
+    // Fission Workflows). `X-Async` and `X-Fission-Invoke-Mode` asked how to
+    // answer: not the run's input.
     let mut canonical = serde_json::Map::new();
     for (k, v) in headers {
-        if k.as_str() == "x-async" {
+        if matches!(k.as_str(), "x-async" | "x-fission-invoke-mode") {
             continue;
         }
         let value = if CREDENTIAL_HEADERS.contains(&k.as_str()) {
@@ -1210,12 +1224,20 @@ mod tests {
         headers.append("x-a", "first".parse().unwrap());
         headers.append("x-a", "second".parse().unwrap());
         headers.insert("x-async", "true".parse().unwrap());
+        headers.insert("x-fission-invoke-mode", "async".parse().unwrap());
         headers.insert("authorization", "Bearer t".parse().unwrap());
+        headers.append("cookie", "a=1".parse().unwrap());
+        headers.append("cookie", "b=2".parse().unwrap());
         let input = request_input(&Method::GET, &uri, &headers, b"").unwrap();
         assert_eq!(input["query"], json!({"q": "first"}));
         assert_eq!(
             input["headers"],
-            json!({"X-A": "first", "Authorization": REDACTED})
+            json!({"X-A": "first", "Authorization": REDACTED, "Cookie": REDACTED})
         );
+        // What the run keeps in memory to forward: every cookie, as one.
+        let kept = credentials(&headers);
+        assert_eq!(kept.get("Authorization"), Some("Bearer t"));
+        assert_eq!(kept.get("cookie"), Some("a=1; b=2"));
+        assert_eq!(kept.get("proxy-authorization"), None);
     }
 }

@@ -290,6 +290,7 @@ fn callback_used(task: &str) -> EngineError {
 
 /// The call handing a callback's URL to its `notify` function: the task's
 /// `body` (or `default`) input as body, the URL and token as headers.
+#[allow(clippy::too_many_arguments)]
 fn notify_call(
     base: Option<&str>,
     notify: &str,
@@ -297,8 +298,9 @@ fn notify_call(
     token: &str,
     key: &str,
     timeout: Option<Duration>,
+    documents: bool,
 ) -> FunctionCall {
-    let mut call = function_call(notify, inputs, key, timeout, false);
+    let mut call = function_call(notify, inputs, key, timeout, documents);
     let url = format!(
         "{}{}{token}",
         base.unwrap_or_default(),
@@ -419,7 +421,10 @@ fn function_call(
     }
 }
 
-fn outcome_events(
+/// The longest typed error answer a failed task keeps whole, in bytes.
+const TYPED_ERROR_MOST: usize = 16 * 1024;
+
+pub(crate) fn outcome_events(
     task: &str,
     attempt: u32,
     result: Result<FunctionResponse, CallError>,
@@ -436,7 +441,12 @@ fn outcome_events(
         }],
         Ok(resp) => {
             let body = String::from_utf8_lossy(&resp.body);
-            let body: String = body.chars().take(1000).collect();
+            // A typed error (`{"errorType", "cause"}`, read back by state
+            // machines) is kept whole up to a bound: cut, it would lose its type.
+            let typed = body.len() <= TYPED_ERROR_MOST
+                && serde_json::from_str::<Value>(&body).is_ok_and(|v| v.get("errorType").is_some());
+            let most = if typed { TYPED_ERROR_MOST } else { 1000 };
+            let body: String = body.chars().take(most).collect();
             vec![Event::TaskFailed {
                 task: task.into(),
                 attempt,
@@ -1308,6 +1318,7 @@ impl Actor {
                                 token,
                                 t.key.as_deref()?,
                                 t.spec.timeout.as_deref().and_then(parse_duration),
+                                documents,
                             ),
                         })
                     })
@@ -1801,6 +1812,7 @@ impl Actor {
                             &token,
                             key,
                             timeout,
+                            self.state.spec.state_machine.is_some(),
                         ),
                     })
                 }

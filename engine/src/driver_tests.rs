@@ -2038,3 +2038,23 @@ fn header_names_are_capitalized_part_by_part() {
     assert_eq!(canonical_header("a--b-"), "A--B-");
     assert_eq!(canonical_header(""), "");
 }
+
+#[test]
+fn a_typed_error_is_kept_whole_and_other_answers_are_cut() {
+    let failed = |body: String| {
+        let resp = FunctionResponse {
+            status: 500,
+            headers: Default::default(),
+            body: Bytes::from(body),
+        };
+        match crate::driver::outcome_events("t", 1, Ok(resp), 0, true).as_slice() {
+            [Event::TaskFailed { error, .. }] => error.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let typed = json!({"errorType": "Card.Declined", "cause": "x".repeat(3000)}).to_string();
+    assert!(failed(typed.clone()).ends_with(&typed));
+    let plain = "y".repeat(3000);
+    let error = failed(plain);
+    assert!(error.len() < 1100, "{}", error.len());
+}

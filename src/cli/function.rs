@@ -379,6 +379,9 @@ async fn new_code(
         || !fields.src.is_empty()
         || !fields.deploy.is_empty()
         || fields.buildcmd.is_some();
+    if fields.pkg.is_some() && fields.buildcmd.is_some() {
+        bail!("--buildcmd changes the function's own package; with --pkg, change that package with `fusion pkg update --buildcmd`");
+    }
     if !given || fields.pkg.is_some() {
         return Ok(());
     }

@@ -405,6 +405,14 @@ async fn merge(c: &Client, body: &mut Value, f: PkgFields) -> Result<()> {
     if !f.deploy.is_empty() {
         let (bytes, name) = archive_of(&f.deploy)?;
         body["deployment"] = c.upload_bytes(&name, bytes).await?;
+        if f.src.is_empty() && f.buildcmd.is_none() {
+            // Given alone, a deployment is what runs (as Fission then skips
+            // the build): a source would be built and run instead.
+            if let Some(o) = body.as_object_mut() {
+                o.remove("source");
+                o.remove("buildcmd");
+            }
+        }
     }
     if let Some(cmd) = f.buildcmd {
         body["buildcmd"] = json!(cmd);

@@ -121,6 +121,13 @@ pub(super) const ROUTE_COLUMNS: &[(&str, &str)] = &[
     ("MODE", "/invocation_mode"),
 ];
 
+/// Fission's Ingress flags: said to do nothing here.
+fn warn_ingress(f: &RouteFields) {
+    if f.create_ingress || !f.ingress.is_empty() {
+        eprintln!("warning: --createingress and the --ingress* flags are Kubernetes-only: no Ingress is made; requests reach the route through Fusion's router");
+    }
+}
+
 /// A URL or prefix as Fission's CLI takes it: the leading `/` may be left out.
 pub(super) fn rooted(path: String) -> String {
     if path.starts_with('/') {
@@ -198,9 +205,7 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
     let c = opts.client()?;
     match verb {
         RouteVerb::Create { name, fields, spec } => {
-            if fields.create_ingress || !fields.ingress.is_empty() {
-                eprintln!("warning: --createingress and the --ingress* flags are Kubernetes-only: no Ingress is made; requests reach the route through Fusion's router");
-            }
+            warn_ingress(&fields);
             let url = fields
                 .url
                 .clone()
@@ -222,6 +227,7 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
         RouteVerb::Get { name } => ROUTES.show(&c, opts, &name.get()).await,
         RouteVerb::List => ROUTES.list(&c, opts).await,
         RouteVerb::Update { name, fields } => {
+            warn_ingress(&fields);
             let name = name.get();
             let mut body = ROUTES.current(&c, opts, &name).await?;
             merge_route(&mut body, fields);

@@ -367,7 +367,7 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
             })
             .collect()
     };
-    preflight(client, &specs, &previous, &owners, &opts).await?;
+    let claimed = preflight(client, &specs, &previous, &owners, &opts).await?;
     let mut applied: BTreeSet<Applied> = BTreeSet::new();
     let mut result = apply_all(
         client,
@@ -433,6 +433,11 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
         // `destroy` and `--delete` still find everything that exists.
         let mut resources = applied;
         resources.extend(kept);
+        if result.is_err() {
+            // What it claimed and did not get to (or made without hearing so,
+            // a connection lost mid-call) stays claimed for the next apply.
+            resources.extend(claimed);
+        }
         put_record(client, d, resources).await?;
     }
     // What was changed before an error is said before it.
@@ -490,15 +495,15 @@ async fn wait_for_builds(client: &Client, packages: &[&Resource]) -> Result<()> 
 /// (Ctrl-C, a killed shell, a lost connection) between making a resource and
 /// recording it would otherwise leave the resource no project's, and the next
 /// apply would refuse it as someone else's. A claim on something never made
-/// costs nothing: the apply's own record drops it, and deletes skip what is
-/// not there.
+/// costs nothing: a complete apply's record drops it (one stopped by an error
+/// keeps it), and deletes skip what is not there. Answers the new claims.
 async fn preflight(
     client: &Client,
     specs: &Specs,
     previous: &Record,
     owners: &HashMap<Applied, Owner>,
     opts: &ApplyOpts,
-) -> Result<()> {
+) -> Result<BTreeSet<Applied>> {
     let mut refused = Vec::new();
     let mut claimed = previous.resources.clone();
     for r in &specs.resources {
@@ -537,10 +542,10 @@ async fn preflight(
     }
     if let Some(d) = &specs.deployment {
         if claimed.len() > previous.resources.len() {
-            put_record(client, d, claimed).await?;
+            put_record(client, d, claimed.clone()).await?;
         }
     }
-    Ok(())
+    Ok(claimed.difference(&previous.resources).cloned().collect())
 }
 
 async fn put_record(client: &Client, d: &Deployment, resources: BTreeSet<Applied>) -> Result<()> {
