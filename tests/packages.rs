@@ -719,6 +719,28 @@ fn fn_create_with_a_source_makes_and_builds_its_package() {
         deployed.iter().any(|n| n.contains("hellodep")),
         "the build's output: {deployed:?}"
     );
+    // Without `.tar`, a zip, as Fission's CLI gives it (`unzip` reads it).
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "getdeploy",
+            &pkg,
+            "--dest",
+            &file(&out("deploy.zip")),
+        ],
+    );
+    let zipped = zip::ZipArchive::new(std::fs::File::open(out("deploy.zip")).unwrap()).unwrap();
+    let zipped: Vec<&str> = zipped.file_names().collect();
+    for name in &deployed {
+        let name = name.trim_start_matches("./");
+        assert!(
+            name.is_empty()
+                || zipped.contains(&name)
+                || zipped.contains(&format!("{}/", name.trim_end_matches('/')).as_str()),
+            "{name}: {zipped:?}"
+        );
+    }
     cli_ok(
         &s,
         &[

@@ -142,8 +142,9 @@ pub enum PkgVerb {
         #[command(flatten)]
         id: PkgId,
     },
-    /// Print the package's source: a file as it is; a directory as a tar
-    /// archive (with --dest, or piped).
+    /// Print the package's source: a file as it is; a directory as a zip
+    /// archive, as Fission's (a tar with `--dest NAME.tar`; with --dest, or
+    /// piped).
     Getsrc {
         #[command(flatten)]
         id: PkgId,
@@ -322,7 +323,9 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
 }
 
 /// Code from the API (`path`) to `output`, or to standard output: a file as
-/// it is, a directory as a tar archive (not to a terminal).
+/// it is, a directory as a zip archive, as Fission's CLI gives it (`unzip`
+/// reads it), or as the tar the server sends when `output` is a `.tar` (not
+/// to a terminal).
 pub(super) async fn download(c: &Client, path: &str, output: Option<&Path>) -> Result<()> {
     use std::io::IsTerminal;
     let mut resp = c.send(c.request(Method::GET, path)).await?;
@@ -330,27 +333,76 @@ pub(super) async fn download(c: &Client, path: &str, output: Option<&Path>) -> R
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"application/x-tar"));
+    let as_zip = tar && !output.is_some_and(|f| f.extension().is_some_and(|e| e == "tar"));
     let mut out: Box<dyn Write> = match output {
         Some(file) => Box::new(
             std::fs::File::create(file)
                 .with_context(|| format!("cannot write {}", file.display()))?,
         ),
         None if tar && std::io::stdout().is_terminal() => {
-            bail!("the code is a directory: give --dest FILE (a tar archive) or pipe it (| tar -x)")
+            bail!("the code is a directory: give --dest FILE (a zip archive, or a .tar) or pipe it (> code.zip)")
         }
         None => Box::new(std::io::stdout().lock()),
     };
     let mut written = 0;
-    while let Some(chunk) = resp.chunk().await? {
-        out.write_all(&chunk)?;
-        written += chunk.len();
+    if as_zip {
+        let zip = zip_of_tar(&resp.bytes().await?)?;
+        out.write_all(&zip)?;
+        written = zip.len();
+    } else {
+        while let Some(chunk) = resp.chunk().await? {
+            out.write_all(&chunk)?;
+            written += chunk.len();
+        }
     }
     out.flush()?;
     if let Some(file) = output {
-        let what = if tar { "a tar archive" } else { "a file" };
+        let what = match (tar, as_zip) {
+            (true, true) => "a zip archive",
+            (true, false) => "a tar archive",
+            _ => "a file",
+        };
         eprintln!("{} written: {what} of {written} bytes", file.display());
     }
     Ok(())
+}
+
+/// The zip archive of the directory a tar stream holds: its files (with their
+/// modes) and directories, in the tar's order.
+fn zip_of_tar(tar_bytes: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let mut archive = tar::Archive::new(tar_bytes);
+    for entry in archive.entries().context("cannot read the package")? {
+        let mut entry = entry.context("cannot read the package")?;
+        let name = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if name.is_empty() {
+            continue;
+        }
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let options = zip::write::SimpleFileOptions::default().unix_permissions(mode);
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                zip.add_directory(format!("{}/", name.trim_end_matches('/')), options)?
+            }
+            tar::EntryType::Regular => {
+                zip.start_file(name, options)?;
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data)?;
+                zip.write_all(&data)?;
+            }
+            // Links and the like: a package holds files only.
+            _ => {}
+        }
+    }
+    Ok(zip
+        .finish()
+        .context("cannot write the archive")?
+        .into_inner())
 }
 
 fn path(name: &str, rest: &str) -> String {
