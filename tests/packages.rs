@@ -890,3 +890,44 @@ fn fn_update_with_new_code_updates_the_functions_package() {
     assert_ne!(code, 0);
     assert!(err.contains("pkg update --buildcmd"), "{err}");
 }
+
+/// As Fission's builder command: an environment's build command builds the
+/// packages that give none of their own.
+#[test]
+fn an_environments_build_command_builds_packages_without_one() {
+    let s = Server::start();
+    s.ok(
+        "POST",
+        "/v1/environments",
+        Some(serde_json::json!({"name": "python", "runtime": "python", "poolsize": 1,
+            "network": "none",
+            "buildcmd": "mkdir -p \"$DEPLOY_PKG\" && sed s/SOURCE/BUILT/ main.py > \"$DEPLOY_PKG/main.py\""})),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("main.py"), "def main():\n    return 'SOURCE'\n").unwrap();
+    cli_ok(
+        &s,
+        &[
+            "fn",
+            "create",
+            "envbuilt",
+            "--env",
+            "python",
+            "--src",
+            src.to_str().unwrap(),
+            "--entrypoint",
+            "main.main",
+        ],
+    );
+    let f = s.ok("GET", "/v1/functions/envbuilt", None);
+    let pkg = f["package"]["packageref"]["name"].as_str().unwrap();
+    let p = built(&s, pkg);
+    assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
+    assert_eq!(call(&s, "envbuilt"), (200, "BUILT".to_string()));
+    // The CLI sets and removes it.
+    cli_ok(&s, &["env", "update", "python", "--buildcmd", ""]);
+    let env = s.ok("GET", "/v1/environments/python", None);
+    assert!(env.get("buildcmd").is_none(), "{env}");
+}

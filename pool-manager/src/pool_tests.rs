@@ -204,6 +204,7 @@ async fn setup_with(
         memory_mb: None,
         cpu_millis: None,
         network: Network::Host,
+        buildcmd: None,
     })
     .await
     .unwrap();

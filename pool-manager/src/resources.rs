@@ -72,6 +72,10 @@ pub struct Environment {
     /// The network instances see (container backend): the host's, or none at all.
     #[serde(default, skip_serializing_if = "Network::is_host")]
     pub network: Network,
+    /// The build command of its packages that give none (Fission's
+    /// `spec.builder.command`); else the builder's own steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buildcmd: Option<String>,
 }
 
 /// The network an environment's instances get.
@@ -120,6 +124,9 @@ impl Environment {
     pub fn validate(&self) -> Result<()> {
         validate_name("environment", &self.name)?;
         validate_name("namespace", &self.namespace)?;
+        if let Some(cmd) = &self.buildcmd {
+            crate::build::check_buildcmd(&format!("environment {:?}", self.name), cmd)?;
+        }
         let given = [
             self.runtime.is_some(),
             self.command.is_some(),
@@ -732,6 +739,7 @@ mod tests {
             memory_mb: None,
             cpu_millis: None,
             network: Network::Host,
+            buildcmd: None,
         };
         assert!(e.validate().is_ok());
         e.command = Some(vec!["x".into()]);
@@ -784,6 +792,7 @@ mod tests {
             memory_mb: None,
             cpu_millis: None,
             network: Network::Host,
+            buildcmd: None,
         };
         assert_eq!(
             e.image_use(dir.path()).unwrap(),
@@ -827,6 +836,7 @@ mod tests {
             memory_mb: Some(256),
             cpu_millis: None,
             network: Network::Host,
+            buildcmd: None,
         };
         // A cgroup limit on the whole instance: any size from the minimum up.
         assert!(e.validate().is_ok());

@@ -51,6 +51,10 @@ pub(super) struct EnvFields {
     /// Fission's builders do; another builder is not run (said on stderr).
     #[arg(long, value_name = "IMAGE")]
     builder: Option<String>,
+    /// The build command of its packages that give none (Fission's builder
+    /// command); `""` removes it.
+    #[arg(long, value_name = "COMMAND")]
+    buildcmd: Option<String>,
     /// Fission's environment version (1, 2 or 3); as in Fission, --poolsize
     /// is honoured with version 3 only (1 and 2 keep 3).
     #[arg(long = "version", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=3))]
@@ -283,6 +287,15 @@ pub(super) fn merge_env(body: &mut Value, f: EnvFields) -> Result<()> {
     }
     if let Some(network) = f.network {
         body["network"] = json!(network);
+    }
+    match f.buildcmd.as_deref() {
+        None => {}
+        Some("") => {
+            if let Some(o) = body.as_object_mut() {
+                o.remove("buildcmd");
+            }
+        }
+        Some(cmd) => body["buildcmd"] = json!(cmd),
     }
     Ok(())
 }

@@ -504,16 +504,13 @@ impl Specs {
                     format!("builder image {builder} is not run: packages are built by the bundled builder of the environment's language"),
                 );
             }
-            if let Some(cmd) =
-                str_at(spec, "builder.command").filter(|c| !c.is_empty() && *c != "build")
-            {
-                self.warn(
-                    doc.at("spec.builder.command"),
-                    format!(
-                        "builder command {cmd:?} is not run: give a package its `buildcmd` instead"
-                    ),
-                );
-            }
+        }
+        // The build command of its packages that give none. Fission's builders'
+        // own script is `build`: the bundled builder's steps.
+        if let Some(cmd) =
+            str_at(spec, "builder.command").filter(|c| !c.is_empty() && *c != "build")
+        {
+            r.body["buildcmd"] = json!(cmd);
         }
         if let Some(limits) = spec.pointer("/resources/limits") {
             if let Some(m) = limits.get("memory") {
@@ -1668,6 +1665,24 @@ mod tests {
             specs.resources[0].body["metadata"]["natsUrl"],
             "nats://127.0.0.1:4222"
         );
+    }
+
+    #[test]
+    fn a_builder_command_is_the_environments_build_command() {
+        let read = |command: &str| {
+            let specs = Specs::read_object(
+                &Document::object(json!({"apiVersion": "fission.io/v1", "kind": "Environment",
+                    "metadata": {"name": "py"}, "spec": {"version": 3, "runtime": {
+                        "image": "fission/python-env"}, "builder": {
+                        "image": "fission/python-builder", "command": command}}})),
+                "default",
+            );
+            assert!(specs.errors.is_empty(), "{:?}", specs.errors);
+            specs.resources[0].body.get("buildcmd").cloned()
+        };
+        assert_eq!(read("./mybuild.sh"), Some(json!("./mybuild.sh")));
+        // `build`, the builder images' own script: the bundled builder's steps.
+        assert_eq!(read("build"), None);
     }
 
     #[test]

@@ -216,6 +216,9 @@ fn fission(kind: Kind, namespace: &str, name: &str, body: &Value) -> Option<Valu
             if let Some(c) = field("cpu_millis").and_then(Value::as_u64) {
                 spec["resources"]["limits"]["cpu"] = json!(format!("{c}m"));
             }
+            if let Some(cmd) = field("buildcmd") {
+                spec["builder"] = json!({"command": cmd});
+            }
         }
         Kind::Function => {
             spec["environment"] = reference(namespace, field("env")?);

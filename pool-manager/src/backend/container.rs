@@ -349,6 +349,7 @@ impl ContainerBackend {
             memory_mb: Some(64),
             cpu_millis: None,
             network: Network::None,
+            buildcmd: None,
         };
         let spec = self
             .spec(

@@ -22,7 +22,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
 pub use model::{
-    cache_key, default_namespace, key, BuildEvent, BuildStatus, Package, PackageStatus,
+    cache_key, check_buildcmd, default_namespace, key, BuildEvent, BuildStatus, Package,
+    PackageStatus,
 };
 
 use crate::backend::build::{BuildExit, BuildRequest};
@@ -445,7 +446,9 @@ impl Inner {
         let env = env
             .resolved_on(&self.cfg.data_dir.join("images"), runs_images)
             .unwrap_or(env);
-        let cache = cache_key(&source, &env, p.buildcmd.as_deref());
+        // The command that builds it: its own, else its environment's.
+        let buildcmd = p.buildcmd.as_deref().or(env.buildcmd.as_deref());
+        let cache = cache_key(&source, &env, buildcmd);
         if !force {
             if let Some(built) = self.builds.cached(&cache)? {
                 if self.packages.path(&built).is_ok() {

@@ -90,6 +90,16 @@ pub struct Package {
 /// The most a build command may be, in bytes.
 const MAX_BUILDCMD: usize = 4096;
 
+/// A build command (of a package, or an environment's default), for `whose`.
+pub fn check_buildcmd(whose: &str, cmd: &str) -> Result<()> {
+    if cmd.trim().is_empty() || cmd.len() > MAX_BUILDCMD || cmd.contains('\0') {
+        return Err(Error::Invalid(format!(
+            "{whose}: buildcmd must be a non-empty command of at most {MAX_BUILDCMD} bytes"
+        )));
+    }
+    Ok(())
+}
+
 impl Package {
     /// The store key: `namespace/name`.
     pub fn key(&self) -> String {
@@ -118,12 +128,7 @@ impl Package {
             }
         }
         if let Some(cmd) = &self.buildcmd {
-            if cmd.trim().is_empty() || cmd.len() > MAX_BUILDCMD || cmd.contains('\0') {
-                return Err(Error::Invalid(format!(
-                    "package {:?}: buildcmd must be a non-empty command of at most {MAX_BUILDCMD} bytes",
-                    self.name
-                )));
-            }
+            check_buildcmd(&format!("package {:?}", self.name), cmd)?;
             if self.source.is_none() {
                 return Err(Error::Invalid(format!(
                     "package {:?}: a buildcmd needs a source archive to build",
@@ -297,6 +302,7 @@ mod tests {
             memory_mb: None,
             cpu_millis: None,
             network: Network::Host,
+            buildcmd: None,
         }
     }
 

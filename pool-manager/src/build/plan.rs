@@ -20,13 +20,19 @@ pub struct Plan {
 const COPY_SOURCE: &str = r#"mkdir -p "$DEPLOY_PKG" && cp -R "$SRC_PKG"/. "$DEPLOY_PKG"/"#;
 
 /// The plan for a source whose top-level files `has` tells, built by `env`'s
-/// builder, or by `buildcmd` when given.
+/// builder, or by `buildcmd` when given, else by the environment's own.
 pub fn plan(env: &Environment, buildcmd: Option<&str>, has: impl Fn(&str) -> bool) -> Plan {
     // Every command is shown in the log as it runs, and the first failure stops it.
     let script = |body: String| format!("exec 2>&1\nset -eux\n{body}\n");
     if let Some(cmd) = buildcmd {
         return Plan {
             summary: format!("the package's build command: {cmd}"),
+            script: script(cmd.to_string()),
+        };
+    }
+    if let Some(cmd) = &env.buildcmd {
+        return Plan {
+            summary: format!("the environment's build command: {cmd}"),
             script: script(cmd.to_string()),
         };
     }
@@ -82,11 +88,23 @@ mod tests {
             memory_mb: None,
             cpu_millis: None,
             network: Network::Host,
+            buildcmd: None,
         }
     }
 
     fn files<'a>(names: &'a [&'a str]) -> impl Fn(&str) -> bool + 'a {
         move |n| names.contains(&n)
+    }
+
+    #[test]
+    fn a_package_without_a_command_uses_its_environments() {
+        let mut e = env(Runtime::Python);
+        e.buildcmd = Some("./envbuild.sh".into());
+        let p = plan(&e, None, files(&["requirements.txt"]));
+        assert_eq!(p.summary, "the environment's build command: ./envbuild.sh");
+        assert!(p.script.contains("./envbuild.sh"));
+        let p = plan(&e, Some("make"), files(&[]));
+        assert_eq!(p.summary, "the package's build command: make");
     }
 
     #[test]

@@ -124,6 +124,7 @@ async fn setup() -> Setup {
         memory_mb: None,
         cpu_millis: None,
         network: Network::Host,
+        buildcmd: None,
     })
     .await
     .unwrap();
@@ -323,6 +324,7 @@ async fn references_between_functions_and_packages_are_checked() {
         memory_mb: None,
         cpu_millis: None,
         network: Network::Host,
+        buildcmd: None,
     })
     .await
     .unwrap();
