@@ -333,7 +333,7 @@ pub(super) async fn download(c: &Client, path: &str, output: Option<&Path>) -> R
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"application/x-tar"));
-    let as_zip = tar && !output.is_some_and(|f| f.extension().is_some_and(|e| e == "tar"));
+    let as_zip = tar && output.is_none_or(|f| f.extension().is_none_or(|e| e != "tar"));
     let mut out: Box<dyn Write> = match output {
         Some(file) => Box::new(
             std::fs::File::create(file)
