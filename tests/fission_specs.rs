@@ -33,6 +33,16 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A project folder holding `hello.py` and `specs/all.yaml` (`docs`).
+fn hello_project(docs: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(specs.join("hello.py"), "def main():\n    return 'hi'\n").unwrap();
+    std::fs::write(specs.join("all.yaml"), docs).unwrap();
+    tmp
+}
+
 fn names(s: &Server, path: &str) -> Vec<String> {
     match s.ok("GET", path, None) {
         Value::Array(items) => items
@@ -543,15 +553,9 @@ fn spec_checks_routes_offline_and_apply_says_what_it_did() {
 #[test]
 fn a_destroy_stopped_half_way_records_what_is_left() {
     let s = Server::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let specs = tmp.path().join("specs");
-    std::fs::create_dir_all(&specs).unwrap();
-    std::fs::write(specs.join("hello.py"), "def main():\n    return 'hi'\n").unwrap();
-    std::fs::write(
-        specs.join("all.yaml"),
+    let tmp = hello_project(
         "kind: DeploymentConfig\nname: half\nuid: 7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n---\nkind: Environment\nname: py\nruntime: python\npoolsize: 0\n---\nkind: Function\nname: hello\nenv: py\ncode: hello.py\n---\nkind: Route\nname: hello\nurl: /hello\nfunction: hello\n",
-    )
-    .unwrap();
+    );
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");
     // A workflow of someone else's runs the function: it cannot go.
@@ -659,6 +663,18 @@ impl HoldAfterEnvironment {
     }
 }
 
+impl HoldAfterEnvironment {
+    /// `fusion spec apply` in `dir`, through the proxy.
+    fn apply(&self, s: &Server, dir: &std::path::Path) -> std::process::Command {
+        let mut cli = std::process::Command::new(common::BIN);
+        cli.args(["spec", "apply"])
+            .current_dir(dir)
+            .env("FUSION_URL", &self.url)
+            .env("FUSION_TOKEN", &s.token);
+        cli
+    }
+}
+
 impl Drop for HoldAfterEnvironment {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -673,21 +689,12 @@ impl Drop for HoldAfterEnvironment {
 #[test]
 fn an_apply_cut_short_after_making_something_leaves_it_the_projects() {
     let s = Server::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let specs = tmp.path().join("specs");
-    std::fs::create_dir_all(&specs).unwrap();
-    std::fs::write(specs.join("hello.py"), "def main():\n    return 'hi'\n").unwrap();
-    std::fs::write(
-        specs.join("all.yaml"),
+    let tmp = hello_project(
         "kind: DeploymentConfig\nname: cut\nuid: 0b6a4c1e-2d3f-4a5b-9c8d-7e6f5a4b3c2d\n---\nkind: Environment\nname: py\nruntime: python\npoolsize: 0\n---\nkind: Function\nname: hello\nenv: py\ncode: hello.py\n",
-    )
-    .unwrap();
+    );
     let proxy = HoldAfterEnvironment::start(s.api_url(""), false);
-    let mut cli = std::process::Command::new(common::BIN)
-        .args(["spec", "apply"])
-        .current_dir(tmp.path())
-        .env("FUSION_URL", &proxy.url)
-        .env("FUSION_TOKEN", &s.token)
+    let mut cli = proxy
+        .apply(&s, tmp.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -715,13 +722,7 @@ fn an_apply_cut_short_after_making_something_leaves_it_the_projects() {
     // Made, but its answer lost: the apply stops at the error, and what it
     // made stays the project's.
     let proxy = HoldAfterEnvironment::start(s.api_url(""), true);
-    let out = std::process::Command::new(common::BIN)
-        .args(["spec", "apply"])
-        .current_dir(tmp.path())
-        .env("FUSION_URL", &proxy.url)
-        .env("FUSION_TOKEN", &s.token)
-        .output()
-        .unwrap();
+    let out = proxy.apply(&s, tmp.path()).output().unwrap();
     assert!(!out.status.success());
     assert_eq!(names(&s, "/v1/environments"), ["py"]);
     drop(proxy);

@@ -1731,8 +1731,11 @@ impl Actor {
                 }
                 Outcome::Tasks(v) => {
                     self.record(dispatched(inputs_value, None));
-                    match dynamic_workflow(&v) {
-                        Some(Ok(sub)) => match self.too_big(sub.tasks.len()) {
+                    // Always a spec (`builtins::pass` and the loops make it so).
+                    let sub = dynamic_workflow(&v)
+                        .unwrap_or_else(|| Err("not a task or workflow spec".into()));
+                    match sub {
+                        Ok(sub) => match self.too_big(sub.tasks.len()) {
                             Some(why) => self.record(fail(why)),
                             None => self.record(Event::TasksAdded {
                                 parent: task.into(),
@@ -1743,14 +1746,7 @@ impl Actor {
                                 at: now,
                             }),
                         },
-                        Some(Err(e)) => self.record(fail(e)),
-                        None => self.record(Event::TaskSucceeded {
-                            task: task.into(),
-                            attempt,
-                            output: v,
-                            headers: Headers::new(),
-                            at: now,
-                        }),
+                        Err(e) => self.record(fail(e)),
                     }
                     None
                 }
