@@ -1261,6 +1261,25 @@ fn a_stored_workflow_survives_a_killed_server() {
 }
 
 #[test]
+fn run_get_shows_control_characters_of_the_data_escaped() {
+    let s = Server::start();
+    s.workflow(
+        "echoed",
+        "apiVersion: 1\noutput: T\ntasks:\n  T:\n    run: noop\n    inputs: \"{ param() }\"\n",
+    );
+    // A caller's carriage return and line-clearing escape would rewrite the
+    // operator's terminal; a tab would break the columns.
+    let (st, _) = s.invoke("echoed", "text/plain", "x\r\u{1b}[2Kforged\tz");
+    assert_eq!(st, 200);
+    let runs = s.ok("GET", "/v1/runs?workflow=echoed", None);
+    let id = runs["runs"][0]["id"].as_str().unwrap().to_string();
+    let (rc, out, e) = s.cli(&["run", "get", &id]);
+    assert_eq!(rc, 0, "{e}");
+    assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+    assert!(out.contains(r"x\r\u{1b}[2Kforged\tz"), "{out}");
+}
+
+#[test]
 fn the_run_commands_say_what_a_user_needs() {
     let s = Server::start();
     s.workflow(

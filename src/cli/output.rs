@@ -42,7 +42,7 @@ pub(super) fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) 
     };
     let table: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| columns.iter().map(|(_, p)| cell(r, p)).collect())
+        .map(|r| columns.iter().map(|(_, p)| printable(cell(r, p))).collect())
         .collect();
     let widths: Vec<usize> = columns
         .iter()
@@ -50,7 +50,7 @@ pub(super) fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) 
         .map(|(i, (h, _))| {
             table
                 .iter()
-                .map(|r| r[i].len())
+                .map(|r| r[i].chars().count())
                 .max()
                 .unwrap_or(0)
                 .max(h.len())
@@ -68,6 +68,24 @@ pub(super) fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) 
     for row in table {
         line(row);
     }
+}
+
+/// A cell as it can go to a terminal: the control characters a caller's or a
+/// function's data may hold (a carriage return, an escape sequence that clears
+/// the line, a tab that breaks the columns) are shown escaped, never sent.
+fn printable(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One kind of resource on the API, as the CLI lists and changes it.
