@@ -1360,8 +1360,8 @@ fn the_run_commands_say_what_a_user_needs() {
     ]);
     assert_eq!(rc, 0, "{e}");
     assert!(
-        out.contains("more: fusion run list --workflow boom --status failed --limit 1 --cursor "),
-        "{out}"
+        e.contains("more: fusion run list --workflow boom --status failed --limit 1 --cursor "),
+        "{e}"
     );
 
     // `run events`: a table, one event a line.
@@ -1501,6 +1501,14 @@ fn fissions_workflow_run_and_runs_commands_start_and_inspect_runs() {
     let (code, out, err) = s.cli(&["wf", "runs", "list", "--workflow", "greet"]);
     assert_eq!(code, 0, "{err}");
     assert!(ids.iter().all(|id| out.contains(id.as_str())), "{out}");
+    // Paged as `run list` is, with the same flags.
+    let (code, out, err) = s.cli(&["wf", "runs", "list", "--workflow", "greet", "--limit", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        err.contains("more: fusion run list --workflow greet --limit 1 --cursor "),
+        "{err}"
+    );
     // Input that is not JSON is refused before anything starts.
     let (code, _, err) = s.cli(&["wf", "run", "greet", "--input", "{who"]);
     assert_ne!(code, 0);

@@ -142,7 +142,7 @@ async fn show(opts: &ClientOpts, id: &str) -> Result<()> {
             .iter()
             .map(|a| {
                 let mut r = a.clone();
-                r["started"] = json!(a["started_ms"].as_u64().map(super::run::clock));
+                r["started"] = json!(a["started_ms"].as_u64().map(super::run::clock_ms));
                 if a["interrupted"].as_bool() == Some(true) {
                     r["error"] = json!("interrupted: the server stopped during it (not counted)");
                 }

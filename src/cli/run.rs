@@ -1,7 +1,7 @@
 //! `fusion run`: workflow runs, their tasks and events; cancel and retry.
 
 use anyhow::{anyhow, bail, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -11,29 +11,7 @@ use super::{ClientOpts, Output, RunId};
 #[derive(Subcommand)]
 pub(super) enum RunVerb {
     /// List runs, newest first.
-    List {
-        /// Only runs of this workflow.
-        #[arg(long, value_name = "WORKFLOW")]
-        workflow: Option<String>,
-        /// Only runs in this status: running, succeeded, failed or cancelled
-        /// (several separated by commas: `failed,cancelled`).
-        #[arg(long, value_name = "STATUS")]
-        status: Option<String>,
-        /// Only runs created at or after this time: RFC 3339
-        /// (2026-12-01T10:00:00Z), milliseconds since the epoch, or a time back
-        /// from now (90s, 30m, 2h, 1d).
-        #[arg(long, value_name = "TIME", value_parser = time_arg)]
-        since: Option<u64>,
-        /// Only runs created at or before this time (as --since).
-        #[arg(long, value_name = "TIME", value_parser = time_arg)]
-        until: Option<u64>,
-        /// Most runs to print.
-        #[arg(long, default_value_t = DEFAULT_LIMIT, value_name = "RUNS")]
-        limit: usize,
-        /// Where to go on from: the cursor the previous page printed.
-        #[arg(long, value_name = "CURSOR")]
-        cursor: Option<String>,
-    },
+    List(ListArgs),
     /// Show a run: its status, input, output, and every task with its attempts.
     Get {
         #[command(flatten)]
@@ -82,6 +60,32 @@ pub(super) enum RunVerb {
     },
 }
 
+/// Which runs `run list` (and `wf runs list`) prints.
+#[derive(Args)]
+pub(super) struct ListArgs {
+    /// Only runs of this workflow.
+    #[arg(long, value_name = "WORKFLOW")]
+    workflow: Option<String>,
+    /// Only runs in this status: running, succeeded, failed or cancelled
+    /// (several separated by commas: `failed,cancelled`).
+    #[arg(long, value_name = "STATUS")]
+    status: Option<String>,
+    /// Only runs created at or after this time: RFC 3339
+    /// (2026-12-01T10:00:00Z), milliseconds since the epoch, or a time back
+    /// from now (90s, 30m, 2h, 1d).
+    #[arg(long, value_name = "TIME", value_parser = time_arg)]
+    since: Option<u64>,
+    /// Only runs created at or before this time (as --since).
+    #[arg(long, value_name = "TIME", value_parser = time_arg)]
+    until: Option<u64>,
+    /// Most runs to print.
+    #[arg(long, default_value_t = DEFAULT_LIMIT, value_name = "RUNS")]
+    limit: usize,
+    /// Where to go on from: the cursor the previous page printed.
+    #[arg(long, value_name = "CURSOR")]
+    cursor: Option<String>,
+}
+
 /// The token of a callback given as a token, a path or a URL.
 fn callback_token(callback: &str) -> Result<&str> {
     let token = match callback.rsplit_once(CALLBACKS) {
@@ -126,7 +130,7 @@ fn completion(
 }
 
 /// Runs `run list` prints unless told otherwise.
-pub(super) const DEFAULT_LIMIT: usize = 20;
+const DEFAULT_LIMIT: usize = 20;
 
 pub(super) const RUN_COLUMNS: &[(&str, &str)] = &[
     ("ID", "/id"),
@@ -140,14 +144,14 @@ pub(super) const RUN_COLUMNS: &[(&str, &str)] = &[
 pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
-        RunVerb::List {
+        RunVerb::List(ListArgs {
             workflow,
             status,
             since,
             until,
             limit,
             cursor,
-        } => {
+        }) => {
             let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
             if let Some(w) = &workflow {
                 q.push(("workflow", w.clone()));
@@ -170,7 +174,7 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
                 print(opts, &v, RUN_COLUMNS);
             } else {
                 for run in v["runs"].as_array_mut().into_iter().flatten() {
-                    run["started"] = json!(run["created_at"].as_u64().map(clock));
+                    run["started"] = json!(run["created_at"].as_u64().map(clock_ms));
                 }
                 print(opts, &v["runs"], RUN_COLUMNS);
                 if let Some(next) = v["next_cursor"].as_str() {
@@ -180,7 +184,8 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
                         since,
                         until,
                     };
-                    println!("more: {}", next_page(&filters, limit, next));
+                    // Aside, as other hints: what goes to a pipe is the runs.
+                    eprintln!("more: {}", next_page(&filters, limit, next));
                 }
             }
         }
@@ -252,7 +257,7 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
                 .post_json(&format!("/v1/runs/{id}/cancel"), &json!({}))
                 .await?;
             if opts.output != Output::Json {
-                v["started"] = json!(v["created_at"].as_u64().map(clock));
+                v["started"] = json!(v["created_at"].as_u64().map(clock_ms));
             }
             print(opts, &v, RUN_COLUMNS);
         }
@@ -358,7 +363,7 @@ fn print_run(opts: &ClientOpts, v: &Value) {
 /// headers and query are in `-o json`), its error the message and the task.
 fn run_row(v: &Value) -> Value {
     let mut row = v.clone();
-    row["started"] = json!(v["created_at"].as_u64().map(clock));
+    row["started"] = json!(v["created_at"].as_u64().map(clock_ms));
     let input = match v.pointer("/input/body") {
         Some(body) if v["input"].get("headers").is_some() => body,
         _ => &v["input"],
@@ -439,7 +444,6 @@ pub(super) fn event_rows(events: &Value) -> Value {
     Value::Array(rows)
 }
 
-/// The command that prints the next page, with the filters of this one.
 /// A listing's filters, kept by the command for its next page.
 struct Filters<'a> {
     workflow: Option<&'a str>,
@@ -448,19 +452,9 @@ struct Filters<'a> {
     until: Option<u64>,
 }
 
-/// A time in milliseconds as a table shows it: UTC, to the second.
-pub(super) fn clock(ms: u64) -> String {
-    i64::try_from(ms)
-        .ok()
-        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-        .map_or_else(
-            || ms.to_string(),
-            |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        )
-}
-
-/// A time in milliseconds to the millisecond (events follow each other closely).
-fn clock_ms(ms: u64) -> String {
+/// A time in milliseconds as a table shows it: UTC, to the millisecond (runs
+/// and events follow each other closely).
+pub(super) fn clock_ms(ms: u64) -> String {
     i64::try_from(ms)
         .ok()
         .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
@@ -501,6 +495,7 @@ fn time_at(text: &str, now_ms: i64) -> std::result::Result<u64, String> {
     }
 }
 
+/// The command that prints the next page, with the filters of this one.
 fn next_page(f: &Filters, limit: usize, cursor: &str) -> String {
     let mut cmd = String::from("fusion run list");
     if let Some(w) = f.workflow {
@@ -562,7 +557,7 @@ mod tests {
             .unwrap_err()
             .contains("not a time"));
         assert!(time_at("", now).is_err());
-        assert_eq!(clock(now as u64), "2026-12-01T00:00:00Z");
+        assert_eq!(clock_ms(now as u64), "2026-12-01T00:00:00.000Z");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::output::print;
-use super::run::{event_rows, run_cmd, RunVerb, DEFAULT_LIMIT, EVENT_COLUMNS};
+use super::run::{event_rows, run_cmd, ListArgs, RunVerb, EVENT_COLUMNS};
 use super::{with_headers, ClientOpts, Name, Output, RunId};
 
 #[derive(Subcommand)]
@@ -104,15 +104,8 @@ pub(super) enum WfVerb {
 /// Fission's `workflow runs` verbs, on Fusion's run history.
 #[derive(Subcommand)]
 pub(super) enum RunsVerb {
-    /// List runs, newest first.
-    List {
-        /// Only runs of this workflow.
-        #[arg(long, value_name = "WORKFLOW")]
-        workflow: Option<String>,
-        /// Only runs in this status: running, succeeded, failed or cancelled.
-        #[arg(long, value_name = "STATUS")]
-        status: Option<String>,
-    },
+    /// List runs, newest first (as `fusion run list`).
+    List(ListArgs),
     /// Where a run is or stopped: its status, input, output, and every task.
     Describe {
         #[command(flatten)]
@@ -415,14 +408,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
         }
         WfVerb::Runs { verb } => {
             let verb = match verb {
-                RunsVerb::List { workflow, status } => RunVerb::List {
-                    workflow,
-                    status,
-                    since: None,
-                    until: None,
-                    limit: DEFAULT_LIMIT,
-                    cursor: None,
-                },
+                RunsVerb::List(args) => RunVerb::List(args),
                 RunsVerb::Describe { id } => RunVerb::Get { id },
                 RunsVerb::History { id } => return history(&c, opts, &id.get()).await,
                 RunsVerb::Cancel { id } => RunVerb::Cancel { id },
