@@ -207,6 +207,16 @@ fn run_history_lists_filters_pages_and_details_runs() {
     let failed = s.ok("GET", "/v1/runs?status=failed", None);
     assert_eq!(failed["runs"].as_array().unwrap().len(), 1);
     assert_eq!(failed["runs"][0]["workflow"], "bad");
+    // In any case, and by Fission Workflows' names for the same statuses.
+    for (asked, n) in [
+        ("FAILED", 1),
+        ("SUCCEEDED", 5),
+        ("IN_PROGRESS", 0),
+        ("ABORTED", 0),
+    ] {
+        let page = s.ok("GET", &format!("/v1/runs?status={asked}"), None);
+        assert_eq!(page["runs"].as_array().unwrap().len(), n, "{asked}: {page}");
+    }
     let oks = s.ok("GET", "/v1/runs?workflow=ok&status=succeeded", None);
     assert_eq!(oks["runs"].as_array().unwrap().len(), 5);
 

@@ -437,6 +437,17 @@ fn summary_json(s: &RunSummary) -> Value {
     })
 }
 
+/// A status as a caller filters by it: Fusion's names in any case, and Fission
+/// Workflows' invocation statuses (`IN_PROGRESS`, `ABORTED`...) for the same.
+fn status_query(s: &str) -> Option<RunStatus> {
+    let lower = s.to_ascii_lowercase();
+    RunStatus::parse(&lower).or(match lower.as_str() {
+        "scheduled" | "in_progress" => Some(RunStatus::Running),
+        "aborted" | "canceled" => Some(RunStatus::Cancelled),
+        _ => None,
+    })
+}
+
 async fn list_runs(
     State(engine): State<Arc<Engine>>,
     ApiQuery(q): ApiQuery<RunsQuery>,
@@ -450,11 +461,11 @@ async fn list_runs(
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            RunStatus::parse(s).ok_or_else(|| {
+            status_query(s).ok_or_else(|| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "invalid_status",
-                    format!("unknown status {s:?} (running, succeeded, failed, cancelled)"),
+                    format!("unknown status {s:?} (running, succeeded, failed, cancelled; or Fission's IN_PROGRESS, SUCCEEDED, FAILED, ABORTED)"),
                 )
             })
         })
