@@ -475,6 +475,27 @@ fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
     let cancelled = s.ok("POST", &format!("/v1/runs/{id}/cancel"), Some(json!({})));
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     assert_eq!(s.run(&id)["status"], "cancelled");
+
+    // Why, when the canceller says it; a reason that is not text is refused.
+    let id = s.start_async("long", "");
+    let (st, v) = s.call(
+        "POST",
+        &format!("/v1/runs/{id}/cancel"),
+        Some(json!({"reason": 7})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("invalid_body")),
+        "{v}"
+    );
+    let (rc, _, e) = s.cli(&["run", "cancel", &id, "--reason", "wrong order"]);
+    assert_eq!(rc, 0, "{e}");
+    let run = s.run(&id);
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(
+        run["error"]["message"], "cancelled through the API: wrong order",
+        "{run}"
+    );
 }
 
 #[test]

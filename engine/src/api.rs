@@ -637,11 +637,35 @@ async fn complete_callback(
     })))
 }
 
+/// The most characters of a cancel's reason a run keeps.
+const CANCEL_REASON_MOST: usize = 1000;
+
+/// Cancels a running run; an optional body `{"reason": "..."}` says why, and
+/// the run's error keeps it.
 async fn cancel_run(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,
+    body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let s = engine.cancel(&id, "cancelled through the API").await?;
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message);
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        crate::document::check_json(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
+        let v: Value =
+            serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+        match v.get("reason") {
+            None | Some(Value::Null) if v.is_object() => None,
+            Some(Value::String(r)) => Some(r.chars().take(CANCEL_REASON_MOST).collect::<String>()),
+            _ => return Err(bad(r#"the body is {"reason": "why"}, or empty"#.into())),
+        }
+    };
+    let why = match reason.as_deref().map(str::trim) {
+        Some(r) if !r.is_empty() => format!("cancelled through the API: {r}"),
+        _ => "cancelled through the API".to_string(),
+    };
+    let s = engine.cancel(&id, &why).await?;
     Ok(Json(summary_json(&s)))
 }
 

@@ -36,6 +36,9 @@ pub(super) enum RunVerb {
     Cancel {
         #[command(flatten)]
         id: RunId,
+        /// Why, kept in the run's error.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Run again from the failed tasks, keeping the outputs of those that succeeded.
     Retry {
@@ -251,11 +254,13 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
                 print(opts, &event_rows(&v["events"]), EVENT_COLUMNS);
             }
         }
-        RunVerb::Cancel { id } => {
+        RunVerb::Cancel { id, reason } => {
             let id = id.get();
-            let mut v: Value = c
-                .post_json(&format!("/v1/runs/{id}/cancel"), &json!({}))
-                .await?;
+            let body = match reason {
+                Some(r) => json!({ "reason": r }),
+                None => json!({}),
+            };
+            let mut v: Value = c.post_json(&format!("/v1/runs/{id}/cancel"), &body).await?;
             if opts.output != Output::Json {
                 v["started"] = json!(v["created_at"].as_u64().map(clock_ms));
             }

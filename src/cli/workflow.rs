@@ -411,7 +411,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 RunsVerb::List(args) => RunVerb::List(args),
                 RunsVerb::Describe { id } => RunVerb::Get { id },
                 RunsVerb::History { id } => return history(&c, opts, &id.get()).await,
-                RunsVerb::Cancel { id } => RunVerb::Cancel { id },
+                RunsVerb::Cancel { id } => RunVerb::Cancel { id, reason: None },
             };
             return run_cmd(verb, opts).await;
         }
