@@ -210,3 +210,47 @@ fn a_data_directory_serves_one_server_at_a_time() {
     s.launch();
     s.ok("GET", "/v1/environments", None);
 }
+
+/// The server's log to a file or a pipe is plain text (no colour codes), and
+/// with FUSION_LOG_FORMAT=json one JSON object a line.
+#[test]
+fn the_log_to_a_file_is_plain_text_or_json_lines() {
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let child = Command::new(BIN)
+            .args(["server", "--backend", "process", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--router-listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ])
+            .env("FUSION_LOG", "info")
+            .env("FUSION_LOG_FORMAT", format)
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(child);
+        let stdout = child.0.stdout.take().unwrap();
+        // The listening line comes after the start's log lines.
+        let first = BufReader::new(stdout).lines().next();
+        assert!(first.is_some_and(|l| l.is_ok_and(|l| l.starts_with("fusion listening"))));
+        signal(child.0.id(), libc::SIGTERM);
+        assert!(child.0.wait().unwrap().success());
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("fusion is listening"), "{text}");
+        assert!(!text.contains('\u{1b}'), "{format}: {text:?}");
+        if format == "json" {
+            for line in text.lines() {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert!(v["level"].is_string(), "{line}");
+            }
+        }
+    }
+}

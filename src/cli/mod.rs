@@ -193,6 +193,7 @@ pub(super) enum Output {
 #[derive(Subcommand)]
 enum Command {
     /// Start the server, apply workflow-examples/ and print URLs to try.
+    #[command(after_help = LOGGING_HELP)]
     Up {
         #[command(flatten)]
         server: ServerArgs,
@@ -201,6 +202,7 @@ enum Command {
         examples: PathBuf,
     },
     /// Start the server.
+    #[command(after_help = LOGGING_HELP)]
     Server {
         #[command(flatten)]
         server: ServerArgs,
@@ -394,13 +396,28 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// What `up` and `server` say of their log, below their flags.
+const LOGGING_HELP: &str =
+    "Logging (to stderr): FUSION_LOG sets what is logged, as a tracing filter \
+(default `info`; `debug`, `warn`, `engine=debug,info`); FUSION_LOG_FORMAT=json writes one JSON \
+object a line. Colours only on a terminal, and never with NO_COLOR set.";
+
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("FUSION_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let json = std::env::var("FUSION_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        // Escape codes only where a terminal reads them: a log file, journald
+        // or a pipe gets plain text.
+        let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        builder.with_ansi(ansi).try_init()
+    };
 }
 
 /// Adds `-H 'Key: Value'` headers to a request.
