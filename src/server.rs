@@ -285,14 +285,45 @@ fn check_insecure(args: &ServerArgs) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Makes the data directory, or takes the one there, readable by the server's
+/// user alone (0700): it holds run inputs and outputs, functions' code,
+/// settings and logs, which the API keeps behind its token.
+fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read data directory {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || {
+                format!(
+                    "cannot make data directory {} private (mode 0700)",
+                    dir.display()
+                )
+            },
+        )?;
+        tracing::info!(
+            path = %dir.display(),
+            was = format!("{:o}", mode & 0o777),
+            "made the data directory private to the server's user (0700)"
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::Result<()> {
     check_insecure(&args)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
         _ => None,
     };
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    private_data_dir(&args.data_dir)?;
     let token_file = args
         .token_file
         .clone()

@@ -93,17 +93,23 @@ fn every_v1_call_and_metrics_need_the_token_and_health_stays_open() {
 }
 
 #[test]
-fn the_token_file_is_private_and_the_same_after_a_restart() {
+fn the_token_file_and_the_data_directory_are_private_and_the_same_after_a_restart() {
     use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let mut s = Server::start();
     let path = s.data_dir().join("token");
-    let meta = std::fs::metadata(&path).unwrap();
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(mode(&path), 0o600);
+    // Run records, code, settings and logs are the API's to give, behind the
+    // token: no other local user reads them off the disk.
+    assert_eq!(mode(s.data_dir()), 0o700);
     let first = s.token.clone();
     assert_eq!(first.len(), 64);
     assert!(first.bytes().all(|b| b.is_ascii_hexdigit()));
     s.stop();
+    // A directory opened up (or made by an earlier version) is made private again.
+    std::fs::set_permissions(s.data_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     s.launch();
+    assert_eq!(mode(s.data_dir()), 0o700);
     assert_eq!(s.token, first);
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
