@@ -309,6 +309,43 @@ fn a_request_past_the_function_timeout_gets_504() {
     assert_eq!(body["error"]["code"], "function_timeout");
 }
 
+/// The function's timeout bounds the whole exchange, the answer's body
+/// included: a function that sends its head and never ends its answer is cut
+/// off at the timeout, its instance stopped, and the function answers again.
+#[test]
+fn an_answer_still_streaming_at_the_function_timeout_is_cut_off() {
+    let s = Server::start();
+    s.env("nodejs", "nodejs", 1);
+    let code = "module.exports = async (ctx) => {\n  if (ctx.request.url.includes('ok')) { return { status: 200, body: 'fine' }; }\n  ctx.response.writeHead(200, {'Content-Type': 'text/plain'});\n  ctx.response.write('started');\n};\n";
+    s.function(
+        "hangs",
+        "nodejs",
+        "hangs.js",
+        code,
+        json!({"timeout_secs": 1, "max_scale": 1}),
+    );
+    let r = s.get("/fission-function/hangs");
+    assert_eq!(r.status(), 200);
+    // The head came; the body ends in an error at the timeout, not never.
+    assert!(r.text().is_err(), "the answer should be cut short");
+    let log = s
+        .api("GET", "/v1/functions/hangs/logs")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        log.contains(
+            "an answer passed the function's timeout of 1 s while streaming: stopping instance"
+        ),
+        "{log}"
+    );
+    // Its one instance's capacity is free again: the next call answers.
+    let r = s.get("/fission-function/hangs?ok=1");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "fine");
+}
+
 #[test]
 fn a_killed_instance_fails_its_request_with_502_and_is_replaced() {
     let s = Server::start();

@@ -13,7 +13,7 @@ use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderName, HeaderValue, Request, Response, Uri};
 use axum::response::IntoResponse;
 use http_body::Body as HttpBody;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{LengthLimitError, Limited};
 
 use crate::backend::connect::{ClientError, ResponseBody};
 use crate::backend::Exit;
@@ -204,12 +204,82 @@ async fn forward_inner(
     for h in &HOP_BY_HOP {
         parts.headers.remove(h);
     }
-    // The lease lives as long as the response body streams.
-    let body = body.map_err(move |e| {
-        let _held = &lease;
-        e
-    });
+    // The lease lives as long as the response body streams, and the
+    // function's timeout bounds the whole exchange, the answer's body included.
+    let body = Bounded {
+        inner: body,
+        deadline: Box::pin(tokio::time::sleep_until(in_flight.deadline)),
+        lease: Some(lease),
+        logs: pm.logs().clone(),
+        timeout,
+    };
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// An instance's answer as it streams to the caller: its lease held to the
+/// end, and cut off at the function's timeout, which bounds the whole
+/// exchange as Fission's router's does. An answer still streaming then (a
+/// function that sent its head and hangs, a `Content-Length` it never fills,
+/// a stream longer than the timeout) stops its instance, with every process
+/// in it, and ends in an error: the caller sees the answer cut short, and the
+/// lease is given back.
+struct Bounded {
+    inner: ResponseBody,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    lease: Option<Lease>,
+    logs: Arc<crate::logs::Logs>,
+    timeout: Duration,
+}
+
+impl HttpBody for Bounded {
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        if self.lease.is_none() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.lease = None;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(frame)) => return Poll::Ready(Some(frame.map_err(Into::into))),
+            Poll::Pending => {}
+        }
+        if self.deadline.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let Some(lease) = self.lease.take() else {
+            return Poll::Ready(None);
+        };
+        let id = lease.instance.id;
+        let secs = self.timeout.as_secs();
+        self.logs.append(
+            &lease.function.key(),
+            id,
+            "fusion",
+            &format!("an answer passed the function's timeout of {secs} s while streaming: stopping instance {id}"),
+        );
+        lease.instance.stop();
+        Poll::Ready(Some(Err(format!(
+            "function {:?}'s answer did not end within its timeout of {secs} s",
+            lease.function.key()
+        )
+        .into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.lease.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 type Sent = Result<Result<Response<ResponseBody>, ClientError>, Exit>;
