@@ -3,7 +3,8 @@
 //! specialized, runs the function's executable or shell script once per request:
 //! the request body on stdin, the method, path, query and headers in environment
 //! variables, stdout as the response body. Exit 0 answers 200; any other exit
-//! answers 500 with what the program wrote to stderr. The function's own
+//! answers 500 `Function error: exit status N`, as Fission's (what the program
+//! wrote to stderr goes to the function's log). The function's own
 //! environment variables (Fusion's `fusionEnvVars` in the specialize request)
 //! are set for every run.
 
@@ -161,7 +162,12 @@ async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
         c
     };
     cmd.envs(env_vars)
-        .envs(request_env(&parts.method, &parts.uri, &parts.headers))
+        .envs(request_env(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            body.len(),
+        ))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -199,11 +205,14 @@ async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
     if out.status.success() {
         (StatusCode::OK, out.stdout).into_response()
     } else {
-        let mut msg = format!("function exited with {}", out.status);
-        if !out.stderr.is_empty() {
-            msg.push_str(": ");
-            msg.push_str(String::from_utf8_lossy(&out.stderr).trim());
-        }
+        // As Fission's binary runtime: the exit, not what the program wrote to
+        // stderr (its log has that), which may hold what the caller must not see.
+        use std::os::unix::process::ExitStatusExt;
+        let msg = match (out.status.code(), out.status.signal()) {
+            (Some(code), _) => format!("Function error: exit status {code}"),
+            (None, Some(signal)) => format!("Function error: killed by signal {signal}"),
+            (None, None) => format!("Function error: {}", out.status),
+        };
         (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response()
     }
 }
@@ -219,11 +228,23 @@ fn is_executable(p: &Path) -> bool {
             .unwrap_or(false)
 }
 
-/// CGI-like variables: REQUEST_METHOD, REQUEST_PATH, QUERY_STRING and HTTP_<NAME>
-/// for each header (upper case, '-' as '_').
-fn request_env(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Vec<(String, String)> {
+/// CGI-like variables: REQUEST_METHOD, REQUEST_URI (path and query, as
+/// Fission's), REQUEST_PATH, QUERY_STRING, CONTENT_LENGTH (the body's bytes,
+/// as read whole) and HTTP_<NAME> for each header (upper case, '-' as '_').
+fn request_env(
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    content_length: usize,
+) -> Vec<(String, String)> {
     let mut env = vec![
         ("REQUEST_METHOD".to_string(), method.to_string()),
+        (
+            "REQUEST_URI".to_string(),
+            uri.path_and_query()
+                .map_or_else(|| uri.path().to_string(), ToString::to_string),
+        ),
+        ("CONTENT_LENGTH".to_string(), content_length.to_string()),
         ("REQUEST_PATH".to_string(), uri.path().to_string()),
         (
             "QUERY_STRING".to_string(),

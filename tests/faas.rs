@@ -1471,6 +1471,36 @@ fn an_environment_shows_its_pool_and_why_an_instance_failed_to_start() {
     assert!(!err.contains("warning"), "{err}");
 }
 
+/// The binary runtime, as Fission's: CGI-like variables with REQUEST_URI and
+/// CONTENT_LENGTH, and a failed run answers its exit, never its stderr (which
+/// goes to the function's log).
+#[test]
+fn the_binary_runtime_gives_fissions_variables_and_keeps_stderr_in_the_log() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    let code = "#!/bin/sh\ncat >/dev/null\nif [ \"$QUERY_STRING\" = fail=1 ]; then echo 'token=hunter2' >&2; exit 2; fi\nprintf '%s|%s|%s' \"$REQUEST_METHOD\" \"$REQUEST_URI\" \"$CONTENT_LENGTH\"\n";
+    s.function("cgi", "binary", "cgi.sh", code, json!({}));
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/cgi?x=1"))
+        .body("hello")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "POST|/?x=1|5");
+    let r = s.get("/fission-function/cgi?fail=1");
+    assert_eq!(r.status(), 500);
+    assert_eq!(r.text().unwrap(), "Function error: exit status 2");
+    eventually(Duration::from_secs(20), "stderr reaches the log", || {
+        s.api("GET", "/v1/functions/cgi/logs")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+            .contains("token=hunter2")
+    });
+}
+
 /// What a function is sent through a route, as Fission's router sends it: a
 /// url route's function gets `/`, a prefix route's what is below the prefix
 /// (all of it with `keep_prefix`), and every call the URL as it came in
