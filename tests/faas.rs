@@ -717,6 +717,19 @@ fn the_cli_manages_resources_and_tests_functions() {
     };
     assert_eq!(post("/plain"), 405);
     assert_eq!(post("/any"), 200);
+    // A second route for the same URL, made without a name too, for another
+    // method: the names made for them do not collide.
+    run(&[
+        "route",
+        "create",
+        "--url",
+        "/plain",
+        "--method",
+        "POST",
+        "--function",
+        "hello",
+    ]);
+    assert_eq!(post("/plain"), 200);
     // Fission's Ingress flags: taken, and said to make no Ingress.
     let (code, _, err) = s.cli(&[
         "route",

@@ -567,8 +567,16 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 } else {
                     route.methods.iter().map(|m| m.to_uppercase()).collect()
                 };
+                let route_name = super::route::free_name(
+                    &c,
+                    opts,
+                    &super::route::ROUTES,
+                    super::route::route_name(&at),
+                    None,
+                )
+                .await?;
                 let mut r = json!({
-                    "name": super::route::route_name(&at),
+                    "name": route_name,
                     "function": name,
                     "methods": methods,
                 });

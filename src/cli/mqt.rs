@@ -179,13 +179,18 @@ pub(super) async fn mqt_cmd(verb: MqtVerb, opts: &ClientOpts) -> Result<()> {
             if fields.function.is_none() && fields.workflow.is_none() {
                 bail!("--function FUNCTION or --workflow WORKFLOW is required");
             }
-            let name = name
-                .positional
-                .or(name.name)
-                .unwrap_or_else(|| super::route::route_name(&topic));
+            let target = spec.target();
+            let name = match name.positional.or(name.name) {
+                Some(name) => name,
+                None => {
+                    let base = super::route::route_name(&topic);
+                    let spec = target.as_ref().map(|t| (t, "mqtrigger"));
+                    super::route::free_name(&c, opts, &MQTRIGGERS, base, spec).await?
+                }
+            };
             let mut body = json!({"name": name});
             merge(&mut body, fields)?;
-            if let Some(target) = spec.target() {
+            if let Some(target) = target {
                 let doc = save::resource(Kind::MessageQueueTrigger, opts.ns(), &body)?;
                 return save::save(&target, &format!("mqtrigger-{name}.yaml"), &[doc]);
             }

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::output::Collection;
 use super::{ClientOpts, Name, SpecOpt};
+use crate::client::Client;
 use crate::spec::{model::Kind, save};
 
 #[derive(Args)]
@@ -177,7 +178,7 @@ pub(super) fn merge_route(body: &mut Value, f: RouteFields) {
     }
 }
 
-/// A route name derived from its URL: `/users/{id}` -> `users-id`.
+/// A trigger name derived from its URL or topic: `/users/{id}` -> `users-id`.
 pub(super) fn route_name(url: &str) -> String {
     let mut name: String = url
         .chars()
@@ -195,10 +196,37 @@ pub(super) fn route_name(url: &str) -> String {
     let name = name.trim_matches('-');
     let name = if name.is_empty() { "root" } else { name };
     name.chars()
-        .take(63)
+        .take(56)
         .collect::<String>()
         .trim_end_matches('-')
         .to_string()
+}
+
+/// The name for a trigger made without one: derived from its URL or topic
+/// (`route_name`) while no trigger of `collection` has it, else with a random
+/// suffix (`users-id-3f9a1c`), so that two made without a name never clash
+/// (`GET /a` and `POST /a`, `/a/{id}` and `/a-id`); Fission's CLI names them a
+/// UUID. Written to a spec folder (`spec`), the name is free when no file of
+/// the folder has it (`<file>-<name>.yaml`), and the server is not asked.
+pub(super) async fn free_name(
+    c: &Client,
+    opts: &ClientOpts,
+    collection: &Collection,
+    base: String,
+    spec: Option<(&save::Target, &str)>,
+) -> Result<String> {
+    let in_use = match spec {
+        Some((target, file)) => target.dir.join(format!("{file}-{base}.yaml")).exists(),
+        None => c
+            .get_opt::<Value>(&collection.item(opts, &base))
+            .await?
+            .is_some(),
+    };
+    Ok(if in_use {
+        format!("{base}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
+    } else {
+        base
+    })
 }
 
 pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> {
@@ -211,14 +239,18 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
                 .clone()
                 .or(fields.prefix.clone())
                 .ok_or_else(|| anyhow!("--url TEMPLATE or --prefix PATH is required"))?;
-            let name = name
-                .positional
-                .or(name.name)
-                .unwrap_or_else(|| route_name(&url));
+            let target = spec.target();
+            let name = match name.positional.or(name.name) {
+                Some(name) => name,
+                None => {
+                    let spec = target.as_ref().map(|t| (t, "route"));
+                    free_name(&c, opts, &ROUTES, route_name(&url), spec).await?
+                }
+            };
             // GET unless told (Fission's CLI default).
             let mut body = json!({"name": name, "methods": ["GET"]});
             merge_route(&mut body, fields);
-            if let Some(target) = spec.target() {
+            if let Some(target) = target {
                 let doc = save::resource(Kind::HttpTrigger, opts.ns(), &body)?;
                 return save::save(&target, &format!("route-{name}.yaml"), &[doc]);
             }
@@ -246,5 +278,6 @@ mod tests {
         assert_eq!(route_name("/users/{id}"), "users-id");
         assert_eq!(route_name("/"), "root");
         assert_eq!(route_name("/Hello_World"), "hello-world");
+        assert!(route_name(&"/x".repeat(100)).len() <= 56);
     }
 }
