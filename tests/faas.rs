@@ -1529,6 +1529,8 @@ fn routes_send_the_path_and_headers_fission_sends() {
         json!({"name": "user", "url": "/users/{id}", "function": "where"}),
         json!({"name": "api", "prefix": "/api", "function": "where"}),
         json!({"name": "kept", "prefix": "/kept", "keep_prefix": true, "function": "where"}),
+        // gorilla/mux's catch-all, as Fission projects write it.
+        json!({"name": "files", "url": "/files/{id:.*}", "function": "where"}),
     ] {
         s.ok("POST", "/v1/routes", Some(route));
     }
@@ -1547,6 +1549,7 @@ fn routes_send_the_path_and_headers_fission_sends() {
         "/v1/things|/api/v1/things|where|default|"
     );
     assert_eq!(sent("/kept/a?b=c"), "/kept/a|/kept/a?b=c|where|default|");
+    assert_eq!(sent("/files/a/b.txt"), "/|/files/a/b.txt|where|default|a/b.txt");
     assert_eq!(
         sent("/fission-function/where/sub"),
         "/sub|/fission-function/where/sub|where|default|"

@@ -7,9 +7,21 @@ use crate::invoke::Target;
 use crate::route::Route;
 
 /// A parsed URL template: literal segments and `{name}` parameters.
+///
+/// A template whose parameters are each a whole segment without a pattern
+/// (`/users/{id}`) is matched segment by segment. Any other (a pattern,
+/// `{id:[0-9]+}`, `{path:.*}`; a parameter inside a segment, `/v{ver}`,
+/// `/{name}.{ext}`) is matched as gorilla/mux in Fission's router matches it:
+/// one regular expression over the whole path, where a parameter without a
+/// pattern is `[^/]+` and a pattern may span segments (`{path:.*}` takes
+/// `a/b/c`, or nothing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
+    /// The template's segments: what it is matched by in the first case;
+    /// in the second, what ranks it among others (a segment holding a
+    /// parameter counts as one).
     segments: Vec<Segment>,
+    whole: Option<WholePath>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +35,6 @@ enum Segment {
 #[derive(Debug, Clone)]
 struct Pattern {
     source: String,
-    re: regex::Regex,
 }
 
 impl PartialEq for Pattern {
@@ -33,6 +44,100 @@ impl PartialEq for Pattern {
 }
 
 impl Eq for Pattern {}
+
+/// A template matched as one regular expression over the decoded path; its
+/// parameters are the groups `p0`, `p1`... in order.
+#[derive(Debug, Clone)]
+struct WholePath {
+    re: regex::Regex,
+    names: Vec<String>,
+}
+
+impl PartialEq for WholePath {
+    // The expression says which paths it takes; the names are not in it.
+    fn eq(&self, other: &WholePath) -> bool {
+        self.re.as_str() == other.re.as_str()
+    }
+}
+
+impl Eq for WholePath {}
+
+/// A piece of a template: text, or a parameter with its pattern.
+enum Part<'a> {
+    Text(&'a str),
+    Param(&'a str, Option<&'a str>),
+}
+
+/// The template's parts. A parameter ends at the `}` that balances its `{`,
+/// so a pattern may hold braces of its own (`{id:[0-9]{3}}`), as gorilla/mux
+/// reads them.
+fn parts_of(url: &str) -> Result<Vec<Part<'_>>> {
+    let bytes = url.as_bytes();
+    let mut parts = Vec::new();
+    let mut text = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => {
+                let mut depth = 0usize;
+                let mut close = None;
+                for (j, b) in bytes.iter().enumerate().skip(i) {
+                    match b {
+                        b'{' => depth += 1,
+                        b'}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                close = Some(j);
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let close = close.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "route url {url:?}: the parameter at {:?} has no closing '}}'",
+                        &url[i..]
+                    ))
+                })?;
+                if text < i {
+                    parts.push(Part::Text(&url[text..i]));
+                }
+                let inner = &url[i + 1..close];
+                parts.push(match inner.split_once(':') {
+                    Some((name, pattern)) => Part::Param(name, Some(pattern)),
+                    None => Part::Param(inner, None),
+                });
+                i = close + 1;
+                text = i;
+            }
+            b'}' => {
+                return Err(Error::Invalid(format!(
+                    "route url {url:?}: a '}}' that closes no parameter"
+                )))
+            }
+            _ => i += 1,
+        }
+    }
+    if text < bytes.len() {
+        parts.push(Part::Text(&url[text..]));
+    }
+    Ok(parts)
+}
+
+/// A pattern's regular expression, or the one-line error that says why not.
+fn compile(url: &str, name: &str, source: &str, anchored: &str) -> Result<regex::Regex> {
+    regex::Regex::new(anchored).map_err(|e| {
+        // The regex crate draws the place over lines; its last line says
+        // what is wrong.
+        let text = e.to_string();
+        let why = text.lines().last().unwrap_or_default();
+        let why = why.strip_prefix("error: ").unwrap_or(why);
+        Error::Invalid(format!(
+            "route url {url:?}: parameter {name:?}: the pattern {source:?} is not a regular expression: {why}"
+        ))
+    })
+}
 
 impl Template {
     pub fn parse(url: &str) -> Result<Template> {
@@ -51,67 +156,95 @@ impl Template {
                 "route url {url:?}: a route matches a path only, without a query or fragment"
             )));
         }
-        let mut segments = Vec::new();
-        for seg in split(url) {
-            if let Some(inner) = seg.strip_prefix('{') {
-                let inner = inner.strip_suffix('}').ok_or_else(|| {
-                    Error::Invalid(format!("route url {url:?}: unclosed parameter {seg:?}"))
-                })?;
-                let (name, pattern) = match inner.split_once(':') {
-                    Some((name, source)) => {
-                        let re = regex::Regex::new(&format!("^(?:{source})$")).map_err(|e| {
-                            // The regex crate draws the place over lines; its
-                            // last line says what is wrong.
-                            let text = e.to_string();
-                            let why = text.lines().last().unwrap_or_default();
-                            let why = why.strip_prefix("error: ").unwrap_or(why);
-                            Error::Invalid(format!(
-                                "route url {url:?}: parameter {name:?}: the pattern {source:?} is not a regular expression: {why}"
-                            ))
-                        })?;
-                        (
-                            name,
-                            Some(Pattern {
-                                source: source.to_string(),
-                                re,
-                            }),
-                        )
-                    }
-                    None => (inner, None),
-                };
-                if name.is_empty()
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                {
-                    return Err(Error::Invalid(format!(
-                        "route url {url:?}: parameter name {name:?} must be letters, digits, '_' or '-'"
-                    )));
-                }
-                if segments
-                    .iter()
-                    .any(|s| matches!(s, Segment::Param(n, _) if n == name))
-                {
-                    return Err(Error::Invalid(format!(
-                        "route url {url:?}: parameter {name:?} appears twice"
-                    )));
-                }
-                segments.push(Segment::Param(name.to_string(), pattern));
-            } else if seg.contains('{') || seg.contains('}') {
+        let parts = parts_of(url)?;
+        let mut names: Vec<&str> = Vec::new();
+        for part in &parts {
+            let Part::Param(name, pattern) = part else {
+                continue;
+            };
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
                 return Err(Error::Invalid(format!(
-                    "route url {url:?}: a parameter must be a whole segment, like /users/{{id}}"
+                    "route url {url:?}: parameter name {name:?} must be letters, digits, '_' or '-'"
                 )));
-            } else {
-                segments.push(Segment::Literal(decoded(seg).into_owned()));
+            }
+            if names.contains(name) {
+                return Err(Error::Invalid(format!(
+                    "route url {url:?}: parameter {name:?} appears twice"
+                )));
+            }
+            if let Some(source) = pattern {
+                compile(url, name, source, &format!("^(?:{source})$"))?;
+            }
+            names.push(name);
+        }
+        // Segment by segment when every parameter is a whole segment without
+        // a pattern; the segments rank the template either way.
+        let mut segments = Vec::new();
+        let mut simple = true;
+        for seg in split_keep_empty(url) {
+            if seg.is_empty() {
+                continue;
+            }
+            let seg_parts = parts_of(seg)?;
+            let mut params = seg_parts.iter().filter_map(|p| match p {
+                Part::Param(name, pattern) => Some((*name, pattern.as_deref())),
+                Part::Text(_) => None,
+            });
+            match params.next() {
+                None => segments.push(Segment::Literal(decoded(seg).into_owned())),
+                Some((name, pattern)) => {
+                    if pattern.is_some() || seg_parts.len() > 1 {
+                        simple = false;
+                    }
+                    segments.push(Segment::Param(
+                        name.to_string(),
+                        pattern.map(|p| Pattern {
+                            source: p.to_string(),
+                        }),
+                    ));
+                }
             }
         }
-        Ok(Template { segments })
+        if simple {
+            return Ok(Template {
+                segments,
+                whole: None,
+            });
+        }
+        let mut re = String::from("^");
+        let mut i = 0;
+        for part in &parts {
+            match part {
+                Part::Text(t) => re.push_str(&regex::escape(&decoded(t))),
+                Part::Param(_, pattern) => {
+                    re.push_str(&format!("(?P<p{i}>(?:{}))", pattern.unwrap_or("[^/]+")));
+                    i += 1;
+                }
+            }
+        }
+        re.push('$');
+        let name = names.first().copied().unwrap_or_default();
+        let re = compile(url, name, &re, &re)?;
+        Ok(Template {
+            segments,
+            whole: Some(WholePath {
+                re,
+                names: names.iter().map(|n| n.to_string()).collect(),
+            }),
+        })
     }
 
     /// Whether the two templates take the same paths: the same literals in
     /// the same places, and parameters (whatever their names) in the same
     /// places.
     pub fn same_paths(&self, other: &Template) -> bool {
+        if self.whole.is_some() || other.whole.is_some() {
+            return self.whole == other.whole;
+        }
         self.segments.len() == other.segments.len()
             && self
                 .segments
@@ -126,6 +259,21 @@ impl Template {
 
     /// Matches a whole path; returns the parameters in template order.
     pub fn match_exact(&self, path: &str) -> Option<Vec<(String, String)>> {
+        if let Some(whole) = &self.whole {
+            let path = decoded(path);
+            let caps = whole.re.captures(&path)?;
+            return Some(
+                whole
+                    .names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| {
+                        let value = caps.name(&format!("p{i}")).map_or("", |m| m.as_str());
+                        (name.clone(), value.to_string())
+                    })
+                    .collect(),
+            );
+        }
         let mut params = Vec::new();
         let mut parts = split(path);
         for seg in &self.segments {
@@ -134,7 +282,6 @@ impl Template {
             match seg {
                 Segment::Literal(l) if *l == part => {}
                 Segment::Literal(_) => return None,
-                Segment::Param(_, Some(p)) if !p.re.is_match(&part) => return None,
                 Segment::Param(name, _) => params.push((name.clone(), part.into_owned())),
             }
         }
@@ -147,8 +294,24 @@ impl Template {
     /// Matches when the path is the template's path or below it.
     pub fn match_prefix(&self, path: &str) -> bool {
         let mut parts = split(path);
-        self.segments.iter().all(|seg| match (seg, parts.next()) {
-            (Segment::Literal(l), Some(p)) => *l == decoded(p),
+        self.whole.is_none()
+            && self.segments.iter().all(|seg| match (seg, parts.next()) {
+                (Segment::Literal(l), Some(p)) => *l == decoded(p),
+                _ => false,
+            })
+    }
+
+    /// Whether a parameter's pattern may take more than one segment (`.*`,
+    /// `[a-z/]+`): such a template is less specific than one of single
+    /// segments with as many literals.
+    fn spans(&self) -> bool {
+        self.segments.iter().any(|s| match s {
+            Segment::Param(_, Some(p)) => regex::Regex::new(&format!("^(?:{})$", p.source))
+                .is_ok_and(|re| {
+                    ["/", "a/b", "0/0", "A/B"]
+                        .iter()
+                        .any(|probe| re.is_match(probe))
+                }),
             _ => false,
         })
     }
@@ -167,6 +330,27 @@ impl Template {
             .filter(|s| matches!(s, Segment::Literal(_)))
             .count()
     }
+}
+
+/// A template's segments as written, parameters' patterns kept whole (a
+/// pattern's `/` does not end its segment).
+fn split_keep_empty(url: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, b) in url.bytes().enumerate() {
+        match b {
+            b'{' => depth += 1,
+            b'}' => depth = depth.saturating_sub(1),
+            b'/' if depth == 0 => {
+                out.push(&url[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&url[start..]);
+    out
 }
 
 /// A path segment as its URL means it (`%20` a space, `%2F` a slash within
@@ -262,14 +446,17 @@ impl RouteTable {
                 })
             })
             .collect();
-        entries.sort_by(|a, b| {
-            a.prefix
-                .cmp(&b.prefix)
-                .then(b.route.host.is_some().cmp(&a.route.host.is_some()))
-                .then(b.template.literal_count().cmp(&a.template.literal_count()))
-                .then(b.template.segments.len().cmp(&a.template.segments.len()))
-                .then(b.template.pattern_count().cmp(&a.template.pattern_count()))
-                .then(a.route.name.cmp(&b.route.name))
+        entries.sort_by_cached_key(|e| {
+            use std::cmp::Reverse;
+            (
+                e.prefix,
+                Reverse(e.route.host.is_some()),
+                Reverse(e.template.literal_count()),
+                e.template.spans(),
+                Reverse(e.template.segments.len()),
+                Reverse(e.template.pattern_count()),
+                e.route.name.clone(),
+            )
         });
         RouteTable { entries }
     }
@@ -358,6 +545,70 @@ mod tests {
         ]);
         assert_eq!(table.find("GET", None, "/n/7").unwrap().route, "digits");
         assert_eq!(table.find("GET", None, "/n/x").unwrap().route, "plain");
+    }
+
+    /// As gorilla/mux in Fission's router: a pattern may span segments, and
+    /// a parameter may sit inside a segment.
+    #[test]
+    fn templates_match_as_fissions_router_matches_them() {
+        let params = |tpl: &str, path: &str| {
+            Template::parse(tpl).unwrap().match_exact(path).map(|ps| {
+                ps.into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+        };
+        assert_eq!(
+            params("/files/{path:.*}", "/files/a/b/c").as_deref(),
+            Some("path=a/b/c")
+        );
+        assert_eq!(
+            params("/files/{path:.*}", "/files/").as_deref(),
+            Some("path=")
+        );
+        assert_eq!(params("/files/{path:.*}", "/files"), None);
+        assert_eq!(
+            params("/f/{rest:[a-z/]+}", "/f/ab/cd").as_deref(),
+            Some("rest=ab/cd")
+        );
+        assert_eq!(params("/f/{rest:[a-z/]+}", "/f/ab/c9"), None);
+        assert_eq!(
+            params("/m/{a}.{ext}", "/m/x.y.json").as_deref(),
+            Some("a=x.y ext=json")
+        );
+        assert_eq!(params("/m/{a}.{ext}", "/m/x/y.json"), None);
+        assert_eq!(
+            params("/v{ver:[0-9]+}/x", "/v12/x").as_deref(),
+            Some("ver=12")
+        );
+        assert_eq!(
+            params("/n/{id:[0-9]{3}}", "/n/123").as_deref(),
+            Some("id=123")
+        );
+        assert_eq!(params("/n/{id:[0-9]{3}}", "/n/1234"), None);
+        // Decoded before matching, as the path means it.
+        assert_eq!(
+            params("/a b/{f}.txt", "/a%20b/x%20y.txt").as_deref(),
+            Some("f=x y")
+        );
+        // A catch-all ranks after the literal and plain routes beside it.
+        let table = RouteTable::new([
+            route("all", Some("/files/{path:.*}"), None, &[]),
+            route("readme", Some("/files/readme"), None, &[]),
+            route("one", Some("/files/{name}"), None, &[]),
+        ]);
+        assert_eq!(
+            table.find("GET", None, "/files/readme").unwrap().route,
+            "readme"
+        );
+        assert_eq!(table.find("GET", None, "/files/x").unwrap().route, "one");
+        assert_eq!(table.find("GET", None, "/files/x/y").unwrap().route, "all");
+        // The same paths whatever the names.
+        let t = |u: &str| Template::parse(u).unwrap();
+        assert!(t("/f/{a:.*}").same_paths(&t("/f/{b:.*}")));
+        assert!(!t("/f/{a:.*}").same_paths(&t("/f/{a:.+}")));
+        assert!(!t("/f/{a:.*}").same_paths(&t("/f/{a}")));
     }
 
     /// As Fission's router: a url route's function is sent `/`, a prefix
@@ -455,8 +706,9 @@ mod tests {
             "users",
             "/a/{",
             "/a/{}",
-            "/a/x{id}",
+            "/a/}",
             "/a/{id}/{id}",
+            "/a/{x}.{x}",
             "/r?x=1",
             "/r#top",
             "/fission-function/x",
