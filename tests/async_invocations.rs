@@ -859,6 +859,51 @@ fn fissions_async_header_and_async_triggers_queue_the_call() {
     );
     assert_eq!(st, 400, "{body}");
 
+    // A route in sync-only mode answers every call, whatever its headers ask: a
+    // public caller cannot queue (store, retry) calls through it, and the
+    // function gets the headers as sent, its own X-Async included.
+    let (code, _, err) = s.cli(&[
+        "route",
+        "create",
+        "--name",
+        "form",
+        "--url",
+        "/form",
+        "--method",
+        "POST",
+        "--function",
+        "book",
+        "--invocation-mode",
+        "sync-only",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for (header, value) in [
+        ("X-Async", "true"),
+        ("Prefer", "respond-async"),
+        ("X-Async", "nope"),
+    ] {
+        let r = s
+            .http
+            .post(s.router_url("/form"))
+            .header(header, value)
+            .body("three")
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{header}: {value}");
+        assert_eq!(r.text().unwrap(), "booked three");
+    }
+    // And back to leaving it to the request (`sync`, as Fission's).
+    let (code, _, err) = s.cli(&["route", "update", "form", "--invocation-mode", "sync"]);
+    assert_eq!(code, 0, "{err}");
+    let r = s
+        .http
+        .post(s.router_url("/form"))
+        .header("X-Async", "true")
+        .body("four")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+
     // Destinations from the CLI, as Fission's flags.
     s.function(
         "audit",

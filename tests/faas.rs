@@ -1549,7 +1549,10 @@ fn routes_send_the_path_and_headers_fission_sends() {
         "/v1/things|/api/v1/things|where|default|"
     );
     assert_eq!(sent("/kept/a?b=c"), "/kept/a|/kept/a?b=c|where|default|");
-    assert_eq!(sent("/files/a/b.txt"), "/|/files/a/b.txt|where|default|a/b.txt");
+    assert_eq!(
+        sent("/files/a/b.txt"),
+        "/|/files/a/b.txt|where|default|a/b.txt"
+    );
     assert_eq!(
         sent("/fission-function/where/sub"),
         "/sub|/fission-function/where/sub|where|default|"

@@ -32,9 +32,11 @@ pub(super) struct RouteFields {
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
     /// `async`: every request through the route is an asynchronous call (202
-    /// at once), for callers that cannot set X-Async; `sync` (the default)
-    /// leaves it to the request.
-    #[arg(long, value_name = "MODE", value_parser = ["sync", "async"])]
+    /// at once), for callers that cannot set X-Async; `sync` (the default, as
+    /// Fission's) leaves it to the request's X-Async or Prefer; `sync-only`:
+    /// every request is answered, whatever its headers ask (they reach the
+    /// function as sent).
+    #[arg(long, value_name = "MODE", value_parser = ["sync", "async", "sync-only"])]
     invocation_mode: Option<String>,
     /// A prefix route sends its function the whole path, not what is below
     /// the prefix (Fission's `--keepprefix`; `--keepprefix=false` undoes it).

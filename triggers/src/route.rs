@@ -125,9 +125,9 @@ impl Route {
             ));
         }
         if let Some(mode) = &self.invocation_mode {
-            if !matches!(mode.as_str(), "sync" | "async") {
+            if !matches!(mode.as_str(), "sync" | "async" | "sync-only") {
                 return Err(Error::Invalid(format!(
-                    "route: invocation_mode {mode:?}: use sync or async"
+                    "route: invocation_mode {mode:?}: use sync, async or sync-only"
                 )));
             }
         }

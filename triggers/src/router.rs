@@ -19,9 +19,6 @@ pub const FUNCTION_PREFIX: &str = "/fission-function/";
 /// Answers one request on the router listener.
 pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<Body> {
     let invoker = &triggers.invoker;
-    if let Err(m) = engine::api::async_header(req.headers()) {
-        return error_response(StatusCode::BAD_REQUEST, "invalid_header", &m);
-    }
     // A clone of the URI shares its bytes: the path is borrowed from it, not copied.
     let uri = req.uri().clone();
     let path = uri.path();
@@ -35,6 +32,9 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
         req.headers_mut().insert("x-fission-full-url", full);
     }
     if let Some(rest) = path.strip_prefix(FUNCTION_PREFIX) {
+        if let Err(m) = engine::api::async_header(req.headers()) {
+            return error_response(StatusCode::BAD_REQUEST, "invalid_header", &m);
+        }
         let (name, tail) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -93,17 +93,33 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
                 target => invoker.call(target, req, m.sent(path), &m.params).await,
             }
         }
-        Some(m) => match &m.target {
-            // A function called asynchronously is queued; a workflow runs in
-            // the background by itself.
-            Target::Function(key) if is_async(req.headers()) => {
-                triggers
-                    .invocations
-                    .accept(key, req, m.sent(path), &m.params)
-                    .await
+        // A route in sync-only mode: every call answers, whatever the request's
+        // headers; a function gets them as sent (its own X-Async is its
+        // business), a workflow is not told them.
+        Some(m) if m.synchronous => {
+            if matches!(m.target, Target::Workflow(_)) {
+                for h in ["x-async", "x-fission-invoke-mode", "prefer"] {
+                    req.headers_mut().remove(h);
+                }
             }
-            target => invoker.call(target, req, m.sent(path), &m.params).await,
-        },
+            invoker.call(&m.target, req, m.sent(path), &m.params).await
+        }
+        Some(m) => {
+            if let Err(e) = engine::api::async_header(req.headers()) {
+                return error_response(StatusCode::BAD_REQUEST, "invalid_header", &e);
+            }
+            match &m.target {
+                // A function called asynchronously is queued; a workflow runs in
+                // the background by itself.
+                Target::Function(key) if is_async(req.headers()) => {
+                    triggers
+                        .invocations
+                        .accept(key, req, m.sent(path), &m.params)
+                        .await
+                }
+                target => invoker.call(target, req, m.sent(path), &m.params).await,
+            }
+        }
         None => match table.allowed(host.as_deref(), path) {
             allowed if allowed.is_empty() => error_response(
                 StatusCode::NOT_FOUND,

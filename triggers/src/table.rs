@@ -382,6 +382,8 @@ pub struct RouteMatch {
     pub params: Vec<(String, String)>,
     /// The route makes every request an asynchronous call.
     pub asynchronous: bool,
+    /// The route answers every request itself, whatever its headers ask.
+    pub synchronous: bool,
     /// Where in the request's path the path its function is sent starts, as
     /// Fission's router sends it: none (`/`) for a `url` route, what is below
     /// the prefix for a prefix route (all of it with `keep_prefix`). See
@@ -496,6 +498,7 @@ impl RouteTable {
                 target,
                 params,
                 asynchronous: e.route.is_async(),
+                synchronous: e.route.invocation_mode.as_deref() == Some("sync-only"),
                 sent_from,
             })
         })
