@@ -36,13 +36,25 @@ pub struct AppState {
     /// The credentials of function pods' fetchers (the kubernetes backend's;
     /// none on the others), checked by `/v1/pod-packages/`.
     pub pod_credentials: Arc<pool_manager::delivery::Credentials>,
+    /// What `/readyz` answers: 503 with the reason once the store failed or
+    /// the server is stopping.
+    pub readiness: crate::health::Readiness,
+}
+
+/// 200 `ok` while the server takes traffic; 503 with the JSON error once its
+/// store failed (`store_failed`) or it is stopping (`shutting_down`).
+async fn readyz(State(s): State<AppState>) -> Response {
+    match s.readiness.get() {
+        None => "ok".into_response(),
+        Some(why) => error_response(StatusCode::SERVICE_UNAVAILABLE, why.code, &why.message),
+    }
 }
 
 pub fn router(state: AppState) -> Router {
     let package_limit = state.pool.config().packages.max_upload as usize + 1;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(
             "/openapi.json",

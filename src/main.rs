@@ -14,6 +14,7 @@ mod client;
 mod declared;
 mod fetcher;
 mod guard;
+mod health;
 #[cfg(feature = "kubernetes")]
 mod kube;
 mod listen;

@@ -486,12 +486,14 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
                 .then(|| Duration::from_secs(args.invocation_retention_hours * 3600)),
             sweep: Duration::from_secs(args.retention_sweep_secs),
         })?;
+    let readiness = crate::health::Readiness::default();
     let state = AppState {
         pool: pool.clone(),
         triggers: triggers.clone(),
         registry: Arc::new(registry),
         invocation_gauges,
         pod_credentials,
+        readiness: readiness.clone(),
     };
 
     // The router listener calls the router directly: no axum routing or
@@ -612,7 +614,25 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         None => Vec::new(),
     };
 
-    stop_signal.await;
+    // Stopped by a signal, or by a store that can no longer write.
+    let store_failed = crate::health::store_failed(db.clone(), crate::health::PROBE_EVERY);
+    let failed = tokio::select! {
+        () = stop_signal => None,
+        why = store_failed => Some(why),
+    };
+    match &failed {
+        Some(why) => {
+            tracing::error!(
+                error = %why,
+                "the store refuses writes (a full disk? a failing device?) and cannot write again until the server starts again: stopping; what was acknowledged is on disk and unfinished runs go on at the next start"
+            );
+            readiness.set(
+                "store_failed",
+                format!("the store refuses writes ({why}): the server is stopping; start it again once the cause is fixed"),
+            );
+        }
+        None => readiness.set("shutting_down", "the server is stopping".into()),
+    }
     tracing::info!("shutting down: finishing in-flight requests");
     #[cfg(feature = "kubernetes")]
     for c in controllers {
@@ -648,6 +668,11 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     }
     engine.shutdown().await;
     pool.shutdown(Duration::from_secs(5)).await;
+    if let Some(why) = failed {
+        anyhow::bail!(
+            "the store refuses writes ({why}): stopped; what was acknowledged is on disk: start the server again once the cause (disk space, the device) is fixed"
+        );
+    }
     db.flush_async().await?;
     tracing::info!("stopped");
     Ok(())

@@ -254,3 +254,123 @@ fn the_log_to_a_file_is_plain_text_or_json_lines() {
         }
     }
 }
+
+/// Unmounts a test's own filesystem, whatever the test's outcome.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A store that can no longer write (its disk full) stops the server with the
+/// reason and a non-zero exit, rather than leaving it up and refusing every
+/// change; once there is room again it starts on its data with nothing
+/// acknowledged lost.
+#[test]
+fn a_store_that_cannot_write_stops_the_server_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    // A filesystem of its own to fill (mounting needs root, as CI runs).
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "this test mounts a tmpfs: run it as root"
+    );
+    let _unmount = Unmount(small.clone());
+    let data = small.join("data");
+    let log = dir.path().join("server.log");
+    let start = || {
+        let child = Command::new(BIN)
+            .args(["server", "--backend", "process", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--router-listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ])
+            .env("FUSION_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(child);
+        let line = BufReader::new(child.0.stdout.take().unwrap())
+            .lines()
+            .next()
+            .unwrap()
+            .unwrap();
+        let api = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("api="))
+            .unwrap()
+            .to_string();
+        let token = std::fs::read_to_string(data.join("token")).unwrap();
+        (child, api, token.trim().to_string())
+    };
+    let http = reqwest::blocking::Client::new();
+    let create = |api: &str, token: &str, name: &str| {
+        http.post(format!("{api}/v1/environments"))
+            .bearer_auth(token)
+            .json(&json!({"name": name, "runtime": "python", "poolsize": 0}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let (mut server, api, token) = start();
+    assert_eq!(create(&api, &token, "kept"), 201);
+    // Fill the disk, then change things until a change is refused.
+    let filler = small.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let mut refused = None;
+    for i in 0..200 {
+        let status = create(&api, &token, &format!("e{i}"));
+        if status != 201 {
+            refused = Some(status);
+            break;
+        }
+    }
+    assert_eq!(refused, Some(500), "a change on a full disk is refused");
+    // The server stops by itself, saying why.
+    let mut status = None;
+    eventually(Duration::from_secs(60), "the server stops", || {
+        status = server.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(!status.unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: the store refuses writes"),
+        "{text}"
+    );
+    drop(server);
+    // Room again: it starts on its data, with what it acknowledged.
+    std::fs::remove_file(&filler).unwrap();
+    let (_server, api, token) = start();
+    let envs: serde_json::Value = http
+        .get(format!("{api}/v1/environments"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        envs.as_array().unwrap().iter().any(|e| e["name"] == "kept"),
+        "{envs}"
+    );
+}
