@@ -755,7 +755,9 @@ async fn choose_backend(
             .map(PathBuf::from)
     });
     let probed = match runtime {
-        None => Err("no OCI runtime (runc or crun) on PATH".to_string()),
+        None => Err(container::ProbeError::Unavailable(
+            "no OCI runtime (runc or crun) on PATH".to_string(),
+        )),
         Some(runtime) => {
             ContainerBackend::probe(ContainerConfig {
                 runtime,
@@ -770,6 +772,11 @@ async fn choose_backend(
         Ok(backend) => {
             tracing::info!("{}", backend.isolation().summary);
             Ok(Arc::new(backend))
+        }
+        // Not a host that cannot run containers: a data directory that
+        // cannot hold anything (the server would fail next on any backend).
+        Err(container::ProbeError::DataDir(why)) => {
+            anyhow::bail!("data directory {}: {why}", data_dir.display())
         }
         Err(why) if args.backend == BackendChoice::Container => {
             anyhow::bail!("the container backend cannot run here: {why}")

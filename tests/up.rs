@@ -374,3 +374,48 @@ fn a_store_that_cannot_write_stops_the_server_with_the_reason() {
         "{envs}"
     );
 }
+
+/// A data directory without room for what containers need fails the start
+/// with the reason: it is not a host that cannot run containers, and functions
+/// must not fall back to running unisolated for it. No copy cut short is left.
+#[test]
+fn a_full_disk_at_the_start_is_an_error_not_a_fallback_to_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "this test mounts a tmpfs: run it as root"
+    );
+    let _unmount = Unmount(small.clone());
+    let data = small.join("data");
+    // The fusion binary (far over 8 MiB) is what containers run the binary
+    // runtime from: on another filesystem it is copied into the data directory.
+    let out = Command::new(BIN)
+        .args(["server", "--backend", "auto", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--router-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .env("FUSION_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: data directory") && last.contains("No space left on device"),
+        "{err}"
+    );
+    assert!(!err.contains("falling back"), "{err}");
+    assert!(!data.join("containers/bin/fusion").exists());
+}

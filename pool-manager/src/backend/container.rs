@@ -81,6 +81,25 @@ pub fn prefix_for(data_dir: &Path) -> String {
     format!("fusion-{hex}-")
 }
 
+/// Why the container backend did not start.
+#[derive(Debug)]
+pub enum ProbeError {
+    /// Containers cannot run on this host (no runtime, no root, no namespaces,
+    /// a runtime that fails): the process backend may stand in.
+    Unavailable(String),
+    /// The data directory cannot hold what containers need (a full disk, a
+    /// read-only filesystem): the server cannot run well on any backend.
+    DataDir(String),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Unavailable(why) | ProbeError::DataDir(why) => f.write_str(why),
+        }
+    }
+}
+
 /// How the container backend is set up; `probe` checks it can run.
 #[derive(Debug, Clone)]
 pub struct ContainerConfig {
@@ -172,32 +191,60 @@ fn read_keyed(path: &Path, key: &str) -> Option<u64> {
     })
 }
 
+/// Whether `copy` is a link to `source` or a copy of it made as
+/// `prepare_dirs` makes one (the same size and modification time).
+fn same_file_contents_likely(source: &Path, copy: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(source), std::fs::metadata(copy)) {
+        (Ok(a), Ok(b)) => {
+            (a.dev() == b.dev() && a.ino() == b.ino())
+                || (a.len() == b.len()
+                    && a.modified().ok().is_some()
+                    && a.modified().ok() == b.modified().ok())
+        }
+        _ => false,
+    }
+}
+
 impl ContainerBackend {
     /// Prepares the shared root and `/etc`, removes this server's leftover
     /// containers, and runs one probe container; fails with the reason when
     /// containers cannot run here.
-    pub async fn probe(cfg: ContainerConfig) -> std::result::Result<ContainerBackend, String> {
+    /// The backend, once it has run a container; `Err(Unavailable)` where
+    /// containers cannot run on this host, `Err(DataDir)` where the data
+    /// directory cannot hold what they need (a full disk: not a reason to run
+    /// functions unisolated).
+    pub async fn probe(cfg: ContainerConfig) -> std::result::Result<ContainerBackend, ProbeError> {
+        Self::probe_inner(cfg).await
+    }
+
+    async fn probe_inner(
+        cfg: ContainerConfig,
+    ) -> std::result::Result<ContainerBackend, ProbeError> {
+        use ProbeError::Unavailable;
         if !crate::sys::is_root() {
-            return Err(
+            return Err(Unavailable(
                 "the container backend needs root (rootless OCI runtimes are not supported yet)"
                     .into(),
-            );
+            ));
         }
         if !Path::new("/proc/self/ns/pid").exists() {
-            return Err("this kernel has no pid namespaces".into());
+            return Err(Unavailable("this kernel has no pid namespaces".into()));
         }
         let version = tokio::process::Command::new(&cfg.runtime)
             .arg("--version")
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|e| format!("cannot run the OCI runtime {:?}: {e}", cfg.runtime))?;
+            .map_err(|e| {
+                Unavailable(format!("cannot run the OCI runtime {:?}: {e}", cfg.runtime))
+            })?;
         if !version.status.success() {
-            return Err(format!(
+            return Err(Unavailable(format!(
                 "the OCI runtime {:?} does not run: {}",
                 cfg.runtime,
                 String::from_utf8_lossy(&version.stderr).trim()
-            ));
+            )));
         }
         let mut extra_binds = Vec::new();
         let inside = LaunchConfig {
@@ -218,9 +265,9 @@ impl ContainerBackend {
         };
         backend
             .prepare_dirs()
-            .map_err(|e| format!("cannot prepare the container root: {e}"))?;
+            .map_err(|e| ProbeError::DataDir(format!("cannot prepare the container root: {e}")))?;
         backend.cleanup().await;
-        backend.run_probe().await?;
+        backend.run_probe().await.map_err(Unavailable)?;
         Ok(backend)
     }
 
@@ -325,9 +372,25 @@ impl ContainerBackend {
         let bin = self.fusion_bin_dir();
         std::fs::create_dir_all(&bin)?;
         let exe = bin.join("fusion");
-        let _ = std::fs::remove_file(&exe);
-        if std::fs::hard_link(&self.cfg.launch.fusion_exe, &exe).is_err() {
-            std::fs::copy(&self.cfg.launch.fusion_exe, &exe)?;
+        let source = &self.cfg.launch.fusion_exe;
+        if !same_file_contents_likely(source, &exe) {
+            let _ = std::fs::remove_file(&exe);
+            if std::fs::hard_link(source, &exe).is_err() {
+                // On another filesystem: a copy, with the source's time, so
+                // that the next start finds it the same and keeps it (the
+                // binary is large); a copy cut short is not left behind.
+                let copied = std::fs::copy(source, &exe).and_then(|_| {
+                    let modified = std::fs::metadata(source)?.modified()?;
+                    std::fs::File::options()
+                        .write(true)
+                        .open(&exe)?
+                        .set_modified(modified)
+                });
+                if let Err(e) = copied {
+                    let _ = std::fs::remove_file(&exe);
+                    return Err(e);
+                }
+            }
         }
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
         std::fs::create_dir_all(self.bundles())?;
