@@ -328,6 +328,43 @@ fn the_process_backend_refuses_secrets_and_passes_env_vars() {
     }
 }
 
+/// A function made with a secret on the container backend, called once the
+/// server runs the process backend: the server's set-up, a 503 with the
+/// reason, not a 400 that blames the caller (and dead-letters async calls).
+#[test]
+fn a_function_with_secrets_on_a_server_now_without_containers_answers_503() {
+    let mut s = Server::start();
+    s.env("python", "python", 0);
+    s.ok(
+        "POST",
+        "/v1/secrets",
+        Some(json!({"name": "s", "data": {"password": SECRET_V1}})),
+    );
+    let package = s.upload("r.py", READER.as_bytes());
+    s.ok(
+        "POST",
+        "/v1/functions",
+        Some(
+            json!({"name": "reader", "env": "python", "package": package,
+                    "secrets": [{"name": "s"}]}),
+        ),
+    );
+    s.stop();
+    s.set_env("FUSION_BACKEND", "process");
+    s.launch();
+    let r = s.get("/fission-function/reader");
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("container backend"),
+        "{body}"
+    );
+}
+
 #[test]
 fn the_cli_creates_lists_and_deletes_secrets_and_configmaps() {
     let s = Server::start_with(&[("FUSION_BACKEND", "process")]);

@@ -186,6 +186,41 @@ fn sigterm_lets_in_flight_requests_finish_then_stops_every_instance() {
     }
 }
 
+/// A call still running at the end of the shutdown grace is cut off with 503
+/// `shutting_down`: the server's doing, not a failed instance's 502.
+#[test]
+fn a_call_cut_off_at_the_end_of_the_grace_gets_503_shutting_down() {
+    let mut s = Server::start_with(&[("FUSION_SHUTDOWN_GRACE_MS", "300")]);
+    s.env("binary", "binary", 1);
+    s.function(
+        "slow",
+        "binary",
+        "slow.sh",
+        "#!/bin/sh\nsleep 30\n",
+        json!({}),
+    );
+    let pending = std::thread::spawn({
+        let http = s.http.clone();
+        let url = s.router_url("/fission-function/slow");
+        move || {
+            let r = http.get(url).send().unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().unwrap())
+        }
+    });
+    eventually(Duration::from_secs(20), "the request is in flight", || {
+        s.instances("slow")
+            .iter()
+            .any(|i| i["active_requests"] == 1)
+    });
+    let mut server = s.child.take().unwrap();
+    signal(server.id(), libc::SIGTERM);
+    let (status, body) = pending.join().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "shutting_down", "{body}");
+    assert!(server.wait().unwrap().success());
+}
+
 /// A second server on a data directory in use fails at once with the reason
 /// (after waiting a moment, as for a server killed an instant before), and
 /// a server killed outright is started again on its data at once.

@@ -32,6 +32,10 @@ pub enum Error {
     OutOfMemory(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The server is stopping: the call was not made, or was cut off at the
+    /// end of the shutdown grace.
+    #[error("{0}")]
+    ShuttingDown(String),
     /// A function's package failed to build: calls fail until it is rebuilt.
     #[error("{0}")]
     BuildFailed(String),
@@ -57,6 +61,7 @@ impl Error {
             Error::Upstream(_) => "instance_failed",
             Error::OutOfMemory(_) => "out_of_memory",
             Error::Unavailable(_) => "unavailable",
+            Error::ShuttingDown(_) => "shutting_down",
             Error::BuildFailed(_) => "package_build_failed",
             Error::Storage(_) => "storage",
             Error::Internal(_) => "internal",
@@ -74,7 +79,7 @@ impl Error {
             Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Upstream(_) | Error::OutOfMemory(_) => StatusCode::BAD_GATEWAY,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             // The call depends on a build that failed; retrying does not help.
             Error::BuildFailed(_) => StatusCode::FAILED_DEPENDENCY,
             Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -137,6 +142,7 @@ mod tests {
             Error::Upstream(s()),
             Error::OutOfMemory(s()),
             Error::Unavailable(s()),
+            Error::ShuttingDown(s()),
             Error::BuildFailed(s()),
             Error::Storage(s()),
             Error::Internal(s()),

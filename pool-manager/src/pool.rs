@@ -440,7 +440,7 @@ impl PoolManager {
         let deadline = tokio::time::Instant::now() + inner.cfg.lease_wait;
         loop {
             if inner.closing.load(Ordering::SeqCst) {
-                return Err(Error::Unavailable("the server is shutting down".into()));
+                return Err(Error::ShuttingDown("the server is shutting down".into()));
             }
             let next = {
                 let mut st = lock(&inner.state);
@@ -553,6 +553,11 @@ impl PoolManager {
     }
 
     /// Stops every instance and waits (bounded) until they have exited.
+    /// Whether the server is stopping its instances.
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::SeqCst)
+    }
+
     pub async fn shutdown(&self, limit: Duration) {
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);

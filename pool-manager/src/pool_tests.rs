@@ -354,7 +354,7 @@ async fn shutdown_stops_every_instance() {
     assert!(instance.is_exited());
     assert!(s.pm.instances(None).is_empty());
     let e = s.pm.lease("f").await.err().expect("closing");
-    assert_eq!(e.code(), "unavailable");
+    assert_eq!(e.code(), "shutting_down");
 }
 
 #[tokio::test]

@@ -169,6 +169,8 @@ async fn forward_inner(
     let sent = tokio::time::timeout(timeout, &mut in_flight).await;
     let lease = in_flight.done();
     let sent = match sent {
+        // Stopped with every instance at the end of the shutdown grace.
+        Ok(Err(_)) if pm.is_closing() => return Err(cut_off_at_shutdown()),
         Ok(Err(exit)) => return Err(instance_ended(&lease, &exit)),
         Ok(Ok(sent)) => Ok(sent),
         Err(elapsed) => Err(elapsed),
@@ -197,6 +199,7 @@ async fn forward_inner(
             )));
         }
         Ok(Err(e)) if caused_by_limit(&e) => return Err(too_large(limit)),
+        Ok(Err(_)) if pm.is_closing() => return Err(cut_off_at_shutdown()),
         Ok(Err(e)) => return Err(instance_failed(&lease, &e).await),
         Ok(Ok(resp)) => resp,
     };
@@ -434,6 +437,16 @@ fn instance_ended(lease: &Lease, exit: &Exit) -> Error {
     Error::Upstream(format!(
         "the instance serving function {function:?} {exit} while handling the request"
     ))
+}
+
+/// The error for a request whose instance the server stopped, stopping
+/// itself at the end of its shutdown grace: the server's doing, not the
+/// function's.
+fn cut_off_at_shutdown() -> Error {
+    Error::ShuttingDown(
+        "the server stopped before the function answered (the end of its shutdown grace); try again once it is back"
+            .into(),
+    )
 }
 
 /// The error for a request whose instance was killed for its memory.

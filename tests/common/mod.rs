@@ -68,6 +68,13 @@ impl Server {
     }
 
     /// Starts (again) on the same data directory.
+    /// Sets a FUSION_* setting for the next launch (as `start_with` does).
+    #[allow(dead_code)]
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra.retain(|(k, _)| k != key);
+        self.extra.push((key.to_string(), value.to_string()));
+    }
+
     pub fn launch(&mut self) {
         self.launch_on("127.0.0.1:0", "127.0.0.1:0");
     }

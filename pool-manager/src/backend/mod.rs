@@ -287,8 +287,10 @@ pub trait Handle: Send + Sync + 'static {
         if files.is_empty() {
             return Ok(());
         }
-        Err(Error::Unsupported(
-            "this backend cannot give secrets and configmaps to an instance; use the container backend".into(),
+        // At a call: the server's set-up, not the caller's mistake (a
+        // function made on the container backend, the server now on another).
+        Err(Error::Unavailable(
+            "the function reads secrets or configmaps, which this server's backend cannot give an instance: the server must run the container backend".into(),
         ))
     }
     /// Asks for the instance and every process in it to stop; returns at once.
