@@ -78,6 +78,10 @@ impl From<EngineError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The server's own failures reach its log too, not only the caller.
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(code = %self.code, error = %self.message, "answered 500");
+        }
         let mut err = json!({"code": self.code, "message": self.message});
         if let Some(first) = self.details.first() {
             // Where the first problem is, as the code is the first's.

@@ -101,6 +101,10 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
+        // The server's own failures reach its log too, not only the caller.
+        if matches!(self, Error::Storage(_) | Error::Internal(_)) {
+            tracing::error!(code = self.code(), error = %self, "answered 500");
+        }
         let mut resp = error_response(self.status(), self.code(), &self.to_string());
         if matches!(self, Error::Overloaded(_)) {
             // A client's backoff reads it (the load is short-lived: a second).
