@@ -654,7 +654,14 @@ fn a_new_version_does_not_touch_runs_in_flight() {
         "ver",
         "apiVersion: 1\noutput: B\ntasks:\n  A:\n    run: sleep\n    inputs: 1s\n  B:\n    run: noop\n    inputs: first\n    requires: [A]\n",
     );
+    // A run that calls it by name once the new version is in: it keeps the
+    // version that was the latest when it started, and says which ran.
+    s.workflow(
+        "caller",
+        "apiVersion: 1\noutput: B\ntasks:\n  A:\n    run: sleep\n    inputs: 1s\n  B:\n    run: ver\n    requires: [A]\n",
+    );
     let id = s.start_async("ver", "");
+    let nested = s.start_async("caller", "");
     let resp = s
         .api("PUT", "/v1/workflows/ver")
         .header("content-type", "application/yaml")
@@ -666,6 +673,22 @@ fn a_new_version_does_not_touch_runs_in_flight() {
     assert_eq!(
         (run["output"].as_str(), run["version"].as_u64()),
         (Some("first"), Some(1))
+    );
+    let run = s.wait_run(&nested, Duration::from_secs(30));
+    assert_eq!(run["output"], "first", "{run}");
+    let b = run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "B")
+        .unwrap();
+    assert_eq!(b["workflow_version"], 1, "{run}");
+    let (rc, out, e) = s.cli(&["run", "get", &nested]);
+    assert_eq!(rc, 0, "{e}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("B ") && l.contains("ver v1")),
+        "{out}"
     );
     assert_eq!(s.invoke("ver", "text/plain", ""), (200, "second".into()));
     let versions = s.ok("GET", "/v1/workflows/ver/versions", None);

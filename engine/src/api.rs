@@ -529,6 +529,7 @@ pub fn run_json(s: &RunState) -> Value {
                 "output_headers": t.headers,
                 "error": error,
                 "http_status": t.http_status,
+                "workflow_version": t.workflow_version,
                 "callback": t.callback.as_ref().map(|token| json!({
                     "token": token,
                     "path": format!("{CALLBACKS_PATH}{token}"),

@@ -1743,6 +1743,7 @@ impl Actor {
                                 output: sub.output,
                                 scope_inputs: sub.invocation,
                                 concurrency: sub.concurrency,
+                                version: None,
                                 at: now,
                             }),
                         },
@@ -1828,7 +1829,7 @@ impl Actor {
         {
             self.record(dispatched(inputs_value.clone(), None));
             let depth = task.matches('/').count() + 1;
-            match self.engine.store.workflow(&target, None) {
+            match self.pinned_workflow(&target) {
                 Ok(Some(_)) if depth > MAX_WORKFLOW_DEPTH => self.record(fail(format!(
                     "workflow {:?} would run nested {depth} levels deep, past the limit of {MAX_WORKFLOW_DEPTH} (does a workflow call itself?)",
                     spec.run
@@ -1841,6 +1842,7 @@ impl Actor {
                         output: wf.spec.output,
                         scope_inputs: Some(invocation_inputs(inputs_value)),
                         concurrency: wf.spec.concurrency,
+                        version: Some(wf.version),
                         at: now,
                     }),
                 },
@@ -1870,6 +1872,31 @@ impl Actor {
                     self.state.spec.state_machine.is_some(),
                 ),
             })
+        }
+    }
+
+    /// The version of stored workflow `name` a task of this run runs: the one
+    /// that was the latest when the run started (a run in flight keeps the
+    /// workflows it started with, those it calls by name too), or the latest
+    /// when the workflow was made after the run started.
+    fn pinned_workflow(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::store::WorkflowVersion>, crate::store::StoreError> {
+        let started = self.state.started_at;
+        let latest = self.engine.store.workflow(name, None)?;
+        match &latest {
+            Some(w) if w.created_at > started => {
+                let then = self
+                    .engine
+                    .store
+                    .workflow_versions(name)?
+                    .into_iter()
+                    .filter(|v| v.created_at <= started)
+                    .max_by_key(|v| v.version);
+                Ok(then.or(latest))
+            }
+            _ => Ok(latest),
         }
     }
 

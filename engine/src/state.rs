@@ -86,6 +86,9 @@ pub enum Event {
         /// The sub-workflow's own `concurrency` (most of its tasks in flight).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         concurrency: Option<u32>,
+        /// For a stored workflow run by name: the version whose tasks these are.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u32>,
         at: Millis,
     },
     TimerFired {
@@ -357,6 +360,9 @@ pub struct TaskState {
     pub child_output: Option<String>,
     /// `$.Invocation.Inputs` for the task's sub-workflow (a workflow run by name).
     pub scope_inputs: Option<Value>,
+    /// The version of the stored workflow the task runs, once it has started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_version: Option<u32>,
     /// For a `callback` task: its current attempt's one-time token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<String>,
@@ -1062,6 +1068,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
             output,
             scope_inputs,
             concurrency,
+            version,
             ..
         } => {
             let Some(p) = s.tasks.get_mut(parent) else {
@@ -1074,6 +1081,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
             p.child_output = Some(child_id(parent, output));
             p.scope_inputs = scope_inputs.clone();
             p.child_concurrency = *concurrency;
+            p.workflow_version = *version;
             p.wake_at = None;
             insert_tasks(s, Some(parent), tasks);
         }
@@ -1759,6 +1767,7 @@ mod tests {
                     output: names[0].to_string(),
                     scope_inputs: None,
                     concurrency: None,
+                    version: None,
                     at: 0,
                 },
             );
@@ -1934,6 +1943,7 @@ mod tests {
                 output: "b".into(),
                 scope_inputs: None,
                 concurrency: None,
+                version: None,
                 at: 0,
             },
         );
@@ -2231,6 +2241,7 @@ mod tests {
                 output: output.into(),
                 scope_inputs: None,
                 concurrency,
+                version: None,
                 at: 0,
             },
         );
@@ -2318,6 +2329,7 @@ mod tests {
                 output: "b".into(),
                 scope_inputs: None,
                 concurrency: None,
+                version: None,
                 at: 0,
             },
         );

@@ -391,10 +391,12 @@ fn run_row(v: &Value) -> Value {
 /// complete it.
 fn task_rows(tasks: &Value) -> Value {
     let mut tasks: Vec<&Value> = tasks.as_array().into_iter().flatten().collect();
-    tasks.sort_by_key(|t| {
+    // In the order they ran; those started together by their ids as a person
+    // reads them (`do_2` before `do_10`).
+    tasks.sort_by_cached_key(|t| {
         (
             t["started_at"].as_u64().unwrap_or(u64::MAX),
-            t["id"].to_string(),
+            natural_key(t["id"].as_str().unwrap_or_default()),
         )
     });
     let rows: Vec<Value> = tasks
@@ -408,6 +410,10 @@ fn task_rows(tasks: &Value) -> Value {
                 }
             }
             row["error"] = cell(&t["error"]);
+            // A stored workflow run by name: which version ran.
+            if let (Some(run), Some(v)) = (t["run"].as_str(), t["workflow_version"].as_u64()) {
+                row["run"] = json!(format!("{run} v{v}"));
+            }
             row["started"] = json!(t["started_at"].as_u64().map(clock_ms));
             row["duration_ms"] = match (t["started_at"].as_u64(), t["ended_at"].as_u64()) {
                 (Some(a), Some(b)) => json!(b.saturating_sub(a)),
@@ -417,6 +423,29 @@ fn task_rows(tasks: &Value) -> Value {
         })
         .collect();
     Value::Array(rows)
+}
+
+/// A sort key that orders the numbers in a name by value: `do_2` < `do_10`.
+fn natural_key(id: &str) -> Vec<(String, u128)> {
+    let mut key = Vec::new();
+    let mut text = String::new();
+    let mut chars = id.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            let mut digits = String::from(c);
+            while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                digits.push(d);
+            }
+            key.push((
+                std::mem::take(&mut text),
+                digits.parse().unwrap_or(u128::MAX),
+            ));
+        } else {
+            text.push(c);
+        }
+    }
+    key.push((text, 0));
+    key
 }
 
 /// One row per event: its time, type, task and attempt, and what else it says.
@@ -548,6 +577,13 @@ mod tests {
             next_page(&none, DEFAULT_LIMIT, "c"),
             "fusion run list --cursor c"
         );
+    }
+
+    #[test]
+    fn ids_sort_as_a_person_reads_them() {
+        let mut ids = vec!["do_10", "do_2", "do_1", "b", "a10b", "a9c", "do_100"];
+        ids.sort_by_key(|id| natural_key(id));
+        assert_eq!(ids, ["a9c", "a10b", "b", "do_1", "do_2", "do_10", "do_100"]);
     }
 
     #[test]
