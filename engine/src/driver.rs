@@ -424,6 +424,9 @@ fn function_call(
 /// The longest typed error answer a failed task keeps whole, in bytes.
 const TYPED_ERROR_MOST: usize = 16 * 1024;
 
+/// The most characters of any other failed answer a task's error keeps.
+const FAILED_ANSWER_MOST: usize = 1000;
+
 pub(crate) fn outcome_events(
     task: &str,
     attempt: u32,
@@ -445,15 +448,23 @@ pub(crate) fn outcome_events(
             // machines) is kept whole up to a bound: cut, it would lose its type.
             let typed = body.len() <= TYPED_ERROR_MOST
                 && serde_json::from_str::<Value>(&body).is_ok_and(|v| v.get("errorType").is_some());
-            let most = if typed { TYPED_ERROR_MOST } else { 1000 };
-            let body: String = body.chars().take(most).collect();
+            let most = if typed { TYPED_ERROR_MOST } else { FAILED_ANSWER_MOST };
+            let mut kept: String = body.chars().take(most).collect();
+            if kept.len() < body.len() {
+                // Said, so that no one reads the cut as the function's answer.
+                kept = format!(
+                    "{}… (cut: {} bytes in all)",
+                    kept.trim_end(),
+                    resp.body.len()
+                );
+            }
             vec![Event::TaskFailed {
                 task: task.into(),
                 attempt,
-                error: if body.trim().is_empty() {
+                error: if kept.trim().is_empty() {
                     format!("the function answered {}", resp.status)
                 } else {
-                    format!("the function answered {}: {}", resp.status, body.trim())
+                    format!("the function answered {}: {}", resp.status, kept.trim())
                 },
                 status: Some(resp.status),
                 retryable: executor::status_is_retryable(resp.status),
