@@ -496,6 +496,36 @@ fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
         run["error"]["message"], "cancelled through the API: wrong order",
         "{run}"
     );
+
+    // A finished run can be deleted (what it captured goes with it); a running
+    // one must be cancelled first.
+    let running = s.start_async("long", "");
+    let (st, body) = s.call("DELETE", &format!("/v1/runs/{running}"), None);
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    let (rc, _, e) = s.cli(&["run", "delete", &id]);
+    assert_eq!(rc, 0, "{e}");
+    assert_eq!(s.call("GET", &format!("/v1/runs/{id}"), None).0, 404);
+    assert_eq!(s.call("GET", &format!("/v1/runs/{id}/events"), None).0, 404);
+    let listed = s.ok("GET", "/v1/runs?workflow=long&status=cancelled", None);
+    assert!(
+        !listed["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str()),
+        "{listed}"
+    );
+    let (st, _) = s.call("DELETE", &format!("/v1/runs/{id}"), None);
+    assert_eq!(st, 404);
+    s.ok(
+        "POST",
+        &format!("/v1/runs/{running}/cancel"),
+        Some(json!({})),
+    );
 }
 
 #[test]

@@ -193,7 +193,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/workflows/{name}/versions", get(workflow_versions))
         .route("/v1/workflows/{name}/invoke", post(invoke))
         .route("/v1/runs", get(list_runs))
-        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}", get(get_run).delete(delete_run))
         .route("/v1/runs/{id}/events", get(run_events))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/runs/{id}/retry", post(retry_run))
@@ -567,6 +567,15 @@ const MOST_WAIT_SECS: u64 = 300;
 
 /// A run in full; with `?wait=SECONDS`, once it has ended or that time has
 /// passed (whichever is first: the status says which).
+/// Deletes a finished run (204); a running one is a 409.
+async fn delete_run(
+    State(engine): State<Arc<Engine>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    engine.delete_run(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn get_run(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,

@@ -448,7 +448,11 @@ pub(crate) fn outcome_events(
             // machines) is kept whole up to a bound: cut, it would lose its type.
             let typed = body.len() <= TYPED_ERROR_MOST
                 && serde_json::from_str::<Value>(&body).is_ok_and(|v| v.get("errorType").is_some());
-            let most = if typed { TYPED_ERROR_MOST } else { FAILED_ANSWER_MOST };
+            let most = if typed {
+                TYPED_ERROR_MOST
+            } else {
+                FAILED_ANSWER_MOST
+            };
             let mut kept: String = body.chars().take(most).collect();
             if kept.len() < body.len() {
                 // Said, so that no one reads the cut as the function's answer.
@@ -987,6 +991,22 @@ impl Engine {
 
     pub fn list_runs(&self, filter: &RunFilter) -> Result<RunPage, EngineError> {
         Ok(self.store.list_runs(filter)?)
+    }
+
+    /// Deletes a finished run: its record, its events and its place in the
+    /// listings, as retention would. A run in flight is a `Conflict` (cancel
+    /// it first).
+    pub async fn delete_run(&self, id: &str) -> Result<(), EngineError> {
+        let in_flight = self.runs.lock().is_ok_and(|r| r.contains_key(id));
+        let summary = self.run_summary(id)?;
+        if in_flight || summary.status == RunStatus::Running {
+            return Err(EngineError::Conflict(format!(
+                "run {id} is running: cancel it first (fusion run cancel {id})"
+            )));
+        }
+        self.store.delete_finished_run(&summary)?;
+        self.store.flush().await?;
+        Ok(())
     }
 
     /// Cancels a run in flight: no more dispatches, in-flight calls aborted.

@@ -2060,5 +2060,8 @@ fn a_typed_error_is_kept_whole_and_other_answers_are_cut() {
     // The cut is said: no one reads it as the function's whole answer.
     assert!(error.ends_with("y… (cut: 3000 bytes in all)"), "{error}");
     let short = failed("z".repeat(10));
-    assert_eq!(short, format!("the function answered 500: {}", "z".repeat(10)));
+    assert_eq!(
+        short,
+        format!("the function answered 500: {}", "z".repeat(10))
+    );
 }

@@ -377,6 +377,12 @@ fn migrate_string_keys(db: &sled::Db, trees: &[sled::Tree]) -> Result<()> {
 }
 
 impl SledStore {
+    /// Deletes finished run `s` (`Engine::delete_run` checks it is finished),
+    /// as retention does.
+    pub(crate) fn delete_finished_run(&self, s: &RunSummary) -> Result<()> {
+        self.delete_run(s)
+    }
+
     /// Removes a run: its summary and its index entries at once (no crash
     /// leaves a run that lists but cannot be read), then its events.
     fn delete_run(&self, s: &RunSummary) -> Result<()> {

@@ -40,6 +40,13 @@ pub(super) enum RunVerb {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
+    /// Delete finished runs: their records, events and places in the listings
+    /// (a running one must be cancelled first).
+    Delete {
+        /// The runs' ids.
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
     /// Run again from the failed tasks, keeping the outputs of those that succeeded.
     Retry {
         #[command(flatten)]
@@ -276,6 +283,12 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             let body = completion(result, error, error_type)?;
             let v: Value = c.post_json(&format!("{CALLBACKS}{token}"), &body).await?;
             print(opts, &v, &[("TASK", "/task"), ("COMPLETED", "/completed")]);
+        }
+        RunVerb::Delete { ids } => {
+            for id in ids {
+                c.delete(&format!("/v1/runs/{id}")).await?;
+                eprintln!("run {id} deleted");
+            }
         }
         RunVerb::Retry { id } => {
             let id = id.get();
