@@ -1432,7 +1432,7 @@ fn the_run_commands_say_what_a_user_needs() {
     assert_eq!(run["retry_of"], id.as_str(), "{run}");
 
     // `run list`: the hint to the next page keeps the filters.
-    let (rc, out, e) = s.cli(&[
+    let (rc, _, e) = s.cli(&[
         "run",
         "list",
         "--workflow",
