@@ -370,10 +370,27 @@ fn fn_create_with_a_url_makes_its_route() {
     assert_eq!(route["function"], "hello", "{route}");
     assert_eq!(route["methods"], json!(["GET"]), "{route}");
     assert_eq!(s.get("/greet").status(), 200);
-    // A route that cannot be made says the function was.
+    // Another for the same URL and other methods gets a name of its own.
+    let (rc, _, err) = s.cli(&[
+        "fn", "create", "hello3", "--env", "python", "--code", &code, "--url", "/greet",
+        "--method", "POST", "--method", "put",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let routes = s.ok("GET", "/v1/routes", None);
+    let theirs = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["function"] == "hello3")
+        .unwrap_or_else(|| panic!("{routes}"));
+    assert!(
+        theirs["name"].as_str().unwrap().starts_with("greet-"),
+        "{theirs}"
+    );
+    // A route that cannot be made (the same requests as another's) says the
+    // function was.
     let (rc, _, err) = s.cli(&[
         "fn", "create", "hello2", "--env", "python", "--code", &code, "--url", "/greet",
-        "--method", "POST", "--method", "put",
     ]);
     assert_ne!(rc, 0);
     assert!(
