@@ -1,7 +1,8 @@
 //! The API's bearer token: generated at the server's first start into a file only
 //! its owner can read (`<data-dir>/token`, mode 0600 from the moment it exists),
 //! reused on later starts, compared in constant time; and where the CLI looks for
-//! it (`FUSION_TOKEN`, else `<FUSION_DATA_DIR or .fusion>/token`).
+//! it (`FUSION_TOKEN`, else the file `FUSION_TOKEN_FILE` names, else
+//! `<FUSION_DATA_DIR or .fusion>/token`).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -101,8 +102,9 @@ impl Token {
     }
 }
 
-/// Where the CLI finds the token: `FUSION_TOKEN`, else the file `token` in
-/// `FUSION_DATA_DIR` (default `.fusion`, as the server's). None when neither has one.
+/// Where the CLI finds the token: `FUSION_TOKEN`, else the file
+/// `FUSION_TOKEN_FILE` names, else the file `token` in `FUSION_DATA_DIR`
+/// (default `.fusion`, as the server's). None when none has one.
 pub fn for_cli() -> Option<String> {
     if let Ok(t) = std::env::var("FUSION_TOKEN") {
         let t = t.trim();
@@ -110,10 +112,16 @@ pub fn for_cli() -> Option<String> {
             return Some(t.to_string());
         }
     }
-    let dir = std::env::var_os("FUSION_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".fusion"));
-    let text = std::fs::read_to_string(dir.join("token")).ok()?;
+    // The file the server was told (`--token-file`, `FUSION_TOKEN_FILE`),
+    // else the one in its data directory.
+    let file = match std::env::var_os("FUSION_TOKEN_FILE").filter(|f| !f.is_empty()) {
+        Some(f) => PathBuf::from(f),
+        None => std::env::var_os("FUSION_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".fusion"))
+            .join("token"),
+    };
+    let text = std::fs::read_to_string(file).ok()?;
     let t = text.trim();
     (!t.is_empty()).then(|| t.to_string())
 }

@@ -553,13 +553,20 @@ fn tls_serves_both_listeners_end_to_end() {
 fn the_cli_finds_the_token_in_the_data_dir_and_says_what_to_do_without_it() {
     let s = Server::start();
     s.env("python", "python", 0);
-    let cli = |cwd: &std::path::Path, data_dir: Option<&std::path::Path>, token: Option<&str>| {
+    let cli_with = |cwd: &std::path::Path,
+                    data_dir: Option<&std::path::Path>,
+                    token: Option<&str>,
+                    token_file: Option<&std::path::Path>| {
         let mut cmd = Command::new(BIN);
         cmd.args(["env", "list"])
             .current_dir(cwd)
             .env("FUSION_URL", &s.api)
             .env_remove("FUSION_TOKEN")
+            .env_remove("FUSION_TOKEN_FILE")
             .env_remove("FUSION_DATA_DIR");
+        if let Some(f) = token_file {
+            cmd.env("FUSION_TOKEN_FILE", f);
+        }
         if let Some(d) = data_dir {
             cmd.env("FUSION_DATA_DIR", d);
         }
@@ -573,9 +580,17 @@ fn the_cli_finds_the_token_in_the_data_dir_and_says_what_to_do_without_it() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let cli = |cwd: &std::path::Path, data_dir: Option<&std::path::Path>, token: Option<&str>| {
+        cli_with(cwd, data_dir, token, None)
+    };
     let elsewhere = tempfile::tempdir().unwrap();
     // From FUSION_DATA_DIR.
     let (code, out, err) = cli(elsewhere.path(), Some(s.data_dir()), None);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("python"), "{out}");
+    // From the file FUSION_TOKEN_FILE names, as the server's --token-file.
+    let file = s.data_dir().join("token");
+    let (code, out, err) = cli_with(elsewhere.path(), None, None, Some(&file));
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("python"), "{out}");
     // From ./.fusion, the default data dir, when run where the server runs.
