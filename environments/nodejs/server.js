@@ -11,7 +11,9 @@
 //   module.exports = async function (context) { return { status, body, headers }; };
 //   module.exports = function (context, callback) { callback(status, body, headers); };
 // context.request is the Node request, with express-like additions: body (parsed as
-// Fission's body parsers do), rawBody (Buffer), query, path, params, get(name).
+// Fission's body parsers do), rawBody (Buffer), query, path, params, get(name);
+// context.response is the Node response with express's methods (status, send,
+// json, set, type, sendStatus, redirect...).
 // See ../README.md for the entrypoint rules.
 
 const http = require('http');
@@ -437,7 +439,106 @@ function watchStdin() {
   stdin.resume();
 }
 
-const server = http.createServer({ noDelay: true, maxHeaderSize: 65536 }, handle);
+// context.response: Node's response with the express methods Fission's
+// nodejs environment gives functions (its `res` is express's): status, set,
+// header, get, type, send, json, sendStatus, redirect, location, append.
+// Defined once on a subclass, so a request pays nothing for them.
+const TYPES = {
+  json: 'application/json', html: 'text/html', text: 'text/plain', txt: 'text/plain',
+  xml: 'application/xml', js: 'application/javascript', css: 'text/css',
+  bin: 'application/octet-stream', form: 'application/x-www-form-urlencoded',
+};
+const STATUS_TEXT = http.STATUS_CODES;
+
+class Response extends http.ServerResponse {
+  status(code) {
+    this.statusCode = Number(code);
+    return this;
+  }
+
+  set(field, value) {
+    if (typeof field === 'object' && field !== null) {
+      for (const k of Object.keys(field)) this.set(k, field[k]);
+      return this;
+    }
+    this.setHeader(field, Array.isArray(value) ? value.map(String) : String(value));
+    return this;
+  }
+
+  header(field, value) {
+    return this.set(field, value);
+  }
+
+  get(field) {
+    return this.getHeader(field);
+  }
+
+  append(field, value) {
+    const prev = this.getHeader(field);
+    const more = Array.isArray(value) ? value.map(String) : [String(value)];
+    const all = prev === undefined ? more : (Array.isArray(prev) ? prev : [String(prev)]).concat(more);
+    this.setHeader(field, all.length === 1 ? all[0] : all);
+    return this;
+  }
+
+  type(t) {
+    const s = String(t);
+    const ctype = s.includes('/') ? s : TYPES[s.replace(/^\./, '').toLowerCase()] || 'application/octet-stream';
+    this.setHeader('Content-Type', ctype);
+    return this;
+  }
+
+  location(url) {
+    this.setHeader('Location', String(url));
+    return this;
+  }
+
+  send(body) {
+    if (this.writableEnded) return this;
+    let buf = EMPTY;
+    if (body === undefined || body === null) {
+      buf = EMPTY;
+    } else if (Buffer.isBuffer(body) || body instanceof Uint8Array) {
+      buf = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+      if (!this.hasHeader('content-type')) this.setHeader('Content-Type', 'application/octet-stream');
+    } else if (typeof body === 'string') {
+      buf = Buffer.from(body);
+      if (!this.hasHeader('content-type')) this.setHeader('Content-Type', 'text/html; charset=utf-8');
+    } else {
+      return this.json(body);
+    }
+    if (this.statusCode === 204 || this.statusCode === 304) {
+      this.removeHeader('Content-Type');
+      this.removeHeader('Content-Length');
+      this.end();
+      return this;
+    }
+    this.setHeader('Content-Length', buf.length);
+    this.end(buf);
+    return this;
+  }
+
+  json(body) {
+    if (!this.hasHeader('content-type')) this.setHeader('Content-Type', 'application/json; charset=utf-8');
+    const text = JSON.stringify(body);
+    return this.send(text === undefined ? '' : text);
+  }
+
+  sendStatus(code) {
+    this.status(code);
+    this.setHeader('Content-Type', 'text/plain; charset=utf-8');
+    return this.send(STATUS_TEXT[code] || String(code));
+  }
+
+  redirect(a, b) {
+    const [code, url] = b === undefined ? [302, a] : [a, b];
+    this.status(code).location(url);
+    this.setHeader('Content-Type', 'text/plain; charset=utf-8');
+    return this.send(`${STATUS_TEXT[code] || 'Found'}. Redirecting to ${url}`);
+  }
+}
+
+const server = http.createServer({ noDelay: true, maxHeaderSize: 65536, ServerResponse: Response }, handle);
 server.keepAliveTimeout = 600000; // idle keep-alive kept 10 min: the router pools connections
 server.headersTimeout = 605000;
 server.requestTimeout = 0; // no cap on receiving a (large) request body
