@@ -692,11 +692,17 @@ async fn invoke_fn(
         .find(|(k, _)| k == "name")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let rest = params
-        .iter()
-        .find(|(k, _)| k == "rest")
-        .map(|(_, v)| format!("/{v}"))
-        .unwrap_or_else(|| "/".into());
+    // What follows `/invoke`, as the request wrote it (percent-escapes kept:
+    // the function gets the path it was sent, as through the router).
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/functions/")
+        .and_then(|p| p.find('/').map(|i| &p[i..]))
+        .and_then(|p| p.strip_prefix("/invoke"))
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/")
+        .to_string();
     // `fusion-namespace=NS` in the query (from `fusion fn test --namespace`)
     // picks the function's namespace; the function does not see it.
     if let Err(m) = engine::api::async_header(req.headers()) {

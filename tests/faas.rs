@@ -1588,3 +1588,140 @@ fn routes_send_the_path_and_headers_fission_sends() {
         "{body}"
     );
 }
+
+/// Sends `head` to the router on a fresh connection, as written (no client
+/// library normalizing the path), and answers the response's head.
+fn raw_router_head(s: &Server, head: &str) -> String {
+    use std::io::Read;
+    let address = s.router.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(address).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(head.as_bytes()).unwrap();
+    let mut text = String::new();
+    let _ = c.read_to_string(&mut text);
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// As Fission's router (gorilla/mux): a path with `.` or `..` segments is
+/// redirected to the resolved path, so no route or function sees one that
+/// climbs; `/` and `/router-healthz` answer 200 where no route takes them.
+#[test]
+fn dot_segments_are_redirected_and_the_routers_own_paths_answer() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    s.function(
+        "where",
+        "binary",
+        "where.sh",
+        "#!/bin/sh\nprintf '%s' \"$REQUEST_PATH\"\n",
+        json!({}),
+    );
+    s.ok(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "api", "prefix": "/api", "function": "where"})),
+    );
+    let head = raw_router_head(
+        &s,
+        "GET /api/../admin/5?x=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 301"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("location: /admin/5?x=1"),
+        "{head}"
+    );
+    // Another method keeps it across the redirect (308, not 301).
+    let head = raw_router_head(
+        &s,
+        "POST /api/%2e%2e/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 308"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("location: /x"), "{head}");
+    // A path without dot segments is routed as before.
+    assert_eq!(s.get("/api/a/b").text().unwrap(), "/a/b");
+    assert_eq!(s.get("/").status(), 200);
+    assert_eq!(s.get("/router-healthz").status(), 200);
+    assert_eq!(s.get("/nothing-here").status(), 404);
+    // A route for `/` takes it.
+    s.ok(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "home", "url": "/", "function": "where"})),
+    );
+    assert_eq!(s.get("/").text().unwrap(), "/");
+}
+
+/// Fission's nodejs functions answer through express's `res`: status, send,
+/// json, sendStatus, set, redirect.
+#[test]
+fn a_nodejs_function_answers_through_express_methods() {
+    let s = Server::start();
+    s.env("nodejs", "nodejs", 1);
+    let code = "module.exports = async (context) => {\n  const res = context.response;\n  switch (context.request.query.m) {\n    case 'json': return res.status(201).json({ ok: true });\n    case 'status': return res.sendStatus(404);\n    case 'set': return res.set('X-Kind', 'express').type('text').send('sent');\n    case 'redirect': return res.redirect(303, '/elsewhere');\n    default: res.status(202).send('accepted');\n  }\n};\n";
+    s.function("express", "nodejs", "express.js", code, json!({}));
+    let r = s.get("/fission-function/express?m=json");
+    assert_eq!(r.status(), 201);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    assert_eq!(r.json::<Value>().unwrap(), json!({"ok": true}));
+    let r = s.get("/fission-function/express?m=status");
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.text().unwrap(), "Not Found");
+    let r = s.get("/fission-function/express?m=set");
+    assert_eq!(r.headers()["x-kind"], "express");
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert_eq!(r.text().unwrap(), "sent");
+    let r = s
+        .http
+        .get(s.router_url("/fission-function/express?m=redirect"))
+        .send()
+        .unwrap();
+    // reqwest follows it: the function named where to.
+    assert!(r.url().path().ends_with("/elsewhere"), "{}", r.url());
+    let r = s.get("/fission-function/express");
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.text().unwrap(), "accepted");
+}
+
+/// Fission's `fn create` flags for its Kubernetes pods are taken with a
+/// warning (a Fission script runs unchanged), and `fn test --subpath` takes a
+/// path as typed.
+#[test]
+fn fissions_pod_flags_are_taken_with_a_warning_and_a_subpath_as_typed() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("where.sh");
+    std::fs::write(&file, "#!/bin/sh\nprintf '%s' \"$REQUEST_PATH\"\n").unwrap();
+    let (code, _, err) = s.cli(&[
+        "fn",
+        "create",
+        "--name",
+        "where",
+        "--env",
+        "binary",
+        "--code",
+        file.to_str().unwrap(),
+        "--mincpu",
+        "100",
+        "--maxmemory",
+        "256",
+        "--st",
+        "120",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "warning: --mincpu, --maxmemory, --specializationtimeout set Fission's Kubernetes pods"
+        ),
+        "{err}"
+    );
+    let (code, out, err) = s.cli(&["fn", "test", "where", "--subpath", "/a b/c"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "/a%20b/c");
+}

@@ -113,6 +113,12 @@ pub(super) struct FnFields {
     /// jittered (default true).
     #[arg(long = "async-backoff-jitter", value_name = "BOOL")]
     async_backoff_jitter: Option<bool>,
+    /// Fission's per-function pod resources and autoscaling (newdeploy) and its
+    /// specialization timeout: Kubernetes-only, accepted with a warning and not
+    /// applied; an instance takes its environment's limits (`fusion env update
+    /// ENV --maxcpu/--maxmemory`).
+    #[command(flatten)]
+    kube_only: FnKubeOnly,
     /// How long an asynchronous call may keep being tried, e.g. `1h` (default 6h).
     #[arg(long = "async-max-age", value_name = "DURATION")]
     async_max_age: Option<String>,
@@ -124,6 +130,63 @@ pub(super) struct FnFields {
     /// asynchronous call failed for good; "" removes it.
     #[arg(long = "async-on-failure", value_name = "FUNCTION")]
     async_on_failure: Option<String>,
+}
+
+/// Fission's `fn create/update` flags for its Kubernetes pods, which Fusion's
+/// instances do not have.
+#[derive(Args)]
+pub(super) struct FnKubeOnly {
+    /// Fission's CPU request of a newdeploy pod, in millicores (Kubernetes-only).
+    #[arg(long = "mincpu", value_name = "MILLICORES")]
+    mincpu: Option<u64>,
+    /// Fission's CPU limit of a newdeploy pod, in millicores (Kubernetes-only;
+    /// the environment's --maxcpu limits an instance here).
+    #[arg(long = "maxcpu", value_name = "MILLICORES")]
+    maxcpu: Option<u64>,
+    /// Fission's memory request of a newdeploy pod, in MiB (Kubernetes-only).
+    #[arg(long = "minmemory", value_name = "MIB")]
+    minmemory: Option<u64>,
+    /// Fission's memory limit of a newdeploy pod, in MiB (Kubernetes-only; the
+    /// environment's --maxmemory limits an instance here).
+    #[arg(long = "maxmemory", value_name = "MIB")]
+    maxmemory: Option<u64>,
+    /// Fission's target CPU percentage for a newdeploy autoscaler (Kubernetes-only).
+    #[arg(long = "targetcpu", value_name = "PERCENT")]
+    targetcpu: Option<u64>,
+    /// Fission's specialization timeout of a newdeploy pod, in seconds
+    /// (Kubernetes-only; Fusion gives an instance 30 s to specialize).
+    #[arg(
+        long = "specializationtimeout",
+        visible_alias = "st",
+        value_name = "SECONDS"
+    )]
+    specializationtimeout: Option<u64>,
+}
+
+impl FnKubeOnly {
+    /// Says which were given and that they change nothing here.
+    fn warn(&self) {
+        let given: Vec<&str> = [
+            ("--mincpu", self.mincpu.is_some()),
+            ("--maxcpu", self.maxcpu.is_some()),
+            ("--minmemory", self.minmemory.is_some()),
+            ("--maxmemory", self.maxmemory.is_some()),
+            ("--targetcpu", self.targetcpu.is_some()),
+            (
+                "--specializationtimeout",
+                self.specializationtimeout.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect();
+        if !given.is_empty() {
+            eprintln!(
+                "warning: {} set Fission's Kubernetes pods: not applied here; an instance takes its environment's limits (fusion env update ENV --maxcpu/--maxmemory)",
+                given.join(", ")
+            );
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -266,6 +329,7 @@ pub(super) async fn merge_fn(
     f: FnFields,
 ) -> Result<()> {
     let namespace = opts.namespace.clone().unwrap_or_else(|| "default".into());
+    f.kube_only.warn();
     if let Some(e) = f.env {
         body["env"] = json!(e);
     }
@@ -647,7 +711,20 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             }
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
                 .map_err(|_| anyhow!("bad method {method:?}"))?;
-            let sub = subpath.trim_start_matches('/');
+            // As typed: characters a path cannot hold (a space, `#`, `?`)
+            // are escaped; `%XX` escapes already there are kept.
+            const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+                .add(b' ')
+                .add(b'"')
+                .add(b'#')
+                .add(b'<')
+                .add(b'>')
+                .add(b'?')
+                .add(b'`')
+                .add(b'{')
+                .add(b'}');
+            let sub = percent_encoding::utf8_percent_encode(subpath.trim_start_matches('/'), PATH)
+                .to_string();
             let path = if sub.is_empty() {
                 format!("/v1/functions/{name}/invoke")
             } else {

@@ -22,6 +22,12 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
     // A clone of the URI shares its bytes: the path is borrowed from it, not copied.
     let uri = req.uri().clone();
     let path = uri.path();
+    // `.` and `..` segments are resolved by a redirect, as Fission's router
+    // (gorilla/mux) does: no route or function sees a path that climbs
+    // (`/api/../admin` matched the prefix `/api`, its function sent `/../admin`).
+    if let Some(clean) = without_dot_segments(path) {
+        return dot_segments_redirect(&req, &clean, uri.query());
+    }
     let mut req = req;
     // The URL as it came, whatever path the function is sent (Fission's
     // header; one a client sent is replaced).
@@ -121,6 +127,17 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
             }
         }
         None => match table.allowed(host.as_deref(), path) {
+            // As Fission's router, where no route takes them: `/` answers 200
+            // (load balancers and ingresses check it) and so does
+            // `/router-healthz`.
+            allowed
+                if allowed.is_empty()
+                    && (path == "/" || path == "/router-healthz")
+                    && (req.method() == http::Method::GET
+                        || req.method() == http::Method::HEAD) =>
+            {
+                Response::new(Body::empty())
+            }
             allowed if allowed.is_empty() => error_response(
                 StatusCode::NOT_FOUND,
                 "route_not_found",
@@ -143,5 +160,78 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
                 resp
             }
         },
+    }
+}
+
+/// The path with its `.` and `..` segments resolved (RFC 3986's
+/// remove_dot_segments; `%2e` counts as a dot), when it has any.
+fn without_dot_segments(path: &str) -> Option<String> {
+    let is_dot = |seg: &str| matches!(seg.to_ascii_lowercase().as_str(), "." | "%2e");
+    let is_dots = |seg: &str| {
+        matches!(
+            seg.to_ascii_lowercase().as_str(),
+            ".." | "%2e." | ".%2e" | "%2e%2e"
+        )
+    };
+    if !path.split('/').any(|seg| is_dot(seg) || is_dots(seg)) {
+        return None;
+    }
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut out: Vec<&str> = Vec::new();
+    for (i, seg) in segments.iter().enumerate() {
+        if is_dot(seg) {
+            // `/a/.` is `/a/`: the directory, its trailing slash kept.
+            if i == last {
+                out.push("");
+            }
+        } else if is_dots(seg) {
+            out.pop();
+            if i == last {
+                out.push("");
+            }
+        } else {
+            out.push(seg);
+        }
+    }
+    Some(format!("/{}", out.join("/")))
+}
+
+/// The redirect to the path without dot segments: 301 for GET and HEAD, as
+/// gorilla/mux answers, 308 for other methods (which a 301 would turn into a GET).
+fn dot_segments_redirect(req: &Request<Body>, clean: &str, query: Option<&str>) -> Response<Body> {
+    let location = match query {
+        Some(q) => format!("{clean}?{q}"),
+        None => clean.to_string(),
+    };
+    let status = if req.method() == http::Method::GET || req.method() == http::Method::HEAD {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::try_from(location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod dot_tests {
+    use super::without_dot_segments;
+
+    #[test]
+    fn dot_segments_are_resolved_as_rfc_3986_says() {
+        let clean = |p: &str| without_dot_segments(p);
+        assert_eq!(clean("/api/x"), None);
+        assert_eq!(clean("/a..b/.c/d."), None);
+        assert_eq!(clean("/api/../hand/5").as_deref(), Some("/hand/5"));
+        assert_eq!(clean("/a/./b").as_deref(), Some("/a/b"));
+        assert_eq!(clean("/a/b/..").as_deref(), Some("/a/"));
+        assert_eq!(clean("/a/.").as_deref(), Some("/a/"));
+        assert_eq!(clean("/../../etc").as_deref(), Some("/etc"));
+        assert_eq!(clean("/a/%2E%2e/b").as_deref(), Some("/b"));
+        assert_eq!(clean("/..").as_deref(), Some("/"));
     }
 }
