@@ -24,7 +24,8 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
     let path = uri.path();
     // `.` and `..` segments are resolved by a redirect, as Fission's router
     // (gorilla/mux) does: no route or function sees a path that climbs
-    // (`/api/../admin` matched the prefix `/api`, its function sent `/../admin`).
+    // (`/api/../admin` matched the prefix `/api`, its function sent `/../admin`;
+    // `/api/..%2Fadmin` the same once decoded).
     if let Some(clean) = without_dot_segments(path) {
         return dot_segments_redirect(&req, &clean, uri.query());
     }
@@ -163,38 +164,49 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
     }
 }
 
-/// The path with its `.` and `..` segments resolved (RFC 3986's
-/// remove_dot_segments; `%2e` counts as a dot), when it has any.
+/// What a `Location` path cannot hold as it is, escaped.
+const PATH_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// The path cleaned as gorilla/mux cleans it (Go's `path.Clean` of the
+/// decoded path: `.` and `..` resolved, repeated slashes merged, a trailing
+/// slash kept), when its decoded form has a `.` or `..` segment: `%2e` is a
+/// dot and `%2F` a separator there, as they are to a function that decodes
+/// its path. Never `//host` (a redirect elsewhere).
 fn without_dot_segments(path: &str) -> Option<String> {
-    let is_dot = |seg: &str| matches!(seg.to_ascii_lowercase().as_str(), "." | "%2e");
-    let is_dots = |seg: &str| {
-        matches!(
-            seg.to_ascii_lowercase().as_str(),
-            ".." | "%2e." | ".%2e" | "%2e%2e"
-        )
-    };
-    if !path.split('/').any(|seg| is_dot(seg) || is_dots(seg)) {
+    // Most paths: no dot, and no escape that could hide one.
+    if !path.contains('.') && !path.contains('%') {
         return None;
     }
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    let mut out: Vec<&str> = Vec::new();
-    for (i, seg) in segments.iter().enumerate() {
-        if is_dot(seg) {
-            // `/a/.` is `/a/`: the directory, its trailing slash kept.
-            if i == last {
-                out.push("");
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    if !decoded.split('/').any(|seg| seg == "." || seg == "..") {
+        return None;
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                kept.pop();
             }
-        } else if is_dots(seg) {
-            out.pop();
-            if i == last {
-                out.push("");
-            }
-        } else {
-            out.push(seg);
+            other => kept.push(other),
         }
     }
-    Some(format!("/{}", out.join("/")))
+    let mut clean = format!("/{}", kept.join("/"));
+    let directory = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    if directory && !kept.is_empty() {
+        clean.push('/');
+    }
+    Some(percent_encoding::utf8_percent_encode(&clean, PATH_ESCAPED).to_string())
 }
 
 /// The redirect to the path without dot segments: 301 for GET and HEAD, as
@@ -222,10 +234,11 @@ mod dot_tests {
     use super::without_dot_segments;
 
     #[test]
-    fn dot_segments_are_resolved_as_rfc_3986_says() {
+    fn dot_segments_are_resolved_as_gorilla_cleans_them() {
         let clean = |p: &str| without_dot_segments(p);
         assert_eq!(clean("/api/x"), None);
         assert_eq!(clean("/a..b/.c/d."), None);
+        assert_eq!(clean("/a%20b//c"), None);
         assert_eq!(clean("/api/../hand/5").as_deref(), Some("/hand/5"));
         assert_eq!(clean("/a/./b").as_deref(), Some("/a/b"));
         assert_eq!(clean("/a/b/..").as_deref(), Some("/a/"));
@@ -233,5 +246,17 @@ mod dot_tests {
         assert_eq!(clean("/../../etc").as_deref(), Some("/etc"));
         assert_eq!(clean("/a/%2E%2e/b").as_deref(), Some("/b"));
         assert_eq!(clean("/..").as_deref(), Some("/"));
+        // An escaped separator climbs too, as a function decoding its path sees it.
+        assert_eq!(clean("/api/..%2Fadmin").as_deref(), Some("/admin"));
+        assert_eq!(
+            clean("/files/..%2F..%2Fetc%2Fpasswd").as_deref(),
+            Some("/etc/passwd")
+        );
+        // Never a redirect to another host.
+        assert_eq!(clean("/..//evil.com").as_deref(), Some("/evil.com"));
+        assert_eq!(clean("/.//evil.com/x").as_deref(), Some("/evil.com/x"));
+        assert_eq!(clean("/a/..//evil.com").as_deref(), Some("/evil.com"));
+        // What a path cannot hold is escaped again.
+        assert_eq!(clean("/a/../b%20c%3Fd").as_deref(), Some("/b%20c%3Fd"));
     }
 }

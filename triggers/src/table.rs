@@ -51,6 +51,8 @@ impl Eq for Pattern {}
 struct WholePath {
     re: regex::Regex,
     names: Vec<String>,
+    /// The group of each parameter, in `names`' order.
+    groups: Vec<usize>,
 }
 
 impl PartialEq for WholePath {
@@ -156,6 +158,11 @@ impl Template {
                 "route url {url:?}: a route matches a path only, without a query or fragment"
             )));
         }
+        if split(url).any(|seg| matches!(decoded(seg).as_ref(), "." | "..")) {
+            return Err(Error::Invalid(format!(
+                "route url {url:?}: `.` and `..` segments are resolved before routing (a request holding one is redirected), so no route can have one"
+            )));
+        }
         let parts = parts_of(url)?;
         let mut names: Vec<&str> = Vec::new();
         for part in &parts {
@@ -177,7 +184,7 @@ impl Template {
                 )));
             }
             if let Some(source) = pattern {
-                compile(url, name, source, &format!("^(?:{source})$"))?;
+                compile(url, name, source, &format!("^(?:{})$", unanchored(source)))?;
             }
             names.push(name);
         }
@@ -221,7 +228,8 @@ impl Template {
             match part {
                 Part::Text(t) => re.push_str(&regex::escape(&decoded(t))),
                 Part::Param(_, pattern) => {
-                    re.push_str(&format!("(?P<p{i}>(?:{}))", pattern.unwrap_or("[^/]+")));
+                    let pattern = pattern.map_or("[^/]+", unanchored);
+                    re.push_str(&format!("(?P<p{i}>(?:{pattern}))"));
                     i += 1;
                 }
             }
@@ -229,11 +237,20 @@ impl Template {
         re.push('$');
         let name = names.first().copied().unwrap_or_default();
         let re = compile(url, name, &re, &re)?;
+        let groups = (0..names.len())
+            .map(|i| {
+                let group = format!("p{i}");
+                re.capture_names()
+                    .position(|n| n == Some(group.as_str()))
+                    .unwrap_or(0)
+            })
+            .collect();
         Ok(Template {
             segments,
             whole: Some(WholePath {
                 re,
                 names: names.iter().map(|n| n.to_string()).collect(),
+                groups,
             }),
         })
     }
@@ -261,14 +278,23 @@ impl Template {
     pub fn match_exact(&self, path: &str) -> Option<Vec<(String, String)>> {
         if let Some(whole) = &self.whole {
             let path = decoded(path);
-            let caps = whole.re.captures(&path)?;
+            // As written; else without repeated slashes or a trailing one, as
+            // the other templates take paths.
+            let tidy: String;
+            let caps = match whole.re.captures(&path) {
+                Some(caps) => caps,
+                None => {
+                    tidy = tidied(&path)?;
+                    whole.re.captures(&tidy)?
+                }
+            };
             return Some(
                 whole
                     .names
                     .iter()
-                    .enumerate()
-                    .map(|(i, name)| {
-                        let value = caps.name(&format!("p{i}")).map_or("", |m| m.as_str());
+                    .zip(&whole.groups)
+                    .map(|(name, &group)| {
+                        let value = caps.get(group).map_or("", |m| m.as_str());
                         (name.clone(), value.to_string())
                     })
                     .collect(),
@@ -330,6 +356,22 @@ impl Template {
             .filter(|s| matches!(s, Segment::Literal(_)))
             .count()
     }
+}
+
+/// A pattern without the anchors gorilla/mux patterns may carry (`^[0-9]+$`):
+/// it is matched in its place in the path, not against the whole of it.
+fn unanchored(pattern: &str) -> &str {
+    let p = pattern.strip_prefix('^').unwrap_or(pattern);
+    match p.strip_suffix('$') {
+        Some(rest) if !rest.ends_with('\\') => rest,
+        _ => p,
+    }
+}
+
+/// The path without repeated slashes or a trailing one, when it had any.
+fn tidied(path: &str) -> Option<String> {
+    let tidy = format!("/{}", split(path).collect::<Vec<_>>().join("/"));
+    (tidy != path).then_some(tidy)
 }
 
 /// A template's segments as written, parameters' patterns kept whole (a
@@ -440,7 +482,14 @@ impl RouteTable {
                     (None, Some(p)) => (p.clone(), true),
                     (None, None) => return None,
                 };
-                let template = Template::parse(&raw).ok()?;
+                let template = match Template::parse(&raw) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // Stored by an earlier version that read it otherwise.
+                        tracing::warn!(route = %route.name, error = %e, "a stored route's URL does not parse: it takes no requests until it is updated");
+                        return None;
+                    }
+                };
                 Some(Entry {
                     route,
                     template,
@@ -590,6 +639,17 @@ mod tests {
             Some("id=123")
         );
         assert_eq!(params("/n/{id:[0-9]{3}}", "/n/1234"), None);
+        // Anchors in a pattern mean its own place, as before.
+        assert_eq!(
+            params("/n/{id:^[0-9]+$}", "/n/42").as_deref(),
+            Some("id=42")
+        );
+        // A trailing or doubled slash, as the other templates take them.
+        assert_eq!(params("/n/{id:[0-9]+}", "/n/42/").as_deref(), Some("id=42"));
+        assert_eq!(
+            params("/n/{id:[0-9]+}", "//n//42").as_deref(),
+            Some("id=42")
+        );
         // Decoded before matching, as the path means it.
         assert_eq!(
             params("/a b/{f}.txt", "/a%20b/x%20y.txt").as_deref(),
@@ -712,6 +772,8 @@ mod tests {
             "/a/}",
             "/a/{id}/{id}",
             "/a/{x}.{x}",
+            "/a/../b",
+            "/a/%2e",
             "/r?x=1",
             "/r#top",
             "/fission-function/x",
