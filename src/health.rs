@@ -47,7 +47,7 @@ impl Readiness {
 pub async fn store_failed(db: sled::Db, every: Duration) -> String {
     let probe = match db.open_tree("health") {
         Ok(t) => t,
-        Err(e) => return e.to_string(),
+        Err(e) => return pool_manager::error::sled_error_text(&e),
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -63,7 +63,7 @@ pub async fn store_failed(db: sled::Db, every: Duration) -> String {
         .await;
         match written {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return e.to_string(),
+            Ok(Err(e)) => return pool_manager::error::sled_error_text(&e),
             // The runtime is ending: so is the server.
             Err(_) => std::future::pending::<()>().await,
         }

@@ -92,8 +92,13 @@ fn main() {
         }
         let mut msg = e.to_string();
         for cause in e.chain().skip(1) {
-            msg.push_str(": ");
-            msg.push_str(&cause.to_string());
+            // An error that already says its cause (`...: Read-only file
+            // system`) is not followed by it again.
+            let cause = cause.to_string();
+            if !msg.contains(&cause) {
+                msg.push_str(": ");
+                msg.push_str(&cause);
+            }
         }
         eprintln!("error: {msg}");
         std::process::exit(1);

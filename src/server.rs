@@ -51,7 +51,8 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_API_LISTEN", default_value = "127.0.0.1:8889")]
     pub api_listen: SocketAddr,
     /// Largest request body the router passes to a function, in bytes.
-    #[arg(long, env = "FUSION_BODY_LIMIT", default_value_t = 16 << 20)]
+    #[arg(long, env = "FUSION_BODY_LIMIT", default_value_t = 16 << 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub body_limit: u64,
     /// How long a request waits for a function's capacity before 429, in ms.
     #[arg(long, env = "FUSION_LEASE_WAIT_MS", default_value_t = 5000)]
@@ -319,6 +320,12 @@ fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 
 pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::Result<()> {
     check_insecure(&args)?;
+    if args.router_listen == args.api_listen && args.router_listen.port() != 0 {
+        anyhow::bail!(
+            "--router-listen and --api-listen are both {}: the router and the API need an address each",
+            args.router_listen
+        );
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
         _ => None,
@@ -361,6 +368,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             other => break other,
         }
     }
+    .map_err(|e| anyhow::anyhow!(pool_manager::error::sled_error_text(&e)))
     .with_context(|| {
         format!(
             "cannot open the database in {} (is another fusion server using it?)",
@@ -646,25 +654,35 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     let _ = stop_tx.send(true);
     let grace = Duration::from_millis(args.shutdown_grace_ms);
     let stopping = tokio::time::Instant::now();
-    // Message-queue triggers take no new message and settle those in flight
-    // within the same grace, beside the listeners' requests.
-    let (drained, ()) = tokio::join!(
-        tokio::time::timeout(grace, async {
-            let _ = router_server.await;
-            let _ = api_server.await;
-        }),
-        triggers.mqt.stop(grace),
-    );
-    if drained.is_err() {
-        tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
-    }
-    // Then the calls no listener sees (workflow steps, asynchronous attempts),
-    // in what is left of the grace.
-    let left = grace.saturating_sub(stopping.elapsed());
-    if !pool.wait_idle(left).await {
-        tracing::warn!(
-            "function calls of workflows or asynchronous invocations were still running at the end of the grace ({grace:?}); they are made again at the next start"
+    let graceful = async {
+        // Message-queue triggers take no new message and settle those in
+        // flight within the same grace, beside the listeners' requests.
+        let (drained, ()) = tokio::join!(
+            tokio::time::timeout(grace, async {
+                let _ = router_server.await;
+                let _ = api_server.await;
+            }),
+            triggers.mqt.stop(grace),
         );
+        if drained.is_err() {
+            tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
+        }
+        // Then the calls no listener sees (workflow steps, asynchronous
+        // attempts), in what is left of the grace.
+        let left = grace.saturating_sub(stopping.elapsed());
+        if !pool.wait_idle(left).await {
+            tracing::warn!(
+                "function calls of workflows or asynchronous invocations were still running at the end of the grace ({grace:?}); they are made again at the next start"
+            );
+        }
+    };
+    // A second SIGINT or SIGTERM (an impatient Ctrl-C) stops at once: what is
+    // still running is cut off and made again at the next start.
+    tokio::select! {
+        () = graceful => {}
+        () = shutdown_signal() => {
+            tracing::warn!("a second signal: stopping now, without the rest of the grace; what was still running is made again at the next start");
+        }
     }
     engine.shutdown().await;
     pool.shutdown(Duration::from_secs(5)).await;

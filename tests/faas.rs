@@ -316,7 +316,9 @@ fn a_request_past_the_function_timeout_gets_504() {
 fn an_answer_still_streaming_at_the_function_timeout_is_cut_off() {
     let s = Server::start();
     s.env("nodejs", "nodejs", 1);
-    let code = "module.exports = async (ctx) => {\n  if (ctx.request.url.includes('ok')) { return { status: 200, body: 'fine' }; }\n  ctx.response.writeHead(200, {'Content-Type': 'text/plain'});\n  ctx.response.write('started');\n};\n";
+    // `hang`: the head, then nothing; `stream`: writes without end; `flood`:
+    // writes as fast as it can (for a caller that stops reading).
+    let code = "module.exports = async (ctx) => {\n  const m = ctx.request.query.m;\n  if (m === 'ok') { return { status: 200, body: 'fine' }; }\n  const res = ctx.response;\n  res.writeHead(200, {'Content-Type': 'text/plain'});\n  res.write('started');\n  if (m === 'stream') { setInterval(() => res.write('.'), 5); }\n  if (m === 'flood') { const chunk = 'x'.repeat(65536); const more = () => { while (res.write(chunk)) {} res.once('drain', more); }; more(); }\n};\n";
     s.function(
         "hangs",
         "nodejs",
@@ -324,26 +326,41 @@ fn an_answer_still_streaming_at_the_function_timeout_is_cut_off() {
         code,
         json!({"timeout_secs": 1, "max_scale": 1}),
     );
-    let r = s.get("/fission-function/hangs");
-    assert_eq!(r.status(), 200);
-    // The head came; the body ends in an error at the timeout, not never.
-    assert!(r.text().is_err(), "the answer should be cut short");
-    let log = s
-        .api("GET", "/v1/functions/hangs/logs")
-        .send()
-        .unwrap()
-        .text()
+    let stops = |s: &Server| {
+        s.api("GET", "/v1/functions/hangs/logs")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+            .matches(
+                "an answer passed the function's timeout of 1 s while streaming: stopping instance",
+            )
+            .count()
+    };
+    for (i, mode) in ["hang", "stream"].into_iter().enumerate() {
+        let r = s.get(&format!("/fission-function/hangs?m={mode}"));
+        assert_eq!(r.status(), 200);
+        // The head came; the body ends in an error at the timeout, not never.
+        assert!(r.text().is_err(), "{mode}: the answer should be cut short");
+        assert_eq!(stops(&s), i + 1, "{mode}");
+        // Its one instance's capacity is free again: the next call answers.
+        let r = s.get("/fission-function/hangs?m=ok");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().unwrap(), "fine");
+    }
+    // A caller that stops reading (its connection open) does not hold the
+    // instance past the timeout either.
+    let address = s.router.trim_start_matches("http://").to_string();
+    let mut stalled = std::net::TcpStream::connect(&address).unwrap();
+    stalled
+        .write_all(b"GET /fission-function/hangs?m=flood HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    assert!(
-        log.contains(
-            "an answer passed the function's timeout of 1 s while streaming: stopping instance"
-        ),
-        "{log}"
-    );
-    // Its one instance's capacity is free again: the next call answers.
-    let r = s.get("/fission-function/hangs?ok=1");
-    assert_eq!(r.status(), 200);
+    eventually(Duration::from_secs(30), "the flood is cut off", || {
+        stops(&s) == 3
+    });
+    let r = s.get("/fission-function/hangs?m=ok");
     assert_eq!(r.text().unwrap(), "fine");
+    drop(stalled);
 }
 
 #[test]
@@ -1724,4 +1741,21 @@ fn fissions_pod_flags_are_taken_with_a_warning_and_a_subpath_as_typed() {
     let (code, out, err) = s.cli(&["fn", "test", "where", "--subpath", "/a b/c"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "/a%20b/c");
+}
+
+/// A route parameter whose name has `_` reaches a python function under either
+/// spelling, as werkzeug reads headers from the WSGI environ
+/// (`{user_id}` -> `X-Fission-Params-User-Id`).
+#[test]
+fn a_python_function_finds_a_parameter_header_with_an_underscore() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    let code = "from flask import request\ndef main():\n    h = request.headers\n    return '%s|%s|%s' % (h.get('X-Fission-Params-User-Id'), h.get('X-Fission-Params-user_id'), 'X-Fission-Params-User-Id' in h)\n";
+    s.function("who", "python", "who.py", code, json!({}));
+    s.ok(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "users", "url": "/users/{user_id}", "function": "who"})),
+    );
+    assert_eq!(s.get("/users/7").text().unwrap(), "7|7|True");
 }

@@ -730,3 +730,35 @@ fn a_request_body_that_stops_arriving_gets_a_json_408() {
     }
     assert_eq!(s.ok("GET", "/v1/environments", None), json!([]));
 }
+
+/// Settings a server cannot run with are one clear line and a non-zero exit
+/// before anything starts: both listeners on one address, a body limit of 0.
+#[test]
+fn settings_a_server_cannot_run_with_are_one_line() {
+    let data = tempfile::tempdir().unwrap();
+    for (args, expected) in [
+        (
+            &[
+                "--router-listen",
+                "127.0.0.1:18499",
+                "--api-listen",
+                "127.0.0.1:18499",
+            ][..],
+            "the router and the API need an address each",
+        ),
+        (&["--body-limit", "0"][..], "--body-limit"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["server", "--backend", "process", "--data-dir"])
+            .arg(data.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(error.len(), 1, "{stderr}");
+        assert!(error[0].contains(expected), "{stderr}");
+    }
+}

@@ -221,6 +221,42 @@ fn a_call_cut_off_at_the_end_of_the_grace_gets_503_shutting_down() {
     assert!(server.wait().unwrap().success());
 }
 
+/// A second SIGTERM (an impatient Ctrl-C) stops the server at once rather
+/// than after the rest of the grace; the call cut off gets 503.
+#[test]
+fn a_second_signal_stops_without_the_rest_of_the_grace() {
+    let mut s = Server::start_with(&[("FUSION_SHUTDOWN_GRACE_MS", "600000")]);
+    s.env("binary", "binary", 1);
+    s.function(
+        "slow",
+        "binary",
+        "slow.sh",
+        "#!/bin/sh\nsleep 600\n",
+        json!({}),
+    );
+    let pending = std::thread::spawn({
+        let http = s.http.clone();
+        let url = s.router_url("/fission-function/slow");
+        move || http.get(url).send().map(|r| r.status().as_u16())
+    });
+    eventually(Duration::from_secs(20), "the request is in flight", || {
+        s.instances("slow")
+            .iter()
+            .any(|i| i["active_requests"] == 1)
+    });
+    let mut server = KillOnDrop(s.child.take().unwrap());
+    signal(server.0.id(), libc::SIGTERM);
+    eventually(Duration::from_secs(10), "the listener closes", || {
+        std::net::TcpStream::connect(s.router.trim_start_matches("http://")).is_err()
+    });
+    signal(server.0.id(), libc::SIGTERM);
+    // Well within the ten minutes of grace the first signal gave.
+    eventually(Duration::from_secs(60), "the server stops", || {
+        server.0.try_wait().unwrap().is_some()
+    });
+    assert_eq!(pending.join().unwrap().ok(), Some(503));
+}
+
 /// A second server on a data directory in use fails at once with the reason
 /// (after waiting a moment, as for a server killed an instant before), and
 /// a server killed outright is started again on its data at once.

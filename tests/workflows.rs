@@ -1430,6 +1430,8 @@ fn the_run_commands_say_what_a_user_needs() {
     );
     let run = s.wait_run(retry, Duration::from_secs(30));
     assert_eq!(run["retry_of"], id.as_str(), "{run}");
+    // And the failed run names its retry: the way on from it.
+    assert_eq!(s.run(&id)["retried_by"], retry, "{}", s.run(&id));
 
     // `run list`: the hint to the next page keeps the filters.
     let (rc, _, e) = s.cli(&[

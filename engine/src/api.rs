@@ -593,7 +593,15 @@ async fn get_run(
         engine.run_state(&id)?;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(secs), engine.wait(&id)).await;
     }
-    Ok(Json(run_json(&engine.run_state(&id)?)))
+    let state = engine.run_state(&id)?;
+    let mut run = run_json(&state);
+    // The way on from a failed or cancelled run: the run that retried it.
+    if matches!(state.status, RunStatus::Failed | RunStatus::Cancelled) {
+        if let Some(retry) = engine.retried_by(&id)? {
+            run["retried_by"] = json!(retry);
+        }
+    }
+    Ok(Json(run))
 }
 
 async fn run_events(

@@ -1084,6 +1084,12 @@ impl Engine {
 
     /// Runs a failed or cancelled run again as a new run: tasks that succeeded
     /// keep their outputs, the others run again.
+    /// The run that retried run `id`, once one has (a run is retried once).
+    pub fn retried_by(&self, id: &str) -> Result<Option<String>, EngineError> {
+        let retry_id = retry_run_id(id);
+        Ok(self.store.run(&retry_id)?.map(|_| retry_id))
+    }
+
     pub async fn retry(self: &Arc<Self>, id: &str) -> Result<StartedRun, EngineError> {
         let state = self.run_state(id)?;
         if !matches!(state.status, RunStatus::Failed | RunStatus::Cancelled) {
@@ -1099,7 +1105,7 @@ impl Engine {
         // second retry finds the first (which would repeat what that one did,
         // a charge that succeeded there made again). Its retry is retried
         // instead, as a chain. Retries take turns with keyed starts.
-        let retry_id = keyed_run_id("", &format!("retry of {id}"));
+        let retry_id = retry_run_id(id);
         let _one = self.keyed.lock().await;
         let running = self.runs.lock().is_ok_and(|r| r.contains_key(&retry_id));
         let status = match self.store.run(&retry_id)? {
@@ -2046,6 +2052,12 @@ impl Actor {
         self.calls.push(Box::pin(call.map(Result::ok)));
         self.inflight.insert(task, handle);
     }
+}
+
+/// The id of the run that retries run `id`: derived from it, so a second
+/// retry finds the first.
+fn retry_run_id(id: &str) -> String {
+    keyed_run_id("", &format!("retry of {id}"))
 }
 
 /// The id of the run an idempotency key starts for a workflow: a UUID

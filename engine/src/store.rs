@@ -25,7 +25,7 @@ use crate::state::{Event, Millis, RunError, RunStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage: {0}")]
+    #[error("storage: {}", pool_manager::error::sled_error_text(.0))]
     Sled(#[from] sled::Error),
     #[error("stored data is corrupt: {0}")]
     Json(#[from] serde_json::Error),

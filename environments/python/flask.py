@@ -516,6 +516,30 @@ class Headers:
         return "".join("%s: %s\r\n" % kv for kv in self._list) + "\r\n"
 
 
+class _EnvironHeaders(Headers):
+    """request.headers, as werkzeug reads them from the WSGI environ: `_` and
+    `-` in a name are the same (`X-Fission-Params-User-Id` finds the header of
+    a route's `{user_id}`)."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key):
+        return Headers.__getitem__(self, key.replace("_", "-") if isinstance(key, str) else key)
+
+    def get(self, key, default=None, type=None):
+        return Headers.get(self, key.replace("_", "-"), default, type)
+
+    def getlist(self, key, type=None):
+        return Headers.getlist(self, key.replace("_", "-"), type)
+
+    get_all = getlist
+
+    def __contains__(self, key):
+        return Headers.__contains__(self, key.replace("_", "-"))
+
+    has_key = __contains__
+
+
 class FileStorage:
     """An uploaded file from a multipart/form-data body (request.files)."""
 
@@ -736,8 +760,8 @@ class Request:
     # -- headers
     @_cached
     def headers(self):
-        h = Headers()
-        h._list = [(k.title(), v) for k, v in self._header_list]
+        h = _EnvironHeaders()
+        h._list = [(k.replace("_", "-").title(), v) for k, v in self._header_list]
         return h
 
     @property

@@ -89,7 +89,17 @@ impl Error {
 
 impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
-        Error::Storage(e.to_string())
+        Error::Storage(sled_error_text(&e))
+    }
+}
+
+/// A sled error as a person reads it: its I/O errors as the system says them
+/// (`No space left on device (os error 28)`), not as sled's `Os { code: 28,
+/// kind: StorageFull, .. }`.
+pub fn sled_error_text(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) => format!("I/O error: {io}"),
+        other => other.to_string(),
     }
 }
 

@@ -211,8 +211,11 @@ async fn forward_inner(
     // function's timeout bounds the whole exchange, the answer's body included.
     let body = Bounded {
         inner: body,
-        deadline: Box::pin(tokio::time::sleep_until(in_flight.deadline)),
-        lease: Some(lease),
+        deadline: in_flight.deadline,
+        sleep: None,
+        held: Arc::new(std::sync::Mutex::new(Some(lease))),
+        watchdog: None,
+        ended: false,
         logs: pm.logs().clone(),
         timeout,
     };
@@ -228,10 +231,56 @@ async fn forward_inner(
 /// lease is given back.
 struct Bounded {
     inner: ResponseBody,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    lease: Option<Lease>,
+    deadline: tokio::time::Instant,
+    /// Wakes a poll waiting for the instance's next bytes at the deadline.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The lease while the answer streams; shared with the watchdog, which
+    /// takes it at the deadline when the caller stopped reading (the body is
+    /// then not polled, by this end).
+    held: Arc<std::sync::Mutex<Option<Lease>>>,
+    watchdog: Option<tokio::task::AbortHandle>,
+    ended: bool,
     logs: Arc<crate::logs::Logs>,
     timeout: Duration,
+}
+
+/// Takes the lease at the deadline, when it is still held: the instance is
+/// stopped, with every process in it, and its function's log says why.
+fn cut_off(held: &std::sync::Mutex<Option<Lease>>, logs: &crate::logs::Logs, timeout: Duration) {
+    let lease = held.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(lease) = lease {
+        let id = lease.instance.id;
+        logs.append(
+            &lease.function.key(),
+            id,
+            "fusion",
+            &format!(
+                "an answer passed the function's timeout of {} s while streaming: stopping instance {id}",
+                timeout.as_secs()
+            ),
+        );
+        lease.instance.stop();
+    }
+}
+
+impl Bounded {
+    /// The answer ended (or failed, or its caller went): the lease is given back.
+    fn finish(&mut self) {
+        self.ended = true;
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+    }
+
+    fn timed_out(&mut self) -> axum::BoxError {
+        self.finish();
+        format!(
+            "the function's answer did not end within its timeout of {} s",
+            self.timeout.as_secs()
+        )
+        .into()
+    }
 }
 
 impl HttpBody for Bounded {
@@ -243,45 +292,72 @@ impl HttpBody for Bounded {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         use std::task::Poll;
-        if self.lease.is_none() {
+        if self.ended {
             return Poll::Ready(None);
+        }
+        // Past the deadline (a function that writes without end never leaves
+        // the inner body pending), or cut off by the watchdog.
+        let cut = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none();
+        if cut || tokio::time::Instant::now() >= self.deadline {
+            cut_off(&self.held, &self.logs, self.timeout);
+            return Poll::Ready(Some(Err(self.timed_out())));
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(None) => {
-                self.lease = None;
+                self.finish();
                 return Poll::Ready(None);
             }
-            Poll::Ready(Some(frame)) => return Poll::Ready(Some(frame.map_err(Into::into))),
+            Poll::Ready(Some(Err(e))) => {
+                self.finish();
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                // More to come: the caller may stop reading, and then this
+                // body is not polled again until it does. A watchdog keeps the
+                // deadline meanwhile (a whole answer in one frame needs none).
+                if self.watchdog.is_none() && !self.inner.is_end_stream() {
+                    let (held, logs, timeout) =
+                        (self.held.clone(), self.logs.clone(), self.timeout);
+                    let deadline = self.deadline;
+                    let task = tokio::spawn(async move {
+                        tokio::time::sleep_until(deadline).await;
+                        cut_off(&held, &logs, timeout);
+                    });
+                    self.watchdog = Some(task.abort_handle());
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
             Poll::Pending => {}
         }
-        if self.deadline.as_mut().poll(cx).is_pending() {
+        let deadline = self.deadline;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        let Some(lease) = self.lease.take() else {
-            return Poll::Ready(None);
-        };
-        let id = lease.instance.id;
-        let secs = self.timeout.as_secs();
-        self.logs.append(
-            &lease.function.key(),
-            id,
-            "fusion",
-            &format!("an answer passed the function's timeout of {secs} s while streaming: stopping instance {id}"),
-        );
-        lease.instance.stop();
-        Poll::Ready(Some(Err(format!(
-            "function {:?}'s answer did not end within its timeout of {secs} s",
-            lease.function.key()
-        )
-        .into())))
+        cut_off(&self.held, &self.logs, self.timeout);
+        Poll::Ready(Some(Err(self.timed_out())))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.lease.is_none() || self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Bounded {
+    fn drop(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
     }
 }
 
