@@ -1920,6 +1920,17 @@ impl Actor {
         &self,
         name: &str,
     ) -> Result<Option<crate::store::WorkflowVersion>, crate::store::StoreError> {
+        // Once the run has run a version of it, that one again (a `foreach`
+        // of it runs one version, and looks for it once).
+        let used = self.state.tasks.values().find_map(|t| {
+            t.workflow_version
+                .filter(|_| t.spec.target() == name)
+        });
+        if let Some(version) = used {
+            if let Some(w) = self.engine.store.workflow(name, Some(version))? {
+                return Ok(Some(w));
+            }
+        }
         let started = self.state.started_at;
         let latest = self.engine.store.workflow(name, None)?;
         match &latest {
