@@ -467,7 +467,15 @@ fn a_full_disk_at_the_start_is_an_error_not_a_fallback_to_processes() {
     let data = small.join("data");
     // The fusion binary (far over 8 MiB) is what containers run the binary
     // runtime from: on another filesystem it is copied into the data directory.
-    let out = Command::new(BIN)
+    let runc = Command::new("sh")
+        .args(["-c", "command -v runc || command -v crun"])
+        .output();
+    assert!(
+        runc.is_ok_and(|o| o.status.success()),
+        "this test needs an OCI runtime (runc) on PATH, as .ci/run installs"
+    );
+    let log = dir.path().join("server.log");
+    let child = Command::new(BIN)
         .args(["server", "--backend", "auto", "--data-dir"])
         .arg(&data)
         .args([
@@ -478,10 +486,19 @@ fn a_full_disk_at_the_start_is_an_error_not_a_fallback_to_processes() {
         ])
         .env("FUSION_LOG", "warn")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // A server that fell back would run on: it is stopped when the test ends.
+    let mut server = KillOnDrop(child);
+    let mut status = None;
+    eventually(Duration::from_secs(60), "the server gives up", || {
+        status = server.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(!status.unwrap().success());
+    let err = std::fs::read_to_string(&log).unwrap();
     let last = err.lines().last().unwrap_or_default();
     assert!(
         last.starts_with("error: data directory") && last.contains("No space left on device"),

@@ -1922,10 +1922,11 @@ impl Actor {
     ) -> Result<Option<crate::store::WorkflowVersion>, crate::store::StoreError> {
         // Once the run has run a version of it, that one again (a `foreach`
         // of it runs one version, and looks for it once).
-        let used = self.state.tasks.values().find_map(|t| {
-            t.workflow_version
-                .filter(|_| t.spec.target() == name)
-        });
+        let used = self
+            .state
+            .tasks
+            .values()
+            .find_map(|t| t.workflow_version.filter(|_| t.spec.target() == name));
         if let Some(version) = used {
             if let Some(w) = self.engine.store.workflow(name, Some(version))? {
                 return Ok(Some(w));

@@ -379,17 +379,14 @@ impl ContainerBackend {
                 // On another filesystem: a copy, with the source's time, so
                 // that the next start finds it the same and keeps it (the
                 // binary is large); a copy cut short is not left behind.
-                let copied = std::fs::copy(source, &exe).and_then(|_| {
-                    let modified = std::fs::metadata(source)?.modified()?;
-                    std::fs::File::options()
-                        .write(true)
-                        .open(&exe)?
-                        .set_modified(modified)
-                });
-                if let Err(e) = copied {
+                if let Err(e) = std::fs::copy(source, &exe) {
                     let _ = std::fs::remove_file(&exe);
                     return Err(e);
                 }
+                // Where the time cannot be set, the next start copies again.
+                let _ = std::fs::metadata(source)
+                    .and_then(|m| m.modified())
+                    .and_then(|t| std::fs::File::options().write(true).open(&exe)?.set_modified(t));
             }
         }
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
