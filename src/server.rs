@@ -573,7 +573,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         header_timeout_ms = args.header_timeout_ms,
         "connection limits per listener"
     );
-    let router_server = tokio::spawn(listen::serve(
+    let mut router_server = tokio::spawn(listen::serve(
         "router",
         router_listener,
         router_handler,
@@ -581,7 +581,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         limits.clone(),
         stop_rx.clone(),
     ));
-    let api_server = tokio::spawn(listen::serve(
+    let mut api_server = tokio::spawn(listen::serve(
         "api",
         api_listener,
         listen::app_handler(api_app),
@@ -659,8 +659,8 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         // flight within the same grace, beside the listeners' requests.
         let (drained, ()) = tokio::join!(
             tokio::time::timeout(grace, async {
-                let _ = router_server.await;
-                let _ = api_server.await;
+                let _ = (&mut router_server).await;
+                let _ = (&mut api_server).await;
             }),
             triggers.mqt.stop(grace),
         );
@@ -686,6 +686,13 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     }
     engine.shutdown().await;
     pool.shutdown(Duration::from_secs(5)).await;
+    // The answers to the requests the stop cut off (503 `shutting_down`) are
+    // written before the process ends.
+    for server in [&mut router_server, &mut api_server] {
+        if !server.is_finished() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+        }
+    }
     if let Some(why) = failed {
         anyhow::bail!(
             "the store refuses writes ({why}): stopped; what was acknowledged is on disk: start the server again once the cause (disk space, the device) is fixed"

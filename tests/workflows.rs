@@ -506,6 +506,22 @@ fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
         (409, Some("conflict")),
         "{body}"
     );
+    // Fission Workflows' name for it finds it too.
+    let aborted = s.ok("GET", "/v1/runs?workflow=long&status=ABORTED", None);
+    assert!(
+        aborted["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str()),
+        "{aborted}"
+    );
+    let in_progress = s.ok("GET", "/v1/runs?workflow=long&status=in_progress", None);
+    assert_eq!(
+        in_progress["runs"][0]["id"],
+        running.as_str(),
+        "{in_progress}"
+    );
     let (rc, _, e) = s.cli(&["run", "delete", &id]);
     assert_eq!(rc, 0, "{e}");
     assert_eq!(s.call("GET", &format!("/v1/runs/{id}"), None).0, 404);
@@ -1353,14 +1369,15 @@ fn run_get_shows_control_characters_of_the_data_escaped() {
     );
     // A caller's carriage return and line-clearing escape would rewrite the
     // operator's terminal; a tab would break the columns.
-    let (st, _) = s.invoke("echoed", "text/plain", "x\r\u{1b}[2Kforged\tz");
+    let (st, _) = s.invoke("echoed", "text/plain", "x\r\u{1b}[2Kforged\tz\u{202e}");
     assert_eq!(st, 200);
     let runs = s.ok("GET", "/v1/runs?workflow=echoed", None);
     let id = runs["runs"][0]["id"].as_str().unwrap().to_string();
     let (rc, out, e) = s.cli(&["run", "get", &id]);
     assert_eq!(rc, 0, "{e}");
     assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
-    assert!(out.contains(r"x\r\u{1b}[2Kforged\tz"), "{out}");
+    // A right-to-left override would reorder what follows it.
+    assert!(out.contains(r"x\r\u{1b}[2Kforged\tz\u{202e}"), "{out}");
 }
 
 #[test]

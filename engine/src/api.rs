@@ -565,8 +565,6 @@ struct RunQuery {
 /// The most a `GET /v1/runs/{id}?wait=` holds the request.
 const MOST_WAIT_SECS: u64 = 300;
 
-/// A run in full; with `?wait=SECONDS`, once it has ended or that time has
-/// passed (whichever is first: the status says which).
 /// Deletes a finished run (204); a running one is a 409.
 async fn delete_run(
     State(engine): State<Arc<Engine>>,
@@ -576,6 +574,8 @@ async fn delete_run(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A run in full; with `?wait=SECONDS`, once it has ended or that time has
+/// passed (whichever is first: the status says which).
 async fn get_run(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,

@@ -552,12 +552,12 @@ impl PoolManager {
         waited.is_ok()
     }
 
-    /// Stops every instance and waits (bounded) until they have exited.
     /// Whether the server is stopping its instances.
     pub fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::SeqCst)
     }
 
+    /// Stops every instance and waits (bounded) until they have exited.
     pub async fn shutdown(&self, limit: Duration) {
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);

@@ -638,7 +638,8 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                     super::route::route_name(&at),
                     None,
                 )
-                .await?;
+                .await
+                .map_err(|e| anyhow!("function {name:?} was created, its route was not: {e}"))?;
                 let mut r = json!({
                     "name": route_name,
                     "function": name,

@@ -74,12 +74,19 @@ pub(super) fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) 
 /// function's data may hold (a carriage return, an escape sequence that clears
 /// the line, a tab that breaks the columns) are shown escaped, never sent.
 fn printable(text: String) -> String {
-    if !text.chars().any(char::is_control) {
+    // Control characters, and the invisible ones that reorder or hide text
+    // (bidirectional overrides and isolates, zero-width marks).
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    };
+    if !text.chars().any(hidden) {
         return text;
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() {
+        if hidden(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);

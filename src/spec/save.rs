@@ -256,6 +256,10 @@ fn fission(kind: Kind, namespace: &str, name: &str, body: &Value) -> Option<Valu
             }
         }
         Kind::HttpTrigger => {
+            // Fusion's own mode: Fission's HTTPTrigger has no such value.
+            if field("invocation_mode").and_then(Value::as_str) == Some("sync-only") {
+                return None;
+            }
             spec["functionref"] = json!({"type": "name", "name": field("function")?});
             for (from, to) in [
                 ("url", "relativeurl"),

@@ -67,7 +67,6 @@ impl Server {
         s
     }
 
-    /// Starts (again) on the same data directory.
     /// Sets a FUSION_* setting for the next launch (as `start_with` does).
     #[allow(dead_code)]
     pub fn set_env(&mut self, key: &str, value: &str) {
@@ -75,6 +74,7 @@ impl Server {
         self.extra.push((key.to_string(), value.to_string()));
     }
 
+    /// Starts (again) on the same data directory.
     pub fn launch(&mut self) {
         self.launch_on("127.0.0.1:0", "127.0.0.1:0");
     }

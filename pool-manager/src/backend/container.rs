@@ -386,7 +386,12 @@ impl ContainerBackend {
                 // Where the time cannot be set, the next start copies again.
                 let _ = std::fs::metadata(source)
                     .and_then(|m| m.modified())
-                    .and_then(|t| std::fs::File::options().write(true).open(&exe)?.set_modified(t));
+                    .and_then(|t| {
+                        std::fs::File::options()
+                            .write(true)
+                            .open(&exe)?
+                            .set_modified(t)
+                    });
             }
         }
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
