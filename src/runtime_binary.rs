@@ -252,6 +252,11 @@ fn request_env(
         ),
     ];
     for (k, v) in headers {
+        // A caller's `Proxy` header would be HTTP_PROXY, which HTTP clients
+        // take as their proxy (httpoxy): left out, as CGI servers do.
+        if k.as_str() == "proxy" {
+            continue;
+        }
         if let Ok(v) = v.to_str() {
             let name = format!("HTTP_{}", k.as_str().to_ascii_uppercase().replace('-', "_"));
             env.push((name, v.to_string()));

@@ -406,13 +406,21 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         .await
         .with_context(|| format!("cannot listen on {} (API)", args.api_listen))?;
 
-    let python = resolve_python(&args.python).await;
+    // Instances on this machine run the interpreters found here.
+    let local = args.backend != BackendChoice::Kubernetes;
+    let python = resolve_python(&args.python, local).await;
     precompile_python(&python, &runtimes_dir.join("python")).await;
+    let node = resolve_on_path(&args.node);
+    if local && !std::path::Path::new(&node).is_file() {
+        tracing::warn!(
+            "the node executable {node:?} is not found: nodejs environments cannot start instances (--node, FUSION_NODE)"
+        );
+    }
     let launch = LaunchConfig {
         runtimes_dir: runtimes_dir.clone(),
         fusion_exe: std::env::current_exe()?,
         python: python.clone(),
-        node: resolve_on_path(&args.node),
+        node,
         start_timeout: Duration::from_secs(30),
     };
     let pod_credentials = Arc::new(pool_manager::delivery::Credentials::default());
@@ -850,7 +858,7 @@ fn resolve_on_path(name: &str) -> String {
 
 /// The interpreter's real path: version-manager shims (pyenv, asdf) on PATH add
 /// 100 ms or more to every instance start. Falls back to the name as given.
-async fn resolve_python(name: &str) -> String {
+async fn resolve_python(name: &str, local: bool) -> String {
     let probe = tokio::process::Command::new(name)
         .args(["-S", "-c", "import sys; print(sys.executable)"])
         .stdin(std::process::Stdio::null())
@@ -864,6 +872,18 @@ async fn resolve_python(name: &str) -> String {
             } else {
                 path
             }
+        }
+        // Said at the start, not only when a python pool first fills.
+        failed if local => {
+            let why = match failed {
+                Ok(Ok(out)) => format!("it exited with {}", out.status),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "it did not answer within 10 s".into(),
+            };
+            tracing::warn!(
+                "the python interpreter {name:?} does not run ({why}): python environments cannot start instances (--python, FUSION_PYTHON)"
+            );
+            name.to_string()
         }
         _ => name.to_string(),
     }

@@ -1508,16 +1508,18 @@ fn an_environment_shows_its_pool_and_why_an_instance_failed_to_start() {
 fn the_binary_runtime_gives_fissions_variables_and_keeps_stderr_in_the_log() {
     let s = Server::start();
     s.env("binary", "binary", 1);
-    let code = "#!/bin/sh\ncat >/dev/null\nif [ \"$QUERY_STRING\" = fail=1 ]; then echo 'token=hunter2' >&2; exit 2; fi\nprintf '%s|%s|%s' \"$REQUEST_METHOD\" \"$REQUEST_URI\" \"$CONTENT_LENGTH\"\n";
+    let code = "#!/bin/sh\ncat >/dev/null\nif [ \"$QUERY_STRING\" = fail=1 ]; then echo 'token=hunter2' >&2; exit 2; fi\nprintf '%s|%s|%s|%s' \"$REQUEST_METHOD\" \"$REQUEST_URI\" \"$CONTENT_LENGTH\" \"$HTTP_PROXY\"\n";
     s.function("cgi", "binary", "cgi.sh", code, json!({}));
+    // A caller's `Proxy` header is not the script's HTTP_PROXY (httpoxy).
     let r = s
         .http
         .post(s.router_url("/fission-function/cgi?x=1"))
+        .header("Proxy", "http://127.0.0.1:9")
         .body("hello")
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.text().unwrap(), "POST|/?x=1|5");
+    assert_eq!(r.text().unwrap(), "POST|/?x=1|5|");
     let r = s.get("/fission-function/cgi?fail=1");
     assert_eq!(r.status(), 500);
     assert_eq!(r.text().unwrap(), "Function error: exit status 2");

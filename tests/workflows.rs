@@ -1451,7 +1451,7 @@ fn the_run_commands_say_what_a_user_needs() {
     assert_eq!(s.run(&id)["retried_by"], retry, "{}", s.run(&id));
 
     // `run list`: the hint to the next page keeps the filters.
-    let (rc, _, e) = s.cli(&[
+    let (rc, out, e) = s.cli(&[
         "run",
         "list",
         "--workflow",
@@ -1465,6 +1465,13 @@ fn the_run_commands_say_what_a_user_needs() {
     assert!(
         e.contains("more: fusion run list --workflow boom --status failed --limit 1 --cursor "),
         "{e}"
+    );
+    // Why it failed, in its row: triage without a `run get` per run.
+    let header = out.lines().next().unwrap_or_default();
+    assert!(header.ends_with("ERROR"), "{out}");
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.contains("boom: x")),
+        "{out}"
     );
 
     // `run events`: a table, one event a line.
@@ -2103,7 +2110,7 @@ fn a_graceful_stop_finishes_calls_in_flight_and_tells_waiting_callers_the_truth(
         std::net::TcpStream::connect(&router).is_err()
     });
     probe.open("gated");
-    s.stop();
+    s.wait_stopped();
     s.launch();
     let run = s.wait_run(&id, Duration::from_secs(30));
     assert_eq!(run["status"], "succeeded", "{run}");

@@ -356,6 +356,7 @@ class Headers:
     """
 
     __slots__ = ("_list",)
+    _k = staticmethod(str.lower)  # a name as looked up
 
     def __init__(self, defaults=None):
         self._list = []
@@ -365,52 +366,44 @@ class Headers:
     def __getitem__(self, key):
         if isinstance(key, int):
             return self._list[key]
-        lk = key.lower()
+        lk = self._k(key)
         for k, v in self._list:
             if k.lower() == lk:
                 return v
         raise BadRequestKeyError(key)
 
     def get(self, key, default=None, type=None):
-        lk = key.lower()
+        lk = self._k(key)
         for k, v in self._list:
             if k.lower() == lk:
                 return _convert(v, type, default)
         return default
 
     def getlist(self, key, type=None):
-        lk = key.lower()
+        lk = self._k(key)
         out = []
         for k, v in self._list:
-            if k.lower() == lk:
-                if type is None:
-                    out.append(v)
-                else:
-                    try:
-                        out.append(type(v))
-                    except (ValueError, TypeError):
-                        pass
+            if k.lower() != lk:
+                continue
+            try:
+                out.append(v if type is None else type(v))
+            except (ValueError, TypeError):
+                pass
         return out
 
     get_all = getlist
 
     def __contains__(self, key):
-        lk = key.lower()
-        for k, _ in self._list:
-            if k.lower() == lk:
-                return True
-        return False
+        lk = self._k(key)
+        return any(k.lower() == lk for k, _ in self._list)
 
     has_key = __contains__
 
     def __iter__(self):
         return iter(self._list)
 
-    def __len__(self):
+    def __len__(self):  # and truth: empty headers are false
         return len(self._list)
-
-    def __bool__(self):
-        return bool(self._list)
 
     def keys(self, lower=False):
         return [k.lower() if lower else k for k, _ in self._list]
@@ -517,27 +510,9 @@ class Headers:
 
 
 class _EnvironHeaders(Headers):
-    """request.headers, as werkzeug reads them from the WSGI environ: `_` and
-    `-` in a name are the same (`X-Fission-Params-User-Id` finds the header of
-    a route's `{user_id}`)."""
-
+    """request.headers: `_` and `-` in a name are one, as werkzeug reads them from the environ."""
     __slots__ = ()
-
-    def __getitem__(self, key):
-        return Headers.__getitem__(self, key.replace("_", "-") if isinstance(key, str) else key)
-
-    def get(self, key, default=None, type=None):
-        return Headers.get(self, key.replace("_", "-"), default, type)
-
-    def getlist(self, key, type=None):
-        return Headers.getlist(self, key.replace("_", "-"), type)
-
-    get_all = getlist
-
-    def __contains__(self, key):
-        return Headers.__contains__(self, key.replace("_", "-"))
-
-    has_key = __contains__
+    _k = staticmethod(lambda key: key.lower().replace("_", "-"))
 
 
 class FileStorage:

@@ -326,6 +326,12 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
 /// it is, a directory as a zip archive, as Fission's CLI gives it (`unzip`
 /// reads it), or as the tar the server sends when `output` is a `.tar` (not
 /// to a terminal).
+/// Whether the start of a file is not text: a zip archive, or bytes text
+/// has not (a NUL).
+fn not_text(start: &[u8]) -> bool {
+    start.starts_with(b"PK\x03\x04") || start.contains(&0)
+}
+
 pub(super) async fn download(c: &Client, path: &str, output: Option<&Path>) -> Result<()> {
     use std::io::IsTerminal;
     let mut resp = c.send(c.request(Method::GET, path)).await?;
@@ -334,6 +340,7 @@ pub(super) async fn download(c: &Client, path: &str, output: Option<&Path>) -> R
         .get(reqwest::header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"application/x-tar"));
     let as_zip = tar && output.is_none_or(|f| f.extension().is_none_or(|e| e != "tar"));
+
     let mut out: Box<dyn Write> = match output {
         Some(file) => Box::new(
             std::fs::File::create(file)
@@ -350,7 +357,14 @@ pub(super) async fn download(c: &Client, path: &str, output: Option<&Path>) -> R
         out.write_all(&zip)?;
         written = zip.len();
     } else {
+        let mut first = true;
         while let Some(chunk) = resp.chunk().await? {
+            // Code that is not text (a zip archive, a binary) is not written
+            // to a terminal, where it is noise and control sequences.
+            if first && output.is_none() && std::io::stdout().is_terminal() && not_text(&chunk) {
+                bail!("the code is not text (an archive or a binary): give --dest FILE or pipe it (> code.zip)");
+            }
+            first = false;
             out.write_all(&chunk)?;
             written += chunk.len();
         }
@@ -652,6 +666,14 @@ fn add_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archives_and_binaries_are_told_from_text() {
+        assert!(not_text(b"PK\x03\x04rest"));
+        assert!(not_text(b"\x7fELF\x02\x01\x01\x00"));
+        assert!(!not_text(b"def main():\n    return 'hi'\n"));
+        assert!(!not_text("d\u{e9}j\u{e0}".as_bytes()));
+    }
 
     #[test]
     fn directories_and_several_paths_are_zipped_together() {

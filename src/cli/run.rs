@@ -149,7 +149,15 @@ pub(super) const RUN_COLUMNS: &[(&str, &str)] = &[
     ("VERSION", "/version"),
     ("STATUS", "/status"),
     ("DURATION_MS", "/duration_ms"),
+    ("ERROR", "/error_text"),
 ];
+
+/// A listed run as a table row shows it: its start's time, and why it failed
+/// in a few words (triage without a `run get` per run).
+fn run_row_cells(run: &mut Value) {
+    run["started"] = json!(run["created_at"].as_u64().map(clock_ms));
+    run["error_text"] = cell(&run["error"]["message"]);
+}
 
 pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
@@ -184,7 +192,7 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
                 print(opts, &v, RUN_COLUMNS);
             } else {
                 for run in v["runs"].as_array_mut().into_iter().flatten() {
-                    run["started"] = json!(run["created_at"].as_u64().map(clock_ms));
+                    run_row_cells(run);
                 }
                 print(opts, &v["runs"], RUN_COLUMNS);
                 if let Some(next) = v["next_cursor"].as_str() {
@@ -269,7 +277,7 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             };
             let mut v: Value = c.post_json(&format!("/v1/runs/{id}/cancel"), &body).await?;
             if opts.output != Output::Json {
-                v["started"] = json!(v["created_at"].as_u64().map(clock_ms));
+                run_row_cells(&mut v);
             }
             print(opts, &v, RUN_COLUMNS);
         }

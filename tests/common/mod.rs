@@ -140,6 +140,23 @@ impl Server {
         );
     }
 
+    /// Waits for a server already told to stop (a second signal would make it
+    /// stop at once, without the rest of its grace).
+    #[allow(dead_code)]
+    pub fn wait_stopped(&mut self) {
+        let mut child = self.child.take().expect("a running server");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the server did not stop within 20 s of its signal");
+    }
+
     /// SIGTERM, wait up to `limit`, then SIGKILL; whether it exited by itself.
     fn terminate(&mut self, limit: Duration) -> bool {
         let Some(mut child) = self.child.take() else {

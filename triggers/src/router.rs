@@ -173,6 +173,7 @@ const PATH_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b'<')
     .add(b'>')
     .add(b'?')
+    .add(b'\\')
     .add(b'`')
     .add(b'{')
     .add(b'}');
@@ -256,6 +257,9 @@ mod dot_tests {
         assert_eq!(clean("/..//evil.com").as_deref(), Some("/evil.com"));
         assert_eq!(clean("/.//evil.com/x").as_deref(), Some("/evil.com/x"));
         assert_eq!(clean("/a/..//evil.com").as_deref(), Some("/evil.com"));
+        // A browser reads `\` as `/`: escaped, it is not a way to another host.
+        assert_eq!(clean("/./%5Cevil.com/x").as_deref(), Some("/%5Cevil.com/x"));
+        assert_eq!(clean("/x/../\\evil.com").as_deref(), Some("/%5Cevil.com"));
         // What a path cannot hold is escaped again.
         assert_eq!(clean("/a/../b%20c%3Fd").as_deref(), Some("/b%20c%3Fd"));
     }
