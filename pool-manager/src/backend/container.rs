@@ -844,7 +844,7 @@ impl Backend for ContainerBackend {
         Isolation {
             backend: "container",
             summary: format!(
-                "OCI containers ({}): own mount, pid, ipc and uts namespaces, read-only root, code read-only at /userfunc, private {TMP_SIZE_MB} MiB /tmp, user nobody without capabilities; memory, cpu and {DEFAULT_PIDS_LIMIT} pids per instance; reached only through its own Unix socket (an image's instance: port {RUNTIME_PORT} in its own network namespace)",
+                "OCI containers ({}): own mount, pid, ipc and uts namespaces, read-only root, code read-only at /userfunc, private {TMP_SIZE_MB} MiB /tmp, user nobody without capabilities; the environment's memory and cpu limits (none unless set) and {DEFAULT_PIDS_LIMIT} pids per instance; reached only through its own Unix socket (an image's instance: port {RUNTIME_PORT} in its own network namespace)",
                 self.cfg.runtime.display()
             ),
         }
