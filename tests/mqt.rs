@@ -947,13 +947,18 @@ fn an_update_settles_the_message_in_flight_and_hands_back_the_rest() {
         calls.values().all(|n| *n == 1),
         "each called once: {calls:?}"
     );
-    let answers: Vec<String> = nats
+    let mut answers: Vec<String> = nats
         .messages("FLOW", "flow.out")
         .iter()
         .map(|m| m.payload.clone())
         .collect();
+    // Each answered once. Not necessarily in order: a message handed back
+    // during the stop comes again after a later one when NATS held it back
+    // (it kept coming back to the stopping consumer), and order across a
+    // consumer's restart is not promised.
+    answers.sort();
     let want: Vec<String> = (0..N).map(|i| format!("{i}:m{i}")).collect();
-    assert_eq!(answers, want, "in order");
+    assert_eq!(answers, want, "each message answered once");
     let consumer = nats.consumer_state("FLOW", "fusion-mqt-default-flow");
     assert_eq!(consumer.ack_pending, 0, "{consumer:?}");
 }

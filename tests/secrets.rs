@@ -259,9 +259,9 @@ fn bad_secrets_and_configmaps_are_refused_with_400() {
     }
 }
 
-#[test]
-fn the_process_backend_refuses_secrets_and_passes_env_vars() {
-    let s = Server::start_with(&[("FUSION_BACKEND", "process")]);
+/// Makes a python environment, a secret `s` and asks for a function `reader`
+/// that reads it; answers the API's status and body, and the code's package.
+fn create_reader_of_secret(s: &Server) -> (u16, Value, Value) {
     s.env("python", "python", 0);
     s.ok(
         "POST",
@@ -277,6 +277,13 @@ fn the_process_backend_refuses_secrets_and_passes_env_vars() {
                     "secrets": [{"name": "s"}]}),
         ),
     );
+    (status, body, package)
+}
+
+#[test]
+fn the_process_backend_refuses_secrets_and_passes_env_vars() {
+    let s = Server::start_with(&[("FUSION_BACKEND", "process")]);
+    let (status, body, package) = create_reader_of_secret(&s);
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "unsupported_by_backend", "{body}");
 
@@ -334,21 +341,8 @@ fn the_process_backend_refuses_secrets_and_passes_env_vars() {
 #[test]
 fn a_function_with_secrets_on_a_server_now_without_containers_answers_503() {
     let mut s = Server::start();
-    s.env("python", "python", 0);
-    s.ok(
-        "POST",
-        "/v1/secrets",
-        Some(json!({"name": "s", "data": {"password": SECRET_V1}})),
-    );
-    let package = s.upload("r.py", READER.as_bytes());
-    s.ok(
-        "POST",
-        "/v1/functions",
-        Some(
-            json!({"name": "reader", "env": "python", "package": package,
-                    "secrets": [{"name": "s"}]}),
-        ),
-    );
+    let (status, body, _) = create_reader_of_secret(&s);
+    assert_eq!(status, 201, "{body}");
     s.stop();
     s.set_env("FUSION_BACKEND", "process");
     s.launch();

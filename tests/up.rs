@@ -335,18 +335,15 @@ impl Drop for Unmount {
     }
 }
 
-/// A store that can no longer write (its disk full) stops the server with the
-/// reason and a non-zero exit, rather than leaving it up and refusing every
-/// change; once there is room again it starts on its data with nothing
-/// acknowledged lost.
-#[test]
-fn a_store_that_cannot_write_stops_the_server_with_the_reason() {
+/// A temporary directory holding `small`, a filesystem of its own of `size`
+/// to fill (a tmpfs: mounting needs root, as CI runs), unmounted when the
+/// guard goes (declared after the directory, it goes first).
+fn small_disk(size: &str) -> (tempfile::TempDir, std::path::PathBuf, Unmount) {
     let dir = tempfile::tempdir().unwrap();
     let small = dir.path().join("small");
     std::fs::create_dir(&small).unwrap();
-    // A filesystem of its own to fill (mounting needs root, as CI runs).
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(&small)
         .status()
         .unwrap();
@@ -354,7 +351,17 @@ fn a_store_that_cannot_write_stops_the_server_with_the_reason() {
         mounted.success(),
         "this test mounts a tmpfs: run it as root"
     );
-    let _unmount = Unmount(small.clone());
+    let unmount = Unmount(small.clone());
+    (dir, small, unmount)
+}
+
+/// A store that can no longer write (its disk full) stops the server with the
+/// reason and a non-zero exit, rather than leaving it up and refusing every
+/// change; once there is room again it starts on its data with nothing
+/// acknowledged lost.
+#[test]
+fn a_store_that_cannot_write_stops_the_server_with_the_reason() {
+    let (dir, small, _unmount) = small_disk("40m");
     let data = small.join("data");
     let log = dir.path().join("server.log");
     let start = || {
@@ -451,19 +458,7 @@ fn a_store_that_cannot_write_stops_the_server_with_the_reason() {
 /// must not fall back to running unisolated for it. No copy cut short is left.
 #[test]
 fn a_full_disk_at_the_start_is_an_error_not_a_fallback_to_processes() {
-    let dir = tempfile::tempdir().unwrap();
-    let small = dir.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "this test mounts a tmpfs: run it as root"
-    );
-    let _unmount = Unmount(small.clone());
+    let (dir, small, _unmount) = small_disk("8m");
     let data = small.join("data");
     // The fusion binary (far over 8 MiB) is what containers run the binary
     // runtime from: on another filesystem it is copied into the data directory.
