@@ -331,6 +331,9 @@ pub async fn run(ctx: &mut Ctx) -> Result<(RestateResult, Leftovers)> {
     let mut cmd = Command::new(&bin);
     cmd.args(["--no-logo", "--node-name", "bench", "--base-dir"])
         .arg(tmp.path().join("data"))
+        // Its invoker makes directories of its own in the temporary directory
+        // (`invoker-<id>`) and leaves them: in this run's, they go with it.
+        .env("TMPDIR", tmp.path())
         .env("RESTATE_LISTEN_MODE", "tcp")
         .env("RESTATE_DISABLE_TELEMETRY", "true")
         .env("RESTATE_BIND_ADDRESS", format!("127.0.0.1:{node}"))
