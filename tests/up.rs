@@ -289,24 +289,9 @@ fn the_log_to_a_file_is_plain_text_or_json_lines() {
     for format in ["text", "json"] {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("server.log");
-        let child = Command::new(BIN)
-            .args(["server", "--backend", "process", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--router-listen",
-                "127.0.0.1:0",
-                "--api-listen",
-                "127.0.0.1:0",
-            ])
-            .env("FUSION_LOG", "info")
-            .env("FUSION_LOG_FORMAT", format)
-            .env_remove("NO_COLOR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut child = KillOnDrop(child);
+        let data = dir.path().join("data");
+        let env = [("FUSION_LOG", "info"), ("FUSION_LOG_FORMAT", format)];
+        let mut child = spawn_server("process", &data, &log, &env);
         let stdout = child.0.stdout.take().unwrap();
         // The listening line comes after the start's log lines.
         let first = BufReader::new(stdout).lines().next();
@@ -324,6 +309,35 @@ fn the_log_to_a_file_is_plain_text_or_json_lines() {
             }
         }
     }
+}
+
+/// Starts `fusion server` on the `backend` and `data` given, on loopback ports
+/// of its own, its log (stderr) to `log`, with `env` beside `FUSION_LOG=warn`;
+/// stopped when the guard goes. Its stdout (the listening line) is piped.
+fn spawn_server(
+    backend: &str,
+    data: &std::path::Path,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+) -> KillOnDrop {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["server", "--backend", backend, "--data-dir"])
+        .arg(data)
+        .args([
+            "--router-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .env("FUSION_LOG", "warn")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    KillOnDrop(cmd.spawn().unwrap())
 }
 
 /// Unmounts a test's own filesystem, whatever the test's outcome.
@@ -365,22 +379,7 @@ fn a_store_that_cannot_write_stops_the_server_with_the_reason() {
     let data = small.join("data");
     let log = dir.path().join("server.log");
     let start = || {
-        let child = Command::new(BIN)
-            .args(["server", "--backend", "process", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--router-listen",
-                "127.0.0.1:0",
-                "--api-listen",
-                "127.0.0.1:0",
-            ])
-            .env("FUSION_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut child = KillOnDrop(child);
+        let mut child = spawn_server("process", &data, &log, &[]);
         let line = BufReader::new(child.0.stdout.take().unwrap())
             .lines()
             .next()
@@ -470,23 +469,8 @@ fn a_full_disk_at_the_start_is_an_error_not_a_fallback_to_processes() {
         "this test needs an OCI runtime (runc) on PATH, as .ci/run installs"
     );
     let log = dir.path().join("server.log");
-    let child = Command::new(BIN)
-        .args(["server", "--backend", "auto", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--router-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .env("FUSION_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
     // A server that fell back would run on: it is stopped when the test ends.
-    let mut server = KillOnDrop(child);
+    let mut server = spawn_server("auto", &data, &log, &[]);
     let mut status = None;
     eventually(Duration::from_secs(60), "the server gives up", || {
         status = server.0.try_wait().unwrap();
