@@ -186,26 +186,23 @@ fn sigterm_lets_in_flight_requests_finish_then_stops_every_instance() {
     }
 }
 
-/// A call still running at the end of the shutdown grace is cut off with 503
-/// `shutting_down`: the server's doing, not a failed instance's 502.
-#[test]
-fn a_call_cut_off_at_the_end_of_the_grace_gets_503_shutting_down() {
-    let mut s = Server::start_with(&[("FUSION_SHUTDOWN_GRACE_MS", "300")]);
+/// A server with the shutdown grace given, and a call to a binary function
+/// that sleeps `secs` in flight: (the server, the call's status and body).
+fn slow_call_in_flight(
+    grace_ms: &str,
+    secs: u32,
+) -> (Server, std::thread::JoinHandle<(u16, serde_json::Value)>) {
+    let s = Server::start_with(&[("FUSION_SHUTDOWN_GRACE_MS", grace_ms)]);
     s.env("binary", "binary", 1);
-    s.function(
-        "slow",
-        "binary",
-        "slow.sh",
-        "#!/bin/sh\nsleep 30\n",
-        json!({}),
-    );
+    let code = format!("#!/bin/sh\nsleep {secs}\n");
+    s.function("slow", "binary", "slow.sh", &code, json!({}));
     let pending = std::thread::spawn({
         let http = s.http.clone();
         let url = s.router_url("/fission-function/slow");
         move || {
             let r = http.get(url).send().unwrap();
             let status = r.status().as_u16();
-            (status, r.json::<serde_json::Value>().unwrap())
+            (status, r.json().unwrap_or(serde_json::Value::Null))
         }
     });
     eventually(Duration::from_secs(20), "the request is in flight", || {
@@ -213,6 +210,14 @@ fn a_call_cut_off_at_the_end_of_the_grace_gets_503_shutting_down() {
             .iter()
             .any(|i| i["active_requests"] == 1)
     });
+    (s, pending)
+}
+
+/// A call still running at the end of the shutdown grace is cut off with 503
+/// `shutting_down`: the server's doing, not a failed instance's 502.
+#[test]
+fn a_call_cut_off_at_the_end_of_the_grace_gets_503_shutting_down() {
+    let (mut s, pending) = slow_call_in_flight("300", 30);
     let mut server = s.child.take().unwrap();
     signal(server.id(), libc::SIGTERM);
     let (status, body) = pending.join().unwrap();
@@ -225,25 +230,7 @@ fn a_call_cut_off_at_the_end_of_the_grace_gets_503_shutting_down() {
 /// than after the rest of the grace; the call cut off gets 503.
 #[test]
 fn a_second_signal_stops_without_the_rest_of_the_grace() {
-    let mut s = Server::start_with(&[("FUSION_SHUTDOWN_GRACE_MS", "600000")]);
-    s.env("binary", "binary", 1);
-    s.function(
-        "slow",
-        "binary",
-        "slow.sh",
-        "#!/bin/sh\nsleep 600\n",
-        json!({}),
-    );
-    let pending = std::thread::spawn({
-        let http = s.http.clone();
-        let url = s.router_url("/fission-function/slow");
-        move || http.get(url).send().map(|r| r.status().as_u16())
-    });
-    eventually(Duration::from_secs(20), "the request is in flight", || {
-        s.instances("slow")
-            .iter()
-            .any(|i| i["active_requests"] == 1)
-    });
+    let (mut s, pending) = slow_call_in_flight("600000", 600);
     let mut server = KillOnDrop(s.child.take().unwrap());
     signal(server.0.id(), libc::SIGTERM);
     eventually(Duration::from_secs(10), "the listener closes", || {
@@ -254,7 +241,8 @@ fn a_second_signal_stops_without_the_rest_of_the_grace() {
     eventually(Duration::from_secs(60), "the server stops", || {
         server.0.try_wait().unwrap().is_some()
     });
-    assert_eq!(pending.join().unwrap().ok(), Some(503));
+    let (status, body) = pending.join().unwrap();
+    assert_eq!(status, 503, "{body}");
 }
 
 /// A second server on a data directory in use fails at once with the reason
