@@ -101,6 +101,7 @@ fn main() {
             }
         }
         eprintln!("error: {msg}");
-        std::process::exit(1);
+        let code = e.downcast_ref::<cli::ExitWith>().map_or(1, |x| x.code);
+        std::process::exit(code);
     }
 }

@@ -57,6 +57,11 @@ fn an_outside_post_completes_a_waiting_run_once() {
     let path = callback_path(&s, &id);
     assert!(path.starts_with("/v1/callbacks/"), "{path}");
     assert_eq!(s.run(&id)["status"], "running");
+    // A wait that ends before the run tells a script so by its status
+    // (124, as `timeout`), not as a failure (1).
+    let (code, _, err) = s.cli(&["run", "wait", &id, "--timeout", "1"]);
+    assert_eq!(code, 124, "{err}");
+    assert!(err.contains("still running after 1 s"), "{err}");
 
     let (status, body) = post(&s, "/v1/callbacks/not-a-token", &json!({"by": "eve"}));
     assert_eq!(status, 404, "{body}");

@@ -441,6 +441,26 @@ pub(super) fn with_headers(
     Ok(req)
 }
 
+/// An error that ends the CLI with a status of its own, not 1: what a script
+/// tells apart from a failure (`run wait` at its `--timeout` exits 124, as
+/// GNU `timeout` does, while the run goes on).
+#[derive(Debug)]
+pub struct ExitWith {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
+/// The exit status of `run wait` when the run is still going at its timeout.
+pub(super) const STILL_RUNNING_EXIT: i32 = 124;
+
 /// A command-line mistake as one line: clap's message, then what it adds (the
 /// argument missing, a tip, the usage) in parentheses, without the blank lines
 /// and the "For more information" footer.

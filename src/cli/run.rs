@@ -17,8 +17,8 @@ pub(super) enum RunVerb {
         #[command(flatten)]
         id: RunId,
     },
-    /// Wait for a run to end and show it as `get` does; exits non-zero when
-    /// it did not succeed (or is still running at --timeout).
+    /// Wait for a run to end and show it as `get` does; exits 1 when it did
+    /// not succeed, 124 when it is still running at --timeout.
     Wait {
         #[command(flatten)]
         id: RunId,
@@ -250,7 +250,13 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             print_run(opts, &v);
             match v["status"].as_str() {
                 Some("succeeded") => {}
-                Some("running") => bail!("run {id} is still running after {timeout} s"),
+                Some("running") => {
+                    return Err(super::ExitWith {
+                        code: super::STILL_RUNNING_EXIT,
+                        message: format!("run {id} is still running after {timeout} s"),
+                    }
+                    .into())
+                }
                 Some(other) => bail!(
                     "run {id} {other}: {}",
                     v.pointer("/error/message")
