@@ -387,7 +387,6 @@ fn same_name(path: &str, body: &str) -> ApiResult<()> {
     }
 }
 
-/// The Prometheus (OpenMetrics text) exposition of every metric.
 /// The gauges of asynchronous invocations, by state.
 pub type InvocationGauges = prometheus_client::metrics::family::Family<
     Vec<(&'static str, &'static str)>,
@@ -405,6 +404,7 @@ pub fn invocation_gauges(registry: &mut prometheus_client::registry::Registry) -
     gauges
 }
 
+/// The Prometheus (OpenMetrics text) exposition of every metric.
 async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
     s.pool.refresh_instance_gauges();
     let (pending, dead) = s.triggers.invocations.counts();

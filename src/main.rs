@@ -18,6 +18,7 @@ mod health;
 #[cfg(feature = "kubernetes")]
 mod kube;
 mod listen;
+mod process_metrics;
 mod runtime_binary;
 mod server;
 mod spec;

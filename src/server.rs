@@ -480,6 +480,9 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     pool.metrics().register(&mut registry);
     engine.metrics().register(&mut registry);
     let invocation_gauges = crate::api::invocation_gauges(&mut registry);
+    registry.register_collector(Box::new(crate::process_metrics::ProcessCollector::new(
+        pool.isolation().backend,
+    )));
     let triggers = triggers::Triggers::open(&db, pool.clone(), workflows)?;
     triggers
         .invocations

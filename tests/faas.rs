@@ -1033,6 +1033,31 @@ fn metrics_count_requests_cold_starts_instances_and_runs() {
         "{text}"
     );
     assert!(has(r#"fusion_async_invocations{state="dead"} 0"#), "{text}");
+    // The process's own figures, under the names every Prometheus client
+    // uses, and the build.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert!(value("process_cpu_seconds_total") > 0.0, "{text}");
+    assert!(value("process_resident_memory_bytes") > 1e6, "{text}");
+    assert!(value("process_threads") >= 2.0, "{text}");
+    let (open, max) = (value("process_open_fds"), value("process_max_fds"));
+    assert!(open > 0.0 && open <= max, "{text}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(started <= now && now - started < 600.0, "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!(
+            "fusion_build_info{{version=\"{}\",backend=\"",
+            env!("CARGO_PKG_VERSION")
+        )) && l.ends_with("} 1")),
+        "{text}"
+    );
     // Counters of what has not happened yet are there at 0, to alert on.
     assert!(
         has(r#"fusion_function_requests_abandoned_total{function="counted"} 0"#),
