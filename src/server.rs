@@ -50,6 +50,11 @@ pub struct ServerArgs {
     /// The admin listener for /v1/... and health.
     #[arg(long, env = "FUSION_API_LISTEN", default_value = "127.0.0.1:8889")]
     pub api_listen: SocketAddr,
+    /// Log a line for each request to the router listener once answered:
+    /// client address, method, path (without the query), status, bytes of the
+    /// answer and milliseconds to its last byte (target `fusion::access`).
+    #[arg(long, env = "FUSION_ACCESS_LOG")]
+    pub access_log: bool,
     /// Largest request body the router passes to a function, in bytes.
     #[arg(long, env = "FUSION_BODY_LIMIT", default_value_t = 16 << 20,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -519,9 +524,16 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     // layers in front of every proxied request.
     let router_handler = {
         let triggers = triggers.clone();
+        let access_log = args.access_log;
         move |req: Request| {
             let triggers = triggers.clone();
-            async move { triggers::route_request(&triggers, req).await }
+            async move {
+                if !access_log {
+                    return triggers::route_request(&triggers, req).await;
+                }
+                let entry = crate::access_log::Entry::of(&req);
+                entry.answered(triggers::route_request(&triggers, req).await)
+            }
         }
     };
     let declared = crate::declared::Declared::open(&db)?;

@@ -299,6 +299,92 @@ fn the_log_to_a_file_is_plain_text_or_json_lines() {
     }
 }
 
+/// With `--access-log`, each request to the router is a line of the log once
+/// answered: method, path without its query, status, the answer's bytes.
+#[test]
+fn the_access_log_has_a_line_per_routed_request_without_its_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let data = dir.path().join("data");
+    let env = [
+        ("FUSION_ACCESS_LOG", "true"),
+        ("FUSION_LOG", "warn,fusion::access=info"),
+        ("FUSION_LOG_FORMAT", "json"),
+    ];
+    let mut child = spawn_server("process", &data, &log, &env);
+    let stdout = child.0.stdout.take().unwrap();
+    let line = BufReader::new(stdout).lines().next().unwrap().unwrap();
+    let router = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("router="))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let http = reqwest::blocking::Client::new();
+    let missing = http
+        .get(format!("{router}/nowhere/x?token=hush"))
+        .send()
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let missing_len = missing.bytes().unwrap().len();
+    assert_eq!(
+        http.head(format!("{router}/router-healthz"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    signal(child.0.id(), libc::SIGTERM);
+    assert!(child.0.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("hush"), "{text}");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|v: &serde_json::Value| v["target"] == "fusion::access")
+        .collect();
+    let fields: Vec<_> = lines
+        .iter()
+        .map(|v| {
+            let f = &v["fields"];
+            (
+                f["method"].as_str().unwrap_or_default().to_string(),
+                f["path"].as_str().unwrap_or_default().to_string(),
+                f["status"].as_u64(),
+                f["bytes"].as_u64(),
+                f["complete"].as_bool(),
+                f["client"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let l = |s: &str| s.to_string();
+    assert_eq!(
+        fields,
+        vec![
+            (
+                l("GET"),
+                l("/nowhere/x"),
+                Some(404),
+                Some(missing_len as u64),
+                Some(true),
+                l("127.0.0.1")
+            ),
+            (
+                l("HEAD"),
+                l("/router-healthz"),
+                Some(200),
+                Some(0),
+                Some(true),
+                l("127.0.0.1")
+            ),
+        ],
+        "{text}"
+    );
+    assert!(
+        lines.iter().all(|v| v["fields"]["ms"].as_f64().is_some()),
+        "{text}"
+    );
+}
+
 /// Starts `fusion server` on the `backend` and `data` given, on loopback ports
 /// of its own, its log (stderr) to `log`, with `env` beside `FUSION_LOG=warn`;
 /// stopped when the guard goes. Its stdout (the listening line) is piped.

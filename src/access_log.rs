@@ -1,0 +1,118 @@
+//! The router's access log (`--access-log`): one line per request to the
+//! router listener once its answer has gone out (or its caller went away),
+//! with the caller's address, the method, the path, the status, the bytes of
+//! the answer's body and the time from the request to its last byte, as a web
+//! server's access log has them. The query is left out: callers put tokens
+//! there. Lines go to the server's log under the target `fusion::access`
+//! (JSON fields with `FUSION_LOG_FORMAT=json`; `FUSION_LOG` filters them).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{Method, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+/// What is known of a request when it arrives.
+pub struct Entry {
+    client: Option<std::net::IpAddr>,
+    method: Method,
+    path: String,
+    started: Instant,
+}
+
+impl Entry {
+    pub fn of(req: &Request<Body>) -> Entry {
+        Entry {
+            client: req
+                .extensions()
+                .get::<pool_manager::ClientAddr>()
+                .map(|c| c.0.ip()),
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The answer, whose body logs the line when it ends or is dropped.
+    pub fn answered(self, resp: Response<Body>) -> Response<Body> {
+        let status = resp.status();
+        resp.map(|inner| {
+            Body::new(Logged {
+                inner,
+                entry: Some(self),
+                status,
+                bytes: 0,
+            })
+        })
+    }
+}
+
+/// An answer's body that counts its bytes and logs its request's line once.
+struct Logged {
+    inner: Body,
+    entry: Option<Entry>,
+    status: StatusCode,
+    bytes: u64,
+}
+
+impl Logged {
+    fn log(&mut self, complete: bool) {
+        let Some(e) = self.entry.take() else { return };
+        let client = e.client.map(|c| c.to_string()).unwrap_or_default();
+        tracing::info!(
+            target: "fusion::access",
+            client = %client,
+            method = %e.method,
+            path = %e.path,
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            ms = (e.started.elapsed().as_secs_f64() * 1e3 * 1e3).round() / 1e3,
+            complete,
+        );
+    }
+}
+
+impl HttpBody for Logged {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.log(true);
+                }
+            }
+            Poll::Ready(None) => self.log(true),
+            Poll::Ready(Some(Err(_))) => self.log(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        // An empty body is never polled; a body dropped before its end is a
+        // caller that went away (or a server that stopped).
+        let complete = self.inner.is_end_stream();
+        self.log(complete);
+    }
+}
