@@ -110,9 +110,14 @@ impl HttpBody for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        // An empty body is never polled; a body dropped before its end is a
-        // caller that went away (or a server that stopped).
-        let complete = self.inner.is_end_stream();
+        // An empty body is never polled, nor the body of an answer to HEAD;
+        // another body dropped before its end is a caller that went away (or
+        // a server that stopped).
+        let head = self
+            .entry
+            .as_ref()
+            .is_some_and(|e| e.method == Method::HEAD);
+        let complete = head || self.inner.is_end_stream();
         self.log(complete);
     }
 }
