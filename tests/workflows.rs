@@ -444,6 +444,16 @@ fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
     let err: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(err["error"]["task"], "B");
     let failed_id = err["error"]["run_id"].as_str().unwrap().to_string();
+    // The run's record says it with the code its caller was answered.
+    let failed = s.run(&failed_id);
+    assert_eq!(
+        (
+            failed["error"]["code"].as_str(),
+            failed["error"]["task"].as_str()
+        ),
+        (Some("run_failed"), Some("B")),
+        "{failed}"
+    );
 
     probe.set("fixed");
     let retried = s.ok(
@@ -496,6 +506,17 @@ fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
         run["error"]["message"], "cancelled through the API: wrong order",
         "{run}"
     );
+    assert_eq!(run["error"]["code"], "run_cancelled", "{run}");
+    // So does the listing's summary.
+    let listed = s.ok("GET", "/v1/runs?workflow=long&status=cancelled", None);
+    let summary = listed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(summary["error"]["code"], "run_cancelled", "{summary}");
 
     // A finished run can be deleted (what it captured goes with it); a running
     // one must be cancelled first.
@@ -608,6 +629,8 @@ fn a_task_past_its_timeout_fails_the_run() {
     assert_eq!(err["error"]["code"], "run_timed_out", "{err}");
     let message = err["error"]["message"].as_str().unwrap();
     assert!(message.contains("timed out after 500ms"), "{err}");
+    let run_id = err["error"]["run_id"].as_str().unwrap();
+    assert_eq!(s.run(run_id)["error"]["code"], "run_timed_out");
 
     // A task without a timeout of its own stops at the function's, which the
     // error names (not a zero).

@@ -436,9 +436,17 @@ fn summary_json(s: &RunSummary) -> Value {
         "duration_ms": s.finished_at.map(|f| f.saturating_sub(s.created_at)),
         "input": truncated(&s.input),
         "output": s.output.as_ref().map(truncated),
-        "error": s.error,
+        "error": error_json(s.status, s.error.as_ref()),
         "retry_of": s.retry_of,
     })
+}
+
+/// A run's error with its code (`RunError::code`), or null.
+fn error_json(status: RunStatus, error: Option<&crate::state::RunError>) -> Value {
+    let Some(e) = error else { return Value::Null };
+    let mut v = json!(e);
+    v["code"] = json!(e.code(status));
+    v
 }
 
 /// A status as a caller filters by it: Fusion's names in any case, and Fission
@@ -547,7 +555,7 @@ pub fn run_json(s: &RunState) -> Value {
         "input": s.input,
         "output": s.output,
         "output_headers": s.output_headers,
-        "error": s.error,
+        "error": error_json(s.status, s.error.as_ref()),
         "created_at": s.started_at,
         "finished_at": s.finished_at,
         "duration_ms": s.finished_at.map(|f| f.saturating_sub(s.started_at)),
@@ -1083,7 +1091,7 @@ async fn invoke_inner(
                 message: "the run did not succeed".into(),
                 status: None,
             });
-            let timed_out = status == RunStatus::Failed && err.is_timeout();
+            let timed_out = err.code(status) == "run_timed_out";
             let code = match err.status {
                 Some(s) if (400..500).contains(&s) => {
                     StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -1101,11 +1109,7 @@ async fn invoke_inner(
                 _ => err.message.clone(),
             };
             let mut error = json!({
-                "code": match status {
-                    RunStatus::Cancelled => "run_cancelled",
-                    _ if timed_out => "run_timed_out",
-                    _ => "run_failed",
-                },
+                "code": err.code(status),
                 "message": message,
                 "run_id": id,
             });

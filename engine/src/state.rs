@@ -296,6 +296,18 @@ pub struct RunError {
 }
 
 impl RunError {
+    /// The run's error as a code a program tells apart, the same a
+    /// synchronous caller of the run is answered: `run_cancelled`,
+    /// `run_timed_out` (a call, a callback or the run past its time),
+    /// `run_failed`.
+    pub fn code(&self, status: RunStatus) -> &'static str {
+        match status {
+            RunStatus::Cancelled => "run_cancelled",
+            _ if self.is_timeout() => "run_timed_out",
+            _ => "run_failed",
+        }
+    }
+
     /// Whether the run failed because something took too long: a function
     /// call past its timeout, the run past its own, a callback past its
     /// deadline (RFC-0022's `Fission.Timeout` among them).
