@@ -651,6 +651,9 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         () = stop_signal => None,
         why = store_failed => Some(why),
     };
+    // Listened for from now: a second signal sent once the stop has begun
+    // (the listeners closed, say) is not missed while the stop gets going.
+    let second_signal = shutdown_signal();
     match &failed {
         Some(why) => {
             tracing::error!(
@@ -703,7 +706,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     // still running is cut off and made again at the next start.
     tokio::select! {
         () = graceful => {}
-        () = shutdown_signal() => {
+        () = second_signal => {
             tracing::warn!("a second signal: stopping now, without the rest of the grace; what was still running is made again at the next start");
         }
     }
