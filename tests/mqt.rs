@@ -17,7 +17,8 @@ use common::{eventually, Server};
 use nats::Nats;
 use serde_json::{json, Value};
 
-/// A binary function that logs `<key>` to the probe's `calls`, waits for the
+/// A binary function that logs `<key>` to the probe's `calls` (and the
+/// headers Fission's KEDA connectors send to `keda`), waits for the
 /// probe's gate `go` if `gated`, then answers `<X-Order header>:<body>`.
 fn echo(probe: &Probe, gated: bool) -> String {
     let wait = if gated {
@@ -26,8 +27,9 @@ fn echo(probe: &Probe, gated: bool) -> String {
         String::new()
     };
     format!(
-        "#!/bin/sh\n{}\n{wait}printf '%s:%s' \"$HTTP_X_ORDER\" \"$(cat)\"\n",
-        probe.curl("/log/calls?$HTTP_X_FUSION_IDEMPOTENCY_KEY")
+        "#!/bin/sh\n{}\n{}\n{wait}printf '%s:%s' \"$HTTP_X_ORDER\" \"$(cat)\"\n",
+        probe.curl("/log/calls?$HTTP_X_FUSION_IDEMPOTENCY_KEY"),
+        probe.curl("/log/keda?$HTTP_TOPIC,$HTTP_RESPTOPIC,$HTTP_SOURCE_NAME"),
     )
 }
 
@@ -109,6 +111,14 @@ fn every_message_reaches_the_function_once_and_its_answer_the_response_topic() {
     let calls = counts(&probe.lines("calls"));
     assert_eq!(calls.keys().cloned().collect::<BTreeSet<_>>(), seqs);
     assert!(calls.values().all(|n| *n == 1), "{calls:?}");
+    // With the headers Fission's KEDA connector sends, as a function
+    // written for it reads them.
+    let keda = probe.lines("keda");
+    assert_eq!(keda.len(), N);
+    assert!(
+        keda.iter().all(|l| l == "orders.new,results.ok,orders"),
+        "{keda:?}"
+    );
     // Each answer carries the message's key; the NATS header reached the function.
     let answers = nats.messages("RESULTS", "results.ok");
     assert_eq!(answers.len(), N);

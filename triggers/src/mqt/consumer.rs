@@ -448,6 +448,16 @@ impl Job {
         if let Some(t) = &self.trigger.error_topic {
             put("X-Fission-MQTrigger-ErrorTopic", t);
         }
+        // And as Fission's KEDA connectors (its triggers' `kind: keda`, as
+        // for nats-jetstream) send them.
+        put("Topic", message.subject.as_str());
+        if let Some(t) = &self.trigger.resp_topic {
+            put("RespTopic", t);
+        }
+        if let Some(t) = &self.trigger.error_topic {
+            put("ErrorTopic", t);
+        }
+        put("Source-Name", &self.trigger.name);
         let resp = self.invoker.call(&self.target, req, "/", &[]).await;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
