@@ -109,6 +109,27 @@ pub fn parse_and_validate(
                 .location()
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((1, 1));
+            // Fission Workflows' protobuf JSON form (the `*.wf.json` its
+            // examples deploy): said as such, not as a type mismatch inside it.
+            if let Ok(doc) = serde_yaml::from_str::<Value>(source) {
+                let protobuf = doc.get("outputTask").is_some()
+                    || doc["tasks"]
+                        .as_object()
+                        .is_some_and(|ts| ts.values().any(|t| t.get("functionRef").is_some()));
+                if protobuf {
+                    let at = ["outputTask", "tasks"]
+                        .iter()
+                        .map(|k| Positions::new(source).key(&[k]))
+                        .find(|p| *p != (1, 1))
+                        .unwrap_or((1, 1));
+                    return Err(vec![ValidationError {
+                        code: "protobuf_json",
+                        message: "this is Fission Workflows' protobuf JSON form (`outputTask`, `functionRef`, typed inputs, `requires` as a map), which Fusion does not read: write it in Fission Workflows' YAML form (`output`, tasks with `run`, plain `inputs`, `requires` as a list), as its *.wf.yaml examples are".into(),
+                        line: at.0,
+                        column: at.1,
+                    }]);
+                }
+            }
             let msg = crate::sfn::spec::yaml_message(&e);
             let code = if serde_yaml::from_str::<serde_yaml::Value>(source).is_err() {
                 "yaml_syntax"
@@ -1617,6 +1638,27 @@ mod tests {
         let e = check("output: A\ntasks:\n  A: [\n");
         assert_eq!(e[0].code, "yaml_syntax");
         assert!(e[0].line >= 3, "{:?}", e);
+    }
+
+    #[test]
+    fn fission_workflows_protobuf_json_is_named_as_such() {
+        // As fission-workflows' examples/whales/fortunewhale.wf.json writes it.
+        let e = check(
+            r#"{
+  "apiVersion": "v1",
+  "outputTask": "WhaleWithFortune",
+  "tasks": {
+    "GenerateFortune": {"functionRef": "fortune", "requires": {}},
+    "WhaleWithFortune": {
+      "functionRef": "whalesay",
+      "inputs": {"default": {"type": "expression", "value": "e30="}},
+      "requires": {"GenerateFortune": {}}
+    }
+  }
+}"#,
+        );
+        assert_eq!(e[0].code, "protobuf_json", "{e:?}");
+        assert!(e[0].message.contains("YAML form"), "{e:?}");
     }
 
     #[test]
