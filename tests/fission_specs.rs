@@ -286,6 +286,35 @@ fn triggers_are_stored_and_state_machine_workflows_applied_to_the_engine() {
     let (code, out, _) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0);
     assert!(out.contains("everything up to date"), "{out}");
+
+    // A Fission trigger whose function is the folder's workflow (as Fission
+    // Workflows' triggers named workflows) reaches the workflow.
+    std::fs::write(
+        specs.join("route.yaml"),
+        "apiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: order-route\nspec:\n  relativeurl: /order\n  methods: [POST]\n  functionref:\n    type: name\n    name: order\n",
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        s.ok("GET", "/v1/routes/order-route", None)["workflow"],
+        "order"
+    );
+    let answer = s
+        .http
+        .post(s.router_url("/order"))
+        .header("content-type", "application/json")
+        .body(r#"{"id": 8}"#)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(answer, r#"{"id":8}"#);
+    let (code, out, _) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("everything up to date"), "{out}");
 }
 
 #[test]

@@ -1571,6 +1571,100 @@ fn the_run_commands_say_what_a_user_needs() {
     );
 }
 
+/// Fission Workflows deployed a workflow as a function of its `workflow`
+/// environment, and triggers named it as a function: the same commands store
+/// it as a workflow here, and triggers that name it reach it.
+#[test]
+fn a_workflow_deployed_as_a_function_of_the_workflow_env_is_a_workflow() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("echowhale.wf.yaml");
+    let echo = |what: &str| {
+        format!(
+            "apiVersion: 1\noutput: Echo\ntasks:\n  Echo:\n    run: noop\n    inputs: \"{{ '{what}' + $.Invocation.Inputs.default }}\"\n"
+        )
+    };
+    std::fs::write(&file, echo("")).unwrap();
+    let src = file.to_str().unwrap();
+    // The environment of Fission Workflows' install is not needed.
+    let (code, _, err) = s.cli(&[
+        "env",
+        "create",
+        "--name",
+        "workflow",
+        "--image",
+        "fission/workflow-env",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no environment is needed"), "{err}");
+    assert_eq!(s.call("GET", "/v1/environments/workflow", None).0, 404);
+
+    let (code, _, err) = s.cli(&[
+        "fn",
+        "create",
+        "--name",
+        "echowhale",
+        "--env",
+        "workflow",
+        "--src",
+        src,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("as workflow \"echowhale\""), "{err}");
+    assert_eq!(s.ok("GET", "/v1/workflows/echowhale", None)["version"], 1);
+    let (code, out, err) = s.cli(&["fn", "test", "--name", "echowhale", "--body", "hi"]);
+    assert_eq!((code, out.trim()), (0, "hi"), "{err}");
+
+    // A route, a timer and a queue trigger that name it as a function.
+    let route = s.ok(
+        "POST",
+        "/v1/routes",
+        Some(
+            json!({"name": "whale", "function": "echowhale", "url": "/whale", "methods": ["POST"]}),
+        ),
+    );
+    assert_eq!(
+        (route["workflow"].as_str(), route.get("function")),
+        (Some("echowhale"), None),
+        "{route}"
+    );
+    let answer = s
+        .http
+        .post(s.router_url("/whale"))
+        .body("by route")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(answer, "by route");
+    let timer = s.ok(
+        "POST",
+        "/v1/timers",
+        Some(json!({"name": "nightly", "function": "echowhale", "cron": "@daily"})),
+    );
+    assert_eq!(timer["workflow"], "echowhale", "{timer}");
+    // Still a 409 for a name that is neither.
+    let (st, body) = s.call(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "nobody", "function": "nobody", "url": "/nobody"})),
+    );
+    assert_eq!(st, 409, "{body}");
+
+    // Updated and deleted as Fission Workflows' CLI does it.
+    std::fs::write(&file, echo("again: ")).unwrap();
+    let (code, _, err) = s.cli(&["fn", "update", "--name", "echowhale", "--src", src]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = s.cli(&["fn", "test", "--name", "echowhale", "--body", "hi"]);
+    assert_eq!((code, out.trim()), (0, "again: hi"), "{err}");
+    s.ok("DELETE", "/v1/routes/whale", None);
+    s.ok("DELETE", "/v1/timers/nightly", None);
+    let (code, out, err) = s.cli(&["fn", "delete", "--name", "echowhale"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("workflow echowhale deleted"), "{out}");
+    assert_eq!(s.call("GET", "/v1/workflows/echowhale", None).0, 404);
+}
+
 #[test]
 fn fissions_workflow_run_and_runs_commands_start_and_inspect_runs() {
     let s = Server::start();
@@ -1615,9 +1709,14 @@ fn fissions_workflow_run_and_runs_commands_start_and_inspect_runs() {
     for (id, who) in ids.iter().zip(["inline", "file"]) {
         let run = s.wait_run(id, Duration::from_secs(30));
         assert_eq!(run["output"], json!(format!("hello {who}")), "{run}");
-        let (code, out, err) = s.cli(&["wf", "runs", "describe", id]);
+        // A run named as Fission's `workflow runs` commands name it.
+        let (code, out, err) = s.cli(&["wf", "runs", "describe", "--name", id]);
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("succeeded"), "{out}");
+        // `--io`: each step's inputs and outputs whole.
+        let (code, out, err) = s.cli(&["wf", "runs", "history", "--name", id, "--io"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&format!("\"hello {who}\"")), "{out}");
         let (code, out, err) = s.cli(&["wf", "runs", "history", id]);
         assert_eq!(code, 0, "{err}");
         assert!(
@@ -2033,6 +2132,13 @@ fn workflows_are_checked_without_being_stored() {
     let (code, out, err) = offline(&["wf", "validate", &good]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.trim(), format!("{good}: valid"));
+    // As Fission's `workflow validate -f`.
+    let (code, out, err) = offline(&["wf", "validate", "-f", &good]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), format!("{good}: valid").as_str()),
+        "{err}"
+    );
     // A function is not sent an input outside `default`: a warning.
     assert!(
         err.contains(&format!(

@@ -140,6 +140,16 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
                 }
                 return save::save(&target, &format!("env-{name}.yaml"), &[doc]);
             }
+            // Fission Workflows' own environment (its `workflows-env.yaml`):
+            // Fusion runs workflows itself, and a function created with
+            // `--env workflow` is stored as a workflow.
+            let image = body["image"].as_str().unwrap_or_default();
+            if name == super::workflow::WORKFLOW_ENV && image.contains("fission/workflow-env") {
+                eprintln!(
+                    "note: Fusion runs Fission Workflows' workflows itself: no environment is needed; `fusion fn create --env {name} --src W.wf.yaml` stores W as a workflow"
+                );
+                return Ok(());
+            }
             envs.create(&c, opts, &body).await?;
             say_image_use(&c, opts, &name).await
         }

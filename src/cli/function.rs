@@ -567,6 +567,50 @@ async fn save_fn(
     save::save(target, &format!("function-{name}.yaml"), &docs)
 }
 
+/// The route `fn create --url|--prefix` makes to the function just created
+/// (a workflow, for Fission Workflows' `workflow` environment: the server
+/// takes a route's function of a workflow's name as the workflow).
+async fn create_route(
+    c: &crate::client::Client,
+    opts: &ClientOpts,
+    name: &str,
+    at: &str,
+    route: &FnRoute,
+) -> Result<()> {
+    let methods: Vec<String> = if route.methods.is_empty() {
+        vec!["GET".into()]
+    } else if route.methods.iter().any(|m| m.eq_ignore_ascii_case("any")) {
+        Vec::new()
+    } else {
+        route.methods.iter().map(|m| m.to_uppercase()).collect()
+    };
+    let route_name = super::route::free_name(
+        c,
+        opts,
+        &super::route::ROUTES,
+        super::route::route_name(at),
+        None,
+    )
+    .await
+    .map_err(|e| anyhow!("function {name:?} was created, its route was not: {e}"))?;
+    let mut r = json!({
+        "name": route_name,
+        "function": name,
+        "methods": methods,
+    });
+    let key = if route.prefix.is_some() {
+        "prefix"
+    } else {
+        "url"
+    };
+    r[key] = json!(at);
+    super::route::ROUTES
+        .create(c, opts, &r)
+        .await
+        .map_err(|e| anyhow!("function {name:?} was created, its route was not: {e}"))?;
+    Ok(())
+}
+
 pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
@@ -602,6 +646,22 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             let Some(env) = fields.env.clone() else {
                 bail!("--env ENV is required: the environment to run in (see fusion env list)");
             };
+            if super::workflow::is_fission_workflows_env(&c, opts, &env).await? {
+                if fields.pkg.is_some() {
+                    bail!("--pkg: a function of Fission Workflows' `workflow` environment is its workflow file (--src FILE.wf.yaml)");
+                }
+                let files: Vec<&PathBuf> = fields
+                    .code
+                    .iter()
+                    .chain(&fields.src)
+                    .chain(&fields.deploy)
+                    .collect();
+                super::workflow::store_as_function(&c, opts, &name, &files, false).await?;
+                if let Some(at) = at {
+                    create_route(&c, opts, &name, &at, &route).await?;
+                }
+                return Ok(());
+            }
             if !fields.src.is_empty() || !fields.deploy.is_empty() {
                 let namespace = opts.namespace.clone().unwrap_or_else(|| "default".into());
                 let pkg = super::pkg::create_for_function(
@@ -624,39 +684,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             FUNCTIONS.create(&c, opts, &body).await?;
             // As Fission's CLI: a route to it in the same command.
             if let Some(at) = at {
-                let methods: Vec<String> = if route.methods.is_empty() {
-                    vec!["GET".into()]
-                } else if route.methods.iter().any(|m| m.eq_ignore_ascii_case("any")) {
-                    Vec::new()
-                } else {
-                    route.methods.iter().map(|m| m.to_uppercase()).collect()
-                };
-                let route_name = super::route::free_name(
-                    &c,
-                    opts,
-                    &super::route::ROUTES,
-                    super::route::route_name(&at),
-                    None,
-                )
-                .await
-                .map_err(|e| anyhow!("function {name:?} was created, its route was not: {e}"))?;
-                let mut r = json!({
-                    "name": route_name,
-                    "function": name,
-                    "methods": methods,
-                });
-                let key = if route.prefix.is_some() {
-                    "prefix"
-                } else {
-                    "url"
-                };
-                r[key] = json!(at);
-                super::route::ROUTES
-                    .create(&c, opts, &r)
-                    .await
-                    .map_err(|e| {
-                        anyhow!("function {name:?} was created, its route was not: {e}")
-                    })?;
+                create_route(&c, opts, &name, &at, &route).await?;
             }
         }
         FnVerb::Get {
@@ -675,6 +703,25 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             force,
         } => {
             let name = name.get();
+            // A workflow deployed as a function of Fission Workflows'
+            // `workflow` environment is updated as such.
+            let function = c.get_opt::<Value>(&FUNCTIONS.item(opts, &name)).await?;
+            let workflow = function.is_none()
+                && c.get_opt::<Value>(&format!("/v1/workflows/{name}"))
+                    .await?
+                    .is_some();
+            if workflow {
+                let files: Vec<&PathBuf> = fields
+                    .code
+                    .iter()
+                    .chain(&fields.src)
+                    .chain(&fields.deploy)
+                    .collect();
+                if files.is_empty() {
+                    bail!("{name:?} is a workflow: give its new file with --src FILE.wf.yaml (or `fusion wf update {name} --file FILE`)");
+                }
+                return super::workflow::store_as_function(&c, opts, &name, &files, true).await;
+            }
             let mut body = FUNCTIONS.current(&c, opts, &name).await?;
             new_code(&c, opts, &name, &body, &mut fields, force).await?;
             merge_fn(&c, opts, &mut body, fields).await?;
@@ -683,11 +730,25 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
         FnVerb::Delete {
             name,
             ignore_not_found,
-        } => match FUNCTIONS.delete(&c, opts, &name.get()).await {
-            Err(e) if ignore_not_found && e.downcast_ref::<crate::client::NotFound>().is_some() => {
+        } => {
+            let name = name.get();
+            match FUNCTIONS.delete(&c, opts, &name).await {
+                // A workflow deployed as a function (Fission Workflows) goes as one.
+                Err(e)
+                    if e.downcast_ref::<crate::client::NotFound>().is_some()
+                        && c.get_opt::<Value>(&format!("/v1/workflows/{name}"))
+                            .await?
+                            .is_some() =>
+                {
+                    c.delete(&format!("/v1/workflows/{name}")).await?;
+                    println!("workflow {name} deleted");
+                }
+                Err(e)
+                    if ignore_not_found
+                        && e.downcast_ref::<crate::client::NotFound>().is_some() => {}
+                other => other?,
             }
-            other => other?,
-        },
+        }
         FnVerb::Test {
             name,
             method,

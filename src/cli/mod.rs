@@ -173,8 +173,14 @@ pub(super) struct RunId {
     /// The run's id (or give it as --id ID).
     #[arg(value_name = "ID", required_unless_present = "id")]
     positional: Option<String>,
-    /// The run's id (as the positional ID).
-    #[arg(long = "id", value_name = "ID", conflicts_with = "positional")]
+    /// The run's id (as the positional ID; `--name`, as Fission's
+    /// `workflow runs` commands name a run).
+    #[arg(
+        long = "id",
+        alias = "name",
+        value_name = "ID",
+        conflicts_with = "positional"
+    )]
     id: Option<String>,
 }
 

@@ -272,7 +272,7 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             if opts.output == Output::Json {
                 print(opts, &v, EVENT_COLUMNS);
             } else {
-                print(opts, &event_rows(&v["events"]), EVENT_COLUMNS);
+                print(opts, &event_rows(&v["events"], false), EVENT_COLUMNS);
             }
         }
         RunVerb::Cancel { id, reason } => {
@@ -476,7 +476,7 @@ fn natural_key(id: &str) -> Vec<(String, u128)> {
 }
 
 /// One row per event: its time, type, task and attempt, and what else it says.
-pub(super) fn event_rows(events: &Value) -> Value {
+pub(super) fn event_rows(events: &Value, whole: bool) -> Value {
     const SHOWN: &[&str] = &["at", "type", "task", "attempt", "run_id"];
     let rows: Vec<Value> = events
         .as_array()
@@ -496,6 +496,8 @@ pub(super) fn event_rows(events: &Value) -> Value {
             }
             row["detail"] = if detail.is_empty() {
                 Value::Null
+            } else if whole {
+                json!(Value::Object(detail).to_string())
             } else {
                 cell(&Value::Object(detail))
             };

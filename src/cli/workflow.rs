@@ -48,8 +48,12 @@ pub(super) enum WfVerb {
     /// --dry-run` asks the server).
     Validate {
         /// The workflows' YAML (or JSON) files.
-        #[arg(value_name = "FILE", required = true)]
+        #[arg(value_name = "FILE", required_unless_present = "file")]
         files: Vec<PathBuf>,
+        /// A file to check (as a positional FILE; repeatable), as Fission's
+        /// `workflow validate -f`.
+        #[arg(long = "file", short = 'f', value_name = "FILE")]
+        file: Vec<PathBuf>,
     },
     /// Print a workflow's YAML (the latest version, or --version N).
     Get {
@@ -115,6 +119,9 @@ pub(super) enum RunsVerb {
     History {
         #[command(flatten)]
         id: RunId,
+        /// Each event's inputs and outputs whole (a table cuts them).
+        #[arg(long)]
+        io: bool,
     },
     /// Cancel a running run.
     Cancel {
@@ -135,7 +142,7 @@ fn fission_event_name(fusion: &str) -> &str {
 }
 
 /// `workflow runs history`: the run's events under Fission's names.
-async fn history(c: &crate::client::Client, opts: &ClientOpts, id: &str) -> Result<()> {
+async fn history(c: &crate::client::Client, opts: &ClientOpts, id: &str, io: bool) -> Result<()> {
     let mut v: Value = c.get(&format!("/v1/runs/{id}/events")).await?;
     if let Some(events) = v["events"].as_array_mut() {
         for e in events {
@@ -148,7 +155,7 @@ async fn history(c: &crate::client::Client, opts: &ClientOpts, id: &str) -> Resu
     if opts.output == Output::Json {
         print(opts, &v, EVENT_COLUMNS);
     } else {
-        print(opts, &event_rows(&v["events"]), EVENT_COLUMNS);
+        print(opts, &event_rows(&v["events"], io), EVENT_COLUMNS);
     }
     Ok(())
 }
@@ -244,6 +251,64 @@ fn names_itself(source: &str) -> bool {
     }
 }
 
+/// The environment Fission Workflows ran workflows in: a workflow was
+/// deployed as a function of it (`fission fn create --name W --env workflow
+/// --src W.wf.yaml`), and triggers named it as a function.
+pub(super) const WORKFLOW_ENV: &str = "workflow";
+
+/// Whether `fn create|update --env workflow` means Fission Workflows' deploy:
+/// the server has no environment of that name (one that has is used as any).
+pub(super) async fn is_fission_workflows_env(
+    c: &crate::client::Client,
+    opts: &ClientOpts,
+    env: &str,
+) -> Result<bool> {
+    if env != WORKFLOW_ENV {
+        return Ok(false);
+    }
+    let path = format!("/v1/environments/{WORKFLOW_ENV}{}", opts.ns_query());
+    Ok(c.get_opt::<Value>(&path).await?.is_none())
+}
+
+/// Stores `file` as workflow `name` (a new one, or a new version of it), for
+/// a function deployed to Fission Workflows' `workflow` environment; says so
+/// on stderr.
+pub(super) async fn store_as_function(
+    c: &crate::client::Client,
+    opts: &ClientOpts,
+    name: &str,
+    files: &[&PathBuf],
+    update: bool,
+) -> Result<()> {
+    let [file] = files else {
+        bail!(
+            "a function of Fission Workflows' `{WORKFLOW_ENV}` environment is one workflow file (--src {name}.wf.yaml); Fusion stores it as workflow {name:?}"
+        );
+    };
+    if !file.is_file() {
+        bail!(
+            "{} is not a file: a function of Fission Workflows' `{WORKFLOW_ENV}` environment is one workflow file (*.wf.yaml)",
+            file.display()
+        );
+    }
+    let source = read_file(file)?;
+    let req = if update {
+        c.request(Method::PUT, &format!("/v1/workflows/{name}"))
+    } else {
+        c.request(Method::POST, "/v1/workflows")
+            .query(&[("name", name)])
+    };
+    let req = req.header("content-type", "application/yaml").body(source);
+    let v: Value = c.send(req).await?.json().await?;
+    warn(file, &v);
+    eprintln!(
+        "note: Fusion runs workflows itself (no `{WORKFLOW_ENV}` environment): {} as workflow {name:?}; see `fusion wf get {name}`, `fusion run list --workflow {name}`",
+        if update { "updated" } else { "stored" }
+    );
+    stored(opts, &v, false);
+    Ok(())
+}
+
 /// What `create` or `update` answered: the stored version's row, or with
 /// --dry-run the version it would have been.
 fn stored(opts: &ClientOpts, v: &Value, dry_run: bool) {
@@ -262,7 +327,10 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
         // Offline: the server is not asked.
-        WfVerb::Validate { files } => validate_files(&files)?,
+        WfVerb::Validate { mut files, file } => {
+            files.extend(file);
+            validate_files(&files)?
+        }
         WfVerb::Create {
             positional,
             name,
@@ -410,7 +478,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             let verb = match verb {
                 RunsVerb::List(args) => RunVerb::List(args),
                 RunsVerb::Describe { id } => RunVerb::Get { id },
-                RunsVerb::History { id } => return history(&c, opts, &id.get()).await,
+                RunsVerb::History { id, io } => return history(&c, opts, &id.get(), io).await,
                 RunsVerb::Cancel { id } => RunVerb::Cancel { id, reason: None },
             };
             return run_cmd(verb, opts).await;

@@ -10,6 +10,10 @@ use serde_json::{json, Map, Value};
 
 use super::load::{Document, Location};
 
+/// The `concurrency` Fission's CLI writes into a function's spec when none is
+/// asked for (`DefaultConcurrency` in Fission's core types).
+const FISSION_DEFAULT_CONCURRENCY: u64 = 500;
+
 /// The kinds a spec folder may hold, in the order they are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -718,6 +722,14 @@ impl Specs {
                     format!("concurrency {c} is above Fusion's most, 1000: 1000 it is"),
                 );
             }
+            // Fission's CLI writes its default, 500, into every function's
+            // spec: on one machine that is 500 instances of this function.
+            if c == FISSION_DEFAULT_CONCURRENCY {
+                self.warn(
+                    doc.at("spec.concurrency"),
+                    format!("concurrency {c} is Fission's default (its CLI writes it into every spec): here up to {c} instances of this function may run at once on one machine, where Fusion's own default is 10; write the number you mean"),
+                );
+            }
             r.body["max_scale"] = json!(c.min(1000));
         }
         if let Some(rpp) = int("/requestsPerPod").filter(|c| *c > 0) {
@@ -1158,6 +1170,16 @@ impl Specs {
             }
             for (kind, ns, name, _) in &r.refs {
                 if declared.contains(&(*kind, ns.clone(), name.clone())) {
+                    continue;
+                }
+                // A trigger's function that is a workflow of the folder (Fission
+                // Workflows' triggers named workflows so): the server takes it
+                // as the workflow. Workflows' names have no namespace.
+                let workflow = *kind == Kind::Function
+                    && declared
+                        .iter()
+                        .any(|(k, _, n)| *k == Kind::Workflow && n == name);
+                if workflow {
                     continue;
                 }
                 // As Fission: a package, or a trigger's function, must be in the
@@ -1683,6 +1705,37 @@ mod tests {
         assert_eq!(read("./mybuild.sh"), Some(json!("./mybuild.sh")));
         // `build`, the builder images' own script: the bundled builder's steps.
         assert_eq!(read("build"), None);
+    }
+
+    #[test]
+    fn fissions_default_concurrency_is_applied_with_a_warning() {
+        let read = |concurrency: u64| {
+            Specs::read_object(
+                &Document::object(json!({"apiVersion": "fission.io/v1", "kind": "Function",
+                    "metadata": {"name": "charge"}, "spec": {
+                        "environment": {"name": "nodejs", "namespace": "default"},
+                        "package": {"packageref": {"name": "charge-pkg", "namespace": "default"}},
+                        "concurrency": concurrency}})),
+                "default",
+            )
+        };
+        let fissions = read(500);
+        assert_eq!(fissions.resources[0].body["max_scale"], 500);
+        assert!(
+            fissions
+                .warnings
+                .iter()
+                .any(|w| w.contains("concurrency 500 is Fission's default")),
+            "{:?}",
+            fissions.warnings
+        );
+        let own = read(20);
+        assert_eq!(own.resources[0].body["max_scale"], 20);
+        assert!(
+            !own.warnings.iter().any(|w| w.contains("concurrency")),
+            "{:?}",
+            own.warnings
+        );
     }
 
     #[test]

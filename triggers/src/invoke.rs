@@ -44,6 +44,28 @@ impl Invoker {
         self.workflows.exists(name)
     }
 
+    /// A trigger that names as its function what is a workflow (no function
+    /// of that name, a workflow of it) targets the workflow: Fission Workflows
+    /// deployed a workflow as a function of its `workflow` environment, and
+    /// Fission's triggers name it as a function (`functionref`). Functions
+    /// and workflows share one name space; a workflow's name has no
+    /// namespace, so the function's name alone is looked for.
+    pub fn retarget_to_workflow(
+        &self,
+        namespace: &str,
+        function: &mut Option<String>,
+        workflow: &mut Option<String>,
+    ) {
+        let Some(f) = function.as_deref() else { return };
+        if workflow.is_some()
+            || self.function_exists(&pool_manager::resources::qualified(namespace, f))
+            || !self.workflow_exists(f)
+        {
+            return;
+        }
+        *workflow = function.take();
+    }
+
     /// The stored workflows that run `name` (a function's key or a workflow's
     /// name), by name.
     pub fn workflows_running(&self, name: &str) -> pool_manager::error::Result<Vec<String>> {

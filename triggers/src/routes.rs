@@ -46,14 +46,16 @@ impl Routes {
         self.records.list()
     }
 
-    pub async fn create(&self, route: Route, invoker: &Invoker) -> Result<Route> {
+    pub async fn create(&self, mut route: Route, invoker: &Invoker) -> Result<Route> {
+        invoker.retarget_to_workflow(&route.namespace, &mut route.function, &mut route.workflow);
         self.check(&route, invoker)?;
         self.records.create(&route.key(), &route).await?;
         self.reload()?;
         Ok(route)
     }
 
-    pub async fn update(&self, route: Route, invoker: &Invoker) -> Result<Route> {
+    pub async fn update(&self, mut route: Route, invoker: &Invoker) -> Result<Route> {
+        invoker.retarget_to_workflow(&route.namespace, &mut route.function, &mut route.workflow);
         self.check(&route, invoker)?;
         if self.get(&route.key())? == route {
             return Ok(route);

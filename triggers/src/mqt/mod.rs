@@ -172,16 +172,20 @@ impl MessageQueueTriggers {
             .collect())
     }
 
-    pub async fn create(&self, t: MessageQueueTrigger) -> Result<TriggerView> {
+    pub async fn create(&self, mut t: MessageQueueTrigger) -> Result<TriggerView> {
         let _change = self.changes.lock().await;
+        self.invoker
+            .retarget_to_workflow(&t.namespace, &mut t.function, &mut t.workflow);
         self.check(&t)?;
         self.records.create(&t.key(), &t).await?;
         self.launch(t.clone());
         Ok(self.view(t))
     }
 
-    pub async fn update(&self, t: MessageQueueTrigger) -> Result<TriggerView> {
+    pub async fn update(&self, mut t: MessageQueueTrigger) -> Result<TriggerView> {
         let _change = self.changes.lock().await;
+        self.invoker
+            .retarget_to_workflow(&t.namespace, &mut t.function, &mut t.workflow);
         self.check(&t)?;
         let old = self.stored(&t.key())?;
         if old == t {

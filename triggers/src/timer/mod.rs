@@ -134,7 +134,8 @@ impl Timers {
         entry.schedule.next_after(taken.max(now))
     }
 
-    pub async fn create(&self, t: TimeTrigger, invoker: &Invoker) -> Result<TimeTrigger> {
+    pub async fn create(&self, mut t: TimeTrigger, invoker: &Invoker) -> Result<TimeTrigger> {
+        invoker.retarget_to_workflow(&t.namespace, &mut t.function, &mut t.workflow);
         self.check(&t, invoker)?;
         self.store_new(t).await
     }
@@ -153,7 +154,8 @@ impl Timers {
         Ok(t)
     }
 
-    pub async fn update(&self, t: TimeTrigger, invoker: &Invoker) -> Result<TimeTrigger> {
+    pub async fn update(&self, mut t: TimeTrigger, invoker: &Invoker) -> Result<TimeTrigger> {
+        invoker.retarget_to_workflow(&t.namespace, &mut t.function, &mut t.workflow);
         self.check(&t, invoker)?;
         self.store_update(t).await
     }
