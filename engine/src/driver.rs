@@ -1121,11 +1121,17 @@ impl Engine {
         }
         // A task that succeeded keeps its output; so does one that failed for
         // good but whose fallback succeeded (the fallback's output stood for
-        // it): running it again would repeat its side effects.
+        // it): running it again would repeat its side effects. So do those
+        // inside a `foreach`, an `if` or a called workflow that did not
+        // succeed as a whole (what is inside one that did goes with it).
         let preserved = state
             .tasks
             .values()
-            .filter(|t| t.scope.is_none())
+            .filter(|t| {
+                t.scope
+                    .as_deref()
+                    .is_none_or(|parent| state.resolved(parent).is_none())
+            })
             .filter_map(|t| {
                 let result = state.resolved(&t.id)?;
                 Some((

@@ -439,6 +439,12 @@ pub struct RunState {
     /// event's work in proportion to what it changed.
     #[serde(skip)]
     pub fan_outs: BTreeMap<String, crate::sfn::run::FanOut>,
+    /// What a retry keeps of tasks inside a `foreach`, an `if` or a called
+    /// workflow, by id: such a task exists once its parent adds it again,
+    /// and is then succeeded with its result rather than run a second time.
+    /// From the run's `RunStarted` (so never stored).
+    #[serde(skip)]
+    pub preserved_inside: BTreeMap<String, TaskResult>,
 }
 
 /// How a run should end.
@@ -897,6 +903,14 @@ pub fn failure_value(failed: &TaskState) -> Value {
 
 /// Adds the tasks of a workflow (the run's own when `scope` is None, else the
 /// sub-workflow of task `scope`) with their dependencies and fallbacks as full ids.
+/// A task a retry keeps: succeeded with the result it had.
+fn keep_result(ts: &mut TaskState, r: &TaskResult) {
+    ts.status = TaskStatus::Succeeded;
+    ts.output = Some(r.output.clone());
+    ts.headers = r.headers.clone();
+    ts.inputs = Some(r.inputs.clone());
+}
+
 fn insert_tasks(s: &mut RunState, scope: Option<&str>, tasks: &BTreeMap<String, TaskSpec>) {
     let full = |local: &str| match scope {
         Some(p) => child_id(p, local),
@@ -981,11 +995,11 @@ fn apply_event(s: &mut RunState, event: &Event) {
                 }
             }
             for (id, r) in preserved {
-                if let Some(ts) = s.tasks.get_mut(id) {
-                    ts.status = TaskStatus::Succeeded;
-                    ts.output = Some(r.output.clone());
-                    ts.headers = r.headers.clone();
-                    ts.inputs = Some(r.inputs.clone());
+                match s.tasks.get_mut(id) {
+                    Some(ts) => keep_result(ts, r),
+                    None => {
+                        s.preserved_inside.insert(id.clone(), r.clone());
+                    }
                 }
             }
         }
@@ -1081,7 +1095,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
             scope_inputs,
             concurrency,
             version,
-            ..
+            at,
         } => {
             let Some(p) = s.tasks.get_mut(parent) else {
                 return;
@@ -1096,6 +1110,20 @@ fn apply_event(s: &mut RunState, event: &Event) {
             p.workflow_version = *version;
             p.wake_at = None;
             insert_tasks(s, Some(parent), tasks);
+            // A retry's: what succeeded in here the first time stands.
+            if !s.preserved_inside.is_empty() {
+                for local in tasks.keys() {
+                    let id = child_id(parent, local);
+                    let Some(r) = s.preserved_inside.remove(&id) else {
+                        continue;
+                    };
+                    if let Some(ts) = s.tasks.get_mut(&id) {
+                        keep_result(ts, &r);
+                        ts.ended_at = Some(*at);
+                    }
+                    succeed_parents(s, &id, *at);
+                }
+            }
         }
         Event::TimerFired { task, at } => {
             if let Some(t) = s.tasks.get_mut(task) {
