@@ -57,6 +57,10 @@ pub enum CallError {
     Http(String),
     #[error("call cancelled")]
     Cancelled,
+    /// A task's input or a function's answer past the size limit: the same
+    /// again would be refused again.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl CallError {
@@ -151,23 +155,41 @@ async fn invoke_pool(
     } else {
         call.method.as_str()
     };
-    let mut req = http::Request::builder().method(method).uri(&path);
-    for (k, v) in &call.headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    if let Some(key) = &call.idempotency_key {
-        req = req.header(IDEMPOTENCY_HEADER, key.as_str());
-    }
-    let req = req
-        .body(axum_body(call.body))
-        .map_err(|e| CallError::Instance(format!("bad request for {}: {e}", call.function)))?;
+    let request = || {
+        let mut req = http::Request::builder().method(method).uri(&path);
+        for (k, v) in &call.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        if let Some(key) = &call.idempotency_key {
+            req = req.header(IDEMPOTENCY_HEADER, key.as_str());
+        }
+        req.body(axum_body(call.body.clone()))
+            .map_err(|e| CallError::Instance(format!("bad request for {}: {e}", call.function)))
+    };
     let path_only = call.path.clone();
     let path_only = if path_only.is_empty() {
         "/".to_string()
     } else {
         path_only
     };
-    let resp = match pool_manager::try_forward(&pool, &call.function, req, &path_only, &[]).await {
+    // A function at its max scale is waited for, as a queue would: a
+    // workflow's step is not a caller to turn away after the router's lease
+    // wait (a burst of runs failed for good with "no capacity" where each
+    // would have had its turn a moment later). Within the task's timeout,
+    // else the function's own; nothing was called meanwhile.
+    let started = tokio::time::Instant::now();
+    let most = call.timeout.unwrap_or_else(|| {
+        pool.function(&call.function)
+            .map_or(Duration::ZERO, |f| Duration::from_secs(f.timeout_secs))
+    });
+    let forwarded = loop {
+        let req = request()?;
+        match pool_manager::try_forward(&pool, &call.function, req, &path_only, &[]).await {
+            Err(Error::Overloaded(_)) if started.elapsed() < most => continue,
+            other => break other,
+        }
+    };
+    let resp = match forwarded {
         Ok(resp) => resp,
         // A failed package build is answered as the router answers it (424): a
         // permanent failure until the package is fixed, not an instance's.
@@ -180,6 +202,11 @@ async fn invoke_pool(
                 // The function's own timeout: the pool manager's message names it.
                 Error::Timeout(m) => CallError::Timeout(format!("function call timed out: {m}")),
                 Error::Overloaded(m) => CallError::Overloaded(m),
+                // Fusion's own limit, not the instance's doing.
+                Error::TooLarge(m) => CallError::TooLarge(format!(
+                    "the task's input is too large to send to function {:?}: {m} (--body-limit)",
+                    call.function
+                )),
                 other => CallError::Instance(other.to_string()),
             });
         }
@@ -191,11 +218,23 @@ async fn invoke_pool(
             headers.insert(k.as_str().to_string(), v.to_string());
         }
     }
-    let body = resp
-        .into_body()
+    // A task's output is held by the run and written with it: an answer
+    // larger than what a function may be sent is refused, as the next task
+    // could not be sent it anyway.
+    let limit = pool.config().body_limit;
+    let body = http_body_util::Limited::new(resp.into_body(), usize::try_from(limit).unwrap_or(usize::MAX))
         .collect()
         .await
-        .map_err(|e| CallError::Instance(format!("reading the response failed: {e}")))?
+        .map_err(|e| {
+            if pool_manager::router::caused_by_limit(e.as_ref()) {
+                CallError::TooLarge(format!(
+                    "the answer of function {:?} is larger than {limit} bytes, the most a task's output may be (--body-limit)",
+                    call.function
+                ))
+            } else {
+                CallError::Instance(format!("reading the response failed: {e}"))
+            }
+        })?
         .to_bytes();
     Ok(FunctionResponse {
         status,
