@@ -337,7 +337,14 @@ fn repeat(inputs: &Inputs, raw: &Inputs) -> Outcome {
             "repeat: times is {times}; a run can repeat a task at most {MAX_REPEAT} times"
         ));
     }
-    let times = times.max(0.0) as usize;
+    // As the document's own check says it (a count of -1 or 2.5 ran 0 or 2
+    // times without a word).
+    if times < 0.0 || times.fract() != 0.0 {
+        return Outcome::Invalid(format!(
+            "repeat needs `times`, a whole number from 0 to {MAX_REPEAT}, not {times}"
+        ));
+    }
+    let times = times as usize;
     if times == 0 {
         return Outcome::Output(Value::Null);
     }
@@ -969,6 +976,13 @@ mod tests {
         match run("repeat", &ins(big.clone()), &ins(big)) {
             Outcome::Invalid(msg) => assert!(msg.contains("at most"), "{msg}"),
             other => panic!("{other:?}"),
+        }
+        for odd in [json!(-1), json!(2.5)] {
+            let given = json!({"times": odd, "do": {"run": "noop"}});
+            assert!(
+                matches!(run("repeat", &ins(given.clone()), &ins(given)), Outcome::Invalid(m) if m.contains("whole number")),
+                "{odd}"
+            );
         }
         let inf = json!({"times": "inf", "do": {"run": "noop"}});
         assert!(matches!(
