@@ -1571,6 +1571,106 @@ fn the_run_commands_say_what_a_user_needs() {
     );
 }
 
+/// A task's output and input are bounded by `--body-limit`, as a function's
+/// request is: past it the task fails at once, saying whose limit, and is
+/// not tried again (the same would be refused again).
+#[test]
+fn a_task_output_or_input_past_the_body_limit_fails_without_retries() {
+    let s = Server::start_with(&[("FUSION_BODY_LIMIT", "1000")]);
+    s.env("binary", "binary", 1);
+    s.function(
+        "big",
+        "binary",
+        "big.sh",
+        "#!/bin/sh\nhead -c 2000 /dev/zero | tr '\\0' x\n",
+        json!({}),
+    );
+    s.workflow(
+        "bulky",
+        "apiVersion: 1\noutput: Big\ntasks:\n  Big:\n    run: big\n    retry: {maxAttempts: 3}\n",
+    );
+    let id = s.start_async("bulky", "");
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "failed", "{run}");
+    let task = &run["tasks"][0];
+    assert_eq!(task["attempts"], 1, "{run}");
+    let error = task["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("larger than 1000 bytes, the most a task's output may be"),
+        "{run}"
+    );
+    // An input past it: Fusion's limit, not an instance's failure.
+    s.function("echo", "binary", "echo.sh", "#!/bin/sh\ncat\n", json!({}));
+    s.workflow(
+        "stuffed",
+        "apiVersion: 1\noutput: Echo\ntasks:\n  Echo:\n    run: echo\n    inputs: \"{ 'y'.repeat(3000) }\"\n    retry: {maxAttempts: 3}\n",
+    );
+    let id = s.start_async("stuffed", "");
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "failed", "{run}");
+    let task = &run["tasks"][0];
+    assert_eq!(task["attempts"], 1, "{run}");
+    let error = task["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the task's input is too large"), "{run}");
+    assert!(!error.contains("instance failed"), "{run}");
+}
+
+/// A step whose function is at its max scale waits for a free instance, as a
+/// queue would, past the lease wait that turns a router's caller away (429).
+#[test]
+fn a_step_waits_for_a_function_at_its_max_scale() {
+    let s = Server::start_with(&[("FUSION_LEASE_WAIT_MS", "300")]);
+    s.env("binary", "binary", 1);
+    let probe = Probe::start();
+    let code = format!("#!/bin/sh\n{}\nprintf done\n", probe.curl("/gate/go"));
+    s.function(
+        "single",
+        "binary",
+        "single.sh",
+        &code,
+        json!({"max_scale": 1}),
+    );
+    s.workflow(
+        "one-at-a-time",
+        "apiVersion: 1\noutput: Call\ntasks:\n  Call:\n    run: single\n",
+    );
+    let first = s.start_async("one-at-a-time", "");
+    eventually(
+        Duration::from_secs(20),
+        "the first call holds the instance",
+        || {
+            s.instances("single")
+                .iter()
+                .any(|i| i["active_requests"] == 1)
+        },
+    );
+    let second = s.start_async("one-at-a-time", "");
+    // Waiting well past the lease wait, still running.
+    eventually(
+        Duration::from_secs(20),
+        "the second step waits a while",
+        || {
+            let run = s.run(&second);
+            let started = run["tasks"][0]["started_at"].as_u64();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            started.is_some_and(|t| now.saturating_sub(t) > 1000)
+        },
+    );
+    assert_eq!(s.run(&second)["status"], "running");
+    probe.open("go");
+    for id in [first, second] {
+        let run = s.wait_run(&id, Duration::from_secs(30));
+        assert_eq!(
+            (run["status"].as_str(), &run["output"]),
+            (Some("succeeded"), &json!("done")),
+            "{run}"
+        );
+    }
+}
+
 /// Fission Workflows deployed a workflow as a function of its `workflow`
 /// environment, and triggers named it as a function: the same commands store
 /// it as a workflow here, and triggers that name it reach it.
@@ -1991,8 +2091,9 @@ fn foreach_runs_a_whole_workflow_per_item_at_most_concurrency_at_once() {
         "binary",
         "picky.sh",
         &format!(
-            "#!/bin/sh\nbody=$(cat)\n{}\n[ \"$body\" != bad ] || exit 1\nprintf ok\n",
-            probe.curl("/log/picky?$body")
+            "#!/bin/sh\nbody=$(cat)\n{}\n[ \"$body\" != bad ] || {} || exit 1\nprintf ok\n",
+            probe.curl("/log/picky?$body"),
+            probe.curl("/flag/mended"),
         ),
         json!({}),
     );
@@ -2009,6 +2110,14 @@ fn foreach_runs_a_whole_workflow_per_item_at_most_concurrency_at_once() {
         "{err}"
     );
     assert_eq!(probe.lines("picky"), ["fine", "bad"]);
+    // Retried once mended: the item that succeeded keeps its result and is
+    // not called again; the failed one and those after it run.
+    probe.set("mended");
+    let failed = err["error"]["run_id"].as_str().unwrap();
+    let retry = s.ok("POST", &format!("/v1/runs/{failed}/retry"), Some(json!({})));
+    let run = s.wait_run(retry["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(probe.lines("picky"), ["fine", "bad", "bad", "never"]);
 
     // The inner workflow is checked like a document, positions in the outer one.
     let e = refused(&s, "apiVersion: 1\noutput: Each\ntasks:\n  Each:\n    run: foreach\n    inputs:\n      foreach: [1]\n      do:\n        output: Check\n        tasks:\n          Check:\n            run: nosuch\n");
