@@ -178,14 +178,22 @@ async fn invoke_pool(
     // would have had its turn a moment later). Within the task's timeout,
     // else the function's own; nothing was called meanwhile.
     let started = tokio::time::Instant::now();
-    let most = call.timeout.unwrap_or_else(|| {
-        pool.function(&call.function)
-            .map_or(Duration::ZERO, |f| Duration::from_secs(f.timeout_secs))
-    });
+    // Looked up once needed only: not on every call's path.
+    let mut most = None;
     let forwarded = loop {
         let req = request()?;
         match pool_manager::try_forward(&pool, &call.function, req, &path_only, &[]).await {
-            Err(Error::Overloaded(_)) if started.elapsed() < most => continue,
+            Err(Error::Overloaded(m)) => {
+                let most = *most.get_or_insert_with(|| {
+                    call.timeout.unwrap_or_else(|| {
+                        pool.function(&call.function)
+                            .map_or(Duration::ZERO, |f| Duration::from_secs(f.timeout_secs))
+                    })
+                });
+                if started.elapsed() >= most {
+                    break Err(Error::Overloaded(m));
+                }
+            }
             other => break other,
         }
     };
