@@ -2166,6 +2166,34 @@ fn what_stored_workflows_run_is_not_deleted_from_under_them() {
     assert_eq!(s.call("DELETE", "/v1/workflows/inner", None).0, 204);
     refused("/v1/functions/echo", &["machine"]);
     assert_eq!(s.call("DELETE", "/v1/workflows/machine", None).0, 204);
+
+    // Nor from under a run in flight whose version still calls it, once the
+    // workflow changed so that its latest no longer does.
+    s.workflow(
+        "later",
+        "output: Call\ntasks:\n  Wait:\n    run: callback\n  Call:\n    run: echo\n    requires: [Wait]\n",
+    );
+    let id = s.start_async("later", "");
+    eventually(Duration::from_secs(30), "the run waits", || {
+        s.run(&id)["tasks"]
+            .as_array()
+            .is_some_and(|ts| ts.iter().any(|t| t["status"] == "running"))
+    });
+    let changed = s
+        .api("PUT", "/v1/workflows/later")
+        .header("content-type", "application/yaml")
+        .body("output: Done\ntasks:\n  Done:\n    run: noop\n")
+        .send()
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let (st, body) = s.call("DELETE", "/v1/functions/echo", None);
+    assert_eq!(st, 409, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("run by runs in flight") && message.contains(&id),
+        "{body}"
+    );
+    s.ok("POST", &format!("/v1/runs/{id}/cancel"), Some(json!({})));
     assert_eq!(s.call("DELETE", "/v1/functions/echo", None).0, 204);
 }
 

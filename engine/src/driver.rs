@@ -785,6 +785,52 @@ impl Engine {
             .collect())
     }
 
+    /// The runs in flight whose own version of their workflow runs `name` (a
+    /// function's key or a workflow's name), at most `most` of them: a
+    /// workflow changed since they started no longer says so, and what they
+    /// are still to call must not be deleted from under them.
+    pub fn runs_in_flight_running(
+        &self,
+        name: &str,
+        most: usize,
+    ) -> Result<Vec<String>, EngineError> {
+        let mut ids: Vec<String> = self
+            .runs
+            .lock()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default();
+        ids.sort();
+        let mut runs_it: HashMap<(String, u32), bool> = HashMap::new();
+        let mut found = Vec::new();
+        for id in ids {
+            let Some(run) = self.store.run(&id)? else {
+                continue;
+            };
+            if run.workflow == name || run.status != RunStatus::Running {
+                continue;
+            }
+            let key = (run.workflow.clone(), run.version);
+            let uses = match runs_it.get(&key) {
+                Some(u) => *u,
+                None => {
+                    let u = self
+                        .store
+                        .workflow(&run.workflow, Some(run.version))?
+                        .is_some_and(|w| crate::validate::names_run_by(&w.spec).contains(name));
+                    runs_it.insert(key, u);
+                    u
+                }
+            };
+            if uses {
+                found.push(id);
+                if found.len() == most {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
     pub fn delete_workflow(&self, name: &str) -> Result<(), EngineError> {
         if self.store.delete_workflow(name)? {
             Ok(())

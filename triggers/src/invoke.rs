@@ -75,6 +75,15 @@ impl Invoker {
             .map_err(|e| pool_manager::Error::Storage(e.to_string()))
     }
 
+    /// Runs in flight still to call `name` (a function's key or a workflow's
+    /// name) as their own version of their workflow says, a few at most.
+    pub fn runs_running(&self, name: &str) -> pool_manager::error::Result<Vec<String>> {
+        self.workflows
+            .engine
+            .runs_in_flight_running(name, 3)
+            .map_err(|e| pool_manager::Error::Storage(e.to_string()))
+    }
+
     pub fn exists(&self, target: &Target) -> bool {
         match target {
             Target::Function(f) => self.function_exists(f),

@@ -61,6 +61,7 @@ impl Triggers {
             name,
             [
                 ("workflows", self.invoker.workflows_running(name)?),
+                (RUNS_IN_FLIGHT, self.invoker.runs_running(name)?),
                 ("routes", routes.map(Route::key).collect()),
                 (
                     "time triggers",
@@ -88,6 +89,7 @@ impl Triggers {
             key,
             [
                 ("workflows", self.invoker.workflows_running(key)?),
+                (RUNS_IN_FLIGHT, self.invoker.runs_running(key)?),
                 (
                     "routes",
                     keys(self.routes.targeting_function(key)?, Route::key),
@@ -111,6 +113,9 @@ impl Triggers {
     }
 }
 
+/// The users of a function or workflow that are runs still to call it.
+const RUNS_IN_FLIGHT: &str = "runs in flight";
+
 fn keys<T>(items: Vec<T>, key: fn(&T) -> String) -> Vec<String> {
     items.iter().map(key).collect()
 }
@@ -120,13 +125,18 @@ fn keys<T>(items: Vec<T>, key: fn(&T) -> String) -> Vec<String> {
 fn in_use<const N: usize>(what: &str, name: &str, users: [(&str, Vec<String>); N]) -> Result<()> {
     match users.into_iter().find(|(_, keys)| !keys.is_empty()) {
         Some((kind, keys)) => Err(Error::Conflict(format!(
-            "{what} {name:?} is {} {kind} {}; delete or change them first",
-            if kind == "workflows" {
+            "{what} {name:?} is {} {kind} {}; {} first",
+            if kind == "workflows" || kind == RUNS_IN_FLIGHT {
                 "run by"
             } else {
                 "the target of"
             },
-            keys.join(", ")
+            keys.join(", "),
+            if kind == RUNS_IN_FLIGHT {
+                "let them end or cancel them"
+            } else {
+                "delete or change them"
+            }
         ))),
         None => Ok(()),
     }
