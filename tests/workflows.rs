@@ -1813,6 +1813,14 @@ fn fissions_workflow_run_and_runs_commands_start_and_inspect_runs() {
         let (code, out, err) = s.cli(&["wf", "runs", "describe", "--name", id]);
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("succeeded"), "{out}");
+        // Drawn as Fission's `runs graph` draws it, coloured by what it did.
+        let (code, out, err) = s.cli(&["wf", "runs", "graph", "--name", id]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.starts_with("flowchart TD\n")
+                && out.contains("[[\"Hello<br/>javascript<br/>(output)\"]]:::succeeded"),
+            "{out}"
+        );
         // `--io`: each step's inputs and outputs whole.
         let (code, out, err) = s.cli(&["wf", "runs", "history", "--name", id, "--io"]);
         assert_eq!(code, 0, "{err}");

@@ -5,6 +5,7 @@ mod env;
 
 pub(crate) use env::image_use_line;
 mod function;
+mod graph;
 mod invocation;
 mod mqt;
 mod output;

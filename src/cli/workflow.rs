@@ -63,6 +63,16 @@ pub(super) enum WfVerb {
         #[arg(long, value_name = "N")]
         version: Option<u32>,
     },
+    /// Print a workflow as a Mermaid flowchart (either format), as Fission's
+    /// `workflow graph`: tasks and what they require, or states and their
+    /// transitions.
+    Graph {
+        #[command(flatten)]
+        name: Name,
+        /// The version to draw; the latest when absent.
+        #[arg(long, value_name = "N")]
+        version: Option<u32>,
+    },
     /// List the workflows.
     List,
     /// List every stored version of a workflow.
@@ -125,6 +135,13 @@ pub(super) enum RunsVerb {
     },
     /// Cancel a running run.
     Cancel {
+        #[command(flatten)]
+        id: RunId,
+    },
+    /// The run's workflow as a Mermaid flowchart, each task or state
+    /// coloured by what the run did: succeeded, failed, running, cancelled
+    /// or never reached.
+    Graph {
         #[command(flatten)]
         id: RunId,
     },
@@ -372,6 +389,18 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             warn(&file, &v);
             stored(opts, &v, dry_run);
         }
+        WfVerb::Graph { name, version } => {
+            let name = name.get();
+            let mut path = format!("/v1/workflows/{name}");
+            if let Some(v) = version {
+                path.push_str(&format!("?version={v}"));
+            }
+            let wf: Value = c.get(&path).await?;
+            print!(
+                "{}",
+                super::graph::mermaid(wf["format"].as_str().unwrap_or_default(), &wf["spec"], None)
+            );
+        }
         WfVerb::Get { name, version } => {
             let name = name.get();
             let mut path = format!("/v1/workflows/{name}");
@@ -480,6 +509,28 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 RunsVerb::Describe { id } => RunVerb::Get { id },
                 RunsVerb::History { id, io } => return history(&c, opts, &id.get(), io).await,
                 RunsVerb::Cancel { id } => RunVerb::Cancel { id, reason: None },
+                RunsVerb::Graph { id } => {
+                    let id = id.get();
+                    let run: Value = c.get(&format!("/v1/runs/{id}")).await?;
+                    let (Some(name), Some(version)) =
+                        (run["workflow"].as_str(), run["version"].as_u64())
+                    else {
+                        bail!("the API answered no workflow for run {id}");
+                    };
+                    let wf: Value = c
+                        .get(&format!("/v1/workflows/{name}?version={version}"))
+                        .await?;
+                    let statuses = super::graph::run_statuses(&run);
+                    print!(
+                        "{}",
+                        super::graph::mermaid(
+                            wf["format"].as_str().unwrap_or_default(),
+                            &wf["spec"],
+                            Some(&statuses)
+                        )
+                    );
+                    return Ok(());
+                }
             };
             return run_cmd(verb, opts).await;
         }
