@@ -1294,6 +1294,17 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
     }
     if let Some(d) = s.deadline {
         if now >= d {
+            // A `sleep` that ended before the run's time was up (a server
+            // down across both) ended: its history says so, not cancelled.
+            let slept: Vec<Action> = s
+                .tasks
+                .values()
+                .filter(|t| t.status == TaskStatus::Running && t.wake_at.is_some_and(|w| w <= d))
+                .map(|t| Action::FireTimer { task: t.id.clone() })
+                .collect();
+            if !slept.is_empty() {
+                return slept;
+            }
             return vec![Action::Finish(Finish::Failed(RunError {
                 task: None,
                 message: format!(
@@ -2013,6 +2024,41 @@ mod tests {
         assert!(decide(&s, 0).contains(&Action::StartTimer { at: 1000 }));
         assert!(matches!(
             &decide(&s, 1000)[0],
+            Action::Finish(Finish::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn a_sleep_due_before_the_run_timed_out_ends_before_the_run_fails() {
+        let mut spec = workflow(&[vec![]], 0, 1);
+        spec.timeout = Some("1s".into());
+        let mut s = RunState::fold(&[start(spec)]);
+        apply(
+            &mut s,
+            &Event::TaskDispatched {
+                task: "t0".into(),
+                attempt: 1,
+                key: "k".into(),
+                inputs: Value::Null,
+                at: 0,
+                wake_at: Some(500),
+            },
+        );
+        // Asked long after both (a server down across them).
+        assert_eq!(
+            decide(&s, 5000),
+            vec![Action::FireTimer { task: "t0".into() }]
+        );
+        apply(
+            &mut s,
+            &Event::TimerFired {
+                task: "t0".into(),
+                at: 5000,
+            },
+        );
+        assert_eq!(s.tasks["t0"].status, TaskStatus::Succeeded);
+        assert!(matches!(
+            &decide(&s, 5000)[0],
             Action::Finish(Finish::Failed(_))
         ));
     }
