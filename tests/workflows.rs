@@ -583,8 +583,32 @@ fn retries_back_off_on_5xx_but_never_retry_4xx() {
     let (st, body) = s.invoke("patient", "text/plain", "");
     assert_eq!((st, body.as_str()), (200, "third-time"));
     let runs = s.ok("GET", "/v1/runs?workflow=patient", None);
-    let run = s.run(runs["runs"][0]["id"].as_str().unwrap());
+    let id = runs["runs"][0]["id"].as_str().unwrap();
+    let run = s.run(id);
     assert_eq!(run["tasks"][0]["attempts"], 3, "{run}");
+    // What the attempts tried again met, each with its time.
+    let failed = run["tasks"][0]["failed_attempts"].as_array().unwrap();
+    assert_eq!(
+        failed
+            .iter()
+            .map(|a| (a["attempt"].as_u64(), a["http_status"].as_u64()))
+            .collect::<Vec<_>>(),
+        [(Some(1), Some(500)), (Some(2), Some(500))],
+        "{run}"
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|a| a["started_at"].as_u64() <= a["ended_at"].as_u64()
+                && a["error"].as_str().is_some_and(|e| e.contains("500"))),
+        "{run}"
+    );
+    let (code, out, err) = s.cli(&["run", "get", id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("FAILED_ATTEMPT") && out.lines().filter(|l| l.starts_with("T ")).count() == 3,
+        "{out}"
+    );
 
     s.env("python", "python", 1);
     s.function(

@@ -530,6 +530,7 @@ pub fn run_json(s: &RunState) -> Value {
                 "run": shown.unwrap_or_else(|| t.spec.run.clone()),
                 "status": status,
                 "attempts": t.attempts,
+                "failed_attempts": t.failed_attempts,
                 "started_at": t.started_at,
                 "ended_at": ended_at,
                 "inputs": t.inputs,

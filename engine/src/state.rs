@@ -336,6 +336,18 @@ fn timestamp(at: Option<Millis>) -> Value {
         .map_or(Value::Null, |t| Value::String(t.to_string()))
 }
 
+/// An attempt of a task that failed and was tried again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedAttempt {
+    pub attempt: u32,
+    pub started_at: Option<Millis>,
+    pub ended_at: Millis,
+    pub error: String,
+    /// The function's answer's status, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct TaskState {
     pub id: String,
@@ -366,6 +378,13 @@ pub struct TaskState {
     pub http_status: Option<u16>,
     pub started_at: Option<Millis>,
     pub ended_at: Option<Millis>,
+    /// When the current attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_started_at: Option<Millis>,
+    /// The attempts that failed and were tried again, in order (the last
+    /// attempt's outcome is the task's own `error` or `output`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<FailedAttempt>,
     pub retry_at: Option<Millis>,
     pub wake_at: Option<Millis>,
     /// For a `Waiting` task: the full id of its sub-workflow's output task.
@@ -1022,6 +1041,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
                 t.key = Some(key.clone());
                 t.inputs = Some(inputs.clone());
                 t.started_at.get_or_insert(*at);
+                t.attempt_started_at = Some(*at);
                 t.retry_at = None;
                 t.wake_at = *wake_at;
                 t.callback = None;
@@ -1073,6 +1093,13 @@ fn apply_event(s: &mut RunState, event: &Event) {
                     if retryable && *attempt < max {
                         t.status = TaskStatus::Retrying;
                         t.retry_at = None;
+                        t.failed_attempts.push(FailedAttempt {
+                            attempt: *attempt,
+                            started_at: t.attempt_started_at,
+                            ended_at: *at,
+                            error: error.clone(),
+                            http_status: *status,
+                        });
                     } else {
                         t.status = TaskStatus::Failed;
                         t.ended_at = Some(*at);

@@ -388,7 +388,51 @@ fn print_run(opts: &ClientOpts, v: &Value) {
         print(opts, &run_row(v), RUN_DETAIL_COLUMNS);
         println!();
         print(opts, &task_rows(&v["tasks"]), TASK_COLUMNS);
+        // What each retried task's earlier attempts met.
+        let retried = failed_attempt_rows(&v["tasks"]);
+        if retried.as_array().is_some_and(|r| !r.is_empty()) {
+            println!();
+            print(opts, &retried, FAILED_ATTEMPT_COLUMNS);
+        }
     }
+}
+
+const FAILED_ATTEMPT_COLUMNS: &[(&str, &str)] = &[
+    ("TASK", "/task"),
+    ("FAILED_ATTEMPT", "/attempt"),
+    ("STARTED", "/started"),
+    ("DURATION_MS", "/duration_ms"),
+    ("STATUS", "/http_status"),
+    ("ERROR", "/error"),
+];
+
+/// The attempts of tasks that failed and were tried again, task by task.
+fn failed_attempt_rows(tasks: &Value) -> Value {
+    let rows: Vec<Value> = tasks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| {
+            t["failed_attempts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |a| {
+                    json!({
+                        "task": t["id"],
+                        "attempt": a["attempt"],
+                        "started": a["started_at"].as_u64().map(clock_ms),
+                        "duration_ms": match (a["started_at"].as_u64(), a["ended_at"].as_u64()) {
+                            (Some(s), Some(e)) => json!(e.saturating_sub(s)),
+                            _ => Value::Null,
+                        },
+                        "http_status": a["http_status"],
+                        "error": cell(&a["error"]),
+                    })
+                })
+        })
+        .collect();
+    Value::Array(rows)
 }
 
 /// The run's row of `run get`: its input is the body it was invoked with (the
