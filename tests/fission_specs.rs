@@ -317,6 +317,54 @@ fn triggers_are_stored_and_state_machine_workflows_applied_to_the_engine() {
     assert!(out.contains("everything up to date"), "{out}");
 }
 
+/// A Fission Workflows project's specs, as `fission fn create --spec --env
+/// workflow --src W.wf.yaml` writes them: the function (with its package and
+/// archive) is a workflow here, and Fission Workflows' environment is not
+/// applied; a route to the function reaches the workflow.
+#[test]
+fn a_function_of_fission_workflows_env_in_specs_is_applied_as_a_workflow() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    assert_eq!(s.cli_in(tmp.path(), &["spec", "init"]).0, 0);
+    std::fs::write(
+        tmp.path().join("echowhale.wf.yaml"),
+        "apiVersion: 1\noutput: Echo\ntasks:\n  Echo:\n    run: noop\n    inputs: \"{ $.Invocation.Inputs.default }\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("specs/workflows.yaml"),
+        "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: workflow\nspec:\n  runtime:\n    image: fission/workflow-env\n  version: 1\n---\nkind: ArchiveUploadSpec\nname: echowhale-wf-yaml\ninclude:\n  - echowhale.wf.yaml\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: echowhale-pkg\nspec:\n  environment:\n    name: workflow\n    namespace: default\n  deployment:\n    type: url\n    url: archive://echowhale-wf-yaml\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: echowhale\nspec:\n  environment:\n    name: workflow\n    namespace: default\n  package:\n    packageref:\n      name: echowhale-pkg\n      namespace: default\n---\napiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: echowhale-route\nspec:\n  relativeurl: /whale\n  methods: [POST]\n  functionref:\n    type: name\n    name: echowhale\n",
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("Fusion runs workflows itself"), "{err}");
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("created   Workflow echowhale"), "{out}");
+    assert_eq!(s.call("GET", "/v1/environments/workflow", None).0, 404);
+    assert_eq!(s.call("GET", "/v1/functions/echowhale", None).0, 404);
+    assert_eq!(
+        s.ok("GET", "/v1/routes/echowhale-route", None)["workflow"],
+        "echowhale"
+    );
+    let answer = s
+        .http
+        .post(s.router_url("/whale"))
+        .body("blub")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(answer, "blub");
+    let (code, out, _) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("everything up to date"), "{out}");
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(s.call("GET", "/v1/workflows/echowhale", None).0, 404);
+}
+
 #[test]
 fn namespaces_in_metadata_are_kept_and_names_are_unique_per_namespace() {
     let s = Server::start();

@@ -597,6 +597,13 @@ async fn apply_all(
                 }
             } else if let Some(source) = &r.workflow_source {
                 apply_workflow(client, r, source.clone(), owned || opts.allow_conflicts).await
+            } else if let Some(archive) = &r.workflow_archive {
+                match workflow_in_archive(specs, root, archive) {
+                    Ok(yaml) => {
+                        apply_workflow(client, r, yaml, owned || opts.allow_conflicts).await
+                    }
+                    Err(e) => Err(e),
+                }
             } else {
                 upsert(client, r, body, owned || opts.allow_conflicts).await
             }
@@ -618,6 +625,35 @@ async fn apply_all(
         }
     }
     Ok(())
+}
+
+/// The workflow a Fission Workflows function's package holds: its one file.
+fn workflow_in_archive(specs: &Specs, root: &Path, src: &ArchiveSource) -> Result<String> {
+    let bytes = match src {
+        ArchiveSource::Upload(name) => {
+            let spec = specs
+                .archives
+                .iter()
+                .find(|a| &a.name == name)
+                .ok_or_else(|| anyhow!("unknown archive archive://{name}"))?;
+            let files = archive::matches(spec, root)?;
+            let [file] = files.as_slice() else {
+                bail!(
+                    "archive://{name} holds {} files: a function of Fission Workflows' `workflow` environment is one workflow file",
+                    files.len()
+                );
+            };
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
+        }
+        ArchiveSource::Literal(bytes) => bytes.clone(),
+        ArchiveSource::File(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+    };
+    if bytes.starts_with(b"PK") {
+        bail!("the package is a zip archive: a function of Fission Workflows' `workflow` environment is one workflow file");
+    }
+    String::from_utf8(bytes).map_err(|_| anyhow!("the package's workflow file is not UTF-8 text"))
 }
 
 /// Uploads an archive once per apply; answers the stored code's reference.

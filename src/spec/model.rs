@@ -14,6 +14,10 @@ use super::load::{Document, Location};
 /// asked for (`DefaultConcurrency` in Fission's core types).
 const FISSION_DEFAULT_CONCURRENCY: u64 = 500;
 
+/// The environment Fission Workflows ran workflows in (its functions are
+/// workflows).
+const WORKFLOW_ENV: &str = "workflow";
+
 /// The kinds a spec folder may hold, in the order they are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -97,6 +101,9 @@ pub struct Resource {
     pub workflow_file: Option<PathBuf>,
     /// An RFC-0022 `Workflow` document's own text, sent as the workflow's source.
     pub workflow_source: Option<String>,
+    /// A Fission Workflows function's package archive (one workflow file),
+    /// read at apply time as the workflow's source.
+    pub workflow_archive: Option<ArchiveSource>,
     /// Resources this one needs: (kind, namespace, name, field path).
     pub refs: Vec<(Kind, String, String, String)>,
     pub at: Location,
@@ -156,6 +163,7 @@ impl Specs {
         for doc in docs {
             specs.read_doc(doc, namespace);
         }
+        specs.fission_workflows_functions();
         specs.check_references();
         specs
     }
@@ -348,6 +356,7 @@ impl Specs {
             archives: Vec::new(),
             workflow_file: None,
             workflow_source: None,
+            workflow_archive: None,
             refs: Vec::new(),
             at: doc.at(""),
             fission: true,
@@ -1052,6 +1061,7 @@ impl Specs {
             archives: Vec::new(),
             workflow_file: None,
             workflow_source: None,
+            workflow_archive: None,
             refs: Vec::new(),
             at: doc.at(""),
             fission: false,
@@ -1146,6 +1156,97 @@ impl Specs {
         self.push(r, doc);
     }
 
+    /// Fission Workflows' deploy, as `fission fn create --spec --env workflow
+    /// --src W.wf.yaml` writes it: a Function of the `workflow` environment,
+    /// its Package (one workflow file) and the environment itself (image
+    /// `fission/workflow-env`). Fusion runs workflows itself: the environment
+    /// is not applied, and each such function (with its package) is a
+    /// workflow of its name. A folder that declares a `workflow` environment
+    /// of another image keeps its functions as they are.
+    fn fission_workflows_functions(&mut self) {
+        let engine_env = |r: &Resource| {
+            r.kind == Kind::Environment
+                && r.name == WORKFLOW_ENV
+                && r.body["image"]
+                    .as_str()
+                    .is_some_and(|i| i.contains("fission/workflow-env"))
+        };
+        let dropped: Vec<Location> = self
+            .resources
+            .iter()
+            .filter(|r| engine_env(r))
+            .map(|r| r.at.clone())
+            .collect();
+        self.resources.retain(|r| !engine_env(r));
+        for at in dropped {
+            self.warn(at, format!("Environment {WORKFLOW_ENV} is Fission Workflows' (fission/workflow-env): Fusion runs workflows itself, so it is not applied, and its functions are stored as workflows"));
+        }
+        if self
+            .resources
+            .iter()
+            .any(|r| r.kind == Kind::Environment && r.name == WORKFLOW_ENV)
+        {
+            return;
+        }
+        let functions: Vec<Resource> = self
+            .resources
+            .iter()
+            .filter(|r| r.kind == Kind::Function && r.body["env"] == WORKFLOW_ENV)
+            .cloned()
+            .collect();
+        for f in functions {
+            let package = f
+                .body
+                .pointer("/package/packageref/name")
+                .and_then(Value::as_str);
+            let archive = package.and_then(|p| {
+                self.resources
+                    .iter()
+                    .find(|r| r.kind == Kind::Package && r.namespace == f.namespace && r.name == p)
+                    .and_then(|r| {
+                        let by = |field: &str| r.archives.iter().find(|(n, _)| n == field);
+                        by("deployment")
+                            .or_else(|| by("source"))
+                            .map(|(_, a)| a.clone())
+                    })
+            });
+            let Some(archive) = archive else {
+                // Left to the references' check, which says what is missing.
+                continue;
+            };
+            self.resources.retain(|r| r.key() != f.key());
+            // Its package goes with it, unless another function runs it.
+            if let Some(p) = package {
+                let used = self.resources.iter().any(|r| {
+                    r.kind == Kind::Function
+                        && r.namespace == f.namespace
+                        && r.body
+                            .pointer("/package/packageref/name")
+                            .and_then(Value::as_str)
+                            == Some(p)
+                });
+                if !used {
+                    self.resources.retain(|r| {
+                        !(r.kind == Kind::Package && r.namespace == f.namespace && r.name == p)
+                    });
+                }
+            }
+            self.resources.push(Resource {
+                kind: Kind::Workflow,
+                namespace: f.namespace.clone(),
+                name: f.name.clone(),
+                body: Value::Null,
+                archives: Vec::new(),
+                workflow_file: None,
+                workflow_source: None,
+                workflow_archive: Some(archive),
+                refs: Vec::new(),
+                at: f.at.clone(),
+                fission: true,
+            });
+        }
+    }
+
     /// References between the folder's resources, as Fission's validation checks
     /// them: what is missing from the folder is an error when it is a package,
     /// archive or trigger target, a warning when it may exist on the server.
@@ -1155,7 +1256,12 @@ impl Specs {
         let mut used_archives = HashSet::new();
         let mut problems = Vec::new();
         for r in &self.resources {
-            for (_, src) in &r.archives {
+            let sources = r
+                .archives
+                .iter()
+                .map(|(_, a)| a)
+                .chain(r.workflow_archive.as_ref());
+            for src in sources {
                 if let ArchiveSource::Upload(name) = src {
                     if self.archives.iter().any(|a| &a.name == name) {
                         used_archives.insert(name.clone());
