@@ -155,48 +155,47 @@ async fn invoke_pool(
     } else {
         call.method.as_str()
     };
-    let request = || {
-        let mut req = http::Request::builder().method(method).uri(&path);
-        for (k, v) in &call.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        if let Some(key) = &call.idempotency_key {
-            req = req.header(IDEMPOTENCY_HEADER, key.as_str());
-        }
-        req.body(axum_body(call.body.clone()))
-            .map_err(|e| CallError::Instance(format!("bad request for {}: {e}", call.function)))
-    };
+    let mut req = http::Request::builder().method(method).uri(&path);
+    for (k, v) in &call.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    if let Some(key) = &call.idempotency_key {
+        req = req.header(IDEMPOTENCY_HEADER, key.as_str());
+    }
+    let req = req
+        .body(axum_body(call.body.clone()))
+        .map_err(|e| CallError::Instance(format!("bad request for {}: {e}", call.function)))?;
     let path_only = call.path.clone();
     let path_only = if path_only.is_empty() {
         "/".to_string()
     } else {
         path_only
     };
-    // A function at its max scale is waited for, as a queue would: a
-    // workflow's step is not a caller to turn away after the router's lease
-    // wait (a burst of runs failed for good with "no capacity" where each
-    // would have had its turn a moment later). Within the task's timeout,
-    // else the function's own; nothing was called meanwhile.
-    let started = tokio::time::Instant::now();
-    // Looked up once needed only: not on every call's path.
-    let mut most = None;
-    let forwarded = loop {
-        let req = request()?;
-        match pool_manager::try_forward(&pool, &call.function, req, &path_only, &[]).await {
-            Err(Error::Overloaded(m)) => {
-                let most = *most.get_or_insert_with(|| {
-                    call.timeout.unwrap_or_else(|| {
-                        pool.function(&call.function)
-                            .map_or(Duration::ZERO, |f| Duration::from_secs(f.timeout_secs))
-                    })
-                });
-                if started.elapsed() >= most {
-                    break Err(Error::Overloaded(m));
-                }
-            }
-            other => break other,
-        }
-    };
+    // Fusion's own limit on what a function is sent: said before any
+    // instance is taken or waited for.
+    let limit = pool.config().body_limit;
+    if call.body.len() as u64 > limit {
+        return Err(CallError::TooLarge(format!(
+            "the task's input is too large to send to function {:?}: {} bytes, more than the limit of {limit} (--body-limit)",
+            call.function,
+            call.body.len()
+        )));
+    }
+    // A function at its max scale is waited for, as in a queue: a workflow's
+    // step is not a caller to turn away after the router's lease wait (a
+    // burst of runs failed for good with "no capacity" where each would have
+    // had its turn a moment later). Within the task's timeout, which bounds
+    // the wait and the call together, else the function's own timeout (the
+    // call then has its own).
+    let forwarded = pool_manager::router::try_forward_within(
+        &pool,
+        &call.function,
+        req,
+        &path_only,
+        &[],
+        call.timeout,
+    )
+    .await;
     let resp = match forwarded {
         Ok(resp) => resp,
         // A failed package build is answered as the router answers it (424): a
@@ -229,7 +228,6 @@ async fn invoke_pool(
     // A task's output is held by the run and written with it: an answer
     // larger than what a function may be sent is refused, as the next task
     // could not be sent it anyway.
-    let limit = pool.config().body_limit;
     let body = http_body_util::Limited::new(resp.into_body(), usize::try_from(limit).unwrap_or(usize::MAX))
         .collect()
         .await

@@ -422,7 +422,24 @@ impl PoolManager {
     /// takes its own request and `requests_per_instance - 1` waiting ones. A
     /// waiting request is woken when the specialization ends, either way.
     pub async fn lease(&self, name: &str) -> Result<Lease> {
+        self.lease_within(name, Some(self.inner.cfg.lease_wait))
+            .await
+    }
+
+    /// As `lease`, waiting up to `wait` (not `--lease-wait-ms`; `None`: the
+    /// function's own timeout) for a free instance of a function at its max
+    /// scale: a workflow's step waits as in a queue, where a router's caller
+    /// is turned away.
+    pub async fn lease_within(&self, name: &str, wait: Option<Duration>) -> Result<Lease> {
         let inner = &self.inner;
+        let wait = wait.unwrap_or_else(|| {
+            lock(&inner.state)
+                .fns
+                .get(name)
+                .map_or(inner.cfg.lease_wait, |p| {
+                    Duration::from_secs(p.function.timeout_secs)
+                })
+        });
         // A named package still building is waited for (within the function's
         // timeout) before any capacity is taken; a failed build fails the call.
         // Instances of the current generation already run the built code.
@@ -437,7 +454,7 @@ impl PoolManager {
         if let Some((package, limit)) = named {
             inner.wait_for_package(name, &package, limit).await?;
         }
-        let deadline = tokio::time::Instant::now() + inner.cfg.lease_wait;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             if inner.closing.load(Ordering::SeqCst) {
                 return Err(Error::ShuttingDown("the server is shutting down".into()));
@@ -496,8 +513,7 @@ impl PoolManager {
                     }
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         return Err(Error::Overloaded(format!(
-                            "function {name:?} is at its max scale (--maxscale) and no instance freed up within {:?}",
-                            inner.cfg.lease_wait
+                            "function {name:?} is at its max scale (--maxscale) and no instance freed up within {wait:?}"
                         )));
                     }
                     continue;

@@ -66,9 +66,31 @@ pub async fn try_forward(
     path: &str,
     params: &[(String, String)],
 ) -> Result<Response<Body>, Error> {
+    try_forward_within(
+        pm,
+        function,
+        req,
+        path,
+        params,
+        Some(pm.config().lease_wait),
+    )
+    .await
+}
+
+/// As `try_forward`, waiting up to `lease_wait` (`None`: the function's own
+/// timeout) for a free instance of a function at its max scale (a
+/// workflow's step waits as in a queue).
+pub async fn try_forward_within(
+    pm: &PoolManager,
+    function: &str,
+    req: Request<Body>,
+    path: &str,
+    params: &[(String, String)],
+    lease_wait: Option<Duration>,
+) -> Result<Response<Body>, Error> {
     let started = std::time::Instant::now();
     let mut series = None;
-    let result = forward_inner(pm, function, req, path, params, &mut series).await;
+    let result = forward_inner(pm, function, req, path, params, lease_wait, &mut series).await;
     let code = match &result {
         Ok(r) => r.status().as_u16(),
         Err(e) => e.status().as_u16(),
@@ -101,6 +123,7 @@ async fn forward_inner(
     req: Request<Body>,
     path: &str,
     params: &[(String, String)],
+    lease_wait: Option<Duration>,
     series: &mut Option<Arc<FunctionMetrics>>,
 ) -> Result<Response<Body>, Error> {
     let limit = pm.config().body_limit;
@@ -112,7 +135,7 @@ async fn forward_inner(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
-    let lease = pm.lease(function).await?;
+    let lease = pm.lease_within(function, lease_wait).await?;
     *series = Some(lease.metrics.clone());
     let timeout = Duration::from_secs(lease.function.timeout_secs);
     // Forward the request's own parts: no copy of its headers on the hot path.
