@@ -1170,26 +1170,57 @@ impl Engine {
         // it): running it again would repeat its side effects. So do those
         // inside a `foreach`, an `if` or a called workflow that did not
         // succeed as a whole (what is inside one that did goes with it).
-        let preserved = state
-            .tasks
-            .values()
-            .filter(|t| {
-                t.scope
-                    .as_deref()
-                    .is_none_or(|parent| state.resolved(parent).is_none())
-            })
-            .filter_map(|t| {
-                let result = state.resolved(&t.id)?;
-                Some((
-                    t.id.clone(),
-                    TaskResult {
-                        output: result.output.clone().unwrap_or(Value::Null),
-                        headers: result.headers.clone(),
-                        inputs: t.inputs.clone().unwrap_or(Value::Null),
-                    },
-                ))
-            })
-            .collect();
+        // Inside a stored workflow run by name, only while that workflow is
+        // still the version the run ran: the retry runs the latest, whose
+        // tasks of the same names may be others.
+        let mut latest: HashMap<String, Option<u32>> = HashMap::new();
+        let mut same_version = |t: &crate::state::TaskState| -> Result<bool, EngineError> {
+            let mut scope = t.scope.clone();
+            while let Some(parent) = scope {
+                let Some(p) = state.tasks.get(&parent) else {
+                    break;
+                };
+                if let Some(v) = p.workflow_version {
+                    let now = match latest.get(&p.spec.run) {
+                        Some(now) => *now,
+                        None => {
+                            let now = self.store.workflow(&p.spec.run, None)?.map(|w| w.version);
+                            latest.insert(p.spec.run.clone(), now);
+                            now
+                        }
+                    };
+                    if now != Some(v) {
+                        return Ok(false);
+                    }
+                }
+                scope = p.scope.clone();
+            }
+            Ok(true)
+        };
+        let mut kept = Vec::new();
+        for t in state.tasks.values() {
+            let inside_unfinished = t
+                .scope
+                .as_deref()
+                .is_none_or(|parent| state.resolved(parent).is_none());
+            if inside_unfinished && same_version(t)? {
+                kept.push(t);
+            }
+        }
+        // What this run kept itself and had not reached yet (a retry of a
+        // retry that ended before its parent added them again).
+        let mut preserved: BTreeMap<String, TaskResult> = state.preserved_inside.clone();
+        preserved.extend(kept.into_iter().filter_map(|t| {
+            let result = state.resolved(&t.id)?;
+            Some((
+                t.id.clone(),
+                TaskResult {
+                    output: result.output.clone().unwrap_or(Value::Null),
+                    headers: result.headers.clone(),
+                    inputs: t.inputs.clone().unwrap_or(Value::Null),
+                },
+            ))
+        }));
         self.start(
             state.workflow,
             state.version,

@@ -1998,6 +1998,78 @@ mod tests {
         }
     }
 
+    /// A retry's kept result of a task inside a scope stands once its
+    /// parent adds it again, in the live run as in a replay of its events
+    /// (a restart between the start and the parent's expansion).
+    #[test]
+    fn a_kept_result_inside_a_scope_applies_when_its_parent_adds_it() {
+        let spec = workflow(&[vec![]], 0, 1);
+        let Event::RunStarted {
+            run_id,
+            workflow,
+            version,
+            spec,
+            input,
+            at,
+            ..
+        } = start(spec)
+        else {
+            unreachable!()
+        };
+        let kept = TaskResult {
+            output: json!("first time"),
+            headers: Headers::new(),
+            inputs: Value::Null,
+        };
+        let events = vec![
+            Event::RunStarted {
+                run_id,
+                workflow,
+                version,
+                spec,
+                input,
+                at,
+                retry_of: Some("r0".into()),
+                preserved: BTreeMap::from([("t0/a".to_string(), kept)]),
+            },
+            dispatched("t0", 1, 0),
+            Event::TasksAdded {
+                parent: "t0".into(),
+                tasks: BTreeMap::from([
+                    ("a".to_string(), TaskSpec::default()),
+                    (
+                        "b".to_string(),
+                        TaskSpec {
+                            requires: vec!["a".into()],
+                            ..Default::default()
+                        },
+                    ),
+                ]),
+                output: "b".into(),
+                scope_inputs: None,
+                concurrency: None,
+                version: None,
+                at: 5,
+            },
+        ];
+        // Before its parent adds it, it waits in the kept results.
+        let early = RunState::fold(&events[..2]);
+        assert!(early.preserved_inside.contains_key("t0/a"));
+        let s = RunState::fold(&events);
+        assert_eq!(s.tasks["t0/a"].status, TaskStatus::Succeeded);
+        assert_eq!(s.tasks["t0/a"].output, Some(json!("first time")));
+        assert!(s.preserved_inside.is_empty());
+        // Only the task after it is dispatched.
+        let started: Vec<_> = decide(&s, 6)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Dispatch { task, .. } => Some(task),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(started, ["t0/b"]);
+    }
+
     #[test]
     fn dynamic_tasks_finish_their_parent() {
         let spec = workflow(&[vec![]], 0, 1);
