@@ -2225,6 +2225,10 @@ fn what_stored_workflows_run_is_not_deleted_from_under_them() {
         message.contains("run by runs in flight") && message.contains(&id),
         "{body}"
     );
+    // Nor once the workflow itself is deleted: the run still has its own.
+    assert_eq!(s.call("DELETE", "/v1/workflows/later", None).0, 204);
+    let (st, body) = s.call("DELETE", "/v1/functions/echo", None);
+    assert_eq!(st, 409, "{body}");
     s.ok("POST", &format!("/v1/runs/{id}/cancel"), Some(json!({})));
     assert_eq!(s.call("DELETE", "/v1/functions/echo", None).0, 204);
 }

@@ -162,6 +162,9 @@ enum Msg {
 struct RunHandle {
     tx: mpsc::UnboundedSender<Msg>,
     done: watch::Receiver<Option<RunSummary>>,
+    /// The workflow and version the run runs (what it may still call).
+    workflow: String,
+    version: u32,
 }
 
 /// The workflow engine: stored workflows, runs in flight, run history.
@@ -785,41 +788,51 @@ impl Engine {
             .collect())
     }
 
-    /// The runs in flight whose own version of their workflow runs `name` (a
+    /// The runs in flight of a workflow version that runs `name` (a
     /// function's key or a workflow's name), at most `most` of them: a
-    /// workflow changed since they started no longer says so, and what they
-    /// are still to call must not be deleted from under them.
+    /// workflow changed or deleted since they started no longer says so,
+    /// and what they run must not be deleted from under them.
     pub fn runs_in_flight_running(
         &self,
         name: &str,
         most: usize,
     ) -> Result<Vec<String>, EngineError> {
-        let mut ids: Vec<String> = self
+        let mut runs: Vec<(String, String, u32)> = self
             .runs
             .lock()
-            .map(|r| r.keys().cloned().collect())
+            .map(|r| {
+                r.iter()
+                    .filter(|(_, h)| h.workflow != name)
+                    .map(|(id, h)| (id.clone(), h.workflow.clone(), h.version))
+                    .collect()
+            })
             .unwrap_or_default();
-        ids.sort();
-        let mut runs_it: HashMap<(String, u32), bool> = HashMap::new();
+        runs.sort();
+        // Each version looked at once; a version deleted since (its
+        // workflow deleted) is read from the run's own start.
+        let mut runs_it: HashMap<(String, u32), Option<bool>> = HashMap::new();
         let mut found = Vec::new();
-        for id in ids {
-            let Some(run) = self.store.run(&id)? else {
-                continue;
-            };
-            if run.workflow == name || run.status != RunStatus::Running {
-                continue;
-            }
-            let key = (run.workflow.clone(), run.version);
-            let uses = match runs_it.get(&key) {
-                Some(u) => *u,
+        for (id, workflow, version) in runs {
+            let key = (workflow, version);
+            let stored = match runs_it.get(&key) {
+                Some(known) => *known,
                 None => {
-                    let u = self
+                    let known = self
                         .store
-                        .workflow(&run.workflow, Some(run.version))?
-                        .is_some_and(|w| crate::validate::names_run_by(&w.spec).contains(name));
-                    runs_it.insert(key, u);
-                    u
+                        .workflow(&key.0, Some(key.1))?
+                        .map(|w| crate::validate::names_run_by(&w.spec).contains(name));
+                    runs_it.insert(key, known);
+                    known
                 }
+            };
+            let uses = match stored {
+                Some(uses) => uses,
+                None => match self.run_state(&id) {
+                    Ok(state) if !state.is_finished() => {
+                        crate::validate::names_run_by(&state.spec).contains(name)
+                    }
+                    _ => false,
+                },
             };
             if uses {
                 found.push(id);
@@ -1280,6 +1293,8 @@ impl Engine {
                 RunHandle {
                     tx: tx.clone(),
                     done: done_rx.clone(),
+                    workflow: state.workflow.clone(),
+                    version: state.version,
                 },
             );
         }
