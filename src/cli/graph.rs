@@ -203,8 +203,9 @@ fn class_of(status: Option<&String>) -> &'static str {
         Some("succeeded") => "succeeded",
         Some("failed") => "failed",
         Some("cancelled") => "cancelled",
+        // Waiting for what it requires: not reached yet.
+        Some("pending") | None => "unreached",
         Some(_) => "running",
-        None => "unreached",
     }
 }
 
@@ -214,24 +215,37 @@ fn escape(text: &str) -> String {
     text.replace('"', "#quot;").replace('\n', "<br/>")
 }
 
-/// What a run did with each task (Fission Workflows: by the task's own
-/// name) or state (RFC-0022: its steps are `NNNNNN-<state>`, in branches
+/// What a run did with each task (Fission Workflows: the workflow's own
+/// tasks, by name; those inside a `foreach` or a called workflow are not
+/// drawn) or state (RFC-0022: its steps are `NNNNNN-<state>`, in branches
 /// under their parent's), the latest visit of each.
-pub(super) fn run_statuses(run: &Value) -> Statuses {
+pub(super) fn run_statuses(format: &str, run: &Value) -> Statuses {
+    let machine = format == "rfc-0022";
     let mut tasks: Vec<&Value> = run["tasks"].as_array().into_iter().flatten().collect();
     tasks.sort_by_key(|t| t["started_at"].as_u64().unwrap_or(u64::MAX));
     let mut out = Statuses::new();
     for t in tasks {
         let Some(id) = t["id"].as_str() else { continue };
-        // The step's state: the last segment of its id, its number off.
-        let last = id.rsplit('/').next().unwrap_or(id);
-        let name = match last.split_once('-') {
-            Some((n, state)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => state,
-            _ => last,
+        let name = if machine {
+            // The step's state: the last segment of its id, its number off.
+            let last = id.rsplit('/').next().unwrap_or(id);
+            match last.split_once('-') {
+                Some((n, state)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => state,
+                _ => last,
+            }
+        } else if t["scope"].is_null() {
+            id
+        } else {
+            continue;
         };
-        if let Some(s) = t["status"].as_str() {
-            out.insert(name.to_string(), s.to_string());
-        }
+        // A task the run's end cancelled before it ever started was never
+        // reached.
+        let status = match t["status"].as_str() {
+            Some("cancelled") if t["started_at"].is_null() => "pending",
+            Some(s) => s,
+            None => continue,
+        };
+        out.insert(name.to_string(), status.to_string());
     }
     out
 }
@@ -266,7 +280,7 @@ mod tests {
             {"id": "000001-Check", "status": "succeeded", "started_at": 1},
             {"id": "000002-Charge", "status": "failed", "started_at": 2},
         ]});
-        let chart = mermaid("rfc-0022", &spec, Some(&run_statuses(&run)));
+        let chart = mermaid("rfc-0022", &spec, Some(&run_statuses("rfc-0022", &run)));
         for want in [
             "n1[\"Charge<br/>Task charge\"]:::failed",
             "n2{\"Check<br/>Choice\"}:::succeeded",

@@ -520,14 +520,11 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                     let wf: Value = c
                         .get(&format!("/v1/workflows/{name}?version={version}"))
                         .await?;
-                    let statuses = super::graph::run_statuses(&run);
+                    let format = wf["format"].as_str().unwrap_or_default();
+                    let statuses = super::graph::run_statuses(format, &run);
                     print!(
                         "{}",
-                        super::graph::mermaid(
-                            wf["format"].as_str().unwrap_or_default(),
-                            &wf["spec"],
-                            Some(&statuses)
-                        )
+                        super::graph::mermaid(format, &wf["spec"], Some(&statuses))
                     );
                     return Ok(());
                 }
