@@ -116,7 +116,8 @@ fn every_message_reaches_the_function_once_and_its_answer_the_response_topic() {
     let keda = probe.lines("keda");
     assert_eq!(keda.len(), N);
     assert!(
-        keda.iter().all(|l| l == "orders.new,results.ok,orders"),
+        keda.iter()
+            .all(|l| l == "orders.new,results.ok,KEDAConnector"),
         "{keda:?}"
     );
     // Each answer carries the message's key; the NATS header reached the function.

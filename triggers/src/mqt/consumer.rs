@@ -449,15 +449,23 @@ impl Job {
             put("X-Fission-MQTrigger-ErrorTopic", t);
         }
         // And as Fission's KEDA connectors (its triggers' `kind: keda`, as
-        // for nats-jetstream) send them.
-        put("Topic", message.subject.as_str());
-        if let Some(t) = &self.trigger.resp_topic {
-            put("RespTopic", t);
+        // for nats-jetstream) send them, where the message has none of its
+        // own of those names.
+        let keda = [
+            ("Topic", Some(message.subject.as_str())),
+            ("RespTopic", self.trigger.resp_topic.as_deref()),
+            ("ErrorTopic", self.trigger.error_topic.as_deref()),
+            // The connectors' default source.
+            ("Source-Name", Some("KEDAConnector")),
+        ];
+        for (name, value) in keda {
+            if headers.contains_key(name) {
+                continue;
+            }
+            if let Some(Ok(v)) = value.map(HeaderValue::from_str) {
+                headers.insert(name, v);
+            }
         }
-        if let Some(t) = &self.trigger.error_topic {
-            put("ErrorTopic", t);
-        }
-        put("Source-Name", &self.trigger.name);
         let resp = self.invoker.call(&self.target, req, "/", &[]).await;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
