@@ -732,10 +732,14 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             ignore_not_found,
         } => {
             let name = name.get();
+            // Workflows have no namespace: one is deleted this way only in
+            // the default one, where Fission Workflows deployed them.
+            let default_ns = opts.namespace.as_deref().is_none_or(|ns| ns == "default");
             match FUNCTIONS.delete(&c, opts, &name).await {
                 // A workflow deployed as a function (Fission Workflows) goes as one.
                 Err(e)
-                    if e.downcast_ref::<crate::client::NotFound>().is_some()
+                    if default_ns
+                        && e.downcast_ref::<crate::client::NotFound>().is_some()
                         && c.get_opt::<Value>(&format!("/v1/workflows/{name}"))
                             .await?
                             .is_some() =>
