@@ -707,6 +707,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             // `workflow` environment is updated as such.
             let function = c.get_opt::<Value>(&FUNCTIONS.item(opts, &name)).await?;
             let workflow = function.is_none()
+                && opts.namespace.as_deref().is_none_or(|ns| ns == "default")
                 && c.get_opt::<Value>(&format!("/v1/workflows/{name}"))
                     .await?
                     .is_some();
