@@ -461,6 +461,8 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             retention_sweep: Some(Duration::from_secs(args.retention_sweep_secs)),
             http: Some(Arc::new(crate::workflows::ReqwestTransport::new())),
             clock: None,
+            // As for a function's caller: the router's limit.
+            body_limit: Some(usize::try_from(args.body_limit).unwrap_or(usize::MAX)),
             callback_base: Some(match &args.public_url {
                 Some(url) => url.clone(),
                 None => format!(

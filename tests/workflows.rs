@@ -1637,6 +1637,22 @@ fn a_task_output_or_input_past_the_body_limit_fails_without_retries() {
     let error = task["error"].as_str().unwrap_or_default();
     assert!(error.contains("the task's input is too large"), "{run}");
     assert!(!error.contains("instance failed"), "{run}");
+    // A caller's body past it starts no run: 413, as a function's caller gets.
+    let before = s.ok("GET", "/v1/runs?workflow=stuffed", None)["runs"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let resp = s
+        .http
+        .post(s.router_url("/fission-function/stuffed"))
+        .header("content-type", "text/plain")
+        .body("z".repeat(2000))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let after = s.ok("GET", "/v1/runs?workflow=stuffed", None)["runs"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(before, after);
 }
 
 /// A step whose function is at its max scale waits for a free instance, as a

@@ -1003,35 +1003,37 @@ async fn invoke_inner(
     let (parts, body) = req.into_parts();
     async_header(&parts.headers)
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_header", m))?;
-    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT))
-        .await
-    {
-        Ok(Ok(body)) => body,
-        Ok(Err(e)) if pool_manager::router::caused_by_limit(&e) => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the request body is larger than the limit of {BODY_LIMIT} bytes"),
-            ))
-        }
-        Ok(Err(e)) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("cannot read the request body: {e}"),
-            ))
-        }
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the request body did not arrive within {} s",
-                    BODY_READ_TIMEOUT.as_secs()
-                ),
-            ))
-        }
-    };
+    let limit = engine.config.body_limit.unwrap_or(BODY_LIMIT);
+    let body =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(e)) if pool_manager::router::caused_by_limit(&e) => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "the request body is larger than the limit of {limit} bytes (--body-limit)"
+                    ),
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("cannot read the request body: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request body did not arrive within {} s",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
+        };
     let input = request_input(&parts.method, &parts.uri, &parts.headers, &body)?;
     let asynchronous = is_async(&parts.headers);
     let credentials = credentials(&parts.headers);

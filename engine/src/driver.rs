@@ -94,6 +94,9 @@ pub struct EngineConfig {
     /// `scheme://host:port` of the API listener, where callback URLs point
     /// (without it a `notify` function gets the path alone).
     pub callback_base: Option<String>,
+    /// The largest body an invocation may have (the server's
+    /// `--body-limit`); 16 MiB when unset.
+    pub body_limit: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]

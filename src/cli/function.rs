@@ -611,6 +611,17 @@ async fn create_route(
     Ok(())
 }
 
+impl FnFields {
+    /// Every code path given: --code, --src and --deploy.
+    fn code_files(&self) -> Vec<&PathBuf> {
+        self.code
+            .iter()
+            .chain(&self.src)
+            .chain(&self.deploy)
+            .collect()
+    }
+}
+
 pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
@@ -650,12 +661,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 if fields.pkg.is_some() {
                     bail!("--pkg: a function of Fission Workflows' `workflow` environment is its workflow file (--src FILE.wf.yaml)");
                 }
-                let files: Vec<&PathBuf> = fields
-                    .code
-                    .iter()
-                    .chain(&fields.src)
-                    .chain(&fields.deploy)
-                    .collect();
+                let files = fields.code_files();
                 super::workflow::store_as_function(&c, opts, &name, &files, false).await?;
                 if let Some(at) = at {
                     create_route(&c, opts, &name, &at, &route).await?;
@@ -712,12 +718,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                     .await?
                     .is_some();
             if workflow {
-                let files: Vec<&PathBuf> = fields
-                    .code
-                    .iter()
-                    .chain(&fields.src)
-                    .chain(&fields.deploy)
-                    .collect();
+                let files = fields.code_files();
                 if files.is_empty() {
                     bail!("{name:?} is a workflow: give its new file with --src FILE.wf.yaml (or `fusion wf update {name} --file FILE`)");
                 }

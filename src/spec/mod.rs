@@ -627,16 +627,20 @@ async fn apply_all(
     Ok(())
 }
 
+/// The folder's ArchiveUploadSpec `name` (`archive://NAME`).
+fn archive_spec<'a>(specs: &'a Specs, name: &str) -> Result<&'a model::ArchiveSpec> {
+    specs
+        .archives
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| anyhow!("unknown archive archive://{name}"))
+}
+
 /// The workflow a Fission Workflows function's package holds: its one file.
 fn workflow_in_archive(specs: &Specs, root: &Path, src: &ArchiveSource) -> Result<String> {
     let bytes = match src {
         ArchiveSource::Upload(name) => {
-            let spec = specs
-                .archives
-                .iter()
-                .find(|a| &a.name == name)
-                .ok_or_else(|| anyhow!("unknown archive archive://{name}"))?;
-            let files = archive::matches(spec, root)?;
+            let files = archive::matches(archive_spec(specs, name)?, root)?;
             let [file] = files.as_slice() else {
                 bail!(
                     "archive://{name} holds {} files: a function of Fission Workflows' `workflow` environment is one workflow file",
@@ -666,12 +670,7 @@ async fn upload(
 ) -> Result<Value> {
     let (key, filename, bytes) = match src {
         ArchiveSource::Upload(name) => {
-            let spec = specs
-                .archives
-                .iter()
-                .find(|a| &a.name == name)
-                .ok_or_else(|| anyhow!("unknown archive archive://{name}"))?;
-            let built = archive::build(spec, root)?;
+            let built = archive::build(archive_spec(specs, name)?, root)?;
             (format!("archive://{name}"), built.filename, built.bytes)
         }
         ArchiveSource::Literal(bytes) => ("literal".to_string(), "user".to_string(), bytes.clone()),
