@@ -5,6 +5,8 @@
 //! server's access log has them. The query is left out: callers put tokens
 //! there. Lines go to the server's log under the target `fusion::access`
 //! (JSON fields with `FUSION_LOG_FORMAT=json`; `FUSION_LOG` filters them).
+//! A caller that goes away before the answer's head has a line with status
+//! 499, as nginx logs it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -57,20 +59,57 @@ struct Logged {
     bytes: u64,
 }
 
+/// The status a request's line has when its caller went away before the
+/// answer's head (nginx's "client closed request").
+const CALLER_WENT_AWAY: u16 = 499;
+
+/// A request being answered: its line is written as `CALLER_WENT_AWAY`
+/// when it is dropped before the answer (the caller hung up, the connection
+/// broke).
+pub struct Pending(Option<Entry>);
+
+impl Pending {
+    pub fn new(entry: Entry) -> Pending {
+        Pending(Some(entry))
+    }
+
+    /// The answer, whose body logs the line.
+    pub fn answered(mut self, resp: Response<Body>) -> Response<Body> {
+        match self.0.take() {
+            Some(entry) => entry.answered(resp),
+            None => resp,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(e) = self.0.take() {
+            write_line(&e, CALLER_WENT_AWAY, 0, false);
+        }
+    }
+}
+
+/// The line of one request.
+fn write_line(e: &Entry, status: u16, bytes: u64, complete: bool) {
+    let client = e.client.map(|c| c.to_string()).unwrap_or_default();
+    tracing::info!(
+        target: "fusion::access",
+        client = %client,
+        method = %e.method,
+        path = %e.path,
+        status,
+        bytes,
+        ms = (e.started.elapsed().as_secs_f64() * 1e3 * 1e3).round() / 1e3,
+        complete,
+    );
+}
+
 impl Logged {
     fn log(&mut self, complete: bool) {
-        let Some(e) = self.entry.take() else { return };
-        let client = e.client.map(|c| c.to_string()).unwrap_or_default();
-        tracing::info!(
-            target: "fusion::access",
-            client = %client,
-            method = %e.method,
-            path = %e.path,
-            status = self.status.as_u16(),
-            bytes = self.bytes,
-            ms = (e.started.elapsed().as_secs_f64() * 1e3 * 1e3).round() / 1e3,
-            complete,
-        );
+        if let Some(e) = self.entry.take() {
+            write_line(&e, self.status.as_u16(), self.bytes, complete);
+        }
     }
 }
 

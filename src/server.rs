@@ -533,8 +533,8 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
                 if !access_log {
                     return triggers::route_request(&triggers, req).await;
                 }
-                let entry = crate::access_log::Entry::of(&req);
-                entry.answered(triggers::route_request(&triggers, req).await)
+                let pending = crate::access_log::Pending::new(crate::access_log::Entry::of(&req));
+                pending.answered(triggers::route_request(&triggers, req).await)
             }
         }
     };

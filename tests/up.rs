@@ -333,6 +333,29 @@ fn the_access_log_has_a_line_per_routed_request_without_its_query() {
             .status(),
         200
     );
+    // A caller that gives up before the answer: 499, as nginx logs it.
+    let api = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("api="))
+        .unwrap()
+        .to_string();
+    let token = std::fs::read_to_string(data.join("token")).unwrap();
+    let stored = http
+        .post(format!("{api}/v1/workflows?name=nap"))
+        .bearer_auth(token.trim())
+        .header("content-type", "application/yaml")
+        .body("output: A\ntasks:\n  A:\n    run: sleep\n    inputs: 30s\n")
+        .send()
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    let gave_up = http
+        .get(format!("{router}/fission-function/nap"))
+        .timeout(Duration::from_millis(300))
+        .send();
+    assert!(gave_up.is_err());
+    eventually(Duration::from_secs(10), "the gone caller's line", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/fission-function/nap"))
+    });
     signal(child.0.id(), libc::SIGTERM);
     assert!(child.0.wait().unwrap().success());
     let text = std::fs::read_to_string(&log).unwrap();
@@ -374,6 +397,14 @@ fn the_access_log_has_a_line_per_routed_request_without_its_query() {
                 Some(200),
                 Some(0),
                 Some(true),
+                l("127.0.0.1")
+            ),
+            (
+                l("GET"),
+                l("/fission-function/nap"),
+                Some(499),
+                Some(0),
+                Some(false),
                 l("127.0.0.1")
             ),
         ],
