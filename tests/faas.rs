@@ -125,17 +125,23 @@ def main():
     );
     assert_eq!(s.get("/fission-function/missing").status(), 404);
 
-    // A function a route targets is not deleted until the route is.
+    // A function a route targets is not deleted until the route is; every
+    // kind of user is named in one answer.
+    s.ok(
+        "POST",
+        "/v1/timers",
+        Some(json!({"name": "nightly", "function": "greet", "cron": "@daily"})),
+    );
     let (st, body) = s.call("DELETE", "/v1/functions/greet", None);
     assert_eq!(st, 409, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("target of routes greet"),
+        message.contains("target of routes greet")
+            && message.contains("target of time triggers nightly"),
         "{body}"
     );
     assert_eq!(s.call("DELETE", "/v1/routes/greet", None).0, 204);
+    assert_eq!(s.call("DELETE", "/v1/timers/nightly", None).0, 204);
     assert_eq!(s.call("DELETE", "/v1/functions/greet", None).0, 204);
 }
 

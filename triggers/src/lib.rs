@@ -123,21 +123,38 @@ fn keys<T>(items: Vec<T>, key: fn(&T) -> String) -> Vec<String> {
 /// A conflict naming the first kind of user (workflows, then triggers) that
 /// still runs or targets `name`.
 fn in_use<const N: usize>(what: &str, name: &str, users: [(&str, Vec<String>); N]) -> Result<()> {
-    match users.into_iter().find(|(_, keys)| !keys.is_empty()) {
-        Some((kind, keys)) => Err(Error::Conflict(format!(
-            "{what} {name:?} is {} {kind} {}; {} first",
-            if kind == "workflows" || kind == RUNS_IN_FLIGHT {
-                "run by"
-            } else {
-                "the target of"
-            },
-            keys.join(", "),
-            if kind == RUNS_IN_FLIGHT {
-                "let them end or cancel them"
-            } else {
-                "delete or change them"
-            }
-        ))),
-        None => Ok(()),
+    // Every kind of user at once: one refusal names all there is to change.
+    let said: Vec<String> = users
+        .iter()
+        .filter(|(_, keys)| !keys.is_empty())
+        .map(|(kind, keys)| {
+            format!(
+                "{} {kind} {}",
+                if *kind == "workflows" || *kind == RUNS_IN_FLIGHT {
+                    "run by"
+                } else {
+                    "the target of"
+                },
+                keys.join(", ")
+            )
+        })
+        .collect();
+    if said.is_empty() {
+        return Ok(());
     }
+    let runs = users
+        .iter()
+        .any(|(kind, keys)| !keys.is_empty() && *kind == RUNS_IN_FLIGHT);
+    let others = users
+        .iter()
+        .any(|(kind, keys)| !keys.is_empty() && *kind != RUNS_IN_FLIGHT);
+    let advice = match (others, runs) {
+        (true, true) => "delete or change them, and let the runs end or cancel them, first",
+        (false, true) => "let them end or cancel them first",
+        _ => "delete or change them first",
+    };
+    Err(Error::Conflict(format!(
+        "{what} {name:?} is {}; {advice}",
+        said.join("; and ")
+    )))
 }
