@@ -105,6 +105,13 @@ impl Chart {
                     self.edge(r, name, None, false);
                 }
             }
+            // Its fallback, as a catch is drawn: dotted.
+            if let Some(f) = task["onFailure"]
+                .as_str()
+                .filter(|f| tasks.contains_key(*f))
+            {
+                self.edge(name, f, Some("on failure"), true);
+            }
         }
     }
 
@@ -209,10 +216,23 @@ fn class_of(status: Option<&String>) -> &'static str {
     }
 }
 
-/// A label as Mermaid reads it between quotes: `"` as an entity, a newline
-/// as a line break.
+/// A label as Mermaid reads it between quotes: what it would take as markup
+/// or an entity (`"`, `<`, `>`, `&`, `#`) as entity codes, a newline as a
+/// line break.
 fn escape(text: &str) -> String {
-    text.replace('"', "#quot;").replace('\n', "<br/>")
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("#quot;"),
+            '<' => out.push_str("#lt;"),
+            '>' => out.push_str("#gt;"),
+            '&' => out.push_str("#amp;"),
+            '#' => out.push_str("#35;"),
+            '\n' => out.push_str("<br/>"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// What a run did with each task (Fission Workflows: the workflow's own
@@ -266,6 +286,17 @@ mod tests {
             chart,
             "flowchart TD\n  n0[\"A<br/>fortune\"]\n  n1[[\"B<br/>whalesay<br/>(output)\"]]\n  n0 --> n1\n"
         );
+        // A fallback's edge; a name Mermaid would read as markup, escaped.
+        let spec = json!({"output": "Charge", "tasks": {
+            "Charge": {"run": "charge", "onFailure": "A<b>#1"},
+            "A<b>#1": {"run": "refund"},
+        }});
+        let chart = mermaid("fission-workflows", &spec, None);
+        assert!(
+            chart.contains("n0[\"A#lt;b#gt;#35;1<br/>refund\"]"),
+            "{chart}"
+        );
+        assert!(chart.contains("n1 -.->|\"on failure\"| n0"), "{chart}");
     }
 
     #[test]
