@@ -336,6 +336,17 @@ fn a_function_of_fission_workflows_env_in_specs_is_applied_as_a_workflow() {
         "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: workflow\nspec:\n  runtime:\n    image: fission/workflow-env\n  version: 1\n---\nkind: ArchiveUploadSpec\nname: echowhale-wf-yaml\ninclude:\n  - echowhale.wf.yaml\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: echowhale-pkg\nspec:\n  environment:\n    name: workflow\n    namespace: default\n  deployment:\n    type: url\n    url: archive://echowhale-wf-yaml\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: echowhale\nspec:\n  environment:\n    name: workflow\n    namespace: default\n  package:\n    packageref:\n      name: echowhale-pkg\n      namespace: default\n---\napiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: echowhale-route\nspec:\n  relativeurl: /whale\n  methods: [POST]\n  functionref:\n    type: name\n    name: echowhale\n",
     )
     .unwrap();
+    // Its workflow is checked offline, as the server will check it.
+    let file = tmp.path().join("echowhale.wf.yaml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, "output: Echo\ntasks:\n  Echo: [\n").unwrap();
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Workflow echowhale: its workflow file, line 3"),
+        "{err}"
+    );
+    std::fs::write(&file, good).unwrap();
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("Fusion runs workflows itself"), "{err}");

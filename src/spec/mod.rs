@@ -50,6 +50,31 @@ fn read(source: &Source) -> Result<Specs> {
             errors.push(format!("{e:#}"));
         }
     }
+    // A Fission Workflows function's workflow, checked as the server will.
+    for r in &specs.resources {
+        let Some(a) = &r.workflow_archive else {
+            continue;
+        };
+        match workflow_in_archive(&specs, &root, a) {
+            Err(e) => errors.push(format!("{}: {}: {e:#}", r.at, r.label())),
+            Ok(source) => {
+                for e in engine::validate::check_offline(&source)
+                    .err()
+                    .unwrap_or_default()
+                {
+                    errors.push(format!(
+                        "{}: {}: its workflow file, line {} column {}: {} ({})",
+                        r.at,
+                        r.label(),
+                        e.line,
+                        e.column,
+                        e.message,
+                        e.code
+                    ));
+                }
+            }
+        }
+    }
     for w in &specs.warnings {
         eprintln!("warning: {w}");
     }
