@@ -1754,6 +1754,22 @@ fn a_workflow_deployed_as_a_function_of_the_workflow_env_is_a_workflow() {
     assert_eq!(s.ok("GET", "/v1/workflows/echowhale", None)["version"], 1);
     let (code, out, err) = s.cli(&["fn", "test", "--name", "echowhale", "--body", "hi"]);
     assert_eq!((code, out.trim()), (0, "hi"), "{err}");
+    // Said as what it is where a function is asked for.
+    let (code, _, err) = s.cli(&["fn", "get", "--name", "echowhale"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is a workflow, not a function"), "{err}");
+    let (code, _, err) = s.cli(&[
+        "fn",
+        "update",
+        "--name",
+        "echowhale",
+        "--env",
+        "python",
+        "--src",
+        src,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot move to environment"), "{err}");
 
     // A route, a timer and a queue trigger that name it as a function.
     let route = s.ok(

@@ -258,7 +258,8 @@ pub(super) enum FnVerb {
         #[arg(long, default_value = "/")]
         subpath: String,
         /// Call it asynchronously: print the invocation's id at once (see
-        /// `fusion fn invocation get ID`).
+        /// `fusion fn invocation get ID`; for a workflow, its run's id: `fusion
+        /// run get ID`).
         #[arg(long = "async")]
         asynchronous: bool,
     },
@@ -701,7 +702,21 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             let path = format!("/v1/functions/{}/code{}", name.get(), opts.ns_query());
             super::pkg::download(&c, &path, dest.as_deref()).await?
         }
-        FnVerb::Get { name, .. } => FUNCTIONS.show(&c, opts, &name.get()).await?,
+        FnVerb::Get { name, .. } => {
+            let name = name.get();
+            match FUNCTIONS.show(&c, opts, &name).await {
+                // Functions and workflows share one name space: said which.
+                Err(e)
+                    if e.downcast_ref::<crate::client::NotFound>().is_some()
+                        && c.get_opt::<Value>(&format!("/v1/workflows/{name}"))
+                            .await?
+                            .is_some() =>
+                {
+                    bail!("{name:?} is a workflow, not a function: fusion wf get {name}")
+                }
+                other => other?,
+            }
+        }
         FnVerb::List => FUNCTIONS.list(&c, opts).await?,
         FnVerb::Update {
             name,
@@ -718,6 +733,13 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                     .await?
                     .is_some();
             if workflow {
+                if let Some(env) = fields
+                    .env
+                    .as_deref()
+                    .filter(|e| *e != super::workflow::WORKFLOW_ENV)
+                {
+                    bail!("{name:?} is a workflow, not a function: it cannot move to environment {env:?} (delete it first: fusion wf delete {name})");
+                }
                 let files = fields.code_files();
                 if files.is_empty() {
                     bail!("{name:?} is a workflow: give its new file with --src FILE.wf.yaml (or `fusion wf update {name} --file FILE`)");
