@@ -1755,9 +1755,14 @@ fn a_workflow_deployed_as_a_function_of_the_workflow_env_is_a_workflow() {
     let (code, out, err) = s.cli(&["fn", "test", "--name", "echowhale", "--body", "hi"]);
     assert_eq!((code, out.trim()), (0, "hi"), "{err}");
     // Said as what it is where a function is asked for.
-    let (code, _, err) = s.cli(&["fn", "get", "--name", "echowhale"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("is a workflow, not a function"), "{err}");
+    for verb in ["get", "logs", "instances"] {
+        let (code, _, err) = s.cli(&["fn", verb, "--name", "echowhale"]);
+        assert_ne!(code, 0, "{verb}");
+        assert!(
+            err.contains("is a workflow, not a function"),
+            "{verb}: {err}"
+        );
+    }
     let (code, _, err) = s.cli(&[
         "fn",
         "update",

@@ -568,6 +568,23 @@ async fn save_fn(
     save::save(target, &format!("function-{name}.yaml"), &docs)
 }
 
+/// A function command's answer; a function not found whose name is a
+/// workflow's (they share one name space) is said to be a workflow, with
+/// the command (`see`, followed by the name) that shows it.
+async fn workflow_said<T>(c: &Client, name: &str, answer: Result<T>, see: &str) -> Result<T> {
+    match answer {
+        Err(e)
+            if e.downcast_ref::<crate::client::NotFound>().is_some()
+                && c.get_opt::<Value>(&format!("/v1/workflows/{name}"))
+                    .await?
+                    .is_some() =>
+        {
+            bail!("{name:?} is a workflow, not a function: {see} {name}")
+        }
+        other => other,
+    }
+}
+
 /// The route `fn create --url|--prefix` makes to the function just created
 /// (a workflow, for Fission Workflows' `workflow` environment: the server
 /// takes a route's function of a workflow's name as the workflow).
@@ -704,18 +721,8 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
         }
         FnVerb::Get { name, .. } => {
             let name = name.get();
-            match FUNCTIONS.show(&c, opts, &name).await {
-                // Functions and workflows share one name space: said which.
-                Err(e)
-                    if e.downcast_ref::<crate::client::NotFound>().is_some()
-                        && c.get_opt::<Value>(&format!("/v1/workflows/{name}"))
-                            .await?
-                            .is_some() =>
-                {
-                    bail!("{name:?} is a workflow, not a function: fusion wf get {name}")
-                }
-                other => other?,
-            }
+            let shown = FUNCTIONS.show(&c, opts, &name).await;
+            workflow_said(&c, &name, shown, "fusion wf get").await?
         }
         FnVerb::List => FUNCTIONS.list(&c, opts).await?,
         FnVerb::Update {
@@ -879,7 +886,10 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             if let Some(n) = tail {
                 req = req.query(&[("tail", n)]);
             }
-            let mut stream = c.send(req).await?.bytes_stream();
+            let sent = c.send(req).await;
+            let mut stream = workflow_said(&c, &name, sent, "fusion run list --workflow")
+                .await?
+                .bytes_stream();
             let mut out = std::io::stdout();
             // `-o json`: one JSON object per line, cut on whole lines.
             let mut partial: Vec<u8> = Vec::new();
@@ -913,12 +923,13 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
         FnVerb::Dlq { verb } => super::invocation::dlq_cmd(verb, opts).await?,
         FnVerb::Instances { name } => {
             let name = name.get();
-            let v: Value = c
-                .get(&format!(
+            let listed = c
+                .get::<Value>(&format!(
                     "/v1/functions/{name}/instances{}",
                     opts.ns_query()
                 ))
-                .await?;
+                .await;
+            let v = workflow_said(&c, &name, listed, "fusion run list --workflow").await?;
             print_instances(opts, v);
         }
     }
