@@ -50,9 +50,11 @@ pub struct ServerArgs {
     /// The admin listener for /v1/... and health.
     #[arg(long, env = "FUSION_API_LISTEN", default_value = "127.0.0.1:8889")]
     pub api_listen: SocketAddr,
-    /// Log a line for each request to the router listener once answered:
-    /// client address, method, path (without the query), status, bytes of the
-    /// answer and milliseconds to its last byte (target `fusion::access`).
+    /// Log a line for each request the router routes, once answered (499
+    /// when its caller went away first): client address, method, path
+    /// (without the query), status, bytes of the answer and milliseconds to
+    /// its last byte (target `fusion::access`). Requests the listener refuses
+    /// before routing (400, 408, 414, 431) have none.
     #[arg(long, env = "FUSION_ACCESS_LOG")]
     pub access_log: bool,
     /// Largest request body the router passes to a function, in bytes.

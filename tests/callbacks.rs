@@ -57,6 +57,13 @@ fn an_outside_post_completes_a_waiting_run_once() {
     let path = callback_path(&s, &id);
     assert!(path.starts_with("/v1/callbacks/"), "{path}");
     assert_eq!(s.run(&id)["status"], "running");
+    // A body past the API's limit is refused as every other error is.
+    let (status, body) = post(&s, &path, &json!({"big": "x".repeat(17 << 20)}));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
     // A wait that ends before the run tells a script so by its status
     // (124, as `timeout`), not as a failure (1).
     let (code, _, err) = s.cli(&["run", "wait", &id, "--timeout", "1"]);

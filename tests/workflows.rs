@@ -2266,6 +2266,10 @@ fn what_stored_workflows_run_is_not_deleted_from_under_them() {
     assert_eq!(s.call("DELETE", "/v1/workflows/later", None).0, 204);
     let (st, body) = s.call("DELETE", "/v1/functions/echo", None);
     assert_eq!(st, 409, "{body}");
+    // Its graph is drawn from the version it runs, the workflow gone.
+    let (code, out, err) = s.cli(&["wf", "runs", "graph", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Call<br/>echo"), "{out}");
     s.ok("POST", &format!("/v1/runs/{id}/cancel"), Some(json!({})));
     assert_eq!(s.call("DELETE", "/v1/functions/echo", None).0, 204);
 }

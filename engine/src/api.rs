@@ -195,6 +195,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(get_run).delete(delete_run))
         .route("/v1/runs/{id}/events", get(run_events))
+        .route("/v1/runs/{id}/workflow", get(run_workflow))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/runs/{id}/retry", post(retry_run))
         .route("/v1/callbacks/{token}", post(complete_callback))
@@ -613,6 +614,26 @@ async fn get_run(
     Ok(Json(run))
 }
 
+/// The workflow a run runs, as `GET /v1/workflows/{name}?version=` gives
+/// it, from the run itself: the version it started with, also once that
+/// workflow was changed or deleted.
+async fn run_workflow(
+    State(engine): State<Arc<Engine>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let state = engine.run_state(&id)?;
+    let spec = match &state.spec.state_machine {
+        Some(machine) => json!(machine),
+        None => json!(state.spec),
+    };
+    Ok(Json(json!({
+        "name": state.workflow,
+        "version": state.version,
+        "format": if state.spec.state_machine.is_some() { "rfc-0022" } else { "fission-workflows" },
+        "spec": spec,
+    })))
+}
+
 async fn run_events(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,
@@ -630,7 +651,7 @@ pub const CALLBACKS_PATH: &str = "/v1/callbacks/";
 async fn complete_callback(
     State(engine): State<Arc<Engine>>,
     ApiPath(token): ApiPath<String>,
-    body: Bytes,
+    LimitedBody(body): LimitedBody,
 ) -> ApiResult<Json<Value>> {
     crate::document::check_json(&body).map_err(|e| {
         ApiError::new(

@@ -100,10 +100,17 @@ impl Chart {
             self.node(name, &label, shape, class);
         }
         for (name, task) in &tasks {
-            for r in task["requires"].as_array().into_iter().flatten() {
-                if let Some(r) = r.as_str() {
-                    self.edge(r, name, None, false);
-                }
+            // Each requirement once, however often it is written.
+            let mut required: Vec<&str> = task["requires"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            required.sort_unstable();
+            required.dedup();
+            for r in required {
+                self.edge(r, name, None, false);
             }
             // Its fallback, as a catch is drawn: dotted.
             if let Some(f) = task["onFailure"]
@@ -216,9 +223,9 @@ fn class_of(status: Option<&String>) -> &'static str {
     }
 }
 
-/// A label as Mermaid reads it between quotes: what it would take as markup
-/// or an entity (`"`, `<`, `>`, `&`, `#`) as entity codes, a newline as a
-/// line break.
+/// A label as Mermaid reads it between quotes: what it would take as markup,
+/// an entity or a directive (`"`, `<`, `>`, `&`, `#`, `%`) as entity codes, a
+/// newline as a line break.
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -228,6 +235,8 @@ fn escape(text: &str) -> String {
             '>' => out.push_str("#gt;"),
             '&' => out.push_str("#amp;"),
             '#' => out.push_str("#35;"),
+            // `%%` starts a directive or a comment anywhere in a chart.
+            '%' => out.push_str("#37;"),
             '\n' => out.push_str("<br/>"),
             c => out.push(c),
         }
@@ -297,6 +306,13 @@ mod tests {
             "{chart}"
         );
         assert!(chart.contains("n1 -.->|\"on failure\"| n0"), "{chart}");
+        let spec = json!({"output": "B", "tasks": {
+            "%%{init}%%": {"run": "noop"},
+            "B": {"run": "noop", "requires": ["%%{init}%%", "%%{init}%%"]},
+        }});
+        let chart = mermaid("fission-workflows", &spec, None);
+        assert!(!chart.contains('%'), "{chart}");
+        assert_eq!(chart.matches("-->").count(), 1, "{chart}");
     }
 
     #[test]

@@ -512,14 +512,9 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 RunsVerb::Graph { id } => {
                     let id = id.get();
                     let run: Value = c.get(&format!("/v1/runs/{id}")).await?;
-                    let (Some(name), Some(version)) =
-                        (run["workflow"].as_str(), run["version"].as_u64())
-                    else {
-                        bail!("the API answered no workflow for run {id}");
-                    };
-                    let wf: Value = c
-                        .get(&format!("/v1/workflows/{name}?version={version}"))
-                        .await?;
+                    // The version the run runs, from the run itself (also
+                    // once the workflow was changed or deleted).
+                    let wf: Value = c.get(&format!("/v1/runs/{id}/workflow")).await?;
                     let format = wf["format"].as_str().unwrap_or_default();
                     let statuses = super::graph::run_statuses(format, &run);
                     print!(
