@@ -565,6 +565,46 @@ fn cancel_stops_a_run_and_retry_resumes_from_the_failed_task() {
     );
 }
 
+/// A call in flight when its run failed (beside the task that failed it)
+/// may have been made: the retry sends its first attempt under the same
+/// idempotency key, so that the function can tell it is the same call.
+#[test]
+fn a_retry_calls_what_was_in_flight_under_the_same_key() {
+    let s = Server::start();
+    let probe = Probe::start();
+    s.env("binary", "binary", 2);
+    let side = format!(
+        "#!/bin/sh\n{}\n{}\nprintf side\n",
+        probe.curl("/log/side?$HTTP_X_FUSION_IDEMPOTENCY_KEY"),
+        probe.curl("/gate/side")
+    );
+    s.function("side", "binary", "side.sh", &side, json!({}));
+    let bad = format!(
+        "#!/bin/sh\n{} || exit 1\nprintf mended\n",
+        probe.curl("/flag/mended")
+    );
+    s.function("bad", "binary", "bad.sh", &bad, json!({}));
+    s.workflow(
+        "beside",
+        "apiVersion: 1\noutput: Join\ntasks:\n  Side:\n    run: side\n  Bad:\n    run: bad\n  Join:\n    run: noop\n    requires: [Side, Bad]\n",
+    );
+    let id = s.start_async("beside", "");
+    eventually(Duration::from_secs(30), "Side's call is made", || {
+        !probe.lines("side").is_empty()
+    });
+    let failed = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    probe.open("side");
+    probe.set("mended");
+    let retry = s.ok("POST", &format!("/v1/runs/{id}/retry"), Some(json!({})));
+    let run = s.wait_run(retry["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let keys = probe.lines("side");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], keys[1], "{keys:?}");
+    assert!(!keys[0].is_empty());
+}
+
 #[test]
 fn retries_back_off_on_5xx_but_never_retry_4xx() {
     let s = Server::start();

@@ -192,6 +192,8 @@ struct Origin {
     id: Option<String>,
     retry_of: Option<String>,
     preserved: BTreeMap<String, TaskResult>,
+    /// See `Event::RunStarted`'s `keys`.
+    keys: BTreeMap<String, String>,
     credentials: Credentials,
 }
 
@@ -977,6 +979,7 @@ impl Engine {
             id,
             retry_of,
             preserved,
+            keys,
             credentials,
         } = origin;
         let at = self.clock.now_ms();
@@ -996,6 +999,7 @@ impl Engine {
             at,
             retry_of,
             preserved,
+            keys: (!keys.is_empty()).then(|| Box::new(keys)),
         };
         let mut state = RunState::fold([&started]);
         state.credentials = credentials;
@@ -1237,6 +1241,24 @@ impl Engine {
                 },
             ))
         }));
+        // A call in flight when the run ended may have been made (its
+        // answer unused): the retry's first attempt of that task goes under
+        // the same key, so that the function can tell. So do the keys this
+        // run inherited itself and had not used yet.
+        let mut keys: BTreeMap<String, String> = state
+            .inherited_keys
+            .iter()
+            .filter(|(task, _)| state.tasks.get(*task).is_none_or(|t| t.attempts == 0))
+            .map(|(t, k)| (t.clone(), k.clone()))
+            .collect();
+        keys.extend(
+            state
+                .tasks
+                .values()
+                .filter(|t| t.status == TaskStatus::Cancelled && t.attempts > 0)
+                .filter(|t| !preserved.contains_key(&t.id))
+                .filter_map(|t| Some((t.id.clone(), t.key.clone()?))),
+        );
         self.start(
             state.workflow,
             state.version,
@@ -1245,6 +1267,7 @@ impl Engine {
             Origin {
                 retry_of: Some(id.to_string()),
                 preserved,
+                keys,
                 id: Some(retry_id),
                 // A retry is asked for later, by someone else: the first
                 // caller's credentials are not its own.

@@ -41,6 +41,14 @@ pub enum Event {
         /// Results of tasks that succeeded in the run this one retries.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         preserved: BTreeMap<String, TaskResult>,
+        /// The idempotency keys of calls that were in flight when the run
+        /// this one retries ended, by task: the first attempt of each here
+        /// is sent under the same key, so that a function that took the
+        /// first call can tell the second is the same.
+        /// Boxed: only a retry has them, and every event is as large as
+        /// the largest kind.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keys: Option<Box<BTreeMap<String, String>>>,
     },
     TaskDispatched {
         task: String,
@@ -464,6 +472,10 @@ pub struct RunState {
     /// From the run's `RunStarted` (so never stored).
     #[serde(skip)]
     pub preserved_inside: BTreeMap<String, TaskResult>,
+    /// The keys the first attempt of some tasks is sent under (see
+    /// `Event::RunStarted`'s `keys`). From the run's `RunStarted`.
+    #[serde(skip)]
+    pub inherited_keys: BTreeMap<String, String>,
 }
 
 /// How a run should end.
@@ -524,6 +536,15 @@ pub fn child_id(parent: &str, local: &str) -> String {
 }
 
 impl RunState {
+    /// The key the first attempt of task `id` is sent under: its own, or the
+    /// one a retry inherited for it from the run it retries.
+    pub fn first_key(&self, id: &str) -> String {
+        match self.inherited_keys.get(id) {
+            Some(key) => key.clone(),
+            None => attempt_key(&self.run_id, id, 1),
+        }
+    }
+
     /// Folds events into a new state.
     pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> RunState {
         let mut s = RunState::default();
@@ -988,6 +1009,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
             at,
             retry_of,
             preserved,
+            keys,
         } => {
             *s =
                 RunState {
@@ -1001,6 +1023,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
                         at.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                     }),
                     retry_of: retry_of.clone(),
+                    inherited_keys: keys.as_deref().cloned().unwrap_or_default(),
                     ..RunState::default()
                 };
             insert_tasks(s, None, &spec.tasks);
@@ -1386,7 +1409,7 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                 actions.push(Action::Dispatch {
                     task: t.id.clone(),
                     attempt: 1,
-                    key: attempt_key(&s.run_id, &t.id, 1),
+                    key: s.first_key(&t.id),
                     spec: s.dispatch_spec(t),
                 });
             }
@@ -1460,7 +1483,7 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                 actions.push(Action::Dispatch {
                     task: t.id.clone(),
                     attempt: 1,
-                    key: attempt_key(&s.run_id, &t.id, 1),
+                    key: s.first_key(&t.id),
                     spec: s.dispatch_spec(t),
                 });
             }
@@ -1639,6 +1662,7 @@ mod tests {
             at: 0,
             retry_of: None,
             preserved: BTreeMap::new(),
+            keys: None,
         }
     }
 
@@ -2031,6 +2055,7 @@ mod tests {
                 at,
                 retry_of: Some("r0".into()),
                 preserved: BTreeMap::from([("t0/a".to_string(), kept)]),
+                keys: None,
             },
             dispatched("t0", 1, 0),
             Event::TasksAdded {

@@ -1186,7 +1186,10 @@ impl RunStore for SledStore {
             }
             match e {
                 Event::RunStarted {
-                    spec, preserved, ..
+                    spec,
+                    preserved,
+                    keys,
+                    ..
                 } if whole => {
                     let (spec_ref, spec) = self.spec_ref(spec)?;
                     new_spec = spec;
@@ -1195,6 +1198,9 @@ impl RunStore for SledStore {
                     m.insert("spec_ref".into(), spec_ref.into());
                     if !preserved.is_empty() {
                         m.insert("preserved".into(), serde_json::to_value(preserved)?);
+                    }
+                    if let Some(keys) = keys {
+                        m.insert("keys".into(), serde_json::to_value(keys)?);
                     }
                     serde_json::to_writer(&mut value, &m)?;
                 }
@@ -1423,6 +1429,7 @@ mod tests {
             at,
             retry_of: None,
             preserved: BTreeMap::new(),
+            keys: None,
         }
     }
 
@@ -1601,6 +1608,11 @@ mod tests {
                 at: 1,
                 retry_of: None,
                 preserved: BTreeMap::new(),
+                // A retry's inherited keys come back whole either way.
+                keys: Some(Box::new(BTreeMap::from([(
+                    "T".to_string(),
+                    "r0/T/1".to_string(),
+                )]))),
             };
             let events = vec![start, succeeded(2)];
             if whole {
@@ -2053,6 +2065,7 @@ mod layout_tests {
             at: OLD_AT + 5,
             retry_of: None,
             preserved: Default::default(),
+            keys: None,
         };
         let summary = json!({"id": open_id, "workflow": "fp", "version": 1,
             "status": "running", "created_at": OLD_AT + 5, "finished_at": null,

@@ -444,6 +444,7 @@ impl<'w> Sim<'w> {
             at: 0,
             retry_of: None,
             preserved: BTreeMap::new(),
+            keys: None,
         };
         Ok(Sim::resume(world, vec![started]))
     }

@@ -1189,6 +1189,7 @@ spec:
                 at: 0,
                 retry_of: None,
                 preserved: BTreeMap::new(),
+                keys: None,
             },
         );
         s
