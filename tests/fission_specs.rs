@@ -333,7 +333,7 @@ fn a_function_of_fission_workflows_env_in_specs_is_applied_as_a_workflow() {
     .unwrap();
     std::fs::write(
         tmp.path().join("specs/workflows.yaml"),
-        "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: workflow\nspec:\n  runtime:\n    image: fission/workflow-env\n  version: 1\n---\nkind: ArchiveUploadSpec\nname: echowhale-wf-yaml\ninclude:\n  - echowhale.wf.yaml\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: echowhale-pkg\nspec:\n  environment:\n    name: workflow\n    namespace: default\n  deployment:\n    type: url\n    url: archive://echowhale-wf-yaml\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: echowhale\nspec:\n  environment:\n    name: workflow\n    namespace: default\n  package:\n    packageref:\n      name: echowhale-pkg\n      namespace: default\n---\napiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: echowhale-route\nspec:\n  relativeurl: /whale\n  methods: [POST]\n  functionref:\n    type: name\n    name: echowhale\n",
+        "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: workflow\nspec:\n  runtime:\n    image: fission/workflow-env\n  version: 1\n---\nkind: ArchiveUploadSpec\nname: echowhale-wf-yaml\ninclude:\n  - echowhale.wf.yaml\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: echowhale-pkg\nspec:\n  environment:\n    name: workflow\n    namespace: default\n  deployment:\n    type: url\n    url: archive://echowhale-wf-yaml\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: echowhale\nspec:\n  environment:\n    name: workflow\n    namespace: default\n  package:\n    packageref:\n      name: echowhale-pkg\n      namespace: default\n  concurrency: 500\n---\napiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: echowhale-route\nspec:\n  relativeurl: /whale\n  methods: [POST]\n  functionref:\n    type: name\n    name: echowhale\n",
     )
     .unwrap();
     // Its workflow is checked offline, as the server will check it.
@@ -350,6 +350,8 @@ fn a_function_of_fission_workflows_env_in_specs_is_applied_as_a_workflow() {
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("Fusion runs workflows itself"), "{err}");
+    // Fission's default concurrency means nothing for a workflow: not warned about.
+    assert!(!err.contains("concurrency 500"), "{err}");
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("created   Workflow echowhale"), "{out}");

@@ -732,8 +732,9 @@ impl Specs {
                 );
             }
             // Fission's CLI writes its default, 500, into every function's
-            // spec: on one machine that is 500 instances of this function.
-            if c == FISSION_DEFAULT_CONCURRENCY {
+            // spec: on one machine that is 500 instances of this function
+            // (not of one of Fission Workflows', which is a workflow here).
+            if c == FISSION_DEFAULT_CONCURRENCY && r.body["env"] != WORKFLOW_ENV {
                 self.warn(
                     doc.at("spec.concurrency"),
                     format!("concurrency {c} is Fission's default (its CLI writes it into every spec): here up to {c} instances of this function may run at once on one machine, where Fusion's own default is 10; write the number you mean"),
