@@ -314,11 +314,7 @@ fn the_access_log_has_a_line_per_routed_request_without_its_query() {
     let mut child = spawn_server("process", &data, &log, &env);
     let stdout = child.0.stdout.take().unwrap();
     let line = BufReader::new(stdout).lines().next().unwrap().unwrap();
-    let router = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("router="))
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
+    let router = listening_on(&line, "router=");
     let http = reqwest::blocking::Client::new();
     let missing = http
         .get(format!("{router}/nowhere/x?token=hush"))
@@ -334,11 +330,7 @@ fn the_access_log_has_a_line_per_routed_request_without_its_query() {
         200
     );
     // A caller that gives up before the answer: 499, as nginx logs it.
-    let api = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("api="))
-        .unwrap()
-        .to_string();
+    let api = listening_on(&line, "api=");
     let token = std::fs::read_to_string(data.join("token")).unwrap();
     let stored = http
         .post(format!("{api}/v1/workflows?name=nap"))
@@ -416,6 +408,14 @@ fn the_access_log_has_a_line_per_routed_request_without_its_query() {
     );
 }
 
+/// The URL after `key` (`router=`, `api=`) in the server's listening line.
+fn listening_on(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .to_string()
+}
+
 /// Starts `fusion server` on the `backend` and `data` given, on loopback ports
 /// of its own, its log (stderr) to `log`, with `env` beside `FUSION_LOG=warn`;
 /// stopped when the guard goes. Its stdout (the listening line) is piped.
@@ -490,11 +490,7 @@ fn a_store_that_cannot_write_stops_the_server_with_the_reason() {
             .next()
             .unwrap()
             .unwrap();
-        let api = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("api="))
-            .unwrap()
-            .to_string();
+        let api = listening_on(&line, "api=");
         let token = std::fs::read_to_string(data.join("token")).unwrap();
         (child, api, token.trim().to_string())
     };
