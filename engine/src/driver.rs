@@ -1256,6 +1256,8 @@ impl Engine {
                 .tasks
                 .values()
                 .filter(|t| t.status == TaskStatus::Cancelled && t.attempts > 0)
+                // In flight, not between attempts (whose last call answered).
+                .filter(|t| t.retry_at.is_none())
                 .filter(|t| !preserved.contains_key(&t.id))
                 .filter_map(|t| Some((t.id.clone(), t.key.clone()?))),
         );
