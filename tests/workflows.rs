@@ -579,8 +579,11 @@ fn a_retry_calls_what_was_in_flight_under_the_same_key() {
         probe.curl("/gate/side")
     );
     s.function("side", "binary", "side.sh", &side, json!({}));
+    // Fails once let go, so that Side's call is surely made before the run
+    // fails.
     let bad = format!(
-        "#!/bin/sh\n{} || exit 1\nprintf mended\n",
+        "#!/bin/sh\n{}\n{} || exit 1\nprintf mended\n",
+        probe.curl("/gate/bad"),
         probe.curl("/flag/mended")
     );
     s.function("bad", "binary", "bad.sh", &bad, json!({}));
@@ -592,6 +595,7 @@ fn a_retry_calls_what_was_in_flight_under_the_same_key() {
     eventually(Duration::from_secs(30), "Side's call is made", || {
         !probe.lines("side").is_empty()
     });
+    probe.open("bad");
     let failed = s.wait_run(&id, Duration::from_secs(30));
     assert_eq!(failed["status"], "failed", "{failed}");
     probe.open("side");
