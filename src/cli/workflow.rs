@@ -268,10 +268,7 @@ fn names_itself(source: &str) -> bool {
     }
 }
 
-/// The environment Fission Workflows ran workflows in: a workflow was
-/// deployed as a function of it (`fission fn create --name W --env workflow
-/// --src W.wf.yaml`), and triggers named it as a function.
-pub(super) const WORKFLOW_ENV: &str = "workflow";
+pub(super) use crate::spec::model::WORKFLOW_ENV;
 
 /// Whether `fn create|update --env workflow` means Fission Workflows' deploy:
 /// the server has no environment of that name (one that has is used as any).

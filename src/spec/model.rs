@@ -14,9 +14,10 @@ use super::load::{Document, Location};
 /// asked for (`DefaultConcurrency` in Fission's core types).
 const FISSION_DEFAULT_CONCURRENCY: u64 = 500;
 
-/// The environment Fission Workflows ran workflows in (its functions are
-/// workflows).
-const WORKFLOW_ENV: &str = "workflow";
+/// The environment Fission Workflows ran workflows in: a workflow was
+/// deployed as a function of it (`fission fn create --name W --env workflow
+/// --src W.wf.yaml`), and triggers named it as a function.
+pub const WORKFLOW_ENV: &str = "workflow";
 
 /// The kinds a spec folder may hold, in the order they are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
