@@ -1657,15 +1657,19 @@ fn a_task_output_or_input_past_the_body_limit_fails_without_retries() {
         "bulky",
         "apiVersion: 1\noutput: Big\ntasks:\n  Big:\n    run: big\n    retry: {maxAttempts: 3}\n",
     );
-    let id = s.start_async("bulky", "");
-    let run = s.wait_run(&id, Duration::from_secs(30));
-    assert_eq!(run["status"], "failed", "{run}");
-    let task = &run["tasks"][0];
-    assert_eq!(task["attempts"], 1, "{run}");
-    let error = task["error"].as_str().unwrap_or_default();
+    // A run of `workflow` fails on its first attempt: its task's error.
+    let failed_at_once = |workflow: &str| -> String {
+        let id = s.start_async(workflow, "");
+        let run = s.wait_run(&id, Duration::from_secs(30));
+        assert_eq!(run["status"], "failed", "{run}");
+        let task = &run["tasks"][0];
+        assert_eq!(task["attempts"], 1, "{run}");
+        task["error"].as_str().unwrap_or_default().to_string()
+    };
+    let error = failed_at_once("bulky");
     assert!(
         error.contains("larger than 1000 bytes, the most a task's output may be"),
-        "{run}"
+        "{error}"
     );
     // An input past it: Fusion's limit, not an instance's failure.
     s.function("echo", "binary", "echo.sh", "#!/bin/sh\ncat\n", json!({}));
@@ -1673,14 +1677,9 @@ fn a_task_output_or_input_past_the_body_limit_fails_without_retries() {
         "stuffed",
         "apiVersion: 1\noutput: Echo\ntasks:\n  Echo:\n    run: echo\n    inputs: \"{ 'y'.repeat(3000) }\"\n    retry: {maxAttempts: 3}\n",
     );
-    let id = s.start_async("stuffed", "");
-    let run = s.wait_run(&id, Duration::from_secs(30));
-    assert_eq!(run["status"], "failed", "{run}");
-    let task = &run["tasks"][0];
-    assert_eq!(task["attempts"], 1, "{run}");
-    let error = task["error"].as_str().unwrap_or_default();
-    assert!(error.contains("the task's input is too large"), "{run}");
-    assert!(!error.contains("instance failed"), "{run}");
+    let error = failed_at_once("stuffed");
+    assert!(error.contains("the task's input is too large"), "{error}");
+    assert!(!error.contains("instance failed"), "{error}");
     // A caller's body past it starts no run: 413, as a function's caller gets.
     let before = s.ok("GET", "/v1/runs?workflow=stuffed", None)["runs"]
         .as_array()
