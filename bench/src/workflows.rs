@@ -69,6 +69,8 @@ pub struct PathLoad {
     pub rps: f64,
     /// CPU microseconds per request: client, server, python instance.
     pub cpu_us: [f64; 3],
+    /// The store's group commits per request (`fusion_store_flushes_total`).
+    pub flushes: f64,
 }
 
 pub struct Concurrent {
@@ -375,13 +377,16 @@ async fn concurrent(ctx: &mut Ctx) -> Result<Concurrent> {
     let mut samples: [Vec<Duration>; 3] = Default::default();
     let mut wall = [Duration::ZERO; 3];
     let mut cpu = [[0u64; 3]; 3];
+    let mut flushes = [0u64; 3];
     for b in 0..batches {
         // Rotate the order batch by batch so drift hits every path alike.
         for k in 0..3 {
             let i = (k + b) % 3;
+            let flushed = store_flushes(ctx).await?;
             let before = Ctx::ticks(pids);
             let (s, t) = run_batch(&ctx.http, paths[i].2, clients, per_batch).await?;
             let after = Ctx::ticks(pids);
+            flushes[i] += store_flushes(ctx).await?.saturating_sub(flushed);
             for j in 0..3 {
                 cpu[i][j] += after[j].saturating_sub(before[j]);
             }
@@ -398,6 +403,7 @@ async fn concurrent(ctx: &mut Ctx) -> Result<Concurrent> {
             summary: Summary::of(&samples[i]).context("no samples")?,
             rps: n as f64 / wall[i].as_secs_f64(),
             cpu_us: cpu[i].map(|t| ctx.us_per(t, n)),
+            flushes: flushes[i] as f64 / n as f64,
         };
         eprintln!(
             "  {name}: p50 {:.3} ms, p99 {:.3} ms, {:.0} runs/s",
@@ -409,6 +415,21 @@ async fn concurrent(ctx: &mut Ctx) -> Result<Concurrent> {
         clients,
         paths: out,
     })
+}
+
+/// The server's group commits so far, from its `/metrics`.
+async fn store_flushes(ctx: &Ctx) -> Result<u64> {
+    let url = format!("{}/metrics", ctx.api);
+    let (status, body) = ctx.http.send(Method::GET, &url, Bytes::new(), None).await?;
+    if !status.is_success() {
+        bail!("GET {url}: {status}");
+    }
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("fusion_store_flushes_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .ok_or_else(|| anyhow!("GET {url}: no fusion_store_flushes_total"))
 }
 
 /// Where seeded stores are kept between runs (gitignored).
@@ -726,6 +747,7 @@ impl EngineResults {
                     "server": round3(p.cpu_us[1]),
                     "instance": round3(p.cpu_us[2]),
                 });
+                v["store_flushes_per_request"] = json!(round3(p.flushes));
                 paths.insert(p.name.to_string(), v);
             }
             let (wf, direct) = (c.path("workflow-python"), c.path("direct-python"));
@@ -884,8 +906,8 @@ impl EngineResults {
                     &format!("{} clients {}", c.clients, p.name),
                     &p.summary,
                     format!(
-                        "{:>6.0} runs/s; CPU us/req client {:.0} server {:.0} instance {:.0}",
-                        p.rps, p.cpu_us[0], p.cpu_us[1], p.cpu_us[2]
+                        "{:>6.0} runs/s; CPU us/req client {:.0} server {:.0} instance {:.0}; flushes/req {:.2}",
+                        p.rps, p.cpu_us[0], p.cpu_us[1], p.cpu_us[2], p.flushes
                     ),
                 );
             }
