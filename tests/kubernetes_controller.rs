@@ -983,3 +983,117 @@ fn a_resync_applies_again_without_uploading_the_same_code_again() {
     });
     assert_eq!(count("POST", "/v1/archives"), 2, "{:#?}", proxy.lines());
 }
+
+/// `fission fn create --name greet --env workflow --src greet.wf.yaml` on a
+/// Fission Workflows cluster leaves these three custom resources; moved to
+/// Fusion unchanged, the function is a workflow, called by its name.
+#[test]
+fn a_fission_workflows_function_becomes_a_workflow() {
+    let mock = KubeMock::start();
+    let s = start(&mock, "300");
+    s.env("python", "python", 0);
+    s.function(
+        "hello",
+        "python",
+        "hello.py",
+        "def main():\n    return 'hi'\n",
+        json!({"entrypoint": "main"}),
+    );
+    let workflow_env = with_spec(
+        meta("Environment", "workflow"),
+        json!({"version": 1, "runtime": {"image": "fission/workflow-env"}}),
+    );
+    create_ready(&mock, "environments", workflow_env);
+    let said = ready(&mock, "environments", "workflow");
+    assert!(
+        said["message"].as_str().unwrap().starts_with("not applied"),
+        "{said}"
+    );
+    assert_eq!(fusion_status(&s, "/v1/environments/workflow"), 404);
+
+    let yaml = |output: &str| {
+        format!("apiVersion: 1\noutput: {output}\ntasks:\n  call:\n    run: hello\n  done:\n    run: noop\n    inputs: bye\n    requires: [call]\n")
+    };
+    create_ready(
+        &mock,
+        "packages",
+        package_cr("greet-pkg", "workflow", &yaml("call")),
+    );
+    assert_eq!(fusion_status(&s, "/v1/packages/greet-pkg"), 404);
+    create_ready(
+        &mock,
+        "functions",
+        function_cr("greet", "workflow", "greet-pkg"),
+    );
+    let said = ready(&mock, "functions", "greet");
+    assert!(
+        said["message"]
+            .as_str()
+            .unwrap()
+            .contains("applied to Fusion as Workflow greet"),
+        "{said}"
+    );
+    assert_eq!(fusion_status(&s, "/v1/functions/greet"), 404);
+    assert_eq!(s.invoke("greet", "text/plain", ""), (200, "hi".to_string()));
+
+    // Fission's `fn update --src` changes the package, then points the
+    // function at its new version: the workflow's new version follows.
+    let literal = base64::engine::general_purpose::STANDARD.encode(yaml("done"));
+    mock.set_spec(
+        FISSION,
+        "packages",
+        "default",
+        "greet-pkg",
+        json!({"environment": {"name": "workflow", "namespace": "default"},
+               "deployment": {"type": "literal", "literal": literal}}),
+    );
+    let mut updated = function_cr("greet", "workflow", "greet-pkg")["spec"].clone();
+    updated["package"]["packageref"]["resourceversion"] = json!("2");
+    mock.set_spec(FISSION, "functions", "default", "greet", updated);
+    eventually(WAIT, "the workflow's new version", || {
+        s.invoke("greet", "text/plain", "") == (200, "bye".to_string())
+    });
+
+    // Fusion's workflows have no namespace: said, nothing applied.
+    let mut elsewhere = function_cr("greet", "workflow", "greet-pkg");
+    elsewhere["metadata"]["namespace"] = json!("team");
+    elsewhere["spec"]["environment"]["namespace"] = json!("team");
+    elsewhere["spec"]["package"]["packageref"]["namespace"] = json!("team");
+    mock.create(FISSION, "functions", elsewhere);
+    eventually(WAIT, "team/greet Invalid", || {
+        mock.get(FISSION, "functions", "team", "greet")
+            .is_some_and(|o| {
+                let c = &o["status"]["conditions"][0];
+                c["reason"] == "Invalid"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("namespace default"))
+            })
+    });
+    // A package that is not one workflow file is named in the function's status.
+    mock.create(
+        FISSION,
+        "packages",
+        package_cr("zipped-pkg", "workflow", "PK\u{3}\u{4} not a workflow"),
+    );
+    mock.create(
+        FISSION,
+        "functions",
+        function_cr("zipped", "workflow", "zipped-pkg"),
+    );
+    eventually(WAIT, "zipped Invalid", || {
+        let c = ready(&mock, "functions", "zipped");
+        c["reason"] == "Invalid"
+            && c["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Package default/zipped-pkg") && m.contains("zip"))
+    });
+    assert_eq!(fusion_status(&s, "/v1/workflows/zipped"), 404);
+
+    // Deleting the function deletes its workflow.
+    mock.delete(FISSION, "functions", "default", "greet");
+    eventually(WAIT, "the function's custom resource gone", || {
+        mock.get(FISSION, "functions", "default", "greet").is_none()
+    });
+    assert_eq!(fusion_status(&s, "/v1/workflows/greet"), 404);
+}

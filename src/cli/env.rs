@@ -144,7 +144,9 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
             // Fusion runs workflows itself, and a function created with
             // `--env workflow` is stored as a workflow.
             let image = body["image"].as_str().unwrap_or_default();
-            if name == super::workflow::WORKFLOW_ENV && image.contains("fission/workflow-env") {
+            if name == super::workflow::WORKFLOW_ENV
+                && crate::spec::model::is_fission_workflows_image(image)
+            {
                 eprintln!(
                     "note: Fusion runs Fission Workflows' workflows itself: no environment is needed; `fusion fn create --env {name} --src W.wf.yaml` stores W as a workflow"
                 );

@@ -389,15 +389,7 @@ async fn apply(api: &Api<DynamicObject>, obj: &DynamicObject, ctx: &Ctx) -> Resu
         }),
     );
     let (ready, action, failure) = match outcome {
-        Ok(label) => (
-            Ready::applied(if ctx.kind == WATCH_TRIGGER {
-                label
-            } else {
-                format!("applied to Fusion as {label}")
-            }),
-            Action::requeue(ctx.resync),
-            None,
-        ),
+        Ok(said) => (Ready::applied(said), Action::requeue(ctx.resync), None),
         Err(Problem::Invalid(m)) => {
             tracing::warn!(kind = ctx.kind, object = %key_of(obj), "invalid: {m}");
             (Ready::not("Invalid", m), Action::await_change(), None)
@@ -452,7 +444,7 @@ async fn write_status(
     })
 }
 
-/// Reads, checks and applies the object; answers the Fusion object's label.
+/// Reads, checks and applies the object; answers what became of it.
 async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Problem> {
     let name = obj.name_any();
     let ns = obj.namespace().unwrap_or_else(|| "default".to_string());
@@ -475,6 +467,9 @@ async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Probl
             ctx.kind
         )));
     };
+    if let Some(said) = fission_workflows(obj, ctx, &r, &ns).await? {
+        return Ok(said);
+    }
     // What it references must be in Fusion first.
     for (kind, ref_ns, ref_name, field) in &r.refs {
         let path = spec::with_namespace(
@@ -539,7 +534,7 @@ async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Probl
             }
         }
     }
-    let outcome = record_and_apply(obj, ctx, &r, body).await;
+    let outcome = record_and_apply(obj, ctx, &r, body).await.map(applied_as);
     if reused && outcome.is_err() {
         // Perhaps what was uploaded before is gone: uploaded again next time,
         // and only then can the answer say the spec is wrong.
@@ -549,6 +544,177 @@ async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Probl
         }
     }
     outcome
+}
+
+fn applied_as(label: String) -> String {
+    format!("applied to Fusion as {label}")
+}
+
+/// Fission Workflows' deploy, as the cluster holds it after `fission fn
+/// create --env workflow --src W.wf.yaml` (or its spec applied): a Function of
+/// the `workflow` environment, its Package (the workflow file, `literal`) and
+/// that environment (image `fission/workflow-env`). Fusion runs workflows
+/// itself, as `fusion spec apply` reads such a folder: the environment is not
+/// applied, the package is applied with its function, and the function
+/// becomes workflow W. Answers `None` for every other object (and for all
+/// three when the namespace's `workflow` environment is a runtime of
+/// another image).
+async fn fission_workflows(
+    obj: &DynamicObject,
+    ctx: &Ctx,
+    r: &model::Resource,
+    ns: &str,
+) -> Result<Option<String>, Problem> {
+    let env_field = match r.kind {
+        model::Kind::Environment => {
+            let ours = r.name == model::WORKFLOW_ENV
+                && r.body["image"]
+                    .as_str()
+                    .is_some_and(model::is_fission_workflows_image);
+            return Ok(ours.then(|| {
+                "not applied: Fission Workflows' environment (fission/workflow-env); Fusion runs \
+                 workflows itself, and this namespace's functions of environment `workflow` \
+                 become workflows"
+                    .to_string()
+            }));
+        }
+        model::Kind::Package => "environment",
+        model::Kind::Function => "env",
+        _ => return Ok(None),
+    };
+    if r.body[env_field] != model::WORKFLOW_ENV || !workflows_env_is_fissions(ctx, ns).await? {
+        return Ok(None);
+    }
+    if r.kind == model::Kind::Package {
+        return Ok(Some(
+            "not applied on its own: the workflow file of a function of Fission Workflows' \
+             environment `workflow`, applied as that function's workflow"
+                .to_string(),
+        ));
+    }
+    if ns != model::DEFAULT_NAMESPACE {
+        return Err(Problem::Invalid(format!(
+            "metadata.namespace: {ns}: a function of Fission Workflows' environment `workflow` \
+             becomes a Fusion workflow, and workflows have no namespace: deploy it in namespace \
+             default"
+        )));
+    }
+    let source = fission_workflows_source(ctx, r).await?;
+    let workflow = model::Resource {
+        kind: model::Kind::Workflow,
+        namespace: ns.to_string(),
+        name: r.name.clone(),
+        body: Value::Null,
+        archives: Vec::new(),
+        workflow_file: None,
+        workflow_source: Some(source),
+        workflow_archive: None,
+        refs: Vec::new(),
+        at: r.at.clone(),
+        fission: true,
+    };
+    record_and_apply(obj, ctx, &workflow, Value::Null)
+        .await
+        .map(|label| {
+            Some(format!(
+                "{} (a function of Fission Workflows' environment `workflow`)",
+                applied_as(label)
+            ))
+        })
+}
+
+/// Whether the namespace's `workflow` environment is Fission Workflows':
+/// its custom resource runs `fission/workflow-env`, or there is none and
+/// Fusion has no environment of that name either (as `fusion fn create
+/// --env workflow` decides).
+async fn workflows_env_is_fissions(ctx: &Ctx, ns: &str) -> Result<bool, Problem> {
+    let envs: Api<DynamicObject> = Api::namespaced_with(
+        ctx.kube.clone(),
+        ns,
+        &api_resource("Environment", "environments"),
+    );
+    match envs.get_opt(model::WORKFLOW_ENV).await {
+        Ok(Some(env)) => Ok(env
+            .data
+            .pointer("/spec/runtime/image")
+            .and_then(Value::as_str)
+            .is_some_and(model::is_fission_workflows_image)),
+        Ok(None) => {
+            let path =
+                spec::with_namespace(&format!("/v1/environments/{}", model::WORKFLOW_ENV), ns);
+            ctx.fusion
+                .get_opt::<Value>(&path)
+                .await
+                .map(|found| found.is_none())
+                .map_err(fusion_problem)
+        }
+        Err(e) => Err(Problem::Failed(explain(
+            &e,
+            "read",
+            "environments.fission.io",
+            Some(ns),
+        ))),
+    }
+}
+
+/// The workflow file in the Package custom resource a Fission Workflows
+/// function names.
+async fn fission_workflows_source(ctx: &Ctx, f: &model::Resource) -> Result<String, Problem> {
+    let field = "spec.package.packageref.name";
+    let Some((pkg_ns, pkg)) = f
+        .refs
+        .iter()
+        .find(|(kind, ..)| *kind == model::Kind::Package)
+        .map(|(_, ns, name, _)| (ns.clone(), name.clone()))
+    else {
+        return Err(Problem::Invalid(format!(
+            "{field}: a function of Fission Workflows' environment `workflow` names the package \
+             that holds its workflow file"
+        )));
+    };
+    let packages: Api<DynamicObject> = Api::namespaced_with(
+        ctx.kube.clone(),
+        &pkg_ns,
+        &api_resource("Package", "packages"),
+    );
+    let found = packages
+        .get_opt(&pkg)
+        .await
+        .map_err(|e| Problem::Failed(explain(&e, "read", "packages.fission.io", Some(&pkg_ns))))?;
+    let Some(package) = found else {
+        return Err(Problem::Pending(format!(
+            "{field}: waiting for Package {pkg_ns}/{pkg}, which is not in the cluster yet"
+        )));
+    };
+    let doc = load::Document::object(json!({
+        "apiVersion": "fission.io/v1",
+        "kind": "Package",
+        "metadata": {"name": pkg, "namespace": pkg_ns},
+        "spec": package.data.get("spec").cloned().unwrap_or(Value::Null),
+    }));
+    let specs = model::Specs::read_object(&doc, &pkg_ns);
+    let invalid = |m: String| Problem::Invalid(format!("{field}: Package {pkg_ns}/{pkg}: {m}"));
+    if !specs.errors.is_empty() {
+        return Err(invalid(specs.errors.join("; ")));
+    }
+    let archives = specs
+        .resources
+        .into_iter()
+        .next()
+        .map(|p| p.archives)
+        .unwrap_or_default();
+    let by = |name: &str| archives.iter().find(|(n, _)| n == name);
+    match by("deployment").or_else(|| by("source")).map(|(_, a)| a) {
+        Some(model::ArchiveSource::Literal(bytes)) => {
+            spec::workflow_text(bytes.clone()).map_err(|e| invalid(format!("{e:#}")))
+        }
+        Some(_) => Err(invalid(
+            "its workflow file must come as `literal` (base64) with the custom resource".into(),
+        )),
+        None => Err(invalid(
+            "it holds no workflow file (spec.deployment)".into(),
+        )),
+    }
 }
 
 fn forget_uploads(ctx: &Ctx, obj: &DynamicObject) {

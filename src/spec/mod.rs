@@ -679,6 +679,12 @@ fn workflow_in_archive(specs: &Specs, root: &Path, src: &ArchiveSource) -> Resul
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
         }
     };
+    workflow_text(bytes)
+}
+
+/// The workflow file of a Fission Workflows function's package (the file
+/// itself, as `fission fn create --src W.wf.yaml` stores it).
+pub fn workflow_text(bytes: Vec<u8>) -> Result<String> {
     if bytes.starts_with(b"PK") {
         bail!("the package is a zip archive: a function of Fission Workflows' `workflow` environment is one workflow file");
     }

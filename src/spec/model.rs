@@ -19,6 +19,12 @@ const FISSION_DEFAULT_CONCURRENCY: u64 = 500;
 /// --src W.wf.yaml`), and triggers named it as a function.
 pub const WORKFLOW_ENV: &str = "workflow";
 
+/// Whether an environment's image is Fission Workflows' own
+/// (`fission/workflow-env`, from any registry, of any tag).
+pub fn is_fission_workflows_image(image: &str) -> bool {
+    image.contains("fission/workflow-env")
+}
+
 /// The kinds a spec folder may hold, in the order they are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -1171,7 +1177,7 @@ impl Specs {
                 && r.name == WORKFLOW_ENV
                 && r.body["image"]
                     .as_str()
-                    .is_some_and(|i| i.contains("fission/workflow-env"))
+                    .is_some_and(is_fission_workflows_image)
         };
         let dropped: Vec<Location> = self
             .resources
