@@ -1035,6 +1035,11 @@ fn a_fission_workflows_function_becomes_a_workflow() {
     );
     assert_eq!(fusion_status(&s, "/v1/functions/greet"), 404);
     assert_eq!(s.invoke("greet", "text/plain", ""), (200, "hi".to_string()));
+    // Its route names it as a function, as Fission Workflows' routes did.
+    create_ready(&mock, "httptriggers", route_cr("greet", "greet", "/greet"));
+    let resp = s.get("/greet");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.text().unwrap(), "hi");
 
     // Fission's `fn update --src` changes the package, then points the
     // function at its new version: the workflow's new version follows.
@@ -1090,7 +1095,12 @@ fn a_fission_workflows_function_becomes_a_workflow() {
     });
     assert_eq!(fusion_status(&s, "/v1/workflows/zipped"), 404);
 
-    // Deleting the function deletes its workflow.
+    // Deleting the function (its route first) deletes its workflow.
+    mock.delete(FISSION, "httptriggers", "default", "greet");
+    eventually(WAIT, "the route's custom resource gone", || {
+        mock.get(FISSION, "httptriggers", "default", "greet")
+            .is_none()
+    });
     mock.delete(FISSION, "functions", "default", "greet");
     eventually(WAIT, "the function's custom resource gone", || {
         mock.get(FISSION, "functions", "default", "greet").is_none()

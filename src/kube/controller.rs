@@ -476,15 +476,27 @@ async fn apply_to_fusion(obj: &DynamicObject, ctx: &Ctx) -> Result<String, Probl
             &format!("{}/{ref_name}", spec::kind_collection(*kind)),
             ref_ns,
         );
-        match ctx.fusion.get_opt::<Value>(&path).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(Problem::Pending(format!(
-                    "{field}: waiting for {} {ref_ns}/{ref_name}, which is not in Fusion yet",
-                    kind.name()
-                )))
-            }
-            Err(e) => return Err(fusion_problem(e)),
+        let mut found = ctx
+            .fusion
+            .get_opt::<Value>(&path)
+            .await
+            .map_err(fusion_problem)?;
+        // A trigger that names a workflow as its function (Fission
+        // Workflows' way) targets the workflow, as the API does.
+        let or_workflow = *kind == model::Kind::Function && ref_ns == model::DEFAULT_NAMESPACE;
+        if found.is_none() && or_workflow {
+            found = ctx
+                .fusion
+                .get_opt::<Value>(&format!("/v1/workflows/{ref_name}"))
+                .await
+                .map_err(fusion_problem)?;
+        }
+        if found.is_none() {
+            return Err(Problem::Pending(format!(
+                "{field}: waiting for {}{} {ref_ns}/{ref_name}, which is not in Fusion yet",
+                kind.name(),
+                if or_workflow { " (or workflow)" } else { "" }
+            )));
         }
     }
     // Code comes with the object (`literal`); nothing is fetched. Code
