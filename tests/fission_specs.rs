@@ -346,10 +346,37 @@ fn a_function_of_fission_workflows_env_in_specs_is_applied_as_a_workflow() {
         err.contains("Workflow echowhale: its workflow file, line 3"),
         "{err}"
     );
-    std::fs::write(&file, good).unwrap();
+    // A missing workflow file is said once, as the archive's.
+    std::fs::remove_file(&file).unwrap();
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_ne!(code, 0);
+    assert_eq!(err.matches("nothing under").count(), 1, "{err}");
+    assert!(err.contains("1 error in specs"), "{err}");
+    std::fs::write(&file, &good).unwrap();
+    // A package missing from the folder is what is wrong: the environment
+    // left out is not said to be needed on the server.
+    let specs = tmp.path().join("specs/workflows.yaml");
+    let declared = std::fs::read_to_string(&specs).unwrap();
+    let renamed = declared.replace(
+        "packageref:\n      name: echowhale-pkg",
+        "packageref:\n      name: other-pkg",
+    );
+    assert_ne!(renamed, declared);
+    std::fs::write(&specs, renamed).unwrap();
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            "Function echowhale references Package default/other-pkg, which is not in the specs"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("must exist on the server"), "{err}");
+    std::fs::write(&specs, declared).unwrap();
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("Fusion runs workflows itself"), "{err}");
+    assert!(!err.contains("must exist on the server"), "{err}");
     // Fission's default concurrency means nothing for a workflow: not warned about.
     assert!(!err.contains("concurrency 500"), "{err}");
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);

@@ -10,7 +10,7 @@ pub(crate) mod load;
 pub(crate) mod model;
 pub(crate) mod save;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -45,16 +45,22 @@ fn read(source: &Source) -> Result<Specs> {
     errors.append(&mut specs.errors);
     // Archives are checked offline too: every include must match something.
     let root = project_root(&source.path);
+    let mut unmatched = HashSet::new();
     for a in &specs.archives {
         if let Err(e) = archive::matches(a, &root) {
             errors.push(format!("{e:#}"));
+            unmatched.insert(a.name.as_str());
         }
     }
-    // A Fission Workflows function's workflow, checked as the server will.
+    // A Fission Workflows function's workflow, checked as the server will
+    // (an archive said above to match nothing is not said again).
     for r in &specs.resources {
         let Some(a) = &r.workflow_archive else {
             continue;
         };
+        if matches!(a, ArchiveSource::Upload(name) if unmatched.contains(name.as_str())) {
+            continue;
+        }
         match workflow_in_archive(&specs, &root, a) {
             Err(e) => errors.push(format!("{}: {}: {e:#}", r.at, r.label())),
             Ok(source) => {

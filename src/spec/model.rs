@@ -159,6 +159,8 @@ pub struct Specs {
     pub resources: Vec<Resource>,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// The folder declared Fission Workflows' environment (left unapplied).
+    fission_workflows_env: bool,
 }
 
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -1186,6 +1188,7 @@ impl Specs {
             .map(|r| r.at.clone())
             .collect();
         self.resources.retain(|r| !engine_env(r));
+        self.fission_workflows_env = !dropped.is_empty();
         for at in dropped {
             self.warn(at, format!("Environment {WORKFLOW_ENV} is Fission Workflows' (fission/workflow-env): Fusion runs workflows itself, so it is not applied, and its functions are stored as workflows"));
         }
@@ -1293,7 +1296,12 @@ impl Specs {
                     && declared
                         .iter()
                         .any(|(k, _, n)| *k == Kind::Workflow && n == name);
-                if workflow {
+                // Fission Workflows' environment, declared and left out: what
+                // is wrong with such a function is said on its own.
+                let engine_env = self.fission_workflows_env
+                    && *kind == Kind::Environment
+                    && name == WORKFLOW_ENV;
+                if workflow || engine_env {
                     continue;
                 }
                 // As Fission: a package, or a trigger's function, must be in the
