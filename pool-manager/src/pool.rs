@@ -67,6 +67,8 @@ pub(crate) struct Inner {
     pub(crate) closing: AtomicBool,
     /// Signalled whenever an instance exits (shutdown waits on it).
     exits: Notify,
+    /// Places in the functions' queues for capacity (`FnPool::queue`).
+    tickets: AtomicU64,
     pub(crate) metrics: PoolMetrics,
 }
 
@@ -176,6 +178,10 @@ struct FnPool {
     warming: bool,
     /// Woken when capacity may have freed up.
     changed: Arc<Notify>,
+    /// Requests waiting for capacity at the function's max scale, by when
+    /// they began to wait: freed capacity goes to the first of them (and no
+    /// newcomer takes it past them), so they are served as a queue.
+    queue: std::collections::BTreeSet<u64>,
     /// The function's request series (kept across its updates).
     metrics: Arc<FunctionMetrics>,
 }
@@ -211,6 +217,25 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if let Some(pool) = lock(&self.inner.state).fns.get_mut(self.name) {
             pool.waiting = pool.waiting.saturating_sub(1);
+        }
+    }
+}
+
+/// A request's place in its function's queue for capacity (`FnPool::queue`),
+/// left when it is served, gives up or its caller goes away; the next in
+/// line is then woken to look again.
+struct InLine<'a> {
+    inner: Arc<Inner>,
+    name: &'a str,
+    ticket: u64,
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        if let Some(pool) = lock(&self.inner.state).fns.get_mut(self.name) {
+            if pool.queue.remove(&self.ticket) {
+                pool.changed.notify_waiters();
+            }
         }
     }
 }
@@ -311,6 +336,7 @@ impl PoolManager {
             starting: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             exits: Notify::new(),
+            tickets: AtomicU64::new(0),
             metrics: PoolMetrics::default(),
         });
         let (envs, fns): (Vec<String>, Vec<String>) = {
@@ -455,10 +481,13 @@ impl PoolManager {
             inner.wait_for_package(name, &package, limit).await?;
         }
         let deadline = tokio::time::Instant::now() + wait;
+        // Its place in the queue once it has to wait for capacity.
+        let mut in_line: Option<InLine> = None;
         loop {
             if inner.closing.load(Ordering::SeqCst) {
                 return Err(Error::ShuttingDown("the server is shutting down".into()));
             }
+            let ticket = in_line.as_ref().map(|l| l.ticket);
             let next = {
                 let mut st = lock(&inner.state);
                 let State { fns, envs, .. } = &mut *st;
@@ -466,10 +495,15 @@ impl PoolManager {
                     .get_mut(name)
                     .ok_or_else(|| not_found(Kind::Function, name))?;
                 let f = &pool.function;
+                if let Some(t) = ticket {
+                    // Kept in line across an update of the function.
+                    pool.queue.insert(t);
+                }
+                let turn = pool.first_in_line(ticket);
                 if let Some(i) = pool
                     .instances
                     .iter()
-                    .find(|i| i.usable() && i.active() < f.requests_per_instance)
+                    .find(|i| turn && i.usable() && i.active() < f.requests_per_instance)
                 {
                     i.active.fetch_add(1, Ordering::SeqCst);
                     return Ok(Lease {
@@ -481,17 +515,27 @@ impl PoolManager {
                 }
                 let room = pool.pending * f.requests_per_instance.saturating_sub(1);
                 let live = pool.instances.iter().filter(|i| i.usable()).count() + pool.pending;
-                if pool.waiting < room {
+                if turn && pool.waiting < room {
                     pool.waiting += 1;
                     Next::AwaitSpecialization(pool.changed.clone().notified_owned())
-                } else if live < f.concurrency {
+                } else if turn && live < f.concurrency {
                     pool.pending += 1;
                     let generic = envs.get_mut(&f.env_key()).and_then(|p| p.generic.pop());
                     Next::Start(f.clone(), generic)
                 } else {
+                    if in_line.is_none() {
+                        let ticket = inner.tickets.fetch_add(1, Ordering::Relaxed);
+                        pool.queue.insert(ticket);
+                        in_line = Some(InLine {
+                            inner: inner.clone(),
+                            name,
+                            ticket,
+                        });
+                    }
                     Next::AwaitCapacity(pool.changed.clone())
                 }
             };
+            let ticket = in_line.as_ref().map(|l| l.ticket);
             let (function, generic) = match next {
                 Next::Start(function, generic) => (function, generic),
                 Next::AwaitSpecialization(specialized) => {
@@ -508,7 +552,7 @@ impl PoolManager {
                     tokio::pin!(notified);
                     notified.as_mut().enable();
                     // Capacity may have been freed between the check and enable().
-                    if self.has_capacity(name) {
+                    if self.has_capacity(name, ticket) {
                         continue;
                     }
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -519,6 +563,8 @@ impl PoolManager {
                     continue;
                 }
             };
+            // Out of the queue: the next in line may look again.
+            drop(in_line.take());
             // On a task of its own: a caller that goes away (a client that hangs
             // up, a workflow task's timeout) must not abandon the instance
             // half-specialized or leave `pending` counted for ever; the lease it
@@ -535,9 +581,23 @@ impl PoolManager {
         }
     }
 
-    fn has_capacity(&self, name: &str) -> bool {
+    /// Requests of function `name` waiting in line for capacity.
+    #[cfg(test)]
+    pub(crate) fn queued(&self, name: &str) -> usize {
+        lock(&self.inner.state)
+            .fns
+            .get(name)
+            .map_or(0, |p| p.queue.len())
+    }
+
+    /// Whether the request of `ticket` may take capacity of function `name`
+    /// now (its turn, and an instance or room for one).
+    fn has_capacity(&self, name: &str, ticket: Option<u64>) -> bool {
         let st = lock(&self.inner.state);
         st.fns.get(name).is_none_or(|p| {
+            if !p.first_in_line(ticket) {
+                return false;
+            }
             let f = &p.function;
             let live: Vec<_> = p.instances.iter().filter(|i| i.usable()).collect();
             live.iter().any(|i| i.active() < f.requests_per_instance)
@@ -669,7 +729,18 @@ impl FnPool {
             waiting: 0,
             warming: false,
             changed: Arc::new(Notify::new()),
+            queue: std::collections::BTreeSet::new(),
             metrics: Arc::default(),
+        }
+    }
+
+    /// Whether the request of `ticket` (`None`: one not waiting yet) may
+    /// take capacity now: no one waits before it.
+    fn first_in_line(&self, ticket: Option<u64>) -> bool {
+        match (self.queue.first(), ticket) {
+            (None, _) => true,
+            (Some(first), Some(t)) => *first >= t,
+            (Some(_), None) => false,
         }
     }
 }

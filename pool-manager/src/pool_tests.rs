@@ -253,6 +253,43 @@ async fn a_released_instance_is_leased_again_and_past_the_budget_a_lease_gets_42
     assert_eq!(s.backend.started.load(Ordering::SeqCst), 1);
 }
 
+/// At the function's max scale, requests that wait for capacity get it in
+/// the order they came, each when the one before it is done: none is left to
+/// time out while later ones are served.
+// On a worker thread, as the router's requests are: a task woken there runs
+// before those woken before it (tokio's LIFO slot), so the order is the
+// queue's own, not the scheduler's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn requests_waiting_at_max_scale_are_served_in_the_order_they_came() {
+    let s = setup(0, 1).await;
+    let first = s.pm.lease("f").await.unwrap();
+    let (served_tx, mut served) = tokio::sync::mpsc::unbounded_channel();
+    let mut done = Vec::new();
+    for (n, who) in ["a", "b", "c"].into_iter().enumerate() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        done.push(done_tx);
+        let (pm, served_tx) = (s.pm.clone(), served_tx.clone());
+        tokio::spawn(async move {
+            let lease = pm.lease_within("f", Some(Duration::from_secs(30))).await;
+            let _ = served_tx.send((who, lease.is_ok()));
+            // Held until the test lets it go.
+            let _ = done_rx.await;
+            drop(lease);
+        });
+        eventually(&format!("{who} in line"), || {
+            (s.pm.queued("f") == n + 1).then_some(())
+        })
+        .await;
+    }
+    tokio::spawn(async move { drop(first) }).await.unwrap();
+    for (who, done) in ["a", "b", "c"].into_iter().zip(done) {
+        assert_eq!(served.recv().await, Some((who, true)));
+        assert!(served.try_recv().is_err(), "only {who} is served");
+        let _ = done.send(());
+    }
+    assert_eq!(s.pm.queued("f"), 0);
+}
+
 #[tokio::test]
 async fn an_update_retires_the_old_instance_once_its_lease_is_released() {
     let s = setup(0, 2).await;
