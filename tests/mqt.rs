@@ -1049,3 +1049,61 @@ fn a_consumer_is_one_triggers_and_a_delete_leaves_the_users_own() {
     assert_eq!(rc, 0, "{out}{err}");
     assert_eq!(nats.consumers("ORDERS"), vec!["theirs"]);
 }
+
+/// A trigger whose concurrency is above its function's max scale: the
+/// deliveries past it wait in line for an instance (the function's timeout,
+/// not the router's lease wait) instead of spending their attempts on 429s.
+#[test]
+fn deliveries_past_the_functions_max_scale_wait_their_turn() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream("RESULTS", &["results.>"]);
+    // A router caller would be turned away after 1 ms.
+    let s = Server::start_with(&[
+        ("FUSION_NATS_URL", &nats.url),
+        ("FUSION_LEASE_WAIT_MS", "1"),
+    ]);
+    s.env("binary", "binary", 1);
+    let probe = Probe::start();
+    s.function(
+        "one",
+        "binary",
+        "one.sh",
+        &echo(&probe, true),
+        json!({"max_scale": 1}),
+    );
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(json!({
+            "name": "orders", "function": "one", "topic": "orders.new",
+            "respTopic": "results.ok", "errorTopic": "results.failed",
+            "maxRetries": 0, "concurrency": 3,
+        })),
+    );
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+    for i in 0..3 {
+        nats.publish(
+            "orders.new",
+            &format!("m{i}"),
+            &[("X-Order", &i.to_string())],
+        );
+    }
+    // One in the function (held at the gate), two in line for it.
+    eventually(Duration::from_secs(30), "two deliveries in line", || {
+        let (_, metrics) = s.call("GET", "/metrics", None);
+        metrics.as_str().is_some_and(|m| {
+            m.lines()
+                .any(|l| l == "fusion_function_requests_waiting{function=\"one\"} 2")
+        })
+    });
+    eventually(Duration::from_secs(30), "the first in the function", || {
+        probe.lines("calls").len() == 1
+    });
+    probe.open("go");
+    eventually(Duration::from_secs(30), "every answer is published", || {
+        nats.messages("RESULTS", "results.ok").len() == 3
+    });
+    assert!(nats.messages("RESULTS", "results.failed").is_empty());
+    assert_eq!(state(&s, "orders")["failed"], 0);
+}

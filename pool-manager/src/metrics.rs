@@ -69,6 +69,8 @@ pub struct PoolMetrics {
     pub instance_exits: Family<ExitLabels, Counter>,
     pub start_failures: Family<EnvironmentLabels, Counter>,
     pub builds: Family<BuildLabels, Counter>,
+    /// Requests in line for capacity, per function (refreshed when scraped).
+    pub waiting: Family<FunctionLabels, Gauge>,
 }
 
 impl Default for PoolMetrics {
@@ -83,6 +85,7 @@ impl Default for PoolMetrics {
             instance_exits: Family::default(),
             start_failures: Family::default(),
             builds: Family::default(),
+            waiting: Family::default(),
         }
     }
 }
@@ -135,6 +138,12 @@ impl PoolMetrics {
             "fusion_package_builds",
             "Package builds that ended, by outcome (succeeded, cached, failed)",
             self.builds.clone(),
+        );
+        registry.register(
+            "fusion_function_requests_waiting",
+            "Requests waiting in line for an instance of a function at its max scale, \
+             served in the order they came",
+            self.waiting.clone(),
         );
     }
 }

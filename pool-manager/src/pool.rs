@@ -676,8 +676,20 @@ impl PoolManager {
         &self.inner.metrics
     }
 
-    /// Sets the instance gauges from the current pools (called before a scrape).
+    /// Sets the instance gauges and the functions' waiting requests from the
+    /// current pools (called before a scrape).
     pub fn refresh_instance_gauges(&self) {
+        let waiting = &self.inner.metrics.waiting;
+        waiting.clear();
+        for (name, pool) in lock(&self.inner.state).fns.iter() {
+            if !pool.queue.is_empty() {
+                waiting
+                    .get_or_create(&FunctionLabels {
+                        function: name.clone(),
+                    })
+                    .set(pool.queue.len() as i64);
+            }
+        }
         let gauges = &self.inner.metrics.instances;
         gauges.clear();
         for i in self.instances(None) {

@@ -51,7 +51,28 @@ pub async fn forward(
     path: &str,
     params: &[(String, String)],
 ) -> Response<Body> {
-    match try_forward(pm, function, req, path, params).await {
+    forward_within(
+        pm,
+        function,
+        req,
+        path,
+        params,
+        Some(pm.config().lease_wait),
+    )
+    .await
+}
+
+/// As `forward`, waiting up to `lease_wait` for capacity (see
+/// `PoolManager::lease_within`; `None`: the function's timeout).
+pub async fn forward_within(
+    pm: &PoolManager,
+    function: &str,
+    req: Request<Body>,
+    path: &str,
+    params: &[(String, String)],
+    lease_wait: Option<Duration>,
+) -> Response<Body> {
+    match try_forward_within(pm, function, req, path, params, lease_wait).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }

@@ -97,12 +97,29 @@ impl Invoker {
     pub async fn call(
         &self,
         target: &Target,
-        mut req: Request<Body>,
+        req: Request<Body>,
         path: &str,
         params: &[(String, String)],
     ) -> Response<Body> {
+        let wait = Some(self.pool.config().lease_wait);
+        self.call_within(target, req, path, params, wait).await
+    }
+
+    /// As `call`; a function at its max scale is waited for up to `wait`
+    /// (`None`: its timeout) where `call` waits `--lease-wait-ms`: a
+    /// message-queue trigger's delivery is not a caller to turn away.
+    pub async fn call_within(
+        &self,
+        target: &Target,
+        mut req: Request<Body>,
+        path: &str,
+        params: &[(String, String)],
+        wait: Option<std::time::Duration>,
+    ) -> Response<Body> {
         match target {
-            Target::Function(f) => pool_manager::forward(&self.pool, f, req, path, params).await,
+            Target::Function(f) => {
+                pool_manager::forward_within(&self.pool, f, req, path, params, wait).await
+            }
             // An OPTIONS request (a browser's CORS preflight, a probe) asks what
             // the URL takes; it starts no run.
             Target::Workflow(_) if req.method() == http::Method::OPTIONS => {

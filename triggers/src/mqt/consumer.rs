@@ -466,7 +466,12 @@ impl Job {
                 headers.insert(name, v);
             }
         }
-        let resp = self.invoker.call(&self.target, req, "/", &[]).await;
+        // At the function's max scale the delivery waits its turn (within the
+        // function's timeout) rather than spend an attempt on a 429.
+        let resp = self
+            .invoker
+            .call_within(&self.target, req, "/", &[], None)
+            .await;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
         let bytes = axum::body::to_bytes(body, ANSWER_LIMIT).await;
