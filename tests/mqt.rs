@@ -1107,3 +1107,53 @@ fn deliveries_past_the_functions_max_scale_wait_their_turn() {
     assert!(nats.messages("RESULTS", "results.failed").is_empty());
     assert_eq!(state(&s, "orders")["failed"], 0);
 }
+
+/// A trigger deleted while NATS is away leaves no consumer behind once NATS
+/// is back, and one created again under its name starts as its own settings
+/// say rather than from what the deleted one left.
+#[test]
+fn a_trigger_deleted_while_nats_is_away_leaves_nothing_behind() {
+    let mut nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    let s = server(&nats);
+    let probe = Probe::start();
+    s.function(
+        "hello",
+        "binary",
+        "hello.sh",
+        &echo(&probe, false),
+        json!({}),
+    );
+    let trigger = |policy: &str| {
+        json!({"name": "orders", "function": "hello", "topic": "orders.new",
+               "metadata": {"deliverPolicy": policy}})
+    };
+    s.ok("POST", "/v1/mqtriggers", Some(trigger("all")));
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+    assert_eq!(nats.consumers("ORDERS"), vec!["fusion-mqt-default-orders"]);
+
+    nats.kill();
+    let (status, _) = s.call("DELETE", "/v1/mqtriggers/orders", None);
+    assert_eq!(status, 204);
+    nats.launch();
+    eventually(Duration::from_secs(30), "the consumer deleted", || {
+        nats.consumers("ORDERS").is_empty()
+    });
+
+    // Deleted while NATS is away again, then created anew with another
+    // deliver policy (which NATS changes on no consumer) before it is back.
+    s.ok("POST", "/v1/mqtriggers", Some(trigger("all")));
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+    nats.kill();
+    assert_eq!(s.call("DELETE", "/v1/mqtriggers/orders", None).0, 204);
+    s.ok("POST", "/v1/mqtriggers", Some(trigger("new")));
+    nats.launch();
+    wait_state(&s, "orders", "running", Duration::from_secs(30));
+    assert_eq!(nats.consumers("ORDERS"), vec!["fusion-mqt-default-orders"]);
+    // And it consumes.
+    nats.publish("orders.new", "after", &[("X-Order", "1")]);
+    eventually(Duration::from_secs(30), "the message called", || {
+        probe.lines("calls").len() == 1
+    });
+    assert_eq!(state(&s, "orders")["state"], "running");
+}

@@ -161,8 +161,21 @@ async fn run(conn: Conn<'_>) -> String {
     // A consumer that was there before, not made by Fusion for this trigger
     // (a user's own, named with `--metadata consumer=`), is used as it is:
     // neither changed nor, at the trigger's delete, removed.
+    let ours = description(&trigger.key(), settings.incarnation.as_deref());
     if let Ok(info) = stream.consumer_info(&settings.consumer).await {
-        if info.config.description.as_deref() != Some(description(&trigger.key()).as_str()) {
+        let said = info.config.description.as_deref().unwrap_or_default();
+        if said != ours && made_for(said, &trigger.key()) {
+            // Left by an earlier life of the trigger's name (deleted, or
+            // moved, while NATS was away): its position and deliver policy
+            // are not this trigger's.
+            if let Err(e) = stream.delete_consumer(&settings.consumer).await {
+                return format!(
+                    "cannot delete consumer {:?} on stream {stream_name:?}, left by an earlier trigger of this name: {e}",
+                    settings.consumer
+                );
+            }
+            tracing::info!(consumer = %settings.consumer, "deleted the consumer an earlier trigger of this name left");
+        } else if said != ours {
             return match stream
                 .get_consumer::<pull::Config>(&settings.consumer)
                 .await
@@ -181,7 +194,7 @@ async fn run(conn: Conn<'_>) -> String {
     let consumer: jetstream::consumer::PullConsumer = match stream
         .create_consumer(pull::Config {
             durable_name: Some(settings.consumer.clone()),
-            description: Some(description(&trigger.key())),
+            description: Some(ours),
             filter_subject: trigger.topic.clone(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: settings.ack_wait,
@@ -650,51 +663,103 @@ pub(super) async fn publish(
 /// moves to another subject or stream); best effort, bounded in time.
 /// What a consumer Fusion made for trigger `key` says of itself: how a
 /// delete knows the consumer is its own to remove.
-fn description(key: &str) -> String {
-    format!("Fusion message-queue trigger {key}")
+fn description(key: &str, incarnation: Option<&str>) -> String {
+    match incarnation {
+        Some(i) => format!("Fusion message-queue trigger {key} ({i})"),
+        None => format!("Fusion message-queue trigger {key}"),
+    }
+}
+
+/// Whether a consumer's description says Fusion made it for trigger `key`,
+/// in any life of that name.
+fn made_for(said: &str, key: &str) -> bool {
+    let plain = description(key, None);
+    said == plain
+        || said
+            .strip_prefix(&plain)
+            .is_some_and(|r| r.starts_with(" ("))
 }
 
 /// Deletes trigger `key`'s consumer, if it made it: one that was there
 /// before (a consumer of the user's, named with `--metadata consumer=`) is
 /// left alone.
-pub(super) async fn delete_consumer(topic: String, settings: Settings, key: &str) {
+pub(super) async fn delete_consumer(
+    topic: String,
+    settings: Settings,
+    key: &str,
+) -> Result<(), String> {
+    use jetstream::context::{ConsumerInfoErrorKind, GetStreamByNameErrorKind, GetStreamErrorKind};
+    use jetstream::stream::ConsumerErrorKind;
     let work = async {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
             .connect(settings.url.as_str())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Unreached(e.to_string()))?;
         let js = jetstream::new(client);
         let stream = match &settings.stream {
             Some(s) => s.clone(),
             None => js
                 .stream_by_subject(topic.as_str())
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| match e.kind() {
+                    GetStreamByNameErrorKind::Request => Unreached(e.to_string()),
+                    _ => Kept(e.to_string()),
+                })?,
         };
-        let stream = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+        let stream = js.get_stream(&stream).await.map_err(|e| match e.kind() {
+            GetStreamErrorKind::Request => Unreached(e.to_string()),
+            _ => Kept(e.to_string()),
+        })?;
         let info = stream
             .consumer_info(&settings.consumer)
             .await
-            .map_err(|e| e.to_string())?;
-        if info.config.description.as_deref() != Some(description(key).as_str()) {
-            return Err(format!(
+            .map_err(|e| match e.kind() {
+                ConsumerInfoErrorKind::Request
+                | ConsumerInfoErrorKind::TimedOut
+                | ConsumerInfoErrorKind::NoResponders
+                | ConsumerInfoErrorKind::Offline => Unreached(e.to_string()),
+                _ => Kept(e.to_string()),
+            })?;
+        let ours = description(key, settings.incarnation.as_deref());
+        if info.config.description.as_deref() != Some(ours.as_str()) {
+            return Err(Kept(format!(
                 "it is not the one Fusion made for trigger {key} (its description is {:?})",
                 info.config.description.as_deref().unwrap_or_default()
-            ));
+            )));
         }
         stream
             .delete_consumer(&settings.consumer)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok::<(), String>(())
+            .map_err(|e| match e.kind() {
+                ConsumerErrorKind::Request | ConsumerErrorKind::TimedOut => {
+                    Unreached(e.to_string())
+                }
+                _ => Kept(e.to_string()),
+            })?;
+        Ok::<(), NotDeleted>(())
     };
     match tokio::time::timeout(Duration::from_secs(5), work).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::info!(consumer = %settings.consumer, "consumer not deleted: {e}"),
-        Err(_) => tracing::info!(consumer = %settings.consumer, "consumer not deleted: timed out"),
+        Ok(Ok(())) => Ok(()),
+        // NATS away: worth trying again.
+        Ok(Err(Unreached(e))) => Err(e),
+        Err(_) => Err("no answer from NATS within 5s".into()),
+        // Nothing (of Fusion's) to delete: said, and done.
+        Ok(Err(Kept(e))) => {
+            tracing::info!(consumer = %settings.consumer, "consumer not deleted: {e}");
+            Ok(())
+        }
     }
 }
+
+/// Why a consumer was not deleted.
+enum NotDeleted {
+    /// NATS could not be reached.
+    Unreached(String),
+    /// It is not there, or not Fusion's.
+    Kept(String),
+}
+use NotDeleted::{Kept, Unreached};
 
 #[cfg(test)]
 mod tests {

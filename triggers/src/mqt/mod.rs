@@ -62,6 +62,13 @@ async fn stop_all(consumers: Vec<Running>, grace: std::time::Duration) {
 
 pub struct MessageQueueTriggers {
     records: Records,
+    /// Each trigger's incarnation (`Settings::incarnation`), by key.
+    incarnations: Records,
+    /// Consumers of deleted (or moved) triggers that NATS could not be told
+    /// to delete, each tried again in the background until it is gone; by
+    /// `url consumer`. A trigger launched with that consumer takes it over
+    /// (its consumer task deletes what an earlier life left).
+    retiring: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     invoker: Invoker,
     /// The server-wide NATS address (`--nats-url`), once started.
     default_url: Mutex<Option<String>>,
@@ -83,6 +90,8 @@ impl MessageQueueTriggers {
     pub fn open(db: &sled::Db, invoker: Invoker) -> Result<MessageQueueTriggers> {
         Ok(MessageQueueTriggers {
             records: Records::open(db, "mqtriggers", "mqtrigger")?,
+            incarnations: Records::open(db, "mqtrigger-incarnations", "mqtrigger")?,
+            retiring: Mutex::new(HashMap::new()),
             invoker,
             default_url: Mutex::new(None),
             running: Mutex::new(HashMap::new()),
@@ -119,9 +128,72 @@ impl MessageQueueTriggers {
         stop_all(consumers, grace).await;
     }
 
+    /// The trigger's connection settings, with its incarnation.
+    fn settings(&self, t: &MessageQueueTrigger) -> Result<trigger::Settings> {
+        let mut settings = t.settings(&self.default_url());
+        settings.incarnation = self.incarnations.get::<String>(&t.key())?;
+        Ok(settings)
+    }
+
+    /// Starts a new life of the trigger's name: its consumer is made afresh
+    /// (one an earlier life left is deleted first).
+    async fn new_incarnation(&self, key: &str) -> Result<()> {
+        let id = uuid::Uuid::now_v7().to_string();
+        self.incarnations.put(key, &id).await
+    }
+
+    /// Deletes the consumer of a trigger that is gone (or moved): at once
+    /// if NATS answers, else in the background until it does.
+    async fn retire(&self, topic: String, settings: trigger::Settings, key: String) {
+        let Err(e) = consumer::delete_consumer(topic.clone(), settings.clone(), &key).await else {
+            return;
+        };
+        tracing::warn!(
+            consumer = %settings.consumer,
+            trigger = %key,
+            "NATS consumer not deleted ({e}); trying again in the background until NATS answers"
+        );
+        let id = format!("{} {}", settings.url, settings.consumer);
+        let task = tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_secs(1);
+            loop {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+                if consumer::delete_consumer(topic.clone(), settings.clone(), &key)
+                    .await
+                    .is_ok()
+                {
+                    tracing::info!(consumer = %settings.consumer, trigger = %key, "NATS consumer of a deleted trigger deleted");
+                    return;
+                }
+            }
+        });
+        let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+        retiring.retain(|_, t| !t.is_finished());
+        if let Some(old) = retiring.insert(id, task.abort_handle()) {
+            old.abort();
+        }
+    }
+
     fn launch(&self, t: MessageQueueTrigger) {
         let status = Arc::new(StatusCell::new());
-        let settings = t.settings(&self.default_url());
+        let settings = match self.settings(&t) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(trigger = %t.key(), "cannot read the trigger's incarnation: {e}");
+                t.settings(&self.default_url())
+            }
+        };
+        // Its consumer is this trigger's now: a retirement of it stops.
+        let id = format!("{} {}", settings.url, settings.consumer);
+        if let Some(r) = self
+            .retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+        {
+            r.abort();
+        }
         let key = t.key();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(consumer::supervise(
@@ -177,6 +249,9 @@ impl MessageQueueTriggers {
         self.invoker
             .retarget_to_workflow(&t.namespace, &mut t.function, &mut t.workflow);
         self.check(&t)?;
+        if self.records.get::<MessageQueueTrigger>(&t.key())?.is_none() {
+            self.new_incarnation(&t.key()).await?;
+        }
         self.records.create(&t.key(), &t).await?;
         self.launch(t.clone());
         Ok(self.view(t))
@@ -191,10 +266,8 @@ impl MessageQueueTriggers {
         if old == t {
             return Ok(self.view(t));
         }
-        self.records.put(&t.key(), &t).await?;
-        self.halt(&t.key()).await;
-        let url = self.default_url();
-        let (before, after) = (old.settings(&url), t.settings(&url));
+        let before = self.settings(&old)?;
+        let after = t.settings(&self.default_url());
         let moved = old.topic != t.topic
             || before.url != after.url
             || before.stream != after.stream
@@ -202,9 +275,20 @@ impl MessageQueueTriggers {
             || before.deliver_policy != after.deliver_policy;
         if moved {
             // Its position belongs to the old subject or stream, and NATS
-            // changes no consumer's deliver policy: start afresh. (A new ack
-            // wait or concurrency updates the consumer in place.)
-            consumer::delete_consumer(old.topic.clone(), before, &old.key()).await;
+            // changes no consumer's deliver policy: start afresh, as a new
+            // life of the name. (A new ack wait or concurrency updates the
+            // consumer in place.)
+            self.new_incarnation(&t.key()).await?;
+        }
+        self.records.put(&t.key(), &t).await?;
+        self.halt(&t.key()).await;
+        // The same consumer in the same place is deleted by the new
+        // consumer task itself (it is an earlier life's); one elsewhere here.
+        let same_place = before.url == after.url
+            && before.consumer == after.consumer
+            && before.stream == after.stream;
+        if moved && !same_place {
+            self.retire(old.topic.clone(), before, old.key()).await;
         }
         self.launch(t.clone());
         Ok(self.view(t))
@@ -216,11 +300,13 @@ impl MessageQueueTriggers {
         if !self.records.delete(key).await? {
             return Err(not_found(key));
         }
+        let settings = self.settings(&old)?;
+        self.incarnations.delete(key).await?;
         self.halt(key).await;
-        // Awaited (bounded in time), so that a trigger created again under the
-        // name does not have its new consumer deleted behind it.
-        let settings = old.settings(&self.default_url());
-        consumer::delete_consumer(old.topic.clone(), settings, &old.key()).await;
+        // A trigger created again under the name is a new life of it: its
+        // consumer is told from this one's, which is deleted now or, while
+        // NATS is away, in the background (or by that trigger's consumer).
+        self.retire(old.topic.clone(), settings, old.key()).await;
         Ok(())
     }
 

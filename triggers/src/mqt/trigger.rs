@@ -126,6 +126,11 @@ pub struct Settings {
     pub ack_wait: Duration,
     /// Where a new consumer starts in the stream.
     pub deliver_policy: DeliverPolicy,
+    /// Which life of the trigger's name this is (a new one at each create,
+    /// and at each update that starts its consumer afresh), written into the
+    /// consumer's description: a consumer an earlier life left behind is
+    /// told from its own. `None` for triggers stored before incarnations.
+    pub incarnation: Option<String>,
 }
 
 /// Where a trigger's durable consumer starts in its stream when it is
@@ -202,6 +207,7 @@ impl MessageQueueTrigger {
             deliver_policy: meta("deliverPolicy")
                 .and_then(|v| DeliverPolicy::parse(&v).ok())
                 .unwrap_or_default(),
+            incarnation: None,
         }
     }
 
