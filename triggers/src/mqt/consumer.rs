@@ -300,7 +300,11 @@ async fn consume(
                         else => break,
                     }
                 }
-                let _ = job.js.client().flush().await;
+                // The acks sent before the stop returns; not waited for past a
+                // moment while NATS is away (they cannot reach it, and the
+                // message is redelivered anyway).
+                let client = job.js.client();
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
                 return "stopped".into();
             }
             next = messages.next(), if inflight.len() < concurrency => match next {
