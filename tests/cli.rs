@@ -400,6 +400,67 @@ fn fn_create_with_a_url_makes_its_route() {
     s.ok("GET", "/v1/functions/hello2", None);
 }
 
+/// A route's host: checked as a Host header could name it, and an empty
+/// one (as `route update --host ''` sends) is any host, with the same
+/// conflict check as every route.
+#[test]
+fn a_routes_host_is_checked_and_an_empty_one_is_any_host() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    let (_dir, code) = hello_file();
+    let (rc, _, err) = s.cli(&["fn", "create", "hello", "--env", "python", "--code", &code]);
+    assert_eq!(rc, 0, "{err}");
+    let (rc, _, err) = s.cli(&[
+        "route",
+        "create",
+        "--name",
+        "bad",
+        "--url",
+        "/y",
+        "--function",
+        "hello",
+        "--host",
+        "bad host!",
+    ]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("host \"bad host!\" is not a host"), "{err}");
+    let (rc, _, err) = s.cli(&[
+        "route",
+        "create",
+        "--name",
+        "only",
+        "--url",
+        "/only",
+        "--function",
+        "hello",
+        "--host",
+        "example.com",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(s.get("/only").status(), 404);
+    let (rc, _, err) = s.cli(&["route", "update", "only", "--host", ""]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(s.ok("GET", "/v1/routes/only", None).get("host").is_none());
+    assert_eq!(s.get("/only").status(), 200);
+    // Another route of any host for the same URL is a conflict.
+    let (rc, _, err) = s.cli(&[
+        "route",
+        "create",
+        "--name",
+        "twin",
+        "--url",
+        "/only",
+        "--function",
+        "hello",
+        "--host",
+        "example.com",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let (rc, _, err) = s.cli(&["route", "update", "twin", "--host", " "]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("would answer the same requests"), "{err}");
+}
+
 /// Fission's spellings: `-n` for the namespace, `fn delete --ignorenotfound`.
 #[test]
 fn fissions_short_namespace_and_ignorenotfound() {

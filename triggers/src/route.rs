@@ -85,9 +85,26 @@ impl Route {
             .map(|f| qualified(&self.namespace, f))
     }
 
+    /// Spellings that mean the same written one way: an empty host is no
+    /// host (any host matches).
+    pub fn normalize(&mut self) {
+        if let Some(h) = &self.host {
+            let h = h.trim();
+            self.host = (!h.is_empty()).then(|| h.to_string());
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         validate_name("route", &self.name)?;
         validate_name("namespace", &self.namespace)?;
+        if let Some(h) = &self.host {
+            if !valid_host(h) {
+                return Err(Error::Invalid(format!(
+                    "route: host {h:?} is not a host as a request's Host header names it \
+                     (NAME or NAME:PORT, e.g. api.example.com or 127.0.0.1:8888; empty for any host)"
+                )));
+            }
+        }
         match (&self.function, &self.workflow) {
             (Some(_), Some(_)) => {
                 return Err(Error::Invalid(
@@ -142,5 +159,63 @@ impl Route {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `h` is a host a `Host` header can name: a DNS name or IPv4
+/// address, or an IPv6 address in brackets, with an optional port.
+fn valid_host(h: &str) -> bool {
+    let port_ok = |p: Option<&str>| p.is_none_or(|p| p.parse::<u16>().is_ok());
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split_once(']').is_some_and(|(v6, after)| {
+            v6.parse::<std::net::Ipv6Addr>().is_ok()
+                && (after.is_empty() || port_ok(after.strip_prefix(':').or(Some(""))))
+        });
+    }
+    let (name, port) = match h.rsplit_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (h, None),
+    };
+    port_ok(port)
+        && !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn hosts_are_names_or_addresses_with_an_optional_port() {
+        for ok in [
+            "example.com",
+            "API.Example.com:8080",
+            "127.0.0.1:8888",
+            "localhost",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "bad host!",
+            "example.com:",
+            "example.com:99999",
+            "a..b",
+            "[::1",
+            "[nope]",
+            "[::1]x",
+            "http://example.com",
+            "example.com/path",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
     }
 }

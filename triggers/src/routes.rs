@@ -47,6 +47,7 @@ impl Routes {
     }
 
     pub async fn create(&self, mut route: Route, invoker: &Invoker) -> Result<Route> {
+        route.normalize();
         invoker.retarget_to_workflow(&route.namespace, &mut route.function, &mut route.workflow);
         self.check(&route, invoker)?;
         self.records.create(&route.key(), &route).await?;
@@ -55,6 +56,7 @@ impl Routes {
     }
 
     pub async fn update(&self, mut route: Route, invoker: &Invoker) -> Result<Route> {
+        route.normalize();
         invoker.retarget_to_workflow(&route.namespace, &mut route.function, &mut route.workflow);
         self.check(&route, invoker)?;
         if self.get(&route.key())? == route {
