@@ -501,3 +501,30 @@ fn the_cli_creates_lists_and_deletes_secrets_and_configmaps() {
     let (code, _, _) = s.cli(&["configmap", "delete", "--name", "c", "--namespace", "team"]);
     assert_eq!(code, 0);
 }
+
+/// `-n` (and FUSION_NAMESPACE) pick the namespace of a secret or configmap,
+/// as of every other command.
+#[test]
+fn secrets_and_configmaps_take_the_namespace_as_other_commands() {
+    let s = Server::start();
+    for kind in ["secret", "configmap"] {
+        let (code, out, err) = s.cli(&[
+            kind,
+            "create",
+            "nsx",
+            "-n",
+            "other",
+            "--from-literal",
+            "a=b",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        let (code, out, _) = s.cli(&[kind, "list", "-n", "other"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("nsx"), "{out}");
+        let (code, out, _) = s.cli(&[kind, "list"]);
+        assert_eq!(code, 0);
+        assert!(!out.contains("nsx"), "{out}");
+        let (code, _, err) = s.cli(&[kind, "delete", "nsx", "-n", "other"]);
+        assert_eq!(code, 0, "{err}");
+    }
+}

@@ -28,7 +28,7 @@ pub(super) enum DataVerb {
     /// List those of a namespace.
     List {
         /// The namespace to list.
-        #[arg(long, default_value = "default")]
+        #[arg(long, short = 'n', env = "FUSION_NAMESPACE", default_value = "default")]
         namespace: String,
     },
     /// Replace every key and value with those given (functions that use it get
@@ -55,7 +55,7 @@ pub(super) struct DataId {
     #[arg(long = "name", value_name = "NAME", conflicts_with = "positional")]
     name: Option<String>,
     /// Its namespace.
-    #[arg(long, default_value = "default")]
+    #[arg(long, short = 'n', env = "FUSION_NAMESPACE", default_value = "default")]
     namespace: String,
 }
 
