@@ -159,6 +159,11 @@ fn every_message_reaches_the_function_once_and_its_answer_the_response_topic() {
     assert_eq!(answers.len(), N + 1);
     assert_eq!(answers[N].payload, "late:late");
     assert_eq!(probe.lines("calls").last(), Some(&format!("ORDERS-{seq}")));
+    // `--resptopic ''` publishes answers nowhere any more.
+    let (rc, out, err) = s.cli(&["mqt", "update", "orders", "--resptopic", ""]);
+    assert_eq!(rc, 0, "{out}{err}");
+    let t = s.ok("GET", "/v1/mqtriggers/orders", None);
+    assert!(t.get("respTopic").is_none(), "{t}");
 
     // The function cannot go while the trigger targets it; deleting the
     // trigger removes its durable consumer from NATS.

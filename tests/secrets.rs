@@ -528,3 +528,45 @@ fn secrets_and_configmaps_take_the_namespace_as_other_commands() {
         assert_eq!(code, 0, "{err}");
     }
 }
+
+/// `fn update --secret ''` (and `--configmap ''`) takes the function's last
+/// one away.
+#[test]
+fn a_functions_secrets_and_configmaps_can_be_emptied_from_the_cli() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("hello.py");
+    std::fs::write(&code, "def main():\n    return 'hi'\n").unwrap();
+    for kind in ["secret", "configmap"] {
+        let (rc, _, err) = s.cli(&[kind, "create", "held", "--from-literal", "a=b"]);
+        assert_eq!(rc, 0, "{err}");
+    }
+    let (rc, _, err) = s.cli(&[
+        "fn",
+        "create",
+        "app",
+        "--env",
+        "python",
+        "--code",
+        code.to_str().unwrap(),
+        "--secret",
+        "held",
+        "--configmap",
+        "held",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let f = s.ok("GET", "/v1/functions/app", None);
+    assert_eq!(f["secrets"][0]["name"], "held", "{f}");
+    let (rc, _, err) = s.cli(&["fn", "update", "app", "--secret", "", "--configmap", ""]);
+    assert_eq!(rc, 0, "{err}");
+    let f = s.ok("GET", "/v1/functions/app", None);
+    for field in ["secrets", "configmaps"] {
+        assert!(f[field].as_array().is_none_or(Vec::is_empty), "{f}");
+    }
+    // No longer in use: they can go.
+    for kind in ["secret", "configmap"] {
+        let (rc, _, err) = s.cli(&[kind, "delete", "held"]);
+        assert_eq!(rc, 0, "{err}");
+    }
+}

@@ -87,11 +87,11 @@ pub(super) struct FnFields {
     )]
     requests_per_instance: Option<usize>,
     /// A secret the function reads at /secrets/<namespace>/<name>/<key>, as NAME
-    /// or NAMESPACE/NAME (repeatable; replaces the list; container backend).
+    /// or NAMESPACE/NAME (repeatable; replaces the list, '' to empty it; container backend).
     #[arg(long = "secret", value_name = "[NAMESPACE/]NAME")]
     secrets: Vec<String>,
     /// A configmap the function reads at /configs/<namespace>/<name>/<key>, as
-    /// NAME or NAMESPACE/NAME (repeatable; replaces the list; container backend).
+    /// NAME or NAMESPACE/NAME (repeatable; replaces the list, '' to empty it; container backend).
     #[arg(long = "configmap", value_name = "[NAMESPACE/]NAME")]
     configmaps: Vec<String>,
     /// An environment variable set before the code loads, as KEY=VALUE
@@ -372,8 +372,10 @@ pub(super) async fn merge_fn(
         ("--configmap", "configmaps", &f.configmaps),
     ] {
         if !given.is_empty() {
+            // `--secret ''` alone: none any more.
             let refs = given
                 .iter()
+                .filter(|t| !(given.len() == 1 && t.is_empty()))
                 .map(|t| super::secret::object_ref(flag, t, &namespace))
                 .collect::<Result<Vec<_>>>()?;
             body[field] = json!(refs);

@@ -23,10 +23,10 @@ pub(super) struct MqtFields {
     /// The subject it consumes (wildcards allowed); a JetStream stream must hold it.
     #[arg(long, value_name = "SUBJECT")]
     topic: Option<String>,
-    /// Where a 2xx answer is published.
+    /// Where a 2xx answer is published ('' to publish it nowhere).
     #[arg(long, value_name = "SUBJECT")]
     resptopic: Option<String>,
-    /// Where a failure is published after the last attempt.
+    /// Where a failure is published after the last attempt ('' for nowhere).
     #[arg(long, value_name = "SUBJECT")]
     errortopic: Option<String>,
     /// Retries after a failed call (with backoff): maxretries + 1 attempts.
@@ -145,8 +145,13 @@ fn merge(body: &mut Value, f: MqtFields) -> Result<()> {
         ("mqtkind", f.mqtkind.map(Value::from)),
     ];
     for (k, v) in fields {
-        if let Some(v) = v {
-            body[k] = v;
+        match v {
+            // An empty subject (or secret) unsets it: `--resptopic ''`.
+            Some(Value::String(s)) if s.is_empty() => {
+                body.as_object_mut().map(|o| o.remove(k));
+            }
+            Some(v) => body[k] = v,
+            None => {}
         }
     }
     for kv in f.metadata {

@@ -246,6 +246,7 @@ impl MessageQueueTriggers {
 
     pub async fn create(&self, mut t: MessageQueueTrigger) -> Result<TriggerView> {
         let _change = self.changes.lock().await;
+        t.normalize();
         self.invoker
             .retarget_to_workflow(&t.namespace, &mut t.function, &mut t.workflow);
         self.check(&t)?;
@@ -259,6 +260,7 @@ impl MessageQueueTriggers {
 
     pub async fn update(&self, mut t: MessageQueueTrigger) -> Result<TriggerView> {
         let _change = self.changes.lock().await;
+        t.normalize();
         self.invoker
             .retarget_to_workflow(&t.namespace, &mut t.function, &mut t.workflow);
         self.check(&t)?;

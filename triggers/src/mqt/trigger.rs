@@ -192,6 +192,16 @@ impl MessageQueueTrigger {
             .map(|f| qualified(&self.namespace, f))
     }
 
+    /// Spellings that mean the same written one way: an empty response or
+    /// error topic is none (as Fission's own specs write it).
+    pub fn normalize(&mut self) {
+        for topic in [&mut self.resp_topic, &mut self.error_topic] {
+            if topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                *topic = None;
+            }
+        }
+    }
+
     pub fn settings(&self, default_url: &str) -> Settings {
         let meta = |k: &str| self.metadata.get(k).filter(|v| !v.is_empty()).cloned();
         Settings {
