@@ -918,16 +918,30 @@ async fn precompile_python(python: &str, dir: &std::path::Path) {
         .args(["-S", "-m", "compileall", "-q"])
         .arg(dir)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    match tokio::time::timeout(Duration::from_secs(30), run).await {
-        Ok(Ok(status)) if status.success() => {}
-        other => tracing::warn!(
-            ?other,
-            "could not byte-compile the python runtime; instances will start slower"
-        ),
-    }
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let why = match tokio::time::timeout(Duration::from_secs(30), run).await {
+        Ok(Ok(out)) if out.status.success() => return,
+        Ok(Ok(out)) => {
+            // compileall names the file it could not compile on stdout.
+            let said = [out.stdout, out.stderr]
+                .iter()
+                .flat_map(|b| String::from_utf8_lossy(b).lines().map(str::to_string).collect::<Vec<_>>())
+                .filter(|l| !l.trim().is_empty())
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ");
+            format!("{python} -m compileall exited with {}: {said}", out.status)
+        }
+        Ok(Err(e)) => format!("cannot run {python}: {e}"),
+        Err(_) => "it did not finish within 30 s".into(),
+    };
+    tracing::warn!(
+        "could not byte-compile the python runtime in {} ({why}); instances will start slower",
+        dir.display()
+    );
 }
 
 /// Resolves at the first SIGINT or SIGTERM. The handlers are installed when this
