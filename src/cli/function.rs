@@ -295,6 +295,10 @@ pub(super) enum FnVerb {
         /// Only the last N lines (then, with --follow, what comes).
         #[arg(long, value_name = "N", alias = "recordcount")]
         tail: Option<usize>,
+        /// Fission's `--detail`: each line's time and instance, which Fusion
+        /// always shows.
+        #[arg(short = 'd', long)]
+        detail: bool,
     },
     /// List the function's running instances (Fission's `fn pods`).
     #[command(alias = "pods")]
@@ -879,7 +883,12 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 None => print!("{text}"),
             }
         }
-        FnVerb::Logs { name, follow, tail } => {
+        FnVerb::Logs {
+            name,
+            follow,
+            tail,
+            detail: _,
+        } => {
             let name = name.get();
             use futures_util::StreamExt;
             use std::io::Write;
