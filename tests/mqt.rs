@@ -296,6 +296,8 @@ if [ \"$(cat)\" = big ]; then head -c 2097152 /dev/zero | tr '\\0' x; else print
             .contains("larger than the NATS server takes"),
         "{doc}"
     );
+    // The function did answer, 200: said as it was.
+    assert_eq!(doc["error"]["status"], 200, "{doc}");
     let done = nats.messages("DONE", "done.orders");
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].payload, "small");

@@ -327,6 +327,13 @@ async fn consume(
     }
 }
 
+/// A call's 2xx answer.
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
 /// A call that did not answer 2xx.
 struct Failure {
     status: Option<u16>,
@@ -387,7 +394,7 @@ impl Job {
         &self,
         message: &jetstream::Message,
         key: &str,
-    ) -> Result<(http::HeaderMap, Bytes), (Failure, u32)> {
+    ) -> Result<Answer, (Failure, u32)> {
         let attempts = self.trigger.max_retries + 1;
         let mut wait = Duration::from_millis(100);
         let mut attempt = 1;
@@ -410,7 +417,7 @@ impl Job {
         message: &jetstream::Message,
         key: &str,
         attempt: u32,
-    ) -> Result<(http::HeaderMap, Bytes), Failure> {
+    ) -> Result<Answer, Failure> {
         let mut req = Request::builder()
             .method(http::Method::POST)
             .uri("/")
@@ -493,7 +500,11 @@ impl Job {
         let (parts, body) = resp.into_parts();
         let bytes = axum::body::to_bytes(body, ANSWER_LIMIT).await;
         match bytes {
-            Ok(b) if status.is_success() => Ok((parts.headers, b)),
+            Ok(b) if status.is_success() => Ok(Answer {
+                status: status.as_u16(),
+                headers: parts.headers,
+                body: b,
+            }),
             Ok(b) => Err(Failure {
                 status: Some(status.as_u16()),
                 body: String::from_utf8_lossy(&b[..b.len().min(ERROR_BODY_LIMIT)]).into_owned(),
@@ -523,9 +534,13 @@ impl Job {
         key: &str,
         stream: &str,
         seq: u64,
-        outcome: Result<(http::HeaderMap, Bytes), (Failure, u32)>,
+        outcome: Result<Answer, (Failure, u32)>,
     ) -> Settled {
-        let (answer_headers, body) = match outcome {
+        let Answer {
+            status,
+            headers: answer_headers,
+            body,
+        } = match outcome {
             Ok(answer) => answer,
             Err((failure, attempts)) => {
                 return self
@@ -568,7 +583,7 @@ impl Job {
             }
         };
         let failure = Failure {
-            status: None,
+            status: Some(status),
             body: String::new(),
             message: refused,
         };
