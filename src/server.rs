@@ -928,7 +928,12 @@ async fn precompile_python(python: &str, dir: &std::path::Path) {
             // compileall names the file it could not compile on stdout.
             let said = [out.stdout, out.stderr]
                 .iter()
-                .flat_map(|b| String::from_utf8_lossy(b).lines().map(str::to_string).collect::<Vec<_>>())
+                .flat_map(|b| {
+                    String::from_utf8_lossy(b)
+                        .lines()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
                 .filter(|l| !l.trim().is_empty())
                 .take(3)
                 .collect::<Vec<_>>()

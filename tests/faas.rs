@@ -697,7 +697,10 @@ fn the_cli_manages_resources_and_tests_functions() {
     let last = run(&["fn", "logs", "--name", "hello", "--tail", "1"]);
     assert_eq!(last.lines().count(), 1, "{last}");
     // Fission's `--detail` (`-d`): the same lines, each with its time and instance.
-    assert_eq!(run(&["fn", "logs", "--name", "hello", "-d", "--tail", "1"]), last);
+    assert_eq!(
+        run(&["fn", "logs", "--name", "hello", "-d", "--tail", "1"]),
+        last
+    );
     assert_eq!(
         Some(last.as_str()),
         logs.lines().last().map(|l| format!("{l}\n")).as_deref()

@@ -14,7 +14,7 @@ use jiff::{Timestamp, Zoned};
 /// Why a cron expression or time zone was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("cron {cron:?} is not valid: {why}; use 5 fields (`*/5 * * * *`), 6 with seconds first (`*/10 * * * * *`), a descriptor (`@hourly`, `@daily`, ...) or `@every 1h30m`")]
+    #[error("cron {cron:?} is not valid: {why}")]
     Cron { cron: String, why: String },
     #[error("timezone {0:?} is not an IANA time zone name (such as `Europe/Paris` or `UTC`)")]
     TimeZone(String),
@@ -43,6 +43,13 @@ impl Schedule {
             cron: cron.to_string(),
             why: why.to_string(),
         };
+        // What a cron of the wrong shape is told.
+        let forms = |why: &str| {
+            bad(&format!(
+                "{why}; use 5 fields (`*/5 * * * *`), 6 with seconds first (`*/10 * * * * *`), \
+                 a descriptor (`@hourly`, `@daily`, ...) or `@every 1h30m`"
+            ))
+        };
         let mut text = cron.trim();
         let mut zone_name = timezone.map(str::to_string);
         for prefix in ["CRON_TZ=", "TZ="] {
@@ -63,7 +70,7 @@ impl Schedule {
             Some(name) => TimeZone::get(name).map_err(|_| ScheduleError::TimeZone(name.clone()))?,
         };
         if text.is_empty() {
-            return Err(bad("it is empty"));
+            return Err(forms("it is empty"));
         }
         if let Some(rest) = text.strip_prefix("@every") {
             let secs = every_seconds(rest.trim()).map_err(|why| bad(&why))?;
@@ -79,19 +86,24 @@ impl Schedule {
             text
         };
         if text.starts_with('@') && !is_descriptor(text) {
-            return Err(bad("unknown descriptor"));
+            return Err(forms("unknown descriptor"));
         }
         let fields = text.split_whitespace().count();
         if !text.starts_with('@') && !(5..=6).contains(&fields) {
             let plural = if fields == 1 { "" } else { "s" };
-            return Err(bad(&format!("it has {fields} field{plural}")));
+            return Err(forms(&format!("it has {fields} field{plural}")));
         }
+        let text = robfig_steps(text);
         let parsed = CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
             .build()
-            .parse(text)
-            .map_err(|e| bad(&out_of_range(text).unwrap_or_else(|| e.to_string())))?;
+            .parse(&text)
+            .map_err(|e| {
+                let said = e.to_string();
+                let said = said.strip_prefix("Component error: ").unwrap_or(&said);
+                bad(&out_of_range(&text).unwrap_or_else(|| said.trim_end_matches('.').to_string()))
+            })?;
         let schedule = Schedule {
             kind: Kind::Cron(Box::new(parsed)),
             tz,
@@ -208,6 +220,34 @@ fn every_seconds(text: &str) -> Result<i64, String> {
 
 /// Which field of a cron holds a number outside its range, said as a user
 /// reads the cron (croner's own error names no field).
+/// robfig/cron's `N/STEP` (from N to the field's end, every STEP: `5/15`
+/// minutes is 5, 20, 35, 50), written as croner reads it (`5-59/15`).
+fn robfig_steps(text: &str) -> String {
+    const ENDS: [u32; 6] = [59, 59, 23, 31, 12, 6];
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let ends = match parts.len() {
+        6 => &ENDS[..],
+        5 => &ENDS[1..],
+        _ => return text.to_string(),
+    };
+    parts
+        .iter()
+        .zip(ends)
+        .map(|(part, end)| {
+            part.split(',')
+                .map(|item| match item.split_once('/') {
+                    Some((start, step)) if start.parse::<u32>().is_ok() => {
+                        format!("{start}-{end}/{step}")
+                    }
+                    _ => item.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn out_of_range(text: &str) -> Option<String> {
     const FIELDS: [(&str, u32, u32); 6] = [
         ("second", 0, 59),
@@ -273,6 +313,13 @@ mod tests {
             next("CRON_TZ=Europe/Paris 0 9 * * *", None, at),
             "2026-03-11T08:00:00Z"
         );
+        // robfig's `N/STEP`: from N to the field's end, every STEP.
+        assert_eq!(next("5/15 * * * *", None, at), "2026-03-10T10:20:00Z");
+        assert_eq!(
+            next("0 50/15 * * * *", None, "2026-03-10T10:51:00Z"),
+            "2026-03-10T11:50:00Z"
+        );
+        assert_eq!(next("0 0 1,20/3 * *", None, at), "2026-03-20T00:00:00Z");
     }
 
     #[test]
@@ -311,10 +358,19 @@ mod tests {
             ScheduleError::TimeZone("Mars/Olympus".into())
         );
         assert!(err("CRON_TZ=Nowhere/Town @hourly").contains("Nowhere/Town"));
-        assert!(Schedule::parse("TZ=UTC @hourly", Some("Europe/Paris"))
+        let differs = Schedule::parse("TZ=UTC @hourly", Some("Europe/Paris"))
             .unwrap_err()
-            .to_string()
-            .contains("differs"));
+            .to_string();
+        assert!(differs.contains("differs"), "{differs}");
+        // The forms a cron takes are said where its shape is wrong, not here.
+        assert!(!differs.contains("use 5 fields"), "{differs}");
+        assert!(err("* * *").contains("use 5 fields"));
+        // croner's own words, without its prefix.
+        assert!(
+            !err("*/0 * * * *").contains("Component error"),
+            "{}",
+            err("*/0 * * * *")
+        );
     }
 
     #[test]
