@@ -398,6 +398,13 @@ fn fn_create_with_a_url_makes_its_route() {
         "{err}"
     );
     s.ok("GET", "/v1/functions/hello2", None);
+    // A URL no route can take is said before the function is made.
+    let (rc, _, err) = s.cli(&[
+        "fn", "create", "hello4", "--env", "python", "--code", &code, "--url", "/bad/{x",
+    ]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("--url \"/bad/{x\""), "{err}");
+    assert_eq!(s.call("GET", "/v1/functions/hello4", None).0, 404);
 }
 
 /// A route's host: checked as a Host header could name it, and an empty

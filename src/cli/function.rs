@@ -670,6 +670,18 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 }
                 return save_fn(&c, opts, &target, &name, fields).await;
             }
+            // A URL the route could not take is said before anything is made.
+            if let Some(at) = &at {
+                let flag = if route.prefix.is_some() {
+                    "--prefix"
+                } else {
+                    "--url"
+                };
+                triggers::table::Template::parse(at).map_err(|e| anyhow!("{flag} {at:?}: {e}"))?;
+                if route.prefix.is_some() && at.contains('{') {
+                    bail!("--prefix {at:?}: a prefix cannot hold {{params}}");
+                }
+            }
             // As Fission: a function of a package runs in the package's environment.
             if let (None, Some(pkg)) = (&fields.env, &fields.pkg) {
                 let namespace = opts.namespace.clone().unwrap_or_else(|| "default".into());
