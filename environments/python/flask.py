@@ -735,8 +735,8 @@ class Request:
     # -- headers
     @_cached
     def headers(self):
-        h = _EnvironHeaders()
-        h._list = [(k.replace("_", "-").title(), v) for k, v in self._header_list]
+        h = _EnvironHeaders()  # one entry per name, values joined, as a WSGI environ has them
+        h._list = [(k.replace("_", "-").title(), self._hd[k]) for k in dict.fromkeys(k.lower() for k, _ in self._header_list)]
         return h
 
     @property

@@ -235,6 +235,15 @@ def echo_headers():
     }
 
 
+def echo_repeated():
+    return {
+        "custom": request.headers.get("X-Custom"),
+        "custom_list": request.headers.getlist("X-Custom"),
+        "accept": request.headers.get("Accept"),
+        "names": [k for k, _ in request.headers if k.lower() in ("x-custom", "accept")],
+    }
+
+
 def echo_cookies():
     return {"cookies": request.cookies.to_dict()}
 

@@ -162,6 +162,8 @@ CASES = [
     ("headers", req("/echo_headers", "POST", {
         "User-Agent": "conformance/1", "X-Custom": "v1", "X-Fission-Params-Id": "42",
         "Content-Type": "text/html; charset=latin-1"}, b"<p>"), {}),
+    ("headers_repeated", req("/echo_repeated", headers=[
+        ("X-Custom", "a"), ("X-Custom", "b"), ("Accept", "text/html"), ("Accept", "*/*")]), {}),
     ("cookies", req("/echo_cookies", headers={"Cookie": "a=1; b=two%20words; c=\"q\""}), {}),
     ("url", req("/echo_url/sub%20dir/x?k=v", headers={"Host": "example.test:8080"}), {}),
     ("full_path", req("/echo_full_path/a%2Fb?k=v%20w"), {}),
@@ -228,6 +230,12 @@ class Runtime:
             if chunked:
                 conn.request(method, path, body=iter([body[:7], body[7:]]),
                              headers=headers or {}, encode_chunked=True)
+            elif isinstance(headers, list):
+                # (name, value) pairs: a name may come twice.
+                conn.putrequest(method, path)
+                for name, value in headers:
+                    conn.putheader(name, value)
+                conn.endheaders(body)
             else:
                 conn.request(method, path, body=body, headers=headers or {})
             r = conn.getresponse()
