@@ -406,13 +406,16 @@ pub async fn run(cli: Cli) -> Result<()> {
 /// What `up` and `server` say of their log, below their flags.
 const LOGGING_HELP: &str =
     "Logging (to stderr): FUSION_LOG sets what is logged, as a tracing filter \
-(default `info`; `debug`, `warn`, `engine=debug,info`); FUSION_LOG_FORMAT=json writes one JSON \
+(default `info,async_nats=warn`; `debug`, `warn`, `engine=debug,info`); FUSION_LOG_FORMAT=json writes one JSON \
 object a line. Colours only on a terminal, and never with NO_COLOR set.";
 
 fn init_tracing() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("FUSION_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The NATS client's own events (each reconnection attempt while NATS
+        // is away, several a second) only at warn: a trigger's status and
+        // its one warning a change say the outage.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
