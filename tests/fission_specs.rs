@@ -680,7 +680,7 @@ fn a_destroy_stopped_half_way_records_what_is_left() {
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("deleted   HTTPTrigger hello"), "{out}");
-    assert!(err.contains("run by workflows user"), "{err}");
+    assert!(err.contains("run by workflows (user)"), "{err}");
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "list"]);
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("missing"), "{out}");

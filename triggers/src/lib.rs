@@ -123,21 +123,27 @@ fn keys<T>(items: Vec<T>, key: fn(&T) -> String) -> Vec<String> {
 /// A conflict naming the first kind of user (workflows, then triggers) that
 /// still runs or targets `name`.
 fn in_use<const N: usize>(what: &str, name: &str, users: [(&str, Vec<String>); N]) -> Result<()> {
-    // Every kind of user at once: one refusal names all there is to change.
-    let said: Vec<String> = users
-        .iter()
-        .filter(|(_, keys)| !keys.is_empty())
-        .map(|(kind, keys)| {
-            format!(
-                "{} {kind} {}",
-                if *kind == "workflows" || *kind == RUNS_IN_FLIGHT {
-                    "run by"
-                } else {
-                    "the target of"
-                },
-                keys.join(", ")
-            )
-        })
+    // Every kind of user at once: one refusal names all there is to change,
+    // e.g. `run by workflows (a, b) and the target of routes (r) and time
+    // triggers (t)`.
+    let list = |run: bool| -> Vec<String> {
+        users
+            .iter()
+            .filter(|(kind, keys)| {
+                !keys.is_empty() && run == (*kind == "workflows" || *kind == RUNS_IN_FLIGHT)
+            })
+            .map(|(kind, keys)| format!("{kind} ({})", keys.join(", ")))
+            .collect()
+    };
+    let and = |items: Vec<String>| match items.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    let said: Vec<String> = [("run by", list(true)), ("the target of", list(false))]
+        .into_iter()
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(how, items)| format!("{how} {}", and(items)))
         .collect();
     if said.is_empty() {
         return Ok(());
@@ -155,6 +161,37 @@ fn in_use<const N: usize>(what: &str, name: &str, users: [(&str, Vec<String>); N
     };
     Err(Error::Conflict(format!(
         "{what} {name:?} is {}; {advice}",
-        said.join("; and ")
+        said.join(" and ")
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_every_user_once_in_one_sentence() {
+        let said = in_use(
+            "function",
+            "viafn",
+            [
+                ("workflows", vec![]),
+                (RUNS_IN_FLIGHT, vec!["r1".to_string()]),
+                ("routes", vec!["viafn".to_string()]),
+                ("time triggers", vec!["t1".to_string(), "t2".to_string()]),
+                ("message-queue triggers", vec!["q".to_string()]),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            said.contains(
+                "function \"viafn\" is run by runs in flight (r1) and the target of routes (viafn), \
+                 time triggers (t1, t2) and message-queue triggers (q); delete or change them, \
+                 and let the runs end or cancel them, first"
+            ),
+            "{said}"
+        );
+        assert!(in_use("function", "f", [("routes", vec![])]).is_ok());
+    }
 }
