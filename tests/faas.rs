@@ -136,8 +136,7 @@ def main():
     assert_eq!(st, 409, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        message.contains("target of routes greet")
-            && message.contains("target of time triggers nightly"),
+        message.contains("the target of routes (greet) and time triggers (nightly)"),
         "{body}"
     );
     assert_eq!(s.call("DELETE", "/v1/routes/greet", None).0, 204);
