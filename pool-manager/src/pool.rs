@@ -517,6 +517,22 @@ impl PoolManager {
                 let live = pool.instances.iter().filter(|i| i.usable()).count() + pool.pending;
                 if turn && pool.waiting < room {
                     pool.waiting += 1;
+                    // Its place is kept for when the instance has no room left
+                    // for it, but not held in the queue meanwhile: those after
+                    // it may start instances of their own.
+                    match &in_line {
+                        Some(l) => {
+                            pool.queue.remove(&l.ticket);
+                            pool.changed.notify_waiters();
+                        }
+                        None => {
+                            in_line = Some(InLine {
+                                inner: inner.clone(),
+                                name,
+                                ticket: inner.tickets.fetch_add(1, Ordering::Relaxed),
+                            })
+                        }
+                    }
                     Next::AwaitSpecialization(pool.changed.clone().notified_owned())
                 } else if turn && live < f.concurrency {
                     pool.pending += 1;
@@ -682,13 +698,11 @@ impl PoolManager {
         let waiting = &self.inner.metrics.waiting;
         waiting.clear();
         for (name, pool) in lock(&self.inner.state).fns.iter() {
-            if !pool.queue.is_empty() {
-                waiting
-                    .get_or_create(&FunctionLabels {
-                        function: name.clone(),
-                    })
-                    .set(pool.queue.len() as i64);
-            }
+            waiting
+                .get_or_create(&FunctionLabels {
+                    function: name.clone(),
+                })
+                .set(pool.queue.len() as i64);
         }
         let gauges = &self.inner.metrics.instances;
         gauges.clear();

@@ -290,6 +290,36 @@ async fn requests_waiting_at_max_scale_are_served_in_the_order_they_came() {
     assert_eq!(s.pm.queued("f"), 0);
 }
 
+/// A request that joined an instance being specialized (it has room for
+/// two) keeps its turn over one that came after it, queued at max scale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_request_waiting_for_a_cold_start_keeps_its_turn_over_a_later_one() {
+    let s = setup_with(0, 0, 1, 2).await;
+    let (served_tx, mut served) = tokio::sync::mpsc::unbounded_channel();
+    let mut held = Vec::new();
+    for who in ["a", "b", "c"] {
+        let (pm, served_tx) = (s.pm.clone(), served_tx.clone());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        held.push(done_tx);
+        tokio::spawn(async move {
+            let lease = pm.lease_within("f", Some(Duration::from_secs(30))).await;
+            let _ = served_tx.send((who, lease.is_ok()));
+            let _ = done_rx.await;
+            drop(lease);
+        });
+        if who == "c" {
+            eventually("c in line", || (s.pm.queued("f") == 1).then_some(())).await;
+        }
+    }
+    // a (the cold start) and b (its room) are served; c waits for a slot.
+    let mut first: Vec<_> = vec![served.recv().await.unwrap(), served.recv().await.unwrap()];
+    first.sort();
+    assert_eq!(first, [("a", true), ("b", true)]);
+    assert!(served.try_recv().is_err());
+    drop(held.remove(0));
+    assert_eq!(served.recv().await, Some(("c", true)));
+}
+
 #[tokio::test]
 async fn an_update_retires_the_old_instance_once_its_lease_is_released() {
     let s = setup(0, 2).await;
