@@ -101,7 +101,8 @@ impl Route {
             if !valid_host(h) {
                 return Err(Error::Invalid(format!(
                     "route: host {h:?} is not a host as a request's Host header names it \
-                     (NAME or NAME:PORT, e.g. api.example.com or 127.0.0.1:8888; empty for any host)"
+                     (NAME, matching it at any port, or NAME:PORT, e.g. api.example.com or \
+                     127.0.0.1:8888; empty for any host)"
                 )));
             }
         }

@@ -449,11 +449,21 @@ struct Entry {
 
 impl Entry {
     /// The URL parameters when the route takes `path` at `host`, whatever the
-    /// method. Host names compare without case, and without a port.
+    /// method. Host names compare without case; a route's host without a
+    /// port takes the name at any port, one with a port only that port.
     fn matches(&self, host: Option<&str>, path: &str) -> Option<Vec<(String, String)>> {
         if let Some(want) = &self.route.host {
-            let host = host.map(|h| h.split(':').next().unwrap_or(h));
-            if !host.is_some_and(|h| h.eq_ignore_ascii_case(want)) {
+            let (want_name, want_port) = split_host(want);
+            let got = host.map(|h| match want_port {
+                Some(_) => h,
+                None => split_host(h).0,
+            });
+            let want = if want_port.is_some() {
+                want.as_str()
+            } else {
+                want_name
+            };
+            if !got.is_some_and(|h| h.eq_ignore_ascii_case(want)) {
                 return None;
             }
         }
@@ -463,6 +473,17 @@ impl Entry {
             self.template.match_exact(path)
         }
     }
+}
+
+/// A Host header's name and port: `example.com:8080`, `[::1]:8080`.
+pub fn split_host(h: &str) -> (&str, Option<&str>) {
+    let end = if h.starts_with('[') {
+        h.find(']').map_or(h.len(), |i| i + 1)
+    } else {
+        h.find(':').unwrap_or(h.len())
+    };
+    let (name, rest) = h.split_at(end);
+    (name, rest.strip_prefix(':'))
 }
 
 /// All routes, ordered so that the most specific one wins: exact templates before
@@ -761,6 +782,25 @@ mod tests {
         assert!(table.find("GET", Some("example.com:8888"), "/x").is_some());
         assert!(table.find("GET", Some("other.com"), "/x").is_none());
         assert!(table.find("GET", None, "/x").is_none());
+        // A port in the route's host: that port only.
+        let mut r = route("p", Some("/x"), None, &[]);
+        r.host = Some("api.example.com:8080".into());
+        let table = RouteTable::new(vec![r]);
+        assert!(table
+            .find("GET", Some("API.example.com:8080"), "/x")
+            .is_some());
+        assert!(table
+            .find("GET", Some("api.example.com:9090"), "/x")
+            .is_none());
+        assert!(table.find("GET", Some("api.example.com"), "/x").is_none());
+        // IPv6 in brackets, with and without a port.
+        let mut r = route("v6", Some("/x"), None, &[]);
+        r.host = Some("[::1]".into());
+        let table = RouteTable::new(vec![r]);
+        assert!(table.find("GET", Some("[::1]:8888"), "/x").is_some());
+        assert!(table.find("GET", Some("[::2]:8888"), "/x").is_none());
+        assert_eq!(split_host("[::1]:80"), ("[::1]", Some("80")));
+        assert_eq!(split_host("a.b"), ("a.b", None));
     }
 
     #[test]
