@@ -218,28 +218,48 @@ fn every_seconds(text: &str) -> Result<i64, String> {
     Ok(secs as i64)
 }
 
-/// Which field of a cron holds a number outside its range, said as a user
-/// reads the cron (croner's own error names no field).
 /// robfig/cron's `N/STEP` (from N to the field's end, every STEP: `5/15`
-/// minutes is 5, 20, 35, 50), written as croner reads it (`5-59/15`).
+/// minutes is 5, 20, 35, 50; `MON/2` is Monday, Wednesday, Friday), written
+/// as croner reads it (`5-59/15`, `1-6/2`).
 fn robfig_steps(text: &str) -> String {
     const ENDS: [u32; 6] = [59, 59, 23, 31, 12, 6];
+    const MONTHS: [&str; 12] = [
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+    ];
+    const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
     let parts: Vec<&str> = text.split_whitespace().collect();
     let ends = match parts.len() {
         6 => &ENDS[..],
         5 => &ENDS[1..],
         _ => return text.to_string(),
     };
+    let last = parts.len() - 1;
+    let start_number = |field: usize, start: &str| -> Option<u32> {
+        let named = |names: &[&str], first: u32| {
+            names
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(start))
+                .map(|i| i as u32 + first)
+        };
+        match field {
+            _ if start.parse::<u32>().is_ok() => start.parse().ok(),
+            f if f == last => named(&DAYS, 0),
+            f if f + 1 == last => named(&MONTHS, 1),
+            _ => None,
+        }
+    };
     parts
         .iter()
         .zip(ends)
-        .map(|(part, end)| {
+        .enumerate()
+        .map(|(field, (part, end))| {
             part.split(',')
                 .map(|item| match item.split_once('/') {
-                    Some((start, step)) if start.parse::<u32>().is_ok() => {
-                        format!("{start}-{end}/{step}")
-                    }
-                    _ => item.to_string(),
+                    Some((start, step)) => match start_number(field, start) {
+                        Some(n) => format!("{n}-{end}/{step}"),
+                        None => item.to_string(),
+                    },
+                    None => item.to_string(),
                 })
                 .collect::<Vec<_>>()
                 .join(",")
@@ -248,6 +268,8 @@ fn robfig_steps(text: &str) -> String {
         .join(" ")
 }
 
+/// Which field of a cron holds a number outside its range, said as a user
+/// reads the cron (croner's own error names no field).
 fn out_of_range(text: &str) -> Option<String> {
     const FIELDS: [(&str, u32, u32); 6] = [
         ("second", 0, 59),
@@ -320,6 +342,9 @@ mod tests {
             "2026-03-10T11:50:00Z"
         );
         assert_eq!(next("0 0 1,20/3 * *", None, at), "2026-03-20T00:00:00Z");
+        // 2026-03-10 is a Tuesday: MON/2 is Monday, Wednesday, Friday.
+        assert_eq!(next("0 0 * * MON/2", None, at), "2026-03-11T00:00:00Z");
+        assert_eq!(next("0 0 1 OCT/3 *", None, at), "2026-10-01T00:00:00Z");
     }
 
     #[test]
