@@ -1140,6 +1140,14 @@ fn a_trigger_deleted_while_nats_is_away_leaves_nothing_behind() {
     assert_eq!(nats.consumers("ORDERS"), vec!["fusion-mqt-default-orders"]);
 
     nats.kill();
+    // Said at once, not after the pull's missed heartbeats.
+    eventually(Duration::from_secs(10), "the lost connection said", || {
+        let st = state(&s, "orders");
+        st["state"] == "connecting"
+            && st["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("lost the connection to NATS"))
+    });
     let (status, _) = s.call("DELETE", "/v1/mqtriggers/orders", None);
     assert_eq!(status, 204);
     nats.launch();

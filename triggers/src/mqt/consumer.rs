@@ -130,9 +130,20 @@ struct Conn<'a> {
 /// One connection's life: returns why it ended.
 async fn run(conn: Conn<'_>) -> String {
     let (trigger, settings) = (conn.trigger, conn.settings);
+    let (events, url) = (conn.status.clone(), settings.url.clone());
     let client = match async_nats::ConnectOptions::new()
         .name(format!("fusion mqtrigger {}", trigger.key()))
         .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let (status, url) = (events.clone(), url.clone());
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => status.disconnected(&url),
+                    async_nats::Event::Connected => status.reconnected(),
+                    _ => {}
+                }
+            }
+        })
         .connect(settings.url.as_str())
         .await
     {
@@ -164,10 +175,14 @@ async fn run(conn: Conn<'_>) -> String {
     let ours = description(&trigger.key(), settings.incarnation.as_deref());
     if let Ok(info) = stream.consumer_info(&settings.consumer).await {
         let said = info.config.description.as_deref().unwrap_or_default();
-        if said != ours && made_for(said, &trigger.key()) {
-            // Left by an earlier life of the trigger's name (deleted, or
-            // moved, while NATS was away): its position and deliver policy
-            // are not this trigger's.
+        // Made for an earlier life of the trigger's name (deleted or moved
+        // while NATS was away, or by a server with another data directory):
+        // taken over where it stands when it reads what this one would (its
+        // position kept: nothing is delivered twice), else made afresh (NATS
+        // changes no consumer's deliver policy).
+        let same_reading = info.config.filter_subject == trigger.topic
+            && info.config.deliver_policy == nats_policy(settings.deliver_policy);
+        if said != ours && made_for(said, &trigger.key()) && !same_reading {
             if let Err(e) = stream.delete_consumer(&settings.consumer).await {
                 return format!(
                     "cannot delete consumer {:?} on stream {stream_name:?}, left by an earlier trigger of this name: {e}",
@@ -175,7 +190,7 @@ async fn run(conn: Conn<'_>) -> String {
                 );
             }
             tracing::info!(consumer = %settings.consumer, "deleted the consumer an earlier trigger of this name left");
-        } else if said != ours {
+        } else if said != ours && !made_for(said, &trigger.key()) {
             return match stream
                 .get_consumer::<pull::Config>(&settings.consumer)
                 .await
@@ -198,12 +213,7 @@ async fn run(conn: Conn<'_>) -> String {
             filter_subject: trigger.topic.clone(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: settings.ack_wait,
-            deliver_policy: match settings.deliver_policy {
-                DeliverPolicy::All => jetstream::consumer::DeliverPolicy::All,
-                DeliverPolicy::New => jetstream::consumer::DeliverPolicy::New,
-                DeliverPolicy::Last => jetstream::consumer::DeliverPolicy::Last,
-                DeliverPolicy::LastPerSubject => jetstream::consumer::DeliverPolicy::LastPerSubject,
-            },
+            deliver_policy: nats_policy(settings.deliver_policy),
             // The server hands out at most twice as many as are in flight: the
             // next ones wait in a local buffer (briefly: their ack timers run)
             // so that a freed slot never waits for a pull.
@@ -686,6 +696,15 @@ fn description(key: &str, incarnation: Option<&str>) -> String {
     match incarnation {
         Some(i) => format!("Fusion message-queue trigger {key} ({i})"),
         None => format!("Fusion message-queue trigger {key}"),
+    }
+}
+
+fn nats_policy(p: DeliverPolicy) -> jetstream::consumer::DeliverPolicy {
+    match p {
+        DeliverPolicy::All => jetstream::consumer::DeliverPolicy::All,
+        DeliverPolicy::New => jetstream::consumer::DeliverPolicy::New,
+        DeliverPolicy::Last => jetstream::consumer::DeliverPolicy::Last,
+        DeliverPolicy::LastPerSubject => jetstream::consumer::DeliverPolicy::LastPerSubject,
     }
 }
 

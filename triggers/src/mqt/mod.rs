@@ -142,8 +142,19 @@ impl MessageQueueTriggers {
         self.incarnations.put(key, &id).await
     }
 
+    /// Where a consumer is: its server, its stream (or the subject whose
+    /// stream holds it) and its name.
+    fn place(topic: &str, settings: &trigger::Settings) -> String {
+        let stream = match &settings.stream {
+            Some(s) => format!("stream {s}"),
+            None => format!("subject {topic}"),
+        };
+        format!("{} {stream} {}", settings.url, settings.consumer)
+    }
+
     /// Deletes the consumer of a trigger that is gone (or moved): at once
-    /// if NATS answers, else in the background until it does.
+    /// if NATS answers, else in the background until it does (while this
+    /// server runs).
     async fn retire(&self, topic: String, settings: trigger::Settings, key: String) {
         let Err(e) = consumer::delete_consumer(topic.clone(), settings.clone(), &key).await else {
             return;
@@ -153,7 +164,7 @@ impl MessageQueueTriggers {
             trigger = %key,
             "NATS consumer not deleted ({e}); trying again in the background until NATS answers"
         );
-        let id = format!("{} {}", settings.url, settings.consumer);
+        let id = Self::place(&topic, &settings);
         let task = tokio::spawn(async move {
             let mut wait = std::time::Duration::from_secs(1);
             loop {
@@ -184,8 +195,10 @@ impl MessageQueueTriggers {
                 t.settings(&self.default_url())
             }
         };
-        // Its consumer is this trigger's now: a retirement of it stops.
-        let id = format!("{} {}", settings.url, settings.consumer);
+        // Its consumer is this trigger's now: a retirement of the one in the
+        // same place stops (this trigger's consumer task takes it over, or
+        // deletes what an earlier life left there).
+        let id = Self::place(&t.topic, &settings);
         if let Some(r) = self
             .retiring
             .lock()
@@ -275,6 +288,7 @@ impl MessageQueueTriggers {
             || before.stream != after.stream
             || before.consumer != after.consumer
             || before.deliver_policy != after.deliver_policy;
+        self.records.put(&t.key(), &t).await?;
         if moved {
             // Its position belongs to the old subject or stream, and NATS
             // changes no consumer's deliver policy: start afresh, as a new
@@ -282,14 +296,11 @@ impl MessageQueueTriggers {
             // consumer in place.)
             self.new_incarnation(&t.key()).await?;
         }
-        self.records.put(&t.key(), &t).await?;
         self.halt(&t.key()).await;
         // The same consumer in the same place is deleted by the new
-        // consumer task itself (it is an earlier life's); one elsewhere here.
-        let same_place = before.url == after.url
-            && before.consumer == after.consumer
-            && before.stream == after.stream;
-        if moved && !same_place {
+        // consumer task itself (it is an earlier life's); one elsewhere here
+        // (a subject held by another stream is elsewhere).
+        if moved && Self::place(&old.topic, &before) != Self::place(&t.topic, &after) {
             self.retire(old.topic.clone(), before, old.key()).await;
         }
         self.launch(t.clone());
@@ -299,12 +310,12 @@ impl MessageQueueTriggers {
     pub async fn delete(&self, key: &str) -> Result<()> {
         let _change = self.changes.lock().await;
         let old = self.stored(key)?;
+        let settings = self.settings(&old)?;
         if !self.records.delete(key).await? {
             return Err(not_found(key));
         }
-        let settings = self.settings(&old)?;
-        self.incarnations.delete(key).await?;
         self.halt(key).await;
+        self.incarnations.delete(key).await?;
         // A trigger created again under the name is a new life of it: its
         // consumer is told from this one's, which is deleted now or, while
         // NATS is away, in the background (or by that trigger's consumer).

@@ -34,6 +34,9 @@ pub struct Status {
     /// could not be published: each is logged, and terminated on NATS rather
     /// than redelivered.
     pub unpublished: u64,
+    /// The running message to say again when a lost connection comes back.
+    #[serde(skip)]
+    running: Option<String>,
 }
 
 /// What became of one message, as the status counts it.
@@ -57,6 +60,7 @@ impl StatusCell {
             failed: 0,
             redelivered: 0,
             unpublished: 0,
+            running: None,
         }))
     }
 
@@ -74,8 +78,34 @@ impl StatusCell {
         if s.state != state {
             s.since = now();
         }
+        s.running = (state == State::Running).then(|| message.clone());
         s.state = state;
         s.message = message;
+    }
+
+    /// The consumer's connection to NATS broke: said at once (its pull
+    /// would say so only after two missed heartbeats), running again when it
+    /// comes back.
+    pub fn disconnected(&self, url: &str) {
+        let mut s = self.lock();
+        if s.state == State::Running {
+            let running = s.running.take();
+            s.since = now();
+            s.state = State::Connecting;
+            s.message = format!("lost the connection to NATS at {url}; reconnecting");
+            s.running = running;
+        }
+    }
+
+    pub fn reconnected(&self) {
+        let mut s = self.lock();
+        if s.state == State::Connecting {
+            if let Some(message) = s.running.clone() {
+                s.since = now();
+                s.state = State::Running;
+                s.message = message;
+            }
+        }
     }
 
     pub fn settled(&self, outcome: Settled) {

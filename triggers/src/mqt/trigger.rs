@@ -375,7 +375,9 @@ fn parse_duration(v: &str) -> std::result::Result<Duration, String> {
     if let Ok(secs) = v.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(v).map_err(|e| format!("metadata ackWait {v:?}: {e}"))
+    humantime::parse_duration(v).map_err(|_| {
+        format!("metadata ackWait {v:?} is not a duration: give seconds (30) or a duration such as 30s, 2m or 1m30s")
+    })
 }
 
 /// Whether NATS subject `subject` is one that `pattern` (with `*` for one
