@@ -738,6 +738,8 @@ fn one_change_is_applied_once_and_its_own_status_event_sends_nothing() {
         vec![
             "GET /v1/environments/python".to_string(),
             "POST /v1/archives".to_string(),
+            // What it made before (nothing: the record is new).
+            format!("GET /v1/deployments/k8s-{}", uid(name)),
             format!("PUT /v1/deployments/k8s-{}", uid(name)),
             format!("GET /v1/packages/{name}"),
             "POST /v1/packages".to_string(),
@@ -753,7 +755,11 @@ fn one_change_is_applied_once_and_its_own_status_event_sends_nothing() {
         statuses
             .iter()
             .enumerate()
-            .all(|(i, st)| if i % 5 == 3 { *st == 404 } else { *st < 300 }),
+            .all(|(i, st)| if i % 6 == 2 || i % 6 == 4 {
+                *st == 404
+            } else {
+                *st < 300
+            }),
         "{statuses:?}"
     );
     // The cluster's side, everything about packages, in order: the list,
@@ -817,11 +823,12 @@ fn one_change_is_applied_once_and_its_own_status_event_sends_nothing() {
     eventually(WAIT, "q applied at generation 2", || {
         ready(&mock, "packages", "q")["observedGeneration"] == 2
     });
-    let after: Vec<String> = lines(&proxy.requests())[10..].to_vec();
+    let after: Vec<String> = lines(&proxy.requests())[12..].to_vec();
     let again = |name: &str| {
         vec![
             "GET /v1/environments/python".to_string(),
             "POST /v1/archives".to_string(),
+            format!("GET /v1/deployments/k8s-{}", uid(name)),
             format!("PUT /v1/deployments/k8s-{}", uid(name)),
             format!("GET /v1/packages/{name}"),
             format!("PUT /v1/packages/{name}"),
@@ -1106,4 +1113,65 @@ fn a_fission_workflows_function_becomes_a_workflow() {
         mock.get(FISSION, "functions", "default", "greet").is_none()
     });
     assert_eq!(fusion_status(&s, "/v1/workflows/greet"), 404);
+}
+
+/// A namespace's `workflow` environment turned into Fission Workflows' one:
+/// what its custom resources made before (the environment, a function of
+/// it) goes, and the function is a workflow now.
+#[test]
+fn a_function_that_becomes_a_workflow_leaves_no_function_behind() {
+    let mock = KubeMock::start();
+    let s = start(&mock, "300");
+    s.env("python", "python", 0);
+    s.function(
+        "hello",
+        "python",
+        "hello.py",
+        "def main():\n    return 'hi'\n",
+        json!({"entrypoint": "main"}),
+    );
+    // First a runtime of its own named `workflow`, and a function of it.
+    create_ready(&mock, "environments", env_cr("workflow"));
+    create_ready(
+        &mock,
+        "packages",
+        package_cr("greet-pkg", "workflow", "def main():\n    return 'fn'\n"),
+    );
+    create_ready(
+        &mock,
+        "functions",
+        function_cr("greet", "workflow", "greet-pkg"),
+    );
+    s.ok("GET", "/v1/functions/greet", None);
+    s.ok("GET", "/v1/environments/workflow", None);
+
+    // Then Fission Workflows' environment, and the package a workflow file.
+    mock.set_spec(
+        FISSION,
+        "environments",
+        "default",
+        "workflow",
+        json!({"version": 1, "runtime": {"image": "fission/workflow-env"}}),
+    );
+    let literal = base64::engine::general_purpose::STANDARD
+        .encode("apiVersion: 1\noutput: call\ntasks:\n  call:\n    run: hello\n");
+    mock.set_spec(
+        FISSION,
+        "packages",
+        "default",
+        "greet-pkg",
+        json!({"environment": {"name": "workflow", "namespace": "default"},
+               "deployment": {"type": "literal", "literal": literal}}),
+    );
+    let mut spec = function_cr("greet", "workflow", "greet-pkg")["spec"].clone();
+    spec["package"]["packageref"]["resourceversion"] = json!("2");
+    mock.set_spec(FISSION, "functions", "default", "greet", spec);
+    eventually(WAIT, "the function a workflow", || {
+        s.invoke("greet", "text/plain", "") == (200, "hi".to_string())
+    });
+    assert_eq!(fusion_status(&s, "/v1/functions/greet"), 404);
+    eventually(WAIT, "the runtime named workflow gone", || {
+        fusion_status(&s, "/v1/environments/workflow") == 404
+            && fusion_status(&s, "/v1/packages/greet-pkg") == 404
+    });
 }

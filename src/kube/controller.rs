@@ -583,12 +583,16 @@ async fn fission_workflows(
                 && r.body["image"]
                     .as_str()
                     .is_some_and(model::is_fission_workflows_image);
-            return Ok(ours.then(|| {
+            if !ours {
+                return Ok(None);
+            }
+            unapply(obj, ctx).await?;
+            return Ok(Some(
                 "not applied: Fission Workflows' environment (fission/workflow-env); Fusion runs \
                  workflows itself, and this namespace's functions of environment `workflow` \
                  become workflows"
-                    .to_string()
-            }));
+                    .to_string(),
+            ));
         }
         model::Kind::Package => "environment",
         model::Kind::Function => "env",
@@ -598,6 +602,7 @@ async fn fission_workflows(
         return Ok(None);
     }
     if r.kind == model::Kind::Package {
+        unapply(obj, ctx).await?;
         return Ok(Some(
             "not applied on its own: the workflow file of a function of Fission Workflows' \
              environment `workflow`, applied as that function's workflow"
@@ -736,6 +741,49 @@ fn forget_uploads(ctx: &Ctx, obj: &DynamicObject) {
     }
 }
 
+/// Deletes what the custom resource made before, now that it makes nothing
+/// (an Environment whose image became Fission Workflows'), and its record.
+async fn unapply(obj: &DynamicObject, ctx: &Ctx) -> Result<(), Problem> {
+    let uid = record_uid(obj);
+    let Some(record) = spec::record(&ctx.fusion, &uid)
+        .await
+        .map_err(fusion_problem)?
+    else {
+        return Ok(());
+    };
+    for a in &record.resources {
+        spec::delete_if_present(&ctx.fusion, a)
+            .await
+            .map_err(fusion_problem)?;
+        tracing::info!(kind = ctx.kind, object = %key_of(obj), "deleted {}, which it no longer makes", a.label());
+    }
+    match ctx.fusion.delete(&format!("/v1/deployments/{uid}")).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.downcast_ref::<crate::client::NotFound>().is_some() => Ok(()),
+        Err(e) => Err(fusion_problem(e)),
+    }
+}
+
+/// Writes the deployment record `uid` of custom resource `name`: what it owns.
+async fn put_record(
+    ctx: &Ctx,
+    uid: &str,
+    name: &str,
+    resources: BTreeSet<spec::Applied>,
+) -> Result<(), Problem> {
+    let record = spec::Record {
+        name: name.to_string(),
+        uid: uid.to_string(),
+        resources,
+    };
+    let record = serde_json::to_value(&record).map_err(|e| Problem::Failed(e.to_string()))?;
+    ctx.fusion
+        .put_json::<Value>(&format!("/v1/deployments/{uid}"), &record)
+        .await
+        .map(|_| ())
+        .map_err(fusion_problem)
+}
+
 /// Records the Fusion object as this custom resource's, then creates or
 /// updates it; answers its label.
 async fn record_and_apply(
@@ -749,21 +797,33 @@ async fn record_and_apply(
     // Recorded as this custom resource's before it is applied, so that a
     // crash in between leaves nothing unowned.
     let uid = record_uid(obj);
-    let record = spec::Record {
-        name: format!("{} {ns}/{name}", ctx.kind),
-        uid: uid.clone(),
-        resources: BTreeSet::from([spec::Applied::of(r)]),
-    };
-    let record = serde_json::to_value(&record).map_err(|e| Problem::Failed(e.to_string()))?;
-    ctx.fusion
-        .put_json::<Value>(&format!("/v1/deployments/{uid}"), &record)
+    let now = BTreeSet::from([spec::Applied::of(r)]);
+    // What it made before and makes no more (a Function that became a
+    // workflow, or back): kept in the record until it is deleted below.
+    let before = spec::record(&ctx.fusion, &uid)
         .await
-        .map_err(fusion_problem)?;
+        .map_err(fusion_problem)?
+        .map(|r| r.resources)
+        .unwrap_or_default();
+    let dropped: Vec<spec::Applied> = before.difference(&now).cloned().collect();
+    let label = format!("{} {ns}/{name}", ctx.kind);
+    put_record(ctx, &uid, &label, now.union(&before).cloned().collect()).await?;
+    // Deleted first: the new object may take the old one's name (a workflow
+    // and a function share one name space).
+    for a in &dropped {
+        spec::delete_if_present(&ctx.fusion, a)
+            .await
+            .map_err(fusion_problem)?;
+        tracing::info!(kind = ctx.kind, object = %key_of(obj), "deleted {}, which it no longer makes", a.label());
+    }
     let outcome = match &r.workflow_source {
         Some(source) => spec::apply_workflow(&ctx.fusion, r, source.clone(), true).await,
         None => spec::upsert(&ctx.fusion, r, body, true).await,
     }
     .map_err(fusion_problem)?;
+    if !dropped.is_empty() {
+        put_record(ctx, &uid, &label, now).await?;
+    }
     let observed = obj
         .data
         .pointer("/status/observedGeneration")
