@@ -121,7 +121,7 @@ fn an_every_second_trigger_calls_its_function_once_per_tick_and_keeps_each_outco
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("time triggers tick"),
+            .contains("time triggers (tick)"),
         "{body}"
     );
     let (code, _, err) = s.cli(&["timer", "delete", "tick"]);
