@@ -17,8 +17,9 @@ use common::{eventually, Server};
 use nats::Nats;
 use serde_json::{json, Value};
 
-/// A binary function that logs `<key>` to the probe's `calls` (and the
-/// headers Fission's KEDA connectors send to `keda`), waits for the
+/// A binary function that logs `<key> <delivery>` to the probe's
+/// `deliveries`, `<key>` to its `calls` (and the headers Fission's KEDA
+/// connectors send to `keda`), waits for the
 /// probe's gate `go` if `gated`, then answers `<X-Order header>:<body>`.
 fn echo(probe: &Probe, gated: bool) -> String {
     let wait = if gated {
@@ -27,7 +28,9 @@ fn echo(probe: &Probe, gated: bool) -> String {
         String::new()
     };
     format!(
-        "#!/bin/sh\n{}\n{}\n{wait}printf '%s:%s' \"$HTTP_X_ORDER\" \"$(cat)\"\n",
+        "#!/bin/sh\n{}\n{}\n{}\n{wait}printf '%s:%s' \"$HTTP_X_ORDER\" \"$(cat)\"\n",
+        // Before `calls`: a call seen there has said its delivery.
+        probe.curl("/log/deliveries?$HTTP_X_FUSION_IDEMPOTENCY_KEY+$HTTP_X_FUSION_DELIVERY"),
         probe.curl("/log/calls?$HTTP_X_FUSION_IDEMPOTENCY_KEY"),
         probe.curl("/log/keda?$HTTP_TOPIC,$HTTP_RESPTOPIC,$HTTP_SOURCE_NAME"),
     )
@@ -604,8 +607,12 @@ fn a_server_killed_mid_stream_loses_no_message() {
     assert_eq!(answers.len(), N, "no message answered twice");
     // The messages in flight at the kill were not acked: NATS redelivered them.
     let calls = counts(&probe.lines("calls"));
+    let deliveries = probe.lines("deliveries");
     for key in &in_flight {
         assert!(calls[key] >= 2, "{key} was not delivered again: {calls:?}");
+        // Each call says which delivery it is.
+        assert!(deliveries.contains(&format!("{key} 1")), "{deliveries:?}");
+        assert!(deliveries.contains(&format!("{key} 2")), "{deliveries:?}");
     }
     assert_eq!(calls.keys().cloned().collect::<BTreeSet<_>>(), seqs);
     assert!(state(&s, "orders")["redelivered"].as_u64().unwrap() >= in_flight.len() as u64);

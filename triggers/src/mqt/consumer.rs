@@ -474,6 +474,10 @@ impl Job {
         put(IDEMPOTENCY_KEY, key);
         put("X-Fusion-Topic", message.subject.as_str());
         put("X-Fusion-Attempt", &attempt.to_string());
+        // NATS's count of this message's deliveries: above 1 after a crash, an
+        // ack wait passed or a delete mid-call, where the attempts start again.
+        let delivered = message.info().map_or(1, |i| i.delivered);
+        put("X-Fusion-Delivery", &delivered.to_string());
         // As Fission's message-queue triggers send them.
         put("X-Fission-MQTrigger-Topic", message.subject.as_str());
         if let Some(t) = &self.trigger.resp_topic {
