@@ -1129,7 +1129,7 @@ fn deliveries_past_the_functions_max_scale_wait_their_turn() {
 fn a_trigger_deleted_while_nats_is_away_leaves_nothing_behind() {
     let mut nats = Nats::start();
     nats.create_stream("ORDERS", &["orders.>"]);
-    let s = server(&nats);
+    let mut s = server(&nats);
     let probe = Probe::start();
     s.function(
         "hello",
@@ -1157,6 +1157,9 @@ fn a_trigger_deleted_while_nats_is_away_leaves_nothing_behind() {
     });
     let (status, _) = s.call("DELETE", "/v1/mqtriggers/orders", None);
     assert_eq!(status, 204);
+    // Kept to do across a restart of the server.
+    s.kill();
+    s.launch();
     nats.launch();
     eventually(Duration::from_secs(30), "the consumer deleted", || {
         nats.consumers("ORDERS").is_empty()

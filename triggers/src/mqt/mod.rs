@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use pool_manager::store::Records;
 use pool_manager::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::invoke::Invoker;
@@ -60,15 +60,44 @@ async fn stop_all(consumers: Vec<Running>, grace: std::time::Duration) {
     }
 }
 
+/// A consumer still to delete (see `MessageQueueTriggers::retire`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Retiring {
+    /// Its place (`MessageQueueTriggers::place`).
+    id: String,
+    key: String,
+    topic: String,
+    url: String,
+    stream: Option<String>,
+    consumer: String,
+    incarnation: Option<String>,
+}
+
+impl Retiring {
+    fn settings(&self) -> trigger::Settings {
+        trigger::Settings {
+            url: self.url.clone(),
+            stream: self.stream.clone(),
+            consumer: self.consumer.clone(),
+            // Not read by a delete.
+            ack_wait: std::time::Duration::from_secs(30),
+            deliver_policy: Default::default(),
+            incarnation: self.incarnation.clone(),
+        }
+    }
+}
+
 pub struct MessageQueueTriggers {
     records: Records,
     /// Each trigger's incarnation (`Settings::incarnation`), by key.
     incarnations: Records,
     /// Consumers of deleted (or moved) triggers that NATS could not be told
     /// to delete, each tried again in the background until it is gone; by
-    /// `url consumer`. A trigger launched with that consumer takes it over
-    /// (its consumer task deletes what an earlier life left).
+    /// place (`place`). A trigger launched in that place takes it over (its
+    /// consumer task deletes what an earlier life left, or adopts it).
     retiring: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// The same, kept across restarts: tried again from the next start.
+    retirements: Records,
     invoker: Invoker,
     /// The server-wide NATS address (`--nats-url`), once started.
     default_url: Mutex<Option<String>>,
@@ -92,6 +121,7 @@ impl MessageQueueTriggers {
             records: Records::open(db, "mqtriggers", "mqtrigger")?,
             incarnations: Records::open(db, "mqtrigger-incarnations", "mqtrigger")?,
             retiring: Mutex::new(HashMap::new()),
+            retirements: Records::open(db, "mqtrigger-retiring", "mqtrigger")?,
             invoker,
             default_url: Mutex::new(None),
             running: Mutex::new(HashMap::new()),
@@ -115,6 +145,9 @@ impl MessageQueueTriggers {
     /// triggers that name no `natsUrl` connect. Called once the server runs.
     pub fn start(&self, default_url: Option<String>) -> Result<()> {
         *self.default_url.lock().unwrap_or_else(|p| p.into_inner()) = default_url;
+        for r in self.retirements.list::<Retiring>()? {
+            self.keep_retiring(r);
+        }
         for t in self.records.list::<MessageQueueTrigger>()? {
             self.launch(t);
         }
@@ -164,17 +197,37 @@ impl MessageQueueTriggers {
             trigger = %key,
             "NATS consumer not deleted ({e}); trying again in the background until NATS answers"
         );
-        let id = Self::place(&topic, &settings);
+        let r = Retiring {
+            id: Self::place(&topic, &settings),
+            key,
+            topic,
+            url: settings.url,
+            stream: settings.stream,
+            consumer: settings.consumer,
+            incarnation: settings.incarnation,
+        };
+        if let Err(e) = self.retirements.put(&r.id, &r).await {
+            tracing::error!(consumer = %r.consumer, "cannot keep the consumer to delete across a restart: {e}");
+        }
+        self.keep_retiring(r);
+    }
+
+    /// Tries to delete `r`'s consumer until it is gone.
+    fn keep_retiring(&self, r: Retiring) {
+        let id = r.id.clone();
+        let kept = self.retirements.clone();
         let task = tokio::spawn(async move {
             let mut wait = std::time::Duration::from_secs(1);
             loop {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(std::time::Duration::from_secs(60));
-                if consumer::delete_consumer(topic.clone(), settings.clone(), &key)
+                let settings = r.settings();
+                if consumer::delete_consumer(r.topic.clone(), settings, &r.key)
                     .await
                     .is_ok()
                 {
-                    tracing::info!(consumer = %settings.consumer, trigger = %key, "NATS consumer of a deleted trigger deleted");
+                    tracing::info!(consumer = %r.consumer, trigger = %r.key, "NATS consumer of a deleted trigger deleted");
+                    let _ = kept.delete(&r.id).await;
                     return;
                 }
             }
@@ -206,6 +259,8 @@ impl MessageQueueTriggers {
             .remove(&id)
         {
             r.abort();
+            let kept = self.retirements.clone();
+            tokio::spawn(async move { kept.delete(&id).await });
         }
         let key = t.key();
         let (stop, stopped) = tokio::sync::watch::channel(false);
