@@ -52,6 +52,8 @@ impl Schedule {
         };
         let mut text = cron.trim();
         let mut zone_name = timezone.map(str::to_string);
+        // A zone the cron names is the cron's mistake, not the timezone field's.
+        let mut zone_in_cron = false;
         for prefix in ["CRON_TZ=", "TZ="] {
             if let Some(rest) = text.strip_prefix(prefix) {
                 let (name, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
@@ -61,13 +63,19 @@ impl Schedule {
                         zone_name.unwrap_or_default()
                     )));
                 }
+                zone_in_cron = zone_name.is_none();
                 zone_name = Some(name.to_string());
                 text = rest.trim();
             }
         }
         let tz = match &zone_name {
             None => TimeZone::UTC,
-            Some(name) => TimeZone::get(name).map_err(|_| ScheduleError::TimeZone(name.clone()))?,
+            Some(name) => TimeZone::get(name).map_err(|_| match zone_in_cron {
+                true => bad(&format!(
+                    "its time zone {name:?} is not an IANA time zone name (such as `Europe/Paris` or `UTC`)"
+                )),
+                false => ScheduleError::TimeZone(name.clone()),
+            })?,
         };
         if text.is_empty() {
             return Err(forms("it is empty"));
@@ -382,6 +390,11 @@ mod tests {
             Schedule::parse("@hourly", Some("Mars/Olympus")).unwrap_err(),
             ScheduleError::TimeZone("Mars/Olympus".into())
         );
+        // Named in the cron: the cron's error, not the timezone field's.
+        assert!(matches!(
+            Schedule::parse("CRON_TZ=Nowhere/Town @hourly", None),
+            Err(ScheduleError::Cron { .. })
+        ));
         assert!(err("CRON_TZ=Nowhere/Town @hourly").contains("Nowhere/Town"));
         let differs = Schedule::parse("TZ=UTC @hourly", Some("Europe/Paris"))
             .unwrap_err()
