@@ -182,6 +182,10 @@ pub struct Engine {
     keyed: tokio::sync::Mutex<()>,
     stopping: AtomicBool,
     metrics: crate::metrics::EngineMetrics,
+    /// Runs whose events could not be made durable, with why: never
+    /// answered as ended (what the store holds of them in memory is not on
+    /// disk and goes with a restart).
+    unstored: Mutex<HashMap<String, String>>,
 }
 
 /// Where a new run comes from, besides its workflow and input: the run it
@@ -575,6 +579,7 @@ impl Engine {
             runs: Mutex::new(HashMap::new()),
             keyed: tokio::sync::Mutex::new(()),
             stopping: AtomicBool::new(false),
+            unstored: Mutex::new(HashMap::new()),
             metrics,
         });
         for id in engine.store.unfinished_runs()? {
@@ -1020,6 +1025,11 @@ impl Engine {
                     return Ok(s);
                 }
             }
+        }
+        if let Some(why) = self.unstored.lock().ok().and_then(|u| u.get(id).cloned()) {
+            return Err(EngineError::Store(StoreError::Flush(format!(
+                "run {id:?} could not be stored ({why}); it did not end as far as the store knows (see the server log)"
+            ))));
         }
         match self.store.run(id)? {
             Some(s) => Ok(s),
@@ -1633,7 +1643,7 @@ impl Actor {
             };
             if let Err(err) = flushed {
                 tracing::error!(run = %id, %err, "cannot persist run events; stopping the run actor");
-                self.stop(&done);
+                self.unstored(&done, &err);
                 return;
             }
             self.answer_completions();
@@ -1664,7 +1674,7 @@ impl Actor {
                     self.held_since = None;
                     if let Err(err) = self.append_pending() {
                         tracing::error!(run = %id, %err, "cannot persist run events; stopping the run actor");
-                        self.stop(&done);
+                        self.unstored(&done, &err);
                         return;
                     }
                     self.engine.store.flush_soon();
@@ -1759,7 +1769,23 @@ impl Actor {
         }
     }
 
+    /// Stops a run whose events could not be made durable: its callers are
+    /// told so (`Engine::wait`), never answered with what only memory holds.
+    fn unstored(&mut self, done: &watch::Sender<Option<RunSummary>>, err: &impl std::fmt::Display) {
+        if let Ok(mut u) = self.engine.unstored.lock() {
+            u.insert(self.state.run_id.clone(), err.to_string());
+        }
+        self.summary = None;
+        self.stop_with(done, false);
+    }
+
     fn stop(&mut self, done: &watch::Sender<Option<RunSummary>>) {
+        self.stop_with(done, true);
+    }
+
+    /// Ends the actor; `answer`: its summary goes to those waiting (else
+    /// they read `Engine::unstored`).
+    fn stop_with(&mut self, done: &watch::Sender<Option<RunSummary>>, answer: bool) {
         for (_, h) in self.inflight.drain() {
             h.abort();
         }
@@ -1784,6 +1810,10 @@ impl Actor {
                     .get_or_create(&crate::metrics::WorkflowLabels { workflow })
                     .observe(secs);
             }
+        }
+        if !answer {
+            // Those waiting wake to `Engine::unstored` once the actor is gone.
+            return;
         }
         // The summary the run's last write left, as the store would read it
         // back; from the store when the run did not end here.

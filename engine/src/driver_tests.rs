@@ -2065,3 +2065,27 @@ fn a_typed_error_is_kept_whole_and_other_answers_are_cut() {
         format!("the function answered 500: {}", "z".repeat(10))
     );
 }
+
+/// A run whose events cannot be made durable (a full disk) is never answered
+/// as ended: its caller gets the store's error, not what only memory holds.
+#[tokio::test(start_paused = true)]
+async fn a_run_that_could_not_be_stored_is_not_answered_as_ended() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "w",
+        "output: A\ntasks:\n  A:\n    run: echo\n    inputs: hi\n",
+    )
+    .unwrap();
+    e.store().break_journal_for_test();
+    // As a synchronous invocation starts it: nothing flushed before it runs.
+    let started = e
+        .start_run_waited("w", json!({}), Default::default())
+        .unwrap();
+    match e.wait(&started.id).await {
+        Err(crate::driver::EngineError::Store(err)) => {
+            assert!(err.to_string().contains("could not be stored"), "{err}");
+        }
+        other => panic!("answered as {other:?}"),
+    }
+}

@@ -265,6 +265,12 @@ impl Journal {
         })
     }
 
+    /// Breaks the journal as a failed write does (for tests).
+    #[cfg(test)]
+    pub fn break_for_test(&self, why: &str) {
+        self.hold().0.broken = Some(why.to_string());
+    }
+
     /// Holds the journal: writes made to sled while it is held are recorded,
     /// with `Held::record`, in the order they were made.
     pub fn hold(&self) -> Held<'_> {

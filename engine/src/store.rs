@@ -445,6 +445,13 @@ impl SledStore {
         })
     }
 
+    /// Makes every flush fail from now on, as a full disk does (for tests).
+    #[cfg(test)]
+    pub(crate) fn break_journal_for_test(&self) {
+        self.journal
+            .break_for_test("No space left on device (a test)");
+    }
+
     /// Opens the engine's trees, replays what the journal in `journal_dir`
     /// holds from before a crash, and starts the flusher thread.
     pub fn open(db: &sled::Db, journal_dir: &Path) -> Result<Arc<Self>> {
