@@ -836,6 +836,13 @@ async fn choose_backend(
         Err(why) if args.backend == BackendChoice::Container => {
             anyhow::bail!("the container backend cannot run here: {why}")
         }
+        // A runtime named on purpose that cannot run is a mistake to say,
+        // not a reason to drop isolation.
+        Err(why) if args.oci_runtime.is_some() => {
+            anyhow::bail!(
+                "--oci-runtime: {why} (leave it out to find runc or crun on PATH, or choose --backend process)"
+            )
+        }
         Err(why) => {
             tracing::warn!(
                 "CONTAINERS UNAVAILABLE ({why}): falling back to the process backend; function code runs unisolated, as the server's user"
@@ -949,27 +956,32 @@ async fn precompile_python(python: &str, dir: &std::path::Path) {
     );
 }
 
-/// Resolves at the first SIGINT or SIGTERM. The handlers are installed when this
-/// is called, not when it is first awaited: it is called before the server says
-/// it is ready, so a signal sent right after that is never the default action
-/// (which would kill the server without stopping its instances).
+/// Resolves at the first SIGINT, SIGTERM or SIGHUP (the terminal that ran
+/// `fusion up` closed, an SSH session dropped): each is a graceful stop. The
+/// handlers are installed when this is called, not when it is first awaited:
+/// it is called before the server says it is ready, so a signal sent right
+/// after that is never the default action (which would kill the server
+/// without stopping its instances).
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
+    let signals: Vec<_> = [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+    ]
+    .into_iter()
+    .filter_map(|kind| signal(kind).ok())
+    .collect();
     async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
-                one.recv().await;
-            }
-            (Err(_), Err(_)) => std::future::pending().await,
+        if signals.is_empty() {
+            return std::future::pending().await;
         }
+        let waits = signals.into_iter().map(|mut s| {
+            Box::pin(async move {
+                s.recv().await;
+            })
+        });
+        futures_util::future::select_all(waits).await;
     }
 }
 

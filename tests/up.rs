@@ -226,6 +226,48 @@ fn a_call_cut_off_at_the_end_of_the_grace_gets_503_shutting_down() {
     assert!(server.wait().unwrap().success());
 }
 
+/// SIGHUP (the terminal that ran it closed) is a graceful stop too, not the
+/// default action that killed the server with its calls in flight.
+#[test]
+fn a_hangup_stops_the_server_gracefully() {
+    let (mut s, pending) = slow_call_in_flight("300", 30);
+    let mut server = s.child.take().unwrap();
+    signal(server.id(), libc::SIGHUP);
+    let (status, body) = pending.join().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "shutting_down", "{body}");
+    assert!(server.wait().unwrap().success());
+}
+
+/// An OCI runtime named on purpose that cannot run fails the start: it is
+/// not a reason to run functions unisolated.
+#[test]
+fn a_named_oci_runtime_that_cannot_run_is_an_error_not_a_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut server = spawn_server(
+        "auto",
+        &dir.path().join("data"),
+        &log,
+        &[("FUSION_OCI_RUNTIME", "/nonexistent/runc")],
+    );
+    let mut status = None;
+    eventually(Duration::from_secs(60), "the server gives up", || {
+        status = server.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(!status.unwrap().success());
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("error: --oci-runtime"),
+        "{err}"
+    );
+    assert!(!err.contains("falling back"), "{err}");
+}
+
 /// A second SIGTERM (an impatient Ctrl-C) stops the server at once rather
 /// than after the rest of the grace; the call cut off gets 503.
 #[test]
