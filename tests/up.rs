@@ -629,3 +629,51 @@ fn a_full_disk_at_the_start_is_an_error_not_a_fallback_to_processes() {
     assert!(!err.contains("falling back"), "{err}");
     assert!(!data.join("containers/bin/fusion").exists());
 }
+
+/// A server whose stdout and stderr nobody reads any more (`| head -1`, a
+/// log shipper that went away) goes on serving, and stops gracefully.
+#[test]
+fn a_server_whose_output_pipes_close_goes_on_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (router, api) = (free(), free());
+    let mut child = Command::new(BIN)
+        .args(["server", "--backend", "process", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--router-listen", &router.to_string()])
+        .args(["--api-listen", &api.to_string()])
+        // Every request logged: lines to write once the pipe is gone.
+        .args(["--access-log"])
+        .env("FUSION_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both readers gone before the server writes a line.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let mut server = KillOnDrop(child);
+    let healthz = format!("http://{api}/healthz");
+    let http = reqwest::blocking::Client::new();
+    eventually(Duration::from_secs(60), "the server answers", || {
+        http.get(&healthz).send().is_ok_and(|r| r.status() == 200)
+    });
+    for _ in 0..20 {
+        let _ = http.get(format!("http://{router}/nothing/here")).send();
+    }
+    assert!(alive(server.0.id()), "the server died");
+    assert_eq!(http.get(&healthz).send().unwrap().status(), 200);
+    signal(server.0.id(), libc::SIGTERM);
+    let mut status = None;
+    eventually(Duration::from_secs(30), "the server stops", || {
+        status = server.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success(), "{status:?}");
+}

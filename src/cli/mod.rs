@@ -365,8 +365,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Server { server } => {
             init_tracing();
             server::run(server, |r| {
-                // One machine-readable line, so scripts and tests know where to connect.
-                println!(
+                // One machine-readable line, so scripts and tests know where to
+                // connect; a reader gone (`| head -1`) does not stop the server.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stdout(),
                     "fusion listening router={s}://{} api={s}://{}",
                     r.router_addr,
                     r.api_addr,
@@ -418,7 +421,7 @@ fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| LogOut(std::io::stderr()));
     let json = std::env::var("FUSION_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let _ = if json {
         builder.json().try_init()
@@ -428,6 +431,20 @@ fn init_tracing() {
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         builder.with_ansi(ansi).try_init()
     };
+}
+
+/// The log's writer: a log nobody reads any more (a closed pipe, a log
+/// shipper that went away) loses its lines, it does not stop the server.
+struct LogOut(std::io::Stderr);
+
+impl std::io::Write for LogOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(self.0.write(buf).unwrap_or(buf.len()))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 /// Adds `-H 'Key: Value'` headers to a request.

@@ -1,5 +1,26 @@
 //! `fusion up`: start the server, apply the example specs and print URLs to try.
 
+/// `println!` that a reader gone (`fusion up | head`) does not turn into a
+/// panic: the server goes on.
+macro_rules! say {
+    () => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` likewise, for stderr.
+macro_rules! esay {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
@@ -48,35 +69,35 @@ pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
                 wait: false,
             };
             match spec::apply(&client, &source, opts).await {
-                Ok(()) => println!(),
-                Err(e) => eprintln!("warning: could not apply {}: {e:#}", examples.display()),
+                Ok(()) => say!(),
+                Err(e) => esay!("warning: could not apply {}: {e:#}", examples.display()),
             }
         } else {
-            eprintln!("note: {} not found; nothing applied", examples.display());
+            esay!("note: {} not found; nothing applied", examples.display());
         }
         let routes: Vec<Value> = client.get("/v1/routes").await.unwrap_or_default();
-        println!("Fusion is up.");
-        println!("  router: {router}");
-        println!("  API:    {api}   (export FUSION_URL={api})");
+        say!("Fusion is up.");
+        say!("  router: {router}");
+        say!("  API:    {api}   (export FUSION_URL={api})");
         match isolation.backend {
-            "process" => println!("  WARNING: no isolation: {}", isolation.summary),
-            _ => println!("  instances: {}", isolation.summary),
+            "process" => say!("  WARNING: no isolation: {}", isolation.summary),
+            _ => say!("  instances: {}", isolation.summary),
         }
-        println!("The API needs its token (the CLI reads FUSION_TOKEN, else the token file of FUSION_DATA_DIR, default ./.fusion):");
-        println!(
+        say!("The API needs its token (the CLI reads FUSION_TOKEN, else the token file of FUSION_DATA_DIR, default ./.fusion):");
+        say!(
             "  export FUSION_TOKEN=$(cat {})",
             shell_quote(&token_file.display().to_string())
         );
         if let Some(cert) = &ca_cert {
             // So that the CLI trusts a self-signed certificate too.
-            println!(
+            say!(
                 "  export FUSION_CA_CERT={}",
                 shell_quote(&cert.display().to_string())
             );
         }
-        println!("  curl{cacert} -H \"Authorization: Bearer $FUSION_TOKEN\" {api}/v1/functions");
+        say!("  curl{cacert} -H \"Authorization: Bearer $FUSION_TOKEN\" {api}/v1/functions");
         if !routes.is_empty() {
-            println!("Try:");
+            say!("Try:");
             // A few, each as its route takes it (a POST-only route with -d).
             const SHOWN: usize = 8;
             for r in routes.iter().take(SHOWN) {
@@ -93,10 +114,10 @@ pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
                     [m, ..] if *m == "POST" => " -d 'hello'",
                     [m, ..] => &format!(" -X {m}"),
                 };
-                println!("  curl{cacert}{how} {router}{}", example_path(url));
+                say!("  curl{cacert}{how} {router}{}", example_path(url));
             }
             if routes.len() > SHOWN {
-                println!(
+                say!(
                     "  ... and {} more routes (fusion route list)",
                     routes.len() - SHOWN
                 );
@@ -108,16 +129,16 @@ pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
                 .iter()
                 .filter_map(|w| w["name"].as_str())
                 .collect();
-            println!("Workflows, invoked like functions: {}", names.join(", "));
+            say!("Workflows, invoked like functions: {}", names.join(", "));
             // `echo` shows the input coming back; `curl -d` data is read as text.
             let example = names.iter().find(|n| **n == "echo").unwrap_or(&names[0]);
-            println!("  curl{cacert} -d 'hello' {router}/fission-function/{example}");
+            say!("  curl{cacert} -d 'hello' {router}/fission-function/{example}");
             if examples.is_dir() {
-                println!("  (every example with its answer: workflow-examples/README.md)");
+                say!("  (every example with its answer: workflow-examples/README.md)");
             }
-            println!("  fusion run list        # what ran, with every task");
+            say!("  fusion run list        # what ran, with every task");
         }
-        println!("Stop with Ctrl-C.");
+        say!("Stop with Ctrl-C.");
     };
     tokio::select! {
         r = &mut serve => return r,
