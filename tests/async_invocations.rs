@@ -408,14 +408,28 @@ fn queued_invocations_survive_a_crash() {
         // One attempt only: an attempt a stop cuts short must not count.
         quick(1),
     );
-    let ids: Vec<String> = (0..4)
-        .map(|n| {
-            call_async(&s, "slow", &n.to_string())["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    // The first takes 5 s, so that the kill below surely cuts it short
+    // (on a busy machine, one of 1 s could end between the look and the kill).
+    let first = s
+        .http
+        .post(s.router_url("/fission-function/slow"))
+        .header("X-Async", "true")
+        .header("X-Sleep", "5")
+        .header("content-type", "text/plain")
+        .body("0")
+        .send()
+        .unwrap();
+    assert_eq!(first.status().as_u16(), 202);
+    let mut ids = vec![first.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()];
+    ids.extend((1..4).map(|n| {
+        call_async(&s, "slow", &n.to_string())["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }));
     // One at a time: the first is running, the others wait their turn.
     eventually(Duration::from_secs(60), "the first attempt runs", || {
         invocation(&s, &ids[0])["status"] == "running"
