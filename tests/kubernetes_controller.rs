@@ -94,6 +94,18 @@ fn route_cr(name: &str, function: &str, url: &str) -> Value {
     )
 }
 
+/// Function `hello` (answers `hi`), made through Fusion's API.
+fn hello_function(s: &Server) {
+    s.env("python", "python", 0);
+    s.function(
+        "hello",
+        "python",
+        "hello.py",
+        "def main():\n    return 'hi'\n",
+        json!({"entrypoint": "main"}),
+    );
+}
+
 /// The object's `Ready` condition (Null while it has none).
 fn ready(mock: &KubeMock, plural: &str, name: &str) -> Value {
     mock.get(FISSION, plural, "default", name)
@@ -640,14 +652,7 @@ fn a_watch_trigger_calls_its_function_with_each_event_until_it_goes() {
 fn time_and_message_queue_triggers_and_workflows_are_applied_too() {
     let mock = KubeMock::start();
     let s = start(&mock, "300");
-    s.env("python", "python", 0);
-    s.function(
-        "hello",
-        "python",
-        "hello.py",
-        "def main():\n    return 'hi'\n",
-        json!({"entrypoint": "main"}),
-    );
+    hello_function(&s);
     let by_name = json!({"type": "name", "name": "hello"});
     mock.create(
         FISSION,
@@ -998,14 +1003,7 @@ fn a_resync_applies_again_without_uploading_the_same_code_again() {
 fn a_fission_workflows_function_becomes_a_workflow() {
     let mock = KubeMock::start();
     let s = start(&mock, "300");
-    s.env("python", "python", 0);
-    s.function(
-        "hello",
-        "python",
-        "hello.py",
-        "def main():\n    return 'hi'\n",
-        json!({"entrypoint": "main"}),
-    );
+    hello_function(&s);
     let workflow_env = with_spec(
         meta("Environment", "workflow"),
         json!({"version": 1, "runtime": {"image": "fission/workflow-env"}}),
@@ -1122,14 +1120,7 @@ fn a_fission_workflows_function_becomes_a_workflow() {
 fn a_function_that_becomes_a_workflow_leaves_no_function_behind() {
     let mock = KubeMock::start();
     let s = start(&mock, "300");
-    s.env("python", "python", 0);
-    s.function(
-        "hello",
-        "python",
-        "hello.py",
-        "def main():\n    return 'hi'\n",
-        json!({"entrypoint": "main"}),
-    );
+    hello_function(&s);
     // First a runtime of its own named `workflow`, and a function of it.
     create_ready(&mock, "environments", env_cr("workflow"));
     create_ready(

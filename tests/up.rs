@@ -214,29 +214,20 @@ fn slow_call_in_flight(
 }
 
 /// A call still running at the end of the shutdown grace is cut off with 503
-/// `shutting_down`: the server's doing, not a failed instance's 502.
-#[test]
-fn a_call_cut_off_at_the_end_of_the_grace_gets_503_shutting_down() {
-    let (mut s, pending) = slow_call_in_flight("300", 30);
-    let mut server = s.child.take().unwrap();
-    signal(server.id(), libc::SIGTERM);
-    let (status, body) = pending.join().unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"]["code"], "shutting_down", "{body}");
-    assert!(server.wait().unwrap().success());
-}
-
-/// SIGHUP (the terminal that ran it closed) is a graceful stop too, not the
+/// `shutting_down`: the server's doing, not a failed instance's 502. SIGHUP
+/// (the terminal that ran it closed) is such a graceful stop too, not the
 /// default action that killed the server with its calls in flight.
 #[test]
-fn a_hangup_stops_the_server_gracefully() {
-    let (mut s, pending) = slow_call_in_flight("300", 30);
-    let mut server = s.child.take().unwrap();
-    signal(server.id(), libc::SIGHUP);
-    let (status, body) = pending.join().unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"]["code"], "shutting_down", "{body}");
-    assert!(server.wait().unwrap().success());
+fn a_call_cut_off_at_the_end_of_the_grace_gets_503_shutting_down() {
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        let (mut s, pending) = slow_call_in_flight("300", 30);
+        let mut server = s.child.take().unwrap();
+        signal(server.id(), sig);
+        let (status, body) = pending.join().unwrap();
+        assert_eq!(status, 503, "signal {sig}: {body}");
+        assert_eq!(body["error"]["code"], "shutting_down", "{body}");
+        assert!(server.wait().unwrap().success(), "signal {sig}");
+    }
 }
 
 /// An OCI runtime named on purpose that cannot run fails the start: it is
