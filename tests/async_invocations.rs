@@ -12,14 +12,20 @@ use serde_json::{json, Value};
 /// Calls function `name` on the router with `X-Async: true`; returns the 202's
 /// body after checking its Location.
 fn call_async(s: &Server, name: &str, body: &str) -> Value {
-    let r = s
+    call_async_with(s, name, body, &[])
+}
+
+/// As `call_async`, with headers of its own.
+fn call_async_with(s: &Server, name: &str, body: &str, headers: &[(&str, &str)]) -> Value {
+    let mut req = s
         .http
         .post(s.router_url(&format!("/fission-function/{name}")))
         .header("X-Async", "true")
-        .header("content-type", "text/plain")
-        .body(body.to_string())
-        .send()
-        .unwrap();
+        .header("content-type", "text/plain");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.body(body.to_string()).send().unwrap();
     assert_eq!(r.status().as_u16(), 202);
     let location = r.headers()["location"].to_str().unwrap().to_string();
     let v: Value = r.json().unwrap();
@@ -410,26 +416,15 @@ fn queued_invocations_survive_a_crash() {
     );
     // The first takes 5 s, so that the kill below surely cuts it short
     // (on a busy machine, one of 1 s could end between the look and the kill).
-    let first = s
-        .http
-        .post(s.router_url("/fission-function/slow"))
-        .header("X-Async", "true")
-        .header("X-Sleep", "5")
-        .header("content-type", "text/plain")
-        .body("0")
-        .send()
-        .unwrap();
-    assert_eq!(first.status().as_u16(), 202);
-    let mut ids = vec![first.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()];
-    ids.extend((1..4).map(|n| {
-        call_async(&s, "slow", &n.to_string())["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }));
+    let ids: Vec<String> = (0..4)
+        .map(|n| {
+            let sleep: &[(&str, &str)] = if n == 0 { &[("X-Sleep", "5")] } else { &[] };
+            call_async_with(&s, "slow", &n.to_string(), sleep)["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     // One at a time: the first is running, the others wait their turn.
     eventually(Duration::from_secs(60), "the first attempt runs", || {
         invocation(&s, &ids[0])["status"] == "running"

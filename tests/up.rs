@@ -242,12 +242,7 @@ fn a_named_oci_runtime_that_cannot_run_is_an_error_not_a_fallback() {
         &log,
         &[("FUSION_OCI_RUNTIME", "/nonexistent/runc")],
     );
-    let mut status = None;
-    eventually(Duration::from_secs(60), "the server gives up", || {
-        status = server.0.try_wait().unwrap();
-        status.is_some()
-    });
-    assert!(!status.unwrap().success());
+    assert!(!gives_up(&mut server).success());
     let err = std::fs::read_to_string(&log).unwrap();
     assert!(
         err.lines()
@@ -452,6 +447,16 @@ fn listening_on(line: &str, key: &str) -> String {
 /// Starts `fusion server` on the `backend` and `data` given, on loopback ports
 /// of its own, its log (stderr) to `log`, with `env` beside `FUSION_LOG=warn`;
 /// stopped when the guard goes. Its stdout (the listening line) is piped.
+/// Waits (bounded) until a server that cannot start has exited: its status.
+fn gives_up(server: &mut KillOnDrop) -> std::process::ExitStatus {
+    let mut status = None;
+    eventually(Duration::from_secs(60), "the server gives up", || {
+        status = server.0.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
+}
+
 fn spawn_server(
     backend: &str,
     data: &std::path::Path,
@@ -605,12 +610,7 @@ fn a_full_disk_at_the_start_is_an_error_not_a_fallback_to_processes() {
     let log = dir.path().join("server.log");
     // A server that fell back would run on: it is stopped when the test ends.
     let mut server = spawn_server("auto", &data, &log, &[]);
-    let mut status = None;
-    eventually(Duration::from_secs(60), "the server gives up", || {
-        status = server.0.try_wait().unwrap();
-        status.is_some()
-    });
-    assert!(!status.unwrap().success());
+    assert!(!gives_up(&mut server).success());
     let err = std::fs::read_to_string(&log).unwrap();
     let last = err.lines().last().unwrap_or_default();
     assert!(
