@@ -39,14 +39,27 @@ pub struct AppState {
     /// What `/readyz` answers: 503 with the reason once the store failed or
     /// the server is stopping.
     pub readiness: crate::health::Readiness,
+    /// The workflow engine, whose store `/readyz` watches too.
+    pub engine: Arc<engine::Engine>,
 }
 
 /// 200 `ok` while the server takes traffic; 503 with the JSON error once its
-/// store failed (`store_failed`) or it is stopping (`shutting_down`).
+/// store failed (`store_failed`) or it is stopping (`shutting_down`), and
+/// while the engine's store cannot make writes durable (`store_failing`: a
+/// full disk; it is ready again once the store can).
 async fn readyz(State(s): State<AppState>) -> Response {
-    match s.readiness.get() {
+    if let Some(why) = s.readiness.get() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, why.code, &why.message);
+    }
+    match s.engine.store().trouble() {
         None => "ok".into_response(),
-        Some(why) => error_response(StatusCode::SERVICE_UNAVAILABLE, why.code, &why.message),
+        Some(why) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_failing",
+            &format!(
+                "the workflow store cannot make writes durable ({why}): runs cannot start or go on until it can (it tries again each second)"
+            ),
+        ),
     }
 }
 

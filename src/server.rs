@@ -522,6 +522,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         invocation_gauges,
         pod_credentials,
         readiness: readiness.clone(),
+        engine: engine.clone(),
     };
 
     // The router listener calls the router directly: no axum routing or

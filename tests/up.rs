@@ -591,6 +591,91 @@ fn a_store_that_cannot_write_stops_the_server_with_the_reason() {
     );
 }
 
+/// A workflow run refused for a full disk is never run, not even after a
+/// restart (a client that starts it again gets one run, not two), and
+/// `/readyz` says the store is failing as soon as the first start is refused.
+#[test]
+fn a_run_refused_for_a_full_disk_never_runs() {
+    let (dir, small, _unmount) = small_disk("40m");
+    let data = small.join("data");
+    let log = dir.path().join("server.log");
+    let http = reqwest::blocking::Client::new();
+    let start_server = || {
+        let mut server = spawn_server("process", &data, &log, &[]);
+        let line = BufReader::new(server.0.stdout.take().unwrap())
+            .lines()
+            .next()
+            .unwrap()
+            .unwrap();
+        let api = listening_on(&line, "api=");
+        let token = std::fs::read_to_string(data.join("token")).unwrap();
+        (server, api, token.trim().to_string())
+    };
+    let (mut server, api, token) = start_server();
+    let created = http
+        .post(format!("{api}/v1/workflows"))
+        .bearer_auth(&token)
+        .header("content-type", "application/yaml")
+        .body("name: w\noutput: A\ntasks:\n  A:\n    run: noop\n")
+        .send()
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().unwrap());
+    let filler = small.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    // Starts are taken until the store's next checkpoint finds no room.
+    let mut accepted = 0;
+    let mut refused = None;
+    eventually(Duration::from_secs(30), "a start is refused", || {
+        let r = http
+            .post(format!("{api}/v1/workflows/w/invoke"))
+            .bearer_auth(&token)
+            .header("x-async", "true")
+            .json(&json!({}))
+            .send()
+            .unwrap();
+        match r.status().as_u16() {
+            202 => accepted += 1,
+            status => refused = Some((status, r.text().unwrap())),
+        }
+        refused.is_some()
+    });
+    let (status, body) = refused.unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("storage_error"), "{body}");
+    // Not ready: the journal cannot be written (`store_failing`), or, once
+    // the probe found sled refusing writes too, the server is stopping
+    // (`store_failed`; its listeners may be closed already).
+    if let Ok(r) = http.get(format!("{api}/readyz")).send() {
+        let (status, body) = (r.status().as_u16(), r.text().unwrap());
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("\"store_fail"), "{body}");
+    }
+    // Room again, and a restart (the server may have stopped by itself).
+    std::fs::remove_file(&filler).unwrap();
+    signal(server.0.id(), 15);
+    server.0.wait().unwrap();
+    drop(server);
+    let (_server, api, token) = start_server();
+    let mut runs = Vec::new();
+    eventually(Duration::from_secs(30), "the accepted runs end", || {
+        let page: serde_json::Value = http
+            .get(format!("{api}/v1/runs?workflow=w"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        runs = page["runs"].as_array().unwrap().clone();
+        runs.iter().all(|r| r["status"] == "succeeded")
+    });
+    assert_eq!(runs.len(), accepted, "{runs:?}");
+}
+
 /// A data directory without room for what containers need fails the start
 /// with the reason: it is not a host that cannot run containers, and functions
 /// must not fall back to running unisolated for it. No copy cut short is left.

@@ -912,8 +912,7 @@ impl Engine {
     ) -> Result<StartedRun, EngineError> {
         let (started, state) = self.started(workflow, version, spec, input, origin)?;
         let id = state.run_id.clone();
-        self.store.append(&id, 0, std::slice::from_ref(&started))?;
-        self.store.flush().await?;
+        self.store_start(&id, &started).await?;
         let done = self.spawn_run(state, 1, Vec::new(), false)?;
         Ok(StartedRun { id, done })
     }
@@ -961,11 +960,23 @@ impl Engine {
         if waited {
             self.spawn_run(state, 0, vec![started], false)?;
         } else {
-            self.store.append(&id, 0, std::slice::from_ref(&started))?;
-            self.store.flush().await?;
+            self.store_start(&id, &started).await?;
             self.spawn_run(state, 1, Vec::new(), false)?;
         }
         Ok((id, true))
+    }
+
+    /// Makes the start of run `id` durable, or takes it back: a start its
+    /// caller is told failed never runs (not even after a restart).
+    async fn store_start(&self, id: &str, started: &Event) -> Result<(), EngineError> {
+        let stored = match self.store.append(id, 0, std::slice::from_ref(started)) {
+            Ok(_) => self.store.flush().await,
+            Err(e) => Err(e),
+        };
+        if stored.is_err() {
+            self.store.take_back_start(id);
+        }
+        Ok(stored?)
     }
 
     /// A new run's first event, and its state.

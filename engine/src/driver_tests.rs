@@ -2089,3 +2089,48 @@ async fn a_run_that_could_not_be_stored_is_not_answered_as_ended() {
         other => panic!("answered as {other:?}"),
     }
 }
+
+/// An asynchronous start that cannot be made durable (a full disk) is refused
+/// with the store's error and taken back: it is not listed and does not run,
+/// then or after a restart once the disk has room again, so a caller that
+/// starts it again (with the same idempotency key or not) gets one run.
+#[tokio::test(start_paused = true)]
+async fn an_async_start_that_could_not_be_stored_never_runs() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "w",
+        "output: A\ntasks:\n  A:\n    run: echo\n    inputs: hi\n",
+    )
+    .unwrap();
+    e.store().break_journal_for_test();
+    assert!(e.store().trouble().is_some());
+    let refused = e.start_run("w", json!({}), Default::default()).await;
+    assert!(
+        matches!(refused, Err(crate::driver::EngineError::Store(_))),
+        "{:?}",
+        refused.map(|s| s.id)
+    );
+    let refused = e
+        .start_run_keyed("w", json!({}), "k", false, Default::default())
+        .await;
+    assert!(
+        matches!(refused, Err(crate::driver::EngineError::Store(_))),
+        "{refused:?}"
+    );
+    assert!(e.list_runs(&Default::default()).unwrap().runs.is_empty());
+    e.store().mend_journal_for_test();
+    e.shutdown().await;
+    drop(e);
+    let e = engine_with(&fake, &db).await;
+    assert!(e.store().trouble().is_none());
+    assert!(e.list_runs(&Default::default()).unwrap().runs.is_empty());
+    let (id, new) = e
+        .start_run_keyed("w", json!({}), "k", false, Default::default())
+        .await
+        .unwrap();
+    assert!(new, "the key names no run");
+    let s = e.wait(&id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(fake.count("echo"), 1);
+}

@@ -167,6 +167,10 @@ struct Pending {
     /// segment nor durable in sled, so no sync says "durable" until a
     /// checkpoint succeeds.
     broken: Option<String>,
+    /// A failure a test set (a full disk): every sync and checkpoint fails
+    /// until the test mends it.
+    #[cfg(test)]
+    broken_by_test: Option<String>,
 }
 
 pub struct Journal {
@@ -207,7 +211,15 @@ fn create_segment(dir: &Path, n: u64) -> std::io::Result<File> {
         // Its size and allocation are durable before the first sync.
         Ok(()) => file.sync_all()?,
         // A file system without fallocate: the segment grows as it is written.
-        Err(e) => tracing::debug!(error = %e, "cannot allocate the journal's segment ahead"),
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::debug!(error = %e, "cannot allocate the journal's segment ahead")
+        }
+        // No room (a full disk): the checkpoint fails, and is tried again,
+        // before sled is flushed into the little room left.
+        Err(e) => {
+            let _ = std::fs::remove_file(segment_path(dir, n));
+            return Err(e);
+        }
     }
     // The new name itself is durable before anything relies on it.
     File::open(dir)?.sync_all()?;
@@ -261,14 +273,33 @@ impl Journal {
                 segment,
                 len: 0,
                 broken: None,
+                #[cfg(test)]
+                broken_by_test: None,
             }),
         })
     }
 
-    /// Breaks the journal as a failed write does (for tests).
+    /// Breaks the journal as a full disk does, until `mend_for_test`: every
+    /// sync and checkpoint fails meanwhile (for tests).
     #[cfg(test)]
     pub fn break_for_test(&self, why: &str) {
-        self.hold().0.broken = Some(why.to_string());
+        let mut p = self.hold().0;
+        p.broken = Some(why.to_string());
+        p.broken_by_test = Some(why.to_string());
+    }
+
+    /// Gives the disk that `break_for_test` filled room again: the next
+    /// checkpoint succeeds (for tests).
+    #[cfg(test)]
+    pub fn mend_for_test(&self) {
+        self.hold().0.broken_by_test = None;
+    }
+
+    /// Why nothing can be made durable now, if so: the last write, sync or
+    /// checkpoint failed (a full disk, say) and no checkpoint has succeeded
+    /// since.
+    pub fn trouble(&self) -> Option<String> {
+        self.hold().0.broken.clone()
     }
 
     /// Holds the journal: writes made to sled while it is held are recorded,
@@ -311,32 +342,31 @@ impl Journal {
     }
 
     fn try_checkpoint(&self, db: &sled::Db) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(why) = self.hold().0.broken_by_test.clone() {
+            return Err(std::io::Error::other(why));
+        }
         let next = self.hold().0.segment + 1;
         let file = Arc::new(create_segment(&self.dir, next)?);
-        let (bytes, old) = {
+        {
             let mut p = self.hold().0;
             p.segment = next;
             p.len = 0;
-            (
-                std::mem::take(&mut p.buf),
-                std::mem::replace(&mut p.file, file),
-            )
-        };
-        // Records made before the switch and not written yet go to the old
-        // segment; the flush of sled below covers them either way (each was
-        // made in sled before it was recorded).
-        let written = match bytes.is_empty() {
-            true => Ok(()),
-            false => (&*old).write_all(&bytes).and_then(|_| old.sync_data()),
-        };
+            p.file = file;
+            // Records made before the switch and not written yet: the flush
+            // of sled below makes them durable (each was made in sled before
+            // it was recorded), and their writers hear so from their sync.
+            // Were it to fail, they must not be replayed at the next open:
+            // their writers hear it failed (the journal is broken until a
+            // checkpoint succeeds), and a run start refused so is taken back
+            // (`SledStore::take_back_start`), which sled may then refuse.
+            p.buf.clear();
+        }
         db.flush().map_err(std::io::Error::other)?;
         for n in segments(&self.dir)? {
             if n < next {
                 std::fs::remove_file(segment_path(&self.dir, n))?;
             }
-        }
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "writing the store's journal failed; sled's flush covered it");
         }
         Ok(())
     }

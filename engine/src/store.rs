@@ -445,11 +445,39 @@ impl SledStore {
         })
     }
 
-    /// Makes every flush fail from now on, as a full disk does (for tests).
+    /// Why the store cannot make writes durable now, if so (see
+    /// `Journal::trouble`); it can again once a checkpoint succeeds.
+    pub fn trouble(&self) -> Option<String> {
+        self.journal.trouble()
+    }
+
+    /// Takes back the start of run `id` that could not be made durable (its
+    /// starter was told so): were it left in sled, the next checkpoint (once
+    /// the disk has room again) would store it, and the next start of the
+    /// server would run it, as well as the run its caller starts again.
+    pub(crate) fn take_back_start(&self, id: &str) {
+        let taken = self.run(id).and_then(|s| match s {
+            Some(s) => self.delete_run(&s),
+            None => Ok(()),
+        });
+        if let Err(e) = taken {
+            tracing::error!(run = id, error = %e, "cannot take back a run start that was not stored");
+        }
+    }
+
+    /// Makes every flush fail, as a full disk does, until
+    /// `mend_journal_for_test` (for tests).
     #[cfg(test)]
     pub(crate) fn break_journal_for_test(&self) {
         self.journal
             .break_for_test("No space left on device (a test)");
+    }
+
+    /// Gives the store's disk room again: the next checkpoint succeeds and
+    /// flushes work again after it (for tests).
+    #[cfg(test)]
+    pub(crate) fn mend_journal_for_test(&self) {
+        self.journal.mend_for_test();
     }
 
     /// Opens the engine's trees, replays what the journal in `journal_dir`
