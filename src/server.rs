@@ -683,6 +683,10 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     // Asynchronous calls start no new attempt; pending ones resume at the next start.
     triggers.invocations.shutdown();
     let _ = stop_tx.send(true);
+    // Long polls and log follows answer now (they would hold the stop for
+    // the whole grace): what they wait for may happen after a restart.
+    engine.end_polls();
+    pool.logs().end_follows("the server is stopping");
     let grace = Duration::from_millis(args.shutdown_grace_ms);
     let stopping = tokio::time::Instant::now();
     let graceful = async {

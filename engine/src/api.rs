@@ -599,9 +599,14 @@ async fn get_run(
                 format!("wait {secs} s is more than the most, {MOST_WAIT_SECS} s"),
             ));
         }
-        // Known or 404 first; then the wait (its end, or the time).
+        // Known or 404 first; then the wait (its end, the time, or the
+        // server's stop).
         engine.run_state(&id)?;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(secs), engine.wait(&id)).await;
+        let wait = tokio::time::timeout(std::time::Duration::from_secs(secs), engine.wait(&id));
+        tokio::select! {
+            _ = wait => {}
+            () = engine.polls_ended() => {}
+        }
     }
     let state = engine.run_state(&id)?;
     let mut run = run_json(&state);

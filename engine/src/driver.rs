@@ -186,6 +186,9 @@ pub struct Engine {
     /// answered as ended (what the store holds of them in memory is not on
     /// disk and goes with a restart).
     unstored: Mutex<HashMap<String, String>>,
+    /// Set when the server's stop begins: long polls (`?wait=`) answer
+    /// then, rather than hold the stop for its whole grace.
+    polls_end: watch::Sender<bool>,
 }
 
 /// Where a new run comes from, besides its workflow and input: the run it
@@ -580,6 +583,7 @@ impl Engine {
             keyed: tokio::sync::Mutex::new(()),
             stopping: AtomicBool::new(false),
             unstored: Mutex::new(HashMap::new()),
+            polls_end: watch::channel(false).0,
             metrics,
         });
         for id in engine.store.unfinished_runs()? {
@@ -1298,6 +1302,19 @@ impl Engine {
             },
         )
         .await
+    }
+
+    /// Ends the long polls (`?wait=`) waiting now and from now on: the
+    /// server is stopping, and a poll would hold its stop for the whole
+    /// grace. Runs go on meanwhile.
+    pub fn end_polls(&self) {
+        self.polls_end.send_replace(true);
+    }
+
+    /// Resolves once `end_polls` was called.
+    pub async fn polls_ended(&self) {
+        let mut rx = self.polls_end.subscribe();
+        let _ = rx.wait_for(|ended| *ended).await;
     }
 
     /// Stops every run actor (their state is durable; `open` continues them).

@@ -804,6 +804,43 @@ mod api {
             .unwrap()
     }
 
+    /// A long poll (`?wait=`) answers the run as it is when the server's
+    /// stop begins, rather than hold the stop for the poll's whole time.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_answers_when_the_server_stops() {
+        let (db, fake) = setup();
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        e.create_workflow(
+            "w",
+            "output: A\ntasks:\n  A:\n    run: callback\n    timeout: 1h\n",
+        )
+        .unwrap();
+        let id = e
+            .start_run("w", json!(null), Default::default())
+            .await
+            .unwrap()
+            .id;
+        let began = tokio::time::Instant::now();
+        let poll = tokio::spawn({
+            let app = app.clone();
+            let uri = format!("/v1/runs/{id}?wait=300");
+            async move { call(&app, req("GET", &uri, "")).await }
+        });
+        // Time moves on only once every task waits: the poll is waiting.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!poll.is_finished());
+        e.end_polls();
+        let (s, _, v) = poll.await.unwrap();
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["status"], "running", "{v}");
+        assert!(began.elapsed() < Duration::from_secs(300));
+        // A poll that comes later answers at once too.
+        let (s, _, v) = call(&app, req("GET", &format!("/v1/runs/{id}?wait=300"), "")).await;
+        assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("running")));
+        assert!(began.elapsed() < Duration::from_secs(300));
+    }
+
     /// A second create is `already_exists` (as for every resource); an
     /// update's document may not name another workflow; a version a workflow
     /// does not have is said as such.

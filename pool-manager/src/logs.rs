@@ -114,6 +114,16 @@ impl Logs {
         }
     }
 
+    /// Ends every follower's stream with a last line that says why (the
+    /// server is stopping: a follower would hold its stop for the whole
+    /// grace).
+    pub fn end_follows(&self, why: &str) {
+        let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        for (_, tx) in lock(&self.followers).drain() {
+            let _ = tx.send(format!("{stamp} [0 fusion] {why}\n"));
+        }
+    }
+
     /// Subscribes to new lines of a log; subscribe before reading the file so no
     /// line falls between the two.
     pub fn follow(&self, key: &str) -> broadcast::Receiver<String> {
@@ -166,5 +176,28 @@ mod tests {
         logs.reopen("f");
         logs.append("f", 2, "stdout", "hello");
         assert!(logs.path("f").exists());
+    }
+
+    /// At the server's stop, every follower gets a last line that says why
+    /// and its stream ends (it would hold the stop for its whole grace).
+    #[test]
+    fn followers_are_ended_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::new(dir.path().to_path_buf()).unwrap();
+        let (mut f, mut g) = (logs.follow("f"), logs.follow("g"));
+        logs.append("f", 1, "stdout", "hello");
+        logs.end_follows("the server is stopping");
+        assert!(f.try_recv().unwrap().ends_with("[1 stdout] hello\n"));
+        for rx in [&mut f, &mut g] {
+            assert!(rx
+                .try_recv()
+                .unwrap()
+                .ends_with("[0 fusion] the server is stopping\n"));
+            assert_eq!(
+                rx.try_recv(),
+                Err(broadcast::error::TryRecvError::Closed),
+                "the stream ends"
+            );
+        }
     }
 }
