@@ -375,12 +375,22 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             other => break other,
         }
     }
-    .map_err(|e| anyhow::anyhow!(pool_manager::error::sled_error_text(&e)))
-    .with_context(|| {
-        format!(
-            "cannot open the database in {} (is another fusion server using it?)",
-            data_dir.display()
-        )
+    .map_err(|e| match &e {
+        sled::Error::Io(io) if io.to_string().contains("lock") => {
+            let holder = match lock_holder(&data_dir.join("db").join("db")) {
+                Some((pid, cmd)) => format!("process {pid} ({cmd})"),
+                None => "another process".to_string(),
+            };
+            anyhow::anyhow!(
+                "the data directory {} is in use by {holder}: stop that server first, or give this one another --data-dir",
+                data_dir.display()
+            )
+        }
+        _ => anyhow::anyhow!(
+            "cannot open the database in {}: {}",
+            data_dir.join("db").display(),
+            pool_manager::error::sled_error_text(&e)
+        ),
     })?;
 
     // The cluster first: with no cluster to talk to, the controller cannot run.
@@ -736,6 +746,44 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     db.flush_async().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The process holding the lock on `file` (sled's database lock, a `flock`),
+/// with its command line, as `/proc/locks` says.
+fn lock_holder(file: &std::path::Path) -> Option<(u32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(file).ok()?;
+    // How /proc/locks names a file: major:minor:inode, in hex, hex, decimal.
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    // "1: FLOCK  ADVISORY  WRITE 4654 fe:00:10035213 0 EOF" (a waiter's line
+    // has "->" after the number: it is not the holder).
+    let pid: u32 = locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) != Some(&"->") && f.get(5) == Some(&id.as_str()))
+            .then(|| f.get(4)?.parse().ok())
+            .flatten()
+    })?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmd: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .take(2)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Some((
+        pid,
+        if cmd.is_empty() {
+            "gone".into()
+        } else {
+            cmd.join(" ")
+        },
+    ))
 }
 
 /// Fusion's API as function pods reach it: `--fusion-api-url`, else in the

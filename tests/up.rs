@@ -292,7 +292,10 @@ fn a_data_directory_serves_one_server_at_a_time() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is another fusion server using it?"), "{err}");
+    // Which process holds it, from /proc/locks.
+    let holder = format!("is in use by process {} (", s.pid());
+    assert!(err.contains(&holder), "{err}");
+    assert!(!err.contains("Os {"), "{err}");
     s.kill();
     s.launch();
     s.ok("GET", "/v1/environments", None);
