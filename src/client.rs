@@ -34,6 +34,60 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// What went wrong with TLS under a request that failed, said for the user
+/// (rustls's own text names enum variants): a certificate not trusted, for
+/// another name, expired or a CA's, or the two ends disagreeing on TLS.
+fn tls_trouble(e: &reqwest::Error, base: &str) -> Option<String> {
+    use tokio_rustls::rustls::{CertificateError as C, Error as TlsError, InvalidMessage};
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        // rustls's error reaches here inside I/O errors, whose `source`
+        // skips what they wrap.
+        let mut inner: Option<&(dyn std::error::Error + 'static)> = Some(s);
+        while let Some(io) = inner.and_then(|i| i.downcast_ref::<std::io::Error>()) {
+            inner = io.get_ref().map(|i| i as _);
+        }
+        if let Some(tls) = inner.and_then(|i| i.downcast_ref::<TlsError>()) {
+            return Some(match tls {
+                TlsError::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                    format!("its certificate is not for the host in {base} ({tls}): use a name the certificate has, or make one with that name in its subjectAltName")
+                }
+                TlsError::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                    "its certificate has expired".to_string()
+                }
+                TlsError::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+                    "its certificate is not valid yet (is this machine's clock right?)".to_string()
+                }
+                TlsError::InvalidCertificate(C::Other(other))
+                    if format!("{other:?}").contains("CaUsedAsEndEntity") =>
+                {
+                    "its certificate is a CA's (basicConstraints CA:TRUE), which TLS clients refuse as a server's own: make it with basicConstraints=critical,CA:FALSE (the README shows how)".to_string()
+                }
+                // No issuer it trusts: webpki says so in several ways.
+                TlsError::InvalidCertificate(
+                    C::UnknownIssuer
+                    | C::BadSignature
+                    | C::UnsupportedSignatureAlgorithmContext { .. }
+                    | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. },
+                ) => "its certificate is not signed by one this CLI trusts: give the certificate that signed it (a self-signed one itself) with --cacert or FUSION_CA_CERT".to_string(),
+                TlsError::InvalidCertificate(_) => format!(
+                    "its certificate is not trusted ({tls}): give the certificate that signed it (a self-signed one itself) with --cacert or FUSION_CA_CERT"
+                ),
+                TlsError::InvalidMessage(InvalidMessage::InvalidContentType) => {
+                    "it does not answer TLS: is its address http://, not https://?".to_string()
+                }
+                other => format!("TLS failed: {other}"),
+            });
+        }
+        // TLS bytes where an HTTP answer was expected.
+        if base.starts_with("http://") && s.to_string().contains("invalid HTTP version") {
+            return Some("it answers TLS: use its https:// address".to_string());
+        }
+        source = s.source();
+    }
+    None
+}
+
 impl Client {
     /// A client of the API at `base`, sending `token` as the bearer token and
     /// trusting, beside the system's roots, the PEM certificates in `ca_cert`.
@@ -85,7 +139,9 @@ impl Client {
                 cause = s.to_string();
                 source = s.source();
             }
-            if e.is_connect() {
+            if let Some(why) = tls_trouble(&e, &self.base) {
+                anyhow!("cannot talk to the Fusion API at {}: {why}", self.base)
+            } else if e.is_connect() {
                 anyhow::Error::new(Unreachable(format!(
                     "cannot reach the Fusion API at {} (is `fusion server` running? set FUSION_URL): {cause}",
                     self.base

@@ -547,6 +547,29 @@ fn tls_serves_both_listeners_end_to_end() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("\"binary\""), "{text}");
+    // Without it, or by http://, the CLI says what to do in one line.
+    for (url, ca, says) in [
+        (s.api.clone(), None, "--cacert or FUSION_CA_CERT"),
+        (
+            s.api.replace("https://", "http://"),
+            Some(&cert),
+            "it answers TLS: use its https:// address",
+        ),
+    ] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["env", "list"])
+            .env("FUSION_URL", &url)
+            .env("FUSION_TOKEN", &s.token)
+            .env_remove("FUSION_CA_CERT");
+        if let Some(ca) = ca {
+            cmd.env("FUSION_CA_CERT", ca);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(says), "{url}: {err}");
+    }
 }
 
 #[test]
