@@ -1,6 +1,6 @@
 //! Instance output kept as the function's logs: each line an instance writes to
 //! stdout or stderr is appended, with a timestamp and the instance id, to
-//! `logs/<function>.log` (or `logs/env-<environment>.log` while it is generic),
+//! `logs/<function>.log` (or `logs/env.<environment>.log` while it is generic),
 //! and broadcast to anyone following that log. A log past `MAX_LOG_BYTES` is
 //! moved to `<function>.log.1` (replacing the one before) and begun anew, so a
 //! function keeps at most twice that; a deleted function's logs go with it.

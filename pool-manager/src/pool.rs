@@ -1050,7 +1050,7 @@ impl Inner {
             let env = env.key();
             move || match &*lock(&owner) {
                 Some(o) => o.function.clone(),
-                None => format!("env-{env}"),
+                None => generic_log_key(&env),
             }
         };
         let sink = {
@@ -1363,4 +1363,11 @@ mod instance_id_tests {
             1 + 3 * ID_BLOCK
         );
     }
+}
+
+/// The log of an environment's generic instances (their output before any
+/// function has them): a key no function's can be (a '.' is in no name), so
+/// a function named `env-python` does not share it.
+fn generic_log_key(env_key: &str) -> String {
+    format!("env.{env_key}")
 }

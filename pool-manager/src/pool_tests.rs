@@ -380,6 +380,22 @@ async fn a_failed_start_is_an_error_and_leaves_the_budget_whole() {
         .expect("the budget was not used up by the failures");
 }
 
+/// A generic instance's output has a log of its own, which no function's
+/// name can share (a function named `env-<environment>` once got it).
+#[tokio::test]
+async fn a_generic_instances_log_is_no_functions() {
+    let s = setup(0, 1).await;
+    let mut named_like_it = s.pm.function("f").unwrap();
+    named_like_it.name = "env-env".into();
+    s.pm.create_function(named_like_it).await.unwrap();
+    s.backend.broken.store(true, Ordering::SeqCst);
+    let e = s.pm.lease("f").await.err().expect("no instance can start");
+    assert!(e.to_string().contains("logs/env.env.log"), "{e}");
+    let generic = s.pm.logs().read("env.env").await;
+    assert!(!generic.is_empty());
+    assert!(s.pm.logs().read("env-env").await.is_empty());
+}
+
 #[tokio::test]
 async fn an_instance_that_vanishes_is_replaced_in_the_pool() {
     let s = setup(1, 1).await;
