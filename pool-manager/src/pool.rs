@@ -1333,6 +1333,13 @@ impl Inner {
     }
 }
 
+/// The log of an environment's generic instances (their output before any
+/// function has them): a key no function's can be (a '.' is in no name), so
+/// a function named `env-python` does not share it.
+fn generic_log_key(env_key: &str) -> String {
+    format!("env.{env_key}")
+}
+
 #[cfg(test)]
 mod instance_id_tests {
     use super::*;
@@ -1363,11 +1370,4 @@ mod instance_id_tests {
             1 + 3 * ID_BLOCK
         );
     }
-}
-
-/// The log of an environment's generic instances (their output before any
-/// function has them): a key no function's can be (a '.' is in no name), so
-/// a function named `env-python` does not share it.
-fn generic_log_key(env_key: &str) -> String {
-    format!("env.{env_key}")
 }
