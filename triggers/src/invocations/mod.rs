@@ -123,11 +123,14 @@ impl Invocations {
     pub fn start(&self, settings: Settings) -> Result<()> {
         let inner = &self.inner;
         inner.global.add_permits(settings.concurrency.max(1));
+        let (mut resumed, mut interrupted) = (0usize, 0usize);
         for id in inner.store.pending()? {
             let Some(mut inv) = inner.store.get(&id)? else {
                 continue;
             };
+            resumed += 1;
             if inv.status == Status::Running {
+                interrupted += 1;
                 let now = now_ms();
                 for a in inv.attempts.iter_mut().filter(|a| a.finished_ms.is_none()) {
                     a.finished_ms = Some(now);
@@ -139,6 +142,13 @@ impl Invocations {
                 inner.store.put(&inv)?;
             }
             tokio::spawn(inner.clone().drive(id));
+        }
+        if resumed > 0 {
+            tracing::info!(
+                pending = resumed,
+                interrupted,
+                "resuming the asynchronous invocations the last run of the server left pending (those it stopped during an attempt are tried again)"
+            );
         }
         if let Some(retention) = settings.retention {
             let weak = Arc::downgrade(inner);
