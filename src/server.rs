@@ -45,17 +45,20 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_DATA_DIR", default_value = ".fusion")]
     pub data_dir: PathBuf,
     /// The public listener for routes and /fission-function/<name>.
-    #[arg(long, env = "FUSION_ROUTER_LISTEN", default_value = "127.0.0.1:8888")]
+    #[arg(long, env = "FUSION_ROUTER_LISTEN", default_value = "127.0.0.1:8888",
+          value_parser = listen_address)]
     pub router_listen: SocketAddr,
     /// The admin listener for /v1/... and health.
-    #[arg(long, env = "FUSION_API_LISTEN", default_value = "127.0.0.1:8889")]
+    #[arg(long, env = "FUSION_API_LISTEN", default_value = "127.0.0.1:8889",
+          value_parser = listen_address)]
     pub api_listen: SocketAddr,
     /// Log a line for each request the router routes, once answered (499
     /// when its caller went away first): client address, method, path
     /// (without the query), status, bytes of the answer and milliseconds to
     /// its last byte (target `fusion::access`). Requests the listener refuses
     /// before routing (400, 408, 414, 431) have none.
-    #[arg(long, env = "FUSION_ACCESS_LOG")]
+    #[arg(long, env = "FUSION_ACCESS_LOG",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub access_log: bool,
     /// Largest request body the router passes to a function, in bytes.
     #[arg(long, env = "FUSION_BODY_LIMIT", default_value_t = 16 << 20,
@@ -746,6 +749,31 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     db.flush_async().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A listen address: `IP:PORT`, or `HOST:PORT` with a host name this machine
+/// resolves (`localhost:8889`), its IPv4 address first.
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err("not HOST:PORT or IP:PORT (such as 127.0.0.1:8889)".into());
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port number"))?;
+    let found: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
 }
 
 /// The process holding the lock on `file` (sled's database lock, a `flock`),

@@ -330,6 +330,59 @@ fn the_log_to_a_file_is_plain_text_or_json_lines() {
     }
 }
 
+/// A listen address may name the host (`localhost:PORT`); a log format or
+/// filter the server does not know is refused in one line, not ignored; and
+/// boolean settings read as people write them (`FUSION_ACCESS_LOG=yes`).
+#[test]
+fn server_settings_are_read_as_written_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut child = Command::new(BIN)
+        .args(["server", "--backend", "process", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--router-listen",
+            "localhost:0",
+            "--api-listen",
+            "localhost:0",
+        ])
+        .env("FUSION_ACCESS_LOG", "yes")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(child.stdout.take().unwrap()).lines().next();
+    let line = first.unwrap().unwrap();
+    signal(child.id(), libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    assert!(line.contains("api=http://127.0.0.1:"), "{line}");
+    for (key, value, says) in [
+        (
+            "FUSION_LOG_FORMAT",
+            "xml",
+            "FUSION_LOG_FORMAT=\"xml\" is not a log format",
+        ),
+        ("FUSION_LOG", "info,[", "is not a log filter"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["server", "--backend", "process", "--data-dir"])
+            .arg(dir.path().join("other"))
+            .args([
+                "--router-listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ])
+            .env(key, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+}
+
 /// With `--access-log`, each request to the router is a line of the log once
 /// answered: method, path without its query, status, the answer's bytes.
 #[test]

@@ -363,7 +363,7 @@ enum RuntimeKind {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Server { server } => {
-            init_tracing();
+            init_tracing()?;
             server::run(server, |r| {
                 // One machine-readable line, so scripts and tests know where to
                 // connect; a reader gone (`| head -1`) does not stop the server.
@@ -379,14 +379,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Up { server, examples } => {
-            init_tracing();
+            init_tracing()?;
             up::up(server, examples).await
         }
         Command::Runtime {
             which: RuntimeKind::Binary,
         } => crate::runtime_binary::serve().await,
         Command::Fetcher { args } => {
-            init_tracing();
+            init_tracing()?;
             crate::fetcher::serve(args).await
         }
         Command::Env { verb, opts, ns } => env::env_cmd(verb, &opts.in_namespace(ns)).await,
@@ -412,17 +412,27 @@ const LOGGING_HELP: &str =
 (default `info,async_nats=warn`; `debug`, `warn`, `engine=debug,info`); FUSION_LOG_FORMAT=json writes one JSON \
 object a line. Colours only on a terminal, and never with NO_COLOR set.";
 
-fn init_tracing() {
+fn init_tracing() -> Result<()> {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FUSION_LOG")
-        // The NATS client's own events (each reconnection attempt while NATS
-        // is away, several a second) only at warn: a trigger's status and
-        // its one warning a change say the outage.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+    // The NATS client's own events (each reconnection attempt while NATS is
+    // away, several a second) only at warn: a trigger's status and its one
+    // warning a change say the outage.
+    let filter = match std::env::var("FUSION_LOG") {
+        Ok(f) if !f.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&f)
+            .map_err(|e| anyhow!("FUSION_LOG={f:?} is not a log filter ({e}): try `info`, `debug` or `engine=debug,info`"))?,
+        _ => tracing_subscriber::EnvFilter::new("info,async_nats=warn"),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| LogOut(std::io::stderr()));
-    let json = std::env::var("FUSION_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let json = match std::env::var("FUSION_LOG_FORMAT") {
+        Err(_) => false,
+        Ok(f) if f.is_empty() || f.eq_ignore_ascii_case("text") => false,
+        Ok(f) if f.eq_ignore_ascii_case("json") => true,
+        Ok(f) => anyhow::bail!(
+            "FUSION_LOG_FORMAT={f:?} is not a log format: use `text` (the default) or `json`"
+        ),
+    };
     let _ = if json {
         builder.json().try_init()
     } else {
@@ -431,6 +441,7 @@ fn init_tracing() {
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         builder.with_ansi(ansi).try_init()
     };
+    Ok(())
 }
 
 /// The log's writer: a log nobody reads any more (a closed pipe, a log
