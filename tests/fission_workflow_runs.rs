@@ -544,22 +544,6 @@ states:
         .contains("Fission.InvalidPath"));
 }
 
-/// Makes what the runs' events say so far durable before a test kills the
-/// server: a step's outcome is flushed by the next group commit, so the
-/// events API can show one a crash then loses (and the step runs again,
-/// with the same key). An asynchronous start is durable before it is
-/// answered, and the store's one journal is written in order.
-fn durable_so_far(s: &Server) {
-    let (status, body) = store(
-        s,
-        "POST",
-        "/v1/workflows?name=barrier",
-        "startAt: done\nstates:\n  done: {type: Succeed}\n",
-    );
-    assert!(status == 201 || status == 409, "{body}");
-    s.invoke_async("barrier", &json!({}));
-}
-
 /// A Map killed with two items done and one in flight: after the restart the
 /// finished items are not called again, the one in flight is (same key), and
 /// the outputs join in item order.
@@ -589,7 +573,6 @@ fn rfc0022_a_map_resumes_after_a_killed_server_without_rerunning_a_finished_item
         "items 0 and 2 done, item 1 in flight",
         || succeeded(&s) == 2 && probe.lines("calls").iter().any(|l| l.starts_with("slow ")),
     );
-    durable_so_far(&s);
     s.kill();
     probe.open("slow");
     s.launch();
@@ -634,7 +617,6 @@ fn rfc0022_a_parallel_resumes_after_a_killed_server_without_rerunning_a_finished
             done && probe.lines("calls").iter().any(|l| l.starts_with("two "))
         },
     );
-    durable_so_far(&s);
     s.kill();
     probe.open("two");
     s.launch();

@@ -500,6 +500,8 @@ async fn list_runs(
             ));
         }
     }
+    // What is shown is durable (see `get_run`).
+    engine.flush().await?;
     let page = engine.list_runs(&RunFilter {
         workflow: q.workflow.filter(|w| !w.is_empty()),
         statuses,
@@ -608,6 +610,11 @@ async fn get_run(
             () = engine.polls_ended() => {}
         }
     }
+    // A step's outcome is stored before the group commit that makes it
+    // durable: shown before it, a crash could take back what a caller saw
+    // (the step then runs again). Shown after the commit that follows, it
+    // stays (a commit with nothing new to write costs no disk write).
+    engine.flush().await?;
     let state = engine.run_state(&id)?;
     let mut run = run_json(&state);
     // The way on from a failed or cancelled run: the run that retried it.
@@ -643,6 +650,8 @@ async fn run_events(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
+    // What is shown is durable (see `get_run`).
+    engine.flush().await?;
     let events = engine.run_events(&id)?;
     Ok(Json(json!({ "id": id, "events": events })))
 }
