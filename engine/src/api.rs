@@ -500,8 +500,7 @@ async fn list_runs(
             ));
         }
     }
-    // What is shown is durable (see `get_run`).
-    engine.flush().await?;
+    settled(&engine).await;
     let page = engine.list_runs(&RunFilter {
         workflow: q.workflow.filter(|w| !w.is_empty()),
         statuses,
@@ -586,6 +585,18 @@ async fn delete_run(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Waits, before runs are read for a caller, for the group commit that makes
+/// what they hold durable. A step's outcome is stored before that commit:
+/// shown before it, a crash could take back what a caller saw (the step then
+/// runs again). A commit with nothing new to write writes nothing. One that
+/// fails (a full disk: `/readyz` says so) leaves the runs to be shown as
+/// stored, reads being what still works then.
+async fn settled(engine: &Engine) {
+    if let Err(e) = engine.flush().await {
+        tracing::debug!(error = %e, "runs shown without their last changes durable");
+    }
+}
+
 /// A run in full; with `?wait=SECONDS`, once it has ended or that time has
 /// passed (whichever is first: the status says which).
 async fn get_run(
@@ -610,11 +621,7 @@ async fn get_run(
             () = engine.polls_ended() => {}
         }
     }
-    // A step's outcome is stored before the group commit that makes it
-    // durable: shown before it, a crash could take back what a caller saw
-    // (the step then runs again). Shown after the commit that follows, it
-    // stays (a commit with nothing new to write costs no disk write).
-    engine.flush().await?;
+    settled(&engine).await;
     let state = engine.run_state(&id)?;
     let mut run = run_json(&state);
     // The way on from a failed or cancelled run: the run that retried it.
@@ -650,8 +657,7 @@ async fn run_events(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    // What is shown is durable (see `get_run`).
-    engine.flush().await?;
+    settled(&engine).await;
     let events = engine.run_events(&id)?;
     Ok(Json(json!({ "id": id, "events": events })))
 }
