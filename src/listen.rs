@@ -24,8 +24,8 @@ use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use pool_manager::error::error_response;
+use std::pin::Pin;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -116,7 +116,6 @@ pub async fn serve<H, F>(
 {
     let limits = Arc::new(limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -166,9 +165,15 @@ pub async fn serve<H, F>(
                 };
                 async move {
                     match answer {
-                        Ok(answer) => Ok::<_, std::convert::Infallible>(
-                            answer.await.map(|body| turns.track(body)),
-                        ),
+                        Ok(answer) => {
+                            let answer = answer.await;
+                            if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
+                                // The connection is the function's from now
+                                // on: nothing on it is hyper's own answer.
+                                turns.request();
+                            }
+                            Ok::<_, std::convert::Infallible>(answer.map(|body| turns.track(body)))
+                        }
                         Err(mut refusal) => {
                             // Such a client gets no second request on this connection.
                             refusal.headers_mut().insert(
@@ -182,7 +187,7 @@ pub async fn serve<H, F>(
             })
         };
         let http = http.clone();
-        let watcher = graceful.watcher();
+        let stop = stop.clone();
         let tls = tls.clone();
         let handshake_limit = limits.header_timeout;
         tokio::spawn(async move {
@@ -191,7 +196,7 @@ pub async fn serve<H, F>(
                 None => {
                     let stream = OwnAnswersIo::new(stream, turns);
                     let conn = http.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
+                    until_stopped(conn.with_upgrades(), stop, |c| c.graceful_shutdown()).await
                 }
                 Some(tls) => {
                     let stream =
@@ -208,14 +213,38 @@ pub async fn serve<H, F>(
                         };
                     let stream = OwnAnswersIo::new(stream, turns);
                     let conn = http.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
+                    until_stopped(conn.with_upgrades(), stop, |c| c.graceful_shutdown()).await
                 }
             };
             log_connection_end(name, peer, result);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Every connection's task holds a permit: all of them back, all ended.
+    let _ = permits
+        .acquire_many(u32::try_from(limits.max_connections).unwrap_or(u32::MAX))
+        .await;
+}
+
+/// Serves `conn` until it ends; once `stop` is set, it ends gracefully (the
+/// request in flight is answered, then the connection closes). A connection
+/// taken over by an upgrade (a WebSocket) has ended here: its stream is the
+/// function's, and ends with it.
+async fn until_stopped<C>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> hyper::Result<()>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    graceful(conn.as_mut());
+    conn.await
 }
 
 /// The JSON refusal of a request head past the limits, if it is.

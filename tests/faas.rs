@@ -1796,3 +1796,91 @@ fn a_python_function_finds_a_parameter_header_with_an_underscore() {
     );
     assert_eq!(s.get("/users/7").text().unwrap(), "7|7|True");
 }
+
+/// A runtime of its own (an environment's `command`) that answers plain
+/// requests with `plain` and a request to switch to the `shout` protocol with
+/// a 101, then sends back what it reads in capitals.
+const SHOUTING_RUNTIME: &str = r#"
+import os, http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def reply(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.reply(b"")
+    def do_GET(self):
+        if self.headers.get("Upgrade") != "shout":
+            return self.reply(b"plain")
+        self.send_response(101)
+        self.send_header("Upgrade", "shout")
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            data = self.connection.recv(4096)
+            if not data:
+                break
+            self.connection.sendall(data.upper())
+        self.close_connection = True
+port = int(os.environ["RUNTIME_PORT"])
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+/// A function may switch protocols (a WebSocket's `Upgrade`) through the
+/// router: the 101 reaches the caller and the connection is then the
+/// function's both ways, as Fission's router proxies WebSockets.
+#[test]
+fn a_function_can_switch_protocols_through_the_router() {
+    use std::io::Read;
+    let s = Server::start();
+    s.ok(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": "shouty", "command": ["python3", "-c", SHOUTING_RUNTIME], "poolsize": 1})),
+    );
+    s.function("shout", "shouty", "unused.txt", "unused", json!({}));
+    let plain = s
+        .http
+        .get(s.router_url("/fission-function/shout"))
+        .send()
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    assert_eq!(plain.text().unwrap(), "plain");
+    let mut c = std::net::TcpStream::connect(s.router.trim_start_matches("http://")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(
+        b"GET /fission-function/shout HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: shout\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            c.read(&mut byte).unwrap(),
+            1,
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: shout"), "{head}");
+    for word in ["hello", "again"] {
+        c.write_all(word.as_bytes()).unwrap();
+        let mut back = [0u8; 5];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(&back, word.to_uppercase().as_bytes());
+    }
+    // The caller closes its side: the function's ends too.
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}

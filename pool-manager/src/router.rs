@@ -156,6 +156,10 @@ async fn forward_inner(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
+    let mut req = req;
+    // A request to switch protocols (a WebSocket's): its caller's side of
+    // the connection, once the answer is a 101.
+    let switch = switch_to(req.headers()).map(|to| (to, hyper::upgrade::on(&mut req)));
     let lease = pm.lease_within(function, lease_wait).await?;
     *series = Some(lease.metrics.clone());
     let timeout = Duration::from_secs(lease.function.timeout_secs);
@@ -163,6 +167,12 @@ async fn forward_inner(
     let (mut parts, body) = req.into_parts();
     for h in &HOP_BY_HOP {
         parts.headers.remove(h);
+    }
+    if let Some((to, _)) = &switch {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, to.clone());
     }
     if let Some(ClientAddr(client)) = parts.extensions.get::<ClientAddr>() {
         forwarded_for(&mut parts.headers, client.ip());
@@ -195,6 +205,9 @@ async fn forward_inner(
         received: received.clone(),
     });
     let out = Request::from_parts(parts, body);
+    if let Some((_, from_caller)) = switch {
+        return switch_protocols(pm, lease, out, from_caller, timeout).await;
+    }
 
     // An instance that ends under the request (its pod deleted or evicted, a
     // node lost) fails it at once, also where no connection breaks to say so.
@@ -264,6 +277,101 @@ async fn forward_inner(
         timeout,
     };
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` and
+/// `Upgrade: websocket`, say), if it does.
+fn switch_to(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asked
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Sends a request to switch protocols to the leased instance, on a
+/// connection of its own. A 101 joins the caller's connection to the
+/// instance's both ways, the lease held until either side closes it or the
+/// instance ends (the function's timeout bounds only the answer's head);
+/// another answer is passed on as it is.
+async fn switch_protocols(
+    pm: &PoolManager,
+    lease: Lease,
+    out: Request<Body>,
+    from_caller: hyper::upgrade::OnUpgrade,
+    timeout: Duration,
+) -> Result<Response<Body>, Error> {
+    let instance = lease.instance.clone();
+    let sent = tokio::time::timeout(timeout, async {
+        tokio::select! {
+            biased;
+            sent = instance.client.upgrade(out) => Ok(sent),
+            exit = instance.wait_exited() => Err(exit),
+        }
+    })
+    .await;
+    let mut resp = match sent {
+        Err(_) => {
+            let why = format!(
+                "a request to switch protocols passed the function's timeout of {} s: stopping instance {}",
+                timeout.as_secs(),
+                instance.id
+            );
+            pm.logs()
+                .append(&lease.function.key(), instance.id, "fusion", &why);
+            instance.stop();
+            return Err(Error::Timeout(format!(
+                "function {:?} did not answer within its timeout of {} s",
+                lease.function.key(),
+                timeout.as_secs()
+            )));
+        }
+        Ok(Err(_) | Ok(Err(_))) if pm.is_closing() => return Err(cut_off_at_shutdown()),
+        Ok(Err(exit)) => return Err(instance_ended(&lease, &exit)),
+        Ok(Ok(Err(e))) => return Err(instance_failed(&lease, &e).await),
+        Ok(Ok(Ok(resp))) => resp,
+    };
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        // Refused: the whole answer, read within what is left of the timeout.
+        let (mut parts, body) = resp.into_parts();
+        for h in &HOP_BY_HOP {
+            parts.headers.remove(h);
+        }
+        let limit = pm.config().body_limit as usize;
+        let read = tokio::time::timeout(timeout, axum::body::to_bytes(Body::new(body), limit));
+        let bytes = match read.await {
+            Ok(Ok(b)) => b,
+            _ => {
+                return Err(Error::Upstream(format!(
+                    "function {:?} refused to switch protocols and its answer could not be read",
+                    lease.function.key()
+                )))
+            }
+        };
+        drop(lease);
+        return Ok(Response::from_parts(parts, Body::from(bytes)));
+    }
+    let to_instance = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let (Ok(caller), Ok(instance_io)) = tokio::join!(from_caller, to_instance) else {
+            return;
+        };
+        let (mut caller, mut instance_io) = (
+            hyper_util::rt::TokioIo::new(caller),
+            hyper_util::rt::TokioIo::new(instance_io),
+        );
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut caller, &mut instance_io) => {}
+            _ = lease.instance.wait_exited() => {}
+        }
+        drop(lease);
+    });
+    let (parts, _) = resp.into_parts();
+    Ok(Response::from_parts(parts, Body::empty()))
 }
 
 /// An instance's answer as it streams to the caller: its lease held to the

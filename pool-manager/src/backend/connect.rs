@@ -134,6 +134,25 @@ impl InstanceClient {
         }
     }
 
+    /// Sends `req`, a request to switch protocols (a WebSocket's), on a
+    /// connection of its own, which the instance may take over with a 101
+    /// (`hyper::upgrade::on` the response then gives its two directions);
+    /// it is never put back for reuse.
+    pub async fn upgrade(&self, mut req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+        req.headers_mut()
+            .entry(http::header::HOST)
+            .or_insert_with(|| HeaderValue::from_static("instance"));
+        let stream = InstanceConnector::dial(&self.address)
+            .await
+            .map_err(ClientError::Connect)?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        // Driven apart: after a 101 it hands its stream to the upgrade.
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender.send_request(req).await?)
+    }
+
     /// An idle connection that is still open and ready for a request. One that
     /// is not ready at once (the instance closed it, or it still sends the body
     /// of a request the instance answered early) is closed.
