@@ -1934,8 +1934,10 @@ impl Actor {
         let inputs_value = Value::Object(inputs.clone().into_iter().collect());
         let timeout = spec.timeout.as_deref().and_then(parse_duration);
         let target = spec.target().into_owned();
-        // `fission://...` names a function, never a built-in or a workflow of
-        // the same name (RFC-0022 Task states are dispatched this way too).
+        // `fission://...` names a function (or, as the router's
+        // `/fission-function/<name>`, the workflow of that name when no
+        // function has it), never a built-in (RFC-0022 Task states are
+        // dispatched this way too).
         let a_function = spec.run.starts_with(crate::spec::FISSION_SCHEME);
         if !a_function && builtins::is_builtin(&target) {
             match builtins::run(&target, &inputs, &raw) {
@@ -2044,8 +2046,7 @@ impl Actor {
                     })
                 }
             }
-        } else if !a_function
-            && !self.engine.invoker.function_exists(&target)
+        } else if !self.engine.invoker.function_exists(&target)
             && self.engine.store.workflow_exists(&target)
         {
             self.record(dispatched(inputs_value.clone(), None));

@@ -371,6 +371,24 @@ async fn a_fission_reference_is_the_function_not_a_builtin_of_its_name() {
     assert_eq!(fake.count("sleep"), 1);
 }
 
+/// A `fission://` reference to a name no function has runs the workflow of
+/// that name, a built-in's name too (what the `shadowed_by_builtin` warning
+/// advises), as the router's `/fission-function/<name>` does.
+#[tokio::test(start_paused = true)]
+async fn a_fission_reference_runs_the_workflow_no_function_shadows() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "switch",
+        "output: A\ntasks:\n  A:\n    run: echo\n    inputs: \"{ param() + '!' }\"\n",
+    )
+    .unwrap();
+    let yaml = "output: A\ntasks:\n  A:\n    run: fission://switch\n    inputs: hi\n";
+    let s = run(&e, "outer", yaml, json!({})).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("hi!")));
+}
+
 /// A workflow invoked by name with a `body` input sees it as `default` too, as
 /// when it is invoked over HTTP.
 #[tokio::test(start_paused = true)]

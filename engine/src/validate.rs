@@ -279,7 +279,7 @@ pub fn format_warnings(
             out.push(ValidationError {
                 code: "shadowed_by_builtin",
                 message: format!(
-                    "task {id:?} runs the built-in {0:?}, not the function or workflow named {0:?}; `run: fission://{0}` calls the function",
+                    "task {id:?} runs the built-in {0:?}, not the function or workflow named {0:?}; `run: fission://{0}` calls the function or workflow",
                     task.run
                 ),
                 line,
