@@ -1106,6 +1106,18 @@ async fn invoke_inner(
         }
         return Ok(resp);
     }
+    let mut resp = waited_answer(&engine, &id).await?;
+    if !new {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// The answer to a synchronous invocation: run `id`'s output once it has
+/// ended, or its error.
+async fn waited_answer(engine: &Engine, id: &str) -> ApiResult<Response> {
+    let id = id.to_string();
     let summary = engine.wait(&id).await?;
     if summary.status == RunStatus::Running {
         // The server stops under the run: it has not failed, and it goes on

@@ -939,15 +939,34 @@ impl Engine {
         let running = self.runs.lock().is_ok_and(|r| r.contains_key(&id));
         if running || self.store.run(&id)?.is_some() {
             // The same key for another request is a mistake, not a repeat
-            // (the body is compared; a run not written yet is taken as is).
+            // (its body, method and query are compared, not its headers; a
+            // run not written yet is taken as is).
             if let Ok(first) = self.run_state(&id) {
-                let (was, now) = (
-                    crate::sfn::run::start_document(&first.input),
-                    crate::sfn::run::start_document(&input),
-                );
-                if was != now {
+                let part = |input: &Value, name: &str| input.get(name).cloned();
+                let differs = [
+                    (
+                        "body",
+                        crate::sfn::run::start_document(&first.input)
+                            != crate::sfn::run::start_document(&input),
+                    ),
+                    (
+                        "method",
+                        part(&first.input, "method") != part(&input, "method"),
+                    ),
+                    (
+                        "query",
+                        part(&first.input, "query") != part(&input, "query"),
+                    ),
+                ]
+                .into_iter()
+                .filter(|(_, differs)| *differs)
+                .map(|(what, _)| what)
+                .collect::<Vec<_>>();
+                if !differs.is_empty() {
                     return Err(EngineError::KeyReused(format!(
-                        "Idempotency-Key {key:?} started run {id} with another body: a new request needs a new key"
+                        "Idempotency-Key {key:?} started run {id} with another request (its {} {}): a new request needs a new key",
+                        differs.join(" and "),
+                        if differs.len() == 1 { "differs" } else { "differ" }
                     )));
                 }
             }

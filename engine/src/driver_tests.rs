@@ -1086,9 +1086,11 @@ tasks:
         // A replay after its end says so.
         let (_, _, ended) = call(&app, start("pay", "order-7", true)).await;
         assert_eq!(ended["status"], "succeeded", "{ended}");
-        // Waited for, it answers the run's output; the function ran once.
-        let (s, _, v) = call(&app, start("pay", "order-7", false)).await;
+        // Waited for, it answers the run's output, said to be a replay; the
+        // function ran once.
+        let (s, h, v) = call(&app, start("pay", "order-7", false)).await;
         assert_eq!((s, v), (StatusCode::OK, json!("charged 1")));
+        assert_eq!(h.get("idempotent-replayed").unwrap(), "true");
         assert_eq!(fake.count("charge"), 1);
         // The same key with another body is a mistake, said as one.
         let mut other_body = start("pay", "order-7", true);
@@ -1100,6 +1102,18 @@ tasks:
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Some("idempotency_key_reused")
             ),
+            "{v}"
+        );
+        // So is another query with the same body.
+        let mut other_query = start("pay", "order-7", true);
+        *other_query.uri_mut() = "/v1/workflows/pay/invoke?amount=1000".parse().unwrap();
+        let (s, _, v) = call(&app, other_query).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("(its query differs)"),
             "{v}"
         );
         // Another key, or another workflow, is another run.
