@@ -35,6 +35,32 @@ pub fn is_builtin(name: &str) -> bool {
     BUILTINS.contains(&name)
 }
 
+/// The inputs built-in `name` reads, when it reads only some (`compose`
+/// merges whatever it is given).
+pub fn inputs_of(name: &str) -> Option<&'static [&'static str]> {
+    Some(match name {
+        "noop" | "nop" => &["default"],
+        "if" => &["if", "then", "else"],
+        "switch" => &["switch", "cases", "default"],
+        "foreach" => &["foreach", "do", "collect", "sequential", "concurrency"],
+        "repeat" => &["times", "do"],
+        "while" => &["expr", "limit", "delay", "do"],
+        "sleep" => &["default", "duration"],
+        "fail" => &["default", "message"],
+        "javascript" => &["expr", "args"],
+        "http" => &[
+            "url",
+            "default",
+            "method",
+            "headers",
+            "body",
+            "content-type",
+        ],
+        "callback" => &["notify"],
+        _ => return None,
+    })
+}
+
 /// An outgoing request of the `http` built-in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRequest {

@@ -215,6 +215,31 @@ pub fn format_warnings(
                 });
             }
         }
+        // A built-in's input it does not read: a misspelling, most often
+        // (`thne:`), which Fission Workflows ignored too.
+        let takes = (!task.run.starts_with(crate::spec::FISSION_SCHEME))
+            .then(|| crate::builtins::inputs_of(&task.run))
+            .flatten();
+        if let (Some(takes), Some(Value::Object(inputs))) = (takes, &task.inputs) {
+            let known: Vec<String> = takes.iter().map(|t| t.to_string()).collect();
+            for key in inputs
+                .keys()
+                .filter(|k| !takes.contains(&k.as_str()) && !k.starts_with('_'))
+            {
+                let (line, column) = at.key(&["tasks", id, "inputs", key]);
+                out.push(ValidationError {
+                    code: "unused_input",
+                    message: format!(
+                        "task {id:?}: the built-in `{}` has no input {key:?}, which it ignores{}; it reads {}",
+                        task.run,
+                        did_you_mean(key, &known),
+                        takes.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                    line,
+                    column,
+                });
+            }
+        }
         // The same of the tasks nested in its inputs (a foreach's `do`, an
         // if's branches, a nested workflow's tasks).
         let mut nested = Vec::new();
@@ -307,7 +332,7 @@ pub fn format_warnings(
 }
 
 /// `(did you mean "X"?)` for a misspelt name, when one of `names` is close
-/// (a letter or two apart, or another case), else nothing. A name of one or
+/// (a letter or two apart, two letters swapped, or another case), else nothing. A name of one or
 /// two letters is close to another only by case: any two of them are a
 /// letter or two apart.
 fn did_you_mean<'a>(name: &str, names: impl IntoIterator<Item = &'a String>) -> String {
@@ -319,7 +344,7 @@ fn did_you_mean<'a>(name: &str, names: impl IntoIterator<Item = &'a String>) -> 
         .into_iter()
         .map(|n| {
             (
-                strsim::levenshtein(&n.to_lowercase(), &name.to_lowercase()),
+                strsim::osa_distance(&n.to_lowercase(), &name.to_lowercase()),
                 n,
             )
         })
@@ -1665,6 +1690,26 @@ mod tests {
     fn missing_output() {
         let e = check("tasks:\n  A:\n    run: noop\n");
         assert_eq!(e[0].code, "missing_output");
+    }
+
+    /// A built-in's input it does not read (a misspelling) is a warning,
+    /// with the name it may have meant: Fission Workflows ignored it too, so
+    /// it is not refused, but the task would run without it.
+    #[test]
+    fn a_builtins_unread_input_is_a_warning() {
+        let yaml = "output: C\ntasks:\n  C:\n    run: if\n    inputs:\n      if: true\n      thne: x\n  D:\n    run: switch\n    inputs: {switch: a, cases: [], default: 1}\n";
+        let w = check_offline(yaml).unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].code, "unused_input");
+        assert_eq!((w[0].line, w[0].column), (7, 7));
+        assert!(
+            w[0].message.contains(r#"(did you mean "then"?)"#),
+            "{}",
+            w[0].message
+        );
+        // `compose` reads whatever it is given; `fission://` is a function's.
+        let yaml = "output: C\ntasks:\n  C:\n    run: compose\n    inputs: {a: 1, b: 2}\n  D:\n    run: fission://if\n    inputs: {default: 1}\n";
+        assert_eq!(check_offline(yaml).unwrap(), vec![]);
     }
 
     #[test]
