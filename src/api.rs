@@ -243,28 +243,7 @@ fn plain(message: &str) -> String {
     out.push_str(rest);
     let mut out = out.replace("invalid type: sequence", "invalid type: a list");
     out = out.replace("invalid type: map", "invalid type: an object");
-    for (rust, words) in [
-        ("expected u8", "expected a whole number from 0 to 255"),
-        ("expected u16", "expected a whole number from 0 to 65535"),
-        (
-            "expected u32",
-            "expected a whole number from 0 to 4294967295",
-        ),
-        ("expected u64", "expected a whole number from 0"),
-        ("expected usize", "expected a whole number from 0"),
-        ("expected i32", "expected a whole number"),
-        ("expected i64", "expected a whole number"),
-        ("expected f64", "expected a number"),
-    ] {
-        if let Some(at) = out.find(rust) {
-            let end = at + rust.len();
-            // Not a prefix of a longer name (`u32` in `u320`).
-            if !out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
-                out.replace_range(at..end, words);
-            }
-        }
-    }
-    out
+    engine::document::plain_numbers(&out)
 }
 
 /// A JSON error as one line: where it is, and which field when the JSON is

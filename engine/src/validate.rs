@@ -130,7 +130,11 @@ pub fn parse_and_validate(
                     }]);
                 }
             }
-            let msg = crate::sfn::spec::yaml_message(&e);
+            let msg = format!(
+                "{}{}",
+                crate::sfn::spec::yaml_message(&e),
+                crate::sfn::spec::tab_hint(source, line, column)
+            );
             let code = if serde_yaml::from_str::<serde_yaml::Value>(source).is_err() {
                 "yaml_syntax"
             } else if msg.contains("missing field `output`") {
@@ -1710,6 +1714,33 @@ mod tests {
         // `compose` reads whatever it is given; `fission://` is a function's.
         let yaml = "output: C\ntasks:\n  C:\n    run: compose\n    inputs: {a: 1, b: 2}\n  D:\n    run: fission://if\n    inputs: {default: 1}\n";
         assert_eq!(check_offline(yaml).unwrap(), vec![]);
+    }
+
+    /// A value of the wrong type is said in the author's words (not serde's
+    /// `u32` or `struct TaskSpec`), and a tab where YAML wants spaces says so.
+    #[test]
+    fn type_errors_are_said_in_a_documents_words() {
+        for (yaml, says) in [
+            (
+                "output: A\ntasks:\n  A:\n    run: noop\n    retry:\n      maxAttempts: -1\n",
+                "expected a whole number from 0 to 4294967295",
+            ),
+            (
+                "output: A\ntasks:\n  A:\n    run: noop\n  B: ~\n",
+                "invalid type: an empty value (null), expected a task: a mapping with `run`",
+            ),
+            (
+                "output: A\ntasks:\n  A:\n    run: noop\n    retry:\n      jitter: maybe\n",
+                "expected a number",
+            ),
+            (
+                "output: A\ntasks:\n\tA:\n    run: noop\n",
+                "(a tab: YAML indents with spaces only)",
+            ),
+        ] {
+            let e = check(yaml);
+            assert!(e[0].message.contains(says), "{yaml:?}: {}", e[0].message);
+        }
     }
 
     #[test]

@@ -528,21 +528,71 @@ fn error(
     }
 }
 
-fn from_yaml_error(code: &'static str, e: &serde_yaml::Error) -> ValidationError {
+fn from_yaml_error(code: &'static str, e: &serde_yaml::Error, source: &str) -> ValidationError {
     let (line, column) = e
         .location()
         .map(|l| (l.line(), l.column()))
         .unwrap_or((1, 1));
-    error(code, yaml_message(e), line, column)
+    let message = format!("{}{}", yaml_message(e), tab_hint(source, line, column));
+    error(code, message, line, column)
 }
 
 /// serde_yaml's message without the " at line L column C" it ends with: the
 /// position is carried apart.
 pub(crate) fn yaml_message(e: &serde_yaml::Error) -> String {
     let text = e.to_string();
-    match text.rfind(" at line ") {
-        Some(i) => text[..i].to_string(),
-        None => text,
+    let text = match text.rfind(" at line ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    plain_types(text)
+}
+
+/// serde's words for types (`expected u32`, `unit value`, `struct
+/// TaskSpec`) in the words of a document's author.
+fn plain_types(text: &str) -> String {
+    const WORDS: [(&str, &str); 7] = [
+        ("unit value", "an empty value (null)"),
+        (
+            "expected struct TaskSpec",
+            "expected a task: a mapping with `run`, `inputs`, `requires`, ...",
+        ),
+        (
+            "expected struct RetrySpec",
+            "expected a retry: a mapping with `maxAttempts`, `backoff`, `jitter`",
+        ),
+        (
+            "expected struct BackoffSpec",
+            "expected a backoff: a mapping with `initial`, `max`, `multiplier`",
+        ),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected a mapping"),
+        ("a boolean", "true or false"),
+    ];
+    let mut out = crate::document::plain_numbers(text);
+    for (from, to) in WORDS {
+        out = out.replace(from, to);
+    }
+    // Any other struct: a mapping of its fields.
+    while let Some(i) = out.find("expected struct ") {
+        let end = out[i + 16..]
+            .find(|c: char| !c.is_alphanumeric())
+            .map_or(out.len(), |n| i + 16 + n);
+        out.replace_range(i..end, "expected a mapping");
+    }
+    out
+}
+
+/// A hint for a YAML syntax error at `line`:`column` of `source` that is a
+/// tab where YAML wants spaces (its own message does not say so).
+pub(crate) fn tab_hint(source: &str, line: usize, column: usize) -> &'static str {
+    let at = source
+        .lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| l.chars().nth(column.saturating_sub(1)));
+    match at {
+        Some('\t') => " (a tab: YAML indents with spaces only)",
+        _ => "",
     }
 }
 
@@ -565,7 +615,7 @@ pub fn parse_workflow(text: &str) -> Result<ParsedWorkflow, ValidationError> {
         error(e.code(), e.reason(), line, column)
     })?;
     let value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| from_yaml_error("yaml_syntax", &e))?;
+        serde_yaml::from_str(text).map_err(|e| from_yaml_error("yaml_syntax", &e, text))?;
     let serde_yaml::Value::Mapping(top) = &value else {
         return Err(error(
             "invalid_spec",
@@ -579,11 +629,11 @@ pub fn parse_workflow(text: &str) -> Result<ParsedWorkflow, ValidationError> {
         .any(|k| top.contains_key(*k));
     if is_document {
         let w: Workflow =
-            serde_yaml::from_str(text).map_err(|e| from_yaml_error("invalid_spec", &e))?;
+            serde_yaml::from_str(text).map_err(|e| from_yaml_error("invalid_spec", &e, text))?;
         Ok(ParsedWorkflow::Document(Box::new(w)))
     } else {
         let s: WorkflowSpec =
-            serde_yaml::from_str(text).map_err(|e| from_yaml_error("invalid_spec", &e))?;
+            serde_yaml::from_str(text).map_err(|e| from_yaml_error("invalid_spec", &e, text))?;
         Ok(ParsedWorkflow::Spec(s))
     }
 }
