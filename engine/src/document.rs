@@ -530,6 +530,35 @@ impl Scanner<'_> {
     }
 }
 
+/// serde's names of number types in what it expected (`expected u32`) in
+/// the words of whoever wrote the document.
+pub fn plain_numbers(text: &str) -> String {
+    let mut out = text.to_string();
+    for (rust, words) in [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number from 0"),
+        ("expected usize", "expected a whole number from 0"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+    ] {
+        if let Some(at) = out.find(rust) {
+            let end = at + rust.len();
+            // Not a prefix of a longer name (`u32` in `u320`).
+            if !out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                out.replace_range(at..end, words);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,33 +727,4 @@ mod tests {
             }
         }
     }
-}
-
-/// serde's names of number types in what it expected (`expected u32`) in
-/// the words of whoever wrote the document.
-pub fn plain_numbers(text: &str) -> String {
-    let mut out = text.to_string();
-    for (rust, words) in [
-        ("expected u8", "expected a whole number from 0 to 255"),
-        ("expected u16", "expected a whole number from 0 to 65535"),
-        (
-            "expected u32",
-            "expected a whole number from 0 to 4294967295",
-        ),
-        ("expected u64", "expected a whole number from 0"),
-        ("expected usize", "expected a whole number from 0"),
-        ("expected i32", "expected a whole number"),
-        ("expected i64", "expected a whole number"),
-        ("expected f32", "expected a number"),
-        ("expected f64", "expected a number"),
-    ] {
-        if let Some(at) = out.find(rust) {
-            let end = at + rust.len();
-            // Not a prefix of a longer name (`u32` in `u320`).
-            if !out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
-                out.replace_range(at..end, words);
-            }
-        }
-    }
-    out
 }
