@@ -94,6 +94,8 @@ pub fn parse_and_validate(
         let message = crate::sfn::spec::yaml_message(&e);
         if message.contains("duplicate entry") {
             let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            let (line, column) =
+                second_key(source, line, column, &message).unwrap_or((line, column));
             return Err(vec![ValidationError {
                 code: "duplicate_key",
                 message,
@@ -173,6 +175,44 @@ pub fn parse_and_validate(
     } else {
         Err(errors)
     }
+}
+
+/// Where a key of a block mapping is written the second time: serde_yaml
+/// says a duplicate at the mapping's first key (`line`, `column`), and its
+/// message names the key (`duplicate entry with key "A"`).
+pub(crate) fn second_key(
+    source: &str,
+    line: usize,
+    column: usize,
+    message: &str,
+) -> Option<(usize, usize)> {
+    let key = message.split("with key \"").nth(1)?.strip_suffix('"')?;
+    let indent = column.checked_sub(1)?;
+    let mut seen = 0;
+    for (n, text) in source.lines().enumerate().skip(line.checked_sub(1)?) {
+        let content = text.trim_start_matches(' ');
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let at = text.len() - content.len();
+        if at < indent {
+            break;
+        }
+        let named = [
+            format!("{key}:"),
+            format!("\"{key}\":"),
+            format!("'{key}':"),
+        ]
+        .iter()
+        .any(|k| content.starts_with(k.as_str()));
+        if at == indent && named {
+            seen += 1;
+            if seen == 2 {
+                return Some((n + 1, column));
+            }
+        }
+    }
+    None
 }
 
 /// What is worth telling about a stored Fission Workflows document: a task
@@ -1741,6 +1781,17 @@ mod tests {
             let e = check(yaml);
             assert!(e[0].message.contains(says), "{yaml:?}: {}", e[0].message);
         }
+    }
+
+    /// A key written twice is pointed at where it is written again.
+    #[test]
+    fn a_duplicate_key_is_said_where_it_comes_again() {
+        let e = check(
+            "output: A\ntasks:\n  A:\n    run: noop\n  B:\n    run: noop\n  A:\n    run: noop\n",
+        );
+        assert_eq!((e[0].code, e[0].line, e[0].column), ("duplicate_key", 7, 3));
+        let e = check("output: A\ntasks:\n  A:\n    run: noop\n    # inputs: 0\n    inputs: 1\n    requires: []\n    inputs: 2\n");
+        assert_eq!((e[0].code, e[0].line, e[0].column), ("duplicate_key", 8, 5));
     }
 
     #[test]

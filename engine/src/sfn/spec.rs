@@ -534,6 +534,8 @@ fn from_yaml_error(code: &'static str, e: &serde_yaml::Error, source: &str) -> V
         .map(|l| (l.line(), l.column()))
         .unwrap_or((1, 1));
     let message = format!("{}{}", yaml_message(e), tab_hint(source, line, column));
+    let (line, column) =
+        crate::validate::second_key(source, line, column, &message).unwrap_or((line, column));
     error(code, message, line, column)
 }
 
