@@ -592,7 +592,7 @@ async fn delete_run(
 /// fails (a full disk: `/readyz` says so) leaves the runs to be shown as
 /// stored, reads being what still works then.
 async fn settled(engine: &Engine) {
-    if let Err(e) = engine.flush().await {
+    if let Err(e) = engine.settle().await {
         tracing::debug!(error = %e, "runs shown without their last changes durable");
     }
 }

@@ -784,6 +784,12 @@ impl Engine {
         Ok(v)
     }
 
+    /// `flush`, at no cost when every change stored so far is durable
+    /// already.
+    pub async fn settle(&self) -> Result<(), EngineError> {
+        Ok(self.store.settle().await?)
+    }
+
     /// Makes every change stored so far durable (workflow versions are written
     /// without waiting for the disk; runs flush their own events).
     pub async fn flush(&self) -> Result<(), EngineError> {
@@ -1328,6 +1334,12 @@ impl Engine {
     /// grace. Runs go on meanwhile.
     pub fn end_polls(&self) {
         self.polls_end.send_replace(true);
+    }
+
+    /// How many long polls wait (for tests).
+    #[cfg(test)]
+    pub(crate) fn polls_waiting(&self) -> usize {
+        self.polls_end.receiver_count()
     }
 
     /// Resolves once `end_polls` was called.

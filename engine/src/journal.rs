@@ -171,6 +171,10 @@ struct Pending {
     /// until the test mends it.
     #[cfg(test)]
     broken_by_test: Option<String>,
+    /// Records made so far.
+    recorded: u64,
+    /// Records known durable (a sync or a checkpoint made them so).
+    durable: u64,
 }
 
 pub struct Journal {
@@ -275,6 +279,8 @@ impl Journal {
                 broken: None,
                 #[cfg(test)]
                 broken_by_test: None,
+                recorded: 0,
+                durable: 0,
             }),
         })
     }
@@ -315,21 +321,30 @@ impl Journal {
     /// breaks the journal: no sync succeeds until a checkpoint has flushed
     /// sled and started a new segment.
     pub fn sync(&self) -> std::io::Result<()> {
-        let (bytes, file) = {
+        let (bytes, file, upto) = {
             let mut p = self.hold().0;
             if let Some(why) = &p.broken {
                 return Err(std::io::Error::other(why.clone()));
             }
-            (std::mem::take(&mut p.buf), p.file.clone())
+            (std::mem::take(&mut p.buf), p.file.clone(), p.recorded)
         };
         if bytes.is_empty() {
             return Ok(());
         }
         let r = (&*file).write_all(&bytes).and_then(|_| file.sync_data());
-        if let Err(e) = &r {
-            self.hold().0.broken = Some(format!("writing the journal failed: {e}"));
+        let mut p = self.hold().0;
+        match &r {
+            Ok(()) => p.durable = p.durable.max(upto),
+            Err(e) => p.broken = Some(format!("writing the journal failed: {e}")),
         }
         r
+    }
+
+    /// Whether every record made so far is durable: a group commit would
+    /// have nothing to do.
+    pub fn all_durable(&self) -> bool {
+        let p = self.hold().0;
+        p.broken.is_none() && p.durable >= p.recorded
     }
 
     /// Starts a new segment, makes sled durable up to here and deletes the
@@ -348,7 +363,7 @@ impl Journal {
         }
         let next = self.hold().0.segment + 1;
         let file = Arc::new(create_segment(&self.dir, next)?);
-        {
+        let upto = {
             let mut p = self.hold().0;
             p.segment = next;
             p.len = 0;
@@ -361,8 +376,13 @@ impl Journal {
             // checkpoint succeeds), and a run start refused so is taken back
             // (`SledStore::take_back_start`), which sled may then refuse.
             p.buf.clear();
-        }
+            p.recorded
+        };
         db.flush().map_err(std::io::Error::other)?;
+        {
+            let mut p = self.hold().0;
+            p.durable = p.durable.max(upto);
+        }
         for n in segments(&self.dir)? {
             if n < next {
                 std::fs::remove_file(segment_path(&self.dir, n))?;
@@ -398,6 +418,7 @@ impl Held<'_> {
             .extend_from_slice(&crc32fast::hash(&changes.0).to_le_bytes());
         p.buf.extend_from_slice(&changes.0);
         p.len += 8 + changes.0.len() as u64;
+        p.recorded += 1;
     }
 }
 
@@ -490,6 +511,26 @@ mod tests {
                 Change::Insert(0, b"", b""),
             ]
         );
+    }
+
+    /// Whether a group commit has anything to do: records made since the
+    /// last sync or checkpoint, or a journal that cannot write.
+    #[test]
+    fn all_durable_says_whether_records_wait_for_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let j = Journal::open(dir.path(), &db, |_| Ok(())).unwrap();
+        assert!(j.all_durable());
+        j.hold().record(&payload(|c| c.insert(1, b"k", b"v")));
+        assert!(!j.all_durable());
+        j.sync().unwrap();
+        assert!(j.all_durable());
+        j.hold().record(&payload(|c| c.insert(1, b"k", b"w")));
+        assert!(!j.all_durable());
+        j.checkpoint(&db).unwrap();
+        assert!(j.all_durable());
+        j.break_for_test("No space left on device (a test)");
+        assert!(!j.all_durable());
     }
 
     #[test]

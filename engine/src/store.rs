@@ -445,6 +445,15 @@ impl SledStore {
         })
     }
 
+    /// Makes every write so far durable, as `flush`, at no cost when they
+    /// are already (no round trip to the flusher).
+    pub async fn settle(&self) -> Result<()> {
+        if self.journal.all_durable() {
+            return Ok(());
+        }
+        self.flush().await
+    }
+
     /// Why the store cannot make writes durable now, if so (see
     /// `Journal::trouble`); it can again once a checkpoint succeeds.
     pub fn trouble(&self) -> Option<String> {
