@@ -145,14 +145,22 @@ pub async fn require_content_type(req: Request, next: Next) -> Response {
         Some(g) => format!("content type {g:?}"),
         None => "no content type".to_string(),
     };
+    // curl's `-d`/`--data-binary` labels a body as a form unless told.
+    let hint = match given.as_deref() {
+        Some("application/x-www-form-urlencoded") => {
+            " (curl labels -d and --data-binary so unless told)"
+        }
+        _ => "",
+    };
     error_response(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",
         &format!(
-            "{} {} reads {}; this request's body has {what}",
+            "{} {} reads {}; this request's body has {what}{hint}: send it with `Content-Type: {}`",
             req.method(),
             req.uri().path(),
-            types.join(", ")
+            types.join(", "),
+            types.first().copied().unwrap_or("application/json")
         ),
     )
 }

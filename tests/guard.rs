@@ -137,15 +137,34 @@ fn a_cross_site_style_text_plain_post_gets_415_and_creates_nothing() {
         assert_eq!(r.status(), 415, "{ct:?}");
         let v: Value = r.json().unwrap();
         assert_eq!(v["error"]["code"], "unsupported_media_type", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
         assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("application/json"),
+            message.ends_with("send it with `Content-Type: application/json`"),
+            "{v}"
+        );
+        // curl's -d labels a body as a form: said, for whoever typed it.
+        assert_eq!(
+            message.contains("curl labels"),
+            ct == Some("application/x-www-form-urlencoded"),
             "{v}"
         );
     }
     assert_eq!(s.ok("GET", "/v1/environments", None), json!([]));
+    // A call with no function named says how to name one.
+    let r = s
+        .http
+        .get(s.router_url("/fission-function/"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no function named: call /fission-function/<name>"),
+        "{v}"
+    );
     // A workflow document as text/plain is refused too; as YAML it is stored.
     let yaml = "apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: noop\n";
     let r = s

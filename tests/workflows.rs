@@ -2419,6 +2419,19 @@ fn workflows_are_checked_without_being_stored() {
             .ends_with("error: 2 of 3 workflow files are invalid"),
         "{err}"
     );
+    // `-` is the standard input.
+    let piped = std::process::Command::new(common::BIN)
+        .args(["wf", "validate", "-"])
+        .env("FUSION_URL", "http://127.0.0.1:9")
+        .stdin(std::fs::File::open(&bad).unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert_eq!(piped.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("<stdin>:7:16: task \"Ship\" requires"),
+        "{err}"
+    );
 
     // --dry-run: the server's checks, names looked up, nothing stored.
     let s = Server::start();

@@ -104,12 +104,20 @@ pub fn parse_and_validate(
             }]);
         }
     }
-    let spec: WorkflowSpec = match serde_yaml::from_str(source) {
+    // YAML merge keys (`<<: *base`), which Fission Workflows' parser read:
+    // merged before the document is read (what they bring has no position
+    // of its own in the text).
+    let merged = with_merge_keys(source);
+    let typed = match &merged {
+        Some(v) => serde_yaml::from_value(v.clone()),
+        None => serde_yaml::from_str(source),
+    };
+    let spec: WorkflowSpec = match typed {
         Ok(s) => s,
         Err(e) => {
             let (line, column) = e
                 .location()
-                .map(|l| (l.line(), l.column()))
+                .map(|l| crate::sfn::spec::within(source, l.line(), l.column()))
                 .unwrap_or((1, 1));
             // Fission Workflows' protobuf JSON form (the `*.wf.json` its
             // examples deploy): said as such, not as a type mismatch inside it.
@@ -164,7 +172,11 @@ pub fn parse_and_validate(
         }]);
     }
     let mut errors = validate(&spec, source, exists);
-    if let Ok(doc) = serde_yaml::from_str::<Value>(source) {
+    let doc = match merged {
+        Some(v) => serde_json::to_value(v).ok(),
+        None => serde_yaml::from_str::<Value>(source).ok(),
+    };
+    if let Some(doc) = doc {
         let pos = Positions::new(source);
         let at = At::top(&pos);
         errors.extend(check_keys(&doc, &at));
@@ -175,6 +187,29 @@ pub fn parse_and_validate(
     } else {
         Err(errors)
     }
+}
+
+/// The document with its YAML merge keys applied, when it has any.
+fn with_merge_keys(source: &str) -> Option<serde_yaml::Value> {
+    if !source.contains("<<") {
+        return None;
+    }
+    fn has_merge(v: &serde_yaml::Value) -> bool {
+        match v {
+            serde_yaml::Value::Mapping(m) => m
+                .iter()
+                .any(|(k, v)| k.as_str() == Some("<<") || has_merge(v)),
+            serde_yaml::Value::Sequence(s) => s.iter().any(has_merge),
+            serde_yaml::Value::Tagged(t) => has_merge(&t.value),
+            _ => false,
+        }
+    }
+    let mut v: serde_yaml::Value = serde_yaml::from_str(source).ok()?;
+    if !has_merge(&v) {
+        return None;
+    }
+    v.apply_merge().ok()?;
+    Some(v)
 }
 
 /// Where a key of a block mapping is written the second time: serde_yaml
@@ -729,6 +764,15 @@ fn check_workflow(
     }
 
     for (id, task) in &spec.tasks {
+        if id.trim().is_empty() {
+            push(
+                errors,
+                "invalid_task_name",
+                "a task's name is empty: name it as other tasks and expressions will read it"
+                    .into(),
+                at.key(&["tasks", id]),
+            );
+        }
         for dep in &task.requires {
             if !spec.tasks.contains_key(dep) {
                 push(
@@ -756,15 +800,16 @@ fn check_workflow(
     let waits = waits_for(&spec.tasks);
     let graph = TaskGraph::new(waits.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
     for cycle in graph.cycles() {
-        push(
-            errors,
-            "cycle",
-            format!(
+        let message = match cycle.as_slice() {
+            [only] => format!(
+                "task {only} waits for itself (its requires or onFailure names it): it could never start"
+            ),
+            _ => format!(
                 "tasks {} form a cycle (each waits, through requires or onFailure, for one of the others)",
                 cycle.join(", ")
             ),
-            at.key(&["tasks", &cycle[0]]),
-        );
+        };
+        push(errors, "cycle", message, at.key(&["tasks", &cycle[0]]));
     }
 }
 
@@ -1792,6 +1837,36 @@ mod tests {
         assert_eq!((e[0].code, e[0].line, e[0].column), ("duplicate_key", 7, 3));
         let e = check("output: A\ntasks:\n  A:\n    run: noop\n    # inputs: 0\n    inputs: 1\n    requires: []\n    inputs: 2\n");
         assert_eq!((e[0].code, e[0].line, e[0].column), ("duplicate_key", 8, 5));
+    }
+
+    /// An error at the end of a one-line document is on that line, at its
+    /// end (the parser says line 2).
+    #[test]
+    fn an_error_at_the_end_is_within_the_document() {
+        let e = check(r#"{"output":"A","tasks":{"A":{"run":"noop"}}"#);
+        assert_eq!((e[0].code, e[0].line, e[0].column), ("yaml_syntax", 1, 43));
+    }
+
+    /// A task that names itself, or has no name, is said as such.
+    #[test]
+    fn a_task_waiting_for_itself_or_without_a_name_is_refused() {
+        let e = check("output: A\ntasks:\n  A:\n    run: noop\n    requires: [A]\n");
+        assert!(
+            e[0].message.contains("task A waits for itself"),
+            "{}",
+            e[0].message
+        );
+        let e = check("output: A\ntasks:\n  A:\n    run: noop\n  \"\":\n    run: noop\n");
+        assert_eq!((e[0].code, e[0].line), ("invalid_task_name", 5), "{e:?}");
+    }
+
+    /// YAML merge keys are read, as Fission Workflows' parser read them.
+    #[test]
+    fn merge_keys_are_applied() {
+        let yaml = "output: B\ntasks:\n  A: &base\n    run: noop\n    inputs: hi\n  B:\n    <<: *base\n    requires: [A]\n";
+        let spec = parse_and_validate(yaml, &|_| true).unwrap();
+        assert_eq!(spec.tasks["B"].run, "noop");
+        assert_eq!(spec.tasks["B"].requires, vec!["A".to_string()]);
     }
 
     #[test]

@@ -605,11 +605,14 @@ fn time_at(text: &str, now_ms: i64) -> std::result::Result<u64, String> {
 /// The command that prints the next page, with the filters of this one.
 fn next_page(f: &Filters, limit: usize, cursor: &str) -> String {
     let mut cmd = String::from("fusion run list");
+    // As the user may have written them (`--status "failed, cancelled"`):
+    // quoted for the shell the command is pasted into.
+    let quote = super::up::shell_quote;
     if let Some(w) = f.workflow {
-        cmd.push_str(&format!(" --workflow {w}"));
+        cmd.push_str(&format!(" --workflow {}", quote(w)));
     }
     if let Some(s) = f.status {
-        cmd.push_str(&format!(" --status {s}"));
+        cmd.push_str(&format!(" --status {}", quote(s)));
     }
     if let Some(t) = f.since {
         cmd.push_str(&format!(" --since {t}"));
@@ -620,7 +623,7 @@ fn next_page(f: &Filters, limit: usize, cursor: &str) -> String {
     if limit != DEFAULT_LIMIT {
         cmd.push_str(&format!(" --limit {limit}"));
     }
-    cmd.push_str(&format!(" --cursor {cursor}"));
+    cmd.push_str(&format!(" --cursor {}", quote(cursor)));
     cmd
 }
 
@@ -649,6 +652,15 @@ mod tests {
         assert_eq!(
             next_page(&none, DEFAULT_LIMIT, "c"),
             "fusion run list --cursor c"
+        );
+        // What the shell would split or read is quoted.
+        let spaced = Filters {
+            status: Some("failed, cancelled"),
+            ..none
+        };
+        assert_eq!(
+            next_page(&spaced, DEFAULT_LIMIT, "c"),
+            "fusion run list --status 'failed, cancelled' --cursor c"
         );
     }
 

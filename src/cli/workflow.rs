@@ -23,7 +23,7 @@ pub(super) enum WfVerb {
         /// The name (as the positional NAME).
         #[arg(long = "name", value_name = "NAME")]
         name: Option<String>,
-        /// The workflow's YAML file.
+        /// The workflow's YAML file (`-`: the standard input).
         #[arg(long = "file", short = 'f', value_name = "FILE")]
         file: PathBuf,
         /// Let the server check it as it would store it (names looked up,
@@ -35,7 +35,7 @@ pub(super) enum WfVerb {
     Update {
         #[command(flatten)]
         name: Name,
-        /// The workflow's YAML file.
+        /// The workflow's YAML file (`-`: the standard input).
         #[arg(long = "file", short = 'f', value_name = "FILE")]
         file: PathBuf,
         /// Let the server check it as it would store it, without storing it.
@@ -47,7 +47,7 @@ pub(super) enum WfVerb {
     /// invalid. Function and workflow names are not looked up (`create
     /// --dry-run` asks the server).
     Validate {
-        /// The workflows' YAML (or JSON) files.
+        /// The workflows' YAML (or JSON) files (`-`: the standard input).
         #[arg(value_name = "FILE", required_unless_present = "file")]
         files: Vec<PathBuf>,
         /// A file to check (as a positional FILE; repeatable), as Fission's
@@ -214,7 +214,15 @@ fn warn(file: &std::path::Path, stored: &Value) {
     }
 }
 
+/// A workflow file's text; `-` is the standard input (`... | fusion wf
+/// validate -`), as for most tools that read a file.
 pub(super) fn read_file(path: &PathBuf) -> Result<String> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| anyhow!("cannot read the standard input: {e}"))?;
+        return Ok(text);
+    }
     std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))
 }
 
@@ -224,7 +232,10 @@ fn validate_files(files: &[PathBuf]) -> Result<()> {
     let mut invalid = 0;
     for file in files {
         let source = read_file(file)?;
-        let shown = file.display();
+        let shown = match file.as_os_str() == "-" {
+            true => "<stdin>".to_string(),
+            false => file.display().to_string(),
+        };
         match engine::validate::check_offline(&source) {
             Ok(warnings) => {
                 for w in &warnings {

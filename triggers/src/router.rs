@@ -72,6 +72,13 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
             let target = Target::Workflow(name.to_string());
             return invoker.call(&target, req, tail, &[]).await;
         }
+        if name.is_empty() {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no function named: call /fission-function/<name> (or /fission-function/<namespace>/<name>)",
+            );
+        }
         return Error::NotFound {
             kind: "function",
             name: name.to_string(),

@@ -531,7 +531,7 @@ fn error(
 fn from_yaml_error(code: &'static str, e: &serde_yaml::Error, source: &str) -> ValidationError {
     let (line, column) = e
         .location()
-        .map(|l| (l.line(), l.column()))
+        .map(|l| within(source, l.line(), l.column()))
         .unwrap_or((1, 1));
     let message = format!("{}{}", yaml_message(e), tab_hint(source, line, column));
     let (line, column) =
@@ -583,6 +583,19 @@ fn plain_types(text: &str) -> String {
         out.replace_range(i..end, "expected a mapping");
     }
     out
+}
+
+/// A position past the end of `source` (where the YAML parser says an error
+/// it found at the end is) as the end of its last line: a file of one line
+/// with no line break at its end has no line 2 (with one, an editor shows
+/// the empty line after it).
+pub(crate) fn within(source: &str, line: usize, column: usize) -> (usize, usize) {
+    let lines: Vec<&str> = source.lines().collect();
+    let shown = lines.len() + usize::from(source.ends_with('\n'));
+    match lines.last() {
+        Some(last) if line > shown => (lines.len(), last.chars().count() + 1),
+        _ => (line, column),
+    }
 }
 
 /// A hint for a YAML syntax error at `line`:`column` of `source` that is a
