@@ -1884,3 +1884,86 @@ fn a_function_can_switch_protocols_through_the_router() {
     c.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+/// A masked client frame (RFC 6455 5.3) with `opcode` and `payload`.
+fn ws_client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    assert!(payload.len() < 126);
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// A server frame (unmasked, short): its opcode and payload.
+fn ws_server_frame(c: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    c.read_exact(&mut head).unwrap();
+    assert_eq!(head[1] & 0x80, 0, "a server frame is not masked");
+    let mut payload = vec![0u8; (head[1] & 0x7f) as usize];
+    c.read_exact(&mut payload).unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+/// A nodejs function serves WebSockets as in Fission's nodejs environment:
+/// each connection calls it with (ws, clients), text arrives as a string,
+/// and a close is answered, through the router.
+#[test]
+fn a_nodejs_function_serves_websockets_as_fissions_environment_does() {
+    use std::io::Read;
+    let s = Server::start();
+    s.env("nodejs", "nodejs", 1);
+    let code = "module.exports = async function (ws, clients) {\n  ws.on('message', (m) => {\n    for (const c of clients) if (c.readyState === 1) c.send(`${typeof m} ${m.toUpperCase()} to ${clients.size}`);\n  });\n};\n";
+    s.function("chat", "nodejs", "chat.js", code, json!({}));
+    let mut c = std::net::TcpStream::connect(s.router.trim_start_matches("http://")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // The handshake of RFC 6455's example.
+    c.write_all(b"GET /fission-function/chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            c.read(&mut byte).unwrap(),
+            1,
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    c.write_all(&ws_client_frame(0x1, b"hello")).unwrap();
+    assert_eq!(
+        ws_server_frame(&mut c),
+        (0x1, b"string HELLO to 1".to_vec())
+    );
+    // A ping is answered with its pong.
+    c.write_all(&ws_client_frame(0x9, b"p")).unwrap();
+    assert_eq!(ws_server_frame(&mut c), (0xa, b"p".to_vec()));
+    // A close is answered with the same code, then the connection ends.
+    c.write_all(&ws_client_frame(0x8, &1000u16.to_be_bytes()))
+        .unwrap();
+    assert_eq!(
+        ws_server_frame(&mut c),
+        (0x8, 1000u16.to_be_bytes().to_vec())
+    );
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    // The function still answers plain requests (not as a WebSocket).
+    let plain = s
+        .http
+        .get(s.router_url("/fission-function/chat"))
+        .send()
+        .unwrap();
+    assert_eq!(
+        plain.status(),
+        500,
+        "a function for WebSockets fails a plain call"
+    );
+}

@@ -549,6 +549,190 @@ server.on('clientError', (err, socket) => {
     socket.destroy();
   }
 });
+// ---------------------------------------------------------------------------
+// WebSockets, as Fission's nodejs environment serves them: each connection
+// calls the function with (ws, clients), ws shaped as the `ws` package's
+// WebSocket before its version 8 (on 'message' with a string for text, a
+// Buffer for binary; send, ping, close, terminate, readyState), clients the
+// instance's open connections.
+// ---------------------------------------------------------------------------
+
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+const WS_MAX_MESSAGE = 64 * 1024 * 1024;
+const wsClients = new Set();
+
+// One frame at the start of buf: {fin, opcode, payload, length}, null when
+// it has not all arrived, {error, code} when it breaks the protocol.
+function wsFrame(buf) {
+  if (buf.length < 2) return null;
+  const fin = (buf[0] & 0x80) !== 0;
+  const opcode = buf[0] & 0x0f;
+  if (buf[0] & 0x70) return { error: 'reserved bits set', code: 1002 };
+  if (!(buf[1] & 0x80)) return { error: 'a client frame must be masked', code: 1002 };
+  let len = buf[1] & 0x7f;
+  let at = 2;
+  if (len === 126) {
+    if (buf.length < 4) return null;
+    len = buf.readUInt16BE(2);
+    at = 4;
+  } else if (len === 127) {
+    if (buf.length < 10) return null;
+    const big = buf.readBigUInt64BE(2);
+    if (big > BigInt(WS_MAX_MESSAGE)) return { error: 'message too big', code: 1009 };
+    len = Number(big);
+    at = 10;
+  }
+  if (opcode >= 0x8 && (!fin || len > 125)) return { error: 'bad control frame', code: 1002 };
+  if (buf.length < at + 4 + len) return null;
+  const mask = buf.subarray(at, at + 4);
+  const payload = Buffer.from(buf.subarray(at + 4, at + 4 + len));
+  for (let i = 0; i < payload.length; i++) payload[i] ^= mask[i & 3];
+  return { fin, opcode, payload, length: at + 4 + len };
+}
+
+class WebSocket extends require('events').EventEmitter {
+  constructor(socket) {
+    super();
+    this.socket = socket;
+    this.readyState = WebSocket.OPEN;
+    this.buf = EMPTY;
+    this.parts = null; // a fragmented message: [opcode, [payloads], size]
+    socket.on('data', (d) => this.received(d));
+    socket.on('close', () => this.ended(1006, ''));
+    socket.on('error', (e) => this.listenerCount('error') > 0 && this.emit('error', e));
+  }
+  received(d) {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
+    while (this.readyState !== WebSocket.CLOSED) {
+      const f = wsFrame(this.buf);
+      if (f === null) return;
+      if (f.error) return this.close(f.code, f.error);
+      this.buf = this.buf.subarray(f.length);
+      this.frame(f);
+    }
+  }
+  frame(f) {
+    if (f.opcode === 0x1 || f.opcode === 0x2 || f.opcode === 0x0) {
+      if ((f.opcode === 0x0) === (this.parts === null)) return this.close(1002, 'fragments out of order');
+      if (f.opcode !== 0x0) this.parts = [f.opcode, [], 0];
+      this.parts[1].push(f.payload);
+      this.parts[2] += f.payload.length;
+      if (this.parts[2] > WS_MAX_MESSAGE) return this.close(1009, 'message too big');
+      if (!f.fin) return undefined;
+      const [op, parts] = this.parts;
+      this.parts = null;
+      const data = parts.length === 1 ? parts[0] : Buffer.concat(parts);
+      return this.emit('message', op === 0x1 ? data.toString('utf8') : data);
+    }
+    if (f.opcode === 0x8) {
+      const code = f.payload.length >= 2 ? f.payload.readUInt16BE(0) : 1005;
+      const reason = f.payload.length > 2 ? f.payload.subarray(2).toString('utf8') : '';
+      if (this.readyState === WebSocket.OPEN) this.frameOut(0x8, f.payload.subarray(0, 2));
+      this.socket.end();
+      return this.ended(code, reason);
+    }
+    if (f.opcode === 0x9) return this.frameOut(0xa, f.payload);
+    if (f.opcode === 0xa) return this.emit('pong', f.payload);
+    return this.close(1002, 'unknown opcode');
+  }
+  frameOut(opcode, payload, cb) {
+    if (this.socket.destroyed || this.socket.writableEnded) {
+      if (cb) cb(new Error('WebSocket is not open'));
+      return;
+    }
+    const n = payload.length;
+    const head = Buffer.alloc(n < 126 ? 2 : n < 65536 ? 4 : 10);
+    head[0] = 0x80 | opcode;
+    if (n < 126) head[1] = n;
+    else if (n < 65536) {
+      head[1] = 126;
+      head.writeUInt16BE(n, 2);
+    } else {
+      head[1] = 127;
+      head.writeBigUInt64BE(BigInt(n), 2);
+    }
+    this.socket.write(Buffer.concat([head, payload]), cb);
+  }
+  send(data, opts, cb) {
+    if (typeof opts === 'function') [cb, opts] = [opts, undefined];
+    if (this.readyState !== WebSocket.OPEN) {
+      if (cb) cb(new Error('WebSocket is not open'));
+      return;
+    }
+    let payload;
+    if (Buffer.isBuffer(data)) payload = data;
+    else if (data instanceof ArrayBuffer) payload = Buffer.from(data);
+    else if (ArrayBuffer.isView(data)) payload = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    else payload = Buffer.from(String(data));
+    // As the ws package: a string as text, anything else as binary, unless
+    // `binary` says otherwise.
+    const binary = opts && opts.binary !== undefined ? Boolean(opts.binary) : typeof data !== 'string';
+    this.frameOut(binary ? 0x2 : 0x1, payload, cb);
+  }
+  ping(data) {
+    if (this.readyState === WebSocket.OPEN) this.frameOut(0x9, data === undefined ? EMPTY : Buffer.from(String(data)));
+  }
+  close(code, reason) {
+    if (this.readyState !== WebSocket.OPEN) return;
+    const why = Buffer.from(String(reason || ''));
+    const body = Buffer.alloc(2 + why.length);
+    body.writeUInt16BE(code || 1000, 0);
+    why.copy(body, 2);
+    this.frameOut(0x8, body);
+    this.readyState = WebSocket.CLOSING;
+    // The peer answers with its close; one that does not is cut off.
+    setTimeout(() => this.socket.destroy(), 30000).unref();
+  }
+  terminate() {
+    this.socket.destroy();
+    this.ended(1006, '');
+  }
+  ended(code, reason) {
+    if (this.readyState === WebSocket.CLOSED) return;
+    this.readyState = WebSocket.CLOSED;
+    wsClients.delete(this);
+    this.emit('close', code, reason);
+  }
+}
+for (const [name, value] of [['CONNECTING', 0], ['OPEN', 1], ['CLOSING', 2], ['CLOSED', 3]]) {
+  WebSocket[name] = value;
+  WebSocket.prototype[name] = value;
+}
+
+function upgrade(req, socket, head) {
+  const key = req.headers['sec-websocket-key'];
+  if (userFunction === null || String(req.headers.upgrade).toLowerCase() !== 'websocket' || !key) {
+    const why = userFunction === null ? 'not specialized' : 'only WebSocket upgrades are served';
+    socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: ${why.length + 1}\r\nConnection: close\r\n\r\n${why}\n`);
+    return;
+  }
+  const accept = require('crypto').createHash('sha1').update(key + WS_GUID).digest('base64');
+  // As the ws package: the first subprotocol the client offers, if any.
+  const offered = String(req.headers['sec-websocket-protocol'] || '').split(',')[0].trim();
+  socket.setNoDelay(true);
+  socket.write(
+    'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      `Sec-WebSocket-Accept: ${accept}\r\n${offered ? `Sec-WebSocket-Protocol: ${offered}\r\n` : ''}\r\n`
+  );
+  const ws = new WebSocket(socket);
+  wsClients.add(ws);
+  try {
+    const r = userFunction(ws, wsClients);
+    if (r && typeof r.then === 'function') {
+      r.then(undefined, (e) => {
+        log(`function failed on a WebSocket: ${errStack(e)}`);
+        ws.close(1011, 'the function failed');
+      });
+    }
+  } catch (e) {
+    log(`function failed on a WebSocket: ${errStack(e)}`);
+    ws.close(1011, 'the function failed');
+  }
+  if (head && head.length) ws.received(head);
+}
+
+server.on('upgrade', upgrade);
+
 // A Unix socket only this instance owns (Fusion sets it on its local backends), else TCP.
 const SOCKET = process.env.RUNTIME_SOCKET || '';
 const WHERE = SOCKET || `${HOST}:${PORT}`;
