@@ -150,6 +150,15 @@ pub async fn serve<H, F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // A peer gone without a word (a NAT that forgot it, a pulled cable)
+        // is found within minutes: it matters for a WebSocket, which holds
+        // its instance while the connection lasts.
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(10))
+                .with_retries(6),
+        );
         let turns = Turns::new();
         let service = {
             let handler = handler.clone();

@@ -700,6 +700,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     // the whole grace): what they wait for may happen after a restart.
     engine.end_polls();
     pool.logs().end_follows("the server is stopping");
+    pool.end_tunnels();
     let grace = Duration::from_millis(args.shutdown_grace_ms);
     let stopping = tokio::time::Instant::now();
     let graceful = async {

@@ -1798,8 +1798,9 @@ fn a_python_function_finds_a_parameter_header_with_an_underscore() {
 }
 
 /// A runtime of its own (an environment's `command`) that answers plain
-/// requests with `plain` and a request to switch to the `shout` protocol with
-/// a 101, then sends back what it reads in capitals.
+/// requests with `plain` and a request to switch to WebSocket with a 101,
+/// then sends back the bytes it reads in capitals (no WebSocket framing: the
+/// router passes bytes).
 const SHOUTING_RUNTIME: &str = r#"
 import os, http.server
 class H(http.server.BaseHTTPRequestHandler):
@@ -1815,10 +1816,10 @@ class H(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.reply(b"")
     def do_GET(self):
-        if self.headers.get("Upgrade") != "shout":
+        if self.headers.get("Upgrade") != "websocket":
             return self.reply(b"plain")
         self.send_response(101)
-        self.send_header("Upgrade", "shout")
+        self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
         self.end_headers()
         self.wfile.flush()
@@ -1832,30 +1833,24 @@ port = int(os.environ["RUNTIME_PORT"])
 http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 "#;
 
-/// A function may switch protocols (a WebSocket's `Upgrade`) through the
-/// router: the 101 reaches the caller and the connection is then the
-/// function's both ways, as Fission's router proxies WebSockets.
-#[test]
-fn a_function_can_switch_protocols_through_the_router() {
-    use std::io::Read;
-    let s = Server::start();
+/// The shouting function (`SHOUTING_RUNTIME`) on `s`.
+fn shouting_function(s: &Server) {
     s.ok(
         "POST",
         "/v1/environments",
         Some(json!({"name": "shouty", "command": ["python3", "-c", SHOUTING_RUNTIME], "poolsize": 1})),
     );
     s.function("shout", "shouty", "unused.txt", "unused", json!({}));
-    let plain = s
-        .http
-        .get(s.router_url("/fission-function/shout"))
-        .send()
-        .unwrap();
-    assert_eq!(plain.status(), 200);
-    assert_eq!(plain.text().unwrap(), "plain");
+}
+
+/// A connection to the shouting function switched to WebSocket through the
+/// router, past the 101.
+fn shout_tunnel(s: &Server) -> std::net::TcpStream {
+    use std::io::Read;
     let mut c = std::net::TcpStream::connect(s.router.trim_start_matches("http://")).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     c.write_all(
-        b"GET /fission-function/shout HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: shout\r\n\r\n",
+        b"GET /fission-function/shout HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     )
     .unwrap();
     let mut head = Vec::new();
@@ -1871,7 +1866,57 @@ fn a_function_can_switch_protocols_through_the_router() {
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: shout"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    c
+}
+
+/// A WebSocket does not hold the server's stop for its grace: the stop ends
+/// it at once (its client connects again once the server is back).
+#[test]
+fn a_websocket_ends_when_the_server_stops() {
+    use std::io::Read;
+    let mut s = Server::start_with(&[("FUSION_SHUTDOWN_GRACE_MS", "600000")]);
+    shouting_function(&s);
+    let mut c = shout_tunnel(&s);
+    c.write_all(b"hi").unwrap();
+    let mut back = [0u8; 2];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"HI");
+    // Within 20 s of SIGTERM, not the ten minutes of grace.
+    s.stop();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+/// A function may switch protocols (a WebSocket's `Upgrade`) through the
+/// router: the 101 reaches the caller and the connection is then the
+/// function's both ways, as Fission's router proxies WebSockets.
+#[test]
+fn a_function_can_switch_protocols_through_the_router() {
+    use std::io::Read;
+    let s = Server::start();
+    shouting_function(&s);
+    let plain = s
+        .http
+        .get(s.router_url("/fission-function/shout"))
+        .send()
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    assert_eq!(plain.text().unwrap(), "plain");
+    // Another upgrade (HTTP/2's `h2c`, offered by curl --http2) is not
+    // passed on: the request is answered as HTTP/1.1.
+    let h2c = s
+        .http
+        .get(s.router_url("/fission-function/shout"))
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
+        .send()
+        .unwrap();
+    assert_eq!(h2c.status(), 200);
+    assert_eq!(h2c.text().unwrap(), "plain");
+    let mut c = shout_tunnel(&s);
     for word in ["hello", "again"] {
         c.write_all(word.as_bytes()).unwrap();
         let mut back = [0u8; 5];

@@ -500,7 +500,6 @@ async fn list_runs(
             ));
         }
     }
-    settled(&engine).await;
     let page = engine.list_runs(&RunFilter {
         workflow: q.workflow.filter(|w| !w.is_empty()),
         statuses,
@@ -509,6 +508,7 @@ async fn list_runs(
         limit,
         cursor: q.cursor.filter(|c| !c.is_empty()),
     })?;
+    settled(&engine).await;
     let runs: Vec<Value> = page.runs.iter().map(summary_json).collect();
     Ok(Json(json!({"runs": runs, "next_cursor": page.next_cursor})))
 }
@@ -585,8 +585,9 @@ async fn delete_run(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Waits, before runs are read for a caller, for the group commit that makes
-/// what they hold durable. A step's outcome is stored before that commit:
+/// Waits, once runs are read and before they are shown, for the group commit
+/// that makes what was read durable (a write is recorded in the journal under
+/// its lock, which the settle takes: one a read saw is counted by then). A step's outcome is stored before that commit:
 /// shown before it, a crash could take back what a caller saw (the step then
 /// runs again). A commit with nothing new to write writes nothing. One that
 /// fails (a full disk: `/readyz` says so) leaves the runs to be shown as
@@ -621,8 +622,8 @@ async fn get_run(
             () = engine.polls_ended() => {}
         }
     }
-    settled(&engine).await;
     let state = engine.run_state(&id)?;
+    settled(&engine).await;
     let mut run = run_json(&state);
     // The way on from a failed or cancelled run: the run that retried it.
     if matches!(state.status, RunStatus::Failed | RunStatus::Cancelled) {
@@ -657,8 +658,8 @@ async fn run_events(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    settled(&engine).await;
     let events = engine.run_events(&id)?;
+    settled(&engine).await;
     Ok(Json(json!({ "id": id, "events": events })))
 }
 

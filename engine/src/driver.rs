@@ -652,7 +652,7 @@ impl Engine {
     /// does (`unknown_function`), each with its position.
     pub fn warnings(&self, source: &str) -> Vec<ValidationError> {
         if !crate::sfn::run::is_state_machine(source) {
-            let Ok(spec) = serde_yaml::from_str::<WorkflowSpec>(source) else {
+            let Some(spec) = crate::validate::read_spec(source) else {
                 return Vec::new();
             };
             return crate::validate::format_warnings(

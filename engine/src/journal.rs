@@ -34,6 +34,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -171,15 +172,17 @@ struct Pending {
     /// until the test mends it.
     #[cfg(test)]
     broken_by_test: Option<String>,
-    /// Records made so far.
-    recorded: u64,
-    /// Records known durable (a sync or a checkpoint made them so).
+    /// Records known durable (a sync or a checkpoint made them so), as
+    /// counted by `Journal::recorded`.
     durable: u64,
 }
 
 pub struct Journal {
     dir: PathBuf,
     pending: Mutex<Pending>,
+    /// Records made so far (counted under the lock of `pending`, read
+    /// without it).
+    recorded: AtomicU64,
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -206,7 +209,11 @@ fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
 
 /// A new segment, its space allocated (see the module's notes), written from
 /// its start by the flusher alone (through the file's own offset).
-fn create_segment(dir: &Path, n: u64) -> std::io::Result<File> {
+/// `must_allocate`: no room for its allocation is an error (a checkpoint's
+/// next segment: it fails, and is tried again, before sled is flushed into
+/// the little room left); else the segment grows as it is written (the one
+/// an open starts with: a server with little room still starts).
+fn create_segment(dir: &Path, n: u64, must_allocate: bool) -> std::io::Result<File> {
     let file = File::options()
         .create_new(true)
         .write(true)
@@ -214,16 +221,13 @@ fn create_segment(dir: &Path, n: u64) -> std::io::Result<File> {
     match pool_manager::sys::preallocate(&file, SEGMENT_ALLOCATED) {
         // Its size and allocation are durable before the first sync.
         Ok(()) => file.sync_all()?,
-        // A file system without fallocate: the segment grows as it is written.
-        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
-            tracing::debug!(error = %e, "cannot allocate the journal's segment ahead")
-        }
-        // No room (a full disk): the checkpoint fails, and is tried again,
-        // before sled is flushed into the little room left.
-        Err(e) => {
+        Err(e) if must_allocate && e.kind() != std::io::ErrorKind::Unsupported => {
             let _ = std::fs::remove_file(segment_path(dir, n));
             return Err(e);
         }
+        // A file system without fallocate, or too little room to allocate
+        // ahead: the segment grows as it is written.
+        Err(e) => tracing::debug!(error = %e, "cannot allocate the journal's segment ahead"),
     }
     // The new name itself is durable before anything relies on it.
     File::open(dir)?.sync_all()?;
@@ -268,7 +272,7 @@ impl Journal {
             }
         }
         let segment = found.last().map_or(0, |n| n + 1);
-        let file = create_segment(dir, segment)?;
+        let file = create_segment(dir, segment, false)?;
         Ok(Journal {
             dir: dir.to_path_buf(),
             pending: Mutex::new(Pending {
@@ -279,9 +283,9 @@ impl Journal {
                 broken: None,
                 #[cfg(test)]
                 broken_by_test: None,
-                recorded: 0,
                 durable: 0,
             }),
+            recorded: AtomicU64::new(0),
         })
     }
 
@@ -311,7 +315,10 @@ impl Journal {
     /// Holds the journal: writes made to sled while it is held are recorded,
     /// with `Held::record`, in the order they were made.
     pub fn hold(&self) -> Held<'_> {
-        Held(self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+        Held(
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()),
+            &self.recorded,
+        )
     }
 
     /// Writes the records so far to the segment and syncs it: everything
@@ -326,7 +333,8 @@ impl Journal {
             if let Some(why) = &p.broken {
                 return Err(std::io::Error::other(why.clone()));
             }
-            (std::mem::take(&mut p.buf), p.file.clone(), p.recorded)
+            let upto = self.recorded.load(Ordering::SeqCst);
+            (std::mem::take(&mut p.buf), p.file.clone(), upto)
         };
         if bytes.is_empty() {
             return Ok(());
@@ -340,11 +348,22 @@ impl Journal {
         r
     }
 
+    /// Records made so far: a waiter's record is durable once `durable`
+    /// reaches what this said after it was made.
+    pub fn recorded(&self) -> u64 {
+        self.recorded.load(Ordering::SeqCst)
+    }
+
+    /// Records known durable.
+    fn durable(&self) -> u64 {
+        self.hold().0.durable
+    }
+
     /// Whether every record made so far is durable: a group commit would
     /// have nothing to do.
     pub fn all_durable(&self) -> bool {
         let p = self.hold().0;
-        p.broken.is_none() && p.durable >= p.recorded
+        p.broken.is_none() && p.durable >= self.recorded.load(Ordering::SeqCst)
     }
 
     /// Starts a new segment, makes sled durable up to here and deletes the
@@ -362,7 +381,7 @@ impl Journal {
             return Err(std::io::Error::other(why));
         }
         let next = self.hold().0.segment + 1;
-        let file = Arc::new(create_segment(&self.dir, next)?);
+        let file = Arc::new(create_segment(&self.dir, next, true)?);
         let upto = {
             let mut p = self.hold().0;
             p.segment = next;
@@ -376,7 +395,7 @@ impl Journal {
             // checkpoint succeeds), and a run start refused so is taken back
             // (`SledStore::take_back_start`), which sled may then refuse.
             p.buf.clear();
-            p.recorded
+            self.recorded.load(Ordering::SeqCst)
         };
         db.flush().map_err(std::io::Error::other)?;
         {
@@ -404,7 +423,7 @@ impl Journal {
 }
 
 /// The journal, held while a write is made to sled and recorded.
-pub struct Held<'a>(MutexGuard<'a, Pending>);
+pub struct Held<'a>(MutexGuard<'a, Pending>, &'a AtomicU64);
 
 impl Held<'_> {
     pub fn record(&mut self, changes: &Changes) {
@@ -418,7 +437,7 @@ impl Held<'_> {
             .extend_from_slice(&crc32fast::hash(&changes.0).to_le_bytes());
         p.buf.extend_from_slice(&changes.0);
         p.len += 8 + changes.0.len() as u64;
-        p.recorded += 1;
+        self.1.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -427,8 +446,10 @@ pub type Waiter = tokio::sync::oneshot::Sender<std::result::Result<(), String>>;
 
 /// What the flusher is asked.
 pub enum Ask {
-    /// A group commit: answered once what was recorded before is durable.
-    Sync(Waiter),
+    /// A group commit: answered once the records up to the count given
+    /// (`Journal::recorded` when asked) are durable. A record an earlier
+    /// commit made durable is answered so even if the journal broke since.
+    Sync(Waiter, u64),
     /// A last group commit and checkpoint, then the flusher ends and leaves
     /// the journal's directory to whoever opens it next.
     Close(Waiter),
@@ -450,7 +471,7 @@ pub fn run_flusher(
         let wait = every.saturating_sub(last_checkpoint.elapsed());
         let mut batch = Vec::new();
         let mut take = |ask| match ask {
-            Ask::Sync(w) => batch.push(w),
+            Ask::Sync(w, upto) => batch.push((w, upto)),
             Ask::Close(w) => closing = Some(w),
         };
         match rx.recv_timeout(wait) {
@@ -464,8 +485,16 @@ pub fn run_flusher(
         if !batch.is_empty() {
             let r = journal.sync().map_err(|e| e.to_string());
             flushes.inc();
-            for w in batch {
-                let _ = w.send(r.clone());
+            let durable = journal.durable();
+            for (w, upto) in batch {
+                let answer = match durable >= upto {
+                    true => Ok(()),
+                    false => Err(r
+                        .clone()
+                        .err()
+                        .unwrap_or_else(|| "the journal did not make the write durable".into())),
+                };
+                let _ = w.send(answer);
             }
         }
         if last_checkpoint.elapsed() >= every || journal.segment_full() {

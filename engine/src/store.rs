@@ -554,7 +554,7 @@ impl SledStore {
     /// Asks for a flush now without waiting for it: the next group commit.
     pub fn flush_soon(&self) {
         let (tx, _) = oneshot::channel();
-        let _ = self.flush_tx.send(Ask::Sync(tx));
+        let _ = self.flush_tx.send(Ask::Sync(tx, self.journal.recorded()));
     }
 
     /// Makes everything written so far durable in sled, empties the journal
@@ -564,7 +564,7 @@ impl SledStore {
         self.ask(Ask::Close)
     }
 
-    fn ask(&self, ask: fn(crate::journal::Waiter) -> Ask) -> BoxFuture<Result<()>> {
+    fn ask(&self, ask: impl FnOnce(crate::journal::Waiter) -> Ask) -> BoxFuture<Result<()>> {
         let (tx, rx) = oneshot::channel();
         let sent = self.flush_tx.send(ask(tx));
         Box::pin(async move {
@@ -1453,7 +1453,9 @@ impl RunStore for SledStore {
     }
 
     fn flush(&self) -> BoxFuture<Result<()>> {
-        self.ask(Ask::Sync)
+        // Every write made before this call, the caller's among them.
+        let upto = self.journal.recorded();
+        self.ask(move |w| Ask::Sync(w, upto))
     }
 }
 
@@ -2051,6 +2053,25 @@ mod tests {
         }
         let flushes = s.flush_count() - before;
         assert!(flushes <= 2, "{flushes} flushes for 50 callers");
+    }
+
+    /// A write an earlier group commit made durable is answered durable,
+    /// even once the journal broke (a full disk) since: its writer must not
+    /// take back what a restart would bring back. A write made after the
+    /// break is not.
+    #[tokio::test]
+    async fn a_write_made_durable_before_the_journal_broke_is_answered_so() {
+        let (_d, s) = open();
+        s.append("r1", 0, &[started("r1", "w", 1)]).unwrap();
+        let upto = s.journal.recorded();
+        s.journal.sync().unwrap();
+        s.break_journal_for_test();
+        let (tx, rx) = oneshot::channel();
+        s.flush_tx.send(Ask::Sync(tx, upto)).unwrap();
+        assert_eq!(rx.await.unwrap(), Ok(()));
+        s.append("r2", 0, &[started("r2", "w", 2)]).unwrap();
+        assert!(s.flush().await.is_err());
+        s.mend_journal_for_test();
     }
 }
 

@@ -189,6 +189,15 @@ pub fn parse_and_validate(
     }
 }
 
+/// A Fission Workflows document read as a spec, its YAML merge keys applied
+/// (not validated: see `parse_and_validate`).
+pub fn read_spec(source: &str) -> Option<WorkflowSpec> {
+    match with_merge_keys(source) {
+        Some(v) => serde_yaml::from_value(v).ok(),
+        None => serde_yaml::from_str(source).ok(),
+    }
+}
+
 /// The document with its YAML merge keys applied, when it has any.
 fn with_merge_keys(source: &str) -> Option<serde_yaml::Value> {
     if !source.contains("<<") {
@@ -233,13 +242,15 @@ pub(crate) fn second_key(
         if at < indent {
             break;
         }
-        let named = [
-            format!("{key}:"),
-            format!("\"{key}\":"),
-            format!("'{key}':"),
-        ]
-        .iter()
-        .any(|k| content.starts_with(k.as_str()));
+        // The key, its colon, then a space or the line's end (not `A:B`).
+        let named = [key.to_string(), format!("\"{key}\""), format!("'{key}'")]
+            .iter()
+            .any(|k| {
+                content
+                    .strip_prefix(k.as_str())
+                    .and_then(|r| r.strip_prefix(':'))
+                    .is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']))
+            });
         if at == indent && named {
             seen += 1;
             if seen == 2 {

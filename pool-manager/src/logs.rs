@@ -24,6 +24,8 @@ pub struct Logs {
     /// stop is not written (it would make the log again, for a function made
     /// later under the name). A function made again takes its key back.
     gone: Mutex<std::collections::HashSet<String>>,
+    /// Why follows end at once, once `end_follows` was called.
+    follows_ended: Mutex<Option<String>>,
 }
 
 impl Logs {
@@ -34,6 +36,7 @@ impl Logs {
             followers: Mutex::new(HashMap::new()),
             rotating: Mutex::new(()),
             gone: Mutex::default(),
+            follows_ended: Mutex::default(),
         })
     }
 
@@ -102,8 +105,7 @@ impl Logs {
     pub fn remove(&self, key: &str) {
         lock(&self.gone).insert(key.to_string());
         if let Some(tx) = lock(&self.followers).remove(key) {
-            let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-            let _ = tx.send(format!("{stamp} [0 fusion] the function was deleted\n"));
+            let _ = tx.send(fusion_line("the function was deleted"));
         }
         for path in [self.path(key), self.rotated(key)] {
             if let Err(e) = std::fs::remove_file(&path) {
@@ -118,9 +120,12 @@ impl Logs {
     /// server is stopping: a follower would hold its stop for the whole
     /// grace).
     pub fn end_follows(&self, why: &str) {
-        let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-        for (_, tx) in lock(&self.followers).drain() {
-            let _ = tx.send(format!("{stamp} [0 fusion] {why}\n"));
+        let line = fusion_line(why);
+        // Under the followers' lock: no follow starts between the two.
+        let mut followers = lock(&self.followers);
+        *lock(&self.follows_ended) = Some(line.clone());
+        for (_, tx) in followers.drain() {
+            let _ = tx.send(line.clone());
         }
     }
 
@@ -128,11 +133,24 @@ impl Logs {
     /// line falls between the two.
     pub fn follow(&self, key: &str) -> broadcast::Receiver<String> {
         let mut followers = lock(&self.followers);
+        if let Some(line) = lock(&self.follows_ended).clone() {
+            // The stop has begun: the follow ends after what is there, with
+            // the line that says why.
+            let (tx, rx) = broadcast::channel(1);
+            let _ = tx.send(line);
+            return rx;
+        }
         followers
             .entry(key.to_string())
             .or_insert_with(|| broadcast::channel(1024).0)
             .subscribe()
     }
+}
+
+/// A line of Fusion's own in a log, stamped now.
+fn fusion_line(text: &str) -> String {
+    let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+    format!("{stamp} [0 fusion] {text}\n")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -188,7 +206,9 @@ mod tests {
         logs.append("f", 1, "stdout", "hello");
         logs.end_follows("the server is stopping");
         assert!(f.try_recv().unwrap().ends_with("[1 stdout] hello\n"));
-        for rx in [&mut f, &mut g] {
+        // A follow that starts after the stop began ends at once too.
+        let mut late = logs.follow("f");
+        for rx in [&mut f, &mut g, &mut late] {
             assert!(rx
                 .try_recv()
                 .unwrap()

@@ -65,6 +65,9 @@ pub(crate) struct Inner {
     /// Instances the backend is starting right now (shutdown waits for them).
     starting: AtomicUsize,
     pub(crate) closing: AtomicBool,
+    /// Set when the server's stop begins: connections taken over by an
+    /// upgrade (WebSockets) end then, rather than hold the stop's grace.
+    pub(crate) tunnels_end: tokio::sync::watch::Sender<bool>,
     /// Signalled whenever an instance exits (shutdown waits on it).
     exits: Notify,
     /// Places in the functions' queues for capacity (`FnPool::queue`).
@@ -335,6 +338,7 @@ impl PoolManager {
             next_id: InstanceIds::open(db)?,
             starting: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
+            tunnels_end: tokio::sync::watch::channel(false).0,
             exits: Notify::new(),
             tickets: AtomicU64::new(0),
             metrics: PoolMetrics::default(),
@@ -647,6 +651,21 @@ impl PoolManager {
     /// Whether the server is stopping its instances.
     pub fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::SeqCst)
+    }
+
+    /// Ends the connections taken over by an upgrade (WebSockets), now and
+    /// from now on: the server is stopping, and they would hold its stop for
+    /// the whole grace (their clients connect again once it is back).
+    pub fn end_tunnels(&self) {
+        self.inner.tunnels_end.send_replace(true);
+    }
+
+    /// Resolves once `end_tunnels` was called.
+    pub(crate) fn tunnels_ended(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.tunnels_end.subscribe();
+        async move {
+            let _ = rx.wait_for(|ended| *ended).await;
+        }
     }
 
     /// Stops every instance and waits (bounded) until they have exited.

@@ -356,6 +356,7 @@ async fn switch_protocols(
         return Ok(Response::from_parts(parts, Body::from(bytes)));
     }
     let to_instance = hyper::upgrade::on(&mut resp);
+    let stopping = pm.tunnels_ended();
     tokio::spawn(async move {
         let (Ok(caller), Ok(instance_io)) = tokio::join!(from_caller, to_instance) else {
             return;
@@ -367,6 +368,7 @@ async fn switch_protocols(
         tokio::select! {
             _ = tokio::io::copy_bidirectional(&mut caller, &mut instance_io) => {}
             _ = lease.instance.wait_exited() => {}
+            () = stopping => {}
         }
         drop(lease);
     });
