@@ -70,10 +70,11 @@ pub struct ServerArgs {
     /// How long in-flight requests may take to finish at shutdown, in ms.
     #[arg(long, env = "FUSION_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
-    /// Finished workflow runs older than this many hours are pruned (kept
-    /// forever if unset or 0, as `--invocation-retention-hours 0`).
-    #[arg(long, env = "FUSION_RUN_RETENTION_HOURS")]
-    pub run_retention_hours: Option<u64>,
+    /// Finished workflow runs older than this many hours are pruned (30
+    /// days by default: a store that grows without end fills its disk; 0
+    /// keeps them forever, as `--invocation-retention-hours 0`).
+    #[arg(long, env = "FUSION_RUN_RETENTION_HOURS", default_value_t = 720)]
+    pub run_retention_hours: u64,
     /// How often run retention is enforced (this and each workflow's
     /// `historyRetention`), in seconds.
     #[arg(long, env = "FUSION_RETENTION_SWEEP_SECS", default_value_t = 60,
@@ -469,10 +470,8 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         &data_dir.join("journal"),
         Arc::new(executor::PoolInvoker::new(pool.clone())),
         engine::EngineConfig {
-            retention: args
-                .run_retention_hours
-                .filter(|h| *h > 0)
-                .map(|h| Duration::from_secs(h.saturating_mul(3600))),
+            retention: (args.run_retention_hours > 0)
+                .then(|| Duration::from_secs(args.run_retention_hours.saturating_mul(3600))),
             retention_sweep: Some(Duration::from_secs(args.retention_sweep_secs)),
             http: Some(Arc::new(crate::workflows::ReqwestTransport::new())),
             clock: None,

@@ -1311,10 +1311,17 @@ fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
         let Some(parent) = t.scope.clone() else {
             return;
         };
-        // A loop's iterations nest tasks of one name: said once, not once a level.
+        // A loop's iterations nest tasks of one name: said once, not once a
+        // level. A `while` goes on through a task of its own that runs
+        // `while` again (`condition`): the user never named it, so its
+        // failure is said as the loop's.
         let prefix = format!("task {:?} failed: ", t.local);
         let cause = t.error.clone().unwrap_or_default();
-        let error = if cause.starts_with(&prefix) {
+        let own_iteration = s
+            .tasks
+            .get(&parent)
+            .is_some_and(|p| p.spec.run == t.spec.run && crate::builtins::is_builtin(&t.spec.run));
+        let error = if cause.starts_with(&prefix) || own_iteration {
             cause
         } else {
             prefix + &cause

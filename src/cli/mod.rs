@@ -197,6 +197,8 @@ pub(super) enum Output {
     Json,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Start the server, apply workflow-examples/ and print URLs to try.
