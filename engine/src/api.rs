@@ -728,6 +728,15 @@ async fn cancel_run(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
         let v: Value =
             serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+        // A misspelt key (`reasn`) is said, not dropped with the reason in it.
+        if let Some(other) = v
+            .as_object()
+            .and_then(|m| m.keys().find(|k| k.as_str() != "reason"))
+        {
+            return Err(bad(format!(
+                r#"the body has the key {other:?}; it is {{"reason": "why"}}, or empty"#
+            )));
+        }
         match v.get("reason") {
             None | Some(Value::Null) if v.is_object() => None,
             Some(Value::String(r)) => Some(r.chars().take(CANCEL_REASON_MOST).collect::<String>()),

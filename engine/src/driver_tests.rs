@@ -1270,6 +1270,18 @@ tasks:
         assert_eq!(s, StatusCode::NOT_FOUND);
         let (s, _, _) = call(&app, req("POST", &format!("/v1/runs/{run_id}/cancel"), "")).await;
         assert_eq!(s, StatusCode::CONFLICT);
+        // A misspelt key is said (the reason would be lost), before the run
+        // is looked at.
+        let uri = format!("/v1/runs/{run_id}/cancel");
+        let (s, _, v) = call(&app, req("POST", &uri, r#"{"reasn": "x"}"#)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("\"reasn\""),
+            "{v}"
+        );
         let (s, _, _) = call(&app, req("DELETE", "/v1/workflows/hello", "")).await;
         assert_eq!(s, StatusCode::NO_CONTENT);
         let (s, _, v) = call(&app, req("POST", "/v1/workflows/hello/invoke", "")).await;
