@@ -1917,6 +1917,13 @@ fn a_function_can_switch_protocols_through_the_router() {
     assert_eq!(h2c.status(), 200);
     assert_eq!(h2c.text().unwrap(), "plain");
     let mut c = shout_tunnel(&s);
+    let open = || {
+        let text = s.api("GET", "/metrics").send().unwrap().text().unwrap();
+        text.lines()
+            .find(|l| l.starts_with("fusion_function_websockets_open{function=\"shout\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(open().as_deref(), Some("1"));
     for word in ["hello", "again"] {
         c.write_all(word.as_bytes()).unwrap();
         let mut back = [0u8; 5];
@@ -1928,6 +1935,11 @@ fn a_function_can_switch_protocols_through_the_router() {
     let mut rest = Vec::new();
     c.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{rest:?}");
+    eventually(
+        Duration::from_secs(10),
+        "the tunnel is counted closed",
+        || open().as_deref() == Some("0"),
+    );
 }
 
 /// A masked client frame (RFC 6455 5.3) with `opcode` and `payload`.

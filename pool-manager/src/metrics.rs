@@ -71,6 +71,8 @@ pub struct PoolMetrics {
     pub builds: Family<BuildLabels, Counter>,
     /// Requests in line for capacity, per function (refreshed when scraped).
     pub waiting: Family<FunctionLabels, Gauge>,
+    /// Connections a function took over with a 101 (WebSockets), open now.
+    pub websockets: Family<FunctionLabels, Gauge>,
 }
 
 impl Default for PoolMetrics {
@@ -86,6 +88,7 @@ impl Default for PoolMetrics {
             start_failures: Family::default(),
             builds: Family::default(),
             waiting: Family::default(),
+            websockets: Family::default(),
         }
     }
 }
@@ -144,6 +147,12 @@ impl PoolMetrics {
             "Requests waiting in line for an instance of a function at its max scale, \
              served in the order they came",
             self.waiting.clone(),
+        );
+        registry.register(
+            "fusion_function_websockets_open",
+            "Connections a function took over with a 101 (WebSockets) and still \
+             holds, each with its instance's lease",
+            self.websockets.clone(),
         );
     }
 }

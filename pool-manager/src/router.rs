@@ -357,7 +357,17 @@ async fn switch_protocols(
     }
     let to_instance = hyper::upgrade::on(&mut resp);
     let stopping = pm.tunnels_ended();
+    let open = pm
+        .metrics()
+        .websockets
+        .get_or_create(&crate::metrics::FunctionLabels {
+            function: lease.function.key(),
+        })
+        .clone();
+    open.inc();
     tokio::spawn(async move {
+        // Counted until the tunnel ends, whichever way.
+        let _counted = decrement_on_drop(open);
         let (Ok(caller), Ok(instance_io)) = tokio::join!(from_caller, to_instance) else {
             return;
         };
@@ -374,6 +384,17 @@ async fn switch_protocols(
     });
     let (parts, _) = resp.into_parts();
     Ok(Response::from_parts(parts, Body::empty()))
+}
+
+/// Decrements `gauge` when dropped.
+fn decrement_on_drop(gauge: prometheus_client::metrics::gauge::Gauge) -> impl Drop {
+    struct Dec(prometheus_client::metrics::gauge::Gauge);
+    impl Drop for Dec {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    Dec(gauge)
 }
 
 /// An instance's answer as it streams to the caller: its lease held to the
