@@ -712,6 +712,9 @@ async fn invoke_fn(
     if triggers::invocations::is_async(req.headers()) {
         return s.triggers.invocations.accept(&name, req, &rest, &[]).await;
     }
+    // The token's holder: told what the runtime said of code it cannot load.
+    let mut req = req;
+    req.extensions_mut().insert(pool_manager::OwnerCall);
     pool_manager::forward(&s.pool, &name, req, &rest, &[]).await
 }
 

@@ -28,6 +28,12 @@ pub enum Error {
     Timeout(String),
     #[error("{0}")]
     Upstream(String),
+    /// A function's code the runtime could not load. `detail` (the
+    /// runtime's own words: an exception's message may hold a secret) is for
+    /// the function's log and its owner (`fusion fn test`); a caller of the
+    /// router gets `public`.
+    #[error("{public}")]
+    LoadFailed { public: String, detail: String },
     #[error("{0}")]
     OutOfMemory(String),
     #[error("{0}")]
@@ -58,7 +64,7 @@ impl Error {
             Error::TooDeep(_) => "document_too_deep",
             Error::Overloaded(_) => "too_many_requests",
             Error::Timeout(_) => "function_timeout",
-            Error::Upstream(_) => "instance_failed",
+            Error::Upstream(_) | Error::LoadFailed { .. } => "instance_failed",
             Error::OutOfMemory(_) => "out_of_memory",
             Error::Unavailable(_) => "unavailable",
             Error::ShuttingDown(_) => "shutting_down",
@@ -78,7 +84,9 @@ impl Error {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Error::Upstream(_) | Error::OutOfMemory(_) => StatusCode::BAD_GATEWAY,
+            Error::Upstream(_) | Error::LoadFailed { .. } | Error::OutOfMemory(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Error::Unavailable(_) | Error::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             // The call depends on a build that failed; retrying does not help.
             Error::BuildFailed(_) => StatusCode::FAILED_DEPENDENCY,

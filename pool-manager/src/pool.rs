@@ -1273,10 +1273,14 @@ impl Inner {
         instance.stop();
         self.logs
             .append(&function.key(), instance.id, "fusion", &failure);
-        Err(Error::Upstream(format!(
-            "function {:?} cannot be loaded: {failure}",
-            function.key()
-        )))
+        Err(Error::LoadFailed {
+            public: format!(
+                "function {:?} cannot be loaded (its log says why: `fusion fn logs {}`)",
+                function.key(),
+                function.name
+            ),
+            detail: format!("function {:?} cannot be loaded: {failure}", function.key()),
+        })
     }
 
     fn released(&self, instance: &Arc<Instance>, function: &str) {

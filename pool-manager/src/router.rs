@@ -21,6 +21,12 @@ use crate::error::Error;
 use crate::metrics::{FunctionLabels, FunctionMetrics, RequestLabels};
 use crate::pool::{Lease, PoolManager};
 
+/// Marks a call made by the function's owner through the authenticated API
+/// (`fusion fn test`, a request extension): a function whose code cannot be
+/// loaded is answered with what its runtime said.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerCall;
+
 /// The address of the client that sent a request, as its listener accepted
 /// it (a request extension): the router adds it to `X-Forwarded-For`, as
 /// Fission's router does, since an instance sees only the router's connection.
@@ -160,7 +166,15 @@ async fn forward_inner(
     // A request to switch protocols (a WebSocket's): its caller's side of
     // the connection, once the answer is a 101.
     let switch = switch_to(req.headers()).map(|to| (to, hyper::upgrade::on(&mut req)));
-    let lease = pm.lease_within(function, lease_wait).await?;
+    let lease = match pm.lease_within(function, lease_wait).await {
+        Ok(lease) => lease,
+        // The function's owner (`fusion fn test`) is told what the runtime
+        // said; anyone else, where to read it.
+        Err(Error::LoadFailed { detail, .. }) if req.extensions().get::<OwnerCall>().is_some() => {
+            return Err(Error::Upstream(detail))
+        }
+        Err(e) => return Err(e),
+    };
     *series = Some(lease.metrics.clone());
     let timeout = Duration::from_secs(lease.function.timeout_secs);
     // Forward the request's own parts: no copy of its headers on the hot path.
