@@ -720,7 +720,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         let left = grace.saturating_sub(stopping.elapsed());
         if !pool.wait_idle(left).await {
             tracing::warn!(
-                "function calls of workflows or asynchronous invocations were still running at the end of the grace ({grace:?}); they are made again at the next start"
+                "function calls no listener answers (workflow steps, asynchronous invocations) were still running at the end of the grace ({grace:?}); they are made again at the next start"
             );
         }
     };

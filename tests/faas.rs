@@ -1963,20 +1963,14 @@ fn ws_server_frame(c: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
     (head[0] & 0x0f, payload)
 }
 
-/// A nodejs function serves WebSockets as in Fission's nodejs environment:
-/// each connection calls it with (ws, clients), text arrives as a string,
-/// and a close is answered, through the router.
-#[test]
-fn a_nodejs_function_serves_websockets_as_fissions_environment_does() {
+/// A WebSocket connection to `function` through `s`'s router, past the 101
+/// (the handshake of RFC 6455's example).
+fn ws_connect(s: &Server, function: &str) -> std::net::TcpStream {
     use std::io::Read;
-    let s = Server::start();
-    s.env("nodejs", "nodejs", 1);
-    let code = "module.exports = async function (ws, clients) {\n  ws.on('message', (m) => {\n    for (const c of clients) if (c.readyState === 1) c.send(`${typeof m} ${m.toUpperCase()} to ${clients.size}`);\n  });\n};\n";
-    s.function("chat", "nodejs", "chat.js", code, json!({}));
     let mut c = std::net::TcpStream::connect(s.router.trim_start_matches("http://")).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     // The handshake of RFC 6455's example.
-    c.write_all(b"GET /fission-function/chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
+    c.write_all(format!("GET /fission-function/{function} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes()).unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -1994,6 +1988,27 @@ fn a_nodejs_function_serves_websockets_as_fissions_environment_does() {
         head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
         "{head}"
     );
+    c
+}
+
+/// A nodejs function serves WebSockets as in Fission's nodejs environment:
+/// each connection calls it with (ws, clients), text arrives as a string,
+/// and a close is answered, through the router.
+#[test]
+fn a_nodejs_function_serves_websockets_as_fissions_environment_does() {
+    use std::io::Read;
+    let s = Server::start();
+    s.env("nodejs", "nodejs", 1);
+    let code = "module.exports = async function (ws, clients) {\n  ws.on('message', (m) => {\n    for (const c of clients) if (c.readyState === 1) c.send(`${typeof m} ${m.toUpperCase()} to ${clients.size}`);\n  });\n};\n";
+    // Connections share an instance (each holds one of its requests).
+    s.function(
+        "chat",
+        "nodejs",
+        "chat.js",
+        code,
+        json!({"requests_per_instance": 10, "concurrency": 1}),
+    );
+    let mut c = ws_connect(&s, "chat");
     c.write_all(&ws_client_frame(0x1, b"hello")).unwrap();
     assert_eq!(
         ws_server_frame(&mut c),
@@ -2011,6 +2026,34 @@ fn a_nodejs_function_serves_websockets_as_fissions_environment_does() {
     );
     let mut rest = Vec::new();
     c.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    // A client gone without a close frame (a closed tab) leaves the
+    // function's clients at once (well within the router's 10 s for a
+    // connection half-closed).
+    let mut gone = ws_connect(&s, "chat");
+    let mut other = ws_connect(&s, "chat");
+    gone.shutdown(std::net::Shutdown::Write).unwrap();
+    eventually(Duration::from_secs(5), "the gone client is dropped", || {
+        other.write_all(&ws_client_frame(0x1, b"hi")).unwrap();
+        ws_server_frame(&mut other) == (0x1, b"string HI to 1".to_vec())
+    });
+    // A text message that is not UTF-8 is closed with 1007, and the
+    // connection ends.
+    other.write_all(&ws_client_frame(0x1, b"\xff\xfe")).unwrap();
+    assert_eq!(
+        ws_server_frame(&mut other),
+        (
+            0x8,
+            1007u16
+                .to_be_bytes()
+                .iter()
+                .copied()
+                .chain(*b"a text message that is not UTF-8")
+                .collect()
+        )
+    );
+    let mut rest = Vec::new();
+    other.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{rest:?}");
     // The function still answers plain requests (not as a WebSocket).
     let plain = s

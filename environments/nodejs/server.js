@@ -558,6 +558,7 @@ server.on('clientError', (err, socket) => {
 // ---------------------------------------------------------------------------
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
 const WS_MAX_MESSAGE = 64 * 1024 * 1024;
 const wsClients = new Set();
 
@@ -597,7 +598,14 @@ class WebSocket extends require('events').EventEmitter {
     this.readyState = WebSocket.OPEN;
     this.buf = EMPTY;
     this.parts = null; // a fragmented message: [opcode, [payloads], size]
+    this.protocol = '';
     socket.on('data', (d) => this.received(d));
+    // The peer gone without a close frame (a closed tab, a crashed client):
+    // its half-closed connection is finished here, not left open.
+    socket.on('end', () => {
+      this.socket.end();
+      this.ended(1006, '');
+    });
     socket.on('close', () => this.ended(1006, ''));
     socket.on('error', (e) => this.listenerCount('error') > 0 && this.emit('error', e));
   }
@@ -622,7 +630,14 @@ class WebSocket extends require('events').EventEmitter {
       const [op, parts] = this.parts;
       this.parts = null;
       const data = parts.length === 1 ? parts[0] : Buffer.concat(parts);
-      return this.emit('message', op === 0x1 ? data.toString('utf8') : data);
+      if (op === 0x2) return this.emit('message', data);
+      let text;
+      try {
+        text = UTF8.decode(data);
+      } catch (_) {
+        return this.close(1007, 'a text message that is not UTF-8');
+      }
+      return this.emit('message', text);
     }
     if (f.opcode === 0x8) {
       const code = f.payload.length >= 2 ? f.payload.readUInt16BE(0) : 1005;
@@ -680,8 +695,10 @@ class WebSocket extends require('events').EventEmitter {
     why.copy(body, 2);
     this.frameOut(0x8, body);
     this.readyState = WebSocket.CLOSING;
-    // The peer answers with its close; one that does not is cut off.
-    setTimeout(() => this.socket.destroy(), 30000).unref();
+    // Nothing more is sent: the peer's close is still read. One that does
+    // not close its side is cut off.
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 10000).unref();
   }
   terminate() {
     this.socket.destroy();
@@ -715,6 +732,7 @@ function upgrade(req, socket, head) {
       `Sec-WebSocket-Accept: ${accept}\r\n${offered ? `Sec-WebSocket-Protocol: ${offered}\r\n` : ''}\r\n`
   );
   const ws = new WebSocket(socket);
+  ws.protocol = offered;
   wsClients.add(ws);
   try {
     const r = userFunction(ws, wsClients);

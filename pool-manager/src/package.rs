@@ -88,6 +88,18 @@ impl PackageStore {
         let sha = hex(&Sha256::digest(bytes));
         let dir = self.root.join(&sha);
         let archive = is_zip(bytes);
+        if !archive && filename.to_ascii_lowercase().ends_with(".zip") {
+            // Stored as one file, it would be loaded as code and fail at every call.
+            return Err(Error::Invalid(format!(
+                "{filename} is named as a zip archive but is not one (a zip file starts with PK)"
+            )));
+        }
+        if bytes.starts_with(b"PK\x05\x06") {
+            // An end of central directory first: no entry before it.
+            return Err(Error::Invalid(
+                "the archive holds no files (an empty directory?)".into(),
+            ));
+        }
         let reference = PackageRef {
             sha256: sha.clone(),
             kind: if archive {
@@ -604,6 +616,17 @@ mod tests {
         let err = store.put("x.zip", &zip_of(&[("big", &big)])).unwrap_err();
         assert!(matches!(err, Error::TooLarge(_)), "{err}");
         let err = store.put("x.zip", b"PK\x03\x04garbage").unwrap_err();
+        // Named as a zip, not one; an archive with nothing in it.
+        let named = store.put("fake.zip", b"print(1)\n").unwrap_err();
+        assert!(
+            named
+                .to_string()
+                .contains("is named as a zip archive but is not one"),
+            "{named}"
+        );
+        let empty = zip_of(&[]);
+        let none = store.put("archive.zip", &empty).unwrap_err();
+        assert!(none.to_string().contains("holds no files"), "{none}");
         assert!(matches!(err, Error::Invalid(_)), "{err}");
         assert!(store.put("../x", b"code").is_err());
     }

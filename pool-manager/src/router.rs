@@ -385,12 +385,12 @@ async fn switch_protocols(
         let (Ok(caller), Ok(instance_io)) = tokio::join!(from_caller, to_instance) else {
             return;
         };
-        let (mut caller, mut instance_io) = (
+        let tunnel = join_halves(
             hyper_util::rt::TokioIo::new(caller),
             hyper_util::rt::TokioIo::new(instance_io),
         );
         tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut caller, &mut instance_io) => {}
+            () = tunnel => {}
             _ = lease.instance.wait_exited() => {}
             () = stopping => {}
         }
@@ -398,6 +398,41 @@ async fn switch_protocols(
     });
     let (parts, _) = resp.into_parts();
     Ok(Response::from_parts(parts, Body::empty()))
+}
+
+/// How long one side of a tunnel may go on once the other has closed its
+/// side: a WebSocket's peer answers a close at once; one that does not (a
+/// runtime that never ends a half-closed connection) would hold its instance
+/// for good.
+const HALF_CLOSED_GRACE: Duration = Duration::from_secs(10);
+
+/// Copies `a` to `b` and `b` to `a` until both directions have ended, or
+/// `HALF_CLOSED_GRACE` after the first did (its end passed on as a shutdown).
+async fn join_halves<A, B>(a: A, b: B)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let forth = async {
+        let _ = tokio::io::copy(&mut a_read, &mut b_write).await;
+        let _ = b_write.shutdown().await;
+    };
+    let back = async {
+        let _ = tokio::io::copy(&mut b_read, &mut a_write).await;
+        let _ = a_write.shutdown().await;
+    };
+    tokio::pin!(forth, back);
+    tokio::select! {
+        () = &mut forth => {
+            let _ = tokio::time::timeout(HALF_CLOSED_GRACE, back).await;
+        }
+        () = &mut back => {
+            let _ = tokio::time::timeout(HALF_CLOSED_GRACE, forth).await;
+        }
+    }
 }
 
 /// Decrements `gauge` when dropped.

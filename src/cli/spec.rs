@@ -64,7 +64,7 @@ pub(super) struct SpecSource {
     #[arg(short = 'f', long = "file", alias = "specdir", default_value = "specs")]
     path: PathBuf,
     /// Namespace of resources whose metadata names none.
-    #[arg(long, default_value = "default")]
+    #[arg(long, short = 'n', env = "FUSION_NAMESPACE", default_value = "default")]
     namespace: String,
 }
 
