@@ -2030,7 +2030,7 @@ fn a_nodejs_function_serves_websockets_as_fissions_environment_does() {
     // A client gone without a close frame (a closed tab) leaves the
     // function's clients at once (well within the router's 10 s for a
     // connection half-closed).
-    let mut gone = ws_connect(&s, "chat");
+    let gone = ws_connect(&s, "chat");
     let mut other = ws_connect(&s, "chat");
     gone.shutdown(std::net::Shutdown::Write).unwrap();
     eventually(Duration::from_secs(5), "the gone client is dropped", || {
