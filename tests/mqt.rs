@@ -1122,6 +1122,70 @@ fn deliveries_past_the_functions_max_scale_wait_their_turn() {
     assert_eq!(state(&s, "orders")["failed"], 0);
 }
 
+/// Deliveries waiting in line for the function when their trigger stops (a
+/// delete, an update, the server's stop) are handed back to NATS, not called
+/// by the stopping consumer: only the call that had begun is finished.
+#[test]
+fn deliveries_waiting_for_capacity_are_handed_back_at_a_stop() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream("RESULTS", &["results.>"]);
+    let s = server(&nats);
+    let probe = Probe::start();
+    s.function(
+        "one",
+        "binary",
+        "one.sh",
+        &echo(&probe, true),
+        json!({"max_scale": 1}),
+    );
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(json!({
+            "name": "orders", "function": "one", "topic": "orders.new",
+            "respTopic": "results.ok", "maxRetries": 0, "concurrency": 3,
+        })),
+    );
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+    for i in 0..3 {
+        nats.publish(
+            "orders.new",
+            &format!("m{i}"),
+            &[("X-Order", &i.to_string())],
+        );
+    }
+    let waiting = |n: usize| {
+        let (_, metrics) = s.call("GET", "/metrics", None);
+        let line = format!("fusion_function_requests_waiting{{function=\"one\"}} {n}");
+        metrics
+            .as_str()
+            .is_some_and(|m| m.lines().any(|l| l == line))
+    };
+    eventually(Duration::from_secs(30), "two deliveries in line", || {
+        waiting(2)
+    });
+    eventually(Duration::from_secs(30), "the first in the function", || {
+        probe.lines("calls").len() == 1
+    });
+    std::thread::scope(|scope| {
+        let delete = scope.spawn(|| s.cli(&["mqt", "delete", "orders"]));
+        // The two in line leave it (handed back) while the first still runs.
+        eventually(Duration::from_secs(30), "the line is left", || waiting(0));
+        probe.open("go");
+        let (rc, out, err) = delete.join().unwrap();
+        assert_eq!(rc, 0, "{out}{err}");
+    });
+    assert_eq!(
+        probe.lines("calls").len(),
+        1,
+        "only the call that had begun"
+    );
+    eventually(Duration::from_secs(30), "its answer is published", || {
+        nats.messages("RESULTS", "results.ok").len() == 1
+    });
+}
+
 /// A trigger deleted while NATS is away leaves no consumer behind once NATS
 /// is back, and one created again under its name starts as its own settings
 /// say rather than from what the deleted one left.

@@ -31,5 +31,5 @@ pub use resources::{
     Environment, ExecutorType, Function, FunctionPackage, ImageUse, NamedPackageRef, Network,
     ObjectRef, PackageKind, PackageRef, Runtime,
 };
-pub use router::{forward, forward_within, try_forward, ClientAddr, OwnerCall};
+pub use router::{forward, forward_within, try_forward, ClientAddr, OnLeased, OwnerCall};
 pub use secrets::{DataKind, DataSpec, DataView};

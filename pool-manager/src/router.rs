@@ -21,6 +21,21 @@ use crate::error::Error;
 use crate::metrics::{FunctionLabels, FunctionMetrics, RequestLabels};
 use crate::pool::{Lease, PoolManager};
 
+/// Told when a request got its instance (a request extension): a caller that
+/// may give up while the request waits in line at the function's max scale
+/// (a message-queue trigger that stops) knows whether the call has begun.
+#[derive(Clone)]
+pub struct OnLeased(pub Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>);
+
+impl OnLeased {
+    /// The extension, and what resolves once the request has its instance
+    /// (or has failed before it could get one).
+    pub fn new() -> (OnLeased, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (OnLeased(Arc::new(std::sync::Mutex::new(Some(tx)))), rx)
+    }
+}
+
 /// Marks a call made by the function's owner through the authenticated API
 /// (`fusion fn test`, a request extension): a function whose code cannot be
 /// loaded is answered with what its runtime said.
@@ -176,6 +191,11 @@ async fn forward_inner(
         Err(e) => return Err(e),
     };
     *series = Some(lease.metrics.clone());
+    if let Some(OnLeased(tx)) = req.extensions().get::<OnLeased>() {
+        if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(());
+        }
+    }
     let timeout = Duration::from_secs(lease.function.timeout_secs);
     // Forward the request's own parts: no copy of its headers on the hot path.
     let (mut parts, body) = req.into_parts();

@@ -39,7 +39,14 @@ struct Job {
     status: Arc<StatusCell>,
     js: jetstream::Context,
     ack_wait: Duration,
+    /// The trigger's stop: a delivery still waiting for its turn at the
+    /// function's max scale, or between attempts, is handed back then.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
+
+/// A delivery given up at the trigger's stop before its call began: the
+/// message goes back to NATS for the next consumer, not called here.
+struct Abandoned;
 
 /// Runs the trigger until its task is aborted: connects, consumes, and after
 /// any failure says why in the status and tries again with backoff.
@@ -274,6 +281,7 @@ async fn consume(
         status: status.clone(),
         js,
         ack_wait: settings.ack_wait,
+        stop: stop.clone(),
     });
     let mut inflight: JoinSet<Result<(), String>> = JoinSet::new();
     loop {
@@ -367,8 +375,8 @@ impl Job {
         }
         let key = format!("{stream}-{seq}");
         let work = async {
-            let outcome = self.deliver(&message, &key).await;
-            self.settle(&message, &key, &stream, seq, outcome).await
+            let outcome = self.deliver(&message, &key).await.ok()?;
+            Some(self.settle(&message, &key, &stream, seq, outcome).await)
         };
         // While the call runs, NATS is told the message is being worked on, so
         // it does not redeliver it to anyone else.
@@ -382,6 +390,14 @@ impl Job {
         let settled = tokio::select! {
             s = work => s,
             _ = keepalive => unreachable!("the keepalive never ends"),
+        };
+        let Some(settled) = settled else {
+            // Abandoned at the stop before its call began: at once to the
+            // next consumer.
+            return message
+                .ack_with(AckKind::Nak(None))
+                .await
+                .map_err(|e| format!("cannot hand back message {key}: {e}"));
         };
         self.status.settled(settled);
         // A plain ack (or term): were it lost, NATS would redeliver the
@@ -404,19 +420,23 @@ impl Job {
         &self,
         message: &jetstream::Message,
         key: &str,
-    ) -> Result<Answer, (Failure, u32)> {
+    ) -> Result<Result<Answer, (Failure, u32)>, Abandoned> {
         let attempts = self.trigger.max_retries + 1;
         let mut wait = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            let failure = match self.call(message, key, attempt).await {
-                Ok(answer) => return Ok(answer),
+            let failure = match self.call(message, key, attempt).await? {
+                Ok(answer) => return Ok(Ok(answer)),
                 Err(f) => f,
             };
             if attempt >= attempts {
-                return Err((failure, attempt));
+                return Ok(Err((failure, attempt)));
             }
-            tokio::time::sleep(wait).await;
+            // A stop during the backoff hands the message back.
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stopped(self.stop.clone()) => return Err(Abandoned),
+            }
             wait = (wait * 2).min(Duration::from_secs(5));
             attempt += 1;
         }
@@ -427,8 +447,8 @@ impl Job {
         message: &jetstream::Message,
         key: &str,
         attempt: u32,
-    ) -> Result<Answer, Failure> {
-        let mut req = Request::builder()
+    ) -> Result<Result<Answer, Failure>, Abandoned> {
+        let req = Request::builder()
             .method(http::Method::POST)
             .uri("/")
             .body(Body::from(message.payload.clone()))
@@ -436,7 +456,11 @@ impl Job {
                 status: None,
                 body: String::new(),
                 message: format!("cannot build the request: {e}"),
-            })?;
+            });
+        let mut req = match req {
+            Ok(r) => r,
+            Err(f) => return Ok(Err(f)),
+        };
         let headers = req.headers_mut();
         if let Some(h) = &message.headers {
             for (name, values) in h.iter() {
@@ -505,15 +529,29 @@ impl Job {
             }
         }
         // At the function's max scale the delivery waits its turn (within the
-        // function's timeout) rather than spend an attempt on a 429.
-        let resp = self
-            .invoker
-            .call_within(&self.target, req, "/", &[], None)
-            .await;
+        // function's timeout) rather than spend an attempt on a 429; a stop
+        // meanwhile hands the message back (a call that began is finished).
+        let (on_leased, leased) = pool_manager::OnLeased::new();
+        if matches!(self.target, Target::Function(_)) {
+            req.extensions_mut().insert(on_leased);
+        }
+        let call = self.invoker.call_within(&self.target, req, "/", &[], None);
+        tokio::pin!(call);
+        let mut waiting = matches!(self.target, Target::Function(_)).then_some(leased);
+        let resp = loop {
+            tokio::select! {
+                biased;
+                resp = &mut call => break resp,
+                _ = async { waiting.as_mut().expect("while waiting").await }, if waiting.is_some() => {
+                    waiting = None;
+                }
+                () = stopped(self.stop.clone()), if waiting.is_some() => return Err(Abandoned),
+            }
+        };
         let status = resp.status();
         let (parts, body) = resp.into_parts();
         let bytes = axum::body::to_bytes(body, ANSWER_LIMIT).await;
-        match bytes {
+        Ok(match bytes {
             Ok(b) if status.is_success() => Ok(Answer {
                 status: status.as_u16(),
                 headers: parts.headers,
@@ -529,7 +567,7 @@ impl Job {
                 body: String::new(),
                 message: format!("cannot read the answer: {e}"),
             }),
-        }
+        })
     }
 
     fn target_noun(&self) -> String {
