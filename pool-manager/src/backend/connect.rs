@@ -288,7 +288,7 @@ impl InstanceConnector {
                 s.set_nodelay(true)?;
                 Ok(InstanceStream::Tcp(s))
             }
-            Address::Unix(p) => Ok(InstanceStream::Unix(UnixStream::connect(p).await?)),
+            Address::Unix(p) => Ok(InstanceStream::Unix(connect_unix(p).await?)),
             Address::NetNs { ns, port } => {
                 // Entering a namespace is per thread: do it on a blocking one.
                 let ns = ns.clone();
@@ -310,6 +310,28 @@ impl InstanceConnector {
         }
     }
 }
+/// The longest path a Unix socket address holds (`sun_path`, with its NUL).
+const SOCKET_PATH_MAX: usize = 108;
+
+/// Connects to the socket at `path`, also past the length a socket address
+/// holds: through its directory's descriptor (`/proc/self/fd/N/name`), so a
+/// long data-directory path (an instance's bundle under it, whose id grows
+/// with every instance) reaches it all the same.
+async fn connect_unix(path: &std::path::Path) -> io::Result<UnixStream> {
+    use std::os::fd::AsRawFd;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return UnixStream::connect(path).await;
+    };
+    if path.as_os_str().len() < SOCKET_PATH_MAX {
+        return UnixStream::connect(path).await;
+    }
+    let dir = std::fs::File::open(dir)?;
+    let short = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    let connected = UnixStream::connect(&short).await;
+    drop(dir);
+    connected
+}
+
 /// A connection to a runtime over TCP or a Unix socket.
 pub enum InstanceStream {
     Tcp(TcpStream),
@@ -367,5 +389,30 @@ impl AsyncWrite for InstanceStream {
             InstanceStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             InstanceStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket whose path is longer than a socket address holds (a bundle
+    /// under a long data directory) is reached all the same.
+    #[tokio::test]
+    async fn a_socket_past_the_address_length_is_reached() {
+        use std::os::fd::AsRawFd;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d".repeat(60)).join("e".repeat(60));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("runtime.sock");
+        assert!(path.as_os_str().len() >= SOCKET_PATH_MAX);
+        // Bound as a runtime inside a container binds it: by a short path.
+        let handle = std::fs::File::open(&dir).unwrap();
+        let bound = format!("/proc/self/fd/{}/runtime.sock", handle.as_raw_fd());
+        let listener = tokio::net::UnixListener::bind(&bound).unwrap();
+        let accepted = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
+        let stream = InstanceConnector::dial(&Address::Unix(path)).await;
+        assert!(stream.is_ok(), "{:?}", stream.err());
+        accepted.await.unwrap().unwrap();
     }
 }
