@@ -191,16 +191,18 @@ fn read_keyed(path: &Path, key: &str) -> Option<u64> {
     })
 }
 
-/// Whether `copy` is a link to `source` or a copy of it made as
-/// `prepare_dirs` makes one (the same size and modification time).
+/// Whether `copy` is a copy of `source` as `prepare_dirs` makes one (the
+/// same size and modification time); a hard link to it is not.
 fn same_file_contents_likely(source: &Path, copy: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(source), std::fs::metadata(copy)) {
+        // The same file (a hard link an earlier version made) is not a copy:
+        // it is replaced by one.
+        (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => false,
         (Ok(a), Ok(b)) => {
-            (a.dev() == b.dev() && a.ino() == b.ino())
-                || (a.len() == b.len()
-                    && a.modified().ok().is_some()
-                    && a.modified().ok() == b.modified().ok())
+            a.len() == b.len()
+                && a.modified().ok().is_some()
+                && a.modified().ok() == b.modified().ok()
         }
         _ => false,
     }
@@ -368,31 +370,32 @@ impl ContainerBackend {
             std::os::unix::fs::symlink(&zone, &local)?;
         }
 
-        // The binary runtime is the fusion executable: a copy instances can read.
+        // The binary runtime is the fusion executable: a copy instances can
+        // read. Never a hard link: one inode with the server's own binary,
+        // whose owner and mode would follow the data directory's (a `chown
+        // -R` of it would hand the binary root runs to the service's user).
         let bin = self.fusion_bin_dir();
         std::fs::create_dir_all(&bin)?;
         let exe = bin.join("fusion");
         let source = &self.cfg.launch.fusion_exe;
         if !same_file_contents_likely(source, &exe) {
             let _ = std::fs::remove_file(&exe);
-            if std::fs::hard_link(source, &exe).is_err() {
-                // On another filesystem: a copy, with the source's time, so
-                // that the next start finds it the same and keeps it (the
-                // binary is large); a copy cut short is not left behind.
-                if let Err(e) = std::fs::copy(source, &exe) {
-                    let _ = std::fs::remove_file(&exe);
-                    return Err(e);
-                }
-                // Where the time cannot be set, the next start copies again.
-                let _ = std::fs::metadata(source)
-                    .and_then(|m| m.modified())
-                    .and_then(|t| {
-                        std::fs::File::options()
-                            .write(true)
-                            .open(&exe)?
-                            .set_modified(t)
-                    });
+            // With the source's time, so that the next start finds it the
+            // same and keeps it (the binary is large); a copy cut short is
+            // not left behind.
+            if let Err(e) = std::fs::copy(source, &exe) {
+                let _ = std::fs::remove_file(&exe);
+                return Err(e);
             }
+            // Where the time cannot be set, the next start copies again.
+            let _ = std::fs::metadata(source)
+                .and_then(|m| m.modified())
+                .and_then(|t| {
+                    std::fs::File::options()
+                        .write(true)
+                        .open(&exe)?
+                        .set_modified(t)
+                });
         }
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
         std::fs::create_dir_all(self.bundles())?;
@@ -1261,6 +1264,30 @@ fn zone_file(target: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The server's binary is copied for instances, never linked: a hard
+    /// link an earlier version left is taken for no copy (and replaced).
+    #[test]
+    fn a_hard_link_to_the_binary_is_not_its_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, link, copy) = (
+            dir.path().join("s"),
+            dir.path().join("l"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&source, b"binary").unwrap();
+        std::fs::hard_link(&source, &link).unwrap();
+        assert!(!same_file_contents_likely(&source, &link));
+        std::fs::copy(&source, &copy).unwrap();
+        let t = std::fs::metadata(&source).unwrap().modified().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&copy)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        assert!(same_file_contents_likely(&source, &copy));
+    }
 
     /// The files as the kernel writes them, under a cgroup root of either version.
     fn write(root: &Path, rel: &str, text: &str) {
