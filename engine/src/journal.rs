@@ -143,6 +143,35 @@ pub(crate) fn records(mut bytes: &[u8]) -> (Vec<Vec<Change<'_>>>, bool) {
     (out, true)
 }
 
+/// How many whole records follow the first record of `bytes` that is cut
+/// short or corrupt: none after a crash's torn tail (zeros or nothing follow
+/// it), some after damage in the middle of a segment (a failing disk, a
+/// stray write), which are lost with it. Looked for within 4 MiB of the
+/// damage.
+pub(crate) fn records_past_a_break(bytes: &[u8]) -> usize {
+    // Where the good records end.
+    let mut at = 0;
+    loop {
+        let Some(head) = bytes.get(at..at + 8) else {
+            break;
+        };
+        let len = u32::from_le_bytes(head[..4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default());
+        match bytes.get(at + 8..at + 8 + len) {
+            Some(p) if len > 0 && crc32fast::hash(p) == crc && decode(p).is_some() => at += 8 + len,
+            _ => break,
+        }
+    }
+    let end = bytes.len().min(at + 4 * 1024 * 1024);
+    for start in at + 1..end {
+        let (found, _) = records(&bytes[start..]);
+        if !found.is_empty() {
+            return found.len();
+        }
+    }
+    0
+}
+
 /// Where a segment's records end (its first zero length or its end).
 #[cfg(test)]
 pub(crate) fn end_of_records(bytes: &[u8]) -> usize {
@@ -257,11 +286,22 @@ impl Journal {
             }
             replayed += records.len();
             if !clean {
-                tracing::warn!(
-                    segment = %path.display(),
-                    "a segment of the store's journal ends in a record cut short (a crash \
-                     while it was written; no writer was told it was durable): replayed up to it"
-                );
+                match records_past_a_break(&bytes) {
+                    0 => tracing::warn!(
+                        segment = %path.display(),
+                        "a segment of the store's journal ends in a record cut short (a crash \
+                         while it was written; no writer was told it was durable): replayed up to it"
+                    ),
+                    lost => tracing::error!(
+                        segment = %path.display(),
+                        replayed = records.len(),
+                        lost,
+                        "a segment of the store's journal is damaged in its middle (a failing disk?): \
+                         the records after the damage cannot be replayed, and writes acknowledged \
+                         before the crash may be lost; restore the data directory from a backup if \
+                         they matter"
+                    ),
+                }
             }
         }
         if !found.is_empty() {
@@ -596,5 +636,10 @@ mod tests {
         bad[second] ^= 1;
         let (r, clean) = records(&bad);
         assert_eq!((r.len(), clean), (1, false));
+        // Damage in the middle is told from a torn tail by what follows it:
+        // the third record here, nothing after a tail cut short.
+        assert_eq!(records_past_a_break(&bad), 1);
+        assert_eq!(records_past_a_break(&cut), 0);
+        assert_eq!(records_past_a_break(&whole[..whole.len() - 1]), 0);
     }
 }
