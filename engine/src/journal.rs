@@ -151,10 +151,7 @@ pub(crate) fn records(mut bytes: &[u8]) -> (Vec<Vec<Change<'_>>>, bool) {
 pub(crate) fn records_past_a_break(bytes: &[u8]) -> usize {
     // Where the good records end.
     let mut at = 0;
-    loop {
-        let Some(head) = bytes.get(at..at + 8) else {
-            break;
-        };
+    while let Some(head) = bytes.get(at..at + 8) {
         let len = u32::from_le_bytes(head[..4].try_into().unwrap_or_default()) as usize;
         let crc = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default());
         match bytes.get(at + 8..at + 8 + len) {
