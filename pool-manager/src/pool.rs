@@ -147,6 +147,8 @@ struct EnvPool {
     generic: Vec<Arc<Instance>>,
     starting: usize,
     refilling: bool,
+    /// When a refill may start again after failing three times in a row.
+    refill_backoff: Backoff,
     /// Why its last instance failed to start, until one starts.
     start_failure: Option<StartFailure>,
 }
@@ -179,6 +181,8 @@ struct FnPool {
     waiting: usize,
     /// A task is specializing instances up to the function's min scale.
     warming: bool,
+    /// When warming may start again after failing three times in a row.
+    warm_backoff: Backoff,
     /// Woken when capacity may have freed up.
     changed: Arc<Notify>,
     /// Requests waiting for capacity at the function's max scale, by when
@@ -319,6 +323,7 @@ impl PoolManager {
                     generic: Vec::new(),
                     starting: 0,
                     refilling: false,
+                    refill_backoff: Backoff::default(),
                     start_failure: None,
                 },
             );
@@ -653,6 +658,21 @@ impl PoolManager {
         self.inner.closing.load(Ordering::SeqCst)
     }
 
+    /// Whether `function`'s min scale is being warmed, and asks for it again
+    /// (as the reaper's tick does) (for tests).
+    #[cfg(test)]
+    pub(crate) fn warming(&self, function: &str) -> bool {
+        lock(&self.inner.state)
+            .fns
+            .get(function)
+            .is_some_and(|p| p.warming)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn warm_again(&self, function: &str) {
+        self.inner.keep_warm(function);
+    }
+
     /// Ends the connections taken over by an upgrade (WebSockets), now and
     /// from now on: the server is stopping, and they would hold its stop for
     /// the whole grace (their clients connect again once it is back).
@@ -773,6 +793,7 @@ impl FnPool {
             pending: 0,
             waiting: 0,
             warming: false,
+            warm_backoff: Backoff::default(),
             changed: Arc::new(Notify::new()),
             queue: std::collections::BTreeSet::new(),
             metrics: Arc::default(),
@@ -892,7 +913,11 @@ impl Inner {
             let Some(pool) = st.fns.get_mut(name) else {
                 return;
             };
-            if pool.warming || !pool.below_min_scale() || self.closing.load(Ordering::SeqCst) {
+            if pool.warming
+                || !pool.below_min_scale()
+                || self.closing.load(Ordering::SeqCst)
+                || pool.warm_backoff.waiting()
+            {
                 return;
             }
             pool.warming = true;
@@ -908,6 +933,9 @@ impl Inner {
                     let Some(pool) = fns.get_mut(&name) else {
                         return;
                     };
+                    if failures >= 3 {
+                        pool.warm_backoff.failed();
+                    }
                     if inner.closing.load(Ordering::SeqCst)
                         || !pool.below_min_scale()
                         || failures >= 3
@@ -931,6 +959,7 @@ impl Inner {
                             retire(&[instance]);
                         }
                         pool.changed.notify_waiters();
+                        pool.warm_backoff = Backoff::default();
                         failures = 0;
                     }
                     (Ok(instance), None) => {
@@ -983,6 +1012,7 @@ impl Inner {
                             generic: Vec::new(),
                             starting: 0,
                             refilling: false,
+                            refill_backoff: Backoff::default(),
                             start_failure: None,
                         },
                     );
@@ -1004,7 +1034,10 @@ impl Inner {
             let Some(pool) = st.envs.get_mut(env_name) else {
                 return;
             };
-            if pool.refilling || pool.generic.len() + pool.starting >= pool.env.poolsize {
+            if pool.refilling
+                || pool.generic.len() + pool.starting >= pool.env.poolsize
+                || pool.refill_backoff.waiting()
+            {
                 return;
             }
             pool.refilling = true;
@@ -1035,6 +1068,7 @@ impl Inner {
                     (Ok(i), Some(pool)) if pool.env == env => {
                         pool.starting -= 1;
                         pool.generic.push(i);
+                        pool.refill_backoff = Backoff::default();
                         failures = 0;
                     }
                     (Ok(i), pool) => {
@@ -1052,6 +1086,7 @@ impl Inner {
                         if failures >= 3 {
                             if let Some(pool) = st.envs.get_mut(&env_name) {
                                 pool.refilling = false;
+                                pool.refill_backoff.failed();
                             }
                             return;
                         }
@@ -1353,6 +1388,26 @@ impl Inner {
                 live -= 1;
             }
         }
+    }
+}
+
+/// A pause before work that failed three times in a row is tried again:
+/// 1 s, doubling to 1 min (a host out of file descriptors would otherwise
+/// be asked for instances, and log its refusal, several times a second).
+#[derive(Default)]
+struct Backoff {
+    until: Option<std::time::Instant>,
+    next: Duration,
+}
+
+impl Backoff {
+    fn waiting(&self) -> bool {
+        self.until.is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    fn failed(&mut self) {
+        self.next = (self.next * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        self.until = Some(std::time::Instant::now() + self.next);
     }
 }
 

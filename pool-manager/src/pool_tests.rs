@@ -30,6 +30,8 @@ struct FakeBackend {
     /// Generic instances may be left running at shutdown (as pods are).
     parks: Arc<AtomicBool>,
     started: AtomicUsize,
+    /// Starts asked for, failed ones too.
+    asked: AtomicUsize,
     handles: Mutex<HashMap<u64, Arc<FakeHandle>>>,
 }
 
@@ -92,6 +94,7 @@ impl Backend for FakeBackend {
 
     fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Handle>>> {
         Box::pin(async move {
+            self.asked.fetch_add(1, Ordering::SeqCst);
             if self.broken.load(Ordering::SeqCst) {
                 return Err(Error::Unavailable("the fake runtime does not start".into()));
             }
@@ -176,6 +179,7 @@ async fn setup_with(
         broken: AtomicBool::new(false),
         parks: Arc::default(),
         started: AtomicUsize::new(0),
+        asked: AtomicUsize::new(0),
         handles: Mutex::default(),
     });
     let db = sled::Config::new().temporary(true).open().unwrap();
@@ -394,6 +398,41 @@ async fn a_generic_instances_log_is_no_functions() {
     let generic = s.pm.logs().read("env.env").await;
     assert!(!generic.is_empty());
     assert!(s.pm.logs().read("env-env").await.is_empty());
+}
+
+/// Instances that fail to start three times in a row are asked for again
+/// only after a pause (the reaper's tick or an instance's exit would ask at
+/// once): a host out of file descriptors is not asked, and its refusal not
+/// logged, several times a second.
+#[tokio::test]
+async fn starts_that_keep_failing_are_tried_again_after_a_pause() {
+    let s = setup_scaled(0, 1, 1).await;
+    let ids = eventually("one warm instance", || {
+        let ids = warm(&s.pm);
+        (ids.len() == 1).then_some(ids)
+    })
+    .await;
+    s.backend.broken.store(true, Ordering::SeqCst);
+    let asked = s.backend.asked.load(Ordering::SeqCst);
+    let handle = s.backend.handles.lock().unwrap()[&ids[0]].clone();
+    handle.end(Exit::Vanished("its pod was deleted".into()));
+    // Three tries to replace it, then it gives up for now.
+    eventually("three failed starts", || {
+        (s.backend.asked.load(Ordering::SeqCst) == asked + 3).then_some(())
+    })
+    .await;
+    eventually("the warming gives up", || {
+        (!s.pm.warming("f")).then_some(())
+    })
+    .await;
+    // Asked again at once (as the reaper's next tick does): nothing is tried.
+    s.pm.warm_again("f");
+    assert!(
+        !s.pm.warming("f"),
+        "asked again at once, it waits out its pause"
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(s.backend.asked.load(Ordering::SeqCst), asked + 3);
 }
 
 #[tokio::test]
