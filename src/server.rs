@@ -597,7 +597,13 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         token,
         token_file,
     };
-    tracing::info!(router = %running.router_addr, api = %running.api_addr, "fusion is listening");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %data_dir.display(),
+        router = %running.router_addr,
+        api = %running.api_addr,
+        "fusion is listening"
+    );
     let stop_signal = shutdown_signal();
     triggers.mqt.start(args.nats_url.clone())?;
     on_ready(&running);

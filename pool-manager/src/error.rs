@@ -106,7 +106,22 @@ impl From<sled::Error> for Error {
 /// kind: StorageFull, .. }`.
 pub fn sled_error_text(e: &sled::Error) -> String {
     match e {
-        sled::Error::Io(io) => format!("I/O error: {io}"),
+        sled::Error::Io(io) => {
+            // sled wraps some in text of their debug form (`Os { code: 28,
+            // kind: StorageFull, .. }`): said as the system says it.
+            let text = io.to_string();
+            let code = text
+                .split("Os { code: ")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<i32>().ok());
+            match code {
+                Some(code) if io.raw_os_error().is_none() => {
+                    format!("I/O error: {}", std::io::Error::from_raw_os_error(code))
+                }
+                _ => format!("I/O error: {text}"),
+            }
+        }
         other => other.to_string(),
     }
 }
@@ -140,6 +155,24 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// sled's I/O errors read as the system says them, also those it wraps
+    /// in their debug form.
+    #[test]
+    fn sled_io_errors_read_as_the_system_says_them() {
+        let wrapped = sled::Error::Io(std::io::Error::other(
+            "Os { code: 28, kind: StorageFull, message: \"No space left on device\" }",
+        ));
+        assert_eq!(
+            sled_error_text(&wrapped),
+            "I/O error: No space left on device (os error 28)"
+        );
+        let plain = sled::Error::Io(std::io::Error::from_raw_os_error(28));
+        assert_eq!(
+            sled_error_text(&plain),
+            "I/O error: No space left on device (os error 28)"
+        );
+    }
 
     /// Every code users can get is explained in docs/error-codes.md.
     #[test]
