@@ -743,6 +743,7 @@ async fn instance_failed(lease: &Lease, e: &ClientError) -> Error {
         Some(s) => s.to_string(),
         None => e.to_string(),
     };
+    tracing::warn!(function, instance = lease.instance.id, error = %reason, "an instance failed a request (502)");
     Error::Upstream(format!(
         "the instance serving function {function:?} failed while handling the request: {reason}"
     ))
@@ -751,6 +752,7 @@ async fn instance_failed(lease: &Lease, e: &ClientError) -> Error {
 /// The error for a request whose instance ended before it answered.
 fn instance_ended(lease: &Lease, exit: &Exit) -> Error {
     let function = &lease.function.key();
+    tracing::warn!(function, instance = lease.instance.id, %exit, "an instance ended under a request (502)");
     if *exit == Exit::OutOfMemory {
         return out_of_memory(function);
     }

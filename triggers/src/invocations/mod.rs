@@ -647,6 +647,14 @@ impl Inner {
         self.call_destination(&mut inv, policy).await;
         self.store.save(&inv).await?;
         if status == Status::Dead {
+            // An operator's business: it waits for a redrive.
+            tracing::warn!(
+                invocation = %inv.id,
+                function = %inv.function_key(),
+                reason,
+                error = inv.error.as_deref().unwrap_or_default(),
+                "an asynchronous invocation is dead-lettered (`fusion fn dlq redrive` tries it again)"
+            );
             // Published apart from the attempt: a slow or unreachable sink
             // must not hold the slots other invocations are waiting for.
             let sinks = self.sinks.read().unwrap_or_else(|p| p.into_inner()).clone();
