@@ -342,6 +342,17 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         _ => None,
     };
     private_data_dir(&args.data_dir)?;
+    // Said at the start rather than found a second after it, when the
+    // journal's next segment finds no room (and runs are refused).
+    const ROOM: u64 = 64 * 1024 * 1024;
+    if let Ok(free) = pool_manager::sys::free_bytes(&args.data_dir) {
+        if free < ROOM {
+            tracing::warn!(
+                free_mib = free / (1024 * 1024),
+                "the data directory's filesystem has little room left: the workflow store's journal allocates 16 MiB segments (and the container backend keeps a copy of the fusion executable there); with less, runs and changes are refused"
+            );
+        }
+    }
     let token_file = args
         .token_file
         .clone()

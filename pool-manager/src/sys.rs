@@ -80,6 +80,19 @@ pub fn preallocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Bytes free (to an unprivileged user) on the filesystem that holds `path`.
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: statvfs is plain data, for which all zeros is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid statvfs to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// The calling thread's kernel id.
 pub fn thread_id() -> i32 {
     // SAFETY: gettid has no preconditions and cannot fail.
