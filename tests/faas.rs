@@ -1846,26 +1846,7 @@ fn shouting_function(s: &Server) {
 /// A connection to the shouting function switched to WebSocket through the
 /// router, past the 101.
 fn shout_tunnel(s: &Server) -> std::net::TcpStream {
-    use std::io::Read;
-    let mut c = std::net::TcpStream::connect(s.router.trim_start_matches("http://")).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    c.write_all(
-        b"GET /fission-function/shout HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            c.read(&mut byte).unwrap(),
-            1,
-            "{:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let (c, head) = upgraded(s, "shout", "");
     assert!(head.contains("upgrade: websocket"), "{head}");
     c
 }
@@ -1966,29 +1947,37 @@ fn ws_server_frame(c: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
 /// A WebSocket connection to `function` through `s`'s router, past the 101
 /// (the handshake of RFC 6455's example).
 fn ws_connect(s: &Server, function: &str) -> std::net::TcpStream {
-    use std::io::Read;
-    let mut c = std::net::TcpStream::connect(s.router.trim_start_matches("http://")).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     // The handshake of RFC 6455's example.
-    c.write_all(format!("GET /fission-function/{function} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            c.read(&mut byte).unwrap(),
-            1,
-            "{:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let key = "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let (c, head) = upgraded(s, function, key);
     assert!(
         head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
         "{head}"
     );
     c
+}
+
+/// A connection to `function` through `s`'s router that asked to switch to
+/// WebSocket (with `headers` too), past its 101: the connection, and the
+/// answer's head in lower case.
+fn upgraded(s: &Server, function: &str, headers: &str) -> (std::net::TcpStream, String) {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(s.router.trim_start_matches("http://")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let request = format!(
+        "GET /fission-function/{function} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{headers}\r\n"
+    );
+    c.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = c.read(&mut byte).unwrap();
+        assert_eq!(n, 1, "{:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    (c, head)
 }
 
 /// A nodejs function serves WebSockets as in Fission's nodejs environment:

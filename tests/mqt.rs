@@ -1064,19 +1064,24 @@ fn a_consumer_is_one_triggers_and_a_delete_leaves_the_users_own() {
     assert_eq!(nats.consumers("ORDERS"), vec!["theirs"]);
 }
 
-/// A trigger whose concurrency is above its function's max scale: the
-/// deliveries past it wait in line for an instance (the function's timeout,
-/// not the router's lease wait) instead of spending their attempts on 429s.
-#[test]
-fn deliveries_past_the_functions_max_scale_wait_their_turn() {
-    let nats = Nats::start();
+/// Whether `n` requests wait in line for function `one` (its metric).
+fn in_line(s: &Server, n: usize) -> bool {
+    let (_, metrics) = s.call("GET", "/metrics", None);
+    let line = format!("fusion_function_requests_waiting{{function=\"one\"}} {n}");
+    metrics
+        .as_str()
+        .is_some_and(|m| m.lines().any(|l| l == line))
+}
+
+/// A server (with `env`) whose trigger `orders` delivers three messages at
+/// once to function `one` of max scale 1: once it returns, the first is in
+/// the function (held at the probe's gate `go`) and two wait in line.
+fn three_for_one(nats: &Nats, env: &[(&str, &str)]) -> (Server, Probe) {
     nats.create_stream("ORDERS", &["orders.>"]);
     nats.create_stream("RESULTS", &["results.>"]);
-    // A router caller would be turned away after 1 ms.
-    let s = Server::start_with(&[
-        ("FUSION_NATS_URL", &nats.url),
-        ("FUSION_LEASE_WAIT_MS", "1"),
-    ]);
+    let mut vars = vec![("FUSION_NATS_URL", nats.url.as_str())];
+    vars.extend_from_slice(env);
+    let s = Server::start_with(&vars);
     s.env("binary", "binary", 1);
     let probe = Probe::start();
     s.function(
@@ -1103,17 +1108,23 @@ fn deliveries_past_the_functions_max_scale_wait_their_turn() {
             &[("X-Order", &i.to_string())],
         );
     }
-    // One in the function (held at the gate), two in line for it.
     eventually(Duration::from_secs(30), "two deliveries in line", || {
-        let (_, metrics) = s.call("GET", "/metrics", None);
-        metrics.as_str().is_some_and(|m| {
-            m.lines()
-                .any(|l| l == "fusion_function_requests_waiting{function=\"one\"} 2")
-        })
+        in_line(&s, 2)
     });
     eventually(Duration::from_secs(30), "the first in the function", || {
         probe.lines("calls").len() == 1
     });
+    (s, probe)
+}
+
+/// A trigger whose concurrency is above its function's max scale: the
+/// deliveries past it wait in line for an instance (the function's timeout,
+/// not the router's lease wait) instead of spending their attempts on 429s.
+#[test]
+fn deliveries_past_the_functions_max_scale_wait_their_turn() {
+    let nats = Nats::start();
+    // A router caller would be turned away after 1 ms.
+    let (s, probe) = three_for_one(&nats, &[("FUSION_LEASE_WAIT_MS", "1")]);
     probe.open("go");
     eventually(Duration::from_secs(30), "every answer is published", || {
         nats.messages("RESULTS", "results.ok").len() == 3
@@ -1128,50 +1139,13 @@ fn deliveries_past_the_functions_max_scale_wait_their_turn() {
 #[test]
 fn deliveries_waiting_for_capacity_are_handed_back_at_a_stop() {
     let nats = Nats::start();
-    nats.create_stream("ORDERS", &["orders.>"]);
-    nats.create_stream("RESULTS", &["results.>"]);
-    let s = server(&nats);
-    let probe = Probe::start();
-    s.function(
-        "one",
-        "binary",
-        "one.sh",
-        &echo(&probe, true),
-        json!({"max_scale": 1}),
-    );
-    s.ok(
-        "POST",
-        "/v1/mqtriggers",
-        Some(json!({
-            "name": "orders", "function": "one", "topic": "orders.new",
-            "respTopic": "results.ok", "maxRetries": 0, "concurrency": 3,
-        })),
-    );
-    wait_state(&s, "orders", "running", Duration::from_secs(20));
-    for i in 0..3 {
-        nats.publish(
-            "orders.new",
-            &format!("m{i}"),
-            &[("X-Order", &i.to_string())],
-        );
-    }
-    let waiting = |n: usize| {
-        let (_, metrics) = s.call("GET", "/metrics", None);
-        let line = format!("fusion_function_requests_waiting{{function=\"one\"}} {n}");
-        metrics
-            .as_str()
-            .is_some_and(|m| m.lines().any(|l| l == line))
-    };
-    eventually(Duration::from_secs(30), "two deliveries in line", || {
-        waiting(2)
-    });
-    eventually(Duration::from_secs(30), "the first in the function", || {
-        probe.lines("calls").len() == 1
-    });
+    let (s, probe) = three_for_one(&nats, &[]);
     std::thread::scope(|scope| {
         let delete = scope.spawn(|| s.cli(&["mqt", "delete", "orders"]));
         // The two in line leave it (handed back) while the first still runs.
-        eventually(Duration::from_secs(30), "the line is left", || waiting(0));
+        eventually(Duration::from_secs(30), "the line is left", || {
+            in_line(&s, 0)
+        });
         probe.open("go");
         let (rc, out, err) = delete.join().unwrap();
         assert_eq!(rc, 0, "{out}{err}");

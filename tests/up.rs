@@ -539,6 +539,20 @@ fn spawn_server(
     KillOnDrop(cmd.spawn().unwrap())
 }
 
+/// A process-backend server on `data`, logging to `log`, once it listens:
+/// it, its API's URL and its token.
+fn started_on(data: &std::path::Path, log: &std::path::Path) -> (KillOnDrop, String, String) {
+    let mut child = spawn_server("process", data, log, &[]);
+    let line = BufReader::new(child.0.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let api = listening_on(&line, "api=");
+    let token = std::fs::read_to_string(data.join("token")).unwrap();
+    (child, api, token.trim().to_string())
+}
+
 /// Unmounts a test's own filesystem, whatever the test's outcome.
 struct Unmount(std::path::PathBuf);
 
@@ -577,17 +591,7 @@ fn a_store_that_cannot_write_stops_the_server_with_the_reason() {
     let (dir, small, _unmount) = small_disk("40m");
     let data = small.join("data");
     let log = dir.path().join("server.log");
-    let start = || {
-        let mut child = spawn_server("process", &data, &log, &[]);
-        let line = BufReader::new(child.0.stdout.take().unwrap())
-            .lines()
-            .next()
-            .unwrap()
-            .unwrap();
-        let api = listening_on(&line, "api=");
-        let token = std::fs::read_to_string(data.join("token")).unwrap();
-        (child, api, token.trim().to_string())
-    };
+    let start = || started_on(&data, &log);
     let http = reqwest::blocking::Client::new();
     let create = |api: &str, token: &str, name: &str| {
         http.post(format!("{api}/v1/environments"))
@@ -656,17 +660,7 @@ fn a_run_refused_for_a_full_disk_never_runs() {
     let data = small.join("data");
     let log = dir.path().join("server.log");
     let http = reqwest::blocking::Client::new();
-    let start_server = || {
-        let mut server = spawn_server("process", &data, &log, &[]);
-        let line = BufReader::new(server.0.stdout.take().unwrap())
-            .lines()
-            .next()
-            .unwrap()
-            .unwrap();
-        let api = listening_on(&line, "api=");
-        let token = std::fs::read_to_string(data.join("token")).unwrap();
-        (server, api, token.trim().to_string())
-    };
+    let start_server = || started_on(&data, &log);
     let (mut server, api, token) = start_server();
     let created = http
         .post(format!("{api}/v1/workflows"))
