@@ -161,6 +161,15 @@ pub(crate) fn records_past_a_break(bytes: &[u8]) -> usize {
     }
     let end = bytes.len().min(at + 4 * 1024 * 1024);
     for start in at + 1..end {
+        // A cheap look at what would be a record's length first: garbage
+        // (random lengths) is passed over without a checksum of megabytes.
+        let plausible = bytes
+            .get(start..start + 4)
+            .map(|l| u32::from_le_bytes(l.try_into().unwrap_or_default()) as usize)
+            .is_some_and(|len| len > 0 && len <= 1024 * 1024 && start + 8 + len <= bytes.len());
+        if !plausible {
+            continue;
+        }
         let (found, _) = records(&bytes[start..]);
         if !found.is_empty() {
             return found.len();
