@@ -1816,8 +1816,10 @@ class H(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.reply(b"")
     def do_GET(self):
-        if self.headers.get("Upgrade") != "websocket":
-            return self.reply(b"plain")
+        upgrade = self.headers.get("Upgrade")
+        if upgrade != "websocket":
+            # What reached it of another upgrade, if anything.
+            return self.reply(b"plain" + (b" " + upgrade.encode() if upgrade else b""))
         self.send_response(101)
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
@@ -1896,7 +1898,11 @@ fn a_function_can_switch_protocols_through_the_router() {
         .send()
         .unwrap();
     assert_eq!(h2c.status(), 200);
-    assert_eq!(h2c.text().unwrap(), "plain");
+    assert_eq!(
+        h2c.text().unwrap(),
+        "plain",
+        "the function saw no Upgrade header"
+    );
     let mut c = shout_tunnel(&s);
     let open = || {
         let text = s.api("GET", "/metrics").send().unwrap().text().unwrap();

@@ -313,18 +313,21 @@ async fn forward_inner(
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
-/// The protocol a request asks to switch to (`Connection: upgrade` and
-/// `Upgrade: websocket`, say), if it does.
+/// `Upgrade: websocket` when a request asks to switch to WebSocket
+/// (`Connection: upgrade` too). Other upgrades (`h2c`, which HTTP/2 clients
+/// offer on every plain request) are hop-by-hop: not passed on, the request
+/// answered as HTTP/1.1.
 fn switch_to(headers: &http::HeaderMap) -> Option<HeaderValue> {
-    let asked = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asked
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+    let has = |name, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    (has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket"))
+        .then(|| HeaderValue::from_static("websocket"))
 }
 
 /// Sends a request to switch protocols to the leased instance, on a
