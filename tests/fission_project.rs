@@ -236,6 +236,9 @@ fn a_fission_project_applies_runs_changes_and_is_destroyed_with_one_command_each
 
     let out = cli(&["spec", "validate"]);
     assert!(out.contains("the specs are valid"), "{out}");
+    // `-n` as on other commands (the namespace of documents that name none).
+    let out = cli(&["spec", "validate", "-n", "default"]);
+    assert!(out.contains("the specs are valid"), "{out}");
     // --wait: back once the builds have ended, each said.
     let out = cli(&["spec", "apply", "--wait"]);
     let pkg = s.ok("GET", "/v1/packages/pyshop", None);
