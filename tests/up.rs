@@ -337,24 +337,29 @@ fn the_log_to_a_file_is_plain_text_or_json_lines() {
 fn server_settings_are_read_as_written_or_refused() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let mut child = Command::new(BIN)
-        .args(["server", "--backend", "process", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--router-listen",
-            "localhost:0",
-            "--api-listen",
-            "localhost:0",
-        ])
-        .env("FUSION_ACCESS_LOG", "yes")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let first = BufReader::new(child.stdout.take().unwrap()).lines().next();
+    // Killed on every way out of the test, a failed assertion's too.
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["server", "--backend", "process", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--router-listen",
+                "localhost:0",
+                "--api-listen",
+                "localhost:0",
+            ])
+            .env("FUSION_ACCESS_LOG", "yes")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let first = BufReader::new(child.0.stdout.take().unwrap())
+        .lines()
+        .next();
     let line = first.unwrap().unwrap();
-    signal(child.id(), libc::SIGTERM);
-    assert!(child.wait().unwrap().success());
+    signal(child.0.id(), libc::SIGTERM);
+    assert!(child.0.wait().unwrap().success());
     assert!(line.contains("api=http://127.0.0.1:"), "{line}");
     for (key, value, says) in [
         (
