@@ -16,12 +16,18 @@ const MIN_LEN: usize = 32;
 /// Why the server cannot use its token file.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("cannot read the API token file {path}: {source}")]
+    #[error(
+        "cannot read the API token file {path}: {source}{}",
+        owner_hint(path, source)
+    )]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot create the API token file {path}: {source}")]
+    #[error(
+        "cannot create the API token file {path}: {source}{}",
+        owner_hint(path, source)
+    )]
     Create {
         path: PathBuf,
         source: std::io::Error,
@@ -126,6 +132,33 @@ pub fn for_cli() -> Option<String> {
     (!t.is_empty()).then(|| t.to_string())
 }
 
+/// What a permission error on `path` comes from when the file (or, where it
+/// cannot be seen, the nearest directory above it that can) belongs to
+/// another user than the server's: a data dir made by root and a server run
+/// as a service user, say. Empty for other errors.
+fn owner_hint(path: &Path, error: &std::io::Error) -> String {
+    if error.kind() != std::io::ErrorKind::PermissionDenied {
+        return String::new();
+    }
+    let Some(me) = std::fs::metadata("/proc/self").ok().map(|m| m.uid()) else {
+        return String::new();
+    };
+    let Some((seen, meta)) = path
+        .ancestors()
+        .find_map(|p| std::fs::metadata(p).ok().map(|m| (p, m)))
+    else {
+        return String::new();
+    };
+    if meta.uid() == me {
+        return String::new();
+    }
+    format!(
+        " ({} belongs to uid {}, the server runs as uid {me}: chown the data dir to the server's user, or run the server as its owner)",
+        seen.display(),
+        meta.uid()
+    )
+}
+
 /// Whether a file of `mode` and group `gid` is readable by anyone but the
 /// server: by all, or by a group that is not the server's own (a Kubernetes
 /// secret volume gives its files to the pod's `fsGroup`, the server's group).
@@ -167,6 +200,36 @@ mod tests {
             Token::load_or_create(&path),
             Err(TokenError::Invalid(_))
         ));
+    }
+
+    /// A data dir another user owns (made by root, the server run as a
+    /// service user) is named with both users in the error.
+    #[test]
+    fn a_permission_error_names_the_owner_when_it_is_not_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let denied = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(owner_hint(&path, &denied()), "", "the server's own dir");
+        let me = std::fs::metadata("/proc/self").unwrap().uid();
+        let other = me + 4242;
+        if std::os::unix::fs::chown(dir.path(), Some(other), None).is_err() {
+            eprintln!("skipped: cannot chown here (not root)");
+            return;
+        }
+        let error = TokenError::Create {
+            path: path.clone(),
+            source: denied(),
+        }
+        .to_string();
+        assert!(
+            error.contains(&format!(
+                "{} belongs to uid {other}, the server runs as uid {me}",
+                dir.path().display()
+            )),
+            "{error}"
+        );
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(owner_hint(&path, &missing), "", "not a permission error");
     }
 
     #[test]

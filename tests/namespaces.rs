@@ -69,6 +69,23 @@ fn the_same_names_in_two_namespaces_are_two_resources() {
     assert_eq!(r.text().unwrap(), "shop");
     let (status, out, err) = s.cli(&["fn", "test", "hello", "--namespace", "shop"]);
     assert_eq!((status, out.as_str()), (0, "shop"), "{err}");
+    // The URL paths are shared by every namespace: a route for another's
+    // path is refused, naming the namespace the caller may not be looking at.
+    let (status, _, err) = s.cli(&[
+        "route",
+        "create",
+        "--name",
+        "copy",
+        "--url",
+        "/shop/hello",
+        "--function",
+        "hello",
+    ]);
+    assert_ne!(status, 0);
+    assert!(
+        err.contains(r#"as route "hello" in namespace "shop" (/shop/hello)"#),
+        "{err}"
+    );
 
     // Listed and read per namespace.
     assert_eq!(
@@ -94,14 +111,26 @@ fn the_same_names_in_two_namespaces_are_two_resources() {
     assert_eq!(status, 400, "{v}");
 
     // Deleting in one namespace leaves the other alone.
-    for args in [
-        &["route", "delete", "hello", "--namespace", "shop"][..],
-        &["fn", "delete", "hello", "--namespace", "shop"],
-        &["env", "delete", "py", "--namespace", "shop"],
-    ] {
-        let (status, out, err) = s.cli(args);
-        assert_eq!(status, 0, "{args:?}: {out}{err}");
-    }
+    // Each says what went, with its namespace; as JSON with `-o json`.
+    let (status, out, err) = s.cli(&["route", "delete", "hello", "--namespace", "shop"]);
+    assert_eq!(
+        (status, out.trim()),
+        (0, "route shop/hello deleted"),
+        "{err}"
+    );
+    let (status, out, err) = s.cli(&["fn", "delete", "hello", "-n", "shop", "-o", "json"]);
+    assert_eq!(status, 0, "{out}{err}");
+    let said: serde_json::Value = serde_json::from_str(&out).expect("the output is JSON");
+    assert_eq!(
+        said,
+        json!({"deleted": {"kind": "function", "namespace": "shop", "name": "hello"}})
+    );
+    let (status, out, err) = s.cli(&["env", "delete", "py", "--namespace", "shop"]);
+    assert_eq!(
+        (status, out.trim()),
+        (0, "environment shop/py deleted"),
+        "{err}"
+    );
     let r = s.get("/fission-function/shop/hello");
     assert_eq!(r.status().as_u16(), 404);
     let r = s.get("/fission-function/hello");

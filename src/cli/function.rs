@@ -794,7 +794,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                             .is_some() =>
                 {
                     c.delete(&format!("/v1/workflows/{name}")).await?;
-                    println!("workflow {name} deleted");
+                    super::output::deleted(opts, "workflow", None, &name);
                 }
                 Err(e)
                     if ignore_not_found

@@ -141,7 +141,29 @@ impl Collection {
     }
     pub(super) async fn delete(&self, c: &Client, opts: &ClientOpts, name: &str) -> Result<()> {
         c.delete(&self.item(opts, name)).await?;
-        println!("{} {name} deleted", self.noun);
+        deleted(opts, self.noun, Some(opts.ns()), name);
         Ok(())
+    }
+}
+
+/// What a delete says it did: `function hello deleted`, or with `-o json`
+/// `{"deleted": {"kind": "function", "namespace": "default", "name": "hello"}}`,
+/// so a script reading JSON gets JSON from every verb.
+pub(super) fn deleted(opts: &ClientOpts, noun: &str, namespace: Option<&str>, name: &str) {
+    if opts.json() {
+        let mut what = serde_json::json!({"kind": noun.replace(' ', ""), "name": name});
+        if let Some(ns) = namespace {
+            what["namespace"] = ns.into();
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "deleted": what }))
+                .unwrap_or_default()
+        );
+        return;
+    }
+    match namespace {
+        Some(ns) if ns != "default" => println!("{noun} {ns}/{name} deleted"),
+        _ => println!("{noun} {name} deleted"),
     }
 }

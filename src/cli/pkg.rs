@@ -269,7 +269,7 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                     .query(&[("namespace", &id.namespace)]),
             )
             .await?;
-            println!("package {} deleted", id.name());
+            super::output::deleted(opts, "package", Some(&id.namespace), id.name());
         }
         PkgVerb::Rebuild { id } => {
             let v: Value = c

@@ -237,7 +237,7 @@ pub(super) async fn data_cmd(kind: Kind, verb: DataVerb, opts: &ClientOpts) -> R
         }
         DataVerb::Delete { id } => {
             c.delete(&item(kind, &id)).await?;
-            println!("{} {}/{} deleted", kind.noun, id.namespace, id.name());
+            super::output::deleted(opts, kind.noun, Some(&id.namespace), &id.name());
         }
     }
     Ok(())

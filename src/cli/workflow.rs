@@ -435,7 +435,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
         WfVerb::Delete { name } => {
             let name = name.get();
             c.delete(&format!("/v1/workflows/{name}")).await?;
-            println!("workflow {name} deleted");
+            super::output::deleted(opts, "workflow", None, &name);
         }
         WfVerb::Invoke {
             name,

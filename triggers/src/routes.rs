@@ -106,8 +106,20 @@ impl Routes {
             .into_iter()
             .find(|r| r.key() != route.key() && r.answers_as(route));
         if let Some(other) = clash {
+            // Routes of every namespace share the URL space: the other may be
+            // in a namespace the caller does not list.
+            let place = if other.namespace == route.namespace {
+                String::new()
+            } else {
+                format!(" in namespace {:?}", other.namespace)
+            };
+            let path = match (&other.url, &other.prefix) {
+                (Some(url), _) => url.clone(),
+                (None, Some(prefix)) => format!("{prefix}*"),
+                (None, None) => String::new(),
+            };
             return Err(Error::Conflict(format!(
-                "route {:?} would answer the same requests as route {:?}",
+                "route {:?} would answer the same requests as route {:?}{place} ({path}); routes of all namespaces share the URL paths: pick another path, method or host",
                 route.name, other.name
             )));
         }
