@@ -112,6 +112,34 @@ fn fn_create_takes_a_directory_of_code() {
     let (rc, out, err) = s.cli(&["fn", "test", "folder"]);
     assert_eq!(rc, 0, "{err}");
     assert_eq!(out, "from a folder\n");
+
+    // ES modules in a folder: `handler.main` finds `handler.mjs`, and an
+    // `index.mjs` is the folder's main module, as a `.js` file would be.
+    s.env("nodejs", "nodejs", 0);
+    let esm = tempfile::tempdir().unwrap();
+    std::fs::write(
+        esm.path().join("handler.mjs"),
+        "import { word } from './word.mjs';\nexport async function main() { return { body: word + '\\n' }; }\n",
+    )
+    .unwrap();
+    std::fs::write(esm.path().join("word.mjs"), "export const word = 'from a module';\n").unwrap();
+    std::fs::write(
+        esm.path().join("index.mjs"),
+        "export default async () => ({ body: 'the main module\\n' });\n",
+    )
+    .unwrap();
+    let esm_dir = esm.path().to_str().unwrap();
+    for (name, entry, said) in [
+        ("esm", "handler.main", "from a module\n"),
+        ("esm-main", "", "the main module\n"),
+    ] {
+        let (rc, out, err) = s.cli(&[
+            "fn", "create", name, "--env", "nodejs", "--code", esm_dir, "--entrypoint", entry,
+        ]);
+        assert_eq!(rc, 0, "{out}{err}");
+        let (rc, out, err) = s.cli(&["fn", "test", name]);
+        assert_eq!((rc, out.as_str()), (0, said), "{name}: {err}");
+    }
 }
 
 #[test]

@@ -74,9 +74,28 @@ function isMissing(e, target) {
   return e && e.code === 'MODULE_NOT_FOUND' && String(e.message).includes(`'${target}'`);
 }
 
+// Where `target` names a module: as require() finds it, else an ES module
+// require() does not look for (`handler` for handler.mjs, a folder whose
+// main module is index.mjs) or a `.cjs` file.
+function resolveModule(target) {
+  try {
+    return require.resolve(target);
+  } catch (e) {
+    if (!isMissing(e, target)) throw e;
+    for (const candidate of [`${target}.mjs`, `${target}.cjs`, path.join(target, 'index.mjs')]) {
+      try {
+        if (fs.statSync(candidate).isFile()) return candidate;
+      } catch (_) {
+        // not this one
+      }
+    }
+    throw e;
+  }
+}
+
 // Loads a module: CommonJS through require(), ES modules through import().
 async function loadModule(target) {
-  const resolved = require.resolve(target);
+  const resolved = resolveModule(target);
   try {
     return require(resolved);
   } catch (e) {
