@@ -342,6 +342,16 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         _ => None,
     };
     private_data_dir(&args.data_dir)?;
+    // Connections, instances and the store's files all take descriptors:
+    // the soft limit a service manager starts with (1024) is raised to the
+    // hard one before the connection caps are reckoned from it.
+    match pool_manager::sys::raise_open_files_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(before, after, "raised the soft limit on open files");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the soft limit on open files"),
+    }
     // Said at the start rather than found a second after it, when the
     // journal's next segment finds no room (and runs are refused).
     const ROOM: u64 = 64 * 1024 * 1024;

@@ -122,7 +122,11 @@ fn fn_create_takes_a_directory_of_code() {
         "import { word } from './word.mjs';\nexport async function main() { return { body: word + '\\n' }; }\n",
     )
     .unwrap();
-    std::fs::write(esm.path().join("word.mjs"), "export const word = 'from a module';\n").unwrap();
+    std::fs::write(
+        esm.path().join("word.mjs"),
+        "export const word = 'from a module';\n",
+    )
+    .unwrap();
     std::fs::write(
         esm.path().join("index.mjs"),
         "export default async () => ({ body: 'the main module\\n' });\n",
@@ -134,7 +138,15 @@ fn fn_create_takes_a_directory_of_code() {
         ("esm-main", "", "the main module\n"),
     ] {
         let (rc, out, err) = s.cli(&[
-            "fn", "create", name, "--env", "nodejs", "--code", esm_dir, "--entrypoint", entry,
+            "fn",
+            "create",
+            name,
+            "--env",
+            "nodejs",
+            "--code",
+            esm_dir,
+            "--entrypoint",
+            entry,
         ]);
         assert_eq!(rc, 0, "{out}{err}");
         let (rc, out, err) = s.cli(&["fn", "test", name]);

@@ -330,6 +330,59 @@ fn the_log_to_a_file_is_plain_text_or_json_lines() {
     }
 }
 
+/// Started under a service manager's soft limit on open files (1024 under
+/// a higher hard limit, as systemd does), the server raises it to the hard
+/// one, and its connection caps are reckoned from that.
+#[test]
+fn the_server_raises_its_open_files_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    // prlimit (util-linux) sets the limits and becomes the server.
+    let mut cmd = Command::new("prlimit");
+    cmd.args([
+        "--nofile=512:2048",
+        BIN,
+        "server",
+        "--backend",
+        "process",
+        "--data-dir",
+    ])
+    .arg(dir.path().join("data"))
+    .args([
+        "--router-listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+    ])
+    .env("FUSION_LOG", "info")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let first = BufReader::new(stdout).lines().next();
+    assert!(first.is_some_and(|l| l.is_ok_and(|l| l.starts_with("fusion listening"))));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["2048", "2048"],
+        "{open_files}"
+    );
+    signal(child.0.id(), libc::SIGTERM);
+    assert!(child.0.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("raised the soft limit on open files"),
+        "{text}"
+    );
+    // (2048 - 256) / 4 per listener, not the 64 of a soft 512.
+    assert!(text.contains("max_connections=448"), "{text}");
+}
+
 /// A listen address may name the host (`localhost:PORT`); a log format or
 /// filter the server does not know is refused in one line, not ignored; and
 /// boolean settings read as people write them (`FUSION_ACCESS_LOG=yes`).

@@ -66,6 +66,33 @@ pub fn open_files_hard_limit() -> u64 {
     rl.rlim_max
 }
 
+/// Raises this process's soft limit on open files to its hard limit (at most
+/// 1,048,576, the kernel's usual `nr_open`), as servers that hold many
+/// connections do: systemd starts services at a soft 1024 under a hard
+/// 524,288, meant to be raised by those that need more. The soft limits
+/// before and after.
+pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only to the rlimit it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = rl.rlim_cur;
+    let wanted = rl.rlim_max.min(1 << 20);
+    if before >= wanted {
+        return Ok((before, before));
+    }
+    rl.rlim_cur = wanted;
+    // SAFETY: setrlimit reads only the rlimit it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((before, wanted))
+}
+
 /// Allocates `len` bytes of `file` from its start (reading as zeros) and sets
 /// its size to at least `len`, as `fallocate(2)` with no flags: writes within
 /// them then change neither the file's size nor its allocation.
