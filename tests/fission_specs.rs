@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::Server;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// A copy of a fixture project under `tests/fixtures/fission/`.
 fn project(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -238,8 +238,59 @@ fn a_project_deletes_only_what_it_applied_and_never_takes_over_another_projects(
     assert!(out.contains("deleted   Environment second"), "{out}");
     assert_eq!(names(&s, "/v1/environments"), vec!["first".to_string()]);
 
-    // Destroy removes what the project applied, and nothing else.
+    // Fusion's short form (no DeploymentConfig) owns nothing, and takes
+    // nothing over either.
+    let short = tmp.path().join("short");
+    std::fs::create_dir_all(&short).unwrap();
+    std::fs::write(
+        short.join("fusion.yaml"),
+        "kind: Environment\nname: first\nruntime: nodejs\npoolsize: 0\n",
+    )
+    .unwrap();
+    let (code, _, err) = s.cli_in(&short, &["spec", "apply", "-f", "fusion.yaml"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("nothing applied")
+            && err.contains("Environment first was applied by another project"),
+        "{err}"
+    );
+    let first = s.ok("GET", "/v1/environments/first", None);
+    assert_eq!(first["image"], "fission/python-env", "{first}");
+    assert!(first.get("runtime").is_none(), "{first}");
+
+    // A route on the server that the folder's would shadow is found before
+    // anything is applied, not after the environment and function changed.
     s.env("mine", "python", 0);
+    s.function(
+        "byhand",
+        "mine",
+        "f.py",
+        "def main():\n    return 'f'\n",
+        json!({}),
+    );
+    s.ok(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "byhand", "url": "/clash", "function": "byhand"})),
+    );
+    std::fs::write(short.join("g.py"), "def main():\n    return 'g'\n").unwrap();
+    std::fs::write(
+        short.join("fusion.yaml"),
+        "kind: Environment\nname: fresh\nruntime: python\npoolsize: 0\n---\nkind: Function\nname: g\nenv: fresh\ncode: g.py\n---\nkind: Route\nname: r\nurl: /clash\nfunction: g\n",
+    )
+    .unwrap();
+    let (code, _, err) = s.cli_in(&short, &["spec", "apply", "-f", "fusion.yaml"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nothing applied"), "{err}");
+    assert!(
+        err.contains(r#"would answer the same requests as route "byhand" on the server (/clash)"#),
+        "{err}"
+    );
+    assert!(!names(&s, "/v1/environments").contains(&"fresh".to_string()));
+    assert_eq!(s.call("DELETE", "/v1/routes/byhand", None).0, 204);
+    assert_eq!(s.call("DELETE", "/v1/functions/byhand", None).0, 204);
+
+    // Destroy removes what the project applied, and nothing else.
     let (code, out, err) = s.cli_in(&one, &["spec", "destroy"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(names(&s, "/v1/environments"), vec!["mine".to_string()]);

@@ -383,15 +383,14 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
         Some(d) => record(client, &d.uid).await?.unwrap_or_default(),
         None => Record::default(),
     };
-    // What other projects applied, and what custom resources own (even for
-    // specs without a DeploymentConfig): never taken over without
-    // --allowconflicts.
+    // What other projects applied, and what custom resources own (also for
+    // specs without a DeploymentConfig, which own nothing but take nothing
+    // over either): never taken over without --allowconflicts.
     let own_uid = specs.deployment.as_ref().map(|d| d.uid.as_str());
     let owners: HashMap<Applied, Owner> = {
         let all: Vec<Record> = client.get("/v1/deployments").await?;
         all.into_iter()
             .filter(|r| Some(r.uid.as_str()) != own_uid)
-            .filter(|r| own_uid.is_some() || is_custom_resource_record(r))
             .flat_map(|r| {
                 let owner = Owner::of(&r);
                 r.resources.into_iter().map(move |a| (a, owner.clone()))
@@ -568,6 +567,7 @@ async fn preflight(
             Some(_) => {}
         }
     }
+    refused.extend(route_clashes(client, specs).await?);
     if !refused.is_empty() {
         bail!("nothing applied:\n{}", refused.join("\n"));
     }
@@ -577,6 +577,57 @@ async fn preflight(
         }
     }
     Ok(claimed.difference(&previous.resources).cloned().collect())
+}
+
+/// The folder's routes that would answer the same requests as a route on the
+/// server that the folder does not declare (in the namespaces the folder
+/// uses): the server would refuse them half-way through the apply, after
+/// changing what came before them.
+async fn route_clashes(client: &Client, specs: &Specs) -> Result<Vec<String>> {
+    let declared: Vec<(&Resource, triggers::Route)> = specs
+        .resources
+        .iter()
+        .filter(|r| r.kind == Kind::HttpTrigger)
+        .filter_map(|r| {
+            let mut route: triggers::Route = serde_json::from_value(r.body.clone()).ok()?;
+            route.namespace.clone_from(&r.namespace);
+            Some((r, route))
+        })
+        .collect();
+    if declared.is_empty() {
+        return Ok(Vec::new());
+    }
+    let namespaces: BTreeSet<&str> = declared.iter().map(|(r, _)| r.namespace.as_str()).collect();
+    let mut on_server: Vec<triggers::Route> = Vec::new();
+    for ns in namespaces {
+        on_server.extend(
+            client
+                .get::<Vec<triggers::Route>>(&with_namespace("/v1/routes", ns))
+                .await?,
+        );
+    }
+    let keys: BTreeSet<String> = declared.iter().map(|(_, r)| r.key()).collect();
+    let mut clashes = Vec::new();
+    for (r, route) in &declared {
+        let other = on_server
+            .iter()
+            .filter(|o| !keys.contains(&o.key()))
+            .find(|o| o.answers_as(route));
+        if let Some(other) = other {
+            let path = other
+                .url
+                .clone()
+                .or_else(|| other.prefix.as_ref().map(|p| format!("{p}*")))
+                .unwrap_or_default();
+            clashes.push(format!(
+                "{}: {} would answer the same requests as route {:?} on the server ({path}), which this folder does not declare: change one of them",
+                r.at,
+                r.label(),
+                other.name
+            ));
+        }
+    }
+    Ok(clashes)
 }
 
 async fn put_record(client: &Client, d: &Deployment, resources: BTreeSet<Applied>) -> Result<()> {
