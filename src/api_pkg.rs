@@ -81,14 +81,16 @@ async fn source(
 }
 
 /// The code a package's functions run (Fission's `pkg getdeploy`): its
-/// build, or the deployment it was given; as `source` sends it.
+/// build, or the deployment it was given; as `source` sends it. While it
+/// builds again, the last deployment it built (as Fission's package keeps
+/// its deployment archive until a build replaces it).
 async fn deployment(
     State(s): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<PackageQuery>,
 ) -> ApiResult<Response> {
     let p = s.pool.package(q.namespace(), &name)?;
-    let Some(code) = p.runnable() else {
+    let Some(code) = p.runnable().or(p.status.built.as_ref()) else {
         return Err(Error::Conflict(format!(
             "package {name:?} has no deployment yet: its build is {} (fusion pkg info {name})",
             p.status.buildstatus

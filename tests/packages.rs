@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
+use common::probe::Probe;
 use common::{eventually, Server};
 use serde_json::Value;
 use sha2::Digest;
@@ -270,6 +271,35 @@ fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
             .any(|l| l == r#"fusion_package_builds_total{outcome="succeeded"} 1"#),
         "{text}"
     );
+    // While it builds again, what it built last is what `pkg getdeploy` and
+    // `fn get --code` give (as the function's running instance serves it).
+    let gate = Probe::start();
+    let held = format!(
+        "{} && cp -r ${{SRC_PKG}} ${{DEPLOY_PKG}}",
+        gate.curl("/gate/rebuild")
+    );
+    cli_ok(
+        &s,
+        &["pkg", "update", "--name", "broken", "--buildcmd", &held],
+    );
+    eventually(Duration::from_secs(30), "the rebuild runs", || {
+        package(&s, "broken")["status"]["buildstatus"] == "running"
+    });
+    for path in [
+        "/v1/packages/broken/deployment",
+        "/v1/functions/brokenfn/code",
+    ] {
+        let r = s.api("GET", path).send().unwrap();
+        let status = r.status().as_u16();
+        let body = r.bytes().unwrap();
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+        assert!(
+            body.windows(7).any(|w| w == b"main.py"),
+            "{path}: not the last build"
+        );
+    }
+    gate.open("rebuild");
+    assert_eq!(built(&s, "broken")["status"]["buildstatus"], "succeeded");
 }
 
 #[test]

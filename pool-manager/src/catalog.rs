@@ -132,11 +132,12 @@ impl PoolManager {
             .get(Kind::Function, name)?
             .ok_or_else(|| not_found(Kind::Function, name))
     }
-    /// Where the code function `name` runs now is: its own, or its package's
-    /// build (or deployment).
+    /// Where the code function `name` runs is: its own, or its package's
+    /// build (or deployment); while the package builds again, the last one
+    /// it built.
     pub fn function_code(&self, name: &str) -> Result<std::path::PathBuf> {
         let f = self.function(name)?;
-        let code = self.inner.code_of(&f)?;
+        let code = self.inner.last_code_of(&f)?;
         self.inner.packages.path(&code)
     }
 

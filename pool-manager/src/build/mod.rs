@@ -688,6 +688,25 @@ impl Inner {
         }
     }
 
+    /// The code function `f` ran last: what `code_of` says, or while its
+    /// package builds again (new calls wait for that build), the last
+    /// deployment that package built.
+    pub(crate) fn last_code_of(&self, f: &Function) -> Result<PackageRef> {
+        let now = self.code_of(f);
+        if now.is_ok() {
+            return now;
+        }
+        if let crate::resources::FunctionPackage::Named { packageref } = &f.package {
+            if let Ok(Some(built)) = self
+                .named_package(&f.name, packageref)
+                .map(|p| p.status.built)
+            {
+                return Ok(built);
+            }
+        }
+        now
+    }
+
     /// Checks that a function's named package exists and is for its environment.
     pub(crate) fn check_named_package(&self, f: &Function, r: &NamedPackageRef) -> Result<()> {
         let p = self.builds.get(&key(&r.namespace, &r.name))?.ok_or_else(|| {
