@@ -1074,6 +1074,14 @@ fn metrics_count_requests_cold_starts_instances_and_runs() {
         "{text}"
     );
     assert!(
+        has(r#"fusion_function_websockets_open{function="counted"} 0"#),
+        "{text}"
+    );
+    assert!(
+        has(r#"fusion_runs_resumed_total{workflow="noop"} 0"#),
+        "{text}"
+    );
+    assert!(
         has(r#"fusion_instance_start_failures_total{environment="python"} 0"#),
         "{text}"
     );

@@ -1029,12 +1029,14 @@ impl Engine {
         } = origin;
         let at = self.clock.now_ms();
         let id = id.unwrap_or_else(|| run_id_at(at));
-        self.metrics
-            .runs_started
-            .get_or_create(&crate::metrics::WorkflowLabels {
-                workflow: workflow.clone(),
-            })
-            .inc();
+        let labels = crate::metrics::WorkflowLabels {
+            workflow: workflow.clone(),
+        };
+        if self.metrics.runs_started.get_or_create(&labels).inc() == 0 {
+            // The workflow's resumed-runs series, at 0 from its first run
+            // (an alert on it finds data before the first restart).
+            drop(self.metrics.runs_resumed.get_or_create(&labels));
+        }
         let started = Event::RunStarted {
             run_id: id.clone(),
             workflow,

@@ -174,8 +174,10 @@ impl FunctionMetrics {
                 let labels = FunctionLabels {
                     function: function.to_string(),
                 };
-                // Its abandoned-requests series, at 0 from the first request.
+                // Its abandoned-requests and WebSockets series, at 0 from
+                // the first request.
                 drop(m.abandoned.get_or_create(&labels));
+                drop(m.websockets.get_or_create(&labels));
                 m.request_seconds.get_or_create(&labels).clone()
             })
             .observe(seconds);
