@@ -237,6 +237,13 @@ fn an_async_call_is_accepted_with_a_location_that_answers() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
+    // With -o json, the server's answer as a line of JSON.
+    let (code, out, err) = s.cli(&["fn", "test", "shout", "--async", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("}\n"), "{out:?}");
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    assert!(answer["id"].is_string(), "{answer}");
+    settled(&s, answer["id"].as_str().unwrap());
 }
 
 #[test]
@@ -640,6 +647,33 @@ fn results_go_to_the_destinations_with_their_envelope() {
             .contains("onFailure.topic"),
         "{e}"
     );
+
+    // A destination that names no function: the invocation succeeds, and the
+    // table says why its destination was not called.
+    let mut lost = json!({"invocation": {"onSuccess": {"function": {"name": "nobody"}}}});
+    lost["max_scale"] = json!(1);
+    s.function(
+        "lost",
+        "python",
+        "lost.py",
+        "def main():\n    return 'ok'\n",
+        lost,
+    );
+    let id = call_async(&s, "lost", "x")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = settled(&s, &id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let why = done["destination_error"].as_str().unwrap_or_default();
+    assert!(why.contains(r#""nobody""#), "{done}");
+    let (code, out, err) = s.cli(&["fn", "invocation", "get", &id]);
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.contains("destination: ") && row.contains("nobody"),
+        "{out}"
+    );
 }
 
 /// The headers Fusion adds to each attempt replace any the caller sent under
@@ -913,7 +947,16 @@ fn fissions_async_header_and_async_triggers_queue_the_call() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
 
-    // Destinations from the CLI, as Fission's flags.
+    // Destinations from the CLI, as Fission's flags. One that names no
+    // function is taken (it may be made next), and said.
+    let (code, _, err) = s.cli(&["fn", "update", "book", "--async-on-success", "audit"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            r#"warning: the onSuccess destination "audit" is not a function in namespace default"#
+        ),
+        "{err}"
+    );
     s.function(
         "audit",
         "python",
@@ -931,6 +974,7 @@ fn fissions_async_header_and_async_triggers_queue_the_call() {
         "audit",
     ]);
     assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
     let f = s.ok("GET", "/v1/functions/book", None);
     assert_eq!(
         f["invocation"]["onSuccess"]["function"]["name"], "audit",

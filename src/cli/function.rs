@@ -208,7 +208,8 @@ pub(super) enum FnVerb {
         #[command(flatten)]
         name: Name,
         /// Print the code it runs instead (as Fission's `fn get`): a file as it
-        /// is; a directory as a tar archive (with --dest, or piped).
+        /// is; a directory as a zip archive, or a tar with `--dest NAME.tar`
+        /// (with --dest, or piped: never to a terminal).
         #[arg(long)]
         code: bool,
         /// With --code: write it to this file.
@@ -326,6 +327,29 @@ pub(super) const FN_COLUMNS: &[(&str, &str)] = &[
     ("RPP", "/requests_per_instance"),
     ("GENERATION", "/generation"),
 ];
+
+/// An asynchronous destination that names no function (yet) is said when it
+/// is set, not found only when the first asynchronous call has settled.
+async fn warn_of_missing_destinations(c: &Client, opts: &ClientOpts, body: &Value) -> Result<()> {
+    for key in ["onSuccess", "onFailure"] {
+        let Some(name) = body
+            .pointer(&format!("/invocation/{key}/function/name"))
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        if c.get_opt::<Value>(&FUNCTIONS.item(opts, name))
+            .await?
+            .is_none()
+        {
+            eprintln!(
+                "warning: the {key} destination {name:?} is not a function in namespace {}: asynchronous calls record a destination_error until it exists",
+                opts.ns()
+            );
+        }
+    }
+    Ok(())
+}
 
 pub(super) async fn merge_fn(
     c: &Client,
@@ -724,6 +748,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             let mut body = json!({"name": name});
             merge_fn(&c, opts, &mut body, fields).await?;
             FUNCTIONS.create(&c, opts, &body).await?;
+            warn_of_missing_destinations(&c, opts, &body).await?;
             // As Fission's CLI: a route to it in the same command.
             if let Some(at) = at {
                 create_route(&c, opts, &name, &at, &route).await?;
@@ -775,6 +800,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             new_code(&c, opts, &name, &body, &mut fields, force).await?;
             merge_fn(&c, opts, &mut body, fields).await?;
             FUNCTIONS.replace(&c, opts, &name, &body).await?;
+            warn_of_missing_destinations(&c, opts, &body).await?;
         }
         FnVerb::Delete {
             name,
@@ -892,6 +918,9 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 .filter(|_| !opts.json());
             match id {
                 Some(id) => println!("{id}"),
+                // The server's JSON, a line as every -o json output is.
+                None if asynchronous => println!("{}", text.trim_end()),
+                // The function's own answer, byte for byte (as curl prints it).
                 None => print!("{text}"),
             }
         }

@@ -90,6 +90,28 @@ const COLUMNS: &[(&str, &str)] = &[
     ("ERROR", "/error"),
 ];
 
+/// Rows as the table shows them: an invocation that succeeded but whose
+/// destination could not be called says why in its ERROR column (as JSON,
+/// `destination_error` beside `error`).
+fn shown(opts: &ClientOpts, rows: &Value) -> Value {
+    let mut rows = rows.clone();
+    if opts.json() {
+        return rows;
+    }
+    let one = |row: &mut Value| {
+        if row["error"].is_null() {
+            if let Some(e) = row["destination_error"].as_str() {
+                row["error"] = Value::String(format!("destination: {e}"));
+            }
+        }
+    };
+    match &mut rows {
+        Value::Array(items) => items.iter_mut().for_each(one),
+        row => one(row),
+    }
+    rows
+}
+
 /// `?namespace=NS&...` (or `?...`) for a list.
 fn query(opts: &ClientOpts, pairs: &[(&str, String)]) -> String {
     let mut q = opts.ns_query();
@@ -118,7 +140,7 @@ pub(super) async fn list(
     let page: Value = c
         .get(&format!("/v1/invocations{}", query(opts, &pairs)))
         .await?;
-    print(opts, &page["invocations"], COLUMNS);
+    print(opts, &shown(opts, &page["invocations"]), COLUMNS);
     Ok(())
 }
 
@@ -136,7 +158,7 @@ async fn show(opts: &ClientOpts, id: &str) -> Result<()> {
             .pointer("/response/status")
             .cloned()
             .unwrap_or(Value::Null);
-        print(opts, &row, COLUMNS);
+        print(opts, &shown(opts, &row), COLUMNS);
         println!();
         let rows: Vec<Value> = attempts
             .iter()
@@ -202,7 +224,7 @@ pub(super) async fn dlq_cmd(verb: DlqVerb, opts: &ClientOpts) -> Result<()> {
             let page: Value = c
                 .get(&format!("/v1/deadletters{}", query(opts, &pairs)))
                 .await?;
-            print(opts, &page["invocations"], COLUMNS);
+            print(opts, &shown(opts, &page["invocations"]), COLUMNS);
             Ok(())
         }
         DlqVerb::Show { id } => show(opts, &id.get()).await,

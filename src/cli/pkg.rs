@@ -322,16 +322,16 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
     Ok(())
 }
 
-/// Code from the API (`path`) to `output`, or to standard output: a file as
-/// it is, a directory as a zip archive, as Fission's CLI gives it (`unzip`
-/// reads it), or as the tar the server sends when `output` is a `.tar` (not
-/// to a terminal).
 /// Whether the start of a file is not text: a zip archive, or bytes text
 /// has not (a NUL).
 fn not_text(start: &[u8]) -> bool {
     start.starts_with(b"PK\x03\x04") || start.contains(&0)
 }
 
+/// Code from the API (`path`) to `output`, or to standard output: a file as
+/// it is, a directory as a zip archive, as Fission's CLI gives it (`unzip`
+/// reads it), or as the tar the server sends when `output` is a `.tar` (not
+/// to a terminal).
 pub(super) async fn download(c: &Client, path: &str, output: Option<&Path>) -> Result<()> {
     use std::io::IsTerminal;
     let mut resp = c.send(c.request(Method::GET, path)).await?;
