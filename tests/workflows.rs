@@ -34,17 +34,17 @@ fn every_example_answers_as_documented() {
     let (st, long) = s.invoke("ifelse", "text/plain", "a much longer input");
     assert_eq!(st, 200);
     assert!(long.contains("< a much longer input >"), "{long}");
-    let (st, doubled) = s.invoke("foreach", "application/json", "[1, 2, 3]");
+    let (st, doubled) = s.invoke("doubler", "application/json", "[1, 2, 3]");
     assert_eq!(
         (st, serde_json::from_str::<Value>(&doubled).unwrap()),
         (200, json!([2, 4, 6]))
     );
     assert_eq!(
-        s.invoke("switch", "text/plain", "hello"),
+        s.invoke("reply", "text/plain", "hello"),
         (200, "Hello yourself!".into())
     );
     assert_eq!(
-        s.invoke("switch", "text/plain", "what"),
+        s.invoke("reply", "text/plain", "what"),
         (200, "I do not understand.".into())
     );
     assert_eq!(s.invoke("whilecount", "text/plain", ""), (200, "5".into()));
