@@ -312,9 +312,22 @@ fn the_log_to_a_file_is_plain_text_or_json_lines() {
         let env = [("FUSION_LOG", "info"), ("FUSION_LOG_FORMAT", format)];
         let mut child = spawn_server("process", &data, &log, &env);
         let stdout = child.0.stdout.take().unwrap();
-        // The listening line comes after the start's log lines.
-        let first = BufReader::new(stdout).lines().next();
-        assert!(first.is_some_and(|l| l.is_ok_and(|l| l.starts_with("fusion listening"))));
+        // The listening line comes after the start's log lines; with JSON
+        // logs it is JSON too.
+        let first = BufReader::new(stdout).lines().next().unwrap().unwrap();
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+            assert_eq!(v["message"], "fusion listening", "{first}");
+            assert!(
+                v["api"].as_str().unwrap().starts_with("http://127.0.0.1:"),
+                "{first}"
+            );
+        } else {
+            assert!(
+                first.starts_with("fusion listening router=http://"),
+                "{first}"
+            );
+        }
         signal(child.0.id(), libc::SIGTERM);
         assert!(child.0.wait().unwrap().success());
         let text = std::fs::read_to_string(&log).unwrap();

@@ -365,18 +365,21 @@ enum RuntimeKind {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Server { server } => {
-            init_tracing()?;
+            let json = init_tracing()?;
             server::run(server, |r| {
                 // One machine-readable line, so scripts and tests know where to
                 // connect; a reader gone (`| head -1`) does not stop the server.
+                // With JSON logs, JSON too: under journald it lands among them.
                 use std::io::Write;
-                let _ = writeln!(
-                    std::io::stdout(),
-                    "fusion listening router={s}://{} api={s}://{}",
-                    r.router_addr,
-                    r.api_addr,
-                    s = r.scheme
-                );
+                let router = format!("{}://{}", r.scheme, r.router_addr);
+                let api = format!("{}://{}", r.scheme, r.api_addr);
+                let line = if json {
+                    serde_json::json!({"message": "fusion listening", "router": router, "api": api})
+                        .to_string()
+                } else {
+                    format!("fusion listening router={router} api={api}")
+                };
+                let _ = writeln!(std::io::stdout(), "{line}");
             })
             .await
         }
@@ -414,7 +417,8 @@ const LOGGING_HELP: &str =
 (default `info,async_nats=warn`; `debug`, `warn`, `engine=debug,info`); FUSION_LOG_FORMAT=json writes one JSON \
 object a line. Colours only on a terminal, and never with NO_COLOR set.";
 
-fn init_tracing() -> Result<()> {
+/// Sets up the log; answers whether it is JSON (`FUSION_LOG_FORMAT=json`).
+fn init_tracing() -> Result<bool> {
     use std::io::IsTerminal;
     // The NATS client's own events (each reconnection attempt while NATS is
     // away, several a second) only at warn: a trigger's status and its one
@@ -443,7 +447,7 @@ fn init_tracing() -> Result<()> {
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         builder.with_ansi(ansi).try_init()
     };
-    Ok(())
+    Ok(json)
 }
 
 /// The log's writer: a log nobody reads any more (a closed pipe, a log
