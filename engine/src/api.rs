@@ -122,6 +122,13 @@ fn query_error(text: &str) -> ApiError {
     let what = text
         .strip_prefix("Failed to deserialize query string: ")
         .unwrap_or(text);
+    if let Some((_, rest)) = what.split_once("unknown field ") {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("unknown query parameter {rest}"),
+        );
+    }
     let takes = match what.split(':').next().unwrap_or_default().trim() {
         "limit" => " (a whole number from 1 to 1000)",
         "since" | "until" => {
@@ -406,7 +413,10 @@ fn api_base(engine: &Engine, headers: &HeaderMap) -> String {
     }
 }
 
+/// A filter the history does not know is refused, not ignored (a listing of
+/// every run where one was asked for).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RunsQuery {
     workflow: Option<String>,
     status: Option<String>,
@@ -414,6 +424,9 @@ struct RunsQuery {
     until: Option<u64>,
     limit: Option<usize>,
     cursor: Option<String>,
+    /// The run an invocation with this `Idempotency-Key` started (with
+    /// `workflow`: a key is the workflow's).
+    idempotency_key: Option<String>,
 }
 
 fn truncated(v: &Value) -> Value {
@@ -499,6 +512,30 @@ async fn list_runs(
                 format!("since ({since}) is after until ({until}): no run can match"),
             ));
         }
+    }
+    if let Some(key) = q.idempotency_key.as_deref() {
+        let Some(workflow) = q.workflow.as_deref().filter(|w| !w.is_empty()) else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "idempotency_key needs workflow: a key names a run of one workflow",
+            ));
+        };
+        let id = crate::driver::keyed_run_id(workflow, key);
+        let found = match engine.run_summary(&id) {
+            Ok(s) => Some(s),
+            Err(EngineError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        settled(&engine).await;
+        let runs: Vec<Value> = found
+            .iter()
+            .filter(|s| statuses.is_empty() || statuses.contains(&s.status))
+            .filter(|s| q.since.is_none_or(|t| s.created_at >= t))
+            .filter(|s| q.until.is_none_or(|t| s.created_at <= t))
+            .map(summary_json)
+            .collect();
+        return Ok(Json(json!({"runs": runs, "next_cursor": null})));
     }
     let page = engine.list_runs(&RunFilter {
         workflow: q.workflow.filter(|w| !w.is_empty()),

@@ -976,7 +976,13 @@ impl Engine {
                     )));
                 }
             }
-            return Ok((id, false));
+            // A run retried since (`fusion run retry`) answers as its latest
+            // retry: the key names the operation, which the retry carried on.
+            let mut latest = id;
+            while let Ok(Some(next)) = self.retried_by(&latest) {
+                latest = next;
+            }
+            return Ok((latest, false));
         }
         let wf = self.workflow(name, None)?;
         let origin = Origin {

@@ -1096,6 +1096,30 @@ tasks:
         assert_eq!((s, v), (StatusCode::OK, json!("charged 1")));
         assert_eq!(h.get("idempotent-replayed").unwrap(), "true");
         assert_eq!(fake.count("charge"), 1);
+        // The history finds the run by its key (a key is a workflow's); a
+        // filter it does not know is refused, not ignored.
+        let get = |uri: &str| req("GET", uri, "");
+        let (s, _, v) = call(&app, get("/v1/runs?workflow=pay&idempotency_key=order-7")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["runs"].as_array().map(Vec::len), Some(1), "{v}");
+        assert_eq!(v["runs"][0]["id"], first["id"], "{v}");
+        let (_, _, v) = call(
+            &app,
+            get("/v1/runs?workflow=refund&idempotency_key=order-7"),
+        )
+        .await;
+        assert_eq!(v["runs"], json!([]), "not refund's");
+        let (s, _, v) = call(&app, get("/v1/runs?idempotency_key=order-7")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        let (s, _, v) = call(&app, get("/v1/runs?idempotency=order-7")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("unknown query parameter `idempotency`"),
+            "{v}"
+        );
         // The same key with another body is a mistake, said as one.
         let mut other_body = start("pay", "order-7", true);
         *other_body.body_mut() = Body::from("order-9");
@@ -1125,6 +1149,36 @@ tasks:
         let (_, _, refund) = call(&app, start("refund", "order-7", true)).await;
         assert_ne!(other["id"], first["id"]);
         assert_ne!(refund["id"], first["id"]);
+        // A run retried since answers a replay as its retry: the key names
+        // the operation, which the retry carried on.
+        fake.add("flaky", None, |_, n| {
+            if n == 1 {
+                text(500, "down")
+            } else {
+                text(200, "paid")
+            }
+        });
+        let (s, _, v) = call(
+            &app,
+            req(
+                "POST",
+                "/v1/workflows?name=flakypay",
+                "output: C\ntasks:\n  C:\n    run: flaky\n",
+            ),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, h, v) = call(&app, start("flakypay", "order-1", false)).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+        let failed = h["x-fusion-run-id"].to_str().unwrap().to_string();
+        let (s, _, retry) = call(&app, req("POST", &format!("/v1/runs/{failed}/retry"), "")).await;
+        assert!(s.is_success(), "{retry}");
+        let retried = retry["id"].as_str().unwrap().to_string();
+        e.wait(&retried).await.unwrap();
+        let (s, h, v) = call(&app, start("flakypay", "order-1", false)).await;
+        assert_eq!((s, v), (StatusCode::OK, json!("paid")));
+        assert_eq!(h["x-fusion-run-id"], retried.as_str());
+        assert_eq!(h.get("idempotent-replayed").unwrap(), "true");
         let too_long = "k".repeat(256);
         for bad in ["", too_long.as_str()] {
             let (s, _, v) = call(&app, start("pay", bad, true)).await;

@@ -94,6 +94,10 @@ pub(super) struct ListArgs {
     /// Where to go on from: the cursor the previous page printed.
     #[arg(long, value_name = "CURSOR")]
     cursor: Option<String>,
+    /// The run an invocation with this Idempotency-Key started (with
+    /// --workflow: a key names a run of one workflow).
+    #[arg(long, value_name = "KEY", requires = "workflow")]
+    idempotency_key: Option<String>,
 }
 
 /// The token of a callback given as a token, a path or a URL.
@@ -169,8 +173,12 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             until,
             limit,
             cursor,
+            idempotency_key,
         }) => {
             let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            if let Some(k) = idempotency_key {
+                q.push(("idempotency_key", k));
+            }
             if let Some(w) = &workflow {
                 q.push(("workflow", w.clone()));
             }
