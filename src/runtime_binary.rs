@@ -2,7 +2,8 @@
 //! (`fusion runtime binary`). It speaks the runtime protocol and, once
 //! specialized, runs the function's executable or shell script once per request:
 //! the request body on stdin, the method, path, query and headers in environment
-//! variables, stdout as the response body. Exit 0 answers 200; any other exit
+//! variables, stdout as the response body, typed as Go's `net/http` types what
+//! Fission's runtime writes untyped (`sniffed`). Exit 0 answers 200; any other exit
 //! answers 500 `Function error: exit status N`, as Fission's (what the program
 //! wrote to stderr goes to the function's log). The function's own
 //! environment variables (Fusion's `fusionEnvVars` in the specialize request)
@@ -203,7 +204,15 @@ async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
         eprint!("{}", String::from_utf8_lossy(&out.stderr));
     }
     if out.status.success() {
-        (StatusCode::OK, out.stdout).into_response()
+        match sniffed(&out.stdout) {
+            Some(kind) => (
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, kind)],
+                out.stdout,
+            )
+                .into_response(),
+            None => StatusCode::OK.into_response(),
+        }
     } else {
         // As Fission's binary runtime: the exit, not what the program wrote to
         // stderr (its log has that), which may hold what the caller must not see.
@@ -214,6 +223,70 @@ async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
             (None, None) => format!("Function error: {}", out.status),
         };
         (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response()
+    }
+}
+
+/// The type of a program's output, as Go's `http.DetectContentType` finds it
+/// (the WHATWG sniffing rules) where Fission's binary runtime writes stdout
+/// without one: HTML and XML by their first tag, the common image and PDF
+/// signatures, text when the first 512 bytes hold no control bytes, else
+/// binary. None for no output (Go then sends no type).
+fn sniffed(body: &[u8]) -> Option<&'static str> {
+    if body.is_empty() {
+        return None;
+    }
+    let head = &body[..body.len().min(512)];
+    let start = head
+        .iter()
+        .position(|b| !matches!(b, b'\t' | b'\n' | b'\x0c' | b'\r' | b' '))
+        .unwrap_or(head.len());
+    let text = &head[start..];
+    // A tag counts when a space or `>` follows it.
+    const HTML: [&[u8]; 17] = [
+        b"<!DOCTYPE HTML",
+        b"<HTML",
+        b"<HEAD",
+        b"<SCRIPT",
+        b"<IFRAME",
+        b"<H1",
+        b"<DIV",
+        b"<FONT",
+        b"<TABLE",
+        b"<A",
+        b"<STYLE",
+        b"<TITLE",
+        b"<B",
+        b"<BODY",
+        b"<BR",
+        b"<P",
+        b"<!--",
+    ];
+    let tag = |sig: &[u8]| {
+        text.len() > sig.len()
+            && text[..sig.len()].eq_ignore_ascii_case(sig)
+            && matches!(text[sig.len()], b' ' | b'>')
+    };
+    if HTML.iter().any(|sig| tag(sig)) {
+        return Some("text/html; charset=utf-8");
+    }
+    if text.starts_with(b"<?xml") {
+        return Some("text/xml; charset=utf-8");
+    }
+    const MAGIC: [(&[u8], &str); 5] = [
+        (b"%PDF-", "application/pdf"),
+        (b"\x89PNG\r\n\x1a\n", "image/png"),
+        (b"GIF87a", "image/gif"),
+        (b"GIF89a", "image/gif"),
+        (b"\xff\xd8\xff", "image/jpeg"),
+    ];
+    if let Some((_, kind)) = MAGIC.iter().find(|(sig, _)| head.starts_with(sig)) {
+        return Some(kind);
+    }
+    let binary = |b: &u8| matches!(b, 0x00..=0x08 | 0x0b | 0x0e..=0x1a | 0x1c..=0x1f);
+    if head.iter().any(binary) {
+        Some("application/octet-stream")
+    } else {
+        Some("text/plain; charset=utf-8")
     }
 }
 
@@ -263,4 +336,35 @@ fn request_env(
         }
     }
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sniffed;
+
+    /// The types Go's `http.DetectContentType` gives the same output, which
+    /// Fission's binary runtime answers with.
+    #[test]
+    fn output_is_typed_as_fissions_runtime_types_it() {
+        let text = Some("text/plain; charset=utf-8");
+        assert_eq!(sniffed(b"hello\n"), text);
+        assert_eq!(sniffed("café ☕\n".as_bytes()), text);
+        assert_eq!(sniffed(b"{\"a\": 1}"), text, "Go does not tell JSON");
+        assert_eq!(sniffed(b"\x1b[1mbold\x1b[0m"), text, "ESC is text");
+        let html = Some("text/html; charset=utf-8");
+        assert_eq!(sniffed(b"\n  <!doctype html>\n<p>hi</p>"), html);
+        assert_eq!(sniffed(b"<p>hi</p>"), html);
+        assert_eq!(
+            sniffed(b"<pre>x</pre>"),
+            text,
+            "<pre is not one of the tags"
+        );
+        assert_eq!(
+            sniffed(b"<?xml version=\"1.0\"?><a/>"),
+            Some("text/xml; charset=utf-8")
+        );
+        assert_eq!(sniffed(b"\x89PNG\r\n\x1a\n\0\0"), Some("image/png"));
+        assert_eq!(sniffed(b"ab\0cd"), Some("application/octet-stream"));
+        assert_eq!(sniffed(b""), None);
+    }
 }

@@ -29,10 +29,11 @@ fn each_runtime_answers_through_the_router() {
         s.get("/fission-function/hello-py").text().unwrap(),
         "hello from python\n"
     );
-    assert_eq!(
-        s.get("/fission-function/hello-js").text().unwrap(),
-        "hello from node GET\n"
-    );
+    // Typed as Fission's runtimes type them: a string body as Express sends
+    // it, a program's text output as Go's net/http sniffs it.
+    let r = s.get("/fission-function/hello-js");
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(r.text().unwrap(), "hello from node GET\n");
     let r = s
         .http
         .post(s.router_url("/fission-function/echo-sh"))
@@ -40,6 +41,7 @@ fn each_runtime_answers_through_the_router() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
     assert_eq!(r.text().unwrap(), "method=POST body=payload");
 }
 

@@ -288,8 +288,9 @@ function respond(res, status, body, headers) {
       buf = body instanceof ArrayBuffer ? Buffer.from(body) : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
       ctype = 'application/octet-stream';
     } else if (typeof body === 'string') {
+      // As Fission's runtime answers it (Express's res.send of a string).
       buf = Buffer.from(body);
-      ctype = 'text/plain; charset=utf-8';
+      ctype = 'text/html; charset=utf-8';
     } else if (typeof body === 'object') {
       buf = Buffer.from(JSON.stringify(body));
       ctype = 'application/json; charset=utf-8';
