@@ -456,6 +456,54 @@ fn a_function_of_fission_workflows_env_in_specs_is_applied_as_a_workflow() {
     assert_eq!(s.call("GET", "/v1/workflows/echowhale", None).0, 404);
 }
 
+/// Fission Workflows' own `examples/workflows-env.yaml` names its environment
+/// `workflows-env`: by its image it is the engine's, left out, and the
+/// functions of it (or of `workflow`, as its deploy script makes them) are
+/// workflows.
+#[test]
+fn fission_workflows_env_under_another_name_is_left_out_too() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("specs")).unwrap();
+    std::fs::write(
+        tmp.path().join("echo.wf.yaml"),
+        "apiVersion: 1\noutput: Echo\ntasks:\n  Echo:\n    run: noop\n    inputs: \"{ $.Invocation.Inputs.default }\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("specs/workflows-env.yaml"),
+        "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: workflows-env\n  namespace: default\nspec:\n  version: 2\n  runtime:\n    image: \"fission/workflow-env:0.5.0\"\n    container:\n      command: [\"/fission-workflows-bundle\"]\n  builder:\n    image: \"fission/workflow-build-env:0.5.0\"\n    command: \"defaultBuild\"\n  allowedFunctionsPerContainer: infinite\n",
+    )
+    .unwrap();
+    let function = |name: &str, env: &str| {
+        format!(
+            "kind: ArchiveUploadSpec\nname: {name}-wf\ninclude:\n  - echo.wf.yaml\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: {name}-pkg\nspec:\n  environment:\n    name: {env}\n  deployment:\n    type: url\n    url: archive://{name}-wf\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: {name}\nspec:\n  environment:\n    name: {env}\n  package:\n    packageref:\n      name: {name}-pkg\n"
+        )
+    };
+    std::fs::write(
+        tmp.path().join("specs/functions.yaml"),
+        format!(
+            "{}---\n{}",
+            function("byname", "workflows-env"),
+            function("bydefault", "workflow")
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("Environment workflows-env is Fission Workflows'"),
+        "{err}"
+    );
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(s.call("GET", "/v1/environments/workflows-env", None).0, 404);
+    for name in ["byname", "bydefault"] {
+        assert!(out.contains(&format!("created   Workflow {name}")), "{out}");
+        assert_eq!(s.invoke(name, "text/plain", "blub"), (200, "blub".into()));
+    }
+}
+
 #[test]
 fn namespaces_in_metadata_are_kept_and_names_are_unique_per_namespace() {
     let s = Server::start();

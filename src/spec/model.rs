@@ -159,8 +159,8 @@ pub struct Specs {
     pub resources: Vec<Resource>,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
-    /// The folder declared Fission Workflows' environment (left unapplied).
-    fission_workflows_env: bool,
+    /// The Fission Workflows environments the folder declared (left unapplied).
+    fission_workflows_envs: std::collections::BTreeSet<String>,
 }
 
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -1171,38 +1171,45 @@ impl Specs {
     /// its Package (one workflow file) and the environment itself (image
     /// `fission/workflow-env`). Fusion runs workflows itself: the environment
     /// is not applied, and each such function (with its package) is a
-    /// workflow of its name. A folder that declares a `workflow` environment
-    /// of another image keeps its functions as they are.
+    /// workflow of its name. So is an environment of that image under another
+    /// name (Fission Workflows' `examples/workflows-env.yaml` names it
+    /// `workflows-env`). A folder that declares a `workflow` environment of
+    /// another image keeps its functions as they are.
     fn fission_workflows_functions(&mut self) {
         let engine_env = |r: &Resource| {
             r.kind == Kind::Environment
-                && r.name == WORKFLOW_ENV
                 && r.body["image"]
                     .as_str()
                     .is_some_and(is_fission_workflows_image)
         };
-        let dropped: Vec<Location> = self
+        let dropped: Vec<(String, Location)> = self
             .resources
             .iter()
             .filter(|r| engine_env(r))
-            .map(|r| r.at.clone())
+            .map(|r| (r.name.clone(), r.at.clone()))
             .collect();
         self.resources.retain(|r| !engine_env(r));
-        self.fission_workflows_env = !dropped.is_empty();
-        for at in dropped {
-            self.warn(at, format!("Environment {WORKFLOW_ENV} is Fission Workflows' (fission/workflow-env): Fusion runs workflows itself, so it is not applied, and its functions are stored as workflows"));
+        for (name, at) in dropped {
+            self.warn(at, format!("Environment {name} is Fission Workflows' (fission/workflow-env): Fusion runs workflows itself, so it is not applied, and its functions are stored as workflows"));
+            self.fission_workflows_envs.insert(name);
         }
-        if self
+        // `workflow` is Fission Workflows' name for its environment unless
+        // the folder declares one of that name of another image.
+        let mut engines = self.fission_workflows_envs.clone();
+        if !self
             .resources
             .iter()
             .any(|r| r.kind == Kind::Environment && r.name == WORKFLOW_ENV)
         {
-            return;
+            engines.insert(WORKFLOW_ENV.to_string());
         }
         let functions: Vec<Resource> = self
             .resources
             .iter()
-            .filter(|r| r.kind == Kind::Function && r.body["env"] == WORKFLOW_ENV)
+            .filter(|r| {
+                r.kind == Kind::Function
+                    && r.body["env"].as_str().is_some_and(|e| engines.contains(e))
+            })
             .cloned()
             .collect();
         for f in functions {
@@ -1298,9 +1305,8 @@ impl Specs {
                         .any(|(k, _, n)| *k == Kind::Workflow && n == name);
                 // Fission Workflows' environment, declared and left out: what
                 // is wrong with such a function is said on its own.
-                let engine_env = self.fission_workflows_env
-                    && *kind == Kind::Environment
-                    && name == WORKFLOW_ENV;
+                let engine_env =
+                    *kind == Kind::Environment && self.fission_workflows_envs.contains(name);
                 if workflow || engine_env {
                     continue;
                 }
