@@ -649,10 +649,23 @@ fn retries_back_off_on_5xx_but_never_retry_4xx() {
     );
     let (code, out, err) = s.cli(&["run", "get", id]);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("FAILED_ATTEMPT") && out.lines().filter(|l| l.starts_with("T ")).count() == 3,
+    // Every attempt, the last one too, with how it ended.
+    let attempts: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| !l.contains("OUTCOME"))
+        .filter(|l| l.starts_with("T "))
+        .map(|l| l.split_whitespace().take(3).collect())
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            ["T", "1", "failed"],
+            ["T", "2", "failed"],
+            ["T", "3", "succeeded"]
+        ],
         "{out}"
     );
+    assert_eq!(run["tasks"][0]["max_attempts"], 3, "{run}");
 
     s.env("python", "python", 1);
     s.function(

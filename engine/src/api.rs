@@ -569,7 +569,13 @@ pub fn run_json(s: &RunState) -> Value {
                 "run": shown.unwrap_or_else(|| t.spec.run.clone()),
                 "status": status,
                 "attempts": t.attempts,
+                "max_attempts": crate::retry::RetryPolicy::from_spec(t.spec.retry.as_ref())
+                    .map_or(1, |p| p.max_attempts),
                 "failed_attempts": t.failed_attempts,
+                // The last (or current) attempt's start, and a retrying
+                // task's next attempt.
+                "attempt_started_at": t.attempt_started_at,
+                "retry_at": t.retry_at,
                 "started_at": t.started_at,
                 "ended_at": ended_at,
                 "inputs": t.inputs,

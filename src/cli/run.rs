@@ -396,50 +396,87 @@ fn print_run(opts: &ClientOpts, v: &Value) {
         print(opts, &run_row(v), RUN_DETAIL_COLUMNS);
         println!();
         print(opts, &task_rows(&v["tasks"]), TASK_COLUMNS);
-        // What each retried task's earlier attempts met.
-        let retried = failed_attempt_rows(&v["tasks"]);
+        // Every attempt of each task tried more than once.
+        let retried = attempt_rows(&v["tasks"]);
         if retried.as_array().is_some_and(|r| !r.is_empty()) {
             println!();
-            print(opts, &retried, FAILED_ATTEMPT_COLUMNS);
+            print(opts, &retried, ATTEMPT_COLUMNS);
         }
     }
 }
 
-const FAILED_ATTEMPT_COLUMNS: &[(&str, &str)] = &[
+const ATTEMPT_COLUMNS: &[(&str, &str)] = &[
     ("TASK", "/task"),
-    ("FAILED_ATTEMPT", "/attempt"),
+    ("ATTEMPT", "/attempt"),
+    ("OUTCOME", "/outcome"),
     ("STARTED", "/started"),
     ("DURATION_MS", "/duration_ms"),
     ("STATUS", "/http_status"),
     ("ERROR", "/error"),
 ];
 
-/// The attempts of tasks that failed and were tried again, task by task.
-fn failed_attempt_rows(tasks: &Value) -> Value {
-    let rows: Vec<Value> = tasks
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|t| {
-            t["failed_attempts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(move |a| {
-                    json!({
-                        "task": t["id"],
-                        "attempt": a["attempt"],
-                        "started": a["started_at"].as_u64().map(clock_ms),
-                        "duration_ms": match (a["started_at"].as_u64(), a["ended_at"].as_u64()) {
-                            (Some(s), Some(e)) => json!(e.saturating_sub(s)),
-                            _ => Value::Null,
-                        },
-                        "http_status": a["http_status"],
-                        "error": cell(&a["error"]),
-                    })
-                })
-        })
-        .collect();
+/// Every attempt of the tasks tried more than once, task by task: those
+/// that failed and were tried again, then the last (its outcome the task's;
+/// a retrying task's next one is said with its time).
+fn attempt_rows(tasks: &Value) -> Value {
+    let duration = |start: &Value, end: &Value| match (start.as_u64(), end.as_u64()) {
+        (Some(s), Some(e)) => json!(e.saturating_sub(s)),
+        _ => Value::Null,
+    };
+    let mut rows = Vec::new();
+    for t in tasks.as_array().into_iter().flatten() {
+        let failed = t["failed_attempts"].as_array().cloned().unwrap_or_default();
+        if failed.is_empty() {
+            continue;
+        }
+        for a in &failed {
+            rows.push(json!({
+                "task": t["id"],
+                "attempt": a["attempt"],
+                "outcome": "failed",
+                "started": a["started_at"].as_u64().map(clock_ms),
+                "duration_ms": duration(&a["started_at"], &a["ended_at"]),
+                "http_status": a["http_status"],
+                "error": cell(&a["error"]),
+            }));
+        }
+        let last = t["attempts"].as_u64().unwrap_or_default();
+        let tried = failed
+            .last()
+            .and_then(|a| a["attempt"].as_u64())
+            .unwrap_or_default();
+        if last > tried {
+            let (outcome, ended, http, error) = match t["status"].as_str() {
+                Some("retrying") => ("failed", Value::Null, Value::Null, Value::Null),
+                Some(status @ ("running" | "waiting")) => {
+                    (status, Value::Null, Value::Null, Value::Null)
+                }
+                Some(status) => (
+                    status,
+                    t["ended_at"].clone(),
+                    t["http_status"].clone(),
+                    cell(&t["error"]),
+                ),
+                None => ("", Value::Null, Value::Null, Value::Null),
+            };
+            rows.push(json!({
+                "task": t["id"],
+                "attempt": last,
+                "outcome": outcome,
+                "started": t["attempt_started_at"].as_u64().map(clock_ms),
+                "duration_ms": duration(&t["attempt_started_at"], &ended),
+                "http_status": http,
+                "error": error,
+            }));
+        }
+        if let Some(at) = t["retry_at"].as_u64() {
+            rows.push(json!({
+                "task": t["id"],
+                "attempt": last + 1,
+                "outcome": format!("due {} (of {})", clock_ms(at), t["max_attempts"]),
+            }));
+        }
+    }
     Value::Array(rows)
 }
 
