@@ -519,4 +519,39 @@ fn fissions_short_namespace_and_ignorenotfound() {
     assert_ne!(rc, 0);
     let (rc, out, err) = s.cli(&["fn", "delete", "nope", "--ignorenotfound"]);
     assert_eq!((rc, out.as_str()), (0, ""), "{err}");
+    // `--fns`, the older spelling Fission Workflows' deploy scripts use.
+    let (rc, _, err) = s.cli(&[
+        "env",
+        "create",
+        "js",
+        "--runtime",
+        "nodejs",
+        "--fns",
+        "shop",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    s.ok("GET", "/v1/environments/js?namespace=shop", None);
+    // A package named by Fusion is said as Fission's CLI says it, for the
+    // scripts that take the name from that line.
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("hello.py");
+    std::fs::write(&code, "def main():\n    return 'hi'\n").unwrap();
+    let (rc, out, err) = s.cli(&[
+        "pkg",
+        "create",
+        "--env",
+        "py",
+        "-n",
+        "shop",
+        "--deploy",
+        code.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let line = out.trim();
+    assert!(
+        line.starts_with("Package '") && line.ends_with("' created"),
+        "{out}"
+    );
+    let name = line.split('\'').nth(1).unwrap();
+    s.ok("GET", &format!("/v1/packages/{name}?namespace=shop"), None);
 }

@@ -75,10 +75,12 @@ impl ClientOpts {
 /// `--namespace` of the env, fn and route commands.
 #[derive(Args, Clone)]
 pub(super) struct NsOpt {
-    /// The namespace (names are unique per namespace).
+    /// The namespace (names are unique per namespace). `--fns` is Fission's
+    /// older spelling.
     #[arg(
         long,
         short = 'n',
+        alias = "fns",
         env = "FUSION_NAMESPACE",
         default_value = "default",
         global = true

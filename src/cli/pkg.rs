@@ -24,7 +24,7 @@ pub struct PkgId {
     #[arg(long = "name", value_name = "NAME", conflicts_with = "positional")]
     flag: Option<String>,
     /// The package's namespace.
-    #[arg(long, env = "FUSION_NAMESPACE", default_value = "default")]
+    #[arg(long, short = 'n', env = "FUSION_NAMESPACE", default_value = "default")]
     namespace: String,
 }
 
@@ -48,7 +48,7 @@ pub struct NewPkgId {
     #[arg(long = "name", value_name = "NAME", conflicts_with = "positional")]
     flag: Option<String>,
     /// The package's namespace.
-    #[arg(long, env = "FUSION_NAMESPACE", default_value = "default")]
+    #[arg(long, short = 'n', env = "FUSION_NAMESPACE", default_value = "default")]
     namespace: String,
 }
 
@@ -124,7 +124,7 @@ pub enum PkgVerb {
     /// List the packages of a namespace.
     List {
         /// The namespace to list.
-        #[arg(long, env = "FUSION_NAMESPACE", default_value = "default")]
+        #[arg(long, short = 'n', env = "FUSION_NAMESPACE", default_value = "default")]
         namespace: String,
     },
     /// Delete a package no function uses.
@@ -184,13 +184,13 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
             if fields.src.is_empty() && fields.deploy.is_empty() {
                 bail!("give the code: --src (to build) or --deploy (to run as it is), or both");
             }
-            let name = match id.positional.or(id.flag) {
+            let given = id.positional.or(id.flag);
+            let named_here = given.is_none();
+            let name = match given {
                 Some(name) => name,
                 None => {
                     let code = fields.src.first().or(fields.deploy.first());
-                    let name = generated_name(code.map_or(std::path::Path::new("pkg"), |p| p));
-                    eprintln!("package {name} (a name made from the code's; --name to choose one)");
-                    name
+                    generated_name(code.map_or(std::path::Path::new("pkg"), |p| p))
                 }
             };
             if let Some(target) = spec.target() {
@@ -216,7 +216,14 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                 .await?
                 .json()
                 .await?;
-            print(opts, &v, PKG_COLUMNS);
+            if named_here && !opts.json() {
+                // The name it made, as Fission's CLI says it (scripts take
+                // it with `cut -f2 -d' ' | tr -d \'`).
+                println!("Package '{name}' created");
+                eprintln!("(a name made from the code's; --name to choose one; `fusion pkg info {name}` shows it)");
+            } else {
+                print(opts, &v, PKG_COLUMNS);
+            }
         }
         PkgVerb::Update { id, fields } => {
             let v = update(&c, &id.namespace, id.name(), fields).await?;
