@@ -672,7 +672,7 @@ fn retries_back_off_on_5xx_but_never_retry_4xx() {
         "refuse",
         "python",
         "refuse.py",
-        "def main():\n    return 'no such thing', 404\n",
+        "def main():\n    return 'no such thing: ' + 'x' * 80 + ' (the cause)', 404\n",
         json!({}),
     );
     s.workflow(
@@ -685,8 +685,16 @@ fn retries_back_off_on_5xx_but_never_retry_4xx() {
         "a 4xx from the failing function is passed on: {body}"
     );
     let runs = s.ok("GET", "/v1/runs?workflow=strict", None);
-    let run = s.run(runs["runs"][0]["id"].as_str().unwrap());
+    let id = runs["runs"][0]["id"].as_str().unwrap();
+    let run = s.run(id);
     assert_eq!(run["tasks"][0]["attempts"], 1, "{run}");
+    // A table cuts a long error; `-o wide` shows it whole.
+    let (code, out, err) = s.cli(&["run", "get", id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("...") && !out.contains("(the cause)"), "{out}");
+    let (code, out, err) = s.cli(&["run", "get", id, "-o", "wide"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(the cause)"), "{out}");
 }
 
 #[test]

@@ -196,6 +196,8 @@ impl RunId {
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 pub(super) enum Output {
     Table,
+    /// A table whose cells are whole (errors, inputs and outputs not cut).
+    Wide,
     Json,
 }
 

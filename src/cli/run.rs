@@ -164,6 +164,7 @@ fn run_row_cells(run: &mut Value) {
 }
 
 pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
+    cells_for(opts);
     let c = opts.client()?;
     match verb {
         RunVerb::List(ListArgs {
@@ -280,7 +281,11 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             if opts.output == Output::Json {
                 print(opts, &v, EVENT_COLUMNS);
             } else {
-                print(opts, &event_rows(&v["events"], false), EVENT_COLUMNS);
+                print(
+                    opts,
+                    &event_rows(&v["events"], opts.output == Output::Wide),
+                    EVENT_COLUMNS,
+                );
             }
         }
         RunVerb::Cancel { id, reason } => {
@@ -370,8 +375,19 @@ pub(super) const EVENT_COLUMNS: &[(&str, &str)] = &[
 /// How wide a value may be in a table cell; `-o json` shows it whole.
 const CELL_WIDTH: usize = 60;
 
+/// Whether table cells are whole (`-o wide`): set once per command.
+static WIDE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Cells as `opts` asks: cut (a table) or whole (`-o wide`).
+pub(super) fn cells_for(opts: &ClientOpts) {
+    WIDE.store(
+        opts.output == Output::Wide,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 /// A value as one table cell: a string as itself, anything else as compact JSON,
-/// cut at `CELL_WIDTH` characters.
+/// cut at `CELL_WIDTH` characters (whole with `-o wide`).
 fn cell(v: &Value) -> Value {
     let text = match v {
         Value::Null => return Value::Null,
@@ -379,7 +395,7 @@ fn cell(v: &Value) -> Value {
         other => other.to_string(),
     };
     let text = text.replace('\n', " ");
-    if text.chars().count() > CELL_WIDTH {
+    if text.chars().count() > CELL_WIDTH && !WIDE.load(std::sync::atomic::Ordering::Relaxed) {
         let cut: String = text.chars().take(CELL_WIDTH - 3).collect();
         Value::String(format!("{cut}..."))
     } else {

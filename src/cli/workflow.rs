@@ -160,6 +160,7 @@ fn fission_event_name(fusion: &str) -> &str {
 
 /// `workflow runs history`: the run's events under Fission's names.
 async fn history(c: &crate::client::Client, opts: &ClientOpts, id: &str, io: bool) -> Result<()> {
+    super::run::cells_for(opts);
     let mut v: Value = c.get(&format!("/v1/runs/{id}/events")).await?;
     if let Some(events) = v["events"].as_array_mut() {
         for e in events {
@@ -172,7 +173,11 @@ async fn history(c: &crate::client::Client, opts: &ClientOpts, id: &str, io: boo
     if opts.output == Output::Json {
         print(opts, &v, EVENT_COLUMNS);
     } else {
-        print(opts, &event_rows(&v["events"], io), EVENT_COLUMNS);
+        print(
+            opts,
+            &event_rows(&v["events"], io || opts.output == Output::Wide),
+            EVENT_COLUMNS,
+        );
     }
     Ok(())
 }
@@ -471,7 +476,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             let text = resp.text().await?;
-            if asynchronous && opts.output == Output::Table {
+            if asynchronous && opts.output != Output::Json {
                 // Just the id, for `ID=$(fusion wf invoke NAME --async)`.
                 let id = serde_json::from_str::<Value>(&text)
                     .ok()
