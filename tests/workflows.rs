@@ -179,6 +179,21 @@ fn a_killed_server_resumes_its_runs_without_repeating_finished_tasks() {
         .collect();
     assert_eq!(resumed.len(), 1, "{events}");
     assert_eq!(resumed[0]["repeated"], json!(["Two"]), "{events}");
+    // The task says it too: its one attempt was called twice.
+    let two = run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "Two")
+        .unwrap();
+    assert_eq!(
+        (&two["attempts"], &two["repeated_after_restart"]),
+        (&json!(1), &json!(1)),
+        "{run}"
+    );
+    let (code, out, err) = s.cli(&["run", "get", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 (+1 after a restart)"), "{out}");
 }
 
 #[test]

@@ -572,6 +572,7 @@ pub fn run_json(s: &RunState) -> Value {
                 "max_attempts": crate::retry::RetryPolicy::from_spec(t.spec.retry.as_ref())
                     .map_or(1, |p| p.max_attempts),
                 "failed_attempts": t.failed_attempts,
+                "repeated_after_restart": t.repeated_after_restart,
                 // The last (or current) attempt's start, and a retrying
                 // task's next attempt.
                 "attempt_started_at": t.attempt_started_at,

@@ -344,6 +344,10 @@ fn timestamp(at: Option<Millis>) -> Value {
         .map_or(Value::Null, |t| Value::String(t.to_string()))
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// An attempt of a task that failed and was tried again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailedAttempt {
@@ -393,6 +397,11 @@ pub struct TaskState {
     /// attempt's outcome is the task's own `error` or `output`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_attempts: Vec<FailedAttempt>,
+    /// Calls made a second time because the server started again while they
+    /// were in flight (`RunResumed`): the function saw that attempt, with
+    /// the same idempotency key, more than once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeated_after_restart: u32,
     pub retry_at: Option<Millis>,
     pub wake_at: Option<Millis>,
     /// For a `Waiting` task: the full id of its sub-workflow's output task.
@@ -1243,8 +1252,15 @@ fn apply_event(s: &mut RunState, event: &Event) {
                 }
             }
         }
-        // A fact for its history: the state it resumed is the one it had.
-        Event::RunResumed { .. } => {}
+        // The state it resumed is the one it had; the calls made again are
+        // counted on their tasks.
+        Event::RunResumed { repeated, .. } => {
+            for task in repeated {
+                if let Some(t) = s.tasks.get_mut(task) {
+                    t.repeated_after_restart += 1;
+                }
+            }
+        }
         Event::RunSucceeded { at, .. }
         | Event::RunFailed { at, .. }
         | Event::RunCancelled { at, .. } => {

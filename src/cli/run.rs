@@ -542,6 +542,10 @@ fn task_rows(tasks: &Value) -> Value {
                 }
             }
             row["error"] = cell(&t["error"]);
+            // Calls made again after a restart are calls the function saw.
+            if let Some(again) = t["repeated_after_restart"].as_u64().filter(|n| *n > 0) {
+                row["attempts"] = json!(format!("{} (+{again} after a restart)", t["attempts"]));
+            }
             // A stored workflow run by name: which version ran.
             if let (Some(run), Some(v)) = (t["run"].as_str(), t["workflow_version"].as_u64()) {
                 row["run"] = json!(format!("{run} v{v}"));
