@@ -1600,6 +1600,32 @@ fn the_run_commands_say_what_a_user_needs() {
         out.lines().nth(1).is_some_and(|l| l.contains("boom: x")),
         "{out}"
     );
+    // The failed run lists as retried, naming its failing task, and its
+    // detail links the retry (the retry links it back).
+    let (rc, out, e) = s.cli(&["run", "list", "--workflow", "boom"]);
+    assert_eq!(rc, 0, "{e}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(id.as_str()))
+        .unwrap_or_default();
+    assert!(
+        row.contains("failed (retried)") && row.contains("task \"B\""),
+        "{out}"
+    );
+    let listed = s.ok("GET", "/v1/runs?workflow=boom&status=failed", None);
+    let first = listed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(first["retried_by"], retry, "{listed}");
+    let (rc, out, e) = s.cli(&["run", "get", &id]);
+    assert_eq!(rc, 0, "{e}");
+    assert!(out.contains(&format!("retried by: {retry}")), "{out}");
+    let (rc, out, e) = s.cli(&["run", "get", retry]);
+    assert_eq!(rc, 0, "{e}");
+    assert!(out.contains(&format!("retry of: {id}")), "{out}");
 
     // `run events`: a table, one event a line.
     let (rc, out, e) = s.cli(&["run", "events", &id]);

@@ -546,7 +546,17 @@ async fn list_runs(
         cursor: q.cursor.filter(|c| !c.is_empty()),
     })?;
     settled(&engine).await;
-    let runs: Vec<Value> = page.runs.iter().map(summary_json).collect();
+    let mut runs = Vec::with_capacity(page.runs.len());
+    for s in &page.runs {
+        let mut run = summary_json(s);
+        // A failed run a retry carried on lists with the way to it.
+        if matches!(s.status, RunStatus::Failed | RunStatus::Cancelled) {
+            if let Some(retry) = engine.retried_by(&s.id)? {
+                run["retried_by"] = json!(retry);
+            }
+        }
+        runs.push(run);
+    }
     Ok(Json(json!({"runs": runs, "next_cursor": page.next_cursor})))
 }
 

@@ -160,7 +160,26 @@ pub(super) const RUN_COLUMNS: &[(&str, &str)] = &[
 /// in a few words (triage without a `run get` per run).
 fn run_row_cells(run: &mut Value) {
     run["started"] = json!(run["created_at"].as_u64().map(clock_ms));
-    run["error_text"] = cell(&run["error"]["message"]);
+    run["error_text"] = error_cell(run);
+    // A failed run that a retry carried on says so where it is listed.
+    if run["retried_by"].is_string() {
+        run["status"] = json!(format!(
+            "{} (retried)",
+            run["status"].as_str().unwrap_or("?")
+        ));
+    }
+}
+
+/// A run's error as a cell: the failing task, then what it met.
+fn error_cell(v: &Value) -> Value {
+    match (v.pointer("/error/task"), v.pointer("/error/message")) {
+        (Some(Value::String(t)), Some(m)) => cell(&json!(format!(
+            "task {t:?}: {}",
+            m.as_str().unwrap_or_default()
+        ))),
+        (_, Some(m)) => cell(m),
+        _ => Value::Null,
+    }
 }
 
 pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
@@ -410,6 +429,13 @@ fn print_run(opts: &ClientOpts, v: &Value) {
         print(opts, v, RUN_COLUMNS);
     } else {
         print(opts, &run_row(v), RUN_DETAIL_COLUMNS);
+        // The runs a retry links: the one it carries on, the one that
+        // carried it on.
+        for (what, key) in [("retry of", "retry_of"), ("retried by", "retried_by")] {
+            if let Some(other) = v[key].as_str() {
+                println!("{what}: {other}");
+            }
+        }
         println!();
         print(opts, &task_rows(&v["tasks"]), TASK_COLUMNS);
         // Every attempt of each task tried more than once.
@@ -507,14 +533,7 @@ fn run_row(v: &Value) -> Value {
     };
     row["input"] = cell(input);
     row["output"] = cell(&v["output"]);
-    row["error"] = match (v.pointer("/error/task"), v.pointer("/error/message")) {
-        (Some(Value::String(t)), Some(m)) => cell(&json!(format!(
-            "task {t:?}: {}",
-            m.as_str().unwrap_or_default()
-        ))),
-        (_, Some(m)) => cell(m),
-        _ => Value::Null,
-    };
+    row["error"] = error_cell(v);
     row
 }
 
