@@ -681,6 +681,10 @@ fn retries_back_off_on_5xx_but_never_retry_4xx() {
         "{out}"
     );
     assert_eq!(run["tasks"][0]["max_attempts"], 3, "{run}");
+    // The events' times read as times, a retry's due time too.
+    let (code, out, err) = s.cli(&["run", "events", id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""due":"20"#), "{out}");
 
     s.env("python", "python", 1);
     s.function(

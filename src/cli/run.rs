@@ -616,7 +616,15 @@ pub(super) fn event_rows(events: &Value, whole: bool) -> Value {
                 .into_iter()
                 .flatten()
                 .filter(|(k, v)| !SHOWN.contains(&k.as_str()) && !v.is_null())
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| {
+                    // Times as the AT column shows them, not epoch numbers.
+                    let time =
+                        matches!(k.as_str(), "due" | "wake_at" | "deadline") || k.ends_with("_at");
+                    match v.as_u64().filter(|_| time) {
+                        Some(ms) => (k.clone(), json!(clock_ms(ms))),
+                        None => (k.clone(), v.clone()),
+                    }
+                })
                 .collect();
             let mut row = e.clone();
             if let Some(at) = e["at"].as_u64() {
