@@ -64,6 +64,21 @@ fn a_function_sees_its_callers_address_in_x_forwarded_for() {
     assert_eq!(r.text().unwrap(), "203.0.113.7, 198.51.100.2, 127.0.0.1");
 }
 
+/// Fission's python image has Flask: its functions use all of it without a
+/// requirements.txt. What the shim lacks comes from this machine's Flask
+/// (`.ci/run` installs python3-flask).
+#[test]
+fn python_functions_that_need_more_of_flask_get_the_machines_flask() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    let code = "from flask import render_template_string, request\n\ndef main():\n    return render_template_string('<b>{{ who }}</b>', who=request.args.get('who', 'nobody'))\n";
+    s.function("page", "python", "page.py", code, json!({}));
+    let r = s.get("/fission-function/page?who=ada");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(r.text().unwrap(), "<b>ada</b>");
+}
+
 #[test]
 fn python_functions_written_for_fission_read_the_request_through_flask() {
     let s = Server::start();

@@ -391,12 +391,20 @@ def _specialize(v2, body):
                 import flask
                 _shim = flask
             os.environ.update(env_vars)
-            func, shown, app = _load(filepath, name)
+            try:
+                func, shown, app = _load(filepath, name)
+            except ImportError as e:
+                # Code that takes from Flask what the shim has not (Fission's
+                # image has Flask: its functions need no requirements.txt
+                # for render_template): served by this machine's Flask, when
+                # there is one.
+                if not (_shim_lacks(e) and _system_flask()):
+                    raise
+                func, shown, app = _load(filepath, name, system_flask=True)
         except BaseException as e:
             log_exc("specialize %s entry %r failed:" % (filepath, name))
             hint = ""
-            if isinstance(e, ImportError) and "from 'flask'" in str(e) and _shim is not None \
-                    and getattr(_shim, "__version__", "").endswith("fusion.shim"):
+            if _shim_lacks(e):
                 hint = (" (Fusion's Flask stand-in has only part of Flask: put Flask in "
                         "the package, requirements.txt: flask)")
             return 500, "specialize %s entry %r failed: %s: %s%s\n" % (
@@ -407,16 +415,31 @@ def _specialize(v2, body):
         _wsgi = app
         _userfunc = func
     log("specialized %s entry %s%s (%.1f ms)" % (
-        filepath, shown, " with the package's Flask (%s)" % _flask_dir() if app else "",
+        filepath, shown, " with Flask (%s)" % _flask_dir() if app else "",
         (time.perf_counter() - t0) * 1e3))
     return 200, "specialized\n"
 
 
-def _load(filepath, name):
+def _shim_lacks(e):
+    """Whether `e` is the import of a name the shim does not have."""
+    return (isinstance(e, ImportError) and "from 'flask'" in str(e) and _shim is not None
+            and getattr(_shim, "__version__", "").endswith("fusion.shim"))
+
+
+def _system_flask():
+    """Whether this interpreter has a Flask of its own (beside the shim)."""
+    import importlib.machinery
+    _ensure_site()
+    return importlib.machinery.PathFinder.find_spec(
+        "flask", [p for p in sys.path if p != _HERE]) is not None
+
+
+def _load(filepath, name, system_flask=False):
     """Import the user's code; returns (callable, displayed entry name, WSGI app or
     None). The app is there when the directory brings its own Flask (a
-    `flask` package at its top, vendored or installed there by a build): the
-    shim then steps aside, so that the user's `import flask` is that Flask.
+    `flask` package at its top, vendored or installed there by a build), or
+    with `system_flask`, the interpreter's: the shim then steps aside, so
+    that the user's `import flask` is that Flask.
 
     file:       entry = functionName after its last dot ("main" when empty), so
                 "main", "hello.main" and "" all mean main().
@@ -431,8 +454,10 @@ def _load(filepath, name):
     _ensure_site()
     before = set(sys.modules)
     added_path = False
-    real_flask = False
+    real_flask = system_flask
     try:
+        if system_flask:
+            _shim_steps_aside()
         if os.path.isdir(filepath):
             if "." in name:
                 modname, funcname = name.rsplit(".", 1)
@@ -466,7 +491,8 @@ def _load(filepath, name):
             raise AttributeError("module %r has no attribute %r" % (mod.__name__, funcname))
         if not callable(func):
             raise TypeError("entrypoint %r is a %s, not callable" % (funcname, type(func).__name__))
-        return func, shown, _flask_app(func, os.path.abspath(filepath)) if real_flask else None
+        root = os.path.abspath(filepath if os.path.isdir(filepath) else os.path.dirname(filepath))
+        return func, shown, _flask_app(func, root) if real_flask else None
     except BaseException:
         # Stay generic: forget the user modules the failed attempt imported (not
         # the stdlib ones, nor the shim, which a prewarm may import meanwhile).
