@@ -1863,6 +1863,21 @@ fn a_workflow_deployed_as_a_function_of_the_workflow_env_is_a_workflow() {
     assert_eq!(s.ok("GET", "/v1/workflows/echowhale", None)["version"], 1);
     let (code, out, err) = s.cli(&["fn", "test", "--name", "echowhale", "--body", "hi"]);
     assert_eq!((code, out.trim()), (0, "hi"), "{err}");
+    // Made in a namespace (Fission Workflows' `-n`, or its older `--fns`):
+    // workflows have none, said so, and called as they are.
+    let (code, _, err) = s.cli(&[
+        "fn", "create", "--name", "nswhale", "--env", "workflow", "--src", src, "--fns", "other",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("workflows have no namespace (-n other is not kept)"),
+        "{err}"
+    );
+    let (code, out, err) = s.cli(&[
+        "fn", "test", "--name", "nswhale", "-n", "other", "--body", "yo",
+    ]);
+    assert_eq!((code, out.trim()), (0, "yo"), "{err}");
+    assert!(err.contains("nswhale is a workflow"), "{err}");
     // Said as what it is where a function is asked for.
     for verb in ["get", "logs", "instances"] {
         let (code, _, err) = s.cli(&["fn", verb, "--name", "echowhale"]);

@@ -840,15 +840,22 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             let name = name.get();
             // The invoke endpoint passes the function's own 404s through: ask first,
             // so a misspelt name is said as such. (Workflows are invoked there too.)
-            let known = c
+            let function = c
                 .get_opt::<Value>(&format!("/v1/functions/{name}{}", opts.ns_query()))
                 .await?
-                .is_some()
-                || c.get_opt::<Value>(&format!("/v1/workflows/{name}"))
+                .is_some();
+            let workflow = !function
+                && c.get_opt::<Value>(&format!("/v1/workflows/{name}"))
                     .await?
                     .is_some();
-            if !known {
+            if !function && !workflow {
                 bail!("function {name:?} does not exist (fusion fn list shows the functions)");
+            }
+            // A workflow made as a function of another namespace (Fission
+            // Workflows' `-n`): workflows have none, so it is called as it is.
+            let namespace = opts.namespace.as_deref().filter(|ns| *ns != "default");
+            if let (true, Some(ns)) = (workflow, namespace) {
+                eprintln!("note: {name} is a workflow, and workflows have no namespace (-n {ns} left out)");
             }
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
                 .map_err(|_| anyhow!("bad method {method:?}"))?;
@@ -872,7 +879,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 format!("/v1/functions/{name}/invoke/{sub}")
             };
             let mut req = c.request(method, &path);
-            if let Some(ns) = opts.namespace.as_deref().filter(|ns| *ns != "default") {
+            if let Some(ns) = namespace.filter(|_| function) {
                 // Taken off by the API before the function sees the query.
                 req = req.query(&[("fusion-namespace", ns)]);
             }

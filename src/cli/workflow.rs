@@ -335,6 +335,11 @@ pub(super) async fn store_as_function(
         "note: Fusion runs workflows itself (no `{WORKFLOW_ENV}` environment): {} as workflow {name:?}; see `fusion wf get {name}`, `fusion run list --workflow {name}`",
         if update { "updated" } else { "stored" }
     );
+    if let Some(ns) = opts.namespace.as_deref().filter(|ns| *ns != "default") {
+        eprintln!(
+            "note: workflows have no namespace (-n {ns} is not kept): call it as /fission-function/{name}"
+        );
+    }
     stored(opts, &v, false);
     Ok(())
 }
