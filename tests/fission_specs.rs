@@ -1213,3 +1213,32 @@ fn create_commands_with_spec_write_documents_that_apply_creates() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("everything up to date"), "{out}");
 }
+
+/// Field names in another case, as older Fission CLIs wrote some
+/// (`TerminationGracePeriod`): Fission reads them (Go's JSON decoding
+/// matches names in any case), and so does Fusion, with their places.
+#[test]
+fn fields_in_another_case_are_read_as_fission_reads_them() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("specs")).unwrap();
+    std::fs::write(
+        tmp.path().join("specs/env.yaml"),
+        "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: py\nspec:\n  Version: 3\n  TerminationGracePeriod: 5\n  runtime:\n    Image: fission/python-env\n  PoolSize: 2\n  bogus: 1\n",
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("TerminationGracePeriod"), "{err}");
+    assert!(!err.contains("PoolSize"), "{err}");
+    // An unknown field is still said, at its place.
+    assert!(
+        err.contains("env.yaml:11:3") && err.contains("spec.bogus"),
+        "{err}"
+    );
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let env = s.ok("GET", "/v1/environments/py", None);
+    assert_eq!(env["poolsize"], 2, "{env}");
+    assert_eq!(env["image"], "fission/python-env", "{env}");
+}

@@ -41,6 +41,7 @@ impl fmt::Display for Location {
 }
 
 /// One YAML document of a spec file.
+#[derive(Clone)]
 pub struct Document {
     pub value: Value,
     pub file: PathBuf,
@@ -75,6 +76,44 @@ impl Document {
     /// Whether this is an object read from an API rather than a file.
     pub fn is_object(&self) -> bool {
         self.object
+    }
+
+    /// Renames the key `from` of the mapping at `parent` (a dot-separated
+    /// path, list items by index) to `to`, with the places of it and of
+    /// what is below it.
+    pub fn rename_field(&mut self, parent: &str, from: &str, to: &str) {
+        let mut at = &mut self.value;
+        for seg in parent.split('.').filter(|s| !s.is_empty()) {
+            let next = match at {
+                Value::Object(m) => m.get_mut(seg),
+                Value::Array(items) => seg.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+                _ => None,
+            };
+            let Some(next) = next else { return };
+            at = next;
+        }
+        let Some(map) = at.as_object_mut() else {
+            return;
+        };
+        let Some(v) = map.remove(from) else { return };
+        map.insert(to.to_string(), v);
+        let join = |k: &str| {
+            if parent.is_empty() {
+                k.to_string()
+            } else {
+                format!("{parent}.{k}")
+            }
+        };
+        let (old, new) = (join(from), join(to));
+        let moved: Vec<(String, (usize, usize))> = self
+            .positions
+            .iter()
+            .filter(|(k, _)| *k == &old || k.starts_with(&format!("{old}.")))
+            .map(|(k, p)| (format!("{new}{}", &k[old.len()..]), *p))
+            .collect();
+        self.positions
+            .retain(|k, _| !(k == &old || k.starts_with(&format!("{old}."))));
+        self.positions.extend(moved);
     }
 
     /// Where `path` (dot-separated, list items by index) is written; the nearest

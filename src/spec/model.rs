@@ -304,6 +304,32 @@ impl Specs {
 
     /// A `fission.io/v1` document: `metadata` and `spec`.
     fn read_fission(&mut self, doc: &Document, kind: Kind, namespace: &str) {
+        let shape = match kind {
+            Kind::Environment => ENVIRONMENT_FIELDS,
+            Kind::Package => PACKAGE_FIELDS,
+            Kind::Function => FUNCTION_FIELDS,
+            Kind::HttpTrigger => HTTP_TRIGGER_FIELDS,
+            Kind::TimeTrigger => TIME_TRIGGER_FIELDS,
+            Kind::MessageQueueTrigger => MQ_TRIGGER_FIELDS,
+            Kind::Workflow => WORKFLOW_FIELDS,
+            Kind::Secret | Kind::ConfigMap => KUBE_DATA_FIELDS,
+        };
+        // Fields in another case than Fission's (`TerminationGracePeriod`,
+        // as older Fission CLIs wrote it): read as Fission reads them, since
+        // Go's JSON decoding matches names in any case.
+        let mut renames = Vec::new();
+        case_renames(&doc.value, "", shape, &mut renames);
+        let renamed;
+        let doc = if renames.is_empty() {
+            doc
+        } else {
+            let mut d = doc.clone();
+            for (parent, from, to) in &renames {
+                d.rename_field(parent, from, to);
+            }
+            renamed = d;
+            &renamed
+        };
         let v = &doc.value;
         let expected = match kind {
             Kind::Secret | Kind::ConfigMap => "v1",
@@ -323,16 +349,6 @@ impl Specs {
                 format!("kind {} needs `apiVersion: {expected}`", kind.name()),
             ),
         }
-        let shape = match kind {
-            Kind::Environment => ENVIRONMENT_FIELDS,
-            Kind::Package => PACKAGE_FIELDS,
-            Kind::Function => FUNCTION_FIELDS,
-            Kind::HttpTrigger => HTTP_TRIGGER_FIELDS,
-            Kind::TimeTrigger => TIME_TRIGGER_FIELDS,
-            Kind::MessageQueueTrigger => MQ_TRIGGER_FIELDS,
-            Kind::Workflow => WORKFLOW_FIELDS,
-            Kind::Secret | Kind::ConfigMap => KUBE_DATA_FIELDS,
-        };
         check_fields(self, doc, v, "", shape);
         let Some(name) = str_at(v, "metadata.name").map(str::to_string) else {
             self.error(
@@ -1745,6 +1761,48 @@ const KUBE_DATA_FIELDS: &Shape = &Fields(&[
     ("stringData", Any),
     ("immutable", Any),
 ]);
+
+/// The keys of `value` written in another case than the field of `shape`
+/// they stand for, as (parent path, key, field), parents before what is
+/// below them: Go's JSON decoding takes an exact match first, else one in
+/// any case.
+fn case_renames(
+    value: &Value,
+    path: &str,
+    shape: &Shape,
+    out: &mut Vec<(String, String, &'static str)>,
+) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match (shape, value) {
+        (Fields(fields), Value::Object(obj)) => {
+            for (k, v) in obj {
+                let field = fields.iter().find(|(name, _)| name == k).or_else(|| {
+                    fields
+                        .iter()
+                        .find(|(name, _)| name.eq_ignore_ascii_case(k) && !obj.contains_key(*name))
+                });
+                if let Some((name, inner)) = field {
+                    if name != k {
+                        out.push((path.to_string(), k.clone(), name));
+                    }
+                    case_renames(v, &join(name), inner, out);
+                }
+            }
+        }
+        (List(inner), Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                case_renames(item, &join(&i.to_string()), inner, out);
+            }
+        }
+        _ => {}
+    }
+}
 
 /// Warns, with its place, about every field `shape` does not know, and every
 /// Kubernetes-only field that has no effect here.
