@@ -618,7 +618,38 @@ struct LogQuery {
     /// Only the last this many lines of what is there (then, with `follow`,
     /// what comes).
     tail: Option<usize>,
+    /// Only the lines written at or after this time (epoch ms).
+    since: Option<u64>,
     namespace: Option<String>,
+}
+
+/// The lines of a log written at or after `since` (epoch ms): each line
+/// starts with its RFC 3339 time, which sorts as text.
+fn lines_since(text: Vec<u8>, since: u64) -> Vec<u8> {
+    let Some(from) = i64::try_from(since)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+    else {
+        return Vec::new();
+    };
+    // As the log writes its times: `2026-12-01T10:00:00.000Z`.
+    let from = from.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    let Some(start) = text
+        .split_inclusive(|b| *b == b'\n')
+        .scan(0, |at, line| {
+            let here = *at;
+            *at += line.len();
+            Some((here, line))
+        })
+        .find(|(_, line)| {
+            line.get(..from.len())
+                .is_some_and(|stamp| stamp >= from.as_bytes())
+        })
+        .map(|(at, _)| at)
+    else {
+        return Vec::new();
+    };
+    text[start..].to_vec()
 }
 
 /// The last `n` lines of `text`.
@@ -652,6 +683,9 @@ async fn fn_logs(
     let logs = s.pool.logs().clone();
     let follower = q.follow.then(|| logs.follow(&name));
     let mut existing = logs.read(&name).await;
+    if let Some(since) = q.since {
+        existing = lines_since(existing, since);
+    }
     if let Some(n) = q.tail {
         existing = last_lines(existing, n);
     }
@@ -867,6 +901,28 @@ pub async fn json_errors(req: Request, next: axum::middleware::Next) -> Response
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `fn logs --since`: the lines from the first written at or after the
+    /// time, compared as the log writes its times.
+    #[test]
+    fn a_log_is_read_from_a_time() {
+        let log = "2026-12-01T10:00:00.000Z [1 stderr] early\n\
+                   2026-12-01T10:00:01.000Z [1 stderr] on the second\n\
+                   2026-12-01T10:00:02.500Z [2 stdout] later\n";
+        let at = |t: &str| t.parse::<jiff::Timestamp>().unwrap().as_millisecond() as u64;
+        let from =
+            |t: &str| String::from_utf8(lines_since(log.as_bytes().to_vec(), at(t))).unwrap();
+        assert_eq!(
+            from("2026-12-01T10:00:01Z"),
+            "2026-12-01T10:00:01.000Z [1 stderr] on the second\n2026-12-01T10:00:02.500Z [2 stdout] later\n"
+        );
+        assert_eq!(
+            from("2026-12-01T10:00:01.001Z"),
+            "2026-12-01T10:00:02.500Z [2 stdout] later\n"
+        );
+        assert_eq!(from("2026-12-01T09:00:00Z"), log);
+        assert_eq!(from("2026-12-01T11:00:00Z"), "");
+    }
 
     fn message(e: Error) -> String {
         e.to_string()

@@ -721,6 +721,29 @@ fn the_cli_manages_resources_and_tests_functions() {
         Some(last.as_str()),
         logs.lines().last().map(|l| format!("{l}\n")).as_deref()
     );
+    // From a time (a run's start, to find what its call wrote): an hour back
+    // is all of it; from the last line's own time, that line on.
+    assert_eq!(
+        run(&["fn", "logs", "--name", "hello", "--since", "1h"]),
+        logs
+    );
+    let stamp = last.split_whitespace().next().unwrap();
+    let from_last = run(&["fn", "logs", "--name", "hello", "--since", stamp]);
+    assert!(
+        logs.ends_with(&from_last) && from_last.ends_with(&last),
+        "{from_last}"
+    );
+    assert_eq!(
+        run(&[
+            "fn",
+            "logs",
+            "--name",
+            "hello",
+            "--since",
+            "2999-01-01T00:00:00Z"
+        ]),
+        ""
+    );
     let json = run(&["fn", "logs", "--name", "hello", "-o", "json"]);
     let entries: Vec<Value> = json
         .lines()

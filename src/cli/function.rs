@@ -296,6 +296,11 @@ pub(super) enum FnVerb {
         /// Only the last N lines (then, with --follow, what comes).
         #[arg(long, value_name = "N", alias = "recordcount")]
         tail: Option<usize>,
+        /// Only the lines written at or after this time: RFC 3339, epoch
+        /// milliseconds, or a time back from now (90s, 30m, 2h), as `run
+        /// list --since` takes it (a run's or an attempt's start).
+        #[arg(long, value_name = "TIME", value_parser = super::run::time_arg)]
+        since: Option<u64>,
         /// Fission's `--detail`: each line's time and instance, which Fusion
         /// always shows.
         #[arg(short = 'd', long)]
@@ -935,6 +940,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             name,
             follow,
             tail,
+            since,
             detail: _,
         } => {
             let name = name.get();
@@ -944,6 +950,9 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             let mut req = c.request(Method::GET, &path).query(&[("follow", follow)]);
             if let Some(n) = tail {
                 req = req.query(&[("tail", n)]);
+            }
+            if let Some(t) = since {
+                req = req.query(&[("since", t)]);
             }
             let sent = c.send(req).await;
             let mut stream = workflow_said(&c, &name, sent, "fusion run list --workflow")

@@ -665,7 +665,7 @@ pub(super) fn clock_ms(ms: u64) -> String {
 
 /// `--since`/`--until`: an RFC 3339 time, milliseconds since the epoch, or a
 /// time back from now (`90s`, `30m`, `2h`, `1d`); answers milliseconds.
-fn time_arg(text: &str) -> std::result::Result<u64, String> {
+pub(super) fn time_arg(text: &str) -> std::result::Result<u64, String> {
     let now = jiff::Timestamp::now().as_millisecond();
     time_at(text, now)
 }
