@@ -372,7 +372,7 @@ fn pkg_create_without_a_name_makes_one() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hello.sh");
     std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
-    let (code, _, err) = s.cli(&[
+    let (code, out, err) = s.cli(&[
         "pkg",
         "create",
         "--env",
@@ -381,14 +381,16 @@ fn pkg_create_without_a_name_makes_one() {
         file.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let name = err
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("{err}"))
+    // Said as Fission's CLI says it: `Package 'NAME' created`.
+    let name = out
+        .trim()
+        .strip_prefix("Package '")
+        .and_then(|rest| rest.strip_suffix("' created"))
+        .unwrap_or_else(|| panic!("{out}"))
         .to_string();
     assert!(
         name.starts_with("hello-sh-") && name.len() == "hello-sh-".len() + 4,
-        "{err}"
+        "{out}"
     );
     let p = s.ok("GET", &format!("/v1/packages/{name}"), None);
     assert_eq!(p["environment"], "binary", "{p}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::probe::Probe;
 use common::{alive, eventually, signal, Server, BIN};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[test]
 fn up_applies_the_examples_and_prints_urls_that_answer() {
@@ -563,8 +563,16 @@ fn the_access_log_has_a_line_per_routed_request_without_its_query() {
     );
 }
 
-/// The URL after `key` (`router=`, `api=`) in the server's listening line.
+/// The URL after `key` (`router=`, `api=`) in the server's listening line
+/// (JSON with FUSION_LOG_FORMAT=json: the field of that name).
 fn listening_on(line: &str, key: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(line) {
+        let field = key.trim_end_matches('=');
+        return v[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {field} in {line:?}"))
+            .to_string();
+    }
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key))
         .unwrap_or_else(|| panic!("no {key} in {line:?}"))
