@@ -373,8 +373,8 @@ fn the_server_raises_its_open_files_limit_to_the_hard_one() {
     .stderr(std::fs::File::create(&log).unwrap());
     let mut child = KillOnDrop(cmd.spawn().unwrap());
     let stdout = child.0.stdout.take().unwrap();
-    let first = BufReader::new(stdout).lines().next();
-    assert!(first.is_some_and(|l| l.is_ok_and(|l| l.starts_with("fusion listening"))));
+    let line = BufReader::new(stdout).lines().next().unwrap().unwrap();
+    let (router, api) = (listening_on(&line, "router="), listening_on(&line, "api="));
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
     let open_files = limits
         .lines()
@@ -385,6 +385,37 @@ fn the_server_raises_its_open_files_limit_to_the_hard_one() {
         ["2048", "2048"],
         "{open_files}"
     );
+    // A function's process gets the limit the server started with, as Go's
+    // os/exec gives its children (a program may still use select(2)).
+    let token = std::fs::read_to_string(dir.path().join("data/token")).unwrap();
+    let http = reqwest::blocking::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{api}{path}"))
+            .bearer_auth(token.trim())
+    };
+    let r = call(reqwest::Method::POST, "/v1/environments")
+        .json(&json!({"name": "sh", "runtime": "binary", "poolsize": 0}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let package: Value = call(reqwest::Method::POST, "/v1/archives")
+        .query(&[("filename", "limit.sh")])
+        .header("content-type", "application/octet-stream")
+        .body("#!/bin/sh\nulimit -n\n")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let r = call(reqwest::Method::POST, "/v1/functions")
+        .json(&json!({"name": "limit", "env": "sh", "package": package}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = http
+        .get(format!("{router}/fission-function/limit"))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap().trim(), "512");
     signal(child.0.id(), libc::SIGTERM);
     assert!(child.0.wait().unwrap().success());
     let text = std::fs::read_to_string(&log).unwrap();

@@ -12,6 +12,16 @@
 /// address space.
 pub fn harden_child(cmd: &mut tokio::process::Command, memory_mb: Option<u64>) {
     let limit = memory_mb.map(|mb| mb.saturating_mul(1 << 20));
+    // The soft open-file limit the server started with, for its children
+    // (`raise_open_files_limit` raised the server's own), as Go's os/exec
+    // does: a program may still use select(2), which breaks past 1024.
+    let open_files = match NOFILE_BEFORE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        soft => Some(libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: NOFILE_MAX.load(std::sync::atomic::Ordering::Relaxed) as libc::rlim_t,
+        }),
+    };
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (prctl, setrlimit, getppid), allocating nothing.
     unsafe {
@@ -36,6 +46,11 @@ pub fn harden_child(cmd: &mut tokio::process::Command, memory_mb: Option<u64>) {
                     rlim_max: bytes as libc::rlim_t,
                 };
                 if libc::setrlimit(libc::RLIMIT_AS, &rl) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(rl) = &open_files {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, rl) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -66,11 +81,17 @@ pub fn open_files_hard_limit() -> u64 {
     rl.rlim_max
 }
 
+/// The soft open-file limit before `raise_open_files_limit` raised it, and
+/// the hard one (0: not raised).
+static NOFILE_BEFORE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static NOFILE_MAX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Raises this process's soft limit on open files to its hard limit (at most
 /// 1,048,576, the kernel's usual `nr_open`), as servers that hold many
 /// connections do: systemd starts services at a soft 1024 under a hard
 /// 524,288, meant to be raised by those that need more. The soft limits
-/// before and after.
+/// before and after. Children started through `harden_child` get the limit
+/// back as it was.
 pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
@@ -90,6 +111,8 @@ pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    NOFILE_MAX.store(rl.rlim_max, std::sync::atomic::Ordering::Relaxed);
+    NOFILE_BEFORE.store(before.max(1), std::sync::atomic::Ordering::Relaxed);
     Ok((before, wanted))
 }
 
