@@ -812,13 +812,27 @@ pub async fn keep_targeted_workflows(
 
 // ---- routes ----
 
+/// A listing of routes: one namespace's, or with `all_namespaces=true`
+/// every one's (routes of all namespaces share the URL paths).
+#[derive(Deserialize)]
+struct RoutesQuery {
+    namespace: Option<String>,
+    #[serde(default)]
+    all_namespaces: bool,
+}
+
 async fn list_routes(
     State(s): State<AppState>,
-    Query(ns): Query<Ns>,
+    Query(q): Query<RoutesQuery>,
 ) -> ApiResult<Json<Vec<Route>>> {
-    Ok(Json(in_namespace(s.triggers.routes.list()?, &ns, |r| {
-        &r.namespace
-    })?))
+    let routes = s.triggers.routes.list()?;
+    if q.all_namespaces {
+        return Ok(Json(routes));
+    }
+    let ns = Ns {
+        namespace: q.namespace,
+    };
+    Ok(Json(in_namespace(routes, &ns, |r| &r.namespace)?))
 }
 async fn get_route(
     State(s): State<AppState>,

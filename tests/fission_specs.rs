@@ -258,19 +258,24 @@ fn a_project_deletes_only_what_it_applied_and_never_takes_over_another_projects(
     assert_eq!(first["image"], "fission/python-env", "{first}");
     assert!(first.get("runtime").is_none(), "{first}");
 
-    // A route on the server that the folder's would shadow is found before
-    // anything is applied, not after the environment and function changed.
+    // A route on the server that the folder's would shadow, in any namespace
+    // (they share the URL paths), is found before anything is applied, not
+    // after the environment and function changed.
     s.env("mine", "python", 0);
-    s.function(
-        "byhand",
-        "mine",
-        "f.py",
-        "def main():\n    return 'f'\n",
-        json!({}),
+    s.ok(
+        "POST",
+        "/v1/environments?namespace=shop",
+        Some(json!({"name": "mine", "runtime": "python", "poolsize": 0})),
+    );
+    let code = s.upload("f.py", b"def main():\n    return 'f'\n");
+    s.ok(
+        "POST",
+        "/v1/functions?namespace=shop",
+        Some(json!({"name": "byhand", "env": "mine", "package": code})),
     );
     s.ok(
         "POST",
-        "/v1/routes",
+        "/v1/routes?namespace=shop",
         Some(json!({"name": "byhand", "url": "/clash", "function": "byhand"})),
     );
     std::fs::write(short.join("g.py"), "def main():\n    return 'g'\n").unwrap();
@@ -283,12 +288,26 @@ fn a_project_deletes_only_what_it_applied_and_never_takes_over_another_projects(
     assert_ne!(code, 0);
     assert!(err.contains("nothing applied"), "{err}");
     assert!(
-        err.contains(r#"would answer the same requests as route "byhand" on the server (/clash)"#),
+        err.contains(
+            r#"would answer the same requests as route "byhand" in namespace "shop" on the server (/clash)"#
+        ),
         "{err}"
     );
     assert!(!names(&s, "/v1/environments").contains(&"fresh".to_string()));
-    assert_eq!(s.call("DELETE", "/v1/routes/byhand", None).0, 204);
-    assert_eq!(s.call("DELETE", "/v1/functions/byhand", None).0, 204);
+    assert_eq!(
+        s.call("DELETE", "/v1/routes/byhand?namespace=shop", None).0,
+        204
+    );
+    assert_eq!(
+        s.call("DELETE", "/v1/functions/byhand?namespace=shop", None)
+            .0,
+        204
+    );
+    assert_eq!(
+        s.call("DELETE", "/v1/environments/mine?namespace=shop", None)
+            .0,
+        204
+    );
 
     // Destroy removes what the project applied, and nothing else.
     let (code, out, err) = s.cli_in(&one, &["spec", "destroy"]);

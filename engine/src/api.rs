@@ -528,13 +528,15 @@ async fn list_runs(
             Err(e) => return Err(e.into()),
         };
         settled(&engine).await;
-        let runs: Vec<Value> = found
+        let mut runs = Vec::new();
+        for s in found
             .iter()
             .filter(|s| statuses.is_empty() || statuses.contains(&s.status))
             .filter(|s| q.since.is_none_or(|t| s.created_at >= t))
             .filter(|s| q.until.is_none_or(|t| s.created_at <= t))
-            .map(summary_json)
-            .collect();
+        {
+            runs.push(listed(&engine, s)?);
+        }
         return Ok(Json(json!({"runs": runs, "next_cursor": null})));
     }
     let page = engine.list_runs(&RunFilter {
@@ -548,16 +550,21 @@ async fn list_runs(
     settled(&engine).await;
     let mut runs = Vec::with_capacity(page.runs.len());
     for s in &page.runs {
-        let mut run = summary_json(s);
-        // A failed run a retry carried on lists with the way to it.
-        if matches!(s.status, RunStatus::Failed | RunStatus::Cancelled) {
-            if let Some(retry) = engine.retried_by(&s.id)? {
-                run["retried_by"] = json!(retry);
-            }
-        }
-        runs.push(run);
+        runs.push(listed(&engine, s)?);
     }
     Ok(Json(json!({"runs": runs, "next_cursor": page.next_cursor})))
+}
+
+/// A run as the history lists it: a failed run a retry carried on, with the
+/// way to it.
+fn listed(engine: &Engine, s: &RunSummary) -> ApiResult<Value> {
+    let mut run = summary_json(s);
+    if matches!(s.status, RunStatus::Failed | RunStatus::Cancelled) {
+        if let Some(retry) = engine.retried_by(&s.id)? {
+            run["retried_by"] = json!(retry);
+        }
+    }
+    Ok(run)
 }
 
 /// A run in full: status, input, output, timings and every task.
@@ -586,7 +593,7 @@ pub fn run_json(s: &RunState) -> Value {
                 // The last (or current) attempt's start, and a retrying
                 // task's next attempt.
                 "attempt_started_at": t.attempt_started_at,
-                "retry_at": t.retry_at,
+                "retry_at": t.retry_at.filter(|_| t.status == crate::state::TaskStatus::Retrying),
                 "started_at": t.started_at,
                 "ended_at": ended_at,
                 "inputs": t.inputs,

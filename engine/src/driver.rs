@@ -1206,14 +1206,27 @@ impl Engine {
         }
     }
 
-    /// Runs a failed or cancelled run again as a new run: tasks that succeeded
-    /// keep their outputs, the others run again.
     /// The run that retried run `id`, once one has (a run is retried once).
+    /// A retry made of an earlier run of the same id (a keyed run deleted,
+    /// then started again by its key) is not this one's.
     pub fn retried_by(&self, id: &str) -> Result<Option<String>, EngineError> {
         let retry_id = retry_run_id(id);
-        Ok(self.store.run(&retry_id)?.map(|_| retry_id))
+        let Some(retry) = self.store.run(&retry_id)? else {
+            return Ok(None);
+        };
+        let Some(run) = self.store.run(id)? else {
+            return Ok(None);
+        };
+        // A retry starts once its run has ended.
+        let ours = retry.retry_of.as_deref() == Some(id)
+            && run
+                .finished_at
+                .is_some_and(|ended| retry.created_at >= ended);
+        Ok(ours.then_some(retry_id))
     }
 
+    /// Runs a failed or cancelled run again as a new run: tasks that succeeded
+    /// keep their outputs, the others run again.
     pub async fn retry(self: &Arc<Self>, id: &str) -> Result<StartedRun, EngineError> {
         let state = self.run_state(id)?;
         if !matches!(state.status, RunStatus::Failed | RunStatus::Cancelled) {

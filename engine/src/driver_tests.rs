@@ -1179,6 +1179,20 @@ tasks:
         assert_eq!((s, v), (StatusCode::OK, json!("paid")));
         assert_eq!(h["x-fusion-run-id"], retried.as_str());
         assert_eq!(h.get("idempotent-replayed").unwrap(), "true");
+        // Once that run is deleted, its key starts a new run (of the same
+        // id), which the old run's retry is not a retry of.
+        let (s, _, v) = call(&app, req("DELETE", &format!("/v1/runs/{failed}"), "")).await;
+        assert!(s.is_success(), "{v}");
+        let (s, h, v) = call(&app, start("flakypay", "order-1", false)).await;
+        assert_eq!((s, v), (StatusCode::OK, json!("paid")));
+        assert!(h.get("idempotent-replayed").is_none());
+        assert_eq!(h["x-fusion-run-id"], failed.as_str());
+        let (_, h, _) = call(&app, start("flakypay", "order-1", false)).await;
+        assert_eq!(
+            h["x-fusion-run-id"],
+            failed.as_str(),
+            "not the old run's retry"
+        );
         let too_long = "k".repeat(256);
         for bad in ["", too_long.as_str()] {
             let (s, _, v) = call(&app, start("pay", bad, true)).await;

@@ -421,9 +421,14 @@ def _specialize(v2, body):
 
 
 def _shim_lacks(e):
-    """Whether `e` is the import of a name the shim does not have."""
-    return (isinstance(e, ImportError) and "from 'flask'" in str(e) and _shim is not None
-            and getattr(_shim, "__version__", "").endswith("fusion.shim"))
+    """Whether `e` is the import of a name or a module (`flask.views`) the
+    shim does not have."""
+    if not isinstance(e, ImportError) or _shim is None \
+            or not getattr(_shim, "__version__", "").endswith("fusion.shim"):
+        return False
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("flask."):
+        return "flask" in sys.modules and sys.modules["flask"] is _shim
+    return "from 'flask'" in str(e) and os.path.join(_HERE, "") in str(e)
 
 
 def _system_flask():

@@ -580,9 +580,9 @@ async fn preflight(
 }
 
 /// The folder's routes that would answer the same requests as a route on the
-/// server that the folder does not declare (in the namespaces the folder
-/// uses): the server would refuse them half-way through the apply, after
-/// changing what came before them.
+/// server that the folder does not declare (in any namespace: they share the
+/// URL paths): the server would refuse them half-way through the apply,
+/// after changing what came before them.
 async fn route_clashes(client: &Client, specs: &Specs) -> Result<Vec<String>> {
     let declared: Vec<(&Resource, triggers::Route)> = specs
         .resources
@@ -597,15 +597,7 @@ async fn route_clashes(client: &Client, specs: &Specs) -> Result<Vec<String>> {
     if declared.is_empty() {
         return Ok(Vec::new());
     }
-    let namespaces: BTreeSet<&str> = declared.iter().map(|(r, _)| r.namespace.as_str()).collect();
-    let mut on_server: Vec<triggers::Route> = Vec::new();
-    for ns in namespaces {
-        on_server.extend(
-            client
-                .get::<Vec<triggers::Route>>(&with_namespace("/v1/routes", ns))
-                .await?,
-        );
-    }
+    let on_server: Vec<triggers::Route> = client.get("/v1/routes?all_namespaces=true").await?;
     let keys: BTreeSet<String> = declared.iter().map(|(_, r)| r.key()).collect();
     let mut clashes = Vec::new();
     for (r, route) in &declared {
@@ -619,8 +611,13 @@ async fn route_clashes(client: &Client, specs: &Specs) -> Result<Vec<String>> {
                 .clone()
                 .or_else(|| other.prefix.as_ref().map(|p| format!("{p}*")))
                 .unwrap_or_default();
+            let place = if other.namespace == route.namespace {
+                String::new()
+            } else {
+                format!(" in namespace {:?}", other.namespace)
+            };
             clashes.push(format!(
-                "{}: {} would answer the same requests as route {:?} on the server ({path}), which this folder does not declare: change one of them",
+                "{}: {} would answer the same requests as route {:?}{place} on the server ({path}), which this folder does not declare: change one of them",
                 r.at,
                 r.label(),
                 other.name
