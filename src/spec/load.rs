@@ -97,13 +97,7 @@ impl Document {
         };
         let Some(v) = map.remove(from) else { return };
         map.insert(to.to_string(), v);
-        let join = |k: &str| {
-            if parent.is_empty() {
-                k.to_string()
-            } else {
-                format!("{parent}.{k}")
-            }
-        };
+        let join = |k: &str| super::model::field_path(parent, k);
         let (old, new) = (join(from), join(to));
         let moved: Vec<(String, (usize, usize))> = self
             .positions

@@ -1762,6 +1762,15 @@ const KUBE_DATA_FIELDS: &Shape = &Fields(&[
     ("immutable", Any),
 ]);
 
+/// The path of field `key` below `path` (`spec` and `runtime`: `spec.runtime`).
+pub(crate) fn field_path(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
 /// The keys of `value` written in another case than the field of `shape`
 /// they stand for, as (parent path, key, field), parents before what is
 /// below them: Go's JSON decoding takes an exact match first, else one in
@@ -1772,13 +1781,7 @@ fn case_renames(
     shape: &Shape,
     out: &mut Vec<(String, String, &'static str)>,
 ) {
-    let join = |k: &str| {
-        if path.is_empty() {
-            k.to_string()
-        } else {
-            format!("{path}.{k}")
-        }
-    };
+    let join = |k: &str| field_path(path, k);
     match (shape, value) {
         (Fields(fields), Value::Object(obj)) => {
             for (k, v) in obj {
@@ -1807,13 +1810,7 @@ fn case_renames(
 /// Warns, with its place, about every field `shape` does not know, and every
 /// Kubernetes-only field that has no effect here.
 fn check_fields(specs: &mut Specs, doc: &Document, value: &Value, path: &str, shape: &Shape) {
-    let join = |k: &str| {
-        if path.is_empty() {
-            k.to_string()
-        } else {
-            format!("{path}.{k}")
-        }
-    };
+    let join = |k: &str| field_path(path, k);
     match (shape, value) {
         (Fields(fields), Value::Object(obj)) => {
             let mut unknown = BTreeMap::new();
