@@ -1548,6 +1548,24 @@ fn the_run_commands_say_what_a_user_needs() {
         "{out}"
     );
 
+    // A task the failed run never reached is said as not run.
+    s.workflow(
+        "cut",
+        "apiVersion: 1\noutput: C\ntasks:\n  B:\n    run: fail\n    inputs: no\n  C:\n    run: noop\n    requires: [B]\n",
+    );
+    let (st, body) = s.invoke("cut", "text/plain", "");
+    assert_eq!(st, 500, "{body}");
+    let cut: Value = serde_json::from_str(&body).unwrap();
+    let cut_id = cut["error"]["run_id"].as_str().unwrap().to_string();
+    let (rc, out, e) = s.cli(&["run", "get", &cut_id]);
+    assert_eq!(rc, 0, "{e}");
+    let c = out
+        .lines()
+        .find(|l| l.starts_with("C "))
+        .unwrap_or_default();
+    assert!(c.contains("not run"), "{out}");
+    assert_eq!(s.run(&cut_id)["tasks"][1]["status"], "cancelled");
+
     // `run get`: the run's input, output and error, and the failed task's error.
     let (rc, out, e) = s.cli(&["run", "get", &id]);
     assert_eq!(rc, 0, "{e}");

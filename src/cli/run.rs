@@ -561,6 +561,15 @@ fn task_rows(tasks: &Value) -> Value {
                 }
             }
             row["error"] = cell(&t["error"]);
+            // A task the run never started (it ended first, or was cancelled
+            // before the task's turn) is `cancelled` in the API: said as
+            // what it is, as `wf runs graph` draws it (unreached).
+            if t["status"] == "cancelled"
+                && t["started_at"].is_null()
+                && t["attempts"].as_u64().unwrap_or(0) == 0
+            {
+                row["status"] = json!("not run");
+            }
             // Calls made again after a restart are calls the function saw.
             if let Some(again) = t["repeated_after_restart"].as_u64().filter(|n| *n > 0) {
                 row["attempts"] = json!(format!("{} (+{again} after a restart)", t["attempts"]));
