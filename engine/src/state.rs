@@ -1986,6 +1986,45 @@ mod tests {
         assert_eq!(ids(&decide(&s, 1)), vec!["t1"]);
     }
 
+    /// A task waiting for its next attempt shows when it is due; cancelled
+    /// meanwhile, it shows none (no attempt will come).
+    #[test]
+    fn a_cancelled_task_shows_no_next_attempt() {
+        let spec = workflow(&[vec![]], 0, 2);
+        let mut s = RunState::fold(&[start(spec)]);
+        apply(&mut s, &dispatched("t0", 1, 0));
+        apply(
+            &mut s,
+            &Event::TaskFailed {
+                task: "t0".into(),
+                attempt: 1,
+                error: "boom".into(),
+                status: Some(500),
+                retryable: true,
+                at: 10,
+            },
+        );
+        apply(
+            &mut s,
+            &Event::RetryScheduled {
+                task: "t0".into(),
+                attempt: 2,
+                due: 100,
+                at: 10,
+            },
+        );
+        let shown = |s: &RunState| crate::api::run_json(s)["tasks"][0]["retry_at"].clone();
+        assert_eq!(shown(&s), json!(100));
+        apply(
+            &mut s,
+            &Event::RunCancelled {
+                reason: "by test".into(),
+                at: 20,
+            },
+        );
+        assert_eq!(shown(&s), Value::Null);
+    }
+
     #[test]
     fn retry_then_fail_for_good() {
         let spec = workflow(&[vec![]], 0, 2);
