@@ -148,6 +148,24 @@ fn a_killed_server_resumes_its_runs_without_repeating_finished_tasks() {
     eventually(Duration::from_secs(30), "step two is in flight", || {
         probe.lines("calls").iter().any(|l| l.starts_with("two "))
     });
+    // What a running run is at, where it is listed.
+    let listed = s.ok("GET", "/v1/runs?workflow=chain&status=running", None);
+    assert_eq!(
+        listed["runs"][0]["running_tasks"],
+        json!(["Two"]),
+        "{listed}"
+    );
+    let (code, out, err) = s.cli(&["run", "list", "--workflow", "chain"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().next().unwrap_or_default().contains("RUNNING"),
+        "{out}"
+    );
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(id.as_str()))
+        .unwrap_or_default();
+    assert!(row.contains(" Two"), "{out}");
     s.kill();
     probe.open("two");
     s.launch();

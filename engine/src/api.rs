@@ -529,13 +529,14 @@ async fn list_runs(
         };
         settled(&engine).await;
         let mut runs = Vec::new();
+        let mut folds = RUNNING_TASKS_LISTED;
         for s in found
             .iter()
             .filter(|s| statuses.is_empty() || statuses.contains(&s.status))
             .filter(|s| q.since.is_none_or(|t| s.created_at >= t))
             .filter(|s| q.until.is_none_or(|t| s.created_at <= t))
         {
-            runs.push(listed(&engine, s)?);
+            runs.push(listed(&engine, s, &mut folds)?);
         }
         return Ok(Json(json!({"runs": runs, "next_cursor": null})));
     }
@@ -549,19 +550,38 @@ async fn list_runs(
     })?;
     settled(&engine).await;
     let mut runs = Vec::with_capacity(page.runs.len());
+    let mut folds = RUNNING_TASKS_LISTED;
     for s in &page.runs {
-        runs.push(listed(&engine, s)?);
+        runs.push(listed(&engine, s, &mut folds)?);
     }
     Ok(Json(json!({"runs": runs, "next_cursor": page.next_cursor})))
 }
 
+/// The running runs of a page whose running tasks are listed: each is
+/// folded from its events, a cost the first hundred bear.
+const RUNNING_TASKS_LISTED: usize = 100;
+
 /// A run as the history lists it: a failed run a retry carried on, with the
-/// way to it.
-fn listed(engine: &Engine, s: &RunSummary) -> ApiResult<Value> {
+/// way to it; a running run with the tasks it is at (`running_tasks`: those
+/// running or waiting for their next attempt), while `folds` lasts.
+fn listed(engine: &Engine, s: &RunSummary, folds: &mut usize) -> ApiResult<Value> {
     let mut run = summary_json(s);
     if matches!(s.status, RunStatus::Failed | RunStatus::Cancelled) {
         if let Some(retry) = engine.retried_by(&s.id)? {
             run["retried_by"] = json!(retry);
+        }
+    }
+    if s.status == RunStatus::Running && *folds > 0 {
+        *folds -= 1;
+        if let Ok(state) = engine.run_state(&s.id) {
+            use crate::state::TaskStatus;
+            let at: Vec<&str> = state
+                .tasks
+                .values()
+                .filter(|t| matches!(t.status, TaskStatus::Running | TaskStatus::Retrying))
+                .map(|t| t.id.as_str())
+                .collect();
+            run["running_tasks"] = json!(at);
         }
     }
     Ok(run)

@@ -153,6 +153,8 @@ pub(super) const RUN_COLUMNS: &[(&str, &str)] = &[
     ("VERSION", "/version"),
     ("STATUS", "/status"),
     ("DURATION_MS", "/duration_ms"),
+    // What a running run is at: its tasks running or waiting to be tried again.
+    ("RUNNING", "/running_tasks"),
     ("ERROR", "/error_text"),
 ];
 
