@@ -31,7 +31,20 @@ struct Runtime {
 /// What a specialization gave: the program and the function's environment variables.
 struct Loaded {
     program: PathBuf,
+    /// Decided once, at specialization: the code is read-only from then on.
+    launch: Launch,
     env_vars: BTreeMap<String, String>,
+}
+
+/// How the program starts on each request.
+#[derive(Debug, PartialEq)]
+enum Launch {
+    /// As the kernel starts it: an ELF executable, or an executable script
+    /// whose `#!` names an interpreter other than the shell.
+    Direct,
+    /// By this shell, given the program's path: a script for `sh` (by its
+    /// `#!` or by having none), as Fission's binary image runs it.
+    Shell(PathBuf),
 }
 
 #[derive(Deserialize)]
@@ -123,6 +136,7 @@ fn install(rt: &Runtime, program: PathBuf, env_vars: BTreeMap<String, String>) -
         );
     }
     let loaded = Loaded {
+        launch: launch_for(&program),
         program: program.clone(),
         env_vars,
     };
@@ -137,7 +151,12 @@ fn install(rt: &Runtime, program: PathBuf, env_vars: BTreeMap<String, String>) -
 }
 
 async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
-    let Some(Loaded { program, env_vars }) = rt.program.get() else {
+    let Some(Loaded {
+        program,
+        launch,
+        env_vars,
+    }) = rt.program.get()
+    else {
         return refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
             "generic instance: not specialized".into(),
@@ -155,12 +174,18 @@ async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
             )
         }
     };
-    let mut cmd = if is_executable(program) {
-        tokio::process::Command::new(program)
-    } else {
-        let mut c = tokio::process::Command::new("/bin/sh");
-        c.arg(program);
-        c
+    let mut cmd = match launch {
+        Launch::Direct => tokio::process::Command::new(program),
+        Launch::Shell(shell) if shell.ends_with("busybox") => {
+            let mut c = tokio::process::Command::new(shell);
+            c.arg("sh").arg(program);
+            c
+        }
+        Launch::Shell(shell) => {
+            let mut c = tokio::process::Command::new(shell);
+            c.arg(program);
+            c
+        }
     };
     cmd.envs(env_vars)
         .envs(request_env(
@@ -290,15 +315,59 @@ fn sniffed(body: &[u8]) -> Option<&'static str> {
     }
 }
 
-fn is_executable(p: &Path) -> bool {
+/// Fission's binary image is Alpine, where `/bin/sh` is busybox's ash, and it
+/// runs every script with it: scripts written for it use busybox's builtins
+/// (`printf "----"`, which dash and bash refuse as an option). So a script for
+/// the shell runs under busybox when the machine has it (inside containers too:
+/// they see the host's system directories), else under `/bin/sh`.
+fn launch_for(program: &Path) -> Launch {
+    launch_with(program, the_shell())
+}
+
+fn the_shell() -> PathBuf {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/bin/sh"))
+}
+
+fn launch_with(program: &Path, shell: PathBuf) -> Launch {
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
-    let has_shebang = std::fs::read(p)
-        .map(|b| b.starts_with(b"#!") || b.starts_with(b"\x7fELF"))
+    let mut head = Vec::with_capacity(256);
+    if let Ok(f) = std::fs::File::open(program) {
+        let _ = f.take(256).read_to_end(&mut head);
+    }
+    let executable = std::fs::metadata(program)
+        .map(|m| m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false);
-    has_shebang
-        && std::fs::metadata(p)
-            .map(|m| m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
+    if !executable {
+        return Launch::Shell(shell);
+    }
+    if head.starts_with(b"\x7fELF") {
+        return Launch::Direct;
+    }
+    match head.strip_prefix(b"#!") {
+        Some(rest) if !names_the_shell(rest) => Launch::Direct,
+        _ => Launch::Shell(shell),
+    }
+}
+
+/// Whether a `#!` line (after the `#!`) names `sh` or `ash`, directly or
+/// through `env`.
+fn names_the_shell(line: &[u8]) -> bool {
+    let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let base = |w: &str| w.rsplit('/').next().unwrap_or_default().to_owned();
+    let is_sh = |w: &str| matches!(base(w).as_str(), "sh" | "ash");
+    match words.next() {
+        Some(w) if base(w) == "env" => words.next().is_some_and(is_sh),
+        Some(w) => is_sh(w),
+        // `#!` alone: no interpreter, so the shell, as for a script without one.
+        None => true,
+    }
 }
 
 /// CGI-like variables: REQUEST_METHOD, REQUEST_URI (path and query, as
@@ -340,7 +409,9 @@ fn request_env(
 
 #[cfg(test)]
 mod tests {
-    use super::sniffed;
+    use super::{launch_with, sniffed, Launch};
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
 
     /// The types Go's `http.DetectContentType` gives the same output, which
     /// Fission's binary runtime answers with.
@@ -366,5 +437,38 @@ mod tests {
         assert_eq!(sniffed(b"\x89PNG\r\n\x1a\n\0\0"), Some("image/png"));
         assert_eq!(sniffed(b"ab\0cd"), Some("application/octet-stream"));
         assert_eq!(sniffed(b""), None);
+    }
+
+    /// A script for the shell goes to the shell Fission's image has; anything
+    /// else that the kernel can start, to the kernel.
+    #[test]
+    fn scripts_for_the_shell_go_to_the_shell_and_the_rest_to_the_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let shell = PathBuf::from("/bin/busybox");
+        let launch = |name: &str, head: &[u8], mode: u32| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, head).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            launch_with(&p, shell.clone())
+        };
+        let sh = Launch::Shell(shell.clone());
+        assert_eq!(launch("a", b"#!/bin/sh\necho hi\n", 0o755), sh);
+        assert_eq!(launch("b", b"#! /bin/ash -e\n", 0o755), sh);
+        assert_eq!(launch("c", b"#!/usr/bin/env sh\n", 0o755), sh);
+        assert_eq!(launch("d", b"echo no line for an interpreter\n", 0o755), sh);
+        assert_eq!(launch("e", b"#!/bin/bash\n", 0o644), sh, "not executable");
+        assert_eq!(
+            launch("f", b"#!/bin/bash\necho hi\n", 0o755),
+            Launch::Direct
+        );
+        assert_eq!(
+            launch("g", b"#!/usr/bin/env python3\n", 0o755),
+            Launch::Direct
+        );
+        assert_eq!(
+            launch("h", b"#!/bin/shell-of-mine\n", 0o755),
+            Launch::Direct
+        );
+        assert_eq!(launch("i", b"\x7fELF\x02\x01", 0o755), Launch::Direct);
     }
 }

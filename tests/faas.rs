@@ -1626,6 +1626,20 @@ fn the_binary_runtime_gives_fissions_variables_and_keeps_stderr_in_the_log() {
     });
 }
 
+/// Scripts written for Fission's binary image run: it is Alpine, its shell is
+/// busybox's, and Fission Workflows' own `dump.sh` starts with a `printf` that
+/// dash and bash refuse as an option.
+#[test]
+fn the_binary_runtime_runs_shell_scripts_with_busybox_as_fissions_image_does() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    let code = "#!/bin/sh\nprintf \"----\\n\"\nprintf '%s\\n' \"$REQUEST_METHOD\"\n";
+    s.function("dump", "binary", "dump.sh", code, json!({}));
+    let r = s.get("/fission-function/dump");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "----\nGET\n");
+}
+
 /// What a function is sent through a route, as Fission's router sends it: a
 /// url route's function gets `/`, a prefix route's what is below the prefix
 /// (all of it with `keep_prefix`), and every call the URL as it came in
