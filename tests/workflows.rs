@@ -1566,10 +1566,11 @@ fn the_run_commands_say_what_a_user_needs() {
         "{out}"
     );
 
-    // A task the failed run never reached is said as not run.
+    // A task the failed run never reached is said as not run; it and a task
+    // cut off beside the failure say why.
     s.workflow(
         "cut",
-        "apiVersion: 1\noutput: C\ntasks:\n  B:\n    run: fail\n    inputs: no\n  C:\n    run: noop\n    requires: [B]\n",
+        "apiVersion: 1\noutput: C\ntasks:\n  B:\n    run: fail\n    inputs: no\n  C:\n    run: noop\n    requires: [B, S]\n  S:\n    run: sleep\n    inputs: 60s\n",
     );
     let (st, body) = s.invoke("cut", "text/plain", "");
     assert_eq!(st, 500, "{body}");
@@ -1582,7 +1583,32 @@ fn the_run_commands_say_what_a_user_needs() {
         .find(|l| l.starts_with("C "))
         .unwrap_or_default();
     assert!(c.contains("not run"), "{out}");
-    assert_eq!(s.run(&cut_id)["tasks"][1]["status"], "cancelled");
+    assert!(c.contains("the run failed at task \"B\""), "{out}");
+    let sleeper = out
+        .lines()
+        .find(|l| l.starts_with("S "))
+        .unwrap_or_default();
+    assert!(sleeper.contains("cancelled"), "{out}");
+    assert!(sleeper.contains("the run failed at task \"B\""), "{out}");
+    let run = s.run(&cut_id);
+    let task = |id: &str| {
+        run["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{run}"))
+    };
+    for id in ["C", "S"] {
+        assert_eq!(task(id)["status"], "cancelled", "{run}");
+        assert_eq!(
+            task(id)["cancel_reason"],
+            "the run failed at task \"B\"",
+            "{run}"
+        );
+    }
+    assert_eq!(task("B")["cancel_reason"], Value::Null, "{run}");
 
     // `run get`: the run's input, output and error, and the failed task's error.
     let (rc, out, e) = s.cli(&["run", "get", &id]);

@@ -620,6 +620,7 @@ pub fn run_json(s: &RunState) -> Value {
                 "output": output,
                 "output_headers": t.headers,
                 "error": error,
+                "cancel_reason": t.cancel_reason.as_ref().filter(|_| status == crate::state::TaskStatus::Cancelled),
                 "http_status": t.http_status,
                 "workflow_version": t.workflow_version,
                 "callback": t.callback.as_ref().map(|token| json!({

@@ -423,6 +423,10 @@ pub struct TaskState {
     /// The `notify` function took the current callback URL.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub callback_notified: bool,
+    /// Why a `cancelled` task ended unfinished: the run stopped it (a branch
+    /// beside it failed) or ended without it (failed, cancelled, timed out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
 }
 
 /// The caller's credential headers (`Authorization`, `Cookie`,
@@ -994,6 +998,20 @@ fn insert_tasks(s: &mut RunState, scope: Option<&str>, tasks: &BTreeMap<String, 
     }
 }
 
+/// Why a run's end leaves a task it had not finished unfinished, in words a
+/// person reading the task reads.
+fn unfinished_because(end: &Event) -> String {
+    match end {
+        Event::RunFailed {
+            task: Some(task), ..
+        } => format!("the run failed at task {task:?}"),
+        Event::RunFailed { error, .. } => format!("the run failed: {error}"),
+        // By whom and why is the run's error.
+        Event::RunCancelled { .. } => "the run was cancelled".into(),
+        _ => "the run ended without it".into(),
+    }
+}
+
 /// Applies one event. The only way a run's state changes.
 pub fn apply(s: &mut RunState, event: &Event) {
     if s.is_finished() && !matches!(event, Event::RunStarted { .. }) {
@@ -1244,11 +1262,12 @@ fn apply_event(s: &mut RunState, event: &Event) {
                 }
             }
         }
-        Event::TaskCancelled { task, at, .. } => {
+        Event::TaskCancelled { task, reason, at } => {
             if let Some(t) = s.tasks.get_mut(task) {
                 if !t.status.is_final() {
                     t.status = TaskStatus::Cancelled;
                     t.ended_at = Some(*at);
+                    t.cancel_reason = Some(reason.clone());
                 }
             }
         }
@@ -1267,10 +1286,12 @@ fn apply_event(s: &mut RunState, event: &Event) {
             // What the run's end left unfinished will never finish: a task
             // beside the one that failed the run, one cut off by the run's
             // timeout or its cancellation, one that never became needed.
+            let reason = unfinished_because(event);
             for t in s.tasks.values_mut() {
                 if !t.status.is_final() {
                     t.status = TaskStatus::Cancelled;
                     t.ended_at = Some(*at);
+                    t.cancel_reason = Some(reason.clone());
                 }
             }
             if let Some(end) = RunEnd::of(event) {
@@ -2023,6 +2044,32 @@ mod tests {
             },
         );
         assert_eq!(shown(&s), Value::Null);
+        let task = &crate::api::run_json(&s)["tasks"][0];
+        assert_eq!(task["status"], "cancelled");
+        assert_eq!(task["cancel_reason"], "the run was cancelled", "{task}");
+    }
+
+    /// A task cut off by its run's failure, and one the run never reached,
+    /// say why they are `cancelled`; the task that failed says its error.
+    #[test]
+    fn unfinished_tasks_say_why_they_are_cancelled() {
+        // t0 and t1 side by side, t2 after both.
+        let spec = workflow(&[vec![], vec![], vec![0, 1]], 2, 0);
+        let mut s = RunState::fold(&[start(spec)]);
+        for t in ["t0", "t1"] {
+            apply(&mut s, &dispatched(t, 1, 0));
+        }
+        apply(&mut s, &failed("t1", 1, "boom", Some(500), 5));
+        let Some(Action::Finish(f @ Finish::Failed(_))) = decide(&s, 5).pop() else {
+            panic!("the run fails with t1: {:?}", decide(&s, 5));
+        };
+        apply(&mut s, &finish_event(&f, 5));
+        let shown = crate::api::run_json(&s);
+        let reason = |i: usize| shown["tasks"][i]["cancel_reason"].clone();
+        assert_eq!(reason(0), json!("the run failed at task \"t1\""), "{shown}");
+        assert_eq!(reason(1), Value::Null, "t1 failed: {shown}");
+        assert_eq!(shown["tasks"][1]["error"], "boom");
+        assert_eq!(reason(2), json!("the run failed at task \"t1\""), "{shown}");
     }
 
     #[test]

@@ -563,6 +563,10 @@ fn task_rows(tasks: &Value) -> Value {
                 }
             }
             row["error"] = cell(&t["error"]);
+            // A task left unfinished says why, as a failed one says its error.
+            if t["status"] == "cancelled" && !t["cancel_reason"].is_null() {
+                row["error"] = cell(&t["cancel_reason"]);
+            }
             // A task the run never started (it ended first, or was cancelled
             // before the task's turn) is `cancelled` in the API: said as
             // what it is, as `wf runs graph` draws it (unreached).
