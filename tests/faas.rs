@@ -1624,6 +1624,19 @@ fn the_binary_runtime_gives_fissions_variables_and_keeps_stderr_in_the_log() {
             .unwrap()
             .contains("token=hunter2")
     });
+    // Beside it, which call failed (its path without the query).
+    let log = s
+        .api("GET", "/v1/functions/cgi/logs")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let failed = log
+        .lines()
+        .find(|l| l.contains(" fusion] "))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(failed.contains("GET / answered 500 after "), "{log}");
+    assert!(!failed.contains("fail=1"), "{log}");
 }
 
 /// Scripts written for Fission's binary image run: it is Alpine, its shell is

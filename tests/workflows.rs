@@ -698,6 +698,20 @@ fn retries_back_off_on_5xx_but_never_retry_4xx() {
         ],
         "{out}"
     );
+    // The function's log says which attempt of which run each failure was.
+    let (code, log, err) = s.cli(&["fn", "logs", "shaky"]);
+    assert_eq!(code, 0, "{err}");
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" answered 500 "))
+        .collect();
+    assert_eq!(failures.len(), 2, "{log}");
+    for (line, attempt) in failures.iter().zip([1, 2]) {
+        assert!(
+            line.ends_with(&format!("(X-Fusion-Idempotency-Key: {id}/T/{attempt})")),
+            "{log}"
+        );
+    }
     assert_eq!(run["tasks"][0]["max_attempts"], 3, "{run}");
     // The events' times read as times, a retry's due time too.
     let (code, out, err) = s.cli(&["run", "events", id]);

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// The header that carries a task attempt's idempotency key to the function.
-pub const IDEMPOTENCY_HEADER: &str = "X-Fusion-Idempotency-Key";
+pub const IDEMPOTENCY_HEADER: &str = pool_manager::router::IDEMPOTENCY_HEADER;
 
 /// One HTTP call of a function, as the engine wants it made.
 #[derive(Debug, Clone, Default)]

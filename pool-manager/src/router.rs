@@ -52,6 +52,11 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Headers that belong to one connection and are never forwarded (as header
 /// names, so removing them parses nothing).
+/// The header that carries a call's idempotency key to a function: a
+/// workflow task's attempt (`<run>/<task>/<attempt>`), a timer's tick, a
+/// queue message. A failed answer's line in the function's log names it.
+pub const IDEMPOTENCY_HEADER: &str = "X-Fusion-Idempotency-Key";
+
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -238,6 +243,12 @@ async fn forward_inner(
         inner: Limited::new(body, limit as usize),
         received: received.clone(),
     });
+    // What a failed answer's line in the function's log says the call was.
+    let call = Call {
+        method: parts.method.clone(),
+        path,
+        key: parts.headers.get(IDEMPOTENCY_HEADER).cloned(),
+    };
     let out = Request::from_parts(parts, body);
     if let Some((_, from_caller)) = switch {
         return switch_protocols(pm, lease, out, from_caller, timeout).await;
@@ -294,6 +305,15 @@ async fn forward_inner(
         Ok(Err(e)) => return Err(instance_failed(&lease, &e).await),
         Ok(Ok(resp)) => resp,
     };
+    if resp.status().is_server_error() {
+        let took = timeout.saturating_sub(in_flight.deadline - tokio::time::Instant::now());
+        pm.logs().append(
+            &lease.function.key(),
+            lease.instance.id,
+            "fusion",
+            &call.failed(resp.status(), took),
+        );
+    }
     let (mut parts, body) = resp.into_parts();
     for h in &HOP_BY_HOP {
         parts.headers.remove(h);
@@ -311,6 +331,32 @@ async fn forward_inner(
         timeout,
     };
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// A request as its function's log names it when the answer is a failure.
+struct Call<'a> {
+    method: http::Method,
+    /// Without the query, as the access log: it may carry a secret.
+    path: &'a str,
+    key: Option<HeaderValue>,
+}
+
+impl Call<'_> {
+    /// `POST / answered 500 after 12 ms (X-Fusion-Idempotency-Key: <run>/<task>/<attempt>)`:
+    /// next to what the function wrote to stderr, which call failed.
+    fn failed(&self, status: http::StatusCode, took: Duration) -> String {
+        let mut line = format!(
+            "{} {} answered {} after {} ms",
+            self.method,
+            self.path,
+            status.as_u16(),
+            took.as_millis()
+        );
+        if let Some(key) = self.key.as_ref().and_then(|k| k.to_str().ok()) {
+            line.push_str(&format!(" ({IDEMPOTENCY_HEADER}: {key})"));
+        }
+        line
+    }
 }
 
 /// `Upgrade: websocket` when a request asks to switch to WebSocket
