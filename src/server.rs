@@ -380,28 +380,18 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             std::fs::write(&target, text)?;
         }
     }
-    let open = || {
-        sled::Config::new()
-            .path(data_dir.join("db"))
-            .cache_capacity(args.store_cache_mb * 1024 * 1024)
-            .flush_every_ms(None)
-            .open()
-    };
+    let config = sled::Config::new()
+        .path(data_dir.join("db"))
+        .cache_capacity(args.store_cache_mb * 1024 * 1024)
+        .flush_every_ms(None);
     // A server killed a moment ago may hold the database's lock until it has
     // fully exited: a restart right after waits a little for it.
-    let started = std::time::Instant::now();
-    let db = loop {
-        match open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("lock") && started.elapsed() < Duration::from_secs(5) =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => break other,
-        }
-    }
+    let db = tokio::task::spawn_blocking(move || {
+        pool_manager::store::open_waiting(&config, Duration::from_secs(5))
+    })
+    .await?
     .map_err(|e| match &e {
-        sled::Error::Io(io) if io.to_string().contains("lock") => {
+        e if pool_manager::store::is_locked(e) => {
             let holder = match lock_holder(&data_dir.join("db").join("db")) {
                 Some((pid, cmd)) => format!("process {pid} ({cmd})"),
                 None => "another process".to_string(),

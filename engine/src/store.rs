@@ -1481,7 +1481,11 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Arc<SledStore>) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = pool_manager::store::open_waiting(
+            &sled::Config::new().path(dir.path().join("db")),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
         let s = SledStore::open(&db, &dir.path().join("journal")).unwrap();
         (dir, s)
     }
@@ -1792,7 +1796,11 @@ mod tests {
     #[tokio::test]
     async fn a_checkpoint_leaves_the_writes_in_sled_and_the_journal_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = pool_manager::store::open_waiting(
+            &sled::Config::new().path(dir.path().join("db")),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
         let journal = dir.path().join("journal");
         let s = SledStore::open_with(&db, &journal, Duration::from_secs(3600)).unwrap();
         write_some(&s).await;
@@ -2105,7 +2113,11 @@ mod layout_tests {
     #[tokio::test]
     async fn runs_stored_under_string_keys_read_back_after_an_upgrade() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = pool_manager::store::open_waiting(
+            &sled::Config::new().path(dir.path().join("db")),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
         let tree = |t: T| db.open_tree(TREE_NAMES[t as usize]).unwrap();
         // A finished run written whole, and a running one event by event.
         let old_summary: &[u8] = include_bytes!("../tests/data/packed-summary-v1.bin");
@@ -2213,7 +2225,11 @@ mod layout_tests {
     #[tokio::test]
     async fn a_workflow_lists_and_prunes_only_its_own_runs_under_a_shared_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = pool_manager::store::open_waiting(
+            &sled::Config::new().path(dir.path().join("db")),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
         let s = SledStore::open(&db, &dir.path().join("journal")).unwrap();
         let run = |id: &str, wf: &str| {
             let events = [

@@ -1426,14 +1426,22 @@ mod instance_id_tests {
     fn instance_numbers_go_on_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let first: Vec<u64> = {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::store::open_waiting(
+                &sled::Config::new().path(dir.path()),
+                std::time::Duration::from_secs(10),
+            )
+            .unwrap();
             let ids = InstanceIds::open(&db).unwrap();
             (0..3).map(|_| ids.next().unwrap()).collect()
         };
         assert_eq!(first, [1, 2, 3]);
         // A restart (even after a crash: the block was durable before use)
         // starts past every number the last run could have used.
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::store::open_waiting(
+            &sled::Config::new().path(dir.path()),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
         let ids = InstanceIds::open(&db).unwrap();
         let again = ids.next().unwrap();
         assert_eq!(again, 1 + ID_BLOCK);
@@ -1442,7 +1450,11 @@ mod instance_id_tests {
         assert_eq!(last, 1 + 2 * ID_BLOCK);
         drop(ids);
         drop(db);
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::store::open_waiting(
+            &sled::Config::new().path(dir.path()),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(
             InstanceIds::open(&db).unwrap().next().unwrap(),
             1 + 3 * ID_BLOCK

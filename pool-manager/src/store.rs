@@ -8,6 +8,27 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::resources::{Environment, Function};
 
+/// Opens a sled database, waiting up to `within` while only its lock stands
+/// in the way: a server killed a moment ago holds it until it has fully
+/// exited, and a database closed in this process holds it until sled's last
+/// I/O thread lets go of the file (sled's own tests wait on it for that).
+pub fn open_waiting(config: &sled::Config, within: std::time::Duration) -> sled::Result<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Err(e) if is_locked(&e) && started.elapsed() < within => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether opening a database failed because something holds its lock.
+pub fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 /// One kind of resource in its own sled tree: keyed by name, the JSON resource
 /// as value; every change flushed before it returns. Also what the trigger
 /// layer keeps its resources in.

@@ -349,7 +349,11 @@ mod tests {
     #[tokio::test]
     async fn pages_are_newest_first_by_function_and_status() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = pool_manager::store::open_waiting(
+            &sled::Config::new().path(dir.path()),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
         let store = Store::open(&db).unwrap();
         for (id, f) in [("01", "a"), ("02", "b"), ("03", "a"), ("04", "a")] {
             store
@@ -393,7 +397,11 @@ mod tests {
     #[tokio::test]
     async fn pruning_keeps_dead_letters_and_recent_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = pool_manager::store::open_waiting(
+            &sled::Config::new().path(dir.path()),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
         let store = Store::open(&db).unwrap();
         store
             .insert(&invocation("01", "a", Status::Succeeded, Some(5)), b"")

@@ -254,7 +254,11 @@ mod tests {
 
         /// Opens the store and starts the service, as a server start does.
         fn start(&self) -> Service {
-            let db = sled::open(self.dir.path()).unwrap();
+            let db = pool_manager::store::open_waiting(
+                &sled::Config::new().path(self.dir.path()),
+                std::time::Duration::from_secs(10),
+            )
+            .unwrap();
             let timers = Timers::open(&db, self.clock.clone()).unwrap();
             let (tx, calls) = mpsc::unbounded_channel();
             let task = timers.start(Arc::new(Recorder(tx)));
@@ -427,7 +431,11 @@ mod tests {
         let w = World::new("2026-03-10T10:00:00Z");
         // Taken and recorded as running, then the server died before the answer.
         {
-            let db = sled::open(w.dir.path()).unwrap();
+            let db = pool_manager::store::open_waiting(
+                &sled::Config::new().path(w.dir.path()),
+                std::time::Duration::from_secs(10),
+            )
+            .unwrap();
             let timers = Timers::open(&db, w.clock.clone()).unwrap();
             timers.store_new(trigger("t", "@hourly")).await.unwrap();
             let firing = Firing {
@@ -505,7 +513,11 @@ mod tests {
         // creation of the name is refused and leaves the trigger as it was.
         w.clock.set(ts("2026-03-10T11:30:00Z"));
         {
-            let db = sled::open(w.dir.path()).unwrap();
+            let db = pool_manager::store::open_waiting(
+                &sled::Config::new().path(w.dir.path()),
+                std::time::Duration::from_secs(10),
+            )
+            .unwrap();
             let timers = Timers::open(&db, w.clock.clone()).unwrap();
             let err = timers.store_new(trigger("t", "@daily")).await.unwrap_err();
             assert_eq!(err.code(), "already_exists");
