@@ -2147,3 +2147,138 @@ fn a_nodejs_function_serves_websockets_as_fissions_environment_does() {
         "a function for WebSockets fails a plain call"
     );
 }
+
+/// A canary route, as Fission's `function-weights`: each request goes to one
+/// of its functions in proportion to their weights; moving the weights moves
+/// the traffic, and a function a route still sends requests to stays.
+#[test]
+fn a_canary_route_shares_its_requests_between_functions_by_weight() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    for v in ["v1", "v2"] {
+        s.function(
+            v,
+            "binary",
+            "v.sh",
+            &format!("#!/bin/sh\nprintf {v}\n"),
+            json!({}),
+        );
+    }
+    let cli_ok = |args: &[&str]| {
+        let (code, out, err) = s.cli(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        out
+    };
+    let answers = |n: usize| -> std::collections::BTreeMap<String, usize> {
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let r = s.get("/canary");
+            assert_eq!(r.status(), 200);
+            *seen.entry(r.text().unwrap()).or_default() += 1;
+        }
+        seen
+    };
+    cli_ok(&[
+        "route",
+        "create",
+        "canary",
+        "--url",
+        "/canary",
+        "--function",
+        "v1",
+        "--weight",
+        "100",
+        "--function",
+        "v2",
+        "--weight",
+        "0",
+    ]);
+    assert_eq!(answers(20), [("v1".to_string(), 20)].into());
+    cli_ok(&[
+        "route",
+        "update",
+        "canary",
+        "--function",
+        "v1",
+        "--weight",
+        "0",
+        "--function",
+        "v2",
+        "--weight",
+        "100",
+    ]);
+    assert_eq!(answers(20), [("v2".to_string(), 20)].into());
+    cli_ok(&[
+        "route",
+        "update",
+        "canary",
+        "--function",
+        "v1",
+        "--weight",
+        "50",
+        "--function",
+        "v2",
+        "--weight",
+        "50",
+    ]);
+    // Both take requests (200 all to one: 2 in 10^60).
+    assert_eq!(answers(200).len(), 2);
+    let listed = cli_ok(&["route", "list"]);
+    assert!(listed.contains("v1:50,v2:50"), "{listed}");
+    let route = s.ok("GET", "/v1/routes/canary", None);
+    assert_eq!(
+        route["function_weights"],
+        json!({"v1": 50, "v2": 50}),
+        "{route}"
+    );
+    assert!(route.get("function").is_none(), "{route}");
+
+    // A function the route may send requests to cannot be deleted.
+    let (st, body) = s.call("DELETE", "/v1/functions/v2", None);
+    assert_eq!(st, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("routes (canary)"),
+        "{body}"
+    );
+
+    // Weights that do not add up to 100, or a weight without its function.
+    let (code, _, err) = s.cli(&[
+        "route",
+        "update",
+        "canary",
+        "--function",
+        "v1",
+        "--weight",
+        "50",
+        "--function",
+        "v2",
+        "--weight",
+        "60",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("add up to 110; they must add up to 100"),
+        "{err}"
+    );
+    let (code, _, err) = s.cli(&[
+        "route",
+        "update",
+        "canary",
+        "--function",
+        "v1",
+        "--function",
+        "v2",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("2 functions and 0 weights"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // Back to one function: the weights go.
+    cli_ok(&["route", "update", "canary", "--function", "v1"]);
+    let route = s.ok("GET", "/v1/routes/canary", None);
+    assert_eq!(route["function"], "v1", "{route}");
+    assert!(route.get("function_weights").is_none(), "{route}");
+    assert_eq!(answers(5), [("v1".to_string(), 5)].into());
+}

@@ -1261,3 +1261,41 @@ fn fields_in_another_case_are_read_as_fission_reads_them() {
     assert_eq!(env["poolsize"], 2, "{env}");
     assert_eq!(env["image"], "fission/python-env", "{env}");
 }
+
+/// Fission's canary routes (`functionref.type: function-weights`) apply as
+/// they are, and weights that do not add up to 100 are refused offline at
+/// their place.
+#[test]
+fn a_canary_http_trigger_applies_with_its_function_weights() {
+    let s = Server::start();
+    let route = |weights: &str| {
+        format!("---\napiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: canary\nspec:\n  relativeurl: /canary\n  methods: [GET]\n  functionref:\n    type: function-weights\n    functionweights:\n{weights}")
+    };
+    let base = "kind: DeploymentConfig\nname: canary\nuid: 5e2d8c41-7a3b-4c6d-9e8f-1a2b3c4d5e6f\n---\nkind: Environment\nname: py\nruntime: python\npoolsize: 0\n---\nkind: Function\nname: v1\nenv: py\ncode: hello.py\n---\nkind: Function\nname: v2\nenv: py\ncode: hello.py\n";
+    let tmp = hello_project(&format!("{base}{}", route("      v1: 90\n      v2: 20\n")));
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            "specs/all.yaml:29:5: the function weights add up to 110; they must add up to 100"
+        ),
+        "{err}"
+    );
+    std::fs::write(
+        tmp.path().join("specs/all.yaml"),
+        format!("{base}{}", route("      v1: 90\n      v2: 10\n")),
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let route = s.ok("GET", "/v1/routes/canary", None);
+    assert_eq!(
+        route["function_weights"],
+        json!({"v1": 90, "v2": 10}),
+        "{route}"
+    );
+    assert_eq!(s.get("/canary").text().unwrap(), "hi");
+    let (code, out, _) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("everything up to date"), "{out}");
+}

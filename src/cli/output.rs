@@ -20,7 +20,13 @@ pub(super) fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) 
         other => vec![other],
     };
     let cell = |row: &Value, ptr: &str| -> String {
-        match row.pointer(ptr) {
+        // `/a|/b`: the first of the fields the row has.
+        let found = ptr
+            .split('|')
+            .map(|p| row.pointer(p))
+            .find(|v| v.is_some_and(|v| !v.is_null()))
+            .flatten();
+        match found {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => s.clone(),
             // A command reads as it would be typed (and is given to --command).
@@ -34,6 +40,17 @@ pub(super) fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) 
                     v.as_str()
                         .map(str::to_string)
                         .unwrap_or_else(|| v.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            // A map of names to shares (a canary route's functions): `v1:90,v2:10`.
+            Some(Value::Object(o)) => o
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}:{}",
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string)
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join(","),

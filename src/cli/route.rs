@@ -22,9 +22,15 @@ pub(super) struct RouteFields {
     /// without one, as Fission's CLI (`--method ANY`: every method).
     #[arg(long = "method", value_name = "METHOD")]
     methods: Vec<String>,
-    /// The target function.
+    /// The target function; given again, each with a --weight, functions that
+    /// share the requests (Fission's canary: `--function v1 --weight 90
+    /// --function v2 --weight 10`).
     #[arg(long, value_name = "FUNCTION")]
-    function: Option<String>,
+    function: Vec<String>,
+    /// A --function's share of the requests, in percent (one for each
+    /// --function, in their order; they add up to 100).
+    #[arg(long, value_name = "PERCENT")]
+    weight: Vec<u32>,
     /// Or the target workflow.
     #[arg(long, conflicts_with = "function", value_name = "WORKFLOW")]
     workflow: Option<String>,
@@ -119,7 +125,7 @@ pub(super) const ROUTE_COLUMNS: &[(&str, &str)] = &[
     ("URL", "/url"),
     ("PREFIX", "/prefix"),
     ("HOST", "/host"),
-    ("FUNCTION", "/function"),
+    ("FUNCTION", "/function|/function_weights"),
     ("WORKFLOW", "/workflow"),
     ("MODE", "/invocation_mode"),
 ];
@@ -140,7 +146,7 @@ pub(super) fn rooted(path: String) -> String {
     }
 }
 
-pub(super) fn merge_route(body: &mut Value, f: RouteFields) {
+pub(super) fn merge_route(body: &mut Value, f: RouteFields) -> Result<()> {
     if let Some(u) = f.url.map(rooted) {
         body["url"] = json!(u);
         body.as_object_mut().map(|o| {
@@ -164,13 +170,37 @@ pub(super) fn merge_route(body: &mut Value, f: RouteFields) {
             .map(|m| m.to_uppercase())
             .collect::<Vec<_>>());
     }
-    if let Some(fun) = f.function {
-        body["function"] = json!(fun);
-        body.as_object_mut().map(|o| o.remove("workflow"));
+    let target = |body: &mut Value, field: &str, value: Value| {
+        if let Some(o) = body.as_object_mut() {
+            for other in ["function", "workflow", "function_weights"] {
+                o.remove(other);
+            }
+            o.insert(field.into(), value);
+        }
+    };
+    match (f.function.as_slice(), f.weight.as_slice()) {
+        ([], []) => {}
+        ([], _) => return Err(anyhow!("--weight gives a --function's share: name the functions with it (--function v1 --weight 90 --function v2 --weight 10)")),
+        ([fun], []) => target(body, "function", json!(fun)),
+        (funs, weights) if funs.len() != weights.len() => {
+            return Err(anyhow!(
+                "{} functions and {} weights: give a --weight after each --function (--function v1 --weight 90 --function v2 --weight 10)",
+                funs.len(),
+                weights.len()
+            ))
+        }
+        (funs, weights) => {
+            let mut shares = serde_json::Map::new();
+            for (fun, w) in funs.iter().zip(weights) {
+                if shares.insert(fun.clone(), json!(w)).is_some() {
+                    return Err(anyhow!("--function {fun} is given twice"));
+                }
+            }
+            target(body, "function_weights", Value::Object(shares));
+        }
     }
     if let Some(w) = f.workflow {
-        body["workflow"] = json!(w);
-        body.as_object_mut().map(|o| o.remove("function"));
+        target(body, "workflow", json!(w));
     }
     if let Some(h) = f.host {
         body["host"] = json!(h);
@@ -178,6 +208,7 @@ pub(super) fn merge_route(body: &mut Value, f: RouteFields) {
     if let Some(mode) = f.invocation_mode {
         body["invocation_mode"] = json!(mode);
     }
+    Ok(())
 }
 
 /// A trigger name derived from its URL or topic: `/users/{id}` -> `users-id`.
@@ -251,7 +282,7 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
             };
             // GET unless told (Fission's CLI default).
             let mut body = json!({"name": name, "methods": ["GET"]});
-            merge_route(&mut body, fields);
+            merge_route(&mut body, fields)?;
             if let Some(target) = target {
                 let doc = save::resource(Kind::HttpTrigger, opts.ns(), &body)?;
                 return save::save(&target, &format!("route-{name}.yaml"), &[doc]);
@@ -264,7 +295,7 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
             warn_ingress(&fields);
             let name = name.get();
             let mut body = ROUTES.current(&c, opts, &name).await?;
-            merge_route(&mut body, fields);
+            merge_route(&mut body, fields)?;
             ROUTES.replace(&c, opts, &name, &body).await
         }
         RouteVerb::Delete { name } => ROUTES.delete(&c, opts, &name.get()).await,

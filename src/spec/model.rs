@@ -830,10 +830,17 @@ impl Specs {
     }
 
     fn fission_http_trigger(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
-        let Some(f) = self.function_ref(doc, spec, r) else {
-            return false;
-        };
-        r.body["function"] = json!(f);
+        if str_at(spec, "functionref.type") == Some("function-weights") {
+            let Some(weights) = self.function_weights(doc, spec, r) else {
+                return false;
+            };
+            r.body["function_weights"] = weights;
+        } else {
+            let Some(f) = self.function_ref(doc, spec, r) else {
+                return false;
+            };
+            r.body["function"] = json!(f);
+        }
         let prefix = str_at(spec, "prefix").filter(|s| !s.is_empty());
         let url = str_at(spec, "relativeurl").filter(|s| !s.is_empty());
         match (prefix, url) {
@@ -961,7 +968,12 @@ impl Specs {
         if kind != "name" {
             self.error(
                 doc.at("spec.functionref.type"),
-                format!("functionref type {kind:?} is not supported (only \"name\"; canary weights are not)"),
+                match kind {
+                    "function-weights" => format!(
+                        "functionref type {kind:?} is for an HTTPTrigger only (here: \"name\")"
+                    ),
+                    _ => format!("functionref type {kind:?} is not supported (\"name\", or \"function-weights\" on an HTTPTrigger)"),
+                },
             );
             return None;
         }
@@ -980,6 +992,50 @@ impl Specs {
             "spec.functionref.name".into(),
         ));
         Some(f.to_string())
+    }
+
+    /// An HTTPTrigger's `functionref.functionweights` (a canary, Fission's
+    /// `function-weights`): each function's share of the requests, adding up
+    /// to 100.
+    fn function_weights(
+        &mut self,
+        doc: &Document,
+        spec: &Value,
+        r: &mut Resource,
+    ) -> Option<Value> {
+        let at = "spec.functionref.functionweights";
+        let Some(Value::Object(weights)) = spec.pointer("/functionref/functionweights") else {
+            self.error(
+                doc.at("spec.functionref"),
+                "a `function-weights` functionref needs `functionweights`, each function's share of the requests (`{v1: 90, v2: 10}`)",
+            );
+            return None;
+        };
+        let mut total = 0;
+        for (f, w) in weights {
+            let Some(w) = w.as_u64().filter(|w| *w <= 100) else {
+                self.error(
+                    doc.at(&format!("{at}.{f}")),
+                    format!("the weight of {f:?} must be a whole number from 0 to 100, not {w}"),
+                );
+                return None;
+            };
+            total += w;
+            r.refs.push((
+                Kind::Function,
+                r.namespace.clone(),
+                f.clone(),
+                format!("{at}.{f}"),
+            ));
+        }
+        if total != 100 {
+            self.error(
+                doc.at(at),
+                format!("the function weights add up to {total}; they must add up to 100"),
+            );
+            return None;
+        }
+        Some(Value::Object(weights.clone()))
     }
 
     /// A Kubernetes-style Secret or ConfigMap (`data` base64, `stringData` plain).

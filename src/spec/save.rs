@@ -260,7 +260,10 @@ fn fission(kind: Kind, namespace: &str, name: &str, body: &Value) -> Option<Valu
             if field("invocation_mode").and_then(Value::as_str) == Some("sync-only") {
                 return None;
             }
-            spec["functionref"] = json!({"type": "name", "name": field("function")?});
+            spec["functionref"] = match field("function_weights") {
+                Some(weights) => json!({"type": "function-weights", "functionweights": weights}),
+                None => json!({"type": "name", "name": field("function")?}),
+            };
             for (from, to) in [
                 ("url", "relativeurl"),
                 ("prefix", "prefix"),
@@ -495,6 +498,15 @@ mod tests {
             written(Kind::HttpTrigger, "default", route)["workflow"],
             "w"
         );
+        // A canary route is Fission's `function-weights`, and reads back as it was.
+        let canary = json!({"name": "c", "url": "/c", "methods": ["GET"],
+            "function_weights": {"v1": 90, "v2": 10}});
+        let doc = written(Kind::HttpTrigger, "default", canary.clone());
+        assert_eq!(
+            doc["spec"]["functionref"],
+            json!({"type": "function-weights", "functionweights": {"v1": 90, "v2": 10}})
+        );
+        assert_eq!(read_back(&doc, "default").unwrap(), canary);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::workflows::Workflows;
 const WORKFLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE";
 
 /// What a trigger starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Target {
     /// A function, by key (`name` in `default`, `namespace/name` elsewhere).
     Function(String),

@@ -1,6 +1,8 @@
 //! The HTTP trigger resource (a route): which requests reach which function or
 //! workflow, and its validation.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use pool_manager::resources::{default_namespace, qualified, validate_name};
@@ -30,6 +32,11 @@ pub struct Route {
     pub function: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
+    /// Or functions that share the route's requests by weight, as Fission's
+    /// `function-weights` (a canary: `{"v1": 90, "v2": 10}`): each request
+    /// goes to one, picked at random in proportion; the weights add up to 100.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub function_weights: BTreeMap<String, u32>,
     /// `async`: every request through the route is an asynchronous call (a
     /// 202 at once), as Fission's `invocationMode`, for callers that cannot
     /// set a header (a third party's webhook); `sync` (the default) leaves it
@@ -78,11 +85,21 @@ impl Route {
                 || self.methods.iter().any(|m| other.methods.contains(m)))
     }
 
-    /// The key of the function it targets, in the route's namespace.
+    /// The key of the function it targets, in the route's namespace (not
+    /// for a route that shares its requests between functions).
     pub fn function_key(&self) -> Option<String> {
         self.function
             .as_deref()
             .map(|f| qualified(&self.namespace, f))
+    }
+
+    /// The keys of every function its requests may reach.
+    pub fn function_keys(&self) -> Vec<String> {
+        self.function
+            .iter()
+            .chain(self.function_weights.keys())
+            .map(|f| qualified(&self.namespace, f))
+            .collect()
     }
 
     /// Spellings that mean the same written one way: an empty host is no
@@ -106,19 +123,36 @@ impl Route {
                 )));
             }
         }
-        match (&self.function, &self.workflow) {
-            (Some(_), Some(_)) => {
+        let weighted = !self.function_weights.is_empty();
+        match (&self.function, &self.workflow, weighted) {
+            (Some(_), Some(_), _) => {
                 return Err(Error::Invalid(
                     "route: target either a function or a workflow, not both".into(),
                 ))
             }
-            (None, None) => {
+            (Some(_), None, true) | (None, Some(_), true) => {
+                return Err(Error::Invalid(
+                    "route: function_weights names the route's functions: give no function or workflow beside them".into(),
+                ))
+            }
+            (None, None, false) => {
                 return Err(Error::Invalid(
                     "route: a target function (--function) or workflow (--workflow) is required"
                         .into(),
                 ))
             }
             _ => {}
+        }
+        if weighted {
+            for f in self.function_weights.keys() {
+                validate_name("function", f)?;
+            }
+            let total: u64 = self.function_weights.values().map(|w| u64::from(*w)).sum();
+            if total != 100 {
+                return Err(Error::Invalid(format!(
+                    "route: the function weights add up to {total}; they must add up to 100 (as Fission's)"
+                )));
+            }
         }
         match (&self.url, &self.prefix) {
             (Some(_), Some(_)) => {
@@ -191,7 +225,30 @@ fn valid_host(h: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_host;
+    use super::{valid_host, Route};
+    use serde_json::json;
+
+    /// A canary route names its functions and weights only, adding up to 100.
+    #[test]
+    fn function_weights_add_up_to_100_and_stand_alone() {
+        let route = |extra: serde_json::Value| {
+            let mut r = json!({"name": "r", "url": "/r"});
+            r.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<Route>(r).unwrap().validate()
+        };
+        route(json!({"function_weights": {"v1": 90, "v2": 10}})).unwrap();
+        route(json!({"function_weights": {"v1": 100, "v2": 0}})).unwrap();
+        let err = |extra| route(extra).unwrap_err().to_string();
+        assert!(err(json!({"function_weights": {"v1": 90, "v2": 20}}))
+            .contains("add up to 110; they must add up to 100"),);
+        assert!(
+            err(json!({"function_weights": {"v1": 100}, "function": "v1"}))
+                .contains("give no function or workflow beside them")
+        );
+        assert!(err(json!({"function_weights": {"../x": 100}})).contains("function"));
+    }
 
     #[test]
     fn hosts_are_names_or_addresses_with_an_optional_port() {

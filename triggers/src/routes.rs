@@ -74,18 +74,18 @@ impl Routes {
         self.reload()
     }
 
-    /// The routes that target function `key`.
+    /// The routes that target function `key` (alone, or by weight beside others).
     pub fn targeting_function(&self, key: &str) -> Result<Vec<Route>> {
         Ok(self
             .list()?
             .into_iter()
-            .filter(|r| r.function_key().as_deref() == Some(key))
+            .filter(|r| r.function_keys().iter().any(|f| f == key))
             .collect())
     }
 
     fn check(&self, route: &Route, invoker: &Invoker) -> Result<()> {
         route.validate()?;
-        if let Some(f) = &route.function_key() {
+        for f in &route.function_keys() {
             if !invoker.function_exists(f) {
                 return Err(Error::Conflict(format!(
                     "route {:?}: function {f:?} does not exist",

@@ -556,7 +556,11 @@ impl RouteTable {
             let target = match (&e.route.function, &e.route.workflow) {
                 (Some(_), _) => Target::Function(e.route.function_key().unwrap_or_default()),
                 (None, Some(w)) => Target::Workflow(w.clone()),
-                (None, None) => return None,
+                (None, None) => {
+                    let weights = &e.route.function_weights;
+                    let f = weighted_pick(weights, rand::random_range(0..100))?;
+                    Target::Function(pool_manager::resources::qualified(&e.route.namespace, f))
+                }
             };
             let sent_from = match (e.prefix, e.route.keep_prefix) {
                 (false, _) => None,
@@ -575,6 +579,16 @@ impl RouteTable {
     }
 }
 
+/// The function a roll in `0..100` lands on: each takes as many of the
+/// hundred as its weight, in the order of their names.
+fn weighted_pick(weights: &std::collections::BTreeMap<String, u32>, roll: u32) -> Option<&str> {
+    let mut upto = 0;
+    weights.iter().find_map(|(f, w)| {
+        upto += w;
+        (roll < upto).then_some(f.as_str())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,9 +604,43 @@ mod tests {
             host: None,
             function: Some(format!("fn-{name}")),
             workflow: None,
+            function_weights: Default::default(),
             invocation_mode: None,
             keep_prefix: false,
         }
+    }
+
+    /// Each function takes as many rolls of the hundred as its weight; one of
+    /// weight 0 none.
+    #[test]
+    fn weights_share_the_rolls_in_proportion() {
+        let weights = [
+            ("v1".to_string(), 90),
+            ("v2".to_string(), 10),
+            ("v3".to_string(), 0),
+        ]
+        .into_iter()
+        .collect();
+        let picks: Vec<&str> = (0..100)
+            .map(|roll| weighted_pick(&weights, roll).unwrap())
+            .collect();
+        assert_eq!(picks.iter().filter(|f| **f == "v1").count(), 90);
+        assert_eq!(picks.iter().filter(|f| **f == "v2").count(), 10);
+        assert!(!picks.contains(&"v3"));
+        // Through the table, a route's requests go to its functions only.
+        let mut r = route("canary", Some("/c"), None, &[]);
+        r.function = None;
+        r.function_weights = [("v1".to_string(), 50), ("v2".to_string(), 50)]
+            .into_iter()
+            .collect();
+        let table = RouteTable::new([r]);
+        let seen: std::collections::BTreeSet<Target> = (0..200)
+            .map(|_| table.find("GET", None, "/c").unwrap().target)
+            .collect();
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            [Target::Function("v1".into()), Target::Function("v2".into())]
+        );
     }
 
     #[test]
