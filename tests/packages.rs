@@ -961,3 +961,79 @@ fn an_environments_build_command_builds_packages_without_one() {
     let env = s.ok("GET", "/v1/environments/python", None);
     assert!(env.get("buildcmd").is_none(), "{env}");
 }
+
+/// A build is untrusted code: directories it nests without end are removed
+/// with its work directory (a recursive removal overflowed the server's stack
+/// and aborted it, at every start after), and an output nested past the limit
+/// is refused.
+#[test]
+fn a_build_that_nests_directories_without_end_leaves_the_server_running() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("hello.sh"), "#!/bin/sh\necho built\n").unwrap();
+    let nest = |under: &str, levels: usize| {
+        format!(
+            "\"${{PYTHON:-python3}}\" -c 'import os\nat = os.environ[\"{under}\"]\nos.makedirs(at, exist_ok=True)\nos.chdir(at)\nfor _ in range({levels}): os.mkdir(\"d\"); os.chdir(\"d\")\n'"
+        )
+    };
+    let src_arg = src.to_str().unwrap();
+    let build = format!(
+        "{} && cp -r ${{SRC_PKG}} ${{DEPLOY_PKG}}",
+        nest("HOME", 60_000)
+    );
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "deep",
+            "--env",
+            "binary",
+            "--src",
+            src_arg,
+            "--buildcmd",
+            &build,
+        ],
+    );
+    let p = built(&s, "deep");
+    assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
+    // Its work directory went with it, and the server answers.
+    let builds = s.data_dir().join("builds");
+    eventually(
+        Duration::from_secs(30),
+        "the build's work directory removed",
+        || std::fs::read_dir(&builds).map_or(true, |mut d| d.next().is_none()),
+    );
+    assert_eq!(s.call("GET", "/v1/packages/deep", None).0, 200);
+
+    let build = format!(
+        "cp -r ${{SRC_PKG}} ${{DEPLOY_PKG}} && {}",
+        nest("DEPLOY_PKG", 100)
+    );
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "deeper",
+            "--env",
+            "binary",
+            "--src",
+            src_arg,
+            "--buildcmd",
+            &build,
+        ],
+    );
+    let p = built(&s, "deeper");
+    assert_eq!(p["status"]["buildstatus"], "failed", "{p}");
+    let log = p["status"]["buildlog"].as_str().unwrap();
+    assert!(
+        log.contains("nests directories deeper than the limit of 64"),
+        "{log}"
+    );
+}

@@ -163,16 +163,7 @@ impl PackageStore {
     /// upload; symbolic links are left out (a package holds files), and how many
     /// were is answered beside the reference.
     pub fn put_dir(&self, dir: &Path) -> Result<(PackageRef, usize)> {
-        let mut files = Vec::new();
-        let mut links = 0usize;
-        collect_tree(dir, Path::new(""), &mut files, &mut links)?;
-        if files.len() > self.limits.max_entries {
-            return Err(Error::TooLarge(format!(
-                "the build made {} files and directories, more than the limit of {}",
-                files.len(),
-                self.limits.max_entries
-            )));
-        }
+        let (mut files, links) = collect_tree(dir, self.limits.max_entries)?;
         files.sort();
         let mut total = 0u64;
         let mut h = Sha256::new();
@@ -252,26 +243,43 @@ impl PackageStore {
 
 /// Every file and directory under `dir` as (relative path, is a directory);
 /// links are counted, not followed.
-fn collect_tree(
-    dir: &Path,
-    rel: &Path,
-    out: &mut Vec<(PathBuf, bool)>,
-    links: &mut usize,
-) -> Result<()> {
-    for e in std::fs::read_dir(dir.join(rel)).map_err(io)? {
-        let e = e.map_err(io)?;
-        let kind = e.file_type().map_err(io)?;
-        let path = rel.join(e.file_name());
-        if kind.is_dir() {
-            out.push((path.clone(), true));
-            collect_tree(dir, &path, out, links)?;
-        } else if kind.is_file() {
-            out.push((path, false));
-        } else {
-            *links += 1;
+/// How deep a build's output may nest its directories.
+const MAX_DEPTH: usize = 64;
+
+/// The files and directories under `dir` (paths relative to it, directory
+/// or not) and how many entries are neither; at most `max_entries`, nested at
+/// most `MAX_DEPTH` deep. Walked without recursion: what a build made is
+/// untrusted, and a tree of any depth must be refused, not followed.
+fn collect_tree(dir: &Path, max_entries: usize) -> Result<(Vec<(PathBuf, bool)>, usize)> {
+    let mut out = Vec::new();
+    let mut links = 0usize;
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        for e in std::fs::read_dir(dir.join(&rel)).map_err(io)? {
+            let e = e.map_err(io)?;
+            let kind = e.file_type().map_err(io)?;
+            let path = rel.join(e.file_name());
+            if kind.is_dir() {
+                if path.components().count() > MAX_DEPTH {
+                    return Err(Error::TooLarge(format!(
+                        "the build's output nests directories deeper than the limit of {MAX_DEPTH}"
+                    )));
+                }
+                out.push((path.clone(), true));
+                pending.push(path);
+            } else if kind.is_file() {
+                out.push((path, false));
+            } else {
+                links += 1;
+            }
+            if out.len() > max_entries {
+                return Err(Error::TooLarge(format!(
+                    "the build made more than the limit of {max_entries} files and directories"
+                )));
+            }
         }
     }
-    Ok(())
+    Ok((out, links))
 }
 
 /// Removes everything under `dir` that is neither a file nor a directory.
@@ -568,6 +576,39 @@ mod tests {
         .unwrap();
         let err = small.put_dir(&make("d")).unwrap_err();
         assert!(matches!(err, Error::TooLarge(_)), "{err}");
+    }
+
+    /// A build's output nested past the limit, or with more entries than an
+    /// upload may hold, is refused without walking all of it.
+    #[test]
+    fn a_build_output_too_deep_or_too_many_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackageStore::open(dir.path().join("p"), PackageLimits::default()).unwrap();
+        let deep = dir.path().join("deep");
+        std::fs::create_dir_all(deep.join(["d"; MAX_DEPTH + 1].join("/"))).unwrap();
+        let err = store.put_dir(&deep).unwrap_err().to_string();
+        assert!(
+            err.contains("nests directories deeper than the limit of 64"),
+            "{err}"
+        );
+        let shallow = dir.path().join("shallow");
+        std::fs::create_dir_all(shallow.join(["d"; MAX_DEPTH].join("/"))).unwrap();
+        store.put_dir(&shallow).unwrap();
+        let many = dir.path().join("many");
+        std::fs::create_dir_all(&many).unwrap();
+        for i in 0..11 {
+            std::fs::write(many.join(format!("f{i}")), b"x").unwrap();
+        }
+        let few = PackageStore::open(
+            dir.path().join("q"),
+            PackageLimits {
+                max_entries: 10,
+                ..PackageLimits::default()
+            },
+        )
+        .unwrap();
+        let err = few.put_dir(&many).unwrap_err().to_string();
+        assert!(err.contains("more than the limit of 10 files"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,34 @@
 //! expression threads).
 #![allow(unsafe_code)]
 
+/// Removes the tree at `path` (absent is fine) that code Fusion does not
+/// trust wrote, at any depth: `std::fs::remove_dir_all` recurses once per
+/// level, so a build that nests 60,000 directories overflowed the stack of
+/// the thread removing them and aborted the server. `rm -rf` (coreutils)
+/// walks a tree of any depth, on one file system, in a process of its own;
+/// where it cannot run, `remove_dir_all`.
+pub fn remove_tree(path: &std::path::Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    let removed = std::process::Command::new("rm")
+        .args(["-rf", "--one-file-system", "--"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output();
+    match removed {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(std::io::Error::other(format!(
+            "rm -rf {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+        Err(_) => std::fs::remove_dir_all(path),
+    }
+}
+
 /// Arranges for `cmd`'s process to get SIGKILL when the thread that spawned it
 /// (a long-lived runtime worker) exits, and to have at most `memory_mb` MiB of
 /// address space.
@@ -197,4 +225,44 @@ pub fn connect_in_netns(
         std::process::abort();
     }
     stream
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remove_tree;
+
+    /// A tree nested far past what a recursive removal can walk goes, from a
+    /// thread with a small stack.
+    #[test]
+    fn a_tree_of_any_depth_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("deep");
+        std::fs::create_dir(&root).unwrap();
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        let root_c = c(root.to_str().unwrap());
+        let d = c("d");
+        // SAFETY: plain calls on descriptors this test opens and closes.
+        unsafe {
+            let mut fd = libc::open(root_c.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY);
+            assert!(fd >= 0);
+            for _ in 0..10_000 {
+                assert_eq!(libc::mkdirat(fd, d.as_ptr(), 0o755), 0);
+                let next = libc::openat(fd, d.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY);
+                assert!(next >= 0);
+                libc::close(fd);
+                fd = next;
+            }
+            libc::close(fd);
+        }
+        let gone = root.clone();
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || remove_tree(&gone).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(!root.exists());
+        // Nothing there is nothing to do.
+        remove_tree(&root).unwrap();
+    }
 }

@@ -334,7 +334,7 @@ impl Inner {
     /// Builds packages a stopped server left pending or running.
     pub(crate) async fn recover_builds(self: &Arc<Self>) -> Result<()> {
         // The work directories of builds a killed server left.
-        let _ = std::fs::remove_dir_all(self.cfg.data_dir.join("builds"));
+        let _ = crate::sys::remove_tree(&self.cfg.data_dir.join("builds"));
         for mut p in self.builds.list()? {
             match p.status.buildstatus {
                 BuildStatus::Running => {
@@ -506,7 +506,7 @@ impl Inner {
             .join("builds")
             .join(format!("{}-{id}", std::process::id()));
         let result = self.run_build_in(&work, id, p, env, source).await;
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&work)).await;
+        let _ = tokio::task::spawn_blocking(move || crate::sys::remove_tree(&work)).await;
         result
     }
 
