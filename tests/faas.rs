@@ -2282,3 +2282,33 @@ fn a_canary_route_shares_its_requests_between_functions_by_weight() {
     assert!(route.get("function_weights").is_none(), "{route}");
     assert_eq!(answers(5), [("v1".to_string(), 5)].into());
 }
+
+/// What a function writes reaches `fn logs` escaped: a carriage return and an
+/// erase sequence cannot hide the line's instance and stream and show a
+/// forged Fusion line, and no escape sequence reaches the terminal.
+#[test]
+fn fn_logs_shows_a_functions_control_characters_escaped() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    let code = "#!/bin/sh\nprintf '\\r\\033[2K2026-01-01T00:00:00.000Z [0 fusion] forged\\n' >&2\nprintf '\\033]52;c;ZWNobw==\\007clip\\tboard\\n' >&2\necho ok\n";
+    s.function("forge", "binary", "forge.sh", code, json!({}));
+    assert_eq!(s.get("/fission-function/forge").text().unwrap(), "ok\n");
+    let mut log = String::new();
+    eventually(Duration::from_secs(20), "the lines reach the log", || {
+        let (code, out, err) = s.cli(&["fn", "logs", "forge"]);
+        assert_eq!(code, 0, "{err}");
+        log = out;
+        log.contains("clip")
+    });
+    assert!(
+        !log.contains('\r') && !log.contains('\u{1b}') && !log.contains('\u{7}'),
+        "{log:?}"
+    );
+    let forged = log.lines().find(|l| l.contains("forged")).unwrap();
+    assert!(
+        forged.contains(" stderr] \\r\\u{1b}[2K2026-01-01"),
+        "{forged:?}"
+    );
+    // A tab stays a tab.
+    assert!(log.contains("clip\tboard"), "{log:?}");
+}

@@ -961,25 +961,28 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             let mut out = std::io::stdout();
             // `-o json`: one JSON object per line, cut on whole lines.
             let mut partial: Vec<u8> = Vec::new();
+            // Each line as it can go to a terminal (what the function wrote is
+            // escaped), or as JSON: cut on whole lines either way.
+            let shown = |line: &str| {
+                if opts.json() {
+                    log_line_json(line).to_string()
+                } else {
+                    super::output::printable_log_line(line)
+                }
+            };
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| {
                     anyhow::anyhow!("the log stream broke off (did the server stop?): {e}")
                 })?;
-                if !opts.json() {
-                    out.write_all(&chunk)?;
-                    out.flush()?;
-                    continue;
-                }
                 partial.extend_from_slice(&chunk);
                 while let Some(i) = partial.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = partial.drain(..=i).collect();
-                    let line = String::from_utf8_lossy(&line[..i]);
-                    writeln!(out, "{}", log_line_json(&line))?;
+                    writeln!(out, "{}", shown(&String::from_utf8_lossy(&line[..i])))?;
                 }
                 out.flush()?;
             }
-            if opts.json() && !partial.is_empty() {
-                writeln!(out, "{}", log_line_json(&String::from_utf8_lossy(&partial)))?;
+            if !partial.is_empty() {
+                writeln!(out, "{}", shown(&String::from_utf8_lossy(&partial)))?;
             }
         }
         FnVerb::Invocations {

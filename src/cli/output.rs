@@ -91,10 +91,23 @@ pub(super) fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) 
 /// function's data may hold (a carriage return, an escape sequence that clears
 /// the line, a tab that breaks the columns) are shown escaped, never sent.
 fn printable(text: String) -> String {
+    shown_escaped(text, |c| c.is_control())
+}
+
+/// A line of a log (a function's output, a build's) as it can go to a
+/// terminal: as `printable`, but a tab stays a tab (tracebacks indent with
+/// it). Untrusted code wrote it: a carriage return and an erase sequence
+/// could otherwise hide the line's own prefix and show a forged one, and
+/// escape sequences could write to the clipboard.
+pub(super) fn printable_log_line(text: &str) -> String {
+    shown_escaped(text.to_string(), |c| c.is_control() && c != '\t')
+}
+
+fn shown_escaped(text: String, control: impl Fn(char) -> bool) -> String {
     // Control characters, and the invisible ones that reorder or hide text
     // (bidirectional overrides and isolates, zero-width marks).
     let hidden = |c: char| {
-        c.is_control()
+        control(c)
             || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
                 | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
     };

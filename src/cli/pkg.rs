@@ -249,7 +249,7 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                     println!("\nbuild log:");
                 }
                 for l in &lines[from..] {
-                    println!("  {l}");
+                    println!("  {}", super::output::printable_log_line(l));
                 }
             }
             let failed = v.pointer("/status/buildstatus").and_then(Value::as_str) == Some("failed");
@@ -322,7 +322,9 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                 .text()
                 .await?;
             let mut out = std::io::stdout();
-            out.write_all(text.as_bytes())?;
+            for line in text.lines() {
+                writeln!(out, "{}", super::output::printable_log_line(line))?;
+            }
             out.flush()?;
         }
     }
