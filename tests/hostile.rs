@@ -161,6 +161,40 @@ fn a_container_sees_only_its_own_code_and_none_of_the_hosts_secrets() {
     assert_eq!(s.get("/fission-function/victim").text().unwrap(), "victim");
 }
 
+/// What a container may not ask the kernel for: a user namespace (root
+/// inside it), the keyring all instances share as `nobody`, io_uring; the
+/// filter is in place (seccomp mode 2) and the function runs.
+#[test]
+fn a_container_cannot_make_namespaces_or_reach_the_keyring() {
+    let s = container_server();
+    s.env("binary", "binary", 1);
+    let code = r#"#!/bin/sh
+grep '^Seccomp:' /proc/self/status
+if unshare -U true 2>/dev/null; then echo unshare=allowed; else echo unshare=denied; fi
+python3 - <<'PY'
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+if os.uname().machine == "x86_64":
+    # add_key("user", "fusion-probe", "v", 1, KEY_SPEC_USER_KEYRING)
+    r = libc.syscall(248, b"user", b"fusion-probe", b"v", 1, -4)
+    print("add_key=" + ("denied" if r == -1 and ctypes.get_errno() == 1 else "allowed"))
+    # io_uring_setup(1, NULL): absent, so libuv falls back to threads.
+    r = libc.syscall(425, 1, None)
+    print("io_uring=" + ("absent" if r == -1 and ctypes.get_errno() == 38 else "present"))
+PY
+"#;
+    s.function("probe", "binary", "probe.sh", code, json!({}));
+    let r = s.get("/fission-function/probe");
+    assert_eq!(r.status(), 200);
+    let out = r.text().unwrap();
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("unshare=denied"), "{out}");
+    if std::env::consts::ARCH == "x86_64" {
+        assert!(out.contains("add_key=denied"), "{out}");
+        assert!(out.contains("io_uring=absent"), "{out}");
+    }
+}
+
 #[test]
 fn a_container_cannot_reach_other_instances_or_take_over_a_generic_one() {
     let s = container_server();

@@ -51,6 +51,7 @@ use crate::error::{Error, Result};
 use crate::resources::{Environment, Network};
 
 mod build;
+mod seccomp;
 
 /// The unprivileged user and group instances run as (`nobody`).
 const NOBODY: u32 = 65534;
@@ -701,6 +702,7 @@ impl ContainerBackend {
             .namespaces(namespaces)
             .masked_paths(get_default_maskedpaths())
             .readonly_paths(get_default_readonly_paths())
+            .seccomp(seccomp::filter().map_err(oci)?)
             .build()
             .map_err(oci)?;
         SpecBuilder::default()
