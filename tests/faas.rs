@@ -2312,3 +2312,46 @@ fn fn_logs_shows_a_functions_control_characters_escaped() {
     // A tab stays a tab.
     assert!(log.contains("clip\tboard"), "{log:?}");
 }
+
+/// The runtime's own endpoints are Fusion's to call: a caller's request for
+/// `/specialize` or `/v2/specialize` below a function (in any spelling the
+/// runtimes would still match) never reaches its instance; other paths do.
+#[test]
+fn a_caller_cannot_reach_an_instances_specialize_endpoint() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    s.function(
+        "where",
+        "binary",
+        "where.sh",
+        "#!/bin/sh\nprintf '%s' \"$REQUEST_PATH\"\n",
+        json!({}),
+    );
+    s.ok(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "api", "prefix": "/api", "function": "where"})),
+    );
+    for path in [
+        "/api/v2/specialize",
+        "/api/specialize",
+        "/api/V2//Specialize/",
+        "/fission-function/where/v2/specialize",
+    ] {
+        let r = s.http.post(s.router_url(path)).body("{}").send().unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let body: Value = r.json().unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
+    }
+    assert_eq!(s.get("/api/v2/other").text().unwrap(), "/v2/other");
+    let r = s.get("/fission-function/where/v2/other");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "/v2/other");
+    let log = s
+        .api("GET", "/v1/functions/where/logs")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(!log.contains("already specialized"), "{log}");
+}

@@ -173,6 +173,12 @@ async fn forward_inner(
     lease_wait: Option<Duration>,
     series: &mut Option<Arc<FunctionMetrics>>,
 ) -> Result<Response<Body>, Error> {
+    if is_runtime_control(path) {
+        return Err(Error::NotFound {
+            kind: "function path",
+            name: path.to_string(),
+        });
+    }
     let limit = pm.config().body_limit;
     let declared = req
         .headers()
@@ -331,6 +337,22 @@ async fn forward_inner(
         timeout,
     };
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Whether `path` is one of the runtime's own endpoints, which only Fusion
+/// calls (specializing an instance): not a function's, and never passed on
+/// from a caller. Spelled as the runtimes would still match it: in any case
+/// (Express), with doubled or trailing slashes.
+fn is_runtime_control(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let is = |want: &[&str]| {
+        segments.len() == want.len()
+            && segments
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b))
+    };
+    is(&["specialize"]) || is(&["v2", "specialize"])
 }
 
 /// A request as its function's log names it when the answer is a failure.
