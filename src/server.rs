@@ -90,6 +90,13 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_BUILD_TIMEOUT_SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub build_timeout_secs: u64,
+    /// How much disk one package build may use (its source, output, home and
+    /// temporary files), in MiB: past it the build is stopped with every
+    /// process it started. A build is also stopped when the data directory's
+    /// disk has less than 256 MiB free.
+    #[arg(long, env = "FUSION_BUILD_DISK_MB", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
+    pub build_disk_mb: u64,
     /// Asynchronous function calls (`X-Async: true`) tried at once in the
     /// background, over every function (each function also keeps at least
     /// half of its capacity for synchronous calls).
@@ -472,6 +479,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             packages: Default::default(),
             reap_interval: Duration::from_millis(250),
             build_timeout: Duration::from_secs(args.build_timeout_secs),
+            build_disk_mb: args.build_disk_mb,
         },
     )
     .await?;

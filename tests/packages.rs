@@ -1037,3 +1037,45 @@ fn a_build_that_nests_directories_without_end_leaves_the_server_running() {
         "{log}"
     );
 }
+
+/// A build that writes more than builds may (`--build-disk-mb`) is stopped
+/// with every process it started, and fails saying so; the server goes on.
+#[test]
+fn a_build_past_its_disk_limit_is_stopped() {
+    let s = Server::start_with(&[("FUSION_BUILD_DISK_MB", "20")]);
+    s.env("binary", "binary", 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("hello.sh"), "#!/bin/sh\necho built\n").unwrap();
+    // Without the limit this build succeeds, ten seconds on.
+    let build = "dd if=/dev/zero of=$HOME/fill bs=1M count=64 2>/dev/null && sleep 10.0417 && cp -r ${SRC_PKG} ${DEPLOY_PKG}";
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "fill",
+            "--env",
+            "binary",
+            "--src",
+            src.to_str().unwrap(),
+            "--buildcmd",
+            build,
+        ],
+    );
+    let p = built(&s, "fill");
+    assert_eq!(p["status"]["buildstatus"], "failed", "{p}");
+    let log = p["status"]["buildlog"].as_str().unwrap();
+    assert!(
+        log.contains("the build was stopped with every process it started: it used more than 20 MiB of disk (--build-disk-mb)"),
+        "{log}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the build's processes gone",
+        || !process_running("sleep 10.0417"),
+    );
+    assert_eq!(s.call("GET", "/v1/packages/fill", None).0, 200);
+}

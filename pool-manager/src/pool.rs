@@ -43,6 +43,8 @@ pub struct PoolConfig {
     pub reap_interval: Duration,
     /// How long one package build may take before it is stopped.
     pub build_timeout: Duration,
+    /// How much disk one build's work directory may use, in MiB.
+    pub build_disk_mb: u64,
 }
 
 /// Cheap to clone; all clones share one manager.

@@ -194,6 +194,7 @@ async fn setup_with(
             packages: Default::default(),
             reap_interval: Duration::from_secs(3600),
             build_timeout: Duration::from_secs(60),
+            build_disk_mb: 4096,
         },
     )
     .await

@@ -223,6 +223,7 @@ fn start_pool(
         packages: Default::default(),
         reap_interval: Duration::from_secs(3600),
         build_timeout: Duration::from_secs(60),
+        build_disk_mb: 4096,
     };
     let starting = tokio::spawn(async move { PoolManager::start(&db, pool_cfg).await });
     (starting, data)

@@ -28,6 +28,39 @@ pub struct BuildRequest {
     pub script: String,
     /// Past this the build and every process it started are killed.
     pub timeout: Duration,
+    /// Set to why when the build must stop now (it used more disk than builds
+    /// may): it is then killed as at its timeout, and ends `Stopped`.
+    pub stop: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+/// How a build's wait for its script ended other than by the script's exit.
+pub enum Cut {
+    TimedOut,
+    Stopped(String),
+}
+
+/// Waits for `exited` (the script's end) at most `req.timeout`, and only
+/// until `req.stop` says to stop.
+pub async fn until_cut<T>(
+    req: &BuildRequest,
+    exited: impl std::future::Future<Output = T>,
+) -> std::result::Result<T, Cut> {
+    let mut stop = req.stop.clone();
+    let stopped = async move {
+        loop {
+            if let Some(why) = stop.borrow_and_update().clone() {
+                return why;
+            }
+            if stop.changed().await.is_err() {
+                // No one can ask any more: never.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        ended = tokio::time::timeout(req.timeout, exited) => ended.map_err(|_| Cut::TimedOut),
+        why = stopped => Err(Cut::Stopped(why)),
+    }
 }
 
 /// How a build ended.
@@ -39,6 +72,8 @@ pub enum BuildExit {
     TimedOut(Duration),
     /// Killed for using more memory than builds may.
     OutOfMemory,
+    /// Killed for the reason given (it used more disk than builds may).
+    Stopped(String),
 }
 
 #[derive(Debug, Clone)]

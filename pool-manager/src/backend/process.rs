@@ -290,13 +290,16 @@ async fn run_build(launch: &LaunchConfig, req: BuildRequest) -> Result<BuildOutp
         child.stderr.take(),
         super::build::BUILD_LOG_LIMIT,
     ));
-    let status = tokio::time::timeout(req.timeout, child.wait()).await;
+    let status = super::build::until_cut(&req, child.wait()).await;
     drop(group);
     let exit = match status {
-        Err(_) => {
+        Err(cut) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            BuildExit::TimedOut(req.timeout)
+            match cut {
+                super::build::Cut::TimedOut => BuildExit::TimedOut(req.timeout),
+                super::build::Cut::Stopped(why) => BuildExit::Stopped(why),
+            }
         }
         Ok(Ok(s)) if s.success() => BuildExit::Succeeded,
         Ok(Ok(s)) => BuildExit::Failed(super::Exit::of(false, Ok(s)).to_string()),

@@ -14,7 +14,7 @@ mod model;
 mod plan;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -323,6 +323,78 @@ impl PoolManager {
     }
 }
 
+/// Files and directories one build's work directory may hold.
+const BUILD_MAX_FILES: u64 = 500_000;
+
+/// Free space below which a build is stopped, on the disk of the data
+/// directory (where the store is: it must be able to write).
+const DISK_FLOOR: u64 = 256 << 20;
+
+/// Stops a build (through `stop`) once its work directory holds more than
+/// `limit_mb` MiB or `BUILD_MAX_FILES` entries, or the data directory's disk
+/// has less than `DISK_FLOOR` free; looked at every second. A build is
+/// untrusted code: it wrote 1.9 GB/s to the host's disk, with no bound but
+/// the disk's end.
+async fn watch_disk(
+    work: PathBuf,
+    data_dir: PathBuf,
+    limit_mb: u64,
+    stop: tokio::sync::watch::Sender<Option<String>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let (work, data_dir) = (work.clone(), data_dir.clone());
+        let over = tokio::task::spawn_blocking(move || disk_overuse(&work, &data_dir, limit_mb))
+            .await
+            .ok()
+            .flatten();
+        if let Some(why) = over {
+            let _ = stop.send(Some(why));
+            return;
+        }
+    }
+}
+
+/// Why the build must stop for its use of the disk, if it must.
+fn disk_overuse(work: &Path, data_dir: &Path, limit_mb: u64) -> Option<String> {
+    if crate::sys::free_bytes(data_dir).is_ok_and(|free| free < DISK_FLOOR) {
+        return Some(format!(
+            "the disk of the data directory has less than {} MiB free",
+            DISK_FLOOR >> 20
+        ));
+    }
+    if du(work, "-B1").is_some_and(|used| used > limit_mb << 20) {
+        return Some(format!(
+            "it used more than {limit_mb} MiB of disk (--build-disk-mb)"
+        ));
+    }
+    if du(work, "--inodes").is_some_and(|n| n > BUILD_MAX_FILES) {
+        return Some(format!(
+            "it made more than {BUILD_MAX_FILES} files and directories"
+        ));
+    }
+    None
+}
+
+/// `du -s -x` of `dir` (bytes allocated with `-B1`, entries with
+/// `--inodes`): a tree of any depth, in a process of its own.
+fn du(dir: &Path, unit: &str) -> Option<u64> {
+    let out = std::process::Command::new("du")
+        .args(["-s", "-x", unit])
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    // It exits 1 when a file goes while it counts; its total still stands.
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Whether function `f` runs the named package `namespace/name`.
 fn uses(f: &Function, namespace: &str, name: &str) -> bool {
     f.package
@@ -540,6 +612,7 @@ impl Inner {
             "build of package {} (namespace {}) with environment {}: {}\n",
             p.name, p.namespace, env.name, plan.summary
         );
+        let (stop_tx, stop) = tokio::sync::watch::channel(None);
         let req = BuildRequest {
             id,
             env: env.clone(),
@@ -548,8 +621,17 @@ impl Inner {
             home,
             script: plan.script,
             timeout: self.cfg.build_timeout,
+            stop,
         };
-        let out = match self.cfg.backend.build(req).await {
+        let watchdog = tokio::spawn(watch_disk(
+            work.to_path_buf(),
+            self.cfg.data_dir.clone(),
+            self.cfg.build_disk_mb,
+            stop_tx,
+        ));
+        let built = self.cfg.backend.build(req).await;
+        watchdog.abort();
+        let out = match built {
             Ok(out) => out,
             Err(e) => {
                 log.push_str(&format!("the build could not run: {e}\n"));
@@ -574,6 +656,12 @@ impl Inner {
             }
             BuildExit::OutOfMemory => {
                 log.push_str("the build was killed for using more memory than builds may\n");
+                return Err(log);
+            }
+            BuildExit::Stopped(why) => {
+                log.push_str(&format!(
+                    "the build was stopped with every process it started: {why}\n"
+                ));
                 return Err(log);
             }
         }

@@ -102,6 +102,7 @@ async fn start(db: sled::Db, data: PathBuf, backend: Arc<FakeBuilder>) -> PoolMa
             packages: Default::default(),
             reap_interval: Duration::from_secs(3600),
             build_timeout: Duration::from_secs(60),
+            build_disk_mb: 4096,
         },
     )
     .await

@@ -146,10 +146,10 @@ impl ContainerBackend {
         };
         let out = tokio::spawn(read_tail(child.stdout.take(), BUILD_LOG_LIMIT));
         let err = tokio::spawn(read_tail(child.stderr.take(), BUILD_LOG_LIMIT));
-        let status = tokio::time::timeout(req.timeout, child.wait()).await;
-        let status = match status {
-            Ok(s) => Some(s),
-            Err(_) => {
+        let status = super::super::build::until_cut(&req, child.wait()).await;
+        let (status, cut) = match status {
+            Ok(s) => (Some(s), None),
+            Err(cut) => {
                 let _ = tokio::process::Command::new(&self.cfg.runtime)
                     .args(["kill", &id, "KILL"])
                     .stdin(Stdio::null())
@@ -159,19 +159,22 @@ impl ContainerBackend {
                     .await;
                 let _ = child.start_kill();
                 let _ = child.wait().await;
-                None
+                (None, Some(cut))
             }
         };
         let oom = self.cgroups.oom_kills(&id) > 0;
         drop(watcher);
         delete_container(&self.cfg.runtime, &id).await;
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&bundle)).await;
-        let exit = match status {
-            None => BuildExit::TimedOut(req.timeout),
-            Some(_) if oom => BuildExit::OutOfMemory,
-            Some(Ok(s)) if s.success() => BuildExit::Succeeded,
-            Some(Ok(s)) => BuildExit::Failed(crate::backend::Exit::of(false, Ok(s)).to_string()),
-            Some(Err(e)) => BuildExit::Failed(e.to_string()),
+        let exit = match (status, cut) {
+            (_, Some(super::super::build::Cut::Stopped(why))) => BuildExit::Stopped(why),
+            (None, _) => BuildExit::TimedOut(req.timeout),
+            (Some(_), _) if oom => BuildExit::OutOfMemory,
+            (Some(Ok(s)), _) if s.success() => BuildExit::Succeeded,
+            (Some(Ok(s)), _) => {
+                BuildExit::Failed(crate::backend::Exit::of(false, Ok(s)).to_string())
+            }
+            (Some(Err(e)), _) => BuildExit::Failed(e.to_string()),
         };
         let out = out.await.unwrap_or_default();
         let err = err.await.unwrap_or_default();
