@@ -42,9 +42,11 @@ enum Launch {
     /// As the kernel starts it: an ELF executable, or an executable script
     /// whose `#!` names an interpreter other than the shell.
     Direct,
-    /// By this shell, given the program's path: a script for `sh` (by its
-    /// `#!` or by having none), as Fission's binary image runs it.
-    Shell(PathBuf),
+    /// By this shell, given the option its `#!` line gives the shell (as the
+    /// kernel passes it, one argument: `-e` of `#!/bin/sh -e`) and the
+    /// program's path: a script for `sh` (by its `#!` or by having none), as
+    /// Fission's binary image runs it.
+    Shell(PathBuf, Option<String>),
 }
 
 #[derive(Deserialize)]
@@ -176,14 +178,12 @@ async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
     };
     let mut cmd = match launch {
         Launch::Direct => tokio::process::Command::new(program),
-        Launch::Shell(shell) if shell.ends_with("busybox") => {
+        Launch::Shell(shell, option) => {
             let mut c = tokio::process::Command::new(shell);
-            c.arg("sh").arg(program);
-            c
-        }
-        Launch::Shell(shell) => {
-            let mut c = tokio::process::Command::new(shell);
-            c.arg(program);
+            if shell.ends_with("busybox") {
+                c.arg("sh");
+            }
+            c.args(option).arg(program);
             c
         }
     };
@@ -342,31 +342,38 @@ fn launch_with(program: &Path, shell: PathBuf) -> Launch {
     let executable = std::fs::metadata(program)
         .map(|m| m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false);
-    if !executable {
-        return Launch::Shell(shell);
-    }
-    if head.starts_with(b"\x7fELF") {
-        return Launch::Direct;
-    }
-    match head.strip_prefix(b"#!") {
-        Some(rest) if !names_the_shell(rest) => Launch::Direct,
-        _ => Launch::Shell(shell),
+    let interpreter = head.strip_prefix(b"#!").map(shell_of);
+    match interpreter {
+        // For the shell, with its option, executable or not.
+        Some(Some(option)) => Launch::Shell(shell, option),
+        Some(None) if executable => Launch::Direct,
+        None if executable && head.starts_with(b"\x7fELF") => Launch::Direct,
+        // What the kernel cannot start: the shell reads it, as Fission's runtime.
+        _ => Launch::Shell(shell, None),
     }
 }
 
-/// Whether a `#!` line (after the `#!`) names `sh` or `ash`, directly or
-/// through `env`.
-fn names_the_shell(line: &[u8]) -> bool {
+/// When a `#!` line (after the `#!`) names `sh` or `ash`, directly or
+/// through `env`: the option it gives the shell, the rest of the line as the
+/// kernel passes it (one argument), if any. `None`: another interpreter.
+fn shell_of(line: &[u8]) -> Option<Option<String>> {
     let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
-    let mut words = line.split_whitespace();
+    let line = line.trim();
     let base = |w: &str| w.rsplit('/').next().unwrap_or_default().to_owned();
     let is_sh = |w: &str| matches!(base(w).as_str(), "sh" | "ash");
-    match words.next() {
-        Some(w) if base(w) == "env" => words.next().is_some_and(is_sh),
-        Some(w) => is_sh(w),
+    let (first, rest) = line
+        .split_once(char::is_whitespace)
+        .map_or((line, ""), |(a, b)| (a, b.trim()));
+    match first {
         // `#!` alone: no interpreter, so the shell, as for a script without one.
-        None => true,
+        "" => Some(None),
+        w if base(w) == "env" => {
+            let mut words = rest.split_whitespace();
+            words.next().filter(|w| is_sh(w)).map(|_| None)
+        }
+        w if is_sh(w) => Some((!rest.is_empty()).then(|| rest.to_string())),
+        _ => None,
     }
 }
 
@@ -451,9 +458,17 @@ mod tests {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
             launch_with(&p, shell.clone())
         };
-        let sh = Launch::Shell(shell.clone());
+        let sh = Launch::Shell(shell.clone(), None);
         assert_eq!(launch("a", b"#!/bin/sh\necho hi\n", 0o755), sh);
-        assert_eq!(launch("b", b"#! /bin/ash -e\n", 0o755), sh);
+        assert_eq!(
+            launch("b", b"#! /bin/ash -e\n", 0o755),
+            Launch::Shell(shell.clone(), Some("-e".into())),
+            "the line's option goes to the shell"
+        );
+        assert_eq!(
+            launch("b2", b"#!/bin/sh -eu\r\n", 0o644),
+            Launch::Shell(shell.clone(), Some("-eu".into())),
+        );
         assert_eq!(launch("c", b"#!/usr/bin/env sh\n", 0o755), sh);
         assert_eq!(launch("d", b"echo no line for an interpreter\n", 0o755), sh);
         assert_eq!(launch("e", b"#!/bin/bash\n", 0o644), sh, "not executable");

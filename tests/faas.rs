@@ -1651,6 +1651,17 @@ fn the_binary_runtime_runs_shell_scripts_with_busybox_as_fissions_image_does() {
     let r = s.get("/fission-function/dump");
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().unwrap(), "----\nGET\n");
+    // The `#!` line's option still holds: `-e` stops at the first failure.
+    s.function(
+        "strict",
+        "binary",
+        "strict.sh",
+        "#!/bin/sh -e\nfalse\necho went on\n",
+        json!({}),
+    );
+    let r = s.get("/fission-function/strict");
+    assert_eq!(r.status(), 500);
+    assert_eq!(r.text().unwrap(), "Function error: exit status 1");
 }
 
 /// What a function is sent through a route, as Fission's router sends it: a
@@ -2336,6 +2347,9 @@ fn a_caller_cannot_reach_an_instances_specialize_endpoint() {
         "/api/v2/specialize",
         "/api/specialize",
         "/api/V2//Specialize/",
+        "/api/v2/%73pecialize",
+        "/api/v2%2Fspecialize",
+        "/api/x/%2e%2e/specialize",
         "/fission-function/where/v2/specialize",
     ] {
         let r = s.http.post(s.router_url(path)).body("{}").send().unwrap();

@@ -178,6 +178,11 @@ if os.uname().machine == "x86_64":
     # add_key("user", "fusion-probe", "v", 1, KEY_SPEC_USER_KEYRING)
     r = libc.syscall(248, b"user", b"fusion-probe", b"v", 1, -4)
     print("add_key=" + ("denied" if r == -1 and ctypes.get_errno() == 1 else "allowed"))
+    # clone(CLONE_NEWUSER | SIGCHLD): the flag is refused, not only unshare.
+    r = libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)
+    if r == 0:
+        os._exit(0)
+    print("clone_newuser=" + ("denied" if r == -1 and ctypes.get_errno() == 1 else "allowed"))
     # io_uring_setup(1, NULL): absent, so libuv falls back to threads.
     r = libc.syscall(425, 1, None)
     print("io_uring=" + ("absent" if r == -1 and ctypes.get_errno() == 38 else "present"))
@@ -191,6 +196,7 @@ PY
     assert!(out.contains("unshare=denied"), "{out}");
     if std::env::consts::ARCH == "x86_64" {
         assert!(out.contains("add_key=denied"), "{out}");
+        assert!(out.contains("clone_newuser=denied"), "{out}");
         assert!(out.contains("io_uring=absent"), "{out}");
     }
 }

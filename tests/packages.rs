@@ -1078,4 +1078,30 @@ fn a_build_past_its_disk_limit_is_stopped() {
         || !process_running("sleep 10.0417"),
     );
     assert_eq!(s.call("GET", "/v1/packages/fill", None).0, 200);
+
+    // A file it deleted but keeps writing is no file to count: the disk it
+    // fills still is.
+    let hidden = "exec 3>$HOME/f && rm $HOME/f && dd if=/dev/zero bs=1M count=64 >&3 2>/dev/null && sync && sleep 10.0418 && cp -r ${SRC_PKG} ${DEPLOY_PKG}";
+    cli_ok(
+        &s,
+        &[
+            "pkg",
+            "create",
+            "--name",
+            "hidden",
+            "--env",
+            "binary",
+            "--src",
+            src.to_str().unwrap(),
+            "--buildcmd",
+            hidden,
+        ],
+    );
+    let p = built(&s, "hidden");
+    assert_eq!(p["status"]["buildstatus"], "failed", "{p}");
+    let log = p["status"]["buildlog"].as_str().unwrap();
+    assert!(
+        log.contains("the disk of the data directory filled by more than 20 MiB while it ran"),
+        "{log}"
+    );
 }

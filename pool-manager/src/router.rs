@@ -50,13 +50,13 @@ pub struct ClientAddr(pub std::net::SocketAddr);
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Headers that belong to one connection and are never forwarded (as header
-/// names, so removing them parses nothing).
 /// The header that carries a call's idempotency key to a function: a
 /// workflow task's attempt (`<run>/<task>/<attempt>`), a timer's tick, a
 /// queue message. A failed answer's line in the function's log names it.
 pub const IDEMPOTENCY_HEADER: &str = "X-Fusion-Idempotency-Key";
 
+/// Headers that belong to one connection and are never forwarded (as header
+/// names, so removing them parses nothing).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -341,10 +341,21 @@ async fn forward_inner(
 
 /// Whether `path` is one of the runtime's own endpoints, which only Fusion
 /// calls (specializing an instance): not a function's, and never passed on
-/// from a caller. Spelled as the runtimes would still match it: in any case
-/// (Express), with doubled or trailing slashes.
+/// from a caller. Read as a runtime may still match it: percent-decoded (Go's
+/// net/http, Werkzeug), in any case (Express), with doubled or trailing
+/// slashes and dot segments resolved.
 fn is_runtime_control(path: &str) -> bool {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let mut segments: Vec<&str> = Vec::new();
+    for s in decoded.split('/') {
+        match s {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
     let is = |want: &[&str]| {
         segments.len() == want.len()
             && segments
@@ -375,6 +386,8 @@ impl Call<'_> {
             took.as_millis()
         );
         if let Some(key) = self.key.as_ref().and_then(|k| k.to_str().ok()) {
+            // Fusion's own keys are short; anything longer is cut.
+            let key: String = key.chars().take(200).collect();
             line.push_str(&format!(" ({IDEMPOTENCY_HEADER}: {key})"));
         }
         line

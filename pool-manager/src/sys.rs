@@ -12,7 +12,8 @@
 /// level, so a build that nests 60,000 directories overflowed the stack of
 /// the thread removing them and aborted the server. `rm -rf` (coreutils)
 /// walks a tree of any depth, on one file system, in a process of its own;
-/// where it cannot run, `remove_dir_all`.
+/// where it cannot run or fails (an `rm` without `--one-file-system`),
+/// `remove_dir_all`.
 pub fn remove_tree(path: &std::path::Path) -> std::io::Result<()> {
     if std::fs::symlink_metadata(path).is_err() {
         return Ok(());
@@ -26,11 +27,13 @@ pub fn remove_tree(path: &std::path::Path) -> std::io::Result<()> {
         .output();
     match removed {
         Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(std::io::Error::other(format!(
-            "rm -rf {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))),
+        Ok(out) => std::fs::remove_dir_all(path).map_err(|e| {
+            std::io::Error::other(format!(
+                "rm -rf {}: {}; then: {e}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }),
         Err(_) => std::fs::remove_dir_all(path),
     }
 }

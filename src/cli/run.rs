@@ -564,8 +564,12 @@ fn task_rows(tasks: &Value) -> Value {
             }
             row["error"] = cell(&t["error"]);
             // A task left unfinished says why, as a failed one says its error.
-            if t["status"] == "cancelled" && !t["cancel_reason"].is_null() {
-                row["error"] = cell(&t["cancel_reason"]);
+            if let (true, Some(why)) = (t["status"] == "cancelled", t["cancel_reason"].as_str()) {
+                // A task cut off between attempts keeps its last one's error too.
+                row["error"] = match t["error"].as_str() {
+                    Some(last) => cell(&json!(format!("{why}; its last attempt: {last}"))),
+                    None => cell(&json!(why)),
+                };
             }
             // A task the run never started (it ended first, or was cancelled
             // before the task's turn) is `cancelled` in the API: said as
@@ -737,6 +741,25 @@ fn next_page(f: &Filters, limit: usize, cursor: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cancelled task says why in ERROR; cut off between attempts, it keeps
+    /// its last attempt's error beside the reason; never started, it is `not run`.
+    #[test]
+    fn a_cancelled_task_says_why_and_keeps_its_last_error() {
+        let tasks = json!([
+            {"id": "a", "status": "cancelled", "attempts": 1, "started_at": 1, "ended_at": 5,
+             "error": "boom", "cancel_reason": "the run was cancelled"},
+            {"id": "b", "status": "cancelled", "attempts": 0, "started_at": null,
+             "error": null, "cancel_reason": "the run failed at task \"c\""},
+        ]);
+        let rows = task_rows(&tasks);
+        assert_eq!(
+            rows[0]["error"],
+            "the run was cancelled; its last attempt: boom"
+        );
+        assert_eq!(rows[1]["error"], "the run failed at task \"c\"");
+        assert_eq!(rows[1]["status"], "not run");
+    }
 
     #[test]
     fn the_next_page_keeps_the_filters() {

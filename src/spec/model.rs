@@ -1223,6 +1223,17 @@ impl Specs {
                     r.refs
                         .push((Kind::Function, ns.clone(), f.to_string(), "function".into()));
                 }
+                // A canary route's functions, each a reference.
+                if let Some(Value::Object(weights)) = obj.get("function_weights") {
+                    for f in weights.keys() {
+                        r.refs.push((
+                            Kind::Function,
+                            ns.clone(),
+                            f.clone(),
+                            format!("function_weights.{f}"),
+                        ));
+                    }
+                }
                 if kind == Kind::TimeTrigger {
                     let cron = obj.get("cron").and_then(Value::as_str).unwrap_or("");
                     let tz = obj.get("timezone").and_then(Value::as_str);

@@ -8,6 +8,9 @@ ARG FUSION_IMAGE=fusion/fusion:0.1.0
 FROM ${FUSION_IMAGE} AS fusion
 
 FROM debian:bookworm-slim
+# Shell scripts run under busybox's sh, as in Fission's Alpine image.
+RUN apt-get update && apt-get install -y --no-install-recommends busybox \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=fusion /usr/local/bin/fusion /usr/local/bin/fusion
 ENV RUNTIME_HOST=0.0.0.0 \
     RUNTIME_PORT=8888 \

@@ -331,24 +331,29 @@ const BUILD_MAX_FILES: u64 = 500_000;
 const DISK_FLOOR: u64 = 256 << 20;
 
 /// Stops a build (through `stop`) once its work directory holds more than
-/// `limit_mb` MiB or `BUILD_MAX_FILES` entries, or the data directory's disk
-/// has less than `DISK_FLOOR` free; looked at every second. A build is
-/// untrusted code: it wrote 1.9 GB/s to the host's disk, with no bound but
-/// the disk's end.
+/// `limit_mb` MiB or `BUILD_MAX_FILES` entries, the data directory's disk
+/// has filled by more than `limit_mb` since it started (what `du` cannot
+/// see: a file it deleted but keeps open), or that disk has less than
+/// `DISK_FLOOR` free; looked at every second. A build is untrusted code: it
+/// wrote 1.9 GB/s to the host's disk, with no bound but the disk's end.
 async fn watch_disk(
     work: PathBuf,
     data_dir: PathBuf,
     limit_mb: u64,
     stop: tokio::sync::watch::Sender<Option<String>>,
 ) {
+    let free_at_start = crate::sys::free_bytes(&data_dir).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let (work, data_dir) = (work.clone(), data_dir.clone());
-        let over = tokio::task::spawn_blocking(move || disk_overuse(&work, &data_dir, limit_mb))
-            .await
-            .ok()
-            .flatten();
+        let over = tokio::task::spawn_blocking(move || {
+            disk_overuse(&work, &data_dir, limit_mb, free_at_start)
+        })
+        .await
+        .ok()
+        .flatten();
         if let Some(why) = over {
             let _ = stop.send(Some(why));
             return;
@@ -357,8 +362,14 @@ async fn watch_disk(
 }
 
 /// Why the build must stop for its use of the disk, if it must.
-fn disk_overuse(work: &Path, data_dir: &Path, limit_mb: u64) -> Option<String> {
-    if crate::sys::free_bytes(data_dir).is_ok_and(|free| free < DISK_FLOOR) {
+fn disk_overuse(
+    work: &Path,
+    data_dir: &Path,
+    limit_mb: u64,
+    free_at_start: Option<u64>,
+) -> Option<String> {
+    let free = crate::sys::free_bytes(data_dir).ok();
+    if free.is_some_and(|free| free < DISK_FLOOR) {
         return Some(format!(
             "the disk of the data directory has less than {} MiB free",
             DISK_FLOOR >> 20
@@ -373,6 +384,13 @@ fn disk_overuse(work: &Path, data_dir: &Path, limit_mb: u64) -> Option<String> {
         return Some(format!(
             "it made more than {BUILD_MAX_FILES} files and directories"
         ));
+    }
+    if let (Some(start), Some(free)) = (free_at_start, free) {
+        if start.saturating_sub(free) > limit_mb << 20 {
+            return Some(format!(
+                "the disk of the data directory filled by more than {limit_mb} MiB while it ran (--build-disk-mb)"
+            ));
+        }
     }
     None
 }
