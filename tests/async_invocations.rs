@@ -706,15 +706,6 @@ fn a_callers_own_idempotency_and_attempt_headers_are_replaced() {
     let done = settled(&s, &id);
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["response"]["body"], format!("{id}|1"), "{done}");
-    // A plain call carries no key Fusion did not set.
-    let r = s
-        .http
-        .post(s.router_url("/fission-function/heads"))
-        .header("X-Fusion-Idempotency-Key", "chosen-by-caller")
-        .body("")
-        .send()
-        .unwrap();
-    assert_eq!(r.text().unwrap(), "|");
 }
 
 /// Past `--async-queue-limit` queued or running calls, a new one is answered

@@ -38,11 +38,6 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
     {
         req.headers_mut().insert("x-fission-full-url", full);
     }
-    // Fusion's to set (a workflow step's attempt, a timer's tick, an
-    // invocation): a caller cannot name one for the function to trust, nor
-    // for the function's log to say a failed call was.
-    req.headers_mut()
-        .remove(pool_manager::router::IDEMPOTENCY_HEADER);
     if let Some(rest) = path.strip_prefix(FUNCTION_PREFIX) {
         if let Err(m) = engine::api::async_header(req.headers()) {
             return error_response(StatusCode::BAD_REQUEST, "invalid_header", &m);
