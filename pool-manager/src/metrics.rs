@@ -2,6 +2,7 @@
 //! per function and status, cold starts by where the instance came from, and the
 //! instances per environment and state (refreshed when scraped).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{OnceLock, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -164,6 +165,37 @@ pub struct FunctionMetrics {
     seconds: OnceLock<Histogram>,
     /// The request counter per status seen so far (a handful).
     codes: RwLock<Vec<(u16, Counter)>>,
+    /// How many failed calls the function's log says, one line each.
+    pub failure_lines: FailureLines,
+}
+
+/// The lines of failed calls a function's log takes: at most `PER_SECOND` a
+/// second; the rest are counted and said with the next line, so a storm of
+/// 5xx answers neither fills the log (pushing out what the function wrote)
+/// nor costs a write each.
+#[derive(Debug, Default)]
+pub struct FailureLines {
+    second: AtomicU64,
+    listed: AtomicU64,
+    held: AtomicU64,
+}
+
+impl FailureLines {
+    pub const PER_SECOND: u64 = 10;
+
+    /// Whether a failure in `second` (any count of seconds) gets its line:
+    /// then with how many were held back before it.
+    pub fn admit(&self, second: u64) -> Option<u64> {
+        if self.second.swap(second, Ordering::Relaxed) != second {
+            self.listed.store(0, Ordering::Relaxed);
+        }
+        if self.listed.fetch_add(1, Ordering::Relaxed) < Self::PER_SECOND {
+            Some(self.held.swap(0, Ordering::Relaxed))
+        } else {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 impl FunctionMetrics {
@@ -202,5 +234,25 @@ impl FunctionMetrics {
                 codes.push((code, counter));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FailureLines;
+
+    /// Ten lines a second; what is held back is said with the next line.
+    #[test]
+    fn failure_lines_are_held_to_ten_a_second() {
+        let lines = FailureLines::default();
+        let first: Vec<Option<u64>> = (0..13).map(|_| lines.admit(100)).collect();
+        assert_eq!(first[..10], [Some(0); 10]);
+        assert_eq!(first[10..], [None; 3]);
+        assert_eq!(
+            lines.admit(101),
+            Some(3),
+            "the next second's first says the three"
+        );
+        assert_eq!(lines.admit(101), Some(0));
     }
 }

@@ -312,13 +312,21 @@ async fn forward_inner(
         Ok(Ok(resp)) => resp,
     };
     if resp.status().is_server_error() {
-        let took = timeout.saturating_sub(in_flight.deadline - tokio::time::Instant::now());
-        pm.logs().append(
-            &lease.function.key(),
-            lease.instance.id,
-            "fusion",
-            &call.failed(resp.status(), took),
-        );
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Some(held) = lease.metrics.failure_lines.admit(second) {
+            let took = timeout.saturating_sub(in_flight.deadline - tokio::time::Instant::now());
+            let mut line = call.failed(resp.status(), took);
+            if held > 0 {
+                line.push_str(&format!(
+                    "; {held} more 5xx answers before it are not listed (at most {} a second are)",
+                    crate::metrics::FailureLines::PER_SECOND
+                ));
+            }
+            pm.logs()
+                .append(&lease.function.key(), lease.instance.id, "fusion", &line);
+        }
     }
     let (mut parts, body) = resp.into_parts();
     for h in &HOP_BY_HOP {
