@@ -361,6 +361,15 @@ async fn watch_disk(
     }
 }
 
+/// A build's `watch_disk`, stopped when dropped.
+struct Watchdog(tokio::task::JoinHandle<()>);
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Why the build must stop for its use of the disk, if it must.
 fn disk_overuse(
     work: &Path,
@@ -641,14 +650,15 @@ impl Inner {
             timeout: self.cfg.build_timeout,
             stop,
         };
-        let watchdog = tokio::spawn(watch_disk(
+        // Ends with the build, also when the build is dropped unfinished.
+        let watchdog = Watchdog(tokio::spawn(watch_disk(
             work.to_path_buf(),
             self.cfg.data_dir.clone(),
             self.cfg.build_disk_mb,
             stop_tx,
-        ));
+        )));
         let built = self.cfg.backend.build(req).await;
-        watchdog.abort();
+        drop(watchdog);
         let out = match built {
             Ok(out) => out,
             Err(e) => {
