@@ -2430,6 +2430,21 @@ fn what_stored_workflows_run_is_not_deleted_from_under_them() {
     refused("/v1/functions/echo", &["inner", "machine"]);
     refused("/v1/workflows/inner", &["outer"]);
     assert_eq!(s.invoke("outer", "text/plain", "hi").0, 200);
+    // Run inside outer, inner has no runs of its own: its history says where
+    // they are.
+    let listed = s.ok("GET", "/v1/runs?workflow=inner", None);
+    assert_eq!(listed["runs"], json!([]), "{listed}");
+    assert_eq!(listed["also_runs_inside"], json!(["outer"]), "{listed}");
+    let (code, _, err) = s.cli(&["run", "list", "--workflow", "inner"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("note: inner also runs as a task of workflow outer: those runs hold its tasks (fusion run list --workflow outer)"),
+        "{err}"
+    );
+    assert!(s
+        .ok("GET", "/v1/runs?workflow=outer", None)
+        .get("also_runs_inside")
+        .is_none());
     // Once nothing runs them, they go.
     assert_eq!(s.call("DELETE", "/v1/workflows/outer", None).0, 204);
     assert_eq!(s.call("DELETE", "/v1/workflows/inner", None).0, 204);

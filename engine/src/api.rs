@@ -540,8 +540,15 @@ async fn list_runs(
         }
         return Ok(Json(json!({"runs": runs, "next_cursor": null})));
     }
+    let workflow = q.workflow.filter(|w| !w.is_empty());
+    // A workflow that other workflows run as a task has no runs of its own
+    // from them: its tasks are in theirs. The first page names them.
+    let inside = match (&workflow, q.cursor.as_deref().filter(|c| !c.is_empty())) {
+        (Some(w), None) => engine.workflows_running(w)?,
+        _ => Vec::new(),
+    };
     let page = engine.list_runs(&RunFilter {
-        workflow: q.workflow.filter(|w| !w.is_empty()),
+        workflow,
         statuses,
         since: q.since,
         until: q.until,
@@ -554,7 +561,11 @@ async fn list_runs(
     for s in &page.runs {
         runs.push(listed(&engine, s, &mut folds)?);
     }
-    Ok(Json(json!({"runs": runs, "next_cursor": page.next_cursor})))
+    let mut body = json!({"runs": runs, "next_cursor": page.next_cursor});
+    if !inside.is_empty() {
+        body["also_runs_inside"] = json!(inside);
+    }
+    Ok(Json(body))
 }
 
 /// The running runs of a page whose running tasks are listed: each is

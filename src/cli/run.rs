@@ -235,6 +235,18 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
                     // Aside, as other hints: what goes to a pipe is the runs.
                     eprintln!("more: {}", next_page(&filters, limit, next));
                 }
+                if let (Some(w), Some(Value::Array(inside))) =
+                    (&workflow, v.get("also_runs_inside"))
+                {
+                    let names: Vec<&str> = inside.iter().filter_map(Value::as_str).collect();
+                    if let Some(first) = names.first() {
+                        eprintln!(
+                            "note: {w} also runs as a task of {} {}: those runs hold its tasks (fusion run list --workflow {first})",
+                            if names.len() == 1 { "workflow" } else { "workflows" },
+                            names.join(", "),
+                        );
+                    }
+                }
             }
         }
         RunVerb::Get { id } => {
