@@ -349,7 +349,12 @@ async fn watch_disk(
         tick.tick().await;
         let (work, data_dir) = (work.clone(), data_dir.clone());
         let over = tokio::task::spawn_blocking(move || {
-            disk_overuse(&work, &data_dir, limit_mb, free_at_start)
+            disk_overuse(
+                &work,
+                &data_dir,
+                &DiskLimits::builds(limit_mb),
+                free_at_start,
+            )
         })
         .await
         .ok()
@@ -370,34 +375,54 @@ impl Drop for Watchdog {
     }
 }
 
+/// What one build may take of the disk.
+#[derive(Debug)]
+struct DiskLimits {
+    /// Of its work directory, and of the disk's growth while it runs.
+    mb: u64,
+    /// Files and directories in its work directory.
+    files: u64,
+    /// Free bytes the data directory's disk keeps.
+    floor: u64,
+}
+
+impl DiskLimits {
+    fn builds(mb: u64) -> DiskLimits {
+        DiskLimits {
+            mb,
+            files: BUILD_MAX_FILES,
+            floor: DISK_FLOOR,
+        }
+    }
+}
+
 /// Why the build must stop for its use of the disk, if it must.
 fn disk_overuse(
     work: &Path,
     data_dir: &Path,
-    limit_mb: u64,
+    limits: &DiskLimits,
     free_at_start: Option<u64>,
 ) -> Option<String> {
+    let (mb, files) = (limits.mb, limits.files);
     let free = crate::sys::free_bytes(data_dir).ok();
-    if free.is_some_and(|free| free < DISK_FLOOR) {
+    if free.is_some_and(|free| free < limits.floor) {
         return Some(format!(
             "the disk of the data directory has less than {} MiB free",
-            DISK_FLOOR >> 20
+            limits.floor >> 20
         ));
     }
-    if du(work, "-B1").is_some_and(|used| used > limit_mb << 20) {
+    if du(work, "-B1").is_some_and(|used| used > mb << 20) {
         return Some(format!(
-            "it used more than {limit_mb} MiB of disk (--build-disk-mb)"
+            "it used more than {mb} MiB of disk (--build-disk-mb)"
         ));
     }
-    if du(work, "--inodes").is_some_and(|n| n > BUILD_MAX_FILES) {
-        return Some(format!(
-            "it made more than {BUILD_MAX_FILES} files and directories"
-        ));
+    if du(work, "--inodes").is_some_and(|n| n > files) {
+        return Some(format!("it made more than {files} files and directories"));
     }
     if let (Some(start), Some(free)) = (free_at_start, free) {
-        if start.saturating_sub(free) > limit_mb << 20 {
+        if start.saturating_sub(free) > mb << 20 {
             return Some(format!(
-                "the disk of the data directory filled by more than {limit_mb} MiB while it ran (--build-disk-mb)"
+                "the disk of the data directory filled by more than {mb} MiB while it ran (--build-disk-mb)"
             ));
         }
     }

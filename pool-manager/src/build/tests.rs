@@ -371,3 +371,36 @@ async fn a_build_a_stopped_server_left_running_is_built_at_the_next_start() {
     assert_eq!(p.status.buildstatus, BuildStatus::Succeeded);
     assert_eq!(backend.builds.load(Ordering::SeqCst), 1);
 }
+
+/// Each of the disk's limits stops a build with its own reason; within them
+/// all, none does.
+#[test]
+fn each_disk_limit_stops_a_build_with_its_reason() {
+    use super::{disk_overuse, DiskLimits};
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("big"), vec![1u8; 3 << 20]).unwrap();
+    for i in 0..10 {
+        std::fs::write(work.join(format!("f{i}")), b"x").unwrap();
+    }
+    let limits = |mb, files, floor| DiskLimits { mb, files, floor };
+    let over = |l: DiskLimits, start| disk_overuse(&work, dir.path(), &l, start);
+    assert_eq!(over(limits(64, 100, 0), None), None);
+    assert_eq!(
+        over(limits(1, 100, 0), None).as_deref(),
+        Some("it used more than 1 MiB of disk (--build-disk-mb)")
+    );
+    assert_eq!(
+        over(limits(64, 5, 0), None).as_deref(),
+        Some("it made more than 5 files and directories")
+    );
+    assert!(over(limits(64, 100, u64::MAX), None)
+        .unwrap()
+        .starts_with("the disk of the data directory has less than"));
+    // The disk had far more free at the start than now: filled while it ran.
+    assert_eq!(
+        over(limits(64, 100, 0), Some(u64::MAX)).as_deref(),
+        Some("the disk of the data directory filled by more than 64 MiB while it ran (--build-disk-mb)")
+    );
+}
