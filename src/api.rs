@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use triggers::{Route, Target, Triggers};
 
+mod canaries;
 mod invocations;
 mod mqt;
 pub mod pod_packages;
@@ -102,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .merge(secrets::routes())
         .merge(invocations::routes())
         .merge(timers::routes())
+        .merge(canaries::routes())
         .merge(crate::api::mqt::routes())
         .layer(axum::middleware::from_fn(json_errors))
         // Added after the layer: a function's own answers pass through untouched.

@@ -2369,3 +2369,124 @@ fn a_caller_cannot_reach_an_instances_specialize_endpoint() {
         .unwrap();
     assert!(!log.contains("already specialized"), "{log}");
 }
+
+/// A canary release, as Fission's canary-config: the route's requests move to
+/// the new function a step each interval while its failures stay under the
+/// threshold, until it takes them all; a new function that fails past the
+/// threshold sends them all back to the old one.
+#[test]
+fn a_canary_moves_a_routes_requests_or_rolls_them_back() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    s.function("v1", "binary", "v.sh", "#!/bin/sh\nprintf v1\n", json!({}));
+    s.function("v2", "binary", "v.sh", "#!/bin/sh\nprintf v2\n", json!({}));
+    s.function("bad", "binary", "v.sh", "#!/bin/sh\nexit 1\n", json!({}));
+    let cli_ok = |args: &[&str]| {
+        let (code, out, err) = s.cli(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        out
+    };
+    for (route, new) in [("good", "v2"), ("worse", "bad")] {
+        cli_ok(&[
+            "route",
+            "create",
+            route,
+            "--url",
+            &format!("/{route}"),
+            "--function",
+            "v1",
+            "--weight",
+            "100",
+            "--function",
+            new,
+            "--weight",
+            "0",
+        ]);
+        cli_ok(&[
+            "canary-config",
+            "create",
+            "--name",
+            route,
+            "--newfunction",
+            new,
+            "--oldfunction",
+            "v1",
+            "--httptrigger",
+            route,
+            "--increment-step",
+            "50",
+            "--increment-interval",
+            "1s",
+            "--failure-threshold",
+            "10",
+        ]);
+    }
+    let status = |name: &str| s.ok("GET", &format!("/v1/canaries/{name}"), None)["status"].clone();
+    assert_eq!(status("good")["status"], "pending");
+    // Calls keep coming while the canaries move: each window judges them.
+    eventually(Duration::from_secs(60), "both canaries ended", || {
+        for route in ["/good", "/worse"] {
+            for _ in 0..5 {
+                s.get(route);
+            }
+        }
+        status("good")["status"] != "pending" && status("worse")["status"] != "pending"
+    });
+    let good = status("good");
+    assert_eq!(good["status"], "succeeded", "{good}");
+    assert_eq!(good["new_weight"], 100, "{good}");
+    let route = s.ok("GET", "/v1/routes/good", None);
+    assert_eq!(
+        route["function_weights"],
+        json!({"v1": 0, "v2": 100}),
+        "{route}"
+    );
+    assert_eq!(s.get("/good").text().unwrap(), "v2");
+
+    let worse = status("worse");
+    assert_eq!(worse["status"], "failed", "{worse}");
+    assert_eq!(worse["new_weight"], 0, "{worse}");
+    assert!(
+        worse["message"]
+            .as_str()
+            .unwrap()
+            .contains("past the threshold of 10%: every request went back to \"v1\""),
+        "{worse}"
+    );
+    let route = s.ok("GET", "/v1/routes/worse", None);
+    assert_eq!(
+        route["function_weights"],
+        json!({"bad": 0, "v1": 100}),
+        "{route}"
+    );
+    let listed = cli_ok(&["canary-config", "list"]);
+    assert!(
+        listed.contains("succeeded") && listed.contains("failed"),
+        "{listed}"
+    );
+
+    // A canary needs a route that shares its requests between the two.
+    let (code, _, err) = s.cli(&[
+        "canary-config",
+        "create",
+        "--name",
+        "lone",
+        "--newfunction",
+        "v2",
+        "--oldfunction",
+        "v1",
+        "--httptrigger",
+        "nowhere",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("route \"nowhere\" does not exist"), "{err}");
+    let (st, body) = s.call(
+        "POST",
+        "/v1/canaries",
+        Some(
+            json!({"name": "zero", "trigger": "good", "new_function": "v2",
+                    "old_function": "v1", "weight_increment": 0}),
+        ),
+    );
+    assert_eq!(st, 400, "{body}");
+}

@@ -1288,13 +1288,33 @@ fn a_canary_http_trigger_applies_with_its_function_weights() {
     .unwrap();
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");
-    let route = s.ok("GET", "/v1/routes/canary", None);
+    let applied = s.ok("GET", "/v1/routes/canary", None);
     assert_eq!(
-        route["function_weights"],
+        applied["function_weights"],
         json!({"v1": 90, "v2": 10}),
-        "{route}"
+        "{applied}"
     );
     assert_eq!(s.get("/canary").text().unwrap(), "hi");
+    let (code, out, _) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("everything up to date"), "{out}");
+
+    // Fission's CanaryConfig moves that route's weights; applied again, it
+    // changes nothing (and does not start over).
+    let config = "---\napiVersion: fission.io/v1\nkind: CanaryConfig\nmetadata:\n  name: canary\nspec:\n  trigger: canary\n  newfunction: v2\n  oldfunction: v1\n  weightincrement: 5\n  duration: 1h\n  failurethreshold: 20\n  failureType: status-code\n";
+    std::fs::write(
+        tmp.path().join("specs/all.yaml"),
+        format!("{base}{}{config}", route("      v1: 90\n      v2: 10\n")),
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("created   CanaryConfig canary"), "{out}");
+    let canary = s.ok("GET", "/v1/canaries/canary", None);
+    assert_eq!(canary["weight_increment_duration"], "1h", "{canary}");
+    assert_eq!(canary["failure_threshold"], 20, "{canary}");
+    assert_eq!(canary["status"]["status"], "pending", "{canary}");
+    assert_eq!(canary["status"]["new_weight"], 10, "{canary}");
     let (code, out, _) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0);
     assert!(out.contains("everything up to date"), "{out}");

@@ -199,6 +199,15 @@ impl FailureLines {
 }
 
 impl FunctionMetrics {
+    /// Requests counted so far, and how many of them were answered with a 5xx.
+    pub fn request_counts(&self) -> (u64, u64) {
+        let codes = self.codes.read().unwrap_or_else(|p| p.into_inner());
+        codes.iter().fold((0, 0), |(all, failed), (code, counter)| {
+            let n = counter.get();
+            (all + n, failed + if *code >= 500 { n } else { 0 })
+        })
+    }
+
     /// Counts one request of `function` answered with `code` after `seconds`.
     pub fn record(&self, m: &PoolMetrics, function: &str, code: u16, seconds: f64) {
         self.seconds

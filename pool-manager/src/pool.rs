@@ -733,6 +733,16 @@ impl PoolManager {
         &self.inner.metrics
     }
 
+    /// The requests function `key` has answered since the server started, and
+    /// how many of them with a 5xx (0 and 0 for a function not called yet or
+    /// not there): what a canary's failure rate is taken from.
+    pub fn request_counts(&self, key: &str) -> (u64, u64) {
+        let st = lock(&self.inner.state);
+        st.fns
+            .get(key)
+            .map_or((0, 0), |pool| pool.metrics.request_counts())
+    }
+
     /// Sets the instance gauges and the functions' waiting requests from the
     /// current pools (called before a scrape).
     pub fn refresh_instance_gauges(&self) {

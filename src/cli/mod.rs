@@ -1,6 +1,7 @@
 //! The command line, in Fission's shape: `fusion <noun> <verb> [flags]`.
 //! This module parses the command and dispatches it; each noun lives in its own module.
 
+mod canary;
 mod env;
 
 pub(crate) use env::image_use_line;
@@ -281,6 +282,17 @@ enum Command {
         #[command(flatten)]
         ns: NsOpt,
     },
+    /// Canary releases (Fission's canary-config): a route's requests moved to
+    /// a new function step by step, or back to the old one past a failure rate.
+    #[command(name = "canary-config", alias = "canary")]
+    CanaryConfig {
+        #[command(subcommand)]
+        verb: canary::CanaryVerb,
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
     /// Secrets: files a function reads at /secrets/<namespace>/<name>/<key>
     /// (values are never shown back).
     Secret {
@@ -405,6 +417,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Route { verb, opts, ns } => route::route_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Timer { verb, opts, ns } => timer::timer_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Mqt { verb, opts, ns } => mqt::mqt_cmd(verb, &opts.in_namespace(ns)).await,
+        Command::CanaryConfig { verb, opts, ns } => {
+            canary::canary_cmd(verb, &opts.in_namespace(ns)).await
+        }
         Command::Secret { verb, opts } => secret::data_cmd(secret::SECRETS, verb, &opts).await,
         Command::Configmap { verb, opts } => {
             secret::data_cmd(secret::CONFIGMAPS, verb, &opts).await

@@ -227,6 +227,7 @@ pub(crate) fn kind_collection(kind: Kind) -> &'static str {
         Kind::HttpTrigger => "/v1/routes",
         Kind::TimeTrigger => "/v1/timers",
         Kind::MessageQueueTrigger => "/v1/mqtriggers",
+        Kind::CanaryConfig => "/v1/canaries",
     }
 }
 

@@ -37,6 +37,7 @@ pub enum Kind {
     HttpTrigger,
     TimeTrigger,
     MessageQueueTrigger,
+    CanaryConfig,
 }
 
 impl Kind {
@@ -51,6 +52,7 @@ impl Kind {
             Kind::HttpTrigger => "HTTPTrigger",
             Kind::TimeTrigger => "TimeTrigger",
             Kind::MessageQueueTrigger => "MessageQueueTrigger",
+            Kind::CanaryConfig => "CanaryConfig",
         }
     }
 
@@ -65,11 +67,12 @@ impl Kind {
             "HTTPTrigger" | "Route" => Kind::HttpTrigger,
             "TimeTrigger" => Kind::TimeTrigger,
             "MessageQueueTrigger" => Kind::MessageQueueTrigger,
+            "CanaryConfig" => Kind::CanaryConfig,
             _ => return None,
         })
     }
 
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Environment,
         Kind::Secret,
         Kind::ConfigMap,
@@ -79,6 +82,8 @@ impl Kind {
         Kind::HttpTrigger,
         Kind::TimeTrigger,
         Kind::MessageQueueTrigger,
+        // After the routes it moves.
+        Kind::CanaryConfig,
     ];
 }
 
@@ -216,10 +221,6 @@ impl Specs {
                 "a KubernetesWatchTrigger runs only as a custom resource in a cluster \
                  (`fusion server --kube-controller`); the document is skipped",
             ),
-            "CanaryConfig" => self.warn(
-                doc.at("kind"),
-                format!("{kind} is not supported by Fusion; the document is skipped"),
-            ),
             _ => match Kind::parse(kind) {
                 None => self.error(
                     doc.at("kind"),
@@ -311,6 +312,7 @@ impl Specs {
             Kind::HttpTrigger => HTTP_TRIGGER_FIELDS,
             Kind::TimeTrigger => TIME_TRIGGER_FIELDS,
             Kind::MessageQueueTrigger => MQ_TRIGGER_FIELDS,
+            Kind::CanaryConfig => CANARY_FIELDS,
             Kind::Workflow => WORKFLOW_FIELDS,
             Kind::Secret | Kind::ConfigMap => KUBE_DATA_FIELDS,
         };
@@ -397,6 +399,7 @@ impl Specs {
             Kind::HttpTrigger => self.fission_http_trigger(doc, &spec, &mut r),
             Kind::TimeTrigger => self.fission_time_trigger(doc, &spec, &mut r),
             Kind::MessageQueueTrigger => self.fission_mq_trigger(doc, &spec, &mut r),
+            Kind::CanaryConfig => self.fission_canary(doc, &spec, &mut r),
             Kind::Workflow => {
                 if ns != DEFAULT_NAMESPACE {
                     self.error(
@@ -963,6 +966,46 @@ impl Specs {
         true
     }
 
+    /// A CanaryConfig, as Fusion's `/v1/canaries` takes it: it references its
+    /// route and both functions.
+    fn fission_canary(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
+        let mut ok = true;
+        for (field, to, kind) in [
+            ("trigger", "trigger", Kind::HttpTrigger),
+            ("newfunction", "new_function", Kind::Function),
+            ("oldfunction", "old_function", Kind::Function),
+        ] {
+            match str_at(spec, field).filter(|s| !s.is_empty()) {
+                Some(name) => {
+                    r.body[to] = json!(name);
+                    r.refs.push((
+                        kind,
+                        r.namespace.clone(),
+                        name.to_string(),
+                        format!("spec.{field}"),
+                    ));
+                }
+                None => {
+                    self.error(doc.at("spec"), format!("a CanaryConfig needs `{field}`"));
+                    ok = false;
+                }
+            }
+        }
+        for (field, to) in [
+            ("weightincrement", "weight_increment"),
+            ("duration", "weight_increment_duration"),
+            ("failurethreshold", "failure_threshold"),
+            ("failureType", "failure_type"),
+        ] {
+            match spec.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s.is_empty() => {}
+                Some(v) => r.body[to] = v.clone(),
+            }
+        }
+        ok
+    }
+
     fn function_ref(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> Option<String> {
         let kind = str_at(spec, "functionref.type").unwrap_or("name");
         if kind != "name" {
@@ -1243,6 +1286,17 @@ impl Specs {
                     }
                 }
             }
+            Kind::CanaryConfig => {
+                for (field, kind) in [
+                    ("trigger", Kind::HttpTrigger),
+                    ("new_function", Kind::Function),
+                    ("old_function", Kind::Function),
+                ] {
+                    if let Some(n) = obj.get(field).and_then(Value::as_str) {
+                        r.refs.push((kind, ns.clone(), n.to_string(), field.into()));
+                    }
+                }
+            }
             _ => {}
         }
         r.body = body;
@@ -1500,6 +1554,9 @@ fn check_offline(r: &Resource) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| e.to_string()),
         Kind::MessageQueueTrigger => parsed::<triggers::mqt::MessageQueueTrigger>(&body)?
+            .validate()
+            .map_err(|e| e.to_string()),
+        Kind::CanaryConfig => parsed::<triggers::canary::Canary>(&body)?
             .validate()
             .map_err(|e| e.to_string()),
         _ => Ok(()),
@@ -1783,6 +1840,24 @@ const TIME_TRIGGER_FIELDS: &Shape = &Fields(&[
             ("functionref", FUNCTION_REF),
             ("method", Any),
             ("subpath", Any),
+        ]),
+    ),
+]);
+const CANARY_FIELDS: &Shape = &Fields(&[
+    ("apiVersion", Any),
+    ("kind", Any),
+    ("metadata", METADATA),
+    ("status", Any),
+    (
+        "spec",
+        Fields(&[
+            ("trigger", Text),
+            ("newfunction", Text),
+            ("oldfunction", Text),
+            ("weightincrement", Any),
+            ("duration", Text),
+            ("failurethreshold", Any),
+            ("failureType", Text),
         ]),
     ),
 ]);

@@ -3,6 +3,7 @@
 //! trigger calls its target through one [`Invoker`], so adding a kind touches
 //! this crate and the API that manages it, nothing below.
 
+pub mod canary;
 pub mod invocations;
 pub mod invoke;
 pub mod mqt;
@@ -30,6 +31,8 @@ pub struct Triggers {
     pub invocations: invocations::Invocations,
     pub timers: Arc<timer::Timers>,
     pub mqt: mqt::MessageQueueTriggers,
+    /// Canary releases: routes' weights moved from an old function to a new one.
+    pub canaries: canary::Canaries,
 }
 
 impl Triggers {
@@ -40,13 +43,18 @@ impl Triggers {
         if tokio::runtime::Handle::try_current().is_ok() {
             timers.start(Arc::new(timer::InvokerFire(invoker.clone())));
         }
-        Ok(Arc::new(Triggers {
+        let triggers = Arc::new(Triggers {
             invocations: invocations::Invocations::open(db, invoker.clone(), api)?,
             mqt: mqt::MessageQueueTriggers::open(db, invoker.clone())?,
             invoker,
             routes: routes::Routes::open(db)?,
             timers,
-        }))
+            canaries: canary::Canaries::open(db)?,
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            canary::Canaries::start(&triggers);
+        }
+        Ok(triggers)
     }
 
     /// Refuses when other workflows run workflow `name`, or triggers target
