@@ -2489,4 +2489,41 @@ fn a_canary_moves_a_routes_requests_or_rolls_them_back() {
         ),
     );
     assert_eq!(st, 400, "{body}");
+    // Between two functions only: a third would be dropped from the route.
+    cli_ok(&[
+        "route",
+        "create",
+        "three",
+        "--url",
+        "/three",
+        "--function",
+        "v1",
+        "--weight",
+        "80",
+        "--function",
+        "v2",
+        "--weight",
+        "10",
+        "--function",
+        "bad",
+        "--weight",
+        "10",
+    ]);
+    let (code, _, err) = s.cli(&[
+        "canary-config",
+        "create",
+        "--name",
+        "three",
+        "--newfunction",
+        "v2",
+        "--oldfunction",
+        "v1",
+        "--httptrigger",
+        "three",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("also shares its requests with \"bad\""),
+        "{err}"
+    );
 }

@@ -148,6 +148,14 @@ impl Canary {
     }
 }
 
+/// A function besides the canary's two that the route's requests go to.
+fn others<'a>(canary: &Canary, weights: &'a BTreeMap<String, u32>) -> Option<&'a str> {
+    weights
+        .keys()
+        .map(String::as_str)
+        .find(|f| *f != canary.new_function && *f != canary.old_function)
+}
+
 /// What a canary does at the end of a window.
 #[derive(Debug, PartialEq)]
 pub enum Step {
@@ -262,6 +270,12 @@ impl Canaries {
                 canary.new_function
             )));
         };
+        if let Some(other) = others(&canary, weights) {
+            return Err(Error::Conflict(format!(
+                "canary {:?}: route {:?} also shares its requests with {other:?}: a canary moves them between two functions",
+                canary.name, canary.trigger
+            )));
+        }
         canary.status = CanaryStatus {
             status: pending(),
             new_weight: Some(*new),
@@ -372,6 +386,13 @@ impl Canaries {
         if !route.function_weights.contains_key(old) {
             let why = format!(
                 "route {:?} no longer shares its requests with {old:?}",
+                canary.trigger
+            );
+            return self.end(canary, "aborted", why).await;
+        }
+        if let Some(other) = others(&canary, &route.function_weights) {
+            let why = format!(
+                "route {:?} now also shares its requests with {other:?}",
                 canary.trigger
             );
             return self.end(canary, "aborted", why).await;
