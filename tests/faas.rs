@@ -2527,3 +2527,48 @@ fn a_canary_moves_a_routes_requests_or_rolls_them_back() {
         "{err}"
     );
 }
+
+/// A new function that never gets an instance (its code does not load) fails
+/// every call it is given: the canary rolls back, as for one that answers
+/// 5xx itself; and a second canary cannot move a route one is moving.
+#[test]
+fn a_canary_rolls_back_a_function_that_does_not_load() {
+    let s = Server::start();
+    s.env("binary", "binary", 1);
+    s.env("python", "python", 1);
+    s.function("v1", "binary", "v.sh", "#!/bin/sh\nprintf v1\n", json!({}));
+    s.function("broken", "python", "broken.py", "def main(:\n", json!({}));
+    s.ok(
+        "POST",
+        "/v1/routes",
+        Some(json!({"name": "r", "url": "/r", "function_weights": {"v1": 100, "broken": 0}})),
+    );
+    let canary = |name: &str| {
+        json!({"name": name, "trigger": "r", "new_function": "broken", "old_function": "v1",
+               "weight_increment": 50, "weight_increment_duration": "1s"})
+    };
+    s.ok("POST", "/v1/canaries", Some(canary("first")));
+    let (st, body) = s.call("POST", "/v1/canaries", Some(canary("second")));
+    assert_eq!(st, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("canary \"first\" is moving route \"r\""),
+        "{body}"
+    );
+    let status = || s.ok("GET", "/v1/canaries/first", None)["status"].clone();
+    eventually(Duration::from_secs(60), "the canary ended", || {
+        for _ in 0..5 {
+            s.get("/r");
+        }
+        status()["status"] != "pending"
+    });
+    assert_eq!(status()["status"], "failed", "{}", status());
+    let route = s.ok("GET", "/v1/routes/r", None);
+    assert_eq!(
+        route["function_weights"],
+        json!({"broken": 0, "v1": 100}),
+        "{route}"
+    );
+}

@@ -1299,23 +1299,40 @@ fn a_canary_http_trigger_applies_with_its_function_weights() {
     assert_eq!(code, 0);
     assert!(out.contains("everything up to date"), "{out}");
 
-    // Fission's CanaryConfig moves that route's weights; applied again, it
-    // changes nothing (and does not start over).
-    let config = "---\napiVersion: fission.io/v1\nkind: CanaryConfig\nmetadata:\n  name: canary\nspec:\n  trigger: canary\n  newfunction: v2\n  oldfunction: v1\n  weightincrement: 5\n  duration: 1h\n  failurethreshold: 20\n  failureType: status-code\n";
+    // Fission's CanaryConfig moves that route's weights; applied again, the
+    // folder changes nothing: the canary does not start over, and the route
+    // keeps the weights the canary gave it.
+    let config = "---\napiVersion: fission.io/v1\nkind: CanaryConfig\nmetadata:\n  name: canary\nspec:\n  trigger: release\n  newfunction: v2\n  oldfunction: v1\n  weightincrement: 5\n  duration: 1s\n  failurethreshold: 20\n  failureType: status-code\n";
     std::fs::write(
         tmp.path().join("specs/all.yaml"),
-        format!("{base}{}{config}", route("      v1: 90\n      v2: 10\n")),
+        format!(
+            "{base}{}{}{config}",
+            route("      v1: 90\n      v2: 10\n"),
+            route("      v1: 100\n      v2: 0\n")
+                .replace("name: canary", "name: release")
+                .replace("/canary", "/release")
+        ),
     )
     .unwrap();
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("created   CanaryConfig canary"), "{out}");
     let canary = s.ok("GET", "/v1/canaries/canary", None);
-    assert_eq!(canary["weight_increment_duration"], "1h", "{canary}");
+    assert_eq!(canary["weight_increment_duration"], "1s", "{canary}");
     assert_eq!(canary["failure_threshold"], 20, "{canary}");
-    assert_eq!(canary["status"]["status"], "pending", "{canary}");
-    assert_eq!(canary["status"]["new_weight"], 10, "{canary}");
+    // Its first step needs no calls; the next would (none come).
+    common::eventually(
+        std::time::Duration::from_secs(30),
+        "the canary's first step",
+        || s.ok("GET", "/v1/canaries/canary", None)["status"]["new_weight"] == 5,
+    );
     let (code, out, _) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0);
     assert!(out.contains("everything up to date"), "{out}");
+    let moved = s.ok("GET", "/v1/routes/release", None);
+    assert_eq!(
+        moved["function_weights"],
+        json!({"v1": 95, "v2": 5}),
+        "{moved}"
+    );
 }

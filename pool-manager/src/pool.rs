@@ -737,10 +737,14 @@ impl PoolManager {
     /// how many of them with a 5xx (0 and 0 for a function not called yet or
     /// not there): what a canary's failure rate is taken from.
     pub fn request_counts(&self, key: &str) -> (u64, u64) {
+        self.series_of(key)
+            .map_or((0, 0), |series| series.request_counts())
+    }
+
+    /// Function `key`'s request series, when it has a pool.
+    pub(crate) fn series_of(&self, key: &str) -> Option<Arc<FunctionMetrics>> {
         let st = lock(&self.inner.state);
-        st.fns
-            .get(key)
-            .map_or((0, 0), |pool| pool.metrics.request_counts())
+        st.fns.get(key).map(|pool| pool.metrics.clone())
     }
 
     /// Sets the instance gauges and the functions' waiting requests from the

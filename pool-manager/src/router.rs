@@ -144,9 +144,12 @@ pub async fn try_forward_within(
     };
     let seconds = started.elapsed().as_secs_f64();
     let m = pm.metrics();
+    // A request that got no instance (its code failed to load, no capacity)
+    // counts on the function's own series too, where a canary reads it.
+    let series = series.or_else(|| pm.series_of(function));
     match series {
         Some(series) => series.record(m, function, code, seconds),
-        // No lease, so no cached series (404, 413, 429 ...).
+        // No function of that name (404) ...
         None => {
             m.requests
                 .get_or_create(&RequestLabels {

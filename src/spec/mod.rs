@@ -666,6 +666,9 @@ async fn apply_all(
                 body[field.as_str()] = uploaded;
             }
             let owned = previous.resources.contains(&a) || specs.deployment.is_none();
+            if r.kind == Kind::HttpTrigger {
+                keep_canary_weights(client, specs, r, &mut body).await?;
+            }
             let outcome = if let Some(file) = &r.workflow_file {
                 match std::fs::read_to_string(file)
                     .with_context(|| format!("cannot read workflow file {}", file.display()))
@@ -782,6 +785,38 @@ async fn upload(
     let v: Value = client.send(req).await?.json().await?;
     done.insert(key, v.clone());
     Ok(v)
+}
+
+/// A route that a CanaryConfig of the folder moves keeps the weights the
+/// canary gave it when it shares its requests between the same functions as
+/// declared: applying the folder again does not undo the canary's steps (or
+/// its rollback).
+async fn keep_canary_weights(
+    client: &Client,
+    specs: &Specs,
+    r: &Resource,
+    body: &mut Value,
+) -> Result<()> {
+    let moved = specs.resources.iter().any(|c| {
+        c.kind == Kind::CanaryConfig
+            && c.namespace == r.namespace
+            && c.body.get("trigger").and_then(Value::as_str) == Some(r.name.as_str())
+    });
+    let Some(Value::Object(declared)) = body.get("function_weights").cloned() else {
+        return Ok(());
+    };
+    if !moved {
+        return Ok(());
+    }
+    let path = with_namespace(&format!("{}/{}", collection(r), r.name), &r.namespace);
+    let live = client.get_opt::<Value>(&path).await?;
+    if let Some(Value::Object(live)) = live.as_ref().and_then(|v| v.get("function_weights")) {
+        let names = |m: &serde_json::Map<String, Value>| m.keys().cloned().collect::<BTreeSet<_>>();
+        if names(live) == names(&declared) {
+            body["function_weights"] = Value::Object(live.clone());
+        }
+    }
+    Ok(())
 }
 
 /// Creates the resource, or updates it when it differs in any field the spec

@@ -282,12 +282,25 @@ impl Canaries {
             failure_percent: None,
             message: None,
         };
+        // Another canary moving the same route would undo its steps.
+        let rival = self.list()?.into_iter().find(|c| {
+            c.key() != canary.key()
+                && c.route_key() == canary.route_key()
+                && c.status.status == "pending"
+        });
+        if let Some(rival) = rival {
+            return Err(Error::Conflict(format!(
+                "canary {:?}: canary {:?} is moving route {:?}: delete it, or wait until it ends",
+                canary.name, rival.name, canary.trigger
+            )));
+        }
+        // Its first window starts at the next look, not one begun before.
+        self.windows_lock().remove(&canary.key());
         if replace {
             self.records.put(&canary.key(), &canary).await?;
         } else {
             self.records.create(&canary.key(), &canary).await?;
         }
-        self.windows_lock().remove(&canary.key());
         Ok(canary)
     }
 
@@ -311,17 +324,19 @@ impl Canaries {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                let now = tick.tick().await;
                 let Some(t) = weak.upgrade() else { return };
-                if let Err(e) = t.canaries.tick(&t).await {
+                if let Err(e) = t.canaries.tick(&t, now).await {
                     tracing::warn!("canaries: {e}");
                 }
             }
         });
     }
 
-    async fn tick(&self, triggers: &Triggers) -> Result<()> {
-        let now = tokio::time::Instant::now();
+    /// Moves each pending canary whose window ended by `now` (the tick's
+    /// own time: windows end on the tick they are due at); one that cannot
+    /// move says why in its status and the others go on.
+    async fn tick(&self, triggers: &Triggers, now: tokio::time::Instant) -> Result<()> {
         for canary in self.list()? {
             if canary.status.status != "pending" {
                 continue;
@@ -349,13 +364,16 @@ impl Canaries {
                 };
                 began
             };
-            self.advance(
-                triggers,
-                canary,
+            let (calls, failed) = (
                 calls.saturating_sub(began.calls),
                 failed.saturating_sub(began.failed),
-            )
-            .await?;
+            );
+            if let Err(e) = self.advance(triggers, canary.clone(), calls, failed).await {
+                tracing::warn!(canary = %canary.key(), "a canary's step failed: {e}");
+                let mut said = canary;
+                said.status.message = Some(format!("its last step failed: {e}"));
+                let _ = self.store_status(said).await;
+            }
         }
         Ok(())
     }
