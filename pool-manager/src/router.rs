@@ -356,6 +356,14 @@ async fn forward_inner(
 /// net/http, Werkzeug), in any case (Express), with doubled or trailing
 /// slashes and dot segments resolved.
 fn is_runtime_control(path: &str) -> bool {
+    // Every request passes here: most paths are told apart without a copy.
+    let named = path
+        .as_bytes()
+        .windows(b"specialize".len())
+        .any(|w| w.eq_ignore_ascii_case(b"specialize"));
+    if !named && !path.contains('%') {
+        return false;
+    }
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     let mut segments: Vec<&str> = Vec::new();
     for s in decoded.split('/') {
