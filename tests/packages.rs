@@ -962,6 +962,34 @@ fn an_environments_build_command_builds_packages_without_one() {
     assert!(env.get("buildcmd").is_none(), "{env}");
 }
 
+/// A package `name` of a one-script source built by `buildcmd` in a
+/// `binary` environment: its build's status and log, once it has ended.
+fn build_of(s: &Server, name: &str, buildcmd: &str) -> (String, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("hello.sh"), "#!/bin/sh\necho built\n").unwrap();
+    let src = src.to_str().unwrap();
+    cli_ok(
+        s,
+        &[
+            "pkg",
+            "create",
+            "--name",
+            name,
+            "--env",
+            "binary",
+            "--src",
+            src,
+            "--buildcmd",
+            buildcmd,
+        ],
+    );
+    let p = built(s, name);
+    let field = |f: &str| p["status"][f].as_str().unwrap_or_default().to_string();
+    (field("buildstatus"), field("buildlog"))
+}
+
 /// A build is untrusted code: directories it nests without end are removed
 /// with its work directory (a recursive removal overflowed the server's stack
 /// and aborted it, at every start after), and an output nested past the limit
@@ -970,37 +998,17 @@ fn an_environments_build_command_builds_packages_without_one() {
 fn a_build_that_nests_directories_without_end_leaves_the_server_running() {
     let s = Server::start();
     s.env("binary", "binary", 0);
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("hello.sh"), "#!/bin/sh\necho built\n").unwrap();
     let nest = |under: &str, levels: usize| {
         format!(
             "\"${{PYTHON:-python3}}\" -c 'import os\nat = os.environ[\"{under}\"]\nos.makedirs(at, exist_ok=True)\nos.chdir(at)\nfor _ in range({levels}): os.mkdir(\"d\"); os.chdir(\"d\")\n'"
         )
     };
-    let src_arg = src.to_str().unwrap();
     let build = format!(
         "{} && cp -r ${{SRC_PKG}} ${{DEPLOY_PKG}}",
         nest("HOME", 60_000)
     );
-    cli_ok(
-        &s,
-        &[
-            "pkg",
-            "create",
-            "--name",
-            "deep",
-            "--env",
-            "binary",
-            "--src",
-            src_arg,
-            "--buildcmd",
-            &build,
-        ],
-    );
-    let p = built(&s, "deep");
-    assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
+    let (status, log) = build_of(&s, "deep", &build);
+    assert_eq!(status, "succeeded", "{log}");
     // Its work directory went with it, and the server answers.
     let builds = s.data_dir().join("builds");
     eventually(
@@ -1014,24 +1022,8 @@ fn a_build_that_nests_directories_without_end_leaves_the_server_running() {
         "cp -r ${{SRC_PKG}} ${{DEPLOY_PKG}} && {}",
         nest("DEPLOY_PKG", 100)
     );
-    cli_ok(
-        &s,
-        &[
-            "pkg",
-            "create",
-            "--name",
-            "deeper",
-            "--env",
-            "binary",
-            "--src",
-            src_arg,
-            "--buildcmd",
-            &build,
-        ],
-    );
-    let p = built(&s, "deeper");
-    assert_eq!(p["status"]["buildstatus"], "failed", "{p}");
-    let log = p["status"]["buildlog"].as_str().unwrap();
+    let (status, log) = build_of(&s, "deeper", &build);
+    assert_eq!(status, "failed", "{log}");
     assert!(
         log.contains("nests directories deeper than the limit of 64"),
         "{log}"
@@ -1044,30 +1036,10 @@ fn a_build_that_nests_directories_without_end_leaves_the_server_running() {
 fn a_build_past_its_disk_limit_is_stopped() {
     let s = Server::start_with(&[("FUSION_BUILD_DISK_MB", "20")]);
     s.env("binary", "binary", 0);
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("hello.sh"), "#!/bin/sh\necho built\n").unwrap();
     // Without the limit this build succeeds, ten seconds on.
     let build = "dd if=/dev/zero of=$HOME/fill bs=1M count=64 2>/dev/null && sleep 10.0417 && cp -r ${SRC_PKG} ${DEPLOY_PKG}";
-    cli_ok(
-        &s,
-        &[
-            "pkg",
-            "create",
-            "--name",
-            "fill",
-            "--env",
-            "binary",
-            "--src",
-            src.to_str().unwrap(),
-            "--buildcmd",
-            build,
-        ],
-    );
-    let p = built(&s, "fill");
-    assert_eq!(p["status"]["buildstatus"], "failed", "{p}");
-    let log = p["status"]["buildlog"].as_str().unwrap();
+    let (status, log) = build_of(&s, "fill", build);
+    assert_eq!(status, "failed", "{log}");
     assert!(
         log.contains("the build was stopped with every process it started: it used more than 20 MiB of disk (--build-disk-mb)"),
         "{log}"
@@ -1082,24 +1054,8 @@ fn a_build_past_its_disk_limit_is_stopped() {
     // A file it deleted but keeps writing is no file to count: the disk it
     // fills still is.
     let hidden = "exec 3>$HOME/f && rm $HOME/f && dd if=/dev/zero bs=1M count=64 >&3 2>/dev/null && sync && sleep 10.0418 && cp -r ${SRC_PKG} ${DEPLOY_PKG}";
-    cli_ok(
-        &s,
-        &[
-            "pkg",
-            "create",
-            "--name",
-            "hidden",
-            "--env",
-            "binary",
-            "--src",
-            src.to_str().unwrap(),
-            "--buildcmd",
-            hidden,
-        ],
-    );
-    let p = built(&s, "hidden");
-    assert_eq!(p["status"]["buildstatus"], "failed", "{p}");
-    let log = p["status"]["buildlog"].as_str().unwrap();
+    let (status, log) = build_of(&s, "hidden", hidden);
+    assert_eq!(status, "failed", "{log}");
     assert!(
         log.contains("the disk of the data directory filled by more than 20 MiB while it ran"),
         "{log}"
