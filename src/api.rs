@@ -94,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/functions/{name}/instances", get(fn_instances))
         .route("/v1/functions/{name}/code", get(fn_code))
         .route("/v1/instances", get(all_instances))
+        .route("/v1/backup", get(backup))
         .merge(crate::api_pkg::routes(package_limit))
         .route("/v1/routes", get(list_routes).post(create_route))
         .route(
@@ -117,6 +118,50 @@ pub fn router(state: AppState) -> Router {
                 Arc::new(move |p| pool.package_path(p))
             },
         }))
+}
+
+/// `GET /v1/backup`: a backup of the running server as a tar archive
+/// (`crate::backup`), streamed as it is made. 409 `backup_running` while
+/// another is made. An error once the archive has started cuts it off: the
+/// client sees a body cut short, which `fusion backup` checks for.
+async fn backup(State(s): State<AppState>) -> Response {
+    let Some(turn) = crate::backup::Turn::take() else {
+        return error_response(
+            StatusCode::CONFLICT,
+            "backup_running",
+            "a backup of this server is being made: one at a time",
+        );
+    };
+    let engine = s.engine.clone();
+    let data_dir = s.pool.config().data_dir.clone();
+    let body = pod_packages::stream_body(
+        "the backup",
+        pod_packages::CHUNK,
+        pod_packages::DEPTH,
+        pod_packages::IDLE,
+        move |out| {
+            let _turn = turn;
+            let m = crate::backup::write(&engine, &data_dir, out)
+                .map_err(|e| pool_manager::Error::Storage(format!("{e:#}")))?;
+            tracing::info!(
+                records = m.records,
+                during = m.records_during,
+                "made a backup"
+            );
+            Ok(())
+        },
+    );
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/x-tar"),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"fusion-backup.tar\"",
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// The JSON 404 for paths no handler serves.

@@ -10,6 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod access_log;
 mod api;
 mod api_pkg;
+mod backup;
 mod cli;
 mod client;
 mod declared;

@@ -349,6 +349,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         _ => None,
     };
     private_data_dir(&args.data_dir)?;
+    crate::backup::remove_leftovers(&args.data_dir);
     // Connections, instances and the store's files all take descriptors:
     // the soft limit a service manager starts with (1024) is raised to the
     // hard one before the connection caps are reckoned from it.

@@ -210,7 +210,14 @@ struct Pending {
     /// Records known durable (a sync or a checkpoint made them so), as
     /// counted by `Journal::recorded`.
     durable: u64,
+    /// While a backup copies the store: a copy of every record made since
+    /// it started (see `Journal::tap`), or `None` once past `TAP_LIMIT`.
+    tap: Option<Option<Vec<u8>>>,
 }
+
+/// The most a backup's copy of the records made while it runs may hold: a
+/// store changed faster than the backup reads it would never be done.
+const TAP_LIMIT: usize = 512 << 20;
 
 pub struct Journal {
     dir: PathBuf,
@@ -330,6 +337,7 @@ impl Journal {
                 #[cfg(test)]
                 broken_by_test: None,
                 durable: 0,
+                tap: None,
             }),
             recorded: AtomicU64::new(0),
         })
@@ -365,6 +373,20 @@ impl Journal {
             self.pending.lock().unwrap_or_else(|p| p.into_inner()),
             &self.recorded,
         )
+    }
+
+    /// Starts copying every record made from now on (a backup's reading of
+    /// the trees, which sees some of the writes made meanwhile: replayed after
+    /// what it read, in order, these leave each key as the last write made
+    /// it). One backup at a time: a second start starts the copy afresh.
+    pub fn tap(&self) {
+        self.hold().0.tap = Some(Some(Vec::new()));
+    }
+
+    /// Ends the copy `tap` started and gives its records (framed as in a
+    /// segment), or `None` when there were more than it keeps.
+    pub fn untap(&self) -> Option<Vec<u8>> {
+        self.hold().0.tap.take().flatten()
     }
 
     /// Writes the records so far to the segment and syncs it: everything
@@ -482,6 +504,15 @@ impl Held<'_> {
         p.buf
             .extend_from_slice(&crc32fast::hash(&changes.0).to_le_bytes());
         p.buf.extend_from_slice(&changes.0);
+        if let Some(tap) = &mut p.tap {
+            match tap {
+                Some(t) if t.len() + 8 + changes.0.len() <= TAP_LIMIT => {
+                    let at = p.buf.len() - 8 - changes.0.len();
+                    t.extend_from_slice(&p.buf[at..]);
+                }
+                _ => *tap = None,
+            }
+        }
         p.len += 8 + changes.0.len() as u64;
         self.1.fetch_add(1, Ordering::SeqCst);
     }

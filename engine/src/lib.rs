@@ -2,6 +2,7 @@
 //! machine, durable runs in sled, the tokio driver and the HTTP API.
 
 pub mod api;
+pub mod backup;
 pub mod binary;
 pub mod builtins;
 pub mod dag;

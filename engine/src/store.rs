@@ -259,6 +259,8 @@ pub struct SledStore {
     /// run reads its workflow's.
     latest: std::sync::Mutex<LatestWorkflows>,
     journal: Arc<Journal>,
+    /// The whole database (the other parts' trees too), for backups.
+    db: sled::Db,
     flush_tx: std_mpsc::Sender<Ask>,
     /// The flusher thread, joined when the store is dropped (after its last
     /// checkpoint, so the next open of the same directory finds it done).
@@ -545,10 +547,55 @@ impl SledStore {
             known_specs: Default::default(),
             latest: Default::default(),
             journal,
+            db: db.clone(),
             flush_tx,
             flusher: Some(flusher),
             flushes,
         }))
+    }
+
+    /// Writes the whole database (every tree, the other parts' too) to `out`
+    /// as a backup's records (`crate::backup`), while the server goes on. The
+    /// trees are read as they are, which sees some of the writes made
+    /// meanwhile and not others; the engine's writes made meanwhile follow
+    /// them, in order, so a restore leaves the engine's keys as the last write
+    /// before the end made them: every run as it stood then. The other
+    /// parts' trees (functions, triggers, ...) are as read, key by key.
+    /// Blocking: run it on a thread of its own.
+    pub fn export(&self, out: impl std::io::Write) -> Result<crate::backup::Counts> {
+        self.journal.tap();
+        let read = (|| {
+            let mut w = crate::backup::Writer::new(out)?;
+            for name in self.db.tree_names() {
+                let tree = self.db.open_tree(&name)?;
+                for kv in tree.iter() {
+                    let (k, v) = kv?;
+                    w.insert(&name, &k, &v)?;
+                }
+            }
+            Ok::<_, StoreError>(w)
+        })();
+        let tapped = self.journal.untap();
+        let mut w = read?;
+        let tapped = tapped.ok_or_else(|| {
+            StoreError::Flush(
+                "the store took more writes while it was read than a backup keeps (512 MiB): try again when it is less busy"
+                    .into(),
+            )
+        })?;
+        let mut during = 0;
+        for changes in crate::journal::records(&tapped).0 {
+            for c in changes {
+                let name = |t: u8| TREE_NAMES.get(t as usize).copied().unwrap_or("?");
+                match c {
+                    Change::Insert(t, k, v) => w.insert(name(t).as_bytes(), k, v)?,
+                    Change::Remove(t, k) => w.remove(name(t).as_bytes(), k)?,
+                }
+                during += 1;
+            }
+        }
+        let (_, records) = w.finish()?;
+        Ok(crate::backup::Counts { records, during })
     }
 
     /// Asks for a flush now without waiting for it: the next group commit.
@@ -1488,6 +1535,55 @@ mod tests {
         .unwrap();
         let s = SledStore::open(&db, &dir.path().join("journal")).unwrap();
         (dir, s)
+    }
+
+    /// A backup reads the trees while writes go on: a write to a key it
+    /// has already read reaches the backup through the journal's copy.
+    #[tokio::test]
+    async fn a_backup_holds_the_writes_made_while_it_read() {
+        let (_d, s) = open();
+        let spec = WorkflowSpec::default();
+        s.put_workflow("a", "first", &spec, true, 1).unwrap();
+        s.put_workflow("gone", "x", &spec, true, 1).unwrap();
+        /// Updates `a` once the backup has passed it, as it writes `gone`.
+        struct Meanwhile<'a>(&'a SledStore, Vec<u8>, bool);
+        impl std::io::Write for Meanwhile<'_> {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                if !self.2 && data == b"gone" {
+                    self.2 = true;
+                    let spec = WorkflowSpec::default();
+                    self.0.put_workflow("a", "second", &spec, false, 2).unwrap();
+                    self.0.put_workflow("b", "new", &spec, true, 2).unwrap();
+                }
+                self.1.extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut out = Meanwhile(&s, Vec::new(), false);
+        let counts = s.export(&mut out).unwrap();
+        assert!(out.2, "the backup read workflow `gone`");
+        assert!(counts.during > 0);
+        s.delete_workflow("gone").unwrap();
+        // Restored: as the store stood when the backup ended.
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let records = crate::backup::restore(&db, &out.1[..]).unwrap();
+        assert_eq!(records, counts.records);
+        let r = SledStore::open(&db, &dir.path().join("journal")).unwrap();
+        let latest = |name| {
+            r.workflow(name, None)
+                .unwrap()
+                .map(|w| (w.version, w.source))
+        };
+        assert_eq!(latest("a"), Some((2, "second".into())));
+        assert_eq!(latest("b"), Some((1, "new".into())));
+        assert_eq!(latest("gone"), Some((1, "x".into())));
     }
 
     #[tokio::test]

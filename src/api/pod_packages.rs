@@ -118,7 +118,7 @@ pub async fn package_response(path: PathBuf) -> Response {
         Ok(h) => h,
         Err(e) => return e.into_response(),
     };
-    let body = stream_body(CHUNK, DEPTH, IDLE, move |out| {
+    let body = stream_body("the package", CHUNK, DEPTH, IDLE, move |out| {
         if path.is_dir() {
             delivery::write_tar_dir(&path, out)
         } else {
@@ -148,18 +148,24 @@ pub async fn package_response(path: PathBuf) -> Response {
 /// The size of the chunks a package is sent in, and how many may wait to be
 /// sent: a package in flight holds at most about `(DEPTH + 2) * CHUNK` bytes
 /// of memory, however large it is and however many pods fetch at once.
-const CHUNK: usize = 64 << 10;
-const DEPTH: usize = 4;
+pub(crate) const CHUNK: usize = 64 << 10;
+pub(crate) const DEPTH: usize = 4;
 /// How long the producer waits for a client that takes nothing (a frozen
 /// fetcher whose connection stays open) before it gives up and frees its thread.
-const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A response body written by `produce` on a blocking thread, through a
 /// channel of at most `depth` chunks of `chunk` bytes: the producer waits
 /// while the client is slow, and stops when the client goes away. An error
 /// after the first bytes breaks the body off (the client sees a cut stream);
 /// a client that takes nothing for `idle` is given up on.
-fn stream_body<F>(chunk: usize, depth: usize, idle: std::time::Duration, produce: F) -> Body
+pub(crate) fn stream_body<F>(
+    what: &'static str,
+    chunk: usize,
+    depth: usize,
+    idle: std::time::Duration,
+    produce: F,
+) -> Body
 where
     F: FnOnce(&mut ChannelWriter) -> pool_manager::Result<()> + Send + 'static,
 {
@@ -175,10 +181,10 @@ where
         };
         let done = produce(&mut out).and_then(|()| {
             out.send()
-                .map_err(|e| Error::Storage(format!("cannot send the package: {e}")))
+                .map_err(|e| Error::Storage(format!("cannot send {what}: {e}")))
         });
         if let Err(e) = done {
-            tracing::warn!("sending a package broke off: {e}");
+            tracing::warn!("sending {what} broke off: {e}");
             let _ = out
                 .tx
                 .blocking_send(Err(std::io::Error::other(e.to_string())));
@@ -189,7 +195,7 @@ where
 
 /// The producer's end of [`stream_body`]: buffers one chunk, then waits for
 /// room in the channel.
-struct ChannelWriter {
+pub(crate) struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
     buf: bytes::BytesMut,
     chunk: usize,
@@ -211,11 +217,11 @@ impl ChannelWriter {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
-                "the fetcher went away",
+                "the client went away",
             )),
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("the fetcher took nothing for {:?}", self.idle),
+                format!("the client took nothing for {:?}", self.idle),
             )),
         }
     }
@@ -423,7 +429,7 @@ mod tests {
         let counter = produced.clone();
         let (chunk, depth) = (1024usize, 2usize);
         let total = 1u64 << 20;
-        let mut body = stream_body(chunk, depth, IDLE, move |out| {
+        let mut body = stream_body("the package", chunk, depth, IDLE, move |out| {
             use std::io::Write;
             let block = [7u8; 100];
             let mut sent = 0u64;
@@ -454,7 +460,7 @@ mod tests {
     #[tokio::test]
     async fn a_producer_that_fails_breaks_the_body_off() {
         use http_body_util::BodyExt;
-        let body = stream_body(16, 1, IDLE, |out| {
+        let body = stream_body("the package", 16, 1, IDLE, |out| {
             use std::io::Write;
             out.write_all(&[1u8; 100])
                 .map_err(|e| Error::Storage(e.to_string()))?;
@@ -478,12 +484,18 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_takes_nothing_is_given_up_on() {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let body = stream_body(16, 1, std::time::Duration::from_millis(50), move |out| {
-            use std::io::Write;
-            let written = out.write_all(&[1u8; 1000]);
-            let _ = done_tx.send(written.map_err(|e| e.kind()));
-            Ok(())
-        });
+        let body = stream_body(
+            "the package",
+            16,
+            1,
+            std::time::Duration::from_millis(50),
+            move |out| {
+                use std::io::Write;
+                let written = out.write_all(&[1u8; 1000]);
+                let _ = done_tx.send(written.map_err(|e| e.kind()));
+                Ok(())
+            },
+        );
         // The body is held but never read: the producer gives up on its own.
         let ended = tokio::time::timeout(std::time::Duration::from_secs(30), done_rx)
             .await

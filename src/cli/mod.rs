@@ -1,6 +1,7 @@
 //! The command line, in Fission's shape: `fusion <noun> <verb> [flags]`.
 //! This module parses the command and dispatches it; each noun lives in its own module.
 
+mod backup;
 mod canary;
 mod env;
 
@@ -332,6 +333,25 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// A backup of the running server (runs, workflows, functions and their
+    /// code, triggers, secrets, the token) into FILE, made while it goes on.
+    Backup {
+        /// Where to write it (`-`: stdout); never an existing file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// A backup into a new data directory, for `fusion server --data-dir DIR`
+    /// (no server involved).
+    Restore {
+        /// The backup (`-`: stdin).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The data directory to make: new, or empty.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
     /// This client's version and the server's (and the backend it runs).
     Version {
         #[command(flatten)]
@@ -414,6 +434,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Fn { verb, opts, ns } => function::fn_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Pkg { verb, opts } => pkg::pkg_cmd(verb, &opts).await,
         Command::Version { opts } => version(&opts).await,
+        Command::Backup { file, opts } => backup::backup(&file, &opts).await,
+        Command::Restore { file, data_dir } => backup::restore(&file, &data_dir).await,
         Command::Route { verb, opts, ns } => route::route_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Timer { verb, opts, ns } => timer::timer_cmd(verb, &opts.in_namespace(ns)).await,
         Command::Mqt { verb, opts, ns } => mqt::mqt_cmd(verb, &opts.in_namespace(ns)).await,

@@ -1,0 +1,439 @@
+//! Backups of a running server (`GET /v1/backup`, `fusion backup`) and their
+//! restore into a new data directory (`fusion restore`).
+//!
+//! A backup is a tar archive:
+//! - `fusion-backup.json`: the format, the server's version, when it was made,
+//!   and what `db.records` holds;
+//! - `db.records`: the database (`engine::backup`): every tree as read, then
+//!   the engine's writes made while it was read, so runs restore as they
+//!   stood when the reading ended;
+//! - the data directory's files the database needs: `packages/` (functions'
+//!   code), `secrets.key` (what secrets are sealed with) and `token` (the API
+//!   token), as they are in the data directory.
+//!
+//! Not in it: logs, caches (`images/`, `runtimes/`, `containers/`) and what
+//! lives only while the server runs (instances, builds).
+
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// What a backup's archive says of itself.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    /// This layout's version: a restore refuses others.
+    pub format: u32,
+    pub fusion_version: String,
+    /// When the database was read (RFC 3339, UTC).
+    pub created_at: String,
+    /// Records in `db.records`, and of those the writes made while it was read.
+    pub records: u64,
+    pub records_during: u64,
+}
+
+const FORMAT: u32 = 1;
+const MANIFEST: &str = "fusion-backup.json";
+const RECORDS: &str = "db.records";
+/// The data directory's files and folders a backup holds.
+const FILES: [&str; 3] = ["packages", "secrets.key", "token"];
+
+/// Set while a backup is made: one at a time (the store keeps one copy of
+/// the writes made meanwhile).
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// The right to make a backup now, given back when dropped.
+pub struct Turn(());
+
+impl Turn {
+    /// `None` while another backup is made.
+    pub fn take() -> Option<Turn> {
+        RUNNING
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+            .then_some(Turn(()))
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        RUNNING.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Writes a backup of the server whose engine is `engine` and data directory
+/// `data_dir` to `out`. The database part goes to a temporary file in the
+/// data directory first (a tar entry says its size before its bytes).
+/// Blocking.
+pub fn write(engine: &engine::Engine, data_dir: &Path, out: impl Write) -> Result<Manifest> {
+    let mut records = tempfile::Builder::new()
+        .prefix(".backup-")
+        .tempfile_in(data_dir)
+        .context("cannot make the backup's temporary file in the data directory")?;
+    let created_at = jiff::Timestamp::now()
+        .round(jiff::Unit::Millisecond)?
+        .to_string();
+    let counts = engine
+        .store()
+        .export(std::io::BufWriter::new(records.as_file_mut()))
+        .context("cannot read the database")?;
+    let manifest = Manifest {
+        format: FORMAT,
+        fusion_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_at,
+        records: counts.records,
+        records_during: counts.during,
+    };
+    let mut tar = tar::Builder::new(out);
+    // Links in functions' code stay links: never what they point at.
+    tar.follow_symlinks(false);
+    let json = serde_json::to_vec_pretty(&manifest)?;
+    append_bytes(&mut tar, MANIFEST, &json)?;
+    let file = records.as_file_mut();
+    let len = file.metadata()?.len();
+    let mut header = regular_header(len);
+    tar.append_data(
+        &mut header,
+        RECORDS,
+        std::io::Seek::rewind(file).map(|()| file)?,
+    )?;
+    for name in FILES {
+        let path = data_dir.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => append_tree(&mut tar, data_dir, &path)?,
+            Ok(m) if m.is_file() => tar.append_path_with_name(&path, name)?,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+        }
+    }
+    tar.into_inner()?.flush()?;
+    Ok(manifest)
+}
+
+/// Removes the temporary files of backups a killed server was making (the
+/// server that makes one removes it when done).
+pub fn remove_leftovers(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".backup-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn regular_header(len: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(len);
+    header.set_mode(0o600);
+    header.set_mtime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    header.set_entry_type(tar::EntryType::Regular);
+    header
+}
+
+fn append_bytes(tar: &mut tar::Builder<impl Write>, name: &str, bytes: &[u8]) -> Result<()> {
+    let mut header = regular_header(bytes.len() as u64);
+    tar.append_data(&mut header, name, bytes)?;
+    Ok(())
+}
+
+/// Appends the tree under `dir`, named from `root`, leaving out what is
+/// being written (`.tmp-*`) and what goes away while it is read.
+fn append_tree(tar: &mut tar::Builder<impl Write>, root: &Path, dir: &Path) -> Result<()> {
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let name = dir.strip_prefix(root).unwrap_or(&dir);
+        tar.append_dir(name, &dir)?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("{}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            let name = path.strip_prefix(root).unwrap_or(&path);
+            match tar.append_path_with_name(&path, name) {
+                Ok(()) => {}
+                // A package deleted while the backup ran.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a restore or a check found in a backup.
+#[derive(Debug)]
+pub struct Restored {
+    pub manifest: Manifest,
+    pub records: u64,
+    pub files: u64,
+}
+
+/// Reads a backup through, applying nothing: whether it is whole.
+pub fn check(input: impl Read) -> Result<Restored> {
+    read(input, None)
+}
+
+/// Restores the backup read from `input` into the data directory `dir`, which
+/// must not exist or be empty. On an error, what was made of `dir` is removed.
+pub fn restore(input: impl Read, dir: &Path) -> Result<Restored> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "{} is not empty: restore into a new directory (a server's data directory is never overwritten)",
+                    dir.display()
+                );
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("{}", dir.display())),
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    // Private, as the server keeps it: it is about to hold the token.
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let restored = read(input, Some(dir));
+    if restored.is_err() {
+        let _ = pool_manager::sys::remove_tree(dir);
+    }
+    restored
+}
+
+fn read(input: impl Read, dir: Option<&Path>) -> Result<Restored> {
+    let mut archive = tar::Archive::new(input);
+    let mut entries = archive
+        .entries()
+        .context("the file is not a Fusion backup (not a tar archive)")?;
+    let not_a_backup = || anyhow::anyhow!("the file is not a Fusion backup (no {MANIFEST} first)");
+    let mut first = entries
+        .next()
+        .ok_or_else(not_a_backup)?
+        .map_err(|e| anyhow::anyhow!("the file is not a Fusion backup ({e})"))?;
+    if first.path()?.as_ref() != Path::new(MANIFEST) {
+        return Err(not_a_backup());
+    }
+    let mut json = Vec::new();
+    first.read_to_end(&mut json)?;
+    let manifest: Manifest = serde_json::from_slice(&json)
+        .with_context(|| format!("the backup's {MANIFEST} cannot be read"))?;
+    if manifest.format != FORMAT {
+        bail!(
+            "the backup is of format {} (made by fusion {}); this fusion reads format {FORMAT}",
+            manifest.format,
+            manifest.fusion_version
+        );
+    }
+    let mut records = None;
+    let mut files = 0;
+    for entry in entries {
+        let mut entry = entry.context("the backup is cut short or damaged")?;
+        let path = entry.path()?.into_owned();
+        if path == Path::new(RECORDS) {
+            let n = match dir {
+                Some(dir) => {
+                    let db = sled::Config::new()
+                        .path(dir.join("db"))
+                        .open()
+                        .context("cannot make the database")?;
+                    engine::backup::restore(&db, &mut entry)?
+                }
+                None => engine::backup::check(&mut entry)?,
+            };
+            if n != manifest.records {
+                bail!(
+                    "the backup's database part holds {n} records where its {MANIFEST} says {}",
+                    manifest.records
+                );
+            }
+            records = Some(n);
+            continue;
+        }
+        if !path.components().all(|c| matches!(c, Component::Normal(_))) {
+            bail!("the backup names {} outside its directory", path.display());
+        }
+        let top = match path.components().next() {
+            Some(Component::Normal(c)) => c.to_string_lossy().into_owned(),
+            _ => String::new(),
+        };
+        if !FILES.contains(&top.as_str()) {
+            bail!(
+                "the backup holds {} where no backup has anything: it was not made by fusion",
+                path.display()
+            );
+        }
+        if let Some(dir) = dir {
+            // Inside `dir` only (no `..`, no absolute path, no link out).
+            if !entry
+                .unpack_in(dir)
+                .with_context(|| format!("cannot restore {}", path.display()))?
+            {
+                bail!("the backup names {} outside its directory", path.display());
+            }
+        } else {
+            std::io::copy(&mut entry, &mut std::io::sink())?;
+        }
+        if entry.header().entry_type().is_file() {
+            files += 1;
+        }
+    }
+    let Some(records) = records else {
+        bail!("the backup is cut short: it has no {RECORDS}");
+    };
+    Ok(Restored {
+        manifest,
+        records,
+        files,
+    })
+}
+
+/// A path given on the command line, made absolute for messages.
+pub fn shown(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar of the given entries, as a hostile or damaged backup would be.
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, bytes) in entries {
+            let mut header = regular_header(bytes.len() as u64);
+            // Raw, so that names tar's own checks refuse (`..`) can be made.
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_cksum();
+            tar.append(&header, *bytes).unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    fn manifest(records: u64) -> Vec<u8> {
+        serde_json::to_vec(&Manifest {
+            format: FORMAT,
+            fusion_version: "test".into(),
+            created_at: "2026-12-03T00:00:00Z".into(),
+            records,
+            records_during: 0,
+        })
+        .unwrap()
+    }
+
+    fn records() -> Vec<u8> {
+        let mut w = engine::backup::Writer::new(Vec::new()).unwrap();
+        w.insert(b"t", b"k", b"v").unwrap();
+        w.finish().unwrap().0
+    }
+
+    #[test]
+    fn a_restore_writes_the_database_and_files_into_a_new_directory_only() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("data");
+        let tar = tar_of(&[
+            (MANIFEST, &manifest(1)),
+            (RECORDS, &records()),
+            ("secrets.key", b"key"),
+            ("packages/abc/hello.py", b"print(1)"),
+        ]);
+        let r = restore(&tar[..], &dir).unwrap();
+        assert_eq!((r.records, r.files), (1, 2));
+        assert_eq!(std::fs::read(dir.join("secrets.key")).unwrap(), b"key");
+        assert_eq!(
+            std::fs::read(dir.join("packages/abc/hello.py")).unwrap(),
+            b"print(1)"
+        );
+        // sled lets go of its lock a moment after the restore's handle is dropped.
+        let config = sled::Config::new().path(dir.join("db"));
+        let db =
+            pool_manager::store::open_waiting(&config, std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            db.open_tree("t")
+                .unwrap()
+                .get("k")
+                .unwrap()
+                .unwrap()
+                .as_ref(),
+            b"v"
+        );
+        drop(db);
+        // The same again, into the directory now holding it: refused.
+        let e = restore(&tar[..], &dir).unwrap_err().to_string();
+        assert!(e.contains("is not empty"), "{e}");
+        assert_eq!(std::fs::read(dir.join("secrets.key")).unwrap(), b"key");
+    }
+
+    #[test]
+    fn a_backup_that_is_not_whole_or_not_fusions_restores_nothing() {
+        let base = tempfile::tempdir().unwrap();
+        let whole = records();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"not a tar at all".to_vec(), "not a Fusion backup"),
+            (tar_of(&[("other.txt", b"x")]), "not a Fusion backup"),
+            (tar_of(&[(MANIFEST, &manifest(1))]), "has no db.records"),
+            (
+                tar_of(&[
+                    (MANIFEST, &manifest(1)),
+                    (RECORDS, &whole[..whole.len() - 3]),
+                ]),
+                "cut short",
+            ),
+            (
+                tar_of(&[(MANIFEST, &manifest(2)), (RECORDS, &whole)]),
+                "holds 1 records where",
+            ),
+            (
+                tar_of(&[
+                    (MANIFEST, &manifest(1)),
+                    (RECORDS, &whole),
+                    ("../escape", b"x"),
+                ]),
+                "outside its directory",
+            ),
+            (
+                tar_of(&[
+                    (MANIFEST, &manifest(1)),
+                    (RECORDS, &whole),
+                    ("logs/other", b"x"),
+                ]),
+                "no backup has anything",
+            ),
+            (
+                tar_of(&[
+                    (MANIFEST, &manifest(1)),
+                    (RECORDS, &whole),
+                    ("packages/../../escape", b"x"),
+                ]),
+                "outside its directory",
+            ),
+        ];
+        for (i, (tar, says)) in cases.iter().enumerate() {
+            let dir = base.path().join(format!("data-{i}"));
+            let e = format!("{:#}", restore(&tar[..], &dir).unwrap_err());
+            assert!(e.contains(says), "case {i}: {e}");
+            assert!(!dir.exists(), "case {i}: {} left behind", dir.display());
+            assert!(check(&tar[..]).is_err(), "case {i}");
+        }
+        assert!(!base.path().join("escape").exists());
+    }
+}
