@@ -42,6 +42,8 @@ pub struct AppState {
     pub readiness: crate::health::Readiness,
     /// The workflow engine, whose store `/readyz` watches too.
     pub engine: Arc<engine::Engine>,
+    /// Where the API token is kept (what a backup takes of it).
+    pub token_file: std::path::PathBuf,
 }
 
 /// 200 `ok` while the server takes traffic; 503 with the JSON error once its
@@ -121,8 +123,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `GET /v1/backup`: a backup of the running server as a tar archive
-/// (`crate::backup`), streamed as it is made. 409 `backup_running` while
-/// another is made. An error once the archive has started cuts it off: the
+/// (`crate::backup`). The database is read first, then the archive is
+/// streamed: a backup that cannot be made says why (507 `insufficient_storage`
+/// without room for it, 503 `busy` when the store changed too much while it
+/// was read, 500 otherwise); 409 `backup_running` while another is made. An
+/// error once the archive has started (a file unreadable) cuts it off: the
 /// client sees a body cut short, which `fusion backup` checks for.
 async fn backup(State(s): State<AppState>) -> Response {
     let Some(turn) = crate::backup::Turn::take() else {
@@ -134,6 +139,32 @@ async fn backup(State(s): State<AppState>) -> Response {
     };
     let engine = s.engine.clone();
     let data_dir = s.pool.config().data_dir.clone();
+    let dir = data_dir.clone();
+    let prepared = tokio::task::spawn_blocking(move || crate::backup::prepare(&engine, &dir)).await;
+    let prepared = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            let (status, code) = match &e {
+                crate::backup::NotMade::NoRoom(_) => {
+                    (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+                }
+                crate::backup::NotMade::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+                crate::backup::NotMade::Failed(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "backup_failed")
+                }
+            };
+            tracing::warn!(error = %e, "a backup was not made");
+            return error_response(status, code, &e.to_string());
+        }
+        Err(e) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "backup_failed",
+                &format!("the backup stopped: {e}"),
+            )
+        }
+    };
+    let token_file = s.token_file.clone();
     let body = pod_packages::stream_body(
         "the backup",
         pod_packages::CHUNK,
@@ -141,7 +172,7 @@ async fn backup(State(s): State<AppState>) -> Response {
         pod_packages::IDLE,
         move |out| {
             let _turn = turn;
-            let m = crate::backup::write(&engine, &data_dir, out)
+            let m = crate::backup::send(prepared, &data_dir, &token_file, out)
                 .map_err(|e| pool_manager::Error::Storage(format!("{e:#}")))?;
             tracing::info!(
                 records = m.records,

@@ -7,9 +7,9 @@
 //! - `db.records`: the database (`engine::backup`): every tree as read, then
 //!   the engine's writes made while it was read, so runs restore as they
 //!   stood when the reading ended;
-//! - the data directory's files the database needs: `packages/` (functions'
-//!   code), `secrets.key` (what secrets are sealed with) and `token` (the API
-//!   token), as they are in the data directory.
+//! - the files the database needs: `packages/` (functions' code) and
+//!   `secrets.key` (what secrets are sealed with) from the data directory, and
+//!   `token` (the API token, from wherever `--token-file` keeps it).
 //!
 //! Not in it: logs, caches (`images/`, `runtimes/`, `containers/`) and what
 //! lives only while the server runs (instances, builds).
@@ -63,35 +63,88 @@ impl Drop for Turn {
     }
 }
 
-/// Writes a backup of the server whose engine is `engine` and data directory
-/// `data_dir` to `out`. The database part goes to a temporary file in the
-/// data directory first (a tar entry says its size before its bytes).
+/// A backup's database part, read and waiting in a temporary file in the
+/// data directory to be sent (`send`).
+pub struct Prepared {
+    records: tempfile::NamedTempFile,
+    pub manifest: Manifest,
+}
+
+/// Why a backup could not be made: said to the client before any byte of it.
+#[derive(Debug, thiserror::Error)]
+pub enum NotMade {
+    /// Not enough room in the data directory for the database part.
+    #[error("{0}")]
+    NoRoom(String),
+    /// The store changed too much while it was read (it may work later).
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+}
+
+/// Room a backup leaves free beside its temporary file: the store's journal
+/// allocates 16 MiB segments, and a store refused room stops the server.
+const ROOM_LEFT: u64 = 256 << 20;
+
+/// Reads the database of the server whose engine is `engine` into a
+/// temporary file in its data directory `data_dir` (a tar entry says its size
+/// before its bytes, so it is read before the archive starts). Refused when
+/// the data directory's disk lacks room for about the store's size.
 /// Blocking.
-pub fn write(engine: &engine::Engine, data_dir: &Path, out: impl Write) -> Result<Manifest> {
+pub fn prepare(engine: &engine::Engine, data_dir: &Path) -> Result<Prepared, NotMade> {
+    let need = engine.store().database().size_on_disk().unwrap_or(0);
+    if let Ok(free) = pool_manager::sys::free_bytes(data_dir) {
+        if free < need.saturating_add(ROOM_LEFT) {
+            return Err(NotMade::NoRoom(format!(
+                "a backup needs about {} MiB free in the data directory (the store's size, written there before it is sent, and {} MiB left over); it has {} MiB",
+                need >> 20,
+                ROOM_LEFT >> 20,
+                free >> 20
+            )));
+        }
+    }
     let mut records = tempfile::Builder::new()
         .prefix(".backup-")
         .tempfile_in(data_dir)
-        .context("cannot make the backup's temporary file in the data directory")?;
-    let created_at = jiff::Timestamp::now()
-        .round(jiff::Unit::Millisecond)?
-        .to_string();
+        .context("cannot make the backup's temporary file in the data directory")
+        .map_err(NotMade::Failed)?;
     let counts = engine
         .store()
         .export(std::io::BufWriter::new(records.as_file_mut()))
-        .context("cannot read the database")?;
-    let manifest = Manifest {
-        format: FORMAT,
-        fusion_version: env!("CARGO_PKG_VERSION").to_string(),
-        created_at,
-        records: counts.records,
-        records_during: counts.during,
-    };
+        .map_err(|e| match e {
+            engine::store::StoreError::Busy(m) => NotMade::Busy(m),
+            e => NotMade::Failed(anyhow::Error::new(e).context("cannot read the database")),
+        })?;
+    let created_at = jiff::Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .map_err(|e| NotMade::Failed(e.into()))?
+        .to_string();
+    Ok(Prepared {
+        records,
+        manifest: Manifest {
+            format: FORMAT,
+            fusion_version: env!("CARGO_PKG_VERSION").to_string(),
+            created_at,
+            records: counts.records,
+            records_during: counts.during,
+        },
+    })
+}
+
+/// Writes the backup `prepared` read to `out` as a tar archive, with the
+/// data directory's files: `packages/`, `secrets.key`, and the API token
+/// (from `token_file`, wherever `--token-file` put it). Blocking.
+pub fn send(
+    mut prepared: Prepared,
+    data_dir: &Path,
+    token_file: &Path,
+    out: impl Write,
+) -> Result<Manifest> {
     let mut tar = tar::Builder::new(out);
-    // Links in functions' code stay links: never what they point at.
-    tar.follow_symlinks(false);
-    let json = serde_json::to_vec_pretty(&manifest)?;
+    let json = serde_json::to_vec_pretty(&prepared.manifest)?;
     append_bytes(&mut tar, MANIFEST, &json)?;
-    let file = records.as_file_mut();
+    let file = prepared.records.as_file_mut();
     let len = file.metadata()?.len();
     let mut header = regular_header(len);
     tar.append_data(
@@ -99,18 +152,27 @@ pub fn write(engine: &engine::Engine, data_dir: &Path, out: impl Write) -> Resul
         RECORDS,
         std::io::Seek::rewind(file).map(|()| file)?,
     )?;
-    for name in FILES {
-        let path = data_dir.join(name);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => append_tree(&mut tar, data_dir, &path)?,
-            Ok(m) if m.is_file() => tar.append_path_with_name(&path, name)?,
-            Ok(_) => {}
+    // Each where it is, followed if it is a link (a volume of its own).
+    let tops = [
+        ("packages", data_dir.join("packages")),
+        ("secrets.key", data_dir.join("secrets.key")),
+        ("token", token_file.to_path_buf()),
+    ];
+    for (name, path) in tops {
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => append_tree(&mut tar, name, &path)?,
+            Ok(m) if m.is_file() => {
+                let mut f = std::fs::File::open(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                tar.append_file(name, &mut f)?;
+            }
+            Ok(_) => bail!("{} is neither a file nor a directory", path.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
         }
     }
     tar.into_inner()?.flush()?;
-    Ok(manifest)
+    Ok(prepared.manifest)
 }
 
 /// Removes the temporary files of backups a killed server was making (the
@@ -145,13 +207,15 @@ fn append_bytes(tar: &mut tar::Builder<impl Write>, name: &str, bytes: &[u8]) ->
     Ok(())
 }
 
-/// Appends the tree under `dir`, named from `root`, leaving out what is
-/// being written (`.tmp-*`) and what goes away while it is read.
-fn append_tree(tar: &mut tar::Builder<impl Write>, root: &Path, dir: &Path) -> Result<()> {
-    let mut todo = vec![dir.to_path_buf()];
+/// Appends the tree under `top` as `name`: its directories and regular
+/// files (functions' code has no links: uploads and builds refuse them),
+/// leaving out what is being written (`.tmp-*`) and what goes away while it
+/// is read.
+fn append_tree(tar: &mut tar::Builder<impl Write>, name: &str, top: &Path) -> Result<()> {
+    let mut todo = vec![top.to_path_buf()];
     while let Some(dir) = todo.pop() {
-        let name = dir.strip_prefix(root).unwrap_or(&dir);
-        tar.append_dir(name, &dir)?;
+        let named = Path::new(name).join(dir.strip_prefix(top).unwrap_or(Path::new("")));
+        tar.append_dir(&named, &dir)?;
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -170,8 +234,11 @@ fn append_tree(tar: &mut tar::Builder<impl Write>, root: &Path, dir: &Path) -> R
                 todo.push(path);
                 continue;
             }
-            let name = path.strip_prefix(root).unwrap_or(&path);
-            match tar.append_path_with_name(&path, name) {
+            if !kind.is_file() {
+                continue;
+            }
+            let named = Path::new(name).join(path.strip_prefix(top).unwrap_or(&path));
+            match tar.append_path_with_name(&path, named) {
                 Ok(()) => {}
                 // A package deleted while the backup ran.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -234,7 +301,7 @@ fn read(input: impl Read, dir: Option<&Path>) -> Result<Restored> {
         return Err(not_a_backup());
     }
     let mut json = Vec::new();
-    first.read_to_end(&mut json)?;
+    (&mut first).take(1 << 20).read_to_end(&mut json)?;
     let manifest: Manifest = serde_json::from_slice(&json)
         .with_context(|| format!("the backup's {MANIFEST} cannot be read"))?;
     if manifest.format != FORMAT {
@@ -246,6 +313,7 @@ fn read(input: impl Read, dir: Option<&Path>) -> Result<Restored> {
     }
     let mut records = None;
     let mut files = 0;
+    let mut dirs = Vec::new();
     for entry in entries {
         let mut entry = entry.context("the backup is cut short or damaged")?;
         let path = entry.path()?.into_owned();
@@ -282,7 +350,22 @@ fn read(input: impl Read, dir: Option<&Path>) -> Result<Restored> {
                 path.display()
             );
         }
+        let kind = entry.header().entry_type();
+        if !kind.is_file() && !kind.is_dir() {
+            bail!(
+                "the backup holds {} as a link or a special file, where a backup has files and directories only",
+                path.display()
+            );
+        }
         if let Some(dir) = dir {
+            let target = dir.join(&path);
+            if kind.is_dir() {
+                // Its mode once everything in it is written (it may be read-only).
+                std::fs::create_dir_all(&target)
+                    .with_context(|| format!("cannot make {}", target.display()))?;
+                dirs.push((target, entry.header().mode().unwrap_or(0o700) & 0o7777));
+                continue;
+            }
             // Inside `dir` only (no `..`, no absolute path, no link out).
             if !entry
                 .unpack_in(dir)
@@ -293,9 +376,16 @@ fn read(input: impl Read, dir: Option<&Path>) -> Result<Restored> {
         } else {
             std::io::copy(&mut entry, &mut std::io::sink())?;
         }
-        if entry.header().entry_type().is_file() {
+        if kind.is_file() {
             files += 1;
         }
+    }
+    // Deepest first, so that a read-only directory takes its mode last.
+    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    for (path, mode) in dirs {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     }
     let Some(records) = records else {
         bail!("the backup is cut short: it has no {RECORDS}");
@@ -384,6 +474,14 @@ mod tests {
     }
 
     #[test]
+    fn one_backup_at_a_time() {
+        let first = Turn::take().expect("no backup is being made");
+        assert!(Turn::take().is_none());
+        drop(first);
+        assert!(Turn::take().is_some());
+    }
+
+    #[test]
     fn a_backup_that_is_not_whole_or_not_fusions_restores_nothing() {
         let base = tempfile::tempdir().unwrap();
         let whole = records();
@@ -417,6 +515,23 @@ mod tests {
                     ("logs/other", b"x"),
                 ]),
                 "no backup has anything",
+            ),
+            (
+                {
+                    // A link that would send the server to another file.
+                    let mut tar = tar::Builder::new(Vec::new());
+                    for (name, bytes) in [(MANIFEST, manifest(1)), (RECORDS, whole.clone())] {
+                        let mut h = regular_header(bytes.len() as u64);
+                        tar.append_data(&mut h, name, &bytes[..]).unwrap();
+                    }
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    tar.append_link(&mut h, "secrets.key", "/etc/shadow")
+                        .unwrap();
+                    tar.into_inner().unwrap()
+                },
+                "as a link",
             ),
             (
                 tar_of(&[

@@ -555,6 +555,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         pod_credentials,
         readiness: readiness.clone(),
         engine: engine.clone(),
+        token_file: token_file.clone(),
     };
 
     // The router listener calls the router directly: no axum routing or

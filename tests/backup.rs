@@ -9,7 +9,6 @@ use common::Server;
 use serde_json::{json, Value};
 
 const HELLO: &str = "def main():\n    return 'hello from before the backup'\n";
-const SLOW: &str = "import time\n\ndef main():\n    time.sleep(2)\n    return 'slow done'\n";
 
 fn runs_of(s: &Server, workflow: &str) -> Vec<Value> {
     let v = s.ok(
@@ -25,14 +24,13 @@ fn a_backup_made_under_load_restores_functions_workflows_and_runs_and_unfinished
     let mut a = Server::start();
     a.env("python", "python", 1);
     a.function("hello", "python", "hello.py", HELLO, json!({}));
-    a.function("slow", "python", "slow.py", SLOW, json!({}));
     a.workflow(
         "greet",
         "apiVersion: 1\noutput: call\ntasks:\n  call:\n    run: hello\n",
     );
     a.workflow(
         "later",
-        "apiVersion: 1\noutput: call\ntasks:\n  call:\n    run: slow\n",
+        "apiVersion: 1\noutput: Approve\ntasks:\n  Approve:\n    run: callback\n",
     );
     for _ in 0..10 {
         let (status, body) = a.invoke("greet", "text/plain", "");
@@ -43,8 +41,9 @@ fn a_backup_made_under_load_restores_functions_workflows_and_runs_and_unfinished
         .map(|r| r["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(greeted.len(), 10);
-    // A run still in its task when the backup is made.
+    // A run still in its task when the backup is made: it waits on a callback.
     let unfinished = a.invoke_async("later", &json!({}));
+    let callback = a.callback_path(&unfinished, "Approve");
 
     // Runs keep coming while the backup is made.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -100,10 +99,17 @@ fn a_backup_made_under_load_restores_functions_workflows_and_runs_and_unfinished
     b.launch();
     assert_eq!(b.token, token, "the API token comes back with the data");
 
-    // The unfinished run goes on, on the restored server.
-    let run = b.wait_run(&unfinished, Duration::from_secs(60));
+    // The unfinished run goes on, on the restored server, with its token.
+    assert_eq!(b.run(&unfinished)["status"], "running");
+    let r = reqwest::blocking::Client::new()
+        .post(b.api_url(&callback))
+        .json(&json!({"by": "the restored server"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let run = b.wait_run(&unfinished, Duration::from_secs(30));
     assert_eq!(run["status"], "succeeded", "{run}");
-    assert_eq!(run["output"], "slow done");
+    assert_eq!(run["output"]["by"], "the restored server");
     // Every run of the backup is there, whole.
     let restored = runs_of(&b, "greet");
     for id in &greeted {

@@ -13,31 +13,6 @@ use serde_json::{json, Value};
 
 const WAITING: &str = "apiVersion: 1\noutput: Done\ntasks:\n  Approve:\n    run: callback\n    timeout: 10m\n  Done:\n    run: noop\n    inputs: \"{ output('Approve').by + ' approved' }\"\n    requires: [Approve]\n";
 
-/// The callback path of the run's task `Approve`, once it waits.
-fn callback_path(s: &Server, id: &str) -> String {
-    let mut path = String::new();
-    eventually(
-        Duration::from_secs(30),
-        "the task waits on a callback",
-        || {
-            let run = s.run(id);
-            let task = run["tasks"]
-                .as_array()
-                .and_then(|ts| ts.iter().find(|t| t["id"] == "Approve"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            match task["callback"]["path"].as_str() {
-                Some(p) => {
-                    path = p.to_string();
-                    true
-                }
-                None => false,
-            }
-        },
-    );
-    path
-}
-
 /// A POST to a callback URL from outside: no bearer token.
 fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
     let resp = reqwest::blocking::Client::new()
@@ -54,7 +29,7 @@ fn an_outside_post_completes_a_waiting_run_once() {
     let s = Server::start();
     s.workflow("approval", WAITING);
     let id = s.start_async("approval", "");
-    let path = callback_path(&s, &id);
+    let path = s.callback_path(&id, "Approve");
     assert!(path.starts_with("/v1/callbacks/"), "{path}");
     assert_eq!(s.run(&id)["status"], "running");
     // A body past the API's limit is refused as every other error is.
@@ -103,7 +78,7 @@ fn a_posted_error_fails_the_run() {
     let s = Server::start();
     s.workflow("approval", WAITING);
     let id = s.start_async("approval", "");
-    let path = callback_path(&s, &id);
+    let path = s.callback_path(&id, "Approve");
     // JSON labelled as a form (curl -d does so) is read as JSON: the token in
     // the URL is the credential, whatever the content type.
     let resp = reqwest::blocking::Client::new()
@@ -125,7 +100,7 @@ fn a_callback_survives_a_killed_server() {
     let mut s = Server::start();
     s.workflow("approval", WAITING);
     let id = s.start_async("approval", "");
-    let path = callback_path(&s, &id);
+    let path = s.callback_path(&id, "Approve");
     s.kill();
     s.launch();
     let (status, body) = post(&s, &path, &json!({"by": "ann"}));
@@ -177,7 +152,7 @@ fn the_notify_function_gets_a_callback_url_that_completes_the_run() {
         },
     );
     assert_eq!(probe.lines("bodies"), ["order-7"]);
-    let path = callback_path(&s, &id);
+    let path = s.callback_path(&id, "Approve");
     assert_eq!(url, s.api_url(&path));
     assert_eq!(
         s.run(&id)["status"],
@@ -284,7 +259,7 @@ fn a_callback_of_a_cancelled_run_is_refused_with_the_reason() {
     let s = Server::start();
     s.workflow("approval", WAITING);
     let id = s.start_async("approval", "");
-    let path = callback_path(&s, &id);
+    let path = s.callback_path(&id, "Approve");
     let r = s
         .api("POST", &format!("/v1/runs/{id}/cancel"))
         .send()
@@ -307,7 +282,7 @@ fn the_cli_completes_or_fails_a_waiting_task() {
     let s = Server::start();
     s.workflow("approval", WAITING);
     let id = s.start_async("approval", "");
-    let url = s.api_url(&callback_path(&s, &id));
+    let url = s.api_url(&s.callback_path(&id, "Approve"));
     let (code, out, err) = s.cli(&["run", "complete", &url, "--result", r#"{"by": "ann"}"#]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -322,7 +297,7 @@ fn the_cli_completes_or_fails_a_waiting_task() {
     assert!(err.contains("already been completed"), "{err}");
 
     let id = s.start_async("approval", "");
-    let path = callback_path(&s, &id);
+    let path = s.callback_path(&id, "Approve");
     let token = path.trim_start_matches("/v1/callbacks/");
     let (code, out, err) = s.cli(&["run", "complete", token, "--error", "rejected by ann"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -387,6 +362,6 @@ fn a_public_url_is_the_base_of_callback_urls_and_run_locations() {
             None => false,
         },
     );
-    let path = callback_path(&s, &id);
+    let path = s.callback_path(&id, "Approve");
     assert_eq!(url, format!("{public}{path}"));
 }

@@ -10,7 +10,8 @@
 //!   runtime's own start-up floor;
 //! - the workflow engine (`workflows`): per-task overhead of a chain of `noop`
 //!   tasks, a 1,000-item `foreach`, concurrent one-task runs next to a plain
-//!   function call, and the run history's first page with 100,000 runs stored;
+//!   function call, and the run history's first page with 100,000 runs stored
+//!   (and a backup and restore of that store);
 //! - RFC-0022 workflows (`sfn`): per-step overhead of a 100-state Task chain and a
 //!   1,000-item Map calling an echo function, against as many direct calls;
 //! - message-queue triggers (`mqt`): messages per second from NATS JetStream
@@ -28,6 +29,7 @@
 
 #![recursion_limit = "256"]
 
+mod backup;
 mod client;
 mod ctx;
 mod faas;

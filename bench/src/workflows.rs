@@ -93,6 +93,8 @@ pub struct Listing {
     pub filtered: Summary,
     pub deep: Summary,
     pub deep_offset: usize,
+    /// A backup of the server with these runs, and its restore.
+    pub backup: crate::backup::Figures,
 }
 
 /// YAML of a chain of `n` noop tasks, each requiring the one before; with
@@ -562,7 +564,7 @@ pub async fn listing(fusion: &Path, args: &Args) -> Result<(Listing, Leftovers)>
         Ok(())
     })
     .await?;
-    let r = listing_on(&mut ctx, n, cached.then_some(&cache)).await;
+    let r = listing_on(&mut ctx, fusion, n, cached.then_some(&cache)).await;
     let data = ctx.data_dir.clone();
     let orphans = ctx.finish(&mut server).await?;
     let mut l = r?;
@@ -588,7 +590,12 @@ pub async fn listing(fusion: &Path, args: &Args) -> Result<(Listing, Leftovers)>
     Ok((l, orphans))
 }
 
-async fn listing_on(ctx: &mut Ctx, n: usize, cache: Option<&PathBuf>) -> Result<Listing> {
+async fn listing_on(
+    ctx: &mut Ctx,
+    fusion: &Path,
+    n: usize,
+    cache: Option<&PathBuf>,
+) -> Result<Listing> {
     let (seed_secs, from_cache) = match cache {
         Some(dir) => {
             let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json"))?)?;
@@ -670,6 +677,7 @@ async fn listing_on(ctx: &mut Ctx, n: usize, cache: Option<&PathBuf>) -> Result<
         }
     }
     let [first, by_workflow, by_status, filtered, deep_s] = samples.map(|s| Summary::of(&s));
+    let backup = crate::backup::measure(ctx, fusion, n).await?;
     let l = Listing {
         runs: n,
         counted,
@@ -684,6 +692,7 @@ async fn listing_on(ctx: &mut Ctx, n: usize, cache: Option<&PathBuf>) -> Result<
         filtered: filtered.context("no samples")?,
         deep: deep_s.context("no samples")?,
         deep_offset,
+        backup,
     };
     eprintln!(
         "  first page p50 {:.3} ms, ?workflow {:.3} ms, ?status {:.3} ms, both {:.3} ms, deep {:.3} ms; store {:.1} MB",
@@ -773,6 +782,7 @@ impl EngineResults {
                 "filtered_page": l.filtered.json(),
                 "deep_page": l.deep.json(),
                 "deep_page_offset": l.deep_offset,
+                "backup": l.backup.json(),
                 "queries": {
                     "first_page": "GET /v1/runs?limit=50",
                     "workflow_page": "GET /v1/runs?workflow=seed-b&limit=50",
@@ -941,6 +951,24 @@ impl EngineResults {
                 &format!("  cursor after {} runs", l.deep_offset),
                 &l.deep,
                 String::new(),
+            );
+            let b = &l.backup;
+            row(
+                out,
+                "one-task run, before a backup",
+                &b.runs_before,
+                String::new(),
+            );
+            row(
+                out,
+                "  while `fusion backup` runs",
+                &b.runs_during,
+                format!(
+                    "backup {:.1} s, {:.1} MB; restore {:.1} s",
+                    b.backup_secs,
+                    b.backup_bytes as f64 / 1e6,
+                    b.restore_secs
+                ),
             );
             let _ = writeln!(
                 out,

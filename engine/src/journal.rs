@@ -211,13 +211,51 @@ struct Pending {
     /// counted by `Journal::recorded`.
     durable: u64,
     /// While a backup copies the store: a copy of every record made since
-    /// it started (see `Journal::tap`), or `None` once past `TAP_LIMIT`.
-    tap: Option<Option<Vec<u8>>>,
+    /// it started (see `Journal::tap`).
+    tap: Option<Tap>,
 }
 
-/// The most a backup's copy of the records made while it runs may hold: a
-/// store changed faster than the backup reads it would never be done.
+/// The most a backup's copy of the records made while it runs may hold (in
+/// memory): a store changed faster than the backup reads it would never be
+/// done.
 const TAP_LIMIT: usize = 512 << 20;
+
+/// Records copied for a backup, framed as in a segment, in chunks of about
+/// `TAP_CHUNK` bytes (each record whole in one): a chunk filled is never
+/// copied again, so no write waits for a large reallocation.
+#[derive(Default)]
+struct Tap {
+    chunks: Vec<Vec<u8>>,
+    len: usize,
+    /// Past `TAP_LIMIT`: the copy is given up (and its chunks freed).
+    overflowed: bool,
+}
+
+const TAP_CHUNK: usize = 1 << 20;
+
+impl Tap {
+    fn push(&mut self, record: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        if self.len + record.len() > TAP_LIMIT {
+            *self = Tap {
+                overflowed: true,
+                ..Tap::default()
+            };
+            return;
+        }
+        match self.chunks.last_mut() {
+            Some(c) if c.capacity() - c.len() >= record.len() => c.extend_from_slice(record),
+            _ => {
+                let mut c = Vec::with_capacity(TAP_CHUNK.max(record.len()));
+                c.extend_from_slice(record);
+                self.chunks.push(c);
+            }
+        }
+        self.len += record.len();
+    }
+}
 
 pub struct Journal {
     dir: PathBuf,
@@ -380,13 +418,25 @@ impl Journal {
     /// what it read, in order, these leave each key as the last write made
     /// it). One backup at a time: a second start starts the copy afresh.
     pub fn tap(&self) {
-        self.hold().0.tap = Some(Some(Vec::new()));
+        self.hold().0.tap = Some(Tap::default());
+    }
+
+    /// Whether the copy `tap` started holds more than it keeps (the backup
+    /// can stop: it will fail).
+    pub fn tap_overflowed(&self) -> bool {
+        self.hold().0.tap.as_ref().is_some_and(|t| t.overflowed)
     }
 
     /// Ends the copy `tap` started and gives its records (framed as in a
-    /// segment), or `None` when there were more than it keeps.
-    pub fn untap(&self) -> Option<Vec<u8>> {
-        self.hold().0.tap.take().flatten()
+    /// segment, in chunks each holding whole records), or `None` when there
+    /// were more than it keeps.
+    pub fn untap(&self) -> Option<Vec<Vec<u8>>> {
+        self.hold()
+            .0
+            .tap
+            .take()
+            .filter(|t| !t.overflowed)
+            .map(|t| t.chunks)
     }
 
     /// Writes the records so far to the segment and syncs it: everything
@@ -505,13 +555,7 @@ impl Held<'_> {
             .extend_from_slice(&crc32fast::hash(&changes.0).to_le_bytes());
         p.buf.extend_from_slice(&changes.0);
         if let Some(tap) = &mut p.tap {
-            match tap {
-                Some(t) if t.len() + 8 + changes.0.len() <= TAP_LIMIT => {
-                    let at = p.buf.len() - 8 - changes.0.len();
-                    t.extend_from_slice(&p.buf[at..]);
-                }
-                _ => *tap = None,
-            }
+            tap.push(&p.buf[p.buf.len() - 8 - changes.0.len()..]);
         }
         p.len += 8 + changes.0.len() as u64;
         self.1.fetch_add(1, Ordering::SeqCst);

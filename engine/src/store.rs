@@ -41,6 +41,9 @@ pub enum StoreError {
     Journal(#[from] std::io::Error),
     #[error("invalid cursor")]
     Cursor,
+    /// Too much going on for what was asked (a backup); it may work later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -94,6 +97,47 @@ pub struct RunFilter {
 pub struct RunPage {
     pub runs: Vec<RunSummary>,
     pub next_cursor: Option<String>,
+}
+
+/// Copies every key of `tree` (named `name`) as a backup's insert, until
+/// `stop` says the backup cannot succeed.
+fn copy_tree(
+    tree: &sled::Tree,
+    name: &[u8],
+    w: &mut crate::backup::Writer<impl std::io::Write>,
+    stop: impl Fn() -> bool,
+) -> Result<()> {
+    for (n, kv) in tree.iter().enumerate() {
+        let (k, v) = kv?;
+        w.insert(name, &k, &v)?;
+        if n % 4096 == 4095 && stop() {
+            return Err(too_busy());
+        }
+    }
+    Ok(())
+}
+
+fn too_busy() -> StoreError {
+    StoreError::Busy(
+        "the workflow store took more writes while the backup read it than a backup keeps (512 MiB): try again when it is less busy"
+            .into(),
+    )
+}
+
+/// Ends a backup's copy of the journal's records, however the backup ends.
+struct Untap<'a>(&'a Journal);
+
+impl Untap<'_> {
+    /// The copy, ended (the drop after it finds nothing more to end).
+    fn take(self) -> Option<Vec<Vec<u8>>> {
+        self.0.untap()
+    }
+}
+
+impl Drop for Untap<'_> {
+    fn drop(&mut self) {
+        self.0.untap();
+    }
 }
 
 /// Where workflows and runs are kept.
@@ -554,44 +598,52 @@ impl SledStore {
         }))
     }
 
+    /// The whole database this store's trees are in.
+    pub fn database(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Writes the whole database (every tree, the other parts' too) to `out`
-    /// as a backup's records (`crate::backup`), while the server goes on. The
-    /// trees are read as they are, which sees some of the writes made
-    /// meanwhile and not others; the engine's writes made meanwhile follow
-    /// them, in order, so a restore leaves the engine's keys as the last write
-    /// before the end made them: every run as it stood then. The other
-    /// parts' trees (functions, triggers, ...) are as read, key by key.
+    /// as a backup's records (`crate::backup`), while the server goes on.
+    /// - The other parts' trees (functions, triggers, invocations, ...) come
+    ///   first, read while their writes of several trees at once wait
+    ///   (`pool_manager::store::no_whole_writes`): each such write is in the
+    ///   backup whole or not at all, and other changes key by key.
+    /// - The engine's trees are read as they are, which sees some of the
+    ///   writes made meanwhile and not others; the engine's writes made from
+    ///   the start of that reading to its end follow, in order (a copy of
+    ///   its journal's records), so a restore leaves every engine key as the
+    ///   last write before the end made it: each run as it stood then.
+    ///
     /// Blocking: run it on a thread of its own.
     pub fn export(&self, out: impl std::io::Write) -> Result<crate::backup::Counts> {
-        self.journal.tap();
-        let read = (|| {
-            let mut w = crate::backup::Writer::new(out)?;
-            for name in self.db.tree_names() {
-                let tree = self.db.open_tree(&name)?;
-                for kv in tree.iter() {
-                    let (k, v) = kv?;
-                    w.insert(&name, &k, &v)?;
-                }
+        let mut w = crate::backup::Writer::new(out)?;
+        let names = self.db.tree_names();
+        let engine = |name: &[u8]| TREE_NAMES.iter().any(|t| t.as_bytes() == name);
+        {
+            let _whole = pool_manager::store::no_whole_writes();
+            for name in names.iter().filter(|n| !engine(n)) {
+                copy_tree(&self.db.open_tree(name)?, name, &mut w, || false)?;
             }
-            Ok::<_, StoreError>(w)
-        })();
-        let tapped = self.journal.untap();
-        let mut w = read?;
-        let tapped = tapped.ok_or_else(|| {
-            StoreError::Flush(
-                "the store took more writes while it was read than a backup keeps (512 MiB): try again when it is less busy"
-                    .into(),
-            )
-        })?;
+        }
+        self.journal.tap();
+        let tapping = Untap(&self.journal);
+        let overflowed = || self.journal.tap_overflowed();
+        for name in names.iter().filter(|n| engine(n)) {
+            copy_tree(&self.db.open_tree(name)?, name, &mut w, overflowed)?;
+        }
+        let tapped = tapping.take().ok_or_else(too_busy)?;
         let mut during = 0;
-        for changes in crate::journal::records(&tapped).0 {
-            for c in changes {
-                let name = |t: u8| TREE_NAMES.get(t as usize).copied().unwrap_or("?");
-                match c {
-                    Change::Insert(t, k, v) => w.insert(name(t).as_bytes(), k, v)?,
-                    Change::Remove(t, k) => w.remove(name(t).as_bytes(), k)?,
+        for chunk in &tapped {
+            for changes in crate::journal::records(chunk).0 {
+                for c in changes {
+                    let name = |t: u8| TREE_NAMES.get(t as usize).copied().unwrap_or("?");
+                    match c {
+                        Change::Insert(t, k, v) => w.insert(name(t).as_bytes(), k, v)?,
+                        Change::Remove(t, k) => w.remove(name(t).as_bytes(), k)?,
+                    }
+                    during += 1;
                 }
-                during += 1;
             }
         }
         let (_, records) = w.finish()?;

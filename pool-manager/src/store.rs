@@ -24,6 +24,38 @@ pub fn open_waiting(config: &sled::Config, within: std::time::Duration) -> sled:
     }
 }
 
+/// Held (shared) by a write that changes several trees of the database at
+/// once outside the workflow engine (whose own writes a backup follows through
+/// its journal), and exclusively while a backup reads those trees: a backup
+/// then holds such a change whole or not at all.
+static WHOLE_WRITES: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Taken around a write of several trees at once (see `WHOLE_WRITES`), and
+/// dropped before the next `.await`; cheap while no backup reads. While one
+/// does, the writer waits without holding its thread (the lock prefers the
+/// backup: no new write starts while it waits for those under way).
+pub async fn whole_write() -> std::sync::RwLockReadGuard<'static, ()> {
+    fn now() -> Option<std::sync::RwLockReadGuard<'static, ()>> {
+        match WHOLE_WRITES.try_read() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+    loop {
+        if let Some(g) = now() {
+            return g;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// Taken by a backup while it reads the trees outside the workflow engine:
+/// writes of several trees at once wait meanwhile.
+pub fn no_whole_writes() -> std::sync::RwLockWriteGuard<'static, ()> {
+    WHOLE_WRITES.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Whether opening a database failed because something holds its lock.
 pub fn is_locked(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))

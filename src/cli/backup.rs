@@ -43,10 +43,19 @@ pub(super) async fn backup(file: &Path, opts: &ClientOpts) -> Result<()> {
         .tempfile_in(&dir)
         .with_context(|| format!("cannot write in {}", shown(&dir).display()))?;
     let mut bytes = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.context("the backup broke off (the server's log says why)")?;
-        bytes += chunk.len() as u64;
-        partial.write_all(&chunk)?;
+    let download = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.context("the backup broke off (the server's log says why)")?;
+            bytes += chunk.len() as u64;
+            partial.write_all(&chunk)?;
+        }
+        anyhow::Ok(())
+    };
+    // Interrupted, it returns (and so removes the partial file) rather than
+    // dying with it left behind.
+    tokio::select! {
+        done = download => done?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted: no backup written"),
     }
     partial.as_file().sync_all()?;
     let reread = std::fs::File::open(partial.path())?;

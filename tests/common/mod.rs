@@ -488,6 +488,31 @@ impl Server {
         self.ok("GET", &format!("/v1/runs/{id}"), None)
     }
 
+    /// The callback path of run `id`'s task `task`, once it waits on one.
+    pub fn callback_path(&self, id: &str, task: &str) -> String {
+        let mut path = String::new();
+        eventually(
+            Duration::from_secs(30),
+            "the task waits on a callback",
+            || {
+                let run = self.run(id);
+                let found = run["tasks"]
+                    .as_array()
+                    .and_then(|ts| ts.iter().find(|t| t["id"] == task))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                match found["callback"]["path"].as_str() {
+                    Some(p) => {
+                        path = p.to_string();
+                        true
+                    }
+                    None => false,
+                }
+            },
+        );
+        path
+    }
+
     /// Waits until the run has ended (its status is no longer `running`).
     pub fn wait_run(&self, id: &str, limit: Duration) -> Value {
         let mut last = Value::Null;

@@ -100,21 +100,24 @@ impl Store {
         let record = encode(inv)?;
         let id = inv.id.as_bytes();
         let index = index_key(&inv.function_key(), &inv.id);
-        (
-            &self.records,
-            &self.bodies,
-            &self.by_function,
-            &self.pending,
-        )
-            .transaction(|(r, b, f, p)| {
-                r.insert(id, record.as_slice())?;
-                b.insert(id, body)?;
-                f.insert(index.as_slice(), &[][..])?;
-                let was = p.insert(id, &[][..])?.is_some();
-                Ok::<bool, ConflictableTransactionError<()>>(was)
-            })
-            .map(|was| self.counted(was, true))
-            .map_err(storage)?;
+        {
+            let _whole = pool_manager::store::whole_write().await;
+            (
+                &self.records,
+                &self.bodies,
+                &self.by_function,
+                &self.pending,
+            )
+                .transaction(|(r, b, f, p)| {
+                    r.insert(id, record.as_slice())?;
+                    b.insert(id, body)?;
+                    f.insert(index.as_slice(), &[][..])?;
+                    let was = p.insert(id, &[][..])?.is_some();
+                    Ok::<bool, ConflictableTransactionError<()>>(was)
+                })
+                .map(|was| self.counted(was, true))
+                .map_err(storage)?;
+        }
         self.db.flush_async().await?;
         Ok(())
     }
@@ -143,24 +146,27 @@ impl Store {
         let record = encode(inv)?;
         let id = inv.id.as_bytes();
         let status = inv.status;
-        (&self.records, &self.pending, &self.dead)
-            .transaction(|(r, p, d)| {
-                r.insert(id, record.as_slice())?;
-                let was = if status.is_pending() {
-                    p.insert(id, &[][..])?
-                } else {
-                    p.remove(id)?
-                }
-                .is_some();
-                if status == Status::Dead {
-                    d.insert(id, &[][..])?;
-                } else {
-                    d.remove(id)?;
-                }
-                Ok::<bool, ConflictableTransactionError<()>>(was)
-            })
-            .map(|was| self.counted(was, status.is_pending()))
-            .map_err(storage)?;
+        {
+            let _whole = pool_manager::store::whole_write().await;
+            (&self.records, &self.pending, &self.dead)
+                .transaction(|(r, p, d)| {
+                    r.insert(id, record.as_slice())?;
+                    let was = if status.is_pending() {
+                        p.insert(id, &[][..])?
+                    } else {
+                        p.remove(id)?
+                    }
+                    .is_some();
+                    if status == Status::Dead {
+                        d.insert(id, &[][..])?;
+                    } else {
+                        d.remove(id)?;
+                    }
+                    Ok::<bool, ConflictableTransactionError<()>>(was)
+                })
+                .map(|was| self.counted(was, status.is_pending()))
+                .map_err(storage)?;
+        }
         self.db.flush_async().await?;
         Ok(())
     }
@@ -245,9 +251,10 @@ impl Store {
     }
 
     /// Deletes a finished invocation: its record, body and indexes.
-    fn remove(&self, inv: &Invocation) -> Result<()> {
+    async fn remove(&self, inv: &Invocation) -> Result<()> {
         let id = inv.id.as_bytes();
         let index = index_key(&inv.function_key(), &inv.id);
+        let _whole = pool_manager::store::whole_write().await;
         (&self.records, &self.bodies, &self.by_function, &self.dead)
             .transaction(|(r, b, f, d)| {
                 r.remove(id)?;
@@ -274,7 +281,7 @@ impl Store {
             if function.is_some_and(|f| f != inv.function_key()) || inv.status != Status::Dead {
                 continue;
             }
-            self.remove(&inv)?;
+            self.remove(&inv).await?;
             removed += 1;
         }
         if removed > 0 {
@@ -298,7 +305,7 @@ impl Store {
             if !finished || inv.finished_ms.is_none_or(|f| f >= cutoff_ms) {
                 continue;
             }
-            self.remove(&inv)?;
+            self.remove(&inv).await?;
             removed += 1;
         }
         if removed > 0 {
