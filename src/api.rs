@@ -140,7 +140,15 @@ async fn backup(State(s): State<AppState>) -> Response {
     let engine = s.engine.clone();
     let data_dir = s.pool.config().data_dir.clone();
     let dir = data_dir.clone();
-    let prepared = tokio::task::spawn_blocking(move || crate::backup::prepare(&engine, &dir)).await;
+    // Set when this handler is dropped before the read is done (its client
+    // went away): the read stops, and the turn goes with it.
+    let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let on_drop = CancelOnDrop(Some(cancelled.clone()));
+    let prepared = tokio::task::spawn_blocking(move || {
+        crate::backup::prepare(&engine, &dir, turn, &cancelled)
+    })
+    .await;
+    on_drop.defuse();
     let prepared = match prepared {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
@@ -171,7 +179,6 @@ async fn backup(State(s): State<AppState>) -> Response {
         pod_packages::DEPTH,
         pod_packages::IDLE,
         move |out| {
-            let _turn = turn;
             let m = crate::backup::send(prepared, &data_dir, &token_file, out)
                 .map_err(|e| pool_manager::Error::Storage(format!("{e:#}")))?;
             tracing::info!(
@@ -193,6 +200,23 @@ async fn backup(State(s): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Sets its flag when dropped, unless defused first.
+struct CancelOnDrop(Option<Arc<std::sync::atomic::AtomicBool>>);
+
+impl CancelOnDrop {
+    fn defuse(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(flag) = &self.0 {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 /// The JSON 404 for paths no handler serves.

@@ -37,6 +37,9 @@ pub struct Manifest {
 const FORMAT: u32 = 1;
 const MANIFEST: &str = "fusion-backup.json";
 const RECORDS: &str = "db.records";
+/// The last entry: what came before it. A backup cut short at an entry's
+/// boundary (which a tar reader takes for its end) lacks it.
+const END: &str = "fusion-backup.end";
 /// The data directory's files and folders a backup holds.
 const FILES: [&str; 3] = ["packages", "secrets.key", "token"];
 
@@ -68,6 +71,8 @@ impl Drop for Turn {
 pub struct Prepared {
     records: tempfile::NamedTempFile,
     pub manifest: Manifest,
+    /// Held until the backup is sent or given up.
+    _turn: Turn,
 }
 
 /// Why a backup could not be made: said to the client before any byte of it.
@@ -92,18 +97,32 @@ const ROOM_LEFT: u64 = 256 << 20;
 /// before its bytes, so it is read before the archive starts). Refused when
 /// the data directory's disk lacks room for about the store's size.
 /// Blocking.
-pub fn prepare(engine: &engine::Engine, data_dir: &Path) -> Result<Prepared, NotMade> {
+/// `turn` is held until the backup is sent or given up; `cancelled` says the
+/// client went away (the read then stops).
+pub fn prepare(
+    engine: &engine::Engine,
+    data_dir: &Path,
+    turn: Turn,
+    cancelled: &AtomicBool,
+) -> Result<Prepared, NotMade> {
     let need = engine.store().database().size_on_disk().unwrap_or(0);
-    if let Ok(free) = pool_manager::sys::free_bytes(data_dir) {
-        if free < need.saturating_add(ROOM_LEFT) {
-            return Err(NotMade::NoRoom(format!(
-                "a backup needs about {} MiB free in the data directory (the store's size, written there before it is sent, and {} MiB left over); it has {} MiB",
-                need >> 20,
-                ROOM_LEFT >> 20,
-                free >> 20
-            )));
-        }
+    let free = || pool_manager::sys::free_bytes(data_dir).unwrap_or(u64::MAX);
+    if free() < need.saturating_add(ROOM_LEFT) {
+        return Err(NotMade::NoRoom(format!(
+            "a backup needs about {} MiB free in the data directory (the store's size, written there before it is sent, and {} MiB left over); it has {} MiB",
+            need >> 20,
+            ROOM_LEFT >> 20,
+            free() >> 20
+        )));
     }
+    // Other writes go on meanwhile: the read stops before they run short.
+    let short = AtomicBool::new(false);
+    let stop = || {
+        if free() < ROOM_LEFT / 2 {
+            short.store(true, Ordering::SeqCst);
+        }
+        cancelled.load(Ordering::SeqCst) || short.load(Ordering::SeqCst)
+    };
     let mut records = tempfile::Builder::new()
         .prefix(".backup-")
         .tempfile_in(data_dir)
@@ -111,9 +130,18 @@ pub fn prepare(engine: &engine::Engine, data_dir: &Path) -> Result<Prepared, Not
         .map_err(NotMade::Failed)?;
     let counts = engine
         .store()
-        .export(std::io::BufWriter::new(records.as_file_mut()))
+        .export(std::io::BufWriter::new(records.as_file_mut()), stop)
         .map_err(|e| match e {
             engine::store::StoreError::Busy(m) => NotMade::Busy(m),
+            engine::store::StoreError::Stopped if short.load(Ordering::SeqCst) => {
+                NotMade::NoRoom(format!(
+                    "the data directory's disk ran short of room ({} MiB left) while the backup was read: it was given up",
+                    free() >> 20
+                ))
+            }
+            engine::store::StoreError::Stopped => {
+                NotMade::Failed(anyhow::anyhow!("the backup was given up: its client went away"))
+            }
             e => NotMade::Failed(anyhow::Error::new(e).context("cannot read the database")),
         })?;
     let created_at = jiff::Timestamp::now()
@@ -122,6 +150,7 @@ pub fn prepare(engine: &engine::Engine, data_dir: &Path) -> Result<Prepared, Not
         .to_string();
     Ok(Prepared {
         records,
+        _turn: turn,
         manifest: Manifest {
             format: FORMAT,
             fusion_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -158,19 +187,23 @@ pub fn send(
         ("secrets.key", data_dir.join("secrets.key")),
         ("token", token_file.to_path_buf()),
     ];
+    let mut files = 0u64;
     for (name, path) in tops {
         match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() => append_tree(&mut tar, name, &path)?,
+            Ok(m) if m.is_dir() => files += append_tree(&mut tar, name, &path)?,
             Ok(m) if m.is_file() => {
                 let mut f = std::fs::File::open(&path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
                 tar.append_file(name, &mut f)?;
+                files += 1;
             }
             Ok(_) => bail!("{} is neither a file nor a directory", path.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
         }
     }
+    let end = serde_json::to_vec(&serde_json::json!({"files": files}))?;
+    append_bytes(&mut tar, END, &end)?;
     tar.into_inner()?.flush()?;
     Ok(prepared.manifest)
 }
@@ -211,7 +244,8 @@ fn append_bytes(tar: &mut tar::Builder<impl Write>, name: &str, bytes: &[u8]) ->
 /// files (functions' code has no links: uploads and builds refuse them),
 /// leaving out what is being written (`.tmp-*`) and what goes away while it
 /// is read.
-fn append_tree(tar: &mut tar::Builder<impl Write>, name: &str, top: &Path) -> Result<()> {
+fn append_tree(tar: &mut tar::Builder<impl Write>, name: &str, top: &Path) -> Result<u64> {
+    let mut files = 0;
     let mut todo = vec![top.to_path_buf()];
     while let Some(dir) = todo.pop() {
         let named = Path::new(name).join(dir.strip_prefix(top).unwrap_or(Path::new("")));
@@ -239,14 +273,14 @@ fn append_tree(tar: &mut tar::Builder<impl Write>, name: &str, top: &Path) -> Re
             }
             let named = Path::new(name).join(path.strip_prefix(top).unwrap_or(&path));
             match tar.append_path_with_name(&path, named) {
-                Ok(()) => {}
+                Ok(()) => files += 1,
                 // A package deleted while the backup ran.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
             }
         }
     }
-    Ok(())
+    Ok(files)
 }
 
 /// What a restore or a check found in a backup.
@@ -314,9 +348,28 @@ fn read(input: impl Read, dir: Option<&Path>) -> Result<Restored> {
     let mut records = None;
     let mut files = 0;
     let mut dirs = Vec::new();
+    let mut ended = false;
     for entry in entries {
         let mut entry = entry.context("the backup is cut short or damaged")?;
         let path = entry.path()?.into_owned();
+        if ended {
+            bail!("the backup holds {} after its end", path.display());
+        }
+        if path == Path::new(END) {
+            let mut json = Vec::new();
+            (&mut entry).take(1 << 20).read_to_end(&mut json)?;
+            let said = serde_json::from_slice::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|v| v["files"].as_u64());
+            if said != Some(files) {
+                bail!(
+                    "the backup's end counts {} files where {files} came before it",
+                    said.map_or("no".to_string(), |n| n.to_string())
+                );
+            }
+            ended = true;
+            continue;
+        }
         if path == Path::new(RECORDS) {
             let n = match dir {
                 Some(dir) => {
@@ -363,7 +416,7 @@ fn read(input: impl Read, dir: Option<&Path>) -> Result<Restored> {
                 // Its mode once everything in it is written (it may be read-only).
                 std::fs::create_dir_all(&target)
                     .with_context(|| format!("cannot make {}", target.display()))?;
-                dirs.push((target, entry.header().mode().unwrap_or(0o700) & 0o7777));
+                dirs.push((target, entry.header().mode().unwrap_or(0o700) & 0o777));
                 continue;
             }
             // Inside `dir` only (no `..`, no absolute path, no link out).
@@ -380,6 +433,12 @@ fn read(input: impl Read, dir: Option<&Path>) -> Result<Restored> {
             files += 1;
         }
     }
+    let Some(records) = records else {
+        bail!("the backup is cut short: it has no {RECORDS}");
+    };
+    if !ended {
+        bail!("the backup is cut short: it has no {END}");
+    }
     // Deepest first, so that a read-only directory takes its mode last.
     dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
     for (path, mode) in dirs {
@@ -387,9 +446,6 @@ fn read(input: impl Read, dir: Option<&Path>) -> Result<Restored> {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     }
-    let Some(records) = records else {
-        bail!("the backup is cut short: it has no {RECORDS}");
-    };
     Ok(Restored {
         manifest,
         records,
@@ -445,7 +501,9 @@ mod tests {
             (RECORDS, &records()),
             ("secrets.key", b"key"),
             ("packages/abc/hello.py", b"print(1)"),
+            (END, br#"{"files": 2}"#),
         ]);
+        assert_eq!(check(&tar[..]).unwrap().files, 2);
         let r = restore(&tar[..], &dir).unwrap();
         assert_eq!((r.records, r.files), (1, 2));
         assert_eq!(std::fs::read(dir.join("secrets.key")).unwrap(), b"key");
@@ -499,6 +557,33 @@ mod tests {
             (
                 tar_of(&[(MANIFEST, &manifest(2)), (RECORDS, &whole)]),
                 "holds 1 records where",
+            ),
+            // Cut at an entry's boundary, which tar takes for the end.
+            (
+                tar_of(&[
+                    (MANIFEST, &manifest(1)),
+                    (RECORDS, &whole),
+                    ("packages/abc/hello.py", b"print(1)"),
+                ]),
+                "has no fusion-backup.end",
+            ),
+            (
+                tar_of(&[
+                    (MANIFEST, &manifest(1)),
+                    (RECORDS, &whole),
+                    ("packages/abc/hello.py", b"print(1)"),
+                    (END, br#"{"files": 2}"#),
+                ]),
+                "counts 2 files where 1",
+            ),
+            (
+                tar_of(&[
+                    (MANIFEST, &manifest(1)),
+                    (RECORDS, &whole),
+                    (END, br#"{"files": 0}"#),
+                    ("secrets.key", b"key"),
+                ]),
+                "after its end",
             ),
             (
                 tar_of(&[

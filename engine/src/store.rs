@@ -44,6 +44,9 @@ pub enum StoreError {
     /// Too much going on for what was asked (a backup); it may work later.
     #[error("{0}")]
     Busy(String),
+    /// Given up, as its caller asked (a backup's `stop`).
+    #[error("stopped")]
+    Stopped,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -99,19 +102,19 @@ pub struct RunPage {
     pub next_cursor: Option<String>,
 }
 
-/// Copies every key of `tree` (named `name`) as a backup's insert, until
-/// `stop` says the backup cannot succeed.
+/// Copies every key of `tree` (named `name`) as a backup's insert, unless
+/// `stop` says to give up (asked every 4,096 keys).
 fn copy_tree(
     tree: &sled::Tree,
     name: &[u8],
     w: &mut crate::backup::Writer<impl std::io::Write>,
-    stop: impl Fn() -> bool,
+    stop: &impl Fn() -> bool,
 ) -> Result<()> {
     for (n, kv) in tree.iter().enumerate() {
         let (k, v) = kv?;
         w.insert(name, &k, &v)?;
         if n % 4096 == 4095 && stop() {
-            return Err(too_busy());
+            return Err(StoreError::Stopped);
         }
     }
     Ok(())
@@ -616,21 +619,31 @@ impl SledStore {
     ///   last write before the end made it: each run as it stood then.
     ///
     /// Blocking: run it on a thread of its own.
-    pub fn export(&self, out: impl std::io::Write) -> Result<crate::backup::Counts> {
+    /// `stop` is asked now and then whether to give up (the caller went
+    /// away, the disk fills): it then ends with `StoreError::Stopped`.
+    pub fn export(
+        &self,
+        out: impl std::io::Write,
+        stop: impl Fn() -> bool,
+    ) -> Result<crate::backup::Counts> {
         let mut w = crate::backup::Writer::new(out)?;
         let names = self.db.tree_names();
         let engine = |name: &[u8]| TREE_NAMES.iter().any(|t| t.as_bytes() == name);
         {
             let _whole = pool_manager::store::no_whole_writes();
             for name in names.iter().filter(|n| !engine(n)) {
-                copy_tree(&self.db.open_tree(name)?, name, &mut w, || false)?;
+                copy_tree(&self.db.open_tree(name)?, name, &mut w, &stop)?;
             }
         }
         self.journal.tap();
         let tapping = Untap(&self.journal);
-        let overflowed = || self.journal.tap_overflowed();
+        // A copy past its bound ends the backup now, not after the last tree.
+        let give_up = || stop() || self.journal.tap_overflowed();
         for name in names.iter().filter(|n| engine(n)) {
-            copy_tree(&self.db.open_tree(name)?, name, &mut w, overflowed)?;
+            match copy_tree(&self.db.open_tree(name)?, name, &mut w, &give_up) {
+                Err(StoreError::Stopped) if self.journal.tap_overflowed() => return Err(too_busy()),
+                r => r?,
+            }
         }
         let tapped = tapping.take().ok_or_else(too_busy)?;
         let mut during = 0;
@@ -1615,7 +1628,7 @@ mod tests {
             }
         }
         let mut out = Meanwhile(&s, Vec::new(), false);
-        let counts = s.export(&mut out).unwrap();
+        let counts = s.export(&mut out, || false).unwrap();
         assert!(out.2, "the backup read workflow `gone`");
         assert!(counts.during > 0);
         s.delete_workflow("gone").unwrap();

@@ -105,7 +105,9 @@ impl Timers {
         if due.is_empty() {
             return Ok(wake);
         }
-        // Taken before any call: a crash from here on never fires these ticks again.
+        // Taken before any call: a crash from here on never fires these ticks
+        // again. A tick's `taken` and its firing go into a backup together.
+        let whole = pool_manager::store::whole_write().await;
         for (t, tick) in &due {
             let key = t.key();
             self.taken.insert(key.as_bytes(), &encode_tick(*tick))?;
@@ -122,6 +124,7 @@ impl Timers {
                 .insert(firing_key(&key, *tick), encode(&firing)?)?;
             self.prune(&key)?;
         }
+        drop(whole);
         self.db.flush_async().await?;
         drop(turn);
         for (trigger, tick) in due {
