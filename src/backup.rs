@@ -390,9 +390,10 @@ fn read(input: impl Read, dir: Option<&Path>) -> Result<Restored> {
             records = Some(n);
             continue;
         }
-        if !path.components().all(|c| matches!(c, Component::Normal(_))) {
-            bail!("the backup names {} outside its directory", path.display());
-        }
+        // The check packages' archives get: no `..`, no absolute path.
+        let path = pool_manager::delivery::safe_relative(&path).map_err(|_| {
+            anyhow::anyhow!("the backup names {} outside its directory", path.display())
+        })?;
         let top = match path.components().next() {
             Some(Component::Normal(c)) => c.to_string_lossy().into_owned(),
             _ => String::new(),
