@@ -35,11 +35,11 @@ pub struct Manifest {
 }
 
 const FORMAT: u32 = 1;
-const MANIFEST: &str = "fusion-backup.json";
-const RECORDS: &str = "db.records";
+pub(crate) const MANIFEST: &str = "fusion-backup.json";
+pub(crate) const RECORDS: &str = "db.records";
 /// The last entry: what came before it. A backup cut short at an entry's
 /// boundary (which a tar reader takes for its end) lacks it.
-const END: &str = "fusion-backup.end";
+pub(crate) const END: &str = "fusion-backup.end";
 /// The data directory's files and folders a backup holds.
 const FILES: [&str; 3] = ["packages", "secrets.key", "token"];
 
@@ -460,11 +460,11 @@ pub fn shown(path: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A tar of the given entries, as a hostile or damaged backup would be.
-    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    pub(crate) fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
         let mut tar = tar::Builder::new(Vec::new());
         for (name, bytes) in entries {
             let mut header = regular_header(bytes.len() as u64);
@@ -476,7 +476,7 @@ mod tests {
         tar.into_inner().unwrap()
     }
 
-    fn manifest(records: u64) -> Vec<u8> {
+    pub(crate) fn manifest(records: u64) -> Vec<u8> {
         serde_json::to_vec(&Manifest {
             format: FORMAT,
             fusion_version: "test".into(),
@@ -487,7 +487,7 @@ mod tests {
         .unwrap()
     }
 
-    fn records() -> Vec<u8> {
+    pub(crate) fn records() -> Vec<u8> {
         let mut w = engine::backup::Writer::new(Vec::new()).unwrap();
         w.insert(b"t", b"k", b"v").unwrap();
         w.finish().unwrap().0

@@ -1070,7 +1070,7 @@ async fn precompile_python(python: &str, dir: &std::path::Path) {
 /// it is called before the server says it is ready, so a signal sent right
 /// after that is never the default action (which would kill the server
 /// without stopping its instances).
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let signals: Vec<_> = [
         SignalKind::terminate(),

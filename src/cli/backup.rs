@@ -26,13 +26,14 @@ pub(super) async fn backup(file: &Path, opts: &ClientOpts) -> Result<()> {
         .send(client.request(reqwest::Method::GET, "/v1/backup"))
         .await?;
     let mut body = resp.bytes_stream();
+    // Installed before the download starts: a signal meanwhile is the
+    // error below, never the default action that would leave a partial file.
+    let stop = crate::server::shutdown_signal();
     if to_stdout {
-        let mut out = std::io::stdout().lock();
-        while let Some(chunk) = body.next().await {
-            out.write_all(&chunk.context("the backup broke off")?)?;
-        }
-        out.flush()?;
-        return Ok(());
+        return tokio::select! {
+            done = write_checked(&mut body, std::io::stdout().lock()) => done,
+            _ = stop => bail!("interrupted: the backup written to stdout is not whole"),
+        };
     }
     let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -51,11 +52,11 @@ pub(super) async fn backup(file: &Path, opts: &ClientOpts) -> Result<()> {
         }
         anyhow::Ok(())
     };
-    // Interrupted, it returns (and so removes the partial file) rather than
-    // dying with it left behind.
+    // Stopped by a signal (Ctrl-C, SIGTERM, a closed terminal), it returns,
+    // and so removes the partial file, rather than dying with it left behind.
     tokio::select! {
         done = download => done?,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted: no backup written"),
+        _ = stop => bail!("interrupted: no backup written"),
     }
     partial.as_file().sync_all()?;
     let reread = std::fs::File::open(partial.path())?;
@@ -93,6 +94,57 @@ pub(super) async fn backup(file: &Path, opts: &ClientOpts) -> Result<()> {
     Ok(())
 }
 
+/// Writes the download to stdout as it comes and reads the same bytes back
+/// on a thread of their own, as a download to a file is read back: a copy
+/// that is not whole (the server stopped, the connection broke) is an error
+/// and a non-zero exit, so `fusion backup - | ...` does not end as a success.
+async fn write_checked<E: std::error::Error + Send + Sync + 'static>(
+    body: &mut (impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin),
+    mut out: impl Write,
+) -> Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::backup::check(ChannelReader {
+            rx,
+            chunk: bytes::Bytes::new(),
+        })
+    });
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.context("the backup broke off (the server's log says why)")?;
+        out.write_all(&chunk)?;
+        // A check that already failed has dropped its end: stdout still
+        // gets every byte, the check's error is said at the end.
+        let _ = tx.send(chunk).await;
+    }
+    out.flush()?;
+    drop(tx);
+    checked
+        .await?
+        .context("the backup written to stdout is not whole")?;
+    Ok(())
+}
+
+/// The chunks of a download as one `Read`, for `crate::backup::check` on a
+/// blocking thread.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
 /// `fusion restore FILE --data-dir DIR`: the backup in FILE (`-`: stdin)
 /// into DIR, which must be new or empty; no server involved.
 pub(super) async fn restore(file: &Path, data_dir: &Path) -> Result<()> {
@@ -118,4 +170,40 @@ pub(super) async fn restore(file: &Path, data_dir: &Path) -> Result<()> {
         data_dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::tests::{manifest, records, tar_of};
+    use crate::backup::{END, MANIFEST, RECORDS};
+
+    async fn written(archive: &[u8]) -> (Vec<u8>, Result<()>) {
+        let chunks: Vec<std::io::Result<bytes::Bytes>> = archive
+            .chunks(100)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        let mut out = Vec::new();
+        let done = write_checked(&mut futures_util::stream::iter(chunks), &mut out).await;
+        (out, done)
+    }
+
+    #[tokio::test]
+    async fn a_backup_to_stdout_is_read_back_and_one_cut_short_is_an_error() {
+        let whole = tar_of(&[
+            (MANIFEST, &manifest(1)),
+            (RECORDS, &records()),
+            ("secrets.key", b"key"),
+            (END, br#"{"files": 1}"#),
+        ]);
+        let (out, done) = written(&whole).await;
+        done.unwrap();
+        assert_eq!(out, whole);
+
+        let cut = &whole[..whole.len() / 2];
+        let (out, done) = written(cut).await;
+        let e = format!("{:#}", done.unwrap_err());
+        assert!(e.contains("written to stdout is not whole"), "{e}");
+        assert_eq!(out, cut, "every byte still reaches stdout");
+    }
 }
