@@ -56,7 +56,9 @@ impl Turn {
         RUNNING
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
-            .then_some(Turn(()))
+            // Made only when taken: a `Turn` made and dropped when refused
+            // would give back the turn of the backup being made.
+            .then(|| Turn(()))
     }
 }
 
@@ -535,6 +537,8 @@ pub(crate) mod tests {
     #[test]
     fn one_backup_at_a_time() {
         let first = Turn::take().expect("no backup is being made");
+        assert!(Turn::take().is_none());
+        // A refusal leaves the turn with the backup being made.
         assert!(Turn::take().is_none());
         drop(first);
         assert!(Turn::take().is_some());

@@ -22,13 +22,15 @@ pub(super) async fn backup(file: &Path, opts: &ClientOpts) -> Result<()> {
             shown(file).display()
         );
     }
-    let resp = client
-        .send(client.request(reqwest::Method::GET, "/v1/backup"))
-        .await?;
+    // Installed before the request: a signal from here on (the server reads
+    // its database before it answers) is the one-line error below, never the
+    // default action, which would leave a partial file.
+    let mut stop = Box::pin(crate::server::shutdown_signal());
+    let resp = tokio::select! {
+        resp = client.send(client.request(reqwest::Method::GET, "/v1/backup")) => resp?,
+        _ = &mut stop => bail!("interrupted: no backup written"),
+    };
     let mut body = resp.bytes_stream();
-    // Installed before the download starts: a signal meanwhile is the
-    // error below, never the default action that would leave a partial file.
-    let stop = crate::server::shutdown_signal();
     if to_stdout {
         return tokio::select! {
             done = write_checked(&mut body, std::io::stdout().lock()) => done,
