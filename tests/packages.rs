@@ -272,19 +272,54 @@ fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
         "{text}"
     );
     // While it builds again, what it built last is what `pkg getdeploy` and
-    // `fn get --code` give (as the function's running instance serves it).
+    // `fn get --code` give, and what runs: on the function's running
+    // instance, and on a new one (a function made meanwhile has none), which
+    // does not wait for the build.
     let gate = Probe::start();
     let held = format!(
         "{} && cp -r ${{SRC_PKG}} ${{DEPLOY_PKG}}",
         gate.curl("/gate/rebuild")
     );
+    std::fs::write(
+        src.join("main.py"),
+        "def main():\n    return 'rebuilt\\n'\n",
+    )
+    .unwrap();
     cli_ok(
         &s,
-        &["pkg", "update", "--name", "broken", "--buildcmd", &held],
+        &[
+            "pkg",
+            "update",
+            "--name",
+            "broken",
+            "--src",
+            src_arg,
+            "--buildcmd",
+            &held,
+        ],
     );
     eventually(Duration::from_secs(30), "the rebuild runs", || {
         package(&s, "broken")["status"]["buildstatus"] == "running"
     });
+    cli_ok(
+        &s,
+        &[
+            "fn",
+            "create",
+            "--name",
+            "coldfn",
+            "--env",
+            "python",
+            "--pkg",
+            "broken",
+            "--entrypoint",
+            "main.main",
+            "--fntimeout",
+            "20",
+        ],
+    );
+    assert_eq!(call(&s, "coldfn"), (200, format!("fixed: {GREETING}\n")));
+    assert_eq!(package(&s, "broken")["status"]["buildstatus"], "running");
     for path in [
         "/v1/packages/broken/deployment",
         "/v1/functions/brokenfn/code",
@@ -300,6 +335,12 @@ fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
     }
     gate.open("rebuild");
     assert_eq!(built(&s, "broken")["status"]["buildstatus"], "succeeded");
+    // Built, the new code is what both functions run.
+    for f in ["brokenfn", "coldfn"] {
+        eventually(Duration::from_secs(30), "the new build runs", || {
+            call(&s, f) == (200, "rebuilt\n".to_string())
+        });
+    }
 }
 
 #[test]

@@ -5,10 +5,11 @@
 //! once, each bounded by the server's build timeout. Builds are cached by the
 //! hash of their inputs (tree `package_builds`): the same source is not built
 //! twice. A finished build gives the functions of the package new instances;
-//! a call to a function whose package is still building waits for it (bounded
+//! a call to a function whose package has not built yet waits for it (bounded
 //! by the function's timeout), and one whose package failed to build answers
-//! `package_build_failed`, unless an earlier build succeeded: a failed rebuild
-//! leaves the functions running that last good build.
+//! `package_build_failed`, unless an earlier build succeeded: a rebuild, while
+//! it runs and when it fails, leaves the functions running that last good
+//! build.
 
 mod model;
 mod plan;
@@ -267,6 +268,11 @@ impl PoolManager {
             p.status = old
                 .status
                 .apply(p.source.is_some(), BuildEvent::Requested, now())?;
+            // What was built for another runtime is no code to go on with
+            // meanwhile: calls wait for the new environment's build.
+            if old.environment != p.environment {
+                p.status.built = None;
+            }
         }
         builds.put(&p).await?;
         drop(one);
@@ -499,7 +505,9 @@ impl Inner {
     /// A build's end gives the package's functions new instances (new code, or
     /// none: their calls answer the failure, warm instances' too). That happens
     /// before the status is stored, so that whoever sees the status calls the
-    /// new instances: until then calls wait for the build.
+    /// new instances; a call that needs a new instance meanwhile waits for the
+    /// status (`wait_for_package` waits for this lock), so that no instance of
+    /// the new generation runs the build before.
     async fn record(
         self: &Arc<Self>,
         key: &str,
@@ -776,6 +784,10 @@ impl Inner {
         limit: Duration,
     ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + limit;
+        // A build's end being recorded (its functions already given new
+        // generations, its status not yet stored) is waited for: what the
+        // package runs is read after it.
+        drop(self.builds.writes.lock().await);
         let mut changed = self.builds.changed.subscribe();
         loop {
             changed.borrow_and_update();

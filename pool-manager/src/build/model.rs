@@ -140,14 +140,13 @@ impl Package {
     }
 
     /// The code functions of this package run now, if there is any: the built
-    /// deployment of a source package (after a failed rebuild, the last one
-    /// that built), else the deployment archive.
+    /// deployment of a source package (while it builds again, or after a
+    /// rebuild failed, the last one that built: a rebuild takes nothing down,
+    /// as a function whose code is being updated goes on serving the old),
+    /// else the deployment archive.
     pub fn runnable(&self) -> Option<&PackageRef> {
         if self.source.is_some() {
-            match self.status.buildstatus {
-                BuildStatus::Succeeded | BuildStatus::Failed => self.status.built.as_ref(),
-                _ => None,
-            }
+            self.status.built.as_ref()
         } else {
             self.deployment.as_ref()
         }
@@ -445,6 +444,14 @@ mod tests {
         p.status.buildstatus = BuildStatus::Succeeded;
         p.status.built = Some(reference('b'));
         assert_eq!(p.runnable(), Some(&reference('b')));
+        for status in [
+            BuildStatus::Pending,
+            BuildStatus::Running,
+            BuildStatus::Failed,
+        ] {
+            p.status.buildstatus = status;
+            assert_eq!(p.runnable(), Some(&reference('b')), "the last good build");
+        }
         p.source = None;
         p.deployment = None;
         assert!(p.validate().is_err());
