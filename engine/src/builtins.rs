@@ -56,7 +56,7 @@ pub fn inputs_of(name: &str) -> Option<&'static [&'static str]> {
             "body",
             "content-type",
         ],
-        "callback" => &["notify"],
+        "callback" => &["notify", "body"],
         _ => return None,
     })
 }

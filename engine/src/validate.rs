@@ -1810,6 +1810,9 @@ mod tests {
         // `compose` reads whatever it is given; `fission://` is a function's.
         let yaml = "output: C\ntasks:\n  C:\n    run: compose\n    inputs: {a: 1, b: 2}\n  D:\n    run: fission://if\n    inputs: {default: 1}\n";
         assert_eq!(check_offline(yaml).unwrap(), vec![]);
+        // A callback's notify function is sent its `body`.
+        let yaml = "output: C\ntasks:\n  C:\n    run: callback\n    inputs: {notify: tell, body: please}\n";
+        assert_eq!(check_offline(yaml).unwrap(), vec![]);
     }
 
     /// A value of the wrong type is said in the author's words (not serde's
