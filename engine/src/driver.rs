@@ -1653,6 +1653,23 @@ impl Actor {
                                 at: now,
                             });
                         }
+                        Action::TimeOut { task, attempt } => {
+                            progressed = true;
+                            let timeout = self
+                                .state
+                                .tasks
+                                .get(&task)
+                                .and_then(|t| t.spec.timeout.clone())
+                                .unwrap_or_default();
+                            self.record(Event::TaskFailed {
+                                task,
+                                attempt,
+                                error: format!("the task timed out after {timeout} (its timeout)"),
+                                status: None,
+                                retryable: true,
+                                at: now,
+                            });
+                        }
                         Action::CancelTask { task, reason } => {
                             progressed = true;
                             self.record(Event::TaskCancelled {

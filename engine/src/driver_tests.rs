@@ -482,6 +482,62 @@ async fn task_and_run_timeouts() {
     assert!(err.is_timeout(), "{err:?}");
 }
 
+/// A task's `timeout` bounds a `sleep` and a task that runs other tasks (a
+/// `foreach`, a workflow by name) as it bounds a call: the attempt fails at
+/// its time, and what it runs is cancelled, a call in flight abandoned.
+#[tokio::test(start_paused = true)]
+async fn the_task_timeout_bounds_a_sleep_and_what_a_task_runs() {
+    let (db, fake) = setup();
+    fake.add("slow", Some(Duration::from_secs(60)), |_, _| {
+        text(200, "late")
+    });
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow("inner", "output: S\ntasks:\n  S:\n    run: slow\n")
+        .unwrap();
+    for (name, yaml) in [
+        (
+            "sleeps",
+            "output: A\ntasks:\n  A:\n    run: sleep\n    inputs: 60s\n    timeout: 1s\n",
+        ),
+        (
+            "loops",
+            "output: A\ntasks:\n  A:\n    run: foreach\n    timeout: 1s\n    inputs:\n      foreach: [1, 2]\n      do:\n        run: slow\n",
+        ),
+        (
+            "nests",
+            "output: A\ntasks:\n  A:\n    run: inner\n    timeout: 1s\n",
+        ),
+    ] {
+        let s = run(&e, name, yaml, json!(null)).await;
+        assert_eq!(s.status, RunStatus::Failed, "{name}: {s:?}");
+        let err = s.error.unwrap();
+        assert!(
+            err.message.contains("the task timed out after 1s") && err.is_timeout(),
+            "{name}: {err:?}"
+        );
+        let state = e.run_state(&s.id).unwrap();
+        for t in state.tasks.values().filter(|t| t.scope.is_some()) {
+            assert_eq!(t.status, TaskStatus::Cancelled, "{name}: {t:?}");
+            assert_eq!(
+                t.cancel_reason.as_deref(),
+                Some("task \"A\", which ran it, timed out"),
+                "{name}: {t:?}"
+            );
+        }
+    }
+    // A fallback takes over from a task that timed out (the call inside it
+    // would have answered "late").
+    let s = run(
+        &e,
+        "falls-back",
+        "output: A\ntasks:\n  A:\n    run: inner\n    timeout: 1s\n    onFailure: F\n  F:\n    run: noop\n    inputs: fallback\n",
+        json!(null),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!("fallback")));
+}
+
 /// A retry of a Fission `Workflow` keeps the steps that succeeded (a
 /// Parallel's finished branch among them) and goes on from the failed one.
 #[tokio::test(start_paused = true)]

@@ -330,6 +330,7 @@ impl RunError {
             }
         }
         m.starts_with("function call timed out")
+            || m.starts_with("the task timed out")
             || m.starts_with("the run timed out")
             || m.starts_with("the callback timed out")
             || m.starts_with("Fission.Timeout")
@@ -530,6 +531,13 @@ pub enum Action {
         task: String,
         attempt: u32,
     },
+    /// A `sleep` or a task waiting for the tasks it runs (a workflow, a
+    /// `foreach`, ...) past its `timeout`: fail the attempt (what the task
+    /// runs is cancelled by the `CancelTask`s that follow).
+    TimeOut {
+        task: String,
+        attempt: u32,
+    },
     /// Stop a task that has not finished: record TaskCancelled, abort its
     /// attempt in flight.
     CancelTask {
@@ -627,6 +635,21 @@ impl RunState {
             }
         }
         current.to_string()
+    }
+
+    /// Whether a task whose sub-workflow holds `t`, however deep, is `which`.
+    fn inside_any(&self, t: &TaskState, which: impl Fn(&TaskState) -> bool) -> bool {
+        let mut scope = t.scope.as_deref();
+        for _ in 0..=self.tasks.len() {
+            let Some(p) = scope.and_then(|p| self.tasks.get(p)) else {
+                return false;
+            };
+            if which(p) {
+                return true;
+            }
+            scope = p.scope.as_deref();
+        }
+        false
     }
 
     /// Whether every task whose sub-workflow holds `t` still waits for it (a
@@ -1134,13 +1157,17 @@ fn apply_event(s: &mut RunState, event: &Event) {
                 error,
             );
             if let Some(t) = s.tasks.get_mut(task) {
-                if t.status == TaskStatus::Running && t.attempts == *attempt {
+                // A task waiting for the tasks it runs fails only by its
+                // timeout, and for good: a second attempt would make tasks
+                // of the same ids as the first's, which cannot be told apart.
+                let waiting = t.status == TaskStatus::Waiting;
+                if (t.status == TaskStatus::Running || waiting) && t.attempts == *attempt {
                     t.error = Some(error.clone());
                     t.http_status = *status;
                     let max = RetryPolicy::from_spec(t.spec.retry.as_ref())
                         .map(|p| p.max_attempts)
                         .unwrap_or(1);
-                    if retryable && *attempt < max {
+                    if retryable && !waiting && *attempt < max {
                         t.status = TaskStatus::Retrying;
                         t.retry_at = None;
                         t.failed_attempts.push(FailedAttempt {
@@ -1409,6 +1436,39 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
             }))];
         }
     }
+    // A task waiting past its timeout for the tasks it runs fails, and what
+    // it runs is cancelled (the outermost such task: what is inside it goes
+    // with it).
+    let timed_out: Vec<Action> = s
+        .tasks
+        .values()
+        .filter(|t| {
+            t.status == TaskStatus::Waiting
+                && attempt_deadline(t).is_some_and(|d| d <= now)
+                && !s.inside_any(t, |p| {
+                    p.status == TaskStatus::Waiting && attempt_deadline(p).is_some_and(|d| d <= now)
+                })
+        })
+        .flat_map(|t| {
+            let reason = format!("task {:?}, which ran it, timed out", t.local);
+            std::iter::once(Action::TimeOut {
+                task: t.id.clone(),
+                attempt: t.attempts,
+            })
+            .chain(
+                s.tasks
+                    .values()
+                    .filter(|c| !c.status.is_final() && s.inside_any(c, |p| p.id == t.id))
+                    .map(move |c| Action::CancelTask {
+                        task: c.id.clone(),
+                        reason: reason.clone(),
+                    }),
+            )
+        })
+        .collect();
+    if !timed_out.is_empty() {
+        return timed_out;
+    }
     // A workflow task that failed for good without a fallback fails the run
     // (the earliest one).
     if let Some(t) = s
@@ -1485,6 +1545,20 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
             }
             TaskStatus::Running => {
                 busy = true;
+                // A `sleep` longer than its task's timeout fails at the timeout.
+                if let (Some(w), Some(d)) = (t.wake_at, attempt_deadline(t)) {
+                    if d < w {
+                        actions.push(if d <= now {
+                            Action::TimeOut {
+                                task: t.id.clone(),
+                                attempt: t.attempts,
+                            }
+                        } else {
+                            Action::StartTimer { at: d }
+                        });
+                        continue;
+                    }
+                }
                 match (t.wake_at, t.callback.as_ref().and(t.callback_deadline)) {
                     (Some(w), _) if w <= now => {
                         actions.push(Action::FireTimer { task: t.id.clone() })
@@ -1498,7 +1572,12 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                     (None, None) => {}
                 }
             }
-            TaskStatus::Waiting => busy = true,
+            TaskStatus::Waiting => {
+                busy = true;
+                if let Some(d) = attempt_deadline(t) {
+                    actions.push(Action::StartTimer { at: d });
+                }
+            }
             TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => {}
         }
     }
@@ -1558,6 +1637,15 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
         actions.push(Action::StartTimer { at: d });
     }
     actions
+}
+
+/// When the current attempt of `t` is past its task's `timeout`, if it has one.
+fn attempt_deadline(t: &TaskState) -> Option<Millis> {
+    let limit = t.spec.timeout.as_deref().and_then(parse_duration)?;
+    Some(
+        t.attempt_started_at?
+            .saturating_add(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)),
+    )
 }
 
 /// Compares ids with runs of digits by their value: `do_2` < `do_10`.
@@ -1760,6 +1848,7 @@ mod tests {
                     }
                     Action::FireTimer { task } => new.push(Event::TimerFired { task, at: now }),
                     Action::ExpireCallback { .. } => unreachable!("no callback tasks here"),
+                    Action::TimeOut { .. } => unreachable!("no timeouts here"),
                     Action::CancelTask { .. } => unreachable!("no branches here"),
                     Action::Finish(f) => new.push(finish_event(&f, now)),
                 }
@@ -2589,6 +2678,105 @@ mod tests {
         apply(&mut s, &succeeded("p/b", json!("b"), 2));
         assert_eq!(s.tasks["p"].status, TaskStatus::Succeeded);
         assert_eq!(s.tasks["p"].output, Some(json!("b")));
+    }
+
+    #[test]
+    fn a_task_waiting_past_its_timeout_fails_for_good_and_what_it_runs_is_cancelled() {
+        let tasks = BTreeMap::from([
+            ("a".to_string(), TaskSpec::default()),
+            (
+                "b".to_string(),
+                TaskSpec {
+                    requires: vec!["a".into()],
+                    ..Default::default()
+                },
+            ),
+        ]);
+        let mut s = waiting_parent(tasks, "b", None);
+        let p = s.tasks.get_mut("p").unwrap();
+        p.spec.timeout = Some("1s".into());
+        // Retries would make tasks of the same ids again: not for this task.
+        p.spec.retry = Some(serde_json::from_value(json!({"maxAttempts": 3})).unwrap());
+        apply(&mut s, &dispatched("p/a", 1, 10));
+        assert!(decide(&s, 999).contains(&Action::StartTimer { at: 1000 }));
+        let why = "task \"p\", which ran it, timed out".to_string();
+        assert_eq!(
+            decide(&s, 1000),
+            vec![
+                Action::TimeOut {
+                    task: "p".into(),
+                    attempt: 1
+                },
+                Action::CancelTask {
+                    task: "p/a".into(),
+                    reason: why.clone()
+                },
+                Action::CancelTask {
+                    task: "p/b".into(),
+                    reason: why.clone()
+                },
+            ]
+        );
+        apply(
+            &mut s,
+            &Event::TaskFailed {
+                task: "p".into(),
+                attempt: 1,
+                error: "the task timed out after 1s (its timeout)".into(),
+                status: None,
+                retryable: true,
+                at: 1000,
+            },
+        );
+        for c in ["p/a", "p/b"] {
+            apply(
+                &mut s,
+                &Event::TaskCancelled {
+                    task: c.into(),
+                    reason: why.clone(),
+                    at: 1000,
+                },
+            );
+            assert_eq!(s.tasks[c].cancel_reason.as_deref(), Some(why.as_str()));
+        }
+        assert_eq!(s.tasks["p"].status, TaskStatus::Failed);
+        let [Action::Finish(Finish::Failed(e))] = &decide(&s, 1000)[..] else {
+            panic!("{:?}", decide(&s, 1000));
+        };
+        assert!(e.is_timeout(), "{e:?}");
+        assert_eq!(e.code(RunStatus::Failed), "run_timed_out");
+    }
+
+    #[test]
+    fn a_sleep_longer_than_its_timeout_fails_at_the_timeout() {
+        let mut spec = workflow(&[vec![]], 0, 1);
+        spec.tasks.get_mut("t0").unwrap().timeout = Some("1s".into());
+        let mut s = RunState::fold(&[start(spec)]);
+        apply(
+            &mut s,
+            &Event::TaskDispatched {
+                task: "t0".into(),
+                attempt: 1,
+                key: "k".into(),
+                inputs: Value::Null,
+                at: 0,
+                wake_at: Some(5000),
+            },
+        );
+        assert_eq!(decide(&s, 500), vec![Action::StartTimer { at: 1000 }]);
+        assert_eq!(
+            decide(&s, 1000),
+            vec![Action::TimeOut {
+                task: "t0".into(),
+                attempt: 1
+            }]
+        );
+        // One shorter than its timeout wakes as before.
+        s.tasks.get_mut("t0").unwrap().wake_at = Some(800);
+        assert_eq!(
+            decide(&s, 1000),
+            vec![Action::FireTimer { task: "t0".into() }]
+        );
     }
 
     #[test]

@@ -305,6 +305,32 @@ pub fn format_warnings(
                 });
             }
         }
+        // A task that runs other tasks is not tried again: a task failing
+        // inside fails it for good (a second attempt would make tasks of the
+        // same ids as the first's). `if` and `switch` run one only when
+        // their branch is one, so they are not said.
+        if task.retry.is_some() {
+            let runs = if task.run.starts_with(crate::spec::FISSION_SCHEME) {
+                None
+            } else if matches!(task.target().as_ref(), "foreach" | "repeat" | "while") {
+                Some(format!("`{}`", task.run))
+            } else if !is_builtin(&task.run) && is_workflow(&task.run) {
+                Some(format!("the workflow {:?}", task.run))
+            } else {
+                None
+            };
+            if let Some(runs) = runs {
+                let (line, column) = at.key(&["tasks", id, "retry"]);
+                out.push(ValidationError {
+                    code: "retry_not_applied",
+                    message: format!(
+                        "task {id:?}: `retry` does not apply to a task that runs other tasks ({runs}): one failing inside fails it for good; put `retry` on the tasks inside (its `timeout` applies)"
+                    ),
+                    line,
+                    column,
+                });
+            }
+        }
         // A built-in's input it does not read: a misspelling, most often
         // (`thne:`), which Fission Workflows ignored too.
         let takes = (!task.run.starts_with(crate::spec::FISSION_SCHEME))
@@ -1810,6 +1836,17 @@ mod tests {
         // `compose` reads whatever it is given; `fission://` is a function's.
         let yaml = "output: C\ntasks:\n  C:\n    run: compose\n    inputs: {a: 1, b: 2}\n  D:\n    run: fission://if\n    inputs: {default: 1}\n";
         assert_eq!(check_offline(yaml).unwrap(), vec![]);
+        // `retry` on a task that runs other tasks is said not to apply.
+        let yaml = "output: C\ntasks:\n  C:\n    run: foreach\n    retry: {maxAttempts: 3}\n    inputs: {foreach: [1], do: {run: noop}}\n  D:\n    run: sub\n    retry: {maxAttempts: 3}\n  E:\n    run: fn\n    retry: {maxAttempts: 3}\n";
+        let w = format_warnings(&read_spec(yaml).unwrap(), yaml, &|_| true, &|name| {
+            name == "sub"
+        });
+        let said: Vec<_> = w
+            .iter()
+            .filter(|w| w.code == "retry_not_applied")
+            .map(|w| (w.line, w.column))
+            .collect();
+        assert_eq!(said, [(5, 5), (9, 5)], "{w:?}");
         // A callback's notify function is sent its `body`.
         let yaml = "output: C\ntasks:\n  C:\n    run: callback\n    inputs: {notify: tell, body: please}\n";
         assert_eq!(check_offline(yaml).unwrap(), vec![]);

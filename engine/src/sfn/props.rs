@@ -667,6 +667,11 @@ impl<'w> Sim<'w> {
                             "callback expiry for {task}, which no step waits on"
                         ))
                     }
+                    Action::TimeOut { task, .. } => {
+                        return Err(format!(
+                            "a task timeout for {task}: a state machine's steps time out in their calls"
+                        ))
+                    }
                     Action::Finish(f) => {
                         progressed = true;
                         finished = true;
