@@ -523,6 +523,29 @@ fn fission_workflows_env_under_another_name_is_left_out_too() {
     }
 }
 
+/// Fission refuses a folder of its documents without a DeploymentConfig;
+/// Fusion applies it as it applies the short form, and says that nothing
+/// will be able to destroy what it makes.
+#[test]
+fn fission_documents_without_a_deployment_config_apply_with_a_warning() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("specs")).unwrap();
+    std::fs::write(tmp.path().join("specs/envs.yaml"), env_doc("py")).unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("created   Environment py"), "{out}");
+    assert!(
+        err.contains("specs/envs.yaml:1:")
+            && err.contains("without a DeploymentConfig")
+            && err.contains("fusion spec init"),
+        "{err}"
+    );
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no DeploymentConfig"), "{err}");
+}
+
 #[test]
 fn namespaces_in_metadata_are_kept_and_names_are_unique_per_namespace() {
     let s = Server::start();
@@ -538,6 +561,7 @@ fn namespaces_in_metadata_are_kept_and_names_are_unique_per_namespace() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("created   Environment py"), "{out}");
     assert!(out.contains("created   Environment shop/py"), "{out}");
+    assert!(!err.contains("without a DeploymentConfig"), "{err}");
     assert_eq!(names(&s, "/v1/environments"), vec!["py".to_string()]);
     assert_eq!(
         names(&s, "/v1/environments?namespace=shop"),

@@ -43,6 +43,19 @@ fn read(source: &Source) -> Result<Specs> {
     }
     let mut specs = Specs::read(&docs, &source.namespace);
     errors.append(&mut specs.errors);
+    // Fission's own `spec apply` refuses such a folder; here it applies, as
+    // the short form does, and nothing records it: said, so that a project
+    // is not found undeletable after the fact.
+    if specs.deployment.is_none() {
+        if let Some(doc) = docs.iter().find(|d| {
+            model::str_at(&d.value, "apiVersion").is_some_and(|v| v.starts_with("fission.io/"))
+        }) {
+            specs.warnings.push(format!(
+                "{}: these are Fission documents without a DeploymentConfig: nothing records what `spec apply` makes of them, so `spec destroy` and `spec apply --delete` cannot remove it (Fission refuses such a folder); `fusion spec init` writes one",
+                doc.at("apiVersion")
+            ));
+        }
+    }
     // Archives are checked offline too: every include must match something.
     let root = project_root(&source.path);
     let mut unmatched = HashSet::new();
