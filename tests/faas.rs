@@ -295,6 +295,14 @@ fn a_caller_that_hangs_up_keeps_its_instance_busy_until_the_function_answers() {
     let r = s.get("/fission-function/held");
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().unwrap(), "done\n");
+    // Every request is counted once: the one hung up on as 499 (nginx's
+    // "client closed request"), the refused one, the answered one.
+    let text = s.api("GET", "/metrics").send().unwrap().text().unwrap();
+    for (code, n) in [(499, 1), (429, 1), (200, 1)] {
+        let line =
+            format!("fusion_function_requests_total{{function=\"held\",code=\"{code}\"}} {n}");
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
 }
 
 #[test]

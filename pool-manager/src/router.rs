@@ -135,36 +135,75 @@ pub async fn try_forward_within(
     params: &[(String, String)],
     lease_wait: Option<Duration>,
 ) -> Result<Response<Body>, Error> {
-    let started = std::time::Instant::now();
-    let mut series = None;
-    let result = forward_inner(pm, function, req, path, params, lease_wait, &mut series).await;
-    let code = match &result {
+    let mut counted = Counted {
+        pm,
+        function,
+        started: std::time::Instant::now(),
+        series: None,
+        code: None,
+    };
+    let result = forward_inner(
+        pm,
+        function,
+        req,
+        path,
+        params,
+        lease_wait,
+        &mut counted.series,
+    )
+    .await;
+    counted.code = Some(match &result {
         Ok(r) => r.status().as_u16(),
         Err(e) => e.status().as_u16(),
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    let m = pm.metrics();
-    // A request that got no instance (its code failed to load, no capacity)
-    // counts on the function's own series too, where a canary reads it.
-    let series = series.or_else(|| pm.series_of(function));
-    match series {
-        Some(series) => series.record(m, function, code, seconds),
-        // No function of that name (404) ...
-        None => {
-            m.requests
-                .get_or_create(&RequestLabels {
-                    function: function.to_string(),
-                    code,
-                })
-                .inc();
-            m.request_seconds
-                .get_or_create(&FunctionLabels {
-                    function: function.to_string(),
-                })
-                .observe(seconds);
+    });
+    result
+}
+
+/// The status a request is counted with when its caller went away before
+/// the answer (nginx's "client closed request").
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Counts a request once in `fusion_function_requests_total` and its latency,
+/// however it ends: with the status it was answered, or, dropped unanswered
+/// (its caller hung up, a workflow task's time ran out), with 499.
+struct Counted<'a> {
+    pm: &'a PoolManager,
+    function: &'a str,
+    started: std::time::Instant,
+    series: Option<Arc<FunctionMetrics>>,
+    code: Option<u16>,
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        let code = self.code.unwrap_or(CLIENT_CLOSED);
+        let seconds = self.started.elapsed().as_secs_f64();
+        let m = self.pm.metrics();
+        // A request that got no instance (its code failed to load, no
+        // capacity) counts on the function's own series too, where a canary
+        // reads it.
+        let series = self
+            .series
+            .take()
+            .or_else(|| self.pm.series_of(self.function));
+        match series {
+            Some(series) => series.record(m, self.function, code, seconds),
+            // No function of that name (404) ...
+            None => {
+                m.requests
+                    .get_or_create(&RequestLabels {
+                        function: self.function.to_string(),
+                        code,
+                    })
+                    .inc();
+                m.request_seconds
+                    .get_or_create(&FunctionLabels {
+                        function: self.function.to_string(),
+                    })
+                    .observe(seconds);
+            }
         }
     }
-    result
 }
 
 async fn forward_inner(
