@@ -117,7 +117,7 @@ fn every_mistake_is_reported_with_its_place_and_nothing_is_applied() {
     .unwrap();
     std::fs::write(
         specs.join("b.yaml"),
-        "apiVersion: fission.io/v1\nkind: Gadget\nmetadata:\n  name: g\n---\napiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: Bad_Name\nspec: {}\n",
+        "apiVersion: fission.io/v1\nkind: Gadget\nmetadata:\n  name: g\n---\napiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: Bad_Name\nspec:\n  functionref: {name: hello, type: name}\n  relativeurl: /dup/{x\n  methods: [GETT]\n",
     )
     .unwrap();
     let (code, _, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
@@ -131,11 +131,20 @@ fn every_mistake_is_reported_with_its_place_and_nothing_is_applied() {
         "{err}"
     );
     assert!(err.contains("b.yaml:2:1: unknown kind \"Gadget\""), "{err}");
+    // Every mistake of a document at once, each at its field.
     assert!(
         err.contains("b.yaml:9:3: name \"Bad_Name\" is not a DNS-1123 label"),
         "{err}"
     );
-    assert!(err.contains("3 errors in specs"), "{err}");
+    assert!(
+        err.contains("b.yaml:12:3: HTTPTrigger Bad_Name: ") && err.contains("/dup/{x"),
+        "{err}"
+    );
+    assert!(
+        err.contains("b.yaml:13:3: HTTPTrigger Bad_Name: route: unknown method \"GETT\""),
+        "{err}"
+    );
+    assert!(err.contains("5 errors in specs"), "{err}");
 
     let (code, _, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_ne!(code, 0, "{err}");

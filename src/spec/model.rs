@@ -363,6 +363,9 @@ impl Specs {
             .filter(|s| !s.is_empty())
             .unwrap_or(namespace)
             .to_string();
+        // A bad name is said, and the rest of the document checked still:
+        // every mistake at once.
+        let mut named = true;
         for (what, value, path) in [
             ("name", &name, "metadata.name"),
             ("namespace", &ns, "metadata.namespace"),
@@ -372,7 +375,7 @@ impl Specs {
                     doc.at(path),
                     format!("{what} {value:?} is not a DNS-1123 label (at most 63 lowercase letters, digits and '-')"),
                 );
-                return;
+                named = false;
             }
         }
         let mut r = Resource {
@@ -423,7 +426,7 @@ impl Specs {
             }
             Kind::Secret | Kind::ConfigMap => self.kube_data(doc, kind, &mut r),
         };
-        if ok {
+        if ok && named {
             self.push(r, doc);
         }
     }
@@ -833,16 +836,57 @@ impl Specs {
     }
 
     fn fission_http_trigger(&mut self, doc: &Document, spec: &Value, r: &mut Resource) -> bool {
+        // Each field the server would refuse, at its place, all at once (the
+        // server's own check, run at `push`, says only the first).
+        let mut ok = true;
+        for (path, value) in [
+            ("spec.relativeurl", "relativeurl"),
+            ("spec.prefix", "prefix"),
+        ] {
+            if let Some(Err(e)) = str_at(spec, value)
+                .filter(|s| !s.is_empty())
+                .map(triggers::table::Template::parse)
+            {
+                self.error(doc.at(path), format!("HTTPTrigger {}: {e}", r.name));
+                ok = false;
+            }
+        }
+        let listed = spec.get("methods").and_then(Value::as_array);
+        for m in listed.into_iter().flatten().filter_map(Value::as_str) {
+            if let Err(e) = triggers::route::check_method(m) {
+                self.error(
+                    doc.at("spec.methods"),
+                    format!("HTTPTrigger {}: {e}", r.name),
+                );
+                ok = false;
+            }
+        }
+        for (path, check) in [
+            ("spec.host", triggers::route::check_host as fn(&str) -> _),
+            (
+                "spec.invocationMode",
+                triggers::route::check_invocation_mode,
+            ),
+        ] {
+            let field = path.trim_start_matches("spec.");
+            if let Some(Err(e)) = str_at(spec, field).filter(|s| !s.is_empty()).map(check) {
+                self.error(doc.at(path), format!("HTTPTrigger {}: {e}", r.name));
+                ok = false;
+            }
+        }
         if str_at(spec, "functionref.type") == Some("function-weights") {
-            let Some(weights) = self.function_weights(doc, spec, r) else {
-                return false;
-            };
-            r.body["function_weights"] = weights;
+            match self.function_weights(doc, spec, r) {
+                Some(weights) => r.body["function_weights"] = weights,
+                None => ok = false,
+            }
         } else {
-            let Some(f) = self.function_ref(doc, spec, r) else {
-                return false;
-            };
-            r.body["function"] = json!(f);
+            match self.function_ref(doc, spec, r) {
+                Some(f) => r.body["function"] = json!(f),
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return false;
         }
         let prefix = str_at(spec, "prefix").filter(|s| !s.is_empty());
         let url = str_at(spec, "relativeurl").filter(|s| !s.is_empty());

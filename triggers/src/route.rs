@@ -115,13 +115,7 @@ impl Route {
         validate_name("route", &self.name)?;
         validate_name("namespace", &self.namespace)?;
         if let Some(h) = &self.host {
-            if !valid_host(h) {
-                return Err(Error::Invalid(format!(
-                    "route: host {h:?} is not a host as a request's Host header names it \
-                     (NAME, matching it at any port, or NAME:PORT, e.g. api.example.com or \
-                     127.0.0.1:8888; empty for any host)"
-                )));
-            }
+            check_host(h)?;
         }
         let weighted = !self.function_weights.is_empty();
         match (&self.function, &self.workflow, weighted) {
@@ -177,24 +171,49 @@ impl Route {
             ));
         }
         if let Some(mode) = &self.invocation_mode {
-            if !matches!(mode.as_str(), "sync" | "async" | "sync-only") {
-                return Err(Error::Invalid(format!(
-                    "route: invocation_mode {mode:?}: use sync, async or sync-only"
-                )));
-            }
+            check_invocation_mode(mode)?;
         }
         for m in &self.methods {
-            if !matches!(
-                m.as_str(),
-                "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS"
-            ) {
-                return Err(Error::Invalid(format!(
-                    "route: unknown method {m:?}: use GET, POST, PUT, DELETE, PATCH, HEAD or OPTIONS"
-                )));
-            }
+            check_method(m)?;
         }
         Ok(())
     }
+}
+
+/// A route's `host`, as `Route::validate` checks it (also field by field,
+/// where a document gives each its place).
+pub fn check_host(h: &str) -> Result<()> {
+    if valid_host(h) {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "route: host {h:?} is not a host as a request's Host header names it \
+         (NAME, matching it at any port, or NAME:PORT, e.g. api.example.com or \
+         127.0.0.1:8888; empty for any host)"
+    )))
+}
+
+/// One of a route's `methods`.
+pub fn check_method(m: &str) -> Result<()> {
+    if matches!(
+        m,
+        "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS"
+    ) {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "route: unknown method {m:?}: use GET, POST, PUT, DELETE, PATCH, HEAD or OPTIONS"
+    )))
+}
+
+/// A route's `invocation_mode`.
+pub fn check_invocation_mode(mode: &str) -> Result<()> {
+    if matches!(mode, "sync" | "async" | "sync-only") {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "route: invocation_mode {mode:?}: use sync, async or sync-only"
+    )))
 }
 
 /// Whether `h` is a host a `Host` header can name: a DNS name or IPv4
