@@ -659,7 +659,8 @@ impl Engine {
                 &spec,
                 source,
                 &|name| self.name_exists(name),
-                &|name| self.store.workflow_exists(name),
+                // What runs a workflow: a function of its name runs instead.
+                &|name| !self.invoker.function_exists(name) && self.store.workflow_exists(name),
             );
         }
         match crate::sfn::spec::parse_workflow(source) {

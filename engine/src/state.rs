@@ -1413,15 +1413,36 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
     if let Some(machine) = s.spec.state_machine.as_deref() {
         return crate::sfn::run::decide(s, machine, now);
     }
+    // A task waiting past its timeout for the tasks it runs fails, and what
+    // it runs is cancelled; before the run's own time is up, when that came
+    // later (a server down across both).
+    let cutoff = match s.deadline {
+        Some(d) if now >= d => d.saturating_sub(1),
+        _ => now,
+    };
+    let timed_out = timed_out_waiting(s, cutoff);
+    if !timed_out.is_empty() {
+        return timed_out;
+    }
     if let Some(d) = s.deadline {
         if now >= d {
             // A `sleep` that ended before the run's time was up (a server
-            // down across both) ended: its history says so, not cancelled.
+            // down across both) ended: its history says so, not cancelled;
+            // one whose own timeout came first timed out.
             let slept: Vec<Action> = s
                 .tasks
                 .values()
-                .filter(|t| t.status == TaskStatus::Running && t.wake_at.is_some_and(|w| w <= d))
-                .map(|t| Action::FireTimer { task: t.id.clone() })
+                .filter(|t| t.status == TaskStatus::Running)
+                .filter_map(|t| {
+                    let wake = t.wake_at?;
+                    match attempt_deadline(t).filter(|x| *x < wake && *x <= d) {
+                        Some(_) => Some(Action::TimeOut {
+                            task: t.id.clone(),
+                            attempt: t.attempts,
+                        }),
+                        None => (wake <= d).then(|| Action::FireTimer { task: t.id.clone() }),
+                    }
+                })
                 .collect();
             if !slept.is_empty() {
                 return slept;
@@ -1435,39 +1456,6 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                 status: None,
             }))];
         }
-    }
-    // A task waiting past its timeout for the tasks it runs fails, and what
-    // it runs is cancelled (the outermost such task: what is inside it goes
-    // with it).
-    let timed_out: Vec<Action> = s
-        .tasks
-        .values()
-        .filter(|t| {
-            t.status == TaskStatus::Waiting
-                && attempt_deadline(t).is_some_and(|d| d <= now)
-                && !s.inside_any(t, |p| {
-                    p.status == TaskStatus::Waiting && attempt_deadline(p).is_some_and(|d| d <= now)
-                })
-        })
-        .flat_map(|t| {
-            let reason = format!("task {:?}, which ran it, timed out", t.local);
-            std::iter::once(Action::TimeOut {
-                task: t.id.clone(),
-                attempt: t.attempts,
-            })
-            .chain(
-                s.tasks
-                    .values()
-                    .filter(|c| !c.status.is_final() && s.inside_any(c, |p| p.id == t.id))
-                    .map(move |c| Action::CancelTask {
-                        task: c.id.clone(),
-                        reason: reason.clone(),
-                    }),
-            )
-        })
-        .collect();
-    if !timed_out.is_empty() {
-        return timed_out;
     }
     // A workflow task that failed for good without a fallback fails the run
     // (the earliest one).
@@ -1574,7 +1562,8 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
             }
             TaskStatus::Waiting => {
                 busy = true;
-                if let Some(d) = attempt_deadline(t) {
+                // (One past due waits for what came before it inside it.)
+                if let Some(d) = attempt_deadline(t).filter(|d| *d > now) {
                     actions.push(Action::StartTimer { at: d });
                 }
             }
@@ -1637,6 +1626,64 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
         actions.push(Action::StartTimer { at: d });
     }
     actions
+}
+
+/// The tasks waiting for what they run whose timeout passed by `cutoff`: each
+/// fails, and what it runs is cancelled. Earliest first, as they came while
+/// the server ran: one inside another whose time came first (or with it)
+/// goes with it; one with something inside it whose time came before (a
+/// `sleep` due, a retry, a timeout of its own) waits for that first.
+fn timed_out_waiting(s: &RunState, cutoff: Millis) -> Vec<Action> {
+    let due = |t: &TaskState| {
+        if t.status != TaskStatus::Waiting {
+            return None;
+        }
+        attempt_deadline(t).filter(|d| *d <= cutoff)
+    };
+    // When the next thing of `t` comes that time alone brings.
+    let next = |t: &TaskState| match t.status {
+        TaskStatus::Running => [
+            t.wake_at,
+            t.wake_at.and(attempt_deadline(t)),
+            t.callback.as_ref().and(t.callback_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min(),
+        TaskStatus::Retrying => t.retry_at,
+        TaskStatus::Waiting => attempt_deadline(t),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for t in s.tasks.values() {
+        let Some(d) = due(t) else { continue };
+        if s.inside_any(t, |p| due(p).is_some_and(|pd| pd <= d)) {
+            continue;
+        }
+        let inside: Vec<&TaskState> = s
+            .tasks
+            .values()
+            .filter(|c| s.inside_any(c, |p| p.id == t.id))
+            .collect();
+        if inside.iter().any(|c| next(c).is_some_and(|cd| cd < d)) {
+            continue;
+        }
+        out.push(Action::TimeOut {
+            task: t.id.clone(),
+            attempt: t.attempts,
+        });
+        let reason = format!("task {:?}, which ran it, timed out", t.local);
+        out.extend(
+            inside
+                .into_iter()
+                .filter(|c| !c.status.is_final())
+                .map(|c| Action::CancelTask {
+                    task: c.id.clone(),
+                    reason: reason.clone(),
+                }),
+        );
+    }
+    out
 }
 
 /// When the current attempt of `t` is past its task's `timeout`, if it has one.
@@ -2745,6 +2792,85 @@ mod tests {
         };
         assert!(e.is_timeout(), "{e:?}");
         assert_eq!(e.code(RunStatus::Failed), "run_timed_out");
+    }
+
+    /// After a server was down across several times, they are taken in the
+    /// order they came: what came first inside a task waiting past its
+    /// timeout, the inner of two tasks whose time came first.
+    #[test]
+    fn timeouts_missed_while_down_are_taken_in_the_order_they_came() {
+        let tasks = BTreeMap::from([("a".to_string(), TaskSpec::default())]);
+        let mut s = waiting_parent(tasks, "a", None);
+        s.tasks.get_mut("p").unwrap().spec.timeout = Some("1s".into());
+        apply(
+            &mut s,
+            &Event::TaskDispatched {
+                task: "p/a".into(),
+                attempt: 1,
+                key: "k".into(),
+                inputs: Value::Null,
+                at: 0,
+                wake_at: Some(500),
+            },
+        );
+        // Its sleep was due before its timeout: it ended, and so did `p`.
+        assert_eq!(
+            decide(&s, 9000),
+            vec![Action::FireTimer { task: "p/a".into() }]
+        );
+        apply(
+            &mut s,
+            &Event::TimerFired {
+                task: "p/a".into(),
+                at: 9000,
+            },
+        );
+        assert_eq!(s.tasks["p"].status, TaskStatus::Succeeded);
+
+        // The inner of two tasks timed out first: it alone fails (its
+        // fallback, had it one, would run), the outer goes on waiting.
+        let inner = BTreeMap::from([("x".to_string(), TaskSpec::default())]);
+        let mut s = waiting_parent(inner, "x", None);
+        s.tasks.get_mut("p").unwrap().spec.timeout = Some("2s".into());
+        apply(&mut s, &dispatched("p/x", 1, 0));
+        s.tasks.get_mut("p/x").unwrap().spec.timeout = Some("1s".into());
+        apply(
+            &mut s,
+            &Event::TasksAdded {
+                parent: "p/x".into(),
+                tasks: BTreeMap::from([("y".to_string(), TaskSpec::default())]),
+                output: "y".into(),
+                scope_inputs: None,
+                concurrency: None,
+                version: None,
+                at: 0,
+            },
+        );
+        apply(&mut s, &dispatched("p/x/y", 1, 0));
+        assert_eq!(
+            decide(&s, 9000),
+            vec![
+                Action::TimeOut {
+                    task: "p/x".into(),
+                    attempt: 1
+                },
+                Action::CancelTask {
+                    task: "p/x/y".into(),
+                    reason: "task \"x\", which ran it, timed out".into()
+                },
+            ]
+        );
+        // Both at once: the outer, with all of it.
+        s.tasks.get_mut("p").unwrap().spec.timeout = Some("1s".into());
+        let actions = decide(&s, 9000);
+        assert_eq!(
+            actions[0],
+            Action::TimeOut {
+                task: "p".into(),
+                attempt: 1
+            }
+        );
+        assert_eq!(actions.len(), 3, "{actions:?}");
     }
 
     #[test]

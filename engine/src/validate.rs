@@ -310,14 +310,16 @@ pub fn format_warnings(
         // same ids as the first's). `if` and `switch` run one only when
         // their branch is one, so they are not said.
         if task.retry.is_some() {
-            let runs = if task.run.starts_with(crate::spec::FISSION_SCHEME) {
-                None
-            } else if matches!(task.target().as_ref(), "foreach" | "repeat" | "while") {
-                Some(format!("`{}`", task.run))
-            } else if !is_builtin(&task.run) && is_workflow(&task.run) {
-                Some(format!("the workflow {:?}", task.run))
-            } else {
-                None
+            let runs = match task.run.strip_prefix(crate::spec::FISSION_SCHEME) {
+                // `fission://W` runs workflow W when no function has its name.
+                Some(name) => is_workflow(name).then(|| format!("the workflow {name:?}")),
+                None if matches!(task.run.as_str(), "foreach" | "repeat" | "while") => {
+                    Some(format!("`{}`", task.run))
+                }
+                None if !is_builtin(&task.run) && is_workflow(&task.run) => {
+                    Some(format!("the workflow {:?}", task.run))
+                }
+                None => None,
             };
             if let Some(runs) = runs {
                 let (line, column) = at.key(&["tasks", id, "retry"]);
@@ -1837,7 +1839,7 @@ mod tests {
         let yaml = "output: C\ntasks:\n  C:\n    run: compose\n    inputs: {a: 1, b: 2}\n  D:\n    run: fission://if\n    inputs: {default: 1}\n";
         assert_eq!(check_offline(yaml).unwrap(), vec![]);
         // `retry` on a task that runs other tasks is said not to apply.
-        let yaml = "output: C\ntasks:\n  C:\n    run: foreach\n    retry: {maxAttempts: 3}\n    inputs: {foreach: [1], do: {run: noop}}\n  D:\n    run: sub\n    retry: {maxAttempts: 3}\n  E:\n    run: fn\n    retry: {maxAttempts: 3}\n";
+        let yaml = "output: C\ntasks:\n  C:\n    run: foreach\n    retry: {maxAttempts: 3}\n    inputs: {foreach: [1], do: {run: noop}}\n  D:\n    run: sub\n    retry: {maxAttempts: 3}\n  E:\n    run: fn\n    retry: {maxAttempts: 3}\n  F:\n    run: fission://sub\n    retry: {maxAttempts: 3}\n";
         let w = format_warnings(&read_spec(yaml).unwrap(), yaml, &|_| true, &|name| {
             name == "sub"
         });
@@ -1846,7 +1848,7 @@ mod tests {
             .filter(|w| w.code == "retry_not_applied")
             .map(|w| (w.line, w.column))
             .collect();
-        assert_eq!(said, [(5, 5), (9, 5)], "{w:?}");
+        assert_eq!(said, [(5, 5), (9, 5), (15, 5)], "{w:?}");
         // A callback's notify function is sent its `body`.
         let yaml = "output: C\ntasks:\n  C:\n    run: callback\n    inputs: {notify: tell, body: please}\n";
         assert_eq!(check_offline(yaml).unwrap(), vec![]);

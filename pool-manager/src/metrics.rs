@@ -199,13 +199,18 @@ impl FailureLines {
 }
 
 impl FunctionMetrics {
-    /// Requests counted so far, and how many of them were answered with a 5xx.
+    /// Requests answered so far, and how many of them with a 5xx. One whose
+    /// caller went away unanswered (499) is neither: a caller's own short
+    /// timeout says nothing of the function (a canary reads these).
     pub fn request_counts(&self) -> (u64, u64) {
         let codes = self.codes.read().unwrap_or_else(|p| p.into_inner());
-        codes.iter().fold((0, 0), |(all, failed), (code, counter)| {
-            let n = counter.get();
-            (all + n, failed + if *code >= 500 { n } else { 0 })
-        })
+        codes
+            .iter()
+            .filter(|(code, _)| *code != crate::router::CLIENT_CLOSED)
+            .fold((0, 0), |(all, failed), (code, counter)| {
+                let n = counter.get();
+                (all + n, failed + if *code >= 500 { n } else { 0 })
+            })
     }
 
     /// Counts one request of `function` answered with `code` after `seconds`.

@@ -1239,6 +1239,12 @@ impl Inner {
             function: function.key(),
             generation: function.generation,
         });
+        // A named package's build end being recorded (its functions already
+        // given new generations, its status not yet stored) is waited for:
+        // no instance of the new generation is made with the build before.
+        if function.package.named().is_some() {
+            drop(self.builds.writes.lock().await);
+        }
         let code = match self.code_of(function) {
             Ok(code) => code,
             Err(e) => {

@@ -33,7 +33,9 @@ pub(super) async fn backup(file: &Path, opts: &ClientOpts) -> Result<()> {
     let mut body = resp.bytes_stream();
     if to_stdout {
         return tokio::select! {
-            done = write_checked(&mut body, std::io::stdout().lock()) => done,
+            // Written asynchronously: a reader that stalls the pipe does not
+            // stall the task, so a signal meanwhile is still heard.
+            done = write_checked(&mut body, tokio::io::stdout()) => done,
             _ = stop => bail!("interrupted: the backup written to stdout is not whole"),
         };
     }
@@ -58,14 +60,18 @@ pub(super) async fn backup(file: &Path, opts: &ClientOpts) -> Result<()> {
     // and so removes the partial file, rather than dying with it left behind.
     tokio::select! {
         done = download => done?,
-        _ = stop => bail!("interrupted: no backup written"),
+        _ = &mut stop => bail!("interrupted: no backup written"),
     }
     partial.as_file().sync_all()?;
     let reread = std::fs::File::open(partial.path())?;
-    let found =
-        tokio::task::spawn_blocking(move || crate::backup::check(std::io::BufReader::new(reread)))
-            .await?
-            .context("the backup the server sent is not whole")?;
+    let check =
+        tokio::task::spawn_blocking(move || crate::backup::check(std::io::BufReader::new(reread)));
+    // A signal while it is read back (a large file takes a while) is heard
+    // too: the tokio handlers installed above stay for the whole process.
+    let found = tokio::select! {
+        found = check => found?.context("the backup the server sent is not whole")?,
+        _ = stop => bail!("interrupted: no backup written"),
+    };
     // Mode 0600 (tempfile's): it holds the token and what seals secrets.
     partial
         .persist_noclobber(file)
@@ -102,8 +108,9 @@ pub(super) async fn backup(file: &Path, opts: &ClientOpts) -> Result<()> {
 /// and a non-zero exit, so `fusion backup - | ...` does not end as a success.
 async fn write_checked<E: std::error::Error + Send + Sync + 'static>(
     body: &mut (impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin),
-    mut out: impl Write,
+    mut out: impl tokio::io::AsyncWrite + Unpin,
 ) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let checked = tokio::task::spawn_blocking(move || {
         crate::backup::check(ChannelReader {
@@ -113,12 +120,12 @@ async fn write_checked<E: std::error::Error + Send + Sync + 'static>(
     });
     while let Some(chunk) = body.next().await {
         let chunk = chunk.context("the backup broke off (the server's log says why)")?;
-        out.write_all(&chunk)?;
+        out.write_all(&chunk).await?;
         // A check that already failed has dropped its end: stdout still
         // gets every byte, the check's error is said at the end.
         let _ = tx.send(chunk).await;
     }
-    out.flush()?;
+    out.flush().await?;
     drop(tx);
     checked
         .await?

@@ -43,7 +43,7 @@ pub(crate) struct Builds {
     packages: sled::Tree,
     cache: sled::Tree,
     /// Package changes happen one at a time (users' and builders' alike).
-    writes: tokio::sync::Mutex<()>,
+    pub(crate) writes: tokio::sync::Mutex<()>,
     /// Bumped at every status change; calls waiting for a build watch it.
     changed: watch::Sender<u64>,
     /// The packages being built, and whether another build was asked for meanwhile.
@@ -279,7 +279,10 @@ impl PoolManager {
         if !same_build && p.source.is_some() {
             self.inner.request_build(p.key(), false);
         }
-        if p.runnable().is_some() && p.runnable() != old.runnable() {
+        // New code, or none where there was some (a package moved to another
+        // environment: its warm instances ran the other runtime's build).
+        let moved = old.environment != p.environment;
+        if (p.runnable().is_some() || moved) && p.runnable() != old.runnable() {
             self.inner.refresh_functions(&p.namespace, &p.name).await?;
         }
         Ok(p)
@@ -506,8 +509,8 @@ impl Inner {
     /// none: their calls answer the failure, warm instances' too). That happens
     /// before the status is stored, so that whoever sees the status calls the
     /// new instances; a call that needs a new instance meanwhile waits for the
-    /// status (`wait_for_package` waits for this lock), so that no instance of
-    /// the new generation runs the build before.
+    /// status (`specialize` waits for this lock), so that no instance of the
+    /// new generation runs the build before.
     async fn record(
         self: &Arc<Self>,
         key: &str,
@@ -784,10 +787,6 @@ impl Inner {
         limit: Duration,
     ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + limit;
-        // A build's end being recorded (its functions already given new
-        // generations, its status not yet stored) is waited for: what the
-        // package runs is read after it.
-        drop(self.builds.writes.lock().await);
         let mut changed = self.builds.changed.subscribe();
         loop {
             changed.borrow_and_update();
@@ -841,9 +840,8 @@ impl Inner {
         }
     }
 
-    /// The code function `f` ran last: what `code_of` says, or while its
-    /// package builds again (new calls wait for that build), the last
-    /// deployment that package built.
+    /// The code function `f` ran last: what `code_of` says, else the last
+    /// deployment its package built, if any.
     pub(crate) fn last_code_of(&self, f: &Function) -> Result<PackageRef> {
         let now = self.code_of(f);
         if now.is_ok() {
