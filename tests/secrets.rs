@@ -494,6 +494,11 @@ fn the_cli_creates_lists_and_deletes_secrets_and_configmaps() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(s.get("/fission-function/g").text().unwrap(), "moon");
+    // `KEY-` removes it (an empty value would set it to "").
+    let (code, _, err) = s.cli(&["fn", "update", "--name", "g", "--env-var", "GREETING_TO-"]);
+    assert_eq!(code, 0, "{err}");
+    let f = s.ok("GET", "/v1/functions/g", None);
+    assert!(f["env_vars"].get("GREETING_TO").is_none(), "{f}");
 
     let (code, out, err) = s.cli(&["secret", "delete", "--name", "s"]);
     assert_eq!(code, 0, "{err}");

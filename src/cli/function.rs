@@ -95,7 +95,8 @@ pub(super) struct FnFields {
     #[arg(long = "configmap", value_name = "[NAMESPACE/]NAME")]
     configmaps: Vec<String>,
     /// An environment variable set before the code loads, as KEY=VALUE
-    /// (repeatable; sets or replaces KEY; bundled runtimes only).
+    /// (repeatable; sets or replaces KEY; `KEY-` removes it, as `kubectl set
+    /// env` does; bundled runtimes only).
     #[arg(long = "env-var", value_name = "KEY=VALUE")]
     env_vars: Vec<String>,
     /// Attempts of an asynchronous call (X-Async: true), the first included
@@ -454,6 +455,13 @@ pub(super) async fn merge_fn(
         body["invocation"][key] = json!({"function": {"type": "name", "name": target}});
     }
     for text in &f.env_vars {
+        // `KEY-`: no such variable any more (a name holds no `-` or `=`).
+        if let Some(k) = text.strip_suffix('-').filter(|k| !k.contains(['=', '-'])) {
+            if let Some(vars) = body["env_vars"].as_object_mut() {
+                vars.remove(k);
+            }
+            continue;
+        }
         let (k, v) = super::secret::env_var(text)?;
         if !body["env_vars"].is_object() {
             body["env_vars"] = json!({});

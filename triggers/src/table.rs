@@ -449,21 +449,19 @@ struct Entry {
 
 impl Entry {
     /// The URL parameters when the route takes `path` at `host`, whatever the
-    /// method. Host names compare without case; a route's host without a
+    /// method. Host names compare without case and without the final dot of
+    /// a fully qualified name (`example.com.`); a route's host without a
     /// port takes the name at any port, one with a port only that port.
     fn matches(&self, host: Option<&str>, path: &str) -> Option<Vec<(String, String)>> {
         if let Some(want) = &self.route.host {
             let (want_name, want_port) = split_host(want);
-            let got = host.map(|h| match want_port {
-                Some(_) => h,
-                None => split_host(h).0,
-            });
-            let want = if want_port.is_some() {
-                want.as_str()
-            } else {
-                want_name
-            };
-            if !got.is_some_and(|h| h.eq_ignore_ascii_case(want)) {
+            let (got_name, got_port) = split_host(host?);
+            fn bare(name: &str) -> &str {
+                name.strip_suffix('.').unwrap_or(name)
+            }
+            if !bare(got_name).eq_ignore_ascii_case(bare(want_name))
+                || (want_port.is_some() && got_port != want_port)
+            {
                 return None;
             }
         }
@@ -828,6 +826,9 @@ mod tests {
         r.host = Some("Example.COM".into());
         let table = RouteTable::new(vec![r]);
         assert!(table.find("GET", Some("example.com:8888"), "/x").is_some());
+        // A fully qualified name, with its final dot.
+        assert!(table.find("GET", Some("example.com."), "/x").is_some());
+        assert!(table.find("GET", Some("Example.com.:8888"), "/x").is_some());
         assert!(table.find("GET", Some("other.com"), "/x").is_none());
         assert!(table.find("GET", None, "/x").is_none());
         // A port in the route's host: that port only.
