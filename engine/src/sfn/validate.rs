@@ -442,8 +442,11 @@ impl Validator {
             }
             self.state(&path, name, st, states, in_branch);
         }
-        if self.errors.len() == before && states.contains_key(start_at) {
-            self.graph(base, start_at, states);
+        if states.contains_key(start_at) {
+            // With the states' own errors too: a state a misspelt `next`
+            // leaves unreachable is said at once (a hint to what it meant).
+            let whole = self.errors.len() == before;
+            self.graph(base, start_at, states, whole);
         }
     }
 
@@ -706,9 +709,16 @@ impl Validator {
         }
     }
 
-    /// Walks the machine from `start_at`: a terminal state must be reachable,
+    /// Walks the machine from `start_at`: a terminal state must be reachable
+    /// (said only of states without errors of their own, which may be why),
     /// and every state reached. Cycles are allowed (the run timeout bounds them).
-    fn graph(&mut self, base: &[Step], start_at: &str, states: &BTreeMap<String, WorkflowState>) {
+    fn graph(
+        &mut self,
+        base: &[Step],
+        start_at: &str,
+        states: &BTreeMap<String, WorkflowState>,
+        whole: bool,
+    ) {
         let mut reached: HashSet<&str> = HashSet::from([start_at]);
         let mut queue = VecDeque::from([start_at]);
         let mut terminal = false;
@@ -721,7 +731,7 @@ impl Validator {
                 }
             }
         }
-        if !terminal {
+        if !terminal && whole {
             self.at_value(
                 &join(base, &[Step::from("startAt")]),
                 "no_terminal_state",
@@ -962,6 +972,17 @@ states:
   island: { type: Succeed }
 ";
         assert_eq!(check(yaml), vec![("unreachable_state", 4, 3)]);
+        // Said with the other errors, where a misspelt `next` is why.
+        let yaml = "\
+startAt: a
+states:
+  a: { type: Wait, duration: 1s, next: zz }
+  e: { type: Succeed }
+";
+        assert_eq!(
+            check(yaml),
+            vec![("unknown_state", 3, 40), ("unreachable_state", 4, 3)]
+        );
     }
 
     #[test]
@@ -1012,6 +1033,7 @@ states:
                 ("invalid_transition", 3, 3),
                 ("invalid_function_ref", 6, 23),
                 ("invalid_transition", 8, 3),
+                ("unreachable_state", 8, 3),
                 ("invalid_function_ref", 10, 23),
             ]
         );
@@ -1112,6 +1134,7 @@ states:
             vec![
                 ("missing_field", 3, 3),
                 ("invalid_branches", 3, 3),
+                ("unreachable_state", 6, 3),
                 ("unknown_state", 10, 18),
             ]
         );
@@ -1142,6 +1165,7 @@ states:
                 ("invalid_choice", 9, 9),
                 ("invalid_jsonpath", 10, 28),
                 ("invalid_choice", 12, 3),
+                ("unreachable_state", 12, 3),
                 ("field_not_allowed", 12, 22),
             ]
         );
@@ -1179,6 +1203,7 @@ states:
                 ("invalid_retry", 2, 30),
                 ("invalid_retry", 7, 27),
                 ("invalid_retry", 7, 61),
+                ("unreachable_state", 9, 3),
                 ("invalid_retry", 12, 27),
             ]
         );
