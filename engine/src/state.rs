@@ -1534,7 +1534,7 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
             TaskStatus::Running => {
                 busy = true;
                 // A `sleep` longer than its task's timeout fails at the timeout.
-                if let (Some(w), Some(d)) = (t.wake_at, attempt_deadline(t)) {
+                if let Some((w, d)) = t.wake_at.and_then(|w| Some((w, attempt_deadline(t)?))) {
                     if d < w {
                         actions.push(if d <= now {
                             Action::TimeOut {
