@@ -1637,39 +1637,11 @@ impl Actor {
                         }
                         Action::ExpireCallback { task, attempt } => {
                             progressed = true;
-                            let timeout = self
-                                .state
-                                .tasks
-                                .get(&task)
-                                .and_then(|t| t.spec.timeout.clone())
-                                .unwrap_or_default();
-                            self.record(Event::TaskFailed {
-                                task,
-                                attempt,
-                                error: format!(
-                                    "the callback timed out: no one completed it within its timeout of {timeout}"
-                                ),
-                                status: None,
-                                retryable: true,
-                                at: now,
-                            });
+                            self.record_timeout(task, attempt, true, now);
                         }
                         Action::TimeOut { task, attempt } => {
                             progressed = true;
-                            let timeout = self
-                                .state
-                                .tasks
-                                .get(&task)
-                                .and_then(|t| t.spec.timeout.clone())
-                                .unwrap_or_default();
-                            self.record(Event::TaskFailed {
-                                task,
-                                attempt,
-                                error: format!("the task timed out after {timeout} (its timeout)"),
-                                status: None,
-                                retryable: true,
-                                at: now,
-                            });
+                            self.record_timeout(task, attempt, false, now);
                         }
                         Action::CancelTask { task, reason } => {
                             progressed = true;
@@ -1865,6 +1837,30 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Fails an attempt its task's `timeout` ran out on: a callback's wait
+    /// (`callback`), a sleep, a task waiting for what it runs.
+    fn record_timeout(&mut self, task: String, attempt: u32, callback: bool, now: Millis) {
+        let timeout = self
+            .state
+            .tasks
+            .get(&task)
+            .and_then(|t| t.spec.timeout.clone())
+            .unwrap_or_default();
+        let error = if callback {
+            format!("the callback timed out: no one completed it within its timeout of {timeout}")
+        } else {
+            format!("the task timed out after {timeout} (its timeout)")
+        };
+        self.record(Event::TaskFailed {
+            task,
+            attempt,
+            error,
+            status: None,
+            retryable: true,
+            at: now,
+        });
     }
 
     /// Stops a run whose events could not be made durable: its callers are

@@ -1749,6 +1749,18 @@ mod tests {
     use proptest::prelude::*;
 
     /// Attempt `attempt` of `task` dispatched at `at` (key "k", no inputs).
+    /// The first attempt of a `sleep` task, dispatched at `at` to wake at `wake`.
+    fn sleeping(task: &str, at: Millis, wake: Millis) -> Event {
+        Event::TaskDispatched {
+            task: task.into(),
+            attempt: 1,
+            key: "k".into(),
+            inputs: Value::Null,
+            at,
+            wake_at: Some(wake),
+        }
+    }
+
     fn dispatched(task: &str, attempt: u32, at: Millis) -> Event {
         Event::TaskDispatched {
             task: task.into(),
@@ -2402,17 +2414,7 @@ mod tests {
         let mut spec = workflow(&[vec![]], 0, 1);
         spec.timeout = Some("1s".into());
         let mut s = RunState::fold(&[start(spec)]);
-        apply(
-            &mut s,
-            &Event::TaskDispatched {
-                task: "t0".into(),
-                attempt: 1,
-                key: "k".into(),
-                inputs: Value::Null,
-                at: 0,
-                wake_at: Some(500),
-            },
-        );
+        apply(&mut s, &sleeping("t0", 0, 500));
         // Asked long after both (a server down across them).
         assert_eq!(
             decide(&s, 5000),
@@ -2802,17 +2804,7 @@ mod tests {
         let tasks = BTreeMap::from([("a".to_string(), TaskSpec::default())]);
         let mut s = waiting_parent(tasks, "a", None);
         s.tasks.get_mut("p").unwrap().spec.timeout = Some("1s".into());
-        apply(
-            &mut s,
-            &Event::TaskDispatched {
-                task: "p/a".into(),
-                attempt: 1,
-                key: "k".into(),
-                inputs: Value::Null,
-                at: 0,
-                wake_at: Some(500),
-            },
-        );
+        apply(&mut s, &sleeping("p/a", 0, 500));
         // Its sleep was due before its timeout: it ended, and so did `p`.
         assert_eq!(
             decide(&s, 9000),
@@ -2878,17 +2870,7 @@ mod tests {
         let mut spec = workflow(&[vec![]], 0, 1);
         spec.tasks.get_mut("t0").unwrap().timeout = Some("1s".into());
         let mut s = RunState::fold(&[start(spec)]);
-        apply(
-            &mut s,
-            &Event::TaskDispatched {
-                task: "t0".into(),
-                attempt: 1,
-                key: "k".into(),
-                inputs: Value::Null,
-                at: 0,
-                wake_at: Some(5000),
-            },
-        );
+        apply(&mut s, &sleeping("t0", 0, 5000));
         assert_eq!(decide(&s, 500), vec![Action::StartTimer { at: 1000 }]);
         assert_eq!(
             decide(&s, 1000),
