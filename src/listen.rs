@@ -98,9 +98,64 @@ pub fn app_handler(
     }
 }
 
+/// Listening sockets a stop has ended, kept bound to their addresses until
+/// this is dropped. A socket simply closed at the stop frees its port while
+/// instances still run through the grace, and an instance on the host's
+/// network could take the port and read the next client's token; one kept
+/// bound (and no longer sharing its address) refuses connections as a closed
+/// one does, and no one else can listen there. Dropped once the instances
+/// have stopped.
+#[derive(Clone, Default)]
+pub struct Reserved(Arc<std::sync::Mutex<Vec<Kept>>>);
+
+/// A listener that no longer listens, and the socket that keeps its port
+/// when the listener let it go.
+type Kept = (TcpListener, Option<socket2::Socket>);
+
+impl Reserved {
+    /// Stops `listener` listening, and keeps its address.
+    fn keep(&self, name: &str, listener: TcpListener) {
+        let socket = socket2::SockRef::from(&listener);
+        // Not shared: no socket of another user, or of ours, binds it while
+        // ours is not listening.
+        if let Err(e) = socket
+            .set_reuse_address(false)
+            .and_then(|()| socket.shutdown(std::net::Shutdown::Read))
+        {
+            tracing::warn!(
+                listener = name,
+                "cannot stop listening and keep the address: {e}"
+            );
+        }
+        // A listener given port 0 lets its port go when it stops listening
+        // (the kernel chose it); a socket bound there at once keeps it. One
+        // given its port keeps it, and this bind finds it taken (a socket not
+        // sharing its address is never shared).
+        let held = listener.local_addr().ok().and_then(|addr| {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )
+            .ok()?;
+            // Bound beside the connections still open on the port (theirs
+            // share it), then shared with no one.
+            s.set_reuse_address(true).ok()?;
+            s.bind(&addr.into()).ok()?;
+            s.set_reuse_address(false).ok()?;
+            Some(s)
+        });
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((listener, held));
+    }
+}
+
 /// Serves `handler` on `listener` until `stop` turns true; then stops
-/// accepting (closing the listening socket), lets every open connection finish
-/// its request, and returns once all have closed. The handler is called for
+/// accepting (the listening socket stops listening, its address kept in
+/// `reserved`), lets every open connection finish its request, and returns
+/// once all have closed. The handler is called for
 /// each request within the limits; the router listener passes a plain function
 /// here (no axum routing or layers on its hot path), the API its axum app.
 pub async fn serve<H, F>(
@@ -110,6 +165,7 @@ pub async fn serve<H, F>(
     tls: Option<TlsAcceptor>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
+    reserved: Reserved,
 ) where
     H: Fn(Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
@@ -228,7 +284,7 @@ pub async fn serve<H, F>(
             log_connection_end(name, peer, result);
         });
     }
-    drop(listener);
+    reserved.keep(name, listener);
     // Every connection's task holds a permit: all of them back, all ended.
     let _ = permits
         .acquire_many(u32::try_from(limits.max_connections).unwrap_or(u32::MAX))

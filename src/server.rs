@@ -640,6 +640,9 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         header_timeout_ms = args.header_timeout_ms,
         "connection limits per listener"
     );
+    // The listeners' addresses, kept from the stop until the instances have
+    // stopped (dropped at the end of this function).
+    let reserved = listen::Reserved::default();
     let mut router_server = tokio::spawn(listen::serve(
         "router",
         router_listener,
@@ -647,6 +650,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         tls.clone(),
         limits.clone(),
         stop_rx.clone(),
+        reserved.clone(),
     ));
     let mut api_server = tokio::spawn(listen::serve(
         "api",
@@ -655,6 +659,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         tls,
         limits,
         stop_rx.clone(),
+        reserved.clone(),
     ));
 
     // The controller applies through the API it serves, on loopback, with
@@ -774,6 +779,8 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         );
     }
     db.flush_async().await?;
+    // The instances are stopped: the ports can go.
+    drop(reserved);
     tracing::info!("stopped");
     Ok(())
 }

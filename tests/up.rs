@@ -176,6 +176,16 @@ fn sigterm_lets_in_flight_requests_finish_then_stops_every_instance() {
     eventually(Duration::from_secs(10), "the listener closes", || {
         std::net::TcpStream::connect(s.router.trim_start_matches("http://")).is_err()
     });
+    // And the ports stay the server's: an instance on the host's network
+    // that listened there would get the next client's token.
+    for url in [&s.router, &s.api] {
+        let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+        let squatter =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        squatter.set_reuse_address(true).unwrap();
+        let e = squatter.bind(&addr.into()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{url}: {e}");
+    }
     probe.open("go");
     assert_eq!(pending.join().unwrap(), (200, "finished".to_string()));
     let mut server = server;
