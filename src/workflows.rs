@@ -30,7 +30,11 @@ impl HttpTransport for ReqwestTransport {
             let method = reqwest::Method::from_bytes(request.method.to_uppercase().as_bytes())
                 .map_err(|_| format!("bad HTTP method {:?}", request.method))?;
             let mut req = client.request(method, &request.url);
-            for (k, v) in &request.headers {
+            for (k, v) in request
+                .headers
+                .iter()
+                .filter(|(k, _)| !executor::is_body_framing(k))
+            {
                 req = req.header(k, v);
             }
             req = match request.body {

@@ -795,6 +795,38 @@ fn a_task_past_its_timeout_fails_the_run() {
     );
 }
 
+/// A task forwarding the caller's headers (Fission's pattern) with a body of
+/// its own sends that body whole: the caller's `Content-Length`, of another
+/// body, is not sent with it (it cut the body, or held the call to its
+/// timeout).
+#[test]
+fn a_task_forwarding_the_callers_headers_sends_its_own_body_whole() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "measure",
+        "python",
+        "measure.py",
+        "from flask import request\ndef main():\n    return str(len(request.get_data()))\n",
+        json!({}),
+    );
+    s.workflow(
+        "forward",
+        "apiVersion: 1\noutput: M\ntasks:\n  M:\n    run: measure\n    inputs:\n      body: \"{ param() + ' and more than the caller sent' }\"\n      headers: \"{ param('headers') }\"\n",
+    );
+    let (status, body) = s.invoke("forward", "text/plain", "hi");
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            200,
+            "hi and more than the caller sent"
+                .len()
+                .to_string()
+                .as_str()
+        )
+    );
+}
+
 /// A workflow behind a route with URL parameters gets them as a function
 /// does, as `X-Fission-Params-<name>` headers of its input, decoded.
 #[test]

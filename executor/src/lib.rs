@@ -93,6 +93,14 @@ pub trait Invoker: Send + Sync + 'static {
 
 pub type SharedInvoker = Arc<dyn Invoker>;
 
+/// Whether a header says how a body is framed: never sent as a task gives
+/// it, as the body sent is the task's own (a task forwarding the caller's
+/// headers would send the length of the caller's body, and cut or hang its
+/// own); the body's own length is said instead.
+pub fn is_body_framing(name: &str) -> bool {
+    name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
+}
+
 /// Whether a completed call's status means the task failed in a way worth retrying:
 /// 5xx and 429 are retried, 4xx never.
 pub fn status_is_retryable(status: u16) -> bool {
@@ -156,7 +164,7 @@ async fn invoke_pool(
         call.method.as_str()
     };
     let mut req = http::Request::builder().method(method).uri(&path);
-    for (k, v) in &call.headers {
+    for (k, v) in call.headers.iter().filter(|(k, _)| !is_body_framing(k)) {
         req = req.header(k.as_str(), v.as_str());
     }
     if let Some(key) = &call.idempotency_key {
