@@ -189,6 +189,47 @@ fn every_message_reaches_the_function_once_and_its_answer_the_response_topic() {
     assert_eq!(code, 204);
 }
 
+/// A message whose headers ask for an asynchronous call (`X-Async`) still
+/// gets its answer published: the trigger waits for the workflow's output, as
+/// for a function's, rather than publishing that the run is running.
+#[test]
+fn a_message_asking_for_an_asynchronous_call_gets_its_workflows_answer() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream("RESULTS", &["results.>"]);
+    let s = server(&nats);
+    s.workflow(
+        "shout",
+        "apiVersion: 1\noutput: X\ntasks:\n  X:\n    run: noop\n    inputs: \"{ param() + '!' }\"\n",
+    );
+    let (rc, out, err) = s.cli(&[
+        "mqt",
+        "create",
+        "--name",
+        "shouts",
+        "--mqtype",
+        "nats-jetstream",
+        "--topic",
+        "orders.shout",
+        "--workflow",
+        "shout",
+        "--resptopic",
+        "results.shout",
+    ]);
+    assert_eq!(rc, 0, "{out}{err}");
+    wait_state(&s, "shouts", "running", Duration::from_secs(20));
+    nats.publish(
+        "orders.shout",
+        "hey",
+        &[("X-Async", "true"), ("Content-Type", "text/plain")],
+    );
+    eventually(Duration::from_secs(60), "the answer is published", || {
+        !nats.messages("RESULTS", "results.shout").is_empty()
+    });
+    let answers = nats.messages("RESULTS", "results.shout");
+    assert_eq!(answers[0].payload, "hey!", "{:?}", answers[0].headers);
+}
+
 #[test]
 fn a_failing_message_goes_to_the_error_topic_after_every_attempt() {
     let nats = Nats::start();

@@ -467,12 +467,18 @@ impl Job {
                 let Ok(name) = HeaderName::from_bytes(name.to_string().as_bytes()) else {
                     continue;
                 };
-                // What frames the request is Fusion's to set, not the message's.
+                // What frames the request is Fusion's to set, not the
+                // message's; and the trigger waits for the answer it
+                // publishes: a message asking for an asynchronous call (of a
+                // workflow, which would answer "running") is not heard.
                 if [
                     http::header::CONTENT_LENGTH,
                     http::header::HOST,
                     http::header::TRANSFER_ENCODING,
                     http::header::CONNECTION,
+                    HeaderName::from_static("x-async"),
+                    HeaderName::from_static("x-fission-invoke-mode"),
+                    http::header::HeaderName::from_static("prefer"),
                 ]
                 .contains(&name)
                 {
