@@ -2534,6 +2534,52 @@ fn a_canary_moves_a_routes_requests_or_rolls_them_back() {
         err.contains("also shares its requests with \"bad\""),
         "{err}"
     );
+
+    // A canary whose route goes is aborted then, not at the end of its
+    // window (an hour here), and moves no route made later under its name.
+    cli_ok(&[
+        "route",
+        "create",
+        "slow",
+        "--url",
+        "/slow",
+        "--function",
+        "v1",
+        "--weight",
+        "100",
+        "--function",
+        "v2",
+        "--weight",
+        "0",
+    ]);
+    cli_ok(&[
+        "canary-config",
+        "create",
+        "--name",
+        "slow",
+        "--newfunction",
+        "v2",
+        "--oldfunction",
+        "v1",
+        "--httptrigger",
+        "slow",
+        "--increment-step",
+        "10",
+        "--increment-interval",
+        "1h",
+    ]);
+    cli_ok(&["route", "delete", "slow"]);
+    eventually(Duration::from_secs(20), "the canary is aborted", || {
+        status("slow")["status"] == "aborted"
+    });
+    assert!(
+        status("slow")["message"]
+            .as_str()
+            .unwrap()
+            .contains("route \"slow\" is gone"),
+        "{}",
+        status("slow")
+    );
 }
 
 /// A new function that never gets an instance (its code does not load) fails

@@ -344,6 +344,16 @@ impl Canaries {
             let Ok(interval) = canary.interval() else {
                 continue;
             };
+            // Its route gone or changed ends it at once, not at the end of
+            // its window: a route made meanwhile under the same name is not
+            // its to move.
+            if let Err(why) = its_route(triggers, &canary) {
+                self.windows_lock().remove(&canary.key());
+                if let Err(e) = self.end(canary, "aborted", why).await {
+                    tracing::warn!("canaries: {e}");
+                }
+                continue;
+            }
             let new_key = qualified(&canary.namespace, &canary.new_function);
             let (calls, failed) = triggers.invoker.pool().request_counts(&new_key);
             let began = {
@@ -386,35 +396,11 @@ impl Canaries {
         calls: u64,
         failed: u64,
     ) -> Result<()> {
-        let route = match triggers.routes.get(&canary.route_key()) {
-            Ok(r) => r,
-            Err(_) => {
-                let why = format!("route {:?} is gone", canary.trigger);
-                return self.end(canary, "aborted", why).await;
-            }
+        let (route, weight) = match its_route(triggers, &canary) {
+            Ok(found) => found,
+            Err(why) => return self.end(canary, "aborted", why).await,
         };
         let (new, old) = (&canary.new_function, &canary.old_function);
-        let Some(&weight) = route.function_weights.get(new) else {
-            let why = format!(
-                "route {:?} no longer shares its requests with {new:?}",
-                canary.trigger
-            );
-            return self.end(canary, "aborted", why).await;
-        };
-        if !route.function_weights.contains_key(old) {
-            let why = format!(
-                "route {:?} no longer shares its requests with {old:?}",
-                canary.trigger
-            );
-            return self.end(canary, "aborted", why).await;
-        }
-        if let Some(other) = others(&canary, &route.function_weights) {
-            let why = format!(
-                "route {:?} now also shares its requests with {other:?}",
-                canary.trigger
-            );
-            return self.end(canary, "aborted", why).await;
-        }
         if calls > 0 {
             canary.status.failure_percent = Some(failed as f64 * 100.0 / calls as f64);
         }
@@ -462,6 +448,38 @@ impl Canaries {
             _ => Ok(()),
         }
     }
+}
+
+/// The route `canary` moves, and its new function's share; or why it can
+/// move it no more: the route is gone, or no longer shares its requests
+/// between just its two functions.
+fn its_route(
+    triggers: &Triggers,
+    canary: &Canary,
+) -> std::result::Result<(crate::Route, u32), String> {
+    let Ok(route) = triggers.routes.get(&canary.route_key()) else {
+        return Err(format!("route {:?} is gone", canary.trigger));
+    };
+    let (new, old) = (&canary.new_function, &canary.old_function);
+    let Some(&weight) = route.function_weights.get(new) else {
+        return Err(format!(
+            "route {:?} no longer shares its requests with {new:?}",
+            canary.trigger
+        ));
+    };
+    if !route.function_weights.contains_key(old) {
+        return Err(format!(
+            "route {:?} no longer shares its requests with {old:?}",
+            canary.trigger
+        ));
+    }
+    if let Some(other) = others(canary, &route.function_weights) {
+        return Err(format!(
+            "route {:?} now also shares its requests with {other:?}",
+            canary.trigger
+        ));
+    }
+    Ok((route, weight))
 }
 
 #[cfg(test)]
