@@ -90,7 +90,7 @@ async fn deployment(
     Query(q): Query<PackageQuery>,
 ) -> ApiResult<Response> {
     let p = s.pool.package(q.namespace(), &name)?;
-    let Some(code) = p.runnable().or(p.status.built.as_ref()) else {
+    let Some(code) = p.runnable() else {
         return Err(Error::Conflict(format!(
             "package {name:?} has no deployment yet: its build is {} (fusion pkg info {name})",
             p.status.buildstatus

@@ -1434,14 +1434,8 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                 .values()
                 .filter(|t| t.status == TaskStatus::Running)
                 .filter_map(|t| {
-                    let wake = t.wake_at?;
-                    match attempt_deadline(t).filter(|x| *x < wake && *x <= d) {
-                        Some(_) => Some(Action::TimeOut {
-                            task: t.id.clone(),
-                            attempt: t.attempts,
-                        }),
-                        None => (wake <= d).then(|| Action::FireTimer { task: t.id.clone() }),
-                    }
+                    let (at, timed_out) = sleep_end(t)?;
+                    (at <= d).then(|| sleep_action(t, timed_out))
                 })
                 .collect();
             if !slept.is_empty() {
@@ -1533,25 +1527,9 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
             }
             TaskStatus::Running => {
                 busy = true;
-                // A `sleep` longer than its task's timeout fails at the timeout.
-                if let Some((w, d)) = t.wake_at.and_then(|w| Some((w, attempt_deadline(t)?))) {
-                    if d < w {
-                        actions.push(if d <= now {
-                            Action::TimeOut {
-                                task: t.id.clone(),
-                                attempt: t.attempts,
-                            }
-                        } else {
-                            Action::StartTimer { at: d }
-                        });
-                        continue;
-                    }
-                }
-                match (t.wake_at, t.callback.as_ref().and(t.callback_deadline)) {
-                    (Some(w), _) if w <= now => {
-                        actions.push(Action::FireTimer { task: t.id.clone() })
-                    }
-                    (Some(w), _) => actions.push(Action::StartTimer { at: w }),
+                match (sleep_end(t), t.callback.as_ref().and(t.callback_deadline)) {
+                    (Some((at, _)), _) if at > now => actions.push(Action::StartTimer { at }),
+                    (Some((_, timed_out)), _) => actions.push(sleep_action(t, timed_out)),
                     (None, Some(d)) if d <= now => actions.push(Action::ExpireCallback {
                         task: t.id.clone(),
                         attempt: t.attempts,
@@ -1643,8 +1621,7 @@ fn timed_out_waiting(s: &RunState, cutoff: Millis) -> Vec<Action> {
     // When the next thing of `t` comes that time alone brings.
     let next = |t: &TaskState| match t.status {
         TaskStatus::Running => [
-            t.wake_at,
-            t.wake_at.and(attempt_deadline(t)),
+            sleep_end(t).map(|(at, _)| at),
             t.callback.as_ref().and(t.callback_deadline),
         ]
         .into_iter()
@@ -1684,6 +1661,28 @@ fn timed_out_waiting(s: &RunState, cutoff: Millis) -> Vec<Action> {
         );
     }
     out
+}
+
+/// When a `sleep` task's attempt ends, and whether by its task's timeout
+/// (one shorter than the sleep) rather than by waking.
+fn sleep_end(t: &TaskState) -> Option<(Millis, bool)> {
+    let wake = t.wake_at?;
+    Some(match attempt_deadline(t).filter(|d| *d < wake) {
+        Some(d) => (d, true),
+        None => (wake, false),
+    })
+}
+
+/// What ends a `sleep` task whose time has come (`sleep_end`).
+fn sleep_action(t: &TaskState, timed_out: bool) -> Action {
+    if timed_out {
+        Action::TimeOut {
+            task: t.id.clone(),
+            attempt: t.attempts,
+        }
+    } else {
+        Action::FireTimer { task: t.id.clone() }
+    }
 }
 
 /// When the current attempt of `t` is past its task's `timeout`, if it has one.

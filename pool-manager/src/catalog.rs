@@ -137,7 +137,7 @@ impl PoolManager {
     /// it built.
     pub fn function_code(&self, name: &str) -> Result<std::path::PathBuf> {
         let f = self.function(name)?;
-        let code = self.inner.last_code_of(&f)?;
+        let code = self.inner.code_of(&f)?;
         self.inner.packages.path(&code)
     }
 

@@ -239,7 +239,8 @@ impl PoolManager {
             kind: "package",
             name: p.name.clone(),
         })?;
-        if old.environment != p.environment {
+        let moved = old.environment != p.environment;
+        if moved {
             let elsewhere: Vec<String> = self
                 .inner
                 .store
@@ -257,9 +258,7 @@ impl PoolManager {
                 )));
             }
         }
-        let same_build = old.source == p.source
-            && old.buildcmd == p.buildcmd
-            && old.environment == p.environment;
+        let same_build = old.source == p.source && old.buildcmd == p.buildcmd && !moved;
         if same_build {
             p.generation = old.generation;
             p.status = old.status.clone();
@@ -270,7 +269,7 @@ impl PoolManager {
                 .apply(p.source.is_some(), BuildEvent::Requested, now())?;
             // What was built for another runtime is no code to go on with
             // meanwhile: calls wait for the new environment's build.
-            if old.environment != p.environment {
+            if moved {
                 p.status.built = None;
             }
         }
@@ -281,7 +280,6 @@ impl PoolManager {
         }
         // New code, or none where there was some (a package moved to another
         // environment: its warm instances ran the other runtime's build).
-        let moved = old.environment != p.environment;
         if (p.runnable().is_some() || moved) && p.runnable() != old.runnable() {
             self.inner.refresh_functions(&p.namespace, &p.name).await?;
         }
@@ -838,24 +836,6 @@ impl Inner {
                 }
             }
         }
-    }
-
-    /// The code function `f` ran last: what `code_of` says, else the last
-    /// deployment its package built, if any.
-    pub(crate) fn last_code_of(&self, f: &Function) -> Result<PackageRef> {
-        let now = self.code_of(f);
-        if now.is_ok() {
-            return now;
-        }
-        if let crate::resources::FunctionPackage::Named { packageref } = &f.package {
-            if let Ok(Some(built)) = self
-                .named_package(&f.name, packageref)
-                .map(|p| p.status.built)
-            {
-                return Ok(built);
-            }
-        }
-        now
     }
 
     /// Checks that a function's named package exists and is for its environment.
