@@ -17,6 +17,7 @@ mod declared;
 mod fetcher;
 mod guard;
 mod health;
+mod init;
 #[cfg(feature = "kubernetes")]
 mod kube;
 mod listen;
@@ -72,6 +73,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(command) = args.init_command() {
+        init::run(command);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

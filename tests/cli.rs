@@ -310,6 +310,55 @@ fn a_closed_output_pipe_ends_the_cli_quietly() {
     assert!(err.is_empty(), "{err}");
 }
 
+/// `fusion runtime init`, a container's first process, exits as its command
+/// exits (128 + the signal that killed it) and passes on the signals it gets.
+#[test]
+fn the_containers_init_exits_as_its_command_and_passes_it_signals() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let init = |args: &[&str]| {
+        Command::new(common::BIN)
+            .args(["runtime", "init", "--"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let code = |args: &[&str]| init(args).wait_with_output().unwrap().status.code();
+    assert_eq!(code(&["sh", "-c", "exit 3"]), Some(3));
+    assert_eq!(code(&["sh", "-c", "kill -TERM $$"]), Some(128 + 15));
+    let missing = init(&["/no/such/program"]).wait_with_output().unwrap();
+    assert_eq!(missing.status.code(), Some(127));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("/no/such/program"),
+        "{missing:?}"
+    );
+
+    let mut child = init(&[
+        "sh",
+        "-c",
+        "trap 'exit 7' TERM; echo $$; while :; do sleep 0.1; done",
+    ]);
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let command: u32 = ready.trim().parse().unwrap();
+    common::signal(child.id(), libc::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut status = child.try_wait().unwrap();
+    while status.is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+        status = child.try_wait().unwrap();
+    }
+    // Not passed on: the command still runs, and init with it.
+    common::signal(command, libc::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status.and_then(|s| s.code()), Some(7), "{status:?}");
+}
+
 /// Fission's `environment create` flags are taken: `--builder` (the bundled
 /// builder builds; another language's is said not to run) and `--version`
 /// (1 and 2 keep a pool of 3, as in Fission).

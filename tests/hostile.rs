@@ -273,6 +273,23 @@ fn detached_processes_die_with_their_container() {
 }
 
 #[test]
+fn orphans_that_end_are_reaped_so_a_function_can_keep_starting_commands() {
+    let s = container_server();
+    s.env("binary", "binary", 1);
+    // Each `(true &)` leaves an orphan that ends at once: a zombie of the
+    // container's first process unless that process reaps it. 400 of them
+    // outnumber the pids limit (256).
+    let code = "#!/bin/sh\ni=0\nwhile [ $i -lt 400 ]; do\n  (true &) 2>/dev/null || { printf 'no fork after %s' $i; exit 0; }\n  i=$((i+1))\ndone\nprintf 'started %s' $i\n";
+    s.function("orphans", "binary", "orphans.sh", code, json!({}));
+    for _ in 0..2 {
+        assert_eq!(
+            s.get("/fission-function/orphans").text().unwrap(),
+            "started 400"
+        );
+    }
+}
+
+#[test]
 fn a_request_past_its_timeout_stops_every_process_of_its_container() {
     spin_past_the_timeout(&container_server(), "spin-987002");
 }

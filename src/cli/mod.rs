@@ -396,6 +396,25 @@ async fn version(opts: &ClientOpts) -> Result<()> {
 enum RuntimeKind {
     /// The binary environment's runtime.
     Binary,
+    /// The first process of a container: runs the command, passes it
+    /// signals, reaps orphans and exits as it exits.
+    Init {
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+}
+
+impl Cli {
+    /// The command `fusion runtime init` runs, if that is what was asked:
+    /// it runs before any thread starts (it waits for signals by masking them).
+    pub fn init_command(&self) -> Option<&[std::ffi::OsString]> {
+        match &self.command {
+            Command::Runtime {
+                which: RuntimeKind::Init { command },
+            } => Some(command),
+            _ => None,
+        }
+    }
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -426,6 +445,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Runtime {
             which: RuntimeKind::Binary,
         } => crate::runtime_binary::serve().await,
+        Command::Runtime {
+            which: RuntimeKind::Init { command },
+        } => crate::init::run(&command),
         Command::Fetcher { args } => {
             init_tracing()?;
             crate::fetcher::serve(args).await

@@ -867,9 +867,15 @@ impl Backend for ContainerBackend {
             };
             let args = match &image {
                 Some(image) => image.args.clone(),
+                // Under Fusion's init, which reaps what the runtime does not:
+                // the orphans of a function's background commands.
                 None => {
                     let (program, args) = self.inside.command_for(&req.env)?;
-                    std::iter::once(program).chain(args).collect()
+                    let init = self.inside.fusion_exe.to_string_lossy().into_owned();
+                    [init, "runtime".into(), "init".into(), "--".into(), program]
+                        .into_iter()
+                        .chain(args)
+                        .collect()
                 }
             };
             let spec = self.spec(&req.env, &bundle, args, image.as_ref())?;
