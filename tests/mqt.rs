@@ -1,8 +1,9 @@
 //! Message-queue triggers end to end, with a real `nats-server` (JetStream) on
 //! loopback: every message reaches the function once and its answer the
 //! response topic; failures reach the error topic after every attempt; a
-//! server killed mid-stream loses nothing; an unreachable NATS server or a
-//! missing stream is the trigger's status until it is fixed.
+//! server killed mid-stream loses nothing, and one stopped calls nothing
+//! twice; an unreachable NATS server or a missing stream is the trigger's
+//! status until it is fixed.
 
 mod common;
 #[path = "common/nats.rs"]
@@ -657,6 +658,67 @@ fn a_server_killed_mid_stream_loses_no_message() {
     }
     assert_eq!(calls.keys().cloned().collect::<BTreeSet<_>>(), seqs);
     assert!(state(&s, "orders")["redelivered"].as_u64().unwrap() >= in_flight.len() as u64);
+}
+
+/// A server stopped cleanly (SIGTERM) mid-stream finishes the calls in flight
+/// and hands back the rest: after a restart every message is answered once,
+/// and none waits out its ack wait.
+#[test]
+fn a_server_stopped_mid_stream_calls_each_message_once_and_holds_none_back() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream("RESULTS", &["results.>"]);
+    let mut s = server(&nats);
+    let probe = Probe::start();
+    s.function("slow", "binary", "slow.sh", &echo(&probe, true), json!({}));
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(json!({
+            "name": "orders", "function": "slow", "topic": "orders.new",
+            "respTopic": "results.ok", "concurrency": 2,
+            // Longer than the test waits for the answers.
+            "metadata": {"ackWait": "5m"},
+        })),
+    );
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+    const N: usize = 8;
+    let seqs: BTreeSet<String> = (0..N)
+        .map(|i| {
+            format!(
+                "ORDERS-{}",
+                nats.publish("orders.new", &format!("m{i}"), &[])
+            )
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(30),
+        "two messages are in flight",
+        || probe.lines("calls").len() >= 2,
+    );
+    common::signal(s.pid(), libc::SIGTERM);
+    // The calls in flight go on while the stopping consumer hands back what
+    // it holds.
+    eventually(Duration::from_secs(20), "messages are handed back", || {
+        nats.consumer_state("ORDERS", "fusion-mqt-default-orders")
+            .redelivered
+            > 0
+    });
+    probe.open("go");
+    s.wait_stopped();
+    s.launch();
+    eventually(Duration::from_secs(60), "every answer is published", || {
+        nats.messages("RESULTS", "results.ok").len() >= N
+    });
+    let calls = counts(&probe.lines("calls"));
+    assert_eq!(calls.keys().cloned().collect::<BTreeSet<_>>(), seqs);
+    assert!(
+        calls.values().all(|n| *n == 1),
+        "each called once: {calls:?}"
+    );
+    assert_eq!(nats.messages("RESULTS", "results.ok").len(), N);
+    let consumer = nats.consumer_state("ORDERS", "fusion-mqt-default-orders");
+    assert_eq!(consumer.ack_pending, 0, "{consumer:?}");
 }
 
 #[test]
