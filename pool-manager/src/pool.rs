@@ -982,11 +982,11 @@ impl Inner {
                         instance.stop();
                         return;
                     }
-                    (Err(e), pool) => {
-                        if let Some(pool) = pool {
-                            pool.pending -= 1;
-                            pool.changed.notify_waiters();
-                        }
+                    // Deleted meanwhile: nothing to keep warm.
+                    (Err(_), None) => return,
+                    (Err(e), Some(pool)) => {
+                        pool.pending -= 1;
+                        pool.changed.notify_waiters();
                         failures += 1;
                         tracing::warn!(function = %name, error = %e, "cannot keep the min scale warm");
                     }
@@ -1296,7 +1296,7 @@ impl Inner {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Body::from(body.to_string()))
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let outcome = tokio::time::timeout(self.cfg.specialize_timeout, async {
+        let loading = tokio::time::timeout(self.cfg.specialize_timeout, async {
             let resp = instance
                 .client
                 .request(req)
@@ -1310,8 +1310,16 @@ impl Inner {
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             Ok::<_, String>((status, body))
-        })
-        .await;
+        });
+        // A function deleted meanwhile wants no instance: one still loading
+        // its code is stopped now, not at the end of the load limit.
+        let outcome = tokio::select! {
+            outcome = loading => outcome,
+            () = self.deleted(function) => {
+                instance.stop();
+                return Err(not_found(Kind::Function, &function.key()));
+            }
+        };
         let failure = match outcome {
             Ok(Ok((status, _))) if status.is_success() => {
                 instance.touch();
@@ -1338,6 +1346,27 @@ impl Inner {
             ),
             detail: format!("function {:?} cannot be loaded: {failure}", function.key()),
         })
+    }
+
+    /// Resolves once `function` is deleted (its pool gone, or another one
+    /// made under its name).
+    async fn deleted(&self, function: &Function) {
+        let key = function.key();
+        let Some(changed) = lock(&self.state).fns.get(&key).map(|p| p.changed.clone()) else {
+            return;
+        };
+        loop {
+            // Registered before the check, so no change comes between.
+            let notified = changed.notified();
+            let same = lock(&self.state)
+                .fns
+                .get(&key)
+                .is_some_and(|p| Arc::ptr_eq(&p.changed, &changed));
+            if !same {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn released(&self, instance: &Arc<Instance>, function: &str) {

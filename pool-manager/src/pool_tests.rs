@@ -32,6 +32,10 @@ struct FakeBackend {
     started: AtomicUsize,
     /// Starts asked for, failed ones too.
     asked: AtomicUsize,
+    /// Instances from now on never finish loading code (a module that hangs
+    /// at import); counts the loads begun.
+    hangs: Arc<AtomicBool>,
+    loads: Arc<AtomicUsize>,
     handles: Mutex<HashMap<u64, Arc<FakeHandle>>>,
 }
 
@@ -103,11 +107,18 @@ impl Backend for FakeBackend {
             let listener = tokio::net::UnixListener::bind(&path)
                 .map_err(|e| Error::Internal(e.to_string()))?;
             let id = req.id;
+            let (hangs, loads) = (self.hangs.clone(), self.loads.clone());
             let server = tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
-                    let service =
-                        service_fn(move |r: hyper::Request<hyper::body::Incoming>| async move {
+                    let (hangs, loads) = (hangs.clone(), loads.clone());
+                    let service = service_fn(move |r: hyper::Request<hyper::body::Incoming>| {
+                        let (hangs, loads) = (hangs.clone(), loads.clone());
+                        async move {
                             let body = if r.uri().path() == "/v2/specialize" {
+                                loads.fetch_add(1, Ordering::SeqCst);
+                                if hangs.load(Ordering::SeqCst) {
+                                    std::future::pending::<()>().await;
+                                }
                                 String::new()
                             } else {
                                 format!("instance {id}")
@@ -116,7 +127,8 @@ impl Backend for FakeBackend {
                             Ok::<_, std::convert::Infallible>(hyper::Response::new(
                                 http_body_util::Full::new(bytes::Bytes::from(body)),
                             ))
-                        });
+                        }
+                    });
                     tokio::spawn(
                         hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service),
@@ -180,6 +192,8 @@ async fn setup_with(
         parks: Arc::default(),
         started: AtomicUsize::new(0),
         asked: AtomicUsize::new(0),
+        hangs: Arc::default(),
+        loads: Arc::default(),
         handles: Mutex::default(),
     });
     let db = sled::Config::new().temporary(true).open().unwrap();
@@ -643,6 +657,37 @@ async fn a_burst_of_first_requests_shares_one_cold_start_up_to_requests_per_inst
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 3, "{ids:?}");
+}
+
+/// A function deleted while an instance loads its code: the instance is
+/// stopped at once (not at the end of the load limit) and the request that
+/// waited for it learns the function is gone.
+#[tokio::test]
+async fn a_function_deleted_while_its_code_loads_stops_the_instance_loading_it() {
+    let s = setup(0, 1).await;
+    s.backend.hangs.store(true, Ordering::SeqCst);
+    let pm = s.pm.clone();
+    let lease = tokio::spawn(async move { pm.lease("f").await.map(|l| l.instance.id) });
+    eventually("the code is loading", || {
+        (s.backend.loads.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    s.pm.delete_function("f").await.unwrap();
+    let err = lease.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), "not_found", "{err}");
+    let handles: Vec<_> = s
+        .backend
+        .handles
+        .lock()
+        .unwrap()
+        .values()
+        .cloned()
+        .collect();
+    assert_eq!(handles.len(), 1);
+    assert!(
+        handles[0].exit_tx.borrow().is_some(),
+        "the instance was stopped"
+    );
 }
 
 #[tokio::test]
