@@ -1,9 +1,10 @@
-//! `fusion runtime init -- PROGRAM ARGS...`: the first process of a container
-//! of the bundled runtimes. It starts the runtime, passes it every signal it
+//! `fusion runtime init -- PROGRAM ARGS...`: the first process of every
+//! instance's container. It starts the runtime, passes it every signal it
 //! gets, reaps every process that ends in the container and exits as the
 //! runtime exits (the kernel then kills whatever else the container runs).
 //!
-//! The runtimes were that first process themselves, and none of them reaps
+//! The runtimes were that first process themselves, and none of them (nor
+//! Fission's images) reaps
 //! children it did not start: each background command a function left behind
 //! stayed a zombie, counted against the container's pids limit, until about
 //! 250 of them stopped the function from starting anything at all.

@@ -204,6 +204,24 @@ fn a_function_runs_in_an_image_and_two_environments_share_one_unpacked_copy() {
     }
 }
 
+/// An image's entrypoint runs under Fusion's init too: the orphans a
+/// function leaves are reaped, so they never fill the pids limit (256).
+#[test]
+fn an_image_instance_reaps_the_orphans_its_function_leaves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = build_image(tmp.path(), false, &[]);
+    let s = container_server();
+    let (status, v) = image_env(&s, "img", &image.layout);
+    assert_eq!(status, 201, "{v}");
+    // Only the shell's builtins: the image has no other program.
+    let code = "i=0\nwhile [ $i -lt 400 ]; do\n  (true &) 2>/dev/null || { printf 'no fork after %s' $i; exit 0; }\n  i=$((i+1))\ndone\nprintf 'started %s' $i\n";
+    s.function("orphans", "img", "orphans.sh", code, json!({}));
+    for _ in 0..2 {
+        let r = s.get("/fission-function/orphans");
+        assert_eq!(r.text().unwrap(), "started 400");
+    }
+}
+
 #[test]
 fn an_oci_archive_with_a_gzip_layer_runs_too() {
     let tmp = tempfile::tempdir().unwrap();

@@ -68,6 +68,13 @@ pub const FILES_SIZE_MB: u64 = 40;
 /// Files and directories each may hold (16 x 256 keys, and their directories).
 const FILES_INODES: usize = 8192;
 /// Where the runtime listens, inside the container and in the bundle.
+/// Where the fusion executable is in a container of the bundled runtimes
+/// (the binary runtime, and every container's init).
+const BUNDLED_INIT: &str = "/fusion/bin/fusion";
+/// Where it is bound in an image's container, a directory no image is
+/// likely to have (Fusion's own test image has a file at `/fusion`).
+const IMAGE_INIT_DIR: &str = "/.fusion";
+const IMAGE_INIT: &str = "/.fusion/fusion";
 const SOCKET_DIR: &str = "/run/fusion";
 const SOCKET_NAME: &str = "runtime.sock";
 /// Where runc keeps its containers' state (its default `--root` for root).
@@ -252,7 +259,7 @@ impl ContainerBackend {
         let mut extra_binds = Vec::new();
         let inside = LaunchConfig {
             runtimes_dir: PathBuf::from("/fusion/runtimes"),
-            fusion_exe: PathBuf::from("/fusion/bin/fusion"),
+            fusion_exe: PathBuf::from(BUNDLED_INIT),
             python: inside_path(&cfg.launch.python, &mut extra_binds),
             node: inside_path(&cfg.launch.node, &mut extra_binds),
             start_timeout: cfg.launch.start_timeout,
@@ -424,7 +431,7 @@ impl ContainerBackend {
             .spec(
                 &probe_env,
                 &bundle,
-                vec!["/fusion/bin/fusion".into(), "--version".into()],
+                vec![BUNDLED_INIT.into(), "--version".into()],
                 None,
             )
             .map_err(|e| e.to_string())?;
@@ -576,7 +583,9 @@ impl ContainerBackend {
             )?);
         }
         // An image brings its own system; the bundled runtimes use the host's.
-        if image.is_none() {
+        if image.is_some() {
+            mounts.push(bind(&self.fusion_bin_dir(), IMAGE_INIT_DIR, false)?);
+        } else {
             mounts.extend([
                 bind(Path::new("/usr"), "/usr", false)?,
                 bind(&self.etc(), "/etc", false)?,
@@ -865,19 +874,20 @@ impl Backend for ContainerBackend {
                 })?),
                 None => None,
             };
-            let args = match &image {
-                Some(image) => image.args.clone(),
-                // Under Fusion's init, which reaps what the runtime does not:
-                // the orphans of a function's background commands.
+            // Under Fusion's init, which reaps what the runtime does not: the
+            // orphans of a function's background commands.
+            let (init, command) = match &image {
+                Some(image) => (IMAGE_INIT, image.args.clone()),
                 None => {
                     let (program, args) = self.inside.command_for(&req.env)?;
-                    let init = self.inside.fusion_exe.to_string_lossy().into_owned();
-                    [init, "runtime".into(), "init".into(), "--".into(), program]
-                        .into_iter()
-                        .chain(args)
-                        .collect()
+                    (BUNDLED_INIT, std::iter::once(program).chain(args).collect())
                 }
             };
+            let args = [init, "runtime", "init", "--"]
+                .into_iter()
+                .map(String::from)
+                .chain(command)
+                .collect();
             let spec = self.spec(&req.env, &bundle, args, image.as_ref())?;
             prepare_bundle(&bundle, &spec).map_err(|e| {
                 Error::Unavailable(format!("cannot write the container bundle: {e}"))
