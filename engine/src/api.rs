@@ -970,6 +970,17 @@ pub fn is_async(h: &HeaderMap) -> bool {
     }
 }
 
+/// A `Prefer` header's value without its `respond-async` preference; `None`
+/// when nothing else is left.
+fn without_respond_async(prefer: &str) -> Option<String> {
+    let rest: Vec<&str> = prefer
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case("respond-async"))
+        .collect();
+    (!rest.is_empty()).then(|| rest.join(", "))
+}
+
 /// What a request's `X-Async` says: `true`, `1` or `yes` (any case) ask for a
 /// 202, `false`, `0` or `no` for the answer; anything else is refused (a typo
 /// must not quietly make a caller wait, or not). Without it, Fission's
@@ -1079,8 +1090,8 @@ pub fn request_input(
         crate::binary::text_or_bytes(body)
     };
     // Canonical names; of a header sent more than once, the first value (as
-    // Fission Workflows). `X-Async` and `X-Fission-Invoke-Mode` asked how to
-    // answer: not the run's input.
+    // Fission Workflows). `X-Async`, `X-Fission-Invoke-Mode` and `Prefer:
+    // respond-async` asked how to answer: not the run's input.
     let mut canonical = serde_json::Map::new();
     for (k, v) in headers {
         if matches!(k.as_str(), "x-async" | "x-fission-invoke-mode") {
@@ -1090,6 +1101,10 @@ pub fn request_input(
             REDACTED.to_string()
         } else {
             match v.to_str() {
+                Ok(v) if k.as_str() == "prefer" => match without_respond_async(v) {
+                    Some(rest) => rest,
+                    None => continue,
+                },
                 Ok(v) => v.to_string(),
                 Err(_) => continue,
             }
@@ -1459,5 +1474,25 @@ mod tests {
         assert_eq!(kept.get("Authorization"), Some("Bearer t"));
         assert_eq!(kept.get("cookie"), Some("a=1; b=2"));
         assert_eq!(kept.get("proxy-authorization"), None);
+    }
+
+    #[test]
+    fn prefer_respond_async_is_left_out_and_other_preferences_kept() {
+        let uri: Uri = "/w".parse().unwrap();
+        let input_headers = |prefer: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("prefer", prefer.parse().unwrap());
+            request_input(&Method::GET, &uri, &headers, b"").unwrap()["headers"].clone()
+        };
+        assert_eq!(input_headers("respond-async"), json!({}));
+        assert_eq!(input_headers("Respond-Async"), json!({}));
+        assert_eq!(
+            input_headers("respond-async, wait=5"),
+            json!({"Prefer": "wait=5"})
+        );
+        assert_eq!(
+            input_headers("return=minimal"),
+            json!({"Prefer": "return=minimal"})
+        );
     }
 }

@@ -123,6 +123,7 @@ fn default_run() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct RetrySpec {
     /// Total attempts including the first (at least 1).
+    #[schemars(range(min = 1))]
     pub max_attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffSpec>,
