@@ -2093,12 +2093,14 @@ fn fissions_workflow_run_and_runs_commands_start_and_inspect_runs() {
     let (code, _, err) = s.cli(&["run", "wait", &refused]);
     assert_ne!(code, 0);
     assert!(err.contains("failed: nope"), "{err}");
-    let (status, body) = s.call("GET", &format!("/v1/runs/{refused}?wait=301"), None);
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_query")),
-        "{body}"
-    );
+    for query in ["wait=301", "wiat=3"] {
+        let (status, body) = s.call("GET", &format!("/v1/runs/{refused}?{query}"), None);
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_query")),
+            "{query}: {body}"
+        );
+    }
     for (id, who) in ids.iter().zip(["inline", "file"]) {
         let run = s.wait_run(id, Duration::from_secs(30));
         assert_eq!(run["output"], json!(format!("hello {who}")), "{run}");

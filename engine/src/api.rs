@@ -661,6 +661,7 @@ pub fn run_json(s: &RunState) -> Value {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RunQuery {
     /// Seconds to wait for the run to end before answering (a long poll).
     wait: Option<u64>,
