@@ -253,13 +253,15 @@ fn checked(engine: &Engine, name: &str, source: &str, create: bool) -> ApiResult
 }
 
 fn yaml_text(body: &Bytes) -> ApiResult<&str> {
-    std::str::from_utf8(body).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "the workflow must be UTF-8 YAML",
-        )
-    })
+    std::str::from_utf8(body)
+        .map(crate::document::without_bom)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "the workflow must be UTF-8 YAML",
+            )
+        })
 }
 
 async fn create_workflow(

@@ -104,6 +104,13 @@ pub fn too_deep(v: &serde_json::Value) -> bool {
     deeper(v, MAX_DOCUMENT_DEPTH)
 }
 
+/// `text` without the byte-order mark some editors (Windows') put at the
+/// start of a UTF-8 file: YAML allows one there, and the parser took it for
+/// the start of a key (`missing field output`, the file's first key unseen).
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
 /// Refuses a YAML document (or stream of documents) nested deeper than
 /// [`MAX_DOCUMENT_DEPTH`]. Linear in the length of `source`.
 pub fn check_yaml(source: &str) -> Result<(), DocumentError> {

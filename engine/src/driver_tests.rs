@@ -919,6 +919,26 @@ mod api {
         assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("running")));
     }
 
+    /// A document saved with a byte-order mark (as Windows editors save) is
+    /// read as the same document without it, in both formats.
+    #[tokio::test(start_paused = true)]
+    async fn a_workflow_saved_with_a_byte_order_mark_is_taken() {
+        let (db, fake) = setup();
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        let bom = "\u{feff}";
+        let yaml = format!("{bom}apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: noop\n");
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=b1", &yaml)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let machine = format!(
+            "{bom}apiVersion: fission.io/v1\nkind: Workflow\nmetadata:\n  name: b2\nspec:\n  startAt: done\n  states:\n    done:\n      type: Succeed\n"
+        );
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows", &machine)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, _, v) = call(&app, req("PUT", "/v1/workflows/b1", &yaml)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
     /// A second create is `already_exists` (as for every resource); an
     /// update's document may not name another workflow; a version a workflow
     /// does not have is said as such.

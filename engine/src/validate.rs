@@ -70,6 +70,7 @@ pub fn precheck(source: &str) -> Result<(), ValidationError> {
 /// looked up: a task that is not a built-in is taken to call a function,
 /// whose existence is not checked.
 pub fn check_offline(source: &str) -> Result<Vec<ValidationError>, Vec<ValidationError>> {
+    let source = crate::document::without_bom(source);
     if crate::sfn::run::is_state_machine(source) {
         let parsed = crate::sfn::parse_and_validate(source)?;
         return Ok(crate::sfn::ignored_namespace(&parsed, source)
@@ -1784,6 +1785,20 @@ mod tests {
             assert!(e[0].message.contains(key), "{}", e[0].message);
             assert!(e[0].line >= 1, "{e:?}");
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_document() {
+        assert_eq!(
+            check_offline("\u{feff}output: A\ntasks:\n  A:\n    run: noop\n").unwrap(),
+            vec![]
+        );
+        // Errors are where the user sees them, the mark being invisible.
+        let plain = check_offline("output: A\ntasks:\n  A:\n    requirez: [B]\n").unwrap_err();
+        let marked =
+            check_offline("\u{feff}output: A\ntasks:\n  A:\n    requirez: [B]\n").unwrap_err();
+        assert_eq!(marked, plain);
+        assert_eq!((marked[1].line, marked[1].column), (4, 5), "{marked:?}");
     }
 
     #[test]

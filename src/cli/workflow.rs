@@ -222,13 +222,15 @@ fn warn(file: &std::path::Path, stored: &Value) {
 /// A workflow file's text; `-` is the standard input (`... | fusion wf
 /// validate -`), as for most tools that read a file.
 pub(super) fn read_file(path: &PathBuf) -> Result<String> {
-    if path.as_os_str() == "-" {
+    let text = if path.as_os_str() == "-" {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
             .map_err(|e| anyhow!("cannot read the standard input: {e}"))?;
-        return Ok(text);
-    }
-    std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))
+        text
+    } else {
+        std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?
+    };
+    Ok(engine::document::without_bom(&text).to_string())
 }
 
 /// `wf validate`: each file checked offline; problems to stderr as

@@ -268,15 +268,16 @@ fn is_spec_file(p: &Path) -> bool {
 pub fn read_file(file: &Path) -> Result<Vec<Document>> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    engine::document::check_yaml(&text).map_err(|e| {
+    let text = engine::document::without_bom(&text);
+    engine::document::check_yaml(text).map_err(|e| {
         let (line, column) = e.position();
         anyhow!("{}:{line}:{column}: {e}", file.display())
     })?;
-    let mut positions = positions(&text).map_err(|(line, column, e)| {
+    let mut positions = positions(text).map_err(|(line, column, e)| {
         anyhow!("{}:{line}:{column}: invalid YAML: {e}", file.display())
     })?;
     let mut docs = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let (doc_positions, first_line, past) = if i < positions.len() {
             std::mem::take(&mut positions[i])
         } else {
@@ -504,6 +505,17 @@ mod tests {
         assert_eq!(docs[0].at("spec.x").line, 4);
         assert_eq!(docs[1].at("kind").line, 7);
         assert_eq!(docs[1].at("nothing").line, 7);
+    }
+
+    #[test]
+    fn a_file_saved_with_a_byte_order_mark_reads_as_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bom.yaml");
+        std::fs::write(&file, "\u{feff}kind: A\nspec:\n  x: 1\n").unwrap();
+        let docs = read_file(&file).unwrap();
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].value["kind"], "A");
+        assert_eq!(docs[0].at("spec.x").line, 3);
     }
 
     #[test]
