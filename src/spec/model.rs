@@ -222,6 +222,23 @@ impl Specs {
                  (`fusion server --kube-controller`); the document is skipped",
             ),
             _ => match Kind::parse(kind) {
+                // Another API's object kept beside the specs (a Deployment, a
+                // `kubectl get -o yaml` List): skipped with a warning, as
+                // Fission skips it. A kind of Fission's own API, or of the short
+                // form, that is none of these is a mistake (a typo).
+                None if obj
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .is_some_and(|api| !api.starts_with("fission.io/")) =>
+                {
+                    self.warn(
+                        doc.at("kind"),
+                        format!(
+                            "{kind} ({}) is not a Fission resource; the document is skipped",
+                            obj["apiVersion"].as_str().unwrap_or_default()
+                        ),
+                    )
+                }
                 None => self.error(
                     doc.at("kind"),
                     format!(
@@ -2056,6 +2073,35 @@ mod tests {
             specs.resources[0].body["metadata"]["natsUrl"],
             "nats://127.0.0.1:4222"
         );
+    }
+
+    #[test]
+    fn another_apis_objects_are_skipped_and_an_unknown_fission_kind_refused() {
+        let read = |v: Value| Specs::read_object(&Document::object(v), "default");
+        for other in [
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}}),
+            json!({"apiVersion": "v1", "kind": "List", "items": []}),
+        ] {
+            let specs = read(other.clone());
+            assert!(specs.errors.is_empty(), "{other}: {:?}", specs.errors);
+            assert!(specs.resources.is_empty(), "{other}");
+            assert!(
+                specs.warnings[0].contains("is not a Fission resource; the document is skipped"),
+                "{:?}",
+                specs.warnings
+            );
+        }
+        for typo in [
+            json!({"apiVersion": "fission.io/v1", "kind": "Functon", "metadata": {"name": "f"}}),
+            json!({"kind": "Functon", "name": "f"}),
+        ] {
+            let specs = read(typo.clone());
+            assert!(
+                specs.errors[0].contains("unknown kind \"Functon\""),
+                "{typo}: {:?}",
+                specs.errors
+            );
+        }
     }
 
     #[test]
