@@ -176,6 +176,38 @@ fn env_doc(name: &str) -> String {
     )
 }
 
+/// What a project takes over with --allowconflicts is its own from then on,
+/// as Fission rewrites the resource's `fission-uid`: the project it came from
+/// no longer destroys it, and may not take it back without --allowconflicts.
+#[test]
+fn a_resource_taken_over_is_the_new_projects_alone() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let [one, two] = ["one", "two"].map(|p| tmp.path().join(p));
+    for project in [&one, &two] {
+        std::fs::create_dir_all(project).unwrap();
+        assert_eq!(s.cli_in(project, &["spec", "init"]).0, 0);
+        std::fs::write(project.join("specs/env.yaml"), env_doc("shared")).unwrap();
+    }
+    let (code, out, err) = s.cli_in(&one, &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = s.cli_in(&two, &["spec", "apply", "--allowconflicts"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("took over Environment shared from project"),
+        "{out}"
+    );
+    let (code, out, err) = s.cli_in(&one, &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(names(&s, "/v1/environments").contains(&"shared".to_string()));
+    let (code, _, err) = s.cli_in(&one, &["spec", "apply"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("was applied by another project"), "{err}");
+    let (code, out, err) = s.cli_in(&two, &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!names(&s, "/v1/environments").contains(&"shared".to_string()));
+}
+
 #[test]
 fn a_project_deletes_only_what_it_applied_and_never_takes_over_another_projects() {
     let s = Server::start();

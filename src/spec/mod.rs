@@ -10,7 +10,7 @@ pub(crate) mod load;
 pub(crate) mod model;
 pub(crate) mod save;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -411,7 +411,7 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
             })
             .collect()
     };
-    let claimed = preflight(client, &specs, &previous, &owners, &opts).await?;
+    let claimed = preflight(client, &specs, &previous, &owners, &opts, &mut summary).await?;
     let mut applied: BTreeSet<Applied> = BTreeSet::new();
     let mut result = apply_all(
         client,
@@ -540,18 +540,29 @@ async fn wait_for_builds(client: &Client, packages: &[&Resource]) -> Result<()> 
 /// recording it would otherwise leave the resource no project's, and the next
 /// apply would refuse it as someone else's. A claim on something never made
 /// costs nothing: a complete apply's record drops it (one stopped by an error
-/// keeps it), and deletes skip what is not there. Answers the new claims.
+/// keeps it), and deletes skip what is not there. What it takes over from
+/// another project with --allowconflicts becomes this project's alone (as
+/// Fission rewrites its `fission-uid`): the other's destroy leaves it.
+/// Answers the new claims.
 async fn preflight(
     client: &Client,
     specs: &Specs,
     previous: &Record,
     owners: &HashMap<Applied, Owner>,
     opts: &ApplyOpts,
+    summary: &mut Summary,
 ) -> Result<BTreeSet<Applied>> {
     let mut refused = Vec::new();
     let mut claimed = previous.resources.clone();
+    let mut taken: BTreeMap<String, BTreeSet<Applied>> = BTreeMap::new();
     for r in &specs.resources {
         let a = Applied::of(r);
+        if let (true, Some(_), Some(Owner::Project(uid))) =
+            (opts.allow_conflicts, &specs.deployment, owners.get(&a))
+        {
+            taken.entry(uid.clone()).or_default().insert(a.clone());
+            claimed.insert(a.clone());
+        }
         match owners.get(&a) {
             _ if opts.allow_conflicts => {}
             Some(Owner::CustomResource(cr)) => refused.push(format!(
@@ -588,6 +599,24 @@ async fn preflight(
     if let Some(d) = &specs.deployment {
         if claimed.len() > previous.resources.len() {
             put_record(client, d, claimed.clone()).await?;
+        }
+    }
+    // Recorded as this project's first: an apply cut short here leaves
+    // them claimed twice, never by no one.
+    for (uid, resources) in taken {
+        let Some(mut other) = record(client, &uid).await? else {
+            continue;
+        };
+        other.resources.retain(|a| !resources.contains(a));
+        client
+            .put_json::<Value>(
+                &format!("/v1/deployments/{uid}"),
+                &serde_json::to_value(&other)?,
+            )
+            .await
+            .with_context(|| format!("cannot take resources over from project {uid}"))?;
+        for a in resources {
+            summary.note(format!("took over {} from project {uid}", a.label()));
         }
     }
     Ok(claimed.difference(&previous.resources).cloned().collect())
