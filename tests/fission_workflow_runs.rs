@@ -217,6 +217,26 @@ fn rfc0022_workflows_are_stored_validated_and_run_task_choice_catch_succeed_and_
             .contains("Order.Invalid: no amount"),
         "{out}"
     );
+
+    // A result its resultPath cannot place (into a number the caller sent):
+    // the run fails at that step, and its history shows the step failed,
+    // not succeeded.
+    let doc = "startAt: v\nstates:\n  v: {type: Task, function: {name: validate-order}, inputPath: $.order, resultPath: $.order.amount.valid, end: true}\n";
+    let (status, body) = store(&s, "POST", "/v1/workflows?name=misplaced", doc);
+    assert_eq!(status, 201, "{body}");
+    let (status, out) = invoke(&s, "misplaced", json!({"order": {"amount": 5}}));
+    assert_eq!(status, 422, "{out}");
+    let run = s.run(out["error"]["run_id"].as_str().unwrap());
+    let step = &run["tasks"][0];
+    assert_eq!(step["id"], "000001-v", "{run}");
+    assert_eq!(step["status"], "failed", "{run}");
+    assert!(
+        step["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Fission.InvalidPath"),
+        "{run}"
+    );
 }
 
 #[test]

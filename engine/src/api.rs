@@ -613,6 +613,20 @@ pub fn run_json(s: &RunState) -> Value {
                 Some(f) => (f.status, f.ended_at, f.output, f.error),
                 None => (t.status, t.ended_at, t.output.clone(), t.error.clone()),
             };
+            // A step whose call succeeded but whose result could not be
+            // placed (a `resultPath` into a document that cannot hold it)
+            // failed the run there: shown failed, with the run's error.
+            let (status, error) = match &s.error {
+                Some(e)
+                    if machine.is_some()
+                        && s.status == RunStatus::Failed
+                        && status == crate::state::TaskStatus::Succeeded
+                        && e.task.as_deref() == Some(t.id.as_str()) =>
+                {
+                    (crate::state::TaskStatus::Failed, Some(e.message.clone()))
+                }
+                _ => (status, error),
+            };
             json!({
                 "id": t.id,
                 "scope": t.scope,
