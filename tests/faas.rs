@@ -1218,6 +1218,19 @@ fn a_container_killed_for_memory_answers_out_of_memory_and_is_replaced() {
         502 => assert!(text.contains("out_of_memory"), "{text}"),
         other => panic!("{other}: {text}"),
     }
+
+    // A child killed for memory that the function survives does not make
+    // the instance's later crash a memory kill.
+    let code = "import os, subprocess\nfrom flask import request\ndef main():\n    if request.args.get('crash'):\n        os._exit(3)\n    r = subprocess.run(['python3', '-c', 'x = bytearray(512 << 20)'])\n    return 'child %d' % r.returncode\n";
+    s.function("crasher", "small", "crasher.py", code, json!({}));
+    assert_eq!(
+        s.get("/fission-function/crasher").text().unwrap(),
+        "child -9"
+    );
+    let r = s.get("/fission-function/crasher?crash=1");
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "instance_failed", "{body}");
 }
 
 #[test]

@@ -956,8 +956,23 @@ impl Backend for ContainerBackend {
                 // instance died is not kept waiting by the clean-up.
                 let oom = monitor.cgroups.oom_kills(&monitor.id) > 0;
                 let stopped = monitor.stop_requested.load(Ordering::SeqCst);
+                // Killed (SIGKILL, or 137 from the init or the runtime it ran)
+                // in a cgroup where the kernel has killed for memory: memory.
+                // Any other end is the runtime's own, even after a process of
+                // the instance was killed for memory and the function carried on.
                 let exit = match Exit::of(stopped, status) {
-                    Exit::Exited { .. } | Exit::Vanished(_) if oom => Exit::OutOfMemory,
+                    Exit::Exited {
+                        code: Some(137), ..
+                    }
+                    | Exit::Exited {
+                        signal: Some(libc::SIGKILL),
+                        ..
+                    }
+                    | Exit::Vanished(_)
+                        if oom =>
+                    {
+                        Exit::OutOfMemory
+                    }
                     exit => exit,
                 };
                 let _ = exit_tx.send(Some(exit));

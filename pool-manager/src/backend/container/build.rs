@@ -169,8 +169,9 @@ impl ContainerBackend {
         let exit = match (status, cut) {
             (_, Some(super::super::build::Cut::Stopped(why))) => BuildExit::Stopped(why),
             (None, _) => BuildExit::TimedOut(req.timeout),
-            (Some(_), _) if oom => BuildExit::OutOfMemory,
+            // A build that succeeded did, whatever the kernel killed on the way.
             (Some(Ok(s)), _) if s.success() => BuildExit::Succeeded,
+            (Some(_), _) if oom => BuildExit::OutOfMemory,
             (Some(Ok(s)), _) => {
                 BuildExit::Failed(crate::backend::Exit::of(false, Ok(s)).to_string())
             }
