@@ -173,6 +173,15 @@ impl Environment {
                 )));
             }
         }
+        // The kernel takes no smaller quota (1 ms of each 100 ms period): a
+        // smaller one was raised to it without a word.
+        if let Some(millis) = self.cpu_millis {
+            if millis < MIN_CPU_MILLIS {
+                return Err(Error::Invalid(format!(
+                    "environment: cpu_millis {millis} is below the minimum of {MIN_CPU_MILLIS} (leave it out for no limit)"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -306,6 +315,9 @@ pub fn fission_runtime(reference: &str) -> Option<Runtime> {
 
 /// The smallest memory limit an environment may ask for, in MiB.
 pub const MIN_MEMORY_MB: u64 = 32;
+
+/// The smallest CPU limit an environment may ask for, in millicores.
+pub const MIN_CPU_MILLIS: u64 = 10;
 
 /// Where a function's code lives: a content-addressed package.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -842,6 +854,13 @@ mod tests {
         assert!(e.validate().is_ok());
         e.memory_mb = Some(MIN_MEMORY_MB - 1);
         assert!(e.validate().is_err());
+        e.memory_mb = None;
+        e.cpu_millis = Some(0);
+        let err = e.validate().unwrap_err().to_string();
+        assert!(err.contains("cpu_millis 0 is below the minimum"), "{err}");
+        e.cpu_millis = Some(MIN_CPU_MILLIS);
+        assert!(e.validate().is_ok());
+        e.cpu_millis = None;
         // An address-space limit per process needs room for what runtimes reserve.
         assert_eq!(e.address_space_floor_mb(), 768);
         e.runtime = Some(Runtime::Python);
