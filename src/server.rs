@@ -745,7 +745,12 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             triggers.mqt.stop(grace),
         );
         if drained.is_err() {
-            tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
+            // The instances those requests hold are busy too: the calls no
+            // listener sees cannot be told apart from them, and are not blamed.
+            tracing::warn!(
+                "in-flight requests did not finish within the grace ({grace:?}); they are answered 503 shutting_down, and any workflow step or asynchronous invocation still running is made again at the next start"
+            );
+            return;
         }
         // Then the calls no listener sees (workflow steps, asynchronous
         // attempts), in what is left of the grace.
