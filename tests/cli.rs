@@ -19,6 +19,36 @@ fn hello_file() -> (tempfile::TempDir, String) {
     (dir, path)
 }
 
+/// Fission's `--concurrency` and `--maxscale` may be given together: a
+/// poolmgr function's most instances are its concurrency, a newdeploy
+/// function's its max scale, as in Fission.
+#[test]
+fn fn_create_takes_concurrency_and_maxscale_together() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    let (_dir, code) = hello_file();
+    for (name, executor, want) in [("pool", "poolmgr", 5), ("deploy", "newdeploy", 2)] {
+        let (rc, out, err) = s.cli(&[
+            "fn",
+            "create",
+            name,
+            "--env",
+            "python",
+            "--code",
+            &code,
+            "--executortype",
+            executor,
+            "--maxscale",
+            "2",
+            "--concurrency",
+            "5",
+        ]);
+        assert_eq!(rc, 0, "{out}{err}");
+        let f = s.ok("GET", &format!("/v1/functions/{name}"), None);
+        assert_eq!(f["max_scale"], want, "{f}");
+    }
+}
+
 #[test]
 fn fn_create_with_minscale_has_that_many_specialized_instances_before_any_call() {
     let s = Server::start();

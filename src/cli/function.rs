@@ -73,12 +73,12 @@ pub(super) struct FnFields {
     #[arg(long = "minscale", value_name = "INSTANCES")]
     min_scale: Option<usize>,
     /// Most instances at once (default 10); past it requests wait, then get 429.
-    #[arg(
-        long = "maxscale",
-        visible_alias = "concurrency",
-        value_name = "INSTANCES"
-    )]
+    #[arg(long = "maxscale", value_name = "INSTANCES")]
     max_scale: Option<usize>,
+    /// Fission's name of --maxscale for poolmgr functions: with both, a
+    /// newdeploy function takes --maxscale and any other this, as in Fission.
+    #[arg(long = "concurrency", value_name = "INSTANCES")]
+    concurrency: Option<usize>,
     /// Concurrent requests one instance takes (default 1).
     #[arg(
         long = "rpp",
@@ -391,7 +391,12 @@ pub(super) async fn merge_fn(
     if let Some(n) = f.min_scale {
         body["min_scale"] = json!(n);
     }
-    if let Some(n) = f.max_scale {
+    // The type given now, or else the stored one's.
+    let max_scale = match body["executor_type"] == "newdeploy" {
+        true => f.max_scale.or(f.concurrency),
+        false => f.concurrency.or(f.max_scale),
+    };
+    if let Some(n) = max_scale {
         // One field under its current name, whichever name the stored one has.
         if let Some(o) = body.as_object_mut() {
             o.remove("concurrency");
