@@ -182,10 +182,14 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
             };
             match d {
                 Some(d) => Outcome::Sleep(d),
-                None => Outcome::Invalid(format!(
-                    "sleep: {} is not a duration (e.g. \"1s\")",
-                    default_input(inputs)
-                )),
+                None => {
+                    let given = default_input(inputs);
+                    let why = match given.as_str() {
+                        Some(s) => crate::spec::not_a_duration(s, "\"1s\""),
+                        None => "is not a duration (e.g. \"1s\")".to_string(),
+                    };
+                    Outcome::Invalid(format!("sleep: {given} {why}"))
+                }
             }
         }
         "fail" => {

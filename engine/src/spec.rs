@@ -152,15 +152,40 @@ pub fn workflow_json_schema() -> Value {
     serde_json::to_value(schema).unwrap_or(Value::Null)
 }
 
+/// The longest duration a workflow may give, in seconds (about 31 years).
+pub const MAX_DURATION_SECS: f64 = 1e9;
+
 /// Parses a duration in Go's notation ("100ms", "2s", "1m30s", "1.5h", "250us").
 /// A bare number is milliseconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
+    parse_unbounded(text)
+        .filter(|secs| *secs <= MAX_DURATION_SECS)
+        .map(Duration::from_secs_f64)
+}
+
+/// Why `text` is not a duration, for an error after its name: too long, or
+/// not one at all (`example` shows one).
+pub fn not_a_duration(text: &str, example: &str) -> String {
+    if is_too_long(text) {
+        format!("is longer than the longest duration, {MAX_DURATION_SECS}s (about 31 years)")
+    } else {
+        format!("is not a duration (e.g. {example})")
+    }
+}
+
+/// Whether `text` is a duration, only longer than [`MAX_DURATION_SECS`].
+pub fn is_too_long(text: &str) -> bool {
+    parse_unbounded(text).is_some_and(|secs| secs > MAX_DURATION_SECS)
+}
+
+/// `text` as seconds, however many.
+fn parse_unbounded(text: &str) -> Option<f64> {
     let s = text.trim();
     if s.is_empty() {
         return None;
     }
     if let Ok(ms) = s.parse::<u64>() {
-        return Some(Duration::from_millis(ms));
+        return Some(ms as f64 / 1000.0);
     }
     let mut total = 0f64;
     let mut rest = s;
@@ -188,10 +213,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
         total += n * factor;
     }
-    if !total.is_finite() || total > 1e9 {
-        return None;
-    }
-    Some(Duration::from_secs_f64(total))
+    total.is_finite().then_some(total)
 }
 
 /// Whether a value is an embedded task spec (a map with a string `run`).

@@ -782,7 +782,10 @@ fn check_workflow(
             None => push(
                 errors,
                 "invalid_timeout",
-                format!("timeout {t:?} is not a duration (e.g. \"30s\")"),
+                format!(
+                    "timeout {t:?} {}",
+                    crate::spec::not_a_duration(t, "\"30s\"")
+                ),
                 at.value(&["timeout"]),
             ),
             Some(d) if d.is_zero() => push(
@@ -992,10 +995,13 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
             };
             if !fine {
                 let v = &inputs[key];
-                fault(
-                    key,
-                    format!("`sleep` needs a duration (e.g. \"1s\") or milliseconds, not {v}"),
-                );
+                let why = match v.as_str() {
+                    Some(s) if crate::spec::is_too_long(s) => {
+                        format!("`sleep` {v} {}", crate::spec::not_a_duration(s, ""))
+                    }
+                    _ => format!("`sleep` needs a duration (e.g. \"1s\") or milliseconds, not {v}"),
+                };
+                fault(key, why);
             }
         }
         _ => {}
@@ -1078,7 +1084,10 @@ fn check_task(
             None => push(
                 errors,
                 "invalid_timeout",
-                format!("task {id:?}: timeout {t:?} is not a duration (e.g. \"5s\")"),
+                format!(
+                    "task {id:?}: timeout {t:?} {}",
+                    crate::spec::not_a_duration(t, "\"5s\"")
+                ),
                 at.value(&["tasks", id, "timeout"]),
             ),
             Some(d) if d.is_zero() => push(
@@ -1719,6 +1728,7 @@ mod tests {
             ("    run: foreach\n    inputs:\n      foreach: 3\n      do: {run: noop}\n", "a list", 6),
             ("    run: sleep\n    inputs: banana\n", "needs a duration", 5),
             ("    run: sleep\n    inputs:\n      duration: banana\n", "needs a duration", 6),
+            ("    run: sleep\n    inputs: 876000h\n", "is longer than the longest duration", 5),
             ("    run: http\n    inputs:\n      url: \"::::\"\n", "not an http or https URL", 6),
             ("    run: http\n    inputs: \"http://[::1\"\n", "not an http or https URL", 5),
             ("    run: http\n    inputs:\n      url: example.test\n      method: BAD METHOD\n", "not an HTTP method", 7),
@@ -1785,6 +1795,28 @@ mod tests {
             assert!(e[0].message.contains(key), "{}", e[0].message);
             assert!(e[0].line >= 1, "{e:?}");
         }
+    }
+
+    #[test]
+    fn a_duration_too_long_is_said_to_be_too_long() {
+        let e = check(
+            "output: A\ntimeout: 999999999h\ntasks:\n  A:\n    run: noop\n    timeout: 876000h\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        for e in &e {
+            assert_eq!(e.code, "invalid_timeout", "{e:?}");
+            assert!(
+                e.message
+                    .contains("is longer than the longest duration, 1000000000s"),
+                "{e:?}"
+            );
+        }
+        let e = check("output: A\ntimeout: soon\ntasks:\n  A:\n    run: noop\n");
+        assert!(e[0].message.contains("is not a duration"), "{e:?}");
+        assert_eq!(
+            crate::spec::parse_duration("87600h"),
+            Some(std::time::Duration::from_secs(315_360_000))
+        );
     }
 
     #[test]

@@ -327,7 +327,8 @@ impl Validator {
                 path,
                 code,
                 format!(
-                    "{field} {text:?} is not a duration (such as \"30s\", \"1m30s\", \"1.5h\")"
+                    "{field} {text:?} {}",
+                    crate::spec::not_a_duration(text, "\"30s\", \"1m30s\", \"1.5h\"")
                 ),
             ),
         }
@@ -368,7 +369,10 @@ impl Validator {
                 self.at_value(
                     &join(path, &[Step::from(field)]),
                     "invalid_retry",
-                    format!("{field} {text:?} is not a duration (such as \"1s\", \"500ms\")"),
+                    format!(
+                        "{field} {text:?} {}",
+                        crate::spec::not_a_duration(text, "\"1s\", \"500ms\"")
+                    ),
                 );
             }
             d
