@@ -442,6 +442,92 @@ fn env_create_takes_fissions_builder_and_version() {
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
+/// Fission's spellings: `fn create --pkgname`, `fn test --timeout`, `route
+/// list --function`.
+#[test]
+fn fissions_pkgname_test_timeout_and_route_list_by_function() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("slow.sh");
+    std::fs::write(
+        &file,
+        "#!/bin/sh\nsleep \"${QUERY_STRING#s=}\"\necho done\n",
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let (code, out, err) = s.cli(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        out
+    };
+    let file = file.to_str().unwrap();
+    cli(&[
+        "pkg", "create", "--name", "slowpkg", "--env", "binary", "--deploy", file,
+    ]);
+    cli(&[
+        "fn",
+        "create",
+        "--name",
+        "slow",
+        "--env",
+        "binary",
+        "--pkgname",
+        "slowpkg",
+    ]);
+    cli(&[
+        "fn",
+        "create",
+        "--name",
+        "other",
+        "--env",
+        "binary",
+        "--pkgname",
+        "slowpkg",
+    ]);
+    assert_eq!(
+        cli(&[
+            "fn",
+            "test",
+            "--name",
+            "slow",
+            "-q",
+            "s=0",
+            "--timeout",
+            "30s"
+        ]),
+        "done\n"
+    );
+    let (code, _, err) = s.cli(&["fn", "test", "--name", "slow", "-q", "s=3", "-t", "1s"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no answer within the --timeout of 1s"),
+        "{err}"
+    );
+    cli(&[
+        "route",
+        "create",
+        "--name",
+        "to-slow",
+        "--url",
+        "/slow",
+        "--function",
+        "slow",
+    ]);
+    cli(&[
+        "route",
+        "create",
+        "--name",
+        "to-other",
+        "--url",
+        "/other",
+        "--function",
+        "other",
+    ]);
+    let listed = cli(&["route", "list", "--function", "slow"]);
+    assert!(listed.contains("to-slow"), "{listed}");
+    assert!(!listed.contains("to-other"), "{listed}");
+}
+
 /// `pkg create` without a name makes one from the code's, as Fission's CLI,
 /// and says it.
 #[test]

@@ -38,7 +38,12 @@ pub(super) struct FnFields {
     code: Option<PathBuf>,
     /// Or a named package (see `fusion pkg create`) in the function's namespace;
     /// a package with a source runs its build.
-    #[arg(long = "pkg", value_name = "PACKAGE", conflicts_with = "code")]
+    #[arg(
+        long = "pkg",
+        visible_alias = "pkgname",
+        value_name = "PACKAGE",
+        conflicts_with = "code"
+    )]
     pkg: Option<String>,
     /// Or source code to build into a package made for the function (as
     /// Fission's CLI): a directory, a zip archive or a file (repeatable).
@@ -77,7 +82,7 @@ pub(super) struct FnFields {
     max_scale: Option<usize>,
     /// Fission's name of --maxscale for poolmgr functions: with both, a
     /// newdeploy function takes --maxscale and any other this, as in Fission.
-    #[arg(long = "concurrency", value_name = "INSTANCES")]
+    #[arg(long = "concurrency", visible_alias = "con", value_name = "INSTANCES")]
     concurrency: Option<usize>,
     /// Concurrent requests one instance takes (default 1).
     #[arg(
@@ -264,6 +269,15 @@ pub(super) enum FnVerb {
         /// run get ID`).
         #[arg(long = "async")]
         asynchronous: bool,
+        /// How long to wait for the answer (as "30s", "2m"; 0 or less: no
+        /// limit, the default).
+        #[arg(
+            short = 't',
+            long = "timeout",
+            value_name = "DURATION",
+            allow_hyphen_values = true
+        )]
+        timeout: Option<String>,
     },
     /// List the function's asynchronous invocations, newest first.
     Invocations {
@@ -854,8 +868,19 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             body,
             subpath,
             asynchronous,
+            timeout,
         } => {
             let name = name.get();
+            // Go's notation, as Fission's flag: "0" or a negative one is no limit.
+            let timeout = match timeout.as_deref().map(str::trim) {
+                None | Some("0") => None,
+                Some(t) if t.starts_with('-') => None,
+                Some(t) => Some(
+                    engine::sfn::spec::parse_go_duration(t)
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| anyhow!("--timeout {t:?} is not a duration (e.g. 30s)"))?,
+                ),
+            };
             // The invoke endpoint passes the function's own 404s through: ask first,
             // so a misspelt name is said as such. (Workflows are invoked there too.)
             let function = c
@@ -914,12 +939,26 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             if let Some(b) = body {
                 req = req.body(b);
             }
-            let resp = req
-                .send()
-                .await
-                .with_context(|| format!("cannot reach the Fusion API at {}", opts.api))?;
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
+            let late = || {
+                anyhow!(
+                    "no answer within the --timeout of {:?}",
+                    timeout.unwrap_or_default()
+                )
+            };
+            let resp = match req.send().await {
+                Err(e) if e.is_timeout() => return Err(late()),
+                sent => {
+                    sent.with_context(|| format!("cannot reach the Fusion API at {}", opts.api))?
+                }
+            };
             let status = resp.status();
-            let text = resp.text().await?;
+            let text = match resp.text().await {
+                Err(e) if e.is_timeout() => return Err(late()),
+                read => read?,
+            };
             if !status.is_success() {
                 // Fusion's own answer (cannot load the code, a timeout, a failed
                 // run): its message, as one line.

@@ -150,7 +150,19 @@ impl Collection {
         Ok(())
     }
     pub(super) async fn list(&self, c: &Client, opts: &ClientOpts) -> Result<()> {
-        let v: Value = c.get(&self.all(opts)).await?;
+        self.list_where(c, opts, |_| true).await
+    }
+    /// The list, of the items `keep` keeps.
+    pub(super) async fn list_where(
+        &self,
+        c: &Client,
+        opts: &ClientOpts,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Result<()> {
+        let mut v: Value = c.get(&self.all(opts)).await?;
+        if let Some(items) = v.as_array_mut() {
+            items.retain(|item| keep(item));
+        }
         print(opts, &v, self.columns);
         Ok(())
     }

@@ -98,7 +98,11 @@ pub(super) enum RouteVerb {
         name: Name,
     },
     /// List the routes.
-    List,
+    List {
+        /// Only the routes to this function (or with it among their weights).
+        #[arg(long = "function", value_name = "FUNCTION")]
+        function: Option<String>,
+    },
     /// Change a route; the flags given replace those fields only.
     Update {
         #[command(flatten)]
@@ -290,7 +294,14 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
             ROUTES.create(&c, opts, &body).await
         }
         RouteVerb::Get { name } => ROUTES.show(&c, opts, &name.get()).await,
-        RouteVerb::List => ROUTES.list(&c, opts).await,
+        RouteVerb::List { function: None } => ROUTES.list(&c, opts).await,
+        RouteVerb::List { function: Some(f) } => {
+            ROUTES
+                .list_where(&c, opts, |r| {
+                    r["function"] == f.as_str() || r["function_weights"].get(&f).is_some()
+                })
+                .await
+        }
         RouteVerb::Update { name, fields } => {
             warn_ingress(&fields);
             let name = name.get();
