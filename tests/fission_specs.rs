@@ -176,6 +176,32 @@ fn env_doc(name: &str) -> String {
     )
 }
 
+/// An environment the folder needs and the server lacks is found before
+/// anything is applied, not by the server half-way through the apply.
+#[test]
+fn an_environment_neither_in_the_specs_nor_on_the_server_stops_the_apply_first() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(
+        specs.join("f.yaml"),
+        "apiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: p\nspec:\n  environment:\n    name: ghost\n  deployment:\n    type: literal\n    literal: aGk=\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: f\nspec:\n  environment:\n    name: ghost\n  package:\n    packageref:\n      name: p\n",
+    )
+    .unwrap();
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nothing applied"), "{err}");
+    assert!(
+        err.contains("Function f references Environment default/ghost, which is neither in the specs nor on the server"),
+        "{err}"
+    );
+    assert!(names(&s, "/v1/packages").is_empty());
+    s.env("ghost", "python", 0);
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 /// What a project takes over with --allowconflicts is its own from then on,
 /// as Fission rewrites the resource's `fission-uid`: the project it came from
 /// no longer destroys it, and may not take it back without --allowconflicts.
@@ -820,17 +846,17 @@ fn spec_checks_routes_offline_and_apply_says_what_it_did() {
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");
 
-    // Stopped part-way: what is still declared is not "no longer declared",
-    // and what was not reached is said.
+    // Stopped part-way (the server has no such image): what is still
+    // declared is not "no longer declared", and what was not reached is said.
     let broken = format!(
         "{}{}",
-        base.replace("env: py\n", "env: nosuch\n"),
+        base.replace("runtime: python\n", "image: fission/go-env-1.21\n"),
         trigger("after", "  relativeurl: /after\n")
     );
     std::fs::write(specs.join("all.yaml"), broken).unwrap();
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_ne!(code, 0, "{out}");
-    assert!(err.contains("nosuch"), "{err}");
+    assert!(err.contains("go-env"), "{err}");
     assert!(!out.contains("no longer declared"), "{out}");
     assert!(out.contains("not applied HTTPTrigger after"), "{out}");
 

@@ -592,6 +592,17 @@ async fn preflight(
             Some(_) => {}
         }
     }
+    // What the folder needs from the server and the server lacks: refused
+    // now, not by the server half-way through the apply.
+    for (at, label, kind, ns, name) in &specs.on_server {
+        let path = with_namespace(&format!("{}/{name}", kind_collection(*kind)), ns);
+        if client.get_opt::<Value>(&path).await?.is_none() {
+            refused.push(format!(
+                "{at}: {label} references {} {ns}/{name}, which is neither in the specs nor on the server",
+                kind.name()
+            ));
+        }
+    }
     refused.extend(route_clashes(client, specs).await?);
     if !refused.is_empty() {
         bail!("nothing applied:\n{}", refused.join("\n"));

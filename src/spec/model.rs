@@ -164,6 +164,10 @@ pub struct Specs {
     pub resources: Vec<Resource>,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// What the folder's resources need and it does not declare, which must
+    /// be on the server (an environment, secret or configmap): where it is
+    /// needed, by what, and what (kind, namespace, name).
+    pub on_server: Vec<(Location, String, Kind, String, String)>,
     /// The Fission Workflows environments the folder declared (left unapplied).
     fission_workflows_envs: std::collections::BTreeSet<String>,
 }
@@ -1513,6 +1517,10 @@ impl Specs {
                 // (A workflow's function may be on the server: a warning, as in Fission.)
                 let must = *kind == Kind::Package
                     || (*kind == Kind::Function && r.fission && r.kind != Kind::Workflow);
+                if matches!(kind, Kind::Environment | Kind::Secret | Kind::ConfigMap) {
+                    self.on_server
+                        .push((r.at.clone(), r.label(), *kind, ns.clone(), name.clone()));
+                }
                 let message = format!(
                     "{} references {} {ns}/{name}, which is not in the specs{}",
                     r.label(),
@@ -1539,6 +1547,35 @@ impl Specs {
                     p.at.clone(),
                     format!("{} is not used by any function", p.label()),
                 ));
+            }
+        }
+        // A function runs its package as built for its own environment: the
+        // folder's package made for another one is refused by the server,
+        // half-way through the apply.
+        for f in self.resources.iter().filter(|r| r.kind == Kind::Function) {
+            let Some(pkg) = f
+                .body
+                .pointer("/package/packageref/name")
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
+            let built_for = self
+                .resources
+                .iter()
+                .find(|p| p.kind == Kind::Package && p.namespace == f.namespace && p.name == pkg)
+                .and_then(|p| p.body["environment"].as_str());
+            if let (Some(env), Some(built_for)) = (f.body["env"].as_str(), built_for) {
+                if env != built_for {
+                    problems.push((
+                        true,
+                        f.at.clone(),
+                        format!(
+                            "{} runs in Environment {env}, but its Package {pkg} is for Environment {built_for}",
+                            f.label()
+                        ),
+                    ));
+                }
             }
         }
         for a in &self.archives {
@@ -2072,6 +2109,28 @@ mod tests {
         assert_eq!(
             specs.resources[0].body["metadata"]["natsUrl"],
             "nats://127.0.0.1:4222"
+        );
+    }
+
+    #[test]
+    fn a_function_in_another_environment_than_its_package_is_refused_offline() {
+        let docs = [
+            json!({"apiVersion": "fission.io/v1", "kind": "Package", "metadata": {"name": "p"},
+                "spec": {"environment": {"name": "nodejs"},
+                    "deployment": {"type": "literal", "literal": "aGk="}}}),
+            json!({"apiVersion": "fission.io/v1", "kind": "Function", "metadata": {"name": "f"},
+                "spec": {"environment": {"name": "python"},
+                    "package": {"packageref": {"name": "p"}}}}),
+        ]
+        .map(Document::object);
+        let specs = Specs::read(&docs, "default");
+        assert!(
+            specs
+                .errors
+                .iter()
+                .any(|e| e.contains("Function f runs in Environment python, but its Package p is for Environment nodejs")),
+            "{:?}",
+            specs.errors
         );
     }
 
