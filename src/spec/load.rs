@@ -288,7 +288,7 @@ pub fn read_file(file: &Path) -> Result<Vec<Document>> {
         let source = lines[(first_line - 1).min(end)..end].join("\n");
         // Where the document starts, for errors that carry no place of their own.
         let start = doc_positions.get("").copied().unwrap_or((1, 1));
-        let value = serde_yaml::Value::deserialize(de).map_err(|e| {
+        let mut value = serde_yaml::Value::deserialize(de).map_err(|e| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -298,6 +298,16 @@ pub fn read_file(file: &Path) -> Result<Vec<Document>> {
         if value.is_null() {
             continue;
         }
+        // YAML merge keys (`<<: *defaults`), which the YAML library of
+        // Fission's CLI reads: merged, as it merges them.
+        value.apply_merge().map_err(|e| {
+            anyhow!(
+                "{}:{}:{}: invalid YAML: {e}",
+                file.display(),
+                start.0,
+                start.1
+            )
+        })?;
         let value: Value = serde_json::to_value(value).map_err(|e| {
             anyhow!(
                 "{}:{}:{}: a document this program cannot read as JSON (a non-string mapping key?): {e}",
@@ -505,6 +515,22 @@ mod tests {
         assert_eq!(docs[0].at("spec.x").line, 4);
         assert_eq!(docs[1].at("kind").line, 7);
         assert_eq!(docs[1].at("nothing").line, 7);
+    }
+
+    #[test]
+    fn merge_keys_are_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("merge.yaml");
+        std::fs::write(
+            &file,
+            "kind: A\nspec:\n  strategy:\n    <<: {ExecutorType: newdeploy, MinScale: 1}\n    MinScale: 2\n",
+        )
+        .unwrap();
+        let docs = read_file(&file).unwrap();
+        assert_eq!(
+            docs[0].value["spec"]["strategy"],
+            serde_json::json!({"ExecutorType": "newdeploy", "MinScale": 2})
+        );
     }
 
     #[test]
