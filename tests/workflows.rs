@@ -2479,6 +2479,20 @@ fn what_stored_workflows_run_is_not_deleted_from_under_them() {
         .ok("GET", "/v1/runs?workflow=outer", None)
         .get("also_runs_inside")
         .is_none());
+    // Workflows that run each other do not keep each other: either goes.
+    s.workflow("ping", "output: A\ntasks:\n  A:\n    run: noop\n");
+    s.workflow("pong", "output: A\ntasks:\n  A:\n    run: ping\n");
+    let updated = s
+        .api("PUT", "/v1/workflows/ping")
+        .header("content-type", "application/yaml")
+        .body("output: A\ntasks:\n  A:\n    run: pong\n")
+        .send()
+        .unwrap();
+    assert_eq!(updated.status(), 200);
+    for name in ["ping", "pong"] {
+        let (st, body) = s.call("DELETE", &format!("/v1/workflows/{name}"), None);
+        assert_eq!(st, 204, "{name}: {body}");
+    }
     // Once nothing runs them, they go.
     assert_eq!(s.call("DELETE", "/v1/workflows/outer", None).0, 204);
     assert_eq!(s.call("DELETE", "/v1/workflows/inner", None).0, 204);

@@ -809,6 +809,35 @@ impl Engine {
             .collect())
     }
 
+    /// The workflows that keep `name` from being deleted: those that run it,
+    /// but for those `name` runs itself, at any depth (workflows that run
+    /// each other would keep each other forever).
+    pub fn workflows_keeping(&self, name: &str) -> Result<Vec<String>, EngineError> {
+        let all = self.list_workflows()?;
+        let runs: HashMap<&str, BTreeSet<String>> = all
+            .iter()
+            .map(|w| (w.name.as_str(), crate::validate::names_run_by(&w.spec)))
+            .collect();
+        let mut reached: BTreeSet<&str> = BTreeSet::new();
+        let mut todo = vec![name];
+        while let Some(next) = todo.pop() {
+            for target in runs.get(next).into_iter().flatten() {
+                if reached.insert(target) {
+                    todo.push(target);
+                }
+            }
+        }
+        Ok(all
+            .iter()
+            .filter(|w| {
+                w.name != name
+                    && !reached.contains(w.name.as_str())
+                    && runs[w.name.as_str()].contains(name)
+            })
+            .map(|w| w.name.clone())
+            .collect())
+    }
+
     /// The runs in flight of a workflow version that runs `name` (a
     /// function's key or a workflow's name), at most `most` of them: a
     /// workflow changed or deleted since they started no longer says so,

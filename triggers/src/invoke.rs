@@ -67,11 +67,11 @@ impl Invoker {
     }
 
     /// The stored workflows that run `name` (a function's key or a workflow's
-    /// name), by name.
+    /// name), by name, and that it does not run itself.
     pub fn workflows_running(&self, name: &str) -> pool_manager::error::Result<Vec<String>> {
         self.workflows
             .engine
-            .workflows_running(name)
+            .workflows_keeping(name)
             .map_err(|e| pool_manager::Error::Storage(e.to_string()))
     }
 
