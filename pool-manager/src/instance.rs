@@ -30,6 +30,8 @@ pub struct Instance {
     pub(crate) owner: Arc<Mutex<Option<Owner>>>,
     /// No new leases; stopped once its last lease is released.
     pub(crate) retiring: AtomicBool,
+    /// Its function's code is being loaded (an owner, no answer yet).
+    pub(crate) loading: AtomicBool,
     exit: watch::Receiver<Option<Exit>>,
 }
 
@@ -50,6 +52,7 @@ impl Instance {
             last_used: Mutex::new(Instant::now()),
             owner,
             retiring: AtomicBool::new(false),
+            loading: AtomicBool::new(false),
         }
     }
     pub fn owner(&self) -> Option<Owner> {

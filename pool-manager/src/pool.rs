@@ -429,6 +429,8 @@ impl PoolManager {
                 function: i.owner().map(|o| o.function),
                 state: if i.retiring.load(Ordering::SeqCst) {
                     "draining"
+                } else if i.loading.load(Ordering::SeqCst) {
+                    "specializing"
                 } else if i.owner().is_some() {
                     "specialized"
                 } else {
@@ -1313,6 +1315,7 @@ impl Inner {
         });
         // A function deleted meanwhile wants no instance: one still loading
         // its code is stopped now, not at the end of the load limit.
+        instance.loading.store(true, Ordering::SeqCst);
         let outcome = tokio::select! {
             outcome = loading => outcome,
             () = self.deleted(function) => {
@@ -1320,6 +1323,7 @@ impl Inner {
                 return Err(not_found(Kind::Function, &function.key()));
             }
         };
+        instance.loading.store(false, Ordering::SeqCst);
         let failure = match outcome {
             Ok(Ok((status, _))) if status.is_success() => {
                 instance.touch();

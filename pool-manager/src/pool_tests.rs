@@ -672,6 +672,10 @@ async fn a_function_deleted_while_its_code_loads_stops_the_instance_loading_it()
         (s.backend.loads.load(Ordering::SeqCst) == 1).then_some(())
     })
     .await;
+    // Listed as what it is: not yet ready for requests.
+    let listed = s.pm.instances(Some("f"));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, "specializing");
     s.pm.delete_function("f").await.unwrap();
     let err = lease.await.unwrap().unwrap_err();
     assert_eq!(err.code(), "not_found", "{err}");
