@@ -223,6 +223,20 @@ fn a_resource_taken_over_is_the_new_projects_alone() {
         out.contains("took over Environment shared from project"),
         "{out}"
     );
+    let (code, out, err) = s.cli_in(&two, &["spec", "list", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        listed["resources"],
+        json!([{"kind": "Environment", "namespace": "default", "name": "shared", "state": "present"}]),
+        "{listed}"
+    );
+    let (code, _, err) = s.cli_in(&two, &["spec", "apply", "-o", "json"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("spec apply prints a report, not JSON"),
+        "{err}"
+    );
     let (code, out, err) = s.cli_in(&one, &["spec", "destroy"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(names(&s, "/v1/environments").contains(&"shared".to_string()));

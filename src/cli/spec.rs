@@ -78,6 +78,19 @@ impl SpecSource {
 }
 
 pub(super) async fn spec_cmd(verb: SpecVerb, opts: &ClientOpts) -> Result<()> {
+    // What they print is a report for people, not data: said, not ignored.
+    let text_only = match &verb {
+        SpecVerb::Init { .. } => Some("init"),
+        SpecVerb::Validate { .. } => Some("validate"),
+        SpecVerb::Apply { .. } => Some("apply"),
+        SpecVerb::Destroy { .. } => Some("destroy"),
+        SpecVerb::List { .. } => None,
+    };
+    if let (true, Some(verb)) = (opts.json(), text_only) {
+        anyhow::bail!(
+            "spec {verb} prints a report, not JSON (spec list -o json lists what a project applied)"
+        );
+    }
     match verb {
         SpecVerb::Init {
             specdir,
@@ -100,7 +113,7 @@ pub(super) async fn spec_cmd(verb: SpecVerb, opts: &ClientOpts) -> Result<()> {
         }
         SpecVerb::Destroy { from } => spec::destroy(&opts.client()?, &from.source()).await,
         SpecVerb::List { from, deploy_id } => {
-            spec::list(&opts.client()?, &from.source(), deploy_id).await
+            spec::list(&opts.client()?, &from.source(), deploy_id, opts.json()).await
         }
     }
 }

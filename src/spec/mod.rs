@@ -1098,7 +1098,9 @@ pub async fn destroy(client: &Client, source: &Source) -> Result<()> {
 }
 
 /// What a project applied, and whether each is still there.
-pub async fn list(client: &Client, source: &Source, uid: Option<String>) -> Result<()> {
+/// What a project applied, and whether each is still there: a table, or
+/// with `json` one object (`project` null when nothing was applied).
+pub async fn list(client: &Client, source: &Source, uid: Option<String>, json: bool) -> Result<()> {
     let uid = match uid {
         Some(u) => {
             crate::declared::check_uid(&u).map_err(|e| anyhow!("--deployid: {e}"))?;
@@ -1107,17 +1109,39 @@ pub async fn list(client: &Client, source: &Source, uid: Option<String>) -> Resu
         None => deployment_uid(source)?,
     };
     let Some(rec) = record(client, &uid).await? else {
-        println!("nothing applied under uid {uid}");
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"project": null, "uid": uid, "resources": []})
+            );
+        } else {
+            println!("nothing applied under uid {uid}");
+        }
         return Ok(());
     };
-    println!("project {} (uid {uid})", rec.name);
-    println!("{:<20} {:<12} {:<32} STATE", "KIND", "NAMESPACE", "NAME");
+    let mut rows = Vec::new();
     for a in &rec.resources {
         let state = if client.get_opt::<Value>(&a.path()).await?.is_some() {
             "present"
         } else {
             "missing"
         };
+        rows.push((a, state));
+    }
+    if json {
+        let resources: Vec<Value> = rows
+            .iter()
+            .map(|(a, state)| {
+                serde_json::json!({"kind": a.kind, "namespace": a.namespace, "name": a.name, "state": state})
+            })
+            .collect();
+        let v = serde_json::json!({"project": rec.name, "uid": uid, "resources": resources});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("project {} (uid {uid})", rec.name);
+    println!("{:<20} {:<12} {:<32} STATE", "KIND", "NAMESPACE", "NAME");
+    for (a, state) in rows {
         println!("{:<20} {:<12} {:<32} {state}", a.kind, a.namespace, a.name);
     }
     Ok(())
