@@ -775,8 +775,12 @@ impl Specs {
         if let Some(t) = int("/idletimeout").filter(|t| *t > 0) {
             r.body["idle_timeout_secs"] = json!(t);
         }
-        // Fission's `concurrency` (most pods of a poolmgr function) is Fusion's max scale.
-        if let Some(c) = int("/concurrency").filter(|c| *c > 0) {
+        // Fission's `concurrency` (most pods of a poolmgr function) is Fusion's
+        // max scale; a newdeploy function's is its MaxScale (below), as in
+        // Fission, where concurrency is for poolmgr only.
+        let newdeploy =
+            str_at(spec, "InvokeStrategy.ExecutionStrategy.ExecutorType") == Some("newdeploy");
+        if let Some(c) = int("/concurrency").filter(|c| *c > 0 && !newdeploy) {
             if c > 1000 {
                 self.warn(
                     doc.at("spec.concurrency"),
@@ -2132,6 +2136,21 @@ mod tests {
             "{:?}",
             specs.errors
         );
+    }
+
+    #[test]
+    fn a_newdeploy_functions_most_instances_are_its_max_scale_not_its_concurrency() {
+        let specs = Specs::read_object(
+            &Document::object(json!({"apiVersion": "fission.io/v1", "kind": "Function",
+                "metadata": {"name": "f"}, "spec": {"environment": {"name": "py"},
+                "package": {"packageref": {"name": "p"}}, "concurrency": 500,
+                "InvokeStrategy": {"ExecutionStrategy": {"ExecutorType": "newdeploy",
+                    "MinScale": 1, "MaxScale": 3}}}})),
+            "default",
+        );
+        assert!(specs.errors.is_empty(), "{:?}", specs.errors);
+        assert!(specs.warnings.is_empty(), "{:?}", specs.warnings);
+        assert_eq!(specs.resources[0].body["max_scale"], 3);
     }
 
     #[test]
