@@ -202,6 +202,37 @@ fn an_environment_neither_in_the_specs_nor_on_the_server_stops_the_apply_first()
     assert_eq!(code, 0, "{out}{err}");
 }
 
+/// What an apply stopped before making it (the server refused it) is not
+/// said to be kept or deleted later: it never existed.
+#[test]
+fn what_a_failed_apply_never_made_is_not_kept_or_deleted_later() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    assert_eq!(s.cli_in(tmp.path(), &["spec", "init"]).0, 0);
+    let bad = env_doc("bad").replace("fission/python-env", "fission/go-env-1.21");
+    std::fs::write(
+        tmp.path().join("specs/envs.yaml"),
+        format!("{}---\n{bad}", env_doc("good")),
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("go-env"), "{err}");
+    std::fs::write(tmp.path().join("specs/envs.yaml"), env_doc("good")).unwrap();
+    for args in [&["spec", "apply"][..], &["spec", "apply", "--delete"]] {
+        let (code, out, err) = s.cli_in(tmp.path(), args);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(!out.contains("Environment bad"), "{args:?}: {out}");
+    }
+    let (_, out, _) = s.cli_in(tmp.path(), &["spec", "list", "-o", "json"]);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        listed["resources"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+}
+
 /// What a project takes over with --allowconflicts is its own from then on,
 /// as Fission rewrites the resource's `fission-uid`: the project it came from
 /// no longer destroys it, and may not take it back without --allowconflicts.

@@ -426,6 +426,15 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
     // What this project applied before and no longer declares: deleted with
     // --delete (triggers first), else kept in the record.
     let mut kept: Vec<Applied> = previous.resources.difference(&applied).cloned().collect();
+    // A claim of an apply stopped before it made the resource (or one
+    // deleted by hand since): nothing to keep or delete, and not said to be.
+    let mut there = Vec::with_capacity(kept.len());
+    for a in kept {
+        if client.get_opt::<Value>(&a.path()).await?.is_some() {
+            there.push(a);
+        }
+    }
+    kept = there;
     if opts.delete && result.is_ok() {
         kept.sort_by_key(|a| a.delete_rank());
         let mut still = Vec::new();
