@@ -372,14 +372,15 @@ impl Summary {
     /// Prints what was done; `complete` is false when applying stopped at an
     /// error (then only what changed is worth saying, before the error).
     fn print(&self, complete: bool) {
-        if complete && self.lines.iter().all(|(v, _)| v == "unchanged") {
-            println!("everything up to date ({} resources)", self.lines.len());
-        }
         for (verb, what) in &self.lines {
             println!("{verb:9} {what}");
         }
         for note in &self.notes {
             println!("{note}");
+        }
+        // Last: the conclusion comes after what it concludes.
+        if complete && self.lines.iter().all(|(v, _)| v == "unchanged") {
+            println!("everything up to date ({} resources)", self.lines.len());
         }
     }
 }
