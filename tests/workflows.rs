@@ -2489,6 +2489,16 @@ fn what_stored_workflows_run_is_not_deleted_from_under_them() {
         .send()
         .unwrap();
     assert_eq!(updated.status(), 200);
+    // Run, they fail at the depth limit, said in a few words (not once a level).
+    let (status, text) = s.invoke("ping", "text/plain", "");
+    assert_eq!(status, 500, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("levels deep, past the limit of 32"),
+        "{message}"
+    );
+    assert!(message.len() < 1024, "{} bytes: {message}", message.len());
     for name in ["ping", "pong"] {
         let (st, body) = s.call("DELETE", &format!("/v1/workflows/{name}"), None);
         assert_eq!(st, 204, "{name}: {body}");

@@ -322,13 +322,7 @@ impl RunError {
     pub fn is_timeout(&self) -> bool {
         // A workflow run by a task fails with the words of the task that
         // failed in it: `task "S" failed: function call timed out ...`.
-        let mut m = self.message.as_str();
-        while let Some(rest) = m.strip_prefix("task \"") {
-            match rest.split_once("\" failed: ") {
-                Some((_, after)) => m = after,
-                None => break,
-            }
-        }
+        let m = innermost_failure(&self.message);
         m.starts_with("function call timed out")
             || m.starts_with("the task timed out")
             || m.starts_with("the run timed out")
@@ -336,6 +330,30 @@ impl RunError {
             || m.starts_with("Fission.Timeout")
     }
 }
+
+/// What failed at the bottom of a chain of `task "S" failed: ` (and of the
+/// `… ` that stands for the levels left out of a long one).
+fn innermost_failure(message: &str) -> &str {
+    let mut m = message;
+    loop {
+        if let Some(rest) = m.strip_prefix("… ") {
+            m = rest;
+            continue;
+        }
+        match m
+            .strip_prefix("task \"")
+            .and_then(|rest| rest.split_once("\" failed: "))
+        {
+            Some((_, after)) => m = after,
+            None => return m,
+        }
+    }
+}
+
+/// Past this length, a failure's chain of `task "S" failed: ` is said with
+/// its outermost task and its innermost cause only (workflows that run each
+/// other fail 32 levels deep, each level a task).
+const MOST_FAILURE_CHAIN: usize = 512;
 
 /// A time as expressions see it (`CreatedAt`): RFC 3339, as Fission
 /// Workflows' scope has it; null when there is none.
@@ -1387,6 +1405,8 @@ fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
             .is_some_and(|p| p.spec.run == t.spec.run && crate::builtins::is_builtin(&t.spec.run));
         let error = if cause.starts_with(&prefix) || own_iteration {
             cause
+        } else if cause.len() > MOST_FAILURE_CHAIN {
+            format!("{prefix}… {}", innermost_failure(&cause))
         } else {
             prefix + &cause
         };
