@@ -601,12 +601,13 @@ fn a_new_trigger_on_an_old_stream_starts_where_its_deliver_policy_says() {
     assert_eq!(probe.lines("calls"), want);
 }
 
-#[test]
-fn a_server_killed_mid_stream_loses_no_message() {
-    let nats = Nats::start();
+/// A server whose trigger `orders` (concurrency 2, `ack_wait`) delivers
+/// `n` messages, published here, to the gated function `slow`: once it
+/// returns, two are in the function. Answers their idempotency keys.
+fn two_in_flight(nats: &Nats, ack_wait: &str, n: usize) -> (Server, Probe, BTreeSet<String>) {
     nats.create_stream("ORDERS", &["orders.>"]);
     nats.create_stream("RESULTS", &["results.>"]);
-    let mut s = server(&nats);
+    let s = server(nats);
     let probe = Probe::start();
     s.function("slow", "binary", "slow.sh", &echo(&probe, true), json!({}));
     s.ok(
@@ -615,12 +616,11 @@ fn a_server_killed_mid_stream_loses_no_message() {
         Some(json!({
             "name": "orders", "function": "slow", "topic": "orders.new",
             "respTopic": "results.ok", "concurrency": 2,
-            "metadata": {"ackWait": "2s"},
+            "metadata": {"ackWait": ack_wait},
         })),
     );
     wait_state(&s, "orders", "running", Duration::from_secs(20));
-    const N: usize = 6;
-    let seqs: BTreeSet<String> = (0..N)
+    let seqs: BTreeSet<String> = (0..n)
         .map(|i| {
             format!(
                 "ORDERS-{}",
@@ -633,6 +633,14 @@ fn a_server_killed_mid_stream_loses_no_message() {
         "two messages are in flight",
         || probe.lines("calls").len() >= 2,
     );
+    (s, probe, seqs)
+}
+
+#[test]
+fn a_server_killed_mid_stream_loses_no_message() {
+    let nats = Nats::start();
+    const N: usize = 6;
+    let (mut s, probe, seqs) = two_in_flight(&nats, "2s", N);
     let in_flight = probe.lines("calls");
     s.kill();
     probe.open("go");
@@ -666,36 +674,9 @@ fn a_server_killed_mid_stream_loses_no_message() {
 #[test]
 fn a_server_stopped_mid_stream_calls_each_message_once_and_holds_none_back() {
     let nats = Nats::start();
-    nats.create_stream("ORDERS", &["orders.>"]);
-    nats.create_stream("RESULTS", &["results.>"]);
-    let mut s = server(&nats);
-    let probe = Probe::start();
-    s.function("slow", "binary", "slow.sh", &echo(&probe, true), json!({}));
-    s.ok(
-        "POST",
-        "/v1/mqtriggers",
-        Some(json!({
-            "name": "orders", "function": "slow", "topic": "orders.new",
-            "respTopic": "results.ok", "concurrency": 2,
-            // Longer than the test waits for the answers.
-            "metadata": {"ackWait": "5m"},
-        })),
-    );
-    wait_state(&s, "orders", "running", Duration::from_secs(20));
     const N: usize = 8;
-    let seqs: BTreeSet<String> = (0..N)
-        .map(|i| {
-            format!(
-                "ORDERS-{}",
-                nats.publish("orders.new", &format!("m{i}"), &[])
-            )
-        })
-        .collect();
-    eventually(
-        Duration::from_secs(30),
-        "two messages are in flight",
-        || probe.lines("calls").len() >= 2,
-    );
+    // An ack wait longer than the test waits for the answers.
+    let (mut s, probe, seqs) = two_in_flight(&nats, "5m", N);
     common::signal(s.pid(), libc::SIGTERM);
     // The calls in flight go on while the stopping consumer hands back what
     // it holds.
