@@ -4,10 +4,10 @@
 //! runtime exits (the kernel then kills whatever else the container runs).
 //!
 //! The runtimes were that first process themselves, and none of them (nor
-//! Fission's images) reaps
-//! children it did not start: each background command a function left behind
-//! stayed a zombie, counted against the container's pids limit, until about
-//! 250 of them stopped the function from starting anything at all.
+//! Fission's images) reaps children it did not start: each background
+//! command a function left behind stayed a zombie, counted against the
+//! container's pids limit, until about 250 of them stopped the function from
+//! starting anything at all.
 #![allow(unsafe_code)]
 
 use std::ffi::OsString;

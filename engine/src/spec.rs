@@ -158,6 +158,10 @@ pub const MAX_DURATION_SECS: f64 = 1e9;
 /// Parses a duration in Go's notation ("100ms", "2s", "1m30s", "1.5h", "250us").
 /// A bare number is milliseconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
+    // Milliseconds exactly, not through a float.
+    if let Ok(ms) = text.trim().parse::<u64>() {
+        return (ms / 1000 <= MAX_DURATION_SECS as u64).then(|| Duration::from_millis(ms));
+    }
     parse_unbounded(text)
         .filter(|secs| *secs <= MAX_DURATION_SECS)
         .map(Duration::from_secs_f64)

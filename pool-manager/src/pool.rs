@@ -1313,9 +1313,9 @@ impl Inner {
                 .unwrap_or_default();
             Ok::<_, String>((status, body))
         });
+        instance.loading.store(true, Ordering::SeqCst);
         // A function deleted meanwhile wants no instance: one still loading
         // its code is stopped now, not at the end of the load limit.
-        instance.loading.store(true, Ordering::SeqCst);
         let outcome = tokio::select! {
             outcome = loading => outcome,
             () = self.deleted(function) => {

@@ -429,9 +429,10 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
     let mut kept: Vec<Applied> = previous.resources.difference(&applied).cloned().collect();
     // A claim of an apply stopped before it made the resource (or one
     // deleted by hand since): nothing to keep or delete, and not said to be.
+    // Kept when the server cannot say (what was applied is recorded below).
     let mut there = Vec::with_capacity(kept.len());
     for a in kept {
-        if client.get_opt::<Value>(&a.path()).await?.is_some() {
+        if !matches!(client.get_opt::<Value>(&a.path()).await, Ok(None)) {
             there.push(a);
         }
     }

@@ -67,7 +67,6 @@ pub const TMP_SIZE_MB: u64 = 64;
 pub const FILES_SIZE_MB: u64 = 40;
 /// Files and directories each may hold (16 x 256 keys, and their directories).
 const FILES_INODES: usize = 8192;
-/// Where the runtime listens, inside the container and in the bundle.
 /// Where the fusion executable is in a container of the bundled runtimes
 /// (the binary runtime, and every container's init).
 const BUNDLED_INIT: &str = "/fusion/bin/fusion";
@@ -75,6 +74,7 @@ const BUNDLED_INIT: &str = "/fusion/bin/fusion";
 /// likely to have (Fusion's own test image has a file at `/fusion`).
 const IMAGE_INIT_DIR: &str = "/.fusion";
 const IMAGE_INIT: &str = "/.fusion/fusion";
+/// Where the runtime listens, inside the container and in the bundle.
 const SOCKET_DIR: &str = "/run/fusion";
 const SOCKET_NAME: &str = "runtime.sock";
 /// Where runc keeps its containers' state (its default `--root` for root).
