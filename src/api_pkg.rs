@@ -1,4 +1,5 @@
-//! The API of packages: content-addressed archives (`POST /v1/archives`) and
+//! The API of packages: content-addressed archives (`POST /v1/archives`, and
+//! `POST /v1/archives/prune` to remove those nothing uses now) and
 //! named packages with their builds (`/v1/packages`: list, create, get,
 //! update, delete, `POST .../rebuild`, `GET .../logs`), each taking
 //! `?namespace=NS` (default `default`). `POST /v1/packages` with a body that
@@ -46,6 +47,7 @@ pub fn routes(upload_limit: usize) -> Router<AppState> {
                 .layer(DefaultBodyLimit::max(upload_limit))
                 .layer(name_the_limit.clone()),
         )
+        .route("/v1/archives/prune", post(prune))
         .route(
             "/v1/packages",
             get(list)
@@ -128,6 +130,13 @@ async fn upload_archive(
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     Ok((StatusCode::CREATED, Json(package)).into_response())
+}
+
+/// Removes the code no function, package or instance uses, now (the server
+/// also does it on its own, every `--package-prune-secs`).
+async fn prune(State(s): State<AppState>) -> ApiResult<Response> {
+    let pruned = s.pool.prune_packages().await?;
+    Ok(Json(pruned).into_response())
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -97,6 +97,12 @@ pub struct ServerArgs {
     #[arg(long, env = "FUSION_BUILD_DISK_MB", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
     pub build_disk_mb: u64,
+    /// How often the code no function, package or instance uses any more is
+    /// removed from the data directory, in seconds (0: only when asked,
+    /// `POST /v1/archives/prune`). Code stored or newly used within the last
+    /// hour is kept.
+    #[arg(long, env = "FUSION_PACKAGE_PRUNE_SECS", default_value_t = 600)]
+    pub package_prune_secs: u64,
     /// Asynchronous function calls (`X-Async: true`) tried at once in the
     /// background, over every function (each function also keeps at least
     /// half of its capacity for synchronous calls).
@@ -481,6 +487,8 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             reap_interval: Duration::from_millis(250),
             build_timeout: Duration::from_secs(args.build_timeout_secs),
             build_disk_mb: args.build_disk_mb,
+            prune_interval: (args.package_prune_secs > 0)
+                .then(|| Duration::from_secs(args.package_prune_secs)),
         },
     )
     .await?;

@@ -964,9 +964,9 @@ fn fn_update_with_new_code_updates_the_functions_package() {
 
 /// As Fission's builder command: an environment's build command builds the
 /// packages that give none of their own.
-#[test]
-fn an_environments_build_command_builds_packages_without_one() {
-    let s = Server::start();
+/// A python environment whose build command makes a source's `main.py`
+/// say BUILT where it said SOURCE, offline.
+fn sed_builder_env(s: &Server) {
     s.ok(
         "POST",
         "/v1/environments",
@@ -974,6 +974,12 @@ fn an_environments_build_command_builds_packages_without_one() {
             "network": "none",
             "buildcmd": "mkdir -p \"$DEPLOY_PKG\" && sed s/SOURCE/BUILT/ main.py > \"$DEPLOY_PKG/main.py\""})),
     );
+}
+
+#[test]
+fn an_environments_build_command_builds_packages_without_one() {
+    let s = Server::start();
+    sed_builder_env(&s);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -1101,4 +1107,110 @@ fn a_build_past_its_disk_limit_is_stopped() {
         log.contains("the disk of the data directory filled by more than 20 MiB while it ran"),
         "{log}"
     );
+}
+
+/// Sets the time of every stored package back two hours, past the grace in
+/// which `prune` keeps what was stored or newly used.
+fn age_packages(s: &Server) {
+    let past = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for e in std::fs::read_dir(s.data_dir().join("packages")).unwrap() {
+        let path = e.unwrap().path();
+        std::fs::File::open(&path)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+    }
+}
+
+/// Code nothing uses any more goes from the data directory (and so from
+/// backups): a deleted function's archive, a deleted package's source and
+/// its build, which is then not reused from the build cache either. What a
+/// function runs stays, and so does an upload no function names yet.
+#[test]
+fn code_nothing_uses_is_pruned_and_code_in_use_is_kept() {
+    let s = Server::start();
+    sed_builder_env(&s);
+    let sha = |v: &Value| v["sha256"].as_str().unwrap().to_string();
+    s.function(
+        "kept",
+        "python",
+        "kept.py",
+        "def main():\n    return 'kept'\n",
+        Value::Null,
+    );
+    s.function(
+        "gone",
+        "python",
+        "gone.py",
+        "def main():\n    return 'gone'\n",
+        Value::Null,
+    );
+    assert_eq!(call(&s, "gone"), (200, "gone".to_string()));
+    let kept = sha(&s.ok("GET", "/v1/functions/kept", None)["package"]);
+    let gone = sha(&s.ok("GET", "/v1/functions/gone", None)["package"]);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("main.py"), "def main():\n    return 'SOURCE'\n").unwrap();
+    let create_pkg = || {
+        cli_ok(
+            &s,
+            &[
+                "pkg",
+                "create",
+                "--name",
+                "built",
+                "--env",
+                "python",
+                "--src",
+                src.to_str().unwrap(),
+            ],
+        )
+    };
+    create_pkg();
+    let p = built(&s, "built");
+    assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
+    let (source, build) = (sha(&p["source"]), sha(&p["status"]["built"]));
+
+    cli_ok(&s, &["fn", "delete", "gone"]);
+    cli_ok(&s, &["pkg", "delete", "built"]);
+    age_packages(&s);
+    let fresh = sha(&s.upload("fresh.py", b"def main():\n    return 'fresh'\n"));
+
+    // The deleted function's instance may still be stopping: what it loaded
+    // is kept until it has.
+    let mut removed = Vec::new();
+    eventually(Duration::from_secs(30), "the unused code removed", || {
+        let pruned = s.ok("POST", "/v1/archives/prune", None);
+        for r in pruned["removed"].as_array().unwrap() {
+            removed.push(r.as_str().unwrap().to_string());
+        }
+        [&gone, &source, &build].iter().all(|x| removed.contains(x))
+    });
+    assert!(
+        !removed.contains(&kept) && !removed.contains(&fresh),
+        "{removed:?}"
+    );
+    let packages = s.data_dir().join("packages");
+    for x in [&gone, &source, &build] {
+        assert!(!packages.join(x).exists(), "{x} is still stored");
+    }
+    assert!(packages.join(&kept).exists() && packages.join(&fresh).exists());
+    assert_eq!(call(&s, "kept"), (200, "kept".to_string()));
+    let metrics = s.api("GET", "/metrics").send().unwrap().text().unwrap();
+    assert!(
+        metrics.contains("fusion_packages_pruned_total 3"),
+        "{metrics}"
+    );
+
+    // The same source again is built again: its earlier build is gone.
+    create_pkg();
+    let p = built(&s, "built");
+    assert_eq!(p["status"]["buildstatus"], "succeeded", "{p}");
+    assert!(p["status"].get("cached").is_none(), "{p}");
+    assert!(packages.join(&build).exists(), "the build made again");
+
+    let out = cli_ok(&s, &["pkg", "prune"]);
+    assert!(out.starts_with("removed 0 archive(s)"), "{out}");
 }

@@ -72,6 +72,9 @@ impl PoolManager {
             .store
             .create(Kind::Environment, &env.key(), &env)
             .await?;
+        self.inner
+            .logs
+            .reopen(&crate::pool::generic_log_key(&env.key()));
         self.inner.install_environment(effective);
         Ok(env)
     }
@@ -121,6 +124,8 @@ impl PoolManager {
         }
         self.inner.store.delete(Kind::Environment, name).await?;
         self.inner.remove_environment(name);
+        // Its generic instances' log goes with it, as a function's does.
+        self.inner.logs.remove(&crate::pool::generic_log_key(name));
         Ok(())
     }
 
@@ -160,7 +165,7 @@ impl PoolManager {
         }
         match &f.package {
             FunctionPackage::Stored(package) => {
-                self.inner.packages.path(package).map_err(|_| {
+                self.inner.packages.claim(package).map_err(|_| {
                     Error::Conflict(format!(
                         "function {:?}: package {} does not exist; upload the code first",
                         f.name, package.sha256

@@ -32,6 +32,8 @@ pub struct Instance {
     pub(crate) retiring: AtomicBool,
     /// Its function's code is being loaded (an owner, no answer yet).
     pub(crate) loading: AtomicBool,
+    /// The package it was given (its sha256), kept from `prune` while it runs.
+    pub(crate) code: Mutex<Option<String>>,
     exit: watch::Receiver<Option<Exit>>,
 }
 
@@ -53,6 +55,7 @@ impl Instance {
             owner,
             retiring: AtomicBool::new(false),
             loading: AtomicBool::new(false),
+            code: Mutex::new(None),
         }
     }
     pub fn owner(&self) -> Option<Owner> {

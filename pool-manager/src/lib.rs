@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod package;
 pub mod pool;
 pub mod private_file;
+mod prune;
 pub mod resources;
 pub mod router;
 pub mod secrets;
@@ -27,6 +28,7 @@ pub use backend::{Backend, Isolation, LaunchConfig};
 pub use build::{BuildStatus, Package, PackageStatus};
 pub use error::{Error, Result};
 pub use pool::{InstanceInfo, Lease, PoolConfig, PoolHealth, PoolManager, StartFailure};
+pub use prune::PRUNE_GRACE;
 pub use resources::{
     Environment, ExecutorType, Function, FunctionPackage, ImageUse, NamedPackageRef, Network,
     ObjectRef, PackageKind, PackageRef, Runtime,

@@ -74,6 +74,9 @@ pub struct PoolMetrics {
     pub waiting: Family<FunctionLabels, Gauge>,
     /// Connections a function took over with a 101 (WebSockets), open now.
     pub websockets: Family<FunctionLabels, Gauge>,
+    /// Packages removed because nothing used them, and their bytes.
+    pub packages_pruned: Counter,
+    pub package_bytes_pruned: Counter,
 }
 
 impl Default for PoolMetrics {
@@ -90,6 +93,8 @@ impl Default for PoolMetrics {
             builds: Family::default(),
             waiting: Family::default(),
             websockets: Family::default(),
+            packages_pruned: Counter::default(),
+            package_bytes_pruned: Counter::default(),
         }
     }
 }
@@ -154,6 +159,17 @@ impl PoolMetrics {
             "Connections a function took over with a 101 (WebSockets) and still \
              holds, each with its instance's lease",
             self.websockets.clone(),
+        );
+        registry.register(
+            "fusion_packages_pruned",
+            "Packages (functions' code) removed because no function, package or \
+             instance used them any more",
+            self.packages_pruned.clone(),
+        );
+        registry.register(
+            "fusion_package_bytes_pruned",
+            "Bytes of the packages removed because nothing used them",
+            self.package_bytes_pruned.clone(),
         );
     }
 }

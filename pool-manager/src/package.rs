@@ -2,10 +2,15 @@
 //! A package is a directory `packages/<sha256>/` holding either the single file
 //! under its own name, or the unpacked zip archive. Unpacking refuses path escapes,
 //! links and archives past the size limits. A build's output directory is
-//! stored the same way (`put_dir`), under the same limits.
+//! stored the same way (`put_dir`), under the same limits. Nothing holds a
+//! count of who uses a package: packages nothing uses any more are found and
+//! removed by `prune` (see `crate::prune`).
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -34,7 +39,32 @@ impl Default for PackageLimits {
 pub struct PackageStore {
     root: PathBuf,
     limits: PackageLimits,
+    /// Held shared by whoever starts to use a stored package (a new reference
+    /// to it, its upload again), and exclusively by `prune` while it looks at
+    /// one package and moves it away: a package is claimed either before that
+    /// look (and the claim's fresh time keeps it) or after it is gone (and
+    /// the claim fails, as for a package never uploaded).
+    claims: Arc<RwLock<()>>,
 }
+
+/// What `prune` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Pruned {
+    /// The packages removed (their sha256).
+    pub removed: Vec<String>,
+    /// The bytes of their files.
+    pub bytes: u64,
+    /// Packages kept: in use, or stored or used too recently to tell.
+    pub kept: usize,
+}
+
+/// What a package removed by `prune` is renamed to before its files go: a
+/// name uploads and backups leave alone (as every `.tmp-` name), and that
+/// the next `prune` removes if a crash came first.
+const PRUNING: &str = ".tmp-prune-";
+
+/// How old an upload's work directory must be to be taken for a crash's leftover.
+const STALE_WORK: Duration = Duration::from_secs(3600);
 
 /// The file that marks a stored archive's tree as whole (written last, so a
 /// tree without it is a crash's leftover). Not part of the code: never copied
@@ -65,7 +95,11 @@ fn is_zip(bytes: &[u8]) -> bool {
 impl PackageStore {
     pub fn open(root: PathBuf, limits: PackageLimits) -> Result<PackageStore> {
         std::fs::create_dir_all(&root).map_err(|e| Error::Storage(e.to_string()))?;
-        Ok(PackageStore { root, limits })
+        Ok(PackageStore {
+            root,
+            limits,
+            claims: Arc::default(),
+        })
     }
 
     pub fn limits(&self) -> PackageLimits {
@@ -114,8 +148,12 @@ impl PackageStore {
                 Some(filename.to_string())
             },
         };
-        if archive && dir.join(COMPLETE).exists() {
-            return Ok(reference);
+        if archive {
+            let _claim = self.claim_lock();
+            if dir.join(COMPLETE).exists() {
+                touch(&dir);
+                return Ok(reference);
+            }
         }
         // Unpack into a temporary sibling and rename, so a crash never leaves a
         // half-written package under its final name.
@@ -136,6 +174,7 @@ impl PackageStore {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
+        let _claim = self.claim_lock();
         if archive {
             std::fs::write(tmp.join(COMPLETE), b"").map_err(io)?;
             if std::fs::rename(&tmp, &dir).is_err() {
@@ -153,6 +192,8 @@ impl PackageStore {
             std::fs::create_dir_all(&dir).map_err(io)?;
             std::fs::rename(tmp.join(filename), dir.join(filename)).map_err(io)?;
             let _ = std::fs::remove_dir_all(&tmp);
+            // The name may have been there already (the directory unchanged).
+            touch(&dir);
         }
         Ok(reference)
     }
@@ -202,14 +243,19 @@ impl PackageStore {
             filename: None,
         };
         let target = self.root.join(&sha);
-        if target.join(COMPLETE).exists() {
-            let _ = std::fs::remove_dir_all(dir);
-            return Ok((reference, links));
+        {
+            let _claim = self.claim_lock();
+            if target.join(COMPLETE).exists() {
+                touch(&target);
+                let _ = std::fs::remove_dir_all(dir);
+                return Ok((reference, links));
+            }
         }
         // What is not part of the package goes before it is one.
         drop_links(dir)?;
         own_by_server(dir);
         std::fs::write(dir.join(COMPLETE), b"").map_err(io)?;
+        let _claim = self.claim_lock();
         if std::fs::rename(dir, &target).is_err() {
             if target.join(COMPLETE).exists() {
                 // Another build of the same output finished first: same content.
@@ -221,6 +267,73 @@ impl PackageStore {
             }
         }
         Ok((reference, links))
+    }
+
+    /// `path`, for a package about to be used by something new (a function, a
+    /// named package, a build's reuse): `prune` keeps it from now on for as
+    /// long as it keeps what was just stored, and this fails if it was
+    /// removed.
+    pub fn claim(&self, package: &PackageRef) -> Result<PathBuf> {
+        let _claim = self.claim_lock();
+        let path = self.path(package)?;
+        touch(&self.root.join(&package.sha256));
+        Ok(path)
+    }
+
+    fn claim_lock(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.claims.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes every package not in `used` that was stored or claimed more
+    /// than `grace` ago (a younger one may be an upload whose function is
+    /// not made yet), and what crashes left of uploads and earlier prunes.
+    pub fn prune(&self, used: &HashSet<String>, grace: Duration) -> Result<Pruned> {
+        let mut out = Pruned::default();
+        let now = SystemTime::now();
+        let old = |path: &Path| {
+            std::fs::symlink_metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= grace)
+        };
+        // An upload's own work, left by a crash; none takes an hour.
+        let stale = |path: &Path| {
+            std::fs::symlink_metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= STALE_WORK)
+        };
+        static PRUNES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        for entry in std::fs::read_dir(&self.root).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with(PRUNING) || (name.starts_with(".tmp-") && stale(&path)) {
+                let _ = std::fs::remove_dir_all(&path);
+                continue;
+            }
+            if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            if used.contains(&name) {
+                out.kept += 1;
+                continue;
+            }
+            let n = PRUNES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let away = self
+                .root
+                .join(format!("{PRUNING}{name}-{}-{n}", std::process::id()));
+            {
+                let _look = self.claims.write().unwrap_or_else(|e| e.into_inner());
+                if !old(&path) {
+                    out.kept += 1;
+                    continue;
+                }
+                std::fs::rename(&path, &away).map_err(io)?;
+            }
+            out.bytes += tree_bytes(&away);
+            std::fs::remove_dir_all(&away).map_err(io)?;
+            out.removed.push(name);
+        }
+        Ok(out)
     }
 
     /// The path a runtime loads: the file of a file package, the directory of an archive.
@@ -345,6 +458,32 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 
 fn io(e: std::io::Error) -> Error {
     Error::Storage(e.to_string())
+}
+
+/// Marks `dir` as used now (its modification time), for `prune`'s grace.
+fn touch(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.set_modified(SystemTime::now());
+    }
+}
+
+/// The bytes of the files under `top`, walked without recursion.
+fn tree_bytes(top: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![top.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => pending.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -531,6 +670,70 @@ mod tests {
         let root = store.path(&z).unwrap();
         assert_eq!(std::fs::read(root.join("pkg/a.py")).unwrap(), b"A");
         assert_eq!(std::fs::read(root.join("b.py")).unwrap(), b"B");
+    }
+
+    /// Sets a package's time back past the grace, as if stored long ago.
+    fn age(store: &PackageStore, sha: &str) {
+        let dir = std::fs::File::open(store.root.join(sha)).unwrap();
+        dir.set_modified(SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
+    }
+
+    #[test]
+    fn prune_removes_only_old_packages_nothing_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackageStore::open(dir.path().to_path_buf(), PackageLimits::default()).unwrap();
+        let grace = Duration::from_secs(3600);
+        let unused = store.put("a.py", b"A").unwrap();
+        let used = store
+            .put("code.zip", &zip_of(&[("b.py", b"B" as &[u8])]))
+            .unwrap();
+        let young = store.put("c.py", b"C").unwrap();
+        age(&store, &unused.sha256);
+        age(&store, &used.sha256);
+        // What crashes leave: an upload's work long ago, a prune's half done.
+        let stale = dir.path().join(".tmp-abc-1-0");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::File::open(&stale)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
+        let working = dir.path().join(".tmp-def-1-1");
+        std::fs::create_dir(&working).unwrap();
+        let half = dir.path().join(format!("{PRUNING}x-1-0"));
+        std::fs::create_dir(&half).unwrap();
+
+        let keep: HashSet<String> = [used.sha256.clone()].into();
+        let pruned = store.prune(&keep, grace).unwrap();
+        assert_eq!(pruned.removed, vec![unused.sha256.clone()]);
+        assert_eq!(pruned.bytes, 1);
+        assert_eq!(pruned.kept, 2);
+        assert!(store.path(&unused).is_err());
+        assert!(store.path(&used).is_ok() && store.path(&young).is_ok());
+        assert!(!stale.exists() && !half.exists());
+        assert!(working.exists(), "an upload at work now is left alone");
+        // Claimed after it went: refused, as code never uploaded.
+        assert!(matches!(store.claim(&unused), Err(Error::NotFound { .. })));
+    }
+
+    #[test]
+    fn a_claim_or_an_upload_again_keeps_an_old_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackageStore::open(dir.path().to_path_buf(), PackageLimits::default()).unwrap();
+        let grace = Duration::from_secs(3600);
+        let claimed = store.put("a.py", b"A").unwrap();
+        let zip = zip_of(&[("b.py", b"B" as &[u8])]);
+        let again = store.put("code.zip", &zip).unwrap();
+        let file_again = store.put("c.py", b"C").unwrap();
+        for p in [&claimed, &again, &file_again] {
+            age(&store, &p.sha256);
+        }
+        store.claim(&claimed).unwrap();
+        store.put("code.zip", &zip).unwrap();
+        store.put("c.py", b"C").unwrap();
+        let pruned = store.prune(&HashSet::new(), grace).unwrap();
+        assert!(pruned.removed.is_empty(), "{pruned:?}");
+        assert_eq!(pruned.kept, 3);
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct PoolConfig {
     pub build_timeout: Duration,
     /// How much disk one build's work directory may use, in MiB.
     pub build_disk_mb: u64,
+    /// How often packages nothing uses are removed (`prune.rs`); None: only
+    /// when asked.
+    pub prune_interval: Option<Duration>,
 }
 
 /// Cheap to clone; all clones share one manager.
@@ -75,6 +78,8 @@ pub(crate) struct Inner {
     /// Places in the functions' queues for capacity (`FnPool::queue`).
     tickets: AtomicU64,
     pub(crate) metrics: PoolMetrics,
+    /// Held by the prune of unused packages at work (`prune.rs`).
+    pub(crate) pruning: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -349,6 +354,7 @@ impl PoolManager {
             exits: Notify::new(),
             tickets: AtomicU64::new(0),
             metrics: PoolMetrics::default(),
+            pruning: tokio::sync::Mutex::new(()),
         });
         let (envs, fns): (Vec<String>, Vec<String>) = {
             let st = lock(&inner.state);
@@ -363,6 +369,9 @@ impl PoolManager {
         inner.recover_builds().await?;
         for function in fns {
             inner.keep_warm(&function);
+        }
+        if let Some(interval) = inner.cfg.prune_interval {
+            crate::prune::every(Arc::downgrade(&inner), interval);
         }
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -785,9 +794,8 @@ fn retire(instances: &[Arc<Instance>]) {
     }
 }
 
-#[cfg(test)]
 impl Inner {
-    /// Every instance the pool knows, for tests.
+    /// Every instance the pool knows.
     pub(crate) fn all_instances(&self) -> Vec<Arc<Instance>> {
         lock(&self.state).all.values().cloned().collect()
     }
@@ -1255,7 +1263,14 @@ impl Inner {
                 return Err(e);
             }
         };
-        let path = self.packages.path(&code)?;
+        *lock(&instance.code) = Some(code.sha256.clone());
+        let path = match self.packages.path(&code) {
+            Ok(path) => path,
+            Err(e) => {
+                instance.stop();
+                return Err(e);
+            }
+        };
         let manager = PoolManager {
             inner: self.clone(),
         };
@@ -1469,7 +1484,7 @@ impl Backoff {
 /// The log of an environment's generic instances (their output before any
 /// function has them): a key no function's can be (a '.' is in no name), so
 /// a function named `env-python` does not share it.
-fn generic_log_key(env_key: &str) -> String {
+pub(crate) fn generic_log_key(env_key: &str) -> String {
     format!("env.{env_key}")
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::backend::{Address, Backend, Exit, Handle, Isolation, StartRequest, Usage};
 use crate::error::{Error, Result};
-use crate::resources::{Environment, Function, Network, Runtime};
+use crate::resources::{Environment, Function, FunctionPackage, Network, Runtime};
 use crate::InstanceInfo;
 use crate::{PoolConfig, PoolManager};
 
@@ -209,6 +209,7 @@ async fn setup_with(
             reap_interval: Duration::from_secs(3600),
             build_timeout: Duration::from_secs(60),
             build_disk_mb: 4096,
+            prune_interval: None,
         },
     )
     .await
@@ -360,6 +361,41 @@ async fn an_update_retires_the_old_instance_once_its_lease_is_released() {
     assert_eq!(old_instance.wait_exited().await, Exit::Stopped);
 }
 
+/// The code an instance loaded stays while the instance runs, though its
+/// function now runs other code: a runtime may read it while it drains.
+#[tokio::test]
+async fn code_an_instance_still_runs_is_not_pruned() {
+    let s = setup(0, 2).await;
+    let old_code = s.pm.function("f").unwrap().package;
+    let old = s.pm.lease("f").await.unwrap();
+    let old_instance = old.instance.clone();
+    let mut f = s.pm.function("f").unwrap();
+    f.package =
+        s.pm.put_package("f.py", b"def main(): return 2\n")
+            .unwrap()
+            .into();
+    s.pm.update_function(f).await.unwrap();
+    let packages = s.pm.config().data_dir.join("packages");
+    let past = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for e in std::fs::read_dir(&packages).unwrap() {
+        let dir = std::fs::File::open(e.unwrap().path()).unwrap();
+        dir.set_modified(past).unwrap();
+    }
+    let FunctionPackage::Stored(old_code) = old_code else {
+        panic!("a stored package")
+    };
+    let pruned = s.pm.prune_packages().await.unwrap();
+    assert!(pruned.removed.is_empty(), "{pruned:?}");
+    assert_eq!(pruned.kept, 2);
+    drop(old);
+    assert_eq!(old_instance.wait_exited().await, Exit::Stopped);
+    let pruned = s.pm.prune_packages().await.unwrap();
+    assert_eq!(pruned.removed, vec![old_code.sha256.clone()]);
+    assert!(s.pm.package_path(&old_code).is_err());
+    // The function runs on its own code.
+    drop(s.pm.lease("f").await.unwrap());
+}
+
 /// An instance specialized from an environment as it was (its memory limit,
 /// say) is retired by the environment's update: the next call gets one as
 /// the environment is now, the call in flight finishes on the old one.
@@ -413,6 +449,13 @@ async fn a_generic_instances_log_is_no_functions() {
     let generic = s.pm.logs().read("env.env").await;
     assert!(!generic.is_empty());
     assert!(s.pm.logs().read("env-env").await.is_empty());
+    // It goes with its environment, as a function's log goes with it.
+    for f in ["f", "env-env"] {
+        s.pm.delete_function(f).await.unwrap();
+    }
+    s.pm.delete_environment("env").await.unwrap();
+    assert!(s.pm.logs().read("env.env").await.is_empty());
+    assert!(!s.pm.logs().path("env.env").exists());
 }
 
 /// Instances that fail to start three times in a row are asked for again

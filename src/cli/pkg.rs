@@ -161,6 +161,11 @@ pub enum PkgVerb {
         #[arg(long, value_name = "FILE")]
         dest: Option<PathBuf>,
     },
+    /// Remove the code (uploaded archives, builds) that no function, package
+    /// or running instance uses, now; the server also does it on its own
+    /// (`--package-prune-secs`). Code stored or newly used within the last
+    /// hour is kept.
+    Prune,
 }
 
 const PKG_COLUMNS: &[(&str, &str)] = &[
@@ -326,6 +331,21 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                 writeln!(out, "{}", super::output::printable_log_line(line))?;
             }
             out.flush()?;
+        }
+        PkgVerb::Prune => {
+            let v: Value = c
+                .send(c.request(Method::POST, "/v1/archives/prune"))
+                .await?
+                .json()
+                .await?;
+            if opts.json() {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let removed = v["removed"].as_array().map_or(0, Vec::len);
+                let kib = v["bytes"].as_u64().unwrap_or(0).div_ceil(1024);
+                let kept = v["kept"].as_u64().unwrap_or(0);
+                println!("removed {removed} archive(s) nothing uses ({kib} KiB); kept {kept}");
+            }
         }
     }
     Ok(())

@@ -224,6 +224,7 @@ fn start_pool(
         reap_interval: Duration::from_secs(3600),
         build_timeout: Duration::from_secs(60),
         build_disk_mb: 4096,
+        prune_interval: None,
     };
     let starting = tokio::spawn(async move { PoolManager::start(&db, pool_cfg).await });
     (starting, data)

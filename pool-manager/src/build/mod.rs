@@ -142,7 +142,7 @@ impl Builds {
         self.packages.get(key)?.map(|v| decode(&v)).transpose()
     }
 
-    fn list(&self) -> Result<Vec<Package>> {
+    pub(crate) fn list(&self) -> Result<Vec<Package>> {
         self.packages.iter().values().map(|v| decode(&v?)).collect()
     }
 
@@ -151,6 +151,19 @@ impl Builds {
         self.packages.insert(p.key(), bytes)?;
         self.db.flush_async().await?;
         self.changed.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Drops the cache entries whose deployment is one of `removed`.
+    pub(crate) fn forget_builds_of(&self, removed: &std::collections::HashSet<&str>) -> Result<()> {
+        for entry in self.cache.iter() {
+            let (key, value) = entry?;
+            let gone = serde_json::from_slice::<PackageRef>(&value)
+                .map_or(true, |built| removed.contains(built.sha256.as_str()));
+            if gone {
+                self.cache.remove(key)?;
+            }
+        }
         Ok(())
     }
 
@@ -197,7 +210,7 @@ impl PoolManager {
             )));
         }
         for r in [&p.source, &p.deployment].into_iter().flatten() {
-            self.inner.packages.path(r).map_err(|_| {
+            self.inner.packages.claim(r).map_err(|_| {
                 Error::Conflict(format!(
                     "package {:?}: archive {} does not exist; upload it first (POST /v1/archives)",
                     p.name, r.sha256
@@ -584,7 +597,7 @@ impl Inner {
         let cache = cache_key(&source, &env, buildcmd);
         if !force {
             if let Some(built) = self.builds.cached(&cache)? {
-                if self.packages.path(&built).is_ok() {
+                if self.packages.claim(&built).is_ok() {
                     let log = format!(
                         "cached: reused the earlier build of the same source, runtime and build command (cache key {cache}); `fusion pkg rebuild --name {}` builds it again\n",
                         p.name

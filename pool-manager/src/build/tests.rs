@@ -103,6 +103,7 @@ async fn start(db: sled::Db, data: PathBuf, backend: Arc<FakeBuilder>) -> PoolMa
             reap_interval: Duration::from_secs(3600),
             build_timeout: Duration::from_secs(60),
             build_disk_mb: 4096,
+            prune_interval: None,
         },
     )
     .await
