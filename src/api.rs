@@ -77,7 +77,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async {
                 (
                     [(http::header::CONTENT_TYPE, "application/json")],
-                    include_str!("../schemas/openapi.json"),
+                    crate::guard::OPENAPI,
                 )
             }),
         )

@@ -7,6 +7,10 @@
 //! kind a web page can send cross-site without asking, is refused with 415 before
 //! it has any effect; the token already stops such calls, this is a second wall.
 //! The API sends no CORS headers, so browsers keep other sites from reading it.
+//! A body is read as it is: one with a `Content-Encoding` is refused (415).
+//! A query parameter the endpoint does not take (by the OpenAPI document) is
+//! refused with 400 before the handler runs: `?namepsace=ns1` must not act on
+//! the default namespace.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -15,6 +19,77 @@ use axum::response::Response;
 use pool_manager::error::error_response;
 
 use crate::token::Token;
+
+/// The API's OpenAPI document (served at `/openapi.json`).
+pub const OPENAPI: &str = include_str!("../schemas/openapi.json");
+
+/// The query parameters of every operation of the OpenAPI document, by
+/// method (lowercase) and route.
+static QUERY_PARAMETERS: std::sync::LazyLock<
+    std::collections::HashMap<(String, String), Vec<String>>,
+> = std::sync::LazyLock::new(|| {
+    let doc: serde_json::Value =
+        serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON");
+    let mut out = std::collections::HashMap::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            let names = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "query")
+                .filter_map(|p| p["name"].as_str().map(str::to_string))
+                .collect();
+            out.insert((method.clone(), path.clone()), names);
+        }
+    }
+    out
+});
+
+/// Answers 400 `invalid_query` for a query parameter the endpoint does not
+/// take, on `/v1`. Invocations pass their query on to the function or
+/// workflow, a pod's fetch and a callback are not the admin's API: those take
+/// any, as health and `/metrics` (scrapers may add their own). A route layer:
+/// it sees the route.
+pub async fn known_query(req: Request, next: Next) -> Response {
+    let Some(query) = req.uri().query().filter(|q| !q.is_empty()) else {
+        return next.run(req).await;
+    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    if !route.starts_with("/v1/")
+        || accepted(&route).is_none()
+        || route.starts_with(pool_manager::delivery::POD_PACKAGES_PATH)
+    {
+        return next.run(req).await;
+    }
+    let method = match *req.method() {
+        Method::HEAD => "get".to_string(),
+        ref m => m.as_str().to_ascii_lowercase(),
+    };
+    let Some(known) = QUERY_PARAMETERS.get(&(method, route)) else {
+        return next.run(req).await;
+    };
+    for (name, _) in form_urlencoded::parse(query.as_bytes()) {
+        if !known.iter().any(|k| *k == name) {
+            let expected = if known.is_empty() {
+                "this endpoint takes no query parameters".to_string()
+            } else {
+                let names: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+                format!("expected one of {}", names.join(", "))
+            };
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                &format!("unknown query parameter `{name}`: {expected}"),
+            );
+        }
+    }
+    next.run(req).await
+}
 
 /// The paths anyone who reaches the API listener may call.
 pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
@@ -127,6 +202,26 @@ pub async fn require_content_type(req: Request, next: Next) -> Response {
     let Some(types) = accepted(&route) else {
         return next.run(req).await;
     };
+    let encoding = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|e| e != "identity");
+    if let Some(encoding) = encoding {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            &format!(
+                "{} {} reads a body as it is sent; this one has `Content-Encoding: {encoding}`: send it without one",
+                req.method(),
+                req.uri().path()
+            ),
+        );
+    }
     let given = req
         .headers()
         .get(header::CONTENT_TYPE)

@@ -601,6 +601,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     let api_app = api_app.merge(kube_health.clone().router());
     let api_app = api_app
         .route_layer(axum::middleware::from_fn(guard::require_content_type))
+        .route_layer(axum::middleware::from_fn(guard::known_query))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(tokio::sync::Mutex::new(())),
             api::one_name_at_a_time,

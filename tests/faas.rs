@@ -1307,6 +1307,27 @@ fn every_path_in_the_openapi_document_is_served() {
             if path.ends_with("/invoke") {
                 continue;
             }
+            // The document names every query parameter an endpoint takes:
+            // another is refused before the endpoint runs.
+            // (Health and /metrics take any: scrapers may add their own.)
+            let admin = path.starts_with("/v1/")
+                && !path.starts_with("/v1/callbacks")
+                && !path.starts_with("/v1/pod-packages");
+            if admin {
+                let r = s
+                    .api(
+                        &method.to_uppercase(),
+                        &format!("{concrete}?surely_not_a_parameter=1"),
+                    )
+                    .send()
+                    .unwrap();
+                let status = r.status().as_u16();
+                let text = r.text().unwrap_or_default();
+                assert!(
+                    status == 400 && text.contains("invalid_query"),
+                    "{method} {path}?surely_not_a_parameter=1: {status} {text}"
+                );
+            }
             let r = s
                 .api(&method.to_uppercase(), &concrete)
                 .header("content-type", "application/json")

@@ -189,6 +189,78 @@ fn a_cross_site_style_text_plain_post_gets_415_and_creates_nothing() {
     assert_eq!(st, 201);
 }
 
+/// A body with a content encoding is refused, not read as garbage or, worse,
+/// as plain JSON that merely says it is compressed.
+#[test]
+fn a_body_with_a_content_encoding_gets_415_and_creates_nothing() {
+    let s = Server::start();
+    let r = s
+        .api("POST", "/v1/environments")
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(r#"{"name": "python", "runtime": "python", "poolsize": 0}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "unsupported_media_type", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`Content-Encoding: gzip`"),
+        "{v}"
+    );
+    assert_eq!(s.ok("GET", "/v1/environments", None), json!([]));
+}
+
+/// A query parameter an endpoint does not take is a 400 that names the ones
+/// it does: a mistyped `namespace` must not act on the default namespace.
+#[test]
+fn an_unknown_query_parameter_gets_400_and_does_nothing() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    s.function(
+        "dup",
+        "python",
+        "hello.py",
+        "def main():\n    return 'x'\n",
+        json!({}),
+    );
+    let r = s
+        .api("DELETE", "/v1/functions/dup?namepsace=other")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "invalid_query", "{v}");
+    assert_eq!(
+        v["error"]["message"], "unknown query parameter `namepsace`: expected one of `namespace`",
+        "{v}"
+    );
+    s.ok("GET", "/v1/functions/dup", None);
+    // The documented one is taken, spelled in any way a URL may spell it.
+    let r = s
+        .api("GET", "/v1/functions/dup?%6Eamespace=default")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s.api("GET", "/v1/version?verbose=1").send().unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().unwrap();
+    assert_eq!(
+        v["error"]["message"],
+        "unknown query parameter `verbose`: this endpoint takes no query parameters",
+        "{v}"
+    );
+    // An invocation's query is its function's input: any is passed on.
+    let r = s
+        .api("GET", "/v1/functions/dup/invoke?anything=1")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 /// Sends `head` on a fresh connection and answers the status and JSON body.
 fn raw_request(address: &str, head: &str) -> (u16, Value) {
     let mut c = TcpStream::connect(address).unwrap();
