@@ -668,6 +668,42 @@ fn a_server_killed_mid_stream_loses_no_message() {
     assert!(state(&s, "orders")["redelivered"].as_u64().unwrap() >= in_flight.len() as u64);
 }
 
+/// Messages waiting behind slow calls (the trigger's concurrency taken) are
+/// told in progress while they wait, as the calls are: none is delivered
+/// again when its ack wait passes, and each runs once.
+#[test]
+fn messages_waiting_behind_slow_calls_are_not_delivered_twice() {
+    let nats = Nats::start();
+    const N: usize = 4;
+    let (s, probe, seqs) = two_in_flight(&nats, "1s", N);
+    eventually(
+        Duration::from_secs(20),
+        "every message is handed over",
+        || {
+            let c = nats.consumer_state("ORDERS", "fusion-mqt-default-orders");
+            c.pending == 0 && c.ack_pending == N
+        },
+    );
+    // What is asserted is that nothing happens: the waiting messages' ack
+    // wait (1 s) must pass, several times, with the calls still held.
+    std::thread::sleep(Duration::from_secs(4));
+    let consumer = nats.consumer_state("ORDERS", "fusion-mqt-default-orders");
+    assert_eq!(consumer.redelivered, 0, "{consumer:?}");
+    assert_eq!(consumer.delivered, N as u64, "{consumer:?}");
+    probe.open("go");
+    eventually(Duration::from_secs(60), "every answer is published", || {
+        nats.messages("RESULTS", "results.ok").len() >= N
+    });
+    let calls = counts(&probe.lines("calls"));
+    assert_eq!(calls.keys().cloned().collect::<BTreeSet<_>>(), seqs);
+    assert!(
+        calls.values().all(|n| *n == 1),
+        "each called once: {calls:?}"
+    );
+    assert_eq!(nats.messages("RESULTS", "results.ok").len(), N);
+    assert_eq!(state(&s, "orders")["redelivered"], 0);
+}
+
 /// A server stopped cleanly (SIGTERM) mid-stream finishes the calls in flight
 /// and hands back the rest: after a restart every message is answered once,
 /// and none waits out its ack wait.

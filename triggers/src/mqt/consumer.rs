@@ -222,8 +222,8 @@ async fn run(conn: Conn<'_>) -> String {
             ack_wait: settings.ack_wait,
             deliver_policy: nats_policy(settings.deliver_policy),
             // The server hands out at most twice as many as are in flight: the
-            // next ones wait in a local buffer (briefly: their ack timers run)
-            // so that a freed slot never waits for a pull.
+            // next ones wait here (told in progress) so that a freed slot
+            // never waits for a pull.
             max_ack_pending: 2 * concurrency as i64,
             ..Default::default()
         })
@@ -284,9 +284,26 @@ async fn consume(
         stop: stop.clone(),
     });
     let mut inflight: JoinSet<Result<(), String>> = JoinSet::new();
+    // Messages NATS handed over that wait for a free slot. They are read out
+    // of the pull at once, never left in its buffer, and told in progress
+    // while they wait, as a call is: else a message waiting behind slow calls
+    // past its ack wait is delivered again, and both copies run.
+    let mut queued: std::collections::VecDeque<jetstream::Message> = Default::default();
+    let mut progress = tokio::time::interval(keepalive_every(settings.ack_wait));
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        while inflight.len() < concurrency {
+            let Some(message) = queued.pop_front() else {
+                break;
+            };
+            let job = job.clone();
+            inflight.spawn(async move { job.handle(message).await });
+        }
         tokio::select! {
             () = stopped(stop.clone()) => {
+                for m in queued.drain(..) {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
                 // Stopping (an update, a delete, the server's shutdown): the
                 // calls in flight are settled and acked, so that none runs
                 // twice; the pull stays read until then, and what it brings
@@ -325,14 +342,16 @@ async fn consume(
                 let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
                 return "stopped".into();
             }
-            next = messages.next(), if inflight.len() < concurrency => match next {
+            next = messages.next() => match next {
                 None => return "the consumer's message stream ended".into(),
                 Some(Err(e)) => return format!("consuming {:?}: {e}", trigger.topic),
-                Some(Ok(message)) => {
-                    let job = job.clone();
-                    inflight.spawn(async move { job.handle(message).await });
-                }
+                Some(Ok(message)) => queued.push_back(message),
             },
+            _ = progress.tick(), if !queued.is_empty() => {
+                for m in &queued {
+                    let _ = m.ack_with(AckKind::Progress).await;
+                }
+            }
             Some(done) = inflight.join_next() => match done {
                 Ok(Ok(())) => {}
                 // One message's trouble (its ack not sent) is its own: it
@@ -343,6 +362,12 @@ async fn consume(
             },
         }
     }
+}
+
+/// How often a message held (waiting, or in its call) is told in progress:
+/// three times per ack wait.
+fn keepalive_every(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).max(Duration::from_millis(300))
 }
 
 /// A call's 2xx answer.
@@ -381,7 +406,7 @@ impl Job {
         // While the call runs, NATS is told the message is being worked on, so
         // it does not redeliver it to anyone else.
         let keepalive = async {
-            let every = (self.ack_wait / 3).max(Duration::from_millis(300));
+            let every = keepalive_every(self.ack_wait);
             loop {
                 tokio::time::sleep(every).await;
                 let _ = message.ack_with(AckKind::Progress).await;
