@@ -380,14 +380,29 @@ fn url_request(url: &str, inputs: &Value, key: &str) -> crate::builtins::HttpReq
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&query);
     }
-    let mut headers = call.headers;
-    headers.push(("X-Fusion-Idempotency-Key".into(), key.to_string()));
-    crate::builtins::HttpRequest {
-        url,
-        method: call.method,
-        headers,
-        body: (!call.body.is_empty()).then(|| crate::binary::text_or_bytes(&call.body)),
+    keyed(
+        crate::builtins::HttpRequest {
+            url,
+            method: call.method,
+            headers: call.headers,
+            body: (!call.body.is_empty()).then(|| crate::binary::text_or_bytes(&call.body)),
+        },
+        key,
+    )
+}
+
+/// An HTTP call of a task (a URL reference, the `http` built-in) with its
+/// `X-Fusion-Idempotency-Key`, as a function call has it: a call made again
+/// (a retry, after a restart) carries the same key, so that its receiver can
+/// tell. A key the task's own headers set is left as it is.
+fn keyed(mut request: crate::builtins::HttpRequest, key: &str) -> crate::builtins::HttpRequest {
+    let named = |(k, _): &(String, String)| k.eq_ignore_ascii_case("X-Fusion-Idempotency-Key");
+    if !request.headers.iter().any(named) {
+        request
+            .headers
+            .push(("X-Fusion-Idempotency-Key".into(), key.to_string()));
     }
+    request
 }
 
 /// The call a task makes. A state machine's step (`documents`) sends its
@@ -1571,7 +1586,7 @@ impl Actor {
                             return Some(External::Http {
                                 task: t.id.clone(),
                                 attempt: t.attempts,
-                                request,
+                                request: keyed(request, &key),
                                 timeout,
                             });
                         }
@@ -2136,7 +2151,7 @@ impl Actor {
                     Some(External::Http {
                         task: task.into(),
                         attempt,
-                        request,
+                        request: keyed(request, key),
                         timeout: spec.timeout.as_deref().and_then(parse_duration),
                     })
                 }

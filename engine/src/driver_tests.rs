@@ -1653,6 +1653,63 @@ impl crate::driver::HttpTransport for NeverAnswers {
     }
 }
 
+/// Answers every request 200, keeping what was asked.
+#[derive(Default)]
+struct Records(std::sync::Mutex<Vec<crate::builtins::HttpRequest>>);
+
+impl crate::driver::HttpTransport for Records {
+    fn send(
+        &self,
+        request: crate::builtins::HttpRequest,
+    ) -> crate::store::BoxFuture<Result<FunctionResponse, String>> {
+        self.0.lock().unwrap().push(request);
+        Box::pin(async { text(200, "ok").map_err(|e| format!("{e:?}")) })
+    }
+}
+
+/// A task's HTTP call carries its idempotency key, as a function call does,
+/// so that one made again after a restart can be told; a key the task sets
+/// itself is left alone.
+#[tokio::test(start_paused = true)]
+async fn http_calls_carry_the_tasks_idempotency_key() {
+    let (db, fake) = setup();
+    let records = Arc::new(Records::default());
+    let engine = db
+        .open(
+            &fake,
+            EngineConfig {
+                http: Some(records.clone()),
+                ..EngineConfig::default()
+            },
+        )
+        .await;
+    let yaml = "apiVersion: 1\noutput: C\ntasks:\n  A:\n    run: http\n    inputs:\n      url: http://127.0.0.1:9/a\n  B:\n    run: http://127.0.0.1:9/b\n    requires: [A]\n  C:\n    run: http\n    requires: [B]\n    inputs:\n      url: http://127.0.0.1:9/c\n      headers:\n        x-fusion-idempotency-key: mine\n";
+    let summary = run(&engine, "keyed", yaml, json!({})).await;
+    assert_eq!(summary.status, RunStatus::Succeeded, "{summary:?}");
+    let keys: Vec<Vec<String>> = records
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("x-fusion-idempotency-key"))
+                .map(|(_, v)| v.clone())
+                .collect()
+        })
+        .collect();
+    let id = &summary.id;
+    assert_eq!(
+        keys,
+        vec![
+            vec![format!("{id}/A/1")],
+            vec![format!("{id}/B/1")],
+            vec!["mine".to_string()],
+        ]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_task_timeout_bounds_the_http_builtin() {
     let (db, fake) = setup();
