@@ -1071,6 +1071,14 @@ impl Engine {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(EngineError::ShuttingDown);
         }
+        // A run whose start cannot be made durable does not begin: a waited
+        // one would otherwise make its calls and then be answered an error
+        // (its caller trying again would make them twice).
+        if let Some(why) = self.store.trouble() {
+            return Err(EngineError::Store(StoreError::Flush(format!(
+                "the workflow store cannot make writes durable ({why}): no run starts until it can (/readyz says when)"
+            ))));
+        }
         let Origin {
             id,
             retry_of,
@@ -1119,7 +1127,18 @@ impl Engine {
                 }
             }
         }
-        if let Some(why) = self.unstored.lock().ok().and_then(|u| u.get(id).cloned()) {
+        // Once the store makes writes durable again, what the run wrote is
+        // durable too: its record says how it ended.
+        let unstored = match self.store.trouble() {
+            Some(_) => self.unstored.lock().ok().and_then(|u| u.get(id).cloned()),
+            None => self
+                .unstored
+                .lock()
+                .ok()
+                .and_then(|mut u| u.remove(id))
+                .and(None),
+        };
+        if let Some(why) = unstored {
             return Err(EngineError::Store(StoreError::Flush(format!(
                 "run {id:?} could not be stored ({why}); it did not end as far as the store knows (see the server log)"
             ))));

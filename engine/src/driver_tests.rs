@@ -2354,10 +2354,43 @@ fn a_typed_error_is_kept_whole_and_other_answers_are_cut() {
     );
 }
 
-/// A run whose events cannot be made durable (a full disk) is never answered
-/// as ended: its caller gets the store's error, not what only memory holds.
+/// A run whose events cannot be made durable (the disk filled while it ran)
+/// is never answered as ended: its caller gets the store's error, not what
+/// only memory holds; once the store makes writes durable again, a caller
+/// asking again (an idempotency key's replay) gets how the run ended.
 #[tokio::test(start_paused = true)]
 async fn a_run_that_could_not_be_stored_is_not_answered_as_ended() {
+    let (db, fake) = setup();
+    fake.add("slow", Some(Duration::from_secs(1)), |_, _| {
+        text(200, "done")
+    });
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow("w", "output: A\ntasks:\n  A:\n    run: slow\n")
+        .unwrap();
+    // As a synchronous invocation starts it: nothing flushed before it runs.
+    let started = e
+        .start_run_waited("w", json!({}), Default::default())
+        .unwrap();
+    until_called(&fake, "slow", 1).await;
+    e.store().break_journal_for_test();
+    match e.wait(&started.id).await {
+        Err(crate::driver::EngineError::Store(err)) => {
+            assert!(err.to_string().contains("could not be stored"), "{err}");
+        }
+        other => panic!("answered as {other:?}"),
+    }
+    e.store().mend_journal_for_test();
+    let _ = e.store().settle().await;
+    until("the store durable again", || e.store().trouble().is_none()).await;
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(fake.count("slow"), 1);
+}
+
+/// While the store cannot make writes durable (a full disk), no run starts,
+/// waited for or not: none makes a call its caller is then told failed.
+#[tokio::test(start_paused = true)]
+async fn no_run_starts_while_the_store_cannot_make_it_durable() {
     let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
     e.create_workflow(
@@ -2366,16 +2399,25 @@ async fn a_run_that_could_not_be_stored_is_not_answered_as_ended() {
     )
     .unwrap();
     e.store().break_journal_for_test();
-    // As a synchronous invocation starts it: nothing flushed before it runs.
-    let started = e
-        .start_run_waited("w", json!({}), Default::default())
-        .unwrap();
-    match e.wait(&started.id).await {
+    let refused = e.start_run_waited("w", json!({}), Default::default());
+    match refused {
         Err(crate::driver::EngineError::Store(err)) => {
-            assert!(err.to_string().contains("could not be stored"), "{err}");
+            assert!(
+                err.to_string().contains("no run starts until it can"),
+                "{err}"
+            );
         }
-        other => panic!("answered as {other:?}"),
+        other => panic!("started: {:?}", other.map(|s| s.id)),
     }
+    let refused = e
+        .start_run_keyed("w", json!({}), "k", true, Default::default())
+        .await;
+    assert!(
+        matches!(refused, Err(crate::driver::EngineError::Store(_))),
+        "{refused:?}"
+    );
+    assert_eq!(fake.count("echo"), 0);
+    assert!(e.list_runs(&Default::default()).unwrap().runs.is_empty());
 }
 
 /// An asynchronous start that cannot be made durable (a full disk) is refused
