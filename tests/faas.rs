@@ -1890,6 +1890,37 @@ fn a_nodejs_function_answers_through_express_methods() {
     assert_eq!(r.text().unwrap(), "accepted");
 }
 
+/// Express's request helpers Fission's nodejs functions use: `ip` (the
+/// caller's, as the router saw it, whatever the caller put in
+/// X-Forwarded-For), `is` and `accepts`.
+#[test]
+fn a_nodejs_function_reads_express_request_helpers() {
+    let s = Server::start();
+    s.env("nodejs", "nodejs", 1);
+    let code = "module.exports = async (c) => ({ body: { ip: c.request.ip, json: c.request.is('json'), text: c.request.is('text/*', 'html'), accepts: c.request.accepts(['html', 'json']) } });\n";
+    s.function("helpers", "nodejs", "helpers.js", code, json!({}));
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/helpers"))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("accept", "text/html;q=0.5, application/json")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().unwrap(),
+        json!({"ip": "127.0.0.1", "json": "json", "text": false, "accepts": "json"})
+    );
+    // No body: `is` says null, as Express's; no Accept: the first type.
+    let r = s.get("/fission-function/helpers");
+    assert_eq!(
+        r.json::<Value>().unwrap(),
+        json!({"ip": "127.0.0.1", "json": null, "text": null, "accepts": "html"})
+    );
+}
+
 /// Fission's `fn create` flags for its Kubernetes pods are taken with a
 /// warning (a Fission script runs unchanged), and `fn test --subpath` takes a
 /// path as typed.

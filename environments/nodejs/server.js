@@ -352,6 +352,73 @@ function finish(res, result) {
   return respond(res, 200, result, undefined); // plain data: sent as JSON
 }
 
+// The caller's address, as Express's req.ip behind one proxy: the last
+// X-Forwarded-For entry, the one Fusion's router added (a caller can put
+// anything before it); else the connection's peer (none on a Unix socket).
+function clientAddress(req) {
+  const xff = String(req.headers['x-forwarded-for'] || '').split(',');
+  const last = xff[xff.length - 1].trim();
+  return last || req.socket.remoteAddress || '127.0.0.1';
+}
+
+// Express's shorthands for media types (type-is, accepts).
+function mediaType(t) {
+  const short = { json: 'application/json', html: 'text/html', text: 'text/plain',
+    urlencoded: 'application/x-www-form-urlencoded', multipart: 'multipart/*', xml: 'application/xml' };
+  t = String(t).trim().toLowerCase();
+  if (short[t]) return short[t];
+  if (t.startsWith('+')) return '*/*' + t;
+  return t.includes('/') ? t : 'application/' + t;
+}
+
+// Whether `actual` (type/subtype) is matched by `pattern` (wildcards and a
+// `*/*+json` suffix form allowed).
+function typeMatches(pattern, actual) {
+  const [pt, ps] = pattern.split('/');
+  const [at, as] = actual.split('/');
+  if (pt !== '*' && pt !== at) return false;
+  if (ps === '*' || ps === as) return true;
+  return ps !== undefined && ps.startsWith('*+') && as !== undefined && as.endsWith(ps.slice(1));
+}
+
+// Express's req.is: the first of `types` the request's body is, false for
+// none, null without a body.
+function typeIs(req, types) {
+  const hasBody = req.headers['transfer-encoding'] !== undefined ||
+    (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+  if (!hasBody) return null;
+  const actual = String(req.headers['content-type'] || '').split(';')[0].trim().toLowerCase();
+  if (!actual) return false;
+  if (types.length === 0) return actual;
+  for (const t of types) {
+    if (typeMatches(mediaType(t), actual)) return t;
+  }
+  return false;
+}
+
+// Express's req.accepts: of `types`, the one the Accept header prefers (the
+// first given when it says nothing), false when it takes none of them.
+function accepts(header, types) {
+  const ranges = String(header || '*/*').split(',').map((part) => {
+    const [range, ...params] = part.trim().toLowerCase().split(';');
+    const q = params.map((p) => p.trim()).find((p) => p.startsWith('q='));
+    return { range: range.trim(), q: q ? Number(q.slice(2)) : 1 };
+  }).filter((r) => r.range && r.q > 0);
+  if (types.length === 0) return ranges.map((r) => r.range);
+  let best = false;
+  let bestQ = 0;
+  for (const t of types) {
+    const m = mediaType(t);
+    for (const r of ranges) {
+      if ((typeMatches(r.range, m) || typeMatches(m, r.range)) && r.q > bestQ) {
+        best = t;
+        bestQ = r.q;
+      }
+    }
+  }
+  return best;
+}
+
 function invoke(req, res, url, body) {
   const q = url.indexOf('?');
   const pathname = q < 0 ? url : url.slice(0, q);
@@ -361,12 +428,14 @@ function invoke(req, res, url, body) {
   req.query = q < 0 ? {} : Object.assign({}, qs().parse(url.slice(q + 1)));
   req.params = {};
   req.protocol = 'http';
-  req.ip = req.socket.remoteAddress;
+  req.ip = clientAddress(req);
   req.hostname = (req.headers.host || '').replace(/:\d+$/, '');
   req.get = req.header = (n) => {
     const ln = String(n).toLowerCase();
     return req.headers[ln === 'referrer' ? 'referer' : ln];
   };
+  req.is = (...types) => typeIs(req, types.flat());
+  req.accepts = (...types) => accepts(req.headers.accept, types.flat());
   try {
     req.body = parseBody(req.headers['content-type'] || '', body);
   } catch (e) {
