@@ -400,23 +400,65 @@ fn request_env(
             uri.query().unwrap_or("").to_string(),
         ),
     ];
-    for (k, v) in headers {
+    for k in headers.keys() {
         // A caller's `Proxy` header would be HTTP_PROXY, which HTTP clients
         // take as their proxy (httpoxy): left out, as CGI servers do.
         if k.as_str() == "proxy" {
             continue;
         }
-        if let Ok(v) = v.to_str() {
-            let name = format!("HTTP_{}", k.as_str().to_ascii_uppercase().replace('-', "_"));
-            env.push((name, v.to_string()));
+        // A header sent more than once is one variable of all its values, as
+        // CGI has it (cookies joined as a browser joins them).
+        let values: Vec<&str> = headers
+            .get_all(k)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if values.is_empty() {
+            continue;
         }
+        let join = if *k == http::header::COOKIE {
+            "; "
+        } else {
+            ", "
+        };
+        let name = format!("HTTP_{}", k.as_str().to_ascii_uppercase().replace('-', "_"));
+        env.push((name, values.join(join)));
     }
     env
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{launch_with, sniffed, Launch};
+    use super::{launch_with, request_env, sniffed, Launch};
+
+    #[test]
+    fn a_header_sent_more_than_once_is_one_variable_of_every_value() {
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in [
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("x-multi", "one"),
+            ("x-multi", "two"),
+            ("x-once", "only"),
+        ] {
+            headers.append(k, http::HeaderValue::from_static(v));
+        }
+        let uri: http::Uri = "/p?q=1".parse().unwrap();
+        let env = request_env(&http::Method::GET, &uri, &headers, 0);
+        let get = |name: &str| {
+            let all: Vec<&String> = env
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v)
+                .collect();
+            assert_eq!(all.len(), 1, "{name}: {env:?}");
+            all[0].clone()
+        };
+        assert_eq!(get("HTTP_COOKIE"), "a=1; b=2");
+        assert_eq!(get("HTTP_X_MULTI"), "one, two");
+        assert_eq!(get("HTTP_X_ONCE"), "only");
+        assert_eq!(get("QUERY_STRING"), "q=1");
+    }
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
 
