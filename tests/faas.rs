@@ -1923,14 +1923,18 @@ fn a_nodejs_function_reads_express_request_helpers() {
 
 /// Fission's `fn create` flags for its Kubernetes pods are taken with a
 /// warning (a Fission script runs unchanged), and `fn test --subpath` takes a
-/// path as typed.
+/// path as typed, a query after its `?`.
 #[test]
 fn fissions_pod_flags_are_taken_with_a_warning_and_a_subpath_as_typed() {
     let s = Server::start();
     s.env("binary", "binary", 0);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("where.sh");
-    std::fs::write(&file, "#!/bin/sh\nprintf '%s' \"$REQUEST_PATH\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "#!/bin/sh\nprintf '%s %s' \"$REQUEST_PATH\" \"$QUERY_STRING\"\n",
+    )
+    .unwrap();
     let (code, _, err) = s.cli(&[
         "fn",
         "create",
@@ -1957,6 +1961,18 @@ fn fissions_pod_flags_are_taken_with_a_warning_and_a_subpath_as_typed() {
     let (code, out, err) = s.cli(&["fn", "test", "where", "--subpath", "/a b/c"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "/a%20b/c");
+    // A `?` starts the query, as in a URL.
+    let (code, out, err) = s.cli(&[
+        "fn",
+        "test",
+        "where",
+        "--subpath",
+        "/a/b?z=1&w=x y",
+        "-q",
+        "more=2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "/a/b z=1&w=x+y&more=2");
 }
 
 /// A route parameter whose name has `_` reaches a python function under either

@@ -261,7 +261,8 @@ pub(super) enum FnVerb {
         /// The request body.
         #[arg(short = 'b', long = "body")]
         body: Option<String>,
-        /// A sub-path below the function, e.g. `/users/7`.
+        /// A sub-path below the function, e.g. `/users/7`; what follows a `?`
+        /// is the query (`/users/7?full=1`, as `-q full=1`).
         #[arg(long, default_value = "/")]
         subpath: String,
         /// Call it asynchronously: print the invocation's id at once (see
@@ -902,8 +903,13 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             }
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
                 .map_err(|_| anyhow!("bad method {method:?}"))?;
-            // As typed: characters a path cannot hold (a space, `#`, `?`)
-            // are escaped; `%XX` escapes already there are kept.
+            // As typed: characters a path cannot hold (a space, `#`) are
+            // escaped; `%XX` escapes already there are kept. A `?` starts
+            // the query, as in a URL.
+            let (subpath, sub_query) = match subpath.split_once('?') {
+                Some((p, q)) => (p.to_string(), Some(q.to_string())),
+                None => (subpath, None),
+            };
             const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
                 .add(b' ')
                 .add(b'"')
@@ -929,6 +935,11 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             req = with_headers(req, &headers)?;
             if asynchronous {
                 req = req.header("X-Async", "true");
+            }
+            if let Some(q) = &sub_query {
+                for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+                    req = req.query(&[(k.as_ref(), v.as_ref())]);
+                }
             }
             for q in &query {
                 let (k, v) = q
