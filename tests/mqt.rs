@@ -716,11 +716,21 @@ fn a_server_stopped_mid_stream_calls_each_message_once_and_holds_none_back() {
     common::signal(s.pid(), libc::SIGTERM);
     // The calls in flight go on while the stopping consumer hands back what
     // it holds.
+    // What it fetched but had not started is another consumer's at once,
+    // while its calls go on.
+    let mut handed_back = Vec::new();
     eventually(Duration::from_secs(20), "messages are handed back", || {
-        nats.consumer_state("ORDERS", "fusion-mqt-default-orders")
-            .redelivered
-            > 0
+        handed_back = nats.pull_and_hand_back(
+            "ORDERS",
+            "fusion-mqt-default-orders",
+            Duration::from_millis(200),
+        );
+        !handed_back.is_empty()
     });
+    assert!(
+        handed_back.iter().all(|(_, delivered)| *delivered >= 2),
+        "{handed_back:?}"
+    );
     probe.open("go");
     s.wait_stopped();
     s.launch();
@@ -736,6 +746,72 @@ fn a_server_stopped_mid_stream_calls_each_message_once_and_holds_none_back() {
     assert_eq!(nats.messages("RESULTS", "results.ok").len(), N);
     let consumer = nats.consumer_state("ORDERS", "fusion-mqt-default-orders");
     assert_eq!(consumer.ack_pending, 0, "{consumer:?}");
+}
+
+/// A stop while calls finish and more messages wait (concurrency 4, twelve
+/// one-second calls): what was fetched but not started goes back at once,
+/// nothing is fetched and handed back again and again, and after a restart
+/// each message runs once, none waiting out its ack wait.
+#[test]
+fn a_stop_while_calls_end_runs_each_message_once_after_the_restart() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream("RESULTS", &["results.>"]);
+    let mut s = server(&nats);
+    let probe = Probe::start();
+    let script = format!(
+        "#!/bin/sh\n{}\nsleep 1\nprintf '%s' \"$(cat)\"\n",
+        probe.curl("/log/calls?$HTTP_X_FUSION_IDEMPOTENCY_KEY+$HTTP_X_FUSION_DELIVERY")
+    );
+    s.function(
+        "second",
+        "binary",
+        "second.sh",
+        &script,
+        json!({"max_scale": 4}),
+    );
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(json!({
+            "name": "orders", "function": "second", "topic": "orders.new",
+            "respTopic": "results.ok", "concurrency": 4,
+            "metadata": {"ackWait": "5m"},
+        })),
+    );
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+    const N: usize = 12;
+    for i in 0..N {
+        nats.publish("orders.new", &format!("m{i}"), &[]);
+    }
+    eventually(Duration::from_secs(30), "four calls under way", || {
+        probe.lines("calls").len() >= 4
+    });
+    common::signal(s.pid(), libc::SIGTERM);
+    s.wait_stopped();
+    let stopped = nats.consumer_state("ORDERS", "fusion-mqt-default-orders");
+    s.launch();
+    eventually(Duration::from_secs(60), "every answer is published", || {
+        nats.messages("RESULTS", "results.ok").len() >= N
+    });
+    let calls = probe.lines("calls");
+    let keys: Vec<String> = calls
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    let once = counts(&keys);
+    assert_eq!(once.len(), N, "{calls:?}");
+    assert!(
+        once.values().all(|n| *n == 1),
+        "each called once: {calls:?}"
+    );
+    assert_eq!(nats.messages("RESULTS", "results.ok").len(), N);
+    // Handed back once each at most, not fetched and refused again and again.
+    assert!(
+        stopped.delivered <= 2 * N as u64,
+        "delivered {} times for {N} messages before the restart: {stopped:?}",
+        stopped.delivered
+    );
 }
 
 #[test]

@@ -263,6 +263,40 @@ impl Nats {
         })
     }
 
+    /// Pulls what durable consumer `consumer` of `stream` gives another
+    /// client within `wait`, each message's payload and its delivery count,
+    /// and hands every one back at once (a NAK).
+    pub fn pull_and_hand_back(
+        &self,
+        stream: &str,
+        consumer: &str,
+        wait: std::time::Duration,
+    ) -> Vec<(String, i64)> {
+        use futures_util::StreamExt;
+        let js = self.js();
+        self.rt.block_on(async move {
+            let s = js.get_stream(stream).await.expect("stream");
+            let c: async_nats::jetstream::consumer::PullConsumer =
+                s.get_consumer(consumer).await.expect("consumer");
+            let mut batch = c
+                .batch()
+                .max_messages(100)
+                .expires(wait)
+                .messages()
+                .await
+                .expect("a pull");
+            let mut got = Vec::new();
+            while let Some(Ok(m)) = batch.next().await {
+                let delivered = m.info().map(|i| i.delivered).unwrap_or_default();
+                got.push((String::from_utf8_lossy(&m.payload).into_owned(), delivered));
+                m.ack_with(async_nats::jetstream::AckKind::Nak(None))
+                    .await
+                    .expect("a nak");
+            }
+            got
+        })
+    }
+
     /// What NATS says of consumer `consumer` of `stream`.
     pub fn consumer_state(&self, stream: &str, consumer: &str) -> ConsumerState {
         let js = self.js();

@@ -256,16 +256,28 @@ async fn consume(
         stop,
     } = conn;
     let concurrency = trigger.concurrency as usize;
-    let mut messages = match consumer
-        .stream()
-        .max_messages_per_batch(2 * concurrency)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-    {
-        Ok(m) => m,
-        Err(e) => return format!("cannot pull from consumer {:?}: {e}", settings.consumer),
+    // Fetched ahead: at most twice as many as are in flight, so that a freed
+    // slot never waits for a pull.
+    let room = 2 * concurrency;
+    // One pull at a time, each for what there is room for, ending within
+    // `PULL_EXPIRES`: so that a stop can let the last one end and know that
+    // NATS sends nothing more (a message sent to a pull nobody reads any
+    // more would wait out its ack wait).
+    let pull = |n: usize| {
+        let consumer = &consumer;
+        async move {
+            consumer
+                .batch()
+                .max_messages(n)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+                .map_err(|e| format!("cannot pull from consumer {:?}: {e}", settings.consumer))
+        }
+    };
+    let mut batch = match pull(room).await {
+        Ok(b) => Some(b),
+        Err(e) => return e,
     };
     status.set(
         State::Running,
@@ -284,68 +296,59 @@ async fn consume(
         stop: stop.clone(),
     });
     let mut inflight: JoinSet<Result<(), String>> = JoinSet::new();
-    // Messages NATS handed over that wait for a free slot. They are read out
-    // of the pull at once, never left in its buffer, and told in progress
+    // Messages NATS handed over that wait for a free slot, told in progress
     // while they wait, as a call is: else a message waiting behind slow calls
     // past its ack wait is delivered again, and both copies run.
     let mut queued: std::collections::VecDeque<jetstream::Message> = Default::default();
     let mut progress = tokio::time::interval(keepalive_every(settings.ack_wait));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = false;
     loop {
-        while inflight.len() < concurrency {
+        while !stopping && inflight.len() < concurrency {
             let Some(message) = queued.pop_front() else {
                 break;
             };
             let job = job.clone();
             inflight.spawn(async move { job.handle(message).await });
         }
-        tokio::select! {
-            () = stopped(stop.clone()) => {
-                for m in queued.drain(..) {
-                    let _ = m.ack_with(AckKind::Nak(None)).await;
-                }
-                // Stopping (an update, a delete, the server's shutdown): the
-                // calls in flight are settled and acked, so that none runs
-                // twice; the pull stays read until then, and what it brings
-                // (messages held but not started, or freed by an ack) is
-                // handed back at once, never left unread to wait out its ack
-                // wait. One that keeps coming back to this consumer is handed
-                // back with a short delay, for the next consumer.
-                let mut seen: std::collections::HashMap<u64, u32> = Default::default();
-                let mut open = true;
-                loop {
-                    tokio::select! {
-                        next = tokio::time::timeout(Duration::from_millis(50), messages.next()), if open => match next {
-                            Ok(Some(Ok(m))) => {
-                                let seq = m.info().map(|i| i.stream_sequence).unwrap_or_default();
-                                let n = seen.entry(seq).or_default();
-                                *n += 1;
-                                let delay = (*n > 2).then_some(Duration::from_secs(1));
-                                let _ = m.ack_with(AckKind::Nak(delay)).await;
-                            }
-                            Ok(None | Some(Err(_))) => open = false,
-                            Err(_quiet) if inflight.is_empty() => break,
-                            Err(_quiet) => {}
-                        },
-                        Some(done) = inflight.join_next() => {
-                            if let Ok(Err(e)) = done {
-                                tracing::warn!(trigger = %trigger.key(), "{e}");
-                            }
-                        }
-                        else => break,
-                    }
-                }
-                // The acks sent before the stop returns; not waited for past a
-                // moment while NATS is away (they cannot reach it, and the
-                // message is redelivered anyway).
-                let client = job.js.client();
-                let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
-                return "stopped".into();
+        let free = room.saturating_sub(inflight.len() + queued.len());
+        if batch.is_none() && !stopping && free > 0 {
+            batch = match pull(free).await {
+                Ok(b) => Some(b),
+                Err(e) => return e,
+            };
+        }
+        if stopping && batch.is_none() {
+            // NATS sends nothing more: what was fetched but not started goes
+            // back at once, for the next consumer; the calls in flight are
+            // settled and acked (so that none runs twice) before the stop
+            // ends.
+            for m in queued.drain(..) {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
             }
-            next = messages.next() => match next {
-                None => return "the consumer's message stream ended".into(),
-                Some(Err(e)) => return format!("consuming {:?}: {e}", trigger.topic),
+            while let Some(done) = inflight.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(trigger = %trigger.key(), "{e}");
+                }
+            }
+            // The acks sent before the stop returns; not waited for past a
+            // moment while NATS is away (they cannot reach it, and the
+            // message is redelivered anyway).
+            let client = job.js.client();
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+            return "stopped".into();
+        }
+        tokio::select! {
+            () = stopped(stop.clone()), if !stopping => {
+                // Stopping (an update, a delete, the server's shutdown): no
+                // new pull; the one out is read to its end (what it brings
+                // is held, then handed back).
+                stopping = true;
+            }
+            next = async { batch.as_mut().expect("a pull").next().await }, if batch.is_some() => match next {
                 Some(Ok(message)) => queued.push_back(message),
+                Some(Err(e)) => return format!("consuming {:?}: {e}", trigger.topic),
+                None => batch = None,
             },
             _ = progress.tick(), if !queued.is_empty() => {
                 for m in &queued {
@@ -363,6 +366,10 @@ async fn consume(
         }
     }
 }
+
+/// How long one pull waits for messages before it ends (and the next is
+/// made): also the longest a stop waits for the last one to end.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// How often a message held (waiting, or in its call) is told in progress:
 /// three times per ack wait.
