@@ -311,8 +311,17 @@ async fn consume(
             let job = job.clone();
             inflight.spawn(async move { job.handle(message).await });
         }
+        // While messages wait here, the next pull waits for room for a
+        // quarter of what may be held (pulls of one message each would cost
+        // a round trip per message), and goes out while some still wait (so
+        // that the calls do not wait for its round trip).
         let free = room.saturating_sub(inflight.len() + queued.len());
-        if batch.is_none() && !stopping && free > 0 {
+        let worth = if queued.is_empty() {
+            1
+        } else {
+            room.div_ceil(4)
+        };
+        if batch.is_none() && !stopping && free >= worth {
             batch = match pull(free).await {
                 Ok(b) => Some(b),
                 Err(e) => return e,
