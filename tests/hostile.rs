@@ -360,6 +360,47 @@ fn the_process_backend_stops_an_instances_children_but_not_a_new_session() {
     }
 }
 
+/// A server killed with SIGKILL leaves nothing of the process backend running
+/// for long: what its instances and builds started (their runtimes and build
+/// shells die with it; their children did not) is stopped at the next start
+/// on the same data directory, a session of its own or not.
+#[test]
+fn the_next_start_stops_what_a_killed_servers_processes_left() {
+    let mut s = process_server();
+    s.env("binary", "binary", 1);
+    let code = "#!/bin/sh\nsleep 987006 >/dev/null 2>&1 &\nsetsid sleep 987008 >/dev/null 2>&1 &\nprintf started\n";
+    s.function("leaver", "binary", "leaver.sh", code, json!({}));
+    assert_eq!(s.get("/fission-function/leaver").text().unwrap(), "started");
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("main.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    let (code, out, err) = s.cli(&[
+        "pkg",
+        "create",
+        "--name",
+        "slowbuild",
+        "--env",
+        "binary",
+        "--src",
+        src.path().to_str().unwrap(),
+        "--buildcmd",
+        "sleep 987007; cp -r . \"$DEPLOY_PKG\"",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    eventually(Duration::from_secs(30), "the build runs", || {
+        !processes_with("sleep 987007").is_empty()
+    });
+    s.kill();
+    let left: Vec<u32> = ["sleep 987006", "sleep 987007", "sleep 987008"]
+        .iter()
+        .flat_map(|m| processes_with(m))
+        .collect();
+    assert_eq!(left.len(), 3, "they outlive the killed server: {left:?}");
+    s.launch();
+    eventually(Duration::from_secs(20), "what it left is stopped", || {
+        left.iter().all(|pid| !common::alive(*pid))
+    });
+}
+
 /// The socket files in the process backend's instance directory, as addresses
 /// (`unix:` and the path the server names them by: its data directory made
 /// absolute).

@@ -99,6 +99,14 @@ pub fn kill_group(pgid: u32) {
     }
 }
 
+/// Sends SIGKILL to process `pid`.
+pub fn kill_pid(pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
 /// The hard limit on open files of this process (an instance may not get more).
 pub fn open_files_hard_limit() -> u64 {
     let mut rl = libc::rlimit {

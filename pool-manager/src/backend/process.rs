@@ -7,7 +7,11 @@
 //! does enforce: a parent-death signal and a stdin pipe so instances die with
 //! the server, a process group so that stopping an instance stops its children
 //! (not those that start a session of their own), and an address-space limit
-//! per process from `memory_mb`.
+//! per process from `memory_mb`. Every process it starts carries its server's
+//! mark in its environment (`OWNER_VAR`), which its children inherit: what a
+//! server killed with SIGKILL left running (children of its instances and
+//! builds, which no parent-death signal reaches) is stopped by the next start
+//! on the same data directory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,8 +29,14 @@ use super::{Address, Backend, Exit, Handle, Isolation, LaunchConfig, StartReques
 use crate::error::{Error, Result};
 use crate::resources::Environment;
 
+/// The variable that marks a process as started by this backend for one data
+/// directory (its value: the instance socket directory's path).
+const OWNER_VAR: &str = "FUSION_PROCESS_OWNER";
+
 pub struct ProcessBackend {
     launch: LaunchConfig,
+    /// This server's mark (`OWNER_VAR`'s value).
+    owner: String,
     /// Where the bundled runtimes' sockets are made: readable by the server's
     /// user alone; `None` when it could not be made (instances then use TCP).
     sockets: Option<PathBuf>,
@@ -38,6 +48,7 @@ impl ProcessBackend {
     /// and the instance less per request than loopback TCP, and no process of
     /// another user can reach it.
     pub fn new(launch: LaunchConfig, sockets: PathBuf) -> ProcessBackend {
+        let owner = sockets.to_string_lossy().into_owned();
         let sockets = match prepare_socket_dir(&sockets) {
             Ok(()) => Some(sockets),
             Err(e) => {
@@ -48,7 +59,11 @@ impl ProcessBackend {
                 None
             }
         };
-        ProcessBackend { launch, sockets }
+        ProcessBackend {
+            launch,
+            owner,
+            sockets,
+        }
     }
 
     /// The socket an instance of `env` listens on, when it is one of the bundled
@@ -139,13 +154,27 @@ impl Backend for ProcessBackend {
     }
 
     fn build(&self, req: BuildRequest) -> BoxFuture<'_, Result<BuildOutput>> {
-        Box::pin(run_build(&self.launch, req))
+        Box::pin(run_build(&self.launch, &self.owner, req))
+    }
+
+    fn cleanup_stale<'a>(&'a self, _envs: &'a [Environment]) -> BoxFuture<'a, ()> {
+        let owner = self.owner.clone();
+        Box::pin(async move {
+            let stopped = tokio::task::spawn_blocking(move || stop_marked(&owner))
+                .await
+                .unwrap_or(0);
+            if stopped > 0 {
+                tracing::warn!(
+                    "stopped {stopped} process(es) that instances or builds of a server killed before on this data directory left running"
+                );
+            }
+        })
     }
 
     fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Handle>>> {
         Box::pin(async move {
             let socket = self.socket_for(&req.env, req.id);
-            let handle = spawn(&self.launch, &req, socket)?;
+            let handle = spawn(&self.launch, &self.owner, &req, socket)?;
             let exit = handle.exit.clone();
             let address = handle.address.clone();
             let handle: Arc<dyn Handle> = handle;
@@ -173,6 +202,7 @@ fn free_port() -> Result<u16> {
 
 fn spawn(
     launch: &LaunchConfig,
+    owner: &str,
     req: &StartRequest,
     socket: Option<PathBuf>,
 ) -> Result<Arc<ProcessHandle>> {
@@ -198,7 +228,8 @@ fn spawn(
             Address::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
         }
     };
-    cmd.env("PYTHONUNBUFFERED", "1")
+    cmd.env(OWNER_VAR, owner)
+        .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("FUSION_INSTANCE_ID", req.id.to_string())
         .stdin(Stdio::piped())
@@ -254,7 +285,7 @@ fn spawn(
 
 /// A build as a child process in its own process group, with the same scrubbed
 /// environment as instances; on timeout the whole group is killed.
-async fn run_build(launch: &LaunchConfig, req: BuildRequest) -> Result<BuildOutput> {
+async fn run_build(launch: &LaunchConfig, owner: &str, req: BuildRequest) -> Result<BuildOutput> {
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
     let mut cmd = tokio::process::Command::new("/bin/sh");
@@ -269,6 +300,7 @@ async fn run_build(launch: &LaunchConfig, req: BuildRequest) -> Result<BuildOutp
             &launch.python,
             &launch.node,
         ))
+        .env(OWNER_VAR, owner)
         .current_dir(&req.src)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -311,6 +343,33 @@ async fn run_build(launch: &LaunchConfig, req: BuildRequest) -> Result<BuildOutp
         exit,
         log: join_log(out, err),
     })
+}
+
+/// Sends SIGKILL to every process (but this one) whose environment carries
+/// `OWNER_VAR=owner`; answers how many.
+fn stop_marked(owner: &str) -> usize {
+    let mark = format!("{OWNER_VAR}={owner}");
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut stopped = 0;
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == mark.as_bytes()) {
+            crate::sys::kill_pid(pid);
+            stopped += 1;
+        }
+    }
+    stopped
 }
 
 /// Kills the process group of this leader when dropped.
