@@ -265,6 +265,70 @@ fn an_async_call_carries_its_callers_address_in_x_forwarded_for() {
     assert_eq!(done["response"]["body"], "127.0.0.1", "{done}");
 }
 
+/// The CLI pages a function's invocations as the API does: `-o json` prints
+/// the page (with its `next_cursor`), a table says on stderr how to get the
+/// next one, and `--cursor` gets it.
+#[test]
+fn the_cli_pages_invocations_as_the_api_does() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "ok",
+        "python",
+        "ok.py",
+        "def main():\n    return 'ok'\n",
+        json!({}),
+    );
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            call_async(&s, "ok", &format!("{i}"))["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for id in &ids {
+        settled(&s, id);
+    }
+    let (code, out, err) = s.cli(&["fn", "invocations", "ok", "--limit", "2", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["invocations"].as_array().unwrap().len(), 2, "{page}");
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let (code, out, err) = s.cli(&["fn", "invocations", "ok", "--limit", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "a header and two rows: {out}");
+    assert_eq!(
+        err.trim(),
+        format!("more: fusion fn invocations ok --limit 2 --cursor {cursor}")
+    );
+    let (code, out, err) = s.cli(&[
+        "fn",
+        "invocations",
+        "ok",
+        "--limit",
+        "2",
+        "--cursor",
+        &cursor,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let last: Value = serde_json::from_str(&out).unwrap();
+    let mut seen: Vec<String> = page["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(last["invocations"].as_array().unwrap())
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    seen.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(seen, want);
+    assert!(last["next_cursor"].is_null(), "{last}");
+}
+
 #[test]
 fn a_flaky_function_succeeds_on_its_third_attempt() {
     let s = Server::start();
@@ -493,6 +557,20 @@ fn queued_invocations_survive_a_crash() {
         1,
         "the interrupted one is not counted: {summary}"
     );
+    // The CLI counts as the list does, in its list and its get alike.
+    let attempts_column = |out: &str| {
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let col = header.iter().position(|h| *h == "ATTEMPTS").unwrap();
+        let row = lines
+            .find(|l| l.starts_with(id.as_str()))
+            .unwrap()
+            .to_string();
+        row.split_whitespace().nth(col).unwrap().to_string()
+    };
+    let (code, out, err) = s.cli(&["fn", "invocation", "get", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(attempts_column(&out), counted.to_string(), "{out}");
 }
 
 #[test]

@@ -290,6 +290,9 @@ pub(super) enum FnVerb {
         /// The most to list.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Where to go on from: the cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// One asynchronous invocation: show it, or redrive it.
     Invocation {
@@ -1052,7 +1055,8 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             name,
             status,
             limit,
-        } => super::invocation::list(opts, &name.get(), status, limit).await?,
+            cursor,
+        } => super::invocation::list(opts, &name.get(), status, limit, cursor).await?,
         FnVerb::Invocation { verb } => super::invocation::invocation_cmd(verb, opts).await?,
         FnVerb::Dlq { verb } => super::invocation::dlq_cmd(verb, opts).await?,
         FnVerb::Instances { name } => {

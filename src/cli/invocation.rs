@@ -50,6 +50,9 @@ pub(super) enum DlqVerb {
         /// Only the dead letters of this function.
         #[arg(long, value_name = "NAME")]
         function: Option<String>,
+        /// Where to go on from: the cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Show a dead letter.
     Show {
@@ -122,25 +125,48 @@ fn query(opts: &ClientOpts, pairs: &[(&str, String)]) -> String {
     q
 }
 
+/// Prints a page of invocations: as JSON the page itself (`invocations` and
+/// `next_cursor`), as the API answers it; as a table its rows, and on stderr
+/// the command that prints the next page, `command` given `--cursor`.
+fn print_page(opts: &ClientOpts, page: &Value, command: &str) {
+    if opts.json() {
+        println!("{}", serde_json::to_string_pretty(page).unwrap_or_default());
+        return;
+    }
+    print(opts, &shown(opts, &page["invocations"]), COLUMNS);
+    if let Some(next) = page["next_cursor"].as_str() {
+        // Aside, as other hints: what goes to a pipe is the rows.
+        eprintln!("more: {command} --cursor {}", super::up::shell_quote(next));
+    }
+}
+
 /// `fusion fn invocations NAME`: the function's invocations, newest first.
 pub(super) async fn list(
     opts: &ClientOpts,
     function: &str,
     status: Option<String>,
     limit: usize,
+    cursor: Option<String>,
 ) -> Result<()> {
     let c = opts.client()?;
     let mut pairs = vec![
         ("function", function.to_string()),
         ("limit", limit.to_string()),
     ];
+    let quote = super::up::shell_quote;
+    let mut command = format!("fusion fn invocations {}", quote(function));
     if let Some(s) = status {
+        command.push_str(&format!(" --status {}", quote(&s)));
         pairs.push(("status", s));
+    }
+    command.push_str(&format!(" --limit {limit}"));
+    if let Some(cur) = cursor {
+        pairs.push(("cursor", cur));
     }
     let page: Value = c
         .get(&format!("/v1/invocations{}", query(opts, &pairs)))
         .await?;
-    print(opts, &shown(opts, &page["invocations"]), COLUMNS);
+    print_page(opts, &page, &command);
     Ok(())
 }
 
@@ -150,10 +176,15 @@ async fn show(opts: &ClientOpts, id: &str) -> Result<()> {
     if opts.json() {
         print(opts, &v, &[]);
     } else {
-        // The row as the list shows it: a count of attempts, the last status.
+        // The row as the list shows it: the attempts that count (this
+        // cycle's, not one a server's stop interrupted), the last status.
         let attempts: Vec<Value> = v["attempts"].as_array().cloned().unwrap_or_default();
+        let counted = attempts
+            .iter()
+            .filter(|a| a["cycle"] == v["cycle"] && a["interrupted"] != json!(true))
+            .count();
         let mut row = v.clone();
-        row["attempts"] = json!(attempts.len());
+        row["attempts"] = json!(counted);
         row["http_status"] = v
             .pointer("/response/status")
             .cloned()
@@ -215,16 +246,25 @@ pub(super) async fn invocation_cmd(verb: InvocationVerb, opts: &ClientOpts) -> R
 
 pub(super) async fn dlq_cmd(verb: DlqVerb, opts: &ClientOpts) -> Result<()> {
     match verb {
-        DlqVerb::List { limit, function } => {
+        DlqVerb::List {
+            limit,
+            function,
+            cursor,
+        } => {
             let c = opts.client()?;
             let mut pairs = vec![("limit", limit.to_string())];
+            let mut command = format!("fusion fn dlq list --limit {limit}");
             if let Some(f) = function {
+                command.push_str(&format!(" --function {}", super::up::shell_quote(&f)));
                 pairs.push(("function", f));
+            }
+            if let Some(cur) = cursor {
+                pairs.push(("cursor", cur));
             }
             let page: Value = c
                 .get(&format!("/v1/deadletters{}", query(opts, &pairs)))
                 .await?;
-            print(opts, &shown(opts, &page["invocations"]), COLUMNS);
+            print_page(opts, &page, &command);
             Ok(())
         }
         DlqVerb::Show { id } => show(opts, &id.get()).await,
