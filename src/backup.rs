@@ -298,27 +298,42 @@ pub fn check(input: impl Read) -> Result<Restored> {
     read(input, None)
 }
 
+/// What a newly made filesystem holds at its root: a directory that holds
+/// only this is empty (a fresh volume may be the data directory itself).
+const LOST_FOUND: &str = "lost+found";
+
 /// Restores the backup read from `input` into the data directory `dir`, which
-/// must not exist or be empty. On an error, what was made of `dir` is removed.
+/// must not exist or be empty (but for a new filesystem's `lost+found`). On
+/// an error, what was made in `dir` is removed.
 pub fn restore(input: impl Read, dir: &Path) -> Result<Restored> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => {
+    let existed = match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut entries = entries.flatten().filter(|e| e.file_name() != LOST_FOUND);
             if entries.next().is_some() {
                 bail!(
                     "{} is not empty: restore into a new directory (a server's data directory is never overwritten)",
                     dir.display()
                 );
             }
+            true
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(e).with_context(|| format!("{}", dir.display())),
-    }
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
     // Private, as the server keeps it: it is about to hold the token.
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let restored = read(input, Some(dir));
     if restored.is_err() {
-        let _ = pool_manager::sys::remove_tree(dir);
+        if existed {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_name() != LOST_FOUND {
+                    let _ = pool_manager::sys::remove_tree(&e.path());
+                }
+            }
+        } else {
+            let _ = pool_manager::sys::remove_tree(dir);
+        }
     }
     restored
 }
@@ -531,6 +546,36 @@ pub(crate) mod tests {
         // The same again, into the directory now holding it: refused.
         let e = restore(&tar[..], &dir).unwrap_err().to_string();
         assert!(e.contains("is not empty"), "{e}");
+        assert_eq!(std::fs::read(dir.join("secrets.key")).unwrap(), b"key");
+    }
+
+    /// A fresh filesystem's root (only `lost+found`) takes a restore; what a
+    /// failed one made there is removed, and the directory and its
+    /// `lost+found` are left.
+    #[test]
+    fn a_new_volumes_root_with_only_lost_found_takes_a_restore() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vol");
+        std::fs::create_dir_all(dir.join(LOST_FOUND)).unwrap();
+        let whole = tar_of(&[
+            (MANIFEST, &manifest(1)),
+            (RECORDS, &records()),
+            ("secrets.key", b"key"),
+            ("packages/abc/hello.py", b"print(1)"),
+            (END, br#"{"files": 2}"#),
+        ]);
+        // Cut before its end: refused once the files were written.
+        let cut = &whole[..whole.len() - 2048];
+        assert!(restore(cut, &dir).is_err());
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(LOST_FOUND)]);
+        let r = restore(&whole[..], &dir).unwrap();
+        assert_eq!((r.records, r.files), (1, 2));
+        assert!(dir.join(LOST_FOUND).is_dir());
         assert_eq!(std::fs::read(dir.join("secrets.key")).unwrap(), b"key");
     }
 
