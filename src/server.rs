@@ -196,7 +196,7 @@ pub struct ServerArgs {
     pub public_url: Option<String>,
     /// The NATS server message-queue triggers connect to when their metadata
     /// names none (`natsUrl`). Default: nats://127.0.0.1:4222.
-    #[arg(long, env = "FUSION_NATS_URL")]
+    #[arg(long, env = "FUSION_NATS_URL", value_parser = parse_nats_url)]
     pub nats_url: Option<String>,
     /// A NATS subject every dead-lettered asynchronous invocation is also
     /// published to (its JSON record), on --nats-url; through JetStream when a
@@ -230,6 +230,12 @@ pub struct ServerArgs {
 
 /// A public URL: absolute `http` or `https`, with no query or fragment; kept
 /// without a trailing slash so paths append to it.
+fn parse_nats_url(s: &str) -> Result<String, String> {
+    triggers::mqt::check_url(s)
+        .map(|()| s.to_string())
+        .map_err(|_| format!("{s:?} is not a NATS URL (nats://host:port or tls://host:port)"))
+}
+
 fn parse_public_url(s: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {

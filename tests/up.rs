@@ -283,6 +283,25 @@ fn a_second_signal_stops_without_the_rest_of_the_grace() {
     assert_eq!(status, 503, "{body}");
 }
 
+/// A NATS URL that is none is refused at start, in a line, not taken and
+/// found out at the first message-queue trigger.
+#[test]
+fn a_server_refuses_a_nats_url_that_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["server", "--nats-url", "foo://", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"foo://\" is not a NATS URL (nats://host:port or tls://host:port)"),
+        "{err}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing made");
+}
+
 /// A second server on a data directory in use fails at once with the reason
 /// (after waiting a moment, as for a server killed an instant before), and
 /// a server killed outright is started again on its data at once.

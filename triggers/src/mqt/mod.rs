@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::invoke::Invoker;
 pub use consumer::IDEMPOTENCY_KEY;
 pub use status::{State, Status};
-pub use trigger::{MessageQueueTrigger, DEFAULT_NATS_URL, SUPPORTED_TYPES};
+pub use trigger::{check_url, MessageQueueTrigger, DEFAULT_NATS_URL, SUPPORTED_TYPES};
 
 use status::StatusCell;
 

@@ -341,7 +341,8 @@ fn check_subject(field: &str, s: &str, wildcards: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn check_url(v: &str) -> Result<(), String> {
+/// Whether `v` is a NATS server's URL (`nats://` or `tls://`, host and port).
+pub fn check_url(v: &str) -> Result<(), String> {
     let ok = ["nats://", "tls://"].iter().any(|p| v.starts_with(p))
         && !v.chars().any(char::is_whitespace)
         && v.len() > "nats://".len();
