@@ -1691,6 +1691,35 @@ fn the_binary_runtime_gives_fissions_variables_and_keeps_stderr_in_the_log() {
     assert!(!failed.contains("fail=1"), "{log}");
 }
 
+/// An answer that is not valid HTTP (a header name with a space) is a 502
+/// `instance_failed`, and the function's log says why, where its developer
+/// looks first.
+#[test]
+fn an_answer_that_is_not_http_is_a_502_the_functions_log_explains() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "badheader",
+        "python",
+        "badheader.py",
+        "def main():\n    return 'body', 200, {'Bad Name': 'x'}\n",
+        json!({}),
+    );
+    let r = s.get("/fission-function/badheader");
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "instance_failed", "{v}");
+    // Written before the 502 is answered: there at once.
+    let said = |log: &str| log.contains("the request failed with 502 instance_failed: ");
+    let log = s
+        .api("GET", "/v1/functions/badheader/logs")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(said(&log), "{log}");
+}
+
 /// Scripts written for Fission's binary image run: it is Alpine, its shell is
 /// busybox's, and Fission Workflows' own `dump.sh` starts with a `printf` that
 /// dash and bash refuse as an option.

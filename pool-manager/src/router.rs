@@ -350,7 +350,7 @@ async fn forward_inner(
         }
         Ok(Err(e)) if caused_by_limit(&e) => return Err(too_large(limit)),
         Ok(Err(_)) if pm.is_closing() => return Err(cut_off_at_shutdown()),
-        Ok(Err(e)) => return Err(instance_failed(&lease, &e).await),
+        Ok(Err(e)) => return Err(instance_failed(pm, &lease, &e).await),
         Ok(Ok(resp)) => resp,
     };
     if resp.status().is_server_error() {
@@ -508,7 +508,7 @@ async fn switch_protocols(
         }
         Ok(Err(_) | Ok(Err(_))) if pm.is_closing() => return Err(cut_off_at_shutdown()),
         Ok(Err(exit)) => return Err(instance_ended(&lease, &exit)),
-        Ok(Ok(Err(e))) => return Err(instance_failed(&lease, &e).await),
+        Ok(Ok(Err(e))) => return Err(instance_failed(pm, &lease, &e).await),
         Ok(Ok(Ok(resp))) => resp,
     };
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
@@ -872,8 +872,10 @@ impl<B: HttpBody + Unpin> HttpBody for Whole<B> {
 const EXIT_REPORT_WAIT: Duration = Duration::from_millis(500);
 
 /// The error for a request its instance failed: `out_of_memory` when the instance
-/// was killed for its memory use, else the transport failure.
-async fn instance_failed(lease: &Lease, e: &ClientError) -> Error {
+/// was killed for its memory use, else the transport failure, which the
+/// function's log says too (an answer that is not valid HTTP, say: a header
+/// name with a space), where its developer looks.
+async fn instance_failed(pm: &PoolManager, lease: &Lease, e: &ClientError) -> Error {
     let function = &lease.function.key();
     let exit = tokio::time::timeout(EXIT_REPORT_WAIT, lease.instance.wait_exited())
         .await
@@ -886,6 +888,17 @@ async fn instance_failed(lease: &Lease, e: &ClientError) -> Error {
         None => e.to_string(),
     };
     tracing::warn!(function, instance = lease.instance.id, error = %reason, "an instance failed a request (502)");
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if lease.metrics.failure_lines.admit(second).is_some() {
+        pm.logs().append(
+            function,
+            lease.instance.id,
+            "fusion",
+            &format!("the request failed with 502 instance_failed: {reason}"),
+        );
+    }
     Error::Upstream(format!(
         "the instance serving function {function:?} failed while handling the request: {reason}"
     ))
