@@ -1182,6 +1182,10 @@ fn an_update_settles_the_message_in_flight_and_hands_back_the_rest() {
     assert_eq!(answers, want, "each message answered once");
     let consumer = nats.consumer_state("FLOW", "fusion-mqt-default-flow");
     assert_eq!(consumer.ack_pending, 0, "{consumer:?}");
+    // The status counts across the update: since the server started.
+    eventually(Duration::from_secs(20), "every message counted", || {
+        state(&s, "flow")["succeeded"] == N as u64
+    });
 }
 
 /// A durable consumer is one trigger's: a second trigger naming it is

@@ -240,7 +240,16 @@ impl MessageQueueTriggers {
     }
 
     fn launch(&self, t: MessageQueueTrigger) {
-        let status = Arc::new(StatusCell::new());
+        self.launch_after(t, None);
+    }
+
+    /// Starts the trigger's consumer; after an update, its status goes on
+    /// counting where `before`'s did.
+    fn launch_after(&self, t: MessageQueueTrigger, before: Option<Arc<StatusCell>>) {
+        let status = Arc::new(match before {
+            Some(before) => StatusCell::continuing(&before),
+            None => StatusCell::new(),
+        });
         let settings = match self.settings(&t) {
             Ok(s) => s,
             Err(e) => {
@@ -351,6 +360,7 @@ impl MessageQueueTriggers {
             // consumer in place.)
             self.new_incarnation(&t.key()).await?;
         }
+        let counted = self.running().get(&t.key()).map(|r| r.status.clone());
         self.halt(&t.key()).await;
         // The same consumer in the same place is deleted by the new
         // consumer task itself (it is an earlier life's); one elsewhere here
@@ -358,7 +368,7 @@ impl MessageQueueTriggers {
         if moved && Self::place(&old.topic, &before) != Self::place(&t.topic, &after) {
             self.retire(old.topic.clone(), before, old.key()).await;
         }
-        self.launch(t.clone());
+        self.launch_after(t.clone(), counted);
         Ok(self.view(t))
     }
 

@@ -3,7 +3,7 @@
 //! counts of the messages it settled and of the redeliveries since the server
 //! started.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -48,28 +48,58 @@ pub struct Settled {
     pub published: bool,
 }
 
-pub struct StatusCell(Mutex<Status>);
+/// The counts of a trigger's status, shared by the consumers of its
+/// successive lives (an update starts a new one while the old one settles
+/// what it holds): they count since the server started.
+#[derive(Debug, Default)]
+struct Counts {
+    succeeded: u64,
+    failed: u64,
+    redelivered: u64,
+    unpublished: u64,
+}
+
+pub struct StatusCell(Mutex<Status>, Arc<Mutex<Counts>>);
 
 impl StatusCell {
+    /// The status of a trigger's next life (after an update): its own state,
+    /// the counts it goes on from.
+    pub fn continuing(before: &StatusCell) -> StatusCell {
+        let mut next = StatusCell::new();
+        next.1 = before.1.clone();
+        next
+    }
+
     pub fn new() -> StatusCell {
-        StatusCell(Mutex::new(Status {
-            state: State::Connecting,
-            message: "starting".into(),
-            since: now(),
-            succeeded: 0,
-            failed: 0,
-            redelivered: 0,
-            unpublished: 0,
-            running: None,
-        }))
+        StatusCell(
+            Mutex::new(Status {
+                state: State::Connecting,
+                message: "starting".into(),
+                since: now(),
+                succeeded: 0,
+                failed: 0,
+                redelivered: 0,
+                unpublished: 0,
+                running: None,
+            }),
+            Arc::default(),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn get(&self) -> Status {
-        self.lock().clone()
+        let mut s = self.lock().clone();
+        let c = self.counts();
+        (s.succeeded, s.failed, s.redelivered, s.unpublished) =
+            (c.succeeded, c.failed, c.redelivered, c.unpublished);
+        s
     }
 
     /// A new state and reason; `since` moves only when the state changes.
@@ -109,7 +139,7 @@ impl StatusCell {
     }
 
     pub fn settled(&self, outcome: Settled) {
-        let mut s = self.lock();
+        let mut s = self.counts();
         if outcome.succeeded {
             s.succeeded += 1;
         } else {
@@ -121,7 +151,7 @@ impl StatusCell {
     }
 
     pub fn redelivered(&self) {
-        self.lock().redelivered += 1;
+        self.counts().redelivered += 1;
     }
 }
 
