@@ -295,6 +295,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
         ));
     }
     engine::document::check_json(body).map_err(|e| Error::TooDeep(e.to_string()))?;
+    engine::document::check_unique_keys(body).map_err(|e| json_error(".".into(), e))?;
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de)
         .map_err(|e| json_error(e.path().to_string(), e.into_inner()))?;

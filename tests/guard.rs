@@ -214,6 +214,27 @@ fn a_body_with_a_content_encoding_gets_415_and_creates_nothing() {
     assert_eq!(s.ok("GET", "/v1/environments", None), json!([]));
 }
 
+/// A JSON body that names a key twice is refused (a reader keeping the last
+/// one would act on what the sender may not have meant), with its place.
+#[test]
+fn a_body_naming_a_key_twice_gets_400_and_creates_nothing() {
+    let s = Server::start();
+    let r = s
+        .api("POST", "/v1/environments")
+        .header("content-type", "application/json")
+        .body("{\"name\": \"python\",\n \"name\": \"other\", \"runtime\": \"python\"}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("line 2") && message.contains("the key \"name\" is given twice"),
+        "{v}"
+    );
+    assert_eq!(s.ok("GET", "/v1/environments", None), json!([]));
+}
+
 /// A query parameter an endpoint does not take is a 400 that names the ones
 /// it does: a mistyped `namespace` must not act on the default namespace.
 #[test]

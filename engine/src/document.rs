@@ -88,6 +88,68 @@ pub fn check_json(text: &[u8]) -> Result<(), DocumentError> {
     Ok(())
 }
 
+/// Refuses a JSON document in which an object names a key twice (serde_json
+/// keeps the last, silently: `{"name": "a", "name": "b"}` would be `b`). The
+/// error says the key, with serde_json's line and column. Its nesting must
+/// have been bounded first (`check_json`): this reads it recursively.
+pub fn check_unique_keys(text: &[u8]) -> Result<(), serde_json::Error> {
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+
+    struct Unique;
+
+    impl<'de> serde::Deserialize<'de> for Unique {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Unique)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Unique {
+        type Value = Unique;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    return Err(serde::de::Error::custom(format!(
+                        "the key {key:?} is given twice in one object"
+                    )));
+                }
+                map.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(text);
+    serde::Deserialize::deserialize(&mut de).map(|Unique| ())?;
+    de.end()
+}
+
 /// Whether a value nests deeper than [`MAX_DOCUMENT_DEPTH`]: what a run may
 /// not store of a task's output or inputs (a document it could not read back).
 /// Stops at the first level past the bound.
@@ -568,6 +630,22 @@ pub fn plain_numbers(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_key_given_twice_in_one_object_is_refused_with_its_place() {
+        let e = super::check_unique_keys(b"{\"a\": 1,\n \"b\": {\"c\": 1, \"c\": 2}}").unwrap_err();
+        assert!(
+            e.to_string().contains("the key \"c\" is given twice"),
+            "{e}"
+        );
+        assert_eq!(e.line(), 2);
+        // The same key in two objects, escapes and all the kinds of values are fine.
+        super::check_unique_keys(
+            br#"{"a": {"k": 1}, "b": {"k": [1, -2, 3.5, "x\"y", null, true]}, "c": {}}"#,
+        )
+        .unwrap();
+        assert!(super::check_unique_keys(b"{} x").is_err());
+    }
+
     use super::*;
 
     fn nested(open: &str, inner: &str, close: &str, n: usize) -> String {
