@@ -1942,6 +1942,15 @@ fn a_nodejs_function_reads_express_request_helpers() {
         r.json::<Value>().unwrap(),
         json!({"ip": "127.0.0.1", "json": "json", "text": false, "accepts": "json"})
     );
+    // A pattern with a wildcard answers the type it matched, as type-is does.
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/helpers"))
+        .header("content-type", "text/plain; charset=utf-8")
+        .body("hi")
+        .send()
+        .unwrap();
+    assert_eq!(r.json::<Value>().unwrap()["text"], "text/plain");
     // No body: `is` says null, as Express's; no Accept: the first type.
     let r = s.get("/fission-function/helpers");
     assert_eq!(

@@ -391,7 +391,9 @@ function typeIs(req, types) {
   if (!actual) return false;
   if (types.length === 0) return actual;
   for (const t of types) {
-    if (typeMatches(mediaType(t), actual)) return t;
+    const m = mediaType(t);
+    // As type-is: a pattern with a wildcard answers the type it matched.
+    if (typeMatches(m, actual)) return m.includes('*') ? actual : t;
   }
   return false;
 }
