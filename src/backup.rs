@@ -308,7 +308,9 @@ const LOST_FOUND: &str = "lost+found";
 pub fn restore(input: impl Read, dir: &Path) -> Result<Restored> {
     let existed = match std::fs::read_dir(dir) {
         Ok(entries) => {
-            let mut entries = entries.flatten().filter(|e| e.file_name() != LOST_FOUND);
+            let mut entries = entries.flatten().filter(|e| {
+                e.file_name() != LOST_FOUND || !e.file_type().is_ok_and(|t| t.is_dir())
+            });
             if entries.next().is_some() {
                 bail!(
                     "{} is not empty: restore into a new directory (a server's data directory is never overwritten)",
@@ -577,6 +579,12 @@ pub(crate) mod tests {
         assert_eq!((r.records, r.files), (1, 2));
         assert!(dir.join(LOST_FOUND).is_dir());
         assert_eq!(std::fs::read(dir.join("secrets.key")).unwrap(), b"key");
+        // A file of that name is not a filesystem's: the directory is not empty.
+        let other = tmp.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join(LOST_FOUND), b"x").unwrap();
+        let e = restore(&whole[..], &other).unwrap_err().to_string();
+        assert!(e.contains("is not empty"), "{e}");
     }
 
     #[test]

@@ -135,8 +135,16 @@ fn print_page(opts: &ClientOpts, page: &Value, command: &str) {
     }
     print(opts, &shown(opts, &page["invocations"]), COLUMNS);
     if let Some(next) = page["next_cursor"].as_str() {
-        // Aside, as other hints: what goes to a pipe is the rows.
-        eprintln!("more: {command} --cursor {}", super::up::shell_quote(next));
+        // Aside, as other hints: what goes to a pipe is the rows. In the
+        // namespace this page is of.
+        let ns = match opts.namespace.as_deref() {
+            None | Some("default") => String::new(),
+            Some(ns) => format!(" -n {}", super::up::shell_quote(ns)),
+        };
+        eprintln!(
+            "more: {command}{ns} --cursor {}",
+            super::up::shell_quote(next)
+        );
     }
 }
 
