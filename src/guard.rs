@@ -55,11 +55,7 @@ pub async fn known_query(req: Request, next: Next) -> Response {
     let Some(query) = req.uri().query().filter(|q| !q.is_empty()) else {
         return next.run(req).await;
     };
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
+    let route = route_of(&req);
     if !route.starts_with("/v1/")
         || accepted(&route).is_none()
         || route.starts_with(pool_manager::delivery::POD_PACKAGES_PATH)
@@ -89,6 +85,14 @@ pub async fn known_query(req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+/// The route a request matched (`/v1/functions/{name}`), for a route layer.
+fn route_of(req: &Request) -> String {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default()
 }
 
 /// The paths anyone who reaches the API listener may call.
@@ -194,11 +198,7 @@ pub async fn require_content_type(req: Request, next: Next) -> Response {
     if !writes || !has_body(req.headers()) {
         return next.run(req).await;
     }
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
+    let route = route_of(&req);
     let Some(types) = accepted(&route) else {
         return next.run(req).await;
     };

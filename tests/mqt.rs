@@ -636,6 +636,22 @@ fn two_in_flight(nats: &Nats, ack_wait: &str, n: usize) -> (Server, Probe, BTree
     (s, probe, seqs)
 }
 
+/// Waits until every message of `seqs` is answered on `results.ok`, then
+/// checks that each was called once and answered once.
+fn each_answered_once(nats: &Nats, probe: &Probe, seqs: &BTreeSet<String>) {
+    let n = seqs.len();
+    eventually(Duration::from_secs(60), "every answer is published", || {
+        nats.messages("RESULTS", "results.ok").len() >= n
+    });
+    let calls = counts(&probe.lines("calls"));
+    assert_eq!(&calls.keys().cloned().collect::<BTreeSet<_>>(), seqs);
+    assert!(
+        calls.values().all(|n| *n == 1),
+        "each called once: {calls:?}"
+    );
+    assert_eq!(nats.messages("RESULTS", "results.ok").len(), n);
+}
+
 #[test]
 fn a_server_killed_mid_stream_loses_no_message() {
     let nats = Nats::start();
@@ -691,16 +707,7 @@ fn messages_waiting_behind_slow_calls_are_not_delivered_twice() {
     assert_eq!(consumer.redelivered, 0, "{consumer:?}");
     assert_eq!(consumer.delivered, N as u64, "{consumer:?}");
     probe.open("go");
-    eventually(Duration::from_secs(60), "every answer is published", || {
-        nats.messages("RESULTS", "results.ok").len() >= N
-    });
-    let calls = counts(&probe.lines("calls"));
-    assert_eq!(calls.keys().cloned().collect::<BTreeSet<_>>(), seqs);
-    assert!(
-        calls.values().all(|n| *n == 1),
-        "each called once: {calls:?}"
-    );
-    assert_eq!(nats.messages("RESULTS", "results.ok").len(), N);
+    each_answered_once(&nats, &probe, &seqs);
     assert_eq!(state(&s, "orders")["redelivered"], 0);
 }
 
@@ -734,16 +741,7 @@ fn a_server_stopped_mid_stream_calls_each_message_once_and_holds_none_back() {
     probe.open("go");
     s.wait_stopped();
     s.launch();
-    eventually(Duration::from_secs(60), "every answer is published", || {
-        nats.messages("RESULTS", "results.ok").len() >= N
-    });
-    let calls = counts(&probe.lines("calls"));
-    assert_eq!(calls.keys().cloned().collect::<BTreeSet<_>>(), seqs);
-    assert!(
-        calls.values().all(|n| *n == 1),
-        "each called once: {calls:?}"
-    );
-    assert_eq!(nats.messages("RESULTS", "results.ok").len(), N);
+    each_answered_once(&nats, &probe, &seqs);
     let consumer = nats.consumer_state("ORDERS", "fusion-mqt-default-orders");
     assert_eq!(consumer.ack_pending, 0, "{consumer:?}");
 }
