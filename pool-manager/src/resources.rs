@@ -172,6 +172,11 @@ impl Environment {
                     "environment: memory_mb {mb} is below the minimum of {MIN_MEMORY_MB}"
                 )));
             }
+            if mb > MAX_MEMORY_MB {
+                return Err(Error::Invalid(format!(
+                    "environment: memory_mb {mb} is above the maximum of {MAX_MEMORY_MB} (16 TiB; leave it out for no limit)"
+                )));
+            }
         }
         // The kernel takes no smaller quota (1 ms of each 100 ms period): a
         // smaller one was raised to it without a word.
@@ -179,6 +184,11 @@ impl Environment {
             if millis < MIN_CPU_MILLIS {
                 return Err(Error::Invalid(format!(
                     "environment: cpu_millis {millis} is below the minimum of {MIN_CPU_MILLIS} (leave it out for no limit)"
+                )));
+            }
+            if millis > MAX_CPU_MILLIS {
+                return Err(Error::Invalid(format!(
+                    "environment: cpu_millis {millis} is above the maximum of {MAX_CPU_MILLIS} (1,024 CPUs; leave it out for no limit)"
                 )));
             }
         }
@@ -318,6 +328,14 @@ pub const MIN_MEMORY_MB: u64 = 32;
 
 /// The smallest CPU limit an environment may ask for, in millicores.
 pub const MIN_CPU_MILLIS: u64 = 10;
+
+/// The largest memory limit an environment may ask for, in MiB (16 TiB): a
+/// larger one bounds nothing on any machine, and past 8 EiB the kernel's own
+/// counter cannot hold it.
+pub const MAX_MEMORY_MB: u64 = 16 << 20;
+
+/// The largest CPU limit an environment may ask for, in millicores (1,024 CPUs).
+pub const MAX_CPU_MILLIS: u64 = 1_024_000;
 
 /// Where a function's code lives: a content-addressed package.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -860,7 +878,23 @@ mod tests {
         assert!(err.contains("cpu_millis 0 is below the minimum"), "{err}");
         e.cpu_millis = Some(MIN_CPU_MILLIS);
         assert!(e.validate().is_ok());
+        // A limit too large to mean anything is refused, not wrapped into a
+        // negative (refused by the kernel) or tiny (a CPU quota of 1%) one.
+        e.cpu_millis = Some(u64::MAX);
+        let err = e.validate().unwrap_err().to_string();
+        assert!(err.contains("is above the maximum of 1024000"), "{err}");
+        e.cpu_millis = Some(MAX_CPU_MILLIS);
+        assert!(e.validate().is_ok());
         e.cpu_millis = None;
+        e.memory_mb = Some(u64::MAX);
+        let err = e.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("memory_mb 18446744073709551615 is above the maximum"),
+            "{err}"
+        );
+        e.memory_mb = Some(MAX_MEMORY_MB);
+        assert!(e.validate().is_ok());
+        e.memory_mb = None;
         // An address-space limit per process needs room for what runtimes reserve.
         assert_eq!(e.address_space_floor_mb(), 768);
         e.runtime = Some(Runtime::Python);

@@ -633,7 +633,7 @@ impl ContainerBackend {
                     .map_err(oci)?,
             );
         if let Some(mb) = env.memory_mb {
-            let bytes = (mb as i64).saturating_mul(1 << 20);
+            let bytes = i64::try_from(mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX);
             resources = resources.memory(
                 LinuxMemoryBuilder::default()
                     .limit(bytes)
@@ -645,7 +645,11 @@ impl ContainerBackend {
         if let Some(millis) = env.cpu_millis {
             resources = resources.cpu(
                 LinuxCpuBuilder::default()
-                    .quota((millis as i64).saturating_mul(100).max(1000))
+                    .quota(
+                        i64::try_from(millis.saturating_mul(100))
+                            .unwrap_or(i64::MAX)
+                            .max(1000),
+                    )
                     .period(100_000u64)
                     .build()
                     .map_err(oci)?,
