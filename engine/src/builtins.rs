@@ -176,7 +176,7 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
         "sleep" => {
             let d = match inputs.get("default").or_else(|| inputs.get("duration")) {
                 None | Some(Value::Null) => Some(Duration::from_secs(1)),
-                Some(Value::Number(n)) => n.as_u64().map(Duration::from_millis),
+                Some(Value::Number(n)) => n.as_u64().and_then(crate::spec::duration_of_ms),
                 Some(Value::String(s)) => parse_duration(s),
                 _ => None,
             };
@@ -184,9 +184,10 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
                 Some(d) => Outcome::Sleep(d),
                 None => {
                     let given = default_input(inputs);
-                    let why = match given.as_str() {
-                        Some(s) => crate::spec::not_a_duration(s, "\"1s\""),
-                        None => "is not a duration (e.g. \"1s\")".to_string(),
+                    let why = match &given {
+                        Value::String(s) => crate::spec::not_a_duration(s, "\"1s\""),
+                        Value::Number(n) => crate::spec::not_a_duration(&n.to_string(), "\"1s\""),
+                        _ => "is not a duration (e.g. \"1s\")".to_string(),
                     };
                     Outcome::Invalid(format!("sleep: {given} {why}"))
                 }
@@ -867,6 +868,16 @@ mod tests {
             run("sleep", &ins(json!({"default": "2s"})), &Inputs::new()),
             Outcome::Sleep(Duration::from_secs(2))
         );
+        // Milliseconds as a number (an expression's, say) are bounded as a
+        // duration written out is.
+        assert_eq!(
+            run("sleep", &ins(json!({"default": 1500})), &Inputs::new()),
+            Outcome::Sleep(Duration::from_millis(1500))
+        );
+        assert!(matches!(
+            run("sleep", &ins(json!({"default": u64::MAX})), &Inputs::new()),
+            Outcome::Invalid(why) if why.contains("is longer than the longest duration")
+        ));
         assert_eq!(
             run("callback", &Inputs::new(), &Inputs::new()),
             Outcome::Callback { notify: None }

@@ -1577,15 +1577,26 @@ async fn recovery_repairs_the_summary_of_a_run_that_ended_before_the_crash() {
     assert_eq!(page.runs.len(), 1);
 }
 
-/// A sleep far beyond any clock (a user's typo) must not kill the run's actor:
-/// the run still answers a cancel.
+/// A sleep beyond any clock (a user's typo) is refused; the longest one taken
+/// must not kill the run's actor: the run still answers a cancel.
 #[tokio::test(start_paused = true)]
 async fn huge_sleep_does_not_break_the_run() {
     let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
+    let err = e
+        .create_workflow(
+            "zz",
+            "output: S\ntasks:\n  S:\n    run: sleep\n    inputs: 18446744073709551615\n",
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is longer than the longest duration"),
+        "{err}"
+    );
     e.create_workflow(
         "zz",
-        "output: S\ntasks:\n  S:\n    run: sleep\n    inputs: 18446744073709551615\n",
+        "output: S\ntasks:\n  S:\n    run: sleep\n    inputs: 1000000000000\n",
     )
     .unwrap();
     let started = e

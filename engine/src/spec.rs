@@ -160,11 +160,17 @@ pub const MAX_DURATION_SECS: f64 = 1e9;
 pub fn parse_duration(text: &str) -> Option<Duration> {
     // Milliseconds exactly, not through a float.
     if let Ok(ms) = text.trim().parse::<u64>() {
-        return (ms / 1000 <= MAX_DURATION_SECS as u64).then(|| Duration::from_millis(ms));
+        return duration_of_ms(ms);
     }
     parse_unbounded(text)
         .filter(|secs| *secs <= MAX_DURATION_SECS)
         .map(Duration::from_secs_f64)
+}
+
+/// `ms` milliseconds (a duration written as a bare number), unless longer
+/// than [`MAX_DURATION_SECS`].
+pub fn duration_of_ms(ms: u64) -> Option<Duration> {
+    (ms / 1000 <= MAX_DURATION_SECS as u64).then(|| Duration::from_millis(ms))
 }
 
 /// Why `text` is not a duration, for an error after its name: too long, or

@@ -989,15 +989,21 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
             };
             let fine = match literal(key) {
                 None | Some(Value::Null) => true,
-                Some(Value::Number(n)) => n.as_u64().is_some(),
+                Some(Value::Number(n)) => {
+                    n.as_u64().and_then(crate::spec::duration_of_ms).is_some()
+                }
                 Some(Value::String(s)) => parse_duration(s).is_some(),
                 Some(_) => false,
             };
             if !fine {
                 let v = &inputs[key];
-                let why = match v.as_str() {
-                    Some(s) if crate::spec::is_too_long(s) => {
-                        format!("`sleep` {v} {}", crate::spec::not_a_duration(s, ""))
+                let text = match v {
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => v.as_str().map(str::to_string),
+                };
+                let why = match text {
+                    Some(s) if crate::spec::is_too_long(&s) => {
+                        format!("`sleep` {v} {}", crate::spec::not_a_duration(&s, ""))
                     }
                     _ => format!("`sleep` needs a duration (e.g. \"1s\") or milliseconds, not {v}"),
                 };
@@ -1729,6 +1735,7 @@ mod tests {
             ("    run: sleep\n    inputs: banana\n", "needs a duration", 5),
             ("    run: sleep\n    inputs:\n      duration: banana\n", "needs a duration", 6),
             ("    run: sleep\n    inputs: 876000h\n", "is longer than the longest duration", 5),
+            ("    run: sleep\n    inputs: 18446744073709551615\n", "is longer than the longest duration", 5),
             ("    run: http\n    inputs:\n      url: \"::::\"\n", "not an http or https URL", 6),
             ("    run: http\n    inputs: \"http://[::1\"\n", "not an http or https URL", 5),
             ("    run: http\n    inputs:\n      url: example.test\n      method: BAD METHOD\n", "not an HTTP method", 7),
