@@ -19,6 +19,9 @@ use crate::Triggers;
 fn default_increment() -> u32 {
     20
 }
+/// The longest step a canary may take.
+const MAX_STEP: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn default_interval() -> String {
     "2m".into()
 }
@@ -108,6 +111,14 @@ impl Canary {
         if d < Duration::from_secs(1) {
             return Err(Error::Invalid(format!(
                 "canary: weight_increment_duration {:?} is under a second",
+                self.weight_increment_duration
+            )));
+        }
+        // A step's end is a point on the clock: a longer one is a typo, and one
+        // past the clock's range cannot be scheduled at all.
+        if d > MAX_STEP {
+            return Err(Error::Invalid(format!(
+                "canary: weight_increment_duration {:?} is over a year",
                 self.weight_increment_duration
             )));
         }
@@ -520,6 +531,15 @@ mod tests {
         assert!(err(&|c| c.failure_threshold = 101).contains("from 0 to 100"));
         assert!(err(&|c| c.weight_increment_duration = "soon".into()).contains("not a duration"));
         assert!(err(&|c| c.weight_increment_duration = "500ms".into()).contains("under a second"));
+        // Past the clock's range, adding it to now would panic the canaries' ticker.
+        assert!(
+            err(&|c| c.weight_increment_duration = "2562047788015216h".into())
+                .contains("over a year")
+        );
+        assert!(err(&|c| c.weight_increment_duration = "366days".into()).contains("over a year"));
+        let mut c = canary(20, 10);
+        c.weight_increment_duration = "365days".into();
+        c.validate().unwrap();
         assert!(err(&|c| c.failure_type = "latency".into()).contains("status-code"));
     }
 }
