@@ -39,6 +39,10 @@ const RUNTIME_FILES: [(&str, &str); 3] = [
     ),
 ];
 
+/// The longest period a flag in seconds may give: the server adds it to the
+/// clock, and a longer one is a typo.
+const YEAR_SECS: u64 = 365 * 24 * 3600;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// Where Fusion keeps its database, packages and logs.
@@ -78,7 +82,7 @@ pub struct ServerArgs {
     /// How often run retention is enforced (this and each workflow's
     /// `historyRetention`), in seconds.
     #[arg(long, env = "FUSION_RETENTION_SWEEP_SECS", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=YEAR_SECS))]
     pub retention_sweep_secs: u64,
     /// The store's page cache, in MiB: what the server keeps of sled's data in
     /// memory (most of its memory under load). sled's own default is 1024.
@@ -88,7 +92,7 @@ pub struct ServerArgs {
     /// How long one package build may take before it is stopped with every
     /// process it started, in seconds.
     #[arg(long, env = "FUSION_BUILD_TIMEOUT_SECS", default_value_t = 600,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=YEAR_SECS))]
     pub build_timeout_secs: u64,
     /// How much disk one package build may use (its source, output, home and
     /// temporary files), in MiB: past it the build is stopped with every
@@ -101,7 +105,8 @@ pub struct ServerArgs {
     /// removed from the data directory, in seconds (0: only when asked,
     /// `POST /v1/archives/prune`). Code stored or newly used within the last
     /// hour is kept.
-    #[arg(long, env = "FUSION_PACKAGE_PRUNE_SECS", default_value_t = 600)]
+    #[arg(long, env = "FUSION_PACKAGE_PRUNE_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(..=YEAR_SECS))]
     pub package_prune_secs: u64,
     /// Asynchronous function calls (`X-Async: true`) tried at once in the
     /// background, over every function (each function also keeps at least
@@ -219,7 +224,7 @@ pub struct ServerArgs {
     /// How often the controller applies every custom resource again, which
     /// reverts changes made in Fusion to what a custom resource owns, in seconds.
     #[arg(long, env = "FUSION_KUBE_RESYNC_SECS", default_value_t = 300,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=YEAR_SECS))]
     pub kube_resync_secs: u64,
     /// The Fusion API the controller applies through, with the admin token
     /// (default: this server's own, on loopback). For tests, which put a

@@ -256,7 +256,9 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
         }
         RunVerb::Wait { id, timeout } => {
             let id = id.get();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            // A timeout past the clock's range waits as long as the run takes.
+            let deadline =
+                std::time::Instant::now().checked_add(std::time::Duration::from_secs(timeout));
             // Asked at once first: a wrong address or run fails fast, and a
             // run still going is said to be waited for.
             let mut v: Value = c.get(&format!("/v1/runs/{id}")).await?;
@@ -266,7 +268,9 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             // The server holds each request until the run ends, up to its most.
             let mut down = false;
             while v["status"] == "running" {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let left = deadline.map_or(std::time::Duration::MAX, |d| {
+                    d.saturating_duration_since(std::time::Instant::now())
+                });
                 // Rounded up: the last second is waited for, not skipped.
                 let wait = left.as_millis().div_ceil(1000).min(300) as u64;
                 if wait == 0 {
