@@ -752,6 +752,14 @@ fn results_go_to_the_destinations_with_their_envelope() {
         row.contains("destination: ") && row.contains("nobody"),
         "{out}"
     );
+    // The list says it too, in its rows and in the table.
+    let (code, out, err) = s.cli(&["fn", "invocations", "lost"]);
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.contains("destination: ") && row.contains("nobody"),
+        "{out}"
+    );
 }
 
 /// The headers Fusion adds to each attempt replace any the caller sent under

@@ -238,6 +238,7 @@ impl Invocation {
             "finished_ms": self.finished_ms,
             "error": self.error,
             "reason": self.reason,
+            "destination_error": self.destination_error,
         })
     }
 }
