@@ -884,6 +884,62 @@ fn an_unreachable_server_or_a_missing_stream_is_a_status_until_fixed() {
     });
 }
 
+/// A NATS address that takes connections and never answers: each try
+/// times out. The status says the error, and since when, all the while the
+/// next try runs, not `connecting` with the reason only between tries.
+#[test]
+fn a_server_that_never_answers_is_an_error_while_it_is_tried_again() {
+    let nats = Nats::stopped();
+    let s = server(&nats);
+    s.function(
+        "hello",
+        "binary",
+        "hello.sh",
+        "#!/bin/sh\necho hi\n",
+        json!({}),
+    );
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", silent.local_addr().unwrap());
+    let (tries, tried) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn);
+            if tries.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    let limit = Duration::from_secs(30);
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(
+            json!({"name": "orders", "function": "hello", "topic": "orders.new",
+                    "metadata": {"natsUrl": url}}),
+        ),
+    );
+    tried.recv_timeout(limit).expect("a first try");
+    let first = wait_state(&s, "orders", "error", limit);
+    assert!(
+        first["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot connect to NATS")),
+        "{first}"
+    );
+    // The second try is under way (its connection taken, not yet timed out).
+    tried.recv_timeout(limit).expect("a second try");
+    let during = state(&s, "orders");
+    assert_eq!(during["state"], "error", "{during}");
+    assert_eq!(during["since"], first["since"], "{during}");
+    assert!(
+        during["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot connect to NATS") && m.contains("again")),
+        "{during}"
+    );
+}
+
 #[test]
 fn bad_triggers_are_refused_with_what_to_do() {
     let nats = Nats::stopped();

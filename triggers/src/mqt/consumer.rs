@@ -67,7 +67,14 @@ pub(super) async fn supervise(
         if *stop.borrow() {
             return;
         }
-        status.set(State::Connecting, format!("connecting to {}", settings.url));
+        // After a failure the status keeps it (and since when) while the
+        // next try runs: a server that times out would otherwise show
+        // `connecting` for most of each cycle and its reason only between.
+        if last.is_empty() {
+            status.set(State::Connecting, format!("connecting to {}", settings.url));
+        } else {
+            status.set(State::Error, format!("{last} (connecting again)"));
+        }
         let started = tokio::time::Instant::now();
         // Not raced against the stop: `run` settles what it holds first.
         let err = run(Conn {
