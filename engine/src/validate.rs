@@ -816,6 +816,20 @@ fn check_workflow(
                 at.key(&["tasks", id]),
             );
         }
+        // The tasks a task runs (a `foreach`'s items, an `if`'s branch) are
+        // named `<task>/<name>`, beside the document's own: a name of the
+        // document's with a `/` could be one of those, and the run would take
+        // one task's output for the other's.
+        if id.contains('/') {
+            push(
+                errors,
+                "invalid_task_name",
+                format!(
+                    "task name {id:?} has a '/', which names the tasks a task runs inside it (`Each/do_0` is the first item of a foreach `Each`): use '_' or '-'"
+                ),
+                at.key(&["tasks", id]),
+            );
+        }
         for dep in &task.requires {
             if !spec.tasks.contains_key(dep) {
                 push(
@@ -1965,6 +1979,30 @@ mod tests {
         );
         let e = check("output: A\ntasks:\n  A:\n    run: noop\n  \"\":\n    run: noop\n");
         assert_eq!((e[0].code, e[0].line), ("invalid_task_name", 5), "{e:?}");
+    }
+
+    /// A task named as one the engine names inside another (`Each/do_0`, a
+    /// foreach's first item) is refused, in a nested workflow too: the run
+    /// would take one's output for the other's.
+    #[test]
+    fn a_task_name_with_a_slash_is_refused() {
+        let e = check(
+            "output: A\ntasks:\n  Each:\n    run: foreach\n    inputs: {foreach: [1], do: {run: noop}}\n  Each/do_0:\n    run: noop\n  A:\n    run: noop\n    requires: [Each, Each/do_0]\n",
+        );
+        assert_eq!(
+            (e[0].code, e[0].line, e[0].column),
+            ("invalid_task_name", 6, 3),
+            "{e:?}"
+        );
+        assert!(e[0].message.contains("has a '/'"), "{e:?}");
+        let e = check(
+            "output: A\ntasks:\n  A:\n    run: foreach\n    inputs:\n      foreach: [1]\n      do:\n        output: x/y\n        tasks:\n          x/y: {run: noop}\n",
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.code == "invalid_task_name" && e.line == 10),
+            "{e:?}"
+        );
     }
 
     /// YAML merge keys are read, as Fission Workflows' parser read them.
