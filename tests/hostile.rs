@@ -401,6 +401,76 @@ fn the_next_start_stops_what_a_killed_servers_processes_left() {
     });
 }
 
+/// A build that makes its output a link to a directory of the host: the
+/// server (root) would have read, stripped, chowned and stored that directory
+/// as the package. The build fails, says why, and the directory is as it was.
+#[test]
+fn a_build_whose_output_links_to_a_host_directory_fails_and_leaves_it_alone() {
+    let s = container_server();
+    s.env("binary", "binary", 1);
+    let host = tempfile::tempdir().unwrap();
+    std::fs::create_dir(host.path().join("sub")).unwrap();
+    std::fs::write(host.path().join("sub/secret.txt"), "host only").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", host.path().join("sub/link")).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("main.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    let buildcmd = format!("ln -s {} \"$DEPLOY_PKG\"", host.path().display());
+    let (code, out, err) = s.cli(&[
+        "pkg",
+        "create",
+        "--name",
+        "escape",
+        "--env",
+        "binary",
+        "--src",
+        src.path().to_str().unwrap(),
+        "--buildcmd",
+        &buildcmd,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut p = Value::Null;
+    eventually(Duration::from_secs(60), "the build ends", || {
+        p = s.ok("GET", "/v1/packages/escape", None);
+        !matches!(
+            p["status"]["buildstatus"].as_str(),
+            Some("pending" | "running")
+        )
+    });
+    assert_eq!(p["status"]["buildstatus"], "failed", "{p}");
+    let (code, log, err) = s.cli(&["pkg", "logs", "--name", "escape"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(log.contains("not a directory but a link"), "{log}");
+    let mut left: Vec<String> = walk(host.path());
+    left.sort();
+    assert_eq!(left, ["sub", "sub/link", "sub/secret.txt"], "{left:?}");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("sub/secret.txt")).unwrap(),
+        "host only"
+    );
+}
+
+/// Every path under `dir`, relative to it, links not followed.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            out.push(
+                path.strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            if e.file_type().unwrap().is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    out
+}
+
 /// The socket files in the process backend's instance directory, as addresses
 /// (`unix:` and the path the server names them by: its data directory made
 /// absolute).

@@ -204,6 +204,15 @@ impl PackageStore {
     /// upload; symbolic links are left out (a package holds files), and how many
     /// were is answered beside the reference.
     pub fn put_dir(&self, dir: &Path) -> Result<(PackageRef, usize)> {
+        // The build makes `dir`: made a link to a directory elsewhere, the
+        // server (root) would read, strip, chown and move that directory
+        // instead. Its processes are gone by now, so it stays what it is here.
+        let meta = std::fs::symlink_metadata(dir).map_err(io)?;
+        if !meta.is_dir() {
+            return Err(Error::Invalid(
+                "the build's output ($DEPLOY_PKG) is not a directory but a link or another file: a build script makes it a directory (`cp -r $SRC_PKG $DEPLOY_PKG`)".into(),
+            ));
+        }
         let (mut files, links) = collect_tree(dir, self.limits.max_entries)?;
         files.sort();
         let mut total = 0u64;
@@ -781,6 +790,41 @@ mod tests {
         .unwrap();
         let err = small.put_dir(&make("d")).unwrap_err();
         assert!(matches!(err, Error::TooLarge(_)), "{err}");
+    }
+
+    /// A build's output that is a link to a directory elsewhere is refused,
+    /// and that directory left as it was: its links, its files' owners, no
+    /// file added, still where it was.
+    #[test]
+    fn a_build_output_that_links_elsewhere_is_refused_and_left_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackageStore::open(dir.path().join("p"), PackageLimits::default()).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(outside.join("sub")).unwrap();
+        std::fs::write(outside.join("secret.txt"), b"host").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", outside.join("sub/link")).unwrap();
+        let made = dir.path().join("pkg");
+        std::os::unix::fs::symlink(&outside, &made).unwrap();
+        let owner = std::fs::metadata(outside.join("secret.txt")).unwrap().uid();
+
+        let err = store.put_dir(&made).unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        assert!(
+            err.to_string().contains("not a directory but a link"),
+            "{err}"
+        );
+        assert!(std::fs::symlink_metadata(outside.join("sub/link")).is_ok());
+        assert!(!outside.join(COMPLETE).exists());
+        assert_eq!(
+            std::fs::metadata(outside.join("secret.txt")).unwrap().uid(),
+            owner
+        );
+        assert_eq!(std::fs::read(outside.join("secret.txt")).unwrap(), b"host");
+        assert!(std::fs::read_dir(dir.path().join("p"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .all(|e| e.file_name().to_string_lossy().starts_with('.')));
     }
 
     /// A build's output nested past the limit, or with more entries than an

@@ -741,7 +741,8 @@ impl Inner {
             }
         }
         let made = deploy.join(crate::backend::build::DEPLOY_PKG_DIR);
-        if !made.is_dir() {
+        // Not followed: a link is refused by the store, with its reason.
+        if std::fs::symlink_metadata(&made).is_err() {
             log.push_str(
                 "the build made no deployment: nothing at $DEPLOY_PKG (a build script makes it, \
                  as Fission's do with `cp -r $SRC_PKG $DEPLOY_PKG`)\n",
