@@ -528,8 +528,27 @@ fn safe_relative(name: &str) -> Result<PathBuf> {
             "archive entry {name:?} has no name"
         )));
     }
+    // As for a build's output; and a name the file system takes, refused
+    // here rather than failing as the server's own error when written.
+    let shown = || name.chars().take(80).collect::<String>();
+    if out.components().count() > MAX_DEPTH {
+        return Err(Error::Invalid(format!(
+            "archive entry {:?}... nests directories deeper than the limit of {MAX_DEPTH}",
+            shown()
+        )));
+    }
+    if out.as_os_str().len() > MAX_ENTRY_NAME || out.components().any(|c| c.as_os_str().len() > 255)
+    {
+        return Err(Error::Invalid(format!(
+            "archive entry {:?}... has a name longer than the file system takes ({MAX_ENTRY_NAME} bytes, 255 for each part)",
+            shown()
+        )));
+    }
     Ok(out)
 }
+
+/// The longest path an archive's entry may have, in bytes.
+const MAX_ENTRY_NAME: usize = 2048;
 
 /// An archive whose entries need one path to be both a file and a directory
 /// (`a` and `a/b`) is invalid: refuse it before the file system does.
@@ -662,6 +681,35 @@ mod tests {
             w.finish().unwrap();
         }
         buf.into_inner()
+    }
+
+    /// Entries nested past the limit, or named longer than a file system
+    /// takes, are the archive's fault (400), not the server's (500).
+    #[test]
+    fn archive_entries_too_deep_or_too_long_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackageStore::open(dir.path().to_path_buf(), PackageLimits::default()).unwrap();
+        let deep = format!("{}f.py", "d/".repeat(2000));
+        let err = store
+            .put("deep.zip", &zip_of(&[(&deep, b"x")]))
+            .unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        assert!(
+            err.to_string().contains("deeper than the limit of 64"),
+            "{err}"
+        );
+        let long = format!("{}.py", "n".repeat(300));
+        let err = store
+            .put("long.zip", &zip_of(&[(&long, b"x")]))
+            .unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("longer than the file system takes"),
+            "{err}"
+        );
+        let ok = format!("{}f.py", "d/".repeat(MAX_DEPTH - 1));
+        store.put("ok.zip", &zip_of(&[(&ok, b"x")])).unwrap();
     }
 
     #[test]
