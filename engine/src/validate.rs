@@ -1026,6 +1026,58 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
         }
         _ => {}
     }
+    if builtin == "switch" {
+        if let Some(cases) = literal("cases") {
+            check_switch_cases(id, cases, at, errors);
+        }
+    }
+}
+
+/// A `switch`'s cases written out: each a map of `case` and `action`, and
+/// nothing else (a misspelt key is a case that fails every run that reaches
+/// it, or an action that silently is nothing).
+fn check_switch_cases(id: &str, cases: &Value, at: &At, errors: &mut Vec<ValidationError>) {
+    let path = ["tasks", id, "inputs", "cases"];
+    let mut push = |message: String, (line, column): (usize, usize)| {
+        errors.push(ValidationError {
+            code: "invalid_inputs",
+            message: format!("task {id:?}: {message}"),
+            line,
+            column,
+        })
+    };
+    let Some(cases) = cases.as_array() else {
+        push(
+            format!("`switch` needs `cases`, a list of {{case, action}}, not {cases}"),
+            at.value(&path),
+        );
+        return;
+    };
+    let known = ["case".to_string(), "action".to_string()];
+    for c in cases {
+        let Some(m) = c.as_object() else {
+            push(
+                format!("`switch`: a case is a map of `case` and `action`, not {c}"),
+                at.key(&path),
+            );
+            continue;
+        };
+        for k in m.keys().filter(|k| !known.contains(k)) {
+            push(
+                format!(
+                    "`switch`: a case has the key {k:?}; a case has `case` and `action`{}",
+                    did_you_mean(k, &known)
+                ),
+                at.entry(&path, &format!("{k}:")),
+            );
+        }
+        if !m.contains_key("case") && m.keys().all(|k| known.contains(k)) {
+            push(
+                "`switch`: a case has no `case` (the value it is taken for)".into(),
+                at.key(&path),
+            );
+        }
+    }
 }
 
 /// Built-ins that run a task or workflow given in their inputs: a workflow
@@ -1747,6 +1799,10 @@ mod tests {
             ("    run: while\n    inputs:\n      expr: true\n      limit: lots\n      do: {run: noop}\n", "a whole number of iterations", 7),
             ("    run: foreach\n    inputs:\n      foreach: 3\n      do: {run: noop}\n", "a list", 6),
             ("    run: sleep\n    inputs: banana\n", "needs a duration", 5),
+            ("    run: switch\n    inputs:\n      switch: x\n      cases:\n        - case: x\n          action: 1\n        - cas: y\n          action: 2\n", "a case has the key \"cas\"; a case has `case` and `action` (did you mean \"case\"?)", 10),
+            ("    run: switch\n    inputs:\n      switch: x\n      cases:\n        - case: x\n          actoin: 1\n", "has the key \"actoin\"", 9),
+            ("    run: switch\n    inputs:\n      switch: x\n      cases:\n        - action: 1\n", "a case has no `case`", 7),
+            ("    run: switch\n    inputs:\n      switch: x\n      cases: 3\n", "a list of {case, action}", 7),
             ("    run: sleep\n    inputs:\n      duration: banana\n", "needs a duration", 6),
             ("    run: sleep\n    inputs: 876000h\n", "is longer than the longest duration", 5),
             ("    run: sleep\n    inputs: 18446744073709551615\n", "is longer than the longest duration", 5),
