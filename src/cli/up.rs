@@ -114,7 +114,13 @@ pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
                     [m, ..] if *m == "POST" => " -d 'hello'",
                     [m, ..] => &format!(" -X {m}"),
                 };
-                say!("  curl{cacert}{how} {router}{}", example_path(url));
+                // A template whose parameters no plain value fits gets none.
+                if let Some(path) = triggers::table::Template::example(url) {
+                    say!(
+                        "  curl{cacert}{how} {}",
+                        shell_quote(&format!("{router}{path}"))
+                    );
+                }
             }
             if routes.len() > SHOWN {
                 say!(
@@ -158,20 +164,10 @@ pub(super) fn shell_quote(text: &str) -> String {
     }
 }
 
-/// A URL template with each `{param}` filled in, for the quickstart's hints.
-pub(super) fn example_path(template: &str) -> String {
-    template
-        .split('/')
-        .map(|seg| if seg.starts_with('{') { "world" } else { seg })
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
-    fn example_paths_and_shell_words() {
-        assert_eq!(super::example_path("/hello/{name}/x"), "/hello/world/x");
+    fn shell_words() {
         assert_eq!(super::shell_quote(".fusion/token"), ".fusion/token");
         assert_eq!(super::shell_quote("/a b/it's"), "'/a b/it'\\''s'");
     }

@@ -317,6 +317,26 @@ impl Template {
         Some(params)
     }
 
+    /// A path the template takes, for a hint to try it (`fusion up`): each
+    /// parameter filled with the first of a few plain values its pattern
+    /// takes, or none when no such value fits.
+    pub fn example(url: &str) -> Option<String> {
+        let template = Template::parse(url).ok()?;
+        const VALUES: [&str; 6] = ["world", "1", "42", "a", "txt", "x-1"];
+        let mut path = String::new();
+        for part in parts_of(url).ok()? {
+            match part {
+                Part::Text(t) => path.push_str(t),
+                Part::Param(_, None) => path.push_str(VALUES[0]),
+                Part::Param(_, Some(pattern)) => {
+                    let re = regex::Regex::new(&format!("^(?:{pattern})$")).ok()?;
+                    path.push_str(VALUES.into_iter().find(|v| re.is_match(v))?);
+                }
+            }
+        }
+        template.match_exact(&path).map(|_| path)
+    }
+
     /// Matches when the path is the template's path or below it.
     pub fn match_prefix(&self, path: &str) -> bool {
         let mut parts = split(path);
@@ -767,6 +787,19 @@ mod tests {
         // Matched decoded, cut by segment.
         assert_eq!(sent("/%61pi/x%2Fy"), "/x%2Fy");
         assert_eq!(sent("/v2/api/x"), "/v2/api/x");
+    }
+
+    #[test]
+    fn an_example_path_is_one_the_template_takes() {
+        let ex = |url: &str| Template::example(url);
+        assert_eq!(ex("/hello/{name}/x").as_deref(), Some("/hello/world/x"));
+        assert_eq!(ex("/{file}.{ext}").as_deref(), Some("/world.world"));
+        assert_eq!(ex("/v{ver:[0-9]+}/x").as_deref(), Some("/v1/x"));
+        assert_eq!(ex("/hello/{id:[0-9]+}").as_deref(), Some("/hello/1"));
+        assert_eq!(ex("/files/{path:.*}").as_deref(), Some("/files/world"));
+        assert_eq!(ex("/plain").as_deref(), Some("/plain"));
+        // No plain value fits: no hint rather than a wrong one.
+        assert_eq!(ex("/id/{id:[0-9a-f]{32}}"), None);
     }
 
     #[test]
