@@ -1398,6 +1398,30 @@ fn fields_in_another_case_are_read_as_fission_reads_them() {
     assert_eq!(env["image"], "fission/python-env", "{env}");
 }
 
+/// In Fusion's short form, what the server would refuse is said at the field
+/// it names (the form's fields are the server's), not at the document's top.
+#[test]
+fn a_short_form_error_is_said_at_its_field() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("specs")).unwrap();
+    std::fs::write(
+        tmp.path().join("specs/env.yaml"),
+        "kind: Environment\nname: e1\nruntime: python\npoolsiz: 2\n---\nkind: Environment\nname: e2\nruntime: python\nmemory_mb: 1\n",
+    )
+    .unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("env.yaml:4:1: Environment e1: unknown field `poolsiz`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("env.yaml:9:1: Environment e2: environment: memory_mb 1 is below"),
+        "{err}"
+    );
+}
+
 /// Fission's canary routes (`functionref.type: function-weights`) apply as
 /// they are, and weights that do not add up to 100 are refused offline at
 /// their place.

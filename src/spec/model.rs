@@ -3,7 +3,7 @@
 //! forms, each turned into the body Fusion's API takes, with the references it
 //! makes and the place of every error and warning.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
@@ -512,7 +512,10 @@ impl Specs {
             let at = if r.fission {
                 doc.at("spec")
             } else {
-                doc.at("")
+                // The short form's fields are the server's: the one the
+                // error names (`unknown field `poolsiz``, `memory_mb 1 is
+                // below ...`) is where it points.
+                doc.at(named_field(&e, &doc.value).unwrap_or(""))
             };
             self.error(at, format!("{} {}: {e}", r.kind.name(), r.name));
             return;
@@ -1621,6 +1624,18 @@ impl Specs {
             }
         }
     }
+}
+
+/// The document's top-level field that `error` names, as a word of it
+/// (`` `poolsiz` ``, `memory_mb 1 is ...`), if any.
+fn named_field<'v>(error: &str, doc: &'v Value) -> Option<&'v str> {
+    let words: BTreeSet<&str> = error
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .collect();
+    let keys = doc.as_object()?.keys();
+    keys.filter(|k| !matches!(k.as_str(), "kind" | "name" | "namespace"))
+        .find(|k| words.contains(k.as_str()))
+        .map(String::as_str)
 }
 
 /// What the server checks of an environment, function or trigger when it is
