@@ -291,6 +291,24 @@ fn errors_name_the_mistake() {
             .contains(r#"field "executor_type": unknown executor type "newdepoly""#),
         "{v}"
     );
+    // Commands whose output is not data refuse `-o json` rather than
+    // printing text under it.
+    let wf = dir.path().join("w.wf.yaml");
+    std::fs::write(&wf, "output: A\ntasks:\n  A:\n    run: noop\n").unwrap();
+    let wf = wf.to_str().unwrap();
+    one_line_error(
+        &["wf", "validate", wf, "-o", "json"],
+        "error: wf validate prints a report, not JSON",
+    );
+    s.cli(&["wf", "create", "w", "--file", wf]);
+    one_line_error(
+        &["wf", "graph", "w", "-o", "json"],
+        "error: wf graph prints a Mermaid flowchart, not JSON",
+    );
+    one_line_error(
+        &["fn", "test", "w", "-o", "json"],
+        "error: fn test prints the function's answer as it gave it, not JSON",
+    );
 }
 
 /// `fusion version` says the client's version and the server's, with the

@@ -142,6 +142,15 @@ fn a_python_source_installs_its_vendored_wheel_once_and_runs_the_build() {
         "{logs}"
     );
     assert!(!logs.contains("pip"), "{logs}");
+    // As JSON: an object a line, as `fn logs` prints them.
+    let json = cli_ok(&s, &["pkg", "logs", "--name", "pycopy", "-o", "json"]);
+    let first: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert!(
+        first["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("cached: reused the earlier build")),
+        "{json}"
+    );
     // A rebuild does build again.
     let out = cli_ok(&s, &["pkg", "rebuild", "--name", "pycopy"]);
     assert!(out.contains("pending"), "{out}");

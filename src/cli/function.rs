@@ -875,6 +875,9 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             timeout,
         } => {
             let name = name.get();
+            if opts.json() && !asynchronous {
+                bail!("fn test prints the function's answer as it gave it, not JSON (with --async, the invocation is JSON)");
+            }
             // Go's notation, as Fission's flag: "0" or a negative one is no limit.
             let timeout = match timeout.as_deref().map(str::trim) {
                 None | Some("0") => None,
@@ -1104,7 +1107,7 @@ pub(super) fn print_instances(opts: &ClientOpts, mut v: Value) {
 /// A function's log line (`<time> [<instance> <stream>] <text>`) as JSON:
 /// `{"at", "instance", "stream", "message"}`; a line of another shape is all
 /// message.
-fn log_line_json(line: &str) -> Value {
+pub(super) fn log_line_json(line: &str) -> Value {
     let parsed = line.split_once(" [").and_then(|(at, rest)| {
         let (tag, message) = rest.split_once("] ")?;
         let (instance, stream) = tag.split_once(' ')?;

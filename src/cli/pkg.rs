@@ -327,8 +327,13 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                 .text()
                 .await?;
             let mut out = std::io::stdout();
+            // `-o json`: one object per line, as `fn logs` prints them.
             for line in text.lines() {
-                writeln!(out, "{}", super::output::printable_log_line(line))?;
+                if opts.json() {
+                    writeln!(out, "{}", super::function::log_line_json(line))?;
+                } else {
+                    writeln!(out, "{}", super::output::printable_log_line(line))?;
+                }
             }
             out.flush()?;
         }

@@ -361,6 +361,18 @@ fn stored(opts: &ClientOpts, v: &Value, dry_run: bool) {
 }
 
 pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
+    // What they print is for people (or Mermaid), not data: said, not ignored.
+    let text_only = match &verb {
+        WfVerb::Validate { .. } => Some(("wf validate", "a report")),
+        WfVerb::Graph { .. } => Some(("wf graph", "a Mermaid flowchart")),
+        WfVerb::Runs {
+            verb: RunsVerb::Graph { .. },
+        } => Some(("wf runs graph", "a Mermaid flowchart")),
+        _ => None,
+    };
+    if let (true, Some((verb, what))) = (opts.json(), text_only) {
+        bail!("{verb} prints {what}, not JSON (wf get -o json and run get -o json give the data)");
+    }
     let c = opts.client()?;
     match verb {
         // Offline: the server is not asked.
