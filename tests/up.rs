@@ -140,6 +140,55 @@ fn up_applies_the_examples_and_prints_urls_that_answer() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Examples that cannot be applied (here, a document with a mistake): the
+/// server runs, and what `up` prints says so beside the URLs, where it is
+/// read, not only among the server's log lines.
+#[test]
+fn up_says_beside_its_urls_when_the_examples_were_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = dir.path().join("examples");
+    std::fs::create_dir(&examples).unwrap();
+    std::fs::write(
+        examples.join("env.yaml"),
+        "kind: Environment\nname: e1\nruntime: pyton\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["up", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--router-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--examples",
+        ])
+        .arg(&examples)
+        .env("FUSION_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _child = KillOnDrop(child);
+    let mut said = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line.starts_with("Stop with") {
+            break;
+        }
+        said.push(line);
+    }
+    let up = said.iter().position(|l| l == "Fusion is up.");
+    let note = said.iter().position(|l| {
+        l.contains("NOTE:") && l.contains("was not applied") && l.contains("1 error in")
+    });
+    assert!(
+        matches!((up, note), (Some(u), Some(n)) if n > u),
+        "{said:#?}"
+    );
+}
+
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {

@@ -58,6 +58,7 @@ pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
         .map(|p| format!(" --cacert {}", shell_quote(&p.display().to_string())))
         .unwrap_or_default();
     let applied = async {
+        let mut not_applied = None;
         if examples.is_dir() {
             let source = spec::Source {
                 path: examples.clone(),
@@ -70,13 +71,21 @@ pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
             };
             match spec::apply(&client, &source, opts).await {
                 Ok(()) => say!(),
-                Err(e) => esay!("warning: could not apply {}: {e:#}", examples.display()),
+                // Said with the URLs below, where it is read, not among the
+                // server's log lines.
+                Err(e) => not_applied = Some(format!("{e:#}")),
             }
         } else {
             esay!("note: {} not found; nothing applied", examples.display());
         }
         let routes: Vec<Value> = client.get("/v1/routes").await.unwrap_or_default();
         say!("Fusion is up.");
+        if let Some(why) = &not_applied {
+            say!(
+                "  NOTE: {} was not applied (the server runs without it): {why}",
+                examples.display()
+            );
+        }
         say!("  router: {router}");
         say!("  API:    {api}   (export FUSION_URL={api})");
         match isolation.backend {
