@@ -215,9 +215,33 @@ pub(super) fn merge_route(body: &mut Value, f: RouteFields) -> Result<()> {
     Ok(())
 }
 
-/// A trigger name derived from its URL or topic: `/users/{id}` -> `users-id`.
+/// A trigger name derived from its URL or topic: `/users/{id}` -> `users-id`
+/// (a parameter's pattern left out: `/users/{id:[0-9]+}` is `users-id` too).
 pub(super) fn route_name(url: &str) -> String {
-    let mut name: String = url
+    let mut bare = String::with_capacity(url.len());
+    let mut depth = 0usize;
+    let mut in_pattern = false;
+    for c in url.chars() {
+        match c {
+            '{' => {
+                depth += 1;
+                if depth == 1 {
+                    bare.push('-');
+                }
+            }
+            '}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    in_pattern = false;
+                    bare.push('-');
+                }
+            }
+            ':' if depth == 1 => in_pattern = true,
+            c if !in_pattern => bare.push(c),
+            _ => {}
+        }
+    }
+    let mut name: String = bare
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -320,6 +344,9 @@ mod tests {
     #[test]
     fn route_names_from_urls() {
         assert_eq!(route_name("/users/{id}"), "users-id");
+        assert_eq!(route_name("/hello/{id:[0-9]+}"), "hello-id");
+        assert_eq!(route_name("/v{ver:[0-9]{2}}/x"), "v-ver-x");
+        assert_eq!(route_name("/{file}.{ext}"), "file-ext");
         assert_eq!(route_name("/"), "root");
         assert_eq!(route_name("/Hello_World"), "hello-world");
         assert!(route_name(&"/x".repeat(100)).len() <= 56);
