@@ -180,6 +180,14 @@ fn a_python_source_installs_its_vendored_wheel_once_and_runs_the_build() {
         (status, body["error"]["code"].as_str()),
         (409, Some("conflict"))
     );
+    // Nor can its environment, and the refusal names all that holds it.
+    let (status, body) = s.call("DELETE", "/v1/environments/python", None);
+    assert_eq!(status, 409, "{body}");
+    let m = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("functions pyfn and packages pycopy, pydemo"),
+        "{m}"
+    );
     cli_ok(&s, &["pkg", "delete", "--name", "pycopy"]);
     let list = cli_ok(&s, &["pkg", "list"]);
     assert!(

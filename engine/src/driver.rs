@@ -1228,7 +1228,7 @@ impl Engine {
         output: Value,
         error: Option<String>,
     ) -> Result<String, EngineError> {
-        let unknown = || EngineError::NotFound("callback (unknown or expired token)".into());
+        let unknown = || EngineError::NotFound("a callback for this token".into());
         let Some((run_id, _)) = token.rsplit_once('.') else {
             return Err(unknown());
         };
@@ -1875,7 +1875,7 @@ impl Actor {
                             }
                             _ => {
                                 let _ = reply.send(Err(EngineError::NotFound(
-                                    "callback (unknown or expired token)".into(),
+                                    "a callback for this token".into(),
                                 )));
                             }
                         }

@@ -104,22 +104,22 @@ impl PoolManager {
             .filter(|f| f.env_key() == name)
             .map(|f| f.key())
             .collect();
-        if !users.is_empty() {
-            return Err(Error::Conflict(format!(
-                "environment {name:?} is used by functions {}; delete or move them first",
-                users.join(", ")
-            )));
-        }
         let packages: Vec<String> = self
             .packages(None)?
             .into_iter()
             .filter(|p| crate::resources::qualified(&p.namespace, &p.environment) == name)
-            .map(|p| p.key())
+            .map(|p| crate::resources::qualified(&p.namespace, &p.name))
             .collect();
-        if !packages.is_empty() {
+        // Everything that holds it, said at once.
+        let holders: Vec<String> = [("functions", &users), ("packages", &packages)]
+            .into_iter()
+            .filter(|(_, names)| !names.is_empty())
+            .map(|(what, names)| format!("{what} {}", names.join(", ")))
+            .collect();
+        if !holders.is_empty() {
             return Err(Error::Conflict(format!(
-                "environment {name:?} builds packages {}; delete or move them first",
-                packages.join(", ")
+                "environment {name:?} is used by {}; delete or move them first",
+                holders.join(" and ")
             )));
         }
         self.inner.store.delete(Kind::Environment, name).await?;

@@ -224,10 +224,9 @@ pub(super) enum FnVerb {
     },
     /// List the functions.
     List,
-    /// Change a function; new requests go to the new version, requests in
-    /// flight finish on the old one.
-    /// Change a function. New code (--code, --src, --deploy, --buildcmd)
-    /// updates the package it runs, as Fission's CLI does.
+    /// Change a function: new requests go to the new version, requests in
+    /// flight finish on the old one. New code (--code, --src, --deploy,
+    /// --buildcmd) updates the package it runs, as Fission's CLI does.
     Update {
         #[command(flatten)]
         name: Name,

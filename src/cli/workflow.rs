@@ -190,8 +190,13 @@ pub(super) fn json_arg(option: &str, text: &str) -> Result<Value> {
         None => text.to_string(),
     };
     serde_json::from_str(&data).map_err(|e| {
+        // serde's text ends with the place, said once here, first.
+        let text = e.to_string();
+        let what = text
+            .rsplit_once(" at line ")
+            .map_or(text.as_str(), |(w, _)| w);
         anyhow!(
-            "{option} must be JSON (or @FILE holding JSON): line {} column {}: {e}",
+            "{option} must be JSON (or @FILE holding JSON): line {} column {}: {what}",
             e.line(),
             e.column()
         )

@@ -51,7 +51,7 @@ fn read(source: &Source) -> Result<Specs> {
             model::str_at(&d.value, "apiVersion").is_some_and(|v| v.starts_with("fission.io/"))
         }) {
             specs.warnings.push(format!(
-                "{}: these are Fission documents without a DeploymentConfig: nothing records what `spec apply` makes of them, so `spec destroy` and `spec apply --delete` cannot remove it (Fission refuses such a folder); `fusion spec init` writes one",
+                "{}: these are Fission documents without a DeploymentConfig: nothing records what `spec apply` makes of them, so `spec destroy` and `spec apply --delete` cannot remove them (Fission refuses such a folder); `fusion spec init` writes one",
                 doc.at("apiVersion")
             ));
         }

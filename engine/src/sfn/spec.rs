@@ -542,12 +542,35 @@ fn from_yaml_error(code: &'static str, e: &serde_yaml::Error, source: &str) -> V
 /// serde_yaml's message without the " at line L column C" it ends with: the
 /// position is carried apart.
 pub(crate) fn yaml_message(e: &serde_yaml::Error) -> String {
-    let text = e.to_string();
-    let text = match text.rfind(" at line ") {
-        Some(i) => &text[..i],
-        None => &text,
-    };
-    plain_types(text)
+    plain_types(&without_positions(&e.to_string()))
+}
+
+/// `text` without the ` at line L column C` it says each place with: the
+/// error's place is given beside it (`did not find expected key at line 6
+/// column 4, while parsing a block mapping at line 5 column 3` said the
+/// line twice).
+fn without_positions(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " at line ".len()..];
+        let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let n = digits(after);
+        let tail = &after[n..];
+        let tail = match tail.strip_prefix(" column ") {
+            Some(t) if n > 0 => &t[digits(t)..],
+            _ if n > 0 => tail,
+            // Not a place after all: kept as written.
+            _ => {
+                out.push_str(" at line ");
+                after
+            }
+        };
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// serde's words for types (`expected u32`, `unit value`, `struct
@@ -650,5 +673,28 @@ pub fn parse_workflow(text: &str) -> Result<ParsedWorkflow, ValidationError> {
         let s: WorkflowSpec =
             serde_yaml::from_str(text).map_err(|e| from_yaml_error("invalid_spec", &e, text))?;
         Ok(ParsedWorkflow::Spec(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_errors_places_are_left_to_the_line_and_column_beside_it() {
+        assert_eq!(
+            without_positions(
+                "did not find expected key at line 6 column 4, while parsing a block mapping at line 5 column 3"
+            ),
+            "did not find expected key, while parsing a block mapping"
+        );
+        assert_eq!(
+            without_positions("tasks: invalid type at line 2"),
+            "tasks: invalid type"
+        );
+        assert_eq!(
+            without_positions("a key at line of sight"),
+            "a key at line of sight"
+        );
     }
 }
