@@ -336,15 +336,17 @@ async fn references_between_functions_and_packages_are_checked() {
     let err = s.pm.delete_package("default", "deps").await.unwrap_err();
     assert_eq!(err.code(), "conflict");
     assert!(err.to_string().contains("used by functions f"), "{err}");
+    // Everything that holds the environment is named at once.
     let err = s.pm.delete_environment("python").await.unwrap_err();
-    assert!(err.to_string().contains("functions f"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("used by functions f and packages deps;"),
+        "{err}"
+    );
     s.pm.delete_function("f").await.unwrap();
     let err = s.pm.delete_environment("python").await.unwrap_err();
     assert_eq!(err.code(), "conflict");
-    assert!(
-        err.to_string().contains("builds packages default/deps"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("used by packages deps;"), "{err}");
     s.pm.delete_package("default", "deps").await.unwrap();
     s.pm.delete_environment("python").await.unwrap();
     assert_eq!(
