@@ -1,7 +1,8 @@
 //! Choice rule evaluation (RFC-0022): the first rule that matches the state's
 //! input gives the next state, else `default`. A leaf condition reads
 //! `variable` (a JSONPath) and applies exactly one typed comparison; `and`,
-//! `or` and `not` compose leaf conditions. Pure.
+//! `or` and `not` compose conditions, nested to any depth (Step Functions'
+//! choice rules; RFC-0022's types compose leaves only). Pure.
 //!
 //! As in Step Functions: `isPresent` asks whether `variable` matches at all,
 //! `isNull` whether it matches a `null`; every other comparison is false when
@@ -43,10 +44,20 @@ pub fn eval_rule(rule: &ChoiceRule, input: &Value) -> bool {
     }
 }
 
-/// Whether one leaf condition holds for `input`. A condition without a
+/// Whether one condition holds for `input`: `and`, `or` or `not` over the
+/// conditions it holds, else its comparison. A comparison without a
 /// `variable`, with one that does not parse, or without an operator is false
 /// (validation refuses them before a run can see one).
 pub fn eval_condition(c: &ChoiceCondition, input: &Value) -> bool {
+    if !c.and.is_empty() {
+        return c.and.iter().all(|c| eval_condition(c, input));
+    }
+    if !c.or.is_empty() {
+        return c.or.iter().any(|c| eval_condition(c, input));
+    }
+    if let Some(c) = &c.not {
+        return !eval_condition(c, input);
+    }
     let Some(path) = c.variable.as_deref().and_then(|v| parse_path(v).ok()) else {
         return false;
     };
@@ -224,6 +235,35 @@ mod tests {
             eval_choice(&s, &json!({"a": false, "n": 0, "s": "x"})),
             Some("fallback")
         );
+    }
+
+    /// Compositions nest, as Step Functions' rules do: `a and (b or not c)`.
+    #[test]
+    fn and_or_not_nest() {
+        let s = state(json!({"type": "Choice", "choices": [
+            {"next": "yes", "and": [
+                {"variable": "$.a", "booleanEquals": true},
+                {"or": [
+                    {"variable": "$.n", "numericGreaterThan": 1},
+                    {"not": {"and": [
+                        {"variable": "$.s", "stringEquals": "x"},
+                        {"variable": "$.t", "isPresent": true}]}}]}]}
+        ], "default": "no"}));
+        let choose = |v: Value| eval_choice(&s, &v);
+        assert_eq!(
+            choose(json!({"a": true, "n": 2, "s": "x", "t": 1})),
+            Some("yes")
+        );
+        assert_eq!(
+            choose(json!({"a": true, "n": 0, "s": "y", "t": 1})),
+            Some("yes")
+        );
+        assert_eq!(choose(json!({"a": true, "n": 0, "s": "x"})), Some("yes"));
+        assert_eq!(
+            choose(json!({"a": true, "n": 0, "s": "x", "t": 1})),
+            Some("no")
+        );
+        assert_eq!(choose(json!({"a": false, "n": 2})), Some("no"));
     }
 
     #[test]

@@ -284,10 +284,18 @@ pub struct WorkflowBranch {
     pub states: BTreeMap<String, WorkflowState>,
 }
 
-/// `WorkflowChoiceCondition`: one leaf comparison against the state's input.
+/// `WorkflowChoiceCondition`: one leaf comparison against the state's input,
+/// or (beyond RFC-0022's types, as Step Functions allows) `and`/`or`/`not`
+/// over further conditions, nested as deep as the document goes.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChoiceCondition {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub and: Vec<ChoiceCondition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub or: Vec<ChoiceCondition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not: Option<Box<ChoiceCondition>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variable: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,9 +331,16 @@ impl ChoiceCondition {
         .count()
     }
 
-    /// Whether nothing at all is set.
+    /// Whether no comparison is set (neither a variable nor an operator).
     pub fn is_empty(&self) -> bool {
         self.variable.is_none() && self.operator_count() == 0
+    }
+
+    /// How many of `and`, `or`, `not` are set.
+    pub fn composite_count(&self) -> usize {
+        usize::from(!self.and.is_empty())
+            + usize::from(!self.or.is_empty())
+            + usize::from(self.not.is_some())
     }
 }
 
@@ -342,7 +357,7 @@ pub struct ChoiceRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub or: Vec<ChoiceCondition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not: Option<ChoiceCondition>,
+    pub not: Option<Box<ChoiceCondition>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variable: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -365,6 +380,9 @@ impl ChoiceRule {
     /// The rule's inline leaf condition.
     pub fn leaf(&self) -> ChoiceCondition {
         ChoiceCondition {
+            and: Vec::new(),
+            or: Vec::new(),
+            not: None,
             variable: self.variable.clone(),
             string_equals: self.string_equals.clone(),
             numeric_equals: self.numeric_equals.clone(),

@@ -693,6 +693,34 @@ impl Validator {
     }
 
     fn condition(&mut self, path: &[Step], c: &ChoiceCondition) {
+        match c.composite_count() {
+            0 => {}
+            1 if c.is_empty() => {
+                for (op, conds) in [("and", &c.and), ("or", &c.or)] {
+                    for (j, inner) in conds.iter().enumerate() {
+                        self.condition(&join(path, &[Step::from(op), Step::from(j)]), inner);
+                    }
+                }
+                if let Some(inner) = &c.not {
+                    self.condition(&join(path, &[Step::from("not")]), inner);
+                }
+                return;
+            }
+            1 => {
+                return self.at_value(
+                    path,
+                    "invalid_choice",
+                    "a condition is either a comparison (variable and one operator) or one of and/or/not, not both",
+                )
+            }
+            _ => {
+                return self.at_value(
+                    path,
+                    "invalid_choice",
+                    "a condition sets exactly one of and, or, not",
+                )
+            }
+        }
         match &c.variable {
             None => self.at_value(
                 path,
@@ -1171,6 +1199,50 @@ states:
                 ("invalid_choice", 12, 3),
                 ("unreachable_state", 12, 3),
                 ("field_not_allowed", 12, 22),
+            ]
+        );
+    }
+
+    /// Conditions nest (`or` in `and`, `not` over `and`), each checked as a
+    /// rule's own are, where it is written.
+    #[test]
+    fn nested_conditions_are_checked_where_they_are_written() {
+        let ok = "\
+startAt: c
+states:
+  c:
+    type: Choice
+    choices:
+      - next: d
+        and:
+          - { variable: $.a, booleanEquals: true }
+          - or:
+              - { variable: $.n, numericGreaterThan: 1 }
+              - not: { and: [{ variable: $.s, stringEquals: x }] }
+  d: { type: Succeed }
+";
+        assert_eq!(check(ok), vec![]);
+        let bad = "\
+startAt: c
+states:
+  c:
+    type: Choice
+    choices:
+      - next: d
+        and:
+          - { variable: $.a, booleanEquals: true }
+          - or:
+              - { variable: $.n }
+              - { variable: $.n, isNull: true, not: { variable: $.m, isNull: true } }
+              - { and: [{ variable: $.n, isNull: true }], or: [{ variable: $.n, isNull: true }] }
+  d: { type: Succeed }
+";
+        assert_eq!(
+            check(bad),
+            vec![
+                ("invalid_choice", 10, 17),
+                ("invalid_choice", 11, 17),
+                ("invalid_choice", 12, 17),
             ]
         );
     }
