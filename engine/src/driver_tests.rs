@@ -1005,7 +1005,23 @@ mod api {
                 .contains("{ $.Tasks.A.Output }"),
             "{v}"
         );
-        let explicit = "output: A\ntasks:\n  A:\n    run: fission://sleep\n";
+        // So is an expression inside other text, and a version Fission
+        // Workflows never had (both read as they are, as there).
+        let embedded = "apiVersion: 2\noutput: A\ntasks:\n  A:\n    run: noop\n    inputs: \"Whale says: {$.Invocation.Inputs.default}\"\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=emb", embedded)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let codes: Vec<_> = v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| (w["code"].as_str().unwrap(), w["line"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(
+            codes,
+            [("unknown_api_version", 1), ("embedded_expression", 6)],
+            "{v}"
+        );
+        let explicit = "apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: fission://sleep\n    inputs: \"{ 'at ' + param() }\"\n";
         let (s, _, v) = call(&app, req("PUT", "/v1/workflows/nap", explicit)).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert!(v.get("warnings").is_none(), "{v}");

@@ -277,6 +277,26 @@ pub fn format_warnings(
     let pos = Positions::new(source);
     let at = At::top(&pos);
     let mut out = Vec::new();
+    // Fission Workflows has one version, 1; its parser keeps any other text
+    // without a word, and so does Fusion, but says so.
+    if let Some(v) = &spec.api_version {
+        let one = match v {
+            Value::Number(n) => n.as_f64() == Some(1.0),
+            Value::String(s) => matches!(s.trim(), "1" | "v1"),
+            _ => false,
+        };
+        if !one {
+            let (line, column) = at.value(&["apiVersion"]);
+            out.push(ValidationError {
+                code: "unknown_api_version",
+                message: format!(
+                    "apiVersion {v} is not Fission Workflows' (1): the document is read as version 1"
+                ),
+                line,
+                column,
+            });
+        }
+    }
     // Every task name the document defines, nested workflows' too (an
     // expression inside one may name its siblings).
     let stand_ins = stands_in_for(&spec.tasks);
@@ -431,8 +451,21 @@ pub fn format_warnings(
             });
         }
         let mut texts = Vec::new();
+        let mut embedded = Vec::new();
         if let Some(inputs) = &task.inputs {
             bare_expressions(inputs, &mut texts);
+            embedded_expressions(inputs, &mut embedded);
+        }
+        for text in embedded {
+            let (line, column) = at.text_after(&["tasks", id, "inputs"], &text);
+            out.push(ValidationError {
+                code: "embedded_expression",
+                message: format!(
+                    "task {id:?}: {text:?} is text: an input is an expression only when it is all one {{ ... }}, as in Fission Workflows; build the text inside it (\"{{ 'Hello ' + param() }}\")"
+                ),
+                line,
+                column,
+            });
         }
         for text in texts {
             let (line, column) = at.text_after(&["tasks", id, "inputs"], &text);
@@ -605,6 +638,34 @@ fn ancestors(
         }
     }
     seen
+}
+
+/// The string values of `v` that hold an expression inside other text
+/// (`Whale says: {$.Invocation.Inputs.default}`), which is text.
+fn embedded_expressions(v: &Value, out: &mut Vec<String>) {
+    const STARTS: [&str; 7] = [
+        "$.",
+        "param(",
+        "output(",
+        "task(",
+        "input(",
+        "uid(",
+        "outputHeaders(",
+    ];
+    match v {
+        Value::String(s) if crate::expr::expression_source(s).is_none() => {
+            let reads = s.match_indices('{').any(|(i, _)| {
+                let rest = s[i + 1..].trim_start();
+                STARTS.iter().any(|p| rest.starts_with(p)) && rest.contains('}')
+            });
+            if reads {
+                out.push(s.clone());
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|x| embedded_expressions(x, out)),
+        Value::Object(m) => m.values().for_each(|x| embedded_expressions(x, out)),
+        _ => {}
+    }
 }
 
 /// The string values of `v` that read as expressions without their braces.
