@@ -1281,11 +1281,17 @@ impl Engine {
         let Some(run) = self.store.run(id)? else {
             return Ok(None);
         };
-        // A retry starts once its run has ended.
+        // A retry starts once its run has ended; a run of the same id made
+        // after the retry had ended (its run deleted, its idempotency key used
+        // again) is another, which the retry is not of. Both in milliseconds:
+        // what happens within the same one is told apart by the second.
         let ours = retry.retry_of.as_deref() == Some(id)
             && run
                 .finished_at
-                .is_some_and(|ended| retry.created_at >= ended);
+                .is_some_and(|ended| retry.created_at >= ended)
+            && !retry
+                .finished_at
+                .is_some_and(|retry_ended| run.created_at >= retry_ended);
         Ok(ours.then_some(retry_id))
     }
 
