@@ -1959,6 +1959,42 @@ fn a_nodejs_function_reads_express_request_helpers() {
     );
 }
 
+/// A body of a type Fission's parsers do not read (XML, multipart) is left in
+/// the request stream for the function (`on('data')`, `pipe` into busboy),
+/// with `request.body` `{}`, as in Fission; the types they read are parsed.
+#[test]
+fn a_nodejs_function_reads_a_body_its_parsers_leave_from_the_stream() {
+    let s = Server::start();
+    s.env("nodejs", "nodejs", 1);
+    let code = "module.exports = (c, cb) => {\n  const parts = [];\n  c.request.on('data', (d) => parts.push(d));\n  c.request.on('end', () => cb(200, JSON.stringify({ got: Buffer.concat(parts).toString(), body: c.request.body }), { 'content-type': 'application/json' }));\n};\n";
+    s.function("stream", "nodejs", "stream.js", code, json!({}));
+    for ctype in ["application/xml", "multipart/form-data; boundary=x"] {
+        let r = s
+            .http
+            .post(s.router_url("/fission-function/stream"))
+            .header("content-type", ctype)
+            .body("<a>1</a>")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{ctype}");
+        assert_eq!(
+            r.json::<Value>().unwrap(),
+            json!({"got": "<a>1</a>", "body": {}}),
+            "{ctype}"
+        );
+    }
+    let code = "module.exports = async (c) => ({ body: { body: c.request.body } });\n";
+    s.function("parsed", "nodejs", "parsed.js", code, json!({}));
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/parsed"))
+        .header("content-type", "application/json")
+        .body(r#"{"a": 1}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.json::<Value>().unwrap(), json!({"body": {"a": 1}}));
+}
+
 /// Fission's `fn create` flags for its Kubernetes pods are taken with a
 /// warning (a Fission script runs unchanged), and `fn test --subpath` takes a
 /// path as typed, a query after its `?`.

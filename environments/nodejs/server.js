@@ -246,6 +246,20 @@ class BadBody extends Error {}
 
 // As Fission's express body parsers: JSON -> value, text/* -> string,
 // urlencoded -> object; other types -> Buffer; an empty body -> {}.
+// Whether a body of this content type is one of those Fission's parsers
+// read (body-parser's json, urlencoded, raw for octet-stream, text for
+// text/*), or has no type (read as bytes). Any other is left in the request
+// stream for the function to read (`request.on('data')`, `pipe` into a
+// multipart parser), with `request.body` `{}`, as Fission leaves it.
+function parsedType(ctype) {
+  const semi = ctype.indexOf(';');
+  const mime = (semi < 0 ? ctype : ctype.slice(0, semi)).trim().toLowerCase();
+  return mime === '' || mime === 'application/json' ||
+    (mime.startsWith('application/') && mime.endsWith('+json')) ||
+    mime === 'application/x-www-form-urlencoded' || mime === 'application/octet-stream' ||
+    mime.startsWith('text/');
+}
+
 function parseBody(ctype, body) {
   if (body.length === 0) return {};
   const semi = ctype.indexOf(';');
@@ -421,6 +435,7 @@ function accepts(header, types) {
   return best;
 }
 
+// `body` is undefined when the request stream is left to the function.
 function invoke(req, res, url, body) {
   const q = url.indexOf('?');
   const pathname = q < 0 ? url : url.slice(0, q);
@@ -439,7 +454,7 @@ function invoke(req, res, url, body) {
   req.is = (...types) => typeIs(req, types.flat());
   req.accepts = (...types) => accepts(req.headers.accept, types.flat());
   try {
-    req.body = parseBody(req.headers['content-type'] || '', body);
+    req.body = body === undefined ? {} : parseBody(req.headers['content-type'] || '', body);
   } catch (e) {
     if (e instanceof BadBody) return sendText(res, 400, `Bad Request: ${e.message}\n`);
     throw e;
@@ -490,6 +505,15 @@ function handle(req, res) {
   if (p === '/healthz') {
     req.resume();
     return sendText(res, 200, 'ok');
+  }
+  if (userFunction !== null && p !== '/v2/specialize' && p !== '/specialize' &&
+      !parsedType(req.headers['content-type'] || '')) {
+    req.on('error', () => res.destroy());
+    try {
+      return invoke(req, res, url, undefined);
+    } catch (e) {
+      return fail(res, e);
+    }
   }
   const chunks = [];
   req.on('data', (c) => chunks.push(c));
