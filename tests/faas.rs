@@ -934,6 +934,35 @@ fn fn_logs_follow_streams_new_output() {
     assert!(status.success(), "{status:?}");
 }
 
+/// What a python function logs at INFO and DEBUG reaches its log, as in
+/// Fission's runtime (which sets the root logger to DEBUG): through the root
+/// logger and through its app's logger.
+#[test]
+fn a_python_functions_info_and_debug_logging_reaches_its_log() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    let code = "import logging\nfrom flask import current_app\ndef main():\n    logging.info('root-info-line')\n    logging.debug('root-debug-line')\n    logging.getLogger('mine').debug('named-debug-line')\n    current_app.logger.debug('app-debug-line')\n    return 'ok'\n";
+    s.function("chatty", "python", "chatty.py", code, json!({}));
+    assert_eq!(s.get("/fission-function/chatty").text().unwrap(), "ok");
+    let log = || {
+        s.api("GET", "/v1/functions/chatty/logs")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let lines = [
+        "root-info-line",
+        "root-debug-line",
+        "named-debug-line",
+        "app-debug-line",
+    ];
+    eventually(Duration::from_secs(20), "the log has each line", || {
+        let text = log();
+        lines.iter().all(|l| text.contains(l))
+    });
+}
+
 /// A function's output cannot grow the server: a line without end is cut at
 /// 16 KiB (and says so); and a function made again under a deleted one's name
 /// starts with a log of its own.

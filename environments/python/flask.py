@@ -1336,8 +1336,8 @@ class Flask:
                 h.setFormatter(logging.Formatter(
                     "[%(asctime)s] %(levelname)s in %(module)s: %(message)s"))
                 lg.addHandler(h)
-            if lg.level == logging.NOTSET:
-                lg.setLevel(logging.INFO)
+            # No level of its own, as Flask's: the root's (DEBUG, as the
+            # runtime sets it, as Fission's does) holds.
             lg.propagate = False
             self._logger = lg
         return self._logger

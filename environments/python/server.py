@@ -390,6 +390,7 @@ def _specialize(v2, body):
             if _shim is None:
                 import flask
                 _shim = flask
+            _log_levels_as_fission()
             os.environ.update(env_vars)
             try:
                 func, shown, app = _load(filepath, name)
@@ -729,6 +730,21 @@ def _ensure_site():
             _site_done = True
 
 
+_log_levels_set = False
+
+
+def _log_levels_as_fission():
+    """Fission's runtime sets the root logger to DEBUG (with no handler of its
+    own): a function's `logging.info(...)` (which then configures a handler on
+    stderr) and `current_app.logger.debug(...)` reach its log there, and here.
+    A function's own `logging.basicConfig(...)` still takes effect."""
+    global _log_levels_set
+    if not _log_levels_set:
+        import logging
+        logging.getLogger().setLevel(logging.DEBUG)
+        _log_levels_set = True
+
+
 def _prewarm():
     """Import what specialization needs (json, importlib, the flask shim: ~15-20 ms
     since Fusion runs with PYTHONDONTWRITEBYTECODE=1) while the instance idles in
@@ -742,6 +758,7 @@ def _prewarm():
         import flask
         if _shim is None:
             _shim = flask
+        _log_levels_as_fission()
     except BaseException:
         log_exc("prewarm failed (specialization will retry the imports):")
 
