@@ -379,7 +379,9 @@ fn shell_of(line: &[u8]) -> Option<Option<String>> {
 
 /// CGI-like variables: REQUEST_METHOD, REQUEST_URI (path and query, as
 /// Fission's), REQUEST_PATH, QUERY_STRING, CONTENT_LENGTH (the body's bytes,
-/// as read whole) and HTTP_<NAME> for each header (upper case, '-' as '_').
+/// as read whole) and HTTP_<NAME> for each header (upper case, '-' as '_'),
+/// and as Fission's runtime names it too, its '-' kept (`HTTP_X-FOO`, which
+/// `printenv` and programs read, though a shell cannot).
 fn request_env(
     method: &Method,
     uri: &http::Uri,
@@ -421,8 +423,12 @@ fn request_env(
         } else {
             ", "
         };
-        let name = format!("HTTP_{}", k.as_str().to_ascii_uppercase().replace('-', "_"));
-        env.push((name, values.join(join)));
+        let upper = k.as_str().to_ascii_uppercase();
+        let value = values.join(join);
+        if upper.contains('-') {
+            env.push((format!("HTTP_{upper}"), value.clone()));
+        }
+        env.push((format!("HTTP_{}", upper.replace('-', "_")), value));
     }
     env
 }
@@ -457,6 +463,8 @@ mod tests {
         assert_eq!(get("HTTP_COOKIE"), "a=1; b=2");
         assert_eq!(get("HTTP_X_MULTI"), "one, two");
         assert_eq!(get("HTTP_X_ONCE"), "only");
+        // Fission's name for it too.
+        assert_eq!(get("HTTP_X-ONCE"), "only");
         assert_eq!(get("QUERY_STRING"), "q=1");
     }
     use std::os::unix::fs::PermissionsExt;
