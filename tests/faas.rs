@@ -1920,7 +1920,7 @@ fn dot_segments_are_redirected_and_the_routers_own_paths_answer() {
 fn a_nodejs_function_answers_through_express_methods() {
     let s = Server::start();
     s.env("nodejs", "nodejs", 1);
-    let code = "module.exports = async (context) => {\n  const res = context.response;\n  switch (context.request.query.m) {\n    case 'json': return res.status(201).json({ ok: true });\n    case 'status': return res.sendStatus(404);\n    case 'set': return res.set('X-Kind', 'express').type('text').send('sent');\n    case 'redirect': return res.redirect(303, '/elsewhere');\n    default: res.status(202).send('accepted');\n  }\n};\n";
+    let code = "module.exports = async (context) => {\n  const res = context.response;\n  switch (context.request.query.m) {\n    case 'json': return res.status(201).json({ ok: true });\n    case 'status': return res.sendStatus(404);\n    case 'set': return res.set('X-Kind', 'express').type('text').send('sent');\n    case 'redirect': return res.redirect(303, '/elsewhere');\n    case 'xml': return res.type('application/xml').send('<a/>');\n    case 'returned': return { status: 200, headers: { 'content-type': 'text/plain' }, body: 'plain' };\n    case 'nothing': return { status: 204, body: 'dropped' };\n    default: res.status(202).send('accepted');\n  }\n};\n";
     s.function("express", "nodejs", "express.js", code, json!({}));
     let r = s.get("/fission-function/express?m=json");
     assert_eq!(r.status(), 201);
@@ -1934,8 +1934,21 @@ fn a_nodejs_function_answers_through_express_methods() {
     assert_eq!(r.text().unwrap(), "Not Found");
     let r = s.get("/fission-function/express?m=set");
     assert_eq!(r.headers()["x-kind"], "express");
-    assert_eq!(r.headers()["content-type"], "text/plain");
+    // Typed as Express types it: a text type says its charset.
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
     assert_eq!(r.text().unwrap(), "sent");
+    let r = s.get("/fission-function/express?m=xml");
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/xml; charset=utf-8",
+        "a string sent is utf-8, whatever its type"
+    );
+    let r = s.get("/fission-function/express?m=returned");
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(r.text().unwrap(), "plain");
+    let r = s.get("/fission-function/express?m=nothing");
+    assert_eq!(r.status(), 204);
+    assert!(r.headers().get("content-type").is_none(), "{:?}", r.headers());
     let r = s
         .http
         .get(s.router_url("/fission-function/express?m=redirect"))

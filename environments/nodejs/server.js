@@ -283,6 +283,21 @@ function parseBody(ctype, body) {
   return body;
 }
 
+// Express's res.set of a Content-Type: a text, JSON or JavaScript type
+// without a charset gets `charset=utf-8`.
+function withCharset(value) {
+  const v = String(value);
+  if (/;\s*charset\s*=/i.test(v)) return v;
+  return /^\s*(text\/|application\/(javascript|json))/i.test(v) ? `${v}; charset=utf-8` : v;
+}
+
+// Express's res.send of a string: its type says utf-8, whatever it said.
+function utf8Type(type) {
+  const parts = String(type).split(';');
+  const params = parts.slice(1).map((p) => p.trim()).filter((p) => p && !/^charset\s*=/i.test(p));
+  return [parts[0].trim(), ...params, 'charset=utf-8'].join('; ');
+}
+
 function respond(res, status, body, headers) {
   if (res.writableEnded || res.headersSent) return; // the function answered through context.response
   try {
@@ -318,12 +333,19 @@ function respond(res, status, body, headers) {
         if (v === undefined || v === null) continue;
         const lk = k.toLowerCase();
         if (lk === 'content-length' || lk === 'transfer-encoding' || lk === 'connection') continue;
+        if (lk === 'content-type' && !Array.isArray(v)) {
+          res.setHeader(k, withCharset(v));
+          continue;
+        }
         res.setHeader(k, Array.isArray(v) ? v.map(String) : String(v));
       }
     }
     if (ctype !== null && !res.hasHeader('content-type')) res.setHeader('Content-Type', ctype);
+    if (typeof body === 'string') res.setHeader('Content-Type', utf8Type(res.getHeader('content-type')));
     res.statusCode = status;
     if (status === 204 || status === 304 || status < 200) {
+      // As Express's send: no body, so no type of one.
+      if (status !== 101) res.removeHeader('Content-Type');
       res.end();
     } else {
       res.setHeader('Content-Length', buf.length);
@@ -576,6 +598,10 @@ class Response extends http.ServerResponse {
       for (const k of Object.keys(field)) this.set(k, field[k]);
       return this;
     }
+    if (String(field).toLowerCase() === 'content-type' && !Array.isArray(value)) {
+      this.setHeader(field, withCharset(value));
+      return this;
+    }
     this.setHeader(field, Array.isArray(value) ? value.map(String) : String(value));
     return this;
   }
@@ -599,7 +625,7 @@ class Response extends http.ServerResponse {
   type(t) {
     const s = String(t);
     const ctype = s.includes('/') ? s : TYPES[s.replace(/^\./, '').toLowerCase()] || 'application/octet-stream';
-    this.setHeader('Content-Type', ctype);
+    this.setHeader('Content-Type', withCharset(ctype));
     return this;
   }
 
@@ -618,7 +644,7 @@ class Response extends http.ServerResponse {
       if (!this.hasHeader('content-type')) this.setHeader('Content-Type', 'application/octet-stream');
     } else if (typeof body === 'string') {
       buf = Buffer.from(body);
-      if (!this.hasHeader('content-type')) this.setHeader('Content-Type', 'text/html; charset=utf-8');
+      this.setHeader('Content-Type', this.hasHeader('content-type') ? utf8Type(this.getHeader('content-type')) : 'text/html; charset=utf-8');
     } else {
       return this.json(body);
     }
