@@ -4,7 +4,7 @@
 //! the request body on stdin, the method, path, query and headers in environment
 //! variables, stdout as the response body, typed as Go's `net/http` types what
 //! Fission's runtime writes untyped (`sniffed`). Exit 0 answers 200; any other exit
-//! answers 500 `Function error: exit status N`, as Fission's (what the program
+//! answers 500 `failed to wait for subprocess: exit status N`, as Fission's (what the program
 //! wrote to stderr goes to the function's log). The function's own
 //! environment variables (Fusion's `fusionEnvVars` in the specialize request)
 //! are set for every run.
@@ -242,10 +242,22 @@ async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
         // As Fission's binary runtime: the exit, not what the program wrote to
         // stderr (its log has that), which may hold what the caller must not see.
         use std::os::unix::process::ExitStatusExt;
+        // In Go's words for the exit (`exit status 3`, `signal: killed`).
         let msg = match (out.status.code(), out.status.signal()) {
-            (Some(code), _) => format!("Function error: exit status {code}"),
-            (None, Some(signal)) => format!("Function error: killed by signal {signal}"),
-            (None, None) => format!("Function error: {}", out.status),
+            (Some(code), _) => format!("failed to wait for subprocess: exit status {code}"),
+            (None, Some(signal)) => {
+                let name = match signal {
+                    libc::SIGKILL => "killed".to_string(),
+                    libc::SIGTERM => "terminated".to_string(),
+                    libc::SIGSEGV => "segmentation fault".to_string(),
+                    libc::SIGABRT => "aborted".to_string(),
+                    libc::SIGINT => "interrupt".to_string(),
+                    libc::SIGPIPE => "broken pipe".to_string(),
+                    n => format!("signal {n}"),
+                };
+                format!("failed to wait for subprocess: signal: {name}")
+            }
+            (None, None) => format!("failed to wait for subprocess: {}", out.status),
         };
         (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response()
     }

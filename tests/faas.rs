@@ -1696,7 +1696,10 @@ fn the_binary_runtime_gives_fissions_variables_and_keeps_stderr_in_the_log() {
     assert_eq!(r.text().unwrap(), "POST|/?x=1|5|");
     let r = s.get("/fission-function/cgi?fail=1");
     assert_eq!(r.status(), 500);
-    assert_eq!(r.text().unwrap(), "Function error: exit status 2");
+    assert_eq!(
+        r.text().unwrap(),
+        "failed to wait for subprocess: exit status 2"
+    );
     eventually(Duration::from_secs(20), "stderr reaches the log", || {
         s.api("GET", "/v1/functions/cgi/logs")
             .send()
@@ -1771,7 +1774,10 @@ fn the_binary_runtime_runs_shell_scripts_with_busybox_as_fissions_image_does() {
     );
     let r = s.get("/fission-function/strict");
     assert_eq!(r.status(), 500);
-    assert_eq!(r.text().unwrap(), "Function error: exit status 1");
+    assert_eq!(
+        r.text().unwrap(),
+        "failed to wait for subprocess: exit status 1"
+    );
 }
 
 /// What a function is sent through a route, as Fission's router sends it: a
@@ -1948,7 +1954,11 @@ fn a_nodejs_function_answers_through_express_methods() {
     assert_eq!(r.text().unwrap(), "plain");
     let r = s.get("/fission-function/express?m=nothing");
     assert_eq!(r.status(), 204);
-    assert!(r.headers().get("content-type").is_none(), "{:?}", r.headers());
+    assert!(
+        r.headers().get("content-type").is_none(),
+        "{:?}",
+        r.headers()
+    );
     let r = s
         .http
         .get(s.router_url("/fission-function/express?m=redirect"))

@@ -269,7 +269,7 @@ fn a_failing_message_goes_to_the_error_topic_after_every_attempt() {
     // The function's answer, as the binary runtime gives it (its stderr goes
     // to its log, not to whoever reads the error topic).
     assert_eq!(
-        doc["error"]["body"], "Function error: exit status 1",
+        doc["error"]["body"], "failed to wait for subprocess: exit status 1",
         "{doc}"
     );
     assert!(
