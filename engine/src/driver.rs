@@ -1289,9 +1289,9 @@ impl Engine {
             && run
                 .finished_at
                 .is_some_and(|ended| retry.created_at >= ended)
-            && !retry
+            && retry
                 .finished_at
-                .is_some_and(|retry_ended| run.created_at >= retry_ended);
+                .is_none_or(|retry_ended| run.created_at < retry_ended);
         Ok(ours.then_some(retry_id))
     }
 
