@@ -450,30 +450,29 @@ pub fn format_warnings(
                 column,
             });
         }
+        // Text that reads as an expression but is none (as in Fission
+        // Workflows): said where it is written.
         let mut texts = Vec::new();
         let mut embedded = Vec::new();
         if let Some(inputs) = &task.inputs {
             bare_expressions(inputs, &mut texts);
             embedded_expressions(inputs, &mut embedded);
         }
-        for text in embedded {
+        let said = texts
+            .into_iter()
+            .map(|text| {
+                let why = format!("is text, not an expression: write \"{{ {text} }}\" to read it");
+                ("bare_expression", text, why)
+            })
+            .chain(embedded.into_iter().map(|text| {
+                let why = "is text: an input is an expression only when it is all one { ... }, as in Fission Workflows; build the text inside it (\"{ 'Hello ' + param() }\")".to_string();
+                ("embedded_expression", text, why)
+            }));
+        for (code, text, why) in said {
             let (line, column) = at.text_after(&["tasks", id, "inputs"], &text);
             out.push(ValidationError {
-                code: "embedded_expression",
-                message: format!(
-                    "task {id:?}: {text:?} is text: an input is an expression only when it is all one {{ ... }}, as in Fission Workflows; build the text inside it (\"{{ 'Hello ' + param() }}\")"
-                ),
-                line,
-                column,
-            });
-        }
-        for text in texts {
-            let (line, column) = at.text_after(&["tasks", id, "inputs"], &text);
-            out.push(ValidationError {
-                code: "bare_expression",
-                message: format!(
-                    "task {id:?}: {text:?} is text, not an expression: write \"{{ {text} }}\" to read it"
-                ),
+                code,
+                message: format!("task {id:?}: {text:?} {why}"),
                 line,
                 column,
             });

@@ -611,26 +611,14 @@ impl Validator {
                         "choice next",
                         &rule.next,
                     );
-                    let leaf = rule.leaf();
-                    match rule.composite_count() {
-                        0 => self.condition(&rp, &leaf),
-                        1 if !leaf.is_empty() => self.at_value(
-                            &rp,
-                            "invalid_choice",
-                            "a rule is either a comparison (variable and one operator) or one of and/or/not, not both",
-                        ),
-                        1 => {
-                            for (op, conds) in [("and", &rule.and), ("or", &rule.or)] {
-                                for (j, c) in conds.iter().enumerate() {
-                                    self.condition(&join(&rp, &[Step::from(op), Step::from(j)]), c);
-                                }
-                            }
-                            if let Some(c) = &rule.not {
-                                self.condition(&join(&rp, &[Step::from("not")]), c);
-                            }
-                        }
-                        _ => self.at_value(&rp, "invalid_choice", "a rule sets exactly one of and, or, not"),
-                    }
+                    // A rule is a condition with a `next`, checked as one.
+                    let whole = ChoiceCondition {
+                        and: rule.and.clone(),
+                        or: rule.or.clone(),
+                        not: rule.not.clone(),
+                        ..rule.leaf()
+                    };
+                    self.condition(&rp, &whole);
                 }
             }
             StateType::Parallel | StateType::Map => {
