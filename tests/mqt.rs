@@ -884,6 +884,64 @@ fn an_unreachable_server_or_a_missing_stream_is_a_status_until_fixed() {
     });
 }
 
+/// Each trigger's answer is its own message in JetStream's duplicate window:
+/// two triggers that answer the same message on one response topic both
+/// publish (one was dropped as a copy of the other), and so do the answers to
+/// a stream made again, whose sequence, and so its keys, starts over.
+#[test]
+fn answers_are_not_taken_for_copies_of_another_triggers_or_streams() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream("RESULTS", &["results.>"]);
+    let s = server(&nats);
+    let probe = Probe::start();
+    s.function(
+        "hello",
+        "binary",
+        "hello.sh",
+        &echo(&probe, false),
+        json!({}),
+    );
+    for name in ["orders", "audit"] {
+        s.ok(
+            "POST",
+            "/v1/mqtriggers",
+            Some(
+                json!({"name": name, "function": "hello", "topic": "orders.new",
+                        "respTopic": "results.ok"}),
+            ),
+        );
+        wait_state(&s, name, "running", Duration::from_secs(20));
+    }
+    let settled = |name: &str, n: u64| {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{name} settled {n}"),
+            || state(&s, name)["succeeded"].as_u64() == Some(n),
+        );
+    };
+    nats.publish("orders.new", "a", &[("X-Order", "1")]);
+    nats.publish("orders.new", "b", &[("X-Order", "2")]);
+    settled("orders", 2);
+    settled("audit", 2);
+    assert_eq!(nats.messages("RESULTS", "results.ok").len(), 4);
+
+    // The stream made again: its first message has the key the first had.
+    s.call("DELETE", "/v1/mqtriggers/audit", None);
+    nats.delete_stream("ORDERS");
+    nats.create_stream("ORDERS", &["orders.>"]);
+    wait_state(&s, "orders", "running", Duration::from_secs(30));
+    nats.publish("orders.new", "c", &[("X-Order", "3")]);
+    settled("orders", 3);
+    let answers: Vec<String> = nats
+        .messages("RESULTS", "results.ok")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(answers.len(), 5, "{answers:?}");
+    assert!(answers.contains(&"3:c".to_string()), "{answers:?}");
+}
+
 /// A NATS address that takes connections and never answers: each try
 /// times out. The status says the error, and since when, all the while the
 /// next try runs, not `connecting` with the reason only between tries.

@@ -135,6 +135,14 @@ impl Nats {
             .expect("create stream");
     }
 
+    /// Deletes a stream, its messages and its consumers with it.
+    pub fn delete_stream(&self, name: &str) {
+        let js = self.js();
+        self.rt
+            .block_on(js.delete_stream(name))
+            .expect("delete stream");
+    }
+
     /// A durable pull consumer of the user's own, made outside Fusion.
     pub fn create_consumer(&self, stream: &str, name: &str) {
         let js = self.js();

@@ -39,6 +39,12 @@ struct Job {
     status: Arc<StatusCell>,
     js: jetstream::Context,
     ack_wait: Duration,
+    /// What names this trigger's outcomes in JetStream's duplicate window
+    /// (`Nats-Msg-Id`) beside the message's key: the trigger, and its
+    /// stream's creation. Another trigger's answer to the same message, or
+    /// the answer to a message of a stream made again (whose sequence starts
+    /// over), is not the same message, and was dropped as one.
+    outcome_tag: String,
     /// The trigger's stop: a delivery still waiting for its turn at the
     /// function's max scale, or between attempts, is handed back then.
     stop: tokio::sync::watch::Receiver<bool>,
@@ -209,10 +215,7 @@ async fn run(conn: Conn<'_>) -> String {
                 .get_consumer::<pull::Config>(&settings.consumer)
                 .await
             {
-                Ok(consumer) => {
-                    consume(conn, &stream_name, js, consumer)
-                        .await
-                }
+                Ok(consumer) => consume(conn, &stream, js, consumer).await,
                 Err(e) => format!(
                     "consumer {:?} on stream {stream_name:?} is not Fusion's, and it cannot be used as a pull consumer: {e}",
                     settings.consumer
@@ -244,13 +247,13 @@ async fn run(conn: Conn<'_>) -> String {
             )
         }
     };
-    consume(conn, &stream_name, js, consumer).await
+    consume(conn, &stream, js, consumer).await
 }
 
 /// Consumes from `consumer` until a failure (returned) or the stop.
 async fn consume(
     conn: Conn<'_>,
-    stream_name: &str,
+    stream: &jetstream::stream::Stream,
     js: jetstream::Context,
     consumer: jetstream::consumer::PullConsumer,
 ) -> String {
@@ -289,8 +292,10 @@ async fn consume(
     status.set(
         State::Running,
         format!(
-            "consuming {:?} from stream {stream_name:?} (consumer {:?})",
-            trigger.topic, settings.consumer
+            "consuming {:?} from stream {:?} (consumer {:?})",
+            trigger.topic,
+            stream.cached_info().config.name,
+            settings.consumer
         ),
     );
     let job = Arc::new(Job {
@@ -300,6 +305,11 @@ async fn consume(
         status: status.clone(),
         js,
         ack_wait: settings.ack_wait,
+        outcome_tag: format!(
+            "{}/{}",
+            trigger.key(),
+            stream.cached_info().created.unix_timestamp_nanos()
+        ),
         stop: stop.clone(),
     });
     let mut inflight: JoinSet<Result<(), String>> = JoinSet::new();
@@ -671,7 +681,8 @@ impl Job {
             let mut h = HeaderMap::new();
             h.insert(IDEMPOTENCY_KEY, key);
             // JetStream drops a second copy (an ack lost, a redelivery).
-            h.insert("Nats-Msg-Id", format!("{key}-response").as_str());
+            let id = format!("{}/{key}-response", self.outcome_tag);
+            h.insert("Nats-Msg-Id", id.as_str());
             if let Some(ct) = answer_headers
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
@@ -737,7 +748,8 @@ impl Job {
         );
         let mut h = HeaderMap::new();
         h.insert(IDEMPOTENCY_KEY, key);
-        h.insert("Nats-Msg-Id", format!("{key}-error").as_str());
+        let id = format!("{}/{key}-error", self.outcome_tag);
+        h.insert("Nats-Msg-Id", id.as_str());
         h.insert("Content-Type", "application/json");
         if let Err(e) = publish(&self.js, topic, h, Bytes::from(doc)).await {
             tracing::warn!(
