@@ -812,6 +812,53 @@ fn a_stop_while_calls_end_runs_each_message_once_after_the_restart() {
     );
 }
 
+/// A call still under way when the stop's grace ends is cut off, and its
+/// message handed back: after the restart it is delivered again at once
+/// (with the same key), not after its ack wait (five minutes here).
+#[test]
+fn a_call_cut_off_at_the_end_of_the_grace_is_delivered_again_at_the_restart() {
+    let nats = Nats::start();
+    nats.create_stream("ORDERS", &["orders.>"]);
+    nats.create_stream("RESULTS", &["results.>"]);
+    let mut s = Server::start_with(&[
+        ("FUSION_NATS_URL", &nats.url),
+        ("FUSION_SHUTDOWN_GRACE_MS", "300"),
+    ]);
+    s.env("binary", "binary", 1);
+    let probe = Probe::start();
+    s.function("slow", "binary", "slow.sh", &echo(&probe, true), json!({}));
+    s.ok(
+        "POST",
+        "/v1/mqtriggers",
+        Some(json!({
+            "name": "orders", "function": "slow", "topic": "orders.new",
+            "respTopic": "results.ok", "metadata": {"ackWait": "5m"},
+        })),
+    );
+    wait_state(&s, "orders", "running", Duration::from_secs(20));
+    nats.publish("orders.new", "m", &[("X-Order", "1")]);
+    eventually(Duration::from_secs(30), "the call is under way", || {
+        probe.lines("calls").len() == 1
+    });
+    common::signal(s.pid(), libc::SIGTERM);
+    s.wait_stopped();
+    probe.open("go");
+    s.launch();
+    eventually(Duration::from_secs(60), "the answer is published", || {
+        !nats.messages("RESULTS", "results.ok").is_empty()
+    });
+    // Called again with the same key, as a redelivery (NATS may have
+    // offered it once more to the stopping consumer, which handed it back).
+    let deliveries = probe.lines("deliveries");
+    assert_eq!(deliveries.len(), 2, "{deliveries:?}");
+    let key = probe.lines("calls")[0].clone();
+    let again = deliveries[1].strip_prefix(&format!("{key} "));
+    assert!(
+        again.and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > 1),
+        "{deliveries:?}"
+    );
+}
+
 #[test]
 fn an_unreachable_server_or_a_missing_stream_is_a_status_until_fixed() {
     let mut nats = Nats::stopped();

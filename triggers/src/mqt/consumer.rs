@@ -45,6 +45,9 @@ struct Job {
     /// the answer to a message of a stream made again (whose sequence starts
     /// over), is not the same message, and was dropped as one.
     outcome_tag: String,
+    /// Set when the stop's grace is over: a call still in flight is given
+    /// up, its message handed back.
+    cut: tokio::sync::watch::Receiver<bool>,
     /// The trigger's stop: a delivery still waiting for its turn at the
     /// function's max scale, or between attempts, is handed back then.
     stop: tokio::sync::watch::Receiver<bool>,
@@ -56,12 +59,20 @@ struct Abandoned;
 
 /// Runs the trigger until its task is aborted: connects, consumes, and after
 /// any failure says why in the status and tries again with backoff.
+/// A consumer's two stops: `stop` to end gracefully (no new message, the
+/// calls in flight settled), `cut` once the grace is over (the calls still in
+/// flight given up, their messages handed back).
+pub(super) struct Stops {
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub cut: tokio::sync::watch::Receiver<bool>,
+}
+
 pub(super) async fn supervise(
     trigger: MessageQueueTrigger,
     settings: Settings,
     invoker: Invoker,
     status: Arc<StatusCell>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    Stops { stop, cut }: Stops,
 ) {
     let Some(target) = trigger.target() else {
         status.set(State::Error, "the trigger has no target".into());
@@ -84,6 +95,7 @@ pub(super) async fn supervise(
         let started = tokio::time::Instant::now();
         // Not raced against the stop: `run` settles what it holds first.
         let err = run(Conn {
+            cut: cut.clone(),
             trigger: &trigger,
             settings: &settings,
             target: &target,
@@ -145,6 +157,7 @@ struct Conn<'a> {
     invoker: &'a Invoker,
     status: &'a Arc<StatusCell>,
     stop: tokio::sync::watch::Receiver<bool>,
+    cut: tokio::sync::watch::Receiver<bool>,
 }
 
 /// One connection's life: returns why it ended.
@@ -264,6 +277,7 @@ async fn consume(
         invoker,
         status,
         stop,
+        cut,
     } = conn;
     let concurrency = trigger.concurrency as usize;
     // Fetched ahead: at most twice as many as are in flight, so that a freed
@@ -310,6 +324,7 @@ async fn consume(
             trigger.key(),
             stream.cached_info().created.unix_timestamp_nanos()
         ),
+        cut,
         stop: stop.clone(),
     });
     let mut inflight: JoinSet<Result<(), String>> = JoinSet::new();
@@ -448,10 +463,14 @@ impl Job {
         let settled = tokio::select! {
             s = work => s,
             _ = keepalive => unreachable!("the keepalive never ends"),
+            () = stopped(self.cut.clone()) => {
+                tracing::warn!(trigger = %self.trigger.key(), key, "message {key} was still being handled at the end of the stop's grace: handed back to NATS, it is delivered again at once (its call may have had effects: the key is the same)");
+                None
+            }
         };
         let Some(settled) = settled else {
-            // Abandoned at the stop before its call began: at once to the
-            // next consumer.
+            // Abandoned at the stop before its call began, or cut off at the
+            // end of its grace: at once to the next consumer.
             return message
                 .ack_with(AckKind::Nak(None))
                 .await

@@ -37,6 +37,9 @@ struct Running {
     status: Arc<StatusCell>,
     /// Set to ask the consumer to stop gracefully (see `consumer::run`).
     stop: tokio::sync::watch::Sender<bool>,
+    /// Set when the stop's grace is over: calls still in flight are given
+    /// up and their messages handed back to NATS.
+    cut: tokio::sync::watch::Sender<bool>,
 }
 
 /// How long an update or a delete waits for its old consumer's calls in
@@ -51,14 +54,31 @@ async fn stop_all(consumers: Vec<Running>, grace: std::time::Duration) {
     for r in &consumers {
         let _ = r.stop.send(true);
     }
-    let mut tasks: Vec<JoinHandle<()>> = consumers.into_iter().map(|r| r.task).collect();
-    let all = futures_util::future::join_all(tasks.iter_mut());
-    if tokio::time::timeout(grace, all).await.is_err() {
+    let (cuts, mut tasks): (Vec<_>, Vec<JoinHandle<()>>) =
+        consumers.into_iter().map(|r| (r.cut, r.task)).unzip();
+    if tokio::time::timeout(grace, futures_util::future::join_all(tasks.iter_mut()))
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    // The grace is over: what is still in flight is given up and handed back
+    // (a message left unacked would wait out its ack wait before it is
+    // delivered again, after the restart or to the next consumer).
+    for c in &cuts {
+        let _ = c.send(true);
+    }
+    let handed_back = futures_util::future::join_all(tasks.iter_mut());
+    if tokio::time::timeout(CUT_GRACE, handed_back).await.is_err() {
         for t in &tasks {
             t.abort();
         }
     }
 }
+
+/// How long the calls cut off at the end of a stop's grace have to hand
+/// their messages back.
+const CUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A consumer still to delete (see `MessageQueueTriggers::retire`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -273,14 +293,24 @@ impl MessageQueueTriggers {
         }
         let key = t.key();
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (cut, cut_off) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(consumer::supervise(
             t,
             settings,
             self.invoker.clone(),
             status.clone(),
-            stopped,
+            consumer::Stops {
+                stop: stopped,
+                cut: cut_off,
+            },
         ));
-        if let Some(old) = self.running().insert(key, Running { task, status, stop }) {
+        let running = Running {
+            task,
+            status,
+            stop,
+            cut,
+        };
+        if let Some(old) = self.running().insert(key, running) {
             old.task.abort();
         }
     }
