@@ -768,7 +768,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
             // The instances those requests hold are busy too: the calls no
             // listener sees cannot be told apart from them, and are not blamed.
             tracing::warn!(
-                "in-flight requests did not finish within the grace ({grace:?}); they are answered 503 shutting_down, and any workflow step or asynchronous invocation still running is made again at the next start"
+                "in-flight requests did not finish within the grace ({grace:?}); they are answered 503 shutting_down, and any workflow step, asynchronous invocation or queue message still being handled is made again at the next start"
             );
             return;
         }
@@ -777,7 +777,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         let left = grace.saturating_sub(stopping.elapsed());
         if !pool.wait_idle(left).await {
             tracing::warn!(
-                "function calls no listener answers (workflow steps, asynchronous invocations) were still running at the end of the grace ({grace:?}); they are made again at the next start"
+                "function calls no listener answers (workflow steps, asynchronous invocations, queue messages) were still running at the end of the grace ({grace:?}); they are made again at the next start"
             );
         }
     };
