@@ -854,7 +854,9 @@ fn a_call_cut_off_at_the_end_of_the_grace_is_delivered_again_at_the_restart() {
     let key = probe.lines("calls")[0].clone();
     let again = deliveries[1].strip_prefix(&format!("{key} "));
     assert!(
-        again.and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > 1),
+        again
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 1),
         "{deliveries:?}"
     );
 }

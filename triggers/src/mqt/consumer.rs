@@ -783,6 +783,13 @@ impl Job {
 
 /// Publishes to a subject: through JetStream (waiting for the stream's ack)
 /// when a stream holds it, else as a plain NATS message, flushed.
+/// The pauses before each publish sent again after its ack did not come.
+const PUBLISH_RETRIES: [Duration; 3] = [
+    Duration::from_millis(250),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
 pub(super) async fn publish(
     js: &jetstream::Context,
     subject: &str,
@@ -791,12 +798,29 @@ pub(super) async fn publish(
 ) -> Result<(), String> {
     use async_nats::jetstream::context::PublishErrorKind;
     let subject = subject.to_string();
-    let sent = js
-        .publish_with_headers(subject.clone(), headers.clone(), body.clone())
-        .await;
-    let acked = match sent {
-        Ok(ack) => ack.await.map(|_| ()),
-        Err(e) => Err(e),
+    // An ack that does not come (NATS restarting, a leader moving) says
+    // nothing of whether the stream stored the message: sent again, under
+    // the same Nats-Msg-Id, it is stored once either way.
+    let mut tries = PUBLISH_RETRIES.iter();
+    let acked = loop {
+        let sent = js
+            .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+            .await;
+        let acked = match sent {
+            Ok(ack) => ack.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match (&acked, tries.next()) {
+            (Err(e), Some(pause))
+                if matches!(
+                    e.kind(),
+                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                ) && headers.get("Nats-Msg-Id").is_some() =>
+            {
+                tokio::time::sleep(*pause).await;
+            }
+            _ => break acked,
+        }
     };
     match acked {
         Ok(()) => Ok(()),
