@@ -544,6 +544,10 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         pool.isolation().backend,
     )));
     let triggers = triggers::Triggers::open(&db, pool.clone(), workflows)?;
+    triggers.timers.register_metrics(&mut registry);
+    registry.register_collector(Box::new(triggers::metrics::MqtCollector::new(
+        triggers.clone(),
+    )));
     triggers
         .invocations
         .set_queue_limit(usize::try_from(args.async_queue_limit).unwrap_or(usize::MAX));

@@ -146,6 +146,15 @@ fn every_message_reaches_the_function_once_and_its_answer_the_response_topic() {
     let st = state(&s, "orders");
     assert_eq!(st["succeeded"], N as u64, "{st}");
     assert_eq!(st["failed"], 0, "{st}");
+    // And on /metrics, for a scraper.
+    let text = s.api("GET", "/metrics").send().unwrap().text().unwrap();
+    for line in [
+        format!(r#"fusion_mqtrigger_messages_total{{trigger="orders",outcome="succeeded"}} {N}"#),
+        r#"fusion_mqtrigger_messages_total{trigger="orders",outcome="failed"} 0"#.to_string(),
+        r#"fusion_mqtrigger_consuming{trigger="orders"} 1"#.to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
 
     // A new concurrency takes effect on the same durable consumer, which
     // resumes after what it acked.

@@ -104,6 +104,15 @@ fn an_every_second_trigger_calls_its_function_once_per_tick_and_keeps_each_outco
         out.starts_with("TICK") && out.contains("succeeded"),
         "{out}"
     );
+    // The firings are counted on /metrics, at least those seen ended above.
+    let text = s.api("GET", "/metrics").send().unwrap().text().unwrap();
+    let counted = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"fusion_timer_firings_total{trigger="tick",outcome="succeeded"} "#)
+        })
+        .and_then(|n| n.parse::<usize>().ok());
+    assert!(counted.is_some_and(|n| n >= done.len()), "{text}");
     let (code, out, _) = s.cli(&["timer", "list"]);
     assert_eq!(code, 0);
     assert!(out.contains("NEXT") && out.contains("rec"), "{out}");

@@ -6,6 +6,7 @@
 pub mod canary;
 pub mod invocations;
 pub mod invoke;
+pub mod metrics;
 pub mod mqt;
 pub mod route;
 pub mod router;

@@ -54,6 +54,11 @@ pub struct Timers {
     passes: watch::Sender<Option<Timestamp>>,
     /// The service's task, while it runs.
     service: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// Firings that ended, by trigger and outcome (`fusion_timer_firings`).
+    firings_total: prometheus_client::metrics::family::Family<
+        crate::metrics::FiringLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 fn not_found(name: &str) -> Error {
@@ -89,6 +94,15 @@ fn decode_tick(bytes: &[u8]) -> Option<Timestamp> {
 }
 
 impl Timers {
+    /// Registers the firings' counter (`fusion_timer_firings_total`).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "fusion_timer_firings",
+            "Time triggers' firings that ended since the server started, by trigger and outcome: succeeded (the function answered 2xx, or the workflow's run started) or failed",
+            self.firings_total.clone(),
+        );
+    }
+
     /// Opens the triggers and their history; firings a stopped server left
     /// in flight are marked `interrupted`.
     pub fn open(db: &sled::Db, clock: Arc<dyn Clock>) -> Result<Arc<Timers>> {
@@ -103,6 +117,7 @@ impl Timers {
             turn: tokio::sync::Mutex::new(()),
             passes: watch::Sender::new(None),
             service: std::sync::Mutex::new(None),
+            firings_total: Default::default(),
         };
         for item in timers.firings.iter() {
             let (k, v) = item?;

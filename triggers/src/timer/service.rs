@@ -160,6 +160,12 @@ impl Timers {
         } else {
             Outcome::Failed
         };
+        self.firings_total
+            .get_or_create(&crate::metrics::FiringLabels {
+                trigger: key.to_string(),
+                outcome: if called.ok { "succeeded" } else { "failed" },
+            })
+            .inc();
         f.status = called.status;
         f.error = called.error;
         f.run_id = called.run_id;
