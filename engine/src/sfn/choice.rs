@@ -33,15 +33,7 @@ pub fn eval_choice<'a>(state: &'a WorkflowState, input: &Value) -> Option<&'a st
 
 /// Whether one rule matches `input`.
 pub fn eval_rule(rule: &ChoiceRule, input: &Value) -> bool {
-    if !rule.and.is_empty() {
-        rule.and.iter().all(|c| eval_condition(c, input))
-    } else if !rule.or.is_empty() {
-        rule.or.iter().any(|c| eval_condition(c, input))
-    } else if let Some(c) = &rule.not {
-        !eval_condition(c, input)
-    } else {
-        eval_condition(&rule.leaf(), input)
-    }
+    eval_condition(&rule.condition(), input)
 }
 
 /// Whether one condition holds for `input`: `and`, `or` or `not` over the

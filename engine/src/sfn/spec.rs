@@ -377,12 +377,13 @@ pub struct ChoiceRule {
 }
 
 impl ChoiceRule {
-    /// The rule's inline leaf condition.
-    pub fn leaf(&self) -> ChoiceCondition {
+    /// The condition the rule is, its `next` aside: its inline comparison,
+    /// or its `and`, `or` or `not`.
+    pub fn condition(&self) -> ChoiceCondition {
         ChoiceCondition {
-            and: Vec::new(),
-            or: Vec::new(),
-            not: None,
+            and: self.and.clone(),
+            or: self.or.clone(),
+            not: self.not.clone(),
             variable: self.variable.clone(),
             string_equals: self.string_equals.clone(),
             numeric_equals: self.numeric_equals.clone(),
@@ -392,13 +393,6 @@ impl ChoiceRule {
             is_present: self.is_present,
             is_null: self.is_null,
         }
-    }
-
-    /// How many of `and`, `or`, `not` are set.
-    pub fn composite_count(&self) -> usize {
-        usize::from(!self.and.is_empty())
-            + usize::from(!self.or.is_empty())
-            + usize::from(self.not.is_some())
     }
 }
 

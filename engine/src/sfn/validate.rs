@@ -612,13 +612,7 @@ impl Validator {
                         &rule.next,
                     );
                     // A rule is a condition with a `next`, checked as one.
-                    let whole = ChoiceCondition {
-                        and: rule.and.clone(),
-                        or: rule.or.clone(),
-                        not: rule.not.clone(),
-                        ..rule.leaf()
-                    };
-                    self.condition(&rp, &whole);
+                    self.condition(&rp, &rule.condition());
                 }
             }
             StateType::Parallel | StateType::Map => {
