@@ -244,8 +244,6 @@ function qs() {
 
 class BadBody extends Error {}
 
-// As Fission's express body parsers: JSON -> value, text/* -> string,
-// urlencoded -> object; other types -> Buffer; an empty body -> {}.
 // Whether a body of this content type is one of those Fission's parsers
 // read (body-parser's json, urlencoded, raw for octet-stream, text for
 // text/*), or has no type (read as bytes). Any other is left in the request
@@ -260,6 +258,8 @@ function parsedType(ctype) {
     mime.startsWith('text/');
 }
 
+// As Fission's express body parsers: JSON -> value, text/* -> string,
+// urlencoded -> object; octet-stream or no type -> Buffer; an empty body -> {}.
 function parseBody(ctype, body) {
   if (body.length === 0) return {};
   const semi = ctype.indexOf(';');

@@ -57,8 +57,6 @@ struct Job {
 /// message goes back to NATS for the next consumer, not called here.
 struct Abandoned;
 
-/// Runs the trigger until its task is aborted: connects, consumes, and after
-/// any failure says why in the status and tries again with backoff.
 /// A consumer's two stops: `stop` to end gracefully (no new message, the
 /// calls in flight settled), `cut` once the grace is over (the calls still in
 /// flight given up, their messages handed back).
@@ -67,6 +65,8 @@ pub(super) struct Stops {
     pub cut: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Runs the trigger until its task is aborted: connects, consumes, and after
+/// any failure says why in the status and tries again with backoff.
 pub(super) async fn supervise(
     trigger: MessageQueueTrigger,
     settings: Settings,
@@ -781,8 +781,6 @@ impl Job {
     }
 }
 
-/// Publishes to a subject: through JetStream (waiting for the stream's ack)
-/// when a stream holds it, else as a plain NATS message, flushed.
 /// The pauses before each publish sent again after its ack did not come.
 const PUBLISH_RETRIES: [Duration; 3] = [
     Duration::from_millis(250),
@@ -790,6 +788,8 @@ const PUBLISH_RETRIES: [Duration; 3] = [
     Duration::from_secs(2),
 ];
 
+/// Publishes to a subject: through JetStream (waiting for the stream's ack)
+/// when a stream holds it, else as a plain NATS message, flushed.
 pub(super) async fn publish(
     js: &jetstream::Context,
     subject: &str,
