@@ -760,6 +760,28 @@ fn results_go_to_the_destinations_with_their_envelope() {
         row.contains("destination: ") && row.contains("nobody"),
         "{out}"
     );
+    // A dead letter whose alert did not go out says so after its own error.
+    let mut alarm = json!({"invocation": {"onFailure": {"function": {"name": "nobody"}}}});
+    alarm["max_scale"] = json!(1);
+    s.function(
+        "refused",
+        "python",
+        "refused.py",
+        "def main():\n    return 'no', 400\n",
+        alarm,
+    );
+    let id = call_async(&s, "refused", "x")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(settled(&s, &id)["status"], "dead");
+    let (code, out, err) = s.cli(&["fn", "dlq", "list", "--function", "refused"]);
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.contains("; destination: ") && row.contains("nobody"),
+        "{out}"
+    );
 }
 
 /// The headers Fusion adds to each attempt replace any the caller sent under

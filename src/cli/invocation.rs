@@ -93,19 +93,22 @@ const COLUMNS: &[(&str, &str)] = &[
     ("ERROR", "/error"),
 ];
 
-/// Rows as the table shows them: an invocation that succeeded but whose
-/// destination could not be called says why in its ERROR column (as JSON,
-/// `destination_error` beside `error`).
+/// Rows as the table shows them: an invocation whose destination could not
+/// be called says why in its ERROR column, after its own error if it has one
+/// (a dead letter whose onFailure alert did not go out); as JSON,
+/// `destination_error` beside `error`.
 fn shown(opts: &ClientOpts, rows: &Value) -> Value {
     let mut rows = rows.clone();
     if opts.json() {
         return rows;
     }
     let one = |row: &mut Value| {
-        if row["error"].is_null() {
-            if let Some(e) = row["destination_error"].as_str() {
-                row["error"] = Value::String(format!("destination: {e}"));
-            }
+        if let Some(d) = row["destination_error"].as_str() {
+            let text = match row["error"].as_str() {
+                Some(e) => format!("{e}; destination: {d}"),
+                None => format!("destination: {d}"),
+            };
+            row["error"] = Value::String(text);
         }
     };
     match &mut rows {
