@@ -754,9 +754,13 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     // Long polls and log follows answer now (they would hold the stop for
     // the whole grace): what they wait for may happen after a restart.
     engine.end_polls();
+    let grace = Duration::from_millis(args.shutdown_grace_ms);
+    // A synchronous caller of a run that cannot move on within the grace
+    // (asleep past it, waiting for a callback) is answered now, not at its
+    // end: the run goes on at the next start either way.
+    engine.stopping_within(grace);
     pool.logs().end_follows("the server is stopping");
     pool.end_tunnels();
-    let grace = Duration::from_millis(args.shutdown_grace_ms);
     let stopping = tokio::time::Instant::now();
     let graceful = async {
         // Message-queue triggers take no new message and settle those in

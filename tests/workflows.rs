@@ -2771,6 +2771,46 @@ fn a_graceful_stop_finishes_calls_in_flight_and_tells_waiting_callers_the_truth(
     assert_eq!(s.run(&nap)["status"], "running", "the nap goes on");
 }
 
+/// A caller waiting for a run that cannot move on within the grace (asleep
+/// for an hour) is answered 503 `shutting_down` as the stop begins, not when
+/// a ten-minute grace ends; the stop does not wait for it.
+#[test]
+fn a_caller_of_a_run_asleep_past_the_grace_is_answered_as_the_stop_begins() {
+    let mut s = Server::start_with(&[("FUSION_SHUTDOWN_GRACE_MS", "600000")]);
+    s.workflow(
+        "nap",
+        "output: A\ntasks:\n  A:\n    run: sleep\n    inputs: 1h\n",
+    );
+    let caller = {
+        let url = s.router_url("/fission-function/nap");
+        std::thread::spawn(move || {
+            // Far less than the grace: a caller held for all of it fails here.
+            let http = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap();
+            let r = http.post(url).send().map_err(|e| e.to_string())?;
+            Ok::<_, String>((
+                r.status().as_u16(),
+                r.json::<Value>().unwrap_or(Value::Null),
+            ))
+        })
+    };
+    eventually(Duration::from_secs(20), "the nap run is running", || {
+        s.ok("GET", "/v1/runs?workflow=nap", None)["runs"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1)
+    });
+    common::signal(s.pid(), libc::SIGTERM);
+    let (status, body) = caller.join().unwrap().expect("an answer");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "shutting_down", "{body}");
+    s.wait_stopped();
+    let nap = body["error"]["run_id"].as_str().unwrap().to_string();
+    s.launch();
+    assert_eq!(s.run(&nap)["status"], "running", "the nap goes on");
+}
+
 /// `run wait` rides out a restart of the server it was talking to: the run
 /// goes on after it, and so does the wait.
 #[test]

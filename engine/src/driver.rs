@@ -165,6 +165,10 @@ enum Msg {
 struct RunHandle {
     tx: mpsc::UnboundedSender<Msg>,
     done: watch::Receiver<Option<RunSummary>>,
+    /// While the run waits with no call in flight: the engine-clock time of
+    /// the next timer it armed (`Millis::MAX` for none: a callback, say),
+    /// the soonest it can move on by itself.
+    parked: watch::Receiver<Option<Millis>>,
     /// The workflow and version the run runs (what it may still call).
     workflow: String,
     version: u32,
@@ -189,6 +193,10 @@ pub struct Engine {
     /// Set when the server's stop begins: long polls (`?wait=`) answer
     /// then, rather than hold the stop for its whole grace.
     polls_end: watch::Sender<bool>,
+    /// Set when the server stops: the engine-clock time its grace ends. A
+    /// synchronous caller of a run that cannot move on before then is
+    /// answered at once (the run goes on at the next start).
+    stop_by: watch::Sender<Option<Millis>>,
 }
 
 /// Where a new run comes from, besides its workflow and input: the run it
@@ -599,6 +607,7 @@ impl Engine {
             stopping: AtomicBool::new(false),
             unstored: Mutex::new(HashMap::new()),
             polls_end: watch::channel(false).0,
+            stop_by: watch::channel(None).0,
             metrics,
         });
         for id in engine.store.unfinished_runs()? {
@@ -1118,13 +1127,19 @@ impl Engine {
             .runs
             .lock()
             .ok()
-            .and_then(|r| r.get(id).map(|h| h.done.clone()));
+            .and_then(|r| r.get(id).map(|h| (h.done.clone(), h.parked.clone())));
         let known = rx.is_some();
-        if let Some(mut rx) = rx {
-            if let Ok(s) = rx.wait_for(Option::is_some).await {
-                if let Some(s) = s.clone() {
-                    return Ok(s);
+        if let Some((mut rx, parked)) = rx {
+            tokio::select! {
+                done = rx.wait_for(Option::is_some) => {
+                    if let Ok(s) = done {
+                        if let Some(s) = s.clone() {
+                            return Ok(s);
+                        }
+                    }
                 }
+                // Read as the stop left it, below: still running.
+                () = parked_past_the_stop(parked, self.stop_by.subscribe()) => {}
             }
         }
         // Once the store makes writes durable again, what the run wrote is
@@ -1427,6 +1442,15 @@ impl Engine {
         self.polls_end.send_replace(true);
     }
 
+    /// The server stops within `grace`: the waits of synchronous callers for
+    /// runs that cannot move on before it ends (asleep past it, waiting for a
+    /// callback) end now, answered as at the stop; the others go on waiting.
+    pub fn stopping_within(&self, grace: Duration) {
+        let ms = Millis::try_from(grace.as_millis()).unwrap_or(Millis::MAX);
+        self.stop_by
+            .send_replace(Some(self.clock.now_ms().saturating_add(ms)));
+    }
+
     /// How many long polls wait (for tests).
     #[cfg(test)]
     pub(crate) fn polls_waiting(&self) -> usize {
@@ -1468,6 +1492,7 @@ impl Engine {
     ) -> Result<watch::Receiver<Option<RunSummary>>, EngineError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = watch::channel(None);
+        let (parked_tx, parked_rx) = watch::channel(None);
         {
             let mut runs = self.runs.lock().map_err(|_| EngineError::ShuttingDown)?;
             // Checked under the lock `shutdown` drains the runs with (after
@@ -1481,6 +1506,7 @@ impl Engine {
                 RunHandle {
                     tx: tx.clone(),
                     done: done_rx.clone(),
+                    parked: parked_rx,
                     workflow: state.workflow.clone(),
                     version: state.version,
                 },
@@ -1499,9 +1525,31 @@ impl Engine {
             replies: Vec::new(),
             held_since: None,
             summary: None,
+            parked: parked_tx,
         };
         tokio::spawn(actor.run(rx, done_tx, recovering));
         Ok(done_rx)
+    }
+}
+
+/// Resolves once the server is stopping and the run cannot move on before
+/// the stop's grace ends: parked until a timer past it (or none at all).
+async fn parked_past_the_stop(
+    mut parked: watch::Receiver<Option<Millis>>,
+    mut stop_by: watch::Receiver<Option<Millis>>,
+) {
+    loop {
+        let past = match (*stop_by.borrow_and_update(), *parked.borrow_and_update()) {
+            (Some(by), Some(next)) => next > by,
+            _ => false,
+        };
+        if past {
+            return;
+        }
+        tokio::select! {
+            r = parked.changed() => if r.is_err() { return std::future::pending().await },
+            r = stop_by.changed() => if r.is_err() { return std::future::pending().await },
+        }
     }
 }
 
@@ -1539,6 +1587,8 @@ struct Actor {
     held_since: Option<tokio::time::Instant>,
     /// The run's summary as its last write that changed it left it.
     summary: Option<RunSummary>,
+    /// What the run waits for while nothing of its own runs (`RunHandle::parked`).
+    parked: watch::Sender<Option<Millis>>,
 }
 
 impl Actor {
@@ -1802,6 +1852,21 @@ impl Actor {
                     }
                 };
                 let calling = !self.calls.is_empty();
+                // Nothing in flight, nothing to write, nothing sent to it:
+                // only its next timer (or a message from outside) moves it.
+                let parked = (!calling && due.is_none() && rx.is_empty()).then(|| {
+                    let now = self.engine.clock.now_ms();
+                    self.armed
+                        .range(now..)
+                        .next()
+                        .copied()
+                        .unwrap_or(Millis::MAX)
+                });
+                self.parked.send_if_modified(|p| {
+                    let changed = *p != parked;
+                    *p = parked;
+                    changed
+                });
                 tokio::select! {
                     m = rx.recv() => Woke::Msg(m),
                     Some(c) = self.calls.next(), if calling => Woke::Call(c),
