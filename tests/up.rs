@@ -14,25 +14,7 @@ use serde_json::{json, Value};
 fn up_applies_the_examples_and_prints_urls_that_answer() {
     let dir = tempfile::tempdir().unwrap();
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workflow-examples");
-    let mut child = Command::new(BIN)
-        .args(["up", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--router-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--examples",
-        ])
-        .arg(&examples)
-        .env("FUSION_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    // Killed on every path out of this test, a failed assertion included.
-    let mut child = KillOnDrop(child);
+    let (mut child, stdout) = spawn_up(dir.path(), &examples);
     let mut lines = BufReader::new(stdout).lines();
     let mut router = None;
     let mut tries = Vec::new();
@@ -153,24 +135,7 @@ fn up_says_beside_its_urls_when_the_examples_were_not_applied() {
         "kind: Environment\nname: e1\nruntime: pyton\n",
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["up", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--router-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--examples",
-        ])
-        .arg(&examples)
-        .env("FUSION_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _child = KillOnDrop(child);
+    let (_child, stdout) = spawn_up(dir.path(), &examples);
     let mut said = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
@@ -187,6 +152,33 @@ fn up_says_beside_its_urls_when_the_examples_were_not_applied() {
         matches!((up, note), (Some(u), Some(n)) if n > u),
         "{said:#?}"
     );
+}
+
+/// `fusion up` on free loopback ports with a data directory in `dir`,
+/// applying `examples`; killed on every path out of the test (a failed
+/// assertion included), and what it prints.
+fn spawn_up(
+    dir: &std::path::Path,
+    examples: &std::path::Path,
+) -> (KillOnDrop, std::process::ChildStdout) {
+    let mut child = Command::new(BIN)
+        .args(["up", "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--router-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--examples",
+        ])
+        .arg(examples)
+        .env("FUSION_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    (KillOnDrop(child), stdout)
 }
 
 struct KillOnDrop(std::process::Child);
