@@ -75,10 +75,17 @@ pub struct HttpRequest {
 pub enum Outcome {
     /// Its output: data, a value shaped like a task or workflow spec too.
     Output(Value),
-    /// A task or workflow spec written in the workflow (an `if`'s branch, a
-    /// `noop`'s input), or a sub-workflow a loop made from the `do` written
-    /// there (`foreach`, `repeat`, `while`): run as a dynamic sub-workflow.
+    /// A workflow spec written in the workflow (an `if`'s branch, a `noop`'s
+    /// input), or a sub-workflow a loop made from the `do` written there
+    /// (`foreach`, `repeat`, `while`): run as a dynamic sub-workflow.
     Tasks(Value),
+    /// A task spec written in the workflow, in the input `name` (`then`,
+    /// `else`, `action`, `input`): run as a sub-workflow of that one task,
+    /// named so (`Check/then`).
+    Task {
+        name: &'static str,
+        spec: Value,
+    },
     /// Succeed with no output after this long (durable timer).
     Sleep(Duration),
     Http(HttpRequest),
@@ -136,14 +143,14 @@ fn as_text(v: &Value) -> String {
 /// the state machine applies it to the sub-workflow the task runs.
 pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
     match name {
-        "noop" | "nop" => pass(default_input(inputs), raw.get("default")),
+        "noop" | "nop" => pass(default_input(inputs), raw.get("default"), "input"),
         // As Fission Workflows' compose: nothing, the one input, or every
         // input merged into one map (`default` among them).
         // As Fission Workflows' compose: a lone `default` input is the
         // output; any other inputs are merged into one map (`default` too).
         "compose" => match (inputs.len(), inputs.get("default")) {
             (0, _) => Outcome::Output(Value::Null),
-            (1, Some(only)) => pass(only.clone(), raw.get("default")),
+            (1, Some(only)) => pass(only.clone(), raw.get("default"), "input"),
             _ => Outcome::Output(Value::Object(inputs.clone().into_iter().collect())),
         },
         // As Fission Workflows' if: the condition is required, and a boolean.
@@ -154,6 +161,7 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
                 pass(
                     inputs.get(branch).cloned().unwrap_or(Value::Null),
                     raw.get(branch),
+                    branch,
                 )
             }
             Some(other) => Outcome::Invalid(format!(
@@ -235,13 +243,18 @@ fn switch(inputs: &Inputs, raw: &Inputs) -> Outcome {
                     .get("cases")
                     .and_then(|c| c.get(i))
                     .and_then(|c| c.get("action"));
-                return pass(m.get("action").cloned().unwrap_or(Value::Null), written);
+                return pass(
+                    m.get("action").cloned().unwrap_or(Value::Null),
+                    written,
+                    "action",
+                );
             }
         }
     }
     pass(
         inputs.get("default").cloned().unwrap_or(Value::Null),
         raw.get("default"),
+        "default",
     )
 }
 
@@ -347,9 +360,10 @@ fn literal_do(raw: &Inputs) -> Result<&Value, &'static str> {
 /// arrived as data (the caller's input, a function's answer, a loop's `_item`)
 /// would otherwise let whoever sends data choose what runs and where it sends
 /// requests. A spec written in a task is never evaluated, so it is `v` itself.
-fn pass(v: Value, written: Option<&Value>) -> Outcome {
+fn pass(v: Value, written: Option<&Value>, name: &'static str) -> Outcome {
     match written {
-        Some(w) if (is_task_spec(w) || is_workflow_spec(w)) && *w == v => Outcome::Tasks(v),
+        Some(w) if *w == v && is_workflow_spec(w) => Outcome::Tasks(v),
+        Some(w) if *w == v && is_task_spec(w) => Outcome::Task { name, spec: v },
         _ => Outcome::Output(v),
     }
 }
@@ -703,21 +717,32 @@ pub fn dynamic_workflow(value: &Value) -> Option<Result<DynamicTasks, String>> {
             invocation: value.get("invocation").cloned(),
         }));
     }
-    if is_task_spec(value) {
-        let mut spec = match TaskSpec::deserialize(value) {
-            Ok(s) => s,
-            Err(e) => return Some(Err(format!("invalid task spec: {e}"))),
-        };
-        spec.requires.clear();
-        spec.on_failure = None;
-        return Some(Ok(DynamicTasks {
-            tasks: BTreeMap::from([("task".to_string(), spec)]),
-            output: "task".into(),
-            concurrency: None,
-            invocation: None,
-        }));
+    is_task_spec(value).then(|| dynamic_task("task", value))
+}
+
+impl Outcome {
+    /// The sub-workflow a `Tasks` or `Task` outcome runs (none for another).
+    pub fn sub_workflow(&self) -> Option<Result<DynamicTasks, String>> {
+        match self {
+            Outcome::Tasks(v) => dynamic_workflow(v),
+            Outcome::Task { name, spec } => Some(dynamic_task(name, spec)),
+            _ => None,
+        }
     }
-    None
+}
+
+/// A task spec (written in the input `name`) as a sub-workflow of that one
+/// task, named `name`; what it waits for outside it is not its to wait for.
+pub fn dynamic_task(name: &str, value: &Value) -> Result<DynamicTasks, String> {
+    let mut spec = TaskSpec::deserialize(value).map_err(|e| format!("invalid task spec: {e}"))?;
+    spec.requires.clear();
+    spec.on_failure = None;
+    Ok(DynamicTasks {
+        tasks: BTreeMap::from([(name.to_string(), spec)]),
+        output: name.into(),
+        concurrency: None,
+        invocation: None,
+    })
 }
 
 #[cfg(test)]
@@ -730,7 +755,7 @@ mod tests {
 
     fn out(name: &str, v: Value) -> Value {
         match run(name, &ins(v.clone()), &ins(v)) {
-            Outcome::Output(o) | Outcome::Tasks(o) => o,
+            Outcome::Output(o) | Outcome::Tasks(o) | Outcome::Task { spec: o, .. } => o,
             other => panic!("{other:?}"),
         }
     }
@@ -740,7 +765,11 @@ mod tests {
         let task = json!({"run": "dump", "inputs": "injected"});
         // `inputs: {run: dump, ...}`: written in the workflow.
         let raw = ins(json!({"default": task}));
-        assert_eq!(run("noop", &raw, &raw), Outcome::Tasks(task.clone()));
+        let written = |name| Outcome::Task {
+            name,
+            spec: task.clone(),
+        };
+        assert_eq!(run("noop", &raw, &raw), written("input"));
         // `inputs: "{ param() }"` that evaluated to the same map: data.
         let raw = ins(json!({"default": "{ param() }"}));
         let evaluated = ins(json!({"default": task}));
@@ -748,7 +777,7 @@ mod tests {
         // An `if` runs the branch it holds, not one an expression made.
         let raw = ins(json!({"if": "{ true }", "then": task, "else": "{ param() }"}));
         let evaluated = ins(json!({"if": true, "then": task, "else": task}));
-        assert_eq!(run("if", &evaluated, &raw), Outcome::Tasks(task.clone()));
+        assert_eq!(run("if", &evaluated, &raw), written("then"));
         let evaluated = ins(json!({"if": false, "then": task, "else": task}));
         assert_eq!(run("if", &evaluated, &raw), Outcome::Output(task.clone()));
         // What a loop put in (`_item`, `_prev`) is data, even held literally.

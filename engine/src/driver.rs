@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
-use crate::builtins::{self, dynamic_workflow, HttpRequest, Outcome};
+use crate::builtins::{self, HttpRequest, Outcome};
 use crate::expr::{contains_expression, resolve_inputs};
 use crate::spec::{parse_duration, TaskSpec, WorkflowSpec};
 use crate::state::{
@@ -2152,10 +2152,11 @@ impl Actor {
                     });
                     None
                 }
-                Outcome::Tasks(v) => {
+                outcome @ (Outcome::Tasks(_) | Outcome::Task { .. }) => {
                     self.record(dispatched(inputs_value, None));
                     // Always a spec (`builtins::pass` and the loops make it so).
-                    let sub = dynamic_workflow(&v)
+                    let sub = outcome
+                        .sub_workflow()
                         .unwrap_or_else(|| Err("not a task or workflow spec".into()));
                     match sub {
                         Ok(sub) => match self.too_big(sub.tasks.len()) {

@@ -243,6 +243,25 @@ async fn builtins_end_to_end() {
     .await;
     assert_eq!(s.status, RunStatus::Failed);
     assert_eq!(s.error.unwrap().message, "broken");
+    // A task written in a built-in's input is named after that input
+    // (`Check/then`), not a bare `task`, in what the run says.
+    let s = run(
+        &e,
+        "checks",
+        "output: Check\ntasks:\n  Check:\n    run: if\n    inputs:\n      if: true\n      then:\n        run: fail\n        inputs: missing user\n",
+        json!(null),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Failed);
+    let err = s.error.unwrap();
+    assert!(err.message.contains(r#"task "then" failed"#), "{err:?}");
+    let events = e.run_events(&s.id).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|ev| serde_json::to_value(ev).unwrap()["task"] == "Check/then"),
+        "{events:?}"
+    );
 }
 
 /// Fission Workflows' own `fibonacci` example (examples/misc/fibonacci.wf.yaml):
