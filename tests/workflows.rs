@@ -2746,24 +2746,9 @@ fn a_graceful_stop_finishes_calls_in_flight_and_tells_waiting_callers_the_truth(
     assert_eq!(probe.lines("calls").len(), 1, "the call was not made again");
 
     // A caller waiting for a run that outlives the grace.
-    let caller = {
-        let http = s.http.clone();
-        let url = s.router_url("/fission-function/nap");
-        std::thread::spawn(move || {
-            let r = http.post(url).send().unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<Value>().unwrap_or(Value::Null),
-            )
-        })
-    };
-    eventually(Duration::from_secs(20), "the nap run is running", || {
-        s.ok("GET", "/v1/runs?workflow=nap", None)["runs"]
-            .as_array()
-            .is_some_and(|r| r.len() == 1)
-    });
+    let caller = nap_caller(&s);
     s.stop();
-    let (status, body) = caller.join().unwrap();
+    let (status, body) = caller.join().unwrap().expect("an answer");
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "shutting_down", "{body}");
     let nap = body["error"]["run_id"].as_str().unwrap().to_string();
@@ -2781,26 +2766,9 @@ fn a_caller_of_a_run_asleep_past_the_grace_is_answered_as_the_stop_begins() {
         "nap",
         "output: A\ntasks:\n  A:\n    run: sleep\n    inputs: 1h\n",
     );
-    let caller = {
-        let url = s.router_url("/fission-function/nap");
-        std::thread::spawn(move || {
-            // Far less than the grace: a caller held for all of it fails here.
-            let http = reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap();
-            let r = http.post(url).send().map_err(|e| e.to_string())?;
-            Ok::<_, String>((
-                r.status().as_u16(),
-                r.json::<Value>().unwrap_or(Value::Null),
-            ))
-        })
-    };
-    eventually(Duration::from_secs(20), "the nap run is running", || {
-        s.ok("GET", "/v1/runs?workflow=nap", None)["runs"]
-            .as_array()
-            .is_some_and(|r| r.len() == 1)
-    });
+    // The caller gives up after a minute, far less than the grace: one held
+    // for all of it fails here.
+    let caller = nap_caller(&s);
     common::signal(s.pid(), libc::SIGTERM);
     let (status, body) = caller.join().unwrap().expect("an answer");
     assert_eq!(status, 503, "{body}");
@@ -2809,6 +2777,30 @@ fn a_caller_of_a_run_asleep_past_the_grace_is_answered_as_the_stop_begins() {
     let nap = body["error"]["run_id"].as_str().unwrap().to_string();
     s.launch();
     assert_eq!(s.run(&nap)["status"], "running", "the nap goes on");
+}
+
+/// A synchronous call of the workflow `nap` in a thread of its own, returned
+/// once its run is running: the answer's status and body, or why none came
+/// within a minute.
+fn nap_caller(s: &Server) -> std::thread::JoinHandle<Result<(u16, Value), String>> {
+    let url = s.router_url("/fission-function/nap");
+    let caller = std::thread::spawn(move || {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let r = http.post(url).send().map_err(|e| e.to_string())?;
+        Ok((
+            r.status().as_u16(),
+            r.json::<Value>().unwrap_or(Value::Null),
+        ))
+    });
+    eventually(Duration::from_secs(20), "the nap run is running", || {
+        s.ok("GET", "/v1/runs?workflow=nap", None)["runs"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1)
+    });
+    caller
 }
 
 /// `run wait` rides out a restart of the server it was talking to: the run
