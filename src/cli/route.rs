@@ -218,29 +218,7 @@ pub(super) fn merge_route(body: &mut Value, f: RouteFields) -> Result<()> {
 /// A trigger name derived from its URL or topic: `/users/{id}` -> `users-id`
 /// (a parameter's pattern left out: `/users/{id:[0-9]+}` is `users-id` too).
 pub(super) fn route_name(url: &str) -> String {
-    let mut bare = String::with_capacity(url.len());
-    let mut depth = 0usize;
-    let mut in_pattern = false;
-    for c in url.chars() {
-        match c {
-            '{' => {
-                depth += 1;
-                if depth == 1 {
-                    bare.push('-');
-                }
-            }
-            '}' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    in_pattern = false;
-                    bare.push('-');
-                }
-            }
-            ':' if depth == 1 => in_pattern = true,
-            c if !in_pattern => bare.push(c),
-            _ => {}
-        }
-    }
+    let bare = triggers::table::Template::without_patterns(url);
     let mut name: String = bare
         .chars()
         .map(|c| {

@@ -317,6 +317,22 @@ impl Template {
         Some(params)
     }
 
+    /// The template with its parameters' patterns left out
+    /// (`/users/{id:[0-9]+}` is `/users/{id}`); one that does not parse, as
+    /// it is.
+    pub fn without_patterns(url: &str) -> String {
+        let Ok(parts) = parts_of(url) else {
+            return url.to_string();
+        };
+        parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => (*t).to_string(),
+                Part::Param(name, _) => format!("{{{name}}}"),
+            })
+            .collect()
+    }
+
     /// A path the template takes, for a hint to try it (`fusion up`): each
     /// parameter filled with the first of a few plain values its pattern
     /// takes, or none when no such value fits.
