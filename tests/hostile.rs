@@ -96,6 +96,16 @@ fn snoop(s: &Server, write: bool) -> Value {
 
 /// Host processes whose command line contains `marker`.
 fn processes_with(marker: &str) -> Vec<u32> {
+    processes_where(|cmdline| cmdline.contains(marker))
+}
+
+/// Live processes whose command line is exactly `command` (arguments
+/// separated by spaces): the program itself, not a shell that names it.
+fn processes_running(command: &str) -> Vec<u32> {
+    processes_where(|cmdline| cmdline.trim_end() == command)
+}
+
+fn processes_where(matches: impl Fn(&str) -> bool) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -103,15 +113,22 @@ fn processes_with(marker: &str) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .contains(marker)
-                })
-                .unwrap_or(false)
+                .is_ok_and(|c| matches(&String::from_utf8_lossy(&c).replace('\0', " ")))
         })
         .filter(|pid| common::alive(*pid))
         .collect()
+}
+
+/// Kills every process whose command line holds one of its markers when
+/// dropped, so a test that fails midway leaves none of them running.
+struct KillOnDrop(&'static [&'static str]);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in self.0.iter().flat_map(|m| processes_with(m)) {
+            common::signal(pid, libc::SIGKILL);
+        }
+    }
 }
 
 /// Deletes `function` and waits until no process with `marker` is left.
@@ -366,6 +383,7 @@ fn the_process_backend_stops_an_instances_children_but_not_a_new_session() {
 /// on the same data directory, a session of its own or not.
 #[test]
 fn the_next_start_stops_what_a_killed_servers_processes_left() {
+    let _cleanup = KillOnDrop(&["sleep 987006", "sleep 987007", "sleep 987008"]);
     let mut s = process_server();
     s.env("binary", "binary", 1);
     let code = "#!/bin/sh\nsleep 987006 >/dev/null 2>&1 &\nsetsid sleep 987008 >/dev/null 2>&1 &\nprintf started\n";
@@ -386,13 +404,15 @@ fn the_next_start_stops_what_a_killed_servers_processes_left() {
         "sleep 987007; cp -r . \"$DEPLOY_PKG\"",
     ]);
     assert_eq!(code, 0, "{out}{err}");
+    // The sleep itself, not the build's shell that names it: killed before
+    // it forks, the shell would leave no sleep behind.
     eventually(Duration::from_secs(30), "the build runs", || {
-        !processes_with("sleep 987007").is_empty()
+        !processes_running("sleep 987007").is_empty()
     });
     s.kill();
     let left: Vec<u32> = ["sleep 987006", "sleep 987007", "sleep 987008"]
         .iter()
-        .flat_map(|m| processes_with(m))
+        .flat_map(|m| processes_running(m))
         .collect();
     assert_eq!(left.len(), 3, "they outlive the killed server: {left:?}");
     s.launch();
