@@ -30,7 +30,7 @@ pub struct Instance {
     pub(crate) owner: Arc<Mutex<Option<Owner>>>,
     /// No new leases; stopped once its last lease is released.
     pub(crate) retiring: AtomicBool,
-    /// Its function's code is being loaded (an owner, no answer yet).
+    /// Its function's code is being staged or loaded (an owner, not yet ready).
     pub(crate) loading: AtomicBool,
     /// The package it was given (its sha256), kept from `prune` while it runs.
     pub(crate) code: Mutex<Option<String>>,

@@ -1245,6 +1245,9 @@ impl Inner {
                 self.spawn_instance(&env).await?
             }
         };
+        // Listed as specializing from the moment it is the function's, through
+        // staging its code, until the runtime has loaded it.
+        instance.loading.store(true, Ordering::SeqCst);
         *lock(&instance.owner) = Some(Owner {
             function: function.key(),
             generation: function.generation,
@@ -1328,7 +1331,6 @@ impl Inner {
                 .unwrap_or_default();
             Ok::<_, String>((status, body))
         });
-        instance.loading.store(true, Ordering::SeqCst);
         // A function deleted meanwhile wants no instance: one still loading
         // its code is stopped now, not at the end of the load limit.
         let outcome = tokio::select! {

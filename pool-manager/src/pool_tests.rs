@@ -36,6 +36,11 @@ struct FakeBackend {
     /// at import); counts the loads begun.
     hangs: Arc<AtomicBool>,
     loads: Arc<AtomicUsize>,
+    /// Code given to instances from now on is held in staging (before the
+    /// runtime is asked to load it) until `release` is notified.
+    holds_staging: Arc<AtomicBool>,
+    staging: Arc<AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
     handles: Mutex<HashMap<u64, Arc<FakeHandle>>>,
 }
 
@@ -46,6 +51,9 @@ struct FakeHandle {
     parks: Arc<AtomicBool>,
     /// Left running at shutdown for a next server.
     parked: AtomicBool,
+    holds_staging: Arc<AtomicBool>,
+    staging: Arc<AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl FakeHandle {
@@ -65,6 +73,21 @@ impl FakeHandle {
 impl Handle for FakeHandle {
     fn address(&self) -> &Address {
         &self.address
+    }
+    fn stage(
+        self: Arc<Self>,
+        staging: crate::backend::Staging,
+    ) -> BoxFuture<'static, Result<String>> {
+        Box::pin(async move {
+            if self.holds_staging.load(Ordering::SeqCst) {
+                let released = self.release.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                self.staging.fetch_add(1, Ordering::SeqCst);
+                released.await;
+            }
+            self.stage_code(&staging.path)
+        })
     }
     fn stage_code(&self, package: &Path) -> Result<String> {
         Ok(package.to_string_lossy().into_owned())
@@ -141,6 +164,9 @@ impl Backend for FakeBackend {
                 server,
                 parks: self.parks.clone(),
                 parked: AtomicBool::new(false),
+                holds_staging: self.holds_staging.clone(),
+                staging: self.staging.clone(),
+                release: self.release.clone(),
             });
             self.handles.lock().unwrap().insert(id, handle.clone());
             Ok(handle as Arc<dyn Handle>)
@@ -194,6 +220,9 @@ async fn setup_with(
         asked: AtomicUsize::new(0),
         hangs: Arc::default(),
         loads: Arc::default(),
+        holds_staging: Arc::default(),
+        staging: Arc::default(),
+        release: Arc::default(),
         handles: Mutex::default(),
     });
     let db = sled::Config::new().temporary(true).open().unwrap();
@@ -700,6 +729,31 @@ async fn a_burst_of_first_requests_shares_one_cold_start_up_to_requests_per_inst
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 3, "{ids:?}");
+}
+
+/// An instance given its code (staged, not yet loaded) is not listed as
+/// specialized: a count of specialized instances taken then would drop once
+/// the runtime starts loading.
+#[tokio::test]
+async fn an_instance_whose_code_is_being_staged_is_listed_as_specializing() {
+    let s = setup(1, 1).await;
+    eventually("a generic instance", || {
+        (s.pm.pool_health("env")?.ready == 1).then_some(())
+    })
+    .await;
+    s.backend.holds_staging.store(true, Ordering::SeqCst);
+    let pm = s.pm.clone();
+    let lease = tokio::spawn(async move { pm.lease("f").await.map(|l| l.instance.id) });
+    eventually("the code is being staged", || {
+        (s.backend.staging.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let listed = s.pm.instances(Some("f"));
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].state, "specializing");
+    s.backend.release.notify_waiters();
+    lease.await.unwrap().unwrap();
+    assert_eq!(s.pm.instances(Some("f"))[0].state, "specialized");
 }
 
 /// A function deleted while an instance loads its code: the instance is
