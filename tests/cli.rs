@@ -546,6 +546,113 @@ fn fissions_pkgname_test_timeout_and_route_list_by_function() {
     assert!(!listed.contains("to-other"), "{listed}");
 }
 
+/// A Fission teardown script runs as it did there: `httptrigger delete
+/// --function` takes every route to the function, `pkg list/delete --orphan`
+/// find and remove the packages `fn delete` left, and every delete takes
+/// `--ignorenotfound`, so the script runs again without failing.
+#[test]
+fn teardown_by_function_orphan_packages_and_ignorenotfound_as_in_fission() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hi.sh");
+    std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
+    let file = file.to_str().unwrap();
+    let cli = |args: &[&str]| {
+        let (code, out, err) = s.cli(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        out
+    };
+    for (pkg, f) in [("leftpkg", "leaving"), ("keptpkg", "staying")] {
+        cli(&[
+            "pkg", "create", "--name", pkg, "--env", "binary", "--deploy", file,
+        ]);
+        cli(&[
+            "fn",
+            "create",
+            "--name",
+            f,
+            "--env",
+            "binary",
+            "--pkgname",
+            pkg,
+        ]);
+    }
+    for (route, url, f) in [
+        ("one", "/one", "leaving"),
+        ("two", "/two", "leaving"),
+        ("three", "/three", "staying"),
+    ] {
+        cli(&[
+            "route",
+            "create",
+            "--name",
+            route,
+            "--url",
+            url,
+            "--function",
+            f,
+        ]);
+    }
+    let out = cli(&["route", "delete", "--function", "leaving"]);
+    assert_eq!(out, "route one deleted\nroute two deleted\n");
+    let left = cli(&["route", "list", "-o", "json"]);
+    let left: Value = serde_json::from_str(&left).unwrap();
+    let names: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["three"], "{left}");
+
+    cli(&["fn", "delete", "leaving"]);
+    let orphans = cli(&["pkg", "list", "--orphan"]);
+    assert!(orphans.contains("leftpkg"), "{orphans}");
+    assert!(!orphans.contains("keptpkg"), "{orphans}");
+    let deployed = cli(&["pkg", "list", "--status", "none"]);
+    assert!(
+        deployed.contains("leftpkg") && deployed.contains("keptpkg"),
+        "{deployed}"
+    );
+    assert!(!cli(&["pkg", "list", "--status", "failed"]).contains("pkg"));
+    let (code, _, err) = s.cli(&["pkg", "list", "--status", "broken"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("'broken'"), "{err}");
+    assert_eq!(
+        cli(&["pkg", "delete", "--orphan"]),
+        "package leftpkg deleted\n"
+    );
+    assert_eq!(s.call("GET", "/v1/packages/leftpkg", None).0, 404);
+    assert_eq!(s.call("GET", "/v1/packages/keptpkg", None).0, 200);
+
+    // The same teardown again: what is gone is no error with the flag, and
+    // one without it.
+    for verb in [
+        &["fn", "delete", "leaving"][..],
+        &["pkg", "delete", "leftpkg"],
+        &["route", "delete", "one"],
+        &["env", "delete", "nosuchenv"],
+        &["timer", "delete", "nosuchtimer"],
+        &["mqt", "delete", "nosuchmqt"],
+        &["canary", "delete", "nosuchcanary"],
+        &["wf", "delete", "nosuchworkflow"],
+    ] {
+        let (code, out, err) = s.cli(verb);
+        assert_ne!(code, 0, "{verb:?}: {out}");
+        assert!(
+            err.contains("not found") || err.contains("does not exist"),
+            "{verb:?}: {err}"
+        );
+        let with_flag: Vec<&str> = verb.iter().copied().chain(["--ignorenotfound"]).collect();
+        let (code, out, err) = s.cli(&with_flag);
+        assert_eq!((code, out.as_str()), (0, ""), "{with_flag:?}: {err}");
+    }
+    // What does exist is still deleted with the flag.
+    cli(&["route", "delete", "three", "--ignorenotfound"]);
+    assert_eq!(s.call("GET", "/v1/routes/three", None).0, 404);
+}
+
 /// `pkg create` without a name makes one from the code's, as Fission's CLI,
 /// and says it.
 #[test]

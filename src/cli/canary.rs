@@ -66,6 +66,8 @@ pub(super) enum CanaryVerb {
     Delete {
         #[command(flatten)]
         name: Name,
+        #[command(flatten)]
+        missing: super::IgnoreNotFound,
     },
 }
 
@@ -130,6 +132,8 @@ pub(super) async fn canary_cmd(verb: CanaryVerb, opts: &ClientOpts) -> Result<()
             merge(&mut body, fields);
             CANARIES.replace(&c, opts, &name, &body).await
         }
-        CanaryVerb::Delete { name } => CANARIES.delete(&c, opts, &name.get()).await,
+        CanaryVerb::Delete { name, missing } => {
+            missing.apply(CANARIES.delete(&c, opts, &name.get()).await)
+        }
     }
 }

@@ -91,6 +91,8 @@ pub(super) enum EnvVerb {
     Delete {
         #[command(flatten)]
         name: Name,
+        #[command(flatten)]
+        missing: super::IgnoreNotFound,
     },
     /// List the environment's instances, generic and specialized (Fission's
     /// `env pods`).
@@ -177,7 +179,9 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
             envs.replace(&c, opts, &name, &body).await?;
             say_image_use(&c, opts, &name).await
         }
-        EnvVerb::Delete { name } => envs.delete(&c, opts, &name.get()).await,
+        EnvVerb::Delete { name, missing } => {
+            missing.apply(envs.delete(&c, opts, &name.get()).await)
+        }
         EnvVerb::Instances { name } => {
             let name = name.get();
             // Known, or said so (an empty list would hide a typo).

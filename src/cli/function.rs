@@ -240,9 +240,8 @@ pub(super) enum FnVerb {
     Delete {
         #[command(flatten)]
         name: Name,
-        /// A function that does not exist is no error (Fission's flag).
-        #[arg(long = "ignorenotfound", alias = "ignore-not-found")]
-        ignore_not_found: bool,
+        #[command(flatten)]
+        missing: super::IgnoreNotFound,
     },
     /// Call the function and print its answer.
     Test {
@@ -837,10 +836,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             FUNCTIONS.replace(&c, opts, &name, &body).await?;
             warn_of_missing_destinations(&c, opts, &body).await?;
         }
-        FnVerb::Delete {
-            name,
-            ignore_not_found,
-        } => {
+        FnVerb::Delete { name, missing } => {
             let name = name.get();
             // Workflows have no namespace: one is deleted this way only in
             // the default one, where Fission Workflows deployed them.
@@ -857,10 +853,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                     c.delete(&format!("/v1/workflows/{name}")).await?;
                     super::output::deleted(opts, "workflow", None, &name);
                 }
-                Err(e)
-                    if ignore_not_found
-                        && e.downcast_ref::<crate::client::NotFound>().is_some() => {}
-                other => other?,
+                other => missing.apply(other)?,
             }
         }
         FnVerb::Test {

@@ -146,6 +146,31 @@ impl Name {
     }
 }
 
+/// Fission's `--ignorenotfound` of its delete verbs: a script tearing down
+/// what it made runs again without failing on what is gone already.
+#[derive(Args)]
+pub(super) struct IgnoreNotFound {
+    /// Deleting what does not exist is no error (Fission's flag).
+    #[arg(long = "ignorenotfound", alias = "ignore-not-found")]
+    ignore_not_found: bool,
+}
+
+impl IgnoreNotFound {
+    /// `result`, where an answer of "not found" counts as deleted when the
+    /// flag is given.
+    pub(super) fn apply(&self, result: Result<()>) -> Result<()> {
+        match result {
+            Err(e)
+                if self.ignore_not_found
+                    && e.downcast_ref::<crate::client::NotFound>().is_some() =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
 /// `--spec` and `--dry` of the create commands, as Fission's CLI has them.
 #[derive(Args)]
 pub(super) struct SpecOpt {

@@ -100,6 +100,8 @@ pub(super) enum MqtVerb {
     Delete {
         #[command(flatten)]
         name: Name,
+        #[command(flatten)]
+        missing: super::IgnoreNotFound,
     },
 }
 
@@ -209,6 +211,8 @@ pub(super) async fn mqt_cmd(verb: MqtVerb, opts: &ClientOpts) -> Result<()> {
             merge(&mut body, fields)?;
             MQTRIGGERS.replace(&c, opts, &name, &body).await
         }
-        MqtVerb::Delete { name } => MQTRIGGERS.delete(&c, opts, &name.get()).await,
+        MqtVerb::Delete { name, missing } => {
+            missing.apply(MQTRIGGERS.delete(&c, opts, &name.get()).await)
+        }
     }
 }

@@ -159,12 +159,14 @@ impl Collection {
         opts: &ClientOpts,
         keep: impl Fn(&Value) -> bool,
     ) -> Result<()> {
-        let mut v: Value = c.get(&self.all(opts)).await?;
-        if let Some(items) = v.as_array_mut() {
-            items.retain(|item| keep(item));
-        }
-        print(opts, &v, self.columns);
+        let mut items = self.items(c, opts).await?;
+        items.retain(|item| keep(item));
+        print(opts, &Value::Array(items), self.columns);
         Ok(())
+    }
+    /// Every item of the namespace.
+    pub(super) async fn items(&self, c: &Client, opts: &ClientOpts) -> Result<Vec<Value>> {
+        c.get(&self.all(opts)).await
     }
     /// The stored resource, to change and `replace`.
     pub(super) async fn current(&self, c: &Client, opts: &ClientOpts, name: &str) -> Result<Value> {

@@ -126,11 +126,31 @@ pub enum PkgVerb {
         /// The namespace to list.
         #[arg(long, short = 'n', env = "FUSION_NAMESPACE", default_value = "default")]
         namespace: String,
+        /// Only the packages no function uses (Fission's flag).
+        #[arg(long)]
+        orphan: bool,
+        /// Only the packages whose build is in this state (Fission's flag).
+        #[arg(long, value_enum, value_name = "STATUS")]
+        status: Option<BuildState>,
     },
-    /// Delete a package no function uses.
+    /// Delete a package no function uses; with --orphan, every package of the
+    /// namespace that no function uses.
     Delete {
+        /// The package's name (or give it as --name NAME).
+        #[arg(value_name = "NAME", required_unless_present_any = ["flag", "orphan"])]
+        positional: Option<String>,
+        /// The package's name (as the positional NAME).
+        #[arg(long = "name", value_name = "NAME", conflicts_with = "positional")]
+        flag: Option<String>,
+        /// The package's namespace.
+        #[arg(long, short = 'n', env = "FUSION_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// Also delete every package of the namespace that no function uses
+        /// (Fission's flag; what `fn delete` leaves, as in Fission).
+        #[arg(long)]
+        orphan: bool,
         #[command(flatten)]
-        id: PkgId,
+        missing: super::IgnoreNotFound,
     },
     /// Build the package's source again, without the build cache.
     Rebuild {
@@ -166,6 +186,59 @@ pub enum PkgVerb {
     /// (`--package-prune-secs`). Code stored or newly used within the last
     /// hour is kept.
     Prune,
+}
+
+/// A package's build state, as `--status` names it.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum BuildState {
+    /// Nothing to build: code ready to run was given.
+    None,
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl BuildState {
+    fn as_str(self) -> &'static str {
+        match self {
+            BuildState::None => "none",
+            BuildState::Pending => "pending",
+            BuildState::Running => "running",
+            BuildState::Succeeded => "succeeded",
+            BuildState::Failed => "failed",
+        }
+    }
+}
+
+/// The packages of `namespace` (with `orphans`, only those no function of
+/// the namespace runs).
+async fn packages(c: &Client, namespace: &str, orphans: bool) -> Result<Vec<Value>> {
+    let mut all: Vec<Value> = c
+        .send(
+            c.request(Method::GET, "/v1/packages")
+                .query(&[("namespace", namespace)]),
+        )
+        .await?
+        .json()
+        .await?;
+    if orphans {
+        let functions: Vec<Value> = c
+            .send(
+                c.request(Method::GET, "/v1/functions")
+                    .query(&[("namespace", namespace)]),
+            )
+            .await?
+            .json()
+            .await?;
+        all.retain(|p| {
+            !functions.iter().any(|f| {
+                let r = &f["package"]["packageref"];
+                r["name"] == p["name"] && r["namespace"] == p["namespace"]
+            })
+        });
+    }
+    Ok(all)
 }
 
 const PKG_COLUMNS: &[(&str, &str)] = &[
@@ -264,24 +337,52 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                 );
             }
         }
-        PkgVerb::List { namespace } => {
-            let v: Value = c
-                .send(
-                    c.request(Method::GET, "/v1/packages")
-                        .query(&[("namespace", &namespace)]),
-                )
-                .await?
-                .json()
-                .await?;
-            print(opts, &v, PKG_COLUMNS);
+        PkgVerb::List {
+            namespace,
+            orphan,
+            status,
+        } => {
+            let mut v = packages(&c, &namespace, orphan).await?;
+            if let Some(status) = status {
+                v.retain(|p| p["status"]["buildstatus"] == status.as_str());
+            }
+            print(opts, &Value::Array(v), PKG_COLUMNS);
         }
-        PkgVerb::Delete { id } => {
-            c.send(
-                c.request(Method::DELETE, &path(id.name(), ""))
-                    .query(&[("namespace", &id.namespace)]),
-            )
-            .await?;
-            super::output::deleted(opts, "package", Some(&id.namespace), id.name());
+        PkgVerb::Delete {
+            positional,
+            flag,
+            namespace,
+            orphan,
+            missing,
+        } => {
+            let delete = |name: String| {
+                let c = &c;
+                let namespace = &namespace;
+                async move {
+                    c.send(
+                        c.request(Method::DELETE, &path(&name, ""))
+                            .query(&[("namespace", namespace)]),
+                    )
+                    .await?;
+                    super::output::deleted(opts, "package", Some(namespace), &name);
+                    Ok::<_, anyhow::Error>(())
+                }
+            };
+            if let Some(name) = positional.or(flag) {
+                missing.apply(delete(name).await)?;
+            }
+            if orphan {
+                for p in packages(&c, &namespace, true).await? {
+                    let Some(name) = p["name"].as_str() else {
+                        continue;
+                    };
+                    // Gone meanwhile: what was asked for is done.
+                    match delete(name.to_string()).await {
+                        Err(e) if e.downcast_ref::<crate::client::NotFound>().is_some() => {}
+                        other => other?,
+                    }
+                }
+            }
         }
         PkgVerb::Rebuild { id } => {
             let v: Value = c

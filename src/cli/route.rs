@@ -110,10 +110,20 @@ pub(super) enum RouteVerb {
         #[command(flatten)]
         fields: RouteFields,
     },
-    /// Delete a route.
+    /// Delete a route, or with --function every route to a function.
     Delete {
+        /// The route's name (or give it as --name NAME).
+        #[arg(value_name = "NAME", required_unless_present_any = ["name", "function"])]
+        positional: Option<String>,
+        /// The route's name (as the positional NAME).
+        #[arg(long = "name", value_name = "NAME", conflicts_with = "positional")]
+        name: Option<String>,
+        /// Delete every route to this function instead, those that share
+        /// their traffic with it too (Fission's `httptrigger delete --function`).
+        #[arg(long = "function", value_name = "FUNCTION", conflicts_with_all = ["positional", "name"])]
+        function: Option<String>,
         #[command(flatten)]
-        name: Name,
+        missing: super::IgnoreNotFound,
     },
 }
 
@@ -298,11 +308,7 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
         RouteVerb::Get { name } => ROUTES.show(&c, opts, &name.get()).await,
         RouteVerb::List { function: None } => ROUTES.list(&c, opts).await,
         RouteVerb::List { function: Some(f) } => {
-            ROUTES
-                .list_where(&c, opts, |r| {
-                    r["function"] == f.as_str() || r["function_weights"].get(&f).is_some()
-                })
-                .await
+            ROUTES.list_where(&c, opts, |r| routes_to(r, &f)).await
         }
         RouteVerb::Update { name, fields } => {
             warn_ingress(&fields);
@@ -311,8 +317,41 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
             merge_route(&mut body, fields)?;
             ROUTES.replace(&c, opts, &name, &body).await
         }
-        RouteVerb::Delete { name } => ROUTES.delete(&c, opts, &name.get()).await,
+        RouteVerb::Delete {
+            positional,
+            name,
+            function,
+            missing,
+        } => {
+            let names = match (positional.or(name), function) {
+                (Some(name), _) => vec![name],
+                (None, Some(f)) => {
+                    let names: Vec<String> = ROUTES
+                        .items(&c, opts)
+                        .await?
+                        .iter()
+                        .filter(|r| routes_to(r, &f))
+                        .filter_map(|r| r["name"].as_str().map(String::from))
+                        .collect();
+                    if names.is_empty() {
+                        eprintln!("no route goes to function {f}");
+                    }
+                    names
+                }
+                (None, None) => Vec::new(),
+            };
+            for name in names {
+                missing.apply(ROUTES.delete(&c, opts, &name).await)?;
+            }
+            Ok(())
+        }
     }
+}
+
+/// Whether route `r` sends requests to function `f` (alone, or among its
+/// weighted functions).
+fn routes_to(r: &Value, f: &str) -> bool {
+    r["function"] == f || r["function_weights"].get(f).is_some()
 }
 
 #[cfg(test)]

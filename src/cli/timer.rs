@@ -76,6 +76,8 @@ pub(super) enum TimerVerb {
     Delete {
         #[command(flatten)]
         name: Name,
+        #[command(flatten)]
+        missing: super::IgnoreNotFound,
     },
     /// A trigger's last firings, newest first: the tick, the outcome, the
     /// target's status, the workflow run started, the error.
@@ -206,7 +208,9 @@ pub(super) async fn timer_cmd(verb: TimerVerb, opts: &ClientOpts) -> Result<()> 
             merge(&mut body, fields);
             TIMERS.replace(&c, opts, &name, &body).await
         }
-        TimerVerb::Delete { name } => TIMERS.delete(&c, opts, &name.get()).await,
+        TimerVerb::Delete { name, missing } => {
+            missing.apply(TIMERS.delete(&c, opts, &name.get()).await)
+        }
         TimerVerb::History { name, limit } => {
             let item = TIMERS.item(opts, &name.get());
             let (path, query) = item.split_once('?').unwrap_or((&item, ""));

@@ -84,6 +84,8 @@ pub(super) enum WfVerb {
     Delete {
         #[command(flatten)]
         name: Name,
+        #[command(flatten)]
+        missing: super::IgnoreNotFound,
     },
     /// Run the workflow and print its output (or, with --async, the run id).
     Invoke {
@@ -461,10 +463,13 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             let v: Value = c.get(&format!("/v1/workflows/{name}/versions")).await?;
             print(opts, &v, WF_COLUMNS);
         }
-        WfVerb::Delete { name } => {
+        WfVerb::Delete { name, missing } => {
             let name = name.get();
-            c.delete(&format!("/v1/workflows/{name}")).await?;
-            super::output::deleted(opts, "workflow", None, &name);
+            let gone = c.delete(&format!("/v1/workflows/{name}")).await;
+            if gone.is_ok() {
+                super::output::deleted(opts, "workflow", None, &name);
+            }
+            missing.apply(gone)?;
         }
         WfVerb::Invoke {
             name,
