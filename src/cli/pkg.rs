@@ -214,23 +214,19 @@ impl BuildState {
 /// The packages of `namespace` (with `orphans`, only those no function of
 /// the namespace runs).
 async fn packages(c: &Client, namespace: &str, orphans: bool) -> Result<Vec<Value>> {
-    let mut all: Vec<Value> = c
-        .send(
-            c.request(Method::GET, "/v1/packages")
+    let list = |path: &'static str| async move {
+        c.send(
+            c.request(Method::GET, path)
                 .query(&[("namespace", namespace)]),
         )
         .await?
-        .json()
-        .await?;
+        .json::<Vec<Value>>()
+        .await
+        .map_err(anyhow::Error::from)
+    };
+    let mut all = list("/v1/packages").await?;
     if orphans {
-        let functions: Vec<Value> = c
-            .send(
-                c.request(Method::GET, "/v1/functions")
-                    .query(&[("namespace", namespace)]),
-            )
-            .await?
-            .json()
-            .await?;
+        let functions = list("/v1/functions").await?;
         all.retain(|p| {
             !functions.iter().any(|f| {
                 let r = &f["package"]["packageref"];
