@@ -462,10 +462,30 @@ fn refs_in_namespace(fields: &mut serde_json::Map<String, serde_json::Value>) {
     }
 }
 
-/// `?namespace=` on a list: that namespace's resources (default `default`).
-fn in_namespace<T>(items: Vec<T>, ns: &Ns, of: impl Fn(&T) -> &str) -> ApiResult<Vec<T>> {
-    pool_manager::resources::validate_name("namespace", ns.name())?;
-    Ok(items.into_iter().filter(|i| of(i) == ns.name()).collect())
+/// The query of a list: `?namespace=NS` (default `default`), or
+/// `?all_namespaces=true` for every namespace's (Fission's `--all-namespaces`).
+#[derive(Deserialize, Default)]
+pub(crate) struct Listing {
+    namespace: Option<String>,
+    #[serde(default)]
+    all_namespaces: bool,
+}
+
+impl Listing {
+    /// The items of the namespace asked for, or all of them.
+    pub(crate) fn select<T>(&self, items: Vec<T>, of: impl Fn(&T) -> &str) -> ApiResult<Vec<T>> {
+        if self.all_namespaces {
+            if let Some(ns) = &self.namespace {
+                return Err(Error::Invalid(format!(
+                    "?namespace={ns} and ?all_namespaces=true ask for different lists: give one"
+                )));
+            }
+            return Ok(items);
+        }
+        let ns = self.namespace.as_deref().unwrap_or("default");
+        pool_manager::resources::validate_name("namespace", ns)?;
+        Ok(items.into_iter().filter(|i| of(i) == ns).collect())
+    }
 }
 
 fn created<T: serde::Serialize>(value: T) -> Response {
@@ -592,9 +612,9 @@ impl AppState {
 
 async fn list_envs(
     State(s): State<AppState>,
-    Query(ns): Query<Ns>,
+    Query(l): Query<Listing>,
 ) -> ApiResult<Json<Vec<EnvironmentView>>> {
-    let envs = in_namespace(s.pool.environments()?, &ns, |e| &e.namespace)?;
+    let envs = l.select(s.pool.environments()?, |e| &e.namespace)?;
     Ok(Json(envs.into_iter().map(|e| s.env_view(e)).collect()))
 }
 async fn get_env(
@@ -638,11 +658,9 @@ async fn delete_env(
 
 async fn list_fns(
     State(s): State<AppState>,
-    Query(ns): Query<Ns>,
+    Query(l): Query<Listing>,
 ) -> ApiResult<Json<Vec<Function>>> {
-    Ok(Json(in_namespace(s.pool.functions()?, &ns, |f| {
-        &f.namespace
-    })?))
+    Ok(Json(l.select(s.pool.functions()?, |f| &f.namespace)?))
 }
 async fn get_fn(
     State(s): State<AppState>,
@@ -915,27 +933,12 @@ pub async fn keep_targeted_workflows(
 
 // ---- routes ----
 
-/// A listing of routes: one namespace's, or with `all_namespaces=true`
-/// every one's (routes of all namespaces share the URL paths).
-#[derive(Deserialize)]
-struct RoutesQuery {
-    namespace: Option<String>,
-    #[serde(default)]
-    all_namespaces: bool,
-}
-
+/// Routes of one namespace, or of all (which share the URL paths).
 async fn list_routes(
     State(s): State<AppState>,
-    Query(q): Query<RoutesQuery>,
+    Query(l): Query<Listing>,
 ) -> ApiResult<Json<Vec<Route>>> {
-    let routes = s.triggers.routes.list()?;
-    if q.all_namespaces {
-        return Ok(Json(routes));
-    }
-    let ns = Ns {
-        namespace: q.namespace,
-    };
-    Ok(Json(in_namespace(routes, &ns, |r| &r.namespace)?))
+    Ok(Json(l.select(s.triggers.routes.list()?, |r| &r.namespace)?))
 }
 async fn get_route(
     State(s): State<AppState>,

@@ -190,9 +190,9 @@ async fn create_or_upload(
 
 async fn list(
     State(s): State<AppState>,
-    Query(q): Query<PackageQuery>,
+    Query(l): Query<crate::api::Listing>,
 ) -> ApiResult<Json<Vec<Package>>> {
-    Ok(Json(s.pool.packages(Some(q.namespace()))?))
+    Ok(Json(l.select(s.pool.packages()?, |p| &p.namespace)?))
 }
 
 async fn get_one(

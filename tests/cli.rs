@@ -800,6 +800,82 @@ fn a_routes_host_is_checked_and_an_empty_one_is_any_host() {
     assert!(err.contains("would answer the same requests"), "{err}");
 }
 
+/// Fission's `--all-namespaces` (`-A`): a list of every namespace's, with a
+/// NAMESPACE column; without it, one namespace's as before.
+#[test]
+fn lists_of_every_namespace_with_all_namespaces() {
+    let s = Server::start();
+    s.env("bin", "binary", 0);
+    let (rc, _, err) = s.cli(&["env", "create", "bin", "--runtime", "binary", "-n", "shop"]);
+    assert_eq!(rc, 0, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("hi.sh");
+    std::fs::write(&code, "#!/bin/sh\necho hi\n").unwrap();
+    let code = code.to_str().unwrap();
+    for ns in ["default", "shop"] {
+        let name = format!("hi-{ns}");
+        let (rc, _, err) = s.cli(&[
+            "fn",
+            "create",
+            &name,
+            "--env",
+            "bin",
+            "--code",
+            code,
+            "-n",
+            ns,
+            "--url",
+            &format!("/{ns}"),
+        ]);
+        assert_eq!(rc, 0, "{err}");
+        let (rc, _, err) = s.cli(&[
+            "pkg", "create", "--name", "pkg", "--env", "bin", "--deploy", code, "-n", ns,
+        ]);
+        assert_eq!(rc, 0, "{err}");
+    }
+    let lines = |args: &[&str]| -> Vec<String> {
+        let (rc, out, err) = s.cli(args);
+        assert_eq!(rc, 0, "{args:?}: {err}");
+        out.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let default_only = lines(&["fn", "list"]);
+    assert_eq!(default_only.len(), 2, "{default_only:?}");
+    assert!(
+        default_only[1].starts_with("hi-default "),
+        "{default_only:?}"
+    );
+    let every = lines(&["fn", "list", "-A"]);
+    assert!(every[0].starts_with("NAMESPACE NAME "), "{every:?}");
+    assert_eq!(every.len(), 3, "{every:?}");
+    assert!(
+        every.iter().any(|l| l.starts_with("default hi-default ")),
+        "{every:?}"
+    );
+    assert!(
+        every.iter().any(|l| l.starts_with("shop hi-shop ")),
+        "{every:?}"
+    );
+    for list in [
+        &["env", "list", "--all-namespaces"][..],
+        &["route", "list", "-A"],
+        &["pkg", "list", "-A"],
+    ] {
+        let out = lines(list);
+        assert_eq!(out.len(), 3, "{list:?}: {out:?}");
+        assert!(out.iter().any(|l| l.contains("shop")), "{list:?}: {out:?}");
+    }
+    // One namespace or all, not both.
+    let (status, body) = s.call(
+        "GET",
+        "/v1/functions?namespace=shop&all_namespaces=true",
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid", "{body}");
+}
+
 /// Fission's spellings: `-n` for the namespace, `fn delete --ignorenotfound`.
 #[test]
 fn fissions_short_namespace_and_ignorenotfound() {

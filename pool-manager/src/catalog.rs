@@ -105,7 +105,7 @@ impl PoolManager {
             .map(|f| f.key())
             .collect();
         let packages: Vec<String> = self
-            .packages(None)?
+            .packages()?
             .into_iter()
             .filter(|p| crate::resources::qualified(&p.namespace, &p.environment) == name)
             .map(|p| crate::resources::qualified(&p.namespace, &p.name))

@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use triggers::canary::Canary;
 
-use super::{created, in_namespace, same_name, ApiResult, AppState, Ns};
+use super::{created, same_name, ApiResult, AppState, Listing, Ns};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -17,10 +17,10 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/canaries/{name}", get(show).put(update).delete(delete))
 }
 
-async fn list(State(s): State<AppState>, Query(ns): Query<Ns>) -> ApiResult<Json<Vec<Canary>>> {
-    Ok(Json(in_namespace(s.triggers.canaries.list()?, &ns, |c| {
-        &c.namespace
-    })?))
+async fn list(State(s): State<AppState>, Query(l): Query<Listing>) -> ApiResult<Json<Vec<Canary>>> {
+    Ok(Json(
+        l.select(s.triggers.canaries.list()?, |c| &c.namespace)?,
+    ))
 }
 
 async fn show(

@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use triggers::mqt::{MessageQueueTrigger, TriggerView};
 
-use super::{created, in_namespace, same_name, ApiResult, AppState, Ns};
+use super::{created, same_name, ApiResult, AppState, Listing, Ns};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -23,9 +23,9 @@ pub fn routes() -> Router<AppState> {
 
 async fn list(
     State(s): State<AppState>,
-    Query(ns): Query<Ns>,
+    Query(l): Query<Listing>,
 ) -> ApiResult<Json<Vec<TriggerView>>> {
-    Ok(Json(in_namespace(s.triggers.mqt.list()?, &ns, |t| {
+    Ok(Json(l.select(s.triggers.mqt.list()?, |t| {
         &t.trigger.namespace
     })?))
 }

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use triggers::timer::{TimeTrigger, HISTORY_PER_TRIGGER};
 
-use super::{created, in_namespace, same_name, ApiResult, AppState, Ns};
+use super::{created, same_name, ApiResult, AppState, Listing, Ns};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -44,8 +44,11 @@ fn view(s: &AppState, trigger: TimeTrigger) -> TimerView {
     }
 }
 
-async fn list(State(s): State<AppState>, Query(ns): Query<Ns>) -> ApiResult<Json<Vec<TimerView>>> {
-    let all = in_namespace(s.triggers.timers.list()?, &ns, |t| &t.namespace)?;
+async fn list(
+    State(s): State<AppState>,
+    Query(l): Query<Listing>,
+) -> ApiResult<Json<Vec<TimerView>>> {
+    let all = l.select(s.triggers.timers.list()?, |t| &t.namespace)?;
     Ok(Json(all.into_iter().map(|t| view(&s, t)).collect()))
 }
 

@@ -54,7 +54,10 @@ pub(super) enum CanaryVerb {
         name: Name,
     },
     /// List the canaries.
-    List,
+    List {
+        #[command(flatten)]
+        scope: super::AllNamespaces,
+    },
     /// Change a canary; it starts again from the route's weights as they are.
     Update {
         #[command(flatten)]
@@ -124,7 +127,7 @@ pub(super) async fn canary_cmd(verb: CanaryVerb, opts: &ClientOpts) -> Result<()
             CANARIES.create(&c, opts, &body).await
         }
         CanaryVerb::Get { name } => CANARIES.show(&c, opts, &name.get()).await,
-        CanaryVerb::List => CANARIES.list(&c, opts).await,
+        CanaryVerb::List { scope } => CANARIES.list(&c, opts, &scope).await,
         CanaryVerb::Update { name, fields } => {
             let name = name.get();
             let mut body = CANARIES.current(&c, opts, &name).await?;

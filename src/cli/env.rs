@@ -79,7 +79,10 @@ pub(super) enum EnvVerb {
         name: Name,
     },
     /// List the environments.
-    List,
+    List {
+        #[command(flatten)]
+        scope: super::AllNamespaces,
+    },
     /// Change an environment; the flags given replace those fields only.
     Update {
         #[command(flatten)]
@@ -171,7 +174,7 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
             }
             Ok(())
         }
-        EnvVerb::List => envs.list(&c, opts).await,
+        EnvVerb::List { scope } => envs.list(&c, opts, &scope).await,
         EnvVerb::Update { name, fields } => {
             let name = name.get();
             let mut body = envs.current(&c, opts, &name).await?;

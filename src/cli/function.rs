@@ -223,7 +223,10 @@ pub(super) enum FnVerb {
         dest: Option<PathBuf>,
     },
     /// List the functions.
-    List,
+    List {
+        #[command(flatten)]
+        scope: super::AllNamespaces,
+    },
     /// Change a function: new requests go to the new version, requests in
     /// flight finish on the old one. New code (--code, --src, --deploy,
     /// --buildcmd) updates the package it runs, as Fission's CLI does.
@@ -801,7 +804,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             let shown = FUNCTIONS.show(&c, opts, &name).await;
             workflow_said(&c, &name, shown, "fusion wf get").await?
         }
-        FnVerb::List => FUNCTIONS.list(&c, opts).await?,
+        FnVerb::List { scope } => FUNCTIONS.list(&c, opts, &scope).await?,
         FnVerb::Update {
             name,
             mut fields,

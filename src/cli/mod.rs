@@ -146,6 +146,14 @@ impl Name {
     }
 }
 
+/// Fission's `--all-namespaces` of its list verbs.
+#[derive(Args)]
+pub(super) struct AllNamespaces {
+    /// List every namespace's, with a NAMESPACE column (Fission's flag).
+    #[arg(long = "all-namespaces", short = 'A')]
+    pub(super) all: bool,
+}
+
 /// Fission's `--ignorenotfound` of its delete verbs: a script tearing down
 /// what it made runs again without failing on what is gone already.
 #[derive(Args)]

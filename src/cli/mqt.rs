@@ -88,7 +88,10 @@ pub(super) enum MqtVerb {
         name: Name,
     },
     /// List the triggers.
-    List,
+    List {
+        #[command(flatten)]
+        scope: super::AllNamespaces,
+    },
     /// Change a trigger; the flags given replace those fields only.
     Update {
         #[command(flatten)]
@@ -204,7 +207,7 @@ pub(super) async fn mqt_cmd(verb: MqtVerb, opts: &ClientOpts) -> Result<()> {
             MQTRIGGERS.create(&c, opts, &body).await
         }
         MqtVerb::Get { name } => MQTRIGGERS.show(&c, opts, &name.get()).await,
-        MqtVerb::List => MQTRIGGERS.list(&c, opts).await,
+        MqtVerb::List { scope } => MQTRIGGERS.list(&c, opts, &scope).await,
         MqtVerb::Update { name, fields } => {
             let name = name.get();
             let mut body = MQTRIGGERS.current(&c, opts, &name).await?;

@@ -149,19 +149,33 @@ impl Collection {
         print(opts, &v, self.columns);
         Ok(())
     }
-    pub(super) async fn list(&self, c: &Client, opts: &ClientOpts) -> Result<()> {
-        self.list_where(c, opts, |_| true).await
+    pub(super) async fn list(
+        &self,
+        c: &Client,
+        opts: &ClientOpts,
+        scope: &super::AllNamespaces,
+    ) -> Result<()> {
+        self.list_where(c, opts, scope, |_| true).await
     }
     /// The list, of the items `keep` keeps.
     pub(super) async fn list_where(
         &self,
         c: &Client,
         opts: &ClientOpts,
+        scope: &super::AllNamespaces,
         keep: impl Fn(&Value) -> bool,
     ) -> Result<()> {
-        let mut items = self.items(c, opts).await?;
+        let mut items: Vec<Value> = if scope.all {
+            c.get(&format!("{}?all_namespaces=true", self.path)).await?
+        } else {
+            self.items(c, opts).await?
+        };
         items.retain(|item| keep(item));
-        print(opts, &Value::Array(items), self.columns);
+        print(
+            opts,
+            &Value::Array(items),
+            &with_namespaces(self.columns, scope.all),
+        );
         Ok(())
     }
     /// Every item of the namespace.
@@ -188,6 +202,19 @@ impl Collection {
         deleted(opts, self.noun, Some(opts.ns()), name);
         Ok(())
     }
+}
+
+/// `columns`, with the NAMESPACE column first when the list is of every
+/// namespace (as kubectl's `-A`).
+pub(super) fn with_namespaces<'a>(
+    columns: &[(&'a str, &'a str)],
+    all: bool,
+) -> Vec<(&'a str, &'a str)> {
+    let mut out = columns.to_vec();
+    if all && !columns.iter().any(|(name, _)| *name == "NAMESPACE") {
+        out.insert(0, ("NAMESPACE", "/namespace"));
+    }
+    out
 }
 
 /// What a delete says it did: `function hello deleted`, or with `-o json`

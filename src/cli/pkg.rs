@@ -132,6 +132,8 @@ pub enum PkgVerb {
         /// Only the packages whose build is in this state (Fission's flag).
         #[arg(long, value_enum, value_name = "STATUS")]
         status: Option<BuildState>,
+        #[command(flatten)]
+        scope: super::AllNamespaces,
     },
     /// Delete a package no function uses; with --orphan, every package of the
     /// namespace that no function uses.
@@ -211,18 +213,19 @@ impl BuildState {
     }
 }
 
-/// The packages of `namespace` (with `orphans`, only those no function of
-/// the namespace runs).
-async fn packages(c: &Client, namespace: &str, orphans: bool) -> Result<Vec<Value>> {
+/// The packages of `namespace` (None: of every namespace); with `orphans`,
+/// only those no function runs.
+async fn packages(c: &Client, namespace: Option<&str>, orphans: bool) -> Result<Vec<Value>> {
     let list = |path: &'static str| async move {
-        c.send(
-            c.request(Method::GET, path)
-                .query(&[("namespace", namespace)]),
-        )
-        .await?
-        .json::<Vec<Value>>()
-        .await
-        .map_err(anyhow::Error::from)
+        let query = match namespace {
+            Some(ns) => ("namespace", ns),
+            None => ("all_namespaces", "true"),
+        };
+        c.send(c.request(Method::GET, path).query(&[query]))
+            .await?
+            .json::<Vec<Value>>()
+            .await
+            .map_err(anyhow::Error::from)
     };
     let mut all = list("/v1/packages").await?;
     if orphans {
@@ -337,8 +340,10 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
             namespace,
             orphan,
             status,
+            scope,
         } => {
-            let mut v = packages(&c, &namespace, orphan).await?;
+            let namespace = (!scope.all).then_some(namespace.as_str());
+            let mut v = packages(&c, namespace, orphan).await?;
             if let Some(status) = status {
                 v.retain(|p| p["status"]["buildstatus"] == status.as_str());
             }
@@ -368,7 +373,7 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                 missing.apply(delete(name).await)?;
             }
             if orphan {
-                for p in packages(&c, &namespace, true).await? {
+                for p in packages(&c, Some(&namespace), true).await? {
                     let Some(name) = p["name"].as_str() else {
                         continue;
                     };

@@ -102,6 +102,8 @@ pub(super) enum RouteVerb {
         /// Only the routes to this function (or with it among their weights).
         #[arg(long = "function", value_name = "FUNCTION")]
         function: Option<String>,
+        #[command(flatten)]
+        scope: super::AllNamespaces,
     },
     /// Change a route; the flags given replace those fields only.
     Update {
@@ -306,9 +308,17 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
             ROUTES.create(&c, opts, &body).await
         }
         RouteVerb::Get { name } => ROUTES.show(&c, opts, &name.get()).await,
-        RouteVerb::List { function: None } => ROUTES.list(&c, opts).await,
-        RouteVerb::List { function: Some(f) } => {
-            ROUTES.list_where(&c, opts, |r| routes_to(r, &f)).await
+        RouteVerb::List {
+            function: None,
+            scope,
+        } => ROUTES.list(&c, opts, &scope).await,
+        RouteVerb::List {
+            function: Some(f),
+            scope,
+        } => {
+            ROUTES
+                .list_where(&c, opts, &scope, |r| routes_to(r, &f))
+                .await
         }
         RouteVerb::Update { name, fields } => {
             warn_ingress(&fields);

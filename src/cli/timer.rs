@@ -64,7 +64,10 @@ pub(super) enum TimerVerb {
         name: Name,
     },
     /// List the time triggers.
-    List,
+    List {
+        #[command(flatten)]
+        scope: super::AllNamespaces,
+    },
     /// Change a time trigger; the flags given replace those fields only.
     Update {
         #[command(flatten)]
@@ -200,7 +203,7 @@ pub(super) async fn timer_cmd(verb: TimerVerb, opts: &ClientOpts) -> Result<()> 
             TIMERS.create(&c, opts, &body).await
         }
         TimerVerb::Get { name } => TIMERS.show(&c, opts, &name.get()).await,
-        TimerVerb::List => TIMERS.list(&c, opts).await,
+        TimerVerb::List { scope } => TIMERS.list(&c, opts, &scope).await,
         TimerVerb::Update { name, fields } => {
             let name = name.get();
             let mut body = TIMERS.current(&c, opts, &name).await?;

@@ -176,11 +176,9 @@ impl Builds {
 }
 
 impl PoolManager {
-    /// Packages, of one namespace or all.
-    pub fn packages(&self, namespace: Option<&str>) -> Result<Vec<Package>> {
-        let mut all = self.inner.builds.list()?;
-        all.retain(|p| namespace.is_none_or(|ns| p.namespace == ns));
-        Ok(all)
+    /// The packages of every namespace.
+    pub fn packages(&self) -> Result<Vec<Package>> {
+        self.inner.builds.list()
     }
 
     pub fn package(&self, namespace: &str, name: &str) -> Result<Package> {
