@@ -354,6 +354,24 @@ fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::Result<()> {
+    // Handled from the first moment: a signal while the server starts (a
+    // service manager's stop, Ctrl-C right after `fusion up`) stops it once
+    // it has started, gracefully, rather than killing it with what it
+    // started; a second one stops it at once.
+    let stop_signal = shutdown_signal();
+    let during_start = {
+        let first = shutdown_signal();
+        AbortOnDrop(tokio::spawn(async move {
+            first.await;
+            let again = shutdown_signal();
+            tracing::warn!(
+                "a signal came while the server was starting: it stops as soon as it has started (another signal stops it at once)"
+            );
+            again.await;
+            tracing::warn!("a second signal while starting: stopping at once");
+            std::process::exit(1);
+        }))
+    };
     check_insecure(&args)?;
     if args.router_listen == args.api_listen && args.router_listen.port() != 0 {
         anyhow::bail!(
@@ -649,7 +667,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         api = %running.api_addr,
         "fusion is listening"
     );
-    let stop_signal = shutdown_signal();
+    drop(during_start);
     triggers.mqt.start(args.nats_url.clone())?;
     on_ready(&running);
 
@@ -1102,6 +1120,15 @@ async fn precompile_python(python: &str, dir: &std::path::Path) {
         "could not byte-compile the python runtime in {} ({why}); instances will start slower",
         dir.display()
     );
+}
+
+/// Aborts its task when dropped (as a start that fails returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Resolves at the first SIGINT, SIGTERM or SIGHUP (the terminal that ran

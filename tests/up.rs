@@ -305,6 +305,57 @@ fn a_named_oci_runtime_that_cannot_run_is_an_error_not_a_fallback() {
     assert!(!err.contains("falling back"), "{err}");
 }
 
+/// A signal while the server starts (a service manager's stop, Ctrl-C right
+/// after `fusion up`) stops it gracefully once it has started, rather than
+/// the default action that killed it with what it had started.
+#[test]
+fn a_signal_while_the_server_starts_stops_it_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("server.log"));
+    let mut server = spawn_server("auto", &data, &log, &[]);
+    // Written early in the start, well before the listeners.
+    eventually(Duration::from_secs(30), "the start is under way", || {
+        data.join("token").exists()
+    });
+    signal(server.0.id(), libc::SIGTERM);
+    let status = gives_up(&mut server);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status:?}: {log}");
+}
+
+/// A second signal while the server starts stops it at once: a start that
+/// waits (here for a data directory another server holds) is not waited out.
+#[test]
+fn a_second_signal_while_the_server_starts_stops_it_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_holder, _, _) = started_on(&data, &dir.path().join("holder.log"));
+    let log = dir.path().join("server.log");
+    let mut server = spawn_server("process", &data, &log, &[]);
+    eventually(
+        Duration::from_secs(30),
+        "the server catches SIGTERM",
+        || catches(server.0.id(), libc::SIGTERM),
+    );
+    signal(server.0.id(), libc::SIGTERM);
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually(Duration::from_secs(30), "the first signal is taken", || {
+        said().contains("a signal came while the server was starting")
+    });
+    signal(server.0.id(), libc::SIGTERM);
+    let status = gives_up(&mut server);
+    assert!(!status.success());
+    let said = said();
+    assert!(
+        said.contains("a second signal while starting: stopping at once"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("is in use by"),
+        "it waited for the data directory: {said}"
+    );
+}
+
 /// A second SIGTERM (an impatient Ctrl-C) stops the server at once rather
 /// than after the rest of the grace; the call cut off gets 503.
 #[test]
@@ -680,9 +731,16 @@ fn listening_on(line: &str, key: &str) -> String {
         .to_string()
 }
 
-/// Starts `fusion server` on the `backend` and `data` given, on loopback ports
-/// of its own, its log (stderr) to `log`, with `env` beside `FUSION_LOG=warn`;
-/// stopped when the guard goes. Its stdout (the listening line) is piped.
+/// Whether process `pid` has a handler for `sig` (its `SigCgt` mask).
+fn catches(pid: u32, sig: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
+}
+
 /// Waits (bounded) until a server that cannot start has exited: its status.
 fn gives_up(server: &mut KillOnDrop) -> std::process::ExitStatus {
     let mut status = None;
@@ -693,6 +751,9 @@ fn gives_up(server: &mut KillOnDrop) -> std::process::ExitStatus {
     status.unwrap()
 }
 
+/// Starts `fusion server` on the `backend` and `data` given, on loopback ports
+/// of its own, its log (stderr) to `log`, with `env` beside `FUSION_LOG=warn`;
+/// stopped when the guard goes. Its stdout (the listening line) is piped.
 fn spawn_server(
     backend: &str,
     data: &std::path::Path,
