@@ -800,10 +800,13 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         }
         // Then the calls no listener sees (workflow steps, asynchronous
         // attempts), in what is left of the grace.
+        // The engine's count also holds calls no instance serves (`http`
+        // tasks) and outcomes their runs have not yet taken.
         let left = grace.saturating_sub(stopping.elapsed());
-        if !pool.wait_idle(left).await {
+        let (idle, settled) = tokio::join!(pool.wait_idle(left), engine.calls_settled(left));
+        if !(idle && settled) {
             tracing::warn!(
-                "function calls no listener answers (workflow steps, asynchronous invocations, queue messages) were still running at the end of the grace ({grace:?}); they are made again at the next start"
+                "calls no listener answers (workflow steps, their http calls, asynchronous invocations, queue messages) were still running at the end of the grace ({grace:?}); they are made again at the next start"
             );
         }
     };

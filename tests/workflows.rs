@@ -2756,6 +2756,37 @@ fn a_graceful_stop_finishes_calls_in_flight_and_tells_waiting_callers_the_truth(
     assert_eq!(s.run(&nap)["status"], "running", "the nap goes on");
 }
 
+/// A graceful stop lets an `http` task's call in flight (no instance serves
+/// it) finish within the grace and keeps its outcome: the run finishes after
+/// the restart without making the call again.
+#[test]
+fn a_graceful_stop_keeps_the_outcome_of_an_http_task_in_flight() {
+    let mut s = Server::start_with(&[("FUSION_SHUTDOWN_GRACE_MS", "20000")]);
+    let probe = Probe::start();
+    s.workflow(
+        "hook",
+        &format!(
+            "output: A\ntasks:\n  A:\n    run: http\n    inputs:\n      url: {}/gate/hook\n",
+            probe.base
+        ),
+    );
+    let id = s.start_async("hook", "");
+    eventually(Duration::from_secs(20), "the call is in flight", || {
+        probe.arrivals("hook") == 1
+    });
+    common::signal(s.pid(), libc::SIGTERM);
+    let router = s.router.trim_start_matches("http://").to_string();
+    eventually(Duration::from_secs(20), "the router closes", || {
+        std::net::TcpStream::connect(&router).is_err()
+    });
+    probe.open("hook");
+    s.wait_stopped();
+    s.launch();
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(probe.arrivals("hook"), 1, "the call was made again");
+}
+
 /// A caller waiting for a run that cannot move on within the grace (asleep
 /// for an hour) is answered 503 `shutting_down` as the stop begins, not when
 /// a ten-minute grace ends; the stop does not wait for it.

@@ -197,6 +197,10 @@ pub struct Engine {
     /// synchronous caller of a run that cannot move on before then is
     /// answered at once (the run goes on at the next start).
     stop_by: watch::Sender<Option<Millis>>,
+    /// How many tasks' calls (functions, `http`, callback notifications) are
+    /// in flight or have an outcome their run has not yet taken: the stop's
+    /// grace waits for them (`Engine::calls_settled`).
+    calls: watch::Sender<usize>,
 }
 
 /// Where a new run comes from, besides its workflow and input: the run it
@@ -608,6 +612,7 @@ impl Engine {
             unstored: Mutex::new(HashMap::new()),
             polls_end: watch::channel(false).0,
             stop_by: watch::channel(None).0,
+            calls: watch::channel(0).0,
             metrics,
         });
         for id in engine.store.unfinished_runs()? {
@@ -1463,6 +1468,16 @@ impl Engine {
         let _ = rx.wait_for(|ended| *ended).await;
     }
 
+    /// Waits, up to `limit`, until no task's call is in flight and every
+    /// outcome is taken by its run (written at the latest by `shutdown`):
+    /// whether that happened. The server's stop waits for them within its
+    /// grace, so an `http` task that ended is not made again at the next start.
+    pub async fn calls_settled(&self, limit: Duration) -> bool {
+        let mut calls = self.calls.subscribe();
+        let settled = tokio::time::timeout(limit, calls.wait_for(|n| *n == 0)).await;
+        settled.is_ok()
+    }
+
     /// Stops every run actor (their state is durable; `open` continues them).
     pub async fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
@@ -1576,7 +1591,7 @@ struct Actor {
     /// for a flush (one group commit) their connections go on, and only the
     /// outcomes wait.
     calls: futures_util::stream::FuturesUnordered<CallFuture>,
-    inflight: HashMap<String, futures_util::future::AbortHandle>,
+    inflight: HashMap<String, InFlight>,
     armed: BTreeSet<Millis>,
     /// The armed timers' tasks: aborted when the actor stops, so a finished run
     /// does not leave (say) its one-hour timeout timer holding the engine.
@@ -1907,6 +1922,9 @@ impl Actor {
                     msgs.push(Msg::Events(task, events));
                 }
             }
+            // Outcomes already in hand are taken before a stop in the same
+            // batch: a call that ended is not made again at the next start.
+            msgs.sort_by_key(|m| matches!(m, Msg::Shutdown));
             for msg in msgs {
                 match msg {
                     Msg::Events(task, events) => {
@@ -1957,8 +1975,8 @@ impl Actor {
                         self.record(Event::RunCancelled { reason, at });
                     }
                     Msg::Shutdown => {
-                        for (_, h) in self.inflight.drain() {
-                            h.abort();
+                        for (_, call) in self.inflight.drain() {
+                            call.abort();
                         }
                         for h in self.timers.drain(..) {
                             h.abort();
@@ -2014,8 +2032,8 @@ impl Actor {
     /// Ends the actor; `answer`: its summary goes to those waiting (else
     /// they read `Engine::unstored`).
     fn stop_with(&mut self, done: &watch::Sender<Option<RunSummary>>, answer: bool) {
-        for (_, h) in self.inflight.drain() {
-            h.abort();
+        for (_, call) in self.inflight.drain() {
+            call.abort();
         }
         for h in self.timers.drain(..) {
             h.abort();
@@ -2367,8 +2385,8 @@ impl Actor {
         let documents = self.state.spec.state_machine.is_some();
         match ext {
             External::Abort(task) => {
-                if let Some(h) = self.inflight.remove(&task) {
-                    h.abort();
+                if let Some(call) = self.inflight.remove(&task) {
+                    call.abort();
                 }
             }
             External::Timer(at) => {
@@ -2448,7 +2466,28 @@ impl Actor {
     ) {
         let (call, handle) = futures_util::future::abortable(call);
         self.calls.push(Box::pin(call.map(Result::ok)));
-        self.inflight.insert(task, handle);
+        self.engine.calls.send_modify(|n| *n += 1);
+        let engine = self.engine.clone();
+        self.inflight.insert(task, InFlight { handle, engine });
+    }
+}
+
+/// A task's call in flight, counted in `Engine::calls` until its run has
+/// taken its outcome or aborted it (the entry leaves `Actor::inflight`).
+struct InFlight {
+    handle: futures_util::future::AbortHandle,
+    engine: Arc<Engine>,
+}
+
+impl InFlight {
+    fn abort(&self) {
+        self.handle.abort();
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.engine.calls.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

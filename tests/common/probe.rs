@@ -2,7 +2,8 @@
 //! for the test: functions run in containers and cannot see the test's files, but
 //! they share the host's network. Scripts call it with curl:
 //! - `GET /log/<name>?<line>`: appends `<line>` (URL-decoded) to the log `<name>`;
-//! - `GET /gate/<name>`: answers once the test opens the gate;
+//! - `GET /gate/<name>`: answers once the test opens the gate (each arrival
+//!   is counted: `Probe::arrivals`);
 //! - `GET /flag/<name>`: 200 when the test has set the flag, else 404;
 //! - `GET /count/<name>`: adds one to a counter and answers its new value.
 
@@ -16,6 +17,7 @@ struct State {
     logs: HashMap<String, Vec<String>>,
     open: HashSet<String>,
     counts: HashMap<String, u64>,
+    arrivals: HashMap<String, u64>,
 }
 
 #[derive(Clone)]
@@ -72,6 +74,12 @@ impl Probe {
         self.state.1.notify_all();
     }
 
+    /// How many requests came to the gate `gate`.
+    pub fn arrivals(&self, gate: &str) -> u64 {
+        let st = self.state.0.lock().unwrap();
+        st.arrivals.get(gate).copied().unwrap_or(0)
+    }
+
     /// Flags are gates nobody waits on.
     pub fn set(&self, flag: &str) {
         self.open(flag);
@@ -109,6 +117,7 @@ impl Probe {
             }
             "gate" => {
                 let mut st = lock.lock().unwrap();
+                *st.arrivals.entry(name.into()).or_default() += 1;
                 while !st.open.contains(name) {
                     st = cond.wait(st).unwrap();
                 }
