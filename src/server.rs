@@ -357,12 +357,15 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     // Handled from the first moment: a signal while the server starts (a
     // service manager's stop, Ctrl-C right after `fusion up`) stops it once
     // it has started, gracefully, rather than killing it with what it
-    // started; a second one stops it at once.
+    // started; a second one stops it at once. One while it waits for its
+    // data directory stops it there: nothing has started yet.
     let stop_signal = shutdown_signal();
+    let (signalled_tx, signalled) = tokio::sync::watch::channel(false);
     let during_start = {
         let first = shutdown_signal();
         AbortOnDrop(tokio::spawn(async move {
             first.await;
+            signalled_tx.send_replace(true);
             let again = shutdown_signal();
             tracing::warn!(
                 "a signal came while the server was starting: it stops as soon as it has started (another signal stops it at once)"
@@ -429,11 +432,18 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         .flush_every_ms(None);
     // A server killed a moment ago may hold the database's lock until it has
     // fully exited: a restart right after waits a little for it.
-    let db = tokio::task::spawn_blocking(move || {
+    let opening = tokio::task::spawn_blocking(move || {
         pool_manager::store::open_waiting(&config, Duration::from_secs(5))
-    })
-    .await?
-    .map_err(|e| match &e {
+    });
+    let mut until_signalled = signalled.clone();
+    let opened = tokio::select! {
+        opened = opening => opened?,
+        Ok(_) = until_signalled.wait_for(|s| *s) => {
+            tracing::warn!("stopped while waiting for the data directory: nothing had started");
+            return Ok(());
+        }
+    };
+    let db = opened.map_err(|e| match &e {
         e if pool_manager::store::is_locked(e) => {
             let holder = match lock_holder(&data_dir.join("db").join("db")) {
                 Some((pid, cmd)) => format!("process {pid} ({cmd})"),
@@ -669,7 +679,10 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     );
     drop(during_start);
     triggers.mqt.start(args.nats_url.clone())?;
-    on_ready(&running);
+    // A server told to stop while it started is not announced as up.
+    if !*signalled.borrow() {
+        on_ready(&running);
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let limits = Limits::new(

@@ -23,7 +23,7 @@ macro_rules! esay {
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use serde_json::Value;
 
 use crate::client::Client;
@@ -46,7 +46,11 @@ pub(super) async fn up(server: ServerArgs, examples: PathBuf) -> Result<()> {
     tokio::pin!(serve);
     let ready = tokio::select! {
         r = &mut serve => return r,
-        a = rx => a.map_err(|_| anyhow!("the server did not start"))?,
+        a = rx => match a {
+            Ok(a) => a,
+            // Not announced: stopped by a signal while it started.
+            Err(_) => return serve.await,
+        },
     };
     let (router, api, scheme, token, token_file, isolation) = ready;
     let router = format!("{scheme}://{router}");
