@@ -849,6 +849,20 @@ fn a_routes_url_parameters_reach_its_workflow() {
         "{headers}"
     );
     assert_eq!(headers["X-Fission-Params-Id"], "42", "{headers}");
+    // Values past ASCII, in the URL and in a header, arrive as sent.
+    let r = s
+        .http
+        .get(s.router_url("/orders/zo%C3%AB/7"))
+        .header(
+            "X-Name",
+            reqwest::header::HeaderValue::from_bytes("böb".as_bytes()).unwrap(),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let headers: Value = r.json().unwrap();
+    assert_eq!(headers["X-Fission-Params-Customer"], "zoë", "{headers}");
+    assert_eq!(headers["X-Name"], "böb", "{headers}");
 
     // An OPTIONS request (a browser's preflight) says what the URL takes and
     // starts no run: the route takes GET only, the workflow's own URL any.
@@ -885,7 +899,7 @@ fn a_routes_url_parameters_reach_its_workflow() {
     let body: Value = typo.json().unwrap();
     assert_eq!(body["error"]["code"], "invalid_header", "{body}");
     let runs = s.ok("GET", "/v1/runs?workflow=params", None);
-    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 2, "{runs}");
 }
 
 #[test]

@@ -1117,13 +1117,15 @@ pub fn request_input(
         let value = if CREDENTIAL_HEADERS.contains(&k.as_str()) {
             REDACTED.to_string()
         } else {
-            match v.to_str() {
-                Ok(v) if k.as_str() == "prefer" => match without_respond_async(v) {
+            // A value past ASCII (a route parameter `böb`, `X-Name: zoë`)
+            // is read as UTF-8, as Go's server reads it, not dropped.
+            let v = String::from_utf8_lossy(v.as_bytes());
+            match k.as_str() {
+                "prefer" => match without_respond_async(&v) {
                     Some(rest) => rest,
                     None => continue,
                 },
-                Ok(v) => v.to_string(),
-                Err(_) => continue,
+                _ => v.into_owned(),
             }
         };
         canonical

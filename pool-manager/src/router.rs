@@ -806,12 +806,13 @@ impl Drop for InFlight {
 }
 
 /// Gives each of a route's URL parameters as `X-Fission-Params-<name>`, as
-/// Fission's router does (a value no header can hold is left out).
+/// Fission's router does: a value past ASCII (`zoë`) as its UTF-8 bytes; one
+/// no header can hold (a control character) is left out.
 pub fn url_params(headers: &mut http::HeaderMap, params: &[(String, String)]) {
     for (k, v) in params {
         if let (Ok(name), Ok(value)) = (
             HeaderName::try_from(format!("X-Fission-Params-{k}")),
-            HeaderValue::try_from(v.as_str()),
+            HeaderValue::from_bytes(v.as_bytes()),
         ) {
             headers.insert(name, value);
         }
@@ -950,4 +951,21 @@ pub fn caused_by_limit(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_parameters_past_ascii_are_given_as_their_utf8_bytes() {
+        let mut headers = http::HeaderMap::new();
+        let params = [
+            ("who".to_string(), "zoë".to_string()),
+            ("bad".to_string(), "a\nb".to_string()),
+        ];
+        url_params(&mut headers, &params);
+        assert_eq!(headers["x-fission-params-who"].as_bytes(), "zoë".as_bytes());
+        assert!(!headers.contains_key("x-fission-params-bad"));
+    }
 }
