@@ -827,6 +827,20 @@ fn a_task_forwarding_the_callers_headers_sends_its_own_body_whole() {
     );
 }
 
+/// A number selected and passed on is passed on exactly: an id past 2^53
+/// (JavaScript's doubles would round it) comes out as it went in.
+#[test]
+fn a_large_integer_passes_through_a_workflow_unchanged() {
+    let s = Server::start();
+    s.workflow(
+        "ids",
+        "output: A\ntasks:\n  A:\n    run: noop\n    inputs: \"{ $.Invocation.Inputs.default }\"\n",
+    );
+    let (status, out) = s.invoke("ids", "application/json", r#"{"id": 9007199254740993}"#);
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out.trim(), r#"{"id":9007199254740993}"#);
+}
+
 /// A workflow behind a route with URL parameters gets them as a function
 /// does, as `X-Fission-Params-<name>` headers of its input, decoded.
 #[test]

@@ -1,11 +1,13 @@
 //! The common expressions resolved without the JavaScript engine: `$`-paths
 //! (`$.Tasks.X.Output`, `$.Invocation.Inputs.default`), `param()`, `param('k')`,
 //! `output('X')`, `output()`, `task()`, `task('X')`, each followed by any field
-//! accesses (`.a`, `['a']`, `[0]`). The result is exactly what the JavaScript path
-//! (expr.rs) gives; whatever this module is not sure of (a field of null or
-//! undefined, which JavaScript reports as an error, a name an object inherits such
-//! as `length` or `toString`, a number JSON would change, any other syntax) gives
-//! `None`, and the caller evaluates the expression in JavaScript.
+//! accesses (`.a`, `['a']`, `[0]`). The result is what the JavaScript path
+//! (expr.rs) gives, but for numbers: a value selected is passed on exactly as it
+//! was (JavaScript would round an integer past 2^53, an order id, on its way);
+//! whatever this module is not sure of (a field of null or undefined, which
+//! JavaScript reports as an error, a name an object inherits such as `length` or
+//! `toString`, any other syntax) gives `None`, and the caller evaluates the
+//! expression in JavaScript.
 
 use serde_json::{Map, Number, Value};
 
@@ -403,31 +405,18 @@ impl<'a> View<'a> {
 /// Integers JavaScript holds exactly (|n| <= 2^53).
 const SAFE: f64 = 9_007_199_254_740_992.0;
 
-/// `v` as it comes back from JavaScript (`JSON.stringify`, then serde), or None
-/// when a number would not come back the same (a fraction, whose re-parse may
-/// differ in the last bit, or an integer beyond 2^53).
+/// `v` as it comes back from JavaScript (`JSON.stringify`, then serde), but
+/// for its numbers: each as `v` holds it (a fraction to its last bit, an
+/// integer past 2^53), where JavaScript would change it; only an integral
+/// float prints as the integer it is (`-0` and `1.0` as `0` and `1`).
 fn json_like(v: &Value) -> Option<Value> {
     Some(match v {
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                if i.unsigned_abs() > 1 << 53 {
-                    return None;
-                }
-                Value::Number(Number::from(i))
-            } else if let Some(u) = n.as_u64() {
-                if u > 1 << 53 {
-                    return None;
-                }
-                Value::Number(Number::from(u))
-            } else {
-                let f = n.as_f64()?;
-                if f.fract() != 0.0 || f.abs() > SAFE {
-                    return None;
-                }
-                // `-0` and `1.0` print as `0` and `1`.
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() <= SAFE => {
                 Value::Number(Number::from(f as i64))
             }
-        }
+            _ => v.clone(),
+        },
         Value::Array(a) => Value::Array(a.iter().map(json_like).collect::<Option<_>>()?),
         Value::Object(m) => Value::Object(
             m.iter()
