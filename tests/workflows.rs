@@ -960,6 +960,21 @@ fn a_new_version_does_not_touch_runs_in_flight() {
         "{out}"
     );
     assert_eq!(s.invoke("ver", "text/plain", ""), (200, "second".into()));
+    // The same document again (an apply run twice, a PUT retried) stores no
+    // version of its own, and says so.
+    let again = s
+        .api("PUT", "/v1/workflows/ver")
+        .header("content-type", "application/yaml")
+        .body("apiVersion: 1\noutput: B\ntasks:\n  B:\n    run: noop\n    inputs: second\n")
+        .send()
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 200);
+    let again: Value = again.json().unwrap();
+    assert_eq!(
+        (again["version"].as_u64(), again["unchanged"].as_bool()),
+        (Some(2), Some(true)),
+        "{again}"
+    );
     let versions = s.ok("GET", "/v1/workflows/ver/versions", None);
     assert_eq!(versions.as_array().unwrap().len(), 2);
 }
@@ -984,6 +999,18 @@ fn the_cli_creates_invokes_and_routes_workflows() {
         file.to_str().unwrap(),
     ]);
     assert!(run(&["wf", "list"]).contains("hi"));
+    // `wf get` prints the stored document as it is (the version aside, on
+    // stderr): edited and updated again, or updated unchanged.
+    let (code, got, err) = s.cli(&["wf", "get", "hi"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(got, std::fs::read_to_string(&file).unwrap());
+    assert!(err.contains("# hi version 1"), "{err}");
+    let again = dir.path().join("again.yaml");
+    std::fs::write(&again, &got).unwrap();
+    let (code, _, err) = s.cli(&["wf", "update", "hi", "-f", again.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("workflow hi: unchanged"), "{err}");
+    assert_eq!(s.ok("GET", "/v1/workflows/hi", None)["version"], 1);
     assert_eq!(
         run(&[
             "wf",

@@ -340,9 +340,14 @@ async fn update_workflow(
     if q.dry_run {
         return checked(&engine, &name, source, false);
     }
-    let w = engine.update_workflow(&name, source)?;
+    let (w, stored) = engine.update_workflow(&name, source)?;
     engine.flush().await?;
-    Ok(Json(with_warnings(workflow_json(&w, false), &engine, source)).into_response())
+    let mut body = with_warnings(workflow_json(&w, false), &engine, source);
+    if !stored {
+        // As a secret's PUT says it: the document is the latest version's.
+        body["unchanged"] = json!(true);
+    }
+    Ok(Json(body).into_response())
 }
 
 async fn list_workflows(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {

@@ -672,7 +672,7 @@ impl Engine {
         name: &str,
         source: &str,
     ) -> Result<WorkflowVersion, EngineError> {
-        self.put_workflow(name, source, true)
+        self.put_workflow(name, source, true).map(|(w, _)| w)
     }
 
     /// What is worth telling about a workflow that was stored all the same: in
@@ -703,12 +703,13 @@ impl Engine {
         }
     }
 
-    /// Validates and stores the next version of a workflow.
+    /// Validates and stores the next version of a workflow, with `true`; or,
+    /// given the latest version's document again, that version and `false`.
     pub fn update_workflow(
         &self,
         name: &str,
         source: &str,
-    ) -> Result<WorkflowVersion, EngineError> {
+    ) -> Result<(WorkflowVersion, bool), EngineError> {
         self.put_workflow(name, source, false)
     }
 
@@ -768,7 +769,7 @@ impl Engine {
         name: &str,
         source: &str,
         create: bool,
-    ) -> Result<WorkflowVersion, EngineError> {
+    ) -> Result<(WorkflowVersion, bool), EngineError> {
         let spec = self.checked_spec(name, source, create)?;
         self.store
             .put_workflow(name, source, &spec, create, self.clock.now_ms())

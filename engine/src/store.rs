@@ -146,7 +146,8 @@ impl Drop for Untap<'_> {
 /// Where workflows and runs are kept.
 pub trait RunStore: Send + Sync + 'static {
     /// `create`: version 1, Conflict if the workflow exists; otherwise the next
-    /// version, NotFound if it does not exist.
+    /// version, NotFound if it does not exist, or the latest version as it is
+    /// when it has this `source` already. With whether it stored a version.
     fn put_workflow(
         &self,
         name: &str,
@@ -154,7 +155,7 @@ pub trait RunStore: Send + Sync + 'static {
         spec: &WorkflowSpec,
         create: bool,
         now: Millis,
-    ) -> Result<WorkflowVersion>;
+    ) -> Result<(WorkflowVersion, bool)>;
     /// The latest version, or the given one.
     fn workflow(&self, name: &str, version: Option<u32>) -> Result<Option<WorkflowVersion>>;
     fn workflow_versions(&self, name: &str) -> Result<Vec<WorkflowVersion>>;
@@ -1185,7 +1186,7 @@ impl RunStore for SledStore {
         spec: &WorkflowSpec,
         create: bool,
         now: Millis,
-    ) -> Result<WorkflowVersion> {
+    ) -> Result<(WorkflowVersion, bool)> {
         use sled::transaction::ConflictableTransactionError;
         use sled::Transactional;
         // One transaction: two writers of the same workflow never both take
@@ -1207,7 +1208,20 @@ impl RunStore for SledStore {
                 (false, None) => {
                     return Err(abort(StoreError::NotFound(format!("workflow {name:?}"))))
                 }
-                (_, Some(l)) => l + 1,
+                (_, Some(l)) => {
+                    // The same document again (an apply run twice, a PUT
+                    // retried): no version of its own.
+                    let mut key = scoped(name);
+                    key.extend_from_slice(&l.to_be_bytes());
+                    let same = versions
+                        .get(key)?
+                        .and_then(|v| serde_json::from_slice::<WorkflowVersion>(&v).ok())
+                        .filter(|w| w.source == source);
+                    if let Some(w) = same {
+                        return Ok((w, false));
+                    }
+                    l + 1
+                }
                 // Made again after a delete: its numbers go on from the deleted
                 // one's, so that the old runs' versions name no new source.
                 (true, None) => {
@@ -1232,9 +1246,9 @@ impl RunStore for SledStore {
             let bytes = serde_json::to_vec(&wv).map_err(|e| abort(StoreError::Json(e)))?;
             versions.insert(key, bytes)?;
             workflows.insert(name.as_bytes(), version.to_be_bytes())?;
-            Ok(wv)
+            Ok((wv, true))
         });
-        if r.is_ok() {
+        if r.as_ref().is_ok_and(|(_, stored)| *stored) {
             held.record(&changes.into_inner());
             self.forget_latest(name);
         }
@@ -1663,6 +1677,7 @@ mod tests {
                 std::thread::spawn(move || {
                     s.put_workflow("w", &format!("by {i}"), &spec, false, 2)
                         .unwrap()
+                        .0
                         .version
                 })
             })
@@ -1702,7 +1717,10 @@ mod tests {
     async fn workflow_versions() {
         let (_d, s) = open();
         let spec = WorkflowSpec::default();
-        assert_eq!(s.put_workflow("a", "x", &spec, true, 1).unwrap().version, 1);
+        assert_eq!(
+            s.put_workflow("a", "x", &spec, true, 1).unwrap().0.version,
+            1
+        );
         assert!(matches!(
             s.put_workflow("a", "x", &spec, true, 1),
             Err(StoreError::Conflict(_))
@@ -1712,11 +1730,14 @@ mod tests {
             Err(StoreError::NotFound(_))
         ));
         assert_eq!(
-            s.put_workflow("a", "y", &spec, false, 2).unwrap().version,
+            s.put_workflow("a", "y", &spec, false, 2).unwrap().0.version,
             2
         );
         assert_eq!(s.workflow("a", None).unwrap().unwrap().source, "y");
         assert_eq!(s.workflow("a", Some(1)).unwrap().unwrap().source, "x");
+        // The latest version's document again: that version, nothing stored.
+        let (same, stored) = s.put_workflow("a", "y", &spec, false, 3).unwrap();
+        assert_eq!((same.version, same.created_at, stored), (2, 2, false));
         assert_eq!(s.workflow_versions("a").unwrap().len(), 2);
         assert_eq!(s.list_workflows().unwrap().len(), 1);
         assert!(s.delete_workflow("a").unwrap());
@@ -1726,12 +1747,12 @@ mod tests {
         // Made again, it goes on from the deleted one's versions (its old runs
         // name 1 and 2), and is listed once.
         let again = s.put_workflow("a", "z", &spec, true, 3).unwrap();
-        assert_eq!(again.version, 3);
+        assert_eq!(again.0.version, 3);
         assert_eq!(s.workflow_versions("a").unwrap().len(), 1);
         assert_eq!(s.list_workflows().unwrap().len(), 1);
         assert!(s.workflow("a", Some(1)).unwrap().is_none());
         assert_eq!(
-            s.put_workflow("a", "w", &spec, false, 4).unwrap().version,
+            s.put_workflow("a", "w", &spec, false, 4).unwrap().0.version,
             4
         );
     }

@@ -363,6 +363,13 @@ fn stored(opts: &ClientOpts, v: &Value, dry_run: bool) {
             v["version"]
         );
     } else {
+        if v["unchanged"] == true {
+            eprintln!(
+                "workflow {}: unchanged (the document is version {}'s)",
+                v["name"].as_str().unwrap_or("?"),
+                v["version"]
+            );
+        }
         print(opts, v, WF_COLUMNS);
     }
 }
@@ -450,7 +457,9 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             if opts.output == Output::Json {
                 print(opts, &v, WF_COLUMNS);
             } else {
-                println!("# {name} version {}", v["version"]);
+                // Which version, said beside the document: `wf get W > f`
+                // is the stored source, to edit and `wf update` again.
+                eprintln!("# {name} version {}", v["version"]);
                 print!("{}", v["source"].as_str().unwrap_or_default());
             }
         }
