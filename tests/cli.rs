@@ -923,3 +923,154 @@ fn fissions_short_namespace_and_ignorenotfound() {
     let name = line.split('\'').nth(1).unwrap();
     s.ok("GET", &format!("/v1/packages/{name}?namespace=shop"), None);
 }
+
+/// Writes an executable shell script for the binary environment.
+fn script(dir: &tempfile::TempDir, name: &str, body: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// As Fission's `httptrigger delete --function F`: only the routes whose one
+/// target is F go. A canary route that also sends requests to another
+/// function is left, and said, so deleting the old function's routes after a
+/// canary does not cut off the new one.
+#[test]
+fn route_delete_by_function_leaves_the_routes_it_shares() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let (code, out, err) = s.cli(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        (out, err)
+    };
+    for f in ["a1", "a2"] {
+        let code = script(&dir, &format!("{f}.sh"), &format!("echo {f}"));
+        cli(&["fn", "create", f, "--env", "binary", "--code", &code]);
+    }
+    cli(&[
+        "route",
+        "create",
+        "solo",
+        "--url",
+        "/solo",
+        "--function",
+        "a1",
+    ]);
+    cli(&[
+        "route",
+        "create",
+        "split",
+        "--url",
+        "/split",
+        "--function",
+        "a1",
+        "--weight",
+        "50",
+        "--function",
+        "a2",
+        "--weight",
+        "50",
+    ]);
+    let (out, err) = cli(&["route", "delete", "--function", "a1"]);
+    assert_eq!(out, "route solo deleted\n", "{err}");
+    assert_eq!(
+        err,
+        "route split: its split also sends traffic to a2: left; change its weights (fusion route update split --function ...) or delete it by name\n"
+    );
+    assert_eq!(s.call("GET", "/v1/routes/solo", None).0, 404);
+    let split = s.ok("GET", "/v1/routes/split", None);
+    assert_eq!(split["function_weights"], json!({"a1": 50, "a2": 50}));
+    let answer = s.get("/split");
+    assert_eq!(answer.status(), 200);
+    let body = answer.text().unwrap();
+    assert!(body == "a1\n" || body == "a2\n", "{body}");
+    // As JSON: one array of what was deleted, empty when nothing was.
+    cli(&[
+        "route",
+        "create",
+        "solo",
+        "--url",
+        "/solo",
+        "--function",
+        "a1",
+    ]);
+    let (out, _) = cli(&["route", "delete", "--function", "a1", "-o", "json"]);
+    let deleted: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        deleted,
+        json!([{"deleted": {"kind": "route", "namespace": "default", "name": "solo"}}])
+    );
+    let (out, _) = cli(&["route", "delete", "--function", "a1", "-o", "json"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]));
+}
+
+/// `pkg delete --orphan --name P` deletes both, as Fission's; with `-o json`
+/// a delete of every match is one array, and a delete that found nothing
+/// (`--ignorenotfound`, no orphans) answers JSON all the same.
+#[test]
+fn pkg_delete_orphan_takes_a_name_and_deletes_of_nothing_answer_json() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let code = script(&dir, "hi.sh", "echo hi");
+    let cli = |args: &[&str]| {
+        let (rc, out, err) = s.cli(args);
+        assert_eq!(rc, 0, "{args:?}: {out}{err}");
+        out
+    };
+    for p in ["used", "orphan1", "orphan2", "kept"] {
+        cli(&[
+            "pkg", "create", "--name", p, "--env", "binary", "--deploy", &code,
+        ]);
+    }
+    cli(&[
+        "fn",
+        "create",
+        "user",
+        "--env",
+        "binary",
+        "--pkgname",
+        "used",
+    ]);
+    cli(&[
+        "fn",
+        "create",
+        "keeper",
+        "--env",
+        "binary",
+        "--pkgname",
+        "kept",
+    ]);
+    cli(&["fn", "delete", "user"]);
+    let out = cli(&[
+        "pkg", "delete", "--orphan", "--name", "orphan1", "-o", "json",
+    ]);
+    let deleted: Value = serde_json::from_str(&out).unwrap();
+    let mut names: Vec<&str> = deleted
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["deleted"]["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["orphan1", "orphan2", "used"], "{out}");
+    assert_eq!(s.call("GET", "/v1/packages/kept", None).0, 200);
+    // Nothing to delete: JSON all the same.
+    let out = cli(&["pkg", "delete", "--orphan", "-o", "json"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]));
+    for args in [
+        &["pkg", "delete", "gone", "--ignorenotfound", "-o", "json"][..],
+        &["fn", "delete", "gone", "--ignorenotfound", "-o", "json"],
+        &["route", "delete", "gone", "--ignorenotfound", "-o", "json"],
+    ] {
+        let out = cli(args);
+        assert_eq!(
+            serde_json::from_str::<Value>(&out)
+                .unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}")),
+            json!({"deleted": null}),
+            "{args:?}"
+        );
+    }
+}

@@ -136,7 +136,7 @@ pub(super) async fn canary_cmd(verb: CanaryVerb, opts: &ClientOpts) -> Result<()
             CANARIES.replace(&c, opts, &name, &body).await
         }
         CanaryVerb::Delete { name, missing } => {
-            missing.apply(CANARIES.delete(&c, opts, &name.get()).await)
+            missing.apply(opts, CANARIES.delete(&c, opts, &name.get()).await)
         }
     }
 }

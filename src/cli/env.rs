@@ -183,7 +183,7 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
             say_image_use(&c, opts, &name).await
         }
         EnvVerb::Delete { name, missing } => {
-            missing.apply(envs.delete(&c, opts, &name.get()).await)
+            missing.apply(opts, envs.delete(&c, opts, &name.get()).await)
         }
         EnvVerb::Instances { name } => {
             let name = name.get();

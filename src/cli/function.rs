@@ -856,7 +856,7 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                     c.delete(&format!("/v1/workflows/{name}")).await?;
                     super::output::deleted(opts, "workflow", None, &name);
                 }
-                other => missing.apply(other)?,
+                other => missing.apply(opts, other)?,
             }
         }
         FnVerb::Test {

@@ -164,14 +164,18 @@ pub(super) struct IgnoreNotFound {
 }
 
 impl IgnoreNotFound {
+    /// Whether `e` is an answer of "not found" that the flag makes no error.
+    pub(super) fn ignores(&self, e: &anyhow::Error) -> bool {
+        self.ignore_not_found && e.downcast_ref::<crate::client::NotFound>().is_some()
+    }
+
     /// `result`, where an answer of "not found" counts as deleted when the
-    /// flag is given.
-    pub(super) fn apply(&self, result: Result<()>) -> Result<()> {
+    /// flag is given (said as nothing deleted: `{"deleted": null}` with `-o
+    /// json`, nothing otherwise).
+    pub(super) fn apply(&self, opts: &ClientOpts, result: Result<()>) -> Result<()> {
         match result {
-            Err(e)
-                if self.ignore_not_found
-                    && e.downcast_ref::<crate::client::NotFound>().is_some() =>
-            {
+            Err(e) if self.ignores(&e) => {
+                output::deleted_nothing(opts);
                 Ok(())
             }
             other => other,

@@ -215,7 +215,7 @@ pub(super) async fn mqt_cmd(verb: MqtVerb, opts: &ClientOpts) -> Result<()> {
             MQTRIGGERS.replace(&c, opts, &name, &body).await
         }
         MqtVerb::Delete { name, missing } => {
-            missing.apply(MQTRIGGERS.delete(&c, opts, &name.get()).await)
+            missing.apply(opts, MQTRIGGERS.delete(&c, opts, &name.get()).await)
         }
     }
 }

@@ -202,6 +202,18 @@ impl Collection {
         deleted(opts, self.noun, Some(opts.ns()), name);
         Ok(())
     }
+    /// Deletes `name`, and says it in `said` (one of several deleted).
+    pub(super) async fn delete_one_of(
+        &self,
+        c: &Client,
+        opts: &ClientOpts,
+        name: &str,
+        said: &mut DeletedList,
+    ) -> Result<()> {
+        c.delete(&self.item(opts, name)).await?;
+        said.add(opts, self.noun, Some(opts.ns()), name);
+        Ok(())
+    }
 }
 
 /// `columns`, with the NAMESPACE column first when the list is of every
@@ -222,19 +234,73 @@ pub(super) fn with_namespaces<'a>(
 /// so a script reading JSON gets JSON from every verb.
 pub(super) fn deleted(opts: &ClientOpts, noun: &str, namespace: Option<&str>, name: &str) {
     if opts.json() {
-        let mut what = serde_json::json!({"kind": noun.replace(' ', ""), "name": name});
-        if let Some(ns) = namespace {
-            what["namespace"] = ns.into();
-        }
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "deleted": what }))
-                .unwrap_or_default()
+            serde_json::to_string_pretty(&deleted_json(noun, namespace, name)).unwrap_or_default()
         );
         return;
     }
     match namespace {
         Some(ns) if ns != "default" => println!("{noun} {ns}/{name} deleted"),
         _ => println!("{noun} {name} deleted"),
+    }
+}
+
+/// `{"deleted": {"kind", "namespace", "name"}}`, as `deleted` prints it.
+fn deleted_json(noun: &str, namespace: Option<&str>, name: &str) -> Value {
+    let mut what = serde_json::json!({"kind": noun.replace(' ', ""), "name": name});
+    if let Some(ns) = namespace {
+        what["namespace"] = ns.into();
+    }
+    serde_json::json!({ "deleted": what })
+}
+
+/// A delete of one name that found nothing to delete (`--ignorenotfound`):
+/// nothing said, or with `-o json` `{"deleted": null}`, so a script reading
+/// JSON still gets a document.
+pub(super) fn deleted_nothing(opts: &ClientOpts) {
+    if opts.json() {
+        println!("{}", serde_json::json!({ "deleted": null }));
+    }
+}
+
+/// What a delete of every match (`route delete --function`, `pkg delete
+/// --orphan`) says: a line for each as `deleted` says it, or with `-o json`
+/// one array of them at the end (`[]` when there was none).
+pub(super) struct DeletedList {
+    json: bool,
+    items: Vec<Value>,
+}
+
+impl DeletedList {
+    pub(super) fn new(opts: &ClientOpts) -> DeletedList {
+        DeletedList {
+            json: opts.json(),
+            items: Vec::new(),
+        }
+    }
+
+    pub(super) fn add(
+        &mut self,
+        opts: &ClientOpts,
+        noun: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) {
+        if self.json {
+            self.items.push(deleted_json(noun, namespace, name));
+        } else {
+            deleted(opts, noun, namespace, name);
+        }
+    }
+
+    /// Prints the array, with `-o json`.
+    pub(super) fn finish(self) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&Value::Array(self.items)).unwrap_or_default()
+            );
+        }
     }
 }

@@ -153,6 +153,10 @@ pub enum PkgVerb {
         orphan: bool,
         #[command(flatten)]
         missing: super::IgnoreNotFound,
+        /// Fission's: delete it even while functions use it. Not here: it is
+        /// still refused, as it would break them (said when it is).
+        #[arg(short = 'f', long)]
+        force: bool,
     },
     /// Build the package's source again, without the build cache.
     Rebuild {
@@ -355,35 +359,62 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
             namespace,
             orphan,
             missing,
+            force,
         } => {
             let delete = |name: String| {
                 let c = &c;
                 let namespace = &namespace;
                 async move {
-                    c.send(
-                        c.request(Method::DELETE, &path(&name, ""))
-                            .query(&[("namespace", namespace)]),
-                    )
-                    .await?;
-                    super::output::deleted(opts, "package", Some(namespace), &name);
-                    Ok::<_, anyhow::Error>(())
+                    let sent = c
+                        .send(
+                            c.request(Method::DELETE, &path(&name, ""))
+                                .query(&[("namespace", namespace)]),
+                        )
+                        .await;
+                    match sent {
+                        Err(e)
+                            if force
+                                && e.downcast_ref::<crate::client::ApiError>()
+                                    .is_some_and(|e| e.status == 409) =>
+                        {
+                            bail!("{e}: --force does not delete a package functions use here (they would break): delete them, or give them another package (fusion fn update F --pkg P), first")
+                        }
+                        sent => sent?,
+                    };
+                    Ok::<_, anyhow::Error>(name)
                 }
             };
-            if let Some(name) = positional.or(flag) {
-                missing.apply(delete(name).await)?;
+            let name = positional.or(flag);
+            if !orphan {
+                // One name: said as every delete of one says it.
+                match delete(name.unwrap_or_default()).await {
+                    Ok(name) => super::output::deleted(opts, "package", Some(&namespace), &name),
+                    Err(e) => missing.apply(opts, Err(e))?,
+                }
+                return Ok(());
             }
-            if orphan {
-                for p in packages(&c, Some(&namespace), true).await? {
-                    let Some(name) = p["name"].as_str() else {
-                        continue;
-                    };
-                    // Gone meanwhile: what was asked for is done.
-                    match delete(name.to_string()).await {
-                        Err(e) if e.downcast_ref::<crate::client::NotFound>().is_some() => {}
-                        other => other?,
-                    }
+            // The one named, then every package no function uses, as
+            // Fission's `pkg delete --name P --orphan` does both.
+            let mut said = super::output::DeletedList::new(opts);
+            if let Some(name) = name {
+                match delete(name).await {
+                    Ok(name) => said.add(opts, "package", Some(&namespace), &name),
+                    Err(e) if missing.ignores(&e) => {}
+                    Err(e) => return Err(e),
                 }
             }
+            for p in packages(&c, Some(&namespace), true).await? {
+                let Some(name) = p["name"].as_str() else {
+                    continue;
+                };
+                // Gone meanwhile: what was asked for is done.
+                match delete(name.to_string()).await {
+                    Ok(name) => said.add(opts, "package", Some(&namespace), &name),
+                    Err(e) if e.downcast_ref::<crate::client::NotFound>().is_some() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            said.finish();
         }
         PkgVerb::Rebuild { id } => {
             let v: Value = c

@@ -120,8 +120,9 @@ pub(super) enum RouteVerb {
         /// The route's name (as the positional NAME).
         #[arg(long = "name", value_name = "NAME", conflicts_with = "positional")]
         name: Option<String>,
-        /// Delete every route to this function instead, those that share
-        /// their traffic with it too (Fission's `httptrigger delete --function`).
+        /// Delete every route whose one target is this function instead, as
+        /// Fission's `httptrigger delete --function`; a route that shares its
+        /// requests between it and others is left, and said.
         #[arg(long = "function", value_name = "FUNCTION", conflicts_with_all = ["positional", "name"])]
         function: Option<String>,
         #[command(flatten)]
@@ -333,28 +334,72 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
             function,
             missing,
         } => {
-            let names = match (positional.or(name), function) {
-                (Some(name), _) => vec![name],
-                (None, Some(f)) => {
-                    let names: Vec<String> = ROUTES
-                        .items(&c, opts)
-                        .await?
-                        .iter()
-                        .filter(|r| routes_to(r, &f))
-                        .filter_map(|r| r["name"].as_str().map(String::from))
-                        .collect();
-                    if names.is_empty() {
-                        eprintln!("no route goes to function {f}");
-                    }
-                    names
-                }
-                (None, None) => Vec::new(),
+            let Some(f) = function else {
+                let name = positional.or(name).unwrap_or_default();
+                return missing.apply(opts, ROUTES.delete(&c, opts, &name).await);
             };
-            for name in names {
-                missing.apply(ROUTES.delete(&c, opts, &name).await)?;
+            // As Fission's `httptrigger delete --function`: the routes whose
+            // one target is the function. A route that shares its requests
+            // with others (a canary's) is left: deleting it would cut off the
+            // functions it also serves.
+            let mut said = super::output::DeletedList::new(opts);
+            let mut found = false;
+            for r in ROUTES.items(&c, opts).await? {
+                let Some(name) = r["name"].as_str() else {
+                    continue;
+                };
+                match sole_target(&r, &f) {
+                    Target::Only => {
+                        found = true;
+                        // Gone meanwhile: what was asked for is done.
+                        match ROUTES.delete_one_of(&c, opts, name, &mut said).await {
+                            Err(e) if e.downcast_ref::<crate::client::NotFound>().is_some() => {}
+                            other => other?,
+                        }
+                    }
+                    Target::Among(others) => {
+                        found = true;
+                        eprintln!(
+                            "route {name}: its split also sends traffic to {}: left; change its weights (fusion route update {name} --function ...) or delete it by name",
+                            others.join(", ")
+                        );
+                    }
+                    Target::Not => {}
+                }
             }
+            if !found {
+                eprintln!("no route goes to function {f}");
+            }
+            said.finish();
             Ok(())
         }
+    }
+}
+
+/// How a route's requests reach function `f`.
+enum Target {
+    /// It is the route's one target.
+    Only,
+    /// It shares the route's requests with these functions.
+    Among(Vec<String>),
+    /// It gets none of them.
+    Not,
+}
+
+fn sole_target(r: &Value, f: &str) -> Target {
+    if r["function"] == f {
+        return Target::Only;
+    }
+    match r["function_weights"].as_object() {
+        Some(w) if w.contains_key(f) => {
+            let others: Vec<String> = w.keys().filter(|k| *k != f).cloned().collect();
+            if others.is_empty() {
+                Target::Only
+            } else {
+                Target::Among(others)
+            }
+        }
+        _ => Target::Not,
     }
 }
 

@@ -212,7 +212,7 @@ pub(super) async fn timer_cmd(verb: TimerVerb, opts: &ClientOpts) -> Result<()> 
             TIMERS.replace(&c, opts, &name, &body).await
         }
         TimerVerb::Delete { name, missing } => {
-            missing.apply(TIMERS.delete(&c, opts, &name.get()).await)
+            missing.apply(opts, TIMERS.delete(&c, opts, &name.get()).await)
         }
         TimerVerb::History { name, limit } => {
             let item = TIMERS.item(opts, &name.get());

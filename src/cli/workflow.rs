@@ -478,7 +478,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             if gone.is_ok() {
                 super::output::deleted(opts, "workflow", None, &name);
             }
-            missing.apply(gone)?;
+            missing.apply(opts, gone)?;
         }
         WfVerb::Invoke {
             name,
