@@ -1006,6 +1006,46 @@ fn route_delete_by_function_leaves_the_routes_it_shares() {
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]));
 }
 
+/// Fission's usual teardown, `fn delete F; env delete E`: the package `fn
+/// delete` leaves holds the environment, which is said with the remedy;
+/// `env delete --force` deletes such packages first. Functions still hold it.
+#[test]
+fn env_delete_force_deletes_the_packages_left_for_it() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let code = script(&dir, "hi.sh", "echo hi");
+    let cli = |args: &[&str]| {
+        let (rc, out, err) = s.cli(args);
+        assert_eq!(rc, 0, "{args:?}: {out}{err}");
+        (out, err)
+    };
+    cli(&[
+        "pkg", "create", "--name", "p1", "--env", "binary", "--deploy", &code,
+    ]);
+    cli(&["fn", "create", "f1", "--env", "binary", "--pkgname", "p1"]);
+    // A function uses it: refused, with --force too.
+    let (rc, _, err) = s.cli(&["env", "delete", "binary", "--force"]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("used by functions f1"), "{err}");
+    assert_eq!(s.call("GET", "/v1/packages/p1", None).0, 200);
+
+    cli(&["fn", "delete", "f1"]);
+    let (rc, _, err) = s.cli(&["env", "delete", "binary"]);
+    assert_ne!(rc, 0);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--force deletes the packages no function uses (p1) first")
+            && err.contains("fusion pkg delete --orphan"),
+        "{err}"
+    );
+    let (out, err) = cli(&["env", "delete", "binary", "-f"]);
+    assert_eq!(out, "environment binary deleted\n");
+    assert!(err.contains("package p1 deleted"), "{err}");
+    assert_eq!(s.call("GET", "/v1/packages/p1", None).0, 404);
+    assert_eq!(s.call("GET", "/v1/environments/binary", None).0, 404);
+}
+
 /// `pkg delete --orphan --name P` deletes both, as Fission's; with `-o json`
 /// a delete of every match is one array, and a delete that found nothing
 /// (`--ignorenotfound`, no orphans) answers JSON all the same.

@@ -90,12 +90,17 @@ pub(super) enum EnvVerb {
         #[command(flatten)]
         fields: EnvFields,
     },
-    /// Delete an environment (refused while functions use it).
+    /// Delete an environment (refused while functions or packages use it).
     Delete {
         #[command(flatten)]
         name: Name,
         #[command(flatten)]
         missing: super::IgnoreNotFound,
+        /// First delete the packages of the environment that no function
+        /// uses (those `fn delete` leaves), as Fission's `env delete --force`
+        /// goes on past them; still refused while functions use it.
+        #[arg(short = 'f', long)]
+        force: bool,
     },
     /// List the environment's instances, generic and specialized (Fission's
     /// `env pods`).
@@ -182,8 +187,40 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
             envs.replace(&c, opts, &name, &body).await?;
             say_image_use(&c, opts, &name).await
         }
-        EnvVerb::Delete { name, missing } => {
-            missing.apply(opts, envs.delete(&c, opts, &name.get()).await)
+        EnvVerb::Delete {
+            name,
+            missing,
+            force,
+        } => {
+            let name = name.get();
+            if force {
+                for pkg in left_packages(&c, opts, &name).await? {
+                    let path = format!("/v1/packages/{pkg}{}", opts.ns_query());
+                    match c.delete(&path).await {
+                        Ok(()) => eprintln!("package {pkg} deleted: no function used it"),
+                        // Gone meanwhile: what was asked for is done.
+                        Err(e) if e.downcast_ref::<crate::client::NotFound>().is_some() => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            match envs.delete(&c, opts, &name).await {
+                Err(e)
+                    if !force
+                        && e.downcast_ref::<crate::client::ApiError>()
+                            .is_some_and(|e| e.status == 409) =>
+                {
+                    let left = left_packages(&c, opts, &name).await?;
+                    if left.is_empty() {
+                        return Err(e);
+                    }
+                    Err(anyhow!(
+                        "{e}: --force deletes the packages no function uses ({}) first, or `fusion pkg delete --orphan` does",
+                        left.join(", ")
+                    ))
+                }
+                other => missing.apply(opts, other),
+            }
         }
         EnvVerb::Instances { name } => {
             let name = name.get();
@@ -202,6 +239,21 @@ pub(super) async fn env_cmd(verb: EnvVerb, opts: &ClientOpts) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The packages of environment `env` that no function uses (what `fn delete`
+/// leaves behind, as in Fission).
+async fn left_packages(
+    c: &crate::client::Client,
+    opts: &ClientOpts,
+    env: &str,
+) -> Result<Vec<String>> {
+    Ok(super::pkg::packages(c, Some(opts.ns()), true)
+        .await?
+        .into_iter()
+        .filter(|p| p["environment"] == env)
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect())
 }
 
 /// Says on stderr what an environment's image stands for, when it has one,

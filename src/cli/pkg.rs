@@ -219,7 +219,11 @@ impl BuildState {
 
 /// The packages of `namespace` (None: of every namespace); with `orphans`,
 /// only those no function runs.
-async fn packages(c: &Client, namespace: Option<&str>, orphans: bool) -> Result<Vec<Value>> {
+pub(super) async fn packages(
+    c: &Client,
+    namespace: Option<&str>,
+    orphans: bool,
+) -> Result<Vec<Value>> {
     let list = |path: &'static str| async move {
         let query = match namespace {
             Some(ns) => ("namespace", ns),
