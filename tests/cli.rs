@@ -1046,6 +1046,209 @@ fn env_delete_force_deletes_the_packages_left_for_it() {
     assert_eq!(s.call("GET", "/v1/environments/binary", None).0, 404);
 }
 
+/// Fission's package flags: `--code` (one file run as it is), `--source`
+/// (`--src`), the checksum flags (said not to be applied), `pkg update
+/// --force` (needed when several functions run the package, as in Fission),
+/// and `pkg delete --force` (taken; a package in use is still kept).
+#[test]
+fn fissions_package_flags() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let one = script(&dir, "one.sh", "echo one");
+    let two = script(&dir, "two.sh", "echo two");
+    let cli = |args: &[&str]| {
+        let (rc, out, err) = s.cli(args);
+        assert_eq!(rc, 0, "{args:?}: {out}{err}");
+        (out, err)
+    };
+    let (_, err) = cli(&[
+        "pkg",
+        "create",
+        "--name",
+        "p",
+        "--env",
+        "binary",
+        "--code",
+        &one,
+        "--insecure",
+        "--deploychecksum",
+        "abc",
+    ]);
+    assert!(
+        err.contains("warning: --insecure, --deploychecksum not applied"),
+        "{err}"
+    );
+    let p = s.ok("GET", "/v1/packages/p", None);
+    assert!(
+        p["deployment"].is_object() && p.get("source").is_none(),
+        "{p}"
+    );
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("build.sh"), "#!/bin/sh\ntrue\n").unwrap();
+    let (_, err) = cli(&[
+        "pkg",
+        "create",
+        "--name",
+        "built",
+        "--env",
+        "binary",
+        "--source",
+        src.path().to_str().unwrap(),
+        "--srcchecksum",
+        "abc",
+    ]);
+    assert!(err.contains("--srcchecksum not applied"), "{err}");
+    assert!(s.ok("GET", "/v1/packages/built", None)["source"].is_object());
+
+    cli(&["fn", "create", "f1", "--env", "binary", "--pkgname", "p"]);
+    // One function: updated as before.
+    cli(&["pkg", "update", "p", "--code", &two]);
+    eventually(Duration::from_secs(30), "f1 runs the new code", || {
+        s.cli(&["fn", "test", "f1"]).1 == "two\n"
+    });
+    cli(&["fn", "create", "f2", "--env", "binary", "--pkgname", "p"]);
+    let (rc, _, err) = s.cli(&["pkg", "update", "p", "--code", &one]);
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains(
+            "package \"p\" is run by functions f1, f2: --force updates it for all of them"
+        ),
+        "{err}"
+    );
+    cli(&["pkg", "update", "p", "--code", &one, "-f"]);
+    eventually(Duration::from_secs(30), "f2 runs the new code", || {
+        s.cli(&["fn", "test", "f2"]).1 == "one\n"
+    });
+    let (rc, _, err) = s.cli(&["pkg", "delete", "p", "--force"]);
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("--force does not delete a package functions use here"),
+        "{err}"
+    );
+    assert_eq!(s.call("GET", "/v1/packages/p", None).0, 200);
+}
+
+/// Fission's flags that mean nothing here are taken with a warning that says
+/// what they were, as its other Kubernetes-only flags are, and those that
+/// mean something do it: `fn logs --reverse`, `mqt list --mqtype`.
+#[test]
+fn fissions_other_flags_are_taken() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let code = script(&dir, "talk.sh", "echo first >&2\necho second >&2\necho ok");
+    let cli = |args: &[&str]| {
+        let (rc, out, err) = s.cli(args);
+        assert_eq!(rc, 0, "{args:?}: {out}{err}");
+        (out, err)
+    };
+    let (_, err) = cli(&[
+        "env",
+        "create",
+        "binary",
+        "--runtime",
+        "binary",
+        "--poolsize",
+        "0",
+        "--graceperiod",
+        "10",
+        "--keeparchive",
+        "--imagepullsecret",
+        "pull",
+        "--externalnetwork",
+        "--labels",
+        "a=b",
+        "--annotation",
+        "x=y",
+    ]);
+    for flag in [
+        "--graceperiod",
+        "--keeparchive",
+        "--imagepullsecret",
+        "--externalnetwork",
+        "--labels and --annotation",
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("warning: {flag} ("))
+                    && l.ends_with(": not applied here")),
+            "{flag}: {err}"
+        );
+    }
+    let (_, err) = cli(&["env", "update", "binary", "--period", "5"]);
+    assert!(err.contains("--graceperiod"), "{err}");
+    let (_, err) = cli(&[
+        "fn",
+        "create",
+        "talk",
+        "--env",
+        "binary",
+        "--code",
+        &code,
+        "--labels",
+        "a=b",
+        "--annotation",
+        "x=y",
+        "--retainpods",
+        "1",
+        "--specializationtimeout",
+        "60",
+        "--targetcpu",
+        "50",
+    ]);
+    assert!(err.contains("warning: --labels and --annotation were Kubernetes metadata of Fission's function: not applied here"), "{err}");
+    assert!(err.contains("warning: --retainpods was how many pods Fission keeps after specializing: not applied here"), "{err}");
+    assert!(err.contains("warning: --specializationtimeout was how long Fission waits for a newdeploy function's pod to be ready: not applied here"), "{err}");
+    assert!(err.contains("warning: --targetcpu was the CPU use Fission's autoscaler keeps a newdeploy function's pods at: not applied here"), "{err}");
+    assert!(!err.contains("limits"), "not resource limits: {err}");
+
+    // `fn logs -r`: the newest line first.
+    assert_eq!(cli(&["fn", "test", "talk"]).0, "ok\n");
+    eventually(Duration::from_secs(30), "the call's log lines", || {
+        s.cli(&["fn", "logs", "talk"]).1.contains("second")
+    });
+    let (reversed, _) = cli(&["fn", "logs", "talk", "-r", "--all-pods"]);
+    let (logs, _) = cli(&["fn", "logs", "talk"]);
+    let newest_first: Vec<&str> = reversed.lines().collect();
+    let mut oldest_first: Vec<&str> = logs.lines().take(newest_first.len()).collect();
+    oldest_first.reverse();
+    assert_eq!(newest_first, oldest_first, "{reversed}\n---\n{logs}");
+    let at = |text: &str, what: &str| text.find(what).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        at(&reversed, "second") < at(&reversed, "first"),
+        "{reversed}"
+    );
+    let (_, err) = cli(&["fn", "logs", "talk", "--pod", "poolmgr-x"]);
+    assert!(err.contains("warning: --pod poolmgr-x"), "{err}");
+    let (rc, _, _) = s.cli(&["fn", "logs", "talk", "-r", "-f"]);
+    assert_eq!(rc, 2, "--reverse is not for --follow");
+
+    // `mqt list --mqtype`, and `--secret` said not to be used.
+    let (_, err) = cli(&[
+        "mqt",
+        "create",
+        "orders",
+        "--function",
+        "talk",
+        "--topic",
+        "orders.new",
+        "--mqtype",
+        "nats-jetstream",
+        "--secret",
+        "creds",
+    ]);
+    assert!(err.contains("warning: --secret is not applied"), "{err}");
+    let (out, _) = cli(&["mqt", "list", "--mqtype", "nats-jetstream"]);
+    assert!(out.contains("orders"), "{out}");
+    let (out, _) = cli(&["mqt", "list", "--mqtype", "kafka", "-o", "json"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]));
+
+    // Fission's global flags.
+    cli(&["fn", "list", "-v", "2"]);
+    let (_, err) = cli(&["fn", "list", "--verbosity", "0", "--kube-context", "kind-x"]);
+    assert!(err.contains("--kube-context kind-x is not used"), "{err}");
+}
+
 /// `pkg delete --orphan --name P` deletes both, as Fission's; with `-o json`
 /// a delete of every match is one array, and a delete that found nothing
 /// (`--ignorenotfound`, no orphans) answers JSON all the same.

@@ -59,6 +59,56 @@ pub(super) struct EnvFields {
     /// is honoured with version 3 only (1 and 2 keep 3).
     #[arg(long = "version", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=3))]
     env_version: Option<u8>,
+    #[command(flatten)]
+    kube_only: EnvKubeOnly,
+}
+
+/// Fission's `env create/update` flags for its Kubernetes pods, which
+/// Fusion's instances do not have: accepted, and said not to be applied.
+#[derive(Args)]
+pub(super) struct EnvKubeOnly {
+    /// Fission's grace period of a pod being stopped, in seconds; not applied
+    /// here (said on stderr).
+    #[arg(long = "graceperiod", alias = "period", value_name = "SECONDS")]
+    graceperiod: Option<i64>,
+    /// Fission's: keep a deployment archive unextracted (for .jar); not
+    /// applied here (said on stderr).
+    #[arg(long)]
+    keeparchive: bool,
+    /// Fission's Kubernetes secret to pull the image with; not applied here
+    /// (said on stderr).
+    #[arg(long, value_name = "SECRET")]
+    imagepullsecret: Option<String>,
+    /// Fission's external network of a pod under Istio; not applied here
+    /// (said on stderr; see --network).
+    #[arg(long)]
+    externalnetwork: bool,
+    /// Fission's Kubernetes labels, as `a=b,c=d`; not applied here (said on
+    /// stderr).
+    #[arg(long, value_name = "LABELS")]
+    labels: Option<String>,
+    /// Fission's Kubernetes annotation, as `key=value` (repeatable); not
+    /// applied here (said on stderr).
+    #[arg(long, value_name = "KEY=VALUE")]
+    annotation: Vec<String>,
+}
+
+impl EnvKubeOnly {
+    /// Says which were given and what they were in Fission.
+    fn warn(&self) {
+        let said = [
+            (self.graceperiod.is_some(), "--graceperiod (how long Fission gives a pod being stopped to drain its connections)"),
+            (self.keeparchive, "--keeparchive (Fission keeps a .jar deployment unextracted)"),
+            (self.imagepullsecret.is_some(), "--imagepullsecret (the Kubernetes secret Fission pulls the image with)"),
+            (self.externalnetwork, "--externalnetwork (Fission's Istio egress): --network sets what an instance reaches here"),
+            (self.labels.is_some() || !self.annotation.is_empty(), "--labels and --annotation (Kubernetes metadata of Fission's objects)"),
+        ];
+        for (given, what) in said {
+            if given {
+                eprintln!("warning: {what}: not applied here");
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -297,6 +347,7 @@ pub(crate) fn image_use_line(env: &Value) -> Option<String> {
 }
 
 pub(super) fn merge_env(body: &mut Value, f: EnvFields) -> Result<()> {
+    f.kube_only.warn();
     // One of runtime, command and image replaces the others.
     let mut only = |key: &str, value: Value| {
         if let Some(o) = body.as_object_mut() {

@@ -167,30 +167,48 @@ pub(super) struct FnKubeOnly {
         value_name = "SECONDS"
     )]
     specializationtimeout: Option<u64>,
+    /// Fission's Kubernetes labels of the function, as `a=b,c=d` (not applied).
+    #[arg(long, value_name = "LABELS")]
+    labels: Option<String>,
+    /// Fission's Kubernetes annotation of the function, as `key=value`
+    /// (repeatable; not applied).
+    #[arg(long, value_name = "KEY=VALUE")]
+    annotation: Vec<String>,
+    /// Fission's number of pods kept after specialization (not applied).
+    #[arg(long, value_name = "N")]
+    retainpods: Option<u64>,
 }
 
 impl FnKubeOnly {
-    /// Says which were given and that they change nothing here.
+    /// Says which were given, what each was in Fission, and that it changes
+    /// nothing here.
     fn warn(&self) {
-        let given: Vec<&str> = [
+        let resources: Vec<&str> = [
             ("--mincpu", self.mincpu.is_some()),
             ("--maxcpu", self.maxcpu.is_some()),
             ("--minmemory", self.minmemory.is_some()),
             ("--maxmemory", self.maxmemory.is_some()),
-            ("--targetcpu", self.targetcpu.is_some()),
-            (
-                "--specializationtimeout",
-                self.specializationtimeout.is_some(),
-            ),
         ]
         .into_iter()
         .filter_map(|(flag, set)| set.then_some(flag))
         .collect();
-        if !given.is_empty() {
+        if !resources.is_empty() {
             eprintln!(
-                "warning: {} set Fission's Kubernetes pods: not applied here; an instance takes its environment's limits (fusion env update ENV --maxcpu/--maxmemory)",
-                given.join(", ")
+                "warning: {} set the resources of Fission's Kubernetes pods: not applied here; an instance takes its environment's limits (fusion env update ENV --maxcpu/--maxmemory)",
+                resources.join(", ")
             );
+        }
+        if self.targetcpu.is_some() {
+            eprintln!("warning: --targetcpu was the CPU use Fission's autoscaler keeps a newdeploy function's pods at: not applied here; instances are added as requests need them, up to --maxscale");
+        }
+        if self.specializationtimeout.is_some() {
+            eprintln!("warning: --specializationtimeout was how long Fission waits for a newdeploy function's pod to be ready: not applied here; an instance has 30 s to load its code");
+        }
+        if self.labels.is_some() || !self.annotation.is_empty() {
+            eprintln!("warning: --labels and --annotation were Kubernetes metadata of Fission's function: not applied here");
+        }
+        if self.retainpods.is_some() {
+            eprintln!("warning: --retainpods was how many pods Fission keeps after specializing: not applied here; idle instances go after --idletimeout");
         }
     }
 }
@@ -325,6 +343,16 @@ pub(super) enum FnVerb {
         /// always shows.
         #[arg(short = 'd', long)]
         detail: bool,
+        /// The newest lines first (Fission's flag; not with --follow).
+        #[arg(short = 'r', long, conflicts_with = "follow")]
+        reverse: bool,
+        /// Fission's pod to read; here every instance's lines are shown, each
+        /// naming its instance (said on stderr).
+        #[arg(long, value_name = "POD")]
+        pod: Option<String>,
+        /// Fission's: every pod's lines, which Fusion always shows.
+        #[arg(long = "all-pods")]
+        all_pods: bool,
     },
     /// List the function's running instances (Fission's `fn pods`).
     #[command(alias = "pods")]
@@ -558,7 +586,9 @@ async fn new_code(
         env: None,
         src: std::mem::take(&mut fields.src),
         deploy,
+        code: None,
         buildcmd: fields.buildcmd.take(),
+        checksums: Default::default(),
     };
     super::pkg::update(c, &ns, pkg, update).await?;
     eprintln!("package {pkg} updated");
@@ -1006,8 +1036,14 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
             tail,
             since,
             detail: _,
+            reverse,
+            pod,
+            all_pods: _,
         } => {
             let name = name.get();
+            if let Some(pod) = pod {
+                eprintln!("warning: --pod {pod}: Fusion shows every instance's lines, each naming its instance (fusion fn instances {name} lists them)");
+            }
             use futures_util::StreamExt;
             use std::io::Write;
             let path = format!("/v1/functions/{name}/logs{}", opts.ns_query());
@@ -1034,6 +1070,17 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                     super::output::printable_log_line(line)
                 }
             };
+            // With --reverse, every line is read before the newest is printed
+            // first (no --follow then).
+            let mut held: Vec<String> = Vec::new();
+            let mut emit = |out: &mut std::io::Stdout, line: String| -> std::io::Result<()> {
+                if reverse {
+                    held.push(line);
+                    Ok(())
+                } else {
+                    writeln!(out, "{line}")
+                }
+            };
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| {
                     anyhow::anyhow!("the log stream broke off (did the server stop?): {e}")
@@ -1041,12 +1088,15 @@ pub(super) async fn fn_cmd(verb: FnVerb, opts: &ClientOpts) -> Result<()> {
                 partial.extend_from_slice(&chunk);
                 while let Some(i) = partial.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = partial.drain(..=i).collect();
-                    writeln!(out, "{}", shown(&String::from_utf8_lossy(&line[..i])))?;
+                    emit(&mut out, shown(&String::from_utf8_lossy(&line[..i])))?;
                 }
                 out.flush()?;
             }
             if !partial.is_empty() {
-                writeln!(out, "{}", shown(&String::from_utf8_lossy(&partial)))?;
+                emit(&mut out, shown(&String::from_utf8_lossy(&partial)))?;
+            }
+            for line in held.iter().rev() {
+                writeln!(out, "{line}")?;
             }
         }
         FnVerb::Invocations {

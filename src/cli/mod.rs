@@ -44,6 +44,14 @@ use workflow::WfVerb;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Fission's CLI verbosity (0 quiet, 1 the default, 2 verbose): taken,
+    /// and nothing changes (the server's log is set with FUSION_LOG).
+    #[arg(short = 'v', long = "verbosity", value_name = "LEVEL", global = true)]
+    _verbosity: Option<u8>,
+    /// Fission's Kubernetes context: not used (said on stderr); the server
+    /// is --server.
+    #[arg(long = "kube-context", value_name = "CONTEXT", global = true)]
+    kube_context: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -455,6 +463,9 @@ impl Cli {
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
+    if let Some(context) = &cli.kube_context {
+        eprintln!("warning: --kube-context {context} is not used: Fusion talks to the server --server (FUSION_URL) names, not to Kubernetes");
+    }
     match cli.command {
         Command::Server { server } => {
             let json = init_tracing()?;

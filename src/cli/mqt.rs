@@ -52,7 +52,10 @@ pub(super) struct MqtFields {
     minreplicacount: Option<i64>,
     #[arg(long, value_name = "N", hide = true)]
     maxreplicacount: Option<i64>,
-    #[arg(long, value_name = "NAME", hide = true)]
+    /// Fission's secret of the queue's credentials: kept with the trigger,
+    /// not used (said on stderr): the trigger connects to its `natsUrl`
+    /// metadata, or the server's --nats-url.
+    #[arg(long, value_name = "NAME")]
     secret: Option<String>,
     #[arg(long, value_name = "KIND", hide = true)]
     mqtkind: Option<String>,
@@ -89,6 +92,9 @@ pub(super) enum MqtVerb {
     },
     /// List the triggers.
     List {
+        /// Only the triggers of this message queue type (Fission's flag).
+        #[arg(long, value_name = "TYPE")]
+        mqtype: Option<String>,
         #[command(flatten)]
         scope: super::AllNamespaces,
     },
@@ -125,6 +131,9 @@ pub(super) const MQTRIGGERS: Collection = Collection {
 };
 
 fn merge(body: &mut Value, f: MqtFields) -> Result<()> {
+    if f.secret.as_deref().is_some_and(|s| !s.is_empty()) {
+        eprintln!("warning: --secret is not applied: Fusion does not read the queue's credentials from a secret; the trigger connects to its natsUrl metadata (--metadata natsUrl=...), else the server's --nats-url");
+    }
     let mut set = |k: &str, v: Value| body[k] = v;
     if let Some(fun) = f.function {
         set("function", json!(fun));
@@ -207,7 +216,15 @@ pub(super) async fn mqt_cmd(verb: MqtVerb, opts: &ClientOpts) -> Result<()> {
             MQTRIGGERS.create(&c, opts, &body).await
         }
         MqtVerb::Get { name } => MQTRIGGERS.show(&c, opts, &name.get()).await,
-        MqtVerb::List { scope } => MQTRIGGERS.list(&c, opts, &scope).await,
+        MqtVerb::List { mqtype, scope } => {
+            MQTRIGGERS
+                .list_where(&c, opts, &scope, |t| {
+                    mqtype
+                        .as_deref()
+                        .is_none_or(|want| t["messageQueueType"] == want)
+                })
+                .await
+        }
         MqtVerb::Update { name, fields } => {
             let name = name.get();
             let mut body = MQTRIGGERS.current(&c, opts, &name).await?;

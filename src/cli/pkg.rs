@@ -85,16 +85,64 @@ pub struct PkgFields {
     /// Source code to build: a directory, a zip archive or a file (repeatable;
     /// several are zipped together). Python: a requirements.txt is installed
     /// with pip; nodejs: package.json with npm; else ./build.sh runs.
-    #[arg(long = "src", alias = "sourcearchive")]
+    #[arg(long = "src", alias = "sourcearchive", alias = "source")]
     pub(super) src: Vec<PathBuf>,
     /// Code ready to run, used as it is: a directory, a zip archive or a file
     /// (repeatable; several are zipped together).
     #[arg(long = "deploy", alias = "deployarchive")]
     pub(super) deploy: Vec<PathBuf>,
+    /// One source file, run as it is (Fission's `--code`: what --deploy does
+    /// with one file).
+    #[arg(long = "code", value_name = "FILE")]
+    pub(super) code: Option<PathBuf>,
     /// The build command, run by `sh` in the source directory with SRC_PKG
     /// (the source) and DEPLOY_PKG (where the deployment goes) set.
     #[arg(long)]
     pub(super) buildcmd: Option<String>,
+    #[command(flatten)]
+    pub(super) checksums: PkgChecksums,
+}
+
+/// Fission's flags for the checksums of archives it fetches from URLs:
+/// Fusion takes local code only, and stores each upload by its SHA-256.
+#[derive(Args, Default)]
+pub(super) struct PkgChecksums {
+    /// Fission's: no checksum for the archives; not applied here (said on
+    /// stderr).
+    #[arg(long)]
+    insecure: bool,
+    /// Fission's SHA-256 of a source archive fetched from a URL; not applied
+    /// here (said on stderr).
+    #[arg(long, value_name = "SHA256")]
+    srcchecksum: Option<String>,
+    /// Fission's SHA-256 of a deployment archive fetched from a URL; not
+    /// applied here (said on stderr).
+    #[arg(long, value_name = "SHA256")]
+    deploychecksum: Option<String>,
+}
+
+impl PkgFields {
+    /// `--code` as the deployment it stands for (after any --deploy), and
+    /// Fission's checksum flags said to do nothing.
+    fn normalized(mut self) -> PkgFields {
+        self.deploy.extend(self.code.take());
+        let c = &self.checksums;
+        let given: Vec<&str> = [
+            ("--insecure", c.insecure),
+            ("--srcchecksum", c.srcchecksum.is_some()),
+            ("--deploychecksum", c.deploychecksum.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect();
+        if !given.is_empty() {
+            eprintln!(
+                "warning: {} not applied: they are Fission's checks of archives fetched from URLs, and Fusion uploads local code only (each stored by its SHA-256)",
+                given.join(", ")
+            );
+        }
+        self
+    }
 }
 
 #[derive(Subcommand)]
@@ -115,6 +163,9 @@ pub enum PkgVerb {
         id: PkgId,
         #[command(flatten)]
         fields: PkgFields,
+        /// Update it even when more than one function runs it (Fission's flag).
+        #[arg(short = 'f', long)]
+        force: bool,
     },
     /// Show a package: its build status and the end of its build log.
     Info {
@@ -263,11 +314,14 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
     let c = opts.client()?;
     match verb {
         PkgVerb::Create { id, fields, spec } => {
+            let fields = fields.normalized();
             if fields.env.is_none() {
                 bail!("--env is required");
             }
             if fields.src.is_empty() && fields.deploy.is_empty() {
-                bail!("give the code: --src (to build) or --deploy (to run as it is), or both");
+                bail!(
+                    "give the code: --src (to build) or --deploy/--code (to run as it is), or both"
+                );
             }
             let given = id.positional.or(id.flag);
             let named_here = given.is_none();
@@ -310,7 +364,30 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                 print(opts, &v, PKG_COLUMNS);
             }
         }
-        PkgVerb::Update { id, fields } => {
+        PkgVerb::Update { id, fields, force } => {
+            let fields = fields.normalized();
+            // As Fission's `pkg update` (and `fn update --code` here): a
+            // package that several functions run changes for all of them
+            // only when that is asked for.
+            let users: Vec<String> = c
+                .send(
+                    c.request(Method::GET, "/v1/functions")
+                        .query(&[("namespace", &id.namespace)]),
+                )
+                .await?
+                .json::<Vec<Value>>()
+                .await?
+                .iter()
+                .filter(|f| f["package"]["packageref"]["name"] == id.name())
+                .filter_map(|f| f["name"].as_str().map(str::to_string))
+                .collect();
+            if users.len() > 1 && !force {
+                bail!(
+                    "package {:?} is run by functions {}: --force updates it for all of them",
+                    id.name(),
+                    users.join(", ")
+                );
+            }
             let v = update(&c, &id.namespace, id.name(), fields).await?;
             print(opts, &v, PKG_COLUMNS);
         }
@@ -708,7 +785,9 @@ pub(super) async fn create_for_function(
         env: Some(env.to_string()),
         src,
         deploy,
+        code: None,
         buildcmd,
+        checksums: PkgChecksums::default(),
     };
     merge(c, &mut body, fields).await?;
     c.send(
