@@ -1249,6 +1249,70 @@ fn fissions_other_flags_are_taken() {
     assert!(err.contains("--kube-context kind-x is not used"), "{err}");
 }
 
+/// Secrets and configmaps take `--ignorenotfound` and `-A` as every other
+/// delete and list does.
+#[test]
+fn secrets_and_configmaps_take_ignorenotfound_and_all_namespaces() {
+    let s = Server::start();
+    for noun in ["secret", "configmap"] {
+        for ns in ["default", "shop"] {
+            let (rc, out, err) = s.cli(&[
+                noun,
+                "create",
+                &format!("{noun}-{ns}"),
+                "-n",
+                ns,
+                "--from-literal",
+                "k=v",
+            ]);
+            assert_eq!(rc, 0, "{out}{err}");
+        }
+        let (rc, out, err) = s.cli(&[noun, "list"]);
+        assert_eq!(rc, 0, "{err}");
+        assert_eq!(out.lines().count(), 2, "{out}");
+        let (rc, out, err) = s.cli(&[noun, "list", "-A", "-o", "json"]);
+        assert_eq!(rc, 0, "{err}");
+        let all: Value = serde_json::from_str(&out).unwrap();
+        let mut names: Vec<&str> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["name"].as_str())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [format!("{noun}-default"), format!("{noun}-shop")],
+            "{out}"
+        );
+        let (rc, _, _) = s.cli(&[noun, "delete", "nope"]);
+        assert_ne!(rc, 0);
+        let (rc, out, err) = s.cli(&[noun, "delete", "nope", "--ignorenotfound"]);
+        assert_eq!((rc, out.as_str()), (0, ""), "{err}");
+        let (rc, out, err) = s.cli(&[noun, "delete", "nope", "--ignorenotfound", "-o", "json"]);
+        assert_eq!(rc, 0, "{err}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).unwrap(),
+            json!({"deleted": null})
+        );
+        let (rc, _, err) = s.cli(&[
+            noun,
+            "delete",
+            &format!("{noun}-shop"),
+            "-n",
+            "shop",
+            "--ignorenotfound",
+        ]);
+        assert_eq!(rc, 0, "{err}");
+    }
+    let (status, body) = s.call(
+        "GET",
+        "/v1/secrets?namespace=shop&all_namespaces=true",
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+}
+
 /// `pkg delete --orphan --name P` deletes both, as Fission's; with `-o json`
 /// a delete of every match is one array, and a delete that found nothing
 /// (`--ignorenotfound`, no orphans) answers JSON all the same.

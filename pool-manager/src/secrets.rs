@@ -527,8 +527,9 @@ impl PoolManager {
     }
 
     /// The secrets or configmaps of `namespace`, by name.
-    pub fn data_items(&self, kind: DataKind, namespace: &str) -> Result<Vec<DataView>> {
-        let prefix = format!("{namespace}/");
+    /// The secrets or configmaps of `namespace`, or of every namespace.
+    pub fn data_items(&self, kind: DataKind, namespace: Option<&str>) -> Result<Vec<DataView>> {
+        let prefix = namespace.map(|ns| format!("{ns}/")).unwrap_or_default();
         self.data_store()
             .tree(kind)
             .scan_prefix(prefix)

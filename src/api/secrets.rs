@@ -59,12 +59,14 @@ fn parse(kind: DataKind, body: &[u8]) -> ApiResult<DataSpec> {
         .map_err(|e| pool_manager::Error::Invalid(format!("invalid {}: {e}", kind.noun())))
 }
 
+/// The list of a namespace, or of every namespace (`?all_namespaces=true`).
 async fn list(
     kind: DataKind,
     State(s): State<AppState>,
-    Query(q): Query<NamespaceQuery>,
+    Query(q): Query<super::Listing>,
 ) -> ApiResult<Json<Vec<DataView>>> {
-    Ok(Json(s.pool.data_items(kind, q.namespace())?))
+    let all = s.pool.data_items(kind, None)?;
+    Ok(Json(q.select(all, |d| d.namespace.as_str())?))
 }
 
 async fn show(

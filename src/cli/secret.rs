@@ -30,6 +30,8 @@ pub(super) enum DataVerb {
         /// The namespace to list.
         #[arg(long, short = 'n', env = "FUSION_NAMESPACE", default_value = "default")]
         namespace: String,
+        #[command(flatten)]
+        scope: super::AllNamespaces,
     },
     /// Replace every key and value with those given (functions that use it get
     /// new instances on their next call).
@@ -43,6 +45,8 @@ pub(super) enum DataVerb {
     Delete {
         #[command(flatten)]
         id: DataId,
+        #[command(flatten)]
+        missing: super::IgnoreNotFound,
     },
 }
 
@@ -219,14 +223,13 @@ pub(super) async fn data_cmd(kind: Kind, verb: DataVerb, opts: &ClientOpts) -> R
             let v: Value = c.get(&item(kind, &id)).await?;
             show(kind, opts, &v);
         }
-        DataVerb::List { namespace } => {
-            let v: Value = c
-                .get(&format!(
-                    "{}?namespace={}",
-                    kind.path,
-                    urlencode(&namespace)
-                ))
-                .await?;
+        DataVerb::List { namespace, scope } => {
+            let query = if scope.all {
+                "all_namespaces=true".to_string()
+            } else {
+                format!("namespace={}", urlencode(&namespace))
+            };
+            let v: Value = c.get(&format!("{}?{query}", kind.path)).await?;
             show(kind, opts, &v);
         }
         DataVerb::Update { id, sources } => {
@@ -235,10 +238,10 @@ pub(super) async fn data_cmd(kind: Kind, verb: DataVerb, opts: &ClientOpts) -> R
             let v: Value = c.put_json(&item(kind, &id), &body).await?;
             show(kind, opts, &v);
         }
-        DataVerb::Delete { id } => {
-            c.delete(&item(kind, &id)).await?;
-            super::output::deleted(opts, kind.noun, Some(&id.namespace), &id.name());
-        }
+        DataVerb::Delete { id, missing } => match c.delete(&item(kind, &id)).await {
+            Ok(()) => super::output::deleted(opts, kind.noun, Some(&id.namespace), &id.name()),
+            Err(e) => missing.apply(opts, Err(e))?,
+        },
     }
     Ok(())
 }
