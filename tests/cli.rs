@@ -1381,3 +1381,95 @@ fn pkg_delete_orphan_takes_a_name_and_deletes_of_nothing_answer_json() {
         );
     }
 }
+
+/// A method given twice is stored once; `timer showschedule -o json` is
+/// JSON; a URL given as code is said in one line.
+#[test]
+fn methods_once_schedules_as_json_and_urls_as_code_refused() {
+    let s = Server::start();
+    s.env("binary", "binary", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let code = script(&dir, "hi.sh", "echo hi");
+    let cli = |args: &[&str]| {
+        let (rc, out, err) = s.cli(args);
+        assert_eq!(rc, 0, "{args:?}: {out}{err}");
+        out
+    };
+    cli(&["fn", "create", "keeper", "--env", "binary", "--code", &code]);
+    cli(&[
+        "route",
+        "create",
+        "twice",
+        "--url",
+        "/twice",
+        "--function",
+        "keeper",
+        "--method",
+        "GET",
+        "--method",
+        "get",
+        "--method",
+        "POST",
+    ]);
+    assert_eq!(
+        s.ok("GET", "/v1/routes/twice", None)["methods"],
+        json!(["GET", "POST"])
+    );
+    cli(&[
+        "route", "update", "twice", "--method", "put", "--method", "PUT",
+    ]);
+    assert_eq!(
+        s.ok("GET", "/v1/routes/twice", None)["methods"],
+        json!(["PUT"])
+    );
+
+    let out = cli(&[
+        "timer",
+        "showschedule",
+        "--cron",
+        "@hourly",
+        "--round",
+        "2",
+        "-o",
+        "json",
+    ]);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert!(shown["current"].is_string(), "{out}");
+    assert_eq!(shown["next"].as_array().map(Vec::len), Some(2), "{out}");
+
+    for args in [
+        &[
+            "fn",
+            "create",
+            "web",
+            "--env",
+            "binary",
+            "--code",
+            "https://example.com/hi.sh",
+        ][..],
+        &[
+            "pkg",
+            "create",
+            "--env",
+            "binary",
+            "--deploy",
+            "http://example.com/hi.zip",
+        ],
+        &[
+            "pkg",
+            "create",
+            "--env",
+            "binary",
+            "--src",
+            "https://example.com/src.zip",
+        ],
+    ] {
+        let (rc, _, err) = s.cli(args);
+        assert_ne!(rc, 0, "{args:?}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("Fusion does not fetch code from URLs; download it first"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -694,10 +694,8 @@ async fn create_route(
 ) -> Result<()> {
     let methods: Vec<String> = if route.methods.is_empty() {
         vec!["GET".into()]
-    } else if route.methods.iter().any(|m| m.eq_ignore_ascii_case("any")) {
-        Vec::new()
     } else {
-        route.methods.iter().map(|m| m.to_uppercase()).collect()
+        super::route::methods(&route.methods)
     };
     let route_name = super::route::free_name(
         c,

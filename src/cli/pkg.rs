@@ -808,6 +808,7 @@ pub fn archive_of(paths: &[PathBuf]) -> Result<(Vec<u8>, String)> {
     use crate::spec::archive::{glob_matches, is_glob};
     let mut items = Vec::new();
     for p in paths {
+        refuse_url(p)?;
         if is_glob(p) {
             items.extend(glob_matches(p)?.into_iter().map(|m| (m, true)));
         } else {
@@ -815,6 +816,17 @@ pub fn archive_of(paths: &[PathBuf]) -> Result<(Vec<u8>, String)> {
         }
     }
     zip_of(&items)
+}
+
+/// A URL where a path belongs (Fission's CLI fetches code from one): said in
+/// one line, not as a file that cannot be read.
+fn refuse_url(p: &Path) -> Result<()> {
+    let text = p.to_string_lossy();
+    let scheme = text.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if matches!(scheme.as_deref(), Some("http" | "https" | "ftp")) {
+        bail!("{text}: Fusion does not fetch code from URLs; download it first (curl -LO {text}) and give the file");
+    }
+    Ok(())
 }
 
 /// One file as it is, else a zip of `items`: a file by its name, a directory

@@ -154,6 +154,21 @@ fn warn_ingress(f: &RouteFields) {
     }
 }
 
+/// The methods of `--method` flags as a route stores them: upper case, each
+/// once, in the order given; none for `ANY` (every method).
+pub(super) fn methods(given: &[String]) -> Vec<String> {
+    if given.iter().any(|m| m.eq_ignore_ascii_case("any")) {
+        return Vec::new();
+    }
+    let mut out: Vec<String> = Vec::new();
+    for m in given.iter().map(|m| m.to_uppercase()) {
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    out
+}
+
 /// A URL or prefix as Fission's CLI takes it: the leading `/` may be left out.
 pub(super) fn rooted(path: String) -> String {
     if path.starts_with('/') {
@@ -178,14 +193,8 @@ pub(super) fn merge_route(body: &mut Value, f: RouteFields) -> Result<()> {
         body["prefix"] = json!(p);
         body.as_object_mut().map(|o| o.remove("url"));
     }
-    if f.methods.iter().any(|m| m.eq_ignore_ascii_case("any")) {
-        body["methods"] = json!([]);
-    } else if !f.methods.is_empty() {
-        body["methods"] = json!(f
-            .methods
-            .iter()
-            .map(|m| m.to_uppercase())
-            .collect::<Vec<_>>());
+    if !f.methods.is_empty() {
+        body["methods"] = json!(methods(&f.methods));
     }
     let target = |body: &mut Value, field: &str, value: Value| {
         if let Some(o) = body.as_object_mut() {

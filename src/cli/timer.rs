@@ -165,16 +165,27 @@ pub(super) async fn timer_cmd(verb: TimerVerb, opts: &ClientOpts) -> Result<()> 
     } = &verb
     {
         let schedule = triggers::timer::Schedule::parse(cron, timezone.as_deref())?;
-        let mut t = jiff::Timestamp::now();
-        println!("Current time: \t{t}");
-        for i in 1..=*round {
-            match schedule.next_after(t) {
-                Some(next) => {
-                    println!("Next {i} invocation: \t{next}");
-                    t = next;
-                }
-                None => break,
-            }
+        let now = jiff::Timestamp::now();
+        let mut next = Vec::new();
+        let mut t = now;
+        while next.len() < *round {
+            let Some(n) = schedule.next_after(t) else {
+                break;
+            };
+            next.push(n);
+            t = n;
+        }
+        if opts.json() {
+            let v = json!({
+                "current": now.to_string(),
+                "next": next.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        println!("Current time: \t{now}");
+        for (i, n) in next.iter().enumerate() {
+            println!("Next {} invocation: \t{n}", i + 1);
         }
         return Ok(());
     }
