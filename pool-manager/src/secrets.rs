@@ -526,8 +526,7 @@ impl PoolManager {
             .ok_or_else(|| not_found_in(kind.noun(), namespace, name))
     }
 
-    /// The secrets or configmaps of `namespace`, by name.
-    /// The secrets or configmaps of `namespace`, or of every namespace.
+    /// The secrets or configmaps of `namespace`, or of every namespace, by name.
     pub fn data_items(&self, kind: DataKind, namespace: Option<&str>) -> Result<Vec<DataView>> {
         let prefix = namespace.map(|ns| format!("{ns}/")).unwrap_or_default();
         self.data_store()
