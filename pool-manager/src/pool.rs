@@ -382,11 +382,7 @@ impl PoolManager {
                 match weak.upgrade() {
                     Some(inner) if !inner.closing.load(Ordering::SeqCst) => {
                         inner.reap_idle();
-                        // Also retries warming that gave up after failures.
-                        let fns: Vec<String> = lock(&inner.state).fns.keys().cloned().collect();
-                        for function in fns {
-                            inner.keep_warm(&function);
-                        }
+                        inner.fill_again();
                     }
                     _ => break,
                 }
@@ -1113,6 +1109,11 @@ impl Inner {
                             if let Some(pool) = st.envs.get_mut(&env_name) {
                                 pool.refilling = false;
                                 pool.refill_backoff.failed();
+                                tracing::warn!(
+                                    env = %env_name,
+                                    "the pool's instances failed to start three times in a row: tried again after a pause of {:?}",
+                                    pool.refill_backoff.next
+                                );
                             }
                             return;
                         }
@@ -1428,6 +1429,44 @@ impl Inner {
             if let Some(owner) = owner {
                 self.keep_warm(&owner.function);
             }
+        }
+    }
+
+    /// Tries again the pools and min scales that gave up after failed starts
+    /// (once their pause is over): a cause fixed meanwhile (a full disk, an
+    /// interpreter being upgraded) leaves no environment without its pool
+    /// until a request comes.
+    pub(crate) fn fill_again(self: &Arc<Self>) {
+        let (envs, fns): (Vec<String>, Vec<String>) = {
+            let st = lock(&self.state);
+            (
+                st.envs.keys().cloned().collect(),
+                st.fns.keys().cloned().collect(),
+            )
+        };
+        for env in envs {
+            self.refill(&env);
+        }
+        for function in fns {
+            self.keep_warm(&function);
+        }
+    }
+
+    /// Whether environment `env`'s pool is being filled (for tests).
+    #[cfg(test)]
+    pub(crate) fn refilling(&self, env: &str) -> bool {
+        lock(&self.state).envs.get(env).is_some_and(|p| p.refilling)
+    }
+
+    /// Ends every pause after failed starts (for tests: as if it had passed).
+    #[cfg(test)]
+    pub(crate) fn pauses_over(&self) {
+        let mut st = lock(&self.state);
+        for pool in st.envs.values_mut() {
+            pool.refill_backoff.until = None;
+        }
+        for pool in st.fns.values_mut() {
+            pool.warm_backoff.until = None;
         }
     }
 

@@ -522,6 +522,43 @@ async fn starts_that_keep_failing_are_tried_again_after_a_pause() {
     assert_eq!(s.backend.asked.load(Ordering::SeqCst), asked + 3);
 }
 
+/// An environment's pool that gave up after failed starts fills again once
+/// its pause is over, without a request: the cause fixed meanwhile (a full
+/// disk, an interpreter being upgraded) leaves no environment without its
+/// pool until the next cold start.
+#[tokio::test]
+async fn a_pool_that_gave_up_fills_again_after_its_pause() {
+    let s = setup(1, 1).await;
+    let generic = eventually("the pool to fill", || {
+        s.pm.instances(None).first().map(|i| i.id)
+    })
+    .await;
+    s.backend.broken.store(true, Ordering::SeqCst);
+    let asked = s.backend.asked.load(Ordering::SeqCst);
+    let handle = s.backend.handles.lock().unwrap()[&generic].clone();
+    handle.end(Exit::Vanished("its pod was deleted".into()));
+    eventually("three failed starts", || {
+        (s.backend.asked.load(Ordering::SeqCst) == asked + 3).then_some(())
+    })
+    .await;
+    eventually("the filling gives up", || {
+        (!s.pm.inner.refilling("env")).then_some(())
+    })
+    .await;
+    s.backend.broken.store(false, Ordering::SeqCst);
+    // The reaper's tick within the pause tries nothing.
+    s.pm.inner.fill_again();
+    tokio::task::yield_now().await;
+    assert_eq!(s.backend.asked.load(Ordering::SeqCst), asked + 3);
+    // Its first tick after the pause fills the pool.
+    s.pm.inner.pauses_over();
+    s.pm.inner.fill_again();
+    eventually("the pool to fill again", || {
+        s.pm.instances(None).first().map(|i| i.id)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_instance_that_vanishes_is_replaced_in_the_pool() {
     let s = setup(1, 1).await;
