@@ -285,24 +285,27 @@ fn a_call_cut_off_at_the_end_of_the_grace_gets_503_shutting_down() {
 /// not a reason to run functions unisolated.
 #[test]
 fn a_named_oci_runtime_that_cannot_run_is_an_error_not_a_fallback() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("server.log");
-    let mut server = spawn_server(
-        "auto",
-        &dir.path().join("data"),
-        &log,
-        &[("FUSION_OCI_RUNTIME", "/nonexistent/runc")],
-    );
-    assert!(!gives_up(&mut server).success());
-    let err = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        err.lines()
-            .last()
-            .unwrap_or_default()
-            .starts_with("error: --oci-runtime"),
-        "{err}"
-    );
-    assert!(!err.contains("falling back"), "{err}");
+    // One that is not there, and one that runs but is no OCI runtime (it
+    // "succeeded" in running nothing, and every instance then failed).
+    for (runtime, why) in [
+        ("/nonexistent/runc", "cannot run"),
+        ("/bin/true", "is it an OCI runtime"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let mut server = spawn_server(
+            "auto",
+            &dir.path().join("data"),
+            &log,
+            &[("FUSION_OCI_RUNTIME", runtime)],
+        );
+        assert!(!gives_up(&mut server).success(), "{runtime}");
+        let err = std::fs::read_to_string(&log).unwrap();
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: --oci-runtime"), "{err}");
+        assert!(last.contains(why), "{runtime}: {err}");
+        assert!(!err.contains("falling back"), "{err}");
+    }
 }
 
 /// A signal while the server starts (a service manager's stop, Ctrl-C right

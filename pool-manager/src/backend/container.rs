@@ -450,6 +450,11 @@ impl ContainerBackend {
         .await;
         let _ = std::fs::remove_dir_all(&bundle);
         match out {
+            // `/bin/true` given as the runtime "succeeds" too, running nothing.
+            Ok(Ok(o)) if o.status.success() && o.stdout.is_empty() => Err(format!(
+                "{:?} ran the probe container but it printed nothing: is it an OCI runtime (runc, crun)?",
+                self.cfg.runtime
+            )),
             Ok(Ok(o)) if o.status.success() => Ok(()),
             Ok(Ok(o)) => {
                 self.delete(&id).await;
@@ -493,8 +498,16 @@ impl ContainerBackend {
         }
         ids.sort();
         ids.dedup();
-        for id in ids.iter().filter(|id| id.starts_with(&self.cfg.prefix)) {
+        ids.retain(|id| id.starts_with(&self.cfg.prefix));
+        for id in &ids {
             self.delete(id).await;
+        }
+        if !ids.is_empty() {
+            // As the process backend says what a killed server left running.
+            tracing::info!(
+                containers = ids.len(),
+                "deleted the containers a previous server left (it was killed, or its host stopped)"
+            );
         }
         if let Ok(entries) = std::fs::read_dir(self.bundles()) {
             for e in entries.flatten() {
