@@ -14,13 +14,30 @@ pub struct ReqwestTransport {
 
 impl ReqwestTransport {
     pub fn new() -> ReqwestTransport {
+        // No limit of its own: the task's `timeout` (or the engine's
+        // `HTTP_TIMEOUT`) bounds each call, and says so.
         ReqwestTransport {
             client: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(60))
+                .connect_timeout(std::time::Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
         }
     }
+}
+
+/// What went wrong with a request, to its cause (reqwest's own text, "error
+/// sending request", hides "Connection refused").
+fn said(url: &str, e: &reqwest::Error) -> String {
+    let mut text = match e.is_connect() {
+        true => format!("cannot connect to {url}"),
+        false => format!("{url}: {e}"),
+    };
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 impl HttpTransport for ReqwestTransport {
@@ -45,10 +62,7 @@ impl HttpTransport for ReqwestTransport {
                     None => req.json(&other),
                 },
             };
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| format!("{}: {e}", request.url))?;
+            let resp = req.send().await.map_err(|e| said(&request.url, &e))?;
             let status = resp.status().as_u16();
             let headers: BTreeMap<String, String> = resp
                 .headers()

@@ -77,6 +77,10 @@ impl Clock for TokioClock {
 }
 
 /// Sends the requests of the `http` built-in (provided by the server).
+/// How long an `http` task whose own `timeout` says nothing waits for its
+/// answer.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub trait HttpTransport: Send + Sync + 'static {
     fn send(&self, request: HttpRequest) -> BoxFuture<Result<FunctionResponse, String>>;
 }
@@ -2442,7 +2446,10 @@ impl Actor {
             } => {
                 let t = task.clone();
                 self.call(task, async move {
-                    let result = bounded(timeout, async {
+                    // Its own limit when the task gives none: said as a
+                    // timeout (504), not as a request that failed.
+                    let limit = timeout.unwrap_or(HTTP_TIMEOUT);
+                    let result = bounded(Some(limit), async {
                         match &engine.config.http {
                             Some(http) => http.send(request).await.map_err(CallError::Http),
                             None => Err(CallError::UnknownFunction(
@@ -2450,7 +2457,16 @@ impl Actor {
                             )),
                         }
                     })
-                    .await;
+                    .await
+                    .map_err(|e| match e {
+                        CallError::Timeout(_) if timeout.is_none() => CallError::Timeout(format!(
+                            "the http call timed out: no answer within {limit:?} (the `http` built-in's limit: a task `timeout` sets another)"
+                        )),
+                        CallError::Timeout(_) => CallError::Timeout(format!(
+                            "the http call timed out: no answer within {limit:?} (its timeout)"
+                        )),
+                        other => other,
+                    });
                     let events =
                         outcome_events(&t, attempt, result, engine.clock.now_ms(), documents);
                     (t, events)

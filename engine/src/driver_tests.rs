@@ -1388,8 +1388,16 @@ tasks:
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert_eq!(v["error"]["code"], "unknown_function");
         assert_eq!(v["error"]["details"][0]["line"], 5);
+        // The same document again stores nothing; another is version 2.
         let (s, _, v) = call(&app, req("PUT", "/v1/workflows/hello", yaml)).await;
+        assert_eq!(
+            (s, v["version"].clone(), v["unchanged"].clone()),
+            (StatusCode::OK, json!(1), json!(true))
+        );
+        let changed = format!("description: two\n{yaml}");
+        let (s, _, v) = call(&app, req("PUT", "/v1/workflows/hello", &changed)).await;
         assert_eq!((s, v["version"].clone()), (StatusCode::OK, json!(2)));
+        assert_eq!(v["unchanged"], Value::Null);
         let (_, _, v) = call(&app, req("GET", "/v1/workflows/hello/versions", "")).await;
         assert_eq!(v.as_array().unwrap().len(), 2);
         let (s, _, v) = call(&app, req("GET", "/v1/workflows/hello?version=1", "")).await;
@@ -1778,6 +1786,25 @@ async fn the_task_timeout_bounds_the_http_builtin() {
     assert_eq!(summary.status, RunStatus::Failed);
     let error = summary.error.expect("the run names its error");
     assert!(error.message.contains("timed out"), "{error:?}");
+    assert_eq!(error.code(summary.status), "run_timed_out", "{error:?}");
+    // Without one, its own limit: said as such, a timeout (504), not a
+    // request that failed.
+    let summary = run(
+        &engine,
+        "slowhttp2",
+        "apiVersion: 1\noutput: A\ntasks:\n  A:\n    run: http\n    inputs:\n      url: http://127.0.0.1:9/never\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(summary.status, RunStatus::Failed);
+    let error = summary.error.expect("the run names its error");
+    assert!(
+        error
+            .message
+            .contains("no answer within 60s (the `http` built-in's limit"),
+        "{error:?}"
+    );
+    assert_eq!(error.code(summary.status), "run_timed_out", "{error:?}");
 }
 
 #[tokio::test(start_paused = true)]

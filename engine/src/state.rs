@@ -324,6 +324,7 @@ impl RunError {
         // failed in it: `task "S" failed: function call timed out ...`.
         let m = innermost_failure(&self.message);
         m.starts_with("function call timed out")
+            || m.starts_with("the http call timed out")
             || m.starts_with("the task timed out")
             || m.starts_with("the run timed out")
             || m.starts_with("the callback timed out")
