@@ -122,6 +122,18 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
+/// `foreach`'s `concurrency`: a whole number, at least 1.
+pub fn items_at_once(v: &Value) -> Option<u32> {
+    as_number(Some(v))
+        .filter(|n| n.fract() == 0.0 && *n >= 1.0)
+        .map(|n| n.min(u32::MAX as f64) as u32)
+}
+
+/// Why `v` is no `foreach` `concurrency`.
+pub fn bad_items_at_once(v: &Value) -> String {
+    format!("`concurrency` is how many items run at once, a whole number from 1, not {v}")
+}
+
 fn as_number(v: Option<&Value>) -> Option<f64> {
     match v? {
         Value::Number(n) => n.as_f64(),
@@ -297,10 +309,14 @@ fn foreach(inputs: &Inputs, raw: &Inputs) -> Outcome {
     }
     let collect = inputs.get("collect").map(truthy).unwrap_or(true);
     let sequential = inputs.get("sequential").map(truthy).unwrap_or(false);
-    let limit = if sequential {
-        Some(1)
-    } else {
-        as_number(inputs.get("concurrency")).map(|n| n.clamp(1.0, u32::MAX as f64) as u32)
+    let limit = match inputs.get("concurrency") {
+        _ if sequential => Some(1),
+        None | Some(Value::Null) => None,
+        Some(v) => match items_at_once(v) {
+            Some(n) => Some(n),
+            // 0 or -1 ran one at a time, "x" all at once.
+            None => return Outcome::Invalid(format!("foreach: {}", bad_items_at_once(v))),
+        },
     };
     let mut tasks = serde_json::Map::new();
     let mut collected = Vec::new();
@@ -1001,6 +1017,15 @@ mod tests {
         assert!(
             matches!(run_builtin("foreach", bad), Outcome::Invalid(m) if m.ends_with(r#"not {"items":[1]}"#)),
         );
+        // A `concurrency` that is no whole number from 1 is refused, not read
+        // as one at a time (0, -1) or all at once ("x").
+        for given in [json!(0), json!(-1), json!(1.5), json!("x")] {
+            let bad = json!({"foreach": [1], "do": {"run": "noop"}, "concurrency": given});
+            assert!(
+                matches!(run_builtin("foreach", bad), Outcome::Invalid(m) if m.contains("whole number from 1")),
+                "{given}"
+            );
+        }
     }
 
     fn run_builtin(name: &str, v: Value) -> Outcome {

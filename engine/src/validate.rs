@@ -839,6 +839,12 @@ fn check_workflow(
     }
     if let Some(t) = &spec.timeout {
         match parse_duration(t) {
+            _ if has_no_unit(t) => push(
+                errors,
+                "invalid_timeout",
+                format!("timeout {t:?} {NO_UNIT}"),
+                at.value(&["timeout"]),
+            ),
             None => push(
                 errors,
                 "invalid_timeout",
@@ -934,6 +940,36 @@ fn check_workflow(
 /// out (an expression's value is known only when the task runs): a missing
 /// input, or a literal no run could accept. Otherwise every run of the
 /// workflow would fail at that task.
+/// A function task's literal `method`: an HTTP method a function can answer
+/// (`BAD METHOD` failed every attempt as if the instance had; `CONNECT` took
+/// the function's answer for a tunnel and lost it).
+fn check_function_method(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<ValidationError>) {
+    if crate::builtins::is_builtin(&task.target()) {
+        return;
+    }
+    let Some(Value::String(method)) = task.inputs.as_ref().and_then(|i| i.get("method")) else {
+        return;
+    };
+    if expression_source(method).is_some() {
+        return;
+    }
+    let method = method.to_uppercase();
+    let why = crate::builtins::bad_method(&method).or_else(|| {
+        (method == "CONNECT").then(|| {
+            "CONNECT opens a tunnel: a function is called with GET, POST, PUT, ...".to_string()
+        })
+    });
+    if let Some(why) = why {
+        let (line, column) = at.value(&["tasks", id, "inputs", "method"]);
+        errors.push(ValidationError {
+            code: "invalid_inputs",
+            message: format!("task {id:?}: `method`: {why}"),
+            line,
+            column,
+        });
+    }
+}
+
 fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<ValidationError>) {
     let builtin = task.target();
     let needs: &[&str] = match builtin.as_ref() {
@@ -970,6 +1006,16 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
     for key in needs {
         if !inputs.contains_key(*key) {
             fault(key, format!("`{builtin}` needs the input `{key}`"));
+        }
+    }
+    // A loop runs a task or workflow written in the workflow, never a name
+    // or an expression's value (data never runs): each run failed.
+    if needs.contains(&"do") {
+        if let Some(v) = inputs.get("do").filter(|v| !v.is_object()) {
+            fault(
+                "do",
+                format!("`{builtin}` needs `do`, a task (`{{run: NAME, inputs: ...}}`) or a workflow written in the workflow, not {v}"),
+            );
         }
     }
     // Literal values (an expression is checked when it runs).
@@ -1013,6 +1059,14 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
                 fault(
                     "foreach",
                     format!("`foreach` needs `foreach`, a list (or an expression), not {v}"),
+                );
+            }
+            if let Some(v) = literal("concurrency")
+                .filter(|v| !v.is_null() && crate::builtins::items_at_once(v).is_none())
+            {
+                fault(
+                    "concurrency",
+                    format!("`foreach`: {}", crate::builtins::bad_items_at_once(&v)),
                 );
             }
         }
@@ -1189,7 +1243,7 @@ fn check_task(
             format!("task {id:?}: {why}"),
             at.value(&["tasks", id, "run"]),
         );
-    } else if !is_builtin(&task.target())
+    } else if (!is_builtin(&task.target()) || task.run.starts_with(crate::spec::FISSION_SCHEME))
         && !exists(&task.target())
         && !crate::driver::is_url(&task.run)
     {
@@ -1203,7 +1257,33 @@ fn check_task(
             at.value(&["tasks", id, "run"]),
         );
     }
-    if let Err(e) = RetryPolicy::from_spec(task.retry.as_ref()) {
+    if let Some(f) = notified(task.target().as_ref(), task.inputs.as_ref()) {
+        if !exists(&f) {
+            push(
+                errors,
+                "unknown_function",
+                format!("task {id:?}: `notify` names {f:?}, which is not a function"),
+                at.value(&["tasks", id, "inputs", "notify"]),
+            );
+        }
+    }
+    let backoff = task.retry.as_ref().and_then(|r| r.backoff.as_ref());
+    let unitless = backoff.into_iter().flat_map(|b| {
+        [("initial", &b.initial), ("max", &b.max)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().filter(|v| has_no_unit(v)).map(|v| (k, v)))
+    });
+    let mut unitless = unitless.peekable();
+    if unitless.peek().is_some() {
+        for (key, v) in unitless {
+            push(
+                errors,
+                "invalid_retry",
+                format!("task {id:?}: retry.backoff.{key} {v:?} {NO_UNIT}"),
+                at.value(&["tasks", id, "retry", "backoff", key]),
+            );
+        }
+    } else if let Err(e) = RetryPolicy::from_spec(task.retry.as_ref()) {
         push(
             errors,
             "invalid_retry",
@@ -1213,6 +1293,12 @@ fn check_task(
     }
     if let Some(t) = &task.timeout {
         match parse_duration(t) {
+            _ if has_no_unit(t) => push(
+                errors,
+                "invalid_timeout",
+                format!("task {id:?}: timeout {t:?} {NO_UNIT}"),
+                at.value(&["tasks", id, "timeout"]),
+            ),
             None => push(
                 errors,
                 "invalid_timeout",
@@ -1236,6 +1322,7 @@ fn check_task(
     if !task.run.starts_with(crate::spec::FISSION_SCHEME) {
         check_builtin_inputs(id, task, at, errors);
     }
+    check_function_method(id, task, at, errors);
     if task.concurrency == Some(0) {
         push(
             errors,
@@ -1424,6 +1511,16 @@ fn schema_keys(definition: Option<&str>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Said of a duration written as a bare number, whose unit a reader cannot
+/// tell (`timeout: 30` read as milliseconds failed every attempt at once).
+const NO_UNIT: &str =
+    "has no unit: write it with one, e.g. \"30s\" (seconds) or \"500ms\" (milliseconds)";
+
+/// Whether a duration of a workflow's own fields is a bare number.
+fn has_no_unit(text: &str) -> bool {
+    text.trim().parse::<f64>().is_ok()
+}
+
 /// Refuses keys the format does not have (a typo such as `requirez:` would
 /// otherwise be ignored) in the workflow, its tasks and their `retry`, and a
 /// task without `run:` unless it is meant as a noop. A task without `run:` runs
@@ -1544,6 +1641,7 @@ fn count_embedded_key(v: &Value, key: &str, n: &mut usize) {
 /// output picks while a run goes is not known before.)
 pub fn names_run_by(spec: &WorkflowSpec) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
+    let mut notifies = BTreeSet::new();
     let mut add = |run: &str| {
         let target = run_target(run);
         if crate::driver::is_url(run) {
@@ -1560,7 +1658,12 @@ pub fn names_run_by(spec: &WorkflowSpec) -> BTreeSet<String> {
             embedded_runs(inputs, &mut nested);
         }
         nested.iter().for_each(|r| add(r));
+        notifies.extend(notified(task.target().as_ref(), task.inputs.as_ref()));
+        if let Some(inputs) = &task.inputs {
+            embedded_notified(inputs, &mut notifies);
+        }
     }
+    out.append(&mut notifies);
     if let Some(machine) = &spec.state_machine {
         let states = machine.states.values();
         let in_branches = states
@@ -1585,6 +1688,32 @@ fn embedded_task_keys(v: &Value, out: &mut Vec<String>) {
             m.values().for_each(|x| embedded_task_keys(x, out));
         }
         Value::Array(items) => items.iter().for_each(|x| embedded_task_keys(x, out)),
+        _ => {}
+    }
+}
+
+/// The function a `callback` task notifies, named as it is (not by an
+/// expression).
+fn notified(target: &str, inputs: Option<&Value>) -> Option<String> {
+    match inputs?.get("notify")? {
+        Value::String(f) if target == "callback" && expression_source(f).is_none() => {
+            Some(run_target(f).into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// The functions `callback` tasks embedded in `v` notify.
+fn embedded_notified(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            if is_task_spec(v) {
+                let run = m.get("run").and_then(Value::as_str).unwrap_or_default();
+                out.extend(notified(&run_target(run), m.get("inputs")));
+            }
+            m.values().for_each(|x| embedded_notified(x, out));
+        }
+        Value::Array(items) => items.iter().for_each(|x| embedded_notified(x, out)),
         _ => {}
     }
 }
@@ -1899,6 +2028,103 @@ mod tests {
         let e = check(&task("    run: \"http://[::1\"\n"));
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].code, "invalid_run", "{e:?}");
+    }
+
+    #[test]
+    fn a_function_tasks_method_is_one_a_function_can_answer() {
+        for (method, refused) in [
+            ("BAD METHOD", true),
+            ("connect", true),
+            ("patch", false),
+            ("{ param('m') }", false),
+        ] {
+            let e = check(&format!("output: T\ntasks:\n  T:\n    run: fortune\n    inputs:\n      method: \"{method}\"\n"));
+            assert_eq!(
+                e.iter().any(|e| e.code == "invalid_inputs"
+                    && e.line == 6
+                    && e.message.contains("`method`")),
+                refused,
+                "{method}: {e:?}"
+            );
+        }
+    }
+
+    /// A `callback`'s `notify` function is one the workflow runs: it must
+    /// exist when the workflow is stored, and cannot be deleted under it.
+    #[test]
+    fn a_callbacks_notify_function_is_run_by_the_workflow() {
+        let yaml = "output: C\ntasks:\n  C:\n    run: callback\n    inputs: {notify: tell}\n  D:\n    run: foreach\n    inputs:\n      foreach: [1]\n      do: {run: callback, inputs: {notify: fortune}}\n  E:\n    run: callback\n    inputs: {notify: \"{ param() }\"}\n";
+        let e = check(yaml);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].code, e[0].line), ("unknown_function", 5));
+        assert!(e[0].message.contains("`notify` names \"tell\""), "{e:?}");
+        let spec = read_spec(yaml).unwrap();
+        let run = names_run_by(&spec);
+        assert!(run.contains("tell") && run.contains("fortune"), "{run:?}");
+    }
+
+    #[test]
+    fn a_foreach_concurrency_is_a_whole_number_from_one() {
+        for (given, refused) in [
+            ("0", true),
+            ("-1", true),
+            ("1.5", true),
+            ("x", true),
+            ("2", false),
+            ("\"{ param() }\"", false),
+        ] {
+            let e = check(&format!("output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: [1, 2]\n      do: {{run: noop}}\n      concurrency: {given}\n"));
+            assert_eq!(
+                e.iter().any(|e| e.code == "invalid_inputs" && e.line == 8),
+                refused,
+                "{given}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_loops_do_is_written_in_the_workflow_and_a_fission_reference_names_a_function() {
+        for (doc, refused) in [
+            (
+                "run: foreach\n    inputs: {foreach: [1], do: fortune}",
+                true,
+            ),
+            (
+                "run: repeat\n    inputs: {times: 2, do: \"{ param() }\"}",
+                true,
+            ),
+            (
+                "run: foreach\n    inputs: {foreach: [1], do: {run: fortune}}",
+                false,
+            ),
+            ("run: fission://noop", true),
+            ("run: fission://fortune", false),
+        ] {
+            let e = check(&format!("output: L\ntasks:\n  L:\n    {doc}\n"));
+            assert_eq!(!e.is_empty(), refused, "{doc}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_duration_without_a_unit_is_refused() {
+        let e = check("output: T\ntimeout: 2\ntasks:\n  T:\n    run: noop\n    timeout: \"30\"\n    retry:\n      maxAttempts: 3\n      backoff: {initial: 2, max: 5s}\n");
+        let said: Vec<(&str, &str, usize)> = e
+            .iter()
+            .map(|e| (e.code, e.message.as_str(), e.line))
+            .collect();
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(
+            said.iter().all(|(_, m, _)| m.contains("has no unit")),
+            "{said:?}"
+        );
+        assert_eq!(
+            said.iter().map(|(c, _, l)| (*c, *l)).collect::<Vec<_>>(),
+            [
+                ("invalid_timeout", 2),
+                ("invalid_timeout", 6),
+                ("invalid_retry", 9)
+            ]
+        );
     }
 
     #[test]
