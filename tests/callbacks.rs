@@ -168,6 +168,16 @@ fn the_notify_function_gets_a_callback_url_that_completes_the_run() {
     let run = s.wait_run(&id, Duration::from_secs(30));
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output"], json!({"approved": true}));
+    // The workflow uses the function it notifies: not deleted under it.
+    let (status, body) = s.call("DELETE", "/v1/functions/ask-approval", None);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("approval"),
+        "{body}"
+    );
 }
 
 /// An RFC-0022 Task with Fusion's `waitForCallback`: the function is handed the
