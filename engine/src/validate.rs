@@ -1066,7 +1066,7 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
             {
                 fault(
                     "concurrency",
-                    format!("`foreach`: {}", crate::builtins::bad_items_at_once(&v)),
+                    format!("`foreach`: {}", crate::builtins::bad_items_at_once(v)),
                 );
             }
         }
