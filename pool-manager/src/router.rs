@@ -922,7 +922,7 @@ fn instance_ended(lease: &Lease, exit: &Exit) -> Error {
 /// function's.
 fn cut_off_at_shutdown() -> Error {
     Error::ShuttingDown(
-        "the server stopped before the function answered (the end of its shutdown grace); try again once it is back"
+        "the server stopped before the function answered (its shutdown grace ended, or a second signal cut it short); try again once it is back"
             .into(),
     )
 }
