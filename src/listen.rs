@@ -205,6 +205,7 @@ pub async fn serve<H, F>(
             refused.note(name, limits.max_connections);
             continue;
         };
+        refused.accepting_again(name);
         let _ = stream.set_nodelay(true);
         // A peer gone without a word (a NAT that forgot it, a pulled cable)
         // is found within minutes: it matters for a WebSocket, which holds
@@ -378,6 +379,20 @@ impl Refusals {
             );
             self.count = 0;
             self.last_log = Some(Instant::now());
+        }
+    }
+
+    /// A connection was taken again: the refusals not yet logged are (each
+    /// one is said, not only the first of a burst).
+    fn accepting_again(&mut self, listener: &str) {
+        if self.count > 0 {
+            tracing::warn!(
+                listener,
+                refused = self.count,
+                "{} more connections were closed at the cap; taking new ones again",
+                self.count
+            );
+            self.count = 0;
         }
     }
 }

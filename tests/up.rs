@@ -308,6 +308,54 @@ fn a_named_oci_runtime_that_cannot_run_is_an_error_not_a_fallback() {
     }
 }
 
+/// Every connection closed at the cap is said, not only the first of a burst
+/// (the rest used to wait for a refusal after the log interval).
+#[test]
+fn connections_closed_at_the_cap_are_all_said() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut server = spawn_server(
+        "process",
+        &dir.path().join("data"),
+        &log,
+        &[
+            ("FUSION_MAX_CONNECTIONS", "1"),
+            ("FUSION_HEADER_TIMEOUT_MS", "60000"),
+        ],
+    );
+    let line = BufReader::new(server.0.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let router = listening_on(&line, "router=");
+    let router = router.trim_start_matches("http://").to_string();
+    let mut held = std::net::TcpStream::connect(&router).unwrap();
+    held.write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(held.read(&mut buf).unwrap() > 0);
+    for _ in 0..3 {
+        let mut extra = std::net::TcpStream::connect(&router).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut text = Vec::new();
+        let _ = extra.read_to_end(&mut text);
+        assert!(text.is_empty(), "{:?}", String::from_utf8_lossy(&text));
+    }
+    drop(held);
+    eventually(Duration::from_secs(20), "the router answers again", || {
+        reqwest::blocking::get(format!("http://{router}/nothing")).is_ok_and(|r| r.status() == 404)
+    });
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("2 more connections were closed at the cap"),
+        "{said}"
+    );
+}
+
 /// A signal while the server starts (a service manager's stop, Ctrl-C right
 /// after `fusion up`) stops it gracefully once it has started, rather than
 /// the default action that killed it with what it had started.
