@@ -2080,8 +2080,12 @@ fn fissions_pod_flags_are_taken_with_a_warning_and_a_subpath_as_typed() {
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains(
-            "warning: --mincpu, --maxmemory, --specializationtimeout set Fission's Kubernetes pods"
+            "warning: --mincpu, --maxmemory set the resources of Fission's Kubernetes pods"
         ),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: --specializationtimeout was how long Fission waits"),
         "{err}"
     );
     let (code, out, err) = s.cli(&["fn", "test", "where", "--subpath", "/a b/c"]);
