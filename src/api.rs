@@ -389,16 +389,53 @@ pub(crate) struct Ns {
     namespace: Option<String>,
 }
 
+/// The namespace a query names (`default` when it names none), checked: a
+/// DNS-1123 label, or 400 `invalid`. Every `?namespace=` (and an invocation's
+/// `?fusion-namespace=`) is read through this, so an invalid one is said as
+/// such, never as a resource not found.
+pub(crate) fn checked_namespace(namespace: Option<&str>) -> ApiResult<&str> {
+    let ns = namespace.unwrap_or("default");
+    pool_manager::resources::validate_name("namespace", ns)?;
+    Ok(ns)
+}
+
 impl Ns {
     fn name(&self) -> &str {
         self.namespace.as_deref().unwrap_or("default")
     }
 
+    /// The namespace of the query, checked.
+    pub(crate) fn checked(&self) -> ApiResult<&str> {
+        checked_namespace(self.namespace.as_deref())
+    }
+
     /// The store key of `name` in this namespace.
     fn key(&self, name: &str) -> ApiResult<String> {
-        pool_manager::resources::validate_name("namespace", self.name())?;
+        self.checked()?;
         pool_manager::resources::validate_name("the", name)?;
         Ok(pool_manager::resources::qualified(self.name(), name))
+    }
+
+    /// Puts a body's fields in this namespace: a body that names none gets
+    /// the query's (or `default`); one that names another than `?namespace=`
+    /// is refused. The namespace it ends with is not checked here.
+    pub(crate) fn reconcile(
+        &self,
+        fields: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> ApiResult<()> {
+        match fields.get("namespace").and_then(serde_json::Value::as_str) {
+            None => {
+                fields.insert("namespace".into(), self.name().into());
+            }
+            Some(given) if self.namespace.is_some() && given != self.name() => {
+                return Err(Error::Invalid(format!(
+                    "the namespace in the body ({given:?}) differs from ?namespace= ({:?})",
+                    self.name()
+                )))
+            }
+            Some(_) => {}
+        }
+        Ok(())
     }
 
     /// A resource from a body, in this namespace: a body that names none gets
@@ -414,18 +451,7 @@ impl Ns {
         }
         if let Some(fields) = value.as_object_mut() {
             fields.remove("status");
-            match fields.get("namespace").and_then(serde_json::Value::as_str) {
-                None => {
-                    fields.insert("namespace".into(), self.name().into());
-                }
-                Some(given) if self.namespace.is_some() && given != self.name() => {
-                    return Err(Error::Invalid(format!(
-                        "the namespace in the body ({given:?}) differs from ?namespace= ({:?})",
-                        self.name()
-                    )))
-                }
-                Some(_) => {}
-            }
+            self.reconcile(fields)?;
             if kind == "function" {
                 refs_in_namespace(fields);
             }
@@ -857,7 +883,10 @@ async fn invoke_fn(
     }
     let (req, namespace) = take_namespace(req);
     let name = match namespace {
-        Some(ns) => pool_manager::resources::qualified(&ns, &name),
+        Some(ns) => match checked_namespace(Some(&ns)) {
+            Ok(ns) => pool_manager::resources::qualified(ns, &name),
+            Err(e) => return e.into_response(),
+        },
         None => name,
     };
     if !s.pool.function_exists(&name) && s.triggers.invoker.workflow_exists(&name) {

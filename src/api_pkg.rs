@@ -72,7 +72,7 @@ async fn source(
     Path(name): Path<String>,
     Query(q): Query<PackageQuery>,
 ) -> ApiResult<Response> {
-    let p = s.pool.package(q.namespace(), &name)?;
+    let p = s.pool.package(q.namespace()?, &name)?;
     let Some(code) = &p.source else {
         return Err(Error::Conflict(format!(
             "package {name:?} has no source: it holds a deployment only (GET .../deployment)"
@@ -91,7 +91,7 @@ async fn deployment(
     Path(name): Path<String>,
     Query(q): Query<PackageQuery>,
 ) -> ApiResult<Response> {
-    let p = s.pool.package(q.namespace(), &name)?;
+    let p = s.pool.package(q.namespace()?, &name)?;
     let Some(code) = p.runnable() else {
         return Err(Error::Conflict(format!(
             "package {name:?} has no deployment yet: its build is {} (fusion pkg info {name})",
@@ -112,8 +112,9 @@ struct PackageQuery {
 }
 
 impl PackageQuery {
-    fn namespace(&self) -> &str {
-        self.namespace.as_deref().unwrap_or("default")
+    /// The namespace, checked: a DNS-1123 label, or 400.
+    fn namespace(&self) -> ApiResult<&str> {
+        crate::api::checked_namespace(self.namespace.as_deref())
     }
 }
 
@@ -200,7 +201,7 @@ async fn get_one(
     Path(name): Path<String>,
     Query(q): Query<PackageQuery>,
 ) -> ApiResult<Json<Package>> {
-    Ok(Json(s.pool.package(q.namespace(), &name)?))
+    Ok(Json(s.pool.package(q.namespace()?, &name)?))
 }
 
 async fn update(
@@ -224,7 +225,7 @@ async fn delete(
     Path(name): Path<String>,
     Query(q): Query<PackageQuery>,
 ) -> ApiResult<StatusCode> {
-    s.pool.delete_package(q.namespace(), &name).await?;
+    s.pool.delete_package(q.namespace()?, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -235,7 +236,7 @@ async fn rebuild(
     Path(name): Path<String>,
     Query(q): Query<PackageQuery>,
 ) -> ApiResult<Response> {
-    let p = s.pool.rebuild_package(q.namespace(), &name).await?;
+    let p = s.pool.rebuild_package(q.namespace()?, &name).await?;
     Ok((StatusCode::ACCEPTED, Json(p)).into_response())
 }
 
@@ -245,7 +246,7 @@ async fn logs(
     Path(name): Path<String>,
     Query(q): Query<PackageQuery>,
 ) -> ApiResult<Response> {
-    let p = s.pool.package(q.namespace(), &name)?;
+    let p = s.pool.package(q.namespace()?, &name)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         p.status.buildlog,

@@ -17,10 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use pool_manager::Error;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::parse_json;
+use crate::api::{parse_json, Ns};
 
 #[derive(Clone)]
 pub struct Declared {
@@ -34,14 +33,6 @@ const KINDS: &[(&str, &str)] = &[
     ("messagequeuetriggers", "stored by an earlier Fusion, which did not run message-queue triggers: `fusion spec apply` again creates it as a running trigger (/v1/mqtriggers)"),
 ];
 
-impl Ns {
-    /// The namespace, checked: a DNS-1123 label.
-    fn checked(&self) -> Result<&str, Error> {
-        pool_manager::resources::validate_name("namespace", &self.namespace)?;
-        Ok(&self.namespace)
-    }
-}
-
 fn kind_reason(kind: &str) -> Result<&'static str, Error> {
     KINDS
         .iter()
@@ -51,15 +42,6 @@ fn kind_reason(kind: &str) -> Result<&'static str, Error> {
             kind: "declaration kind",
             name: kind.to_string(),
         })
-}
-
-#[derive(Deserialize)]
-struct Ns {
-    #[serde(default = "default_ns")]
-    namespace: String,
-}
-fn default_ns() -> String {
-    "default".into()
 }
 
 impl Declared {
@@ -108,13 +90,23 @@ fn view(kind: &str, mut v: Value) -> Value {
     v
 }
 
-/// A declaration from a request body: `name`, `namespace` and `spec`.
-fn parse_declaration(body: &[u8], ns: &str) -> Result<(String, Value), Error> {
+/// A declaration from a request body: `name`, `namespace` and `spec`, and
+/// the namespace it is in: the body's, or the query's when the body names
+/// none (as every resource; a body that contradicts `?namespace=` is refused).
+fn parse_declaration(body: &[u8], q: &Ns) -> Result<(String, String, Value), Error> {
+    q.checked()?;
     let mut v: Value = parse_json(body)?;
     let Some(obj) = v.as_object_mut() else {
         return Err(Error::Invalid("a declaration must be a JSON object".into()));
     };
     obj.remove("status");
+    q.reconcile(obj)?;
+    let ns = obj
+        .get("namespace")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::Invalid("a declaration's `namespace` is a string".into()))?
+        .to_string();
+    pool_manager::resources::validate_name("namespace", &ns)?;
     let name = obj
         .get("name")
         .and_then(Value::as_str)
@@ -124,8 +116,7 @@ fn parse_declaration(body: &[u8], ns: &str) -> Result<(String, Value), Error> {
     if !obj.get("spec").is_some_and(Value::is_object) {
         return Err(Error::Invalid("a declaration needs a `spec` object".into()));
     }
-    obj.insert("namespace".into(), json!(ns));
-    Ok((name, v))
+    Ok((name, ns, v))
 }
 
 async fn list(
@@ -166,13 +157,11 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, Error> {
     kind_reason(&kind)?;
-    let (name, v) = parse_declaration(&body, q.checked()?)?;
+    let (name, ns, v) = parse_declaration(&body, &q)?;
     let bytes = serde_json::to_vec(&v).map_err(|e| Error::Internal(e.to_string()))?;
-    let swapped = d.declared.compare_and_swap(
-        key(&kind, &q.namespace, &name),
-        None as Option<&[u8]>,
-        Some(bytes),
-    )?;
+    let swapped =
+        d.declared
+            .compare_and_swap(key(&kind, &ns, &name), None as Option<&[u8]>, Some(bytes))?;
     if swapped.is_err() {
         return Err(Error::AlreadyExists {
             kind: "declaration",
@@ -190,13 +179,13 @@ async fn update(
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
     kind_reason(&kind)?;
-    let (body_name, v) = parse_declaration(&body, q.checked()?)?;
+    let (body_name, ns, v) = parse_declaration(&body, &q)?;
     if body_name != name {
         return Err(Error::Invalid(format!(
             "the name in the body ({body_name:?}) differs from the name in the path ({name:?})"
         )));
     }
-    let k = key(&kind, &q.namespace, &name);
+    let k = key(&kind, &ns, &name);
     if d.declared.get(&k)?.is_none() {
         return Err(Error::NotFound {
             kind: "declaration",
@@ -215,8 +204,9 @@ async fn delete(
     Query(q): Query<Ns>,
 ) -> Result<StatusCode, Error> {
     kind_reason(&kind)?;
+    pool_manager::resources::validate_name("declaration", &name)?;
     if d.declared
-        .remove(key(&kind, &q.namespace, &name))?
+        .remove(key(&kind, q.checked()?, &name))?
         .is_none()
     {
         return Err(Error::NotFound {

@@ -137,3 +137,94 @@ fn the_same_names_in_two_namespaces_are_two_resources() {
     assert_eq!(r.text().unwrap(), "plain");
     assert_eq!(names(&s.ok("GET", "/v1/environments", None)), vec!["py"]);
 }
+
+/// A declaration is in the namespace its body names, as every resource: the
+/// query's when the body names none, refused when the two differ or the
+/// namespace is not a DNS-1123 label (on a delete too).
+#[test]
+fn a_declaration_takes_its_namespace_as_every_resource() {
+    let s = Server::start();
+    let path = "/v1/declared/timetriggers";
+    let (status, body) = s.call(
+        "POST",
+        path,
+        Some(json!({"name": "bnd", "namespace": "ns1", "spec": {}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["namespace"], "ns1", "{body}");
+    s.ok("GET", &format!("{path}/bnd?namespace=ns1"), None);
+    let (status, _) = s.call("GET", &format!("{path}/bnd"), None);
+    assert_eq!(status, 404);
+    assert_eq!(
+        names(&s.ok("GET", &format!("{path}?namespace=ns1"), None)),
+        ["bnd"]
+    );
+    // The query's namespace, for a body that names none.
+    let (status, body) = s.call(
+        "POST",
+        &format!("{path}?namespace=ns3"),
+        Some(json!({"name": "q", "spec": {}})),
+    );
+    assert_eq!((status, &body["namespace"]), (201, &json!("ns3")), "{body}");
+    let (status, body) = s.call(
+        "POST",
+        &format!("{path}?namespace=ns1"),
+        Some(json!({"name": "c", "namespace": "ns2", "spec": {}})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the namespace in the body (\"ns2\") differs"),
+        "{body}"
+    );
+    let (status, body) = s.call(
+        "PUT",
+        &format!("{path}/bnd?namespace=ns1"),
+        Some(json!({"name": "bnd", "namespace": "ns2", "spec": {}})),
+    );
+    assert_eq!(status, 400, "{body}");
+    for bad in [
+        (
+            "POST",
+            path.to_string(),
+            Some(json!({"name": "b", "namespace": "Bad_NS", "spec": {}})),
+        ),
+        ("DELETE", format!("{path}/bnd?namespace=Bad_NS"), None),
+        ("GET", format!("{path}/bnd?namespace=Bad_NS"), None),
+    ] {
+        let (status, body) = s.call(bad.0, &bad.1, bad.2);
+        assert_eq!(status, 400, "{} {}: {body}", bad.0, bad.1);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a DNS-1123 label"),
+            "{body}"
+        );
+    }
+    s.ok("DELETE", &format!("{path}/bnd?namespace=ns1"), None);
+}
+
+/// A package's and an invocation's namespace that is not a DNS-1123 label
+/// is 400 `invalid`, as everywhere, not a 404.
+#[test]
+fn an_invalid_namespace_of_a_package_or_an_invocation_is_400() {
+    let s = Server::start();
+    for (method, path) in [
+        ("GET", "/v1/packages/x?namespace=Bad_NS"),
+        ("DELETE", "/v1/packages/x?namespace=Bad_NS"),
+        ("GET", "/v1/packages/x/logs?namespace=Bad_NS"),
+        ("GET", "/v1/packages/x/source?namespace=Bad_NS"),
+        ("GET", "/v1/packages/x/deployment?namespace=Bad_NS"),
+        ("POST", "/v1/packages/x/rebuild?namespace=Bad_NS"),
+        ("GET", "/v1/functions/qf2/invoke?fusion-namespace=Bad_NS"),
+    ] {
+        let (status, body) = s.call(method, path, None);
+        assert_eq!(status, 400, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "invalid", "{body}");
+    }
+    let (status, _) = s.call("GET", "/v1/packages/x?namespace=ok", None);
+    assert_eq!(status, 404);
+}
