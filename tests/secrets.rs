@@ -259,6 +259,88 @@ fn bad_secrets_and_configmaps_are_refused_with_400() {
     }
 }
 
+/// A configmap is sent back as it was read (its `keys` and `sizes`, which the
+/// server keeps, are ignored); a field no view has is still refused. A
+/// secret's read has no values: sent back as it is, it is refused rather
+/// than taken as "no values".
+#[test]
+fn a_configmap_is_written_back_as_read_and_a_secrets_read_is_not_taken_as_empty() {
+    let s = Server::start_with(&[("FUSION_BACKEND", "process")]);
+    s.ok(
+        "POST",
+        "/v1/configmaps",
+        Some(json!({"name": "cm1", "data": {"a": "1"}})),
+    );
+    let mut read = s.ok("GET", "/v1/configmaps/cm1", None);
+    assert!(
+        read.get("keys").is_some() && read.get("sizes").is_some(),
+        "{read}"
+    );
+    read["data"]["b"] = json!("22");
+    let after = s.ok("PUT", "/v1/configmaps/cm1", Some(read.clone()));
+    assert_eq!(after["keys"], json!(["a", "b"]), "{after}");
+    assert_eq!(after["sizes"]["b"], 2, "{after}");
+    // Sent again unchanged: it says so (and `unchanged` sent back is ignored too).
+    let again = s.ok("PUT", "/v1/configmaps/cm1", Some(after.clone()));
+    assert_eq!(again["unchanged"], true, "{again}");
+    let _ = s.ok("PUT", "/v1/configmaps/cm1", Some(again));
+    read["colour"] = json!("blue");
+    let (status, body) = s.call("PUT", "/v1/configmaps/cm1", Some(read));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("colour"),
+        "{body}"
+    );
+
+    s.ok(
+        "POST",
+        "/v1/secrets",
+        Some(json!({"name": "s1", "data": {"k": "v"}})),
+    );
+    let read = s.ok("GET", "/v1/secrets/s1", None);
+    assert!(read.get("data").is_none(), "{read}");
+    let (status, body) = s.call("PUT", "/v1/secrets/s1", Some(read.clone()));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`data`"),
+        "{body}"
+    );
+    assert_eq!(s.ok("GET", "/v1/secrets/s1", None)["keys"], json!(["k"]));
+    let mut edited = read;
+    edited["data"] = json!({"k": "w", "l": "x"});
+    let after = s.ok("PUT", "/v1/secrets/s1", Some(edited));
+    assert_eq!(after["keys"], json!(["k", "l"]), "{after}");
+}
+
+/// A `?namespace=` that is not a DNS-1123 label is 400 `invalid` on a read
+/// and a delete, as on a create: never a 404 for a resource it could not name.
+#[test]
+fn an_invalid_namespace_is_400_on_reads_and_deletes() {
+    let s = Server::start_with(&[("FUSION_BACKEND", "process")]);
+    for kind in ["secrets", "configmaps"] {
+        s.ok("POST", &format!("/v1/{kind}"), Some(json!({"name": "x"})));
+        for method in ["GET", "DELETE"] {
+            let (status, body) = s.call(method, &format!("/v1/{kind}/x?namespace=Bad_NS"), None);
+            assert_eq!(status, 400, "{method} {kind}: {body}");
+            assert_eq!(body["error"]["code"], "invalid", "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not a DNS-1123 label"),
+                "{body}"
+            );
+        }
+        s.ok("GET", &format!("/v1/{kind}/x"), None);
+    }
+}
+
 /// Makes a python environment, a secret `s` and asks for a function `reader`
 /// that reads it; answers the API's status and body, and the code's package.
 fn create_reader_of_secret(s: &Server) -> (u16, Value, Value) {

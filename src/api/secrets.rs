@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use pool_manager::secrets::DEFAULT_NAMESPACE;
 use pool_manager::{DataKind, DataSpec, DataView};
 use serde::Deserialize;
 
@@ -47,14 +46,30 @@ struct NamespaceQuery {
 }
 
 impl NamespaceQuery {
-    fn namespace(&self) -> &str {
-        self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    /// The namespace, checked: a DNS-1123 label, or 400.
+    fn namespace(&self) -> ApiResult<&str> {
+        super::checked_namespace(self.namespace.as_deref())
     }
 }
 
+/// What a read shows that the server keeps: ignored in a body, so what `GET`
+/// answered can be sent back edited.
+const READ_ONLY: [&str; 3] = ["keys", "sizes", "unchanged"];
+
 /// A body as a secret or configmap, answering 400 with what is wrong.
 fn parse(kind: DataKind, body: &[u8]) -> ApiResult<DataSpec> {
-    let value: serde_json::Value = parse_json(body)?;
+    let mut value: serde_json::Value = parse_json(body)?;
+    if let Some(fields) = value.as_object_mut() {
+        let removed = READ_ONLY.map(|f| fields.remove(f).is_some());
+        let read_back = removed.contains(&true);
+        // A secret's read has no values: sent back as it is, it would
+        // replace them with none.
+        if read_back && kind == DataKind::Secret && !fields.contains_key("data") {
+            return Err(pool_manager::Error::Invalid(
+                "a secret's values are never shown, so its read cannot be sent back as it is: give its values in `data`".into(),
+            ));
+        }
+    }
     serde_json::from_value(value)
         .map_err(|e| pool_manager::Error::Invalid(format!("invalid {}: {e}", kind.noun())))
 }
@@ -75,7 +90,7 @@ async fn show(
     Path(name): Path<String>,
     Query(q): Query<NamespaceQuery>,
 ) -> ApiResult<Json<DataView>> {
-    Ok(Json(s.pool.data_item(kind, q.namespace(), &name)?))
+    Ok(Json(s.pool.data_item(kind, q.namespace()?, &name)?))
 }
 
 async fn create(
@@ -113,6 +128,6 @@ async fn delete(
     Path(name): Path<String>,
     Query(q): Query<NamespaceQuery>,
 ) -> ApiResult<StatusCode> {
-    s.pool.delete_data(kind, q.namespace(), &name).await?;
+    s.pool.delete_data(kind, q.namespace()?, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
