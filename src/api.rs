@@ -244,7 +244,7 @@ pub async fn one_name_at_a_time(
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                &format!("the request body is larger than {CREATION_BODY_LIMIT} bytes"),
+                &engine::api::body_too_large(),
             )
         }
         Err(e) => {
@@ -261,7 +261,7 @@ pub async fn one_name_at_a_time(
 
 /// The most a function or workflow creation's body may be, as read before its
 /// handler (which then applies its own limit).
-const CREATION_BODY_LIMIT: usize = 16 << 20;
+const CREATION_BODY_LIMIT: usize = engine::api::BODY_LIMIT;
 
 pub async fn not_found(req: Request) -> Response {
     error_response(
@@ -1030,7 +1030,11 @@ pub async fn json_errors(req: Request, next: axum::middleware::Next) -> Response
         .await
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes);
-    let message = if text.trim().is_empty() {
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // axum's own ("Failed to buffer the request body") names no limit:
+        // every body but an upload's (which says its own) has the API's.
+        engine::api::body_too_large()
+    } else if text.trim().is_empty() {
         status.canonical_reason().unwrap_or("error").to_string()
     } else {
         text.trim().to_string()

@@ -653,6 +653,11 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         // resources' included (after them: it is set on those registered).
         .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::not_found)
+        // Every body the API reads has one limit (an upload's, set on its
+        // route, is its own): axum's default of 2 MB is not it.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            engine::api::BODY_LIMIT,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Duration::from_millis(args.body_idle_timeout_ms),
             guard::body_deadline,

@@ -897,3 +897,52 @@ fn settings_a_server_cannot_run_with_are_one_line() {
         assert!(error[0].contains(expected), "{stderr}");
     }
 }
+
+/// Every API body has one limit, 16 MiB: past it the answer is a JSON 413
+/// naming it, below it the handler reads the body (a cancel's too).
+#[test]
+fn an_api_body_past_16_mib_gets_a_json_413_naming_the_limit_and_one_below_is_read() {
+    let s = Server::start();
+    let post = |path: &str, body: Vec<u8>| {
+        let r = s
+            .api("POST", path)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let json = r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json");
+        (status, json, r.text().unwrap())
+    };
+    // 3 MiB: past axum's default of 2 MB, well within the API's.
+    let three =
+        |fields: &str| format!(r#"{{{fields}"reason": "{}"}}"#, "x".repeat(3 << 20)).into_bytes();
+    let (status, json, text) = post("/v1/runs/nosuch/cancel", three(""));
+    assert_eq!((status, json), (404, true), "{text}");
+    let (status, json, text) = post("/v1/environments", three(r#""name": "e", "#));
+    assert_eq!((status, json), (400, true), "{text}");
+    assert!(text.contains("reason"), "{text}");
+    let big =
+        |fields: &str| format!(r#"{{{fields}"reason": "{}"}}"#, "x".repeat(17 << 20)).into_bytes();
+    for (path, fields) in [
+        ("/v1/runs/nosuch/cancel", ""),
+        ("/v1/environments", r#""name": "e", "#),
+        ("/v1/timers", r#""name": "t", "#),
+        ("/v1/declared/timetriggers", r#""name": "t", "#),
+    ] {
+        let (status, json, text) = post(path, big(fields));
+        assert_eq!((status, json), (413, true), "{path}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "payload_too_large", "{path}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("larger than the limit of 16777216 bytes (16 MiB)"),
+            "{path}: {v}"
+        );
+    }
+}

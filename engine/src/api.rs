@@ -25,8 +25,17 @@ use crate::state::{RunState, RunStatus};
 use crate::store::{RunFilter, RunSummary, WorkflowVersion};
 use crate::validate::{precheck, ValidationError};
 
-/// Largest request body read for an invocation or a workflow document.
-const BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// Largest request body the API reads: a workflow document, a resource, a
+/// cancel's reason (an invocation's is `--body-limit`, by default the same).
+pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// What a request whose body is past `BODY_LIMIT` is told (413 `payload_too_large`).
+pub fn body_too_large() -> String {
+    format!(
+        "the request body is larger than the limit of {BODY_LIMIT} bytes ({} MiB)",
+        BODY_LIMIT >> 20
+    )
+}
 /// Inputs and outputs longer than this (as JSON) are cut in listings.
 const LISTING_VALUE_LIMIT: usize = 1024;
 
@@ -178,11 +187,19 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for LimitedBody {
             .await
             .map(LimitedBody)
             .map_err(|e| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("cannot read the request body (at most {BODY_LIMIT} bytes): {e}"),
-                )
+                if pool_manager::router::caused_by_limit(&e) {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        body_too_large(),
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("cannot read the request body: {e}"),
+                    )
+                }
             })
     }
 }
@@ -833,7 +850,7 @@ const CANCEL_REASON_MOST: usize = 1000;
 async fn cancel_run(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,
-    body: Bytes,
+    LimitedBody(body): LimitedBody,
 ) -> ApiResult<Json<Value>> {
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message);
     let reason = if body.iter().all(u8::is_ascii_whitespace) {
