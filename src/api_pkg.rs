@@ -119,12 +119,19 @@ impl PackageQuery {
 }
 
 /// Stores code content-addressed: a zip archive is unpacked, anything else is
-/// one file named `filename`.
+/// one file named `filename`. A body sent as `application/zip` must be one:
+/// stored as a file, it would be loaded as code and fail at every call.
 async fn upload_archive(
     State(s): State<AppState>,
     Query(q): Query<PackageQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
+    if is_type(&headers, "application/zip") && !pool_manager::package::is_zip(&body) {
+        return Err(Error::Invalid(
+            "the code is not a valid zip archive: it is sent as application/zip, but a zip file starts with PK".into(),
+        ));
+    }
     let name = q.filename.unwrap_or_else(|| "user".into());
     let pool = s.pool.clone();
     let package = tokio::task::spawn_blocking(move || pool.put_package(&name, &body))
@@ -141,14 +148,15 @@ async fn prune(State(s): State<AppState>) -> ApiResult<Response> {
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
+    is_type(headers, "application/json")
+}
+
+/// Whether the request's `Content-Type` is `media` (parameters aside).
+fn is_type(headers: &HeaderMap, media: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        })
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with(media))
 }
 
 /// A package from a request body, in the namespace of the query (when given);
@@ -183,7 +191,7 @@ async fn create_or_upload(
     body: Bytes,
 ) -> ApiResult<Response> {
     if !is_json(&headers) {
-        return upload_archive(State(s), Query(q), body).await;
+        return upload_archive(State(s), Query(q), headers, body).await;
     }
     let p = s.pool.create_package(parse_package(&q, &body)?).await?;
     Ok((StatusCode::CREATED, Json(p)).into_response())

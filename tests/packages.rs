@@ -1231,3 +1231,36 @@ fn code_nothing_uses_is_pruned_and_code_in_use_is_kept() {
     let out = cli_ok(&s, &["pkg", "prune"]);
     assert!(out.starts_with("removed 0 archive(s)"), "{out}");
 }
+
+/// A body sent as `application/zip` that is no zip is refused as a damaged
+/// one is (400, "not a valid zip archive"), not stored as a file named `user`;
+/// the same bytes sent as `application/octet-stream` are one file.
+#[test]
+fn a_body_sent_as_a_zip_that_is_not_one_is_400() {
+    let s = Server::start();
+    let post = |path: &str, ct: &str, body: &[u8]| {
+        let r = s
+            .api("POST", path)
+            .header("content-type", ct)
+            .body(body.to_vec())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    for path in ["/v1/archives", "/v1/packages"] {
+        for body in [&b"not a zip"[..], b"PK\x03\x04garbage"] {
+            let (status, v) = post(path, "application/zip", body);
+            assert_eq!(status, 400, "{path} {body:?}: {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not a valid zip archive"),
+                "{v}"
+            );
+        }
+    }
+    let (status, v) = post("/v1/archives", "application/octet-stream", b"not a zip");
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["kind"], "file", "{v}");
+}

@@ -88,7 +88,9 @@ pub fn validate_filename(name: &str) -> Result<()> {
     }
 }
 
-fn is_zip(bytes: &[u8]) -> bool {
+/// Whether `bytes` start as a zip archive does (a local file header, or the
+/// end of an empty archive's central directory).
+pub fn is_zip(bytes: &[u8]) -> bool {
     bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06")
 }
 
