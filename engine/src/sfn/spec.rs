@@ -36,8 +36,9 @@ pub struct Workflow {
 }
 
 /// The Kubernetes metadata Fusion reads: the name and namespace. Other fields
-/// (labels, annotations, ...) are kept as they are.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// (labels, annotations, ...) are kept as they are. A document without
+/// `metadata` has the same as one with `metadata: {}` (see `Default`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowMetadata {
     #[serde(default)]
     pub name: String,
@@ -49,6 +50,18 @@ pub struct WorkflowMetadata {
 
 fn default_namespace() -> String {
     "default".to_string()
+}
+
+/// As `metadata: {}` reads: no name, the `default` namespace (a derived
+/// `Default` would give the namespace "", which is no DNS-1123 label).
+impl Default for WorkflowMetadata {
+    fn default() -> Self {
+        WorkflowMetadata {
+            name: String::new(),
+            namespace: default_namespace(),
+            other: BTreeMap::new(),
+        }
+    }
 }
 
 /// `WorkflowSpec`: the state machine.

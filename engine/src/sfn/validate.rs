@@ -919,6 +919,24 @@ states:
         assert_eq!(check(yaml)[0].0, "invalid_spec");
     }
 
+    /// A document without `metadata` reads as one with `metadata: {}`.
+    #[test]
+    fn a_document_without_metadata_is_one_with_empty_metadata() {
+        let spec = "spec:\n  startAt: a\n  states:\n    a: { type: Succeed }\n";
+        let head = "apiVersion: fission.io/v1\nkind: Workflow\n";
+        let without = format!("{head}{spec}");
+        let empty = format!("{head}metadata: {{}}\n{spec}");
+        assert_eq!(check(&empty), vec![]);
+        assert_eq!(check(&without), vec![]);
+        let (Ok(ParsedWorkflow::Document(a)), Ok(ParsedWorkflow::Document(b))) =
+            (parse_and_validate(&without), parse_and_validate(&empty))
+        else {
+            panic!("both are documents");
+        };
+        assert_eq!(a.metadata, b.metadata);
+        assert_eq!(a.metadata.namespace, "default");
+    }
+
     #[test]
     fn wrong_api_version_kind_and_name() {
         let yaml = "apiVersion: v1\nkind: Workflo\nmetadata:\n  name: Bad_Name\nspec:\n  startAt: a\n  states:\n    a: { type: Succeed }\n";
