@@ -380,4 +380,67 @@ mod tests {
         assert_eq!(accepted("/v1/workflows/{name}/invoke"), None);
         assert_eq!(accepted(""), Some(JSON));
     }
+
+    /// Every operation whose body this guard checks can answer 415, and the
+    /// OpenAPI document says so (a DELETE or a body-less POST too: a body
+    /// sent to one is checked as any other).
+    #[test]
+    fn the_document_declares_the_415_of_every_write_the_guard_checks() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let mut missing = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            if !path.starts_with("/v1/") || accepted(path).is_none() {
+                continue;
+            }
+            for method in ["post", "put", "patch", "delete"] {
+                let Some(op) = item.get(method) else { continue };
+                if op["responses"].get("415").is_none() {
+                    missing.push(format!("{method} {path}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no 415 declared: {missing:?}");
+    }
+
+    /// The fields the server answers that a client reads by the document:
+    /// each view's own (serialized here) and those handlers add.
+    #[test]
+    fn the_document_names_what_the_server_answers() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let schema = |name: &str| doc["components"]["schemas"][name].clone();
+        let undeclared = |schema: &serde_json::Value, answer: serde_json::Value| -> Vec<String> {
+            answer
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| schema["properties"].get(k.as_str()).is_none())
+                .cloned()
+                .collect()
+        };
+        let view = pool_manager::DataView {
+            name: "c".into(),
+            namespace: "default".into(),
+            keys: vec![],
+            sizes: Default::default(),
+            data: Some(Default::default()),
+            unchanged: true,
+        };
+        let view = serde_json::to_value(view).unwrap();
+        assert_eq!(undeclared(&schema("DataView"), view), Vec::<String>::new());
+        let status = serde_json::to_value(triggers::mqt::status::StatusCell::new().get()).unwrap();
+        let mqt_status = schema("MessageQueueTrigger")["properties"]["status"].clone();
+        assert_eq!(undeclared(&mqt_status, status), Vec::<String>::new());
+        // `accepted_with` of a retry (engine/src/api.rs).
+        let retry = serde_json::json!({"id": "r", "status": "running", "location": "/v1/runs/r",
+            "workflow": "w", "version": 1, "retry_of": "q"});
+        assert_eq!(undeclared(&schema("Accepted"), retry), Vec::<String>::new());
+        let dry_run = serde_json::json!({"dry_run": true});
+        assert_eq!(
+            undeclared(&schema("WorkflowVersion"), dry_run),
+            Vec::<String>::new()
+        );
+        assert!(doc["paths"]["/v1/workflows"]["post"]["responses"]
+            .get("200")
+            .is_some());
+    }
 }
