@@ -1266,10 +1266,24 @@ fn a_container_killed_for_memory_answers_out_of_memory_and_is_replaced() {
         s.get("/fission-function/crasher").text().unwrap(),
         "child -9"
     );
+    // The instance's view counts the kill.
+    let instances = s.ok("GET", "/v1/functions/crasher/instances", None);
+    assert_eq!(instances[0]["oom_kills"], 1, "{instances}");
     assert_eq!(
         code_of_502("/fission-function/crasher?crash=1"),
         "instance_failed"
     );
+
+    // The runtime itself killed for memory, with two hundred processes in its
+    // container to tear down before its end is reported: still out_of_memory.
+    let code = "#!/bin/sh\nfor i in $(seq 200); do sleep 1000 >/dev/null 2>&1 & done\necho 1000 > /proc/$PPID/oom_score_adj\npython3 -c 'x = bytearray(512 << 20)'\necho survived\n";
+    s.ok(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": "small-bin", "runtime": "binary", "poolsize": 0, "memory_mb": 128})),
+    );
+    s.function("crowd", "small-bin", "crowd.sh", code, json!({}));
+    assert_eq!(code_of_502("/fission-function/crowd"), "out_of_memory");
 }
 
 #[test]

@@ -871,6 +871,13 @@ impl<B: HttpBody + Unpin> HttpBody for Whole<B> {
 /// How long a failed request waits for its instance's exit to be reported, to
 /// tell an out-of-memory kill from other failures.
 const EXIT_REPORT_WAIT: Duration = Duration::from_millis(500);
+/// How long it waits in all when the kernel has killed a process of the
+/// instance for memory: an instance whose runtime was killed with hundreds of
+/// processes in it (or on a busy machine) takes longer to be torn down and
+/// reported than `EXIT_REPORT_WAIT`, and its caller should still learn it was
+/// memory. The exit's report decides; an instance that lives on is
+/// `instance_failed` as before.
+const OOM_EXIT_REPORT_WAIT: Duration = Duration::from_secs(5);
 
 /// The error for a request its instance failed: `out_of_memory` when the instance
 /// was killed for its memory use, else the transport failure, which the
@@ -878,9 +885,24 @@ const EXIT_REPORT_WAIT: Duration = Duration::from_millis(500);
 /// name with a space), where its developer looks.
 async fn instance_failed(pm: &PoolManager, lease: &Lease, e: &ClientError) -> Error {
     let function = &lease.function.key();
-    let exit = tokio::time::timeout(EXIT_REPORT_WAIT, lease.instance.wait_exited())
+    let mut exit = tokio::time::timeout(EXIT_REPORT_WAIT, lease.instance.wait_exited())
         .await
         .ok();
+    if exit.is_none()
+        && lease
+            .instance
+            .handle
+            .usage()
+            .oom_kills
+            .is_some_and(|n| n > 0)
+    {
+        exit = tokio::time::timeout(
+            OOM_EXIT_REPORT_WAIT - EXIT_REPORT_WAIT,
+            lease.instance.wait_exited(),
+        )
+        .await
+        .ok();
+    }
     if exit == Some(Exit::OutOfMemory) {
         return out_of_memory(function);
     }

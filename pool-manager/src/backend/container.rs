@@ -161,11 +161,14 @@ impl Cgroups {
         self.oom_kills_under(Path::new(CGROUP_ROOT), id)
     }
     fn oom_kills_under(self, root: &Path, id: &str) -> u64 {
+        self.read_oom_kills(root, id).unwrap_or(0)
+    }
+    fn read_oom_kills(self, root: &Path, id: &str) -> Option<u64> {
         let file = match self {
             Cgroups::V1 => self.file(root, "memory", id, "memory.oom_control"),
             Cgroups::V2 => self.file(root, "memory", id, "memory.events"),
         };
-        read_keyed(&file, "oom_kill").unwrap_or(0)
+        read_keyed(&file, "oom_kill")
     }
     fn usage(self, id: &str) -> Usage {
         self.usage_under(Path::new(CGROUP_ROOT), id)
@@ -176,11 +179,13 @@ impl Cgroups {
                 memory_bytes: read_u64(&self.file(root, "memory", id, "memory.usage_in_bytes")),
                 cpu_seconds: read_u64(&self.file(root, "cpuacct", id, "cpuacct.usage"))
                     .map(|ns| ns as f64 / 1e9),
+                oom_kills: self.read_oom_kills(root, id),
             },
             Cgroups::V2 => Usage {
                 memory_bytes: read_u64(&self.file(root, "memory", id, "memory.current")),
                 cpu_seconds: read_keyed(&self.file(root, "cpu", id, "cpu.stat"), "usage_usec")
                     .map(|us| us as f64 / 1e6),
+                oom_kills: self.read_oom_kills(root, id),
             },
         }
     }
@@ -1364,6 +1369,7 @@ mod tests {
         let usage = Cgroups::V1.usage_under(v1.path(), "c1");
         assert_eq!(usage.memory_bytes, Some(64 << 20));
         assert_eq!(usage.cpu_seconds, Some(1.5));
+        assert_eq!(usage.oom_kills, Some(2));
 
         let v2 = tempfile::tempdir().unwrap();
         // `oom` counts memory.max events, `oom_kill` the kills: only the latter counts.
@@ -1382,6 +1388,7 @@ mod tests {
         let usage = Cgroups::V2.usage_under(v2.path(), "c1");
         assert_eq!(usage.memory_bytes, Some(1 << 20));
         assert_eq!(usage.cpu_seconds, Some(0.25));
+        assert_eq!(usage.oom_kills, Some(1));
 
         // A container whose cgroup is gone has no kills and no usage to report.
         assert_eq!(Cgroups::V2.oom_kills_under(v2.path(), "gone"), 0);

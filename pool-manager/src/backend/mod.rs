@@ -163,6 +163,9 @@ pub struct Usage {
     pub memory_bytes: Option<u64>,
     /// CPU time used since the instance started.
     pub cpu_seconds: Option<f64>,
+    /// How many of the instance's processes the kernel has killed for the
+    /// instance's memory limit (a child the function survived counts too).
+    pub oom_kills: Option<u64>,
 }
 
 /// The isolation a backend gives its instances, as the environment's status shows it.

@@ -513,6 +513,8 @@ fn proc_usage(pid: u32) -> Usage {
     Usage {
         memory_bytes,
         cpu_seconds,
+        // A process's limit is its address space: an allocation fails, no kill.
+        oom_kills: None,
     }
 }
 
