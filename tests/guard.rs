@@ -367,10 +367,14 @@ fn a_request_that_is_not_http_gets_a_json_400_on_both_listeners() {
             "GET /healthz HTTP/1.1\r\nHost: x\r\nthis line has no colon\r\n\r\n",
             "GET /healthz HTTP/7.0\r\nHost: x\r\n\r\n",
             "G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            // As curl sends `?q="x"`: the message says to percent-encode.
+            "GET /healthz?q=\"x\" HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
             let (status, v) = raw_request(addr(listener), head);
             assert_eq!(status, 400, "{listener} {head:?}: {v}");
             assert_eq!(v["error"]["code"], "malformed_request", "{head:?}: {v}");
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(message.contains("percent-encoded"), "{message}");
         }
         // A bad request after a good one on the same connection: the good one is
         // answered (200 on the API, the router's 404 without routes), then the

@@ -171,7 +171,8 @@ fn json_answer(head: &[u8]) -> Option<Vec<u8>> {
             "400 Bad Request",
             "malformed_request",
             "the request is not HTTP/1.1 this server can read: its request line, method, \
-             URI, version or a header field is malformed",
+             URI, version or a header field is malformed (a URI's spaces, `<`, `>` and a query's \
+             `\"` must be percent-encoded, as browsers and HTTP libraries send them)",
         ),
         "414 " => (
             "414 URI Too Long",
