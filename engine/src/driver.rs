@@ -1299,17 +1299,50 @@ impl Engine {
     /// A retry made of an earlier run of the same id (a keyed run deleted,
     /// then started again by its key) is not this one's.
     pub fn retried_by(&self, id: &str) -> Result<Option<String>, EngineError> {
-        let retry_id = retry_run_id(id);
-        let Some(retry) = self.store.run(&retry_id)? else {
-            return Ok(None);
-        };
         let Some(run) = self.store.run(id)? else {
             return Ok(None);
         };
-        // A retry starts once its run has ended; a run of the same id made
-        // after the retry had ended (its run deleted, its idempotency key used
-        // again) is another, which the retry is not of. Both in milliseconds:
-        // what happens within the same one is told apart by the second.
+        let retry_id = retry_run_id(id, run.created_at);
+        if let Some(retry) = self.store.run(&retry_id)? {
+            return Ok((retry.retry_of.as_deref() == Some(id)).then_some(retry_id));
+        }
+        self.legacy_retry(id, &run)
+    }
+
+    /// Retries run `id` as a server before this one did: under the id its
+    /// retries had then (see `legacy_retry`), nothing kept.
+    #[cfg(test)]
+    pub(crate) async fn retry_as_before(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> Result<StartedRun, EngineError> {
+        let state = self.run_state(id)?;
+        let origin = Origin {
+            id: Some(keyed_run_id("", &format!("retry of {id}"))),
+            retry_of: Some(id.to_string()),
+            ..Origin::default()
+        };
+        self.start(
+            state.workflow,
+            state.version,
+            state.spec,
+            state.input,
+            origin,
+        )
+        .await
+    }
+
+    /// The retry of run `run` made by a server before retries' ids named the
+    /// run's start (they named its id only, which a keyed run deleted and
+    /// started again shares): told apart by time. A retry starts once its
+    /// run has ended; a run of the same id made after the retry had ended is
+    /// another. Both in milliseconds: what happens within the same one is told
+    /// apart by the second.
+    fn legacy_retry(&self, id: &str, run: &RunSummary) -> Result<Option<String>, EngineError> {
+        let retry_id = keyed_run_id("", &format!("retry of {id}"));
+        let Some(retry) = self.store.run(&retry_id)? else {
+            return Ok(None);
+        };
         let ours = retry.retry_of.as_deref() == Some(id)
             && run
                 .finished_at
@@ -1333,19 +1366,27 @@ impl Engine {
                 "run {id:?} {now}; only failed or cancelled runs can be retried"
             )));
         }
-        // A run is retried once: its retry's id comes from its own, so a
-        // second retry finds the first (which would repeat what that one did,
-        // a charge that succeeded there made again). Its retry is retried
-        // instead, as a chain. Retries take turns with keyed starts.
-        let retry_id = retry_run_id(id);
+        // A run is retried once: its retry's id comes from its own and its
+        // start, so a second retry finds the first (which would repeat what
+        // that one did, a charge that succeeded there made again), and a run
+        // of the same id started again later (a keyed run deleted) is retried
+        // afresh. Its retry is retried instead, as a chain. Retries take turns
+        // with keyed starts.
+        let retry_id = retry_run_id(id, state.started_at);
         let _one = self.keyed.lock().await;
         let running = self.runs.lock().is_ok_and(|r| r.contains_key(&retry_id));
         let status = match self.store.run(&retry_id)? {
-            Some(s) => Some(s.status),
-            None if running => Some(RunStatus::Running),
-            None => None,
+            Some(s) => Some((retry_id.clone(), s.status)),
+            None if running => Some((retry_id.clone(), RunStatus::Running)),
+            None => match self.store.run(id)? {
+                Some(run) => match self.legacy_retry(id, &run)? {
+                    Some(legacy) => self.store.run(&legacy)?.map(|s| (legacy, s.status)),
+                    None => None,
+                },
+                None => None,
+            },
         };
-        if let Some(status) = status {
+        if let Some((retry_id, status)) = status {
             return Err(EngineError::Conflict(format!(
                 "run {id:?} was retried already, as run {retry_id} ({}): retry that one instead",
                 status.as_str()
@@ -2508,10 +2549,12 @@ impl Drop for InFlight {
     }
 }
 
-/// The id of the run that retries run `id`: derived from it, so a second
-/// retry finds the first.
-fn retry_run_id(id: &str) -> String {
-    keyed_run_id("", &format!("retry of {id}"))
+/// The id of the run that retries run `id` started at `started_at`: derived
+/// from both, so a second retry finds the first, and a run of the same id
+/// started again (a keyed run deleted, its key used again) has a retry of its
+/// own.
+fn retry_run_id(id: &str, started_at: Millis) -> String {
+    keyed_run_id("", &format!("retry of {id} started at {started_at}"))
 }
 
 /// The id of the run an idempotency key starts for a workflow: a UUID

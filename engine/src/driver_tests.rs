@@ -648,6 +648,22 @@ async fn cancel_and_retry_from_failure() {
     );
     assert!(m.contains("(succeeded)"), "{m}");
     assert_eq!(fake.count("sometimes"), 2, "nothing ran again");
+    // A retry an earlier server made, under the id it gave retries then
+    // (named by the run's id alone), is still found as the run's retry.
+    *fail_first.lock().unwrap() = true;
+    let old = e
+        .start_run("r", json!(null), Default::default())
+        .await
+        .unwrap();
+    let old = e.wait(&old.id).await.unwrap();
+    assert_eq!(old.status, RunStatus::Failed);
+    let before = e.retry_as_before(&old.id).await.unwrap();
+    e.wait(&before.id).await.unwrap();
+    assert_eq!(e.retried_by(&old.id).unwrap(), Some(before.id.clone()));
+    let Err(crate::EngineError::Conflict(m)) = e.retry(&old.id).await else {
+        panic!("a run an earlier server retried was retried again");
+    };
+    assert!(m.contains(&before.id), "{m}");
     // A failed retry is retried in its turn.
     *fail_first.lock().unwrap() = true;
     let s3 = e
@@ -1294,6 +1310,8 @@ tasks:
         // id), which the old run's retry is not a retry of.
         let (s, _, v) = call(&app, req("DELETE", &format!("/v1/runs/{failed}"), "")).await;
         assert!(s.is_success(), "{v}");
+        // (A moment later: runs of one id are told apart by their start.)
+        tokio::time::advance(Duration::from_millis(1)).await;
         let (s, h, v) = call(&app, start("flakypay", "order-1", false)).await;
         assert_eq!((s, v), (StatusCode::OK, json!("paid")));
         assert!(h.get("idempotent-replayed").is_none());
@@ -1304,6 +1322,43 @@ tasks:
             failed.as_str(),
             "not the old run's retry"
         );
+        // A keyed run started again after its deletion that fails is retried
+        // afresh, not refused as retried already by the old run's retry.
+        fake.add("odd", None, |_, n| {
+            if n % 2 == 1 {
+                text(500, "down")
+            } else {
+                text(200, "paid")
+            }
+        });
+        let (s, _, v) = call(
+            &app,
+            req(
+                "POST",
+                "/v1/workflows?name=oddpay",
+                "output: C\ntasks:\n  C:\n    run: odd\n",
+            ),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let mut retries = Vec::new();
+        for _ in 0..2 {
+            let (s, h, v) = call(&app, start("oddpay", "order-2", false)).await;
+            assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+            let run = h["x-fusion-run-id"].to_str().unwrap().to_string();
+            let (s, _, retry) = call(&app, req("POST", &format!("/v1/runs/{run}/retry"), "")).await;
+            assert!(s.is_success(), "{retry}");
+            let retried = retry["id"].as_str().unwrap().to_string();
+            e.wait(&retried).await.unwrap();
+            let (s, h, v) = call(&app, start("oddpay", "order-2", false)).await;
+            assert_eq!((s, v), (StatusCode::OK, json!("paid")));
+            assert_eq!(h["x-fusion-run-id"], retried.as_str());
+            retries.push(retried);
+            let (s, _, v) = call(&app, req("DELETE", &format!("/v1/runs/{run}"), "")).await;
+            assert!(s.is_success(), "{v}");
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_ne!(retries[0], retries[1]);
         let too_long = "k".repeat(256);
         for bad in ["", too_long.as_str()] {
             let (s, _, v) = call(&app, start("pay", bad, true)).await;
