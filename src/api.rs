@@ -19,6 +19,7 @@ use serde::Deserialize;
 use triggers::{Route, Target, Triggers};
 
 mod canaries;
+mod deletions;
 mod invocations;
 mod mqt;
 pub mod pod_packages;
@@ -107,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .merge(invocations::routes())
         .merge(timers::routes())
         .merge(canaries::routes())
+        .merge(deletions::routes())
         .merge(crate::api::mqt::routes())
         .layer(axum::middleware::from_fn(json_errors))
         // Added after the layer: a function's own answers pass through untouched.

@@ -918,32 +918,124 @@ fn spec_checks_routes_offline_and_apply_says_what_it_did() {
     );
 }
 
-/// A destroy that something outside the project stops half-way leaves a
-/// record of what is still there: `spec list` shows no deleted resource as
-/// missing, and a later destroy finishes the job.
+const HALF: &str = "kind: DeploymentConfig\nname: half\nuid: 7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n---\nkind: Environment\nname: py\nruntime: python\npoolsize: 0\n---\nkind: Function\nname: hello\nenv: py\ncode: hello.py\n---\nkind: Route\nname: hello\nurl: /hello\nfunction: hello\n";
+
+/// A destroy that something outside the project would stop (a route made by
+/// hand that calls the project's function) is refused before it deletes
+/// anything, naming what stops it: the project stays whole, its own route
+/// still answers, and once the hand-made route is gone destroy finishes.
 #[test]
-fn a_destroy_stopped_half_way_records_what_is_left() {
+fn a_destroy_that_a_hand_made_route_would_stop_deletes_nothing() {
     let s = Server::start();
-    let tmp = hello_project(
-        "kind: DeploymentConfig\nname: half\nuid: 7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n---\nkind: Environment\nname: py\nruntime: python\npoolsize: 0\n---\nkind: Function\nname: hello\nenv: py\ncode: hello.py\n---\nkind: Route\nname: hello\nurl: /hello\nfunction: hello\n",
+    let tmp = hello_project(HALF);
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = s.cli(&[
+        "route",
+        "create",
+        "--name",
+        "byhand",
+        "--url",
+        "/byhand",
+        "--function",
+        "hello",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains("deleted"), "{out}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("nothing destroyed: Function hello is still used by HTTPTrigger byhand; delete or change that first"),
+        "{err}"
     );
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("present").count(), 3, "{out}");
+    assert_eq!(names(&s, "/v1/routes").len(), 2);
+    let (code, out, err) = s.cli(&["route", "delete", "byhand"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("deleted   HTTPTrigger hello"), "{out}");
+    assert!(names(&s, "/v1/environments").is_empty());
+    assert!(names(&s, "/v1/functions").is_empty());
+}
+
+/// So is one that another's workflow (which runs the function) would stop;
+/// a destroy that finds its users only half-way (made between the check and
+/// the deletes) still records what is left, and a later destroy finishes.
+#[test]
+fn a_destroy_that_a_workflow_would_stop_deletes_nothing() {
+    let s = Server::start();
+    let tmp = hello_project(HALF);
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_eq!(code, 0, "{out}{err}");
     // A workflow of someone else's runs the function: it cannot go.
     s.workflow("user", "output: A\ntasks:\n  A:\n    run: hello\n");
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("deleted   HTTPTrigger hello"), "{out}");
-    assert!(err.contains("run by workflows (user)"), "{err}");
+    assert!(!out.contains("deleted"), "{out}");
+    assert!(
+        err.contains("Function hello is still used by Workflow user"),
+        "{err}"
+    );
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "list"]);
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("missing"), "{out}");
-    assert!(!out.contains("HTTPTrigger"), "{out}");
-    assert_eq!(out.matches("present").count(), 2, "{out}");
+    assert_eq!(out.matches("present").count(), 3, "{out}");
     assert_eq!(s.call("DELETE", "/v1/workflows/user", None).0, 204);
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(names(&s, "/v1/environments").is_empty());
+}
+
+/// The server's check names every resource of a set that something outside
+/// it uses, with those users, and deletes nothing.
+#[test]
+fn the_deletion_check_names_the_users_outside_the_set() {
+    let s = Server::start();
+    s.env("py", "python", 0);
+    s.function(
+        "f",
+        "py",
+        "f.py",
+        "def main():\n    return 'hi'\n",
+        serde_json::json!({}),
+    );
+    let route = serde_json::json!({"name": "r", "url": "/r", "function": "f"});
+    assert_eq!(s.call("POST", "/v1/routes", Some(route)).0, 201);
+    let check = |set: Value| {
+        s.ok(
+            "POST",
+            "/v1/deletions/check",
+            Some(serde_json::json!({"resources": set})),
+        )
+    };
+    let f = serde_json::json!({"kind": "Function", "name": "f"});
+    let r = serde_json::json!({"kind": "HTTPTrigger", "name": "r"});
+    let env = serde_json::json!({"kind": "Environment", "name": "py"});
+    assert_eq!(
+        check(serde_json::json!([f, env])),
+        serde_json::json!({"blocked": [{"kind": "Function", "namespace": "default", "name": "f",
+            "used_by": [{"kind": "HTTPTrigger", "namespace": "default", "name": "r"}]}]})
+    );
+    assert_eq!(
+        check(serde_json::json!([r, f, env])),
+        serde_json::json!({"blocked": []})
+    );
+    assert_eq!(
+        check(serde_json::json!([env]))["blocked"][0]["used_by"],
+        serde_json::json!([{"kind": "Function", "namespace": "default", "name": "f"}])
+    );
+    let (status, body) = s.call(
+        "POST",
+        "/v1/deletions/check",
+        Some(serde_json::json!({"resource": []})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    assert_eq!(names(&s, "/v1/routes"), vec!["r".to_string()]);
 }
 
 /// A proxy in front of the API that passes every request on. The first

@@ -452,6 +452,10 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
             }
             gone.push(a);
         }
+        if let Err(e) = check_deletable(client, &gone, "deleted").await {
+            result = Err(e);
+            still.append(&mut gone);
+        }
         for (a, r) in delete_all(client, gone).await {
             match r {
                 Ok(()) => summary.add("deleted", a.label()),
@@ -982,6 +986,73 @@ pub(crate) async fn apply_workflow(
     }
 }
 
+/// Refuses, before anything is deleted, to delete `items` when something
+/// that is not among them still uses one (a route made by hand that calls a
+/// function of the project, a function that runs on its environment, a run
+/// in flight): the server says what, and the deletes would stop half-way at
+/// the first of them. Fission deletes such a function and leaves its users
+/// pointing at nothing; Fusion's deletes refuse that, so refusing the whole
+/// set at once is what keeps a project whole.
+async fn check_deletable(client: &Client, items: &[Applied], verb: &str) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let resources: Vec<Value> = items
+        .iter()
+        .map(|a| serde_json::json!({"kind": a.kind, "namespace": a.namespace, "name": a.name}))
+        .collect();
+    let body = serde_json::json!({ "resources": resources });
+    let answer: Value = match client.post_json("/v1/deletions/check", &body).await {
+        Ok(v) => v,
+        // A server from before the check: its deletes still refuse one by one.
+        Err(e) if e.downcast_ref::<crate::client::NotFound>().is_some() => return Ok(()),
+        Err(e) => return Err(e.context("cannot check what the deletes would leave")),
+    };
+    let label = |v: &Value| {
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Applied {
+            kind: s("kind"),
+            namespace: s("namespace"),
+            name: s("name"),
+            collection: String::new(),
+        }
+        .label()
+    };
+    let said: Vec<String> = answer["blocked"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let users: Vec<String> = b["used_by"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|u| match u["kind"].as_str() {
+                    Some("Run") => {
+                        format!("the run {} in flight", u["name"].as_str().unwrap_or(""))
+                    }
+                    _ => label(u),
+                })
+                .collect();
+            format!("{} is still used by {}", label(b), users.join(", "))
+        })
+        .collect();
+    if said.is_empty() {
+        return Ok(());
+    }
+    let runs = answer.to_string().contains(r#""kind":"Run""#);
+    bail!(
+        "nothing {verb}: {}; delete or change {} first{}",
+        said.join("; "),
+        if said.len() == 1 { "that" } else { "those" },
+        if runs {
+            " (let runs end, or cancel them)"
+        } else {
+            ""
+        }
+    )
+}
+
 /// Deletes `items`, triggers first and environments last. One that another of
 /// them still uses (a 409: a workflow that another workflow runs, a function
 /// such a workflow runs) is tried again after the rest, until a round deletes
@@ -1074,6 +1145,10 @@ pub async fn destroy(client: &Client, source: &Source) -> Result<()> {
             remaining.remove(a);
         }
     }
+    // Everything checked before anything is deleted: a project whose
+    // function a route made by hand still calls is left whole, not without
+    // its routes.
+    check_deletable(client, &present, "destroyed").await?;
     let mut failed = None;
     for (a, r) in delete_all(client, present).await {
         match r {
