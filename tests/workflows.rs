@@ -2091,13 +2091,34 @@ fn a_workflow_deployed_as_a_function_of_the_workflow_env_is_a_workflow() {
         Some(json!({"name": "nightly", "function": "echowhale", "cron": "@daily"})),
     );
     assert_eq!(timer["workflow"], "echowhale", "{timer}");
-    // Still a 409 for a name that is neither.
+    // A name that is neither yet is taken (Fission's triggers resolve their
+    // function at each call): a 404 naming it until a workflow (or function)
+    // of that name exists, then that is called.
     let (st, body) = s.call(
         "POST",
         "/v1/routes",
         Some(json!({"name": "nobody", "function": "nobody", "url": "/nobody"})),
     );
-    assert_eq!(st, 409, "{body}");
+    assert_eq!(st, 201, "{body}");
+    let r = s.http.post(s.router_url("/nobody")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body: Value = r.json().unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(r#"function "nobody", which does not exist"#),
+        "{body}"
+    );
+    s.workflow(
+        "nobody",
+        "output: A\ntasks:\n  A:\n    run: noop\n    inputs: called\n",
+    );
+    let r = s.http.post(s.router_url("/nobody")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().unwrap(), "called");
+    assert_eq!(s.call("DELETE", "/v1/routes/nobody", None).0, 204);
+    assert_eq!(s.call("DELETE", "/v1/workflows/nobody", None).0, 204);
 
     // Updated and deleted as Fission Workflows' CLI does it.
     std::fs::write(&file, echo("again: ")).unwrap();

@@ -144,6 +144,21 @@ impl Collection {
         print(opts, &v, self.columns);
         Ok(())
     }
+    /// As `create`, for a trigger (`noun`: `route`, `time trigger`): one
+    /// whose function or workflow does not exist (yet) is made, as Fission's
+    /// CLI makes it, with a warning; a call through it is a 404 until then.
+    pub(super) async fn create_trigger(
+        &self,
+        c: &Client,
+        opts: &ClientOpts,
+        body: &Value,
+        noun: &str,
+    ) -> Result<()> {
+        let v: Value = c.post_json(&self.all(opts), body).await?;
+        warn_missing_targets(c, &v, noun).await;
+        print(opts, &v, self.columns);
+        Ok(())
+    }
     pub(super) async fn show(&self, c: &Client, opts: &ClientOpts, name: &str) -> Result<()> {
         let v: Value = c.get(&self.item(opts, name)).await?;
         print(opts, &v, self.columns);
@@ -302,5 +317,36 @@ impl DeletedList {
                 serde_json::to_string_pretty(&Value::Array(self.items)).unwrap_or_default()
             );
         }
+    }
+}
+
+/// Warns of each function or workflow a trigger the server answered names
+/// that does not exist (yet). What cannot be looked up is not warned of.
+async fn warn_missing_targets(c: &Client, trigger: &Value, noun: &str) {
+    let namespace = trigger["namespace"].as_str().unwrap_or("default");
+    let name = trigger["name"].as_str().unwrap_or_default();
+    let mut functions: Vec<&str> = trigger["function"].as_str().into_iter().collect();
+    if let Some(weights) = trigger["function_weights"].as_object() {
+        functions.extend(weights.keys().map(String::as_str));
+    }
+    let mut missing = Vec::new();
+    for f in functions {
+        let path = crate::spec::with_namespace(&format!("/v1/functions/{f}"), namespace);
+        if matches!(c.get_opt::<Value>(&path).await, Ok(None)) {
+            missing.push(format!("function {f:?}"));
+        }
+    }
+    if let Some(w) = trigger["workflow"].as_str() {
+        if matches!(
+            c.get_opt::<Value>(&format!("/v1/workflows/{w}")).await,
+            Ok(None)
+        ) {
+            missing.push(format!("workflow {w:?}"));
+        }
+    }
+    for what in missing {
+        eprintln!(
+            "warning: {noun} {name:?} calls {what}, which does not exist (yet): each call through it fails until that is created"
+        );
     }
 }

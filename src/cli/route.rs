@@ -315,7 +315,7 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
                 let doc = save::resource(Kind::HttpTrigger, opts.ns(), &body)?;
                 return save::save(&target, &format!("route-{name}.yaml"), &[doc]);
             }
-            ROUTES.create(&c, opts, &body).await
+            ROUTES.create_trigger(&c, opts, &body, "route").await
         }
         RouteVerb::Get { name } => ROUTES.show(&c, opts, &name.get()).await,
         RouteVerb::List {

@@ -211,7 +211,7 @@ pub(super) async fn timer_cmd(verb: TimerVerb, opts: &ClientOpts) -> Result<()> 
                 let doc = save::resource(Kind::TimeTrigger, opts.ns(), &body)?;
                 return save::save(&target, &format!("timetrigger-{name}.yaml"), &[doc]);
             }
-            TIMERS.create(&c, opts, &body).await
+            TIMERS.create_trigger(&c, opts, &body, "time trigger").await
         }
         TimerVerb::Get { name } => TIMERS.show(&c, opts, &name.get()).await,
         TimerVerb::List { scope } => TIMERS.list(&c, opts, &scope).await,

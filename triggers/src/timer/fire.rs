@@ -47,9 +47,9 @@ impl Fire for InvokerFire {
         tick: Timestamp,
     ) -> Pin<Box<dyn Future<Output = Called> + Send + 'a>> {
         Box::pin(async move {
-            let (target, workflow) = match (&t.function_key(), &t.workflow) {
-                (Some(f), _) => (Target::Function(f.clone()), false),
-                (None, Some(w)) => (Target::Workflow(w.clone()), true),
+            let target = match (&t.function_key(), &t.workflow) {
+                (Some(f), _) => Target::Function(f.clone()),
+                (None, Some(w)) => Target::Workflow(w.clone()),
                 (None, None) => {
                     return Called {
                         error: Some("no target".into()),
@@ -57,6 +57,17 @@ impl Fire for InvokerFire {
                     }
                 }
             };
+            // Resolved at each tick: the trigger may have been made first.
+            let target = self.0.resolve(target);
+            if let Some(why) = self.0.missing(&target) {
+                return Called {
+                    error: Some(format!(
+                        "{why} does not exist (yet): create it, or change the trigger; nothing was called"
+                    )),
+                    ..Called::default()
+                };
+            }
+            let workflow = matches!(target, Target::Workflow(_));
             let mut req = Request::builder()
                 .method(t.method.as_str())
                 .uri(t.subpath.as_str())
