@@ -73,6 +73,42 @@ fn an_outside_post_completes_a_waiting_run_once() {
     assert_eq!(s.run(&id)["output"], "ann approved");
 }
 
+/// An empty POST (`curl -X POST URL`: a signal, no data) completes the task
+/// with the output `null`, as the body `null` would; a task after it that
+/// reads a field of that output fails, saying why, and one that does not
+/// runs on.
+#[test]
+fn an_empty_post_completes_the_task_with_null() {
+    let s = Server::start();
+    let signal = "apiVersion: 1\noutput: Done\ntasks:\n  Go:\n    run: callback\n  Done:\n    run: noop\n    inputs: \"{ output('Go') === null ? 'no data' : 'data' }\"\n    requires: [Go]\n";
+    s.workflow("signal", signal);
+    let id = s.start_async("signal", "");
+    let path = s.callback_path(&id, "Go");
+    let resp = reqwest::blocking::Client::new()
+        .post(s.api_url(&path))
+        .send()
+        .expect("API reachable");
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().unwrap();
+    assert_eq!(body["completed"], "succeeded", "{body}");
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], "no data", "{run}");
+
+    s.workflow("approval", WAITING);
+    let id = s.start_async("approval", "");
+    let path = s.callback_path(&id, "Approve");
+    let resp = reqwest::blocking::Client::new()
+        .post(s.api_url(&path))
+        .body("  \n")
+        .send()
+        .expect("API reachable");
+    assert_eq!(resp.status().as_u16(), 200);
+    let run = s.wait_run(&id, Duration::from_secs(30));
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(run["error"].to_string().contains("null"), "{run}");
+}
+
 #[test]
 fn a_posted_error_fails_the_run() {
     let s = Server::start();

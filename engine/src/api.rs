@@ -801,6 +801,10 @@ pub const CALLBACKS_PATH: &str = "/v1/callbacks/";
 
 /// Completes a waiting `callback` task: a JSON body is its output, except an
 /// object with the single key `error`, which fails the task with that error.
+/// An empty body is a completion with no data (output `null`, as the body
+/// `null`): a callback is often only a signal (an approval, a resume, a
+/// webhook without payload), and a sender that cannot write JSON can still
+/// give it; `fusion run complete` without `--result` sends the same.
 async fn complete_callback(
     State(engine): State<Arc<Engine>>,
     ApiPath(token): ApiPath<String>,
