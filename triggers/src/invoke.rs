@@ -87,28 +87,25 @@ impl Invoker {
     /// What a trigger's target is at the time of a call: a function that
     /// does not exist, where a workflow of its name does, is that workflow
     /// (made after the trigger; see `retarget_to_workflow`). Triggers may
-    /// name targets not made yet, as Fission's resolve theirs at each call.
-    pub fn resolve(&self, target: Target) -> Target {
+    /// name targets not made yet, as Fission's resolve theirs at each call:
+    /// the error names what does not exist (yet), `function "f"` or
+    /// `workflow "w"`. One lookup for a function that exists (a route's
+    /// every call).
+    pub fn resolve(&self, target: Target) -> std::result::Result<Target, String> {
         match target {
-            Target::Function(key) if !self.function_exists(&key) => {
+            Target::Function(key) => {
+                if self.function_exists(&key) {
+                    return Ok(Target::Function(key));
+                }
                 let name = key.rsplit('/').next().unwrap_or(&key);
                 if self.workflow_exists(name) {
-                    Target::Workflow(name.to_string())
+                    Ok(Target::Workflow(name.to_string()))
                 } else {
-                    Target::Function(key)
+                    Err(format!("function {key:?}"))
                 }
             }
-            t => t,
-        }
-    }
-
-    /// What a trigger cannot call now because it does not exist (yet):
-    /// `function "f"` or `workflow "w"`. `None` when it exists.
-    pub fn missing(&self, target: &Target) -> Option<String> {
-        match target {
-            Target::Function(f) if !self.function_exists(f) => Some(format!("function {f:?}")),
-            Target::Workflow(w) if !self.workflow_exists(w) => Some(format!("workflow {w:?}")),
-            _ => None,
+            Target::Workflow(w) if !self.workflow_exists(&w) => Err(format!("workflow {w:?}")),
+            t => Ok(t),
         }
     }
 

@@ -91,24 +91,24 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
     let table = triggers.routes.table();
-    let found = table
-        .find(req.method().as_str(), host.as_deref(), path)
-        .map(|mut m| {
-            m.target = invoker.resolve(m.target);
-            m
-        });
-    // A route made before its function (or workflow), or left by one
-    // deleted elsewhere: a 404 that says which, as Fission's router answers
-    // a trigger whose function it cannot resolve with a 404.
-    if let Some(why) = found.as_ref().and_then(|m| invoker.missing(&m.target)) {
-        let route = found.as_ref().map(|m| m.route.as_str()).unwrap_or_default();
-        return error_response(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!(
-                "route {route:?} calls {why}, which does not exist (yet): create it, or change the route"
-            ),
-        );
+    let mut found = table.find(req.method().as_str(), host.as_deref(), path);
+    if let Some(m) = found.as_mut() {
+        match invoker.resolve(m.target.clone()) {
+            Ok(target) => m.target = target,
+            // A route made before its function (or workflow), or left by one
+            // deleted elsewhere: a 404 that says which, as Fission's router
+            // answers a trigger whose function it cannot resolve with a 404.
+            Err(why) => {
+                return error_response(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!(
+                        "route {:?} calls {why}, which does not exist (yet): create it, or change the route",
+                        m.route
+                    ),
+                )
+            }
+        }
     }
     match found {
         // A route in async mode makes the call asynchronous, whatever the

@@ -58,15 +58,17 @@ impl Fire for InvokerFire {
                 }
             };
             // Resolved at each tick: the trigger may have been made first.
-            let target = self.0.resolve(target);
-            if let Some(why) = self.0.missing(&target) {
-                return Called {
-                    error: Some(format!(
-                        "{why} does not exist (yet): create it, or change the trigger; nothing was called"
-                    )),
-                    ..Called::default()
-                };
-            }
+            let target = match self.0.resolve(target) {
+                Ok(target) => target,
+                Err(why) => {
+                    return Called {
+                        error: Some(format!(
+                            "{why} does not exist (yet): create it, or change the trigger; nothing was called"
+                        )),
+                        ..Called::default()
+                    }
+                }
+            };
             let workflow = matches!(target, Target::Workflow(_));
             let mut req = Request::builder()
                 .method(t.method.as_str())
