@@ -254,7 +254,10 @@ async fn builtins_end_to_end() {
     .await;
     assert_eq!(s.status, RunStatus::Failed);
     let err = s.error.unwrap();
-    assert!(err.message.contains(r#"task "then" failed"#), "{err:?}");
+    assert!(
+        err.message.contains(r#"task "Check/then" failed"#),
+        "{err:?}"
+    );
     let events = e.run_events(&s.id).unwrap();
     assert!(
         events
@@ -2216,7 +2219,7 @@ async fn foreach_runs_a_workflow_per_item_at_most_concurrency_at_once() {
     assert!(
         out.as_str()
             .unwrap_or_default()
-            .starts_with("rescued: task \"do_1\" failed"),
+            .starts_with("rescued: task \"F/do_1/A\" failed"),
         "{out}"
     );
     assert_eq!(fake.count("picky"), 2, "c and d never ran");
@@ -2591,4 +2594,83 @@ async fn an_async_start_that_could_not_be_stored_never_runs() {
     let s = e.wait(&id).await.unwrap();
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
     assert_eq!(fake.count("echo"), 1);
+}
+
+/// The tasks of a run as `GET /v1/runs/{id}` shows them, by id.
+fn shown_tasks(e: &Arc<Engine>, id: &str) -> HashMap<String, Value> {
+    let run = crate::api::run_json(&e.run_state(id).unwrap());
+    run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap().to_string(), t.clone()))
+        .collect()
+}
+
+/// A task that fails inside another (an `if`'s branch, a `switch` case, a
+/// loop's iteration, an item's workflow) is named in the errors that say
+/// so by its full id, as the run's task list shows it: the user finds it
+/// there. A bare `then` or `action` names no task of the run.
+#[tokio::test(start_paused = true)]
+async fn a_nested_failure_names_the_task_by_its_full_id() {
+    let (db, fake) = setup();
+    fake.add("picky", None, |c, _| match c.body.as_ref() {
+        b"bad" => text(400, "bad item"),
+        _ => text(200, "ok"),
+    });
+    let e = engine_with(&fake, &db).await;
+    let cases = [
+        (
+            "checks",
+            "output: Check\ntasks:\n  Check:\n    run: if\n    inputs:\n      if: true\n      then:\n        run: fail\n        inputs: missing user\n",
+            "Check",
+            "Check/then",
+            "missing user",
+        ),
+        (
+            "switches",
+            "output: S\ntasks:\n  S:\n    run: switch\n    inputs:\n      switch: a\n      cases:\n      - case: a\n        action: {run: fail, inputs: no a}\n",
+            "S",
+            "S/action",
+            "no a",
+        ),
+        (
+            "loops",
+            "output: W\ntasks:\n  W:\n    run: while\n    inputs:\n      expr: true\n      limit: 3\n      do: {run: fail, inputs: stuck}\n",
+            "W",
+            "W/action",
+            "stuck",
+        ),
+        (
+            "items",
+            "output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: [a, bad]\n      sequential: true\n      do:\n        output: A\n        tasks:\n          A:\n            run: picky\n            inputs: \"{ param() }\"\n",
+            "F",
+            "F/do_1/A",
+            "the function answered 400: bad item",
+        ),
+    ];
+    for (name, yaml, top, inner, cause) in cases {
+        let s = run(&e, name, yaml, json!(null)).await;
+        assert_eq!(s.status, RunStatus::Failed, "{name}: {s:?}");
+        let err = s.error.clone().unwrap();
+        assert_eq!(err.task.as_deref(), Some(top), "{name}");
+        assert_eq!(
+            err.message,
+            format!("task {inner:?} failed: {cause}"),
+            "{name}"
+        );
+        let tasks = shown_tasks(&e, &s.id);
+        assert_eq!(
+            tasks[inner]["status"], "failed",
+            "{name}: {inner} is listed"
+        );
+        assert_eq!(tasks[top]["error"], json!(err.message), "{name}");
+    }
+    // A fallback inside a sub-workflow is told the full id of the task it
+    // stands in for.
+    let yaml = "output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: [bad]\n      do:\n        output: A\n        tasks:\n          A:\n            run: picky\n            inputs: \"{ param() }\"\n            onFailure: R\n          R:\n            run: noop\n";
+    let s = run(&e, "rescued", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    let output = s.output.unwrap();
+    assert_eq!(output[0]["task"], "F/do_0/A", "{output}");
 }

@@ -332,8 +332,8 @@ impl RunError {
     }
 }
 
-/// What failed at the bottom of a chain of `task "S" failed: ` (and of the
-/// `… ` that stands for the levels left out of a long one).
+/// What failed after `task "S" failed: `: one such prefix now, a chain of
+/// them (cut short with `… `) in the records older versions wrote.
 fn innermost_failure(message: &str) -> &str {
     let mut m = message;
     loop {
@@ -350,11 +350,6 @@ fn innermost_failure(message: &str) -> &str {
         }
     }
 }
-
-/// Past this length, a failure's chain of `task "S" failed: ` is said with
-/// its outermost task and its innermost cause only (workflows that run each
-/// other fail 32 levels deep, each level a task).
-const MOST_FAILURE_CHAIN: usize = 512;
 
 /// A time as expressions see it (`CreatedAt`): RFC 3339, as Fission
 /// Workflows' scope has it; null when there is none.
@@ -987,7 +982,7 @@ impl RunEnd {
 /// `{"task", "message", "status"}` as a failed run's `error` reads.
 pub fn failure_value(failed: &TaskState) -> Value {
     let mut v = json!({
-        "task": failed.local,
+        "task": failed.id,
         "message": failed.error.clone().unwrap_or_default(),
     });
     if let (Some(status), Some(m)) = (failed.http_status, v.as_object_mut()) {
@@ -1381,9 +1376,14 @@ fn succeed_parents(s: &mut RunState, task: &str, at: Millis) {
 }
 
 /// A task of a sub-workflow that failed for good fails the task that produced
-/// it, unless it has a fallback (which then runs instead).
+/// it, unless it has a fallback (which then runs instead). Each task it fails
+/// says the failure as `task "<full id>" failed: <cause>`, naming the task
+/// that failed as the run's task list shows it (`Each/do_1/Charge`): the
+/// path down to it is in its id, so the levels between add nothing.
 fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
     let mut current = task.to_string();
+    // The failure as the tasks above the one that failed say it.
+    let mut said: Option<(String, Option<u16>)> = None;
     loop {
         let Some(t) = s.tasks.get(&current) else {
             return;
@@ -1394,24 +1394,24 @@ fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
         let Some(parent) = t.scope.clone() else {
             return;
         };
-        // A loop's iterations nest tasks of one name: said once, not once a
-        // level. A `while` goes on through a task of its own that runs
-        // `while` again (`condition`): the user never named it, so its
-        // failure is said as the loop's.
-        let prefix = format!("task {:?} failed: ", t.local);
-        let cause = t.error.clone().unwrap_or_default();
-        let own_iteration = s
-            .tasks
-            .get(&parent)
-            .is_some_and(|p| p.spec.run == t.spec.run && crate::builtins::is_builtin(&t.spec.run));
-        let error = if cause.starts_with(&prefix) || own_iteration {
-            cause
-        } else if cause.len() > MOST_FAILURE_CHAIN {
-            format!("{prefix}… {}", innermost_failure(&cause))
-        } else {
-            prefix + &cause
+        let (error, status) = match said.take() {
+            Some(said) => said,
+            None => {
+                // A `while` goes on through a task of its own that runs
+                // `while` again (`condition`): the user never named it, so
+                // its failure is said as the loop's.
+                let own_iteration = s.tasks.get(&parent).is_some_and(|p| {
+                    p.spec.run == t.spec.run && crate::builtins::is_builtin(&t.spec.run)
+                });
+                let cause = t.error.clone().unwrap_or_default();
+                let error = if own_iteration {
+                    cause
+                } else {
+                    format!("task {:?} failed: {cause}", t.id)
+                };
+                (error, t.http_status)
+            }
         };
-        let status = t.http_status;
         let Some(p) = s.tasks.get_mut(&parent) else {
             return;
         };
@@ -1419,9 +1419,10 @@ fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
             return;
         }
         p.status = TaskStatus::Failed;
-        p.error = Some(error);
+        p.error = Some(error.clone());
         p.http_status = status;
         p.ended_at = Some(at);
+        said = Some((error, status));
         current = parent;
     }
 }
@@ -1670,7 +1671,7 @@ fn timed_out_waiting(s: &RunState, cutoff: Millis) -> Vec<Action> {
             task: t.id.clone(),
             attempt: t.attempts,
         });
-        let reason = format!("task {:?}, which ran it, timed out", t.local);
+        let reason = format!("task {:?}, which ran it, timed out", t.id);
         out.extend(
             inside
                 .into_iter()
@@ -2868,7 +2869,7 @@ mod tests {
                 },
                 Action::CancelTask {
                     task: "p/x/y".into(),
-                    reason: "task \"x\", which ran it, timed out".into()
+                    reason: "task \"p/x\", which ran it, timed out".into()
                 },
             ]
         );
