@@ -622,6 +622,28 @@ fn listed(engine: &Engine, s: &RunSummary, folds: &mut usize) -> ApiResult<Value
     Ok(run)
 }
 
+/// What a task is shown to run: what its `run` says, except for a loop's
+/// item (`foreach`) or iteration (`while`) whose `do` is a workflow, which
+/// the engine passes through a `noop` the user never wrote: it ran that
+/// workflow, shown as `workflow`.
+fn shown_run(s: &RunState, t: &crate::state::TaskState) -> String {
+    let in_loop = t
+        .scope
+        .as_deref()
+        .and_then(|p| s.tasks.get(p))
+        .is_some_and(|p| matches!(p.spec.run.as_str(), "foreach" | "while"));
+    if in_loop
+        && t.spec.run == "noop"
+        && t.spec
+            .inputs
+            .as_ref()
+            .is_some_and(crate::spec::is_workflow_spec)
+    {
+        return "workflow".into();
+    }
+    t.spec.run.clone()
+}
+
 /// A run in full: status, input, output, timings and every task.
 pub fn run_json(s: &RunState) -> Value {
     let tasks: Vec<Value> = s
@@ -652,7 +674,7 @@ pub fn run_json(s: &RunState) -> Value {
             json!({
                 "id": t.id,
                 "scope": t.scope,
-                "run": shown.unwrap_or_else(|| t.spec.run.clone()),
+                "run": shown.unwrap_or_else(|| shown_run(s, t)),
                 "status": status,
                 "attempts": t.attempts,
                 "max_attempts": crate::retry::RetryPolicy::from_spec(t.spec.retry.as_ref())

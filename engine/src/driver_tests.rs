@@ -2674,3 +2674,24 @@ async fn a_nested_failure_names_the_task_by_its_full_id() {
     let output = s.output.unwrap();
     assert_eq!(output[0]["task"], "F/do_0/A", "{output}");
 }
+
+/// An item of a `foreach` (or an iteration of a `while`) whose `do` is a
+/// workflow shows that it ran a workflow, not the `noop` the engine passes
+/// the workflow through.
+#[tokio::test(start_paused = true)]
+async fn an_item_that_ran_a_workflow_shows_so() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: F\ntasks:\n  F:\n    run: foreach\n    inputs:\n      foreach: [a, b]\n      do:\n        output: A\n        tasks:\n          A:\n            run: echo\n            inputs: \"{ param() }\"\n  W:\n    run: while\n    inputs:\n      expr: \"{ !task().Inputs._prev }\"\n      limit: 3\n      delay: 10ms\n      do:\n        output: B\n        tasks:\n          B: {run: echo, inputs: again}\n  N:\n    run: noop\n    inputs:\n      output: C\n      tasks:\n        C: {run: echo, inputs: c}\n";
+    let s = run(&e, "items", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    let tasks = shown_tasks(&e, &s.id);
+    for item in ["F/do_0", "F/do_1", "W/action"] {
+        assert_eq!(tasks[item]["run"], "workflow", "{item}: {}", tasks[item]);
+    }
+    assert_eq!(tasks["F/do_0/A"]["run"], "echo");
+    // What the workflow itself says stays as written.
+    assert_eq!(tasks["F"]["run"], "foreach");
+    assert_eq!(tasks["N"]["run"], "noop");
+    assert_eq!(tasks["F/collector"]["run"], "compose");
+}
