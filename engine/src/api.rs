@@ -694,6 +694,7 @@ pub fn run_json(s: &RunState) -> Value {
                 "cancel_reason": t.cancel_reason.as_ref().filter(|_| status == crate::state::TaskStatus::Cancelled),
                 "http_status": t.http_status,
                 "workflow_version": t.workflow_version,
+                "kept_from": t.kept_from,
                 "callback": t.callback.as_ref().map(|token| json!({
                     "token": token,
                     "path": format!("{CALLBACKS_PATH}{token}"),
@@ -1414,6 +1415,46 @@ fn output_response(output: Value, headers: &BTreeMap<String, String>, run_id: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every field `GET /v1/runs/{id}` answers, of the run and of each task,
+    /// is in the OpenAPI document: a client reads the answer by it.
+    #[test]
+    fn the_document_names_every_field_of_a_run_and_its_tasks() {
+        let doc: Value = serde_json::from_str(include_str!("../../schemas/openapi.json")).unwrap();
+        let schema = &doc["components"]["schemas"]["Run"]["properties"];
+        let spec = crate::spec::WorkflowSpec {
+            output: "A".into(),
+            tasks: [("A".to_string(), crate::spec::TaskSpec::default())].into(),
+            ..Default::default()
+        };
+        let state = RunState::fold(&[crate::state::Event::RunStarted {
+            run_id: "r".into(),
+            workflow: "w".into(),
+            version: 1,
+            spec,
+            input: json!({"default": "x"}),
+            at: 0,
+            retry_of: None,
+            preserved: Default::default(),
+            keys: None,
+        }]);
+        let run = run_json(&state);
+        let undeclared = |answer: &Value, declared: &Value| -> Vec<String> {
+            answer
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| declared.get(k.as_str()).is_none())
+                .cloned()
+                .collect()
+        };
+        assert_eq!(undeclared(&run, schema), Vec::<String>::new());
+        let task_schema = &schema["tasks"]["items"]["properties"];
+        assert_eq!(
+            undeclared(&run["tasks"][0], task_schema),
+            Vec::<String>::new()
+        );
+    }
 
     #[test]
     fn x_async_is_true_false_or_refused() {

@@ -1436,7 +1436,15 @@ impl Engine {
         }
         // What this run kept itself and had not reached yet (a retry of a
         // retry that ended before its parent added them again).
-        let mut preserved: BTreeMap<String, TaskResult> = state.preserved_inside.clone();
+        let mut preserved: BTreeMap<String, TaskResult> = state
+            .preserved_inside
+            .iter()
+            .map(|(id, r)| {
+                let mut r = r.clone();
+                r.from = r.from.or_else(|| state.retry_of.clone());
+                (id.clone(), r)
+            })
+            .collect();
         preserved.extend(kept.into_iter().filter_map(|t| {
             let result = state.resolved(&t.id)?;
             Some((
@@ -1445,6 +1453,8 @@ impl Engine {
                     output: result.output.clone().unwrap_or(Value::Null),
                     headers: result.headers.clone(),
                     inputs: t.inputs.clone().unwrap_or(Value::Null),
+                    // Kept by this run in its turn: from where it ran.
+                    from: t.kept_from.clone(),
                 },
             ))
         }));

@@ -2695,3 +2695,47 @@ async fn an_item_that_ran_a_workflow_shows_so() {
     assert_eq!(tasks["N"]["run"], "noop");
     assert_eq!(tasks["F/collector"]["run"], "compose");
 }
+
+/// A retry's history marks each task whose outcome it kept from the run it
+/// retries (not run again), inside a `foreach` too, naming the run where
+/// that outcome was made.
+#[tokio::test(start_paused = true)]
+async fn a_retry_marks_the_tasks_it_kept() {
+    let (db, fake) = setup();
+    let fail = Arc::new(Mutex::new(true));
+    let f = fail.clone();
+    fake.add("gate", None, move |c, _| {
+        if *f.lock().unwrap() && c.body.as_ref() == b"y" {
+            text(500, "down")
+        } else {
+            text(200, "up")
+        }
+    });
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: B\ntasks:\n  A:\n    run: echo\n    inputs: a\n  F:\n    run: foreach\n    inputs:\n      foreach: [x, y]\n      do: {run: gate, inputs: \"{ task().Inputs._item }\"}\n  B:\n    run: echo\n    inputs: b\n    requires: [A, F]\n";
+    let first = run(&e, "kept", yaml, json!(null)).await;
+    assert_eq!(first.status, RunStatus::Failed);
+    let again = e.retry(&first.id).await.unwrap();
+    let second = e.wait(&again.id).await.unwrap();
+    assert_eq!(second.status, RunStatus::Failed);
+    let tasks = shown_tasks(&e, &second.id);
+    for kept in ["A", "F/do_0"] {
+        assert_eq!(tasks[kept]["status"], "succeeded", "{kept}");
+        assert_eq!(tasks[kept]["kept_from"], json!(first.id), "{kept}");
+    }
+    for ran in ["F", "F/do_1"] {
+        assert_eq!(tasks[ran]["kept_from"], Value::Null, "{ran} ran again");
+    }
+    // A retry of the retry: what it keeps was made in the first run.
+    *fail.lock().unwrap() = false;
+    let third = e.retry(&second.id).await.unwrap();
+    let third = e.wait(&third.id).await.unwrap();
+    assert_eq!(third.status, RunStatus::Succeeded, "{third:?}");
+    let tasks = shown_tasks(&e, &third.id);
+    assert_eq!(tasks["A"]["kept_from"], json!(first.id));
+    assert_eq!(tasks["F/do_0"]["kept_from"], json!(first.id));
+    for ran in ["F", "F/do_1", "B"] {
+        assert_eq!(tasks[ran]["kept_from"], Value::Null, "{ran} ran");
+    }
+    assert_eq!(fake.count("gate"), 4, "x once, y in each run");
+}

@@ -23,6 +23,10 @@ pub struct TaskResult {
     pub headers: Headers,
     #[serde(default)]
     pub inputs: Value,
+    /// The run where the task ran, when a retry of a retry keeps it: not the
+    /// run this one retries (which kept it in its turn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// One durable fact about a run.
@@ -442,6 +446,10 @@ pub struct TaskState {
     /// beside it failed) or ended without it (failed, cancelled, timed out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// For a task a retry kept (succeeded, not run again): the run whose
+    /// outcome it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_from: Option<String>,
 }
 
 /// The caller's credential headers (`Authorization`, `Cookie`,
@@ -993,12 +1001,14 @@ pub fn failure_value(failed: &TaskState) -> Value {
 
 /// Adds the tasks of a workflow (the run's own when `scope` is None, else the
 /// sub-workflow of task `scope`) with their dependencies and fallbacks as full ids.
-/// A task a retry keeps: succeeded with the result it had.
-fn keep_result(ts: &mut TaskState, r: &TaskResult) {
+/// A task a retry keeps: succeeded with the result it had in the run it
+/// came from (`r.from`, else `retry_of`, the run the retry retries).
+fn keep_result(ts: &mut TaskState, r: &TaskResult, retry_of: Option<&str>) {
     ts.status = TaskStatus::Succeeded;
     ts.output = Some(r.output.clone());
     ts.headers = r.headers.clone();
     ts.inputs = Some(r.inputs.clone());
+    ts.kept_from = r.from.clone().or_else(|| retry_of.map(String::from));
 }
 
 fn insert_tasks(s: &mut RunState, scope: Option<&str>, tasks: &BTreeMap<String, TaskSpec>) {
@@ -1102,7 +1112,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
             }
             for (id, r) in preserved {
                 match s.tasks.get_mut(id) {
-                    Some(ts) => keep_result(ts, r),
+                    Some(ts) => keep_result(ts, r, retry_of.as_deref()),
                     None => {
                         s.preserved_inside.insert(id.clone(), r.clone());
                     }
@@ -1236,7 +1246,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
                         continue;
                     };
                     if let Some(ts) = s.tasks.get_mut(&id) {
-                        keep_result(ts, &r);
+                        keep_result(ts, &r, s.retry_of.as_deref());
                         ts.ended_at = Some(*at);
                     }
                     succeed_parents(s, &id, *at);
@@ -2322,6 +2332,7 @@ mod tests {
             output: json!("first time"),
             headers: Headers::new(),
             inputs: Value::Null,
+            from: None,
         };
         let events = vec![
             Event::RunStarted {
