@@ -460,7 +460,7 @@ fn rfc0022_runs_resume_after_a_killed_server_without_repeating_finished_steps() 
     let keys: Vec<&String> = calls.iter().filter(|l| l.starts_with("two ")).collect();
     assert_eq!(keys.len(), 2, "{calls:?}");
     assert_eq!(keys[0], keys[1]);
-    assert!(keys[0].contains(&format!("{id}/000002-two/1")), "{keys:?}");
+    assert!(keys[0].ends_with(&format!("{id}/000002-two")), "{keys:?}");
 }
 
 #[test]

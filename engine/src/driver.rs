@@ -421,6 +421,18 @@ fn keyed(mut request: crate::builtins::HttpRequest, key: &str) -> crate::builtin
     request
 }
 
+/// Says which attempt of its task a call is (`X-Fusion-Attempt`, as an
+/// asynchronous invocation's attempts say it), unless the task's own
+/// headers set it.
+fn with_attempt(headers: &mut Vec<(String, String)>, attempt: u32) {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("X-Fusion-Attempt"))
+    {
+        headers.push(("X-Fusion-Attempt".into(), attempt.to_string()));
+    }
+}
+
 /// The call a task makes. A state machine's step (`documents`) sends its
 /// document as JSON, whatever it is (a string, a number, null), as Fission's
 /// own engine does; a Fission Workflows task sends a string as text.
@@ -1459,9 +1471,9 @@ impl Engine {
             ))
         }));
         // A call in flight when the run ended may have been made (its
-        // answer unused): the retry's first attempt of that task goes under
-        // the same key, so that the function can tell. So do the keys this
-        // run inherited itself and had not used yet.
+        // answer unused): the retry's attempts of that task go under the
+        // same key, so that the function can tell. So do the keys this run
+        // inherited itself and had not used yet.
         let mut keys: BTreeMap<String, String> = state
             .inherited_keys
             .iter()
@@ -2418,6 +2430,17 @@ impl Actor {
     }
 
     fn perform(&mut self, mut ext: External) {
+        // Which attempt of its task a call is: its idempotency key is the
+        // same on every one.
+        match &mut ext {
+            External::Call { call, attempt, .. } | External::Notify { call, attempt, .. } => {
+                with_attempt(&mut call.headers, *attempt)
+            }
+            External::Http {
+                request, attempt, ..
+            } => with_attempt(&mut request.headers, *attempt),
+            _ => {}
+        }
         // A credential header a task forwards from the caller's request goes
         // as the caller sent it, not as the run's record holds it.
         if !self.state.credentials.0.is_empty() {

@@ -46,9 +46,9 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         preserved: BTreeMap<String, TaskResult>,
         /// The idempotency keys of calls that were in flight when the run
-        /// this one retries ended, by task: the first attempt of each here
-        /// is sent under the same key, so that a function that took the
-        /// first call can tell the second is the same.
+        /// this one retries ended, by task: the attempts of each here are
+        /// sent under the same key, so that a function that took the first
+        /// call can tell the second is the same.
         /// Boxed: only a retry has them, and every event is as large as
         /// the largest kind.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -508,7 +508,7 @@ pub struct RunState {
     /// From the run's `RunStarted` (so never stored).
     #[serde(skip)]
     pub preserved_inside: BTreeMap<String, TaskResult>,
-    /// The keys the first attempt of some tasks is sent under (see
+    /// The keys the attempts of some tasks are sent under (see
     /// `Event::RunStarted`'s `keys`). From the run's `RunStarted`.
     #[serde(skip)]
     pub inherited_keys: BTreeMap<String, String>,
@@ -569,7 +569,16 @@ pub enum Action {
     Finish(Finish),
 }
 
-pub fn attempt_key(run_id: &str, task: &str, attempt: u32) -> String {
+/// The idempotency key of task `task`'s calls: one logical call, the same
+/// on every attempt (and on a call made again after a restart), so that
+/// its function can tell a repeat.
+pub fn task_key(run_id: &str, task: &str) -> String {
+    format!("{run_id}/{task}")
+}
+
+/// What the jitter of the backoff after attempt `attempt` of a task is drawn
+/// from: the same on every replay of the run, another for each attempt.
+pub fn backoff_seed(run_id: &str, task: &str, attempt: u32) -> String {
     format!("{run_id}/{task}/{attempt}")
 }
 
@@ -579,12 +588,12 @@ pub fn child_id(parent: &str, local: &str) -> String {
 }
 
 impl RunState {
-    /// The key the first attempt of task `id` is sent under: its own, or the
+    /// The key every attempt of task `id` is sent under: its own, or the
     /// one a retry inherited for it from the run it retries.
-    pub fn first_key(&self, id: &str) -> String {
+    pub fn key_of(&self, id: &str) -> String {
         match self.inherited_keys.get(id) {
             Some(key) => key.clone(),
-            None => attempt_key(&self.run_id, id, 1),
+            None => task_key(&self.run_id, id),
         }
     }
 
@@ -1527,7 +1536,7 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                 actions.push(Action::Dispatch {
                     task: t.id.clone(),
                     attempt: 1,
-                    key: s.first_key(&t.id),
+                    key: s.key_of(&t.id),
                     spec: s.dispatch_spec(t),
                 });
             }
@@ -1538,8 +1547,8 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                     None => {
                         let policy = RetryPolicy::from_spec(t.spec.retry.as_ref())
                             .unwrap_or_else(|_| RetryPolicy::none());
-                        let key = attempt_key(&s.run_id, &t.id, t.attempts);
-                        let delay = policy.backoff.delay(t.attempts, sample_from(&key));
+                        let seed = backoff_seed(&s.run_id, &t.id, t.attempts);
+                        let delay = policy.backoff.delay(t.attempts, sample_from(&seed));
                         actions.push(Action::ScheduleRetry {
                             task: t.id.clone(),
                             attempt: next,
@@ -1551,7 +1560,7 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                     Some(due) if due <= now => actions.push(Action::Dispatch {
                         task: t.id.clone(),
                         attempt: next,
-                        key: attempt_key(&s.run_id, &t.id, next),
+                        key: s.key_of(&t.id),
                         spec: s.dispatch_spec(t),
                     }),
                     Some(due) => actions.push(Action::StartTimer { at: due }),
@@ -1605,7 +1614,7 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                 actions.push(Action::Dispatch {
                     task: t.id.clone(),
                     attempt: 1,
-                    key: s.first_key(&t.id),
+                    key: s.key_of(&t.id),
                     spec: s.dispatch_spec(t),
                 });
             }

@@ -433,7 +433,7 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// `POST / answered 500 after 12 ms (X-Fusion-Idempotency-Key: <run>/<task>/<attempt>)`:
+    /// `POST / answered 500 after 12 ms (X-Fusion-Idempotency-Key: <run>/<task>)`:
     /// next to what the function wrote to stderr, which call failed.
     fn failed(&self, status: http::StatusCode, took: Duration) -> String {
         let mut line = format!(

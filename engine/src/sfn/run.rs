@@ -29,7 +29,7 @@ use super::spec::{
 use crate::retry::sample_from;
 use crate::spec::{BackoffSpec, RetrySpec, TaskSpec, WorkflowSpec};
 use crate::state::{
-    attempt_key, Action, Finish, RunError, RunState, RunStatus, TaskState, TaskStatus,
+    backoff_seed, Action, Finish, RunError, RunState, RunStatus, TaskState, TaskStatus,
 };
 use crate::validate::ValidationError;
 
@@ -955,7 +955,7 @@ fn retry(s: &RunState, t: &TaskState, now: u64) -> Vec<Action> {
                 .unwrap_or_else(|_| crate::retry::RetryPolicy::none());
             let delay = policy.backoff.delay(
                 t.attempts,
-                sample_from(&attempt_key(&s.run_id, &t.id, t.attempts)),
+                sample_from(&backoff_seed(&s.run_id, &t.id, t.attempts)),
             );
             vec![Action::ScheduleRetry {
                 task: t.id.clone(),
@@ -971,7 +971,7 @@ fn retry(s: &RunState, t: &TaskState, now: u64) -> Vec<Action> {
             vec![Action::Dispatch {
                 task: t.id.clone(),
                 attempt: next,
-                key: attempt_key(&s.run_id, &t.id, next),
+                key: s.key_of(&t.id),
                 spec,
             }]
         }
@@ -1091,7 +1091,7 @@ fn enter(
                     Err(f) => ("fail", json!(f.message())),
                 };
                 steps.push(Action::Dispatch {
-                    key: attempt_key(&s.run_id, &id, 1),
+                    key: s.key_of(&id),
                     task: id,
                     attempt: 1,
                     spec: TaskSpec {
@@ -1114,7 +1114,7 @@ fn enter(
         let mut spec = task_spec(m, &id);
         spec.inputs = Some(inputs);
         steps.push(Action::Dispatch {
-            key: attempt_key(&s.run_id, &id, 1),
+            key: s.key_of(&id),
             task: id,
             attempt: 1,
             spec,
@@ -1725,7 +1725,11 @@ states:
         else {
             panic!("{actions:?}");
         };
-        assert_eq!((*attempt, key.as_str()), (2, "r1/000001-a/2"));
+        assert_eq!(
+            (*attempt, key.as_str()),
+            (2, "r1/000001-a"),
+            "the same key as the first"
+        );
         let inputs = spec.inputs.clone().unwrap();
         assert_eq!(inputs["body"], first["body"]);
         assert_eq!(inputs["headers"]["X-Fission-Workflow-Attempt"], "2");
