@@ -644,12 +644,79 @@ fn shown_run(s: &RunState, t: &crate::state::TaskState) -> String {
     t.spec.run.clone()
 }
 
-/// A run in full: status, input, output, timings and every task.
+/// How many bytes of JSON `v` is, without writing it out.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, v);
+    count.0
+}
+
+/// Where a run's answer holds its input body (`param()`): a task input that
+/// is the same value refers to it there (`inputs_from`).
+const INPUT_BODY_POINTER: &str = "/input/default";
+
+/// A run's input as answered, and its body when that is large enough to be
+/// answered once: past `LISTING_VALUE_LIMIT` bytes of JSON, the request's
+/// `body` (the same value as its `default`, Fission Workflows' two names for
+/// it) is left out, and tasks refer to the body rather than repeat it.
+fn answered_input(input: &Value) -> (Value, Option<&Value>) {
+    let Some(body) = input
+        .get("default")
+        .filter(|b| json_len(b) > LISTING_VALUE_LIMIT)
+    else {
+        return (input.clone(), None);
+    };
+    let mut shown = serde_json::Map::new();
+    for (k, v) in input.as_object().into_iter().flatten() {
+        if !(k == "body" && v == body) {
+            shown.insert(k.clone(), v.clone());
+        }
+    }
+    (Value::Object(shown), Some(body))
+}
+
+/// A task's inputs as answered, and those that are the run's large input
+/// body (`body`), left out and named with where the answer holds it.
+fn answered_inputs(inputs: Option<&Value>, body: Option<&Value>) -> (Value, Value) {
+    let (Some(Value::Object(named)), Some(body)) = (inputs, body) else {
+        return (inputs.cloned().unwrap_or(Value::Null), Value::Null);
+    };
+    let mut shown = serde_json::Map::new();
+    let mut from = serde_json::Map::new();
+    for (k, v) in named {
+        if v == body {
+            from.insert(k.clone(), json!(INPUT_BODY_POINTER));
+        } else {
+            shown.insert(k.clone(), v.clone());
+        }
+    }
+    let from = if from.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(from)
+    };
+    (Value::Object(shown), from)
+}
+
+/// A run in full: status, input, output, timings and every task. A large
+/// input body is in it once (see `answered_input`).
 pub fn run_json(s: &RunState) -> Value {
+    let (input, body) = answered_input(&s.input);
     let tasks: Vec<Value> = s
         .tasks
         .values()
         .map(|t| {
+            let (inputs, inputs_from) = answered_inputs(t.inputs.as_ref(), body);
             let machine = s.spec.state_machine.as_deref();
             let shown = machine.and_then(|m| crate::sfn::run::step_shown(m, &t.id));
             let fan_out = machine.and_then(|m| crate::sfn::run::fan_out_shown(s, m, t));
@@ -687,7 +754,8 @@ pub fn run_json(s: &RunState) -> Value {
                 "retry_at": t.retry_at.filter(|_| t.status == crate::state::TaskStatus::Retrying),
                 "started_at": t.started_at,
                 "ended_at": ended_at,
-                "inputs": t.inputs,
+                "inputs": inputs,
+                "inputs_from": inputs_from,
                 "output": output,
                 "output_headers": t.headers,
                 "error": error,
@@ -709,7 +777,7 @@ pub fn run_json(s: &RunState) -> Value {
         "workflow": s.workflow,
         "version": s.version,
         "status": s.status,
-        "input": s.input,
+        "input": input,
         "output": s.output,
         "output_headers": s.output_headers,
         "error": error_json(s.status, s.error.as_ref()),

@@ -2765,3 +2765,61 @@ async fn every_attempt_of_a_task_carries_the_same_key() {
     assert_eq!(attempts, ["1", "2", "3"]);
     assert_eq!(fake.keys("echo"), vec![format!("{}/G", s.id)]);
 }
+
+/// A large run input is in `GET /v1/runs/{id}` once: not again as the
+/// request's `body` beside its `default`, nor in each task that takes it,
+/// which refers to it instead.
+#[tokio::test(start_paused = true)]
+async fn a_large_input_is_answered_once() {
+    let (db, fake) = setup();
+    fake.add("size", None, |c, _| text(200, &c.body.len().to_string()));
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: C\ntasks:\n  A:\n    run: size\n    inputs: \"{ param() }\"\n  B:\n    run: size\n    inputs:\n      body: \"{ param() }\"\n      headers: {X-Kind: big}\n  C:\n    run: noop\n    inputs: \"{ output('A') + '/' + output('B') }\"\n    requires: [A, B]\n";
+    e.create_workflow("big", yaml).unwrap();
+    let body: Vec<String> = (0..1000).map(|i| format!("{i:0>1000}")).collect();
+    let body = json!(body);
+    let input =
+        json!({"body": body, "default": body, "headers": {}, "query": {}, "method": "POST"});
+    let started = e.start_run("big", input, Default::default()).await.unwrap();
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    let size = body.to_string().len();
+    assert_eq!(
+        s.output,
+        Some(json!(format!("{size}/{size}"))),
+        "each call got it whole"
+    );
+    let shown = crate::api::run_json(&e.run_state(&s.id).unwrap());
+    let answered = shown.to_string().len();
+    assert!(
+        answered < size + size / 10,
+        "{answered} bytes answered for an input of {size}"
+    );
+    assert_eq!(shown["input"]["default"], body);
+    assert_eq!(shown["input"]["method"], "POST");
+    let tasks = shown_tasks(&e, &s.id);
+    assert_eq!(
+        tasks["A"]["inputs_from"],
+        json!({"default": "/input/default"})
+    );
+    assert_eq!(tasks["A"]["inputs"], json!({}));
+    assert_eq!(tasks["B"]["inputs_from"], json!({"body": "/input/default"}));
+    assert_eq!(tasks["B"]["inputs"], json!({"headers": {"X-Kind": "big"}}));
+    // A loop over it refers to it too (its items are their own values).
+    let yaml = "output: E\ntasks:\n  E:\n    run: foreach\n    inputs:\n      foreach: \"{ param() }\"\n      do: {run: noop}\n";
+    let s = run(&e, "loop", yaml, json!({"default": body})).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    let tasks = shown_tasks(&e, &s.id);
+    assert_eq!(
+        tasks["E"]["inputs_from"],
+        json!({"foreach": "/input/default"})
+    );
+    // A small input is shown as it is.
+    let small =
+        json!({"body": "hi", "default": "hi", "headers": {}, "query": {}, "method": "POST"});
+    let started = e.start_run("big", small, Default::default()).await.unwrap();
+    let s = e.wait(&started.id).await.unwrap();
+    let tasks = shown_tasks(&e, &s.id);
+    assert_eq!(tasks["A"]["inputs"], json!({"default": "hi"}));
+    assert_eq!(tasks["A"]["inputs_from"], Value::Null);
+}

@@ -545,7 +545,10 @@ fn attempt_rows(tasks: &Value) -> Value {
 fn run_row(v: &Value) -> Value {
     let mut row = v.clone();
     row["started"] = json!(v["created_at"].as_u64().map(clock_ms));
-    let input = match v.pointer("/input/body") {
+    // The body: `body`, or `default` alone when the run is answered with a
+    // large body once.
+    let body = v.pointer("/input/body").or(v.pointer("/input/default"));
+    let input = match body {
         Some(body) if v["input"].get("headers").is_some() => body,
         _ => &v["input"],
     };
