@@ -599,6 +599,11 @@ fn task_rows(tasks: &Value) -> Value {
             {
                 row["status"] = json!("not run");
             }
+            // A retry's task whose outcome it kept from an earlier run: not
+            // run again (`-o json` names the run, `kept_from`).
+            if t["kept_from"].is_string() {
+                row["status"] = json!(format!("{}, kept", t["status"].as_str().unwrap_or("")));
+            }
             // Calls made again after a restart are calls the function saw.
             if let Some(again) = t["repeated_after_restart"].as_u64().filter(|n| *n > 0) {
                 row["attempts"] = json!(format!("{} (+{again} after a restart)", t["attempts"]));
@@ -778,6 +783,20 @@ mod tests {
         );
         assert_eq!(rows[1]["error"], "the run failed at task \"c\"");
         assert_eq!(rows[1]["status"], "not run");
+    }
+
+    /// A retry's task kept from the run it retried says so; one it ran does not.
+    #[test]
+    fn a_kept_task_says_so() {
+        let tasks = json!([
+            {"id": "a", "status": "succeeded", "attempts": 1, "started_at": 1, "ended_at": 2,
+             "kept_from": "r0"},
+            {"id": "b", "status": "succeeded", "attempts": 1, "started_at": 3, "ended_at": 4,
+             "kept_from": null},
+        ]);
+        let rows = task_rows(&tasks);
+        assert_eq!(rows[0]["status"], "succeeded, kept");
+        assert_eq!(rows[1]["status"], "succeeded");
     }
 
     #[test]
