@@ -754,11 +754,24 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         None => Vec::new(),
     };
 
-    // Stopped by a signal, or by a store that can no longer write.
-    let store_failed = crate::health::store_failed(db.clone(), crate::health::PROBE_EVERY);
+    // Stopped by a signal, or by a store that can no longer write (or
+    // hangs); a stop the store holds up past the grace and half a minute
+    // ends the process.
+    let probe = crate::health::store_probe(db.clone()).map_err(anyhow::Error::msg)?;
+    let store_failed = crate::health::watch_store(
+        probe,
+        crate::health::PROBE_EVERY,
+        crate::health::STUCK_AFTER,
+        Duration::from_millis(args.shutdown_grace_ms) + Duration::from_secs(30),
+        || {
+            tracing::error!("the stop did not finish: the store hangs; exiting now, what was acknowledged is on disk");
+            eprintln!("error: the store refuses writes or hangs, and the stop hung on it: exited; start the server again once the cause (disk space, the device) is fixed");
+            std::process::exit(1);
+        },
+    );
     let failed = tokio::select! {
         () = stop_signal => None,
-        why = store_failed => Some(why),
+        Ok(why) = store_failed => Some(why),
     };
     // Listened for from now: a second signal sent once the stop has begun
     // (the listeners closed, say) is not missed while the stop gets going.
