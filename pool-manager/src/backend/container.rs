@@ -281,7 +281,7 @@ impl ContainerBackend {
         backend
             .prepare_dirs()
             .map_err(|e| ProbeError::DataDir(format!("cannot prepare the container root: {e}")))?;
-        backend.cleanup().await;
+        backend.cleanup(true).await;
         backend.run_probe().await.map_err(Unavailable)?;
         Ok(backend)
     }
@@ -478,8 +478,9 @@ impl ContainerBackend {
     }
 
     /// Deletes every container of this server's (a killed server leaves stopped
-    /// ones, and half-created ones that `list` does not show).
-    async fn cleanup(&self) {
+    /// ones, and half-created ones that `list` does not show): at a start,
+    /// what an earlier server left (`stale`); at a stop, this one's last.
+    async fn cleanup(&self, stale: bool) {
         let list = tokio::process::Command::new(&self.cfg.runtime)
             .args(["list", "-q"])
             .stdin(Stdio::null())
@@ -507,11 +508,16 @@ impl ContainerBackend {
         for id in &ids {
             self.delete(id).await;
         }
-        if !ids.is_empty() {
+        if !ids.is_empty() && stale {
             // As the process backend says what a killed server left running.
             tracing::info!(
                 containers = ids.len(),
                 "deleted the containers a previous server left (it was killed, or its host stopped)"
+            );
+        } else if !ids.is_empty() {
+            tracing::debug!(
+                containers = ids.len(),
+                "deleted the containers still there at the stop"
             );
         }
         if let Ok(entries) = std::fs::read_dir(self.bundles()) {
@@ -1067,11 +1073,11 @@ impl Backend for ContainerBackend {
     }
 
     fn cleanup_stale<'a>(&'a self, _envs: &'a [Environment]) -> BoxFuture<'a, ()> {
-        Box::pin(self.cleanup())
+        Box::pin(self.cleanup(true))
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.cleanup())
+        Box::pin(self.cleanup(false))
     }
 }
 
