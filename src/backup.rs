@@ -111,8 +111,9 @@ pub fn prepare(
     let free = || pool_manager::sys::free_bytes(data_dir).unwrap_or(u64::MAX);
     if free() < need.saturating_add(ROOM_LEFT) {
         return Err(NotMade::NoRoom(format!(
-            "a backup needs about {} MiB free in the data directory (the store's size, written there before it is sent, and {} MiB left over); it has {} MiB",
-            need >> 20,
+            "a backup needs about {} MiB free in the data directory (the store's size, {} MiB, written there before it is sent, and {} MiB left over); it has {} MiB",
+            need.saturating_add(ROOM_LEFT).div_ceil(1 << 20),
+            need.div_ceil(1 << 20),
             ROOM_LEFT >> 20,
             free() >> 20
         )));
