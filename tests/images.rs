@@ -204,6 +204,43 @@ fn a_function_runs_in_an_image_and_two_environments_share_one_unpacked_copy() {
     }
 }
 
+/// An image rebuilt at the same path: `env update` with the same path
+/// replaces the environment's warm instances, so every call gets the new
+/// image; an update that finds the same image there changes nothing.
+#[test]
+fn an_update_after_the_image_was_rebuilt_at_the_same_path_replaces_the_instances() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = build_image(&tmp.path().join("one"), false, &["GREETING=one"]);
+    let s = container_server();
+    let env = json!({"name": "img", "image": first.layout, "poolsize": 1});
+    s.ok("POST", "/v1/environments", Some(env.clone()));
+    s.function(
+        "greet",
+        "img",
+        "greet.sh",
+        "echo \"greeting=$GREETING\"\n",
+        json!({}),
+    );
+    let greeting = || s.get("/fission-function/greet").text().unwrap();
+    assert_eq!(greeting(), "greeting=one\n");
+    // The same image again: the warm instance stays.
+    let ids = || -> Vec<Value> {
+        s.instances("greet")
+            .iter()
+            .map(|i| i["id"].clone())
+            .collect()
+    };
+    let warm = ids();
+    s.ok("PUT", "/v1/environments/img", Some(env.clone()));
+    assert_eq!(ids(), warm, "an update that changed nothing");
+    // Rebuilt in place, as `skopeo copy` over the same directory does.
+    let second = build_image(&tmp.path().join("two"), false, &["GREETING=two"]);
+    std::fs::remove_dir_all(&first.layout).unwrap();
+    std::fs::rename(&second.layout, &first.layout).unwrap();
+    s.ok("PUT", "/v1/environments/img", Some(env));
+    assert_eq!(greeting(), "greeting=two\n");
+}
+
 /// An image's entrypoint runs under Fusion's init too: the orphans a
 /// function leaves are reaped, so they never fill the pids limit (256).
 #[test]

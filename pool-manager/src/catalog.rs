@@ -80,10 +80,11 @@ impl PoolManager {
     }
 
     /// Replaces an environment; the same environment again changes nothing (its
-    /// pool is not refilled).
+    /// pool is not refilled), unless its image was rebuilt at the same path
+    /// since: its instances are then replaced as for any change.
     pub async fn update_environment(&self, env: Environment) -> Result<Environment> {
         let effective = self.admit_environment(&env)?;
-        if self.environment(&env.key())? == env {
+        if self.environment(&env.key())? == env && !self.inner.image_changed(&effective) {
             return Ok(env);
         }
         self.inner

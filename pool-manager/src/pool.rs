@@ -151,6 +151,9 @@ impl InstanceIds {
 
 struct EnvPool {
     env: Environment,
+    /// The manifest digest of the local image it runs, as it was installed
+    /// (an image rebuilt at the same path since is told by its digest).
+    image_digest: Option<String>,
     generic: Vec<Arc<Instance>>,
     starting: usize,
     refilling: bool,
@@ -326,6 +329,7 @@ impl PoolManager {
             state.envs.insert(
                 env.key(),
                 EnvPool {
+                    image_digest: local_image_digest(&env, cfg.backend.pulls_images()),
                     env,
                     generic: Vec::new(),
                     starting: 0,
@@ -779,6 +783,16 @@ impl PoolManager {
     }
 }
 
+/// The manifest digest of the image on this machine that `env` (as resolved)
+/// runs, if it runs one from a path here (not a cluster's pulled reference).
+fn local_image_digest(env: &Environment, pulls_images: bool) -> Option<String> {
+    if pulls_images {
+        return None;
+    }
+    let path = env.image.as_deref().filter(|p| p.starts_with('/'))?;
+    crate::backend::image::digest(path).ok()
+}
+
 /// No new leases for these instances; the idle ones stop now, the others when
 /// their last lease is released.
 fn retire(instances: &[Arc<Instance>]) {
@@ -1010,13 +1024,25 @@ impl Inner {
         }
     }
 
+    /// Whether the local image `env` names is another than the one its pool
+    /// was installed with (rebuilt at the same path since).
+    pub(crate) fn image_changed(&self, env: &Environment) -> bool {
+        let now = local_image_digest(env, self.cfg.backend.pulls_images());
+        lock(&self.state)
+            .envs
+            .get(&env.key())
+            .is_some_and(|p| p.image_digest != now)
+    }
+
     pub(crate) fn install_environment(self: &Arc<Self>, env: Environment) {
+        let image_digest = local_image_digest(&env, self.cfg.backend.pulls_images());
         let old = {
             let mut st = lock(&self.state);
             let State { fns, envs, .. } = &mut *st;
             match envs.get_mut(&env.key()) {
                 Some(pool) => {
                     pool.env = env.clone();
+                    pool.image_digest = image_digest;
                     // Instances specialized from the environment as it was
                     // (its limits, image, command) finish their requests and
                     // are retired: the next call gets one as it is now.
@@ -1031,6 +1057,7 @@ impl Inner {
                         env.key(),
                         EnvPool {
                             env: env.clone(),
+                            image_digest,
                             generic: Vec::new(),
                             starting: 0,
                             refilling: false,

@@ -56,6 +56,12 @@ pub fn check(path: &str) -> Result<(), String> {
     resolved.layout.present(&resolved.manifest)
 }
 
+/// The digest of the manifest `path` holds for this machine now: what tells an
+/// image rebuilt at the same path from the one unpacked before.
+pub fn digest(path: &str) -> Result<String, String> {
+    resolve(path).map(|r| r.digest)
+}
+
 /// Where the local image directory keeps the image `reference`
 /// (`registry/org/name[:tag]`, tag `latest` when none): `<dir>/refs/<name>/<tag>`,
 /// an OCI layout directory or an oci-archive tar. None when it is not there or
