@@ -1031,6 +1031,11 @@ fn a_full_disk_at_the_start_is_an_error_not_a_fallback_to_processes() {
         last.starts_with("error: data directory") && last.contains("No space left on device"),
         "{err}"
     );
+    // With what the copy needs.
+    assert!(
+        last.contains("the copy of the fusion executable") && last.contains(" MiB"),
+        "{last}"
+    );
     assert!(!err.contains("falling back"), "{err}");
     // Said first: the filesystem has little room for what the server keeps.
     assert!(err.contains("little room left"), "{err}");

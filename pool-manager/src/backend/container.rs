@@ -398,6 +398,16 @@ impl ContainerBackend {
             // not left behind.
             if let Err(e) = std::fs::copy(source, &exe) {
                 let _ = std::fs::remove_file(&exe);
+                // A small disk: say what the copy needs.
+                if e.kind() == std::io::ErrorKind::StorageFull {
+                    let mib = std::fs::metadata(source)
+                        .map_or(0, |m| m.len())
+                        .div_ceil(1 << 20);
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("{e}: the copy of the fusion executable instances run ({}) needs {mib} MiB", source.display()),
+                    ));
+                }
                 return Err(e);
             }
             // Where the time cannot be set, the next start copies again.
