@@ -241,6 +241,59 @@ fn an_update_after_the_image_was_rebuilt_at_the_same_path_replaces_the_instances
     assert_eq!(greeting(), "greeting=two\n");
 }
 
+/// An unpacked image no environment uses any more is removed by the prune
+/// once it was last used over an hour ago; the one in use stays.
+#[test]
+fn a_prune_removes_the_unpacked_images_no_environment_uses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = build_image(&tmp.path().join("old"), false, &["GREETING=old"]);
+    let new = build_image(&tmp.path().join("new"), false, &["GREETING=new"]);
+    let s = container_server();
+    let env = |image: &Path| json!({"name": "img", "image": image, "poolsize": 1});
+    s.ok("POST", "/v1/environments", Some(env(&old.layout)));
+    s.function(
+        "greet",
+        "img",
+        "greet.sh",
+        "echo \"$GREETING\"\n",
+        json!({}),
+    );
+    assert_eq!(s.get("/fission-function/greet").text().unwrap(), "old\n");
+    s.ok("PUT", "/v1/environments/img", Some(env(&new.layout)));
+    assert_eq!(s.get("/fission-function/greet").text().unwrap(), "new\n");
+    let both = unpacked(&s);
+    assert_eq!(both.len(), 2, "{both:?}");
+    // Within the hour, both stay (an instance may still drain from the old).
+    let pruned = s.ok("POST", "/v1/archives/prune", None);
+    assert_eq!(pruned["images_removed"], json!([]), "{pruned}");
+    // An hour on: the one no environment uses goes.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for name in &both {
+        std::fs::File::open(s.data_dir().join("images").join(name))
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    }
+    let pruned = s.ok("POST", "/v1/archives/prune", None);
+    let removed = pruned["images_removed"].as_array().unwrap().clone();
+    assert_eq!(removed.len(), 1, "{pruned}");
+    assert!(pruned["image_bytes"].as_u64().unwrap() > 0, "{pruned}");
+    let left = unpacked(&s);
+    assert_eq!(left.len(), 1);
+    assert!(!removed.contains(&json!(left[0])));
+    // What is left is what the environment runs: a new instance starts from it.
+    s.ok("DELETE", "/v1/functions/greet", None);
+    s.function(
+        "greet2",
+        "img",
+        "greet.sh",
+        "echo \"$GREETING\"\n",
+        json!({}),
+    );
+    assert_eq!(s.get("/fission-function/greet2").text().unwrap(), "new\n");
+    assert_eq!(unpacked(&s), left);
+}
+
 /// An image's entrypoint runs under Fusion's init too: the orphans a
 /// function leaves are reaped, so they never fill the pids limit (256).
 #[test]

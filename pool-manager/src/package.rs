@@ -56,6 +56,10 @@ pub struct Pruned {
     pub bytes: u64,
     /// Packages kept: in use, or stored or used too recently to tell.
     pub kept: usize,
+    /// The unpacked images removed (`sha256-<hex>`, under `<data>/images`).
+    pub images_removed: Vec<String>,
+    /// The bytes of their files.
+    pub image_bytes: u64,
 }
 
 /// What a package removed by `prune` is renamed to before its files go: a

@@ -1024,6 +1024,22 @@ impl Inner {
         }
     }
 
+    /// The unpacked images environments use: what each pool was installed
+    /// with, and what its path holds now (new instances start from it).
+    pub(crate) fn images_in_use(&self) -> std::collections::HashSet<String> {
+        let envs: Vec<(Environment, Option<String>)> = lock(&self.state)
+            .envs
+            .values()
+            .map(|p| (p.env.clone(), p.image_digest.clone()))
+            .collect();
+        let pulls = self.cfg.backend.pulls_images();
+        envs.into_iter()
+            .flat_map(|(env, installed)| [installed, local_image_digest(&env, pulls)])
+            .flatten()
+            .map(|d| crate::backend::image::unpacked_name(&d))
+            .collect()
+    }
+
     /// Whether the local image `env` names is another than the one its pool
     /// was installed with (rebuilt at the same path since).
     pub(crate) fn image_changed(&self, env: &Environment) -> bool {

@@ -7,6 +7,8 @@
 //! build whose result is about to be recorded). Build cache entries whose
 //! deployment was removed go with it. The server runs it every
 //! `PoolConfig::prune_interval`, and on demand (`POST /v1/archives/prune`).
+//! Unpacked images go the same way: those no environment's pool was given
+//! or would start from now, unpacked or started from longer ago than the grace.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -48,9 +50,24 @@ impl Inner {
         }
         used.extend(self.instance_codes());
         let packages = self.packages.clone();
-        let pruned = tokio::task::spawn_blocking(move || packages.prune(&used, PRUNE_GRACE))
+        let mut pruned = tokio::task::spawn_blocking(move || packages.prune(&used, PRUNE_GRACE))
             .await
             .map_err(|e| Error::Internal(format!("pruning packages failed: {e}")))??;
+        // Unpacked images (up to 4 GiB each) no environment uses.
+        let images = self.images_in_use();
+        let dir = self.cfg.data_dir.join("images");
+        (pruned.images_removed, pruned.image_bytes) = tokio::task::spawn_blocking(move || {
+            crate::backend::image::prune(&dir, &images, PRUNE_GRACE)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("pruning images failed: {e}")))?;
+        if !pruned.images_removed.is_empty() {
+            tracing::info!(
+                "removed {} unpacked image(s) that no environment uses ({} MiB)",
+                pruned.images_removed.len(),
+                pruned.image_bytes.div_ceil(1 << 20)
+            );
+        }
         if !pruned.removed.is_empty() {
             let removed: HashSet<&str> = pruned.removed.iter().map(String::as_str).collect();
             self.builds.forget_builds_of(&removed)?;

@@ -564,6 +564,11 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                 let kib = v["bytes"].as_u64().unwrap_or(0).div_ceil(1024);
                 let kept = v["kept"].as_u64().unwrap_or(0);
                 println!("removed {removed} archive(s) nothing uses ({kib} KiB); kept {kept}");
+                let images = v["images_removed"].as_array().map_or(0, Vec::len);
+                if images > 0 {
+                    let mib = v["image_bytes"].as_u64().unwrap_or(0).div_ceil(1 << 20);
+                    println!("removed {images} unpacked image(s) no environment uses ({mib} MiB)");
+                }
             }
         }
     }

@@ -62,6 +62,67 @@ pub fn digest(path: &str) -> Result<String, String> {
     resolve(path).map(|r| r.digest)
 }
 
+/// The name an image unpacked from a manifest of digest `digest` has under
+/// the images directory.
+pub fn unpacked_name(digest: &str) -> String {
+    digest.replace(':', "-")
+}
+
+/// Removes the unpacked images under `dir` whose names (`unpacked_name`) are
+/// not in `used` and that were neither unpacked nor used by an instance start
+/// within `grace` (an instance still draining from an image its environment
+/// no longer names keeps it). Answers their names and bytes.
+pub fn prune(dir: &Path, used: &HashSet<String>, grace: std::time::Duration) -> (Vec<String>, u64) {
+    let now = std::time::SystemTime::now();
+    let mut removed = Vec::new();
+    let mut bytes = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (removed, bytes);
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let recent = std::fs::symlink_metadata(&path)
+            .and_then(|m| m.modified())
+            .map_or(true, |t| now.duration_since(t).unwrap_or_default() < grace);
+        if !name.starts_with("sha256-") || used.contains(&name) || recent || !path.is_dir() {
+            continue;
+        }
+        // Moved away first: a start that looks for it from now unpacks it again.
+        let away = dir.join(format!(
+            ".tmp-pruned-{name}-{}-{}",
+            std::process::id(),
+            TEMP_SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        if std::fs::rename(&path, &away).is_err() {
+            continue;
+        }
+        bytes += disk_bytes(&away);
+        let _ = std::fs::remove_dir_all(&away);
+        removed.push(name);
+    }
+    (removed, bytes)
+}
+
+/// The bytes of the files under `dir` (links not followed).
+fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
 /// Where the local image directory keeps the image `reference`
 /// (`registry/org/name[:tag]`, tag `latest` when none): `<dir>/refs/<name>/<tag>`,
 /// an OCI layout directory or an oci-archive tar. None when it is not there or
@@ -420,7 +481,7 @@ impl ImageStore {
         let resolved = tokio::task::spawn_blocking(move || resolve(&owned))
             .await
             .map_err(|e| format!("resolving the image failed: {e}"))??;
-        let key = resolved.digest.replace(':', "-");
+        let key = unpacked_name(&resolved.digest);
         let lock = self
             .unpacking
             .lock()
@@ -459,6 +520,10 @@ fn unpack_once(dir: &Path, key: &str, path: &str, resolved: Resolved) -> Result<
         cwd: cwd.clone(),
     };
     if target.join("rootfs").is_dir() {
+        // Used now: `prune` keeps what was used within its grace.
+        if let Ok(f) = std::fs::File::open(&target) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         return Ok(image);
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
