@@ -478,14 +478,14 @@ fn io(e: std::io::Error) -> Error {
 }
 
 /// Marks `dir` as used now (its modification time), for `prune`'s grace.
-fn touch(dir: &Path) {
+pub(crate) fn touch(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.set_modified(SystemTime::now());
     }
 }
 
 /// The bytes of the files under `top`, walked without recursion.
-fn tree_bytes(top: &Path) -> u64 {
+pub(crate) fn tree_bytes(top: &Path) -> u64 {
     let mut total = 0;
     let mut pending = vec![top.to_path_buf()];
     while let Some(dir) = pending.pop() {

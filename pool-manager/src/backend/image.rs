@@ -97,30 +97,11 @@ pub fn prune(dir: &Path, used: &HashSet<String>, grace: std::time::Duration) -> 
         if std::fs::rename(&path, &away).is_err() {
             continue;
         }
-        bytes += disk_bytes(&away);
+        bytes += crate::package::tree_bytes(&away);
         let _ = std::fs::remove_dir_all(&away);
         removed.push(name);
     }
     (removed, bytes)
-}
-
-/// The bytes of the files under `dir` (links not followed).
-fn disk_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map_or(0, |m| m.len()),
-                _ => {}
-            }
-        }
-    }
-    total
 }
 
 /// Where the local image directory keeps the image `reference`
@@ -521,9 +502,7 @@ fn unpack_once(dir: &Path, key: &str, path: &str, resolved: Resolved) -> Result<
     };
     if target.join("rootfs").is_dir() {
         // Used now: `prune` keeps what was used within its grace.
-        if let Ok(f) = std::fs::File::open(&target) {
-            let _ = f.set_modified(std::time::SystemTime::now());
-        }
+        crate::package::touch(&target);
         return Ok(image);
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
