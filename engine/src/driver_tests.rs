@@ -916,6 +916,38 @@ mod api {
             .unwrap()
     }
 
+    /// Creates workflow `name`, one task that runs `function`.
+    async fn one_task_workflow(app: &axum::Router, name: &str, function: &str) {
+        let yaml = format!("output: C\ntasks:\n  C:\n    run: {function}\n");
+        let uri = format!("/v1/workflows?name={name}");
+        let (s, _, v) = call(app, req("POST", &uri, &yaml)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+
+    /// Invokes `workflow` with `Idempotency-Key: key` and waits: the run
+    /// must fail. Retries it and waits for the retry; answers both ids.
+    async fn failed_then_retried(
+        app: &axum::Router,
+        e: &Arc<Engine>,
+        workflow: &str,
+        key: &str,
+    ) -> (String, String) {
+        let invoke = Request::builder()
+            .method("POST")
+            .uri(format!("/v1/workflows/{workflow}/invoke"))
+            .header("idempotency-key", key)
+            .body(Body::from("order-7"))
+            .unwrap();
+        let (s, h, v) = call(app, invoke).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+        let failed = h["x-fusion-run-id"].to_str().unwrap().to_string();
+        let (s, _, retry) = call(app, req("POST", &format!("/v1/runs/{failed}/retry"), "")).await;
+        assert!(s.is_success(), "{retry}");
+        let retried = retry["id"].as_str().unwrap().to_string();
+        e.wait(&retried).await.unwrap();
+        (failed, retried)
+    }
+
     /// A long poll (`?wait=`) answers the run as it is when the server's
     /// stop begins, rather than hold the stop for the poll's whole time. In
     /// real time: the store's flusher is a thread, and a paused clock would
@@ -1288,23 +1320,8 @@ tasks:
                 text(200, "paid")
             }
         });
-        let (s, _, v) = call(
-            &app,
-            req(
-                "POST",
-                "/v1/workflows?name=flakypay",
-                "output: C\ntasks:\n  C:\n    run: flaky\n",
-            ),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        let (s, h, v) = call(&app, start("flakypay", "order-1", false)).await;
-        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
-        let failed = h["x-fusion-run-id"].to_str().unwrap().to_string();
-        let (s, _, retry) = call(&app, req("POST", &format!("/v1/runs/{failed}/retry"), "")).await;
-        assert!(s.is_success(), "{retry}");
-        let retried = retry["id"].as_str().unwrap().to_string();
-        e.wait(&retried).await.unwrap();
+        one_task_workflow(&app, "flakypay", "flaky").await;
+        let (failed, retried) = failed_then_retried(&app, &e, "flakypay", "order-1").await;
         let (s, h, v) = call(&app, start("flakypay", "order-1", false)).await;
         assert_eq!((s, v), (StatusCode::OK, json!("paid")));
         assert_eq!(h["x-fusion-run-id"], retried.as_str());
@@ -1334,25 +1351,10 @@ tasks:
                 text(200, "paid")
             }
         });
-        let (s, _, v) = call(
-            &app,
-            req(
-                "POST",
-                "/v1/workflows?name=oddpay",
-                "output: C\ntasks:\n  C:\n    run: odd\n",
-            ),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
+        one_task_workflow(&app, "oddpay", "odd").await;
         let mut retries = Vec::new();
         for _ in 0..2 {
-            let (s, h, v) = call(&app, start("oddpay", "order-2", false)).await;
-            assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
-            let run = h["x-fusion-run-id"].to_str().unwrap().to_string();
-            let (s, _, retry) = call(&app, req("POST", &format!("/v1/runs/{run}/retry"), "")).await;
-            assert!(s.is_success(), "{retry}");
-            let retried = retry["id"].as_str().unwrap().to_string();
-            e.wait(&retried).await.unwrap();
+            let (run, retried) = failed_then_retried(&app, &e, "oddpay", "order-2").await;
             let (s, h, v) = call(&app, start("oddpay", "order-2", false)).await;
             assert_eq!((s, v), (StatusCode::OK, json!("paid")));
             assert_eq!(h["x-fusion-run-id"], retried.as_str());
