@@ -1018,6 +1018,7 @@ async fn check_deletable(client: &Client, items: &[Applied], verb: &str) -> Resu
         }
         .label()
     };
+    let mut runs = false;
     let said: Vec<String> = answer["blocked"]
         .as_array()
         .into_iter()
@@ -1029,6 +1030,7 @@ async fn check_deletable(client: &Client, items: &[Applied], verb: &str) -> Resu
                 .flatten()
                 .map(|u| match u["kind"].as_str() {
                     Some("Run") => {
+                        runs = true;
                         format!("the run {} in flight", u["name"].as_str().unwrap_or(""))
                     }
                     _ => label(u),
@@ -1040,7 +1042,6 @@ async fn check_deletable(client: &Client, items: &[Applied], verb: &str) -> Resu
     if said.is_empty() {
         return Ok(());
     }
-    let runs = answer.to_string().contains(r#""kind":"Run""#);
     bail!(
         "nothing {verb}: {}; delete or change {} first{}",
         said.join("; "),
