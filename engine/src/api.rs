@@ -578,6 +578,7 @@ async fn list_runs(
         until: q.until,
         limit,
         cursor: q.cursor.filter(|c| !c.is_empty()),
+        scan_limit: 0,
     })?;
     settled(&engine).await;
     let mut runs = Vec::with_capacity(page.runs.len());

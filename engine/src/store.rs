@@ -94,7 +94,15 @@ pub struct RunFilter {
     pub until: Option<Millis>,
     pub limit: usize,
     pub cursor: Option<String>,
+    /// Index entries read at most for one page (0: [`SCANNED_PER_PAGE`]).
+    pub scan_limit: usize,
 }
+
+/// Index entries one page reads at most. A filter that few runs pass (one
+/// workflow's failed runs among its million successes) would otherwise read
+/// the whole index for one page: past this the page ends early, with fewer
+/// runs than asked (even none) and a cursor to go on from.
+pub const SCANNED_PER_PAGE: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunPage {
@@ -1470,17 +1478,32 @@ impl RunStore for SledStore {
             }
         }
         let limit = f.limit.clamp(1, 1000);
+        let mut unread = match f.scan_limit {
+            0 => SCANNED_PER_PAGE,
+            n => n,
+        };
         let mut runs = Vec::new();
         let mut next_cursor = None;
+        // The last entry read: where the next page goes on from when this
+        // one has read all it may.
+        let mut last_read: Option<(Millis, String)> = None;
         // The newest of the scans' next entries (by time, then id).
         while let Some(scan) = scans
             .iter_mut()
             .filter(|s| s.head.is_some())
             .max_by(|a, b| a.rest().cmp(b.rest()))
         {
+            if unread == 0 {
+                next_cursor = last_read.map(|(at, id)| format!("{at}-{id}"));
+                break;
+            }
+            unread -= 1;
             let entry = keys::entry(scan.rest());
             let status = scan.status;
             scan.head = scan.iter.next().transpose()?.map(|(k, _)| k);
+            if entry.is_some() {
+                last_read.clone_from(&entry);
+            }
             let Some((_, id)) = entry else { continue };
             let Some(s) = self.run(&id)? else { continue };
             if status.is_some_and(|st| st != s.status) || !wanted(s.status) {
@@ -2028,6 +2051,55 @@ mod tests {
         assert!(s.unfinished_runs().unwrap().is_empty());
         assert_eq!(listed(&s, RunStatus::Succeeded), vec!["r"]);
         assert_eq!(s.run("r").unwrap().unwrap().status, RunStatus::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_rare_filter_is_read_in_bounded_pages_that_miss_and_repeat_nothing() {
+        let (_d, s) = open();
+        // 40 runs, four to a millisecond, of two workflows; four of `w`'s
+        // succeeded, the rest still run.
+        let ended = [3, 4, 18, 38];
+        for i in 0..40u64 {
+            let id = format!("r{i:02}");
+            let wf = if i % 5 == 1 { "x" } else { "w" };
+            s.append(&id, 0, &[started(&id, wf, 1000 + i / 4)]).unwrap();
+            if ended.contains(&i) {
+                s.append(&id, 1, &[succeeded(2000)]).unwrap();
+            }
+        }
+        let filter = |cursor: Option<String>, scan_limit| RunFilter {
+            workflow: Some("w".into()),
+            statuses: vec![RunStatus::Succeeded],
+            limit: 2,
+            cursor,
+            scan_limit,
+            ..Default::default()
+        };
+        // Unbounded enough: a full page.
+        let page = s.list_runs(&filter(None, 0)).unwrap();
+        let ids: Vec<_> = page.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["r38", "r18"]);
+        // Five entries read a page: short pages, each with a cursor, that
+        // together list every match once, newest first.
+        let (mut all, mut cursor, mut pages, mut short) = (Vec::new(), None, 0, 0);
+        loop {
+            let page = s.list_runs(&filter(cursor, 5)).unwrap();
+            pages += 1;
+            if page.runs.len() < 2 && page.next_cursor.is_some() {
+                short += 1;
+            }
+            all.extend(page.runs.into_iter().map(|r| r.id));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+            assert!(pages < 40, "the cursor does not move on");
+        }
+        assert_eq!(all, ["r38", "r18", "r04", "r03"]);
+        // `w` has 32 entries: at five a page, seven pages; five of them
+        // hold less than the limit but go on (the sixth is r04 and r03).
+        assert_eq!(pages, 7);
+        assert_eq!(short, 5);
     }
 
     #[tokio::test]

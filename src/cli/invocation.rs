@@ -128,6 +128,27 @@ fn query(opts: &ClientOpts, pairs: &[(&str, String)]) -> String {
     q
 }
 
+/// Up to `limit` invocations of the list at `path` from `cursor` on, as one
+/// page (`filled_page`).
+async fn filled(
+    opts: &ClientOpts,
+    c: &crate::client::Client,
+    path: &str,
+    pairs: &[(&str, String)],
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<Value> {
+    super::filled_page("invocations", limit, cursor, async |limit, cursor| {
+        let mut pairs = pairs.to_vec();
+        pairs.push(("limit", limit.to_string()));
+        if let Some(cur) = cursor {
+            pairs.push(("cursor", cur.to_string()));
+        }
+        c.get(&format!("{path}{}", query(opts, &pairs))).await
+    })
+    .await
+}
+
 /// Prints a page of invocations: as JSON the page itself (`invocations` and
 /// `next_cursor`), as the API answers it; as a table its rows, and on stderr
 /// the command that prints the next page, `command` given `--cursor`.
@@ -160,10 +181,7 @@ pub(super) async fn list(
     cursor: Option<String>,
 ) -> Result<()> {
     let c = opts.client()?;
-    let mut pairs = vec![
-        ("function", function.to_string()),
-        ("limit", limit.to_string()),
-    ];
+    let mut pairs = vec![("function", function.to_string())];
     let quote = super::up::shell_quote;
     let mut command = format!("fusion fn invocations {}", quote(function));
     if let Some(s) = status {
@@ -171,12 +189,7 @@ pub(super) async fn list(
         pairs.push(("status", s));
     }
     command.push_str(&format!(" --limit {limit}"));
-    if let Some(cur) = cursor {
-        pairs.push(("cursor", cur));
-    }
-    let page: Value = c
-        .get(&format!("/v1/invocations{}", query(opts, &pairs)))
-        .await?;
+    let page = filled(opts, &c, "/v1/invocations", &pairs, limit, cursor).await?;
     print_page(opts, &page, &command);
     Ok(())
 }
@@ -263,18 +276,13 @@ pub(super) async fn dlq_cmd(verb: DlqVerb, opts: &ClientOpts) -> Result<()> {
             cursor,
         } => {
             let c = opts.client()?;
-            let mut pairs = vec![("limit", limit.to_string())];
+            let mut pairs = Vec::new();
             let mut command = format!("fusion fn dlq list --limit {limit}");
             if let Some(f) = function {
                 command.push_str(&format!(" --function {}", super::up::shell_quote(&f)));
                 pairs.push(("function", f));
             }
-            if let Some(cur) = cursor {
-                pairs.push(("cursor", cur));
-            }
-            let page: Value = c
-                .get(&format!("/v1/deadletters{}", query(opts, &pairs)))
-                .await?;
+            let page = filled(opts, &c, "/v1/deadletters", &pairs, limit, cursor).await?;
             print_page(opts, &page, &command);
             Ok(())
         }

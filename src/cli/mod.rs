@@ -596,6 +596,33 @@ pub(super) fn with_headers(
     Ok(req)
 }
 
+/// One page of a list as a user asked for it: up to `limit` items (under
+/// `key`) from `cursor` on, with the `next_cursor` of the last page read.
+/// The server ends a page early, with a cursor, once it has read so much of
+/// its index (a filter few items pass): the pages after it fill it.
+pub(super) async fn filled_page(
+    key: &str,
+    limit: usize,
+    mut cursor: Option<String>,
+    fetch: impl AsyncFn(usize, Option<&str>) -> Result<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let count = |page: &serde_json::Value| page[key].as_array().map_or(0, Vec::len);
+    let mut filled = fetch(limit, cursor.as_deref()).await?;
+    loop {
+        cursor = filled["next_cursor"].as_str().map(str::to_string);
+        let have = count(&filled);
+        if cursor.is_none() || have >= limit {
+            return Ok(filled);
+        }
+        let mut page = fetch(limit - have, cursor.as_deref()).await?;
+        let more = page[key].take();
+        if let (Some(items), serde_json::Value::Array(more)) = (filled[key].as_array_mut(), more) {
+            items.extend(more);
+        }
+        filled["next_cursor"] = page["next_cursor"].take();
+    }
+}
+
 /// An error that ends the CLI with a status of its own, not 1: what a script
 /// tells apart from a failure (`run wait` at its `--timeout` exits 124, as
 /// GNU `timeout` does, while the run goes on).
@@ -650,6 +677,36 @@ pub fn usage_error(rendered: &str) -> String {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    /// Short pages with a cursor are followed until the limit; a page that
+    /// fills it, or the last page, ends the list.
+    #[tokio::test]
+    async fn a_short_page_is_filled_from_the_next() {
+        use serde_json::{json, Value};
+        // The server's pages: at most two items read per page, of 1..=7,
+        // where only the odd ones pass the filter.
+        let server = async |limit: usize, cursor: Option<&str>| -> anyhow::Result<Value> {
+            let from: u64 = cursor.map_or(1, |c| c.parse::<u64>().unwrap() + 1);
+            let read: Vec<u64> = (from..=7).take(2).collect();
+            let items: Vec<u64> = read
+                .iter()
+                .copied()
+                .filter(|i| i % 2 == 1)
+                .take(limit)
+                .collect();
+            let next = match read.last() {
+                Some(&l) if l < 7 => json!(l.to_string()),
+                _ => Value::Null,
+            };
+            Ok(json!({"items": items, "next_cursor": next}))
+        };
+        let page = super::filled_page("items", 3, None, server).await.unwrap();
+        assert_eq!(page, json!({"items": [1, 3, 5], "next_cursor": "6"}));
+        let page = super::filled_page("items", 3, Some("6".into()), server)
+            .await
+            .unwrap();
+        assert_eq!(page, json!({"items": [7], "next_cursor": null}));
+    }
 
     /// clap's own checks of every command (an argument that names another
     /// that does not exist, two flags of one name, ...), which otherwise fail

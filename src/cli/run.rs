@@ -197,7 +197,7 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             cursor,
             idempotency_key,
         }) => {
-            let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            let mut q: Vec<(&str, String)> = Vec::new();
             if let Some(k) = idempotency_key {
                 q.push(("idempotency_key", k));
             }
@@ -213,11 +213,16 @@ pub(super) async fn run_cmd(verb: RunVerb, opts: &ClientOpts) -> Result<()> {
             if let Some(t) = until {
                 q.push(("until", t.to_string()));
             }
-            if let Some(cur) = cursor {
-                q.push(("cursor", cur));
-            }
-            let req = c.request(Method::GET, "/v1/runs").query(&q);
-            let mut v: Value = c.send(req).await?.json().await?;
+            let mut v = super::filled_page("runs", limit, cursor, async |limit, cursor| {
+                let mut q = q.clone();
+                q.push(("limit", limit.to_string()));
+                if let Some(cur) = cursor {
+                    q.push(("cursor", cur.to_string()));
+                }
+                let req = c.request(Method::GET, "/v1/runs").query(&q);
+                Ok(c.send(req).await?.json().await?)
+            })
+            .await?;
             if opts.output == Output::Json {
                 print(opts, &v, RUN_COLUMNS);
             } else {

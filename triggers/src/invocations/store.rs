@@ -34,6 +34,11 @@ pub struct Filter {
     pub statuses: Vec<Status>,
 }
 
+/// Index entries one page reads at most: a filter few invocations pass (one
+/// function's failures among its million successes) ends a page early, with
+/// a cursor, rather than reading every record for it.
+pub const SCANNED_PER_PAGE: usize = 10_000;
+
 fn encode(inv: &Invocation) -> Result<Vec<u8>> {
     serde_json::to_vec(inv).map_err(|e| Error::Internal(e.to_string()))
 }
@@ -188,6 +193,19 @@ impl Store {
         before: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Invocation>, Option<String>)> {
+        self.page_reading(filter, before, limit, SCANNED_PER_PAGE)
+    }
+
+    /// [`Store::page`], reading at most `scan_limit` index entries: past
+    /// them the page ends early (with fewer than `limit`, even none) and a
+    /// cursor to go on from.
+    fn page_reading(
+        &self,
+        filter: &Filter,
+        before: Option<&str>,
+        limit: usize,
+        scan_limit: usize,
+    ) -> Result<(Vec<Invocation>, Option<String>)> {
         // The ids to look at, newest first, from the smallest set that holds them.
         let only = |pick: fn(&Status) -> bool| {
             !filter.statuses.is_empty() && filter.statuses.iter().all(pick)
@@ -216,8 +234,18 @@ impl Store {
             None => Box::new(Self::newest(&self.records, before)),
         };
         let mut out = Vec::new();
+        let mut unread = scan_limit;
+        let mut last_read: Option<Vec<u8>> = None;
         for id in ids {
             let id = id?;
+            if unread == 0 {
+                // Read all a page may (a filter few pass): the next page
+                // goes on after the last one read.
+                let next = last_read.map(|l| String::from_utf8_lossy(&l).into_owned());
+                return Ok((out, next));
+            }
+            unread -= 1;
+            last_read = Some(id.clone());
             let Some(v) = self.records.get(&id)? else {
                 continue;
             };
@@ -399,6 +427,65 @@ mod tests {
         );
         assert_eq!(store.pending().unwrap(), ["01", "03", "04"]);
         assert_eq!(&store.body("02").unwrap()[..], b"x");
+    }
+
+    #[tokio::test]
+    async fn a_rare_filter_is_read_in_bounded_pages_that_miss_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = pool_manager::store::open_waiting(
+            &sled::Config::new().path(dir.path()),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
+        let store = Store::open(&db).unwrap();
+        for i in 1..=12 {
+            let status = match i {
+                3 | 9 => Status::Succeeded,
+                _ => Status::Queued,
+            };
+            let id = format!("{i:02}");
+            store
+                .insert(&invocation(&id, "a", status, None), b"x")
+                .await
+                .unwrap();
+        }
+        // Succeeded ones have no index of their own: every record is read.
+        let succeeded = Filter {
+            statuses: vec![Status::Succeeded],
+            ..Filter::default()
+        };
+        let (page, next) = store.page(&succeeded, None, 10).unwrap();
+        assert_eq!((ids(&page), next), (vec!["09", "03"], None));
+        // Four a page: short pages, each with the cursor of the last read.
+        let mut pages = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (page, next) = store
+                .page_reading(&succeeded, cursor.as_deref(), 10, 4)
+                .unwrap();
+            pages.push((
+                ids(&page).iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                next.clone(),
+            ));
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        let want = |ids: &[&str], next: Option<&str>| {
+            (
+                ids.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                next.map(str::to_string),
+            )
+        };
+        assert_eq!(
+            pages,
+            [
+                want(&["09"], Some("09")),
+                want(&[], Some("05")),
+                want(&["03"], None),
+            ]
+        );
     }
 
     #[tokio::test]
