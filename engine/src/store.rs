@@ -1493,12 +1493,14 @@ impl RunStore for SledStore {
             .filter(|s| s.head.is_some())
             .max_by(|a, b| a.rest().cmp(b.rest()))
         {
-            if unread == 0 {
+            let entry = keys::entry(scan.rest());
+            // (A run's entry under a status it left, beside the one under its
+            // own, is read with it: the cursor would pass over the second.)
+            if unread == 0 && entry != last_read {
                 next_cursor = last_read.map(|(at, id)| format!("{at}-{id}"));
                 break;
             }
-            unread -= 1;
-            let entry = keys::entry(scan.rest());
+            unread = unread.saturating_sub(1);
             let status = scan.status;
             scan.head = scan.iter.next().transpose()?.map(|(k, _)| k);
             if entry.is_some() {
@@ -2100,6 +2102,38 @@ mod tests {
         // hold less than the limit but go on (the sixth is r04 and r03).
         assert_eq!(pages, 7);
         assert_eq!(short, 5);
+    }
+
+    #[tokio::test]
+    async fn a_page_that_ends_early_does_not_cut_between_a_runs_two_entries() {
+        let (_d, s) = open();
+        for i in 0..4u64 {
+            let id = format!("a{i}");
+            s.append(&id, 0, &[started(&id, "w", 1000 + i)]).unwrap();
+        }
+        // a2 runs, but an entry under `succeeded` is left beside its own
+        // (as between two writes of a status): read first, it lists nothing.
+        let stale = s.index_status(RunStatus::Succeeded, 1002, "a2");
+        s.by_status.insert(&stale, &[]).unwrap();
+        let mut all = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = s
+                .list_runs(&RunFilter {
+                    statuses: vec![RunStatus::Running, RunStatus::Succeeded],
+                    limit: 10,
+                    cursor,
+                    scan_limit: 2,
+                    ..Default::default()
+                })
+                .unwrap();
+            all.extend(page.runs.into_iter().map(|r| r.id));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(all, ["a3", "a2", "a1", "a0"]);
     }
 
     #[tokio::test]
