@@ -924,6 +924,9 @@ fn calls_queued_for_a_deleted_function_become_dead_letters() {
     // Fission's `dlq purge` discards them.
     let (code, out, err) = s.cli(&["fn", "dlq", "purge", "--function", "other"]);
     assert_eq!((code, out.trim()), (0, "purged 0 dead letter(s)"), "{err}");
+    // Another namespace's purge leaves this one's dead letters.
+    let other = s.ok("DELETE", "/v1/deadletters?namespace=elsewhere", None);
+    assert_eq!(other["purged"], 0, "{other}");
     let (code, out, err) = s.cli(&["fn", "dlq", "purge"]);
     assert_eq!(code, 0, "{err}");
     assert!(

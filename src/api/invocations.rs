@@ -121,28 +121,24 @@ struct PurgeQuery {
     namespace: Option<String>,
 }
 
-/// Discards the dead letters (of one function with `?function=`), as
-/// Fission's `dlq purge`; answers how many.
+/// Discards the dead letters of a namespace (of one function with
+/// `?function=`), as Fission's `dlq purge`; answers how many.
 async fn purge(
     State(s): State<AppState>,
     Query(q): Query<PurgeQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    if let Some(ns) = q.namespace.as_deref() {
-        pool_manager::resources::validate_name("namespace", ns)?;
-    }
+    // One namespace, as the listing shows: another's dead letters stay.
+    let namespace = q.namespace.as_deref().unwrap_or("default");
+    pool_manager::resources::validate_name("namespace", namespace)?;
     if let Some(f) = q.function.as_deref() {
         // As the listing: a name that cannot be a function's is a mistake,
         // not an empty purge.
         pool_manager::resources::validate_name("function", f)?;
     }
-    let function = q.function.map(|f| match q.namespace.as_deref() {
-        Some(ns) => pool_manager::resources::qualified(ns, &f),
-        None => f,
-    });
     let purged = s
         .triggers
         .invocations
-        .purge_dead(function.as_deref())
+        .purge_dead(namespace, q.function.as_deref())
         .await?;
     Ok(Json(json!({ "purged": purged })))
 }

@@ -283,8 +283,8 @@ impl Invocations {
 
     /// Deletes the dead letters (of function `function`, a key, when given);
     /// returns how many.
-    pub async fn purge_dead(&self, function: Option<&str>) -> Result<usize> {
-        self.inner.store.purge_dead(function).await
+    pub async fn purge_dead(&self, namespace: &str, function: Option<&str>) -> Result<usize> {
+        self.inner.store.purge_dead(namespace, function).await
     }
 
     /// The request body an invocation replays.

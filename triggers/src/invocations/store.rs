@@ -295,9 +295,9 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the dead letters (of function `function`, a key, when given);
-    /// returns how many.
-    pub async fn purge_dead(&self, function: Option<&str>) -> Result<usize> {
+    /// Deletes the dead letters of namespace `namespace` (of its function
+    /// `function` alone when given); returns how many.
+    pub async fn purge_dead(&self, namespace: &str, function: Option<&str>) -> Result<usize> {
         let mut removed = 0;
         for entry in self.dead.iter() {
             let (id, _) = entry?;
@@ -306,7 +306,10 @@ impl Store {
                 continue;
             };
             let inv = decode(&v)?;
-            if function.is_some_and(|f| f != inv.function_key()) || inv.status != Status::Dead {
+            if inv.namespace != namespace
+                || function.is_some_and(|f| f != inv.function)
+                || inv.status != Status::Dead
+            {
                 continue;
             }
             self.remove(&inv).await?;
@@ -513,5 +516,32 @@ mod tests {
         assert!(store.get("01").unwrap().is_none());
         let all = store.page(&Filter::default(), None, 10).unwrap().0;
         assert_eq!(ids(&all), ["03", "02"]);
+    }
+
+    #[tokio::test]
+    async fn purging_dead_letters_keeps_other_namespaces_and_functions() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = pool_manager::store::open_waiting(
+            &sled::Config::new().path(dir.path()),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
+        let store = Store::open(&db).unwrap();
+        for (id, ns, f) in [
+            ("01", "default", "a"),
+            ("02", "ns1", "a"),
+            ("03", "default", "b"),
+            ("04", "ns1", "b"),
+        ] {
+            let mut inv = invocation(id, f, Status::Queued, None);
+            inv.namespace = ns.into();
+            store.insert(&inv, b"").await.unwrap();
+            inv.status = Status::Dead;
+            store.save(&inv).await.unwrap();
+        }
+        assert_eq!(store.purge_dead("ns1", Some("a")).await.unwrap(), 1);
+        assert_eq!(store.purge_dead("default", None).await.unwrap(), 2);
+        let left = store.page(&Filter::default(), None, 10).unwrap().0;
+        assert_eq!(ids(&left), ["04"]);
     }
 }
