@@ -1035,6 +1035,15 @@ fn the_deletion_check_names_the_users_outside_the_set() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["code"].is_string(), "{body}");
+    // A kind misspelt is refused, not answered "nothing uses it".
+    let (status, body) = s.call(
+        "POST",
+        "/v1/deletions/check",
+        Some(serde_json::json!({"resources": [{"kind": "function", "name": "f"}]})),
+    );
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("unknown kind \"function\""), "{body}");
     assert_eq!(names(&s, "/v1/routes"), vec!["r".to_string()]);
 }
 

@@ -15,6 +15,7 @@ use pool_manager::Error;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiResult, AppState};
+use crate::spec::model::Kind;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/deletions/check", post(check))
@@ -61,6 +62,17 @@ fn res(kind: &str, namespace: &str, name: &str) -> Resource {
 async fn check(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
     let c: Check = super::parse_json(&body)?;
     for r in &c.resources {
+        // A kind nothing is called would otherwise be "used by nothing":
+        // a typo must not read as safe to delete.
+        if !Kind::ALL.iter().any(|k| k.name() == r.kind) {
+            let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+            return Err(Error::Invalid(format!(
+                "unknown kind {:?}: use one of {}",
+                r.kind,
+                kinds.join(", ")
+            ))
+            .into());
+        }
         pool_manager::resources::validate_name("namespace", &r.namespace)?;
     }
     let blocked = blocked(&s, &c.resources)?;
