@@ -730,6 +730,8 @@ async fn delete_fn(
     Query(ns): Query<Ns>,
 ) -> ApiResult<StatusCode> {
     let key = ns.key(&name)?;
+    // One that does not exist is a 404, whatever still names it.
+    s.pool.function(&key)?;
     s.triggers.check_function_unused(&key)?;
     s.pool.delete_function(&key).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -942,9 +944,10 @@ fn take_namespace(mut req: Request) -> (Request, Option<String>) {
 // ---- packages: see api_pkg.rs ----
 
 /// In front of the engine's API: a workflow still targeted by triggers is not
-/// deleted (the engine does not know triggers; the trigger layer does).
+/// deleted (the engine does not know triggers; the trigger layer does). One
+/// that does not exist is the engine's 404, whatever still names it.
 pub async fn keep_targeted_workflows(
-    State(triggers): State<Arc<Triggers>>,
+    State((triggers, engine)): State<(Arc<Triggers>, Arc<engine::Engine>)>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -955,7 +958,11 @@ pub async fn keep_targeted_workflows(
             .is_some_and(|p| p.as_str() == "/v1/workflows/{name}");
     if deleting {
         let name = req.uri().path().rsplit('/').next().unwrap_or_default();
-        if let Err(e) = triggers.check_workflow_unused(name) {
+        let unused = match engine.workflow_exists(name) {
+            true => triggers.check_workflow_unused(name),
+            false => Ok(()),
+        };
+        if let Err(e) = unused {
             return e.into_response();
         }
     }

@@ -631,7 +631,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
     let api_app = api::router(state)
         .merge(
             engine::router(engine.clone()).route_layer(axum::middleware::from_fn_with_state(
-                triggers.clone(),
+                (triggers.clone(), engine.clone()),
                 api::keep_targeted_workflows,
             )),
         )

@@ -645,6 +645,9 @@ fn bad_requests_get_clear_errors() {
             .contains(r#"route "r" calls function "ghost", which does not exist (yet)"#),
         "{v}"
     );
+    // Deleting what does not exist is a 404, though a route names it.
+    let (st, v) = s.call("DELETE", "/v1/functions/ghost", None);
+    assert_eq!(err(st, &v, "not_found"), 404);
     assert_eq!(s.call("DELETE", "/v1/routes/r", None).0, 204);
     let (st, v) = s.call("GET", "/v1/functions/ghost", None);
     assert_eq!(err(st, &v, "not_found"), 404);

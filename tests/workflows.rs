@@ -2120,6 +2120,20 @@ fn a_workflow_deployed_as_a_function_of_the_workflow_env_is_a_workflow() {
     assert_eq!(r.text().unwrap(), "called");
     assert_eq!(s.call("DELETE", "/v1/routes/nobody", None).0, 204);
     assert_eq!(s.call("DELETE", "/v1/workflows/nobody", None).0, 204);
+    // Deleting one that does not exist is a 404, though a timer names it.
+    let (st, body) = s.call(
+        "POST",
+        "/v1/timers",
+        Some(json!({"name": "ghostly", "workflow": "ghostflow", "cron": "@daily"})),
+    );
+    assert_eq!(st, 201, "{body}");
+    let (st, body) = s.call("DELETE", "/v1/workflows/ghostflow", None);
+    assert_eq!(
+        (st, &body["error"]["code"]),
+        (404, &json!("not_found")),
+        "{body}"
+    );
+    assert_eq!(s.call("DELETE", "/v1/timers/ghostly", None).0, 204);
 
     // Updated and deleted as Fission Workflows' CLI does it.
     std::fs::write(&file, echo("again: ")).unwrap();
