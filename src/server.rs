@@ -995,13 +995,6 @@ async fn choose_backend(
     data_dir: &std::path::Path,
     launch: LaunchConfig,
 ) -> anyhow::Result<Arc<dyn Backend>> {
-    if args.backend == BackendChoice::Process {
-        tracing::warn!("the process backend is in use (--backend process): function code runs unisolated, as the server's user");
-        return Ok(Arc::new(ProcessBackend::new(
-            launch,
-            data_dir.join("instances"),
-        )));
-    }
     let runtime = args.oci_runtime.clone().or_else(|| {
         ["runc", "crun"]
             .into_iter()
@@ -1009,7 +1002,11 @@ async fn choose_backend(
             .find(|p| p.starts_with('/'))
             .map(PathBuf::from)
     });
-    let probed = match runtime {
+    if args.backend == BackendChoice::Process {
+        tracing::warn!("the process backend is in use (--backend process): function code runs unisolated, as the server's user");
+        return Ok(process_backend(launch, data_dir, runtime.as_deref()).await);
+    }
+    let probed = match runtime.clone() {
         None => Err(container::ProbeError::Unavailable(
             "no OCI runtime (runc or crun) on PATH".to_string(),
         )),
@@ -1026,6 +1023,8 @@ async fn choose_backend(
     match probed {
         Ok(backend) => {
             tracing::info!("{}", backend.isolation().summary);
+            // What a server killed on the process backend left running.
+            pool_manager::backend::process::stop_stale(&process_sockets(data_dir)).await;
             Ok(Arc::new(backend))
         }
         // Not a host that cannot run containers: a data directory that
@@ -1047,12 +1046,32 @@ async fn choose_backend(
             tracing::warn!(
                 "CONTAINERS UNAVAILABLE ({why}): falling back to the process backend; function code runs unisolated, as the server's user"
             );
-            Ok(Arc::new(ProcessBackend::new(
-                launch,
-                data_dir.join("instances"),
-            )))
+            Ok(process_backend(launch, data_dir, runtime.as_deref()).await)
         }
     }
+}
+
+fn process_sockets(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("instances")
+}
+
+/// The process backend, once the containers a server killed on the container
+/// backend left are removed (with `runtime`, when there is one that runs).
+async fn process_backend(
+    launch: LaunchConfig,
+    data_dir: &std::path::Path,
+    runtime: Option<&std::path::Path>,
+) -> Arc<dyn Backend> {
+    if let Some(runtime) = runtime {
+        container::remove_containers(
+            runtime,
+            &container::prefix_for(data_dir),
+            &data_dir.join("containers"),
+            true,
+        )
+        .await;
+    }
+    Arc::new(ProcessBackend::new(launch, process_sockets(data_dir)))
 }
 
 /// The address to reach a listener from this machine: loopback for a

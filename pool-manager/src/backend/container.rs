@@ -491,50 +491,7 @@ impl ContainerBackend {
     /// ones, and half-created ones that `list` does not show): at a start,
     /// what an earlier server left (`stale`); at a stop, this one's last.
     async fn cleanup(&self, stale: bool) {
-        let list = tokio::process::Command::new(&self.cfg.runtime)
-            .args(["list", "-q"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .await;
-        let mut ids: Vec<String> = list
-            .map(|out| {
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Ok(entries) = std::fs::read_dir(RUNC_ROOT) {
-            ids.extend(
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned()),
-            );
-        }
-        ids.sort();
-        ids.dedup();
-        ids.retain(|id| id.starts_with(&self.cfg.prefix));
-        for id in &ids {
-            self.delete(id).await;
-        }
-        if !ids.is_empty() && stale {
-            // As the process backend says what a killed server left running.
-            tracing::info!(
-                containers = ids.len(),
-                "deleted the containers a previous server left (it was killed, or its host stopped)"
-            );
-        } else if !ids.is_empty() {
-            tracing::debug!(
-                containers = ids.len(),
-                "deleted the containers still there at the stop"
-            );
-        }
-        if let Ok(entries) = std::fs::read_dir(self.bundles()) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
+        remove_containers(&self.cfg.runtime, &self.cfg.prefix, &self.cfg.dir, stale).await;
     }
 
     async fn delete(&self, id: &str) {
@@ -839,6 +796,58 @@ fn prepare_bundle(bundle: &Path, spec: &Spec) -> std::io::Result<()> {
 }
 
 /// Deletes a container and whatever a half-finished create left of it.
+/// Deletes every container whose id starts with `prefix` (a killed server
+/// leaves stopped ones, and half-created ones that `list` does not show) and
+/// the bundles under `dir`: at a start (`stale`), what an earlier server left,
+/// whichever backend it ran (a server that restarts on the process backend
+/// still removes the containers it left); at a stop, this one's last.
+pub async fn remove_containers(runtime: &Path, prefix: &str, dir: &Path, stale: bool) {
+    let list = tokio::process::Command::new(runtime)
+        .args(["list", "-q"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .await;
+    let mut ids: Vec<String> = list
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir(RUNC_ROOT) {
+        ids.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
+    }
+    ids.sort();
+    ids.dedup();
+    ids.retain(|id| id.starts_with(prefix));
+    for id in &ids {
+        delete_container(runtime, id).await;
+    }
+    if !ids.is_empty() && stale {
+        // As the process backend says what a killed server left running.
+        tracing::info!(
+            containers = ids.len(),
+            "deleted the containers a previous server left (it was killed, or its host stopped)"
+        );
+    } else if !ids.is_empty() {
+        tracing::debug!(
+            containers = ids.len(),
+            "deleted the containers still there at the stop"
+        );
+    }
+    if let Ok(entries) = std::fs::read_dir(dir.join("bundles")) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 async fn delete_container(runtime: &Path, id: &str) {
     let _ = tokio::process::Command::new(runtime)
         .args(["delete", "-f", id])

@@ -158,17 +158,7 @@ impl Backend for ProcessBackend {
     }
 
     fn cleanup_stale<'a>(&'a self, _envs: &'a [Environment]) -> BoxFuture<'a, ()> {
-        let owner = self.owner.clone();
-        Box::pin(async move {
-            let stopped = tokio::task::spawn_blocking(move || stop_marked(&owner))
-                .await
-                .unwrap_or(0);
-            if stopped > 0 {
-                tracing::warn!(
-                    "stopped {stopped} process(es) that instances or builds of a server killed before on this data directory left running"
-                );
-            }
-        })
+        Box::pin(stop_stale(Path::new(&self.owner)))
     }
 
     fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Handle>>> {
@@ -343,6 +333,22 @@ async fn run_build(launch: &LaunchConfig, owner: &str, req: BuildRequest) -> Res
         exit,
         log: join_log(out, err),
     })
+}
+
+/// Stops the processes that instances and builds of a process backend with
+/// its sockets in `sockets` left running when their server was killed. Each
+/// start calls it, whichever backend the server now runs: one that comes
+/// back on the container backend still stops what it left as processes.
+pub async fn stop_stale(sockets: &Path) {
+    let owner = sockets.to_string_lossy().into_owned();
+    let stopped = tokio::task::spawn_blocking(move || stop_marked(&owner))
+        .await
+        .unwrap_or(0);
+    if stopped > 0 {
+        tracing::warn!(
+            "stopped {stopped} process(es) that instances or builds of a server killed before on this data directory left running"
+        );
+    }
 }
 
 /// Sends SIGKILL to every process (but this one) whose environment carries
