@@ -1070,10 +1070,8 @@ class Response:
             self._data = bytes(value)
         elif hasattr(value, "__iter__") and not isinstance(value, (dict, str)):
             # an iterable of str/bytes chunks (a generator): collected, not streamed
-            out = []
-            for chunk in value:
-                out.append(chunk.encode(self.charset) if isinstance(chunk, str) else bytes(chunk))
-            self._data = b"".join(out)
+            # (join refuses an int chunk, where bytes(3) would be three NULs)
+            self._data = b"".join(c.encode(self.charset) if isinstance(c, str) else c for c in value)
         else:
             raise TypeError("response body must be str, bytes or an iterable of them, not %s"
                             % type(value).__name__)
@@ -1273,11 +1271,11 @@ def _make_response(rv):
         body, mimetype = rv, "text/html; charset=utf-8"
     elif isinstance(rv, (dict, list)):
         body, mimetype = _dumps(rv), "application/json"
-    elif hasattr(rv, "__iter__") or hasattr(rv, "__next__"):  # a generator of chunks
+    elif hasattr(rv, "__next__"):  # a generator of chunks (as Flask: not a set, a range)
         body, mimetype = rv, "text/html; charset=utf-8"
     else:
-        raise TypeError("the function returned %s; expected str, bytes, dict, list, tuple or"
-                        " Response" % type(rv).__name__)
+        raise TypeError("the function returned %s; expected str, bytes, dict, list, tuple,"
+                        " a generator or Response" % type(rv).__name__)
     hdrs = headers.copy() if isinstance(headers, Headers) else Headers(headers)
     user_ct = "content-type" in hdrs
     if mimetype is not None and not user_ct:

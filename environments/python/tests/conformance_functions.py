@@ -147,6 +147,17 @@ def generator():
     return gen()
 
 
+def generator_of_ints():
+    def gen():
+        yield 1
+        yield 2
+    return gen()
+
+
+def returns_set():
+    return {1, 2}
+
+
 async def async_function():
     await asyncio.sleep(0)
     return "async ok"

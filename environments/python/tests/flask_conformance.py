@@ -105,6 +105,9 @@ CASES = [
     ("redirect_to", req("/redirect_to"), {}),
     ("redirect_301", req("/redirect_301"), {}),
     ("generator", req("/generator"), {}),
+    ("generator_of_ints", req("/generator_of_ints"), {}),
+    ("returns_set", req("/returns_set"), {
+        "body": "as raise_error", "content-type": "as body", "content-length": "as body"}),
     ("async_function", req("/async_function"), {}),
     ("head", req("/text", method="HEAD"), {}),
     # -- errors
