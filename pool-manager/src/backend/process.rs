@@ -410,6 +410,10 @@ where
     });
 }
 
+/// How long a line without its newline waits for the rest (see
+/// `BoundedLines::next`).
+const PARTIAL_LINE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The lines of a stream, each cut at `MAX_LOG_LINE` bytes.
 struct BoundedLines<R> {
     reader: R,
@@ -427,10 +431,23 @@ impl<R: tokio::io::AsyncBufRead + Unpin> BoundedLines<R> {
         }
     }
 
-    /// The next line, without its end; `None` at the end of the stream.
+    /// The next line, without its end; `None` at the end of the stream. A
+    /// line begun and not ended for `PARTIAL_LINE_WAIT` is a line already: a
+    /// prompt or a progress report printed without a newline reaches the log
+    /// while the instance runs, not when it ends.
     async fn next(&mut self) -> Option<String> {
         loop {
-            let buf = self.reader.fill_buf().await.unwrap_or_default();
+            let read = self.reader.fill_buf();
+            let buf = if self.line.is_empty() && self.dropped == 0 {
+                read.await
+            } else {
+                // fill_buf is cancel safe: a timeout loses no byte.
+                match tokio::time::timeout(PARTIAL_LINE_WAIT, read).await {
+                    Ok(read) => read,
+                    Err(_) => return Some(self.take()),
+                }
+            };
+            let buf = buf.unwrap_or_default();
             if buf.is_empty() {
                 // The end of the stream: a last line without a newline.
                 return (!self.line.is_empty() || self.dropped > 0).then(|| self.take());
@@ -550,6 +567,21 @@ mod tests {
         );
         assert_eq!(lines.next().await.as_deref(), Some("next"));
         assert_eq!(lines.next().await.as_deref(), Some("no newline at the end"));
+        assert_eq!(lines.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_line_without_its_newline_is_logged_while_the_stream_stays_open() {
+        use tokio::io::AsyncWriteExt;
+        let (mut writer, reader) = tokio::io::duplex(64);
+        let mut lines = BoundedLines::new(BufReader::new(reader));
+        writer.write_all(b"progress: 50%").await.unwrap();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next());
+        assert_eq!(next.await.unwrap().as_deref(), Some("progress: 50%"));
+        writer.write_all(b" done\nlast").await.unwrap();
+        drop(writer);
+        assert_eq!(lines.next().await.as_deref(), Some(" done"));
+        assert_eq!(lines.next().await.as_deref(), Some("last"));
         assert_eq!(lines.next().await, None);
     }
 
