@@ -1508,7 +1508,19 @@ fn a_short_form_error_is_said_at_its_field() {
     std::fs::create_dir_all(tmp.path().join("specs")).unwrap();
     std::fs::write(
         tmp.path().join("specs/env.yaml"),
-        "kind: Environment\nname: e1\nruntime: python\npoolsiz: 2\n---\nkind: Environment\nname: e2\nruntime: python\nmemory_mb: 1\n",
+        "kind: Environment\nname: e1\nruntime: python\npoolsiz: 2\n---\nkind: Environment\nname: e2\nruntime: python\nmemory_mb: 1\n---\nkind: Environment\nname: e3\nruntime: python\npoolsize: many\n",
+    )
+    .unwrap();
+    // A field misspelt is found by its name, not by another the error lists
+    // (`env`, `function`), and the short form's `code` is among those listed.
+    std::fs::write(
+        tmp.path().join("specs/hello.py"),
+        "def main():\n    return 'hi'\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("specs/fn.yaml"),
+        "kind: Function\nname: f\nenv: e1\ncode: hello.py\nmax_scal: 3\n---\nkind: Route\nname: r\nurl: /r\nmetods: [GET]\nfunction: f\n",
     )
     .unwrap();
     let (code, out, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
@@ -1519,6 +1531,20 @@ fn a_short_form_error_is_said_at_its_field() {
     );
     assert!(
         err.contains("env.yaml:9:1: Environment e2: environment: memory_mb 1 is below"),
+        "{err}"
+    );
+    assert!(
+        err.contains(r#"env.yaml:14:1: Environment e3: poolsize: invalid type: string "many""#),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "fn.yaml:5:1: Function f: unknown field `max_scal`, expected one of `code`, `name`"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("fn.yaml:10:1: HTTPTrigger r: unknown field `metods`"),
         "{err}"
     );
 }

@@ -3,7 +3,7 @@
 //! forms, each turned into the body Fusion's API takes, with the references it
 //! makes and the place of every error and warning.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
@@ -508,7 +508,11 @@ impl Specs {
         // Checked offline as the server will check it (a route's URL and
         // methods, a function's timeout and scales, ...), so that `validate`
         // catches what `apply` would refuse half-way.
-        if let Err(e) = check_offline(&r) {
+        if let Err(mut e) = check_offline(&r) {
+            if r.kind == Kind::Function && !r.fission {
+                // The short form's own field, which the server does not take.
+                e = e.replacen("expected one of ", "expected one of `code`, ", 1);
+            }
             let at = if r.fission {
                 doc.at("spec")
             } else {
@@ -1629,13 +1633,14 @@ impl Specs {
 /// The document's top-level field that `error` names, as a word of it
 /// (`` `poolsiz` ``, `memory_mb 1 is ...`), if any.
 fn named_field<'v>(error: &str, doc: &'v Value) -> Option<&'v str> {
-    let words: BTreeSet<&str> = error
+    let fields = doc.as_object()?;
+    // The first the error names: `unknown field `max_scal`, expected one of
+    // `name`, `env`, ...` is about `max_scal`, not `env`.
+    error
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        .collect();
-    let keys = doc.as_object()?.keys();
-    keys.filter(|k| !matches!(k.as_str(), "kind" | "name" | "namespace"))
-        .find(|k| words.contains(k.as_str()))
-        .map(String::as_str)
+        .filter(|w| !matches!(*w, "kind" | "name" | "namespace"))
+        .find_map(|w| fields.get_key_value(w))
+        .map(|(k, _)| k.as_str())
 }
 
 /// What the server checks of an environment, function or trigger when it is
@@ -1643,7 +1648,17 @@ fn named_field<'v>(error: &str, doc: &'v Value) -> Option<&'v str> {
 /// as a package of its own name).
 fn check_offline(r: &Resource) -> Result<(), String> {
     fn parsed<T: serde::de::DeserializeOwned>(body: &Value) -> Result<T, String> {
-        serde_json::from_value(body.clone()).map_err(|e| e.to_string())
+        // The field a value of the wrong type is in (`poolsize: invalid
+        // type: string "many", expected usize`): serde's own error names none.
+        serde_path_to_error::deserialize(body.clone()).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.inner().to_string();
+            if path == "." || inner.starts_with("unknown field") {
+                inner
+            } else {
+                format!("{path}: {inner}")
+            }
+        })
     }
     if r.kind == Kind::HttpTrigger {
         return parsed::<triggers::Route>(&r.body)?
