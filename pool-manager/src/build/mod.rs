@@ -282,6 +282,11 @@ impl PoolManager {
             // meanwhile: calls wait for the new environment's build.
             if moved {
                 p.status.built = None;
+            } else if old.source.is_none() && p.source.is_some() {
+                // A deployment archive given a source to build: its functions
+                // go on running the archive until a build succeeds, as after
+                // any rebuild (one that fails takes nothing down).
+                p.status.built = old.deployment.clone();
             }
         }
         builds.put(&p).await?;

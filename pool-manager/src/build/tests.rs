@@ -289,6 +289,31 @@ async fn a_call_waits_for_the_build_and_answers_its_failure() {
         .contains("the build failed: it exited with status 1"));
 }
 
+/// A package of a deployment archive updated to a source whose build fails:
+/// its functions go on running the archive, as after any failed rebuild.
+#[tokio::test]
+async fn an_archive_given_a_source_that_fails_to_build_keeps_running() {
+    let s = setup().await;
+    let archive = s.pm.put_package("main.py", b"archived").unwrap();
+    let mut p = source_package(&s, "p", "unused");
+    p.source = None;
+    p.deployment = Some(archive.clone());
+    s.pm.create_package(p.clone()).await.unwrap();
+    s.pm.create_function(function("f", "p", 5)).await.unwrap();
+    s.backend.fail.store(true, Ordering::SeqCst);
+    s.backend.gate.add_permits(10);
+    p.source = Some(s.pm.put_package("main.py", b"broken").unwrap());
+    p.deployment = None;
+    p.buildcmd = Some("./build.sh".into());
+    s.pm.update_package(p).await.unwrap();
+    let p = status_of(&s.pm, "p", finished).await;
+    assert_eq!(p.status.buildstatus, BuildStatus::Failed);
+    assert_eq!(p.runnable(), Some(&archive), "the archive it ran");
+    // A call goes on to start an instance (none in this test), not a 424.
+    let err = s.pm.lease("f").await.err().unwrap();
+    assert_eq!(err.code(), "unavailable", "{err}");
+}
+
 #[tokio::test]
 async fn references_between_functions_and_packages_are_checked() {
     let s = setup().await;
