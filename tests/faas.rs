@@ -2042,6 +2042,30 @@ fn a_nodejs_function_reads_express_request_helpers() {
     );
 }
 
+/// A query of raw UTF-8 bytes (as curl sends `?name=é`, where a browser
+/// percent-encodes) reaches a nodejs function, whose HTTP parser refuses such
+/// bytes: the router passes them on percent-encoded, read back as the text.
+#[test]
+fn a_raw_utf8_query_reaches_a_nodejs_function_as_its_text() {
+    use std::io::{Read, Write};
+    let s = Server::start();
+    s.env("nodejs", "nodejs", 1);
+    let code = "module.exports = async (c) => ({ body: { name: c.request.query.name } });\n";
+    s.function("query", "nodejs", "query.js", code, json!({}));
+    let router = s.router_url("").trim_start_matches("http://").to_string();
+    let mut caller = std::net::TcpStream::connect(&router).unwrap();
+    caller
+        .write_all(
+            "GET /fission-function/query?name=é HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                .as_bytes(),
+        )
+        .unwrap();
+    let mut answer = String::new();
+    caller.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"name":"é"}"#), "{answer}");
+}
+
 /// A body of a type Fission's parsers do not read (XML, multipart) is left in
 /// the request stream for the function (`on('data')`, `pipe` into busboy),
 /// with `request.body` `{}`, as in Fission; the types they read are parsed.

@@ -264,10 +264,17 @@ async fn forward_inner(
     if let Some(ClientAddr(client)) = parts.extensions.get::<ClientAddr>() {
         forwarded_for(&mut parts.headers, client.ip());
     }
+    // A query of raw UTF-8 (which a browser never sends, but curl does) is
+    // passed on percent-encoded, as the path is: Node's HTTP parser refuses
+    // the raw bytes, and every runtime decodes the escapes to the same text.
+    let raw = |q: &str| q.bytes().any(|b| b < 0x20 || b >= 0x7f);
     let path_and_query = match (parts.uri.path_and_query(), parts.uri.query()) {
-        (Some(pq), _) if pq.path() == path => pq.clone(),
-        (_, Some(q)) => PathAndQuery::try_from(format!("{path}?{q}"))
-            .map_err(|e| Error::Invalid(format!("bad request path: {e}")))?,
+        (Some(pq), q) if pq.path() == path && !q.is_some_and(raw) => pq.clone(),
+        (_, Some(q)) => {
+            let q = percent_encoding::utf8_percent_encode(q, percent_encoding::CONTROLS);
+            PathAndQuery::try_from(format!("{path}?{q}"))
+                .map_err(|e| Error::Invalid(format!("bad request path: {e}")))?
+        }
         (_, None) => PathAndQuery::try_from(path)
             .map_err(|e| Error::Invalid(format!("bad request path: {e}")))?,
     };
