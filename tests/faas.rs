@@ -29,6 +29,16 @@ fn each_runtime_answers_through_the_router() {
         s.get("/fission-function/hello-py").text().unwrap(),
         "hello from python\n"
     );
+    // A doubled slash changes nothing, as in a route's path.
+    for doubled in [
+        "//fission-function/hello-py",
+        "/fission-function//hello-py",
+        "/fission-function//default//hello-py",
+    ] {
+        let r = s.get(doubled);
+        assert_eq!(r.status(), 200, "{doubled}");
+        assert_eq!(r.text().unwrap(), "hello from python\n", "{doubled}");
+    }
     // Typed as Fission's runtimes type them: a string body as Express sends
     // it, a program's text output as Go's net/http sniffs it.
     let r = s.get("/fission-function/hello-js");

@@ -38,7 +38,7 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
     {
         req.headers_mut().insert("x-fission-full-url", full);
     }
-    if let Some(rest) = path.strip_prefix(FUNCTION_PREFIX) {
+    if let Some(rest) = function_path(path) {
         if let Err(m) = engine::api::async_header(req.headers()) {
             return error_response(StatusCode::BAD_REQUEST, "invalid_header", &m);
         }
@@ -49,6 +49,7 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
         // `/fission-function/<namespace>/<name>` for a function of another
         // namespace than `default`, as in Fission.
         if let Some(rest) = tail.strip_prefix('/') {
+            let rest = rest.trim_start_matches('/');
             let (second, tail2) = match rest.find('/') {
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, "/"),
@@ -190,6 +191,16 @@ pub async fn route_request(triggers: &Triggers, req: Request<Body>) -> Response<
     }
 }
 
+/// What follows `/fission-function/` in `path`, if it is a function's path.
+/// A doubled slash changes nothing, as in a route's path
+/// (`//fission-function/f`, `/fission-function//f`).
+fn function_path(path: &str) -> Option<&str> {
+    let rest = path
+        .trim_start_matches('/')
+        .strip_prefix(FUNCTION_PREFIX.trim_start_matches('/'))?;
+    Some(rest.trim_start_matches('/'))
+}
+
 /// What a `Location` path cannot hold as it is, escaped.
 const PATH_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b' ')
@@ -258,7 +269,17 @@ fn dot_segments_redirect(req: &Request<Body>, clean: &str, query: Option<&str>) 
 
 #[cfg(test)]
 mod dot_tests {
-    use super::without_dot_segments;
+    use super::{function_path, without_dot_segments};
+
+    #[test]
+    fn a_functions_path_is_found_past_doubled_slashes() {
+        assert_eq!(function_path("/fission-function/f/x"), Some("f/x"));
+        assert_eq!(function_path("//fission-function//f"), Some("f"));
+        assert_eq!(function_path("/fission-function/"), Some(""));
+        assert_eq!(function_path("/fission-function"), None);
+        assert_eq!(function_path("/fission-functions/f"), None);
+        assert_eq!(function_path("/api/fission-function/f"), None);
+    }
 
     #[test]
     fn dot_segments_are_resolved_as_gorilla_cleans_them() {
