@@ -421,18 +421,6 @@ fn the_next_start_stops_what_a_killed_servers_processes_left() {
     });
 }
 
-/// The containers' ids as the OCI runtime lists them.
-fn runc_list() -> Vec<String> {
-    let out = std::process::Command::new("runc")
-        .args(["list", "-q"])
-        .output()
-        .expect("runc list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// A server killed on one backend and started again on the other still
 /// removes what the first left: the containers of the container backend,
 /// the processes of the process backend.
@@ -445,27 +433,20 @@ fn a_start_on_either_backend_removes_what_a_killed_server_left_on_the_other() {
     s.function("stayer", "binary", "stayer.sh", code, json!({}));
     assert_eq!(s.get("/fission-function/stayer").text().unwrap(), "started");
     s.kill();
-    let bundles = s.data.join("containers/bundles");
-    let ids: Vec<String> = std::fs::read_dir(&bundles)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(!ids.is_empty(), "the killed server left its bundles");
-    assert!(
-        runc_list().iter().any(|c| ids.contains(c)),
-        "the killed server left its containers: {ids:?}"
-    );
+    let left = common::containers_of(&s.data);
+    assert!(!left.is_empty(), "the killed server left its containers");
     s.set_env("FUSION_BACKEND", "process");
     s.launch();
     // Removed before the server answers.
+    let env = s.ok("GET", "/v1/environments/binary", None);
+    assert_eq!(env["status"]["isolation"]["backend"], "process", "{env}");
+    assert_eq!(common::containers_of(&s.data), Vec::<String>::new());
     assert_eq!(
-        s.ok("GET", "/v1/environments/binary", None)["status"]["isolation"]["backend"],
-        "process"
+        std::fs::read_dir(s.data.join("containers/bundles"))
+            .unwrap()
+            .count(),
+        0
     );
-    let listed = runc_list();
-    assert!(!listed.iter().any(|c| ids.contains(c)), "{listed:?}");
-    assert_eq!(std::fs::read_dir(&bundles).unwrap().count(), 0);
 
     let code = "#!/bin/sh\nsetsid sleep 987009 >/dev/null 2>&1 &\nprintf started\n";
     s.function("leaver", "binary", "leaver.sh", code, json!({}));
