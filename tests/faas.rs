@@ -211,6 +211,36 @@ fn prefix_routes_and_zip_archives_with_an_entrypoint() {
     );
 }
 
+/// A package's module named as one of the standard library's (`html.py`)
+/// does not hide it from the runtime and its Flask, as in Fission's runtime
+/// (which appends the package to the path); its other modules import as ever.
+#[test]
+fn a_packages_module_named_as_the_standard_librarys_does_not_hide_it() {
+    let s = Server::start();
+    s.env("python", "python", 0);
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default();
+    zip.start_file("main.py", opts).unwrap();
+    zip.write_all(b"import html, helper\nfrom flask import abort\ndef main():\n    if html.escape('<') != '&lt;':\n        abort(500)\n    return helper.word()\n")
+        .unwrap();
+    zip.start_file("html.py", opts).unwrap();
+    zip.write_all(b"raise ImportError('the package shadowed the standard library')\n")
+        .unwrap();
+    zip.start_file("helper.py", opts).unwrap();
+    zip.write_all(b"def word():\n    return 'escaped'\n")
+        .unwrap();
+    let bytes = zip.finish().unwrap().into_inner();
+    let package = s.upload("code.zip", &bytes);
+    s.ok(
+        "POST",
+        "/v1/functions",
+        Some(json!({"name": "shadow", "env": "python", "package": package, "entrypoint": "main.main"})),
+    );
+    let r = s.get("/fission-function/shadow");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "escaped");
+}
+
 #[test]
 fn past_concurrency_a_request_waits_then_gets_429() {
     let s = Server::start_with(&[("FUSION_LEASE_WAIT_MS", "300")]);

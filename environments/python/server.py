@@ -471,7 +471,7 @@ def _load(filepath, name, system_flask=False):
                 modname, funcname = "main", name or "main"
             if not modname or not funcname:
                 raise ValueError("bad functionName %r: expected module.function" % name)
-            sys.path.insert(1, filepath)
+            sys.path.insert(_package_path_index(), filepath)
             added_path = True
             if os.path.isfile(os.path.join(filepath, "flask", "__init__.py")):
                 real_flask = True
@@ -520,6 +520,17 @@ def _load(filepath, name, system_flask=False):
             if _shim is not None:
                 sys.modules["flask"] = _shim
         raise
+
+
+def _package_path_index():
+    """Where a package directory goes on sys.path: after the standard library,
+    which Fission's runtime also puts first (it appends the directory), so a
+    package's own `html.py` does not hide `html` from Flask; before
+    site-packages, so what a package vendors wins over what the host has."""
+    for i, p in enumerate(sys.path):
+        if i > 0 and os.path.basename(p.rstrip(os.sep)) in ("site-packages", "dist-packages"):
+            return i
+    return len(sys.path)
 
 
 def _shim_steps_aside():
