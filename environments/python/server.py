@@ -495,6 +495,10 @@ def _load(filepath, name, system_flask=False):
         func = getattr(mod, funcname, None)
         if func is None:
             raise AttributeError("module %r has no attribute %r" % (mod.__name__, funcname))
+        if type(func).__name__ == "Flask":  # the shim's or a real one, not a view
+            raise TypeError("entrypoint %r is a Flask application; as in Fission, the entrypoint"
+                            " is a function, called for each request: name one of the module's"
+                            % funcname)
         if not callable(func):
             raise TypeError("entrypoint %r is a %s, not callable" % (funcname, type(func).__name__))
         root = os.path.abspath(filepath if os.path.isdir(filepath) else os.path.dirname(filepath))
