@@ -1035,6 +1035,12 @@ fn the_deletion_check_names_the_users_outside_the_set() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["code"].is_string(), "{body}");
+    let (status, body) = s.call(
+        "POST",
+        "/v1/deletions/check",
+        Some(serde_json::json!([[{"kind": "Function", "name": "f"}]])),
+    );
+    assert_eq!(status, 400, "{body}");
     // A kind misspelt is refused, not answered "nothing uses it".
     let (status, body) = s.call(
         "POST",

@@ -244,6 +244,15 @@ fn bad_secrets_and_configmaps_are_refused_with_400() {
             Some(json!({"name": "x", "data": many})),
         );
         assert_eq!(status, 400, "{body}");
+        // A list is not read as the fields in order.
+        let (status, body) = s.call(
+            "POST",
+            &format!("/v1/{kind}"),
+            Some(json!(["listed", "default", {"k": "v"}])),
+        );
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("send a JSON object"), "{body}");
         // Names are unique per namespace: the same name in another is another.
         s.ok("POST", &format!("/v1/{kind}"), Some(json!({"name": "x"})));
         s.ok(

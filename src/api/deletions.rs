@@ -60,6 +60,15 @@ fn res(kind: &str, namespace: &str, name: &str) -> Resource {
 }
 
 async fn check(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
+    let v: serde_json::Value = super::parse_json(&body)?;
+    if !v.is_object() {
+        // serde would read a list as the fields in order.
+        return Err(Error::Invalid(format!(
+            "send a JSON object ({{\"resources\": [...]}}), not {}",
+            super::json_kind(&v)
+        ))
+        .into());
+    }
     let c: Check = super::parse_json(&body)?;
     for r in &c.resources {
         // A kind nothing is called would otherwise be "used by nothing":

@@ -59,6 +59,14 @@ const READ_ONLY: [&str; 3] = ["keys", "sizes", "unchanged"];
 /// A body as a secret or configmap, answering 400 with what is wrong.
 fn parse(kind: DataKind, body: &[u8]) -> ApiResult<DataSpec> {
     let mut value: serde_json::Value = parse_json(body)?;
+    if !value.is_object() {
+        // serde would read a list as the fields in order.
+        return Err(pool_manager::Error::Invalid(format!(
+            "invalid {}: send a JSON object ({{\"name\": ...}}), not {}",
+            kind.noun(),
+            super::json_kind(&value)
+        )));
+    }
     if let Some(fields) = value.as_object_mut() {
         let removed = READ_ONLY.map(|f| fields.remove(f).is_some());
         let read_back = removed.contains(&true);
