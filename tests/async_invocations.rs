@@ -430,6 +430,9 @@ fn a_dead_letter_is_listed_and_redriven_once_the_function_is_fixed() {
     // Listed as a dead letter, by the API and the CLI.
     let listed = s.ok("GET", "/v1/invocations?status=dead", None);
     assert_eq!(listed["invocations"][0]["id"], id.as_str(), "{listed}");
+    // In any case, as the run history's filter.
+    let listed = s.ok("GET", "/v1/invocations?status=Failed,DEAD", None);
+    assert_eq!(listed["invocations"][0]["id"], id.as_str(), "{listed}");
     let listed = s.ok("GET", "/v1/deadletters", None);
     assert_eq!(listed["invocations"][0]["id"], id.as_str(), "{listed}");
     let (code, out, err) = s.cli(&["fn", "dlq", "list"]);

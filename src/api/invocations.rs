@@ -53,7 +53,8 @@ async fn page(s: &AppState, q: ListQuery, status: Option<Status>) -> ApiResult<R
         (None, None | Some("")) => {}
         (None, Some(text)) => {
             for one in text.split(',').map(str::trim) {
-                match Status::parse(one) {
+                // In any case, as the run history takes them.
+                match Status::parse(&one.to_ascii_lowercase()) {
                     Some(s) => statuses.push(s),
                     None => {
                         return Ok(bad(
