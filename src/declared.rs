@@ -29,8 +29,8 @@ pub struct Declared {
 }
 
 const KINDS: &[(&str, &str)] = &[
-    ("timetriggers", "stored by an earlier Fusion, which did not run time triggers: `fusion spec apply` again creates it as a running time trigger (/v1/timers)"),
-    ("messagequeuetriggers", "stored by an earlier Fusion, which did not run message-queue triggers: `fusion spec apply` again creates it as a running trigger (/v1/mqtriggers)"),
+    ("timetriggers", "a declaration only, which nothing runs (an earlier Fusion stored time triggers so, or it was posted here): `fusion spec apply` creates it as a running time trigger (/v1/timers)"),
+    ("messagequeuetriggers", "a declaration only, which nothing runs (an earlier Fusion stored message-queue triggers so, or it was posted here): `fusion spec apply` creates it as a running trigger (/v1/mqtriggers)"),
 ];
 
 fn kind_reason(kind: &str) -> Result<&'static str, Error> {
