@@ -402,6 +402,22 @@ mod tests {
         assert!(missing.is_empty(), "no 415 declared: {missing:?}");
     }
 
+    /// Every operation that takes a body can answer 413 (the API reads at
+    /// most 16 MiB of one, an upload its own limit), and the document says so.
+    #[test]
+    fn the_document_declares_the_413_of_every_operation_that_takes_a_body() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let mut missing = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                if op.get("requestBody").is_some() && op["responses"].get("413").is_none() {
+                    missing.push(format!("{method} {path}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no 413 declared: {missing:?}");
+    }
+
     /// The fields the server answers that a client reads by the document:
     /// each view's own (serialized here) and those handlers add.
     #[test]
