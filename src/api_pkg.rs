@@ -254,10 +254,16 @@ async fn logs(
     Path(name): Path<String>,
     Query(q): Query<PackageQuery>,
 ) -> ApiResult<Response> {
-    let p = s.pool.package(q.namespace()?, &name)?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        p.status.buildlog,
-    )
-        .into_response())
+    let ns = q.namespace()?;
+    let p = s.pool.package(ns, &name)?;
+    // While a build runs, what it has written so far (`pip install`'s
+    // progress, say); after it, the log it left.
+    let log = match p.status.buildstatus {
+        pool_manager::BuildStatus::Running => s
+            .pool
+            .build_progress(ns, &name)
+            .unwrap_or(p.status.buildlog),
+        _ => p.status.buildlog,
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
 }

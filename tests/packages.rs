@@ -294,7 +294,7 @@ fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
     // does not wait for the build.
     let gate = Probe::start();
     let held = format!(
-        "{} && cp -r ${{SRC_PKG}} ${{DEPLOY_PKG}}",
+        "echo halfway-there && {} && cp -r ${{SRC_PKG}} ${{DEPLOY_PKG}}",
         gate.curl("/gate/rebuild")
     );
     std::fs::write(
@@ -318,6 +318,15 @@ fn a_failed_build_answers_a_clear_error_until_the_source_is_fixed() {
     eventually(Duration::from_secs(30), "the rebuild runs", || {
         package(&s, "broken")["status"]["buildstatus"] == "running"
     });
+    // Its log shows what it wrote so far, while it runs.
+    eventually(
+        Duration::from_secs(30),
+        "the log shows the build's output",
+        || {
+            let (code, out, _) = s.cli(&["pkg", "logs", "--name", "broken"]);
+            code == 0 && out.contains("build of package broken") && out.contains("halfway-there")
+        },
+    );
     cli_ok(
         &s,
         &[

@@ -31,6 +31,43 @@ pub struct BuildRequest {
     /// Set to why when the build must stop now (it used more disk than builds
     /// may): it is then killed as at its timeout, and ends `Stopped`.
     pub stop: tokio::sync::watch::Receiver<Option<String>>,
+    /// Where the build's output goes as it is written, for its package's log
+    /// to show while it runs.
+    pub progress: Progress,
+}
+
+/// What a running build has written so far: its last `BUILD_LOG_LIMIT` bytes
+/// after a first line that says what it builds.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(std::sync::Arc<std::sync::Mutex<(String, Vec<u8>)>>);
+
+impl Progress {
+    pub fn new(first: String) -> Progress {
+        Progress(std::sync::Arc::new(std::sync::Mutex::new((
+            first,
+            Vec::new(),
+        ))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (String, Vec<u8>)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, bytes: &[u8]) {
+        let mut held = self.lock();
+        let out = &mut held.1;
+        out.extend_from_slice(bytes);
+        if out.len() > BUILD_LOG_LIMIT {
+            let over = out.len() - BUILD_LOG_LIMIT;
+            out.drain(..over);
+        }
+    }
+
+    /// The first line and the output so far.
+    pub fn text(&self) -> String {
+        let held = self.lock();
+        format!("{}{}", held.0, String::from_utf8_lossy(&held.1))
+    }
 }
 
 /// How a build's wait for its script ended other than by the script's exit.
@@ -127,8 +164,13 @@ pub fn build_env(
     ]
 }
 
-/// Reads a stream to its end, keeping at most the last `limit` bytes.
-pub async fn read_tail<R: AsyncRead + Unpin>(stream: Option<R>, limit: usize) -> (Vec<u8>, bool) {
+/// Reads a stream to its end, keeping at most the last `limit` bytes (and
+/// passing each on to `progress`, when given, as it comes).
+pub async fn read_tail<R: AsyncRead + Unpin>(
+    stream: Option<R>,
+    limit: usize,
+    progress: Option<Progress>,
+) -> (Vec<u8>, bool) {
     let Some(mut stream) = stream else {
         return (Vec::new(), false);
     };
@@ -139,6 +181,9 @@ pub async fn read_tail<R: AsyncRead + Unpin>(stream: Option<R>, limit: usize) ->
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if let Some(p) = &progress {
+                    p.push(&buf[..n]);
+                }
                 kept.extend_from_slice(&buf[..n]);
                 if kept.len() > limit {
                     let over = kept.len() - limit;
@@ -175,10 +220,10 @@ mod tests {
     #[tokio::test]
     async fn only_the_tail_of_a_long_output_is_kept() {
         let data: Vec<u8> = (0..100u8).collect();
-        let (kept, cut) = read_tail(Some(&data[..]), 10).await;
+        let (kept, cut) = read_tail(Some(&data[..]), 10, None).await;
         assert!(cut);
         assert_eq!(kept, (90..100u8).collect::<Vec<_>>());
-        let (kept, cut) = read_tail(Some(&b"short"[..]), 10).await;
+        let (kept, cut) = read_tail(Some(&b"short"[..]), 10, None).await;
         assert!(!cut);
         assert_eq!(kept, b"short");
         let log = join_log((b"tail".to_vec(), true), (b"runc: oops".to_vec(), false));

@@ -307,10 +307,12 @@ async fn run_build(launch: &LaunchConfig, owner: &str, req: BuildRequest) -> Res
     let out = tokio::spawn(read_tail(
         child.stdout.take(),
         super::build::BUILD_LOG_LIMIT,
+        Some(req.progress.clone()),
     ));
     let err = tokio::spawn(read_tail(
         child.stderr.take(),
         super::build::BUILD_LOG_LIMIT,
+        None,
     ));
     let status = super::build::until_cut(&req, child.wait()).await;
     drop(group);

@@ -27,7 +27,7 @@ pub use model::{
     PackageStatus,
 };
 
-use crate::backend::build::{BuildExit, BuildRequest};
+use crate::backend::build::{BuildExit, BuildRequest, Progress};
 use crate::error::{Error, Result};
 use crate::instance::lock;
 use crate::pool::{Inner, PoolManager};
@@ -49,6 +49,18 @@ pub(crate) struct Builds {
     /// The packages being built, and whether another build was asked for meanwhile.
     running: Mutex<BuildQueue>,
     slots: Arc<Semaphore>,
+    /// The output of the builds running now, by package key.
+    live: Mutex<HashMap<String, Progress>>,
+}
+
+/// Takes a build's output off `Builds::live` when the build ends (or is
+/// dropped unfinished).
+struct Live<'a>(&'a Builds, String);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.live).remove(&self.1);
+    }
 }
 
 /// Numbers the builds of every pool manager in the process, so that no two
@@ -135,6 +147,7 @@ impl Builds {
             changed: watch::channel(0).0,
             running: Mutex::default(),
             slots: Arc::new(Semaphore::new(BUILD_SLOTS)),
+            live: Mutex::default(),
         })
     }
 
@@ -179,6 +192,14 @@ impl PoolManager {
     /// The packages of every namespace.
     pub fn packages(&self) -> Result<Vec<Package>> {
         self.inner.builds.list()
+    }
+
+    /// What the running build of a package has written so far (its first
+    /// line says what it builds), while one runs.
+    pub fn build_progress(&self, namespace: &str, name: &str) -> Option<String> {
+        lock(&self.inner.builds.live)
+            .get(&key(namespace, name))
+            .map(Progress::text)
     }
 
     pub fn package(&self, namespace: &str, name: &str) -> Result<Package> {
@@ -690,6 +711,9 @@ impl Inner {
             p.name, p.namespace, env.name, plan.summary
         );
         let (stop_tx, stop) = tokio::sync::watch::channel(None);
+        let progress = Progress::new(log.clone());
+        lock(&self.builds.live).insert(p.key(), progress.clone());
+        let _live = Live(&self.builds, p.key());
         let req = BuildRequest {
             id,
             env: env.clone(),
@@ -699,6 +723,7 @@ impl Inner {
             script: plan.script,
             timeout: self.cfg.build_timeout,
             stop,
+            progress,
         };
         // Ends with the build, also when the build is dropped unfinished.
         let watchdog = Watchdog(tokio::spawn(watch_disk(

@@ -144,8 +144,9 @@ impl ContainerBackend {
                 )));
             }
         };
-        let out = tokio::spawn(read_tail(child.stdout.take(), BUILD_LOG_LIMIT));
-        let err = tokio::spawn(read_tail(child.stderr.take(), BUILD_LOG_LIMIT));
+        let progress = Some(req.progress.clone());
+        let out = tokio::spawn(read_tail(child.stdout.take(), BUILD_LOG_LIMIT, progress));
+        let err = tokio::spawn(read_tail(child.stderr.take(), BUILD_LOG_LIMIT, None));
         let status = super::super::build::until_cut(&req, child.wait()).await;
         let (status, cut) = match status {
             Ok(s) => (Some(s), None),
