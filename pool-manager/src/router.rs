@@ -267,7 +267,7 @@ async fn forward_inner(
     // A query of raw UTF-8 (which a browser never sends, but curl does) is
     // passed on percent-encoded, as the path is: Node's HTTP parser refuses
     // the raw bytes, and every runtime decodes the escapes to the same text.
-    let raw = |q: &str| q.bytes().any(|b| b < 0x20 || b >= 0x7f);
+    let raw = |q: &str| q.bytes().any(|b| !(0x20..0x7f).contains(&b));
     let path_and_query = match (parts.uri.path_and_query(), parts.uri.query()) {
         (Some(pq), q) if pq.path() == path && !q.is_some_and(raw) => pq.clone(),
         (_, Some(q)) => {

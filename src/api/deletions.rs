@@ -66,8 +66,7 @@ async fn check(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<serde_j
         return Err(Error::Invalid(format!(
             "send a JSON object ({{\"resources\": [...]}}), not {}",
             super::json_kind(&v)
-        ))
-        .into());
+        )));
     }
     let c: Check = super::parse_json(&body)?;
     for r in &c.resources {
@@ -79,8 +78,7 @@ async fn check(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<serde_j
                 "unknown kind {:?}: use one of {}",
                 r.kind,
                 kinds.join(", ")
-            ))
-            .into());
+            )));
         }
         pool_manager::resources::validate_name("namespace", &r.namespace)?;
     }
