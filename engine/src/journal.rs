@@ -21,7 +21,9 @@
 //! payload. A payload is a list of changes: tree (u8), key length (u32 LE),
 //! key, then 0 for a removal or 1, value length (u32 LE) and value. A record
 //! cut short or failing its checksum ends the replay: it can only be the tail
-//! a crash interrupted, which no writer was told was durable.
+//! a crash interrupted, which no writer was told was durable. (Where whole
+//! records follow it, the damage is not a torn tail: that is said, and the
+//! segment is kept as `<segment>.journal.damaged`.)
 //!
 //! A segment's blocks are allocated when it is created (zeros, the file's size
 //! set): a sync then writes inside the file's size and allocation, so its
@@ -269,6 +271,14 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:020}.journal"))
 }
 
+/// Where a segment found damaged in its middle is kept (`segments` passes
+/// over it).
+fn damaged_path(segment: &Path) -> PathBuf {
+    let mut p = segment.as_os_str().to_owned();
+    p.push(".damaged");
+    PathBuf::from(p)
+}
+
 /// The journal's segments on disk, oldest first.
 fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     let mut out = Vec::new();
@@ -326,6 +336,7 @@ impl Journal {
         std::fs::create_dir_all(dir)?;
         let found = segments(dir)?;
         let mut replayed = 0usize;
+        let mut damaged = Vec::new();
         for n in &found {
             let path = segment_path(dir, *n);
             let bytes = std::fs::read(&path)?;
@@ -343,23 +354,36 @@ impl Journal {
                         "a segment of the store's journal ends in a record cut short (a crash \
                          while it was written; no writer was told it was durable): replayed up to it"
                     ),
-                    lost => tracing::error!(
-                        segment = %path.display(),
-                        replayed = records.len(),
-                        lost,
-                        "a segment of the store's journal is damaged in its middle (a failing disk?): \
-                         the records after the damage cannot be replayed, and writes acknowledged \
-                         before the crash may be lost; restore the data directory from a backup if \
-                         they matter"
-                    ),
+                    lost => {
+                        let kept = damaged_path(&path);
+                        tracing::error!(
+                            segment = %path.display(),
+                            kept = %kept.display(),
+                            replayed = records.len(),
+                            lost,
+                            "a segment of the store's journal is damaged in its middle (a failing disk?): \
+                             the records after the damage cannot be replayed, and writes acknowledged \
+                             before the crash may be lost; the segment is kept as it was found, and \
+                             the data directory can be restored from a backup if they matter"
+                        );
+                        damaged.push((path.clone(), kept));
+                    }
                 }
             }
         }
         if !found.is_empty() {
             db.flush().map_err(std::io::Error::other)?;
             tracing::info!(records = replayed, "replayed the store's journal");
+            // A damaged segment stays, out of the replay's way, for whoever
+            // looks into what was lost.
+            for (path, kept) in &damaged {
+                std::fs::rename(path, kept)?;
+            }
             for n in &found {
-                std::fs::remove_file(segment_path(dir, *n))?;
+                let path = segment_path(dir, *n);
+                if !damaged.iter().any(|(d, _)| *d == path) {
+                    std::fs::remove_file(path)?;
+                }
             }
         }
         let segment = found.last().map_or(0, |n| n + 1);
@@ -722,5 +746,44 @@ mod tests {
         assert_eq!(records_past_a_break(&bad), 1);
         assert_eq!(records_past_a_break(&cut), 0);
         assert_eq!(records_past_a_break(&whole[..whole.len() - 1]), 0);
+    }
+
+    /// A segment damaged in its middle is replayed up to the damage and kept
+    /// as it was found (beside the journal, not replayed again); one cut
+    /// short by a crash is replayed and removed.
+    #[test]
+    fn a_segment_damaged_in_its_middle_is_kept_for_a_look() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let j = Journal::open(dir.path(), &db, |_| Ok(())).unwrap();
+        for i in 0..3u8 {
+            j.hold().record(&payload(|c| c.insert(1, &[i], b"v")));
+        }
+        j.sync().unwrap();
+        drop(j);
+        let path = segment_path(dir.path(), 0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = end_of_records(&bytes) / 3 + 9;
+        bytes[second] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut replayed = 0;
+        let j = Journal::open(dir.path(), &db, |_| {
+            replayed += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(replayed, 1, "the records before the damage");
+        assert_eq!(std::fs::read(damaged_path(&path)).unwrap(), bytes);
+        assert!(!path.exists());
+        // Not replayed again at the next open.
+        drop(j);
+        let mut again = 0;
+        Journal::open(dir.path(), &db, |_| {
+            again += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(again, 0);
+        assert!(damaged_path(&path).exists());
     }
 }
