@@ -380,12 +380,8 @@ mod tests {
         }
     }
 
-    fn ids(page: &[Invocation]) -> Vec<&str> {
-        page.iter().map(|i| i.id.as_str()).collect()
-    }
-
-    #[tokio::test]
-    async fn pages_are_newest_first_by_function_and_status() {
+    /// A store on a database of its own (kept while the directory is).
+    fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let db = pool_manager::store::open_waiting(
             &sled::Config::new().path(dir.path()),
@@ -393,6 +389,16 @@ mod tests {
         )
         .unwrap();
         let store = Store::open(&db).unwrap();
+        (dir, store)
+    }
+
+    fn ids(page: &[Invocation]) -> Vec<&str> {
+        page.iter().map(|i| i.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn pages_are_newest_first_by_function_and_status() {
+        let (_dir, store) = store();
         for (id, f) in [("01", "a"), ("02", "b"), ("03", "a"), ("04", "a")] {
             store
                 .insert(&invocation(id, f, Status::Queued, None), b"x")
@@ -434,13 +440,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_rare_filter_is_read_in_bounded_pages_that_miss_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = pool_manager::store::open_waiting(
-            &sled::Config::new().path(dir.path()),
-            std::time::Duration::from_secs(10),
-        )
-        .unwrap();
-        let store = Store::open(&db).unwrap();
+        let (_dir, store) = store();
         for i in 1..=12 {
             let status = match i {
                 3 | 9 => Status::Succeeded,
@@ -493,13 +493,7 @@ mod tests {
 
     #[tokio::test]
     async fn pruning_keeps_dead_letters_and_recent_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = pool_manager::store::open_waiting(
-            &sled::Config::new().path(dir.path()),
-            std::time::Duration::from_secs(10),
-        )
-        .unwrap();
-        let store = Store::open(&db).unwrap();
+        let (_dir, store) = store();
         store
             .insert(&invocation("01", "a", Status::Succeeded, Some(5)), b"")
             .await
@@ -520,13 +514,7 @@ mod tests {
 
     #[tokio::test]
     async fn purging_dead_letters_keeps_other_namespaces_and_functions() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = pool_manager::store::open_waiting(
-            &sled::Config::new().path(dir.path()),
-            std::time::Duration::from_secs(10),
-        )
-        .unwrap();
-        let store = Store::open(&db).unwrap();
+        let (_dir, store) = store();
         for (id, ns, f) in [
             ("01", "default", "a"),
             ("02", "ns1", "a"),
