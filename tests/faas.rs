@@ -1104,34 +1104,6 @@ fn an_exception_stays_in_the_log_and_out_of_the_answer() {
     }
 }
 
-/// A Flask application named as the entrypoint is said to be one: as in
-/// Fission, the entrypoint is a function called for each request.
-#[test]
-fn a_flask_application_as_the_entrypoint_is_said_to_be_one() {
-    let s = Server::start();
-    s.env("python", "python", 1);
-    let code = "from flask import Flask\napp = Flask(__name__)\n@app.route('/')\ndef hi():\n    return 'hi'\n";
-    s.function(
-        "wsgi",
-        "python",
-        "app.py",
-        code,
-        json!({"entrypoint": "app"}),
-    );
-    let (rc, out, err) = s.cli(&["fn", "test", "wsgi"]);
-    assert_ne!(rc, 0, "{out}");
-    assert!(
-        err.contains(
-            "entrypoint 'app' is a Flask application; as in Fission, the entrypoint is a function"
-        ),
-        "{err}"
-    );
-    let (rc, out, err) = s.cli(&["fn", "update", "--name", "wsgi", "--entrypoint", "hi"]);
-    assert_eq!(rc, 0, "{out}{err}");
-    let (rc, out, err) = s.cli(&["fn", "test", "wsgi"]);
-    assert_eq!((rc, out.as_str()), (0, "hi"), "{err}");
-}
-
 /// A function's log says when its instance ends and why: exited with a
 /// status, or stopped by Fusion when a request passed the function's timeout.
 #[test]

@@ -146,6 +146,13 @@ fn a_package_that_vendors_flask_is_served_by_its_flask_and_one_without_by_the_ma
     function(&s, "page", &with_flask, "main.main");
     function(&s, "site", &with_flask, "main.app");
     function(&s, "page-bare", &without, "main.main");
+    // An app that imports only what the shim has: the shim cannot serve an
+    // app, so the machine's Flask does.
+    let app_only = s.upload(
+        "app.py",
+        b"from flask import Flask\napp = Flask(__name__)\n@app.route('/hi')\ndef hi():\n    return 'hi from the app'\n",
+    );
+    function(&s, "app-only", &app_only, "app");
     let unloadable = s.upload(
         "bad.py",
         b"from flask import no_such_thing\ndef main():\n    return 'never'\n",
@@ -174,6 +181,10 @@ fn a_package_that_vendors_flask_is_served_by_its_flask_and_one_without_by_the_ma
     let r = s.get("/fission-function/page-bare?who=ada");
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().unwrap(), "<p>ada</p>");
+
+    let r = s.get("/fission-function/app-only/hi");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "hi from the app");
 
     // Code no Flask can load: the owner's call (`fn test`, through the API)
     // says why; a caller of the router is told where to read it, not what

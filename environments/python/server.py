@@ -421,9 +421,16 @@ def _specialize(v2, body):
     return 200, "specialized\n"
 
 
+class NeedsFlask(ImportError):
+    """What the shim cannot do though the code imported only what it has (an
+    app named as the entrypoint): served by Flask itself, as a missing name."""
+
+
 def _shim_lacks(e):
     """Whether `e` is the import of a name or a module (`flask.views`) the
-    shim does not have."""
+    shim does not have, or another `NeedsFlask`."""
+    if isinstance(e, NeedsFlask):
+        return True
     if not isinstance(e, ImportError) or _shim is None \
             or not getattr(_shim, "__version__", "").endswith("fusion.shim"):
         return False
@@ -495,10 +502,9 @@ def _load(filepath, name, system_flask=False):
         func = getattr(mod, funcname, None)
         if func is None:
             raise AttributeError("module %r has no attribute %r" % (mod.__name__, funcname))
-        if type(func).__name__ == "Flask":  # the shim's or a real one, not a view
-            raise TypeError("entrypoint %r is a Flask application; as in Fission, the entrypoint"
-                            " is a function, called for each request: name one of the module's"
-                            % funcname)
+        if not real_flask and _shim is not None and isinstance(func, _shim.Flask):
+            raise NeedsFlask("entrypoint %r is a Flask application, which only Flask itself"
+                             " serves" % funcname)
         if not callable(func):
             raise TypeError("entrypoint %r is a %s, not callable" % (funcname, type(func).__name__))
         root = os.path.abspath(filepath if os.path.isdir(filepath) else os.path.dirname(filepath))
