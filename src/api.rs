@@ -958,11 +958,11 @@ pub async fn keep_targeted_workflows(
             .is_some_and(|p| p.as_str() == "/v1/workflows/{name}");
     if deleting {
         let name = req.uri().path().rsplit('/').next().unwrap_or_default();
-        let unused = match engine.workflow_exists(name) {
+        let checked = match engine.workflow_exists(name) {
             true => triggers.check_workflow_unused(name),
             false => Ok(()),
         };
-        if let Err(e) = unused {
+        if let Err(e) = checked {
             return e.into_response();
         }
     }

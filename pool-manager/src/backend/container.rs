@@ -795,7 +795,6 @@ fn prepare_bundle(bundle: &Path, spec: &Spec) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
-/// Deletes a container and whatever a half-finished create left of it.
 /// Deletes every container whose id starts with `prefix` (a killed server
 /// leaves stopped ones, and half-created ones that `list` does not show) and
 /// the bundles under `dir`: at a start (`stale`), what an earlier server left,
@@ -848,6 +847,7 @@ pub async fn remove_containers(runtime: &Path, prefix: &str, dir: &Path, stale: 
     }
 }
 
+/// Deletes a container and whatever a half-finished create left of it.
 async fn delete_container(runtime: &Path, id: &str) {
     let _ = tokio::process::Command::new(runtime)
         .args(["delete", "-f", id])
