@@ -327,16 +327,24 @@ fn a_configmap_is_written_back_as_read_and_a_secrets_read_is_not_taken_as_empty(
     assert_eq!(after["keys"], json!(["k", "l"]), "{after}");
 }
 
-/// A `?namespace=` that is not a DNS-1123 label is 400 `invalid` on a read
-/// and a delete, as on a create: never a 404 for a resource it could not name.
+/// A `?namespace=` or a name that is not a DNS-1123 label is 400 `invalid`
+/// on a read and a delete, as on a create: never a 404 for a resource it
+/// could not name (packages alike).
 #[test]
-fn an_invalid_namespace_is_400_on_reads_and_deletes() {
+fn an_invalid_namespace_or_name_is_400_on_reads_and_deletes() {
     let s = Server::start_with(&[("FUSION_BACKEND", "process")]);
     for kind in ["secrets", "configmaps"] {
         s.ok("POST", &format!("/v1/{kind}"), Some(json!({"name": "x"})));
-        for method in ["GET", "DELETE"] {
-            let (status, body) = s.call(method, &format!("/v1/{kind}/x?namespace=Bad_NS"), None);
-            assert_eq!(status, 400, "{method} {kind}: {body}");
+        for (method, path) in [
+            ("GET", format!("/v1/{kind}/x?namespace=Bad_NS")),
+            ("DELETE", format!("/v1/{kind}/x?namespace=Bad_NS")),
+            ("GET", format!("/v1/{kind}/Bad_Name")),
+            ("DELETE", format!("/v1/{kind}/Bad_Name")),
+            ("GET", "/v1/packages/Bad_Name".to_string()),
+            ("DELETE", "/v1/packages/Bad_Name".to_string()),
+        ] {
+            let (status, body) = s.call(method, &path, None);
+            assert_eq!(status, 400, "{method} {path}: {body}");
             assert_eq!(body["error"]["code"], "invalid", "{body}");
             assert!(
                 body["error"]["message"]

@@ -520,6 +520,8 @@ impl PoolManager {
     }
 
     pub fn data_item(&self, kind: DataKind, namespace: &str, name: &str) -> Result<DataView> {
+        // A name none can have is a mistake (400), as for every kind.
+        crate::resources::validate_name(kind.noun(), name)?;
         self.data_store()
             .record(kind, namespace, name)?
             .map(|r| r.view(kind))
@@ -609,6 +611,7 @@ impl PoolManager {
 
     /// Deletes a secret or configmap no function lists.
     pub async fn delete_data(&self, kind: DataKind, namespace: &str, name: &str) -> Result<()> {
+        crate::resources::validate_name(kind.noun(), name)?;
         let store = self.data_store();
         let _refs = store.refs.lock().await;
         if store.record(kind, namespace, name)?.is_none() {

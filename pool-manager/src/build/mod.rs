@@ -203,6 +203,8 @@ impl PoolManager {
     }
 
     pub fn package(&self, namespace: &str, name: &str) -> Result<Package> {
+        // A name no package can have is a mistake (400), as for every kind.
+        crate::resources::validate_name("package", name)?;
         self.inner
             .builds
             .get(&key(namespace, name))?
