@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::driver::{canonical_header, Engine, EngineError};
-use crate::state::{RunState, RunStatus};
+use crate::state::{Event, RunState, RunStatus};
 use crate::store::{RunFilter, RunSummary, WorkflowVersion};
 use crate::validate::{precheck, ValidationError};
 
@@ -688,7 +688,7 @@ fn answered_input(input: &Value) -> (Value, Option<&Value>) {
 
 /// A task's inputs as answered, and those that are the run's large input
 /// body (`body`), left out and named with where the answer holds it.
-fn answered_inputs(inputs: Option<&Value>, body: Option<&Value>) -> (Value, Value) {
+fn answered_inputs(inputs: Option<&Value>, body: Option<&Value>, at: &str) -> (Value, Value) {
     let (Some(Value::Object(named)), Some(body)) = (inputs, body) else {
         return (inputs.cloned().unwrap_or(Value::Null), Value::Null);
     };
@@ -696,7 +696,7 @@ fn answered_inputs(inputs: Option<&Value>, body: Option<&Value>) -> (Value, Valu
     let mut from = serde_json::Map::new();
     for (k, v) in named {
         if v == body {
-            from.insert(k.clone(), json!(INPUT_BODY_POINTER));
+            from.insert(k.clone(), json!(at));
         } else {
             shown.insert(k.clone(), v.clone());
         }
@@ -717,7 +717,8 @@ pub fn run_json(s: &RunState) -> Value {
         .tasks
         .values()
         .map(|t| {
-            let (inputs, inputs_from) = answered_inputs(t.inputs.as_ref(), body);
+            let (inputs, inputs_from) =
+                answered_inputs(t.inputs.as_ref(), body, INPUT_BODY_POINTER);
             let machine = s.spec.state_machine.as_deref();
             let shown = machine.and_then(|m| crate::sfn::run::step_shown(m, &t.id));
             let fan_out = machine.and_then(|m| crate::sfn::run::fan_out_shown(s, m, t));
@@ -884,7 +885,41 @@ async fn run_events(
 ) -> ApiResult<Json<Value>> {
     let events = engine.run_events(&id)?;
     settled(&engine).await;
-    Ok(Json(json!({ "id": id, "events": events })))
+    Ok(Json(events_json(&id, &events)))
+}
+
+/// Where a run's events answer its large input body: in its start.
+const EVENTS_BODY_POINTER: &str = "/events/0/input/default";
+
+/// A run's events as answered. A large input body is in them once, as in
+/// `run_json`: in the run's start, and a dispatch whose inputs take it
+/// refers to it there (`inputs_from`) rather than repeat it.
+pub fn events_json(id: &str, events: &[Event]) -> Value {
+    let mut body = None;
+    let shown: Vec<Value> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+            match e {
+                Event::RunStarted { input, .. } if i == 0 => {
+                    let (answered, b) = answered_input(input);
+                    body = b;
+                    v["input"] = answered;
+                }
+                Event::TaskDispatched { inputs, .. } if body.is_some() => {
+                    let (answered, from) = answered_inputs(Some(inputs), body, EVENTS_BODY_POINTER);
+                    v["inputs"] = answered;
+                    if !from.is_null() {
+                        v["inputs_from"] = from;
+                    }
+                }
+                _ => {}
+            }
+            v
+        })
+        .collect();
+    json!({ "id": id, "events": shown })
 }
 
 /// Where a `callback` task's token is completed. A capability URL: the token is

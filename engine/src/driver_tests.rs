@@ -2807,6 +2807,28 @@ async fn a_large_input_is_answered_once() {
     assert_eq!(tasks["A"]["inputs"], json!({}));
     assert_eq!(tasks["B"]["inputs_from"], json!({"body": "/input/default"}));
     assert_eq!(tasks["B"]["inputs"], json!({"headers": {"X-Kind": "big"}}));
+    // So are its events: the start holds it, each dispatch refers to it.
+    let events = crate::api::events_json(&s.id, &e.run_events(&s.id).unwrap());
+    let answered = events.to_string().len();
+    assert!(
+        answered < size + size / 10,
+        "{answered} bytes of events for an input of {size}"
+    );
+    assert_eq!(events.pointer("/events/0/input/default"), Some(&body));
+    let dispatched: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|ev| ev["type"] == "TaskDispatched" && ev["task"] == "B")
+        .collect();
+    assert_eq!(
+        dispatched[0]["inputs_from"],
+        json!({"body": "/events/0/input/default"})
+    );
+    assert_eq!(
+        dispatched[0]["inputs"],
+        json!({"headers": {"X-Kind": "big"}})
+    );
     // A loop over it refers to it too (its items are their own values).
     let yaml = "output: E\ntasks:\n  E:\n    run: foreach\n    inputs:\n      foreach: \"{ param() }\"\n      do: {run: noop}\n";
     let s = run(&e, "loop", yaml, json!({"default": body})).await;
