@@ -56,8 +56,26 @@ pub(crate) fn as_fission_reads_it(pattern: &str) -> String {
     out
 }
 
-/// The paths `spec` includes (sorted, without those `exclude` matches).
+/// The paths `spec` includes (sorted, without those `exclude` matches), and
+/// what is in the directories among them, checked as `build` packs it.
 pub fn matches(spec: &ArchiveSpec, root: &Path) -> Result<Vec<PathBuf>> {
+    let selected = select(spec, root)?;
+    items(spec, &selected)?;
+    Ok(selected.paths)
+}
+
+/// What an archive's globs select.
+struct Selected {
+    /// The top-level matches, sorted.
+    paths: Vec<PathBuf>,
+    /// What the `exclude` globs match: left out wherever it is, in a matched
+    /// directory too.
+    excluded: Vec<PathBuf>,
+    /// The project root, links resolved: nothing outside it is packed.
+    root: PathBuf,
+}
+
+fn select(spec: &ArchiveSpec, root: &Path) -> Result<Selected> {
     let root = match &spec.rootdir {
         Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| PathBuf::from(dir)),
         None => root.to_path_buf(),
@@ -128,14 +146,101 @@ pub fn matches(spec: &ArchiveSpec, root: &Path) -> Result<Vec<PathBuf>> {
             spec.include
         );
     }
-    Ok(paths)
+    Ok(Selected {
+        paths,
+        excluded,
+        root: canonical_root,
+    })
+}
+
+/// One entry of a zipped archive: its name there, and for a file where its
+/// bytes are read (a link's target) and its mode.
+enum Item {
+    Dir(String),
+    File(String, PathBuf, u32),
+}
+
+/// Every entry of the zip `build` makes of `selected`: each match at the top
+/// under its own name, a directory with what it holds but what `exclude`
+/// matches. A link is packed as what it points at (as `fn create --deploy`
+/// packs it), when that is inside the project root: one out of it is an
+/// error, as at the top.
+fn items(spec: &ArchiveSpec, selected: &Selected) -> Result<Vec<Item>> {
+    let mut out = Vec::new();
+    for path in &selected.paths {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| anyhow!("{}: {} has no file name", spec.at, path.display()))?;
+        walk(spec, selected, path, name, &mut Vec::new(), &mut out)?;
+    }
+    Ok(out)
+}
+
+fn walk(
+    spec: &ArchiveSpec,
+    selected: &Selected,
+    path: &Path,
+    name: String,
+    within: &mut Vec<PathBuf>,
+    out: &mut Vec<Item>,
+) -> Result<()> {
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("{}: cannot read {}", spec.at, path.display()))?;
+    if !real.starts_with(&selected.root) {
+        bail!(
+            "{}: archive {:?}: {} is a link out of the project root",
+            spec.at,
+            spec.name,
+            path.display()
+        );
+    }
+    let meta =
+        std::fs::metadata(&real).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.is_dir() {
+        // A link to a directory that holds it would never end.
+        if within.contains(&real) {
+            bail!(
+                "{}: archive {:?}: {} links back to a directory that holds it",
+                spec.at,
+                spec.name,
+                path.display()
+            );
+        }
+        out.push(Item::Dir(format!("{name}/")));
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|e| !selected.excluded.contains(e))
+            .collect();
+        entries.sort();
+        within.push(real);
+        for entry in entries {
+            let inner = entry.file_name().unwrap_or_default().to_string_lossy();
+            walk(
+                spec,
+                selected,
+                &entry,
+                format!("{name}/{inner}"),
+                within,
+                out,
+            )?;
+        }
+        within.pop();
+    } else if meta.is_file() {
+        use std::os::unix::fs::PermissionsExt;
+        out.push(Item::File(name, real, meta.permissions().mode() & 0o777));
+    }
+    // Sockets, pipes and devices are left out: a package holds files only.
+    Ok(())
 }
 
 /// Builds the archive: one matched regular file as it is, else a zip with each
 /// match at its top level under its own name (folders with what they hold).
 pub fn build(spec: &ArchiveSpec, root: &Path) -> Result<Built> {
-    let paths = matches(spec, root)?;
-    if let [one] = paths.as_slice() {
+    let selected = select(spec, root)?;
+    let items = items(spec, &selected)?;
+    if let [one] = selected.paths.as_slice() {
         if one.is_file() {
             let filename = one
                 .file_name()
@@ -152,51 +257,23 @@ pub fn build(spec: &ArchiveSpec, root: &Path) -> Result<Built> {
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated)
         .last_modified_time(zip::DateTime::default());
-    for path in &paths {
-        let base = path.parent().unwrap_or(Path::new("/"));
-        add(&mut zip, base, path, options)?;
+    for item in items {
+        match item {
+            Item::Dir(name) => zip.add_directory(name, options)?,
+            Item::File(name, from, mode) => {
+                zip.start_file(name, options.unix_permissions(mode))?;
+                zip.write_all(
+                    &std::fs::read(&from)
+                        .with_context(|| format!("cannot read {}", from.display()))?,
+                )?;
+            }
+        }
     }
     let bytes = zip.finish()?.into_inner();
     Ok(Built {
         filename: format!("{}.zip", spec.name),
         bytes,
     })
-}
-
-fn add(
-    zip: &mut zip::ZipWriter<std::io::Cursor<Vec<u8>>>,
-    base: &Path,
-    path: &Path,
-    options: zip::write::SimpleFileOptions,
-) -> Result<()> {
-    let name = path
-        .strip_prefix(base)
-        .map_err(|_| anyhow!("{} is outside {}", path.display(), base.display()))?
-        .to_string_lossy()
-        .replace('\\', "/");
-    let meta = std::fs::symlink_metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.is_dir() {
-        zip.add_directory(format!("{name}/"), options)?;
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for entry in entries {
-            add(zip, base, &entry, options)?;
-        }
-    } else if meta.is_file() {
-        use std::os::unix::fs::PermissionsExt;
-        zip.start_file(
-            name,
-            options.unix_permissions(meta.permissions().mode() & 0o777),
-        )?;
-        zip.write_all(
-            &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
-        )?;
-    }
-    // Links and special files are left out: a package holds files only.
-    Ok(())
 }
 
 #[cfg(test)]
@@ -211,6 +288,66 @@ mod tests {
             exclude: Vec::new(),
             at: crate::spec::load::Location::field("archive"),
         }
+    }
+
+    /// The names in the zip `build` makes.
+    fn zipped(spec: &ArchiveSpec, root: &Path) -> Vec<String> {
+        let built = build(spec, root).unwrap();
+        let zip = zip::ZipArchive::new(std::io::Cursor::new(built.bytes)).unwrap();
+        let mut names: Vec<String> = zip.file_names().map(str::to_string).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn exclude_reaches_into_an_included_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("app");
+        std::fs::create_dir_all(app.join("sub")).unwrap();
+        for f in ["main.py", ".env", "sub/x.py", "cache.pyc"] {
+            std::fs::write(app.join(f), f).unwrap();
+        }
+        let mut s = spec(&["app"]);
+        s.exclude = vec!["app/.env".into(), "app/*.pyc".into(), "app/sub".into()];
+        assert_eq!(zipped(&s, dir.path()), ["app/", "app/main.py"]);
+    }
+
+    #[test]
+    fn a_link_inside_the_root_is_packed_as_what_it_points_at_and_one_out_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("shared")).unwrap();
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        std::fs::write(root.join("shared/common.py"), "GREETING = 1\n").unwrap();
+        std::fs::write(root.join("main.py"), "import common\n").unwrap();
+        std::os::unix::fs::symlink("shared/common.py", root.join("common.py")).unwrap();
+        std::os::unix::fs::symlink("../shared", root.join("app/lib")).unwrap();
+        let s = spec(&["main.py", "common.py", "app"]);
+        assert_eq!(
+            zipped(&s, root),
+            [
+                "app/",
+                "app/lib/",
+                "app/lib/common.py",
+                "common.py",
+                "main.py"
+            ]
+        );
+        let built = build(&s, root).unwrap();
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(built.bytes)).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut zip.by_name("common.py").unwrap(), &mut text).unwrap();
+        assert_eq!(text, "GREETING = 1\n");
+        // Out of the root, inside a directory: refused, as at the top.
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("app/out")).unwrap();
+        let e = matches(&s, root).unwrap_err().to_string();
+        assert!(e.contains("is a link out of the project root"), "{e}");
+        // A link back to a directory that holds it.
+        std::fs::remove_file(root.join("app/out")).unwrap();
+        std::os::unix::fs::symlink("..", root.join("app/up")).unwrap();
+        let e = matches(&spec(&["app"]), root).unwrap_err().to_string();
+        assert!(e.contains("links back to a directory that holds it"), "{e}");
     }
 
     #[test]
