@@ -74,6 +74,90 @@ impl Declared {
         self.db.flush_async().await?;
         Ok(())
     }
+
+    /// Takes a deleted resource out of every project's record: one made
+    /// again under its name (by hand, or by another project) is not the one a
+    /// project applied, so `spec destroy` and `spec apply --delete` leave it,
+    /// and `spec apply` does not take it over (as Fission's `fission-uid`
+    /// annotation goes with the object it is on).
+    async fn forget(&self, collection: &str, namespace: &str, name: &str) -> Result<(), Error> {
+        let mut changed = false;
+        for item in self.deployments.iter() {
+            let (uid, bytes) = item?;
+            let Ok(mut dep) = serde_json::from_slice::<Deployment>(&bytes) else {
+                continue;
+            };
+            let before = dep.resources.len();
+            dep.resources.retain(|r| {
+                !(r.collection == collection && r.namespace == namespace && r.name == name)
+            });
+            if dep.resources.len() != before {
+                let v = serde_json::to_vec(&dep).map_err(|e| Error::Internal(e.to_string()))?;
+                self.deployments.insert(uid, v)?;
+                changed = true;
+            }
+        }
+        if changed {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The collections whose resources a project's record may hold.
+const RECORDED: [&str; 10] = [
+    "environments",
+    "secrets",
+    "configmaps",
+    "packages",
+    "functions",
+    "workflows",
+    "routes",
+    "timers",
+    "mqtriggers",
+    "canaries",
+];
+
+/// In front of the whole API: a resource deleted (`DELETE /v1/{collection}/
+/// {name}` answered 204) leaves every project's record (`Declared::forget`).
+pub async fn forget_deleted(
+    State(d): State<Declared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let deleted = (req.method() == axum::http::Method::DELETE)
+        .then(|| deleted_resource(req.uri()))
+        .flatten();
+    let resp = next.run(req).await;
+    if let Some((collection, namespace, name)) = deleted {
+        if resp.status() == StatusCode::NO_CONTENT {
+            if let Err(e) = d.forget(&collection, &namespace, &name).await {
+                tracing::warn!(error = %e, collection, name, "cannot take a deleted resource out of the projects' records");
+            }
+        }
+    }
+    resp
+}
+
+/// The collection (`/v1/functions`), namespace and name a delete's path names.
+fn deleted_resource(uri: &axum::http::Uri) -> Option<(String, String, String)> {
+    let mut parts = uri.path().strip_prefix("/v1/")?.split('/');
+    let (collection, name) = (parts.next()?, parts.next()?);
+    if parts.next().is_some() || !RECORDED.contains(&collection) || name.is_empty() {
+        return None;
+    }
+    let namespace = uri
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("namespace="))
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or(pool_manager::secrets::DEFAULT_NAMESPACE);
+    Some((
+        format!("/v1/{collection}"),
+        namespace.to_string(),
+        name.to_string(),
+    ))
 }
 
 fn key(kind: &str, ns: &str, name: &str) -> String {

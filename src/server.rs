@@ -637,6 +637,7 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         )
         .merge(
             declared
+                .clone()
                 .router()
                 .layer(axum::middleware::from_fn(api::json_errors)),
         );
@@ -661,6 +662,10 @@ pub async fn run(args: ServerArgs, on_ready: impl FnOnce(&Running)) -> anyhow::R
         .layer(axum::middleware::from_fn_with_state(
             Duration::from_millis(args.body_idle_timeout_ms),
             guard::body_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            declared,
+            crate::declared::forget_deleted,
         ))
         .layer(axum::middleware::from_fn_with_state(
             token.clone(),

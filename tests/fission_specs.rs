@@ -587,6 +587,36 @@ fn a_function_of_fission_workflows_env_in_specs_is_applied_as_a_workflow() {
     assert_eq!(s.call("GET", "/v1/workflows/echowhale", None).0, 404);
 }
 
+/// A project's resource deleted by hand and made again by hand is no longer
+/// the project's: `spec destroy` leaves it, and `spec apply` does not take
+/// it over (as Fission's `fission-uid` annotation goes with the object).
+#[test]
+fn a_resource_made_again_by_hand_is_not_the_projects() {
+    let s = Server::start();
+    let tmp = hello_project(
+        "kind: DeploymentConfig\nname: own\nuid: 0a0a0a0a-2222-3333-4444-555555555555\n---\nkind: Environment\nname: py\nruntime: python\npoolsize: 0\n---\nkind: Function\nname: f\nenv: py\ncode: hello.py\n",
+    );
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(s.call("DELETE", "/v1/functions/f", None).0, 204);
+    s.env("other", "python", 0);
+    s.function(
+        "f",
+        "other",
+        "mine.py",
+        "def main():\n    return 'mine'\n",
+        json!({}),
+    );
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("not applied by this project"), "{err}");
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "destroy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("Function f"), "{out}");
+    assert_eq!(s.get("/fission-function/f").text().unwrap(), "mine");
+    assert_eq!(s.call("GET", "/v1/environments/py", None).0, 404);
+}
+
 /// Fission Workflows' own `examples/workflows-env.yaml` names its environment
 /// `workflows-env`: by its image it is the engine's, left out, and the
 /// functions of it (or of `workflow`, as its deploy script makes them) are
