@@ -160,7 +160,11 @@ pub fn init(specdir: &Path, name: Option<String>, uid: Option<String>) -> Result
     }
     std::fs::create_dir_all(specdir)
         .with_context(|| format!("cannot create {}", specdir.display()))?;
-    std::fs::write(specdir.join("README"), README)?;
+    // A README the folder holds already is the user's: kept.
+    let readme = specdir.join("README");
+    if !readme.exists() {
+        std::fs::write(&readme, README)?;
+    }
     std::fs::write(
         &config,
         format!(
@@ -1237,6 +1241,26 @@ pub async fn list(client: &Client, source: &Source, uid: Option<String>, json: b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn init_keeps_a_readme_the_folder_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let specs = dir.path().join("specs");
+        std::fs::create_dir_all(&specs).unwrap();
+        std::fs::write(specs.join("README"), "my notes\n").unwrap();
+        init(&specs, Some("p".into()), None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(specs.join("README")).unwrap(),
+            "my notes\n"
+        );
+        assert!(specs.join("fission-deployment-config.yaml").exists());
+        let fresh = dir.path().join("fresh");
+        init(&fresh, Some("q".into()), None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(fresh.join("README")).unwrap(),
+            README
+        );
+    }
 
     #[test]
     fn project_names_become_labels() {
