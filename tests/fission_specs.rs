@@ -587,6 +587,22 @@ fn a_function_of_fission_workflows_env_in_specs_is_applied_as_a_workflow() {
     assert_eq!(s.call("GET", "/v1/workflows/echowhale", None).0, 404);
 }
 
+/// `spec apply --wait` fails when a build fails, naming the command that
+/// shows the end of its log.
+#[test]
+fn a_failed_build_under_wait_names_the_package_to_look_at() {
+    let s = Server::start();
+    let tmp = hello_project(
+        "kind: Environment\nname: py\nruntime: python\npoolsize: 0\n---\nkind: ArchiveUploadSpec\nname: src\ninclude: [specs/hello.py]\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata: {name: broken, namespace: default}\nspec:\n  environment: {name: py}\n  source: {type: url, url: archive://src}\n  buildcmd: \"exit 3\"\n",
+    );
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply", "--wait"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("Package broken failed to build (`fusion pkg info --name broken` shows"),
+        "{err}"
+    );
+}
+
 /// A project's resource deleted by hand and made again by hand is no longer
 /// the project's: `spec destroy` leaves it, and `spec apply` does not take
 /// it over (as Fission's `fission-uid` annotation goes with the object).

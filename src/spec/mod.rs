@@ -521,6 +521,7 @@ pub async fn apply(client: &Client, source: &Source, opts: ApplyOpts) -> Result<
 /// when one failed.
 async fn wait_for_builds(client: &Client, packages: &[&Resource]) -> Result<()> {
     let mut failed = Vec::new();
+    let mut failed_names: Vec<String> = Vec::new();
     for r in packages {
         let path = with_namespace(&format!("/v1/packages/{}", r.name), &r.namespace);
         let status = loop {
@@ -539,12 +540,21 @@ async fn wait_for_builds(client: &Client, packages: &[&Resource]) -> Result<()> 
         }
         if status == "failed" {
             failed.push(r.label());
+            failed_names.push(match r.namespace.as_str() {
+                "default" => r.name.clone(),
+                ns => format!("{} -n {ns}", r.name),
+            });
         }
     }
     if !failed.is_empty() {
+        let commands: Vec<String> = failed_names
+            .iter()
+            .map(|n| format!("`fusion pkg info --name {n}`"))
+            .collect();
         bail!(
-            "{} failed to build (`fusion pkg info NAME` shows the end of its log)",
-            failed.join(", ")
+            "{} failed to build ({} shows the end of its log)",
+            failed.join(", "),
+            commands.join(", ")
         );
     }
     Ok(())

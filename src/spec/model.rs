@@ -56,6 +56,15 @@ impl Kind {
         }
     }
 
+    /// The kind's name after its article: `an Environment`, `a Function`.
+    pub fn with_article(self) -> String {
+        let article = match self {
+            Kind::Environment => "an",
+            _ => "a",
+        };
+        format!("{article} {}", self.name())
+    }
+
     pub fn parse(s: &str) -> Option<Kind> {
         Some(match s {
             "Environment" => Kind::Environment,
@@ -376,7 +385,7 @@ impl Specs {
         let Some(name) = str_at(v, "metadata.name").map(str::to_string) else {
             self.error(
                 doc.at("metadata"),
-                format!("a {} without `metadata.name`", kind.name()),
+                format!("{} without `metadata.name`", kind.with_article()),
             );
             return;
         };
@@ -1223,8 +1232,8 @@ impl Specs {
             self.error(
                 doc.at(""),
                 format!(
-                    "a {} without `name` (or use Fission's `metadata.name`)",
-                    kind.name()
+                    "{} without `name` (or use Fission's `metadata.name`)",
+                    kind.with_article()
                 ),
             );
             return;
