@@ -258,7 +258,7 @@ impl Environment {
         match fission_runtime(image) {
             Some(runtime) => Ok(Some(ImageUse::Bundled { runtime })),
             None => Err(Error::Invalid(format!(
-                "environment: image {image:?} is not on this machine and is not one of Fission's environment images (python-env, node-env, binary-env and their builders); give an OCI layout or oci-archive path, or put the image under {}",
+                "environment: image {image:?} is not on this machine, and Fusion runs its bundled runtimes only for Fission's python-env, node-env and binary-env images (and their builders); give an OCI layout or oci-archive path, or put the image under {}",
                 images_dir.join("refs").display()
             ))),
         }
