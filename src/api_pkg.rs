@@ -109,6 +109,10 @@ struct PackageQuery {
     /// The file name of an uploaded single file.
     filename: Option<String>,
     namespace: Option<String>,
+    /// An update that moves the package to another environment moves the
+    /// functions that run it too.
+    #[serde(default)]
+    move_functions: bool,
 }
 
 impl PackageQuery {
@@ -225,7 +229,9 @@ async fn update(
             p.name
         )));
     }
-    Ok(Json(s.pool.update_package(p).await?))
+    Ok(Json(
+        s.pool.update_package_moving(p, q.move_functions).await?,
+    ))
 }
 
 async fn delete(

@@ -587,6 +587,42 @@ fn a_function_of_fission_workflows_env_in_specs_is_applied_as_a_workflow() {
     assert_eq!(s.call("GET", "/v1/workflows/echowhale", None).0, 404);
 }
 
+/// A package and its function moved to another environment in the specs
+/// apply: the package takes its function along (the function's own move is
+/// then no change), where the two refused each other before.
+#[test]
+fn a_package_and_its_function_move_to_another_environment_together() {
+    let s = Server::start();
+    let docs = |env: &str| {
+        format!("kind: Environment\nname: py-old\nruntime: python\npoolsize: 0\n---\nkind: Environment\nname: py-new\nruntime: python\npoolsize: 0\n---\nkind: ArchiveUploadSpec\nname: src\ninclude: [specs/hello.py]\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata: {{name: pkg, namespace: default}}\nspec:\n  environment: {{name: {env}}}\n  deployment: {{type: url, url: archive://src}}\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata: {{name: moving, namespace: default}}\nspec:\n  environment: {{name: {env}}}\n  package: {{functionName: hello.main, packageref: {{name: pkg}}}}\n")
+    };
+    let tmp = hello_project(&docs("py-old"));
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::write(tmp.path().join("specs/all.yaml"), docs("py-new")).unwrap();
+    let (code, out, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(s.ok("GET", "/v1/functions/moving", None)["env"], "py-new");
+    assert_eq!(
+        s.ok("GET", "/v1/packages/pkg", None)["environment"],
+        "py-new"
+    );
+    assert_eq!(s.get("/fission-function/moving").text().unwrap(), "hi");
+    // The CLI moves a function with new code, its package along.
+    let code_file = tmp.path().join("specs/hello.py");
+    let code_arg = code_file.to_str().unwrap();
+    let (code, out, err) = s.cli(&[
+        "fn", "create", "--name", "cli", "--env", "py-old", "--code", code_arg,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = s.cli(&[
+        "fn", "update", "--name", "cli", "--env", "py-new", "--code", code_arg,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(s.ok("GET", "/v1/functions/cli", None)["env"], "py-new");
+    assert_eq!(s.get("/fission-function/cli").text().unwrap(), "hi");
+}
+
 /// `spec apply --wait` fails when a build fails, naming the command that
 /// shows the end of its log.
 #[test]

@@ -582,15 +582,18 @@ async fn new_code(
     }
     let mut deploy = std::mem::take(&mut fields.deploy);
     deploy.extend(fields.code.take());
+    // A function moved to another environment takes its package along (and
+    // with --force, the others that run it).
+    let moving = fields.env.clone();
     let update = super::pkg::PkgFields {
-        env: None,
+        env: moving.clone(),
         src: std::mem::take(&mut fields.src),
         deploy,
         code: None,
         buildcmd: fields.buildcmd.take(),
         checksums: Default::default(),
     };
-    super::pkg::update(c, &ns, pkg, update).await?;
+    super::pkg::update(c, &ns, pkg, update, moving.is_some()).await?;
     eprintln!("package {pkg} updated");
     Ok(())
 }

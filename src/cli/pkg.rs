@@ -388,7 +388,8 @@ pub async fn pkg_cmd(verb: PkgVerb, opts: &ClientOpts) -> Result<()> {
                     users.join(", ")
                 );
             }
-            let v = update(&c, &id.namespace, id.name(), fields).await?;
+            // --force also takes them along to another environment (`--env`).
+            let v = update(&c, &id.namespace, id.name(), fields, force).await?;
             print(opts, &v, PKG_COLUMNS);
         }
         PkgVerb::Info { id } => {
@@ -678,11 +679,14 @@ fn path(name: &str, rest: &str) -> String {
 
 /// Changes package `name` by `fields` (its server builds again when what is
 /// built changed); answers the package as stored.
+/// Updates a package with `fields`; one moved to another environment takes
+/// the functions that run it along when `move_functions`.
 pub(super) async fn update(
     c: &Client,
     namespace: &str,
     name: &str,
     fields: PkgFields,
+    move_functions: bool,
 ) -> Result<Value> {
     let mut body: Value = c
         .send(
@@ -696,6 +700,7 @@ pub(super) async fn update(
     Ok(c.send(
         c.request(Method::PUT, &path(name, ""))
             .query(&[("namespace", namespace)])
+            .query(&[("move_functions", move_functions)])
             .json(&body),
     )
     .await?

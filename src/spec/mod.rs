@@ -934,8 +934,16 @@ pub(crate) async fn upsert(
             }
             // The whole resource is sent (so a field taken out of the spec goes
             // back to its default); the server changes nothing when it is the
-            // same, and what it answers says which.
-            let answer: Value = client.put_json(&path, &body).await?;
+            // same, and what it answers says which. A package moved to another
+            // environment takes its functions along (those of the folder move
+            // with it, and are then unchanged).
+            let put = if r.kind == Kind::Package {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                format!("{path}{sep}move_functions=true")
+            } else {
+                path.clone()
+            };
+            let answer: Value = client.put_json(&put, &body).await?;
             Ok(if same_resource(&existing, &answer) {
                 "unchanged"
             } else {

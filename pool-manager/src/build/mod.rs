@@ -265,7 +265,18 @@ impl PoolManager {
     /// Replaces a package. A change of what is built (source, build command,
     /// environment) builds again; functions of the package get new instances
     /// once its runnable code changes.
-    pub async fn update_package(&self, mut p: Package) -> Result<Package> {
+    pub async fn update_package(&self, p: Package) -> Result<Package> {
+        self.update_package_moving(p, false).await
+    }
+
+    /// `update_package`; a package moved to another environment takes the
+    /// functions that run it along when `move_functions` (else they refuse
+    /// the move: they would run code built for another runtime).
+    pub async fn update_package_moving(
+        &self,
+        mut p: Package,
+        move_functions: bool,
+    ) -> Result<Package> {
         self.check_package_refs(&p)?;
         let builds = &self.inner.builds;
         let one = builds.writes.lock().await;
@@ -274,23 +285,27 @@ impl PoolManager {
             name: p.name.clone(),
         })?;
         let moved = old.environment != p.environment;
+        let mut taken_along = Vec::new();
         if moved {
-            let elsewhere: Vec<String> = self
+            let elsewhere: Vec<Function> = self
                 .inner
                 .store
                 .functions()?
                 .into_iter()
                 .filter(|f| uses(f, &p.namespace, &p.name) && f.env != p.environment)
-                .map(|f| f.name)
                 .collect();
-            if !elsewhere.is_empty() {
+            if !elsewhere.is_empty() && !move_functions {
+                let names: Vec<&str> = elsewhere.iter().map(|f| f.name.as_str()).collect();
                 return Err(Error::Conflict(format!(
-                    "package {:?}: functions {} use it in environment {:?}; move them first",
+                    "package {:?}: functions {} use it in environment {:?}; move them with it (`fusion pkg update --name {} --env {} --force`)",
                     p.name,
-                    elsewhere.join(", "),
-                    old.environment
+                    names.join(", "),
+                    old.environment,
+                    p.name,
+                    p.environment
                 )));
             }
+            taken_along = elsewhere;
         }
         let same_build = old.source == p.source && old.buildcmd == p.buildcmd && !moved;
         if same_build {
@@ -316,6 +331,11 @@ impl PoolManager {
         drop(one);
         if !same_build && p.source.is_some() {
             self.inner.request_build(p.key(), false);
+        }
+        // Its functions follow it, now that it is in their new environment.
+        for mut f in taken_along {
+            f.env = p.environment.clone();
+            self.update_function(f).await?;
         }
         // New code, or none where there was some (a package moved to another
         // environment: its warm instances ran the other runtime's build).

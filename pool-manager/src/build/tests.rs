@@ -314,6 +314,34 @@ async fn an_archive_given_a_source_that_fails_to_build_keeps_running() {
     assert_eq!(err.code(), "unavailable", "{err}");
 }
 
+/// A package moved to another environment with `move_functions` takes the
+/// functions that run it along; without, they refuse the move.
+#[tokio::test]
+async fn a_package_moves_with_its_functions_when_asked() {
+    let s = setup().await;
+    s.backend.gate.add_permits(10);
+    s.pm.create_package(source_package(&s, "deps", "x"))
+        .await
+        .unwrap();
+    s.pm.create_function(function("f", "deps", 5))
+        .await
+        .unwrap();
+    let mut env = s.pm.environment("python").unwrap();
+    env.name = "python-new".into();
+    s.pm.create_environment(env).await.unwrap();
+    let mut moved = s.pm.package("default", "deps").unwrap();
+    moved.environment = "python-new".into();
+    let err = s.pm.update_package(moved.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("--force"), "{err}");
+    assert_eq!(s.pm.function("f").unwrap().env, "python");
+    s.pm.update_package_moving(moved, true).await.unwrap();
+    assert_eq!(s.pm.function("f").unwrap().env, "python-new");
+    assert_eq!(
+        s.pm.package("default", "deps").unwrap().environment,
+        "python-new"
+    );
+}
+
 #[tokio::test]
 async fn references_between_functions_and_packages_are_checked() {
     let s = setup().await;
