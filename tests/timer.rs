@@ -250,6 +250,15 @@ fn a_trigger_made_before_its_function_fails_its_ticks_until_the_function_exists(
     eventually(Duration::from_secs(60), "a call once it exists", || {
         !keys(&probe, "later").is_empty()
     });
+    // Changed to call another that does not exist: warned of as at creation.
+    let (code, out, err) = s.cli(&["timer", "update", "--name", "early", "--function", "gone"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(
+            "warning: time trigger \"early\" calls function \"gone\", which does not exist (yet)"
+        ),
+        "{err}"
+    );
     s.ok("DELETE", "/v1/timers/early", None);
 }
 

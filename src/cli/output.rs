@@ -212,6 +212,21 @@ impl Collection {
         print(opts, &v, self.columns);
         Ok(())
     }
+    /// As `replace`, for a trigger: one changed to call a function or
+    /// workflow that does not exist (yet) is warned of, as at its creation.
+    pub(super) async fn replace_trigger(
+        &self,
+        c: &Client,
+        opts: &ClientOpts,
+        name: &str,
+        body: &Value,
+        noun: &str,
+    ) -> Result<()> {
+        let v: Value = c.put_json(&self.item(opts, name), body).await?;
+        warn_missing_targets(c, &v, noun).await;
+        print(opts, &v, self.columns);
+        Ok(())
+    }
     pub(super) async fn delete(&self, c: &Client, opts: &ClientOpts, name: &str) -> Result<()> {
         c.delete(&self.item(opts, name)).await?;
         deleted(opts, self.noun, Some(opts.ns()), name);

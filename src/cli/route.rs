@@ -335,7 +335,9 @@ pub(super) async fn route_cmd(verb: RouteVerb, opts: &ClientOpts) -> Result<()> 
             let name = name.get();
             let mut body = ROUTES.current(&c, opts, &name).await?;
             merge_route(&mut body, fields)?;
-            ROUTES.replace(&c, opts, &name, &body).await
+            ROUTES
+                .replace_trigger(&c, opts, &name, &body, "route")
+                .await
         }
         RouteVerb::Delete {
             positional,

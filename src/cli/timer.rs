@@ -220,7 +220,9 @@ pub(super) async fn timer_cmd(verb: TimerVerb, opts: &ClientOpts) -> Result<()> 
             let mut body = TIMERS.current(&c, opts, &name).await?;
             body.as_object_mut().map(|o| o.remove("status"));
             merge(&mut body, fields);
-            TIMERS.replace(&c, opts, &name, &body).await
+            TIMERS
+                .replace_trigger(&c, opts, &name, &body, "time trigger")
+                .await
         }
         TimerVerb::Delete { name, missing } => {
             missing.apply(opts, TIMERS.delete(&c, opts, &name.get()).await)
