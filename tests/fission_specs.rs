@@ -1678,6 +1678,23 @@ fn a_canary_http_trigger_applies_with_its_function_weights() {
     // folder changes nothing: the canary does not start over, and the route
     // keeps the weights the canary gave it.
     let config = "---\napiVersion: fission.io/v1\nkind: CanaryConfig\nmetadata:\n  name: canary\nspec:\n  trigger: release\n  newfunction: v2\n  oldfunction: v1\n  weightincrement: 5\n  duration: 1s\n  failurethreshold: 20\n  failureType: status-code\n";
+    // Its route must share its requests between the two: validate says so
+    // before apply would stop half-way.
+    let plain = "---\napiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: release\nspec:\n  relativeurl: /release\n  methods: [GET]\n  functionref:\n    type: name\n    name: v1\n";
+    std::fs::write(
+        tmp.path().join("specs/all.yaml"),
+        format!(
+            "{base}{}{plain}{config}",
+            route("      v1: 90\n      v2: 10\n")
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = s.cli_in(tmp.path(), &["spec", "validate"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("CanaryConfig canary: HTTPTrigger release does not share its requests between \"v1\" and \"v2\""),
+        "{err}"
+    );
     std::fs::write(
         tmp.path().join("specs/all.yaml"),
         format!(

@@ -1554,6 +1554,38 @@ impl Specs {
                 problems.push((must, r.at.clone(), message));
             }
         }
+        // A canary of a route of the folder: the route must share its
+        // requests between the two functions, or the server refuses the
+        // canary half-way through an apply.
+        for c in self
+            .resources
+            .iter()
+            .filter(|r| r.kind == Kind::CanaryConfig)
+        {
+            let field = |f: &str| c.body[f].as_str().unwrap_or_default().to_string();
+            let (trigger, old, new) = (
+                field("trigger"),
+                field("old_function"),
+                field("new_function"),
+            );
+            let route = self.resources.iter().find(|r| {
+                r.kind == Kind::HttpTrigger && r.namespace == c.namespace && r.name == trigger
+            });
+            let Some(route) = route else { continue };
+            let weights = &route.body["function_weights"];
+            if weights.get(&old).is_none() || weights.get(&new).is_none() {
+                problems.push((
+                    true,
+                    c.at.clone(),
+                    format!(
+                        "{}: {} does not share its requests between {old:?} and {new:?}: give it \
+                         `functionref: {{type: function-weights, functionweights: {{{old}: 100, {new}: 0}}}}`",
+                        c.label(),
+                        route.label()
+                    ),
+                ));
+            }
+        }
         // As Fission: a package no function of the folder runs is a warning.
         for p in self.resources.iter().filter(|r| r.kind == Kind::Package) {
             let used = self.resources.iter().any(|f| {
