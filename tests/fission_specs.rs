@@ -127,7 +127,8 @@ fn every_mistake_is_reported_with_its_place_and_nothing_is_applied() {
         "{err}"
     );
     assert!(
-        err.contains("a.yaml:12:1: Function hello references Package default/missing"),
+        // At the reference itself, `packageref.name`.
+        err.contains("a.yaml:20:5: Function hello references Package default/missing"),
         "{err}"
     );
     assert!(err.contains("b.yaml:2:1: unknown kind \"Gadget\""), "{err}");
@@ -443,7 +444,7 @@ fn triggers_are_stored_and_state_machine_workflows_applied_to_the_engine() {
     assert_ne!(code, 0);
     assert!(
         err.contains(
-            "all.yaml:1:1: MessageQueueTrigger shop/orders references Function shop/handle"
+            "all.yaml:9:5: MessageQueueTrigger shop/orders references Function shop/handle"
         ),
         "{err}"
     );

@@ -627,6 +627,7 @@ async fn fission_workflows(
         workflow_source: Some(source),
         workflow_archive: None,
         refs: Vec::new(),
+        refs_at: Vec::new(),
         at: r.at.clone(),
         fission: true,
     };

@@ -127,6 +127,8 @@ pub struct Resource {
     pub workflow_archive: Option<ArchiveSource>,
     /// Resources this one needs: (kind, namespace, name, field path).
     pub refs: Vec<(Kind, String, String, String)>,
+    /// Where each of `refs` is written (set when the resource is read whole).
+    pub refs_at: Vec<Location>,
     pub at: Location,
     /// Read from a `fission.io/v1` document (rather than Fusion's short form).
     pub fission: bool,
@@ -418,6 +420,7 @@ impl Specs {
             workflow_source: None,
             workflow_archive: None,
             refs: Vec::new(),
+            refs_at: Vec::new(),
             at: doc.at(""),
             fission: true,
         };
@@ -513,7 +516,12 @@ impl Specs {
         true
     }
 
-    fn push(&mut self, r: Resource, doc: &Document) {
+    fn push(&mut self, mut r: Resource, doc: &Document) {
+        r.refs_at = r
+            .refs
+            .iter()
+            .map(|(_, _, _, field)| doc.at(field))
+            .collect();
         // Checked offline as the server will check it (a route's URL and
         // methods, a function's timeout and scales, ...), so that `validate`
         // catches what `apply` would refuse half-way.
@@ -1273,6 +1281,7 @@ impl Specs {
             workflow_source: None,
             workflow_archive: None,
             refs: Vec::new(),
+            refs_at: Vec::new(),
             at: doc.at(""),
             fission: false,
         };
@@ -1481,6 +1490,7 @@ impl Specs {
                 workflow_source: None,
                 workflow_archive: Some(archive),
                 refs: Vec::new(),
+                refs_at: Vec::new(),
                 at: f.at.clone(),
                 fission: true,
             });
@@ -1514,7 +1524,7 @@ impl Specs {
                     }
                 }
             }
-            for (kind, ns, name, _) in &r.refs {
+            for (i, (kind, ns, name, _)) in r.refs.iter().enumerate() {
                 if declared.contains(&(*kind, ns.clone(), name.clone())) {
                     continue;
                 }
@@ -1551,7 +1561,8 @@ impl Specs {
                         " (it must exist on the server)"
                     }
                 );
-                problems.push((must, r.at.clone(), message));
+                let at = r.refs_at.get(i).unwrap_or(&r.at).clone();
+                problems.push((must, at, message));
             }
         }
         // A canary of a route of the folder: the route must share its
