@@ -105,8 +105,16 @@ pub enum Outcome {
 type Inputs = BTreeMap<String, Value>;
 
 /// Most iterations of `repeat`: its tasks are all created at once, so a larger
-/// (or mistyped) count would exhaust memory instead of failing the task.
-pub const MAX_REPEAT: usize = 10_000;
+/// (or mistyped) count would exhaust memory instead of failing the task. The
+/// engine's cost grows faster than the count (each iteration's task is found
+/// among the others'); past a few thousand a run could take the server down,
+/// so a count (which may come from the caller) is held well below that.
+pub const MAX_REPEAT: usize = 1_000;
+
+/// Most iterations of `while` (its `limit`): each iteration nests one level
+/// deeper in the run, and the engine's cost per iteration grows with the
+/// depth, so a caller's `limit` is held where a run still costs little.
+pub const MAX_WHILE: usize = 1_000;
 
 fn default_input(inputs: &Inputs) -> Value {
     inputs.get("default").cloned().unwrap_or(Value::Null)
@@ -439,6 +447,11 @@ fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
         Ok(a) => a,
         Err(got) => return Outcome::Invalid(format!("while needs the input `do`, {got}")),
     };
+    if limit.is_nan() || limit > MAX_WHILE as f64 {
+        return Outcome::Invalid(format!(
+            "while: limit is {limit}; a run can loop at most {MAX_WHILE} times"
+        ));
+    }
     let count = as_number(inputs.get("_count")).unwrap_or(0.0);
     if !truthy(cond) {
         return Outcome::Output(inputs.get("_prev").cloned().unwrap_or(Value::Null));
@@ -1083,6 +1096,26 @@ mod tests {
         assert!(matches!(
             run("repeat", &ins(inf.clone()), &ins(inf)),
             Outcome::Invalid(_)
+        ));
+        // A caller's count past what a run costs little for (thousands took
+        // the server down): refused, where the most still runs.
+        let many = json!({"times": MAX_REPEAT + 1, "do": {"run": "noop"}});
+        assert!(
+            matches!(run("repeat", &ins(many.clone()), &ins(many)), Outcome::Invalid(m) if m.contains("at most 1000"))
+        );
+        let most = json!({"times": MAX_REPEAT, "do": {"run": "noop"}});
+        assert!(matches!(
+            run("repeat", &ins(most.clone()), &ins(most)),
+            Outcome::Tasks(_)
+        ));
+        let long = json!({"expr": true, "limit": MAX_WHILE + 1, "do": {"run": "noop"}});
+        assert!(
+            matches!(run("while", &ins(long.clone()), &ins(long)), Outcome::Invalid(m) if m.contains("at most 1000"))
+        );
+        let longest = json!({"expr": true, "limit": MAX_WHILE, "do": {"run": "noop"}});
+        assert!(matches!(
+            run("while", &ins(longest.clone()), &ins(longest)),
+            Outcome::Tasks(_)
         ));
     }
 

@@ -1046,10 +1046,11 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
         }
         "while" => {
             if let Some(v) = literal("limit") {
-                if v.as_u64().is_none() {
+                let max = crate::builtins::MAX_WHILE as u64;
+                if v.as_u64().is_none_or(|n| n > max) {
                     fault(
                         "limit",
-                        format!("`while` needs `limit`, a whole number of iterations, not {v}"),
+                        format!("`while` needs `limit`, a whole number of iterations from 0 to {max}, not {v}"),
                     );
                 }
             }
@@ -1983,9 +1984,10 @@ mod tests {
             ("    run: foreach\n    inputs:\n      foreach: [1, 2]\n", "needs the input `do`", 4),
             ("    run: javascript\n    inputs: {args: 1}\n", "needs the input `expr`", 4),
             ("    run: switch\n", "needs the input `switch`", 4),
-            ("    run: repeat\n    inputs:\n      times: 1000000000\n      do: {run: noop}\n", "from 0 to 10000", 6),
-            ("    run: repeat\n    inputs:\n      times: -3\n      do: {run: noop}\n", "from 0 to 10000", 6),
+            ("    run: repeat\n    inputs:\n      times: 1000000000\n      do: {run: noop}\n", "from 0 to 1000", 6),
+            ("    run: repeat\n    inputs:\n      times: -3\n      do: {run: noop}\n", "from 0 to 1000", 6),
             ("    run: while\n    inputs:\n      expr: true\n      limit: lots\n      do: {run: noop}\n", "a whole number of iterations", 7),
+            ("    run: while\n    inputs:\n      expr: true\n      limit: 100000000\n      do: {run: noop}\n", "from 0 to 1000", 7),
             ("    run: foreach\n    inputs:\n      foreach: 3\n      do: {run: noop}\n", "a list", 6),
             ("    run: sleep\n    inputs: banana\n", "needs a duration", 5),
             ("    run: switch\n    inputs:\n      switch: x\n      cases:\n        - case: x\n          action: 1\n        - cas: y\n          action: 2\n", "a case has the key \"cas\"; a case has `case` and `action` (did you mean \"case\"?)", 10),
