@@ -463,7 +463,7 @@ fn truncated(v: &Value) -> Value {
     }
 }
 
-fn summary_json(s: &RunSummary) -> Value {
+pub(crate) fn summary_json(s: &RunSummary) -> Value {
     json!({
         "id": s.id,
         "workflow": s.workflow,
@@ -472,7 +472,9 @@ fn summary_json(s: &RunSummary) -> Value {
         "created_at": s.created_at,
         "finished_at": s.finished_at,
         "duration_ms": s.finished_at.map(|f| f.saturating_sub(s.created_at)),
-        "input": truncated(&s.input),
+        // Its large body once, as the run itself answers it (not again as
+        // `body` beside `default`, which made `bytes` twice the input's).
+        "input": truncated(&answered_input(&s.input).0),
         "output": s.output.as_ref().map(truncated),
         "error": error_json(s.status, s.error.as_ref()),
         "retry_of": s.retry_of,

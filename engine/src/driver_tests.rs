@@ -2807,6 +2807,10 @@ async fn a_large_input_is_answered_once() {
     assert_eq!(tasks["A"]["inputs"], json!({}));
     assert_eq!(tasks["B"]["inputs_from"], json!({"body": "/input/default"}));
     assert_eq!(tasks["B"]["inputs"], json!({"headers": {"X-Kind": "big"}}));
+    // Listed, its size is its own, not twice it (`body` and `default`).
+    let listed = crate::api::summary_json(&e.run_summary(&s.id).unwrap());
+    let bytes = listed["input"]["bytes"].as_u64().unwrap() as usize;
+    assert!(bytes > size && bytes < size + 1000, "{bytes} for {size}");
     // So are its events: the start holds it, each dispatch refers to it.
     let events = crate::api::events_json(&s.id, &e.run_events(&s.id).unwrap());
     let answered = events.to_string().len();
