@@ -265,17 +265,21 @@ pub fn response_output(resp: &FunctionResponse, documents: bool) -> Value {
     if resp.body.is_empty() {
         return Value::Null;
     }
-    let json = documents
-        || resp
-            .headers
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.contains("json"));
-    if json {
+    if read_as_json(resp, documents) {
         if let Ok(v) = serde_json::from_slice(&resp.body) {
             return v;
         }
     }
     crate::binary::text_or_bytes(&resp.body)
+}
+
+/// Whether a response body is read as JSON (see `response_output`).
+fn read_as_json(resp: &FunctionResponse, documents: bool) -> bool {
+    documents
+        || resp
+            .headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.contains("json"))
 }
 
 /// The inputs a workflow invoked by name from a task sees: those of the task, with
@@ -493,6 +497,25 @@ pub(crate) fn outcome_events(
     documents: bool,
 ) -> Vec<Event> {
     match result {
+        // JSON nested past what its parser reads would be taken as text:
+        // refused as one nested past what a run keeps (`within_depth`).
+        Ok(resp)
+            if (200..300).contains(&resp.status)
+                && read_as_json(&resp, documents)
+                && crate::document::check_json(&resp.body).is_err() =>
+        {
+            vec![Event::TaskFailed {
+                task: task.into(),
+                attempt,
+                error: format!(
+                    "its output nests deeper than {} levels",
+                    crate::document::MAX_DOCUMENT_DEPTH
+                ),
+                status: None,
+                retryable: false,
+                at,
+            }]
+        }
         Ok(resp) if (200..300).contains(&resp.status) => vec![Event::TaskSucceeded {
             task: task.into(),
             attempt,

@@ -832,22 +832,33 @@ async fn values_nested_too_deep_fail_their_task_and_the_history_reads() {
         }
         json_resp(v)
     });
+    // Deeper than its parser reads (128): not taken as text instead.
+    fake.add("deeper", None, |_, _| {
+        let text = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        Ok(FunctionResponse {
+            status: 200,
+            headers: [("content-type".to_string(), "application/json".to_string())].into(),
+            body: Bytes::from(text),
+        })
+    });
     let e = engine_with(&fake, &db).await;
-    let s = run(
-        &e,
-        "d",
-        "output: A\ntasks:\n  A:\n    run: deep\n",
-        json!(null),
-    )
-    .await;
-    assert_eq!(s.status, RunStatus::Failed, "{s:?}");
-    let err = s.error.unwrap();
-    assert!(
-        err.message
-            .contains("its output nests deeper than 64 levels"),
-        "{}",
-        err.message
-    );
+    for f in ["deep", "deeper"] {
+        let s = run(
+            &e,
+            &format!("wf-{f}"),
+            &format!("output: A\ntasks:\n  A:\n    run: {f}\n"),
+            json!(null),
+        )
+        .await;
+        assert_eq!(s.status, RunStatus::Failed, "{f}: {s:?}");
+        let err = s.error.unwrap();
+        assert!(
+            err.message
+                .contains("its output nests deeper than 64 levels"),
+            "{f}: {}",
+            err.message
+        );
+    }
     let made = "output: B\ntasks:\n  B:\n    run: noop\n    inputs: \"{ (function(){ let a = 1; for (let i = 0; i < 100; i++) a = [a]; return a })() }\"\n";
     let s = run(&e, "m", made, json!(null)).await;
     assert_eq!(s.status, RunStatus::Failed, "{s:?}");
@@ -865,7 +876,7 @@ async fn values_nested_too_deep_fail_their_task_and_the_history_reads() {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(page.runs.len(), 2);
+    assert_eq!(page.runs.len(), 3);
     for r in &page.runs {
         e.run_events(&r.id).unwrap();
     }
