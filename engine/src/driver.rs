@@ -504,17 +504,7 @@ pub(crate) fn outcome_events(
                 && read_as_json(&resp, documents)
                 && crate::document::check_json(&resp.body).is_err() =>
         {
-            vec![Event::TaskFailed {
-                task: task.into(),
-                attempt,
-                error: format!(
-                    "its output nests deeper than {} levels",
-                    crate::document::MAX_DOCUMENT_DEPTH
-                ),
-                status: None,
-                retryable: false,
-                at,
-            }]
+            vec![nested_too_deep(task.into(), attempt, at)]
         }
         Ok(resp) if (200..300).contains(&resp.status) => vec![Event::TaskSucceeded {
             task: task.into(),
@@ -2651,18 +2641,23 @@ fn within_depth(e: Event) -> Event {
             output,
             at,
             ..
-        } if crate::document::too_deep(&output) => Event::TaskFailed {
-            task,
-            attempt,
-            error: format!(
-                "its output nests deeper than {} levels",
-                crate::document::MAX_DOCUMENT_DEPTH
-            ),
-            status: None,
-            retryable: false,
-            at,
-        },
+        } if crate::document::too_deep(&output) => nested_too_deep(task, attempt, at),
         e => e,
+    }
+}
+
+/// The failure of a task whose output nests deeper than a run keeps.
+fn nested_too_deep(task: String, attempt: u32, at: Millis) -> Event {
+    Event::TaskFailed {
+        task,
+        attempt,
+        error: format!(
+            "its output nests deeper than {} levels",
+            crate::document::MAX_DOCUMENT_DEPTH
+        ),
+        status: None,
+        retryable: false,
+        at,
     }
 }
 
