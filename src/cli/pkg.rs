@@ -678,9 +678,8 @@ fn path(name: &str, rest: &str) -> String {
 }
 
 /// Changes package `name` by `fields` (its server builds again when what is
-/// built changed); answers the package as stored.
-/// Updates a package with `fields`; one moved to another environment takes
-/// the functions that run it along when `move_functions`.
+/// built changed); answers the package as stored. One moved to another
+/// environment takes the functions that run it along when `move_functions`.
 pub(super) async fn update(
     c: &Client,
     namespace: &str,
