@@ -155,9 +155,14 @@ impl Collection {
         noun: &str,
     ) -> Result<()> {
         let v: Value = c.post_json(&self.all(opts), body).await?;
-        warn_missing_targets(c, &v, noun).await;
-        print(opts, &v, self.columns);
+        self.show_trigger(c, opts, &v, noun).await;
         Ok(())
+    }
+    /// A trigger as the server answered it, after a warning of each function
+    /// or workflow it calls that does not exist (yet).
+    async fn show_trigger(&self, c: &Client, opts: &ClientOpts, v: &Value, noun: &str) {
+        warn_missing_targets(c, v, noun).await;
+        print(opts, v, self.columns);
     }
     pub(super) async fn show(&self, c: &Client, opts: &ClientOpts, name: &str) -> Result<()> {
         let v: Value = c.get(&self.item(opts, name)).await?;
@@ -223,8 +228,7 @@ impl Collection {
         noun: &str,
     ) -> Result<()> {
         let v: Value = c.put_json(&self.item(opts, name), body).await?;
-        warn_missing_targets(c, &v, noun).await;
-        print(opts, &v, self.columns);
+        self.show_trigger(c, opts, &v, noun).await;
         Ok(())
     }
     pub(super) async fn delete(&self, c: &Client, opts: &ClientOpts, name: &str) -> Result<()> {

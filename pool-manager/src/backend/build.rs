@@ -38,7 +38,7 @@ pub struct BuildRequest {
 
 /// What a running build has written so far: its last `BUILD_LOG_LIMIT` bytes
 /// after a first line that says what it builds.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Progress(std::sync::Arc<std::sync::Mutex<(String, Vec<u8>)>>);
 
 impl Progress {
