@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::algo::{kosaraju_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 /// Edges go from a dependency to the task that requires it. Unknown dependencies
@@ -34,9 +34,11 @@ impl<'a> TaskGraph<'a> {
     }
 
     /// Every cycle, each as the task ids on it (sorted, then rotated so the
-    /// smallest id comes first), in a stable order.
+    /// smallest id comes first), in a stable order. Kosaraju's walk, not
+    /// Tarjan's: petgraph's Tarjan recurses once per task of a chain, and a
+    /// few thousand tasks in a row (a `repeat`'s) overflowed the stack.
     pub fn cycles(&self) -> Vec<Vec<String>> {
-        let mut out: Vec<Vec<String>> = tarjan_scc(&self.graph)
+        let mut out: Vec<Vec<String>> = kosaraju_scc(&self.graph)
             .into_iter()
             .filter(|scc| scc.len() > 1 || self.graph.find_edge(scc[0], scc[0]).is_some())
             .map(|scc| {
@@ -83,6 +85,31 @@ mod tests {
         let g = graph(&[("a", &["a"])]);
         let tg = TaskGraph::new(g.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
         assert_eq!(tg.cycles(), vec![vec!["a"]]);
+    }
+
+    /// A chain as long as a run can hold (`repeat`'s tasks require each
+    /// other in a row) is walked without a call per task on the stack.
+    #[test]
+    fn a_long_chain_is_walked_without_recursion() {
+        let n = crate::driver::MAX_TASKS_PER_RUN;
+        let g: Vec<(String, Vec<String>)> = (0..n)
+            .map(|i| {
+                let reqs = if i == 0 {
+                    vec![]
+                } else {
+                    vec![format!("t{}", i - 1)]
+                };
+                (format!("t{i}"), reqs)
+            })
+            .collect();
+        let tg = TaskGraph::new(g.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        assert!(tg.cycles().is_empty());
+        assert_eq!(tg.topological().unwrap().len(), n);
+        let mut closed = g;
+        closed[0].1.push(format!("t{}", n - 1));
+        let tg = TaskGraph::new(closed.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        assert_eq!(tg.cycles().len(), 1);
+        assert_eq!(tg.cycles()[0].len(), n);
     }
 
     proptest! {
