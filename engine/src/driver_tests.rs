@@ -267,6 +267,31 @@ async fn builtins_end_to_end() {
     );
 }
 
+/// A loop's iterations are named under it, `W/n/action` (each was once
+/// nested in the last, `W/condition/condition/action`, which made the
+/// engine's work per iteration grow with the loop), and long loops run to
+/// their end.
+#[tokio::test(start_paused = true)]
+async fn long_loops_run_to_their_end() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: W\ntasks:\n  W:\n    run: while\n    inputs:\n      expr: \"{ (task().Inputs._prev || 0) < 300 }\"\n      limit: 300\n      delay: 0ms\n      do:\n        run: noop\n        inputs: \"{ (task().Inputs._prev || 0) + 1 }\"\n";
+    let s = run(&e, "counts", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!(300)));
+    let tasks = shown_tasks(&e, &s.id);
+    assert_eq!(tasks["W/1/action"]["output"], json!(1));
+    assert_eq!(tasks["W/300/action"]["output"], json!(300));
+    // The check after the last iteration ended the loop.
+    assert_eq!(tasks["W/300/condition"]["status"], "succeeded");
+    assert!(!tasks.contains_key("W/301/action"));
+
+    let yaml = "output: R\ntasks:\n  R:\n    run: repeat\n    inputs:\n      times: 2000\n      do:\n        run: noop\n        inputs: \"{ (task().Inputs._prev || 0) + 1 }\"\n";
+    let s = run(&e, "repeats", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!(2000)));
+}
+
 /// Fission Workflows' own `fibonacci` example (examples/misc/fibonacci.wf.yaml):
 /// the `javascript` task names its `args` keys as variables.
 #[tokio::test(start_paused = true)]
@@ -2651,7 +2676,7 @@ async fn a_nested_failure_names_the_task_by_its_full_id() {
             "loops",
             "output: W\ntasks:\n  W:\n    run: while\n    inputs:\n      expr: true\n      limit: 3\n      do: {run: fail, inputs: stuck}\n",
             "W",
-            "W/action",
+            "W/1/action",
             "stuck",
         ),
         (
@@ -2699,7 +2724,7 @@ async fn an_item_that_ran_a_workflow_shows_so() {
     let s = run(&e, "items", yaml, json!(null)).await;
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
     let tasks = shown_tasks(&e, &s.id);
-    for item in ["F/do_0", "F/do_1", "W/action"] {
+    for item in ["F/do_0", "F/do_1", "W/1/action"] {
         assert_eq!(tasks[item]["run"], "workflow", "{item}: {}", tasks[item]);
     }
     assert_eq!(tasks["F/do_0/A"]["run"], "echo");

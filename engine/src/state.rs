@@ -2,7 +2,7 @@
 //! `decide` says what should happen next at a given time. No I/O, no clock: the
 //! driver persists events, performs the actions and feeds outcomes back as events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -53,6 +53,12 @@ pub enum Event {
         /// the largest kind.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         keys: Option<Box<BTreeMap<String, String>>>,
+        /// The run numbers the iterations of its `while` loops side by side
+        /// (`W/1/action`, `W/2/action`; see `RunState::child_base`). Runs
+        /// that earlier versions started nest each iteration in the last
+        /// (`W/condition/action`) and are read back so.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        numbered_loops: bool,
     },
     TaskDispatched {
         task: String,
@@ -450,6 +456,14 @@ pub struct TaskState {
     /// outcome it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_from: Option<String>,
+    /// For a `while` task of a run that numbers its loops: the `while` task
+    /// the user wrote, whose loop this task goes on with (itself, for that
+    /// one), and which iteration the tasks it adds make. Derived when the
+    /// task is added, never stored.
+    #[serde(skip)]
+    pub loop_head: Option<String>,
+    #[serde(skip)]
+    pub iteration: u32,
 }
 
 /// The caller's credential headers (`Authorization`, `Cookie`,
@@ -512,6 +526,43 @@ pub struct RunState {
     /// `Event::RunStarted`'s `keys`). From the run's `RunStarted`.
     #[serde(skip)]
     pub inherited_keys: BTreeMap<String, String>,
+    /// See `Event::RunStarted`'s `numbered_loops`.
+    #[serde(skip)]
+    pub numbered_loops: bool,
+    /// What `decide` looks at. Derived by `apply`, never stored.
+    #[serde(skip)]
+    pub progress: Progress,
+}
+
+/// The tasks `decide` has to look at, kept by `apply` as the run changes, so
+/// that the work of each step follows what changed rather than the size of
+/// the run: scanning every task at each step made a 10,000-item `foreach`
+/// with a `concurrency`, or a `repeat` of as many, take minutes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Progress {
+    /// Tasks that may start or have something due: pending tasks whose
+    /// requirements may all have been met (`decide` checks again), running
+    /// and retrying tasks, and waiting ones with a timeout.
+    live: BTreeSet<String>,
+    /// Pending tasks that may start, of scopes with a `concurrency` limit
+    /// (not in `live`), by scope, in the order they start in: a step takes
+    /// the first few, where looking at all of them made each step's work
+    /// grow with the items waiting for their turn.
+    queued: BTreeMap<Option<String>, BTreeSet<(Natural, String)>>,
+    /// Tasks waiting for the tasks they run.
+    waiting: BTreeSet<String>,
+    /// The workflow's own tasks that failed for good without a fallback,
+    /// earliest first.
+    failed: BTreeSet<(Option<Millis>, String)>,
+    /// The tasks that require each task.
+    dependents: HashMap<String, Vec<String>>,
+    /// The tasks each task is the fallback of (`onFailure`).
+    falls_back_for: HashMap<String, Vec<String>>,
+    /// How many of each pending task's requirements have no result yet.
+    unmet: HashMap<String, usize>,
+    /// The tasks whose result stands (`RunState::resolved`), counted off
+    /// their dependents' `unmet`: once it stands, it stays.
+    met: BTreeSet<String>,
 }
 
 /// How a run should end.
@@ -668,7 +719,37 @@ impl RunState {
         current.to_string()
     }
 
-    /// Whether a task whose sub-workflow holds `t`, however deep, is `which`.
+    /// Where the ids of the tasks that task `parent` adds begin:
+    /// `{parent}/`; for a `while` task of a run that numbers its loops,
+    /// `{loop}/{n}/`. Each iteration of a loop is added by the `condition`
+    /// of the one before: named after it, the ids grew by a level with each
+    /// iteration, and so did the work of every lookup.
+    pub fn child_base(&self, parent: &str) -> String {
+        match self.tasks.get(parent) {
+            Some(TaskState {
+                loop_head: Some(head),
+                iteration,
+                ..
+            }) => format!("{head}/{iteration}/"),
+            _ => child_id(parent, ""),
+        }
+    }
+
+    /// The scope around the tasks that task `scope` added, as a walk out of
+    /// them goes: the scope `scope` is in; for an iteration of a loop, the
+    /// loop's own task. The iterations before it hold only tasks named as
+    /// its own (`wait`, `action`, `condition`), which nothing inside it can
+    /// see, and skipping them keeps each walk as short as the first
+    /// iteration's.
+    fn outer<'a>(&'a self, scope: &'a TaskState) -> Option<&'a str> {
+        match scope.loop_head.as_deref() {
+            Some(head) if head != scope.id => Some(head),
+            _ => scope.scope.as_deref(),
+        }
+    }
+
+    /// Whether a task whose sub-workflow holds `t`, however deep, is `which`
+    /// (the iterations of a loop between aside: see `outer`).
     fn inside_any(&self, t: &TaskState, which: impl Fn(&TaskState) -> bool) -> bool {
         let mut scope = t.scope.as_deref();
         for _ in 0..=self.tasks.len() {
@@ -678,25 +759,34 @@ impl RunState {
             if which(p) {
                 return true;
             }
-            scope = p.scope.as_deref();
+            scope = self.outer(p);
         }
         false
     }
 
     /// Whether every task whose sub-workflow holds `t` still waits for it (a
-    /// task whose parent already failed is not started).
+    /// task whose parent already failed is not started). The iterations of
+    /// a loop between wait as long as the loop does (see `outer`).
     fn scope_open(&self, t: &TaskState) -> bool {
         let mut scope = t.scope.as_deref();
         for _ in 0..=self.tasks.len() {
             let Some(p) = scope else { return true };
             match self.tasks.get(p) {
-                Some(parent) if parent.status == TaskStatus::Waiting => {
-                    scope = parent.scope.as_deref()
-                }
+                Some(parent) if parent.status == TaskStatus::Waiting => scope = self.outer(parent),
                 _ => return false,
             }
         }
         false
+    }
+
+    /// Whether `t` is wanted at all: a fallback only once the task it stands
+    /// for failed for good.
+    fn wanted(&self, t: &TaskState) -> bool {
+        t.fallback_of.as_deref().is_none_or(|x| {
+            self.tasks
+                .get(x)
+                .is_some_and(|x| x.status == TaskStatus::Failed)
+        })
     }
 
     /// Most tasks of a scope (the workflow's own, or the sub-workflow of task
@@ -815,7 +905,7 @@ impl RunState {
                     if inputs.is_none() {
                         inputs = parent.and_then(|t| t.scope_inputs.clone());
                     }
-                    scope = parent.and_then(|t| t.scope.as_deref());
+                    scope = parent.and_then(|t| self.outer(t));
                 }
             }
         }
@@ -844,7 +934,7 @@ impl RunState {
         local: &str,
         sources: &[String],
     ) -> Vec<&'a TaskState> {
-        let base = scope.map_or_else(String::new, |p| child_id(p, ""));
+        let base = scope.map_or_else(String::new, |p| self.child_base(p));
         let mut found: BTreeMap<&str, &'a TaskState> = BTreeMap::new();
         let mut consider = |key: &str| {
             if let Some(t) = self.tasks.get(key) {
@@ -1020,11 +1110,18 @@ fn keep_result(ts: &mut TaskState, r: &TaskResult, retry_of: Option<&str>) {
     ts.kept_from = r.from.clone().or_else(|| retry_of.map(String::from));
 }
 
-fn insert_tasks(s: &mut RunState, scope: Option<&str>, tasks: &BTreeMap<String, TaskSpec>) {
-    let full = |local: &str| match scope {
-        Some(p) => child_id(p, local),
-        None => local.to_string(),
-    };
+fn insert_tasks(
+    s: &mut RunState,
+    scope: Option<&str>,
+    tasks: &BTreeMap<String, TaskSpec>,
+    touched: &mut Vec<String>,
+) {
+    let base = scope.map_or_else(String::new, |p| s.child_base(p));
+    let full = |local: &str| format!("{base}{local}");
+    // The loop a `condition` goes on with, when its parent is an iteration.
+    let going_on = scope
+        .and_then(|p| s.tasks.get(p))
+        .and_then(|p| Some((p.loop_head.clone()?, p.iteration + 1)));
     for (local, spec) in tasks {
         let id = full(local);
         let on_failure = spec
@@ -1032,6 +1129,29 @@ fn insert_tasks(s: &mut RunState, scope: Option<&str>, tasks: &BTreeMap<String, 
             .as_deref()
             .filter(|f| *f != local && tasks.contains_key(*f))
             .map(full);
+        let (loop_head, iteration) = match &going_on {
+            _ if spec.run != "while" || !s.numbered_loops => (None, 0),
+            Some((head, n)) if local == "condition" => (Some(head.clone()), *n),
+            _ => (Some(id.clone()), 1),
+        };
+        let requires: Vec<String> = spec.requires.iter().map(|r| full(r)).collect();
+        let progress = &mut s.progress;
+        for r in &requires {
+            progress
+                .dependents
+                .entry(r.clone())
+                .or_default()
+                .push(id.clone());
+        }
+        progress.unmet.insert(id.clone(), requires.len());
+        if let Some(f) = &on_failure {
+            progress
+                .falls_back_for
+                .entry(f.clone())
+                .or_default()
+                .push(id.clone());
+        }
+        touched.push(id.clone());
         s.tasks.insert(
             id.clone(),
             TaskState {
@@ -1039,8 +1159,10 @@ fn insert_tasks(s: &mut RunState, scope: Option<&str>, tasks: &BTreeMap<String, 
                 local: local.clone(),
                 scope: scope.map(String::from),
                 spec: spec.clone(),
-                requires: spec.requires.iter().map(|r| full(r)).collect(),
+                requires,
                 on_failure,
+                loop_head,
+                iteration,
                 ..TaskState::default()
             },
         );
@@ -1073,15 +1195,99 @@ pub fn apply(s: &mut RunState, event: &Event) {
     if s.is_finished() && !matches!(event, Event::RunStarted { .. }) {
         return;
     }
-    apply_event(s, event);
-    if let Some(task) = event.task() {
-        if s.spec.state_machine.is_some() && !s.is_finished() {
-            crate::sfn::run::note_change(s, task);
+    let mut touched = Vec::new();
+    apply_event(s, event, &mut touched);
+    if s.spec.state_machine.is_some() {
+        if let Some(task) = event.task() {
+            if !s.is_finished() {
+                crate::sfn::run::note_change(s, task);
+            }
         }
+    } else if !s.is_finished() {
+        track(s, touched);
     }
 }
 
-fn apply_event(s: &mut RunState, event: &Event) {
+/// Keeps `s.progress` up to date with the tasks whose status an event
+/// changed (`touched`) and with those waiting for them: the tasks that
+/// require one whose result now stands (its own, or that of the fallback
+/// standing for it), and the fallback of one that failed.
+fn track(s: &mut RunState, touched: Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = touched.clone();
+    let mut recheck = touched;
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let Some(t) = s.tasks.get(&id) else { continue };
+        if let Some(f) = &t.on_failure {
+            recheck.push(f.clone());
+        }
+        if !s.progress.met.contains(&id) && s.resolved(&id).is_some() {
+            s.progress.met.insert(id.clone());
+            let progress = &mut s.progress;
+            for d in progress.dependents.get(&id).into_iter().flatten() {
+                if let Some(n) = progress.unmet.get_mut(d) {
+                    *n = n.saturating_sub(1);
+                }
+                recheck.push(d.clone());
+            }
+        }
+        // Their result is this one's, once they failed.
+        if let Some(a) = s.progress.falls_back_for.get(&id) {
+            stack.extend(a.iter().cloned());
+        }
+    }
+    for id in recheck {
+        place(s, &id);
+    }
+}
+
+/// Files task `id` in `s.progress` as its status says.
+fn place(s: &mut RunState, id: &str) {
+    let Some(t) = s.tasks.get(id) else { return };
+    let mut live = match t.status {
+        TaskStatus::Pending => {
+            s.progress.unmet.get(id).is_none_or(|n| *n == 0) && s.wanted(t) && s.scope_open(t)
+        }
+        TaskStatus::Running | TaskStatus::Retrying => true,
+        TaskStatus::Waiting => t.spec.timeout.is_some(),
+        TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => false,
+    };
+    let waiting = t.status == TaskStatus::Waiting;
+    let failed = (t.status == TaskStatus::Failed && t.scope.is_none() && t.on_failure.is_none())
+        .then(|| (t.ended_at, t.id.clone()));
+    let queue = (t.scope.clone(), (Natural(t.local.clone()), t.id.clone()));
+    let queued =
+        live && t.status == TaskStatus::Pending && s.scope_limit(t.scope.as_deref()).is_some();
+    live &= !queued;
+    let progress = &mut s.progress;
+    if queued {
+        progress.queued.entry(queue.0).or_default().insert(queue.1);
+    } else if let Some(q) = progress.queued.get_mut(&queue.0) {
+        q.remove(&queue.1);
+        if q.is_empty() {
+            progress.queued.remove(&queue.0);
+        }
+    }
+    if live {
+        progress.live.insert(id.to_string());
+    } else {
+        progress.live.remove(id);
+    }
+    if waiting {
+        progress.waiting.insert(id.to_string());
+    } else {
+        progress.waiting.remove(id);
+    }
+    if let Some(f) = failed {
+        progress.failed.insert(f);
+    }
+}
+
+/// Applies one event, noting in `touched` each task whose status it changed.
+fn apply_event(s: &mut RunState, event: &Event, touched: &mut Vec<String>) {
     match event {
         Event::RunStarted {
             run_id,
@@ -1093,6 +1299,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
             retry_of,
             preserved,
             keys,
+            numbered_loops,
         } => {
             *s =
                 RunState {
@@ -1107,9 +1314,10 @@ fn apply_event(s: &mut RunState, event: &Event) {
                     }),
                     retry_of: retry_of.clone(),
                     inherited_keys: keys.as_deref().cloned().unwrap_or_default(),
+                    numbered_loops: *numbered_loops,
                     ..RunState::default()
                 };
-            insert_tasks(s, None, &spec.tasks);
+            insert_tasks(s, None, &spec.tasks, touched);
             // A state machine's steps exist once dispatched: those a retry
             // keeps are made here, so that the run goes on after them.
             if spec.state_machine.is_some() {
@@ -1121,7 +1329,10 @@ fn apply_event(s: &mut RunState, event: &Event) {
             }
             for (id, r) in preserved {
                 match s.tasks.get_mut(id) {
-                    Some(ts) => keep_result(ts, r, retry_of.as_deref()),
+                    Some(ts) => {
+                        keep_result(ts, r, retry_of.as_deref());
+                        touched.push(id.clone());
+                    }
                     None => {
                         s.preserved_inside.insert(id.clone(), r.clone());
                     }
@@ -1142,6 +1353,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
                 }
             }
             if let Some(t) = s.tasks.get_mut(task) {
+                touched.push(task.clone());
                 t.status = TaskStatus::Running;
                 t.attempts = *attempt;
                 t.key = Some(key.clone());
@@ -1171,7 +1383,8 @@ fn apply_event(s: &mut RunState, event: &Event) {
                     t.error = None;
                     t.http_status = None;
                     t.ended_at = Some(*at);
-                    succeed_parents(s, task, *at);
+                    touched.push(task.clone());
+                    succeed_parents(s, task, *at, touched);
                 }
             }
         }
@@ -1195,6 +1408,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
                 // of the same ids as the first's, which cannot be told apart.
                 let waiting = t.status == TaskStatus::Waiting;
                 if (t.status == TaskStatus::Running || waiting) && t.attempts == *attempt {
+                    touched.push(task.clone());
                     t.error = Some(error.clone());
                     t.http_status = *status;
                     let max = RetryPolicy::from_spec(t.spec.retry.as_ref())
@@ -1213,7 +1427,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
                     } else {
                         t.status = TaskStatus::Failed;
                         t.ended_at = Some(*at);
-                        fail_parents(s, task, *at);
+                        fail_parents(s, task, *at, touched);
                     }
                 }
             }
@@ -1234,23 +1448,25 @@ fn apply_event(s: &mut RunState, event: &Event) {
             version,
             at,
         } => {
+            let base = s.child_base(parent);
             let Some(p) = s.tasks.get_mut(parent) else {
                 return;
             };
             if p.status != TaskStatus::Running {
                 return;
             }
+            touched.push(parent.clone());
             p.status = TaskStatus::Waiting;
-            p.child_output = Some(child_id(parent, output));
+            p.child_output = Some(format!("{base}{output}"));
             p.scope_inputs = scope_inputs.clone();
             p.child_concurrency = *concurrency;
             p.workflow_version = *version;
             p.wake_at = None;
-            insert_tasks(s, Some(parent), tasks);
+            insert_tasks(s, Some(parent), tasks, touched);
             // A retry's: what succeeded in here the first time stands.
             if !s.preserved_inside.is_empty() {
                 for local in tasks.keys() {
-                    let id = child_id(parent, local);
+                    let id = format!("{base}{local}");
                     let Some(r) = s.preserved_inside.remove(&id) else {
                         continue;
                     };
@@ -1258,7 +1474,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
                         keep_result(ts, &r, s.retry_of.as_deref());
                         ts.ended_at = Some(*at);
                     }
-                    succeed_parents(s, &id, *at);
+                    succeed_parents(s, &id, *at, touched);
                 }
             }
         }
@@ -1268,7 +1484,8 @@ fn apply_event(s: &mut RunState, event: &Event) {
                     t.status = TaskStatus::Succeeded;
                     t.output = Some(Value::Null);
                     t.ended_at = Some(*at);
-                    succeed_parents(s, task, *at);
+                    touched.push(task.clone());
+                    succeed_parents(s, task, *at, touched);
                 }
             }
         }
@@ -1308,17 +1525,18 @@ fn apply_event(s: &mut RunState, event: &Event) {
             }
             t.callback_completed = true;
             t.ended_at = Some(*at);
+            touched.push(task.clone());
             match error {
                 None => {
                     t.status = TaskStatus::Succeeded;
                     t.output = Some(output.clone());
                     t.error = None;
-                    succeed_parents(s, task, *at);
+                    succeed_parents(s, task, *at, touched);
                 }
                 Some(e) => {
                     t.status = TaskStatus::Failed;
                     t.error = Some(e.clone());
-                    fail_parents(s, task, *at);
+                    fail_parents(s, task, *at, touched);
                 }
             }
         }
@@ -1328,6 +1546,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
                     t.status = TaskStatus::Cancelled;
                     t.ended_at = Some(*at);
                     t.cancel_reason = Some(reason.clone());
+                    touched.push(task.clone());
                 }
             }
         }
@@ -1369,7 +1588,7 @@ fn apply_event(s: &mut RunState, event: &Event) {
 
 /// A finished output task of a sub-workflow (or the fallback standing for
 /// it) finishes the task that produced it.
-fn succeed_parents(s: &mut RunState, task: &str, at: Millis) {
+fn succeed_parents(s: &mut RunState, task: &str, at: Millis, touched: &mut Vec<String>) {
     let mut current = task.to_string();
     loop {
         let Some(t) = s.tasks.get(&current) else {
@@ -1390,6 +1609,7 @@ fn succeed_parents(s: &mut RunState, task: &str, at: Millis) {
         p.output = output;
         p.headers = headers;
         p.ended_at = Some(at);
+        touched.push(parent.clone());
         current = parent;
     }
 }
@@ -1399,7 +1619,7 @@ fn succeed_parents(s: &mut RunState, task: &str, at: Millis) {
 /// says the failure as `task "<full id>" failed: <cause>`, naming the task
 /// that failed as the run's task list shows it (`Each/do_1/Charge`): the
 /// path down to it is in its id, so the levels between add nothing.
-fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
+fn fail_parents(s: &mut RunState, task: &str, at: Millis, touched: &mut Vec<String>) {
     let mut current = task.to_string();
     // The failure as the tasks above the one that failed say it.
     let mut said: Option<(String, Option<u16>)> = None;
@@ -1441,6 +1661,7 @@ fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
         p.error = Some(error.clone());
         p.http_status = status;
         p.ended_at = Some(at);
+        touched.push(parent.clone());
         said = Some((error, status));
         current = parent;
     }
@@ -1448,6 +1669,29 @@ fn fail_parents(s: &mut RunState, task: &str, at: Millis) {
 
 /// What should happen next, at time `now`. Pure.
 pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
+    let actions = decide_among(s, now, false);
+    // The tasks `Progress` keeps are all that matter: the engine's tests
+    // hold each decision to the one made looking at every task.
+    #[cfg(test)]
+    assert_eq!(
+        actions,
+        decide_among(s, now, true),
+        "the tracked tasks decide otherwise than all of them"
+    );
+    actions
+}
+
+/// The tasks `decide` goes through, in id order: every task (`all`), or
+/// those `Progress` keeps for it.
+fn considered(s: &RunState, all: bool) -> Box<dyn Iterator<Item = &TaskState> + '_> {
+    if all {
+        Box::new(s.tasks.values())
+    } else {
+        Box::new(s.progress.live.iter().filter_map(|id| s.tasks.get(id)))
+    }
+}
+
+fn decide_among(s: &RunState, now: Millis, all: bool) -> Vec<Action> {
     if s.is_finished() || s.run_id.is_empty() {
         return Vec::new();
     }
@@ -1461,7 +1705,7 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
         Some(d) if now >= d => d.saturating_sub(1),
         _ => now,
     };
-    let timed_out = timed_out_waiting(s, cutoff);
+    let timed_out = timed_out_waiting(s, cutoff, all);
     if !timed_out.is_empty() {
         return timed_out;
     }
@@ -1494,12 +1738,20 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
     }
     // A workflow task that failed for good without a fallback fails the run
     // (the earliest one).
-    if let Some(t) = s
-        .tasks
-        .values()
-        .filter(|t| t.scope.is_none() && t.status == TaskStatus::Failed && t.on_failure.is_none())
-        .min_by_key(|t| (t.ended_at, t.id.clone()))
-    {
+    let failed = if all {
+        s.tasks
+            .values()
+            .filter(|t| {
+                t.scope.is_none() && t.status == TaskStatus::Failed && t.on_failure.is_none()
+            })
+            .min_by_key(|t| (t.ended_at, t.id.clone()))
+    } else {
+        s.progress
+            .failed
+            .first()
+            .and_then(|(_, id)| s.tasks.get(id))
+    };
+    if let Some(t) = failed {
         return vec![Action::Finish(Finish::Failed(RunError {
             task: Some(t.id.clone()),
             message: t.error.clone().unwrap_or_default(),
@@ -1507,20 +1759,17 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
         }))];
     }
     let mut actions = Vec::new();
-    let mut busy = false;
+    // (Those tracked leave out waiting tasks with no timeout.)
+    let mut busy = !all && !s.progress.waiting.is_empty();
     // Ready tasks of scopes with a `concurrency` limit, started after the loop.
     let mut limited: BTreeMap<Option<&str>, (usize, Vec<&TaskState>)> = BTreeMap::new();
-    for t in s.tasks.values() {
+    for t in considered(s, all) {
         match t.status {
             TaskStatus::Pending => {
                 // A fallback starts only once the task it stands for failed for good.
-                let wanted = t.fallback_of.as_deref().is_none_or(|x| {
-                    s.tasks
-                        .get(x)
-                        .is_some_and(|x| x.status == TaskStatus::Failed)
-                });
-                let ready =
-                    wanted && t.requires.iter().all(|r| s.resolved(r).is_some()) && s.scope_open(t);
+                let ready = s.wanted(t)
+                    && t.requires.iter().all(|r| s.resolved(r).is_some())
+                    && s.scope_open(t);
                 if !ready {
                     continue;
                 }
@@ -1589,11 +1838,42 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
             TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => {}
         }
     }
+    if !all {
+        // The first of those queued that may start; no more than may run.
+        for (scope, queue) in &s.progress.queued {
+            let Some(limit) = s.scope_limit(scope.as_deref()) else {
+                continue;
+            };
+            let ready: Vec<&TaskState> = queue
+                .iter()
+                .filter_map(|(_, id)| s.tasks.get(id))
+                .filter(|t| {
+                    t.status == TaskStatus::Pending
+                        && s.wanted(t)
+                        && t.requires.iter().all(|r| s.resolved(r).is_some())
+                        && s.scope_open(t)
+                })
+                .take(limit)
+                .collect();
+            if !ready.is_empty() {
+                limited.insert(scope.as_deref(), (limit, ready));
+            }
+        }
+    }
     if !limited.is_empty() {
         // In flight: running (or sleeping, or waiting for a callback), between
         // attempts, or waiting for its own sub-workflow.
         let mut inflight: BTreeMap<Option<&str>, usize> = BTreeMap::new();
-        for t in s.tasks.values() {
+        let busy_tasks: Box<dyn Iterator<Item = &TaskState>> = if all {
+            Box::new(s.tasks.values())
+        } else {
+            Box::new(
+                considered(s, false)
+                    .filter(|t| t.status != TaskStatus::Waiting)
+                    .chain(s.progress.waiting.iter().filter_map(|id| s.tasks.get(id))),
+            )
+        };
+        for t in busy_tasks {
             if matches!(
                 t.status,
                 TaskStatus::Running | TaskStatus::Retrying | TaskStatus::Waiting
@@ -1608,8 +1888,14 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
                 // Busy: something of that scope is in flight and will free a slot.
                 continue;
             }
-            // In the order of their ids, numbers by value (`do_2` before `do_10`).
-            ready.sort_by(|a, b| natural_cmp(&a.local, &b.local));
+            // In the order of their ids, numbers by value (`do_2` before
+            // `do_10`): the first `free` of them, without sorting them all.
+            let order = |a: &&TaskState, b: &&TaskState| natural_cmp(&a.local, &b.local);
+            if ready.len() > free {
+                ready.select_nth_unstable_by(free - 1, order);
+                ready.truncate(free);
+            }
+            ready.sort_by(order);
             for t in ready.into_iter().take(free) {
                 actions.push(Action::Dispatch {
                     task: t.id.clone(),
@@ -1652,7 +1938,7 @@ pub fn decide(s: &RunState, now: Millis) -> Vec<Action> {
 /// the server ran: one inside another whose time came first (or with it)
 /// goes with it; one with something inside it whose time came before (a
 /// `sleep` due, a retry, a timeout of its own) waits for that first.
-fn timed_out_waiting(s: &RunState, cutoff: Millis) -> Vec<Action> {
+fn timed_out_waiting(s: &RunState, cutoff: Millis, all: bool) -> Vec<Action> {
     let due = |t: &TaskState| {
         if t.status != TaskStatus::Waiting {
             return None;
@@ -1673,7 +1959,7 @@ fn timed_out_waiting(s: &RunState, cutoff: Millis) -> Vec<Action> {
         _ => None,
     };
     let mut out = Vec::new();
-    for t in s.tasks.values() {
+    for t in considered(s, all) {
         let Some(d) = due(t) else { continue };
         if s.inside_any(t, |p| due(p).is_some_and(|pd| pd <= d)) {
             continue;
@@ -1733,6 +2019,23 @@ fn attempt_deadline(t: &TaskState) -> Option<Millis> {
         t.attempt_started_at?
             .saturating_add(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)),
     )
+}
+
+/// A task's local id, ordered as tasks of a scope with a `concurrency` limit
+/// start: by `natural_cmp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Natural(String);
+
+impl Ord for Natural {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        natural_cmp(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for Natural {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// Compares ids with runs of digits by their value: `do_2` < `do_10`.
@@ -1894,6 +2197,7 @@ mod tests {
             retry_of: None,
             preserved: BTreeMap::new(),
             keys: None,
+            numbered_loops: true,
         }
     }
 
@@ -2354,6 +2658,7 @@ mod tests {
                 retry_of: Some("r0".into()),
                 preserved: BTreeMap::from([("t0/a".to_string(), kept)]),
                 keys: None,
+                numbered_loops: true,
             },
             dispatched("t0", 1, 0),
             Event::TasksAdded {
@@ -2725,8 +3030,19 @@ mod tests {
         output: &str,
         concurrency: Option<u32>,
     ) -> RunState {
+        waiting_parent_with(tasks, output, concurrency, |_| {})
+    }
+
+    /// `waiting_parent`, with `p` as `write` makes it.
+    fn waiting_parent_with(
+        tasks: BTreeMap<String, TaskSpec>,
+        output: &str,
+        concurrency: Option<u32>,
+        write: impl FnOnce(&mut TaskSpec),
+    ) -> RunState {
         let mut spec = workflow(&[vec![]], 0, 1);
-        let p = spec.tasks.remove("t0").unwrap();
+        let mut p = spec.tasks.remove("t0").unwrap();
+        write(&mut p);
         spec.tasks.insert("p".into(), p);
         spec.output = "p".into();
         let mut s = RunState::fold(&[start(spec)]);
@@ -2782,11 +3098,11 @@ mod tests {
                 },
             ),
         ]);
-        let mut s = waiting_parent(tasks, "b", None);
-        let p = s.tasks.get_mut("p").unwrap();
-        p.spec.timeout = Some("1s".into());
-        // Retries would make tasks of the same ids again: not for this task.
-        p.spec.retry = Some(serde_json::from_value(json!({"maxAttempts": 3})).unwrap());
+        let mut s = waiting_parent_with(tasks, "b", None, |p| {
+            p.timeout = Some("1s".into());
+            // Retries would make tasks of the same ids again: not for this task.
+            p.retry = Some(serde_json::from_value(json!({"maxAttempts": 3})).unwrap());
+        });
         apply(&mut s, &dispatched("p/a", 1, 10));
         assert!(decide(&s, 999).contains(&Action::StartTimer { at: 1000 }));
         let why = "task \"p\", which ran it, timed out".to_string();
@@ -2837,14 +3153,94 @@ mod tests {
         assert_eq!(e.code(RunStatus::Failed), "run_timed_out");
     }
 
+    /// The iterations of a `while` are numbered under the loop
+    /// (`W/3/action`), and an expression in one sees that iteration's tasks
+    /// by their names; a run an earlier version started (without
+    /// `numbered_loops`) is read back with the nested ids it made then.
+    #[test]
+    fn loop_iterations_are_numbered_and_old_runs_keep_their_nested_ids() {
+        let task = |run: &str, requires: &[&str]| TaskSpec {
+            run: run.into(),
+            requires: requires.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
+        };
+        let iteration = || {
+            BTreeMap::from([
+                ("wait".to_string(), task("sleep", &[])),
+                ("action".to_string(), task("noop", &["wait"])),
+                ("condition".to_string(), task("while", &["action"])),
+            ])
+        };
+        for (numbered, want) in [
+            (true, ["W/1/action", "W/2/action", "W/3/action"]),
+            (
+                false,
+                [
+                    "W/action",
+                    "W/condition/action",
+                    "W/condition/condition/action",
+                ],
+            ),
+        ] {
+            let spec = WorkflowSpec {
+                output: "W".into(),
+                tasks: BTreeMap::from([("W".to_string(), task("while", &[]))]),
+                ..Default::default()
+            };
+            let mut started = start(spec);
+            if let Event::RunStarted { numbered_loops, .. } = &mut started {
+                *numbered_loops = numbered;
+            }
+            let mut s = RunState::fold(&[started]);
+            // Each iteration's `condition` adds the next.
+            let mut adding = "W".to_string();
+            for _ in 0..3 {
+                apply(&mut s, &dispatched(&adding, 1, 0));
+                apply(
+                    &mut s,
+                    &Event::TasksAdded {
+                        parent: adding.clone(),
+                        tasks: iteration(),
+                        output: "condition".into(),
+                        scope_inputs: None,
+                        concurrency: None,
+                        version: None,
+                        at: 0,
+                    },
+                );
+                adding = s.tasks[&adding].child_output.clone().unwrap();
+            }
+            let actions: Vec<&str> = s
+                .tasks
+                .keys()
+                .map(String::as_str)
+                .filter(|id| id.ends_with("action"))
+                .collect();
+            assert_eq!(actions, want, "numbered: {numbered}");
+            let named = ["{ output('action') }".to_string()];
+            for scope in [s.scope_naming(&adding, &named, false), s.scope_for(&adding)] {
+                assert_eq!(
+                    scope["Tasks"]["action"]["Id"], want[2],
+                    "numbered: {numbered}"
+                );
+            }
+            // The loop's own task, around all its iterations, is in sight.
+            assert_eq!(s.scope_for(&adding)["Tasks"]["W"]["Id"], "W");
+            // (Nothing ran here:) each iteration's `wait` may start, and
+            // nothing after it.
+            let mut waits: Vec<String> = want.iter().map(|a| a.replace("action", "wait")).collect();
+            waits.sort();
+            assert_eq!(dispatched_ids(&decide(&s, 0)), waits);
+        }
+    }
+
     /// After a server was down across several times, they are taken in the
     /// order they came: what came first inside a task waiting past its
     /// timeout, the inner of two tasks whose time came first.
     #[test]
     fn timeouts_missed_while_down_are_taken_in_the_order_they_came() {
         let tasks = BTreeMap::from([("a".to_string(), TaskSpec::default())]);
-        let mut s = waiting_parent(tasks, "a", None);
-        s.tasks.get_mut("p").unwrap().spec.timeout = Some("1s".into());
+        let mut s = waiting_parent_with(tasks, "a", None, |p| p.timeout = Some("1s".into()));
         apply(&mut s, &sleeping("p/a", 0, 500));
         // Its sleep was due before its timeout: it ended, and so did `p`.
         assert_eq!(
@@ -2862,24 +3258,30 @@ mod tests {
 
         // The inner of two tasks timed out first: it alone fails (its
         // fallback, had it one, would run), the outer goes on waiting.
-        let inner = BTreeMap::from([("x".to_string(), TaskSpec::default())]);
-        let mut s = waiting_parent(inner, "x", None);
-        s.tasks.get_mut("p").unwrap().spec.timeout = Some("2s".into());
-        apply(&mut s, &dispatched("p/x", 1, 0));
-        s.tasks.get_mut("p/x").unwrap().spec.timeout = Some("1s".into());
-        apply(
-            &mut s,
-            &Event::TasksAdded {
-                parent: "p/x".into(),
-                tasks: BTreeMap::from([("y".to_string(), TaskSpec::default())]),
-                output: "y".into(),
-                scope_inputs: None,
-                concurrency: None,
-                version: None,
-                at: 0,
-            },
-        );
-        apply(&mut s, &dispatched("p/x/y", 1, 0));
+        let nested = |outer: &str| {
+            let x = TaskSpec {
+                timeout: Some("1s".into()),
+                ..Default::default()
+            };
+            let inner = BTreeMap::from([("x".to_string(), x)]);
+            let mut s = waiting_parent_with(inner, "x", None, |p| p.timeout = Some(outer.into()));
+            apply(&mut s, &dispatched("p/x", 1, 0));
+            apply(
+                &mut s,
+                &Event::TasksAdded {
+                    parent: "p/x".into(),
+                    tasks: BTreeMap::from([("y".to_string(), TaskSpec::default())]),
+                    output: "y".into(),
+                    scope_inputs: None,
+                    concurrency: None,
+                    version: None,
+                    at: 0,
+                },
+            );
+            apply(&mut s, &dispatched("p/x/y", 1, 0));
+            s
+        };
+        let s = nested("2s");
         assert_eq!(
             decide(&s, 9000),
             vec![
@@ -2894,8 +3296,7 @@ mod tests {
             ]
         );
         // Both at once: the outer, with all of it.
-        s.tasks.get_mut("p").unwrap().spec.timeout = Some("1s".into());
-        let actions = decide(&s, 9000);
+        let actions = decide(&nested("1s"), 9000);
         assert_eq!(
             actions[0],
             Action::TimeOut {

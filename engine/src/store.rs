@@ -1367,6 +1367,7 @@ impl RunStore for SledStore {
                     spec,
                     preserved,
                     keys,
+                    numbered_loops,
                     ..
                 } if whole => {
                     let (spec_ref, spec) = self.spec_ref(spec)?;
@@ -1379,6 +1380,9 @@ impl RunStore for SledStore {
                     }
                     if let Some(keys) = keys {
                         m.insert("keys".into(), serde_json::to_value(keys)?);
+                    }
+                    if *numbered_loops {
+                        m.insert("numbered_loops".into(), true.into());
                     }
                     serde_json::to_writer(&mut value, &m)?;
                 }
@@ -1627,6 +1631,7 @@ mod tests {
             retry_of: None,
             preserved: BTreeMap::new(),
             keys: None,
+            numbered_loops: false,
         }
     }
 
@@ -1870,6 +1875,7 @@ mod tests {
                     "T".to_string(),
                     "r0/T/1".to_string(),
                 )]))),
+                numbered_loops: true,
             };
             let events = vec![start, succeeded(2)];
             if whole {
@@ -2431,6 +2437,7 @@ mod layout_tests {
             retry_of: None,
             preserved: Default::default(),
             keys: None,
+            numbered_loops: false,
         };
         let summary = json!({"id": open_id, "workflow": "fp", "version": 1,
             "status": "running", "created_at": OLD_AT + 5, "finished_at": null,

@@ -445,6 +445,7 @@ impl<'w> Sim<'w> {
             retry_of: None,
             preserved: BTreeMap::new(),
             keys: None,
+            numbered_loops: false,
         };
         Ok(Sim::resume(world, vec![started]))
     }

@@ -1190,6 +1190,7 @@ spec:
                 retry_of: None,
                 preserved: BTreeMap::new(),
                 keys: None,
+                numbered_loops: false,
             },
         );
         s
