@@ -1026,6 +1026,25 @@ fn the_cli_creates_invokes_and_routes_workflows() {
         .trim(),
         "hi ada"
     );
+    // With -o json: the run and its output, a text answer as a string.
+    let answer: Value = serde_json::from_str(&run(&[
+        "wf",
+        "invoke",
+        "hi",
+        "-o",
+        "json",
+        "-H",
+        "Content-Type: text/plain",
+        "-b",
+        "ada",
+    ]))
+    .unwrap();
+    assert_eq!(answer["output"], "hi ada", "{answer}");
+    let id = answer["id"].as_str().unwrap();
+    assert_eq!(
+        s.ok("GET", &format!("/v1/runs/{id}"), None)["status"],
+        "succeeded"
+    );
     // Started in the background through the API, its Location is absolute,
     // as the router's and a function's are.
     let accepted = s

@@ -87,7 +87,8 @@ pub(super) enum WfVerb {
         #[command(flatten)]
         missing: super::IgnoreNotFound,
     },
-    /// Run the workflow and print its output (or, with --async, the run id).
+    /// Run the workflow and print its output (or, with --async, the run id);
+    /// with -o json, `{"id", "output"}` (or, with --async, the API's answer).
     Invoke {
         #[command(flatten)]
         name: Name,
@@ -513,7 +514,22 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 .get("x-fusion-run-id")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            let json_answer = resp
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.contains("json"));
             let text = resp.text().await?;
+            if !asynchronous && opts.output == Output::Json {
+                // The run and its output, as JSON (a JSON answer as it is,
+                // any other as a string).
+                let output = json_answer
+                    .then(|| serde_json::from_str::<Value>(&text).ok())
+                    .flatten()
+                    .unwrap_or(Value::String(text));
+                println!("{}", serde_json::json!({"id": run, "output": output}));
+                return Ok(());
+            }
             if asynchronous && opts.output != Output::Json {
                 // Just the id, for `ID=$(fusion wf invoke NAME --async)`.
                 let id = serde_json::from_str::<Value>(&text)
