@@ -120,9 +120,22 @@ pub fn parse_and_validate(
                 .location()
                 .map(|l| crate::sfn::spec::within(source, l.line(), l.column()))
                 .unwrap_or((1, 1));
-            // Fission Workflows' protobuf JSON form (the `*.wf.json` its
-            // examples deploy): said as such, not as a type mismatch inside it.
             if let Ok(doc) = serde_yaml::from_str::<Value>(source) {
+                // Another kind of Fission document (a `Function`, an
+                // `Environment`, ...): said as such, not as a workflow that
+                // lacks its `output`.
+                if let Some(kind) = doc["kind"].as_str().filter(|k| doc.get("output").is_none()) {
+                    let (line, column) = Positions::new(source).key(&["kind"]);
+                    return Err(vec![ValidationError {
+                        code: "not_a_workflow",
+                        message: format!("this is a `{kind}` document, not a workflow: a workflow is Fission Workflows' YAML (`output`, `tasks`) or a Fission `Workflow` (kind: Workflow); `fusion spec apply` applies Fission's other kinds"),
+                        line,
+                        column,
+                    }]);
+                }
+                // Fission Workflows' protobuf JSON form (the `*.wf.json` its
+                // examples deploy): said as such, not as a type mismatch
+                // inside it.
                 let protobuf = doc.get("outputTask").is_some()
                     || doc["tasks"]
                         .as_object()
@@ -1941,6 +1954,23 @@ mod tests {
         assert!(check("apiversion: 1\ndescription: d\noutput: A\ntasks:\n  A:\n    id: A\n    run: fortune\n    retry:\n      maxAttempts: 2\n      backoff: {initial: 1s, max: 2s, multiplier: 2}\n      jitter: 0.1\n").is_empty());
     }
 
+    /// A Fission document of another kind given as a workflow is said to
+    /// be one, where its `kind` is written.
+    #[test]
+    fn another_kind_of_document_is_said_to_be_no_workflow() {
+        let e = check("apiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: hello\nspec:\n  environment: {name: python}\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            (e[0].code, e[0].line, e[0].column),
+            ("not_a_workflow", 2, 1)
+        );
+        assert!(
+            e[0].message.contains("a `Function` document"),
+            "{}",
+            e[0].message
+        );
+    }
+
     #[test]
     fn the_key_codes_are_documented() {
         let doc = include_str!("../../docs/error-codes.md");
@@ -1950,6 +1980,7 @@ mod tests {
             "`unknown_on_failure`",
             "`invalid_on_failure`",
             "`invalid_concurrency`",
+            "`not_a_workflow`",
         ] {
             assert!(doc.contains(code), "{code} is not in docs/error-codes.md");
         }
