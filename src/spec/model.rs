@@ -940,7 +940,15 @@ impl Specs {
         let prefix = str_at(spec, "prefix").filter(|s| !s.is_empty());
         let url = str_at(spec, "relativeurl").filter(|s| !s.is_empty());
         match (prefix, url) {
-            (Some(p), _) => {
+            (Some(p), url) => {
+                if let Some(u) = url {
+                    // As Fission's router: a trigger with a prefix serves
+                    // the prefix alone.
+                    self.warn(
+                        doc.at("spec.relativeurl"),
+                        format!("the trigger has a `prefix` ({p}): it serves that prefix, as Fission's router does, and not `relativeurl` ({u})"),
+                    );
+                }
                 r.body["prefix"] = json!(p);
                 if spec.get("keepPrefix").and_then(Value::as_bool) == Some(true) {
                     r.body["keep_prefix"] = json!(true);
@@ -2434,6 +2442,25 @@ mod tests {
                 .any(|e| e.contains("spec.relativeurl` must be a string")),
             "{:?}",
             specs.errors
+        );
+    }
+
+    /// A trigger with both a `prefix` and a `relativeurl` serves the prefix,
+    /// as Fission's router does, and says that the URL goes unused.
+    #[test]
+    fn a_trigger_with_a_prefix_and_a_url_says_the_url_goes_unused() {
+        let trigger =
+            Document::object(json!({"apiVersion": "fission.io/v1", "kind": "HTTPTrigger",
+            "metadata": {"name": "t"}, "spec": {"relativeurl": "/one", "prefix": "/api",
+            "functionref": {"name": "f"}}}));
+        let specs = Specs::read_object(&trigger, "default");
+        assert!(specs.errors.is_empty(), "{:?}", specs.errors);
+        assert!(
+            specs.warnings.iter().any(|w| w.contains("spec.relativeurl")
+                && w.contains("serves that prefix")
+                && w.contains("/one")),
+            "{:?}",
+            specs.warnings
         );
     }
 
