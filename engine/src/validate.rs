@@ -124,7 +124,7 @@ pub fn parse_and_validate(
                 // Another kind of Fission document (a `Function`, an
                 // `Environment`, ...): said as such, not as a workflow that
                 // lacks its `output`.
-                if let Some(kind) = doc["kind"].as_str().filter(|k| doc.get("output").is_none()) {
+                if let Some(kind) = doc["kind"].as_str().filter(|_| doc.get("output").is_none()) {
                     let (line, column) = Positions::new(source).key(&["kind"]);
                     return Err(vec![ValidationError {
                         code: "not_a_workflow",
