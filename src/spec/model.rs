@@ -181,6 +181,10 @@ pub struct Specs {
     pub on_server: Vec<(Location, String, Kind, String, String)>,
     /// The Fission Workflows environments the folder declared (left unapplied).
     fission_workflows_envs: std::collections::BTreeSet<String>,
+    /// Every resource a document of the folder names, kept or refused for
+    /// an error of its own: a reference to one refused is not said to be
+    /// missing from the folder (its own error says what is wrong).
+    named: HashSet<(Kind, String, String)>,
 }
 
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -395,6 +399,7 @@ impl Specs {
             .filter(|s| !s.is_empty())
             .unwrap_or(namespace)
             .to_string();
+        self.named.insert((kind, ns.clone(), name.clone()));
         // A bad name is said, and the rest of the document checked still:
         // every mistake at once.
         let mut named = true;
@@ -1259,6 +1264,7 @@ impl Specs {
             .and_then(Value::as_str)
             .unwrap_or(namespace)
             .to_string();
+        self.named.insert((kind, ns.clone(), name.clone()));
         for (what, value, path) in [("name", &name, "name"), ("namespace", &ns, "namespace")] {
             if !is_dns_label(value) {
                 self.error(
@@ -1533,7 +1539,8 @@ impl Specs {
                 }
             }
             for (i, (kind, ns, name, _)) in r.refs.iter().enumerate() {
-                if declared.contains(&(*kind, ns.clone(), name.clone())) {
+                // (One the folder has, with errors of its own, is there.)
+                if self.named.contains(&(*kind, ns.clone(), name.clone())) {
                     continue;
                 }
                 // A trigger's function that is a workflow of the folder (Fission
@@ -2223,6 +2230,33 @@ mod tests {
                 .errors
                 .iter()
                 .any(|e| e.contains("Function f runs in Environment python, but its Package p is for Environment nodejs")),
+            "{:?}",
+            specs.errors
+        );
+    }
+
+    /// A reference to a resource the folder has, refused for an error of
+    /// its own, says nothing more: the resource's own error says what is
+    /// wrong (it was said to be missing from the folder).
+    #[test]
+    fn a_reference_to_a_broken_resource_of_the_folder_is_not_said_to_be_missing() {
+        let docs = [
+            json!({"apiVersion": "fission.io/v1", "kind": "Package", "metadata": {"name": "p"},
+                "spec": {"environment": {"name": "nodejs"},
+                    "deployment": {"type": "literal", "literal": 42}}}),
+            json!({"apiVersion": "fission.io/v1", "kind": "Function", "metadata": {"name": "f"},
+                "spec": {"environment": {"name": "nodejs"},
+                    "package": {"packageref": {"name": "p"}}}}),
+        ]
+        .map(Document::object);
+        let specs = Specs::read(&docs, "default");
+        assert!(
+            specs.errors.iter().any(|e| e.contains("a Package needs")),
+            "{:?}",
+            specs.errors
+        );
+        assert!(
+            !specs.errors.iter().any(|e| e.contains("not in the specs")),
             "{:?}",
             specs.errors
         );
