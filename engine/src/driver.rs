@@ -585,6 +585,11 @@ enum External {
 
 /// Most tasks one run may hold, dynamic ones included: bounds a runaway loop.
 pub const MAX_TASKS_PER_RUN: usize = 100_000;
+/// Most steps a run takes in a row before it lets the other tasks of its
+/// thread run and reads what was sent to it (a cancellation, the server's
+/// stop): a loop of built-ins takes thousands of steps without waiting for
+/// anything, and held a thread, deaf to a cancel or a stop, for as long.
+const STEPS_PER_TURN: usize = 1_000;
 /// Deepest nesting of workflows run by name: bounds a workflow that calls itself.
 pub const MAX_WORKFLOW_DEPTH: usize = 32;
 
@@ -1659,6 +1664,8 @@ enum Woke {
     Msg(Option<Msg>),
     Call(Option<(String, Vec<Event>)>),
     Held,
+    /// A turn of `STEPS_PER_TURN` ended with more to do, and nothing came.
+    Turn,
 }
 
 struct Actor {
@@ -1817,7 +1824,8 @@ impl Actor {
         loop {
             let mut external = Vec::new();
             let mut finished = false;
-            for _ in 0..100_000 {
+            let mut more = false;
+            for step in 1..=STEPS_PER_TURN {
                 let now = self.engine.clock.now_ms();
                 let mut progressed = false;
                 for action in decide(&self.state, now) {
@@ -1878,6 +1886,7 @@ impl Actor {
                 if !progressed || finished || self.state.is_finished() {
                     break;
                 }
+                more = step == STEPS_PER_TURN;
             }
             // Everything seen outside waits for the disk: a run's end, a
             // callback's URL (its token must survive) and the answer to a
@@ -1940,7 +1949,17 @@ impl Actor {
             for ext in external {
                 self.perform(ext);
             }
-            let woke = {
+            let woke = if more {
+                // The rest after what came meanwhile, if anything did.
+                tokio::task::yield_now().await;
+                match rx.try_recv() {
+                    Ok(m) => Woke::Msg(Some(m)),
+                    Err(_) => match self.calls.next().now_or_never() {
+                        Some(Some(c)) => Woke::Call(c),
+                        _ => Woke::Turn,
+                    },
+                }
+            } else {
                 let due = self.held_since.map(|since| since + LAZY_FLUSH_DELAY);
                 let held = async move {
                     match due {
@@ -1971,6 +1990,7 @@ impl Actor {
                 }
             };
             let msg = match woke {
+                Woke::Turn => continue,
                 Woke::Held => {
                     self.held_since = None;
                     if let Err(err) = self.append_pending() {

@@ -292,6 +292,26 @@ async fn long_loops_run_to_their_end() {
     assert_eq!(s.output, Some(json!(2000)));
 }
 
+/// A loop of built-ins, which waits for nothing, still takes a cancel in
+/// the middle: the run reads what was sent to it between turns (it ran to
+/// its end first, and the cancel found it finished).
+#[tokio::test(start_paused = true)]
+async fn a_long_loop_of_built_ins_can_be_cancelled_in_the_middle() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: W\ntasks:\n  W:\n    run: while\n    inputs:\n      expr: \"{ (task().Inputs._prev || 0) < 3000 }\"\n      limit: 3000\n      delay: 0ms\n      do:\n        run: noop\n        inputs: \"{ (task().Inputs._prev || 0) + 1 }\"\n";
+    e.create_workflow("spins", yaml).unwrap();
+    let started = e
+        .start_run("spins", json!(null), Default::default())
+        .await
+        .unwrap();
+    let s = e.cancel(&started.id, "by test").await.unwrap();
+    assert_eq!(s.status, RunStatus::Cancelled, "{s:?}");
+    let tasks = shown_tasks(&e, &s.id);
+    assert!(tasks.contains_key("W/1/action"));
+    assert!(!tasks.contains_key("W/3000/action"), "it ran to its end");
+}
+
 /// Fission Workflows' own `fibonacci` example (examples/misc/fibonacci.wf.yaml):
 /// the `javascript` task names its `args` keys as variables.
 #[tokio::test(start_paused = true)]
