@@ -121,6 +121,15 @@ pub fn parse_and_validate(
                 .map(|l| crate::sfn::spec::within(source, l.line(), l.column()))
                 .unwrap_or((1, 1));
             if let Ok(doc) = serde_yaml::from_str::<Value>(source) {
+                // Nothing but blank lines and comments: said at its start.
+                if doc.is_null() {
+                    return Err(vec![ValidationError {
+                        code: "missing_output",
+                        message: "the document is empty: a workflow has `output` (the task whose result is the run's) and `tasks`".into(),
+                        line: 1,
+                        column: 1,
+                    }]);
+                }
                 // Another kind of Fission document (a `Function`, an
                 // `Environment`, ...): said as such, not as a workflow that
                 // lacks its `output`.
@@ -1952,6 +1961,18 @@ mod tests {
         assert_eq!(at, [("unknown_key", 2, 1), ("unknown_key", 8, 7)], "{e:?}");
         // What Fission Workflows writes is still accepted.
         assert!(check("apiversion: 1\ndescription: d\noutput: A\ntasks:\n  A:\n    id: A\n    run: fortune\n    retry:\n      maxAttempts: 2\n      backoff: {initial: 1s, max: 2s, multiplier: 2}\n      jitter: 0.1\n").is_empty());
+    }
+
+    /// An empty document (or one of blank lines and comments) is said to
+    /// be empty, at its start.
+    #[test]
+    fn an_empty_document_is_said_to_be_empty() {
+        for source in ["", "\n", "\n# nothing yet\n\n"] {
+            let e = check(source);
+            assert_eq!(e.len(), 1, "{source:?}: {e:?}");
+            assert_eq!((e[0].line, e[0].column), (1, 1), "{source:?}");
+            assert!(e[0].message.starts_with("the document is empty"), "{e:?}");
+        }
     }
 
     /// A Fission document of another kind given as a workflow is said to
