@@ -118,12 +118,29 @@ fn default_run() -> String {
     "noop".to_string()
 }
 
+/// `maxAttempts`, a whole number: a negative, fractional or too large one
+/// is said in a document's words (serde said "a whole number from 0", and
+/// 0 is refused), and 0 is refused with the other retry checks, where it
+/// is written.
+fn whole_attempts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = Value::deserialize(d)?;
+    v.as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "maxAttempts is {v}: a whole number of attempts, from 1 to {}",
+                u32::MAX
+            ))
+        })
+}
+
 /// Fusion extension: retry a task's failed attempts (timeouts, connection errors, 5xx).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetrySpec {
     /// Total attempts including the first (at least 1).
     #[schemars(range(min = 1))]
+    #[serde(deserialize_with = "whole_attempts")]
     pub max_attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffSpec>,

@@ -2325,7 +2325,7 @@ mod tests {
         for (yaml, says) in [
             (
                 "output: A\ntasks:\n  A:\n    run: noop\n    retry:\n      maxAttempts: -1\n",
-                "expected a whole number from 0 to 4294967295",
+                "maxAttempts is -1: a whole number of attempts, from 1 to 4294967295",
             ),
             (
                 "output: A\ntasks:\n  A:\n    run: noop\n  B: ~\n",
