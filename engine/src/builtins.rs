@@ -448,6 +448,13 @@ fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
             "while: limit is {limit}; a run can loop at most {MAX_WHILE} times"
         ));
     }
+    // As the document's own check says it (a caller's -1 or 2.5 ran and
+    // then failed for the limit).
+    if limit < 0.0 || limit.fract() != 0.0 {
+        return Outcome::Invalid(format!(
+            "while needs `limit`, a whole number of iterations from 0 to {MAX_WHILE}, not {limit}"
+        ));
+    }
     let count = as_number(inputs.get("_count")).unwrap_or(0.0);
     if !truthy(cond) {
         return Outcome::Output(inputs.get("_prev").cloned().unwrap_or(Value::Null));
@@ -481,6 +488,13 @@ fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
     cond_inputs.insert("do".into(), action.clone());
     cond_inputs.insert("_count".into(), json!(count + 1.0));
     cond_inputs.insert("_prev".into(), json!("{ output('action') }"));
+    // A loop that is a `foreach`'s `do` keeps its item for every check
+    // (`task().Inputs._item` in `expr`), as written in the loop's task.
+    for key in ["_item", "_index"] {
+        if let Some(v) = raw.get(key) {
+            cond_inputs.insert(key.into(), v.clone());
+        }
+    }
     let mut tasks = serde_json::Map::new();
     tasks.insert("wait".into(), json!({"run": "sleep", "inputs": delay}));
     if is_task_spec(&act) {
@@ -1113,6 +1127,15 @@ mod tests {
             run("while", &ins(longest.clone()), &ins(longest)),
             Outcome::Tasks(_)
         ));
+        // A caller's limit that is no whole number is refused as a literal
+        // one is, before a first iteration.
+        for odd in [json!(-1), json!(2.5)] {
+            let given = json!({"expr": true, "limit": odd, "do": {"run": "noop"}});
+            assert!(
+                matches!(run("while", &ins(given.clone()), &ins(given)), Outcome::Invalid(m) if m.contains("a whole number of iterations")),
+                "{odd}"
+            );
+        }
     }
 
     #[test]

@@ -292,6 +292,18 @@ async fn long_loops_run_to_their_end() {
     assert_eq!(s.output, Some(json!(2000)));
 }
 
+/// A `while` that is a `foreach`'s `do` sees its item at every check, not
+/// only the first (it stopped after one iteration).
+#[tokio::test(start_paused = true)]
+async fn a_loop_in_a_foreach_sees_its_item_at_every_check() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: E\ntasks:\n  E:\n    run: foreach\n    inputs:\n      foreach: [3, 1, 4]\n      do:\n        run: while\n        inputs:\n          expr: \"{ (task().Inputs._prev || 0) < task().Inputs._item }\"\n          limit: 10\n          delay: 0ms\n          do:\n            run: javascript\n            inputs:\n              expr: \"(args || 0) + 1\"\n              args: \"{ task().Inputs._prev }\"\n";
+    let s = run(&e, "counts", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!([3, 1, 4])));
+}
+
 /// A loop of built-ins, which waits for nothing, still takes a cancel in
 /// the middle: the run reads what was sent to it between turns (it ran to
 /// its end first, and the cancel found it finished).
