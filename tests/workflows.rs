@@ -1045,6 +1045,20 @@ fn the_cli_creates_invokes_and_routes_workflows() {
         s.ok("GET", &format!("/v1/runs/{id}"), None)["status"],
         "succeeded"
     );
+    // A null output is null (the API answers 204), bytes are `$bytes`.
+    s.workflow(
+        "passes",
+        "output: A\ntasks:\n  A:\n    run: noop\n    inputs: \"{ param() }\"\n",
+    );
+    for (body, want) in [
+        ("null", json!(null)),
+        (r#"{"$bytes":"/wAB"}"#, json!({"$bytes": "/wAB"})),
+    ] {
+        let answer: Value =
+            serde_json::from_str(&run(&["wf", "invoke", "passes", "-o", "json", "-b", body]))
+                .unwrap();
+        assert_eq!(answer["output"], want, "{body}: {answer}");
+    }
     // Started in the background through the API, its Location is absolute,
     // as the router's and a function's are.
     let accepted = s

@@ -519,17 +519,33 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 .get(reqwest::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|t| t.contains("json"));
-            let text = resp.text().await?;
+            let no_content = resp.status() == reqwest::StatusCode::NO_CONTENT;
+            let body = resp.bytes().await?;
             if !asynchronous && opts.output == Output::Json {
-                // The run and its output, as JSON (a JSON answer as it is,
-                // any other as a string).
-                let output = json_answer
-                    .then(|| serde_json::from_str::<Value>(&text).ok())
+                // The run and its output as the run's record has it: a JSON
+                // answer as it is, none (204) as null, text as a string,
+                // other bytes as `{"$bytes": "<base64>"}`.
+                let output = if no_content {
+                    Value::Null
+                } else if let Some(v) = json_answer
+                    .then(|| serde_json::from_slice::<Value>(&body).ok())
                     .flatten()
-                    .unwrap_or(Value::String(text));
+                {
+                    v
+                } else {
+                    match std::str::from_utf8(&body) {
+                        Ok(text) => Value::String(text.to_string()),
+                        Err(_) => {
+                            use base64::Engine as _;
+                            let b64 = base64::engine::general_purpose::STANDARD.encode(&body);
+                            serde_json::json!({ "$bytes": b64 })
+                        }
+                    }
+                };
                 println!("{}", serde_json::json!({"id": run, "output": output}));
                 return Ok(());
             }
+            let text = String::from_utf8_lossy(&body).into_owned();
             if asynchronous && opts.output != Output::Json {
                 // Just the id, for `ID=$(fusion wf invoke NAME --async)`.
                 let id = serde_json::from_str::<Value>(&text)
