@@ -1543,7 +1543,7 @@ mod tests {
             retry_of: None,
             preserved: Default::default(),
             keys: None,
-            numbered_loops: true,
+            rules: crate::state::RULES,
         }]);
         let run = run_json(&state);
         let undeclared = |answer: &Value, declared: &Value| -> Vec<String> {

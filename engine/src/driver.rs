@@ -1155,7 +1155,7 @@ impl Engine {
             retry_of,
             preserved,
             keys: (!keys.is_empty()).then(|| Box::new(keys)),
-            numbered_loops: true,
+            rules: crate::state::RULES,
         };
         let mut state = RunState::fold([&started]);
         state.credentials = credentials;

@@ -292,6 +292,31 @@ async fn long_loops_run_to_their_end() {
     assert_eq!(s.output, Some(json!(2000)));
 }
 
+/// A sub-workflow ends as a run does: once the tasks beside its output
+/// have run too, whatever the timing or its `concurrency` (those not
+/// started when the output was ready were left unrun, and the run said it
+/// succeeded).
+#[tokio::test(start_paused = true)]
+async fn a_sub_workflow_ends_once_the_tasks_beside_its_output_have_run() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let limited = "output: E\ntasks:\n  E:\n    run: foreach\n    inputs:\n      foreach: [0, 1, 2]\n      do:\n        output: X\n        concurrency: 2\n        tasks:\n          X: {run: sleep, inputs: 100ms}\n          Y: {run: sleep, inputs: 100ms}\n          Z: {run: noop, inputs: z}\n";
+    let slower = "output: E\ntasks:\n  E:\n    run: foreach\n    inputs:\n      foreach: [0, 1, 2]\n      do:\n        output: X\n        tasks:\n          X: {run: sleep, inputs: 50ms}\n          Y: {run: sleep, inputs: 150ms}\n          Z: {run: noop, inputs: z, requires: [Y]}\n";
+    for (name, yaml) in [("limited", limited), ("slower", slower)] {
+        let s = run(&e, name, yaml, json!(null)).await;
+        assert_eq!(s.status, RunStatus::Succeeded, "{name}: {s:?}");
+        let tasks = shown_tasks(&e, &s.id);
+        for i in 0..3 {
+            let item = &tasks[&format!("E/do_{i}")];
+            let z = &tasks[&format!("E/do_{i}/Z")];
+            assert_eq!(z["status"], "succeeded", "{name}: {z}");
+            assert_eq!(item["status"], "succeeded", "{name}: {item}");
+            let ended = |t: &Value| t["ended_at"].as_u64().unwrap();
+            assert!(ended(item) >= ended(z), "{name}: {item} before {z}");
+        }
+    }
+}
+
 /// A `while` that is a `foreach`'s `do` sees its item at every check, not
 /// only the first (it stopped after one iteration).
 #[tokio::test(start_paused = true)]

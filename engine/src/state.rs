@@ -11,6 +11,15 @@ use serde_json::{json, Value};
 use crate::retry::{sample_from, RetryPolicy};
 use crate::spec::{parse_duration, TaskSpec, WorkflowSpec};
 
+/// The engine's rules a run started now follows (`Event::RunStarted`'s
+/// `rules`), by the version that brought them:
+/// - 1: the iterations of a `while` are numbered side by side (`W/1/action`,
+///   `W/2/action`; see `RunState::child_base`), where they were nested each
+///   in the last (`W/condition/action`); and a task that runs a sub-workflow
+///   ends once the tasks beside its output have run too, as a run does
+///   (they were left unstarted, or running).
+pub const RULES: u32 = 1;
+
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
 pub type Headers = BTreeMap<String, String>;
@@ -53,12 +62,11 @@ pub enum Event {
         /// the largest kind.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         keys: Option<Box<BTreeMap<String, String>>>,
-        /// The run numbers the iterations of its `while` loops side by side
-        /// (`W/1/action`, `W/2/action`; see `RunState::child_base`). Runs
-        /// that earlier versions started nest each iteration in the last
-        /// (`W/condition/action`) and are read back so.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        numbered_loops: bool,
+        /// The engine's rules the run follows (`RULES` when it started;
+        /// absent, 0, in the runs of versions before them), so that a run is
+        /// always read back as it ran.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        rules: u32,
     },
     TaskDispatched {
         task: String,
@@ -526,9 +534,9 @@ pub struct RunState {
     /// `Event::RunStarted`'s `keys`). From the run's `RunStarted`.
     #[serde(skip)]
     pub inherited_keys: BTreeMap<String, String>,
-    /// See `Event::RunStarted`'s `numbered_loops`.
+    /// See `Event::RunStarted`'s `rules`.
     #[serde(skip)]
-    pub numbered_loops: bool,
+    pub rules: u32,
     /// What `decide` looks at. Derived by `apply`, never stored.
     #[serde(skip)]
     pub progress: Progress,
@@ -563,6 +571,11 @@ pub struct Progress {
     /// The tasks whose result stands (`RunState::resolved`), counted off
     /// their dependents' `unmet`: once it stands, it stays.
     met: BTreeSet<String>,
+    /// Tasks running, retrying, waiting for what they run, or pending and
+    /// free to start; and how many of them each sub-workflow holds (by the
+    /// task running it), which ends only with none.
+    active: std::collections::HashSet<String>,
+    active_in: HashMap<String, usize>,
 }
 
 /// How a run should end.
@@ -1130,7 +1143,7 @@ fn insert_tasks(
             .filter(|f| *f != local && tasks.contains_key(*f))
             .map(full);
         let (loop_head, iteration) = match &going_on {
-            _ if spec.run != "while" || !s.numbered_loops => (None, 0),
+            _ if spec.run != "while" || s.rules < 1 => (None, 0),
             Some((head, n)) if local == "condition" => (Some(head.clone()), *n),
             _ => (Some(id.clone()), 1),
         };
@@ -1204,8 +1217,49 @@ pub fn apply(s: &mut RunState, event: &Event) {
             }
         }
     } else if !s.is_finished() {
-        track(s, touched);
+        loop {
+            track(s, touched.clone());
+            if s.rules < 1 {
+                break;
+            }
+            touched = end_sub_workflows(s, &touched, event.at());
+            if touched.is_empty() {
+                break;
+            }
+        }
     }
+}
+
+/// The tasks running a sub-workflow that the change of `touched` lets end
+/// (rules 1 on): its output task has its result (or the fallback standing
+/// for it has), and nothing else of it runs or may start, as a run ends.
+/// Each succeeds with that result; they are returned, changed in turn.
+fn end_sub_workflows(s: &mut RunState, touched: &[String], at: Millis) -> Vec<String> {
+    let parents: BTreeSet<String> = touched
+        .iter()
+        .filter_map(|id| s.tasks.get(id)?.scope.clone())
+        .collect();
+    let mut ended = Vec::new();
+    for p in parents {
+        if s.progress.active_in.get(&p).is_some_and(|n| *n > 0) {
+            continue;
+        }
+        let Some(t) = s.tasks.get(&p).filter(|t| t.status == TaskStatus::Waiting) else {
+            continue;
+        };
+        let Some(out) = t.child_output.as_deref().and_then(|o| s.resolved(o)) else {
+            continue;
+        };
+        let (output, headers) = (out.output.clone(), out.headers.clone());
+        if let Some(t) = s.tasks.get_mut(&p) {
+            t.status = TaskStatus::Succeeded;
+            t.output = output;
+            t.headers = headers;
+            t.ended_at = Some(at);
+            ended.push(p);
+        }
+    }
+    ended
 }
 
 /// Keeps `s.progress` up to date with the tasks whose status an event
@@ -1247,14 +1301,22 @@ fn track(s: &mut RunState, touched: Vec<String>) {
 /// Files task `id` in `s.progress` as its status says.
 fn place(s: &mut RunState, id: &str) {
     let Some(t) = s.tasks.get(id) else { return };
+    let ready = t.status == TaskStatus::Pending
+        && s.progress.unmet.get(id).is_none_or(|n| *n == 0)
+        && s.wanted(t)
+        && s.scope_open(t);
     let mut live = match t.status {
-        TaskStatus::Pending => {
-            s.progress.unmet.get(id).is_none_or(|n| *n == 0) && s.wanted(t) && s.scope_open(t)
-        }
+        TaskStatus::Pending => ready,
         TaskStatus::Running | TaskStatus::Retrying => true,
         TaskStatus::Waiting => t.spec.timeout.is_some(),
         TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => false,
     };
+    let active = ready
+        || matches!(
+            t.status,
+            TaskStatus::Running | TaskStatus::Retrying | TaskStatus::Waiting
+        );
+    let parent = t.scope.clone();
     let waiting = t.status == TaskStatus::Waiting;
     let failed = (t.status == TaskStatus::Failed && t.scope.is_none() && t.on_failure.is_none())
         .then(|| (t.ended_at, t.id.clone()));
@@ -1263,6 +1325,16 @@ fn place(s: &mut RunState, id: &str) {
         live && t.status == TaskStatus::Pending && s.scope_limit(t.scope.as_deref()).is_some();
     live &= !queued;
     let progress = &mut s.progress;
+    if active != progress.active.contains(id) {
+        if active {
+            progress.active.insert(id.to_string());
+        } else {
+            progress.active.remove(id);
+        }
+        if let Some(n) = parent.map(|p| progress.active_in.entry(p).or_default()) {
+            *n = if active { *n + 1 } else { n.saturating_sub(1) };
+        }
+    }
     if queued {
         progress.queued.entry(queue.0).or_default().insert(queue.1);
     } else if let Some(q) = progress.queued.get_mut(&queue.0) {
@@ -1299,7 +1371,7 @@ fn apply_event(s: &mut RunState, event: &Event, touched: &mut Vec<String>) {
             retry_of,
             preserved,
             keys,
-            numbered_loops,
+            rules,
         } => {
             *s =
                 RunState {
@@ -1314,7 +1386,7 @@ fn apply_event(s: &mut RunState, event: &Event, touched: &mut Vec<String>) {
                     }),
                     retry_of: retry_of.clone(),
                     inherited_keys: keys.as_deref().cloned().unwrap_or_default(),
-                    numbered_loops: *numbered_loops,
+                    rules: *rules,
                     ..RunState::default()
                 };
             insert_tasks(s, None, &spec.tasks, touched);
@@ -1589,6 +1661,11 @@ fn apply_event(s: &mut RunState, event: &Event, touched: &mut Vec<String>) {
 /// A finished output task of a sub-workflow (or the fallback standing for
 /// it) finishes the task that produced it.
 fn succeed_parents(s: &mut RunState, task: &str, at: Millis, touched: &mut Vec<String>) {
+    // From rules 1 on, once the tasks beside the output have run too
+    // (`end_sub_workflows`).
+    if s.rules >= 1 {
+        return;
+    }
     let mut current = task.to_string();
     loop {
         let Some(t) = s.tasks.get(&current) else {
@@ -2197,7 +2274,7 @@ mod tests {
             retry_of: None,
             preserved: BTreeMap::new(),
             keys: None,
-            numbered_loops: true,
+            rules: RULES,
         }
     }
 
@@ -2658,7 +2735,7 @@ mod tests {
                 retry_of: Some("r0".into()),
                 preserved: BTreeMap::from([("t0/a".to_string(), kept)]),
                 keys: None,
-                numbered_loops: true,
+                rules: RULES,
             },
             dispatched("t0", 1, 0),
             Event::TasksAdded {
@@ -3153,10 +3230,38 @@ mod tests {
         assert_eq!(e.code(RunStatus::Failed), "run_timed_out");
     }
 
+    /// A sub-workflow ends once the tasks beside its output have run; in a
+    /// run started before that rule (`rules` 0), it ended at its output, and
+    /// its history reads back so.
+    #[test]
+    fn a_sub_workflow_waits_for_the_tasks_beside_its_output_from_rules_1() {
+        for rules in [0, RULES] {
+            let tasks = BTreeMap::from([
+                ("x".to_string(), TaskSpec::default()),
+                ("y".to_string(), TaskSpec::default()),
+            ]);
+            let mut s = waiting_parent(tasks, "x", None);
+            s.rules = rules;
+            apply(&mut s, &dispatched("p/x", 1, 1));
+            apply(&mut s, &dispatched("p/y", 1, 1));
+            apply(&mut s, &succeeded("p/x", json!("x"), 2));
+            let want = if rules == 0 {
+                TaskStatus::Succeeded
+            } else {
+                TaskStatus::Waiting
+            };
+            assert_eq!(s.tasks["p"].status, want, "rules {rules}");
+            apply(&mut s, &succeeded("p/y", json!("y"), 3));
+            assert_eq!(s.tasks["p"].status, TaskStatus::Succeeded, "rules {rules}");
+            assert_eq!(s.tasks["p"].output, Some(json!("x")));
+            assert_eq!(s.tasks["p"].ended_at, Some(if rules == 0 { 2 } else { 3 }));
+        }
+    }
+
     /// The iterations of a `while` are numbered under the loop
     /// (`W/3/action`), and an expression in one sees that iteration's tasks
     /// by their names; a run an earlier version started (without
-    /// `numbered_loops`) is read back with the nested ids it made then.
+    /// `rules`) is read back with the nested ids it made then.
     #[test]
     fn loop_iterations_are_numbered_and_old_runs_keep_their_nested_ids() {
         let task = |run: &str, requires: &[&str]| TaskSpec {
@@ -3188,8 +3293,8 @@ mod tests {
                 ..Default::default()
             };
             let mut started = start(spec);
-            if let Event::RunStarted { numbered_loops, .. } = &mut started {
-                *numbered_loops = numbered;
+            if let Event::RunStarted { rules, .. } = &mut started {
+                *rules = if numbered { RULES } else { 0 };
             }
             let mut s = RunState::fold(&[started]);
             // Each iteration's `condition` adds the next.

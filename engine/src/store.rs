@@ -1367,7 +1367,7 @@ impl RunStore for SledStore {
                     spec,
                     preserved,
                     keys,
-                    numbered_loops,
+                    rules,
                     ..
                 } if whole => {
                     let (spec_ref, spec) = self.spec_ref(spec)?;
@@ -1381,8 +1381,8 @@ impl RunStore for SledStore {
                     if let Some(keys) = keys {
                         m.insert("keys".into(), serde_json::to_value(keys)?);
                     }
-                    if *numbered_loops {
-                        m.insert("numbered_loops".into(), true.into());
+                    if *rules > 0 {
+                        m.insert("rules".into(), (*rules).into());
                     }
                     serde_json::to_writer(&mut value, &m)?;
                 }
@@ -1631,7 +1631,7 @@ mod tests {
             retry_of: None,
             preserved: BTreeMap::new(),
             keys: None,
-            numbered_loops: false,
+            rules: 0,
         }
     }
 
@@ -1875,7 +1875,7 @@ mod tests {
                     "T".to_string(),
                     "r0/T/1".to_string(),
                 )]))),
-                numbered_loops: true,
+                rules: crate::state::RULES,
             };
             let events = vec![start, succeeded(2)];
             if whole {
@@ -2437,7 +2437,7 @@ mod layout_tests {
             retry_of: None,
             preserved: Default::default(),
             keys: None,
-            numbered_loops: false,
+            rules: 0,
         };
         let summary = json!({"id": open_id, "workflow": "fp", "version": 1,
             "status": "running", "created_at": OLD_AT + 5, "finished_at": null,

@@ -445,7 +445,7 @@ impl<'w> Sim<'w> {
             retry_of: None,
             preserved: BTreeMap::new(),
             keys: None,
-            numbered_loops: false,
+            rules: 0,
         };
         Ok(Sim::resume(world, vec![started]))
     }

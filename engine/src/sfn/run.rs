@@ -1190,7 +1190,7 @@ spec:
                 retry_of: None,
                 preserved: BTreeMap::new(),
                 keys: None,
-                numbered_loops: false,
+                rules: 0,
             },
         );
         s
