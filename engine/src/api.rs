@@ -324,14 +324,20 @@ fn with_warnings(mut v: Value, engine: &Engine, source: &str) -> Value {
 }
 
 /// The name a workflow's document gives itself (`name:`, or a Fission
-/// `Workflow`'s `metadata.name`), if any.
+/// `Workflow`'s `metadata.name`), if any. Another kind of Fission document
+/// (a `Function`) names no workflow: it is refused as what it is
+/// (`not_a_workflow`), not for its name.
 fn own_name(source: &str) -> ApiResult<Option<String>> {
     // Looking for it parses the document: bound its cost first.
     precheck(source).map_err(|e| EngineError::Invalid(vec![e]))?;
     Ok(serde_yaml::from_str::<serde_yaml::Value>(source)
         .ok()
         .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
-        .or_else(|| crate::sfn::run::document_name(source)))
+        .or_else(|| {
+            crate::sfn::run::is_state_machine(source)
+                .then(|| crate::sfn::run::document_name(source))
+                .flatten()
+        }))
 }
 
 fn mismatch(asked: &str, named: &str) -> ApiError {

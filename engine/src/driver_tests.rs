@@ -1120,6 +1120,23 @@ mod api {
         let (s, _, v) = call(&app, req("PUT", "/v1/workflows/w1", &other)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
         assert_eq!(v["error"]["code"], "name_mismatch", "{v}");
+        // A Fission document of another kind names no workflow: it is
+        // refused as what it is, whatever name the request gives.
+        let function =
+            "apiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: other\nspec: {}\n";
+        for (method, path) in [
+            ("PUT", "/v1/workflows/w1"),
+            ("POST", "/v1/workflows?name=w2"),
+            ("POST", "/v1/workflows"),
+        ] {
+            let (s, _, v) = call(&app, req(method, path, function)).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {path}: {v}");
+            assert_eq!(v["error"]["code"], "not_a_workflow", "{method} {path}: {v}");
+            assert_eq!(
+                v["error"]["details"][0]["code"], "not_a_workflow",
+                "{method} {path}: {v}"
+            );
+        }
         let own = format!("name: w1\n{yaml}");
         let (s, _, v) = call(&app, req("PUT", "/v1/workflows/w1", &own)).await;
         assert_eq!(s, StatusCode::OK, "{v}");
