@@ -1990,7 +1990,20 @@ impl Actor {
                 }
             };
             let msg = match woke {
-                Woke::Turn => continue,
+                // What the turn held is written before the next: the run's
+                // history shows how far it got, and a crash loses no more
+                // than a turn (it was all held to the loop's end).
+                Woke::Turn => {
+                    if self.held_since.take().is_some() {
+                        if let Err(err) = self.append_pending() {
+                            tracing::error!(run = %id, %err, "cannot persist run events; stopping the run actor");
+                            self.unstored(&done, &err);
+                            return;
+                        }
+                        self.engine.store.flush_soon();
+                    }
+                    continue;
+                }
                 Woke::Held => {
                     self.held_since = None;
                     if let Err(err) = self.append_pending() {

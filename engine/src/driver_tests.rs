@@ -317,6 +317,32 @@ async fn a_sub_workflow_ends_once_the_tasks_beside_its_output_have_run() {
     }
 }
 
+/// A long loop of built-ins writes its events as it goes, turn by turn:
+/// its history shows how far it got while it runs (it showed only its
+/// start until the loop's end, and a crash lost all of it).
+#[tokio::test(start_paused = true)]
+async fn a_long_loop_of_built_ins_is_written_as_it_goes() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: W\ntasks:\n  W:\n    run: while\n    inputs:\n      expr: \"{ (task().Inputs._prev || 0) < 3000 }\"\n      limit: 3000\n      delay: 0ms\n      do:\n        run: noop\n        inputs: \"{ (task().Inputs._prev || 0) + 1 }\"\n";
+    e.create_workflow("spins", yaml).unwrap();
+    let started = e
+        .start_run("spins", json!(null), Default::default())
+        .await
+        .unwrap();
+    let mut seen_running = 0;
+    while e.run_summary(&started.id).unwrap().status == RunStatus::Running {
+        seen_running = seen_running.max(e.run_events(&started.id).unwrap().len());
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        seen_running > 100,
+        "{seen_running} events seen while it ran"
+    );
+    let s = e.wait(&started.id).await.unwrap();
+    assert_eq!(s.output, Some(json!(3000)), "{s:?}");
+}
+
 /// A `while` that is a `foreach`'s `do` sees its item at every check, not
 /// only the first (it stopped after one iteration).
 #[tokio::test(start_paused = true)]
