@@ -1056,6 +1056,17 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
             }
         }
         "repeat" => {
+            // Each time one task, not a workflow (every run failed so).
+            if inputs
+                .get("do")
+                .is_some_and(|v| !crate::spec::is_task_spec(v))
+                && inputs.get("do").is_some_and(Value::is_object)
+            {
+                fault(
+                    "do",
+                    "`repeat` runs one task each time (`do: {run: NAME, inputs: ...}`), not a workflow: store the workflow and run it by name (`do: {run: WORKFLOW}`)".to_string(),
+                );
+            }
             if let Some(v) = literal("times") {
                 let max = crate::builtins::MAX_REPEAT as u64;
                 if v.as_u64().is_none_or(|n| n > max) {
@@ -2038,6 +2049,7 @@ mod tests {
             ("    run: switch\n", "needs the input `switch`", 4),
             ("    run: repeat\n    inputs:\n      times: 1000000000\n      do: {run: noop}\n", "from 0 to 10000", 6),
             ("    run: repeat\n    inputs:\n      times: -3\n      do: {run: noop}\n", "from 0 to 10000", 6),
+            ("    run: repeat\n    inputs:\n      times: 3\n      do:\n        output: B\n        tasks:\n          B: {run: noop}\n", "not a workflow", 7),
             ("    run: while\n    inputs:\n      expr: true\n      limit: lots\n      do: {run: noop}\n", "a whole number of iterations", 7),
             ("    run: while\n    inputs:\n      expr: true\n      limit: 100000000\n      do: {run: noop}\n", "from 0 to 10000", 7),
             ("    run: foreach\n    inputs:\n      foreach: 3\n      do: {run: noop}\n", "a list", 6),
