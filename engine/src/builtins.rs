@@ -473,7 +473,11 @@ fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
             "_prev",
             inputs.get("_prev").cloned().unwrap_or(Value::Null),
         );
-        inject(&mut act, "_count", json!(count + 1.0));
+        // A loop in a loop counts its own iterations: the outer's count
+        // made the inner start where the outer was (and its `limit` with it).
+        if act.get("run").and_then(Value::as_str) != Some("while") {
+            inject(&mut act, "_count", json!(count + 1.0));
+        }
         if let Some(m) = act.as_object_mut() {
             m.insert("requires".into(), json!(["wait"]));
         }

@@ -317,6 +317,18 @@ async fn a_sub_workflow_ends_once_the_tasks_beside_its_output_have_run() {
     }
 }
 
+/// A loop in a loop counts its own iterations from 0 each time: it began
+/// at the outer loop's count, so its `limit` ran out early.
+#[tokio::test(start_paused = true)]
+async fn a_loop_in_a_loop_counts_its_own_iterations() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    let yaml = "output: Outer\ntasks:\n  Outer:\n    run: while\n    inputs:\n      expr: \"{ (task().Inputs._prev || 0) < 6 }\"\n      limit: 5\n      delay: 0ms\n      do:\n        run: while\n        inputs:\n          expr: \"{ (task().Inputs._count || 0) < 2 }\"\n          limit: 2\n          delay: 0ms\n          do:\n            run: noop\n            inputs: \"{ (task().Inputs._prev || 0) + 1 }\"\n";
+    let s = run(&e, "nested", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.output, Some(json!(6)));
+}
+
 /// A long loop of built-ins writes its events as it goes, turn by turn:
 /// its history shows how far it got while it runs (it showed only its
 /// start until the loop's end, and a crash lost all of it).
