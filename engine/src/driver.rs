@@ -1990,10 +1990,11 @@ impl Actor {
                 }
             };
             let msg = match woke {
-                // What the turn held is written before the next: the run's
-                // history shows how far it got, and a crash loses no more
-                // than a turn (it was all held to the loop's end).
-                Woke::Turn => {
+                // What was held is written: once its delay is up (`Held`,
+                // armed only while something is held), and before a turn's
+                // next (`Turn`: the run's history shows how far it got, and
+                // a crash loses no more than a turn).
+                Woke::Held | Woke::Turn => {
                     if self.held_since.take().is_some() {
                         if let Err(err) = self.append_pending() {
                             tracing::error!(run = %id, %err, "cannot persist run events; stopping the run actor");
@@ -2002,16 +2003,6 @@ impl Actor {
                         }
                         self.engine.store.flush_soon();
                     }
-                    continue;
-                }
-                Woke::Held => {
-                    self.held_since = None;
-                    if let Err(err) = self.append_pending() {
-                        tracing::error!(run = %id, %err, "cannot persist run events; stopping the run actor");
-                        self.unstored(&done, &err);
-                        return;
-                    }
-                    self.engine.store.flush_soon();
                     continue;
                 }
                 Woke::Msg(None) => {
