@@ -267,6 +267,12 @@ async fn builtins_end_to_end() {
     );
 }
 
+/// A workflow whose `while` `W` counts to `n`, one built-in per iteration,
+/// with no delay: its output is `n`.
+fn counting_loop(n: u32) -> String {
+    format!("output: W\ntasks:\n  W:\n    run: while\n    inputs:\n      expr: \"{{ (task().Inputs._prev || 0) < {n} }}\"\n      limit: {n}\n      delay: 0ms\n      do:\n        run: noop\n        inputs: \"{{ (task().Inputs._prev || 0) + 1 }}\"\n")
+}
+
 /// A loop's iterations are named under it, `W/n/action` (each was once
 /// nested in the last, `W/condition/condition/action`, which made the
 /// engine's work per iteration grow with the loop), and long loops run to
@@ -275,7 +281,7 @@ async fn builtins_end_to_end() {
 async fn long_loops_run_to_their_end() {
     let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
-    let yaml = "output: W\ntasks:\n  W:\n    run: while\n    inputs:\n      expr: \"{ (task().Inputs._prev || 0) < 300 }\"\n      limit: 300\n      delay: 0ms\n      do:\n        run: noop\n        inputs: \"{ (task().Inputs._prev || 0) + 1 }\"\n";
+    let yaml = &counting_loop(300);
     let s = run(&e, "counts", yaml, json!(null)).await;
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
     assert_eq!(s.output, Some(json!(300)));
@@ -336,7 +342,7 @@ async fn a_loop_in_a_loop_counts_its_own_iterations() {
 async fn a_long_loop_of_built_ins_is_written_as_it_goes() {
     let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
-    let yaml = "output: W\ntasks:\n  W:\n    run: while\n    inputs:\n      expr: \"{ (task().Inputs._prev || 0) < 3000 }\"\n      limit: 3000\n      delay: 0ms\n      do:\n        run: noop\n        inputs: \"{ (task().Inputs._prev || 0) + 1 }\"\n";
+    let yaml = &counting_loop(3000);
     e.create_workflow("spins", yaml).unwrap();
     let started = e
         .start_run("spins", json!(null), Default::default())
@@ -374,7 +380,7 @@ async fn a_loop_in_a_foreach_sees_its_item_at_every_check() {
 async fn a_long_loop_of_built_ins_can_be_cancelled_in_the_middle() {
     let (db, fake) = setup();
     let e = engine_with(&fake, &db).await;
-    let yaml = "output: W\ntasks:\n  W:\n    run: while\n    inputs:\n      expr: \"{ (task().Inputs._prev || 0) < 3000 }\"\n      limit: 3000\n      delay: 0ms\n      do:\n        run: noop\n        inputs: \"{ (task().Inputs._prev || 0) + 1 }\"\n";
+    let yaml = &counting_loop(3000);
     e.create_workflow("spins", yaml).unwrap();
     let started = e
         .start_run("spins", json!(null), Default::default())
