@@ -2373,6 +2373,18 @@ impl Actor {
             }
         } else if !self.engine.invoker.function_exists(&target)
             && self.engine.store.workflow_exists(&target)
+            && self.state.spec.state_machine.is_some()
+        {
+            // A state machine's steps are its states: the tasks of a
+            // workflow added under one would never be run (the run waited
+            // for its timeout, 24 h by default).
+            self.record(dispatched(inputs_value, None));
+            self.record(fail(format!(
+                "a Task state runs a function, and {target:?} is a workflow: call it through a route (an `http` function), or run the steps it has as states"
+            )));
+            None
+        } else if !self.engine.invoker.function_exists(&target)
+            && self.engine.store.workflow_exists(&target)
         {
             self.record(dispatched(inputs_value.clone(), None));
             let depth = task.matches('/').count() + 1;

@@ -731,6 +731,26 @@ states:
     );
 }
 
+/// An RFC-0022 Task state whose function is a stored workflow fails at
+/// once, saying so (the workflow's tasks were added and never run: the run
+/// waited for its timeout, 24 h by default).
+#[tokio::test(start_paused = true)]
+async fn a_state_machine_task_naming_a_workflow_fails_at_once() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "inner",
+        "output: T\ntasks:\n  T:\n    run: echo\n    inputs: inner\n",
+    )
+    .unwrap();
+    let doc = "startAt: call\nstates:\n  call: {type: Task, function: {name: inner}, end: true}\n";
+    let s = run(&e, "sm-inner", doc, json!({})).await;
+    assert_eq!(s.status, RunStatus::Failed, "{s:?}");
+    let error = s.error.unwrap().message;
+    assert!(error.contains("\"inner\" is a workflow"), "{error}");
+    assert!(!error.contains("timed out"), "{error}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn cancel_and_retry_from_failure() {
     let (db, fake) = setup();
