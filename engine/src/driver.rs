@@ -2380,7 +2380,8 @@ impl Actor {
             // for its timeout, 24 h by default).
             self.record(dispatched(inputs_value, None));
             self.record(fail(format!(
-                "a Task state runs a function, and {target:?} is a workflow: call it through a route (an `http` function), or run the steps it has as states"
+                "{}{target:?} is a workflow: call it through a route (an `http` function), or run the steps it has as states",
+                crate::sfn::run::NOT_A_FUNCTION
             )));
             None
         } else if !self.engine.invoker.function_exists(&target)
@@ -2392,6 +2393,11 @@ impl Actor {
                 Ok(Some(_)) if depth > MAX_WORKFLOW_DEPTH => self.record(fail(format!(
                     "workflow {:?} would run nested {depth} levels deep, past the limit of {MAX_WORKFLOW_DEPTH} (does a workflow call itself?)",
                     spec.run
+                ))),
+                // A state machine's steps are no tasks to add: the task
+                // waited for them for ever.
+                Ok(Some(wf)) if wf.spec.state_machine.is_some() => self.record(fail(format!(
+                    "workflow {target:?} is a Fission `Workflow` (a state machine), which a task cannot run inside this one: invoke it on its own (its route, /fission-function/{target}, `fusion wf invoke {target}`)"
                 ))),
                 Ok(Some(wf)) => match self.too_big(wf.spec.tasks.len()) {
                     Some(why) => self.record(fail(why)),

@@ -748,7 +748,29 @@ async fn a_state_machine_task_naming_a_workflow_fails_at_once() {
     assert_eq!(s.status, RunStatus::Failed, "{s:?}");
     let error = s.error.unwrap().message;
     assert!(error.contains("\"inner\" is a workflow"), "{error}");
-    assert!(!error.contains("timed out"), "{error}");
+    // Never retried: as a function that does not exist.
+    assert!(error.starts_with("Fission.PermanentError"), "{error}");
+}
+
+/// A task that names a stored state machine fails at once, saying so (it
+/// waited for ever: a state machine's steps are no tasks to add).
+#[tokio::test(start_paused = true)]
+async fn a_task_naming_a_state_machine_fails_at_once() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "machine",
+        "apiVersion: fission.io/v1\nkind: Workflow\nmetadata: {name: machine}\nspec:\n  startAt: done\n  states:\n    done: {type: Succeed}\n",
+    )
+    .unwrap();
+    let yaml = "output: C\ntasks:\n  C:\n    run: machine\n    inputs: {a: 1}\n";
+    let s = run(&e, "calls-machine", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Failed, "{s:?}");
+    let error = s.error.unwrap().message;
+    assert!(
+        error.contains("is a Fission `Workflow` (a state machine)"),
+        "{error}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -308,6 +308,10 @@ fn own_error_type(status: Option<u16>, error: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// How the error of a Task state that names a workflow, not a function,
+/// begins (a `Fission.PermanentError`).
+pub const NOT_A_FUNCTION: &str = "a Task state runs a function, and ";
+
 /// A new step of a state machine run, when `id` names one (`apply` adds it
 /// when the step is dispatched).
 pub fn new_step(s: &RunState, id: &str) -> Option<TaskState> {
@@ -343,9 +347,11 @@ fn step_error(t: &TaskState) -> (String, String, Option<Value>) {
             (kind.to_string(), message, None)
         }
         None if message.contains("timed out") => (TIMEOUT.to_string(), message, None),
-        // A function that does not exist (`CallError::UnknownFunction`):
-        // never retried, as a 4xx is not.
-        None if message.starts_with("function ") && message.ends_with(" does not exist") => {
+        // A function that does not exist (`CallError::UnknownFunction`), or
+        // a workflow named where a function is: never retried, as a 4xx is not.
+        None if message.starts_with("function ") && message.ends_with(" does not exist")
+            || message.starts_with(NOT_A_FUNCTION) =>
+        {
             (PERMANENT_ERROR.to_string(), message, None)
         }
         // A callback completed with `{"error": {"errorType": ..., "cause": ...}}`.
