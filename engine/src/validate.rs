@@ -381,7 +381,15 @@ pub fn format_warnings(
         let takes = (!task.run.starts_with(crate::spec::FISSION_SCHEME))
             .then(|| crate::builtins::inputs_of(&task.run))
             .flatten();
-        if let (Some(takes), Some(Value::Object(inputs))) = (takes, &task.inputs) {
+        // (A `noop` whose input is a workflow runs that workflow.)
+        let runs_workflow = task.run == "noop"
+            && task
+                .inputs
+                .as_ref()
+                .is_some_and(crate::spec::is_workflow_spec);
+        if let (Some(takes), Some(Value::Object(inputs)), false) =
+            (takes, &task.inputs, runs_workflow)
+        {
             let known: Vec<String> = takes.iter().map(|t| t.to_string()).collect();
             for key in inputs
                 .keys()
@@ -1972,6 +1980,15 @@ mod tests {
         assert_eq!(at, [("unknown_key", 2, 1), ("unknown_key", 8, 7)], "{e:?}");
         // What Fission Workflows writes is still accepted.
         assert!(check("apiversion: 1\ndescription: d\noutput: A\ntasks:\n  A:\n    id: A\n    run: fortune\n    retry:\n      maxAttempts: 2\n      backoff: {initial: 1s, max: 2s, multiplier: 2}\n      jitter: 0.1\n").is_empty());
+    }
+
+    /// A `noop` whose input is a workflow runs it: its `output` and `tasks`
+    /// are read, and no warning says otherwise.
+    #[test]
+    fn a_noop_running_a_workflow_is_not_said_to_ignore_it() {
+        let yaml = "output: N\ntasks:\n  N:\n    run: noop\n    inputs:\n      output: M\n      tasks:\n        M: {run: noop, inputs: hi}\n";
+        let w = crate::validate::check_offline(yaml).unwrap();
+        assert!(!w.iter().any(|w| w.code == "unused_input"), "{w:?}");
     }
 
     /// An empty document (or one of blank lines and comments) is said to
