@@ -1059,6 +1059,15 @@ fn the_cli_creates_invokes_and_routes_workflows() {
                 .unwrap();
         assert_eq!(answer["output"], want, "{body}: {answer}");
     }
+    // Without -o json, bytes are printed as they are, with nothing added.
+    let out = std::process::Command::new(common::BIN)
+        .args(["wf", "invoke", "passes", "-b", r#"{"$bytes":"/wAB"}"#])
+        .env("FUSION_URL", &s.api)
+        .env("FUSION_TOKEN", &s.token)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, [0xff, 0x00, 0x01]);
     // Started in the background through the API, its Location is absolute,
     // as the router's and a function's are.
     let accepted = s

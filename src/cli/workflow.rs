@@ -556,9 +556,17 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 println!("{id}");
                 return Ok(());
             }
-            print!("{text}");
-            if !text.is_empty() && !text.ends_with('\n') {
-                println!();
+            if std::str::from_utf8(&body).is_ok() {
+                print!("{text}");
+                if !text.is_empty() && !text.ends_with('\n') {
+                    println!();
+                }
+            } else {
+                // Bytes as they came (a newline would be one more byte).
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&body)?;
+                out.flush()?;
             }
             if let Some(id) = run {
                 eprintln!("run {id}");
