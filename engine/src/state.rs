@@ -1320,11 +1320,28 @@ fn place(s: &mut RunState, id: &str) {
     let waiting = t.status == TaskStatus::Waiting;
     let failed = (t.status == TaskStatus::Failed && t.scope.is_none() && t.on_failure.is_none())
         .then(|| (t.ended_at, t.id.clone()));
-    let queue = (t.scope.clone(), (Natural(t.local.clone()), t.id.clone()));
     let queued =
         live && t.status == TaskStatus::Pending && s.scope_limit(t.scope.as_deref()).is_some();
     live &= !queued;
+    // Its place in its scope's queue, when there is a queue to put it in or
+    // take it from.
+    let entry = (queued || s.progress.queued.contains_key(&parent))
+        .then(|| (Natural(t.local.clone()), t.id.clone()));
     let progress = &mut s.progress;
+    match entry {
+        Some(e) if queued => {
+            progress.queued.entry(parent.clone()).or_default().insert(e);
+        }
+        Some(e) => {
+            if let Some(q) = progress.queued.get_mut(&parent) {
+                q.remove(&e);
+                if q.is_empty() {
+                    progress.queued.remove(&parent);
+                }
+            }
+        }
+        None => {}
+    }
     if active != progress.active.contains(id) {
         if active {
             progress.active.insert(id.to_string());
@@ -1333,14 +1350,6 @@ fn place(s: &mut RunState, id: &str) {
         }
         if let Some(n) = parent.map(|p| progress.active_in.entry(p).or_default()) {
             *n = if active { *n + 1 } else { n.saturating_sub(1) };
-        }
-    }
-    if queued {
-        progress.queued.entry(queue.0).or_default().insert(queue.1);
-    } else if let Some(q) = progress.queued.get_mut(&queue.0) {
-        q.remove(&queue.1);
-        if q.is_empty() {
-            progress.queued.remove(&queue.0);
         }
     }
     if live {
