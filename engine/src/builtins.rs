@@ -455,7 +455,10 @@ fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
             "while needs `limit`, a whole number of iterations from 0 to {MAX_WHILE}, not {limit}"
         ));
     }
-    let count = as_number(inputs.get("_count")).unwrap_or(0.0);
+    // Counts are whole numbers, shown as such in the run (`_count: 3`, not
+    // `3.0`); `limit` is whole from here on.
+    let count = as_number(inputs.get("_count")).unwrap_or(0.0) as u64;
+    let limit = limit as u64;
     if !truthy(cond) {
         return Outcome::Output(inputs.get("_prev").cloned().unwrap_or(Value::Null));
     }
@@ -476,7 +479,7 @@ fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
         // A loop in a loop counts its own iterations: the outer's count
         // made the inner start where the outer was (and its `limit` with it).
         if act.get("run").and_then(Value::as_str) != Some("while") {
-            inject(&mut act, "_count", json!(count + 1.0));
+            inject(&mut act, "_count", json!(count + 1));
         }
         if let Some(m) = act.as_object_mut() {
             m.insert("requires".into(), json!(["wait"]));
@@ -490,7 +493,7 @@ fn while_loop(inputs: &Inputs, raw: &Inputs) -> Outcome {
     cond_inputs.insert("limit".into(), json!(limit));
     cond_inputs.insert("delay".into(), delay.clone());
     cond_inputs.insert("do".into(), action.clone());
-    cond_inputs.insert("_count".into(), json!(count + 1.0));
+    cond_inputs.insert("_count".into(), json!(count + 1));
     cond_inputs.insert("_prev".into(), json!("{ output('action') }"));
     // A loop that is a `foreach`'s `do` keeps its item for every check
     // (`task().Inputs._item` in `expr`), as written in the loop's task.
@@ -1083,6 +1086,14 @@ mod tests {
         let DynamicTasks { tasks, output, .. } = dynamic_workflow(&wf).unwrap().unwrap();
         assert_eq!(output, "condition");
         assert_eq!(tasks.len(), 3);
+        // Its counts read as the user wrote them: whole numbers.
+        let check = tasks["condition"].inputs.as_ref().unwrap();
+        assert_eq!(check["limit"].to_string(), "5");
+        assert_eq!(check["_count"].to_string(), "1");
+        assert_eq!(
+            tasks["action"].inputs.as_ref().unwrap()["_count"].to_string(),
+            "1"
+        );
         assert_eq!(
             out(
                 "while",
