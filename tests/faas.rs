@@ -1823,6 +1823,43 @@ fn an_answer_that_is_not_http_is_a_502_the_functions_log_explains() {
     assert!(said(&log), "{log}");
 }
 
+/// An answer with more header fields than the router reads is a 502 that
+/// says so (it was `instance_failed`, "message head is too large", for 1.8
+/// KB of headers), and the instance, which is well, serves the next call.
+#[test]
+fn an_answer_with_too_many_headers_is_a_502_that_says_so() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "hdrs",
+        "python",
+        "hdrs.py",
+        "from flask import request\ndef main():\n    n = int(request.args.get('n'))\n    return 'ok', 200, [('X-H%d' % i, 'v') for i in range(n)]\n",
+        json!({}),
+    );
+    let r = s.get("/fission-function/hdrs?n=120");
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "response_head_too_large", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 100 header fields"),
+        "{v}"
+    );
+    let log = s
+        .api("GET", "/v1/functions/hdrs/logs")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(log.contains("502 response_head_too_large"), "{log}");
+    let r = s.get("/fission-function/hdrs?n=90");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-h89"], "v");
+}
+
 /// Scripts written for Fission's binary image run: it is Alpine, its shell is
 /// busybox's, and Fission Workflows' own `dump.sh` starts with a `printf` that
 /// dash and bash refuse as an option.

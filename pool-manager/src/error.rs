@@ -28,6 +28,10 @@ pub enum Error {
     Timeout(String),
     #[error("{0}")]
     Upstream(String),
+    /// An instance's answer whose head the router does not take (more header
+    /// fields or bytes than it reads); the instance lives on.
+    #[error("{0}")]
+    ResponseHeadTooLarge(String),
     /// A function's code the runtime could not load. `detail` (the
     /// runtime's own words: an exception's message may hold a secret) is for
     /// the function's log and its owner (`fusion fn test`); a caller of the
@@ -65,6 +69,7 @@ impl Error {
             Error::Overloaded(_) => "too_many_requests",
             Error::Timeout(_) => "function_timeout",
             Error::Upstream(_) | Error::LoadFailed { .. } => "instance_failed",
+            Error::ResponseHeadTooLarge(_) => "response_head_too_large",
             Error::OutOfMemory(_) => "out_of_memory",
             Error::Unavailable(_) => "unavailable",
             Error::ShuttingDown(_) => "shutting_down",
@@ -84,9 +89,10 @@ impl Error {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Error::Upstream(_) | Error::LoadFailed { .. } | Error::OutOfMemory(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Error::Upstream(_)
+            | Error::LoadFailed { .. }
+            | Error::OutOfMemory(_)
+            | Error::ResponseHeadTooLarge(_) => StatusCode::BAD_GATEWAY,
             Error::Unavailable(_) | Error::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             // The call depends on a build that failed; retrying does not help.
             Error::BuildFailed(_) => StatusCode::FAILED_DEPENDENCY,
@@ -195,6 +201,7 @@ mod tests {
             Error::Overloaded(s()),
             Error::Timeout(s()),
             Error::Upstream(s()),
+            Error::ResponseHeadTooLarge(s()),
             Error::OutOfMemory(s()),
             Error::Unavailable(s()),
             Error::ShuttingDown(s()),

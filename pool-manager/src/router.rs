@@ -892,6 +892,20 @@ const OOM_EXIT_REPORT_WAIT: Duration = Duration::from_secs(5);
 /// name with a space), where its developer looks.
 async fn instance_failed(pm: &PoolManager, lease: &Lease, e: &ClientError) -> Error {
     let function = &lease.function.key();
+    // An answer the router does not read is the function's doing, and its
+    // instance is well: said as such, at once (it waited for an exit).
+    if matches!(e, ClientError::Http(h) if h.is_parse_too_large()) {
+        let reason = format!(
+            "the answer of function {function:?} has more than {RESPONSE_MAX_HEADERS} header fields, or a head (status line and headers) over {} KiB, past what the router reads",
+            RESPONSE_MAX_HEAD / 1024
+        );
+        log_failure(
+            pm,
+            lease,
+            &format!("the request failed with 502 response_head_too_large: {reason}"),
+        );
+        return Error::ResponseHeadTooLarge(reason);
+    }
     let mut exit = tokio::time::timeout(EXIT_REPORT_WAIT, lease.instance.wait_exited())
         .await
         .ok();
@@ -918,20 +932,33 @@ async fn instance_failed(pm: &PoolManager, lease: &Lease, e: &ClientError) -> Er
         None => e.to_string(),
     };
     tracing::warn!(function, instance = lease.instance.id, error = %reason, "an instance failed a request (502)");
+    log_failure(
+        pm,
+        lease,
+        &format!("the request failed with 502 instance_failed: {reason}"),
+    );
+    Error::Upstream(format!(
+        "the instance serving function {function:?} failed while handling the request: {reason}"
+    ))
+}
+
+/// Header fields in an instance's answer at most (hyper's default, which
+/// parses them on the stack).
+const RESPONSE_MAX_HEADERS: usize = 100;
+/// The bytes of an instance's answer's head at most (hyper's default read
+/// buffer, 8 KiB + 100 x 4 KiB).
+const RESPONSE_MAX_HEAD: usize = 8192 + 4096 * 100;
+
+/// Writes `line` to the function's log, where its developer looks, at most
+/// a few times a second.
+fn log_failure(pm: &PoolManager, lease: &Lease, line: &str) {
     let second = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     if lease.metrics.failure_lines.admit(second).is_some() {
-        pm.logs().append(
-            function,
-            lease.instance.id,
-            "fusion",
-            &format!("the request failed with 502 instance_failed: {reason}"),
-        );
+        pm.logs()
+            .append(&lease.function.key(), lease.instance.id, "fusion", line);
     }
-    Error::Upstream(format!(
-        "the instance serving function {function:?} failed while handling the request: {reason}"
-    ))
 }
 
 /// The error for a request whose instance ended before it answered.
