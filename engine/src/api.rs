@@ -751,6 +751,7 @@ pub fn run_json(s: &RunState) -> Value {
             json!({
                 "id": t.id,
                 "scope": t.scope,
+                "requires": t.requires,
                 "run": shown.unwrap_or_else(|| shown_run(s, t)),
                 "status": status,
                 "attempts": t.attempts,

@@ -567,16 +567,7 @@ fn run_row(v: &Value) -> Value {
 /// its start time and duration; a callback still waiting shows where to
 /// complete it.
 fn task_rows(tasks: &Value) -> Value {
-    let mut tasks: Vec<&Value> = tasks.as_array().into_iter().flatten().collect();
-    // In the order they ran; those started together by their ids as a person
-    // reads them (`do_2` before `do_10`).
-    tasks.sort_by_cached_key(|t| {
-        (
-            t["started_at"].as_u64().unwrap_or(u64::MAX),
-            natural_key(t["id"].as_str().unwrap_or_default()),
-        )
-    });
-    let rows: Vec<Value> = tasks
+    let rows: Vec<Value> = in_the_order_they_ran(tasks)
         .into_iter()
         .map(|t| {
             let mut row = t.clone();
@@ -626,6 +617,70 @@ fn task_rows(tasks: &Value) -> Value {
         })
         .collect();
     Value::Array(rows)
+}
+
+/// The tasks in the order they started, those that never did last. Tasks
+/// started in the same millisecond come after the ones among them they
+/// required (`W/4/wait` before `W/4/action`), else by id as a person reads
+/// them (`do_2` before `do_10`).
+fn in_the_order_they_ran(tasks: &Value) -> Vec<&Value> {
+    let mut tasks: Vec<&Value> = tasks.as_array().into_iter().flatten().collect();
+    tasks.sort_by_cached_key(|t| {
+        (
+            t["started_at"].as_u64().unwrap_or(u64::MAX),
+            natural_key(t["id"].as_str().unwrap_or_default()),
+        )
+    });
+    let mut ordered = Vec::with_capacity(tasks.len());
+    for group in tasks.chunk_by(|a, b| a["started_at"] == b["started_at"]) {
+        ordered.extend(required_first(group));
+    }
+    ordered
+}
+
+/// `group` reordered so that a task follows those of the group it requires,
+/// keeping the group's order otherwise (Kahn's algorithm, the earliest ready
+/// task first).
+fn required_first<'a>(group: &[&'a Value]) -> Vec<&'a Value> {
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, HashMap};
+    if group.len() < 2 {
+        return group.to_vec();
+    }
+    let at: HashMap<&str, usize> = group
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| Some((t["id"].as_str()?, i)))
+        .collect();
+    let mut waits_for = vec![0usize; group.len()];
+    let mut dependents = vec![Vec::new(); group.len()];
+    for (i, t) in group.iter().enumerate() {
+        for r in t["requires"].as_array().into_iter().flatten() {
+            if let Some(&j) = r.as_str().and_then(|r| at.get(r)) {
+                waits_for[i] += 1;
+                dependents[j].push(i);
+            }
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..group.len())
+        .filter(|&i| waits_for[i] == 0)
+        .map(Reverse)
+        .collect();
+    let mut placed = vec![false; group.len()];
+    let mut ordered = Vec::with_capacity(group.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        placed[i] = true;
+        ordered.push(group[i]);
+        for &d in &dependents[i] {
+            waits_for[d] -= 1;
+            if waits_for[d] == 0 {
+                ready.push(Reverse(d));
+            }
+        }
+    }
+    // A cycle (no run has one) keeps the rest in the group's order.
+    ordered.extend((0..group.len()).filter(|&i| !placed[i]).map(|i| group[i]));
+    ordered
 }
 
 /// A sort key that orders the numbers in a name by value: `do_2` < `do_10`.
@@ -834,6 +889,44 @@ mod tests {
         assert_eq!(
             next_page(&spaced, DEFAULT_LIMIT, "c"),
             "fusion run list --status 'failed, cancelled' --cursor c"
+        );
+    }
+
+    /// Tasks started in the same millisecond are listed after the tasks
+    /// among them they required, not by id: `W/4/wait` before `W/4/action`.
+    #[test]
+    fn tasks_started_together_follow_what_they_required() {
+        let tasks = json!([
+            {"id": "W/4/action", "status": "succeeded", "attempts": 1, "started_at": 7,
+             "ended_at": 7, "requires": ["W/4/wait"]},
+            {"id": "W/4/condition", "status": "succeeded", "attempts": 1, "started_at": 7,
+             "ended_at": 7, "requires": ["W/4/action"]},
+            {"id": "W/4/wait", "status": "succeeded", "attempts": 1, "started_at": 7,
+             "ended_at": 7, "requires": ["W/3/condition"]},
+            {"id": "W/3/condition", "status": "succeeded", "attempts": 1, "started_at": 6,
+             "ended_at": 7, "requires": []},
+            {"id": "A", "status": "succeeded", "attempts": 1, "started_at": 7,
+             "ended_at": 8, "requires": []},
+            {"id": "B", "status": "cancelled", "attempts": 0, "started_at": null,
+             "requires": ["A"]},
+        ]);
+        let rows = task_rows(&tasks);
+        let ids: Vec<&str> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "W/3/condition",
+                "A",
+                "W/4/wait",
+                "W/4/action",
+                "W/4/condition",
+                "B"
+            ]
         );
     }
 
