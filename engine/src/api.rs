@@ -509,7 +509,7 @@ fn status_query(s: &str) -> Option<RunStatus> {
 async fn list_runs(
     State(engine): State<Arc<Engine>>,
     ApiQuery(q): ApiQuery<RunsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<JsonBytes> {
     // One status, or several separated by commas (`failed,cancelled`).
     let statuses = q
         .status
@@ -560,17 +560,17 @@ async fn list_runs(
             Err(e) => return Err(e.into()),
         };
         settled(&engine).await;
-        let mut runs = Vec::new();
-        let mut folds = RUNNING_TASKS_LISTED;
-        for s in found
-            .iter()
+        let found: Vec<RunSummary> = found
+            .into_iter()
             .filter(|s| statuses.is_empty() || statuses.contains(&s.status))
             .filter(|s| q.since.is_none_or(|t| s.created_at >= t))
             .filter(|s| q.until.is_none_or(|t| s.created_at <= t))
-        {
-            runs.push(listed(&engine, s, &mut folds)?);
-        }
-        return Ok(Json(json!({"runs": runs, "next_cursor": null})));
+            .collect();
+        return off_runtime(move || {
+            let runs = listed_page(&engine, &found)?;
+            Ok(JsonBytes::of(&json!({"runs": runs, "next_cursor": null})))
+        })
+        .await;
     }
     let workflow = q.workflow.filter(|w| !w.is_empty());
     // A workflow that other workflows run as a task has no runs of its own
@@ -589,16 +589,21 @@ async fn list_runs(
         scan_limit: 0,
     })?;
     settled(&engine).await;
-    let mut runs = Vec::with_capacity(page.runs.len());
+    off_runtime(move || {
+        let runs = listed_page(&engine, &page.runs)?;
+        let mut body = json!({"runs": runs, "next_cursor": page.next_cursor});
+        if !inside.is_empty() {
+            body["also_runs_inside"] = json!(inside);
+        }
+        Ok(JsonBytes::of(&body))
+    })
+    .await
+}
+
+/// A page of runs as the history lists them (see [`listed`]).
+fn listed_page(engine: &Engine, page: &[RunSummary]) -> ApiResult<Vec<Value>> {
     let mut folds = RUNNING_TASKS_LISTED;
-    for s in &page.runs {
-        runs.push(listed(&engine, s, &mut folds)?);
-    }
-    let mut body = json!({"runs": runs, "next_cursor": page.next_cursor});
-    if !inside.is_empty() {
-        body["also_runs_inside"] = json!(inside);
-    }
-    Ok(Json(body))
+    page.iter().map(|s| listed(engine, s, &mut folds)).collect()
 }
 
 /// The running runs of a page whose running tasks are listed: each is
@@ -832,13 +837,52 @@ async fn settled(engine: &Engine) {
     }
 }
 
+/// Runs `work`, whose cost grows with a run (folding its events, writing its
+/// JSON), on a blocking thread. On the runtime's own threads it held up every
+/// other request for as long: a router call waited 0.8 s while a run of
+/// 30,000 tasks was shown.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("showing the run failed: {e}"),
+        )
+    })?
+}
+
+/// A JSON answer written out where it was made (see [`off_runtime`]).
+struct JsonBytes(Vec<u8>);
+
+impl JsonBytes {
+    fn of(v: &Value) -> JsonBytes {
+        // A `Value` always serializes.
+        JsonBytes(serde_json::to_vec(v).unwrap_or_default())
+    }
+}
+
+impl IntoResponse for JsonBytes {
+    fn into_response(self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.0,
+        )
+            .into_response()
+    }
+}
+
 /// A run in full; with `?wait=SECONDS`, once it has ended or that time has
 /// passed (whichever is first: the status says which).
 async fn get_run(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<RunQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<JsonBytes> {
     if let Some(secs) = q.wait {
         if secs > MOST_WAIT_SECS {
             return Err(ApiError::new(
@@ -849,23 +893,29 @@ async fn get_run(
         }
         // Known or 404 first; then the wait (its end, the time, or the
         // server's stop).
-        engine.run_state(&id)?;
+        engine.run_summary(&id)?;
         let wait = tokio::time::timeout(std::time::Duration::from_secs(secs), engine.wait(&id));
         tokio::select! {
             _ = wait => {}
             () = engine.polls_ended() => {}
         }
     }
-    let state = engine.run_state(&id)?;
+    let state = {
+        let (engine, id) = (engine.clone(), id.clone());
+        off_runtime(move || Ok(engine.run_state(&id)?)).await?
+    };
     settled(&engine).await;
-    let mut run = run_json(&state);
-    // The way on from a failed or cancelled run: the run that retried it.
-    if matches!(state.status, RunStatus::Failed | RunStatus::Cancelled) {
-        if let Some(retry) = engine.retried_by(&id)? {
-            run["retried_by"] = json!(retry);
+    off_runtime(move || {
+        let mut run = run_json(&state);
+        // The way on from a failed or cancelled run: the run that retried it.
+        if matches!(state.status, RunStatus::Failed | RunStatus::Cancelled) {
+            if let Some(retry) = engine.retried_by(&id)? {
+                run["retried_by"] = json!(retry);
+            }
         }
-    }
-    Ok(Json(run))
+        Ok(JsonBytes::of(&run))
+    })
+    .await
 }
 
 /// The workflow a run runs, as `GET /v1/workflows/{name}?version=` gives
@@ -874,27 +924,33 @@ async fn get_run(
 async fn run_workflow(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Value>> {
-    let state = engine.run_state(&id)?;
-    let spec = match &state.spec.state_machine {
-        Some(machine) => json!(machine),
-        None => json!(state.spec),
-    };
-    Ok(Json(json!({
-        "name": state.workflow,
-        "version": state.version,
-        "format": if state.spec.state_machine.is_some() { "rfc-0022" } else { "fission-workflows" },
-        "spec": spec,
-    })))
+) -> ApiResult<JsonBytes> {
+    off_runtime(move || {
+        let state = engine.run_state(&id)?;
+        let spec = match &state.spec.state_machine {
+            Some(machine) => json!(machine),
+            None => json!(state.spec),
+        };
+        Ok(JsonBytes::of(&json!({
+            "name": state.workflow,
+            "version": state.version,
+            "format": if state.spec.state_machine.is_some() { "rfc-0022" } else { "fission-workflows" },
+            "spec": spec,
+        })))
+    })
+    .await
 }
 
 async fn run_events(
     State(engine): State<Arc<Engine>>,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Value>> {
-    let events = engine.run_events(&id)?;
+) -> ApiResult<JsonBytes> {
+    let events = {
+        let (engine, id) = (engine.clone(), id.clone());
+        off_runtime(move || Ok(engine.run_events(&id)?)).await?
+    };
     settled(&engine).await;
-    Ok(Json(events_json(&id, &events)))
+    off_runtime(move || Ok(JsonBytes::of(&events_json(&id, &events)))).await
 }
 
 /// Where a run's events answer its large input body: in its start.
