@@ -725,83 +725,125 @@ fn answered_inputs(inputs: Option<&Value>, body: Option<&Value>, at: &str) -> (V
 /// A run in full: status, input, output, timings and every task. A large
 /// input body is in it once (see `answered_input`).
 pub fn run_json(s: &RunState) -> Value {
-    let (input, body) = answered_input(&s.input);
-    let tasks: Vec<Value> = s
-        .tasks
-        .values()
-        .map(|t| {
-            let (inputs, inputs_from) =
-                answered_inputs(t.inputs.as_ref(), body, INPUT_BODY_POINTER);
-            let machine = s.spec.state_machine.as_deref();
-            let shown = machine.and_then(|m| crate::sfn::run::step_shown(m, &t.id));
-            let fan_out = machine.and_then(|m| crate::sfn::run::fan_out_shown(s, m, t));
-            let (status, ended_at, output, error) = match fan_out {
-                Some(f) => (f.status, f.ended_at, f.output, f.error),
-                None => (t.status, t.ended_at, t.output.clone(), t.error.clone()),
-            };
-            // A step whose call succeeded but whose result could not be
-            // placed (a `resultPath` into a document that cannot hold it)
-            // failed the run there: shown failed, with the run's error.
-            let (status, error) = match &s.error {
-                Some(e)
-                    if machine.is_some()
-                        && s.status == RunStatus::Failed
-                        && status == crate::state::TaskStatus::Succeeded
-                        && e.task.as_deref() == Some(t.id.as_str()) =>
-                {
-                    (crate::state::TaskStatus::Failed, Some(e.message.clone()))
-                }
-                _ => (status, error),
-            };
-            json!({
-                "id": t.id,
-                "scope": t.scope,
-                "requires": t.requires,
-                "run": shown.unwrap_or_else(|| shown_run(s, t)),
-                "status": status,
-                "attempts": t.attempts,
-                "max_attempts": crate::retry::RetryPolicy::from_spec(t.spec.retry.as_ref())
-                    .map_or(1, |p| p.max_attempts),
-                "failed_attempts": t.failed_attempts,
-                "repeated_after_restart": t.repeated_after_restart,
-                // The last (or current) attempt's start, and a retrying
-                // task's next attempt.
-                "attempt_started_at": t.attempt_started_at,
-                "retry_at": t.retry_at.filter(|_| t.status == crate::state::TaskStatus::Retrying),
-                "started_at": t.started_at,
-                "ended_at": ended_at,
-                "inputs": inputs,
-                "inputs_from": inputs_from,
-                "output": output,
-                "output_headers": t.headers,
-                "error": error,
-                "cancel_reason": t.cancel_reason.as_ref().filter(|_| status == crate::state::TaskStatus::Cancelled),
-                "http_status": t.http_status,
-                "workflow_version": t.workflow_version,
-                "kept_from": t.kept_from,
-                "callback": t.callback.as_ref().map(|token| json!({
-                    "token": token,
-                    "path": format!("{CALLBACKS_PATH}{token}"),
-                    "deadline": t.callback_deadline,
-                    "completed": t.callback_completed,
-                })),
-            })
-        })
-        .collect();
+    serde_json::to_value(RunJson {
+        s,
+        retried_by: None,
+    })
+    .unwrap_or_default()
+}
+
+/// A run as answered, written out task by task: a `Value` of the whole run
+/// held it all at once (about 90 MB for a run of 30,000 tasks). Its fields in
+/// the order a `Value`'s map writes them.
+struct RunJson<'a> {
+    s: &'a RunState,
+    /// A failed or cancelled run's retry, when it has one.
+    retried_by: Option<String>,
+}
+
+impl serde::Serialize for RunJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let s = self.s;
+        let (input, body) = answered_input(&s.input);
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("created_at", &s.started_at)?;
+        m.serialize_entry(
+            "duration_ms",
+            &s.finished_at.map(|f| f.saturating_sub(s.started_at)),
+        )?;
+        m.serialize_entry("error", &error_json(s.status, s.error.as_ref()))?;
+        m.serialize_entry("finished_at", &s.finished_at)?;
+        m.serialize_entry("id", &s.run_id)?;
+        m.serialize_entry("input", &input)?;
+        m.serialize_entry("output", &s.output)?;
+        m.serialize_entry("output_headers", &s.output_headers)?;
+        if let Some(retry) = &self.retried_by {
+            m.serialize_entry("retried_by", retry)?;
+        }
+        m.serialize_entry("retry_of", &s.retry_of)?;
+        m.serialize_entry("status", &s.status)?;
+        m.serialize_entry("tasks", &TasksJson { s, body })?;
+        m.serialize_entry("version", &s.version)?;
+        m.serialize_entry("workflow", &s.workflow)?;
+        m.end()
+    }
+}
+
+/// A run's tasks as answered, one `Value` at a time.
+struct TasksJson<'a> {
+    s: &'a RunState,
+    body: Option<&'a Value>,
+}
+
+impl serde::Serialize for TasksJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_seq(
+            self.s
+                .tasks
+                .values()
+                .map(|t| task_json(self.s, t, self.body)),
+        )
+    }
+}
+
+/// One task of a run as answered; `body`, the run's large input body, is
+/// named rather than repeated in its inputs.
+fn task_json(s: &RunState, t: &crate::state::TaskState, body: Option<&Value>) -> Value {
+    let (inputs, inputs_from) = answered_inputs(t.inputs.as_ref(), body, INPUT_BODY_POINTER);
+    let machine = s.spec.state_machine.as_deref();
+    let shown = machine.and_then(|m| crate::sfn::run::step_shown(m, &t.id));
+    let fan_out = machine.and_then(|m| crate::sfn::run::fan_out_shown(s, m, t));
+    let (status, ended_at, output, error) = match fan_out {
+        Some(f) => (f.status, f.ended_at, f.output, f.error),
+        None => (t.status, t.ended_at, t.output.clone(), t.error.clone()),
+    };
+    // A step whose call succeeded but whose result could not be
+    // placed (a `resultPath` into a document that cannot hold it)
+    // failed the run there: shown failed, with the run's error.
+    let (status, error) = match &s.error {
+        Some(e)
+            if machine.is_some()
+                && s.status == RunStatus::Failed
+                && status == crate::state::TaskStatus::Succeeded
+                && e.task.as_deref() == Some(t.id.as_str()) =>
+        {
+            (crate::state::TaskStatus::Failed, Some(e.message.clone()))
+        }
+        _ => (status, error),
+    };
     json!({
-        "id": s.run_id,
-        "workflow": s.workflow,
-        "version": s.version,
-        "status": s.status,
-        "input": input,
-        "output": s.output,
-        "output_headers": s.output_headers,
-        "error": error_json(s.status, s.error.as_ref()),
-        "created_at": s.started_at,
-        "finished_at": s.finished_at,
-        "duration_ms": s.finished_at.map(|f| f.saturating_sub(s.started_at)),
-        "retry_of": s.retry_of,
-        "tasks": tasks,
+        "id": t.id,
+        "scope": t.scope,
+        "requires": t.requires,
+        "run": shown.unwrap_or_else(|| shown_run(s, t)),
+        "status": status,
+        "attempts": t.attempts,
+        "max_attempts": crate::retry::RetryPolicy::from_spec(t.spec.retry.as_ref())
+            .map_or(1, |p| p.max_attempts),
+        "failed_attempts": t.failed_attempts,
+        "repeated_after_restart": t.repeated_after_restart,
+        // The last (or current) attempt's start, and a retrying
+        // task's next attempt.
+        "attempt_started_at": t.attempt_started_at,
+        "retry_at": t.retry_at.filter(|_| t.status == crate::state::TaskStatus::Retrying),
+        "started_at": t.started_at,
+        "ended_at": ended_at,
+        "inputs": inputs,
+        "inputs_from": inputs_from,
+        "output": output,
+        "output_headers": t.headers,
+        "error": error,
+        "cancel_reason": t.cancel_reason.as_ref().filter(|_| status == crate::state::TaskStatus::Cancelled),
+        "http_status": t.http_status,
+        "workflow_version": t.workflow_version,
+        "kept_from": t.kept_from,
+        "callback": t.callback.as_ref().map(|token| json!({
+            "token": token,
+            "path": format!("{CALLBACKS_PATH}{token}"),
+            "deadline": t.callback_deadline,
+            "completed": t.callback_completed,
+        })),
     })
 }
 
@@ -861,6 +903,16 @@ impl JsonBytes {
         // A `Value` always serializes.
         JsonBytes(serde_json::to_vec(v).unwrap_or_default())
     }
+
+    fn write(v: &impl serde::Serialize) -> ApiResult<JsonBytes> {
+        serde_json::to_vec(v).map(JsonBytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("writing the answer failed: {e}"),
+            )
+        })
+    }
 }
 
 impl IntoResponse for JsonBytes {
@@ -906,14 +958,16 @@ async fn get_run(
     };
     settled(&engine).await;
     off_runtime(move || {
-        let mut run = run_json(&state);
         // The way on from a failed or cancelled run: the run that retried it.
-        if matches!(state.status, RunStatus::Failed | RunStatus::Cancelled) {
-            if let Some(retry) = engine.retried_by(&id)? {
-                run["retried_by"] = json!(retry);
-            }
-        }
-        Ok(JsonBytes::of(&run))
+        let retried_by = match state.status {
+            RunStatus::Failed | RunStatus::Cancelled => engine.retried_by(&id)?,
+            _ => None,
+        };
+        let run = RunJson {
+            s: &state,
+            retried_by,
+        };
+        JsonBytes::write(&run)
     })
     .await
 }
@@ -950,7 +1004,14 @@ async fn run_events(
         off_runtime(move || Ok(engine.run_events(&id)?)).await?
     };
     settled(&engine).await;
-    off_runtime(move || Ok(JsonBytes::of(&events_json(&id, &events)))).await
+    off_runtime(move || {
+        let events = EventsJson {
+            id: &id,
+            events: &events,
+        };
+        JsonBytes::write(&events)
+    })
+    .await
 }
 
 /// Where a run's events answer its large input body: in its start.
@@ -960,11 +1021,32 @@ const EVENTS_BODY_POINTER: &str = "/events/0/input/default";
 /// `run_json`: in the run's start, and a dispatch whose inputs take it
 /// refers to it there (`inputs_from`) rather than repeat it.
 pub fn events_json(id: &str, events: &[Event]) -> Value {
-    let mut body = None;
-    let shown: Vec<Value> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
+    serde_json::to_value(EventsJson { id, events }).unwrap_or_default()
+}
+
+/// A run's events as answered, written out one at a time (as [`RunJson`]).
+struct EventsJson<'a> {
+    id: &'a str,
+    events: &'a [Event],
+}
+
+impl serde::Serialize for EventsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(2))?;
+        m.serialize_entry("events", &EventList(self.events))?;
+        m.serialize_entry("id", self.id)?;
+        m.end()
+    }
+}
+
+struct EventList<'a>(&'a [Event]);
+
+impl serde::Serialize for EventList<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let events = self.0;
+        let mut body = None;
+        ser.collect_seq(events.iter().enumerate().map(|(i, e)| {
             let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
             match e {
                 Event::RunStarted { input, .. } if i == 0 => {
@@ -982,9 +1064,8 @@ pub fn events_json(id: &str, events: &[Event]) -> Value {
                 _ => {}
             }
             v
-        })
-        .collect();
-    json!({ "id": id, "events": shown })
+        }))
+    }
 }
 
 /// Where a `callback` task's token is completed. A capability URL: the token is
