@@ -729,9 +729,12 @@ impl Engine {
         match crate::sfn::spec::parse_workflow(source) {
             Ok(parsed) => crate::sfn::ignored_namespace(&parsed, source)
                 .into_iter()
-                .chain(crate::sfn::missing_functions(&parsed, source, |f| {
-                    self.invoker.function_exists(f)
-                }))
+                .chain(crate::sfn::missing_functions(
+                    &parsed,
+                    source,
+                    |f| self.invoker.function_exists(f),
+                    |f| self.store.workflow_exists(f),
+                ))
                 .collect(),
             Err(_) => Vec::new(),
         }

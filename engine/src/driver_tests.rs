@@ -744,6 +744,16 @@ async fn a_state_machine_task_naming_a_workflow_fails_at_once() {
     )
     .unwrap();
     let doc = "startAt: call\nstates:\n  call: {type: Task, function: {name: inner}, end: true}\n";
+    // Stored, with a warning that says what the name is (it said the
+    // function did not exist yet, as if it might).
+    let warned = e.warnings(doc);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0]
+            .message
+            .contains("\"inner\" is a workflow, not a function"),
+        "{warned:?}"
+    );
     let s = run(&e, "sm-inner", doc, json!({})).await;
     assert_eq!(s.status, RunStatus::Failed, "{s:?}");
     let error = s.error.unwrap().message;

@@ -175,11 +175,13 @@ pub fn ignored_namespace(parsed: &ParsedWorkflow, text: &str) -> Option<Validati
 
 /// Tasks whose function `exists` says is missing: warnings (code
 /// `unknown_function`), not errors, so that a workflow may be stored before
-/// its functions (GitOps ordering).
+/// its functions (GitOps ordering). A name that `is_workflow` is said to be
+/// one: a Task runs a function, and fails at once on a workflow.
 pub fn missing_functions(
     parsed: &ParsedWorkflow,
     text: &str,
     exists: impl Fn(&str) -> bool,
+    is_workflow: impl Fn(&str) -> bool,
 ) -> Vec<ValidationError> {
     let pos = Positions::new(text);
     let root: Vec<Step> = if parsed.is_document() {
@@ -194,9 +196,17 @@ pub fn missing_functions(
                 let mut p = path;
                 p.extend([Step::from("function"), Step::from("name")]);
                 let (line, column) = pos.value(&p);
+                let message = if is_workflow(&f.name) {
+                    format!(
+                        "{:?} is a workflow, not a function: a Task state runs a function, and this one fails at once; call the workflow through a route (an `http` function), or run its steps as states",
+                        f.name
+                    )
+                } else {
+                    format!("function {:?} does not exist (yet)", f.name)
+                };
                 out.push(ValidationError {
                     code: "unknown_function",
-                    message: format!("function {:?} does not exist (yet)", f.name),
+                    message,
                     line,
                     column,
                 });
@@ -1376,7 +1386,7 @@ states:
     #[test]
     fn missing_functions_are_warnings_with_position() {
         let parsed = parse_workflow(ORDER_PIPELINE).unwrap();
-        let w = missing_functions(&parsed, ORDER_PIPELINE, |f| f != "charge-card");
+        let w = missing_functions(&parsed, ORDER_PIPELINE, |f| f != "charge-card", |_| false);
         assert_eq!(w.len(), 1);
         assert_eq!(
             (w[0].code, w[0].line, w[0].column),
