@@ -2338,6 +2338,19 @@ impl Actor {
                 }
                 Outcome::Callback { notify } => {
                     self.record(dispatched(inputs_value.clone(), None));
+                    // `notify` calls a function; a workflow's name is no
+                    // function's (it said "function ... does not exist").
+                    if let Some(f) = notify.as_deref().filter(|f| {
+                        !self.engine.invoker.function_exists(f)
+                            && self.engine.store.workflow_exists(f)
+                    }) {
+                        self.record(fail(if self.state.spec.state_machine.is_some() {
+                            crate::sfn::run::workflow_in_task(f)
+                        } else {
+                            format!("callback: notify {f:?} is a workflow; notify calls a function, with the callback's URL")
+                        }));
+                        return None;
+                    }
                     let deadline = timeout.map(|d| {
                         now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                     });
@@ -2382,10 +2395,7 @@ impl Actor {
             // workflow added under one would never be run (the run waited
             // for its timeout, 24 h by default).
             self.record(dispatched(inputs_value, None));
-            self.record(fail(format!(
-                "{}{target:?} is a workflow: call it through a route (an `http` function), or run the steps it has as states",
-                crate::sfn::run::NOT_A_FUNCTION
-            )));
+            self.record(fail(crate::sfn::run::workflow_in_task(&target)));
             None
         } else if !self.engine.invoker.function_exists(&target)
             && self.engine.store.workflow_exists(&target)

@@ -2285,6 +2285,30 @@ async fn a_failing_notify_function_fails_the_callback_task() {
     assert!(s.error.unwrap().message.contains("no such order"));
 }
 
+/// A callback whose `notify` names a stored workflow fails at once saying
+/// so, in either format (it said the function did not exist).
+#[tokio::test(start_paused = true)]
+async fn a_callback_notifying_a_workflow_fails_saying_so() {
+    let (db, fake) = setup();
+    let e = engine_with(&fake, &db).await;
+    e.create_workflow(
+        "inner",
+        "output: T\ntasks:\n  T:\n    run: echo\n    inputs: inner\n",
+    )
+    .unwrap();
+    let yaml = "output: A\ntasks:\n  A:\n    run: callback\n    inputs:\n      notify: inner\n";
+    let s = run(&e, "tells-a-workflow", yaml, json!(null)).await;
+    assert_eq!(s.status, RunStatus::Failed, "{s:?}");
+    let error = s.error.unwrap().message;
+    assert!(error.contains("notify \"inner\" is a workflow"), "{error}");
+    let doc = "startAt: call\nstates:\n  call: {type: Task, function: {name: inner}, waitForCallback: true, end: true}\n";
+    let s = run(&e, "sm-tells-a-workflow", doc, json!({})).await;
+    assert_eq!(s.status, RunStatus::Failed, "{s:?}");
+    let error = s.error.unwrap().message;
+    assert!(error.contains("\"inner\" is a workflow"), "{error}");
+    assert!(error.starts_with("Fission.PermanentError"), "{error}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn recovery_notifies_again_only_when_the_url_was_not_taken() {
     let (db, fake) = setup();

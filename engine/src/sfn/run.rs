@@ -312,6 +312,15 @@ fn own_error_type(status: Option<u16>, error: &str) -> bool {
 /// begins (a `Fission.PermanentError`).
 pub const NOT_A_FUNCTION: &str = "a Task state runs a function, and ";
 
+/// The failure of a Task state (or its `waitForCallback` call) that names
+/// the stored workflow `name`: the tasks of a workflow added under a step
+/// would never run.
+pub fn workflow_in_task(name: &str) -> String {
+    format!(
+        "{NOT_A_FUNCTION}{name:?} is a workflow: call it through a route (an `http` function), or run the steps it has as states"
+    )
+}
+
 /// A new step of a state machine run, when `id` names one (`apply` adds it
 /// when the step is dispatched).
 pub fn new_step(s: &RunState, id: &str) -> Option<TaskState> {
