@@ -1834,9 +1834,18 @@ fn an_answer_with_too_many_headers_is_a_502_that_says_so() {
         "hdrs",
         "python",
         "hdrs.py",
-        "from flask import request\ndef main():\n    n = int(request.args.get('n'))\n    return 'ok', 200, [('X-H%d' % i, 'v') for i in range(n)]\n",
+        "from flask import request\ndef main():\n    n = int(request.args.get('n', '120'))\n    return 'ok', 200, [('X-H%d' % i, 'v') for i in range(n)]\n",
         json!({}),
     );
+    assert_eq!(s.get("/fission-function/hdrs?n=90").status(), 200);
+    let ids = || -> Vec<Value> {
+        s.instances("hdrs")
+            .iter()
+            .map(|i| i["id"].clone())
+            .collect()
+    };
+    let serving = ids();
+    assert_eq!(serving.len(), 1, "{serving:?}");
     let r = s.get("/fission-function/hdrs?n=120");
     assert_eq!(r.status(), 502);
     let v: Value = r.json().unwrap();
@@ -1858,6 +1867,23 @@ fn an_answer_with_too_many_headers_is_a_502_that_says_so() {
     let r = s.get("/fission-function/hdrs?n=90");
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-h89"], "v");
+    assert_eq!(ids(), serving, "the instance is kept");
+    // A workflow's task is not tried again for it: the answer would be the same.
+    s.workflow(
+        "hdrs-wf",
+        "output: H\ntasks:\n  H:\n    run: hdrs\n    retry: {maxAttempts: 3, backoff: {initial: 10ms}}\n",
+    );
+    let id = s.invoke_async("hdrs-wf", &json!(null));
+    let run = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["tasks"][0]["attempts"], 1, "{run}");
+    assert!(
+        run["tasks"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than 100 header fields"),
+        "{run}"
+    );
 }
 
 /// Scripts written for Fission's binary image run: it is Alpine, its shell is

@@ -882,18 +882,29 @@ async fn settled(engine: &Engine) {
 /// Runs `work`, whose cost grows with a run (folding its events, writing its
 /// JSON), on a blocking thread. On the runtime's own threads it held up every
 /// other request for as long: a router call waited 0.8 s while a run of
-/// 30,000 tasks was shown.
+/// 30,000 tasks was shown. At most [`SHOWN_AT_ONCE`] such jobs run at once
+/// (each may hold a large run's state and answer); the others wait for a
+/// turn, and one whose caller hangs up while it waits is never run.
 async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| {
+    static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SHOWN_AT_ONCE);
+    let failed = |e: &dyn std::fmt::Display| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            format!("showing the run failed: {e}"),
+            format!("answering the request failed: {e}"),
         )
-    })?
+    };
+    let turn = TURNS.acquire().await.map_err(|e| failed(&e))?;
+    let done = tokio::task::spawn_blocking(work).await;
+    drop(turn);
+    done.map_err(|e| failed(&e))?
 }
+
+/// Runs folded and answered at once (see [`off_runtime`]): a run of 30,000
+/// tasks holds about 200 MB while it is.
+const SHOWN_AT_ONCE: usize = 2;
 
 /// A JSON answer written out where it was made (see [`off_runtime`]).
 struct JsonBytes(Vec<u8>);
@@ -1665,6 +1676,75 @@ fn output_response(output: Value, headers: &BTreeMap<String, String>, run_id: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run and its events as answered, written out task by task: each
+    /// task says what it required, and the bytes are those of the whole
+    /// run's `Value` (keys in the same order), a retry and a large input
+    /// body named once included.
+    #[test]
+    fn a_run_written_task_by_task_is_the_runs_json() {
+        let task = |requires: &[&str]| crate::spec::TaskSpec {
+            requires: requires.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
+        };
+        let spec = crate::spec::WorkflowSpec {
+            output: "B".into(),
+            tasks: [
+                ("A".to_string(), task(&[])),
+                ("B".to_string(), task(&["A"])),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let body = json!("x".repeat(2000));
+        let events = vec![
+            Event::RunStarted {
+                run_id: "r".into(),
+                workflow: "w".into(),
+                version: 1,
+                spec,
+                input: json!({"default": body}),
+                at: 0,
+                retry_of: None,
+                preserved: Default::default(),
+                keys: None,
+                rules: crate::state::RULES,
+            },
+            Event::TaskDispatched {
+                task: "A".into(),
+                attempt: 1,
+                key: "k".into(),
+                inputs: json!({"default": body}),
+                at: 1,
+                wake_at: None,
+            },
+        ];
+        let state = RunState::fold(&events);
+        let run = run_json(&state);
+        let b = run["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == "B");
+        assert_eq!(b.unwrap()["requires"], json!(["A"]));
+        let mut whole = run.clone();
+        whole["retried_by"] = json!("r2");
+        let written = RunJson {
+            s: &state,
+            retried_by: Some("r2".into()),
+        };
+        assert_eq!(serde_json::to_string(&written).unwrap(), whole.to_string());
+        let written = EventsJson {
+            id: "r",
+            events: &events,
+        };
+        let whole = events_json("r", &events);
+        assert_eq!(
+            whole["events"][1]["inputs_from"],
+            json!({"default": "/events/0/input/default"})
+        );
+        assert_eq!(serde_json::to_string(&written).unwrap(), whole.to_string());
+    }
 
     /// Every field `GET /v1/runs/{id}` answers, of the run and of each task,
     /// is in the OpenAPI document: a client reads the answer by it.

@@ -222,6 +222,8 @@ async fn invoke_pool(
                     "the task's input is too large to send to function {:?}: {m} (--body-limit)",
                     call.function
                 )),
+                // The function's answer, which it would send again.
+                Error::ResponseHeadTooLarge(m) => CallError::TooLarge(m),
                 other => CallError::Instance(other.to_string()),
             });
         }

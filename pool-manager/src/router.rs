@@ -899,6 +899,11 @@ async fn instance_failed(pm: &PoolManager, lease: &Lease, e: &ClientError) -> Er
             "the answer of function {function:?} has more than {RESPONSE_MAX_HEADERS} header fields, or a head (status line and headers) over {} KiB, past what the router reads",
             RESPONSE_MAX_HEAD / 1024
         );
+        tracing::warn!(
+            function,
+            instance = lease.instance.id,
+            "an instance's answer had too large a head (502)"
+        );
         log_failure(
             pm,
             lease,
