@@ -955,8 +955,12 @@ async fn get_run(
             ));
         }
         // Known or 404 first; then the wait (its end, the time, or the
-        // server's stop).
-        engine.run_summary(&id)?;
+        // server's stop). Known by its summary, or (half deleted by a
+        // crash: its summary gone, not its events) as shown without `wait`.
+        if engine.run_summary(&id).is_err() {
+            let (engine, id) = (engine.clone(), id.clone());
+            off_runtime(move || Ok(engine.run_state(&id).map(drop)?)).await?;
+        }
         let wait = tokio::time::timeout(std::time::Duration::from_secs(secs), engine.wait(&id));
         tokio::select! {
             _ = wait => {}

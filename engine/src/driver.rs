@@ -1040,11 +1040,14 @@ impl Engine {
         let id = keyed_run_id(name, key);
         let _one = self.keyed.lock().await;
         let running = self.runs.lock().is_ok_and(|r| r.contains_key(&id));
-        if running || self.store.run(&id)?.is_some() {
+        let stored = self.store.run(&id)?;
+        if running || stored.is_some() {
             // The same key for another request is a mistake, not a repeat
             // (its body, method and query are compared, not its headers; a
-            // run not written yet is taken as is).
-            if let Ok(first) = self.run_state(&id) {
+            // run not written yet is taken as is). The first request is its
+            // run's summary's input: folding the run for it cost a large
+            // run's whole history, on the runtime, at every repeat.
+            if let Some(first) = stored {
                 let part = |input: &Value, name: &str| input.get(name).cloned();
                 let differs = [
                     (

@@ -1512,6 +1512,21 @@ tasks:
                 .contains("(its query differs)"),
             "{v}"
         );
+        // A large body (stored beside the run's summary, once) is compared
+        // whole: the same again is the run, one character more is not.
+        let large = |body: String| {
+            let mut r = start("pay", "order-large", true);
+            *r.body_mut() = Body::from(body);
+            r
+        };
+        let body = "a".repeat(3000);
+        let (s, _, first_large) = call(&app, large(body.clone())).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{first_large}");
+        let (s, _, again) = call(&app, large(body.clone())).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{again}");
+        assert_eq!(again["id"], first_large["id"]);
+        let (s, _, v) = call(&app, large(format!("{body}b"))).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
         // Another key, or another workflow, is another run.
         let (_, _, other) = call(&app, start("pay", "order-8", true)).await;
         let (_, _, refund) = call(&app, start("refund", "order-7", true)).await;
