@@ -620,9 +620,9 @@ fn task_rows(tasks: &Value) -> Value {
 }
 
 /// The tasks in the order they started, those that never did last. Tasks
-/// started in the same millisecond come after the ones among them they
-/// required (`W/4/wait` before `W/4/action`), else by id as a person reads
-/// them (`do_2` before `do_10`).
+/// started in the same millisecond (or never) come after the ones among them
+/// they required (`W/4/wait` before `W/4/action`), else by id as a person
+/// reads them (`do_2` before `do_10`).
 fn in_the_order_they_ran(tasks: &Value) -> Vec<&Value> {
     let mut tasks: Vec<&Value> = tasks.as_array().into_iter().flatten().collect();
     tasks.sort_by_cached_key(|t| {
@@ -666,10 +666,8 @@ fn required_first<'a>(group: &[&'a Value]) -> Vec<&'a Value> {
         .filter(|&i| waits_for[i] == 0)
         .map(Reverse)
         .collect();
-    let mut placed = vec![false; group.len()];
     let mut ordered = Vec::with_capacity(group.len());
     while let Some(Reverse(i)) = ready.pop() {
-        placed[i] = true;
         ordered.push(group[i]);
         for &d in &dependents[i] {
             waits_for[d] -= 1;
@@ -678,8 +676,13 @@ fn required_first<'a>(group: &[&'a Value]) -> Vec<&'a Value> {
             }
         }
     }
-    // A cycle (no run has one) keeps the rest in the group's order.
-    ordered.extend((0..group.len()).filter(|&i| !placed[i]).map(|i| group[i]));
+    // A cycle (no run has one) keeps the rest, those still waiting, in the
+    // group's order.
+    ordered.extend(
+        (0..group.len())
+            .filter(|&i| waits_for[i] > 0)
+            .map(|i| group[i]),
+    );
     ordered
 }
 
