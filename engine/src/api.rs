@@ -8,6 +8,7 @@
 //! Run listing: `since`/`until` are milliseconds since the Unix epoch, `limit`
 //! defaults to 50 (1 to 1000, else 400), `cursor` is the `next_cursor` of the last page.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -269,16 +270,16 @@ fn checked(engine: &Engine, name: &str, source: &str, create: bool) -> ApiResult
     Ok(Json(body).into_response())
 }
 
-fn yaml_text(body: &Bytes) -> ApiResult<&str> {
-    std::str::from_utf8(body)
-        .map(crate::document::without_bom)
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                "the workflow must be UTF-8 YAML",
-            )
-        })
+/// A workflow's document from a request's body (`validate::workflow_text`).
+fn yaml_text(body: &Bytes) -> ApiResult<Cow<'_, str>> {
+    let text = std::str::from_utf8(body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the workflow must be UTF-8 YAML",
+        )
+    })?;
+    crate::validate::workflow_text(text).map_err(|e| EngineError::Invalid(vec![e]).into())
 }
 
 async fn create_workflow(
@@ -286,7 +287,8 @@ async fn create_workflow(
     ApiQuery(q): ApiQuery<NameQuery>,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult<Response> {
-    let source = yaml_text(&body)?;
+    let text = yaml_text(&body)?;
+    let source: &str = &text;
     let named = own_name(source)?;
     let name = match (q.name.filter(|n| !n.is_empty()), named) {
         (Some(asked), Some(named)) if asked != named => return Err(mismatch(&asked, &named)),
@@ -356,7 +358,8 @@ async fn update_workflow(
     ApiQuery(q): ApiQuery<DryRunQuery>,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult<Response> {
-    let source = yaml_text(&body)?;
+    let text = yaml_text(&body)?;
+    let source: &str = &text;
     if let Some(named) = own_name(source)?.filter(|n| *n != name) {
         return Err(mismatch(&name, &named));
     }

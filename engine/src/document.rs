@@ -13,6 +13,8 @@
 //! scan keeps going: counting more than libyaml would only refuses a document that
 //! was invalid anyway, while counting less would let the cost back in.
 
+use std::borrow::Cow;
+
 use thiserror::Error;
 
 /// Deepest nesting of collections in a YAML or JSON document (flow and block
@@ -26,6 +28,13 @@ pub enum DocumentError {
         "line {line}, column {column}: the document nests deeper than {MAX_DOCUMENT_DEPTH} levels"
     )]
     TooDeep { line: usize, column: usize },
+    /// A second YAML document with content, where one was expected.
+    #[error("line {line}, column 1: {}", several_reason(*.first))]
+    SeveralDocuments { line: usize, first: usize },
+}
+
+fn several_reason(first: usize) -> String {
+    format!("a second YAML document starts here (the first at line {first}): a workflow file holds one workflow; `fusion spec apply` reads files of several documents")
 }
 
 impl DocumentError {
@@ -33,6 +42,7 @@ impl DocumentError {
     pub fn code(&self) -> &'static str {
         match self {
             DocumentError::TooDeep { .. } => "document_too_deep",
+            DocumentError::SeveralDocuments { .. } => "several_documents",
         }
     }
 
@@ -42,6 +52,7 @@ impl DocumentError {
             DocumentError::TooDeep { .. } => {
                 format!("the document nests deeper than {MAX_DOCUMENT_DEPTH} levels")
             }
+            DocumentError::SeveralDocuments { first, .. } => several_reason(*first),
         }
     }
 
@@ -49,6 +60,7 @@ impl DocumentError {
     pub fn position(&self) -> (usize, usize) {
         match self {
             DocumentError::TooDeep { line, column } => (*line, *column),
+            DocumentError::SeveralDocuments { line, .. } => (*line, 1),
         }
     }
 }
@@ -171,6 +183,82 @@ pub fn too_deep(v: &serde_json::Value) -> bool {
 /// the start of a key (`missing field output`, the file's first key unseen).
 pub fn without_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// A YAML stream's one document with content, as a document of its own, with
+/// every line where it was (so that positions in it are the file's): Fission
+/// Workflows' parser read a file's first document, so a workflow file may end
+/// with `---`, or hold documents of nothing but comments beside its own. Lines
+/// of those (their markers, directives) become `#`. A stream of one document
+/// comes back as it is; a second document with content is refused at its first
+/// line (reading the first alone would drop the second without a word).
+///
+/// Linear: documents are told apart by their markers (`---` or `...` at the
+/// start of a line, which end any scalar in YAML), before anything parses them.
+pub fn one_document(source: &str) -> Result<Cow<'_, str>, DocumentError> {
+    fn marker(line: &str, m: &str) -> bool {
+        line.strip_prefix(m)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+    }
+    fn blank_or_comment(line: &str) -> bool {
+        let t = line.trim_matches([' ', '\t', '\r', '\n']);
+        t.is_empty() || t.starts_with('#')
+    }
+    fn content(line: &str) -> bool {
+        // A directive (`%YAML`) or a bare marker is not content; a marker
+        // with a node on its line (`--- {output: A}`) is.
+        !(blank_or_comment(line) || line.starts_with('%') || marker(line, "..."))
+            && match line.strip_prefix("---") {
+                Some(rest) if marker(line, "---") => !blank_or_comment(rest),
+                _ => true,
+            }
+    }
+    if !source.lines().any(|l| marker(l, "---") || marker(l, "...")) {
+        return Ok(Cow::Borrowed(source));
+    }
+    // Each document as [start, end) in lines, and whether it has content.
+    let lines: Vec<&str> = source.split_inclusive('\n').collect();
+    let mut docs: Vec<(usize, usize, bool)> = Vec::new();
+    let (mut start, mut opened, mut full) = (0, false, false);
+    for (i, line) in lines.iter().enumerate() {
+        if marker(line, "---") {
+            if opened || full {
+                docs.push((start, i, full));
+                (start, full) = (i, false);
+            }
+            opened = true;
+        } else if marker(line, "...") {
+            docs.push((start, i + 1, full));
+            (start, opened, full) = (i + 1, false, false);
+            continue;
+        }
+        full |= content(line);
+    }
+    if start < lines.len() || docs.is_empty() {
+        docs.push((start, lines.len(), full));
+    }
+    let mut with_content = docs.iter().filter(|d| d.2);
+    let kept = with_content.next().copied();
+    if let Some(&(second, ..)) = with_content.next() {
+        return Err(DocumentError::SeveralDocuments {
+            line: second + 1,
+            first: kept.map_or(1, |k| k.0 + 1),
+        });
+    }
+    if docs.len() == 1 {
+        return Ok(Cow::Borrowed(source));
+    }
+    let (from, to) = kept.map_or((0, 0), |k| (k.0, k.1));
+    let mut out = String::with_capacity(source.len());
+    for (i, line) in lines.iter().enumerate() {
+        if (from..to).contains(&i) || blank_or_comment(line) {
+            out.push_str(line);
+        } else {
+            out.push('#');
+            out.push_str(&line[line.trim_end_matches(['\r', '\n']).len()..]);
+        }
+    }
+    Ok(Cow::Owned(out))
 }
 
 /// Refuses a YAML document (or stream of documents) nested deeper than
@@ -697,6 +785,52 @@ mod tests {
         let doc: String = (0..2000).map(|i| format!("k{i}: {one}\n")).collect();
         assert!(check_yaml(&doc).is_ok());
         assert!(check_yaml(&format!("[{}]", vec![one; 2000].join(","))).is_ok());
+    }
+
+    #[test]
+    fn one_document_keeps_its_lines_and_drops_empty_ones() {
+        let one = "output: A\ntasks: {}\n";
+        for same in [one, "--- \noutput: A\n", "%YAML 1.2\n---\noutput: A\n...\n"] {
+            assert!(matches!(one_document(same), Ok(Cow::Borrowed(t)) if t == same));
+        }
+        for (stream, kept) in [
+            (format!("{one}---\n"), format!("{one}#\n")),
+            (format!("{one}---\r\n"), format!("{one}#\r\n")),
+            (
+                format!("---\n{one}--- # x\n# y\n...\n"),
+                format!("---\n{one}#\n# y\n#\n"),
+            ),
+            (
+                format!("# c\n---\n---\n{one}"),
+                format!("# c\n#\n---\n{one}"),
+            ),
+            (format!("{one}...\n---"), format!("{one}...\n#")),
+            (
+                "--- {output: A}\n---\n".into(),
+                "--- {output: A}\n#\n".into(),
+            ),
+        ] {
+            let got = one_document(&stream).unwrap();
+            assert_eq!(got, kept, "{stream:?}");
+            assert_eq!(got.lines().count(), stream.lines().count());
+            let v: serde_yaml::Value = serde_yaml::from_str(&got).expect(&got);
+            assert!(v["output"].is_string(), "{got:?}");
+        }
+        // A marker ends a block scalar, as in YAML; `---x` is no marker.
+        assert!(one_document("a: |\n  x\n---x\n").is_ok());
+        for (stream, line) in [
+            ("a: 1\n---\nb: 2\n", 2),
+            ("a: 1\n...\nb: 2\n", 3),
+            ("# c\n---\n---\na: 1\n--- 2\n", 5),
+            ("a: |\n  x\n---\n  y\n", 3),
+        ] {
+            let e = one_document(stream).unwrap_err();
+            assert_eq!(
+                (e.code(), e.position()),
+                ("several_documents", (line, 1)),
+                "{stream:?}"
+            );
+        }
     }
 
     #[test]

@@ -1198,6 +1198,50 @@ mod api {
         assert_eq!(s, StatusCode::OK, "{v}");
     }
 
+    /// A workflow file that ends with `---` (or holds documents of nothing
+    /// but comments beside its own) is its one workflow, as Fission
+    /// Workflows' parser read a file's first document; a second document with
+    /// content is refused where it starts, not dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_workflow_file_of_one_document_and_empty_ones_is_taken() {
+        let (db, fake) = setup();
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        let yaml = "---\nname: m1\noutput: A\ntasks:\n  A:\n    run: noop\n    inputs: '{ param() }'\n---\n# the end\n---\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows", yaml)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows/m1/invoke", "7")).await;
+        assert_eq!((s, &v), (StatusCode::OK, &json!(7)));
+        let machine = "apiVersion: fission.io/v1\nkind: Workflow\nmetadata:\n  name: m2\nspec:\n  startAt: done\n  states:\n    done:\n      type: Succeed\n...\n";
+        let (s, _, v) = call(
+            &app,
+            req("POST", "/v1/workflows", &format!("{machine}---\n")),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        // A Fission `Function` before the workflow: neither is dropped.
+        let two = format!(
+            "apiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: f\n---\n{}",
+            &yaml[4..]
+        );
+        for (method, path) in [("POST", "/v1/workflows"), ("PUT", "/v1/workflows/m1")] {
+            let (s, _, v) = call(&app, req(method, path, &two)).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+            assert_eq!(v["error"]["code"], "several_documents", "{v}");
+            assert_eq!(
+                (v["error"]["line"].as_u64(), v["error"]["column"].as_u64()),
+                (Some(5), Some(1)),
+                "{v}"
+            );
+        }
+        // Errors in the one document are where the file has them.
+        let bad =
+            "# a comment\n---\noutput: A\ntasks:\n  A:\n    run: noop\n    requires: [B]\n---\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=m3", bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"]["line"], 7, "{v}");
+    }
+
     /// A second create is `already_exists` (as for every resource); an
     /// update's document may not name another workflow; a version a workflow
     /// does not have is said as such.

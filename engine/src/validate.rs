@@ -1,6 +1,7 @@
 //! Validation of a workflow document before it is stored. Every error carries a
 //! stable code and the line and column in the YAML source at fault.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
@@ -8,7 +9,7 @@ use serde_json::Value;
 
 use crate::builtins::is_builtin;
 use crate::dag::TaskGraph;
-use crate::document::check_yaml;
+use crate::document::{check_yaml, one_document, without_bom, DocumentError};
 use crate::expr::{all_expressions, check_syntax, expression_source};
 use crate::retry::RetryPolicy;
 use crate::spec::{
@@ -54,7 +55,11 @@ pub fn precheck(source: &str) -> Result<(), ValidationError> {
             column: 1,
         });
     }
-    check_yaml(source).map_err(|e| {
+    check_yaml(source).map_err(ValidationError::from)
+}
+
+impl From<DocumentError> for ValidationError {
+    fn from(e: DocumentError) -> Self {
         let (line, column) = e.position();
         ValidationError {
             code: e.code(),
@@ -62,7 +67,15 @@ pub fn precheck(source: &str) -> Result<(), ValidationError> {
             line,
             column,
         }
-    })
+    }
+}
+
+/// A workflow file's text as the one document it holds: without a byte-order
+/// mark, and without the empty documents beside its own (a trailing `---`),
+/// every line where it was (`document::one_document`). A second document with
+/// content is refused where it starts.
+pub fn workflow_text(source: &str) -> Result<Cow<'_, str>, ValidationError> {
+    one_document(without_bom(source)).map_err(ValidationError::from)
 }
 
 /// Checks a workflow of either format without a server: every error the
@@ -70,7 +83,7 @@ pub fn precheck(source: &str) -> Result<(), ValidationError> {
 /// looked up: a task that is not a built-in is taken to call a function,
 /// whose existence is not checked.
 pub fn check_offline(source: &str) -> Result<Vec<ValidationError>, Vec<ValidationError>> {
-    let source = crate::document::without_bom(source);
+    let source = &*workflow_text(source).map_err(|e| vec![e])?;
     if crate::sfn::run::is_state_machine(source) {
         let parsed = crate::sfn::parse_and_validate(source)?;
         return Ok(crate::sfn::ignored_namespace(&parsed, source)

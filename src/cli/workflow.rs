@@ -238,7 +238,12 @@ pub(super) fn read_file(path: &PathBuf) -> Result<String> {
     } else {
         std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?
     };
-    Ok(engine::document::without_bom(&text).to_string())
+    // A file that ends with `---` is its one document; one of several is left
+    // as it is, for the server (or `validate`) to say where the second starts.
+    Ok(match engine::validate::workflow_text(&text) {
+        Ok(one) => one.into_owned(),
+        Err(_) => engine::document::without_bom(&text).to_string(),
+    })
 }
 
 /// `wf validate`: each file checked offline; problems to stderr as
