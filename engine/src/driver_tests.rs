@@ -1242,6 +1242,26 @@ mod api {
         assert_eq!(v["error"]["line"], 7, "{v}");
     }
 
+    /// A task with `requires` and nothing to run is a join, run as `noop` as
+    /// Fission Workflows ran it; `create` says so, where the task is.
+    #[tokio::test(start_paused = true)]
+    async fn a_task_without_run_joins_as_a_noop_and_is_said() {
+        let (db, fake) = setup();
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        let yaml = "output: C\ntasks:\n  A:\n    run: noop\n    inputs: a\n  J:\n    requires: [A]\n  C:\n    run: noop\n    inputs: \"{ output('A') }\"\n    requires: [J]\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=join", yaml)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let w = &v["warnings"][0];
+        assert_eq!(
+            (w["code"].as_str(), w["line"].as_u64(), w["column"].as_u64()),
+            (Some("missing_run"), Some(6), Some(3)),
+            "{v}"
+        );
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows/join/invoke", "")).await;
+        assert_eq!((s, &v), (StatusCode::OK, &json!("a")));
+    }
+
     /// A second create is `already_exists` (as for every resource); an
     /// update's document may not name another workflow; a version a workflow
     /// does not have is said as such.

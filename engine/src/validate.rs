@@ -521,6 +521,7 @@ pub fn format_warnings(
             });
         }
     }
+    out.extend(implicit_noops(source, &at));
     out.sort_by_key(|w| (w.line, w.column));
     out
 }
@@ -1577,12 +1578,7 @@ fn has_no_unit(text: &str) -> bool {
 }
 
 /// Refuses keys the format does not have (a typo such as `requirez:` would
-/// otherwise be ignored) in the workflow, its tasks and their `retry`, and a
-/// task without `run:` unless it is meant as a noop. A task without `run:` runs
-/// `noop` as in Fission Workflows, which is meant when the task is empty (`{}`)
-/// or has `inputs:` (it passes them on); one with `requires`, `retry`, `timeout`
-/// or `concurrency` but neither `run:` nor `inputs:` configures something to
-/// run, so its `run:` is most likely missing (`run: noop` says a noop is meant).
+/// otherwise be ignored) in the workflow, its tasks and their `retry`.
 fn check_keys(doc: &Value, pos: &At) -> Vec<ValidationError> {
     let mut errors = Vec::new();
     let mut unknown = |map: &serde_json::Map<String, Value>,
@@ -1624,7 +1620,6 @@ fn check_keys(doc: &Value, pos: &At) -> Vec<ValidationError> {
     let task_keys = schema_keys(Some("TaskSpec"));
     let retry_keys = schema_keys(Some("RetrySpec"));
     let backoff_keys = schema_keys(Some("BackoffSpec"));
-    let mut missing_run = Vec::new();
     for (id, task) in top
         .get("tasks")
         .and_then(Value::as_object)
@@ -1658,22 +1653,39 @@ fn check_keys(doc: &Value, pos: &At) -> Vec<ValidationError> {
                 );
             }
         }
-        if !t.is_empty() && !t.contains_key("run") && t.get("inputs").is_none_or(Value::is_null) {
-            missing_run.push(id.clone());
-        }
-    }
-    for id in missing_run {
-        let (line, column) = pos.key(&["tasks", &id]);
-        errors.push(ValidationError {
-            code: "missing_run",
-            message: format!(
-                "task {id:?} has no `run:`: say what it runs (`run: noop` for a task that does nothing)"
-            ),
-            line,
-            column,
-        });
     }
     errors
+}
+
+/// A task without `run:` runs `noop`, as in Fission Workflows (a join of the
+/// tasks it requires, often). Meant when the task is empty (`{}`) or has
+/// `inputs:` (it passes them on); one with `requires`, `retry`, `timeout` or
+/// `concurrency` but neither `run:` nor `inputs:` may have lost its `run:`:
+/// said, and run as Fission Workflows ran it.
+fn implicit_noops(source: &str, pos: &At) -> Vec<ValidationError> {
+    let doc = match with_merge_keys(source) {
+        Some(v) => serde_json::to_value(v).ok(),
+        None => serde_yaml::from_str::<Value>(source).ok(),
+    };
+    let tasks = doc
+        .as_ref()
+        .and_then(|d| d.get("tasks")?.as_object().cloned());
+    let mut out = Vec::new();
+    for (id, task) in tasks.iter().flatten() {
+        let Some(t) = task.as_object() else { continue };
+        if !t.is_empty() && !t.contains_key("run") && t.get("inputs").is_none_or(Value::is_null) {
+            let (line, column) = pos.key(&["tasks", id]);
+            out.push(ValidationError {
+                code: "missing_run",
+                message: format!(
+                    "task {id:?} has no `run:`: it runs `noop`, as in Fission Workflows (write `run: noop` to say so, or the function it should run)"
+                ),
+                line,
+                column,
+            });
+        }
+    }
+    out
 }
 
 /// How many embedded task specs in `v` have `key`.
@@ -2049,18 +2061,21 @@ mod tests {
     }
 
     #[test]
-    fn a_task_without_run_is_a_noop_only_when_meant() {
-        let e = check("output: A\ntasks:\n  A:\n    requires: [B]\n  B:\n    run: fortune\n    timeout: 1s\n  C:\n    timeout: 1s\n");
-        let at: Vec<_> = e.iter().map(|e| (e.code, e.line, e.column)).collect();
-        assert_eq!(at, [("missing_run", 3, 3), ("missing_run", 8, 3)], "{e:?}");
-        assert!(e[0].message.contains("run: noop"), "{}", e[0].message);
+    fn a_task_without_run_is_a_noop_said_when_it_may_not_be_meant() {
+        // A join, as Fission Workflows ran it; a timeout with nothing to
+        // run is said too.
+        let w = check_offline("output: A\ntasks:\n  A:\n    requires: [B]\n  B:\n    run: fortune\n    timeout: 1s\n  C:\n    timeout: 1s\n").unwrap();
+        let at: Vec<_> = w.iter().map(|e| (e.code, e.line, e.column)).collect();
+        assert_eq!(at, [("missing_run", 3, 3), ("missing_run", 8, 3)], "{w:?}");
+        assert!(w[0].message.contains("runs `noop`"), "{}", w[0].message);
         // Meant as a noop: with inputs (passed on), empty, or said.
-        assert!(check("output: A\ntasks:\n  A:\n    inputs: \"{ param() }\"\n").is_empty());
-        assert!(check("output: A\ntasks:\n  A: {}\n").is_empty());
-        assert!(
-            check("output: A\ntasks:\n  A:\n    run: noop\n    requires: [B]\n  B: {}\n")
-                .is_empty()
-        );
+        for meant in [
+            "output: A\ntasks:\n  A:\n    inputs: \"{ param() }\"\n",
+            "output: A\ntasks:\n  A: {}\n",
+            "output: A\ntasks:\n  A:\n    run: noop\n    requires: [B]\n  B: {}\n",
+        ] {
+            assert_eq!(check_offline(meant).unwrap(), vec![], "{meant}");
+        }
     }
 
     #[test]
