@@ -116,6 +116,26 @@ fn default_input(inputs: &Inputs) -> Value {
     inputs.get("default").cloned().unwrap_or(Value::Null)
 }
 
+/// A yes-or-no input (`if`'s condition, `foreach`'s `collect` and
+/// `sequential`): a boolean, as Fission Workflows took it, or one of YAML
+/// 1.1's words for one (`yes`, `no`, `on`, `off`, `y`, `n`), which Fission
+/// Workflows' YAML parser read as booleans and Fusion's (YAML 1.2) reads as
+/// text. Anything else is refused (`None`), not taken for true.
+fn flag(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.as_str() {
+            "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "true" | "True" | "TRUE" => {
+                Some(true)
+            }
+            "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "false" | "False"
+            | "FALSE" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,
@@ -172,17 +192,19 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
         // As Fission Workflows' if: the condition is required, and a boolean.
         "if" => match inputs.get("if") {
             None => Outcome::Invalid("if needs the input `if`, the condition".into()),
-            Some(Value::Bool(cond)) => {
-                let branch = if *cond { "then" } else { "else" };
-                pass(
-                    inputs.get(branch).cloned().unwrap_or(Value::Null),
-                    raw.get(branch),
-                    branch,
-                )
-            }
-            Some(other) => Outcome::Invalid(format!(
-                "if: the condition must be true or false, not {other}"
-            )),
+            Some(cond) => match flag(cond) {
+                Some(cond) => {
+                    let branch = if cond { "then" } else { "else" };
+                    pass(
+                        inputs.get(branch).cloned().unwrap_or(Value::Null),
+                        raw.get(branch),
+                        branch,
+                    )
+                }
+                None => Outcome::Invalid(format!(
+                    "if: the condition must be true or false, not {cond}"
+                )),
+            },
         },
         "switch" => switch(inputs, raw),
         "foreach" => foreach(inputs, raw),
@@ -311,8 +333,21 @@ fn foreach(inputs: &Inputs, raw: &Inputs) -> Outcome {
             items.len()
         ));
     }
-    let collect = inputs.get("collect").map(truthy).unwrap_or(true);
-    let sequential = inputs.get("sequential").map(truthy).unwrap_or(false);
+    let mut flags = [("collect", true), ("sequential", false)];
+    for (name, value) in &mut flags {
+        match inputs.get(*name).filter(|v| !v.is_null()) {
+            None => {}
+            Some(v) => match flag(v) {
+                Some(b) => *value = b,
+                None => {
+                    return Outcome::Invalid(format!(
+                        "foreach: `{name}` must be true or false, not {v}"
+                    ))
+                }
+            },
+        }
+    }
+    let [(_, collect), (_, sequential)] = flags;
     let limit = match inputs.get("concurrency") {
         _ if sequential => Some(1),
         None | Some(Value::Null) => None,
@@ -872,7 +907,7 @@ mod tests {
             Outcome::Invalid(m) if m.contains("needs the input `if`")
         ));
         assert!(matches!(
-            run("if", &ins(json!({"if": "yes", "then": 1})), &Inputs::new()),
+            run("if", &ins(json!({"if": "maybe", "then": 1})), &Inputs::new()),
             Outcome::Invalid(m) if m.contains("true or false")
         ));
         // http: a URL without a scheme is http; `content-type` sets the type,
@@ -1017,6 +1052,53 @@ mod tests {
         assert_eq!(tasks["collector"].run, "noop");
         assert_eq!(tasks["collector"].inputs, None);
         assert_eq!(tasks["collector"].requires.len(), 2);
+    }
+
+    /// `collect: no`, `sequential: yes`, `if: on`: YAML 1.1's booleans, as
+    /// Fission Workflows' parser read them; any other text is refused, not
+    /// taken for true.
+    #[test]
+    fn yes_or_no_inputs_take_yaml_1_1_words_and_refuse_other_text() {
+        let each = |flags: Value| {
+            let mut v = json!({"foreach": [1, 2], "do": {"run": "noop"}});
+            v.as_object_mut()
+                .unwrap()
+                .extend(flags.as_object().unwrap().clone());
+            run("foreach", &ins(v.clone()), &ins(v))
+        };
+        let Outcome::Tasks(wf) = each(json!({"collect": "no", "sequential": "yes"})) else {
+            panic!()
+        };
+        let DynamicTasks {
+            tasks, concurrency, ..
+        } = dynamic_workflow(&wf).unwrap().unwrap();
+        assert_eq!(
+            (tasks["collector"].inputs.as_ref(), concurrency),
+            (None, Some(1))
+        );
+        let Outcome::Tasks(wf) = each(json!({"collect": "On", "sequential": null})) else {
+            panic!()
+        };
+        let DynamicTasks {
+            tasks, concurrency, ..
+        } = dynamic_workflow(&wf).unwrap().unwrap();
+        assert_eq!(
+            (tasks["collector"].inputs.is_some(), concurrency),
+            (true, None)
+        );
+        for bad in [json!({"collect": "banana"}), json!({"sequential": 1})] {
+            match each(bad.clone()) {
+                Outcome::Invalid(m) => assert!(m.contains("must be true or false"), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let branch = |cond: Value| {
+            let v = json!({"if": cond, "then": "a", "else": "b"});
+            run("if", &ins(v.clone()), &ins(v))
+        };
+        assert_eq!(branch(json!("on")), Outcome::Output(json!("a")));
+        assert_eq!(branch(json!("N")), Outcome::Output(json!("b")));
+        assert!(matches!(branch(json!("maybe")), Outcome::Invalid(_)));
     }
 
     #[test]

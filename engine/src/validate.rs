@@ -2304,7 +2304,7 @@ mod tests {
         let marked =
             check_offline("\u{feff}output: A\ntasks:\n  A:\n    requirez: [B]\n").unwrap_err();
         assert_eq!(marked, plain);
-        assert_eq!((marked[1].line, marked[1].column), (4, 5), "{marked:?}");
+        assert_eq!((marked[0].line, marked[0].column), (4, 5), "{marked:?}");
     }
 
     #[test]
