@@ -1387,7 +1387,8 @@ pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-aut
 pub const REDACTED: &str = "[redacted]";
 
 /// The workflow input of an HTTP request: `body` and `default` (JSON to a value,
-/// a form body as [`form_input`] says, anything else to a string), `headers` (canonical names;
+/// a form body as [`form_input`] says, anything else to a string; no body is
+/// `null` as JSON, `""` otherwise), `headers` (canonical names;
 /// [`CREDENTIAL_HEADERS`] keep their name with the value [`REDACTED`]: the input
 /// is stored durably in RunStarted, so it cannot hold a secret), `query` and `method`.
 pub fn request_input(
@@ -1401,9 +1402,16 @@ pub fn request_input(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
+    let json = content_type.contains("json");
     let parsed = if body.is_empty() {
-        Value::Null
-    } else if content_type.contains("json") {
+        // No body is no JSON value; as text (any other type, or none) it is
+        // the empty string, as Fission Workflows read it (`param().trim()`
+        // works on a call without input).
+        match json {
+            true => Value::Null,
+            false => Value::String(String::new()),
+        }
+    } else if json {
         crate::document::check_json(body).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -1895,6 +1903,14 @@ mod tests {
             input["query"],
             json!({"name": "Ada L", "empty": "", "plus": "a b"})
         );
+        // No body: the empty text, as Fission Workflows read it; no JSON value.
+        assert_eq!(input["body"], json!(""));
+        let mut json = HeaderMap::new();
+        json.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let input = request_input(&Method::POST, &uri, &json, b"").unwrap();
         assert_eq!(input["body"], Value::Null);
     }
 

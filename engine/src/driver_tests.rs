@@ -1262,6 +1262,31 @@ mod api {
         assert_eq!((s, &v), (StatusCode::OK, &json!("a")));
     }
 
+    /// A call without a body gives `param()` the empty text, as Fission
+    /// Workflows did: its KubeCon demo (`fortunewhale`) tells "no input" by
+    /// `!!param()` and trims what it got. A JSON call without one is `null`.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_without_a_body_reads_as_empty_text() {
+        let (db, fake) = setup();
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        let yaml = "output: Pick\ntasks:\n  Pick:\n    run: if\n    inputs:\n      if: \"{ !!param() }\"\n      then: \"{ param().trim() }\"\n      else: no input\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=pick", yaml)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        for (body, out) in [("", "no input"), (" Hi \n", "Hi")] {
+            let (s, _, v) = call(&app, req("POST", "/v1/workflows/pick/invoke", body)).await;
+            assert_eq!((s, &v), (StatusCode::OK, &json!(out)), "{body:?}");
+        }
+        let json_call = Request::builder()
+            .method("POST")
+            .uri("/v1/workflows/pick/invoke")
+            .header("content-type", "application/json")
+            .body(Body::empty())
+            .unwrap();
+        let (_, _, v) = call(&app, json_call).await;
+        assert_eq!(v["error"]["code"], "run_failed", "null has no trim: {v}");
+    }
+
     /// A second create is `already_exists` (as for every resource); an
     /// update's document may not name another workflow; a version a workflow
     /// does not have is said as such.

@@ -440,10 +440,16 @@ struct Scope<'a> {
 
 /// The document a run starts with: the request body of an invocation (the
 /// engine's input also holds its headers, query and method), else the input.
+/// A call without a body starts with `null` (its input's body is `""`, for
+/// Fission Workflows' documents, which read it as text).
 pub fn start_document(input: &Value) -> &Value {
     match input {
         Value::Object(m) if m.contains_key("body") && m.contains_key("headers") => {
-            m.get("body").unwrap_or(&Value::Null)
+            match m.get("body") {
+                Some(Value::String(s)) if s.is_empty() => &Value::Null,
+                Some(body) => body,
+                None => &Value::Null,
+            }
         }
         other => other,
     }
