@@ -48,6 +48,7 @@ async fn a_generic_pod_starts_and_is_deleted_on_a_real_cluster() {
             id: 1,
             env,
             logs: Arc::new(|_, line| eprintln!("{line}")),
+            stopping: tokio::sync::watch::channel(false).1,
         })
         .await
         .expect("the pod became ready");

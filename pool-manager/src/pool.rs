@@ -70,6 +70,12 @@ pub(crate) struct Inner {
     /// Instances the backend is starting right now (shutdown waits for them).
     starting: AtomicUsize,
     pub(crate) closing: AtomicBool,
+    /// Set with `closing`: starts still waiting for their runtime give up
+    /// (`StartRequest::stopping`).
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// Calls waiting for an instance (`lease_within` under way): what a
+    /// graceful stop waits for beside the instances' requests in flight.
+    leasing: AtomicUsize,
     /// Set when the server's stop begins: connections taken over by an
     /// upgrade (WebSockets) end then, rather than hold the stop's grace.
     pub(crate) tunnels_end: tokio::sync::watch::Sender<bool>,
@@ -354,6 +360,8 @@ impl PoolManager {
             next_id: InstanceIds::open(db)?,
             starting: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
+            stopping: tokio::sync::watch::channel(false).0,
+            leasing: AtomicUsize::new(0),
             tunnels_end: tokio::sync::watch::channel(false).0,
             exits: Notify::new(),
             tickets: AtomicU64::new(0),
@@ -480,6 +488,15 @@ impl PoolManager {
     /// is turned away.
     pub async fn lease_within(&self, name: &str, wait: Option<Duration>) -> Result<Lease> {
         let inner = &self.inner;
+        /// Counts the call in `leasing` until it has its instance or gives up.
+        struct Leasing<'a>(&'a AtomicUsize);
+        impl Drop for Leasing<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        inner.leasing.fetch_add(1, Ordering::SeqCst);
+        let _leasing = Leasing(&inner.leasing);
         let wait = wait.unwrap_or_else(|| {
             lock(&inner.state)
                 .fns
@@ -654,7 +671,9 @@ impl PoolManager {
                 .all
                 .values()
                 .any(|i| i.active() > 0 && !i.is_exited())
-                || self.inner.starting.load(Ordering::SeqCst) > 0
+                // A call waiting for a cold start; an instance starting for
+                // the pool alone (a warm-up) is no call.
+                || self.inner.leasing.load(Ordering::SeqCst) > 0
         };
         let waited = tokio::time::timeout(limit, async {
             // Leases end at many places; a short poll sees them all.
@@ -705,6 +724,7 @@ impl PoolManager {
     pub async fn shutdown(&self, limit: Duration) {
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);
+        inner.stopping.send_replace(true);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let notified = inner.exits.notified();
@@ -1146,6 +1166,13 @@ impl Inner {
                         if let Some(pool) = pool {
                             pool.starting -= 1;
                         }
+                        // Ended by the server's stop: nothing to say, nor to refill.
+                        if matches!(e, Error::ShuttingDown(_)) {
+                            if let Some(pool) = st.envs.get_mut(&env_name) {
+                                pool.refilling = false;
+                            }
+                            return;
+                        }
                         failures += 1;
                         tracing::warn!(env = %env_name, error = %e, "cannot refill pool");
                         if failures >= 3 {
@@ -1192,6 +1219,7 @@ impl Inner {
                 id,
                 env: env.clone(),
                 logs: sink,
+                stopping: self.stopping.subscribe(),
             })
             .await;
         let started = started.map(|handle| {
@@ -1212,7 +1240,11 @@ impl Inner {
                 environment: env.key(),
             })
             .clone();
-        if let Err(e) = &started {
+        // A start the server's stop ended did not fail.
+        if let Err(e) = started.as_ref().map(drop).or_else(|e| match e {
+            Error::ShuttingDown(_) => Ok(()),
+            e => Err(e),
+        }) {
             failures.inc();
             if let Some(pool) = lock(&self.state).envs.get_mut(&env.key()) {
                 pool.start_failure = Some(StartFailure {
@@ -1230,6 +1262,7 @@ impl Inner {
         self.exits.notify_waiters();
         let instance = match started {
             Ok(instance) => instance,
+            Err(e @ Error::ShuttingDown(_)) => return Err(e),
             Err(e) => {
                 let key = log_key();
                 self.logs.append(&key, id, "fusion", &e.to_string());

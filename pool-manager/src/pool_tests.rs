@@ -42,6 +42,10 @@ struct FakeBackend {
     staging: Arc<AtomicUsize>,
     release: Arc<tokio::sync::Notify>,
     handles: Mutex<HashMap<u64, Arc<FakeHandle>>>,
+    /// Starts from now on wait for the server's stop (a runtime that never
+    /// listens), then give up; counts those that did.
+    starts_wait: AtomicBool,
+    gave_up: AtomicUsize,
 }
 
 struct FakeHandle {
@@ -124,6 +128,11 @@ impl Backend for FakeBackend {
             self.asked.fetch_add(1, Ordering::SeqCst);
             if self.broken.load(Ordering::SeqCst) {
                 return Err(Error::Unavailable("the fake runtime does not start".into()));
+            }
+            if self.starts_wait.load(Ordering::SeqCst) {
+                let _ = req.stopping.clone().wait_for(|s| *s).await.is_ok();
+                self.gave_up.fetch_add(1, Ordering::SeqCst);
+                return Err(Error::ShuttingDown("the server stopped".into()));
             }
             self.started.fetch_add(1, Ordering::SeqCst);
             let path = self.dir.join(format!("{}.sock", req.id));
@@ -224,6 +233,8 @@ async fn setup_with(
         staging: Arc::default(),
         release: Arc::default(),
         handles: Mutex::default(),
+        starts_wait: AtomicBool::new(false),
+        gave_up: AtomicUsize::new(0),
     });
     let db = sled::Config::new().temporary(true).open().unwrap();
     let pm = PoolManager::start(
@@ -601,6 +612,38 @@ async fn shutdown_stops_every_instance() {
     assert!(s.pm.instances(None).is_empty());
     let e = s.pm.lease("f").await.err().expect("closing");
     assert_eq!(e.code(), "shutting_down");
+}
+
+/// A graceful stop waits for calls, a cold start among them, not for an
+/// instance starting for the pool alone; the stop ends the starts under way
+/// (a runtime that never listens held it for the whole grace and more).
+#[tokio::test]
+async fn a_stop_waits_for_calls_not_warm_ups_and_ends_the_starts_under_way() {
+    let s = setup(0, 1).await;
+    s.backend.starts_wait.store(true, Ordering::SeqCst);
+    let mut warm = s.pm.environment("env").unwrap();
+    warm.name = "warm".into();
+    warm.poolsize = 1;
+    s.pm.create_environment(warm).await.unwrap();
+    let asked = || s.backend.asked.load(Ordering::SeqCst);
+    eventually("a warm-up under way", || (asked() >= 1).then_some(())).await;
+    assert!(
+        s.pm.wait_idle(Duration::from_millis(50)).await,
+        "a warm-up is no call"
+    );
+    let call = tokio::spawn({
+        let pm = s.pm.clone();
+        async move { pm.lease("f").await.map(drop) }
+    });
+    eventually("a cold start under way", || (asked() >= 2).then_some(())).await;
+    assert!(
+        !s.pm.wait_idle(Duration::from_millis(50)).await,
+        "a call waits for its instance"
+    );
+    s.pm.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(s.backend.gave_up.load(Ordering::SeqCst), 2);
+    let e = call.await.unwrap().err().expect("no instance");
+    assert_eq!(e.code(), "shutting_down", "{e}");
 }
 
 #[tokio::test]

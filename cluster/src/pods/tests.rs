@@ -262,7 +262,16 @@ fn start_logging(
     logs: pool_manager::backend::LogSink,
 ) -> tokio::task::JoinHandle<pool_manager::Result<Arc<dyn Handle>>> {
     let backend = backend.clone();
-    tokio::spawn(async move { backend.start(StartRequest { id: 1, env, logs }).await })
+    tokio::spawn(async move {
+        backend
+            .start(StartRequest {
+                id: 1,
+                env,
+                logs,
+                stopping: tokio::sync::watch::channel(false).1,
+            })
+            .await
+    })
 }
 
 /// The pod as the API server has it: what was created, with `status`.

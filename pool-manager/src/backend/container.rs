@@ -1037,6 +1037,7 @@ impl Backend for ContainerBackend {
             let ready = super::wait_ready(
                 &req.env.name,
                 exit_rx.clone(),
+                req.stopping.clone(),
                 self.cfg.launch.start_timeout,
                 || {
                     let (socket, netns, id) = (&socket, &netns, &id);

@@ -186,6 +186,11 @@ pub struct StartRequest {
     pub id: u64,
     pub env: Environment,
     pub logs: LogSink,
+    /// Turns true when the server stops: a start still waiting for its
+    /// runtime gives up then and stops what it started (a runtime that never
+    /// listens would hold the stop for its whole start timeout). A pod is
+    /// left to start, for the next server to adopt.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// A file a function's instance gets beside its code: one key of a secret or
@@ -373,6 +378,7 @@ impl LaunchConfig {
 pub(crate) async fn wait_ready<F, Fut>(
     env: &str,
     mut exit: watch::Receiver<Option<Exit>>,
+    mut stopping: watch::Receiver<bool>,
     limit: Duration,
     mut ready: F,
 ) -> Result<()>
@@ -396,8 +402,29 @@ where
                 "environment {env}: the runtime did not listen within {limit:?}"
             )));
         }
-        // Wake at once on exit.
-        let _ = tokio::time::timeout(delay, exit.wait_for(Option::is_some)).await;
+        if *stopping.borrow() {
+            return Err(Error::ShuttingDown(format!(
+                "environment {env}: the server stopped while the runtime was starting"
+            )));
+        }
+        // Wake at once on exit, or when the server stops.
+        let exited = async {
+            let _ = exit.wait_for(Option::is_some).await.is_ok();
+        };
+        let stopped = async {
+            // A sender gone (no server to stop) never says so.
+            let gone = stopping.wait_for(|s| *s).await.is_err();
+            if gone {
+                std::future::pending::<()>().await
+            }
+        };
+        let _ = tokio::time::timeout(delay, async {
+            tokio::select! {
+                () = exited => {}
+                () = stopped => {}
+            }
+        })
+        .await;
         delay = (delay * 2).min(Duration::from_millis(4));
     }
 }

@@ -168,7 +168,9 @@ impl Backend for ProcessBackend {
             let exit = handle.exit.clone();
             let address = handle.address.clone();
             let handle: Arc<dyn Handle> = handle;
-            let ready = super::wait_ready(&req.env.name, exit, self.launch.start_timeout, || {
+            let stopping = req.stopping.clone();
+            let limit = self.launch.start_timeout;
+            let ready = super::wait_ready(&req.env.name, exit, stopping, limit, || {
                 let address = address.clone();
                 async move { InstanceConnector::dial(&address).await.is_ok() }
             })
@@ -585,6 +587,67 @@ mod tests {
         assert_eq!(lines.next().await.as_deref(), Some(" done"));
         assert_eq!(lines.next().await.as_deref(), Some("last"));
         assert_eq!(lines.next().await, None);
+    }
+
+    /// A runtime that never listens held a server's stop for its whole start
+    /// timeout: the start gives up when the server stops, and the runtime's
+    /// process goes with it.
+    #[tokio::test]
+    async fn a_start_gives_up_when_the_server_stops_and_its_runtime_goes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let launch = LaunchConfig {
+            runtimes_dir: tmp.path().into(),
+            fusion_exe: "/bin/false".into(),
+            python: "python3".into(),
+            node: "node".into(),
+            start_timeout: std::time::Duration::from_secs(600),
+        };
+        let backend = Arc::new(ProcessBackend::new(launch, tmp.path().join("s")));
+        let pid_file = tmp.path().join("pid");
+        let script = format!("echo $$ > {}; exec sleep 600", pid_file.display());
+        let env: Environment = serde_json::from_value(serde_json::json!({
+            "name": "silent",
+            "command": ["sh", "-c", script],
+        }))
+        .unwrap();
+        let (stop, stopping) = watch::channel(false);
+        let start = tokio::spawn({
+            let backend = backend.clone();
+            async move {
+                let logs: super::super::LogSink = Arc::new(|_, _| {});
+                let req = StartRequest {
+                    id: 1,
+                    env,
+                    logs,
+                    stopping,
+                };
+                backend.start(req).await.map(drop)
+            }
+        });
+        let pid = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                if let Some(pid) = std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i32>().ok())
+                {
+                    return pid;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the runtime started");
+        stop.send_replace(true);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), start).await;
+        let result = ended.expect("the start gave up").unwrap();
+        assert!(matches!(result, Err(Error::ShuttingDown(_))), "{result:?}");
+        // Gone, not left running (reaped by its monitor: no zombie either).
+        let gone = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        });
+        gone.await.expect("the runtime's process ended");
     }
 
     #[test]
