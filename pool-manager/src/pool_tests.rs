@@ -642,7 +642,7 @@ async fn a_stop_waits_for_calls_not_warm_ups_and_ends_the_starts_under_way() {
     );
     s.pm.shutdown(Duration::from_secs(30)).await;
     assert_eq!(s.backend.gave_up.load(Ordering::SeqCst), 2);
-    let e = call.await.unwrap().err().expect("no instance");
+    let e = call.await.unwrap().expect_err("no instance");
     assert_eq!(e.code(), "shutting_down", "{e}");
 }
 
