@@ -343,6 +343,26 @@ fn rfc0022_runs_start_async_and_wait_durably() {
         .map(|t| t["run"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(runs, ["Wait", "fission://default/validate-order"], "{run}");
+    // RFC-0022's `workflow runs history --name RUN --step STATE --io`: that
+    // step's events alone, its input and output whole.
+    let (code, out, err) = s.cli(&[
+        "workflow", "runs", "history", "--name", &id, "--step", "check", "--io",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("000002-check") && out.contains("StepSucceeded"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("000001-") && !out.contains("RunStarted"),
+        "{out}"
+    );
+    let (code, _, err) = s.cli(&[
+        "workflow", "runs", "history", "--name", &id, "--step", "chek",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("has no step \"chek\""), "{err}");
+    assert!(err.contains("check"), "{err}");
 
     // The CLI stores and invokes one as the README says.
     let dir = tempfile::tempdir().unwrap();

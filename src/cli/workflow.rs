@@ -135,6 +135,11 @@ pub(super) enum RunsVerb {
         /// Each event's inputs and outputs whole (a table cuts them).
         #[arg(long)]
         io: bool,
+        /// Only the events of this step: a task's name (`Shout`, inside a
+        /// loop too), or a state's (RFC-0022: `charge` matches `000002-charge`),
+        /// or a task's whole id.
+        #[arg(long, value_name = "STATE")]
+        step: Option<String>,
     },
     /// Cancel a running run.
     Cancel {
@@ -161,10 +166,55 @@ fn fission_event_name(fusion: &str) -> &str {
     }
 }
 
-/// `workflow runs history`: the run's events under Fission's names.
-async fn history(c: &crate::client::Client, opts: &ClientOpts, id: &str, io: bool) -> Result<()> {
+/// A task's last id part as a step's name: a state machine step's without
+/// its number (`000002-charge`: `charge`).
+fn shown_step(last: &str) -> &str {
+    match last.split_once('-') {
+        Some((seq, state)) if !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) => state,
+        _ => last,
+    }
+}
+
+/// Whether the event of task `task` (an id such as `Each/do_0/Shout` or
+/// `000003-m/0001/000002-charge`) is one of step `step`: its whole id, or the
+/// name of its last part (a state machine step's without its number).
+fn of_step(task: &str, step: &str) -> bool {
+    let last = task.rsplit('/').next().unwrap_or(task);
+    task == step || last == step || shown_step(last) == step
+}
+
+/// `workflow runs history`: the run's events under Fission's names (those
+/// of one step with `step`).
+async fn history(
+    c: &crate::client::Client,
+    opts: &ClientOpts,
+    id: &str,
+    io: bool,
+    step: Option<&str>,
+) -> Result<()> {
     super::run::cells_for(opts);
     let mut v: Value = c.get(&format!("/v1/runs/{id}/events")).await?;
+    if let (Some(step), Some(events)) = (step, v["events"].as_array_mut()) {
+        let mut steps = std::collections::BTreeSet::new();
+        events.retain(|e| match e["task"].as_str() {
+            Some(task) => {
+                let last = task.rsplit('/').next().unwrap_or(task);
+                steps.insert(shown_step(last).to_string());
+                of_step(task, step)
+            }
+            None => false,
+        });
+        if events.is_empty() {
+            let steps: Vec<String> = steps.into_iter().collect();
+            bail!(
+                "run {id} has no step {step:?} (its steps: {})",
+                match steps.is_empty() {
+                    true => "none yet".to_string(),
+                    false => steps.join(", "),
+                }
+            );
+        }
+    }
     if let Some(events) = v["events"].as_array_mut() {
         for e in events {
             if let Some(t) = e["type"].as_str() {
@@ -603,7 +653,9 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             let verb = match verb {
                 RunsVerb::List(args) => RunVerb::List(args),
                 RunsVerb::Describe { id } => RunVerb::Get { id },
-                RunsVerb::History { id, io } => return history(&c, opts, &id.get(), io).await,
+                RunsVerb::History { id, io, step } => {
+                    return history(&c, opts, &id.get(), io, step.as_deref()).await
+                }
                 RunsVerb::Cancel { id } => RunVerb::Cancel { id, reason: None },
                 RunsVerb::Graph { id } => {
                     let id = id.get();
