@@ -461,7 +461,7 @@ pub fn format_warnings(
                 (
                     "unknown_task",
                     format!(
-                        "task {id:?} reads task {other:?}, which this workflow does not have: it reads as nothing{}",
+                        "task {id:?} reads task {other:?}, which this workflow does not have: `output('{other}')` reads null there, and `$.Tasks.{other}...` fails the task{}",
                         did_you_mean(other, spec.tasks.keys().filter(|t| *t != id))
                     ),
                 )
@@ -497,9 +497,22 @@ pub fn format_warnings(
         // Workflows): said where it is written.
         let mut texts = Vec::new();
         let mut embedded = Vec::new();
+        let mut outside = Vec::new();
         if let Some(inputs) = &task.inputs {
             bare_expressions(inputs, &mut texts);
             embedded_expressions(inputs, &mut embedded);
+            outside_the_scope(inputs, &mut outside);
+        }
+        for (text, name) in outside {
+            let (line, column) = at.text_after(&["tasks", id, "inputs"], &text);
+            out.push(ValidationError {
+                code: "unknown_scope",
+                message: format!(
+                    "task {id:?}: `$.{name}` is not in an expression's scope, which has `$.Workflow`, `$.Invocation` and `$.Tasks` (names are case-sensitive): it reads as undefined, and a field of it fails the task"
+                ),
+                line,
+                column,
+            });
         }
         let said = texts
             .into_iter()
@@ -697,9 +710,12 @@ fn embedded_expressions(v: &Value, out: &mut Vec<String>) {
     ];
     match v {
         Value::String(s) if crate::expr::expression_source(s).is_none() => {
+            // What a `{` holds up to the next `}` reads the run (`{'Saved: ' +
+            // $.Tasks.A.Output}!` as much as `{ param() }!`).
             let reads = s.match_indices('{').any(|(i, _)| {
-                let rest = s[i + 1..].trim_start();
-                STARTS.iter().any(|p| rest.starts_with(p)) && rest.contains('}')
+                let rest = &s[i + 1..];
+                rest.find('}')
+                    .is_some_and(|end| STARTS.iter().any(|p| rest[..end].contains(p)))
             });
             if reads {
                 out.push(s.clone());
@@ -708,6 +724,29 @@ fn embedded_expressions(v: &Value, out: &mut Vec<String>) {
         Value::Array(items) => items.iter().for_each(|x| embedded_expressions(x, out)),
         Value::Object(m) => m.values().for_each(|x| embedded_expressions(x, out)),
         _ => {}
+    }
+}
+
+/// The names after `$.` in `v`'s expressions that the scope does not have
+/// (`$.tasks`, `$.Task`), each with the text it is in.
+fn outside_the_scope(v: &Value, out: &mut Vec<(String, String)>) {
+    let mut texts = Vec::new();
+    crate::expr::all_expressions(v, &mut texts);
+    for text in texts {
+        for (i, _) in text.match_indices("$.") {
+            let preceded = text[..i].chars().next_back();
+            if preceded.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
+                continue;
+            }
+            let name: String = text[i + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let known = ["Workflow", "Invocation", "Tasks"].contains(&name.as_str());
+            if !name.is_empty() && !known && !out.iter().any(|(t, n)| *t == text && *n == name) {
+                out.push((text.clone(), name));
+            }
+        }
     }
 }
 
@@ -2339,6 +2378,32 @@ mod tests {
     fn missing_output() {
         let e = check("tasks:\n  A:\n    run: noop\n");
         assert_eq!(e[0].code, "missing_output");
+    }
+
+    /// Text with an expression inside it is said to be text, however the
+    /// braces begin (Fission Workflows' readitlater example: `{'Saved: ' +
+    /// $.Tasks.A.Output}!`); `$.tasks` is said to be outside the scope; a
+    /// task read that is not there says what each form then does.
+    #[test]
+    fn expressions_that_read_nothing_are_said_where_they_are() {
+        let w = check_offline("output: A\ntasks:\n  A:\n    run: compose\n    inputs:\n      title: \"{'Saved: ' + param().url}!\"\n      plain: \"a {b} c\"\n").unwrap();
+        let at: Vec<_> = w.iter().map(|w| (w.code, w.line)).collect();
+        assert_eq!(at, [("embedded_expression", 6)], "{w:?}");
+        let w = check_offline("output: A\ntasks:\n  A:\n    run: noop\n    inputs: \"{ $.tasks.B.Output + $.Tasks.B.Output + $.Invocation.Id }\"\n  B:\n    run: noop\n").unwrap();
+        let unknown: Vec<_> = w.iter().filter(|w| w.code == "unknown_scope").collect();
+        assert_eq!(unknown.len(), 1, "{w:?}");
+        assert!(
+            unknown[0].message.contains("`$.tasks`"),
+            "{}",
+            unknown[0].message
+        );
+        assert_eq!(unknown[0].line, 5);
+        let w = check_offline(
+            "output: A\ntasks:\n  A:\n    run: noop\n    inputs: \"{ $.Tasks.Nope.Output }\"\n",
+        )
+        .unwrap();
+        assert_eq!(w[0].code, "unknown_task", "{w:?}");
+        assert!(w[0].message.contains("fails the task"), "{}", w[0].message);
     }
 
     /// A built-in's input it does not read (a misspelling) is a warning,
