@@ -1336,13 +1336,34 @@ fn expressions_see_fission_workflows_scope() {
     let s = Server::start();
     s.workflow(
         "scope",
-        "output: B\ntasks:\n  A:\n    run: noop\n    inputs: 1\n  B:\n    run: noop\n    requires: [A]\n    inputs: \"{ [$.Tasks.A.Status, $.Tasks.A.Function, Object.keys(task().Requires).join(), $.Workflow.Status, !isNaN(Date.parse($.Invocation.CreatedAt)), !isNaN(Date.parse($.Tasks.A.UpdatedAt))] }\"\n",
+        "output: B\ntasks:\n  A:\n    run: noop\n    inputs: 1\n  B:\n    run: noop\n    requires: [A]\n    inputs: \"{ [$.Tasks.A.Status, $.Tasks.A.Function, Object.keys(task().Requires).join(), $.Workflow.Status, $.Invocation.CreatedAt, $.Tasks.A.CreatedAt, $.Tasks.A.UpdatedAt] }\"\n",
     );
     let (status, body) = s.invoke("scope", "text/plain", "");
     assert_eq!(status, 200, "{body}");
+    let got: Vec<Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap(),
-        json!(["SUCCEEDED", "noop", "A", "READY", true, true])
+        got[..4],
+        [
+            json!("SUCCEEDED"),
+            json!("noop"),
+            json!("A"),
+            json!("READY")
+        ],
+        "{body}"
+    );
+    // Times are nanoseconds since the epoch, as Fission Workflows' scope
+    // had them: the run's start, then A's start and end, in order.
+    let ns: Vec<u64> = got[4..].iter().map(|t| t.as_u64().expect(&body)).collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    assert!(
+        ns[0] <= ns[1] && ns[1] <= ns[2] && u128::from(ns[2]) <= now.as_nanos(),
+        "{body}"
+    );
+    assert!(
+        u128::from(ns[0]) > now.as_nanos() - 60_000_000_000,
+        "{body}"
     );
 }
 

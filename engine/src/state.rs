@@ -18,7 +18,10 @@ use crate::spec::{parse_duration, TaskSpec, WorkflowSpec};
 ///   in the last (`W/condition/action`); and a task that runs a sub-workflow
 ///   ends once the tasks beside its output have run too, as a run does
 ///   (they were left unstarted, or running).
-pub const RULES: u32 = 1;
+/// - 2: times in expressions' scope (`CreatedAt`, `UpdatedAt`) are whole
+///   nanoseconds since the epoch, as Fission Workflows' scope had them
+///   (`formatTimestamp`: `UnixNano()`); they were RFC 3339 text.
+pub const RULES: u32 = 2;
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
@@ -369,12 +372,18 @@ fn innermost_failure(message: &str) -> &str {
     }
 }
 
-/// A time as expressions see it (`CreatedAt`): RFC 3339, as Fission
-/// Workflows' scope has it; null when there is none.
-fn timestamp(at: Option<Millis>) -> Value {
-    at.and_then(|ms| i64::try_from(ms).ok())
-        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-        .map_or(Value::Null, |t| Value::String(t.to_string()))
+/// A time as expressions see it (`CreatedAt`): nanoseconds since the epoch,
+/// as Fission Workflows' scope has it (from rules 2; RFC 3339 text before);
+/// null when there is none.
+fn timestamp(at: Option<Millis>, rules: u32) -> Value {
+    match (at, rules >= 2) {
+        (None, _) => Value::Null,
+        (Some(ms), true) => ms.checked_mul(1_000_000).map_or(Value::Null, Value::from),
+        (Some(ms), false) => i64::try_from(ms)
+            .ok()
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+            .map_or(Value::Null, |t| Value::String(t.to_string())),
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -889,8 +898,11 @@ impl RunState {
                                     .collect(),
                             ),
                         ),
-                        ("CreatedAt", timestamp(t.started_at)),
-                        ("UpdatedAt", timestamp(t.ended_at.or(t.started_at))),
+                        ("CreatedAt", timestamp(t.started_at, self.rules)),
+                        (
+                            "UpdatedAt",
+                            timestamp(t.ended_at.or(t.started_at), self.rules),
+                        ),
                         ("Inputs", t.inputs.clone().unwrap_or(Value::Null)),
                         ("Output", result.output.clone().unwrap_or(Value::Null)),
                         (
@@ -929,7 +941,7 @@ impl RunState {
         };
         let mut scope = json!({
             "Workflow": {"Id": self.workflow, "Name": self.workflow, "Version": self.version, "Status": "READY"},
-            "Invocation": {"Id": self.run_id, "CreatedAt": timestamp(Some(self.started_at))},
+            "Invocation": {"Id": self.run_id, "CreatedAt": timestamp(Some(self.started_at), self.rules)},
         });
         // Moved in, not through `json!`, which would copy them again.
         scope["Invocation"]["Inputs"] = inputs;
@@ -3237,6 +3249,26 @@ mod tests {
         };
         assert!(e.is_timeout(), "{e:?}");
         assert_eq!(e.code(RunStatus::Failed), "run_timed_out");
+    }
+
+    /// Times in the scope are nanoseconds since the epoch from rules 2 (as
+    /// Fission Workflows had them); a run started before reads them as the
+    /// RFC 3339 text it ran with.
+    #[test]
+    fn scope_times_are_nanoseconds_from_rules_2() {
+        for (rules, want) in [
+            (1, json!("2025-12-04T12:00:00.123Z")),
+            (RULES, json!(1_764_849_600_123_000_000u64)),
+        ] {
+            let tasks = BTreeMap::from([("x".to_string(), TaskSpec::default())]);
+            let mut s = waiting_parent(tasks, "x", None);
+            s.rules = rules;
+            s.started_at = 1_764_849_600_123;
+            apply(&mut s, &dispatched("p/x", 1, 1_764_849_600_123));
+            let scope = s.scope_for("p/x");
+            assert_eq!(scope["Invocation"]["CreatedAt"], want, "rules {rules}");
+            assert_eq!(scope["Tasks"]["x"]["CreatedAt"], want, "rules {rules}");
+        }
     }
 
     /// A sub-workflow ends once the tasks beside its output have run; in a
