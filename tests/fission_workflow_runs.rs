@@ -303,16 +303,55 @@ fn rfc0022_workflows_are_refused_with_line_and_column_and_updated_by_put() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(s.call("GET", "/v1/workflows/later", None).0, 200);
 
-    // Another namespace is not kept, and says so where it is written.
+    // Another namespace is not kept for the workflow, and says so where it
+    // is written; its Tasks call that namespace's functions (RFC-0022: a
+    // workflow and its functions share a namespace), which are looked up
+    // there: `who` is in team-a alone.
     let elsewhere = doc
         .replace("name: early", "name: elsewhere, namespace: team-a")
-        .replace("nosuchfn", "validate-order");
+        .replace("nosuchfn", "who");
     let (status, body) = store(&s, "POST", "/v1/workflows", &elsewhere);
     assert_eq!(status, 201, "{body}");
-    let w = &body["warnings"][0];
-    assert_eq!(w["code"], "namespace_ignored", "{body}");
-    assert_eq!(w["line"], 3, "{body}");
+    let codes: Vec<&str> = body["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["namespace_ignored", "unknown_function"], "{body}");
+    assert_eq!(body["warnings"][0]["line"], 3, "{body}");
+    assert!(
+        body["warnings"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"team-a/who\""),
+        "{body}"
+    );
     assert_eq!(body["name"], "elsewhere", "{body}");
+    let ns = json!({"namespace": "team-a"});
+    s.ok(
+        "POST",
+        "/v1/environments",
+        Some(json!({"name": "python", "runtime": "python", "poolsize": 0, "namespace": "team-a"})),
+    );
+    s.function(
+        "who",
+        "python",
+        "w.py",
+        "def main():\n    return 'team-a'\n",
+        ns.clone(),
+    );
+    s.function(
+        "who",
+        "python",
+        "w.py",
+        "def main():\n    return 'default'\n",
+        json!({}),
+    );
+    let (status, body) = store(&s, "PUT", "/v1/workflows/elsewhere", &elsewhere);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["warnings"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(invoke(&s, "elsewhere", json!({})), (200, json!("team-a")));
     assert!(
         err.contains("later.yaml:9:24: warning: function \"nosuchfn\" does not exist (yet) (unknown_function)"),
         "{err}"

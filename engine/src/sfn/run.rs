@@ -82,7 +82,12 @@ pub fn engine_spec(source: &str) -> Result<WorkflowSpec, Vec<ValidationError>> {
         ParsedWorkflow::Document(w) if !w.metadata.name.is_empty() => Some(w.metadata.name.clone()),
         _ => None,
     };
-    let machine = parsed.into_spec();
+    let namespace = match &parsed {
+        ParsedWorkflow::Document(w) => w.metadata.namespace.clone(),
+        _ => "default".to_string(),
+    };
+    let mut machine = parsed.into_spec();
+    in_namespace(&mut machine.states, &namespace);
     let timeout = machine.timeout.as_deref().unwrap_or(DEFAULT_RUN_TIMEOUT);
     Ok(WorkflowSpec {
         name,
@@ -90,6 +95,31 @@ pub fn engine_spec(source: &str) -> Result<WorkflowSpec, Vec<ValidationError>> {
         state_machine: Some(Box::new(machine)),
         ..WorkflowSpec::default()
     })
+}
+
+/// A workflow and its functions share a namespace (RFC-0022, v1): the Task
+/// functions of a document in another namespace than `default` are named by
+/// their keys there (`team-a/charge`), which is how the engine calls them.
+fn in_namespace(states: &mut BTreeMap<String, WorkflowState>, namespace: &str) {
+    if namespace == "default" {
+        return;
+    }
+    for state in states.values_mut() {
+        if let Some(f) = &mut state.function {
+            f.name = function_key(namespace, &f.name);
+        }
+        for branch in &mut state.branches {
+            in_namespace(&mut branch.states, namespace);
+        }
+    }
+}
+
+/// A Task function's key: `name` in `default`, else `namespace/name`.
+pub fn function_key(namespace: &str, name: &str) -> String {
+    match namespace {
+        "default" => name.to_string(),
+        ns => format!("{ns}/{name}"),
+    }
 }
 
 /// A Fission Workflows document may not carry a state machine of its own
@@ -235,7 +265,11 @@ fn task_spec(machine: &Machine, id: &str) -> TaskSpec {
             } else {
                 s.function
                     .as_ref()
-                    .map(|f| format!("{}default/{}", crate::spec::FISSION_SCHEME, f.name))
+                    .map(|f| match f.name.contains('/') {
+                        // A key in another namespace (`in_namespace`).
+                        true => format!("{}{}", crate::spec::FISSION_SCHEME, f.name),
+                        false => format!("{}default/{}", crate::spec::FISSION_SCHEME, f.name),
+                    })
                     .unwrap_or_default()
             },
             timeout: s

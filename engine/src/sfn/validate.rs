@@ -166,7 +166,7 @@ pub fn ignored_namespace(parsed: &ParsedWorkflow, text: &str) -> Option<Validati
     Some(ValidationError {
         code: "namespace_ignored",
         message: format!(
-            "namespace {ns:?} is not kept: workflows share one name space here, stored by their name alone"
+            "namespace {ns:?} is not kept for the workflow, stored by its name alone (workflows share one name space here); its Tasks call the functions of namespace {ns:?}"
         ),
         line,
         column,
@@ -189,10 +189,15 @@ pub fn missing_functions(
     } else {
         Vec::new()
     };
+    let namespace = match parsed {
+        ParsedWorkflow::Document(w) => w.metadata.namespace.as_str(),
+        _ => "default",
+    };
     let mut out = Vec::new();
     let mut check = |path: Vec<Step>, st: &WorkflowState| {
         if let Some(f) = &st.function {
-            if !exists(&f.name) {
+            let key = super::run::function_key(namespace, &f.name);
+            if !exists(&key) {
                 let mut p = path;
                 p.extend([Step::from("function"), Step::from("name")]);
                 let (line, column) = pos.value(&p);
@@ -202,7 +207,7 @@ pub fn missing_functions(
                         f.name
                     )
                 } else {
-                    format!("function {:?} does not exist (yet)", f.name)
+                    format!("function {key:?} does not exist (yet)")
                 };
                 out.push(ValidationError {
                     code: "unknown_function",
