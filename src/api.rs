@@ -724,17 +724,48 @@ async fn update_fn(
     triggers::invocations::policy::Policy::of(f.invocation.as_ref())?;
     Ok(Json(s.pool.update_function(f).await?))
 }
+/// `?if_unused=true` on a delete: refused (409) while stored workflows run
+/// it, as everything else that uses it is (what `spec destroy` orders its
+/// deletes by), rather than deleted with a warning.
+#[derive(Deserialize, Default)]
+pub(crate) struct IfUnused {
+    #[serde(default)]
+    if_unused: bool,
+}
+
+/// The stored workflows that run what a delete deletes, refused as users when
+/// the delete asked `if_unused`.
+fn run_by(
+    what: &str,
+    name: &str,
+    workflows: Vec<String>,
+    if_unused: bool,
+) -> ApiResult<Vec<String>> {
+    match (if_unused, workflows.is_empty()) {
+        (true, false) => Err(Error::Conflict(format!(
+            "{what} {name:?} is run by workflows ({}); delete or change them first",
+            workflows.join(", ")
+        ))),
+        _ => Ok(workflows),
+    }
+}
+
 async fn delete_fn(
     State(s): State<AppState>,
     Path(name): Path<String>,
     Query(ns): Query<Ns>,
-) -> ApiResult<StatusCode> {
+    Query(how): Query<IfUnused>,
+) -> ApiResult<Response> {
     let key = ns.key(&name)?;
     // One that does not exist is a 404, whatever still names it.
     s.pool.function(&key)?;
-    s.triggers.check_function_unused(&key)?;
+    let users = s.triggers.check_function_unused(&key)?;
+    let workflows = run_by("function", &key, users, how.if_unused)?;
     s.pool.delete_function(&key).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(match triggers::still_run_by("function", &key, &workflows) {
+        Some(warned) => Json(warned).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 async fn fn_instances(
@@ -956,17 +987,30 @@ pub async fn keep_targeted_workflows(
             .extensions()
             .get::<axum::extract::MatchedPath>()
             .is_some_and(|p| p.as_str() == "/v1/workflows/{name}");
-    if deleting {
-        let name = req.uri().path().rsplit('/').next().unwrap_or_default();
-        let checked = match engine.workflow_exists(name) {
-            true => triggers.check_workflow_unused(name),
-            false => Ok(()),
-        };
-        if let Err(e) = checked {
-            return e.into_response();
-        }
+    if !deleting {
+        return next.run(req).await;
     }
-    next.run(req).await
+    let name = req.uri().path().rsplit('/').next().unwrap_or_default();
+    let name = percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .into_owned();
+    let if_unused = Query::<IfUnused>::try_from_uri(req.uri()).is_ok_and(|q| q.if_unused);
+    let checked = match engine.workflow_exists(&name) {
+        true => triggers
+            .check_workflow_unused(&name)
+            .map_err(Error::from)
+            .and_then(|users| run_by("workflow", &name, users, if_unused)),
+        false => Ok(Vec::new()),
+    };
+    let workflows = match checked {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
+    let answer = next.run(req).await;
+    match triggers::still_run_by("workflow", &name, &workflows) {
+        Some(warned) if answer.status() == StatusCode::NO_CONTENT => Json(warned).into_response(),
+        _ => answer,
+    }
 }
 
 // ---- routes ----

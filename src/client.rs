@@ -242,9 +242,22 @@ impl Client {
             .await?)
     }
 
+    /// Deletes `path`; what the server warns of (workflows that still run
+    /// what went) goes to stderr as `warning: ...`.
     pub async fn delete(&self, path: &str) -> Result<()> {
-        self.send(self.request(reqwest::Method::DELETE, path))
+        let resp = self
+            .send(self.request(reqwest::Method::DELETE, path))
             .await?;
+        if resp.status() != reqwest::StatusCode::NO_CONTENT {
+            let answer: Value = resp.json().await.unwrap_or_default();
+            for w in answer["warnings"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "warning: {} ({})",
+                    w["message"].as_str().unwrap_or_default(),
+                    w["code"].as_str().unwrap_or_default()
+                );
+            }
+        }
         Ok(())
     }
 

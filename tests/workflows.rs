@@ -2574,11 +2574,13 @@ fn foreach_runs_a_whole_workflow_per_item_at_most_concurrency_at_once() {
     );
 }
 
-/// A function or a workflow that stored workflows run is not deleted from under
-/// them (their runs would all fail): 409 naming them, until they are changed or
-/// deleted. A Fission `Workflow`'s Task functions count too.
+/// A function or a workflow that stored workflows run is deleted as in
+/// Fission Workflows (a project's cleanup deletes functions before the
+/// workflows that run them), with a warning naming those workflows, whose runs
+/// then fail there; a Fission `Workflow`'s Task functions count too. What
+/// runs in flight are still to call is not deleted from under them.
 #[test]
-fn what_stored_workflows_run_is_not_deleted_from_under_them() {
+fn deleting_what_stored_workflows_run_warns_of_them() {
     let s = Server::start();
     s.env("binary", "binary", 0);
     s.function("echo", "binary", "echo.sh", "#!/bin/sh\ncat\n", json!({}));
@@ -2592,17 +2594,17 @@ fn what_stored_workflows_run_is_not_deleted_from_under_them() {
     );
     let machine = "apiVersion: fission.io/v1\nkind: Workflow\nmetadata:\n  name: machine\nspec:\n  startAt: Call\n  states:\n    Call:\n      type: Task\n      function: {name: echo}\n      end: true\n";
     s.workflow("machine", machine);
-    let refused = |path: &str, users: &[&str]| {
+    let warned = |path: &str, users: &[&str]| {
         let (st, body) = s.call("DELETE", path, None);
-        assert_eq!(st, 409, "{body}");
-        let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains("run by workflows"), "{body}");
+        assert_eq!(st, 200, "{body}");
+        let w = &body["warnings"][0];
+        assert_eq!(w["code"], "run_by_workflows", "{body}");
+        let message = w["message"].as_str().unwrap_or_default();
+        assert!(message.contains("still run by workflows"), "{body}");
         for u in users {
             assert!(message.contains(u), "{u}: {body}");
         }
     };
-    refused("/v1/functions/echo", &["inner", "machine"]);
-    refused("/v1/workflows/inner", &["outer"]);
     assert_eq!(s.invoke("outer", "text/plain", "hi").0, 200);
     // Run inside outer, inner has no runs of its own: its history says where
     // they are.
@@ -2643,11 +2645,20 @@ fn what_stored_workflows_run_is_not_deleted_from_under_them() {
         let (st, body) = s.call("DELETE", &format!("/v1/workflows/{name}"), None);
         assert_eq!(st, 204, "{name}: {body}");
     }
-    // Once nothing runs them, they go.
+    // What a workflow runs goes, said; the workflow's runs then fail there.
+    warned("/v1/workflows/inner", &["outer"]);
+    let (status, text) = s.invoke("outer", "text/plain", "hi");
+    assert!(status >= 400 && text.contains("inner"), "{status} {text}");
     assert_eq!(s.call("DELETE", "/v1/workflows/outer", None).0, 204);
-    assert_eq!(s.call("DELETE", "/v1/workflows/inner", None).0, 204);
-    refused("/v1/functions/echo", &["machine"]);
+    // The CLI (Fission's `fn delete`) says it on stderr, and succeeds.
+    let (code, out, err) = s.cli(&["fn", "delete", "--name", "echo"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("warning: function \"echo\" is still run by workflows (machine)"),
+        "{err}"
+    );
     assert_eq!(s.call("DELETE", "/v1/workflows/machine", None).0, 204);
+    s.function("echo", "binary", "echo.sh", "#!/bin/sh\ncat\n", json!({}));
 
     // Nor from under a run in flight whose version still calls it, once the
     // workflow changed so that its latest no longer does.

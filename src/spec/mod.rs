@@ -1109,7 +1109,20 @@ async fn delete_all(client: &Client, mut items: Vec<Applied>) -> Vec<(Applied, R
 }
 
 pub(crate) async fn delete_if_present(client: &Client, a: &Applied) -> Result<()> {
-    match client.delete(&a.path()).await {
+    // A function or workflow is refused while workflows run it (not deleted
+    // with a warning): what runs it goes first, and one of them left outside
+    // the project keeps it.
+    let mut path = a.path();
+    if [
+        kind_collection(Kind::Function),
+        kind_collection(Kind::Workflow),
+    ]
+    .contains(&a.collection.as_str())
+    {
+        path.push(if path.contains('?') { '&' } else { '?' });
+        path.push_str("if_unused=true");
+    }
+    match client.delete(&path).await {
         Ok(()) => Ok(()),
         Err(e) if e.downcast_ref::<crate::client::NotFound>().is_some() => Ok(()),
         Err(e) => Err(e.context(format!("cannot delete {}", a.label()))),

@@ -58,9 +58,12 @@ impl Triggers {
         Ok(triggers)
     }
 
-    /// Refuses when other workflows run workflow `name`, or triggers target
-    /// it (before it is deleted).
-    pub fn check_workflow_unused(&self, name: &str) -> Result<()> {
+    /// Refuses when runs in flight are still to run workflow `name`, or
+    /// triggers target it (before it is deleted); else the stored workflows
+    /// that run it, which their next runs fail at (as in Fission Workflows,
+    /// which deleted whatever named it: a project's cleanup deletes what its
+    /// workflows run before them).
+    pub fn check_workflow_unused(&self, name: &str) -> Result<Vec<String>> {
         let routes = self.routes.list()?;
         let routes = routes
             .iter()
@@ -69,7 +72,6 @@ impl Triggers {
             "workflow",
             name,
             [
-                ("workflows", self.invoker.workflows_running(name)?),
                 (RUNS_IN_FLIGHT, self.invoker.runs_running(name)?),
                 ("routes", routes.map(Route::key).collect()),
                 (
@@ -87,17 +89,16 @@ impl Triggers {
                     ),
                 ),
             ],
-        )
+        )?;
+        self.invoker.workflows_running(name)
     }
 
-    /// Refuses when workflows run function `key`, or triggers target it
-    /// (before it is deleted).
-    pub fn check_function_unused(&self, key: &str) -> Result<()> {
+    /// As `check_workflow_unused`, for function `key`.
+    pub fn check_function_unused(&self, key: &str) -> Result<Vec<String>> {
         in_use(
             "function",
             key,
             [
-                ("workflows", self.invoker.workflows_running(key)?),
                 (RUNS_IN_FLIGHT, self.invoker.runs_running(key)?),
                 (
                     "routes",
@@ -118,8 +119,25 @@ impl Triggers {
                     ),
                 ),
             ],
-        )
+        )?;
+        self.invoker.workflows_running(key)
     }
+}
+
+/// What a delete answers when stored workflows still run what it deleted:
+/// 200 with `warnings` (`run_by_workflows`), so that the caller knows their
+/// runs will fail there; else `None` (204).
+pub fn still_run_by(what: &str, name: &str, workflows: &[String]) -> Option<serde_json::Value> {
+    if workflows.is_empty() {
+        return None;
+    }
+    Some(serde_json::json!({"warnings": [{
+        "code": "run_by_workflows",
+        "message": format!(
+            "{what} {name:?} is still run by workflows ({}): their runs fail there until a {what} of its name exists again",
+            workflows.join(", ")
+        ),
+    }]}))
 }
 
 /// The users of a function or workflow that are runs still to call it.
