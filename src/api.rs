@@ -998,7 +998,6 @@ pub async fn keep_targeted_workflows(
     let checked = match engine.workflow_exists(&name) {
         true => triggers
             .check_workflow_unused(&name)
-            .map_err(Error::from)
             .and_then(|users| run_by("workflow", &name, users, if_unused)),
         false => Ok(Vec::new()),
     };
