@@ -192,7 +192,7 @@ fn an_environment_neither_in_the_specs_nor_on_the_server_stops_the_apply_first()
     .unwrap();
     let (code, _, err) = s.cli_in(tmp.path(), &["spec", "apply"]);
     assert_ne!(code, 0);
-    assert!(err.contains("nothing applied"), "{err}");
+    assert!(err.contains("nothing applied: 2 problems:\n"), "{err}");
     assert!(
         err.contains("Function f references Environment default/ghost, which is neither in the specs nor on the server"),
         "{err}"
@@ -336,8 +336,10 @@ fn a_project_deletes_only_what_it_applied_and_never_takes_over_another_projects(
     let (code, _, err) = s.cli_in(&two, &["spec", "apply"]);
     assert_ne!(code, 0);
     assert!(err.contains("was applied by another project"), "{err}");
-    // Refused before anything was made, as Fission checks conflicts first.
-    assert!(err.contains("nothing applied"), "{err}");
+    // Refused before anything was made, as Fission checks conflicts first;
+    // one problem, one line.
+    assert!(err.starts_with("error: nothing applied: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(!names(&s, "/v1/environments").contains(&"third".to_string()));
     std::fs::write(two.join("specs/envs.yaml"), env_doc("first")).unwrap();
 

@@ -633,8 +633,15 @@ async fn preflight(
         }
     }
     refused.extend(route_clashes(client, specs).await?);
-    if !refused.is_empty() {
-        bail!("nothing applied:\n{}", refused.join("\n"));
+    // One line for one problem (as every CLI error); one a line for several.
+    match refused.as_slice() {
+        [] => {}
+        [one] => bail!("nothing applied: {one}"),
+        all => bail!(
+            "nothing applied: {} problems:\n{}",
+            all.len(),
+            all.join("\n")
+        ),
     }
     if let Some(d) = &specs.deployment {
         if claimed.len() > previous.resources.len() {
