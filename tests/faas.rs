@@ -1794,6 +1794,45 @@ fn the_binary_runtime_gives_fissions_variables_and_keeps_stderr_in_the_log() {
     assert!(!failed.contains("fail=1"), "{log}");
 }
 
+/// A 4xx fails a workflow's step or an asynchronous call (those carry an
+/// idempotency key) and goes into the function's log as a 5xx does; a 4xx
+/// answered to a caller who sees it (a 404 of a REST function) does not.
+#[test]
+fn a_4xx_that_fails_a_step_is_in_the_functions_log() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "declines",
+        "python",
+        "declines.py",
+        "def main():\n    return 'declined', 402\n",
+        json!({}),
+    );
+    let r = s.get("/fission-function/declines/plain");
+    assert_eq!(r.status(), 402);
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/declines"))
+        .header("X-Fusion-Idempotency-Key", "run-1/Charge")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    // Written before the answer: there at once.
+    let log = s
+        .api("GET", "/v1/functions/declines/logs")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" fusion] ")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("POST / answered 402 after ")
+            && lines[0].contains("(X-Fusion-Idempotency-Key: run-1/Charge)"),
+        "{log}"
+    );
+}
+
 /// An answer that is not valid HTTP (a header name with a space) is a 502
 /// `instance_failed`, and the function's log says why, where its developer
 /// looks first.

@@ -360,7 +360,12 @@ async fn forward_inner(
         Ok(Err(e)) => return Err(instance_failed(pm, &lease, &e).await),
         Ok(Ok(resp)) => resp,
     };
-    if resp.status().is_server_error() {
+    // A 5xx, and a 4xx of a call no one watches as it is answered (a
+    // workflow's step, an asynchronous call: they carry a key), which fails
+    // that step or call.
+    let failed =
+        resp.status().is_server_error() || (resp.status().is_client_error() && call.key.is_some());
+    if failed {
         let second = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -369,7 +374,7 @@ async fn forward_inner(
             let mut line = call.failed(resp.status(), took);
             if held > 0 {
                 line.push_str(&format!(
-                    "; {held} more 5xx answers before it are not listed (at most {} a second are)",
+                    "; {held} more failed answers before it are not listed (at most {} a second are)",
                     crate::metrics::FailureLines::PER_SECOND
                 ));
             }
