@@ -2998,6 +2998,49 @@ fn a_canary_moves_a_routes_requests_or_rolls_them_back() {
         "{}",
         status("slow")
     );
+
+    // One whose route is given wholly to the new function is aborted, said
+    // as such (not as a share the new one lost).
+    cli_ok(&[
+        "route",
+        "create",
+        "whole",
+        "--url",
+        "/whole",
+        "--function",
+        "v1",
+        "--weight",
+        "100",
+        "--function",
+        "v2",
+        "--weight",
+        "0",
+    ]);
+    cli_ok(&[
+        "canary-config",
+        "create",
+        "--name",
+        "whole",
+        "--newfunction",
+        "v2",
+        "--oldfunction",
+        "v1",
+        "--httptrigger",
+        "whole",
+        "--increment-step",
+        "10",
+        "--increment-interval",
+        "1h",
+    ]);
+    cli_ok(&["route", "update", "whole", "--function", "v2"]);
+    eventually(Duration::from_secs(20), "the canary is aborted", || {
+        status("whole")["status"] == "aborted"
+    });
+    let message = status("whole")["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("now sends every request to function \"v2\""),
+        "{message}"
+    );
 }
 
 /// A new function that never gets an instance (its code does not load) fails

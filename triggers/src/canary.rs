@@ -472,6 +472,19 @@ fn its_route(
         return Err(format!("route {:?} is gone", canary.trigger));
     };
     let (new, old) = (&canary.new_function, &canary.old_function);
+    // Sent whole to one function or workflow: said as such, not as a share
+    // it lost (`route update --function shop-v2` sends it all to the new one).
+    if route.function_weights.is_empty() {
+        let to = match (&route.function, &route.workflow) {
+            (Some(f), _) => format!("function {f:?}"),
+            (None, Some(w)) => format!("workflow {w:?}"),
+            (None, None) => "one target".to_string(),
+        };
+        return Err(format!(
+            "route {:?} now sends every request to {to}, no longer shared between {old:?} and {new:?}",
+            canary.trigger
+        ));
+    }
     let Some(&weight) = route.function_weights.get(new) else {
         return Err(format!(
             "route {:?} no longer shares its requests with {new:?}",
