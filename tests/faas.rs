@@ -1586,9 +1586,16 @@ fn settings_the_process_backend_cannot_enforce_are_named() {
     assert!(err.contains("does not enforce cpu_millis"), "{err}");
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
 
-    let (err, listed) = create(&Server::start_with(&[("FUSION_BACKEND", "container")]));
+    let s = Server::start_with(&[("FUSION_BACKEND", "container")]);
+    let (err, listed) = create(&s);
     assert!(!err.contains("does not enforce"), "{err}");
     assert!(listed.is_null(), "{listed}");
+    // `env get` shows the limits it was given, CPU too.
+    let (code, out, err) = s.cli(&["env", "get", "fenced"]);
+    assert_eq!(code, 0, "{err}");
+    let (head, row) = out.split_once('\n').unwrap();
+    let at = head.find("CPU_MILLIS").unwrap_or_else(|| panic!("{out}"));
+    assert!(row.get(at..).is_some_and(|r| r.starts_with("100")), "{out}");
 }
 
 /// A container names the host's time zone as the host does: a link into the

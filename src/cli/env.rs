@@ -175,6 +175,7 @@ pub(super) const ENV_COLUMNS: &[(&str, &str)] = &[
     ("POOLSIZE", "/poolsize"),
     ("READY", "/status/pool/ready"),
     ("MEMORY_MB", "/memory_mb"),
+    ("CPU_MILLIS", "/cpu_millis"),
     ("NETWORK", "/network"),
     ("ISOLATION", "/status/isolation/backend"),
 ];
