@@ -164,6 +164,12 @@ fn an_async_call_is_accepted_with_a_location_that_answers() {
     // Its row: one attempt, the answer's status (not the attempts' JSON).
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[2..5], ["succeeded", "1", "200"], "{out}");
+    // The request as it came: its line and body.
+    assert!(
+        out.contains("\nrequest: POST / (3 bytes of body)\n"),
+        "{out}"
+    );
+    assert!(out.contains("\n  cli\n"), "{out}");
 
     // The function's invocations, newest first; an unknown one is a 404.
     let list = s.ok("GET", "/v1/invocations?function=shout", None);

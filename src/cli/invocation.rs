@@ -194,6 +194,20 @@ pub(super) async fn list(
     Ok(())
 }
 
+/// A caller's text as a line of `invocation get`: control characters shown
+/// escaped, cut at 200 characters (whole with `-o wide`).
+fn shown_text(opts: &ClientOpts, text: &str) -> String {
+    let wide = opts.output == super::Output::Wide;
+    let mut shown: String = text
+        .chars()
+        .take(if wide { usize::MAX } else { 200 })
+        .collect();
+    if shown.len() < text.len() {
+        shown.push_str("...");
+    }
+    super::output::printable(shown)
+}
+
 async fn show(opts: &ClientOpts, id: &str) -> Result<()> {
     let c = opts.client()?;
     let v: Value = c.get(&format!("/v1/invocations/{id}")).await?;
@@ -214,6 +228,27 @@ async fn show(opts: &ClientOpts, id: &str) -> Result<()> {
             .cloned()
             .unwrap_or(Value::Null);
         print(opts, &shown(opts, &row), COLUMNS);
+        // The request as it came: its line, headers, and body (text).
+        let r = &v["request"];
+        if let Some(method) = r["method"].as_str() {
+            let path = r["path"].as_str().unwrap_or("/");
+            let query = r["query"].as_str().filter(|q| !q.is_empty());
+            println!(
+                "\nrequest: {method} {path}{}{}",
+                query.map_or(String::new(), |q| format!("?{q}")),
+                r["body_bytes"]
+                    .as_u64()
+                    .map_or(String::new(), |n| format!(" ({n} bytes of body)"))
+            );
+            for h in r["headers"].as_array().into_iter().flatten() {
+                if let (Some(name), Some(value)) = (h[0].as_str(), h[1].as_str()) {
+                    println!("  {name}: {}", shown_text(opts, value));
+                }
+            }
+            if let Some(body) = r["body"].as_str().filter(|b| !b.is_empty()) {
+                println!("  {}", shown_text(opts, body));
+            }
+        }
         println!();
         let rows: Vec<Value> = attempts
             .iter()

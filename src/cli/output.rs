@@ -90,7 +90,7 @@ pub(super) fn print(opts: &ClientOpts, value: &Value, columns: &[(&str, &str)]) 
 /// A cell as it can go to a terminal: the control characters a caller's or a
 /// function's data may hold (a carriage return, an escape sequence that clears
 /// the line, a tab that breaks the columns) are shown escaped, never sent.
-fn printable(text: String) -> String {
+pub(super) fn printable(text: String) -> String {
     shown_escaped(text, |c| c.is_control())
 }
 
