@@ -35,9 +35,12 @@ pub struct ExprError {
 impl ExprError {
     /// Whether the failed expression reads the invocation's input (`param()`,
     /// `$.Invocation`): then the input most likely does not fit the workflow,
-    /// and a synchronous caller is told so with a 4xx.
+    /// and a synchronous caller is told so with a 4xx. Not when the
+    /// expression itself is wrong, whatever it reads: a name it does not
+    /// define (`ReferenceError`), or text that does not compile.
     pub fn reads_invocation(&self) -> bool {
-        reads_invocation(&self.expr)
+        let own = ["ReferenceError", "SyntaxError"];
+        reads_invocation(&self.expr) && !own.iter().any(|e| self.message.starts_with(e))
     }
 }
 
@@ -763,6 +766,20 @@ pub fn all_expressions(value: &Value, out: &mut Vec<String>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A failed expression that reads the caller's input blames the input
+    /// (422) when the input could be why (`null` has no `trim`), not when the
+    /// expression is wrong whatever comes (a name it never defined).
+    #[test]
+    fn an_expressions_own_mistake_is_not_blamed_on_the_input() {
+        let failed = |message: &str| ExprError {
+            expr: "{ nope(param()).trim() }".into(),
+            message: message.into(),
+        };
+        assert!(failed("TypeError: cannot read property 'trim' of null").reads_invocation());
+        assert!(!failed("ReferenceError: nope is not defined").reads_invocation());
+        assert!(!failed("SyntaxError: unexpected token").reads_invocation());
+    }
 
     fn scope() -> Value {
         json!({
