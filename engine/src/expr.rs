@@ -96,6 +96,134 @@ const PRELUDE: &str = r#"
     }
     return s;
   });
+  // Underscore's helpers, as Fission Workflows' expressions had them (its
+  // JavaScript engine loaded underscore): the common ones, same names and
+  // arguments. An iteratee may be a function, a property name, or an object
+  // of properties to match.
+  def('_', (function () {
+    var u = {};
+    function cb(f) {
+      if (f === undefined || f === null) return function (v) { return v; };
+      if (typeof f === 'function') return f;
+      if (typeof f === 'object') return function (v) { return u.isMatch(v, f); };
+      return function (v) { return v == null ? undefined : v[f]; };
+    }
+    function vals(l) { return Array.isArray(l) ? l : (l == null ? [] : u.values(l)); }
+    function ents(l) {
+      if (Array.isArray(l)) return l.map(function (v, i) { return [i, v]; });
+      return l == null ? [] : Object.keys(l).map(function (k) { return [k, l[k]]; });
+    }
+    u.each = u.forEach = function (l, f) { ents(l).forEach(function (e) { f(e[1], e[0], l); }); return l; };
+    u.map = u.collect = function (l, f) { f = cb(f); return ents(l).map(function (e) { return f(e[1], e[0], l); }); };
+    u.filter = u.select = function (l, f) { f = cb(f); return ents(l).filter(function (e) { return f(e[1], e[0], l); }).map(function (e) { return e[1]; }); };
+    u.reject = function (l, f) { f = cb(f); return u.filter(l, function (v, k, l2) { return !f(v, k, l2); }); };
+    u.reduce = u.foldl = u.inject = function (l, f, memo) {
+      var es = ents(l), i = 0;
+      if (arguments.length < 3) { memo = es.length ? es[0][1] : undefined; i = 1; }
+      for (; i < es.length; i++) memo = f(memo, es[i][1], es[i][0], l);
+      return memo;
+    };
+    u.reduceRight = u.foldr = function (l, f, memo) {
+      var es = ents(l).reverse(), i = 0;
+      if (arguments.length < 3) { memo = es.length ? es[0][1] : undefined; i = 1; }
+      for (; i < es.length; i++) memo = f(memo, es[i][1], es[i][0], l);
+      return memo;
+    };
+    u.find = u.detect = function (l, f) { f = cb(f); var e = ents(l).find(function (e) { return f(e[1], e[0], l); }); return e ? e[1] : undefined; };
+    u.every = u.all = function (l, f) { f = cb(f); return ents(l).every(function (e) { return f(e[1], e[0], l); }); };
+    u.some = u.any = function (l, f) { f = cb(f); return ents(l).some(function (e) { return f(e[1], e[0], l); }); };
+    u.contains = u.include = u.includes = function (l, v) { return vals(l).indexOf(v) >= 0; };
+    u.pluck = function (l, k) { return u.map(l, k); };
+    u.where = function (l, a) { return u.filter(l, a); };
+    u.findWhere = function (l, a) { return u.find(l, a); };
+    u.max = function (l, f) { f = cb(f); var best, bv = -Infinity; vals(l).forEach(function (v) { var c = f(v); if (c > bv) { bv = c; best = v; } }); return best === undefined ? -Infinity : best; };
+    u.min = function (l, f) { f = cb(f); var best, bv = Infinity; vals(l).forEach(function (v) { var c = f(v); if (c < bv) { bv = c; best = v; } }); return best === undefined ? Infinity : best; };
+    u.sortBy = function (l, f) {
+      f = cb(f);
+      return vals(l).map(function (v, i) { return { v: v, i: i, c: f(v, i, l) }; })
+        .sort(function (a, b) { return a.c < b.c ? -1 : a.c > b.c ? 1 : a.i - b.i; })
+        .map(function (x) { return x.v; });
+    };
+    function by(put) {
+      return function (l, f) { f = cb(f); var out = {}; vals(l).forEach(function (v, i) { put(out, f(v, i, l), v); }); return out; };
+    }
+    u.groupBy = by(function (o, k, v) { (o[k] = o[k] || []).push(v); });
+    u.indexBy = by(function (o, k, v) { o[k] = v; });
+    u.countBy = by(function (o, k) { o[k] = (o[k] || 0) + 1; });
+    u.partition = function (l, f) { f = cb(f); var p = [[], []]; vals(l).forEach(function (v, i) { p[f(v, i, l) ? 0 : 1].push(v); }); return p; };
+    u.size = function (l) { return vals(l).length; };
+    u.toArray = function (l) { return vals(l).slice(); };
+    u.first = u.head = u.take = function (a, n) { return n === undefined ? (a || [])[0] : (a || []).slice(0, Math.max(0, n)); };
+    u.last = function (a, n) { a = a || []; return n === undefined ? a[a.length - 1] : a.slice(Math.max(0, a.length - n)); };
+    u.initial = function (a, n) { a = a || []; return a.slice(0, Math.max(0, a.length - (n === undefined ? 1 : n))); };
+    u.rest = u.tail = u.drop = function (a, n) { return (a || []).slice(n === undefined ? 1 : n); };
+    u.compact = function (a) { return (a || []).filter(Boolean); };
+    u.flatten = function (a, shallow) {
+      var out = [];
+      (a || []).forEach(function (v) { if (Array.isArray(v)) { out.push.apply(out, shallow ? v : u.flatten(v)); } else { out.push(v); } });
+      return out;
+    };
+    u.uniq = u.unique = function (a, sorted, f) {
+      if (typeof sorted !== 'boolean') { f = sorted; }
+      f = cb(f); var seen = [], out = [];
+      (a || []).forEach(function (v, i) { var c = f(v, i, a); if (seen.indexOf(c) < 0) { seen.push(c); out.push(v); } });
+      return out;
+    };
+    u.without = function (a) { var drop = Array.prototype.slice.call(arguments, 1); return (a || []).filter(function (v) { return drop.indexOf(v) < 0; }); };
+    u.union = function () { return u.uniq(u.flatten(Array.prototype.slice.call(arguments), true)); };
+    u.intersection = function (a) {
+      var others = Array.prototype.slice.call(arguments, 1);
+      return u.uniq(a || []).filter(function (v) { return others.every(function (o) { return (o || []).indexOf(v) >= 0; }); });
+    };
+    u.difference = function (a) {
+      var others = u.flatten(Array.prototype.slice.call(arguments, 1), true);
+      return (a || []).filter(function (v) { return others.indexOf(v) < 0; });
+    };
+    u.zip = function () {
+      var as = Array.prototype.slice.call(arguments), n = Math.max.apply(null, as.map(function (a) { return a.length; }).concat(0));
+      var out = []; for (var i = 0; i < n; i++) out.push(as.map(function (a) { return a[i]; })); return out;
+    };
+    u.object = function (l, vs) { var o = {}; (l || []).forEach(function (k, i) { if (vs) { o[k] = vs[i]; } else { o[k[0]] = k[1]; } }); return o; };
+    u.indexOf = function (a, v) { return (a || []).indexOf(v); };
+    u.lastIndexOf = function (a, v) { return (a || []).lastIndexOf(v); };
+    u.range = function (start, stop, step) {
+      if (stop === undefined) { stop = start || 0; start = 0; }
+      step = step || 1; var out = [];
+      for (var i = start; step > 0 ? i < stop : i > stop; i += step) out.push(i);
+      return out;
+    };
+    u.keys = function (o) { return o !== null && typeof o === 'object' ? Object.keys(o) : []; };
+    u.values = function (o) { return u.keys(o).map(function (k) { return o[k]; }); };
+    u.pairs = function (o) { return u.keys(o).map(function (k) { return [k, o[k]]; }); };
+    u.invert = function (o) { var r = {}; u.keys(o).forEach(function (k) { r[o[k]] = k; }); return r; };
+    u.mapObject = function (o, f) { f = cb(f); var r = {}; u.keys(o).forEach(function (k) { r[k] = f(o[k], k, o); }); return r; };
+    u.extend = function (o) { Array.prototype.slice.call(arguments, 1).forEach(function (s) { u.keys(s).forEach(function (k) { o[k] = s[k]; }); }); return o; };
+    u.defaults = function (o) { Array.prototype.slice.call(arguments, 1).forEach(function (s) { u.keys(s).forEach(function (k) { if (o[k] === undefined) o[k] = s[k]; }); }); return o; };
+    u.clone = function (o) { return Array.isArray(o) ? o.slice() : (u.isObject(o) ? u.extend({}, o) : o); };
+    u.pick = function (o) { var ks = u.flatten(Array.prototype.slice.call(arguments, 1)), r = {}; ks.forEach(function (k) { if (o != null && k in Object(o)) r[k] = o[k]; }); return r; };
+    u.omit = function (o) { var ks = u.flatten(Array.prototype.slice.call(arguments, 1)).map(String), r = {}; u.keys(o).forEach(function (k) { if (ks.indexOf(k) < 0) r[k] = o[k]; }); return r; };
+    u.has = function (o, k) { return o != null && Object.prototype.hasOwnProperty.call(o, k); };
+    u.isMatch = function (o, a) { return u.keys(a).every(function (k) { return o != null && u.isEqual(o[k], a[k]); }); };
+    u.isEqual = function (a, b) { return JSON.stringify(a) === JSON.stringify(b); };
+    u.isEmpty = function (o) { return o == null || (typeof o === 'string' || Array.isArray(o) ? o.length === 0 : u.keys(o).length === 0); };
+    u.isArray = Array.isArray;
+    u.isObject = function (o) { return typeof o === 'function' || (typeof o === 'object' && o !== null); };
+    u.isFunction = function (o) { return typeof o === 'function'; };
+    u.isString = function (o) { return typeof o === 'string'; };
+    u.isNumber = function (o) { return typeof o === 'number'; };
+    u.isBoolean = function (o) { return o === true || o === false; };
+    u.isNull = function (o) { return o === null; };
+    u.isUndefined = function (o) { return o === undefined; };
+    u.isFinite = function (o) { return typeof o === 'number' && isFinite(o); };
+    u.isNaN = function (o) { return typeof o === 'number' && o !== o; };
+    u.identity = function (v) { return v; };
+    u.constant = function (v) { return function () { return v; }; };
+    u.times = function (n, f) { var out = []; for (var i = 0; i < n; i++) out.push(f(i)); return out; };
+    u.escape = function (s) {
+      return String(s).replace(/[&<>"'`]/g, function (c) { return { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#x27;', '`': '&#x60;' }[c]; });
+    };
+    return u;
+  })());
   def('__compile', function (src) {
     try {
       new Function('return (' + src + '\n);');
@@ -794,6 +922,48 @@ mod tests {
 
     fn eval(expr: &str) -> Result<Value, ExprError> {
         with_scope(&scope(), "B", |ev| ev.eval(expr))
+    }
+
+    /// Underscore's helpers, as Fission Workflows' expressions had them.
+    #[test]
+    fn underscore_helpers() {
+        let people = "[{n: 'ada', a: 36}, {n: 'bob', a: 20}, {n: 'cy', a: 36}]";
+        for (expr, want) in [
+            (format!("{{ _.pluck({people}, 'n') }}"), json!(["ada", "bob", "cy"])),
+            (format!("{{ _.sortBy({people}, 'a').map(function (p) {{ return p.n; }}) }}"), json!(["bob", "ada", "cy"])),
+            (format!("{{ _.groupBy({people}, 'a')['36'].length }}"), json!(2)),
+            (format!("{{ _.countBy({people}, function (p) {{ return p.a > 30 ? 'old' : 'young'; }}) }}"), json!({"old": 2, "young": 1})),
+            (format!("{{ _.findWhere({people}, {{a: 20}}).n }}"), json!("bob")),
+            (format!("{{ _.where({people}, {{a: 36}}).length }}"), json!(2)),
+            (format!("{{ _.max({people}, 'a').n }}"), json!("ada")),
+            ("{ _.map({a: 1, b: 2}, function (v, k) { return k + v; }) }".into(), json!(["a1", "b2"])),
+            ("{ _.filter([1, 2, 3, 4], function (x) { return x % 2; }) }".into(), json!([1, 3])),
+            ("{ _.reduce([1, 2, 3], function (m, x) { return m + x; }, 10) }".into(), json!(16)),
+            ("{ _.reduce([1, 2, 3], function (m, x) { return m + x; }) }".into(), json!(6)),
+            ("{ _.uniq([1, 2, 1, 3, 2]) }".into(), json!([1, 2, 3])),
+            ("{ _.flatten([1, [2, [3]]]) }".into(), json!([1, 2, 3])),
+            ("{ _.flatten([1, [2, [3]]], true) }".into(), json!([1, 2, [3]])),
+            ("{ _.difference([1, 2, 3], [2], [3]) }".into(), json!([1])),
+            ("{ _.intersection([1, 2, 3], [2, 3], [3, 2]) }".into(), json!([2, 3])),
+            ("{ _.union([1, 2], [2, 3]) }".into(), json!([1, 2, 3])),
+            ("{ _.without([1, 2, 1, 3], 1) }".into(), json!([2, 3])),
+            ("{ _.zip(['a', 'b'], [1, 2]) }".into(), json!([["a", 1], ["b", 2]])),
+            ("{ _.object([['a', 1], ['b', 2]]) }".into(), json!({"a": 1, "b": 2})),
+            ("{ _.range(0, 10, 3) }".into(), json!([0, 3, 6, 9])),
+            ("{ _.keys(param('n') ? {x: 1, y: 2} : {}) }".into(), json!(["x", "y"])),
+            ("{ _.pick({a: 1, b: 2, c: 3}, 'a', 'c') }".into(), json!({"a": 1, "c": 3})),
+            ("{ _.omit({a: 1, b: 2}, 'a') }".into(), json!({"b": 2})),
+            ("{ _.extend({a: 1}, {b: 2}, {a: 3}) }".into(), json!({"a": 3, "b": 2})),
+            ("{ [_.isEmpty([]), _.isEmpty({a: 1}), _.isString(param()), _.contains([1, 2], 2)] }".into(), json!([true, false, true, true])),
+            ("{ [_.first([1, 2, 3]), _.last([1, 2, 3]), _.rest([1, 2, 3]), _.compact([0, 1, '', 2])] }".into(), json!([1, 3, [2, 3], [1, 2]])),
+            ("{ _.escape('<a href=\"x\">') }".into(), json!("&lt;a href=&quot;x&quot;&gt;")),
+            ("{ _.times(3, function (i) { return i * i; }) }".into(), json!([0, 1, 4])),
+        ] {
+            assert_eq!(eval(&expr).unwrap(), want, "{expr}");
+        }
+        // Read-only, as every built-in: an evaluation cannot change it for the next.
+        let _ = eval("{ _.pluck = function () { return 'changed'; } }");
+        assert_eq!(eval("{ _.pluck([{n: 1}], 'n') }").unwrap(), json!([1]));
     }
 
     #[test]
