@@ -25,6 +25,9 @@ pub struct Unreachable(String);
 pub struct ApiError {
     pub status: u16,
     pub message: String,
+    /// A document's errors, each `{code, message, line, column}` (empty
+    /// for any other error).
+    pub details: Vec<Value>,
 }
 
 #[derive(Clone)]
@@ -203,9 +206,16 @@ impl Client {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(anyhow::Error::new(NotFound(message)));
         }
+        let details = body
+            .as_ref()
+            .and_then(|v| v.pointer("/error/details"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         Err(anyhow::Error::new(ApiError {
             status: status.as_u16(),
             message,
+            details,
         }))
     }
 

@@ -2841,6 +2841,20 @@ fn workflows_are_checked_without_being_stored() {
     let (code, _, err) = s.cli(&["wf", "create", "charge", "-f", &bad, "--dry-run"]);
     assert_eq!(code, 1);
     assert!(err.contains("Chrage"), "{err}");
+    // The server's errors about a file are said as `validate` says them,
+    // FILE:LINE:COLUMN, for `create` and Fission's `fn create --env workflow`.
+    assert!(
+        err.contains(&format!("{bad}:7:16: task \"Ship\" requires")),
+        "{err}"
+    );
+    let (code, _, err) = s.cli(&[
+        "fn", "create", "--name", "charge", "--env", "workflow", "--code", &bad,
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("{bad}:7:16: task \"Ship\" requires")),
+        "{err}"
+    );
     // An update's dry run: the next version, the stored one unchanged.
     s.workflow("greet", "output: A\ntasks:\n  A:\n    run: noop\n");
     let (code, out, err) = s.cli(&["wf", "update", "greet", "-f", &good, "--dry-run"]);

@@ -318,7 +318,11 @@ async fn create_workflow(
 /// A stored workflow's JSON with what is worth telling about it, if anything:
 /// `warnings`, each `{code, message, line, column}`.
 fn with_warnings(mut v: Value, engine: &Engine, source: &str) -> Value {
-    let warnings = engine.warnings(source);
+    let mut warnings = engine.warnings(source);
+    if let Some(name) = v["name"].as_str() {
+        warnings.extend(crate::validate::runs_itself(source, name));
+        warnings.sort_by_key(|w| (w.line, w.column));
+    }
     if !warnings.is_empty() {
         v["warnings"] = json!(warnings);
     }

@@ -247,7 +247,9 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
             };
             let msg = as_text(&why);
             Outcome::Fail(if msg.is_empty() {
-                "fail: the workflow failed on purpose".into()
+                // Fission Workflows' words (`defaultErrMsg`), which callers
+                // may match on.
+                "fail function triggered".into()
             } else {
                 msg
             })
@@ -1016,7 +1018,7 @@ mod tests {
         );
         assert_eq!(
             run("fail", &Inputs::new(), &Inputs::new()),
-            Outcome::Fail("fail: the workflow failed on purpose".into())
+            Outcome::Fail("fail function triggered".into())
         );
     }
 

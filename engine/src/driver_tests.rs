@@ -1287,6 +1287,29 @@ mod api {
         assert_eq!(v["error"]["code"], "run_failed", "null has no trim: {v}");
     }
 
+    /// A workflow whose task runs the workflow itself at every run is stored
+    /// with a warning where it says so; one inside an `if` (a recursion
+    /// that can end) is not said.
+    #[tokio::test(start_paused = true)]
+    async fn a_workflow_that_always_runs_itself_is_said() {
+        let (db, fake) = setup();
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        let yaml = "output: Again\ntasks:\n  Again:\n    run: rec\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=rec", yaml)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let w = &v["warnings"][0];
+        assert_eq!(
+            (w["code"].as_str(), w["line"].as_u64(), w["column"].as_u64()),
+            (Some("runs_itself"), Some(4), Some(10)),
+            "{v}"
+        );
+        let ends = "output: Count\ntasks:\n  Count:\n    run: if\n    inputs:\n      if: \"{ param() > 0 }\"\n      then:\n        run: down\n        inputs: \"{ param() - 1 }\"\n      else: done\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=down", ends)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert!(v.get("warnings").is_none(), "{v}");
+    }
+
     /// A second create is `already_exists` (as for every resource); an
     /// update's document may not name another workflow; a version a workflow
     /// does not have is said as such.

@@ -1696,6 +1696,37 @@ fn check_keys(doc: &Value, pos: &At) -> Vec<ValidationError> {
     errors
 }
 
+/// The top-level tasks of workflow `name` (a Fission Workflows document)
+/// that run `name` itself: run every time, each run nests another until the
+/// depth limit fails it (a call inside an `if` or a `switch` may end, and is
+/// not said).
+pub fn runs_itself(source: &str, name: &str) -> Vec<ValidationError> {
+    if crate::sfn::run::is_state_machine(source) {
+        return Vec::new();
+    }
+    let Some(spec) = read_spec(source) else {
+        return Vec::new();
+    };
+    let pos = Positions::new(source);
+    let at = At::top(&pos);
+    spec.tasks
+        .iter()
+        .filter(|(_, t)| t.run == name && !is_builtin(name))
+        .map(|(id, _)| {
+            let (line, column) = at.value(&["tasks", id, "run"]);
+            ValidationError {
+                code: "runs_itself",
+                message: format!(
+                    "task {id:?} runs workflow {name:?}, the workflow itself, at every run: each run starts another inside it, until the nesting limit ({}) fails them all",
+                    crate::driver::MAX_WORKFLOW_DEPTH
+                ),
+                line,
+                column,
+            }
+        })
+        .collect()
+}
+
 /// A task without `run:` runs `noop`, as in Fission Workflows (a join of the
 /// tasks it requires, often). Meant when the task is empty (`{}`) or has
 /// `inputs:` (it passes them on); one with `requires`, `retry`, `timeout` or

@@ -394,7 +394,7 @@ pub(super) async fn store_as_function(
             .query(&[("name", name)])
     };
     let req = req.header("content-type", "application/yaml").body(source);
-    let v: Value = c.send(req).await?.json().await?;
+    let v = send_file(c, file, req).await?;
     warn(file, &v);
     eprintln!(
         "note: Fusion runs workflows itself (no `{WORKFLOW_ENV}` environment): {} as workflow {name:?}; see `fusion wf get {name}`, `fusion run list --workflow {name}`",
@@ -407,6 +407,41 @@ pub(super) async fn store_as_function(
     }
     stored(opts, &v, false);
     Ok(())
+}
+
+/// Sends a workflow file's document: the server's errors about it said as
+/// `wf validate` says them, `FILE:LINE:COLUMN: message (code)`, one a line.
+async fn send_file(
+    c: &crate::client::Client,
+    file: &std::path::Path,
+    req: reqwest::RequestBuilder,
+) -> Result<Value> {
+    match c.send(req).await {
+        Ok(resp) => Ok(resp.json().await?),
+        Err(e) => {
+            let Some(api) = e.downcast_ref::<crate::client::ApiError>() else {
+                return Err(e);
+            };
+            if api.details.is_empty() {
+                return Err(e);
+            }
+            let lines: Vec<String> = api
+                .details
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{}:{}:{}: {} ({})",
+                        file.display(),
+                        d["line"],
+                        d["column"],
+                        d["message"].as_str().unwrap_or_default(),
+                        d["code"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect();
+            Err(anyhow!("{}", lines.join("\n")))
+        }
+    }
 }
 
 /// What `create` or `update` answered: the stored version's row, or with
@@ -470,7 +505,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
                 req = req.query(&[("dry_run", "true")]);
             }
             let req = req.header("content-type", "application/yaml").body(source);
-            let v: Value = c.send(req).await?.json().await?;
+            let v = send_file(&c, &file, req).await?;
             warn(&file, &v);
             stored(opts, &v, dry_run);
         }
@@ -487,7 +522,7 @@ pub(super) async fn wf_cmd(verb: WfVerb, opts: &ClientOpts) -> Result<()> {
             let req = req
                 .header("content-type", "application/yaml")
                 .body(read_file(&file)?);
-            let v: Value = c.send(req).await?.json().await?;
+            let v = send_file(&c, &file, req).await?;
             warn(&file, &v);
             stored(opts, &v, dry_run);
         }
