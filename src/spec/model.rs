@@ -258,6 +258,12 @@ impl Specs {
                         ),
                     )
                 }
+                // RFC-0022's run of a workflow, a custom resource there: a
+                // run is started, not applied, here.
+                None if kind == "WorkflowRun" => self.error(
+                    doc.at("kind"),
+                    "a WorkflowRun (RFC-0022) is not applied here: start the run with `fusion workflow run --name WORKFLOW --input @input.json` (or `POST /v1/workflows/WORKFLOW/invoke`, with an Idempotency-Key to start it once)".to_string(),
+                ),
                 None => self.error(
                     doc.at("kind"),
                     format!(
@@ -2304,6 +2310,14 @@ mod tests {
                 specs.errors
             );
         }
+        // RFC-0022's run document: said what to do instead.
+        let run = json!({"apiVersion": "fission.io/v1", "kind": "WorkflowRun", "metadata": {"name": "r"}, "spec": {"workflowRef": "w"}});
+        let specs = read(run);
+        assert!(
+            specs.errors[0].contains("fusion workflow run --name WORKFLOW"),
+            "{:?}",
+            specs.errors
+        );
     }
 
     #[test]
