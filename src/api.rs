@@ -97,7 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/functions/{name}/instances", get(fn_instances))
         .route("/v1/functions/{name}/code", get(fn_code))
         .route("/v1/instances", get(all_instances))
-        .route("/v1/backup", get(backup))
+        .route("/v1/backup", get(backup).head(backup_head))
         .merge(crate::api_pkg::routes(package_limit))
         .route("/v1/routes", get(list_routes).post(create_route))
         .route(
@@ -191,18 +191,23 @@ async fn backup(State(s): State<AppState>) -> Response {
             Ok(())
         },
     );
-    (
-        [
-            (axum::http::header::CONTENT_TYPE, "application/x-tar"),
-            (
-                axum::http::header::CONTENT_DISPOSITION,
-                "attachment; filename=\"fusion-backup.tar\"",
-            ),
-        ],
-        body,
-    )
-        .into_response()
+    (BACKUP_HEADERS, body).into_response()
 }
+
+/// What a backup's answer would be, without making one (a HEAD made the
+/// whole backup and dropped it): its headers.
+async fn backup_head() -> Response {
+    (StatusCode::OK, BACKUP_HEADERS).into_response()
+}
+
+/// The headers of a backup's answer.
+const BACKUP_HEADERS: [(axum::http::HeaderName, &str); 2] = [
+    (axum::http::header::CONTENT_TYPE, "application/x-tar"),
+    (
+        axum::http::header::CONTENT_DISPOSITION,
+        "attachment; filename=\"fusion-backup.tar\"",
+    ),
+];
 
 /// Sets its flag when dropped, unless defused first.
 struct CancelOnDrop(Option<Arc<std::sync::atomic::AtomicBool>>);
