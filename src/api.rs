@@ -999,7 +999,17 @@ pub async fn keep_targeted_workflows(
     let name = percent_encoding::percent_decode_str(name)
         .decode_utf8_lossy()
         .into_owned();
-    let if_unused = Query::<IfUnused>::try_from_uri(req.uri()).is_ok_and(|q| q.if_unused);
+    // A refusal asked for and not understood refuses: never a delete.
+    let if_unused = match Query::<IfUnused>::try_from_uri(req.uri()) {
+        Ok(q) => q.if_unused,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                &format!("if_unused must be true or false: {e}"),
+            )
+        }
+    };
     let checked = match engine.workflow_exists(&name) {
         true => triggers
             .check_workflow_unused(&name)

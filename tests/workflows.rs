@@ -2606,6 +2606,29 @@ fn deleting_what_stored_workflows_run_warns_of_them() {
         }
     };
     assert_eq!(s.invoke("outer", "text/plain", "hi").0, 200);
+    // Asked to (`?if_unused=true`, what `spec destroy` asks), the delete is
+    // refused as it is for a trigger, naming them; a flag not understood
+    // refuses too.
+    for (path, users) in [
+        (
+            "/v1/functions/echo?if_unused=true",
+            &["inner", "machine"][..],
+        ),
+        ("/v1/workflows/inner?if_unused=true", &["outer"][..]),
+    ] {
+        let (st, body) = s.call("DELETE", path, None);
+        assert_eq!(st, 409, "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(users.iter().all(|u| message.contains(u)), "{path}: {body}");
+    }
+    for path in [
+        "/v1/functions/echo?if_unused=maybe",
+        "/v1/workflows/inner?if_unused=maybe",
+    ] {
+        let (st, body) = s.call("DELETE", path, None);
+        assert_eq!(st, 400, "{path}: {body}");
+        assert!(body["error"]["code"].is_string(), "{path}: {body}");
+    }
     // Run inside outer, inner has no runs of its own: its history says where
     // they are.
     let listed = s.ok("GET", "/v1/runs?workflow=inner", None);

@@ -121,7 +121,7 @@ fn default_input(inputs: &Inputs) -> Value {
 /// 1.1's words for one (`yes`, `no`, `on`, `off`, `y`, `n`), which Fission
 /// Workflows' YAML parser read as booleans and Fusion's (YAML 1.2) reads as
 /// text. Anything else is refused (`None`), not taken for true.
-fn flag(v: &Value) -> Option<bool> {
+pub fn flag(v: &Value) -> Option<bool> {
     match v {
         Value::Bool(b) => Some(*b),
         Value::String(s) => match s.as_str() {
@@ -134,6 +134,16 @@ fn flag(v: &Value) -> Option<bool> {
         },
         _ => None,
     }
+}
+
+/// `foreach`'s `collect` and `sequential`: a [`flag`], or a number or `""`,
+/// `"0"`, `"1"`, which they took (as truthy) before the YAML words came.
+pub fn loose_flag(v: &Value) -> Option<bool> {
+    flag(v).or_else(|| match v {
+        Value::Number(_) => Some(truthy(v)),
+        Value::String(s) if matches!(s.as_str(), "" | "0" | "1") => Some(truthy(v)),
+        _ => None,
+    })
 }
 
 fn truthy(v: &Value) -> bool {
@@ -339,7 +349,7 @@ fn foreach(inputs: &Inputs, raw: &Inputs) -> Outcome {
     for (name, value) in &mut flags {
         match inputs.get(*name).filter(|v| !v.is_null()) {
             None => {}
-            Some(v) => match flag(v) {
+            Some(v) => match loose_flag(v) {
                 Some(b) => *value = b,
                 None => {
                     return Outcome::Invalid(format!(
@@ -1088,7 +1098,7 @@ mod tests {
             (tasks["collector"].inputs.is_some(), concurrency),
             (true, None)
         );
-        for bad in [json!({"collect": "banana"}), json!({"sequential": 1})] {
+        for bad in [json!({"collect": "banana"}), json!({"sequential": [1]})] {
             match each(bad.clone()) {
                 Outcome::Invalid(m) => assert!(m.contains("must be true or false"), "{m}"),
                 other => panic!("{bad}: {other:?}"),

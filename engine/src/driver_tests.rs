@@ -1304,10 +1304,53 @@ mod api {
             (Some("runs_itself"), Some(4), Some(10)),
             "{v}"
         );
+        let by_scheme = "output: Again\ntasks:\n  Again:\n    run: fission://rec2\n";
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=rec2", by_scheme)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert_eq!(v["warnings"][0]["code"], "runs_itself", "{v}");
         let ends = "output: Count\ntasks:\n  Count:\n    run: if\n    inputs:\n      if: \"{ param() > 0 }\"\n      then:\n        run: down\n        inputs: \"{ param() - 1 }\"\n      else: done\n";
         let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=down", ends)).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         assert!(v.get("warnings").is_none(), "{v}");
+    }
+
+    /// A caller whose input an expression cannot read is told so (422),
+    /// text that is not the JSON it parses too; a name the expression never
+    /// defined is the workflow's mistake (500), whatever it reads.
+    #[tokio::test(start_paused = true)]
+    async fn what_fails_an_expression_is_blamed_where_it_lies() {
+        let (db, fake) = setup();
+        let e = engine_with(&fake, &db).await;
+        let app = crate::router(e.clone());
+        for (name, expr) in [
+            ("parse", "{ JSON.parse(param()).n }"),
+            ("undefined", "{ nope(param()) }"),
+        ] {
+            let yaml = format!("output: A\ntasks:\n  A:\n    run: noop\n    inputs: \"{expr}\"\n");
+            let (s, _, v) = call(
+                &app,
+                req("POST", &format!("/v1/workflows?name={name}"), &yaml),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+        }
+        let (s, _, v) = call(
+            &app,
+            req("POST", "/v1/workflows/parse/invoke", "{\"n\": 2}"),
+        )
+        .await;
+        assert_eq!((s, &v), (StatusCode::OK, &json!(2)));
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows/parse/invoke", "abc")).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        let (s, _, v) = call(&app, req("POST", "/v1/workflows/undefined/invoke", "abc")).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("ReferenceError"),
+            "{v}"
+        );
     }
 
     /// A second create is `already_exists` (as for every resource); an

@@ -37,10 +37,11 @@ impl ExprError {
     /// `$.Invocation`): then the input most likely does not fit the workflow,
     /// and a synchronous caller is told so with a 4xx. Not when the
     /// expression itself is wrong, whatever it reads: a name it does not
-    /// define (`ReferenceError`), or text that does not compile.
+    /// define (`ReferenceError`). A `SyntaxError` at run time is the input's:
+    /// the document's expressions compiled when it was stored, so it comes
+    /// from `JSON.parse` of what the caller sent.
     pub fn reads_invocation(&self) -> bool {
-        let own = ["ReferenceError", "SyntaxError"];
-        reads_invocation(&self.expr) && !own.iter().any(|e| self.message.starts_with(e))
+        reads_invocation(&self.expr) && !self.message.starts_with("ReferenceError")
     }
 }
 
@@ -906,7 +907,8 @@ mod tests {
         };
         assert!(failed("TypeError: cannot read property 'trim' of null").reads_invocation());
         assert!(!failed("ReferenceError: nope is not defined").reads_invocation());
-        assert!(!failed("SyntaxError: unexpected token").reads_invocation());
+        // Stored expressions compile: a SyntaxError is `JSON.parse` of the input.
+        assert!(failed("SyntaxError: unexpected token in JSON").reads_invocation());
     }
 
     fn scope() -> Value {

@@ -1218,13 +1218,16 @@ impl RunStore for SledStore {
                 }
                 (_, Some(l)) => {
                     // The same document again (an apply run twice, a PUT
-                    // retried): no version of its own.
+                    // retried): no version of its own. Unless it reads as
+                    // another spec now (this version of the engine derives
+                    // more from it, as an RFC-0022 document's namespace):
+                    // then it is a version, so that it runs as it reads.
                     let mut key = scoped(name);
                     key.extend_from_slice(&l.to_be_bytes());
                     let same = versions
                         .get(key)?
                         .and_then(|v| serde_json::from_slice::<WorkflowVersion>(&v).ok())
-                        .filter(|w| w.source == source);
+                        .filter(|w| w.source == source && w.spec == *spec);
                     if let Some(w) = same {
                         return Ok((w, false));
                     }
@@ -1741,6 +1744,24 @@ mod tests {
         s.put_workflow("w", "again", &spec, true, 3).unwrap();
         assert_eq!(latest(&s), Some((3, "again".into())));
         assert_eq!(s.list_workflows().unwrap()[0].source, "again");
+    }
+
+    /// The same document again stores no version, unless this engine reads
+    /// it as another spec than the stored version's (a workflow stored by an
+    /// engine that derived less from it): then it runs as it now reads.
+    #[tokio::test]
+    async fn the_same_document_read_as_another_spec_is_a_version() {
+        let (_d, s) = open();
+        let old = WorkflowSpec::default();
+        let now = WorkflowSpec {
+            output: "A".into(),
+            ..WorkflowSpec::default()
+        };
+        s.put_workflow("w", "doc", &old, true, 1).unwrap();
+        let (v, stored) = s.put_workflow("w", "doc", &old, false, 2).unwrap();
+        assert_eq!((v.version, stored), (1, false));
+        let (v, stored) = s.put_workflow("w", "doc", &now, false, 3).unwrap();
+        assert_eq!((v.version, stored, v.spec), (2, true, now));
     }
 
     #[tokio::test]

@@ -500,7 +500,14 @@ pub fn format_warnings(
         let mut outside = Vec::new();
         if let Some(inputs) = &task.inputs {
             bare_expressions(inputs, &mut texts);
-            embedded_expressions(inputs, &mut embedded);
+            // A `javascript` task's `expr` is code, not text.
+            let mut text_inputs = inputs.clone();
+            if task.target() == "javascript" {
+                if let Value::Object(m) = &mut text_inputs {
+                    m.remove("expr");
+                }
+            }
+            embedded_expressions(&text_inputs, &mut embedded);
             outside_the_scope(inputs, &mut outside);
         }
         for (text, name) in outside {
@@ -711,11 +718,15 @@ fn embedded_expressions(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::String(s) if crate::expr::expression_source(s).is_none() => {
             // What a `{` holds up to the next `}` reads the run (`{'Saved: ' +
-            // $.Tasks.A.Output}!` as much as `{ param() }!`).
+            // $.Tasks.A.Output}!` as much as `{ param() }!`), outside its
+            // quoted text (JSON text naming a path, `{"path": "$.x"}`, reads
+            // nothing).
             let reads = s.match_indices('{').any(|(i, _)| {
                 let rest = &s[i + 1..];
-                rest.find('}')
-                    .is_some_and(|end| STARTS.iter().any(|p| rest[..end].contains(p)))
+                rest.find('}').is_some_and(|end| {
+                    let code = unquoted(&rest[..end]);
+                    STARTS.iter().any(|p| code.contains(p))
+                })
             });
             if reads {
                 out.push(s.clone());
@@ -727,18 +738,46 @@ fn embedded_expressions(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// `code` with its quoted text (`'...'`, `"..."`, `` `...` ``) blanked: what
+/// is left is what JavaScript reads as code.
+fn unquoted(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let (mut quote, mut escaped) = (None, false);
+    for c in code.chars() {
+        match quote {
+            None if matches!(c, '\'' | '"' | '`') => {
+                quote = Some(c);
+                out.push(' ');
+            }
+            None => out.push(c),
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+                out.push(' ');
+            }
+        }
+    }
+    out
+}
+
 /// The names after `$.` in `v`'s expressions that the scope does not have
-/// (`$.tasks`, `$.Task`), each with the text it is in.
+/// (`$.tasks`, `$.Task`), each with the text it is in (quoted text left out).
 fn outside_the_scope(v: &Value, out: &mut Vec<(String, String)>) {
     let mut texts = Vec::new();
     crate::expr::all_expressions(v, &mut texts);
     for text in texts {
-        for (i, _) in text.match_indices("$.") {
-            let preceded = text[..i].chars().next_back();
+        let code = unquoted(&text);
+        for (i, _) in code.match_indices("$.") {
+            let preceded = code[..i].chars().next_back();
             if preceded.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
                 continue;
             }
-            let name: String = text[i + 2..]
+            let name: String = code[i + 2..]
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
@@ -1109,7 +1148,8 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
     };
     match builtin.as_ref() {
         "if" => {
-            if let Some(v) = literal("if").filter(|v| !v.is_boolean()) {
+            // YAML 1.1's words too (`if: yes`), as Fission Workflows read them.
+            if let Some(v) = literal("if").filter(|v| crate::builtins::flag(v).is_none()) {
                 fault(
                     "if",
                     format!("`if` needs its condition true or false, not {v}"),
@@ -1163,6 +1203,16 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
                     "concurrency",
                     format!("`foreach`: {}", crate::builtins::bad_items_at_once(v)),
                 );
+            }
+            for key in ["collect", "sequential"] {
+                let bad = literal(key)
+                    .filter(|v| !v.is_null() && crate::builtins::loose_flag(v).is_none());
+                if let Some(v) = bad {
+                    fault(
+                        key,
+                        format!("`foreach` needs `{key}` true or false, not {v}"),
+                    );
+                }
             }
         }
         "javascript" => {
@@ -1711,7 +1761,10 @@ pub fn runs_itself(source: &str, name: &str) -> Vec<ValidationError> {
     let at = At::top(&pos);
     spec.tasks
         .iter()
-        .filter(|(_, t)| t.run == name && !is_builtin(name))
+        .filter(|(_, t)| {
+            let runs = run_target(&t.run);
+            runs == name && (t.run.starts_with(crate::spec::FISSION_SCHEME) || !is_builtin(name))
+        })
         .map(|(id, _)| {
             let (line, column) = at.value(&["tasks", id, "run"]);
             ValidationError {
@@ -2411,16 +2464,30 @@ mod tests {
         assert_eq!(e[0].code, "missing_output");
     }
 
+    /// `if: yes`, `collect: no`: YAML 1.1's booleans, as Fission Workflows'
+    /// parser read them, are stored; other text is refused where it is.
+    #[test]
+    fn yaml_1_1_booleans_are_taken_and_other_text_refused() {
+        let ok = "output: A\ntasks:\n  A:\n    run: if\n    inputs:\n      if: yes\n      then: 1\n  B:\n    run: foreach\n    inputs:\n      foreach: [1]\n      collect: no\n      sequential: On\n      do: {run: noop}\n";
+        assert_eq!(check_offline(ok).unwrap(), vec![]);
+        let bad = ok
+            .replace("if: yes", "if: maybe")
+            .replace("collect: no", "collect: banana");
+        let e = check_offline(&bad).unwrap_err();
+        let at: Vec<_> = e.iter().map(|e| (e.code, e.line)).collect();
+        assert_eq!(at, [("invalid_inputs", 6), ("invalid_inputs", 12)], "{e:?}");
+    }
+
     /// Text with an expression inside it is said to be text, however the
     /// braces begin (Fission Workflows' readitlater example: `{'Saved: ' +
     /// $.Tasks.A.Output}!`); `$.tasks` is said to be outside the scope; a
     /// task read that is not there says what each form then does.
     #[test]
     fn expressions_that_read_nothing_are_said_where_they_are() {
-        let w = check_offline("output: A\ntasks:\n  A:\n    run: compose\n    inputs:\n      title: \"{'Saved: ' + param().url}!\"\n      plain: \"a {b} c\"\n").unwrap();
+        let w = check_offline("output: A\ntasks:\n  A:\n    run: compose\n    inputs:\n      title: \"{'Saved: ' + param().url}!\"\n      plain: \"a {b} c\"\n      json: 'data {\"path\": \"$.x\", \"q\": \"param(\"} end'\n  J:\n    run: javascript\n    inputs:\n      expr: \"var o = {x: $.Tasks}; 1\"\n").unwrap();
         let at: Vec<_> = w.iter().map(|w| (w.code, w.line)).collect();
         assert_eq!(at, [("embedded_expression", 6)], "{w:?}");
-        let w = check_offline("output: A\ntasks:\n  A:\n    run: noop\n    inputs: \"{ $.tasks.B.Output + $.Tasks.B.Output + $.Invocation.Id }\"\n  B:\n    run: noop\n").unwrap();
+        let w = check_offline("output: A\ntasks:\n  A:\n    run: noop\n    inputs: \"{ $.tasks.B.Output + $.Tasks.B.Output + $.Invocation.Id + '$.said' }\"\n  B:\n    run: noop\n").unwrap();
         let unknown: Vec<_> = w.iter().filter(|w| w.code == "unknown_scope").collect();
         assert_eq!(unknown.len(), 1, "{w:?}");
         assert!(

@@ -167,10 +167,11 @@ fn fission_event_name(fusion: &str) -> &str {
 }
 
 /// A task's last id part as a step's name: a state machine step's without
-/// its number (`000002-charge`: `charge`).
+/// its number (`000002-charge`: `charge`; its six digits, so a task named
+/// `2024-report` stays itself).
 fn shown_step(last: &str) -> &str {
     match last.split_once('-') {
-        Some((seq, state)) if !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) => state,
+        Some((seq, state)) if seq.len() == 6 && seq.bytes().all(|b| b.is_ascii_digit()) => state,
         _ => last,
     }
 }
