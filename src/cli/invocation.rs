@@ -247,6 +247,11 @@ async fn show(opts: &ClientOpts, id: &str) -> Result<()> {
             }
             if let Some(body) = r["body"].as_str().filter(|b| !b.is_empty()) {
                 println!("  {}", shown_text(opts, body));
+            } else if r["body_base64"].is_string() {
+                println!("  (not text: -o json shows it as body_base64)");
+            }
+            if r["body_truncated"] == json!(true) {
+                println!("  (the first 64 KiB of it are kept)");
             }
         }
         println!();
