@@ -263,15 +263,23 @@ struct DryRunQuery {
 
 /// What a dry run answers: the workflow as it would be stored (the version
 /// it would get), its warnings, and `dry_run: true`.
-fn checked(engine: &Engine, name: &str, source: &str, create: bool) -> ApiResult<Response> {
-    let w = engine.check_workflow(name, source, create)?;
+fn checked(
+    engine: &Engine,
+    name: &str,
+    file: &str,
+    source: &str,
+    create: bool,
+) -> ApiResult<Response> {
+    let w = engine.check_workflow(name, file, create)?;
     let mut body = with_warnings(workflow_json(&w, false), engine, source);
     body["dry_run"] = json!(true);
     Ok(Json(body).into_response())
 }
 
-/// A workflow's document from a request's body (`validate::workflow_text`).
-fn yaml_text(body: &Bytes) -> ApiResult<Cow<'_, str>> {
+/// A workflow file from a request's body (without a byte-order mark), as it
+/// is stored and shown, and its one document (`validate::workflow_text`),
+/// which is read.
+fn yaml_text(body: &Bytes) -> ApiResult<(&str, Cow<'_, str>)> {
     let text = std::str::from_utf8(body).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -279,7 +287,9 @@ fn yaml_text(body: &Bytes) -> ApiResult<Cow<'_, str>> {
             "the workflow must be UTF-8 YAML",
         )
     })?;
-    crate::validate::workflow_text(text).map_err(|e| EngineError::Invalid(vec![e]).into())
+    let doc = crate::validate::workflow_text(text)
+        .map_err(|e| ApiError::from(EngineError::Invalid(vec![e])))?;
+    Ok((crate::document::without_bom(text), doc))
 }
 
 async fn create_workflow(
@@ -287,8 +297,8 @@ async fn create_workflow(
     ApiQuery(q): ApiQuery<NameQuery>,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult<Response> {
-    let text = yaml_text(&body)?;
-    let source: &str = &text;
+    let (file, doc) = yaml_text(&body)?;
+    let source: &str = &doc;
     let named = own_name(source)?;
     let name = match (q.name.filter(|n| !n.is_empty()), named) {
         (Some(asked), Some(named)) if asked != named => return Err(mismatch(&asked, &named)),
@@ -307,9 +317,9 @@ async fn create_workflow(
         }
     };
     if q.dry_run {
-        return checked(&engine, &name, source, true);
+        return checked(&engine, &name, file, source, true);
     }
-    let w = engine.create_workflow(&name, source)?;
+    let w = engine.create_workflow(&name, file)?;
     engine.flush().await?;
     let body = with_warnings(workflow_json(&w, false), &engine, source);
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -362,15 +372,15 @@ async fn update_workflow(
     ApiQuery(q): ApiQuery<DryRunQuery>,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult<Response> {
-    let text = yaml_text(&body)?;
-    let source: &str = &text;
+    let (file, doc) = yaml_text(&body)?;
+    let source: &str = &doc;
     if let Some(named) = own_name(source)?.filter(|n| *n != name) {
         return Err(mismatch(&name, &named));
     }
     if q.dry_run {
-        return checked(&engine, &name, source, false);
+        return checked(&engine, &name, file, source, false);
     }
-    let (w, stored) = engine.update_workflow(&name, source)?;
+    let (w, stored) = engine.update_workflow(&name, file)?;
     engine.flush().await?;
     let mut body = with_warnings(workflow_json(&w, false), &engine, source);
     if !stored {

@@ -792,6 +792,11 @@ impl Engine {
                 "a function named {name:?} exists; functions and workflows share /fission-function/ names"
             )));
         }
+        // The file's one document (a trailing `---` left out, every line
+        // where it was); the file is what is stored and shown.
+        let source = &*crate::validate::workflow_text(source)
+            .map_err(|e| vec![e])
+            .map_err(EngineError::Invalid)?;
         if crate::sfn::run::is_state_machine(source) {
             crate::sfn::run::engine_spec(source)
         } else {

@@ -1212,6 +1212,11 @@ mod api {
         assert_eq!(s, StatusCode::CREATED, "{v}");
         let (s, _, v) = call(&app, req("POST", "/v1/workflows/m1/invoke", "7")).await;
         assert_eq!((s, &v), (StatusCode::OK, &json!(7)));
+        // Kept and shown as it was written; the same file again is no version.
+        let (_, _, v) = call(&app, req("GET", "/v1/workflows/m1", "")).await;
+        assert_eq!(v["source"], json!(yaml), "{v}");
+        let (s, _, v) = call(&app, req("PUT", "/v1/workflows/m1", yaml)).await;
+        assert_eq!((s, &v["unchanged"]), (StatusCode::OK, &json!(true)), "{v}");
         let machine = "apiVersion: fission.io/v1\nkind: Workflow\nmetadata:\n  name: m2\nspec:\n  startAt: done\n  states:\n    done:\n      type: Succeed\n...\n";
         let (s, _, v) = call(
             &app,

@@ -289,12 +289,9 @@ pub(super) fn read_file(path: &PathBuf) -> Result<String> {
     } else {
         std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?
     };
-    // A file that ends with `---` is its one document; one of several is left
-    // as it is, for the server (or `validate`) to say where the second starts.
-    Ok(match engine::validate::workflow_text(&text) {
-        Ok(one) => one.into_owned(),
-        Err(_) => engine::document::without_bom(&text).to_string(),
-    })
+    // Sent as it is: the server reads its one document (a trailing `---`
+    // left out) and keeps the file as written.
+    Ok(engine::document::without_bom(&text).to_string())
 }
 
 /// `wf validate`: each file checked offline; problems to stderr as
@@ -338,6 +335,10 @@ fn validate_files(files: &[PathBuf]) -> Result<()> {
 /// `Workflow`'s `metadata.name`); one that does not parse is left to the
 /// server, which says where it is wrong.
 fn names_itself(source: &str) -> bool {
+    let Ok(source) = engine::validate::workflow_text(source) else {
+        return true;
+    };
+    let source = &*source;
     if engine::validate::precheck(source).is_err() {
         return true;
     }
