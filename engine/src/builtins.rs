@@ -233,6 +233,9 @@ pub fn run(name: &str, inputs: &Inputs, raw: &Inputs) -> Outcome {
             let d = match inputs.get("default").or_else(|| inputs.get("duration")) {
                 None | Some(Value::Null) => Some(Duration::from_secs(1)),
                 Some(Value::Number(n)) => n.as_u64().and_then(crate::spec::duration_of_ms),
+                // Text without a unit (`"5"`, a caller's body) is refused, as
+                // Fission Workflows refused it; a number is milliseconds.
+                Some(Value::String(s)) if s.trim().parse::<f64>().is_ok() => None,
                 Some(Value::String(s)) => parse_duration(s),
                 _ => None,
             };
@@ -999,6 +1002,11 @@ mod tests {
         assert!(matches!(
             run("sleep", &ins(json!({"default": u64::MAX})), &Inputs::new()),
             Outcome::Invalid(why) if why.contains("is longer than the longest duration")
+        ));
+        // Text without a unit is no duration (Go's have units).
+        assert!(matches!(
+            run("sleep", &ins(json!({"default": "5"})), &Inputs::new()),
+            Outcome::Invalid(why) if why.contains("is not a duration")
         ));
         assert_eq!(
             run("callback", &Inputs::new(), &Inputs::new()),

@@ -1265,7 +1265,9 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
                 Some(Value::Number(n)) => {
                     n.as_u64().and_then(crate::spec::duration_of_ms).is_some()
                 }
-                Some(Value::String(s)) => parse_duration(s).is_some(),
+                // Text without a unit (`"1"`): Fission Workflows refused it
+                // (Go's durations have units); a number is milliseconds.
+                Some(Value::String(s)) => !has_no_unit(s) && parse_duration(s).is_some(),
                 Some(_) => false,
             };
             if !fine {
@@ -1275,6 +1277,9 @@ fn check_builtin_inputs(id: &str, task: &TaskSpec, at: &At, errors: &mut Vec<Val
                     _ => v.as_str().map(str::to_string),
                 };
                 let why = match text {
+                    Some(s) if v.is_string() && has_no_unit(&s) => {
+                        format!("`sleep` {v} {NO_UNIT}; a number ({s}) is milliseconds")
+                    }
                     Some(s) if crate::spec::is_too_long(&s) => {
                         format!("`sleep` {v} {}", crate::spec::not_a_duration(&s, ""))
                     }
@@ -2462,6 +2467,19 @@ mod tests {
     fn missing_output() {
         let e = check("tasks:\n  A:\n    run: noop\n");
         assert_eq!(e[0].code, "missing_output");
+    }
+
+    /// A `sleep` of text without a unit is refused, as Fission Workflows
+    /// refused it; a number is milliseconds.
+    #[test]
+    fn a_sleep_of_text_without_a_unit_is_refused() {
+        let doc = |d: &str| format!("output: A\ntasks:\n  A:\n    run: sleep\n    inputs: {d}\n");
+        let e = check_offline(&doc("\"1\"")).unwrap_err();
+        assert_eq!((e[0].code, e[0].line), ("invalid_inputs", 5), "{e:?}");
+        assert!(e[0].message.contains("has no unit"), "{e:?}");
+        for fine in ["1", "\"1s\"", "250ms"] {
+            assert_eq!(check_offline(&doc(fine)).unwrap(), vec![], "{fine}");
+        }
     }
 
     /// `if: yes`, `collect: no`: YAML 1.1's booleans, as Fission Workflows'
