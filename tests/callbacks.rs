@@ -204,8 +204,9 @@ fn the_notify_function_gets_a_callback_url_that_completes_the_run() {
     let run = s.wait_run(&id, Duration::from_secs(30));
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output"], json!({"approved": true}));
-    // The workflow uses the function it notifies: not deleted under it.
-    let (status, body) = s.call("DELETE", "/v1/functions/ask-approval", None);
+    // The workflow uses the function it notifies: a delete that asks not to
+    // break its users is refused, naming it.
+    let (status, body) = s.call("DELETE", "/v1/functions/ask-approval?if_unused=true", None);
     assert_eq!(status, 409, "{body}");
     assert!(
         body["error"]["message"]

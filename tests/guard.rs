@@ -256,7 +256,8 @@ fn an_unknown_query_parameter_gets_400_and_does_nothing() {
     let v: Value = r.json().unwrap();
     assert_eq!(v["error"]["code"], "invalid_query", "{v}");
     assert_eq!(
-        v["error"]["message"], "unknown query parameter `namepsace`: expected one of `namespace`",
+        v["error"]["message"],
+        "unknown query parameter `namepsace`: expected one of `namespace`, `if_unused`",
         "{v}"
     );
     s.ok("GET", "/v1/functions/dup", None);

@@ -1222,6 +1222,25 @@ impl Engine {
     }
 
     /// A run's full state (status, tasks, timings), folded from its events.
+    /// As `run_state`, folded on a blocking thread: a run of 30,000 tasks
+    /// takes about half a second, which would hold up every request on the
+    /// runtime's threads.
+    pub(crate) async fn run_state_off_runtime(&self, id: &str) -> Result<RunState, EngineError> {
+        let (store, run) = (self.store.clone(), id.to_string());
+        let folding = tokio::task::spawn_blocking(move || {
+            store
+                .events(&run)
+                .map(|events| (!events.is_empty()).then(|| RunState::fold(&events)))
+        });
+        match folding.await {
+            Ok(Ok(Some(state))) => Ok(state),
+            Ok(Ok(None)) => Err(EngineError::NotFound(format!("run {id:?}"))),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(EngineError::ShuttingDown),
+        }
+    }
+
     pub fn run_state(&self, id: &str) -> Result<RunState, EngineError> {
         let events = self.store.events(id)?;
         if events.is_empty() {
@@ -1319,7 +1338,7 @@ impl Engine {
             }
         }
         // No actor (the run has ended) or it stopped meanwhile: judge by the history.
-        let state = match self.run_state(run_id) {
+        let state = match self.run_state_off_runtime(run_id).await {
             Ok(s) => s,
             Err(EngineError::NotFound(_)) => return Err(unknown()),
             Err(e) => return Err(e),
@@ -1398,17 +1417,7 @@ impl Engine {
     /// Runs a failed or cancelled run again as a new run: tasks that succeeded
     /// keep their outputs, the others run again.
     pub async fn retry(self: &Arc<Self>, id: &str) -> Result<StartedRun, EngineError> {
-        // Folded on a blocking thread: a run of 30,000 tasks takes about half
-        // a second, which would hold up every request on the runtime's.
-        let folding = {
-            let (engine, id) = (Arc::clone(self), id.to_string());
-            tokio::task::spawn_blocking(move || engine.run_state(&id))
-        };
-        let state = match folding.await {
-            Ok(state) => state?,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => return Err(EngineError::ShuttingDown),
-        };
+        let state = self.run_state_off_runtime(id).await?;
         if !matches!(state.status, RunStatus::Failed | RunStatus::Cancelled) {
             let now = match state.status {
                 RunStatus::Running => "is still running",
