@@ -344,7 +344,7 @@ fn a_flaky_function_succeeds_on_its_third_attempt() {
         "flaky",
         "python",
         "flaky.py",
-        "from flask import request\nseen = {}\ndef main():\n    key = request.headers.get('X-Fusion-Idempotency-Key', '')\n    seen[key] = seen.get(key, 0) + 1\n    if seen[key] < 3:\n        return 'not yet', 503\n    return 'made it on attempt ' + request.headers.get('X-Fusion-Attempt', '?')\n",
+        "from flask import request\nseen = {}\ndef main():\n    key = request.headers.get('X-Fusion-Idempotency-Key', '')\n    seen[key] = seen.get(key, 0) + 1\n    if seen[key] < 3:\n        return 'not yet', 503\n    h = request.headers\n    return 'made it on attempt %s (Fission: %s of %s, depth %s)' % (h.get('X-Fusion-Attempt', '?'), h.get('X-Fission-Invocation-Attempt', '?'), h.get('X-Fission-Invocation-Id', '?'), h.get('X-Fission-Invocation-Depth', '?'))\n",
         {
             let mut extra = quick(3);
             extra["max_scale"] = json!(1);
@@ -358,7 +358,11 @@ fn a_flaky_function_succeeds_on_its_third_attempt() {
     let done = settled(&s, &id);
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(statuses(&done), [503, 503, 200], "{done}");
-    assert_eq!(done["response"]["body"], "made it on attempt 3");
+    // Fission's delivery headers beside Fusion's (RFC-0024's names).
+    assert_eq!(
+        done["response"]["body"],
+        format!("made it on attempt 3 (Fission: 3 of {id}, depth 0)")
+    );
     let numbers: Vec<u64> = done["attempts"]
         .as_array()
         .unwrap()

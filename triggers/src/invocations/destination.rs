@@ -52,7 +52,8 @@ pub fn envelope(inv: &Invocation, request_body: &[u8]) -> Value {
         "version": "1.0",
         "requestContext": {
             "invocationId": inv.id,
-            "functionRef": inv.function_key(),
+            // Always `<namespace>/<name>`, as Fission's `functionRef`.
+            "functionRef": format!("{}/{}", inv.namespace, inv.function),
             "condition": condition(inv),
             "attempts": inv.attempts_in_cycle(),
         },
@@ -120,5 +121,11 @@ mod tests {
         assert_eq!(condition(&inv), "EventAgeExceeded");
         let big = vec![b'x'; PAYLOAD_LIMIT + 1];
         assert!(envelope(&inv, &big).get("requestPayload").is_none());
+        // The default namespace is named too, as Fission's `functionRef` is.
+        inv.namespace = "default".into();
+        assert_eq!(
+            envelope(&inv, b"")["requestContext"]["functionRef"],
+            "default/f"
+        );
     }
 }

@@ -38,6 +38,11 @@ use store::{Filter, Store};
 pub const IDEMPOTENCY_HEADER: &str = "x-fusion-idempotency-key";
 pub const INVOCATION_HEADER: &str = "x-fusion-invocation-id";
 pub const ATTEMPT_HEADER: &str = "x-fusion-attempt";
+/// Fission's delivery headers (RFC-0024): the invocation, the 1-based
+/// attempt, and how deep in a chain of destinations it is (0 for a caller's).
+pub const FISSION_INVOCATION_HEADER: &str = "x-fission-invocation-id";
+pub const FISSION_ATTEMPT_HEADER: &str = "x-fission-invocation-attempt";
+pub const FISSION_DEPTH_HEADER: &str = "x-fission-invocation-depth";
 
 /// How long an invocation's request body may take to arrive.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -704,6 +709,16 @@ impl Inner {
             }
         }
         headers.insert(ATTEMPT_HEADER, HeaderValue::from(number));
+        // Fission's names for the same (RFC-0024's delivery headers), which
+        // its functions read to deduplicate and count attempts.
+        if let Ok(v) = HeaderValue::from_str(&inv.id) {
+            headers.insert(FISSION_INVOCATION_HEADER, v);
+        }
+        headers.insert(FISSION_ATTEMPT_HEADER, HeaderValue::from(number));
+        headers.insert(
+            FISSION_DEPTH_HEADER,
+            HeaderValue::from(destination::depth(inv)),
+        );
         Ok(req)
     }
 }
