@@ -1118,3 +1118,58 @@ fn fissions_async_header_and_async_triggers_queue_the_call() {
         "{f}"
     );
 }
+
+/// Fission's enqueue collapse (RFC-0024): a call carrying the
+/// `X-Fission-Dedup-Key` of an invocation the function holds is that one
+/// (202 with its id), not stored or run again; another function's call with
+/// the same key is its own.
+#[test]
+fn a_dedup_key_collapses_a_repeated_async_call() {
+    let s = Server::start();
+    s.env("python", "python", 1);
+    s.function(
+        "count",
+        "python",
+        "count.py",
+        "def main():\n    return 'counted'\n",
+        quick(3),
+    );
+    s.function(
+        "other",
+        "python",
+        "other.py",
+        "def main():\n    return 'o'\n",
+        quick(3),
+    );
+    let key = [("X-Fission-Dedup-Key", "order-7")];
+    let first = call_async_with(&s, "count", "first", &key);
+    let id = first["id"].as_str().unwrap().to_string();
+    assert_eq!(settled(&s, &id)["status"], "succeeded");
+    let r = s
+        .http
+        .post(s.router_url("/fission-function/count"))
+        .header("X-Async", "true")
+        .header("X-Fission-Dedup-Key", "order-7")
+        .body("second")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(r.headers()["x-fission-invocation-id"], id.as_str());
+    let again: Value = r.json().unwrap();
+    assert_eq!(
+        (again["id"].as_str(), again["status"].as_str()),
+        (Some(id.as_str()), Some("succeeded")),
+        "{again}"
+    );
+    let listed = s.ok("GET", "/v1/invocations?function=count", None);
+    assert_eq!(
+        listed["invocations"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    let other = call_async_with(&s, "other", "x", &key);
+    assert_ne!(other["id"].as_str(), Some(id.as_str()));
+    // Without a key, each call is its own.
+    let plain = call_async(&s, "count", "third");
+    assert_ne!(plain["id"].as_str(), Some(id.as_str()));
+}

@@ -1276,14 +1276,20 @@ const MOST_KEY_LEN: usize = 255;
 /// A request's `Idempotency-Key` (1 to 255 visible ASCII characters), if it
 /// has one: the same key starts a workflow's run once.
 fn idempotency_key(h: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(v) = h.get("idempotency-key") else {
+    // Fission's `X-Fission-Dedup-Key` (RFC-0024's enqueue collapse) means the
+    // same, where no Idempotency-Key is given.
+    let name = match h.contains_key("idempotency-key") {
+        true => "Idempotency-Key",
+        false => "X-Fission-Dedup-Key",
+    };
+    let Some(v) = h.get(name) else {
         return Ok(None);
     };
-    if h.get_all("idempotency-key").iter().count() > 1 {
+    if h.get_all(name).iter().count() > 1 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_header",
-            "Idempotency-Key is given more than once: give one".to_string(),
+            format!("{name} is given more than once: give one"),
         ));
     }
     match v.to_str() {
@@ -1297,7 +1303,7 @@ fn idempotency_key(h: &HeaderMap) -> Result<Option<&str>, ApiError> {
         _ => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_header",
-            format!("Idempotency-Key must be 1 to {MOST_KEY_LEN} visible ASCII characters"),
+            format!("{name} must be 1 to {MOST_KEY_LEN} visible ASCII characters"),
         )),
     }
 }

@@ -1623,6 +1623,16 @@ tasks:
         let (s, h, v) = call(&app, start("pay", "order-7", false)).await;
         assert_eq!((s, v), (StatusCode::OK, json!("charged 1")));
         assert_eq!(h.get("idempotent-replayed").unwrap(), "true");
+        // Fission's X-Fission-Dedup-Key (RFC-0024) is the same key.
+        let dedup = Request::builder()
+            .method("POST")
+            .uri("/v1/workflows/pay/invoke")
+            .header("x-fission-dedup-key", "order-7")
+            .header("x-async", "true")
+            .body(Body::from("order-7"))
+            .unwrap();
+        let (s, _, v) = call(&app, dedup).await;
+        assert_eq!((s, &v["id"]), (StatusCode::ACCEPTED, &first["id"]), "{v}");
         assert_eq!(fake.count("charge"), 1);
         // The history finds the run by its key (a key is a workflow's); a
         // filter it does not know is refused, not ignored.

@@ -38,6 +38,9 @@ use store::{Filter, Store};
 pub const IDEMPOTENCY_HEADER: &str = "x-fusion-idempotency-key";
 pub const INVOCATION_HEADER: &str = "x-fusion-invocation-id";
 pub const ATTEMPT_HEADER: &str = "x-fusion-attempt";
+/// Fission's enqueue collapse (RFC-0024): a call of a function with the key
+/// of one it holds is that one.
+pub const DEDUP_HEADER: &str = "x-fission-dedup-key";
 /// Fission's delivery headers (RFC-0024): the invocation, the 1-based
 /// attempt, and how deep in a chain of destinations it is (0 for a caller's).
 pub const FISSION_INVOCATION_HEADER: &str = "x-fission-invocation-id";
@@ -411,7 +414,11 @@ impl Inner {
             destination_invocation: None,
             destination_error: None,
         };
-        self.store.insert(&inv, &body).await?;
+        // A call with the key of one it holds is that one: answered with it,
+        // nothing stored or run again.
+        if let Some(first) = self.store.insert(&inv, &body).await? {
+            return Ok(first);
+        }
         tokio::spawn(self.clone().drive(inv.id.clone()));
         Ok(inv)
     }

@@ -213,6 +213,17 @@ impl Invocation {
         pool_manager::resources::qualified(&self.namespace, &self.function)
     }
 
+    /// The caller's `X-Fission-Dedup-Key`, when it sent one: a second call of
+    /// the same function with the same key is this invocation (RFC-0024's
+    /// enqueue collapse).
+    pub fn dedup_key(&self) -> Option<&str> {
+        self.request
+            .headers
+            .iter()
+            .find(|(k, v)| k == super::DEDUP_HEADER && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Attempts of the current cycle that count (not interrupted).
     pub fn attempts_in_cycle(&self) -> u32 {
         self.attempts

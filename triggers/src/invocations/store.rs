@@ -20,6 +20,9 @@ pub struct Store {
     by_function: Tree,
     pending: Tree,
     dead: Tree,
+    /// `X-Fission-Dedup-Key`s: function key, NUL, dedup key -> the id of the
+    /// invocation that key made (while its record is kept).
+    dedup: Tree,
     /// How many invocations the pending set holds (kept with it).
     pending_count: AtomicUsize,
 }
@@ -73,6 +76,7 @@ impl Store {
             pending_count: AtomicUsize::new(pending.len()),
             pending,
             dead: db.open_tree("invocations_dead")?,
+            dedup: db.open_tree("invocations_dedup")?,
         })
     }
 
@@ -100,31 +104,46 @@ impl Store {
     }
 
     /// Stores a newly accepted invocation and its body, and flushes: once
-    /// this returns, a crash does not lose it.
-    pub async fn insert(&self, inv: &Invocation, body: &[u8]) -> Result<()> {
+    /// this returns, a crash does not lose it. When its dedup key is one a
+    /// kept invocation of the same function made, nothing is stored: that
+    /// invocation is answered instead.
+    pub async fn insert(&self, inv: &Invocation, body: &[u8]) -> Result<Option<Invocation>> {
         let record = encode(inv)?;
         let id = inv.id.as_bytes();
         let index = index_key(&inv.function_key(), &inv.id);
-        {
+        let dedup = inv.dedup_key().map(|k| index_key(&inv.function_key(), k));
+        let first = {
             let _whole = pool_manager::store::whole_write().await;
             (
                 &self.records,
                 &self.bodies,
                 &self.by_function,
                 &self.pending,
+                &self.dedup,
             )
-                .transaction(|(r, b, f, p)| {
+                .transaction(|(r, b, f, p, d)| {
+                    if let Some(key) = &dedup {
+                        if let Some(first) = d.get(key.as_slice())? {
+                            if let Some(kept) = r.get(&first)? {
+                                return Ok(Some(kept));
+                            }
+                        }
+                        d.insert(key.as_slice(), id)?;
+                    }
                     r.insert(id, record.as_slice())?;
                     b.insert(id, body)?;
                     f.insert(index.as_slice(), &[][..])?;
                     let was = p.insert(id, &[][..])?.is_some();
-                    Ok::<bool, ConflictableTransactionError<()>>(was)
+                    self.counted(was, true);
+                    Ok::<_, ConflictableTransactionError<()>>(None)
                 })
-                .map(|was| self.counted(was, true))
-                .map_err(storage)?;
+                .map_err(storage)?
+        };
+        if let Some(kept) = first {
+            return decode(&kept).map(Some);
         }
         self.db.flush_async().await?;
-        Ok(())
+        Ok(None)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Invocation>> {
@@ -282,13 +301,26 @@ impl Store {
     async fn remove(&self, inv: &Invocation) -> Result<()> {
         let id = inv.id.as_bytes();
         let index = index_key(&inv.function_key(), &inv.id);
+        let dedup = inv.dedup_key().map(|k| index_key(&inv.function_key(), k));
         let _whole = pool_manager::store::whole_write().await;
-        (&self.records, &self.bodies, &self.by_function, &self.dead)
-            .transaction(|(r, b, f, d)| {
+        (
+            &self.records,
+            &self.bodies,
+            &self.by_function,
+            &self.dead,
+            &self.dedup,
+        )
+            .transaction(|(r, b, f, d, k)| {
                 r.remove(id)?;
                 b.remove(id)?;
                 f.remove(index.as_slice())?;
                 d.remove(id)?;
+                // Its key, unless a later invocation took it over.
+                if let Some(key) = &dedup {
+                    if k.get(key.as_slice())?.is_some_and(|v| v.as_ref() == id) {
+                        k.remove(key.as_slice())?;
+                    }
+                }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(storage)?;
