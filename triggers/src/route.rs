@@ -74,8 +74,15 @@ impl Route {
             },
             (a, b) => a == b,
         };
+        // A trailing or doubled slash does not change what a prefix matches.
+        let prefix = |p: &Option<String>| {
+            p.as_deref().map(|p| {
+                let parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+                format!("/{}", parts.join("/"))
+            })
+        };
         same_paths(&self.url, &other.url)
-            && self.prefix == other.prefix
+            && prefix(&self.prefix) == prefix(&other.prefix)
             && match (&self.host, &other.host) {
                 (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
                 (a, b) => a == b,
@@ -267,6 +274,26 @@ mod tests {
                 .contains("give no function or workflow beside them")
         );
         assert!(err(json!({"function_weights": {"../x": 100}})).contains("function"));
+    }
+
+    /// Prefixes that differ by a trailing or doubled slash match the same
+    /// requests: a second such route would never be reached.
+    #[test]
+    fn prefixes_that_differ_by_a_slash_answer_as_one() {
+        let route = |prefix: &str| {
+            serde_json::from_value::<Route>(json!({"name": "r", "prefix": prefix, "function": "f"}))
+                .unwrap()
+        };
+        for (a, b) in [
+            ("/api", "/api/"),
+            ("/q", "//q"),
+            ("/p/", "/p"),
+            ("/a//b/", "/a/b"),
+        ] {
+            assert!(route(a).answers_as(&route(b)), "{a} {b}");
+        }
+        assert!(!route("/api").answers_as(&route("/apix")));
+        assert!(!route("/api").answers_as(&route("/api/v2")));
     }
 
     #[test]
