@@ -194,7 +194,8 @@ pub(super) async fn mqt_cmd(verb: MqtVerb, opts: &ClientOpts) -> Result<()> {
             let topic = fields
                 .topic
                 .clone()
-                .ok_or_else(|| anyhow!("--topic SUBJECT is required"))?;
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| anyhow!("--topic SUBJECT is required (it cannot be empty)"))?;
             if fields.function.is_none() && fields.workflow.is_none() {
                 bail!("--function FUNCTION or --workflow WORKFLOW is required");
             }
