@@ -922,6 +922,7 @@ mod tests {
         fusion_problem(anyhow::Error::new(ApiError {
             status,
             message: "refused".into(),
+            details: Vec::new(),
         }))
     }
 
