@@ -2961,93 +2961,61 @@ fn a_canary_moves_a_routes_requests_or_rolls_them_back() {
     );
 
     // A canary whose route goes is aborted then, not at the end of its
-    // window (an hour here), and moves no route made later under its name.
-    cli_ok(&[
-        "route",
-        "create",
-        "slow",
-        "--url",
-        "/slow",
-        "--function",
-        "v1",
-        "--weight",
-        "100",
-        "--function",
-        "v2",
-        "--weight",
-        "0",
-    ]);
-    cli_ok(&[
-        "canary-config",
-        "create",
-        "--name",
-        "slow",
-        "--newfunction",
-        "v2",
-        "--oldfunction",
-        "v1",
-        "--httptrigger",
-        "slow",
-        "--increment-step",
-        "10",
-        "--increment-interval",
-        "1h",
-    ]);
-    cli_ok(&["route", "delete", "slow"]);
-    eventually(Duration::from_secs(20), "the canary is aborted", || {
-        status("slow")["status"] == "aborted"
-    });
-    assert!(
-        status("slow")["message"]
-            .as_str()
-            .unwrap()
-            .contains("route \"slow\" is gone"),
-        "{}",
-        status("slow")
-    );
-
-    // One whose route is given wholly to the new function is aborted, said
-    // as such (not as a share the new one lost).
-    cli_ok(&[
-        "route",
-        "create",
-        "whole",
-        "--url",
-        "/whole",
-        "--function",
-        "v1",
-        "--weight",
-        "100",
-        "--function",
-        "v2",
-        "--weight",
-        "0",
-    ]);
-    cli_ok(&[
-        "canary-config",
-        "create",
-        "--name",
-        "whole",
-        "--newfunction",
-        "v2",
-        "--oldfunction",
-        "v1",
-        "--httptrigger",
-        "whole",
-        "--increment-step",
-        "10",
-        "--increment-interval",
-        "1h",
-    ]);
-    cli_ok(&["route", "update", "whole", "--function", "v2"]);
-    eventually(Duration::from_secs(20), "the canary is aborted", || {
-        status("whole")["status"] == "aborted"
-    });
-    let message = status("whole")["message"].as_str().unwrap().to_string();
-    assert!(
-        message.contains("now sends every request to function \"v2\""),
-        "{message}"
-    );
+    // window (an hour here), and moves no route made later under its name;
+    // one whose route is given wholly to the new function too, said as such
+    // (not as a share the new one lost).
+    let ends: [(&str, &[&str], &str); 2] = [
+        (
+            "slow",
+            &["route", "delete", "slow"],
+            "route \"slow\" is gone",
+        ),
+        (
+            "whole",
+            &["route", "update", "whole", "--function", "v2"],
+            "now sends every request to function \"v2\"",
+        ),
+    ];
+    for (name, end, said) in ends {
+        let url = format!("/{name}");
+        cli_ok(&[
+            "route",
+            "create",
+            name,
+            "--url",
+            &url,
+            "--function",
+            "v1",
+            "--weight",
+            "100",
+            "--function",
+            "v2",
+            "--weight",
+            "0",
+        ]);
+        cli_ok(&[
+            "canary-config",
+            "create",
+            "--name",
+            name,
+            "--newfunction",
+            "v2",
+            "--oldfunction",
+            "v1",
+            "--httptrigger",
+            name,
+            "--increment-step",
+            "10",
+            "--increment-interval",
+            "1h",
+        ]);
+        cli_ok(end);
+        eventually(Duration::from_secs(20), "the canary is aborted", || {
+            status(name)["status"] == "aborted"
+        });
+        let message = status(name)["message"].as_str().unwrap().to_string();
+        assert!(message.contains(said), "{message}");
+    }
 }
 
 /// A new function that never gets an instance (its code does not load) fails
