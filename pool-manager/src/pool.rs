@@ -1241,10 +1241,11 @@ impl Inner {
             })
             .clone();
         // A start the server's stop ended did not fail.
-        if let Err(e) = started.as_ref().map(drop).or_else(|e| match e {
-            Error::ShuttingDown(_) => Ok(()),
-            e => Err(e),
-        }) {
+        let failed = match &started {
+            Err(Error::ShuttingDown(_)) | Ok(_) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
             failures.inc();
             if let Some(pool) = lock(&self.state).envs.get_mut(&env.key()) {
                 pool.start_failure = Some(StartFailure {
