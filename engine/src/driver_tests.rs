@@ -1097,6 +1097,12 @@ mod api {
         (status, headers, v)
     }
 
+    /// A problem's code and place (`{code, line, column}`: an error or a
+    /// warning), to compare at once.
+    fn said_at(p: &Value) -> (Option<&str>, Option<u64>, Option<u64>) {
+        (p["code"].as_str(), p["line"].as_u64(), p["column"].as_u64())
+    }
+
     fn req(method: &str, uri: &str, body: &str) -> Request<Body> {
         Request::builder()
             .method(method)
@@ -1232,10 +1238,9 @@ mod api {
         for (method, path) in [("POST", "/v1/workflows"), ("PUT", "/v1/workflows/m1")] {
             let (s, _, v) = call(&app, req(method, path, &two)).await;
             assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-            assert_eq!(v["error"]["code"], "several_documents", "{v}");
             assert_eq!(
-                (v["error"]["line"].as_u64(), v["error"]["column"].as_u64()),
-                (Some(5), Some(1)),
+                said_at(&v["error"]),
+                (Some("several_documents"), Some(5), Some(1)),
                 "{v}"
             );
         }
@@ -1257,9 +1262,8 @@ mod api {
         let yaml = "output: C\ntasks:\n  A:\n    run: noop\n    inputs: a\n  J:\n    requires: [A]\n  C:\n    run: noop\n    inputs: \"{ output('A') }\"\n    requires: [J]\n";
         let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=join", yaml)).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
-        let w = &v["warnings"][0];
         assert_eq!(
-            (w["code"].as_str(), w["line"].as_u64(), w["column"].as_u64()),
+            said_at(&v["warnings"][0]),
             (Some("missing_run"), Some(6), Some(3)),
             "{v}"
         );
@@ -1303,9 +1307,8 @@ mod api {
         let yaml = "output: Again\ntasks:\n  Again:\n    run: rec\n";
         let (s, _, v) = call(&app, req("POST", "/v1/workflows?name=rec", yaml)).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
-        let w = &v["warnings"][0];
         assert_eq!(
-            (w["code"].as_str(), w["line"].as_u64(), w["column"].as_u64()),
+            said_at(&v["warnings"][0]),
             (Some("runs_itself"), Some(4), Some(10)),
             "{v}"
         );
